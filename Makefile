@@ -1,0 +1,51 @@
+# Yunchi: `make dev` runs the embedded 3-controller cluster with 45 simulated
+# hosts; `make test` runs every test. Both install missing build dependencies.
+SHELL := /bin/bash
+export PATH := /usr/local/go/bin:$(HOME)/go/bin:$(PATH)
+GO ?= go
+BIN := bin
+PROTO_SRC := $(wildcard proto/yunchi/v1/*.proto proto/yunchi/state/v1/*.proto)
+
+.PHONY: all deps build dev test proto bench clean
+
+all: build
+
+# Build dependencies: libvirt headers for the agent's cgo bindings, pkg-config.
+deps:
+	@bash scripts/deps.sh
+
+build: deps
+	$(GO) build -o $(BIN)/yunchid ./cmd/yunchid
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/yunchi ./cmd/yunchi
+
+dev: build
+	./$(BIN)/yunchid dev
+
+test: deps
+	$(GO) vet ./...
+	CGO_ENABLED=0 $(GO) build -o /dev/null ./cmd/yunchi
+	$(GO) test -count=1 -timeout 20m ./...
+
+# Regenerate the gRPC, gateway and OpenAPI code from the protos. Offline:
+# protoc from Debian (protobuf-compiler), plugins pinned in go.mod's tool
+# block, googleapis annotations vendored under proto/third_party.
+proto:
+	@bash scripts/deps.sh proto
+	mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/ google.golang.org/protobuf/cmd/protoc-gen-go google.golang.org/grpc/cmd/protoc-gen-go-grpc \
+		github.com/grpc-ecosystem/grpc-gateway/v2/protoc-gen-grpc-gateway github.com/grpc-ecosystem/grpc-gateway/v2/protoc-gen-openapiv2
+	PATH=$(CURDIR)/$(BIN):$$PATH protoc -I proto -I proto/third_party -I /usr/include \
+		--go_out=proto --go_opt=paths=source_relative \
+		--go-grpc_out=proto --go-grpc_opt=paths=source_relative \
+		--grpc-gateway_out=proto --grpc-gateway_opt=paths=source_relative \
+		$(PROTO_SRC)
+	PATH=$(CURDIR)/$(BIN):$$PATH protoc -I proto -I proto/third_party -I /usr/include \
+		--openapiv2_out=docs --openapiv2_opt=allow_merge=true,merge_file_name=openapi,output_format=json \
+		proto/yunchi/v1/yunchi.proto
+	mv docs/openapi.swagger.json docs/openapi.json
+
+bench: deps
+	$(GO) test -run '^$$' -bench . -benchtime 1x ./...
+
+clean:
+	rm -rf $(BIN)

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs what Yunchi needs to build and test on Debian 12, only if missing.
+#   scripts/deps.sh         build + test dependencies (libvirt headers, pkg-config)
+#   scripts/deps.sh proto   also protoc and the well-known protos
+set -euo pipefail
+need=()
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+pkg-config --exists libvirt 2>/dev/null || need+=(libvirt-dev)
+if [ "${1:-}" = proto ]; then
+  command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+  [ -f /usr/include/google/protobuf/timestamp.proto ] || need+=(libprotobuf-dev)
+fi
+[ ${#need[@]} -eq 0 ] && exit 0
+echo "installing ${need[*]} (apt-get)" >&2
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO=sudo
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
