@@ -923,6 +923,8 @@ type Snapshot struct {
 	Hosts         []*HostRecord   `protobuf:"bytes,2,rep,name=hosts,proto3" json:"hosts,omitempty"`
 	Vms           []*VMRecord     `protobuf:"bytes,3,rep,name=vms,proto3" json:"vms,omitempty"`
 	Members       []*MemberRecord `protobuf:"bytes,4,rep,name=members,proto3" json:"members,omitempty"`
+	// Raft index of the last command the snapshot includes.
+	Index         uint64 `protobuf:"varint,5,opt,name=index,proto3" json:"index,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -983,6 +985,13 @@ func (x *Snapshot) GetMembers() []*MemberRecord {
 		return x.Members
 	}
 	return nil
+}
+
+func (x *Snapshot) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
 }
 
 var File_yunchi_state_v1_state_proto protoreflect.FileDescriptor
@@ -1063,12 +1072,13 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\x10report_vm_status\x18\x0e \x01(\v2\x1f.yunchi.state.v1.ReportVMStatusH\x00R\x0ereportVmStatus\x12D\n" +
 	"\rupsert_member\x18\x0f \x01(\v2\x1d.yunchi.state.v1.UpsertMemberH\x00R\fupsertMember\x12D\n" +
 	"\rremove_member\x18\x10 \x01(\v2\x1d.yunchi.state.v1.RemoveMemberH\x00R\fremoveMemberB\x05\n" +
-	"\x03cmd\"\xca\x01\n" +
+	"\x03cmd\"\xe0\x01\n" +
 	"\bSnapshot\x12%\n" +
 	"\x0eformat_version\x18\x01 \x01(\rR\rformatVersion\x121\n" +
 	"\x05hosts\x18\x02 \x03(\v2\x1b.yunchi.state.v1.HostRecordR\x05hosts\x12+\n" +
 	"\x03vms\x18\x03 \x03(\v2\x19.yunchi.state.v1.VMRecordR\x03vms\x127\n" +
-	"\amembers\x18\x04 \x03(\v2\x1d.yunchi.state.v1.MemberRecordR\amembersB8Z6github.com/yunchi/yunchi/proto/yunchi/state/v1;statev1b\x06proto3"
+	"\amembers\x18\x04 \x03(\v2\x1d.yunchi.state.v1.MemberRecordR\amembers\x12\x14\n" +
+	"\x05index\x18\x05 \x01(\x04R\x05indexB8Z6github.com/yunchi/yunchi/proto/yunchi/state/v1;statev1b\x06proto3"
 
 var (
 	file_yunchi_state_v1_state_proto_rawDescOnce sync.Once

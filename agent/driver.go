@@ -1,0 +1,105 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Driver is the hypervisor seam: everything the agent needs from the host,
+// nothing about what to do with it (that is the agent's policy). The only
+// implementation is agent/libvirt; tests use it against libvirt's test driver.
+//
+// Domains are addressed by VM id. A driver must map a VM id to exactly one
+// domain identity (libvirt: the domain UUID), so that defining the same VM
+// twice on one host is impossible whatever state the agent lost.
+//
+// Implementations must be safe for concurrent use.
+type Driver interface {
+	// NodeFacts reads the host's capacity and identity.
+	NodeFacts(ctx context.Context) (NodeFacts, error)
+	// FreeMemoryBytes reports the host's free memory; drivers that cannot
+	// tell return an error, which the agent treats as "unknown".
+	FreeMemoryBytes(ctx context.Context) (int64, error)
+	// ListDomains lists the domains Yunchi manages on the host (those carrying
+	// its metadata), and no others.
+	ListDomains(ctx context.Context) ([]Domain, error)
+	// Define makes the domain persistent on the host, shut off. Defining a VM
+	// id that is already defined updates that same domain.
+	Define(ctx context.Context, spec DomainSpec) error
+	// Start boots a defined domain; starting a running domain is a no-op.
+	Start(ctx context.Context, vmID string) error
+	// Stop asks the guest to shut down and, if it is not off after grace (or
+	// the hypervisor cannot ask), powers it off. If ctx ends first Stop
+	// returns ctx.Err() and leaves the domain as it is.
+	Stop(ctx context.Context, vmID string, grace time.Duration) error
+	// Destroy powers the domain off at once; destroying a shut-off domain is
+	// a no-op.
+	Destroy(ctx context.Context, vmID string) error
+	// Reboot restarts a running domain.
+	Reboot(ctx context.Context, vmID string) error
+	// SetRebootSeq records, with the domain itself, the last reboot request
+	// carried out, so that an agent restarted later does not repeat it.
+	SetRebootSeq(ctx context.Context, vmID string, seq uint64) error
+	// Undefine removes a shut-off domain's definition.
+	Undefine(ctx context.Context, vmID string) error
+}
+
+// ErrDomainNotFound is returned (wrapped) by a Driver for a VM id that has no
+// domain on the host.
+var ErrDomainNotFound = errors.New("domain not found")
+
+// NodeFacts is what a driver reads off its host.
+type NodeFacts struct {
+	Hostname    string
+	CPUModel    string
+	VCPUs       int64
+	MemoryBytes int64
+	// DiskBytes is the capacity summed over the host's active storage pools.
+	DiskBytes int64
+}
+
+// DomainState is the coarse power state of a domain.
+type DomainState int
+
+const (
+	// StateOther covers paused, crashed, suspended, shutting down, unknown.
+	StateOther DomainState = iota
+	StateRunning
+	StateShutOff
+)
+
+func (s DomainState) String() string {
+	switch s {
+	case StateRunning:
+		return "running"
+	case StateShutOff:
+		return "shut off"
+	default:
+		return "other"
+	}
+}
+
+// Domain is one managed domain as the host sees it.
+type Domain struct {
+	VMID    string
+	Project string
+	Name    string
+	State   DomainState
+	// Detail names the hypervisor's own state ("paused", "crashed", ...).
+	Detail string
+	// RebootSeq is the last reboot request carried out (see SetRebootSeq).
+	RebootSeq uint64
+}
+
+// DomainSpec is what the agent asks a driver to define.
+type DomainSpec struct {
+	VMID        string
+	Project     string
+	Name        string
+	VCPUs       int32
+	MemoryBytes int64
+	// RebootSeq seeds the recorded reboot request: a freshly defined domain
+	// has carried out every reboot asked before it existed.
+	RebootSeq uint64
+}

@@ -1,0 +1,242 @@
+package libvirt
+
+import (
+	"context"
+	"errors"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"libvirt.org/go/libvirtxml"
+
+	"github.com/yunchi/yunchi/agent"
+)
+
+// openTestNode writes spec to a temp dir and opens it with the test driver.
+func openTestNode(t *testing.T, spec TestNode) (*Driver, string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "node.xml")
+	if err := WriteTestNodeXML(path, spec); err != nil {
+		t.Fatal(err)
+	}
+	uri := "test://" + path
+	d, err := Open(uri)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return d, uri
+}
+
+func TestNodeFactsFromTestNodeXML(t *testing.T) {
+	d, uri := openTestNode(t, TestNode{
+		CPUs: 24, CPUModel: "Yunchi-Test-CPU", Sockets: 2, Cores: 6, Threads: 2,
+		MemoryBytes: 96 << 30,
+		Pools:       []TestPool{{Name: "images"}, {Name: "scratch"}},
+	})
+	f, err := d.NodeFacts(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.VCPUs != 24 || f.MemoryBytes != 96<<30 || f.CPUModel != "Yunchi-Test-CPU" || f.Hostname == "" {
+		t.Errorf("facts = %+v", f)
+	}
+	// Every test-driver pool reports 100 GiB.
+	if f.DiskBytes != 2*100<<30 {
+		t.Errorf("disk = %d, want two pools of 100 GiB", f.DiskBytes)
+	}
+
+	// The file is what libvirt's own tools read too.
+	if virsh, err := exec.LookPath("virsh"); err == nil {
+		out, err := exec.Command(virsh, "-c", uri, "nodeinfo").CombinedOutput()
+		if err != nil {
+			t.Fatalf("virsh nodeinfo: %v\n%s", err, out)
+		}
+		for _, want := range []string{"CPU(s):              24", "Memory size:         100663296 KiB", "Yunchi-Test-CPU"} {
+			if !strings.Contains(string(out), want) {
+				t.Errorf("virsh nodeinfo lacks %q:\n%s", want, out)
+			}
+		}
+	}
+}
+
+func TestWriteTestNodeXMLRejectsBadSpecs(t *testing.T) {
+	dir := t.TempDir()
+	for name, spec := range map[string]TestNode{
+		"no cpus":        {MemoryBytes: 1 << 30},
+		"no memory":      {CPUs: 2},
+		"partial KiB":    {CPUs: 2, MemoryBytes: 1<<30 + 1},
+		"small topology": {CPUs: 8, Sockets: 1, Cores: 2, Threads: 2},
+		"long model":     {CPUs: 2, MemoryBytes: 1 << 30, CPUModel: strings.Repeat("x", 32)},
+		"unnamed pool":   {CPUs: 2, MemoryBytes: 1 << 30, Pools: []TestPool{{}}},
+	} {
+		if err := WriteTestNodeXML(filepath.Join(dir, "n.xml"), spec); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+func TestDomainUUIDAndName(t *testing.T) {
+	const id = "0B5D4A6E-1F5E-4F55-9B66-5D8A3D8F2B11"
+	if got := domainUUID(id); got != strings.ToLower(id) {
+		t.Errorf("uuid of a uuid id = %s", got)
+	}
+	if got := domainName(id); got != "yunchi-"+strings.ToLower(id) {
+		t.Errorf("name = %s", got)
+	}
+	// Ids that are not UUIDs get a stable name-based UUID, and a name with no
+	// trace of the (possibly hostile) id text.
+	a, b := domainUUID("vm-1"), domainUUID("vm-2")
+	if a == b || a != domainUUID("vm-1") {
+		t.Errorf("derived uuids not stable/distinct: %s %s", a, b)
+	}
+	if _, ok := parseUUID(a); !ok || a[14] != '5' {
+		t.Errorf("derived uuid %s is not a version 5 uuid", a)
+	}
+	if n := domainName("../<evil>'\""); strings.ContainsAny(n, "/<>'\" ") {
+		t.Errorf("unsafe name %q", n)
+	}
+}
+
+func TestDomainXMLIsLibvirtXML(t *testing.T) {
+	spec := agent.DomainSpec{VMID: "vm-<1>&", Project: "p&q", Name: "web<1>", VCPUs: 2, MemoryBytes: 512<<20 + 1, RebootSeq: 4}
+	doc, err := DomainXML("kvm", spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dom libvirtxml.Domain
+	if err := dom.Unmarshal(doc); err != nil {
+		t.Fatalf("unmarshal: %v\n%s", err, doc)
+	}
+	if dom.Type != "kvm" || dom.UUID != domainUUID(spec.VMID) || dom.VCPU.Value != 2 || dom.Memory.Value != 512*1024+1 {
+		t.Errorf("domain = %+v", dom)
+	}
+	if !strings.Contains(dom.Metadata.XML, MetadataNamespace) || !strings.Contains(dom.Metadata.XML, "vm-&lt;1&gt;&amp;") {
+		t.Errorf("metadata = %s", dom.Metadata.XML)
+	}
+	for _, bad := range []agent.DomainSpec{
+		{VMID: "", VCPUs: 1, MemoryBytes: 1 << 20},
+		{VMID: "a", VCPUs: 0, MemoryBytes: 1 << 20},
+		{VMID: "a", VCPUs: 1, MemoryBytes: 0},
+	} {
+		if _, err := DomainXML("kvm", bad); err == nil {
+			t.Errorf("%+v accepted", bad)
+		}
+	}
+}
+
+func TestDomainLifecycle(t *testing.T) {
+	ctx := context.Background()
+	d, err := Open("test:///default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+
+	// test:///default holds a running domain "test" that is not Yunchi's.
+	doms, err := d.ListDomains(ctx)
+	if err != nil || len(doms) != 0 {
+		t.Fatalf("unmanaged domains listed: %+v %v", doms, err)
+	}
+
+	const id = "7f0c2a9e-3b1d-4c8e-9a55-1e2f3a4b5c6d"
+	spec := agent.DomainSpec{VMID: id, Project: "default", Name: "web", VCPUs: 2, MemoryBytes: 256 << 20, RebootSeq: 2}
+	state := func() agent.Domain {
+		t.Helper()
+		doms, err := d.ListDomains(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(doms) != 1 {
+			t.Fatalf("domains = %+v", doms)
+		}
+		return doms[0]
+	}
+	if err := d.Start(ctx, id); !errors.Is(err, agent.ErrDomainNotFound) {
+		t.Fatalf("start before define: %v", err)
+	}
+	if err := d.Define(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	// Defining the same VM again updates the one domain.
+	if err := d.Define(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	if got := state(); got.VMID != id || got.Project != "default" || got.Name != "web" || got.State != agent.StateShutOff || got.RebootSeq != 2 {
+		t.Fatalf("after define: %+v", got)
+	}
+	for i := 0; i < 2; i++ { // start is idempotent
+		if err := d.Start(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := state(); got.State != agent.StateRunning {
+		t.Fatalf("after start: %+v", got)
+	}
+	if err := d.Reboot(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.SetRebootSeq(ctx, id, 3); err != nil {
+		t.Fatal(err)
+	}
+	if got := state(); got.State != agent.StateRunning || got.RebootSeq != 3 {
+		t.Fatalf("after reboot: %+v", got)
+	}
+	if err := d.Stop(ctx, id, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	// The reboot sequence went to the persistent definition too.
+	if got := state(); got.State != agent.StateShutOff || got.RebootSeq != 3 {
+		t.Fatalf("after stop: %+v", got)
+	}
+	if err := d.SetRebootSeq(ctx, id, 5); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Stop(ctx, id, time.Second); err != nil {
+		t.Fatalf("stop of a stopped domain: %v", err)
+	}
+	if err := d.Start(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if got := state(); got.RebootSeq != 5 {
+		t.Fatalf("after start: %+v", got)
+	}
+	if err := d.Destroy(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Destroy(ctx, id); err != nil {
+		t.Fatalf("destroy of a stopped domain: %v", err)
+	}
+	if err := d.Undefine(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if doms, _ := d.ListDomains(ctx); len(doms) != 0 {
+		t.Fatalf("after undefine: %+v", doms)
+	}
+	if err := d.Undefine(ctx, id); !errors.Is(err, agent.ErrDomainNotFound) {
+		t.Fatalf("second undefine: %v", err)
+	}
+}
+
+func TestErrorsAreOneLine(t *testing.T) {
+	d, err := Open("test:///default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	// A domain type the test driver does not know.
+	d.domainType = "no-such-type"
+	err = d.Define(context.Background(), agent.DomainSpec{VMID: "x", VCPUs: 1, MemoryBytes: 1 << 20})
+	if err == nil {
+		t.Fatal("define with a bad domain type succeeded")
+	}
+	if msg := err.Error(); strings.Contains(msg, "\n") || strings.Contains(msg, "virError") || !strings.HasPrefix(msg, "define yunchi-") {
+		t.Errorf("error = %q", msg)
+	}
+	var le *Error
+	if !errors.As(err, &le) {
+		t.Errorf("error %T is not *Error", err)
+	}
+}

@@ -1,0 +1,247 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+)
+
+// retry says whether a call may be sent again to the next controller after
+// one answered Unavailable. A controller that could not be connected to never
+// saw the request, so every call moves on from an unreachable address.
+type retry int
+
+const (
+	// retrySafe: reads, and writes that set a desired state (start, stop,
+	// delete): sending them twice does no harm.
+	retrySafe retry = iota
+	// retryNever: create, reboot, join, remove. Unavailable may come from a
+	// connection that broke after the request went out; sending it again
+	// could reboot twice or report "already exists" for our own VM.
+	retryNever
+)
+
+// client talks to the controllers listed in --addr. It keeps one connection
+// per address and starts each call at the address that last answered.
+type client struct {
+	addrs          []string
+	token          string
+	timeout        time.Duration // per call; 0 = none
+	connectTimeout time.Duration
+
+	mu      sync.Mutex
+	conns   []*grpc.ClientConn
+	dialErr []error // last dial error per address, for messages
+	cur     int
+}
+
+func newClient(addrs []string, token string, timeout, connectTimeout time.Duration) *client {
+	return &client{
+		addrs:          addrs,
+		token:          token,
+		timeout:        timeout,
+		connectTimeout: connectTimeout,
+		conns:          make([]*grpc.ClientConn, len(addrs)),
+		dialErr:        make([]error, len(addrs)),
+	}
+}
+
+func (c *client) Close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, cc := range c.conns {
+		if cc != nil {
+			cc.Close()
+		}
+	}
+}
+
+// parseAddrs splits the comma-separated --addr value.
+func parseAddrs(s string) ([]string, error) {
+	var out []string
+	for _, a := range strings.Split(s, ",") {
+		a = strings.TrimSpace(a)
+		if a == "" {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return nil, usagef("invalid --addr %q: want host:port", a)
+		}
+		out = append(out, a)
+	}
+	if len(out) == 0 {
+		return nil, usagef("--addr: no controller address given")
+	}
+	return out, nil
+}
+
+func (c *client) conn(i int) (*grpc.ClientConn, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.conns[i] != nil {
+		return c.conns[i], nil
+	}
+	opts := []grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		// Our own dialer only to remember why an address is unreachable.
+		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+			conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+			c.mu.Lock()
+			c.dialErr[i] = err
+			c.mu.Unlock()
+			return conn, err
+		}),
+	}
+	if c.token != "" {
+		opts = append(opts,
+			grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, o ...grpc.CallOption) error {
+				return invoker(c.withToken(ctx), method, req, reply, cc, o...)
+			}),
+			grpc.WithChainStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, o ...grpc.CallOption) (grpc.ClientStream, error) {
+				return streamer(c.withToken(ctx), desc, cc, method, o...)
+			}),
+		)
+	}
+	// passthrough: the dialer resolves the name, so a DNS failure is a dial
+	// error we can report.
+	cc, err := grpc.NewClient("passthrough:///"+c.addrs[i], opts...)
+	if err != nil {
+		return nil, usagef("invalid --addr %q: %v", c.addrs[i], err)
+	}
+	c.conns[i] = cc
+	return cc, nil
+}
+
+func (c *client) withToken(ctx context.Context) context.Context {
+	return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+c.token)
+}
+
+// ready connects to address i and waits until the connection is up, so that
+// a failure here means the request was never sent.
+func (c *client) ready(ctx context.Context, i int) (*grpc.ClientConn, error) {
+	cc, err := c.conn(i)
+	if err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, c.connectTimeout)
+	defer cancel()
+	cc.Connect()
+	for {
+		s := cc.GetState()
+		switch s {
+		case connectivity.Ready:
+			return cc, nil
+		case connectivity.TransientFailure, connectivity.Shutdown:
+			return nil, c.unreachable(i, "unreachable")
+		}
+		if !cc.WaitForStateChange(ctx, s) {
+			waited := time.Since(start).Round(100 * time.Millisecond)
+			return nil, c.unreachable(i, fmt.Sprintf("no connection within %s", waited))
+		}
+	}
+}
+
+// unreachable says why address i could not be connected to: the last dial
+// error if there was one, else fallback.
+func (c *client) unreachable(i int, fallback string) error {
+	c.mu.Lock()
+	err := c.dialErr[i]
+	c.mu.Unlock()
+	var op *net.OpError
+	switch {
+	case err == nil:
+		return errors.New(fallback)
+	case errors.As(err, &op) && op.Err != nil:
+		return op.Err // "connect: connection refused" without the repeated address
+	default:
+		return err
+	}
+}
+
+// call runs fn against the controllers in turn, starting with the one that
+// last answered, until one gives an answer other than Unavailable.
+// perCall applies --timeout to each attempt; streams pass false.
+func (c *client) call(ctx context.Context, r retry, perCall bool, fn func(ctx context.Context, cc grpc.ClientConnInterface) error) error {
+	var failures []string
+	var lastUnavailable error
+	n := len(c.addrs)
+	for k := 0; k < n; k++ {
+		i := (c.cur + k) % n
+		addr := c.addrs[i]
+		actx, cancel := ctx, context.CancelFunc(func() {})
+		if perCall && c.timeout > 0 {
+			actx, cancel = context.WithTimeout(ctx, c.timeout)
+		}
+		cc, err := c.ready(actx, i)
+		if err != nil {
+			cancel()
+			if ctx.Err() != nil {
+				return status.FromContextError(ctx.Err()).Err()
+			}
+			var ue *usageError
+			if errors.As(err, &ue) {
+				return err
+			}
+			failures = append(failures, fmt.Sprintf("%s: %v", addr, err))
+			continue
+		}
+		err = fn(actx, cc)
+		timedOut := perCall && ranOut(actx, err) && ctx.Err() == nil
+		cancel()
+		if status.Code(err) == codes.Unavailable && ctx.Err() == nil {
+			failures = append(failures, fmt.Sprintf("%s: %s", addr, status.Convert(err).Message()))
+			lastUnavailable = err
+			if r == retrySafe {
+				continue
+			}
+			break
+		}
+		c.cur = i
+		if timedOut {
+			return status.Errorf(codes.DeadlineExceeded, "no answer from %s within %s (--timeout)", addr, c.timeout)
+		}
+		return err
+	}
+	if lastUnavailable != nil && len(failures) == 1 {
+		return lastUnavailable // one controller, its own words ("no leader")
+	}
+	return status.Errorf(codes.Unavailable, "no controller available: %s", strings.Join(failures, "; "))
+}
+
+// ranOut says whether err is the call running out of --timeout. The server
+// gets the deadline too and may give up first, resetting the stream, so the
+// error can be Canceled and arrive a moment before ctx itself expires.
+func ranOut(ctx context.Context, err error) bool {
+	if err == nil {
+		return false
+	}
+	if ctx.Err() == context.DeadlineExceeded {
+		return true
+	}
+	dl, ok := ctx.Deadline()
+	code := status.Code(err)
+	return ok && time.Until(dl) < 100*time.Millisecond && (code == codes.DeadlineExceeded || code == codes.Canceled)
+}
+
+// do is call for a unary RPC that returns a value.
+func do[T any](ctx context.Context, c *client, r retry, fn func(ctx context.Context, cc grpc.ClientConnInterface) (T, error)) (T, error) {
+	var out T
+	err := c.call(ctx, r, true, func(ctx context.Context, cc grpc.ClientConnInterface) error {
+		var err error
+		out, err = fn(ctx, cc)
+		return err
+	})
+	return out, err
+}

@@ -1,0 +1,131 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Exit codes. Scripts depend on these: never renumber, only add. The same
+// table is in the --help text (exitCodesHelp).
+const (
+	exitOK          = 0 // success
+	exitError       = 1 // any other error (timeout, interrupted, internal, permission)
+	exitUsage       = 2 // bad command line, or the controller said InvalidArgument
+	exitNotFound    = 3 // NotFound: no such VM, host or member
+	exitExists      = 4 // AlreadyExists
+	exitNoCapacity  = 5 // ResourceExhausted: no host has room
+	exitUnavailable = 6 // Unavailable: no leader, or no controller reachable
+	exitFailed      = 7 // FailedPrecondition, or the VM went FAILED during --wait
+)
+
+const exitCodesHelp = `EXIT CODES:
+   0  ok
+   1  other error (timeout, interrupted, internal)
+   2  usage error or invalid argument
+   3  not found
+   4  already exists
+   5  no capacity
+   6  controller unavailable (no leader, or no controller reachable)
+   7  failed precondition, or the VM failed during --wait`
+
+// usageError is a mistake on the command line, found before any call.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error {
+	return &usageError{msg: fmt.Sprintf(format, args...)}
+}
+
+// vmFailedError is a VM that reached FAILED while we waited on it.
+type vmFailedError struct{ msg string }
+
+func (e *vmFailedError) Error() string { return e.msg }
+
+// exitCode maps an error to the process exit code.
+func exitCode(err error) int {
+	if err == nil {
+		return exitOK
+	}
+	var ue *usageError
+	var fe *vmFailedError
+	var ce cli.ExitCoder
+	switch {
+	case errors.As(err, &ue):
+		return exitUsage
+	case errors.As(err, &fe):
+		return exitFailed
+	case errors.As(err, &ce):
+		// urfave/cli's own errors ("No help topic for ..."): always usage.
+		return exitUsage
+	}
+	if st, ok := status.FromError(err); ok {
+		switch st.Code() {
+		case codes.InvalidArgument, codes.OutOfRange:
+			return exitUsage
+		case codes.NotFound:
+			return exitNotFound
+		case codes.AlreadyExists:
+			return exitExists
+		case codes.ResourceExhausted:
+			return exitNoCapacity
+		case codes.Unavailable:
+			return exitUnavailable
+		case codes.FailedPrecondition:
+			return exitFailed
+		}
+	}
+	return exitError
+}
+
+// errorMessage is the one line printed after "yunchi: ". For gRPC errors it
+// is the controller's message, never "rpc error: code = ...".
+func errorMessage(err error) string {
+	if st, ok := status.FromError(err); ok {
+		msg := st.Message()
+		switch {
+		case st.Code() == codes.Canceled || errors.Is(err, context.Canceled):
+			msg = "interrupted"
+		case msg == "":
+			msg = strings.ToLower(splitCamel(st.Code().String()))
+		}
+		return oneLine(msg)
+	}
+	if errors.Is(err, context.Canceled) {
+		return "interrupted"
+	}
+	return oneLine(err.Error())
+}
+
+// report prints err as one line on stderr and returns the exit code.
+func report(stderr io.Writer, err error) int {
+	if err == nil {
+		return exitOK
+	}
+	fmt.Fprintf(stderr, "yunchi: %s\n", errorMessage(err))
+	return exitCode(err)
+}
+
+func oneLine(s string) string {
+	s = strings.TrimSpace(s)
+	return strings.Join(strings.Fields(strings.ReplaceAll(s, "\n", " ")), " ")
+}
+
+// splitCamel turns "FailedPrecondition" into "Failed Precondition".
+func splitCamel(s string) string {
+	var b strings.Builder
+	for i, r := range s {
+		if i > 0 && r >= 'A' && r <= 'Z' {
+			b.WriteByte(' ')
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}

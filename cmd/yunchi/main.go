@@ -1,0 +1,36 @@
+// Command yunchi is the administrators' CLI for a Yunchi private cloud: it
+// creates and controls VMs, shows hosts and capacity, and manages the raft
+// cluster of controllers, all over the controllers' gRPC API.
+//
+// Exit codes (also in --help; scripts rely on them):
+//
+//	0 ok
+//	1 other error (timeout, interrupted, internal)
+//	2 usage error or invalid argument
+//	3 not found
+//	4 already exists
+//	5 no capacity (ResourceExhausted)
+//	6 controller unavailable (no leader, or no controller reachable)
+//	7 failed precondition, or the VM failed during --wait
+package main
+
+import (
+	"context"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	os.Exit(run(os.Args, os.Stdout, os.Stderr))
+}
+
+// run is the whole program minus os.Exit: errors go to stderr as one line,
+// the result is the exit code.
+func run(args []string, stdout, stderr io.Writer) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	app := newApp(stdout, stderr)
+	return report(stderr, app.RunContext(ctx, reorderArgs(app, args)))
+}

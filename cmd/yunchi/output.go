@@ -1,0 +1,300 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"sort"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
+)
+
+// printer writes results to stdout as tables for people or as the API's JSON
+// for scripts.
+type printer struct {
+	w    io.Writer
+	json bool
+	now  func() time.Time
+}
+
+func newPrinter(w io.Writer, format string) (*printer, error) {
+	switch format {
+	case "table", "":
+		return &printer{w: w, now: time.Now}, nil
+	case "json":
+		return &printer{w: w, json: true, now: time.Now}, nil
+	}
+	return nil, usagef("invalid --output %q: want table or json", format)
+}
+
+// print writes m as JSON, or calls table with a tabwriter.
+func (p *printer) print(m proto.Message, table func(w io.Writer)) error {
+	if p.json {
+		b, err := protojson.MarshalOptions{Multiline: true, EmitUnpopulated: false}.Marshal(m)
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(p.w, "%s\n", b)
+		return err
+	}
+	tw := tabwriter.NewWriter(p.w, 0, 0, 2, ' ', 0)
+	table(tw)
+	return tw.Flush()
+}
+
+// --- VMs ---
+
+func (p *printer) vmList(vms []*yunchiv1.VM) func(io.Writer) {
+	return func(w io.Writer) {
+		fmt.Fprintln(w, "NAME\tPROJECT\tPHASE\tVCPUS\tMEMORY\tDISK\tHOST\tCENTER\tAGE")
+		for _, vm := range vms {
+			fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n",
+				vm.GetName(), dash(vm.GetProject()), phase(vm.GetPhase()), vm.GetVcpus(),
+				bytesize(vm.GetMemoryBytes()), bytesize(vm.GetDiskBytes()),
+				dash(vm.GetHostId()), dash(vm.GetHostCenter()), p.age(vm.GetCreatedAt()))
+		}
+	}
+}
+
+func (p *printer) vmDetail(vm *yunchiv1.VM) func(io.Writer) {
+	return func(w io.Writer) {
+		center := vm.GetCenter()
+		if center == "" {
+			center = "any"
+		}
+		kv(w, "Name", vm.GetName())
+		kv(w, "ID", vm.GetId())
+		kv(w, "Project", vm.GetProject())
+		kv(w, "Phase", phase(vm.GetPhase()))
+		kv(w, "Desired", power(vm.GetDesired()))
+		kv(w, "Message", vm.GetMessage())
+		kv(w, "vCPUs", strconv.Itoa(int(vm.GetVcpus())))
+		kv(w, "Memory", bytesize(vm.GetMemoryBytes()))
+		kv(w, "Disk", bytesize(vm.GetDiskBytes()))
+		kv(w, "Center constraint", center)
+		kv(w, "Host", vm.GetHostId())
+		kv(w, "Host center", vm.GetHostCenter())
+		kv(w, "Reboots requested", strconv.FormatUint(vm.GetRebootSeq(), 10))
+		kv(w, "Created", p.timestamp(vm.GetCreatedAt()))
+		kv(w, "Updated", p.timestamp(vm.GetUpdatedAt()))
+		kv(w, "Revision", strconv.FormatUint(vm.GetRevision(), 10))
+	}
+}
+
+// --- hosts ---
+
+func (p *printer) hostList(hosts []*yunchiv1.Host) func(io.Writer) {
+	return func(w io.Writer) {
+		fmt.Fprintln(w, "ID\tHOSTNAME\tCENTER\tSTATE\tVMS\tVCPUS USED\tMEMORY USED\tDISK USED\tLAST SEEN")
+		for _, h := range hosts {
+			a, c := h.GetAllocated(), h.GetCapacity()
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d/%d\t%s/%s\t%s/%s\t%s\n",
+				h.GetId(), dash(h.GetHostname()), dash(h.GetCenter()), hostState(h.GetState()), h.GetVmCount(),
+				a.GetVcpus(), c.GetVcpus(),
+				bytesize(a.GetMemoryBytes()), bytesize(c.GetMemoryBytes()),
+				bytesize(a.GetDiskBytes()), bytesize(c.GetDiskBytes()),
+				p.ago(h.GetLastSeen()))
+		}
+	}
+}
+
+func (p *printer) hostDetail(h *yunchiv1.Host) func(io.Writer) {
+	return func(w io.Writer) {
+		kv(w, "ID", h.GetId())
+		kv(w, "Hostname", h.GetHostname())
+		kv(w, "State", hostState(h.GetState()))
+		kv(w, "Center", h.GetCenter())
+		kv(w, "Site", h.GetSite())
+		kv(w, "Rack", h.GetRack())
+		kv(w, "Labels", labels(h.GetLabels()))
+		kv(w, "CPU model", h.GetCpuModel())
+		kv(w, "Agent version", h.GetAgentVersion())
+		kv(w, "VMs", strconv.Itoa(int(h.GetVmCount())))
+		kv(w, "Registered", p.timestamp(h.GetRegisteredAt()))
+		kv(w, "Last seen", p.timestamp(h.GetLastSeen()))
+		fmt.Fprintln(w)
+		resourceTable(w, "", h.GetCapacity(), h.GetAllocated(), h.GetFree())
+		if s := h.GetStats(); s != nil {
+			fmt.Fprintln(w)
+			kv(w, "Domains running", strconv.Itoa(int(s.GetDomainsRunning())))
+			kv(w, "Domains defined", strconv.Itoa(int(s.GetDomainsDefined())))
+			kv(w, "Memory free (observed)", bytesize(s.GetMemoryFreeBytes()))
+		}
+	}
+}
+
+// resourceTable prints capacity, allocated and free per dimension.
+func resourceTable(w io.Writer, indent string, capacity, allocated, free *yunchiv1.Resources) {
+	fmt.Fprintf(w, "%sRESOURCE\tCAPACITY\tALLOCATED\tFREE\n", indent)
+	fmt.Fprintf(w, "%svcpus\t%d\t%d\t%d\n", indent, capacity.GetVcpus(), allocated.GetVcpus(), free.GetVcpus())
+	fmt.Fprintf(w, "%smemory\t%s\t%s\t%s\n", indent, bytesize(capacity.GetMemoryBytes()), bytesize(allocated.GetMemoryBytes()), bytesize(free.GetMemoryBytes()))
+	fmt.Fprintf(w, "%sdisk\t%s\t%s\t%s\n", indent, bytesize(capacity.GetDiskBytes()), bytesize(allocated.GetDiskBytes()), bytesize(free.GetDiskBytes()))
+}
+
+// --- capacity ---
+
+func (p *printer) capacity(c *yunchiv1.Capacity) func(io.Writer) {
+	return func(w io.Writer) {
+		fmt.Fprintln(w, "CENTER\tHOSTS\tREADY\tVMS\tVCPUS FREE\tMEMORY FREE\tDISK FREE")
+		row := func(name string, hosts, ready, vms int32, capa, free *yunchiv1.Resources) {
+			fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d/%d\t%s/%s\t%s/%s\n", name, hosts, ready, vms,
+				free.GetVcpus(), capa.GetVcpus(),
+				bytesize(free.GetMemoryBytes()), bytesize(capa.GetMemoryBytes()),
+				bytesize(free.GetDiskBytes()), bytesize(capa.GetDiskBytes()))
+		}
+		var ready int32 // Capacity has no ready total: sum the centers
+		for _, cc := range c.GetCenters() {
+			row(dash(cc.GetCenter()), cc.GetHosts(), cc.GetHostsReady(), cc.GetVms(), cc.GetCapacity(), cc.GetFree())
+			ready += cc.GetHostsReady()
+		}
+		row("TOTAL", c.GetHosts(), ready, c.GetVms(), c.GetCapacity(), c.GetFree())
+	}
+}
+
+// --- cluster ---
+
+func (p *printer) clusterStatus(s *yunchiv1.ClusterStatus) func(io.Writer) {
+	return func(w io.Writer) {
+		leader := s.GetLeaderId()
+		if leader == "" {
+			leader = "none (no leader elected)"
+		} else if s.GetLeaderApiAddress() != "" {
+			leader += " (" + s.GetLeaderApiAddress() + ")"
+		}
+		node := s.GetNodeId()
+		if s.GetNodeState() != "" {
+			node += " (" + strings.ToLower(s.GetNodeState()) + ")"
+		}
+		kv(w, "Leader", leader)
+		kv(w, "Answered by", node)
+		kv(w, "Term", strconv.FormatUint(s.GetTerm(), 10))
+		kv(w, "Commit index", strconv.FormatUint(s.GetCommitIndex(), 10))
+		kv(w, "Applied index", strconv.FormatUint(s.GetAppliedIndex(), 10))
+		kv(w, "Last log index", strconv.FormatUint(s.GetLastLogIndex(), 10))
+		fmt.Fprintln(w)
+		memberRows(w, s.GetMembers())
+	}
+}
+
+func (p *printer) members(ms []*yunchiv1.Member) func(io.Writer) {
+	return func(w io.Writer) { memberRows(w, ms) }
+}
+
+func memberRows(w io.Writer, ms []*yunchiv1.Member) {
+	fmt.Fprintln(w, "ID\tCENTER\tSUFFRAGE\tAPI ADDRESS\tRAFT ADDRESS\tLEADER")
+	for _, m := range ms {
+		mark := ""
+		if m.GetLeader() {
+			mark = "*"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", m.GetId(), dash(m.GetCenter()), dash(m.GetSuffrage()),
+			dash(m.GetApiAddress()), dash(m.GetRaftAddress()), mark)
+	}
+}
+
+// --- formatting helpers ---
+
+func kv(w io.Writer, k, v string) {
+	fmt.Fprintf(w, "%s:\t%s\n", k, dash(v))
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// bytesize formats bytes with the largest binary unit that keeps the number
+// at least 1: "4 GiB", "1.5 TiB", "512 MiB", "100 B".
+func bytesize(n int64) string {
+	units := []string{"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"}
+	neg := n < 0
+	u := uint64(n)
+	if neg {
+		u = uint64(-n)
+	}
+	i := 0
+	for i < len(units)-1 && u >= 1<<(10*(i+1)) {
+		i++
+	}
+	var s string
+	if i == 0 || u%(1<<(10*i)) == 0 {
+		s = fmt.Sprintf("%d %s", u>>(10*i), units[i])
+	} else {
+		v := float64(u) / float64(uint64(1)<<(10*i))
+		s = strconv.FormatFloat(v, 'f', 1, 64)
+		s = strings.TrimSuffix(s, ".0") + " " + units[i]
+	}
+	if neg {
+		s = "-" + s
+	}
+	return s
+}
+
+// enumWord turns VM_PHASE_RUNNING into "running".
+func enumWord(name, prefix string) string {
+	w := strings.ToLower(strings.TrimPrefix(name, prefix))
+	if w == "unspecified" || w == "" {
+		return "-"
+	}
+	return w
+}
+
+func phase(p yunchiv1.VMPhase) string       { return enumWord(p.String(), "VM_PHASE_") }
+func power(p yunchiv1.PowerState) string    { return enumWord(p.String(), "POWER_STATE_") }
+func hostState(s yunchiv1.HostState) string { return enumWord(s.String(), "HOST_STATE_") }
+
+func labels(m map[string]string) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = k + "=" + m[k]
+	}
+	return strings.Join(parts, ",")
+}
+
+func (p *printer) timestamp(ts *timestamppb.Timestamp) string {
+	if ts == nil {
+		return ""
+	}
+	return ts.AsTime().UTC().Format(time.RFC3339) + " (" + p.ago(ts) + ")"
+}
+
+// age is how long ago ts was, short: "45s", "12m", "3h", "5d".
+func (p *printer) age(ts *timestamppb.Timestamp) string {
+	if ts == nil {
+		return "-"
+	}
+	d := p.now().Sub(ts.AsTime())
+	switch {
+	case d < 0:
+		return "0s"
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm", int(d.Minutes()))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh", int(d.Hours()))
+	default:
+		return fmt.Sprintf("%dd", int(d.Hours()/24))
+	}
+}
+
+func (p *printer) ago(ts *timestamppb.Timestamp) string {
+	if ts == nil {
+		return "-"
+	}
+	return p.age(ts) + " ago"
+}

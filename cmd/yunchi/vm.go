@@ -1,0 +1,200 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/urfave/cli/v2"
+	"google.golang.org/grpc"
+
+	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
+)
+
+func projectFlag() cli.Flag {
+	return &cli.StringFlag{Name: "project", Aliases: []string{"p"}, Usage: "project of the VM (controller default: \"default\")"}
+}
+
+func consistentFlag() cli.Flag {
+	return &cli.BoolFlag{Name: "consistent", Usage: "read through the leader (linearizable) instead of the answering node's state"}
+}
+
+func waitFlags(what string) []cli.Flag {
+	return []cli.Flag{
+		&cli.BoolFlag{Name: "wait", Usage: "wait until the VM is " + what + ", printing progress on stderr"},
+		&cli.DurationFlag{Name: "wait-timeout", Usage: "give up waiting after this long", Value: 5 * time.Minute},
+	}
+}
+
+func vmCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "vm",
+		Usage: "create, list and control virtual machines",
+		Subcommands: []*cli.Command{
+			vmCreateCommand(),
+			{
+				Name:    "list",
+				Aliases: []string{"ls"},
+				Usage:   "list VMs",
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "project", Aliases: []string{"p"}, Usage: "only VMs of this project"},
+					&cli.StringFlag{Name: "host", Usage: "only VMs placed on this host ID"},
+					consistentFlag(),
+				},
+				Action: withSession(vmList),
+			},
+			{
+				Name:      "show",
+				Aliases:   []string{"get"},
+				Usage:     "show one VM",
+				ArgsUsage: "NAME",
+				Flags:     []cli.Flag{projectFlag(), consistentFlag()},
+				Action:    withSession(vmShow),
+			},
+			vmActionCommand("start", "start a stopped VM", "running", retrySafe, startGoal,
+				func(c yunchiv1.VMServiceClient) vmRPC { return c.StartVM }),
+			vmActionCommand("stop", "stop a running VM", "stopped", retrySafe, stopGoal,
+				func(c yunchiv1.VMServiceClient) vmRPC { return c.StopVM }),
+			vmActionCommand("reboot", "reboot a running VM", "running again", retryNever, rebootGoal,
+				func(c yunchiv1.VMServiceClient) vmRPC { return c.RebootVM }),
+			vmActionCommand("delete", "delete a VM and its disk", "gone", retrySafe, deleteGoal,
+				func(c yunchiv1.VMServiceClient) vmRPC { return c.DeleteVM }),
+		},
+	}
+}
+
+func vmCreateCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "create",
+		Usage:     "create a VM and place it on a host",
+		ArgsUsage: "NAME",
+		UsageText: "yunchi vm create NAME [--cpu N] [--memory SIZE] [--disk SIZE] [--center C] [--project P] [--stopped] [--wait]\n\n" +
+			"Sizes take a binary unit: 512MiB, 4GiB, 1TiB. NAME: lowercase letters, digits and '-'.",
+		Flags: append([]cli.Flag{
+			&cli.IntFlag{Name: "cpu", Aliases: []string{"vcpus"}, Usage: "number of vCPUs", Value: 1},
+			&cli.StringFlag{Name: "memory", Usage: "memory size", Value: "1GiB"},
+			&cli.StringFlag{Name: "disk", Usage: "disk size", Value: "20GiB"},
+			&cli.StringFlag{Name: "center", Usage: "only place on hosts of this center (default: any)"},
+			projectFlag(),
+			&cli.BoolFlag{Name: "stopped", Usage: "define the VM but leave it stopped"},
+		}, waitFlags("running (stopped with --stopped)")...),
+		Action: withSession(vmCreate),
+	}
+}
+
+func vmCreate(cCtx *cli.Context, s *session) error {
+	args, err := needArgs(cCtx, "NAME")
+	if err != nil {
+		return err
+	}
+	cpu := cCtx.Int("cpu")
+	if cpu > math.MaxInt32 || cpu < math.MinInt32 {
+		return usagef("--cpu %d: out of range", cpu)
+	}
+	req := &yunchiv1.CreateVMRequest{
+		Name:    args[0],
+		Project: cCtx.String("project"),
+		Vcpus:   int32(cpu),
+		Memory:  cCtx.String("memory"),
+		Disk:    cCtx.String("disk"),
+		Center:  cCtx.String("center"),
+		Stopped: cCtx.Bool("stopped"),
+	}
+	vm, err := do(s.ctx, s.client, retryNever, func(ctx context.Context, cc grpc.ClientConnInterface) (*yunchiv1.VM, error) {
+		return yunchiv1.NewVMServiceClient(cc).CreateVM(ctx, req)
+	})
+	if err != nil {
+		return err
+	}
+	if cCtx.Bool("wait") {
+		g := startGoal(vm)
+		if req.Stopped {
+			g = stopGoal(vm)
+		}
+		g.after = 0 // a new VM: any FAILED is ours
+		vm, _, err = s.waitVM(vm.GetName(), orDefault(vm.GetProject(), req.Project), g, cCtx.Duration("wait-timeout"))
+		if err != nil {
+			return err
+		}
+	}
+	return s.out.print(vm, s.out.vmDetail(vm))
+}
+
+func vmList(cCtx *cli.Context, s *session) error {
+	if _, err := needArgs(cCtx); err != nil {
+		return err
+	}
+	req := &yunchiv1.ListVMsRequest{
+		Project:    cCtx.String("project"),
+		HostId:     cCtx.String("host"),
+		Consistent: cCtx.Bool("consistent"),
+	}
+	resp, err := do(s.ctx, s.client, retrySafe, func(ctx context.Context, cc grpc.ClientConnInterface) (*yunchiv1.ListVMsResponse, error) {
+		return yunchiv1.NewVMServiceClient(cc).ListVMs(ctx, req)
+	})
+	if err != nil {
+		return err
+	}
+	return s.out.print(resp, s.out.vmList(resp.GetVms()))
+}
+
+func vmShow(cCtx *cli.Context, s *session) error {
+	args, err := needArgs(cCtx, "NAME")
+	if err != nil {
+		return err
+	}
+	req := &yunchiv1.GetVMRequest{Name: args[0], Project: cCtx.String("project"), Consistent: cCtx.Bool("consistent")}
+	vm, err := do(s.ctx, s.client, retrySafe, func(ctx context.Context, cc grpc.ClientConnInterface) (*yunchiv1.VM, error) {
+		return yunchiv1.NewVMServiceClient(cc).GetVM(ctx, req)
+	})
+	if err != nil {
+		return err
+	}
+	return s.out.print(vm, s.out.vmDetail(vm))
+}
+
+type vmRPC func(ctx context.Context, in *yunchiv1.VMActionRequest, opts ...grpc.CallOption) (*yunchiv1.VM, error)
+
+// vmActionCommand builds start, stop, reboot and delete: one RPC on a named
+// VM, then optionally a wait for the goal state.
+func vmActionCommand(name, usage, waitWhat string, r retry, goal func(*yunchiv1.VM) waitGoal, rpc func(yunchiv1.VMServiceClient) vmRPC) *cli.Command {
+	return &cli.Command{
+		Name:      name,
+		Usage:     usage,
+		ArgsUsage: "NAME",
+		Flags:     append([]cli.Flag{projectFlag()}, waitFlags(waitWhat)...),
+		Action: withSession(func(cCtx *cli.Context, s *session) error {
+			args, err := needArgs(cCtx, "NAME")
+			if err != nil {
+				return err
+			}
+			req := &yunchiv1.VMActionRequest{Name: args[0], Project: cCtx.String("project")}
+			vm, err := do(s.ctx, s.client, r, func(ctx context.Context, cc grpc.ClientConnInterface) (*yunchiv1.VM, error) {
+				return rpc(yunchiv1.NewVMServiceClient(cc))(ctx, req)
+			})
+			if err != nil {
+				return err
+			}
+			gone := false
+			if cCtx.Bool("wait") {
+				vm, gone, err = s.waitVM(orDefault(vm.GetName(), req.Name), orDefault(vm.GetProject(), req.Project), goal(vm), cCtx.Duration("wait-timeout"))
+				if err != nil {
+					return err
+				}
+			}
+			if gone && !s.out.json {
+				_, err := fmt.Fprintf(s.out.w, "vm %s deleted\n", req.Name)
+				return err
+			}
+			return s.out.print(vm, s.out.vmDetail(vm))
+		}),
+	}
+}
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}

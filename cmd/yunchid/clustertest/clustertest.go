@@ -1,0 +1,322 @@
+// Package clustertest runs Yunchi as real processes on loopback for tests:
+// controllers and agents started from the yunchid binary, killed with
+// SIGKILL by pid, restarted on the same data dir. Fault tests build on it.
+// Everything it starts is stopped, and everything it writes is removed, when
+// the test ends (also on failure).
+package clustertest
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/yunchi/yunchi/agent/libvirt"
+	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
+)
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// Binary builds cmd/yunchid once per test process and returns its path.
+func Binary(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "yunchid-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "yunchid")
+		out, err := exec.Command("go", "build", "-o", binPath, "github.com/yunchi/yunchi/cmd/yunchid").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build yunchid: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+// FreePort returns a loopback address that was free a moment ago.
+func FreePort(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// Proc is one daemon process.
+type Proc struct {
+	Name string
+	Args []string
+	Dir  string
+	cmd  *exec.Cmd
+	done chan struct{}
+	log  *os.File
+}
+
+func (p *Proc) start(t testing.TB, bin string) {
+	t.Helper()
+	lf, err := os.OpenFile(filepath.Join(p.Dir, p.Name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.log = lf
+	p.cmd = exec.Command(bin, p.Args...)
+	p.cmd.Stdout, p.cmd.Stderr = lf, lf
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p.done = make(chan struct{})
+	go func() { p.cmd.Wait(); lf.Close(); close(p.done) }()
+}
+
+// Running says whether the process is still up.
+func (p *Proc) Running() bool {
+	if p.done == nil {
+		return false
+	}
+	select {
+	case <-p.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// Kill sends SIGKILL to the process (by its pid) and waits for it.
+func (p *Proc) Kill() {
+	if p.Running() {
+		p.cmd.Process.Signal(syscall.SIGKILL)
+		<-p.done
+	}
+}
+
+// Stop sends SIGTERM and waits up to 10 s, then SIGKILL.
+func (p *Proc) Stop() {
+	if !p.Running() {
+		return
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		p.Kill()
+	}
+}
+
+// Log returns what the process wrote so far.
+func (p *Proc) Log() string {
+	b, _ := os.ReadFile(filepath.Join(p.Dir, p.Name+".log"))
+	return string(b)
+}
+
+// Controller is a controller process.
+type Controller struct {
+	*Proc
+	ID, Center, API, Raft string
+}
+
+// Agent is an agent process on a simulated host (libvirt test driver).
+type Agent struct {
+	*Proc
+	HostID string
+}
+
+// Cluster is a set of processes sharing one temp dir.
+type Cluster struct {
+	t           testing.TB
+	bin, dir    string
+	Controllers []*Controller
+	Agents      []*Agent
+}
+
+// New returns an empty cluster; Stop runs at test cleanup.
+func New(t testing.TB) *Cluster {
+	c := &Cluster{t: t, bin: Binary(t), dir: t.TempDir()}
+	t.Cleanup(func() {
+		for _, a := range c.Agents {
+			a.Stop()
+		}
+		for _, ctl := range c.Controllers {
+			ctl.Stop()
+		}
+		if t.Failed() {
+			for _, ctl := range c.Controllers {
+				t.Logf("--- log of controller %s:\n%s", ctl.ID, tail(ctl.Log(), 4000))
+			}
+		}
+	})
+	return c
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return "..." + s[len(s)-n:]
+	}
+	return s
+}
+
+// StartControllers starts n controllers: the first bootstraps, the others
+// join it. Centers cycle a1, a2, b1. It waits for n voters and a leader.
+func (c *Cluster) StartControllers(n int) {
+	c.t.Helper()
+	centers := []string{"a1", "a2", "b1"}
+	for i := 0; i < n; i++ {
+		ctl := &Controller{ID: fmt.Sprintf("c%d", i+1), Center: centers[i%3], API: FreePort(c.t), Raft: FreePort(c.t)}
+		ctl.Proc = &Proc{Name: "controller-" + ctl.ID, Dir: c.dir, Args: []string{
+			"--log-level", "info", "controller", "--id", ctl.ID, "--center", ctl.Center,
+			"--listen", ctl.API, "--raft-listen", ctl.Raft, "--data-dir", filepath.Join(c.dir, ctl.ID),
+		}}
+		if i == 0 {
+			ctl.Args = append(ctl.Args, "--bootstrap")
+		} else {
+			ctl.Args = append(ctl.Args, "--join", c.Controllers[0].API)
+		}
+		ctl.start(c.t, c.bin)
+		c.Controllers = append(c.Controllers, ctl)
+	}
+	c.WaitVoters(n, 60*time.Second)
+}
+
+// Restart starts a stopped or killed controller again on its data dir.
+func (c *Cluster) Restart(ctl *Controller) {
+	c.t.Helper()
+	ctl.start(c.t, c.bin)
+}
+
+// StartAgent starts an agent for a simulated host with the given size.
+func (c *Cluster) StartAgent(hostID, center string, cpus int, memBytes, diskBytes int64) *Agent {
+	c.t.Helper()
+	path := filepath.Join(c.dir, hostID+".xml")
+	if err := libvirt.WriteTestNodeXML(path, libvirt.TestNode{CPUs: cpus, MemoryBytes: memBytes}); err != nil {
+		c.t.Fatal(err)
+	}
+	a := &Agent{HostID: hostID, Proc: &Proc{Name: "agent-" + hostID, Dir: c.dir, Args: []string{
+		"agent", "--host-id", hostID, "--center", center, "--libvirt-uri", "test://" + path,
+		"--disk-bytes", fmt.Sprint(diskBytes), "--controllers", c.APIList(), "--heartbeat", "500ms",
+	}}}
+	a.start(c.t, c.bin)
+	c.Agents = append(c.Agents, a)
+	return a
+}
+
+// APIList is the controllers' API addresses, comma-separated.
+func (c *Cluster) APIList() string {
+	s := ""
+	for i, ctl := range c.Controllers {
+		if i > 0 {
+			s += ","
+		}
+		s += ctl.API
+	}
+	return s
+}
+
+// Alive returns the controllers whose process runs.
+func (c *Cluster) Alive() []*Controller {
+	var out []*Controller
+	for _, ctl := range c.Controllers {
+		if ctl.Running() {
+			out = append(out, ctl)
+		}
+	}
+	return out
+}
+
+// Status asks one controller for the cluster status.
+func Status(addr string) (*yunchiv1.ClusterStatus, error) {
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	return yunchiv1.NewClusterServiceClient(conn).GetClusterStatus(ctx, &yunchiv1.GetClusterStatusRequest{})
+}
+
+// Leader returns the controller that is leader now, or nil.
+func (c *Cluster) Leader() *Controller {
+	for _, ctl := range c.Alive() {
+		if st, err := Status(ctl.API); err == nil && st.NodeState == "Leader" {
+			return ctl
+		}
+	}
+	return nil
+}
+
+// WaitVoters waits until some live controller reports n members, all with
+// API addresses, and a leader.
+func (c *Cluster) WaitVoters(n int, d time.Duration) {
+	c.t.Helper()
+	Eventually(c.t, d, fmt.Sprintf("%d voters and a leader", n), func() bool {
+		for _, ctl := range c.Alive() {
+			st, err := Status(ctl.API)
+			if err != nil || st.LeaderId == "" || len(st.Members) != n {
+				continue
+			}
+			ok := true
+			for _, m := range st.Members {
+				ok = ok && m.ApiAddress != ""
+			}
+			if ok {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// WaitConverged waits until every live controller has applied all that any
+// of them reports committed.
+func (c *Cluster) WaitConverged(d time.Duration) {
+	c.t.Helper()
+	Eventually(c.t, d, "controllers to converge", func() bool {
+		var commit uint64
+		var applied []uint64
+		for _, ctl := range c.Alive() {
+			st, err := Status(ctl.API)
+			if err != nil || st.LeaderId == "" {
+				return false
+			}
+			commit = max(commit, st.CommitIndex)
+			applied = append(applied, st.AppliedIndex)
+		}
+		for _, a := range applied {
+			if a < commit {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// Eventually polls ok every 100 ms until it holds or d passes.
+func Eventually(t testing.TB, d time.Duration, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

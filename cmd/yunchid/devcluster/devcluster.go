@@ -1,0 +1,287 @@
+// Package devcluster is `yunchid dev`: the embedded default cluster. Three
+// controllers (one voter per center: a1 production, a2 same-city DR, b1
+// remote DR) and simulated hosts whose totals match the 环保云 (45 servers,
+// 14 TiB memory, 700 TB disk), each a real agent on its own connection to
+// libvirt's test driver, loaded with that host's node XML.
+package devcluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/yunchi/yunchi/agent"
+	"github.com/yunchi/yunchi/agent/libvirt"
+	"github.com/yunchi/yunchi/controller"
+	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
+)
+
+// Config of the dev cluster.
+type Config struct {
+	// DataDir keeps state across runs; empty = a temp dir removed at exit.
+	DataDir string
+	// BasePort is the first controller's API port (8470); the others use
+	// the next two; raft uses BasePort+10..12.
+	BasePort int
+	// Hosts is the number of simulated hosts (45).
+	Hosts  int
+	Out    io.Writer
+	Logger *slog.Logger
+	// Ready, if set, is called with the API addresses once every host is up.
+	Ready func(addrs []string)
+}
+
+// Centers of the "two sites, three centers" layout.
+var Centers = []struct{ ID, Site, Role string }{
+	{"a1", "a", "production"},
+	{"a2", "a", "same-city DR"},
+	{"b1", "b", "remote DR"},
+}
+
+// HostSpec is one simulated server.
+type HostSpec struct {
+	ID, Center, Site, Rack string
+	Sockets, Cores, Threads int
+	MemoryBytes, DiskBytes  int64
+}
+
+// VCPUs is the number of hardware threads.
+func (h HostSpec) VCPUs() int { return h.Sockets * h.Cores * h.Threads }
+
+const (
+	gib = int64(1) << 30
+	tb  = int64(1000 * 1000 * 1000 * 1000)
+)
+
+// Hosts lays out n simulated servers. For n = 45 the totals are those of the
+// 环保云: 34 x 256 GiB + 11 x 512 GiB = 14 TiB of memory; 25 x 16 TB +
+// 20 x 15 TB = 700 TB of disk. Centers get 21 / 12 / 12 hosts (the
+// production center is the biggest), racks hold up to 6 hosts.
+func Hosts(n int) []HostSpec {
+	perCenter := []int{n - 2*(n*12/45), n * 12 / 45, n * 12 / 45}
+	var out []HostSpec
+	j := 0
+	for ci, c := range Centers {
+		for k := 0; k < perCenter[ci]; k++ {
+			h := HostSpec{
+				ID: fmt.Sprintf("%s-h%02d", c.ID, k+1), Center: c.ID, Site: c.Site,
+				Rack:    fmt.Sprintf("%s-r%d", c.ID, k/6+1),
+				Sockets: 2, Cores: 16, Threads: 2, MemoryBytes: 256 * gib, DiskBytes: 15 * tb,
+			}
+			if j%4 == 1 { // 11 of 45: the big-memory servers
+				h.Cores, h.MemoryBytes = 24, 512*gib
+			}
+			if j < n*25/45 {
+				h.DiskBytes = 16 * tb
+			}
+			out = append(out, h)
+			j++
+		}
+	}
+	return out
+}
+
+// Run starts everything, prints how to use it and blocks until ctx ends.
+func Run(ctx context.Context, cfg Config) error {
+	if cfg.BasePort == 0 {
+		cfg.BasePort = 8470
+	}
+	if cfg.Hosts <= 0 {
+		cfg.Hosts = 45
+	}
+	if cfg.Out == nil {
+		cfg.Out = os.Stdout
+	}
+	lg := cfg.Logger
+	if lg == nil {
+		lg = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+	dir := cfg.DataDir
+	if dir == "" {
+		tmp, err := os.MkdirTemp("", "yunchi-dev-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(tmp)
+		dir = tmp
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "hosts"), 0o700); err != nil {
+		return err
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errc := make(chan error, len(Centers))
+	var addrs []string
+	ctlCtx, stopControllers := context.WithCancel(context.Background())
+	defer func() { stopControllers(); wg.Wait() }()
+	for i, c := range Centers {
+		api := fmt.Sprintf("127.0.0.1:%d", cfg.BasePort+i)
+		ccfg := controller.Config{
+			ID: c.ID, Center: c.ID, Listen: api,
+			RaftListen: fmt.Sprintf("127.0.0.1:%d", cfg.BasePort+10+i),
+			DataDir:    filepath.Join(dir, "controllers", c.ID), FastRaft: true, Logger: lg,
+		}
+		if i == 0 {
+			ccfg.Bootstrap = true
+		} else {
+			ccfg.Join = []string{addrs[0]}
+		}
+		ctl, err := controller.New(ccfg)
+		if err != nil {
+			return fmt.Errorf("controller %s: %w", c.ID, err)
+		}
+		addrs = append(addrs, ctl.Addr())
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := ctl.Run(ctlCtx); err != nil {
+				errc <- fmt.Errorf("controller %s: %w", c.ID, err)
+				cancel()
+			}
+		}()
+	}
+	fmt.Fprintf(cfg.Out, "yunchi dev: 3 controllers starting (a1 production, a2 same-city DR, b1 remote DR), state in %s\n", dir)
+
+	conn, err := grpc.NewClient(addrs[0], grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if err := waitVoters(ctx, yunchiv1.NewClusterServiceClient(conn), len(Centers)); err != nil {
+		return err
+	}
+
+	specs := Hosts(cfg.Hosts)
+	agentCtx, stopAgents := context.WithCancel(context.Background())
+	var awg sync.WaitGroup
+	defer func() { stopAgents(); awg.Wait() }()
+	for i, h := range specs {
+		path := filepath.Join(dir, "hosts", h.ID+".xml")
+		if err := libvirt.WriteTestNodeXML(path, libvirt.TestNode{
+			CPUs: h.VCPUs(), CPUModel: "sim-x86", Sockets: h.Sockets, Cores: h.Cores, Threads: h.Threads, MemoryBytes: h.MemoryBytes,
+		}); err != nil {
+			return fmt.Errorf("host %s: %w", h.ID, err)
+		}
+		uri := "test://" + path
+		drv, err := libvirt.Open(uri)
+		if err != nil {
+			return fmt.Errorf("host %s: %w", h.ID, err)
+		}
+		a := agent.New(agent.Config{
+			HostID: h.ID, Hostname: h.ID, Center: h.Center, Site: h.Site, Rack: h.Rack,
+			Labels: map[string]string{"simulated": "true"}, DiskBytes: h.DiskBytes,
+			LibvirtURI: uri, Controllers: rotate(addrs, i), HeartbeatInterval: 2 * time.Second,
+			Logger: lg.With("host", h.ID),
+		}, drv)
+		awg.Add(1)
+		go func() {
+			defer awg.Done()
+			defer drv.Close()
+			if err := a.Run(agentCtx); err != nil && !errors.Is(err, context.Canceled) {
+				lg.Error("agent stopped", "host", h.ID, "err", err)
+			}
+		}()
+	}
+	if err := waitHosts(ctx, cfg.Out, yunchiv1.NewHostServiceClient(conn), len(specs)); err != nil {
+		return err
+	}
+	fmt.Fprintf(cfg.Out, "yunchi dev: ready. %d hosts in 3 centers; API (gRPC + REST) at %s (followers: %s, %s)\n", len(specs), addrs[0], addrs[1], addrs[2])
+	fmt.Fprintf(cfg.Out, "  try: yunchi vm create web-1 --cpu 2 --memory 4GiB --wait\n")
+	fmt.Fprintf(cfg.Out, "       curl -s %s/v1/vms\n", addrs[0])
+	fmt.Fprintf(cfg.Out, "       yunchi cluster status\n")
+	fmt.Fprintf(cfg.Out, "Ctrl-C stops everything.\n")
+	if cfg.Ready != nil {
+		cfg.Ready(addrs)
+	}
+
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	fmt.Fprintf(cfg.Out, "yunchi dev: stopping\n")
+	stopAgents()
+	awg.Wait()
+	stopControllers()
+	wg.Wait()
+	return err
+}
+
+// rotate spreads the agents' first choice of controller over all three.
+func rotate(addrs []string, k int) []string {
+	out := make([]string, len(addrs))
+	for i := range addrs {
+		out[i] = addrs[(i+k)%len(addrs)]
+	}
+	return out
+}
+
+func waitVoters(ctx context.Context, c yunchiv1.ClusterServiceClient, n int) error {
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		st, err := c.GetClusterStatus(ctx, &yunchiv1.GetClusterStatusRequest{})
+		if err == nil && st.LeaderId != "" && len(st.Members) == n {
+			ok := true
+			for _, m := range st.Members {
+				ok = ok && m.ApiAddress != ""
+			}
+			if ok {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the controllers did not form a %d-voter cluster within 60s (last error: %v)", n, err)
+		}
+		if err := sleep(ctx, 200*time.Millisecond); err != nil {
+			return err
+		}
+	}
+}
+
+func waitHosts(ctx context.Context, out io.Writer, c yunchiv1.HostServiceClient, n int) error {
+	deadline := time.Now().Add(120 * time.Second)
+	last := -1
+	for {
+		resp, err := c.ListHosts(ctx, &yunchiv1.ListHostsRequest{})
+		if err == nil {
+			ready := 0
+			for _, h := range resp.Hosts {
+				if h.State == yunchiv1.HostState_HOST_STATE_READY {
+					ready++
+				}
+			}
+			if ready != last {
+				fmt.Fprintf(out, "yunchi dev: %d/%d hosts registered\n", ready, n)
+				last = ready
+			}
+			if ready >= n {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("only %d of %d hosts registered within 120s (last error: %v)", last, n, err)
+		}
+		if err := sleep(ctx, 250*time.Millisecond); err != nil {
+			return err
+		}
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(d):
+		return nil
+	}
+}

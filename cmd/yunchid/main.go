@@ -1,0 +1,146 @@
+// Command yunchid is Yunchi's daemon: `yunchid controller` runs one raft
+// controller, `yunchid agent` the agent of one host, and `yunchid dev` the
+// embedded default (3 controllers, 45 simulated hosts). It only parses
+// flags and wires constructors.
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/yunchi/yunchi/agent"
+	"github.com/yunchi/yunchi/agent/libvirt"
+	"github.com/yunchi/yunchi/cmd/yunchid/devcluster"
+	"github.com/yunchi/yunchi/controller"
+)
+
+func main() {
+	app := &cli.App{
+		Name:  "yunchid",
+		Usage: "Yunchi (云池) daemon: controller, host agent, or the embedded dev cluster",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
+		},
+		Before: func(c *cli.Context) error {
+			var lvl slog.Level
+			if err := lvl.UnmarshalText([]byte(c.String("log-level"))); err != nil {
+				return fmt.Errorf("--log-level %q: use debug, info, warn or error", c.String("log-level"))
+			}
+			slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})))
+			return nil
+		},
+		Commands: []*cli.Command{controllerCmd(), agentCmd(), devCmd()},
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := app.RunContext(ctx, os.Args); err != nil {
+		fmt.Fprintf(os.Stderr, "yunchid: %s\n", strings.ReplaceAll(err.Error(), "\n", " "))
+		os.Exit(1)
+	}
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func controllerCmd() *cli.Command {
+	return &cli.Command{
+		Name:  "controller",
+		Usage: "run one raft controller (gRPC, REST, /metrics on --listen)",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "id", Required: true, Usage: "this controller's unique id, e.g. a1"},
+			&cli.StringFlag{Name: "center", Usage: "data center this controller runs in (production, same-city DR, remote DR)"},
+			&cli.StringFlag{Name: "listen", Value: "127.0.0.1:8470", Usage: "API address: gRPC, REST, /metrics, /openapi.json"},
+			&cli.StringFlag{Name: "advertise", Usage: "API address others dial (default: --listen)"},
+			&cli.StringFlag{Name: "raft-listen", Value: "127.0.0.1:8480", Usage: "raft peer address"},
+			&cli.StringFlag{Name: "raft-advertise", Usage: "raft address others dial (default: --raft-listen)"},
+			&cli.StringFlag{Name: "data-dir", Required: true, Usage: "where the raft log, stable store and snapshots live"},
+			&cli.BoolFlag{Name: "bootstrap", Usage: "start a new cluster with this controller as its first voter"},
+			&cli.StringFlag{Name: "join", Usage: "API address(es) of running controllers to join, comma-separated"},
+		},
+		Action: func(c *cli.Context) error {
+			ctl, err := controller.New(controller.Config{
+				ID: c.String("id"), Center: c.String("center"),
+				Listen: c.String("listen"), Advertise: c.String("advertise"),
+				RaftListen: c.String("raft-listen"), RaftAdvertise: c.String("raft-advertise"),
+				DataDir: c.String("data-dir"), Bootstrap: c.Bool("bootstrap"), Join: splitList(c.String("join")),
+			})
+			if err != nil {
+				return err
+			}
+			return ctl.Run(c.Context)
+		},
+	}
+}
+
+func agentCmd() *cli.Command {
+	return &cli.Command{
+		Name:  "agent",
+		Usage: "run the agent of one host: register, heartbeat, run assigned VMs through libvirt",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "host-id", Required: true, Usage: "this host's unique id"},
+			&cli.StringFlag{Name: "center", Required: true, Usage: "data center of this host"},
+			&cli.StringFlag{Name: "site", Usage: "site (city) of this host"},
+			&cli.StringFlag{Name: "rack", Usage: "rack of this host"},
+			&cli.StringSliceFlag{Name: "label", Usage: "key=value label (repeatable)"},
+			&cli.StringFlag{Name: "libvirt-uri", Value: "qemu:///system", Usage: "libvirt connection, e.g. test:///abs/path/node.xml"},
+			&cli.Int64Flag{Name: "disk-bytes", Usage: "disk capacity to offer (default: sum of active storage pools)"},
+			&cli.StringFlag{Name: "controllers", Value: "127.0.0.1:8470", Usage: "controller API addresses, comma-separated, tried in turn"},
+			&cli.DurationFlag{Name: "heartbeat", Value: 2 * time.Second, Usage: "heartbeat interval"},
+		},
+		Action: func(c *cli.Context) error {
+			labels := map[string]string{}
+			for _, l := range c.StringSlice("label") {
+				k, v, ok := strings.Cut(l, "=")
+				if !ok || k == "" {
+					return fmt.Errorf("--label %q: use key=value", l)
+				}
+				labels[k] = v
+			}
+			drv, err := libvirt.Open(c.String("libvirt-uri"))
+			if err != nil {
+				return err
+			}
+			defer drv.Close()
+			hn, _ := os.Hostname()
+			a := agent.New(agent.Config{
+				HostID: c.String("host-id"), Hostname: hn, Center: c.String("center"), Site: c.String("site"),
+				Rack: c.String("rack"), Labels: labels, DiskBytes: c.Int64("disk-bytes"),
+				LibvirtURI: c.String("libvirt-uri"), Controllers: splitList(c.String("controllers")),
+				HeartbeatInterval: c.Duration("heartbeat"),
+			}, drv)
+			return a.Run(c.Context)
+		},
+	}
+}
+
+func devCmd() *cli.Command {
+	return &cli.Command{
+		Name:  "dev",
+		Usage: "run the embedded default: 3 controllers (a1, a2, b1) and 45 simulated hosts on libvirt's test driver",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "data-dir", Usage: "keep state here (default: a temp dir removed at exit)"},
+			&cli.IntFlag{Name: "port", Value: 8470, Usage: "API port of the first controller; the others use the next two, raft the ones 10 above"},
+			&cli.IntFlag{Name: "hosts", Value: 45, Usage: "number of simulated hosts"},
+		},
+		Action: func(c *cli.Context) error {
+			return devcluster.Run(c.Context, devcluster.Config{
+				DataDir: c.String("data-dir"), BasePort: c.Int("port"), Hosts: c.Int("hosts"), Out: os.Stdout,
+			})
+		},
+	}
+}

@@ -1,0 +1,163 @@
+package api
+
+import (
+	"context"
+	"strconv"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
+	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
+)
+
+// hostSeen is the leader's memory of a host's last heartbeat. Heartbeats do
+// not go through raft (that would write the log every few seconds per
+// host); only the host's state changes (ready <-> down) do.
+type hostSeen struct {
+	at    time.Time
+	stats *yunchiv1.HostStats
+}
+
+type seenTable struct {
+	mu sync.Mutex
+	m  map[string]*hostSeen
+}
+
+func newSeenTable() *seenTable { return &seenTable{m: map[string]*hostSeen{}} }
+
+func (t *seenTable) get(id string) *hostSeen {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if h, ok := t.m[id]; ok {
+		c := *h
+		return &c
+	}
+	return nil
+}
+
+func (t *seenTable) touch(id string, at time.Time, stats *yunchiv1.HostStats) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.m[id] = &hostSeen{at: at, stats: stats}
+}
+
+// reset gives every host a fresh grace period (a new leader has no memory
+// of heartbeats sent to the old one).
+func (t *seenTable) reset(ids []string, at time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.m = map[string]*hostSeen{}
+	for _, id := range ids {
+		t.m[id] = &hostSeen{at: at}
+	}
+}
+
+func checkFacts(f *yunchiv1.HostFacts) error {
+	if f == nil {
+		return invalid("host facts are missing")
+	}
+	if err := checkHostID(f.Id); err != nil {
+		return err
+	}
+	if err := checkName("center", f.Center); err != nil {
+		return err
+	}
+	c := f.Capacity
+	if c.GetVcpus() <= 0 || c.GetMemoryBytes() <= 0 || c.GetDiskBytes() < 0 {
+		return invalid("host %s reports no usable capacity (vcpus %d, memory %d bytes)", f.Id, c.GetVcpus(), c.GetMemoryBytes())
+	}
+	return nil
+}
+
+func (s *Server) RegisterHost(ctx context.Context, req *yunchiv1.RegisterHostRequest) (*yunchiv1.RegisterHostResponse, error) {
+	f := req.Facts
+	if err := checkFacts(f); err != nil {
+		return nil, err
+	}
+	if _, err := s.apply(ctx, &statev1.Command{Cmd: &statev1.Command_RegisterHost{RegisterHost: &statev1.RegisterHost{Host: &statev1.HostRecord{
+		Id: f.Id, Hostname: f.Hostname, Center: f.Center, Site: f.Site, Rack: f.Rack, Labels: f.Labels,
+		Capacity: f.Capacity, CpuModel: f.CpuModel, AgentVersion: f.AgentVersion,
+	}}}}); err != nil {
+		return nil, err
+	}
+	s.seen.touch(f.Id, time.Now(), nil)
+	hv, _ := s.store.Host(f.Id)
+	s.log.Info("host registered", "host", f.Id, "center", f.Center)
+	return &yunchiv1.RegisterHostResponse{Host: hostToAPI(hv, s.seen.get(f.Id)), HeartbeatIntervalMs: s.HeartbeatInterval.Milliseconds()}, nil
+}
+
+func (s *Server) Heartbeat(ctx context.Context, req *yunchiv1.HeartbeatRequest) (*yunchiv1.HeartbeatResponse, error) {
+	if err := checkHostID(req.HostId); err != nil {
+		return nil, err
+	}
+	hv, ok := s.store.Host(req.HostId)
+	if !ok {
+		return &yunchiv1.HeartbeatResponse{Known: false}, nil
+	}
+	s.seen.touch(req.HostId, time.Now(), req.Stats)
+	if hv.Host.State != yunchiv1.HostState_HOST_STATE_READY {
+		if _, err := s.apply(ctx, &statev1.Command{Cmd: &statev1.Command_SetHostState{SetHostState: &statev1.SetHostState{
+			HostId: req.HostId, State: yunchiv1.HostState_HOST_STATE_READY,
+		}}}); err != nil {
+			return nil, err
+		}
+		s.log.Info("host is back", "host", req.HostId)
+	}
+	return &yunchiv1.HeartbeatResponse{Known: true}, nil
+}
+
+func (s *Server) ReportVMStatus(ctx context.Context, req *yunchiv1.ReportVMStatusRequest) (*yunchiv1.ReportVMStatusResponse, error) {
+	if err := checkHostID(req.HostId); err != nil {
+		return nil, err
+	}
+	if len(req.Statuses) == 0 {
+		return &yunchiv1.ReportVMStatusResponse{}, nil
+	}
+	if _, err := s.apply(ctx, &statev1.Command{Cmd: &statev1.Command_ReportVmStatus{ReportVmStatus: &statev1.ReportVMStatus{
+		HostId: req.HostId, Statuses: req.Statuses,
+	}}}); err != nil {
+		return nil, err
+	}
+	return &yunchiv1.ReportVMStatusResponse{}, nil
+}
+
+// WatchAssignments streams the full desired set for a host whenever it
+// changes. Served from local state: any controller can feed an agent.
+func (s *Server) WatchAssignments(req *yunchiv1.WatchAssignmentsRequest, stream yunchiv1.AgentService_WatchAssignmentsServer) error {
+	if err := checkHostID(req.HostId); err != nil {
+		return err
+	}
+	if _, ok := s.store.Host(req.HostId); !ok {
+		return status.Errorf(codes.NotFound, "host %q is not registered", req.HostId)
+	}
+	first, lastKey := true, ""
+	for {
+		changed := s.store.Changed()
+		idx := s.store.Index()
+		vms := s.store.VMs("", req.HostId)
+		msg := &yunchiv1.Assignments{Index: idx}
+		key := ""
+		for _, v := range vms {
+			msg.Vms = append(msg.Vms, &yunchiv1.Assignment{
+				VmId: v.Id, Name: v.Name, Project: v.Project, Vcpus: v.Vcpus,
+				MemoryBytes: v.MemoryBytes, DiskBytes: v.DiskBytes, Desired: v.Desired,
+				RebootSeq: v.RebootSeq, Phase: v.Phase,
+			})
+			key += v.Id + ":" + strconv.FormatUint(v.Revision, 10) + ","
+		}
+		if first || key != lastKey {
+			if err := stream.Send(msg); err != nil {
+				return err
+			}
+			first, lastKey = false, key
+		}
+		select {
+		case <-changed:
+		case <-stream.Context().Done():
+			return nil
+		}
+	}
+}

@@ -1,0 +1,156 @@
+package api
+
+import (
+	"context"
+	"strings"
+	"sync"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
+
+	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
+)
+
+// leaderOnly lists the methods that change state: on a follower they are
+// forwarded to the leader, the only node that decides.
+var leaderOnly = map[string]bool{
+	yunchiv1.VMService_CreateVM_FullMethodName:           true,
+	yunchiv1.VMService_StartVM_FullMethodName:            true,
+	yunchiv1.VMService_StopVM_FullMethodName:             true,
+	yunchiv1.VMService_RebootVM_FullMethodName:           true,
+	yunchiv1.VMService_DeleteVM_FullMethodName:           true,
+	yunchiv1.ClusterService_JoinCluster_FullMethodName:   true,
+	yunchiv1.ClusterService_RemoveMember_FullMethodName:  true,
+	yunchiv1.AgentService_RegisterHost_FullMethodName:    true,
+	yunchiv1.AgentService_Heartbeat_FullMethodName:       true,
+	yunchiv1.AgentService_ReportVMStatus_FullMethodName:  true,
+}
+
+// consistentReader is implemented by read requests with a `consistent` field.
+type consistentReader interface{ GetConsistent() bool }
+
+const forwardedKey = "x-yunchi-forwarded"
+
+// forwardHeaders are the incoming headers a forwarded call carries on.
+var forwardHeaders = []string{"authorization", "x-request-id"}
+
+// forwarder keeps one client connection per leader address.
+type forwarder struct {
+	s     *Server
+	mu    sync.Mutex
+	conns map[string]*grpc.ClientConn
+}
+
+func newForwarder(s *Server) *forwarder {
+	return &forwarder{s: s, conns: map[string]*grpc.ClientConn{}}
+}
+
+func (f *forwarder) close() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, c := range f.conns {
+		c.Close()
+	}
+	f.conns = map[string]*grpc.ClientConn{}
+}
+
+func (f *forwarder) leaderConn() (*grpc.ClientConn, error) {
+	id := f.s.node.LeaderID()
+	if id == "" {
+		return nil, errNoLeader
+	}
+	m, ok := f.s.store.Member(id)
+	if !ok || m.ApiAddress == "" {
+		return nil, status.Errorf(codes.Unavailable, "leader %s has not published its API address yet: retry in a few seconds", id)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if c, ok := f.conns[m.ApiAddress]; ok {
+		return c, nil
+	}
+	c, err := grpc.NewClient(m.ApiAddress, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, status.Errorf(codes.Unavailable, "cannot reach leader %s at %s: %v", id, m.ApiAddress, err)
+	}
+	f.conns[m.ApiAddress] = c
+	return c, nil
+}
+
+// newResponse allocates the response message of a method, found by name in
+// the protobuf registry, so one interceptor can forward every method.
+func newResponse(fullMethod string) (proto.Message, error) {
+	parts := strings.Split(strings.TrimPrefix(fullMethod, "/"), "/")
+	if len(parts) != 2 {
+		return nil, status.Errorf(codes.Internal, "bad method name %q", fullMethod)
+	}
+	d, err := protoregistry.GlobalFiles.FindDescriptorByName(protoreflect.FullName(parts[0]))
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "unknown service %q", parts[0])
+	}
+	sd, ok := d.(protoreflect.ServiceDescriptor)
+	if !ok {
+		return nil, status.Errorf(codes.Internal, "%q is not a service", parts[0])
+	}
+	md := sd.Methods().ByName(protoreflect.Name(parts[1]))
+	if md == nil {
+		return nil, status.Errorf(codes.Internal, "unknown method %q", fullMethod)
+	}
+	mt, err := protoregistry.GlobalTypes.FindMessageByName(md.Output().FullName())
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "unknown message %q", md.Output().FullName())
+	}
+	return mt.New().Interface(), nil
+}
+
+// LeaderInterceptor runs writes and consistent reads on the leader: on a
+// follower it forwards the call (once: a forwarded call that lands on a
+// non-leader fails with Unavailable rather than bouncing around); on the
+// leader a consistent read first waits on a raft barrier.
+func (s *Server) LeaderInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	consistent := false
+	if cr, ok := req.(consistentReader); ok {
+		consistent = cr.GetConsistent()
+	}
+	if !leaderOnly[info.FullMethod] && !consistent {
+		return handler(ctx, req)
+	}
+	if s.node.IsLeader() {
+		if consistent {
+			if err := s.node.Barrier(ctx); err != nil {
+				return nil, toStatus(err)
+			}
+		}
+		return handler(ctx, req)
+	}
+	in, _ := metadata.FromIncomingContext(ctx)
+	if len(in.Get(forwardedKey)) > 0 {
+		return nil, status.Error(codes.Unavailable, "leadership is changing: retry in a few seconds")
+	}
+	conn, err := s.fwd.leaderConn()
+	if err != nil {
+		return nil, err
+	}
+	out := metadata.Pairs(forwardedKey, s.self.ID)
+	for _, k := range forwardHeaders {
+		if v := in.Get(k); len(v) > 0 {
+			out.Set(k, v...)
+		}
+	}
+	resp, err := newResponse(info.FullMethod)
+	if err != nil {
+		return nil, err
+	}
+	if err := conn.Invoke(metadata.NewOutgoingContext(ctx, out), info.FullMethod, req, resp); err != nil {
+		if st, ok := status.FromError(err); ok && st.Code() == codes.Unavailable && !strings.Contains(st.Message(), "retry") {
+			return nil, status.Errorf(codes.Unavailable, "leader unreachable: %s: retry in a few seconds", st.Message())
+		}
+		return nil, err
+	}
+	return resp, nil
+}

@@ -1,0 +1,81 @@
+package api
+
+import (
+	"context"
+	"net/http"
+	"strings"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/yunchi/yunchi/docs"
+	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
+)
+
+// NewGRPCServer registers every service behind one interceptor chain:
+// metrics first (it sees every outcome), then the slot where
+// authentication and audit will sit, then leader forwarding last (so a
+// forwarded call was already authenticated here).
+func (s *Server) NewGRPCServer(m *Metrics, extra ...grpc.UnaryServerInterceptor) *grpc.Server {
+	unary := append([]grpc.UnaryServerInterceptor{m.UnaryInterceptor}, extra...)
+	unary = append(unary, s.LeaderInterceptor)
+	gs := grpc.NewServer(grpc.ChainUnaryInterceptor(unary...), grpc.ChainStreamInterceptor(m.StreamInterceptor))
+	yunchiv1.RegisterVMServiceServer(gs, s)
+	yunchiv1.RegisterHostServiceServer(gs, s)
+	yunchiv1.RegisterCapacityServiceServer(gs, s)
+	yunchiv1.RegisterClusterServiceServer(gs, s)
+	yunchiv1.RegisterAgentServiceServer(gs, s)
+	hs := health.NewServer()
+	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	healthpb.RegisterHealthServer(gs, hs)
+	return gs
+}
+
+// NewHTTPHandler serves gRPC (HTTP/2 with application/grpc) and everything
+// else on one port: REST through grpc-gateway, which calls this same
+// controller over gRPC so REST goes through the same interceptors;
+// /openapi.json; /metrics; /healthz.
+func NewHTTPHandler(ctx context.Context, gs *grpc.Server, selfAddr string, m *Metrics) (http.Handler, error) {
+	gw := runtime.NewServeMux(
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.HTTPBodyMarshaler{
+			Marshaler: &runtime.JSONPb{
+				MarshalOptions:   protojson.MarshalOptions{EmitUnpopulated: false},
+				UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
+			},
+		}),
+	)
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	for _, reg := range []func(context.Context, *runtime.ServeMux, string, []grpc.DialOption) error{
+		yunchiv1.RegisterVMServiceHandlerFromEndpoint,
+		yunchiv1.RegisterHostServiceHandlerFromEndpoint,
+		yunchiv1.RegisterCapacityServiceHandlerFromEndpoint,
+		yunchiv1.RegisterClusterServiceHandlerFromEndpoint,
+	} {
+		if err := reg(ctx, gw, selfAddr, opts); err != nil {
+			return nil, err
+		}
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/v1/", gw)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /openapi.json", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(docs.OpenAPI)
+	})
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		w.Write([]byte("ok\n"))
+	})
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
+			gs.ServeHTTP(w, r)
+			return
+		}
+		mux.ServeHTTP(w, r)
+	}), nil
+}

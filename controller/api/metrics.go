@@ -1,0 +1,111 @@
+package api
+
+import (
+	"context"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
+
+	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
+)
+
+// Metrics are the controller's Prometheus series, served at /metrics.
+type Metrics struct {
+	Registry *prometheus.Registry
+	requests *prometheus.CounterVec
+	latency  *prometheus.HistogramVec
+}
+
+// NewMetrics registers request metrics and collectors that read raft and
+// state when scraped (no background polling).
+func NewMetrics(s *Server) *Metrics {
+	reg := prometheus.NewRegistry()
+	m := &Metrics{
+		Registry: reg,
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "yunchi_grpc_requests_total", Help: "gRPC (and REST) requests handled, by method and status code.",
+		}, []string{"method", "code"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "yunchi_grpc_request_seconds", Help: "Time to handle a unary request.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}, []string{"method"}),
+	}
+	reg.MustRegister(m.requests, m.latency, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(&stateCollector{s: s})
+	return m
+}
+
+// UnaryInterceptor counts and times unary calls.
+func (m *Metrics) UnaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	start := time.Now()
+	resp, err := handler(ctx, req)
+	m.requests.WithLabelValues(info.FullMethod, status.Code(err).String()).Inc()
+	m.latency.WithLabelValues(info.FullMethod).Observe(time.Since(start).Seconds())
+	return resp, err
+}
+
+// StreamInterceptor counts streams when they end.
+func (m *Metrics) StreamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	err := handler(srv, ss)
+	m.requests.WithLabelValues(info.FullMethod, status.Code(err).String()).Inc()
+	return err
+}
+
+var (
+	descRaftState = prometheus.NewDesc("yunchi_raft_is_leader", "1 when this controller is the raft leader.", nil, nil)
+	descRaftTerm  = prometheus.NewDesc("yunchi_raft_term", "Current raft term.", nil, nil)
+	descCommit    = prometheus.NewDesc("yunchi_raft_commit_index", "Raft commit index.", nil, nil)
+	descApplied   = prometheus.NewDesc("yunchi_raft_applied_index", "Raft index applied to the state.", nil, nil)
+	descHosts     = prometheus.NewDesc("yunchi_hosts", "Hosts by state.", []string{"state"}, nil)
+	descVMs       = prometheus.NewDesc("yunchi_vms", "VMs by phase.", []string{"phase"}, nil)
+	descCapacity  = prometheus.NewDesc("yunchi_capacity", "Pool capacity by resource (vcpus, memory_bytes, disk_bytes).", []string{"resource"}, nil)
+	descAllocated = prometheus.NewDesc("yunchi_allocated", "Allocated resources by resource.", []string{"resource"}, nil)
+)
+
+type stateCollector struct{ s *Server }
+
+func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descRaftState, descRaftTerm, descCommit, descApplied, descHosts, descVMs, descCapacity, descAllocated} {
+		ch <- d
+	}
+}
+
+func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.s.node.Raft.Stats()
+	f := func(k string) float64 { v, _ := strconv.ParseFloat(st[k], 64); return v }
+	leader := 0.0
+	if c.s.node.IsLeader() {
+		leader = 1
+	}
+	ch <- prometheus.MustNewConstMetric(descRaftState, prometheus.GaugeValue, leader)
+	ch <- prometheus.MustNewConstMetric(descRaftTerm, prometheus.GaugeValue, f("term"))
+	ch <- prometheus.MustNewConstMetric(descCommit, prometheus.GaugeValue, f("commit_index"))
+	ch <- prometheus.MustNewConstMetric(descApplied, prometheus.GaugeValue, f("applied_index"))
+	hosts := map[string]float64{}
+	capa, alloc := &yunchiv1.Resources{}, &yunchiv1.Resources{}
+	for _, hv := range c.s.store.Hosts() {
+		hosts[hv.Host.State.String()]++
+		addTo(capa, hv.Host.Capacity)
+		addTo(alloc, hv.Allocated)
+	}
+	for k, v := range hosts {
+		ch <- prometheus.MustNewConstMetric(descHosts, prometheus.GaugeValue, v, k)
+	}
+	vms := map[string]float64{}
+	for _, v := range c.s.store.VMs("", "") {
+		vms[v.Phase.String()]++
+	}
+	for k, v := range vms {
+		ch <- prometheus.MustNewConstMetric(descVMs, prometheus.GaugeValue, v, k)
+	}
+	for _, r := range []struct {
+		name string
+		c, a int64
+	}{{"vcpus", capa.Vcpus, alloc.Vcpus}, {"memory_bytes", capa.MemoryBytes, alloc.MemoryBytes}, {"disk_bytes", capa.DiskBytes, alloc.DiskBytes}} {
+		ch <- prometheus.MustNewConstMetric(descCapacity, prometheus.GaugeValue, float64(r.c), r.name)
+		ch <- prometheus.MustNewConstMetric(descAllocated, prometheus.GaugeValue, float64(r.a), r.name)
+	}
+}

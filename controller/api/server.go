@@ -1,0 +1,373 @@
+// Package api serves Yunchi's gRPC services (and, through grpc-gateway,
+// REST) on one port. Handlers validate, decide on the leader (placement,
+// ids) and record the decision through raft; reads come from the local
+// state unless the caller asks for a consistent read.
+package api
+
+import (
+	"context"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/yunchi/yunchi/controller/raftnode"
+	"github.com/yunchi/yunchi/controller/state"
+	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
+	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
+	"github.com/yunchi/yunchi/scheduler"
+)
+
+// Self describes this controller to its peers.
+type Self struct {
+	ID         string
+	APIAddress string
+	Center     string
+}
+
+// Server implements every Yunchi service over one raft node.
+type Server struct {
+	yunchiv1.UnimplementedVMServiceServer
+	yunchiv1.UnimplementedHostServiceServer
+	yunchiv1.UnimplementedCapacityServiceServer
+	yunchiv1.UnimplementedClusterServiceServer
+	yunchiv1.UnimplementedAgentServiceServer
+
+	node  *raftnode.Node
+	store *state.Store
+	self  Self
+	log   *slog.Logger
+	fwd   *forwarder
+
+	// placeMu serialises placement decisions on the leader, so concurrent
+	// creates see each other's allocations; Apply re-checks capacity anyway.
+	placeMu sync.Mutex
+
+	HeartbeatInterval time.Duration
+	HostTTL           time.Duration
+	seen              *seenTable
+}
+
+// NewServer builds the services for node.
+func NewServer(node *raftnode.Node, self Self, lg *slog.Logger) *Server {
+	if lg == nil {
+		lg = slog.Default()
+	}
+	s := &Server{
+		node: node, store: node.Store, self: self, log: lg,
+		HeartbeatInterval: 2 * time.Second, HostTTL: 10 * time.Second,
+		seen: newSeenTable(),
+	}
+	s.fwd = newForwarder(s)
+	return s
+}
+
+// Close releases connections to other controllers.
+func (s *Server) Close() { s.fwd.close() }
+
+func (s *Server) apply(ctx context.Context, cmd *statev1.Command) (any, error) {
+	v, err := s.node.Apply(ctx, cmd)
+	return v, toStatus(err)
+}
+
+func projectOf(p string) (string, error) {
+	if p == "" {
+		return state.DefaultProject, nil
+	}
+	return p, checkName("project", p)
+}
+
+func (s *Server) hostCenter(id string) string {
+	if hv, ok := s.store.Host(id); ok {
+		return hv.Host.Center
+	}
+	return ""
+}
+
+func (s *Server) vmOut(v *statev1.VMRecord) *yunchiv1.VM { return vmToAPI(v, s.hostCenter(v.HostId)) }
+
+func (s *Server) findVM(project, name string) (*statev1.VMRecord, error) {
+	if err := checkName("vm name", name); err != nil {
+		return nil, err
+	}
+	p, err := projectOf(project)
+	if err != nil {
+		return nil, err
+	}
+	v, ok := s.store.VM(p, name)
+	if !ok {
+		return nil, status.Errorf(codes.NotFound, "vm %q not found in project %q", name, p)
+	}
+	return v, nil
+}
+
+// CreateVM validates the request, places the VM on the leader and records
+// the placement. A race lost in Apply (host filled meanwhile) is decided again.
+func (s *Server) CreateVM(ctx context.Context, req *yunchiv1.CreateVMRequest) (*yunchiv1.VM, error) {
+	if err := checkName("vm name", req.Name); err != nil {
+		return nil, err
+	}
+	project, err := projectOf(req.Project)
+	if err != nil {
+		return nil, err
+	}
+	if req.Vcpus <= 0 || req.Vcpus > maxVCPUs {
+		return nil, invalid("vcpus %d is out of range: give 1 to %d", req.Vcpus, maxVCPUs)
+	}
+	if req.Memory == "" {
+		return nil, invalid("memory is required, e.g. \"4GiB\"")
+	}
+	mem, err := checkSize("memory", req.Memory, minMemory, maxMemory)
+	if err != nil {
+		return nil, err
+	}
+	disk := int64(defaultDisk)
+	if req.Disk != "" {
+		if disk, err = checkSize("disk", req.Disk, minDisk, maxDisk); err != nil {
+			return nil, err
+		}
+	}
+	if req.Center != "" {
+		if err := checkName("center", req.Center); err != nil {
+			return nil, err
+		}
+		if err := s.checkCenterExists(req.Center); err != nil {
+			return nil, err
+		}
+	}
+	desired := yunchiv1.PowerState_POWER_STATE_RUNNING
+	if req.Stopped {
+		desired = yunchiv1.PowerState_POWER_STATE_STOPPED
+	}
+
+	s.placeMu.Lock()
+	defer s.placeMu.Unlock()
+	var lastErr error
+	for attempt := 0; attempt < 3; attempt++ {
+		if _, ok := s.store.VM(project, req.Name); ok {
+			return nil, status.Errorf(codes.AlreadyExists, "vm %q already exists in project %q", req.Name, project)
+		}
+		sreq := scheduler.Request{
+			Resources: scheduler.Resources{VCPUs: int64(req.Vcpus), MemoryBytes: mem, DiskBytes: disk},
+			Center:    req.Center,
+		}
+		p, err := scheduler.Place(sreq, s.schedulerHosts())
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		rec := &statev1.VMRecord{
+			Id: uuid.NewString(), Name: req.Name, Project: project,
+			Vcpus: req.Vcpus, MemoryBytes: mem, DiskBytes: disk,
+			Center: req.Center, HostId: p.HostID, Desired: desired,
+		}
+		v, err := s.node.Apply(ctx, &statev1.Command{Cmd: &statev1.Command_PlaceVm{PlaceVm: &statev1.PlaceVM{Vm: rec}}})
+		if state.KindOf(err) == state.KindConflict {
+			lastErr = err
+			continue
+		}
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		out := v.(*statev1.VMRecord)
+		s.log.Info("vm placed", "vm", out.Name, "project", out.Project, "host", out.HostId, "id", out.Id)
+		return s.vmOut(out), nil
+	}
+	return nil, toStatus(lastErr)
+}
+
+func (s *Server) checkCenterExists(center string) error {
+	var centers []string
+	seen := map[string]bool{}
+	for _, hv := range s.store.Hosts() {
+		if hv.Host.Center == center {
+			return nil
+		}
+		if !seen[hv.Host.Center] {
+			seen[hv.Host.Center] = true
+			centers = append(centers, hv.Host.Center)
+		}
+	}
+	sort.Strings(centers)
+	return invalid("no host is in center %q (centers with hosts: %v)", center, centers)
+}
+
+// schedulerHosts is the scheduler's view of the hosts right now.
+func (s *Server) schedulerHosts() []scheduler.Host {
+	hvs := s.store.Hosts()
+	out := make([]scheduler.Host, 0, len(hvs))
+	for _, hv := range hvs {
+		c, a := hv.Host.Capacity, hv.Allocated
+		out = append(out, scheduler.Host{
+			ID: hv.Host.Id, Center: hv.Host.Center,
+			Ready:     hv.Host.State == yunchiv1.HostState_HOST_STATE_READY,
+			Capacity:  scheduler.Resources{VCPUs: c.GetVcpus(), MemoryBytes: c.GetMemoryBytes(), DiskBytes: c.GetDiskBytes()},
+			Allocated: scheduler.Resources{VCPUs: a.GetVcpus(), MemoryBytes: a.GetMemoryBytes(), DiskBytes: a.GetDiskBytes()},
+		})
+	}
+	return out
+}
+
+func (s *Server) GetVM(ctx context.Context, req *yunchiv1.GetVMRequest) (*yunchiv1.VM, error) {
+	v, err := s.findVM(req.Project, req.Name)
+	if err != nil {
+		return nil, err
+	}
+	return s.vmOut(v), nil
+}
+
+func (s *Server) ListVMs(ctx context.Context, req *yunchiv1.ListVMsRequest) (*yunchiv1.ListVMsResponse, error) {
+	if req.Project != "" {
+		if err := checkName("project", req.Project); err != nil {
+			return nil, err
+		}
+	}
+	if req.HostId != "" {
+		if err := checkHostID(req.HostId); err != nil {
+			return nil, err
+		}
+		if _, ok := s.store.Host(req.HostId); !ok {
+			return nil, status.Errorf(codes.NotFound, "host %q not found", req.HostId)
+		}
+	}
+	out := &yunchiv1.ListVMsResponse{Vms: []*yunchiv1.VM{}}
+	for _, v := range s.store.VMs(req.Project, req.HostId) {
+		out.Vms = append(out.Vms, s.vmOut(v))
+	}
+	return out, nil
+}
+
+func (s *Server) setDesired(ctx context.Context, req *yunchiv1.VMActionRequest, desired yunchiv1.PowerState, reboot bool) (*yunchiv1.VM, error) {
+	v, err := s.findVM(req.Project, req.Name)
+	if err != nil {
+		return nil, err
+	}
+	res, err := s.apply(ctx, &statev1.Command{Cmd: &statev1.Command_SetVmDesired{SetVmDesired: &statev1.SetVMDesired{
+		VmId: v.Id, Desired: desired, Reboot: reboot,
+	}}})
+	if err != nil {
+		return nil, err
+	}
+	return s.vmOut(res.(*statev1.VMRecord)), nil
+}
+
+func (s *Server) StartVM(ctx context.Context, req *yunchiv1.VMActionRequest) (*yunchiv1.VM, error) {
+	return s.setDesired(ctx, req, yunchiv1.PowerState_POWER_STATE_RUNNING, false)
+}
+
+func (s *Server) StopVM(ctx context.Context, req *yunchiv1.VMActionRequest) (*yunchiv1.VM, error) {
+	return s.setDesired(ctx, req, yunchiv1.PowerState_POWER_STATE_STOPPED, false)
+}
+
+func (s *Server) RebootVM(ctx context.Context, req *yunchiv1.VMActionRequest) (*yunchiv1.VM, error) {
+	return s.setDesired(ctx, req, yunchiv1.PowerState_POWER_STATE_RUNNING, true)
+}
+
+func (s *Server) DeleteVM(ctx context.Context, req *yunchiv1.VMActionRequest) (*yunchiv1.VM, error) {
+	return s.setDesired(ctx, req, yunchiv1.PowerState_POWER_STATE_DELETED, false)
+}
+
+// WatchVM sends the VM now and after every change, until it is gone or
+// the client leaves. Served from local state on any controller.
+func (s *Server) WatchVM(req *yunchiv1.WatchVMRequest, stream yunchiv1.VMService_WatchVMServer) error {
+	v, err := s.findVM(req.Project, req.Name)
+	if err != nil {
+		return err
+	}
+	id := v.Id
+	var last uint64
+	for {
+		changed := s.store.Changed()
+		cur, ok := s.store.VMByID(id)
+		if !ok {
+			return stream.Send(&yunchiv1.VMEvent{Vm: s.vmOut(v), Gone: true})
+		}
+		if cur.Revision != last {
+			last = cur.Revision
+			v = cur
+			if err := stream.Send(&yunchiv1.VMEvent{Vm: s.vmOut(cur)}); err != nil {
+				return err
+			}
+		}
+		select {
+		case <-changed:
+		case <-stream.Context().Done():
+			return nil
+		}
+	}
+}
+
+func (s *Server) ListHosts(ctx context.Context, req *yunchiv1.ListHostsRequest) (*yunchiv1.ListHostsResponse, error) {
+	if req.Center != "" {
+		if err := checkName("center", req.Center); err != nil {
+			return nil, err
+		}
+	}
+	out := &yunchiv1.ListHostsResponse{Hosts: []*yunchiv1.Host{}}
+	for _, hv := range s.store.Hosts() {
+		if req.Center == "" || hv.Host.Center == req.Center {
+			out.Hosts = append(out.Hosts, hostToAPI(hv, s.seen.get(hv.Host.Id)))
+		}
+	}
+	return out, nil
+}
+
+func (s *Server) GetHost(ctx context.Context, req *yunchiv1.GetHostRequest) (*yunchiv1.Host, error) {
+	if err := checkHostID(req.Id); err != nil {
+		return nil, err
+	}
+	hv, ok := s.store.Host(req.Id)
+	if !ok {
+		return nil, status.Errorf(codes.NotFound, "host %q not found (see `yunchi host list`)", req.Id)
+	}
+	return hostToAPI(hv, s.seen.get(req.Id)), nil
+}
+
+func (s *Server) GetCapacity(ctx context.Context, req *yunchiv1.GetCapacityRequest) (*yunchiv1.Capacity, error) {
+	out := &yunchiv1.Capacity{Capacity: &yunchiv1.Resources{}, Allocated: &yunchiv1.Resources{}}
+	centers := map[string]*yunchiv1.CenterCapacity{}
+	for _, hv := range s.store.Hosts() {
+		h := hv.Host
+		c := centers[h.Center]
+		if c == nil {
+			c = &yunchiv1.CenterCapacity{Center: h.Center, Capacity: &yunchiv1.Resources{}, Allocated: &yunchiv1.Resources{}}
+			centers[h.Center] = c
+		}
+		c.Hosts++
+		if h.State == yunchiv1.HostState_HOST_STATE_READY {
+			c.HostsReady++
+		}
+		c.Vms += int32(hv.VMs)
+		addTo(c.Capacity, h.Capacity)
+		addTo(c.Allocated, hv.Allocated)
+		addTo(out.Capacity, h.Capacity)
+		addTo(out.Allocated, hv.Allocated)
+		out.Hosts++
+		out.Vms += int32(hv.VMs)
+	}
+	for _, c := range centers {
+		c.Free = sub(c.Capacity, c.Allocated)
+		out.Centers = append(out.Centers, c)
+	}
+	sort.Slice(out.Centers, func(i, j int) bool { return out.Centers[i].Center < out.Centers[j].Center })
+	out.Free = sub(out.Capacity, out.Allocated)
+	return out, nil
+}
+
+var errNoLeader = status.Error(codes.Unavailable, "no leader elected yet (is a majority of controllers up?): retry in a few seconds")
+
+// wait blocks until ctx is done or d passes.
+func wait(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+

@@ -1,0 +1,136 @@
+package api
+
+import (
+	"fmt"
+	"math"
+	"net"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Names are DNS labels: they end up in domain names, URLs and log lines, so
+// nothing that could be read as a path, markup or a quote gets in.
+var nameRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
+
+const maxNameLen = 63
+
+func invalid(format string, args ...any) error {
+	return status.Errorf(codes.InvalidArgument, format, args...)
+}
+
+// checkName validates a VM, project, host or center name.
+func checkName(what, s string) error {
+	switch {
+	case s == "":
+		return invalid("%s is empty: give 1-%d lowercase letters, digits or '-'", what, maxNameLen)
+	case len(s) > maxNameLen:
+		return invalid("%s %.20q... is %d characters long: at most %d are allowed", what, s, len(s), maxNameLen)
+	case !nameRE.MatchString(s):
+		return invalid("%s %q is not valid: use lowercase letters, digits and '-', starting and ending with a letter or digit", what, s)
+	}
+	return nil
+}
+
+// Host ids may also carry '.' and '_' (hostnames), but never '/' or spaces.
+var hostIDRE = regexp.MustCompile(`^[A-Za-z0-9]([-A-Za-z0-9._]*[A-Za-z0-9])?$`)
+
+func checkHostID(s string) error {
+	switch {
+	case s == "":
+		return invalid("host id is empty")
+	case len(s) > 253:
+		return invalid("host id is %d characters long: at most 253 are allowed", len(s))
+	case !hostIDRE.MatchString(s):
+		return invalid("host id %q is not valid: use letters, digits, '-', '.' and '_'", s)
+	}
+	return nil
+}
+
+var units = map[string]int64{
+	"": 1, "b": 1,
+	"k": 1 << 10, "kib": 1 << 10, "kb": 1000,
+	"m": 1 << 20, "mib": 1 << 20, "mb": 1000 * 1000,
+	"g": 1 << 30, "gib": 1 << 30, "gb": 1000 * 1000 * 1000,
+	"t": 1 << 40, "tib": 1 << 40, "tb": 1000 * 1000 * 1000 * 1000,
+}
+
+// ParseSize reads sizes such as "4GiB", "512MiB", "1.5TiB", "40GB" or a
+// bare number of bytes. K/M/G/T alone are binary (as in qemu and libvirt).
+func ParseSize(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	if t == "" {
+		return 0, fmt.Errorf("size is empty")
+	}
+	i := 0
+	for i < len(t) && (t[i] >= '0' && t[i] <= '9' || t[i] == '.' || t[i] == '-' || t[i] == '+') {
+		i++
+	}
+	num, unit := t[:i], strings.ToLower(strings.TrimSpace(t[i:]))
+	mult, ok := units[unit]
+	if !ok {
+		return 0, fmt.Errorf("unknown unit %q in size %q: use B, KiB, MiB, GiB or TiB (or KB, MB, GB, TB)", t[i:], s)
+	}
+	v, err := strconv.ParseFloat(num, 64)
+	if err != nil || num == "" {
+		return 0, fmt.Errorf("size %q is not a number followed by a unit, e.g. \"4GiB\"", s)
+	}
+	if v <= 0 {
+		return 0, fmt.Errorf("size %q must be greater than zero", s)
+	}
+	b := v * float64(mult)
+	if b > math.MaxInt64/2 {
+		return 0, fmt.Errorf("size %q is too large", s)
+	}
+	return int64(b), nil
+}
+
+// Limits on one VM; a request beyond them is a typo, not a capacity question.
+const (
+	minMemory   = 16 << 20
+	maxMemory   = 16 << 40
+	minDisk     = 1 << 30
+	maxDisk     = 64 << 40
+	maxVCPUs    = 512
+	defaultDisk = 20 << 30
+)
+
+func checkSize(field, s string, min, max int64) (int64, error) {
+	v, err := ParseSize(s)
+	if err != nil {
+		return 0, invalid("%s: %v", field, err)
+	}
+	if v < min || v > max {
+		return 0, invalid("%s %s is out of range: give between %s and %s", field, s, formatBytes(min), formatBytes(max))
+	}
+	return v, nil
+}
+
+func formatBytes(b int64) string {
+	const unit = 1024
+	names := []string{"B", "KiB", "MiB", "GiB", "TiB", "PiB"}
+	f := float64(b)
+	i := 0
+	for f >= unit && i < len(names)-1 {
+		f /= unit
+		i++
+	}
+	if f == math.Trunc(f) {
+		return fmt.Sprintf("%d %s", int64(f), names[i])
+	}
+	return fmt.Sprintf("%.1f %s", f, names[i])
+}
+
+func checkHostPort(a string) error {
+	host, port, err := net.SplitHostPort(a)
+	if err != nil || host == "" {
+		return invalid("address %q is not host:port", a)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n <= 0 || n > 65535 {
+		return invalid("address %q has no valid port", a)
+	}
+	return nil
+}

@@ -1,0 +1,343 @@
+package controller
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
+)
+
+// member is one in-process controller of a test cluster.
+type member struct {
+	id, center, dir string
+	trans           *raft.InmemTransport
+	ctl             *Controller
+	cancel          context.CancelFunc
+	done            chan struct{}
+}
+
+// inmemCluster is 3 controllers in one process: raft over raft's in-memory
+// transport, the API on real loopback ports.
+type inmemCluster struct {
+	t       *testing.T
+	members []*member
+}
+
+func (c *inmemCluster) start(m *member, bootstrap bool, join []string) {
+	c.t.Helper()
+	_, m.trans = raft.NewInmemTransport(raft.ServerAddress("inmem-" + m.id))
+	for _, o := range c.members {
+		if o != m && o.trans != nil {
+			m.trans.Connect(o.trans.LocalAddr(), o.trans)
+			o.trans.Connect(m.trans.LocalAddr(), m.trans)
+		}
+	}
+	ctl, err := New(Config{
+		ID: m.id, Center: m.center, Listen: "127.0.0.1:0", DataDir: m.dir,
+		Bootstrap: bootstrap, Join: join, RaftTransport: m.trans, FastRaft: true,
+		HostTTL: time.Hour, // hosts here have no agents sending heartbeats
+	})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	m.ctl, m.cancel, m.done = ctl, cancel, make(chan struct{})
+	go func() { defer close(m.done); ctl.Run(ctx) }()
+}
+
+// kill stops a member at once: its raft shuts down and its peers can no
+// longer reach it.
+func (c *inmemCluster) kill(m *member) {
+	for _, o := range c.members {
+		if o != m && o.trans != nil {
+			o.trans.Disconnect(m.trans.LocalAddr())
+		}
+	}
+	m.trans.DisconnectAll()
+	m.cancel()
+	<-m.done
+	m.ctl = nil
+}
+
+func (c *inmemCluster) stopAll() {
+	for _, m := range c.members {
+		if m.ctl != nil {
+			m.cancel()
+			<-m.done
+		}
+	}
+}
+
+func newInmemCluster(t *testing.T) *inmemCluster {
+	c := &inmemCluster{t: t}
+	for _, id := range []string{"a1", "a2", "b1"} {
+		c.members = append(c.members, &member{id: id, center: id, dir: filepath.Join(t.TempDir(), id)})
+	}
+	t.Cleanup(c.stopAll)
+	c.start(c.members[0], true, nil)
+	for _, m := range c.members[1:] {
+		c.start(m, false, []string{c.members[0].ctl.Addr()})
+	}
+	waitFor(t, 30*time.Second, "3 voters with a leader", func() bool {
+		st, err := clusterStatus(c.members[0].ctl.Addr())
+		if err != nil || st.LeaderId == "" || len(st.Members) != 3 {
+			return false
+		}
+		for _, m := range st.Members {
+			if m.ApiAddress == "" {
+				return false
+			}
+		}
+		return true
+	})
+	return c
+}
+
+func (c *inmemCluster) leader() *member {
+	for _, m := range c.members {
+		if m.ctl != nil && m.ctl.Node().IsLeader() {
+			return m
+		}
+	}
+	return nil
+}
+
+func (c *inmemCluster) alive() []*member {
+	var out []*member
+	for _, m := range c.members {
+		if m.ctl != nil {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+func waitFor(t *testing.T, d time.Duration, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func dial(t testing.TB, addr string) *grpc.ClientConn {
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+func clusterStatus(addr string) (*yunchiv1.ClusterStatus, error) {
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	return yunchiv1.NewClusterServiceClient(conn).GetClusterStatus(ctx, &yunchiv1.GetClusterStatusRequest{})
+}
+
+const gib = int64(1) << 30
+
+// registerHosts registers hosts through a follower (so the writes are
+// forwarded) the way agents do.
+func registerHosts(t *testing.T, addr string, n int, cpus, mem int64) {
+	t.Helper()
+	ac := yunchiv1.NewAgentServiceClient(dial(t, addr))
+	for i := 0; i < n; i++ {
+		center := []string{"a1", "a2", "b1"}[i%3]
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, err := ac.RegisterHost(ctx, &yunchiv1.RegisterHostRequest{Facts: &yunchiv1.HostFacts{
+			Id: fmt.Sprintf("%s-h%02d", center, i/3+1), Center: center, Hostname: "sim",
+			Capacity: &yunchiv1.Resources{Vcpus: cpus, MemoryBytes: mem, DiskBytes: 1000 * gib},
+		}})
+		cancel()
+		if err != nil {
+			t.Fatalf("register host %d: %v", i, err)
+		}
+	}
+}
+
+func restPost(addr, path, body string) (int, []byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+path, strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, b, err
+}
+
+func restGet(t *testing.T, addr, path string) (int, []byte) {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, b
+}
+
+// checkInvariants asserts, on one controller's own state, that every
+// acknowledged VM exists exactly once and no host is over capacity.
+func checkInvariants(t *testing.T, addr string, acked map[string]bool) {
+	t.Helper()
+	code, body := restGet(t, addr, "/v1/vms")
+	if code != 200 {
+		t.Fatalf("%s: list vms: %d %s", addr, code, body)
+	}
+	var list yunchiv1.ListVMsResponse
+	if err := protojson.Unmarshal(body, &list); err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]int{}
+	used := map[string]*yunchiv1.Resources{}
+	for _, v := range list.Vms {
+		seen[v.Name]++
+		if used[v.HostId] == nil {
+			used[v.HostId] = &yunchiv1.Resources{}
+		}
+		used[v.HostId].Vcpus += int64(v.Vcpus)
+		used[v.HostId].MemoryBytes += v.MemoryBytes
+		used[v.HostId].DiskBytes += v.DiskBytes
+	}
+	for name := range acked {
+		if seen[name] != 1 {
+			t.Errorf("%s: acknowledged vm %s exists %d times", addr, name, seen[name])
+		}
+	}
+	for name, n := range seen {
+		if n != 1 {
+			t.Errorf("%s: vm %s exists %d times", addr, name, n)
+		}
+	}
+	code, body = restGet(t, addr, "/v1/hosts")
+	var hosts yunchiv1.ListHostsResponse
+	if err := protojson.Unmarshal(body, &hosts); err != nil || code != 200 {
+		t.Fatalf("list hosts: %d %v", code, err)
+	}
+	for _, h := range hosts.Hosts {
+		u := used[h.Id]
+		if u == nil {
+			u = &yunchiv1.Resources{}
+		}
+		if u.Vcpus > h.Capacity.Vcpus || u.MemoryBytes > h.Capacity.MemoryBytes || u.DiskBytes > h.Capacity.DiskBytes {
+			t.Errorf("%s: host %s over capacity: used %v of %v", addr, h.Id, u, h.Capacity)
+		}
+		if u.Vcpus != h.Allocated.GetVcpus() || u.MemoryBytes != h.Allocated.GetMemoryBytes() {
+			t.Errorf("%s: host %s allocation %v does not match its VMs %v", addr, h.Id, h.Allocated, u)
+		}
+	}
+}
+
+// TestLeaderKilledDuringCreates: VMs are created through REST (round robin
+// over the controllers, so most writes are forwarded) while the leader is
+// killed midway. Afterwards every acknowledged VM exists exactly once on
+// the new leader, on the surviving follower and on the killed controller
+// once it comes back; no host is over capacity.
+func TestLeaderKilledDuringCreates(t *testing.T) {
+	c := newInmemCluster(t)
+	registerHosts(t, c.members[1].ctl.Addr(), 6, 16, 64*gib)
+
+	const total = 60
+	acked := map[string]bool{}
+	var mu sync.Mutex
+	killed := false
+	for i := 0; i < total; i++ {
+		if i == total/3 {
+			l := c.leader()
+			if l == nil {
+				t.Fatal("no leader before the kill")
+			}
+			c.kill(l)
+			killed = true
+			t.Logf("killed leader %s after %d creates", l.id, i)
+		}
+		name := fmt.Sprintf("vm-%03d", i)
+		body := fmt.Sprintf(`{"name":%q,"vcpus":1,"memory":"2GiB","disk":"10GiB"}`, name)
+		// A client retries on 503 (no leader yet) against any live controller.
+		for attempt := 0; attempt < 100; attempt++ {
+			alive := c.alive()
+			m := alive[(i+attempt)%len(alive)]
+			code, resp, err := restPost(m.ctl.Addr(), "/v1/vms", body)
+			if err == nil && code == 200 {
+				mu.Lock()
+				acked[name] = true
+				mu.Unlock()
+				break
+			}
+			if err == nil && code == 409 && bytes.Contains(resp, []byte("already exists")) {
+				break // an earlier attempt was applied but its answer was lost: not acknowledged
+			}
+			if err == nil && code != 503 && code != 409 {
+				t.Fatalf("create %s: %d %s", name, code, resp)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	if !killed || len(acked) < total*9/10 {
+		t.Fatalf("only %d of %d creates acknowledged", len(acked), total)
+	}
+	waitConverged(t, c.alive())
+	for _, m := range c.alive() {
+		checkInvariants(t, m.ctl.Addr(), acked)
+	}
+	// The killed controller comes back from its data dir and catches up.
+	var dead *member
+	for _, m := range c.members {
+		if m.ctl == nil {
+			dead = m
+		}
+	}
+	c.start(dead, false, nil)
+	waitConverged(t, c.members)
+	for _, m := range c.members {
+		checkInvariants(t, m.ctl.Addr(), acked)
+	}
+}
+
+func waitConverged(t *testing.T, ms []*member) {
+	t.Helper()
+	waitFor(t, 30*time.Second, "controllers to apply everything committed", func() bool {
+		var commit uint64
+		var applied []uint64
+		for _, m := range ms {
+			st, err := clusterStatus(m.ctl.Addr())
+			if err != nil || st.LeaderId == "" {
+				return false
+			}
+			commit = max(commit, st.CommitIndex)
+			applied = append(applied, st.AppliedIndex)
+		}
+		for _, a := range applied {
+			if a < commit {
+				return false
+			}
+		}
+		return true
+	})
+}

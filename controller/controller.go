@@ -1,0 +1,174 @@
+// Package controller wires one Yunchi controller: raft (raftnode) over the
+// replicated state (state), the API (api) on one TCP port, and the leader's
+// duties. cmd/yunchid only parses flags and calls New and Run.
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/yunchi/yunchi/controller/api"
+	"github.com/yunchi/yunchi/controller/raftnode"
+	"github.com/yunchi/yunchi/controller/state"
+	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
+)
+
+// Config of one controller.
+type Config struct {
+	ID     string
+	Center string
+	// Listen is the API address (gRPC, REST, /metrics); Advertise is what
+	// clients and peers dial (defaults to the bound address).
+	Listen, Advertise string
+	// RaftListen / RaftAdvertise: raft's own TCP port.
+	RaftListen, RaftAdvertise string
+	DataDir                   string
+	// Bootstrap a new cluster (when DataDir holds no state yet).
+	Bootstrap bool
+	// Join asks these controllers (API addresses) to add this one as a voter.
+	Join []string
+	// RaftTransport replaces TCP (tests).
+	RaftTransport raft.Transport
+	// Fast raft timeouts, for tests and the dev cluster on loopback.
+	FastRaft          bool
+	HeartbeatInterval time.Duration
+	HostTTL           time.Duration
+	Logger            *slog.Logger
+}
+
+// Controller is a running controller.
+type Controller struct {
+	cfg  Config
+	lis  net.Listener
+	node *raftnode.Node
+	api  *api.Server
+	log  *slog.Logger
+}
+
+// New opens the listener and raft; Run serves.
+func New(cfg Config) (*Controller, error) {
+	lg := cfg.Logger
+	if lg == nil {
+		lg = slog.Default()
+	}
+	lg = lg.With("controller", cfg.ID)
+	if cfg.ID == "" {
+		return nil, errors.New("controller id is required (--id)")
+	}
+	if cfg.Bootstrap && len(cfg.Join) > 0 {
+		return nil, errors.New("--bootstrap and --join exclude each other: bootstrap the first controller, join the others to it")
+	}
+	lis, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", cfg.Listen, err)
+	}
+	if cfg.Advertise == "" {
+		cfg.Advertise = lis.Addr().String()
+	}
+	rc := raftnode.Config{
+		ID: cfg.ID, RaftBind: cfg.RaftListen, RaftAdvertise: cfg.RaftAdvertise,
+		DataDir: cfg.DataDir, Bootstrap: cfg.Bootstrap, Transport: cfg.RaftTransport, Logger: lg,
+	}
+	if cfg.FastRaft {
+		rc.HeartbeatTimeout, rc.ElectionTimeout, rc.LeaderLeaseTimeout = 300*time.Millisecond, 300*time.Millisecond, 150*time.Millisecond
+	}
+	node, err := raftnode.Open(rc, state.New())
+	if err != nil {
+		lis.Close()
+		return nil, err
+	}
+	srv := api.NewServer(node, api.Self{ID: cfg.ID, APIAddress: cfg.Advertise, Center: cfg.Center}, lg)
+	if cfg.HeartbeatInterval > 0 {
+		srv.HeartbeatInterval = cfg.HeartbeatInterval
+	}
+	if cfg.HostTTL > 0 {
+		srv.HostTTL = cfg.HostTTL
+	}
+	return &Controller{cfg: cfg, lis: lis, node: node, api: srv, log: lg}, nil
+}
+
+// Addr is the API address clients dial.
+func (c *Controller) Addr() string { return c.cfg.Advertise }
+
+// Node exposes raft (tests, status).
+func (c *Controller) Node() *raftnode.Node { return c.node }
+
+// Run serves until ctx is done, then shuts down raft and the API.
+func (c *Controller) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	m := api.NewMetrics(c.api)
+	gs := c.api.NewGRPCServer(m)
+	h, err := api.NewHTTPHandler(ctx, gs, c.cfg.Advertise, m)
+	if err != nil {
+		return err
+	}
+	hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	hs.Protocols = new(http.Protocols)
+	hs.Protocols.SetHTTP1(true)
+	hs.Protocols.SetUnencryptedHTTP2(true)
+
+	errc := make(chan error, 1)
+	go func() { errc <- hs.Serve(c.lis) }()
+	go c.api.RunLeaderDuties(ctx)
+	if len(c.cfg.Join) > 0 {
+		go c.join(ctx)
+	}
+	c.log.Info("controller serving", "api", c.cfg.Advertise, "raft", c.node.Addr(), "center", c.cfg.Center)
+
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer scancel()
+	hs.Shutdown(sctx) // ends REST; open gRPC streams end with the raft shutdown below
+	gs.Stop()
+	c.api.Close()
+	if serr := c.node.Shutdown(); serr != nil && err == nil {
+		err = serr
+	}
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}
+
+// join asks each address in turn to add this controller, until one does.
+func (c *Controller) join(ctx context.Context) {
+	req := &yunchiv1.JoinClusterRequest{Id: c.cfg.ID, RaftAddress: c.node.Addr(), ApiAddress: c.cfg.Advertise, Center: c.cfg.Center}
+	backoff := 200 * time.Millisecond
+	for ctx.Err() == nil {
+		for _, addr := range c.cfg.Join {
+			conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err != nil {
+				continue
+			}
+			cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+			_, err = yunchiv1.NewClusterServiceClient(conn).JoinCluster(cctx, req)
+			cancel()
+			conn.Close()
+			if err == nil {
+				c.log.Info("joined the cluster", "via", addr)
+				return
+			}
+			c.log.Warn("join failed, will retry", "via", addr, "err", err)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(backoff):
+		}
+		if backoff < 5*time.Second {
+			backoff *= 2
+		}
+	}
+}

@@ -1,0 +1,206 @@
+package raftnode
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/yunchi/yunchi/controller/raftstore"
+	"github.com/yunchi/yunchi/controller/state"
+	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
+)
+
+// Config says where a controller's raft lives.
+type Config struct {
+	ID string
+	// RaftBind is the TCP address raft listens on; RaftAdvertise the one
+	// peers dial (defaults to RaftBind).
+	RaftBind, RaftAdvertise string
+	// DataDir holds the log (raft/), the stable store and snapshots/.
+	DataDir string
+	// Bootstrap starts a new single-voter cluster when DataDir has no state.
+	Bootstrap bool
+	// Transport replaces TCP (tests use raft.InmemTransport); its
+	// LocalAddr is then the advertised address.
+	Transport raft.Transport
+	// Tuning for tests; zero keeps raft's defaults.
+	HeartbeatTimeout, ElectionTimeout, LeaderLeaseTimeout time.Duration
+	SnapshotThreshold                                     uint64
+	Logger                                                *slog.Logger
+}
+
+// Node is one raft member with its FSM.
+type Node struct {
+	Raft  *raft.Raft
+	Store *state.Store
+	id    string
+	addr  raft.ServerAddress
+	trans raft.Transport
+	logs  raftstore.Store
+	log   *slog.Logger
+}
+
+// Open starts raft for cfg over store.
+func Open(cfg Config, store *state.Store) (*Node, error) {
+	if cfg.ID == "" {
+		return nil, errors.New("raft: node id is required")
+	}
+	if cfg.DataDir == "" {
+		return nil, errors.New("raft: data dir is required")
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("raft: create data dir: %w", err)
+	}
+	lg := cfg.Logger
+	if lg == nil {
+		lg = slog.Default()
+	}
+	hl := hclog.New(&hclog.LoggerOptions{Name: "raft/" + cfg.ID, Level: hclog.Warn, Output: os.Stderr})
+
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(cfg.ID)
+	rc.Logger = hl
+	if cfg.HeartbeatTimeout > 0 {
+		rc.HeartbeatTimeout = cfg.HeartbeatTimeout
+	}
+	if cfg.ElectionTimeout > 0 {
+		rc.ElectionTimeout = cfg.ElectionTimeout
+	}
+	if cfg.LeaderLeaseTimeout > 0 {
+		rc.LeaderLeaseTimeout = cfg.LeaderLeaseTimeout
+	}
+	if cfg.SnapshotThreshold > 0 {
+		rc.SnapshotThreshold = cfg.SnapshotThreshold
+		rc.TrailingLogs = cfg.SnapshotThreshold
+	}
+
+	logs, err := raftstore.Open(filepath.Join(cfg.DataDir, "raft"))
+	if err != nil {
+		return nil, fmt.Errorf("raft: open log store: %w", err)
+	}
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, 2, hl)
+	if err != nil {
+		logs.Close()
+		return nil, fmt.Errorf("raft: open snapshot store: %w", err)
+	}
+	trans := cfg.Transport
+	if trans == nil {
+		adv := cfg.RaftAdvertise
+		if adv == "" {
+			adv = cfg.RaftBind
+		}
+		tcpAddr, err := net.ResolveTCPAddr("tcp", adv)
+		if err != nil {
+			logs.Close()
+			return nil, fmt.Errorf("raft: advertise address %q: %w", adv, err)
+		}
+		trans, err = raft.NewTCPTransportWithLogger(cfg.RaftBind, tcpAddr, 3, 10*time.Second, hl)
+		if err != nil {
+			logs.Close()
+			return nil, fmt.Errorf("raft: listen on %s: %w", cfg.RaftBind, err)
+		}
+	}
+	n := &Node{Store: store, id: cfg.ID, addr: trans.LocalAddr(), trans: trans, logs: logs, log: lg}
+	if cfg.Bootstrap {
+		has, err := raft.HasExistingState(logs, logs, snaps)
+		if err != nil {
+			n.closeStores()
+			return nil, fmt.Errorf("raft: read existing state: %w", err)
+		}
+		if !has {
+			conf := raft.Configuration{Servers: []raft.Server{{ID: rc.LocalID, Address: n.addr, Suffrage: raft.Voter}}}
+			if err := raft.BootstrapCluster(rc, logs, logs, snaps, trans, conf); err != nil {
+				n.closeStores()
+				return nil, fmt.Errorf("raft: bootstrap: %w", err)
+			}
+			lg.Info("bootstrapped a new cluster", "id", cfg.ID, "raft", n.addr)
+		}
+	}
+	r, err := raft.NewRaft(rc, &FSM{Store: store}, logs, logs, snaps, trans)
+	if err != nil {
+		n.closeStores()
+		return nil, fmt.Errorf("raft: start: %w", err)
+	}
+	n.Raft = r
+	return n, nil
+}
+
+func (n *Node) closeStores() {
+	if c, ok := n.trans.(io.Closer); ok {
+		c.Close()
+	}
+	n.logs.Close()
+}
+
+// ID is this node's raft server id.
+func (n *Node) ID() string { return n.id }
+
+// Addr is this node's advertised raft address.
+func (n *Node) Addr() string { return string(n.addr) }
+
+// IsLeader says whether this node is the leader now.
+func (n *Node) IsLeader() bool { return n.Raft.State() == raft.Leader }
+
+// LeaderID returns the current leader's id ("" when there is none).
+func (n *Node) LeaderID() string {
+	_, id := n.Raft.LeaderWithID()
+	return string(id)
+}
+
+// ErrTimeout is returned when raft did not commit a command in time.
+var ErrTimeout = errors.New("raft: command not committed in time")
+
+// Apply proposes cmd (stamped with the leader's clock and the command
+// version) and waits for it to be applied. The error is the FSM's
+// rejection (a *state.Error) or a raft error such as raft.ErrNotLeader.
+func (n *Node) Apply(ctx context.Context, cmd *statev1.Command) (any, error) {
+	cmd.Version = state.CommandVersion
+	cmd.UnixNano = time.Now().UnixNano()
+	b, err := proto.Marshal(cmd)
+	if err != nil {
+		return nil, fmt.Errorf("encode command: %w", err)
+	}
+	timeout := 10 * time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = time.Until(dl)
+	}
+	f := n.Raft.Apply(b, timeout)
+	if err := f.Error(); err != nil {
+		if errors.Is(err, raft.ErrEnqueueTimeout) {
+			return nil, ErrTimeout
+		}
+		return nil, err
+	}
+	res, ok := f.Response().(Result)
+	if !ok {
+		return nil, fmt.Errorf("unexpected FSM response %T", f.Response())
+	}
+	return res.Value, res.Err
+}
+
+// Barrier waits until every entry committed before it is applied here
+// (leader only), which makes the next local read linearizable.
+func (n *Node) Barrier(ctx context.Context) error {
+	timeout := 5 * time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = time.Until(dl)
+	}
+	return n.Raft.Barrier(timeout).Error()
+}
+
+// Shutdown stops raft and closes the stores.
+func (n *Node) Shutdown() error {
+	err := n.Raft.Shutdown().Error()
+	n.closeStores()
+	return err
+}

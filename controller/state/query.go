@@ -1,0 +1,132 @@
+package state
+
+import (
+	"sort"
+
+	"google.golang.org/protobuf/proto"
+
+	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
+	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
+)
+
+// HostView is a host with what is allocated on it, as of one moment.
+type HostView struct {
+	Host      *statev1.HostRecord
+	Allocated *yunchiv1.Resources
+	VMs       int
+}
+
+func (s *Store) hostView(h *statev1.HostRecord, counts map[string]int) HostView {
+	a := s.alloc[h.Id]
+	if a == nil {
+		a = &yunchiv1.Resources{}
+	}
+	return HostView{
+		Host:      proto.Clone(h).(*statev1.HostRecord),
+		Allocated: proto.Clone(a).(*yunchiv1.Resources),
+		VMs:       counts[h.Id],
+	}
+}
+
+func (s *Store) vmCounts() map[string]int {
+	counts := make(map[string]int, len(s.hosts))
+	for _, v := range s.vms {
+		counts[v.HostId]++
+	}
+	return counts
+}
+
+// Host returns one host.
+func (s *Store) Host(id string) (HostView, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	h, ok := s.hosts[id]
+	if !ok {
+		return HostView{}, false
+	}
+	n := 0
+	for _, v := range s.vms {
+		if v.HostId == id {
+			n++
+		}
+	}
+	return s.hostView(h, map[string]int{id: n}), true
+}
+
+// Hosts returns every host, sorted by id.
+func (s *Store) Hosts() []HostView {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	counts := s.vmCounts()
+	out := make([]HostView, 0, len(s.hosts))
+	for _, h := range s.hosts {
+		out = append(out, s.hostView(h, counts))
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Host.Id < out[j].Host.Id })
+	return out
+}
+
+// VM finds a VM by project and name.
+func (s *Store) VM(project, name string) (*statev1.VMRecord, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	id, ok := s.byName[nameKey(project, name)]
+	if !ok {
+		return nil, false
+	}
+	return proto.Clone(s.vms[id]).(*statev1.VMRecord), true
+}
+
+// VMByID finds a VM by id.
+func (s *Store) VMByID(id string) (*statev1.VMRecord, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	v, ok := s.vms[id]
+	if !ok {
+		return nil, false
+	}
+	return proto.Clone(v).(*statev1.VMRecord), true
+}
+
+// VMs lists VMs, filtered by project and host when those are not empty,
+// sorted by project then name.
+func (s *Store) VMs(project, hostID string) []*statev1.VMRecord {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var out []*statev1.VMRecord
+	for _, v := range s.vms {
+		if (project == "" || v.Project == project) && (hostID == "" || v.HostId == hostID) {
+			out = append(out, proto.Clone(v).(*statev1.VMRecord))
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Project != out[j].Project {
+			return out[i].Project < out[j].Project
+		}
+		return out[i].Name < out[j].Name
+	})
+	return out
+}
+
+// Members lists controller members, sorted by id.
+func (s *Store) Members() []*statev1.MemberRecord {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]*statev1.MemberRecord, 0, len(s.members))
+	for _, m := range s.members {
+		out = append(out, proto.Clone(m).(*statev1.MemberRecord))
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Id < out[j].Id })
+	return out
+}
+
+// Member returns one member.
+func (s *Store) Member(id string) (*statev1.MemberRecord, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	m, ok := s.members[id]
+	if !ok {
+		return nil, false
+	}
+	return proto.Clone(m).(*statev1.MemberRecord), true
+}

@@ -1,0 +1,340 @@
+// Package state holds the controller's replicated state (hosts, VMs,
+// controller members) and the one deterministic function that changes it:
+// Apply. It knows nothing of raft or gRPC: the FSM feeds it log entries and
+// the API reads it. Apply never reads a clock, a random source or the disk;
+// the leader decides (ids, times, placements) and the log records.
+package state
+
+import (
+	"fmt"
+	"sort"
+	"sync"
+
+	"google.golang.org/protobuf/proto"
+
+	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
+	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
+)
+
+// CommandVersion and SnapshotVersion are the formats this binary writes and
+// the newest it reads.
+const (
+	CommandVersion  = 1
+	SnapshotVersion = 1
+)
+
+// DefaultProject is where VMs go when no project is named.
+const DefaultProject = "default"
+
+// Store is the state plus the lock that lets API readers run beside the
+// single raft goroutine that applies commands. Readers get clones.
+type Store struct {
+	mu      sync.RWMutex
+	hosts   map[string]*statev1.HostRecord
+	vms     map[string]*statev1.VMRecord // by id
+	byName  map[string]string            // project/name -> id
+	alloc   map[string]*yunchiv1.Resources
+	members map[string]*statev1.MemberRecord
+	index   uint64
+	changed chan struct{}
+}
+
+// New returns an empty store.
+func New() *Store {
+	s := &Store{changed: make(chan struct{})}
+	s.reset()
+	return s
+}
+
+func (s *Store) reset() {
+	s.hosts = map[string]*statev1.HostRecord{}
+	s.vms = map[string]*statev1.VMRecord{}
+	s.byName = map[string]string{}
+	s.alloc = map[string]*yunchiv1.Resources{}
+	s.members = map[string]*statev1.MemberRecord{}
+}
+
+func nameKey(project, name string) string { return project + "/" + name }
+
+// Changed returns a channel that is closed at the next change of state.
+func (s *Store) Changed() <-chan struct{} {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.changed
+}
+
+// Index is the raft index of the last applied command.
+func (s *Store) Index() uint64 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.index
+}
+
+// notify wakes every watcher; callers hold mu.
+func (s *Store) notify() {
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
+
+// Apply applies one command at a raft index. It is deterministic: the same
+// commands in the same order give the same state on every controller. The
+// result is a clone of the affected record (or nil); an error means the
+// command changed nothing.
+func (s *Store) Apply(index uint64, cmd *statev1.Command) (any, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if index > s.index {
+		s.index = index
+	}
+	if cmd.GetVersion() > CommandVersion {
+		return nil, errorf(KindInvalid, "command version %d is newer than this controller understands (%d): upgrade it", cmd.GetVersion(), CommandVersion)
+	}
+	var res any
+	var err error
+	switch c := cmd.GetCmd().(type) {
+	case *statev1.Command_RegisterHost:
+		res, err = s.applyRegisterHost(cmd.UnixNano, c.RegisterHost)
+	case *statev1.Command_SetHostState:
+		res, err = s.applySetHostState(cmd.UnixNano, c.SetHostState)
+	case *statev1.Command_PlaceVm:
+		res, err = s.applyPlaceVM(index, cmd.UnixNano, c.PlaceVm)
+	case *statev1.Command_SetVmDesired:
+		res, err = s.applySetVMDesired(index, cmd.UnixNano, c.SetVmDesired)
+	case *statev1.Command_ReportVmStatus:
+		res, err = s.applyReportVMStatus(index, cmd.UnixNano, c.ReportVmStatus)
+	case *statev1.Command_UpsertMember:
+		res, err = s.applyUpsertMember(c.UpsertMember)
+	case *statev1.Command_RemoveMember:
+		res, err = s.applyRemoveMember(c.RemoveMember)
+	default:
+		err = errorf(KindInvalid, "unknown command %T: this controller is older than the log; upgrade it", cmd.GetCmd())
+	}
+	if err == nil {
+		s.notify()
+	}
+	return res, err
+}
+
+func (s *Store) applyRegisterHost(now int64, c *statev1.RegisterHost) (any, error) {
+	h := c.GetHost()
+	if h.GetId() == "" {
+		return nil, errorf(KindInvalid, "host id is empty")
+	}
+	rec := proto.Clone(h).(*statev1.HostRecord)
+	if old, ok := s.hosts[h.Id]; ok {
+		rec.RegisteredUnixNano = old.RegisteredUnixNano
+		if old.State != yunchiv1.HostState_HOST_STATE_READY {
+			rec.StateChangedUnixNano = now
+		} else {
+			rec.StateChangedUnixNano = old.StateChangedUnixNano
+		}
+	} else {
+		rec.RegisteredUnixNano = now
+		rec.StateChangedUnixNano = now
+		s.alloc[h.Id] = &yunchiv1.Resources{}
+	}
+	rec.State = yunchiv1.HostState_HOST_STATE_READY
+	s.hosts[h.Id] = rec
+	return proto.Clone(rec), nil
+}
+
+func (s *Store) applySetHostState(now int64, c *statev1.SetHostState) (any, error) {
+	h, ok := s.hosts[c.GetHostId()]
+	if !ok {
+		return nil, errorf(KindNotFound, "host %q not found", c.GetHostId())
+	}
+	if c.State == yunchiv1.HostState_HOST_STATE_UNSPECIFIED {
+		return nil, errorf(KindInvalid, "host state is unspecified")
+	}
+	if h.State != c.State {
+		h.State = c.State
+		h.StateChangedUnixNano = now
+	}
+	return proto.Clone(h), nil
+}
+
+func (s *Store) applyPlaceVM(index uint64, now int64, c *statev1.PlaceVM) (any, error) {
+	vm := c.GetVm()
+	switch {
+	case vm.GetId() == "":
+		return nil, errorf(KindInvalid, "vm id is empty")
+	case vm.GetName() == "" || vm.GetProject() == "":
+		return nil, errorf(KindInvalid, "vm name and project are required")
+	case vm.Vcpus <= 0 || vm.MemoryBytes <= 0 || vm.DiskBytes <= 0:
+		return nil, errorf(KindInvalid, "vm sizes must be positive")
+	}
+	if _, ok := s.vms[vm.Id]; ok {
+		return nil, errorf(KindAlreadyExists, "vm id %s already exists", vm.Id)
+	}
+	if _, ok := s.byName[nameKey(vm.Project, vm.Name)]; ok {
+		return nil, errorf(KindAlreadyExists, "vm %q already exists in project %q", vm.Name, vm.Project)
+	}
+	h, ok := s.hosts[vm.HostId]
+	if !ok {
+		return nil, errorf(KindConflict, "host %q chosen for vm %q is not registered", vm.HostId, vm.Name)
+	}
+	if h.State != yunchiv1.HostState_HOST_STATE_READY {
+		return nil, errorf(KindConflict, "host %q chosen for vm %q is not ready", vm.HostId, vm.Name)
+	}
+	// Re-check capacity here, in log order: two placements decided on the
+	// same view must not both land when only one fits.
+	a := s.alloc[h.Id]
+	cp := h.GetCapacity()
+	if a.Vcpus+int64(vm.Vcpus) > cp.GetVcpus() || a.MemoryBytes+vm.MemoryBytes > cp.GetMemoryBytes() || a.DiskBytes+vm.DiskBytes > cp.GetDiskBytes() {
+		return nil, errorf(KindConflict, "host %q no longer has room for vm %q", h.Id, vm.Name)
+	}
+	rec := proto.Clone(vm).(*statev1.VMRecord)
+	if rec.Desired == yunchiv1.PowerState_POWER_STATE_UNSPECIFIED {
+		rec.Desired = yunchiv1.PowerState_POWER_STATE_RUNNING
+	}
+	rec.Phase = yunchiv1.VMPhase_VM_PHASE_PENDING
+	rec.CreatedUnixNano = now
+	rec.UpdatedUnixNano = now
+	rec.Revision = index
+	s.vms[rec.Id] = rec
+	s.byName[nameKey(rec.Project, rec.Name)] = rec.Id
+	s.charge(rec, +1)
+	return proto.Clone(rec), nil
+}
+
+// charge adds (sign=+1) or releases (sign=-1) a VM's resources on its host.
+func (s *Store) charge(vm *statev1.VMRecord, sign int64) {
+	a := s.alloc[vm.HostId]
+	if a == nil {
+		a = &yunchiv1.Resources{}
+		s.alloc[vm.HostId] = a
+	}
+	a.Vcpus += sign * int64(vm.Vcpus)
+	a.MemoryBytes += sign * vm.MemoryBytes
+	a.DiskBytes += sign * vm.DiskBytes
+}
+
+func (s *Store) applySetVMDesired(index uint64, now int64, c *statev1.SetVMDesired) (any, error) {
+	vm, ok := s.vms[c.GetVmId()]
+	if !ok {
+		return nil, errorf(KindNotFound, "vm %s not found", c.GetVmId())
+	}
+	if vm.Desired == yunchiv1.PowerState_POWER_STATE_DELETED {
+		if c.Desired == yunchiv1.PowerState_POWER_STATE_DELETED {
+			return proto.Clone(vm), nil // deleting twice is deleting once
+		}
+		return nil, errorf(KindFailedPrecondition, "vm %q is being deleted", vm.Name)
+	}
+	switch c.Desired {
+	case yunchiv1.PowerState_POWER_STATE_RUNNING, yunchiv1.PowerState_POWER_STATE_STOPPED, yunchiv1.PowerState_POWER_STATE_DELETED:
+	default:
+		return nil, errorf(KindInvalid, "desired power state is unspecified")
+	}
+	if c.Reboot {
+		if vm.Desired != yunchiv1.PowerState_POWER_STATE_RUNNING || c.Desired != yunchiv1.PowerState_POWER_STATE_RUNNING {
+			return nil, errorf(KindFailedPrecondition, "vm %q is not meant to be running; start it instead of rebooting", vm.Name)
+		}
+		vm.RebootSeq++
+	}
+	vm.Desired = c.Desired
+	if c.Desired == yunchiv1.PowerState_POWER_STATE_DELETED {
+		vm.Phase = yunchiv1.VMPhase_VM_PHASE_DELETING
+	}
+	vm.UpdatedUnixNano = now
+	vm.Revision = index
+	return proto.Clone(vm), nil
+}
+
+func (s *Store) applyReportVMStatus(index uint64, now int64, c *statev1.ReportVMStatus) (any, error) {
+	if _, ok := s.hosts[c.GetHostId()]; !ok {
+		return nil, errorf(KindNotFound, "host %q not found: register it first", c.GetHostId())
+	}
+	for _, st := range c.GetStatuses() {
+		vm, ok := s.vms[st.GetVmId()]
+		// A host reports only on what the log placed there; anything else
+		// is stale news from a host that no longer owns the VM.
+		if !ok || vm.HostId != c.HostId {
+			continue
+		}
+		if st.Gone {
+			if vm.Desired == yunchiv1.PowerState_POWER_STATE_DELETED {
+				s.charge(vm, -1)
+				delete(s.byName, nameKey(vm.Project, vm.Name))
+				delete(s.vms, vm.Id)
+				continue
+			}
+			// Gone but still wanted (undefined by hand): the agent defines it again.
+			vm.Phase = yunchiv1.VMPhase_VM_PHASE_PENDING
+			vm.Message = st.Message
+		} else if vm.Desired != yunchiv1.PowerState_POWER_STATE_DELETED {
+			if st.Phase != yunchiv1.VMPhase_VM_PHASE_UNSPECIFIED {
+				vm.Phase = st.Phase
+			}
+			vm.Message = st.Message
+		}
+		if st.ObservedRebootSeq > vm.ObservedRebootSeq {
+			vm.ObservedRebootSeq = st.ObservedRebootSeq
+		}
+		vm.UpdatedUnixNano = now
+		vm.Revision = index
+	}
+	return nil, nil
+}
+
+func (s *Store) applyUpsertMember(c *statev1.UpsertMember) (any, error) {
+	m := c.GetMember()
+	if m.GetId() == "" {
+		return nil, errorf(KindInvalid, "member id is empty")
+	}
+	s.members[m.Id] = proto.Clone(m).(*statev1.MemberRecord)
+	return proto.Clone(m), nil
+}
+
+func (s *Store) applyRemoveMember(c *statev1.RemoveMember) (any, error) {
+	if _, ok := s.members[c.GetId()]; !ok {
+		return nil, errorf(KindNotFound, "member %q not found", c.GetId())
+	}
+	delete(s.members, c.Id)
+	return nil, nil
+}
+
+// Snapshot returns the whole state, sorted, as one message.
+func (s *Store) Snapshot() *statev1.Snapshot {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	snap := &statev1.Snapshot{FormatVersion: SnapshotVersion, Index: s.index}
+	for _, h := range s.hosts {
+		snap.Hosts = append(snap.Hosts, proto.Clone(h).(*statev1.HostRecord))
+	}
+	for _, v := range s.vms {
+		snap.Vms = append(snap.Vms, proto.Clone(v).(*statev1.VMRecord))
+	}
+	for _, m := range s.members {
+		snap.Members = append(snap.Members, proto.Clone(m).(*statev1.MemberRecord))
+	}
+	sort.Slice(snap.Hosts, func(i, j int) bool { return snap.Hosts[i].Id < snap.Hosts[j].Id })
+	sort.Slice(snap.Vms, func(i, j int) bool { return snap.Vms[i].Id < snap.Vms[j].Id })
+	sort.Slice(snap.Members, func(i, j int) bool { return snap.Members[i].Id < snap.Members[j].Id })
+	return snap
+}
+
+// Restore replaces the state with a snapshot.
+func (s *Store) Restore(snap *statev1.Snapshot) error {
+	if snap.GetFormatVersion() > SnapshotVersion {
+		return fmt.Errorf("snapshot format %d is newer than this controller reads (%d): upgrade it", snap.GetFormatVersion(), SnapshotVersion)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.reset()
+	for _, h := range snap.GetHosts() {
+		s.hosts[h.Id] = proto.Clone(h).(*statev1.HostRecord)
+		s.alloc[h.Id] = &yunchiv1.Resources{}
+	}
+	for _, v := range snap.GetVms() {
+		rec := proto.Clone(v).(*statev1.VMRecord)
+		s.vms[rec.Id] = rec
+		s.byName[nameKey(rec.Project, rec.Name)] = rec.Id
+		s.charge(rec, +1)
+	}
+	for _, m := range snap.GetMembers() {
+		s.members[m.Id] = proto.Clone(m).(*statev1.MemberRecord)
+	}
+	s.index = snap.GetIndex()
+	s.notify()
+	return nil
+}

@@ -1,0 +1,280 @@
+package state
+
+import (
+	"testing"
+
+	"google.golang.org/protobuf/proto"
+
+	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
+	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
+)
+
+const gib = 1 << 30
+
+// apply encodes cmd as it travels through the raft log, decodes it and
+// applies it, so every test also covers the wire form of its command.
+func apply(t *testing.T, s *Store, index uint64, cmd *statev1.Command) (any, error) {
+	t.Helper()
+	cmd.Version = CommandVersion
+	cmd.UnixNano = int64(index) * 1000
+	b, err := proto.Marshal(cmd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dec statev1.Command
+	if err := proto.Unmarshal(b, &dec); err != nil {
+		t.Fatal(err)
+	}
+	return s.Apply(index, &dec)
+}
+
+func mustApply(t *testing.T, s *Store, index uint64, cmd *statev1.Command) any {
+	t.Helper()
+	v, err := apply(t, s, index, cmd)
+	if err != nil {
+		t.Fatalf("apply %d: %v", index, err)
+	}
+	return v
+}
+
+func regHost(id, center string, cpu, mem, disk int64) *statev1.Command {
+	return &statev1.Command{Cmd: &statev1.Command_RegisterHost{RegisterHost: &statev1.RegisterHost{Host: &statev1.HostRecord{
+		Id: id, Hostname: id, Center: center, Capacity: &yunchiv1.Resources{Vcpus: cpu, MemoryBytes: mem, DiskBytes: disk},
+	}}}}
+}
+
+func place(id, name, host string, cpu int32, mem int64) *statev1.Command {
+	return &statev1.Command{Cmd: &statev1.Command_PlaceVm{PlaceVm: &statev1.PlaceVM{Vm: &statev1.VMRecord{
+		Id: id, Name: name, Project: DefaultProject, Vcpus: cpu, MemoryBytes: mem, DiskBytes: 10 * gib, HostId: host,
+	}}}}
+}
+
+func desired(id string, d yunchiv1.PowerState, reboot bool) *statev1.Command {
+	return &statev1.Command{Cmd: &statev1.Command_SetVmDesired{SetVmDesired: &statev1.SetVMDesired{VmId: id, Desired: d, Reboot: reboot}}}
+}
+
+func report(host string, st ...*yunchiv1.VMStatus) *statev1.Command {
+	return &statev1.Command{Cmd: &statev1.Command_ReportVmStatus{ReportVmStatus: &statev1.ReportVMStatus{HostId: host, Statuses: st}}}
+}
+
+// fixture: two hosts (h1: 8 vCPU / 16 GiB, h2 in b1) and one VM on h1.
+func fixture(t *testing.T) *Store {
+	s := New()
+	mustApply(t, s, 1, regHost("h1", "a1", 8, 16*gib, 100*gib))
+	mustApply(t, s, 2, regHost("h2", "b1", 8, 16*gib, 100*gib))
+	mustApply(t, s, 3, place("vm-1", "web-1", "h1", 2, 4*gib))
+	return s
+}
+
+func TestRegisterHost(t *testing.T) {
+	s := New()
+	mustApply(t, s, 1, regHost("h1", "a1", 8, 16*gib, 100*gib))
+	hv, ok := s.Host("h1")
+	if !ok || hv.Host.State != yunchiv1.HostState_HOST_STATE_READY || hv.Host.RegisteredUnixNano != 1000 {
+		t.Fatalf("host after register: %+v", hv.Host)
+	}
+	// Re-registering updates facts but keeps the first registration time.
+	mustApply(t, s, 2, regHost("h1", "a1", 16, 32*gib, 100*gib))
+	hv, _ = s.Host("h1")
+	if hv.Host.Capacity.Vcpus != 16 || hv.Host.RegisteredUnixNano != 1000 {
+		t.Fatalf("re-register: %+v", hv.Host)
+	}
+	if _, err := apply(t, s, 3, regHost("", "a1", 1, 1, 1)); KindOf(err) != KindInvalid {
+		t.Fatalf("empty id: %v", err)
+	}
+}
+
+func TestSetHostState(t *testing.T) {
+	s := fixture(t)
+	mustApply(t, s, 4, &statev1.Command{Cmd: &statev1.Command_SetHostState{SetHostState: &statev1.SetHostState{HostId: "h1", State: yunchiv1.HostState_HOST_STATE_DOWN}}})
+	hv, _ := s.Host("h1")
+	if hv.Host.State != yunchiv1.HostState_HOST_STATE_DOWN || hv.Host.StateChangedUnixNano != 4000 {
+		t.Fatalf("state: %v at %d", hv.Host.State, hv.Host.StateChangedUnixNano)
+	}
+	// A down host takes no placements.
+	if _, err := apply(t, s, 5, place("vm-2", "web-2", "h1", 1, gib)); KindOf(err) != KindConflict {
+		t.Fatalf("place on down host: %v", err)
+	}
+	if _, err := apply(t, s, 6, &statev1.Command{Cmd: &statev1.Command_SetHostState{SetHostState: &statev1.SetHostState{HostId: "nope", State: yunchiv1.HostState_HOST_STATE_DOWN}}}); KindOf(err) != KindNotFound {
+		t.Fatalf("unknown host: %v", err)
+	}
+}
+
+func TestPlaceVM(t *testing.T) {
+	s := fixture(t)
+	vm, ok := s.VM(DefaultProject, "web-1")
+	if !ok || vm.HostId != "h1" || vm.Phase != yunchiv1.VMPhase_VM_PHASE_PENDING || vm.Desired != yunchiv1.PowerState_POWER_STATE_RUNNING || vm.Revision != 3 {
+		t.Fatalf("vm: %+v", vm)
+	}
+	hv, _ := s.Host("h1")
+	if hv.Allocated.Vcpus != 2 || hv.Allocated.MemoryBytes != 4*gib || hv.VMs != 1 {
+		t.Fatalf("allocated: %+v", hv.Allocated)
+	}
+	// Same name again: rejected, nothing changes.
+	before := s.Snapshot()
+	if _, err := apply(t, s, 4, place("vm-2", "web-1", "h2", 1, gib)); KindOf(err) != KindAlreadyExists {
+		t.Fatalf("duplicate name: %v", err)
+	}
+	// Over capacity: 12 GiB more fits (16 total), 13 does not.
+	if _, err := apply(t, s, 5, place("vm-3", "big", "h1", 2, 13*gib)); KindOf(err) != KindConflict {
+		t.Fatalf("overcommit: %v", err)
+	}
+	if _, err := apply(t, s, 6, place("vm-4", "x", "nohost", 1, gib)); KindOf(err) != KindConflict {
+		t.Fatalf("unknown host: %v", err)
+	}
+	after := s.Snapshot()
+	after.Index = before.Index
+	if !proto.Equal(before, after) {
+		t.Fatal("rejected placements changed the state")
+	}
+	mustApply(t, s, 7, place("vm-5", "fits", "h1", 6, 12*gib))
+	hv, _ = s.Host("h1")
+	if hv.Allocated.Vcpus != 8 || hv.Allocated.MemoryBytes != 16*gib {
+		t.Fatalf("full host: %+v", hv.Allocated)
+	}
+}
+
+func TestSetVMDesired(t *testing.T) {
+	s := fixture(t)
+	v := mustApply(t, s, 4, desired("vm-1", yunchiv1.PowerState_POWER_STATE_STOPPED, false)).(*statev1.VMRecord)
+	if v.Desired != yunchiv1.PowerState_POWER_STATE_STOPPED || v.Revision != 4 {
+		t.Fatalf("stop: %+v", v)
+	}
+	if _, err := apply(t, s, 5, desired("vm-1", yunchiv1.PowerState_POWER_STATE_STOPPED, true)); KindOf(err) != KindFailedPrecondition {
+		t.Fatalf("reboot a stopped vm: %v", err)
+	}
+	mustApply(t, s, 6, desired("vm-1", yunchiv1.PowerState_POWER_STATE_RUNNING, false))
+	v = mustApply(t, s, 7, desired("vm-1", yunchiv1.PowerState_POWER_STATE_RUNNING, true)).(*statev1.VMRecord)
+	if v.RebootSeq != 1 {
+		t.Fatalf("reboot seq: %d", v.RebootSeq)
+	}
+	v = mustApply(t, s, 8, desired("vm-1", yunchiv1.PowerState_POWER_STATE_DELETED, false)).(*statev1.VMRecord)
+	if v.Phase != yunchiv1.VMPhase_VM_PHASE_DELETING {
+		t.Fatalf("delete phase: %v", v.Phase)
+	}
+	// Capacity stays charged until the agent confirms the domain is gone.
+	if hv, _ := s.Host("h1"); hv.Allocated.Vcpus != 2 {
+		t.Fatalf("released too early: %+v", hv.Allocated)
+	}
+	if _, err := apply(t, s, 9, desired("vm-1", yunchiv1.PowerState_POWER_STATE_RUNNING, false)); KindOf(err) != KindFailedPrecondition {
+		t.Fatalf("start while deleting: %v", err)
+	}
+	mustApply(t, s, 10, desired("vm-1", yunchiv1.PowerState_POWER_STATE_DELETED, false)) // idempotent
+	if _, err := apply(t, s, 11, desired("nope", yunchiv1.PowerState_POWER_STATE_STOPPED, false)); KindOf(err) != KindNotFound {
+		t.Fatalf("unknown vm: %v", err)
+	}
+}
+
+func TestReportVMStatus(t *testing.T) {
+	s := fixture(t)
+	mustApply(t, s, 4, report("h1", &yunchiv1.VMStatus{VmId: "vm-1", Phase: yunchiv1.VMPhase_VM_PHASE_RUNNING}))
+	if v, _ := s.VMByID("vm-1"); v.Phase != yunchiv1.VMPhase_VM_PHASE_RUNNING || v.Revision != 4 {
+		t.Fatalf("phase: %+v", v)
+	}
+	// A report from a host that does not own the VM is ignored.
+	mustApply(t, s, 5, report("h2", &yunchiv1.VMStatus{VmId: "vm-1", Phase: yunchiv1.VMPhase_VM_PHASE_FAILED}))
+	if v, _ := s.VMByID("vm-1"); v.Phase != yunchiv1.VMPhase_VM_PHASE_RUNNING {
+		t.Fatalf("stale host changed phase: %v", v.Phase)
+	}
+	// Gone while still wanted: back to pending, capacity kept.
+	mustApply(t, s, 6, report("h1", &yunchiv1.VMStatus{VmId: "vm-1", Gone: true}))
+	if v, ok := s.VMByID("vm-1"); !ok || v.Phase != yunchiv1.VMPhase_VM_PHASE_PENDING {
+		t.Fatalf("gone but wanted: %+v", v)
+	}
+	// Gone after delete: the VM and its allocation go away.
+	mustApply(t, s, 7, desired("vm-1", yunchiv1.PowerState_POWER_STATE_DELETED, false))
+	mustApply(t, s, 8, report("h1", &yunchiv1.VMStatus{VmId: "vm-1", Gone: true}))
+	if _, ok := s.VMByID("vm-1"); ok {
+		t.Fatal("deleted vm still there")
+	}
+	if _, ok := s.VM(DefaultProject, "web-1"); ok {
+		t.Fatal("name index still holds the deleted vm")
+	}
+	if hv, _ := s.Host("h1"); hv.Allocated.Vcpus != 0 || hv.Allocated.MemoryBytes != 0 || hv.VMs != 0 {
+		t.Fatalf("allocation not released: %+v", hv.Allocated)
+	}
+	if _, err := apply(t, s, 9, report("nohost")); KindOf(err) != KindNotFound {
+		t.Fatalf("unknown host: %v", err)
+	}
+}
+
+func TestMembers(t *testing.T) {
+	s := New()
+	mustApply(t, s, 1, &statev1.Command{Cmd: &statev1.Command_UpsertMember{UpsertMember: &statev1.UpsertMember{Member: &statev1.MemberRecord{Id: "a1", ApiAddress: "127.0.0.1:8470", Center: "a1"}}}})
+	if m, ok := s.Member("a1"); !ok || m.ApiAddress != "127.0.0.1:8470" {
+		t.Fatalf("member: %+v", m)
+	}
+	mustApply(t, s, 2, &statev1.Command{Cmd: &statev1.Command_RemoveMember{RemoveMember: &statev1.RemoveMember{Id: "a1"}}})
+	if len(s.Members()) != 0 {
+		t.Fatal("member not removed")
+	}
+	if _, err := apply(t, s, 3, &statev1.Command{Cmd: &statev1.Command_RemoveMember{RemoveMember: &statev1.RemoveMember{Id: "a1"}}}); KindOf(err) != KindNotFound {
+		t.Fatalf("remove twice: %v", err)
+	}
+}
+
+func TestUnknownAndNewerCommands(t *testing.T) {
+	s := fixture(t)
+	before := s.Snapshot()
+	if _, err := s.Apply(4, &statev1.Command{Version: CommandVersion}); KindOf(err) != KindInvalid {
+		t.Fatalf("empty command: %v", err)
+	}
+	if _, err := s.Apply(5, &statev1.Command{Version: CommandVersion + 1, Cmd: regHost("h9", "a1", 1, 1, 1).Cmd}); KindOf(err) != KindInvalid {
+		t.Fatalf("newer command: %v", err)
+	}
+	after := s.Snapshot()
+	after.Index = before.Index
+	if !proto.Equal(before, after) {
+		t.Fatal("rejected commands changed the state")
+	}
+}
+
+func TestSnapshotRestoreRoundTrip(t *testing.T) {
+	s := fixture(t)
+	mustApply(t, s, 4, place("vm-2", "db-1", "h2", 4, 8*gib))
+	mustApply(t, s, 5, report("h1", &yunchiv1.VMStatus{VmId: "vm-1", Phase: yunchiv1.VMPhase_VM_PHASE_RUNNING}))
+	mustApply(t, s, 6, &statev1.Command{Cmd: &statev1.Command_UpsertMember{UpsertMember: &statev1.UpsertMember{Member: &statev1.MemberRecord{Id: "a1", Center: "a1"}}}})
+	snap := s.Snapshot()
+	b, err := proto.Marshal(snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dec statev1.Snapshot
+	if err := proto.Unmarshal(b, &dec); err != nil {
+		t.Fatal(err)
+	}
+	r := New()
+	if err := r.Restore(&dec); err != nil {
+		t.Fatal(err)
+	}
+	if !proto.Equal(snap, r.Snapshot()) {
+		t.Fatal("restored state differs from the original")
+	}
+	// Derived indexes are rebuilt too: allocation and name lookup.
+	hv, _ := r.Host("h2")
+	if hv.Allocated.Vcpus != 4 || r.Index() != 6 {
+		t.Fatalf("derived state after restore: %+v index %d", hv.Allocated, r.Index())
+	}
+	if _, ok := r.VM(DefaultProject, "db-1"); !ok {
+		t.Fatal("name index not rebuilt")
+	}
+	if err := r.Restore(&statev1.Snapshot{FormatVersion: SnapshotVersion + 1}); err == nil {
+		t.Fatal("newer snapshot format accepted")
+	}
+}
+
+// Determinism: two stores fed the same log end up identical.
+func TestApplyIsDeterministic(t *testing.T) {
+	a, b := fixture(t), fixture(t)
+	for i, c := range []*statev1.Command{
+		place("vm-2", "x", "h2", 1, gib),
+		report("h1", &yunchiv1.VMStatus{VmId: "vm-1", Phase: yunchiv1.VMPhase_VM_PHASE_RUNNING}),
+		desired("vm-2", yunchiv1.PowerState_POWER_STATE_DELETED, false),
+	} {
+		apply(t, a, uint64(10+i), proto.Clone(c).(*statev1.Command))
+		apply(t, b, uint64(10+i), proto.Clone(c).(*statev1.Command))
+	}
+	if !proto.Equal(a.Snapshot(), b.Snapshot()) {
+		t.Fatal("same log, different state")
+	}
+}

@@ -1,0 +1,37 @@
+package scheduler
+
+import "testing"
+
+func TestResources(t *testing.T) {
+	a := Resources{VCPUs: 4, MemoryBytes: 8 * GiB, DiskBytes: 100 * GiB}
+	b := Resources{VCPUs: 1, MemoryBytes: 2 * GiB, DiskBytes: 40 * GiB}
+	if got, want := a.Add(b), (Resources{5, 10 * GiB, 140 * GiB}); got != want {
+		t.Errorf("Add = %+v, want %+v", got, want)
+	}
+	if got, want := a.Sub(b), (Resources{3, 6 * GiB, 60 * GiB}); got != want {
+		t.Errorf("Sub = %+v, want %+v", got, want)
+	}
+	for _, tc := range []struct {
+		name string
+		r    Resources
+		want bool
+	}{
+		{"smaller everywhere", b, true},
+		{"equal", a, true},
+		{"zero", Resources{}, true},
+		{"more vCPU", Resources{5, 1, 1}, false},
+		{"more memory", Resources{1, 8*GiB + 1, 1}, false},
+		{"more disk", Resources{1, 1, 101 * GiB}, false},
+	} {
+		if got := tc.r.Fits(a); got != tc.want {
+			t.Errorf("%s: %+v.Fits(%+v) = %v, want %v", tc.name, tc.r, a, got, tc.want)
+		}
+	}
+}
+
+func TestHostFree(t *testing.T) {
+	h := Host{Capacity: Resources{64, 256 * GiB, 4 * TiB}, Allocated: Resources{60, 200 * GiB, 5 * TiB}}
+	if got, want := h.Free(), (Resources{4, 56 * GiB, -1 * TiB}); got != want {
+		t.Errorf("Free = %+v, want %+v", got, want)
+	}
+}
