@@ -38,7 +38,8 @@ type inmemCluster struct {
 
 func (c *inmemCluster) start(m *member, bootstrap bool, join []string) {
 	c.t.Helper()
-	_, m.trans = raft.NewInmemTransport(raft.ServerAddress("inmem-" + m.id))
+	// Never dialled: the in-memory transport routes by name.
+	_, m.trans = raft.NewInmemTransport(raft.ServerAddress("inmem-" + m.id + ":7000"))
 	for _, o := range c.members {
 		if o != m && o.trans != nil {
 			m.trans.Connect(o.trans.LocalAddr(), o.trans)
@@ -91,14 +92,18 @@ func newInmemCluster(t *testing.T) *inmemCluster {
 	for _, m := range c.members[1:] {
 		c.start(m, false, []string{c.members[0].ctl.Addr()})
 	}
-	waitFor(t, 30*time.Second, "3 voters with a leader", func() bool {
-		st, err := clusterStatus(c.members[0].ctl.Addr())
-		if err != nil || st.LeaderId == "" || len(st.Members) != 3 {
-			return false
-		}
-		for _, m := range st.Members {
-			if m.ApiAddress == "" {
+	// Every node, not just the leader, must know the leader and every
+	// member's API address before it can forward writes.
+	waitFor(t, 30*time.Second, "3 voters with a leader, seen by every node", func() bool {
+		for _, n := range c.members {
+			st, err := clusterStatus(n.ctl.Addr())
+			if err != nil || st.LeaderId == "" || len(st.Members) != 3 {
 				return false
+			}
+			for _, m := range st.Members {
+				if m.ApiAddress == "" {
+					return false
+				}
 			}
 		}
 		return true
