@@ -113,6 +113,7 @@ func vmCreate(cCtx *cli.Context, s *session) error {
 			g = stopGoal(vm)
 		}
 		g.after = 0 // a new VM: any FAILED is ours
+		g.written = vm.GetRevision()
 		vm, _, err = s.waitVM(vm.GetName(), orDefault(vm.GetProject(), req.Project), g, cCtx.Duration("wait-timeout"))
 		if err != nil {
 			return err
@@ -178,7 +179,9 @@ func vmActionCommand(name, usage, waitWhat string, r retry, goal func(*yunchiv1.
 			}
 			gone := false
 			if cCtx.Bool("wait") {
-				vm, gone, err = s.waitVM(orDefault(vm.GetName(), req.Name), orDefault(vm.GetProject(), req.Project), goal(vm), cCtx.Duration("wait-timeout"))
+				g := goal(vm)
+				g.written = vm.GetRevision()
+				vm, gone, err = s.waitVM(orDefault(vm.GetName(), req.Name), orDefault(vm.GetProject(), req.Project), g, cCtx.Duration("wait-timeout"))
 				if err != nil {
 					return err
 				}

@@ -22,6 +22,10 @@ type waitGoal struct {
 	// or before it is an old failure the action is meant to clear, so it
 	// only ends the wait at a later revision.
 	after uint64
+	// written is the revision of the write being waited on: the watch asks
+	// the controller to have applied it first, so a follower that lags the
+	// leader does not answer "not found" for a VM just created.
+	written uint64
 	// progress overrides the progress line, or returns "".
 	progress func(vm *yunchiv1.VM) string
 }
@@ -71,7 +75,7 @@ var errStreamEnded = errors.New("watch ended")
 func (s *session) waitVM(name, project string, g waitGoal, timeout time.Duration) (*yunchiv1.VM, bool, error) {
 	ctx, cancel := context.WithTimeout(s.ctx, timeout)
 	defer cancel()
-	req := &yunchiv1.WatchVMRequest{Name: name, Project: project}
+	req := &yunchiv1.WatchVMRequest{Name: name, Project: project, MinRevision: g.written}
 
 	var (
 		last     *yunchiv1.VM

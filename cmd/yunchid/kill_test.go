@@ -66,7 +66,7 @@ func TestKill9LeaderDuringCreates(t *testing.T) {
 	}
 	c := clustertest.New(t)
 	c.StartControllers(3)
-	const hostCPUs, hostMem = 16, int64(32) << 30
+	const hostCPUs, hostMem = 32, int64(32) << 30
 	c.StartAgent("h1", "a1", hostCPUs, hostMem, 2<<40)
 	c.StartAgent("h2", "b1", hostCPUs, hostMem, 2<<40)
 	clustertest.Eventually(t, 30*time.Second, "2 hosts registered", func() bool {

@@ -273,6 +273,9 @@ func (s *Server) DeleteVM(ctx context.Context, req *yunchiv1.VMActionRequest) (*
 // WatchVM sends the VM now and after every change, until it is gone or
 // the client leaves. Served from local state on any controller.
 func (s *Server) WatchVM(req *yunchiv1.WatchVMRequest, stream yunchiv1.VMService_WatchVMServer) error {
+	if err := s.waitApplied(stream.Context(), req.MinRevision); err != nil {
+		return err
+	}
 	v, err := s.findVM(req.Project, req.Name)
 	if err != nil {
 		return err
@@ -371,3 +374,27 @@ func wait(ctx context.Context, d time.Duration) error {
 	}
 }
 
+
+// waitApplied blocks until this node's state includes raft index idx: the
+// read-your-writes step for a client that wrote through another controller.
+func (s *Server) waitApplied(ctx context.Context, idx uint64) error {
+	if idx == 0 {
+		return nil
+	}
+	timeout := time.NewTimer(10 * time.Second)
+	defer timeout.Stop()
+	for {
+		changed := s.store.Changed()
+		applied := s.store.Index()
+		if applied >= idx {
+			return nil
+		}
+		select {
+		case <-changed:
+		case <-timeout.C:
+			return status.Errorf(codes.Unavailable, "this controller has applied the log up to %d, not yet %d: it is behind the leader; retry or use another controller", applied, idx)
+		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
+		}
+	}
+}

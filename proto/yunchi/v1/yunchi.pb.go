@@ -734,9 +734,14 @@ func (x *VMActionRequest) GetProject() string {
 }
 
 type WatchVMRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Project       string                 `protobuf:"bytes,2,opt,name=project,proto3" json:"project,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Name    string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Project string                 `protobuf:"bytes,2,opt,name=project,proto3" json:"project,omitempty"`
+	// Start only once this controller has applied the raft log up to this
+	// index (the revision an earlier write returned), so that a watch sent to
+	// a follower right after a write to the leader sees that write. Waits at
+	// most 10 seconds, then fails with UNAVAILABLE.
+	MinRevision   uint64 `protobuf:"varint,3,opt,name=min_revision,json=minRevision,proto3" json:"min_revision,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -783,6 +788,13 @@ func (x *WatchVMRequest) GetProject() string {
 		return x.Project
 	}
 	return ""
+}
+
+func (x *WatchVMRequest) GetMinRevision() uint64 {
+	if x != nil {
+		return x.MinRevision
+	}
+	return 0
 }
 
 type VMEvent struct {
@@ -1910,10 +1922,11 @@ const file_yunchi_v1_yunchi_proto_rawDesc = "" +
 	"\x03vms\x18\x01 \x03(\v2\r.yunchi.v1.VMR\x03vms\"?\n" +
 	"\x0fVMActionRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
-	"\aproject\x18\x02 \x01(\tR\aproject\">\n" +
+	"\aproject\x18\x02 \x01(\tR\aproject\"a\n" +
 	"\x0eWatchVMRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
-	"\aproject\x18\x02 \x01(\tR\aproject\"<\n" +
+	"\aproject\x18\x02 \x01(\tR\aproject\x12!\n" +
+	"\fmin_revision\x18\x03 \x01(\x04R\vminRevision\"<\n" +
 	"\aVMEvent\x12\x1d\n" +
 	"\x02vm\x18\x01 \x01(\v2\r.yunchi.v1.VMR\x02vm\x12\x12\n" +
 	"\x04gone\x18\x02 \x01(\bR\x04gone\"\xa1\x05\n" +
