@@ -47,8 +47,8 @@ func TestBadInputIsRejectedAndChangesNothing(t *testing.T) {
 	long := strings.Repeat("a", 64)
 	cases := []struct {
 		name, method, path, body string
-		code                      int
-		msg                       string
+		code                     int
+		msg                      string
 	}{
 		{"empty name", "POST", "/v1/vms", `{"name":"","vcpus":1,"memory":"1GiB"}`, 400, "vm name is empty"},
 		{"too long name", "POST", "/v1/vms", `{"name":"` + long + `","vcpus":1,"memory":"1GiB"}`, 400, "at most 63"},

@@ -20,16 +20,16 @@ import (
 // leaderOnly lists the methods that change state: on a follower they are
 // forwarded to the leader, the only node that decides.
 var leaderOnly = map[string]bool{
-	yunchiv1.VMService_CreateVM_FullMethodName:           true,
-	yunchiv1.VMService_StartVM_FullMethodName:            true,
-	yunchiv1.VMService_StopVM_FullMethodName:             true,
-	yunchiv1.VMService_RebootVM_FullMethodName:           true,
-	yunchiv1.VMService_DeleteVM_FullMethodName:           true,
-	yunchiv1.ClusterService_JoinCluster_FullMethodName:   true,
-	yunchiv1.ClusterService_RemoveMember_FullMethodName:  true,
-	yunchiv1.AgentService_RegisterHost_FullMethodName:    true,
-	yunchiv1.AgentService_Heartbeat_FullMethodName:       true,
-	yunchiv1.AgentService_ReportVMStatus_FullMethodName:  true,
+	yunchiv1.VMService_CreateVM_FullMethodName:          true,
+	yunchiv1.VMService_StartVM_FullMethodName:           true,
+	yunchiv1.VMService_StopVM_FullMethodName:            true,
+	yunchiv1.VMService_RebootVM_FullMethodName:          true,
+	yunchiv1.VMService_DeleteVM_FullMethodName:          true,
+	yunchiv1.ClusterService_JoinCluster_FullMethodName:  true,
+	yunchiv1.ClusterService_RemoveMember_FullMethodName: true,
+	yunchiv1.AgentService_RegisterHost_FullMethodName:   true,
+	yunchiv1.AgentService_Heartbeat_FullMethodName:      true,
+	yunchiv1.AgentService_ReportVMStatus_FullMethodName: true,
 }
 
 // consistentReader is implemented by read requests with a `consistent` field.

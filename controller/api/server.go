@@ -374,7 +374,6 @@ func wait(ctx context.Context, d time.Duration) error {
 	}
 }
 
-
 // waitApplied blocks until this node's state includes raft index idx: the
 // read-your-writes step for a client that wrote through another controller.
 func (s *Server) waitApplied(ctx context.Context, idx uint64) error {

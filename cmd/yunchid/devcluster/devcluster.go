@@ -49,7 +49,7 @@ var Centers = []struct{ ID, Site, Role string }{
 
 // HostSpec is one simulated server.
 type HostSpec struct {
-	ID, Center, Site, Rack string
+	ID, Center, Site, Rack  string
 	Sockets, Cores, Threads int
 	MemoryBytes, DiskBytes  int64
 }
