@@ -146,8 +146,12 @@ type HostState int32
 const (
 	HostState_HOST_STATE_UNSPECIFIED HostState = 0
 	HostState_HOST_STATE_READY       HostState = 1
-	// No heartbeat within the TTL.
+	// No heartbeat within the TTL (derived; wins over the admin states).
 	HostState_HOST_STATE_DOWN HostState = 2
+	// Set by an admin: takes no new VMs; its VMs stay.
+	HostState_HOST_STATE_MAINTENANCE HostState = 3
+	// Set by an admin: takes no new VMs; its VMs are to be moved off.
+	HostState_HOST_STATE_DRAINING HostState = 4
 )
 
 // Enum value maps for HostState.
@@ -156,11 +160,15 @@ var (
 		0: "HOST_STATE_UNSPECIFIED",
 		1: "HOST_STATE_READY",
 		2: "HOST_STATE_DOWN",
+		3: "HOST_STATE_MAINTENANCE",
+		4: "HOST_STATE_DRAINING",
 	}
 	HostState_value = map[string]int32{
 		"HOST_STATE_UNSPECIFIED": 0,
 		"HOST_STATE_READY":       1,
 		"HOST_STATE_DOWN":        2,
+		"HOST_STATE_MAINTENANCE": 3,
+		"HOST_STATE_DRAINING":    4,
 	}
 )
 
@@ -189,6 +197,110 @@ func (x HostState) Number() protoreflect.EnumNumber {
 // Deprecated: Use HostState.Descriptor instead.
 func (HostState) EnumDescriptor() ([]byte, []int) {
 	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{2}
+}
+
+type GroupPolicy int32
+
+const (
+	GroupPolicy_GROUP_POLICY_UNSPECIFIED GroupPolicy = 0
+	// Keep members together (same host, rack or center).
+	GroupPolicy_GROUP_POLICY_AFFINITY GroupPolicy = 1
+	// Keep members apart.
+	GroupPolicy_GROUP_POLICY_ANTI_AFFINITY GroupPolicy = 2
+)
+
+// Enum value maps for GroupPolicy.
+var (
+	GroupPolicy_name = map[int32]string{
+		0: "GROUP_POLICY_UNSPECIFIED",
+		1: "GROUP_POLICY_AFFINITY",
+		2: "GROUP_POLICY_ANTI_AFFINITY",
+	}
+	GroupPolicy_value = map[string]int32{
+		"GROUP_POLICY_UNSPECIFIED":   0,
+		"GROUP_POLICY_AFFINITY":      1,
+		"GROUP_POLICY_ANTI_AFFINITY": 2,
+	}
+)
+
+func (x GroupPolicy) Enum() *GroupPolicy {
+	p := new(GroupPolicy)
+	*p = x
+	return p
+}
+
+func (x GroupPolicy) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (GroupPolicy) Descriptor() protoreflect.EnumDescriptor {
+	return file_yunchi_v1_yunchi_proto_enumTypes[3].Descriptor()
+}
+
+func (GroupPolicy) Type() protoreflect.EnumType {
+	return &file_yunchi_v1_yunchi_proto_enumTypes[3]
+}
+
+func (x GroupPolicy) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use GroupPolicy.Descriptor instead.
+func (GroupPolicy) EnumDescriptor() ([]byte, []int) {
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{3}
+}
+
+type GroupLevel int32
+
+const (
+	// Host.
+	GroupLevel_GROUP_LEVEL_UNSPECIFIED GroupLevel = 0
+	GroupLevel_GROUP_LEVEL_HOST        GroupLevel = 1
+	GroupLevel_GROUP_LEVEL_RACK        GroupLevel = 2
+	GroupLevel_GROUP_LEVEL_CENTER      GroupLevel = 3
+)
+
+// Enum value maps for GroupLevel.
+var (
+	GroupLevel_name = map[int32]string{
+		0: "GROUP_LEVEL_UNSPECIFIED",
+		1: "GROUP_LEVEL_HOST",
+		2: "GROUP_LEVEL_RACK",
+		3: "GROUP_LEVEL_CENTER",
+	}
+	GroupLevel_value = map[string]int32{
+		"GROUP_LEVEL_UNSPECIFIED": 0,
+		"GROUP_LEVEL_HOST":        1,
+		"GROUP_LEVEL_RACK":        2,
+		"GROUP_LEVEL_CENTER":      3,
+	}
+)
+
+func (x GroupLevel) Enum() *GroupLevel {
+	p := new(GroupLevel)
+	*p = x
+	return p
+}
+
+func (x GroupLevel) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (GroupLevel) Descriptor() protoreflect.EnumDescriptor {
+	return file_yunchi_v1_yunchi_proto_enumTypes[4].Descriptor()
+}
+
+func (GroupLevel) Type() protoreflect.EnumType {
+	return &file_yunchi_v1_yunchi_proto_enumTypes[4]
+}
+
+func (x GroupLevel) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use GroupLevel.Descriptor instead.
+func (GroupLevel) EnumDescriptor() ([]byte, []int) {
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{4}
 }
 
 // Resources is an amount of the three pooled dimensions.
@@ -272,7 +384,11 @@ type VM struct {
 	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
 	UpdatedAt *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
 	// Raft index of the last change to this VM.
-	Revision      uint64 `protobuf:"varint,16,opt,name=revision,proto3" json:"revision,omitempty"`
+	Revision uint64 `protobuf:"varint,16,opt,name=revision,proto3" json:"revision,omitempty"`
+	// Placement group the VM belongs to ("" = none).
+	Group string `protobuf:"bytes,17,opt,name=group,proto3" json:"group,omitempty"`
+	// Placement constraints given at creation, in canonical form.
+	Constraints   []string `protobuf:"bytes,18,rep,name=constraints,proto3" json:"constraints,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -419,6 +535,20 @@ func (x *VM) GetRevision() uint64 {
 	return 0
 }
 
+func (x *VM) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *VM) GetConstraints() []string {
+	if x != nil {
+		return x.Constraints
+	}
+	return nil
+}
+
 type CreateVMRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// DNS-label style: lowercase letters, digits and '-', 1-63 characters.
@@ -432,7 +562,21 @@ type CreateVMRequest struct {
 	// Only place on hosts of this center ("" = any).
 	Center string `protobuf:"bytes,6,opt,name=center,proto3" json:"center,omitempty"`
 	// Leave the VM defined but stopped.
-	Stopped       bool `protobuf:"varint,7,opt,name=stopped,proto3" json:"stopped,omitempty"`
+	Stopped bool `protobuf:"varint,7,opt,name=stopped,proto3" json:"stopped,omitempty"`
+	// Placement constraints, all of which must hold: "cpu_model=kunpeng920",
+	// "rack!=r3", "center in a1,a2", "center notin b1". Keys center, site,
+	// rack and host match those fields of a host; any other key matches a
+	// host label (cpu_model also matches the CPU model the agent reports).
+	Constraints []string `protobuf:"bytes,8,rep,name=constraints,proto3" json:"constraints,omitempty"`
+	// Placement group (of the same project) the VM joins; it must exist.
+	Group string `protobuf:"bytes,9,opt,name=group,proto3" json:"group,omitempty"`
+	// "binpack" (default: fill hosts up) or "spread" (prefer emptier hosts).
+	Strategy string `protobuf:"bytes,10,opt,name=strategy,proto3" json:"strategy,omitempty"`
+	// CreateVMs only: how many VMs, named NAME-1 .. NAME-N (0 or 1: one VM
+	// named NAME). All are placed, or none. At most 100.
+	Count int32 `protobuf:"varint,11,opt,name=count,proto3" json:"count,omitempty"`
+	// CreateVMs only: decide and explain, but record nothing.
+	DryRun        bool `protobuf:"varint,12,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -516,6 +660,235 @@ func (x *CreateVMRequest) GetStopped() bool {
 	return false
 }
 
+func (x *CreateVMRequest) GetConstraints() []string {
+	if x != nil {
+		return x.Constraints
+	}
+	return nil
+}
+
+func (x *CreateVMRequest) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *CreateVMRequest) GetStrategy() string {
+	if x != nil {
+		return x.Strategy
+	}
+	return ""
+}
+
+func (x *CreateVMRequest) GetCount() int32 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *CreateVMRequest) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+// Candidate is a host the scheduler weighed, with its score (0-100).
+type Candidate struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	HostId        string                 `protobuf:"bytes,1,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
+	Score         int64                  `protobuf:"varint,2,opt,name=score,proto3" json:"score,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Candidate) Reset() {
+	*x = Candidate{}
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Candidate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Candidate) ProtoMessage() {}
+
+func (x *Candidate) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Candidate.ProtoReflect.Descriptor instead.
+func (*Candidate) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Candidate) GetHostId() string {
+	if x != nil {
+		return x.HostId
+	}
+	return ""
+}
+
+func (x *Candidate) GetScore() int64 {
+	if x != nil {
+		return x.Score
+	}
+	return 0
+}
+
+// PlacementDecision is where the scheduler put (or, in a dry run, would put)
+// one VM, and what it was weighed against.
+type PlacementDecision struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	VmName     string                 `protobuf:"bytes,1,opt,name=vm_name,json=vmName,proto3" json:"vm_name,omitempty"`
+	HostId     string                 `protobuf:"bytes,2,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
+	HostCenter string                 `protobuf:"bytes,3,opt,name=host_center,json=hostCenter,proto3" json:"host_center,omitempty"`
+	Score      int64                  `protobuf:"varint,4,opt,name=score,proto3" json:"score,omitempty"`
+	// The next best hosts, best first.
+	RunnersUp     []*Candidate `protobuf:"bytes,5,rep,name=runners_up,json=runnersUp,proto3" json:"runners_up,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PlacementDecision) Reset() {
+	*x = PlacementDecision{}
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PlacementDecision) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PlacementDecision) ProtoMessage() {}
+
+func (x *PlacementDecision) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PlacementDecision.ProtoReflect.Descriptor instead.
+func (*PlacementDecision) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *PlacementDecision) GetVmName() string {
+	if x != nil {
+		return x.VmName
+	}
+	return ""
+}
+
+func (x *PlacementDecision) GetHostId() string {
+	if x != nil {
+		return x.HostId
+	}
+	return ""
+}
+
+func (x *PlacementDecision) GetHostCenter() string {
+	if x != nil {
+		return x.HostCenter
+	}
+	return ""
+}
+
+func (x *PlacementDecision) GetScore() int64 {
+	if x != nil {
+		return x.Score
+	}
+	return 0
+}
+
+func (x *PlacementDecision) GetRunnersUp() []*Candidate {
+	if x != nil {
+		return x.RunnersUp
+	}
+	return nil
+}
+
+type CreateVMsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The VMs created (empty in a dry run).
+	Vms []*VM `protobuf:"bytes,1,rep,name=vms,proto3" json:"vms,omitempty"`
+	// One decision per VM, in request order.
+	Decisions     []*PlacementDecision `protobuf:"bytes,2,rep,name=decisions,proto3" json:"decisions,omitempty"`
+	DryRun        bool                 `protobuf:"varint,3,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateVMsResponse) Reset() {
+	*x = CreateVMsResponse{}
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateVMsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateVMsResponse) ProtoMessage() {}
+
+func (x *CreateVMsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateVMsResponse.ProtoReflect.Descriptor instead.
+func (*CreateVMsResponse) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *CreateVMsResponse) GetVms() []*VM {
+	if x != nil {
+		return x.Vms
+	}
+	return nil
+}
+
+func (x *CreateVMsResponse) GetDecisions() []*PlacementDecision {
+	if x != nil {
+		return x.Decisions
+	}
+	return nil
+}
+
+func (x *CreateVMsResponse) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
 type GetVMRequest struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Name    string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -528,7 +901,7 @@ type GetVMRequest struct {
 
 func (x *GetVMRequest) Reset() {
 	*x = GetVMRequest{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[3]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -540,7 +913,7 @@ func (x *GetVMRequest) String() string {
 func (*GetVMRequest) ProtoMessage() {}
 
 func (x *GetVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[3]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -553,7 +926,7 @@ func (x *GetVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVMRequest.ProtoReflect.Descriptor instead.
 func (*GetVMRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{3}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetVMRequest) GetName() string {
@@ -588,7 +961,7 @@ type ListVMsRequest struct {
 
 func (x *ListVMsRequest) Reset() {
 	*x = ListVMsRequest{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[4]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -600,7 +973,7 @@ func (x *ListVMsRequest) String() string {
 func (*ListVMsRequest) ProtoMessage() {}
 
 func (x *ListVMsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[4]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -613,7 +986,7 @@ func (x *ListVMsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVMsRequest.ProtoReflect.Descriptor instead.
 func (*ListVMsRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{4}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ListVMsRequest) GetProject() string {
@@ -646,7 +1019,7 @@ type ListVMsResponse struct {
 
 func (x *ListVMsResponse) Reset() {
 	*x = ListVMsResponse{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[5]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -658,7 +1031,7 @@ func (x *ListVMsResponse) String() string {
 func (*ListVMsResponse) ProtoMessage() {}
 
 func (x *ListVMsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[5]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -671,7 +1044,7 @@ func (x *ListVMsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVMsResponse.ProtoReflect.Descriptor instead.
 func (*ListVMsResponse) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{5}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListVMsResponse) GetVms() []*VM {
@@ -691,7 +1064,7 @@ type VMActionRequest struct {
 
 func (x *VMActionRequest) Reset() {
 	*x = VMActionRequest{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[6]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -703,7 +1076,7 @@ func (x *VMActionRequest) String() string {
 func (*VMActionRequest) ProtoMessage() {}
 
 func (x *VMActionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[6]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -716,7 +1089,7 @@ func (x *VMActionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VMActionRequest.ProtoReflect.Descriptor instead.
 func (*VMActionRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{6}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *VMActionRequest) GetName() string {
@@ -748,7 +1121,7 @@ type WatchVMRequest struct {
 
 func (x *WatchVMRequest) Reset() {
 	*x = WatchVMRequest{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[7]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -760,7 +1133,7 @@ func (x *WatchVMRequest) String() string {
 func (*WatchVMRequest) ProtoMessage() {}
 
 func (x *WatchVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[7]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -773,7 +1146,7 @@ func (x *WatchVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchVMRequest.ProtoReflect.Descriptor instead.
 func (*WatchVMRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{7}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *WatchVMRequest) GetName() string {
@@ -808,7 +1181,7 @@ type VMEvent struct {
 
 func (x *VMEvent) Reset() {
 	*x = VMEvent{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[8]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -820,7 +1193,7 @@ func (x *VMEvent) String() string {
 func (*VMEvent) ProtoMessage() {}
 
 func (x *VMEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[8]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -833,7 +1206,7 @@ func (x *VMEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VMEvent.ProtoReflect.Descriptor instead.
 func (*VMEvent) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{8}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *VMEvent) GetVm() *VM {
@@ -850,31 +1223,169 @@ func (x *VMEvent) GetGone() bool {
 	return false
 }
 
-type Host struct {
+// Ratios are allocation (overcommit) ratios: how much of a host's capacity
+// (after the host OS reservation) may be promised to VMs. 0 = not set here.
+type Ratios struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Hostname      string                 `protobuf:"bytes,2,opt,name=hostname,proto3" json:"hostname,omitempty"`
-	Center        string                 `protobuf:"bytes,3,opt,name=center,proto3" json:"center,omitempty"`
-	Site          string                 `protobuf:"bytes,4,opt,name=site,proto3" json:"site,omitempty"`
-	Rack          string                 `protobuf:"bytes,5,opt,name=rack,proto3" json:"rack,omitempty"`
-	Labels        map[string]string      `protobuf:"bytes,6,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	Capacity      *Resources             `protobuf:"bytes,7,opt,name=capacity,proto3" json:"capacity,omitempty"`
-	Allocated     *Resources             `protobuf:"bytes,8,opt,name=allocated,proto3" json:"allocated,omitempty"`
-	Free          *Resources             `protobuf:"bytes,9,opt,name=free,proto3" json:"free,omitempty"`
-	State         HostState              `protobuf:"varint,10,opt,name=state,proto3,enum=yunchi.v1.HostState" json:"state,omitempty"`
-	VmCount       int32                  `protobuf:"varint,11,opt,name=vm_count,json=vmCount,proto3" json:"vm_count,omitempty"`
-	CpuModel      string                 `protobuf:"bytes,12,opt,name=cpu_model,json=cpuModel,proto3" json:"cpu_model,omitempty"`
-	AgentVersion  string                 `protobuf:"bytes,13,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
-	RegisteredAt  *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=registered_at,json=registeredAt,proto3" json:"registered_at,omitempty"`
-	LastSeen      *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
-	Stats         *HostStats             `protobuf:"bytes,16,opt,name=stats,proto3" json:"stats,omitempty"`
+	Cpu           float64                `protobuf:"fixed64,1,opt,name=cpu,proto3" json:"cpu,omitempty"`
+	Memory        float64                `protobuf:"fixed64,2,opt,name=memory,proto3" json:"memory,omitempty"`
+	Disk          float64                `protobuf:"fixed64,3,opt,name=disk,proto3" json:"disk,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Ratios) Reset() {
+	*x = Ratios{}
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Ratios) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Ratios) ProtoMessage() {}
+
+func (x *Ratios) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Ratios.ProtoReflect.Descriptor instead.
+func (*Ratios) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *Ratios) GetCpu() float64 {
+	if x != nil {
+		return x.Cpu
+	}
+	return 0
+}
+
+func (x *Ratios) GetMemory() float64 {
+	if x != nil {
+		return x.Memory
+	}
+	return 0
+}
+
+func (x *Ratios) GetDisk() float64 {
+	if x != nil {
+		return x.Disk
+	}
+	return 0
+}
+
+// RatioSources says where each effective ratio comes from: "host",
+// "host_group <name>", "center <name>" or "default".
+type RatioSources struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Cpu           string                 `protobuf:"bytes,1,opt,name=cpu,proto3" json:"cpu,omitempty"`
+	Memory        string                 `protobuf:"bytes,2,opt,name=memory,proto3" json:"memory,omitempty"`
+	Disk          string                 `protobuf:"bytes,3,opt,name=disk,proto3" json:"disk,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RatioSources) Reset() {
+	*x = RatioSources{}
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RatioSources) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RatioSources) ProtoMessage() {}
+
+func (x *RatioSources) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RatioSources.ProtoReflect.Descriptor instead.
+func (*RatioSources) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *RatioSources) GetCpu() string {
+	if x != nil {
+		return x.Cpu
+	}
+	return ""
+}
+
+func (x *RatioSources) GetMemory() string {
+	if x != nil {
+		return x.Memory
+	}
+	return ""
+}
+
+func (x *RatioSources) GetDisk() string {
+	if x != nil {
+		return x.Disk
+	}
+	return ""
+}
+
+type Host struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Id           string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Hostname     string                 `protobuf:"bytes,2,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	Center       string                 `protobuf:"bytes,3,opt,name=center,proto3" json:"center,omitempty"`
+	Site         string                 `protobuf:"bytes,4,opt,name=site,proto3" json:"site,omitempty"`
+	Rack         string                 `protobuf:"bytes,5,opt,name=rack,proto3" json:"rack,omitempty"`
+	Labels       map[string]string      `protobuf:"bytes,6,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Capacity     *Resources             `protobuf:"bytes,7,opt,name=capacity,proto3" json:"capacity,omitempty"`
+	Allocated    *Resources             `protobuf:"bytes,8,opt,name=allocated,proto3" json:"allocated,omitempty"`
+	Free         *Resources             `protobuf:"bytes,9,opt,name=free,proto3" json:"free,omitempty"`
+	State        HostState              `protobuf:"varint,10,opt,name=state,proto3,enum=yunchi.v1.HostState" json:"state,omitempty"`
+	VmCount      int32                  `protobuf:"varint,11,opt,name=vm_count,json=vmCount,proto3" json:"vm_count,omitempty"`
+	CpuModel     string                 `protobuf:"bytes,12,opt,name=cpu_model,json=cpuModel,proto3" json:"cpu_model,omitempty"`
+	AgentVersion string                 `protobuf:"bytes,13,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
+	RegisteredAt *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=registered_at,json=registeredAt,proto3" json:"registered_at,omitempty"`
+	LastSeen     *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
+	Stats        *HostStats             `protobuf:"bytes,16,opt,name=stats,proto3" json:"stats,omitempty"`
+	// Kept for the host OS (default 1 vCPU, 2 GiB memory, 0 disk).
+	Reserved *Resources `protobuf:"bytes,17,opt,name=reserved,proto3" json:"reserved,omitempty"`
+	// (capacity - reserved) * ratio, per dimension: what may be allocated.
+	// free = allocatable - allocated.
+	Allocatable *Resources `protobuf:"bytes,18,opt,name=allocatable,proto3" json:"allocatable,omitempty"`
+	// Effective ratios (host > host group > center > default) and their sources.
+	Ratios       *Ratios       `protobuf:"bytes,19,opt,name=ratios,proto3" json:"ratios,omitempty"`
+	RatioSources *RatioSources `protobuf:"bytes,20,opt,name=ratio_sources,json=ratioSources,proto3" json:"ratio_sources,omitempty"`
+	// "" = shared; else the only project whose VMs may be placed here.
+	Owner string `protobuf:"bytes,21,opt,name=owner,proto3" json:"owner,omitempty"`
+	// The labels an admin set (labels holds these merged over the agent's).
+	AdminLabels map[string]string `protobuf:"bytes,22,rep,name=admin_labels,json=adminLabels,proto3" json:"admin_labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Host-level ratio overrides (0 = inherit).
+	HostRatios    *Ratios `protobuf:"bytes,23,opt,name=host_ratios,json=hostRatios,proto3" json:"host_ratios,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Host) Reset() {
 	*x = Host{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[9]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -886,7 +1397,7 @@ func (x *Host) String() string {
 func (*Host) ProtoMessage() {}
 
 func (x *Host) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[9]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -899,7 +1410,7 @@ func (x *Host) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Host.ProtoReflect.Descriptor instead.
 func (*Host) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{9}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Host) GetId() string {
@@ -1014,6 +1525,55 @@ func (x *Host) GetStats() *HostStats {
 	return nil
 }
 
+func (x *Host) GetReserved() *Resources {
+	if x != nil {
+		return x.Reserved
+	}
+	return nil
+}
+
+func (x *Host) GetAllocatable() *Resources {
+	if x != nil {
+		return x.Allocatable
+	}
+	return nil
+}
+
+func (x *Host) GetRatios() *Ratios {
+	if x != nil {
+		return x.Ratios
+	}
+	return nil
+}
+
+func (x *Host) GetRatioSources() *RatioSources {
+	if x != nil {
+		return x.RatioSources
+	}
+	return nil
+}
+
+func (x *Host) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+func (x *Host) GetAdminLabels() map[string]string {
+	if x != nil {
+		return x.AdminLabels
+	}
+	return nil
+}
+
+func (x *Host) GetHostRatios() *Ratios {
+	if x != nil {
+		return x.HostRatios
+	}
+	return nil
+}
+
 // Observed on the host by its agent (not used for placement).
 type HostStats struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
@@ -1026,7 +1586,7 @@ type HostStats struct {
 
 func (x *HostStats) Reset() {
 	*x = HostStats{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[10]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1038,7 +1598,7 @@ func (x *HostStats) String() string {
 func (*HostStats) ProtoMessage() {}
 
 func (x *HostStats) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[10]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1051,7 +1611,7 @@ func (x *HostStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostStats.ProtoReflect.Descriptor instead.
 func (*HostStats) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{10}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *HostStats) GetDomainsRunning() int32 {
@@ -1085,7 +1645,7 @@ type GetHostRequest struct {
 
 func (x *GetHostRequest) Reset() {
 	*x = GetHostRequest{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[11]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1097,7 +1657,7 @@ func (x *GetHostRequest) String() string {
 func (*GetHostRequest) ProtoMessage() {}
 
 func (x *GetHostRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[11]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1110,7 +1670,7 @@ func (x *GetHostRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHostRequest.ProtoReflect.Descriptor instead.
 func (*GetHostRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{11}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetHostRequest) GetId() string {
@@ -1137,7 +1697,7 @@ type ListHostsRequest struct {
 
 func (x *ListHostsRequest) Reset() {
 	*x = ListHostsRequest{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[12]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1149,7 +1709,7 @@ func (x *ListHostsRequest) String() string {
 func (*ListHostsRequest) ProtoMessage() {}
 
 func (x *ListHostsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[12]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1162,7 +1722,7 @@ func (x *ListHostsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListHostsRequest.ProtoReflect.Descriptor instead.
 func (*ListHostsRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{12}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListHostsRequest) GetCenter() string {
@@ -1188,7 +1748,7 @@ type ListHostsResponse struct {
 
 func (x *ListHostsResponse) Reset() {
 	*x = ListHostsResponse{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[13]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1200,7 +1760,7 @@ func (x *ListHostsResponse) String() string {
 func (*ListHostsResponse) ProtoMessage() {}
 
 func (x *ListHostsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[13]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1213,7 +1773,7 @@ func (x *ListHostsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListHostsResponse.ProtoReflect.Descriptor instead.
 func (*ListHostsResponse) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{13}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListHostsResponse) GetHosts() []*Host {
@@ -1223,22 +1783,827 @@ func (x *ListHostsResponse) GetHosts() []*Host {
 	return nil
 }
 
-type CenterCapacity struct {
+// UpdateHost changes what an admin decides about a host; fields left out
+// stay as they are.
+type UpdateHostRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// READY, MAINTENANCE or DRAINING (DOWN is derived from heartbeats).
+	// UNSPECIFIED: unchanged.
+	State HostState `protobuf:"varint,2,opt,name=state,proto3,enum=yunchi.v1.HostState" json:"state,omitempty"`
+	// Labels to set: keys 1-63 of [a-z0-9_.-/], values 0-63 of [A-Za-z0-9_.-].
+	SetLabels map[string]string `protobuf:"bytes,3,rep,name=set_labels,json=setLabels,proto3" json:"set_labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Admin labels to remove.
+	RemoveLabels []string `protobuf:"bytes,4,rep,name=remove_labels,json=removeLabels,proto3" json:"remove_labels,omitempty"`
+	// Dedicate to a project, or "" to share again.
+	Owner        *string `protobuf:"bytes,5,opt,name=owner,proto3,oneof" json:"owner,omitempty"`
+	ReserveVcpus *int64  `protobuf:"varint,6,opt,name=reserve_vcpus,json=reserveVcpus,proto3,oneof" json:"reserve_vcpus,omitempty"`
+	// Sizes as in CreateVM; "0" is allowed.
+	ReserveMemory *string `protobuf:"bytes,7,opt,name=reserve_memory,json=reserveMemory,proto3,oneof" json:"reserve_memory,omitempty"`
+	ReserveDisk   *string `protobuf:"bytes,8,opt,name=reserve_disk,json=reserveDisk,proto3,oneof" json:"reserve_disk,omitempty"`
+	// Host-level ratios, in (0, 64]; 0 removes the override (inherit).
+	CpuRatio      *float64 `protobuf:"fixed64,9,opt,name=cpu_ratio,json=cpuRatio,proto3,oneof" json:"cpu_ratio,omitempty"`
+	MemoryRatio   *float64 `protobuf:"fixed64,10,opt,name=memory_ratio,json=memoryRatio,proto3,oneof" json:"memory_ratio,omitempty"`
+	DiskRatio     *float64 `protobuf:"fixed64,11,opt,name=disk_ratio,json=diskRatio,proto3,oneof" json:"disk_ratio,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateHostRequest) Reset() {
+	*x = UpdateHostRequest{}
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateHostRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateHostRequest) ProtoMessage() {}
+
+func (x *UpdateHostRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateHostRequest.ProtoReflect.Descriptor instead.
+func (*UpdateHostRequest) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *UpdateHostRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *UpdateHostRequest) GetState() HostState {
+	if x != nil {
+		return x.State
+	}
+	return HostState_HOST_STATE_UNSPECIFIED
+}
+
+func (x *UpdateHostRequest) GetSetLabels() map[string]string {
+	if x != nil {
+		return x.SetLabels
+	}
+	return nil
+}
+
+func (x *UpdateHostRequest) GetRemoveLabels() []string {
+	if x != nil {
+		return x.RemoveLabels
+	}
+	return nil
+}
+
+func (x *UpdateHostRequest) GetOwner() string {
+	if x != nil && x.Owner != nil {
+		return *x.Owner
+	}
+	return ""
+}
+
+func (x *UpdateHostRequest) GetReserveVcpus() int64 {
+	if x != nil && x.ReserveVcpus != nil {
+		return *x.ReserveVcpus
+	}
+	return 0
+}
+
+func (x *UpdateHostRequest) GetReserveMemory() string {
+	if x != nil && x.ReserveMemory != nil {
+		return *x.ReserveMemory
+	}
+	return ""
+}
+
+func (x *UpdateHostRequest) GetReserveDisk() string {
+	if x != nil && x.ReserveDisk != nil {
+		return *x.ReserveDisk
+	}
+	return ""
+}
+
+func (x *UpdateHostRequest) GetCpuRatio() float64 {
+	if x != nil && x.CpuRatio != nil {
+		return *x.CpuRatio
+	}
+	return 0
+}
+
+func (x *UpdateHostRequest) GetMemoryRatio() float64 {
+	if x != nil && x.MemoryRatio != nil {
+		return *x.MemoryRatio
+	}
+	return 0
+}
+
+func (x *UpdateHostRequest) GetDiskRatio() float64 {
+	if x != nil && x.DiskRatio != nil {
+		return *x.DiskRatio
+	}
+	return 0
+}
+
+// RatioSetting is the ratios set for a center or a host group (the hosts
+// labelled host_group=<name>).
+type RatioSetting struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "center" or "host_group".
+	Scope         string  `protobuf:"bytes,1,opt,name=scope,proto3" json:"scope,omitempty"`
+	Name          string  `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Ratios        *Ratios `protobuf:"bytes,3,opt,name=ratios,proto3" json:"ratios,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RatioSetting) Reset() {
+	*x = RatioSetting{}
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RatioSetting) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RatioSetting) ProtoMessage() {}
+
+func (x *RatioSetting) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RatioSetting.ProtoReflect.Descriptor instead.
+func (*RatioSetting) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *RatioSetting) GetScope() string {
+	if x != nil {
+		return x.Scope
+	}
+	return ""
+}
+
+func (x *RatioSetting) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RatioSetting) GetRatios() *Ratios {
+	if x != nil {
+		return x.Ratios
+	}
+	return nil
+}
+
+type SetRatiosRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Scope string                 `protobuf:"bytes,1,opt,name=scope,proto3" json:"scope,omitempty"`
+	Name  string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// In (0, 64]; 0 removes the setting for that dimension; left out: unchanged.
+	Cpu           *float64 `protobuf:"fixed64,3,opt,name=cpu,proto3,oneof" json:"cpu,omitempty"`
+	Memory        *float64 `protobuf:"fixed64,4,opt,name=memory,proto3,oneof" json:"memory,omitempty"`
+	Disk          *float64 `protobuf:"fixed64,5,opt,name=disk,proto3,oneof" json:"disk,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetRatiosRequest) Reset() {
+	*x = SetRatiosRequest{}
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetRatiosRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetRatiosRequest) ProtoMessage() {}
+
+func (x *SetRatiosRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetRatiosRequest.ProtoReflect.Descriptor instead.
+func (*SetRatiosRequest) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *SetRatiosRequest) GetScope() string {
+	if x != nil {
+		return x.Scope
+	}
+	return ""
+}
+
+func (x *SetRatiosRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SetRatiosRequest) GetCpu() float64 {
+	if x != nil && x.Cpu != nil {
+		return *x.Cpu
+	}
+	return 0
+}
+
+func (x *SetRatiosRequest) GetMemory() float64 {
+	if x != nil && x.Memory != nil {
+		return *x.Memory
+	}
+	return 0
+}
+
+func (x *SetRatiosRequest) GetDisk() float64 {
+	if x != nil && x.Disk != nil {
+		return *x.Disk
+	}
+	return 0
+}
+
+type ListRatiosRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Center        string                 `protobuf:"bytes,1,opt,name=center,proto3" json:"center,omitempty"`
-	Hosts         int32                  `protobuf:"varint,2,opt,name=hosts,proto3" json:"hosts,omitempty"`
-	HostsReady    int32                  `protobuf:"varint,3,opt,name=hosts_ready,json=hostsReady,proto3" json:"hosts_ready,omitempty"`
-	Capacity      *Resources             `protobuf:"bytes,4,opt,name=capacity,proto3" json:"capacity,omitempty"`
-	Allocated     *Resources             `protobuf:"bytes,5,opt,name=allocated,proto3" json:"allocated,omitempty"`
-	Free          *Resources             `protobuf:"bytes,6,opt,name=free,proto3" json:"free,omitempty"`
-	Vms           int32                  `protobuf:"varint,7,opt,name=vms,proto3" json:"vms,omitempty"`
+	Consistent    bool                   `protobuf:"varint,1,opt,name=consistent,proto3" json:"consistent,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRatiosRequest) Reset() {
+	*x = ListRatiosRequest{}
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRatiosRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRatiosRequest) ProtoMessage() {}
+
+func (x *ListRatiosRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRatiosRequest.ProtoReflect.Descriptor instead.
+func (*ListRatiosRequest) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *ListRatiosRequest) GetConsistent() bool {
+	if x != nil {
+		return x.Consistent
+	}
+	return false
+}
+
+type ListRatiosResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Used where nothing else is set.
+	Defaults      *Ratios         `protobuf:"bytes,1,opt,name=defaults,proto3" json:"defaults,omitempty"`
+	Settings      []*RatioSetting `protobuf:"bytes,2,rep,name=settings,proto3" json:"settings,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRatiosResponse) Reset() {
+	*x = ListRatiosResponse{}
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRatiosResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRatiosResponse) ProtoMessage() {}
+
+func (x *ListRatiosResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRatiosResponse.ProtoReflect.Descriptor instead.
+func (*ListRatiosResponse) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *ListRatiosResponse) GetDefaults() *Ratios {
+	if x != nil {
+		return x.Defaults
+	}
+	return nil
+}
+
+func (x *ListRatiosResponse) GetSettings() []*RatioSetting {
+	if x != nil {
+		return x.Settings
+	}
+	return nil
+}
+
+// PlacementGroup keeps its member VMs together or apart.
+type PlacementGroup struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Name    string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Project string                 `protobuf:"bytes,2,opt,name=project,proto3" json:"project,omitempty"`
+	Policy  GroupPolicy            `protobuf:"varint,3,opt,name=policy,proto3,enum=yunchi.v1.GroupPolicy" json:"policy,omitempty"`
+	Level   GroupLevel             `protobuf:"varint,4,opt,name=level,proto3,enum=yunchi.v1.GroupLevel" json:"level,omitempty"`
+	// Soft: a preference in scoring; hard (default): a rule no placement breaks.
+	Soft bool `protobuf:"varint,5,opt,name=soft,proto3" json:"soft,omitempty"`
+	// At most this many members on one host (0 = no limit); always hard.
+	MaxPerHost int32 `protobuf:"varint,6,opt,name=max_per_host,json=maxPerHost,proto3" json:"max_per_host,omitempty"`
+	// Member VM names, sorted.
+	Members       []string               `protobuf:"bytes,7,rep,name=members,proto3" json:"members,omitempty"`
+	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PlacementGroup) Reset() {
+	*x = PlacementGroup{}
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PlacementGroup) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PlacementGroup) ProtoMessage() {}
+
+func (x *PlacementGroup) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PlacementGroup.ProtoReflect.Descriptor instead.
+func (*PlacementGroup) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *PlacementGroup) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *PlacementGroup) GetProject() string {
+	if x != nil {
+		return x.Project
+	}
+	return ""
+}
+
+func (x *PlacementGroup) GetPolicy() GroupPolicy {
+	if x != nil {
+		return x.Policy
+	}
+	return GroupPolicy_GROUP_POLICY_UNSPECIFIED
+}
+
+func (x *PlacementGroup) GetLevel() GroupLevel {
+	if x != nil {
+		return x.Level
+	}
+	return GroupLevel_GROUP_LEVEL_UNSPECIFIED
+}
+
+func (x *PlacementGroup) GetSoft() bool {
+	if x != nil {
+		return x.Soft
+	}
+	return false
+}
+
+func (x *PlacementGroup) GetMaxPerHost() int32 {
+	if x != nil {
+		return x.MaxPerHost
+	}
+	return 0
+}
+
+func (x *PlacementGroup) GetMembers() []string {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
+func (x *PlacementGroup) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+type CreateGroupRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Project       string                 `protobuf:"bytes,2,opt,name=project,proto3" json:"project,omitempty"`
+	Policy        GroupPolicy            `protobuf:"varint,3,opt,name=policy,proto3,enum=yunchi.v1.GroupPolicy" json:"policy,omitempty"`
+	Level         GroupLevel             `protobuf:"varint,4,opt,name=level,proto3,enum=yunchi.v1.GroupLevel" json:"level,omitempty"`
+	Soft          bool                   `protobuf:"varint,5,opt,name=soft,proto3" json:"soft,omitempty"`
+	MaxPerHost    int32                  `protobuf:"varint,6,opt,name=max_per_host,json=maxPerHost,proto3" json:"max_per_host,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateGroupRequest) Reset() {
+	*x = CreateGroupRequest{}
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateGroupRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateGroupRequest) ProtoMessage() {}
+
+func (x *CreateGroupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateGroupRequest.ProtoReflect.Descriptor instead.
+func (*CreateGroupRequest) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *CreateGroupRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CreateGroupRequest) GetProject() string {
+	if x != nil {
+		return x.Project
+	}
+	return ""
+}
+
+func (x *CreateGroupRequest) GetPolicy() GroupPolicy {
+	if x != nil {
+		return x.Policy
+	}
+	return GroupPolicy_GROUP_POLICY_UNSPECIFIED
+}
+
+func (x *CreateGroupRequest) GetLevel() GroupLevel {
+	if x != nil {
+		return x.Level
+	}
+	return GroupLevel_GROUP_LEVEL_UNSPECIFIED
+}
+
+func (x *CreateGroupRequest) GetSoft() bool {
+	if x != nil {
+		return x.Soft
+	}
+	return false
+}
+
+func (x *CreateGroupRequest) GetMaxPerHost() int32 {
+	if x != nil {
+		return x.MaxPerHost
+	}
+	return 0
+}
+
+type GetGroupRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Project       string                 `protobuf:"bytes,2,opt,name=project,proto3" json:"project,omitempty"`
+	Consistent    bool                   `protobuf:"varint,3,opt,name=consistent,proto3" json:"consistent,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetGroupRequest) Reset() {
+	*x = GetGroupRequest{}
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetGroupRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetGroupRequest) ProtoMessage() {}
+
+func (x *GetGroupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetGroupRequest.ProtoReflect.Descriptor instead.
+func (*GetGroupRequest) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *GetGroupRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *GetGroupRequest) GetProject() string {
+	if x != nil {
+		return x.Project
+	}
+	return ""
+}
+
+func (x *GetGroupRequest) GetConsistent() bool {
+	if x != nil {
+		return x.Consistent
+	}
+	return false
+}
+
+type ListGroupsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Project       string                 `protobuf:"bytes,1,opt,name=project,proto3" json:"project,omitempty"`
+	Consistent    bool                   `protobuf:"varint,2,opt,name=consistent,proto3" json:"consistent,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListGroupsRequest) Reset() {
+	*x = ListGroupsRequest{}
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListGroupsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListGroupsRequest) ProtoMessage() {}
+
+func (x *ListGroupsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListGroupsRequest.ProtoReflect.Descriptor instead.
+func (*ListGroupsRequest) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *ListGroupsRequest) GetProject() string {
+	if x != nil {
+		return x.Project
+	}
+	return ""
+}
+
+func (x *ListGroupsRequest) GetConsistent() bool {
+	if x != nil {
+		return x.Consistent
+	}
+	return false
+}
+
+type ListGroupsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Groups        []*PlacementGroup      `protobuf:"bytes,1,rep,name=groups,proto3" json:"groups,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListGroupsResponse) Reset() {
+	*x = ListGroupsResponse{}
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListGroupsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListGroupsResponse) ProtoMessage() {}
+
+func (x *ListGroupsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListGroupsResponse.ProtoReflect.Descriptor instead.
+func (*ListGroupsResponse) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *ListGroupsResponse) GetGroups() []*PlacementGroup {
+	if x != nil {
+		return x.Groups
+	}
+	return nil
+}
+
+type DeleteGroupRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Project       string                 `protobuf:"bytes,2,opt,name=project,proto3" json:"project,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteGroupRequest) Reset() {
+	*x = DeleteGroupRequest{}
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteGroupRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteGroupRequest) ProtoMessage() {}
+
+func (x *DeleteGroupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteGroupRequest.ProtoReflect.Descriptor instead.
+func (*DeleteGroupRequest) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *DeleteGroupRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DeleteGroupRequest) GetProject() string {
+	if x != nil {
+		return x.Project
+	}
+	return ""
+}
+
+type DeleteGroupResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteGroupResponse) Reset() {
+	*x = DeleteGroupResponse{}
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteGroupResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteGroupResponse) ProtoMessage() {}
+
+func (x *DeleteGroupResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteGroupResponse.ProtoReflect.Descriptor instead.
+func (*DeleteGroupResponse) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{30}
+}
+
+type CenterCapacity struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Center     string                 `protobuf:"bytes,1,opt,name=center,proto3" json:"center,omitempty"`
+	Hosts      int32                  `protobuf:"varint,2,opt,name=hosts,proto3" json:"hosts,omitempty"`
+	HostsReady int32                  `protobuf:"varint,3,opt,name=hosts_ready,json=hostsReady,proto3" json:"hosts_ready,omitempty"`
+	Capacity   *Resources             `protobuf:"bytes,4,opt,name=capacity,proto3" json:"capacity,omitempty"`
+	Allocated  *Resources             `protobuf:"bytes,5,opt,name=allocated,proto3" json:"allocated,omitempty"`
+	// allocatable - allocated.
+	Free *Resources `protobuf:"bytes,6,opt,name=free,proto3" json:"free,omitempty"`
+	Vms  int32      `protobuf:"varint,7,opt,name=vms,proto3" json:"vms,omitempty"`
+	// Sum of the hosts' (capacity - reserved) * ratio.
+	Allocatable   *Resources `protobuf:"bytes,8,opt,name=allocatable,proto3" json:"allocatable,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CenterCapacity) Reset() {
 	*x = CenterCapacity{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[14]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1250,7 +2615,7 @@ func (x *CenterCapacity) String() string {
 func (*CenterCapacity) ProtoMessage() {}
 
 func (x *CenterCapacity) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[14]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1263,7 +2628,7 @@ func (x *CenterCapacity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CenterCapacity.ProtoReflect.Descriptor instead.
 func (*CenterCapacity) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{14}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *CenterCapacity) GetCenter() string {
@@ -1315,6 +2680,13 @@ func (x *CenterCapacity) GetVms() int32 {
 	return 0
 }
 
+func (x *CenterCapacity) GetAllocatable() *Resources {
+	if x != nil {
+		return x.Allocatable
+	}
+	return nil
+}
+
 type GetCapacityRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Consistent    bool                   `protobuf:"varint,1,opt,name=consistent,proto3" json:"consistent,omitempty"`
@@ -1324,7 +2696,7 @@ type GetCapacityRequest struct {
 
 func (x *GetCapacityRequest) Reset() {
 	*x = GetCapacityRequest{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[15]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1336,7 +2708,7 @@ func (x *GetCapacityRequest) String() string {
 func (*GetCapacityRequest) ProtoMessage() {}
 
 func (x *GetCapacityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[15]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1349,7 +2721,7 @@ func (x *GetCapacityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCapacityRequest.ProtoReflect.Descriptor instead.
 func (*GetCapacityRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{15}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *GetCapacityRequest) GetConsistent() bool {
@@ -1360,20 +2732,22 @@ func (x *GetCapacityRequest) GetConsistent() bool {
 }
 
 type Capacity struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Capacity      *Resources             `protobuf:"bytes,1,opt,name=capacity,proto3" json:"capacity,omitempty"`
-	Allocated     *Resources             `protobuf:"bytes,2,opt,name=allocated,proto3" json:"allocated,omitempty"`
-	Free          *Resources             `protobuf:"bytes,3,opt,name=free,proto3" json:"free,omitempty"`
-	Centers       []*CenterCapacity      `protobuf:"bytes,4,rep,name=centers,proto3" json:"centers,omitempty"`
-	Hosts         int32                  `protobuf:"varint,5,opt,name=hosts,proto3" json:"hosts,omitempty"`
-	Vms           int32                  `protobuf:"varint,6,opt,name=vms,proto3" json:"vms,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Capacity  *Resources             `protobuf:"bytes,1,opt,name=capacity,proto3" json:"capacity,omitempty"`
+	Allocated *Resources             `protobuf:"bytes,2,opt,name=allocated,proto3" json:"allocated,omitempty"`
+	// allocatable - allocated.
+	Free          *Resources        `protobuf:"bytes,3,opt,name=free,proto3" json:"free,omitempty"`
+	Centers       []*CenterCapacity `protobuf:"bytes,4,rep,name=centers,proto3" json:"centers,omitempty"`
+	Hosts         int32             `protobuf:"varint,5,opt,name=hosts,proto3" json:"hosts,omitempty"`
+	Vms           int32             `protobuf:"varint,6,opt,name=vms,proto3" json:"vms,omitempty"`
+	Allocatable   *Resources        `protobuf:"bytes,7,opt,name=allocatable,proto3" json:"allocatable,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Capacity) Reset() {
 	*x = Capacity{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[16]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1385,7 +2759,7 @@ func (x *Capacity) String() string {
 func (*Capacity) ProtoMessage() {}
 
 func (x *Capacity) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[16]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1398,7 +2772,7 @@ func (x *Capacity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Capacity.ProtoReflect.Descriptor instead.
 func (*Capacity) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{16}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Capacity) GetCapacity() *Resources {
@@ -1443,6 +2817,13 @@ func (x *Capacity) GetVms() int32 {
 	return 0
 }
 
+func (x *Capacity) GetAllocatable() *Resources {
+	if x != nil {
+		return x.Allocatable
+	}
+	return nil
+}
+
 type Member struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	Id          string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -1458,7 +2839,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[17]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1470,7 +2851,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[17]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1483,7 +2864,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{17}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *Member) GetId() string {
@@ -1536,7 +2917,7 @@ type GetClusterStatusRequest struct {
 
 func (x *GetClusterStatusRequest) Reset() {
 	*x = GetClusterStatusRequest{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[18]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1548,7 +2929,7 @@ func (x *GetClusterStatusRequest) String() string {
 func (*GetClusterStatusRequest) ProtoMessage() {}
 
 func (x *GetClusterStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[18]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1561,7 +2942,7 @@ func (x *GetClusterStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClusterStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetClusterStatusRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{18}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{35}
 }
 
 type ClusterStatus struct {
@@ -1582,7 +2963,7 @@ type ClusterStatus struct {
 
 func (x *ClusterStatus) Reset() {
 	*x = ClusterStatus{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[19]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1594,7 +2975,7 @@ func (x *ClusterStatus) String() string {
 func (*ClusterStatus) ProtoMessage() {}
 
 func (x *ClusterStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[19]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1607,7 +2988,7 @@ func (x *ClusterStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterStatus.ProtoReflect.Descriptor instead.
 func (*ClusterStatus) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{19}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ClusterStatus) GetNodeId() string {
@@ -1681,7 +3062,7 @@ type ListMembersRequest struct {
 
 func (x *ListMembersRequest) Reset() {
 	*x = ListMembersRequest{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[20]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1693,7 +3074,7 @@ func (x *ListMembersRequest) String() string {
 func (*ListMembersRequest) ProtoMessage() {}
 
 func (x *ListMembersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[20]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1706,7 +3087,7 @@ func (x *ListMembersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMembersRequest.ProtoReflect.Descriptor instead.
 func (*ListMembersRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{20}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{37}
 }
 
 type ListMembersResponse struct {
@@ -1718,7 +3099,7 @@ type ListMembersResponse struct {
 
 func (x *ListMembersResponse) Reset() {
 	*x = ListMembersResponse{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[21]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1730,7 +3111,7 @@ func (x *ListMembersResponse) String() string {
 func (*ListMembersResponse) ProtoMessage() {}
 
 func (x *ListMembersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[21]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1743,7 +3124,7 @@ func (x *ListMembersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMembersResponse.ProtoReflect.Descriptor instead.
 func (*ListMembersResponse) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{21}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ListMembersResponse) GetMembers() []*Member {
@@ -1765,7 +3146,7 @@ type JoinClusterRequest struct {
 
 func (x *JoinClusterRequest) Reset() {
 	*x = JoinClusterRequest{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[22]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1777,7 +3158,7 @@ func (x *JoinClusterRequest) String() string {
 func (*JoinClusterRequest) ProtoMessage() {}
 
 func (x *JoinClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[22]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1790,7 +3171,7 @@ func (x *JoinClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinClusterRequest.ProtoReflect.Descriptor instead.
 func (*JoinClusterRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{22}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *JoinClusterRequest) GetId() string {
@@ -1830,7 +3211,7 @@ type RemoveMemberRequest struct {
 
 func (x *RemoveMemberRequest) Reset() {
 	*x = RemoveMemberRequest{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[23]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1842,7 +3223,7 @@ func (x *RemoveMemberRequest) String() string {
 func (*RemoveMemberRequest) ProtoMessage() {}
 
 func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[23]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1855,7 +3236,7 @@ func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberRequest.ProtoReflect.Descriptor instead.
 func (*RemoveMemberRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{23}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *RemoveMemberRequest) GetId() string {
@@ -1874,7 +3255,7 @@ const file_yunchi_v1_yunchi_proto_rawDesc = "" +
 	"\x05vcpus\x18\x01 \x01(\x03R\x05vcpus\x12!\n" +
 	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\x12\x1d\n" +
 	"\n" +
-	"disk_bytes\x18\x03 \x01(\x03R\tdiskBytes\"\x92\x04\n" +
+	"disk_bytes\x18\x03 \x01(\x03R\tdiskBytes\"\xca\x04\n" +
 	"\x02VM\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
@@ -1897,7 +3278,9 @@ const file_yunchi_v1_yunchi_proto_rawDesc = "" +
 	"created_at\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
 	"\n" +
 	"updated_at\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12\x1a\n" +
-	"\brevision\x18\x10 \x01(\x04R\brevision\"\xb3\x01\n" +
+	"\brevision\x18\x10 \x01(\x04R\brevision\x12\x14\n" +
+	"\x05group\x18\x11 \x01(\tR\x05group\x12 \n" +
+	"\vconstraints\x18\x12 \x03(\tR\vconstraints\"\xb6\x02\n" +
 	"\x0fCreateVMRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aproject\x18\x02 \x01(\tR\aproject\x12\x14\n" +
@@ -1905,7 +3288,28 @@ const file_yunchi_v1_yunchi_proto_rawDesc = "" +
 	"\x06memory\x18\x04 \x01(\tR\x06memory\x12\x12\n" +
 	"\x04disk\x18\x05 \x01(\tR\x04disk\x12\x16\n" +
 	"\x06center\x18\x06 \x01(\tR\x06center\x12\x18\n" +
-	"\astopped\x18\a \x01(\bR\astopped\"\\\n" +
+	"\astopped\x18\a \x01(\bR\astopped\x12 \n" +
+	"\vconstraints\x18\b \x03(\tR\vconstraints\x12\x14\n" +
+	"\x05group\x18\t \x01(\tR\x05group\x12\x1a\n" +
+	"\bstrategy\x18\n" +
+	" \x01(\tR\bstrategy\x12\x14\n" +
+	"\x05count\x18\v \x01(\x05R\x05count\x12\x17\n" +
+	"\adry_run\x18\f \x01(\bR\x06dryRun\":\n" +
+	"\tCandidate\x12\x17\n" +
+	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x12\x14\n" +
+	"\x05score\x18\x02 \x01(\x03R\x05score\"\xb1\x01\n" +
+	"\x11PlacementDecision\x12\x17\n" +
+	"\avm_name\x18\x01 \x01(\tR\x06vmName\x12\x17\n" +
+	"\ahost_id\x18\x02 \x01(\tR\x06hostId\x12\x1f\n" +
+	"\vhost_center\x18\x03 \x01(\tR\n" +
+	"hostCenter\x12\x14\n" +
+	"\x05score\x18\x04 \x01(\x03R\x05score\x123\n" +
+	"\n" +
+	"runners_up\x18\x05 \x03(\v2\x14.yunchi.v1.CandidateR\trunnersUp\"\x89\x01\n" +
+	"\x11CreateVMsResponse\x12\x1f\n" +
+	"\x03vms\x18\x01 \x03(\v2\r.yunchi.v1.VMR\x03vms\x12:\n" +
+	"\tdecisions\x18\x02 \x03(\v2\x1c.yunchi.v1.PlacementDecisionR\tdecisions\x12\x17\n" +
+	"\adry_run\x18\x03 \x01(\bR\x06dryRun\"\\\n" +
 	"\fGetVMRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aproject\x18\x02 \x01(\tR\aproject\x12\x1e\n" +
@@ -1929,7 +3333,15 @@ const file_yunchi_v1_yunchi_proto_rawDesc = "" +
 	"\fmin_revision\x18\x03 \x01(\x04R\vminRevision\"<\n" +
 	"\aVMEvent\x12\x1d\n" +
 	"\x02vm\x18\x01 \x01(\v2\r.yunchi.v1.VMR\x02vm\x12\x12\n" +
-	"\x04gone\x18\x02 \x01(\bR\x04gone\"\xa1\x05\n" +
+	"\x04gone\x18\x02 \x01(\bR\x04gone\"F\n" +
+	"\x06Ratios\x12\x10\n" +
+	"\x03cpu\x18\x01 \x01(\x01R\x03cpu\x12\x16\n" +
+	"\x06memory\x18\x02 \x01(\x01R\x06memory\x12\x12\n" +
+	"\x04disk\x18\x03 \x01(\x01R\x04disk\"L\n" +
+	"\fRatioSources\x12\x10\n" +
+	"\x03cpu\x18\x01 \x01(\tR\x03cpu\x12\x16\n" +
+	"\x06memory\x18\x02 \x01(\tR\x06memory\x12\x12\n" +
+	"\x04disk\x18\x03 \x01(\tR\x04disk\"\xc3\b\n" +
 	"\x04Host\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
 	"\bhostname\x18\x02 \x01(\tR\bhostname\x12\x16\n" +
@@ -1947,8 +3359,19 @@ const file_yunchi_v1_yunchi_proto_rawDesc = "" +
 	"\ragent_version\x18\r \x01(\tR\fagentVersion\x12?\n" +
 	"\rregistered_at\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\fregisteredAt\x127\n" +
 	"\tlast_seen\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\x12*\n" +
-	"\x05stats\x18\x10 \x01(\v2\x14.yunchi.v1.HostStatsR\x05stats\x1a9\n" +
+	"\x05stats\x18\x10 \x01(\v2\x14.yunchi.v1.HostStatsR\x05stats\x120\n" +
+	"\breserved\x18\x11 \x01(\v2\x14.yunchi.v1.ResourcesR\breserved\x126\n" +
+	"\vallocatable\x18\x12 \x01(\v2\x14.yunchi.v1.ResourcesR\vallocatable\x12)\n" +
+	"\x06ratios\x18\x13 \x01(\v2\x11.yunchi.v1.RatiosR\x06ratios\x12<\n" +
+	"\rratio_sources\x18\x14 \x01(\v2\x17.yunchi.v1.RatioSourcesR\fratioSources\x12\x14\n" +
+	"\x05owner\x18\x15 \x01(\tR\x05owner\x12C\n" +
+	"\fadmin_labels\x18\x16 \x03(\v2 .yunchi.v1.Host.AdminLabelsEntryR\vadminLabels\x122\n" +
+	"\vhost_ratios\x18\x17 \x01(\v2\x11.yunchi.v1.RatiosR\n" +
+	"hostRatios\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a>\n" +
+	"\x10AdminLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x89\x01\n" +
 	"\tHostStats\x12'\n" +
@@ -1966,7 +3389,89 @@ const file_yunchi_v1_yunchi_proto_rawDesc = "" +
 	"consistent\x18\x02 \x01(\bR\n" +
 	"consistent\":\n" +
 	"\x11ListHostsResponse\x12%\n" +
-	"\x05hosts\x18\x01 \x03(\v2\x0f.yunchi.v1.HostR\x05hosts\"\x81\x02\n" +
+	"\x05hosts\x18\x01 \x03(\v2\x0f.yunchi.v1.HostR\x05hosts\"\xf3\x04\n" +
+	"\x11UpdateHostRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12*\n" +
+	"\x05state\x18\x02 \x01(\x0e2\x14.yunchi.v1.HostStateR\x05state\x12J\n" +
+	"\n" +
+	"set_labels\x18\x03 \x03(\v2+.yunchi.v1.UpdateHostRequest.SetLabelsEntryR\tsetLabels\x12#\n" +
+	"\rremove_labels\x18\x04 \x03(\tR\fremoveLabels\x12\x19\n" +
+	"\x05owner\x18\x05 \x01(\tH\x00R\x05owner\x88\x01\x01\x12(\n" +
+	"\rreserve_vcpus\x18\x06 \x01(\x03H\x01R\freserveVcpus\x88\x01\x01\x12*\n" +
+	"\x0ereserve_memory\x18\a \x01(\tH\x02R\rreserveMemory\x88\x01\x01\x12&\n" +
+	"\freserve_disk\x18\b \x01(\tH\x03R\vreserveDisk\x88\x01\x01\x12 \n" +
+	"\tcpu_ratio\x18\t \x01(\x01H\x04R\bcpuRatio\x88\x01\x01\x12&\n" +
+	"\fmemory_ratio\x18\n" +
+	" \x01(\x01H\x05R\vmemoryRatio\x88\x01\x01\x12\"\n" +
+	"\n" +
+	"disk_ratio\x18\v \x01(\x01H\x06R\tdiskRatio\x88\x01\x01\x1a<\n" +
+	"\x0eSetLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\b\n" +
+	"\x06_ownerB\x10\n" +
+	"\x0e_reserve_vcpusB\x11\n" +
+	"\x0f_reserve_memoryB\x0f\n" +
+	"\r_reserve_diskB\f\n" +
+	"\n" +
+	"_cpu_ratioB\x0f\n" +
+	"\r_memory_ratioB\r\n" +
+	"\v_disk_ratio\"c\n" +
+	"\fRatioSetting\x12\x14\n" +
+	"\x05scope\x18\x01 \x01(\tR\x05scope\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12)\n" +
+	"\x06ratios\x18\x03 \x01(\v2\x11.yunchi.v1.RatiosR\x06ratios\"\xa5\x01\n" +
+	"\x10SetRatiosRequest\x12\x14\n" +
+	"\x05scope\x18\x01 \x01(\tR\x05scope\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x15\n" +
+	"\x03cpu\x18\x03 \x01(\x01H\x00R\x03cpu\x88\x01\x01\x12\x1b\n" +
+	"\x06memory\x18\x04 \x01(\x01H\x01R\x06memory\x88\x01\x01\x12\x17\n" +
+	"\x04disk\x18\x05 \x01(\x01H\x02R\x04disk\x88\x01\x01B\x06\n" +
+	"\x04_cpuB\t\n" +
+	"\a_memoryB\a\n" +
+	"\x05_disk\"3\n" +
+	"\x11ListRatiosRequest\x12\x1e\n" +
+	"\n" +
+	"consistent\x18\x01 \x01(\bR\n" +
+	"consistent\"x\n" +
+	"\x12ListRatiosResponse\x12-\n" +
+	"\bdefaults\x18\x01 \x01(\v2\x11.yunchi.v1.RatiosR\bdefaults\x123\n" +
+	"\bsettings\x18\x02 \x03(\v2\x17.yunchi.v1.RatioSettingR\bsettings\"\xa6\x02\n" +
+	"\x0ePlacementGroup\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\aproject\x18\x02 \x01(\tR\aproject\x12.\n" +
+	"\x06policy\x18\x03 \x01(\x0e2\x16.yunchi.v1.GroupPolicyR\x06policy\x12+\n" +
+	"\x05level\x18\x04 \x01(\x0e2\x15.yunchi.v1.GroupLevelR\x05level\x12\x12\n" +
+	"\x04soft\x18\x05 \x01(\bR\x04soft\x12 \n" +
+	"\fmax_per_host\x18\x06 \x01(\x05R\n" +
+	"maxPerHost\x12\x18\n" +
+	"\amembers\x18\a \x03(\tR\amembers\x129\n" +
+	"\n" +
+	"created_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\"\xd5\x01\n" +
+	"\x12CreateGroupRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\aproject\x18\x02 \x01(\tR\aproject\x12.\n" +
+	"\x06policy\x18\x03 \x01(\x0e2\x16.yunchi.v1.GroupPolicyR\x06policy\x12+\n" +
+	"\x05level\x18\x04 \x01(\x0e2\x15.yunchi.v1.GroupLevelR\x05level\x12\x12\n" +
+	"\x04soft\x18\x05 \x01(\bR\x04soft\x12 \n" +
+	"\fmax_per_host\x18\x06 \x01(\x05R\n" +
+	"maxPerHost\"_\n" +
+	"\x0fGetGroupRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\aproject\x18\x02 \x01(\tR\aproject\x12\x1e\n" +
+	"\n" +
+	"consistent\x18\x03 \x01(\bR\n" +
+	"consistent\"M\n" +
+	"\x11ListGroupsRequest\x12\x18\n" +
+	"\aproject\x18\x01 \x01(\tR\aproject\x12\x1e\n" +
+	"\n" +
+	"consistent\x18\x02 \x01(\bR\n" +
+	"consistent\"G\n" +
+	"\x12ListGroupsResponse\x121\n" +
+	"\x06groups\x18\x01 \x03(\v2\x19.yunchi.v1.PlacementGroupR\x06groups\"B\n" +
+	"\x12DeleteGroupRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\aproject\x18\x02 \x01(\tR\aproject\"\x15\n" +
+	"\x13DeleteGroupResponse\"\xb9\x02\n" +
 	"\x0eCenterCapacity\x12\x16\n" +
 	"\x06center\x18\x01 \x01(\tR\x06center\x12\x14\n" +
 	"\x05hosts\x18\x02 \x01(\x05R\x05hosts\x12\x1f\n" +
@@ -1975,18 +3480,20 @@ const file_yunchi_v1_yunchi_proto_rawDesc = "" +
 	"\bcapacity\x18\x04 \x01(\v2\x14.yunchi.v1.ResourcesR\bcapacity\x122\n" +
 	"\tallocated\x18\x05 \x01(\v2\x14.yunchi.v1.ResourcesR\tallocated\x12(\n" +
 	"\x04free\x18\x06 \x01(\v2\x14.yunchi.v1.ResourcesR\x04free\x12\x10\n" +
-	"\x03vms\x18\a \x01(\x05R\x03vms\"4\n" +
+	"\x03vms\x18\a \x01(\x05R\x03vms\x126\n" +
+	"\vallocatable\x18\b \x01(\v2\x14.yunchi.v1.ResourcesR\vallocatable\"4\n" +
 	"\x12GetCapacityRequest\x12\x1e\n" +
 	"\n" +
 	"consistent\x18\x01 \x01(\bR\n" +
-	"consistent\"\xf7\x01\n" +
+	"consistent\"\xaf\x02\n" +
 	"\bCapacity\x120\n" +
 	"\bcapacity\x18\x01 \x01(\v2\x14.yunchi.v1.ResourcesR\bcapacity\x122\n" +
 	"\tallocated\x18\x02 \x01(\v2\x14.yunchi.v1.ResourcesR\tallocated\x12(\n" +
 	"\x04free\x18\x03 \x01(\v2\x14.yunchi.v1.ResourcesR\x04free\x123\n" +
 	"\acenters\x18\x04 \x03(\v2\x19.yunchi.v1.CenterCapacityR\acenters\x12\x14\n" +
 	"\x05hosts\x18\x05 \x01(\x05R\x05hosts\x12\x10\n" +
-	"\x03vms\x18\x06 \x01(\x05R\x03vms\"\xa8\x01\n" +
+	"\x03vms\x18\x06 \x01(\x05R\x03vms\x126\n" +
+	"\vallocatable\x18\a \x01(\v2\x14.yunchi.v1.ResourcesR\vallocatable\"\xa8\x01\n" +
 	"\x06Member\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12!\n" +
 	"\fraft_address\x18\x02 \x01(\tR\vraftAddress\x12\x1f\n" +
@@ -2030,23 +3537,52 @@ const file_yunchi_v1_yunchi_proto_rawDesc = "" +
 	"\x17POWER_STATE_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13POWER_STATE_RUNNING\x10\x01\x12\x17\n" +
 	"\x13POWER_STATE_STOPPED\x10\x02\x12\x17\n" +
-	"\x13POWER_STATE_DELETED\x10\x03*R\n" +
+	"\x13POWER_STATE_DELETED\x10\x03*\x87\x01\n" +
 	"\tHostState\x12\x1a\n" +
 	"\x16HOST_STATE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10HOST_STATE_READY\x10\x01\x12\x13\n" +
-	"\x0fHOST_STATE_DOWN\x10\x022\xa0\x05\n" +
+	"\x0fHOST_STATE_DOWN\x10\x02\x12\x1a\n" +
+	"\x16HOST_STATE_MAINTENANCE\x10\x03\x12\x17\n" +
+	"\x13HOST_STATE_DRAINING\x10\x04*f\n" +
+	"\vGroupPolicy\x12\x1c\n" +
+	"\x18GROUP_POLICY_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15GROUP_POLICY_AFFINITY\x10\x01\x12\x1e\n" +
+	"\x1aGROUP_POLICY_ANTI_AFFINITY\x10\x02*m\n" +
+	"\n" +
+	"GroupLevel\x12\x1b\n" +
+	"\x17GROUP_LEVEL_UNSPECIFIED\x10\x00\x12\x14\n" +
+	"\x10GROUP_LEVEL_HOST\x10\x01\x12\x14\n" +
+	"\x10GROUP_LEVEL_RACK\x10\x02\x12\x16\n" +
+	"\x12GROUP_LEVEL_CENTER\x10\x032\x81\x06\n" +
 	"\tVMService\x12I\n" +
-	"\bCreateVM\x12\x1a.yunchi.v1.CreateVMRequest\x1a\r.yunchi.v1.VM\"\x12\x82\xd3\xe4\x93\x02\f:\x01*\"\a/v1/vms\x12G\n" +
+	"\bCreateVM\x12\x1a.yunchi.v1.CreateVMRequest\x1a\r.yunchi.v1.VM\"\x12\x82\xd3\xe4\x93\x02\f:\x01*\"\a/v1/vms\x12_\n" +
+	"\tCreateVMs\x12\x1a.yunchi.v1.CreateVMRequest\x1a\x1c.yunchi.v1.CreateVMsResponse\"\x18\x82\xd3\xe4\x93\x02\x12:\x01*\"\r/v1/vms:batch\x12G\n" +
 	"\x05GetVM\x12\x17.yunchi.v1.GetVMRequest\x1a\r.yunchi.v1.VM\"\x16\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/vms/{name}\x12Q\n" +
 	"\aListVMs\x12\x19.yunchi.v1.ListVMsRequest\x1a\x1a.yunchi.v1.ListVMsResponse\"\x0f\x82\xd3\xe4\x93\x02\t\x12\a/v1/vms\x12U\n" +
 	"\aStartVM\x12\x1a.yunchi.v1.VMActionRequest\x1a\r.yunchi.v1.VM\"\x1f\x82\xd3\xe4\x93\x02\x19:\x01*\"\x14/v1/vms/{name}:start\x12S\n" +
 	"\x06StopVM\x12\x1a.yunchi.v1.VMActionRequest\x1a\r.yunchi.v1.VM\"\x1e\x82\xd3\xe4\x93\x02\x18:\x01*\"\x13/v1/vms/{name}:stop\x12W\n" +
 	"\bRebootVM\x12\x1a.yunchi.v1.VMActionRequest\x1a\r.yunchi.v1.VM\" \x82\xd3\xe4\x93\x02\x1a:\x01*\"\x15/v1/vms/{name}:reboot\x12M\n" +
 	"\bDeleteVM\x12\x1a.yunchi.v1.VMActionRequest\x1a\r.yunchi.v1.VM\"\x16\x82\xd3\xe4\x93\x02\x10*\x0e/v1/vms/{name}\x12X\n" +
-	"\aWatchVM\x12\x19.yunchi.v1.WatchVMRequest\x1a\x12.yunchi.v1.VMEvent\"\x1c\x82\xd3\xe4\x93\x02\x16\x12\x14/v1/vms/{name}:watch0\x012\xb7\x01\n" +
+	"\aWatchVM\x12\x19.yunchi.v1.WatchVMRequest\x1a\x12.yunchi.v1.VMEvent\"\x1c\x82\xd3\xe4\x93\x02\x16\x12\x14/v1/vms/{name}:watch0\x012\x8f\x02\n" +
 	"\vHostService\x12Y\n" +
 	"\tListHosts\x12\x1b.yunchi.v1.ListHostsRequest\x1a\x1c.yunchi.v1.ListHostsResponse\"\x11\x82\xd3\xe4\x93\x02\v\x12\t/v1/hosts\x12M\n" +
-	"\aGetHost\x12\x19.yunchi.v1.GetHostRequest\x1a\x0f.yunchi.v1.Host\"\x16\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/hosts/{id}2j\n" +
+	"\aGetHost\x12\x19.yunchi.v1.GetHostRequest\x1a\x0f.yunchi.v1.Host\"\x16\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/hosts/{id}\x12V\n" +
+	"\n" +
+	"UpdateHost\x12\x1c.yunchi.v1.UpdateHostRequest\x1a\x0f.yunchi.v1.Host\"\x19\x82\xd3\xe4\x93\x02\x13:\x01*2\x0e/v1/hosts/{id}2\xc7\x01\n" +
+	"\fRatioService\x12X\n" +
+	"\tSetRatios\x12\x1b.yunchi.v1.SetRatiosRequest\x1a\x17.yunchi.v1.RatioSetting\"\x15\x82\xd3\xe4\x93\x02\x0f:\x01*\"\n" +
+	"/v1/ratios\x12]\n" +
+	"\n" +
+	"ListRatios\x12\x1c.yunchi.v1.ListRatiosRequest\x1a\x1d.yunchi.v1.ListRatiosResponse\"\x12\x82\xd3\xe4\x93\x02\f\x12\n" +
+	"/v1/ratios2\x94\x03\n" +
+	"\fGroupService\x12^\n" +
+	"\vCreateGroup\x12\x1d.yunchi.v1.CreateGroupRequest\x1a\x19.yunchi.v1.PlacementGroup\"\x15\x82\xd3\xe4\x93\x02\x0f:\x01*\"\n" +
+	"/v1/groups\x12\\\n" +
+	"\bGetGroup\x12\x1a.yunchi.v1.GetGroupRequest\x1a\x19.yunchi.v1.PlacementGroup\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/groups/{name}\x12]\n" +
+	"\n" +
+	"ListGroups\x12\x1c.yunchi.v1.ListGroupsRequest\x1a\x1d.yunchi.v1.ListGroupsResponse\"\x12\x82\xd3\xe4\x93\x02\f\x12\n" +
+	"/v1/groups\x12g\n" +
+	"\vDeleteGroup\x12\x1d.yunchi.v1.DeleteGroupRequest\x1a\x1e.yunchi.v1.DeleteGroupResponse\"\x19\x82\xd3\xe4\x93\x02\x13*\x11/v1/groups/{name}2j\n" +
 	"\x0fCapacityService\x12W\n" +
 	"\vGetCapacity\x12\x1d.yunchi.v1.GetCapacityRequest\x1a\x13.yunchi.v1.Capacity\"\x14\x82\xd3\xe4\x93\x02\x0e\x12\f/v1/capacity2\xbc\x03\n" +
 	"\x0eClusterService\x12l\n" +
@@ -2067,99 +3603,158 @@ func file_yunchi_v1_yunchi_proto_rawDescGZIP() []byte {
 	return file_yunchi_v1_yunchi_proto_rawDescData
 }
 
-var file_yunchi_v1_yunchi_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_yunchi_v1_yunchi_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_yunchi_v1_yunchi_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
+var file_yunchi_v1_yunchi_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
 var file_yunchi_v1_yunchi_proto_goTypes = []any{
 	(VMPhase)(0),                    // 0: yunchi.v1.VMPhase
 	(PowerState)(0),                 // 1: yunchi.v1.PowerState
 	(HostState)(0),                  // 2: yunchi.v1.HostState
-	(*Resources)(nil),               // 3: yunchi.v1.Resources
-	(*VM)(nil),                      // 4: yunchi.v1.VM
-	(*CreateVMRequest)(nil),         // 5: yunchi.v1.CreateVMRequest
-	(*GetVMRequest)(nil),            // 6: yunchi.v1.GetVMRequest
-	(*ListVMsRequest)(nil),          // 7: yunchi.v1.ListVMsRequest
-	(*ListVMsResponse)(nil),         // 8: yunchi.v1.ListVMsResponse
-	(*VMActionRequest)(nil),         // 9: yunchi.v1.VMActionRequest
-	(*WatchVMRequest)(nil),          // 10: yunchi.v1.WatchVMRequest
-	(*VMEvent)(nil),                 // 11: yunchi.v1.VMEvent
-	(*Host)(nil),                    // 12: yunchi.v1.Host
-	(*HostStats)(nil),               // 13: yunchi.v1.HostStats
-	(*GetHostRequest)(nil),          // 14: yunchi.v1.GetHostRequest
-	(*ListHostsRequest)(nil),        // 15: yunchi.v1.ListHostsRequest
-	(*ListHostsResponse)(nil),       // 16: yunchi.v1.ListHostsResponse
-	(*CenterCapacity)(nil),          // 17: yunchi.v1.CenterCapacity
-	(*GetCapacityRequest)(nil),      // 18: yunchi.v1.GetCapacityRequest
-	(*Capacity)(nil),                // 19: yunchi.v1.Capacity
-	(*Member)(nil),                  // 20: yunchi.v1.Member
-	(*GetClusterStatusRequest)(nil), // 21: yunchi.v1.GetClusterStatusRequest
-	(*ClusterStatus)(nil),           // 22: yunchi.v1.ClusterStatus
-	(*ListMembersRequest)(nil),      // 23: yunchi.v1.ListMembersRequest
-	(*ListMembersResponse)(nil),     // 24: yunchi.v1.ListMembersResponse
-	(*JoinClusterRequest)(nil),      // 25: yunchi.v1.JoinClusterRequest
-	(*RemoveMemberRequest)(nil),     // 26: yunchi.v1.RemoveMemberRequest
-	nil,                             // 27: yunchi.v1.Host.LabelsEntry
-	(*timestamppb.Timestamp)(nil),   // 28: google.protobuf.Timestamp
+	(GroupPolicy)(0),                // 3: yunchi.v1.GroupPolicy
+	(GroupLevel)(0),                 // 4: yunchi.v1.GroupLevel
+	(*Resources)(nil),               // 5: yunchi.v1.Resources
+	(*VM)(nil),                      // 6: yunchi.v1.VM
+	(*CreateVMRequest)(nil),         // 7: yunchi.v1.CreateVMRequest
+	(*Candidate)(nil),               // 8: yunchi.v1.Candidate
+	(*PlacementDecision)(nil),       // 9: yunchi.v1.PlacementDecision
+	(*CreateVMsResponse)(nil),       // 10: yunchi.v1.CreateVMsResponse
+	(*GetVMRequest)(nil),            // 11: yunchi.v1.GetVMRequest
+	(*ListVMsRequest)(nil),          // 12: yunchi.v1.ListVMsRequest
+	(*ListVMsResponse)(nil),         // 13: yunchi.v1.ListVMsResponse
+	(*VMActionRequest)(nil),         // 14: yunchi.v1.VMActionRequest
+	(*WatchVMRequest)(nil),          // 15: yunchi.v1.WatchVMRequest
+	(*VMEvent)(nil),                 // 16: yunchi.v1.VMEvent
+	(*Ratios)(nil),                  // 17: yunchi.v1.Ratios
+	(*RatioSources)(nil),            // 18: yunchi.v1.RatioSources
+	(*Host)(nil),                    // 19: yunchi.v1.Host
+	(*HostStats)(nil),               // 20: yunchi.v1.HostStats
+	(*GetHostRequest)(nil),          // 21: yunchi.v1.GetHostRequest
+	(*ListHostsRequest)(nil),        // 22: yunchi.v1.ListHostsRequest
+	(*ListHostsResponse)(nil),       // 23: yunchi.v1.ListHostsResponse
+	(*UpdateHostRequest)(nil),       // 24: yunchi.v1.UpdateHostRequest
+	(*RatioSetting)(nil),            // 25: yunchi.v1.RatioSetting
+	(*SetRatiosRequest)(nil),        // 26: yunchi.v1.SetRatiosRequest
+	(*ListRatiosRequest)(nil),       // 27: yunchi.v1.ListRatiosRequest
+	(*ListRatiosResponse)(nil),      // 28: yunchi.v1.ListRatiosResponse
+	(*PlacementGroup)(nil),          // 29: yunchi.v1.PlacementGroup
+	(*CreateGroupRequest)(nil),      // 30: yunchi.v1.CreateGroupRequest
+	(*GetGroupRequest)(nil),         // 31: yunchi.v1.GetGroupRequest
+	(*ListGroupsRequest)(nil),       // 32: yunchi.v1.ListGroupsRequest
+	(*ListGroupsResponse)(nil),      // 33: yunchi.v1.ListGroupsResponse
+	(*DeleteGroupRequest)(nil),      // 34: yunchi.v1.DeleteGroupRequest
+	(*DeleteGroupResponse)(nil),     // 35: yunchi.v1.DeleteGroupResponse
+	(*CenterCapacity)(nil),          // 36: yunchi.v1.CenterCapacity
+	(*GetCapacityRequest)(nil),      // 37: yunchi.v1.GetCapacityRequest
+	(*Capacity)(nil),                // 38: yunchi.v1.Capacity
+	(*Member)(nil),                  // 39: yunchi.v1.Member
+	(*GetClusterStatusRequest)(nil), // 40: yunchi.v1.GetClusterStatusRequest
+	(*ClusterStatus)(nil),           // 41: yunchi.v1.ClusterStatus
+	(*ListMembersRequest)(nil),      // 42: yunchi.v1.ListMembersRequest
+	(*ListMembersResponse)(nil),     // 43: yunchi.v1.ListMembersResponse
+	(*JoinClusterRequest)(nil),      // 44: yunchi.v1.JoinClusterRequest
+	(*RemoveMemberRequest)(nil),     // 45: yunchi.v1.RemoveMemberRequest
+	nil,                             // 46: yunchi.v1.Host.LabelsEntry
+	nil,                             // 47: yunchi.v1.Host.AdminLabelsEntry
+	nil,                             // 48: yunchi.v1.UpdateHostRequest.SetLabelsEntry
+	(*timestamppb.Timestamp)(nil),   // 49: google.protobuf.Timestamp
 }
 var file_yunchi_v1_yunchi_proto_depIdxs = []int32{
 	1,  // 0: yunchi.v1.VM.desired:type_name -> yunchi.v1.PowerState
 	0,  // 1: yunchi.v1.VM.phase:type_name -> yunchi.v1.VMPhase
-	28, // 2: yunchi.v1.VM.created_at:type_name -> google.protobuf.Timestamp
-	28, // 3: yunchi.v1.VM.updated_at:type_name -> google.protobuf.Timestamp
-	4,  // 4: yunchi.v1.ListVMsResponse.vms:type_name -> yunchi.v1.VM
-	4,  // 5: yunchi.v1.VMEvent.vm:type_name -> yunchi.v1.VM
-	27, // 6: yunchi.v1.Host.labels:type_name -> yunchi.v1.Host.LabelsEntry
-	3,  // 7: yunchi.v1.Host.capacity:type_name -> yunchi.v1.Resources
-	3,  // 8: yunchi.v1.Host.allocated:type_name -> yunchi.v1.Resources
-	3,  // 9: yunchi.v1.Host.free:type_name -> yunchi.v1.Resources
-	2,  // 10: yunchi.v1.Host.state:type_name -> yunchi.v1.HostState
-	28, // 11: yunchi.v1.Host.registered_at:type_name -> google.protobuf.Timestamp
-	28, // 12: yunchi.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
-	13, // 13: yunchi.v1.Host.stats:type_name -> yunchi.v1.HostStats
-	12, // 14: yunchi.v1.ListHostsResponse.hosts:type_name -> yunchi.v1.Host
-	3,  // 15: yunchi.v1.CenterCapacity.capacity:type_name -> yunchi.v1.Resources
-	3,  // 16: yunchi.v1.CenterCapacity.allocated:type_name -> yunchi.v1.Resources
-	3,  // 17: yunchi.v1.CenterCapacity.free:type_name -> yunchi.v1.Resources
-	3,  // 18: yunchi.v1.Capacity.capacity:type_name -> yunchi.v1.Resources
-	3,  // 19: yunchi.v1.Capacity.allocated:type_name -> yunchi.v1.Resources
-	3,  // 20: yunchi.v1.Capacity.free:type_name -> yunchi.v1.Resources
-	17, // 21: yunchi.v1.Capacity.centers:type_name -> yunchi.v1.CenterCapacity
-	20, // 22: yunchi.v1.ClusterStatus.members:type_name -> yunchi.v1.Member
-	20, // 23: yunchi.v1.ListMembersResponse.members:type_name -> yunchi.v1.Member
-	5,  // 24: yunchi.v1.VMService.CreateVM:input_type -> yunchi.v1.CreateVMRequest
-	6,  // 25: yunchi.v1.VMService.GetVM:input_type -> yunchi.v1.GetVMRequest
-	7,  // 26: yunchi.v1.VMService.ListVMs:input_type -> yunchi.v1.ListVMsRequest
-	9,  // 27: yunchi.v1.VMService.StartVM:input_type -> yunchi.v1.VMActionRequest
-	9,  // 28: yunchi.v1.VMService.StopVM:input_type -> yunchi.v1.VMActionRequest
-	9,  // 29: yunchi.v1.VMService.RebootVM:input_type -> yunchi.v1.VMActionRequest
-	9,  // 30: yunchi.v1.VMService.DeleteVM:input_type -> yunchi.v1.VMActionRequest
-	10, // 31: yunchi.v1.VMService.WatchVM:input_type -> yunchi.v1.WatchVMRequest
-	15, // 32: yunchi.v1.HostService.ListHosts:input_type -> yunchi.v1.ListHostsRequest
-	14, // 33: yunchi.v1.HostService.GetHost:input_type -> yunchi.v1.GetHostRequest
-	18, // 34: yunchi.v1.CapacityService.GetCapacity:input_type -> yunchi.v1.GetCapacityRequest
-	21, // 35: yunchi.v1.ClusterService.GetClusterStatus:input_type -> yunchi.v1.GetClusterStatusRequest
-	23, // 36: yunchi.v1.ClusterService.ListMembers:input_type -> yunchi.v1.ListMembersRequest
-	25, // 37: yunchi.v1.ClusterService.JoinCluster:input_type -> yunchi.v1.JoinClusterRequest
-	26, // 38: yunchi.v1.ClusterService.RemoveMember:input_type -> yunchi.v1.RemoveMemberRequest
-	4,  // 39: yunchi.v1.VMService.CreateVM:output_type -> yunchi.v1.VM
-	4,  // 40: yunchi.v1.VMService.GetVM:output_type -> yunchi.v1.VM
-	8,  // 41: yunchi.v1.VMService.ListVMs:output_type -> yunchi.v1.ListVMsResponse
-	4,  // 42: yunchi.v1.VMService.StartVM:output_type -> yunchi.v1.VM
-	4,  // 43: yunchi.v1.VMService.StopVM:output_type -> yunchi.v1.VM
-	4,  // 44: yunchi.v1.VMService.RebootVM:output_type -> yunchi.v1.VM
-	4,  // 45: yunchi.v1.VMService.DeleteVM:output_type -> yunchi.v1.VM
-	11, // 46: yunchi.v1.VMService.WatchVM:output_type -> yunchi.v1.VMEvent
-	16, // 47: yunchi.v1.HostService.ListHosts:output_type -> yunchi.v1.ListHostsResponse
-	12, // 48: yunchi.v1.HostService.GetHost:output_type -> yunchi.v1.Host
-	19, // 49: yunchi.v1.CapacityService.GetCapacity:output_type -> yunchi.v1.Capacity
-	22, // 50: yunchi.v1.ClusterService.GetClusterStatus:output_type -> yunchi.v1.ClusterStatus
-	24, // 51: yunchi.v1.ClusterService.ListMembers:output_type -> yunchi.v1.ListMembersResponse
-	20, // 52: yunchi.v1.ClusterService.JoinCluster:output_type -> yunchi.v1.Member
-	24, // 53: yunchi.v1.ClusterService.RemoveMember:output_type -> yunchi.v1.ListMembersResponse
-	39, // [39:54] is the sub-list for method output_type
-	24, // [24:39] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	49, // 2: yunchi.v1.VM.created_at:type_name -> google.protobuf.Timestamp
+	49, // 3: yunchi.v1.VM.updated_at:type_name -> google.protobuf.Timestamp
+	8,  // 4: yunchi.v1.PlacementDecision.runners_up:type_name -> yunchi.v1.Candidate
+	6,  // 5: yunchi.v1.CreateVMsResponse.vms:type_name -> yunchi.v1.VM
+	9,  // 6: yunchi.v1.CreateVMsResponse.decisions:type_name -> yunchi.v1.PlacementDecision
+	6,  // 7: yunchi.v1.ListVMsResponse.vms:type_name -> yunchi.v1.VM
+	6,  // 8: yunchi.v1.VMEvent.vm:type_name -> yunchi.v1.VM
+	46, // 9: yunchi.v1.Host.labels:type_name -> yunchi.v1.Host.LabelsEntry
+	5,  // 10: yunchi.v1.Host.capacity:type_name -> yunchi.v1.Resources
+	5,  // 11: yunchi.v1.Host.allocated:type_name -> yunchi.v1.Resources
+	5,  // 12: yunchi.v1.Host.free:type_name -> yunchi.v1.Resources
+	2,  // 13: yunchi.v1.Host.state:type_name -> yunchi.v1.HostState
+	49, // 14: yunchi.v1.Host.registered_at:type_name -> google.protobuf.Timestamp
+	49, // 15: yunchi.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
+	20, // 16: yunchi.v1.Host.stats:type_name -> yunchi.v1.HostStats
+	5,  // 17: yunchi.v1.Host.reserved:type_name -> yunchi.v1.Resources
+	5,  // 18: yunchi.v1.Host.allocatable:type_name -> yunchi.v1.Resources
+	17, // 19: yunchi.v1.Host.ratios:type_name -> yunchi.v1.Ratios
+	18, // 20: yunchi.v1.Host.ratio_sources:type_name -> yunchi.v1.RatioSources
+	47, // 21: yunchi.v1.Host.admin_labels:type_name -> yunchi.v1.Host.AdminLabelsEntry
+	17, // 22: yunchi.v1.Host.host_ratios:type_name -> yunchi.v1.Ratios
+	19, // 23: yunchi.v1.ListHostsResponse.hosts:type_name -> yunchi.v1.Host
+	2,  // 24: yunchi.v1.UpdateHostRequest.state:type_name -> yunchi.v1.HostState
+	48, // 25: yunchi.v1.UpdateHostRequest.set_labels:type_name -> yunchi.v1.UpdateHostRequest.SetLabelsEntry
+	17, // 26: yunchi.v1.RatioSetting.ratios:type_name -> yunchi.v1.Ratios
+	17, // 27: yunchi.v1.ListRatiosResponse.defaults:type_name -> yunchi.v1.Ratios
+	25, // 28: yunchi.v1.ListRatiosResponse.settings:type_name -> yunchi.v1.RatioSetting
+	3,  // 29: yunchi.v1.PlacementGroup.policy:type_name -> yunchi.v1.GroupPolicy
+	4,  // 30: yunchi.v1.PlacementGroup.level:type_name -> yunchi.v1.GroupLevel
+	49, // 31: yunchi.v1.PlacementGroup.created_at:type_name -> google.protobuf.Timestamp
+	3,  // 32: yunchi.v1.CreateGroupRequest.policy:type_name -> yunchi.v1.GroupPolicy
+	4,  // 33: yunchi.v1.CreateGroupRequest.level:type_name -> yunchi.v1.GroupLevel
+	29, // 34: yunchi.v1.ListGroupsResponse.groups:type_name -> yunchi.v1.PlacementGroup
+	5,  // 35: yunchi.v1.CenterCapacity.capacity:type_name -> yunchi.v1.Resources
+	5,  // 36: yunchi.v1.CenterCapacity.allocated:type_name -> yunchi.v1.Resources
+	5,  // 37: yunchi.v1.CenterCapacity.free:type_name -> yunchi.v1.Resources
+	5,  // 38: yunchi.v1.CenterCapacity.allocatable:type_name -> yunchi.v1.Resources
+	5,  // 39: yunchi.v1.Capacity.capacity:type_name -> yunchi.v1.Resources
+	5,  // 40: yunchi.v1.Capacity.allocated:type_name -> yunchi.v1.Resources
+	5,  // 41: yunchi.v1.Capacity.free:type_name -> yunchi.v1.Resources
+	36, // 42: yunchi.v1.Capacity.centers:type_name -> yunchi.v1.CenterCapacity
+	5,  // 43: yunchi.v1.Capacity.allocatable:type_name -> yunchi.v1.Resources
+	39, // 44: yunchi.v1.ClusterStatus.members:type_name -> yunchi.v1.Member
+	39, // 45: yunchi.v1.ListMembersResponse.members:type_name -> yunchi.v1.Member
+	7,  // 46: yunchi.v1.VMService.CreateVM:input_type -> yunchi.v1.CreateVMRequest
+	7,  // 47: yunchi.v1.VMService.CreateVMs:input_type -> yunchi.v1.CreateVMRequest
+	11, // 48: yunchi.v1.VMService.GetVM:input_type -> yunchi.v1.GetVMRequest
+	12, // 49: yunchi.v1.VMService.ListVMs:input_type -> yunchi.v1.ListVMsRequest
+	14, // 50: yunchi.v1.VMService.StartVM:input_type -> yunchi.v1.VMActionRequest
+	14, // 51: yunchi.v1.VMService.StopVM:input_type -> yunchi.v1.VMActionRequest
+	14, // 52: yunchi.v1.VMService.RebootVM:input_type -> yunchi.v1.VMActionRequest
+	14, // 53: yunchi.v1.VMService.DeleteVM:input_type -> yunchi.v1.VMActionRequest
+	15, // 54: yunchi.v1.VMService.WatchVM:input_type -> yunchi.v1.WatchVMRequest
+	22, // 55: yunchi.v1.HostService.ListHosts:input_type -> yunchi.v1.ListHostsRequest
+	21, // 56: yunchi.v1.HostService.GetHost:input_type -> yunchi.v1.GetHostRequest
+	24, // 57: yunchi.v1.HostService.UpdateHost:input_type -> yunchi.v1.UpdateHostRequest
+	26, // 58: yunchi.v1.RatioService.SetRatios:input_type -> yunchi.v1.SetRatiosRequest
+	27, // 59: yunchi.v1.RatioService.ListRatios:input_type -> yunchi.v1.ListRatiosRequest
+	30, // 60: yunchi.v1.GroupService.CreateGroup:input_type -> yunchi.v1.CreateGroupRequest
+	31, // 61: yunchi.v1.GroupService.GetGroup:input_type -> yunchi.v1.GetGroupRequest
+	32, // 62: yunchi.v1.GroupService.ListGroups:input_type -> yunchi.v1.ListGroupsRequest
+	34, // 63: yunchi.v1.GroupService.DeleteGroup:input_type -> yunchi.v1.DeleteGroupRequest
+	37, // 64: yunchi.v1.CapacityService.GetCapacity:input_type -> yunchi.v1.GetCapacityRequest
+	40, // 65: yunchi.v1.ClusterService.GetClusterStatus:input_type -> yunchi.v1.GetClusterStatusRequest
+	42, // 66: yunchi.v1.ClusterService.ListMembers:input_type -> yunchi.v1.ListMembersRequest
+	44, // 67: yunchi.v1.ClusterService.JoinCluster:input_type -> yunchi.v1.JoinClusterRequest
+	45, // 68: yunchi.v1.ClusterService.RemoveMember:input_type -> yunchi.v1.RemoveMemberRequest
+	6,  // 69: yunchi.v1.VMService.CreateVM:output_type -> yunchi.v1.VM
+	10, // 70: yunchi.v1.VMService.CreateVMs:output_type -> yunchi.v1.CreateVMsResponse
+	6,  // 71: yunchi.v1.VMService.GetVM:output_type -> yunchi.v1.VM
+	13, // 72: yunchi.v1.VMService.ListVMs:output_type -> yunchi.v1.ListVMsResponse
+	6,  // 73: yunchi.v1.VMService.StartVM:output_type -> yunchi.v1.VM
+	6,  // 74: yunchi.v1.VMService.StopVM:output_type -> yunchi.v1.VM
+	6,  // 75: yunchi.v1.VMService.RebootVM:output_type -> yunchi.v1.VM
+	6,  // 76: yunchi.v1.VMService.DeleteVM:output_type -> yunchi.v1.VM
+	16, // 77: yunchi.v1.VMService.WatchVM:output_type -> yunchi.v1.VMEvent
+	23, // 78: yunchi.v1.HostService.ListHosts:output_type -> yunchi.v1.ListHostsResponse
+	19, // 79: yunchi.v1.HostService.GetHost:output_type -> yunchi.v1.Host
+	19, // 80: yunchi.v1.HostService.UpdateHost:output_type -> yunchi.v1.Host
+	25, // 81: yunchi.v1.RatioService.SetRatios:output_type -> yunchi.v1.RatioSetting
+	28, // 82: yunchi.v1.RatioService.ListRatios:output_type -> yunchi.v1.ListRatiosResponse
+	29, // 83: yunchi.v1.GroupService.CreateGroup:output_type -> yunchi.v1.PlacementGroup
+	29, // 84: yunchi.v1.GroupService.GetGroup:output_type -> yunchi.v1.PlacementGroup
+	33, // 85: yunchi.v1.GroupService.ListGroups:output_type -> yunchi.v1.ListGroupsResponse
+	35, // 86: yunchi.v1.GroupService.DeleteGroup:output_type -> yunchi.v1.DeleteGroupResponse
+	38, // 87: yunchi.v1.CapacityService.GetCapacity:output_type -> yunchi.v1.Capacity
+	41, // 88: yunchi.v1.ClusterService.GetClusterStatus:output_type -> yunchi.v1.ClusterStatus
+	43, // 89: yunchi.v1.ClusterService.ListMembers:output_type -> yunchi.v1.ListMembersResponse
+	39, // 90: yunchi.v1.ClusterService.JoinCluster:output_type -> yunchi.v1.Member
+	43, // 91: yunchi.v1.ClusterService.RemoveMember:output_type -> yunchi.v1.ListMembersResponse
+	69, // [69:92] is the sub-list for method output_type
+	46, // [46:69] is the sub-list for method input_type
+	46, // [46:46] is the sub-list for extension type_name
+	46, // [46:46] is the sub-list for extension extendee
+	0,  // [0:46] is the sub-list for field type_name
 }
 
 func init() { file_yunchi_v1_yunchi_proto_init() }
@@ -2167,15 +3762,17 @@ func file_yunchi_v1_yunchi_proto_init() {
 	if File_yunchi_v1_yunchi_proto != nil {
 		return
 	}
+	file_yunchi_v1_yunchi_proto_msgTypes[19].OneofWrappers = []any{}
+	file_yunchi_v1_yunchi_proto_msgTypes[21].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_yunchi_v1_yunchi_proto_rawDesc), len(file_yunchi_v1_yunchi_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   25,
+			NumEnums:      5,
+			NumMessages:   44,
 			NumExtensions: 0,
-			NumServices:   4,
+			NumServices:   6,
 		},
 		GoTypes:           file_yunchi_v1_yunchi_proto_goTypes,
 		DependencyIndexes: file_yunchi_v1_yunchi_proto_depIdxs,

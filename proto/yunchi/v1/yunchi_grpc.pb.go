@@ -24,14 +24,15 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	VMService_CreateVM_FullMethodName = "/yunchi.v1.VMService/CreateVM"
-	VMService_GetVM_FullMethodName    = "/yunchi.v1.VMService/GetVM"
-	VMService_ListVMs_FullMethodName  = "/yunchi.v1.VMService/ListVMs"
-	VMService_StartVM_FullMethodName  = "/yunchi.v1.VMService/StartVM"
-	VMService_StopVM_FullMethodName   = "/yunchi.v1.VMService/StopVM"
-	VMService_RebootVM_FullMethodName = "/yunchi.v1.VMService/RebootVM"
-	VMService_DeleteVM_FullMethodName = "/yunchi.v1.VMService/DeleteVM"
-	VMService_WatchVM_FullMethodName  = "/yunchi.v1.VMService/WatchVM"
+	VMService_CreateVM_FullMethodName  = "/yunchi.v1.VMService/CreateVM"
+	VMService_CreateVMs_FullMethodName = "/yunchi.v1.VMService/CreateVMs"
+	VMService_GetVM_FullMethodName     = "/yunchi.v1.VMService/GetVM"
+	VMService_ListVMs_FullMethodName   = "/yunchi.v1.VMService/ListVMs"
+	VMService_StartVM_FullMethodName   = "/yunchi.v1.VMService/StartVM"
+	VMService_StopVM_FullMethodName    = "/yunchi.v1.VMService/StopVM"
+	VMService_RebootVM_FullMethodName  = "/yunchi.v1.VMService/RebootVM"
+	VMService_DeleteVM_FullMethodName  = "/yunchi.v1.VMService/DeleteVM"
+	VMService_WatchVM_FullMethodName   = "/yunchi.v1.VMService/WatchVM"
 )
 
 // VMServiceClient is the client API for VMService service.
@@ -39,6 +40,10 @@ const (
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 type VMServiceClient interface {
 	CreateVM(ctx context.Context, in *CreateVMRequest, opts ...grpc.CallOption) (*VM, error)
+	// Creates count VMs at once, all or none, in one raft command; or, with
+	// dry_run, only answers where they would go. No host can take them:
+	// RESOURCE_EXHAUSTED with the explanation (see CreateVM).
+	CreateVMs(ctx context.Context, in *CreateVMRequest, opts ...grpc.CallOption) (*CreateVMsResponse, error)
 	GetVM(ctx context.Context, in *GetVMRequest, opts ...grpc.CallOption) (*VM, error)
 	ListVMs(ctx context.Context, in *ListVMsRequest, opts ...grpc.CallOption) (*ListVMsResponse, error)
 	StartVM(ctx context.Context, in *VMActionRequest, opts ...grpc.CallOption) (*VM, error)
@@ -61,6 +66,16 @@ func (c *vMServiceClient) CreateVM(ctx context.Context, in *CreateVMRequest, opt
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(VM)
 	err := c.cc.Invoke(ctx, VMService_CreateVM_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *vMServiceClient) CreateVMs(ctx context.Context, in *CreateVMRequest, opts ...grpc.CallOption) (*CreateVMsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CreateVMsResponse)
+	err := c.cc.Invoke(ctx, VMService_CreateVMs_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -151,6 +166,10 @@ type VMService_WatchVMClient = grpc.ServerStreamingClient[VMEvent]
 // for forward compatibility.
 type VMServiceServer interface {
 	CreateVM(context.Context, *CreateVMRequest) (*VM, error)
+	// Creates count VMs at once, all or none, in one raft command; or, with
+	// dry_run, only answers where they would go. No host can take them:
+	// RESOURCE_EXHAUSTED with the explanation (see CreateVM).
+	CreateVMs(context.Context, *CreateVMRequest) (*CreateVMsResponse, error)
 	GetVM(context.Context, *GetVMRequest) (*VM, error)
 	ListVMs(context.Context, *ListVMsRequest) (*ListVMsResponse, error)
 	StartVM(context.Context, *VMActionRequest) (*VM, error)
@@ -171,6 +190,9 @@ type UnimplementedVMServiceServer struct{}
 
 func (UnimplementedVMServiceServer) CreateVM(context.Context, *CreateVMRequest) (*VM, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateVM not implemented")
+}
+func (UnimplementedVMServiceServer) CreateVMs(context.Context, *CreateVMRequest) (*CreateVMsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateVMs not implemented")
 }
 func (UnimplementedVMServiceServer) GetVM(context.Context, *GetVMRequest) (*VM, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetVM not implemented")
@@ -228,6 +250,24 @@ func _VMService_CreateVM_Handler(srv interface{}, ctx context.Context, dec func(
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(VMServiceServer).CreateVM(ctx, req.(*CreateVMRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _VMService_CreateVMs_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateVMRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VMServiceServer).CreateVMs(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VMService_CreateVMs_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VMServiceServer).CreateVMs(ctx, req.(*CreateVMRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -363,6 +403,10 @@ var VMService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _VMService_CreateVM_Handler,
 		},
 		{
+			MethodName: "CreateVMs",
+			Handler:    _VMService_CreateVMs_Handler,
+		},
+		{
 			MethodName: "GetVM",
 			Handler:    _VMService_GetVM_Handler,
 		},
@@ -398,8 +442,9 @@ var VMService_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	HostService_ListHosts_FullMethodName = "/yunchi.v1.HostService/ListHosts"
-	HostService_GetHost_FullMethodName   = "/yunchi.v1.HostService/GetHost"
+	HostService_ListHosts_FullMethodName  = "/yunchi.v1.HostService/ListHosts"
+	HostService_GetHost_FullMethodName    = "/yunchi.v1.HostService/GetHost"
+	HostService_UpdateHost_FullMethodName = "/yunchi.v1.HostService/UpdateHost"
 )
 
 // HostServiceClient is the client API for HostService service.
@@ -408,6 +453,7 @@ const (
 type HostServiceClient interface {
 	ListHosts(ctx context.Context, in *ListHostsRequest, opts ...grpc.CallOption) (*ListHostsResponse, error)
 	GetHost(ctx context.Context, in *GetHostRequest, opts ...grpc.CallOption) (*Host, error)
+	UpdateHost(ctx context.Context, in *UpdateHostRequest, opts ...grpc.CallOption) (*Host, error)
 }
 
 type hostServiceClient struct {
@@ -438,12 +484,23 @@ func (c *hostServiceClient) GetHost(ctx context.Context, in *GetHostRequest, opt
 	return out, nil
 }
 
+func (c *hostServiceClient) UpdateHost(ctx context.Context, in *UpdateHostRequest, opts ...grpc.CallOption) (*Host, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Host)
+	err := c.cc.Invoke(ctx, HostService_UpdateHost_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // HostServiceServer is the server API for HostService service.
 // All implementations must embed UnimplementedHostServiceServer
 // for forward compatibility.
 type HostServiceServer interface {
 	ListHosts(context.Context, *ListHostsRequest) (*ListHostsResponse, error)
 	GetHost(context.Context, *GetHostRequest) (*Host, error)
+	UpdateHost(context.Context, *UpdateHostRequest) (*Host, error)
 	mustEmbedUnimplementedHostServiceServer()
 }
 
@@ -459,6 +516,9 @@ func (UnimplementedHostServiceServer) ListHosts(context.Context, *ListHostsReque
 }
 func (UnimplementedHostServiceServer) GetHost(context.Context, *GetHostRequest) (*Host, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetHost not implemented")
+}
+func (UnimplementedHostServiceServer) UpdateHost(context.Context, *UpdateHostRequest) (*Host, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdateHost not implemented")
 }
 func (UnimplementedHostServiceServer) mustEmbedUnimplementedHostServiceServer() {}
 func (UnimplementedHostServiceServer) testEmbeddedByValue()                     {}
@@ -517,6 +577,24 @@ func _HostService_GetHost_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _HostService_UpdateHost_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateHostRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(HostServiceServer).UpdateHost(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: HostService_UpdateHost_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(HostServiceServer).UpdateHost(ctx, req.(*UpdateHostRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // HostService_ServiceDesc is the grpc.ServiceDesc for HostService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -531,6 +609,368 @@ var HostService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetHost",
 			Handler:    _HostService_GetHost_Handler,
+		},
+		{
+			MethodName: "UpdateHost",
+			Handler:    _HostService_UpdateHost_Handler,
+		},
+	},
+	Streams:  []grpc.StreamDesc{},
+	Metadata: "yunchi/v1/yunchi.proto",
+}
+
+const (
+	RatioService_SetRatios_FullMethodName  = "/yunchi.v1.RatioService/SetRatios"
+	RatioService_ListRatios_FullMethodName = "/yunchi.v1.RatioService/ListRatios"
+)
+
+// RatioServiceClient is the client API for RatioService service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+type RatioServiceClient interface {
+	SetRatios(ctx context.Context, in *SetRatiosRequest, opts ...grpc.CallOption) (*RatioSetting, error)
+	ListRatios(ctx context.Context, in *ListRatiosRequest, opts ...grpc.CallOption) (*ListRatiosResponse, error)
+}
+
+type ratioServiceClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewRatioServiceClient(cc grpc.ClientConnInterface) RatioServiceClient {
+	return &ratioServiceClient{cc}
+}
+
+func (c *ratioServiceClient) SetRatios(ctx context.Context, in *SetRatiosRequest, opts ...grpc.CallOption) (*RatioSetting, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RatioSetting)
+	err := c.cc.Invoke(ctx, RatioService_SetRatios_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *ratioServiceClient) ListRatios(ctx context.Context, in *ListRatiosRequest, opts ...grpc.CallOption) (*ListRatiosResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListRatiosResponse)
+	err := c.cc.Invoke(ctx, RatioService_ListRatios_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// RatioServiceServer is the server API for RatioService service.
+// All implementations must embed UnimplementedRatioServiceServer
+// for forward compatibility.
+type RatioServiceServer interface {
+	SetRatios(context.Context, *SetRatiosRequest) (*RatioSetting, error)
+	ListRatios(context.Context, *ListRatiosRequest) (*ListRatiosResponse, error)
+	mustEmbedUnimplementedRatioServiceServer()
+}
+
+// UnimplementedRatioServiceServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedRatioServiceServer struct{}
+
+func (UnimplementedRatioServiceServer) SetRatios(context.Context, *SetRatiosRequest) (*RatioSetting, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetRatios not implemented")
+}
+func (UnimplementedRatioServiceServer) ListRatios(context.Context, *ListRatiosRequest) (*ListRatiosResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListRatios not implemented")
+}
+func (UnimplementedRatioServiceServer) mustEmbedUnimplementedRatioServiceServer() {}
+func (UnimplementedRatioServiceServer) testEmbeddedByValue()                      {}
+
+// UnsafeRatioServiceServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to RatioServiceServer will
+// result in compilation errors.
+type UnsafeRatioServiceServer interface {
+	mustEmbedUnimplementedRatioServiceServer()
+}
+
+func RegisterRatioServiceServer(s grpc.ServiceRegistrar, srv RatioServiceServer) {
+	// If the following call panics, it indicates UnimplementedRatioServiceServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&RatioService_ServiceDesc, srv)
+}
+
+func _RatioService_SetRatios_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetRatiosRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RatioServiceServer).SetRatios(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RatioService_SetRatios_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RatioServiceServer).SetRatios(ctx, req.(*SetRatiosRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RatioService_ListRatios_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListRatiosRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RatioServiceServer).ListRatios(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RatioService_ListRatios_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RatioServiceServer).ListRatios(ctx, req.(*ListRatiosRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+// RatioService_ServiceDesc is the grpc.ServiceDesc for RatioService service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var RatioService_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "yunchi.v1.RatioService",
+	HandlerType: (*RatioServiceServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "SetRatios",
+			Handler:    _RatioService_SetRatios_Handler,
+		},
+		{
+			MethodName: "ListRatios",
+			Handler:    _RatioService_ListRatios_Handler,
+		},
+	},
+	Streams:  []grpc.StreamDesc{},
+	Metadata: "yunchi/v1/yunchi.proto",
+}
+
+const (
+	GroupService_CreateGroup_FullMethodName = "/yunchi.v1.GroupService/CreateGroup"
+	GroupService_GetGroup_FullMethodName    = "/yunchi.v1.GroupService/GetGroup"
+	GroupService_ListGroups_FullMethodName  = "/yunchi.v1.GroupService/ListGroups"
+	GroupService_DeleteGroup_FullMethodName = "/yunchi.v1.GroupService/DeleteGroup"
+)
+
+// GroupServiceClient is the client API for GroupService service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+type GroupServiceClient interface {
+	CreateGroup(ctx context.Context, in *CreateGroupRequest, opts ...grpc.CallOption) (*PlacementGroup, error)
+	GetGroup(ctx context.Context, in *GetGroupRequest, opts ...grpc.CallOption) (*PlacementGroup, error)
+	ListGroups(ctx context.Context, in *ListGroupsRequest, opts ...grpc.CallOption) (*ListGroupsResponse, error)
+	// Refused while the group has members.
+	DeleteGroup(ctx context.Context, in *DeleteGroupRequest, opts ...grpc.CallOption) (*DeleteGroupResponse, error)
+}
+
+type groupServiceClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewGroupServiceClient(cc grpc.ClientConnInterface) GroupServiceClient {
+	return &groupServiceClient{cc}
+}
+
+func (c *groupServiceClient) CreateGroup(ctx context.Context, in *CreateGroupRequest, opts ...grpc.CallOption) (*PlacementGroup, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PlacementGroup)
+	err := c.cc.Invoke(ctx, GroupService_CreateGroup_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *groupServiceClient) GetGroup(ctx context.Context, in *GetGroupRequest, opts ...grpc.CallOption) (*PlacementGroup, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PlacementGroup)
+	err := c.cc.Invoke(ctx, GroupService_GetGroup_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *groupServiceClient) ListGroups(ctx context.Context, in *ListGroupsRequest, opts ...grpc.CallOption) (*ListGroupsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListGroupsResponse)
+	err := c.cc.Invoke(ctx, GroupService_ListGroups_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *groupServiceClient) DeleteGroup(ctx context.Context, in *DeleteGroupRequest, opts ...grpc.CallOption) (*DeleteGroupResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteGroupResponse)
+	err := c.cc.Invoke(ctx, GroupService_DeleteGroup_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// GroupServiceServer is the server API for GroupService service.
+// All implementations must embed UnimplementedGroupServiceServer
+// for forward compatibility.
+type GroupServiceServer interface {
+	CreateGroup(context.Context, *CreateGroupRequest) (*PlacementGroup, error)
+	GetGroup(context.Context, *GetGroupRequest) (*PlacementGroup, error)
+	ListGroups(context.Context, *ListGroupsRequest) (*ListGroupsResponse, error)
+	// Refused while the group has members.
+	DeleteGroup(context.Context, *DeleteGroupRequest) (*DeleteGroupResponse, error)
+	mustEmbedUnimplementedGroupServiceServer()
+}
+
+// UnimplementedGroupServiceServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedGroupServiceServer struct{}
+
+func (UnimplementedGroupServiceServer) CreateGroup(context.Context, *CreateGroupRequest) (*PlacementGroup, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateGroup not implemented")
+}
+func (UnimplementedGroupServiceServer) GetGroup(context.Context, *GetGroupRequest) (*PlacementGroup, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetGroup not implemented")
+}
+func (UnimplementedGroupServiceServer) ListGroups(context.Context, *ListGroupsRequest) (*ListGroupsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListGroups not implemented")
+}
+func (UnimplementedGroupServiceServer) DeleteGroup(context.Context, *DeleteGroupRequest) (*DeleteGroupResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteGroup not implemented")
+}
+func (UnimplementedGroupServiceServer) mustEmbedUnimplementedGroupServiceServer() {}
+func (UnimplementedGroupServiceServer) testEmbeddedByValue()                      {}
+
+// UnsafeGroupServiceServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to GroupServiceServer will
+// result in compilation errors.
+type UnsafeGroupServiceServer interface {
+	mustEmbedUnimplementedGroupServiceServer()
+}
+
+func RegisterGroupServiceServer(s grpc.ServiceRegistrar, srv GroupServiceServer) {
+	// If the following call panics, it indicates UnimplementedGroupServiceServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&GroupService_ServiceDesc, srv)
+}
+
+func _GroupService_CreateGroup_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateGroupRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GroupServiceServer).CreateGroup(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GroupService_CreateGroup_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GroupServiceServer).CreateGroup(ctx, req.(*CreateGroupRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _GroupService_GetGroup_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetGroupRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GroupServiceServer).GetGroup(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GroupService_GetGroup_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GroupServiceServer).GetGroup(ctx, req.(*GetGroupRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _GroupService_ListGroups_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListGroupsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GroupServiceServer).ListGroups(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GroupService_ListGroups_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GroupServiceServer).ListGroups(ctx, req.(*ListGroupsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _GroupService_DeleteGroup_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteGroupRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GroupServiceServer).DeleteGroup(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GroupService_DeleteGroup_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GroupServiceServer).DeleteGroup(ctx, req.(*DeleteGroupRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+// GroupService_ServiceDesc is the grpc.ServiceDesc for GroupService service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var GroupService_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "yunchi.v1.GroupService",
+	HandlerType: (*GroupServiceServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "CreateGroup",
+			Handler:    _GroupService_CreateGroup_Handler,
+		},
+		{
+			MethodName: "GetGroup",
+			Handler:    _GroupService_GetGroup_Handler,
+		},
+		{
+			MethodName: "ListGroups",
+			Handler:    _GroupService_ListGroups_Handler,
+		},
+		{
+			MethodName: "DeleteGroup",
+			Handler:    _GroupService_DeleteGroup_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -42,8 +42,19 @@ type HostRecord struct {
 	State                v1.HostState           `protobuf:"varint,10,opt,name=state,proto3,enum=yunchi.v1.HostState" json:"state,omitempty"`
 	RegisteredUnixNano   int64                  `protobuf:"varint,11,opt,name=registered_unix_nano,json=registeredUnixNano,proto3" json:"registered_unix_nano,omitempty"`
 	StateChangedUnixNano int64                  `protobuf:"varint,12,opt,name=state_changed_unix_nano,json=stateChangedUnixNano,proto3" json:"state_changed_unix_nano,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// What admins decide (UpdateHost); the fields above come from the agent,
+	// except state, which is liveness (READY or DOWN, from heartbeats).
+	// READY (or UNSPECIFIED), MAINTENANCE or DRAINING.
+	AdminState v1.HostState `protobuf:"varint,13,opt,name=admin_state,json=adminState,proto3,enum=yunchi.v1.HostState" json:"admin_state,omitempty"`
+	// Merged over the agent's labels; re-registration keeps them.
+	AdminLabels map[string]string `protobuf:"bytes,14,rep,name=admin_labels,json=adminLabels,proto3" json:"admin_labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Owner       string            `protobuf:"bytes,15,opt,name=owner,proto3" json:"owner,omitempty"`
+	// Kept for the host OS; unset: the default (1 vCPU, 2 GiB, 0 disk).
+	Reserved *v1.Resources `protobuf:"bytes,16,opt,name=reserved,proto3" json:"reserved,omitempty"`
+	// Host-level ratio overrides; 0 fields inherit.
+	Ratios        *v1.Ratios `protobuf:"bytes,17,opt,name=ratios,proto3" json:"ratios,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *HostRecord) Reset() {
@@ -160,6 +171,41 @@ func (x *HostRecord) GetStateChangedUnixNano() int64 {
 	return 0
 }
 
+func (x *HostRecord) GetAdminState() v1.HostState {
+	if x != nil {
+		return x.AdminState
+	}
+	return v1.HostState(0)
+}
+
+func (x *HostRecord) GetAdminLabels() map[string]string {
+	if x != nil {
+		return x.AdminLabels
+	}
+	return nil
+}
+
+func (x *HostRecord) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+func (x *HostRecord) GetReserved() *v1.Resources {
+	if x != nil {
+		return x.Reserved
+	}
+	return nil
+}
+
+func (x *HostRecord) GetRatios() *v1.Ratios {
+	if x != nil {
+		return x.Ratios
+	}
+	return nil
+}
+
 type VMRecord struct {
 	state             protoimpl.MessageState `protogen:"open.v1"`
 	Id                string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -178,8 +224,15 @@ type VMRecord struct {
 	CreatedUnixNano   int64                  `protobuf:"varint,14,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
 	UpdatedUnixNano   int64                  `protobuf:"varint,15,opt,name=updated_unix_nano,json=updatedUnixNano,proto3" json:"updated_unix_nano,omitempty"`
 	Revision          uint64                 `protobuf:"varint,16,opt,name=revision,proto3" json:"revision,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Placement group (same project) the VM belongs to; "" = none.
+	Group string `protobuf:"bytes,17,opt,name=group,proto3" json:"group,omitempty"`
+	// Constraints given at creation, canonical form, so the VM can be placed
+	// again (HA restart) under the same rules.
+	Constraints []string `protobuf:"bytes,18,rep,name=constraints,proto3" json:"constraints,omitempty"`
+	// "binpack" or "spread", as asked at creation ("" = the default).
+	Strategy      string `protobuf:"bytes,19,opt,name=strategy,proto3" json:"strategy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *VMRecord) Reset() {
@@ -324,6 +377,180 @@ func (x *VMRecord) GetRevision() uint64 {
 	return 0
 }
 
+func (x *VMRecord) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *VMRecord) GetConstraints() []string {
+	if x != nil {
+		return x.Constraints
+	}
+	return nil
+}
+
+func (x *VMRecord) GetStrategy() string {
+	if x != nil {
+		return x.Strategy
+	}
+	return ""
+}
+
+type RatioRecord struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "center" or "host_group".
+	Scope         string     `protobuf:"bytes,1,opt,name=scope,proto3" json:"scope,omitempty"`
+	Name          string     `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Ratios        *v1.Ratios `protobuf:"bytes,3,opt,name=ratios,proto3" json:"ratios,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RatioRecord) Reset() {
+	*x = RatioRecord{}
+	mi := &file_yunchi_state_v1_state_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RatioRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RatioRecord) ProtoMessage() {}
+
+func (x *RatioRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_state_v1_state_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RatioRecord.ProtoReflect.Descriptor instead.
+func (*RatioRecord) Descriptor() ([]byte, []int) {
+	return file_yunchi_state_v1_state_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *RatioRecord) GetScope() string {
+	if x != nil {
+		return x.Scope
+	}
+	return ""
+}
+
+func (x *RatioRecord) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RatioRecord) GetRatios() *v1.Ratios {
+	if x != nil {
+		return x.Ratios
+	}
+	return nil
+}
+
+type PlacementGroupRecord struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Name            string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Project         string                 `protobuf:"bytes,2,opt,name=project,proto3" json:"project,omitempty"`
+	Policy          v1.GroupPolicy         `protobuf:"varint,3,opt,name=policy,proto3,enum=yunchi.v1.GroupPolicy" json:"policy,omitempty"`
+	Level           v1.GroupLevel          `protobuf:"varint,4,opt,name=level,proto3,enum=yunchi.v1.GroupLevel" json:"level,omitempty"`
+	Soft            bool                   `protobuf:"varint,5,opt,name=soft,proto3" json:"soft,omitempty"`
+	MaxPerHost      int32                  `protobuf:"varint,6,opt,name=max_per_host,json=maxPerHost,proto3" json:"max_per_host,omitempty"`
+	CreatedUnixNano int64                  `protobuf:"varint,7,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *PlacementGroupRecord) Reset() {
+	*x = PlacementGroupRecord{}
+	mi := &file_yunchi_state_v1_state_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PlacementGroupRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PlacementGroupRecord) ProtoMessage() {}
+
+func (x *PlacementGroupRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_state_v1_state_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PlacementGroupRecord.ProtoReflect.Descriptor instead.
+func (*PlacementGroupRecord) Descriptor() ([]byte, []int) {
+	return file_yunchi_state_v1_state_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *PlacementGroupRecord) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *PlacementGroupRecord) GetProject() string {
+	if x != nil {
+		return x.Project
+	}
+	return ""
+}
+
+func (x *PlacementGroupRecord) GetPolicy() v1.GroupPolicy {
+	if x != nil {
+		return x.Policy
+	}
+	return v1.GroupPolicy(0)
+}
+
+func (x *PlacementGroupRecord) GetLevel() v1.GroupLevel {
+	if x != nil {
+		return x.Level
+	}
+	return v1.GroupLevel(0)
+}
+
+func (x *PlacementGroupRecord) GetSoft() bool {
+	if x != nil {
+		return x.Soft
+	}
+	return false
+}
+
+func (x *PlacementGroupRecord) GetMaxPerHost() int32 {
+	if x != nil {
+		return x.MaxPerHost
+	}
+	return 0
+}
+
+func (x *PlacementGroupRecord) GetCreatedUnixNano() int64 {
+	if x != nil {
+		return x.CreatedUnixNano
+	}
+	return 0
+}
+
 type MemberRecord struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -336,7 +563,7 @@ type MemberRecord struct {
 
 func (x *MemberRecord) Reset() {
 	*x = MemberRecord{}
-	mi := &file_yunchi_state_v1_state_proto_msgTypes[2]
+	mi := &file_yunchi_state_v1_state_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -348,7 +575,7 @@ func (x *MemberRecord) String() string {
 func (*MemberRecord) ProtoMessage() {}
 
 func (x *MemberRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_state_v1_state_proto_msgTypes[2]
+	mi := &file_yunchi_state_v1_state_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -361,7 +588,7 @@ func (x *MemberRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberRecord.ProtoReflect.Descriptor instead.
 func (*MemberRecord) Descriptor() ([]byte, []int) {
-	return file_yunchi_state_v1_state_proto_rawDescGZIP(), []int{2}
+	return file_yunchi_state_v1_state_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *MemberRecord) GetId() string {
@@ -402,7 +629,7 @@ type RegisterHost struct {
 
 func (x *RegisterHost) Reset() {
 	*x = RegisterHost{}
-	mi := &file_yunchi_state_v1_state_proto_msgTypes[3]
+	mi := &file_yunchi_state_v1_state_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -414,7 +641,7 @@ func (x *RegisterHost) String() string {
 func (*RegisterHost) ProtoMessage() {}
 
 func (x *RegisterHost) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_state_v1_state_proto_msgTypes[3]
+	mi := &file_yunchi_state_v1_state_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -427,7 +654,7 @@ func (x *RegisterHost) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterHost.ProtoReflect.Descriptor instead.
 func (*RegisterHost) Descriptor() ([]byte, []int) {
-	return file_yunchi_state_v1_state_proto_rawDescGZIP(), []int{3}
+	return file_yunchi_state_v1_state_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *RegisterHost) GetHost() *HostRecord {
@@ -447,7 +674,7 @@ type SetHostState struct {
 
 func (x *SetHostState) Reset() {
 	*x = SetHostState{}
-	mi := &file_yunchi_state_v1_state_proto_msgTypes[4]
+	mi := &file_yunchi_state_v1_state_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -459,7 +686,7 @@ func (x *SetHostState) String() string {
 func (*SetHostState) ProtoMessage() {}
 
 func (x *SetHostState) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_state_v1_state_proto_msgTypes[4]
+	mi := &file_yunchi_state_v1_state_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -472,7 +699,7 @@ func (x *SetHostState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetHostState.ProtoReflect.Descriptor instead.
 func (*SetHostState) Descriptor() ([]byte, []int) {
-	return file_yunchi_state_v1_state_proto_rawDescGZIP(), []int{4}
+	return file_yunchi_state_v1_state_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *SetHostState) GetHostId() string {
@@ -500,7 +727,7 @@ type PlaceVM struct {
 
 func (x *PlaceVM) Reset() {
 	*x = PlaceVM{}
-	mi := &file_yunchi_state_v1_state_proto_msgTypes[5]
+	mi := &file_yunchi_state_v1_state_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -512,7 +739,7 @@ func (x *PlaceVM) String() string {
 func (*PlaceVM) ProtoMessage() {}
 
 func (x *PlaceVM) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_state_v1_state_proto_msgTypes[5]
+	mi := &file_yunchi_state_v1_state_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -525,7 +752,7 @@ func (x *PlaceVM) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlaceVM.ProtoReflect.Descriptor instead.
 func (*PlaceVM) Descriptor() ([]byte, []int) {
-	return file_yunchi_state_v1_state_proto_rawDescGZIP(), []int{5}
+	return file_yunchi_state_v1_state_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *PlaceVM) GetVm() *VMRecord {
@@ -547,7 +774,7 @@ type SetVMDesired struct {
 
 func (x *SetVMDesired) Reset() {
 	*x = SetVMDesired{}
-	mi := &file_yunchi_state_v1_state_proto_msgTypes[6]
+	mi := &file_yunchi_state_v1_state_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -559,7 +786,7 @@ func (x *SetVMDesired) String() string {
 func (*SetVMDesired) ProtoMessage() {}
 
 func (x *SetVMDesired) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_state_v1_state_proto_msgTypes[6]
+	mi := &file_yunchi_state_v1_state_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -572,7 +799,7 @@ func (x *SetVMDesired) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetVMDesired.ProtoReflect.Descriptor instead.
 func (*SetVMDesired) Descriptor() ([]byte, []int) {
-	return file_yunchi_state_v1_state_proto_rawDescGZIP(), []int{6}
+	return file_yunchi_state_v1_state_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *SetVMDesired) GetVmId() string {
@@ -606,7 +833,7 @@ type ReportVMStatus struct {
 
 func (x *ReportVMStatus) Reset() {
 	*x = ReportVMStatus{}
-	mi := &file_yunchi_state_v1_state_proto_msgTypes[7]
+	mi := &file_yunchi_state_v1_state_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -618,7 +845,7 @@ func (x *ReportVMStatus) String() string {
 func (*ReportVMStatus) ProtoMessage() {}
 
 func (x *ReportVMStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_state_v1_state_proto_msgTypes[7]
+	mi := &file_yunchi_state_v1_state_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -631,7 +858,7 @@ func (x *ReportVMStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportVMStatus.ProtoReflect.Descriptor instead.
 func (*ReportVMStatus) Descriptor() ([]byte, []int) {
-	return file_yunchi_state_v1_state_proto_rawDescGZIP(), []int{7}
+	return file_yunchi_state_v1_state_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ReportVMStatus) GetHostId() string {
@@ -648,6 +875,338 @@ func (x *ReportVMStatus) GetStatuses() []*v1.VMStatus {
 	return nil
 }
 
+// UpdateHost applies an admin's changes to a host; unset fields stay.
+type UpdateHost struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	HostId string                 `protobuf:"bytes,1,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
+	// UNSPECIFIED: unchanged.
+	AdminState   v1.HostState      `protobuf:"varint,2,opt,name=admin_state,json=adminState,proto3,enum=yunchi.v1.HostState" json:"admin_state,omitempty"`
+	SetLabels    map[string]string `protobuf:"bytes,3,rep,name=set_labels,json=setLabels,proto3" json:"set_labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	RemoveLabels []string          `protobuf:"bytes,4,rep,name=remove_labels,json=removeLabels,proto3" json:"remove_labels,omitempty"`
+	Owner        *string           `protobuf:"bytes,5,opt,name=owner,proto3,oneof" json:"owner,omitempty"`
+	// Replaces the reservation when set.
+	Reserved      *v1.Resources `protobuf:"bytes,6,opt,name=reserved,proto3" json:"reserved,omitempty"`
+	CpuRatio      *float64      `protobuf:"fixed64,7,opt,name=cpu_ratio,json=cpuRatio,proto3,oneof" json:"cpu_ratio,omitempty"`
+	MemoryRatio   *float64      `protobuf:"fixed64,8,opt,name=memory_ratio,json=memoryRatio,proto3,oneof" json:"memory_ratio,omitempty"`
+	DiskRatio     *float64      `protobuf:"fixed64,9,opt,name=disk_ratio,json=diskRatio,proto3,oneof" json:"disk_ratio,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateHost) Reset() {
+	*x = UpdateHost{}
+	mi := &file_yunchi_state_v1_state_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateHost) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateHost) ProtoMessage() {}
+
+func (x *UpdateHost) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_state_v1_state_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateHost.ProtoReflect.Descriptor instead.
+func (*UpdateHost) Descriptor() ([]byte, []int) {
+	return file_yunchi_state_v1_state_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *UpdateHost) GetHostId() string {
+	if x != nil {
+		return x.HostId
+	}
+	return ""
+}
+
+func (x *UpdateHost) GetAdminState() v1.HostState {
+	if x != nil {
+		return x.AdminState
+	}
+	return v1.HostState(0)
+}
+
+func (x *UpdateHost) GetSetLabels() map[string]string {
+	if x != nil {
+		return x.SetLabels
+	}
+	return nil
+}
+
+func (x *UpdateHost) GetRemoveLabels() []string {
+	if x != nil {
+		return x.RemoveLabels
+	}
+	return nil
+}
+
+func (x *UpdateHost) GetOwner() string {
+	if x != nil && x.Owner != nil {
+		return *x.Owner
+	}
+	return ""
+}
+
+func (x *UpdateHost) GetReserved() *v1.Resources {
+	if x != nil {
+		return x.Reserved
+	}
+	return nil
+}
+
+func (x *UpdateHost) GetCpuRatio() float64 {
+	if x != nil && x.CpuRatio != nil {
+		return *x.CpuRatio
+	}
+	return 0
+}
+
+func (x *UpdateHost) GetMemoryRatio() float64 {
+	if x != nil && x.MemoryRatio != nil {
+		return *x.MemoryRatio
+	}
+	return 0
+}
+
+func (x *UpdateHost) GetDiskRatio() float64 {
+	if x != nil && x.DiskRatio != nil {
+		return *x.DiskRatio
+	}
+	return 0
+}
+
+// SetRatios sets a center's or host group's ratios; unset fields stay, 0
+// clears. A setting with every ratio 0 is removed.
+type SetRatios struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Scope         string                 `protobuf:"bytes,1,opt,name=scope,proto3" json:"scope,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Cpu           *float64               `protobuf:"fixed64,3,opt,name=cpu,proto3,oneof" json:"cpu,omitempty"`
+	Memory        *float64               `protobuf:"fixed64,4,opt,name=memory,proto3,oneof" json:"memory,omitempty"`
+	Disk          *float64               `protobuf:"fixed64,5,opt,name=disk,proto3,oneof" json:"disk,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetRatios) Reset() {
+	*x = SetRatios{}
+	mi := &file_yunchi_state_v1_state_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetRatios) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetRatios) ProtoMessage() {}
+
+func (x *SetRatios) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_state_v1_state_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetRatios.ProtoReflect.Descriptor instead.
+func (*SetRatios) Descriptor() ([]byte, []int) {
+	return file_yunchi_state_v1_state_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *SetRatios) GetScope() string {
+	if x != nil {
+		return x.Scope
+	}
+	return ""
+}
+
+func (x *SetRatios) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SetRatios) GetCpu() float64 {
+	if x != nil && x.Cpu != nil {
+		return *x.Cpu
+	}
+	return 0
+}
+
+func (x *SetRatios) GetMemory() float64 {
+	if x != nil && x.Memory != nil {
+		return *x.Memory
+	}
+	return 0
+}
+
+func (x *SetRatios) GetDisk() float64 {
+	if x != nil && x.Disk != nil {
+		return *x.Disk
+	}
+	return 0
+}
+
+type CreatePlacementGroup struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Group         *PlacementGroupRecord  `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreatePlacementGroup) Reset() {
+	*x = CreatePlacementGroup{}
+	mi := &file_yunchi_state_v1_state_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreatePlacementGroup) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreatePlacementGroup) ProtoMessage() {}
+
+func (x *CreatePlacementGroup) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_state_v1_state_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreatePlacementGroup.ProtoReflect.Descriptor instead.
+func (*CreatePlacementGroup) Descriptor() ([]byte, []int) {
+	return file_yunchi_state_v1_state_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *CreatePlacementGroup) GetGroup() *PlacementGroupRecord {
+	if x != nil {
+		return x.Group
+	}
+	return nil
+}
+
+type DeletePlacementGroup struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Project       string                 `protobuf:"bytes,1,opt,name=project,proto3" json:"project,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeletePlacementGroup) Reset() {
+	*x = DeletePlacementGroup{}
+	mi := &file_yunchi_state_v1_state_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeletePlacementGroup) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeletePlacementGroup) ProtoMessage() {}
+
+func (x *DeletePlacementGroup) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_state_v1_state_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeletePlacementGroup.ProtoReflect.Descriptor instead.
+func (*DeletePlacementGroup) Descriptor() ([]byte, []int) {
+	return file_yunchi_state_v1_state_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *DeletePlacementGroup) GetProject() string {
+	if x != nil {
+		return x.Project
+	}
+	return ""
+}
+
+func (x *DeletePlacementGroup) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+// PlaceVMs records several VMs at once: all are placed or none. Apply
+// re-checks every rule (capacity, host state, owner, hard group rules)
+// against the state at apply time, the VMs of the batch included.
+type PlaceVMs struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Vms           []*VMRecord            `protobuf:"bytes,1,rep,name=vms,proto3" json:"vms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PlaceVMs) Reset() {
+	*x = PlaceVMs{}
+	mi := &file_yunchi_state_v1_state_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PlaceVMs) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PlaceVMs) ProtoMessage() {}
+
+func (x *PlaceVMs) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_state_v1_state_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PlaceVMs.ProtoReflect.Descriptor instead.
+func (*PlaceVMs) Descriptor() ([]byte, []int) {
+	return file_yunchi_state_v1_state_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *PlaceVMs) GetVms() []*VMRecord {
+	if x != nil {
+		return x.Vms
+	}
+	return nil
+}
+
 type UpsertMember struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Member        *MemberRecord          `protobuf:"bytes,1,opt,name=member,proto3" json:"member,omitempty"`
@@ -657,7 +1216,7 @@ type UpsertMember struct {
 
 func (x *UpsertMember) Reset() {
 	*x = UpsertMember{}
-	mi := &file_yunchi_state_v1_state_proto_msgTypes[8]
+	mi := &file_yunchi_state_v1_state_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -669,7 +1228,7 @@ func (x *UpsertMember) String() string {
 func (*UpsertMember) ProtoMessage() {}
 
 func (x *UpsertMember) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_state_v1_state_proto_msgTypes[8]
+	mi := &file_yunchi_state_v1_state_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -682,7 +1241,7 @@ func (x *UpsertMember) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpsertMember.ProtoReflect.Descriptor instead.
 func (*UpsertMember) Descriptor() ([]byte, []int) {
-	return file_yunchi_state_v1_state_proto_rawDescGZIP(), []int{8}
+	return file_yunchi_state_v1_state_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *UpsertMember) GetMember() *MemberRecord {
@@ -701,7 +1260,7 @@ type RemoveMember struct {
 
 func (x *RemoveMember) Reset() {
 	*x = RemoveMember{}
-	mi := &file_yunchi_state_v1_state_proto_msgTypes[9]
+	mi := &file_yunchi_state_v1_state_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -713,7 +1272,7 @@ func (x *RemoveMember) String() string {
 func (*RemoveMember) ProtoMessage() {}
 
 func (x *RemoveMember) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_state_v1_state_proto_msgTypes[9]
+	mi := &file_yunchi_state_v1_state_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -726,7 +1285,7 @@ func (x *RemoveMember) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMember.ProtoReflect.Descriptor instead.
 func (*RemoveMember) Descriptor() ([]byte, []int) {
-	return file_yunchi_state_v1_state_proto_rawDescGZIP(), []int{9}
+	return file_yunchi_state_v1_state_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RemoveMember) GetId() string {
@@ -751,6 +1310,11 @@ type Command struct {
 	//	*Command_ReportVmStatus
 	//	*Command_UpsertMember
 	//	*Command_RemoveMember
+	//	*Command_UpdateHost
+	//	*Command_SetRatios
+	//	*Command_CreatePlacementGroup
+	//	*Command_DeletePlacementGroup
+	//	*Command_PlaceVms
 	Cmd           isCommand_Cmd `protobuf_oneof:"cmd"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -758,7 +1322,7 @@ type Command struct {
 
 func (x *Command) Reset() {
 	*x = Command{}
-	mi := &file_yunchi_state_v1_state_proto_msgTypes[10]
+	mi := &file_yunchi_state_v1_state_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -770,7 +1334,7 @@ func (x *Command) String() string {
 func (*Command) ProtoMessage() {}
 
 func (x *Command) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_state_v1_state_proto_msgTypes[10]
+	mi := &file_yunchi_state_v1_state_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -783,7 +1347,7 @@ func (x *Command) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Command.ProtoReflect.Descriptor instead.
 func (*Command) Descriptor() ([]byte, []int) {
-	return file_yunchi_state_v1_state_proto_rawDescGZIP(), []int{10}
+	return file_yunchi_state_v1_state_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Command) GetVersion() uint32 {
@@ -870,6 +1434,51 @@ func (x *Command) GetRemoveMember() *RemoveMember {
 	return nil
 }
 
+func (x *Command) GetUpdateHost() *UpdateHost {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_UpdateHost); ok {
+			return x.UpdateHost
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetSetRatios() *SetRatios {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_SetRatios); ok {
+			return x.SetRatios
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetCreatePlacementGroup() *CreatePlacementGroup {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_CreatePlacementGroup); ok {
+			return x.CreatePlacementGroup
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetDeletePlacementGroup() *DeletePlacementGroup {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_DeletePlacementGroup); ok {
+			return x.DeletePlacementGroup
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetPlaceVms() *PlaceVMs {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_PlaceVms); ok {
+			return x.PlaceVms
+		}
+	}
+	return nil
+}
+
 type isCommand_Cmd interface {
 	isCommand_Cmd()
 }
@@ -902,6 +1511,26 @@ type Command_RemoveMember struct {
 	RemoveMember *RemoveMember `protobuf:"bytes,16,opt,name=remove_member,json=removeMember,proto3,oneof"`
 }
 
+type Command_UpdateHost struct {
+	UpdateHost *UpdateHost `protobuf:"bytes,17,opt,name=update_host,json=updateHost,proto3,oneof"`
+}
+
+type Command_SetRatios struct {
+	SetRatios *SetRatios `protobuf:"bytes,18,opt,name=set_ratios,json=setRatios,proto3,oneof"`
+}
+
+type Command_CreatePlacementGroup struct {
+	CreatePlacementGroup *CreatePlacementGroup `protobuf:"bytes,19,opt,name=create_placement_group,json=createPlacementGroup,proto3,oneof"`
+}
+
+type Command_DeletePlacementGroup struct {
+	DeletePlacementGroup *DeletePlacementGroup `protobuf:"bytes,20,opt,name=delete_placement_group,json=deletePlacementGroup,proto3,oneof"`
+}
+
+type Command_PlaceVms struct {
+	PlaceVms *PlaceVMs `protobuf:"bytes,21,opt,name=place_vms,json=placeVms,proto3,oneof"`
+}
+
 func (*Command_RegisterHost) isCommand_Cmd() {}
 
 func (*Command_SetHostState) isCommand_Cmd() {}
@@ -916,6 +1545,16 @@ func (*Command_UpsertMember) isCommand_Cmd() {}
 
 func (*Command_RemoveMember) isCommand_Cmd() {}
 
+func (*Command_UpdateHost) isCommand_Cmd() {}
+
+func (*Command_SetRatios) isCommand_Cmd() {}
+
+func (*Command_CreatePlacementGroup) isCommand_Cmd() {}
+
+func (*Command_DeletePlacementGroup) isCommand_Cmd() {}
+
+func (*Command_PlaceVms) isCommand_Cmd() {}
+
 type Snapshot struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Format of the snapshot; 1 today.
@@ -924,14 +1563,16 @@ type Snapshot struct {
 	Vms           []*VMRecord     `protobuf:"bytes,3,rep,name=vms,proto3" json:"vms,omitempty"`
 	Members       []*MemberRecord `protobuf:"bytes,4,rep,name=members,proto3" json:"members,omitempty"`
 	// Raft index of the last command the snapshot includes.
-	Index         uint64 `protobuf:"varint,5,opt,name=index,proto3" json:"index,omitempty"`
+	Index         uint64                  `protobuf:"varint,5,opt,name=index,proto3" json:"index,omitempty"`
+	Ratios        []*RatioRecord          `protobuf:"bytes,6,rep,name=ratios,proto3" json:"ratios,omitempty"`
+	Groups        []*PlacementGroupRecord `protobuf:"bytes,7,rep,name=groups,proto3" json:"groups,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_yunchi_state_v1_state_proto_msgTypes[11]
+	mi := &file_yunchi_state_v1_state_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -943,7 +1584,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_state_v1_state_proto_msgTypes[11]
+	mi := &file_yunchi_state_v1_state_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -956,7 +1597,7 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_yunchi_state_v1_state_proto_rawDescGZIP(), []int{11}
+	return file_yunchi_state_v1_state_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Snapshot) GetFormatVersion() uint32 {
@@ -994,11 +1635,25 @@ func (x *Snapshot) GetIndex() uint64 {
 	return 0
 }
 
+func (x *Snapshot) GetRatios() []*RatioRecord {
+	if x != nil {
+		return x.Ratios
+	}
+	return nil
+}
+
+func (x *Snapshot) GetGroups() []*PlacementGroupRecord {
+	if x != nil {
+		return x.Groups
+	}
+	return nil
+}
+
 var File_yunchi_state_v1_state_proto protoreflect.FileDescriptor
 
 const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\n" +
-	"\x1byunchi/state/v1/state.proto\x12\x0fyunchi.state.v1\x1a\x16yunchi/v1/yunchi.proto\x1a\x15yunchi/v1/agent.proto\"\xfd\x03\n" +
+	"\x1byunchi/state/v1/state.proto\x12\x0fyunchi.state.v1\x1a\x16yunchi/v1/yunchi.proto\x1a\x15yunchi/v1/agent.proto\"\xb8\x06\n" +
 	"\n" +
 	"HostRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
@@ -1013,10 +1668,19 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\x05state\x18\n" +
 	" \x01(\x0e2\x14.yunchi.v1.HostStateR\x05state\x120\n" +
 	"\x14registered_unix_nano\x18\v \x01(\x03R\x12registeredUnixNano\x125\n" +
-	"\x17state_changed_unix_nano\x18\f \x01(\x03R\x14stateChangedUnixNano\x1a9\n" +
+	"\x17state_changed_unix_nano\x18\f \x01(\x03R\x14stateChangedUnixNano\x125\n" +
+	"\vadmin_state\x18\r \x01(\x0e2\x14.yunchi.v1.HostStateR\n" +
+	"adminState\x12O\n" +
+	"\fadmin_labels\x18\x0e \x03(\v2,.yunchi.state.v1.HostRecord.AdminLabelsEntryR\vadminLabels\x12\x14\n" +
+	"\x05owner\x18\x0f \x01(\tR\x05owner\x120\n" +
+	"\breserved\x18\x10 \x01(\v2\x14.yunchi.v1.ResourcesR\breserved\x12)\n" +
+	"\x06ratios\x18\x11 \x01(\v2\x11.yunchi.v1.RatiosR\x06ratios\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x89\x04\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a>\n" +
+	"\x10AdminLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xdd\x04\n" +
 	"\bVMRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
@@ -1036,7 +1700,23 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\x13observed_reboot_seq\x18\r \x01(\x04R\x11observedRebootSeq\x12*\n" +
 	"\x11created_unix_nano\x18\x0e \x01(\x03R\x0fcreatedUnixNano\x12*\n" +
 	"\x11updated_unix_nano\x18\x0f \x01(\x03R\x0fupdatedUnixNano\x12\x1a\n" +
-	"\brevision\x18\x10 \x01(\x04R\brevision\"z\n" +
+	"\brevision\x18\x10 \x01(\x04R\brevision\x12\x14\n" +
+	"\x05group\x18\x11 \x01(\tR\x05group\x12 \n" +
+	"\vconstraints\x18\x12 \x03(\tR\vconstraints\x12\x1a\n" +
+	"\bstrategy\x18\x13 \x01(\tR\bstrategy\"b\n" +
+	"\vRatioRecord\x12\x14\n" +
+	"\x05scope\x18\x01 \x01(\tR\x05scope\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12)\n" +
+	"\x06ratios\x18\x03 \x01(\v2\x11.yunchi.v1.RatiosR\x06ratios\"\x83\x02\n" +
+	"\x14PlacementGroupRecord\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\aproject\x18\x02 \x01(\tR\aproject\x12.\n" +
+	"\x06policy\x18\x03 \x01(\x0e2\x16.yunchi.v1.GroupPolicyR\x06policy\x12+\n" +
+	"\x05level\x18\x04 \x01(\x0e2\x15.yunchi.v1.GroupLevelR\x05level\x12\x12\n" +
+	"\x04soft\x18\x05 \x01(\bR\x04soft\x12 \n" +
+	"\fmax_per_host\x18\x06 \x01(\x05R\n" +
+	"maxPerHost\x12*\n" +
+	"\x11created_unix_nano\x18\a \x01(\x03R\x0fcreatedUnixNano\"z\n" +
 	"\fMemberRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12!\n" +
 	"\fraft_address\x18\x02 \x01(\tR\vraftAddress\x12\x1f\n" +
@@ -1056,11 +1736,49 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\x06reboot\x18\x03 \x01(\bR\x06reboot\"Z\n" +
 	"\x0eReportVMStatus\x12\x17\n" +
 	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x12/\n" +
-	"\bstatuses\x18\x02 \x03(\v2\x13.yunchi.v1.VMStatusR\bstatuses\"E\n" +
+	"\bstatuses\x18\x02 \x03(\v2\x13.yunchi.v1.VMStatusR\bstatuses\"\xfd\x03\n" +
+	"\n" +
+	"UpdateHost\x12\x17\n" +
+	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x125\n" +
+	"\vadmin_state\x18\x02 \x01(\x0e2\x14.yunchi.v1.HostStateR\n" +
+	"adminState\x12I\n" +
+	"\n" +
+	"set_labels\x18\x03 \x03(\v2*.yunchi.state.v1.UpdateHost.SetLabelsEntryR\tsetLabels\x12#\n" +
+	"\rremove_labels\x18\x04 \x03(\tR\fremoveLabels\x12\x19\n" +
+	"\x05owner\x18\x05 \x01(\tH\x00R\x05owner\x88\x01\x01\x120\n" +
+	"\breserved\x18\x06 \x01(\v2\x14.yunchi.v1.ResourcesR\breserved\x12 \n" +
+	"\tcpu_ratio\x18\a \x01(\x01H\x01R\bcpuRatio\x88\x01\x01\x12&\n" +
+	"\fmemory_ratio\x18\b \x01(\x01H\x02R\vmemoryRatio\x88\x01\x01\x12\"\n" +
+	"\n" +
+	"disk_ratio\x18\t \x01(\x01H\x03R\tdiskRatio\x88\x01\x01\x1a<\n" +
+	"\x0eSetLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\b\n" +
+	"\x06_ownerB\f\n" +
+	"\n" +
+	"_cpu_ratioB\x0f\n" +
+	"\r_memory_ratioB\r\n" +
+	"\v_disk_ratio\"\x9e\x01\n" +
+	"\tSetRatios\x12\x14\n" +
+	"\x05scope\x18\x01 \x01(\tR\x05scope\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x15\n" +
+	"\x03cpu\x18\x03 \x01(\x01H\x00R\x03cpu\x88\x01\x01\x12\x1b\n" +
+	"\x06memory\x18\x04 \x01(\x01H\x01R\x06memory\x88\x01\x01\x12\x17\n" +
+	"\x04disk\x18\x05 \x01(\x01H\x02R\x04disk\x88\x01\x01B\x06\n" +
+	"\x04_cpuB\t\n" +
+	"\a_memoryB\a\n" +
+	"\x05_disk\"S\n" +
+	"\x14CreatePlacementGroup\x12;\n" +
+	"\x05group\x18\x01 \x01(\v2%.yunchi.state.v1.PlacementGroupRecordR\x05group\"D\n" +
+	"\x14DeletePlacementGroup\x12\x18\n" +
+	"\aproject\x18\x01 \x01(\tR\aproject\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"7\n" +
+	"\bPlaceVMs\x12+\n" +
+	"\x03vms\x18\x01 \x03(\v2\x19.yunchi.state.v1.VMRecordR\x03vms\"E\n" +
 	"\fUpsertMember\x125\n" +
 	"\x06member\x18\x01 \x01(\v2\x1d.yunchi.state.v1.MemberRecordR\x06member\"\x1e\n" +
 	"\fRemoveMember\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"\xab\x04\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\xa0\a\n" +
 	"\aCommand\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1b\n" +
 	"\tunix_nano\x18\x02 \x01(\x03R\bunixNano\x12D\n" +
@@ -1071,14 +1789,23 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\x0eset_vm_desired\x18\r \x01(\v2\x1d.yunchi.state.v1.SetVMDesiredH\x00R\fsetVmDesired\x12K\n" +
 	"\x10report_vm_status\x18\x0e \x01(\v2\x1f.yunchi.state.v1.ReportVMStatusH\x00R\x0ereportVmStatus\x12D\n" +
 	"\rupsert_member\x18\x0f \x01(\v2\x1d.yunchi.state.v1.UpsertMemberH\x00R\fupsertMember\x12D\n" +
-	"\rremove_member\x18\x10 \x01(\v2\x1d.yunchi.state.v1.RemoveMemberH\x00R\fremoveMemberB\x05\n" +
-	"\x03cmd\"\xe0\x01\n" +
+	"\rremove_member\x18\x10 \x01(\v2\x1d.yunchi.state.v1.RemoveMemberH\x00R\fremoveMember\x12>\n" +
+	"\vupdate_host\x18\x11 \x01(\v2\x1b.yunchi.state.v1.UpdateHostH\x00R\n" +
+	"updateHost\x12;\n" +
+	"\n" +
+	"set_ratios\x18\x12 \x01(\v2\x1a.yunchi.state.v1.SetRatiosH\x00R\tsetRatios\x12]\n" +
+	"\x16create_placement_group\x18\x13 \x01(\v2%.yunchi.state.v1.CreatePlacementGroupH\x00R\x14createPlacementGroup\x12]\n" +
+	"\x16delete_placement_group\x18\x14 \x01(\v2%.yunchi.state.v1.DeletePlacementGroupH\x00R\x14deletePlacementGroup\x128\n" +
+	"\tplace_vms\x18\x15 \x01(\v2\x19.yunchi.state.v1.PlaceVMsH\x00R\bplaceVmsB\x05\n" +
+	"\x03cmd\"\xd5\x02\n" +
 	"\bSnapshot\x12%\n" +
 	"\x0eformat_version\x18\x01 \x01(\rR\rformatVersion\x121\n" +
 	"\x05hosts\x18\x02 \x03(\v2\x1b.yunchi.state.v1.HostRecordR\x05hosts\x12+\n" +
 	"\x03vms\x18\x03 \x03(\v2\x19.yunchi.state.v1.VMRecordR\x03vms\x127\n" +
 	"\amembers\x18\x04 \x03(\v2\x1d.yunchi.state.v1.MemberRecordR\amembers\x12\x14\n" +
-	"\x05index\x18\x05 \x01(\x04R\x05indexB8Z6github.com/yunchi/yunchi/proto/yunchi/state/v1;statev1b\x06proto3"
+	"\x05index\x18\x05 \x01(\x04R\x05index\x124\n" +
+	"\x06ratios\x18\x06 \x03(\v2\x1c.yunchi.state.v1.RatioRecordR\x06ratios\x12=\n" +
+	"\x06groups\x18\a \x03(\v2%.yunchi.state.v1.PlacementGroupRecordR\x06groupsB8Z6github.com/yunchi/yunchi/proto/yunchi/state/v1;statev1b\x06proto3"
 
 var (
 	file_yunchi_state_v1_state_proto_rawDescOnce sync.Once
@@ -1092,54 +1819,85 @@ func file_yunchi_state_v1_state_proto_rawDescGZIP() []byte {
 	return file_yunchi_state_v1_state_proto_rawDescData
 }
 
-var file_yunchi_state_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_yunchi_state_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_yunchi_state_v1_state_proto_goTypes = []any{
-	(*HostRecord)(nil),     // 0: yunchi.state.v1.HostRecord
-	(*VMRecord)(nil),       // 1: yunchi.state.v1.VMRecord
-	(*MemberRecord)(nil),   // 2: yunchi.state.v1.MemberRecord
-	(*RegisterHost)(nil),   // 3: yunchi.state.v1.RegisterHost
-	(*SetHostState)(nil),   // 4: yunchi.state.v1.SetHostState
-	(*PlaceVM)(nil),        // 5: yunchi.state.v1.PlaceVM
-	(*SetVMDesired)(nil),   // 6: yunchi.state.v1.SetVMDesired
-	(*ReportVMStatus)(nil), // 7: yunchi.state.v1.ReportVMStatus
-	(*UpsertMember)(nil),   // 8: yunchi.state.v1.UpsertMember
-	(*RemoveMember)(nil),   // 9: yunchi.state.v1.RemoveMember
-	(*Command)(nil),        // 10: yunchi.state.v1.Command
-	(*Snapshot)(nil),       // 11: yunchi.state.v1.Snapshot
-	nil,                    // 12: yunchi.state.v1.HostRecord.LabelsEntry
-	(*v1.Resources)(nil),   // 13: yunchi.v1.Resources
-	(v1.HostState)(0),      // 14: yunchi.v1.HostState
-	(v1.PowerState)(0),     // 15: yunchi.v1.PowerState
-	(v1.VMPhase)(0),        // 16: yunchi.v1.VMPhase
-	(*v1.VMStatus)(nil),    // 17: yunchi.v1.VMStatus
+	(*HostRecord)(nil),           // 0: yunchi.state.v1.HostRecord
+	(*VMRecord)(nil),             // 1: yunchi.state.v1.VMRecord
+	(*RatioRecord)(nil),          // 2: yunchi.state.v1.RatioRecord
+	(*PlacementGroupRecord)(nil), // 3: yunchi.state.v1.PlacementGroupRecord
+	(*MemberRecord)(nil),         // 4: yunchi.state.v1.MemberRecord
+	(*RegisterHost)(nil),         // 5: yunchi.state.v1.RegisterHost
+	(*SetHostState)(nil),         // 6: yunchi.state.v1.SetHostState
+	(*PlaceVM)(nil),              // 7: yunchi.state.v1.PlaceVM
+	(*SetVMDesired)(nil),         // 8: yunchi.state.v1.SetVMDesired
+	(*ReportVMStatus)(nil),       // 9: yunchi.state.v1.ReportVMStatus
+	(*UpdateHost)(nil),           // 10: yunchi.state.v1.UpdateHost
+	(*SetRatios)(nil),            // 11: yunchi.state.v1.SetRatios
+	(*CreatePlacementGroup)(nil), // 12: yunchi.state.v1.CreatePlacementGroup
+	(*DeletePlacementGroup)(nil), // 13: yunchi.state.v1.DeletePlacementGroup
+	(*PlaceVMs)(nil),             // 14: yunchi.state.v1.PlaceVMs
+	(*UpsertMember)(nil),         // 15: yunchi.state.v1.UpsertMember
+	(*RemoveMember)(nil),         // 16: yunchi.state.v1.RemoveMember
+	(*Command)(nil),              // 17: yunchi.state.v1.Command
+	(*Snapshot)(nil),             // 18: yunchi.state.v1.Snapshot
+	nil,                          // 19: yunchi.state.v1.HostRecord.LabelsEntry
+	nil,                          // 20: yunchi.state.v1.HostRecord.AdminLabelsEntry
+	nil,                          // 21: yunchi.state.v1.UpdateHost.SetLabelsEntry
+	(*v1.Resources)(nil),         // 22: yunchi.v1.Resources
+	(v1.HostState)(0),            // 23: yunchi.v1.HostState
+	(*v1.Ratios)(nil),            // 24: yunchi.v1.Ratios
+	(v1.PowerState)(0),           // 25: yunchi.v1.PowerState
+	(v1.VMPhase)(0),              // 26: yunchi.v1.VMPhase
+	(v1.GroupPolicy)(0),          // 27: yunchi.v1.GroupPolicy
+	(v1.GroupLevel)(0),           // 28: yunchi.v1.GroupLevel
+	(*v1.VMStatus)(nil),          // 29: yunchi.v1.VMStatus
 }
 var file_yunchi_state_v1_state_proto_depIdxs = []int32{
-	12, // 0: yunchi.state.v1.HostRecord.labels:type_name -> yunchi.state.v1.HostRecord.LabelsEntry
-	13, // 1: yunchi.state.v1.HostRecord.capacity:type_name -> yunchi.v1.Resources
-	14, // 2: yunchi.state.v1.HostRecord.state:type_name -> yunchi.v1.HostState
-	15, // 3: yunchi.state.v1.VMRecord.desired:type_name -> yunchi.v1.PowerState
-	16, // 4: yunchi.state.v1.VMRecord.phase:type_name -> yunchi.v1.VMPhase
-	0,  // 5: yunchi.state.v1.RegisterHost.host:type_name -> yunchi.state.v1.HostRecord
-	14, // 6: yunchi.state.v1.SetHostState.state:type_name -> yunchi.v1.HostState
-	1,  // 7: yunchi.state.v1.PlaceVM.vm:type_name -> yunchi.state.v1.VMRecord
-	15, // 8: yunchi.state.v1.SetVMDesired.desired:type_name -> yunchi.v1.PowerState
-	17, // 9: yunchi.state.v1.ReportVMStatus.statuses:type_name -> yunchi.v1.VMStatus
-	2,  // 10: yunchi.state.v1.UpsertMember.member:type_name -> yunchi.state.v1.MemberRecord
-	3,  // 11: yunchi.state.v1.Command.register_host:type_name -> yunchi.state.v1.RegisterHost
-	4,  // 12: yunchi.state.v1.Command.set_host_state:type_name -> yunchi.state.v1.SetHostState
-	5,  // 13: yunchi.state.v1.Command.place_vm:type_name -> yunchi.state.v1.PlaceVM
-	6,  // 14: yunchi.state.v1.Command.set_vm_desired:type_name -> yunchi.state.v1.SetVMDesired
-	7,  // 15: yunchi.state.v1.Command.report_vm_status:type_name -> yunchi.state.v1.ReportVMStatus
-	8,  // 16: yunchi.state.v1.Command.upsert_member:type_name -> yunchi.state.v1.UpsertMember
-	9,  // 17: yunchi.state.v1.Command.remove_member:type_name -> yunchi.state.v1.RemoveMember
-	0,  // 18: yunchi.state.v1.Snapshot.hosts:type_name -> yunchi.state.v1.HostRecord
-	1,  // 19: yunchi.state.v1.Snapshot.vms:type_name -> yunchi.state.v1.VMRecord
-	2,  // 20: yunchi.state.v1.Snapshot.members:type_name -> yunchi.state.v1.MemberRecord
-	21, // [21:21] is the sub-list for method output_type
-	21, // [21:21] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	19, // 0: yunchi.state.v1.HostRecord.labels:type_name -> yunchi.state.v1.HostRecord.LabelsEntry
+	22, // 1: yunchi.state.v1.HostRecord.capacity:type_name -> yunchi.v1.Resources
+	23, // 2: yunchi.state.v1.HostRecord.state:type_name -> yunchi.v1.HostState
+	23, // 3: yunchi.state.v1.HostRecord.admin_state:type_name -> yunchi.v1.HostState
+	20, // 4: yunchi.state.v1.HostRecord.admin_labels:type_name -> yunchi.state.v1.HostRecord.AdminLabelsEntry
+	22, // 5: yunchi.state.v1.HostRecord.reserved:type_name -> yunchi.v1.Resources
+	24, // 6: yunchi.state.v1.HostRecord.ratios:type_name -> yunchi.v1.Ratios
+	25, // 7: yunchi.state.v1.VMRecord.desired:type_name -> yunchi.v1.PowerState
+	26, // 8: yunchi.state.v1.VMRecord.phase:type_name -> yunchi.v1.VMPhase
+	24, // 9: yunchi.state.v1.RatioRecord.ratios:type_name -> yunchi.v1.Ratios
+	27, // 10: yunchi.state.v1.PlacementGroupRecord.policy:type_name -> yunchi.v1.GroupPolicy
+	28, // 11: yunchi.state.v1.PlacementGroupRecord.level:type_name -> yunchi.v1.GroupLevel
+	0,  // 12: yunchi.state.v1.RegisterHost.host:type_name -> yunchi.state.v1.HostRecord
+	23, // 13: yunchi.state.v1.SetHostState.state:type_name -> yunchi.v1.HostState
+	1,  // 14: yunchi.state.v1.PlaceVM.vm:type_name -> yunchi.state.v1.VMRecord
+	25, // 15: yunchi.state.v1.SetVMDesired.desired:type_name -> yunchi.v1.PowerState
+	29, // 16: yunchi.state.v1.ReportVMStatus.statuses:type_name -> yunchi.v1.VMStatus
+	23, // 17: yunchi.state.v1.UpdateHost.admin_state:type_name -> yunchi.v1.HostState
+	21, // 18: yunchi.state.v1.UpdateHost.set_labels:type_name -> yunchi.state.v1.UpdateHost.SetLabelsEntry
+	22, // 19: yunchi.state.v1.UpdateHost.reserved:type_name -> yunchi.v1.Resources
+	3,  // 20: yunchi.state.v1.CreatePlacementGroup.group:type_name -> yunchi.state.v1.PlacementGroupRecord
+	1,  // 21: yunchi.state.v1.PlaceVMs.vms:type_name -> yunchi.state.v1.VMRecord
+	4,  // 22: yunchi.state.v1.UpsertMember.member:type_name -> yunchi.state.v1.MemberRecord
+	5,  // 23: yunchi.state.v1.Command.register_host:type_name -> yunchi.state.v1.RegisterHost
+	6,  // 24: yunchi.state.v1.Command.set_host_state:type_name -> yunchi.state.v1.SetHostState
+	7,  // 25: yunchi.state.v1.Command.place_vm:type_name -> yunchi.state.v1.PlaceVM
+	8,  // 26: yunchi.state.v1.Command.set_vm_desired:type_name -> yunchi.state.v1.SetVMDesired
+	9,  // 27: yunchi.state.v1.Command.report_vm_status:type_name -> yunchi.state.v1.ReportVMStatus
+	15, // 28: yunchi.state.v1.Command.upsert_member:type_name -> yunchi.state.v1.UpsertMember
+	16, // 29: yunchi.state.v1.Command.remove_member:type_name -> yunchi.state.v1.RemoveMember
+	10, // 30: yunchi.state.v1.Command.update_host:type_name -> yunchi.state.v1.UpdateHost
+	11, // 31: yunchi.state.v1.Command.set_ratios:type_name -> yunchi.state.v1.SetRatios
+	12, // 32: yunchi.state.v1.Command.create_placement_group:type_name -> yunchi.state.v1.CreatePlacementGroup
+	13, // 33: yunchi.state.v1.Command.delete_placement_group:type_name -> yunchi.state.v1.DeletePlacementGroup
+	14, // 34: yunchi.state.v1.Command.place_vms:type_name -> yunchi.state.v1.PlaceVMs
+	0,  // 35: yunchi.state.v1.Snapshot.hosts:type_name -> yunchi.state.v1.HostRecord
+	1,  // 36: yunchi.state.v1.Snapshot.vms:type_name -> yunchi.state.v1.VMRecord
+	4,  // 37: yunchi.state.v1.Snapshot.members:type_name -> yunchi.state.v1.MemberRecord
+	2,  // 38: yunchi.state.v1.Snapshot.ratios:type_name -> yunchi.state.v1.RatioRecord
+	3,  // 39: yunchi.state.v1.Snapshot.groups:type_name -> yunchi.state.v1.PlacementGroupRecord
+	40, // [40:40] is the sub-list for method output_type
+	40, // [40:40] is the sub-list for method input_type
+	40, // [40:40] is the sub-list for extension type_name
+	40, // [40:40] is the sub-list for extension extendee
+	0,  // [0:40] is the sub-list for field type_name
 }
 
 func init() { file_yunchi_state_v1_state_proto_init() }
@@ -1147,7 +1905,9 @@ func file_yunchi_state_v1_state_proto_init() {
 	if File_yunchi_state_v1_state_proto != nil {
 		return
 	}
-	file_yunchi_state_v1_state_proto_msgTypes[10].OneofWrappers = []any{
+	file_yunchi_state_v1_state_proto_msgTypes[10].OneofWrappers = []any{}
+	file_yunchi_state_v1_state_proto_msgTypes[11].OneofWrappers = []any{}
+	file_yunchi_state_v1_state_proto_msgTypes[17].OneofWrappers = []any{
 		(*Command_RegisterHost)(nil),
 		(*Command_SetHostState)(nil),
 		(*Command_PlaceVm)(nil),
@@ -1155,6 +1915,11 @@ func file_yunchi_state_v1_state_proto_init() {
 		(*Command_ReportVmStatus)(nil),
 		(*Command_UpsertMember)(nil),
 		(*Command_RemoveMember)(nil),
+		(*Command_UpdateHost)(nil),
+		(*Command_SetRatios)(nil),
+		(*Command_CreatePlacementGroup)(nil),
+		(*Command_DeletePlacementGroup)(nil),
+		(*Command_PlaceVms)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1162,7 +1927,7 @@ func file_yunchi_state_v1_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_yunchi_state_v1_state_proto_rawDesc), len(file_yunchi_state_v1_state_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
