@@ -130,8 +130,8 @@ func (s *Server) WatchAssignments(req *yunchiv1.WatchAssignmentsRequest, stream 
 	if err := checkHostID(req.HostId); err != nil {
 		return err
 	}
-	if _, ok := s.store.Host(req.HostId); !ok {
-		return status.Errorf(codes.NotFound, "host %q is not registered", req.HostId)
+	if err := s.waitForHost(stream.Context(), req.HostId); err != nil {
+		return err
 	}
 	first, lastKey := true, ""
 	for {
@@ -158,6 +158,27 @@ func (s *Server) WatchAssignments(req *yunchiv1.WatchAssignmentsRequest, stream 
 		case <-changed:
 		case <-stream.Context().Done():
 			return nil
+		}
+	}
+}
+
+// waitForHost gives this node a moment to apply the registration of a host
+// that registered through another controller (the write went to the leader;
+// this follower may not have applied it yet) before answering NotFound.
+func (s *Server) waitForHost(ctx context.Context, id string) error {
+	timeout := time.NewTimer(5 * time.Second)
+	defer timeout.Stop()
+	for {
+		changed := s.store.Changed()
+		if _, ok := s.store.Host(id); ok {
+			return nil
+		}
+		select {
+		case <-changed:
+		case <-timeout.C:
+			return status.Errorf(codes.NotFound, "host %q is not registered: register it first (the agent does so when it starts)", id)
+		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
 		}
 	}
 }
