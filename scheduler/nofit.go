@@ -7,13 +7,6 @@ import (
 	"strings"
 )
 
-// Rejection is why one host cannot take the request: the Reason of the
-// first filter that ruled it out.
-type Rejection struct {
-	HostID string
-	Reason Reason
-}
-
 // Shortfall is how near the hosts rejected for lack of one resource came to
 // fitting: the amount requested and the largest amount one of them had free.
 type Shortfall struct {
@@ -21,57 +14,66 @@ type Shortfall struct {
 	HostID         string // the host with MostFree; the smallest ID on a tie
 }
 
-// NoFitError is returned by Place when no host can take the request. Its
-// message summarises why; its fields let a caller say more.
+// NoFitError is returned by Place and PlaceBatch when no host can take a
+// request. Its message summarises why, on one line; its fields let a caller
+// say more.
 type NoFitError struct {
 	Request Request
-	Total   int // hosts considered
+	Total   int // hosts considered: every host in the cluster
 	// Counts is the number of hosts rejected per reason, each host counted
 	// once, under the first filter that rejected it.
 	Counts map[Reason]int
-	// Rejections has one entry per host, sorted by host ID.
-	Rejections []Rejection
 	// Shortfalls has, for each resource reason in Counts, the nearest miss.
 	Shortfalls map[Reason]Shortfall
+	// Batch is the size of the batch the request was part of (PlaceBatch),
+	// and Index its position there; Batch is 0 for Place.
+	Batch, Index int
 }
 
-// explain builds the NoFitError for hosts, none of which passes s's filters.
-// It runs the filters again rather than recording reasons during Place, so
-// placements that succeed, the common case, allocate nothing for it.
-func (s *Scheduler) explain(req Request, hosts []Host) *NoFitError {
-	e := &NoFitError{
-		Request:    req,
-		Total:      len(hosts),
-		Counts:     map[Reason]int{},
-		Rejections: make([]Rejection, 0, len(hosts)),
-		Shortfalls: map[Reason]Shortfall{},
+// explain builds the NoFitError for d, which no host passes.
+func (c *Cluster) explain(d *decision) *NoFitError {
+	e := &NoFitError{Request: *d.req, Total: len(c.hosts), Counts: map[Reason]int{}, Shortfalls: map[Reason]Shortfall{}}
+	for _, r := range c.hosts {
+		e.count(reject(d, &r.h), 1, r.free, r.h.ID)
 	}
-	for i := range hosts {
-		h := &hosts[i]
-		r := s.reject(req, h)
-		e.Rejections = append(e.Rejections, Rejection{h.ID, r})
-		e.Counts[r]++
-		d, ok := dimensionOf(r)
-		if !ok {
-			continue
-		}
-		free := d.of(h.Free())
-		sf, seen := e.Shortfalls[r]
-		if !seen || free > sf.MostFree || (free == sf.MostFree && h.ID < sf.HostID) {
-			e.Shortfalls[r] = Shortfall{Need: d.of(req.Resources), MostFree: free, HostID: h.ID}
-		}
-	}
-	slices.SortFunc(e.Rejections, func(a, b Rejection) int { return strings.Compare(a.HostID, b.HostID) })
 	return e
+}
+
+// count records n hosts rejected for reason, whose free capacity is free;
+// id is the one with the smallest ID among them.
+func (e *NoFitError) count(reason Reason, n int, free Resources, id string) {
+	if reason == Fit || n <= 0 {
+		return
+	}
+	e.Counts[reason] += n
+	dim, ok := dimensionOf(reason)
+	if !ok {
+		return
+	}
+	f := dim.of(free)
+	sf, seen := e.Shortfalls[reason]
+	if !seen || f > sf.MostFree || (f == sf.MostFree && id < sf.HostID) {
+		e.Shortfalls[reason] = Shortfall{Need: dim.of(e.Request.Resources), MostFree: f, HostID: id}
+	}
 }
 
 // Error reads like
 //
 //	0/45 hosts fit: 30 insufficient memory (need 64 GiB; most free: 48 GiB on a1-h12), 15 not in center a1
 //
-// with reasons by count, most first, then by name.
+// with reasons by count, most first, then by name. In a batch it starts
+// with the request that could not be placed:
+//
+//	request "db-3" (3 of 3): 0/2 hosts fit: 2 anti-affinity: group db already has a member on this host
 func (e *NoFitError) Error() string {
 	var b strings.Builder
+	if e.Batch > 0 {
+		if e.Request.Name != "" {
+			fmt.Fprintf(&b, "request %q (%d of %d): ", e.Request.Name, e.Index+1, e.Batch)
+		} else {
+			fmt.Fprintf(&b, "request %d of %d: ", e.Index+1, e.Batch)
+		}
+	}
 	fmt.Fprintf(&b, "0/%d hosts fit: ", e.Total)
 	if e.Total == 0 {
 		b.WriteString("no hosts registered")

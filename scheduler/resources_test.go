@@ -31,7 +31,18 @@ func TestResources(t *testing.T) {
 
 func TestHostFree(t *testing.T) {
 	h := Host{Capacity: Resources{64, 256 * GiB, 4 * TiB}, Allocated: Resources{60, 200 * GiB, 5 * TiB}}
-	if got, want := h.Free(), (Resources{4, 56 * GiB, -1 * TiB}); got != want {
+	// Default ratios: CPU 4x (256 vCPU allocatable), memory and disk 1x.
+	if got, want := h.Free(), (Resources{196, 56 * GiB, -1 * TiB}); got != want {
 		t.Errorf("Free = %+v, want %+v", got, want)
+	}
+	h.Ratios = Ratios{CPU: 1}
+	if got, want := h.Free(), (Resources{4, 56 * GiB, -1 * TiB}); got != want {
+		t.Errorf("Free with CPU ratio 1 = %+v, want %+v", got, want)
+	}
+	h.Reserved = Resources{2, 8 * GiB, 0}
+	h.Ratios = Ratios{1.5, 1, 1}
+	// floor((64-2)*1.5) = 93; 256-8 = 248 GiB.
+	if got, want := h.Allocatable(), (Resources{93, 248 * GiB, 4 * TiB}); got != want {
+		t.Errorf("Allocatable = %+v, want %+v", got, want)
 	}
 }

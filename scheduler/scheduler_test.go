@@ -14,7 +14,7 @@ import (
 var standard = Resources{64, 256 * GiB, 4 * TiB}
 
 func host(id, center string, allocated Resources) Host {
-	return Host{ID: id, Center: center, Ready: true, Capacity: standard, Allocated: allocated}
+	return Host{ID: id, Center: center, Capacity: standard, Ratios: Ratios{1, 1, 1}, Allocated: allocated}
 }
 
 func small(center string) Request {
@@ -28,7 +28,7 @@ func TestPlacePicksBestFit(t *testing.T) {
 		host("nearly-full", "a1", Resources{58, 230 * GiB, 3 * TiB}),
 		host("too-full", "a1", Resources{62, 250 * GiB, 3 * TiB}), // 2 vCPU free
 		host("other-center", "b1", Resources{60, 240 * GiB, 4*TiB - 40*GiB}),
-		{ID: "down", Center: "a1", Capacity: standard, Allocated: Resources{59, 236 * GiB, 4*TiB - 40*GiB}},
+		{ID: "down", Center: "a1", State: HostDown, Ratios: Ratios{1, 1, 1}, Capacity: standard, Allocated: Resources{59, 236 * GiB, 4*TiB - 40*GiB}},
 	}
 	p, err := Place(small("a1"), hosts)
 	if err != nil {
@@ -62,15 +62,34 @@ func TestPlacePicksBestFit(t *testing.T) {
 	}
 }
 
-func TestPlaceTieGoesToSmallestID(t *testing.T) {
+// TestPlaceTieGoesBySeededHash: among equally good hosts the order is a
+// hash of the seed and the host ID, not the order the hosts came in.
+func TestPlaceTieGoesBySeededHash(t *testing.T) {
 	hosts := []Host{host("h3", "a1", Resources{}), host("h1", "a1", Resources{}), host("h2", "a1", Resources{})}
-	p, err := Place(small(""), hosts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := Placement{HostID: "h1", Score: p.Score, RunnersUp: []Candidate{{"h2", p.Score}, {"h3", p.Score}}}
-	if !reflect.DeepEqual(p, want) {
-		t.Errorf("Place = %+v, want %+v", p, want)
+	for seed := range int64(5) {
+		c, err := NewCluster(hosts, Options{Seed: seed})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := c.Place(small(""))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids := []string{"h1", "h2", "h3"}
+		slices.SortFunc(ids, func(a, b string) int {
+			ha, hb := tieHash(seed, a), tieHash(seed, b)
+			if ha != hb {
+				if ha < hb {
+					return -1
+				}
+				return 1
+			}
+			return strings.Compare(a, b)
+		})
+		want := Placement{HostID: ids[0], Score: p.Score, RunnersUp: []Candidate{{ids[1], p.Score}, {ids[2], p.Score}}}
+		if !reflect.DeepEqual(p, want) {
+			t.Errorf("seed %d: Place = %+v, want %+v", seed, p, want)
+		}
 	}
 }
 
@@ -107,9 +126,11 @@ func TestPlaceRunnersUpLimit(t *testing.T) {
 		t.Errorf("got %s then %v, want h09 then [h08 h07 h06]", p.HostID, ids)
 	}
 
-	s := Default()
-	s.RunnersUp = 0
-	if p, err := s.Place(small(""), hosts); err != nil || p.HostID != "h09" || p.RunnersUp != nil {
+	c, err := NewCluster(hosts, Options{RunnersUp: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, err := c.Place(small("")); err != nil || p.HostID != "h09" || p.RunnersUp != nil {
 		t.Errorf("RunnersUp=0: got %+v, %v; want h09 alone", p, err)
 	}
 }
@@ -124,7 +145,9 @@ func cluster() []Host {
 			MemoryBytes: r.Int64N(257) * GiB,
 			DiskBytes:   r.Int64N(4097) * GiB,
 		})
-		h.Ready = i%11 != 0
+		if i%11 == 0 {
+			h.State = HostDown
+		}
 		hosts = append(hosts, h)
 	}
 	return hosts

@@ -1,0 +1,374 @@
+package scheduler
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+)
+
+// Options tune a Cluster's decisions.
+type Options struct {
+	Strategy  Strategy // default Binpack
+	Seed      int64    // tie-breaks; same state+request+seed -> same answer
+	RunnersUp int      // candidates listed after the winner (default 3; negative: none)
+}
+
+// Placement is where a request goes.
+type Placement struct {
+	HostID string
+	Score  int64 // 0..MaxScore, rounded
+	// RunnersUp are the next best hosts, best first: what the decision was
+	// weighed against, and where to try next if the chosen host fills up
+	// before the placement is committed.
+	RunnersUp []Candidate
+}
+
+// Candidate is a host that could take the request, with its score.
+type Candidate struct {
+	HostID string
+	Score  int64 // 0..MaxScore, rounded
+}
+
+// hostRec is one host as the Cluster holds it.
+type hostRec struct {
+	h     Host
+	hash  uint64 // tie-break rank: hash of the seed and the ID
+	alloc Resources
+	free  Resources
+}
+
+// Cluster is an indexed, mutable snapshot of hosts, built once and updated
+// incrementally with Allocate, Release and Upsert.
+//
+// A Cluster is not safe for concurrent use: the controller serialises
+// decisions (one at a time on the raft leader), and so must any other
+// caller.
+type Cluster struct {
+	opt   Options
+	hosts map[string]*hostRec
+}
+
+// NewCluster indexes hosts. It fails, changing nothing, on an empty or
+// duplicate host ID.
+func NewCluster(hosts []Host, opt Options) (*Cluster, error) {
+	c := &Cluster{opt: opt, hosts: make(map[string]*hostRec, len(hosts))}
+	if opt.RunnersUp == 0 {
+		c.opt.RunnersUp = 3
+	}
+	if c.opt.RunnersUp < 0 {
+		c.opt.RunnersUp = 0
+	}
+	if opt.Strategy != Binpack && opt.Strategy != Spread {
+		return nil, fmt.Errorf("unknown strategy %d: want Binpack or Spread", int(opt.Strategy))
+	}
+	seen := make(map[string]bool, len(hosts))
+	for i := range hosts {
+		id := hosts[i].ID
+		if id == "" {
+			return nil, fmt.Errorf("host %d of %d has no ID", i+1, len(hosts))
+		}
+		if seen[id] {
+			return nil, fmt.Errorf("host ID %q appears twice: host IDs must be unique", id)
+		}
+		seen[id] = true
+	}
+	for i := range hosts {
+		c.Upsert(hosts[i])
+	}
+	return c, nil
+}
+
+// Len is the number of hosts.
+func (c *Cluster) Len() int { return len(c.hosts) }
+
+// Host returns the host with id as the Cluster has it.
+func (c *Cluster) Host(id string) (Host, bool) {
+	r, ok := c.hosts[id]
+	if !ok {
+		return Host{}, false
+	}
+	h := r.h
+	h.Labels = maps.Clone(h.Labels)
+	return h, true
+}
+
+// Upsert adds h or replaces the host with its ID: state, labels, capacity,
+// allocations, everything. A host without an ID is ignored.
+func (c *Cluster) Upsert(h Host) {
+	if h.ID == "" {
+		return
+	}
+	h.Labels = maps.Clone(h.Labels)
+	r := c.hosts[h.ID]
+	if r == nil {
+		r = &hostRec{hash: tieHash(c.opt.Seed, h.ID)}
+		c.hosts[h.ID] = r
+	} else {
+		c.unindex(r)
+	}
+	r.h = h
+	r.alloc = h.Allocatable()
+	r.free = r.alloc.Sub(h.Allocated)
+	c.index(r)
+}
+
+// ErrUnknownHost is wrapped by Allocate and Release for a host ID the
+// Cluster does not have.
+var ErrUnknownHost = errors.New("unknown host")
+
+// Allocate records that r was placed on hostID. It does not check that r
+// fits: the caller has decided (and may knowingly overcommit).
+func (c *Cluster) Allocate(hostID string, r Resources) error {
+	rec, ok := c.hosts[hostID]
+	if !ok {
+		return fmt.Errorf("allocate on %q: %w", hostID, ErrUnknownHost)
+	}
+	if r.VCPUs < 0 || r.MemoryBytes < 0 || r.DiskBytes < 0 {
+		return fmt.Errorf("allocate on %q: negative amount %+v (use Release)", hostID, r)
+	}
+	c.move(rec, rec.h.Allocated.Add(r))
+	return nil
+}
+
+// Release records that r left hostID. Releasing more than is allocated is
+// an error and changes nothing.
+func (c *Cluster) Release(hostID string, r Resources) error {
+	rec, ok := c.hosts[hostID]
+	if !ok {
+		return fmt.Errorf("release on %q: %w", hostID, ErrUnknownHost)
+	}
+	if r.VCPUs < 0 || r.MemoryBytes < 0 || r.DiskBytes < 0 {
+		return fmt.Errorf("release on %q: negative amount %+v (use Allocate)", hostID, r)
+	}
+	left := rec.h.Allocated.Sub(r)
+	if left.VCPUs < 0 || left.MemoryBytes < 0 || left.DiskBytes < 0 {
+		return fmt.Errorf("release on %q: %+v is more than is allocated there (%+v)", hostID, r, rec.h.Allocated)
+	}
+	c.move(rec, left)
+	return nil
+}
+
+func (c *Cluster) move(rec *hostRec, allocated Resources) {
+	c.unindex(rec)
+	rec.h.Allocated = allocated
+	rec.free = rec.alloc.Sub(allocated)
+	c.index(rec)
+}
+
+func (c *Cluster) index(r *hostRec)   {}
+func (c *Cluster) unindex(r *hostRec) {}
+
+// Place picks the best host for req. It does not allocate: call Allocate
+// once the placement is committed. When no host can take req it returns a
+// *NoFitError; for a request that can never be valid, an error wrapping
+// ErrInvalidRequest.
+func (c *Cluster) Place(req Request) (Placement, error) {
+	if err := validate(&req); err != nil {
+		return Placement{}, err
+	}
+	d := c.newDecision(&req, nil)
+	return c.place(d)
+}
+
+// PlaceBatch places reqs all or nothing: a Placement for each, in order, or
+// an error naming the first request that could not be placed. Members of
+// the batch that share a group (the same *Group, or the same group Name)
+// respect it among themselves too: each is placed as if the ones before it
+// were already there. It does not allocate.
+func (c *Cluster) PlaceBatch(reqs []Request) ([]Placement, error) {
+	for i := range reqs {
+		if err := validate(&reqs[i]); err != nil {
+			return nil, fmt.Errorf("%s: %w", batchName(reqs, i), err)
+		}
+	}
+	type tentative struct {
+		host string
+		r    Resources
+	}
+	var done []tentative
+	defer func() {
+		for i := len(done) - 1; i >= 0; i-- {
+			_ = c.Release(done[i].host, done[i].r) // undo: nothing else changed them
+		}
+	}()
+	// placed[group name] = host ID -> members this batch placed there.
+	placed := map[string]map[string]int{}
+	out := make([]Placement, 0, len(reqs))
+	for i := range reqs {
+		req := reqs[i]
+		var extra map[string]int
+		if req.Group != nil {
+			extra = placed[req.Group.Name]
+		}
+		d := c.newDecision(&req, extra)
+		p, err := c.place(d)
+		if err != nil {
+			var nf *NoFitError
+			if errors.As(err, &nf) {
+				nf.Batch, nf.Index = len(reqs), i
+				return nil, nf
+			}
+			return nil, fmt.Errorf("%s: %w", batchName(reqs, i), err)
+		}
+		out = append(out, p)
+		_ = c.Allocate(p.HostID, req.Resources) // a known host, a valid size
+		done = append(done, tentative{p.HostID, req.Resources})
+		if req.Group != nil {
+			m := placed[req.Group.Name]
+			if m == nil {
+				m = map[string]int{}
+				placed[req.Group.Name] = m
+			}
+			m[p.HostID]++
+		}
+	}
+	return out, nil
+}
+
+func batchName(reqs []Request, i int) string {
+	if n := reqs[i].Name; n != "" {
+		return fmt.Sprintf("request %q (%d of %d)", n, i+1, len(reqs))
+	}
+	return fmt.Sprintf("request %d of %d", i+1, len(reqs))
+}
+
+// newDecision resolves req's group against the hosts, adding extra (host ID
+// -> members placed earlier in the same batch).
+func (c *Cluster) newDecision(req *Request, extra map[string]int) *decision {
+	d := &decision{req: req, strategy: c.opt.Strategy, w: c.weights()}
+	if g := req.Group; g != nil {
+		v := &groupView{Group: g, members: map[string]int{}, racks: map[rackKey]int{}, centers: map[string]int{}}
+		add := func(m map[string]int) {
+			for id, n := range m {
+				r, ok := c.hosts[id]
+				if !ok || n <= 0 {
+					continue
+				}
+				v.members[id] += n
+				v.total += n
+				v.racks[rackOf(&r.h)] += n
+				v.centers[r.h.Center] += n
+			}
+		}
+		add(g.Members)
+		add(extra)
+		d.group = v
+	}
+	return d
+}
+
+// weights are the scoring weights for the cluster as it stands.
+func (c *Cluster) weights() weights { return weights{1, 1, 0} }
+
+// place is one decision.
+func (c *Cluster) place(d *decision) (Placement, error) {
+	return c.placeScan(d)
+}
+
+// placeScan decides by looking at every host: the reference the index is
+// tested against, and the explanation's source when nothing fits.
+func (c *Cluster) placeScan(d *decision) (Placement, error) {
+	t := newTopK(1 + c.opt.RunnersUp)
+	for _, r := range c.hosts {
+		if reject(d, &r.h) != Fit {
+			continue
+		}
+		cost := shapeCost(d, r.free, r.alloc) + d.group.hostPenalty(&r.h)
+		t.offer(cost, r)
+	}
+	if len(t.c) == 0 {
+		return Placement{}, c.explain(d)
+	}
+	return t.placement(d), nil
+}
+
+// topK keeps the best k candidates, best first.
+type topK struct {
+	k int
+	c []cand
+}
+
+type cand struct {
+	cost float64
+	r    *hostRec
+}
+
+func newTopK(k int) *topK { return &topK{k: k, c: make([]cand, 0, k)} }
+
+func (a cand) better(b cand) bool {
+	if a.cost != b.cost {
+		return a.cost < b.cost
+	}
+	if a.r.hash != b.r.hash {
+		return a.r.hash < b.r.hash
+	}
+	return a.r.h.ID < b.r.h.ID
+}
+
+// offer adds a candidate if it is among the best k; it reports whether it was.
+func (t *topK) offer(cost float64, r *hostRec) bool {
+	c := cand{cost, r}
+	if len(t.c) == t.k {
+		if !c.better(t.c[len(t.c)-1]) {
+			return false
+		}
+		t.c = t.c[:len(t.c)-1]
+	}
+	j := len(t.c)
+	t.c = append(t.c, c)
+	for ; j > 0 && c.better(t.c[j-1]); j-- {
+		t.c[j] = t.c[j-1]
+	}
+	t.c[j] = c
+	return true
+}
+
+func (t *topK) placement(d *decision) Placement {
+	p := Placement{HostID: t.c[0].r.h.ID, Score: scoreOf(d, t.c[0].cost)}
+	for _, c := range t.c[1:] {
+		p.RunnersUp = append(p.RunnersUp, Candidate{c.r.h.ID, scoreOf(d, c.cost)})
+	}
+	return p
+}
+
+// tieHash ranks hosts for tie-breaks: a hash of the seed and the host ID,
+// so ties spread over hosts the same way every time for a given seed.
+func tieHash(seed int64, id string) uint64 {
+	h := uint64(14695981039346656037) // FNV-1a
+	for i := 0; i < len(id); i++ {
+		h ^= uint64(id[i])
+		h *= 1099511628211
+	}
+	return mix64(h ^ mix64(uint64(seed)))
+}
+
+func mix64(x uint64) uint64 { // splitmix64 finaliser
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	x ^= x >> 31
+	return x
+}
+
+// Place picks the best host for req among hosts: a convenience that builds a
+// Binpack Cluster for one decision. Host IDs must be unique.
+func Place(req Request, hosts []Host) (Placement, error) {
+	if err := validate(&req); err != nil {
+		return Placement{}, err
+	}
+	c, err := NewCluster(hosts, Options{})
+	if err != nil {
+		return Placement{}, err
+	}
+	return c.Place(req)
+}
+
+// sortedIDs is the cluster's host IDs in order.
+func (c *Cluster) sortedIDs() []string {
+	ids := slices.Collect(maps.Keys(c.hosts))
+	slices.SortFunc(ids, strings.Compare)
+	return ids
+}
