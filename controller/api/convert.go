@@ -8,6 +8,7 @@ import (
 	"github.com/yunchi/yunchi/controller/state"
 	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
+	"github.com/yunchi/yunchi/scheduler"
 )
 
 func ts(unixNano int64) *timestamppb.Timestamp {
@@ -24,6 +25,7 @@ func vmToAPI(v *statev1.VMRecord, hostCenter string) *yunchiv1.VM {
 		Center: v.Center, HostId: v.HostId, HostCenter: hostCenter,
 		Desired: v.Desired, Phase: v.Phase, Message: v.Message, RebootSeq: v.RebootSeq,
 		CreatedAt: ts(v.CreatedUnixNano), UpdatedAt: ts(v.UpdatedUnixNano), Revision: v.Revision,
+		Group: v.Group, Constraints: v.Constraints,
 	}
 }
 
@@ -41,13 +43,31 @@ func addTo(a, b *yunchiv1.Resources) {
 	a.DiskBytes += b.GetDiskBytes()
 }
 
+func resToAPI(r scheduler.Resources) *yunchiv1.Resources {
+	return &yunchiv1.Resources{Vcpus: r.VCPUs, MemoryBytes: r.MemoryBytes, DiskBytes: r.DiskBytes}
+}
+
 func hostToAPI(hv state.HostView, seen *hostSeen) *yunchiv1.Host {
 	h := hv.Host
+	sh := hv.Sched
+	alloc := sh.Allocatable()
+	labels := map[string]string{}
+	for k, v := range h.Labels {
+		labels[k] = v
+	}
+	for k, v := range h.AdminLabels {
+		labels[k] = v
+	}
 	out := &yunchiv1.Host{
 		Id: h.Id, Hostname: h.Hostname, Center: h.Center, Site: h.Site, Rack: h.Rack,
-		Labels: h.Labels, Capacity: h.Capacity, Allocated: hv.Allocated,
-		Free: sub(h.Capacity, hv.Allocated), State: h.State, VmCount: int32(hv.VMs),
-		CpuModel: h.CpuModel, AgentVersion: h.AgentVersion, RegisteredAt: ts(h.RegisteredUnixNano),
+		Labels: labels, AdminLabels: h.AdminLabels, Capacity: h.Capacity, Allocated: hv.Allocated,
+		Reserved: resToAPI(sh.Reserved), Allocatable: resToAPI(alloc),
+		Free:  sub(resToAPI(alloc), hv.Allocated),
+		State: hv.State, VmCount: int32(hv.VMs), Owner: h.Owner,
+		Ratios:       &yunchiv1.Ratios{Cpu: sh.Ratios.CPU, Memory: sh.Ratios.Memory, Disk: sh.Ratios.Disk},
+		RatioSources: &yunchiv1.RatioSources{Cpu: hv.Sources.CPU, Memory: hv.Sources.Memory, Disk: hv.Sources.Disk},
+		HostRatios:   h.Ratios,
+		CpuModel:     h.CpuModel, AgentVersion: h.AgentVersion, RegisteredAt: ts(h.RegisteredUnixNano),
 	}
 	if seen != nil {
 		out.LastSeen = timestamppb.New(seen.at)

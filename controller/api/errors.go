@@ -3,8 +3,11 @@ package api
 import (
 	"context"
 	"errors"
+	"sort"
+	"strconv"
 
 	"github.com/hashicorp/raft"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -26,7 +29,7 @@ func toStatus(err error) error {
 	var nofit *scheduler.NoFitError
 	switch {
 	case errors.As(err, &nofit):
-		return status.Error(codes.ResourceExhausted, nofit.Error())
+		return noFitStatus(nofit)
 	case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipLost),
 		errors.Is(err, raft.ErrLeadershipTransferInProgress), errors.Is(err, raft.ErrAbortedByRestore):
 		return status.Error(codes.Unavailable, "the controller lost leadership while handling the request: retry (it may or may not have been applied)")
@@ -53,4 +56,53 @@ func toStatus(err error) error {
 		}
 	}
 	return status.Error(codes.Internal, err.Error())
+}
+
+// NoFitReason is the google.rpc.ErrorInfo reason of a placement that no
+// host can take.
+const NoFitReason = "NO_FIT"
+
+// noFitStatus is RESOURCE_EXHAUSTED whose message is the one-line
+// explanation ("0/45 hosts fit: 30 insufficient memory (...), 15 ...") and
+// whose details carry it structured, as one google.rpc.ErrorInfo:
+//
+//	reason "NO_FIT", domain "yunchi.v1", metadata:
+//	  "hosts"    the number of hosts considered,
+//	  "fit"      "0",
+//	  "vm"       the VM that did not fit (in a batch, the first that did not),
+//	  "reason_1" .. "reason_N"  the reasons, most hosts first, each
+//	             "<count> <reason>", e.g. "30 insufficient memory".
+//
+// REST clients get the same in the JSON body's "details".
+func noFitStatus(e *scheduler.NoFitError) error {
+	msg := oneLine(e.Error())
+	md := map[string]string{
+		"hosts": strconv.Itoa(e.Total),
+		"fit":   "0",
+	}
+	if e.Request.Name != "" {
+		md["vm"] = e.Request.Name
+	}
+	type rc struct {
+		r string
+		n int
+	}
+	var rs []rc
+	for r, n := range e.Counts {
+		rs = append(rs, rc{string(r), n})
+	}
+	sort.Slice(rs, func(i, j int) bool {
+		if rs[i].n != rs[j].n {
+			return rs[i].n > rs[j].n
+		}
+		return rs[i].r < rs[j].r
+	})
+	for i, x := range rs {
+		md["reason_"+strconv.Itoa(i+1)] = strconv.Itoa(x.n) + " " + x.r
+	}
+	st, err := status.New(codes.ResourceExhausted, msg).WithDetails(&errdetails.ErrorInfo{Reason: NoFitReason, Domain: "yunchi.v1", Metadata: md})
+	if err != nil {
+		return status.Error(codes.ResourceExhausted, msg)
+	}
+	return st.Err()
 }

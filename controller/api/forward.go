@@ -21,6 +21,11 @@ import (
 // forwarded to the leader, the only node that decides.
 var leaderOnly = map[string]bool{
 	yunchiv1.VMService_CreateVM_FullMethodName:          true,
+	yunchiv1.VMService_CreateVMs_FullMethodName:         true,
+	yunchiv1.HostService_UpdateHost_FullMethodName:      true,
+	yunchiv1.RatioService_SetRatios_FullMethodName:      true,
+	yunchiv1.GroupService_CreateGroup_FullMethodName:    true,
+	yunchiv1.GroupService_DeleteGroup_FullMethodName:    true,
 	yunchiv1.VMService_StartVM_FullMethodName:           true,
 	yunchiv1.VMService_StopVM_FullMethodName:            true,
 	yunchiv1.VMService_RebootVM_FullMethodName:          true,

@@ -30,6 +30,8 @@ func (s *Server) NewGRPCServer(m *Metrics, extra ...grpc.UnaryServerInterceptor)
 	yunchiv1.RegisterCapacityServiceServer(gs, s)
 	yunchiv1.RegisterClusterServiceServer(gs, s)
 	yunchiv1.RegisterAgentServiceServer(gs, s)
+	yunchiv1.RegisterRatioServiceServer(gs, s)
+	yunchiv1.RegisterGroupServiceServer(gs, s)
 	hs := health.NewServer()
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	healthpb.RegisterHealthServer(gs, hs)
@@ -55,6 +57,8 @@ func NewHTTPHandler(ctx context.Context, gs *grpc.Server, selfAddr string, m *Me
 		yunchiv1.RegisterHostServiceHandlerFromEndpoint,
 		yunchiv1.RegisterCapacityServiceHandlerFromEndpoint,
 		yunchiv1.RegisterClusterServiceHandlerFromEndpoint,
+		yunchiv1.RegisterRatioServiceHandlerFromEndpoint,
+		yunchiv1.RegisterGroupServiceHandlerFromEndpoint,
 	} {
 		if err := reg(ctx, gw, selfAddr, opts); err != nil {
 			return nil, err

@@ -11,7 +11,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/google/uuid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -19,7 +18,6 @@ import (
 	"github.com/yunchi/yunchi/controller/state"
 	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
-	"github.com/yunchi/yunchi/scheduler"
 )
 
 // Self describes this controller to its peers.
@@ -36,6 +34,8 @@ type Server struct {
 	yunchiv1.UnimplementedCapacityServiceServer
 	yunchiv1.UnimplementedClusterServiceServer
 	yunchiv1.UnimplementedAgentServiceServer
+	yunchiv1.UnimplementedRatioServiceServer
+	yunchiv1.UnimplementedGroupServiceServer
 
 	node  *raftnode.Node
 	store *state.Store
@@ -105,80 +105,6 @@ func (s *Server) findVM(project, name string) (*statev1.VMRecord, error) {
 	return v, nil
 }
 
-// CreateVM validates the request, places the VM on the leader and records
-// the placement. A race lost in Apply (host filled meanwhile) is decided again.
-func (s *Server) CreateVM(ctx context.Context, req *yunchiv1.CreateVMRequest) (*yunchiv1.VM, error) {
-	if err := checkName("vm name", req.Name); err != nil {
-		return nil, err
-	}
-	project, err := projectOf(req.Project)
-	if err != nil {
-		return nil, err
-	}
-	if req.Vcpus <= 0 || req.Vcpus > maxVCPUs {
-		return nil, invalid("vcpus %d is out of range: give 1 to %d", req.Vcpus, maxVCPUs)
-	}
-	if req.Memory == "" {
-		return nil, invalid("memory is required, e.g. \"4GiB\"")
-	}
-	mem, err := checkSize("memory", req.Memory, minMemory, maxMemory)
-	if err != nil {
-		return nil, err
-	}
-	disk := int64(defaultDisk)
-	if req.Disk != "" {
-		if disk, err = checkSize("disk", req.Disk, minDisk, maxDisk); err != nil {
-			return nil, err
-		}
-	}
-	if req.Center != "" {
-		if err := checkName("center", req.Center); err != nil {
-			return nil, err
-		}
-		if err := s.checkCenterExists(req.Center); err != nil {
-			return nil, err
-		}
-	}
-	desired := yunchiv1.PowerState_POWER_STATE_RUNNING
-	if req.Stopped {
-		desired = yunchiv1.PowerState_POWER_STATE_STOPPED
-	}
-
-	s.placeMu.Lock()
-	defer s.placeMu.Unlock()
-	var lastErr error
-	for attempt := 0; attempt < 3; attempt++ {
-		if _, ok := s.store.VM(project, req.Name); ok {
-			return nil, status.Errorf(codes.AlreadyExists, "vm %q already exists in project %q", req.Name, project)
-		}
-		sreq := scheduler.Request{
-			Resources: scheduler.Resources{VCPUs: int64(req.Vcpus), MemoryBytes: mem, DiskBytes: disk},
-			Center:    req.Center,
-		}
-		p, err := scheduler.Place(sreq, s.schedulerHosts())
-		if err != nil {
-			return nil, toStatus(err)
-		}
-		rec := &statev1.VMRecord{
-			Id: uuid.NewString(), Name: req.Name, Project: project,
-			Vcpus: req.Vcpus, MemoryBytes: mem, DiskBytes: disk,
-			Center: req.Center, HostId: p.HostID, Desired: desired,
-		}
-		v, err := s.node.Apply(ctx, &statev1.Command{Cmd: &statev1.Command_PlaceVm{PlaceVm: &statev1.PlaceVM{Vm: rec}}})
-		if state.KindOf(err) == state.KindConflict {
-			lastErr = err
-			continue
-		}
-		if err != nil {
-			return nil, toStatus(err)
-		}
-		out := v.(*statev1.VMRecord)
-		s.log.Info("vm placed", "vm", out.Name, "project", out.Project, "host", out.HostId, "id", out.Id)
-		return s.vmOut(out), nil
-	}
-	return nil, toStatus(lastErr)
-}
-
 func (s *Server) checkCenterExists(center string) error {
 	var centers []string
 	seen := map[string]bool{}
@@ -193,22 +119,6 @@ func (s *Server) checkCenterExists(center string) error {
 	}
 	sort.Strings(centers)
 	return invalid("no host is in center %q (centers with hosts: %v)", center, centers)
-}
-
-// schedulerHosts is the scheduler's view of the hosts right now.
-func (s *Server) schedulerHosts() []scheduler.Host {
-	hvs := s.store.Hosts()
-	out := make([]scheduler.Host, 0, len(hvs))
-	for _, hv := range hvs {
-		c, a := hv.Host.Capacity, hv.Allocated
-		out = append(out, scheduler.Host{
-			ID: hv.Host.Id, Center: hv.Host.Center,
-			Ready:     hv.Host.State == yunchiv1.HostState_HOST_STATE_READY,
-			Capacity:  scheduler.Resources{VCPUs: c.GetVcpus(), MemoryBytes: c.GetMemoryBytes(), DiskBytes: c.GetDiskBytes()},
-			Allocated: scheduler.Resources{VCPUs: a.GetVcpus(), MemoryBytes: a.GetMemoryBytes(), DiskBytes: a.GetDiskBytes()},
-		})
-	}
-	return out
 }
 
 func (s *Server) GetVM(ctx context.Context, req *yunchiv1.GetVMRequest) (*yunchiv1.VM, error) {
@@ -330,33 +240,36 @@ func (s *Server) GetHost(ctx context.Context, req *yunchiv1.GetHostRequest) (*yu
 }
 
 func (s *Server) GetCapacity(ctx context.Context, req *yunchiv1.GetCapacityRequest) (*yunchiv1.Capacity, error) {
-	out := &yunchiv1.Capacity{Capacity: &yunchiv1.Resources{}, Allocated: &yunchiv1.Resources{}}
+	out := &yunchiv1.Capacity{Capacity: &yunchiv1.Resources{}, Allocated: &yunchiv1.Resources{}, Allocatable: &yunchiv1.Resources{}}
 	centers := map[string]*yunchiv1.CenterCapacity{}
 	for _, hv := range s.store.Hosts() {
 		h := hv.Host
 		c := centers[h.Center]
 		if c == nil {
-			c = &yunchiv1.CenterCapacity{Center: h.Center, Capacity: &yunchiv1.Resources{}, Allocated: &yunchiv1.Resources{}}
+			c = &yunchiv1.CenterCapacity{Center: h.Center, Capacity: &yunchiv1.Resources{}, Allocated: &yunchiv1.Resources{}, Allocatable: &yunchiv1.Resources{}}
 			centers[h.Center] = c
 		}
 		c.Hosts++
-		if h.State == yunchiv1.HostState_HOST_STATE_READY {
+		if hv.State == yunchiv1.HostState_HOST_STATE_READY {
 			c.HostsReady++
 		}
 		c.Vms += int32(hv.VMs)
+		alloc := resToAPI(hv.Sched.Allocatable())
 		addTo(c.Capacity, h.Capacity)
 		addTo(c.Allocated, hv.Allocated)
+		addTo(c.Allocatable, alloc)
 		addTo(out.Capacity, h.Capacity)
 		addTo(out.Allocated, hv.Allocated)
+		addTo(out.Allocatable, alloc)
 		out.Hosts++
 		out.Vms += int32(hv.VMs)
 	}
 	for _, c := range centers {
-		c.Free = sub(c.Capacity, c.Allocated)
+		c.Free = sub(c.Allocatable, c.Allocated)
 		out.Centers = append(out.Centers, c)
 	}
 	sort.Slice(out.Centers, func(i, j int) bool { return out.Centers[i].Center < out.Centers[j].Center })
-	out.Free = sub(out.Capacity, out.Allocated)
+	out.Free = sub(out.Allocatable, out.Allocated)
 	return out, nil
 }
 

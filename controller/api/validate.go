@@ -134,3 +134,24 @@ func checkHostPort(a string) error {
 	}
 	return nil
 }
+
+// parseSizeOrZero is ParseSize that also takes "0" (a reservation of nothing).
+func parseSizeOrZero(field, s string, max int64) (int64, error) {
+	t := strings.TrimSpace(s)
+	if t == "0" || t == "0B" || t == "0b" {
+		return 0, nil
+	}
+	v, err := ParseSize(s)
+	if err != nil {
+		return 0, invalid("%s: %v", field, err)
+	}
+	if v > max {
+		return 0, invalid("%s %s is out of range: give at most %s", field, s, formatBytes(max))
+	}
+	return v, nil
+}
+
+// oneLine folds a message onto one line.
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(s), " ")
+}

@@ -7,6 +7,7 @@ import (
 
 	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
+	"github.com/yunchi/yunchi/scheduler"
 )
 
 // HostView is a host with what is allocated on it, as of one moment.
@@ -14,6 +15,13 @@ type HostView struct {
 	Host      *statev1.HostRecord
 	Allocated *yunchiv1.Resources
 	VMs       int
+	// Sched is the host as placement sees it: effective state, labels,
+	// reservation and ratios; Sched.Allocatable() is what may be allocated.
+	Sched scheduler.Host
+	// Sources says where each effective ratio comes from.
+	Sources RatioSources
+	// State is the effective state: down, else what the admin set.
+	State yunchiv1.HostState
 }
 
 func (s *Store) hostView(h *statev1.HostRecord, counts map[string]int) HostView {
@@ -21,10 +29,14 @@ func (s *Store) hostView(h *statev1.HostRecord, counts map[string]int) HostView 
 	if a == nil {
 		a = &yunchiv1.Resources{}
 	}
+	sh, src := s.schedHost(h)
 	return HostView{
 		Host:      proto.Clone(h).(*statev1.HostRecord),
 		Allocated: proto.Clone(a).(*yunchiv1.Resources),
 		VMs:       counts[h.Id],
+		Sched:     sh,
+		Sources:   src,
+		State:     effectiveState(h),
 	}
 }
 
@@ -129,4 +141,26 @@ func (s *Store) Member(id string) (*statev1.MemberRecord, bool) {
 		return nil, false
 	}
 	return proto.Clone(m).(*statev1.MemberRecord), true
+}
+
+// PlacementView is one consistent view of what placement needs: every
+// host as the scheduler sees it (sorted by id), the raft index it is as of,
+// and, when group is not empty, that group of project with its members.
+func (s *Store) PlacementView(project, group string) (hosts []scheduler.Host, g *scheduler.Group, index uint64, err error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if group != "" {
+		rec, ok := s.groups[nameKey(project, group)]
+		if !ok {
+			return nil, nil, 0, errorf(KindNotFound, "placement group %q not found in project %q: create it with `yunchi group create %s --policy anti-affinity`", group, project, group)
+		}
+		g = s.schedGroup(rec)
+	}
+	hosts = make([]scheduler.Host, 0, len(s.hosts))
+	for _, h := range s.hosts {
+		sh, _ := s.schedHost(h)
+		hosts = append(hosts, sh)
+	}
+	sort.Slice(hosts, func(i, j int) bool { return hosts[i].ID < hosts[j].ID })
+	return hosts, g, s.index, nil
 }

@@ -18,9 +18,11 @@ import (
 
 // CommandVersion and SnapshotVersion are the formats this binary writes and
 // the newest it reads.
+// Version 2 added host admin fields, ratios, placement groups and PlaceVMs;
+// it reads version 1 unchanged.
 const (
-	CommandVersion  = 1
-	SnapshotVersion = 1
+	CommandVersion  = 2
+	SnapshotVersion = 2
 )
 
 // DefaultProject is where VMs go when no project is named.
@@ -35,8 +37,12 @@ type Store struct {
 	byName  map[string]string            // project/name -> id
 	alloc   map[string]*yunchiv1.Resources
 	members map[string]*statev1.MemberRecord
-	index   uint64
-	changed chan struct{}
+	ratios  map[string]*statev1.RatioRecord          // scope/name
+	groups  map[string]*statev1.PlacementGroupRecord // project/name
+	// groupHosts counts each group's members per host: project/name -> host -> n.
+	groupHosts map[string]map[string]int
+	index      uint64
+	changed    chan struct{}
 }
 
 // New returns an empty store.
@@ -52,6 +58,9 @@ func (s *Store) reset() {
 	s.byName = map[string]string{}
 	s.alloc = map[string]*yunchiv1.Resources{}
 	s.members = map[string]*statev1.MemberRecord{}
+	s.ratios = map[string]*statev1.RatioRecord{}
+	s.groups = map[string]*statev1.PlacementGroupRecord{}
+	s.groupHosts = map[string]map[string]int{}
 }
 
 func nameKey(project, name string) string { return project + "/" + name }
@@ -106,6 +115,16 @@ func (s *Store) Apply(index uint64, cmd *statev1.Command) (any, error) {
 		res, err = s.applyUpsertMember(c.UpsertMember)
 	case *statev1.Command_RemoveMember:
 		res, err = s.applyRemoveMember(c.RemoveMember)
+	case *statev1.Command_UpdateHost:
+		res, err = s.applyUpdateHost(cmd.UnixNano, c.UpdateHost)
+	case *statev1.Command_SetRatios:
+		res, err = s.applySetRatios(c.SetRatios)
+	case *statev1.Command_CreatePlacementGroup:
+		res, err = s.applyCreatePlacementGroup(cmd.UnixNano, c.CreatePlacementGroup)
+	case *statev1.Command_DeletePlacementGroup:
+		res, err = s.applyDeletePlacementGroup(c.DeletePlacementGroup)
+	case *statev1.Command_PlaceVms:
+		res, err = s.applyPlaceVMs(index, cmd.UnixNano, c.PlaceVms.GetVms())
 	default:
 		err = errorf(KindInvalid, "unknown command %T: this controller is older than the log; upgrade it", cmd.GetCmd())
 	}
@@ -121,7 +140,10 @@ func (s *Store) applyRegisterHost(now int64, c *statev1.RegisterHost) (any, erro
 		return nil, errorf(KindInvalid, "host id is empty")
 	}
 	rec := proto.Clone(h).(*statev1.HostRecord)
+	// What admins decided is not the agent's to report: keep it.
+	rec.AdminState, rec.AdminLabels, rec.Owner, rec.Reserved, rec.Ratios = yunchiv1.HostState_HOST_STATE_UNSPECIFIED, nil, "", nil, nil
 	if old, ok := s.hosts[h.Id]; ok {
+		rec.AdminState, rec.AdminLabels, rec.Owner, rec.Reserved, rec.Ratios = old.AdminState, old.AdminLabels, old.Owner, old.Reserved, old.Ratios
 		rec.RegisteredUnixNano = old.RegisteredUnixNano
 		if old.State != yunchiv1.HostState_HOST_STATE_READY {
 			rec.StateChangedUnixNano = now
@@ -143,8 +165,9 @@ func (s *Store) applySetHostState(now int64, c *statev1.SetHostState) (any, erro
 	if !ok {
 		return nil, errorf(KindNotFound, "host %q not found", c.GetHostId())
 	}
-	if c.State == yunchiv1.HostState_HOST_STATE_UNSPECIFIED {
-		return nil, errorf(KindInvalid, "host state is unspecified")
+	// Liveness only: admins set maintenance and draining with UpdateHost.
+	if c.State != yunchiv1.HostState_HOST_STATE_READY && c.State != yunchiv1.HostState_HOST_STATE_DOWN {
+		return nil, errorf(KindInvalid, "host liveness must be ready or down, not %v", c.State)
 	}
 	if h.State != c.State {
 		h.State = c.State
@@ -154,47 +177,11 @@ func (s *Store) applySetHostState(now int64, c *statev1.SetHostState) (any, erro
 }
 
 func (s *Store) applyPlaceVM(index uint64, now int64, c *statev1.PlaceVM) (any, error) {
-	vm := c.GetVm()
-	switch {
-	case vm.GetId() == "":
-		return nil, errorf(KindInvalid, "vm id is empty")
-	case vm.GetName() == "" || vm.GetProject() == "":
-		return nil, errorf(KindInvalid, "vm name and project are required")
-	case vm.Vcpus <= 0 || vm.MemoryBytes <= 0 || vm.DiskBytes <= 0:
-		return nil, errorf(KindInvalid, "vm sizes must be positive")
+	out, err := s.applyPlaceVMs(index, now, []*statev1.VMRecord{c.GetVm()})
+	if err != nil {
+		return nil, err
 	}
-	if _, ok := s.vms[vm.Id]; ok {
-		return nil, errorf(KindAlreadyExists, "vm id %s already exists", vm.Id)
-	}
-	if _, ok := s.byName[nameKey(vm.Project, vm.Name)]; ok {
-		return nil, errorf(KindAlreadyExists, "vm %q already exists in project %q", vm.Name, vm.Project)
-	}
-	h, ok := s.hosts[vm.HostId]
-	if !ok {
-		return nil, errorf(KindConflict, "host %q chosen for vm %q is not registered", vm.HostId, vm.Name)
-	}
-	if h.State != yunchiv1.HostState_HOST_STATE_READY {
-		return nil, errorf(KindConflict, "host %q chosen for vm %q is not ready", vm.HostId, vm.Name)
-	}
-	// Re-check capacity here, in log order: two placements decided on the
-	// same view must not both land when only one fits.
-	a := s.alloc[h.Id]
-	cp := h.GetCapacity()
-	if a.Vcpus+int64(vm.Vcpus) > cp.GetVcpus() || a.MemoryBytes+vm.MemoryBytes > cp.GetMemoryBytes() || a.DiskBytes+vm.DiskBytes > cp.GetDiskBytes() {
-		return nil, errorf(KindConflict, "host %q no longer has room for vm %q", h.Id, vm.Name)
-	}
-	rec := proto.Clone(vm).(*statev1.VMRecord)
-	if rec.Desired == yunchiv1.PowerState_POWER_STATE_UNSPECIFIED {
-		rec.Desired = yunchiv1.PowerState_POWER_STATE_RUNNING
-	}
-	rec.Phase = yunchiv1.VMPhase_VM_PHASE_PENDING
-	rec.CreatedUnixNano = now
-	rec.UpdatedUnixNano = now
-	rec.Revision = index
-	s.vms[rec.Id] = rec
-	s.byName[nameKey(rec.Project, rec.Name)] = rec.Id
-	s.charge(rec, +1)
-	return proto.Clone(rec), nil
+	return out[0], nil
 }
 
 // charge adds (sign=+1) or releases (sign=-1) a VM's resources on its host.
@@ -207,6 +194,18 @@ func (s *Store) charge(vm *statev1.VMRecord, sign int64) {
 	a.Vcpus += sign * int64(vm.Vcpus)
 	a.MemoryBytes += sign * vm.MemoryBytes
 	a.DiskBytes += sign * vm.DiskBytes
+	if vm.Group != "" {
+		gk := nameKey(vm.Project, vm.Group)
+		m := s.groupHosts[gk]
+		if m == nil {
+			m = map[string]int{}
+			s.groupHosts[gk] = m
+		}
+		m[vm.HostId] += int(sign)
+		if m[vm.HostId] <= 0 {
+			delete(m, vm.HostId)
+		}
+	}
 }
 
 func (s *Store) applySetVMDesired(index uint64, now int64, c *statev1.SetVMDesired) (any, error) {
@@ -307,6 +306,16 @@ func (s *Store) Snapshot() *statev1.Snapshot {
 	for _, m := range s.members {
 		snap.Members = append(snap.Members, proto.Clone(m).(*statev1.MemberRecord))
 	}
+	for _, r := range s.ratios {
+		snap.Ratios = append(snap.Ratios, proto.Clone(r).(*statev1.RatioRecord))
+	}
+	for _, g := range s.groups {
+		snap.Groups = append(snap.Groups, proto.Clone(g).(*statev1.PlacementGroupRecord))
+	}
+	sortRatios(snap.Ratios)
+	sort.Slice(snap.Groups, func(i, j int) bool {
+		return nameKey(snap.Groups[i].Project, snap.Groups[i].Name) < nameKey(snap.Groups[j].Project, snap.Groups[j].Name)
+	})
 	sort.Slice(snap.Hosts, func(i, j int) bool { return snap.Hosts[i].Id < snap.Hosts[j].Id })
 	sort.Slice(snap.Vms, func(i, j int) bool { return snap.Vms[i].Id < snap.Vms[j].Id })
 	sort.Slice(snap.Members, func(i, j int) bool { return snap.Members[i].Id < snap.Members[j].Id })
@@ -333,6 +342,12 @@ func (s *Store) Restore(snap *statev1.Snapshot) error {
 	}
 	for _, m := range snap.GetMembers() {
 		s.members[m.Id] = proto.Clone(m).(*statev1.MemberRecord)
+	}
+	for _, r := range snap.GetRatios() {
+		s.ratios[ratioKey(r.Scope, r.Name)] = proto.Clone(r).(*statev1.RatioRecord)
+	}
+	for _, g := range snap.GetGroups() {
+		s.groups[nameKey(g.Project, g.Name)] = proto.Clone(g).(*statev1.PlacementGroupRecord)
 	}
 	s.index = snap.GetIndex()
 	s.notify()

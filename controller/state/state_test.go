@@ -115,8 +115,9 @@ func TestPlaceVM(t *testing.T) {
 	if _, err := apply(t, s, 4, place("vm-2", "web-1", "h2", 1, gib)); KindOf(err) != KindAlreadyExists {
 		t.Fatalf("duplicate name: %v", err)
 	}
-	// Over capacity: 12 GiB more fits (16 total), 13 does not.
-	if _, err := apply(t, s, 5, place("vm-3", "big", "h1", 2, 13*gib)); KindOf(err) != KindConflict {
+	// Over capacity: 10 GiB more fits (16 less the default 2 GiB reserved
+	// for the host OS), 11 does not.
+	if _, err := apply(t, s, 5, place("vm-3", "big", "h1", 2, 11*gib)); KindOf(err) != KindConflict {
 		t.Fatalf("overcommit: %v", err)
 	}
 	if _, err := apply(t, s, 6, place("vm-4", "x", "nohost", 1, gib)); KindOf(err) != KindConflict {
@@ -127,9 +128,9 @@ func TestPlaceVM(t *testing.T) {
 	if !proto.Equal(before, after) {
 		t.Fatal("rejected placements changed the state")
 	}
-	mustApply(t, s, 7, place("vm-5", "fits", "h1", 6, 12*gib))
+	mustApply(t, s, 7, place("vm-5", "fits", "h1", 6, 10*gib))
 	hv, _ = s.Host("h1")
-	if hv.Allocated.Vcpus != 8 || hv.Allocated.MemoryBytes != 16*gib {
+	if hv.Allocated.Vcpus != 8 || hv.Allocated.MemoryBytes != 14*gib {
 		t.Fatalf("full host: %+v", hv.Allocated)
 	}
 }

@@ -1,0 +1,151 @@
+package state
+
+import (
+	"sort"
+	"strings"
+
+	"google.golang.org/protobuf/proto"
+
+	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
+	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
+	"github.com/yunchi/yunchi/scheduler"
+)
+
+// MaxPerHostLimit bounds a group's max_per_host.
+const MaxPerHostLimit = 1000
+
+func (s *Store) applyCreatePlacementGroup(now int64, c *statev1.CreatePlacementGroup) (any, error) {
+	g := c.GetGroup()
+	switch {
+	case g == nil:
+		return nil, errorf(KindInvalid, "placement group is missing")
+	case !ValidName(g.Name):
+		return nil, errorf(KindInvalid, "group name %q is not valid: use 1-63 lowercase letters, digits and '-'", g.Name)
+	case !ValidName(g.Project):
+		return nil, errorf(KindInvalid, "project %q is not valid", g.Project)
+	case g.Policy != yunchiv1.GroupPolicy_GROUP_POLICY_AFFINITY && g.Policy != yunchiv1.GroupPolicy_GROUP_POLICY_ANTI_AFFINITY:
+		return nil, errorf(KindInvalid, "group policy is missing or unknown: use affinity or anti-affinity")
+	case g.Level < yunchiv1.GroupLevel_GROUP_LEVEL_UNSPECIFIED || g.Level > yunchiv1.GroupLevel_GROUP_LEVEL_CENTER:
+		return nil, errorf(KindInvalid, "group level %v is unknown: use host, rack or center", g.Level)
+	case g.MaxPerHost < 0 || g.MaxPerHost > MaxPerHostLimit:
+		return nil, errorf(KindInvalid, "max per host %d is out of range: give 0 (no limit) to %d", g.MaxPerHost, MaxPerHostLimit)
+	}
+	key := nameKey(g.Project, g.Name)
+	if _, ok := s.groups[key]; ok {
+		return nil, errorf(KindAlreadyExists, "placement group %q already exists in project %q", g.Name, g.Project)
+	}
+	rec := proto.Clone(g).(*statev1.PlacementGroupRecord)
+	if rec.Level == yunchiv1.GroupLevel_GROUP_LEVEL_UNSPECIFIED {
+		rec.Level = yunchiv1.GroupLevel_GROUP_LEVEL_HOST
+	}
+	rec.CreatedUnixNano = now
+	s.groups[key] = rec
+	return proto.Clone(rec), nil
+}
+
+func (s *Store) applyDeletePlacementGroup(c *statev1.DeletePlacementGroup) (any, error) {
+	key := nameKey(c.GetProject(), c.GetName())
+	g, ok := s.groups[key]
+	if !ok {
+		return nil, errorf(KindNotFound, "placement group %q not found in project %q (see `yunchi group list`)", c.GetName(), c.GetProject())
+	}
+	if names := s.groupMemberNames(g); len(names) > 0 {
+		shown := names
+		if len(shown) > 5 {
+			shown = append(shown[:5:5], "...")
+		}
+		return nil, errorf(KindFailedPrecondition, "placement group %q still has %d member VMs (%s): delete them first", g.Name, len(names), strings.Join(shown, ", "))
+	}
+	delete(s.groups, key)
+	delete(s.groupHosts, key)
+	return proto.Clone(g), nil
+}
+
+// groupMemberNames lists the VMs in g, sorted. Callers hold mu.
+func (s *Store) groupMemberNames(g *statev1.PlacementGroupRecord) []string {
+	var names []string
+	for _, v := range s.vms {
+		if v.Group == g.Name && v.Project == g.Project {
+			names = append(names, v.Name)
+		}
+	}
+	sort.Strings(names)
+	return names
+}
+
+// GroupView is a placement group with its members.
+type GroupView struct {
+	Group   *statev1.PlacementGroupRecord
+	Members []string // VM names, sorted
+}
+
+// PlacementGroup returns one group.
+func (s *Store) PlacementGroup(project, name string) (GroupView, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	g, ok := s.groups[nameKey(project, name)]
+	if !ok {
+		return GroupView{}, false
+	}
+	return GroupView{proto.Clone(g).(*statev1.PlacementGroupRecord), s.groupMemberNames(g)}, true
+}
+
+// PlacementGroups lists the groups of a project ("" = all), sorted by
+// project then name.
+func (s *Store) PlacementGroups(project string) []GroupView {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var out []GroupView
+	for _, g := range s.groups {
+		if project == "" || g.Project == project {
+			out = append(out, GroupView{proto.Clone(g).(*statev1.PlacementGroupRecord), s.groupMemberNames(g)})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Group.Project != out[j].Group.Project {
+			return out[i].Group.Project < out[j].Group.Project
+		}
+		return out[i].Group.Name < out[j].Group.Name
+	})
+	return out
+}
+
+// SchedGroup is g as the scheduler sees it, with where its members are now.
+// Callers hold mu.
+func (s *Store) schedGroup(g *statev1.PlacementGroupRecord) *scheduler.Group {
+	members := map[string]int{}
+	for h, n := range s.groupHosts[nameKey(g.Project, g.Name)] {
+		if n > 0 {
+			members[h] = n
+		}
+	}
+	return &scheduler.Group{
+		Name:       g.Name,
+		Affinity:   g.Policy == yunchiv1.GroupPolicy_GROUP_POLICY_AFFINITY,
+		Level:      schedLevel(g.Level),
+		Hard:       !g.Soft,
+		MaxPerHost: int(g.MaxPerHost),
+		Members:    members,
+	}
+}
+
+// SchedulerGroup returns the scheduler's view of a group, members included.
+func (s *Store) SchedulerGroup(project, name string) (*scheduler.Group, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	g, ok := s.groups[nameKey(project, name)]
+	if !ok {
+		return nil, false
+	}
+	return s.schedGroup(g), true
+}
+
+func schedLevel(l yunchiv1.GroupLevel) scheduler.Level {
+	switch l {
+	case yunchiv1.GroupLevel_GROUP_LEVEL_RACK:
+		return scheduler.LevelRack
+	case yunchiv1.GroupLevel_GROUP_LEVEL_CENTER:
+		return scheduler.LevelCenter
+	}
+	return scheduler.LevelHost
+}
