@@ -3,8 +3,10 @@
 package sim
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
+	"runtime"
 
 	"github.com/yunchi/yunchi/scheduler"
 )
@@ -100,3 +102,99 @@ func (y *Yunchi) Allocate(h int, r scheduler.Resources) error { return y.c.Alloc
 
 // Release removes r from host h.
 func (y *Yunchi) Release(h int, r scheduler.Resources) error { return y.c.Release(y.ids[h], r) }
+
+// Workloads.
+const (
+	WorkloadFill  = "fill"
+	WorkloadChurn = "churn"
+)
+
+// Settings are one simulate run: the workload, the cluster and Yunchi's
+// options.
+type Settings struct {
+	Workload  string // WorkloadFill or WorkloadChurn
+	Hosts     int
+	Shape     scheduler.Resources // zero = DefaultShape
+	Strategy  scheduler.Strategy
+	Seed      int64
+	Baselines bool // also run the two baselines
+	// MaxRejections stops fill; 0 = DefaultMaxRejections.
+	MaxRejections int
+	// Progress, if set, gets a short status about once a second.
+	Progress func(status string)
+}
+
+// Run replays t with s: Yunchi's scheduler first, then (if asked) the
+// best-fit and sampling baselines. It returns the settings lines, then
+// Yunchi's figures unprefixed, then the baselines' with the prefixes
+// baseline_bestfit_ and baseline_sample_.
+func Run(t *Trace, s Settings) ([]Figure, error) {
+	if s.Workload != WorkloadFill && s.Workload != WorkloadChurn {
+		return nil, fmt.Errorf("unknown workload %q: want fill or churn", s.Workload)
+	}
+	if s.Hosts <= 0 {
+		return nil, fmt.Errorf("hosts must be positive, got %d", s.Hosts)
+	}
+	shape := s.Shape
+	if shape == (scheduler.Resources{}) {
+		shape = DefaultShape
+	}
+	cfg := Config{Hosts: s.Hosts, Shape: shape, MaxRejections: s.MaxRejections, Progress: s.Progress}
+	if err := cfg.check(); err != nil {
+		return nil, err
+	}
+	figs := []Figure{
+		{"workload", s.Workload},
+		{"hosts", s.Hosts},
+		{"host", FormatShape(shape)},
+		{"strategy", s.Strategy.String()},
+		{"seed", s.Seed},
+		{"trace", t.ArrivalsFile},
+		{"lifetimes", t.LifetimesFile},
+		{"requests", len(t.Requests)},
+		{"batches", t.Batches},
+		{"sample_size", SampleSize(s.Hosts)},
+	}
+	if s.Workload == WorkloadFill {
+		figs = append(figs, Figure{"max_rejections", cmp.Or(s.MaxRejections, DefaultMaxRejections)})
+	}
+	run := func(name, prefix string, p Placer) error {
+		runtime.GC() // each run starts from the same heap state
+		if s.Progress != nil {
+			s.Progress(name + ": start")
+		}
+		var fs []Figure
+		if s.Workload == WorkloadFill {
+			r, err := Fill(t, p, cfg)
+			if err != nil {
+				return fmt.Errorf("%s: %v", name, err)
+			}
+			fs = r.Figures(prefix)
+		} else {
+			r, err := Churn(t, p, cfg)
+			if err != nil {
+				return fmt.Errorf("%s: %v", name, err)
+			}
+			fs = r.Figures(prefix)
+		}
+		figs = append(figs, fs...)
+		return nil
+	}
+	y, err := NewYunchi(Hosts(s.Hosts, shape), scheduler.Options{Strategy: s.Strategy, Seed: s.Seed})
+	if err != nil {
+		return nil, fmt.Errorf("yunchi: %v", err)
+	}
+	if err := run("yunchi", "", y); err != nil {
+		return nil, err
+	}
+	if !s.Baselines {
+		return figs, nil
+	}
+	if err := run("baseline best-fit", "baseline_bestfit_", NewBestFit(s.Hosts, shape)); err != nil {
+		return nil, err
+	}
+	if err := run("baseline sample", "baseline_sample_", NewSample(s.Hosts, shape, 1)); err != nil {
+		return nil, err
+	}
+	return figs, nil
+}
