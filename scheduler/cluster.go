@@ -37,6 +37,9 @@ type hostRec struct {
 	hash  uint64 // tie-break rank: hash of the seed and the ID
 	alloc Resources
 	free  Resources
+	cls   *class  // its class, by static attributes
+	b     *bucket // where the index has it; nil while taken out
+	s     *sub
 }
 
 // Cluster is an indexed, mutable snapshot of hosts, built once and updated
@@ -48,12 +51,26 @@ type hostRec struct {
 type Cluster struct {
 	opt   Options
 	hosts map[string]*hostRec
+
+	classByKey   map[string]*class
+	classes      []*class
+	pools        map[Resources]*pool
+	poolList     []*pool
+	classVersion uint64 // bumped when a class appears or goes
+	evalCache    map[string][]classEval
+	evalVersion  uint64
 }
 
 // NewCluster indexes hosts. It fails, changing nothing, on an empty or
 // duplicate host ID.
 func NewCluster(hosts []Host, opt Options) (*Cluster, error) {
-	c := &Cluster{opt: opt, hosts: make(map[string]*hostRec, len(hosts))}
+	c := &Cluster{
+		opt:        opt,
+		hosts:      make(map[string]*hostRec, len(hosts)),
+		classByKey: map[string]*class{},
+		pools:      map[Resources]*pool{},
+		evalCache:  map[string][]classEval{},
+	}
 	if opt.RunnersUp == 0 {
 		c.opt.RunnersUp = 3
 	}
@@ -106,12 +123,14 @@ func (c *Cluster) Upsert(h Host) {
 		r = &hostRec{hash: tieHash(c.opt.Seed, h.ID)}
 		c.hosts[h.ID] = r
 	} else {
-		c.unindex(r)
+		r.cls.pool.remove(r)
+		c.leave(r)
 	}
 	r.h = h
 	r.alloc = h.Allocatable()
 	r.free = r.alloc.Sub(h.Allocated)
-	c.index(r)
+	c.join(r)
+	r.cls.pool.insert(r)
 }
 
 // ErrUnknownHost is wrapped by Allocate and Release for a host ID the
@@ -151,14 +170,12 @@ func (c *Cluster) Release(hostID string, r Resources) error {
 }
 
 func (c *Cluster) move(rec *hostRec, allocated Resources) {
-	c.unindex(rec)
+	p := rec.cls.pool
+	p.remove(rec)
 	rec.h.Allocated = allocated
 	rec.free = rec.alloc.Sub(allocated)
-	c.index(rec)
+	p.insert(rec)
 }
-
-func (c *Cluster) index(r *hostRec)   {}
-func (c *Cluster) unindex(r *hostRec) {}
 
 // Place picks the best host for req. It does not allocate: call Allocate
 // once the placement is committed. When no host can take req it returns a
@@ -262,9 +279,53 @@ func (c *Cluster) newDecision(req *Request, extra map[string]int) *decision {
 // weights are the scoring weights for the cluster as it stands.
 func (c *Cluster) weights() weights { return weights{1, 1, 0} }
 
-// place is one decision.
+// place is one decision: the static filters once per class, a bounded
+// search of each pool's index, and the group's member hosts one by one.
 func (c *Cluster) place(d *decision) (Placement, error) {
-	return c.placeScan(d)
+	// Hosts whose ID the filters or the group's score look at (members of
+	// the group, hosts a host= constraint names) may be treated differently
+	// from the rest of their class: take them out of the index and judge
+	// them one by one.
+	var indiv []*hostRec
+	single := func(id string) {
+		if r, ok := c.hosts[id]; ok && r.b != nil {
+			r.cls.pool.remove(r)
+			r.cls.out++
+			indiv = append(indiv, r)
+		}
+	}
+	if g := d.group; g != nil {
+		for id := range g.members {
+			single(id)
+		}
+	}
+	for _, k := range d.req.Constraints {
+		if k.Key == "host" {
+			for _, id := range k.Values {
+				single(id)
+			}
+		}
+	}
+	defer func() {
+		for _, r := range indiv {
+			r.cls.out--
+			r.cls.pool.insert(r)
+		}
+	}()
+	ev := c.evalClasses(d)
+	t := newTopK(1 + c.opt.RunnersUp)
+	for _, p := range c.poolList {
+		p.search(d, ev, t)
+	}
+	for _, r := range indiv {
+		if reject(d, &r.h) == Fit {
+			t.offer(shapeCost(d, r.free, r.alloc)+d.group.hostPenalty(&r.h), r)
+		}
+	}
+	if len(t.c) == 0 {
+		return Placement{}, c.explainIndex(d, ev, indiv)
+	}
+	return t.placement(d), nil
 }
 
 // placeScan decides by looking at every host: the reference the index is

@@ -28,14 +28,15 @@ const (
 // A filter rules out hosts that cannot take a request. Filters must not
 // modify the host and must be deterministic.
 //
-// A static filter reads only what hosts of one class share (state, owner,
-// location, labels; see class.go) and what the decision knows up front, so
-// the Cluster runs it once per class instead of once per host. The others
-// read a host's free capacity or its group membership.
+// The filters other than the capacity ones read only what hosts of one
+// class share (state, owner, location, labels; see index.go) or the host's
+// ID (group members, host= constraints). The Cluster runs them once per
+// class, on a stand-in host without an ID, which answers for every host of
+// the class except those the ID matters for; those it judges one by one.
 type filter struct {
-	name   string
-	static bool
-	fn     func(d *decision, h *Host) Reason
+	name     string
+	capacity bool // reads the host's free capacity
+	fn       func(d *decision, h *Host) Reason
 }
 
 // filters run in order; a host is reported under the first that rules it
@@ -44,15 +45,15 @@ type filter struct {
 // resize the VM for nothing. CPU goes before memory because it is the
 // dimension that runs out first in real traces.
 var filters = []filter{
-	{"State", true, stateFilter},
-	{"Owner", true, ownerFilter},
-	{"Center", true, centerFilter},
-	{"Constraints", true, constraintFilter},
-	{"GroupLocation", true, groupLocationFilter},
+	{"State", false, stateFilter},
+	{"Owner", false, ownerFilter},
+	{"Center", false, centerFilter},
+	{"Constraints", false, constraintFilter},
+	{"GroupLocation", false, groupLocationFilter},
 	{"GroupHost", false, groupHostFilter},
-	{"CPU", false, cpuFilter},
-	{"Memory", false, memoryFilter},
-	{"Disk", false, diskFilter},
+	{"CPU", true, cpuFilter},
+	{"Memory", true, memoryFilter},
+	{"Disk", true, diskFilter},
 }
 
 // stateFilter: only ready hosts take new VMs.
@@ -181,10 +182,10 @@ func reject(d *decision, h *Host) Reason {
 	return Fit
 }
 
-// rejectStatic runs only the static filters.
-func rejectStatic(d *decision, h *Host) Reason {
+// rejectPlacement runs every filter but the capacity ones.
+func rejectPlacement(d *decision, h *Host) Reason {
 	for _, f := range filters {
-		if !f.static {
+		if f.capacity {
 			continue
 		}
 		if r := f.fn(d, h); r != Fit {

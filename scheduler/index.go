@@ -1,0 +1,425 @@
+package scheduler
+
+import (
+	"cmp"
+	"maps"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// The index. Hosts that static filters cannot tell apart (same state,
+// owner, center, site, rack, labels, capacity, reservation and ratios) form
+// a class; a decision runs the static filters once per class. Classes with
+// the same Allocatable vector share a pool, and a pool indexes its hosts by
+// free vector:
+//
+//	pool (Allocatable)
+//	  levels, by free vCPU ascending
+//	    buckets, by (free memory, free disk) ascending: one per free vector
+//	      subs, one per class with hosts in the bucket
+//	        hosts, by tie-break rank (tieHash, then ID) descending
+//
+// Every host of a bucket costs the same (the cost depends only on the free
+// vector, the pool's Allocatable and the class), so a decision scores once
+// per bucket and takes hosts from a sub in rank order. The levels and
+// buckets are searched best first with a bound (see search), so a decision
+// looks at the buckets near the best fit, not at every host.
+
+// class is the hosts the static filters cannot tell apart.
+type class struct {
+	key  string
+	idx  int   // position in Cluster.classes
+	host Host  // the static attributes (ID, capacity figures of one member)
+	rack rackKey
+	pool *pool
+	n    int // hosts in the class
+	out  int // of which taken out of the index for the current decision
+}
+
+// pool is the classes sharing one Allocatable vector, and their hosts by
+// free vector.
+type pool struct {
+	alloc   Resources
+	classes []*class
+	levels  []*level
+	maxMem  int64 // the most free memory any host here has had: a bound
+	maxDisk int64
+}
+
+type level struct {
+	cpu     int64
+	buckets []*bucket
+}
+
+type bucket struct {
+	free Resources
+	subs []*sub
+}
+
+type sub struct {
+	cls   *class
+	hosts []*hostRec // by rank descending: the best-ranked host is last
+}
+
+// rankLess orders hosts for tie-breaks: by tieHash, then by ID.
+func rankLess(a, b *hostRec) bool {
+	if a.hash != b.hash {
+		return a.hash < b.hash
+	}
+	return a.h.ID < b.h.ID
+}
+
+// classKey is the static signature of h.
+func classKey(h *Host, alloc Resources) string {
+	var b strings.Builder
+	w := func(s string) { b.WriteString(strconv.Quote(s)); b.WriteByte(0) }
+	wi := func(n int64) { b.WriteString(strconv.FormatInt(n, 10)); b.WriteByte(0) }
+	w(h.Center)
+	w(h.Site)
+	w(h.Rack)
+	w(h.Owner)
+	wi(int64(h.State))
+	for _, r := range []Resources{alloc, h.Capacity, h.Reserved} {
+		wi(r.VCPUs)
+		wi(r.MemoryBytes)
+		wi(r.DiskBytes)
+	}
+	keys := slices.Sorted(maps.Keys(h.Labels))
+	for _, k := range keys {
+		w(k)
+		w(h.Labels[k])
+	}
+	return b.String()
+}
+
+// join puts r in the class its static attributes say.
+func (c *Cluster) join(r *hostRec) {
+	key := classKey(&r.h, r.alloc)
+	cls := c.classByKey[key]
+	if cls == nil {
+		p := c.pools[r.alloc]
+		if p == nil {
+			p = &pool{alloc: r.alloc}
+			c.pools[r.alloc] = p
+			c.poolList = append(c.poolList, p)
+		}
+		cls = &class{key: key, idx: len(c.classes), host: r.h, rack: rackOf(&r.h), pool: p}
+		cls.host.Allocated = Resources{}
+		cls.host.ID = "" // a stand-in: no group member, named by no constraint
+		c.classByKey[key] = cls
+		c.classes = append(c.classes, cls)
+		p.classes = append(p.classes, cls)
+		c.classVersion++
+	}
+	cls.n++
+	r.cls = cls
+}
+
+// leave takes r out of its class, dropping the class (and its pool) when
+// it empties.
+func (c *Cluster) leave(r *hostRec) {
+	cls := r.cls
+	r.cls = nil
+	cls.n--
+	if cls.n > 0 {
+		return
+	}
+	delete(c.classByKey, cls.key)
+	last := c.classes[len(c.classes)-1]
+	c.classes[cls.idx] = last
+	last.idx = cls.idx
+	c.classes = c.classes[:len(c.classes)-1]
+	p := cls.pool
+	p.classes = slices.DeleteFunc(p.classes, func(x *class) bool { return x == cls })
+	if len(p.classes) == 0 {
+		delete(c.pools, p.alloc)
+		c.poolList = slices.DeleteFunc(c.poolList, func(x *pool) bool { return x == p })
+	}
+	c.classVersion++
+}
+
+// insert puts r in its pool's index under its free vector.
+func (p *pool) insert(r *hostRec) {
+	f := r.free
+	li, found := slices.BinarySearchFunc(p.levels, f.VCPUs, func(l *level, cpu int64) int { return cmp.Compare(l.cpu, cpu) })
+	if !found {
+		p.levels = slices.Insert(p.levels, li, &level{cpu: f.VCPUs})
+	}
+	l := p.levels[li]
+	bi, found := slices.BinarySearchFunc(l.buckets, f, bucketCmp)
+	if !found {
+		l.buckets = slices.Insert(l.buckets, bi, &bucket{free: f})
+	}
+	b := l.buckets[bi]
+	var s *sub
+	for _, x := range b.subs {
+		if x.cls == r.cls {
+			s = x
+			break
+		}
+	}
+	if s == nil {
+		s = &sub{cls: r.cls}
+		b.subs = append(b.subs, s)
+	}
+	// Descending rank: find the first host ranked below r.
+	hi, _ := slices.BinarySearchFunc(s.hosts, r, func(x, t *hostRec) int {
+		if rankLess(t, x) {
+			return -1
+		}
+		if x == t {
+			return 0
+		}
+		return 1
+	})
+	s.hosts = slices.Insert(s.hosts, hi, r)
+	r.b, r.s = b, s
+	p.maxMem = max(p.maxMem, f.MemoryBytes)
+	p.maxDisk = max(p.maxDisk, f.DiskBytes)
+}
+
+func bucketCmp(b *bucket, f Resources) int {
+	if c := cmp.Compare(b.free.MemoryBytes, f.MemoryBytes); c != 0 {
+		return c
+	}
+	return cmp.Compare(b.free.DiskBytes, f.DiskBytes)
+}
+
+// remove takes r out of its pool's index, dropping what empties.
+func (p *pool) remove(r *hostRec) {
+	s, b := r.s, r.b
+	r.s, r.b = nil, nil
+	hi, found := slices.BinarySearchFunc(s.hosts, r, func(x, t *hostRec) int {
+		if x == t {
+			return 0
+		}
+		if rankLess(t, x) {
+			return -1
+		}
+		return 1
+	})
+	if !found {
+		panic("scheduler: index out of step with host " + r.h.ID)
+	}
+	s.hosts = slices.Delete(s.hosts, hi, hi+1)
+	if len(s.hosts) > 0 {
+		return
+	}
+	b.subs = slices.DeleteFunc(b.subs, func(x *sub) bool { return x == s })
+	if len(b.subs) > 0 {
+		return
+	}
+	f := b.free
+	li, _ := slices.BinarySearchFunc(p.levels, f.VCPUs, func(l *level, cpu int64) int { return cmp.Compare(l.cpu, cpu) })
+	l := p.levels[li]
+	bi, _ := slices.BinarySearchFunc(l.buckets, f, bucketCmp)
+	l.buckets = slices.Delete(l.buckets, bi, bi+1)
+	if len(l.buckets) == 0 {
+		p.levels = slices.Delete(p.levels, li, li+1)
+	}
+}
+
+// classEval is what the filters other than capacity say about the hosts of
+// a class that are still in the index.
+type classEval struct {
+	reason Reason  // Fit: the class passes
+	pen    float64 // soft group cost on its hosts that hold no member
+}
+
+// evalClasses runs the filters other than capacity once per class, on the
+// class's stand-in host. Without a group the answer depends only on the
+// request's project, center and constraints, and is cached until the set of
+// classes changes.
+func (c *Cluster) evalClasses(d *decision) []classEval {
+	var key string
+	if d.group == nil {
+		if c.evalVersion != c.classVersion {
+			clear(c.evalCache)
+			c.evalVersion = c.classVersion
+		}
+		if len(d.req.Constraints) == 0 && d.req.Center == "" && d.req.Project == "" {
+			key = ""
+		} else {
+			var b strings.Builder
+			b.WriteString(strconv.Quote(d.req.Project))
+			b.WriteString(strconv.Quote(d.req.Center))
+			for _, k := range d.req.Constraints {
+				b.WriteString(strconv.Quote(k.String()))
+			}
+			key = b.String()
+		}
+		if ev, ok := c.evalCache[key]; ok {
+			return ev
+		}
+	}
+	ev := make([]classEval, len(c.classes))
+	for i, cls := range c.classes {
+		ev[i].reason = rejectPlacement(d, &cls.host)
+		if g := d.group; g != nil && ev[i].reason == Fit {
+			ev[i].pen = g.softPenalty(0, g.racks[cls.rack], g.centers[cls.host.Center])
+		}
+	}
+	if d.group == nil {
+		if len(c.evalCache) > 256 {
+			clear(c.evalCache) // many distinct constraint sets: keep it bounded
+		}
+		c.evalCache[key] = ev
+	}
+	return ev
+}
+
+// boundSlack absorbs rounding between a bound and the cost it bounds.
+const boundSlack = 1e-9
+
+// search offers t the best hosts of p for d: every host whose cost could
+// make the top k. Bounds use the leftover alone (the fragmentation and group
+// terms are never negative for Binpack), so a bucket is skipped only when
+// its cost cannot beat the k-th candidate so far.
+func (p *pool) search(d *decision, ev []classEval, t *topK) {
+	need, a, w := d.req.Resources, p.alloc, d.w
+	if !need.Fits(a) {
+		return
+	}
+	passing := false
+	for _, cls := range p.classes {
+		if ev[cls.idx].reason == Fit && cls.n > cls.out {
+			passing = true
+			break
+		}
+	}
+	if !passing {
+		return
+	}
+	offer := func(b *bucket) {
+		cost0 := shapeCost(d, b.free, a)
+		if cost0 > t.threshold() {
+			return
+		}
+		for _, s := range b.subs {
+			e := ev[s.cls.idx]
+			if e.reason != Fit {
+				continue
+			}
+			cost := cost0 + e.pen
+			for k := len(s.hosts) - 1; k >= 0; k-- {
+				if !t.offer(cost, s.hosts[k]) {
+					break
+				}
+			}
+		}
+	}
+	li, _ := slices.BinarySearchFunc(p.levels, need.VCPUs, func(l *level, cpu int64) int { return cmp.Compare(l.cpu, cpu) })
+	if d.strategy == Spread {
+		// Most leftover first: levels from the top, buckets from the top.
+		dm := w.mem*frac(p.maxMem-need.MemoryBytes, a.MemoryBytes) + w.disk*frac(p.maxDisk-need.DiskBytes, a.DiskBytes)
+		for i := len(p.levels) - 1; i >= li; i-- {
+			l := p.levels[i]
+			cc := w.cpu * frac(l.cpu-need.VCPUs, a.VCPUs)
+			if -(cc + dm) > t.threshold() {
+				break
+			}
+			for j := len(l.buckets) - 1; j >= 0; j-- {
+				b := l.buckets[j]
+				if b.free.MemoryBytes < need.MemoryBytes {
+					break
+				}
+				bound := -(cc + w.mem*frac(b.free.MemoryBytes-need.MemoryBytes, a.MemoryBytes) + w.disk*frac(p.maxDisk-need.DiskBytes, a.DiskBytes))
+				if bound > t.threshold() {
+					break
+				}
+				if b.free.DiskBytes >= need.DiskBytes {
+					offer(b)
+				}
+			}
+		}
+		return
+	}
+	// Binpack: least leftover first.
+	for i := li; i < len(p.levels); i++ {
+		l := p.levels[i]
+		cc := w.cpu * frac(l.cpu-need.VCPUs, a.VCPUs)
+		if cc > t.threshold() {
+			break
+		}
+		j, _ := slices.BinarySearchFunc(l.buckets, need.MemoryBytes, func(b *bucket, m int64) int { return cmp.Compare(b.free.MemoryBytes, m) })
+		for ; j < len(l.buckets); j++ {
+			b := l.buckets[j]
+			if cc+w.mem*frac(b.free.MemoryBytes-need.MemoryBytes, a.MemoryBytes) > t.threshold() {
+				break
+			}
+			if b.free.DiskBytes >= need.DiskBytes {
+				offer(b)
+			}
+		}
+	}
+}
+
+// threshold is the cost a candidate must not exceed to enter t: the k-th
+// best so far (plus slack), or +Inf while t is not full.
+func (t *topK) threshold() float64 {
+	if len(t.c) < t.k {
+		return math.Inf(1)
+	}
+	return t.c[len(t.c)-1].cost + boundSlack
+}
+
+// explainIndex builds the NoFitError from the classes and buckets, not host
+// by host; hosts taken out of the index (group members) come as indiv.
+func (c *Cluster) explainIndex(d *decision, ev []classEval, indiv []*hostRec) *NoFitError {
+	e := &NoFitError{Request: *d.req, Total: len(c.hosts), Counts: map[Reason]int{}, Shortfalls: map[Reason]Shortfall{}}
+	for _, p := range c.poolList {
+		anyPass := false
+		for _, cls := range p.classes {
+			if r := ev[cls.idx].reason; r != Fit {
+				e.Counts[r] += cls.n - cls.out
+			} else {
+				anyPass = true
+			}
+		}
+		if !anyPass {
+			continue
+		}
+		for _, l := range p.levels {
+			for _, b := range l.buckets {
+				reason := capacityReason(d.req.Resources, b.free)
+				for _, s := range b.subs {
+					if ev[s.cls.idx].reason != Fit {
+						continue
+					}
+					if reason == Fit {
+						// Cannot happen: such a host would have been chosen.
+						panic("scheduler: a fitting host was not chosen")
+					}
+					e.countHosts(reason, b.free, s.hosts)
+				}
+			}
+		}
+	}
+	for _, r := range indiv {
+		e.count(reject(d, &r.h), 1, r.free, r.h.ID)
+	}
+	return e
+}
+
+// countHosts counts hosts that share the free vector free.
+func (e *NoFitError) countHosts(reason Reason, free Resources, hosts []*hostRec) {
+	e.Counts[reason] += len(hosts)
+	dim, ok := dimensionOf(reason)
+	if !ok {
+		return
+	}
+	f := dim.of(free)
+	sf, seen := e.Shortfalls[reason]
+	if seen && f < sf.MostFree {
+		return
+	}
+	id := hosts[0].h.ID
+	for _, r := range hosts[1:] {
+		id = min(id, r.h.ID)
+	}
+	if !seen || f > sf.MostFree || id < sf.HostID {
+		e.Shortfalls[reason] = Shortfall{Need: dim.of(e.Request.Resources), MostFree: f, HostID: id}
+	}
+}
