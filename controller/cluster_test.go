@@ -250,8 +250,9 @@ func checkInvariants(t *testing.T, addr string, acked map[string]bool) {
 		if u == nil {
 			u = &yunchiv1.Resources{}
 		}
-		if u.Vcpus > h.Capacity.Vcpus || u.MemoryBytes > h.Capacity.MemoryBytes || u.DiskBytes > h.Capacity.DiskBytes {
-			t.Errorf("%s: host %s over capacity: used %v of %v", addr, h.Id, u, h.Capacity)
+		// Allocatable: (capacity - reserved) * effective ratio.
+		if a := h.Allocatable; u.Vcpus > a.GetVcpus() || u.MemoryBytes > a.GetMemoryBytes() || u.DiskBytes > a.GetDiskBytes() {
+			t.Errorf("%s: host %s over allocatable: used %v of %v", addr, h.Id, u, a)
 		}
 		if u.Vcpus != h.Allocated.GetVcpus() || u.MemoryBytes != h.Allocated.GetMemoryBytes() {
 			t.Errorf("%s: host %s allocation %v does not match its VMs %v", addr, h.Id, h.Allocated, u)

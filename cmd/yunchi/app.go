@@ -25,6 +25,9 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		Writer:      stdout,
 		ErrWriter:   stderr,
 		HideVersion: true,
+		// Repeatable flags take one value each: "--constraint 'center in a1,a2'"
+		// must not be split at the comma.
+		DisableSliceFlagSeparator: true,
 		Flags: []cli.Flag{
 			&cli.StringFlag{
 				Name:    "addr",
@@ -61,6 +64,8 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		Commands: []*cli.Command{
 			vmCommand(),
 			hostCommand(),
+			groupCommand(),
+			ratioCommand(),
 			capacityCommand(),
 			clusterCommand(),
 		},

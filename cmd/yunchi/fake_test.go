@@ -269,11 +269,14 @@ func res(cpu, memGiB, diskGiB int64) *yunchiv1.Resources {
 var hosts = []*yunchiv1.Host{
 	{Id: "a1-h07", Hostname: "a1-h07.gov.internal", Center: "a1", Site: "s1", Rack: "r3",
 		Labels: map[string]string{"gpu": "none", "tier": "gold"}, State: yunchiv1.HostState_HOST_STATE_READY,
-		Capacity: res(64, 256, 4096), Allocated: res(10, 40, 400), Free: res(54, 216, 3696), VmCount: 3,
+		Capacity: res(64, 256, 4096), Allocated: res(10, 40, 400), VmCount: 3,
+		Reserved: res(1, 2, 0), Allocatable: res(252, 254, 4096), Free: res(242, 214, 3696),
+		Ratios: &yunchiv1.Ratios{Cpu: 4, Memory: 1, Disk: 1}, RatioSources: &yunchiv1.RatioSources{Cpu: "default", Memory: "center a1", Disk: "default"},
 		CpuModel: "EPYC 7543", AgentVersion: "0.1.0", RegisteredAt: created, LastSeen: timestamppb.Now(),
 		Stats: &yunchiv1.HostStats{DomainsRunning: 3, DomainsDefined: 3, MemoryFreeBytes: 200 << 30}},
 	{Id: "b2-h01", Hostname: "b2-h01.gov.internal", Center: "b2", State: yunchiv1.HostState_HOST_STATE_DOWN,
-		Capacity: res(32, 128, 2048), Allocated: res(0, 0, 0), Free: res(32, 128, 2048)},
+		Capacity: res(32, 128, 2048), Allocated: res(0, 0, 0), Owner: "tax",
+		Reserved: res(1, 2, 0), Allocatable: res(124, 126, 2048), Free: res(124, 126, 2048)},
 }
 
 func (fakeHosts) ListHosts(_ context.Context, r *yunchiv1.ListHostsRequest) (*yunchiv1.ListHostsResponse, error) {

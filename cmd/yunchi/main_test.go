@@ -152,6 +152,17 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"cluster", "join", "--raft-addr", "x:1"}, "cluster join: --id is required; see 'yunchi cluster join --help'"},
 		{[]string{"--addr", "nohost", "vm", "list"}, `invalid --addr "nohost": want host:port`},
 		{[]string{"--addr", " , ", "vm", "list"}, "--addr: no controller address given"},
+		{[]string{"vm", "create", "app", "--count", "0"}, "vm create: --count 0 is out of range: give 1 to 100"},
+		{[]string{"vm", "create", "app", "--count", "101"}, "vm create: --count 101 is out of range: give 1 to 100"},
+		{[]string{"vm", "create", "app", "--strategy", "random"}, `vm create: --strategy "random" is not valid: use binpack or spread`},
+		{[]string{"host", "set", "h1"}, "host set: nothing to change; give --state, --label, --unlabel, --owner, --reserve-* or --*-ratio"},
+		{[]string{"host", "set", "h1", "--state", "down"}, `host set: --state "down" is not valid: use ready, maintenance or draining (down is derived from heartbeats)`},
+		{[]string{"host", "set", "h1", "--label", "novalue"}, `host set: --label "novalue": want key=value, e.g. cpu_model=kunpeng920`},
+		{[]string{"group", "create", "g1"}, "group create: --policy is required: affinity or anti-affinity"},
+		{[]string{"group", "create", "g1", "--policy", "apart"}, `group create: --policy "apart" is not valid: use affinity or anti-affinity`},
+		{[]string{"group", "create", "g1", "--policy", "affinity", "--level", "row"}, `group create: --level "row" is not valid: use host, rack or center`},
+		{[]string{"ratio", "set", "--cpu", "2"}, "ratio set: give --center C or --host-group G"},
+		{[]string{"ratio", "set", "--center", "a1"}, "ratio set: nothing to set; give --cpu, --memory or --disk"},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
@@ -264,8 +275,8 @@ func TestTableOutput(t *testing.T) {
 	}{
 		{[]string{"vm", "show", "web-1"}, []string{"Name:", "web-1", "Phase:", "running", "Memory:", "4 GiB", "Disk:", "40 GiB", "Host:", "a1-h07", "Center constraint:", "any"}},
 		{[]string{"vm", "list"}, []string{"NAME", "PHASE", "MEMORY", "web-1", "running", "db-1", "stopped", "4 GiB", "1h"}},
-		{[]string{"host", "list"}, []string{"ID", "STATE", "a1-h07", "ready", "b2-h01", "down", "10/64", "40 GiB/256 GiB"}},
-		{[]string{"host", "show", "a1-h07"}, []string{"Labels:", "gpu=none,tier=gold", "RESOURCE", "4 TiB", "Domains running:"}},
+		{[]string{"host", "list"}, []string{"ID", "STATE", "a1-h07", "ready", "b2-h01", "down", "tax", "242/252", "214 GiB/254 GiB"}},
+		{[]string{"host", "show", "a1-h07"}, []string{"Labels:", "gpu=none,tier=gold", "Owner:", "shared", "RESOURCE", "RESERVED", "ALLOCATABLE", "RATIO FROM", "center a1", "252", "254 GiB", "4 TiB", "Domains running:"}},
 		{[]string{"capacity"}, []string{"CENTER", "a1", "b2", "TOTAL", "86/96", "344 GiB/384 GiB"}},
 		{[]string{"cluster", "status"}, []string{"Leader:", "c1 (10.0.0.1:8470)", "Term:", "4", "Commit index:", "1207", "Applied index:", "1206", "SUFFRAGE", "nonvoter", "*"}},
 		{[]string{"cluster", "members"}, []string{"ID", "CENTER", "API ADDRESS", "10.0.0.2:8470", "voter"}},

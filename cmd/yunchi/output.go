@@ -79,6 +79,8 @@ func (p *printer) vmDetail(vm *yunchiv1.VM) func(io.Writer) {
 		kv(w, "Memory", bytesize(vm.GetMemoryBytes()))
 		kv(w, "Disk", bytesize(vm.GetDiskBytes()))
 		kv(w, "Center constraint", center)
+		kv(w, "Constraints", strings.Join(vm.GetConstraints(), "; "))
+		kv(w, "Group", vm.GetGroup())
 		kv(w, "Host", vm.GetHostId())
 		kv(w, "Host center", vm.GetHostCenter())
 		kv(w, "Reboots requested", strconv.FormatUint(vm.GetRebootSeq(), 10))
@@ -92,14 +94,14 @@ func (p *printer) vmDetail(vm *yunchiv1.VM) func(io.Writer) {
 
 func (p *printer) hostList(hosts []*yunchiv1.Host) func(io.Writer) {
 	return func(w io.Writer) {
-		fmt.Fprintln(w, "ID\tHOSTNAME\tCENTER\tSTATE\tVMS\tVCPUS USED\tMEMORY USED\tDISK USED\tLAST SEEN")
+		fmt.Fprintln(w, "ID\tCENTER\tRACK\tSTATE\tOWNER\tVMS\tVCPUS FREE\tMEMORY FREE\tDISK FREE\tLAST SEEN")
 		for _, h := range hosts {
-			a, c := h.GetAllocated(), h.GetCapacity()
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d/%d\t%s/%s\t%s/%s\t%s\n",
-				h.GetId(), dash(h.GetHostname()), dash(h.GetCenter()), hostState(h.GetState()), h.GetVmCount(),
-				a.GetVcpus(), c.GetVcpus(),
-				bytesize(a.GetMemoryBytes()), bytesize(c.GetMemoryBytes()),
-				bytesize(a.GetDiskBytes()), bytesize(c.GetDiskBytes()),
+			f, a := h.GetFree(), h.GetAllocatable()
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%d/%d\t%s/%s\t%s/%s\t%s\n",
+				h.GetId(), dash(h.GetCenter()), dash(h.GetRack()), hostState(h.GetState()), dash(h.GetOwner()), h.GetVmCount(),
+				f.GetVcpus(), a.GetVcpus(),
+				bytesize(f.GetMemoryBytes()), bytesize(a.GetMemoryBytes()),
+				bytesize(f.GetDiskBytes()), bytesize(a.GetDiskBytes()),
 				p.ago(h.GetLastSeen()))
 		}
 	}
@@ -107,20 +109,33 @@ func (p *printer) hostList(hosts []*yunchiv1.Host) func(io.Writer) {
 
 func (p *printer) hostDetail(h *yunchiv1.Host) func(io.Writer) {
 	return func(w io.Writer) {
+		owner := h.GetOwner()
+		if owner == "" {
+			owner = "shared"
+		}
 		kv(w, "ID", h.GetId())
 		kv(w, "Hostname", h.GetHostname())
 		kv(w, "State", hostState(h.GetState()))
+		kv(w, "Owner", owner)
 		kv(w, "Center", h.GetCenter())
 		kv(w, "Site", h.GetSite())
 		kv(w, "Rack", h.GetRack())
 		kv(w, "Labels", labels(h.GetLabels()))
+		kv(w, "Admin labels", labels(h.GetAdminLabels()))
 		kv(w, "CPU model", h.GetCpuModel())
 		kv(w, "Agent version", h.GetAgentVersion())
 		kv(w, "VMs", strconv.Itoa(int(h.GetVmCount())))
 		kv(w, "Registered", p.timestamp(h.GetRegisteredAt()))
 		kv(w, "Last seen", p.timestamp(h.GetLastSeen()))
 		fmt.Fprintln(w)
-		resourceTable(w, "", h.GetCapacity(), h.GetAllocated(), h.GetFree())
+		c, r, al, a, f := h.GetCapacity(), h.GetReserved(), h.GetAllocatable(), h.GetAllocated(), h.GetFree()
+		ra, src := h.GetRatios(), h.GetRatioSources()
+		fmt.Fprintln(w, "RESOURCE\tCAPACITY\tRESERVED\tRATIO\tRATIO FROM\tALLOCATABLE\tALLOCATED\tFREE")
+		fmt.Fprintf(w, "vcpus\t%d\t%d\t%s\t%s\t%d\t%d\t%d\n", c.GetVcpus(), r.GetVcpus(), ratio(ra.GetCpu()), dash(src.GetCpu()), al.GetVcpus(), a.GetVcpus(), f.GetVcpus())
+		fmt.Fprintf(w, "memory\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", bytesize(c.GetMemoryBytes()), bytesize(r.GetMemoryBytes()), ratio(ra.GetMemory()), dash(src.GetMemory()),
+			bytesize(al.GetMemoryBytes()), bytesize(a.GetMemoryBytes()), bytesize(f.GetMemoryBytes()))
+		fmt.Fprintf(w, "disk\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", bytesize(c.GetDiskBytes()), bytesize(r.GetDiskBytes()), ratio(ra.GetDisk()), dash(src.GetDisk()),
+			bytesize(al.GetDiskBytes()), bytesize(a.GetDiskBytes()), bytesize(f.GetDiskBytes()))
 		if s := h.GetStats(); s != nil {
 			fmt.Fprintln(w)
 			kv(w, "Domains running", strconv.Itoa(int(s.GetDomainsRunning())))
@@ -128,14 +143,6 @@ func (p *printer) hostDetail(h *yunchiv1.Host) func(io.Writer) {
 			kv(w, "Memory free (observed)", bytesize(s.GetMemoryFreeBytes()))
 		}
 	}
-}
-
-// resourceTable prints capacity, allocated and free per dimension.
-func resourceTable(w io.Writer, indent string, capacity, allocated, free *yunchiv1.Resources) {
-	fmt.Fprintf(w, "%sRESOURCE\tCAPACITY\tALLOCATED\tFREE\n", indent)
-	fmt.Fprintf(w, "%svcpus\t%d\t%d\t%d\n", indent, capacity.GetVcpus(), allocated.GetVcpus(), free.GetVcpus())
-	fmt.Fprintf(w, "%smemory\t%s\t%s\t%s\n", indent, bytesize(capacity.GetMemoryBytes()), bytesize(allocated.GetMemoryBytes()), bytesize(free.GetMemoryBytes()))
-	fmt.Fprintf(w, "%sdisk\t%s\t%s\t%s\n", indent, bytesize(capacity.GetDiskBytes()), bytesize(allocated.GetDiskBytes()), bytesize(free.GetDiskBytes()))
 }
 
 // --- capacity ---
@@ -150,11 +157,19 @@ func (p *printer) capacity(c *yunchiv1.Capacity) func(io.Writer) {
 				bytesize(free.GetDiskBytes()), bytesize(capa.GetDiskBytes()))
 		}
 		var ready int32 // Capacity has no ready total: sum the centers
+		// Free out of allocatable ((capacity - reserved) * ratio); older
+		// controllers report no allocatable: fall back to capacity.
+		orCap := func(a, c *yunchiv1.Resources) *yunchiv1.Resources {
+			if a == nil {
+				return c
+			}
+			return a
+		}
 		for _, cc := range c.GetCenters() {
-			row(dash(cc.GetCenter()), cc.GetHosts(), cc.GetHostsReady(), cc.GetVms(), cc.GetCapacity(), cc.GetFree())
+			row(dash(cc.GetCenter()), cc.GetHosts(), cc.GetHostsReady(), cc.GetVms(), orCap(cc.GetAllocatable(), cc.GetCapacity()), cc.GetFree())
 			ready += cc.GetHostsReady()
 		}
-		row("TOTAL", c.GetHosts(), ready, c.GetVms(), c.GetCapacity(), c.GetFree())
+		row("TOTAL", c.GetHosts(), ready, c.GetVms(), orCap(c.GetAllocatable(), c.GetCapacity()), c.GetFree())
 	}
 }
 
@@ -297,4 +312,21 @@ func (p *printer) ago(ts *timestamppb.Timestamp) string {
 		return "-"
 	}
 	return p.age(ts) + " ago"
+}
+
+// decisions prints where a create put (or, dry run, would put) each VM.
+func (p *printer) decisions(r *yunchiv1.CreateVMsResponse) func(io.Writer) {
+	return func(w io.Writer) {
+		if r.GetDryRun() {
+			fmt.Fprintln(w, "Dry run: nothing was created.")
+		}
+		fmt.Fprintln(w, "VM\tHOST\tCENTER\tSCORE\tRUNNERS-UP")
+		for _, d := range r.GetDecisions() {
+			var ru []string
+			for _, c := range d.GetRunnersUp() {
+				ru = append(ru, fmt.Sprintf("%s (%d)", c.GetHostId(), c.GetScore()))
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\n", d.GetVmName(), d.GetHostId(), dash(d.GetHostCenter()), d.GetScore(), dash(strings.Join(ru, ", ")))
+		}
+	}
 }

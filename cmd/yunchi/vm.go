@@ -69,8 +69,12 @@ func vmCreateCommand() *cli.Command {
 		Name:      "create",
 		Usage:     "create a VM and place it on a host",
 		ArgsUsage: "NAME",
-		UsageText: "yunchi vm create NAME [--cpu N] [--memory SIZE] [--disk SIZE] [--center C] [--project P] [--stopped] [--wait]\n\n" +
-			"Sizes take a binary unit: 512MiB, 4GiB, 1TiB. NAME: lowercase letters, digits and '-'.",
+		UsageText: "yunchi vm create NAME [--cpu N] [--memory SIZE] [--disk SIZE] [--center C] [--project P] [--stopped] [--wait]\n" +
+			"   [--constraint EXPR ...] [--group G] [--strategy binpack|spread] [--count N] [--dry-run]\n\n" +
+			"Sizes take a binary unit: 512MiB, 4GiB, 1TiB. NAME: lowercase letters, digits and '-'.\n" +
+			"Constraints: cpu_model=kunpeng920, rack!=r3, 'center in a1,a2', 'center notin b1'\n" +
+			"(keys center, site, rack, host, or any host label).\n" +
+			"--count N creates NAME-1 .. NAME-N, all or none. --dry-run shows where they would go and creates nothing.",
 		Flags: append([]cli.Flag{
 			&cli.IntFlag{Name: "cpu", Aliases: []string{"vcpus"}, Usage: "number of vCPUs", Value: 1},
 			&cli.StringFlag{Name: "memory", Usage: "memory size", Value: "1GiB"},
@@ -78,6 +82,11 @@ func vmCreateCommand() *cli.Command {
 			&cli.StringFlag{Name: "center", Usage: "only place on hosts of this center (default: any)"},
 			projectFlag(),
 			&cli.BoolFlag{Name: "stopped", Usage: "define the VM but leave it stopped"},
+			&cli.StringSliceFlag{Name: "constraint", Usage: "placement constraint EXPR (repeatable; all must hold)"},
+			&cli.StringFlag{Name: "group", Usage: "placement group to join (see `yunchi group create`)"},
+			&cli.StringFlag{Name: "strategy", Usage: "binpack (fill hosts up) or spread (prefer emptier hosts); default binpack"},
+			&cli.IntFlag{Name: "count", Usage: "create this many VMs, NAME-1 .. NAME-N, all or none (1-100)", Value: 1},
+			&cli.BoolFlag{Name: "dry-run", Usage: "show where the VMs would go, with scores and runners-up; create nothing"},
 		}, waitFlags("running (stopped with --stopped)")...),
 		Action: withSession(vmCreate),
 	}
@@ -93,13 +102,28 @@ func vmCreate(cCtx *cli.Context, s *session) error {
 		return usagef("--cpu %d: out of range", cpu)
 	}
 	req := &yunchiv1.CreateVMRequest{
-		Name:    args[0],
-		Project: cCtx.String("project"),
-		Vcpus:   int32(cpu),
-		Memory:  cCtx.String("memory"),
-		Disk:    cCtx.String("disk"),
-		Center:  cCtx.String("center"),
-		Stopped: cCtx.Bool("stopped"),
+		Name:        args[0],
+		Project:     cCtx.String("project"),
+		Vcpus:       int32(cpu),
+		Memory:      cCtx.String("memory"),
+		Disk:        cCtx.String("disk"),
+		Center:      cCtx.String("center"),
+		Stopped:     cCtx.Bool("stopped"),
+		Constraints: cCtx.StringSlice("constraint"),
+		Group:       cCtx.String("group"),
+		Strategy:    cCtx.String("strategy"),
+		DryRun:      cCtx.Bool("dry-run"),
+	}
+	count := cCtx.Int("count")
+	if count < 1 || count > 100 {
+		return usagef("vm create: --count %d is out of range: give 1 to 100", count)
+	}
+	if req.Strategy != "" && req.Strategy != "binpack" && req.Strategy != "spread" {
+		return usagef("vm create: --strategy %q is not valid: use binpack or spread", req.Strategy)
+	}
+	if count > 1 || req.DryRun {
+		req.Count = int32(count)
+		return vmCreateMany(cCtx, s, req)
 	}
 	vm, err := do(s.ctx, s.client, retryNever, func(ctx context.Context, cc grpc.ClientConnInterface) (*yunchiv1.VM, error) {
 		return yunchiv1.NewVMServiceClient(cc).CreateVM(ctx, req)
@@ -200,4 +224,34 @@ func orDefault(s, def string) string {
 		return def
 	}
 	return s
+}
+
+// vmCreateMany creates --count VMs in one call (all or none), or with
+// --dry-run shows where they would go.
+func vmCreateMany(cCtx *cli.Context, s *session, req *yunchiv1.CreateVMRequest) error {
+	resp, err := do(s.ctx, s.client, retryNever, func(ctx context.Context, cc grpc.ClientConnInterface) (*yunchiv1.CreateVMsResponse, error) {
+		return yunchiv1.NewVMServiceClient(cc).CreateVMs(ctx, req)
+	})
+	if err != nil {
+		return err
+	}
+	if resp.GetDryRun() {
+		return s.out.print(resp, s.out.decisions(resp))
+	}
+	if cCtx.Bool("wait") {
+		for i, vm := range resp.GetVms() {
+			g := startGoal(vm)
+			if req.Stopped {
+				g = stopGoal(vm)
+			}
+			g.after = 0
+			g.written = vm.GetRevision()
+			done, _, err := s.waitVM(vm.GetName(), orDefault(vm.GetProject(), req.Project), g, cCtx.Duration("wait-timeout"))
+			if err != nil {
+				return err
+			}
+			resp.Vms[i] = done
+		}
+	}
+	return s.out.print(resp, s.out.vmList(resp.GetVms()))
 }
