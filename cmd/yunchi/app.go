@@ -68,6 +68,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			ratioCommand(),
 			capacityCommand(),
 			clusterCommand(),
+			simulateCommand(),
 		},
 		// Errors are printed by run, once; urfave/cli must never os.Exit.
 		ExitErrHandler: func(*cli.Context, error) {},

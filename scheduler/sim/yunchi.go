@@ -158,8 +158,9 @@ func Run(t *Trace, s Settings) ([]Figure, error) {
 	}
 	run := func(name, prefix string, p Placer) error {
 		runtime.GC() // each run starts from the same heap state
+		cfg := cfg
 		if s.Progress != nil {
-			s.Progress(name + ": start")
+			cfg.Progress = func(status string) { s.Progress(name + ": " + status) }
 		}
 		var fs []Figure
 		if s.Workload == WorkloadFill {

@@ -1,0 +1,102 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// The hand-made trace of scheduler/sim (figures worked out in its tests).
+const tinyTrace = "../../scheduler/sim/testdata/tiny"
+
+func TestSimulateJSON(t *testing.T) {
+	code, stdout, stderr := yunchi(t, "simulate", "--trace", tinyTrace, "--workload", "fill", "--hosts", "3",
+		"--host", "32c224g1000d", "--max-rejections", "20", "-o", "json")
+	if code != 0 {
+		t.Fatalf("exit %d, stderr %q", code, stderr)
+	}
+	var m map[string]any
+	if err := json.Unmarshal([]byte(stdout), &m); err != nil {
+		t.Fatalf("stdout is not one JSON object: %v\n%s", err, stdout)
+	}
+	for name, want := range map[string]any{
+		"workload": "fill", "hosts": 3.0, "host": "32c224g1000d", "strategy": "binpack", "seed": 1.0,
+		"trace": "v1.tiny.txt", "requests": 8.0, "max_rejections": 20.0,
+		"placed_before_first_reject": 6.0, "fluid_bound": 6.0, "rejected": 20.0, "packing_ratio": 1.0,
+		"baseline_bestfit_placed_before_first_reject": 6.0, "baseline_bestfit_total_placed": 8.0,
+		"baseline_bestfit_hosts_touched": 3.0,
+	} {
+		if m[name] != want {
+			t.Errorf("%s = %v (%T), want %v", name, m[name], m[name], want)
+		}
+	}
+	for _, name := range []string{"placements_per_second", "decision_p50_us", "decision_p99_us", "baseline_sample_total_placed"} {
+		if _, ok := m[name].(float64); !ok {
+			t.Errorf("%s missing or not a number: %v", name, m[name])
+		}
+	}
+}
+
+func TestSimulateTable(t *testing.T) {
+	code, stdout, stderr := yunchi(t, "simulate", "--trace", tinyTrace, "--workload", "churn", "--hosts", "2",
+		"--host", "32c224g1000d", "--baselines=false")
+	if code != 0 {
+		t.Fatalf("exit %d, stderr %q", code, stderr)
+	}
+	lines := strings.Split(strings.TrimSuffix(stdout, "\n"), "\n")
+	got := map[string]string{}
+	for _, l := range lines {
+		k, v, ok := strings.Cut(l, ": ")
+		if !ok {
+			t.Fatalf("line %q is not 'name: value'", l)
+		}
+		got[k] = v
+	}
+	// Best-fit figures of TestChurnBestFitTiny; Yunchi's binpack agrees on this trace.
+	for k, want := range map[string]string{"workload": "churn", "hosts": "2", "rejected": "1", "peak_cpu_allocated": "52",
+		"free_slots_8c56g_at_peak": "1", "rejected_pct": "12.5"} {
+		if got[k] != want {
+			t.Errorf("%s: %q, want %q", k, got[k], want)
+		}
+	}
+	if _, ok := got["baseline_bestfit_rejected"]; ok {
+		t.Error("--baselines=false still ran the baselines")
+	}
+}
+
+func TestSimulateUsageErrors(t *testing.T) {
+	bad := t.TempDir()
+	if err := os.WriteFile(filepath.Join(bad, "flav_map.txt"), []byte("4,28 a\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		args []string
+		msg  string
+	}{
+		{[]string{"--workload", "fill"}, "simulate: missing --trace DIR"},
+		{[]string{"--trace", tinyTrace}, "simulate: missing --workload: want fill or churn"},
+		{[]string{"--trace", tinyTrace, "--workload", "drain"}, `simulate: unknown workload "drain": want fill or churn`},
+		{[]string{"--trace", "/nonexistent/trace", "--workload", "fill"}, "simulate: --trace /nonexistent/trace: no such directory"},
+		{[]string{"--trace", tinyTrace, "--workload", "fill", "--hosts", "0"}, "simulate: --hosts must be positive, got 0"},
+		{[]string{"--trace", tinyTrace, "--workload", "churn", "--hosts", "-5"}, "simulate: --hosts must be positive, got -5"},
+		{[]string{"--trace", tinyTrace, "--workload", "fill", "--host", "64c256g"}, `simulate: --host: invalid host shape "64c256g": want <vcpus>c<memory GiB>g<disk GiB>d, e.g. 64c256g4096d`},
+		{[]string{"--trace", tinyTrace, "--workload", "fill", "--strategy", "tetris"}, "simulate: --strategy: "},
+		{[]string{"--trace", bad, "--workload", "fill"}, "simulate: trace directory " + bad + ": no arrivals file v1.<name>.txt"},
+		{[]string{"--trace", tinyTrace, "--workload", "fill", "extra"}, `simulate: unexpected argument "extra"`},
+	}
+	for _, tc := range tests {
+		code, stdout, stderr := yunchi(t, append([]string{"simulate"}, tc.args...)...)
+		if code != 2 {
+			t.Errorf("%v: exit %d, want 2 (stderr %q)", tc.args, code, stderr)
+			continue
+		}
+		if msg := oneErrorLine(t, stderr); !strings.HasPrefix(msg, tc.msg) {
+			t.Errorf("%v: %q, want it to start with %q", tc.args, msg, tc.msg)
+		}
+		if stdout != "" {
+			t.Errorf("%v: stdout %q on error", tc.args, stdout)
+		}
+	}
+}
