@@ -44,8 +44,20 @@ proto:
 		proto/yunchi/v1/yunchi.proto
 	mv docs/openapi.swagger.json docs/openapi.json
 
-bench: deps
-	$(GO) test -run '^$$' -bench . -benchtime 1x ./...
+# Scheduler figures (docs/performance.md): the Azure trace replay of
+# bench/azure-replay.md, W1 fill at H=1000, 5000, 10000 and W2 churn at
+# H=720, Yunchi against both baselines, on one core; then the scheduler's Go
+# benchmarks. TRACE is the trace directory (public Azure VM trace).
+TRACE ?= ../shared/data/azure-vm-trace
+bench:
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/yunchi ./cmd/yunchi
+	@for h in 1000 5000 10000; do \
+		echo "== W1 fill, H=$$h"; \
+		GOMAXPROCS=1 ./$(BIN)/yunchi simulate --trace $(TRACE) --workload fill --hosts $$h || exit 1; \
+	done
+	@echo "== W2 churn, H=720"
+	GOMAXPROCS=1 ./$(BIN)/yunchi simulate --trace $(TRACE) --workload churn --hosts 720
+	$(GO) test -run '^$$' -bench . ./scheduler/...
 
 clean:
 	rm -rf $(BIN)
