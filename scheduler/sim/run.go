@@ -91,9 +91,12 @@ type FillResult struct {
 	RejectedWhileFit    int64
 	Wall                time.Duration // the loop, less the harness's after-rejection check
 	PlacementsPerSecond float64       // TotalPlaced / Wall
-	Decision            Latency
-	HostsTouched        int
-	StreamPasses        int // how many times the stream was started
+	DecisionsPerSecond  float64       // (TotalPlaced+Rejected) / Wall
+	// Decision is every decision; PlacedDecision those that found a host,
+	// RejectedDecision those that did not (a NoFitError to build).
+	Decision, PlacedDecision, RejectedDecision Latency
+	HostsTouched                               int
+	StreamPasses                               int // how many times the stream was started
 }
 
 // Figures are the result's lines, each name prefixed.
@@ -105,9 +108,14 @@ func (r FillResult) Figures(prefix string) []Figure {
 		{"fluid_bound", r.FluidBound},
 		{"packing_ratio", round6(r.PackingRatio)},
 		{"placements_per_second", float64(int64(r.PlacementsPerSecond + 0.5))},
+		{"decisions_per_second", float64(int64(r.DecisionsPerSecond + 0.5))},
 		{"decision_p50_us", us(r.Decision.P50)},
 		{"decision_p99_us", us(r.Decision.P99)},
 		{"decision_max_us", us(r.Decision.Max)},
+		{"placed_decision_p50_us", us(r.PlacedDecision.P50)},
+		{"placed_decision_p99_us", us(r.PlacedDecision.P99)},
+		{"rejected_decision_p50_us", us(r.RejectedDecision.P50)},
+		{"rejected_decision_p99_us", us(r.RejectedDecision.P99)},
 		{"hosts_touched", r.HostsTouched},
 		{"rejected_while_fit", r.RejectedWhileFit},
 		{"stream_passes", r.StreamPasses},
@@ -185,7 +193,8 @@ func Fill(t *Trace, p Placer, cfg Config) (FillResult, error) {
 	var res FillResult
 	res.FluidBound = FluidBound(t, cfg.Hosts, shape)
 	led := newLedger(cfg.Hosts, shape)
-	lat := make([]time.Duration, 0, res.FluidBound+maxRej+1024)
+	lat := make([]time.Duration, 0, res.FluidBound+1024)
+	rejLat := make([]time.Duration, 0, maxRej)
 	pr := progress{fn: cfg.Progress}
 	firstReject := false
 	var checkTime time.Duration
@@ -200,11 +209,11 @@ func Fill(t *Trace, p Placer, cfg Config) (FillResult, error) {
 		t0 := time.Now()
 		h, ok, err := p.Place(req)
 		t1 := time.Now()
-		lat = append(lat, t1.Sub(t0))
 		if err != nil {
 			return res, fmt.Errorf("request %d (%s, pass %d): %v", i, req.Name, res.StreamPasses, err)
 		}
 		if !ok {
+			rejLat = append(rejLat, t1.Sub(t0))
 			if !firstReject {
 				firstReject = true
 				res.PlacedBeforeFirstReject = res.TotalPlaced
@@ -216,6 +225,7 @@ func Fill(t *Trace, p Placer, cfg Config) (FillResult, error) {
 			checkTime += time.Since(t1)
 			continue
 		}
+		lat = append(lat, t1.Sub(t0))
 		if err := led.add(h, req.Resources); err != nil {
 			return res, fmt.Errorf("request %d (%s): %v", i, req.Name, err)
 		}
@@ -235,8 +245,10 @@ func Fill(t *Trace, p Placer, cfg Config) (FillResult, error) {
 	}
 	if s := res.Wall.Seconds(); s > 0 {
 		res.PlacementsPerSecond = float64(res.TotalPlaced) / s
+		res.DecisionsPerSecond = float64(res.TotalPlaced+res.Rejected) / s
 	}
-	res.Decision = latency(lat)
+	res.PlacedDecision, res.RejectedDecision = latency(lat), latency(rejLat)
+	res.Decision = latency(append(lat, rejLat...))
 	res.HostsTouched = led.touched()
 	return res, nil
 }
@@ -262,7 +274,9 @@ type ChurnResult struct {
 	EmptyHostsAtPeak     int
 	Wall                 time.Duration
 	PlacementsPerSecond  float64 // Placed / Wall
-	Decision             Latency
+	DecisionsPerSecond   float64 // Arrivals / Wall
+	// As in FillResult.
+	Decision, PlacedDecision, RejectedDecision Latency
 }
 
 // Figures are the result's lines, each name prefixed.
@@ -279,9 +293,14 @@ func (r ChurnResult) Figures(prefix string) []Figure {
 		{"free_slots_8c56g_at_peak", r.FreeSlots8c56g},
 		{"empty_hosts_at_peak", r.EmptyHostsAtPeak},
 		{"placements_per_second", float64(int64(r.PlacementsPerSecond + 0.5))},
+		{"decisions_per_second", float64(int64(r.DecisionsPerSecond + 0.5))},
 		{"decision_p50_us", us(r.Decision.P50)},
 		{"decision_p99_us", us(r.Decision.P99)},
 		{"decision_max_us", us(r.Decision.Max)},
+		{"placed_decision_p50_us", us(r.PlacedDecision.P50)},
+		{"placed_decision_p99_us", us(r.PlacedDecision.P99)},
+		{"rejected_decision_p50_us", us(r.RejectedDecision.P50)},
+		{"rejected_decision_p99_us", us(r.RejectedDecision.P99)},
 		{"rejected_while_fit", r.RejectedWhileFit},
 		{"wall_seconds", round3(r.Wall.Seconds())},
 	})
@@ -337,6 +356,7 @@ func Churn(t *Trace, p Placer, cfg Config) (ChurnResult, error) {
 	led := newLedger(cfg.Hosts, shape)
 	where := make([]int32, len(t.Requests)) // host of each placed request, -1 rejected
 	lat := make([]time.Duration, 0, len(t.Requests))
+	var rejLat []time.Duration
 	pr := progress{fn: cfg.Progress}
 	peakAt := -1 // index in evs of the event after which CPU first peaked
 	var checkTime time.Duration
@@ -364,11 +384,11 @@ func Churn(t *Trace, p Placer, cfg Config) (ChurnResult, error) {
 		t0 := time.Now()
 		h, ok, err := p.Place(req)
 		t1 := time.Now()
-		lat = append(lat, t1.Sub(t0))
 		if err != nil {
 			return res, fmt.Errorf("request %s: %v", req.Name, err)
 		}
 		if !ok {
+			rejLat = append(rejLat, t1.Sub(t0))
 			where[i] = -1
 			res.Rejected++
 			if led.anyFits(req.Resources) {
@@ -377,6 +397,7 @@ func Churn(t *Trace, p Placer, cfg Config) (ChurnResult, error) {
 			checkTime += time.Since(t1)
 			continue
 		}
+		lat = append(lat, t1.Sub(t0))
 		if err := led.add(h, req.Resources); err != nil {
 			return res, fmt.Errorf("request %s: %v", req.Name, err)
 		}
@@ -398,8 +419,10 @@ func Churn(t *Trace, p Placer, cfg Config) (ChurnResult, error) {
 	res.Wall = time.Since(start) - checkTime
 	if s := res.Wall.Seconds(); s > 0 {
 		res.PlacementsPerSecond = float64(res.Placed) / s
+		res.DecisionsPerSecond = float64(res.Arrivals) / s
 	}
-	res.Decision = latency(lat)
+	res.PlacedDecision, res.RejectedDecision = latency(lat), latency(rejLat)
+	res.Decision = latency(append(lat, rejLat...))
 	if res.Arrivals > 0 {
 		res.RejectedPct = 100 * float64(res.Rejected) / float64(res.Arrivals)
 	}
