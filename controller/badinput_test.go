@@ -27,7 +27,9 @@ func stateDump(t *testing.T, addr string) string {
 		delete(x.(map[string]any), "lastSeen")
 	}
 	hb, _ := json.Marshal(h)
-	return string(vms) + "\n" + string(hb)
+	_, groups := restGet(t, addr, "/v1/groups?consistent=true")
+	_, ratios := restGet(t, addr, "/v1/ratios?consistent=true")
+	return string(vms) + "\n" + string(hb) + "\n" + string(groups) + "\n" + string(ratios)
 }
 
 type restError struct {
@@ -39,8 +41,14 @@ func TestBadInputIsRejectedAndChangesNothing(t *testing.T) {
 	c := newInmemCluster(t)
 	addr := c.members[2].ctl.Addr() // a follower or the leader: both must answer alike
 	registerHosts(t, addr, 3, 16, 64*gib)
-	if code, body, err := restPost(addr, "/v1/vms", `{"name":"keep-1","vcpus":1,"memory":"1GiB"}`); err != nil || code != 200 {
-		t.Fatalf("seed vm: %d %s %v", code, body, err)
+	for _, seed := range []struct{ path, body string }{
+		{"/v1/groups", `{"name":"keepers","policy":"GROUP_POLICY_ANTI_AFFINITY"}`},
+		{"/v1/vms", `{"name":"keep-1","vcpus":1,"memory":"1GiB","group":"keepers"}`},
+		{"/v1/ratios", `{"scope":"center","name":"a1","cpu":2}`},
+	} {
+		if code, body, err := restPost(addr, seed.path, seed.body); err != nil || code != 200 {
+			t.Fatalf("seed %s: %d %s %v", seed.path, code, body, err)
+		}
 	}
 	before := stateDump(t, addr)
 
@@ -85,6 +93,53 @@ func TestBadInputIsRejectedAndChangesNothing(t *testing.T) {
 		{"remove missing member", "DELETE", "/v1/cluster/members/zz", "", 404, "not a member"},
 		{"join without addresses", "POST", "/v1/cluster/members", `{"id":"c9"}`, 400, "required"},
 		{"join with bad address", "POST", "/v1/cluster/members", `{"id":"c9","raftAddress":"nohost","apiAddress":"x:1"}`, 400, "not host:port"},
+
+		// Placement: constraints, groups, strategy, batches.
+		{"constraint without operator", "POST", "/v1/vms", `{"name":"ok-1","vcpus":1,"memory":"1GiB","constraints":["cpu_model"]}`, 400, `constraint "cpu_model"`},
+		{"constraint without value", "POST", "/v1/vms", `{"name":"ok-1","vcpus":1,"memory":"1GiB","constraints":["rack!="]}`, 400, "constraint"},
+		{"constraint in without values", "POST", "/v1/vms:batch", `{"name":"ok-1","vcpus":1,"memory":"1GiB","constraints":["center in ,"]}`, 400, "constraint"},
+		{"unknown group", "POST", "/v1/vms", `{"name":"ok-1","vcpus":1,"memory":"1GiB","group":"nope"}`, 404, `placement group "nope" not found`},
+		{"bad group name", "POST", "/v1/vms", `{"name":"ok-1","vcpus":1,"memory":"1GiB","group":"../g"}`, 400, "group name"},
+		{"unknown strategy", "POST", "/v1/vms", `{"name":"ok-1","vcpus":1,"memory":"1GiB","strategy":"random"}`, 400, "random"},
+		{"count above 100", "POST", "/v1/vms:batch", `{"name":"ok","vcpus":1,"memory":"1GiB","count":101}`, 400, "count 101 is out of range"},
+		{"negative count", "POST", "/v1/vms:batch", `{"name":"ok","vcpus":1,"memory":"1GiB","count":-1}`, 400, "count -1 is out of range"},
+		{"count on single create", "POST", "/v1/vms", `{"name":"ok","vcpus":1,"memory":"1GiB","count":3}`, 400, "CreateVMs"},
+		{"count makes names too long", "POST", "/v1/vms:batch", `{"name":"` + long[:62] + `","vcpus":1,"memory":"1GiB","count":10}`, 400, "shorter name"},
+		{"batch with a taken name", "POST", "/v1/vms:batch", `{"name":"keep","vcpus":1,"memory":"1GiB","count":2}`, 409, "already exists"},
+		{"batch no capacity", "POST", "/v1/vms:batch", `{"name":"huge","vcpus":1,"memory":"1TiB","count":2}`, 429, "hosts fit"},
+		{"batch breaks anti-affinity", "POST", "/v1/vms:batch", `{"name":"many","vcpus":1,"memory":"1GiB","count":4,"group":"keepers"}`, 429, "anti-affinity"},
+
+		// Groups.
+		{"group without policy", "POST", "/v1/groups", `{"name":"g2"}`, 400, "policy is required"},
+		{"group bad name", "POST", "/v1/groups", `{"name":"G 2","policy":"GROUP_POLICY_AFFINITY"}`, 400, "group name"},
+		{"group negative max", "POST", "/v1/groups", `{"name":"g2","policy":"GROUP_POLICY_AFFINITY","maxPerHost":-1}`, 400, "max per host -1"},
+		{"group exists", "POST", "/v1/groups", `{"name":"keepers","policy":"GROUP_POLICY_AFFINITY"}`, 409, "already exists"},
+		{"group unknown level", "POST", "/v1/groups", `{"name":"g2","policy":"GROUP_POLICY_AFFINITY","level":9}`, 400, "level"},
+		{"missing group", "GET", "/v1/groups/nope", "", 404, `placement group "nope" not found`},
+		{"delete missing group", "DELETE", "/v1/groups/nope", "", 404, "not found"},
+		{"delete group with members", "DELETE", "/v1/groups/keepers", "", 400, "still has 1 member VMs (keep-1): delete them first"},
+
+		// Host administration.
+		{"host set unknown host", "PATCH", "/v1/hosts/nope", `{"owner":"tax"}`, 404, `host "nope" not found`},
+		{"host set down", "PATCH", "/v1/hosts/a1-h01", `{"state":"HOST_STATE_DOWN"}`, 400, "derived from missed heartbeats"},
+		{"host set bad label key", "PATCH", "/v1/hosts/a1-h01", `{"setLabels":{"Bad Key":"x"}}`, 400, `label key "Bad Key" is not valid`},
+		{"host set bad label value", "PATCH", "/v1/hosts/a1-h01", `{"setLabels":{"tier":"gold<script>"}}`, 400, "value"},
+		{"host set long label", "PATCH", "/v1/hosts/a1-h01", `{"setLabels":{"` + long + `":"x"}}`, 400, "at most 63"},
+		{"host unlabel missing", "PATCH", "/v1/hosts/a1-h01", `{"removeLabels":["nope"]}`, 400, `has no label "nope"`},
+		{"host set bad owner", "PATCH", "/v1/hosts/a1-h01", `{"owner":"Tax Dept"}`, 400, "owner project"},
+		{"host cpu ratio too high", "PATCH", "/v1/hosts/a1-h01", `{"cpuRatio":65}`, 400, "cpu ratio 65 is out of range"},
+		{"host negative memory ratio", "PATCH", "/v1/hosts/a1-h01", `{"memoryRatio":-1}`, 400, "memory ratio -1"},
+		{"host reserve too much", "PATCH", "/v1/hosts/a1-h01", `{"reserveVcpus":17}`, 400, "exceeds host"},
+		{"host reserve bad size", "PATCH", "/v1/hosts/a1-h01", `{"reserveMemory":"2XB"}`, 400, "reserve memory"},
+		{"host mixed good and bad", "PATCH", "/v1/hosts/a1-h01", `{"owner":"tax","diskRatio":100}`, 400, "disk ratio"},
+
+		// Ratios.
+		{"ratio bad scope", "POST", "/v1/ratios", `{"scope":"rack","name":"r1","cpu":2}`, 400, "scope"},
+		{"ratio no scope", "POST", "/v1/ratios", `{"name":"a1","cpu":2}`, 400, "scope is missing"},
+		{"ratio unknown center", "POST", "/v1/ratios", `{"scope":"center","name":"zz","cpu":2}`, 400, `no host is in center "zz"`},
+		{"ratio too high", "POST", "/v1/ratios", `{"scope":"center","name":"a1","cpu":64.5}`, 400, "out of range"},
+		{"ratio negative", "POST", "/v1/ratios", `{"scope":"host_group","name":"gold","memory":-2}`, 400, "memory ratio -2"},
+		{"ratio nothing set", "POST", "/v1/ratios", `{"scope":"center","name":"a1"}`, 400, "no ratio given"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
