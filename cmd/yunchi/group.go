@@ -139,7 +139,8 @@ func groupDelete(cCtx *cli.Context, s *session) error {
 		return err
 	}
 	req := &yunchiv1.DeleteGroupRequest{Name: args[0], Project: cCtx.String("project")}
-	resp, err := do(s.ctx, s.client, retrySafe, func(ctx context.Context, cc grpc.ClientConnInterface) (*yunchiv1.DeleteGroupResponse, error) {
+	// retryNever: a retry after a delete that went through would say "not found".
+	resp, err := do(s.ctx, s.client, retryNever, func(ctx context.Context, cc grpc.ClientConnInterface) (*yunchiv1.DeleteGroupResponse, error) {
 		return yunchiv1.NewGroupServiceClient(cc).DeleteGroup(ctx, req)
 	})
 	if err != nil {

@@ -227,5 +227,143 @@ func TestDevClusterWithCLI(t *testing.T) {
 	if strings.Contains(r.stdout, "web-1") {
 		t.Fatalf("deleted vm still listed: %s", r.stdout)
 	}
+
+	placementTour(t, cli, addrs)
 	fmt.Fprint(io.Discard, out.String())
+}
+
+// vmHosts lists the VMs through the CLI: name -> host.
+func vmHosts(t *testing.T, cli, addr string) map[string]string {
+	t.Helper()
+	r := runCLI(t, cli, addr, "vm", "list", "-o", "json", "--consistent")
+	var list struct {
+		Vms []struct{ Name, HostId string }
+	}
+	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &list) != nil {
+		t.Fatalf("vm list: exit %d %q %q", r.code, r.stdout, r.stderr)
+	}
+	out := map[string]string{}
+	for _, v := range list.Vms {
+		out[v.Name] = v.HostId
+	}
+	return out
+}
+
+// placementTour is the "done when" of placement groups, constraints,
+// dry runs and host administration, through the real CLI binary.
+func placementTour(t *testing.T, cli string, addrs []string) {
+	addr := addrs[0]
+	run := func(args ...string) cliResult {
+		t.Helper()
+		r := runCLI(t, cli, addrs[1]+","+addr, args...) // a follower first: writes are forwarded
+		if r.code != 0 {
+			t.Fatalf("%v: exit %d\nstdout %s\nstderr %s", args, r.code, r.stdout, r.stderr)
+		}
+		return r
+	}
+	run("group", "create", "g1", "--policy", "anti-affinity", "--level", "host")
+	run("vm", "create", "app", "--count", "3", "--group", "g1", "--cpu", "1", "--memory", "1GiB", "--wait")
+	vms := vmHosts(t, cli, addr)
+	distinct := map[string]bool{}
+	for _, n := range []string{"app-1", "app-2", "app-3"} {
+		if vms[n] == "" {
+			t.Fatalf("%s not created: %v", n, vms)
+		}
+		distinct[vms[n]] = true
+	}
+	if len(distinct) != 3 {
+		t.Fatalf("anti-affinity group members share hosts: %v", vms)
+	}
+	r := run("group", "show", "g1", "--consistent")
+	if !strings.Contains(r.stdout, "anti-affinity") || !strings.Contains(r.stdout, "app-1,app-2,app-3") {
+		t.Fatalf("group show: %s", r.stdout)
+	}
+
+	// No host can take it: the counted explanation on one line, exit 5.
+	r = runCLI(t, cli, addr, "vm", "create", "huge", "--cpu", "1", "--memory", "4TiB")
+	if r.code != 5 || !strings.HasPrefix(r.stderr, "yunchi: 0/9 hosts fit: 9 insufficient memory (need 4 TiB; most free:") || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {
+		t.Fatalf("no capacity: exit %d stderr %q", r.code, r.stderr)
+	}
+
+	// A dry run names a host, a score and runners-up, and creates nothing.
+	before := vmHosts(t, cli, addr)
+	r = run("vm", "create", "probe", "--cpu", "1", "--memory", "1GiB", "--dry-run")
+	if !strings.Contains(r.stdout, "Dry run") || !strings.Contains(r.stdout, "RUNNERS-UP") {
+		t.Fatalf("dry run: %s", r.stdout)
+	}
+	r = run("vm", "create", "probe", "--cpu", "1", "--memory", "1GiB", "--dry-run", "--count", "2", "--strategy", "spread", "-o", "json")
+	var dry struct {
+		DryRun    bool
+		Decisions []struct {
+			VmName, HostId string
+			RunnersUp      []struct{ HostId string }
+		}
+	}
+	if json.Unmarshal([]byte(r.stdout), &dry) != nil || !dry.DryRun || len(dry.Decisions) != 2 || dry.Decisions[0].HostId == "" || len(dry.Decisions[0].RunnersUp) == 0 {
+		t.Fatalf("dry run json: %s", r.stdout)
+	}
+	if !strings.Contains(r.stdout, dry.Decisions[0].HostId) {
+		t.Fatal("unreachable")
+	}
+	if after := vmHosts(t, cli, addr); fmt.Sprint(after) != fmt.Sprint(before) {
+		t.Fatalf("dry run changed the vm list:\nbefore %v\nafter  %v", before, after)
+	}
+
+	// Host administration: a label steers placement; maintenance takes the
+	// host out, and the explanation says so.
+	target := vms["app-1"]
+	run("host", "set", target, "--label", "cpu_model=kunpeng920", "--reserve-memory", "4GiB", "--cpu-ratio", "2")
+	r = run("vm", "create", "arm", "--constraint", "cpu_model=kunpeng920", "--dry-run")
+	if !strings.Contains(r.stdout, target) {
+		t.Fatalf("constraint did not pick %s: %s", target, r.stdout)
+	}
+	r = run("host", "show", target, "--consistent")
+	for _, want := range []string{"cpu_model=kunpeng920", "RESERVED", "ALLOCATABLE", "4 GiB", "host", "default", "ready"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Fatalf("host show lacks %q: %s", want, r.stdout)
+		}
+	}
+	run("host", "set", target, "--state", "maintenance")
+	r = runCLI(t, cli, addr, "vm", "create", "arm", "--constraint", "cpu_model=kunpeng920", "--dry-run")
+	if r.code != 5 || !strings.Contains(r.stderr, "0/9 hosts fit") || !strings.Contains(r.stderr, "1 in maintenance") {
+		t.Fatalf("constraint onto a host in maintenance: exit %d %q", r.code, r.stderr)
+	}
+	r = run("host", "list", "--consistent")
+	if !strings.Contains(r.stdout, "maintenance") || !strings.Contains(r.stdout, "FREE") {
+		t.Fatalf("host list: %s", r.stdout)
+	}
+	run("host", "set", target, "--state", "ready", "--unlabel", "cpu_model")
+	r = runCLI(t, cli, addr, "host", "set", target, "--cpu-ratio", "100")
+	if r.code != 2 || !strings.Contains(r.stderr, "cpu ratio 100 is out of range") {
+		t.Fatalf("bad ratio: exit %d %q", r.code, r.stderr)
+	}
+
+	// Ratios per center show up as the source of a host's ratio.
+	run("ratio", "set", "--center", "b1", "--memory", "1.5")
+	r = run("ratio", "list", "--consistent")
+	if !strings.Contains(r.stdout, "center") || !strings.Contains(r.stdout, "1.5") {
+		t.Fatalf("ratio list: %s", r.stdout)
+	}
+	r = run("host", "list", "--center", "b1", "-o", "json", "--consistent")
+	var hl struct {
+		Hosts []struct {
+			Id           string
+			RatioSources struct{ Memory string }
+		}
+	}
+	if json.Unmarshal([]byte(r.stdout), &hl) != nil || len(hl.Hosts) == 0 || hl.Hosts[0].RatioSources.Memory != "center b1" {
+		t.Fatalf("b1 hosts' memory ratio source: %s", r.stdout)
+	}
+
+	// A group with members cannot be deleted; without, it can.
+	r = runCLI(t, cli, addr, "group", "delete", "g1")
+	if r.code != 7 || !strings.Contains(r.stderr, "delete them first") {
+		t.Fatalf("delete group with members: exit %d %q", r.code, r.stderr)
+	}
+	r = runCLI(t, cli, addr, "vm", "create", "x", "--group", "nope")
+	if r.code != 3 || !strings.Contains(r.stderr, `placement group "nope" not found`) {
+		t.Fatalf("unknown group: exit %d %q", r.code, r.stderr)
+	}
+	run("group", "create", "empty", "--policy", "affinity")
+	run("group", "delete", "empty")
 }
