@@ -70,6 +70,20 @@ func (s *Store) checkPlacements(vms []*statev1.VMRecord) error {
 		if h.Owner != "" && h.Owner != vm.Project {
 			return errorf(KindConflict, "host %q chosen for vm %q is dedicated to project %q", vm.HostId, vm.Name, h.Owner)
 		}
+		if vm.Center != "" && h.Center != vm.Center {
+			return errorf(KindConflict, "host %q chosen for vm %q is not in center %s", vm.HostId, vm.Name, vm.Center)
+		}
+		// Labels may have changed since the decision: the VM's constraints
+		// must still hold.
+		for _, cs := range vm.Constraints {
+			c, err := scheduler.ParseConstraint(cs)
+			if err != nil {
+				return errorf(KindInvalid, "vm %q: %v", vm.Name, err)
+			}
+			if !c.Match(&sh) {
+				return errorf(KindConflict, "host %q chosen for vm %q no longer satisfies %s", vm.HostId, vm.Name, c.String())
+			}
+		}
 		// Capacity with the effective ratios and reservation: the same
 		// Allocatable the scheduler decided with.
 		need := vmResources(vm)

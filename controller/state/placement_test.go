@@ -275,6 +275,12 @@ func TestPlaceVMsRechecksHostsAndCapacity(t *testing.T) {
 		// 16 vCPU less 1 reserved, x4 = 60 allocatable vCPUs.
 		"cpu over ratio": placeMany(vmRec("i1", "v1", "h1", "", 61, gib)),
 		"unknown host":   placeMany(vmRec("i1", "v1", "h9", "", 1, gib)),
+		"wrong center":   placeMany(func() *statev1.VMRecord { v := vmRec("i1", "v1", "h1", "", 1, gib); v.Center = "b1"; return v }()),
+		"constraint no longer holds": placeMany(func() *statev1.VMRecord {
+			v := vmRec("i1", "v1", "h1", "", 1, gib)
+			v.Constraints = []string{"cpu_model=kunpeng920"}
+			return v
+		}()),
 	} {
 		if _, err := apply(t, s, 12, cmd); KindOf(err) != KindConflict {
 			t.Errorf("%s: %v", name, err)
@@ -292,10 +298,13 @@ func TestPlaceVMsRechecksHostsAndCapacity(t *testing.T) {
 	unchanged(t, s, before)
 	// Over physical CPU but within the ratio is fine; a project's VM fits
 	// its dedicated host.
-	out := mustApply(t, s, 13, placeMany(vmRec("i1", "v1", "h1", "", 59, gib), vmRec("i2", "v2", "h1", "", 1, gib)))
+	out := mustApply(t, s, 13, placeMany(vmRec("i1", "v1", "h1", "", 58, gib), vmRec("i2", "v2", "h1", "", 1, gib)))
 	if vms := out.([]*statev1.VMRecord); len(vms) != 2 || vms[0].Revision != 13 {
 		t.Fatalf("placed: %v", vms)
 	}
+	arm := vmRec("i4", "v4", "h1", "", 1, gib)
+	arm.Constraints = []string{"rack=r1", "center in a1,a2"}
+	mustApply(t, s, 15, placeMany(arm))
 	tax := vmRec("i3", "v3", "h3", "", 1, gib)
 	tax.Project = "tax"
 	mustApply(t, s, 14, placeMany(tax))
