@@ -59,6 +59,18 @@ type Cluster struct {
 	classVersion uint64 // bumped when a class appears or goes
 	evalCache    map[string][]classEval
 	evalVersion  uint64
+	// version is bumped by every change to a host. The explanation of a
+	// request that fits nowhere stays true until then: a full cluster
+	// rejects request after request, and each would otherwise walk the index.
+	version      uint64
+	total, used  Resources // Allocatable and Allocated over ready hosts
+	nofitCache   map[nofitKey]*NoFitError
+	nofitVersion uint64
+}
+
+type nofitKey struct {
+	static string
+	need   Resources
 }
 
 // NewCluster indexes hosts. It fails, changing nothing, on an empty or
@@ -70,6 +82,7 @@ func NewCluster(hosts []Host, opt Options) (*Cluster, error) {
 		classByKey: map[string]*class{},
 		pools:      map[Resources]*pool{},
 		evalCache:  map[string][]classEval{},
+		nofitCache: map[nofitKey]*NoFitError{},
 	}
 	if opt.RunnersUp == 0 {
 		c.opt.RunnersUp = 3
@@ -118,6 +131,7 @@ func (c *Cluster) Upsert(h Host) {
 		return
 	}
 	h.Labels = maps.Clone(h.Labels)
+	c.version++
 	r := c.hosts[h.ID]
 	if r == nil {
 		r = &hostRec{hash: tieHash(c.opt.Seed, h.ID)}
@@ -125,10 +139,12 @@ func (c *Cluster) Upsert(h Host) {
 	} else {
 		r.cls.pool.remove(r)
 		c.leave(r)
+		c.account(r, -1)
 	}
 	r.h = h
 	r.alloc = h.Allocatable()
 	r.free = r.alloc.Sub(h.Allocated)
+	c.account(r, 1)
 	c.join(r)
 	r.cls.pool.insert(r)
 }
@@ -170,9 +186,12 @@ func (c *Cluster) Release(hostID string, r Resources) error {
 }
 
 func (c *Cluster) move(rec *hostRec, allocated Resources) {
+	c.version++
 	p := rec.cls.pool
 	p.remove(rec)
+	c.account(rec, -1)
 	rec.h.Allocated = allocated
+	c.account(rec, 1)
 	rec.free = rec.alloc.Sub(allocated)
 	p.insert(rec)
 }
@@ -277,7 +296,17 @@ func (c *Cluster) newDecision(req *Request, extra map[string]int) *decision {
 }
 
 // weights are the scoring weights for the cluster as it stands.
-func (c *Cluster) weights() weights { return weights{1, 1, 0} }
+func (c *Cluster) weights() weights { return newWeights(c.used, c.total) }
+
+// account adds (sign 1) or removes (sign -1) r from the cluster totals.
+func (c *Cluster) account(r *hostRec, sign int64) {
+	if r.h.State != HostReady {
+		return
+	}
+	a, u := r.alloc, r.h.Allocated
+	c.total = c.total.Add(Resources{sign * a.VCPUs, sign * a.MemoryBytes, sign * a.DiskBytes})
+	c.used = c.used.Add(Resources{sign * u.VCPUs, sign * u.MemoryBytes, sign * u.DiskBytes})
+}
 
 // place is one decision: the static filters once per class, a bounded
 // search of each pool's index, and the group's member hosts one by one.
@@ -323,9 +352,35 @@ func (c *Cluster) place(d *decision) (Placement, error) {
 		}
 	}
 	if len(t.c) == 0 {
-		return Placement{}, c.explainIndex(d, ev, indiv)
+		return Placement{}, c.explainCached(d, ev, indiv)
 	}
 	return t.placement(d), nil
+}
+
+// explainCached is explainIndex, remembered until a host changes.
+func (c *Cluster) explainCached(d *decision, ev []classEval, indiv []*hostRec) *NoFitError {
+	static, ok := staticKey(d)
+	if !ok || len(indiv) > 0 {
+		return c.explainIndex(d, ev, indiv)
+	}
+	if c.nofitVersion != c.version {
+		clear(c.nofitCache)
+		c.nofitVersion = c.version
+	}
+	k := nofitKey{static, d.req.Resources}
+	e, ok := c.nofitCache[k]
+	if !ok {
+		if len(c.nofitCache) > 256 {
+			clear(c.nofitCache)
+		}
+		e = c.explainIndex(d, ev, indiv)
+		c.nofitCache[k] = e
+	}
+	out := *e
+	out.Request = *d.req
+	out.Counts = maps.Clone(e.Counts)
+	out.Shortfalls = maps.Clone(e.Shortfalls)
+	return &out
 }
 
 // placeScan decides by looking at every host: the reference the index is

@@ -30,8 +30,8 @@ import (
 // class is the hosts the static filters cannot tell apart.
 type class struct {
 	key  string
-	idx  int   // position in Cluster.classes
-	host Host  // the static attributes (ID, capacity figures of one member)
+	idx  int  // position in Cluster.classes
+	host Host // the static attributes (ID, capacity figures of one member)
 	rack rackKey
 	pool *pool
 	n    int // hosts in the class
@@ -233,22 +233,11 @@ type classEval struct {
 // request's project, center and constraints, and is cached until the set of
 // classes changes.
 func (c *Cluster) evalClasses(d *decision) []classEval {
-	var key string
-	if d.group == nil {
+	key, cacheable := staticKey(d)
+	if cacheable {
 		if c.evalVersion != c.classVersion {
 			clear(c.evalCache)
 			c.evalVersion = c.classVersion
-		}
-		if len(d.req.Constraints) == 0 && d.req.Center == "" && d.req.Project == "" {
-			key = ""
-		} else {
-			var b strings.Builder
-			b.WriteString(strconv.Quote(d.req.Project))
-			b.WriteString(strconv.Quote(d.req.Center))
-			for _, k := range d.req.Constraints {
-				b.WriteString(strconv.Quote(k.String()))
-			}
-			key = b.String()
 		}
 		if ev, ok := c.evalCache[key]; ok {
 			return ev
@@ -261,13 +250,31 @@ func (c *Cluster) evalClasses(d *decision) []classEval {
 			ev[i].pen = g.softPenalty(0, g.racks[cls.rack], g.centers[cls.host.Center])
 		}
 	}
-	if d.group == nil {
+	if cacheable {
 		if len(c.evalCache) > 256 {
 			clear(c.evalCache) // many distinct constraint sets: keep it bounded
 		}
 		c.evalCache[key] = ev
 	}
 	return ev
+}
+
+// staticKey is what the filters other than capacity read of a request
+// without a group: its project, center and constraints.
+func staticKey(d *decision) (string, bool) {
+	if d.group != nil {
+		return "", false
+	}
+	if len(d.req.Constraints) == 0 && d.req.Center == "" && d.req.Project == "" {
+		return "", true
+	}
+	var b strings.Builder
+	b.WriteString(strconv.Quote(d.req.Project))
+	b.WriteString(strconv.Quote(d.req.Center))
+	for _, k := range d.req.Constraints {
+		b.WriteString(strconv.Quote(k.String()))
+	}
+	return b.String(), true
 }
 
 // boundSlack absorbs rounding between a bound and the cost it bounds.
@@ -336,17 +343,21 @@ func (p *pool) search(d *decision, ev []classEval, t *topK) {
 		}
 		return
 	}
-	// Binpack: least leftover first.
+	// Binpack: least leftover first. For a level (lc fixed) the cost is at
+	// least w.cpu·lc + memCostFloor(lc, 0), which grows with lc; along a
+	// level's buckets (lm ascending) at least memCostFloor(lc, lm), which
+	// grows with lm. The disk and group terms are never negative.
 	for i := li; i < len(p.levels); i++ {
 		l := p.levels[i]
-		cc := w.cpu * frac(l.cpu-need.VCPUs, a.VCPUs)
-		if cc > t.threshold() {
+		lc := frac(l.cpu-need.VCPUs, a.VCPUs)
+		cc := w.cpu * lc
+		if cc+w.memCostFloor(lc, 0) > t.threshold() {
 			break
 		}
 		j, _ := slices.BinarySearchFunc(l.buckets, need.MemoryBytes, func(b *bucket, m int64) int { return cmp.Compare(b.free.MemoryBytes, m) })
 		for ; j < len(l.buckets); j++ {
 			b := l.buckets[j]
-			if cc+w.mem*frac(b.free.MemoryBytes-need.MemoryBytes, a.MemoryBytes) > t.threshold() {
+			if cc+w.memCostFloor(lc, frac(b.free.MemoryBytes-need.MemoryBytes, a.MemoryBytes)) > t.threshold() {
 				break
 			}
 			if b.free.DiskBytes >= need.DiskBytes {
