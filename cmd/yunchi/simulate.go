@@ -31,6 +31,7 @@ func simulateCommand() *cli.Command {
 			&cli.StringFlag{Name: "strategy", Usage: "Yunchi's strategy: binpack or spread", Value: "binpack"},
 			&cli.Int64Flag{Name: "seed", Usage: "Yunchi's tie-break seed", Value: 1},
 			&cli.BoolFlag{Name: "baselines", Usage: "also run the best-fit and sampling baselines", Value: true},
+			&cli.BoolFlag{Name: "batch", Usage: "one all-or-nothing decision per tenant batch (Yunchi: PlaceBatch) instead of per request"},
 			&cli.IntFlag{Name: "max-rejections", Usage: "fill stops after this many rejections", Value: sim.DefaultMaxRejections},
 		},
 		Action: simulate,
@@ -45,7 +46,7 @@ func simulate(cCtx *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	s := sim.Settings{Baselines: cCtx.Bool("baselines"), Seed: cCtx.Int64("seed")}
+	s := sim.Settings{Baselines: cCtx.Bool("baselines"), Batch: cCtx.Bool("batch"), Seed: cCtx.Int64("seed")}
 	dir := cCtx.String("trace")
 	if dir == "" {
 		return usagef("simulate: missing --trace DIR (the trace directory, e.g. ../shared/data/azure-vm-trace)")

@@ -66,6 +66,28 @@ func TestSimulateTable(t *testing.T) {
 	}
 }
 
+func TestSimulateBatch(t *testing.T) {
+	code, stdout, stderr := yunchi(t, "simulate", "--trace", tinyTrace, "--workload", "churn", "--hosts", "2",
+		"--host", "32c224g1000d", "--batch", "-o", "json")
+	if code != 0 {
+		t.Fatalf("exit %d, stderr %q", code, stderr)
+	}
+	var m map[string]any
+	if err := json.Unmarshal([]byte(stdout), &m); err != nil {
+		t.Fatal(err)
+	}
+	// TestBatchBestFitTiny in scheduler/sim: 2 rejected, peak 48, 1 batch rejected.
+	for k, want := range map[string]any{"batch": true, "baseline_bestfit_rejected": 2.0, "baseline_bestfit_peak_cpu_allocated": 48.0,
+		"baseline_bestfit_batches_rejected": 1.0} {
+		if m[k] != want {
+			t.Errorf("%s = %v, want %v", k, m[k], want)
+		}
+	}
+	if _, ok := m["batches_placed"].(float64); !ok {
+		t.Errorf("batches_placed missing: %v", m["batches_placed"])
+	}
+}
+
 func TestSimulateUsageErrors(t *testing.T) {
 	bad := t.TempDir()
 	if err := os.WriteFile(filepath.Join(bad, "flav_map.txt"), []byte("4,28 a\n"), 0o644); err != nil {

@@ -97,6 +97,10 @@ type FillResult struct {
 	Decision, PlacedDecision, RejectedDecision Latency
 	HostsTouched                               int
 	StreamPasses                               int // how many times the stream was started
+	// Batch mode: one decision per tenant batch. Rejected and
+	// RejectedWhileFit still count requests.
+	Batched                        bool
+	BatchesPlaced, BatchesRejected int64
 }
 
 // Figures are the result's lines, each name prefixed.
@@ -120,7 +124,7 @@ func (r FillResult) Figures(prefix string) []Figure {
 		{"rejected_while_fit", r.RejectedWhileFit},
 		{"stream_passes", r.StreamPasses},
 		{"wall_seconds", round3(r.Wall.Seconds())},
-	})
+	}, r.Batched, r.BatchesPlaced, r.BatchesRejected)
 }
 
 func round6(f float64) float64 {
@@ -128,7 +132,10 @@ func round6(f float64) float64 {
 	return v
 }
 
-func prefixed(prefix string, fs []Figure) []Figure {
+func prefixed(prefix string, fs []Figure, batched bool, placed, rejected int64) []Figure {
+	if batched {
+		fs = append(fs, Figure{"batches_placed", placed}, Figure{"batches_rejected", rejected})
+	}
 	for i := range fs {
 		fs[i].Name = prefix + fs[i].Name
 	}
@@ -277,6 +284,8 @@ type ChurnResult struct {
 	DecisionsPerSecond   float64 // Arrivals / Wall
 	// As in FillResult.
 	Decision, PlacedDecision, RejectedDecision Latency
+	Batched                                    bool
+	BatchesPlaced, BatchesRejected             int64
 }
 
 // Figures are the result's lines, each name prefixed.
@@ -303,7 +312,7 @@ func (r ChurnResult) Figures(prefix string) []Figure {
 		{"rejected_decision_p99_us", us(r.RejectedDecision.P99)},
 		{"rejected_while_fit", r.RejectedWhileFit},
 		{"wall_seconds", round3(r.Wall.Seconds())},
-	})
+	}, r.Batched, r.BatchesPlaced, r.BatchesRejected)
 }
 
 // event is a request index; a departure is its bitwise complement.
@@ -448,17 +457,26 @@ func Churn(t *Trace, p Placer, cfg Config) (ChurnResult, error) {
 			return res, fmt.Errorf("harness bug rebuilding the peak: %v", err)
 		}
 	}
+	if err := res.atPeak(t, at, evs, peakAt, cfg.Hosts, shape); err != nil {
+		return res, err
+	}
+	return res, nil
+}
+
+// atPeak fills the figures of the state at the CPU peak (after event
+// evs[peakAt]), rebuilt in at.
+func (res *ChurnResult) atPeak(t *Trace, at *ledger, evs []event, peakAt, hosts int, shape scheduler.Resources) error {
 	if at.total.VCPUs != res.PeakCPUAllocated {
-		return res, fmt.Errorf("harness bug: rebuilt peak has %d vCPU, want %d", at.total.VCPUs, res.PeakCPUAllocated)
+		return fmt.Errorf("harness bug: rebuilt peak has %d vCPU, want %d", at.total.VCPUs, res.PeakCPUAllocated)
 	}
 	if peakAt >= 0 {
 		res.PeakTime = t.Requests[int(evs[peakAt])].Arrival
 	}
-	total := int64(cfg.Hosts)
+	total := int64(hosts)
 	res.PeakCPUPct = 100 * float64(at.total.VCPUs) / float64(shape.VCPUs*total)
 	res.PeakMemoryPct = 100 * float64(at.total.MemoryBytes) / (float64(shape.MemoryBytes) * float64(total))
 	res.FreeSlots16c112g = at.slots(Slot16c112g)
 	res.FreeSlots8c56g = at.slots(Slot8c56g)
-	res.EmptyHostsAtPeak = cfg.Hosts - at.touched()
-	return res, nil
+	res.EmptyHostsAtPeak = hosts - at.touched()
+	return nil
 }

@@ -380,3 +380,61 @@ func TestLatencyNearestRank(t *testing.T) {
 		t.Fatalf("%+v", l)
 	}
 }
+
+// Batch mode on the tiny trace, best-fit members one by one, all or
+// nothing. Batches [r0] [r1 r2] [r3] [r4 r5] [r6 r7].
+//
+// Fill, H=3, 20 rejections: pass 1 places the first four batches as in
+// TestFillBestFitTiny (h2 ends with 20c 84g free) and rejects [r6 r7] (r6
+// needs 112g): placed_before_first_reject 6. From pass 2 on nothing more
+// fits as a batch ([r1 r2] and [r4 r5] each have a member that does not
+// fit; r1 and r4 are undone): rejections 2, then 1+2+1+2+2 = 8 a pass, so
+// 10 after pass 2, 18 after pass 3, and [r0] [r1 r2] of pass 4 make 21.
+// total_placed 6, batches placed 4, rejected 1+5+5+2 = 13.
+//
+// Churn, H=2: [r0] [r1 r2] fill h0; r0 leaves; [r3] fills h1 (CPU 48, the
+// peak); [r4 r5]: r4 fits h0 but r5 does not: both rejected (25%). At the
+// peak h0 has r1 r2 (16c 112g free: one 16c112g and two 8c56g slots), h1
+// is full. Then r3, r1 leave; [r6 r7] go to h0 and h1 (CPU 40).
+func TestBatchBestFitTiny(t *testing.T) {
+	tr := loadTiny(t)
+	if got := batchSpans(tr); !reflect.DeepEqual(got, [][2]int{{0, 1}, {1, 3}, {3, 4}, {4, 6}, {6, 8}}) {
+		t.Fatalf("spans %v", got)
+	}
+	f, err := FillBatch(tr, NewBestFit(3, tinyShape), Config{Hosts: 3, Shape: tinyShape, MaxRejections: 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := [...]int64{f.PlacedBeforeFirstReject, f.TotalPlaced, f.Rejected, f.BatchesPlaced, f.BatchesRejected, int64(f.StreamPasses), f.RejectedWhileFit}
+	if want := [...]int64{6, 6, 21, 4, 13, 4, 0}; got != want {
+		t.Fatalf("fill: placed_before_first_reject, total, rejected, batches placed, rejected, passes, rejected_while_fit = %v, want %v", got, want)
+	}
+	c, err := ChurnBatch(tr, NewBestFit(2, tinyShape), Config{Hosts: 2, Shape: tinyShape})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got2 := [...]int64{c.Rejected, c.PeakCPUAllocated, c.FreeSlots16c112g, c.FreeSlots8c56g, int64(c.EmptyHostsAtPeak), c.PeakTime, c.Arrivals, c.Departures, c.BatchesPlaced, c.BatchesRejected}
+	if want := [...]int64{2, 48, 1, 2, 0, 300, 8, 4, 4, 1}; got2 != want {
+		t.Fatalf("churn: rejected, peak, 16c112g, 8c56g, empty, peak_time, arrivals, departures, batches placed, rejected = %v, want %v", got2, want)
+	}
+	if c.RejectedPct != 25 {
+		t.Fatalf("rejected_pct %v", c.RejectedPct)
+	}
+}
+
+// A rejected batch that first fit could have placed is counted.
+func TestBatchRejectedWhileFit(t *testing.T) {
+	tr := loadTiny(t)
+	f, err := FillBatch(tr, lazyBatch{}, Config{Hosts: 3, Shape: tinyShape, MaxRejections: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// [r0] and [r1 r2] rejected on an empty cluster: 3 requests.
+	if f.Rejected != 3 || f.RejectedWhileFit != 3 {
+		t.Fatalf("%+v", f)
+	}
+}
+
+type lazyBatch struct{ badPlacer }
+
+func (lazyBatch) PlaceBatch([]Request) ([]int, bool, error) { return nil, false, nil }

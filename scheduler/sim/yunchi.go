@@ -116,6 +116,9 @@ type Settings struct {
 	Strategy  scheduler.Strategy
 	Seed      int64
 	Baselines bool // also run the two baselines
+	// Batch: one all-or-nothing decision per tenant batch (Yunchi's
+	// PlaceBatch) instead of one per request.
+	Batch bool
 	// MaxRejections stops fill; 0 = DefaultMaxRejections.
 	MaxRejections int
 	// Progress, if set, gets a short status about once a second.
@@ -152,29 +155,39 @@ func Run(t *Trace, s Settings) ([]Figure, error) {
 		{"requests", len(t.Requests)},
 		{"batches", t.Batches},
 		{"sample_size", SampleSize(s.Hosts)},
+		{"batch", s.Batch},
 	}
 	if s.Workload == WorkloadFill {
 		figs = append(figs, Figure{"max_rejections", cmp.Or(s.MaxRejections, DefaultMaxRejections)})
 	}
-	run := func(name, prefix string, p Placer) error {
+	run := func(name, prefix string, p BatchPlacer) error {
 		runtime.GC() // each run starts from the same heap state
 		cfg := cfg
 		if s.Progress != nil {
 			cfg.Progress = func(status string) { s.Progress(name + ": " + status) }
 		}
 		var fs []Figure
-		if s.Workload == WorkloadFill {
-			r, err := Fill(t, p, cfg)
-			if err != nil {
-				return fmt.Errorf("%s: %v", name, err)
-			}
+		var err error
+		switch {
+		case s.Workload == WorkloadFill && s.Batch:
+			var r FillResult
+			r, err = FillBatch(t, p, cfg)
 			fs = r.Figures(prefix)
-		} else {
-			r, err := Churn(t, p, cfg)
-			if err != nil {
-				return fmt.Errorf("%s: %v", name, err)
-			}
+		case s.Workload == WorkloadFill:
+			var r FillResult
+			r, err = Fill(t, p, cfg)
 			fs = r.Figures(prefix)
+		case s.Batch:
+			var r ChurnResult
+			r, err = ChurnBatch(t, p, cfg)
+			fs = r.Figures(prefix)
+		default:
+			var r ChurnResult
+			r, err = Churn(t, p, cfg)
+			fs = r.Figures(prefix)
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %v", name, err)
 		}
 		figs = append(figs, fs...)
 		return nil

@@ -147,3 +147,26 @@ func TestAzureYunchi(t *testing.T) {
 	t.Logf("churn H=720: rejected %d, free 16c112g slots at peak %d (baselines: 0/135 best-fit, 0/137 sample)",
 		churn.Rejected, churn.FreeSlots16c112g)
 }
+
+// Batch mode through Cluster.PlaceBatch: all or nothing, checked by the
+// ledger; the tiny figures are bounded by the fluid bound, and a rejected
+// batch that first fit could have placed is counted (it must not happen).
+func TestYunchiBatchTiny(t *testing.T) {
+	tr := loadTiny(t)
+	for _, s := range []scheduler.Strategy{scheduler.Binpack, scheduler.Spread} {
+		f, err := FillBatch(tr, newYunchi(t, 3, tinyShape, s, 1), Config{Hosts: 3, Shape: tinyShape, MaxRejections: 20})
+		if err != nil {
+			t.Fatalf("%v: %v", s, err)
+		}
+		if f.PlacedBeforeFirstReject > 6 || f.RejectedWhileFit != 0 || f.Rejected < 20 || f.BatchesPlaced == 0 {
+			t.Fatalf("%v fill: %+v", s, f)
+		}
+		c, err := ChurnBatch(tr, newYunchi(t, 2, tinyShape, s, 1), Config{Hosts: 2, Shape: tinyShape})
+		if err != nil {
+			t.Fatalf("%v: %v", s, err)
+		}
+		if c.RejectedWhileFit != 0 || c.Arrivals != 8 || c.Placed+c.Rejected != 8 {
+			t.Fatalf("%v churn: %+v", s, c)
+		}
+	}
+}
