@@ -3,7 +3,7 @@ package api
 import (
 	"context"
 	"fmt"
-	"hash/fnv"
+	"sync"
 
 	"github.com/google/uuid"
 	"google.golang.org/grpc/codes"
@@ -148,12 +148,56 @@ func (s *Server) CreateVMs(ctx context.Context, req *yunchiv1.CreateVMRequest) (
 	return &yunchiv1.CreateVMsResponse{Vms: vms, Decisions: decisions, DryRun: req.DryRun}, nil
 }
 
-// seedOf makes tie-breaks depend on the request, not on a clock: the same
-// state and request give the same placement.
-func seedOf(sp *createSpec) int64 {
-	h := fnv.New64a()
-	h.Write([]byte(sp.project + "/" + sp.names[0]))
-	return int64(h.Sum64() >> 1)
+// schedSeed fixes the scheduler's tie-breaks: no clock, no randomness, so
+// the same state and request give the same placement on any leader.
+const schedSeed = 1
+
+// clusterCache keeps one scheduler.Cluster per strategy, indexed once and
+// then brought up to date with only the hosts that changed since (the
+// store tracks which), so a decision does not rebuild the index.
+type clusterCache struct {
+	mu       sync.Mutex
+	clusters map[scheduler.Strategy]*cachedCluster
+}
+
+type cachedCluster struct {
+	cl  *scheduler.Cluster
+	seq uint64
+}
+
+// decide runs fn on an up-to-date Cluster for strategy, with the group of
+// project (nil when group is ""), holding the cache for the whole decision:
+// a Cluster is not safe for concurrent use.
+func (s *Server) decide(strategy scheduler.Strategy, project, group string, fn func(*scheduler.Cluster, *scheduler.Group) error) error {
+	c := &s.clusters
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.clusters == nil {
+		c.clusters = map[scheduler.Strategy]*cachedCluster{}
+	}
+	cc := c.clusters[strategy]
+	var since uint64
+	if cc != nil {
+		since = cc.seq
+	}
+	hosts, full, seq, g, err := s.store.SchedulerView(since, project, group)
+	if err != nil {
+		return toStatus(err)
+	}
+	if cc == nil || full {
+		cl, err := scheduler.NewCluster(hosts, scheduler.Options{Strategy: strategy, Seed: schedSeed, RunnersUp: 3})
+		if err != nil {
+			return status.Errorf(codes.Internal, "scheduler: %v", err)
+		}
+		cc = &cachedCluster{cl: cl}
+		c.clusters[strategy] = cc
+	} else {
+		for _, h := range hosts {
+			cc.cl.Upsert(h)
+		}
+	}
+	cc.seq = seq
+	return fn(cc.cl, g)
 }
 
 // place decides where sp's VMs go and, unless dryRun, records them.
@@ -173,26 +217,22 @@ func (s *Server) place(ctx context.Context, sp *createSpec, dryRun bool) ([]*yun
 				return nil, nil, status.Errorf(codes.AlreadyExists, "vm %q already exists in project %q", n, sp.project)
 			}
 		}
-		hosts, group, _, err := s.store.PlacementView(sp.project, sp.group)
-		if err != nil {
-			return nil, nil, toStatus(err)
-		}
-		cl, err := scheduler.NewCluster(hosts, scheduler.Options{Strategy: sp.strategy, Seed: seedOf(sp), RunnersUp: 3})
-		if err != nil {
-			return nil, nil, status.Errorf(codes.Internal, "scheduler: %v", err)
-		}
-		reqs := make([]scheduler.Request, len(sp.names))
-		for i, n := range sp.names {
-			reqs[i] = scheduler.Request{Name: n, Project: sp.project, Resources: sp.res, Center: sp.center, Constraints: sp.constraints, Group: group}
-		}
 		var ps []scheduler.Placement
-		if len(reqs) == 1 {
-			p, err := cl.Place(reqs[0])
-			if err != nil {
-				return nil, nil, toStatus(err)
+		err := s.decide(sp.strategy, sp.project, sp.group, func(cl *scheduler.Cluster, group *scheduler.Group) error {
+			reqs := make([]scheduler.Request, len(sp.names))
+			for i, n := range sp.names {
+				reqs[i] = scheduler.Request{Name: n, Project: sp.project, Resources: sp.res, Center: sp.center, Constraints: sp.constraints, Group: group}
 			}
-			ps = []scheduler.Placement{p}
-		} else if ps, err = cl.PlaceBatch(reqs); err != nil {
+			if len(reqs) == 1 {
+				p, err := cl.Place(reqs[0])
+				ps = []scheduler.Placement{p}
+				return err
+			}
+			var err error
+			ps, err = cl.PlaceBatch(reqs)
+			return err
+		})
+		if err != nil {
 			return nil, nil, toStatus(err)
 		}
 		decisions := make([]*yunchiv1.PlacementDecision, len(ps))

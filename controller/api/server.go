@@ -46,6 +46,8 @@ type Server struct {
 	// placeMu serialises placement decisions on the leader, so concurrent
 	// creates see each other's allocations; Apply re-checks capacity anyway.
 	placeMu sync.Mutex
+	// clusters caches the scheduler's index between decisions.
+	clusters clusterCache
 
 	HeartbeatInterval time.Duration
 	HostTTL           time.Duration

@@ -239,6 +239,7 @@ func (s *Store) applyUpdateHost(now int64, c *statev1.UpdateHost) (any, error) {
 	if c.Reserved != nil {
 		h.Reserved = proto.Clone(c.Reserved).(*yunchiv1.Resources)
 	}
+	s.touched(h.Id)
 	if c.CpuRatio != nil || c.MemoryRatio != nil || c.DiskRatio != nil {
 		if h.Ratios == nil {
 			h.Ratios = &yunchiv1.Ratios{}
@@ -308,6 +309,7 @@ func (s *Store) applySetRatios(c *statev1.SetRatios) (any, error) {
 	} else {
 		s.ratios[key] = rec
 	}
+	s.touchedAll()
 	return proto.Clone(rec), nil
 }
 

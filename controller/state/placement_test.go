@@ -358,3 +358,59 @@ func TestSnapshotRoundTripWithNewFields(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestSchedulerViewDeltas: a scheduler.Cluster kept up to date with only
+// the hosts SchedulerView reports as changed holds exactly what a fresh
+// view would, after every kind of command.
+func TestSchedulerViewDeltas(t *testing.T) {
+	s := threeHosts(t)
+	hosts, full, seq, _, err := s.SchedulerView(0, "", "")
+	if err != nil || !full || len(hosts) != 3 {
+		t.Fatalf("first view: %d hosts, full %v, %v", len(hosts), full, err)
+	}
+	cl, err := scheduler.NewCluster(hosts, scheduler.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustApply(t, s, 10, createGroup("g", yunchiv1.GroupPolicy_GROUP_POLICY_ANTI_AFFINITY, 0, false, 0))
+	steps := []struct {
+		cmd       *statev1.Command
+		wantHosts int // hosts reported changed; -1: a full rebuild
+	}{
+		{placeMany(vmRec("i1", "v1", "h1", "g", 2, gib)), 1},
+		{placeMany(vmRec("i2", "v2", "h2", "g", 2, gib), vmRec("i3", "v3", "h3", "", 1, gib)), 2},
+		{updateHost(&statev1.UpdateHost{HostId: "h2", AdminState: yunchiv1.HostState_HOST_STATE_DRAINING, SetLabels: map[string]string{"host_group": "x"}}), 1},
+		{&statev1.Command{Cmd: &statev1.Command_SetHostState{SetHostState: &statev1.SetHostState{HostId: "h3", State: yunchiv1.HostState_HOST_STATE_DOWN}}}, 1},
+		{setRatios(&statev1.SetRatios{Scope: ScopeHostGroup, Name: "x", Cpu: f64(8)}), -1},
+		{desired("i1", yunchiv1.PowerState_POWER_STATE_DELETED, false), 0},
+		{report("h1", &yunchiv1.VMStatus{VmId: "i1", Gone: true}), 1},
+		{regHost("h1", "a1", 32, 64*gib, 1000*gib), 1},
+	}
+	for i, st := range steps {
+		mustApply(t, s, uint64(11+i), st.cmd)
+		changed, full, next, _, err := s.SchedulerView(seq, "", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.wantHosts == -1 && !full || st.wantHosts >= 0 && (full || len(changed) != st.wantHosts) {
+			t.Fatalf("step %d: %d hosts changed (full %v), want %d", i, len(changed), full, st.wantHosts)
+		}
+		for _, h := range changed {
+			cl.Upsert(h)
+		}
+		seq = next
+		fresh, _, _, _, _ := s.SchedulerView(0, "", "")
+		for _, h := range fresh {
+			got, _ := cl.Host(h.ID)
+			if got.State != h.State || got.Allocated != h.Allocated || got.Allocatable() != h.Allocatable() || got.Labels["host_group"] != h.Labels["host_group"] {
+				t.Fatalf("step %d: cached %s = %+v, fresh %+v", i, h.ID, got, h)
+			}
+		}
+	}
+	if _, _, _, g, _ := s.SchedulerView(seq, DefaultProject, "g"); g == nil || g.Members["h2"] != 1 || g.Members["h1"] != 0 {
+		t.Fatalf("group view: %+v", g)
+	}
+	if _, _, _, _, err := s.SchedulerView(seq, DefaultProject, "nope"); KindOf(err) != KindNotFound {
+		t.Fatalf("unknown group: %v", err)
+	}
+}

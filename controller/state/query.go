@@ -143,24 +143,28 @@ func (s *Store) Member(id string) (*statev1.MemberRecord, bool) {
 	return proto.Clone(m).(*statev1.MemberRecord), true
 }
 
-// PlacementView is one consistent view of what placement needs: every
-// host as the scheduler sees it (sorted by id), the raft index it is as of,
-// and, when group is not empty, that group of project with its members.
-func (s *Store) PlacementView(project, group string) (hosts []scheduler.Host, g *scheduler.Group, index uint64, err error) {
+// SchedulerView brings a cached scheduler view up to date: given the seq a
+// cache was last synced at (0: never), it returns the hosts whose view
+// changed since (all of them, with full set, when the cache must be
+// rebuilt), the seq to remember, and, when group is not empty, that group
+// of project with where its members are, all as of one moment.
+func (s *Store) SchedulerView(since uint64, project, group string) (hosts []scheduler.Host, full bool, seq uint64, g *scheduler.Group, err error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if group != "" {
 		rec, ok := s.groups[nameKey(project, group)]
 		if !ok {
-			return nil, nil, 0, errorf(KindNotFound, "placement group %q not found in project %q: create it with `yunchi group create %s --policy anti-affinity`", group, project, group)
+			return nil, false, 0, nil, errorf(KindNotFound, "placement group %q not found in project %q: create it with `yunchi group create %s --policy anti-affinity`", group, project, group)
 		}
 		g = s.schedGroup(rec)
 	}
-	hosts = make([]scheduler.Host, 0, len(s.hosts))
-	for _, h := range s.hosts {
-		sh, _ := s.schedHost(h)
-		hosts = append(hosts, sh)
+	full = since == 0 || s.allSeq > since
+	for id, h := range s.hosts {
+		if full || s.hostSeq[id] > since {
+			sh, _ := s.schedHost(h)
+			hosts = append(hosts, sh)
+		}
 	}
 	sort.Slice(hosts, func(i, j int) bool { return hosts[i].ID < hosts[j].ID })
-	return hosts, g, s.index, nil
+	return hosts, full, s.seq, g, nil
 }

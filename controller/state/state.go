@@ -42,7 +42,14 @@ type Store struct {
 	// groupHosts counts each group's members per host: project/name -> host -> n.
 	groupHosts map[string]map[string]int
 	index      uint64
-	changed    chan struct{}
+	// Change tracking for a cached scheduler view (derived, not replicated):
+	// seq counts changes; hostSeq is the seq of each host's last change to
+	// what the scheduler sees; allSeq the last change to every host at once
+	// (ratios, restore).
+	seq     uint64
+	hostSeq map[string]uint64
+	allSeq  uint64
+	changed chan struct{}
 }
 
 // New returns an empty store.
@@ -61,6 +68,21 @@ func (s *Store) reset() {
 	s.ratios = map[string]*statev1.RatioRecord{}
 	s.groups = map[string]*statev1.PlacementGroupRecord{}
 	s.groupHosts = map[string]map[string]int{}
+	s.hostSeq = map[string]uint64{}
+	s.seq++
+	s.allSeq = s.seq
+}
+
+// touched records that the scheduler's view of a host changed; callers hold mu.
+func (s *Store) touched(hostID string) {
+	s.seq++
+	s.hostSeq[hostID] = s.seq
+}
+
+// touchedAll records that every host's scheduler view may have changed.
+func (s *Store) touchedAll() {
+	s.seq++
+	s.allSeq = s.seq
 }
 
 func nameKey(project, name string) string { return project + "/" + name }
@@ -157,6 +179,7 @@ func (s *Store) applyRegisterHost(now int64, c *statev1.RegisterHost) (any, erro
 	}
 	rec.State = yunchiv1.HostState_HOST_STATE_READY
 	s.hosts[h.Id] = rec
+	s.touched(h.Id)
 	return proto.Clone(rec), nil
 }
 
@@ -172,6 +195,7 @@ func (s *Store) applySetHostState(now int64, c *statev1.SetHostState) (any, erro
 	if h.State != c.State {
 		h.State = c.State
 		h.StateChangedUnixNano = now
+		s.touched(h.Id)
 	}
 	return proto.Clone(h), nil
 }
@@ -186,6 +210,7 @@ func (s *Store) applyPlaceVM(index uint64, now int64, c *statev1.PlaceVM) (any, 
 
 // charge adds (sign=+1) or releases (sign=-1) a VM's resources on its host.
 func (s *Store) charge(vm *statev1.VMRecord, sign int64) {
+	s.touched(vm.HostId)
 	a := s.alloc[vm.HostId]
 	if a == nil {
 		a = &yunchiv1.Resources{}
