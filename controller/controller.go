@@ -20,6 +20,7 @@ import (
 	"github.com/yunchi/yunchi/controller/raftnode"
 	"github.com/yunchi/yunchi/controller/state"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
+	"github.com/yunchi/yunchi/scheduler"
 )
 
 // Config of one controller.
@@ -42,7 +43,10 @@ type Config struct {
 	FastRaft          bool
 	HeartbeatInterval time.Duration
 	HostTTL           time.Duration
-	Logger            *slog.Logger
+	// DefaultStrategy places VMs whose request names no strategy:
+	// "binpack" (the default: fill hosts up) or "spread".
+	DefaultStrategy string
+	Logger          *slog.Logger
 }
 
 // Controller is a running controller.
@@ -67,6 +71,14 @@ func New(cfg Config) (*Controller, error) {
 	if cfg.Bootstrap && len(cfg.Join) > 0 {
 		return nil, errors.New("--bootstrap and --join exclude each other: bootstrap the first controller, join the others to it")
 	}
+	strategy := scheduler.Binpack
+	if cfg.DefaultStrategy != "" {
+		st, err := scheduler.ParseStrategy(cfg.DefaultStrategy)
+		if err != nil {
+			return nil, fmt.Errorf("--default-strategy: %w", err)
+		}
+		strategy = st
+	}
 	lis, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", cfg.Listen, err)
@@ -90,6 +102,7 @@ func New(cfg Config) (*Controller, error) {
 	if cfg.HeartbeatInterval > 0 {
 		srv.HeartbeatInterval = cfg.HeartbeatInterval
 	}
+	srv.DefaultStrategy = strategy
 	if cfg.HostTTL > 0 {
 		srv.HostTTL = cfg.HostTTL
 	}

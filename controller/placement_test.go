@@ -281,3 +281,41 @@ func TestNoFitExplanationDetails(t *testing.T) {
 		t.Fatalf("grpc: %v %v", err, st.Details())
 	}
 }
+
+func TestDefaultStrategyIsValidated(t *testing.T) {
+	_, err := New(Config{ID: "x", Listen: "127.0.0.1:0", DataDir: t.TempDir(), DefaultStrategy: "random"})
+	if err == nil || !strings.Contains(err.Error(), "default-strategy") {
+		t.Fatalf("bad default strategy: %v", err)
+	}
+}
+
+// TestStrategyPerRequest: binpack fills one host up, spread prefers the
+// emptiest; and a constraint keeps both within the hosts it allows.
+func TestStrategyPerRequest(t *testing.T) {
+	c := newInmemCluster(t)
+	addr := c.members[0].ctl.Addr()
+	registerHosts(t, addr, 6, 16, 64*gib)
+	hostsOf := func(prefix, strategy, center string) map[string]bool {
+		hosts := map[string]bool{}
+		for i := 0; i < 3; i++ {
+			body := fmt.Sprintf(`{"name":"%s-%d","vcpus":2,"memory":"4GiB","strategy":%q,"constraints":["center=%s"]}`, prefix, i, strategy, center)
+			code, resp, err := restPost(addr, "/v1/vms", body)
+			var vm yunchiv1.VM
+			if err != nil || code != 200 || protojson.Unmarshal(resp, &vm) != nil {
+				t.Fatalf("create: %d %s %v", code, resp, err)
+			}
+			if !strings.HasPrefix(vm.HostId, center+"-") {
+				t.Fatalf("%s outside the constraint: %s", vm.Name, vm.HostId)
+			}
+			hosts[vm.HostId] = true
+		}
+		return hosts
+	}
+	// Each center has 2 empty hosts.
+	if h := hostsOf("packed", "binpack", "a1"); len(h) != 1 {
+		t.Errorf("binpack used %d hosts: %v", len(h), h)
+	}
+	if h := hostsOf("spread", "spread", "a2"); len(h) != 2 {
+		t.Errorf("spread used %d hosts: %v", len(h), h)
+	}
+}

@@ -66,7 +66,7 @@ func (s *Server) checkCreate(req *yunchiv1.CreateVMRequest) (*createSpec, error)
 			return nil, err
 		}
 	}
-	sp := &createSpec{project: project, res: scheduler.Resources{VCPUs: int64(req.Vcpus), MemoryBytes: mem, DiskBytes: disk}, center: req.Center}
+	sp := &createSpec{project: project, res: scheduler.Resources{VCPUs: int64(req.Vcpus), MemoryBytes: mem, DiskBytes: disk}, center: req.Center, strategy: s.DefaultStrategy}
 	if len(req.Constraints) > 32 {
 		return nil, invalid("%d constraints: at most 32 are allowed", len(req.Constraints))
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/yunchi/yunchi/controller/state"
 	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
+	"github.com/yunchi/yunchi/scheduler"
 )
 
 // Self describes this controller to its peers.
@@ -51,6 +52,8 @@ type Server struct {
 
 	HeartbeatInterval time.Duration
 	HostTTL           time.Duration
+	// DefaultStrategy is used when a create names none (zero: Binpack).
+	DefaultStrategy scheduler.Strategy
 	seen              *seenTable
 }
 
