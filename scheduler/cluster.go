@@ -66,6 +66,8 @@ type Cluster struct {
 	total, used  Resources // Allocatable and Allocated over ready hosts
 	nofitCache   map[nofitKey]*NoFitError
 	nofitVersion uint64
+	top          topK       // the candidates of the current decision
+	spare        spareNodes // emptied index nodes, for reuse
 }
 
 type nofitKey struct {
@@ -335,14 +337,9 @@ func (c *Cluster) place(d *decision) (Placement, error) {
 			}
 		}
 	}
-	defer func() {
-		for _, r := range indiv {
-			r.cls.out--
-			r.cls.pool.insert(r)
-		}
-	}()
 	ev := c.evalClasses(d)
-	t := newTopK(1 + c.opt.RunnersUp)
+	t := &c.top
+	t.reset(1 + c.opt.RunnersUp)
 	for _, p := range c.poolList {
 		p.search(d, ev, t)
 	}
@@ -351,10 +348,19 @@ func (c *Cluster) place(d *decision) (Placement, error) {
 			t.offer(shapeCost(d, r.free, r.alloc)+d.group.hostPenalty(&r.h), r)
 		}
 	}
+	var p Placement
+	var err error
 	if len(t.c) == 0 {
-		return Placement{}, c.explainCached(d, ev, indiv)
+		err = c.explainCached(d, ev, indiv)
+	} else {
+		p = t.placement(d)
 	}
-	return t.placement(d), nil
+	t.reset(0) // drop the host pointers
+	for _, r := range indiv {
+		r.cls.out--
+		r.cls.pool.insert(r)
+	}
+	return p, err
 }
 
 // explainCached is explainIndex, remembered until a host changes.
@@ -413,6 +419,12 @@ type cand struct {
 
 func newTopK(k int) *topK { return &topK{k: k, c: make([]cand, 0, k)} }
 
+// reset empties t for a new decision keeping the best k.
+func (t *topK) reset(k int) {
+	clear(t.c)
+	t.c, t.k = t.c[:0], k
+}
+
 func (a cand) better(b cand) bool {
 	if a.cost != b.cost {
 		return a.cost < b.cost
@@ -443,6 +455,9 @@ func (t *topK) offer(cost float64, r *hostRec) bool {
 
 func (t *topK) placement(d *decision) Placement {
 	p := Placement{HostID: t.c[0].r.h.ID, Score: scoreOf(d, t.c[0].cost)}
+	if len(t.c) > 1 {
+		p.RunnersUp = make([]Candidate, 0, len(t.c)-1)
+	}
 	for _, c := range t.c[1:] {
 		p.RunnersUp = append(p.RunnersUp, Candidate{c.r.h.ID, scoreOf(d, c.cost)})
 	}

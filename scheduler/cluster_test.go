@@ -26,7 +26,7 @@ func randomHost(r *rand.Rand, id string) Host {
 		Center:   []string{"a1", "a2"}[r.IntN(2)],
 		Site:     "s1",
 		Rack:     []string{"r1", "r2", "r3"}[r.IntN(3)],
-		Capacity: []Resources{standard, {32, 128 * GiB, 2 * TiB}}[r.IntN(2)],
+		Capacity: []Resources{standard, {32, 128 * GiB, 2 * TiB}, {64, 256 * GiB, 150 * GiB}}[r.IntN(3)],
 		Ratios:   []Ratios{{1, 1, 1}, {}, {2, 1, 1}}[r.IntN(3)],
 	}
 	switch r.IntN(10) {

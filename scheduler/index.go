@@ -17,13 +17,17 @@ import (
 //
 //	pool (Allocatable)
 //	  levels, by free vCPU ascending
-//	    buckets, by (free memory, free disk) ascending: one per free vector
+//	    buckets, by free memory ascending: one per (free vCPU, free memory)
 //	      subs, one per class with hosts in the bucket
 //	        hosts, by tie-break rank (tieHash, then ID) descending
 //
-// Every host of a bucket costs the same (the cost depends only on the free
-// vector, the pool's Allocatable and the class), so a decision scores once
-// per bucket and takes hosts from a sub in rank order. The levels and
+// Every host of a bucket costs the same (the cost depends only on free vCPU
+// and memory, the pool's Allocatable and the class), so a decision scores
+// once per bucket and takes hosts from a sub in rank order. Disk is only a
+// filter: each host keeps its own free disk, a sub knows the most any of its
+// hosts has, and a host short of disk is passed over. (Keying buckets on
+// disk too would multiply them tenfold on the Azure trace, where every VM
+// takes 40 GiB of 4 TiB and disk never runs out.) The levels and
 // buckets are searched best first with a bound (see search), so a decision
 // looks at the buckets near the best fit, not at every host.
 
@@ -45,7 +49,25 @@ type pool struct {
 	classes []*class
 	levels  []*level
 	maxMem  int64 // the most free memory any host here has had: a bound
-	maxDisk int64
+	spare   *spareNodes
+}
+
+// spareNodes keeps emptied levels, buckets and subs for reuse: free
+// vectors come and go with every placement, and reusing their nodes spares
+// the garbage collector.
+type spareNodes struct {
+	levels  []*level
+	buckets []*bucket
+	subs    []*sub
+}
+
+func take[T any](list *[]*T) *T {
+	if n := len(*list); n > 0 {
+		x := (*list)[n-1]
+		*list = (*list)[:n-1]
+		return x
+	}
+	return new(T)
 }
 
 type level struct {
@@ -54,13 +76,17 @@ type level struct {
 }
 
 type bucket struct {
-	free Resources
+	free Resources // vCPU and memory; DiskBytes is 0
 	subs []*sub
 }
 
 type sub struct {
 	cls   *class
 	hosts []*hostRec // by rank descending: the best-ranked host is last
+	// maxDisk is the most free disk a host here has, and nMaxDisk how many
+	// have it: a request needing more skips the sub.
+	maxDisk  int64
+	nMaxDisk int
 }
 
 // rankLess orders hosts for tie-breaks: by tieHash, then by ID.
@@ -101,7 +127,7 @@ func (c *Cluster) join(r *hostRec) {
 	if cls == nil {
 		p := c.pools[r.alloc]
 		if p == nil {
-			p = &pool{alloc: r.alloc}
+			p = &pool{alloc: r.alloc, spare: &c.spare}
 			c.pools[r.alloc] = p
 			c.poolList = append(c.poolList, p)
 		}
@@ -145,12 +171,16 @@ func (p *pool) insert(r *hostRec) {
 	f := r.free
 	li, found := slices.BinarySearchFunc(p.levels, f.VCPUs, func(l *level, cpu int64) int { return cmp.Compare(l.cpu, cpu) })
 	if !found {
-		p.levels = slices.Insert(p.levels, li, &level{cpu: f.VCPUs})
+		l := take(&p.spare.levels)
+		l.cpu = f.VCPUs
+		p.levels = slices.Insert(p.levels, li, l)
 	}
 	l := p.levels[li]
-	bi, found := slices.BinarySearchFunc(l.buckets, f, bucketCmp)
+	bi, found := slices.BinarySearchFunc(l.buckets, f.MemoryBytes, bucketCmp)
 	if !found {
-		l.buckets = slices.Insert(l.buckets, bi, &bucket{free: f})
+		b := take(&p.spare.buckets)
+		b.free = Resources{f.VCPUs, f.MemoryBytes, 0}
+		l.buckets = slices.Insert(l.buckets, bi, b)
 	}
 	b := l.buckets[bi]
 	var s *sub
@@ -161,7 +191,8 @@ func (p *pool) insert(r *hostRec) {
 		}
 	}
 	if s == nil {
-		s = &sub{cls: r.cls}
+		s = take(&p.spare.subs)
+		s.cls = r.cls
 		b.subs = append(b.subs, s)
 	}
 	// Descending rank: find the first host ranked below r.
@@ -175,17 +206,17 @@ func (p *pool) insert(r *hostRec) {
 		return 1
 	})
 	s.hosts = slices.Insert(s.hosts, hi, r)
+	switch {
+	case len(s.hosts) == 1 || f.DiskBytes > s.maxDisk:
+		s.maxDisk, s.nMaxDisk = f.DiskBytes, 1
+	case f.DiskBytes == s.maxDisk:
+		s.nMaxDisk++
+	}
 	r.b, r.s = b, s
 	p.maxMem = max(p.maxMem, f.MemoryBytes)
-	p.maxDisk = max(p.maxDisk, f.DiskBytes)
 }
 
-func bucketCmp(b *bucket, f Resources) int {
-	if c := cmp.Compare(b.free.MemoryBytes, f.MemoryBytes); c != 0 {
-		return c
-	}
-	return cmp.Compare(b.free.DiskBytes, f.DiskBytes)
-}
+func bucketCmp(b *bucket, mem int64) int { return cmp.Compare(b.free.MemoryBytes, mem) }
 
 // remove takes r out of its pool's index, dropping what empties.
 func (p *pool) remove(r *hostRec) {
@@ -205,19 +236,36 @@ func (p *pool) remove(r *hostRec) {
 	}
 	s.hosts = slices.Delete(s.hosts, hi, hi+1)
 	if len(s.hosts) > 0 {
+		if r.free.DiskBytes == s.maxDisk {
+			if s.nMaxDisk--; s.nMaxDisk == 0 {
+				s.maxDisk = s.hosts[0].free.DiskBytes
+				for _, x := range s.hosts {
+					switch {
+					case x.free.DiskBytes > s.maxDisk:
+						s.maxDisk, s.nMaxDisk = x.free.DiskBytes, 1
+					case x.free.DiskBytes == s.maxDisk:
+						s.nMaxDisk++
+					}
+				}
+			}
+		}
 		return
 	}
 	b.subs = slices.DeleteFunc(b.subs, func(x *sub) bool { return x == s })
+	s.cls = nil
+	p.spare.subs = append(p.spare.subs, s)
 	if len(b.subs) > 0 {
 		return
 	}
 	f := b.free
 	li, _ := slices.BinarySearchFunc(p.levels, f.VCPUs, func(l *level, cpu int64) int { return cmp.Compare(l.cpu, cpu) })
 	l := p.levels[li]
-	bi, _ := slices.BinarySearchFunc(l.buckets, f, bucketCmp)
+	bi, _ := slices.BinarySearchFunc(l.buckets, f.MemoryBytes, bucketCmp)
 	l.buckets = slices.Delete(l.buckets, bi, bi+1)
+	p.spare.buckets = append(p.spare.buckets, b)
 	if len(l.buckets) == 0 {
 		p.levels = slices.Delete(p.levels, li, li+1)
+		p.spare.levels = append(p.spare.levels, l)
 	}
 }
 
@@ -299,19 +347,15 @@ func (p *pool) search(d *decision, ev []classEval, t *topK) {
 	if !passing {
 		return
 	}
-	offer := func(b *bucket) {
-		cost0 := shapeCost(d, b.free, a)
-		if cost0 > t.threshold() {
-			return
-		}
+	offer := func(b *bucket, cost0 float64) {
 		for _, s := range b.subs {
 			e := ev[s.cls.idx]
-			if e.reason != Fit {
+			if e.reason != Fit || s.maxDisk < need.DiskBytes {
 				continue
 			}
 			cost := cost0 + e.pen
 			for k := len(s.hosts) - 1; k >= 0; k-- {
-				if !t.offer(cost, s.hosts[k]) {
+				if r := s.hosts[k]; r.free.DiskBytes >= need.DiskBytes && !t.offer(cost, r) {
 					break
 				}
 			}
@@ -319,12 +363,14 @@ func (p *pool) search(d *decision, ev []classEval, t *topK) {
 	}
 	li, _ := slices.BinarySearchFunc(p.levels, need.VCPUs, func(l *level, cpu int64) int { return cmp.Compare(l.cpu, cpu) })
 	if d.strategy == Spread {
-		// Most leftover first: levels from the top, buckets from the top.
-		dm := w.mem*frac(p.maxMem-need.MemoryBytes, a.MemoryBytes) + w.disk*frac(p.maxDisk-need.DiskBytes, a.DiskBytes)
+		// Most leftover first: levels from the top, buckets from the top;
+		// the cost is minus the leftover, at least minus what the level
+		// (bucket) could leave with the most memory seen in the pool.
+		mostMem := w.mem * frac(p.maxMem-need.MemoryBytes, a.MemoryBytes)
 		for i := len(p.levels) - 1; i >= li; i-- {
 			l := p.levels[i]
 			cc := w.cpu * frac(l.cpu-need.VCPUs, a.VCPUs)
-			if -(cc + dm) > t.threshold() {
+			if -(cc + mostMem) > t.threshold() {
 				break
 			}
 			for j := len(l.buckets) - 1; j >= 0; j-- {
@@ -332,37 +378,44 @@ func (p *pool) search(d *decision, ev []classEval, t *topK) {
 				if b.free.MemoryBytes < need.MemoryBytes {
 					break
 				}
-				bound := -(cc + w.mem*frac(b.free.MemoryBytes-need.MemoryBytes, a.MemoryBytes) + w.disk*frac(p.maxDisk-need.DiskBytes, a.DiskBytes))
-				if bound > t.threshold() {
-					break
+				cost := shapeCost(d, b.free, a)
+				if cost > t.threshold() {
+					break // the rest of the level leaves less
 				}
-				if b.free.DiskBytes >= need.DiskBytes {
-					offer(b)
-				}
+				offer(b, cost)
 			}
 		}
 		return
 	}
 	// Binpack: least leftover first. For a level (lc fixed) the cost is at
 	// least w.cpu·lc + memCostFloor(lc, 0), which grows with lc; along a
-	// level's buckets (lm ascending) at least memCostFloor(lc, lm), which
-	// grows with lm. The disk and group terms are never negative.
+	// level's buckets (lm ascending) the cost is convex, falling until the
+	// kink lc·ρ and rising after it, so once past the kink the first bucket
+	// over the threshold ends the level. The group terms are never negative.
 	for i := li; i < len(p.levels); i++ {
 		l := p.levels[i]
+		if l.buckets[len(l.buckets)-1].free.MemoryBytes < need.MemoryBytes {
+			continue // no host at this level has the memory
+		}
 		lc := frac(l.cpu-need.VCPUs, a.VCPUs)
 		cc := w.cpu * lc
-		if cc+w.memCostFloor(lc, 0) > t.threshold() {
+		floor := cc + w.memCostFloor(lc, 0)
+		if floor > t.threshold() {
 			break
 		}
-		j, _ := slices.BinarySearchFunc(l.buckets, need.MemoryBytes, func(b *bucket, m int64) int { return cmp.Compare(b.free.MemoryBytes, m) })
+		kink := lc * w.ratio
+		j, _ := slices.BinarySearchFunc(l.buckets, need.MemoryBytes, bucketCmp)
 		for ; j < len(l.buckets); j++ {
 			b := l.buckets[j]
-			if cc+w.memCostFloor(lc, frac(b.free.MemoryBytes-need.MemoryBytes, a.MemoryBytes)) > t.threshold() {
-				break
+			lm := frac(b.free.MemoryBytes-need.MemoryBytes, a.MemoryBytes)
+			cost := cc + w.memCost(lc, lm)
+			if cost > t.threshold() {
+				if lm >= kink {
+					break
+				}
+				continue
 			}
-			if b.free.DiskBytes >= need.DiskBytes {
-				offer(b)
-			}
+			offer(b, cost)
 		}
 	}
 }
@@ -394,16 +447,22 @@ func (c *Cluster) explainIndex(d *decision, ev []classEval, indiv []*hostRec) *N
 		}
 		for _, l := range p.levels {
 			for _, b := range l.buckets {
-				reason := capacityReason(d.req.Resources, b.free)
+				reason := capacityReason(d.req.Resources, Resources{b.free.VCPUs, b.free.MemoryBytes, math.MaxInt64})
 				for _, s := range b.subs {
 					if ev[s.cls.idx].reason != Fit {
 						continue
 					}
-					if reason == Fit {
-						// Cannot happen: such a host would have been chosen.
-						panic("scheduler: a fitting host was not chosen")
+					if reason != Fit {
+						e.countHosts(reason, b.free, s.hosts)
+						continue
 					}
-					e.countHosts(reason, b.free, s.hosts)
+					// vCPU and memory fit: each host here is short of disk.
+					for _, r := range s.hosts {
+						if r.free.DiskBytes >= d.req.DiskBytes {
+							panic("scheduler: a fitting host was not chosen")
+						}
+						e.count(ReasonDisk, 1, r.free, r.h.ID)
+					}
 				}
 			}
 		}

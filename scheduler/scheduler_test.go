@@ -221,23 +221,3 @@ func TestPlaceInvalidRequest(t *testing.T) {
 		t.Errorf("no hosts: err = %v, want ErrInvalidRequest", err)
 	}
 }
-
-func BenchmarkPlace(b *testing.B) {
-	for _, n := range []int{1000, 10000} {
-		b.Run(fmt.Sprintf("hosts=%d", n), func(b *testing.B) {
-			r := rand.New(rand.NewPCG(1, 1))
-			hosts := make([]Host, n)
-			for i := range hosts {
-				hosts[i] = host(fmt.Sprintf("h%05d", i), []string{"a1", "b1", "c1"}[i%3], Resources{
-					VCPUs: r.Int64N(65), MemoryBytes: r.Int64N(257) * GiB, DiskBytes: r.Int64N(4097) * GiB,
-				})
-			}
-			req := Request{Resources: Resources{8, 56 * GiB, 40 * GiB}}
-			for b.Loop() {
-				if _, err := Place(req, hosts); err != nil {
-					b.Fatal(err)
-				}
-			}
-		})
-	}
-}

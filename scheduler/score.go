@@ -6,8 +6,8 @@ import "math"
 // lowest first; ties go to the host ranked first by tieHash(seed, ID).
 //
 // Binpack's cost, on the leftover a host would have after taking the
-// request (each dimension as a fraction of the host's Allocatable: lc, lm,
-// ld), is
+// request (vCPU and memory as fractions of the host's Allocatable: lc, lm),
+// is
 //
 //	lc + lm                                  fill hosts up (best fit)
 //	+ Pc·max(0, lc - lm/ρ) + Pm·max(0, lm - lc·ρ)   what the leftover strands
@@ -37,12 +37,13 @@ var (
 
 // weights are the cost factors of one decision, from the cluster totals.
 type weights struct {
-	cpu, mem, disk float64 // per unit of normalised leftover
-	pc, pm         float64 // per unit of stranded vCPU / memory (Binpack)
-	ratio          float64 // ρ; 0 while nothing is allocated (no strand term)
+	cpu, mem float64 // per unit of normalised leftover
+	pc, pm   float64 // per unit of stranded vCPU / memory (Binpack)
+	ratio    float64 // ρ; 0 while nothing is allocated (no strand term)
+	invRatio float64 // 1/ρ
 }
 
-func (w weights) sum() float64 { return w.cpu + w.mem + w.disk }
+func (w weights) sum() float64 { return w.cpu + w.mem }
 
 // newWeights derives the weights from what is allocated (used) of what is
 // allocatable (total) over the ready hosts.
@@ -51,7 +52,7 @@ func newWeights(used, total Resources) weights {
 	uc, um := frac(used.VCPUs, total.VCPUs), frac(used.MemoryBytes, total.MemoryBytes)
 	if uc > 0 && um > 0 {
 		top := max(uc, um)
-		w.ratio = um / uc
+		w.ratio, w.invRatio = um/uc, uc/um
 		w.pc = strandWeight * math.Pow(uc/top, strandPower)
 		w.pm = strandWeight * math.Pow(um/top, strandPower)
 	}
@@ -65,23 +66,17 @@ func frac(n, of int64) float64 {
 	return float64(n) / float64(of)
 }
 
-// leftovers are the normalised leftovers of a host with free (of alloc)
-// after taking need.
-func leftovers(free, alloc, need Resources) (lc, lm, ld float64) {
-	return frac(free.VCPUs-need.VCPUs, alloc.VCPUs),
-		frac(free.MemoryBytes-need.MemoryBytes, alloc.MemoryBytes),
-		frac(free.DiskBytes-need.DiskBytes, alloc.DiskBytes)
-}
-
 // shapeCost is what placing d's request on a host with free (of alloc)
-// costs, before group terms; lower is better.
+// costs, before group terms; lower is better. Disk is not scored, only
+// filtered (see index.go), so the cost depends on vCPU and memory alone.
 func shapeCost(d *decision, free, alloc Resources) float64 {
-	lc, lm, ld := leftovers(free, alloc, d.req.Resources)
+	lc := frac(free.VCPUs-d.req.VCPUs, alloc.VCPUs)
+	lm := frac(free.MemoryBytes-d.req.MemoryBytes, alloc.MemoryBytes)
 	w := &d.w
 	if d.strategy == Spread {
-		return -(w.cpu*lc + w.mem*lm + w.disk*ld)
+		return -(w.cpu*lc + w.mem*lm)
 	}
-	return w.cpu*lc + w.memCost(lc, lm) + w.disk*ld
+	return w.cpu*lc + w.memCost(lc, lm)
 }
 
 // memCost is the part of the Binpack cost that varies with lm for a given
@@ -89,7 +84,7 @@ func shapeCost(d *decision, free, alloc Resources) float64 {
 func (w *weights) memCost(lc, lm float64) float64 {
 	c := w.mem * lm
 	if w.ratio > 0 {
-		c += w.pc*max(0, lc-lm/w.ratio) + w.pm*max(0, lm-lc*w.ratio)
+		c += w.pc*max(0, lc-lm*w.invRatio) + w.pm*max(0, lm-lc*w.ratio)
 	}
 	return c
 }
@@ -105,12 +100,6 @@ func (w *weights) memCostFloor(lc, from float64) float64 {
 		}
 	}
 	return best
-}
-
-// leftover is the weighted normalised leftover: what Spread maximises.
-func leftover(w weights, free, alloc, need Resources) float64 {
-	lc, lm, ld := leftovers(free, alloc, need)
-	return w.cpu*lc + w.mem*lm + w.disk*ld
 }
 
 // scoreOf maps a cost to a Placement score, 0 (worst) to MaxScore (best):
