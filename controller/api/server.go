@@ -54,7 +54,7 @@ type Server struct {
 	HostTTL           time.Duration
 	// DefaultStrategy is used when a create names none (zero: Binpack).
 	DefaultStrategy scheduler.Strategy
-	seen              *seenTable
+	seen            *seenTable
 }
 
 // NewServer builds the services for node.
