@@ -1,7 +1,6 @@
 package state
 
 import (
-	"fmt"
 	"maps"
 	"math"
 	"regexp"
@@ -178,8 +177,13 @@ func (s *Store) applyUpdateHost(now int64, c *statev1.UpdateHost) (any, error) {
 	default:
 		return nil, errorf(KindInvalid, "unknown host state %v: use ready, maintenance or draining", c.AdminState)
 	}
-	for k, v := range c.SetLabels {
-		if err := CheckLabel(k, v); err != nil {
+	keys := make([]string, 0, len(c.SetLabels))
+	for k := range c.SetLabels {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys) // the same first error on every controller
+	for _, k := range keys {
+		if err := CheckLabel(k, c.SetLabels[k]); err != nil {
 			return nil, err
 		}
 	}
@@ -344,5 +348,3 @@ func ValidName(s string) bool { return len(s) <= 63 && nameRE.MatchString(s) }
 func describeState(s yunchiv1.HostState) string {
 	return strings.ToLower(strings.TrimPrefix(s.String(), "HOST_STATE_"))
 }
-
-var _ = fmt.Sprint
