@@ -231,14 +231,14 @@ func (c *Cluster) PlaceBatch(reqs []Request) ([]Placement, error) {
 			_ = c.Release(done[i].host, done[i].r) // undo: nothing else changed them
 		}
 	}()
-	// placed[group name] = host ID -> members this batch placed there.
+	// placed[groupKey] = host ID -> members this batch placed there.
 	placed := map[string]map[string]int{}
 	out := make([]Placement, 0, len(reqs))
 	for i := range reqs {
 		req := reqs[i]
 		var extra map[string]int
 		if req.Group != nil {
-			extra = placed[req.Group.Name]
+			extra = placed[groupKey(req.Group)]
 		}
 		d := c.newDecision(&req, extra)
 		p, err := c.place(d)
@@ -254,15 +254,25 @@ func (c *Cluster) PlaceBatch(reqs []Request) ([]Placement, error) {
 		_ = c.Allocate(p.HostID, req.Resources) // a known host, a valid size
 		done = append(done, tentative{p.HostID, req.Resources})
 		if req.Group != nil {
-			m := placed[req.Group.Name]
+			k := groupKey(req.Group)
+			m := placed[k]
 			if m == nil {
 				m = map[string]int{}
-				placed[req.Group.Name] = m
+				placed[k] = m
 			}
 			m[p.HostID]++
 		}
 	}
 	return out, nil
+}
+
+// groupKey identifies a group within a batch: its name, or for a group
+// without one, the *Group itself.
+func groupKey(g *Group) string {
+	if g.Name != "" {
+		return "name:" + g.Name
+	}
+	return fmt.Sprintf("ptr:%p", g)
 }
 
 func batchName(reqs []Request, i int) string {
