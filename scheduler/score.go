@@ -27,9 +27,12 @@ import "math"
 //
 // Spread's cost is minus the leftover: the host with the most room wins.
 
-// Tunables, fixed after measuring on the Azure trace (bench/azure-replay.md):
-// packing is at the fluid bound at 1,000, 5,000 and 10,000 hosts for
-// strandWeight 8 to 12 with strandPower 4 or more.
+// Tunables, fixed after measuring on the Azure trace (bench/azure-replay.md).
+// With strandPower 4, every strandWeight from 8 to 40 packs W1 to the fluid
+// bound at 1,000, 5,000 and 10,000 hosts and leaves 138 free 16c/112g slots
+// at the W2 peak; 10 sits inside that plateau. Lower powers make the
+// figures jump about with the weight (W2 slots anywhere from 20 to 156), so
+// they were not chosen, though some points beat 138.
 var (
 	strandWeight = 10.0
 	strandPower  = 4.0
