@@ -4,8 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"slices"
-	"strings"
 )
 
 // Options tune a Cluster's decisions.
@@ -505,11 +503,4 @@ func Place(req Request, hosts []Host) (Placement, error) {
 		return Placement{}, err
 	}
 	return c.Place(req)
-}
-
-// sortedIDs is the cluster's host IDs in order.
-func (c *Cluster) sortedIDs() []string {
-	ids := slices.Collect(maps.Keys(c.hosts))
-	slices.SortFunc(ids, strings.Compare)
-	return ids
 }

@@ -55,10 +55,3 @@ func (g *groupView) hostPenalty(h *Host) float64 {
 	}
 	return g.softPenalty(g.members[h.ID], g.racks[rackOf(h)], g.centers[h.Center])
 }
-
-// touches reports whether the group's rules may treat h differently from
-// other hosts of its class: h holds members. Such hosts are judged one by
-// one; the others by class.
-func (g *groupView) touches(id string) bool {
-	return g != nil && g.members[id] > 0
-}
