@@ -65,6 +65,8 @@ type Cluster struct {
 	nofitCache   map[nofitKey]*NoFitError
 	nofitVersion uint64
 	top          topK       // the candidates of the current decision
+	dec          decision   // the current decision
+	req          Request    // its request
 	spare        spareNodes // emptied index nodes, for reuse
 }
 
@@ -204,8 +206,10 @@ func (c *Cluster) Place(req Request) (Placement, error) {
 	if err := validate(&req); err != nil {
 		return Placement{}, err
 	}
-	d := c.newDecision(&req, nil)
-	return c.place(d)
+	c.req = req
+	p, err := c.place(c.newDecision(&c.req, nil))
+	c.req = Request{}
+	return p, err
 }
 
 // PlaceBatch places reqs all or nothing: a Placement for each, in order, or
@@ -238,8 +242,9 @@ func (c *Cluster) PlaceBatch(reqs []Request) ([]Placement, error) {
 		if req.Group != nil {
 			extra = placed[groupKey(req.Group)]
 		}
-		d := c.newDecision(&req, extra)
-		p, err := c.place(d)
+		c.req = req
+		p, err := c.place(c.newDecision(&c.req, extra))
+		c.req = Request{}
 		if err != nil {
 			var nf *NoFitError
 			if errors.As(err, &nf) {
@@ -282,8 +287,11 @@ func batchName(reqs []Request, i int) string {
 
 // newDecision resolves req's group against the hosts, adding extra (host ID
 // -> members placed earlier in the same batch).
+// The decision lives in c (decisions are serialised), sparing an
+// allocation per decision.
 func (c *Cluster) newDecision(req *Request, extra map[string]int) *decision {
-	d := &decision{req: req, strategy: c.opt.Strategy, w: c.weights()}
+	d := &c.dec
+	*d = decision{req: req, strategy: c.opt.Strategy, w: c.weights()}
 	if g := req.Group; g != nil {
 		v := &groupView{Group: g, members: map[string]int{}, racks: map[rackKey]int{}, centers: map[string]int{}}
 		add := func(m map[string]int) {

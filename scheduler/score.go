@@ -56,10 +56,22 @@ func newWeights(used, total Resources) weights {
 	if uc > 0 && um > 0 {
 		top := max(uc, um)
 		w.ratio, w.invRatio = um/uc, uc/um
-		w.pc = strandWeight * math.Pow(uc/top, strandPower)
-		w.pm = strandWeight * math.Pow(um/top, strandPower)
+		w.pc = strandWeight * pow(uc/top, strandPower)
+		w.pm = strandWeight * pow(um/top, strandPower)
 	}
 	return w
+}
+
+// pow is math.Pow with a fast path for small whole exponents.
+func pow(x, y float64) float64 {
+	if y == math.Trunc(y) && y >= 0 && y <= 8 {
+		r := 1.0
+		for range int(y) {
+			r *= x
+		}
+		return r
+	}
+	return math.Pow(x, y)
 }
 
 func frac(n, of int64) float64 {
