@@ -78,15 +78,90 @@ type level struct {
 type bucket struct {
 	free Resources // vCPU and memory; DiskBytes is 0
 	subs []*sub
+	// all is every host of the bucket, whatever its class: what a decision
+	// that treats every class alike takes hosts from.
+	all ranked
 }
 
 type sub struct {
-	cls   *class
-	hosts []*hostRec // by rank descending: the best-ranked host is last
-	// maxDisk is the most free disk a host here has, and nMaxDisk how many
-	// have it: a request needing more skips the sub.
+	cls *class
+	ranked
+}
+
+// ranked is hosts by rank descending (the best-ranked host is last), with
+// the most free disk any of them has (maxDisk) and how many have it: a
+// request needing more skips the list.
+type ranked struct {
+	hosts    []*hostRec
 	maxDisk  int64
 	nMaxDisk int
+}
+
+func (l *ranked) add(r *hostRec) {
+	// Descending rank: find the first host ranked below r.
+	i, _ := slices.BinarySearchFunc(l.hosts, r, func(x, t *hostRec) int {
+		if rankLess(t, x) {
+			return -1
+		}
+		if x == t {
+			return 0
+		}
+		return 1
+	})
+	l.hosts = slices.Insert(l.hosts, i, r)
+	switch d := r.free.DiskBytes; {
+	case len(l.hosts) == 1 || d > l.maxDisk:
+		l.maxDisk, l.nMaxDisk = d, 1
+	case d == l.maxDisk:
+		l.nMaxDisk++
+	}
+}
+
+// del removes r and reports whether the list is empty.
+func (l *ranked) del(r *hostRec) bool {
+	i, found := slices.BinarySearchFunc(l.hosts, r, func(x, t *hostRec) int {
+		if x == t {
+			return 0
+		}
+		if rankLess(t, x) {
+			return -1
+		}
+		return 1
+	})
+	if !found {
+		panic("scheduler: index out of step with host " + r.h.ID)
+	}
+	l.hosts = slices.Delete(l.hosts, i, i+1)
+	if len(l.hosts) == 0 {
+		return true
+	}
+	if r.free.DiskBytes == l.maxDisk {
+		if l.nMaxDisk--; l.nMaxDisk == 0 {
+			l.maxDisk = l.hosts[0].free.DiskBytes
+			for _, x := range l.hosts {
+				switch {
+				case x.free.DiskBytes > l.maxDisk:
+					l.maxDisk, l.nMaxDisk = x.free.DiskBytes, 1
+				case x.free.DiskBytes == l.maxDisk:
+					l.nMaxDisk++
+				}
+			}
+		}
+	}
+	return false
+}
+
+// offer offers t the hosts of l with need's disk, best-ranked first, at
+// cost, until t turns one down.
+func (l *ranked) offer(t *topK, cost float64, disk int64) {
+	if l.maxDisk < disk {
+		return
+	}
+	for k := len(l.hosts) - 1; k >= 0; k-- {
+		if r := l.hosts[k]; r.free.DiskBytes >= disk && !t.offer(cost, r) {
+			return
+		}
+	}
 }
 
 // rankLess orders hosts for tie-breaks: by tieHash, then by ID.
@@ -195,23 +270,8 @@ func (p *pool) insert(r *hostRec) {
 		s.cls = r.cls
 		b.subs = append(b.subs, s)
 	}
-	// Descending rank: find the first host ranked below r.
-	hi, _ := slices.BinarySearchFunc(s.hosts, r, func(x, t *hostRec) int {
-		if rankLess(t, x) {
-			return -1
-		}
-		if x == t {
-			return 0
-		}
-		return 1
-	})
-	s.hosts = slices.Insert(s.hosts, hi, r)
-	switch {
-	case len(s.hosts) == 1 || f.DiskBytes > s.maxDisk:
-		s.maxDisk, s.nMaxDisk = f.DiskBytes, 1
-	case f.DiskBytes == s.maxDisk:
-		s.nMaxDisk++
-	}
+	s.add(r)
+	b.all.add(r)
 	r.b, r.s = b, s
 	p.maxMem = max(p.maxMem, f.MemoryBytes)
 }
@@ -222,33 +282,8 @@ func bucketCmp(b *bucket, mem int64) int { return cmp.Compare(b.free.MemoryBytes
 func (p *pool) remove(r *hostRec) {
 	s, b := r.s, r.b
 	r.s, r.b = nil, nil
-	hi, found := slices.BinarySearchFunc(s.hosts, r, func(x, t *hostRec) int {
-		if x == t {
-			return 0
-		}
-		if rankLess(t, x) {
-			return -1
-		}
-		return 1
-	})
-	if !found {
-		panic("scheduler: index out of step with host " + r.h.ID)
-	}
-	s.hosts = slices.Delete(s.hosts, hi, hi+1)
-	if len(s.hosts) > 0 {
-		if r.free.DiskBytes == s.maxDisk {
-			if s.nMaxDisk--; s.nMaxDisk == 0 {
-				s.maxDisk = s.hosts[0].free.DiskBytes
-				for _, x := range s.hosts {
-					switch {
-					case x.free.DiskBytes > s.maxDisk:
-						s.maxDisk, s.nMaxDisk = x.free.DiskBytes, 1
-					case x.free.DiskBytes == s.maxDisk:
-						s.nMaxDisk++
-					}
-				}
-			}
-		}
+	b.all.del(r)
+	if !s.del(r) {
 		return
 	}
 	b.subs = slices.DeleteFunc(b.subs, func(x *sub) bool { return x == s })
@@ -337,27 +372,32 @@ func (p *pool) search(d *decision, ev []classEval, t *topK) {
 	if !need.Fits(a) {
 		return
 	}
-	passing := false
+	// uniform: every class with hosts in the index passes, at one penalty,
+	// so a bucket's hosts are taken from its merged list.
+	passing, uniform, pen0 := false, true, math.NaN()
 	for _, cls := range p.classes {
-		if ev[cls.idx].reason == Fit && cls.n > cls.out {
-			passing = true
-			break
+		e := ev[cls.idx]
+		switch {
+		case cls.n == cls.out:
+		case e.reason != Fit:
+			uniform = false
+		case math.IsNaN(pen0):
+			passing, pen0 = true, e.pen
+		default:
+			uniform = uniform && e.pen == pen0
 		}
 	}
 	if !passing {
 		return
 	}
 	offer := func(b *bucket, cost0 float64) {
+		if uniform {
+			b.all.offer(t, cost0+pen0, need.DiskBytes)
+			return
+		}
 		for _, s := range b.subs {
-			e := ev[s.cls.idx]
-			if e.reason != Fit || s.maxDisk < need.DiskBytes {
-				continue
-			}
-			cost := cost0 + e.pen
-			for k := len(s.hosts) - 1; k >= 0; k-- {
-				if r := s.hosts[k]; r.free.DiskBytes >= need.DiskBytes && !t.offer(cost, r) {
-					break
-				}
+			if e := ev[s.cls.idx]; e.reason == Fit {
+				s.offer(t, cost0+e.pen, need.DiskBytes)
 			}
 		}
 	}
@@ -388,10 +428,12 @@ func (p *pool) search(d *decision, ev []classEval, t *topK) {
 		return
 	}
 	// Binpack: least leftover first. For a level (lc fixed) the cost is at
-	// least w.cpu·lc + memCostFloor(lc, 0), which grows with lc; along a
-	// level's buckets (lm ascending) the cost is convex, falling until the
-	// kink lc·ρ and rising after it, so once past the kink the first bucket
-	// over the threshold ends the level. The group terms are never negative.
+	// least w.cpu·lc + memCostFloor(lc, 0), which grows with lc. Along a
+	// level's buckets the cost is convex in lm, least at lmLeast (0 or the
+	// kink lc·ρ): scan up from there and down from there, each way until a
+	// bucket costs more than the threshold, as every bucket beyond it costs
+	// more still. The group terms are never negative.
+	lmOf := func(b *bucket) float64 { return frac(b.free.MemoryBytes-need.MemoryBytes, a.MemoryBytes) }
 	for i := li; i < len(p.levels); i++ {
 		l := p.levels[i]
 		if l.buckets[len(l.buckets)-1].free.MemoryBytes < need.MemoryBytes {
@@ -399,21 +441,29 @@ func (p *pool) search(d *decision, ev []classEval, t *topK) {
 		}
 		lc := frac(l.cpu-need.VCPUs, a.VCPUs)
 		cc := w.cpu * lc
-		floor := cc + w.memCostFloor(lc, 0)
-		if floor > t.threshold() {
+		if cc+w.memCostFloor(lc, 0) > t.threshold() {
 			break
 		}
-		kink := lc * w.ratio
-		j, _ := slices.BinarySearchFunc(l.buckets, need.MemoryBytes, bucketCmp)
-		for ; j < len(l.buckets); j++ {
+		lo, _ := slices.BinarySearchFunc(l.buckets, need.MemoryBytes, bucketCmp)
+		least := w.memLeast(lc)
+		mid := lo
+		if least > 0 {
+			mid, _ = slices.BinarySearchFunc(l.buckets[lo:], least, func(b *bucket, x float64) int { return cmp.Compare(lmOf(b), x) })
+			mid += lo
+		}
+		for j := mid; j < len(l.buckets); j++ {
 			b := l.buckets[j]
-			lm := frac(b.free.MemoryBytes-need.MemoryBytes, a.MemoryBytes)
-			cost := cc + w.memCost(lc, lm)
+			cost := cc + w.memCost(lc, lmOf(b))
 			if cost > t.threshold() {
-				if lm >= kink {
-					break
-				}
-				continue
+				break
+			}
+			offer(b, cost)
+		}
+		for j := mid - 1; j >= lo; j-- {
+			b := l.buckets[j]
+			cost := cc + w.memCost(lc, lmOf(b))
+			if cost > t.threshold() {
+				break
 			}
 			offer(b, cost)
 		}

@@ -117,6 +117,16 @@ func (w *weights) memCostFloor(lc, from float64) float64 {
 	return best
 }
 
+// memLeast is where memCost(lc, ·) is least over lm >= 0: at the kink lc·ρ
+// when it falls until there (stranded vCPU costs more per unit than the
+// memory leftover), else at 0.
+func (w *weights) memLeast(lc float64) float64 {
+	if w.ratio > 0 && w.mem-w.pc*w.invRatio < 0 {
+		return lc * w.ratio
+	}
+	return 0
+}
+
 // scoreOf maps a cost to a Placement score, 0 (worst) to MaxScore (best):
 // for Binpack 100 for a host left exactly full, for Spread 100 for an empty
 // host taking almost nothing.
