@@ -9,21 +9,26 @@ import (
 	"strings"
 )
 
-// The index. Hosts that static filters cannot tell apart (same state,
-// owner, center, site, rack, labels, capacity, reservation and ratios) form
-// a class; a decision runs the static filters once per class. Classes with
+// The index. Hosts that the filters other than capacity cannot tell apart
+// (same state, owner, center, site, rack, labels, capacity, reservation and
+// ratios) form a class; a decision runs those filters once per class.
+// Classes with
 // the same Allocatable vector share a pool, and a pool indexes its hosts by
 // free vector:
 //
 //	pool (Allocatable)
 //	  levels, by free vCPU ascending
 //	    buckets, by free memory ascending: one per (free vCPU, free memory)
+//	      all: every host of the bucket, by tie-break rank descending
 //	      subs, one per class with hosts in the bucket
 //	        hosts, by tie-break rank (tieHash, then ID) descending
 //
 // Every host of a bucket costs the same (the cost depends only on free vCPU
 // and memory, the pool's Allocatable and the class), so a decision scores
-// once per bucket and takes hosts from a sub in rank order. Disk is only a
+// once per bucket and takes hosts in rank order: from the merged list when
+// the decision treats every class of the pool alike (the common case: no
+// constraints, no group), else from the subs of the classes that pass, each
+// at its class's group penalty. Disk is only a
 // filter: each host keeps its own free disk, a sub knows the most any of its
 // hosts has, and a host short of disk is passed over. (Keying buckets on
 // disk too would multiply them tenfold on the Azure trace, where every VM
@@ -31,11 +36,11 @@ import (
 // buckets are searched best first with a bound (see search), so a decision
 // looks at the buckets near the best fit, not at every host.
 
-// class is the hosts the static filters cannot tell apart.
+// class is the hosts the filters other than capacity cannot tell apart.
 type class struct {
 	key  string
 	idx  int  // position in Cluster.classes
-	host Host // the static attributes (ID, capacity figures of one member)
+	host Host // the stand-in: a member's attributes, no ID, nothing allocated
 	rack rackKey
 	pool *pool
 	n    int // hosts in the class
@@ -364,9 +369,9 @@ func staticKey(d *decision) (string, bool) {
 const boundSlack = 1e-9
 
 // search offers t the best hosts of p for d: every host whose cost could
-// make the top k. Bounds use the leftover alone (the fragmentation and group
-// terms are never negative for Binpack), so a bucket is skipped only when
-// its cost cannot beat the k-th candidate so far.
+// make the top k. A level or bucket is skipped only when a lower bound on
+// its cost (group penalties are never negative and are left out of it)
+// exceeds the k-th candidate so far; see the bounds below.
 func (p *pool) search(d *decision, ev []classEval, t *topK) {
 	need, a, w := d.req.Resources, p.alloc, d.w
 	if !need.Fits(a) {
