@@ -49,12 +49,13 @@
 // stand-in host, cached across decisions for requests without a group.
 // Classes with the same Allocatable share a pool; a pool indexes its hosts
 // by free vCPU (levels) and free memory (buckets), each bucket holding its
-// hosts per class in tie-break order (index.go). A decision searches each
-// pool best first, with lower bounds on the cost of a whole level and of
-// the rest of a level, and stops once no bucket left can beat the k-th
-// candidate so far (k = 1 + RunnersUp): all hosts of a bucket cost the
-// same, so it scores once per bucket and takes hosts from the top of its
-// lists. Hosts the rules treat one by one (members of the request's group,
+// hosts in tie-break order, all together and per class (index.go). A
+// decision searches each pool best first: a lower bound on the cost of a
+// whole level ends the walk over levels, and along a level the cost is
+// convex in free memory, so it scans outwards from the cheapest point and
+// stops each way at the first bucket that cannot beat the k-th candidate
+// so far (k = 1 + RunnersUp). All hosts of a bucket cost the same, so it
+// scores once per bucket and takes hosts from the top of its lists. Hosts the rules treat one by one (members of the request's group,
 // hosts a host= constraint names) leave the index for that decision and
 // are judged individually. An explanation is built from classes and
 // buckets too, and is remembered until a host changes (a full cluster
