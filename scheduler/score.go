@@ -127,9 +127,13 @@ func (w *weights) memLeast(lc float64) float64 {
 	return 0
 }
 
-// scoreOf maps a cost to a Placement score, 0 (worst) to MaxScore (best):
-// for Binpack 100 for a host left exactly full, for Spread 100 for an empty
-// host taking almost nothing.
+// scoreOf maps a cost to a Placement score, 0 (worst) to MaxScore (best),
+// falling as the cost rises, so scores rank hosts as the decision did. For
+// Binpack: 100 for a host left exactly full, 50 for an empty host taking
+// almost nothing (cost = the weight sum), less for a leftover that strands
+// capacity or breaks a soft group rule; the curve s/(s+cost) never flattens
+// at 0, so even in an empty cluster the runners-up show how they compared.
+// For Spread: 100 for an empty host taking almost nothing.
 func scoreOf(d *decision, cost float64) int64 {
 	s := d.w.sum()
 	if s <= 0 {
@@ -139,7 +143,7 @@ func scoreOf(d *decision, cost float64) int64 {
 	if d.strategy == Spread {
 		v = -cost / s
 	} else {
-		v = 1 - cost/s
+		v = s / (s + max(cost, 0))
 	}
 	return int64(math.Round(MaxScore * min(max(v, 0), 1)))
 }

@@ -27,8 +27,11 @@ func TestShapeCostBinpack(t *testing.T) {
 	if s := scoreOf(d, 0); s != MaxScore {
 		t.Errorf("score of a perfect fit = %d", s)
 	}
-	if s := scoreOf(d, 2); s != 0 {
-		t.Errorf("score of an empty host taking nothing = %d", s)
+	if s := scoreOf(d, 2); s != MaxScore/2 {
+		t.Errorf("score of an empty host taking nothing = %d, want %d", s, MaxScore/2)
+	}
+	if a, b := scoreOf(d, 2), scoreOf(d, 6); !(a > b && b > 0) {
+		t.Errorf("a leftover that strands capacity (cost 6) scores %d, want below the empty host's %d and above 0", b, a)
 	}
 }
 
