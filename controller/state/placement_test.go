@@ -414,3 +414,63 @@ func TestSchedulerViewDeltas(t *testing.T) {
 		t.Fatalf("unknown group: %v", err)
 	}
 }
+
+// TestSchedulerViewDeltasAcrossCompaction: after enough changes that the
+// host change log is compacted many times, the hosts reported as changed
+// since any earlier seq are exactly those whose view changed after it.
+func TestSchedulerViewDeltasAcrossCompaction(t *testing.T) {
+	s := threeHosts(t)
+	_, _, seq0, _, _ := s.SchedulerView(0, "", "")
+	type mark struct {
+		seq  uint64
+		host string // the host changed by the command that led to seq
+	}
+	var marks []mark
+	ids := []string{"h1", "h2", "h3"}
+	states := []yunchiv1.HostState{yunchiv1.HostState_HOST_STATE_DOWN, yunchiv1.HostState_HOST_STATE_READY}
+	for i := 0; i < 500; i++ {
+		// h3 changes only in the first 10 steps, so old seqs must still
+		// report it while later ones must not.
+		id := ids[i%2]
+		if i < 10 {
+			id = ids[i%3]
+		}
+		mustApply(t, s, uint64(100+i), &statev1.Command{Cmd: &statev1.Command_SetHostState{SetHostState: &statev1.SetHostState{HostId: id, State: states[i%2]}}})
+		_, _, seq, _, _ := s.SchedulerView(seq0, "", "")
+		prev := seq0
+		if len(marks) > 0 {
+			prev = marks[len(marks)-1].seq
+		}
+		if seq == prev {
+			id = "" // the host was already in that state: nothing changed
+		}
+		marks = append(marks, mark{seq, id})
+	}
+	if len(s.hostLog) > 2*len(s.hostSeq)+64 {
+		t.Fatalf("log not compacted: %d entries for %d hosts", len(s.hostLog), len(s.hostSeq))
+	}
+	for k := range marks {
+		since := seq0
+		if k > 0 {
+			since = marks[k-1].seq
+		}
+		want := map[string]bool{}
+		for _, m := range marks[k:] {
+			if m.host != "" {
+				want[m.host] = true
+			}
+		}
+		got, full, _, _, err := s.SchedulerView(since, "", "")
+		if err != nil || full {
+			t.Fatalf("since %d: full %v, %v", since, full, err)
+		}
+		if len(got) != len(want) {
+			t.Fatalf("since step %d: %d hosts changed, want %d (%v)", k, len(got), len(want), want)
+		}
+		for _, h := range got {
+			if !want[h.ID] {
+				t.Fatalf("since step %d: %s reported, want %v", k, h.ID, want)
+			}
+		}
+	}
+}

@@ -159,10 +159,21 @@ func (s *Store) SchedulerView(since uint64, project, group string) (hosts []sche
 		g = s.schedGroup(rec)
 	}
 	full = since == 0 || s.allSeq > since
-	for id, h := range s.hosts {
-		if full || s.hostSeq[id] > since {
+	if full {
+		for _, h := range s.hosts {
 			sh, _ := s.schedHost(h)
 			hosts = append(hosts, sh)
+		}
+	} else {
+		// Only the changes after since: the tail of the log.
+		i := sort.Search(len(s.hostLog), func(i int) bool { return s.hostLog[i].seq > since })
+		seen := map[string]bool{}
+		for _, c := range s.hostLog[i:] {
+			if h, ok := s.hosts[c.id]; ok && !seen[c.id] {
+				seen[c.id] = true
+				sh, _ := s.schedHost(h)
+				hosts = append(hosts, sh)
+			}
 		}
 	}
 	sort.Slice(hosts, func(i, j int) bool { return hosts[i].ID < hosts[j].ID })

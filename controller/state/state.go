@@ -46,8 +46,12 @@ type Store struct {
 	// seq counts changes; hostSeq is the seq of each host's last change to
 	// what the scheduler sees; allSeq the last change to every host at once
 	// (ratios, restore).
+	// hostLog lists host changes in seq order, so that bringing a cache up
+	// to date costs what changed, not a pass over every host; it is
+	// compacted to one entry per host when it grows past twice their number.
 	seq     uint64
 	hostSeq map[string]uint64
+	hostLog []hostChange
 	allSeq  uint64
 	changed chan struct{}
 }
@@ -69,14 +73,32 @@ func (s *Store) reset() {
 	s.groups = map[string]*statev1.PlacementGroupRecord{}
 	s.groupHosts = map[string]map[string]int{}
 	s.hostSeq = map[string]uint64{}
+	s.hostLog = nil
 	s.seq++
 	s.allSeq = s.seq
+}
+
+type hostChange struct {
+	seq uint64
+	id  string
 }
 
 // touched records that the scheduler's view of a host changed; callers hold mu.
 func (s *Store) touched(hostID string) {
 	s.seq++
 	s.hostSeq[hostID] = s.seq
+	s.hostLog = append(s.hostLog, hostChange{s.seq, hostID})
+	if len(s.hostLog) > 2*len(s.hostSeq)+64 {
+		// Keep each host's last change only: for any seq, the hosts changed
+		// since then are the same. Amortised O(1) per change.
+		kept := s.hostLog[:0]
+		for _, c := range s.hostLog {
+			if s.hostSeq[c.id] == c.seq {
+				kept = append(kept, c)
+			}
+		}
+		s.hostLog = kept
+	}
 }
 
 // touchedAll records that every host's scheduler view may have changed.
