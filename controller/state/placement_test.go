@@ -431,11 +431,11 @@ func TestSchedulerViewDeltasAcrossCompaction(t *testing.T) {
 	for i := 0; i < 500; i++ {
 		// h3 changes only in the first 10 steps, so old seqs must still
 		// report it while later ones must not.
-		id := ids[i%2]
-		if i < 10 {
-			id = ids[i%3]
+		id, st := ids[(i/2)%2], states[i%2]
+		if i < 9 {
+			id, st = ids[i%3], states[(i/3)%2]
 		}
-		mustApply(t, s, uint64(100+i), &statev1.Command{Cmd: &statev1.Command_SetHostState{SetHostState: &statev1.SetHostState{HostId: id, State: states[i%2]}}})
+		mustApply(t, s, uint64(100+i), &statev1.Command{Cmd: &statev1.Command_SetHostState{SetHostState: &statev1.SetHostState{HostId: id, State: st}}})
 		_, _, seq, _, _ := s.SchedulerView(seq0, "", "")
 		prev := seq0
 		if len(marks) > 0 {
@@ -445,6 +445,15 @@ func TestSchedulerViewDeltasAcrossCompaction(t *testing.T) {
 			id = "" // the host was already in that state: nothing changed
 		}
 		marks = append(marks, mark{seq, id})
+	}
+	changes := 0
+	for _, m := range marks {
+		if m.host != "" {
+			changes++
+		}
+	}
+	if changes < 4*(2*len(s.hostSeq)+64) {
+		t.Fatalf("only %d changes: too few to compact the log several times", changes)
 	}
 	if len(s.hostLog) > 2*len(s.hostSeq)+64 {
 		t.Fatalf("log not compacted: %d entries for %d hosts", len(s.hostLog), len(s.hostSeq))
