@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Installs what Yunchi needs to build and test on Debian 12, only if missing.
-#   scripts/deps.sh         build + test dependencies (libvirt headers, pkg-config)
+#   scripts/deps.sh         build + test dependencies (C compiler, libvirt headers, pkg-config)
 #   scripts/deps.sh proto   also protoc and the well-known protos
 set -euo pipefail
 need=()
+# cgo (the libvirt bindings, the race detector) needs a C compiler and libc headers.
+command -v gcc >/dev/null 2>&1 || need+=(gcc)
+[ -f /usr/include/stdlib.h ] || need+=(libc6-dev)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 pkg-config --exists libvirt 2>/dev/null || need+=(libvirt-dev)
 if [ "${1:-}" = proto ]; then
