@@ -207,13 +207,7 @@ func (c *Cluster) Place(req Request) (Placement, error) {
 		return Placement{}, err
 	}
 	c.req = req
-	var p Placement
-	var err error
-	if xScan != 0 {
-		p, err = c.placeScan(c.newDecision(&c.req, nil))
-	} else {
-		p, err = c.place(c.newDecision(&c.req, nil))
-	}
+	p, err := c.place(c.newDecision(&c.req, nil))
 	c.req = Request{}
 	return p, err
 }

@@ -1,57 +1,6 @@
 package scheduler
 
-import (
-	"math"
-	"os"
-	"strconv"
-)
-
-func envF(k string, d float64) float64 {
-	if v := os.Getenv(k); v != "" {
-		f, _ := strconv.ParseFloat(v, 64)
-		return f
-	}
-	return d
-}
-
-var (
-	xBeta  = envF("XBETA", 0)
-	xG     = envF("XG", 16)
-	xM     = envF("XM", 0) // GiB per vCPU of slot; 0 = cpu only
-	xMode  = envF("XMODE", 0)
-	xScan  = envF("XSCAN", 0)
-	xG2    = envF("XG2", 0)
-)
-
-const gib = 1 << 30
-
-func strandedSlot(lc, lm int64, g, m float64) float64 {
-	G := int64(g)
-	n := lc / G
-	if m > 0 {
-		n = min(n, lm/int64(g*m*gib))
-	}
-	return float64(lc - G*n)
-}
-
-func slotTerm(d *decision, free, alloc Resources) float64 {
-	if xBeta == 0 || d.strategy == Spread {
-		return 0
-	}
-	Lc, Lm := free.VCPUs-d.req.VCPUs, free.MemoryBytes-d.req.MemoryBytes
-	s := strandedSlot(Lc, Lm, xG, xM)
-	if xG2 > 0 {
-		s = (s + strandedSlot(Lc, Lm, xG2, xM)) / 2
-	}
-	if xMode == 1 {
-		b := strandedSlot(free.VCPUs, free.MemoryBytes, xG, xM)
-		if xG2 > 0 {
-			b = (b + strandedSlot(free.VCPUs, free.MemoryBytes, xG2, xM)) / 2
-		}
-		s = s - b + xG
-	}
-	return xBeta * s / float64(alloc.VCPUs)
-}
+import "math"
 
 // Scoring. A decision ranks the hosts that pass every filter by a cost,
 // lowest first; ties go to the host ranked first by tieHash(seed, ID).
@@ -85,8 +34,8 @@ func slotTerm(d *decision, free, alloc Resources) float64 {
 // figures jump about with the weight (W2 slots anywhere from 20 to 156), so
 // they were not chosen, though some points beat 138.
 var (
-	strandWeight = envF("XSW", 10.0)
-	strandPower  = envF("XSP", 4.0)
+	strandWeight = 10.0
+	strandPower  = 4.0
 )
 
 // weights are the cost factors of one decision, from the cluster totals.
@@ -142,7 +91,7 @@ func shapeCost(d *decision, free, alloc Resources) float64 {
 	if d.strategy == Spread {
 		return -(w.cpu*lc + w.mem*lm)
 	}
-	return w.cpu*lc + w.memCost(lc, lm) + slotTerm(d, free, alloc)
+	return w.cpu*lc + w.memCost(lc, lm)
 }
 
 // memCost is the part of the Binpack cost that varies with lm for a given
