@@ -64,6 +64,36 @@ func CheckRatio(what string, r float64) error {
 	return nil
 }
 
+// checkRatios validates the ratios a command sets (nil: not set).
+func checkRatios(cpu, memory, disk *float64) error {
+	for _, f := range []struct {
+		what string
+		v    *float64
+	}{{"cpu", cpu}, {"memory", memory}, {"disk", disk}} {
+		if f.v != nil {
+			if err := CheckRatio(f.what, *f.v); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// mergeRatios writes the ratios a command sets into r (nil leaves one as
+// it is, 0 clears it) and reports whether r still sets any.
+func mergeRatios(r *yunchiv1.Ratios, cpu, memory, disk *float64) bool {
+	if cpu != nil {
+		r.Cpu = *cpu
+	}
+	if memory != nil {
+		r.Memory = *memory
+	}
+	if disk != nil {
+		r.Disk = *disk
+	}
+	return r.Cpu != 0 || r.Memory != 0 || r.Disk != 0
+}
+
 func ratioKey(scope, name string) string { return scope + "/" + name }
 
 // labelsOf is the host's labels as placement sees them: the agent's, with
@@ -212,15 +242,8 @@ func (s *Store) applyUpdateHost(now int64, c *statev1.UpdateHost) (any, error) {
 				cp.GetVcpus(), scheduler.FormatBytes(cp.GetMemoryBytes()), scheduler.FormatBytes(cp.GetDiskBytes()))
 		}
 	}
-	for _, f := range []struct {
-		what string
-		v    *float64
-	}{{"cpu", c.CpuRatio}, {"memory", c.MemoryRatio}, {"disk", c.DiskRatio}} {
-		if f.v != nil {
-			if err := CheckRatio(f.what, *f.v); err != nil {
-				return nil, err
-			}
-		}
+	if err := checkRatios(c.CpuRatio, c.MemoryRatio, c.DiskRatio); err != nil {
+		return nil, err
 	}
 
 	if c.AdminState != yunchiv1.HostState_HOST_STATE_UNSPECIFIED && c.AdminState != h.AdminState {
@@ -248,16 +271,7 @@ func (s *Store) applyUpdateHost(now int64, c *statev1.UpdateHost) (any, error) {
 		if h.Ratios == nil {
 			h.Ratios = &yunchiv1.Ratios{}
 		}
-		if c.CpuRatio != nil {
-			h.Ratios.Cpu = *c.CpuRatio
-		}
-		if c.MemoryRatio != nil {
-			h.Ratios.Memory = *c.MemoryRatio
-		}
-		if c.DiskRatio != nil {
-			h.Ratios.Disk = *c.DiskRatio
-		}
-		if h.Ratios.Cpu == 0 && h.Ratios.Memory == 0 && h.Ratios.Disk == 0 {
+		if !mergeRatios(h.Ratios, c.CpuRatio, c.MemoryRatio, c.DiskRatio) {
 			h.Ratios = nil
 		}
 	}
@@ -281,15 +295,8 @@ func (s *Store) applySetRatios(c *statev1.SetRatios) (any, error) {
 			return nil, err
 		}
 	}
-	for _, f := range []struct {
-		what string
-		v    *float64
-	}{{"cpu", c.Cpu}, {"memory", c.Memory}, {"disk", c.Disk}} {
-		if f.v != nil {
-			if err := CheckRatio(f.what, *f.v); err != nil {
-				return nil, err
-			}
-		}
+	if err := checkRatios(c.Cpu, c.Memory, c.Disk); err != nil {
+		return nil, err
 	}
 	if c.Cpu == nil && c.Memory == nil && c.Disk == nil {
 		return nil, errorf(KindInvalid, "no ratio given: set at least one of cpu, memory, disk")
@@ -299,19 +306,10 @@ func (s *Store) applySetRatios(c *statev1.SetRatios) (any, error) {
 	if rec == nil {
 		rec = &statev1.RatioRecord{Scope: c.Scope, Name: c.Name, Ratios: &yunchiv1.Ratios{}}
 	}
-	if c.Cpu != nil {
-		rec.Ratios.Cpu = *c.Cpu
-	}
-	if c.Memory != nil {
-		rec.Ratios.Memory = *c.Memory
-	}
-	if c.Disk != nil {
-		rec.Ratios.Disk = *c.Disk
-	}
-	if rec.Ratios.Cpu == 0 && rec.Ratios.Memory == 0 && rec.Ratios.Disk == 0 {
-		delete(s.ratios, key)
-	} else {
+	if mergeRatios(rec.Ratios, c.Cpu, c.Memory, c.Disk) {
 		s.ratios[key] = rec
+	} else {
+		delete(s.ratios, key)
 	}
 	s.touchedAll()
 	return proto.Clone(rec), nil
