@@ -280,18 +280,6 @@ func (s *Server) GetCapacity(ctx context.Context, req *yunchiv1.GetCapacityReque
 
 var errNoLeader = status.Error(codes.Unavailable, "no leader elected yet (is a majority of controllers up?): retry in a few seconds")
 
-// wait blocks until ctx is done or d passes.
-func wait(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
-}
-
 // waitApplied blocks until this node's state includes raft index idx: the
 // read-your-writes step for a client that wrote through another controller.
 func (s *Server) waitApplied(ctx context.Context, idx uint64) error {
