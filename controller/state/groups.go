@@ -1,6 +1,7 @@
 package state
 
 import (
+	"maps"
 	"sort"
 	"strings"
 
@@ -57,7 +58,6 @@ func (s *Store) applyDeletePlacementGroup(c *statev1.DeletePlacementGroup) (any,
 		return nil, errorf(KindFailedPrecondition, "placement group %q still has %d member VMs (%s): delete them first", g.Name, len(names), strings.Join(shown, ", "))
 	}
 	delete(s.groups, key)
-	delete(s.groupHosts, key)
 	return proto.Clone(g), nil
 }
 
@@ -113,11 +113,9 @@ func (s *Store) PlacementGroups(project string) []GroupView {
 // SchedGroup is g as the scheduler sees it, with where its members are now.
 // Callers hold mu.
 func (s *Store) schedGroup(g *statev1.PlacementGroupRecord) *scheduler.Group {
-	members := map[string]int{}
-	for h, n := range s.groupHosts[nameKey(g.Project, g.Name)] {
-		if n > 0 {
-			members[h] = n
-		}
+	members := maps.Clone(s.groupHosts[nameKey(g.Project, g.Name)])
+	if members == nil {
+		members = map[string]int{}
 	}
 	return &scheduler.Group{
 		Name:       g.Name,

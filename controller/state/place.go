@@ -128,9 +128,6 @@ func (s *Store) checkGroup(g *statev1.PlacementGroupRecord, h *statev1.HostRecor
 	dom := domainOf(h, g.Level)
 	inDomain, total := 0, 0
 	for id, n := range count {
-		if n <= 0 {
-			continue
-		}
 		total += n
 		if mh, ok := s.hosts[id]; ok && domainOf(mh, g.Level) == dom {
 			inDomain += n
@@ -170,9 +167,7 @@ func (s *Store) applyPlaceVMs(index uint64, now int64, vms []*statev1.VMRecord) 
 		rec.CreatedUnixNano = now
 		rec.UpdatedUnixNano = now
 		rec.Revision = index
-		s.vms[rec.Id] = rec
-		s.byName[nameKey(rec.Project, rec.Name)] = rec.Id
-		s.charge(rec, +1)
+		s.addVM(rec)
 		out = append(out, proto.Clone(rec).(*statev1.VMRecord))
 	}
 	return out, nil

@@ -34,12 +34,15 @@ type Store struct {
 	mu      sync.RWMutex
 	hosts   map[string]*statev1.HostRecord
 	vms     map[string]*statev1.VMRecord // by id
-	byName  map[string]string            // project/name -> id
-	alloc   map[string]*yunchiv1.Resources
 	members map[string]*statev1.MemberRecord
 	ratios  map[string]*statev1.RatioRecord          // scope/name
 	groups  map[string]*statev1.PlacementGroupRecord // project/name
-	// groupHosts counts each group's members per host: project/name -> host -> n.
+	// Indexes derived from vms, kept by addVM and removeVM only: byName
+	// (project/name -> id), alloc (host -> what its VMs use; absent for a
+	// host without VMs) and groupHosts (a group's members per host:
+	// project/name -> host -> n, no zero entries).
+	byName     map[string]string
+	alloc      map[string]*yunchiv1.Resources
 	groupHosts map[string]map[string]int
 	index      uint64
 	// Change tracking for a cached scheduler view (derived, not replicated):
@@ -197,7 +200,6 @@ func (s *Store) applyRegisterHost(now int64, c *statev1.RegisterHost) (any, erro
 	} else {
 		rec.RegisteredUnixNano = now
 		rec.StateChangedUnixNano = now
-		s.alloc[h.Id] = &yunchiv1.Resources{}
 	}
 	rec.State = yunchiv1.HostState_HOST_STATE_READY
 	s.hosts[h.Id] = rec
@@ -230,7 +232,22 @@ func (s *Store) applyPlaceVM(index uint64, now int64, c *statev1.PlaceVM) (any, 
 	return out[0], nil
 }
 
-// charge adds (sign=+1) or releases (sign=-1) a VM's resources on its host.
+// addVM records a placed VM and the indexes derived from it (name, host
+// allocation, group members); removeVM undoes it. Callers hold mu.
+func (s *Store) addVM(vm *statev1.VMRecord) {
+	s.vms[vm.Id] = vm
+	s.byName[nameKey(vm.Project, vm.Name)] = vm.Id
+	s.charge(vm, +1)
+}
+
+func (s *Store) removeVM(vm *statev1.VMRecord) {
+	s.charge(vm, -1)
+	delete(s.byName, nameKey(vm.Project, vm.Name))
+	delete(s.vms, vm.Id)
+}
+
+// charge adds (sign=+1) or releases (sign=-1) a VM's resources on its host
+// and its count among its group's members there.
 func (s *Store) charge(vm *statev1.VMRecord, sign int64) {
 	s.touched(vm.HostId)
 	a := s.alloc[vm.HostId]
@@ -251,6 +268,9 @@ func (s *Store) charge(vm *statev1.VMRecord, sign int64) {
 		m[vm.HostId] += int(sign)
 		if m[vm.HostId] <= 0 {
 			delete(m, vm.HostId)
+			if len(m) == 0 {
+				delete(s.groupHosts, gk)
+			}
 		}
 	}
 }
@@ -299,9 +319,7 @@ func (s *Store) applyReportVMStatus(index uint64, now int64, c *statev1.ReportVM
 		}
 		if st.Gone {
 			if vm.Desired == yunchiv1.PowerState_POWER_STATE_DELETED {
-				s.charge(vm, -1)
-				delete(s.byName, nameKey(vm.Project, vm.Name))
-				delete(s.vms, vm.Id)
+				s.removeVM(vm)
 				continue
 			}
 			// Gone but still wanted (undefined by hand): the agent defines it again.
@@ -379,13 +397,9 @@ func (s *Store) Restore(snap *statev1.Snapshot) error {
 	s.reset()
 	for _, h := range snap.GetHosts() {
 		s.hosts[h.Id] = proto.Clone(h).(*statev1.HostRecord)
-		s.alloc[h.Id] = &yunchiv1.Resources{}
 	}
 	for _, v := range snap.GetVms() {
-		rec := proto.Clone(v).(*statev1.VMRecord)
-		s.vms[rec.Id] = rec
-		s.byName[nameKey(rec.Project, rec.Name)] = rec.Id
-		s.charge(rec, +1)
+		s.addVM(proto.Clone(v).(*statev1.VMRecord))
 	}
 	for _, m := range snap.GetMembers() {
 		s.members[m.Id] = proto.Clone(m).(*statev1.MemberRecord)
