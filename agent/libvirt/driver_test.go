@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"libvirt.org/go/libvirtxml"
 
 	"github.com/yunchi/yunchi/agent"
@@ -92,8 +93,18 @@ func TestDomainUUIDAndName(t *testing.T) {
 	if a == b || a != domainUUID("vm-1") {
 		t.Errorf("derived uuids not stable/distinct: %s %s", a, b)
 	}
-	if _, ok := parseUUID(a); !ok || a[14] != '5' {
+	if u, err := uuid.Parse(a); err != nil || u.Version() != 5 || a[14] != '5' {
 		t.Errorf("derived uuid %s is not a version 5 uuid", a)
+	}
+	// Pinned: a changed derivation would orphan the domains of existing VMs.
+	// Only the 36-character form is taken as a UUID.
+	for id, want := range map[string]string{
+		"vm-1":                             "79fc2f14-6ecc-5477-b84f-762be81fb6c1",
+		"0b5d4a6e1f5e4f559b665d8a3d8f2b11": "63243afe-68cd-5fb2-bb76-add446fadd08",
+	} {
+		if got := domainUUID(id); got != want {
+			t.Errorf("domainUUID(%q) = %s, want %s", id, got, want)
+		}
 	}
 	if n := domainName("../<evil>'\""); strings.ContainsAny(n, "/<>'\" ") {
 		t.Errorf("unsafe name %q", n)
