@@ -10,6 +10,8 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/yunchi/yunchi/scheduler"
 )
 
 // Names are DNS labels: they end up in domain names, URLs and log lines, so
@@ -104,24 +106,9 @@ func checkSize(field, s string, min, max int64) (int64, error) {
 		return 0, invalid("%s: %v", field, err)
 	}
 	if v < min || v > max {
-		return 0, invalid("%s %s is out of range: give between %s and %s", field, s, formatBytes(min), formatBytes(max))
+		return 0, invalid("%s %s is out of range: give between %s and %s", field, s, scheduler.FormatBytes(min), scheduler.FormatBytes(max))
 	}
 	return v, nil
-}
-
-func formatBytes(b int64) string {
-	const unit = 1024
-	names := []string{"B", "KiB", "MiB", "GiB", "TiB", "PiB"}
-	f := float64(b)
-	i := 0
-	for f >= unit && i < len(names)-1 {
-		f /= unit
-		i++
-	}
-	if f == math.Trunc(f) {
-		return fmt.Sprintf("%d %s", int64(f), names[i])
-	}
-	return fmt.Sprintf("%.1f %s", f, names[i])
 }
 
 func checkHostPort(a string) error {
@@ -146,7 +133,7 @@ func parseSizeOrZero(field, s string, max int64) (int64, error) {
 		return 0, invalid("%s: %v", field, err)
 	}
 	if v > max {
-		return 0, invalid("%s %s is out of range: give at most %s", field, s, formatBytes(max))
+		return 0, invalid("%s %s is out of range: give at most %s", field, s, scheduler.FormatBytes(max))
 	}
 	return v, nil
 }
