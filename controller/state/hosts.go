@@ -5,7 +5,6 @@ import (
 	"math"
 	"regexp"
 	"sort"
-	"strings"
 
 	"google.golang.org/protobuf/proto"
 
@@ -342,7 +341,3 @@ var nameRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
 // ValidName reports whether s is a DNS-label style name (VM, project,
 // group, center): 1-63 lowercase letters, digits and '-'.
 func ValidName(s string) bool { return len(s) <= 63 && nameRE.MatchString(s) }
-
-func describeState(s yunchiv1.HostState) string {
-	return strings.ToLower(strings.TrimPrefix(s.String(), "HOST_STATE_"))
-}

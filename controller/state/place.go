@@ -65,7 +65,7 @@ func (s *Store) checkPlacements(vms []*statev1.VMRecord) error {
 		}
 		sh, _ := s.schedHost(h)
 		if sh.State != scheduler.HostReady {
-			return errorf(KindConflict, "host %q chosen for vm %q is not ready (%s)", vm.HostId, vm.Name, describeState(effectiveState(h)))
+			return errorf(KindConflict, "host %q chosen for vm %q is not ready (%s)", vm.HostId, vm.Name, sh.State)
 		}
 		if h.Owner != "" && h.Owner != vm.Project {
 			return errorf(KindConflict, "host %q chosen for vm %q is dedicated to project %q", vm.HostId, vm.Name, h.Owner)
@@ -133,7 +133,7 @@ func (s *Store) checkGroup(g *statev1.PlacementGroupRecord, h *statev1.HostRecor
 			inDomain += n
 		}
 	}
-	level := describeLevel(g.Level)
+	level := schedLevel(g.Level)
 	if g.Policy == yunchiv1.GroupPolicy_GROUP_POLICY_ANTI_AFFINITY && inDomain > 0 {
 		return errorf(KindConflict, "%s of host %q already has a member of anti-affinity group %q: vm %q would break it", level, h.Id, g.Name, vm.Name)
 	}
@@ -141,16 +141,6 @@ func (s *Store) checkGroup(g *statev1.PlacementGroupRecord, h *statev1.HostRecor
 		return errorf(KindConflict, "host %q is not in the %s of the other members of affinity group %q: vm %q would break it", h.Id, level, g.Name, vm.Name)
 	}
 	return nil
-}
-
-func describeLevel(l yunchiv1.GroupLevel) string {
-	switch l {
-	case yunchiv1.GroupLevel_GROUP_LEVEL_RACK:
-		return "rack"
-	case yunchiv1.GroupLevel_GROUP_LEVEL_CENTER:
-		return "center"
-	}
-	return "host"
 }
 
 func (s *Store) applyPlaceVMs(index uint64, now int64, vms []*statev1.VMRecord) ([]*statev1.VMRecord, error) {
