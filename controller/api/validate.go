@@ -11,13 +11,13 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/yunchi/yunchi/controller/state"
 	"github.com/yunchi/yunchi/scheduler"
 )
 
-// Names are DNS labels: they end up in domain names, URLs and log lines, so
-// nothing that could be read as a path, markup or a quote gets in.
-var nameRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
-
+// Names are DNS labels (state.ValidName): they end up in domain names, URLs
+// and log lines, so nothing that could be read as a path, markup or a quote
+// gets in.
 const maxNameLen = 63
 
 func invalid(format string, args ...any) error {
@@ -31,7 +31,7 @@ func checkName(what, s string) error {
 		return invalid("%s is empty: give 1-%d lowercase letters, digits or '-'", what, maxNameLen)
 	case len(s) > maxNameLen:
 		return invalid("%s %.20q... is %d characters long: at most %d are allowed", what, s, len(s), maxNameLen)
-	case !nameRE.MatchString(s):
+	case !state.ValidName(s):
 		return invalid("%s %q is not valid: use lowercase letters, digits and '-', starting and ending with a letter or digit", what, s)
 	}
 	return nil
