@@ -165,12 +165,11 @@ func (s *Store) SchedulerView(since uint64, project, group string) (hosts []sche
 			hosts = append(hosts, sh)
 		}
 	} else {
-		// Only the changes after since: the tail of the log.
+		// Only the changes after since: the tail of the log, each host at
+		// its last entry (the one compaction keeps).
 		i := sort.Search(len(s.hostLog), func(i int) bool { return s.hostLog[i].seq > since })
-		seen := map[string]bool{}
 		for _, c := range s.hostLog[i:] {
-			if h, ok := s.hosts[c.id]; ok && !seen[c.id] {
-				seen[c.id] = true
+			if h, ok := s.hosts[c.id]; ok && s.hostSeq[c.id] == c.seq {
 				sh, _ := s.schedHost(h)
 				hosts = append(hosts, sh)
 			}
