@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
+	"github.com/yunchi/yunchi/scheduler"
 )
 
 // yunchi runs the program in-process. Not parallel: urfave/cli keeps some
@@ -533,13 +534,15 @@ func TestReorderArgs(t *testing.T) {
 	}
 }
 
+// TestBytesize: sizes in tables are scheduler.FormatBytes, the form the
+// controller's placement explanations use too.
 func TestBytesize(t *testing.T) {
 	for n, want := range map[int64]string{
 		0: "0 B", 512: "512 B", 1 << 10: "1 KiB", 4 << 30: "4 GiB", 1536 << 20: "1.5 GiB",
 		1 << 40: "1 TiB", 3<<30 + 1: "3 GiB", 2684354560: "2.5 GiB", -(2 << 30): "-2 GiB",
 	} {
-		if got := bytesize(n); got != want {
-			t.Errorf("bytesize(%d) = %q, want %q", n, got, want)
+		if got := scheduler.FormatBytes(n); got != want {
+			t.Errorf("FormatBytes(%d) = %q, want %q", n, got, want)
 		}
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
+	"github.com/yunchi/yunchi/scheduler"
 )
 
 // printer writes results to stdout as tables for people or as the API's JSON
@@ -57,7 +58,7 @@ func (p *printer) vmList(vms []*yunchiv1.VM) func(io.Writer) {
 		for _, vm := range vms {
 			fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n",
 				vm.GetName(), dash(vm.GetProject()), phase(vm.GetPhase()), vm.GetVcpus(),
-				bytesize(vm.GetMemoryBytes()), bytesize(vm.GetDiskBytes()),
+				scheduler.FormatBytes(vm.GetMemoryBytes()), scheduler.FormatBytes(vm.GetDiskBytes()),
 				dash(vm.GetHostId()), dash(vm.GetHostCenter()), p.age(vm.GetCreatedAt()))
 		}
 	}
@@ -76,8 +77,8 @@ func (p *printer) vmDetail(vm *yunchiv1.VM) func(io.Writer) {
 		kv(w, "Desired", power(vm.GetDesired()))
 		kv(w, "Message", vm.GetMessage())
 		kv(w, "vCPUs", strconv.Itoa(int(vm.GetVcpus())))
-		kv(w, "Memory", bytesize(vm.GetMemoryBytes()))
-		kv(w, "Disk", bytesize(vm.GetDiskBytes()))
+		kv(w, "Memory", scheduler.FormatBytes(vm.GetMemoryBytes()))
+		kv(w, "Disk", scheduler.FormatBytes(vm.GetDiskBytes()))
 		kv(w, "Center constraint", center)
 		kv(w, "Constraints", strings.Join(vm.GetConstraints(), "; "))
 		kv(w, "Group", vm.GetGroup())
@@ -100,8 +101,8 @@ func (p *printer) hostList(hosts []*yunchiv1.Host) func(io.Writer) {
 			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%d/%d\t%s/%s\t%s/%s\t%s\n",
 				h.GetId(), dash(h.GetCenter()), dash(h.GetRack()), hostState(h.GetState()), dash(h.GetOwner()), h.GetVmCount(),
 				f.GetVcpus(), a.GetVcpus(),
-				bytesize(f.GetMemoryBytes()), bytesize(a.GetMemoryBytes()),
-				bytesize(f.GetDiskBytes()), bytesize(a.GetDiskBytes()),
+				scheduler.FormatBytes(f.GetMemoryBytes()), scheduler.FormatBytes(a.GetMemoryBytes()),
+				scheduler.FormatBytes(f.GetDiskBytes()), scheduler.FormatBytes(a.GetDiskBytes()),
 				p.ago(h.GetLastSeen()))
 		}
 	}
@@ -132,15 +133,15 @@ func (p *printer) hostDetail(h *yunchiv1.Host) func(io.Writer) {
 		ra, src := h.GetRatios(), h.GetRatioSources()
 		fmt.Fprintln(w, "RESOURCE\tCAPACITY\tRESERVED\tRATIO\tRATIO FROM\tALLOCATABLE\tALLOCATED\tFREE")
 		fmt.Fprintf(w, "vcpus\t%d\t%d\t%s\t%s\t%d\t%d\t%d\n", c.GetVcpus(), r.GetVcpus(), ratio(ra.GetCpu()), dash(src.GetCpu()), al.GetVcpus(), a.GetVcpus(), f.GetVcpus())
-		fmt.Fprintf(w, "memory\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", bytesize(c.GetMemoryBytes()), bytesize(r.GetMemoryBytes()), ratio(ra.GetMemory()), dash(src.GetMemory()),
-			bytesize(al.GetMemoryBytes()), bytesize(a.GetMemoryBytes()), bytesize(f.GetMemoryBytes()))
-		fmt.Fprintf(w, "disk\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", bytesize(c.GetDiskBytes()), bytesize(r.GetDiskBytes()), ratio(ra.GetDisk()), dash(src.GetDisk()),
-			bytesize(al.GetDiskBytes()), bytesize(a.GetDiskBytes()), bytesize(f.GetDiskBytes()))
+		fmt.Fprintf(w, "memory\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", scheduler.FormatBytes(c.GetMemoryBytes()), scheduler.FormatBytes(r.GetMemoryBytes()), ratio(ra.GetMemory()), dash(src.GetMemory()),
+			scheduler.FormatBytes(al.GetMemoryBytes()), scheduler.FormatBytes(a.GetMemoryBytes()), scheduler.FormatBytes(f.GetMemoryBytes()))
+		fmt.Fprintf(w, "disk\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", scheduler.FormatBytes(c.GetDiskBytes()), scheduler.FormatBytes(r.GetDiskBytes()), ratio(ra.GetDisk()), dash(src.GetDisk()),
+			scheduler.FormatBytes(al.GetDiskBytes()), scheduler.FormatBytes(a.GetDiskBytes()), scheduler.FormatBytes(f.GetDiskBytes()))
 		if s := h.GetStats(); s != nil {
 			fmt.Fprintln(w)
 			kv(w, "Domains running", strconv.Itoa(int(s.GetDomainsRunning())))
 			kv(w, "Domains defined", strconv.Itoa(int(s.GetDomainsDefined())))
-			kv(w, "Memory free (observed)", bytesize(s.GetMemoryFreeBytes()))
+			kv(w, "Memory free (observed)", scheduler.FormatBytes(s.GetMemoryFreeBytes()))
 		}
 	}
 }
@@ -153,8 +154,8 @@ func (p *printer) capacity(c *yunchiv1.Capacity) func(io.Writer) {
 		row := func(name string, hosts, ready, vms int32, capa, free *yunchiv1.Resources) {
 			fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d/%d\t%s/%s\t%s/%s\n", name, hosts, ready, vms,
 				free.GetVcpus(), capa.GetVcpus(),
-				bytesize(free.GetMemoryBytes()), bytesize(capa.GetMemoryBytes()),
-				bytesize(free.GetDiskBytes()), bytesize(capa.GetDiskBytes()))
+				scheduler.FormatBytes(free.GetMemoryBytes()), scheduler.FormatBytes(capa.GetMemoryBytes()),
+				scheduler.FormatBytes(free.GetDiskBytes()), scheduler.FormatBytes(capa.GetDiskBytes()))
 		}
 		var ready int32 // Capacity has no ready total: sum the centers
 		// Free out of allocatable ((capacity - reserved) * ratio); older
@@ -223,33 +224,6 @@ func kv(w io.Writer, k, v string) {
 func dash(s string) string {
 	if s == "" {
 		return "-"
-	}
-	return s
-}
-
-// bytesize formats bytes with the largest binary unit that keeps the number
-// at least 1: "4 GiB", "1.5 TiB", "512 MiB", "100 B".
-func bytesize(n int64) string {
-	units := []string{"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"}
-	neg := n < 0
-	u := uint64(n)
-	if neg {
-		u = uint64(-n)
-	}
-	i := 0
-	for i < len(units)-1 && u >= 1<<(10*(i+1)) {
-		i++
-	}
-	var s string
-	if i == 0 || u%(1<<(10*i)) == 0 {
-		s = fmt.Sprintf("%d %s", u>>(10*i), units[i])
-	} else {
-		v := float64(u) / float64(uint64(1)<<(10*i))
-		s = strconv.FormatFloat(v, 'f', 1, 64)
-		s = strings.TrimSuffix(s, ".0") + " " + units[i]
-	}
-	if neg {
-		s = "-" + s
 	}
 	return s
 }
