@@ -127,17 +127,6 @@ func (s *Store) schedGroup(g *statev1.PlacementGroupRecord) *scheduler.Group {
 	}
 }
 
-// SchedulerGroup returns the scheduler's view of a group, members included.
-func (s *Store) SchedulerGroup(project, name string) (*scheduler.Group, bool) {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	g, ok := s.groups[nameKey(project, name)]
-	if !ok {
-		return nil, false
-	}
-	return s.schedGroup(g), true
-}
-
 func schedLevel(l yunchiv1.GroupLevel) scheduler.Level {
 	switch l {
 	case yunchiv1.GroupLevel_GROUP_LEVEL_RACK:

@@ -345,8 +345,8 @@ func TestSnapshotRoundTripWithNewFields(t *testing.T) {
 	if a.Sched.Allocatable() != b2.Sched.Allocatable() || a.Sources != b2.Sources || b2.State != yunchiv1.HostState_HOST_STATE_MAINTENANCE {
 		t.Fatalf("effective view after restore: %+v vs %+v", b2.Sources, a.Sources)
 	}
-	g, ok := r.SchedulerGroup(DefaultProject, "g")
-	if !ok || g.Members["h2"] != 1 || g.Level != scheduler.LevelRack || !g.Hard || g.MaxPerHost != 1 {
+	_, _, _, g, err := r.SchedulerView(0, DefaultProject, "g")
+	if err != nil || g.Members["h2"] != 1 || g.Level != scheduler.LevelRack || !g.Hard || g.MaxPerHost != 1 {
 		t.Fatalf("group after restore: %+v", g)
 	}
 	// The restored store enforces the group: rack r2 of a1 is taken.
