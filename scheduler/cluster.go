@@ -405,23 +405,6 @@ func (c *Cluster) explainCached(d *decision, ev []classEval, indiv []*hostRec) *
 	return &out
 }
 
-// placeScan decides by looking at every host: the reference the index is
-// tested against, and the explanation's source when nothing fits.
-func (c *Cluster) placeScan(d *decision) (Placement, error) {
-	t := newTopK(1 + c.opt.RunnersUp)
-	for _, r := range c.hosts {
-		if reject(d, &r.h) != Fit {
-			continue
-		}
-		cost := shapeCost(d, r.free, r.alloc) + d.group.hostPenalty(&r.h)
-		t.offer(cost, r)
-	}
-	if len(t.c) == 0 {
-		return Placement{}, c.explain(d)
-	}
-	return t.placement(d), nil
-}
-
 // topK keeps the best k candidates, best first.
 type topK struct {
 	k int
@@ -432,8 +415,6 @@ type cand struct {
 	cost float64
 	r    *hostRec
 }
-
-func newTopK(k int) *topK { return &topK{k: k, c: make([]cand, 0, k)} }
 
 // reset empties t for a new decision keeping the best k.
 func (t *topK) reset(k int) {

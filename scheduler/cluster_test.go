@@ -91,6 +91,32 @@ func randomRequest(r *rand.Rand, hostIDs []string) Request {
 	return req
 }
 
+// placeScan decides by looking at every host, and explainScan explains a
+// miss host by host: the reference the index (Cluster.place, explainIndex)
+// is tested against.
+func (c *Cluster) placeScan(d *decision) (Placement, error) {
+	t := &topK{k: 1 + c.opt.RunnersUp}
+	for _, r := range c.hosts {
+		if reject(d, &r.h) != Fit {
+			continue
+		}
+		cost := shapeCost(d, r.free, r.alloc) + d.group.hostPenalty(&r.h)
+		t.offer(cost, r)
+	}
+	if len(t.c) == 0 {
+		return Placement{}, c.explainScan(d)
+	}
+	return t.placement(d), nil
+}
+
+func (c *Cluster) explainScan(d *decision) *NoFitError {
+	e := &NoFitError{Request: *d.req, Total: len(c.hosts), Counts: map[Reason]int{}, Shortfalls: map[Reason]Shortfall{}}
+	for _, r := range c.hosts {
+		e.count(reject(d, &r.h), 1, r.free, r.h.ID)
+	}
+	return e
+}
+
 // TestIndexMatchesScan: the indexed decision and its explanation equal the
 // reference that looks at every host, over random clusters, requests and
 // updates, for both strategies.

@@ -30,15 +30,6 @@ type NoFitError struct {
 	Batch, Index int
 }
 
-// explain builds the NoFitError for d, which no host passes.
-func (c *Cluster) explain(d *decision) *NoFitError {
-	e := &NoFitError{Request: *d.req, Total: len(c.hosts), Counts: map[Reason]int{}, Shortfalls: map[Reason]Shortfall{}}
-	for _, r := range c.hosts {
-		e.count(reject(d, &r.h), 1, r.free, r.h.ID)
-	}
-	return e
-}
-
 // count records n hosts rejected for reason, whose free capacity is free;
 // id is the one with the smallest ID among them.
 func (e *NoFitError) count(reason Reason, n int, free Resources, id string) {
