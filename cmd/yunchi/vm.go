@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc"
 
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
+	"github.com/yunchi/yunchi/scheduler"
 )
 
 func projectFlag() cli.Flag {
@@ -118,8 +119,10 @@ func vmCreate(cCtx *cli.Context, s *session) error {
 	if count < 1 || count > 100 {
 		return usagef("vm create: --count %d is out of range: give 1 to 100", count)
 	}
-	if req.Strategy != "" && req.Strategy != "binpack" && req.Strategy != "spread" {
-		return usagef("vm create: --strategy %q is not valid: use binpack or spread", req.Strategy)
+	if req.Strategy != "" {
+		if _, err := scheduler.ParseStrategy(req.Strategy); err != nil {
+			return usagef("vm create: --strategy %q is not valid: use binpack or spread", req.Strategy)
+		}
 	}
 	if count > 1 || req.DryRun {
 		req.Count = int32(count)
