@@ -11,21 +11,28 @@ import (
 
 const gib = 1 << 30
 
-// apply encodes cmd as it travels through the raft log, decodes it and
-// applies it, so every test also covers the wire form of its command.
+// overWire returns m encoded and decoded again, as it travels through the
+// raft log or a snapshot file.
+func overWire[M proto.Message](t *testing.T, m M) M {
+	t.Helper()
+	b, err := proto.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dec := m.ProtoReflect().New().Interface().(M)
+	if err := proto.Unmarshal(b, dec); err != nil {
+		t.Fatal(err)
+	}
+	return dec
+}
+
+// apply applies cmd as it comes out of the raft log, so every test also
+// covers the wire form of its command.
 func apply(t *testing.T, s *Store, index uint64, cmd *statev1.Command) (any, error) {
 	t.Helper()
 	cmd.Version = CommandVersion
 	cmd.UnixNano = int64(index) * 1000
-	b, err := proto.Marshal(cmd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var dec statev1.Command
-	if err := proto.Unmarshal(b, &dec); err != nil {
-		t.Fatal(err)
-	}
-	return s.Apply(index, &dec)
+	return s.Apply(index, overWire(t, cmd))
 }
 
 func mustApply(t *testing.T, s *Store, index uint64, cmd *statev1.Command) any {
@@ -35,6 +42,16 @@ func mustApply(t *testing.T, s *Store, index uint64, cmd *statev1.Command) any {
 		t.Fatalf("apply %d: %v", index, err)
 	}
 	return v
+}
+
+// unchanged asserts that a rejected command left the state as it was.
+func unchanged(t *testing.T, s *Store, before *statev1.Snapshot) {
+	t.Helper()
+	after := s.Snapshot()
+	after.Index = before.Index
+	if !proto.Equal(before, after) {
+		t.Fatal("a rejected command changed the state")
+	}
 }
 
 func regHost(id, center string, cpu, mem, disk int64) *statev1.Command {
@@ -123,11 +140,7 @@ func TestPlaceVM(t *testing.T) {
 	if _, err := apply(t, s, 6, place("vm-4", "x", "nohost", 1, gib)); KindOf(err) != KindConflict {
 		t.Fatalf("unknown host: %v", err)
 	}
-	after := s.Snapshot()
-	after.Index = before.Index
-	if !proto.Equal(before, after) {
-		t.Fatal("rejected placements changed the state")
-	}
+	unchanged(t, s, before)
 	mustApply(t, s, 7, place("vm-5", "fits", "h1", 6, 10*gib))
 	hv, _ = s.Host("h1")
 	if hv.Allocated.Vcpus != 8 || hv.Allocated.MemoryBytes != 14*gib {
@@ -223,11 +236,7 @@ func TestUnknownAndNewerCommands(t *testing.T) {
 	if _, err := s.Apply(5, &statev1.Command{Version: CommandVersion + 1, Cmd: regHost("h9", "a1", 1, 1, 1).Cmd}); KindOf(err) != KindInvalid {
 		t.Fatalf("newer command: %v", err)
 	}
-	after := s.Snapshot()
-	after.Index = before.Index
-	if !proto.Equal(before, after) {
-		t.Fatal("rejected commands changed the state")
-	}
+	unchanged(t, s, before)
 }
 
 func TestSnapshotRestoreRoundTrip(t *testing.T) {
@@ -236,16 +245,8 @@ func TestSnapshotRestoreRoundTrip(t *testing.T) {
 	mustApply(t, s, 5, report("h1", &yunchiv1.VMStatus{VmId: "vm-1", Phase: yunchiv1.VMPhase_VM_PHASE_RUNNING}))
 	mustApply(t, s, 6, &statev1.Command{Cmd: &statev1.Command_UpsertMember{UpsertMember: &statev1.UpsertMember{Member: &statev1.MemberRecord{Id: "a1", Center: "a1"}}}})
 	snap := s.Snapshot()
-	b, err := proto.Marshal(snap)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var dec statev1.Snapshot
-	if err := proto.Unmarshal(b, &dec); err != nil {
-		t.Fatal(err)
-	}
 	r := New()
-	if err := r.Restore(&dec); err != nil {
+	if err := r.Restore(overWire(t, snap)); err != nil {
 		t.Fatal(err)
 	}
 	if !proto.Equal(snap, r.Snapshot()) {
