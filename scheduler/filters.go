@@ -51,9 +51,7 @@ var filters = []filter{
 	{"Constraints", false, constraintFilter},
 	{"GroupLocation", false, groupLocationFilter},
 	{"GroupHost", false, groupHostFilter},
-	{"CPU", true, cpuFilter},
-	{"Memory", true, memoryFilter},
-	{"Disk", true, diskFilter},
+	{"Capacity", true, capacityFilter},
 }
 
 // stateFilter: only ready hosts take new VMs.
@@ -146,20 +144,12 @@ func groupHostFilter(d *decision, h *Host) Reason {
 	return Fit
 }
 
-func cpuFilter(d *decision, h *Host) Reason    { return fitDim(cpuDim, d, h) }
-func memoryFilter(d *decision, h *Host) Reason { return fitDim(memoryDim, d, h) }
-func diskFilter(d *decision, h *Host) Reason   { return fitDim(diskDim, d, h) }
+// capacityFilter: vCPU, memory and disk, in that order, against what is
+// free after ratios and reservations.
+func capacityFilter(d *decision, h *Host) Reason { return capacityReason(d.req.Resources, h.Free()) }
 
-// fitDim is the check every resource filter makes in its own dimension,
-// against what is free after ratios and reservations.
-func fitDim(dim dimension, d *decision, h *Host) Reason {
-	if dim.of(d.req.Resources) > dim.of(h.Free()) {
-		return dim.reason
-	}
-	return Fit
-}
-
-// capacityReason is the resource filters run together on a free vector.
+// capacityReason is the first resource need does not find in free: the
+// capacity filter on a host, and on a bucket's free vector in explainIndex.
 func capacityReason(need, free Resources) Reason {
 	switch {
 	case need.VCPUs > free.VCPUs:

@@ -205,14 +205,7 @@ func TestCapacityFilters(t *testing.T) {
 		{"reservation counts", Resources{1, 255 * GiB, GiB}, Host{ID: "h", Capacity: standard, Reserved: Resources{0, 2 * GiB, 0}}, ReasonMemory},
 	} {
 		d := dec(Request{Resources: tc.need})
-		got := cpuFilter(d, &tc.host)
-		if got == Fit {
-			got = memoryFilter(d, &tc.host)
-		}
-		if got == Fit {
-			got = diskFilter(d, &tc.host)
-		}
-		if got != tc.want {
+		if got := capacityFilter(d, &tc.host); got != tc.want {
 			t.Errorf("%s: got %q, want %q", tc.name, got, tc.want)
 		}
 		if c := capacityReason(tc.need, tc.host.Free()); c != tc.want {

@@ -167,8 +167,8 @@ func validate(req *Request) error {
 }
 
 // A dimension is one kind of capacity: how to read it, the Reason a host
-// lacking it is rejected with, and how to print an amount of it. The resource
-// filters, the scorers and the no-fit explanation all work from this table.
+// lacking it is rejected with, and how to print an amount of it: what the
+// no-fit explanation needs to report a shortage.
 type dimension struct {
 	reason Reason
 	of     func(Resources) int64
@@ -176,13 +176,11 @@ type dimension struct {
 	unit   string             // of the exact amount: "B"
 }
 
-var (
-	cpuDim    = dimension{ReasonCPU, func(r Resources) int64 { return r.VCPUs }, formatVCPUs, "vCPU"}
-	memoryDim = dimension{ReasonMemory, func(r Resources) int64 { return r.MemoryBytes }, FormatBytes, "B"}
-	diskDim   = dimension{ReasonDisk, func(r Resources) int64 { return r.DiskBytes }, FormatBytes, "B"}
-
-	dimensions = []dimension{cpuDim, memoryDim, diskDim}
-)
+var dimensions = []dimension{
+	{ReasonCPU, func(r Resources) int64 { return r.VCPUs }, formatVCPUs, "vCPU"},
+	{ReasonMemory, func(r Resources) int64 { return r.MemoryBytes }, FormatBytes, "B"},
+	{ReasonDisk, func(r Resources) int64 { return r.DiskBytes }, FormatBytes, "B"},
+}
 
 // dimensionOf returns the dimension whose shortage r reports.
 func dimensionOf(r Reason) (dimension, bool) {
