@@ -135,13 +135,7 @@ func vmCreate(cCtx *cli.Context, s *session) error {
 		return err
 	}
 	if cCtx.Bool("wait") {
-		g := startGoal(vm)
-		if req.Stopped {
-			g = stopGoal(vm)
-		}
-		g.after = 0 // a new VM: any FAILED is ours
-		g.written = vm.GetRevision()
-		vm, _, err = s.waitVM(vm.GetName(), orDefault(vm.GetProject(), req.Project), g, cCtx.Duration("wait-timeout"))
+		vm, _, err = s.waitVM(vm.GetName(), orDefault(vm.GetProject(), req.Project), createdGoal(vm, req.Stopped), cCtx.Duration("wait-timeout"))
 		if err != nil {
 			return err
 		}
@@ -243,13 +237,7 @@ func vmCreateMany(cCtx *cli.Context, s *session, req *yunchiv1.CreateVMRequest) 
 	}
 	if cCtx.Bool("wait") {
 		for i, vm := range resp.GetVms() {
-			g := startGoal(vm)
-			if req.Stopped {
-				g = stopGoal(vm)
-			}
-			g.after = 0
-			g.written = vm.GetRevision()
-			done, _, err := s.waitVM(vm.GetName(), orDefault(vm.GetProject(), req.Project), g, cCtx.Duration("wait-timeout"))
+			done, _, err := s.waitVM(vm.GetName(), orDefault(vm.GetProject(), req.Project), createdGoal(vm, req.Stopped), cCtx.Duration("wait-timeout"))
 			if err != nil {
 				return err
 			}

@@ -42,6 +42,18 @@ func stopGoal(vm *yunchiv1.VM) waitGoal {
 	}}
 }
 
+// createdGoal is what --wait on a create waits for: running, or stopped with
+// --stopped.
+func createdGoal(vm *yunchiv1.VM, stopped bool) waitGoal {
+	g := startGoal(vm)
+	if stopped {
+		g = stopGoal(vm)
+	}
+	g.after = 0 // a new VM: any FAILED is ours
+	g.written = vm.GetRevision()
+	return g
+}
+
 // rebootGoal: the API has no "reboot done" field, so the reboot counts as
 // done at the first change after the request that finds the VM running
 // (the agent's report that it carried out the reboot).
