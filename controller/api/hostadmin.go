@@ -4,9 +4,6 @@ import (
 	"context"
 	"sort"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
 	"github.com/yunchi/yunchi/controller/state"
 	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
@@ -36,12 +33,9 @@ func checkRatios(cpu, memory, disk *float64) error {
 // owner, reservation, host-level ratios. Everything is validated before
 // anything is written; Apply checks again.
 func (s *Server) UpdateHost(ctx context.Context, req *yunchiv1.UpdateHostRequest) (*yunchiv1.Host, error) {
-	if err := checkHostID(req.Id); err != nil {
+	hv, err := s.findHost(req.Id)
+	if err != nil {
 		return nil, err
-	}
-	hv, ok := s.store.Host(req.Id)
-	if !ok {
-		return nil, status.Errorf(codes.NotFound, "host %q not found (see `yunchi host list`)", req.Id)
 	}
 	cmd := &statev1.UpdateHost{HostId: req.Id, SetLabels: req.SetLabels, RemoveLabels: req.RemoveLabels, Owner: req.Owner,
 		CpuRatio: req.CpuRatio, MemoryRatio: req.MemoryRatio, DiskRatio: req.DiskRatio}
@@ -89,7 +83,6 @@ func (s *Server) UpdateHost(ctx context.Context, req *yunchiv1.UpdateHostRequest
 			}
 			r.Vcpus = *req.ReserveVcpus
 		}
-		var err error
 		if req.ReserveMemory != nil {
 			if r.MemoryBytes, err = parseSizeOrZero("reserve memory", *req.ReserveMemory, maxReserveMemory); err != nil {
 				return nil, err

@@ -233,13 +233,21 @@ func (s *Server) ListHosts(ctx context.Context, req *yunchiv1.ListHostsRequest) 
 	return out, nil
 }
 
-func (s *Server) GetHost(ctx context.Context, req *yunchiv1.GetHostRequest) (*yunchiv1.Host, error) {
-	if err := checkHostID(req.Id); err != nil {
-		return nil, err
+func (s *Server) findHost(id string) (state.HostView, error) {
+	if err := checkHostID(id); err != nil {
+		return state.HostView{}, err
 	}
-	hv, ok := s.store.Host(req.Id)
+	hv, ok := s.store.Host(id)
 	if !ok {
-		return nil, status.Errorf(codes.NotFound, "host %q not found (see `yunchi host list`)", req.Id)
+		return state.HostView{}, status.Errorf(codes.NotFound, "host %q not found (see `yunchi host list`)", id)
+	}
+	return hv, nil
+}
+
+func (s *Server) GetHost(ctx context.Context, req *yunchiv1.GetHostRequest) (*yunchiv1.Host, error) {
+	hv, err := s.findHost(req.Id)
+	if err != nil {
+		return nil, err
 	}
 	return hostToAPI(hv, s.seen.get(req.Id)), nil
 }
