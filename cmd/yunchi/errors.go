@@ -113,9 +113,10 @@ func report(stderr io.Writer, err error) int {
 	return exitCode(err)
 }
 
+// oneLine joins the words of s with single spaces: no newlines, no runs of
+// blanks, nothing at either end.
 func oneLine(s string) string {
-	s = strings.TrimSpace(s)
-	return strings.Join(strings.Fields(strings.ReplaceAll(s, "\n", " ")), " ")
+	return strings.Join(strings.Fields(s), " ")
 }
 
 // splitCamel turns "FailedPrecondition" into "Failed Precondition".
