@@ -66,10 +66,6 @@ func (p *printer) vmList(vms []*yunchiv1.VM) func(io.Writer) {
 
 func (p *printer) vmDetail(vm *yunchiv1.VM) func(io.Writer) {
 	return func(w io.Writer) {
-		center := vm.GetCenter()
-		if center == "" {
-			center = "any"
-		}
 		kv(w, "Name", vm.GetName())
 		kv(w, "ID", vm.GetId())
 		kv(w, "Project", vm.GetProject())
@@ -79,7 +75,7 @@ func (p *printer) vmDetail(vm *yunchiv1.VM) func(io.Writer) {
 		kv(w, "vCPUs", strconv.Itoa(int(vm.GetVcpus())))
 		kv(w, "Memory", scheduler.FormatBytes(vm.GetMemoryBytes()))
 		kv(w, "Disk", scheduler.FormatBytes(vm.GetDiskBytes()))
-		kv(w, "Center constraint", center)
+		kv(w, "Center constraint", orDefault(vm.GetCenter(), "any"))
 		kv(w, "Constraints", strings.Join(vm.GetConstraints(), "; "))
 		kv(w, "Group", vm.GetGroup())
 		kv(w, "Host", vm.GetHostId())
@@ -110,14 +106,10 @@ func (p *printer) hostList(hosts []*yunchiv1.Host) func(io.Writer) {
 
 func (p *printer) hostDetail(h *yunchiv1.Host) func(io.Writer) {
 	return func(w io.Writer) {
-		owner := h.GetOwner()
-		if owner == "" {
-			owner = "shared"
-		}
 		kv(w, "ID", h.GetId())
 		kv(w, "Hostname", h.GetHostname())
 		kv(w, "State", hostState(h.GetState()))
-		kv(w, "Owner", owner)
+		kv(w, "Owner", orDefault(h.GetOwner(), "shared"))
 		kv(w, "Center", h.GetCenter())
 		kv(w, "Site", h.GetSite())
 		kv(w, "Rack", h.GetRack())
