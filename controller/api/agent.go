@@ -166,19 +166,12 @@ func (s *Server) WatchAssignments(req *yunchiv1.WatchAssignmentsRequest, stream 
 // that registered through another controller (the write went to the leader;
 // this follower may not have applied it yet) before answering NotFound.
 func (s *Server) waitForHost(ctx context.Context, id string) error {
-	timeout := time.NewTimer(5 * time.Second)
-	defer timeout.Stop()
-	for {
-		changed := s.store.Changed()
-		if _, ok := s.store.Host(id); ok {
-			return nil
-		}
-		select {
-		case <-changed:
-		case <-timeout.C:
-			return status.Errorf(codes.NotFound, "host %q is not registered: register it first (the agent does so when it starts)", id)
-		case <-ctx.Done():
-			return status.FromContextError(ctx.Err()).Err()
-		}
+	found, err := s.awaitState(ctx, 5*time.Second, func() bool {
+		_, ok := s.store.Host(id)
+		return ok
+	})
+	if err == nil && !found {
+		err = status.Errorf(codes.NotFound, "host %q is not registered: register it first (the agent does so when it starts)", id)
 	}
+	return err
 }

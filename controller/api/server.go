@@ -288,26 +288,40 @@ func (s *Server) GetCapacity(ctx context.Context, req *yunchiv1.GetCapacityReque
 
 var errNoLeader = status.Error(codes.Unavailable, "no leader elected yet (is a majority of controllers up?): retry in a few seconds")
 
+// awaitState blocks until ok holds on this node's state, checking again
+// after every applied change. It reports false when d passes first; a done
+// ctx ends it with ctx's status.
+func (s *Server) awaitState(ctx context.Context, d time.Duration, ok func() bool) (bool, error) {
+	timeout := time.NewTimer(d)
+	defer timeout.Stop()
+	for {
+		changed := s.store.Changed()
+		if ok() {
+			return true, nil
+		}
+		select {
+		case <-changed:
+		case <-timeout.C:
+			return false, nil
+		case <-ctx.Done():
+			return false, status.FromContextError(ctx.Err()).Err()
+		}
+	}
+}
+
 // waitApplied blocks until this node's state includes raft index idx: the
 // read-your-writes step for a client that wrote through another controller.
 func (s *Server) waitApplied(ctx context.Context, idx uint64) error {
 	if idx == 0 {
 		return nil
 	}
-	timeout := time.NewTimer(10 * time.Second)
-	defer timeout.Stop()
-	for {
-		changed := s.store.Changed()
-		applied := s.store.Index()
-		if applied >= idx {
-			return nil
-		}
-		select {
-		case <-changed:
-		case <-timeout.C:
-			return status.Errorf(codes.Unavailable, "this controller has applied the log up to %d, not yet %d: it is behind the leader; retry or use another controller", applied, idx)
-		case <-ctx.Done():
-			return status.FromContextError(ctx.Err()).Err()
-		}
+	var applied uint64
+	reached, err := s.awaitState(ctx, 10*time.Second, func() bool {
+		applied = s.store.Index()
+		return applied >= idx
+	})
+	if err == nil && !reached {
+		err = status.Errorf(codes.Unavailable, "this controller has applied the log up to %d, not yet %d: it is behind the leader; retry or use another controller", applied, idx)
 	}
+	return err
 }
