@@ -249,7 +249,7 @@ func (c *Cluster) leave(r *hostRec) {
 // insert puts r in its pool's index under its free vector.
 func (p *pool) insert(r *hostRec) {
 	f := r.free
-	li, found := slices.BinarySearchFunc(p.levels, f.VCPUs, func(l *level, cpu int64) int { return cmp.Compare(l.cpu, cpu) })
+	li, found := slices.BinarySearchFunc(p.levels, f.VCPUs, levelCmp)
 	if !found {
 		l := take(&p.spare.levels)
 		l.cpu = f.VCPUs
@@ -281,6 +281,7 @@ func (p *pool) insert(r *hostRec) {
 	p.maxMem = max(p.maxMem, f.MemoryBytes)
 }
 
+func levelCmp(l *level, cpu int64) int   { return cmp.Compare(l.cpu, cpu) }
 func bucketCmp(b *bucket, mem int64) int { return cmp.Compare(b.free.MemoryBytes, mem) }
 
 // remove takes r out of its pool's index, dropping what empties.
@@ -298,7 +299,7 @@ func (p *pool) remove(r *hostRec) {
 		return
 	}
 	f := b.free
-	li, _ := slices.BinarySearchFunc(p.levels, f.VCPUs, func(l *level, cpu int64) int { return cmp.Compare(l.cpu, cpu) })
+	li, _ := slices.BinarySearchFunc(p.levels, f.VCPUs, levelCmp)
 	l := p.levels[li]
 	bi, _ := slices.BinarySearchFunc(l.buckets, f.MemoryBytes, bucketCmp)
 	l.buckets = slices.Delete(l.buckets, bi, bi+1)
@@ -406,7 +407,7 @@ func (p *pool) search(d *decision, ev []classEval, t *topK) {
 			}
 		}
 	}
-	li, _ := slices.BinarySearchFunc(p.levels, need.VCPUs, func(l *level, cpu int64) int { return cmp.Compare(l.cpu, cpu) })
+	li, _ := slices.BinarySearchFunc(p.levels, need.VCPUs, levelCmp)
 	if d.strategy == Spread {
 		// Most leftover first: levels from the top, buckets from the top;
 		// the cost is minus the leftover, at least minus what the level
