@@ -2,57 +2,22 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"fmt"
-	"io"
-	"net/http"
-	"strings"
 	"testing"
 	"time"
-
-	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/yunchi/yunchi/cmd/yunchid/clustertest"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 )
 
-func post(addr, path, body string) (int, []byte, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+path, strings.NewReader(body))
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return 0, nil, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	return resp.StatusCode, b, err
-}
-
 func listVMs(addr string) (*yunchiv1.ListVMsResponse, error) {
-	resp, err := http.Get("http://" + addr + "/v1/vms")
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != 200 {
-		return nil, fmt.Errorf("list vms: %d %s", resp.StatusCode, b)
-	}
 	var out yunchiv1.ListVMsResponse
-	return &out, protojson.Unmarshal(b, &out)
+	return &out, clustertest.GetJSON(addr, "/v1/vms", &out)
 }
 
 func listHosts(addr string) (*yunchiv1.ListHostsResponse, error) {
-	resp, err := http.Get("http://" + addr + "/v1/hosts")
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
 	var out yunchiv1.ListHostsResponse
-	return &out, protojson.Unmarshal(b, &out)
+	return &out, clustertest.GetJSON(addr, "/v1/hosts", &out)
 }
 
 // TestKill9LeaderDuringCreates: 3 controllers and 2 agents as separate
@@ -94,7 +59,7 @@ func TestKill9LeaderDuringCreates(t *testing.T) {
 			}
 			alive := c.Alive()
 			ctl := alive[(i+attempt)%len(alive)]
-			code, resp, err := post(ctl.API, "/v1/vms", body)
+			code, resp, err := clustertest.Post(ctl.API, "/v1/vms", body)
 			if err == nil && code == 200 {
 				acked[name] = true
 				break
