@@ -87,28 +87,32 @@ func (f *forwarder) leaderConn() (*grpc.ClientConn, error) {
 	return c, nil
 }
 
-// newResponse allocates the response message of a method, found by name in
-// the protobuf registry, so one interceptor can forward every method.
+// responseTypes maps every yunchi.v1 method ("/yunchi.v1.VMService/CreateVM")
+// to its response message type, read from the protobuf registry once at
+// start-up, so one interceptor can forward every method without a registry
+// lookup per call.
+var responseTypes = func() map[string]protoreflect.MessageType {
+	m := map[string]protoreflect.MessageType{}
+	protoregistry.GlobalFiles.RangeFilesByPackage("yunchi.v1", func(fd protoreflect.FileDescriptor) bool {
+		for i := 0; i < fd.Services().Len(); i++ {
+			sd := fd.Services().Get(i)
+			for j := 0; j < sd.Methods().Len(); j++ {
+				md := sd.Methods().Get(j)
+				if mt, err := protoregistry.GlobalTypes.FindMessageByName(md.Output().FullName()); err == nil {
+					m["/"+string(sd.FullName())+"/"+string(md.Name())] = mt
+				}
+			}
+		}
+		return true
+	})
+	return m
+}()
+
+// newResponse allocates the response message of a method.
 func newResponse(fullMethod string) (proto.Message, error) {
-	parts := strings.Split(strings.TrimPrefix(fullMethod, "/"), "/")
-	if len(parts) != 2 {
-		return nil, status.Errorf(codes.Internal, "bad method name %q", fullMethod)
-	}
-	d, err := protoregistry.GlobalFiles.FindDescriptorByName(protoreflect.FullName(parts[0]))
-	if err != nil {
-		return nil, status.Errorf(codes.Internal, "unknown service %q", parts[0])
-	}
-	sd, ok := d.(protoreflect.ServiceDescriptor)
+	mt, ok := responseTypes[fullMethod]
 	if !ok {
-		return nil, status.Errorf(codes.Internal, "%q is not a service", parts[0])
-	}
-	md := sd.Methods().ByName(protoreflect.Name(parts[1]))
-	if md == nil {
 		return nil, status.Errorf(codes.Internal, "unknown method %q", fullMethod)
-	}
-	mt, err := protoregistry.GlobalTypes.FindMessageByName(md.Output().FullName())
-	if err != nil {
-		return nil, status.Errorf(codes.Internal, "unknown message %q", md.Output().FullName())
 	}
 	return mt.New().Interface(), nil
 }
