@@ -170,11 +170,7 @@ func (n *Node) Apply(ctx context.Context, cmd *statev1.Command) (any, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encode command: %w", err)
 	}
-	timeout := 10 * time.Second
-	if dl, ok := ctx.Deadline(); ok {
-		timeout = time.Until(dl)
-	}
-	f := n.Raft.Apply(b, timeout)
+	f := n.Raft.Apply(b, timeoutOf(ctx, 10*time.Second))
 	if err := f.Error(); err != nil {
 		if errors.Is(err, raft.ErrEnqueueTimeout) {
 			return nil, ErrTimeout
@@ -191,11 +187,16 @@ func (n *Node) Apply(ctx context.Context, cmd *statev1.Command) (any, error) {
 // Barrier waits until every entry committed before it is applied here
 // (leader only), which makes the next local read linearizable.
 func (n *Node) Barrier(ctx context.Context) error {
-	timeout := 5 * time.Second
+	return n.Raft.Barrier(timeoutOf(ctx, 5*time.Second)).Error()
+}
+
+// timeoutOf is the time left before ctx's deadline, def when it has none:
+// raft takes a timeout, not a context.
+func timeoutOf(ctx context.Context, def time.Duration) time.Duration {
 	if dl, ok := ctx.Deadline(); ok {
-		timeout = time.Until(dl)
+		return time.Until(dl)
 	}
-	return n.Raft.Barrier(timeout).Error()
+	return def
 }
 
 // Shutdown stops raft and closes the stores.
