@@ -104,12 +104,17 @@ func labelsOf(h *statev1.HostRecord) map[string]string {
 	return out
 }
 
+// schedResources converts r (nil: zero) for the scheduler.
+func schedResources(r *yunchiv1.Resources) scheduler.Resources {
+	return scheduler.Resources{VCPUs: r.GetVcpus(), MemoryBytes: r.GetMemoryBytes(), DiskBytes: r.GetDiskBytes()}
+}
+
 // reservedOf is the host's reservation, the default when never set.
 func reservedOf(h *statev1.HostRecord) scheduler.Resources {
 	if h.Reserved == nil {
 		return DefaultReserved
 	}
-	return scheduler.Resources{VCPUs: h.Reserved.Vcpus, MemoryBytes: h.Reserved.MemoryBytes, DiskBytes: h.Reserved.DiskBytes}
+	return schedResources(h.Reserved)
 }
 
 // effectiveState is what placement sees: down (no heartbeats) wins over
@@ -178,17 +183,15 @@ func (s *Store) schedHost(h *statev1.HostRecord) (scheduler.Host, RatioSources) 
 		labels["cpu_model"] = h.CpuModel
 	}
 	r, src := s.ratiosOf(h, labels)
-	c := h.GetCapacity()
-	a := s.alloc[h.Id]
 	return scheduler.Host{
 		ID: h.Id, Center: h.Center, Site: h.Site, Rack: h.Rack,
 		Labels:    labels,
 		State:     schedState(effectiveState(h)),
 		Owner:     h.Owner,
-		Capacity:  scheduler.Resources{VCPUs: c.GetVcpus(), MemoryBytes: c.GetMemoryBytes(), DiskBytes: c.GetDiskBytes()},
+		Capacity:  schedResources(h.Capacity),
 		Reserved:  reservedOf(h),
 		Ratios:    r,
-		Allocated: scheduler.Resources{VCPUs: a.GetVcpus(), MemoryBytes: a.GetMemoryBytes(), DiskBytes: a.GetDiskBytes()},
+		Allocated: s.alloc[h.Id],
 	}, src
 }
 

@@ -25,14 +25,11 @@ type HostView struct {
 }
 
 func (s *Store) hostView(h *statev1.HostRecord, counts map[string]int) HostView {
-	a := s.alloc[h.Id]
-	if a == nil {
-		a = &yunchiv1.Resources{}
-	}
 	sh, src := s.schedHost(h)
+	a := sh.Allocated
 	return HostView{
 		Host:      proto.Clone(h).(*statev1.HostRecord),
-		Allocated: proto.Clone(a).(*yunchiv1.Resources),
+		Allocated: &yunchiv1.Resources{Vcpus: a.VCPUs, MemoryBytes: a.MemoryBytes, DiskBytes: a.DiskBytes},
 		VMs:       counts[h.Id],
 		Sched:     sh,
 		Sources:   src,

@@ -14,6 +14,7 @@ import (
 
 	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
+	"github.com/yunchi/yunchi/scheduler"
 )
 
 // CommandVersion and SnapshotVersion are the formats this binary writes and
@@ -39,10 +40,10 @@ type Store struct {
 	groups  map[string]*statev1.PlacementGroupRecord // project/name
 	// Indexes derived from vms, kept by addVM and removeVM only: byName
 	// (project/name -> id), alloc (host -> what its VMs use; absent for a
-	// host without VMs) and groupHosts (a group's members per host:
+	// host that never had one) and groupHosts (a group's members per host:
 	// project/name -> host -> n, no zero entries).
 	byName     map[string]string
-	alloc      map[string]*yunchiv1.Resources
+	alloc      map[string]scheduler.Resources
 	groupHosts map[string]map[string]int
 	index      uint64
 	// Change tracking for a cached scheduler view (derived, not replicated):
@@ -70,7 +71,7 @@ func (s *Store) reset() {
 	s.hosts = map[string]*statev1.HostRecord{}
 	s.vms = map[string]*statev1.VMRecord{}
 	s.byName = map[string]string{}
-	s.alloc = map[string]*yunchiv1.Resources{}
+	s.alloc = map[string]scheduler.Resources{}
 	s.members = map[string]*statev1.MemberRecord{}
 	s.ratios = map[string]*statev1.RatioRecord{}
 	s.groups = map[string]*statev1.PlacementGroupRecord{}
@@ -248,16 +249,13 @@ func (s *Store) removeVM(vm *statev1.VMRecord) {
 
 // charge adds (sign=+1) or releases (sign=-1) a VM's resources on its host
 // and its count among its group's members there.
-func (s *Store) charge(vm *statev1.VMRecord, sign int64) {
+func (s *Store) charge(vm *statev1.VMRecord, sign int) {
 	s.touched(vm.HostId)
-	a := s.alloc[vm.HostId]
-	if a == nil {
-		a = &yunchiv1.Resources{}
-		s.alloc[vm.HostId] = a
+	if sign > 0 {
+		s.alloc[vm.HostId] = s.alloc[vm.HostId].Add(vmResources(vm))
+	} else {
+		s.alloc[vm.HostId] = s.alloc[vm.HostId].Sub(vmResources(vm))
 	}
-	a.Vcpus += sign * int64(vm.Vcpus)
-	a.MemoryBytes += sign * vm.MemoryBytes
-	a.DiskBytes += sign * vm.DiskBytes
 	if vm.Group != "" {
 		gk := nameKey(vm.Project, vm.Group)
 		m := s.groupHosts[gk]
@@ -265,7 +263,7 @@ func (s *Store) charge(vm *statev1.VMRecord, sign int64) {
 			m = map[string]int{}
 			s.groupHosts[gk] = m
 		}
-		m[vm.HostId] += int(sign)
+		m[vm.HostId] += sign
 		if m[vm.HostId] <= 0 {
 			delete(m, vm.HostId)
 			if len(m) == 0 {
