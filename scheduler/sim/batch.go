@@ -113,19 +113,14 @@ func FillBatch(t *Trace, p BatchPlacer, cfg Config) (FillResult, error) {
 		return FillResult{}, err
 	}
 	shape := cfg.shape()
-	maxRej := int64(cfg.MaxRejections)
-	if maxRej <= 0 {
-		maxRej = DefaultMaxRejections
-	}
+	maxRej := cfg.maxRejections()
 	res := FillResult{Batched: true}
 	res.FluidBound = FluidBound(t, cfg.Hosts, shape)
 	spans := batchSpans(t)
 	led := newLedger(cfg.Hosts, shape)
-	var lat, rejLat []time.Duration
+	var m meter
 	pr := progress{fn: cfg.Progress}
-	firstReject := false
-	var checkTime time.Duration
-	start := time.Now()
+	m.start = time.Now()
 	for i := 0; res.Rejected < maxRej; i++ {
 		k := i % len(spans)
 		if k == 0 {
@@ -139,9 +134,8 @@ func FillBatch(t *Trace, p BatchPlacer, cfg Config) (FillResult, error) {
 			return res, fmt.Errorf("batch %d (from %s, pass %d): %v", k, reqs[0].Name, res.StreamPasses, err)
 		}
 		if !ok {
-			rejLat = append(rejLat, t1.Sub(t0))
-			if !firstReject {
-				firstReject = true
+			m.rejected = append(m.rejected, t1.Sub(t0))
+			if res.Rejected == 0 {
 				res.PlacedBeforeFirstReject = res.TotalPlaced
 			}
 			res.Rejected += int64(len(reqs))
@@ -149,10 +143,10 @@ func FillBatch(t *Trace, p BatchPlacer, cfg Config) (FillResult, error) {
 			if led.fitsGreedy(reqs) {
 				res.RejectedWhileFit += int64(len(reqs))
 			}
-			checkTime += time.Since(t1)
+			m.checks += time.Since(t1)
 			continue
 		}
-		lat = append(lat, t1.Sub(t0))
+		m.placed = append(m.placed, t1.Sub(t0))
 		if err := placeAll(led, p, reqs, hosts); err != nil {
 			return res, fmt.Errorf("batch %d: %v", k, err)
 		}
@@ -164,17 +158,7 @@ func FillBatch(t *Trace, p BatchPlacer, cfg Config) (FillResult, error) {
 			})
 		}
 	}
-	res.Wall = time.Since(start) - checkTime
-	if res.FluidBound > 0 {
-		res.PackingRatio = float64(res.PlacedBeforeFirstReject) / float64(res.FluidBound)
-	}
-	if s := res.Wall.Seconds(); s > 0 {
-		res.PlacementsPerSecond = float64(res.TotalPlaced) / s
-		res.DecisionsPerSecond = float64(res.BatchesPlaced+res.BatchesRejected) / s
-	}
-	res.PlacedDecision, res.RejectedDecision = latency(lat), latency(rejLat)
-	res.Decision = latency(append(lat, rejLat...))
-	res.HostsTouched = led.touched()
+	res.finish(&m, led, res.BatchesPlaced+res.BatchesRejected)
 	return res, nil
 }
 
@@ -202,26 +186,15 @@ func ChurnBatch(t *Trace, p BatchPlacer, cfg Config) (ChurnResult, error) {
 	res := ChurnResult{Batched: true}
 	led := newLedger(cfg.Hosts, shape)
 	where := make([]int32, len(t.Requests))
-	var lat, rejLat []time.Duration
+	var m meter
 	pr := progress{fn: cfg.Progress}
 	peakAt := -1
-	var checkTime time.Duration
-	start := time.Now()
+	m.start = time.Now()
 	for e, ev := range evs {
 		if ev < 0 {
-			i := int(^ev)
-			h := where[i]
-			if h < 0 {
-				continue
-			}
-			r := t.Requests[i].Resources
-			if err := led.remove(int(h), r); err != nil {
+			if err := res.depart(t, p, led, where, int(^ev)); err != nil {
 				return res, err
 			}
-			if err := p.Release(int(h), r); err != nil {
-				return res, fmt.Errorf("release %s from %s: %v", t.Requests[i].Name, HostID(int(h)), err)
-			}
-			res.Departures++
 			continue
 		}
 		lo, hi := int(ev), end[int(ev)]
@@ -234,7 +207,7 @@ func ChurnBatch(t *Trace, p BatchPlacer, cfg Config) (ChurnResult, error) {
 			return res, fmt.Errorf("batch from %s: %v", reqs[0].Name, err)
 		}
 		if !ok {
-			rejLat = append(rejLat, t1.Sub(t0))
+			m.rejected = append(m.rejected, t1.Sub(t0))
 			for i := lo; i < hi; i++ {
 				where[i] = -1
 			}
@@ -243,10 +216,10 @@ func ChurnBatch(t *Trace, p BatchPlacer, cfg Config) (ChurnResult, error) {
 			if led.fitsGreedy(reqs) {
 				res.RejectedWhileFit += int64(len(reqs))
 			}
-			checkTime += time.Since(t1)
+			m.checks += time.Since(t1)
 			continue
 		}
-		lat = append(lat, t1.Sub(t0))
+		m.placed = append(m.placed, t1.Sub(t0))
 		if err := placeAll(led, p, reqs, hosts); err != nil {
 			return res, fmt.Errorf("batch from %s: %v", reqs[0].Name, err)
 		}
@@ -265,37 +238,7 @@ func ChurnBatch(t *Trace, p BatchPlacer, cfg Config) (ChurnResult, error) {
 			})
 		}
 	}
-	res.Wall = time.Since(start) - checkTime
-	if s := res.Wall.Seconds(); s > 0 {
-		res.PlacementsPerSecond = float64(res.Placed) / s
-		res.DecisionsPerSecond = float64(res.BatchesPlaced+res.BatchesRejected) / s
-	}
-	res.PlacedDecision, res.RejectedDecision = latency(lat), latency(rejLat)
-	res.Decision = latency(append(lat, rejLat...))
-	if res.Arrivals > 0 {
-		res.RejectedPct = 100 * float64(res.Rejected) / float64(res.Arrivals)
-	}
-	at := newLedger(cfg.Hosts, shape)
-	for _, ev := range evs[:peakAt+1] {
-		if ev < 0 {
-			i := int(^ev)
-			if h := where[i]; h >= 0 {
-				if err := at.remove(int(h), t.Requests[i].Resources); err != nil {
-					return res, fmt.Errorf("harness bug rebuilding the peak: %v", err)
-				}
-			}
-			continue
-		}
-		for i := int(ev); i < end[int(ev)]; i++ {
-			if h := where[i]; h >= 0 {
-				if err := at.add(int(h), t.Requests[i].Resources); err != nil {
-					return res, fmt.Errorf("harness bug rebuilding the peak: %v", err)
-				}
-			}
-		}
-	}
-	if err := res.atPeak(t, at, evs, peakAt, cfg.Hosts, shape); err != nil {
-		return res, err
-	}
-	return res, nil
+	res.Timing = m.timing(res.Placed, res.BatchesPlaced+res.BatchesRejected)
+	err := res.finish(t, evs, peakAt, where, func(i int) int { return end[i] }, cfg.Hosts, shape)
+	return res, err
 }

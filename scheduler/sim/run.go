@@ -38,6 +38,13 @@ func (c Config) check() error {
 	return nil
 }
 
+func (c Config) maxRejections() int64 {
+	if c.MaxRejections <= 0 {
+		return DefaultMaxRejections
+	}
+	return int64(c.MaxRejections)
+}
+
 // Figure is one "name: value" line of a result.
 type Figure struct {
 	Name  string
@@ -72,6 +79,51 @@ func latency(d []time.Duration) Latency {
 	return Latency{P50: rank(0.50), P99: rank(0.99), Max: s[len(s)-1]}
 }
 
+// Timing is what a run measures of its decisions.
+type Timing struct {
+	Wall                time.Duration // the loop, less the harness's checks after rejections
+	PlacementsPerSecond float64       // requests placed / Wall
+	DecisionsPerSecond  float64       // decisions (a batch is one) / Wall
+	// Decision is every decision; PlacedDecision those that found a host,
+	// RejectedDecision those that did not (a NoFitError to build).
+	Decision, PlacedDecision, RejectedDecision Latency
+}
+
+// figures are the rates and latencies; wall_seconds goes last in a result.
+func (t Timing) figures() []Figure {
+	return []Figure{
+		{"placements_per_second", float64(int64(t.PlacementsPerSecond + 0.5))},
+		{"decisions_per_second", float64(int64(t.DecisionsPerSecond + 0.5))},
+		{"decision_p50_us", us(t.Decision.P50)},
+		{"decision_p99_us", us(t.Decision.P99)},
+		{"decision_max_us", us(t.Decision.Max)},
+		{"placed_decision_p50_us", us(t.PlacedDecision.P50)},
+		{"placed_decision_p99_us", us(t.PlacedDecision.P99)},
+		{"rejected_decision_p50_us", us(t.RejectedDecision.P50)},
+		{"rejected_decision_p99_us", us(t.RejectedDecision.P99)},
+	}
+}
+
+// meter times a run's loop: each decision's latency, placed or rejected,
+// and the harness's own checks after rejections, which Wall leaves out.
+type meter struct {
+	start            time.Time
+	checks           time.Duration
+	placed, rejected []time.Duration
+}
+
+// timing ends the measurement: placed requests and decisions made.
+func (m *meter) timing(placed, decisions int64) Timing {
+	t := Timing{Wall: time.Since(m.start) - m.checks}
+	if s := t.Wall.Seconds(); s > 0 {
+		t.PlacementsPerSecond = float64(placed) / s
+		t.DecisionsPerSecond = float64(decisions) / s
+	}
+	t.PlacedDecision, t.RejectedDecision = latency(m.placed), latency(m.rejected)
+	t.Decision = latency(append(m.placed, m.rejected...))
+	return t
+}
+
 func us(d time.Duration) float64 { return round3(float64(d) / 1e3) }
 
 func round3(f float64) float64 {
@@ -88,15 +140,10 @@ type FillResult struct {
 	PackingRatio            float64 // PlacedBeforeFirstReject / FluidBound
 	// RejectedWhileFit counts rejections while the harness's own ledger had
 	// a host that could take the request (a placer bug if nonzero).
-	RejectedWhileFit    int64
-	Wall                time.Duration // the loop, less the harness's after-rejection check
-	PlacementsPerSecond float64       // TotalPlaced / Wall
-	DecisionsPerSecond  float64       // (TotalPlaced+Rejected) / Wall
-	// Decision is every decision; PlacedDecision those that found a host,
-	// RejectedDecision those that did not (a NoFitError to build).
-	Decision, PlacedDecision, RejectedDecision Latency
-	HostsTouched                               int
-	StreamPasses                               int // how many times the stream was started
+	RejectedWhileFit int64
+	Timing
+	HostsTouched int
+	StreamPasses int // how many times the stream was started
 	// Batch mode: one decision per tenant batch. Rejected and
 	// RejectedWhileFit still count requests.
 	Batched                        bool
@@ -105,26 +152,30 @@ type FillResult struct {
 
 // Figures are the result's lines, each name prefixed.
 func (r FillResult) Figures(prefix string) []Figure {
-	return prefixed(prefix, []Figure{
+	fs := []Figure{
 		{"placed_before_first_reject", r.PlacedBeforeFirstReject},
 		{"total_placed", r.TotalPlaced},
 		{"rejected", r.Rejected},
 		{"fluid_bound", r.FluidBound},
 		{"packing_ratio", round6(r.PackingRatio)},
-		{"placements_per_second", float64(int64(r.PlacementsPerSecond + 0.5))},
-		{"decisions_per_second", float64(int64(r.DecisionsPerSecond + 0.5))},
-		{"decision_p50_us", us(r.Decision.P50)},
-		{"decision_p99_us", us(r.Decision.P99)},
-		{"decision_max_us", us(r.Decision.Max)},
-		{"placed_decision_p50_us", us(r.PlacedDecision.P50)},
-		{"placed_decision_p99_us", us(r.PlacedDecision.P99)},
-		{"rejected_decision_p50_us", us(r.RejectedDecision.P50)},
-		{"rejected_decision_p99_us", us(r.RejectedDecision.P99)},
-		{"hosts_touched", r.HostsTouched},
-		{"rejected_while_fit", r.RejectedWhileFit},
-		{"stream_passes", r.StreamPasses},
-		{"wall_seconds", round3(r.Wall.Seconds())},
-	}, r.Batched, r.BatchesPlaced, r.BatchesRejected)
+	}
+	fs = append(fs, r.Timing.figures()...)
+	fs = append(fs,
+		Figure{"hosts_touched", r.HostsTouched},
+		Figure{"rejected_while_fit", r.RejectedWhileFit},
+		Figure{"stream_passes", r.StreamPasses},
+		Figure{"wall_seconds", round3(r.Wall.Seconds())},
+	)
+	return prefixed(prefix, fs, r.Batched, r.BatchesPlaced, r.BatchesRejected)
+}
+
+// finish fills the figures of a fill run from its meter and ledger.
+func (r *FillResult) finish(m *meter, led *ledger, decisions int64) {
+	r.Timing = m.timing(r.TotalPlaced, decisions)
+	if r.FluidBound > 0 {
+		r.PackingRatio = float64(r.PlacedBeforeFirstReject) / float64(r.FluidBound)
+	}
+	r.HostsTouched = led.touched()
 }
 
 func round6(f float64) float64 {
@@ -193,20 +244,14 @@ func Fill(t *Trace, p Placer, cfg Config) (FillResult, error) {
 		return FillResult{}, err
 	}
 	shape := cfg.shape()
-	maxRej := int64(cfg.MaxRejections)
-	if maxRej <= 0 {
-		maxRej = DefaultMaxRejections
-	}
+	maxRej := cfg.maxRejections()
 	var res FillResult
 	res.FluidBound = FluidBound(t, cfg.Hosts, shape)
 	led := newLedger(cfg.Hosts, shape)
-	lat := make([]time.Duration, 0, res.FluidBound+1024)
-	rejLat := make([]time.Duration, 0, maxRej)
+	m := meter{placed: make([]time.Duration, 0, res.FluidBound+1024), rejected: make([]time.Duration, 0, maxRej)}
 	pr := progress{fn: cfg.Progress}
-	firstReject := false
-	var checkTime time.Duration
 	n := len(t.Requests)
-	start := time.Now()
+	m.start = time.Now()
 	for i := 0; res.Rejected < maxRej; i++ {
 		k := i % n
 		if k == 0 {
@@ -220,19 +265,18 @@ func Fill(t *Trace, p Placer, cfg Config) (FillResult, error) {
 			return res, fmt.Errorf("request %d (%s, pass %d): %v", i, req.Name, res.StreamPasses, err)
 		}
 		if !ok {
-			rejLat = append(rejLat, t1.Sub(t0))
-			if !firstReject {
-				firstReject = true
+			m.rejected = append(m.rejected, t1.Sub(t0))
+			if res.Rejected == 0 {
 				res.PlacedBeforeFirstReject = res.TotalPlaced
 			}
 			res.Rejected++
 			if led.anyFits(req.Resources) {
 				res.RejectedWhileFit++
 			}
-			checkTime += time.Since(t1)
+			m.checks += time.Since(t1)
 			continue
 		}
-		lat = append(lat, t1.Sub(t0))
+		m.placed = append(m.placed, t1.Sub(t0))
 		if err := led.add(h, req.Resources); err != nil {
 			return res, fmt.Errorf("request %d (%s): %v", i, req.Name, err)
 		}
@@ -246,17 +290,7 @@ func Fill(t *Trace, p Placer, cfg Config) (FillResult, error) {
 			})
 		}
 	}
-	res.Wall = time.Since(start) - checkTime
-	if res.FluidBound > 0 {
-		res.PackingRatio = float64(res.PlacedBeforeFirstReject) / float64(res.FluidBound)
-	}
-	if s := res.Wall.Seconds(); s > 0 {
-		res.PlacementsPerSecond = float64(res.TotalPlaced) / s
-		res.DecisionsPerSecond = float64(res.TotalPlaced+res.Rejected) / s
-	}
-	res.PlacedDecision, res.RejectedDecision = latency(lat), latency(rejLat)
-	res.Decision = latency(append(lat, rejLat...))
-	res.HostsTouched = led.touched()
+	res.finish(&m, led, res.TotalPlaced+res.Rejected)
 	return res, nil
 }
 
@@ -279,18 +313,15 @@ type ChurnResult struct {
 	FreeSlots16c112g     int64
 	FreeSlots8c56g       int64
 	EmptyHostsAtPeak     int
-	Wall                 time.Duration
-	PlacementsPerSecond  float64 // Placed / Wall
-	DecisionsPerSecond   float64 // Arrivals / Wall
+	Timing
 	// As in FillResult.
-	Decision, PlacedDecision, RejectedDecision Latency
-	Batched                                    bool
-	BatchesPlaced, BatchesRejected             int64
+	Batched                        bool
+	BatchesPlaced, BatchesRejected int64
 }
 
 // Figures are the result's lines, each name prefixed.
 func (r ChurnResult) Figures(prefix string) []Figure {
-	return prefixed(prefix, []Figure{
+	fs := []Figure{
 		{"arrivals", r.Arrivals},
 		{"rejected", r.Rejected},
 		{"rejected_pct", round3(r.RejectedPct)},
@@ -301,18 +332,13 @@ func (r ChurnResult) Figures(prefix string) []Figure {
 		{"free_slots_16c112g_at_peak", r.FreeSlots16c112g},
 		{"free_slots_8c56g_at_peak", r.FreeSlots8c56g},
 		{"empty_hosts_at_peak", r.EmptyHostsAtPeak},
-		{"placements_per_second", float64(int64(r.PlacementsPerSecond + 0.5))},
-		{"decisions_per_second", float64(int64(r.DecisionsPerSecond + 0.5))},
-		{"decision_p50_us", us(r.Decision.P50)},
-		{"decision_p99_us", us(r.Decision.P99)},
-		{"decision_max_us", us(r.Decision.Max)},
-		{"placed_decision_p50_us", us(r.PlacedDecision.P50)},
-		{"placed_decision_p99_us", us(r.PlacedDecision.P99)},
-		{"rejected_decision_p50_us", us(r.RejectedDecision.P50)},
-		{"rejected_decision_p99_us", us(r.RejectedDecision.P99)},
-		{"rejected_while_fit", r.RejectedWhileFit},
-		{"wall_seconds", round3(r.Wall.Seconds())},
-	}, r.Batched, r.BatchesPlaced, r.BatchesRejected)
+	}
+	fs = append(fs, r.Timing.figures()...)
+	fs = append(fs,
+		Figure{"rejected_while_fit", r.RejectedWhileFit},
+		Figure{"wall_seconds", round3(r.Wall.Seconds())},
+	)
+	return prefixed(prefix, fs, r.Batched, r.BatchesPlaced, r.BatchesRejected)
 }
 
 // event is a request index; a departure is its bitwise complement.
@@ -364,27 +390,15 @@ func Churn(t *Trace, p Placer, cfg Config) (ChurnResult, error) {
 	var res ChurnResult
 	led := newLedger(cfg.Hosts, shape)
 	where := make([]int32, len(t.Requests)) // host of each placed request, -1 rejected
-	lat := make([]time.Duration, 0, len(t.Requests))
-	var rejLat []time.Duration
+	m := meter{placed: make([]time.Duration, 0, len(t.Requests))}
 	pr := progress{fn: cfg.Progress}
 	peakAt := -1 // index in evs of the event after which CPU first peaked
-	var checkTime time.Duration
-	start := time.Now()
+	m.start = time.Now()
 	for e, ev := range evs {
 		if ev < 0 {
-			i := int(^ev)
-			h := where[i]
-			if h < 0 {
-				continue // it was rejected
-			}
-			r := t.Requests[i].Resources
-			if err := led.remove(int(h), r); err != nil {
+			if err := res.depart(t, p, led, where, int(^ev)); err != nil {
 				return res, err
 			}
-			if err := p.Release(int(h), r); err != nil {
-				return res, fmt.Errorf("release %s from %s: %v", t.Requests[i].Name, HostID(int(h)), err)
-			}
-			res.Departures++
 			continue
 		}
 		i := int(ev)
@@ -397,16 +411,16 @@ func Churn(t *Trace, p Placer, cfg Config) (ChurnResult, error) {
 			return res, fmt.Errorf("request %s: %v", req.Name, err)
 		}
 		if !ok {
-			rejLat = append(rejLat, t1.Sub(t0))
+			m.rejected = append(m.rejected, t1.Sub(t0))
 			where[i] = -1
 			res.Rejected++
 			if led.anyFits(req.Resources) {
 				res.RejectedWhileFit++
 			}
-			checkTime += time.Since(t1)
+			m.checks += time.Since(t1)
 			continue
 		}
-		lat = append(lat, t1.Sub(t0))
+		m.placed = append(m.placed, t1.Sub(t0))
 		if err := led.add(h, req.Resources); err != nil {
 			return res, fmt.Errorf("request %s: %v", req.Name, err)
 		}
@@ -425,47 +439,58 @@ func Churn(t *Trace, p Placer, cfg Config) (ChurnResult, error) {
 			})
 		}
 	}
-	res.Wall = time.Since(start) - checkTime
-	if s := res.Wall.Seconds(); s > 0 {
-		res.PlacementsPerSecond = float64(res.Placed) / s
-		res.DecisionsPerSecond = float64(res.Arrivals) / s
+	res.Timing = m.timing(res.Placed, res.Arrivals)
+	err := res.finish(t, evs, peakAt, where, func(i int) int { return i + 1 }, cfg.Hosts, shape)
+	return res, err
+}
+
+// depart records that request i left, in the ledger and in the placer; a
+// rejected request (where[i] < 0) has nothing to release.
+func (res *ChurnResult) depart(t *Trace, p Placer, led *ledger, where []int32, i int) error {
+	h := int(where[i])
+	if h < 0 {
+		return nil
 	}
-	res.PlacedDecision, res.RejectedDecision = latency(lat), latency(rejLat)
-	res.Decision = latency(append(lat, rejLat...))
+	r := t.Requests[i].Resources
+	if err := led.remove(h, r); err != nil {
+		return err
+	}
+	if err := p.Release(h, r); err != nil {
+		return fmt.Errorf("release %s from %s: %v", t.Requests[i].Name, HostID(h), err)
+	}
+	res.Departures++
+	return nil
+}
+
+// finish fills the figures of the state at the CPU peak (after event
+// evs[peakAt]), rebuilt from where each request went; an arrival event i
+// stands for requests i to end(i)-1.
+func (res *ChurnResult) finish(t *Trace, evs []event, peakAt int, where []int32, end func(int) int, hosts int, shape scheduler.Resources) error {
 	if res.Arrivals > 0 {
 		res.RejectedPct = 100 * float64(res.Rejected) / float64(res.Arrivals)
 	}
-
-	// The state at the peak, rebuilt from the recorded placements.
-	at := newLedger(cfg.Hosts, shape)
+	at := newLedger(hosts, shape)
 	for _, ev := range evs[:peakAt+1] {
-		i := int(ev)
-		if ev < 0 {
-			i = int(^ev)
+		lo, hi := int(^ev), int(^ev)+1
+		if ev >= 0 {
+			lo, hi = int(ev), end(int(ev))
 		}
-		h := where[i]
-		if h < 0 {
-			continue
-		}
-		var err error
-		if ev < 0 {
-			err = at.remove(int(h), t.Requests[i].Resources)
-		} else {
-			err = at.add(int(h), t.Requests[i].Resources)
-		}
-		if err != nil {
-			return res, fmt.Errorf("harness bug rebuilding the peak: %v", err)
+		for i := lo; i < hi; i++ {
+			h := int(where[i])
+			if h < 0 {
+				continue
+			}
+			var err error
+			if ev < 0 {
+				err = at.remove(h, t.Requests[i].Resources)
+			} else {
+				err = at.add(h, t.Requests[i].Resources)
+			}
+			if err != nil {
+				return fmt.Errorf("harness bug rebuilding the peak: %v", err)
+			}
 		}
 	}
-	if err := res.atPeak(t, at, evs, peakAt, cfg.Hosts, shape); err != nil {
-		return res, err
-	}
-	return res, nil
-}
-
-// atPeak fills the figures of the state at the CPU peak (after event
-// evs[peakAt]), rebuilt in at.
-func (res *ChurnResult) atPeak(t *Trace, at *ledger, evs []event, peakAt, hosts int, shape scheduler.Resources) error {
 	if at.total.VCPUs != res.PeakCPUAllocated {
 		return fmt.Errorf("harness bug: rebuilt peak has %d vCPU, want %d", at.total.VCPUs, res.PeakCPUAllocated)
 	}
