@@ -133,17 +133,11 @@ func Run(t *Trace, s Settings) ([]Figure, error) {
 	if s.Workload != WorkloadFill && s.Workload != WorkloadChurn {
 		return nil, fmt.Errorf("unknown workload %q: want fill or churn", s.Workload)
 	}
-	if s.Hosts <= 0 {
-		return nil, fmt.Errorf("hosts must be positive, got %d", s.Hosts)
-	}
-	shape := s.Shape
-	if shape == (scheduler.Resources{}) {
-		shape = DefaultShape
-	}
-	cfg := Config{Hosts: s.Hosts, Shape: shape, MaxRejections: s.MaxRejections, Progress: s.Progress}
+	cfg := Config{Hosts: s.Hosts, Shape: s.Shape, MaxRejections: s.MaxRejections, Progress: s.Progress}
 	if err := cfg.check(); err != nil {
 		return nil, err
 	}
+	shape := cfg.shape()
 	figs := []Figure{
 		{"workload", s.Workload},
 		{"hosts", s.Hosts},
