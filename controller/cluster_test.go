@@ -208,7 +208,8 @@ func restGet(t *testing.T, addr, path string) (int, []byte) {
 }
 
 // checkInvariants asserts, on one controller's own state, that every
-// acknowledged VM exists exactly once and no host is over capacity.
+// acknowledged VM exists exactly once, names its host's center, and no host
+// is over capacity.
 func checkInvariants(t *testing.T, addr string, acked map[string]bool) {
 	t.Helper()
 	code, body := restGet(t, addr, "/v1/vms")
@@ -244,6 +245,15 @@ func checkInvariants(t *testing.T, addr string, acked map[string]bool) {
 	var hosts yunchiv1.ListHostsResponse
 	if err := protojson.Unmarshal(body, &hosts); err != nil || code != 200 {
 		t.Fatalf("list hosts: %d %v", code, err)
+	}
+	centers := map[string]string{}
+	for _, h := range hosts.Hosts {
+		centers[h.Id] = h.Center
+	}
+	for _, v := range list.Vms {
+		if v.HostCenter != centers[v.HostId] {
+			t.Errorf("%s: vm %s on %s lists host center %q, the host is in %q", addr, v.Name, v.HostId, v.HostCenter, centers[v.HostId])
+		}
 	}
 	for _, h := range hosts.Hosts {
 		u := used[h.Id]

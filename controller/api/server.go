@@ -140,17 +140,30 @@ func (s *Server) ListVMs(ctx context.Context, req *yunchiv1.ListVMsRequest) (*yu
 			return nil, err
 		}
 	}
+	// Each host's center is looked up once for the whole list, not once
+	// per VM (one host lookup is a pass over every VM).
+	var centers map[string]string
 	if req.HostId != "" {
 		if err := checkHostID(req.HostId); err != nil {
 			return nil, err
 		}
-		if _, ok := s.store.Host(req.HostId); !ok {
+		hv, ok := s.store.Host(req.HostId)
+		if !ok {
 			return nil, status.Errorf(codes.NotFound, "host %q not found", req.HostId)
 		}
+		centers = map[string]string{req.HostId: hv.Host.Center}
 	}
-	out := &yunchiv1.ListVMsResponse{Vms: []*yunchiv1.VM{}}
-	for _, v := range s.store.VMs(req.Project, req.HostId) {
-		out.Vms = append(out.Vms, s.vmOut(v))
+	vms := s.store.VMs(req.Project, req.HostId)
+	if centers == nil {
+		hosts := s.store.Hosts() // after the VMs, so a host registered meanwhile is there too
+		centers = make(map[string]string, len(hosts))
+		for _, hv := range hosts {
+			centers[hv.Host.Id] = hv.Host.Center
+		}
+	}
+	out := &yunchiv1.ListVMsResponse{Vms: make([]*yunchiv1.VM, 0, len(vms))}
+	for _, v := range vms {
+		out.Vms = append(out.Vms, vmToAPI(v, centers[v.HostId]))
 	}
 	return out, nil
 }
