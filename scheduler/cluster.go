@@ -179,11 +179,10 @@ func (c *Cluster) Release(hostID string, r Resources) error {
 	if r.VCPUs < 0 || r.MemoryBytes < 0 || r.DiskBytes < 0 {
 		return fmt.Errorf("release on %q: negative amount %+v (use Allocate)", hostID, r)
 	}
-	left := rec.h.Allocated.Sub(r)
-	if left.VCPUs < 0 || left.MemoryBytes < 0 || left.DiskBytes < 0 {
+	if !r.Fits(rec.h.Allocated) {
 		return fmt.Errorf("release on %q: %+v is more than is allocated there (%+v)", hostID, r, rec.h.Allocated)
 	}
-	c.move(rec, left)
+	c.move(rec, rec.h.Allocated.Sub(r))
 	return nil
 }
 

@@ -78,11 +78,10 @@ func (l *ledger) add(h int, r scheduler.Resources) error {
 }
 
 func (l *ledger) remove(h int, r scheduler.Resources) error {
-	a := l.alloc[h].Sub(r)
-	if a.VCPUs < 0 || a.MemoryBytes < 0 || a.DiskBytes < 0 || l.vms[h] == 0 {
+	if !r.Fits(l.alloc[h]) || l.vms[h] == 0 {
 		return fmt.Errorf("harness bug: releasing %s from %s leaves a negative allocation", formatRes(r), HostID(h))
 	}
-	l.alloc[h] = a
+	l.alloc[h] = l.alloc[h].Sub(r)
 	l.vms[h]--
 	l.total = l.total.Sub(r)
 	return nil
