@@ -35,10 +35,10 @@ const (
 func host(t *testing.T, spec libvirt.TestNode) (*libvirt.Driver, string) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "node.xml")
-	if err := libvirt.WriteTestNodeXML(path, spec); err != nil {
+	uri, err := libvirt.WriteTestNodeXML(path, spec)
+	if err != nil {
 		t.Fatal(err)
 	}
-	uri := "test://" + path
 	d, err := libvirt.Open(uri)
 	if err != nil {
 		t.Fatal(err)

@@ -3,6 +3,7 @@ package libvirt
 import (
 	"context"
 	"errors"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -19,10 +20,10 @@ import (
 func openTestNode(t *testing.T, spec TestNode) (*Driver, string) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "node.xml")
-	if err := WriteTestNodeXML(path, spec); err != nil {
+	uri, err := WriteTestNodeXML(path, spec)
+	if err != nil {
 		t.Fatal(err)
 	}
-	uri := "test://" + path
 	d, err := Open(uri)
 	if err != nil {
 		t.Fatal(err)
@@ -73,9 +74,30 @@ func TestWriteTestNodeXMLRejectsBadSpecs(t *testing.T) {
 		"long model":     {CPUs: 2, MemoryBytes: 1 << 30, CPUModel: strings.Repeat("x", 32)},
 		"unnamed pool":   {CPUs: 2, MemoryBytes: 1 << 30, Pools: []TestPool{{}}},
 	} {
-		if err := WriteTestNodeXML(filepath.Join(dir, "n.xml"), spec); err == nil {
+		if _, err := WriteTestNodeXML(filepath.Join(dir, "n.xml"), spec); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
+	}
+}
+
+// A relative path (yunchid dev --data-dir rel/dir) still gives a URI that
+// opens the file, not one naming a remote host "rel".
+func TestWriteTestNodeXMLRelativePath(t *testing.T) {
+	t.Chdir(t.TempDir())
+	if err := os.Mkdir("rel", 0o700); err != nil {
+		t.Fatal(err)
+	}
+	uri, err := WriteTestNodeXML(filepath.Join("rel", "node.xml"), TestNode{CPUs: 3, MemoryBytes: 1 << 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := Open(uri)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if f, err := d.NodeFacts(context.Background()); err != nil || f.VCPUs != 3 {
+		t.Errorf("%s: facts %+v, err %v", uri, f, err)
 	}
 }
 

@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"libvirt.org/go/libvirtxml"
 )
 
 // TestNode describes a simulated host for libvirt's test driver: a file
-// written by WriteTestNodeXML and opened as test:///ABS/PATH/node.xml. Each
+// written by WriteTestNodeXML and opened with the URI it returns,
+// test:///ABS/PATH/node.xml. Each
 // connection to that URI is a fresh host built from the file; its state
 // (domains defined, started, ...) lives in that connection only.
 type TestNode struct {
@@ -58,18 +60,27 @@ type testNodeCPU struct {
 	Threads int    `xml:"threads"`
 }
 
-// WriteTestNodeXML writes spec as a libvirt test-driver node file at path.
-func WriteTestNodeXML(path string, spec TestNode) error {
+// WriteTestNodeXML writes spec as a libvirt test-driver node file at path
+// and returns the URI that opens it, test:///ABS/PATH (a relative path is
+// made absolute: libvirt would read its first element as a host name).
+func WriteTestNodeXML(path string, spec TestNode) (uri string, err error) {
 	doc, err := testNodeDocument(spec)
 	if err != nil {
-		return err
+		return "", err
 	}
 	b, err := xml.MarshalIndent(doc, "", "  ")
 	if err != nil {
-		return fmt.Errorf("test node xml: %w", err)
+		return "", fmt.Errorf("test node xml: %w", err)
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return "", fmt.Errorf("test node xml: %w", err)
 	}
 	b = append([]byte(xml.Header), append(b, '\n')...)
-	return os.WriteFile(path, b, 0o644)
+	if err := os.WriteFile(abs, b, 0o644); err != nil {
+		return "", err
+	}
+	return "test://" + abs, nil
 }
 
 func testNodeDocument(spec TestNode) (*testNodeXML, error) {

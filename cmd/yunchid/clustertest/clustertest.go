@@ -211,11 +211,12 @@ func (c *Cluster) Restart(ctl *Controller) {
 func (c *Cluster) StartAgent(hostID, center string, cpus int, memBytes, diskBytes int64) *Agent {
 	c.t.Helper()
 	path := filepath.Join(c.dir, hostID+".xml")
-	if err := libvirt.WriteTestNodeXML(path, libvirt.TestNode{CPUs: cpus, MemoryBytes: memBytes}); err != nil {
+	uri, err := libvirt.WriteTestNodeXML(path, libvirt.TestNode{CPUs: cpus, MemoryBytes: memBytes})
+	if err != nil {
 		c.t.Fatal(err)
 	}
 	a := &Agent{HostID: hostID, Proc: &Proc{Name: "agent-" + hostID, Dir: c.dir, Args: []string{
-		"agent", "--host-id", hostID, "--center", center, "--libvirt-uri", "test://" + path,
+		"agent", "--host-id", hostID, "--center", center, "--libvirt-uri", uri,
 		"--disk-bytes", fmt.Sprint(diskBytes), "--controllers", c.APIList(), "--heartbeat", "500ms",
 	}}}
 	a.start(c.t, c.bin)

@@ -168,12 +168,12 @@ func Run(ctx context.Context, cfg Config) error {
 	defer func() { stopAgents(); awg.Wait() }()
 	for i, h := range specs {
 		path := filepath.Join(dir, "hosts", h.ID+".xml")
-		if err := libvirt.WriteTestNodeXML(path, libvirt.TestNode{
+		uri, err := libvirt.WriteTestNodeXML(path, libvirt.TestNode{
 			CPUs: h.VCPUs(), CPUModel: "sim-x86", Sockets: h.Sockets, Cores: h.Cores, Threads: h.Threads, MemoryBytes: h.MemoryBytes,
-		}); err != nil {
+		})
+		if err != nil {
 			return fmt.Errorf("host %s: %w", h.ID, err)
 		}
-		uri := "test://" + path
 		drv, err := libvirt.Open(uri)
 		if err != nil {
 			return fmt.Errorf("host %s: %w", h.ID, err)
