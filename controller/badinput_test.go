@@ -3,7 +3,6 @@ package controller
 import (
 	"context"
 	"encoding/json"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -143,21 +142,16 @@ func TestBadInputIsRejectedAndChangesNothing(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			req, _ := http.NewRequestWithContext(ctx, tc.method, "http://"+addr+tc.path, strings.NewReader(tc.body))
-			req.Header.Set("Content-Type", "application/json")
-			resp, err := http.DefaultClient.Do(req)
+			code, body, err := restDo(addr, tc.method, tc.path, tc.body)
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer resp.Body.Close()
 			var e restError
-			if err := json.NewDecoder(resp.Body).Decode(&e); err != nil {
+			if err := json.Unmarshal(body, &e); err != nil {
 				t.Fatalf("error body is not JSON: %v", err)
 			}
-			if resp.StatusCode != tc.code {
-				t.Fatalf("status %d, want %d (%s)", resp.StatusCode, tc.code, e.Message)
+			if code != tc.code {
+				t.Fatalf("status %d, want %d (%s)", code, tc.code, e.Message)
 			}
 			if e.Message == "" || !strings.Contains(e.Message, tc.msg) {
 				t.Fatalf("message %q does not say %q", e.Message, tc.msg)

@@ -183,9 +183,14 @@ func registerHosts(t *testing.T, addr string, n int, cpus, mem int64) {
 }
 
 func restPost(addr, path, body string) (int, []byte, error) {
+	return restDo(addr, http.MethodPost, path, body)
+}
+
+// restDo sends one JSON request and returns the status code and body.
+func restDo(addr, method, path, body string) (int, []byte, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+path, strings.NewReader(body))
+	req, _ := http.NewRequestWithContext(ctx, method, "http://"+addr+path, strings.NewReader(body))
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
