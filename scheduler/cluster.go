@@ -237,9 +237,11 @@ func (c *Cluster) PlaceBatch(reqs []Request) ([]Placement, error) {
 	out := make([]Placement, 0, len(reqs))
 	for i := range reqs {
 		req := reqs[i]
+		var gk string
 		var extra map[string]int
 		if req.Group != nil {
-			extra = placed[groupKey(req.Group)]
+			gk = groupKey(req.Group)
+			extra = placed[gk]
 		}
 		c.req = req
 		p, err := c.place(c.newDecision(&c.req, extra))
@@ -256,13 +258,11 @@ func (c *Cluster) PlaceBatch(reqs []Request) ([]Placement, error) {
 		_ = c.Allocate(p.HostID, req.Resources) // a known host, a valid size
 		done = append(done, tentative{p.HostID, req.Resources})
 		if req.Group != nil {
-			k := groupKey(req.Group)
-			m := placed[k]
-			if m == nil {
-				m = map[string]int{}
-				placed[k] = m
+			if extra == nil {
+				extra = map[string]int{}
+				placed[gk] = extra
 			}
-			m[p.HostID]++
+			extra[p.HostID]++
 		}
 	}
 	return out, nil
