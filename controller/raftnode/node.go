@@ -157,8 +157,10 @@ func (n *Node) LeaderID() string {
 	return string(id)
 }
 
-// ErrTimeout is returned when raft did not commit a command in time.
-var ErrTimeout = errors.New("raft: command not committed in time")
+// ErrTimeout is returned when raft did not accept a command in time (its
+// queue stayed full: the leader is overloaded). Once accepted, Apply waits
+// for the commit; raft ends that wait itself if leadership is lost.
+var ErrTimeout = errors.New("raft: command not accepted in time")
 
 // Apply proposes cmd (stamped with the leader's clock and the command
 // version) and waits for it to be applied. The error is the FSM's
@@ -169,6 +171,11 @@ func (n *Node) Apply(ctx context.Context, cmd *statev1.Command) (any, error) {
 	b, err := proto.Marshal(cmd)
 	if err != nil {
 		return nil, fmt.Errorf("encode command: %w", err)
+	}
+	// A context already done proposes nothing (raft would read the
+	// negative time left as "no timeout").
+	if err := ctx.Err(); err != nil {
+		return nil, err
 	}
 	f := n.Raft.Apply(b, timeoutOf(ctx, 10*time.Second))
 	if err := f.Error(); err != nil {
@@ -187,6 +194,9 @@ func (n *Node) Apply(ctx context.Context, cmd *statev1.Command) (any, error) {
 // Barrier waits until every entry committed before it is applied here
 // (leader only), which makes the next local read linearizable.
 func (n *Node) Barrier(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	return n.Raft.Barrier(timeoutOf(ctx, 5*time.Second)).Error()
 }
 
@@ -194,7 +204,7 @@ func (n *Node) Barrier(ctx context.Context) error {
 // raft takes a timeout, not a context.
 func timeoutOf(ctx context.Context, def time.Duration) time.Duration {
 	if dl, ok := ctx.Deadline(); ok {
-		return time.Until(dl)
+		return max(time.Until(dl), time.Nanosecond) // 0 or less would mean no timeout
 	}
 	return def
 }

@@ -1,0 +1,62 @@
+package raftnode
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/yunchi/yunchi/controller/state"
+	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
+	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
+)
+
+// TestApplyWithDoneContextProposesNothing: a request whose deadline has
+// passed gets its context's error and leaves the log as it was (raft would
+// read the negative time left as "wait forever").
+func TestApplyWithDoneContextProposesNothing(t *testing.T) {
+	_, trans := raft.NewInmemTransport("n1:7000")
+	store := state.New()
+	n, err := Open(Config{ID: "n1", DataDir: t.TempDir(), Bootstrap: true, Transport: trans,
+		HeartbeatTimeout: 50 * time.Millisecond, ElectionTimeout: 50 * time.Millisecond, LeaderLeaseTimeout: 50 * time.Millisecond}, store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Shutdown() })
+	deadline := time.Now().Add(10 * time.Second)
+	for n.Raft.State() != raft.Leader {
+		if time.Now().After(deadline) {
+			t.Fatal("no leader in 10s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	reg := &statev1.Command{Cmd: &statev1.Command_RegisterHost{RegisterHost: &statev1.RegisterHost{Host: &statev1.HostRecord{
+		Id: "h1", Hostname: "h1", Center: "a1", Capacity: &yunchiv1.Resources{Vcpus: 8, MemoryBytes: 1 << 34, DiskBytes: 1 << 40},
+	}}}}
+	before := n.Raft.LastIndex()
+	ctx, cancel := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
+	defer cancel()
+	if _, err := n.Apply(ctx, reg); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("apply with a passed deadline: %v, want context.DeadlineExceeded", err)
+	}
+	if err := n.Barrier(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("barrier with a passed deadline: %v", err)
+	}
+	if got := n.Raft.LastIndex(); got != before {
+		t.Fatalf("log grew from %d to %d", before, got)
+	}
+	if _, ok := store.Host("h1"); ok {
+		t.Fatal("the host was registered")
+	}
+	// The same command with time left is applied.
+	ok, cancel2 := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel2()
+	if _, err := n.Apply(ok, reg); err != nil {
+		t.Fatal(err)
+	}
+	if _, found := store.Host("h1"); !found {
+		t.Fatal("host not registered")
+	}
+}
