@@ -2,7 +2,6 @@ package api
 
 import (
 	"context"
-	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -74,16 +73,15 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
-	st := c.s.node.Raft.Stats()
-	f := func(k string) float64 { v, _ := strconv.ParseFloat(st[k], 64); return v }
+	r := c.s.node.Raft
 	leader := 0.0
 	if c.s.node.IsLeader() {
 		leader = 1
 	}
 	ch <- prometheus.MustNewConstMetric(descRaftState, prometheus.GaugeValue, leader)
-	ch <- prometheus.MustNewConstMetric(descRaftTerm, prometheus.GaugeValue, f("term"))
-	ch <- prometheus.MustNewConstMetric(descCommit, prometheus.GaugeValue, f("commit_index"))
-	ch <- prometheus.MustNewConstMetric(descApplied, prometheus.GaugeValue, f("applied_index"))
+	ch <- prometheus.MustNewConstMetric(descRaftTerm, prometheus.GaugeValue, float64(r.CurrentTerm()))
+	ch <- prometheus.MustNewConstMetric(descCommit, prometheus.GaugeValue, float64(r.CommitIndex()))
+	ch <- prometheus.MustNewConstMetric(descApplied, prometheus.GaugeValue, float64(r.AppliedIndex()))
 	hosts := map[string]float64{}
 	capa, alloc := &yunchiv1.Resources{}, &yunchiv1.Resources{}
 	for _, hv := range c.s.store.Hosts() {
