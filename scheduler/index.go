@@ -529,23 +529,18 @@ func (c *Cluster) explainIndex(d *decision, ev []classEval, indiv []*hostRec) *N
 	return e
 }
 
-// countHosts counts hosts that share the free vector free.
+// countHosts counts hosts that share the free vector free. Their smallest
+// ID is looked for only when they could be the nearest miss (count keeps
+// the rule).
 func (e *NoFitError) countHosts(reason Reason, free Resources, hosts []*hostRec) {
-	e.Counts[reason] += len(hosts)
-	dim, ok := dimensionOf(reason)
-	if !ok {
-		return
+	id := ""
+	if dim, ok := dimensionOf(reason); ok {
+		if sf, seen := e.Shortfalls[reason]; !seen || dim.of(free) >= sf.MostFree {
+			id = hosts[0].h.ID
+			for _, r := range hosts[1:] {
+				id = min(id, r.h.ID)
+			}
+		}
 	}
-	f := dim.of(free)
-	sf, seen := e.Shortfalls[reason]
-	if seen && f < sf.MostFree {
-		return
-	}
-	id := hosts[0].h.ID
-	for _, r := range hosts[1:] {
-		id = min(id, r.h.ID)
-	}
-	if !seen || f > sf.MostFree || id < sf.HostID {
-		e.Shortfalls[reason] = Shortfall{Need: dim.of(e.Request.Resources), MostFree: f, HostID: id}
-	}
+	e.count(reason, len(hosts), free, id)
 }
