@@ -33,7 +33,7 @@ import "math"
 // at the W2 peak; 10 sits inside that plateau. Lower powers make the
 // figures jump about with the weight (W2 slots anywhere from 20 to 156), so
 // they were not chosen, though some points beat 138.
-var (
+const (
 	strandWeight = 10.0
 	strandPower  = 4.0
 )
