@@ -12,7 +12,6 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
-	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -102,7 +101,7 @@ func agentCmd() *cli.Command {
 			&cli.StringFlag{Name: "libvirt-uri", Value: "qemu:///system", Usage: "libvirt connection, e.g. test:///abs/path/node.xml"},
 			&cli.Int64Flag{Name: "disk-bytes", Usage: "disk capacity to offer (default: sum of active storage pools)"},
 			&cli.StringFlag{Name: "controllers", Value: "127.0.0.1:8470", Usage: "controller API addresses, comma-separated, tried in turn"},
-			&cli.DurationFlag{Name: "heartbeat", Value: 2 * time.Second, Usage: "heartbeat interval"},
+			&cli.DurationFlag{Name: "heartbeat", Usage: "heartbeat interval (default: what the controller asks at registration)"},
 		},
 		Action: func(c *cli.Context) error {
 			labels := map[string]string{}
