@@ -181,7 +181,7 @@ func Run(ctx context.Context, cfg Config) error {
 		a := agent.New(agent.Config{
 			HostID: h.ID, Hostname: h.ID, Center: h.Center, Site: h.Site, Rack: h.Rack,
 			Labels: map[string]string{"simulated": "true"}, DiskBytes: h.DiskBytes,
-			LibvirtURI: uri, Controllers: rotate(addrs, i), Logger: lg.With("host", h.ID),
+			LibvirtURI: uri, Controllers: rotate(addrs, i), Logger: lg, // agent.New adds host=ID
 		}, drv)
 		awg.Add(1)
 		go func() {
