@@ -70,14 +70,7 @@ func (l *ledger) fitsGreedy(reqs []Request) bool {
 	var placed []int
 	ok := true
 	for i := range reqs {
-		limit := l.cap.Sub(reqs[i].Resources)
-		h := -1
-		for j := range l.alloc {
-			if l.alloc[j].Fits(limit) {
-				h = j
-				break
-			}
-		}
+		h := l.firstFit(reqs[i].Resources)
 		if h < 0 {
 			ok = false
 			break

@@ -87,16 +87,19 @@ func (l *ledger) remove(h int, r scheduler.Resources) error {
 	return nil
 }
 
-// anyFits reports whether some host could take r.
-func (l *ledger) anyFits(r scheduler.Resources) bool {
+// firstFit is the first host that could take r, or -1.
+func (l *ledger) firstFit(r scheduler.Resources) int {
 	limit := l.cap.Sub(r)
 	for i := range l.alloc {
 		if l.alloc[i].Fits(limit) {
-			return true
+			return i
 		}
 	}
-	return false
+	return -1
 }
+
+// anyFits reports whether some host could take r.
+func (l *ledger) anyFits(r scheduler.Resources) bool { return l.firstFit(r) >= 0 }
 
 // slots is how many VMs of shape s still fit, summed over hosts.
 func (l *ledger) slots(s scheduler.Resources) int64 {
