@@ -1,6 +1,7 @@
 package state
 
 import (
+	"slices"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
@@ -461,6 +462,39 @@ func TestSchedulerViewDeltasAcrossCompaction(t *testing.T) {
 		for _, h := range got {
 			if !want[h.ID] {
 				t.Fatalf("since step %d: %s reported, want %v", k, h.ID, want)
+			}
+		}
+	}
+}
+
+// TestVMsByHostIndex: a host's VM list and count, served from the per-host
+// index, match a filter over every VM after placements, a removal, and a
+// snapshot restored into another store.
+func TestVMsByHostIndex(t *testing.T) {
+	s := threeHosts(t)
+	mustApply(t, s, 10, placeMany(vmRec("i1", "v1", "h1", "", 1, gib), vmRec("i2", "v2", "h1", "", 1, gib), vmRec("i3", "v3", "h2", "", 1, gib)))
+	mustApply(t, s, 11, desired("i2", yunchiv1.PowerState_POWER_STATE_DELETED, false))
+	mustApply(t, s, 12, report("h1", &yunchiv1.VMStatus{VmId: "i2", Gone: true}))
+	restored := New()
+	if err := restored.Restore(s.Snapshot()); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string][]string{"h1": {"v1"}, "h2": {"v3"}, "h3": nil}
+	for _, st := range []*Store{s, restored} {
+		all := st.VMs("", "")
+		for host, names := range want {
+			var got, scanned []string
+			for _, v := range st.VMs("", host) {
+				got = append(got, v.Name)
+			}
+			for _, v := range all {
+				if v.HostId == host {
+					scanned = append(scanned, v.Name)
+				}
+			}
+			hv, _ := st.Host(host)
+			if !slices.Equal(got, names) || !slices.Equal(scanned, names) || hv.VMs != len(names) {
+				t.Errorf("%s: index %v, scan %v, count %d; want %v", host, got, scanned, hv.VMs, names)
 			}
 		}
 	}

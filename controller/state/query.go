@@ -24,25 +24,17 @@ type HostView struct {
 	State yunchiv1.HostState
 }
 
-func (s *Store) hostView(h *statev1.HostRecord, counts map[string]int) HostView {
+func (s *Store) hostView(h *statev1.HostRecord) HostView {
 	sh, src := s.schedHost(h)
 	a := sh.Allocated
 	return HostView{
 		Host:      proto.Clone(h).(*statev1.HostRecord),
 		Allocated: &yunchiv1.Resources{Vcpus: a.VCPUs, MemoryBytes: a.MemoryBytes, DiskBytes: a.DiskBytes},
-		VMs:       counts[h.Id],
+		VMs:       len(s.onHost[h.Id]),
 		Sched:     sh,
 		Sources:   src,
 		State:     effectiveState(h),
 	}
-}
-
-func (s *Store) vmCounts() map[string]int {
-	counts := make(map[string]int, len(s.hosts))
-	for _, v := range s.vms {
-		counts[v.HostId]++
-	}
-	return counts
 }
 
 // Host returns one host.
@@ -53,23 +45,16 @@ func (s *Store) Host(id string) (HostView, bool) {
 	if !ok {
 		return HostView{}, false
 	}
-	n := 0
-	for _, v := range s.vms {
-		if v.HostId == id {
-			n++
-		}
-	}
-	return s.hostView(h, map[string]int{id: n}), true
+	return s.hostView(h), true
 }
 
 // Hosts returns every host, sorted by id.
 func (s *Store) Hosts() []HostView {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	counts := s.vmCounts()
 	out := make([]HostView, 0, len(s.hosts))
 	for _, h := range s.hosts {
-		out = append(out, s.hostView(h, counts))
+		out = append(out, s.hostView(h))
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Host.Id < out[j].Host.Id })
 	return out
@@ -103,9 +88,18 @@ func (s *Store) VMs(project, hostID string) []*statev1.VMRecord {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	var out []*statev1.VMRecord
-	for _, v := range s.vms {
-		if (project == "" || v.Project == project) && (hostID == "" || v.HostId == hostID) {
+	add := func(v *statev1.VMRecord) {
+		if project == "" || v.Project == project {
 			out = append(out, proto.Clone(v).(*statev1.VMRecord))
+		}
+	}
+	if hostID != "" {
+		for id := range s.onHost[hostID] { // only that host's VMs
+			add(s.vms[id])
+		}
+	} else {
+		for _, v := range s.vms {
+			add(v)
 		}
 	}
 	sort.Slice(out, func(i, j int) bool {

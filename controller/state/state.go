@@ -44,6 +44,9 @@ type Store struct {
 	// project/name -> host -> n, no zero entries).
 	byName     map[string]string
 	alloc      map[string]scheduler.Resources
+	// onHost indexes VM ids by host: a host's VMs (and their count) without
+	// a pass over every VM. Kept by addVM/removeVM with alloc.
+	onHost map[string]map[string]struct{}
 	groupHosts map[string]map[string]int
 	index      uint64
 	// Change tracking for a cached scheduler view (derived, not replicated):
@@ -72,6 +75,7 @@ func (s *Store) reset() {
 	s.vms = map[string]*statev1.VMRecord{}
 	s.byName = map[string]string{}
 	s.alloc = map[string]scheduler.Resources{}
+	s.onHost = map[string]map[string]struct{}{}
 	s.members = map[string]*statev1.MemberRecord{}
 	s.ratios = map[string]*statev1.RatioRecord{}
 	s.groups = map[string]*statev1.PlacementGroupRecord{}
@@ -238,11 +242,23 @@ func (s *Store) applyPlaceVM(index uint64, now int64, c *statev1.PlaceVM) (any, 
 func (s *Store) addVM(vm *statev1.VMRecord) {
 	s.vms[vm.Id] = vm
 	s.byName[nameKey(vm.Project, vm.Name)] = vm.Id
+	ids := s.onHost[vm.HostId]
+	if ids == nil {
+		ids = map[string]struct{}{}
+		s.onHost[vm.HostId] = ids
+	}
+	ids[vm.Id] = struct{}{}
 	s.charge(vm, +1)
 }
 
 func (s *Store) removeVM(vm *statev1.VMRecord) {
 	s.charge(vm, -1)
+	if ids := s.onHost[vm.HostId]; ids != nil {
+		delete(ids, vm.Id)
+		if len(ids) == 0 {
+			delete(s.onHost, vm.HostId)
+		}
+	}
 	delete(s.byName, nameKey(vm.Project, vm.Name))
 	delete(s.vms, vm.Id)
 }
