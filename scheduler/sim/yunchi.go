@@ -160,30 +160,22 @@ func Run(t *Trace, s Settings) ([]Figure, error) {
 		if s.Progress != nil {
 			cfg.Progress = func(status string) { s.Progress(name + ": " + status) }
 		}
-		var fs []Figure
+		var r interface{ Figures(prefix string) []Figure }
 		var err error
 		switch {
 		case s.Workload == WorkloadFill && s.Batch:
-			var r FillResult
 			r, err = FillBatch(t, p, cfg)
-			fs = r.Figures(prefix)
 		case s.Workload == WorkloadFill:
-			var r FillResult
 			r, err = Fill(t, p, cfg)
-			fs = r.Figures(prefix)
 		case s.Batch:
-			var r ChurnResult
 			r, err = ChurnBatch(t, p, cfg)
-			fs = r.Figures(prefix)
 		default:
-			var r ChurnResult
 			r, err = Churn(t, p, cfg)
-			fs = r.Figures(prefix)
 		}
 		if err != nil {
 			return fmt.Errorf("%s: %v", name, err)
 		}
-		figs = append(figs, fs...)
+		figs = append(figs, r.Figures(prefix)...)
 		return nil
 	}
 	y, err := NewYunchi(Hosts(s.Hosts, shape), scheduler.Options{Strategy: s.Strategy, Seed: s.Seed})
