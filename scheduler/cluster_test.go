@@ -132,10 +132,7 @@ func TestIndexMatchesScan(t *testing.T) {
 				hosts = append(hosts, randomHost(r, id))
 				ids = append(ids, id)
 			}
-			c, err := NewCluster(hosts, Options{Strategy: strategy, Seed: int64(seed)})
-			if err != nil {
-				t.Fatal(err)
-			}
+			c := mustCluster(t, hosts, Options{Strategy: strategy, Seed: int64(seed)})
 			fits, misses := 0, 0
 			for step := range 600 {
 				req := randomRequest(r, ids)

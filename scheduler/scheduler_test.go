@@ -67,11 +67,7 @@ func TestPlacePicksBestFit(t *testing.T) {
 func TestPlaceTieGoesBySeededHash(t *testing.T) {
 	hosts := []Host{host("h3", "a1", Resources{}), host("h1", "a1", Resources{}), host("h2", "a1", Resources{})}
 	for seed := range int64(5) {
-		c, err := NewCluster(hosts, Options{Seed: seed})
-		if err != nil {
-			t.Fatal(err)
-		}
-		p, err := c.Place(small(""))
+		p, err := mustCluster(t, hosts, Options{Seed: seed}).Place(small(""))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -126,10 +122,7 @@ func TestPlaceRunnersUpLimit(t *testing.T) {
 		t.Errorf("got %s then %v, want h09 then [h08 h07 h06]", p.HostID, ids)
 	}
 
-	c, err := NewCluster(hosts, Options{RunnersUp: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := mustCluster(t, hosts, Options{RunnersUp: -1})
 	if p, err := c.Place(small("")); err != nil || p.HostID != "h09" || p.RunnersUp != nil {
 		t.Errorf("RunnersUp=0: got %+v, %v; want h09 alone", p, err)
 	}
