@@ -352,7 +352,8 @@ func (c *Cluster) place(d *decision) (Placement, error) {
 			}
 		}
 	}
-	ev := c.evalClasses(d)
+	static, cacheable := staticKey(d)
+	ev := c.evalClasses(d, static, cacheable)
 	t := &c.top
 	t.reset(1 + c.opt.RunnersUp)
 	for _, p := range c.poolList {
@@ -366,7 +367,7 @@ func (c *Cluster) place(d *decision) (Placement, error) {
 	var p Placement
 	var err error
 	if len(t.c) == 0 {
-		err = c.explainCached(d, ev, indiv)
+		err = c.explainCached(d, static, cacheable, ev, indiv)
 	} else {
 		p = t.placement(d)
 	}
@@ -378,10 +379,10 @@ func (c *Cluster) place(d *decision) (Placement, error) {
 	return p, err
 }
 
-// explainCached is explainIndex, remembered until a host changes.
-func (c *Cluster) explainCached(d *decision, ev []classEval, indiv []*hostRec) *NoFitError {
-	static, ok := staticKey(d)
-	if !ok || len(indiv) > 0 {
+// explainCached is explainIndex, remembered until a host changes for
+// requests whose static key (staticKey) is cacheable.
+func (c *Cluster) explainCached(d *decision, static string, cacheable bool, ev []classEval, indiv []*hostRec) *NoFitError {
+	if !cacheable || len(indiv) > 0 {
 		return c.explainIndex(d, ev, indiv)
 	}
 	if c.nofitVersion != c.version {

@@ -319,10 +319,9 @@ type classEval struct {
 
 // evalClasses runs the filters other than capacity once per class, on the
 // class's stand-in host. Without a group the answer depends only on the
-// request's project, center and constraints, and is cached until the set of
-// classes changes.
-func (c *Cluster) evalClasses(d *decision) []classEval {
-	key, cacheable := staticKey(d)
+// request's project, center and constraints (staticKey: key, cacheable),
+// and is cached until the set of classes changes.
+func (c *Cluster) evalClasses(d *decision, key string, cacheable bool) []classEval {
 	if cacheable {
 		if c.evalVersion != c.classVersion {
 			clear(c.evalCache)
