@@ -2,7 +2,6 @@ package api
 
 import (
 	"context"
-	"strconv"
 	"sync"
 	"time"
 
@@ -133,26 +132,24 @@ func (s *Server) WatchAssignments(req *yunchiv1.WatchAssignmentsRequest, stream 
 	if err := s.waitForHost(stream.Context(), req.HostId); err != nil {
 		return err
 	}
-	first, lastKey := true, ""
+	first, lastRev := true, uint64(0)
 	for {
 		changed := s.store.Changed()
-		idx := s.store.Index()
-		vms := s.store.VMs("", req.HostId)
-		msg := &yunchiv1.Assignments{Index: idx}
-		key := ""
-		for _, v := range vms {
-			msg.Vms = append(msg.Vms, &yunchiv1.Assignment{
-				VmId: v.Id, Name: v.Name, Project: v.Project, Vcpus: v.Vcpus,
-				MemoryBytes: v.MemoryBytes, DiskBytes: v.DiskBytes, Desired: v.Desired,
-				RebootSeq: v.RebootSeq, Phase: v.Phase,
-			})
-			key += v.Id + ":" + strconv.FormatUint(v.Revision, 10) + ","
-		}
-		if first || key != lastKey {
+		// A change elsewhere in the cluster costs this stream one lookup;
+		// the host's VMs are read only when one of them changed.
+		if rev := s.store.HostRevision(req.HostId); first || rev != lastRev {
+			msg := &yunchiv1.Assignments{Index: s.store.Index()}
+			for _, v := range s.store.VMs("", req.HostId) {
+				msg.Vms = append(msg.Vms, &yunchiv1.Assignment{
+					VmId: v.Id, Name: v.Name, Project: v.Project, Vcpus: v.Vcpus,
+					MemoryBytes: v.MemoryBytes, DiskBytes: v.DiskBytes, Desired: v.Desired,
+					RebootSeq: v.RebootSeq, Phase: v.Phase,
+				})
+			}
 			if err := stream.Send(msg); err != nil {
 				return err
 			}
-			first, lastKey = false, key
+			first, lastRev = false, rev
 		}
 		select {
 		case <-changed:

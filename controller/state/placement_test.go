@@ -499,3 +499,36 @@ func TestVMsByHostIndex(t *testing.T) {
 		}
 	}
 }
+
+// TestHostRevision: a host's revision moves with every change to its VMs
+// (placed, changed, removed) and only with those; a restore counts as a
+// change on every host.
+func TestHostRevision(t *testing.T) {
+	s := threeHosts(t)
+	rev := func(h string) uint64 { return s.HostRevision(h) }
+	mustApply(t, s, 10, placeMany(vmRec("i1", "v1", "h1", "", 1, gib)))
+	if rev("h1") != 10 || rev("h2") != 0 {
+		t.Fatalf("after a placement on h1: h1 %d, h2 %d", rev("h1"), rev("h2"))
+	}
+	mustApply(t, s, 11, placeMany(vmRec("i2", "v2", "h2", "", 1, gib)))
+	mustApply(t, s, 12, desired("i1", yunchiv1.PowerState_POWER_STATE_STOPPED, false))
+	if rev("h1") != 12 || rev("h2") != 11 {
+		t.Fatalf("after stopping v1: h1 %d, h2 %d", rev("h1"), rev("h2"))
+	}
+	mustApply(t, s, 13, report("h1", &yunchiv1.VMStatus{VmId: "i1", Phase: yunchiv1.VMPhase_VM_PHASE_STOPPED}))
+	mustApply(t, s, 14, desired("i1", yunchiv1.PowerState_POWER_STATE_DELETED, false))
+	mustApply(t, s, 15, report("h1", &yunchiv1.VMStatus{VmId: "i1", Gone: true}))
+	if rev("h1") != 15 || rev("h2") != 11 {
+		t.Fatalf("after v1 is removed: h1 %d, h2 %d", rev("h1"), rev("h2"))
+	}
+	restored := New()
+	if err := restored.Restore(s.Snapshot()); err != nil {
+		t.Fatal(err)
+	}
+	idx := restored.Index()
+	for _, h := range []string{"h1", "h2", "h3"} {
+		if got := restored.HostRevision(h); got != idx {
+			t.Errorf("restored %s: revision %d, want the snapshot index %d", h, got, idx)
+		}
+	}
+}

@@ -48,6 +48,14 @@ func (s *Store) Host(id string) (HostView, bool) {
 	return s.hostView(h), true
 }
 
+// HostRevision is the raft index of the last change to the VMs assigned
+// to host id (0: none yet): equal revisions mean equal assignments.
+func (s *Store) HostRevision(id string) uint64 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.hostRev[id]
+}
+
 // Hosts returns every host, sorted by id.
 func (s *Store) Hosts() []HostView {
 	s.mu.RLock()

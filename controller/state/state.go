@@ -42,11 +42,15 @@ type Store struct {
 	// (project/name -> id), alloc (host -> what its VMs use; absent for a
 	// host that never had one) and groupHosts (a group's members per host:
 	// project/name -> host -> n, no zero entries).
-	byName     map[string]string
-	alloc      map[string]scheduler.Resources
+	byName map[string]string
+	alloc  map[string]scheduler.Resources
 	// onHost indexes VM ids by host: a host's VMs (and their count) without
 	// a pass over every VM. Kept by addVM/removeVM with alloc.
 	onHost map[string]map[string]struct{}
+	// hostRev is the raft index of the last change to any VM on a host
+	// (placed, changed, removed): an assignment stream resends only when
+	// its host's revision moves.
+	hostRev    map[string]uint64
 	groupHosts map[string]map[string]int
 	index      uint64
 	// Change tracking for a cached scheduler view (derived, not replicated):
@@ -76,6 +80,7 @@ func (s *Store) reset() {
 	s.byName = map[string]string{}
 	s.alloc = map[string]scheduler.Resources{}
 	s.onHost = map[string]map[string]struct{}{}
+	s.hostRev = map[string]uint64{}
 	s.members = map[string]*statev1.MemberRecord{}
 	s.ratios = map[string]*statev1.RatioRecord{}
 	s.groups = map[string]*statev1.PlacementGroupRecord{}
@@ -248,10 +253,18 @@ func (s *Store) addVM(vm *statev1.VMRecord) {
 		s.onHost[vm.HostId] = ids
 	}
 	ids[vm.Id] = struct{}{}
+	s.hostRev[vm.HostId] = max(s.hostRev[vm.HostId], vm.Revision)
 	s.charge(vm, +1)
 }
 
-func (s *Store) removeVM(vm *statev1.VMRecord) {
+// revise records that vm changed at index.
+func (s *Store) revise(vm *statev1.VMRecord, index uint64) {
+	vm.Revision = index
+	s.hostRev[vm.HostId] = index
+}
+
+func (s *Store) removeVM(vm *statev1.VMRecord, index uint64) {
+	s.hostRev[vm.HostId] = index
 	s.charge(vm, -1)
 	if ids := s.onHost[vm.HostId]; ids != nil {
 		delete(ids, vm.Id)
@@ -316,7 +329,7 @@ func (s *Store) applySetVMDesired(index uint64, now int64, c *statev1.SetVMDesir
 		vm.Phase = yunchiv1.VMPhase_VM_PHASE_DELETING
 	}
 	vm.UpdatedUnixNano = now
-	vm.Revision = index
+	s.revise(vm, index)
 	return proto.Clone(vm), nil
 }
 
@@ -333,7 +346,7 @@ func (s *Store) applyReportVMStatus(index uint64, now int64, c *statev1.ReportVM
 		}
 		if st.Gone {
 			if vm.Desired == yunchiv1.PowerState_POWER_STATE_DELETED {
-				s.removeVM(vm)
+				s.removeVM(vm, index)
 				continue
 			}
 			// Gone but still wanted (undefined by hand): the agent defines it again.
@@ -349,7 +362,7 @@ func (s *Store) applyReportVMStatus(index uint64, now int64, c *statev1.ReportVM
 			vm.ObservedRebootSeq = st.ObservedRebootSeq
 		}
 		vm.UpdatedUnixNano = now
-		vm.Revision = index
+		s.revise(vm, index)
 	}
 	return nil, nil
 }
@@ -425,6 +438,11 @@ func (s *Store) Restore(snap *statev1.Snapshot) error {
 		s.groups[nameKey(g.Project, g.Name)] = proto.Clone(g).(*statev1.PlacementGroupRecord)
 	}
 	s.index = snap.GetIndex()
+	// What was removed before the snapshot left no trace: every host's
+	// assignments count as changed at the snapshot's index.
+	for id := range s.hosts {
+		s.hostRev[id] = s.index
+	}
 	s.notify()
 	return nil
 }
