@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"cmp"
 	"bytes"
 	"context"
 	"fmt"
@@ -34,6 +35,7 @@ type member struct {
 type inmemCluster struct {
 	t       *testing.T
 	members []*member
+	hostTTL time.Duration // 0: an hour (hosts here mostly have no agents)
 }
 
 func (c *inmemCluster) start(m *member, bootstrap bool, join []string) {
@@ -49,7 +51,7 @@ func (c *inmemCluster) start(m *member, bootstrap bool, join []string) {
 	ctl, err := New(Config{
 		ID: m.id, Center: m.center, Listen: "127.0.0.1:0", DataDir: m.dir,
 		Bootstrap: bootstrap, Join: join, RaftTransport: m.trans, FastRaft: true,
-		HostTTL: time.Hour, // hosts here have no agents sending heartbeats
+		HostTTL: cmp.Or(c.hostTTL, time.Hour),
 	})
 	if err != nil {
 		c.t.Fatal(err)
@@ -83,7 +85,13 @@ func (c *inmemCluster) stopAll() {
 }
 
 func newInmemCluster(t *testing.T) *inmemCluster {
-	c := &inmemCluster{t: t}
+	return newInmemClusterTTL(t, 0)
+}
+
+// newInmemClusterTTL is newInmemCluster with hosts marked down after ttl
+// without a heartbeat.
+func newInmemClusterTTL(t *testing.T, ttl time.Duration) *inmemCluster {
+	c := &inmemCluster{t: t, hostTTL: ttl}
 	for _, id := range []string{"a1", "a2", "b1"} {
 		c.members = append(c.members, &member{id: id, center: id, dir: filepath.Join(t.TempDir(), id)})
 	}
@@ -361,4 +369,43 @@ func waitConverged(t *testing.T, ms []*member) {
 		}
 		return true
 	})
+}
+
+// TestSilentHostsAreMarkedDown: the leader marks a host that stops
+// heartbeating down after the TTL, and only that host.
+func TestSilentHostsAreMarkedDown(t *testing.T) {
+	c := newInmemClusterTTL(t, 2*time.Second)
+	addr := c.members[1].ctl.Addr()
+	registerHosts(t, addr, 2, 8, 16*gib) // a1-h01 and a2-h01
+	ac := yunchiv1.NewAgentServiceClient(dial(t, addr))
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() { // a1-h01 keeps heartbeating; a2-h01 is silent
+		defer close(done)
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			ac.Heartbeat(ctx, &yunchiv1.HeartbeatRequest{HostId: "a1-h01"})
+			cancel()
+			select {
+			case <-stop:
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+	}()
+	defer func() { close(stop); <-done }()
+	stateOf := func(id string) yunchiv1.HostState {
+		_, body := restGet(t, addr, "/v1/hosts/"+id+"?consistent=true")
+		var h yunchiv1.Host
+		if err := protojson.Unmarshal(body, &h); err != nil {
+			t.Fatalf("host %s: %v: %s", id, err, body)
+		}
+		return h.State
+	}
+	waitFor(t, 20*time.Second, "a2-h01 marked down", func() bool {
+		return stateOf("a2-h01") == yunchiv1.HostState_HOST_STATE_DOWN
+	})
+	if st := stateOf("a1-h01"); st != yunchiv1.HostState_HOST_STATE_READY {
+		t.Fatalf("heartbeating host a1-h01 is %v", st)
+	}
 }

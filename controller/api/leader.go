@@ -55,13 +55,10 @@ func (s *Server) publishSelf(ctx context.Context) {
 
 func (s *Server) markSilentHostsDown(ctx context.Context) {
 	now := time.Now()
-	for _, hv := range s.store.Hosts() {
-		if hv.Host.State != yunchiv1.HostState_HOST_STATE_READY {
-			continue
-		}
-		seen := s.seen.get(hv.Host.Id)
+	for _, id := range s.store.LiveHostIDs() {
+		seen := s.seen.get(id)
 		if seen == nil {
-			s.seen.touch(hv.Host.Id, now, nil) // registered through another leader
+			s.seen.touch(id, now, nil) // registered through another leader
 			continue
 		}
 		if now.Sub(seen.at) < s.HostTTL {
@@ -69,13 +66,13 @@ func (s *Server) markSilentHostsDown(ctx context.Context) {
 		}
 		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		_, err := s.node.Apply(actx, &statev1.Command{Cmd: &statev1.Command_SetHostState{SetHostState: &statev1.SetHostState{
-			HostId: hv.Host.Id, State: yunchiv1.HostState_HOST_STATE_DOWN,
+			HostId: id, State: yunchiv1.HostState_HOST_STATE_DOWN,
 		}}})
 		cancel()
 		if err != nil {
-			s.log.Warn("could not mark host down", "host", hv.Host.Id, "err", err)
+			s.log.Warn("could not mark host down", "host", id, "err", err)
 			return
 		}
-		s.log.Warn("host missed its heartbeats: marked down", "host", hv.Host.Id, "last_seen", seen.at)
+		s.log.Warn("host missed its heartbeats: marked down", "host", id, "last_seen", seen.at)
 	}
 }

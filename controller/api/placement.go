@@ -91,7 +91,7 @@ func (s *Server) checkCreate(req *yunchiv1.CreateVMRequest) (*createSpec, error)
 		if err := checkName("group name", req.Group); err != nil {
 			return nil, err
 		}
-		if _, ok := s.store.PlacementGroup(project, req.Group); !ok {
+		if !s.store.HasPlacementGroup(project, req.Group) {
 			return nil, status.Errorf(codes.NotFound, "placement group %q not found in project %q: create it first with `yunchi group create %s --policy anti-affinity`", req.Group, project, req.Group)
 		}
 		sp.group = req.Group

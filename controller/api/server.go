@@ -7,6 +7,7 @@ package api
 import (
 	"context"
 	"log/slog"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -111,18 +112,10 @@ func (s *Server) findVM(project, name string) (*statev1.VMRecord, error) {
 }
 
 func (s *Server) checkCenterExists(center string) error {
-	var centers []string
-	seen := map[string]bool{}
-	for _, hv := range s.store.Hosts() {
-		if hv.Host.Center == center {
-			return nil
-		}
-		if !seen[hv.Host.Center] {
-			seen[hv.Host.Center] = true
-			centers = append(centers, hv.Host.Center)
-		}
+	centers := s.store.Centers()
+	if slices.Contains(centers, center) {
+		return nil
 	}
-	sort.Strings(centers)
 	return invalid("no host is in center %q (centers with hosts: %v)", center, centers)
 }
 

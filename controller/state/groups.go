@@ -90,6 +90,15 @@ func (s *Store) PlacementGroup(project, name string) (GroupView, bool) {
 	return GroupView{proto.Clone(g).(*statev1.PlacementGroupRecord), s.groupMemberNames(g)}, true
 }
 
+// HasPlacementGroup reports whether project has a group called name,
+// without listing its members.
+func (s *Store) HasPlacementGroup(project, name string) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	_, ok := s.groups[nameKey(project, name)]
+	return ok
+}
+
 // PlacementGroups lists the groups of a project ("" = all), sorted by
 // project then name.
 func (s *Store) PlacementGroups(project string) []GroupView {

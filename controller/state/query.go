@@ -56,6 +56,37 @@ func (s *Store) HostRevision(id string) uint64 {
 	return s.hostRev[id]
 }
 
+// Centers lists the centers that have hosts, sorted.
+func (s *Store) Centers() []string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	seen := map[string]bool{}
+	var out []string
+	for _, h := range s.hosts {
+		if !seen[h.Center] {
+			seen[h.Center] = true
+			out = append(out, h.Center)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// LiveHostIDs lists the hosts whose liveness is ready (not marked down
+// for missed heartbeats), whatever an admin set; sorted.
+func (s *Store) LiveHostIDs() []string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var out []string
+	for id, h := range s.hosts {
+		if h.State == yunchiv1.HostState_HOST_STATE_READY {
+			out = append(out, id)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
 // Hosts returns every host, sorted by id.
 func (s *Store) Hosts() []HostView {
 	s.mu.RLock()
