@@ -195,12 +195,25 @@ func (s *Store) schedHost(h *statev1.HostRecord) (scheduler.Host, RatioSources) 
 	}, src
 }
 
-func (s *Store) applyUpdateHost(now int64, c *statev1.UpdateHost) (any, error) {
+// MaxLabelsPerUpdate bounds the labels one UpdateHost sets.
+const MaxLabelsPerUpdate = 64
+
+// CheckUpdateHost says whether c would be applied to the current state:
+// the checks Apply makes before it changes anything. The API calls it
+// before proposing, so that a bad request never reaches the log.
+func (s *Store) CheckUpdateHost(c *statev1.UpdateHost) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	_, err := s.checkUpdateHost(c)
+	return err
+}
+
+// checkUpdateHost validates c and returns its host. Callers hold mu.
+func (s *Store) checkUpdateHost(c *statev1.UpdateHost) (*statev1.HostRecord, error) {
 	h, ok := s.hosts[c.GetHostId()]
 	if !ok {
 		return nil, errorf(KindNotFound, "host %q not found (see `yunchi host list`)", c.GetHostId())
 	}
-	// Validate everything first: a rejected command changes nothing.
 	switch c.AdminState {
 	case yunchiv1.HostState_HOST_STATE_UNSPECIFIED, yunchiv1.HostState_HOST_STATE_READY,
 		yunchiv1.HostState_HOST_STATE_MAINTENANCE, yunchiv1.HostState_HOST_STATE_DRAINING:
@@ -208,6 +221,9 @@ func (s *Store) applyUpdateHost(now int64, c *statev1.UpdateHost) (any, error) {
 		return nil, errorf(KindInvalid, "state down is derived from missed heartbeats and cannot be set: use ready, maintenance or draining")
 	default:
 		return nil, errorf(KindInvalid, "unknown host state %v: use ready, maintenance or draining", c.AdminState)
+	}
+	if len(c.SetLabels) > MaxLabelsPerUpdate {
+		return nil, errorf(KindInvalid, "%d labels at once: at most %d", len(c.SetLabels), MaxLabelsPerUpdate)
 	}
 	keys := make([]string, 0, len(c.SetLabels))
 	for k := range c.SetLabels {
@@ -231,7 +247,7 @@ func (s *Store) applyUpdateHost(now int64, c *statev1.UpdateHost) (any, error) {
 		}
 	}
 	if c.Owner != nil && *c.Owner != "" && !ValidName(*c.Owner) {
-		return nil, errorf(KindInvalid, "owner %q is not a valid project name: use lowercase letters, digits and '-'", *c.Owner)
+		return nil, errorf(KindInvalid, "owner project %q is not valid: use lowercase letters, digits and '-'", *c.Owner)
 	}
 	if r := c.Reserved; r != nil {
 		cp := h.GetCapacity()
@@ -247,7 +263,15 @@ func (s *Store) applyUpdateHost(now int64, c *statev1.UpdateHost) (any, error) {
 	if err := checkRatios(c.CpuRatio, c.MemoryRatio, c.DiskRatio); err != nil {
 		return nil, err
 	}
+	return h, nil
+}
 
+func (s *Store) applyUpdateHost(now int64, c *statev1.UpdateHost) (any, error) {
+	// Validate everything first: a rejected command changes nothing.
+	h, err := s.checkUpdateHost(c)
+	if err != nil {
+		return nil, err
+	}
 	if c.AdminState != yunchiv1.HostState_HOST_STATE_UNSPECIFIED && c.AdminState != h.AdminState {
 		old := effectiveState(h)
 		h.AdminState = c.AdminState
@@ -280,28 +304,39 @@ func (s *Store) applyUpdateHost(now int64, c *statev1.UpdateHost) (any, error) {
 	return proto.Clone(h), nil
 }
 
-func (s *Store) applySetRatios(c *statev1.SetRatios) (any, error) {
+// CheckSetRatios says whether c is a valid SetRatios command: the checks
+// Apply makes, for the API to make before proposing.
+func CheckSetRatios(c *statev1.SetRatios) error {
 	switch c.GetScope() {
 	case ScopeCenter, ScopeHostGroup:
+	case "":
+		return errorf(KindInvalid, "scope is missing: give center or host_group")
 	default:
-		return nil, errorf(KindInvalid, "ratio scope %q is not valid: use center or host_group", c.GetScope())
+		return errorf(KindInvalid, "ratio scope %q is not valid: use center or host_group", c.GetScope())
 	}
 	if c.GetName() == "" {
-		return nil, errorf(KindInvalid, "%s name is empty", c.Scope)
+		return errorf(KindInvalid, "%s name is empty", c.Scope)
 	}
 	if c.Scope == ScopeCenter && !ValidName(c.Name) {
-		return nil, errorf(KindInvalid, "center %q is not valid: use lowercase letters, digits and '-'", c.Name)
+		return errorf(KindInvalid, "center %q is not valid: use lowercase letters, digits and '-'", c.Name)
 	}
 	if c.Scope == ScopeHostGroup {
 		if err := CheckLabel(HostGroupLabel, c.Name); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	if err := checkRatios(c.Cpu, c.Memory, c.Disk); err != nil {
-		return nil, err
+		return err
 	}
 	if c.Cpu == nil && c.Memory == nil && c.Disk == nil {
-		return nil, errorf(KindInvalid, "no ratio given: set at least one of cpu, memory, disk")
+		return errorf(KindInvalid, "no ratio given: set at least one of cpu, memory, disk")
+	}
+	return nil
+}
+
+func (s *Store) applySetRatios(c *statev1.SetRatios) (any, error) {
+	if err := CheckSetRatios(c); err != nil {
+		return nil, err
 	}
 	key := ratioKey(c.Scope, c.Name)
 	rec := s.ratios[key]
