@@ -31,25 +31,11 @@ func (s *Server) CreateGroup(ctx context.Context, req *yunchiv1.CreateGroupReque
 	if err != nil {
 		return nil, err
 	}
-	switch req.Policy {
-	case yunchiv1.GroupPolicy_GROUP_POLICY_AFFINITY, yunchiv1.GroupPolicy_GROUP_POLICY_ANTI_AFFINITY:
-	case yunchiv1.GroupPolicy_GROUP_POLICY_UNSPECIFIED:
-		return nil, invalid("group policy is required: affinity (keep members together) or anti-affinity (keep them apart)")
-	default:
-		return nil, invalid("group policy %d is unknown: use affinity or anti-affinity", req.Policy)
+	rec := &statev1.PlacementGroupRecord{Name: req.Name, Project: project, Policy: req.Policy, Level: req.Level, Soft: req.Soft, MaxPerHost: req.MaxPerHost}
+	if err := s.store.CheckCreatePlacementGroup(rec); err != nil {
+		return nil, toStatus(err)
 	}
-	if _, ok := yunchiv1.GroupLevel_name[int32(req.Level)]; !ok {
-		return nil, invalid("group level %d is unknown: use host, rack or center", req.Level)
-	}
-	if req.MaxPerHost < 0 || req.MaxPerHost > state.MaxPerHostLimit {
-		return nil, invalid("max per host %d is out of range: give 0 (no limit) to %d", req.MaxPerHost, state.MaxPerHostLimit)
-	}
-	if _, ok := s.store.PlacementGroup(project, req.Name); ok {
-		return nil, status.Errorf(codes.AlreadyExists, "placement group %q already exists in project %q", req.Name, project)
-	}
-	if _, err := s.apply(ctx, &statev1.Command{Cmd: &statev1.Command_CreatePlacementGroup{CreatePlacementGroup: &statev1.CreatePlacementGroup{
-		Group: &statev1.PlacementGroupRecord{Name: req.Name, Project: project, Policy: req.Policy, Level: req.Level, Soft: req.Soft, MaxPerHost: req.MaxPerHost},
-	}}}); err != nil {
+	if _, err := s.apply(ctx, &statev1.Command{Cmd: &statev1.Command_CreatePlacementGroup{CreatePlacementGroup: &statev1.CreatePlacementGroup{Group: rec}}}); err != nil {
 		return nil, err
 	}
 	gv, _ := s.store.PlacementGroup(project, req.Name)

@@ -15,26 +15,44 @@ import (
 // MaxPerHostLimit bounds a group's max_per_host.
 const MaxPerHostLimit = 1000
 
-func (s *Store) applyCreatePlacementGroup(now int64, c *statev1.CreatePlacementGroup) (any, error) {
-	g := c.GetGroup()
+// CheckCreatePlacementGroup says whether a group g could be created now:
+// the checks Apply makes, for the API to make before proposing.
+func (s *Store) CheckCreatePlacementGroup(g *statev1.PlacementGroupRecord) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.checkCreateGroup(g)
+}
+
+// checkCreateGroup validates g against the state. Callers hold mu.
+func (s *Store) checkCreateGroup(g *statev1.PlacementGroupRecord) error {
 	switch {
 	case g == nil:
-		return nil, errorf(KindInvalid, "placement group is missing")
+		return errorf(KindInvalid, "placement group is missing")
 	case !ValidName(g.Name):
-		return nil, errorf(KindInvalid, "group name %q is not valid: use 1-63 lowercase letters, digits and '-'", g.Name)
+		return errorf(KindInvalid, "group name %q is not valid: use 1-63 lowercase letters, digits and '-'", g.Name)
 	case !ValidName(g.Project):
-		return nil, errorf(KindInvalid, "project %q is not valid", g.Project)
+		return errorf(KindInvalid, "project %q is not valid", g.Project)
+	case g.Policy == yunchiv1.GroupPolicy_GROUP_POLICY_UNSPECIFIED:
+		return errorf(KindInvalid, "group policy is required: affinity (keep members together) or anti-affinity (keep them apart)")
 	case g.Policy != yunchiv1.GroupPolicy_GROUP_POLICY_AFFINITY && g.Policy != yunchiv1.GroupPolicy_GROUP_POLICY_ANTI_AFFINITY:
-		return nil, errorf(KindInvalid, "group policy is missing or unknown: use affinity or anti-affinity")
+		return errorf(KindInvalid, "group policy %d is unknown: use affinity or anti-affinity", g.Policy)
 	case g.Level < yunchiv1.GroupLevel_GROUP_LEVEL_UNSPECIFIED || g.Level > yunchiv1.GroupLevel_GROUP_LEVEL_CENTER:
-		return nil, errorf(KindInvalid, "group level %v is unknown: use host, rack or center", g.Level)
+		return errorf(KindInvalid, "group level %d is unknown: use host, rack or center", g.Level)
 	case g.MaxPerHost < 0 || g.MaxPerHost > MaxPerHostLimit:
-		return nil, errorf(KindInvalid, "max per host %d is out of range: give 0 (no limit) to %d", g.MaxPerHost, MaxPerHostLimit)
+		return errorf(KindInvalid, "max per host %d is out of range: give 0 (no limit) to %d", g.MaxPerHost, MaxPerHostLimit)
+	}
+	if _, ok := s.groups[nameKey(g.Project, g.Name)]; ok {
+		return errorf(KindAlreadyExists, "placement group %q already exists in project %q", g.Name, g.Project)
+	}
+	return nil
+}
+
+func (s *Store) applyCreatePlacementGroup(now int64, c *statev1.CreatePlacementGroup) (any, error) {
+	g := c.GetGroup()
+	if err := s.checkCreateGroup(g); err != nil {
+		return nil, err
 	}
 	key := nameKey(g.Project, g.Name)
-	if _, ok := s.groups[key]; ok {
-		return nil, errorf(KindAlreadyExists, "placement group %q already exists in project %q", g.Name, g.Project)
-	}
 	rec := proto.Clone(g).(*statev1.PlacementGroupRecord)
 	if rec.Level == yunchiv1.GroupLevel_GROUP_LEVEL_UNSPECIFIED {
 		rec.Level = yunchiv1.GroupLevel_GROUP_LEVEL_HOST
