@@ -2,7 +2,6 @@ package api
 
 import (
 	"context"
-	"strings"
 	"sync"
 
 	"google.golang.org/grpc"
@@ -41,6 +40,11 @@ var leaderOnly = map[string]bool{
 type consistentReader interface{ GetConsistent() bool }
 
 const forwardedKey = "x-yunchi-forwarded"
+
+// answeredKey is the trailer a controller sets on every answer to a
+// forwarded call: the forwarding node then knows an UNAVAILABLE came from
+// the leader's own logic (and passes it on as it is), not from the network.
+const answeredKey = "x-yunchi-answered-by"
 
 // forwardHeaders are the incoming headers a forwarded call carries on.
 var forwardHeaders = []string{"authorization", "x-request-id"}
@@ -129,6 +133,10 @@ func (s *Server) LeaderInterceptor(ctx context.Context, req any, info *grpc.Unar
 	if !leaderOnly[info.FullMethod] && !consistent {
 		return handler(ctx, req)
 	}
+	in, _ := metadata.FromIncomingContext(ctx)
+	if len(in.Get(forwardedKey)) > 0 {
+		grpc.SetTrailer(ctx, metadata.Pairs(answeredKey, s.self.ID))
+	}
 	if s.node.IsLeader() {
 		if consistent {
 			if err := s.node.Barrier(ctx); err != nil {
@@ -137,7 +145,6 @@ func (s *Server) LeaderInterceptor(ctx context.Context, req any, info *grpc.Unar
 		}
 		return handler(ctx, req)
 	}
-	in, _ := metadata.FromIncomingContext(ctx)
 	if len(in.Get(forwardedKey)) > 0 {
 		return nil, status.Error(codes.Unavailable, "leadership is changing: retry in a few seconds")
 	}
@@ -155,9 +162,10 @@ func (s *Server) LeaderInterceptor(ctx context.Context, req any, info *grpc.Unar
 	if err != nil {
 		return nil, err
 	}
-	if err := conn.Invoke(metadata.NewOutgoingContext(ctx, out), info.FullMethod, req, resp); err != nil {
-		if st, ok := status.FromError(err); ok && st.Code() == codes.Unavailable && !strings.Contains(st.Message(), "retry") {
-			return nil, status.Errorf(codes.Unavailable, "leader unreachable: %s: retry in a few seconds", st.Message())
+	var trailer metadata.MD
+	if err := conn.Invoke(metadata.NewOutgoingContext(ctx, out), info.FullMethod, req, resp, grpc.Trailer(&trailer)); err != nil {
+		if status.Code(err) == codes.Unavailable && len(trailer.Get(answeredKey)) == 0 {
+			return nil, status.Errorf(codes.Unavailable, "leader unreachable: %s: retry in a few seconds", status.Convert(err).Message())
 		}
 		return nil, err
 	}
