@@ -1,7 +1,6 @@
 package sim
 
 import (
-	"cmp"
 	"errors"
 	"fmt"
 	"runtime"
@@ -152,7 +151,7 @@ func Run(t *Trace, s Settings) ([]Figure, error) {
 		{"batch", s.Batch},
 	}
 	if s.Workload == WorkloadFill {
-		figs = append(figs, Figure{"max_rejections", cmp.Or(s.MaxRejections, DefaultMaxRejections)})
+		figs = append(figs, Figure{"max_rejections", cfg.maxRejections()}) // what the run uses
 	}
 	run := func(name, prefix string, p BatchPlacer) error {
 		runtime.GC() // each run starts from the same heap state
