@@ -11,14 +11,15 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/yunchi/yunchi/internal/apitest"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 )
 
 // stateDump is what must not change after a rejected request.
 func stateDump(t *testing.T, addr string) string {
 	t.Helper()
-	_, vms := restGet(t, addr, "/v1/vms?consistent=true")
-	_, hosts := restGet(t, addr, "/v1/hosts?consistent=true")
+	_, vms := apitest.Get(t, addr, "/v1/vms?consistent=true")
+	_, hosts := apitest.Get(t, addr, "/v1/hosts?consistent=true")
 	// last_seen moves with heartbeats; registration and allocation must not.
 	var h map[string]any
 	json.Unmarshal(hosts, &h)
@@ -26,8 +27,8 @@ func stateDump(t *testing.T, addr string) string {
 		delete(x.(map[string]any), "lastSeen")
 	}
 	hb, _ := json.Marshal(h)
-	_, groups := restGet(t, addr, "/v1/groups?consistent=true")
-	_, ratios := restGet(t, addr, "/v1/ratios?consistent=true")
+	_, groups := apitest.Get(t, addr, "/v1/groups?consistent=true")
+	_, ratios := apitest.Get(t, addr, "/v1/ratios?consistent=true")
 	return string(vms) + "\n" + string(hb) + "\n" + string(groups) + "\n" + string(ratios)
 }
 
@@ -45,7 +46,7 @@ func TestBadInputIsRejectedAndChangesNothing(t *testing.T) {
 		{"/v1/vms", `{"name":"keep-1","vcpus":1,"memory":"1GiB","group":"keepers"}`},
 		{"/v1/ratios", `{"scope":"center","name":"a1","cpu":2}`},
 	} {
-		if code, body, err := restPost(addr, seed.path, seed.body); err != nil || code != 200 {
+		if code, body, err := apitest.Post(addr, seed.path, seed.body); err != nil || code != 200 {
 			t.Fatalf("seed %s: %d %s %v", seed.path, code, body, err)
 		}
 	}
@@ -142,7 +143,7 @@ func TestBadInputIsRejectedAndChangesNothing(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			code, body, err := restDo(addr, tc.method, tc.path, tc.body)
+			code, body, err := apitest.Do(addr, tc.method, tc.path, tc.body)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -190,7 +191,7 @@ func TestRESTAndOpenAPIAndMetrics(t *testing.T) {
 	c := newInmemCluster(t)
 	addr := c.members[1].ctl.Addr()
 	registerHosts(t, addr, 3, 16, 64*gib)
-	code, body, err := restPost(addr, "/v1/vms", `{"name":"web-1","vcpus":2,"memory":"4GiB"}`)
+	code, body, err := apitest.Post(addr, "/v1/vms", `{"name":"web-1","vcpus":2,"memory":"4GiB"}`)
 	if err != nil || code != 200 {
 		t.Fatalf("create: %d %s %v", code, body, err)
 	}
@@ -200,25 +201,25 @@ func TestRESTAndOpenAPIAndMetrics(t *testing.T) {
 	}
 	// Consistent read through a follower sees the write at once.
 	for _, m := range c.members {
-		code, body := restGet(t, m.ctl.Addr(), "/v1/vms/web-1?consistent=true")
+		code, body := apitest.Get(t, m.ctl.Addr(), "/v1/vms/web-1?consistent=true")
 		if code != 200 || !strings.Contains(string(body), `"web-1"`) {
 			t.Fatalf("%s consistent get: %d %s", m.id, code, body)
 		}
 	}
-	code, body = restGet(t, addr, "/openapi.json")
+	code, body = apitest.Get(t, addr, "/openapi.json")
 	if code != 200 || !strings.Contains(string(body), `"/v1/vms"`) {
 		t.Fatalf("openapi: %d", code)
 	}
-	code, body = restGet(t, addr, "/metrics")
+	code, body = apitest.Get(t, addr, "/metrics")
 	if code != 200 || !strings.Contains(string(body), "yunchi_raft_term") || !strings.Contains(string(body), "yunchi_grpc_requests_total") {
 		t.Fatalf("metrics: %d %s", code, body)
 	}
-	code, body = restGet(t, addr, "/v1/cluster/status")
+	code, body = apitest.Get(t, addr, "/v1/cluster/status")
 	var st yunchiv1.ClusterStatus
 	if code != 200 || protojson.Unmarshal(body, &st) != nil || len(st.GetMembers()) != 3 {
 		t.Fatalf("status: %d %s", code, body)
 	}
-	code, body = restGet(t, addr, "/v1/capacity")
+	code, body = apitest.Get(t, addr, "/v1/capacity")
 	if code != 200 || !strings.Contains(string(body), `"a1"`) {
 		t.Fatalf("capacity: %d %s", code, body)
 	}

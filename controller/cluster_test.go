@@ -5,10 +5,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
-	"io"
-	"net/http"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -18,6 +15,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/yunchi/yunchi/internal/apitest"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 )
 
@@ -102,16 +100,11 @@ func newInmemClusterTTL(t *testing.T, ttl time.Duration) *inmemCluster {
 	}
 	// Every node, not just the leader, must know the leader and every
 	// member's API address before it can forward writes.
-	waitFor(t, 30*time.Second, "3 voters with a leader, seen by every node", func() bool {
+	apitest.Eventually(t, 30*time.Second, "3 voters with a leader, seen by every node", func() bool {
 		for _, n := range c.members {
-			st, err := clusterStatus(n.ctl.Addr())
-			if err != nil || st.LeaderId == "" || len(st.Members) != 3 {
+			st, err := apitest.Status(n.ctl.Addr())
+			if err != nil || !apitest.Formed(st, 3) {
 				return false
-			}
-			for _, m := range st.Members {
-				if m.ApiAddress == "" {
-					return false
-				}
 			}
 		}
 		return true
@@ -138,17 +131,6 @@ func (c *inmemCluster) alive() []*member {
 	return out
 }
 
-func waitFor(t *testing.T, d time.Duration, what string, ok func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 func dial(t testing.TB, addr string) *grpc.ClientConn {
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -156,17 +138,6 @@ func dial(t testing.TB, addr string) *grpc.ClientConn {
 	}
 	t.Cleanup(func() { conn.Close() })
 	return conn
-}
-
-func clusterStatus(addr string) (*yunchiv1.ClusterStatus, error) {
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return nil, err
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	return yunchiv1.NewClusterServiceClient(conn).GetClusterStatus(ctx, &yunchiv1.GetClusterStatusRequest{})
 }
 
 const gib = int64(1) << 30
@@ -190,42 +161,12 @@ func registerHosts(t *testing.T, addr string, n int, cpus, mem int64) {
 	}
 }
 
-func restPost(addr, path, body string) (int, []byte, error) {
-	return restDo(addr, http.MethodPost, path, body)
-}
-
-// restDo sends one JSON request and returns the status code and body.
-func restDo(addr, method, path, body string) (int, []byte, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, method, "http://"+addr+path, strings.NewReader(body))
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return 0, nil, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	return resp.StatusCode, b, err
-}
-
-func restGet(t *testing.T, addr, path string) (int, []byte) {
-	t.Helper()
-	resp, err := http.Get("http://" + addr + path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, b
-}
-
 // checkInvariants asserts, on one controller's own state, that every
 // acknowledged VM exists exactly once, names its host's center, and no host
 // is over capacity.
 func checkInvariants(t *testing.T, addr string, acked map[string]bool) {
 	t.Helper()
-	code, body := restGet(t, addr, "/v1/vms")
+	code, body := apitest.Get(t, addr, "/v1/vms")
 	if code != 200 {
 		t.Fatalf("%s: list vms: %d %s", addr, code, body)
 	}
@@ -254,7 +195,7 @@ func checkInvariants(t *testing.T, addr string, acked map[string]bool) {
 			t.Errorf("%s: vm %s exists %d times", addr, name, n)
 		}
 	}
-	code, body = restGet(t, addr, "/v1/hosts")
+	code, body = apitest.Get(t, addr, "/v1/hosts")
 	var hosts yunchiv1.ListHostsResponse
 	if err := protojson.Unmarshal(body, &hosts); err != nil || code != 200 {
 		t.Fatalf("list hosts: %d %v", code, err)
@@ -312,7 +253,7 @@ func TestLeaderKilledDuringCreates(t *testing.T) {
 		for attempt := 0; attempt < 100; attempt++ {
 			alive := c.alive()
 			m := alive[(i+attempt)%len(alive)]
-			code, resp, err := restPost(m.ctl.Addr(), "/v1/vms", body)
+			code, resp, err := apitest.Post(m.ctl.Addr(), "/v1/vms", body)
 			if err == nil && code == 200 {
 				mu.Lock()
 				acked[name] = true
@@ -351,23 +292,12 @@ func TestLeaderKilledDuringCreates(t *testing.T) {
 
 func waitConverged(t *testing.T, ms []*member) {
 	t.Helper()
-	waitFor(t, 30*time.Second, "controllers to apply everything committed", func() bool {
-		var commit uint64
-		var applied []uint64
-		for _, m := range ms {
-			st, err := clusterStatus(m.ctl.Addr())
-			if err != nil || st.LeaderId == "" {
-				return false
-			}
-			commit = max(commit, st.CommitIndex)
-			applied = append(applied, st.AppliedIndex)
-		}
-		for _, a := range applied {
-			if a < commit {
-				return false
-			}
-		}
-		return true
+	var addrs []string
+	for _, m := range ms {
+		addrs = append(addrs, m.ctl.Addr())
+	}
+	apitest.Eventually(t, 30*time.Second, "controllers to apply everything committed", func() bool {
+		return apitest.Converged(addrs)
 	})
 }
 
@@ -395,14 +325,14 @@ func TestSilentHostsAreMarkedDown(t *testing.T) {
 	}()
 	defer func() { close(stop); <-done }()
 	stateOf := func(id string) yunchiv1.HostState {
-		_, body := restGet(t, addr, "/v1/hosts/"+id+"?consistent=true")
+		_, body := apitest.Get(t, addr, "/v1/hosts/"+id+"?consistent=true")
 		var h yunchiv1.Host
 		if err := protojson.Unmarshal(body, &h); err != nil {
 			t.Fatalf("host %s: %v: %s", id, err, body)
 		}
 		return h.State
 	}
-	waitFor(t, 20*time.Second, "a2-h01 marked down", func() bool {
+	apitest.Eventually(t, 20*time.Second, "a2-h01 marked down", func() bool {
 		return stateOf("a2-h01") == yunchiv1.HostState_HOST_STATE_DOWN
 	})
 	if st := stateOf("a1-h01"); st != yunchiv1.HostState_HOST_STATE_READY {

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/yunchi/yunchi/controller/state"
+	"github.com/yunchi/yunchi/internal/apitest"
 	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 )
@@ -21,7 +22,7 @@ import (
 // listGroups reads one controller's own view of the placement groups.
 func listGroups(t *testing.T, addr string) []*yunchiv1.PlacementGroup {
 	t.Helper()
-	code, body := restGet(t, addr, "/v1/groups")
+	code, body := apitest.Get(t, addr, "/v1/groups")
 	var resp yunchiv1.ListGroupsResponse
 	if code != 200 || protojson.Unmarshal(body, &resp) != nil {
 		t.Fatalf("%s: list groups: %d %s", addr, code, body)
@@ -35,7 +36,7 @@ func listGroups(t *testing.T, addr string) []*yunchiv1.PlacementGroup {
 // listed by its group.
 func checkGroupRules(t *testing.T, addr string) {
 	t.Helper()
-	code, body := restGet(t, addr, "/v1/vms")
+	code, body := apitest.Get(t, addr, "/v1/vms")
 	var list yunchiv1.ListVMsResponse
 	if code != 200 || protojson.Unmarshal(body, &list) != nil {
 		t.Fatalf("%s: list vms: %d", addr, code)
@@ -200,11 +201,11 @@ func TestDryRunCommitsNothing(t *testing.T) {
 	c := newInmemCluster(t)
 	addr := c.members[1].ctl.Addr()
 	registerHosts(t, addr, 6, 16, 64*gib)
-	if code, body, err := restPost(addr, "/v1/groups", `{"name":"g1","policy":"GROUP_POLICY_ANTI_AFFINITY"}`); err != nil || code != 200 {
+	if code, body, err := apitest.Post(addr, "/v1/groups", `{"name":"g1","policy":"GROUP_POLICY_ANTI_AFFINITY"}`); err != nil || code != 200 {
 		t.Fatalf("create group: %d %s %v", code, body, err)
 	}
 	before := stateDump(t, addr)
-	code, body, err := restPost(addr, "/v1/vms:batch", `{"name":"app","vcpus":1,"memory":"1GiB","count":3,"group":"g1","dryRun":true,"constraints":["center in a1,a2"]}`)
+	code, body, err := apitest.Post(addr, "/v1/vms:batch", `{"name":"app","vcpus":1,"memory":"1GiB","count":3,"group":"g1","dryRun":true,"constraints":["center in a1,a2"]}`)
 	if err != nil || code != 200 {
 		t.Fatalf("dry run: %d %s %v", code, body, err)
 	}
@@ -226,7 +227,7 @@ func TestDryRunCommitsNothing(t *testing.T) {
 		t.Fatalf("dry run answer: %s", body)
 	}
 	// A dry run that cannot fit explains, and also commits nothing.
-	code, body, _ = restPost(addr, "/v1/vms:batch", `{"name":"big","vcpus":1,"memory":"4TiB","dryRun":true}`)
+	code, body, _ = apitest.Post(addr, "/v1/vms:batch", `{"name":"big","vcpus":1,"memory":"4TiB","dryRun":true}`)
 	if code != 429 || !strings.Contains(string(body), "0/6 hosts fit") {
 		t.Fatalf("dry run no fit: %d %s", code, body)
 	}
@@ -234,7 +235,7 @@ func TestDryRunCommitsNothing(t *testing.T) {
 		t.Fatalf("dry run changed the state:\nbefore %s\nafter  %s", before, after)
 	}
 	// The same request for real lands where the dry run said.
-	code, body, _ = restPost(addr, "/v1/vms:batch", `{"name":"app","vcpus":1,"memory":"1GiB","count":3,"group":"g1","constraints":["center in a1,a2"]}`)
+	code, body, _ = apitest.Post(addr, "/v1/vms:batch", `{"name":"app","vcpus":1,"memory":"1GiB","count":3,"group":"g1","constraints":["center in a1,a2"]}`)
 	var real yunchiv1.CreateVMsResponse
 	if code != 200 || protojson.Unmarshal(body, &real) != nil || len(real.Vms) != 3 {
 		t.Fatalf("create: %d %s", code, body)
@@ -253,7 +254,7 @@ func TestNoFitExplanationDetails(t *testing.T) {
 	c := newInmemCluster(t)
 	addr := c.members[2].ctl.Addr()
 	registerHosts(t, addr, 3, 16, 64*gib)
-	code, body, err := restPost(addr, "/v1/vms", `{"name":"huge","vcpus":1,"memory":"1TiB"}`)
+	code, body, err := apitest.Post(addr, "/v1/vms", `{"name":"huge","vcpus":1,"memory":"1TiB"}`)
 	if err != nil || code != 429 {
 		t.Fatalf("no fit: %d %s %v", code, body, err)
 	}
@@ -299,7 +300,7 @@ func TestStrategyPerRequest(t *testing.T) {
 		hosts := map[string]bool{}
 		for i := 0; i < 3; i++ {
 			body := fmt.Sprintf(`{"name":"%s-%d","vcpus":2,"memory":"4GiB","strategy":%q,"constraints":["center=%s"]}`, prefix, i, strategy, center)
-			code, resp, err := restPost(addr, "/v1/vms", body)
+			code, resp, err := apitest.Post(addr, "/v1/vms", body)
 			var vm yunchiv1.VM
 			if err != nil || code != 200 || protojson.Unmarshal(resp, &vm) != nil {
 				t.Fatalf("create: %d %s %v", code, resp, err)

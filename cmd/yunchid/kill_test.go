@@ -7,17 +7,18 @@ import (
 	"time"
 
 	"github.com/yunchi/yunchi/cmd/yunchid/clustertest"
+	"github.com/yunchi/yunchi/internal/apitest"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 )
 
 func listVMs(addr string) (*yunchiv1.ListVMsResponse, error) {
 	var out yunchiv1.ListVMsResponse
-	return &out, clustertest.GetJSON(addr, "/v1/vms", &out)
+	return &out, apitest.GetJSON(addr, "/v1/vms", &out)
 }
 
 func listHosts(addr string) (*yunchiv1.ListHostsResponse, error) {
 	var out yunchiv1.ListHostsResponse
-	return &out, clustertest.GetJSON(addr, "/v1/hosts", &out)
+	return &out, apitest.GetJSON(addr, "/v1/hosts", &out)
 }
 
 // TestKill9LeaderDuringCreates: 3 controllers and 2 agents as separate
@@ -34,7 +35,7 @@ func TestKill9LeaderDuringCreates(t *testing.T) {
 	const hostCPUs, hostMem = 32, int64(32) << 30
 	c.StartAgent("h1", "a1", hostCPUs, hostMem, 2<<40)
 	c.StartAgent("h2", "b1", hostCPUs, hostMem, 2<<40)
-	clustertest.Eventually(t, 30*time.Second, "2 hosts registered", func() bool {
+	apitest.Eventually(t, 30*time.Second, "2 hosts registered", func() bool {
 		h, err := listHosts(c.Controllers[0].API)
 		return err == nil && len(h.Hosts) == 2
 	})
@@ -59,7 +60,7 @@ func TestKill9LeaderDuringCreates(t *testing.T) {
 			}
 			alive := c.Alive()
 			ctl := alive[(i+attempt)%len(alive)]
-			code, resp, err := clustertest.Post(ctl.API, "/v1/vms", body)
+			code, resp, err := apitest.Post(ctl.API, "/v1/vms", body)
 			if err == nil && code == 200 {
 				acked[name] = true
 				break
@@ -106,7 +107,7 @@ func TestKill9LeaderDuringCreates(t *testing.T) {
 		}
 	}
 	// The agents bring every VM up, exactly once each (one host per VM).
-	clustertest.Eventually(t, 60*time.Second, "every vm running", func() bool {
+	apitest.Eventually(t, 60*time.Second, "every vm running", func() bool {
 		vms, err := listVMs(c.Controllers[0].API)
 		if err != nil {
 			return false
@@ -120,7 +121,7 @@ func TestKill9LeaderDuringCreates(t *testing.T) {
 	})
 	// No VM runs twice: the domains the agents report running, summed over
 	// hosts, are exactly the VMs (stats come from heartbeats to the leader).
-	clustertest.Eventually(t, 30*time.Second, "agents to report one domain per vm", func() bool {
+	apitest.Eventually(t, 30*time.Second, "agents to report one domain per vm", func() bool {
 		l := c.Leader()
 		if l == nil {
 			return false

@@ -6,27 +6,18 @@
 package clustertest
 
 import (
-	"context"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/proto"
-
 	"github.com/yunchi/yunchi/agent/libvirt"
-	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
+	"github.com/yunchi/yunchi/internal/apitest"
 )
 
 var (
@@ -247,56 +238,10 @@ func (c *Cluster) Alive() []*Controller {
 	return out
 }
 
-// Status asks one controller for the cluster status.
-func Status(addr string) (*yunchiv1.ClusterStatus, error) {
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return nil, err
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	return yunchiv1.NewClusterServiceClient(conn).GetClusterStatus(ctx, &yunchiv1.GetClusterStatusRequest{})
-}
-
-// Post sends body as JSON to a controller's REST API and returns the HTTP
-// status and the response body.
-func Post(addr, path, body string) (int, []byte, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+path, strings.NewReader(body))
-	if err != nil {
-		return 0, nil, err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return 0, nil, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	return resp.StatusCode, b, err
-}
-
-// GetJSON reads a controller's REST resource into out; an answer other than
-// 200 is an error carrying the body.
-func GetJSON(addr, path string, out proto.Message) error {
-	resp, err := http.Get("http://" + addr + path)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("GET %s: %d %s", path, resp.StatusCode, b)
-	}
-	return protojson.Unmarshal(b, out)
-}
-
 // Leader returns the controller that is leader now, or nil.
 func (c *Cluster) Leader() *Controller {
 	for _, ctl := range c.Alive() {
-		if st, err := Status(ctl.API); err == nil && st.NodeState == "Leader" {
+		if st, err := apitest.Status(ctl.API); err == nil && st.NodeState == "Leader" {
 			return ctl
 		}
 	}
@@ -307,17 +252,9 @@ func (c *Cluster) Leader() *Controller {
 // API addresses, and a leader.
 func (c *Cluster) WaitVoters(n int, d time.Duration) {
 	c.t.Helper()
-	Eventually(c.t, d, fmt.Sprintf("%d voters and a leader", n), func() bool {
+	apitest.Eventually(c.t, d, fmt.Sprintf("%d voters and a leader", n), func() bool {
 		for _, ctl := range c.Alive() {
-			st, err := Status(ctl.API)
-			if err != nil || st.LeaderId == "" || len(st.Members) != n {
-				continue
-			}
-			ok := true
-			for _, m := range st.Members {
-				ok = ok && m.ApiAddress != ""
-			}
-			if ok {
+			if st, err := apitest.Status(ctl.API); err == nil && apitest.Formed(st, n) {
 				return true
 			}
 		}
@@ -329,34 +266,11 @@ func (c *Cluster) WaitVoters(n int, d time.Duration) {
 // of them reports committed.
 func (c *Cluster) WaitConverged(d time.Duration) {
 	c.t.Helper()
-	Eventually(c.t, d, "controllers to converge", func() bool {
-		var commit uint64
-		var applied []uint64
+	apitest.Eventually(c.t, d, "controllers to converge", func() bool {
+		var addrs []string
 		for _, ctl := range c.Alive() {
-			st, err := Status(ctl.API)
-			if err != nil || st.LeaderId == "" {
-				return false
-			}
-			commit = max(commit, st.CommitIndex)
-			applied = append(applied, st.AppliedIndex)
+			addrs = append(addrs, ctl.API)
 		}
-		for _, a := range applied {
-			if a < commit {
-				return false
-			}
-		}
-		return true
+		return apitest.Converged(addrs)
 	})
-}
-
-// Eventually polls ok every 100 ms until it holds or d passes.
-func Eventually(t testing.TB, d time.Duration, what string, ok func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 }

@@ -1,0 +1,140 @@
+// Package apitest holds what tests share to talk to running controllers: the
+// REST API, the cluster status over gRPC, and waiting for a condition. It
+// needs no cgo, so the controller's own tests and the process-level tests
+// (cmd/yunchid/clustertest) can both use it.
+package apitest
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
+)
+
+// Do sends one JSON request to a controller's REST API and returns the HTTP
+// status and the response body.
+func Do(addr, method, path, body string) (int, []byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, method, "http://"+addr+path, strings.NewReader(body))
+	if err != nil {
+		return 0, nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, b, err
+}
+
+// Post is Do with POST.
+func Post(addr, path, body string) (int, []byte, error) {
+	return Do(addr, http.MethodPost, path, body)
+}
+
+func get(addr, path string) (int, []byte, error) {
+	resp, err := http.Get("http://" + addr + path)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, b, nil
+}
+
+// Get reads a controller's REST resource and returns the HTTP status and the
+// body; the test fails if the request cannot be made.
+func Get(t testing.TB, addr, path string) (int, []byte) {
+	t.Helper()
+	code, b, err := get(addr, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return code, b
+}
+
+// GetJSON reads a controller's REST resource into out; an answer other than
+// 200 is an error carrying the body.
+func GetJSON(addr, path string, out proto.Message) error {
+	code, b, err := get(addr, path)
+	if err != nil {
+		return err
+	}
+	if code != http.StatusOK {
+		return fmt.Errorf("GET %s: %d %s", path, code, b)
+	}
+	return protojson.Unmarshal(b, out)
+}
+
+// Status asks one controller for the cluster status.
+func Status(addr string) (*yunchiv1.ClusterStatus, error) {
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	return yunchiv1.NewClusterServiceClient(conn).GetClusterStatus(ctx, &yunchiv1.GetClusterStatusRequest{})
+}
+
+// Formed says whether st shows a leader and n members, each with an API
+// address (what a node needs before it can forward writes).
+func Formed(st *yunchiv1.ClusterStatus, n int) bool {
+	if st.LeaderId == "" || len(st.Members) != n {
+		return false
+	}
+	for _, m := range st.Members {
+		if m.ApiAddress == "" {
+			return false
+		}
+	}
+	return true
+}
+
+// Converged says whether every controller at addrs knows a leader and has
+// applied all that any of them reports committed.
+func Converged(addrs []string) bool {
+	var commit uint64
+	var applied []uint64
+	for _, addr := range addrs {
+		st, err := Status(addr)
+		if err != nil || st.LeaderId == "" {
+			return false
+		}
+		commit = max(commit, st.CommitIndex)
+		applied = append(applied, st.AppliedIndex)
+	}
+	for _, a := range applied {
+		if a < commit {
+			return false
+		}
+	}
+	return true
+}
+
+// Eventually polls ok every 50 ms until it holds, and fails the test if d
+// passes first.
+func Eventually(t testing.TB, d time.Duration, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
