@@ -18,17 +18,27 @@ import (
 // stateDump is what must not change after a rejected request.
 func stateDump(t *testing.T, addr string) string {
 	t.Helper()
-	_, vms := apitest.Get(t, addr, "/v1/vms?consistent=true")
-	_, hosts := apitest.Get(t, addr, "/v1/hosts?consistent=true")
+	read := func(path string) []byte {
+		t.Helper()
+		code, body := apitest.Get(t, addr, path+"?consistent=true")
+		if code != 200 {
+			t.Fatalf("state dump: GET %s: %d %s", path, code, body)
+		}
+		return body
+	}
+	vms, hosts := read("/v1/vms"), read("/v1/hosts")
 	// last_seen moves with heartbeats; registration and allocation must not.
-	var h map[string]any
-	json.Unmarshal(hosts, &h)
-	for _, x := range h["hosts"].([]any) {
-		delete(x.(map[string]any), "lastSeen")
+	var h struct {
+		Hosts []map[string]any `json:"hosts"`
+	}
+	if err := json.Unmarshal(hosts, &h); err != nil {
+		t.Fatalf("state dump: hosts: %v: %s", err, hosts)
+	}
+	for _, x := range h.Hosts {
+		delete(x, "lastSeen")
 	}
 	hb, _ := json.Marshal(h)
-	_, groups := apitest.Get(t, addr, "/v1/groups?consistent=true")
-	_, ratios := apitest.Get(t, addr, "/v1/ratios?consistent=true")
+	groups, ratios := read("/v1/groups"), read("/v1/ratios")
 	return string(vms) + "\n" + string(hb) + "\n" + string(groups) + "\n" + string(ratios)
 }
 
