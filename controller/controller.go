@@ -46,7 +46,10 @@ type Config struct {
 	// DefaultStrategy places VMs whose request names no strategy:
 	// "binpack" (the default: fill hosts up) or "spread".
 	DefaultStrategy string
-	Logger          *slog.Logger
+	// CORSAllowOrigins are the origins (scheme://host[:port]) whose browser
+	// pages may write through the REST API; none by default.
+	CORSAllowOrigins []string
+	Logger           *slog.Logger
 }
 
 // Controller is a running controller.
@@ -78,6 +81,11 @@ func New(cfg Config) (*Controller, error) {
 			return nil, fmt.Errorf("--default-strategy: %w", err)
 		}
 		strategy = st
+	}
+	for _, o := range cfg.CORSAllowOrigins {
+		if _, err := api.CheckOrigin(o); err != nil {
+			return nil, fmt.Errorf("--cors-allow-origin: %w", err)
+		}
 	}
 	lis, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -121,7 +129,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	defer cancel()
 	m := api.NewMetrics(c.api)
 	gs := c.api.NewGRPCServer(m)
-	h, err := api.NewHTTPHandler(ctx, gs, c.cfg.Advertise, m)
+	h, err := api.NewHTTPHandler(ctx, gs, c.cfg.Advertise, m, api.HTTPOptions{AllowOrigins: c.cfg.CORSAllowOrigins})
 	if err != nil {
 		return err
 	}

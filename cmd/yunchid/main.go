@@ -71,11 +71,13 @@ func controllerCmd() *cli.Command {
 			&cli.BoolFlag{Name: "bootstrap", Usage: "start a new cluster with this controller as its first voter"},
 			&cli.StringFlag{Name: "join", Usage: "API address(es) of running controllers to join, comma-separated"},
 			&cli.StringFlag{Name: "default-strategy", Value: "binpack", Usage: "placement strategy when a create names none: binpack or spread"},
+			&cli.StringSliceFlag{Name: "cors-allow-origin", Usage: "origin (scheme://host[:port]) whose browser pages may write through the REST API (repeatable; default none: cross-origin writes are refused)"},
 		},
 		Action: func(c *cli.Context) error {
 			ctl, err := controller.New(controller.Config{
-				DefaultStrategy: c.String("default-strategy"),
-				ID:              c.String("id"), Center: c.String("center"),
+				DefaultStrategy:  c.String("default-strategy"),
+				CORSAllowOrigins: c.StringSlice("cors-allow-origin"),
+				ID:               c.String("id"), Center: c.String("center"),
 				Listen: c.String("listen"), Advertise: c.String("advertise"),
 				RaftListen: c.String("raft-listen"), RaftAdvertise: c.String("raft-advertise"),
 				DataDir: c.String("data-dir"), Bootstrap: c.Bool("bootstrap"), Join: splitList(c.String("join")),

@@ -24,7 +24,8 @@ import (
 func (s *Server) NewGRPCServer(m *Metrics, extra ...grpc.UnaryServerInterceptor) *grpc.Server {
 	unary := append([]grpc.UnaryServerInterceptor{m.UnaryInterceptor}, extra...)
 	unary = append(unary, s.LeaderInterceptor)
-	gs := grpc.NewServer(grpc.ChainUnaryInterceptor(unary...), grpc.ChainStreamInterceptor(m.StreamInterceptor))
+	gs := grpc.NewServer(grpc.ChainUnaryInterceptor(unary...), grpc.ChainStreamInterceptor(m.StreamInterceptor),
+		grpc.MaxRecvMsgSize(MaxGRPCRequest))
 	yunchiv1.RegisterVMServiceServer(gs, s)
 	yunchiv1.RegisterHostServiceServer(gs, s)
 	yunchiv1.RegisterCapacityServiceServer(gs, s)
@@ -41,16 +42,32 @@ func (s *Server) NewGRPCServer(m *Metrics, extra ...grpc.UnaryServerInterceptor)
 // NewHTTPHandler serves gRPC (HTTP/2 with application/grpc) and everything
 // else on one port: REST through grpc-gateway, which calls this same
 // controller over gRPC so REST goes through the same interceptors;
-// /openapi.json; /metrics; /healthz.
-func NewHTTPHandler(ctx context.Context, gs *grpc.Server, selfAddr string, m *Metrics) (http.Handler, error) {
+// /openapi.json; /metrics; /healthz. REST requests pass the input rules of
+// restguard.go first.
+func NewHTTPHandler(ctx context.Context, gs *grpc.Server, selfAddr string, m *Metrics, ho HTTPOptions) (http.Handler, error) {
+	var guard *restGuard
+	jsonpb := &runtime.JSONPb{
+		MarshalOptions:   protojson.MarshalOptions{EmitUnpopulated: false},
+		UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
+	}
 	gw := runtime.NewServeMux(
-		runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.HTTPBodyMarshaler{
-			Marshaler: &runtime.JSONPb{
-				MarshalOptions:   protojson.MarshalOptions{EmitUnpopulated: false},
-				UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
-			},
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, &restCodec{
+			Marshaler: &runtime.HTTPBodyMarshaler{Marshaler: jsonpb},
+			unmarshal: jsonpb.UnmarshalOptions,
+		}),
+		// A form POST must not turn into another method or route.
+		runtime.WithDisablePathLengthFallback(),
+		runtime.WithDisableHTTPMethodOverride(),
+		// The guard routes first; should the gateway ever disagree, it
+		// still answers 404 or 405 with Allow, not 501.
+		runtime.WithRoutingErrorHandler(func(_ context.Context, _ *runtime.ServeMux, _ runtime.Marshaler, w http.ResponseWriter, r *http.Request, _ int) {
+			guard.notRouted(w, r)
 		}),
 	)
+	guard, err := newRESTGuard(gw, gw, ho, yunchiv1.File_yunchi_v1_yunchi_proto)
+	if err != nil {
+		return nil, err
+	}
 	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
 	for _, reg := range []func(context.Context, *runtime.ServeMux, string, []grpc.DialOption) error{
 		yunchiv1.RegisterVMServiceHandlerFromEndpoint,
@@ -65,7 +82,7 @@ func NewHTTPHandler(ctx context.Context, gs *grpc.Server, selfAddr string, m *Me
 		}
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/v1/", gw)
+	mux.Handle("/v1/", guard)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /openapi.json", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
