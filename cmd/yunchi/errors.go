@@ -22,7 +22,7 @@ const (
 	exitExists      = 4 // AlreadyExists
 	exitNoCapacity  = 5 // ResourceExhausted: no host has room
 	exitUnavailable = 6 // Unavailable: no leader, or no controller reachable
-	exitFailed      = 7 // FailedPrecondition, or the VM went FAILED during --wait
+	exitFailed      = 7 // FailedPrecondition, or the VM went FAILED (or its host down) during --wait
 )
 
 const exitCodesHelp = `EXIT CODES:
@@ -33,7 +33,7 @@ const exitCodesHelp = `EXIT CODES:
    4  already exists
    5  no capacity
    6  controller unavailable (no leader, or no controller reachable)
-   7  failed precondition, or the VM failed during --wait`
+   7  failed precondition, or the VM failed (or its host is down) during --wait`
 
 // usageError is a mistake on the command line, found before any call.
 type usageError struct{ msg string }

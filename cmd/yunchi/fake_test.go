@@ -55,6 +55,15 @@ func cannedVM(name string, phase yunchiv1.VMPhase, host string, rev uint64) *yun
 	return vm
 }
 
+// onDownHost marks vm as the controller does when its host has missed its
+// heartbeats: condition host-down, with the host's last heartbeat.
+func onDownHost(vm *yunchiv1.VM) *yunchiv1.VM {
+	vm.HostCenter = "b2"
+	vm.Conditions = []string{"host-down"}
+	vm.HostLastHeartbeat = created
+	return vm
+}
+
 func startFake(t *testing.T) *fakeController {
 	t.Helper()
 	f := &fakeController{
@@ -66,6 +75,7 @@ func startFake(t *testing.T) *fakeController {
 	}
 	f.vms["web-1"] = cannedVM("web-1", yunchiv1.VMPhase_VM_PHASE_RUNNING, "a1-h07", 12)
 	f.vms["db-1"] = cannedVM("db-1", yunchiv1.VMPhase_VM_PHASE_STOPPED, "a1-h02", 7)
+	f.vms["app-3"] = onDownHost(cannedVM("app-3", yunchiv1.VMPhase_VM_PHASE_RUNNING, "b2-h01", 9))
 
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

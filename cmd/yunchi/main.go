@@ -11,7 +11,7 @@
 //	4 already exists
 //	5 no capacity (ResourceExhausted)
 //	6 controller unavailable (no leader, or no controller reachable)
-//	7 failed precondition, or the VM failed during --wait
+//	7 failed precondition, or the VM failed (or its host is down) during --wait
 package main
 
 import (

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 	"github.com/yunchi/yunchi/scheduler"
@@ -254,6 +256,15 @@ func TestJSONOutput(t *testing.T) {
 	if vm["phase"] != "VM_PHASE_RUNNING" || vm["memoryBytes"] != "4294967296" || vm["vcpus"] != 2.0 {
 		t.Errorf("vm JSON: %s", stdout)
 	}
+	_, stdout, _ = yunchi(t, "--addr", f.addr, "-o", "json", "vm", "show", "app-3")
+	var downVM struct {
+		Conditions        []string `json:"conditions"`
+		HostLastHeartbeat string   `json:"hostLastHeartbeat"`
+	}
+	json.Unmarshal([]byte(stdout), &downVM)
+	if !reflect.DeepEqual(downVM.Conditions, []string{"host-down"}) || downVM.HostLastHeartbeat == "" {
+		t.Errorf("vm on a down host, JSON: %s", stdout)
+	}
 	_, stdout, _ = yunchi(t, "--addr", f.addr, "-o", "json", "cluster", "status")
 	var st struct {
 		LeaderID string `json:"leaderId"`
@@ -276,6 +287,8 @@ func TestTableOutput(t *testing.T) {
 	}{
 		{[]string{"vm", "show", "web-1"}, []string{"Name:", "web-1", "Phase:", "running", "Memory:", "4 GiB", "Disk:", "40 GiB", "Host:", "a1-h07", "Center constraint:", "any"}},
 		{[]string{"vm", "list"}, []string{"NAME", "PHASE", "MEMORY", "web-1", "running", "db-1", "stopped", "4 GiB", "1h"}},
+		{[]string{"vm", "list"}, []string{"app-3", "running (host down)", "b2-h01"}},
+		{[]string{"vm", "show", "app-3"}, []string{"Phase:", "running (host down)", "Conditions:", "host-down", "Host:", "b2-h01 (down, last heartbeat 1h ago)"}},
 		{[]string{"host", "list"}, []string{"ID", "STATE", "a1-h07", "ready", "b2-h01", "down", "tax", "242/252", "214 GiB/254 GiB"}},
 		{[]string{"host", "show", "a1-h07"}, []string{"Labels:", "gpu=none,tier=gold", "Owner:", "shared", "RESOURCE", "RESERVED", "ALLOCATABLE", "RATIO FROM", "center a1", "252", "254 GiB", "4 TiB", "Domains running:"}},
 		{[]string{"capacity"}, []string{"CENTER", "a1", "b2", "TOTAL", "86/96", "344 GiB/384 GiB"}},
@@ -496,9 +509,50 @@ func TestWait(t *testing.T) {
 			t.Fatalf("exit %d: %s", code, stderr)
 		}
 		lines := strings.Split(strings.TrimSuffix(stderr, "\n"), "\n")
-		want := "yunchi: timed out after 300ms waiting for slow to be running (now placed on a1-h07, starting…); it may still get there, see 'yunchi vm show slow'"
+		want := "yunchi: timed out after 300ms waiting for slow to be running on a1-h07 (last seen: placed on a1-h07, starting…); it may still get there, see 'yunchi vm show slow'"
 		if len(lines) != 2 || lines[1] != want {
 			t.Errorf("stderr %q", stderr)
+		}
+	})
+	// A VM whose host is down: nothing happens until the host is back, and
+	// its phase is the host's last report. The wait says so at once (exit
+	// 7, the request stands) instead of running out its timeout.
+	t.Run("host down", func(t *testing.T) {
+		const downMsg = "a1-h07 is down (last heartbeat 1h ago): web-1 will be %s when a1-h07 is back; not waiting (the request stands, see 'yunchi vm show web-1' and 'yunchi host show a1-h07')"
+		deleting := withDesired(cannedVM("web-1", deleting, "a1-h07", 13), yunchiv1.PowerState_POWER_STATE_DELETED)
+		stopping := withDesired(cannedVM("web-1", running, "a1-h07", 13), yunchiv1.PowerState_POWER_STATE_STOPPED)
+		down := func(vm *yunchiv1.VM) *yunchiv1.VM {
+			vm = onDownHost(proto.Clone(vm).(*yunchiv1.VM))
+			vm.HostCenter = "a1"
+			return vm
+		}
+		for _, tt := range []struct {
+			name   string
+			args   []string
+			action *yunchiv1.VM
+			events []*yunchiv1.VMEvent
+			want   string // stderr
+		}{
+			{"delete", []string{"vm", "delete", "web-1"}, down(deleting), []*yunchiv1.VMEvent{ev(down(deleting))},
+				"web-1: deleting from a1-h07… (host down)\nyunchi: " + fmt.Sprintf(downMsg, "deleted") + "\n"},
+			{"stop, the host goes down meanwhile", []string{"vm", "stop", "web-1"}, stopping, []*yunchiv1.VMEvent{ev(stopping), ev(down(stopping))},
+				"web-1: running on a1-h07, stopping…\nweb-1: running on a1-h07, stopping… (host down)\nyunchi: " + fmt.Sprintf(downMsg, "stopped") + "\n"},
+			// The last report says running, but nobody can vouch for it now.
+			{"start, last reported running", []string{"vm", "start", "web-1"}, down(cannedVM("web-1", running, "a1-h07", 13)),
+				[]*yunchiv1.VMEvent{ev(down(cannedVM("web-1", running, "a1-h07", 13)))},
+				"web-1: running on a1-h07 (host down)\nyunchi: " + fmt.Sprintf(downMsg, "running") + "\n"},
+		} {
+			t.Run(tt.name, func(t *testing.T) {
+				f := startFake(t)
+				f.setAction("web-1", tt.action)
+				f.script("web-1", tt.events...)
+				// The script leaves the watch open: only the host-down
+				// answer ends the wait before the (long) timeout.
+				code, stdout, stderr := yunchi(t, append([]string{"--addr", f.addr}, append(tt.args, "--wait", "--wait-timeout", "30s")...)...)
+				if code != 7 || stderr != tt.want || stdout != "" {
+					t.Fatalf("exit %d\nstdout %q\nstderr %q\nwant   %q", code, stdout, stderr, tt.want)
+				}
+			})
 		}
 	})
 	t.Run("watch moves to the next controller", func(t *testing.T) {

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -57,7 +58,7 @@ func (p *printer) vmList(vms []*yunchiv1.VM) func(io.Writer) {
 		fmt.Fprintln(w, "NAME\tPROJECT\tPHASE\tVCPUS\tMEMORY\tDISK\tHOST\tCENTER\tAGE")
 		for _, vm := range vms {
 			fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n",
-				vm.GetName(), dash(vm.GetProject()), phase(vm.GetPhase()), vm.GetVcpus(),
+				vm.GetName(), dash(vm.GetProject()), vmPhase(vm), vm.GetVcpus(),
 				scheduler.FormatBytes(vm.GetMemoryBytes()), scheduler.FormatBytes(vm.GetDiskBytes()),
 				dash(vm.GetHostId()), dash(vm.GetHostCenter()), p.age(vm.GetCreatedAt()))
 		}
@@ -69,7 +70,8 @@ func (p *printer) vmDetail(vm *yunchiv1.VM) func(io.Writer) {
 		kv(w, "Name", vm.GetName())
 		kv(w, "ID", vm.GetId())
 		kv(w, "Project", vm.GetProject())
-		kv(w, "Phase", phase(vm.GetPhase()))
+		kv(w, "Phase", vmPhase(vm))
+		kv(w, "Conditions", strings.Join(vm.GetConditions(), ", "))
 		kv(w, "Desired", power(vm.GetDesired()))
 		kv(w, "Message", vm.GetMessage())
 		kv(w, "vCPUs", strconv.Itoa(int(vm.GetVcpus())))
@@ -78,7 +80,11 @@ func (p *printer) vmDetail(vm *yunchiv1.VM) func(io.Writer) {
 		kv(w, "Center constraint", orDefault(vm.GetCenter(), "any"))
 		kv(w, "Constraints", strings.Join(vm.GetConstraints(), "; "))
 		kv(w, "Group", vm.GetGroup())
-		kv(w, "Host", vm.GetHostId())
+		host := vm.GetHostId()
+		if hostDown(vm) {
+			host += " (down, last heartbeat " + p.ago(vm.GetHostLastHeartbeat()) + ")"
+		}
+		kv(w, "Host", host)
 		kv(w, "Host center", vm.GetHostCenter())
 		kv(w, "Reboots requested", strconv.FormatUint(vm.GetRebootSeq(), 10))
 		kv(w, "Created", p.timestamp(vm.GetCreatedAt()))
@@ -232,6 +238,21 @@ func enumWord(name, prefix string) string {
 func phase(p yunchiv1.VMPhase) string       { return enumWord(p.String(), "VM_PHASE_") }
 func power(p yunchiv1.PowerState) string    { return enumWord(p.String(), "POWER_STATE_") }
 func hostState(s yunchiv1.HostState) string { return enumWord(s.String(), "HOST_STATE_") }
+
+// conditionHostDown is the VM condition the controller sets when the VM's
+// host has missed its heartbeats.
+const conditionHostDown = "host-down"
+
+func hostDown(vm *yunchiv1.VM) bool { return slices.Contains(vm.GetConditions(), conditionHostDown) }
+
+// vmPhase is the phase for tables: the last one the agent reported, and
+// "(host down)" when the host has stopped reporting.
+func vmPhase(vm *yunchiv1.VM) string {
+	if hostDown(vm) {
+		return phase(vm.GetPhase()) + " (host down)"
+	}
+	return phase(vm.GetPhase())
+}
 
 func labels(m map[string]string) string {
 	keys := make([]string, 0, len(m))

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 )
@@ -129,11 +130,19 @@ func (s *session) waitVM(name, project string, g waitGoal, timeout time.Duration
 				}
 				show(line)
 				switch {
-				case g.done(last, ev.GetGone()):
-					gone = ev.GetGone()
+				case ev.GetGone() && g.done(last, true):
+					gone = true
 					return nil
 				case ev.GetGone():
 					return status.Errorf(codes.NotFound, "%s was deleted while waiting for it to be %s", name, g.want)
+				case hostDown(last):
+					// Nothing happens to the VM until its host is back, and
+					// the phase shown is the last one the host reported:
+					// neither success nor a reason to wait out the timeout.
+					failed = s.hostDownError(name, g, last)
+					return nil
+				case g.done(last, false):
+					return nil
 				case last.GetPhase() == yunchiv1.VMPhase_VM_PHASE_FAILED && last.GetRevision() > g.after:
 					failed = &vmFailedError{msg: name + " failed" + on(last) + ": " + orDefault(last.GetMessage(), "no reason given")}
 					return nil
@@ -162,29 +171,60 @@ func (s *session) waitVM(name, project string, g waitGoal, timeout time.Duration
 	}
 }
 
+// hostDownError says that the VM's host is down, so the wait would only
+// run out: a failed precondition (exit 7), the request standing.
+func (s *session) hostDownError(name string, g waitGoal, vm *yunchiv1.VM) error {
+	host := vm.GetHostId()
+	heard := "no heartbeat recorded"
+	if hb := vm.GetHostLastHeartbeat(); hb != nil {
+		heard = "last heartbeat " + s.out.ago(hb)
+	}
+	return status.Errorf(codes.FailedPrecondition, "%s is down (%s): %s will be %s when %s is back; not waiting (the request stands, see 'yunchi vm show %s' and 'yunchi host show %s')",
+		host, heard, name, g.want, host, name, host)
+}
+
+// awaited names what a wait is for: "web-1 to be running on a1-h07",
+// "web-1 to be deleted from a1-h07", "web-1 to be running" (not placed).
+func awaited(name string, g waitGoal, last *yunchiv1.VM) string {
+	what := name + " to be " + g.want
+	if h := last.GetHostId(); h != "" {
+		if g.want == "deleted" {
+			return what + " from " + h
+		}
+		return what + " on " + h
+	}
+	return what
+}
+
 func (s *session) waitAborted(name string, g waitGoal, last *yunchiv1.VM, lastErr error, timeout time.Duration) error {
 	if s.ctx.Err() != nil {
-		return fmt.Errorf("interrupted while waiting for %s; the request stands, see 'yunchi vm show %s'", name, name)
+		return fmt.Errorf("interrupted while waiting for %s; the request stands, see 'yunchi vm show %s'", awaited(name, g, last), name)
 	}
 	if status.Code(lastErr) == codes.Unavailable {
-		return status.Errorf(codes.Unavailable, "gave up waiting for %s after %s: %s", name, timeout, status.Convert(lastErr).Message())
+		return status.Errorf(codes.Unavailable, "gave up waiting for %s after %s: %s", awaited(name, g, last), timeout, status.Convert(lastErr).Message())
 	}
-	now := ""
+	seen := ""
 	if last != nil {
-		now = " (now " + describe(last, false) + ")"
+		seen = " (last seen: " + describe(last, false) + ")"
 	}
-	return fmt.Errorf("timed out after %s waiting for %s to be %s%s; it may still get there, see 'yunchi vm show %s'",
-		timeout, name, g.want, now, name)
+	return fmt.Errorf("timed out after %s waiting for %s%s; it may still get there, see 'yunchi vm show %s'",
+		timeout, awaited(name, g, last), seen, name)
 }
 
 // describe says where the VM is and where it is going, for progress lines:
-// "placed on a1-h07, starting…", "running on a1-h07 (center a1)".
+// "placed on a1-h07, starting…", "running on a1-h07 (center a1)",
+// "running on a1-h07 (host down)" (the phase its host last reported).
 func describe(vm *yunchiv1.VM, gone bool) string {
 	if gone {
 		return "deleted"
 	}
 	if vm == nil {
 		return "unknown"
+	}
+	if hostDown(vm) {
+		vm = proto.Clone(vm).(*yunchiv1.VM)
+		vm.HostCenter, vm.Conditions = "", nil
+		return describe(vm, false) + " (host down)"
 	}
 	desired := vm.GetDesired()
 	msg := ""

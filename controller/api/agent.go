@@ -83,6 +83,7 @@ func (s *Server) RegisterHost(ctx context.Context, req *yunchiv1.RegisterHostReq
 		return nil, err
 	}
 	s.seen.touch(f.Id, time.Now(), nil)
+	s.heard.add(f.Id)
 	hv, _ := s.store.Host(f.Id)
 	s.log.Info("host registered", "host", f.Id, "center", f.Center)
 	return &yunchiv1.RegisterHostResponse{Host: hostToAPI(hv, s.seen.get(f.Id)), HeartbeatIntervalMs: s.HeartbeatInterval.Milliseconds()}, nil
@@ -97,6 +98,7 @@ func (s *Server) Heartbeat(ctx context.Context, req *yunchiv1.HeartbeatRequest) 
 		return &yunchiv1.HeartbeatResponse{Known: false}, nil
 	}
 	s.seen.touch(req.HostId, time.Now(), req.Stats)
+	s.heard.add(req.HostId)
 	if hv.Host.State != yunchiv1.HostState_HOST_STATE_READY {
 		if _, err := s.apply(ctx, &statev1.Command{Cmd: &statev1.Command_SetHostState{SetHostState: &statev1.SetHostState{
 			HostId: req.HostId, State: yunchiv1.HostState_HOST_STATE_READY,

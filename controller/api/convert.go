@@ -18,15 +18,22 @@ func ts(unixNano int64) *timestamppb.Timestamp {
 	return timestamppb.New(time.Unix(0, unixNano))
 }
 
-func vmToAPI(v *statev1.VMRecord, hostCenter string) *yunchiv1.VM {
-	return &yunchiv1.VM{
+// vmToAPI is v as the API shows it, with what its host's liveness says
+// about it (computed here, never stored in the record).
+func vmToAPI(v *statev1.VMRecord, host hostInfo) *yunchiv1.VM {
+	out := &yunchiv1.VM{
 		Id: v.Id, Name: v.Name, Project: v.Project,
 		Vcpus: v.Vcpus, MemoryBytes: v.MemoryBytes, DiskBytes: v.DiskBytes,
-		Center: v.Center, HostId: v.HostId, HostCenter: hostCenter,
+		Center: v.Center, HostId: v.HostId, HostCenter: host.center,
 		Desired: v.Desired, Phase: v.Phase, Message: v.Message, RebootSeq: v.RebootSeq,
 		CreatedAt: ts(v.CreatedUnixNano), UpdatedAt: ts(v.UpdatedUnixNano), Revision: v.Revision,
 		Group: v.Group, Constraints: v.Constraints,
 	}
+	if host.down {
+		out.Conditions = []string{VMConditionHostDown}
+		out.HostLastHeartbeat = ts(host.lastHeartbeat)
+	}
+	return out
 }
 
 func sub(a, b *yunchiv1.Resources) *yunchiv1.Resources {
@@ -69,8 +76,10 @@ func hostToAPI(hv state.HostView, seen *hostSeen) *yunchiv1.Host {
 		HostRatios:   h.Ratios,
 		CpuModel:     h.CpuModel, AgentVersion: h.AgentVersion, RegisteredAt: ts(h.RegisteredUnixNano),
 	}
+	// Last seen is the replicated record, the same on every controller;
+	// stats are the leader's own (seen is nil elsewhere).
+	out.LastSeen = ts(h.LastHeartbeatUnixNano)
 	if seen != nil {
-		out.LastSeen = timestamppb.New(seen.at)
 		out.Stats = seen.stats
 	}
 	return out

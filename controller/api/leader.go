@@ -9,8 +9,9 @@ import (
 )
 
 // RunLeaderDuties does what only the leader does, while it is the leader:
-// publish its own API address in the member table, and mark hosts down when
-// their heartbeats stop. It returns when ctx is done.
+// publish its own API address in the member table, record the heartbeats it
+// heard (liveness.go), and mark hosts down when their heartbeats stop. It
+// returns when ctx is done.
 func (s *Server) RunLeaderDuties(ctx context.Context) {
 	tick := time.NewTicker(500 * time.Millisecond)
 	defer tick.Stop()
@@ -23,11 +24,14 @@ func (s *Server) RunLeaderDuties(ctx context.Context) {
 			for _, hv := range s.store.Hosts() {
 				ids = append(ids, hv.Host.Id)
 			}
-			s.seen.reset(ids, time.Now())
+			now := time.Now()
+			s.seen.reset(ids, now)
+			s.heard.restart(now)
 			s.log.Info("became leader", "id", s.self.ID)
 		}
 		if leader {
 			s.publishSelf(ctx)
+			s.recordHeartbeats(ctx)
 			s.markSilentHostsDown(ctx)
 		}
 		wasLeader = leader

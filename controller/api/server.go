@@ -56,6 +56,8 @@ type Server struct {
 	// DefaultStrategy is used when a create names none (zero: Binpack).
 	DefaultStrategy scheduler.Strategy
 	seen            *seenTable
+	// heard is what the leader heard since it last recorded heartbeats.
+	heard heardSet
 }
 
 // NewServer builds the services for node.
@@ -94,7 +96,16 @@ func (s *Server) hostCenter(id string) string {
 	return ""
 }
 
-func (s *Server) vmOut(v *statev1.VMRecord) *yunchiv1.VM { return vmToAPI(v, s.hostCenter(v.HostId)) }
+func (s *Server) vmOut(v *statev1.VMRecord) *yunchiv1.VM { return vmToAPI(v, s.hostInfo(v.HostId)) }
+
+// leaderSeen is what the leader heard in host id's last heartbeat (stats);
+// nil on a follower, whose table would be frozen at its last term as leader.
+func (s *Server) leaderSeen(id string) *hostSeen {
+	if !s.node.IsLeader() {
+		return nil
+	}
+	return s.seen.get(id)
+}
 
 func (s *Server) findVM(project, name string) (*statev1.VMRecord, error) {
 	if err := checkName("vm name", name); err != nil {
@@ -133,9 +144,9 @@ func (s *Server) ListVMs(ctx context.Context, req *yunchiv1.ListVMsRequest) (*yu
 			return nil, err
 		}
 	}
-	// Each host's center is looked up once for the whole list, not once
-	// per VM (one host lookup is a pass over every VM).
-	var centers map[string]string
+	// Each host's center and liveness are looked up once for the whole
+	// list, not once per VM (one host lookup is a pass over every VM).
+	var hosts map[string]hostInfo
 	if req.HostId != "" {
 		if err := checkHostID(req.HostId); err != nil {
 			return nil, err
@@ -144,19 +155,19 @@ func (s *Server) ListVMs(ctx context.Context, req *yunchiv1.ListVMsRequest) (*yu
 		if !ok {
 			return nil, status.Errorf(codes.NotFound, "host %q not found", req.HostId)
 		}
-		centers = map[string]string{req.HostId: hv.Host.Center}
+		hosts = map[string]hostInfo{req.HostId: hostInfoOf(hv)}
 	}
 	vms := s.store.VMs(req.Project, req.HostId)
-	if centers == nil {
-		hosts := s.store.Hosts() // after the VMs, so a host registered meanwhile is there too
-		centers = make(map[string]string, len(hosts))
-		for _, hv := range hosts {
-			centers[hv.Host.Id] = hv.Host.Center
+	if hosts == nil {
+		all := s.store.Hosts() // after the VMs, so a host registered meanwhile is there too
+		hosts = make(map[string]hostInfo, len(all))
+		for _, hv := range all {
+			hosts[hv.Host.Id] = hostInfoOf(hv)
 		}
 	}
 	out := &yunchiv1.ListVMsResponse{Vms: make([]*yunchiv1.VM, 0, len(vms))}
 	for _, v := range vms {
-		out.Vms = append(out.Vms, vmToAPI(v, centers[v.HostId]))
+		out.Vms = append(out.Vms, vmToAPI(v, hosts[v.HostId]))
 	}
 	return out, nil
 }
@@ -202,17 +213,24 @@ func (s *Server) WatchVM(req *yunchiv1.WatchVMRequest, stream yunchiv1.VMService
 		return err
 	}
 	id := v.Id
-	var last uint64
+	var (
+		last     uint64
+		lastDown bool
+	)
 	for {
 		changed := s.store.Changed()
 		cur, ok := s.store.VMByID(id)
 		if !ok {
 			return stream.Send(&yunchiv1.VMEvent{Vm: s.vmOut(v), Gone: true})
 		}
-		if cur.Revision != last {
-			last = cur.Revision
+		// A change of the host's liveness changes what the VM's answer
+		// says (condition host-down) without a new revision of the VM.
+		out := s.vmOut(cur)
+		down := slices.Contains(out.Conditions, VMConditionHostDown)
+		if cur.Revision != last || down != lastDown {
+			last, lastDown = cur.Revision, down
 			v = cur
-			if err := stream.Send(&yunchiv1.VMEvent{Vm: s.vmOut(cur)}); err != nil {
+			if err := stream.Send(&yunchiv1.VMEvent{Vm: out}); err != nil {
 				return err
 			}
 		}
@@ -233,7 +251,7 @@ func (s *Server) ListHosts(ctx context.Context, req *yunchiv1.ListHostsRequest) 
 	out := &yunchiv1.ListHostsResponse{Hosts: []*yunchiv1.Host{}}
 	for _, hv := range s.store.Hosts() {
 		if req.Center == "" || hv.Host.Center == req.Center {
-			out.Hosts = append(out.Hosts, hostToAPI(hv, s.seen.get(hv.Host.Id)))
+			out.Hosts = append(out.Hosts, hostToAPI(hv, s.leaderSeen(hv.Host.Id)))
 		}
 	}
 	return out, nil
@@ -255,7 +273,7 @@ func (s *Server) GetHost(ctx context.Context, req *yunchiv1.GetHostRequest) (*yu
 	if err != nil {
 		return nil, err
 	}
-	return hostToAPI(hv, s.seen.get(req.Id)), nil
+	return hostToAPI(hv, s.leaderSeen(req.Id)), nil
 }
 
 func (s *Server) GetCapacity(ctx context.Context, req *yunchiv1.GetCapacityRequest) (*yunchiv1.Capacity, error) {

@@ -182,6 +182,8 @@ func (s *Store) Apply(index uint64, cmd *statev1.Command) (any, error) {
 		res, err = s.applyDeletePlacementGroup(c.DeletePlacementGroup)
 	case *statev1.Command_PlaceVms:
 		res, err = s.applyPlaceVMs(index, cmd.UnixNano, c.PlaceVms.GetVms())
+	case *statev1.Command_RecordHeartbeats:
+		res, err = s.applyRecordHeartbeats(cmd.UnixNano, c.RecordHeartbeats)
 	default:
 		err = errorf(KindInvalid, "unknown command %T: this controller is older than the log; upgrade it", cmd.GetCmd())
 	}
@@ -212,6 +214,7 @@ func (s *Store) applyRegisterHost(now int64, c *statev1.RegisterHost) (any, erro
 		rec.StateChangedUnixNano = now
 	}
 	rec.State = yunchiv1.HostState_HOST_STATE_READY
+	rec.LastHeartbeatUnixNano = now // registering is the agent speaking
 	s.hosts[h.Id] = rec
 	s.touched(h.Id)
 	return proto.Clone(rec), nil
@@ -230,6 +233,10 @@ func (s *Store) applySetHostState(now int64, c *statev1.SetHostState) (any, erro
 		h.State = c.State
 		h.StateChangedUnixNano = now
 		s.touched(h.Id)
+	}
+	if c.State == yunchiv1.HostState_HOST_STATE_READY {
+		// Ready comes from a heartbeat: record it now, not a period later.
+		h.LastHeartbeatUnixNano = max(h.LastHeartbeatUnixNano, now)
 	}
 	return proto.Clone(h), nil
 }
@@ -363,6 +370,22 @@ func (s *Store) applyReportVMStatus(index uint64, now int64, c *statev1.ReportVM
 		}
 		vm.UpdatedUnixNano = now
 		s.revise(vm, index)
+	}
+	return nil, nil
+}
+
+// applyRecordHeartbeats stamps the command's time as the last heartbeat of
+// every ready host not listed as silent. Liveness itself does not change
+// (SetHostState does that), nor does anything placement sees.
+func (s *Store) applyRecordHeartbeats(now int64, c *statev1.RecordHeartbeats) (any, error) {
+	silent := make(map[string]bool, len(c.GetSilentHostIds()))
+	for _, id := range c.GetSilentHostIds() {
+		silent[id] = true
+	}
+	for id, h := range s.hosts {
+		if h.State == yunchiv1.HostState_HOST_STATE_READY && !silent[id] {
+			h.LastHeartbeatUnixNano = max(h.LastHeartbeatUnixNano, now)
+		}
 	}
 	return nil, nil
 }

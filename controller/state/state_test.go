@@ -272,11 +272,85 @@ func TestApplyIsDeterministic(t *testing.T) {
 		place("vm-2", "x", "h2", 1, gib),
 		report("h1", &yunchiv1.VMStatus{VmId: "vm-1", Phase: yunchiv1.VMPhase_VM_PHASE_RUNNING}),
 		desired("vm-2", yunchiv1.PowerState_POWER_STATE_DELETED, false),
+		recordHeartbeats("h2"),
 	} {
 		apply(t, a, uint64(10+i), proto.Clone(c).(*statev1.Command))
 		apply(t, b, uint64(10+i), proto.Clone(c).(*statev1.Command))
 	}
 	if !proto.Equal(a.Snapshot(), b.Snapshot()) {
 		t.Fatal("same log, different state")
+	}
+}
+
+func recordHeartbeats(silent ...string) *statev1.Command {
+	return &statev1.Command{Cmd: &statev1.Command_RecordHeartbeats{RecordHeartbeats: &statev1.RecordHeartbeats{SilentHostIds: silent}}}
+}
+
+func setLiveness(id string, st yunchiv1.HostState) *statev1.Command {
+	return &statev1.Command{Cmd: &statev1.Command_SetHostState{SetHostState: &statev1.SetHostState{HostId: id, State: st}}}
+}
+
+// TestRecordHeartbeats: the last heartbeat is the command's time (the
+// leader's clock) for every ready host not named silent; registration and
+// coming back ready record one too; a down or silent host keeps its own.
+func TestRecordHeartbeats(t *testing.T) {
+	s := New()
+	mustApply(t, s, 1, regHost("h1", "a1", 8, 16*gib, 100*gib))
+	mustApply(t, s, 2, regHost("h2", "a1", 8, 16*gib, 100*gib))
+	mustApply(t, s, 3, regHost("h3", "a1", 8, 16*gib, 100*gib))
+	mustApply(t, s, 4, setLiveness("h2", yunchiv1.HostState_HOST_STATE_DOWN))
+	last := func(id string) int64 {
+		t.Helper()
+		hv, ok := s.Host(id)
+		if !ok {
+			t.Fatalf("no host %s", id)
+		}
+		return hv.Host.LastHeartbeatUnixNano
+	}
+	for id, want := range map[string]int64{"h1": 1000, "h2": 2000, "h3": 3000} {
+		if got := last(id); got != want {
+			t.Errorf("after registering: %s last heartbeat %d, want %d", id, got, want)
+		}
+	}
+	seq := s.seq
+	mustApply(t, s, 5, recordHeartbeats("h3", "nope")) // an unknown id is ignored
+	for id, want := range map[string]int64{"h1": 5000, "h2": 2000, "h3": 3000} {
+		if got := last(id); got != want {
+			t.Errorf("after record: %s last heartbeat %d, want %d", id, got, want)
+		}
+	}
+	if s.seq != seq {
+		t.Error("recording heartbeats changed what placement sees")
+	}
+	if hv, _ := s.Host("h2"); hv.Host.State != yunchiv1.HostState_HOST_STATE_DOWN {
+		t.Errorf("recording heartbeats changed liveness: h2 is %v", hv.Host.State)
+	}
+	// A heartbeat from a down host makes it ready, and that is a heartbeat.
+	mustApply(t, s, 6, setLiveness("h2", yunchiv1.HostState_HOST_STATE_READY))
+	if got := last("h2"); got != 6000 {
+		t.Errorf("h2 back: last heartbeat %d, want 6000", got)
+	}
+	// Marking down keeps the last heartbeat: it says when the host was last heard.
+	mustApply(t, s, 7, setLiveness("h1", yunchiv1.HostState_HOST_STATE_DOWN))
+	if got := last("h1"); got != 5000 {
+		t.Errorf("h1 down: last heartbeat %d, want 5000", got)
+	}
+	// It survives a snapshot, and applying the same log elsewhere agrees.
+	r := New()
+	if err := r.Restore(overWire(t, s.Snapshot())); err != nil {
+		t.Fatal(err)
+	}
+	if hv, _ := r.Host("h1"); hv.Host.LastHeartbeatUnixNano != 5000 {
+		t.Errorf("after restore: h1 last heartbeat %d", hv.Host.LastHeartbeatUnixNano)
+	}
+	// A record never moves a heartbeat back (a command stamped by a leader
+	// whose clock is behind the previous one's).
+	cmd := recordHeartbeats()
+	cmd.Version, cmd.UnixNano = CommandVersion, 10
+	if _, err := s.Apply(8, overWire(t, cmd)); err != nil {
+		t.Fatal(err)
+	}
+	if got := last("h2"); got != 6000 {
+		t.Errorf("an older record moved h2's last heartbeat back to %d", got)
 	}
 }

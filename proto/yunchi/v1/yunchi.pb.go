@@ -388,9 +388,16 @@ type VM struct {
 	// Placement group the VM belongs to ("" = none).
 	Group string `protobuf:"bytes,17,opt,name=group,proto3" json:"group,omitempty"`
 	// Placement constraints given at creation, in canonical form.
-	Constraints   []string `protobuf:"bytes,18,rep,name=constraints,proto3" json:"constraints,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Constraints []string `protobuf:"bytes,18,rep,name=constraints,proto3" json:"constraints,omitempty"`
+	// Computed when read, never stored: "host-down" when the VM's host has
+	// missed its heartbeats (phase is then the last one its agent reported,
+	// and nothing changes on the host until it is back).
+	Conditions []string `protobuf:"bytes,19,rep,name=conditions,proto3" json:"conditions,omitempty"`
+	// With "host-down": when the controllers last recorded a heartbeat from
+	// the VM's host.
+	HostLastHeartbeat *timestamppb.Timestamp `protobuf:"bytes,20,opt,name=host_last_heartbeat,json=hostLastHeartbeat,proto3" json:"host_last_heartbeat,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *VM) Reset() {
@@ -545,6 +552,20 @@ func (x *VM) GetGroup() string {
 func (x *VM) GetConstraints() []string {
 	if x != nil {
 		return x.Constraints
+	}
+	return nil
+}
+
+func (x *VM) GetConditions() []string {
+	if x != nil {
+		return x.Conditions
+	}
+	return nil
+}
+
+func (x *VM) GetHostLastHeartbeat() *timestamppb.Timestamp {
+	if x != nil {
+		return x.HostLastHeartbeat
 	}
 	return nil
 }
@@ -1363,8 +1384,12 @@ type Host struct {
 	CpuModel     string                 `protobuf:"bytes,12,opt,name=cpu_model,json=cpuModel,proto3" json:"cpu_model,omitempty"`
 	AgentVersion string                 `protobuf:"bytes,13,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
 	RegisteredAt *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=registered_at,json=registeredAt,proto3" json:"registered_at,omitempty"`
-	LastSeen     *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
-	Stats        *HostStats             `protobuf:"bytes,16,opt,name=stats,proto3" json:"stats,omitempty"`
+	// The last heartbeat (or registration) the controllers recorded: the
+	// same on every controller, to within a third of the host TTL.
+	LastSeen *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
+	// The leader's latest from the host's heartbeats; only the leader has
+	// them (followers omit them: ask with consistent=true).
+	Stats *HostStats `protobuf:"bytes,16,opt,name=stats,proto3" json:"stats,omitempty"`
 	// Kept for the host OS (default 1 vCPU, 2 GiB memory, 0 disk).
 	Reserved *Resources `protobuf:"bytes,17,opt,name=reserved,proto3" json:"reserved,omitempty"`
 	// (capacity - reserved) * ratio, per dimension: what may be allocated.
@@ -3255,7 +3280,7 @@ const file_yunchi_v1_yunchi_proto_rawDesc = "" +
 	"\x05vcpus\x18\x01 \x01(\x03R\x05vcpus\x12!\n" +
 	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\x12\x1d\n" +
 	"\n" +
-	"disk_bytes\x18\x03 \x01(\x03R\tdiskBytes\"\xca\x04\n" +
+	"disk_bytes\x18\x03 \x01(\x03R\tdiskBytes\"\xb6\x05\n" +
 	"\x02VM\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
@@ -3280,7 +3305,11 @@ const file_yunchi_v1_yunchi_proto_rawDesc = "" +
 	"updated_at\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12\x1a\n" +
 	"\brevision\x18\x10 \x01(\x04R\brevision\x12\x14\n" +
 	"\x05group\x18\x11 \x01(\tR\x05group\x12 \n" +
-	"\vconstraints\x18\x12 \x03(\tR\vconstraints\"\xb6\x02\n" +
+	"\vconstraints\x18\x12 \x03(\tR\vconstraints\x12\x1e\n" +
+	"\n" +
+	"conditions\x18\x13 \x03(\tR\n" +
+	"conditions\x12J\n" +
+	"\x13host_last_heartbeat\x18\x14 \x01(\v2\x1a.google.protobuf.TimestampR\x11hostLastHeartbeat\"\xb6\x02\n" +
 	"\x0fCreateVMRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aproject\x18\x02 \x01(\tR\aproject\x12\x14\n" +
@@ -3662,99 +3691,100 @@ var file_yunchi_v1_yunchi_proto_depIdxs = []int32{
 	0,  // 1: yunchi.v1.VM.phase:type_name -> yunchi.v1.VMPhase
 	49, // 2: yunchi.v1.VM.created_at:type_name -> google.protobuf.Timestamp
 	49, // 3: yunchi.v1.VM.updated_at:type_name -> google.protobuf.Timestamp
-	8,  // 4: yunchi.v1.PlacementDecision.runners_up:type_name -> yunchi.v1.Candidate
-	6,  // 5: yunchi.v1.CreateVMsResponse.vms:type_name -> yunchi.v1.VM
-	9,  // 6: yunchi.v1.CreateVMsResponse.decisions:type_name -> yunchi.v1.PlacementDecision
-	6,  // 7: yunchi.v1.ListVMsResponse.vms:type_name -> yunchi.v1.VM
-	6,  // 8: yunchi.v1.VMEvent.vm:type_name -> yunchi.v1.VM
-	46, // 9: yunchi.v1.Host.labels:type_name -> yunchi.v1.Host.LabelsEntry
-	5,  // 10: yunchi.v1.Host.capacity:type_name -> yunchi.v1.Resources
-	5,  // 11: yunchi.v1.Host.allocated:type_name -> yunchi.v1.Resources
-	5,  // 12: yunchi.v1.Host.free:type_name -> yunchi.v1.Resources
-	2,  // 13: yunchi.v1.Host.state:type_name -> yunchi.v1.HostState
-	49, // 14: yunchi.v1.Host.registered_at:type_name -> google.protobuf.Timestamp
-	49, // 15: yunchi.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
-	20, // 16: yunchi.v1.Host.stats:type_name -> yunchi.v1.HostStats
-	5,  // 17: yunchi.v1.Host.reserved:type_name -> yunchi.v1.Resources
-	5,  // 18: yunchi.v1.Host.allocatable:type_name -> yunchi.v1.Resources
-	17, // 19: yunchi.v1.Host.ratios:type_name -> yunchi.v1.Ratios
-	18, // 20: yunchi.v1.Host.ratio_sources:type_name -> yunchi.v1.RatioSources
-	47, // 21: yunchi.v1.Host.admin_labels:type_name -> yunchi.v1.Host.AdminLabelsEntry
-	17, // 22: yunchi.v1.Host.host_ratios:type_name -> yunchi.v1.Ratios
-	19, // 23: yunchi.v1.ListHostsResponse.hosts:type_name -> yunchi.v1.Host
-	2,  // 24: yunchi.v1.UpdateHostRequest.state:type_name -> yunchi.v1.HostState
-	48, // 25: yunchi.v1.UpdateHostRequest.set_labels:type_name -> yunchi.v1.UpdateHostRequest.SetLabelsEntry
-	17, // 26: yunchi.v1.RatioSetting.ratios:type_name -> yunchi.v1.Ratios
-	17, // 27: yunchi.v1.ListRatiosResponse.defaults:type_name -> yunchi.v1.Ratios
-	25, // 28: yunchi.v1.ListRatiosResponse.settings:type_name -> yunchi.v1.RatioSetting
-	3,  // 29: yunchi.v1.PlacementGroup.policy:type_name -> yunchi.v1.GroupPolicy
-	4,  // 30: yunchi.v1.PlacementGroup.level:type_name -> yunchi.v1.GroupLevel
-	49, // 31: yunchi.v1.PlacementGroup.created_at:type_name -> google.protobuf.Timestamp
-	3,  // 32: yunchi.v1.CreateGroupRequest.policy:type_name -> yunchi.v1.GroupPolicy
-	4,  // 33: yunchi.v1.CreateGroupRequest.level:type_name -> yunchi.v1.GroupLevel
-	29, // 34: yunchi.v1.ListGroupsResponse.groups:type_name -> yunchi.v1.PlacementGroup
-	5,  // 35: yunchi.v1.CenterCapacity.capacity:type_name -> yunchi.v1.Resources
-	5,  // 36: yunchi.v1.CenterCapacity.allocated:type_name -> yunchi.v1.Resources
-	5,  // 37: yunchi.v1.CenterCapacity.free:type_name -> yunchi.v1.Resources
-	5,  // 38: yunchi.v1.CenterCapacity.allocatable:type_name -> yunchi.v1.Resources
-	5,  // 39: yunchi.v1.Capacity.capacity:type_name -> yunchi.v1.Resources
-	5,  // 40: yunchi.v1.Capacity.allocated:type_name -> yunchi.v1.Resources
-	5,  // 41: yunchi.v1.Capacity.free:type_name -> yunchi.v1.Resources
-	36, // 42: yunchi.v1.Capacity.centers:type_name -> yunchi.v1.CenterCapacity
-	5,  // 43: yunchi.v1.Capacity.allocatable:type_name -> yunchi.v1.Resources
-	39, // 44: yunchi.v1.ClusterStatus.members:type_name -> yunchi.v1.Member
-	39, // 45: yunchi.v1.ListMembersResponse.members:type_name -> yunchi.v1.Member
-	7,  // 46: yunchi.v1.VMService.CreateVM:input_type -> yunchi.v1.CreateVMRequest
-	7,  // 47: yunchi.v1.VMService.CreateVMs:input_type -> yunchi.v1.CreateVMRequest
-	11, // 48: yunchi.v1.VMService.GetVM:input_type -> yunchi.v1.GetVMRequest
-	12, // 49: yunchi.v1.VMService.ListVMs:input_type -> yunchi.v1.ListVMsRequest
-	14, // 50: yunchi.v1.VMService.StartVM:input_type -> yunchi.v1.VMActionRequest
-	14, // 51: yunchi.v1.VMService.StopVM:input_type -> yunchi.v1.VMActionRequest
-	14, // 52: yunchi.v1.VMService.RebootVM:input_type -> yunchi.v1.VMActionRequest
-	14, // 53: yunchi.v1.VMService.DeleteVM:input_type -> yunchi.v1.VMActionRequest
-	15, // 54: yunchi.v1.VMService.WatchVM:input_type -> yunchi.v1.WatchVMRequest
-	22, // 55: yunchi.v1.HostService.ListHosts:input_type -> yunchi.v1.ListHostsRequest
-	21, // 56: yunchi.v1.HostService.GetHost:input_type -> yunchi.v1.GetHostRequest
-	24, // 57: yunchi.v1.HostService.UpdateHost:input_type -> yunchi.v1.UpdateHostRequest
-	26, // 58: yunchi.v1.RatioService.SetRatios:input_type -> yunchi.v1.SetRatiosRequest
-	27, // 59: yunchi.v1.RatioService.ListRatios:input_type -> yunchi.v1.ListRatiosRequest
-	30, // 60: yunchi.v1.GroupService.CreateGroup:input_type -> yunchi.v1.CreateGroupRequest
-	31, // 61: yunchi.v1.GroupService.GetGroup:input_type -> yunchi.v1.GetGroupRequest
-	32, // 62: yunchi.v1.GroupService.ListGroups:input_type -> yunchi.v1.ListGroupsRequest
-	34, // 63: yunchi.v1.GroupService.DeleteGroup:input_type -> yunchi.v1.DeleteGroupRequest
-	37, // 64: yunchi.v1.CapacityService.GetCapacity:input_type -> yunchi.v1.GetCapacityRequest
-	40, // 65: yunchi.v1.ClusterService.GetClusterStatus:input_type -> yunchi.v1.GetClusterStatusRequest
-	42, // 66: yunchi.v1.ClusterService.ListMembers:input_type -> yunchi.v1.ListMembersRequest
-	44, // 67: yunchi.v1.ClusterService.JoinCluster:input_type -> yunchi.v1.JoinClusterRequest
-	45, // 68: yunchi.v1.ClusterService.RemoveMember:input_type -> yunchi.v1.RemoveMemberRequest
-	6,  // 69: yunchi.v1.VMService.CreateVM:output_type -> yunchi.v1.VM
-	10, // 70: yunchi.v1.VMService.CreateVMs:output_type -> yunchi.v1.CreateVMsResponse
-	6,  // 71: yunchi.v1.VMService.GetVM:output_type -> yunchi.v1.VM
-	13, // 72: yunchi.v1.VMService.ListVMs:output_type -> yunchi.v1.ListVMsResponse
-	6,  // 73: yunchi.v1.VMService.StartVM:output_type -> yunchi.v1.VM
-	6,  // 74: yunchi.v1.VMService.StopVM:output_type -> yunchi.v1.VM
-	6,  // 75: yunchi.v1.VMService.RebootVM:output_type -> yunchi.v1.VM
-	6,  // 76: yunchi.v1.VMService.DeleteVM:output_type -> yunchi.v1.VM
-	16, // 77: yunchi.v1.VMService.WatchVM:output_type -> yunchi.v1.VMEvent
-	23, // 78: yunchi.v1.HostService.ListHosts:output_type -> yunchi.v1.ListHostsResponse
-	19, // 79: yunchi.v1.HostService.GetHost:output_type -> yunchi.v1.Host
-	19, // 80: yunchi.v1.HostService.UpdateHost:output_type -> yunchi.v1.Host
-	25, // 81: yunchi.v1.RatioService.SetRatios:output_type -> yunchi.v1.RatioSetting
-	28, // 82: yunchi.v1.RatioService.ListRatios:output_type -> yunchi.v1.ListRatiosResponse
-	29, // 83: yunchi.v1.GroupService.CreateGroup:output_type -> yunchi.v1.PlacementGroup
-	29, // 84: yunchi.v1.GroupService.GetGroup:output_type -> yunchi.v1.PlacementGroup
-	33, // 85: yunchi.v1.GroupService.ListGroups:output_type -> yunchi.v1.ListGroupsResponse
-	35, // 86: yunchi.v1.GroupService.DeleteGroup:output_type -> yunchi.v1.DeleteGroupResponse
-	38, // 87: yunchi.v1.CapacityService.GetCapacity:output_type -> yunchi.v1.Capacity
-	41, // 88: yunchi.v1.ClusterService.GetClusterStatus:output_type -> yunchi.v1.ClusterStatus
-	43, // 89: yunchi.v1.ClusterService.ListMembers:output_type -> yunchi.v1.ListMembersResponse
-	39, // 90: yunchi.v1.ClusterService.JoinCluster:output_type -> yunchi.v1.Member
-	43, // 91: yunchi.v1.ClusterService.RemoveMember:output_type -> yunchi.v1.ListMembersResponse
-	69, // [69:92] is the sub-list for method output_type
-	46, // [46:69] is the sub-list for method input_type
-	46, // [46:46] is the sub-list for extension type_name
-	46, // [46:46] is the sub-list for extension extendee
-	0,  // [0:46] is the sub-list for field type_name
+	49, // 4: yunchi.v1.VM.host_last_heartbeat:type_name -> google.protobuf.Timestamp
+	8,  // 5: yunchi.v1.PlacementDecision.runners_up:type_name -> yunchi.v1.Candidate
+	6,  // 6: yunchi.v1.CreateVMsResponse.vms:type_name -> yunchi.v1.VM
+	9,  // 7: yunchi.v1.CreateVMsResponse.decisions:type_name -> yunchi.v1.PlacementDecision
+	6,  // 8: yunchi.v1.ListVMsResponse.vms:type_name -> yunchi.v1.VM
+	6,  // 9: yunchi.v1.VMEvent.vm:type_name -> yunchi.v1.VM
+	46, // 10: yunchi.v1.Host.labels:type_name -> yunchi.v1.Host.LabelsEntry
+	5,  // 11: yunchi.v1.Host.capacity:type_name -> yunchi.v1.Resources
+	5,  // 12: yunchi.v1.Host.allocated:type_name -> yunchi.v1.Resources
+	5,  // 13: yunchi.v1.Host.free:type_name -> yunchi.v1.Resources
+	2,  // 14: yunchi.v1.Host.state:type_name -> yunchi.v1.HostState
+	49, // 15: yunchi.v1.Host.registered_at:type_name -> google.protobuf.Timestamp
+	49, // 16: yunchi.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
+	20, // 17: yunchi.v1.Host.stats:type_name -> yunchi.v1.HostStats
+	5,  // 18: yunchi.v1.Host.reserved:type_name -> yunchi.v1.Resources
+	5,  // 19: yunchi.v1.Host.allocatable:type_name -> yunchi.v1.Resources
+	17, // 20: yunchi.v1.Host.ratios:type_name -> yunchi.v1.Ratios
+	18, // 21: yunchi.v1.Host.ratio_sources:type_name -> yunchi.v1.RatioSources
+	47, // 22: yunchi.v1.Host.admin_labels:type_name -> yunchi.v1.Host.AdminLabelsEntry
+	17, // 23: yunchi.v1.Host.host_ratios:type_name -> yunchi.v1.Ratios
+	19, // 24: yunchi.v1.ListHostsResponse.hosts:type_name -> yunchi.v1.Host
+	2,  // 25: yunchi.v1.UpdateHostRequest.state:type_name -> yunchi.v1.HostState
+	48, // 26: yunchi.v1.UpdateHostRequest.set_labels:type_name -> yunchi.v1.UpdateHostRequest.SetLabelsEntry
+	17, // 27: yunchi.v1.RatioSetting.ratios:type_name -> yunchi.v1.Ratios
+	17, // 28: yunchi.v1.ListRatiosResponse.defaults:type_name -> yunchi.v1.Ratios
+	25, // 29: yunchi.v1.ListRatiosResponse.settings:type_name -> yunchi.v1.RatioSetting
+	3,  // 30: yunchi.v1.PlacementGroup.policy:type_name -> yunchi.v1.GroupPolicy
+	4,  // 31: yunchi.v1.PlacementGroup.level:type_name -> yunchi.v1.GroupLevel
+	49, // 32: yunchi.v1.PlacementGroup.created_at:type_name -> google.protobuf.Timestamp
+	3,  // 33: yunchi.v1.CreateGroupRequest.policy:type_name -> yunchi.v1.GroupPolicy
+	4,  // 34: yunchi.v1.CreateGroupRequest.level:type_name -> yunchi.v1.GroupLevel
+	29, // 35: yunchi.v1.ListGroupsResponse.groups:type_name -> yunchi.v1.PlacementGroup
+	5,  // 36: yunchi.v1.CenterCapacity.capacity:type_name -> yunchi.v1.Resources
+	5,  // 37: yunchi.v1.CenterCapacity.allocated:type_name -> yunchi.v1.Resources
+	5,  // 38: yunchi.v1.CenterCapacity.free:type_name -> yunchi.v1.Resources
+	5,  // 39: yunchi.v1.CenterCapacity.allocatable:type_name -> yunchi.v1.Resources
+	5,  // 40: yunchi.v1.Capacity.capacity:type_name -> yunchi.v1.Resources
+	5,  // 41: yunchi.v1.Capacity.allocated:type_name -> yunchi.v1.Resources
+	5,  // 42: yunchi.v1.Capacity.free:type_name -> yunchi.v1.Resources
+	36, // 43: yunchi.v1.Capacity.centers:type_name -> yunchi.v1.CenterCapacity
+	5,  // 44: yunchi.v1.Capacity.allocatable:type_name -> yunchi.v1.Resources
+	39, // 45: yunchi.v1.ClusterStatus.members:type_name -> yunchi.v1.Member
+	39, // 46: yunchi.v1.ListMembersResponse.members:type_name -> yunchi.v1.Member
+	7,  // 47: yunchi.v1.VMService.CreateVM:input_type -> yunchi.v1.CreateVMRequest
+	7,  // 48: yunchi.v1.VMService.CreateVMs:input_type -> yunchi.v1.CreateVMRequest
+	11, // 49: yunchi.v1.VMService.GetVM:input_type -> yunchi.v1.GetVMRequest
+	12, // 50: yunchi.v1.VMService.ListVMs:input_type -> yunchi.v1.ListVMsRequest
+	14, // 51: yunchi.v1.VMService.StartVM:input_type -> yunchi.v1.VMActionRequest
+	14, // 52: yunchi.v1.VMService.StopVM:input_type -> yunchi.v1.VMActionRequest
+	14, // 53: yunchi.v1.VMService.RebootVM:input_type -> yunchi.v1.VMActionRequest
+	14, // 54: yunchi.v1.VMService.DeleteVM:input_type -> yunchi.v1.VMActionRequest
+	15, // 55: yunchi.v1.VMService.WatchVM:input_type -> yunchi.v1.WatchVMRequest
+	22, // 56: yunchi.v1.HostService.ListHosts:input_type -> yunchi.v1.ListHostsRequest
+	21, // 57: yunchi.v1.HostService.GetHost:input_type -> yunchi.v1.GetHostRequest
+	24, // 58: yunchi.v1.HostService.UpdateHost:input_type -> yunchi.v1.UpdateHostRequest
+	26, // 59: yunchi.v1.RatioService.SetRatios:input_type -> yunchi.v1.SetRatiosRequest
+	27, // 60: yunchi.v1.RatioService.ListRatios:input_type -> yunchi.v1.ListRatiosRequest
+	30, // 61: yunchi.v1.GroupService.CreateGroup:input_type -> yunchi.v1.CreateGroupRequest
+	31, // 62: yunchi.v1.GroupService.GetGroup:input_type -> yunchi.v1.GetGroupRequest
+	32, // 63: yunchi.v1.GroupService.ListGroups:input_type -> yunchi.v1.ListGroupsRequest
+	34, // 64: yunchi.v1.GroupService.DeleteGroup:input_type -> yunchi.v1.DeleteGroupRequest
+	37, // 65: yunchi.v1.CapacityService.GetCapacity:input_type -> yunchi.v1.GetCapacityRequest
+	40, // 66: yunchi.v1.ClusterService.GetClusterStatus:input_type -> yunchi.v1.GetClusterStatusRequest
+	42, // 67: yunchi.v1.ClusterService.ListMembers:input_type -> yunchi.v1.ListMembersRequest
+	44, // 68: yunchi.v1.ClusterService.JoinCluster:input_type -> yunchi.v1.JoinClusterRequest
+	45, // 69: yunchi.v1.ClusterService.RemoveMember:input_type -> yunchi.v1.RemoveMemberRequest
+	6,  // 70: yunchi.v1.VMService.CreateVM:output_type -> yunchi.v1.VM
+	10, // 71: yunchi.v1.VMService.CreateVMs:output_type -> yunchi.v1.CreateVMsResponse
+	6,  // 72: yunchi.v1.VMService.GetVM:output_type -> yunchi.v1.VM
+	13, // 73: yunchi.v1.VMService.ListVMs:output_type -> yunchi.v1.ListVMsResponse
+	6,  // 74: yunchi.v1.VMService.StartVM:output_type -> yunchi.v1.VM
+	6,  // 75: yunchi.v1.VMService.StopVM:output_type -> yunchi.v1.VM
+	6,  // 76: yunchi.v1.VMService.RebootVM:output_type -> yunchi.v1.VM
+	6,  // 77: yunchi.v1.VMService.DeleteVM:output_type -> yunchi.v1.VM
+	16, // 78: yunchi.v1.VMService.WatchVM:output_type -> yunchi.v1.VMEvent
+	23, // 79: yunchi.v1.HostService.ListHosts:output_type -> yunchi.v1.ListHostsResponse
+	19, // 80: yunchi.v1.HostService.GetHost:output_type -> yunchi.v1.Host
+	19, // 81: yunchi.v1.HostService.UpdateHost:output_type -> yunchi.v1.Host
+	25, // 82: yunchi.v1.RatioService.SetRatios:output_type -> yunchi.v1.RatioSetting
+	28, // 83: yunchi.v1.RatioService.ListRatios:output_type -> yunchi.v1.ListRatiosResponse
+	29, // 84: yunchi.v1.GroupService.CreateGroup:output_type -> yunchi.v1.PlacementGroup
+	29, // 85: yunchi.v1.GroupService.GetGroup:output_type -> yunchi.v1.PlacementGroup
+	33, // 86: yunchi.v1.GroupService.ListGroups:output_type -> yunchi.v1.ListGroupsResponse
+	35, // 87: yunchi.v1.GroupService.DeleteGroup:output_type -> yunchi.v1.DeleteGroupResponse
+	38, // 88: yunchi.v1.CapacityService.GetCapacity:output_type -> yunchi.v1.Capacity
+	41, // 89: yunchi.v1.ClusterService.GetClusterStatus:output_type -> yunchi.v1.ClusterStatus
+	43, // 90: yunchi.v1.ClusterService.ListMembers:output_type -> yunchi.v1.ListMembersResponse
+	39, // 91: yunchi.v1.ClusterService.JoinCluster:output_type -> yunchi.v1.Member
+	43, // 92: yunchi.v1.ClusterService.RemoveMember:output_type -> yunchi.v1.ListMembersResponse
+	70, // [70:93] is the sub-list for method output_type
+	47, // [47:70] is the sub-list for method input_type
+	47, // [47:47] is the sub-list for extension type_name
+	47, // [47:47] is the sub-list for extension extendee
+	0,  // [0:47] is the sub-list for field type_name
 }
 
 func init() { file_yunchi_v1_yunchi_proto_init() }

@@ -52,9 +52,13 @@ type HostRecord struct {
 	// Kept for the host OS; unset: the default (1 vCPU, 2 GiB, 0 disk).
 	Reserved *v1.Resources `protobuf:"bytes,16,opt,name=reserved,proto3" json:"reserved,omitempty"`
 	// Host-level ratio overrides; 0 fields inherit.
-	Ratios        *v1.Ratios `protobuf:"bytes,17,opt,name=ratios,proto3" json:"ratios,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Ratios *v1.Ratios `protobuf:"bytes,17,opt,name=ratios,proto3" json:"ratios,omitempty"`
+	// Leader's clock when it last recorded a heartbeat (or the registration)
+	// of this host: coarse, to within one RecordHeartbeats period, but the
+	// same on every controller. 0: none recorded yet.
+	LastHeartbeatUnixNano int64 `protobuf:"varint,18,opt,name=last_heartbeat_unix_nano,json=lastHeartbeatUnixNano,proto3" json:"last_heartbeat_unix_nano,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *HostRecord) Reset() {
@@ -204,6 +208,13 @@ func (x *HostRecord) GetRatios() *v1.Ratios {
 		return x.Ratios
 	}
 	return nil
+}
+
+func (x *HostRecord) GetLastHeartbeatUnixNano() int64 {
+	if x != nil {
+		return x.LastHeartbeatUnixNano
+	}
+	return 0
 }
 
 type VMRecord struct {
@@ -1295,6 +1306,55 @@ func (x *RemoveMember) GetId() string {
 	return ""
 }
 
+// RecordHeartbeats is the leader's periodic note of who is alive: every host
+// whose liveness is READY and that is not listed here was heard from, and
+// its last heartbeat becomes the command's time. Listing the silent hosts
+// rather than the heard ones keeps the entry a few bytes long however many
+// hosts heartbeat. It never changes liveness: SetHostState does.
+type RecordHeartbeats struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SilentHostIds []string               `protobuf:"bytes,1,rep,name=silent_host_ids,json=silentHostIds,proto3" json:"silent_host_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecordHeartbeats) Reset() {
+	*x = RecordHeartbeats{}
+	mi := &file_yunchi_state_v1_state_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecordHeartbeats) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecordHeartbeats) ProtoMessage() {}
+
+func (x *RecordHeartbeats) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_state_v1_state_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecordHeartbeats.ProtoReflect.Descriptor instead.
+func (*RecordHeartbeats) Descriptor() ([]byte, []int) {
+	return file_yunchi_state_v1_state_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *RecordHeartbeats) GetSilentHostIds() []string {
+	if x != nil {
+		return x.SilentHostIds
+	}
+	return nil
+}
+
 type Command struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Format of this command; 1 today.
@@ -1315,6 +1375,7 @@ type Command struct {
 	//	*Command_CreatePlacementGroup
 	//	*Command_DeletePlacementGroup
 	//	*Command_PlaceVms
+	//	*Command_RecordHeartbeats
 	Cmd           isCommand_Cmd `protobuf_oneof:"cmd"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1322,7 +1383,7 @@ type Command struct {
 
 func (x *Command) Reset() {
 	*x = Command{}
-	mi := &file_yunchi_state_v1_state_proto_msgTypes[17]
+	mi := &file_yunchi_state_v1_state_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1334,7 +1395,7 @@ func (x *Command) String() string {
 func (*Command) ProtoMessage() {}
 
 func (x *Command) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_state_v1_state_proto_msgTypes[17]
+	mi := &file_yunchi_state_v1_state_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1347,7 +1408,7 @@ func (x *Command) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Command.ProtoReflect.Descriptor instead.
 func (*Command) Descriptor() ([]byte, []int) {
-	return file_yunchi_state_v1_state_proto_rawDescGZIP(), []int{17}
+	return file_yunchi_state_v1_state_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Command) GetVersion() uint32 {
@@ -1479,6 +1540,15 @@ func (x *Command) GetPlaceVms() *PlaceVMs {
 	return nil
 }
 
+func (x *Command) GetRecordHeartbeats() *RecordHeartbeats {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_RecordHeartbeats); ok {
+			return x.RecordHeartbeats
+		}
+	}
+	return nil
+}
+
 type isCommand_Cmd interface {
 	isCommand_Cmd()
 }
@@ -1531,6 +1601,10 @@ type Command_PlaceVms struct {
 	PlaceVms *PlaceVMs `protobuf:"bytes,21,opt,name=place_vms,json=placeVms,proto3,oneof"`
 }
 
+type Command_RecordHeartbeats struct {
+	RecordHeartbeats *RecordHeartbeats `protobuf:"bytes,22,opt,name=record_heartbeats,json=recordHeartbeats,proto3,oneof"`
+}
+
 func (*Command_RegisterHost) isCommand_Cmd() {}
 
 func (*Command_SetHostState) isCommand_Cmd() {}
@@ -1555,6 +1629,8 @@ func (*Command_DeletePlacementGroup) isCommand_Cmd() {}
 
 func (*Command_PlaceVms) isCommand_Cmd() {}
 
+func (*Command_RecordHeartbeats) isCommand_Cmd() {}
+
 type Snapshot struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Format of the snapshot; 1 today.
@@ -1572,7 +1648,7 @@ type Snapshot struct {
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_yunchi_state_v1_state_proto_msgTypes[18]
+	mi := &file_yunchi_state_v1_state_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1584,7 +1660,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_state_v1_state_proto_msgTypes[18]
+	mi := &file_yunchi_state_v1_state_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1597,7 +1673,7 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_yunchi_state_v1_state_proto_rawDescGZIP(), []int{18}
+	return file_yunchi_state_v1_state_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Snapshot) GetFormatVersion() uint32 {
@@ -1653,7 +1729,7 @@ var File_yunchi_state_v1_state_proto protoreflect.FileDescriptor
 
 const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\n" +
-	"\x1byunchi/state/v1/state.proto\x12\x0fyunchi.state.v1\x1a\x16yunchi/v1/yunchi.proto\x1a\x15yunchi/v1/agent.proto\"\xb8\x06\n" +
+	"\x1byunchi/state/v1/state.proto\x12\x0fyunchi.state.v1\x1a\x16yunchi/v1/yunchi.proto\x1a\x15yunchi/v1/agent.proto\"\xf1\x06\n" +
 	"\n" +
 	"HostRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
@@ -1674,7 +1750,8 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\fadmin_labels\x18\x0e \x03(\v2,.yunchi.state.v1.HostRecord.AdminLabelsEntryR\vadminLabels\x12\x14\n" +
 	"\x05owner\x18\x0f \x01(\tR\x05owner\x120\n" +
 	"\breserved\x18\x10 \x01(\v2\x14.yunchi.v1.ResourcesR\breserved\x12)\n" +
-	"\x06ratios\x18\x11 \x01(\v2\x11.yunchi.v1.RatiosR\x06ratios\x1a9\n" +
+	"\x06ratios\x18\x11 \x01(\v2\x11.yunchi.v1.RatiosR\x06ratios\x127\n" +
+	"\x18last_heartbeat_unix_nano\x18\x12 \x01(\x03R\x15lastHeartbeatUnixNano\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a>\n" +
@@ -1778,7 +1855,9 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\fUpsertMember\x125\n" +
 	"\x06member\x18\x01 \x01(\v2\x1d.yunchi.state.v1.MemberRecordR\x06member\"\x1e\n" +
 	"\fRemoveMember\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"\xa0\a\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\":\n" +
+	"\x10RecordHeartbeats\x12&\n" +
+	"\x0fsilent_host_ids\x18\x01 \x03(\tR\rsilentHostIds\"\xf2\a\n" +
 	"\aCommand\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1b\n" +
 	"\tunix_nano\x18\x02 \x01(\x03R\bunixNano\x12D\n" +
@@ -1796,7 +1875,8 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"set_ratios\x18\x12 \x01(\v2\x1a.yunchi.state.v1.SetRatiosH\x00R\tsetRatios\x12]\n" +
 	"\x16create_placement_group\x18\x13 \x01(\v2%.yunchi.state.v1.CreatePlacementGroupH\x00R\x14createPlacementGroup\x12]\n" +
 	"\x16delete_placement_group\x18\x14 \x01(\v2%.yunchi.state.v1.DeletePlacementGroupH\x00R\x14deletePlacementGroup\x128\n" +
-	"\tplace_vms\x18\x15 \x01(\v2\x19.yunchi.state.v1.PlaceVMsH\x00R\bplaceVmsB\x05\n" +
+	"\tplace_vms\x18\x15 \x01(\v2\x19.yunchi.state.v1.PlaceVMsH\x00R\bplaceVms\x12P\n" +
+	"\x11record_heartbeats\x18\x16 \x01(\v2!.yunchi.state.v1.RecordHeartbeatsH\x00R\x10recordHeartbeatsB\x05\n" +
 	"\x03cmd\"\xd5\x02\n" +
 	"\bSnapshot\x12%\n" +
 	"\x0eformat_version\x18\x01 \x01(\rR\rformatVersion\x121\n" +
@@ -1819,7 +1899,7 @@ func file_yunchi_state_v1_state_proto_rawDescGZIP() []byte {
 	return file_yunchi_state_v1_state_proto_rawDescData
 }
 
-var file_yunchi_state_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_yunchi_state_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_yunchi_state_v1_state_proto_goTypes = []any{
 	(*HostRecord)(nil),           // 0: yunchi.state.v1.HostRecord
 	(*VMRecord)(nil),             // 1: yunchi.state.v1.VMRecord
@@ -1838,41 +1918,42 @@ var file_yunchi_state_v1_state_proto_goTypes = []any{
 	(*PlaceVMs)(nil),             // 14: yunchi.state.v1.PlaceVMs
 	(*UpsertMember)(nil),         // 15: yunchi.state.v1.UpsertMember
 	(*RemoveMember)(nil),         // 16: yunchi.state.v1.RemoveMember
-	(*Command)(nil),              // 17: yunchi.state.v1.Command
-	(*Snapshot)(nil),             // 18: yunchi.state.v1.Snapshot
-	nil,                          // 19: yunchi.state.v1.HostRecord.LabelsEntry
-	nil,                          // 20: yunchi.state.v1.HostRecord.AdminLabelsEntry
-	nil,                          // 21: yunchi.state.v1.UpdateHost.SetLabelsEntry
-	(*v1.Resources)(nil),         // 22: yunchi.v1.Resources
-	(v1.HostState)(0),            // 23: yunchi.v1.HostState
-	(*v1.Ratios)(nil),            // 24: yunchi.v1.Ratios
-	(v1.PowerState)(0),           // 25: yunchi.v1.PowerState
-	(v1.VMPhase)(0),              // 26: yunchi.v1.VMPhase
-	(v1.GroupPolicy)(0),          // 27: yunchi.v1.GroupPolicy
-	(v1.GroupLevel)(0),           // 28: yunchi.v1.GroupLevel
-	(*v1.VMStatus)(nil),          // 29: yunchi.v1.VMStatus
+	(*RecordHeartbeats)(nil),     // 17: yunchi.state.v1.RecordHeartbeats
+	(*Command)(nil),              // 18: yunchi.state.v1.Command
+	(*Snapshot)(nil),             // 19: yunchi.state.v1.Snapshot
+	nil,                          // 20: yunchi.state.v1.HostRecord.LabelsEntry
+	nil,                          // 21: yunchi.state.v1.HostRecord.AdminLabelsEntry
+	nil,                          // 22: yunchi.state.v1.UpdateHost.SetLabelsEntry
+	(*v1.Resources)(nil),         // 23: yunchi.v1.Resources
+	(v1.HostState)(0),            // 24: yunchi.v1.HostState
+	(*v1.Ratios)(nil),            // 25: yunchi.v1.Ratios
+	(v1.PowerState)(0),           // 26: yunchi.v1.PowerState
+	(v1.VMPhase)(0),              // 27: yunchi.v1.VMPhase
+	(v1.GroupPolicy)(0),          // 28: yunchi.v1.GroupPolicy
+	(v1.GroupLevel)(0),           // 29: yunchi.v1.GroupLevel
+	(*v1.VMStatus)(nil),          // 30: yunchi.v1.VMStatus
 }
 var file_yunchi_state_v1_state_proto_depIdxs = []int32{
-	19, // 0: yunchi.state.v1.HostRecord.labels:type_name -> yunchi.state.v1.HostRecord.LabelsEntry
-	22, // 1: yunchi.state.v1.HostRecord.capacity:type_name -> yunchi.v1.Resources
-	23, // 2: yunchi.state.v1.HostRecord.state:type_name -> yunchi.v1.HostState
-	23, // 3: yunchi.state.v1.HostRecord.admin_state:type_name -> yunchi.v1.HostState
-	20, // 4: yunchi.state.v1.HostRecord.admin_labels:type_name -> yunchi.state.v1.HostRecord.AdminLabelsEntry
-	22, // 5: yunchi.state.v1.HostRecord.reserved:type_name -> yunchi.v1.Resources
-	24, // 6: yunchi.state.v1.HostRecord.ratios:type_name -> yunchi.v1.Ratios
-	25, // 7: yunchi.state.v1.VMRecord.desired:type_name -> yunchi.v1.PowerState
-	26, // 8: yunchi.state.v1.VMRecord.phase:type_name -> yunchi.v1.VMPhase
-	24, // 9: yunchi.state.v1.RatioRecord.ratios:type_name -> yunchi.v1.Ratios
-	27, // 10: yunchi.state.v1.PlacementGroupRecord.policy:type_name -> yunchi.v1.GroupPolicy
-	28, // 11: yunchi.state.v1.PlacementGroupRecord.level:type_name -> yunchi.v1.GroupLevel
+	20, // 0: yunchi.state.v1.HostRecord.labels:type_name -> yunchi.state.v1.HostRecord.LabelsEntry
+	23, // 1: yunchi.state.v1.HostRecord.capacity:type_name -> yunchi.v1.Resources
+	24, // 2: yunchi.state.v1.HostRecord.state:type_name -> yunchi.v1.HostState
+	24, // 3: yunchi.state.v1.HostRecord.admin_state:type_name -> yunchi.v1.HostState
+	21, // 4: yunchi.state.v1.HostRecord.admin_labels:type_name -> yunchi.state.v1.HostRecord.AdminLabelsEntry
+	23, // 5: yunchi.state.v1.HostRecord.reserved:type_name -> yunchi.v1.Resources
+	25, // 6: yunchi.state.v1.HostRecord.ratios:type_name -> yunchi.v1.Ratios
+	26, // 7: yunchi.state.v1.VMRecord.desired:type_name -> yunchi.v1.PowerState
+	27, // 8: yunchi.state.v1.VMRecord.phase:type_name -> yunchi.v1.VMPhase
+	25, // 9: yunchi.state.v1.RatioRecord.ratios:type_name -> yunchi.v1.Ratios
+	28, // 10: yunchi.state.v1.PlacementGroupRecord.policy:type_name -> yunchi.v1.GroupPolicy
+	29, // 11: yunchi.state.v1.PlacementGroupRecord.level:type_name -> yunchi.v1.GroupLevel
 	0,  // 12: yunchi.state.v1.RegisterHost.host:type_name -> yunchi.state.v1.HostRecord
-	23, // 13: yunchi.state.v1.SetHostState.state:type_name -> yunchi.v1.HostState
+	24, // 13: yunchi.state.v1.SetHostState.state:type_name -> yunchi.v1.HostState
 	1,  // 14: yunchi.state.v1.PlaceVM.vm:type_name -> yunchi.state.v1.VMRecord
-	25, // 15: yunchi.state.v1.SetVMDesired.desired:type_name -> yunchi.v1.PowerState
-	29, // 16: yunchi.state.v1.ReportVMStatus.statuses:type_name -> yunchi.v1.VMStatus
-	23, // 17: yunchi.state.v1.UpdateHost.admin_state:type_name -> yunchi.v1.HostState
-	21, // 18: yunchi.state.v1.UpdateHost.set_labels:type_name -> yunchi.state.v1.UpdateHost.SetLabelsEntry
-	22, // 19: yunchi.state.v1.UpdateHost.reserved:type_name -> yunchi.v1.Resources
+	26, // 15: yunchi.state.v1.SetVMDesired.desired:type_name -> yunchi.v1.PowerState
+	30, // 16: yunchi.state.v1.ReportVMStatus.statuses:type_name -> yunchi.v1.VMStatus
+	24, // 17: yunchi.state.v1.UpdateHost.admin_state:type_name -> yunchi.v1.HostState
+	22, // 18: yunchi.state.v1.UpdateHost.set_labels:type_name -> yunchi.state.v1.UpdateHost.SetLabelsEntry
+	23, // 19: yunchi.state.v1.UpdateHost.reserved:type_name -> yunchi.v1.Resources
 	3,  // 20: yunchi.state.v1.CreatePlacementGroup.group:type_name -> yunchi.state.v1.PlacementGroupRecord
 	1,  // 21: yunchi.state.v1.PlaceVMs.vms:type_name -> yunchi.state.v1.VMRecord
 	4,  // 22: yunchi.state.v1.UpsertMember.member:type_name -> yunchi.state.v1.MemberRecord
@@ -1888,16 +1969,17 @@ var file_yunchi_state_v1_state_proto_depIdxs = []int32{
 	12, // 32: yunchi.state.v1.Command.create_placement_group:type_name -> yunchi.state.v1.CreatePlacementGroup
 	13, // 33: yunchi.state.v1.Command.delete_placement_group:type_name -> yunchi.state.v1.DeletePlacementGroup
 	14, // 34: yunchi.state.v1.Command.place_vms:type_name -> yunchi.state.v1.PlaceVMs
-	0,  // 35: yunchi.state.v1.Snapshot.hosts:type_name -> yunchi.state.v1.HostRecord
-	1,  // 36: yunchi.state.v1.Snapshot.vms:type_name -> yunchi.state.v1.VMRecord
-	4,  // 37: yunchi.state.v1.Snapshot.members:type_name -> yunchi.state.v1.MemberRecord
-	2,  // 38: yunchi.state.v1.Snapshot.ratios:type_name -> yunchi.state.v1.RatioRecord
-	3,  // 39: yunchi.state.v1.Snapshot.groups:type_name -> yunchi.state.v1.PlacementGroupRecord
-	40, // [40:40] is the sub-list for method output_type
-	40, // [40:40] is the sub-list for method input_type
-	40, // [40:40] is the sub-list for extension type_name
-	40, // [40:40] is the sub-list for extension extendee
-	0,  // [0:40] is the sub-list for field type_name
+	17, // 35: yunchi.state.v1.Command.record_heartbeats:type_name -> yunchi.state.v1.RecordHeartbeats
+	0,  // 36: yunchi.state.v1.Snapshot.hosts:type_name -> yunchi.state.v1.HostRecord
+	1,  // 37: yunchi.state.v1.Snapshot.vms:type_name -> yunchi.state.v1.VMRecord
+	4,  // 38: yunchi.state.v1.Snapshot.members:type_name -> yunchi.state.v1.MemberRecord
+	2,  // 39: yunchi.state.v1.Snapshot.ratios:type_name -> yunchi.state.v1.RatioRecord
+	3,  // 40: yunchi.state.v1.Snapshot.groups:type_name -> yunchi.state.v1.PlacementGroupRecord
+	41, // [41:41] is the sub-list for method output_type
+	41, // [41:41] is the sub-list for method input_type
+	41, // [41:41] is the sub-list for extension type_name
+	41, // [41:41] is the sub-list for extension extendee
+	0,  // [0:41] is the sub-list for field type_name
 }
 
 func init() { file_yunchi_state_v1_state_proto_init() }
@@ -1907,7 +1989,7 @@ func file_yunchi_state_v1_state_proto_init() {
 	}
 	file_yunchi_state_v1_state_proto_msgTypes[10].OneofWrappers = []any{}
 	file_yunchi_state_v1_state_proto_msgTypes[11].OneofWrappers = []any{}
-	file_yunchi_state_v1_state_proto_msgTypes[17].OneofWrappers = []any{
+	file_yunchi_state_v1_state_proto_msgTypes[18].OneofWrappers = []any{
 		(*Command_RegisterHost)(nil),
 		(*Command_SetHostState)(nil),
 		(*Command_PlaceVm)(nil),
@@ -1920,6 +2002,7 @@ func file_yunchi_state_v1_state_proto_init() {
 		(*Command_CreatePlacementGroup)(nil),
 		(*Command_DeletePlacementGroup)(nil),
 		(*Command_PlaceVms)(nil),
+		(*Command_RecordHeartbeats)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1927,7 +2010,7 @@ func file_yunchi_state_v1_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_yunchi_state_v1_state_proto_rawDesc), len(file_yunchi_state_v1_state_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   22,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
