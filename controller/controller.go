@@ -141,6 +141,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(c.lis) }()
 	go c.api.RunLeaderDuties(ctx)
+	go c.api.WatchMembership(ctx)
 	if len(c.cfg.Join) > 0 {
 		go c.join(ctx)
 	}

@@ -31,7 +31,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		Flags: []cli.Flag{
 			&cli.StringFlag{
 				Name:    "addr",
-				Usage:   "controller API addresses host:port, comma-separated, tried in turn",
+				Usage:   "controller API addresses host:port, comma-separated, tried in turn (with several, a call waits up to 20s for a leader election)",
 				EnvVars: []string{"YUNCHI_ADDR"},
 				Value:   defaultAddr,
 			},
@@ -238,6 +238,7 @@ func withSession(fn func(cCtx *cli.Context, s *session) error) cli.ActionFunc {
 			return usagef("--timeout and --connect-timeout must be positive")
 		}
 		c := newClient(addrs, cCtx.String("token"), timeout, connect)
+		c.progress = cCtx.App.ErrWriter
 		defer c.Close()
 		return fn(cCtx, &session{ctx: cCtx.Context, client: c, out: out, stderr: cCtx.App.ErrWriter})
 	}

@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"sync"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
@@ -39,6 +41,10 @@ type client struct {
 	token          string
 	timeout        time.Duration // per call; 0 = none
 	connectTimeout time.Duration
+
+	// progress gets the one line saying a call waits for an election.
+	progress io.Writer
+	warned   bool
 
 	mu      sync.Mutex
 	conns   []*grpc.ClientConn
@@ -170,54 +176,140 @@ func (c *client) unreachable(i int, fallback string) error {
 	}
 }
 
+// electionWait bounds how long a unary call keeps trying the controllers
+// of several --addr while none can take it because there is no leader (an
+// election is under way: raft elects within a few seconds) or the leader is
+// unreachable. A shorter --timeout bounds it instead.
+const electionWait = 20 * time.Second
+
+// Reasons of google.rpc.ErrorInfo the controller puts in some answers
+// (controller/api/reasons.go).
+const (
+	// reasonNotProposed: the request was not proposed to raft, so any
+	// call, a create too, may be sent again.
+	reasonNotProposed = "NOT_PROPOSED"
+	// reasonNotAMember: the controller was removed from the cluster.
+	reasonNotAMember = "NOT_A_MEMBER"
+)
+
+// errorReason is the google.rpc.ErrorInfo reason in err, "" if none.
+func errorReason(err error) string {
+	st, ok := status.FromError(err)
+	if !ok {
+		return ""
+	}
+	for _, d := range st.Details() {
+		if ei, ok := d.(*errdetails.ErrorInfo); ok {
+			return ei.GetReason()
+		}
+	}
+	return ""
+}
+
 // call runs fn against the controllers in turn, starting with the one that
 // last answered, until one gives an answer other than Unavailable.
 // perCall applies --timeout to each attempt; streams pass false.
+//
+// With several addresses, a unary call that no controller could take goes
+// round them again (backing off, one progress line on stderr) until a new
+// leader answers or electionWait passes: while some controller answered
+// Unavailable (no leader, leader unreachable) and the call may be resent,
+// which retrySafe calls always may and retryNever calls only when nothing
+// reached raft (the address was unreachable, or the answer is marked
+// NOT_PROPOSED). A controller removed from the cluster is passed over.
+// Streams (--wait) re-watch on their own and make one pass.
 func (c *client) call(ctx context.Context, r retry, perCall bool, fn func(ctx context.Context, cc grpc.ClientConnInterface) error) error {
-	var failures []string
-	var lastUnavailable error
 	n := len(c.addrs)
-	for k := 0; k < n; k++ {
-		i := (c.cur + k) % n
-		addr := c.addrs[i]
-		actx, cancel := ctx, context.CancelFunc(func() {})
-		if perCall && c.timeout > 0 {
-			actx, cancel = context.WithTimeout(ctx, c.timeout)
-		}
-		cc, err := c.ready(actx, i)
-		if err != nil {
-			cancel()
-			if ctx.Err() != nil {
-				return status.FromContextError(ctx.Err()).Err()
-			}
-			var ue *usageError
-			if errors.As(err, &ue) {
-				return err
-			}
-			failures = append(failures, fmt.Sprintf("%s: %v", addr, err))
-			continue
-		}
-		err = fn(actx, cc)
-		timedOut := perCall && ranOut(actx, err) && ctx.Err() == nil
-		cancel()
-		if status.Code(err) == codes.Unavailable && ctx.Err() == nil {
-			failures = append(failures, fmt.Sprintf("%s: %s", addr, status.Convert(err).Message()))
-			lastUnavailable = err
-			if r == retrySafe {
+	removed := make([]bool, n)
+	var deadline time.Time
+	backoff := 200 * time.Millisecond
+	for {
+		var failures []string
+		var lastUnavailable, lastRemoved error
+		answered := false // some controller answered Unavailable
+		stop := false     // a retryNever call may have been proposed
+		for k := 0; k < n && !stop; k++ {
+			i := (c.cur + k) % n
+			addr := c.addrs[i]
+			if removed[i] {
+				failures = append(failures, addr+": removed from the cluster")
 				continue
 			}
-			break
+			actx, cancel := ctx, context.CancelFunc(func() {})
+			if perCall && c.timeout > 0 {
+				actx, cancel = context.WithTimeout(ctx, c.timeout)
+			}
+			cc, err := c.ready(actx, i)
+			if err != nil {
+				cancel()
+				if ctx.Err() != nil {
+					return status.FromContextError(ctx.Err()).Err()
+				}
+				var ue *usageError
+				if errors.As(err, &ue) {
+					return err
+				}
+				failures = append(failures, fmt.Sprintf("%s: %v", addr, err))
+				continue
+			}
+			err = fn(actx, cc)
+			timedOut := perCall && ranOut(actx, err) && ctx.Err() == nil
+			cancel()
+			switch {
+			case n > 1 && errorReason(err) == reasonNotAMember && ctx.Err() == nil:
+				// Nothing was done there; the next address may be a member.
+				removed[i] = true
+				lastRemoved = err
+				failures = append(failures, fmt.Sprintf("%s: %s", addr, status.Convert(err).Message()))
+				continue
+			case status.Code(err) == codes.Unavailable && ctx.Err() == nil:
+				failures = append(failures, fmt.Sprintf("%s: %s", addr, status.Convert(err).Message()))
+				lastUnavailable = err
+				answered = true
+				stop = r != retrySafe && errorReason(err) != reasonNotProposed
+				continue
+			}
+			c.cur = i
+			if timedOut {
+				return status.Errorf(codes.DeadlineExceeded, "no answer from %s within %s (--timeout)", addr, c.timeout)
+			}
+			return err
 		}
-		c.cur = i
-		if timedOut {
-			return status.Errorf(codes.DeadlineExceeded, "no answer from %s within %s (--timeout)", addr, c.timeout)
+		if stop || !answered || !perCall || n == 1 {
+			if len(failures) == 1 && lastUnavailable != nil {
+				return lastUnavailable // one controller, its own words ("no leader")
+			}
+			if answered || lastRemoved == nil {
+				return status.Errorf(codes.Unavailable, "no controller available: %s", strings.Join(failures, "; "))
+			}
+			// Only removed controllers answered: that is the precondition
+			// to fix (their message names the members to use).
+			return lastRemoved
 		}
-		return err
+		wait := electionWait
+		if c.timeout > 0 && c.timeout < wait {
+			wait = c.timeout
+		}
+		if deadline.IsZero() {
+			deadline = time.Now().Add(wait)
+			if !c.warned && c.progress != nil {
+				c.warned = true
+				fmt.Fprintf(c.progress, "yunchi: no leader (election in progress): retrying for up to %s…\n", wait)
+			}
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			return status.Errorf(codes.Unavailable, "no leader within %s: %s", wait, strings.Join(failures, "; "))
+		}
+		t := time.NewTimer(min(backoff, left))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return status.FromContextError(ctx.Err()).Err()
+		case <-t.C:
+		}
+		backoff = min(2*backoff, time.Second)
 	}
-	if lastUnavailable != nil && len(failures) == 1 {
-		return lastUnavailable // one controller, its own words ("no leader")
-	}
-	return status.Errorf(codes.Unavailable, "no controller available: %s", strings.Join(failures, "; "))
 }
 
 // ranOut says whether err is the call running out of --timeout. The server

@@ -107,5 +107,5 @@ func clusterRemove(cCtx *cli.Context, s *session) error {
 	if err != nil {
 		return err
 	}
-	return s.out.print(resp, s.out.members(resp.GetMembers()))
+	return s.out.print(resp, s.out.removed(resp))
 }

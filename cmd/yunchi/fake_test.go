@@ -8,6 +8,7 @@ import (
 	"sync"
 	"testing"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -38,6 +39,16 @@ type fakeController struct {
 	// action is what StartVM/StopVM/RebootVM/DeleteVM return per VM name
 	// (default: the stored VM).
 	action map[string]*yunchiv1.VM
+
+	// unavailableN makes the next N calls answer Unavailable, like a
+	// controller during an election.
+	unavailableN int
+	// notProposed marks those Unavailable answers NOT_PROPOSED, as a
+	// controller does when it answered before proposing anything.
+	notProposed bool
+	// removed makes every call answer like a controller removed from the
+	// cluster: FailedPrecondition, reason NOT_A_MEMBER.
+	removed bool
 }
 
 var created = timestamppb.New(timestamppb.Now().AsTime().Add(-90 * 60e9))
@@ -115,10 +126,36 @@ func (f *fakeController) record(ctx context.Context, fullMethod string) error {
 		auth = v[0]
 	}
 	f.auth = append(f.auth, auth)
-	if f.unavailable {
-		return status.Error(codes.Unavailable, "no leader: election in progress")
+	if f.removed {
+		return withReason(status.New(codes.FailedPrecondition, "controller c9 was removed from the cluster; use one of: 10.0.0.1:8470"), reasonNotAMember)
+	}
+	if f.unavailable || f.unavailableN > 0 {
+		if f.unavailableN > 0 {
+			f.unavailableN--
+		}
+		st := status.New(codes.Unavailable, "no leader: election in progress")
+		if f.notProposed {
+			return withReason(st, reasonNotProposed)
+		}
+		return st.Err()
 	}
 	return nil
+}
+
+func withReason(st *status.Status, reason string) error {
+	d, err := st.WithDetails(&errdetails.ErrorInfo{Reason: reason, Domain: "yunchi.v1"})
+	if err != nil {
+		panic(err)
+	}
+	return d.Err()
+}
+
+// electing makes the next n calls answer Unavailable (marked NOT_PROPOSED
+// if notProposed), then answers normally.
+func (f *fakeController) electing(n int, notProposed bool) {
+	f.mu.Lock()
+	f.unavailableN, f.notProposed = n, notProposed
+	f.mu.Unlock()
 }
 
 func (f *fakeController) callCount(method string) int {
@@ -370,10 +407,11 @@ func (fakeCluster) RemoveMember(_ context.Context, r *yunchiv1.RemoveMemberReque
 	if !found {
 		return nil, status.Errorf(codes.NotFound, "member %q not found", r.Id)
 	}
-	if r.Id == "c1" {
-		return nil, status.Error(codes.FailedPrecondition, "cannot remove the leader; transfer leadership first")
+	if r.Id == "c1" { // the leader: the controller hands leadership over first
+		rest[0] = &yunchiv1.Member{Id: "c2", RaftAddress: "10.0.0.2:8471", ApiAddress: "10.0.0.2:8470", Center: "b2", Suffrage: "voter", Leader: true}
+		return &yunchiv1.ListMembersResponse{Members: rest, Message: "c1 removed; it was the leader, leadership moved to c2"}, nil
 	}
-	return &yunchiv1.ListMembersResponse{Members: rest}, nil
+	return &yunchiv1.ListMembersResponse{Members: rest, Message: r.Id + " removed"}, nil
 }
 
 // deadAddr is an address nothing listens on.

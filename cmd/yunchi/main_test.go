@@ -71,8 +71,7 @@ func TestExitCodes(t *testing.T) {
 			msg: `invalid memory "lots": want a size like 4GiB`},
 		{name: "failed precondition", args: []string{"--addr", f.addr, "vm", "start", "locked"}, code: 7,
 			msg: `vm "locked" is being deleted`},
-		{name: "remove leader", args: []string{"--addr", f.addr, "cluster", "remove", "c1"}, code: 7,
-			msg: "cannot remove the leader; transfer leadership first"},
+		{name: "remove leader", args: []string{"--addr", f.addr, "cluster", "remove", "c1"}, code: 0},
 		{name: "internal", args: []string{"--addr", f.addr, "vm", "create", "boom"}, code: 1,
 			msg: "raft apply: disk full"},
 		{name: "call timeout", args: []string{"--addr", f.addr, "--timeout", "200ms", "vm", "show", "hang"}, code: 1,
@@ -220,7 +219,7 @@ func TestJSONOutput(t *testing.T) {
 		{[]string{"cluster", "status"}, []string{"leaderId", "term", "commitIndex", "appliedIndex", "members"}},
 		{[]string{"cluster", "members"}, []string{"members"}},
 		{[]string{"cluster", "join", "--id", "c4", "--raft-addr", "10.0.0.4:8471", "--api-addr", "10.0.0.4:8470", "--center", "a1"}, []string{"id", "apiAddress"}},
-		{[]string{"cluster", "remove", "c3"}, []string{"members"}},
+		{[]string{"cluster", "remove", "c3"}, []string{"members", "message"}},
 		{[]string{"vm", "create", "web-2", "--cpu", "2", "--memory", "4GiB"}, []string{"name", "phase"}},
 	}
 	for _, tt := range tests {
@@ -294,6 +293,7 @@ func TestTableOutput(t *testing.T) {
 		{[]string{"capacity"}, []string{"CENTER", "a1", "b2", "TOTAL", "86/96", "344 GiB/384 GiB"}},
 		{[]string{"cluster", "status"}, []string{"Leader:", "c1 (10.0.0.1:8470)", "Term:", "4", "Commit index:", "1207", "Applied index:", "1206", "SUFFRAGE", "nonvoter", "*"}},
 		{[]string{"cluster", "members"}, []string{"ID", "CENTER", "API ADDRESS", "10.0.0.2:8470", "voter"}},
+		{[]string{"cluster", "remove", "c1"}, []string{"c1 removed; it was the leader, leadership moved to c2", "c2", "10.0.0.2:8470", "*"}},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {

@@ -177,7 +177,15 @@ func (p *printer) capacity(c *yunchiv1.Capacity) func(io.Writer) {
 func (p *printer) clusterStatus(s *yunchiv1.ClusterStatus) func(io.Writer) {
 	return func(w io.Writer) {
 		leader := s.GetLeaderId()
-		if leader == "" {
+		if s.GetNodeState() == "Removed" {
+			var addrs []string
+			for _, m := range s.GetMembers() {
+				if m.GetApiAddress() != "" {
+					addrs = append(addrs, m.GetApiAddress())
+				}
+			}
+			leader = "unknown: " + s.GetNodeId() + " was removed from the cluster; ask one of: " + strings.Join(addrs, ",")
+		} else if leader == "" {
 			leader = "none (no leader elected)"
 		} else if s.GetLeaderApiAddress() != "" {
 			leader += " (" + s.GetLeaderApiAddress() + ")"
@@ -194,6 +202,16 @@ func (p *printer) clusterStatus(s *yunchiv1.ClusterStatus) func(io.Writer) {
 		kv(w, "Last log index", strconv.FormatUint(s.GetLastLogIndex(), 10))
 		fmt.Fprintln(w)
 		memberRows(w, s.GetMembers())
+	}
+}
+
+// removed is what `cluster remove` prints: what happened, then the members.
+func (p *printer) removed(r *yunchiv1.ListMembersResponse) func(io.Writer) {
+	return func(w io.Writer) {
+		if r.GetMessage() != "" {
+			fmt.Fprintf(w, "%s\n\n", r.GetMessage())
+		}
+		memberRows(w, r.GetMembers())
 	}
 }
 

@@ -2,11 +2,13 @@ package api
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 	"time"
 
 	"github.com/hashicorp/raft"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
@@ -43,8 +45,12 @@ func (s *Server) GetClusterStatus(ctx context.Context, _ *yunchiv1.GetClusterSta
 	if err != nil {
 		return nil, err
 	}
+	nodeState := st["state"]
+	if s.node.Removed() {
+		nodeState = "Removed"
+	}
 	out := &yunchiv1.ClusterStatus{
-		NodeId: s.self.ID, NodeState: st["state"], LeaderId: s.node.LeaderID(),
+		NodeId: s.self.ID, NodeState: nodeState, LeaderId: s.node.LeaderID(),
 		Term: u("term"), CommitIndex: u("commit_index"), AppliedIndex: u("applied_index"),
 		LastLogIndex: u("last_log_index"), Members: ms,
 	}
@@ -95,28 +101,99 @@ func (s *Server) JoinCluster(ctx context.Context, req *yunchiv1.JoinClusterReque
 	return &yunchiv1.Member{Id: req.Id, RaftAddress: req.RaftAddress, ApiAddress: req.ApiAddress, Center: req.Center, Suffrage: "voter"}, nil
 }
 
+// RemoveMember takes a controller out of the cluster (leader only;
+// followers forward): out of the raft configuration, and its member record
+// out of the state. The leader does not remove itself: it hands leadership
+// to the most up-to-date voter first and has the new leader remove it, so
+// the call completes and the cluster never waits for an election. The last
+// voter cannot be removed. Asking again for a controller already out of the
+// configuration removes what is left of it (its record).
 func (s *Server) RemoveMember(ctx context.Context, req *yunchiv1.RemoveMemberRequest) (*yunchiv1.ListMembersResponse, error) {
 	if err := checkName("member id", req.Id); err != nil {
 		return nil, err
 	}
-	ms, err := s.members()
-	if err != nil {
-		return nil, err
-	}
-	found := false
-	for _, m := range ms {
-		found = found || m.Id == req.Id
-	}
-	if !found {
-		return nil, status.Errorf(codes.NotFound, "controller %q is not a member (see `yunchi cluster members`)", req.Id)
-	}
-	if err := s.node.Raft.RemoveServer(raft.ServerID(req.Id), 0, 10*time.Second).Error(); err != nil {
+	f := s.node.Raft.GetConfiguration()
+	if err := f.Error(); err != nil {
 		return nil, toStatus(err)
 	}
-	if _, ok := s.store.Member(req.Id); ok {
+	var target *raft.Server
+	voters := 0
+	for _, srv := range f.Configuration().Servers {
+		if srv.Suffrage == raft.Voter {
+			voters++
+		}
+		if string(srv.ID) == req.Id {
+			target = &srv
+		}
+	}
+	_, hasRecord := s.store.Member(req.Id)
+	switch {
+	case target == nil && !hasRecord:
+		return nil, status.Errorf(codes.NotFound, "controller %q is not a member (see `yunchi cluster members`)", req.Id)
+	case target != nil && target.Suffrage == raft.Voter && voters == 1:
+		return nil, status.Errorf(codes.FailedPrecondition, "controller %s is the only voter: removing it would leave no cluster", req.Id)
+	case target != nil && req.Id == s.self.ID:
+		return s.removeLeader(ctx, req)
+	}
+	msg := req.Id + " removed"
+	if target != nil {
+		if err := s.node.Raft.RemoveServer(target.ID, 0, 10*time.Second).Error(); err != nil {
+			return nil, toStatus(err)
+		}
+	} else {
+		msg = req.Id + " was already out of the raft configuration; its member record is removed"
+	}
+	if hasRecord {
 		if _, err := s.apply(ctx, &statev1.Command{Cmd: &statev1.Command_RemoveMember{RemoveMember: &statev1.RemoveMember{Id: req.Id}}}); err != nil {
 			return nil, err
 		}
 	}
-	return s.ListMembers(ctx, nil)
+	s.log.Info("controller removed", "id", req.Id)
+	ms, err := s.members()
+	if err != nil {
+		return nil, err
+	}
+	return &yunchiv1.ListMembersResponse{Members: ms, Message: msg}, nil
+}
+
+// removeLeader removes this controller, the leader: it transfers
+// leadership, waits to hear from the new leader and asks it to do the
+// removal (as a forwarded call, so it cannot bounce back).
+func (s *Server) removeLeader(ctx context.Context, req *yunchiv1.RemoveMemberRequest) (*yunchiv1.ListMembersResponse, error) {
+	if err := s.node.Raft.LeadershipTransfer().Error(); err != nil {
+		return nil, notProposed("controller %s is the leader and could not hand leadership over before its removal (%v); nothing was removed: retry", s.self.ID, err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	leader := s.node.LeaderID()
+	for leader == "" || leader == s.self.ID {
+		select {
+		case <-wctx.Done():
+			return nil, notProposed("controller %s handed leadership over, but no new leader was heard of in time; nothing was removed: retry", s.self.ID)
+		case <-tick.C:
+		}
+		leader = s.node.LeaderID()
+	}
+	s.log.Info("leadership handed over before removing this controller", "new_leader", leader)
+	conn, err := s.fwd.leaderConn()
+	if err != nil {
+		return nil, err
+	}
+	out := metadata.Pairs(forwardedKey, s.self.ID)
+	in, _ := metadata.FromIncomingContext(ctx)
+	for _, k := range forwardHeaders {
+		if v := in.Get(k); len(v) > 0 {
+			out.Set(k, v...)
+		}
+	}
+	resp, err := yunchiv1.NewClusterServiceClient(conn).RemoveMember(metadata.NewOutgoingContext(ctx, out), req)
+	if err != nil {
+		p := status.Convert(err).Proto() // keeps the code and details (NOT_PROPOSED)
+		p.Message = fmt.Sprintf("leadership moved from %s to %s, but the removal failed there: %s", s.self.ID, leader, p.Message)
+		return nil, status.ErrorProto(p)
+	}
+	resp.Message = fmt.Sprintf("%s removed; it was the leader, leadership moved to %s", req.Id, leader)
+	return resp, nil
 }

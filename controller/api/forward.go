@@ -76,7 +76,7 @@ func (f *forwarder) leaderConn() (*grpc.ClientConn, error) {
 	}
 	m, ok := f.s.store.Member(id)
 	if !ok || m.ApiAddress == "" {
-		return nil, status.Errorf(codes.Unavailable, "leader %s has not published its API address yet: retry in a few seconds", id)
+		return nil, notProposed("leader %s has not published its API address yet: retry in a few seconds", id)
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -85,7 +85,7 @@ func (f *forwarder) leaderConn() (*grpc.ClientConn, error) {
 	}
 	c, err := grpc.NewClient(m.ApiAddress, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
-		return nil, status.Errorf(codes.Unavailable, "cannot reach leader %s at %s: %v", id, m.ApiAddress, err)
+		return nil, notProposed("cannot reach leader %s at %s: %v", id, m.ApiAddress, err)
 	}
 	f.conns[m.ApiAddress] = c
 	return c, nil
@@ -146,7 +146,7 @@ func (s *Server) LeaderInterceptor(ctx context.Context, req any, info *grpc.Unar
 		return handler(ctx, req)
 	}
 	if len(in.Get(forwardedKey)) > 0 {
-		return nil, status.Error(codes.Unavailable, "leadership is changing: retry in a few seconds")
+		return nil, notProposed("leadership is changing: retry in a few seconds")
 	}
 	conn, err := s.fwd.leaderConn()
 	if err != nil {
@@ -161,6 +161,9 @@ func (s *Server) LeaderInterceptor(ctx context.Context, req any, info *grpc.Unar
 	resp, err := newResponse(info.FullMethod)
 	if err != nil {
 		return nil, err
+	}
+	if !awaitReady(ctx, conn) {
+		return nil, notProposed("leader %s unreachable at %s (not connected; the request was not sent): retry in a few seconds", s.node.LeaderID(), conn.Target())
 	}
 	var trailer metadata.MD
 	if err := conn.Invoke(metadata.NewOutgoingContext(ctx, out), info.FullMethod, req, resp, grpc.Trailer(&trailer)); err != nil {

@@ -19,12 +19,13 @@ import (
 
 // NewGRPCServer registers every service behind one interceptor chain:
 // metrics first (it sees every outcome), then the slot where
-// authentication and audit will sit, then leader forwarding last (so a
-// forwarded call was already authenticated here).
+// authentication and audit will sit, then the membership check (a removed
+// controller answers where to go instead), then leader forwarding last (so
+// a forwarded call was already authenticated here).
 func (s *Server) NewGRPCServer(m *Metrics, extra ...grpc.UnaryServerInterceptor) *grpc.Server {
 	unary := append([]grpc.UnaryServerInterceptor{m.UnaryInterceptor}, extra...)
-	unary = append(unary, s.LeaderInterceptor)
-	gs := grpc.NewServer(grpc.ChainUnaryInterceptor(unary...), grpc.ChainStreamInterceptor(m.StreamInterceptor),
+	unary = append(unary, s.MemberInterceptor, s.LeaderInterceptor)
+	gs := grpc.NewServer(grpc.ChainUnaryInterceptor(unary...), grpc.ChainStreamInterceptor(m.StreamInterceptor, s.MemberStreamInterceptor),
 		grpc.MaxRecvMsgSize(MaxGRPCRequest))
 	yunchiv1.RegisterVMServiceServer(gs, s)
 	yunchiv1.RegisterHostServiceServer(gs, s)

@@ -310,7 +310,7 @@ func (s *Server) GetCapacity(ctx context.Context, req *yunchiv1.GetCapacityReque
 	return out, nil
 }
 
-var errNoLeader = status.Error(codes.Unavailable, "no leader elected yet (is a majority of controllers up?): retry in a few seconds")
+var errNoLeader = notProposed("no leader elected yet (is a majority of controllers up?): retry in a few seconds")
 
 // awaitState blocks until ok holds on this node's state, checking again
 // after every applied change. It reports false when d passes first; a done

@@ -70,6 +70,12 @@ func Open(cfg Config, store *state.Store) (*Node, error) {
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(cfg.ID)
 	rc.Logger = hl
+	// A removed controller keeps running as a follower outside the
+	// configuration (see Removed) and says so to every caller, rather than
+	// shutting raft down under its own API: a leader is never the one to
+	// remove itself (the API hands leadership over first), and a follower
+	// is not shut down by raft on removal anyway.
+	rc.ShutdownOnRemove = false
 	if cfg.HeartbeatTimeout > 0 {
 		rc.HeartbeatTimeout = cfg.HeartbeatTimeout
 	}
@@ -155,6 +161,27 @@ func (n *Node) IsLeader() bool { return n.Raft.State() == raft.Leader }
 func (n *Node) LeaderID() string {
 	_, id := n.Raft.LeaderWithID()
 	return string(id)
+}
+
+// Removed says whether this node was removed from the cluster: its latest
+// raft configuration lists servers, but not this one. A node that has not
+// joined yet (empty configuration) is not removed; one added back is no
+// longer removed.
+func (n *Node) Removed() bool {
+	f := n.Raft.GetConfiguration()
+	if f.Error() != nil {
+		return false
+	}
+	servers := f.Configuration().Servers
+	if len(servers) == 0 {
+		return false
+	}
+	for _, s := range servers {
+		if string(s.ID) == n.id {
+			return false
+		}
+	}
+	return true
 }
 
 // ErrTimeout is returned when raft did not accept a command in time (its

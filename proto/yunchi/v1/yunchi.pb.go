@@ -2973,7 +2973,10 @@ func (*GetClusterStatusRequest) Descriptor() ([]byte, []int) {
 type ClusterStatus struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The node that answered.
-	NodeId           string    `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	NodeId string `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// Raft's view of the node: "Leader", "Follower", "Candidate", or
+	// "Removed" when it was removed from the cluster (its answers then point
+	// to the remaining members, listed in members).
 	NodeState        string    `protobuf:"bytes,2,opt,name=node_state,json=nodeState,proto3" json:"node_state,omitempty"`
 	LeaderId         string    `protobuf:"bytes,3,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
 	LeaderApiAddress string    `protobuf:"bytes,4,opt,name=leader_api_address,json=leaderApiAddress,proto3" json:"leader_api_address,omitempty"`
@@ -3116,8 +3119,11 @@ func (*ListMembersRequest) Descriptor() ([]byte, []int) {
 }
 
 type ListMembersResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Members       []*Member              `protobuf:"bytes,1,rep,name=members,proto3" json:"members,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Members []*Member              `protobuf:"bytes,1,rep,name=members,proto3" json:"members,omitempty"`
+	// Set by RemoveMember: what happened, in one line, e.g. "a1 removed; it
+	// was the leader, leadership moved to b1".
+	Message       string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3157,6 +3163,13 @@ func (x *ListMembersResponse) GetMembers() []*Member {
 		return x.Members
 	}
 	return nil
+}
+
+func (x *ListMembersResponse) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
 }
 
 type JoinClusterRequest struct {
@@ -3543,9 +3556,10 @@ const file_yunchi_v1_yunchi_proto_rawDesc = "" +
 	"\rapplied_index\x18\a \x01(\x04R\fappliedIndex\x12$\n" +
 	"\x0elast_log_index\x18\b \x01(\x04R\flastLogIndex\x12+\n" +
 	"\amembers\x18\t \x03(\v2\x11.yunchi.v1.MemberR\amembers\"\x14\n" +
-	"\x12ListMembersRequest\"B\n" +
+	"\x12ListMembersRequest\"\\\n" +
 	"\x13ListMembersResponse\x12+\n" +
-	"\amembers\x18\x01 \x03(\v2\x11.yunchi.v1.MemberR\amembers\"\x80\x01\n" +
+	"\amembers\x18\x01 \x03(\v2\x11.yunchi.v1.MemberR\amembers\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"\x80\x01\n" +
 	"\x12JoinClusterRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12!\n" +
 	"\fraft_address\x18\x02 \x01(\tR\vraftAddress\x12\x1f\n" +
