@@ -25,6 +25,22 @@ type Constraint struct {
 	Values []string
 }
 
+// HostFieldKeys are the constraint keys that match a host's own fields
+// (its center, site, rack and ID), never its labels: a label with one of
+// these keys would be invisible to constraints.
+var HostFieldKeys = []string{"center", "site", "rack", "host"}
+
+// IsHostFieldKey reports whether a constraint on key reads a host field
+// rather than a label (see HostFieldKeys).
+func IsHostFieldKey(key string) bool {
+	for _, k := range HostFieldKeys {
+		if k == key {
+			return true
+		}
+	}
+	return false
+}
+
 // ParseConstraint parses "cpu_model=kunpeng920", "rack!=r3",
 // "center in a1,a2" or "center notin b1". Keys center, site, rack and host
 // match those fields of a host; any other key matches its Labels.

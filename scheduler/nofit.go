@@ -103,6 +103,11 @@ func (e *NoFitError) detail(r Reason) string {
 	if !ok || !found {
 		return ""
 	}
+	if sf.MostFree < 0 {
+		// Every host short of it is overcommitted there: say so rather
+		// than print a negative free.
+		return fmt.Sprintf(" (need %s; none free: %s, the least overcommitted, is over by %s)", d.format(sf.Need), sf.HostID, d.format(-sf.MostFree))
+	}
 	need, free := d.format(sf.Need), d.format(sf.MostFree)
 	if need == free {
 		// Rounded alike (64 GiB needed, 64 GiB less a byte free): print the

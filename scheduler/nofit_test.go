@@ -86,7 +86,7 @@ func TestNoFitMessages(t *testing.T) {
 			name:  "overcommitted host",
 			req:   small(""),
 			hosts: []Host{host("h1", "a1", Resources{4, 16 * GiB, 4*TiB + 1536*MiB})},
-			want:  "0/1 hosts fit: 1 insufficient disk (need 40 GiB; most free: -1.5 GiB on h1)",
+			want:  "0/1 hosts fit: 1 insufficient disk (need 40 GiB; none free: h1, the least overcommitted, is over by 1.5 GiB)",
 		},
 	} {
 		_, err := Place(tc.req, tc.hosts)

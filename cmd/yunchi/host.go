@@ -38,9 +38,11 @@ func hostCommand() *cli.Command {
 				Usage:     "change a host's state, labels, owner, reservation or ratios",
 				ArgsUsage: "ID",
 				UsageText: "yunchi host set ID [--state ready|maintenance|draining] [--label k=v ...] [--unlabel k ...] [--owner P]\n" +
-					"   [--reserve-cpu N] [--reserve-memory SIZE] [--reserve-disk SIZE] [--cpu-ratio X] [--memory-ratio Y] [--disk-ratio Z]\n\n" +
+					"   [--reserve-cpu N] [--reserve-memory SIZE] [--reserve-disk SIZE] [--cpu-ratio X] [--memory-ratio Y] [--disk-ratio Z] [--force]\n\n" +
 					"Down is derived from missed heartbeats and cannot be set. --owner \"\" shares the host again.\n" +
-					"Ratios are in (0, 64]; 0 removes the host's own ratio (it inherits host group > center > default).",
+					"Labels center, site, rack and host are reserved (constraints read the host's own fields).\n" +
+					"Ratios: cpu 0.1-64, memory 0.1-4, disk 0.1-16; 0 removes the host's own ratio (it inherits host group > center > default).\n" +
+					"A change that would leave the host below what it already runs is refused unless --force is given.",
 				Flags: []cli.Flag{
 					&cli.StringFlag{Name: "state", Usage: "ready, maintenance or draining"},
 					&cli.StringSliceFlag{Name: "label", Usage: "set an admin label key=value (repeatable)"},
@@ -52,6 +54,7 @@ func hostCommand() *cli.Command {
 					&cli.Float64Flag{Name: "cpu-ratio", Usage: "host CPU allocation ratio"},
 					&cli.Float64Flag{Name: "memory-ratio", Usage: "host memory allocation ratio"},
 					&cli.Float64Flag{Name: "disk-ratio", Usage: "host disk allocation ratio"},
+					&cli.BoolFlag{Name: "force", Usage: "accept a change that overcommits the host (allocated > allocatable)"},
 				},
 				Action: withSession(hostSet),
 			},
@@ -147,6 +150,7 @@ func hostSet(cCtx *cli.Context, s *session) error {
 	if !changed {
 		return usagef("host set: nothing to change; give --state, --label, --unlabel, --owner, --reserve-* or --*-ratio")
 	}
+	req.Force = cCtx.Bool("force")
 	h, err := do(s.ctx, s.client, retrySafe, func(ctx context.Context, cc grpc.ClientConnInterface) (*yunchiv1.Host, error) {
 		return yunchiv1.NewHostServiceClient(cc).UpdateHost(ctx, req)
 	})

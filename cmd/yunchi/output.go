@@ -100,8 +100,12 @@ func (p *printer) hostList(hosts []*yunchiv1.Host) func(io.Writer) {
 		fmt.Fprintln(w, "ID\tCENTER\tRACK\tSTATE\tOWNER\tVMS\tVCPUS FREE\tMEMORY FREE\tDISK FREE\tLAST SEEN")
 		for _, h := range hosts {
 			f, a := h.GetFree(), h.GetAllocatable()
+			st := hostState(h.GetState())
+			if dims := overcommitted(h.GetOvercommit()); dims != "" {
+				st += " (overcommitted: " + dims + ")"
+			}
 			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%d/%d\t%s/%s\t%s/%s\t%s\n",
-				h.GetId(), dash(h.GetCenter()), dash(h.GetRack()), hostState(h.GetState()), dash(h.GetOwner()), h.GetVmCount(),
+				h.GetId(), dash(h.GetCenter()), dash(h.GetRack()), st, dash(h.GetOwner()), h.GetVmCount(),
 				f.GetVcpus(), a.GetVcpus(),
 				scheduler.FormatBytes(f.GetMemoryBytes()), scheduler.FormatBytes(a.GetMemoryBytes()),
 				scheduler.FormatBytes(f.GetDiskBytes()), scheduler.FormatBytes(a.GetDiskBytes()),
@@ -126,15 +130,26 @@ func (p *printer) hostDetail(h *yunchiv1.Host) func(io.Writer) {
 		kv(w, "VMs", strconv.Itoa(int(h.GetVmCount())))
 		kv(w, "Registered", p.timestamp(h.GetRegisteredAt()))
 		kv(w, "Last seen", p.timestamp(h.GetLastSeen()))
+		if dims := overcommitted(h.GetOvercommit()); dims != "" {
+			kv(w, "Overcommitted", dims+": allocated beyond allocatable; no new VM goes here until it is back within")
+		}
 		fmt.Fprintln(w)
-		c, r, al, a, f := h.GetCapacity(), h.GetReserved(), h.GetAllocatable(), h.GetAllocated(), h.GetFree()
+		c, r, al, a, f, o := h.GetCapacity(), h.GetReserved(), h.GetAllocatable(), h.GetAllocated(), h.GetFree(), h.GetOvercommit()
 		ra, src := h.GetRatios(), h.GetRatioSources()
+		// free, or "0 (overcommitted by X)": never a bare negative.
+		free := func(f, o int64, format func(int64) string) string {
+			if o > 0 {
+				return format(f) + " (overcommitted by " + format(o) + ")"
+			}
+			return format(f)
+		}
+		num := func(n int64) string { return strconv.FormatInt(n, 10) }
 		fmt.Fprintln(w, "RESOURCE\tCAPACITY\tRESERVED\tRATIO\tRATIO FROM\tALLOCATABLE\tALLOCATED\tFREE")
-		fmt.Fprintf(w, "vcpus\t%d\t%d\t%s\t%s\t%d\t%d\t%d\n", c.GetVcpus(), r.GetVcpus(), ratio(ra.GetCpu()), dash(src.GetCpu()), al.GetVcpus(), a.GetVcpus(), f.GetVcpus())
+		fmt.Fprintf(w, "vcpus\t%d\t%d\t%s\t%s\t%d\t%d\t%s\n", c.GetVcpus(), r.GetVcpus(), ratio(ra.GetCpu()), dash(src.GetCpu()), al.GetVcpus(), a.GetVcpus(), free(f.GetVcpus(), o.GetVcpus(), num))
 		fmt.Fprintf(w, "memory\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", scheduler.FormatBytes(c.GetMemoryBytes()), scheduler.FormatBytes(r.GetMemoryBytes()), ratio(ra.GetMemory()), dash(src.GetMemory()),
-			scheduler.FormatBytes(al.GetMemoryBytes()), scheduler.FormatBytes(a.GetMemoryBytes()), scheduler.FormatBytes(f.GetMemoryBytes()))
+			scheduler.FormatBytes(al.GetMemoryBytes()), scheduler.FormatBytes(a.GetMemoryBytes()), free(f.GetMemoryBytes(), o.GetMemoryBytes(), scheduler.FormatBytes))
 		fmt.Fprintf(w, "disk\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", scheduler.FormatBytes(c.GetDiskBytes()), scheduler.FormatBytes(r.GetDiskBytes()), ratio(ra.GetDisk()), dash(src.GetDisk()),
-			scheduler.FormatBytes(al.GetDiskBytes()), scheduler.FormatBytes(a.GetDiskBytes()), scheduler.FormatBytes(f.GetDiskBytes()))
+			scheduler.FormatBytes(al.GetDiskBytes()), scheduler.FormatBytes(a.GetDiskBytes()), free(f.GetDiskBytes(), o.GetDiskBytes(), scheduler.FormatBytes))
 		if s := h.GetStats(); s != nil {
 			fmt.Fprintln(w)
 			kv(w, "Domains running", strconv.Itoa(int(s.GetDomainsRunning())))
@@ -148,12 +163,19 @@ func (p *printer) hostDetail(h *yunchiv1.Host) func(io.Writer) {
 
 func (p *printer) capacity(c *yunchiv1.Capacity) func(io.Writer) {
 	return func(w io.Writer) {
-		fmt.Fprintln(w, "CENTER\tHOSTS\tREADY\tVMS\tVCPUS FREE\tMEMORY FREE\tDISK FREE")
-		row := func(name string, hosts, ready, vms int32, capa, free *yunchiv1.Resources) {
-			fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d/%d\t%s/%s\t%s/%s\n", name, hosts, ready, vms,
+		fmt.Fprintln(w, "CENTER\tHOSTS\tREADY\tVMS\tVCPUS FREE\tMEMORY FREE\tDISK FREE\tOVERCOMMITTED")
+		row := func(name string, hosts, ready, vms int32, capa, free *yunchiv1.Resources, overHosts int32, over *yunchiv1.Resources) {
+			oc := "-"
+			if overHosts > 0 {
+				oc = fmt.Sprintf("%d hosts (%s)", overHosts, overcommitAmounts(over))
+				if overHosts == 1 {
+					oc = "1 host (" + overcommitAmounts(over) + ")"
+				}
+			}
+			fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d/%d\t%s/%s\t%s/%s\t%s\n", name, hosts, ready, vms,
 				free.GetVcpus(), capa.GetVcpus(),
 				scheduler.FormatBytes(free.GetMemoryBytes()), scheduler.FormatBytes(capa.GetMemoryBytes()),
-				scheduler.FormatBytes(free.GetDiskBytes()), scheduler.FormatBytes(capa.GetDiskBytes()))
+				scheduler.FormatBytes(free.GetDiskBytes()), scheduler.FormatBytes(capa.GetDiskBytes()), oc)
 		}
 		var ready int32 // Capacity has no ready total: sum the centers
 		// Free out of allocatable ((capacity - reserved) * ratio); older
@@ -165,11 +187,42 @@ func (p *printer) capacity(c *yunchiv1.Capacity) func(io.Writer) {
 			return a
 		}
 		for _, cc := range c.GetCenters() {
-			row(dash(cc.GetCenter()), cc.GetHosts(), cc.GetHostsReady(), cc.GetVms(), orCap(cc.GetAllocatable(), cc.GetCapacity()), cc.GetFree())
+			row(dash(cc.GetCenter()), cc.GetHosts(), cc.GetHostsReady(), cc.GetVms(), orCap(cc.GetAllocatable(), cc.GetCapacity()), cc.GetFree(), cc.GetHostsOvercommitted(), cc.GetOvercommit())
 			ready += cc.GetHostsReady()
 		}
-		row("TOTAL", c.GetHosts(), ready, c.GetVms(), orCap(c.GetAllocatable(), c.GetCapacity()), c.GetFree())
+		row("TOTAL", c.GetHosts(), ready, c.GetVms(), orCap(c.GetAllocatable(), c.GetCapacity()), c.GetFree(), c.GetHostsOvercommitted(), c.GetOvercommit())
 	}
+}
+
+// overcommitted names the dimensions o is positive in: "memory", "cpu, disk";
+// "" for none.
+func overcommitted(o *yunchiv1.Resources) string {
+	var dims []string
+	if o.GetVcpus() > 0 {
+		dims = append(dims, "cpu")
+	}
+	if o.GetMemoryBytes() > 0 {
+		dims = append(dims, "memory")
+	}
+	if o.GetDiskBytes() > 0 {
+		dims = append(dims, "disk")
+	}
+	return strings.Join(dims, ", ")
+}
+
+// overcommitAmounts prints the positive amounts of o: "memory 94.72 GiB".
+func overcommitAmounts(o *yunchiv1.Resources) string {
+	var parts []string
+	if o.GetVcpus() > 0 {
+		parts = append(parts, fmt.Sprintf("cpu %d vCPU", o.GetVcpus()))
+	}
+	if o.GetMemoryBytes() > 0 {
+		parts = append(parts, "memory "+scheduler.FormatBytes(o.GetMemoryBytes()))
+	}
+	if o.GetDiskBytes() > 0 {
+		parts = append(parts, "disk "+scheduler.FormatBytes(o.GetDiskBytes()))
+	}
+	return strings.Join(parts, ", ") + " over"
 }
 
 // --- cluster ---

@@ -20,16 +20,18 @@ func ratioCommand() *cli.Command {
 			{
 				Name:  "set",
 				Usage: "set a center's or a host group's ratios",
-				UsageText: "yunchi ratio set (--center C | --host-group G) [--cpu X] [--memory Y] [--disk Z]\n\n" +
+				UsageText: "yunchi ratio set (--center C | --host-group G) [--cpu X] [--memory Y] [--disk Z] [--force]\n\n" +
 					"A host group is the hosts labelled host_group=G (yunchi host set ID --label host_group=G).\n" +
 					"Precedence: host > host group > center > default (cpu 4, memory 1, disk 1).\n" +
-					"Ratios are in (0, 64]; 0 removes the setting for that dimension.",
+					"Ratios: cpu 0.1-64, memory 0.1-4, disk 0.1-16; 0 removes the setting for that dimension.\n" +
+					"A change that would leave hosts below what they already run is refused, naming them, unless --force is given.",
 				Flags: []cli.Flag{
 					&cli.StringFlag{Name: "center", Usage: "the center to set"},
 					&cli.StringFlag{Name: "host-group", Usage: "the host group to set"},
 					&cli.Float64Flag{Name: "cpu", Usage: "CPU ratio"},
 					&cli.Float64Flag{Name: "memory", Usage: "memory ratio"},
 					&cli.Float64Flag{Name: "disk", Usage: "disk ratio"},
+					&cli.BoolFlag{Name: "force", Usage: "accept a change that overcommits hosts (allocated > allocatable)"},
 				},
 				Action: withSession(ratioSet),
 			},
@@ -71,6 +73,7 @@ func ratioSet(cCtx *cli.Context, s *session) error {
 	if req.Cpu == nil && req.Memory == nil && req.Disk == nil {
 		return usagef("ratio set: nothing to set; give --cpu, --memory or --disk")
 	}
+	req.Force = cCtx.Bool("force")
 	r, err := do(s.ctx, s.client, retrySafe, func(ctx context.Context, cc grpc.ClientConnInterface) (*yunchiv1.RatioSetting, error) {
 		return yunchiv1.NewRatioServiceClient(cc).SetRatios(ctx, req)
 	})

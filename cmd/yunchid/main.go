@@ -19,6 +19,7 @@ import (
 	"github.com/yunchi/yunchi/agent/libvirt"
 	"github.com/yunchi/yunchi/cmd/yunchid/devcluster"
 	"github.com/yunchi/yunchi/controller"
+	"github.com/yunchi/yunchi/scheduler"
 )
 
 func main() {
@@ -44,6 +45,25 @@ func main() {
 		fmt.Fprintf(os.Stderr, "yunchid: %s\n", strings.ReplaceAll(err.Error(), "\n", " "))
 		os.Exit(1)
 	}
+}
+
+// agentLabels reads the agent's --label key=value flags. Keys that
+// constraints read from the host's own fields are refused: such a label
+// would be ignored.
+func agentLabels(flags []string) (map[string]string, error) {
+	labels := map[string]string{}
+	for _, l := range flags {
+		k, v, ok := strings.Cut(l, "=")
+		if !ok || k == "" {
+			return nil, fmt.Errorf("--label %q: use key=value", l)
+		}
+		if scheduler.IsHostFieldKey(k) {
+			return nil, fmt.Errorf("--label %q: key %q is reserved (constraints on %s read the host's own fields): use --center, --site, --rack or --host-id",
+				l, k, strings.Join(scheduler.HostFieldKeys, ", "))
+		}
+		labels[k] = v
+	}
+	return labels, nil
 }
 
 func splitList(s string) []string {
@@ -106,13 +126,9 @@ func agentCmd() *cli.Command {
 			&cli.DurationFlag{Name: "heartbeat", Usage: "heartbeat interval (default: what the controller asks at registration)"},
 		},
 		Action: func(c *cli.Context) error {
-			labels := map[string]string{}
-			for _, l := range c.StringSlice("label") {
-				k, v, ok := strings.Cut(l, "=")
-				if !ok || k == "" {
-					return fmt.Errorf("--label %q: use key=value", l)
-				}
-				labels[k] = v
+			labels, err := agentLabels(c.StringSlice("label"))
+			if err != nil {
+				return err
 			}
 			drv, err := libvirt.Open(c.String("libvirt-uri"))
 			if err != nil {

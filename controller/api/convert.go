@@ -36,18 +36,22 @@ func vmToAPI(v *statev1.VMRecord, host hostInfo) *yunchiv1.VM {
 	return out
 }
 
-func sub(a, b *yunchiv1.Resources) *yunchiv1.Resources {
-	return &yunchiv1.Resources{
-		Vcpus:       a.GetVcpus() - b.GetVcpus(),
-		MemoryBytes: a.GetMemoryBytes() - b.GetMemoryBytes(),
-		DiskBytes:   a.GetDiskBytes() - b.GetDiskBytes(),
-	}
-}
-
 func addTo(a, b *yunchiv1.Resources) {
 	a.Vcpus += b.GetVcpus()
 	a.MemoryBytes += b.GetMemoryBytes()
 	a.DiskBytes += b.GetDiskBytes()
+}
+
+// freeAndOvercommit splits allocatable - allocated into what is left (never
+// negative) and, where allocated exceeds allocatable, by how much (nil when
+// nowhere): free is never silently negative.
+func freeAndOvercommit(allocatable, allocated scheduler.Resources) (free, over *yunchiv1.Resources) {
+	d := allocatable.Sub(allocated)
+	free = &yunchiv1.Resources{Vcpus: max(d.VCPUs, 0), MemoryBytes: max(d.MemoryBytes, 0), DiskBytes: max(d.DiskBytes, 0)}
+	if d.VCPUs < 0 || d.MemoryBytes < 0 || d.DiskBytes < 0 {
+		over = &yunchiv1.Resources{Vcpus: max(-d.VCPUs, 0), MemoryBytes: max(-d.MemoryBytes, 0), DiskBytes: max(-d.DiskBytes, 0)}
+	}
+	return free, over
 }
 
 func resToAPI(r scheduler.Resources) *yunchiv1.Resources {
@@ -58,6 +62,7 @@ func hostToAPI(hv state.HostView, seen *hostSeen) *yunchiv1.Host {
 	h := hv.Host
 	sh := hv.Sched
 	alloc := sh.Allocatable()
+	free, over := freeAndOvercommit(alloc, sh.Allocated)
 	labels := map[string]string{}
 	for k, v := range h.Labels {
 		labels[k] = v
@@ -69,7 +74,7 @@ func hostToAPI(hv state.HostView, seen *hostSeen) *yunchiv1.Host {
 		Id: h.Id, Hostname: h.Hostname, Center: h.Center, Site: h.Site, Rack: h.Rack,
 		Labels: labels, AdminLabels: h.AdminLabels, Capacity: h.Capacity, Allocated: hv.Allocated,
 		Reserved: resToAPI(sh.Reserved), Allocatable: resToAPI(alloc),
-		Free:  sub(resToAPI(alloc), hv.Allocated),
+		Free: free, Overcommit: over,
 		State: hv.State, VmCount: int32(hv.VMs), Owner: h.Owner,
 		Ratios:       &yunchiv1.Ratios{Cpu: sh.Ratios.CPU, Memory: sh.Ratios.Memory, Disk: sh.Ratios.Disk},
 		RatioSources: &yunchiv1.RatioSources{Cpu: hv.Sources.CPU, Memory: hv.Sources.Memory, Disk: hv.Sources.Disk},

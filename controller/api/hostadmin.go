@@ -25,7 +25,7 @@ func (s *Server) UpdateHost(ctx context.Context, req *yunchiv1.UpdateHostRequest
 		return nil, err
 	}
 	cmd := &statev1.UpdateHost{HostId: req.Id, AdminState: req.State, SetLabels: req.SetLabels, RemoveLabels: req.RemoveLabels,
-		Owner: req.Owner, CpuRatio: req.CpuRatio, MemoryRatio: req.MemoryRatio, DiskRatio: req.DiskRatio}
+		Owner: req.Owner, CpuRatio: req.CpuRatio, MemoryRatio: req.MemoryRatio, DiskRatio: req.DiskRatio, Force: req.Force}
 	// Sizes arrive as text ("2GiB"): parsing them is the API's part; the
 	// rest is checked by the state, as Apply will.
 	if req.ReserveVcpus != nil || req.ReserveMemory != nil || req.ReserveDisk != nil {
@@ -38,12 +38,12 @@ func (s *Server) UpdateHost(ctx context.Context, req *yunchiv1.UpdateHostRequest
 			r.Vcpus = *req.ReserveVcpus
 		}
 		if req.ReserveMemory != nil {
-			if r.MemoryBytes, err = parseSizeOrZero("reserve memory", *req.ReserveMemory, maxReserveMemory); err != nil {
+			if r.MemoryBytes, err = checkSize("reserve memory", *req.ReserveMemory, 0, maxReserveMemory); err != nil {
 				return nil, err
 			}
 		}
 		if req.ReserveDisk != nil {
-			if r.DiskBytes, err = parseSizeOrZero("reserve disk", *req.ReserveDisk, maxReserveDisk); err != nil {
+			if r.DiskBytes, err = checkSize("reserve disk", *req.ReserveDisk, 0, maxReserveDisk); err != nil {
 				return nil, err
 			}
 		}
@@ -61,8 +61,8 @@ func (s *Server) UpdateHost(ctx context.Context, req *yunchiv1.UpdateHostRequest
 }
 
 func (s *Server) SetRatios(ctx context.Context, req *yunchiv1.SetRatiosRequest) (*yunchiv1.RatioSetting, error) {
-	cmd := &statev1.SetRatios{Scope: req.Scope, Name: req.Name, Cpu: req.Cpu, Memory: req.Memory, Disk: req.Disk}
-	if err := state.CheckSetRatios(cmd); err != nil {
+	cmd := &statev1.SetRatios{Scope: req.Scope, Name: req.Name, Cpu: req.Cpu, Memory: req.Memory, Disk: req.Disk, Force: req.Force}
+	if err := s.store.CheckSetRatios(cmd); err != nil {
 		return nil, toStatus(err)
 	}
 	// A center with no host is a typo, not a setting for later.

@@ -277,13 +277,13 @@ func (s *Server) GetHost(ctx context.Context, req *yunchiv1.GetHostRequest) (*yu
 }
 
 func (s *Server) GetCapacity(ctx context.Context, req *yunchiv1.GetCapacityRequest) (*yunchiv1.Capacity, error) {
-	out := &yunchiv1.Capacity{Capacity: &yunchiv1.Resources{}, Allocated: &yunchiv1.Resources{}, Allocatable: &yunchiv1.Resources{}}
+	out := &yunchiv1.Capacity{Capacity: &yunchiv1.Resources{}, Allocated: &yunchiv1.Resources{}, Allocatable: &yunchiv1.Resources{}, Free: &yunchiv1.Resources{}}
 	centers := map[string]*yunchiv1.CenterCapacity{}
 	for _, hv := range s.store.Hosts() {
 		h := hv.Host
 		c := centers[h.Center]
 		if c == nil {
-			c = &yunchiv1.CenterCapacity{Center: h.Center, Capacity: &yunchiv1.Resources{}, Allocated: &yunchiv1.Resources{}, Allocatable: &yunchiv1.Resources{}}
+			c = &yunchiv1.CenterCapacity{Center: h.Center, Capacity: &yunchiv1.Resources{}, Allocated: &yunchiv1.Resources{}, Allocatable: &yunchiv1.Resources{}, Free: &yunchiv1.Resources{}}
 			centers[h.Center] = c
 		}
 		c.Hosts++
@@ -291,22 +291,38 @@ func (s *Server) GetCapacity(ctx context.Context, req *yunchiv1.GetCapacityReque
 			c.HostsReady++
 		}
 		c.Vms += int32(hv.VMs)
-		alloc := resToAPI(hv.Sched.Allocatable())
+		a := hv.Sched.Allocatable()
+		alloc := resToAPI(a)
+		// Free is what each host has left: an overcommitted host's
+		// shortfall is not taken from another host's room, it is reported.
+		free, over := freeAndOvercommit(a, hv.Sched.Allocated)
 		addTo(c.Capacity, h.Capacity)
 		addTo(c.Allocated, hv.Allocated)
 		addTo(c.Allocatable, alloc)
+		addTo(c.Free, free)
 		addTo(out.Capacity, h.Capacity)
 		addTo(out.Allocated, hv.Allocated)
 		addTo(out.Allocatable, alloc)
+		addTo(out.Free, free)
+		if over != nil {
+			if c.Overcommit == nil {
+				c.Overcommit = &yunchiv1.Resources{}
+			}
+			addTo(c.Overcommit, over)
+			c.HostsOvercommitted++
+			if out.Overcommit == nil {
+				out.Overcommit = &yunchiv1.Resources{}
+			}
+			addTo(out.Overcommit, over)
+			out.HostsOvercommitted++
+		}
 		out.Hosts++
 		out.Vms += int32(hv.VMs)
 	}
 	for _, c := range centers {
-		c.Free = sub(c.Allocatable, c.Allocated)
 		out.Centers = append(out.Centers, c)
 	}
 	sort.Slice(out.Centers, func(i, j int) bool { return out.Centers[i].Center < out.Centers[j].Center })
-	out.Free = sub(out.Allocatable, out.Allocated)
 	return out, nil
 }
 

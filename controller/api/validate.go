@@ -52,16 +52,32 @@ func checkHostID(s string) error {
 	return nil
 }
 
+// Binary units only: K, M, G and T alone are binary too, as in qemu and
+// libvirt. The decimal spellings (KB, MB, GB, TB) are refused rather than
+// read as powers of 1000: to most people "4GB" of memory means 4 GiB, and
+// a VM that silently gets 3.73 GiB (not even a whole number of pages) is a
+// worse answer than a one-line error with both exact spellings.
 var units = map[string]int64{
 	"": 1, "b": 1,
-	"k": 1 << 10, "kib": 1 << 10, "kb": 1000,
-	"m": 1 << 20, "mib": 1 << 20, "mb": 1000 * 1000,
-	"g": 1 << 30, "gib": 1 << 30, "gb": 1000 * 1000 * 1000,
-	"t": 1 << 40, "tib": 1 << 40, "tb": 1000 * 1000 * 1000 * 1000,
+	"k": 1 << 10, "kib": 1 << 10,
+	"m": 1 << 20, "mib": 1 << 20,
+	"g": 1 << 30, "gib": 1 << 30,
+	"t": 1 << 40, "tib": 1 << 40,
 }
 
-// ParseSize reads sizes such as "4GiB", "512MiB", "1.5TiB", "40GB" or a
-// bare number of bytes. K/M/G/T alone are binary (as in qemu and libvirt).
+// decimalUnits are refused with the binary spelling and the exact bytes.
+var decimalUnits = map[string]struct {
+	binary string
+	mult   int64
+}{
+	"kb": {"KiB", 1000}, "mb": {"MiB", 1000 * 1000},
+	"gb": {"GiB", 1000 * 1000 * 1000}, "tb": {"TiB", 1000 * 1000 * 1000 * 1000},
+}
+
+// ParseSize reads sizes such as "4GiB", "512MiB", "1.5TiB", "0" or a bare
+// number of bytes; K/M/G/T alone are binary (as in qemu and libvirt). The
+// result may be zero or negative: callers check the range they accept.
+// Decimal units (GB...) are refused, naming both exact spellings.
 func ParseSize(s string) (int64, error) {
 	t := strings.TrimSpace(s)
 	if t == "" {
@@ -72,19 +88,23 @@ func ParseSize(s string) (int64, error) {
 		i++
 	}
 	num, unit := t[:i], strings.ToLower(strings.TrimSpace(t[i:]))
+	v, numErr := strconv.ParseFloat(num, 64)
+	if d, ok := decimalUnits[unit]; ok {
+		if numErr != nil || num == "" {
+			return 0, fmt.Errorf("unit %q in size %q is decimal: sizes are binary, use %s", t[i:], s, d.binary)
+		}
+		return 0, fmt.Errorf("size %q is in decimal %s: write %s%s (binary, as sizes are here) or %s (bytes)",
+			s, t[i:], num, d.binary, strconv.FormatFloat(math.Round(v*float64(d.mult)), 'f', -1, 64))
+	}
 	mult, ok := units[unit]
 	if !ok {
-		return 0, fmt.Errorf("unknown unit %q in size %q: use B, KiB, MiB, GiB or TiB (or KB, MB, GB, TB)", t[i:], s)
+		return 0, fmt.Errorf("unknown unit %q in size %q: use B, KiB, MiB, GiB or TiB", t[i:], s)
 	}
-	v, err := strconv.ParseFloat(num, 64)
-	if err != nil || num == "" {
+	if numErr != nil || num == "" {
 		return 0, fmt.Errorf("size %q is not a number followed by a unit, e.g. \"4GiB\"", s)
 	}
-	if v <= 0 {
-		return 0, fmt.Errorf("size %q must be greater than zero", s)
-	}
 	b := v * float64(mult)
-	if b > math.MaxInt64/2 {
+	if math.Abs(b) > math.MaxInt64/2 {
 		return 0, fmt.Errorf("size %q is too large", s)
 	}
 	return int64(b), nil
@@ -100,13 +120,18 @@ const (
 	defaultDisk = 20 << 30
 )
 
+// checkSize parses a size field and checks it is within [min, max].
 func checkSize(field, s string, min, max int64) (int64, error) {
 	v, err := ParseSize(s)
 	if err != nil {
 		return 0, invalid("%s: %v", field, err)
 	}
 	if v < min || v > max {
-		return 0, invalid("%s %s is out of range: give between %s and %s", field, s, scheduler.FormatBytes(min), scheduler.FormatBytes(max))
+		lo := scheduler.FormatBytes(min)
+		if min == 0 {
+			lo = "0"
+		}
+		return 0, invalid("%s %s is out of range: give %s to %s", field, strings.TrimSpace(s), lo, scheduler.FormatBytes(max))
 	}
 	return v, nil
 }
@@ -120,22 +145,6 @@ func checkHostPort(a string) error {
 		return invalid("address %q has no valid port", a)
 	}
 	return nil
-}
-
-// parseSizeOrZero is ParseSize that also takes "0" (a reservation of nothing).
-func parseSizeOrZero(field, s string, max int64) (int64, error) {
-	t := strings.TrimSpace(s)
-	if t == "0" || t == "0B" || t == "0b" {
-		return 0, nil
-	}
-	v, err := ParseSize(s)
-	if err != nil {
-		return 0, invalid("%s: %v", field, err)
-	}
-	if v > max {
-		return 0, invalid("%s %s is out of range: give at most %s", field, s, scheduler.FormatBytes(max))
-	}
-	return v, nil
 }
 
 // oneLine folds a message onto one line.

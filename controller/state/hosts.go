@@ -1,10 +1,12 @@
 package state
 
 import (
+	"fmt"
 	"maps"
 	"math"
 	"regexp"
 	"sort"
+	"strings"
 
 	"google.golang.org/protobuf/proto"
 
@@ -18,8 +20,25 @@ import (
 // agent; no disk (VM disks live on a pool the host OS does not share).
 var DefaultReserved = scheduler.Resources{VCPUs: 1, MemoryBytes: 2 << 30, DiskBytes: 0}
 
-// MaxRatio is the largest allocation ratio accepted anywhere.
-const MaxRatio = 64.0
+// Ratio bounds, per dimension: a ratio being set is 0 (remove the
+// setting) or in [MinRatio, MaxRatios]. Below a tenth a host would offer
+// almost nothing (take it out of service or reserve instead); CPU time
+// is shared and overcommits far, memory beyond 4x would live on ballooning
+// and swap, thin disks beyond 16x on hope.
+const MinRatio = 0.1
+
+// MaxRatios are the largest ratios accepted, per dimension.
+var MaxRatios = scheduler.Ratios{CPU: 64, Memory: 4, Disk: 16}
+
+// legacyMaxRatio bounds every ratio of a command older than version 3.
+const legacyMaxRatio = 64.0
+
+// rulesV3 is the first command version judged by the rules of version 3:
+// reserved label keys refused, ratios within MinRatio..MaxRatios, admin
+// changes that would overcommit a host refused unless forced. Older
+// commands (a log written before) apply as they did, so that every
+// controller replays them to the same state.
+const rulesV3 = 3
 
 // HostGroupLabel is the label whose value names a host's host group.
 const HostGroupLabel = "host_group"
@@ -55,22 +74,30 @@ func CheckLabel(k, v string) error {
 	return nil
 }
 
-// CheckRatio validates a ratio being set: 0 clears, else (0, MaxRatio].
-func CheckRatio(what string, r float64) error {
-	if math.IsNaN(r) || math.IsInf(r, 0) || r < 0 || r > MaxRatio {
-		return errorf(KindInvalid, "%s ratio %v is out of range: give a number above 0 and at most %v (0 removes the setting)", what, r, MaxRatio)
+// checkRatio validates a ratio being set for one dimension: 0 clears, else
+// [MinRatio, max] (legacy: (0, legacyMaxRatio]).
+func checkRatio(what string, r, max float64, legacy bool) error {
+	if legacy {
+		if math.IsNaN(r) || math.IsInf(r, 0) || r < 0 || r > legacyMaxRatio {
+			return errorf(KindInvalid, "%s ratio %v is out of range: give a number above 0 and at most %v (0 removes the setting)", what, r, legacyMaxRatio)
+		}
+		return nil
+	}
+	if math.IsNaN(r) || math.IsInf(r, 0) || (r != 0 && (r < MinRatio || r > max)) {
+		return errorf(KindInvalid, "%s ratio %v is out of range: give %v to %v (0 removes the setting)", what, r, MinRatio, max)
 	}
 	return nil
 }
 
 // checkRatios validates the ratios a command sets (nil: not set).
-func checkRatios(cpu, memory, disk *float64) error {
+func checkRatios(cpu, memory, disk *float64, legacy bool) error {
 	for _, f := range []struct {
 		what string
 		v    *float64
-	}{{"cpu", cpu}, {"memory", memory}, {"disk", disk}} {
+		max  float64
+	}{{"cpu", cpu, MaxRatios.CPU}, {"memory", memory, MaxRatios.Memory}, {"disk", disk, MaxRatios.Disk}} {
 		if f.v != nil {
-			if err := CheckRatio(f.what, *f.v); err != nil {
+			if err := checkRatio(f.what, *f.v, f.max, legacy); err != nil {
 				return err
 			}
 		}
@@ -143,19 +170,20 @@ func schedState(s yunchiv1.HostState) scheduler.HostState {
 }
 
 // ratiosOf resolves the effective ratios of h, per dimension: host > host
-// group > center > default. Callers hold mu.
-func (s *Store) ratiosOf(h *statev1.HostRecord, labels map[string]string) (scheduler.Ratios, RatioSources) {
+// group > center > default, from the settings in ratios (s.ratios, or what
+// they would be after a change). Callers hold mu.
+func ratiosOf(h *statev1.HostRecord, labels map[string]string, ratios map[string]*statev1.RatioRecord) (scheduler.Ratios, RatioSources) {
 	type layer struct {
 		r   *yunchiv1.Ratios
 		src string
 	}
 	layers := []layer{{h.Ratios, "host"}}
 	if g := labels[HostGroupLabel]; g != "" {
-		if rec := s.ratios[ratioKey(ScopeHostGroup, g)]; rec != nil {
+		if rec := ratios[ratioKey(ScopeHostGroup, g)]; rec != nil {
 			layers = append(layers, layer{rec.Ratios, "host_group " + g})
 		}
 	}
-	if rec := s.ratios[ratioKey(ScopeCenter, h.Center)]; rec != nil {
+	if rec := ratios[ratioKey(ScopeCenter, h.Center)]; rec != nil {
 		layers = append(layers, layer{rec.Ratios, "center " + h.Center})
 	}
 	pick := func(get func(*yunchiv1.Ratios) float64, def float64) (float64, string) {
@@ -178,11 +206,17 @@ func (s *Store) ratiosOf(h *statev1.HostRecord, labels map[string]string) (sched
 // state, labels, reservation and ratios, and what is allocated on it now.
 // Callers hold mu.
 func (s *Store) schedHost(h *statev1.HostRecord) (scheduler.Host, RatioSources) {
+	return s.schedHostWith(h, s.ratios)
+}
+
+// schedHostWith is schedHost under the ratio settings given: what h would
+// be after a change to them. Callers hold mu.
+func (s *Store) schedHostWith(h *statev1.HostRecord, ratios map[string]*statev1.RatioRecord) (scheduler.Host, RatioSources) {
 	labels := labelsOf(h)
 	if _, ok := labels["cpu_model"]; !ok && h.CpuModel != "" {
 		labels["cpu_model"] = h.CpuModel
 	}
-	r, src := s.ratiosOf(h, labels)
+	r, src := ratiosOf(h, labels, ratios)
 	return scheduler.Host{
 		ID: h.Id, Center: h.Center, Site: h.Site, Rack: h.Rack,
 		Labels:    labels,
@@ -195,21 +229,86 @@ func (s *Store) schedHost(h *statev1.HostRecord) (scheduler.Host, RatioSources) 
 	}, src
 }
 
+// loweredBelow says, per dimension a change from allocatable before to
+// after puts under what the host runs (used > after, after < before), what
+// it runs and what it would be allowed: "memory: allocated 8 GiB >
+// allocatable 6.2 GiB".
+func loweredBelow(before, after, used scheduler.Resources) []string {
+	vcpus := func(n int64) string { return fmt.Sprintf("%d vCPU", n) }
+	var out []string
+	for _, d := range []struct {
+		name      string
+		b, a, use int64
+		format    func(int64) string
+	}{
+		{"cpu", before.VCPUs, after.VCPUs, used.VCPUs, vcpus},
+		{"memory", before.MemoryBytes, after.MemoryBytes, used.MemoryBytes, scheduler.FormatBytes},
+		{"disk", before.DiskBytes, after.DiskBytes, used.DiskBytes, scheduler.FormatBytes},
+	} {
+		if d.use > d.a && d.a < d.b {
+			out = append(out, d.name+": allocated "+d.format(d.use)+" > allocatable "+d.format(d.a))
+		}
+	}
+	return out
+}
+
+// maxNamedHosts is how many hosts an overcommit refusal names.
+const maxNamedHosts = 3
+
+// overcommitError refuses a change that would put hosts below what they
+// already run: for each (before, after) view, sorted by host ID, the
+// dimensions whose allocatable the change lowers under what is allocated.
+// A host already overcommitted may take a change that does not lower it
+// further. nil when no host is put below.
+func overcommitError(what string, changes [][2]scheduler.Host) error {
+	var named []string
+	var firstID, firstDims string
+	n := 0
+	for _, c := range changes {
+		dims := loweredBelow(c[0].Allocatable(), c[1].Allocatable(), c[1].Allocated)
+		if len(dims) == 0 {
+			continue
+		}
+		n++
+		if n == 1 {
+			firstID, firstDims = c[1].ID, strings.Join(dims, "; ")
+		}
+		if len(named) < maxNamedHosts {
+			named = append(named, c[1].ID+" ("+strings.Join(dims, "; ")+")")
+		}
+	}
+	if n == 0 {
+		return nil
+	}
+	const force = "give --force (REST: \"force\": true) to accept the overcommit"
+	if n == 1 {
+		return errorf(KindFailedPrecondition, "%s would put host %s below what it runs (%s); %s", what, firstID, firstDims, force)
+	}
+	list := strings.Join(named, ", ")
+	if n > len(named) {
+		list += fmt.Sprintf(" and %d more", n-len(named))
+	}
+	return errorf(KindFailedPrecondition, "%s would put %d hosts below what they run: %s; %s", what, n, list, force)
+}
+
 // MaxLabelsPerUpdate bounds the labels one UpdateHost sets.
 const MaxLabelsPerUpdate = 64
 
 // CheckUpdateHost says whether c would be applied to the current state:
-// the checks Apply makes before it changes anything. The API calls it
-// before proposing, so that a bad request never reaches the log.
+// the checks Apply makes before it changes anything, overcommit included.
+// The API calls it before proposing, so that a bad request never reaches
+// the log.
 func (s *Store) CheckUpdateHost(c *statev1.UpdateHost) error {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	_, err := s.checkUpdateHost(c)
+	_, err := s.checkUpdateHost(0, c, false)
 	return err
 }
 
-// checkUpdateHost validates c and returns its host. Callers hold mu.
-func (s *Store) checkUpdateHost(c *statev1.UpdateHost) (*statev1.HostRecord, error) {
+// checkUpdateHost validates c and returns its host as c would leave it (a
+// new record; the stored one is untouched). legacy: c predates version 3
+// and is judged by the rules it was written under. Callers hold mu.
+func (s *Store) checkUpdateHost(now int64, c *statev1.UpdateHost, legacy bool) (*statev1.HostRecord, error) {
 	h, ok := s.hosts[c.GetHostId()]
 	if !ok {
 		return nil, errorf(KindNotFound, "host %q not found (see `yunchi host list`)", c.GetHostId())
@@ -233,6 +332,10 @@ func (s *Store) checkUpdateHost(c *statev1.UpdateHost) (*statev1.HostRecord, err
 	for _, k := range keys {
 		if err := CheckLabel(k, c.SetLabels[k]); err != nil {
 			return nil, err
+		}
+		if !legacy && scheduler.IsHostFieldKey(k) {
+			return nil, errorf(KindInvalid, "label key %q is reserved: constraints on %s read the host's own fields (its agent's --center, --site, --rack and --host-id), never labels; use another key",
+				k, strings.Join(scheduler.HostFieldKeys, ", "))
 		}
 	}
 	for _, k := range c.RemoveLabels {
@@ -260,18 +363,23 @@ func (s *Store) checkUpdateHost(c *statev1.UpdateHost) (*statev1.HostRecord, err
 				cp.GetVcpus(), scheduler.FormatBytes(cp.GetMemoryBytes()), scheduler.FormatBytes(cp.GetDiskBytes()))
 		}
 	}
-	if err := checkRatios(c.CpuRatio, c.MemoryRatio, c.DiskRatio); err != nil {
+	if err := checkRatios(c.CpuRatio, c.MemoryRatio, c.DiskRatio, legacy); err != nil {
 		return nil, err
 	}
-	return h, nil
+	nh := updatedHost(now, h, c)
+	if !legacy && !c.Force {
+		before, _ := s.schedHost(h)
+		after, _ := s.schedHost(nh)
+		if err := overcommitError("this change", [][2]scheduler.Host{{before, after}}); err != nil {
+			return nil, err
+		}
+	}
+	return nh, nil
 }
 
-func (s *Store) applyUpdateHost(now int64, c *statev1.UpdateHost) (any, error) {
-	// Validate everything first: a rejected command changes nothing.
-	h, err := s.checkUpdateHost(c)
-	if err != nil {
-		return nil, err
-	}
+// updatedHost returns a copy of h with c's changes, which have been checked.
+func updatedHost(now int64, h *statev1.HostRecord, c *statev1.UpdateHost) *statev1.HostRecord {
+	h = proto.Clone(h).(*statev1.HostRecord)
 	if c.AdminState != yunchiv1.HostState_HOST_STATE_UNSPECIFIED && c.AdminState != h.AdminState {
 		old := effectiveState(h)
 		h.AdminState = c.AdminState
@@ -292,7 +400,6 @@ func (s *Store) applyUpdateHost(now int64, c *statev1.UpdateHost) (any, error) {
 	if c.Reserved != nil {
 		h.Reserved = proto.Clone(c.Reserved).(*yunchiv1.Resources)
 	}
-	s.touched(h.Id)
 	if c.CpuRatio != nil || c.MemoryRatio != nil || c.DiskRatio != nil {
 		if h.Ratios == nil {
 			h.Ratios = &yunchiv1.Ratios{}
@@ -301,53 +408,97 @@ func (s *Store) applyUpdateHost(now int64, c *statev1.UpdateHost) (any, error) {
 			h.Ratios = nil
 		}
 	}
-	return proto.Clone(h), nil
+	return h
 }
 
-// CheckSetRatios says whether c is a valid SetRatios command: the checks
-// Apply makes, for the API to make before proposing.
-func CheckSetRatios(c *statev1.SetRatios) error {
+func (s *Store) applyUpdateHost(now int64, c *statev1.UpdateHost, legacy bool) (any, error) {
+	// Validate everything first: a rejected command changes nothing.
+	nh, err := s.checkUpdateHost(now, c, legacy)
+	if err != nil {
+		return nil, err
+	}
+	s.hosts[nh.Id] = nh
+	s.touched(nh.Id)
+	return proto.Clone(nh), nil
+}
+
+// CheckSetRatios says whether c would be applied to the current state: the
+// checks Apply makes, overcommit included, for the API to make before
+// proposing.
+func (s *Store) CheckSetRatios(c *statev1.SetRatios) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	_, _, err := s.checkSetRatios(c, false)
+	return err
+}
+
+// checkSetRatios validates c and returns the ratio settings as c would
+// leave them (a new map; s.ratios is untouched) and the setting c changes.
+// legacy as in checkUpdateHost. Callers hold mu.
+func (s *Store) checkSetRatios(c *statev1.SetRatios, legacy bool) (map[string]*statev1.RatioRecord, *statev1.RatioRecord, error) {
 	switch c.GetScope() {
 	case ScopeCenter, ScopeHostGroup:
 	case "":
-		return errorf(KindInvalid, "scope is missing: give center or host_group")
+		return nil, nil, errorf(KindInvalid, "scope is missing: give center or host_group")
 	default:
-		return errorf(KindInvalid, "ratio scope %q is not valid: use center or host_group", c.GetScope())
+		return nil, nil, errorf(KindInvalid, "ratio scope %q is not valid: use center or host_group", c.GetScope())
 	}
 	if c.GetName() == "" {
-		return errorf(KindInvalid, "%s name is empty", c.Scope)
+		return nil, nil, errorf(KindInvalid, "%s name is empty", c.Scope)
 	}
 	if c.Scope == ScopeCenter && !ValidName(c.Name) {
-		return errorf(KindInvalid, "center %q is not valid: use lowercase letters, digits and '-'", c.Name)
+		return nil, nil, errorf(KindInvalid, "center %q is not valid: use lowercase letters, digits and '-'", c.Name)
 	}
 	if c.Scope == ScopeHostGroup {
 		if err := CheckLabel(HostGroupLabel, c.Name); err != nil {
-			return err
+			return nil, nil, err
 		}
 	}
-	if err := checkRatios(c.Cpu, c.Memory, c.Disk); err != nil {
-		return err
+	if err := checkRatios(c.Cpu, c.Memory, c.Disk, legacy); err != nil {
+		return nil, nil, err
 	}
 	if c.Cpu == nil && c.Memory == nil && c.Disk == nil {
-		return errorf(KindInvalid, "no ratio given: set at least one of cpu, memory, disk")
-	}
-	return nil
-}
-
-func (s *Store) applySetRatios(c *statev1.SetRatios) (any, error) {
-	if err := CheckSetRatios(c); err != nil {
-		return nil, err
+		return nil, nil, errorf(KindInvalid, "no ratio given: set at least one of cpu, memory, disk")
 	}
 	key := ratioKey(c.Scope, c.Name)
-	rec := s.ratios[key]
-	if rec == nil {
-		rec = &statev1.RatioRecord{Scope: c.Scope, Name: c.Name, Ratios: &yunchiv1.Ratios{}}
+	rec := &statev1.RatioRecord{Scope: c.Scope, Name: c.Name, Ratios: &yunchiv1.Ratios{}}
+	if old := s.ratios[key]; old != nil {
+		rec = proto.Clone(old).(*statev1.RatioRecord)
 	}
+	next := maps.Clone(s.ratios)
 	if mergeRatios(rec.Ratios, c.Cpu, c.Memory, c.Disk) {
-		s.ratios[key] = rec
+		next[key] = rec
 	} else {
-		delete(s.ratios, key)
+		delete(next, key)
 	}
+	if !legacy && !c.Force {
+		ids := make([]string, 0, len(s.alloc))
+		for id, a := range s.alloc {
+			if _, ok := s.hosts[id]; ok && a != (scheduler.Resources{}) {
+				ids = append(ids, id) // only a host that runs something can be put below it
+			}
+		}
+		sort.Strings(ids)
+		changes := make([][2]scheduler.Host, 0, len(ids))
+		for _, id := range ids {
+			before, _ := s.schedHost(s.hosts[id])
+			after, _ := s.schedHostWith(s.hosts[id], next)
+			changes = append(changes, [2]scheduler.Host{before, after})
+		}
+		what := "these ratios for " + c.Scope + " " + c.Name
+		if err := overcommitError(what, changes); err != nil {
+			return nil, nil, err
+		}
+	}
+	return next, rec, nil
+}
+
+func (s *Store) applySetRatios(c *statev1.SetRatios, legacy bool) (any, error) {
+	next, rec, err := s.checkSetRatios(c, legacy)
+	if err != nil {
+		return nil, err
+	}
+	s.ratios = next
 	s.touchedAll()
 	return proto.Clone(rec), nil
 }

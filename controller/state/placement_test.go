@@ -148,9 +148,10 @@ func TestSetRatiosPrecedence(t *testing.T) {
 		}
 	}
 	unchanged(t, s, before)
-	// Lowering a ratio below what is allocated is allowed: free goes negative
-	// and the host takes nothing more.
-	mustApply(t, s, 10, updateHost(&statev1.UpdateHost{HostId: "h1", MemoryRatio: f64(0.1)}))
+	// Lowering a ratio below what is allocated takes --force (see
+	// TestOvercommitNeedsForce); then free goes negative and the host takes
+	// nothing more.
+	mustApply(t, s, 10, updateHost(&statev1.UpdateHost{HostId: "h1", MemoryRatio: f64(0.1), Force: true}))
 	if _, err := apply(t, s, 11, place("vm-9", "more", "h1", 1, gib)); KindOf(err) != KindConflict {
 		t.Fatalf("place over a lowered ratio: %v", err)
 	}

@@ -20,9 +20,11 @@ import (
 // CommandVersion and SnapshotVersion are the formats this binary writes and
 // the newest it reads.
 // Version 2 added host admin fields, ratios, placement groups and PlaceVMs;
-// it reads version 1 unchanged.
+// it reads version 1 unchanged. Version 3 judges admin changes by stricter
+// rules (see rulesV3); older commands apply by the rules they were written
+// under.
 const (
-	CommandVersion  = 2
+	CommandVersion  = 3
 	SnapshotVersion = 2
 )
 
@@ -173,9 +175,9 @@ func (s *Store) Apply(index uint64, cmd *statev1.Command) (any, error) {
 	case *statev1.Command_RemoveMember:
 		res, err = s.applyRemoveMember(c.RemoveMember)
 	case *statev1.Command_UpdateHost:
-		res, err = s.applyUpdateHost(cmd.UnixNano, c.UpdateHost)
+		res, err = s.applyUpdateHost(cmd.UnixNano, c.UpdateHost, cmd.GetVersion() < rulesV3)
 	case *statev1.Command_SetRatios:
-		res, err = s.applySetRatios(c.SetRatios)
+		res, err = s.applySetRatios(c.SetRatios, cmd.GetVersion() < rulesV3)
 	case *statev1.Command_CreatePlacementGroup:
 		res, err = s.applyCreatePlacementGroup(cmd.UnixNano, c.CreatePlacementGroup)
 	case *statev1.Command_DeletePlacementGroup:

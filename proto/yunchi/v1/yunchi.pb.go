@@ -1393,7 +1393,8 @@ type Host struct {
 	// Kept for the host OS (default 1 vCPU, 2 GiB memory, 0 disk).
 	Reserved *Resources `protobuf:"bytes,17,opt,name=reserved,proto3" json:"reserved,omitempty"`
 	// (capacity - reserved) * ratio, per dimension: what may be allocated.
-	// free = allocatable - allocated.
+	// free = allocatable - allocated where that is positive, else 0 (see
+	// overcommit).
 	Allocatable *Resources `protobuf:"bytes,18,opt,name=allocatable,proto3" json:"allocatable,omitempty"`
 	// Effective ratios (host > host group > center > default) and their sources.
 	Ratios       *Ratios       `protobuf:"bytes,19,opt,name=ratios,proto3" json:"ratios,omitempty"`
@@ -1403,7 +1404,12 @@ type Host struct {
 	// The labels an admin set (labels holds these merged over the agent's).
 	AdminLabels map[string]string `protobuf:"bytes,22,rep,name=admin_labels,json=adminLabels,proto3" json:"admin_labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Host-level ratio overrides (0 = inherit).
-	HostRatios    *Ratios `protobuf:"bytes,23,opt,name=host_ratios,json=hostRatios,proto3" json:"host_ratios,omitempty"`
+	HostRatios *Ratios `protobuf:"bytes,23,opt,name=host_ratios,json=hostRatios,proto3" json:"host_ratios,omitempty"`
+	// Allocated beyond allocatable, per dimension (unset: none): the host
+	// runs more than it may hold (an admin forced a change that lowered its
+	// allocatable) and takes no new VM until it is back within. Free is then
+	// 0 in that dimension, never negative.
+	Overcommit    *Resources `protobuf:"bytes,24,opt,name=overcommit,proto3" json:"overcommit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1595,6 +1601,13 @@ func (x *Host) GetAdminLabels() map[string]string {
 func (x *Host) GetHostRatios() *Ratios {
 	if x != nil {
 		return x.HostRatios
+	}
+	return nil
+}
+
+func (x *Host) GetOvercommit() *Resources {
+	if x != nil {
+		return x.Overcommit
 	}
 	return nil
 }
@@ -1827,9 +1840,12 @@ type UpdateHostRequest struct {
 	ReserveMemory *string `protobuf:"bytes,7,opt,name=reserve_memory,json=reserveMemory,proto3,oneof" json:"reserve_memory,omitempty"`
 	ReserveDisk   *string `protobuf:"bytes,8,opt,name=reserve_disk,json=reserveDisk,proto3,oneof" json:"reserve_disk,omitempty"`
 	// Host-level ratios, in (0, 64]; 0 removes the override (inherit).
-	CpuRatio      *float64 `protobuf:"fixed64,9,opt,name=cpu_ratio,json=cpuRatio,proto3,oneof" json:"cpu_ratio,omitempty"`
-	MemoryRatio   *float64 `protobuf:"fixed64,10,opt,name=memory_ratio,json=memoryRatio,proto3,oneof" json:"memory_ratio,omitempty"`
-	DiskRatio     *float64 `protobuf:"fixed64,11,opt,name=disk_ratio,json=diskRatio,proto3,oneof" json:"disk_ratio,omitempty"`
+	CpuRatio    *float64 `protobuf:"fixed64,9,opt,name=cpu_ratio,json=cpuRatio,proto3,oneof" json:"cpu_ratio,omitempty"`
+	MemoryRatio *float64 `protobuf:"fixed64,10,opt,name=memory_ratio,json=memoryRatio,proto3,oneof" json:"memory_ratio,omitempty"`
+	DiskRatio   *float64 `protobuf:"fixed64,11,opt,name=disk_ratio,json=diskRatio,proto3,oneof" json:"disk_ratio,omitempty"`
+	// Accept a change that puts the host below what it already runs
+	// (allocated > allocatable); without it such a change is refused.
+	Force         bool `protobuf:"varint,12,opt,name=force,proto3" json:"force,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1941,6 +1957,13 @@ func (x *UpdateHostRequest) GetDiskRatio() float64 {
 	return 0
 }
 
+func (x *UpdateHostRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
 // RatioSetting is the ratios set for a center or a host group (the hosts
 // labelled host_group=<name>).
 type RatioSetting struct {
@@ -2009,9 +2032,12 @@ type SetRatiosRequest struct {
 	Scope string                 `protobuf:"bytes,1,opt,name=scope,proto3" json:"scope,omitempty"`
 	Name  string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
 	// In (0, 64]; 0 removes the setting for that dimension; left out: unchanged.
-	Cpu           *float64 `protobuf:"fixed64,3,opt,name=cpu,proto3,oneof" json:"cpu,omitempty"`
-	Memory        *float64 `protobuf:"fixed64,4,opt,name=memory,proto3,oneof" json:"memory,omitempty"`
-	Disk          *float64 `protobuf:"fixed64,5,opt,name=disk,proto3,oneof" json:"disk,omitempty"`
+	Cpu    *float64 `protobuf:"fixed64,3,opt,name=cpu,proto3,oneof" json:"cpu,omitempty"`
+	Memory *float64 `protobuf:"fixed64,4,opt,name=memory,proto3,oneof" json:"memory,omitempty"`
+	Disk   *float64 `protobuf:"fixed64,5,opt,name=disk,proto3,oneof" json:"disk,omitempty"`
+	// Accept a change that puts hosts below what they already run; without
+	// it such a change is refused, naming the hosts.
+	Force         bool `protobuf:"varint,6,opt,name=force,proto3" json:"force,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2079,6 +2105,13 @@ func (x *SetRatiosRequest) GetDisk() float64 {
 		return *x.Disk
 	}
 	return 0
+}
+
+func (x *SetRatiosRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
 }
 
 type ListRatiosRequest struct {
@@ -2617,13 +2650,19 @@ type CenterCapacity struct {
 	HostsReady int32                  `protobuf:"varint,3,opt,name=hosts_ready,json=hostsReady,proto3" json:"hosts_ready,omitempty"`
 	Capacity   *Resources             `protobuf:"bytes,4,opt,name=capacity,proto3" json:"capacity,omitempty"`
 	Allocated  *Resources             `protobuf:"bytes,5,opt,name=allocated,proto3" json:"allocated,omitempty"`
-	// allocatable - allocated.
+	// What the hosts have left: the sum of each host's free (never negative).
 	Free *Resources `protobuf:"bytes,6,opt,name=free,proto3" json:"free,omitempty"`
 	Vms  int32      `protobuf:"varint,7,opt,name=vms,proto3" json:"vms,omitempty"`
 	// Sum of the hosts' (capacity - reserved) * ratio.
-	Allocatable   *Resources `protobuf:"bytes,8,opt,name=allocatable,proto3" json:"allocatable,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Allocatable *Resources `protobuf:"bytes,8,opt,name=allocatable,proto3" json:"allocatable,omitempty"`
+	// Sum of the hosts' overcommit (allocated beyond allocatable); free is
+	// the sum of what each host has left, so free = allocatable - allocated
+	// + overcommit.
+	Overcommit *Resources `protobuf:"bytes,9,opt,name=overcommit,proto3" json:"overcommit,omitempty"`
+	// Hosts allocated beyond their allocatable in some dimension.
+	HostsOvercommitted int32 `protobuf:"varint,10,opt,name=hosts_overcommitted,json=hostsOvercommitted,proto3" json:"hosts_overcommitted,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *CenterCapacity) Reset() {
@@ -2712,6 +2751,20 @@ func (x *CenterCapacity) GetAllocatable() *Resources {
 	return nil
 }
 
+func (x *CenterCapacity) GetOvercommit() *Resources {
+	if x != nil {
+		return x.Overcommit
+	}
+	return nil
+}
+
+func (x *CenterCapacity) GetHostsOvercommitted() int32 {
+	if x != nil {
+		return x.HostsOvercommitted
+	}
+	return 0
+}
+
 type GetCapacityRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Consistent    bool                   `protobuf:"varint,1,opt,name=consistent,proto3" json:"consistent,omitempty"`
@@ -2760,14 +2813,17 @@ type Capacity struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Capacity  *Resources             `protobuf:"bytes,1,opt,name=capacity,proto3" json:"capacity,omitempty"`
 	Allocated *Resources             `protobuf:"bytes,2,opt,name=allocated,proto3" json:"allocated,omitempty"`
-	// allocatable - allocated.
-	Free          *Resources        `protobuf:"bytes,3,opt,name=free,proto3" json:"free,omitempty"`
-	Centers       []*CenterCapacity `protobuf:"bytes,4,rep,name=centers,proto3" json:"centers,omitempty"`
-	Hosts         int32             `protobuf:"varint,5,opt,name=hosts,proto3" json:"hosts,omitempty"`
-	Vms           int32             `protobuf:"varint,6,opt,name=vms,proto3" json:"vms,omitempty"`
-	Allocatable   *Resources        `protobuf:"bytes,7,opt,name=allocatable,proto3" json:"allocatable,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// What the hosts have left: the sum of each host's free (never negative).
+	Free        *Resources        `protobuf:"bytes,3,opt,name=free,proto3" json:"free,omitempty"`
+	Centers     []*CenterCapacity `protobuf:"bytes,4,rep,name=centers,proto3" json:"centers,omitempty"`
+	Hosts       int32             `protobuf:"varint,5,opt,name=hosts,proto3" json:"hosts,omitempty"`
+	Vms         int32             `protobuf:"varint,6,opt,name=vms,proto3" json:"vms,omitempty"`
+	Allocatable *Resources        `protobuf:"bytes,7,opt,name=allocatable,proto3" json:"allocatable,omitempty"`
+	// As in CenterCapacity.
+	Overcommit         *Resources `protobuf:"bytes,8,opt,name=overcommit,proto3" json:"overcommit,omitempty"`
+	HostsOvercommitted int32      `protobuf:"varint,9,opt,name=hosts_overcommitted,json=hostsOvercommitted,proto3" json:"hosts_overcommitted,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *Capacity) Reset() {
@@ -2847,6 +2903,20 @@ func (x *Capacity) GetAllocatable() *Resources {
 		return x.Allocatable
 	}
 	return nil
+}
+
+func (x *Capacity) GetOvercommit() *Resources {
+	if x != nil {
+		return x.Overcommit
+	}
+	return nil
+}
+
+func (x *Capacity) GetHostsOvercommitted() int32 {
+	if x != nil {
+		return x.HostsOvercommitted
+	}
+	return 0
 }
 
 type Member struct {
@@ -3383,7 +3453,7 @@ const file_yunchi_v1_yunchi_proto_rawDesc = "" +
 	"\fRatioSources\x12\x10\n" +
 	"\x03cpu\x18\x01 \x01(\tR\x03cpu\x12\x16\n" +
 	"\x06memory\x18\x02 \x01(\tR\x06memory\x12\x12\n" +
-	"\x04disk\x18\x03 \x01(\tR\x04disk\"\xc3\b\n" +
+	"\x04disk\x18\x03 \x01(\tR\x04disk\"\xf9\b\n" +
 	"\x04Host\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
 	"\bhostname\x18\x02 \x01(\tR\bhostname\x12\x16\n" +
@@ -3409,7 +3479,10 @@ const file_yunchi_v1_yunchi_proto_rawDesc = "" +
 	"\x05owner\x18\x15 \x01(\tR\x05owner\x12C\n" +
 	"\fadmin_labels\x18\x16 \x03(\v2 .yunchi.v1.Host.AdminLabelsEntryR\vadminLabels\x122\n" +
 	"\vhost_ratios\x18\x17 \x01(\v2\x11.yunchi.v1.RatiosR\n" +
-	"hostRatios\x1a9\n" +
+	"hostRatios\x124\n" +
+	"\n" +
+	"overcommit\x18\x18 \x01(\v2\x14.yunchi.v1.ResourcesR\n" +
+	"overcommit\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a>\n" +
@@ -3431,7 +3504,7 @@ const file_yunchi_v1_yunchi_proto_rawDesc = "" +
 	"consistent\x18\x02 \x01(\bR\n" +
 	"consistent\":\n" +
 	"\x11ListHostsResponse\x12%\n" +
-	"\x05hosts\x18\x01 \x03(\v2\x0f.yunchi.v1.HostR\x05hosts\"\xf3\x04\n" +
+	"\x05hosts\x18\x01 \x03(\v2\x0f.yunchi.v1.HostR\x05hosts\"\x89\x05\n" +
 	"\x11UpdateHostRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12*\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x14.yunchi.v1.HostStateR\x05state\x12J\n" +
@@ -3446,7 +3519,8 @@ const file_yunchi_v1_yunchi_proto_rawDesc = "" +
 	"\fmemory_ratio\x18\n" +
 	" \x01(\x01H\x05R\vmemoryRatio\x88\x01\x01\x12\"\n" +
 	"\n" +
-	"disk_ratio\x18\v \x01(\x01H\x06R\tdiskRatio\x88\x01\x01\x1a<\n" +
+	"disk_ratio\x18\v \x01(\x01H\x06R\tdiskRatio\x88\x01\x01\x12\x14\n" +
+	"\x05force\x18\f \x01(\bR\x05force\x1a<\n" +
 	"\x0eSetLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\b\n" +
@@ -3461,13 +3535,14 @@ const file_yunchi_v1_yunchi_proto_rawDesc = "" +
 	"\fRatioSetting\x12\x14\n" +
 	"\x05scope\x18\x01 \x01(\tR\x05scope\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12)\n" +
-	"\x06ratios\x18\x03 \x01(\v2\x11.yunchi.v1.RatiosR\x06ratios\"\xa5\x01\n" +
+	"\x06ratios\x18\x03 \x01(\v2\x11.yunchi.v1.RatiosR\x06ratios\"\xbb\x01\n" +
 	"\x10SetRatiosRequest\x12\x14\n" +
 	"\x05scope\x18\x01 \x01(\tR\x05scope\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x15\n" +
 	"\x03cpu\x18\x03 \x01(\x01H\x00R\x03cpu\x88\x01\x01\x12\x1b\n" +
 	"\x06memory\x18\x04 \x01(\x01H\x01R\x06memory\x88\x01\x01\x12\x17\n" +
-	"\x04disk\x18\x05 \x01(\x01H\x02R\x04disk\x88\x01\x01B\x06\n" +
+	"\x04disk\x18\x05 \x01(\x01H\x02R\x04disk\x88\x01\x01\x12\x14\n" +
+	"\x05force\x18\x06 \x01(\bR\x05forceB\x06\n" +
 	"\x04_cpuB\t\n" +
 	"\a_memoryB\a\n" +
 	"\x05_disk\"3\n" +
@@ -3513,7 +3588,7 @@ const file_yunchi_v1_yunchi_proto_rawDesc = "" +
 	"\x12DeleteGroupRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aproject\x18\x02 \x01(\tR\aproject\"\x15\n" +
-	"\x13DeleteGroupResponse\"\xb9\x02\n" +
+	"\x13DeleteGroupResponse\"\xa0\x03\n" +
 	"\x0eCenterCapacity\x12\x16\n" +
 	"\x06center\x18\x01 \x01(\tR\x06center\x12\x14\n" +
 	"\x05hosts\x18\x02 \x01(\x05R\x05hosts\x12\x1f\n" +
@@ -3523,11 +3598,16 @@ const file_yunchi_v1_yunchi_proto_rawDesc = "" +
 	"\tallocated\x18\x05 \x01(\v2\x14.yunchi.v1.ResourcesR\tallocated\x12(\n" +
 	"\x04free\x18\x06 \x01(\v2\x14.yunchi.v1.ResourcesR\x04free\x12\x10\n" +
 	"\x03vms\x18\a \x01(\x05R\x03vms\x126\n" +
-	"\vallocatable\x18\b \x01(\v2\x14.yunchi.v1.ResourcesR\vallocatable\"4\n" +
+	"\vallocatable\x18\b \x01(\v2\x14.yunchi.v1.ResourcesR\vallocatable\x124\n" +
+	"\n" +
+	"overcommit\x18\t \x01(\v2\x14.yunchi.v1.ResourcesR\n" +
+	"overcommit\x12/\n" +
+	"\x13hosts_overcommitted\x18\n" +
+	" \x01(\x05R\x12hostsOvercommitted\"4\n" +
 	"\x12GetCapacityRequest\x12\x1e\n" +
 	"\n" +
 	"consistent\x18\x01 \x01(\bR\n" +
-	"consistent\"\xaf\x02\n" +
+	"consistent\"\x96\x03\n" +
 	"\bCapacity\x120\n" +
 	"\bcapacity\x18\x01 \x01(\v2\x14.yunchi.v1.ResourcesR\bcapacity\x122\n" +
 	"\tallocated\x18\x02 \x01(\v2\x14.yunchi.v1.ResourcesR\tallocated\x12(\n" +
@@ -3535,7 +3615,11 @@ const file_yunchi_v1_yunchi_proto_rawDesc = "" +
 	"\acenters\x18\x04 \x03(\v2\x19.yunchi.v1.CenterCapacityR\acenters\x12\x14\n" +
 	"\x05hosts\x18\x05 \x01(\x05R\x05hosts\x12\x10\n" +
 	"\x03vms\x18\x06 \x01(\x05R\x03vms\x126\n" +
-	"\vallocatable\x18\a \x01(\v2\x14.yunchi.v1.ResourcesR\vallocatable\"\xa8\x01\n" +
+	"\vallocatable\x18\a \x01(\v2\x14.yunchi.v1.ResourcesR\vallocatable\x124\n" +
+	"\n" +
+	"overcommit\x18\b \x01(\v2\x14.yunchi.v1.ResourcesR\n" +
+	"overcommit\x12/\n" +
+	"\x13hosts_overcommitted\x18\t \x01(\x05R\x12hostsOvercommitted\"\xa8\x01\n" +
 	"\x06Member\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12!\n" +
 	"\fraft_address\x18\x02 \x01(\tR\vraftAddress\x12\x1f\n" +
@@ -3725,80 +3809,83 @@ var file_yunchi_v1_yunchi_proto_depIdxs = []int32{
 	18, // 21: yunchi.v1.Host.ratio_sources:type_name -> yunchi.v1.RatioSources
 	47, // 22: yunchi.v1.Host.admin_labels:type_name -> yunchi.v1.Host.AdminLabelsEntry
 	17, // 23: yunchi.v1.Host.host_ratios:type_name -> yunchi.v1.Ratios
-	19, // 24: yunchi.v1.ListHostsResponse.hosts:type_name -> yunchi.v1.Host
-	2,  // 25: yunchi.v1.UpdateHostRequest.state:type_name -> yunchi.v1.HostState
-	48, // 26: yunchi.v1.UpdateHostRequest.set_labels:type_name -> yunchi.v1.UpdateHostRequest.SetLabelsEntry
-	17, // 27: yunchi.v1.RatioSetting.ratios:type_name -> yunchi.v1.Ratios
-	17, // 28: yunchi.v1.ListRatiosResponse.defaults:type_name -> yunchi.v1.Ratios
-	25, // 29: yunchi.v1.ListRatiosResponse.settings:type_name -> yunchi.v1.RatioSetting
-	3,  // 30: yunchi.v1.PlacementGroup.policy:type_name -> yunchi.v1.GroupPolicy
-	4,  // 31: yunchi.v1.PlacementGroup.level:type_name -> yunchi.v1.GroupLevel
-	49, // 32: yunchi.v1.PlacementGroup.created_at:type_name -> google.protobuf.Timestamp
-	3,  // 33: yunchi.v1.CreateGroupRequest.policy:type_name -> yunchi.v1.GroupPolicy
-	4,  // 34: yunchi.v1.CreateGroupRequest.level:type_name -> yunchi.v1.GroupLevel
-	29, // 35: yunchi.v1.ListGroupsResponse.groups:type_name -> yunchi.v1.PlacementGroup
-	5,  // 36: yunchi.v1.CenterCapacity.capacity:type_name -> yunchi.v1.Resources
-	5,  // 37: yunchi.v1.CenterCapacity.allocated:type_name -> yunchi.v1.Resources
-	5,  // 38: yunchi.v1.CenterCapacity.free:type_name -> yunchi.v1.Resources
-	5,  // 39: yunchi.v1.CenterCapacity.allocatable:type_name -> yunchi.v1.Resources
-	5,  // 40: yunchi.v1.Capacity.capacity:type_name -> yunchi.v1.Resources
-	5,  // 41: yunchi.v1.Capacity.allocated:type_name -> yunchi.v1.Resources
-	5,  // 42: yunchi.v1.Capacity.free:type_name -> yunchi.v1.Resources
-	36, // 43: yunchi.v1.Capacity.centers:type_name -> yunchi.v1.CenterCapacity
-	5,  // 44: yunchi.v1.Capacity.allocatable:type_name -> yunchi.v1.Resources
-	39, // 45: yunchi.v1.ClusterStatus.members:type_name -> yunchi.v1.Member
-	39, // 46: yunchi.v1.ListMembersResponse.members:type_name -> yunchi.v1.Member
-	7,  // 47: yunchi.v1.VMService.CreateVM:input_type -> yunchi.v1.CreateVMRequest
-	7,  // 48: yunchi.v1.VMService.CreateVMs:input_type -> yunchi.v1.CreateVMRequest
-	11, // 49: yunchi.v1.VMService.GetVM:input_type -> yunchi.v1.GetVMRequest
-	12, // 50: yunchi.v1.VMService.ListVMs:input_type -> yunchi.v1.ListVMsRequest
-	14, // 51: yunchi.v1.VMService.StartVM:input_type -> yunchi.v1.VMActionRequest
-	14, // 52: yunchi.v1.VMService.StopVM:input_type -> yunchi.v1.VMActionRequest
-	14, // 53: yunchi.v1.VMService.RebootVM:input_type -> yunchi.v1.VMActionRequest
-	14, // 54: yunchi.v1.VMService.DeleteVM:input_type -> yunchi.v1.VMActionRequest
-	15, // 55: yunchi.v1.VMService.WatchVM:input_type -> yunchi.v1.WatchVMRequest
-	22, // 56: yunchi.v1.HostService.ListHosts:input_type -> yunchi.v1.ListHostsRequest
-	21, // 57: yunchi.v1.HostService.GetHost:input_type -> yunchi.v1.GetHostRequest
-	24, // 58: yunchi.v1.HostService.UpdateHost:input_type -> yunchi.v1.UpdateHostRequest
-	26, // 59: yunchi.v1.RatioService.SetRatios:input_type -> yunchi.v1.SetRatiosRequest
-	27, // 60: yunchi.v1.RatioService.ListRatios:input_type -> yunchi.v1.ListRatiosRequest
-	30, // 61: yunchi.v1.GroupService.CreateGroup:input_type -> yunchi.v1.CreateGroupRequest
-	31, // 62: yunchi.v1.GroupService.GetGroup:input_type -> yunchi.v1.GetGroupRequest
-	32, // 63: yunchi.v1.GroupService.ListGroups:input_type -> yunchi.v1.ListGroupsRequest
-	34, // 64: yunchi.v1.GroupService.DeleteGroup:input_type -> yunchi.v1.DeleteGroupRequest
-	37, // 65: yunchi.v1.CapacityService.GetCapacity:input_type -> yunchi.v1.GetCapacityRequest
-	40, // 66: yunchi.v1.ClusterService.GetClusterStatus:input_type -> yunchi.v1.GetClusterStatusRequest
-	42, // 67: yunchi.v1.ClusterService.ListMembers:input_type -> yunchi.v1.ListMembersRequest
-	44, // 68: yunchi.v1.ClusterService.JoinCluster:input_type -> yunchi.v1.JoinClusterRequest
-	45, // 69: yunchi.v1.ClusterService.RemoveMember:input_type -> yunchi.v1.RemoveMemberRequest
-	6,  // 70: yunchi.v1.VMService.CreateVM:output_type -> yunchi.v1.VM
-	10, // 71: yunchi.v1.VMService.CreateVMs:output_type -> yunchi.v1.CreateVMsResponse
-	6,  // 72: yunchi.v1.VMService.GetVM:output_type -> yunchi.v1.VM
-	13, // 73: yunchi.v1.VMService.ListVMs:output_type -> yunchi.v1.ListVMsResponse
-	6,  // 74: yunchi.v1.VMService.StartVM:output_type -> yunchi.v1.VM
-	6,  // 75: yunchi.v1.VMService.StopVM:output_type -> yunchi.v1.VM
-	6,  // 76: yunchi.v1.VMService.RebootVM:output_type -> yunchi.v1.VM
-	6,  // 77: yunchi.v1.VMService.DeleteVM:output_type -> yunchi.v1.VM
-	16, // 78: yunchi.v1.VMService.WatchVM:output_type -> yunchi.v1.VMEvent
-	23, // 79: yunchi.v1.HostService.ListHosts:output_type -> yunchi.v1.ListHostsResponse
-	19, // 80: yunchi.v1.HostService.GetHost:output_type -> yunchi.v1.Host
-	19, // 81: yunchi.v1.HostService.UpdateHost:output_type -> yunchi.v1.Host
-	25, // 82: yunchi.v1.RatioService.SetRatios:output_type -> yunchi.v1.RatioSetting
-	28, // 83: yunchi.v1.RatioService.ListRatios:output_type -> yunchi.v1.ListRatiosResponse
-	29, // 84: yunchi.v1.GroupService.CreateGroup:output_type -> yunchi.v1.PlacementGroup
-	29, // 85: yunchi.v1.GroupService.GetGroup:output_type -> yunchi.v1.PlacementGroup
-	33, // 86: yunchi.v1.GroupService.ListGroups:output_type -> yunchi.v1.ListGroupsResponse
-	35, // 87: yunchi.v1.GroupService.DeleteGroup:output_type -> yunchi.v1.DeleteGroupResponse
-	38, // 88: yunchi.v1.CapacityService.GetCapacity:output_type -> yunchi.v1.Capacity
-	41, // 89: yunchi.v1.ClusterService.GetClusterStatus:output_type -> yunchi.v1.ClusterStatus
-	43, // 90: yunchi.v1.ClusterService.ListMembers:output_type -> yunchi.v1.ListMembersResponse
-	39, // 91: yunchi.v1.ClusterService.JoinCluster:output_type -> yunchi.v1.Member
-	43, // 92: yunchi.v1.ClusterService.RemoveMember:output_type -> yunchi.v1.ListMembersResponse
-	70, // [70:93] is the sub-list for method output_type
-	47, // [47:70] is the sub-list for method input_type
-	47, // [47:47] is the sub-list for extension type_name
-	47, // [47:47] is the sub-list for extension extendee
-	0,  // [0:47] is the sub-list for field type_name
+	5,  // 24: yunchi.v1.Host.overcommit:type_name -> yunchi.v1.Resources
+	19, // 25: yunchi.v1.ListHostsResponse.hosts:type_name -> yunchi.v1.Host
+	2,  // 26: yunchi.v1.UpdateHostRequest.state:type_name -> yunchi.v1.HostState
+	48, // 27: yunchi.v1.UpdateHostRequest.set_labels:type_name -> yunchi.v1.UpdateHostRequest.SetLabelsEntry
+	17, // 28: yunchi.v1.RatioSetting.ratios:type_name -> yunchi.v1.Ratios
+	17, // 29: yunchi.v1.ListRatiosResponse.defaults:type_name -> yunchi.v1.Ratios
+	25, // 30: yunchi.v1.ListRatiosResponse.settings:type_name -> yunchi.v1.RatioSetting
+	3,  // 31: yunchi.v1.PlacementGroup.policy:type_name -> yunchi.v1.GroupPolicy
+	4,  // 32: yunchi.v1.PlacementGroup.level:type_name -> yunchi.v1.GroupLevel
+	49, // 33: yunchi.v1.PlacementGroup.created_at:type_name -> google.protobuf.Timestamp
+	3,  // 34: yunchi.v1.CreateGroupRequest.policy:type_name -> yunchi.v1.GroupPolicy
+	4,  // 35: yunchi.v1.CreateGroupRequest.level:type_name -> yunchi.v1.GroupLevel
+	29, // 36: yunchi.v1.ListGroupsResponse.groups:type_name -> yunchi.v1.PlacementGroup
+	5,  // 37: yunchi.v1.CenterCapacity.capacity:type_name -> yunchi.v1.Resources
+	5,  // 38: yunchi.v1.CenterCapacity.allocated:type_name -> yunchi.v1.Resources
+	5,  // 39: yunchi.v1.CenterCapacity.free:type_name -> yunchi.v1.Resources
+	5,  // 40: yunchi.v1.CenterCapacity.allocatable:type_name -> yunchi.v1.Resources
+	5,  // 41: yunchi.v1.CenterCapacity.overcommit:type_name -> yunchi.v1.Resources
+	5,  // 42: yunchi.v1.Capacity.capacity:type_name -> yunchi.v1.Resources
+	5,  // 43: yunchi.v1.Capacity.allocated:type_name -> yunchi.v1.Resources
+	5,  // 44: yunchi.v1.Capacity.free:type_name -> yunchi.v1.Resources
+	36, // 45: yunchi.v1.Capacity.centers:type_name -> yunchi.v1.CenterCapacity
+	5,  // 46: yunchi.v1.Capacity.allocatable:type_name -> yunchi.v1.Resources
+	5,  // 47: yunchi.v1.Capacity.overcommit:type_name -> yunchi.v1.Resources
+	39, // 48: yunchi.v1.ClusterStatus.members:type_name -> yunchi.v1.Member
+	39, // 49: yunchi.v1.ListMembersResponse.members:type_name -> yunchi.v1.Member
+	7,  // 50: yunchi.v1.VMService.CreateVM:input_type -> yunchi.v1.CreateVMRequest
+	7,  // 51: yunchi.v1.VMService.CreateVMs:input_type -> yunchi.v1.CreateVMRequest
+	11, // 52: yunchi.v1.VMService.GetVM:input_type -> yunchi.v1.GetVMRequest
+	12, // 53: yunchi.v1.VMService.ListVMs:input_type -> yunchi.v1.ListVMsRequest
+	14, // 54: yunchi.v1.VMService.StartVM:input_type -> yunchi.v1.VMActionRequest
+	14, // 55: yunchi.v1.VMService.StopVM:input_type -> yunchi.v1.VMActionRequest
+	14, // 56: yunchi.v1.VMService.RebootVM:input_type -> yunchi.v1.VMActionRequest
+	14, // 57: yunchi.v1.VMService.DeleteVM:input_type -> yunchi.v1.VMActionRequest
+	15, // 58: yunchi.v1.VMService.WatchVM:input_type -> yunchi.v1.WatchVMRequest
+	22, // 59: yunchi.v1.HostService.ListHosts:input_type -> yunchi.v1.ListHostsRequest
+	21, // 60: yunchi.v1.HostService.GetHost:input_type -> yunchi.v1.GetHostRequest
+	24, // 61: yunchi.v1.HostService.UpdateHost:input_type -> yunchi.v1.UpdateHostRequest
+	26, // 62: yunchi.v1.RatioService.SetRatios:input_type -> yunchi.v1.SetRatiosRequest
+	27, // 63: yunchi.v1.RatioService.ListRatios:input_type -> yunchi.v1.ListRatiosRequest
+	30, // 64: yunchi.v1.GroupService.CreateGroup:input_type -> yunchi.v1.CreateGroupRequest
+	31, // 65: yunchi.v1.GroupService.GetGroup:input_type -> yunchi.v1.GetGroupRequest
+	32, // 66: yunchi.v1.GroupService.ListGroups:input_type -> yunchi.v1.ListGroupsRequest
+	34, // 67: yunchi.v1.GroupService.DeleteGroup:input_type -> yunchi.v1.DeleteGroupRequest
+	37, // 68: yunchi.v1.CapacityService.GetCapacity:input_type -> yunchi.v1.GetCapacityRequest
+	40, // 69: yunchi.v1.ClusterService.GetClusterStatus:input_type -> yunchi.v1.GetClusterStatusRequest
+	42, // 70: yunchi.v1.ClusterService.ListMembers:input_type -> yunchi.v1.ListMembersRequest
+	44, // 71: yunchi.v1.ClusterService.JoinCluster:input_type -> yunchi.v1.JoinClusterRequest
+	45, // 72: yunchi.v1.ClusterService.RemoveMember:input_type -> yunchi.v1.RemoveMemberRequest
+	6,  // 73: yunchi.v1.VMService.CreateVM:output_type -> yunchi.v1.VM
+	10, // 74: yunchi.v1.VMService.CreateVMs:output_type -> yunchi.v1.CreateVMsResponse
+	6,  // 75: yunchi.v1.VMService.GetVM:output_type -> yunchi.v1.VM
+	13, // 76: yunchi.v1.VMService.ListVMs:output_type -> yunchi.v1.ListVMsResponse
+	6,  // 77: yunchi.v1.VMService.StartVM:output_type -> yunchi.v1.VM
+	6,  // 78: yunchi.v1.VMService.StopVM:output_type -> yunchi.v1.VM
+	6,  // 79: yunchi.v1.VMService.RebootVM:output_type -> yunchi.v1.VM
+	6,  // 80: yunchi.v1.VMService.DeleteVM:output_type -> yunchi.v1.VM
+	16, // 81: yunchi.v1.VMService.WatchVM:output_type -> yunchi.v1.VMEvent
+	23, // 82: yunchi.v1.HostService.ListHosts:output_type -> yunchi.v1.ListHostsResponse
+	19, // 83: yunchi.v1.HostService.GetHost:output_type -> yunchi.v1.Host
+	19, // 84: yunchi.v1.HostService.UpdateHost:output_type -> yunchi.v1.Host
+	25, // 85: yunchi.v1.RatioService.SetRatios:output_type -> yunchi.v1.RatioSetting
+	28, // 86: yunchi.v1.RatioService.ListRatios:output_type -> yunchi.v1.ListRatiosResponse
+	29, // 87: yunchi.v1.GroupService.CreateGroup:output_type -> yunchi.v1.PlacementGroup
+	29, // 88: yunchi.v1.GroupService.GetGroup:output_type -> yunchi.v1.PlacementGroup
+	33, // 89: yunchi.v1.GroupService.ListGroups:output_type -> yunchi.v1.ListGroupsResponse
+	35, // 90: yunchi.v1.GroupService.DeleteGroup:output_type -> yunchi.v1.DeleteGroupResponse
+	38, // 91: yunchi.v1.CapacityService.GetCapacity:output_type -> yunchi.v1.Capacity
+	41, // 92: yunchi.v1.ClusterService.GetClusterStatus:output_type -> yunchi.v1.ClusterStatus
+	43, // 93: yunchi.v1.ClusterService.ListMembers:output_type -> yunchi.v1.ListMembersResponse
+	39, // 94: yunchi.v1.ClusterService.JoinCluster:output_type -> yunchi.v1.Member
+	43, // 95: yunchi.v1.ClusterService.RemoveMember:output_type -> yunchi.v1.ListMembersResponse
+	73, // [73:96] is the sub-list for method output_type
+	50, // [50:73] is the sub-list for method input_type
+	50, // [50:50] is the sub-list for extension type_name
+	50, // [50:50] is the sub-list for extension extendee
+	0,  // [0:50] is the sub-list for field type_name
 }
 
 func init() { file_yunchi_v1_yunchi_proto_init() }

@@ -896,10 +896,12 @@ type UpdateHost struct {
 	RemoveLabels []string          `protobuf:"bytes,4,rep,name=remove_labels,json=removeLabels,proto3" json:"remove_labels,omitempty"`
 	Owner        *string           `protobuf:"bytes,5,opt,name=owner,proto3,oneof" json:"owner,omitempty"`
 	// Replaces the reservation when set.
-	Reserved      *v1.Resources `protobuf:"bytes,6,opt,name=reserved,proto3" json:"reserved,omitempty"`
-	CpuRatio      *float64      `protobuf:"fixed64,7,opt,name=cpu_ratio,json=cpuRatio,proto3,oneof" json:"cpu_ratio,omitempty"`
-	MemoryRatio   *float64      `protobuf:"fixed64,8,opt,name=memory_ratio,json=memoryRatio,proto3,oneof" json:"memory_ratio,omitempty"`
-	DiskRatio     *float64      `protobuf:"fixed64,9,opt,name=disk_ratio,json=diskRatio,proto3,oneof" json:"disk_ratio,omitempty"`
+	Reserved    *v1.Resources `protobuf:"bytes,6,opt,name=reserved,proto3" json:"reserved,omitempty"`
+	CpuRatio    *float64      `protobuf:"fixed64,7,opt,name=cpu_ratio,json=cpuRatio,proto3,oneof" json:"cpu_ratio,omitempty"`
+	MemoryRatio *float64      `protobuf:"fixed64,8,opt,name=memory_ratio,json=memoryRatio,proto3,oneof" json:"memory_ratio,omitempty"`
+	DiskRatio   *float64      `protobuf:"fixed64,9,opt,name=disk_ratio,json=diskRatio,proto3,oneof" json:"disk_ratio,omitempty"`
+	// Apply even if a host ends up below what it runs (version 3 on).
+	Force         bool `protobuf:"varint,10,opt,name=force,proto3" json:"force,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -997,15 +999,24 @@ func (x *UpdateHost) GetDiskRatio() float64 {
 	return 0
 }
 
+func (x *UpdateHost) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
 // SetRatios sets a center's or host group's ratios; unset fields stay, 0
 // clears. A setting with every ratio 0 is removed.
 type SetRatios struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Scope         string                 `protobuf:"bytes,1,opt,name=scope,proto3" json:"scope,omitempty"`
-	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
-	Cpu           *float64               `protobuf:"fixed64,3,opt,name=cpu,proto3,oneof" json:"cpu,omitempty"`
-	Memory        *float64               `protobuf:"fixed64,4,opt,name=memory,proto3,oneof" json:"memory,omitempty"`
-	Disk          *float64               `protobuf:"fixed64,5,opt,name=disk,proto3,oneof" json:"disk,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Scope  string                 `protobuf:"bytes,1,opt,name=scope,proto3" json:"scope,omitempty"`
+	Name   string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Cpu    *float64               `protobuf:"fixed64,3,opt,name=cpu,proto3,oneof" json:"cpu,omitempty"`
+	Memory *float64               `protobuf:"fixed64,4,opt,name=memory,proto3,oneof" json:"memory,omitempty"`
+	Disk   *float64               `protobuf:"fixed64,5,opt,name=disk,proto3,oneof" json:"disk,omitempty"`
+	// Apply even if hosts end up below what they run (version 3 on).
+	Force         bool `protobuf:"varint,6,opt,name=force,proto3" json:"force,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1073,6 +1084,13 @@ func (x *SetRatios) GetDisk() float64 {
 		return *x.Disk
 	}
 	return 0
+}
+
+func (x *SetRatios) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
 }
 
 type CreatePlacementGroup struct {
@@ -1813,7 +1831,7 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\x06reboot\x18\x03 \x01(\bR\x06reboot\"Z\n" +
 	"\x0eReportVMStatus\x12\x17\n" +
 	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x12/\n" +
-	"\bstatuses\x18\x02 \x03(\v2\x13.yunchi.v1.VMStatusR\bstatuses\"\xfd\x03\n" +
+	"\bstatuses\x18\x02 \x03(\v2\x13.yunchi.v1.VMStatusR\bstatuses\"\x93\x04\n" +
 	"\n" +
 	"UpdateHost\x12\x17\n" +
 	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x125\n" +
@@ -1827,7 +1845,9 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\tcpu_ratio\x18\a \x01(\x01H\x01R\bcpuRatio\x88\x01\x01\x12&\n" +
 	"\fmemory_ratio\x18\b \x01(\x01H\x02R\vmemoryRatio\x88\x01\x01\x12\"\n" +
 	"\n" +
-	"disk_ratio\x18\t \x01(\x01H\x03R\tdiskRatio\x88\x01\x01\x1a<\n" +
+	"disk_ratio\x18\t \x01(\x01H\x03R\tdiskRatio\x88\x01\x01\x12\x14\n" +
+	"\x05force\x18\n" +
+	" \x01(\bR\x05force\x1a<\n" +
 	"\x0eSetLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\b\n" +
@@ -1835,13 +1855,14 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\n" +
 	"_cpu_ratioB\x0f\n" +
 	"\r_memory_ratioB\r\n" +
-	"\v_disk_ratio\"\x9e\x01\n" +
+	"\v_disk_ratio\"\xb4\x01\n" +
 	"\tSetRatios\x12\x14\n" +
 	"\x05scope\x18\x01 \x01(\tR\x05scope\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x15\n" +
 	"\x03cpu\x18\x03 \x01(\x01H\x00R\x03cpu\x88\x01\x01\x12\x1b\n" +
 	"\x06memory\x18\x04 \x01(\x01H\x01R\x06memory\x88\x01\x01\x12\x17\n" +
-	"\x04disk\x18\x05 \x01(\x01H\x02R\x04disk\x88\x01\x01B\x06\n" +
+	"\x04disk\x18\x05 \x01(\x01H\x02R\x04disk\x88\x01\x01\x12\x14\n" +
+	"\x05force\x18\x06 \x01(\bR\x05forceB\x06\n" +
 	"\x04_cpuB\t\n" +
 	"\a_memoryB\a\n" +
 	"\x05_disk\"S\n" +
