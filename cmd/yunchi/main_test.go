@@ -277,8 +277,9 @@ func TestTableOutput(t *testing.T) {
 		{[]string{"vm", "show", "web-1"}, []string{"Name:", "web-1", "Phase:", "running", "Memory:", "4 GiB", "Disk:", "40 GiB", "Host:", "a1-h07", "Center constraint:", "any"}},
 		{[]string{"vm", "list"}, []string{"NAME", "PHASE", "MEMORY", "web-1", "running", "db-1", "stopped", "4 GiB", "1h"}},
 		{[]string{"host", "list"}, []string{"ID", "STATE", "a1-h07", "ready", "b2-h01", "down", "tax", "242/252", "214 GiB/254 GiB"}},
-		{[]string{"host", "show", "a1-h07"}, []string{"Labels:", "gpu=none,tier=gold", "Owner:", "shared", "RESOURCE", "RESERVED", "ALLOCATABLE", "RATIO FROM", "center a1", "252", "254 GiB", "4 TiB", "Domains running:"}},
-		{[]string{"capacity"}, []string{"CENTER", "a1", "b2", "TOTAL", "86/96", "344 GiB/384 GiB"}},
+		{[]string{"host", "show", "a1-h07"}, []string{"Labels:", "gpu=none,tier=gold", "Owner:", "shared", "RESOURCE", "RESERVED", "ALLOCATABLE", "RATIO FROM", "center a1", "252", "254 GiB", "4 TiB", "Domains running:", "Memory free (observed):  200 GiB"}},
+		{[]string{"host", "show", "b2-h01"}, []string{"Domains defined:", "Memory free (observed):  not reported"}},
+		{[]string{"capacity"}, []string{"CENTER", "VCPUS FREE/ALLOCATABLE", "MEMORY FREE/ALLOCATABLE", "a1", "b2", "TOTAL", "86/96", "344 GiB/384 GiB"}},
 		{[]string{"cluster", "status"}, []string{"Leader:", "c1 (10.0.0.1:8470)", "Term:", "4", "Commit index:", "1207", "Applied index:", "1206", "SUFFRAGE", "nonvoter", "*"}},
 		{[]string{"cluster", "members"}, []string{"ID", "CENTER", "API ADDRESS", "10.0.0.2:8470", "voter"}},
 	}

@@ -46,7 +46,9 @@ func NewHTTPHandler(ctx context.Context, gs *grpc.Server, selfAddr string, m *Me
 	gw := runtime.NewServeMux(
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.HTTPBodyMarshaler{
 			Marshaler: &runtime.JSONPb{
-				MarshalOptions:   protojson.MarshalOptions{EmitUnpopulated: false},
+				// Zero amounts are spelled out ("allocated": {"vcpus": "0", ...},
+				// not {}); unset messages and optional fields stay absent.
+				MarshalOptions:   protojson.MarshalOptions{EmitDefaultValues: true},
 				UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
 			},
 		}),
