@@ -40,12 +40,13 @@ proto:
 		--grpc-gateway_out=proto --grpc-gateway_opt=paths=source_relative \
 		$(PROTO_SRC)
 	PATH=$(CURDIR)/$(BIN):$$PATH protoc -I proto -I proto/third_party -I /usr/include \
-		--openapiv2_out=docs --openapiv2_opt=allow_merge=true,merge_file_name=openapi,output_format=json \
+		--openapiv2_out=docs --openapiv2_opt=allow_merge=true,merge_file_name=openapi,output_format=json,openapi_configuration=proto/openapi.yaml \
 		proto/yunchi/v1/yunchi.proto
 	mv docs/openapi.swagger.json docs/openapi.json
 
 # Scheduler figures (docs/performance.md): the Azure trace replay of
-# bench/azure-replay.md, W1 fill at H=1000, 5000, 10000 and W2 churn at
+# ../shared/bench/azure-replay.md (workloads described in
+# docs/performance.md), W1 fill at H=1000, 5000, 10000 and W2 churn at
 # H=720, Yunchi against both baselines, on one core; then the scheduler's Go
 # benchmarks. TRACE is the trace directory (public Azure VM trace).
 TRACE ?= ../shared/data/azure-vm-trace

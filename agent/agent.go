@@ -279,7 +279,7 @@ func (a *Agent) beat(ctx context.Context) error {
 		}
 	}
 	if free, err := a.d.FreeMemoryBytes(ctx); err == nil {
-		stats.MemoryFreeBytes = free
+		stats.MemoryFreeBytes = &free
 	}
 	var resp *yunchiv1.HeartbeatResponse
 	err = a.ctl.call(ctx, func(ctx context.Context, c yunchiv1.AgentServiceClient) error {

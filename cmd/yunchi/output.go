@@ -154,7 +154,11 @@ func (p *printer) hostDetail(h *yunchiv1.Host) func(io.Writer) {
 			fmt.Fprintln(w)
 			kv(w, "Domains running", strconv.Itoa(int(s.GetDomainsRunning())))
 			kv(w, "Domains defined", strconv.Itoa(int(s.GetDomainsDefined())))
-			kv(w, "Memory free (observed)", scheduler.FormatBytes(s.GetMemoryFreeBytes()))
+			free := "not reported"
+			if s.MemoryFreeBytes != nil {
+				free = scheduler.FormatBytes(s.GetMemoryFreeBytes())
+			}
+			kv(w, "Memory free (observed)", free)
 		}
 	}
 }
@@ -163,7 +167,7 @@ func (p *printer) hostDetail(h *yunchiv1.Host) func(io.Writer) {
 
 func (p *printer) capacity(c *yunchiv1.Capacity) func(io.Writer) {
 	return func(w io.Writer) {
-		fmt.Fprintln(w, "CENTER\tHOSTS\tREADY\tVMS\tVCPUS FREE\tMEMORY FREE\tDISK FREE\tOVERCOMMITTED")
+		fmt.Fprintln(w, "CENTER\tHOSTS\tREADY\tVMS\tVCPUS FREE/ALLOCATABLE\tMEMORY FREE/ALLOCATABLE\tDISK FREE/ALLOCATABLE\tOVERCOMMITTED")
 		row := func(name string, hosts, ready, vms int32, capa, free *yunchiv1.Resources, overHosts int32, over *yunchiv1.Resources) {
 			oc := "-"
 			if overHosts > 0 {

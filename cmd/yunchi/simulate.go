@@ -16,7 +16,7 @@ import (
 func simulateCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "simulate",
-		Usage: "replay the Azure VM trace against the scheduler, offline (bench/azure-replay.md)",
+		Usage: "replay the Azure VM trace against the scheduler, offline (workloads W1/W2: docs/performance.md)",
 		Description: "Runs workload fill (W1: pack until 5,000 rejections) or churn (W2: arrivals and\n" +
 			"departures in trace time) on a simulated cluster of identical hosts, with Yunchi's\n" +
 			"scheduler and, unless --baselines=false, the full-scan best-fit and log2(H)-sample\n" +

@@ -84,7 +84,7 @@ func vmCreateCommand() *cli.Command {
 			projectFlag(),
 			&cli.BoolFlag{Name: "stopped", Usage: "define the VM but leave it stopped"},
 			&cli.StringSliceFlag{Name: "constraint", Usage: "placement constraint EXPR (repeatable; all must hold)"},
-			&cli.StringFlag{Name: "group", Usage: "placement group to join (see `yunchi group create`)"},
+			&cli.StringFlag{Name: "group", Usage: "placement group to join (create it first: yunchi group create)"},
 			&cli.StringFlag{Name: "strategy", Usage: "binpack (fill hosts up) or spread (prefer emptier hosts); default binpack"},
 			&cli.IntFlag{Name: "count", Usage: "create this many VMs, NAME-1 .. NAME-N, all or none (1-100)", Value: 1},
 			&cli.BoolFlag{Name: "dry-run", Usage: "show where the VMs would go, with scores and runners-up; create nothing"},

@@ -48,7 +48,9 @@ func (s *Server) NewGRPCServer(m *Metrics, extra ...grpc.UnaryServerInterceptor)
 func NewHTTPHandler(ctx context.Context, gs *grpc.Server, selfAddr string, m *Metrics, ho HTTPOptions) (http.Handler, error) {
 	var guard *restGuard
 	jsonpb := &runtime.JSONPb{
-		MarshalOptions:   protojson.MarshalOptions{EmitUnpopulated: false},
+		// Zero amounts are spelled out ("allocated": {"vcpus": "0", ...},
+		// not {}); unset messages and optional fields stay absent.
+		MarshalOptions:   protojson.MarshalOptions{EmitDefaultValues: true},
 		UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
 	}
 	gw := runtime.NewServeMux(

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -65,7 +66,8 @@ func Open(cfg Config, store *state.Store) (*Node, error) {
 	if lg == nil {
 		lg = slog.Default()
 	}
-	hl := hclog.New(&hclog.LoggerOptions{Name: "raft/" + cfg.ID, Level: hclog.Warn, Output: os.Stderr})
+	hl := hclog.New(&hclog.LoggerOptions{Name: "raft/" + cfg.ID, Level: hclog.Warn, Output: os.Stderr,
+		Exclude: demoteStopNoise(lg.With("raft", cfg.ID))})
 
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(cfg.ID)
@@ -139,6 +141,44 @@ func Open(cfg Config, store *state.Store) (*Node, error) {
 	}
 	n.Raft = r
 	return n, nil
+}
+
+// demoteStopNoise is the raft logger's filter for what raft's TCP
+// transport reports as ERROR although it is how a node, or a peer, stops:
+//
+//   - "failed to decode incoming command: transport shutdown": raft.Shutdown
+//     stops the node's raft before it closes the transport, so a heartbeat a
+//     peer sends in between waits for an answer nobody gives. No order of
+//     calls from outside raft avoids it for a node stopped while its peers
+//     run (the transport keeps no list of its incoming connections to close
+//     first). It goes to debug on lg.
+//   - "failed to decode incoming command: ... connection reset by peer": the
+//     peer at the other end stopped (or crashed) with our reply unread. It
+//     goes to lg at WARN, naming what it means; raft's own election logs
+//     follow if that peer was the leader.
+//
+// Everything else raft says is printed as before.
+func demoteStopNoise(lg *slog.Logger) func(hclog.Level, string, ...any) bool {
+	return func(level hclog.Level, msg string, args ...any) bool {
+		if msg != "failed to decode incoming command" {
+			return false
+		}
+		for i := 0; i+1 < len(args); i += 2 {
+			err, ok := args[i+1].(error)
+			if !ok || args[i] != "error" {
+				continue
+			}
+			switch {
+			case errors.Is(err, raft.ErrTransportShutdown):
+				lg.Debug("raft transport: an incoming command was cut off by this node's shutdown", "err", err)
+				return true
+			case errors.Is(err, syscall.ECONNRESET):
+				lg.Warn("raft transport: a peer closed its connection abruptly (it stopped or crashed)", "err", err)
+				return true
+			}
+		}
+		return false
+	}
 }
 
 func (n *Node) closeStores() {

@@ -123,8 +123,8 @@ func Run(ctx context.Context, cfg Config) error {
 	var wg sync.WaitGroup
 	errc := make(chan error, len(Centers))
 	var addrs []string
-	ctlCtx, stopControllers := context.WithCancel(context.Background())
-	defer func() { stopControllers(); wg.Wait() }()
+	var ctls []*running
+	defer func() { stopAll(ctls); wg.Wait() }()
 	for i, c := range Centers {
 		api := fmt.Sprintf("127.0.0.1:%d", cfg.BasePort+i)
 		ccfg := controller.Config{
@@ -142,9 +142,13 @@ func Run(ctx context.Context, cfg Config) error {
 			return fmt.Errorf("controller %s: %w", c.ID, err)
 		}
 		addrs = append(addrs, ctl.Addr())
+		ctlCtx, stop := context.WithCancel(context.Background())
+		r := &running{ctl: ctl, stop: stop, done: make(chan struct{})}
+		ctls = append(ctls, r)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			defer close(r.done)
 			if err := ctl.Run(ctlCtx); err != nil {
 				errc <- fmt.Errorf("controller %s: %w", c.ID, err)
 				cancel()
@@ -211,9 +215,37 @@ func Run(ctx context.Context, cfg Config) error {
 	fmt.Fprintf(cfg.Out, "yunchi dev: stopping\n")
 	stopAgents()
 	awg.Wait()
-	stopControllers()
+	stopAll(ctls)
 	wg.Wait()
 	return err
+}
+
+// running is a controller started by Run.
+type running struct {
+	ctl  *controller.Controller
+	stop context.CancelFunc
+	done chan struct{}
+}
+
+// stopAll stops the leader first, then the followers. Stopped together, the
+// leader would log an ERROR for every follower it loses ("failed to
+// heartbeat to: ... EOF") while it still runs. Once the leader is gone the
+// followers only see its connections close (raftnode logs a reset one at
+// WARN), and they stop well before their election timeout would make them
+// candidates.
+func stopAll(ctls []*running) {
+	for _, r := range ctls {
+		if r.ctl.Node().IsLeader() {
+			r.stop()
+			<-r.done
+		}
+	}
+	for _, r := range ctls {
+		r.stop()
+	}
+	for _, r := range ctls {
+		<-r.done
+	}
 }
 
 // rotate spreads the agents' first choice of controller over all three.

@@ -1614,10 +1614,11 @@ func (x *Host) GetOvercommit() *Resources {
 
 // Observed on the host by its agent (not used for placement).
 type HostStats struct {
-	state           protoimpl.MessageState `protogen:"open.v1"`
-	DomainsRunning  int32                  `protobuf:"varint,1,opt,name=domains_running,json=domainsRunning,proto3" json:"domains_running,omitempty"`
-	DomainsDefined  int32                  `protobuf:"varint,2,opt,name=domains_defined,json=domainsDefined,proto3" json:"domains_defined,omitempty"`
-	MemoryFreeBytes int64                  `protobuf:"varint,3,opt,name=memory_free_bytes,json=memoryFreeBytes,proto3" json:"memory_free_bytes,omitempty"`
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	DomainsRunning int32                  `protobuf:"varint,1,opt,name=domains_running,json=domainsRunning,proto3" json:"domains_running,omitempty"`
+	DomainsDefined int32                  `protobuf:"varint,2,opt,name=domains_defined,json=domainsDefined,proto3" json:"domains_defined,omitempty"`
+	// Unset when the host's driver cannot tell (libvirt's test driver).
+	MemoryFreeBytes *int64 `protobuf:"varint,3,opt,name=memory_free_bytes,json=memoryFreeBytes,proto3,oneof" json:"memory_free_bytes,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -1667,8 +1668,8 @@ func (x *HostStats) GetDomainsDefined() int32 {
 }
 
 func (x *HostStats) GetMemoryFreeBytes() int64 {
-	if x != nil {
-		return x.MemoryFreeBytes
+	if x != nil && x.MemoryFreeBytes != nil {
+		return *x.MemoryFreeBytes
 	}
 	return 0
 }
@@ -3488,11 +3489,12 @@ const file_yunchi_v1_yunchi_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a>\n" +
 	"\x10AdminLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x89\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa4\x01\n" +
 	"\tHostStats\x12'\n" +
 	"\x0fdomains_running\x18\x01 \x01(\x05R\x0edomainsRunning\x12'\n" +
-	"\x0fdomains_defined\x18\x02 \x01(\x05R\x0edomainsDefined\x12*\n" +
-	"\x11memory_free_bytes\x18\x03 \x01(\x03R\x0fmemoryFreeBytes\"@\n" +
+	"\x0fdomains_defined\x18\x02 \x01(\x05R\x0edomainsDefined\x12/\n" +
+	"\x11memory_free_bytes\x18\x03 \x01(\x03H\x00R\x0fmemoryFreeBytes\x88\x01\x01B\x14\n" +
+	"\x12_memory_free_bytes\"@\n" +
 	"\x0eGetHostRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1e\n" +
 	"\n" +
@@ -3893,6 +3895,7 @@ func file_yunchi_v1_yunchi_proto_init() {
 	if File_yunchi_v1_yunchi_proto != nil {
 		return
 	}
+	file_yunchi_v1_yunchi_proto_msgTypes[15].OneofWrappers = []any{}
 	file_yunchi_v1_yunchi_proto_msgTypes[19].OneofWrappers = []any{}
 	file_yunchi_v1_yunchi_proto_msgTypes[21].OneofWrappers = []any{}
 	type x struct{}
