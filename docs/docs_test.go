@@ -49,7 +49,8 @@ import (
 // and variables carry from command to command as in a terminal; a fresh
 // working directory laid out like a clone after `make build` (bin/yunchi,
 // bin/yunchid freshly built, ../shared linked when the repository has one),
-// a fresh empty HOME and TMPDIR, and a PATH without any yunchi or yunchid
+// a fresh HOME (empty but for a ~/.curlrc with fail-with-body, so that a
+// curl answered with an HTTP error fails) and TMPDIR, and a PATH without any yunchi or yunchid
 // (the page must say how to reach bin/). Everything bash starts (daemons run
 // with &) is in one process group, killed when the test ends, also on
 // failure.
@@ -499,6 +500,12 @@ func runFile(t *testing.T, root, bin, file string, blocks []block) {
 		})
 	}
 
+	// curl reads ~/.curlrc: a curl in the docs that gets an HTTP error (a
+	// 415 for a missing Content-Type, say) fails the page, as a person
+	// reading the answer would notice; -s alone would exit 0.
+	if err := os.WriteFile(filepath.Join(home, ".curlrc"), []byte("fail-with-body\nshow-error\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	env := []string{"HOME=" + home, "PATH=" + cleanPath(), "TMPDIR=" + tmpdir, "LANG=C.UTF-8", "TERM=dumb"}
 	if needDev {
 		env = append(env, fmt.Sprintf("YUNCHI_ADDR=127.0.0.1:%d", 8470+off))
