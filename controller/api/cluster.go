@@ -3,11 +3,13 @@ package api
 import (
 	"context"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/raft"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
@@ -50,6 +52,12 @@ func (s *Server) GetClusterStatus(ctx context.Context, _ *yunchiv1.GetClusterSta
 	}
 	if rec, ok := s.store.Member(out.LeaderId); ok {
 		out.LeaderApiAddress = rec.ApiAddress
+	}
+	lh := s.node.LogStoreHealth()
+	out.LogStoreWriteFailures = lh.Failures
+	if !lh.Healthy() {
+		out.LogStoreError = strings.ReplaceAll(lh.Err.Error(), "\n", "; ")
+		out.LogStoreFailingSince = timestamppb.New(lh.Since)
 	}
 	return out, nil
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
 	"google.golang.org/grpc/status"
 
 	"github.com/yunchi/yunchi/controller/raftnode"
@@ -56,6 +57,11 @@ type Server struct {
 	// DefaultStrategy is used when a create names none (zero: Binpack).
 	DefaultStrategy scheduler.Strategy
 	seen            *seenTable
+
+	// health is the gRPC health service; RunHealth sets its status.
+	healthMu  sync.Mutex
+	health    *health.Server
+	healthSet bool
 }
 
 // NewServer builds the services for node.

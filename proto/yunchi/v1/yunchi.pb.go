@@ -2957,8 +2957,15 @@ type ClusterStatus struct {
 	AppliedIndex     uint64    `protobuf:"varint,7,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
 	LastLogIndex     uint64    `protobuf:"varint,8,opt,name=last_log_index,json=lastLogIndex,proto3" json:"last_log_index,omitempty"`
 	Members          []*Member `protobuf:"bytes,9,rep,name=members,proto3" json:"members,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Set while the answering controller cannot write its raft log (its data
+	// disk is full, say): the last write error and since when. Its state may
+	// then be behind the leader's; it repairs itself once writes work again.
+	LogStoreError        string                 `protobuf:"bytes,10,opt,name=log_store_error,json=logStoreError,proto3" json:"log_store_error,omitempty"`
+	LogStoreFailingSince *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=log_store_failing_since,json=logStoreFailingSince,proto3" json:"log_store_failing_since,omitempty"`
+	// Failed raft log writes since this controller started.
+	LogStoreWriteFailures uint64 `protobuf:"varint,12,opt,name=log_store_write_failures,json=logStoreWriteFailures,proto3" json:"log_store_write_failures,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *ClusterStatus) Reset() {
@@ -3052,6 +3059,27 @@ func (x *ClusterStatus) GetMembers() []*Member {
 		return x.Members
 	}
 	return nil
+}
+
+func (x *ClusterStatus) GetLogStoreError() string {
+	if x != nil {
+		return x.LogStoreError
+	}
+	return ""
+}
+
+func (x *ClusterStatus) GetLogStoreFailingSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LogStoreFailingSince
+	}
+	return nil
+}
+
+func (x *ClusterStatus) GetLogStoreWriteFailures() uint64 {
+	if x != nil {
+		return x.LogStoreWriteFailures
+	}
+	return 0
 }
 
 type ListMembersRequest struct {
@@ -3502,7 +3530,7 @@ const file_yunchi_v1_yunchi_proto_rawDesc = "" +
 	"\x06center\x18\x04 \x01(\tR\x06center\x12\x1a\n" +
 	"\bsuffrage\x18\x05 \x01(\tR\bsuffrage\x12\x16\n" +
 	"\x06leader\x18\x06 \x01(\bR\x06leader\"\x19\n" +
-	"\x17GetClusterStatusRequest\"\xc1\x02\n" +
+	"\x17GetClusterStatusRequest\"\xf5\x03\n" +
 	"\rClusterStatus\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1d\n" +
 	"\n" +
@@ -3513,7 +3541,11 @@ const file_yunchi_v1_yunchi_proto_rawDesc = "" +
 	"\fcommit_index\x18\x06 \x01(\x04R\vcommitIndex\x12#\n" +
 	"\rapplied_index\x18\a \x01(\x04R\fappliedIndex\x12$\n" +
 	"\x0elast_log_index\x18\b \x01(\x04R\flastLogIndex\x12+\n" +
-	"\amembers\x18\t \x03(\v2\x11.yunchi.v1.MemberR\amembers\"\x14\n" +
+	"\amembers\x18\t \x03(\v2\x11.yunchi.v1.MemberR\amembers\x12&\n" +
+	"\x0flog_store_error\x18\n" +
+	" \x01(\tR\rlogStoreError\x12Q\n" +
+	"\x17log_store_failing_since\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\x14logStoreFailingSince\x127\n" +
+	"\x18log_store_write_failures\x18\f \x01(\x04R\x15logStoreWriteFailures\"\x14\n" +
 	"\x12ListMembersRequest\"B\n" +
 	"\x13ListMembersResponse\x12+\n" +
 	"\amembers\x18\x01 \x03(\v2\x11.yunchi.v1.MemberR\amembers\"\x80\x01\n" +
@@ -3703,58 +3735,59 @@ var file_yunchi_v1_yunchi_proto_depIdxs = []int32{
 	36, // 42: yunchi.v1.Capacity.centers:type_name -> yunchi.v1.CenterCapacity
 	5,  // 43: yunchi.v1.Capacity.allocatable:type_name -> yunchi.v1.Resources
 	39, // 44: yunchi.v1.ClusterStatus.members:type_name -> yunchi.v1.Member
-	39, // 45: yunchi.v1.ListMembersResponse.members:type_name -> yunchi.v1.Member
-	7,  // 46: yunchi.v1.VMService.CreateVM:input_type -> yunchi.v1.CreateVMRequest
-	7,  // 47: yunchi.v1.VMService.CreateVMs:input_type -> yunchi.v1.CreateVMRequest
-	11, // 48: yunchi.v1.VMService.GetVM:input_type -> yunchi.v1.GetVMRequest
-	12, // 49: yunchi.v1.VMService.ListVMs:input_type -> yunchi.v1.ListVMsRequest
-	14, // 50: yunchi.v1.VMService.StartVM:input_type -> yunchi.v1.VMActionRequest
-	14, // 51: yunchi.v1.VMService.StopVM:input_type -> yunchi.v1.VMActionRequest
-	14, // 52: yunchi.v1.VMService.RebootVM:input_type -> yunchi.v1.VMActionRequest
-	14, // 53: yunchi.v1.VMService.DeleteVM:input_type -> yunchi.v1.VMActionRequest
-	15, // 54: yunchi.v1.VMService.WatchVM:input_type -> yunchi.v1.WatchVMRequest
-	22, // 55: yunchi.v1.HostService.ListHosts:input_type -> yunchi.v1.ListHostsRequest
-	21, // 56: yunchi.v1.HostService.GetHost:input_type -> yunchi.v1.GetHostRequest
-	24, // 57: yunchi.v1.HostService.UpdateHost:input_type -> yunchi.v1.UpdateHostRequest
-	26, // 58: yunchi.v1.RatioService.SetRatios:input_type -> yunchi.v1.SetRatiosRequest
-	27, // 59: yunchi.v1.RatioService.ListRatios:input_type -> yunchi.v1.ListRatiosRequest
-	30, // 60: yunchi.v1.GroupService.CreateGroup:input_type -> yunchi.v1.CreateGroupRequest
-	31, // 61: yunchi.v1.GroupService.GetGroup:input_type -> yunchi.v1.GetGroupRequest
-	32, // 62: yunchi.v1.GroupService.ListGroups:input_type -> yunchi.v1.ListGroupsRequest
-	34, // 63: yunchi.v1.GroupService.DeleteGroup:input_type -> yunchi.v1.DeleteGroupRequest
-	37, // 64: yunchi.v1.CapacityService.GetCapacity:input_type -> yunchi.v1.GetCapacityRequest
-	40, // 65: yunchi.v1.ClusterService.GetClusterStatus:input_type -> yunchi.v1.GetClusterStatusRequest
-	42, // 66: yunchi.v1.ClusterService.ListMembers:input_type -> yunchi.v1.ListMembersRequest
-	44, // 67: yunchi.v1.ClusterService.JoinCluster:input_type -> yunchi.v1.JoinClusterRequest
-	45, // 68: yunchi.v1.ClusterService.RemoveMember:input_type -> yunchi.v1.RemoveMemberRequest
-	6,  // 69: yunchi.v1.VMService.CreateVM:output_type -> yunchi.v1.VM
-	10, // 70: yunchi.v1.VMService.CreateVMs:output_type -> yunchi.v1.CreateVMsResponse
-	6,  // 71: yunchi.v1.VMService.GetVM:output_type -> yunchi.v1.VM
-	13, // 72: yunchi.v1.VMService.ListVMs:output_type -> yunchi.v1.ListVMsResponse
-	6,  // 73: yunchi.v1.VMService.StartVM:output_type -> yunchi.v1.VM
-	6,  // 74: yunchi.v1.VMService.StopVM:output_type -> yunchi.v1.VM
-	6,  // 75: yunchi.v1.VMService.RebootVM:output_type -> yunchi.v1.VM
-	6,  // 76: yunchi.v1.VMService.DeleteVM:output_type -> yunchi.v1.VM
-	16, // 77: yunchi.v1.VMService.WatchVM:output_type -> yunchi.v1.VMEvent
-	23, // 78: yunchi.v1.HostService.ListHosts:output_type -> yunchi.v1.ListHostsResponse
-	19, // 79: yunchi.v1.HostService.GetHost:output_type -> yunchi.v1.Host
-	19, // 80: yunchi.v1.HostService.UpdateHost:output_type -> yunchi.v1.Host
-	25, // 81: yunchi.v1.RatioService.SetRatios:output_type -> yunchi.v1.RatioSetting
-	28, // 82: yunchi.v1.RatioService.ListRatios:output_type -> yunchi.v1.ListRatiosResponse
-	29, // 83: yunchi.v1.GroupService.CreateGroup:output_type -> yunchi.v1.PlacementGroup
-	29, // 84: yunchi.v1.GroupService.GetGroup:output_type -> yunchi.v1.PlacementGroup
-	33, // 85: yunchi.v1.GroupService.ListGroups:output_type -> yunchi.v1.ListGroupsResponse
-	35, // 86: yunchi.v1.GroupService.DeleteGroup:output_type -> yunchi.v1.DeleteGroupResponse
-	38, // 87: yunchi.v1.CapacityService.GetCapacity:output_type -> yunchi.v1.Capacity
-	41, // 88: yunchi.v1.ClusterService.GetClusterStatus:output_type -> yunchi.v1.ClusterStatus
-	43, // 89: yunchi.v1.ClusterService.ListMembers:output_type -> yunchi.v1.ListMembersResponse
-	39, // 90: yunchi.v1.ClusterService.JoinCluster:output_type -> yunchi.v1.Member
-	43, // 91: yunchi.v1.ClusterService.RemoveMember:output_type -> yunchi.v1.ListMembersResponse
-	69, // [69:92] is the sub-list for method output_type
-	46, // [46:69] is the sub-list for method input_type
-	46, // [46:46] is the sub-list for extension type_name
-	46, // [46:46] is the sub-list for extension extendee
-	0,  // [0:46] is the sub-list for field type_name
+	49, // 45: yunchi.v1.ClusterStatus.log_store_failing_since:type_name -> google.protobuf.Timestamp
+	39, // 46: yunchi.v1.ListMembersResponse.members:type_name -> yunchi.v1.Member
+	7,  // 47: yunchi.v1.VMService.CreateVM:input_type -> yunchi.v1.CreateVMRequest
+	7,  // 48: yunchi.v1.VMService.CreateVMs:input_type -> yunchi.v1.CreateVMRequest
+	11, // 49: yunchi.v1.VMService.GetVM:input_type -> yunchi.v1.GetVMRequest
+	12, // 50: yunchi.v1.VMService.ListVMs:input_type -> yunchi.v1.ListVMsRequest
+	14, // 51: yunchi.v1.VMService.StartVM:input_type -> yunchi.v1.VMActionRequest
+	14, // 52: yunchi.v1.VMService.StopVM:input_type -> yunchi.v1.VMActionRequest
+	14, // 53: yunchi.v1.VMService.RebootVM:input_type -> yunchi.v1.VMActionRequest
+	14, // 54: yunchi.v1.VMService.DeleteVM:input_type -> yunchi.v1.VMActionRequest
+	15, // 55: yunchi.v1.VMService.WatchVM:input_type -> yunchi.v1.WatchVMRequest
+	22, // 56: yunchi.v1.HostService.ListHosts:input_type -> yunchi.v1.ListHostsRequest
+	21, // 57: yunchi.v1.HostService.GetHost:input_type -> yunchi.v1.GetHostRequest
+	24, // 58: yunchi.v1.HostService.UpdateHost:input_type -> yunchi.v1.UpdateHostRequest
+	26, // 59: yunchi.v1.RatioService.SetRatios:input_type -> yunchi.v1.SetRatiosRequest
+	27, // 60: yunchi.v1.RatioService.ListRatios:input_type -> yunchi.v1.ListRatiosRequest
+	30, // 61: yunchi.v1.GroupService.CreateGroup:input_type -> yunchi.v1.CreateGroupRequest
+	31, // 62: yunchi.v1.GroupService.GetGroup:input_type -> yunchi.v1.GetGroupRequest
+	32, // 63: yunchi.v1.GroupService.ListGroups:input_type -> yunchi.v1.ListGroupsRequest
+	34, // 64: yunchi.v1.GroupService.DeleteGroup:input_type -> yunchi.v1.DeleteGroupRequest
+	37, // 65: yunchi.v1.CapacityService.GetCapacity:input_type -> yunchi.v1.GetCapacityRequest
+	40, // 66: yunchi.v1.ClusterService.GetClusterStatus:input_type -> yunchi.v1.GetClusterStatusRequest
+	42, // 67: yunchi.v1.ClusterService.ListMembers:input_type -> yunchi.v1.ListMembersRequest
+	44, // 68: yunchi.v1.ClusterService.JoinCluster:input_type -> yunchi.v1.JoinClusterRequest
+	45, // 69: yunchi.v1.ClusterService.RemoveMember:input_type -> yunchi.v1.RemoveMemberRequest
+	6,  // 70: yunchi.v1.VMService.CreateVM:output_type -> yunchi.v1.VM
+	10, // 71: yunchi.v1.VMService.CreateVMs:output_type -> yunchi.v1.CreateVMsResponse
+	6,  // 72: yunchi.v1.VMService.GetVM:output_type -> yunchi.v1.VM
+	13, // 73: yunchi.v1.VMService.ListVMs:output_type -> yunchi.v1.ListVMsResponse
+	6,  // 74: yunchi.v1.VMService.StartVM:output_type -> yunchi.v1.VM
+	6,  // 75: yunchi.v1.VMService.StopVM:output_type -> yunchi.v1.VM
+	6,  // 76: yunchi.v1.VMService.RebootVM:output_type -> yunchi.v1.VM
+	6,  // 77: yunchi.v1.VMService.DeleteVM:output_type -> yunchi.v1.VM
+	16, // 78: yunchi.v1.VMService.WatchVM:output_type -> yunchi.v1.VMEvent
+	23, // 79: yunchi.v1.HostService.ListHosts:output_type -> yunchi.v1.ListHostsResponse
+	19, // 80: yunchi.v1.HostService.GetHost:output_type -> yunchi.v1.Host
+	19, // 81: yunchi.v1.HostService.UpdateHost:output_type -> yunchi.v1.Host
+	25, // 82: yunchi.v1.RatioService.SetRatios:output_type -> yunchi.v1.RatioSetting
+	28, // 83: yunchi.v1.RatioService.ListRatios:output_type -> yunchi.v1.ListRatiosResponse
+	29, // 84: yunchi.v1.GroupService.CreateGroup:output_type -> yunchi.v1.PlacementGroup
+	29, // 85: yunchi.v1.GroupService.GetGroup:output_type -> yunchi.v1.PlacementGroup
+	33, // 86: yunchi.v1.GroupService.ListGroups:output_type -> yunchi.v1.ListGroupsResponse
+	35, // 87: yunchi.v1.GroupService.DeleteGroup:output_type -> yunchi.v1.DeleteGroupResponse
+	38, // 88: yunchi.v1.CapacityService.GetCapacity:output_type -> yunchi.v1.Capacity
+	41, // 89: yunchi.v1.ClusterService.GetClusterStatus:output_type -> yunchi.v1.ClusterStatus
+	43, // 90: yunchi.v1.ClusterService.ListMembers:output_type -> yunchi.v1.ListMembersResponse
+	39, // 91: yunchi.v1.ClusterService.JoinCluster:output_type -> yunchi.v1.Member
+	43, // 92: yunchi.v1.ClusterService.RemoveMember:output_type -> yunchi.v1.ListMembersResponse
+	70, // [70:93] is the sub-list for method output_type
+	47, // [47:70] is the sub-list for method input_type
+	47, // [47:47] is the sub-list for extension type_name
+	47, // [47:47] is the sub-list for extension extendee
+	0,  // [0:47] is the sub-list for field type_name
 }
 
 func init() { file_yunchi_v1_yunchi_proto_init() }
