@@ -34,6 +34,7 @@ type inmemCluster struct {
 	t       *testing.T
 	members []*member
 	hostTTL time.Duration // 0: an hour (hosts here mostly have no agents)
+	segSize int           // raft log segment size; 0: the default
 }
 
 func (c *inmemCluster) start(m *member, bootstrap bool, join []string) {
@@ -49,7 +50,7 @@ func (c *inmemCluster) start(m *member, bootstrap bool, join []string) {
 	ctl, err := New(Config{
 		ID: m.id, Center: m.center, Listen: "127.0.0.1:0", DataDir: m.dir,
 		Bootstrap: bootstrap, Join: join, RaftTransport: m.trans, FastRaft: true,
-		HostTTL: cmp.Or(c.hostTTL, time.Hour),
+		HostTTL: cmp.Or(c.hostTTL, time.Hour), LogSegmentSize: c.segSize,
 	})
 	if err != nil {
 		c.t.Fatal(err)
@@ -93,6 +94,14 @@ func newInmemClusterTTL(t *testing.T, ttl time.Duration) *inmemCluster {
 	for _, id := range []string{"a1", "a2", "b1"} {
 		c.members = append(c.members, &member{id: id, center: id, dir: filepath.Join(t.TempDir(), id)})
 	}
+	c.form()
+	return c
+}
+
+// form starts c's members (the first bootstraps, the others join it) and
+// waits until every one sees 3 voters and the leader.
+func (c *inmemCluster) form() {
+	t := c.t
 	t.Cleanup(c.stopAll)
 	c.start(c.members[0], true, nil)
 	for _, m := range c.members[1:] {
@@ -109,7 +118,6 @@ func newInmemClusterTTL(t *testing.T, ttl time.Duration) *inmemCluster {
 		}
 		return true
 	})
-	return c
 }
 
 func (c *inmemCluster) leader() *member {

@@ -40,7 +40,9 @@ type Config struct {
 	// RaftTransport replaces TCP (tests).
 	RaftTransport raft.Transport
 	// Fast raft timeouts, for tests and the dev cluster on loopback.
-	FastRaft          bool
+	FastRaft bool
+	// LogSegmentSize of the raft log (zero: 64 MiB); tests on a small disk.
+	LogSegmentSize    int
 	HeartbeatInterval time.Duration
 	HostTTL           time.Duration
 	// DefaultStrategy places VMs whose request names no strategy:
@@ -97,6 +99,7 @@ func New(cfg Config) (*Controller, error) {
 	rc := raftnode.Config{
 		ID: cfg.ID, RaftBind: cfg.RaftListen, RaftAdvertise: cfg.RaftAdvertise,
 		DataDir: cfg.DataDir, Bootstrap: cfg.Bootstrap, Transport: cfg.RaftTransport, Logger: lg,
+		LogSegmentSize: cfg.LogSegmentSize,
 	}
 	if cfg.FastRaft {
 		rc.HeartbeatTimeout, rc.ElectionTimeout, rc.LeaderLeaseTimeout = 300*time.Millisecond, 300*time.Millisecond, 150*time.Millisecond
@@ -142,6 +145,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	go func() { errc <- hs.Serve(c.lis) }()
 	go c.api.RunLeaderDuties(ctx)
 	go c.api.WatchMembership(ctx)
+	go c.api.RunHealth(ctx)
 	if len(c.cfg.Join) > 0 {
 		go c.join(ctx)
 	}

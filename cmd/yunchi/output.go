@@ -257,6 +257,7 @@ func (p *printer) clusterStatus(s *yunchiv1.ClusterStatus) func(io.Writer) {
 		kv(w, "Commit index", strconv.FormatUint(s.GetCommitIndex(), 10))
 		kv(w, "Applied index", strconv.FormatUint(s.GetAppliedIndex(), 10))
 		kv(w, "Last log index", strconv.FormatUint(s.GetLastLogIndex(), 10))
+		kv(w, "Raft log", p.logStore(s))
 		fmt.Fprintln(w)
 		memberRows(w, s.GetMembers())
 	}
@@ -270,6 +271,18 @@ func (p *printer) removed(r *yunchiv1.ListMembersResponse) func(io.Writer) {
 		}
 		memberRows(w, r.GetMembers())
 	}
+}
+
+// logStore says whether the answering controller can write its raft log.
+func (p *printer) logStore(s *yunchiv1.ClusterStatus) string {
+	if e := s.GetLogStoreError(); e != "" {
+		return "CANNOT WRITE since " + p.timestamp(s.GetLogStoreFailingSince()) + ": " + e +
+			" (this controller's state may be stale: ask another one; it recovers by itself once the disk has room)"
+	}
+	if n := s.GetLogStoreWriteFailures(); n > 0 {
+		return fmt.Sprintf("ok (%d failed writes since start, recovered)", n)
+	}
+	return "ok"
 }
 
 func (p *printer) members(ms []*yunchiv1.Member) func(io.Writer) {

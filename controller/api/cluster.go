@@ -4,12 +4,14 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/raft"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
@@ -56,6 +58,12 @@ func (s *Server) GetClusterStatus(ctx context.Context, _ *yunchiv1.GetClusterSta
 	}
 	if rec, ok := s.store.Member(out.LeaderId); ok {
 		out.LeaderApiAddress = rec.ApiAddress
+	}
+	lh := s.node.LogStoreHealth()
+	out.LogStoreWriteFailures = lh.Failures
+	if !lh.Healthy() {
+		out.LogStoreError = strings.ReplaceAll(lh.Err.Error(), "\n", "; ")
+		out.LogStoreFailingSince = timestamppb.New(lh.Since)
 	}
 	return out, nil
 }

@@ -27,9 +27,12 @@ func toStatus(err error) error {
 		return err
 	}
 	var nofit *scheduler.NoFitError
+	var lse *raftnode.LogStoreError
 	switch {
 	case errors.As(err, &nofit):
 		return noFitStatus(nofit)
+	case errors.As(err, &lse):
+		return status.Errorf(codes.Unavailable, "%s: it is no longer the leader; retry (the change may or may not have been applied)", oneLine(lse.Error()))
 	case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipLost),
 		errors.Is(err, raft.ErrLeadershipTransferInProgress), errors.Is(err, raft.ErrAbortedByRestore):
 		return status.Error(codes.Unavailable, "the controller lost leadership while handling the request: retry (it may or may not have been applied)")

@@ -9,7 +9,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/protobuf/encoding/protojson"
 
@@ -20,12 +19,14 @@ import (
 // NewGRPCServer registers every service behind one interceptor chain:
 // metrics first (it sees every outcome), then the slot where
 // authentication and audit will sit, then the membership check (a removed
-// controller answers where to go instead), then leader forwarding last (so
-// a forwarded call was already authenticated here).
+// controller answers where to go instead), then the refusal of local reads
+// this controller cannot vouch for, then leader forwarding last (so a
+// forwarded call was already authenticated here).
 func (s *Server) NewGRPCServer(m *Metrics, extra ...grpc.UnaryServerInterceptor) *grpc.Server {
 	unary := append([]grpc.UnaryServerInterceptor{m.UnaryInterceptor}, extra...)
-	unary = append(unary, s.MemberInterceptor, s.LeaderInterceptor)
-	gs := grpc.NewServer(grpc.ChainUnaryInterceptor(unary...), grpc.ChainStreamInterceptor(m.StreamInterceptor, s.MemberStreamInterceptor),
+	unary = append(unary, s.MemberInterceptor, s.StaleReadInterceptor, s.LeaderInterceptor)
+	gs := grpc.NewServer(grpc.ChainUnaryInterceptor(unary...),
+		grpc.ChainStreamInterceptor(m.StreamInterceptor, s.MemberStreamInterceptor, s.StaleStreamInterceptor),
 		grpc.MaxRecvMsgSize(MaxGRPCRequest))
 	yunchiv1.RegisterVMServiceServer(gs, s)
 	yunchiv1.RegisterHostServiceServer(gs, s)
@@ -34,17 +35,16 @@ func (s *Server) NewGRPCServer(m *Metrics, extra ...grpc.UnaryServerInterceptor)
 	yunchiv1.RegisterAgentServiceServer(gs, s)
 	yunchiv1.RegisterRatioServiceServer(gs, s)
 	yunchiv1.RegisterGroupServiceServer(gs, s)
-	hs := health.NewServer()
-	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	healthpb.RegisterHealthServer(gs, hs)
+	healthpb.RegisterHealthServer(gs, s.newHealthServer())
 	return gs
 }
 
 // NewHTTPHandler serves gRPC (HTTP/2 with application/grpc) and everything
 // else on one port: REST through grpc-gateway, which calls this same
 // controller over gRPC so REST goes through the same interceptors;
-// /openapi.json; /metrics; /healthz. REST requests pass the input rules of
-// restguard.go first.
+// /openapi.json; /metrics; /healthz (503 with the reason while this
+// controller cannot vouch for its state). REST requests pass the input
+// rules of restguard.go first.
 func NewHTTPHandler(ctx context.Context, gs *grpc.Server, selfAddr string, m *Metrics, ho HTTPOptions) (http.Handler, error) {
 	var guard *restGuard
 	jsonpb := &runtime.JSONPb{
@@ -93,6 +93,11 @@ func NewHTTPHandler(ctx context.Context, gs *grpc.Server, selfAddr string, m *Me
 	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
+		if reason := m.srv.unhealthyReason(); reason != "" {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			w.Write([]byte("unhealthy: " + reason + "\n"))
+			return
+		}
 		w.Write([]byte("ok\n"))
 	})
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

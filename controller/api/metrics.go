@@ -15,6 +15,7 @@ import (
 // Metrics are the controller's Prometheus series, served at /metrics.
 type Metrics struct {
 	Registry *prometheus.Registry
+	srv      *Server
 	requests *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
 }
@@ -24,7 +25,7 @@ type Metrics struct {
 func NewMetrics(s *Server) *Metrics {
 	reg := prometheus.NewRegistry()
 	m := &Metrics{
-		Registry: reg,
+		Registry: reg, srv: s,
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "yunchi_grpc_requests_total", Help: "gRPC (and REST) requests handled, by method and status code.",
 		}, []string{"method", "code"}),
@@ -54,20 +55,27 @@ func (m *Metrics) StreamInterceptor(srv any, ss grpc.ServerStream, info *grpc.St
 }
 
 var (
-	descRaftState = prometheus.NewDesc("yunchi_raft_is_leader", "1 when this controller is the raft leader.", nil, nil)
-	descRaftTerm  = prometheus.NewDesc("yunchi_raft_term", "Current raft term.", nil, nil)
-	descCommit    = prometheus.NewDesc("yunchi_raft_commit_index", "Raft commit index.", nil, nil)
-	descApplied   = prometheus.NewDesc("yunchi_raft_applied_index", "Raft index applied to the state.", nil, nil)
-	descHosts     = prometheus.NewDesc("yunchi_hosts", "Hosts by state.", []string{"state"}, nil)
-	descVMs       = prometheus.NewDesc("yunchi_vms", "VMs by phase.", []string{"phase"}, nil)
-	descCapacity  = prometheus.NewDesc("yunchi_capacity", "Pool capacity by resource (vcpus, memory_bytes, disk_bytes).", []string{"resource"}, nil)
-	descAllocated = prometheus.NewDesc("yunchi_allocated", "Allocated resources by resource.", []string{"resource"}, nil)
+	descRaftState  = prometheus.NewDesc("yunchi_raft_is_leader", "1 when this controller is the raft leader.", nil, nil)
+	descRaftTerm   = prometheus.NewDesc("yunchi_raft_term", "Current raft term.", nil, nil)
+	descCommit     = prometheus.NewDesc("yunchi_raft_commit_index", "Raft commit index.", nil, nil)
+	descApplied    = prometheus.NewDesc("yunchi_raft_applied_index", "Raft index applied to the state.", nil, nil)
+	descHosts      = prometheus.NewDesc("yunchi_hosts", "Hosts by state.", []string{"state"}, nil)
+	descVMs        = prometheus.NewDesc("yunchi_vms", "VMs by phase.", []string{"phase"}, nil)
+	descCapacity   = prometheus.NewDesc("yunchi_capacity", "Pool capacity by resource (vcpus, memory_bytes, disk_bytes).", []string{"resource"}, nil)
+	descAllocated  = prometheus.NewDesc("yunchi_allocated", "Allocated resources by resource.", []string{"resource"}, nil)
+	descLogHealthy = prometheus.NewDesc("yunchi_raft_log_store_healthy",
+		"1 when this controller's last raft log write succeeded, 0 while it cannot write its log (a full data disk): its state may then be stale.", nil, nil)
+	descLogFailures = prometheus.NewDesc("yunchi_raft_log_store_write_failures_total",
+		"Raft log store writes (and reopens) that failed since this controller started.", nil, nil)
+	descLogRecoveries = prometheus.NewDesc("yunchi_raft_log_store_recoveries_total",
+		"Times the raft log store could write again after failing.", nil, nil)
 )
 
 type stateCollector struct{ s *Server }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descRaftState, descRaftTerm, descCommit, descApplied, descHosts, descVMs, descCapacity, descAllocated} {
+	for _, d := range []*prometheus.Desc{descRaftState, descRaftTerm, descCommit, descApplied, descHosts, descVMs, descCapacity, descAllocated,
+		descLogHealthy, descLogFailures, descLogRecoveries} {
 		ch <- d
 	}
 }
@@ -82,6 +90,14 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descRaftTerm, prometheus.GaugeValue, float64(r.CurrentTerm()))
 	ch <- prometheus.MustNewConstMetric(descCommit, prometheus.GaugeValue, float64(r.CommitIndex()))
 	ch <- prometheus.MustNewConstMetric(descApplied, prometheus.GaugeValue, float64(r.AppliedIndex()))
+	lh := c.s.node.LogStoreHealth()
+	healthy := 0.0
+	if lh.Healthy() {
+		healthy = 1
+	}
+	ch <- prometheus.MustNewConstMetric(descLogHealthy, prometheus.GaugeValue, healthy)
+	ch <- prometheus.MustNewConstMetric(descLogFailures, prometheus.CounterValue, float64(lh.Failures))
+	ch <- prometheus.MustNewConstMetric(descLogRecoveries, prometheus.CounterValue, float64(lh.Recoveries))
 	hosts := map[string]float64{}
 	capa, alloc := &yunchiv1.Resources{}, &yunchiv1.Resources{}
 	for _, hv := range c.s.store.Hosts() {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
 	"google.golang.org/grpc/status"
 
 	"github.com/yunchi/yunchi/controller/raftnode"
@@ -58,6 +59,11 @@ type Server struct {
 	seen            *seenTable
 	// heard is what the leader heard since it last recorded heartbeats.
 	heard heardSet
+
+	// health is the gRPC health service; RunHealth sets its status.
+	healthMu  sync.Mutex
+	health    *health.Server
+	healthSet bool
 }
 
 // NewServer builds the services for node.

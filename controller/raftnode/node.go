@@ -37,7 +37,10 @@ type Config struct {
 	// Tuning for tests; zero keeps raft's defaults.
 	HeartbeatTimeout, ElectionTimeout, LeaderLeaseTimeout time.Duration
 	SnapshotThreshold                                     uint64
-	Logger                                                *slog.Logger
+	// LogSegmentSize is the size of one raft log segment file (zero: 64 MiB);
+	// tests that fill a small disk use small segments.
+	LogSegmentSize int
+	Logger         *slog.Logger
 }
 
 // Node is one raft member with its FSM.
@@ -92,7 +95,7 @@ func Open(cfg Config, store *state.Store) (*Node, error) {
 		rc.TrailingLogs = cfg.SnapshotThreshold
 	}
 
-	logs, err := raftstore.Open(filepath.Join(cfg.DataDir, "raft"))
+	logs, err := raftstore.OpenWithOptions(filepath.Join(cfg.DataDir, "raft"), raftstore.Options{SegmentSize: cfg.LogSegmentSize, Logger: lg})
 	if err != nil {
 		return nil, fmt.Errorf("raft: open log store: %w", err)
 	}
@@ -197,6 +200,12 @@ func (n *Node) Addr() string { return string(n.addr) }
 // IsLeader says whether this node is the leader now.
 func (n *Node) IsLeader() bool { return n.Raft.State() == raft.Leader }
 
+// LogStoreHealth says whether this node's raft log store can write. While
+// it cannot, raft cannot append here: a follower falls behind (its state
+// goes stale), a leader steps down. The store repairs itself once writes
+// work again.
+func (n *Node) LogStoreHealth() raftstore.Health { return n.logs.Health() }
+
 // LeaderID returns the current leader's id ("" when there is none).
 func (n *Node) LeaderID() string {
 	_, id := n.Raft.LeaderWithID()
@@ -249,6 +258,9 @@ func (n *Node) Apply(ctx context.Context, cmd *statev1.Command) (any, error) {
 		if errors.Is(err, raft.ErrEnqueueTimeout) {
 			return nil, ErrTimeout
 		}
+		if h := n.logs.Health(); !h.Healthy() && !isRaftError(err) {
+			return nil, &LogStoreError{Node: n.id, Err: err}
+		}
 		return nil, err
 	}
 	res, ok := f.Response().(Result)
@@ -256,6 +268,32 @@ func (n *Node) Apply(ctx context.Context, cmd *statev1.Command) (any, error) {
 		return nil, fmt.Errorf("unexpected FSM response %T", f.Response())
 	}
 	return res.Value, res.Err
+}
+
+// LogStoreError is Apply's error when this node, the leader, could not write
+// the entry to its own log (its data disk is full, say): raft steps down,
+// and the entry may or may not be committed by the next leader.
+type LogStoreError struct {
+	Node string
+	Err  error
+}
+
+func (e *LogStoreError) Error() string {
+	return fmt.Sprintf("controller %s could not write to its raft log: %v", e.Node, e.Err)
+}
+
+func (e *LogStoreError) Unwrap() error { return e.Err }
+
+// isRaftError says whether err is one of raft's own outcomes for a
+// command (not a log store failure passed through).
+func isRaftError(err error) bool {
+	for _, r := range []error{raft.ErrNotLeader, raft.ErrLeadershipLost, raft.ErrAbortedByRestore, raft.ErrRaftShutdown,
+		raft.ErrLeadershipTransferInProgress, raft.ErrEnqueueTimeout} {
+		if errors.Is(err, r) {
+			return true
+		}
+	}
+	return false
 }
 
 // Barrier waits until every entry committed before it is applied here

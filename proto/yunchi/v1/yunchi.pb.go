@@ -3056,8 +3056,15 @@ type ClusterStatus struct {
 	AppliedIndex     uint64    `protobuf:"varint,7,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
 	LastLogIndex     uint64    `protobuf:"varint,8,opt,name=last_log_index,json=lastLogIndex,proto3" json:"last_log_index,omitempty"`
 	Members          []*Member `protobuf:"bytes,9,rep,name=members,proto3" json:"members,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Set while the answering controller cannot write its raft log (its data
+	// disk is full, say): the last write error and since when. Its state may
+	// then be behind the leader's; it repairs itself once writes work again.
+	LogStoreError        string                 `protobuf:"bytes,10,opt,name=log_store_error,json=logStoreError,proto3" json:"log_store_error,omitempty"`
+	LogStoreFailingSince *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=log_store_failing_since,json=logStoreFailingSince,proto3" json:"log_store_failing_since,omitempty"`
+	// Failed raft log writes since this controller started.
+	LogStoreWriteFailures uint64 `protobuf:"varint,12,opt,name=log_store_write_failures,json=logStoreWriteFailures,proto3" json:"log_store_write_failures,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *ClusterStatus) Reset() {
@@ -3151,6 +3158,27 @@ func (x *ClusterStatus) GetMembers() []*Member {
 		return x.Members
 	}
 	return nil
+}
+
+func (x *ClusterStatus) GetLogStoreError() string {
+	if x != nil {
+		return x.LogStoreError
+	}
+	return ""
+}
+
+func (x *ClusterStatus) GetLogStoreFailingSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LogStoreFailingSince
+	}
+	return nil
+}
+
+func (x *ClusterStatus) GetLogStoreWriteFailures() uint64 {
+	if x != nil {
+		return x.LogStoreWriteFailures
+	}
+	return 0
 }
 
 type ListMembersRequest struct {
@@ -3630,7 +3658,7 @@ const file_yunchi_v1_yunchi_proto_rawDesc = "" +
 	"\x06center\x18\x04 \x01(\tR\x06center\x12\x1a\n" +
 	"\bsuffrage\x18\x05 \x01(\tR\bsuffrage\x12\x16\n" +
 	"\x06leader\x18\x06 \x01(\bR\x06leader\"\x19\n" +
-	"\x17GetClusterStatusRequest\"\xc1\x02\n" +
+	"\x17GetClusterStatusRequest\"\xf5\x03\n" +
 	"\rClusterStatus\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1d\n" +
 	"\n" +
@@ -3641,7 +3669,11 @@ const file_yunchi_v1_yunchi_proto_rawDesc = "" +
 	"\fcommit_index\x18\x06 \x01(\x04R\vcommitIndex\x12#\n" +
 	"\rapplied_index\x18\a \x01(\x04R\fappliedIndex\x12$\n" +
 	"\x0elast_log_index\x18\b \x01(\x04R\flastLogIndex\x12+\n" +
-	"\amembers\x18\t \x03(\v2\x11.yunchi.v1.MemberR\amembers\"\x14\n" +
+	"\amembers\x18\t \x03(\v2\x11.yunchi.v1.MemberR\amembers\x12&\n" +
+	"\x0flog_store_error\x18\n" +
+	" \x01(\tR\rlogStoreError\x12Q\n" +
+	"\x17log_store_failing_since\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\x14logStoreFailingSince\x127\n" +
+	"\x18log_store_write_failures\x18\f \x01(\x04R\x15logStoreWriteFailures\"\x14\n" +
 	"\x12ListMembersRequest\"\\\n" +
 	"\x13ListMembersResponse\x12+\n" +
 	"\amembers\x18\x01 \x03(\v2\x11.yunchi.v1.MemberR\amembers\x12\x18\n" +
@@ -3836,58 +3868,59 @@ var file_yunchi_v1_yunchi_proto_depIdxs = []int32{
 	5,  // 46: yunchi.v1.Capacity.allocatable:type_name -> yunchi.v1.Resources
 	5,  // 47: yunchi.v1.Capacity.overcommit:type_name -> yunchi.v1.Resources
 	39, // 48: yunchi.v1.ClusterStatus.members:type_name -> yunchi.v1.Member
-	39, // 49: yunchi.v1.ListMembersResponse.members:type_name -> yunchi.v1.Member
-	7,  // 50: yunchi.v1.VMService.CreateVM:input_type -> yunchi.v1.CreateVMRequest
-	7,  // 51: yunchi.v1.VMService.CreateVMs:input_type -> yunchi.v1.CreateVMRequest
-	11, // 52: yunchi.v1.VMService.GetVM:input_type -> yunchi.v1.GetVMRequest
-	12, // 53: yunchi.v1.VMService.ListVMs:input_type -> yunchi.v1.ListVMsRequest
-	14, // 54: yunchi.v1.VMService.StartVM:input_type -> yunchi.v1.VMActionRequest
-	14, // 55: yunchi.v1.VMService.StopVM:input_type -> yunchi.v1.VMActionRequest
-	14, // 56: yunchi.v1.VMService.RebootVM:input_type -> yunchi.v1.VMActionRequest
-	14, // 57: yunchi.v1.VMService.DeleteVM:input_type -> yunchi.v1.VMActionRequest
-	15, // 58: yunchi.v1.VMService.WatchVM:input_type -> yunchi.v1.WatchVMRequest
-	22, // 59: yunchi.v1.HostService.ListHosts:input_type -> yunchi.v1.ListHostsRequest
-	21, // 60: yunchi.v1.HostService.GetHost:input_type -> yunchi.v1.GetHostRequest
-	24, // 61: yunchi.v1.HostService.UpdateHost:input_type -> yunchi.v1.UpdateHostRequest
-	26, // 62: yunchi.v1.RatioService.SetRatios:input_type -> yunchi.v1.SetRatiosRequest
-	27, // 63: yunchi.v1.RatioService.ListRatios:input_type -> yunchi.v1.ListRatiosRequest
-	30, // 64: yunchi.v1.GroupService.CreateGroup:input_type -> yunchi.v1.CreateGroupRequest
-	31, // 65: yunchi.v1.GroupService.GetGroup:input_type -> yunchi.v1.GetGroupRequest
-	32, // 66: yunchi.v1.GroupService.ListGroups:input_type -> yunchi.v1.ListGroupsRequest
-	34, // 67: yunchi.v1.GroupService.DeleteGroup:input_type -> yunchi.v1.DeleteGroupRequest
-	37, // 68: yunchi.v1.CapacityService.GetCapacity:input_type -> yunchi.v1.GetCapacityRequest
-	40, // 69: yunchi.v1.ClusterService.GetClusterStatus:input_type -> yunchi.v1.GetClusterStatusRequest
-	42, // 70: yunchi.v1.ClusterService.ListMembers:input_type -> yunchi.v1.ListMembersRequest
-	44, // 71: yunchi.v1.ClusterService.JoinCluster:input_type -> yunchi.v1.JoinClusterRequest
-	45, // 72: yunchi.v1.ClusterService.RemoveMember:input_type -> yunchi.v1.RemoveMemberRequest
-	6,  // 73: yunchi.v1.VMService.CreateVM:output_type -> yunchi.v1.VM
-	10, // 74: yunchi.v1.VMService.CreateVMs:output_type -> yunchi.v1.CreateVMsResponse
-	6,  // 75: yunchi.v1.VMService.GetVM:output_type -> yunchi.v1.VM
-	13, // 76: yunchi.v1.VMService.ListVMs:output_type -> yunchi.v1.ListVMsResponse
-	6,  // 77: yunchi.v1.VMService.StartVM:output_type -> yunchi.v1.VM
-	6,  // 78: yunchi.v1.VMService.StopVM:output_type -> yunchi.v1.VM
-	6,  // 79: yunchi.v1.VMService.RebootVM:output_type -> yunchi.v1.VM
-	6,  // 80: yunchi.v1.VMService.DeleteVM:output_type -> yunchi.v1.VM
-	16, // 81: yunchi.v1.VMService.WatchVM:output_type -> yunchi.v1.VMEvent
-	23, // 82: yunchi.v1.HostService.ListHosts:output_type -> yunchi.v1.ListHostsResponse
-	19, // 83: yunchi.v1.HostService.GetHost:output_type -> yunchi.v1.Host
-	19, // 84: yunchi.v1.HostService.UpdateHost:output_type -> yunchi.v1.Host
-	25, // 85: yunchi.v1.RatioService.SetRatios:output_type -> yunchi.v1.RatioSetting
-	28, // 86: yunchi.v1.RatioService.ListRatios:output_type -> yunchi.v1.ListRatiosResponse
-	29, // 87: yunchi.v1.GroupService.CreateGroup:output_type -> yunchi.v1.PlacementGroup
-	29, // 88: yunchi.v1.GroupService.GetGroup:output_type -> yunchi.v1.PlacementGroup
-	33, // 89: yunchi.v1.GroupService.ListGroups:output_type -> yunchi.v1.ListGroupsResponse
-	35, // 90: yunchi.v1.GroupService.DeleteGroup:output_type -> yunchi.v1.DeleteGroupResponse
-	38, // 91: yunchi.v1.CapacityService.GetCapacity:output_type -> yunchi.v1.Capacity
-	41, // 92: yunchi.v1.ClusterService.GetClusterStatus:output_type -> yunchi.v1.ClusterStatus
-	43, // 93: yunchi.v1.ClusterService.ListMembers:output_type -> yunchi.v1.ListMembersResponse
-	39, // 94: yunchi.v1.ClusterService.JoinCluster:output_type -> yunchi.v1.Member
-	43, // 95: yunchi.v1.ClusterService.RemoveMember:output_type -> yunchi.v1.ListMembersResponse
-	73, // [73:96] is the sub-list for method output_type
-	50, // [50:73] is the sub-list for method input_type
-	50, // [50:50] is the sub-list for extension type_name
-	50, // [50:50] is the sub-list for extension extendee
-	0,  // [0:50] is the sub-list for field type_name
+	49, // 49: yunchi.v1.ClusterStatus.log_store_failing_since:type_name -> google.protobuf.Timestamp
+	39, // 50: yunchi.v1.ListMembersResponse.members:type_name -> yunchi.v1.Member
+	7,  // 51: yunchi.v1.VMService.CreateVM:input_type -> yunchi.v1.CreateVMRequest
+	7,  // 52: yunchi.v1.VMService.CreateVMs:input_type -> yunchi.v1.CreateVMRequest
+	11, // 53: yunchi.v1.VMService.GetVM:input_type -> yunchi.v1.GetVMRequest
+	12, // 54: yunchi.v1.VMService.ListVMs:input_type -> yunchi.v1.ListVMsRequest
+	14, // 55: yunchi.v1.VMService.StartVM:input_type -> yunchi.v1.VMActionRequest
+	14, // 56: yunchi.v1.VMService.StopVM:input_type -> yunchi.v1.VMActionRequest
+	14, // 57: yunchi.v1.VMService.RebootVM:input_type -> yunchi.v1.VMActionRequest
+	14, // 58: yunchi.v1.VMService.DeleteVM:input_type -> yunchi.v1.VMActionRequest
+	15, // 59: yunchi.v1.VMService.WatchVM:input_type -> yunchi.v1.WatchVMRequest
+	22, // 60: yunchi.v1.HostService.ListHosts:input_type -> yunchi.v1.ListHostsRequest
+	21, // 61: yunchi.v1.HostService.GetHost:input_type -> yunchi.v1.GetHostRequest
+	24, // 62: yunchi.v1.HostService.UpdateHost:input_type -> yunchi.v1.UpdateHostRequest
+	26, // 63: yunchi.v1.RatioService.SetRatios:input_type -> yunchi.v1.SetRatiosRequest
+	27, // 64: yunchi.v1.RatioService.ListRatios:input_type -> yunchi.v1.ListRatiosRequest
+	30, // 65: yunchi.v1.GroupService.CreateGroup:input_type -> yunchi.v1.CreateGroupRequest
+	31, // 66: yunchi.v1.GroupService.GetGroup:input_type -> yunchi.v1.GetGroupRequest
+	32, // 67: yunchi.v1.GroupService.ListGroups:input_type -> yunchi.v1.ListGroupsRequest
+	34, // 68: yunchi.v1.GroupService.DeleteGroup:input_type -> yunchi.v1.DeleteGroupRequest
+	37, // 69: yunchi.v1.CapacityService.GetCapacity:input_type -> yunchi.v1.GetCapacityRequest
+	40, // 70: yunchi.v1.ClusterService.GetClusterStatus:input_type -> yunchi.v1.GetClusterStatusRequest
+	42, // 71: yunchi.v1.ClusterService.ListMembers:input_type -> yunchi.v1.ListMembersRequest
+	44, // 72: yunchi.v1.ClusterService.JoinCluster:input_type -> yunchi.v1.JoinClusterRequest
+	45, // 73: yunchi.v1.ClusterService.RemoveMember:input_type -> yunchi.v1.RemoveMemberRequest
+	6,  // 74: yunchi.v1.VMService.CreateVM:output_type -> yunchi.v1.VM
+	10, // 75: yunchi.v1.VMService.CreateVMs:output_type -> yunchi.v1.CreateVMsResponse
+	6,  // 76: yunchi.v1.VMService.GetVM:output_type -> yunchi.v1.VM
+	13, // 77: yunchi.v1.VMService.ListVMs:output_type -> yunchi.v1.ListVMsResponse
+	6,  // 78: yunchi.v1.VMService.StartVM:output_type -> yunchi.v1.VM
+	6,  // 79: yunchi.v1.VMService.StopVM:output_type -> yunchi.v1.VM
+	6,  // 80: yunchi.v1.VMService.RebootVM:output_type -> yunchi.v1.VM
+	6,  // 81: yunchi.v1.VMService.DeleteVM:output_type -> yunchi.v1.VM
+	16, // 82: yunchi.v1.VMService.WatchVM:output_type -> yunchi.v1.VMEvent
+	23, // 83: yunchi.v1.HostService.ListHosts:output_type -> yunchi.v1.ListHostsResponse
+	19, // 84: yunchi.v1.HostService.GetHost:output_type -> yunchi.v1.Host
+	19, // 85: yunchi.v1.HostService.UpdateHost:output_type -> yunchi.v1.Host
+	25, // 86: yunchi.v1.RatioService.SetRatios:output_type -> yunchi.v1.RatioSetting
+	28, // 87: yunchi.v1.RatioService.ListRatios:output_type -> yunchi.v1.ListRatiosResponse
+	29, // 88: yunchi.v1.GroupService.CreateGroup:output_type -> yunchi.v1.PlacementGroup
+	29, // 89: yunchi.v1.GroupService.GetGroup:output_type -> yunchi.v1.PlacementGroup
+	33, // 90: yunchi.v1.GroupService.ListGroups:output_type -> yunchi.v1.ListGroupsResponse
+	35, // 91: yunchi.v1.GroupService.DeleteGroup:output_type -> yunchi.v1.DeleteGroupResponse
+	38, // 92: yunchi.v1.CapacityService.GetCapacity:output_type -> yunchi.v1.Capacity
+	41, // 93: yunchi.v1.ClusterService.GetClusterStatus:output_type -> yunchi.v1.ClusterStatus
+	43, // 94: yunchi.v1.ClusterService.ListMembers:output_type -> yunchi.v1.ListMembersResponse
+	39, // 95: yunchi.v1.ClusterService.JoinCluster:output_type -> yunchi.v1.Member
+	43, // 96: yunchi.v1.ClusterService.RemoveMember:output_type -> yunchi.v1.ListMembersResponse
+	74, // [74:97] is the sub-list for method output_type
+	51, // [51:74] is the sub-list for method input_type
+	51, // [51:51] is the sub-list for extension type_name
+	51, // [51:51] is the sub-list for extension extendee
+	0,  // [0:51] is the sub-list for field type_name
 }
 
 func init() { file_yunchi_v1_yunchi_proto_init() }
