@@ -146,7 +146,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.cfg.validate(); err != nil {
 		return err
 	}
-	ctl, err := dialControllers(a.cfg.Controllers, a.cfg.DialOptions)
+	ctl, err := dialControllers(a.cfg.Controllers, a.cfg.DialOptions, a.log)
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
@@ -212,7 +212,7 @@ func (a *Agent) register(ctx context.Context) error {
 		facts.Capacity.DiskBytes = a.cfg.DiskBytes
 	}
 	var resp *yunchiv1.RegisterHostResponse
-	err = a.ctl.call(ctx, func(ctx context.Context, c yunchiv1.AgentServiceClient) error {
+	err = a.ctl.call(ctx, "registration", rpcTimeout, func(ctx context.Context, c yunchiv1.AgentServiceClient) error {
 		var err error
 		resp, err = c.RegisterHost(ctx, &yunchiv1.RegisterHostRequest{Facts: facts})
 		return err
@@ -235,7 +235,9 @@ func (a *Agent) register(ctx context.Context) error {
 func (a *Agent) heartbeatLoop(ctx context.Context) {
 	t := time.NewTimer(time.Duration(a.hbInterval.Load()))
 	defer t.Stop()
-	failing := false
+	var failedSince time.Time
+	var lastWarned time.Time
+	failures := 0
 	for {
 		select {
 		case <-ctx.Done():
@@ -246,17 +248,37 @@ func (a *Agent) heartbeatLoop(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
+		now := time.Now()
 		switch {
-		case err != nil && !failing:
-			a.log.Warn("heartbeat failed", "err", err)
+		case err != nil && failures == 0:
+			failedSince, lastWarned = now, now
+			a.log.Warn("heartbeat not delivered; retrying every interval", "err", err)
+		case err != nil && now.Sub(lastWarned) >= failureLogEvery:
+			lastWarned = now
+			a.log.Warn("heartbeats still not delivered", "for", now.Sub(failedSince).Round(time.Second),
+				"failed_beats", failures+1, "err", err)
 		case err != nil:
 			a.log.Debug("heartbeat failed", "err", err)
-		case failing:
-			a.log.Info("heartbeat recovered")
+		case failures > 0:
+			a.log.Info("heartbeat recovered", "after", now.Sub(failedSince).Round(time.Millisecond), "failed_beats", failures)
 		}
-		failing = err != nil
+		if err != nil {
+			failures++
+		} else {
+			failures = 0
+		}
 		t.Reset(time.Duration(a.hbInterval.Load()))
 	}
+}
+
+// heartbeatTimeout bounds one heartbeat attempt on one controller: a
+// controller that takes longer than an interval to take a heartbeat has
+// failed it, and the next controller is tried at once. The controller's
+// host TTL is several intervals (5 by default), so an agent whose
+// controller freezes reaches another one well before its host is
+// marked down (the flat rpcTimeout alone would outlast the default TTL).
+func (a *Agent) heartbeatTimeout() time.Duration {
+	return min(max(time.Duration(a.hbInterval.Load()), minAttemptTimeout), rpcTimeout)
 }
 
 // beat sends one heartbeat, registering first when the controllers have
@@ -282,7 +304,7 @@ func (a *Agent) beat(ctx context.Context) error {
 		stats.MemoryFreeBytes = &free
 	}
 	var resp *yunchiv1.HeartbeatResponse
-	err = a.ctl.call(ctx, func(ctx context.Context, c yunchiv1.AgentServiceClient) error {
+	err = a.ctl.call(ctx, "heartbeat", a.heartbeatTimeout(), func(ctx context.Context, c yunchiv1.AgentServiceClient) error {
 		var err error
 		resp, err = c.Heartbeat(ctx, &yunchiv1.HeartbeatRequest{HostId: a.cfg.HostID, Stats: stats})
 		return err
@@ -306,9 +328,9 @@ var errMoved = errors.New("moved to another controller")
 func (a *Agent) watchLoop(ctx context.Context) {
 	bo := newBackoff()
 	for {
-		i, client := a.ctl.current()
+		i, client, away := a.ctl.current()
 		addr := a.ctl.addrs[i]
-		err := a.watch(ctx, i, client, addr, bo)
+		err := a.watch(ctx, client, addr, away, bo)
 		if ctx.Err() != nil {
 			return
 		}
@@ -319,7 +341,7 @@ func (a *Agent) watchLoop(ctx context.Context) {
 		if status.Code(err) == codes.NotFound {
 			a.needRegister.Store(true)
 		}
-		a.ctl.failed(i)
+		a.ctl.failed(i, false)
 		d := bo.next()
 		a.log.Warn("assignment stream broken; reconnecting", "controller", addr, "err", err, "in", d.Round(time.Millisecond))
 		if !sleep(ctx, d) {
@@ -328,25 +350,24 @@ func (a *Agent) watchLoop(ctx context.Context) {
 	}
 }
 
-func (a *Agent) watch(ctx context.Context, i int, client yunchiv1.AgentServiceClient, addr string, bo *backoff) error {
+// watch holds one stream on one controller until it breaks, or until the
+// agent moves away from that controller (away closes: the heartbeats or
+// another call found it failing, hung included, so the stream follows).
+func (a *Agent) watch(ctx context.Context, client yunchiv1.AgentServiceClient, addr string, away <-chan struct{}, bo *backoff) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	// Follow the unary calls when they give up on this controller.
 	go func() {
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-a.ctl.moved:
-				if cur, _ := a.ctl.current(); cur != i {
-					cancel(errMoved)
-					return
-				}
-			}
+		select {
+		case <-ctx.Done():
+		case <-away:
+			cancel(errMoved)
 		}
 	}()
 	stream, err := client.WatchAssignments(ctx, &yunchiv1.WatchAssignmentsRequest{HostId: a.cfg.HostID})
 	if err != nil {
+		if cause := context.Cause(ctx); cause == errMoved {
+			return cause
+		}
 		return err
 	}
 	for first := true; ; first = false {

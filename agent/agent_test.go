@@ -432,6 +432,72 @@ func TestLeavesHungController(t *testing.T) {
 	eventually(t, "assignment through the other controller", func() bool { return c.phase(vmB) == phaseRunning })
 }
 
+// TestLeavesFrozenController: the controller in use stops answering
+// without closing anything (SIGSTOP). A heartbeat it does not answer within
+// the interval has failed: the agent moves on at once, and its stream and
+// status reports follow, instead of waiting out a 10 s call timeout.
+func TestLeavesFrozenController(t *testing.T) {
+	d := smallHost(t)
+	c := newController()
+	s1, s2 := serve(t, c), serve(t, c)
+	start(t, config(t, s1.addr, s2.addr), d)
+	c.put(vm(vmA, "web", running))
+	eventually(t, "running", func() bool { return c.phase(vmA) == phaseRunning })
+
+	s1.frozen.Store(true)
+	c.put(vm(vmB, "db", running))
+	eventually(t, "assignment through the other controller", func() bool { return c.phase(vmB) == phaseRunning })
+	eventually(t, "domain running", domainIs(t, d, vmB, agent.StateRunning))
+}
+
+// TestFailingControllerWarnedOnce: heartbeats that keep failing on the only
+// controller are warned about once (naming it), not once per beat.
+func TestFailingControllerWarnedOnce(t *testing.T) {
+	d := smallHost(t)
+	c := newController()
+	s := serve(t, c)
+	var log lockedBuffer
+	cfg := config(t, s.addr)
+	cfg.Logger = slog.New(slog.NewTextHandler(&log, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	start(t, cfg, d)
+	eventually(t, "registration", func() bool { return len(c.registered()) == 1 })
+	s.hung.Store(true)
+	const beats = 20
+	eventually(t, fmt.Sprintf("%d failed heartbeats", beats), func() bool {
+		return strings.Count(log.String(), `msg="heartbeat failed"`) >= beats
+	})
+	warned := 0
+	for _, line := range strings.Split(log.String(), "\n") {
+		if strings.Contains(line, `msg="heartbeat failed"`) && strings.Contains(line, "level=WARN") {
+			warned++
+			if !strings.Contains(line, "controller="+s.addr) {
+				t.Errorf("warning does not name the controller: %s", line)
+			}
+		}
+	}
+	if warned != 1 {
+		t.Errorf("%d warnings for one failing controller over %d+ failed heartbeats, want 1", warned, beats)
+	}
+}
+
+// lockedBuffer collects a log written from several goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
 func TestRunRejectsBadConfig(t *testing.T) {
 	d := smallHost(t)
 	for name, cfg := range map[string]agent.Config{

@@ -180,27 +180,42 @@ type server struct {
 	// hung makes the member useless without closing anything: unary calls
 	// fail, open streams go silent (a partitioned or wedged controller).
 	hung atomic.Bool
+	// frozen makes it answer nothing at all, as under SIGSTOP: unary calls
+	// wait until the caller gives up, open streams go silent.
+	frozen atomic.Bool
 }
 
 var errHung = status.Error(codes.Unavailable, "controller hung")
 
-func (s *server) RegisterHost(ctx context.Context, req *yunchiv1.RegisterHostRequest) (*yunchiv1.RegisterHostResponse, error) {
+// unavailable is what s does instead of serving a call: nil when it serves.
+func (s *server) unavailable(ctx context.Context) error {
+	if s.frozen.Load() {
+		<-ctx.Done()
+		return ctx.Err()
+	}
 	if s.hung.Load() {
-		return nil, errHung
+		return errHung
+	}
+	return nil
+}
+
+func (s *server) RegisterHost(ctx context.Context, req *yunchiv1.RegisterHostRequest) (*yunchiv1.RegisterHostResponse, error) {
+	if err := s.unavailable(ctx); err != nil {
+		return nil, err
 	}
 	return s.c.RegisterHost(ctx, req)
 }
 
 func (s *server) Heartbeat(ctx context.Context, req *yunchiv1.HeartbeatRequest) (*yunchiv1.HeartbeatResponse, error) {
-	if s.hung.Load() {
-		return nil, errHung
+	if err := s.unavailable(ctx); err != nil {
+		return nil, err
 	}
 	return s.c.Heartbeat(ctx, req)
 }
 
 func (s *server) ReportVMStatus(ctx context.Context, req *yunchiv1.ReportVMStatusRequest) (*yunchiv1.ReportVMStatusResponse, error) {
-	if s.hung.Load() {
-		return nil, errHung
+	if err := s.unavailable(ctx); err != nil {
+		return nil, err
 	}
 	return s.c.ReportVMStatus(ctx, req)
 }
@@ -216,7 +231,7 @@ func (s *server) WatchAssignments(req *yunchiv1.WatchAssignmentsRequest, stream 
 		s.c.mu.Unlock()
 	}()
 	for {
-		if !s.hung.Load() {
+		if !s.hung.Load() && !s.frozen.Load() {
 			if err := stream.Send(s.c.snapshot()); err != nil {
 				return err
 			}

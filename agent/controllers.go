@@ -2,22 +2,46 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
-	"sync/atomic"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
 	grpcbackoff "google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 )
 
-// rpcTimeout bounds one unary call to one controller.
-const rpcTimeout = 10 * time.Second
+const (
+	// rpcTimeout bounds one attempt of a call that writes through raft
+	// (registration, status reports). Heartbeats get much less: see
+	// Agent.heartbeatTimeout.
+	rpcTimeout = 10 * time.Second
+	// minAttemptTimeout is the least any attempt is given, however short
+	// the heartbeat interval.
+	minAttemptTimeout = 200 * time.Millisecond
+	// hungFor is how long a controller that let an attempt run out of time
+	// (it accepts connections but does not answer: SIGSTOP, a wedged
+	// process) is tried only after the others.
+	hungFor = 30 * time.Second
+	// failureLogEvery: failures of one controller are logged as a warning
+	// the first time, then at most this often while they go on.
+	failureLogEvery = time.Minute
+)
+
+// keepaliveParams make a connection to a controller that stopped answering
+// fail, streams included, even when no call is waiting on it (gRPC does not
+// ping more often than every 10 s). The controllers serve gRPC through Go's
+// HTTP/2 server, which answers pings without a rate policy, so these pings
+// are never answered with GOAWAY too_many_pings.
+var keepaliveParams = keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true}
 
 // controllers holds one client per controller address and which one is in
 // use. Any controller may answer (followers forward writes to the leader), so
@@ -26,15 +50,30 @@ type controllers struct {
 	addrs   []string
 	conns   []*grpc.ClientConn
 	clients []yunchiv1.AgentServiceClient
-	cur     atomic.Int32
-	// moved is signalled when the agent moves to another controller, so that
-	// a stream still open on the old one (possibly hung: there is no
-	// keepalive) follows.
-	moved chan struct{}
+	log     *slog.Logger
+
+	mu  sync.Mutex
+	cur int
+	// away is closed when the agent moves away from cur: calls and the
+	// assignment stream still on the old controller (possibly hung) end.
+	away      chan struct{}
+	hungUntil []time.Time
+	lastOK    int // the controller that last answered; -1 before any
+	fails     []failureLog
 }
 
-func dialControllers(addrs []string, extra []grpc.DialOption) (*controllers, error) {
-	c := &controllers{addrs: addrs, moved: make(chan struct{}, 1)}
+// failureLog rate-limits the warnings about one controller.
+type failureLog struct {
+	failing    bool
+	lastWarned time.Time
+	unlogged   int
+}
+
+func dialControllers(addrs []string, extra []grpc.DialOption, log *slog.Logger) (*controllers, error) {
+	c := &controllers{
+		addrs: addrs, log: log, away: make(chan struct{}), lastOK: -1,
+		hungUntil: make([]time.Time, len(addrs)), fails: make([]failureLog, len(addrs)),
+	}
 	opts := []grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		// gRPC's default reconnect backoff grows to two minutes; a controller
@@ -45,6 +84,7 @@ func dialControllers(addrs []string, extra []grpc.DialOption) (*controllers, err
 			},
 			MinConnectTimeout: 5 * time.Second,
 		}),
+		grpc.WithKeepaliveParams(keepaliveParams),
 	}
 	opts = append(opts, extra...)
 	for _, addr := range addrs {
@@ -65,40 +105,118 @@ func (c *controllers) close() {
 	}
 }
 
-// current is the controller in use: its position and client.
-func (c *controllers) current() (int, yunchiv1.AgentServiceClient) {
-	i := int(c.cur.Load())
-	return i, c.clients[i]
+// current is the controller in use: its position, its client, and a channel
+// closed when the agent moves away from it.
+func (c *controllers) current() (int, yunchiv1.AgentServiceClient, <-chan struct{}) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.cur, c.clients[c.cur], c.away
 }
 
-// failed moves on from controller i, unless someone already did.
-func (c *controllers) failed(i int) {
-	if c.cur.CompareAndSwap(int32(i), int32((i+1)%len(c.clients))) && len(c.clients) > 1 {
-		select {
-		case c.moved <- struct{}{}:
-		default:
+// failed moves on from controller i, unless someone already did. hung says
+// i did not answer in time: it is then tried after the others for a while,
+// so that an agent does not come back to a frozen controller while another
+// one answers.
+func (c *controllers) failed(i int, hung bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := time.Now()
+	if hung {
+		c.hungUntil[i] = now.Add(hungFor)
+	}
+	n := len(c.clients)
+	if c.cur != i || n == 1 {
+		return
+	}
+	next := (i + 1) % n
+	for k := 1; k < n; k++ {
+		if j := (i + k) % n; !now.Before(c.hungUntil[j]) {
+			next = j
+			break
 		}
 	}
+	c.cur = next
+	close(c.away)
+	c.away = make(chan struct{})
 }
 
-// call runs fn against the controller in use, moving on to the next ones
-// while the failure says the controller (not the request) is the problem.
-// Each address is tried once per call; callers retry with backoff.
-func (c *controllers) call(ctx context.Context, fn func(context.Context, yunchiv1.AgentServiceClient) error) error {
+// answered records that controller i answered a call.
+func (c *controllers) answered(i int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.lastOK >= 0 && c.lastOK != i {
+		c.log.Info("moved to controller "+c.addrs[i], "from", c.addrs[c.lastOK])
+	}
+	c.lastOK = i
+	c.hungUntil[i] = time.Time{}
+	c.fails[i] = failureLog{}
+}
+
+// logFailure warns about the first failure of controller i after it last
+// answered, then about one failure a minute (with the number not logged)
+// while they go on; the rest go to debug.
+func (c *controllers) logFailure(op string, i int, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	f := &c.fails[i]
+	now := time.Now()
+	if f.failing && now.Sub(f.lastWarned) < failureLogEvery {
+		f.unlogged++
+		c.log.Debug(op+" failed", "controller", c.addrs[i], "err", err)
+		return
+	}
+	args := []any{"controller", c.addrs[i], "err", err}
+	if f.unlogged > 0 {
+		args = append(args, "failures_since_last_warning", f.unlogged)
+	}
+	c.log.Warn(op+" failed", args...)
+	*f = failureLog{failing: true, lastWarned: now}
+}
+
+// call runs fn against the controller in use, each attempt bounded by
+// timeout, moving on to the next controllers while the failure says the
+// controller (not the request) is the problem. Each address is tried once
+// per call; callers retry with backoff. op names the call in the log
+// ("heartbeat" logs "heartbeat failed").
+func (c *controllers) call(ctx context.Context, op string, timeout time.Duration, fn func(context.Context, yunchiv1.AgentServiceClient) error) error {
 	var err error
 	for range len(c.clients) {
-		i, client := c.current()
-		cctx, cancel := context.WithTimeout(ctx, rpcTimeout)
-		err = fn(cctx, client)
+		i, client, away := c.current()
+		actx, cancel := context.WithTimeout(ctx, timeout)
+		stop := make(chan struct{})
+		go func() { // another call gave up on this controller: so does this one
+			select {
+			case <-away:
+				cancel()
+			case <-stop:
+			}
+		}()
+		err = fn(actx, client)
+		close(stop)
+		timedOut := errors.Is(actx.Err(), context.DeadlineExceeded) && ctx.Err() == nil
 		cancel()
 		if err == nil {
+			c.answered(i)
 			return nil
 		}
-		err = fmt.Errorf("controller %s: %w", c.addrs[i], err)
-		if ctx.Err() != nil || !controllerFault(err) {
-			return err
+		if ctx.Err() != nil {
+			return fmt.Errorf("controller %s: %w", c.addrs[i], err)
 		}
-		c.failed(i)
+		select {
+		case <-away: // moved away while this attempt ran: go on with the new one
+			continue
+		default:
+		}
+		if !controllerFault(err) {
+			c.answered(i)
+			return fmt.Errorf("controller %s: %w", c.addrs[i], err)
+		}
+		if timedOut {
+			err = fmt.Errorf("no answer within %v: %w", timeout, err)
+		}
+		c.logFailure(op, i, err)
+		c.failed(i, timedOut)
+		err = fmt.Errorf("controller %s: %w", c.addrs[i], err)
 	}
 	return err
 }

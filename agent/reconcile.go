@@ -257,7 +257,7 @@ func (a *Agent) shouldReport(as *yunchiv1.Assignment, st *yunchiv1.VMStatus) boo
 
 // report sends one batch of statuses; false means it should be retried.
 func (a *Agent) report(ctx context.Context, statuses []*yunchiv1.VMStatus) bool {
-	err := a.ctl.call(ctx, func(ctx context.Context, c yunchiv1.AgentServiceClient) error {
+	err := a.ctl.call(ctx, "status report", rpcTimeout, func(ctx context.Context, c yunchiv1.AgentServiceClient) error {
 		_, err := c.ReportVMStatus(ctx, &yunchiv1.ReportVMStatusRequest{HostId: a.cfg.HostID, Statuses: statuses})
 		return err
 	})

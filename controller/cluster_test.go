@@ -22,6 +22,7 @@ import (
 // member is one in-process controller of a test cluster.
 type member struct {
 	id, center, dir string
+	advertise       string // the API address others dial ("": the bound one)
 	trans           *raft.InmemTransport
 	ctl             *Controller
 	cancel          context.CancelFunc
@@ -35,6 +36,7 @@ type inmemCluster struct {
 	members []*member
 	hostTTL time.Duration // 0: an hour (hosts here mostly have no agents)
 	segSize int           // raft log segment size; 0: the default
+	hbEvery time.Duration // heartbeat interval announced to agents (0: the default)
 }
 
 func (c *inmemCluster) start(m *member, bootstrap bool, join []string) {
@@ -48,9 +50,9 @@ func (c *inmemCluster) start(m *member, bootstrap bool, join []string) {
 		}
 	}
 	ctl, err := New(Config{
-		ID: m.id, Center: m.center, Listen: "127.0.0.1:0", DataDir: m.dir,
+		ID: m.id, Center: m.center, Listen: "127.0.0.1:0", Advertise: m.advertise, DataDir: m.dir,
 		Bootstrap: bootstrap, Join: join, RaftTransport: m.trans, FastRaft: true,
-		HostTTL: cmp.Or(c.hostTTL, time.Hour), LogSegmentSize: c.segSize,
+		HostTTL: cmp.Or(c.hostTTL, time.Hour), LogSegmentSize: c.segSize, HeartbeatInterval: c.hbEvery,
 	})
 	if err != nil {
 		c.t.Fatal(err)

@@ -18,7 +18,14 @@ import (
 type hostSeen struct {
 	at    time.Time
 	stats *yunchiv1.HostStats
+	// stalled is how long, since at, the leader was not running: it
+	// could not hear the host then, so the TTL does not count it.
+	stalled time.Duration
 }
+
+// silentFor is how long the host has not been heard from, counting only the
+// time the leader could have heard it.
+func (h *hostSeen) silentFor(now time.Time) time.Duration { return now.Sub(h.at) - h.stalled }
 
 type seenTable struct {
 	mu sync.Mutex
@@ -41,6 +48,26 @@ func (t *seenTable) touch(id string, at time.Time, stats *yunchiv1.HostStats) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.m[id] = &hostSeen{at: at, stats: stats}
+}
+
+// paused records that the leader did not run for the d up to end: time it
+// could not have heard anything in does not count against a host's TTL
+// (only the part after the host was last heard counts as a pause for it).
+func (t *seenTable) paused(end time.Time, d time.Duration) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	start := end.Add(-d)
+	for id, h := range t.m {
+		from := h.at
+		if from.Before(start) {
+			from = start
+		}
+		if from.Before(end) {
+			c := *h
+			c.stalled += end.Sub(from)
+			t.m[id] = &c
+		}
+	}
 }
 
 // reset gives every host a fresh grace period (a new leader has no memory

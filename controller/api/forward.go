@@ -3,10 +3,12 @@ package api
 import (
 	"context"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -49,6 +51,15 @@ const answeredKey = "x-yunchi-answered-by"
 // forwardHeaders are the incoming headers a forwarded call carries on.
 var forwardHeaders = []string{"authorization", "x-request-id"}
 
+// forwardKeepalive makes the connection to a leader that stopped answering
+// (SIGSTOP, a wedged process: TCP stays open, nothing comes back) fail, with
+// every call waiting on it, instead of hanging until each caller's deadline
+// or forever for callers without one. gRPC pings no more often than every
+// 10 s; the controllers' HTTP/2 server answers pings without a rate policy
+// (no GOAWAY too_many_pings). Agents' calls carry their own short deadlines,
+// which the forwarded call inherits.
+var forwardKeepalive = keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true}
+
 // forwarder keeps one client connection per leader address.
 type forwarder struct {
 	s     *Server
@@ -83,7 +94,8 @@ func (f *forwarder) leaderConn() (*grpc.ClientConn, error) {
 	if c, ok := f.conns[m.ApiAddress]; ok {
 		return c, nil
 	}
-	c, err := grpc.NewClient(m.ApiAddress, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	c, err := grpc.NewClient(m.ApiAddress, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithKeepaliveParams(forwardKeepalive))
 	if err != nil {
 		return nil, notProposed("cannot reach leader %s at %s: %v", id, m.ApiAddress, err)
 	}

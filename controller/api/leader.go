@@ -8,16 +8,33 @@ import (
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 )
 
+// dutyTick is how often the leader looks at its duties; a look that comes
+// stallAllowance later than that means the process was stalled.
+const (
+	dutyTick       = 500 * time.Millisecond
+	stallAllowance = time.Second
+)
+
 // RunLeaderDuties does what only the leader does, while it is the leader:
 // publish its own API address in the member table, record the heartbeats it
 // heard (liveness.go), and mark hosts down when their heartbeats stop. It
 // returns when ctx is done.
 func (s *Server) RunLeaderDuties(ctx context.Context) {
-	tick := time.NewTicker(500 * time.Millisecond)
+	tick := time.NewTicker(dutyTick)
 	defer tick.Stop()
 	wasLeader := false
+	waitStart := time.Now()
 	for {
 		leader := s.node.IsLeader()
+		// A wait on the ticker much longer than the tick means this process
+		// did not run (SIGSTOP, a paused VM, swapping): it could not hear
+		// heartbeats then, so that time does not count against the hosts.
+		now := time.Now()
+		if stalled := now.Sub(waitStart) - dutyTick; leader && wasLeader && stalled > stallAllowance {
+			s.seen.paused(now, stalled)
+			s.log.Warn("this leader did not run for a while: that time does not count against host heartbeats",
+				"stalled", stalled.Round(time.Millisecond))
+		}
 		if leader && !wasLeader {
 			// Heartbeats went to the old leader: start every host's TTL afresh.
 			var ids []string
@@ -35,6 +52,7 @@ func (s *Server) RunLeaderDuties(ctx context.Context) {
 			s.markSilentHostsDown(ctx)
 		}
 		wasLeader = leader
+		waitStart = time.Now()
 		select {
 		case <-ctx.Done():
 			return
@@ -65,7 +83,7 @@ func (s *Server) markSilentHostsDown(ctx context.Context) {
 			s.seen.touch(id, now, nil) // registered through another leader
 			continue
 		}
-		if now.Sub(seen.at) < s.HostTTL {
+		if seen.silentFor(now) < s.HostTTL {
 			continue
 		}
 		actx, cancel := context.WithTimeout(ctx, 5*time.Second)

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -105,11 +106,28 @@ func (p *Proc) Kill() {
 	}
 }
 
-// Stop sends SIGTERM and waits up to 10 s, then SIGKILL.
+// Freeze stops the process with SIGSTOP: its sockets stay open but it
+// answers nothing, like a hung process. Thaw, Stop and Kill end it.
+func (p *Proc) Freeze() {
+	if p.Running() {
+		p.cmd.Process.Signal(syscall.SIGSTOP)
+	}
+}
+
+// Thaw lets a frozen process run again (SIGCONT).
+func (p *Proc) Thaw() {
+	if p.Running() {
+		p.cmd.Process.Signal(syscall.SIGCONT)
+	}
+}
+
+// Stop sends SIGTERM and waits up to 10 s, then SIGKILL. A frozen process
+// is thawed first, or it could not act on SIGTERM.
 func (p *Proc) Stop() {
 	if !p.Running() {
 		return
 	}
+	p.Thaw()
 	p.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-p.done:
@@ -158,6 +176,9 @@ func New(t testing.TB) *Cluster {
 			for _, ctl := range c.Controllers {
 				t.Logf("--- log of controller %s:\n%s", ctl.ID, tail(ctl.Log(), 4000))
 			}
+			for _, a := range c.Agents {
+				t.Logf("--- log of agent %s:\n%s", a.HostID, tail(a.Log(), 2000))
+			}
 		}
 	})
 	return c
@@ -198,7 +219,9 @@ func (c *Cluster) Restart(ctl *Controller) {
 	ctl.start(c.t, c.bin)
 }
 
-// StartAgent starts an agent for a simulated host with the given size.
+// StartAgent starts an agent for a simulated host with the given size. The
+// k-th agent started tries controller k (modulo their number) first, so
+// agents spread over the controllers as in a real deployment.
 func (c *Cluster) StartAgent(hostID, center string, cpus int, memBytes, diskBytes int64) *Agent {
 	c.t.Helper()
 	path := filepath.Join(c.dir, hostID+".xml")
@@ -208,7 +231,7 @@ func (c *Cluster) StartAgent(hostID, center string, cpus int, memBytes, diskByte
 	}
 	a := &Agent{HostID: hostID, Proc: &Proc{Name: "agent-" + hostID, Dir: c.dir, Args: []string{
 		"agent", "--host-id", hostID, "--center", center, "--libvirt-uri", uri,
-		"--disk-bytes", fmt.Sprint(diskBytes), "--controllers", c.APIList(), "--heartbeat", "500ms",
+		"--disk-bytes", fmt.Sprint(diskBytes), "--controllers", c.apiListFrom(len(c.Agents)), "--heartbeat", "500ms",
 	}}}
 	a.start(c.t, c.bin)
 	c.Agents = append(c.Agents, a)
@@ -225,6 +248,15 @@ func (c *Cluster) APIList() string {
 		s += ctl.API
 	}
 	return s
+}
+
+// apiListFrom is APIList starting at controller k (modulo their number).
+func (c *Cluster) apiListFrom(k int) string {
+	var addrs []string
+	for i := range c.Controllers {
+		addrs = append(addrs, c.Controllers[(i+k)%len(c.Controllers)].API)
+	}
+	return strings.Join(addrs, ",")
 }
 
 // Alive returns the controllers whose process runs.
