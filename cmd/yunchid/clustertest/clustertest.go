@@ -280,17 +280,19 @@ func (c *Cluster) Leader() *Controller {
 	return nil
 }
 
-// WaitVoters waits until some live controller reports n members, all with
+// WaitVoters waits until every live controller reports n members, all with
 // API addresses, and a leader.
 func (c *Cluster) WaitVoters(n int, d time.Duration) {
 	c.t.Helper()
-	apitest.Eventually(c.t, d, fmt.Sprintf("%d voters and a leader", n), func() bool {
+	// Every live controller, not just one: a follower that has not yet
+	// applied the leader's member record cannot forward to it.
+	apitest.Eventually(c.t, d, fmt.Sprintf("%d voters and a leader known to every live controller", n), func() bool {
 		for _, ctl := range c.Alive() {
-			if st, err := apitest.Status(ctl.API); err == nil && apitest.Formed(st, n) {
-				return true
+			if st, err := apitest.Status(ctl.API); err != nil || !apitest.Formed(st, n) {
+				return false
 			}
 		}
-		return false
+		return true
 	})
 }
 
