@@ -19,3 +19,21 @@ func TestAgentLabelsRefuseReservedKeys(t *testing.T) {
 		t.Fatalf("ordinary labels: %v %v", got, err)
 	}
 }
+
+// --raft-segment-size: binary sizes within 64 KiB..1 GiB; anything else is
+// refused with the range, before anything is created.
+func TestRaftSegmentSize(t *testing.T) {
+	for in, want := range map[string]int{"64MiB": 64 << 20, "64KiB": 64 << 10, "1GiB": 1 << 30} {
+		if got, err := segmentSize(in); err != nil || got != want {
+			t.Errorf("segmentSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for in, msg := range map[string]string{
+		"1KiB": "out of range: give 64KiB to 1GiB", "2GiB": "out of range", "-1MiB": "--raft-segment-size",
+		"4GB": "decimal", "lots": "--raft-segment-size",
+	} {
+		if _, err := segmentSize(in); err == nil || !strings.Contains(err.Error(), msg) {
+			t.Errorf("segmentSize(%q) = %v; want an error saying %q", in, err, msg)
+		}
+	}
+}

@@ -19,6 +19,7 @@ import (
 	"github.com/yunchi/yunchi/agent/libvirt"
 	"github.com/yunchi/yunchi/cmd/yunchid/devcluster"
 	"github.com/yunchi/yunchi/controller"
+	"github.com/yunchi/yunchi/controller/api"
 	"github.com/yunchi/yunchi/scheduler"
 )
 
@@ -66,6 +67,18 @@ func agentLabels(flags []string) (map[string]string, error) {
 	return labels, nil
 }
 
+// segmentSize reads --raft-segment-size.
+func segmentSize(s string) (int, error) {
+	n, err := api.ParseSize(s)
+	if err != nil {
+		return 0, fmt.Errorf("--raft-segment-size: %w", err)
+	}
+	if n < 64<<10 || n > 1<<30 {
+		return 0, fmt.Errorf("--raft-segment-size %s is out of range: give 64KiB to 1GiB", s)
+	}
+	return int(n), nil
+}
+
 func splitList(s string) []string {
 	var out []string
 	for _, p := range strings.Split(s, ",") {
@@ -91,10 +104,16 @@ func controllerCmd() *cli.Command {
 			&cli.BoolFlag{Name: "bootstrap", Usage: "start a new cluster with this controller as its first voter"},
 			&cli.StringFlag{Name: "join", Usage: "API address(es) of running controllers to join, comma-separated"},
 			&cli.StringFlag{Name: "default-strategy", Value: "binpack", Usage: "placement strategy when a create names none: binpack or spread"},
+			&cli.StringFlag{Name: "raft-segment-size", Value: "64MiB", Usage: "size of one raft log segment file, allocated in full when created (64KiB to 1GiB); smaller wastes less disk on a small data dir"},
 			&cli.StringSliceFlag{Name: "cors-allow-origin", Usage: "origin (scheme://host[:port]) whose browser pages may write through the REST API (repeatable; default none: cross-origin writes are refused)"},
 		},
 		Action: func(c *cli.Context) error {
+			seg, err := segmentSize(c.String("raft-segment-size"))
+			if err != nil {
+				return err
+			}
 			ctl, err := controller.New(controller.Config{
+				LogSegmentSize:   seg,
 				DefaultStrategy:  c.String("default-strategy"),
 				CORSAllowOrigins: c.StringSlice("cors-allow-origin"),
 				ID:               c.String("id"), Center: c.String("center"),
