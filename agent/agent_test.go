@@ -13,6 +13,7 @@ import (
 
 	"github.com/yunchi/yunchi/agent"
 	"github.com/yunchi/yunchi/agent/libvirt"
+	"github.com/yunchi/yunchi/internal/apitest"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 )
 
@@ -456,7 +457,7 @@ func TestFailingControllerWarnedOnce(t *testing.T) {
 	d := smallHost(t)
 	c := newController()
 	s := serve(t, c)
-	var log lockedBuffer
+	var log apitest.LockedBuffer
 	cfg := config(t, s.addr)
 	cfg.Logger = slog.New(slog.NewTextHandler(&log, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	start(t, cfg, d)
@@ -478,24 +479,6 @@ func TestFailingControllerWarnedOnce(t *testing.T) {
 	if warned != 1 {
 		t.Errorf("%d warnings for one failing controller over %d+ failed heartbeats, want 1", warned, beats)
 	}
-}
-
-// lockedBuffer collects a log written from several goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 func TestRunRejectsBadConfig(t *testing.T) {

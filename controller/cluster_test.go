@@ -96,18 +96,25 @@ func newInmemClusterTTL(t *testing.T, ttl time.Duration) *inmemCluster {
 	for _, id := range []string{"a1", "a2", "b1"} {
 		c.members = append(c.members, &member{id: id, center: id, dir: filepath.Join(t.TempDir(), id)})
 	}
-	c.form()
+	c.form(nil)
 	return c
 }
 
 // form starts c's members (the first bootstraps, the others join it) and
-// waits until every one sees 3 voters and the leader.
-func (c *inmemCluster) form() {
+// waits until every one sees 3 voters and the leader. started, when not nil,
+// runs right after each member starts.
+func (c *inmemCluster) form(started func(*member)) {
 	t := c.t
 	t.Cleanup(c.stopAll)
-	c.start(c.members[0], true, nil)
-	for _, m := range c.members[1:] {
-		c.start(m, false, []string{c.members[0].ctl.Addr()})
+	for i, m := range c.members {
+		if i == 0 {
+			c.start(m, true, nil)
+		} else {
+			c.start(m, false, []string{c.members[0].ctl.Addr()})
+		}
+		if started != nil {
+			started(m)
+		}
 	}
 	// Every node, not just the leader, must know the leader and every
 	// member's API address before it can forward writes.
@@ -171,10 +178,8 @@ func registerHosts(t *testing.T, addr string, n int, cpus, mem int64) {
 	}
 }
 
-// checkInvariants asserts, on one controller's own state, that every
-// acknowledged VM exists exactly once, names its host's center, and no host
-// is over capacity.
-func checkInvariants(t *testing.T, addr string, acked map[string]bool) {
+// listVMs is one controller's own list of VMs (REST, local read).
+func listVMs(t *testing.T, addr string) *yunchiv1.ListVMsResponse {
 	t.Helper()
 	code, body := apitest.Get(t, addr, "/v1/vms")
 	if code != 200 {
@@ -184,6 +189,15 @@ func checkInvariants(t *testing.T, addr string, acked map[string]bool) {
 	if err := protojson.Unmarshal(body, &list); err != nil {
 		t.Fatal(err)
 	}
+	return &list
+}
+
+// checkInvariants asserts, on one controller's own state, that every
+// acknowledged VM exists exactly once, names its host's center, and no host
+// is over capacity.
+func checkInvariants(t *testing.T, addr string, acked map[string]bool) {
+	t.Helper()
+	list := listVMs(t, addr)
 	seen := map[string]int{}
 	used := map[string]*yunchiv1.Resources{}
 	for _, v := range list.Vms {
@@ -205,7 +219,7 @@ func checkInvariants(t *testing.T, addr string, acked map[string]bool) {
 			t.Errorf("%s: vm %s exists %d times", addr, name, n)
 		}
 	}
-	code, body = apitest.Get(t, addr, "/v1/hosts")
+	code, body := apitest.Get(t, addr, "/v1/hosts")
 	var hosts yunchiv1.ListHostsResponse
 	if err := protojson.Unmarshal(body, &hosts); err != nil || code != 200 {
 		t.Fatalf("list hosts: %d %v", code, err)

@@ -12,10 +12,8 @@ import (
 	"time"
 
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/yunchi/yunchi/internal/apitest"
-	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 )
 
 const tmpfsSize = 8 << 20
@@ -86,7 +84,7 @@ func testFullDisk(t *testing.T, role string) {
 	for _, id := range []string{"a1", "a2", "b1"} {
 		c.members = append(c.members, &member{id: id, center: id, dir: mountTmpfs(t)})
 	}
-	c.form()
+	c.form(nil)
 	victim := c.leader()
 	if role == "follower" {
 		victim = c.members[2]
@@ -214,15 +212,7 @@ func testFullDisk(t *testing.T, role string) {
 
 func vmCount(t *testing.T, addr string) int {
 	t.Helper()
-	code, body := apitest.Get(t, addr, "/v1/vms")
-	if code != 200 {
-		t.Fatalf("%s: list vms: %d %s", addr, code, body)
-	}
-	var list yunchiv1.ListVMsResponse
-	if err := protojson.Unmarshal(body, &list); err != nil {
-		t.Fatal(err)
-	}
-	return len(list.Vms)
+	return len(listVMs(t, addr).Vms)
 }
 
 // metric is the value of an unlabelled series on addr's /metrics ("" when

@@ -1,7 +1,6 @@
 package controller
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -154,24 +153,6 @@ func (p *freezer) relay(dst, src net.Conn) {
 	}
 }
 
-// lockedBuffer collects an agent's log.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 // newFreezableCluster is newInmemClusterTTL with every controller's API
 // behind a freezer (the advertised address, so agents, followers
 // forwarding to the leader and the REST gateway all go through it) and
@@ -185,24 +166,7 @@ func newFreezableCluster(t *testing.T, ttl, hb time.Duration) (*inmemCluster, ma
 		m.advertise = px[m].addr()
 		c.members = append(c.members, m)
 	}
-	t.Cleanup(c.stopAll)
-	for i, m := range c.members {
-		if i == 0 {
-			c.start(m, true, nil)
-		} else {
-			c.start(m, false, []string{c.members[0].ctl.Addr()})
-		}
-		px[m].setTarget(m.ctl.lis.Addr().String())
-	}
-	apitest.Eventually(t, 30*time.Second, "3 voters with a leader, seen by every node", func() bool {
-		for _, n := range c.members {
-			st, err := apitest.Status(n.ctl.Addr())
-			if err != nil || !apitest.Formed(st, 3) {
-				return false
-			}
-		}
-		return true
-	})
+	c.form(func(m *member) { px[m].setTarget(m.ctl.lis.Addr().String()) })
 	return c, px
 }
 
@@ -280,7 +244,7 @@ func TestFrozenControllerIsNotAHostFailure(t *testing.T) {
 		addrs = append(addrs, m.ctl.Addr())
 	}
 	hosts := []string{"h1", "h2", "h3"}
-	logs := make([]*lockedBuffer, len(hosts))
+	logs := make([]*apitest.LockedBuffer, len(hosts))
 	stops := make([]func(), len(hosts))
 	for k, id := range hosts {
 		uri, err := libvirt.WriteTestNodeXML(filepath.Join(t.TempDir(), id+".xml"), libvirt.TestNode{CPUs: 8, MemoryBytes: 16 << 30})
@@ -296,7 +260,7 @@ func TestFrozenControllerIsNotAHostFailure(t *testing.T) {
 		for i := range addrs {
 			ctls = append(ctls, addrs[(i+k)%len(addrs)])
 		}
-		logs[k] = &lockedBuffer{}
+		logs[k] = &apitest.LockedBuffer{}
 		a := agent.New(agent.Config{
 			HostID: id, Center: c.members[k].center, DiskBytes: 100 << 30, LibvirtURI: uri, Controllers: ctls,
 			Logger: slog.New(slog.NewTextHandler(io.MultiWriter(logs[k], t.Output()), nil)),

@@ -12,30 +12,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/yunchi/yunchi/cmd/yunchid/devcluster"
+	"github.com/yunchi/yunchi/internal/apitest"
 )
-
-// lockedBuffer collects the dev cluster's output from its goroutine.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 func buildCLI(t *testing.T) string {
 	t.Helper()
@@ -103,7 +85,7 @@ func TestDevClusterWithCLI(t *testing.T) {
 	}
 	cli := buildCLI(t)
 	base := 20000 + os.Getpid()%20000
-	out := &lockedBuffer{}
+	out := &apitest.LockedBuffer{}
 	ready := make(chan []string, 1)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

@@ -18,7 +18,7 @@ import (
 // bgCLI is a yunchi process running in the background.
 type bgCLI struct {
 	name           string
-	stdout, stderr *lockedBuffer
+	stdout, stderr *apitest.LockedBuffer
 	done           chan struct{}
 	code           int
 }
@@ -28,7 +28,7 @@ func startCLI(t *testing.T, bin, addr string, args ...string) *bgCLI {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Env = append(os.Environ(), "YUNCHI_ADDR="+addr)
-	p := &bgCLI{name: strings.Join(args, " "), stdout: &lockedBuffer{}, stderr: &lockedBuffer{}, done: make(chan struct{})}
+	p := &bgCLI{name: strings.Join(args, " "), stdout: &apitest.LockedBuffer{}, stderr: &apitest.LockedBuffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.stdout, p.stderr
 	if err := cmd.Start(); err != nil {
 		cancel()
