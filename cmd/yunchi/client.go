@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/uuid"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -25,14 +26,21 @@ import (
 type retry int
 
 const (
-	// retrySafe: reads, and writes that set a desired state (start, stop,
-	// delete): sending them twice does no harm.
+	// retrySafe: reads: sending them twice does no harm.
 	retrySafe retry = iota
-	// retryNever: create, reboot, join, remove. Unavailable may come from a
-	// connection that broke after the request went out; sending it again
-	// could reboot twice or report "already exists" for our own VM.
+	// retryNever: cluster join and remove. Unavailable may come from a
+	// connection that broke after the request went out, and these change
+	// raft's membership outside the log's request ids.
 	retryNever
+	// retryKeyed: every other write. The call carries one idempotency key
+	// (a random UUID) on every attempt, so the controllers answer a resend
+	// with the first outcome: it is sent again like a read, even after an
+	// answer that leaves open whether it was applied.
+	retryKeyed
 )
+
+// idempotencyKey is the metadata key of a write's request id.
+const idempotencyKey = "idempotency-key"
 
 // client talks to the controllers listed in --addr. It keeps one connection
 // per address and starts each call at the address that last answered.
@@ -214,11 +222,16 @@ func errorReason(err error) string {
 // round them again (backing off, one progress line on stderr) until a new
 // leader answers or electionWait passes: while some controller answered
 // Unavailable (no leader, leader unreachable) and the call may be resent,
-// which retrySafe calls always may and retryNever calls only when nothing
-// reached raft (the address was unreachable, or the answer is marked
-// NOT_PROPOSED). A controller removed from the cluster is passed over.
+// which retrySafe and retryKeyed calls always may (a keyed write is resent
+// with the same key) and retryNever calls only when nothing reached raft
+// (the address was unreachable, or the answer is marked NOT_PROPOSED). A
+// controller removed from the cluster is passed over.
 // Streams (--wait) re-watch on their own and make one pass.
 func (c *client) call(ctx context.Context, r retry, perCall bool, fn func(ctx context.Context, cc grpc.ClientConnInterface) error) error {
+	if r == retryKeyed {
+		// One key for every attempt of this call.
+		ctx = metadata.AppendToOutgoingContext(ctx, idempotencyKey, uuid.NewString())
+	}
 	n := len(c.addrs)
 	removed := make([]bool, n)
 	var deadline time.Time
@@ -266,7 +279,7 @@ func (c *client) call(ctx context.Context, r retry, perCall bool, fn func(ctx co
 				failures = append(failures, fmt.Sprintf("%s: %s", addr, status.Convert(err).Message()))
 				lastUnavailable = err
 				answered = true
-				stop = r != retrySafe && errorReason(err) != reasonNotProposed
+				stop = r == retryNever && errorReason(err) != reasonNotProposed
 				continue
 			}
 			c.cur = i

@@ -31,6 +31,7 @@ type fakeController struct {
 	unavailable bool
 	calls       map[string]int // by method name, e.g. "CreateVM"
 	auth        []string       // authorization metadata of every call, "" if none
+	keys        []string       // idempotency-key metadata of every call, "" if none
 	vms         map[string]*yunchiv1.VM
 	// watch scripts WatchVM per VM name: the events are sent in order,
 	// then the stream stays open (or fails with watchErr if set).
@@ -126,6 +127,11 @@ func (f *fakeController) record(ctx context.Context, fullMethod string) error {
 		auth = v[0]
 	}
 	f.auth = append(f.auth, auth)
+	key := ""
+	if v := md.Get("idempotency-key"); len(v) > 0 {
+		key = v[0]
+	}
+	f.keys = append(f.keys, key)
 	if f.removed {
 		return withReason(status.New(codes.FailedPrecondition, "controller c9 was removed from the cluster; use one of: 10.0.0.1:8470"), reasonNotAMember)
 	}

@@ -95,7 +95,7 @@ func groupCreate(cCtx *cli.Context, s *session) error {
 		return usagef("group create: --max-per-host %d is out of range: give 0 (no limit) to 1000", n)
 	}
 	req.MaxPerHost = int32(n)
-	g, err := do(s.ctx, s.client, retryNever, func(ctx context.Context, cc grpc.ClientConnInterface) (*yunchiv1.PlacementGroup, error) {
+	g, err := do(s.ctx, s.client, retryKeyed, func(ctx context.Context, cc grpc.ClientConnInterface) (*yunchiv1.PlacementGroup, error) {
 		return yunchiv1.NewGroupServiceClient(cc).CreateGroup(ctx, req)
 	})
 	if err != nil {
@@ -139,8 +139,8 @@ func groupDelete(cCtx *cli.Context, s *session) error {
 		return err
 	}
 	req := &yunchiv1.DeleteGroupRequest{Name: args[0], Project: cCtx.String("project")}
-	// retryNever: a retry after a delete that went through would say "not found".
-	resp, err := do(s.ctx, s.client, retryNever, func(ctx context.Context, cc grpc.ClientConnInterface) (*yunchiv1.DeleteGroupResponse, error) {
+	// retryKeyed: a resend after a delete that went through gets its first answer, not "not found".
+	resp, err := do(s.ctx, s.client, retryKeyed, func(ctx context.Context, cc grpc.ClientConnInterface) (*yunchiv1.DeleteGroupResponse, error) {
 		return yunchiv1.NewGroupServiceClient(cc).DeleteGroup(ctx, req)
 	})
 	if err != nil {

@@ -151,7 +151,7 @@ func hostSet(cCtx *cli.Context, s *session) error {
 		return usagef("host set: nothing to change; give --state, --label, --unlabel, --owner, --reserve-* or --*-ratio")
 	}
 	req.Force = cCtx.Bool("force")
-	h, err := do(s.ctx, s.client, retrySafe, func(ctx context.Context, cc grpc.ClientConnInterface) (*yunchiv1.Host, error) {
+	h, err := do(s.ctx, s.client, retryKeyed, func(ctx context.Context, cc grpc.ClientConnInterface) (*yunchiv1.Host, error) {
 		return yunchiv1.NewHostServiceClient(cc).UpdateHost(ctx, req)
 	})
 	if err != nil {

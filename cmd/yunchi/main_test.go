@@ -337,17 +337,22 @@ func TestAddrFallback(t *testing.T) {
 			t.Fatalf("exit %d calls %d: %s", code, f.callCount("CreateVM"), stderr)
 		}
 	})
-	t.Run("create is not sent twice", func(t *testing.T) {
+	t.Run("create is sent again with its key", func(t *testing.T) {
 		// A connected controller answered Unavailable: it may have been
-		// a connection that broke after the request left, so no resend.
+		// a connection that broke after the request left, so the resend
+		// carries the same idempotency key and cannot create twice.
 		down, f := startFake(t), startFake(t)
 		down.setUnavailable(true)
 		code, _, stderr := yunchi(t, "--addr", down.addr+","+f.addr, "vm", "create", "web-6")
-		if code != 6 || f.callCount("CreateVM") != 0 {
+		if code != 0 || f.callCount("CreateVM") != 1 {
 			t.Fatalf("exit %d, second controller got %d creates: %s", code, f.callCount("CreateVM"), stderr)
 		}
-		if got := oneErrorLine(t, stderr); got != "no leader: election in progress" {
-			t.Errorf("message %q", got)
+		down.mu.Lock()
+		f.mu.Lock()
+		defer down.mu.Unlock()
+		defer f.mu.Unlock()
+		if len(down.keys) != 1 || len(f.keys) != 1 || f.keys[0] == "" || down.keys[0] != f.keys[0] {
+			t.Errorf("keys: first send %q, resend %q; want the same key", down.keys, f.keys)
 		}
 	})
 	t.Run("env", func(t *testing.T) {

@@ -74,7 +74,7 @@ func ratioSet(cCtx *cli.Context, s *session) error {
 		return usagef("ratio set: nothing to set; give --cpu, --memory or --disk")
 	}
 	req.Force = cCtx.Bool("force")
-	r, err := do(s.ctx, s.client, retrySafe, func(ctx context.Context, cc grpc.ClientConnInterface) (*yunchiv1.RatioSetting, error) {
+	r, err := do(s.ctx, s.client, retryKeyed, func(ctx context.Context, cc grpc.ClientConnInterface) (*yunchiv1.RatioSetting, error) {
 		return yunchiv1.NewRatioServiceClient(cc).SetRatios(ctx, req)
 	})
 	if err != nil {

@@ -54,12 +54,37 @@ func TestElectionRetry(t *testing.T) {
 			t.Errorf("web-7 created on a: %v, on b: %v; want exactly one", onA, onB)
 		}
 	})
-	t.Run("create not sent again after an ambiguous answer", func(t *testing.T) {
+	t.Run("create sent again with the same key after an ambiguous answer", func(t *testing.T) {
 		a, b := startFake(t), startFake(t)
-		a.electing(1, false) // a would answer the next call
+		a.electing(1, false) // an UNAVAILABLE that may come after raft took the request
 		code, _, stderr := yunchi(t, "--addr", a.addr+","+b.addr, "vm", "create", "web-8")
-		if code != 6 || a.callCount("CreateVM") != 1 || b.callCount("CreateVM") != 0 {
+		if code != 0 || a.callCount("CreateVM") != 1 || b.callCount("CreateVM") != 1 {
 			t.Fatalf("exit %d, creates a %d b %d: %s", code, a.callCount("CreateVM"), b.callCount("CreateVM"), stderr)
+		}
+		a.mu.Lock()
+		b.mu.Lock()
+		ka, kb := a.keys, b.keys
+		b.mu.Unlock()
+		a.mu.Unlock()
+		if len(ka) != 1 || len(kb) != 1 || ka[0] == "" || ka[0] != kb[0] {
+			t.Fatalf("idempotency keys: first send %q, resend %q; want one key, the same", ka, kb)
+		}
+		// The next command is another request: another key.
+		if code, _, stderr := yunchi(t, "--addr", b.addr, "vm", "create", "web-9"); code != 0 {
+			t.Fatalf("exit %d: %s", code, stderr)
+		}
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		if len(b.keys) != 2 || b.keys[1] == "" || b.keys[1] == kb[0] {
+			t.Fatalf("keys of two commands: %q; want two different keys", b.keys)
+		}
+	})
+	t.Run("join not sent again after an ambiguous answer", func(t *testing.T) {
+		a, b := startFake(t), startFake(t)
+		a.electing(1, false)
+		code, _, stderr := yunchi(t, "--addr", a.addr+","+b.addr, "cluster", "join", "--id", "c4", "--raft-addr", "10.0.0.4:8471", "--api-addr", "10.0.0.4:8470")
+		if code != 6 || a.callCount("JoinCluster") != 1 || b.callCount("JoinCluster") != 0 {
+			t.Fatalf("exit %d, joins a %d b %d: %s", code, a.callCount("JoinCluster"), b.callCount("JoinCluster"), stderr)
 		}
 		if got := oneErrorLine(t, stderr); got != "no leader: election in progress" {
 			t.Errorf("message %q", got)

@@ -53,13 +53,13 @@ func vmCommand() *cli.Command {
 				Flags:     []cli.Flag{projectFlag(), consistentFlag()},
 				Action:    withSession(vmShow),
 			},
-			vmActionCommand("start", "start a stopped VM", "running", retrySafe, startGoal,
+			vmActionCommand("start", "start a stopped VM", "running", retryKeyed, startGoal,
 				func(c yunchiv1.VMServiceClient) vmRPC { return c.StartVM }),
-			vmActionCommand("stop", "stop a running VM", "stopped", retrySafe, stopGoal,
+			vmActionCommand("stop", "stop a running VM", "stopped", retryKeyed, stopGoal,
 				func(c yunchiv1.VMServiceClient) vmRPC { return c.StopVM }),
-			vmActionCommand("reboot", "reboot a running VM", "running again", retryNever, rebootGoal,
+			vmActionCommand("reboot", "reboot a running VM", "running again", retryKeyed, rebootGoal,
 				func(c yunchiv1.VMServiceClient) vmRPC { return c.RebootVM }),
-			vmActionCommand("delete", "delete a VM and its disk", "gone", retrySafe, deleteGoal,
+			vmActionCommand("delete", "delete a VM and its disk", "gone", retryKeyed, deleteGoal,
 				func(c yunchiv1.VMServiceClient) vmRPC { return c.DeleteVM }),
 		},
 	}
@@ -128,7 +128,7 @@ func vmCreate(cCtx *cli.Context, s *session) error {
 		req.Count = int32(count)
 		return vmCreateMany(cCtx, s, req)
 	}
-	vm, err := do(s.ctx, s.client, retryNever, func(ctx context.Context, cc grpc.ClientConnInterface) (*yunchiv1.VM, error) {
+	vm, err := do(s.ctx, s.client, retryKeyed, func(ctx context.Context, cc grpc.ClientConnInterface) (*yunchiv1.VM, error) {
 		return yunchiv1.NewVMServiceClient(cc).CreateVM(ctx, req)
 	})
 	if err != nil {
@@ -226,7 +226,7 @@ func orDefault(s, def string) string {
 // vmCreateMany creates --count VMs in one call (all or none), or with
 // --dry-run shows where they would go.
 func vmCreateMany(cCtx *cli.Context, s *session, req *yunchiv1.CreateVMRequest) error {
-	resp, err := do(s.ctx, s.client, retryNever, func(ctx context.Context, cc grpc.ClientConnInterface) (*yunchiv1.CreateVMsResponse, error) {
+	resp, err := do(s.ctx, s.client, retryKeyed, func(ctx context.Context, cc grpc.ClientConnInterface) (*yunchiv1.CreateVMsResponse, error) {
 		return yunchiv1.NewVMServiceClient(cc).CreateVMs(ctx, req)
 	})
 	if err != nil {

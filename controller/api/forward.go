@@ -49,7 +49,7 @@ const forwardedKey = "x-yunchi-forwarded"
 const answeredKey = "x-yunchi-answered-by"
 
 // forwardHeaders are the incoming headers a forwarded call carries on.
-var forwardHeaders = []string{"authorization", "x-request-id"}
+var forwardHeaders = []string{"authorization", "x-request-id", idempotencyKey}
 
 // forwardKeepalive makes the connection to a leader that stopped answering
 // (SIGSTOP, a wedged process: TCP stays open, nothing comes back) fail, with

@@ -20,11 +20,12 @@ import (
 // metrics first (it sees every outcome), then the slot where
 // authentication and audit will sit, then the membership check (a removed
 // controller answers where to go instead), then the refusal of local reads
-// this controller cannot vouch for, then leader forwarding last (so a
-// forwarded call was already authenticated here).
+// this controller cannot vouch for, then leader forwarding (so a
+// forwarded call was already authenticated here), then, on the leader, the
+// request id (idempotency key) lookup last.
 func (s *Server) NewGRPCServer(m *Metrics, extra ...grpc.UnaryServerInterceptor) *grpc.Server {
 	unary := append([]grpc.UnaryServerInterceptor{m.UnaryInterceptor}, extra...)
-	unary = append(unary, s.MemberInterceptor, s.StaleReadInterceptor, s.LeaderInterceptor)
+	unary = append(unary, s.MemberInterceptor, s.StaleReadInterceptor, s.LeaderInterceptor, s.IdempotencyInterceptor)
 	gs := grpc.NewServer(grpc.ChainUnaryInterceptor(unary...),
 		grpc.ChainStreamInterceptor(m.StreamInterceptor, s.MemberStreamInterceptor, s.StaleStreamInterceptor),
 		grpc.MaxRecvMsgSize(MaxGRPCRequest))
@@ -61,6 +62,13 @@ func NewHTTPHandler(ctx context.Context, gs *grpc.Server, selfAddr string, m *Me
 		// A form POST must not turn into another method or route.
 		runtime.WithDisablePathLengthFallback(),
 		runtime.WithDisableHTTPMethodOverride(),
+		// Idempotency-Key travels as the idempotency-key metadata.
+		runtime.WithIncomingHeaderMatcher(func(k string) (string, bool) {
+			if http.CanonicalHeaderKey(k) == "Idempotency-Key" {
+				return idempotencyKey, true
+			}
+			return runtime.DefaultHeaderMatcher(k)
+		}),
 		// The guard routes first; should the gateway ever disagree, it
 		// still answers 404 or 405 with Allow, not 501.
 		runtime.WithRoutingErrorHandler(func(_ context.Context, _ *runtime.ServeMux, _ runtime.Marshaler, w http.ResponseWriter, r *http.Request, _ int) {

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -52,6 +53,8 @@ type Node struct {
 	trans raft.Transport
 	logs  raftstore.Store
 	log   *slog.Logger
+	// caughtUpTerm is the term in which CaughtUp last saw a barrier through.
+	caughtUpTerm atomic.Uint64
 }
 
 // Open starts raft for cfg over store.
@@ -238,12 +241,17 @@ func (n *Node) Removed() bool {
 // for the commit; raft ends that wait itself if leadership is lost.
 var ErrTimeout = errors.New("raft: command not accepted in time")
 
-// Apply proposes cmd (stamped with the leader's clock and the command
-// version) and waits for it to be applied. The error is the FSM's
+// Apply proposes cmd (stamped with the leader's clock, the command version
+// and the request id ctx carries, see state.WithRequest) and waits for it to be applied. The error is the FSM's
 // rejection (a *state.Error) or a raft error such as raft.ErrNotLeader.
 func (n *Node) Apply(ctx context.Context, cmd *statev1.Command) (any, error) {
 	cmd.Version = state.CommandVersion
 	cmd.UnixNano = time.Now().UnixNano()
+	// The API request's idempotency key, if it has one: Apply answers a
+	// key it already holds with the first outcome.
+	if ri, ok := state.RequestFrom(ctx); ok {
+		cmd.RequestId, cmd.RequestHash = ri.ID, ri.Hash
+	}
 	b, err := proto.Marshal(cmd)
 	if err != nil {
 		return nil, fmt.Errorf("encode command: %w", err)
@@ -303,6 +311,22 @@ func (n *Node) Barrier(ctx context.Context) error {
 		return err
 	}
 	return n.Raft.Barrier(timeoutOf(ctx, 5*time.Second)).Error()
+}
+
+// CaughtUp returns once this leader has applied every entry of earlier
+// terms (a new leader applies them only after its first commit): it waits
+// on a barrier the first time it is asked in a term and answers at once
+// after that. A lookup in the state then sees every committed command.
+func (n *Node) CaughtUp(ctx context.Context) error {
+	term := n.Raft.CurrentTerm()
+	if n.caughtUpTerm.Load() == term {
+		return nil
+	}
+	if err := n.Barrier(ctx); err != nil {
+		return err
+	}
+	n.caughtUpTerm.Store(term)
+	return nil
 }
 
 // timeoutOf is the time left before ctx's deadline, def when it has none:

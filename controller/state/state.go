@@ -67,11 +67,14 @@ type Store struct {
 	hostLog []hostChange
 	allSeq  uint64
 	changed chan struct{}
+	// requests remembers recent request ids with their outcome
+	// (replicated: Apply reads and writes it; kept in snapshots).
+	requests requestTable
 }
 
 // New returns an empty store.
 func New() *Store {
-	s := &Store{changed: make(chan struct{})}
+	s := &Store{changed: make(chan struct{}), requests: newRequestTable()}
 	s.reset()
 	return s
 }
@@ -89,6 +92,9 @@ func (s *Store) reset() {
 	s.groupHosts = map[string]map[string]int{}
 	s.hostSeq = map[string]uint64{}
 	s.hostLog = nil
+	ttl, n := s.requests.ttl, s.requests.max
+	s.requests = newRequestTable()
+	s.requests.ttl, s.requests.max = ttl, n
 	s.seq++
 	s.allSeq = s.seq
 }
@@ -157,6 +163,11 @@ func (s *Store) Apply(index uint64, cmd *statev1.Command) (any, error) {
 	if cmd.GetVersion() > CommandVersion {
 		return nil, errorf(KindInvalid, "command version %d is newer than this controller understands (%d): upgrade it", cmd.GetVersion(), CommandVersion)
 	}
+	// A request id seen before gets its first outcome, not a second apply.
+	s.requests.advance(cmd.UnixNano)
+	if res, ok, err := s.requests.replay(cmd); ok {
+		return res, err
+	}
 	var res any
 	var err error
 	switch c := cmd.GetCmd().(type) {
@@ -188,6 +199,9 @@ func (s *Store) Apply(index uint64, cmd *statev1.Command) (any, error) {
 		res, err = s.applyRecordHeartbeats(cmd.UnixNano, c.RecordHeartbeats)
 	default:
 		err = errorf(KindInvalid, "unknown command %T: this controller is older than the log; upgrade it", cmd.GetCmd())
+	}
+	if cmd.GetRequestId() != "" && remembers(err) {
+		s.requests.add(record(cmd, index, res, err))
 	}
 	if err == nil {
 		s.notify()
@@ -429,6 +443,9 @@ func (s *Store) Snapshot() *statev1.Snapshot {
 	for _, g := range s.groups {
 		snap.Groups = append(snap.Groups, proto.Clone(g).(*statev1.PlacementGroupRecord))
 	}
+	for _, r := range s.requests.order[s.requests.head:] {
+		snap.Requests = append(snap.Requests, proto.Clone(r).(*statev1.RequestRecord))
+	}
 	sortRatios(snap.Ratios)
 	sort.Slice(snap.Groups, func(i, j int) bool {
 		return nameKey(snap.Groups[i].Project, snap.Groups[i].Name) < nameKey(snap.Groups[j].Project, snap.Groups[j].Name)
@@ -461,6 +478,10 @@ func (s *Store) Restore(snap *statev1.Snapshot) error {
 	}
 	for _, g := range snap.GetGroups() {
 		s.groups[nameKey(g.Project, g.Name)] = proto.Clone(g).(*statev1.PlacementGroupRecord)
+	}
+	for _, r := range snap.GetRequests() {
+		s.requests.clock = max(s.requests.clock, r.UnixNano)
+		s.requests.add(proto.Clone(r).(*statev1.RequestRecord))
 	}
 	s.index = snap.GetIndex()
 	// What was removed before the snapshot left no trace: every host's

@@ -24,11 +24,19 @@ import (
 // Do sends one JSON request to a controller's REST API and returns the HTTP
 // status and the response body.
 func Do(addr, method, path, body string) (int, []byte, error) {
+	return DoWith(addr, method, path, body, nil)
+}
+
+// DoWith is Do with extra request headers.
+func DoWith(addr, method, path, body string, header http.Header) (int, []byte, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, method, "http://"+addr+path, strings.NewReader(body))
 	if err != nil {
 		return 0, nil, err
+	}
+	for k, v := range header {
+		req.Header[k] = v
 	}
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := http.DefaultClient.Do(req)

@@ -1379,6 +1379,12 @@ type Command struct {
 	Version uint32 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
 	// Leader's clock when it proposed the command: Apply never reads a clock.
 	UnixNano int64 `protobuf:"varint,2,opt,name=unix_nano,json=unixNano,proto3" json:"unix_nano,omitempty"`
+	// Idempotency key of the API request this command carries out ("" =
+	// none) and a hash of that request: Apply remembers recent keys with
+	// their outcome and answers a repeated key with the first outcome
+	// instead of applying again (see RequestRecord).
+	RequestId   string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	RequestHash []byte `protobuf:"bytes,4,opt,name=request_hash,json=requestHash,proto3" json:"request_hash,omitempty"`
 	// Types that are valid to be assigned to Cmd:
 	//
 	//	*Command_RegisterHost
@@ -1441,6 +1447,20 @@ func (x *Command) GetUnixNano() int64 {
 		return x.UnixNano
 	}
 	return 0
+}
+
+func (x *Command) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *Command) GetRequestHash() []byte {
+	if x != nil {
+		return x.RequestHash
+	}
+	return nil
 }
 
 func (x *Command) GetCmd() isCommand_Cmd {
@@ -1657,9 +1677,11 @@ type Snapshot struct {
 	Vms           []*VMRecord     `protobuf:"bytes,3,rep,name=vms,proto3" json:"vms,omitempty"`
 	Members       []*MemberRecord `protobuf:"bytes,4,rep,name=members,proto3" json:"members,omitempty"`
 	// Raft index of the last command the snapshot includes.
-	Index         uint64                  `protobuf:"varint,5,opt,name=index,proto3" json:"index,omitempty"`
-	Ratios        []*RatioRecord          `protobuf:"bytes,6,rep,name=ratios,proto3" json:"ratios,omitempty"`
-	Groups        []*PlacementGroupRecord `protobuf:"bytes,7,rep,name=groups,proto3" json:"groups,omitempty"`
+	Index  uint64                  `protobuf:"varint,5,opt,name=index,proto3" json:"index,omitempty"`
+	Ratios []*RatioRecord          `protobuf:"bytes,6,rep,name=ratios,proto3" json:"ratios,omitempty"`
+	Groups []*PlacementGroupRecord `protobuf:"bytes,7,rep,name=groups,proto3" json:"groups,omitempty"`
+	// Remembered request ids, oldest first (apply order).
+	Requests      []*RequestRecord `protobuf:"bytes,8,rep,name=requests,proto3" json:"requests,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1739,6 +1761,152 @@ func (x *Snapshot) GetRatios() []*RatioRecord {
 func (x *Snapshot) GetGroups() []*PlacementGroupRecord {
 	if x != nil {
 		return x.Groups
+	}
+	return nil
+}
+
+func (x *Snapshot) GetRequests() []*RequestRecord {
+	if x != nil {
+		return x.Requests
+	}
+	return nil
+}
+
+// RequestRecord is the outcome of the first command that carried a request
+// id: the error (kind and message) or the records the command returned, as
+// they were then. Kept for a bounded time (by command time) and count.
+type RequestRecord struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Hash  []byte                 `protobuf:"bytes,2,opt,name=hash,proto3" json:"hash,omitempty"`
+	// Command time of the first apply.
+	UnixNano int64  `protobuf:"varint,3,opt,name=unix_nano,json=unixNano,proto3" json:"unix_nano,omitempty"`
+	Index    uint64 `protobuf:"varint,4,opt,name=index,proto3" json:"index,omitempty"`
+	// Rejected: state.Kind and message; 0 = applied.
+	ErrorKind int32  `protobuf:"varint,5,opt,name=error_kind,json=errorKind,proto3" json:"error_kind,omitempty"`
+	Error     string `protobuf:"bytes,6,opt,name=error,proto3" json:"error,omitempty"`
+	// Results, as Apply returned them (at most one of these is set).
+	Vms []*VMRecord `protobuf:"bytes,7,rep,name=vms,proto3" json:"vms,omitempty"`
+	// The result was a list of VMs (PlaceVMs), not one VM.
+	VmList        bool                  `protobuf:"varint,8,opt,name=vm_list,json=vmList,proto3" json:"vm_list,omitempty"`
+	Host          *HostRecord           `protobuf:"bytes,9,opt,name=host,proto3" json:"host,omitempty"`
+	Ratio         *RatioRecord          `protobuf:"bytes,10,opt,name=ratio,proto3" json:"ratio,omitempty"`
+	Group         *PlacementGroupRecord `protobuf:"bytes,11,opt,name=group,proto3" json:"group,omitempty"`
+	Member        *MemberRecord         `protobuf:"bytes,12,opt,name=member,proto3" json:"member,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RequestRecord) Reset() {
+	*x = RequestRecord{}
+	mi := &file_yunchi_state_v1_state_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RequestRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RequestRecord) ProtoMessage() {}
+
+func (x *RequestRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_state_v1_state_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RequestRecord.ProtoReflect.Descriptor instead.
+func (*RequestRecord) Descriptor() ([]byte, []int) {
+	return file_yunchi_state_v1_state_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *RequestRecord) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *RequestRecord) GetHash() []byte {
+	if x != nil {
+		return x.Hash
+	}
+	return nil
+}
+
+func (x *RequestRecord) GetUnixNano() int64 {
+	if x != nil {
+		return x.UnixNano
+	}
+	return 0
+}
+
+func (x *RequestRecord) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *RequestRecord) GetErrorKind() int32 {
+	if x != nil {
+		return x.ErrorKind
+	}
+	return 0
+}
+
+func (x *RequestRecord) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *RequestRecord) GetVms() []*VMRecord {
+	if x != nil {
+		return x.Vms
+	}
+	return nil
+}
+
+func (x *RequestRecord) GetVmList() bool {
+	if x != nil {
+		return x.VmList
+	}
+	return false
+}
+
+func (x *RequestRecord) GetHost() *HostRecord {
+	if x != nil {
+		return x.Host
+	}
+	return nil
+}
+
+func (x *RequestRecord) GetRatio() *RatioRecord {
+	if x != nil {
+		return x.Ratio
+	}
+	return nil
+}
+
+func (x *RequestRecord) GetGroup() *PlacementGroupRecord {
+	if x != nil {
+		return x.Group
+	}
+	return nil
+}
+
+func (x *RequestRecord) GetMember() *MemberRecord {
+	if x != nil {
+		return x.Member
 	}
 	return nil
 }
@@ -1878,10 +2046,13 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\fRemoveMember\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\":\n" +
 	"\x10RecordHeartbeats\x12&\n" +
-	"\x0fsilent_host_ids\x18\x01 \x03(\tR\rsilentHostIds\"\xf2\a\n" +
+	"\x0fsilent_host_ids\x18\x01 \x03(\tR\rsilentHostIds\"\xb4\b\n" +
 	"\aCommand\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1b\n" +
-	"\tunix_nano\x18\x02 \x01(\x03R\bunixNano\x12D\n" +
+	"\tunix_nano\x18\x02 \x01(\x03R\bunixNano\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x03 \x01(\tR\trequestId\x12!\n" +
+	"\frequest_hash\x18\x04 \x01(\fR\vrequestHash\x12D\n" +
 	"\rregister_host\x18\n" +
 	" \x01(\v2\x1d.yunchi.state.v1.RegisterHostH\x00R\fregisterHost\x12E\n" +
 	"\x0eset_host_state\x18\v \x01(\v2\x1d.yunchi.state.v1.SetHostStateH\x00R\fsetHostState\x125\n" +
@@ -1898,7 +2069,7 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\x16delete_placement_group\x18\x14 \x01(\v2%.yunchi.state.v1.DeletePlacementGroupH\x00R\x14deletePlacementGroup\x128\n" +
 	"\tplace_vms\x18\x15 \x01(\v2\x19.yunchi.state.v1.PlaceVMsH\x00R\bplaceVms\x12P\n" +
 	"\x11record_heartbeats\x18\x16 \x01(\v2!.yunchi.state.v1.RecordHeartbeatsH\x00R\x10recordHeartbeatsB\x05\n" +
-	"\x03cmd\"\xd5\x02\n" +
+	"\x03cmd\"\x91\x03\n" +
 	"\bSnapshot\x12%\n" +
 	"\x0eformat_version\x18\x01 \x01(\rR\rformatVersion\x121\n" +
 	"\x05hosts\x18\x02 \x03(\v2\x1b.yunchi.state.v1.HostRecordR\x05hosts\x12+\n" +
@@ -1906,7 +2077,23 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\amembers\x18\x04 \x03(\v2\x1d.yunchi.state.v1.MemberRecordR\amembers\x12\x14\n" +
 	"\x05index\x18\x05 \x01(\x04R\x05index\x124\n" +
 	"\x06ratios\x18\x06 \x03(\v2\x1c.yunchi.state.v1.RatioRecordR\x06ratios\x12=\n" +
-	"\x06groups\x18\a \x03(\v2%.yunchi.state.v1.PlacementGroupRecordR\x06groupsB8Z6github.com/yunchi/yunchi/proto/yunchi/state/v1;statev1b\x06proto3"
+	"\x06groups\x18\a \x03(\v2%.yunchi.state.v1.PlacementGroupRecordR\x06groups\x12:\n" +
+	"\brequests\x18\b \x03(\v2\x1e.yunchi.state.v1.RequestRecordR\brequests\"\xba\x03\n" +
+	"\rRequestRecord\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04hash\x18\x02 \x01(\fR\x04hash\x12\x1b\n" +
+	"\tunix_nano\x18\x03 \x01(\x03R\bunixNano\x12\x14\n" +
+	"\x05index\x18\x04 \x01(\x04R\x05index\x12\x1d\n" +
+	"\n" +
+	"error_kind\x18\x05 \x01(\x05R\terrorKind\x12\x14\n" +
+	"\x05error\x18\x06 \x01(\tR\x05error\x12+\n" +
+	"\x03vms\x18\a \x03(\v2\x19.yunchi.state.v1.VMRecordR\x03vms\x12\x17\n" +
+	"\avm_list\x18\b \x01(\bR\x06vmList\x12/\n" +
+	"\x04host\x18\t \x01(\v2\x1b.yunchi.state.v1.HostRecordR\x04host\x122\n" +
+	"\x05ratio\x18\n" +
+	" \x01(\v2\x1c.yunchi.state.v1.RatioRecordR\x05ratio\x12;\n" +
+	"\x05group\x18\v \x01(\v2%.yunchi.state.v1.PlacementGroupRecordR\x05group\x125\n" +
+	"\x06member\x18\f \x01(\v2\x1d.yunchi.state.v1.MemberRecordR\x06memberB8Z6github.com/yunchi/yunchi/proto/yunchi/state/v1;statev1b\x06proto3"
 
 var (
 	file_yunchi_state_v1_state_proto_rawDescOnce sync.Once
@@ -1920,7 +2107,7 @@ func file_yunchi_state_v1_state_proto_rawDescGZIP() []byte {
 	return file_yunchi_state_v1_state_proto_rawDescData
 }
 
-var file_yunchi_state_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_yunchi_state_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_yunchi_state_v1_state_proto_goTypes = []any{
 	(*HostRecord)(nil),           // 0: yunchi.state.v1.HostRecord
 	(*VMRecord)(nil),             // 1: yunchi.state.v1.VMRecord
@@ -1942,39 +2129,40 @@ var file_yunchi_state_v1_state_proto_goTypes = []any{
 	(*RecordHeartbeats)(nil),     // 17: yunchi.state.v1.RecordHeartbeats
 	(*Command)(nil),              // 18: yunchi.state.v1.Command
 	(*Snapshot)(nil),             // 19: yunchi.state.v1.Snapshot
-	nil,                          // 20: yunchi.state.v1.HostRecord.LabelsEntry
-	nil,                          // 21: yunchi.state.v1.HostRecord.AdminLabelsEntry
-	nil,                          // 22: yunchi.state.v1.UpdateHost.SetLabelsEntry
-	(*v1.Resources)(nil),         // 23: yunchi.v1.Resources
-	(v1.HostState)(0),            // 24: yunchi.v1.HostState
-	(*v1.Ratios)(nil),            // 25: yunchi.v1.Ratios
-	(v1.PowerState)(0),           // 26: yunchi.v1.PowerState
-	(v1.VMPhase)(0),              // 27: yunchi.v1.VMPhase
-	(v1.GroupPolicy)(0),          // 28: yunchi.v1.GroupPolicy
-	(v1.GroupLevel)(0),           // 29: yunchi.v1.GroupLevel
-	(*v1.VMStatus)(nil),          // 30: yunchi.v1.VMStatus
+	(*RequestRecord)(nil),        // 20: yunchi.state.v1.RequestRecord
+	nil,                          // 21: yunchi.state.v1.HostRecord.LabelsEntry
+	nil,                          // 22: yunchi.state.v1.HostRecord.AdminLabelsEntry
+	nil,                          // 23: yunchi.state.v1.UpdateHost.SetLabelsEntry
+	(*v1.Resources)(nil),         // 24: yunchi.v1.Resources
+	(v1.HostState)(0),            // 25: yunchi.v1.HostState
+	(*v1.Ratios)(nil),            // 26: yunchi.v1.Ratios
+	(v1.PowerState)(0),           // 27: yunchi.v1.PowerState
+	(v1.VMPhase)(0),              // 28: yunchi.v1.VMPhase
+	(v1.GroupPolicy)(0),          // 29: yunchi.v1.GroupPolicy
+	(v1.GroupLevel)(0),           // 30: yunchi.v1.GroupLevel
+	(*v1.VMStatus)(nil),          // 31: yunchi.v1.VMStatus
 }
 var file_yunchi_state_v1_state_proto_depIdxs = []int32{
-	20, // 0: yunchi.state.v1.HostRecord.labels:type_name -> yunchi.state.v1.HostRecord.LabelsEntry
-	23, // 1: yunchi.state.v1.HostRecord.capacity:type_name -> yunchi.v1.Resources
-	24, // 2: yunchi.state.v1.HostRecord.state:type_name -> yunchi.v1.HostState
-	24, // 3: yunchi.state.v1.HostRecord.admin_state:type_name -> yunchi.v1.HostState
-	21, // 4: yunchi.state.v1.HostRecord.admin_labels:type_name -> yunchi.state.v1.HostRecord.AdminLabelsEntry
-	23, // 5: yunchi.state.v1.HostRecord.reserved:type_name -> yunchi.v1.Resources
-	25, // 6: yunchi.state.v1.HostRecord.ratios:type_name -> yunchi.v1.Ratios
-	26, // 7: yunchi.state.v1.VMRecord.desired:type_name -> yunchi.v1.PowerState
-	27, // 8: yunchi.state.v1.VMRecord.phase:type_name -> yunchi.v1.VMPhase
-	25, // 9: yunchi.state.v1.RatioRecord.ratios:type_name -> yunchi.v1.Ratios
-	28, // 10: yunchi.state.v1.PlacementGroupRecord.policy:type_name -> yunchi.v1.GroupPolicy
-	29, // 11: yunchi.state.v1.PlacementGroupRecord.level:type_name -> yunchi.v1.GroupLevel
+	21, // 0: yunchi.state.v1.HostRecord.labels:type_name -> yunchi.state.v1.HostRecord.LabelsEntry
+	24, // 1: yunchi.state.v1.HostRecord.capacity:type_name -> yunchi.v1.Resources
+	25, // 2: yunchi.state.v1.HostRecord.state:type_name -> yunchi.v1.HostState
+	25, // 3: yunchi.state.v1.HostRecord.admin_state:type_name -> yunchi.v1.HostState
+	22, // 4: yunchi.state.v1.HostRecord.admin_labels:type_name -> yunchi.state.v1.HostRecord.AdminLabelsEntry
+	24, // 5: yunchi.state.v1.HostRecord.reserved:type_name -> yunchi.v1.Resources
+	26, // 6: yunchi.state.v1.HostRecord.ratios:type_name -> yunchi.v1.Ratios
+	27, // 7: yunchi.state.v1.VMRecord.desired:type_name -> yunchi.v1.PowerState
+	28, // 8: yunchi.state.v1.VMRecord.phase:type_name -> yunchi.v1.VMPhase
+	26, // 9: yunchi.state.v1.RatioRecord.ratios:type_name -> yunchi.v1.Ratios
+	29, // 10: yunchi.state.v1.PlacementGroupRecord.policy:type_name -> yunchi.v1.GroupPolicy
+	30, // 11: yunchi.state.v1.PlacementGroupRecord.level:type_name -> yunchi.v1.GroupLevel
 	0,  // 12: yunchi.state.v1.RegisterHost.host:type_name -> yunchi.state.v1.HostRecord
-	24, // 13: yunchi.state.v1.SetHostState.state:type_name -> yunchi.v1.HostState
+	25, // 13: yunchi.state.v1.SetHostState.state:type_name -> yunchi.v1.HostState
 	1,  // 14: yunchi.state.v1.PlaceVM.vm:type_name -> yunchi.state.v1.VMRecord
-	26, // 15: yunchi.state.v1.SetVMDesired.desired:type_name -> yunchi.v1.PowerState
-	30, // 16: yunchi.state.v1.ReportVMStatus.statuses:type_name -> yunchi.v1.VMStatus
-	24, // 17: yunchi.state.v1.UpdateHost.admin_state:type_name -> yunchi.v1.HostState
-	22, // 18: yunchi.state.v1.UpdateHost.set_labels:type_name -> yunchi.state.v1.UpdateHost.SetLabelsEntry
-	23, // 19: yunchi.state.v1.UpdateHost.reserved:type_name -> yunchi.v1.Resources
+	27, // 15: yunchi.state.v1.SetVMDesired.desired:type_name -> yunchi.v1.PowerState
+	31, // 16: yunchi.state.v1.ReportVMStatus.statuses:type_name -> yunchi.v1.VMStatus
+	25, // 17: yunchi.state.v1.UpdateHost.admin_state:type_name -> yunchi.v1.HostState
+	23, // 18: yunchi.state.v1.UpdateHost.set_labels:type_name -> yunchi.state.v1.UpdateHost.SetLabelsEntry
+	24, // 19: yunchi.state.v1.UpdateHost.reserved:type_name -> yunchi.v1.Resources
 	3,  // 20: yunchi.state.v1.CreatePlacementGroup.group:type_name -> yunchi.state.v1.PlacementGroupRecord
 	1,  // 21: yunchi.state.v1.PlaceVMs.vms:type_name -> yunchi.state.v1.VMRecord
 	4,  // 22: yunchi.state.v1.UpsertMember.member:type_name -> yunchi.state.v1.MemberRecord
@@ -1996,11 +2184,17 @@ var file_yunchi_state_v1_state_proto_depIdxs = []int32{
 	4,  // 38: yunchi.state.v1.Snapshot.members:type_name -> yunchi.state.v1.MemberRecord
 	2,  // 39: yunchi.state.v1.Snapshot.ratios:type_name -> yunchi.state.v1.RatioRecord
 	3,  // 40: yunchi.state.v1.Snapshot.groups:type_name -> yunchi.state.v1.PlacementGroupRecord
-	41, // [41:41] is the sub-list for method output_type
-	41, // [41:41] is the sub-list for method input_type
-	41, // [41:41] is the sub-list for extension type_name
-	41, // [41:41] is the sub-list for extension extendee
-	0,  // [0:41] is the sub-list for field type_name
+	20, // 41: yunchi.state.v1.Snapshot.requests:type_name -> yunchi.state.v1.RequestRecord
+	1,  // 42: yunchi.state.v1.RequestRecord.vms:type_name -> yunchi.state.v1.VMRecord
+	0,  // 43: yunchi.state.v1.RequestRecord.host:type_name -> yunchi.state.v1.HostRecord
+	2,  // 44: yunchi.state.v1.RequestRecord.ratio:type_name -> yunchi.state.v1.RatioRecord
+	3,  // 45: yunchi.state.v1.RequestRecord.group:type_name -> yunchi.state.v1.PlacementGroupRecord
+	4,  // 46: yunchi.state.v1.RequestRecord.member:type_name -> yunchi.state.v1.MemberRecord
+	47, // [47:47] is the sub-list for method output_type
+	47, // [47:47] is the sub-list for method input_type
+	47, // [47:47] is the sub-list for extension type_name
+	47, // [47:47] is the sub-list for extension extendee
+	0,  // [0:47] is the sub-list for field type_name
 }
 
 func init() { file_yunchi_state_v1_state_proto_init() }
@@ -2031,7 +2225,7 @@ func file_yunchi_state_v1_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_yunchi_state_v1_state_proto_rawDesc), len(file_yunchi_state_v1_state_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   23,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,197 @@
+package state
+
+import (
+	"bytes"
+	"context"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
+)
+
+// Request ids (idempotency keys) are remembered for RequestTTL of command
+// time after their first apply, and at most MaxRequests at once (the
+// oldest go first): whichever bound comes first. Every controller must use
+// the same bounds, since they decide what Apply answers.
+const (
+	RequestTTL  = 10 * time.Minute
+	MaxRequests = 100_000
+)
+
+// requestTable is the FSM's memory of recent request ids, in apply order.
+// Callers hold Store.mu.
+type requestTable struct {
+	byID  map[string]*statev1.RequestRecord
+	order []*statev1.RequestRecord // oldest first, from head
+	head  int
+	// clock is the latest command time seen: leaders' clocks differ, so
+	// expiry never goes backwards when an older clock leads.
+	clock int64
+	ttl   int64
+	max   int
+}
+
+func newRequestTable() requestTable {
+	return requestTable{byID: map[string]*statev1.RequestRecord{}, ttl: int64(RequestTTL), max: MaxRequests}
+}
+
+func (t *requestTable) len() int { return len(t.order) - t.head }
+
+// advance moves the clock to now and forgets what expired or is over count.
+func (t *requestTable) advance(now int64) {
+	t.clock = max(t.clock, now)
+	for t.len() > 0 {
+		r := t.order[t.head]
+		if t.len() <= t.max && r.UnixNano >= t.clock-t.ttl {
+			break
+		}
+		delete(t.byID, r.Id)
+		t.order[t.head] = nil
+		t.head++
+	}
+	if t.head > 1024 && t.head > len(t.order)/2 {
+		t.order = append([]*statev1.RequestRecord(nil), t.order[t.head:]...)
+		t.head = 0
+	}
+}
+
+func (t *requestTable) add(r *statev1.RequestRecord) {
+	t.byID[r.Id] = r
+	t.order = append(t.order, r)
+	for t.len() > t.max {
+		delete(t.byID, t.order[t.head].Id)
+		t.order[t.head] = nil
+		t.head++
+	}
+}
+
+// record builds the record of a command's outcome.
+func record(cmd *statev1.Command, index uint64, res any, err error) *statev1.RequestRecord {
+	r := &statev1.RequestRecord{Id: cmd.RequestId, Hash: cmd.RequestHash, UnixNano: cmd.UnixNano, Index: index}
+	if err != nil {
+		r.ErrorKind, r.Error = int32(KindOf(err)), err.Error()
+		return r
+	}
+	switch v := res.(type) {
+	case *statev1.VMRecord:
+		r.Vms = []*statev1.VMRecord{proto.Clone(v).(*statev1.VMRecord)}
+	case []*statev1.VMRecord:
+		r.VmList = true
+		for _, vm := range v {
+			r.Vms = append(r.Vms, proto.Clone(vm).(*statev1.VMRecord))
+		}
+	case *statev1.HostRecord:
+		r.Host = proto.Clone(v).(*statev1.HostRecord)
+	case *statev1.RatioRecord:
+		r.Ratio = proto.Clone(v).(*statev1.RatioRecord)
+	case *statev1.PlacementGroupRecord:
+		r.Group = proto.Clone(v).(*statev1.PlacementGroupRecord)
+	case *statev1.MemberRecord:
+		r.Member = proto.Clone(v).(*statev1.MemberRecord)
+	}
+	return r
+}
+
+// Outcome turns a record back into what Apply returned the first time:
+// the same Go types (clones), or the same *Error.
+func Outcome(r *statev1.RequestRecord) (any, error) {
+	if r.ErrorKind != 0 || r.Error != "" {
+		return nil, &Error{Kind: Kind(r.ErrorKind), Msg: r.Error}
+	}
+	switch {
+	case r.VmList:
+		out := make([]*statev1.VMRecord, len(r.Vms))
+		for i, vm := range r.Vms {
+			out[i] = proto.Clone(vm).(*statev1.VMRecord)
+		}
+		return out, nil
+	case len(r.Vms) > 0:
+		return proto.Clone(r.Vms[0]), nil
+	case r.Host != nil:
+		return proto.Clone(r.Host), nil
+	case r.Ratio != nil:
+		return proto.Clone(r.Ratio), nil
+	case r.Group != nil:
+		return proto.Clone(r.Group), nil
+	case r.Member != nil:
+		return proto.Clone(r.Member), nil
+	}
+	return nil, nil
+}
+
+// replay answers a command whose request id is remembered: the first
+// outcome, or a refusal when the id came with a different request. ok is
+// false when the id is unknown (or the command carries none).
+func (t *requestTable) replay(cmd *statev1.Command) (res any, ok bool, err error) {
+	if cmd.GetRequestId() == "" {
+		return nil, false, nil
+	}
+	r, found := t.byID[cmd.RequestId]
+	if !found {
+		return nil, false, nil
+	}
+	if !bytes.Equal(r.Hash, cmd.RequestHash) {
+		return nil, true, ReusedRequestID(cmd.RequestId)
+	}
+	res, err = Outcome(r)
+	return res, true, err
+}
+
+// ReusedRequestID is the refusal of a request id that came with a
+// different request before.
+func ReusedRequestID(id string) error {
+	return errorf(KindInvalid, "idempotency key %q was already used for a different request: send a new key with every new request", id)
+}
+
+// remembers says whether an outcome is final for its request id: a
+// conflict is not (the leader decides again under the same id).
+func remembers(err error) bool { return KindOf(err) != KindConflict }
+
+// Request returns the remembered outcome of request id, if Apply still
+// holds it (a clone).
+func (s *Store) Request(id string) (*statev1.RequestRecord, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	r, ok := s.requests.byID[id]
+	if !ok {
+		return nil, false
+	}
+	return proto.Clone(r).(*statev1.RequestRecord), true
+}
+
+// RequestCount is how many request ids Apply remembers now.
+func (s *Store) RequestCount() int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.requests.len()
+}
+
+// setRequestBounds changes the bounds (tests only: every controller of a
+// cluster must use the same).
+func (s *Store) setRequestBounds(ttl time.Duration, n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.requests.ttl, s.requests.max = int64(ttl), n
+}
+
+// requestKey carries an API request's id and hash to the proposer.
+type requestKey struct{}
+
+// RequestInfo identifies the API request a command carries out.
+type RequestInfo struct {
+	ID   string
+	Hash []byte
+}
+
+// WithRequest returns ctx carrying the request id and hash that commands
+// proposed under it are stamped with.
+func WithRequest(ctx context.Context, id string, hash []byte) context.Context {
+	return context.WithValue(ctx, requestKey{}, RequestInfo{ID: id, Hash: hash})
+}
+
+// RequestFrom returns the request id and hash ctx carries, if any.
+func RequestFrom(ctx context.Context) (RequestInfo, bool) {
+	ri, ok := ctx.Value(requestKey{}).(RequestInfo)
+	return ri, ok && ri.ID != ""
+}

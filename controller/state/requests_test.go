@@ -1,0 +1,150 @@
+package state
+
+import (
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
+)
+
+// withID stamps cmd with a request id and hash, as the API does.
+func withID(cmd *statev1.Command, id, hash string) *statev1.Command {
+	cmd.RequestId, cmd.RequestHash = id, []byte(hash)
+	return cmd
+}
+
+// applyAt applies cmd at index with the leader's time now.
+func applyAt(t *testing.T, s *Store, index uint64, now time.Duration, cmd *statev1.Command) (any, error) {
+	t.Helper()
+	cmd.Version = CommandVersion
+	cmd.UnixNano = int64(now)
+	return s.Apply(index, overWire(t, cmd))
+}
+
+func TestRequestIDAppliesOnce(t *testing.T) {
+	s := fixture(t)
+	first := mustApply(t, s, 4, withID(place("vm-2", "db-1", "h2", 2, 4*gib), "k1", "create db-1"))
+	// The leader decided again (a new VM id) for the retried request: the
+	// log holds both, and the second returns the first VM.
+	again := mustApply(t, s, 5, withID(place("vm-3", "db-1", "h2", 2, 4*gib), "k1", "create db-1"))
+	if !proto.Equal(first.(*statev1.VMRecord), again.(*statev1.VMRecord)) {
+		t.Fatalf("retry returned %v, first apply %v", again, first)
+	}
+	if len(s.VMs("", "")) != 2 {
+		t.Fatalf("%d VMs after a retried create, want 2 (web-1, db-1)", len(s.VMs("", "")))
+	}
+	if hv, _ := s.Host("h2"); hv.Allocated.Vcpus != 2 {
+		t.Fatalf("h2 allocates %d vCPUs, want 2: the retry was charged", hv.Allocated.Vcpus)
+	}
+
+	// A rejection is an outcome too: the same error again, nothing applied.
+	_, err1 := apply(t, s, 6, withID(place("vm-4", "web-1", "h2", 1, gib), "k2", "create web-1"))
+	_, err2 := apply(t, s, 7, withID(place("vm-5", "web-1", "h2", 1, gib), "k2", "create web-1"))
+	if KindOf(err1) != KindAlreadyExists || err2 == nil || err2.Error() != err1.Error() || KindOf(err2) != KindOf(err1) {
+		t.Fatalf("first %v, retry %v: want the same already-exists error", err1, err2)
+	}
+
+	// A conflict is no outcome: the leader decides again under the same id.
+	_, err := apply(t, s, 8, withID(place("vm-6", "big", "h1", 64, gib), "k3", "create big"))
+	if KindOf(err) != KindConflict {
+		t.Fatalf("over capacity: %v, want a conflict", err)
+	}
+	v := mustApply(t, s, 9, withID(place("vm-7", "big", "h2", 1, gib), "k3", "create big"))
+	if v.(*statev1.VMRecord).Id != "vm-7" {
+		t.Fatalf("after a conflict the new decision was not applied: %v", v)
+	}
+
+	// A batch answers with the same list.
+	batch := func(ids ...string) *statev1.Command {
+		var vms []*statev1.VMRecord
+		for i, id := range ids {
+			vms = append(vms, &statev1.VMRecord{Id: id, Name: "b-" + string(rune('1'+i)), Project: DefaultProject, Vcpus: 1, MemoryBytes: gib, DiskBytes: gib, HostId: "h2"})
+		}
+		return &statev1.Command{Cmd: &statev1.Command_PlaceVms{PlaceVms: &statev1.PlaceVMs{Vms: vms}}}
+	}
+	b1 := mustApply(t, s, 10, withID(batch("b1", "b2"), "k4", "batch"))
+	b2 := mustApply(t, s, 11, withID(batch("b3", "b4"), "k4", "batch"))
+	l1, l2 := b1.([]*statev1.VMRecord), b2.([]*statev1.VMRecord)
+	if len(l2) != 2 || l2[0].Id != l1[0].Id || l2[1].Id != l1[1].Id {
+		t.Fatalf("batch retry returned %v, first %v", l2, l1)
+	}
+}
+
+func TestRequestIDWithDifferentRequestRefused(t *testing.T) {
+	s := fixture(t)
+	mustApply(t, s, 4, withID(place("vm-2", "db-1", "h2", 2, 4*gib), "k1", "create db-1"))
+	before := s.Snapshot()
+	_, err := apply(t, s, 5, withID(place("vm-3", "db-2", "h2", 2, 4*gib), "k1", "create db-2"))
+	if KindOf(err) != KindInvalid || err.Error() != `idempotency key "k1" was already used for a different request: send a new key with every new request` {
+		t.Fatalf("same id, different request: %v", err)
+	}
+	unchanged(t, s, before)
+}
+
+func TestRequestIDsExpireByCommandTime(t *testing.T) {
+	s := fixture(t)
+	if _, err := applyAt(t, s, 4, time.Hour, withID(place("vm-2", "db-1", "h2", 1, gib), "k1", "a")); err != nil {
+		t.Fatal(err)
+	}
+	// Just inside the window: still remembered.
+	v, err := applyAt(t, s, 5, time.Hour+RequestTTL, withID(place("vm-3", "db-1", "h2", 1, gib), "k1", "a"))
+	if err != nil || v.(*statev1.VMRecord).Id != "vm-2" {
+		t.Fatalf("inside the window: %v %v, want the first VM", v, err)
+	}
+	// Any command past the window forgets it (here a heartbeat note).
+	if _, err := applyAt(t, s, 6, time.Hour+RequestTTL+1, recordHeartbeats()); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := s.Request("k1"); ok || s.RequestCount() != 0 {
+		t.Fatalf("id still remembered past %s (%d ids)", RequestTTL, s.RequestCount())
+	}
+	// A leader whose clock is behind does not bring it back.
+	if _, err := applyAt(t, s, 7, time.Hour, recordHeartbeats()); err != nil {
+		t.Fatal(err)
+	}
+	_, err = applyAt(t, s, 8, time.Hour, withID(place("vm-4", "db-1", "h2", 1, gib), "k1", "a"))
+	if KindOf(err) != KindAlreadyExists {
+		t.Fatalf("expired id applied again: %v, want already exists (the id is forgotten)", err)
+	}
+}
+
+func TestRequestIDsBoundedByCount(t *testing.T) {
+	s := fixture(t)
+	s.setRequestBounds(RequestTTL, 3)
+	for i := 0; i < 5; i++ {
+		id := string(rune('a' + i))
+		mustApply(t, s, uint64(4+i), withID(desired("vm-1", 1, false), id, id))
+	}
+	if s.RequestCount() != 3 {
+		t.Fatalf("%d ids remembered, bound is 3", s.RequestCount())
+	}
+	for i, want := range []bool{false, false, true, true, true} {
+		if _, ok := s.Request(string(rune('a' + i))); ok != want {
+			t.Fatalf("id %c remembered=%v, want %v (the oldest go first)", 'a'+i, ok, want)
+		}
+	}
+}
+
+func TestRequestIDsKeptInSnapshots(t *testing.T) {
+	s := fixture(t)
+	mustApply(t, s, 4, withID(place("vm-2", "db-1", "h2", 2, 4*gib), "k1", "create db-1"))
+	apply(t, s, 5, withID(place("vm-3", "web-1", "h2", 1, gib), "k2", "create web-1"))
+	snap := s.Snapshot()
+	r := New()
+	if err := r.Restore(overWire(t, snap)); err != nil {
+		t.Fatal(err)
+	}
+	if !proto.Equal(snap, r.Snapshot()) || r.RequestCount() != 2 {
+		t.Fatalf("restored state differs (%d ids)", r.RequestCount())
+	}
+	v, err := apply(t, r, 6, withID(place("vm-4", "db-1", "h1", 2, 4*gib), "k1", "create db-1"))
+	if err != nil || v.(*statev1.VMRecord).Id != "vm-2" || v.(*statev1.VMRecord).HostId != "h2" {
+		t.Fatalf("after restore: %v %v, want the first VM", v, err)
+	}
+	_, err = apply(t, r, 7, withID(place("vm-5", "web-1", "h2", 1, gib), "k2", "create web-1"))
+	if KindOf(err) != KindAlreadyExists {
+		t.Fatalf("after restore: %v, want the first error", err)
+	}
+}
