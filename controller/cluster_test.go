@@ -32,7 +32,7 @@ type member struct {
 // inmemCluster is 3 controllers in one process: raft over raft's in-memory
 // transport, the API on real loopback ports.
 type inmemCluster struct {
-	t       *testing.T
+	t       testing.TB
 	members []*member
 	hostTTL time.Duration // 0: an hour (hosts here mostly have no agents)
 	segSize int           // raft log segment size; 0: the default
@@ -91,7 +91,7 @@ func newInmemCluster(t *testing.T) *inmemCluster {
 
 // newInmemClusterTTL is newInmemCluster with hosts marked down after ttl
 // without a heartbeat.
-func newInmemClusterTTL(t *testing.T, ttl time.Duration) *inmemCluster {
+func newInmemClusterTTL(t testing.TB, ttl time.Duration) *inmemCluster {
 	c := &inmemCluster{t: t, hostTTL: ttl}
 	for _, id := range []string{"a1", "a2", "b1"} {
 		c.members = append(c.members, &member{id: id, center: id, dir: filepath.Join(t.TempDir(), id)})
@@ -161,7 +161,7 @@ const gib = int64(1) << 30
 
 // registerHosts registers hosts through a follower (so the writes are
 // forwarded) the way agents do.
-func registerHosts(t *testing.T, addr string, n int, cpus, mem int64) {
+func registerHosts(t testing.TB, addr string, n int, cpus, mem int64) {
 	t.Helper()
 	ac := yunchiv1.NewAgentServiceClient(dial(t, addr))
 	for i := 0; i < n; i++ {

@@ -17,6 +17,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/yunchi/yunchi/controller/api"
+	"github.com/yunchi/yunchi/controller/leader"
+	"github.com/yunchi/yunchi/controller/placement"
 	"github.com/yunchi/yunchi/controller/raftnode"
 	"github.com/yunchi/yunchi/controller/state"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
@@ -60,7 +62,11 @@ type Controller struct {
 	lis  net.Listener
 	node *raftnode.Node
 	api  *api.Server
-	log  *slog.Logger
+	// placer decides placements; its reservations live for one term.
+	placer *placement.Engine
+	// duties run while this controller is the leader.
+	duties *leader.Duties
+	log    *slog.Logger
 }
 
 // New opens the listener and raft; Run serves.
@@ -109,15 +115,17 @@ func New(cfg Config) (*Controller, error) {
 		lis.Close()
 		return nil, err
 	}
-	srv := api.NewServer(node, api.Self{ID: cfg.ID, APIAddress: cfg.Advertise, Center: cfg.Center}, lg)
+	placer := placement.New(node, node.Store, lg)
+	duties := leader.New(node, node.Store, leader.Self{ID: cfg.ID, APIAddress: cfg.Advertise, RaftAddress: node.Addr(), Center: cfg.Center}, lg)
+	if cfg.HostTTL > 0 {
+		duties.HostTTL = cfg.HostTTL
+	}
+	srv := api.NewServer(node, placer, duties, api.Self{ID: cfg.ID, APIAddress: cfg.Advertise, Center: cfg.Center}, lg)
 	if cfg.HeartbeatInterval > 0 {
 		srv.HeartbeatInterval = cfg.HeartbeatInterval
 	}
 	srv.DefaultStrategy = strategy
-	if cfg.HostTTL > 0 {
-		srv.HostTTL = cfg.HostTTL
-	}
-	return &Controller{cfg: cfg, lis: lis, node: node, api: srv, log: lg}, nil
+	return &Controller{cfg: cfg, lis: lis, node: node, api: srv, placer: placer, duties: duties, log: lg}, nil
 }
 
 // Addr is the API address clients dial.
@@ -143,7 +151,22 @@ func (c *Controller) Run(ctx context.Context) error {
 
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(c.lis) }()
-	go c.api.RunLeaderDuties(ctx)
+	// Leader duties run while this controller leads; placement
+	// reservations are the leader's: a new term (won or lost) starts
+	// without any.
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		c.node.WatchLeadership(ctx, func(isLeader bool) {
+			c.placer.Reset()
+			if isLeader {
+				c.duties.Start(ctx)
+			} else {
+				c.duties.Stop()
+			}
+		})
+		c.duties.Stop()
+	}()
 	go c.api.WatchMembership(ctx)
 	go c.api.RunHealth(ctx)
 	if len(c.cfg.Join) > 0 {
@@ -160,7 +183,12 @@ func (c *Controller) Run(ctx context.Context) error {
 	hs.Shutdown(sctx) // ends REST; open gRPC streams end with the raft shutdown below
 	gs.Stop()
 	c.api.Close()
-	if serr := c.node.Shutdown(); serr != nil && err == nil {
+	cancel()
+	// Raft's shutdown fails the duties' proposals still waiting, so they
+	// stop promptly after it.
+	serr := c.node.Shutdown()
+	<-watched
+	if serr != nil && err == nil {
 		err = serr
 	}
 	if errors.Is(err, http.ErrServerClosed) {

@@ -2,7 +2,6 @@ package api
 
 import (
 	"context"
-	"sync"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -11,75 +10,6 @@ import (
 	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 )
-
-// hostSeen is the leader's memory of a host's last heartbeat. Heartbeats do
-// not go through raft (that would write the log every few seconds per
-// host); only the host's state changes (ready <-> down) do.
-type hostSeen struct {
-	at    time.Time
-	stats *yunchiv1.HostStats
-	// stalled is how long, since at, the leader was not running: it
-	// could not hear the host then, so the TTL does not count it.
-	stalled time.Duration
-}
-
-// silentFor is how long the host has not been heard from, counting only the
-// time the leader could have heard it.
-func (h *hostSeen) silentFor(now time.Time) time.Duration { return now.Sub(h.at) - h.stalled }
-
-type seenTable struct {
-	mu sync.Mutex
-	m  map[string]*hostSeen
-}
-
-func newSeenTable() *seenTable { return &seenTable{m: map[string]*hostSeen{}} }
-
-func (t *seenTable) get(id string) *hostSeen {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if h, ok := t.m[id]; ok {
-		c := *h
-		return &c
-	}
-	return nil
-}
-
-func (t *seenTable) touch(id string, at time.Time, stats *yunchiv1.HostStats) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.m[id] = &hostSeen{at: at, stats: stats}
-}
-
-// paused records that the leader did not run for the d up to end: time it
-// could not have heard anything in does not count against a host's TTL
-// (only the part after the host was last heard counts as a pause for it).
-func (t *seenTable) paused(end time.Time, d time.Duration) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	start := end.Add(-d)
-	for id, h := range t.m {
-		from := h.at
-		if from.Before(start) {
-			from = start
-		}
-		if from.Before(end) {
-			c := *h
-			c.stalled += end.Sub(from)
-			t.m[id] = &c
-		}
-	}
-}
-
-// reset gives every host a fresh grace period (a new leader has no memory
-// of heartbeats sent to the old one).
-func (t *seenTable) reset(ids []string, at time.Time) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.m = map[string]*hostSeen{}
-	for _, id := range ids {
-		t.m[id] = &hostSeen{at: at}
-	}
-}
 
 func checkFacts(f *yunchiv1.HostFacts) error {
 	if f == nil {
@@ -109,11 +39,10 @@ func (s *Server) RegisterHost(ctx context.Context, req *yunchiv1.RegisterHostReq
 	}}}}); err != nil {
 		return nil, err
 	}
-	s.seen.touch(f.Id, time.Now(), nil)
-	s.heard.add(f.Id)
+	s.live.Heard(f.Id, nil)
 	hv, _ := s.store.Host(f.Id)
 	s.log.Info("host registered", "host", f.Id, "center", f.Center)
-	return &yunchiv1.RegisterHostResponse{Host: hostToAPI(hv, s.seen.get(f.Id)), HeartbeatIntervalMs: s.HeartbeatInterval.Milliseconds()}, nil
+	return &yunchiv1.RegisterHostResponse{Host: hostToAPI(hv, s.live.Stats(f.Id)), HeartbeatIntervalMs: s.HeartbeatInterval.Milliseconds()}, nil
 }
 
 func (s *Server) Heartbeat(ctx context.Context, req *yunchiv1.HeartbeatRequest) (*yunchiv1.HeartbeatResponse, error) {
@@ -124,8 +53,7 @@ func (s *Server) Heartbeat(ctx context.Context, req *yunchiv1.HeartbeatRequest) 
 	if !ok {
 		return &yunchiv1.HeartbeatResponse{Known: false}, nil
 	}
-	s.seen.touch(req.HostId, time.Now(), req.Stats)
-	s.heard.add(req.HostId)
+	s.live.Heard(req.HostId, req.Stats)
 	if hv.Host.State != yunchiv1.HostState_HOST_STATE_READY {
 		if _, err := s.apply(ctx, &statev1.Command{Cmd: &statev1.Command_SetHostState{SetHostState: &statev1.SetHostState{
 			HostId: req.HostId, State: yunchiv1.HostState_HOST_STATE_READY,

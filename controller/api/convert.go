@@ -58,7 +58,7 @@ func resToAPI(r scheduler.Resources) *yunchiv1.Resources {
 	return &yunchiv1.Resources{Vcpus: r.VCPUs, MemoryBytes: r.MemoryBytes, DiskBytes: r.DiskBytes}
 }
 
-func hostToAPI(hv state.HostView, seen *hostSeen) *yunchiv1.Host {
+func hostToAPI(hv state.HostView, stats *yunchiv1.HostStats) *yunchiv1.Host {
 	h := hv.Host
 	sh := hv.Sched
 	alloc := sh.Allocatable()
@@ -82,10 +82,8 @@ func hostToAPI(hv state.HostView, seen *hostSeen) *yunchiv1.Host {
 		CpuModel:     h.CpuModel, AgentVersion: h.AgentVersion, RegisteredAt: ts(h.RegisteredUnixNano),
 	}
 	// Last seen is the replicated record, the same on every controller;
-	// stats are the leader's own (seen is nil elsewhere).
+	// stats are the leader's own (nil elsewhere).
 	out.LastSeen = ts(h.LastHeartbeatUnixNano)
-	if seen != nil {
-		out.Stats = seen.stats
-	}
+	out.Stats = stats
 	return out
 }

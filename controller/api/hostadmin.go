@@ -57,7 +57,7 @@ func (s *Server) UpdateHost(ctx context.Context, req *yunchiv1.UpdateHostRequest
 	}
 	hv, _ = s.store.Host(req.Id)
 	s.log.Info("host updated", "host", req.Id, "state", hv.State, "owner", hv.Host.Owner)
-	return hostToAPI(hv, s.leaderSeen(req.Id)), nil
+	return hostToAPI(hv, s.live.Stats(req.Id)), nil
 }
 
 func (s *Server) SetRatios(ctx context.Context, req *yunchiv1.SetRatiosRequest) (*yunchiv1.RatioSetting, error) {

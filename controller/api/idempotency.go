@@ -173,7 +173,7 @@ func (s *Server) replay(method, id string, hash []byte) (any, bool, error) {
 	case yunchiv1.HostService_UpdateHost_FullMethodName:
 		if rec, ok := v.(*statev1.HostRecord); ok {
 			if hv, found := s.store.Host(rec.Id); found {
-				return hostToAPI(hv, s.leaderSeen(rec.Id)), true, nil
+				return hostToAPI(hv, s.live.Stats(rec.Id)), true, nil
 			}
 		}
 	}

@@ -2,39 +2,20 @@ package api
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"sync"
-
-	"github.com/google/uuid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/yunchi/yunchi/controller/placement"
 	"github.com/yunchi/yunchi/controller/state"
-	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 	"github.com/yunchi/yunchi/scheduler"
 )
 
-// placeAttempts is how many times the leader decides again when Apply
-// rejects its decision because the state changed in between (KindConflict).
-const placeAttempts = 4
-
-// createSpec is a validated create request.
-type createSpec struct {
-	project     string
-	names       []string
-	res         scheduler.Resources
-	center      string
-	constraints []scheduler.Constraint
-	group       string
-	strategy    scheduler.Strategy
-	strategyStr string
-	desired     yunchiv1.PowerState
-}
-
 // checkCreate validates a create request; every error is InvalidArgument
 // (or NotFound for an unknown group) with one actionable line.
-func (s *Server) checkCreate(req *yunchiv1.CreateVMRequest) (*createSpec, error) {
+func (s *Server) checkCreate(req *yunchiv1.CreateVMRequest) (*placement.Spec, error) {
 	if err := checkName("vm name", req.Name); err != nil {
 		return nil, err
 	}
@@ -66,7 +47,7 @@ func (s *Server) checkCreate(req *yunchiv1.CreateVMRequest) (*createSpec, error)
 			return nil, err
 		}
 	}
-	sp := &createSpec{project: project, res: scheduler.Resources{VCPUs: int64(req.Vcpus), MemoryBytes: mem, DiskBytes: disk}, center: req.Center, strategy: s.DefaultStrategy}
+	sp := &placement.Spec{Project: project, Resources: scheduler.Resources{VCPUs: int64(req.Vcpus), MemoryBytes: mem, DiskBytes: disk}, Center: req.Center, Strategy: s.DefaultStrategy}
 	if len(req.Constraints) > 32 {
 		return nil, invalid("%d constraints: at most 32 are allowed", len(req.Constraints))
 	}
@@ -78,14 +59,14 @@ func (s *Server) checkCreate(req *yunchiv1.CreateVMRequest) (*createSpec, error)
 		if err != nil {
 			return nil, invalid("%s", oneLine(err.Error()))
 		}
-		sp.constraints = append(sp.constraints, c)
+		sp.Constraints = append(sp.Constraints, c)
 	}
 	if req.Strategy != "" {
 		st, err := scheduler.ParseStrategy(req.Strategy)
 		if err != nil {
 			return nil, invalid("%s", oneLine(err.Error()))
 		}
-		sp.strategy, sp.strategyStr = st, st.String()
+		sp.Strategy, sp.StrategyName = st, st.String()
 	}
 	if req.Group != "" {
 		if err := checkName("group name", req.Group); err != nil {
@@ -94,25 +75,25 @@ func (s *Server) checkCreate(req *yunchiv1.CreateVMRequest) (*createSpec, error)
 		if !s.store.HasPlacementGroup(project, req.Group) {
 			return nil, status.Errorf(codes.NotFound, "placement group %q not found in project %q: create it first with `yunchi group create %s --policy anti-affinity`", req.Group, project, req.Group)
 		}
-		sp.group = req.Group
+		sp.Group = req.Group
 	}
 	switch {
 	case req.Count < 0 || req.Count > state.MaxBatch:
 		return nil, invalid("count %d is out of range: give 1 to %d", req.Count, state.MaxBatch)
 	case req.Count <= 1:
-		sp.names = []string{req.Name}
+		sp.Names = []string{req.Name}
 	default:
 		for i := 1; i <= int(req.Count); i++ {
 			n := fmt.Sprintf("%s-%d", req.Name, i)
 			if err := checkName("vm name", n); err != nil {
 				return nil, invalid("vm name %q with count %d makes names up to %q, longer than %d characters: use a shorter name", req.Name, req.Count, n, maxNameLen)
 			}
-			sp.names = append(sp.names, n)
+			sp.Names = append(sp.Names, n)
 		}
 	}
-	sp.desired = yunchiv1.PowerState_POWER_STATE_RUNNING
+	sp.Desired = yunchiv1.PowerState_POWER_STATE_RUNNING
 	if req.Stopped {
-		sp.desired = yunchiv1.PowerState_POWER_STATE_STOPPED
+		sp.Desired = yunchiv1.PowerState_POWER_STATE_STOPPED
 	}
 	return sp, nil
 }
@@ -148,139 +129,43 @@ func (s *Server) CreateVMs(ctx context.Context, req *yunchiv1.CreateVMRequest) (
 	return &yunchiv1.CreateVMsResponse{Vms: vms, Decisions: decisions, DryRun: req.DryRun}, nil
 }
 
-// schedSeed fixes the scheduler's tie-breaks: no clock, no randomness, so
-// the same state and request give the same placement on any leader.
-const schedSeed = 1
-
-// clusterCache keeps one scheduler.Cluster per strategy, indexed once and
-// then brought up to date with only the hosts that changed since (the
-// store tracks which), so a decision does not rebuild the index.
-type clusterCache struct {
-	mu       sync.Mutex
-	clusters map[scheduler.Strategy]*cachedCluster
-}
-
-type cachedCluster struct {
-	cl  *scheduler.Cluster
-	seq uint64
-}
-
-// decide runs fn on an up-to-date Cluster for strategy, with the group of
-// project (nil when group is ""), holding the cache for the whole decision:
-// a Cluster is not safe for concurrent use.
-func (s *Server) decide(strategy scheduler.Strategy, project, group string, fn func(*scheduler.Cluster, *scheduler.Group) error) error {
-	c := &s.clusters
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.clusters == nil {
-		c.clusters = map[scheduler.Strategy]*cachedCluster{}
-	}
-	cc := c.clusters[strategy]
-	var since uint64
-	if cc != nil {
-		since = cc.seq
-	}
-	hosts, full, seq, g, err := s.store.SchedulerView(since, project, group)
-	if err != nil {
-		return toStatus(err)
-	}
-	if cc == nil || full {
-		cl, err := scheduler.NewCluster(hosts, scheduler.Options{Strategy: strategy, Seed: schedSeed, RunnersUp: 3})
-		if err != nil {
-			return status.Errorf(codes.Internal, "scheduler: %v", err)
-		}
-		cc = &cachedCluster{cl: cl}
-		c.clusters[strategy] = cc
-	} else {
-		for _, h := range hosts {
-			cc.cl.Upsert(h)
-		}
-	}
-	cc.seq = seq
-	return fn(cc.cl, g)
-}
-
 // place decides where sp's VMs go and, unless dryRun, records them.
-func (s *Server) place(ctx context.Context, sp *createSpec, dryRun bool) ([]*yunchiv1.VM, []*yunchiv1.PlacementDecision, error) {
-	if !dryRun {
-		s.placeMu.Lock()
-		defer s.placeMu.Unlock()
-	}
-	var constraintStrs []string
-	for _, c := range sp.constraints {
-		constraintStrs = append(constraintStrs, c.String())
-	}
-	var lastErr error
-	for attempt := 0; attempt < placeAttempts; attempt++ {
-		for _, n := range sp.names {
-			if _, ok := s.store.VM(sp.project, n); ok {
-				return nil, nil, status.Errorf(codes.AlreadyExists, "vm %q already exists in project %q", n, sp.project)
-			}
-		}
-		var ps []scheduler.Placement
-		err := s.decide(sp.strategy, sp.project, sp.group, func(cl *scheduler.Cluster, group *scheduler.Group) error {
-			reqs := make([]scheduler.Request, len(sp.names))
-			for i, n := range sp.names {
-				reqs[i] = scheduler.Request{Name: n, Project: sp.project, Resources: sp.res, Center: sp.center, Constraints: sp.constraints, Group: group}
-			}
-			if len(reqs) == 1 {
-				p, err := cl.Place(reqs[0])
-				ps = []scheduler.Placement{p}
-				return err
-			}
-			var err error
-			ps, err = cl.PlaceBatch(reqs)
-			return err
-		})
+func (s *Server) place(ctx context.Context, sp *placement.Spec, dryRun bool) ([]*yunchiv1.VM, []*yunchiv1.PlacementDecision, error) {
+	if dryRun {
+		ds, err := s.placer.Decide(*sp)
 		if err != nil {
-			return nil, nil, toStatus(err)
+			return nil, nil, placeStatus(err)
 		}
-		decisions := make([]*yunchiv1.PlacementDecision, len(ps))
-		for i, p := range ps {
-			d := &yunchiv1.PlacementDecision{VmName: sp.names[i], HostId: p.HostID, HostCenter: s.hostCenter(p.HostID), Score: p.Score}
-			for _, c := range p.RunnersUp {
-				d.RunnersUp = append(d.RunnersUp, &yunchiv1.Candidate{HostId: c.HostID, Score: c.Score})
-			}
-			decisions[i] = d
-		}
-		if dryRun {
-			return []*yunchiv1.VM{}, decisions, nil
-		}
-		recs := make([]*statev1.VMRecord, len(ps))
-		for i, p := range ps {
-			recs[i] = &statev1.VMRecord{
-				Id: uuid.NewString(), Name: sp.names[i], Project: sp.project,
-				Vcpus: int32(sp.res.VCPUs), MemoryBytes: sp.res.MemoryBytes, DiskBytes: sp.res.DiskBytes,
-				Center: sp.center, HostId: p.HostID, Desired: sp.desired,
-				Group: sp.group, Constraints: constraintStrs, Strategy: sp.strategyStr,
-			}
-		}
-		cmd := &statev1.Command{Cmd: &statev1.Command_PlaceVms{PlaceVms: &statev1.PlaceVMs{Vms: recs}}}
-		if len(recs) == 1 {
-			cmd = &statev1.Command{Cmd: &statev1.Command_PlaceVm{PlaceVm: &statev1.PlaceVM{Vm: recs[0]}}}
-		}
-		v, err := s.node.Apply(ctx, cmd)
-		if state.KindOf(err) == state.KindConflict {
-			s.log.Info("placement lost a race; deciding again", "vm", sp.names[0], "attempt", attempt+1, "err", err)
-			lastErr = err
-			continue
-		}
-		if err != nil {
-			return nil, nil, toStatus(err)
-		}
-		var placed []*statev1.VMRecord
-		switch out := v.(type) {
-		case *statev1.VMRecord:
-			placed = []*statev1.VMRecord{out}
-		case []*statev1.VMRecord:
-			placed = out
-		}
-		vms := make([]*yunchiv1.VM, len(placed))
-		for i, r := range placed {
-			vms[i] = s.vmOut(r)
-			s.log.Info("vm placed", "vm", r.Name, "project", r.Project, "host", r.HostId, "id", r.Id, "group", r.Group)
-		}
-		return vms, decisions, nil
+		return []*yunchiv1.VM{}, decisionsToAPI(ds), nil
 	}
-	return nil, nil, status.Errorf(codes.Aborted, "placement kept losing races with other changes (%v): retry", lastErr)
+	recs, ds, err := s.placer.Place(ctx, *sp)
+	if err != nil {
+		return nil, nil, placeStatus(err)
+	}
+	vms := make([]*yunchiv1.VM, len(recs))
+	for i, r := range recs {
+		vms[i] = s.vmOut(r)
+	}
+	return vms, decisionsToAPI(ds), nil
+}
+
+// placeStatus is toStatus for placement's errors.
+func placeStatus(err error) error {
+	var races *placement.ErrRaces
+	if errors.As(err, &races) {
+		return status.Errorf(codes.Aborted, "%s: retry", oneLine(err.Error()))
+	}
+	return toStatus(err)
+}
+
+func decisionsToAPI(ds []placement.Decision) []*yunchiv1.PlacementDecision {
+	out := make([]*yunchiv1.PlacementDecision, len(ds))
+	for i, d := range ds {
+		pd := &yunchiv1.PlacementDecision{VmName: d.VMName, HostId: d.HostID, HostCenter: d.HostCenter, Score: d.Score}
+		for _, c := range d.RunnersUp {
+			pd.RunnersUp = append(pd.RunnersUp, &yunchiv1.Candidate{HostId: c.HostID, Score: c.Score})
+		}
+		out[i] = pd
+	}
+	return out
 }

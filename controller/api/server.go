@@ -1,7 +1,8 @@
 // Package api serves Yunchi's gRPC services (and, through grpc-gateway,
-// REST) on one port. Handlers validate, decide on the leader (placement,
-// ids) and record the decision through raft; reads come from the local
-// state unless the caller asks for a consistent read.
+// REST) on one port. Handlers validate and record through raft; creates go
+// through a Placer (controller/placement), heartbeats to a Liveness
+// (controller/leader). Reads come from the local state unless the caller
+// asks for a consistent read.
 package api
 
 import (
@@ -16,6 +17,7 @@ import (
 	"google.golang.org/grpc/health"
 	"google.golang.org/grpc/status"
 
+	"github.com/yunchi/yunchi/controller/placement"
 	"github.com/yunchi/yunchi/controller/raftnode"
 	"github.com/yunchi/yunchi/controller/state"
 	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
@@ -46,19 +48,16 @@ type Server struct {
 	log   *slog.Logger
 	fwd   *forwarder
 
-	// placeMu serialises placement decisions on the leader, so concurrent
-	// creates see each other's allocations; Apply re-checks capacity anyway.
-	placeMu sync.Mutex
-	// clusters caches the scheduler's index between decisions.
-	clusters clusterCache
+	// placer decides where new VMs go and records them (leader only).
+	placer Placer
 
+	// live is what the leader heard from hosts (controller/leader).
+	live Liveness
+
+	// HeartbeatInterval is what agents are told to heartbeat at.
 	HeartbeatInterval time.Duration
-	HostTTL           time.Duration
 	// DefaultStrategy is used when a create names none (zero: Binpack).
 	DefaultStrategy scheduler.Strategy
-	seen            *seenTable
-	// heard is what the leader heard since it last recorded heartbeats.
-	heard heardSet
 
 	// health is the gRPC health service; RunHealth sets its status.
 	healthMu  sync.Mutex
@@ -66,16 +65,32 @@ type Server struct {
 	healthSet bool
 }
 
-// NewServer builds the services for node.
-func NewServer(node *raftnode.Node, self Self, lg *slog.Logger) *Server {
+// Placer decides and records placements (controller/placement.Engine).
+type Placer interface {
+	Place(ctx context.Context, sp placement.Spec) ([]*statev1.VMRecord, []placement.Decision, error)
+	Decide(sp placement.Spec) ([]placement.Decision, error)
+}
+
+// Liveness is what the leader heard from hosts (controller/leader.Duties).
+type Liveness interface {
+	// Heard notes a heartbeat (with stats) or a registration (none).
+	Heard(hostID string, stats *yunchiv1.HostStats)
+	// Stats is the host's last reported stats: nil when none, or when
+	// this controller is not the leader.
+	Stats(hostID string) *yunchiv1.HostStats
+}
+
+// NewServer builds the services for node; placer decides placements
+// (controller/placement), live keeps host liveness (controller/leader).
+func NewServer(node *raftnode.Node, placer Placer, live Liveness, self Self, lg *slog.Logger) *Server {
 	if lg == nil {
 		lg = slog.Default()
 	}
 	s := &Server{
 		node: node, store: node.Store, self: self, log: lg,
-		HeartbeatInterval: 2 * time.Second, HostTTL: 10 * time.Second,
-		seen: newSeenTable(),
+		HeartbeatInterval: 2 * time.Second, live: live,
 	}
+	s.placer = placer
 	s.fwd = newForwarder(s)
 	return s
 }
@@ -103,15 +118,6 @@ func (s *Server) hostCenter(id string) string {
 }
 
 func (s *Server) vmOut(v *statev1.VMRecord) *yunchiv1.VM { return vmToAPI(v, s.hostInfo(v.HostId)) }
-
-// leaderSeen is what the leader heard in host id's last heartbeat (stats);
-// nil on a follower, whose table would be frozen at its last term as leader.
-func (s *Server) leaderSeen(id string) *hostSeen {
-	if !s.node.IsLeader() {
-		return nil
-	}
-	return s.seen.get(id)
-}
 
 func (s *Server) findVM(project, name string) (*statev1.VMRecord, error) {
 	if err := checkName("vm name", name); err != nil {
@@ -257,7 +263,7 @@ func (s *Server) ListHosts(ctx context.Context, req *yunchiv1.ListHostsRequest) 
 	out := &yunchiv1.ListHostsResponse{Hosts: []*yunchiv1.Host{}}
 	for _, hv := range s.store.Hosts() {
 		if req.Center == "" || hv.Host.Center == req.Center {
-			out.Hosts = append(out.Hosts, hostToAPI(hv, s.leaderSeen(hv.Host.Id)))
+			out.Hosts = append(out.Hosts, hostToAPI(hv, s.live.Stats(hv.Host.Id)))
 		}
 	}
 	return out, nil
@@ -279,7 +285,7 @@ func (s *Server) GetHost(ctx context.Context, req *yunchiv1.GetHostRequest) (*yu
 	if err != nil {
 		return nil, err
 	}
-	return hostToAPI(hv, s.leaderSeen(req.Id)), nil
+	return hostToAPI(hv, s.live.Stats(req.Id)), nil
 }
 
 func (s *Server) GetCapacity(ctx context.Context, req *yunchiv1.GetCapacityRequest) (*yunchiv1.Capacity, error) {

@@ -84,6 +84,12 @@ func Open(cfg Config, store *state.Store) (*Node, error) {
 	// remove itself (the API hands leadership over first), and a follower
 	// is not shut down by raft on removal anyway.
 	rc.ShutdownOnRemove = false
+	// Many proposals are in flight at once (placement pipelines its
+	// decisions): let the leader write up to 512 of them with one disk
+	// write and send them in one AppendEntries, and queue them for that
+	// without a hand-off per command.
+	rc.MaxAppendEntries = 512
+	rc.BatchApplyCh = true
 	if cfg.HeartbeatTimeout > 0 {
 		rc.HeartbeatTimeout = cfg.HeartbeatTimeout
 	}
@@ -343,4 +349,33 @@ func (n *Node) Shutdown() error {
 	err := n.Raft.Shutdown().Error()
 	n.closeStores()
 	return err
+}
+
+// WatchLeadership calls fn(true) when this node becomes the leader and
+// fn(false) when it stops being it (and once at the start with the state
+// then), in order, from one goroutine, until ctx is done. It listens to
+// raft's state-change observations rather than polling; an observation is
+// only a cue to look again, so one dropped while fn runs loses nothing
+// (a flip and back within one fn call is seen as no change).
+func (n *Node) WatchLeadership(ctx context.Context, fn func(leader bool)) {
+	ch := make(chan raft.Observation, 16)
+	obs := raft.NewObserver(ch, false, func(o *raft.Observation) bool {
+		_, ok := o.Data.(raft.RaftState)
+		return ok
+	})
+	n.Raft.RegisterObserver(obs)
+	defer n.Raft.DeregisterObserver(obs)
+	was := n.IsLeader()
+	fn(was)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ch:
+		}
+		if now := n.IsLeader(); now != was {
+			was = now
+			fn(now)
+		}
+	}
 }

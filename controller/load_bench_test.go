@@ -1,0 +1,85 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+
+	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
+)
+
+// BenchmarkCreateLoad is the controller's write path under load: 3
+// in-process controllers (raft logs on disk), 45 hosts, and 1, 16 or 256
+// concurrent gRPC clients on the leader each creating 1-vCPU VMs one after
+// another. It reports creates/s and the p50 and p99 latency of one create.
+//
+//	go test ./controller/ -run '^$' -bench CreateLoad -benchtime 5s
+func BenchmarkCreateLoad(b *testing.B) {
+	c := newInmemClusterTTL(b, 0)
+	registerHosts(b, c.members[0].ctl.Addr(), 45, 4096, 16384*gib)
+	l := c.leader()
+	if l == nil {
+		b.Fatal("no leader")
+	}
+	conns := make([]*grpc.ClientConn, 8)
+	for i := range conns {
+		conns[i] = dial(b, l.ctl.Addr())
+	}
+	var seq atomic.Int64
+	for _, clients := range []int{1, 16, 256} {
+		b.Run(fmt.Sprintf("clients=%d", clients), func(b *testing.B) {
+			var (
+				next   atomic.Int64
+				mu     sync.Mutex
+				lats   []time.Duration
+				failed atomic.Int64
+				wg     sync.WaitGroup
+			)
+			b.ResetTimer()
+			start := time.Now()
+			for i := 0; i < clients; i++ {
+				vc := yunchiv1.NewVMServiceClient(conns[i%len(conns)])
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					var mine []time.Duration
+					for next.Add(1) <= int64(b.N) {
+						name := fmt.Sprintf("load-%d", seq.Add(1))
+						ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+						t0 := time.Now()
+						_, err := vc.CreateVM(ctx, &yunchiv1.CreateVMRequest{Name: name, Vcpus: 1, Memory: "256MiB", Disk: "1GiB"})
+						d := time.Since(t0)
+						cancel()
+						if err != nil {
+							failed.Add(1)
+							continue
+						}
+						mine = append(mine, d)
+					}
+					mu.Lock()
+					lats = append(lats, mine...)
+					mu.Unlock()
+				}()
+			}
+			wg.Wait()
+			elapsed := time.Since(start)
+			b.StopTimer()
+			if n := failed.Load(); n > 0 {
+				b.Fatalf("%d of %d creates failed", n, b.N)
+			}
+			slices.Sort(lats)
+			pct := func(p float64) float64 {
+				return float64(lats[min(len(lats)-1, int(float64(len(lats))*p))].Microseconds()) / 1000
+			}
+			b.ReportMetric(float64(len(lats))/elapsed.Seconds(), "creates/s")
+			b.ReportMetric(pct(0.50), "p50-ms")
+			b.ReportMetric(pct(0.99), "p99-ms")
+		})
+	}
+}

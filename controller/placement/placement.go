@@ -1,0 +1,411 @@
+// Package placement makes the leader's placement decisions: it chooses
+// hosts for new VMs with the scheduler, proposes the decision through raft
+// and decides again when Apply rejects it because the state changed in
+// between. It depends on two small interfaces, a Proposer (raft) and a
+// View (the replicated state), not on the raft node.
+//
+// Decisions are pipelined: the decision lock is held only while deciding,
+// not while raft commits. Each decision reserves what it chose (resources
+// on the host, a member of its placement group) until its proposal is
+// applied or fails, and the next decision sees the committed state plus
+// every reservation still in flight. Apply re-checks capacity and group
+// rules anyway and rejects rather than overcommit; Reset (leadership lost
+// or gained) drops every reservation.
+package placement
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+
+	"github.com/google/uuid"
+
+	"github.com/yunchi/yunchi/controller/state"
+	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
+	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
+	"github.com/yunchi/yunchi/scheduler"
+)
+
+// Proposer puts a command through raft and returns what Apply returned
+// (the raft node).
+type Proposer interface {
+	Apply(ctx context.Context, cmd *statev1.Command) (any, error)
+}
+
+// View is the part of the replicated state decisions read (*state.Store).
+type View interface {
+	VM(project, name string) (*statev1.VMRecord, bool)
+	Host(id string) (state.HostView, bool)
+	SchedulerView(since uint64, project, group string) (hosts []scheduler.Host, full bool, seq uint64, g *scheduler.Group, err error)
+}
+
+// Attempts is how many times a placement is decided again when Apply
+// rejects the decision because the state changed in between (KindConflict).
+const Attempts = 4
+
+// schedSeed fixes the scheduler's tie-breaks: no clock, no randomness, so
+// the same state and request give the same placement on any leader.
+const schedSeed = 1
+
+// Spec is a validated request for VMs: one per name, all alike.
+type Spec struct {
+	Project     string
+	Names       []string
+	Resources   scheduler.Resources
+	Center      string
+	Constraints []scheduler.Constraint
+	Group       string
+	Strategy    scheduler.Strategy
+	// StrategyName is recorded with the VM ("" when the request named none).
+	StrategyName string
+	Desired      yunchiv1.PowerState
+}
+
+// SpecOf is the spec an existing VM was placed with, for deciding again
+// where it goes (HA restart, failover). def is the strategy when the VM
+// recorded none.
+func SpecOf(vm *statev1.VMRecord, def scheduler.Strategy) (Spec, error) {
+	sp := Spec{
+		Project: vm.Project, Names: []string{vm.Name},
+		Resources: scheduler.Resources{VCPUs: int64(vm.Vcpus), MemoryBytes: vm.MemoryBytes, DiskBytes: vm.DiskBytes},
+		Center:    vm.Center, Group: vm.Group, Strategy: def, StrategyName: vm.Strategy, Desired: vm.Desired,
+	}
+	for _, cs := range vm.Constraints {
+		c, err := scheduler.ParseConstraint(cs)
+		if err != nil {
+			return Spec{}, fmt.Errorf("vm %q: constraint %q: %w", vm.Name, cs, err)
+		}
+		sp.Constraints = append(sp.Constraints, c)
+	}
+	if vm.Strategy != "" {
+		st, err := scheduler.ParseStrategy(vm.Strategy)
+		if err != nil {
+			return Spec{}, fmt.Errorf("vm %q: %w", vm.Name, err)
+		}
+		sp.Strategy = st
+	}
+	return sp, nil
+}
+
+// Decision is where one VM goes and why.
+type Decision struct {
+	VMName     string
+	HostID     string
+	HostCenter string
+	Score      int64
+	RunnersUp  []scheduler.Candidate
+}
+
+// Engine decides and records placements on the leader.
+type Engine struct {
+	prop Proposer
+	view View
+	log  *slog.Logger
+
+	// mu is the decision lock: it guards everything below and is held
+	// while deciding, never while raft commits.
+	mu       sync.Mutex
+	clusters map[scheduler.Strategy]*cachedCluster
+	// nextID numbers reservations; never reused, so a reservation Reset
+	// dropped is not found when its proposal ends.
+	nextID  uint64
+	pending map[uint64]*reservation
+	// hostRes and groupRes are the sums of the pending reservations: per
+	// host, and per group key (project/name) per host.
+	hostRes  map[string]scheduler.Resources
+	groupRes map[string]map[string]int
+}
+
+// cachedCluster is one scheduler.Cluster per strategy, indexed once and
+// then brought up to date with only the hosts that changed since (the
+// store tracks which) or whose reservations changed (dirty).
+type cachedCluster struct {
+	cl    *scheduler.Cluster
+	seq   uint64
+	dirty map[string]bool
+}
+
+// reservation is what one in-flight proposal holds.
+type reservation struct {
+	hosts map[string]scheduler.Resources
+	group string // group key, "" for none
+	// members per host of group
+	members map[string]int
+}
+
+// New returns an engine proposing through prop and reading view.
+func New(prop Proposer, view View, lg *slog.Logger) *Engine {
+	if lg == nil {
+		lg = slog.Default()
+	}
+	return &Engine{prop: prop, view: view, log: lg}
+}
+
+// Reset drops every reservation and the scheduler cache: call it when this
+// controller gains or loses leadership (the proposals still in flight then
+// fail or are decided by the log; either way they no longer reserve).
+func (e *Engine) Reset() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.pending, e.hostRes, e.groupRes, e.clusters = nil, nil, nil, nil
+}
+
+// Pending is the number of reservations in flight (tests, metrics).
+func (e *Engine) Pending() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.pending)
+}
+
+func groupKey(project, group string) string {
+	if group == "" {
+		return ""
+	}
+	return project + "/" + group
+}
+
+// sync brings the cluster for strategy up to date with the view and the
+// reservations and returns it with sp's group. Callers hold mu.
+func (e *Engine) sync(strategy scheduler.Strategy, project, group string) (*scheduler.Cluster, *scheduler.Group, error) {
+	if e.clusters == nil {
+		e.clusters = map[scheduler.Strategy]*cachedCluster{}
+	}
+	cc := e.clusters[strategy]
+	var since uint64
+	if cc != nil {
+		since = cc.seq
+	}
+	hosts, full, seq, g, err := e.view.SchedulerView(since, project, group)
+	if err != nil {
+		return nil, nil, err
+	}
+	for i := range hosts {
+		hosts[i].Allocated = hosts[i].Allocated.Add(e.hostRes[hosts[i].ID])
+	}
+	if cc == nil || full {
+		cl, err := scheduler.NewCluster(hosts, scheduler.Options{Strategy: strategy, Seed: schedSeed, RunnersUp: 3})
+		if err != nil {
+			return nil, nil, fmt.Errorf("scheduler: %w", err)
+		}
+		cc = &cachedCluster{cl: cl}
+		e.clusters[strategy] = cc
+	} else {
+		done := make(map[string]bool, len(hosts))
+		for _, h := range hosts {
+			cc.cl.Upsert(h)
+			done[h.ID] = true
+		}
+		for id := range cc.dirty {
+			if done[id] {
+				continue
+			}
+			if hv, ok := e.view.Host(id); ok {
+				h := hv.Sched
+				h.Allocated = h.Allocated.Add(e.hostRes[id])
+				cc.cl.Upsert(h)
+			}
+		}
+	}
+	cc.seq, cc.dirty = seq, nil
+	if g != nil {
+		for id, n := range e.groupRes[groupKey(project, group)] {
+			g.Members[id] += n
+		}
+	}
+	return cc.cl, g, nil
+}
+
+// markDirty notes that id's reservations changed, for every cached cluster.
+// Callers hold mu.
+func (e *Engine) markDirty(id string) {
+	for _, cc := range e.clusters {
+		if cc.dirty == nil {
+			cc.dirty = map[string]bool{}
+		}
+		cc.dirty[id] = true
+	}
+}
+
+// reserve holds what decisions ps chose until release. Callers hold mu.
+func (e *Engine) reserve(sp *Spec, ps []scheduler.Placement) uint64 {
+	r := &reservation{hosts: map[string]scheduler.Resources{}, group: groupKey(sp.Project, sp.Group)}
+	if e.pending == nil {
+		e.pending, e.hostRes, e.groupRes = map[uint64]*reservation{}, map[string]scheduler.Resources{}, map[string]map[string]int{}
+	}
+	for _, p := range ps {
+		r.hosts[p.HostID] = r.hosts[p.HostID].Add(sp.Resources)
+		e.hostRes[p.HostID] = e.hostRes[p.HostID].Add(sp.Resources)
+		e.markDirty(p.HostID)
+		if r.group != "" {
+			if r.members == nil {
+				r.members = map[string]int{}
+			}
+			r.members[p.HostID]++
+			if e.groupRes[r.group] == nil {
+				e.groupRes[r.group] = map[string]int{}
+			}
+			e.groupRes[r.group][p.HostID]++
+		}
+	}
+	e.nextID++
+	e.pending[e.nextID] = r
+	return e.nextID
+}
+
+// release gives back reservation id (once; a dropped one is ignored).
+func (e *Engine) release(id uint64) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	r, ok := e.pending[id]
+	if !ok {
+		return
+	}
+	delete(e.pending, id)
+	for h, res := range r.hosts {
+		left := e.hostRes[h].Sub(res)
+		if left == (scheduler.Resources{}) {
+			delete(e.hostRes, h)
+		} else {
+			e.hostRes[h] = left
+		}
+		e.markDirty(h)
+	}
+	if r.group != "" {
+		g := e.groupRes[r.group]
+		for h, n := range r.members {
+			if g[h] -= n; g[h] <= 0 {
+				delete(g, h)
+			}
+		}
+		if len(g) == 0 {
+			delete(e.groupRes, r.group)
+		}
+	}
+}
+
+// decide chooses hosts for sp against the committed state plus the
+// reservations in flight. Callers hold mu.
+func (e *Engine) decide(sp *Spec) ([]scheduler.Placement, []Decision, error) {
+	cl, g, err := e.sync(sp.Strategy, sp.Project, sp.Group)
+	if err != nil {
+		return nil, nil, err
+	}
+	reqs := make([]scheduler.Request, len(sp.Names))
+	for i, n := range sp.Names {
+		reqs[i] = scheduler.Request{Name: n, Project: sp.Project, Resources: sp.Resources, Center: sp.Center, Constraints: sp.Constraints, Group: g}
+	}
+	var ps []scheduler.Placement
+	if len(reqs) == 1 {
+		p, err := cl.Place(reqs[0])
+		if err != nil {
+			return nil, nil, err
+		}
+		ps = []scheduler.Placement{p}
+	} else if ps, err = cl.PlaceBatch(reqs); err != nil {
+		return nil, nil, err
+	}
+	ds := make([]Decision, len(ps))
+	for i, p := range ps {
+		ds[i] = Decision{VMName: sp.Names[i], HostID: p.HostID, Score: p.Score, RunnersUp: p.RunnersUp}
+		if h, ok := cl.Host(p.HostID); ok {
+			ds[i].HostCenter = h.Center
+		}
+	}
+	return ps, ds, nil
+}
+
+// Decide says where sp's VMs would go now, recording nothing (a dry run,
+// or deciding again for an existing VM: see SpecOf).
+func (e *Engine) Decide(sp Spec) ([]Decision, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	_, ds, err := e.decide(&sp)
+	return ds, err
+}
+
+func alreadyExists(sp *Spec, v View) error {
+	for _, n := range sp.Names {
+		if _, ok := v.VM(sp.Project, n); ok {
+			return &state.Error{Kind: state.KindAlreadyExists, Msg: fmt.Sprintf("vm %q already exists in project %q", n, sp.Project)}
+		}
+	}
+	return nil
+}
+
+// ErrRaces is Place's error when every attempt lost a race with other
+// changes; it wraps the last rejection.
+type ErrRaces struct{ Last error }
+
+func (e *ErrRaces) Error() string {
+	return fmt.Sprintf("placement kept losing races with other changes (%v)", e.Last)
+}
+
+func (e *ErrRaces) Unwrap() error { return e.Last }
+
+// Place decides where sp's VMs go and records them in one command (all or
+// none); it returns the records as applied and the decisions. A decision
+// Apply rejects because the state changed meanwhile is made again, up to
+// Attempts times. Errors are the scheduler's (*scheduler.NoFitError), the
+// state's (*state.Error), raft's, or *ErrRaces.
+func (e *Engine) Place(ctx context.Context, sp Spec) ([]*statev1.VMRecord, []Decision, error) {
+	var constraintStrs []string
+	for _, c := range sp.Constraints {
+		constraintStrs = append(constraintStrs, c.String())
+	}
+	var lastErr error
+	for attempt := 0; attempt < Attempts; attempt++ {
+		e.mu.Lock()
+		if err := alreadyExists(&sp, e.view); err != nil {
+			e.mu.Unlock()
+			return nil, nil, err
+		}
+		ps, ds, err := e.decide(&sp)
+		if err != nil {
+			e.mu.Unlock()
+			return nil, nil, err
+		}
+		resID := e.reserve(&sp, ps)
+		e.mu.Unlock()
+
+		recs := make([]*statev1.VMRecord, len(ps))
+		for i, p := range ps {
+			recs[i] = &statev1.VMRecord{
+				Id: uuid.NewString(), Name: sp.Names[i], Project: sp.Project,
+				Vcpus: int32(sp.Resources.VCPUs), MemoryBytes: sp.Resources.MemoryBytes, DiskBytes: sp.Resources.DiskBytes,
+				Center: sp.Center, HostId: p.HostID, Desired: sp.Desired,
+				Group: sp.Group, Constraints: constraintStrs, Strategy: sp.StrategyName,
+			}
+		}
+		cmd := &statev1.Command{Cmd: &statev1.Command_PlaceVms{PlaceVms: &statev1.PlaceVMs{Vms: recs}}}
+		if len(recs) == 1 {
+			cmd = &statev1.Command{Cmd: &statev1.Command_PlaceVm{PlaceVm: &statev1.PlaceVM{Vm: recs[0]}}}
+		}
+		v, err := e.prop.Apply(ctx, cmd)
+		// Applied (the committed state now holds the VMs) or not: either
+		// way the reservation has done its work.
+		e.release(resID)
+		if state.KindOf(err) == state.KindConflict {
+			e.log.Info("placement lost a race; deciding again", "vm", sp.Names[0], "attempt", attempt+1, "err", err)
+			lastErr = err
+			continue
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		var placed []*statev1.VMRecord
+		switch out := v.(type) {
+		case *statev1.VMRecord:
+			placed = []*statev1.VMRecord{out}
+		case []*statev1.VMRecord:
+			placed = out
+		default:
+			return nil, nil, fmt.Errorf("placement: unexpected result %T", v)
+		}
+		for _, r := range placed {
+			e.log.Info("vm placed", "vm", r.Name, "project", r.Project, "host", r.HostId, "id", r.Id, "group", r.Group)
+		}
+		return placed, ds, nil
+	}
+	return nil, nil, &ErrRaces{Last: lastErr}
+}
