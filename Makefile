@@ -6,7 +6,7 @@ GO ?= go
 BIN := bin
 PROTO_SRC := $(wildcard proto/yunchi/v1/*.proto proto/yunchi/state/v1/*.proto)
 
-.PHONY: all deps build dev test proto bench clean
+.PHONY: all deps build dev test proto bench bench-controller clean
 
 all: build
 
@@ -59,6 +59,17 @@ bench:
 	@echo "== W2 churn, H=720"
 	GOMAXPROCS=1 ./$(BIN)/yunchi simulate --trace $(TRACE) --workload churn --hosts 720
 	$(GO) test -run '^$$' -bench . ./scheduler/...
+
+# Controller write path (docs/performance.md, "Controller write path"): 3
+# yunchid controllers on loopback, simulated hosts, creates through gRPC and
+# REST at 1, 16 and 256 clients beside raw hashicorp/raft, leader kill -9,
+# leader CPU with 10,000 heartbeating hosts, state at 100,000 VMs. About three
+# minutes; BENCH_FLAGS shortens it, e.g. BENCH_FLAGS='-duration 1s -trials 2
+# -hosts 500 -heartbeat 1s -cpu-window 5s -controller-vms 5000 -vms 10000'.
+BENCH_FLAGS ?=
+bench-controller: build
+	$(GO) build -o $(BIN)/bench-controller ./bench/controller
+	./$(BIN)/bench-controller -yunchid $(BIN)/yunchid $(BENCH_FLAGS)
 
 clean:
 	rm -rf $(BIN)

@@ -1,0 +1,101 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestPercentile(t *testing.T) {
+	var ds []time.Duration
+	for i := 100; i >= 1; i-- { // 1..100 ms, given out of order
+		ds = append(ds, time.Duration(i)*time.Millisecond)
+	}
+	if got := percentile(ds, 0.5); got != 50*time.Millisecond {
+		t.Errorf("p50 of 1..100 ms = %s, want 50ms", got)
+	}
+	if got := percentile(ds, 0.99); got != 99*time.Millisecond {
+		t.Errorf("p99 of 1..100 ms = %s, want 99ms", got)
+	}
+	if got := percentile(nil, 0.99); got != 0 {
+		t.Errorf("p99 of nothing = %s, want 0", got)
+	}
+	if ds[0] != 100*time.Millisecond {
+		t.Errorf("percentile reordered its input")
+	}
+}
+
+// The raw-raft half of the harness on a tiny run: the three nodes commit,
+// and createEntrySize reads back, from a node's log, the size committed.
+func TestRawRaftSmoke(t *testing.T) {
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	raw, err := startRawRaft(ctx, dir, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := false
+	t.Cleanup(func() {
+		if !closed {
+			raw.close()
+		}
+	})
+	l, err := raw.leader(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const size = 123
+	r := runLoad(ctx, 2, 300*time.Millisecond, rawOp(l, size))
+	if r.ok == 0 || r.failed != 0 {
+		t.Fatalf("raw raft committed %d entries, %d failed (%s)", r.ok, r.failed, r.firstErr)
+	}
+	if r.p50 <= 0 || r.p99 < r.p50 {
+		t.Errorf("latencies p50 %s p99 %s", r.p50, r.p99)
+	}
+	last := l.LastIndex()
+	raw.close()
+	closed = true
+	got, n, err := createEntrySize(filepath.Join(dir, "raw1"), 0, last)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != size || n != min(r.ok, 1000) {
+		t.Errorf("entry size %d from %d entries, want %d from %d", got, n, size, min(r.ok, 1000))
+	}
+}
+
+func TestMeasureStateSmoke(t *testing.T) {
+	f, err := measureState(1000, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.heapPerVM <= 0 || f.snapshotBytes <= 0 {
+		t.Errorf("heap per VM %.0f, snapshot %d bytes: want both positive", f.heapPerVM, f.snapshotBytes)
+	}
+}
+
+func TestMetric(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, "# HELP yunchi_vms VMs by phase.\n# TYPE yunchi_vms gauge\n"+
+			"yunchi_vms{phase=\"pending\"} 3\nyunchi_vms{phase=\"running\"} 4\nyunchi_vms_other 100\n"+
+			"go_memstats_heap_alloc_bytes 1.5e+06\n")
+	}))
+	defer srv.Close()
+	addr := strings.TrimPrefix(srv.URL, "http://")
+	ctx := context.Background()
+	if v, err := metric(ctx, addr, "yunchi_vms"); err != nil || v != 7 {
+		t.Errorf("yunchi_vms = %v, %v; want 7 (the sum of its series, not yunchi_vms_other)", v, err)
+	}
+	if v, err := metric(ctx, addr, "go_memstats_heap_alloc_bytes"); err != nil || v != 1.5e6 {
+		t.Errorf("heap = %v, %v; want 1.5e6", v, err)
+	}
+	if _, err := metric(ctx, addr, "absent"); err == nil {
+		t.Error("a missing metric gave no error")
+	}
+}

@@ -1,0 +1,129 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+
+	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
+)
+
+// result is one load level: successes per second and latency percentiles.
+type result struct {
+	ok, failed int
+	perSec     float64
+	p50, p99   time.Duration
+	firstErr   string
+}
+
+// runLoad runs clients goroutines calling op for d; op gets the client and
+// sequence number and reports an error. Every goroutine ends at the
+// deadline (each call carries a timeout).
+func runLoad(ctx context.Context, clients int, d time.Duration, op func(ctx context.Context, client, seq int) error) result {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	var mu sync.Mutex
+	var lat []time.Duration
+	var failed atomic.Int64
+	var firstErr atomic.Value
+	start := time.Now()
+	var wg sync.WaitGroup
+	for c := 0; c < clients; c++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var mine []time.Duration
+			for seq := 0; ctx.Err() == nil; seq++ {
+				t0 := time.Now()
+				cctx, ccancel := context.WithTimeout(context.Background(), 10*time.Second)
+				err := op(cctx, c, seq)
+				ccancel()
+				if err != nil {
+					failed.Add(1)
+					firstErr.CompareAndSwap(nil, err.Error())
+					continue
+				}
+				mine = append(mine, time.Since(t0))
+			}
+			mu.Lock()
+			lat = append(lat, mine...)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	el := time.Since(start)
+	r := result{ok: len(lat), failed: int(failed.Load()), perSec: float64(len(lat)) / el.Seconds()}
+	if e, ok := firstErr.Load().(string); ok {
+		r.firstErr = e
+	}
+	r.p50, r.p99 = percentile(lat, 0.50), percentile(lat, 0.99)
+	return r
+}
+
+// percentile is the q-quantile of ds (nearest rank), 0 when empty.
+func percentile(ds []time.Duration, q float64) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	i := int(math.Ceil(q*float64(len(s)))) - 1
+	return s[min(max(i, 0), len(s)-1)]
+}
+
+// vmSize is what every benchmark VM asks for: 1 vCPU and a little memory
+// and disk, so host capacity never runs out.
+const vmMemory, vmDisk = "256MiB", "1GiB"
+
+// grpcCreate returns an op creating one VM per call over conns.
+func grpcCreate(conns []*grpc.ClientConn, prefix string) func(ctx context.Context, client, seq int) error {
+	var cs []yunchiv1.VMServiceClient
+	for _, cc := range conns {
+		cs = append(cs, yunchiv1.NewVMServiceClient(cc))
+	}
+	return func(ctx context.Context, client, seq int) error {
+		_, err := cs[client%len(cs)].CreateVM(ctx, &yunchiv1.CreateVMRequest{
+			Name: fmt.Sprintf("%s-%d-%d", prefix, client, seq), Vcpus: 1, Memory: vmMemory, Disk: vmDisk,
+		})
+		return err
+	}
+}
+
+// restCreate returns an op creating one VM per call with POST /v1/vms.
+func restCreate(hc *http.Client, addr, prefix string) func(ctx context.Context, client, seq int) error {
+	url := "http://" + addr + "/v1/vms"
+	return func(ctx context.Context, client, seq int) error {
+		body, _ := json.Marshal(map[string]any{
+			"name": fmt.Sprintf("%s-%d-%d", prefix, client, seq), "vcpus": 1, "memory": vmMemory, "disk": vmDisk,
+		})
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
+		if err != nil {
+			return err
+		}
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := hc.Do(req)
+		if err != nil {
+			return err
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("POST /v1/vms: %d %s", resp.StatusCode, bytes.TrimSpace(b))
+		}
+		return nil
+	}
+}
+
+func restClient(clients int) *http.Client {
+	return &http.Client{Transport: &http.Transport{MaxIdleConns: clients, MaxIdleConnsPerHost: clients, IdleConnTimeout: 30 * time.Second}}
+}
