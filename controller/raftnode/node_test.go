@@ -35,6 +35,12 @@ func TestApplyWithDoneContextProposesNothing(t *testing.T) {
 	reg := &statev1.Command{Cmd: &statev1.Command_RegisterHost{RegisterHost: &statev1.RegisterHost{Host: &statev1.HostRecord{
 		Id: "h1", Hostname: "h1", Center: "a1", Capacity: &yunchiv1.Resources{Vcpus: 8, MemoryBytes: 1 << 34, DiskBytes: 1 << 40},
 	}}}}
+	// A new leader appends a no-op entry of its own, possibly after it
+	// reports Leader: wait until that is in the log, or it would look like
+	// the refused Apply below had proposed something.
+	if err := n.Barrier(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	before := n.Raft.LastIndex()
 	ctx, cancel := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
 	defer cancel()
