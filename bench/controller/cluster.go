@@ -5,78 +5,42 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/yunchi/yunchi/internal/apitest"
+	"github.com/yunchi/yunchi/internal/daemon"
 )
 
 // proc is one yunchid controller process started by the benchmark.
 type proc struct {
 	id, center, api, raft, dataDir, logPath string
 	args                                    []string
-	cmd                                     *exec.Cmd
-	done                                    chan struct{}
+	d                                       *daemon.Proc
 }
 
 func (p *proc) start(bin string) error {
-	lf, err := os.OpenFile(p.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	d, err := daemon.Start(bin, p.args, p.logPath, true)
 	if err != nil {
-		return err
+		return fmt.Errorf("controller %s: %w", p.id, err)
 	}
-	p.cmd = exec.Command(bin, p.args...)
-	p.cmd.Stdout, p.cmd.Stderr = lf, lf
-	// Should the benchmark itself be killed, the kernel ends its daemons.
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := p.cmd.Start(); err != nil {
-		lf.Close()
-		return fmt.Errorf("start controller %s: %w", p.id, err)
-	}
-	p.done = make(chan struct{})
-	go func() { p.cmd.Wait(); lf.Close(); close(p.done) }()
+	p.d = d
 	return nil
 }
 
-func (p *proc) running() bool {
-	if p.done == nil {
-		return false
-	}
-	select {
-	case <-p.done:
-		return false
-	default:
-		return true
-	}
-}
+func (p *proc) running() bool { return p.d.Running() }
 
 // kill sends SIGKILL by pid and waits for the process to end.
-func (p *proc) kill() {
-	if p.running() {
-		p.cmd.Process.Signal(syscall.SIGKILL)
-		<-p.done
-	}
-}
+func (p *proc) kill() { p.d.Kill() }
 
 // stop sends SIGTERM, then SIGKILL after 10 s.
-func (p *proc) stop() {
-	if !p.running() {
-		return
-	}
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(10 * time.Second):
-		p.kill()
-	}
-}
+func (p *proc) stop() { p.d.Stop() }
 
 // cpuSeconds is the process's user+system CPU time from /proc/<pid>/stat.
 func (p *proc) cpuSeconds() (float64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.d.Pid()))
 	if err != nil {
 		return 0, err
 	}
@@ -102,7 +66,7 @@ func (p *proc) cpuSeconds() (float64, error) {
 
 // rssBytes is the process's resident set from /proc/<pid>/statm.
 func (p *proc) rssBytes() (int64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/statm", p.cmd.Process.Pid))
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/statm", p.d.Pid()))
 	if err != nil {
 		return 0, err
 	}

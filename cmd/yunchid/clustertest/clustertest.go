@@ -13,12 +13,12 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/yunchi/yunchi/agent/libvirt"
 	"github.com/yunchi/yunchi/internal/apitest"
+	"github.com/yunchi/yunchi/internal/daemon"
 )
 
 var (
@@ -64,77 +64,34 @@ type Proc struct {
 	Name string
 	Args []string
 	Dir  string
-	cmd  *exec.Cmd
-	done chan struct{}
-	log  *os.File
+	d    *daemon.Proc
 }
 
 func (p *Proc) start(t testing.TB, bin string) {
 	t.Helper()
-	lf, err := os.OpenFile(filepath.Join(p.Dir, p.Name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	d, err := daemon.Start(bin, p.Args, filepath.Join(p.Dir, p.Name+".log"), false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.log = lf
-	p.cmd = exec.Command(bin, p.Args...)
-	p.cmd.Stdout, p.cmd.Stderr = lf, lf
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p.done = make(chan struct{})
-	go func() { p.cmd.Wait(); lf.Close(); close(p.done) }()
+	p.d = d
 }
 
 // Running says whether the process is still up.
-func (p *Proc) Running() bool {
-	if p.done == nil {
-		return false
-	}
-	select {
-	case <-p.done:
-		return false
-	default:
-		return true
-	}
-}
+func (p *Proc) Running() bool { return p.d.Running() }
 
 // Kill sends SIGKILL to the process (by its pid) and waits for it.
-func (p *Proc) Kill() {
-	if p.Running() {
-		p.cmd.Process.Signal(syscall.SIGKILL)
-		<-p.done
-	}
-}
+func (p *Proc) Kill() { p.d.Kill() }
 
 // Freeze stops the process with SIGSTOP: its sockets stay open but it
 // answers nothing, like a hung process. Thaw, Stop and Kill end it.
-func (p *Proc) Freeze() {
-	if p.Running() {
-		p.cmd.Process.Signal(syscall.SIGSTOP)
-	}
-}
+func (p *Proc) Freeze() { p.d.Freeze() }
 
 // Thaw lets a frozen process run again (SIGCONT).
-func (p *Proc) Thaw() {
-	if p.Running() {
-		p.cmd.Process.Signal(syscall.SIGCONT)
-	}
-}
+func (p *Proc) Thaw() { p.d.Thaw() }
 
 // Stop sends SIGTERM and waits up to 10 s, then SIGKILL. A frozen process
 // is thawed first, or it could not act on SIGTERM.
-func (p *Proc) Stop() {
-	if !p.Running() {
-		return
-	}
-	p.Thaw()
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(10 * time.Second):
-		p.Kill()
-	}
-}
+func (p *Proc) Stop() { p.d.Stop() }
 
 // Log returns what the process wrote so far.
 func (p *Proc) Log() string {
