@@ -5,6 +5,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"net/url"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -178,18 +179,26 @@ func registerHosts(t testing.TB, addr string, n int, cpus, mem int64) {
 	}
 }
 
-// listVMs is one controller's own list of VMs (REST, local read).
+// listVMs is one controller's own list of VMs (REST, local read), every
+// page of it.
 func listVMs(t *testing.T, addr string) *yunchiv1.ListVMsResponse {
 	t.Helper()
-	code, body := apitest.Get(t, addr, "/v1/vms")
-	if code != 200 {
-		t.Fatalf("%s: list vms: %d %s", addr, code, body)
+	all := &yunchiv1.ListVMsResponse{}
+	token := ""
+	for {
+		code, body := apitest.Get(t, addr, "/v1/vms?pageToken="+url.QueryEscape(token))
+		if code != 200 {
+			t.Fatalf("%s: list vms: %d %s", addr, code, body)
+		}
+		var page yunchiv1.ListVMsResponse
+		if err := protojson.Unmarshal(body, &page); err != nil {
+			t.Fatal(err)
+		}
+		all.Vms = append(all.Vms, page.Vms...)
+		if token = page.NextPageToken; token == "" {
+			return all
+		}
 	}
-	var list yunchiv1.ListVMsResponse
-	if err := protojson.Unmarshal(body, &list); err != nil {
-		t.Fatal(err)
-	}
-	return &list
 }
 
 // checkInvariants asserts, on one controller's own state, that every

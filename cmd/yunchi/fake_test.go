@@ -50,6 +50,11 @@ type fakeController struct {
 	// removed makes every call answer like a controller removed from the
 	// cluster: FailedPrecondition, reason NOT_A_MEMBER.
 	removed bool
+	// pageSize, when set, caps every ListVMs answer (and the page size
+	// asked for is recorded in pageSizes), so the CLI must follow
+	// next_page_token.
+	pageSize  int
+	pageSizes []int32
 }
 
 var created = timestamppb.New(timestamppb.Now().AsTime().Add(-90 * 60e9))
@@ -260,6 +265,17 @@ func (s fakeVMs) ListVMs(_ context.Context, r *yunchiv1.ListVMsRequest) (*yunchi
 		resp.Vms = append(resp.Vms, vm)
 	}
 	sort.Slice(resp.Vms, func(i, j int) bool { return resp.Vms[i].Name < resp.Vms[j].Name })
+	if s.f.pageSize == 0 {
+		return resp, nil
+	}
+	s.f.pageSizes = append(s.f.pageSizes, r.PageSize)
+	// Token: the last name given (the fake has one project).
+	i := sort.Search(len(resp.Vms), func(i int) bool { return resp.Vms[i].Name > r.PageToken })
+	resp.Vms = resp.Vms[i:]
+	if len(resp.Vms) > s.f.pageSize {
+		resp.Vms = resp.Vms[:s.f.pageSize]
+		resp.NextPageToken = resp.Vms[len(resp.Vms)-1].Name
+	}
 	return resp, nil
 }
 

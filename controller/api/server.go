@@ -169,7 +169,11 @@ func (s *Server) ListVMs(ctx context.Context, req *yunchiv1.ListVMsRequest) (*yu
 		}
 		hosts = map[string]hostInfo{req.HostId: hostInfoOf(hv)}
 	}
-	vms := s.store.VMs(req.Project, req.HostId)
+	size, after, err := pageOf(req.PageSize, req.PageToken)
+	if err != nil {
+		return nil, err
+	}
+	vms, more := s.store.VMsPage(req.Project, req.HostId, after, size)
 	if hosts == nil {
 		all := s.store.Hosts() // after the VMs, so a host registered meanwhile is there too
 		hosts = make(map[string]hostInfo, len(all))
@@ -180,6 +184,10 @@ func (s *Server) ListVMs(ctx context.Context, req *yunchiv1.ListVMsRequest) (*yu
 	out := &yunchiv1.ListVMsResponse{Vms: make([]*yunchiv1.VM, 0, len(vms))}
 	for _, v := range vms {
 		out.Vms = append(out.Vms, vmToAPI(v, hosts[v.HostId]))
+	}
+	if more {
+		last := vms[len(vms)-1]
+		out.NextPageToken = pageToken(state.VMKey{Project: last.Project, Name: last.Name})
 	}
 	return out, nil
 }

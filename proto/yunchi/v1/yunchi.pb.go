@@ -972,10 +972,16 @@ func (x *GetVMRequest) GetConsistent() bool {
 }
 
 type ListVMsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Project       string                 `protobuf:"bytes,1,opt,name=project,proto3" json:"project,omitempty"`
-	HostId        string                 `protobuf:"bytes,2,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
-	Consistent    bool                   `protobuf:"varint,3,opt,name=consistent,proto3" json:"consistent,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Project    string                 `protobuf:"bytes,1,opt,name=project,proto3" json:"project,omitempty"`
+	HostId     string                 `protobuf:"bytes,2,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
+	Consistent bool                   `protobuf:"varint,3,opt,name=consistent,proto3" json:"consistent,omitempty"`
+	// At most this many VMs in one answer: 1 to 5000, 0 for 1000. A cloud of
+	// 100,000 VMs is listed page by page (one answer of all of them would
+	// pass gRPC's 4 MiB message limit).
+	PageSize int32 `protobuf:"varint,4,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// The next_page_token of the previous answer; empty for the first page.
+	PageToken     string `protobuf:"bytes,5,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1031,9 +1037,26 @@ func (x *ListVMsRequest) GetConsistent() bool {
 	return false
 }
 
+func (x *ListVMsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListVMsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 type ListVMsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Vms           []*VM                  `protobuf:"bytes,1,rep,name=vms,proto3" json:"vms,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Sorted by project, then name.
+	Vms []*VM `protobuf:"bytes,1,rep,name=vms,proto3" json:"vms,omitempty"`
+	// Set when more VMs follow: pass it as page_token for the next page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1073,6 +1096,13 @@ func (x *ListVMsResponse) GetVms() []*VM {
 		return x.Vms
 	}
 	return nil
+}
+
+func (x *ListVMsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 type VMActionRequest struct {
@@ -3456,15 +3486,19 @@ const file_yunchi_v1_yunchi_proto_rawDesc = "" +
 	"\aproject\x18\x02 \x01(\tR\aproject\x12\x1e\n" +
 	"\n" +
 	"consistent\x18\x03 \x01(\bR\n" +
-	"consistent\"c\n" +
+	"consistent\"\x9f\x01\n" +
 	"\x0eListVMsRequest\x12\x18\n" +
 	"\aproject\x18\x01 \x01(\tR\aproject\x12\x17\n" +
 	"\ahost_id\x18\x02 \x01(\tR\x06hostId\x12\x1e\n" +
 	"\n" +
 	"consistent\x18\x03 \x01(\bR\n" +
-	"consistent\"2\n" +
+	"consistent\x12\x1b\n" +
+	"\tpage_size\x18\x04 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x05 \x01(\tR\tpageToken\"Z\n" +
 	"\x0fListVMsResponse\x12\x1f\n" +
-	"\x03vms\x18\x01 \x03(\v2\r.yunchi.v1.VMR\x03vms\"?\n" +
+	"\x03vms\x18\x01 \x03(\v2\r.yunchi.v1.VMR\x03vms\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"?\n" +
 	"\x0fVMActionRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aproject\x18\x02 \x01(\tR\aproject\"a\n" +
