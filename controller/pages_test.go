@@ -13,7 +13,7 @@ import (
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 )
 
-// TestListVMsPages: a list answers at most page_size VMs (1000 when not
+// TestListVMsPages (and hosts): a list answers at most page_size VMs (1000 when not
 // given), in key order, with a token for the rest; following the tokens
 // gives every VM once. One answer of a large cloud's VMs used to pass
 // gRPC's 4 MiB message limit (at some 25,000 VMs), so `vm list` failed
@@ -62,6 +62,34 @@ func TestListVMsPages(t *testing.T) {
 	}
 	if len(names) != n || !slices.IsSorted(names) || len(slices.Compact(slices.Clone(names))) != n {
 		t.Fatalf("pages gave %d names (sorted %v), want %d distinct in order", len(names), slices.IsSorted(names), n)
+	}
+	// Hosts page the same way, by id.
+	var ids []string
+	token = ""
+	for pages := 0; ; pages++ {
+		code, body := apitest.Get(t, addr, "/v1/hosts?pageSize=2&pageToken="+url.QueryEscape(token))
+		var p yunchiv1.ListHostsResponse
+		if err := protojson.Unmarshal(body, &p); code != 200 || err != nil || len(p.Hosts) > 2 || pages > 2 {
+			t.Fatalf("hosts page %d: %d %s", pages, code, body)
+		}
+		for _, h := range p.Hosts {
+			ids = append(ids, h.Id)
+		}
+		if token = p.NextPageToken; token == "" {
+			break
+		}
+	}
+	if len(ids) != 3 || !slices.IsSorted(ids) || len(slices.Compact(slices.Clone(ids))) != 3 {
+		t.Fatalf("host pages gave %v, want the 3 hosts once each in order", ids)
+	}
+	for _, bad := range []struct{ query, msg string }{
+		{"/v1/hosts?pageSize=9000", "page_size 9000 is out of range"},
+		{"/v1/hosts?pageToken=!!", "is not one this API gave"},
+	} {
+		code, body := apitest.Get(t, addr, bad.query)
+		if code != 400 || !strings.Contains(string(body), bad.msg) {
+			t.Errorf("GET %s: %d %s; want 400 saying %q", bad.query, code, body, bad.msg)
+		}
 	}
 	for _, bad := range []struct{ query, msg string }{
 		{"?pageSize=5001", "page_size 5001 is out of range: give 1 to 5000"},

@@ -66,14 +66,16 @@ func hostList(cCtx *cli.Context, s *session) error {
 	if _, err := needArgs(cCtx); err != nil {
 		return err
 	}
-	req := &yunchiv1.ListHostsRequest{Center: cCtx.String("center"), Consistent: cCtx.Bool("consistent")}
-	resp, err := do(s.ctx, s.client, retrySafe, func(ctx context.Context, cc grpc.ClientConnInterface) (*yunchiv1.ListHostsResponse, error) {
-		return yunchiv1.NewHostServiceClient(cc).ListHosts(ctx, req)
-	})
+	all := &yunchiv1.ListHostsResponse{}
+	err := allPages(s, func(ctx context.Context, cc grpc.ClientConnInterface, token string) (*yunchiv1.ListHostsResponse, error) {
+		return yunchiv1.NewHostServiceClient(cc).ListHosts(ctx, &yunchiv1.ListHostsRequest{
+			Center: cCtx.String("center"), Consistent: cCtx.Bool("consistent"), PageSize: listPage, PageToken: token,
+		})
+	}, func(r *yunchiv1.ListHostsResponse) { all.Hosts = append(all.Hosts, r.GetHosts()...) })
 	if err != nil {
 		return err
 	}
-	return s.out.print(resp, s.out.hostList(resp.GetHosts()))
+	return s.out.print(all, s.out.hostList(all.GetHosts()))
 }
 
 func hostShow(cCtx *cli.Context, s *session) error {

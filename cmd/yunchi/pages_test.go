@@ -30,8 +30,8 @@ func TestVMListFollowsPages(t *testing.T) {
 	if want := []string{"app-3", "db-1", "web-1"}; !slices.Equal(names, want) {
 		t.Errorf("listed %v, want %v", names, want)
 	}
-	if f.callCount("ListVMs") != 2 || !slices.Equal(f.pageSizes, []int32{vmListPage, vmListPage}) {
-		t.Errorf("%d ListVMs calls asking for pages of %v, want 2 of %d", f.callCount("ListVMs"), f.pageSizes, vmListPage)
+	if f.callCount("ListVMs") != 2 || !slices.Equal(f.pageSizes, []int32{listPage, listPage}) {
+		t.Errorf("%d ListVMs calls asking for pages of %v, want 2 of %d", f.callCount("ListVMs"), f.pageSizes, listPage)
 	}
 	code, stdout, _ = yunchi(t, "--addr", f.addr, "vm", "list")
 	if code != 0 || !strings.Contains(stdout, "app-3") || !strings.Contains(stdout, "web-1") {

@@ -143,35 +143,19 @@ func vmCreate(cCtx *cli.Context, s *session) error {
 	return s.out.print(vm, s.out.vmDetail(vm))
 }
 
-// vmListPage is the page size `vm list` asks for: the API's largest.
-const vmListPage = 5000
-
 func vmList(cCtx *cli.Context, s *session) error {
 	if _, err := needArgs(cCtx); err != nil {
 		return err
 	}
-	req := &yunchiv1.ListVMsRequest{
-		Project:    cCtx.String("project"),
-		HostId:     cCtx.String("host"),
-		Consistent: cCtx.Bool("consistent"),
-		PageSize:   vmListPage,
-	}
-	// Page by page: one answer of a large cloud's VMs would pass gRPC's
-	// 4 MiB message limit. Pages are cut at keys, so a VM added or deleted
-	// meanwhile moves no other VM in or out of the list.
 	all := &yunchiv1.ListVMsResponse{}
-	for {
-		resp, err := do(s.ctx, s.client, retrySafe, func(ctx context.Context, cc grpc.ClientConnInterface) (*yunchiv1.ListVMsResponse, error) {
-			return yunchiv1.NewVMServiceClient(cc).ListVMs(ctx, req)
+	err := allPages(s, func(ctx context.Context, cc grpc.ClientConnInterface, token string) (*yunchiv1.ListVMsResponse, error) {
+		return yunchiv1.NewVMServiceClient(cc).ListVMs(ctx, &yunchiv1.ListVMsRequest{
+			Project: cCtx.String("project"), HostId: cCtx.String("host"), Consistent: cCtx.Bool("consistent"),
+			PageSize: listPage, PageToken: token,
 		})
-		if err != nil {
-			return err
-		}
-		all.Vms = append(all.Vms, resp.GetVms()...)
-		if resp.GetNextPageToken() == "" {
-			break
-		}
-		req.PageToken = resp.GetNextPageToken()
+	}, func(r *yunchiv1.ListVMsResponse) { all.Vms = append(all.Vms, r.GetVms()...) })
+	if err != nil {
+		return err
 	}
 	return s.out.print(all, s.out.vmList(all.GetVms()))
 }

@@ -9,32 +9,58 @@ import (
 
 // List pages: a client asks for page_size items and passes the answer's
 // next_page_token to get the ones after. The token is the key of the last
-// item given, opaque to clients (base64url of "project NUL name"), so a
-// page is right even when items were added or deleted in between.
+// item given, opaque to clients (base64url; for VMs of "project NUL
+// name"), so a page is right even when items were added or deleted in
+// between.
 const (
 	defaultPageSize = 1000
 	maxPageSize     = 5000
 )
 
-func pageOf(size int32, token string) (int, state.VMKey, error) {
+// pageSize reads page_size (0: the default).
+func pageSize(size int32) (int, error) {
 	if size < 0 || size > maxPageSize {
-		return 0, state.VMKey{}, invalid("page_size %d is out of range: give 1 to %d (0 for %d)", size, maxPageSize, defaultPageSize)
+		return 0, invalid("page_size %d is out of range: give 1 to %d (0 for %d)", size, maxPageSize, defaultPageSize)
 	}
-	n := int(size)
-	if n == 0 {
-		n = defaultPageSize
+	if size == 0 {
+		return defaultPageSize, nil
 	}
-	if token == "" {
-		return n, state.VMKey{}, nil
+	return int(size), nil
+}
+
+func badToken(token string) error {
+	return invalid("page_token %q is not one this API gave: list again without it", token)
+}
+
+// vmPage reads a VM list's page_size and page_token.
+func vmPage(size int32, token string) (int, state.VMKey, error) {
+	n, err := pageSize(size)
+	if err != nil || token == "" {
+		return n, state.VMKey{}, err
 	}
 	b, err := base64.RawURLEncoding.DecodeString(token)
 	project, name, ok := strings.Cut(string(b), "\x00")
 	if err != nil || !ok || checkName("project", project) != nil || checkName("vm name", name) != nil {
-		return 0, state.VMKey{}, invalid("page_token %q is not one this API gave: list again without it", token)
+		return 0, state.VMKey{}, badToken(token)
 	}
 	return n, state.VMKey{Project: project, Name: name}, nil
 }
 
-func pageToken(k state.VMKey) string {
+func vmToken(k state.VMKey) string {
 	return base64.RawURLEncoding.EncodeToString([]byte(k.Project + "\x00" + k.Name))
 }
+
+// hostPage reads a host list's page_size and page_token.
+func hostPage(size int32, token string) (int, string, error) {
+	n, err := pageSize(size)
+	if err != nil || token == "" {
+		return n, "", err
+	}
+	b, err := base64.RawURLEncoding.DecodeString(token)
+	if err != nil || checkHostID(string(b)) != nil {
+		return 0, "", badToken(token)
+	}
+	return n, string(b), nil
+}
+
+func hostToken(id string) string { return base64.RawURLEncoding.EncodeToString([]byte(id)) }

@@ -169,7 +169,7 @@ func (s *Server) ListVMs(ctx context.Context, req *yunchiv1.ListVMsRequest) (*yu
 		}
 		hosts = map[string]hostInfo{req.HostId: hostInfoOf(hv)}
 	}
-	size, after, err := pageOf(req.PageSize, req.PageToken)
+	size, after, err := vmPage(req.PageSize, req.PageToken)
 	if err != nil {
 		return nil, err
 	}
@@ -187,7 +187,7 @@ func (s *Server) ListVMs(ctx context.Context, req *yunchiv1.ListVMsRequest) (*yu
 	}
 	if more {
 		last := vms[len(vms)-1]
-		out.NextPageToken = pageToken(state.VMKey{Project: last.Project, Name: last.Name})
+		out.NextPageToken = vmToken(state.VMKey{Project: last.Project, Name: last.Name})
 	}
 	return out, nil
 }
@@ -268,11 +268,17 @@ func (s *Server) ListHosts(ctx context.Context, req *yunchiv1.ListHostsRequest) 
 			return nil, err
 		}
 	}
-	out := &yunchiv1.ListHostsResponse{Hosts: []*yunchiv1.Host{}}
-	for _, hv := range s.store.Hosts() {
-		if req.Center == "" || hv.Host.Center == req.Center {
-			out.Hosts = append(out.Hosts, hostToAPI(hv, s.live.Stats(hv.Host.Id)))
-		}
+	size, after, err := hostPage(req.PageSize, req.PageToken)
+	if err != nil {
+		return nil, err
+	}
+	hosts, more := s.store.HostsPage(req.Center, after, size)
+	out := &yunchiv1.ListHostsResponse{Hosts: make([]*yunchiv1.Host, 0, len(hosts))}
+	for _, hv := range hosts {
+		out.Hosts = append(out.Hosts, hostToAPI(hv, s.live.Stats(hv.Host.Id)))
+	}
+	if more {
+		out.NextPageToken = hostToken(hosts[len(hosts)-1].Host.Id)
 	}
 	return out, nil
 }

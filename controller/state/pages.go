@@ -54,3 +54,26 @@ func (s *Store) VMsPage(project, hostID string, after VMKey, limit int) (out []*
 	}
 	return out, more
 }
+
+// HostsPage lists up to limit hosts (of center when set) whose id sorts
+// after after ("": from the start), by id; more says whether any follow.
+// Only the hosts returned are viewed.
+func (s *Store) HostsPage(center, after string, limit int) (out []HostView, more bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var ids []string
+	for id, h := range s.hosts {
+		if (center == "" || h.Center == center) && id > after {
+			ids = append(ids, id)
+		}
+	}
+	sort.Strings(ids)
+	if len(ids) > limit {
+		ids, more = ids[:limit], true
+	}
+	out = make([]HostView, len(ids))
+	for i, id := range ids {
+		out[i] = s.hostView(s.hosts[id])
+	}
+	return out, more
+}

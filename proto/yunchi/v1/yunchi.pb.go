@@ -1757,9 +1757,13 @@ func (x *GetHostRequest) GetConsistent() bool {
 }
 
 type ListHostsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Center        string                 `protobuf:"bytes,1,opt,name=center,proto3" json:"center,omitempty"`
-	Consistent    bool                   `protobuf:"varint,2,opt,name=consistent,proto3" json:"consistent,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Center     string                 `protobuf:"bytes,1,opt,name=center,proto3" json:"center,omitempty"`
+	Consistent bool                   `protobuf:"varint,2,opt,name=consistent,proto3" json:"consistent,omitempty"`
+	// At most this many hosts in one answer: 1 to 5000, 0 for 1000.
+	PageSize int32 `protobuf:"varint,3,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// The next_page_token of the previous answer; empty for the first page.
+	PageToken     string `protobuf:"bytes,4,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1808,9 +1812,26 @@ func (x *ListHostsRequest) GetConsistent() bool {
 	return false
 }
 
+func (x *ListHostsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListHostsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 type ListHostsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Hosts         []*Host                `protobuf:"bytes,1,rep,name=hosts,proto3" json:"hosts,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Sorted by id.
+	Hosts []*Host `protobuf:"bytes,1,rep,name=hosts,proto3" json:"hosts,omitempty"`
+	// Set when more hosts follow: pass it as page_token for the next page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1850,6 +1871,13 @@ func (x *ListHostsResponse) GetHosts() []*Host {
 		return x.Hosts
 	}
 	return nil
+}
+
+func (x *ListHostsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 // UpdateHost changes what an admin decides about a host; fields left out
@@ -3561,14 +3589,18 @@ const file_yunchi_v1_yunchi_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1e\n" +
 	"\n" +
 	"consistent\x18\x02 \x01(\bR\n" +
-	"consistent\"J\n" +
+	"consistent\"\x86\x01\n" +
 	"\x10ListHostsRequest\x12\x16\n" +
 	"\x06center\x18\x01 \x01(\tR\x06center\x12\x1e\n" +
 	"\n" +
 	"consistent\x18\x02 \x01(\bR\n" +
-	"consistent\":\n" +
+	"consistent\x12\x1b\n" +
+	"\tpage_size\x18\x03 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x04 \x01(\tR\tpageToken\"b\n" +
 	"\x11ListHostsResponse\x12%\n" +
-	"\x05hosts\x18\x01 \x03(\v2\x0f.yunchi.v1.HostR\x05hosts\"\x89\x05\n" +
+	"\x05hosts\x18\x01 \x03(\v2\x0f.yunchi.v1.HostR\x05hosts\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x89\x05\n" +
 	"\x11UpdateHostRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12*\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x14.yunchi.v1.HostStateR\x05state\x12J\n" +
