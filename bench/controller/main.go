@@ -184,7 +184,7 @@ func run(ctx context.Context, cfg config, out *os.File) (err error) {
 		if sfDone {
 			add("state_vms", "%d (on %d hosts, in-process)", sf.vms, sf.hosts)
 			add("state_heap_bytes_per_vm", "%.0f (target <= 2048; live Go heap after GC, in-process)", sf.heapPerVM)
-			add("snapshot_take", "%s (Apply blocked meanwhile)", ms(sf.snapshotTake))
+			add("snapshot_take", "%s (Apply blocked meanwhile; sorting and encoding are in persist, beside Apply)", ms(sf.snapshotTake))
 			add("snapshot_persist", "%s", ms(sf.snapshotPers))
 			add("snapshot_bytes", "%d", sf.snapshotBytes)
 			add("restore", "%s (target < 2000 ms)", ms(sf.restore))

@@ -190,6 +190,19 @@ func (c *client) unreachable(i int, fallback string) error {
 // unreachable. A shorter --timeout bounds it instead.
 const electionWait = 20 * time.Second
 
+// Between rounds over the controllers a call waits retryFirstWait, then
+// longer, but never more than retryMaxWait: raft elects a new leader 0.5–1 s
+// after the old one dies (controller/raftnode), and a wait that grew to
+// seconds would add up to that much to the failover a user sees (a round
+// is a handful of small calls, cheap for the controllers).
+const (
+	retryFirstWait = 200 * time.Millisecond
+	retryMaxWait   = 300 * time.Millisecond
+)
+
+// nextRetryWait is the wait after one of w.
+func nextRetryWait(w time.Duration) time.Duration { return min(2*w, retryMaxWait) }
+
 // Reasons of google.rpc.ErrorInfo the controller puts in some answers
 // (controller/api/reasons.go).
 const (
@@ -235,7 +248,7 @@ func (c *client) call(ctx context.Context, r retry, perCall bool, fn func(ctx co
 	n := len(c.addrs)
 	removed := make([]bool, n)
 	var deadline time.Time
-	backoff := 200 * time.Millisecond
+	backoff := retryFirstWait
 	for {
 		var failures []string
 		var lastUnavailable, lastRemoved error
@@ -321,7 +334,7 @@ func (c *client) call(ctx context.Context, r retry, perCall bool, fn func(ctx co
 			return status.FromContextError(ctx.Err()).Err()
 		case <-t.C:
 		}
-		backoff = min(2*backoff, time.Second)
+		backoff = nextRetryWait(backoff)
 	}
 }
 

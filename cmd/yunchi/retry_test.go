@@ -3,6 +3,7 @@ package main
 import (
 	"strings"
 	"testing"
+	"time"
 )
 
 const progressLine = "yunchi: no leader (election in progress): retrying for up to 20s…\n"
@@ -129,4 +130,30 @@ func TestElectionRetry(t *testing.T) {
 			t.Fatalf("exit %d: %q", code, got)
 		}
 	})
+}
+
+// TestRetryRoundsFollowAnElectionClosely: whenever the new leader is in
+// place during the retries, the next round over the controllers comes
+// within retryMaxWait (300 ms) of it, so the CLI adds little to a failover
+// of 0.5–1.5 s; with waits doubling to 1 s it added up to a second.
+func TestRetryRoundsFollowAnElectionClosely(t *testing.T) {
+	var rounds []time.Duration // when each round starts, from the first
+	at, w := time.Duration(0), retryFirstWait
+	for at < electionWait {
+		rounds = append(rounds, at)
+		at += w
+		w = nextRetryWait(w)
+	}
+	for elected := time.Duration(0); elected < 5*time.Second; elected += 10 * time.Millisecond {
+		i := 0
+		for i < len(rounds) && rounds[i] < elected {
+			i++
+		}
+		if i == len(rounds) {
+			t.Fatalf("no round after %s", elected)
+		}
+		if lag := rounds[i] - elected; lag > retryMaxWait {
+			t.Fatalf("a leader elected %s after the first try is found %s later, want at most %s", elected, lag, retryMaxWait)
+		}
+	}
 }

@@ -49,12 +49,12 @@ func (s *Server) Heartbeat(ctx context.Context, req *yunchiv1.HeartbeatRequest) 
 	if err := checkHostID(req.HostId); err != nil {
 		return nil, err
 	}
-	hv, ok := s.store.Host(req.HostId)
+	live, ok := s.store.HostLiveness(req.HostId)
 	if !ok {
 		return &yunchiv1.HeartbeatResponse{Known: false}, nil
 	}
 	s.live.Heard(req.HostId, req.Stats)
-	if hv.Host.State != yunchiv1.HostState_HOST_STATE_READY {
+	if live != yunchiv1.HostState_HOST_STATE_READY {
 		if _, err := s.apply(ctx, &statev1.Command{Cmd: &statev1.Command_SetHostState{SetHostState: &statev1.SetHostState{
 			HostId: req.HostId, State: yunchiv1.HostState_HOST_STATE_READY,
 		}}}); err != nil {

@@ -223,14 +223,14 @@ func (d *Duties) recordHeartbeats(ctx context.Context) {
 
 func (d *Duties) markSilentHostsDown(ctx context.Context) {
 	now := time.Now()
-	for _, id := range d.view.LiveHostIDs() {
-		seen := d.seen.get(id)
-		if seen == nil {
-			d.seen.touch(id, now, nil) // registered through another leader
-			continue
-		}
-		if seen.silentFor(now) < d.HostTTL {
-			continue
+	ids, lastSeen := d.seen.silent(d.view.LiveHostIDs(), now, d.HostTTL)
+	for i, id := range ids {
+		// Marking one down waits for raft: a host heard since the pass
+		// above stays up.
+		if i > 0 {
+			if seen := d.seen.get(id); seen == nil || seen.silentFor(now) < d.HostTTL {
+				continue
+			}
 		}
 		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		_, err := d.prop.Apply(actx, &statev1.Command{Cmd: &statev1.Command_SetHostState{SetHostState: &statev1.SetHostState{
@@ -243,6 +243,6 @@ func (d *Duties) markSilentHostsDown(ctx context.Context) {
 			}
 			return
 		}
-		d.log.Warn("host missed its heartbeats: marked down", "host", id, "last_seen", seen.at)
+		d.log.Warn("host missed its heartbeats: marked down", "host", id, "last_seen", lastSeen[i])
 	}
 }

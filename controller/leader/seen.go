@@ -23,19 +23,20 @@ type hostSeen struct {
 // time the leader could have heard it.
 func (h *hostSeen) silentFor(now time.Time) time.Duration { return now.Sub(h.at) - h.stalled }
 
+// seenTable holds entries by value: a heartbeat rewrites its host's entry
+// in place and allocates nothing (10,000 hosts every few seconds).
 type seenTable struct {
 	mu sync.Mutex
-	m  map[string]*hostSeen
+	m  map[string]hostSeen
 }
 
-func newSeenTable() *seenTable { return &seenTable{m: map[string]*hostSeen{}} }
+func newSeenTable() *seenTable { return &seenTable{m: map[string]hostSeen{}} }
 
 func (t *seenTable) get(id string) *hostSeen {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if h, ok := t.m[id]; ok {
-		c := *h
-		return &c
+		return &h
 	}
 	return nil
 }
@@ -43,7 +44,27 @@ func (t *seenTable) get(id string) *hostSeen {
 func (t *seenTable) touch(id string, at time.Time, stats *yunchiv1.HostStats) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.m[id] = &hostSeen{at: at, stats: stats}
+	t.m[id] = hostSeen{at: at, stats: stats}
+}
+
+// silent returns, of ids, the hosts not heard from for ttl or longer (with
+// when they were last heard), in the order of ids, in one pass under the
+// lock. A host the table does not know (registered through another leader)
+// starts its grace period at now.
+func (t *seenTable) silent(ids []string, now time.Time, ttl time.Duration) (out []string, at []time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, id := range ids {
+		h, ok := t.m[id]
+		if !ok {
+			t.m[id] = hostSeen{at: now}
+			continue
+		}
+		if h.silentFor(now) >= ttl {
+			out, at = append(out, id), append(at, h.at)
+		}
+	}
+	return out, at
 }
 
 // paused records that the leader did not run for the d up to end: time it
@@ -59,9 +80,8 @@ func (t *seenTable) paused(end time.Time, d time.Duration) {
 			from = start
 		}
 		if from.Before(end) {
-			c := *h
-			c.stalled += end.Sub(from)
-			t.m[id] = &c
+			h.stalled += end.Sub(from)
+			t.m[id] = h
 		}
 	}
 }
@@ -71,9 +91,9 @@ func (t *seenTable) paused(end time.Time, d time.Duration) {
 func (t *seenTable) reset(ids []string, at time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.m = map[string]*hostSeen{}
+	t.m = make(map[string]hostSeen, len(ids))
 	for _, id := range ids {
-		t.m[id] = &hostSeen{at: at}
+		t.m[id] = hostSeen{at: at}
 	}
 }
 

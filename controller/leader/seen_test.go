@@ -1,8 +1,11 @@
 package leader
 
 import (
+	"slices"
 	"testing"
 	"time"
+
+	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 )
 
 // TestPausedCountsOnlyTimeAfterLastHeard: a pause of the leader does not
@@ -24,5 +27,44 @@ func TestPausedCountsOnlyTimeAfterLastHeard(t *testing.T) {
 	tab.touch("early", now, nil)
 	if got := tab.get("early").silentFor(now.Add(time.Second)); got != time.Second {
 		t.Errorf("a heartbeat must clear the pause credit: silent for %v, want 1s", got)
+	}
+}
+
+// TestHeartbeatAllocatesNothing: a heartbeat from a known host rewrites its
+// entry in place; the leader hears 10,000 hosts every few seconds, and a
+// garbage object per heartbeat is GC work against the whole (large) heap.
+func TestHeartbeatAllocatesNothing(t *testing.T) {
+	tb := newSeenTable()
+	stats := &yunchiv1.HostStats{}
+	at := time.Unix(100, 0)
+	tb.touch("h1", at, stats)
+	if n := testing.AllocsPerRun(100, func() { tb.touch("h1", at, stats) }); n != 0 {
+		t.Fatalf("a heartbeat allocates %.0f objects, want 0", n)
+	}
+	if got := tb.get("h1"); got == nil || !got.at.Equal(at) || got.stats != stats {
+		t.Fatalf("entry after heartbeats: %+v", got)
+	}
+}
+
+// TestSilentHosts: one pass finds the hosts silent for the TTL, in the
+// order given, and starts a grace period for hosts it never heard of.
+func TestSilentHosts(t *testing.T) {
+	tb := newSeenTable()
+	t0 := time.Unix(1000, 0)
+	tb.touch("a", t0, nil)
+	tb.touch("b", t0.Add(8*time.Second), nil)
+	tb.touch("c", t0.Add(-time.Minute), nil)
+	now := t0.Add(10 * time.Second)
+	ids, at := tb.silent([]string{"a", "b", "c", "new"}, now, 10*time.Second)
+	if !slices.Equal(ids, []string{"a", "c"}) || len(at) != 2 || !at[0].Equal(t0) || !at[1].Equal(t0.Add(-time.Minute)) {
+		t.Fatalf("silent: %v %v, want [a c] with their last heartbeats", ids, at)
+	}
+	if got := tb.get("new"); got == nil || !got.at.Equal(now) {
+		t.Fatalf("a host registered through another leader gets its grace period from now: %+v", got)
+	}
+	// A pause of the leader does not count against a host.
+	tb.paused(now, 5*time.Second)
+	if ids, _ := tb.silent([]string{"a", "b", "c"}, now, 10*time.Second); !slices.Equal(ids, []string{"c"}) {
+		t.Fatalf("after a 5 s pause: %v silent, want [c]", ids)
 	}
 }

@@ -38,9 +38,11 @@ func (f *FSM) Apply(l *raft.Log) any {
 	return Result{Value: v, Err: err}
 }
 
-// Snapshot takes a copy of the state; encoding and I/O happen in Persist.
+// Snapshot takes a view of the state (pointers to records the store no
+// longer changes); sorting, encoding and I/O happen in Persist, while
+// Apply goes on.
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
-	return &fsmSnapshot{snap: f.Store.Snapshot()}, nil
+	return &fsmSnapshot{view: f.Store.View()}, nil
 }
 
 // Restore replaces the state with a persisted snapshot.
@@ -57,10 +59,10 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	return f.Store.Restore(&snap)
 }
 
-type fsmSnapshot struct{ snap *statev1.Snapshot }
+type fsmSnapshot struct{ view *state.View }
 
 func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
-	b, err := proto.Marshal(s.snap)
+	b, err := proto.Marshal(s.view.Snapshot())
 	if err == nil {
 		_, err = sink.Write(b)
 	}

@@ -66,3 +66,34 @@ func TestApplyWithDoneContextProposesNothing(t *testing.T) {
 		t.Fatal("host not registered")
 	}
 }
+
+// TestProductionTimeouts: a node opened without test tuning runs with the
+// production timeouts (a follower stands for election after 0.5–1 s of
+// silence, so failover to the first write stays under 2 s), and test
+// tuning still overrides them.
+func TestProductionTimeouts(t *testing.T) {
+	if LeaderLeaseTimeout > HeartbeatTimeout || HeartbeatTimeout > time.Second {
+		t.Fatalf("lease %s, heartbeat timeout %s: the lease must not exceed the heartbeat timeout, which must leave failover under 2 s", LeaderLeaseTimeout, HeartbeatTimeout)
+	}
+	for _, tc := range []struct {
+		cfg       Config
+		heartbeat time.Duration
+		election  time.Duration
+	}{
+		{Config{}, HeartbeatTimeout, ElectionTimeout},
+		{Config{HeartbeatTimeout: 50 * time.Millisecond, ElectionTimeout: 60 * time.Millisecond, LeaderLeaseTimeout: 40 * time.Millisecond}, 50 * time.Millisecond, 60 * time.Millisecond},
+	} {
+		addr, trans := raft.NewInmemTransport("")
+		cfg := tc.cfg
+		cfg.ID, cfg.DataDir, cfg.Bootstrap, cfg.Transport = string(addr), t.TempDir(), true, trans
+		n, err := Open(cfg, state.New())
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := n.Raft.ReloadableConfig()
+		n.Shutdown()
+		if got.HeartbeatTimeout != tc.heartbeat || got.ElectionTimeout != tc.election {
+			t.Fatalf("config %+v: heartbeat timeout %s, election timeout %s; want %s, %s", tc.cfg, got.HeartbeatTimeout, got.ElectionTimeout, tc.heartbeat, tc.election)
+		}
+	}
+}

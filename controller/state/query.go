@@ -48,6 +48,19 @@ func (s *Store) Host(id string) (HostView, bool) {
 	return s.hostView(h), true
 }
 
+// HostLiveness is host id's liveness as the log records it (ready or
+// down; not the admin state): the heartbeat path's one question, answered
+// without copying the record.
+func (s *Store) HostLiveness(id string) (yunchiv1.HostState, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	h, ok := s.hosts[id]
+	if !ok {
+		return yunchiv1.HostState_HOST_STATE_UNSPECIFIED, false
+	}
+	return h.State, true
+}
+
 // HostRevision is the raft index of the last change to the VMs assigned
 // to host id (0: none yet): equal revisions mean equal assignments.
 func (s *Store) HostRevision(id string) uint64 {

@@ -7,7 +7,9 @@ package state
 
 import (
 	"fmt"
+	"slices"
 	"sort"
+	"strings"
 	"sync"
 
 	"google.golang.org/protobuf/proto"
@@ -70,6 +72,14 @@ type Store struct {
 	// requests remembers recent request ids with their outcome
 	// (replicated: Apply reads and writes it; kept in snapshots).
 	requests requestTable
+	// Copy-on-write: a snapshot shares the stored records (it copies only
+	// the tables of pointers), so Apply never changes a record in place
+	// unless it owns it: writableVM and writableHost clone a record once
+	// after each snapshot and list the clone here. Snapshot clears these.
+	// Records are otherwise replaced, never changed (RegisterHost,
+	// UpdateHost, ratios, groups, members, requests).
+	ownVMs   map[*statev1.VMRecord]struct{}
+	ownHosts map[*statev1.HostRecord]struct{}
 }
 
 // New returns an empty store.
@@ -92,6 +102,8 @@ func (s *Store) reset() {
 	s.groupHosts = map[string]map[string]int{}
 	s.hostSeq = map[string]uint64{}
 	s.hostLog = nil
+	s.ownVMs = map[*statev1.VMRecord]struct{}{}
+	s.ownHosts = map[*statev1.HostRecord]struct{}{}
 	ttl, n := s.requests.ttl, s.requests.max
 	s.requests = newRequestTable()
 	s.requests.ttl, s.requests.max = ttl, n
@@ -120,6 +132,35 @@ func (s *Store) touched(hostID string) {
 		}
 		s.hostLog = kept
 	}
+}
+
+// writableVM returns the stored VM with this id, cloned first if a
+// snapshot may share it. Callers hold mu for writing.
+func (s *Store) writableVM(id string) (*statev1.VMRecord, bool) {
+	vm, ok := s.vms[id]
+	if !ok {
+		return nil, false
+	}
+	if _, own := s.ownVMs[vm]; !own {
+		vm = proto.Clone(vm).(*statev1.VMRecord)
+		s.vms[id] = vm
+		s.ownVMs[vm] = struct{}{}
+	}
+	return vm, true
+}
+
+// writableHost is writableVM for hosts.
+func (s *Store) writableHost(id string) (*statev1.HostRecord, bool) {
+	h, ok := s.hosts[id]
+	if !ok {
+		return nil, false
+	}
+	if _, own := s.ownHosts[h]; !own {
+		h = proto.Clone(h).(*statev1.HostRecord)
+		s.hosts[id] = h
+		s.ownHosts[h] = struct{}{}
+	}
+	return h, true
 }
 
 // touchedAll records that every host's scheduler view may have changed.
@@ -237,14 +278,14 @@ func (s *Store) applyRegisterHost(now int64, c *statev1.RegisterHost) (any, erro
 }
 
 func (s *Store) applySetHostState(now int64, c *statev1.SetHostState) (any, error) {
-	h, ok := s.hosts[c.GetHostId()]
-	if !ok {
+	if _, ok := s.hosts[c.GetHostId()]; !ok {
 		return nil, errorf(KindNotFound, "host %q not found", c.GetHostId())
 	}
 	// Liveness only: admins set maintenance and draining with UpdateHost.
 	if c.State != yunchiv1.HostState_HOST_STATE_READY && c.State != yunchiv1.HostState_HOST_STATE_DOWN {
 		return nil, errorf(KindInvalid, "host liveness must be ready or down, not %v", c.State)
 	}
+	h, _ := s.writableHost(c.GetHostId())
 	if h.State != c.State {
 		h.State = c.State
 		h.StateChangedUnixNano = now
@@ -287,6 +328,7 @@ func (s *Store) revise(vm *statev1.VMRecord, index uint64) {
 }
 
 func (s *Store) removeVM(vm *statev1.VMRecord, index uint64) {
+	delete(s.ownVMs, vm)
 	s.hostRev[vm.HostId] = index
 	s.charge(vm, -1)
 	if ids := s.onHost[vm.HostId]; ids != nil {
@@ -326,7 +368,7 @@ func (s *Store) charge(vm *statev1.VMRecord, sign int) {
 }
 
 func (s *Store) applySetVMDesired(index uint64, now int64, c *statev1.SetVMDesired) (any, error) {
-	vm, ok := s.vms[c.GetVmId()]
+	vm, ok := s.vms[c.GetVmId()] // read-only until checked
 	if !ok {
 		return nil, errorf(KindNotFound, "vm %s not found", c.GetVmId())
 	}
@@ -341,10 +383,11 @@ func (s *Store) applySetVMDesired(index uint64, now int64, c *statev1.SetVMDesir
 	default:
 		return nil, errorf(KindInvalid, "desired power state is unspecified")
 	}
+	if c.Reboot && (vm.Desired != yunchiv1.PowerState_POWER_STATE_RUNNING || c.Desired != yunchiv1.PowerState_POWER_STATE_RUNNING) {
+		return nil, errorf(KindFailedPrecondition, "vm %q is not meant to be running; start it instead of rebooting", vm.Name)
+	}
+	vm, _ = s.writableVM(vm.Id)
 	if c.Reboot {
-		if vm.Desired != yunchiv1.PowerState_POWER_STATE_RUNNING || c.Desired != yunchiv1.PowerState_POWER_STATE_RUNNING {
-			return nil, errorf(KindFailedPrecondition, "vm %q is not meant to be running; start it instead of rebooting", vm.Name)
-		}
 		vm.RebootSeq++
 	}
 	vm.Desired = c.Desired
@@ -367,6 +410,7 @@ func (s *Store) applyReportVMStatus(index uint64, now int64, c *statev1.ReportVM
 		if !ok || vm.HostId != c.HostId {
 			continue
 		}
+		vm, _ = s.writableVM(vm.Id)
 		if st.Gone {
 			if vm.Desired == yunchiv1.PowerState_POWER_STATE_DELETED {
 				s.removeVM(vm, index)
@@ -399,8 +443,9 @@ func (s *Store) applyRecordHeartbeats(now int64, c *statev1.RecordHeartbeats) (a
 		silent[id] = true
 	}
 	for id, h := range s.hosts {
-		if h.State == yunchiv1.HostState_HOST_STATE_READY && !silent[id] {
-			h.LastHeartbeatUnixNano = max(h.LastHeartbeatUnixNano, now)
+		if h.State == yunchiv1.HostState_HOST_STATE_READY && !silent[id] && h.LastHeartbeatUnixNano < now {
+			h, _ = s.writableHost(id)
+			h.LastHeartbeatUnixNano = now
 		}
 	}
 	return nil, nil
@@ -423,37 +468,80 @@ func (s *Store) applyRemoveMember(c *statev1.RemoveMember) (any, error) {
 	return nil, nil
 }
 
-// Snapshot returns the whole state, sorted, as one message.
-func (s *Store) Snapshot() *statev1.Snapshot {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	snap := &statev1.Snapshot{FormatVersion: SnapshotVersion, Index: s.index}
-	for _, h := range s.hosts {
-		snap.Hosts = append(snap.Hosts, proto.Clone(h).(*statev1.HostRecord))
+// View is the state as of one index, sharing the store's records: taking
+// it copies only pointers, so Apply waits for microseconds per thousand
+// records, not for the encoding. The store never changes a record a View
+// holds (copy-on-write), so a View stays consistent while Apply goes on;
+// Snapshot turns it into the message, outside the store's lock.
+type View struct {
+	index    uint64
+	hosts    []*statev1.HostRecord
+	vms      []*statev1.VMRecord
+	members  []*statev1.MemberRecord
+	ratios   []*statev1.RatioRecord
+	groups   []*statev1.PlacementGroupRecord
+	requests []*statev1.RequestRecord
+}
+
+// View takes the state as of the last applied index.
+func (s *Store) View() *View {
+	s.mu.Lock() // not RLock: it hands the records over (resets ownership)
+	defer s.mu.Unlock()
+	v := &View{
+		index:    s.index,
+		hosts:    make([]*statev1.HostRecord, 0, len(s.hosts)),
+		vms:      make([]*statev1.VMRecord, 0, len(s.vms)),
+		members:  make([]*statev1.MemberRecord, 0, len(s.members)),
+		ratios:   make([]*statev1.RatioRecord, 0, len(s.ratios)),
+		groups:   make([]*statev1.PlacementGroupRecord, 0, len(s.groups)),
+		requests: slices.Clone(s.requests.order[s.requests.head:]),
 	}
-	for _, v := range s.vms {
-		snap.Vms = append(snap.Vms, proto.Clone(v).(*statev1.VMRecord))
+	for _, h := range s.hosts {
+		v.hosts = append(v.hosts, h)
+	}
+	for _, vm := range s.vms {
+		v.vms = append(v.vms, vm)
 	}
 	for _, m := range s.members {
-		snap.Members = append(snap.Members, proto.Clone(m).(*statev1.MemberRecord))
+		v.members = append(v.members, m)
 	}
 	for _, r := range s.ratios {
-		snap.Ratios = append(snap.Ratios, proto.Clone(r).(*statev1.RatioRecord))
+		v.ratios = append(v.ratios, r)
 	}
 	for _, g := range s.groups {
-		snap.Groups = append(snap.Groups, proto.Clone(g).(*statev1.PlacementGroupRecord))
+		v.groups = append(v.groups, g)
 	}
-	for _, r := range s.requests.order[s.requests.head:] {
-		snap.Requests = append(snap.Requests, proto.Clone(r).(*statev1.RequestRecord))
+	// Every record is now shared with v: the next change to one clones it.
+	s.ownVMs = map[*statev1.VMRecord]struct{}{}
+	s.ownHosts = map[*statev1.HostRecord]struct{}{}
+	return v
+}
+
+// Index is the raft index the view was taken at.
+func (v *View) Index() uint64 { return v.index }
+
+// Snapshot returns the view as one message, sorted. The message shares
+// the store's records: read it (encode it), never change it.
+func (v *View) Snapshot() *statev1.Snapshot {
+	snap := &statev1.Snapshot{
+		FormatVersion: SnapshotVersion, Index: v.index,
+		Hosts: slices.Clone(v.hosts), Vms: slices.Clone(v.vms), Members: slices.Clone(v.members),
+		Ratios: slices.Clone(v.ratios), Groups: slices.Clone(v.groups), Requests: v.requests,
 	}
 	sortRatios(snap.Ratios)
 	sort.Slice(snap.Groups, func(i, j int) bool {
 		return nameKey(snap.Groups[i].Project, snap.Groups[i].Name) < nameKey(snap.Groups[j].Project, snap.Groups[j].Name)
 	})
-	sort.Slice(snap.Hosts, func(i, j int) bool { return snap.Hosts[i].Id < snap.Hosts[j].Id })
-	sort.Slice(snap.Vms, func(i, j int) bool { return snap.Vms[i].Id < snap.Vms[j].Id })
-	sort.Slice(snap.Members, func(i, j int) bool { return snap.Members[i].Id < snap.Members[j].Id })
+	slices.SortFunc(snap.Hosts, func(a, b *statev1.HostRecord) int { return strings.Compare(a.Id, b.Id) })
+	slices.SortFunc(snap.Vms, func(a, b *statev1.VMRecord) int { return strings.Compare(a.Id, b.Id) })
+	slices.SortFunc(snap.Members, func(a, b *statev1.MemberRecord) int { return strings.Compare(a.Id, b.Id) })
 	return snap
+}
+
+// Snapshot returns the whole state, sorted, as one message of its own (a
+// deep copy the caller may change).
+func (s *Store) Snapshot() *statev1.Snapshot {
+	return proto.Clone(s.View().Snapshot()).(*statev1.Snapshot)
 }
 
 // Restore replaces the state with a snapshot.
