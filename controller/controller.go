@@ -140,7 +140,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	defer cancel()
 	m := api.NewMetrics(c.api)
 	gs := c.api.NewGRPCServer(m)
-	h, err := api.NewHTTPHandler(ctx, gs, c.cfg.Advertise, m, api.HTTPOptions{AllowOrigins: c.cfg.CORSAllowOrigins})
+	h, err := api.NewHTTPHandler(ctx, gs, m, api.HTTPOptions{AllowOrigins: c.cfg.CORSAllowOrigins})
 	if err != nil {
 		return err
 	}
@@ -149,8 +149,11 @@ func (c *Controller) Run(ctx context.Context) error {
 	hs.Protocols.SetHTTP1(true)
 	hs.Protocols.SetUnencryptedHTTP2(true)
 
+	// gRPC connections go to gRPC's own transport, the rest to hs.
+	grpcLis, httpLis := api.Split(c.lis)
 	errc := make(chan error, 1)
-	go func() { errc <- hs.Serve(c.lis) }()
+	go func() { errc <- hs.Serve(httpLis) }()
+	go gs.Serve(grpcLis) // returns when gs stops or the port closes
 	// Leader duties run while this controller leads; placement
 	// reservations are the leader's: a new term (won or lost) starts
 	// without any.

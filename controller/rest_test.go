@@ -2,8 +2,10 @@ package controller
 
 import (
 	"encoding/json"
+	"net"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/yunchi/yunchi/internal/apitest"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
@@ -89,5 +91,40 @@ func TestOpenAPIInfo(t *testing.T) {
 		if !strings.HasPrefix(p, "/"+version+"/") {
 			t.Errorf("path %s is not under /%s/", p, version)
 		}
+	}
+}
+
+// REST reaches the gRPC services inside the process: the gateway does not
+// dial the controller's advertised address (which may be a load balancer's
+// or a NAT's, and costs a loopback round trip per request when it is this
+// very port). Here the advertised address refuses connections, and REST
+// still answers through the port the controller listens on.
+func TestRESTDoesNotDialTheAdvertisedAddress(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused := l.Addr().String()
+	l.Close()
+
+	c := &inmemCluster{t: t}
+	m := &member{id: "a1", center: "a1", dir: t.TempDir(), advertise: refused}
+	c.members = []*member{m}
+	t.Cleanup(c.stopAll)
+	c.start(m, true, nil)
+	addr := m.ctl.lis.Addr().String()
+	apitest.Eventually(t, 30*time.Second, "the controller to lead and vouch for its state", func() bool {
+		code, _, err := apitest.Do(addr, "GET", "/healthz", "")
+		return err == nil && code == 200 && m.ctl.Node().IsLeader()
+	})
+	registerHosts(t, addr, 1, 16, 64*gib)
+
+	code, body := apitest.Get(t, addr, "/v1/hosts/a1-h01")
+	if code != 200 {
+		t.Fatalf("GET /v1/hosts/a1-h01 through %s (advertising %s): %d %s", addr, refused, code, body)
+	}
+	code, body, err = apitest.Post(addr, "/v1/vms", `{"name":"web1","vcpus":1,"memory":"1GiB","disk":"1GiB"}`)
+	if err != nil || code != 200 {
+		t.Fatalf("POST /v1/vms: %d %s %v", code, body, err)
 	}
 }

@@ -2,19 +2,28 @@ package api
 
 import (
 	"context"
+	"fmt"
+	"net"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/test/bufconn"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/yunchi/yunchi/docs"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 )
+
+// MinClientPing is the shortest keepalive interval the controllers accept
+// from a client; agents and followers ping every 10 s.
+const MinClientPing = 5 * time.Second
 
 // NewGRPCServer registers every service behind one interceptor chain:
 // metrics first (it sees every outcome), then the slot where
@@ -28,7 +37,12 @@ func (s *Server) NewGRPCServer(m *Metrics, extra ...grpc.UnaryServerInterceptor)
 	unary = append(unary, s.MemberInterceptor, s.StaleReadInterceptor, s.LeaderInterceptor, s.IdempotencyInterceptor)
 	gs := grpc.NewServer(grpc.ChainUnaryInterceptor(unary...),
 		grpc.ChainStreamInterceptor(m.StreamInterceptor, s.MemberStreamInterceptor, s.StaleStreamInterceptor),
-		grpc.MaxRecvMsgSize(MaxGRPCRequest))
+		grpc.MaxRecvMsgSize(MaxGRPCRequest),
+		// gRPC's own transport (see Split) refuses pings more often than
+		// every 5 minutes by default and would close the connections of
+		// agents and followers, which ping every 10 s (also when idle)
+		// to notice a hung controller.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: MinClientPing, PermitWithoutStream: true}))
 	yunchiv1.RegisterVMServiceServer(gs, s)
 	yunchiv1.RegisterHostServiceServer(gs, s)
 	yunchiv1.RegisterCapacityServiceServer(gs, s)
@@ -46,7 +60,13 @@ func (s *Server) NewGRPCServer(m *Metrics, extra ...grpc.UnaryServerInterceptor)
 // /openapi.json; /metrics; /healthz (503 with the reason while this
 // controller cannot vouch for its state). REST requests pass the input
 // rules of restguard.go first.
-func NewHTTPHandler(ctx context.Context, gs *grpc.Server, selfAddr string, m *Metrics, ho HTTPOptions) (http.Handler, error) {
+//
+// The gateway's gRPC calls stay in this process: gs also serves an
+// in-memory listener (with gRPC's own transport, not ServeHTTP), and the
+// gateway's one connection dials it, so a REST request costs no loopback
+// TCP round trip and no second pass through net/http's HTTP/2 server. The
+// listener closes when ctx is done or gs stops.
+func NewHTTPHandler(ctx context.Context, gs *grpc.Server, m *Metrics, ho HTTPOptions) (http.Handler, error) {
 	var guard *restGuard
 	jsonpb := &runtime.JSONPb{
 		// Zero amounts are spelled out ("allocated": {"vcpus": "0", ...},
@@ -79,16 +99,20 @@ func NewHTTPHandler(ctx context.Context, gs *grpc.Server, selfAddr string, m *Me
 	if err != nil {
 		return nil, err
 	}
-	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
-	for _, reg := range []func(context.Context, *runtime.ServeMux, string, []grpc.DialOption) error{
-		yunchiv1.RegisterVMServiceHandlerFromEndpoint,
-		yunchiv1.RegisterHostServiceHandlerFromEndpoint,
-		yunchiv1.RegisterCapacityServiceHandlerFromEndpoint,
-		yunchiv1.RegisterClusterServiceHandlerFromEndpoint,
-		yunchiv1.RegisterRatioServiceHandlerFromEndpoint,
-		yunchiv1.RegisterGroupServiceHandlerFromEndpoint,
+	conn, err := inProcessConn(ctx, gs)
+	if err != nil {
+		return nil, err
+	}
+	for _, reg := range []func(context.Context, *runtime.ServeMux, *grpc.ClientConn) error{
+		yunchiv1.RegisterVMServiceHandler,
+		yunchiv1.RegisterHostServiceHandler,
+		yunchiv1.RegisterCapacityServiceHandler,
+		yunchiv1.RegisterClusterServiceHandler,
+		yunchiv1.RegisterRatioServiceHandler,
+		yunchiv1.RegisterGroupServiceHandler,
 	} {
-		if err := reg(ctx, gw, selfAddr, opts); err != nil {
+		if err := reg(ctx, gw, conn); err != nil {
+			conn.Close()
 			return nil, err
 		}
 	}
@@ -115,4 +139,27 @@ func NewHTTPHandler(ctx context.Context, gs *grpc.Server, selfAddr string, m *Me
 		}
 		mux.ServeHTTP(w, r)
 	}), nil
+}
+
+// inProcessBuffer is the in-memory connection's buffer each way.
+const inProcessBuffer = 1 << 20
+
+// inProcessConn serves gs on an in-memory listener and returns a client
+// connection to it; both close when ctx is done (gs.Stop closes the
+// listener too).
+func inProcessConn(ctx context.Context, gs *grpc.Server) (*grpc.ClientConn, error) {
+	lis := bufconn.Listen(inProcessBuffer)
+	conn, err := grpc.NewClient("passthrough:///in-process",
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }))
+	if err != nil {
+		lis.Close()
+		return nil, fmt.Errorf("in-process gRPC connection: %w", err)
+	}
+	go gs.Serve(lis) // returns once lis closes or gs stops
+	context.AfterFunc(ctx, func() {
+		conn.Close()
+		lis.Close()
+	})
+	return conn, nil
 }

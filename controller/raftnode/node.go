@@ -127,7 +127,7 @@ func Open(cfg Config, store *state.Store) (*Node, error) {
 		rc.TrailingLogs = cfg.SnapshotThreshold
 	}
 
-	logs, err := raftstore.OpenWithOptions(filepath.Join(cfg.DataDir, "raft"), raftstore.Options{SegmentSize: cfg.LogSegmentSize, Logger: lg})
+	logs, err := openLogs(filepath.Join(cfg.DataDir, "raft"), raftstore.Options{SegmentSize: cfg.LogSegmentSize, Logger: lg})
 	if err != nil {
 		return nil, fmt.Errorf("raft: open log store: %w", err)
 	}
@@ -169,7 +169,16 @@ func Open(cfg Config, store *state.Store) (*Node, error) {
 			lg.Info("bootstrapped a new cluster", "id", cfg.ID, "raft", n.addr)
 		}
 	}
-	r, err := raft.NewRaft(rc, &FSM{Store: store}, logs, logs, snaps, trans)
+	// Raft reads back every entry it has just written: the leader to send
+	// it to each follower, a follower to apply it. The cache answers those
+	// reads from memory (it keeps only entries the store has accepted), so
+	// the disk is written, not read, on the write path.
+	cached, err := raft.NewLogCache(logCacheEntries, logs)
+	if err != nil {
+		n.closeStores()
+		return nil, fmt.Errorf("raft: log cache: %w", err)
+	}
+	r, err := raft.NewRaft(rc, &FSM{Store: store}, cached, logs, snaps, trans)
 	if err != nil {
 		n.closeStores()
 		return nil, fmt.Errorf("raft: start: %w", err)
@@ -177,6 +186,14 @@ func Open(cfg Config, store *state.Store) (*Node, error) {
 	n.Raft = r
 	return n, nil
 }
+
+// openLogs opens the raft log store (tests wrap it to watch raft's reads).
+var openLogs = raftstore.OpenWithOptions
+
+// logCacheEntries is how many of the newest log entries raft reads from
+// memory: several full AppendEntries batches (MaxAppendEntries), so a
+// follower that falls a little behind is still sent entries from memory.
+const logCacheEntries = 4096
 
 // demoteStopNoise is the raft logger's filter for what raft's TCP
 // transport reports as ERROR although it is how a node, or a peer, stops:
