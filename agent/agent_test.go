@@ -418,37 +418,32 @@ func TestFailsOverToNextController(t *testing.T) {
 	eventually(t, "domain running", domainIs(t, d, vmB, agent.StateRunning))
 }
 
-func TestLeavesHungController(t *testing.T) {
-	d := smallHost(t)
-	c := newController()
-	s1, s2 := serve(t, c), serve(t, c)
-	start(t, config(t, s1.addr, s2.addr), d)
-	c.put(vm(vmA, "web", running))
-	eventually(t, "running", func() bool { return c.phase(vmA) == phaseRunning })
-
-	// The stream on s1 stays open but says nothing more; only the failing
-	// heartbeats tell, and the stream must follow them to s2.
-	s1.hung.Store(true)
-	c.put(vm(vmB, "db", running))
-	eventually(t, "assignment through the other controller", func() bool { return c.phase(vmB) == phaseRunning })
-}
-
-// TestLeavesFrozenController: the controller in use stops answering
-// without closing anything (SIGSTOP). A heartbeat it does not answer within
-// the interval has failed: the agent moves on at once, and its stream and
+// TestLeavesUnresponsiveController: the controller in use stops answering
+// without closing anything. "hung": its stream stays open but says nothing
+// more, only the failing heartbeats tell, and the stream must follow them.
+// "frozen" (SIGSTOP): nothing answers; a heartbeat not answered within the
+// interval has failed, so the agent moves on at once, and its stream and
 // status reports follow, instead of waiting out a 10 s call timeout.
-func TestLeavesFrozenController(t *testing.T) {
-	d := smallHost(t)
-	c := newController()
-	s1, s2 := serve(t, c), serve(t, c)
-	start(t, config(t, s1.addr, s2.addr), d)
-	c.put(vm(vmA, "web", running))
-	eventually(t, "running", func() bool { return c.phase(vmA) == phaseRunning })
+func TestLeavesUnresponsiveController(t *testing.T) {
+	for _, mode := range []string{"hung", "frozen"} {
+		t.Run(mode, func(t *testing.T) {
+			d := smallHost(t)
+			c := newController()
+			s1, s2 := serve(t, c), serve(t, c)
+			start(t, config(t, s1.addr, s2.addr), d)
+			c.put(vm(vmA, "web", running))
+			eventually(t, "running", func() bool { return c.phase(vmA) == phaseRunning })
 
-	s1.frozen.Store(true)
-	c.put(vm(vmB, "db", running))
-	eventually(t, "assignment through the other controller", func() bool { return c.phase(vmB) == phaseRunning })
-	eventually(t, "domain running", domainIs(t, d, vmB, agent.StateRunning))
+			if mode == "hung" {
+				s1.hung.Store(true)
+			} else {
+				s1.frozen.Store(true)
+			}
+			c.put(vm(vmB, "db", running))
+			eventually(t, "assignment through the other controller", func() bool { return c.phase(vmB) == phaseRunning })
+			eventually(t, "domain running", domainIs(t, d, vmB, agent.StateRunning))
+		})
+	}
 }
 
 // TestFailingControllerWarnedOnce: heartbeats that keep failing on the only
