@@ -120,7 +120,7 @@ func New(cfg Config) (*Controller, error) {
 	if cfg.HostTTL > 0 {
 		duties.HostTTL = cfg.HostTTL
 	}
-	srv := api.NewServer(node, placer, duties, api.Self{ID: cfg.ID, APIAddress: cfg.Advertise, Center: cfg.Center}, lg)
+	srv := api.NewServer(node, node, node.Store, placer, duties, api.Self{ID: cfg.ID, APIAddress: cfg.Advertise, Center: cfg.Center}, lg)
 	if cfg.HeartbeatInterval > 0 {
 		srv.HeartbeatInterval = cfg.HeartbeatInterval
 	}

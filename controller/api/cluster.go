@@ -18,13 +18,13 @@ import (
 )
 
 func (s *Server) members() ([]*yunchiv1.Member, error) {
-	f := s.node.Raft.GetConfiguration()
-	if err := f.Error(); err != nil {
+	conf, err := s.member.Configuration()
+	if err != nil {
 		return nil, toStatus(err)
 	}
-	leader := s.node.LeaderID()
+	leader := s.prop.LeaderID()
 	out := []*yunchiv1.Member{}
-	for _, srv := range f.Configuration().Servers {
+	for _, srv := range conf.Servers {
 		m := &yunchiv1.Member{
 			Id: string(srv.ID), RaftAddress: string(srv.Address),
 			Suffrage: "voter", Leader: string(srv.ID) == leader,
@@ -41,25 +41,25 @@ func (s *Server) members() ([]*yunchiv1.Member, error) {
 }
 
 func (s *Server) GetClusterStatus(ctx context.Context, _ *yunchiv1.GetClusterStatusRequest) (*yunchiv1.ClusterStatus, error) {
-	st := s.node.Raft.Stats()
+	st := s.member.Stats()
 	u := func(k string) uint64 { v, _ := strconv.ParseUint(st[k], 10, 64); return v }
 	ms, err := s.members()
 	if err != nil {
 		return nil, err
 	}
 	nodeState := st["state"]
-	if s.node.Removed() {
+	if s.member.Removed() {
 		nodeState = "Removed"
 	}
 	out := &yunchiv1.ClusterStatus{
-		NodeId: s.self.ID, NodeState: nodeState, LeaderId: s.node.LeaderID(),
+		NodeId: s.self.ID, NodeState: nodeState, LeaderId: s.prop.LeaderID(),
 		Term: u("term"), CommitIndex: u("commit_index"), AppliedIndex: u("applied_index"),
 		LastLogIndex: u("last_log_index"), Members: ms,
 	}
 	if rec, ok := s.store.Member(out.LeaderId); ok {
 		out.LeaderApiAddress = rec.ApiAddress
 	}
-	lh := s.node.LogStoreHealth()
+	lh := s.member.LogStoreHealth()
 	out.LogStoreWriteFailures = lh.Failures
 	if !lh.Healthy() {
 		out.LogStoreError = strings.ReplaceAll(lh.Err.Error(), "\n", "; ")
@@ -97,7 +97,7 @@ func (s *Server) JoinCluster(ctx context.Context, req *yunchiv1.JoinClusterReque
 		}
 	}
 	timeout := 10 * time.Second
-	if err := s.node.Raft.AddVoter(raft.ServerID(req.Id), raft.ServerAddress(req.RaftAddress), 0, timeout).Error(); err != nil {
+	if err := s.member.AddVoter(req.Id, req.RaftAddress, timeout); err != nil {
 		return nil, toStatus(err)
 	}
 	if _, err := s.apply(ctx, &statev1.Command{Cmd: &statev1.Command_UpsertMember{UpsertMember: &statev1.UpsertMember{
@@ -120,13 +120,13 @@ func (s *Server) RemoveMember(ctx context.Context, req *yunchiv1.RemoveMemberReq
 	if err := checkName("member id", req.Id); err != nil {
 		return nil, err
 	}
-	f := s.node.Raft.GetConfiguration()
-	if err := f.Error(); err != nil {
+	conf, err := s.member.Configuration()
+	if err != nil {
 		return nil, toStatus(err)
 	}
 	var target *raft.Server
 	voters := 0
-	for _, srv := range f.Configuration().Servers {
+	for _, srv := range conf.Servers {
 		if srv.Suffrage == raft.Voter {
 			voters++
 		}
@@ -145,7 +145,7 @@ func (s *Server) RemoveMember(ctx context.Context, req *yunchiv1.RemoveMemberReq
 	}
 	msg := req.Id + " removed"
 	if target != nil {
-		if err := s.node.Raft.RemoveServer(target.ID, 0, 10*time.Second).Error(); err != nil {
+		if err := s.member.RemoveServer(string(target.ID), 10*time.Second); err != nil {
 			return nil, toStatus(err)
 		}
 	} else {
@@ -168,21 +168,21 @@ func (s *Server) RemoveMember(ctx context.Context, req *yunchiv1.RemoveMemberReq
 // leadership, waits to hear from the new leader and asks it to do the
 // removal (as a forwarded call, so it cannot bounce back).
 func (s *Server) removeLeader(ctx context.Context, req *yunchiv1.RemoveMemberRequest) (*yunchiv1.ListMembersResponse, error) {
-	if err := s.node.Raft.LeadershipTransfer().Error(); err != nil {
+	if err := s.member.LeadershipTransfer(); err != nil {
 		return nil, notProposed("controller %s is the leader and could not hand leadership over before its removal (%v); nothing was removed: retry", s.self.ID, err)
 	}
 	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
-	leader := s.node.LeaderID()
+	leader := s.prop.LeaderID()
 	for leader == "" || leader == s.self.ID {
 		select {
 		case <-wctx.Done():
 			return nil, notProposed("controller %s handed leadership over, but no new leader was heard of in time; nothing was removed: retry", s.self.ID)
 		case <-tick.C:
 		}
-		leader = s.node.LeaderID()
+		leader = s.prop.LeaderID()
 	}
 	s.log.Info("leadership handed over before removing this controller", "new_leader", leader)
 	conn, err := s.fwd.leaderConn()

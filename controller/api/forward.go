@@ -81,7 +81,7 @@ func (f *forwarder) close() {
 }
 
 func (f *forwarder) leaderConn() (*grpc.ClientConn, error) {
-	id := f.s.node.LeaderID()
+	id := f.s.prop.LeaderID()
 	if id == "" {
 		return nil, errNoLeader
 	}
@@ -149,9 +149,9 @@ func (s *Server) LeaderInterceptor(ctx context.Context, req any, info *grpc.Unar
 	if len(in.Get(forwardedKey)) > 0 {
 		grpc.SetTrailer(ctx, metadata.Pairs(answeredKey, s.self.ID))
 	}
-	if s.node.IsLeader() {
+	if s.prop.IsLeader() {
 		if consistent {
-			if err := s.node.Barrier(ctx); err != nil {
+			if err := s.prop.Barrier(ctx); err != nil {
 				return nil, toStatus(err)
 			}
 		}
@@ -175,7 +175,7 @@ func (s *Server) LeaderInterceptor(ctx context.Context, req any, info *grpc.Unar
 		return nil, err
 	}
 	if !awaitReady(ctx, conn) {
-		return nil, notProposed("leader %s unreachable at %s (not connected; the request was not sent): retry in a few seconds", s.node.LeaderID(), conn.Target())
+		return nil, notProposed("leader %s unreachable at %s (not connected; the request was not sent): retry in a few seconds", s.prop.LeaderID(), conn.Target())
 	}
 	var trailer metadata.MD
 	if err := conn.Invoke(metadata.NewOutgoingContext(ctx, out), info.FullMethod, req, resp, grpc.Trailer(&trailer)); err != nil {

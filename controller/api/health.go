@@ -20,7 +20,7 @@ import (
 // (a full data disk), raft cannot append here, so its state stops
 // following the leader's.
 func (s *Server) unhealthyReason() string {
-	h := s.node.LogStoreHealth()
+	h := s.member.LogStoreHealth()
 	if h.Healthy() {
 		return ""
 	}

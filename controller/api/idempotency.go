@@ -98,7 +98,7 @@ func (s *Server) IdempotencyInterceptor(ctx context.Context, req any, info *grpc
 	}
 	// A new leader applies earlier terms' entries only after its first
 	// commit: until then an id in the log would look unknown here.
-	if err := s.node.CaughtUp(ctx); err != nil {
+	if err := s.prop.CaughtUp(ctx); err != nil {
 		return nil, toStatus(err)
 	}
 	if resp, ok, err := s.replay(info.FullMethod, id, hash); ok {

@@ -22,7 +22,7 @@ import (
 // MemberInterceptor answers every unary call on a removed controller with
 // notAMember (GetClusterStatus excepted). It runs before leader forwarding.
 func (s *Server) MemberInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	if info.FullMethod != yunchiv1.ClusterService_GetClusterStatus_FullMethodName && s.node.Removed() {
+	if info.FullMethod != yunchiv1.ClusterService_GetClusterStatus_FullMethodName && s.member.Removed() {
 		return nil, s.notAMember(info.FullMethod)
 	}
 	return handler(ctx, req)
@@ -31,7 +31,7 @@ func (s *Server) MemberInterceptor(ctx context.Context, req any, info *grpc.Unar
 // MemberStreamInterceptor is MemberInterceptor for streams (WatchVM, the
 // agents' assignment stream).
 func (s *Server) MemberStreamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	if s.node.Removed() {
+	if s.member.Removed() {
 		return s.notAMember(info.FullMethod)
 	}
 	return handler(srv, ss)
@@ -78,7 +78,7 @@ func (s *Server) WatchMembership(ctx context.Context) {
 	defer tick.Stop()
 	removed := false
 	for {
-		if now := s.node.Removed(); now != removed {
+		if now := s.member.Removed(); now != removed {
 			removed = now
 			if removed {
 				s.log.Warn("this controller was removed from the cluster: it answers every call with the remaining members' addresses; `yunchi cluster join` adds it back",

@@ -81,16 +81,16 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
-	r := c.s.node.Raft
+	term, commit, applied := c.s.member.Indexes()
 	leader := 0.0
-	if c.s.node.IsLeader() {
+	if c.s.prop.IsLeader() {
 		leader = 1
 	}
 	ch <- prometheus.MustNewConstMetric(descRaftState, prometheus.GaugeValue, leader)
-	ch <- prometheus.MustNewConstMetric(descRaftTerm, prometheus.GaugeValue, float64(r.CurrentTerm()))
-	ch <- prometheus.MustNewConstMetric(descCommit, prometheus.GaugeValue, float64(r.CommitIndex()))
-	ch <- prometheus.MustNewConstMetric(descApplied, prometheus.GaugeValue, float64(r.AppliedIndex()))
-	lh := c.s.node.LogStoreHealth()
+	ch <- prometheus.MustNewConstMetric(descRaftTerm, prometheus.GaugeValue, float64(term))
+	ch <- prometheus.MustNewConstMetric(descCommit, prometheus.GaugeValue, float64(commit))
+	ch <- prometheus.MustNewConstMetric(descApplied, prometheus.GaugeValue, float64(applied))
+	lh := c.s.member.LogStoreHealth()
 	healthy := 0.0
 	if lh.Healthy() {
 		healthy = 1

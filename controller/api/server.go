@@ -18,7 +18,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/yunchi/yunchi/controller/placement"
-	"github.com/yunchi/yunchi/controller/raftnode"
 	"github.com/yunchi/yunchi/controller/state"
 	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
@@ -42,11 +41,14 @@ type Server struct {
 	yunchiv1.UnimplementedRatioServiceServer
 	yunchiv1.UnimplementedGroupServiceServer
 
-	node  *raftnode.Node
-	store *state.Store
-	self  Self
-	log   *slog.Logger
-	fwd   *forwarder
+	// prop proposes commands and knows the leader; member is the raft
+	// configuration; store is the replicated state (see deps.go).
+	prop   Proposer
+	member Membership
+	store  ReadView
+	self   Self
+	log    *slog.Logger
+	fwd    *forwarder
 
 	// placer decides where new VMs go and records them (leader only).
 	placer Placer
@@ -80,14 +82,17 @@ type Liveness interface {
 	Stats(hostID string) *yunchiv1.HostStats
 }
 
-// NewServer builds the services for node; placer decides placements
-// (controller/placement), live keeps host liveness (controller/leader).
-func NewServer(node *raftnode.Node, placer Placer, live Liveness, self Self, lg *slog.Logger) *Server {
+// NewServer builds the services: prop proposes to the raft log, member is
+// its configuration, store the replicated state (a controller passes its
+// *raftnode.Node for both prop and member, and the node's *state.Store);
+// placer decides placements (controller/placement), live keeps host
+// liveness (controller/leader).
+func NewServer(prop Proposer, member Membership, store ReadView, placer Placer, live Liveness, self Self, lg *slog.Logger) *Server {
 	if lg == nil {
 		lg = slog.Default()
 	}
 	s := &Server{
-		node: node, store: node.Store, self: self, log: lg,
+		prop: prop, member: member, store: store, self: self, log: lg,
 		HeartbeatInterval: 2 * time.Second, live: live,
 	}
 	s.placer = placer
@@ -99,7 +104,7 @@ func NewServer(node *raftnode.Node, placer Placer, live Liveness, self Self, lg 
 func (s *Server) Close() { s.fwd.close() }
 
 func (s *Server) apply(ctx context.Context, cmd *statev1.Command) (any, error) {
-	v, err := s.node.Apply(ctx, cmd)
+	v, err := s.prop.Apply(ctx, cmd)
 	return v, toStatus(err)
 }
 

@@ -282,6 +282,37 @@ func (n *Node) Removed() bool {
 	return true
 }
 
+// Configuration is this node's latest raft configuration.
+func (n *Node) Configuration() (raft.Configuration, error) {
+	f := n.Raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return raft.Configuration{}, err
+	}
+	return f.Configuration(), nil
+}
+
+// AddVoter adds (or re-adds) a voter to the configuration (leader only).
+func (n *Node) AddVoter(id, addr string, timeout time.Duration) error {
+	return n.Raft.AddVoter(raft.ServerID(id), raft.ServerAddress(addr), 0, timeout).Error()
+}
+
+// RemoveServer takes a server out of the configuration (leader only).
+func (n *Node) RemoveServer(id string, timeout time.Duration) error {
+	return n.Raft.RemoveServer(raft.ServerID(id), 0, timeout).Error()
+}
+
+// LeadershipTransfer hands leadership to the most up-to-date voter
+// (leader only).
+func (n *Node) LeadershipTransfer() error { return n.Raft.LeadershipTransfer().Error() }
+
+// Stats is raft's own status map (state, term, commit_index, ...).
+func (n *Node) Stats() map[string]string { return n.Raft.Stats() }
+
+// Indexes are the current term and this node's commit and applied index.
+func (n *Node) Indexes() (term, commit, applied uint64) {
+	return n.Raft.CurrentTerm(), n.Raft.CommitIndex(), n.Raft.AppliedIndex()
+}
+
 // ErrTimeout is returned when raft did not accept a command in time (its
 // queue stayed full: the leader is overloaded). Once accepted, Apply waits
 // for the commit; raft ends that wait itself if leadership is lost.
