@@ -140,7 +140,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	defer cancel()
 	m := api.NewMetrics(c.api)
 	gs := c.api.NewGRPCServer(m)
-	h, err := api.NewHTTPHandler(ctx, gs, m, api.HTTPOptions{AllowOrigins: c.cfg.CORSAllowOrigins})
+	h, err := c.api.NewHTTPHandler(ctx, gs, m, api.HTTPOptions{AllowOrigins: c.cfg.CORSAllowOrigins})
 	if err != nil {
 		return err
 	}

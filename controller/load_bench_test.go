@@ -1,8 +1,11 @@
 package controller
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -20,7 +23,16 @@ import (
 // another. It reports creates/s and the p50 and p99 latency of one create.
 //
 //	go test ./controller/ -run '^$' -bench CreateLoad -benchtime 5s
-func BenchmarkCreateLoad(b *testing.B) {
+func BenchmarkCreateLoad(b *testing.B) { benchmarkCreateLoad(b, false) }
+
+// BenchmarkCreateLoadREST is BenchmarkCreateLoad through the REST API
+// (POST /v1/vms with a JSON body, one keep-alive HTTP/1.1 connection per
+// client).
+//
+//	go test ./controller/ -run '^$' -bench CreateLoadREST -benchtime 5s
+func BenchmarkCreateLoadREST(b *testing.B) { benchmarkCreateLoad(b, true) }
+
+func benchmarkCreateLoad(b *testing.B, rest bool) {
 	c := newInmemClusterTTL(b, 0)
 	registerHosts(b, c.members[0].ctl.Addr(), 45, 4096, 16384*gib)
 	l := c.leader()
@@ -31,6 +43,8 @@ func BenchmarkCreateLoad(b *testing.B) {
 	for i := range conns {
 		conns[i] = dial(b, l.ctl.Addr())
 	}
+	hc := &http.Client{Transport: &http.Transport{MaxIdleConns: 256, MaxIdleConnsPerHost: 256}}
+	b.Cleanup(hc.CloseIdleConnections)
 	var seq atomic.Int64
 	for _, clients := range []int{1, 16, 256} {
 		b.Run(fmt.Sprintf("clients=%d", clients), func(b *testing.B) {
@@ -45,6 +59,30 @@ func BenchmarkCreateLoad(b *testing.B) {
 			start := time.Now()
 			for i := 0; i < clients; i++ {
 				vc := yunchiv1.NewVMServiceClient(conns[i%len(conns)])
+				create := func(ctx context.Context, name string) error {
+					_, err := vc.CreateVM(ctx, &yunchiv1.CreateVMRequest{Name: name, Vcpus: 1, Memory: "256MiB", Disk: "1GiB"})
+					return err
+				}
+				if rest {
+					create = func(ctx context.Context, name string) error {
+						body := fmt.Sprintf(`{"name":%q,"vcpus":1,"memory":"256MiB","disk":"1GiB"}`, name)
+						req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+l.ctl.Addr()+"/v1/vms", bytes.NewReader([]byte(body)))
+						if err != nil {
+							return err
+						}
+						req.Header.Set("Content-Type", "application/json")
+						resp, err := hc.Do(req)
+						if err != nil {
+							return err
+						}
+						defer resp.Body.Close()
+						b, _ := io.ReadAll(resp.Body)
+						if resp.StatusCode != http.StatusOK {
+							return fmt.Errorf("POST /v1/vms: %d %s", resp.StatusCode, b)
+						}
+						return nil
+					}
+				}
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
@@ -53,7 +91,7 @@ func BenchmarkCreateLoad(b *testing.B) {
 						name := fmt.Sprintf("load-%d", seq.Add(1))
 						ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 						t0 := time.Now()
-						_, err := vc.CreateVM(ctx, &yunchiv1.CreateVMRequest{Name: name, Vcpus: 1, Memory: "256MiB", Disk: "1GiB"})
+						err := create(ctx, name)
 						d := time.Since(t0)
 						cancel()
 						if err != nil {

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -51,22 +52,27 @@ func (s *Server) NewGRPCServer(m *Metrics, extra ...grpc.UnaryServerInterceptor)
 	yunchiv1.RegisterRatioServiceServer(gs, s)
 	yunchiv1.RegisterGroupServiceServer(gs, s)
 	healthpb.RegisterHealthServer(gs, s.newHealthServer())
+	// The services REST serves, for NewHTTPHandler's direct calls.
+	s.local, s.localGS = &localServer{srv: s, unary: unary, descs: []*grpc.ServiceDesc{
+		&yunchiv1.VMService_ServiceDesc, &yunchiv1.HostService_ServiceDesc, &yunchiv1.CapacityService_ServiceDesc,
+		&yunchiv1.ClusterService_ServiceDesc, &yunchiv1.RatioService_ServiceDesc, &yunchiv1.GroupService_ServiceDesc,
+	}}, gs
 	return gs
 }
 
 // NewHTTPHandler serves gRPC (HTTP/2 with application/grpc) and everything
 // else on one port: REST through grpc-gateway, which calls this same
-// controller over gRPC so REST goes through the same interceptors;
+// controller's gRPC services so REST goes through the same interceptors;
 // /openapi.json; /metrics; /healthz (503 with the reason while this
 // controller cannot vouch for its state). REST requests pass the input
 // rules of restguard.go first.
 //
-// The gateway's gRPC calls stay in this process: gs also serves an
-// in-memory listener (with gRPC's own transport, not ServeHTTP), and the
-// gateway's one connection dials it, so a REST request costs no loopback
-// TCP round trip and no second pass through net/http's HTTP/2 server. The
-// listener closes when ctx is done or gs stops.
-func NewHTTPHandler(ctx context.Context, gs *grpc.Server, m *Metrics, ho HTTPOptions) (http.Handler, error) {
+// The gateway's gRPC calls stay in this process. A unary call runs the
+// handler directly behind gs's unary interceptors (localconn.go): no
+// HTTP/2 framing, no encoding of either message, no goroutine hand-off.
+// Streams go to gs over an in-memory listener (with gRPC's own transport,
+// not ServeHTTP), which closes when ctx is done or gs stops.
+func (s *Server) NewHTTPHandler(ctx context.Context, gs *grpc.Server, m *Metrics, ho HTTPOptions) (http.Handler, error) {
 	var guard *restGuard
 	jsonpb := &runtime.JSONPb{
 		// Zero amounts are spelled out ("allocated": {"vcpus": "0", ...},
@@ -103,18 +109,24 @@ func NewHTTPHandler(ctx context.Context, gs *grpc.Server, m *Metrics, ho HTTPOpt
 	if err != nil {
 		return nil, err
 	}
-	for _, reg := range []func(context.Context, *runtime.ServeMux, *grpc.ClientConn) error{
-		yunchiv1.RegisterVMServiceHandler,
-		yunchiv1.RegisterHostServiceHandler,
-		yunchiv1.RegisterCapacityServiceHandler,
-		yunchiv1.RegisterClusterServiceHandler,
-		yunchiv1.RegisterRatioServiceHandler,
-		yunchiv1.RegisterGroupServiceHandler,
-	} {
-		if err := reg(ctx, gw, conn); err != nil {
-			conn.Close()
-			return nil, err
-		}
+	// Unary calls run the handlers directly behind the server's
+	// interceptors (localconn.go) when gs is the one s.NewGRPCServer
+	// built; streams, and any other server, go over the in-memory
+	// connection.
+	var cc grpc.ClientConnInterface = conn
+	if s.local != nil && s.localGS == gs {
+		cc = newLocalConn(s.local, conn)
+	}
+	if err := errors.Join(
+		yunchiv1.RegisterVMServiceHandlerClient(ctx, gw, yunchiv1.NewVMServiceClient(cc)),
+		yunchiv1.RegisterHostServiceHandlerClient(ctx, gw, yunchiv1.NewHostServiceClient(cc)),
+		yunchiv1.RegisterCapacityServiceHandlerClient(ctx, gw, yunchiv1.NewCapacityServiceClient(cc)),
+		yunchiv1.RegisterClusterServiceHandlerClient(ctx, gw, yunchiv1.NewClusterServiceClient(cc)),
+		yunchiv1.RegisterRatioServiceHandlerClient(ctx, gw, yunchiv1.NewRatioServiceClient(cc)),
+		yunchiv1.RegisterGroupServiceHandlerClient(ctx, gw, yunchiv1.NewGroupServiceClient(cc)),
+	); err != nil {
+		conn.Close()
+		return nil, err
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/v1/", guard)

@@ -50,10 +50,12 @@ func (c *restCodec) decode(r io.Reader, v any) error {
 	if raw[0] != '{' {
 		return fmt.Errorf("request body must be a JSON object ({...}), not %s", jsonKind(raw[0]))
 	}
-	if msg := explainFields(m.ProtoReflect().Descriptor(), raw, ""); msg != "" {
-		return errors.New("request body: " + msg)
-	}
 	if err := c.unmarshal.Unmarshal(raw, m); err != nil {
+		// Everything explainFields finds, protojson refuses too, so it is
+		// asked only then (it parses the body again), and its words win.
+		if msg := explainFields(m.ProtoReflect().Descriptor(), raw, ""); msg != "" {
+			return errors.New("request body: " + msg)
+		}
 		return errors.New("request body: " + protojsonMessage(err))
 	}
 	return nil

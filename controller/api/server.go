@@ -7,6 +7,7 @@ package api
 
 import (
 	"context"
+	"google.golang.org/grpc"
 	"log/slog"
 	"slices"
 	"sort"
@@ -55,6 +56,10 @@ type Server struct {
 
 	// live is what the leader heard from hosts (controller/leader).
 	live Liveness
+	// local is what NewGRPCServer registered on localGS, for REST's direct
+	// calls (localconn.go).
+	local   *localServer
+	localGS *grpc.Server
 
 	// HeartbeatInterval is what agents are told to heartbeat at.
 	HeartbeatInterval time.Duration
