@@ -189,14 +189,8 @@ func (s *Server) removeLeader(ctx context.Context, req *yunchiv1.RemoveMemberReq
 	if err != nil {
 		return nil, err
 	}
-	out := metadata.Pairs(forwardedKey, s.self.ID)
 	in, _ := metadata.FromIncomingContext(ctx)
-	for _, k := range forwardHeaders {
-		if v := in.Get(k); len(v) > 0 {
-			out.Set(k, v...)
-		}
-	}
-	resp, err := yunchiv1.NewClusterServiceClient(conn).RemoveMember(metadata.NewOutgoingContext(ctx, out), req)
+	resp, err := yunchiv1.NewClusterServiceClient(conn).RemoveMember(metadata.NewOutgoingContext(ctx, s.forwardMD(in)), req)
 	if err != nil {
 		p := status.Convert(err).Proto() // keeps the code and details (NOT_PROPOSED)
 		p.Message = fmt.Sprintf("leadership moved from %s to %s, but the removal failed there: %s", s.self.ID, leader, p.Message)

@@ -51,12 +51,24 @@ const answeredKey = "x-yunchi-answered-by"
 // forwardHeaders are the incoming headers a forwarded call carries on.
 var forwardHeaders = []string{"authorization", "x-request-id", idempotencyKey}
 
+// forwardMD is the metadata of a call this controller forwards, given the
+// incoming metadata: marked forwarded by it, with forwardHeaders carried on.
+func (s *Server) forwardMD(in metadata.MD) metadata.MD {
+	out := metadata.Pairs(forwardedKey, s.self.ID)
+	for _, k := range forwardHeaders {
+		if v := in.Get(k); len(v) > 0 {
+			out.Set(k, v...)
+		}
+	}
+	return out
+}
+
 // forwardKeepalive makes the connection to a leader that stopped answering
 // (SIGSTOP, a wedged process: TCP stays open, nothing comes back) fail, with
 // every call waiting on it, instead of hanging until each caller's deadline
 // or forever for callers without one. gRPC pings no more often than every
-// 10 s; the controllers' HTTP/2 server answers pings without a rate policy
-// (no GOAWAY too_many_pings). Agents' calls carry their own short deadlines,
+// 10 s; the controllers' gRPC transport permits pings every MinClientPing
+// (NewGRPCServer), so it sends no GOAWAY too_many_pings. Agents' calls carry their own short deadlines,
 // which the forwarded call inherits.
 var forwardKeepalive = keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true}
 
@@ -164,12 +176,7 @@ func (s *Server) LeaderInterceptor(ctx context.Context, req any, info *grpc.Unar
 	if err != nil {
 		return nil, err
 	}
-	out := metadata.Pairs(forwardedKey, s.self.ID)
-	for _, k := range forwardHeaders {
-		if v := in.Get(k); len(v) > 0 {
-			out.Set(k, v...)
-		}
-	}
+	out := s.forwardMD(in)
 	resp, err := newResponse(info.FullMethod)
 	if err != nil {
 		return nil, err

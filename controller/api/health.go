@@ -74,9 +74,9 @@ func (s *Server) StaleStreamInterceptor(srv any, ss grpc.ServerStream, info *grp
 func (s *Server) RunHealth(ctx context.Context) {
 	tick := time.NewTicker(500 * time.Millisecond)
 	defer tick.Stop()
-	last := ""
+	last, set := "", false
 	for {
-		if r := s.unhealthyReason(); r != last || s.healthUnset() {
+		if r := s.unhealthyReason(); r != last || !set {
 			st := healthpb.HealthCheckResponse_SERVING
 			if r != "" {
 				st = healthpb.HealthCheckResponse_NOT_SERVING
@@ -85,7 +85,7 @@ func (s *Server) RunHealth(ctx context.Context) {
 				s.log.Info("serving local reads again")
 			}
 			s.setHealth(st)
-			last = r
+			last, set = r, true
 		}
 		select {
 		case <-ctx.Done():
@@ -95,19 +95,12 @@ func (s *Server) RunHealth(ctx context.Context) {
 	}
 }
 
-func (s *Server) healthUnset() bool {
-	s.healthMu.Lock()
-	defer s.healthMu.Unlock()
-	return !s.healthSet
-}
-
 func (s *Server) setHealth(st healthpb.HealthCheckResponse_ServingStatus) {
 	s.healthMu.Lock()
 	defer s.healthMu.Unlock()
 	if s.health == nil {
 		return
 	}
-	s.healthSet = true
 	s.health.SetServingStatus("", st)
 }
 

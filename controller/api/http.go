@@ -53,10 +53,10 @@ func (s *Server) NewGRPCServer(m *Metrics, extra ...grpc.UnaryServerInterceptor)
 	yunchiv1.RegisterGroupServiceServer(gs, s)
 	healthpb.RegisterHealthServer(gs, s.newHealthServer())
 	// The services REST serves, for NewHTTPHandler's direct calls.
-	s.local, s.localGS = &localServer{srv: s, unary: unary, descs: []*grpc.ServiceDesc{
+	s.local = &localServer{gs: gs, srv: s, unary: unary, descs: []*grpc.ServiceDesc{
 		&yunchiv1.VMService_ServiceDesc, &yunchiv1.HostService_ServiceDesc, &yunchiv1.CapacityService_ServiceDesc,
 		&yunchiv1.ClusterService_ServiceDesc, &yunchiv1.RatioService_ServiceDesc, &yunchiv1.GroupService_ServiceDesc,
-	}}, gs
+	}}
 	return gs
 }
 
@@ -114,7 +114,7 @@ func (s *Server) NewHTTPHandler(ctx context.Context, gs *grpc.Server, m *Metrics
 	// built; streams, and any other server, go over the in-memory
 	// connection.
 	var cc grpc.ClientConnInterface = conn
-	if s.local != nil && s.localGS == gs {
+	if s.local != nil && s.local.gs == gs {
 		cc = newLocalConn(s.local, conn)
 	}
 	if err := errors.Join(
@@ -137,7 +137,7 @@ func (s *Server) NewHTTPHandler(ctx context.Context, gs *grpc.Server, m *Metrics
 	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
-		if reason := m.srv.unhealthyReason(); reason != "" {
+		if reason := s.unhealthyReason(); reason != "" {
 			w.WriteHeader(http.StatusServiceUnavailable)
 			w.Write([]byte("unhealthy: " + reason + "\n"))
 			return

@@ -150,9 +150,10 @@ func (s *Server) replay(method, id string, hash []byte) (any, bool, error) {
 		if len(vms) > 0 {
 			out := &yunchiv1.CreateVMsResponse{}
 			for _, vm := range vms {
-				out.Vms = append(out.Vms, s.vmOut(vm))
+				v := s.vmOut(vm)
+				out.Vms = append(out.Vms, v)
 				// Scores and runners-up were the first answer's only.
-				out.Decisions = append(out.Decisions, &yunchiv1.PlacementDecision{VmName: vm.Name, HostId: vm.HostId, HostCenter: s.hostCenter(vm.HostId)})
+				out.Decisions = append(out.Decisions, &yunchiv1.PlacementDecision{VmName: vm.Name, HostId: vm.HostId, HostCenter: v.HostCenter})
 			}
 			return out, true, nil
 		}

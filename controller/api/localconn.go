@@ -33,6 +33,7 @@ type localMethod struct {
 }
 
 type localServer struct {
+	gs    *grpc.Server // the server these were registered on
 	srv   any
 	descs []*grpc.ServiceDesc
 	unary []grpc.UnaryServerInterceptor

@@ -15,7 +15,6 @@ import (
 // Metrics are the controller's Prometheus series, served at /metrics.
 type Metrics struct {
 	Registry *prometheus.Registry
-	srv      *Server
 	requests *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
 }
@@ -25,7 +24,7 @@ type Metrics struct {
 func NewMetrics(s *Server) *Metrics {
 	reg := prometheus.NewRegistry()
 	m := &Metrics{
-		Registry: reg, srv: s,
+		Registry: reg,
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "yunchi_grpc_requests_total", Help: "gRPC (and REST) requests handled, by method and status code.",
 		}, []string{"method", "code"}),

@@ -381,9 +381,8 @@ func (g *restGuard) checkQuery(rt *restRoute, r *http.Request) string {
 // read more. It answers the request itself and reports false when the body
 // is refused.
 func (g *restGuard) readBody(w http.ResponseWriter, r *http.Request, rt *restRoute) bool {
-	limit := scheduler.FormatBytes(g.maxBody)
 	if r.ContentLength > g.maxBody {
-		g.fail(w, r, http.StatusRequestEntityTooLarge, codes.InvalidArgument, "request body of %s (%d bytes) is larger than the %s limit", scheduler.FormatBytes(r.ContentLength), r.ContentLength, limit)
+		g.fail(w, r, http.StatusRequestEntityTooLarge, codes.InvalidArgument, "request body of %s (%d bytes) is larger than the %s limit", scheduler.FormatBytes(r.ContentLength), r.ContentLength, scheduler.FormatBytes(g.maxBody))
 		return false
 	}
 	if rt.body == "" {
@@ -404,7 +403,7 @@ func (g *restGuard) readBody(w http.ResponseWriter, r *http.Request, rt *restRou
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			g.fail(w, r, http.StatusRequestEntityTooLarge, codes.InvalidArgument, "request body is larger than the %s limit", limit)
+			g.fail(w, r, http.StatusRequestEntityTooLarge, codes.InvalidArgument, "request body is larger than the %s limit", scheduler.FormatBytes(g.maxBody))
 		} else {
 			g.fail(w, r, http.StatusBadRequest, codes.InvalidArgument, "reading the request body: %v", err)
 		}

@@ -7,7 +7,6 @@ package api
 
 import (
 	"context"
-	"google.golang.org/grpc"
 	"log/slog"
 	"slices"
 	"sort"
@@ -56,10 +55,9 @@ type Server struct {
 
 	// live is what the leader heard from hosts (controller/leader).
 	live Liveness
-	// local is what NewGRPCServer registered on localGS, for REST's direct
-	// calls (localconn.go).
-	local   *localServer
-	localGS *grpc.Server
+	// local is what NewGRPCServer registered, for REST's direct calls
+	// (localconn.go).
+	local *localServer
 
 	// HeartbeatInterval is what agents are told to heartbeat at.
 	HeartbeatInterval time.Duration
@@ -67,9 +65,8 @@ type Server struct {
 	DefaultStrategy scheduler.Strategy
 
 	// health is the gRPC health service; RunHealth sets its status.
-	healthMu  sync.Mutex
-	health    *health.Server
-	healthSet bool
+	healthMu sync.Mutex
+	health   *health.Server
 }
 
 // Placer decides and records placements (controller/placement.Engine).
@@ -118,13 +115,6 @@ func projectOf(p string) (string, error) {
 		return state.DefaultProject, nil
 	}
 	return p, checkName("project", p)
-}
-
-func (s *Server) hostCenter(id string) string {
-	if hv, ok := s.store.Host(id); ok {
-		return hv.Host.Center
-	}
-	return ""
 }
 
 func (s *Server) vmOut(v *statev1.VMRecord) *yunchiv1.VM { return vmToAPI(v, s.hostInfo(v.HostId)) }
