@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -32,14 +33,7 @@ var HostFieldKeys = []string{"center", "site", "rack", "host"}
 
 // IsHostFieldKey reports whether a constraint on key reads a host field
 // rather than a label (see HostFieldKeys).
-func IsHostFieldKey(key string) bool {
-	for _, k := range HostFieldKeys {
-		if k == key {
-			return true
-		}
-	}
-	return false
-}
+func IsHostFieldKey(key string) bool { return slices.Contains(HostFieldKeys, key) }
 
 // ParseConstraint parses "cpu_model=kunpeng920", "rack!=r3",
 // "center in a1,a2" or "center notin b1". Keys center, site, rack and host
@@ -140,9 +134,7 @@ func (c *Constraint) Match(h *Host) bool {
 // "label cpu_model is not kunpeng920" or "rack is r3".
 func (c *Constraint) reason() Reason {
 	subject := c.Key
-	switch c.Key {
-	case "center", "site", "rack", "host":
-	default:
+	if !IsHostFieldKey(c.Key) {
 		subject = "label " + c.Key
 	}
 	vals := strings.Join(c.Values, ",")

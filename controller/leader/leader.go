@@ -24,7 +24,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/yunchi/yunchi/controller/state"
 	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 )
@@ -36,7 +35,6 @@ type Proposer interface {
 
 // View is the part of the replicated state the duties read (*state.Store).
 type View interface {
-	Hosts() []state.HostView
 	LiveHostIDs() []string
 	Member(id string) (*statev1.MemberRecord, bool)
 }
@@ -88,12 +86,10 @@ func (d *Duties) Start(ctx context.Context) {
 	if d.leading {
 		return
 	}
-	var ids []string
-	for _, hv := range d.view.Hosts() {
-		ids = append(ids, hv.Host.Id)
-	}
+	// Only live hosts are ever checked for silence (a host that comes back
+	// is touched by its registration), so only they need a fresh window.
 	now := time.Now()
-	d.seen.reset(ids, now)
+	d.seen.reset(d.view.LiveHostIDs(), now)
 	d.heard.restart(now)
 	ctx, d.cancel = context.WithCancel(ctx)
 	d.done = make(chan struct{})
@@ -166,8 +162,11 @@ func (d *Duties) run(ctx context.Context) {
 				"stalled", stalled.Round(time.Millisecond))
 		}
 		d.publishSelf(ctx)
-		d.recordHeartbeats(ctx)
-		d.markSilentHostsDown(ctx)
+		// One list of live hosts per tick: recording heartbeats changes no
+		// host's liveness, and only this loop marks hosts down.
+		live := d.view.LiveHostIDs()
+		d.recordHeartbeats(ctx, live)
+		d.markSilentHostsDown(ctx, live)
 		waitStart = time.Now()
 		select {
 		case <-ctx.Done():
@@ -198,13 +197,13 @@ func (d *Duties) recordPeriod() time.Duration { return max(d.HostTTL/3, 100*time
 // recordHeartbeats proposes a RecordHeartbeats when a period has passed and
 // some host was heard from in it (nothing heard: nothing to record; the
 // down-marking does the rest).
-func (d *Duties) recordHeartbeats(ctx context.Context) {
+func (d *Duties) recordHeartbeats(ctx context.Context, live []string) {
 	heard, due := d.heard.take(time.Now(), d.recordPeriod())
 	if !due || len(heard) == 0 {
 		return
 	}
 	var silent []string
-	for _, id := range d.view.LiveHostIDs() {
+	for _, id := range live {
 		if !heard[id] {
 			silent = append(silent, id)
 		}
@@ -221,9 +220,9 @@ func (d *Duties) recordHeartbeats(ctx context.Context) {
 	}
 }
 
-func (d *Duties) markSilentHostsDown(ctx context.Context) {
+func (d *Duties) markSilentHostsDown(ctx context.Context, live []string) {
 	now := time.Now()
-	ids, lastSeen := d.seen.silent(d.view.LiveHostIDs(), now, d.HostTTL)
+	ids, lastSeen := d.seen.silent(live, now, d.HostTTL)
 	for i, id := range ids {
 		// Marking one down waits for raft: a host heard since the pass
 		// above stays up.

@@ -266,15 +266,11 @@ func (n *Node) LeaderID() string {
 // joined yet (empty configuration) is not removed; one added back is no
 // longer removed.
 func (n *Node) Removed() bool {
-	f := n.Raft.GetConfiguration()
-	if f.Error() != nil {
+	c, err := n.Configuration()
+	if err != nil || len(c.Servers) == 0 {
 		return false
 	}
-	servers := f.Configuration().Servers
-	if len(servers) == 0 {
-		return false
-	}
-	for _, s := range servers {
+	for _, s := range c.Servers {
 		if string(s.ID) == n.id {
 			return false
 		}

@@ -1,6 +1,7 @@
 package state
 
 import (
+	"math"
 	"sort"
 
 	"google.golang.org/protobuf/proto"
@@ -102,13 +103,7 @@ func (s *Store) LiveHostIDs() []string {
 
 // Hosts returns every host, sorted by id.
 func (s *Store) Hosts() []HostView {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	out := make([]HostView, 0, len(s.hosts))
-	for _, h := range s.hosts {
-		out = append(out, s.hostView(h))
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Host.Id < out[j].Host.Id })
+	out, _ := s.HostsPage("", "", math.MaxInt) // ids are never empty
 	return out
 }
 
@@ -137,29 +132,7 @@ func (s *Store) VMByID(id string) (*statev1.VMRecord, bool) {
 // VMs lists VMs, filtered by project and host when those are not empty,
 // sorted by project then name.
 func (s *Store) VMs(project, hostID string) []*statev1.VMRecord {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	var out []*statev1.VMRecord
-	add := func(v *statev1.VMRecord) {
-		if project == "" || v.Project == project {
-			out = append(out, proto.Clone(v).(*statev1.VMRecord))
-		}
-	}
-	if hostID != "" {
-		for id := range s.onHost[hostID] { // only that host's VMs
-			add(s.vms[id])
-		}
-	} else {
-		for _, v := range s.vms {
-			add(v)
-		}
-	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].Project != out[j].Project {
-			return out[i].Project < out[j].Project
-		}
-		return out[i].Name < out[j].Name
-	})
+	out, _ := s.VMsPage(project, hostID, VMKey{}, math.MaxInt)
 	return out
 }
 
