@@ -351,18 +351,12 @@ func (a *Agent) watchLoop(ctx context.Context) {
 }
 
 // watch holds one stream on one controller until it breaks, or until the
-// agent moves away from that controller (away closes: the heartbeats or
-// another call found it failing, hung included, so the stream follows).
-func (a *Agent) watch(ctx context.Context, client yunchiv1.AgentServiceClient, addr string, away <-chan struct{}, bo *backoff) error {
+// agent moves away from that controller (away is cancelled: the heartbeats
+// or another call found it failing, hung included, so the stream follows).
+func (a *Agent) watch(ctx context.Context, client yunchiv1.AgentServiceClient, addr string, away context.Context, bo *backoff) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	go func() {
-		select {
-		case <-ctx.Done():
-		case <-away:
-			cancel(errMoved)
-		}
-	}()
+	defer context.AfterFunc(away, func() { cancel(errMoved) })()
 	stream, err := client.WatchAssignments(ctx, &yunchiv1.WatchAssignmentsRequest{HostId: a.cfg.HostID})
 	if err != nil {
 		if cause := context.Cause(ctx); cause == errMoved {

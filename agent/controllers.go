@@ -54,9 +54,10 @@ type controllers struct {
 
 	mu  sync.Mutex
 	cur int
-	// away is closed when the agent moves away from cur: calls and the
+	// away is cancelled when the agent moves away from cur: calls and the
 	// assignment stream still on the old controller (possibly hung) end.
-	away      chan struct{}
+	away      context.Context
+	leave     context.CancelFunc
 	hungUntil []time.Time
 	lastOK    int // the controller that last answered; -1 before any
 	fails     []failureLog
@@ -71,9 +72,10 @@ type failureLog struct {
 
 func dialControllers(addrs []string, extra []grpc.DialOption, log *slog.Logger) (*controllers, error) {
 	c := &controllers{
-		addrs: addrs, log: log, away: make(chan struct{}), lastOK: -1,
+		addrs: addrs, log: log, lastOK: -1,
 		hungUntil: make([]time.Time, len(addrs)), fails: make([]failureLog, len(addrs)),
 	}
+	c.away, c.leave = context.WithCancel(context.Background())
 	opts := []grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		// gRPC's default reconnect backoff grows to two minutes; a controller
@@ -105,9 +107,9 @@ func (c *controllers) close() {
 	}
 }
 
-// current is the controller in use: its position, its client, and a channel
-// closed when the agent moves away from it.
-func (c *controllers) current() (int, yunchiv1.AgentServiceClient, <-chan struct{}) {
+// current is the controller in use: its position, its client, and a context
+// cancelled when the agent moves away from it.
+func (c *controllers) current() (int, yunchiv1.AgentServiceClient, context.Context) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.cur, c.clients[c.cur], c.away
@@ -136,8 +138,8 @@ func (c *controllers) failed(i int, hung bool) {
 		}
 	}
 	c.cur = next
-	close(c.away)
-	c.away = make(chan struct{})
+	c.leave()
+	c.away, c.leave = context.WithCancel(context.Background())
 }
 
 // answered records that controller i answered a call.
@@ -183,16 +185,10 @@ func (c *controllers) call(ctx context.Context, op string, timeout time.Duration
 	for range len(c.clients) {
 		i, client, away := c.current()
 		actx, cancel := context.WithTimeout(ctx, timeout)
-		stop := make(chan struct{})
-		go func() { // another call gave up on this controller: so does this one
-			select {
-			case <-away:
-				cancel()
-			case <-stop:
-			}
-		}()
+		// Another call gave up on this controller: so does this one.
+		stop := context.AfterFunc(away, cancel)
 		err = fn(actx, client)
-		close(stop)
+		stop()
 		timedOut := errors.Is(actx.Err(), context.DeadlineExceeded) && ctx.Err() == nil
 		cancel()
 		if err == nil {
@@ -202,10 +198,8 @@ func (c *controllers) call(ctx context.Context, op string, timeout time.Duration
 		if ctx.Err() != nil {
 			return fmt.Errorf("controller %s: %w", c.addrs[i], err)
 		}
-		select {
-		case <-away: // moved away while this attempt ran: go on with the new one
+		if away.Err() != nil { // moved away while this attempt ran: go on with the new one
 			continue
-		default:
 		}
 		if !controllerFault(err) {
 			c.answered(i)

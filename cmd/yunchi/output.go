@@ -171,9 +171,10 @@ func (p *printer) capacity(c *yunchiv1.Capacity) func(io.Writer) {
 		row := func(name string, hosts, ready, vms int32, capa, free *yunchiv1.Resources, overHosts int32, over *yunchiv1.Resources) {
 			oc := "-"
 			if overHosts > 0 {
-				oc = fmt.Sprintf("%d hosts (%s)", overHosts, overcommitAmounts(over))
+				amt := overcommitAmounts(over)
+				oc = fmt.Sprintf("%d hosts (%s)", overHosts, amt)
 				if overHosts == 1 {
-					oc = "1 host (" + overcommitAmounts(over) + ")"
+					oc = "1 host (" + amt + ")"
 				}
 			}
 			fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d/%d\t%s/%s\t%s/%s\t%s\n", name, hosts, ready, vms,

@@ -196,16 +196,7 @@ func (c *Cluster) StartAgent(hostID, center string, cpus int, memBytes, diskByte
 }
 
 // APIList is the controllers' API addresses, comma-separated.
-func (c *Cluster) APIList() string {
-	s := ""
-	for i, ctl := range c.Controllers {
-		if i > 0 {
-			s += ","
-		}
-		s += ctl.API
-	}
-	return s
-}
+func (c *Cluster) APIList() string { return c.apiListFrom(0) }
 
 // apiListFrom is APIList starting at controller k (modulo their number).
 func (c *Cluster) apiListFrom(k int) string {

@@ -120,11 +120,10 @@ func Run(ctx context.Context, cfg Config) error {
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var wg sync.WaitGroup
 	errc := make(chan error, len(Centers))
 	var addrs []string
 	var ctls []*running
-	defer func() { stopAll(ctls); wg.Wait() }()
+	defer func() { stopAll(ctls) }() // waits for every controller to end
 	for i, c := range Centers {
 		api := fmt.Sprintf("127.0.0.1:%d", cfg.BasePort+i)
 		ccfg := controller.Config{
@@ -145,9 +144,7 @@ func Run(ctx context.Context, cfg Config) error {
 		ctlCtx, stop := context.WithCancel(context.Background())
 		r := &running{ctl: ctl, stop: stop, done: make(chan struct{})}
 		ctls = append(ctls, r)
-		wg.Add(1)
 		go func() {
-			defer wg.Done()
 			defer close(r.done)
 			if err := ctl.Run(ctlCtx); err != nil {
 				errc <- fmt.Errorf("controller %s: %w", c.ID, err)
@@ -216,7 +213,6 @@ func Run(ctx context.Context, cfg Config) error {
 	stopAgents()
 	awg.Wait()
 	stopAll(ctls)
-	wg.Wait()
 	return err
 }
 
