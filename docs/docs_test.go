@@ -10,7 +10,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -251,41 +250,6 @@ func cleanPath() string {
 	return strings.Join(keep, string(os.PathListSeparator))
 }
 
-// portOffset picks one offset for all ports of a file such that every
-// shifted port is free now.
-func portOffset(t *testing.T, ports []int) int {
-	t.Helper()
-	if len(ports) == 0 {
-		return 0
-	}
-	for try := 0; try < 200; try++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		base := l.Addr().(*net.TCPAddr).Port
-		l.Close()
-		off := base - ports[0]
-		if ports[len(ports)-1]+off > 65000 {
-			continue
-		}
-		ok := true
-		for _, p := range ports {
-			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p+off))
-			if err != nil {
-				ok = false
-				break
-			}
-			l.Close()
-		}
-		if ok {
-			return off
-		}
-	}
-	t.Fatal("no free set of loopback ports found")
-	return 0
-}
-
 // shell is one bash process running a page's commands in turn.
 type shell struct {
 	t     *testing.T
@@ -492,7 +456,7 @@ func runFile(t *testing.T, root, bin, file string, blocks []block) {
 		ports = append(ports, p)
 	}
 	sort.Ints(ports)
-	off := portOffset(t, ports)
+	off := apitest.FreePortOffset(t, ports)
 	shift := func(s string) string {
 		return loopbackRe.ReplaceAllStringFunc(s, func(m string) string {
 			p, _ := strconv.Atoi(strings.TrimPrefix(m, "127.0.0.1:"))

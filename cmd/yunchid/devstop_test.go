@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,35 +14,10 @@ import (
 	"github.com/yunchi/yunchi/internal/apitest"
 )
 
-// freeDevBase returns a port P such that P..P+2 (API) and P+10..P+12 (raft),
-// the ports `yunchid dev --port P` uses, are free now.
+// freeDevBase is a --port for yunchid dev whose API (base..base+2) and raft
+// (base+10..base+12) ports are all free.
 func freeDevBase(t *testing.T) int {
-	t.Helper()
-	for try := 0; try < 100; try++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		base := l.Addr().(*net.TCPAddr).Port
-		l.Close()
-		if base+12 > 65535 {
-			continue
-		}
-		ok := true
-		for _, p := range []int{base, base + 1, base + 2, base + 10, base + 11, base + 12} {
-			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
-			if err != nil {
-				ok = false
-				break
-			}
-			l.Close()
-		}
-		if ok {
-			return base
-		}
-	}
-	t.Fatal("no free ports for yunchid dev")
-	return 0
+	return apitest.FreePortOffset(t, []int{0, 1, 2, 10, 11, 12})
 }
 
 // Starting `yunchid dev` and pressing Ctrl-C logs no error: the leader

@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -145,4 +146,41 @@ func Eventually(t testing.TB, d time.Duration, what string, ok func() bool) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// FreePortOffset returns an offset such that every loopback port in ports
+// (ascending) plus the offset was free a moment ago: a daemon whose ports
+// are fixed relative to each other (yunchid dev: API base..base+2, raft
+// base+10..base+12) can then run beside another copy of itself.
+func FreePortOffset(t testing.TB, ports []int) int {
+	t.Helper()
+	if len(ports) == 0 {
+		return 0
+	}
+	for try := 0; try < 200; try++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		base := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		off := base - ports[0]
+		if ports[len(ports)-1]+off > 65000 {
+			continue
+		}
+		ok := true
+		for _, p := range ports {
+			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p+off))
+			if err != nil {
+				ok = false
+				break
+			}
+			l.Close()
+		}
+		if ok {
+			return off
+		}
+	}
+	t.Fatal("no free set of loopback ports found")
+	return 0
 }
