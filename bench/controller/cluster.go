@@ -170,26 +170,10 @@ func (c *cluster) leader() *proc {
 	return nil
 }
 
-// poll calls ok every 50 ms until it holds, ctx ends or d passes.
-func poll(ctx context.Context, d time.Duration, what string, ok func() bool) error {
-	deadline := time.Now().Add(d)
-	for !ok() {
-		if time.Now().After(deadline) {
-			return fmt.Errorf("timed out after %s waiting for %s", d, what)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-	return nil
-}
-
 // waitFormed waits until every live controller reports n members with API
 // addresses and a leader, and has applied what is committed.
 func (c *cluster) waitFormed(ctx context.Context, n int, d time.Duration) error {
-	return poll(ctx, d, fmt.Sprintf("%d voters and a leader", n), func() bool {
+	return apitest.Poll(ctx, d, fmt.Sprintf("%d voters and a leader", n), func() bool {
 		var addrs []string
 		for _, p := range c.alive() {
 			st, err := apitest.Status(p.api)
@@ -205,6 +189,6 @@ func (c *cluster) waitFormed(ctx context.Context, n int, d time.Duration) error 
 // waitLeader waits for a live leader and returns it.
 func (c *cluster) waitLeader(ctx context.Context, d time.Duration) (*proc, error) {
 	var l *proc
-	err := poll(ctx, d, "a leader", func() bool { l = c.leader(); return l != nil })
+	err := apitest.Poll(ctx, d, "a leader", func() bool { l = c.leader(); return l != nil })
 	return l, err
 }

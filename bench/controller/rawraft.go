@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/yunchi/yunchi/internal/apitest"
 	"io"
 	"log/slog"
 	"net"
@@ -112,7 +113,7 @@ func startRawRaft(ctx context.Context, dir string, n int) (*rawCluster, error) {
 // leader waits for a leader with every voter caught up.
 func (c *rawCluster) leader(ctx context.Context) (*raft.Raft, error) {
 	var l *raft.Raft
-	err := poll(ctx, 30*time.Second, "a raw raft leader", func() bool {
+	err := apitest.Poll(ctx, 30*time.Second, "a raw raft leader", func() bool {
 		for _, n := range c.nodes {
 			if n.r.State() == raft.Leader {
 				l = n.r

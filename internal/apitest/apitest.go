@@ -139,13 +139,26 @@ func Converged(addrs []string) bool {
 // passes first.
 func Eventually(t testing.TB, d time.Duration, what string, ok func() bool) {
 	t.Helper()
+	if err := Poll(context.Background(), d, what, ok); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Poll calls ok every 50 ms until it holds (nil), ctx ends (ctx's error) or
+// d passes (an error saying what was awaited).
+func Poll(ctx context.Context, d time.Duration, what string, ok func() bool) error {
 	deadline := time.Now().Add(d)
 	for !ok() {
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
+			return fmt.Errorf("timed out after %v waiting for %s", d, what)
 		}
-		time.Sleep(50 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
 	}
+	return nil
 }
 
 // FreePortOffset returns an offset such that every loopback port in ports
