@@ -16,7 +16,7 @@ import (
 	"github.com/yunchi/yunchi/agent"
 	"github.com/yunchi/yunchi/agent/libvirt"
 	"github.com/yunchi/yunchi/internal/apitest"
-	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
+	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
 )
 
 // freezer is a TCP proxy in front of one controller's API that can be
@@ -201,7 +201,7 @@ func noHostDownFor(t *testing.T, d time.Duration, ms []*member, hosts []string) 
 		for _, m := range ms {
 			for _, id := range hosts {
 				hv, ok := m.ctl.Node().Store.Host(id)
-				if !ok || hv.Host.State != yunchiv1.HostState_HOST_STATE_READY {
+				if !ok || hv.Host.State != statev1.HostState_HOST_STATE_READY {
 					t.Fatalf("controller %s: host %s is %v (registered %v) while only a controller is frozen",
 						m.id, id, hv.Host.GetState(), ok)
 				}
@@ -280,7 +280,7 @@ func TestFrozenControllerIsNotAHostFailure(t *testing.T) {
 	apitest.Eventually(t, 30*time.Second, "3 hosts ready on every controller", func() bool {
 		for _, m := range c.members {
 			for _, id := range hosts {
-				if hv, ok := m.ctl.Node().Store.Host(id); !ok || hv.Host.State != yunchiv1.HostState_HOST_STATE_READY {
+				if hv, ok := m.ctl.Node().Store.Host(id); !ok || hv.Host.State != statev1.HostState_HOST_STATE_READY {
 					return false
 				}
 			}
@@ -379,10 +379,10 @@ func TestFrozenControllerIsNotAHostFailure(t *testing.T) {
 			return false
 		}
 		hv, ok := l.ctl.Node().Store.Host("h1")
-		return ok && hv.Host.State == yunchiv1.HostState_HOST_STATE_DOWN
+		return ok && hv.Host.State == statev1.HostState_HOST_STATE_DOWN
 	})
 	for _, id := range hosts[1:] {
-		if hv, _ := c.leader().ctl.Node().Store.Host(id); hv.Host.GetState() != yunchiv1.HostState_HOST_STATE_READY {
+		if hv, _ := c.leader().ctl.Node().Store.Host(id); hv.Host.GetState() != statev1.HostState_HOST_STATE_READY {
 			t.Errorf("host %s is %v after h1's agent stopped", id, hv.Host.GetState())
 		}
 	}

@@ -13,7 +13,6 @@ import (
 	"github.com/yunchi/yunchi/controller/raftnode"
 	"github.com/yunchi/yunchi/controller/state"
 	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
-	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 )
 
 // stateFigures are measured in this process on the controller's own FSM
@@ -65,7 +64,7 @@ func measureState(vms, hosts int) (stateFigures, error) {
 		index++
 		err := applyCmd(f, index, &statev1.Command{Version: state.CommandVersion, UnixNano: now, Cmd: &statev1.Command_RegisterHost{RegisterHost: &statev1.RegisterHost{
 			Host: &statev1.HostRecord{Id: fmt.Sprintf("h%05d", h), Hostname: fmt.Sprintf("h%05d", h), Center: "a1", Site: "bench", Rack: "r1",
-				Capacity: &yunchiv1.Resources{Vcpus: perHost, MemoryBytes: perHost << 30, DiskBytes: perHost << 31}, CpuModel: "bench", AgentVersion: "bench"},
+				Capacity: &statev1.Resources{Vcpus: perHost, MemoryBytes: perHost << 30, DiskBytes: perHost << 31}, CpuModel: "bench", AgentVersion: "bench"},
 		}}})
 		if err != nil {
 			return fig, err
@@ -79,7 +78,7 @@ func measureState(vms, hosts int) (stateFigures, error) {
 				// A uuid's length, as the API gives.
 				Id: fmt.Sprintf("00000000-0000-4000-8000-%012d", i), Name: fmt.Sprintf("vm-%d", i), Project: "default",
 				Vcpus: 1, MemoryBytes: 256 << 20, DiskBytes: 1 << 30, HostId: fmt.Sprintf("h%05d", i%hosts),
-				Desired: yunchiv1.PowerState_POWER_STATE_RUNNING, Strategy: "binpack",
+				Desired: statev1.PowerState_POWER_STATE_RUNNING, Strategy: "binpack",
 			})
 		}
 		index++

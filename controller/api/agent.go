@@ -35,7 +35,7 @@ func (s *Server) RegisterHost(ctx context.Context, req *yunchiv1.RegisterHostReq
 	}
 	if _, err := s.apply(ctx, &statev1.Command{Cmd: &statev1.Command_RegisterHost{RegisterHost: &statev1.RegisterHost{Host: &statev1.HostRecord{
 		Id: f.Id, Hostname: f.Hostname, Center: f.Center, Site: f.Site, Rack: f.Rack, Labels: f.Labels,
-		Capacity: f.Capacity, CpuModel: f.CpuModel, AgentVersion: f.AgentVersion,
+		Capacity: resFromAPI(f.Capacity), CpuModel: f.CpuModel, AgentVersion: f.AgentVersion,
 	}}}}); err != nil {
 		return nil, err
 	}
@@ -54,9 +54,9 @@ func (s *Server) Heartbeat(ctx context.Context, req *yunchiv1.HeartbeatRequest) 
 		return &yunchiv1.HeartbeatResponse{Known: false}, nil
 	}
 	s.live.Heard(req.HostId, req.Stats)
-	if live != yunchiv1.HostState_HOST_STATE_READY {
+	if live != statev1.HostState_HOST_STATE_READY {
 		if _, err := s.apply(ctx, &statev1.Command{Cmd: &statev1.Command_SetHostState{SetHostState: &statev1.SetHostState{
-			HostId: req.HostId, State: yunchiv1.HostState_HOST_STATE_READY,
+			HostId: req.HostId, State: statev1.HostState_HOST_STATE_READY,
 		}}}); err != nil {
 			return nil, err
 		}
@@ -73,7 +73,7 @@ func (s *Server) ReportVMStatus(ctx context.Context, req *yunchiv1.ReportVMStatu
 		return &yunchiv1.ReportVMStatusResponse{}, nil
 	}
 	if _, err := s.apply(ctx, &statev1.Command{Cmd: &statev1.Command_ReportVmStatus{ReportVmStatus: &statev1.ReportVMStatus{
-		HostId: req.HostId, Statuses: req.Statuses,
+		HostId: req.HostId, Statuses: statusesFromAPI(req.Statuses),
 	}}}); err != nil {
 		return nil, err
 	}
@@ -99,8 +99,8 @@ func (s *Server) WatchAssignments(req *yunchiv1.WatchAssignmentsRequest, stream 
 			for _, v := range s.store.VMs("", req.HostId) {
 				msg.Vms = append(msg.Vms, &yunchiv1.Assignment{
 					VmId: v.Id, Name: v.Name, Project: v.Project, Vcpus: v.Vcpus,
-					MemoryBytes: v.MemoryBytes, DiskBytes: v.DiskBytes, Desired: v.Desired,
-					RebootSeq: v.RebootSeq, Phase: v.Phase,
+					MemoryBytes: v.MemoryBytes, DiskBytes: v.DiskBytes, Desired: powerToAPI(v.Desired),
+					RebootSeq: v.RebootSeq, Phase: phaseToAPI(v.Phase),
 				})
 			}
 			if err := stream.Send(msg); err != nil {

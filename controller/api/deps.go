@@ -9,7 +9,6 @@ import (
 	"github.com/yunchi/yunchi/controller/raftstore"
 	"github.com/yunchi/yunchi/controller/state"
 	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
-	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 )
 
 // What the handlers need from the rest of the controller, as small
@@ -21,7 +20,7 @@ import (
 type Proposer interface {
 	// Apply proposes cmd and waits for it to be applied; the error is the
 	// FSM's rejection (*state.Error) or a raft error.
-	Apply(ctx context.Context, cmd *statev1.Command) (any, error)
+	Apply(ctx context.Context, cmd *statev1.Command) (state.Result, error)
 	// Barrier waits until everything committed so far is applied here
 	// (leader only).
 	Barrier(ctx context.Context) error
@@ -62,7 +61,7 @@ type ReadView interface {
 	Host(id string) (state.HostView, bool)
 	Hosts() []state.HostView
 	HostsPage(center, after string, limit int) ([]state.HostView, bool)
-	HostLiveness(id string) (yunchiv1.HostState, bool)
+	HostLiveness(id string) (statev1.HostState, bool)
 	HostRevision(id string) uint64
 
 	VM(project, name string) (*statev1.VMRecord, bool)

@@ -18,7 +18,7 @@ func groupToAPI(gv state.GroupView) *yunchiv1.PlacementGroup {
 		members = []string{}
 	}
 	return &yunchiv1.PlacementGroup{
-		Name: g.Name, Project: g.Project, Policy: g.Policy, Level: g.Level, Soft: g.Soft,
+		Name: g.Name, Project: g.Project, Policy: policyToAPI(g.Policy), Level: levelToAPI(g.Level), Soft: g.Soft,
 		MaxPerHost: g.MaxPerHost, Members: members, CreatedAt: ts(g.CreatedUnixNano),
 	}
 }
@@ -31,7 +31,7 @@ func (s *Server) CreateGroup(ctx context.Context, req *yunchiv1.CreateGroupReque
 	if err != nil {
 		return nil, err
 	}
-	rec := &statev1.PlacementGroupRecord{Name: req.Name, Project: project, Policy: req.Policy, Level: req.Level, Soft: req.Soft, MaxPerHost: req.MaxPerHost}
+	rec := &statev1.PlacementGroupRecord{Name: req.Name, Project: project, Policy: policyFromAPI(req.Policy), Level: levelFromAPI(req.Level), Soft: req.Soft, MaxPerHost: req.MaxPerHost}
 	if err := s.store.CheckCreatePlacementGroup(rec); err != nil {
 		return nil, toStatus(err)
 	}

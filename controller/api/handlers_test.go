@@ -37,12 +37,12 @@ type fakeProposer struct {
 	self   string
 }
 
-func (p *fakeProposer) Apply(ctx context.Context, cmd *statev1.Command) (any, error) {
+func (p *fakeProposer) Apply(ctx context.Context, cmd *statev1.Command) (state.Result, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.cmds = append(p.cmds, cmd)
 	if p.err != nil {
-		return nil, p.err
+		return state.Result{}, p.err
 	}
 	idx := p.store.Index() + 1
 	cmd.Version, cmd.UnixNano = state.CommandVersion, int64(idx)*1000
@@ -145,7 +145,7 @@ func reasonOf(err error) (string, map[string]string) {
 func TestSetDesiredProposesTheCommand(t *testing.T) {
 	s, p, _ := newFakeServer(t,
 		&statev1.Command{Cmd: &statev1.Command_RegisterHost{RegisterHost: &statev1.RegisterHost{Host: &statev1.HostRecord{
-			Id: "h1", Hostname: "h1", Center: "a1", Capacity: &yunchiv1.Resources{Vcpus: 8, MemoryBytes: 16 << 30, DiskBytes: 100 << 30},
+			Id: "h1", Hostname: "h1", Center: "a1", Capacity: &statev1.Resources{Vcpus: 8, MemoryBytes: 16 << 30, DiskBytes: 100 << 30},
 		}}}},
 		&statev1.Command{Cmd: &statev1.Command_PlaceVm{PlaceVm: &statev1.PlaceVM{Vm: &statev1.VMRecord{
 			Id: "vm-1", Name: "web", Project: state.DefaultProject, Vcpus: 1, MemoryBytes: 1 << 30, DiskBytes: 10 << 30, HostId: "h1",
@@ -174,7 +174,7 @@ func TestSetDesiredProposesTheCommand(t *testing.T) {
 			t.Fatalf("%s proposed %v, want one SetVMDesired", c.name, cmds)
 		}
 		got := cmds[0].GetSetVmDesired()
-		if got.VmId != "vm-1" || got.Desired != c.desired || got.Reboot != c.reboot {
+		if got.VmId != "vm-1" || got.Desired != powerFromAPI(c.desired) || got.Reboot != c.reboot {
 			t.Fatalf("%s proposed %v, want vm-1 %v reboot=%v", c.name, got, c.desired, c.reboot)
 		}
 		if vm.Name != "web" || vm.Desired != c.desired {

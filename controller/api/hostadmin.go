@@ -6,7 +6,6 @@ import (
 	"github.com/yunchi/yunchi/controller/state"
 	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
-	"github.com/yunchi/yunchi/scheduler"
 )
 
 // Limits on a reservation: beyond them it is a typo.
@@ -24,13 +23,13 @@ func (s *Server) UpdateHost(ctx context.Context, req *yunchiv1.UpdateHostRequest
 	if err != nil {
 		return nil, err
 	}
-	cmd := &statev1.UpdateHost{HostId: req.Id, AdminState: req.State, SetLabels: req.SetLabels, RemoveLabels: req.RemoveLabels,
+	cmd := &statev1.UpdateHost{HostId: req.Id, AdminState: hostStateFromAPI(req.State), SetLabels: req.SetLabels, RemoveLabels: req.RemoveLabels,
 		Owner: req.Owner, CpuRatio: req.CpuRatio, MemoryRatio: req.MemoryRatio, DiskRatio: req.DiskRatio, Force: req.Force}
 	// Sizes arrive as text ("2GiB"): parsing them is the API's part; the
 	// rest is checked by the state, as Apply will.
 	if req.ReserveVcpus != nil || req.ReserveMemory != nil || req.ReserveDisk != nil {
-		cur := hv.Sched.Reserved
-		r := &yunchiv1.Resources{Vcpus: cur.VCPUs, MemoryBytes: cur.MemoryBytes, DiskBytes: cur.DiskBytes}
+		cur := hv.Facts.Reserved
+		r := &statev1.Resources{Vcpus: cur.VCPUs, MemoryBytes: cur.MemoryBytes, DiskBytes: cur.DiskBytes}
 		if req.ReserveVcpus != nil {
 			if *req.ReserveVcpus < 0 || *req.ReserveVcpus > maxReserveVCPUs {
 				return nil, invalid("reserve vcpus %d is out of range: give 0 to %d", *req.ReserveVcpus, maxReserveVCPUs)
@@ -71,23 +70,23 @@ func (s *Server) SetRatios(ctx context.Context, req *yunchiv1.SetRatiosRequest) 
 			return nil, err
 		}
 	}
-	v, err := s.apply(ctx, &statev1.Command{Cmd: &statev1.Command_SetRatios{SetRatios: cmd}})
+	res, err := s.apply(ctx, &statev1.Command{Cmd: &statev1.Command_SetRatios{SetRatios: cmd}})
 	if err != nil {
 		return nil, err
 	}
-	rec := v.(*statev1.RatioRecord)
+	rec := res.Ratio
 	s.log.Info("ratios set", "scope", rec.Scope, "name", rec.Name, "ratios", rec.Ratios.String())
-	return &yunchiv1.RatioSetting{Scope: rec.Scope, Name: rec.Name, Ratios: rec.Ratios}, nil
+	return &yunchiv1.RatioSetting{Scope: rec.Scope, Name: rec.Name, Ratios: recRatiosToAPI(rec.Ratios)}, nil
 }
 
 func (s *Server) ListRatios(ctx context.Context, req *yunchiv1.ListRatiosRequest) (*yunchiv1.ListRatiosResponse, error) {
-	d := scheduler.DefaultRatios
+	d := state.DefaultRatios
 	out := &yunchiv1.ListRatiosResponse{
 		Defaults: &yunchiv1.Ratios{Cpu: d.CPU, Memory: d.Memory, Disk: d.Disk},
 		Settings: []*yunchiv1.RatioSetting{},
 	}
 	for _, r := range s.store.Ratios() {
-		out.Settings = append(out.Settings, &yunchiv1.RatioSetting{Scope: r.Scope, Name: r.Name, Ratios: r.Ratios})
+		out.Settings = append(out.Settings, &yunchiv1.RatioSetting{Scope: r.Scope, Name: r.Name, Ratios: recRatiosToAPI(r.Ratios)})
 	}
 	return out, nil
 }

@@ -9,7 +9,6 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/yunchi/yunchi/controller/state"
-	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 )
 
@@ -128,17 +127,11 @@ func (s *Server) replay(method, id string, hash []byte) (any, bool, error) {
 	if string(r.Hash) != string(hash) {
 		return nil, true, toStatus(state.ReusedRequestID(id))
 	}
-	v, err := state.Outcome(r)
+	res, err := state.Outcome(r)
 	if err != nil {
 		return nil, true, toStatus(err)
 	}
-	var vms []*statev1.VMRecord
-	switch x := v.(type) {
-	case *statev1.VMRecord:
-		vms = []*statev1.VMRecord{x}
-	case []*statev1.VMRecord:
-		vms = x
-	}
+	vms := res.VMs
 	switch method {
 	case yunchiv1.VMService_CreateVM_FullMethodName, yunchiv1.VMService_StartVM_FullMethodName,
 		yunchiv1.VMService_StopVM_FullMethodName, yunchiv1.VMService_RebootVM_FullMethodName,
@@ -158,11 +151,11 @@ func (s *Server) replay(method, id string, hash []byte) (any, bool, error) {
 			return out, true, nil
 		}
 	case yunchiv1.RatioService_SetRatios_FullMethodName:
-		if rec, ok := v.(*statev1.RatioRecord); ok {
-			return &yunchiv1.RatioSetting{Scope: rec.Scope, Name: rec.Name, Ratios: rec.Ratios}, true, nil
+		if rec := res.Ratio; rec != nil {
+			return &yunchiv1.RatioSetting{Scope: rec.Scope, Name: rec.Name, Ratios: recRatiosToAPI(rec.Ratios)}, true, nil
 		}
 	case yunchiv1.GroupService_CreateGroup_FullMethodName:
-		if rec, ok := v.(*statev1.PlacementGroupRecord); ok {
+		if rec := res.Group; rec != nil {
 			gv, found := s.store.PlacementGroup(rec.Project, rec.Name)
 			if !found {
 				gv = state.GroupView{Group: rec}
@@ -172,7 +165,7 @@ func (s *Server) replay(method, id string, hash []byte) (any, bool, error) {
 	case yunchiv1.GroupService_DeleteGroup_FullMethodName:
 		return &yunchiv1.DeleteGroupResponse{}, true, nil
 	case yunchiv1.HostService_UpdateHost_FullMethodName:
-		if rec, ok := v.(*statev1.HostRecord); ok {
+		if rec := res.Host; rec != nil {
 			if hv, found := s.store.Host(rec.Id); found {
 				return hostToAPI(hv, s.live.Stats(rec.Id)), true, nil
 			}

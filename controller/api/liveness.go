@@ -2,7 +2,7 @@ package api
 
 import (
 	"github.com/yunchi/yunchi/controller/state"
-	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
+	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
 )
 
 // Liveness lives in controller/leader: the leader hears heartbeats and
@@ -30,7 +30,7 @@ func (s *Server) hostInfo(id string) hostInfo {
 func hostInfoOf(hv state.HostView) hostInfo {
 	return hostInfo{
 		center:        hv.Host.Center,
-		down:          hv.Host.State == yunchiv1.HostState_HOST_STATE_DOWN,
+		down:          hv.Host.State == statev1.HostState_HOST_STATE_DOWN,
 		lastHeartbeat: hv.Host.LastHeartbeatUnixNano,
 	}
 }

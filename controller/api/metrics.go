@@ -101,8 +101,8 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	capa, alloc := &yunchiv1.Resources{}, &yunchiv1.Resources{}
 	for _, hv := range c.s.store.Hosts() {
 		hosts[hv.Host.State.String()]++
-		addTo(capa, hv.Host.Capacity)
-		addTo(alloc, hv.Allocated)
+		addTo(capa, recResToAPI(hv.Host.Capacity))
+		addTo(alloc, resToAPI(hv.Facts.Allocated))
 	}
 	for k, v := range hosts {
 		ch <- prometheus.MustNewConstMetric(descHosts, prometheus.GaugeValue, v, k)

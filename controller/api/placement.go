@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/yunchi/yunchi/controller/placement"
 	"github.com/yunchi/yunchi/controller/state"
+	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 	"github.com/yunchi/yunchi/scheduler"
 )
@@ -91,9 +93,9 @@ func (s *Server) checkCreate(req *yunchiv1.CreateVMRequest) (*placement.Spec, er
 			sp.Names = append(sp.Names, n)
 		}
 	}
-	sp.Desired = yunchiv1.PowerState_POWER_STATE_RUNNING
+	sp.Desired = statev1.PowerState_POWER_STATE_RUNNING
 	if req.Stopped {
-		sp.Desired = yunchiv1.PowerState_POWER_STATE_STOPPED
+		sp.Desired = statev1.PowerState_POWER_STATE_STOPPED
 	}
 	return sp, nil
 }

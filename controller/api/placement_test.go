@@ -61,7 +61,7 @@ func TestCreateHandlersUseThePlacer(t *testing.T) {
 	}
 	sp := p.got[0]
 	if sp.Project != state.DefaultProject || len(sp.Names) != 1 || sp.Resources.VCPUs != 2 || sp.Resources.MemoryBytes != 1<<30 ||
-		sp.Strategy != scheduler.Spread || sp.StrategyName != "" || sp.Desired != yunchiv1.PowerState_POWER_STATE_RUNNING {
+		sp.Strategy != scheduler.Spread || sp.StrategyName != "" || sp.Desired != statev1.PowerState_POWER_STATE_RUNNING {
 		t.Fatalf("placer got %+v", sp)
 	}
 
@@ -72,7 +72,7 @@ func TestCreateHandlersUseThePlacer(t *testing.T) {
 	if len(resp.Vms) != 3 || len(resp.Decisions) != 3 || resp.Decisions[0].HostCenter != "a1" || resp.Decisions[0].RunnersUp[0].HostId != "h2" {
 		t.Fatalf("CreateVMs answered %v", resp)
 	}
-	if sp := p.got[1]; sp.Names[2] != "db-3" || sp.Strategy != scheduler.Binpack || sp.StrategyName != "binpack" || sp.Desired != yunchiv1.PowerState_POWER_STATE_STOPPED {
+	if sp := p.got[1]; sp.Names[2] != "db-3" || sp.Strategy != scheduler.Binpack || sp.StrategyName != "binpack" || sp.Desired != statev1.PowerState_POWER_STATE_STOPPED {
 		t.Fatalf("placer got %+v", sp)
 	}
 

@@ -105,9 +105,9 @@ func NewServer(prop Proposer, member Membership, store ReadView, placer Placer, 
 // Close releases connections to other controllers.
 func (s *Server) Close() { s.fwd.close() }
 
-func (s *Server) apply(ctx context.Context, cmd *statev1.Command) (any, error) {
-	v, err := s.prop.Apply(ctx, cmd)
-	return v, toStatus(err)
+func (s *Server) apply(ctx context.Context, cmd *statev1.Command) (state.Result, error) {
+	res, err := s.prop.Apply(ctx, cmd)
+	return res, toStatus(err)
 }
 
 func projectOf(p string) (string, error) {
@@ -198,12 +198,12 @@ func (s *Server) setDesired(ctx context.Context, req *yunchiv1.VMActionRequest, 
 		return nil, err
 	}
 	res, err := s.apply(ctx, &statev1.Command{Cmd: &statev1.Command_SetVmDesired{SetVmDesired: &statev1.SetVMDesired{
-		VmId: v.Id, Desired: desired, Reboot: reboot,
+		VmId: v.Id, Desired: powerFromAPI(desired), Reboot: reboot,
 	}}})
 	if err != nil {
 		return nil, err
 	}
-	return s.vmOut(res.(*statev1.VMRecord)), nil
+	return s.vmOut(res.VMs[0]), nil
 }
 
 func (s *Server) StartVM(ctx context.Context, req *yunchiv1.VMActionRequest) (*yunchiv1.VM, error) {
@@ -313,21 +313,21 @@ func (s *Server) GetCapacity(ctx context.Context, req *yunchiv1.GetCapacityReque
 			centers[h.Center] = c
 		}
 		c.Hosts++
-		if hv.State == yunchiv1.HostState_HOST_STATE_READY {
+		if hv.State == statev1.HostState_HOST_STATE_READY {
 			c.HostsReady++
 		}
 		c.Vms += int32(hv.VMs)
-		a := hv.Sched.Allocatable()
-		alloc := resToAPI(a)
+		a := hv.Facts.Allocatable()
+		alloc, used, capa := resToAPI(a), resToAPI(hv.Facts.Allocated), recResToAPI(h.Capacity)
 		// Free is what each host has left: an overcommitted host's
 		// shortfall is not taken from another host's room, it is reported.
-		free, over := freeAndOvercommit(a, hv.Sched.Allocated)
-		addTo(c.Capacity, h.Capacity)
-		addTo(c.Allocated, hv.Allocated)
+		free, over := freeAndOvercommit(a, hv.Facts.Allocated)
+		addTo(c.Capacity, capa)
+		addTo(c.Allocated, used)
 		addTo(c.Allocatable, alloc)
 		addTo(c.Free, free)
-		addTo(out.Capacity, h.Capacity)
-		addTo(out.Allocated, hv.Allocated)
+		addTo(out.Capacity, capa)
+		addTo(out.Allocated, used)
 		addTo(out.Allocatable, alloc)
 		addTo(out.Free, free)
 		if over != nil {

@@ -24,13 +24,14 @@ import (
 	"sync"
 	"time"
 
+	"github.com/yunchi/yunchi/controller/state"
 	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 )
 
 // Proposer puts a command through raft (the raft node).
 type Proposer interface {
-	Apply(ctx context.Context, cmd *statev1.Command) (any, error)
+	Apply(ctx context.Context, cmd *statev1.Command) (state.Result, error)
 }
 
 // View is the part of the replicated state the duties read (*state.Store).
@@ -233,7 +234,7 @@ func (d *Duties) markSilentHostsDown(ctx context.Context, live []string) {
 		}
 		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		_, err := d.prop.Apply(actx, &statev1.Command{Cmd: &statev1.Command_SetHostState{SetHostState: &statev1.SetHostState{
-			HostId: id, State: yunchiv1.HostState_HOST_STATE_DOWN,
+			HostId: id, State: statev1.HostState_HOST_STATE_DOWN,
 		}}})
 		cancel()
 		if err != nil {

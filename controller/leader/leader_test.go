@@ -20,9 +20,9 @@ type storeProposer struct {
 	idx uint64
 }
 
-func (p *storeProposer) Apply(ctx context.Context, cmd *statev1.Command) (any, error) {
+func (p *storeProposer) Apply(ctx context.Context, cmd *statev1.Command) (state.Result, error) {
 	if err := ctx.Err(); err != nil {
-		return nil, err
+		return state.Result{}, err
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -37,7 +37,7 @@ func newDuties(t *testing.T, ttl time.Duration, hosts ...string) (*Duties, *stor
 	p := &storeProposer{st: state.New()}
 	for _, id := range hosts {
 		if _, err := p.Apply(context.Background(), &statev1.Command{Cmd: &statev1.Command_RegisterHost{RegisterHost: &statev1.RegisterHost{Host: &statev1.HostRecord{
-			Id: id, Hostname: id, Center: "a1", Capacity: &yunchiv1.Resources{Vcpus: 8, MemoryBytes: 1 << 34, DiskBytes: 1 << 40},
+			Id: id, Hostname: id, Center: "a1", Capacity: &statev1.Resources{Vcpus: 8, MemoryBytes: 1 << 34, DiskBytes: 1 << 40},
 		}}}}); err != nil {
 			t.Fatal(err)
 		}
@@ -61,7 +61,7 @@ func eventually(t *testing.T, what string, ok func() bool) {
 	}
 }
 
-func hostState(st *state.Store, id string) yunchiv1.HostState {
+func hostState(st *state.Store, id string) statev1.HostState {
 	hv, _ := st.Host(id)
 	return hv.State
 }
@@ -78,9 +78,9 @@ func TestDutiesKeepLiveness(t *testing.T) {
 	stats := &yunchiv1.HostStats{}
 	eventually(t, "silent h2 to be marked down", func() bool {
 		d.Heard("h1", stats) // h1 keeps heartbeating
-		return hostState(p.st, "h2") == yunchiv1.HostState_HOST_STATE_DOWN
+		return hostState(p.st, "h2") == statev1.HostState_HOST_STATE_DOWN
 	})
-	if s := hostState(p.st, "h1"); s != yunchiv1.HostState_HOST_STATE_READY {
+	if s := hostState(p.st, "h1"); s != statev1.HostState_HOST_STATE_READY {
 		t.Errorf("h1 heartbeated throughout, yet it is %v", s)
 	}
 	eventually(t, "h1's heartbeat to be recorded in the state", func() bool {

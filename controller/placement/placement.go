@@ -23,21 +23,20 @@ import (
 
 	"github.com/yunchi/yunchi/controller/state"
 	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
-	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 	"github.com/yunchi/yunchi/scheduler"
 )
 
 // Proposer puts a command through raft and returns what Apply returned
 // (the raft node).
 type Proposer interface {
-	Apply(ctx context.Context, cmd *statev1.Command) (any, error)
+	Apply(ctx context.Context, cmd *statev1.Command) (state.Result, error)
 }
 
 // View is the part of the replicated state decisions read (*state.Store).
 type View interface {
 	VM(project, name string) (*statev1.VMRecord, bool)
 	Host(id string) (state.HostView, bool)
-	SchedulerView(since uint64, project, group string) (hosts []scheduler.Host, full bool, seq uint64, g *scheduler.Group, err error)
+	SchedulerView(since uint64, project, group string) (hosts []state.HostFacts, full bool, seq uint64, g *state.GroupFacts, err error)
 }
 
 // Attempts is how many times a placement is decided again when Apply
@@ -59,7 +58,7 @@ type Spec struct {
 	Strategy    scheduler.Strategy
 	// StrategyName is recorded with the VM ("" when the request named none).
 	StrategyName string
-	Desired      yunchiv1.PowerState
+	Desired      statev1.PowerState
 }
 
 // SpecOf is the spec an existing VM was placed with, for deciding again
@@ -71,12 +70,16 @@ func SpecOf(vm *statev1.VMRecord, def scheduler.Strategy) (Spec, error) {
 		Resources: scheduler.Resources{VCPUs: int64(vm.Vcpus), MemoryBytes: vm.MemoryBytes, DiskBytes: vm.DiskBytes},
 		Center:    vm.Center, Group: vm.Group, Strategy: def, StrategyName: vm.Strategy, Desired: vm.Desired,
 	}
-	for _, cs := range vm.Constraints {
-		c, err := scheduler.ParseConstraint(cs)
+	cons, err := state.ConstraintsOf(vm)
+	if err != nil {
+		return Spec{}, fmt.Errorf("vm %q: %w", vm.Name, err)
+	}
+	for _, c := range cons {
+		sc, err := schedConstraint(c)
 		if err != nil {
-			return Spec{}, fmt.Errorf("vm %q: constraint %q: %w", vm.Name, cs, err)
+			return Spec{}, fmt.Errorf("vm %q: %w", vm.Name, err)
 		}
-		sp.Constraints = append(sp.Constraints, c)
+		sp.Constraints = append(sp.Constraints, sc)
 	}
 	if vm.Strategy != "" {
 		st, err := scheduler.ParseStrategy(vm.Strategy)
@@ -176,11 +179,13 @@ func (e *Engine) sync(strategy scheduler.Strategy, project, group string) (*sche
 	if cc != nil {
 		since = cc.seq
 	}
-	hosts, full, seq, g, err := e.view.SchedulerView(since, project, group)
+	facts, full, seq, gf, err := e.view.SchedulerView(since, project, group)
 	if err != nil {
 		return nil, nil, err
 	}
-	for i := range hosts {
+	hosts := make([]scheduler.Host, len(facts))
+	for i := range facts {
+		hosts[i] = schedHost(&facts[i])
 		hosts[i].Allocated = hosts[i].Allocated.Add(e.hostRes[hosts[i].ID])
 	}
 	if cc == nil || full {
@@ -201,13 +206,14 @@ func (e *Engine) sync(strategy scheduler.Strategy, project, group string) (*sche
 				continue
 			}
 			if hv, ok := e.view.Host(id); ok {
-				h := hv.Sched
+				h := schedHost(&hv.Facts)
 				h.Allocated = h.Allocated.Add(e.hostRes[id])
 				cc.cl.Upsert(h)
 			}
 		}
 	}
 	cc.seq, cc.dirty = seq, nil
+	g := schedGroup(gf)
 	if g != nil {
 		for id, n := range e.groupRes[groupKey(project, group)] {
 			g.Members[id] += n
@@ -349,9 +355,9 @@ func (e *ErrRaces) Unwrap() error { return e.Last }
 // Attempts times. Errors are the scheduler's (*scheduler.NoFitError), the
 // state's (*state.Error), raft's, or *ErrRaces.
 func (e *Engine) Place(ctx context.Context, sp Spec) ([]*statev1.VMRecord, []Decision, error) {
-	var constraintStrs []string
-	for _, c := range sp.Constraints {
-		constraintStrs = append(constraintStrs, c.String())
+	rules := make([]*statev1.Constraint, len(sp.Constraints))
+	for i, c := range sp.Constraints {
+		rules[i] = stateConstraint(c)
 	}
 	var lastErr error
 	for attempt := 0; attempt < Attempts; attempt++ {
@@ -374,14 +380,12 @@ func (e *Engine) Place(ctx context.Context, sp Spec) ([]*statev1.VMRecord, []Dec
 				Id: uuid.NewString(), Name: sp.Names[i], Project: sp.Project,
 				Vcpus: int32(sp.Resources.VCPUs), MemoryBytes: sp.Resources.MemoryBytes, DiskBytes: sp.Resources.DiskBytes,
 				Center: sp.Center, HostId: p.HostID, Desired: sp.Desired,
-				Group: sp.Group, Constraints: constraintStrs, Strategy: sp.StrategyName,
+				Group: sp.Group, ConstraintRules: rules, Strategy: sp.StrategyName,
 			}
 		}
+		// One VM or a batch: the same command.
 		cmd := &statev1.Command{Cmd: &statev1.Command_PlaceVms{PlaceVms: &statev1.PlaceVMs{Vms: recs}}}
-		if len(recs) == 1 {
-			cmd = &statev1.Command{Cmd: &statev1.Command_PlaceVm{PlaceVm: &statev1.PlaceVM{Vm: recs[0]}}}
-		}
-		v, err := e.prop.Apply(ctx, cmd)
+		res, err := e.prop.Apply(ctx, cmd)
 		// Applied (the committed state now holds the VMs) or not: either
 		// way the reservation has done its work.
 		e.release(resID)
@@ -393,14 +397,9 @@ func (e *Engine) Place(ctx context.Context, sp Spec) ([]*statev1.VMRecord, []Dec
 		if err != nil {
 			return nil, nil, err
 		}
-		var placed []*statev1.VMRecord
-		switch out := v.(type) {
-		case *statev1.VMRecord:
-			placed = []*statev1.VMRecord{out}
-		case []*statev1.VMRecord:
-			placed = out
-		default:
-			return nil, nil, fmt.Errorf("placement: unexpected result %T", v)
+		placed := res.VMs
+		if len(placed) != len(recs) {
+			return nil, nil, fmt.Errorf("placement: %d VMs placed of %d", len(placed), len(recs))
 		}
 		for _, r := range placed {
 			e.log.Info("vm placed", "vm", r.Name, "project", r.Project, "host", r.HostId, "id", r.Id, "group", r.Group)

@@ -11,7 +11,6 @@ import (
 
 	"github.com/yunchi/yunchi/controller/state"
 	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
-	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 	"github.com/yunchi/yunchi/scheduler"
 )
 
@@ -37,7 +36,7 @@ func newStoreProposer() *storeProposer {
 	return &storeProposer{st: state.New(), arrived: make(chan struct{}, 1024)}
 }
 
-func (p *storeProposer) Apply(ctx context.Context, cmd *statev1.Command) (any, error) {
+func (p *storeProposer) Apply(ctx context.Context, cmd *statev1.Command) (state.Result, error) {
 	cmd.Version = state.CommandVersion
 	cmd.UnixNano = 1
 	p.mu.Lock()
@@ -50,11 +49,11 @@ func (p *storeProposer) Apply(ctx context.Context, cmd *statev1.Command) (any, e
 		select {
 		case <-hold:
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return state.Result{}, ctx.Err()
 		}
 	}
 	if fail != nil {
-		return nil, fail
+		return state.Result{}, fail
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -82,7 +81,7 @@ func (p *storeProposer) addHost(t *testing.T, id, center, rack string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.applyDirect(t, &statev1.Command{Cmd: &statev1.Command_RegisterHost{RegisterHost: &statev1.RegisterHost{Host: &statev1.HostRecord{
-		Id: id, Hostname: id, Center: center, Rack: rack, Capacity: &yunchiv1.Resources{Vcpus: 64, MemoryBytes: 64 * gib, DiskBytes: 1000 * gib},
+		Id: id, Hostname: id, Center: center, Rack: rack, Capacity: &statev1.Resources{Vcpus: 64, MemoryBytes: 64 * gib, DiskBytes: 1000 * gib},
 	}}}})
 }
 
@@ -94,7 +93,7 @@ func (p *storeProposer) memFits(t *testing.T, id string, mem int64) int {
 	if !ok {
 		t.Fatalf("host %s not registered", id)
 	}
-	return int(hv.Sched.Allocatable().MemoryBytes / mem)
+	return int(hv.Facts.Allocatable().MemoryBytes / mem)
 }
 
 // waitArrived waits for n proposals to reach the proposer.
@@ -120,7 +119,9 @@ func (p *storeProposer) heldHosts() map[string]int {
 	defer p.mu.Unlock()
 	out := map[string]int{}
 	for _, c := range p.proposed {
-		out[c.GetPlaceVm().GetVm().GetHostId()]++
+		for _, vm := range c.GetPlaceVms().GetVms() {
+			out[vm.GetHostId()]++
+		}
 	}
 	return out
 }
@@ -208,7 +209,7 @@ func TestInFlightGroupMembersReserve(t *testing.T) {
 	}
 	p.mu.Lock()
 	p.applyDirect(t, &statev1.Command{Cmd: &statev1.Command_CreatePlacementGroup{CreatePlacementGroup: &statev1.CreatePlacementGroup{Group: &statev1.PlacementGroupRecord{
-		Name: "db", Project: state.DefaultProject, Policy: yunchiv1.GroupPolicy_GROUP_POLICY_ANTI_AFFINITY, Level: yunchiv1.GroupLevel_GROUP_LEVEL_HOST,
+		Name: "db", Project: state.DefaultProject, Policy: statev1.GroupPolicy_GROUP_POLICY_ANTI_AFFINITY, Level: statev1.GroupLevel_GROUP_LEVEL_HOST,
 	}}}})
 	p.mu.Unlock()
 	p.hold = make(chan struct{})
@@ -339,7 +340,7 @@ func TestConflictIsDecidedAgain(t *testing.T) {
 
 func TestSpecOfExistingVM(t *testing.T) {
 	vm := &statev1.VMRecord{Name: "web", Project: "p1", Vcpus: 2, MemoryBytes: 4 * gib, DiskBytes: 20 * gib, Center: "a1",
-		Group: "g", Constraints: []string{"label.disk==ssd"}, Strategy: "spread", Desired: yunchiv1.PowerState_POWER_STATE_RUNNING}
+		Group: "g", Constraints: []string{"label.disk==ssd"}, Strategy: "spread", Desired: statev1.PowerState_POWER_STATE_RUNNING}
 	sp, err := SpecOf(vm, scheduler.Binpack)
 	if err != nil {
 		t.Fatal(err)
@@ -355,3 +356,54 @@ func TestSpecOfExistingVM(t *testing.T) {
 }
 
 var quiet = slog.New(slog.DiscardHandler)
+
+// A single create is a PlaceVMs of one VM, and the log records its
+// constraints structured, not as text; SpecOf reads them back (and the
+// text older versions recorded) into the same scheduler constraints.
+func TestPlaceRecordsStructuredConstraints(t *testing.T) {
+	p := newStoreProposer()
+	p.addHost(t, "h1", "a1", "r1")
+	p.addHost(t, "h2", "a1", "r2")
+	e := New(p, p.st, quiet)
+	sp := spec("web", gib)
+	for _, cs := range []string{"rack!=r1", "center in a1,b1"} {
+		c, err := scheduler.ParseConstraint(cs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sp.Constraints = append(sp.Constraints, c)
+	}
+	recs, _, err := e.Place(context.Background(), sp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != 1 || recs[0].HostId != "h2" {
+		t.Fatalf("placed %v, want web on h2 (rack!=r1)", recs)
+	}
+	p.mu.Lock()
+	cmd := p.proposed[len(p.proposed)-1]
+	p.mu.Unlock()
+	vms := cmd.GetPlaceVms().GetVms()
+	if len(vms) != 1 || cmd.GetPlaceVm() != nil {
+		t.Fatalf("proposed %v, want a PlaceVMs of one VM", cmd)
+	}
+	if len(vms[0].Constraints) != 0 || len(vms[0].ConstraintRules) != 2 ||
+		vms[0].ConstraintRules[0].Op != statev1.ConstraintOp_CONSTRAINT_OP_NE || vms[0].ConstraintRules[1].Op != statev1.ConstraintOp_CONSTRAINT_OP_IN {
+		t.Fatalf("recorded constraints %v / %v, want two structured rules and no text", vms[0].Constraints, vms[0].ConstraintRules)
+	}
+	for _, vm := range []*statev1.VMRecord{
+		recs[0],
+		{Name: "old", Project: "p", Vcpus: 1, Constraints: []string{"rack!=r1", "center in a1,b1"}}, // version 3
+	} {
+		got, err := SpecOf(vm, scheduler.Binpack)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got.Constraints) != 2 || got.Constraints[0].String() != "rack!=r1" || got.Constraints[1].String() != "center in a1,b1" {
+			t.Errorf("SpecOf(%s) constraints %v", vm.Name, got.Constraints)
+		}
+	}
+	if _, err := SpecOf(&statev1.VMRecord{Name: "bad", ConstraintRules: []*statev1.Constraint{{Key: "rack", Values: []string{"r1"}}}}, scheduler.Binpack); err == nil {
+		t.Error("SpecOf accepted a constraint without an operator")
+	}
+}

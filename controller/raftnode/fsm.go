@@ -16,7 +16,7 @@ import (
 
 // Result is what FSM.Apply returns for every command entry.
 type Result struct {
-	Value any
+	Value state.Result
 	Err   error
 }
 

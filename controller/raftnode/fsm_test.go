@@ -8,7 +8,6 @@ import (
 
 	"github.com/yunchi/yunchi/controller/state"
 	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
-	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 )
 
 func entry(t *testing.T, index uint64, cmd *statev1.Command) *raft.Log {
@@ -26,7 +25,7 @@ func entry(t *testing.T, index uint64, cmd *statev1.Command) *raft.Log {
 func TestFSMSnapshotRestore(t *testing.T) {
 	f := &FSM{Store: state.New()}
 	res := f.Apply(entry(t, 1, &statev1.Command{Cmd: &statev1.Command_RegisterHost{RegisterHost: &statev1.RegisterHost{Host: &statev1.HostRecord{
-		Id: "h1", Center: "a1", Capacity: &yunchiv1.Resources{Vcpus: 8, MemoryBytes: 8 << 30, DiskBytes: 100 << 30},
+		Id: "h1", Center: "a1", Capacity: &statev1.Resources{Vcpus: 8, MemoryBytes: 8 << 30, DiskBytes: 100 << 30},
 	}}}})).(Result)
 	if res.Err != nil {
 		t.Fatal(res.Err)

@@ -13,7 +13,6 @@ import (
 	"github.com/yunchi/yunchi/controller/raftstore"
 	"github.com/yunchi/yunchi/controller/state"
 	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
-	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 )
 
 // readCounting is a log store that counts raft's reads of log entries.
@@ -99,7 +98,7 @@ func TestWritePathDoesNotReadTheLogFromDisk(t *testing.T) {
 			defer wg.Done()
 			id := fmt.Sprintf("h%03d", i)
 			_, err := n1.Apply(ctx, &statev1.Command{Cmd: &statev1.Command_RegisterHost{RegisterHost: &statev1.RegisterHost{Host: &statev1.HostRecord{
-				Id: id, Hostname: id, Center: "a1", Capacity: &yunchiv1.Resources{Vcpus: 8, MemoryBytes: 1 << 34, DiskBytes: 1 << 40},
+				Id: id, Hostname: id, Center: "a1", Capacity: &statev1.Resources{Vcpus: 8, MemoryBytes: 1 << 34, DiskBytes: 1 << 40},
 			}}}})
 			errs <- err
 		}()

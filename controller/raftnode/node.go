@@ -317,7 +317,7 @@ var ErrTimeout = errors.New("raft: command not accepted in time")
 // Apply proposes cmd (stamped with the leader's clock, the command version
 // and the request id ctx carries, see state.WithRequest) and waits for it to be applied. The error is the FSM's
 // rejection (a *state.Error) or a raft error such as raft.ErrNotLeader.
-func (n *Node) Apply(ctx context.Context, cmd *statev1.Command) (any, error) {
+func (n *Node) Apply(ctx context.Context, cmd *statev1.Command) (state.Result, error) {
 	cmd.Version = state.CommandVersion
 	cmd.UnixNano = time.Now().UnixNano()
 	// The API request's idempotency key, if it has one: Apply answers a
@@ -327,26 +327,26 @@ func (n *Node) Apply(ctx context.Context, cmd *statev1.Command) (any, error) {
 	}
 	b, err := proto.Marshal(cmd)
 	if err != nil {
-		return nil, fmt.Errorf("encode command: %w", err)
+		return state.Result{}, fmt.Errorf("encode command: %w", err)
 	}
 	// A context already done proposes nothing (raft would read the
 	// negative time left as "no timeout").
 	if err := ctx.Err(); err != nil {
-		return nil, err
+		return state.Result{}, err
 	}
 	f := n.Raft.Apply(b, timeoutOf(ctx, 10*time.Second))
 	if err := f.Error(); err != nil {
 		if errors.Is(err, raft.ErrEnqueueTimeout) {
-			return nil, ErrTimeout
+			return state.Result{}, ErrTimeout
 		}
 		if h := n.logs.Health(); !h.Healthy() && !isRaftError(err) {
-			return nil, &LogStoreError{Node: n.id, Err: err}
+			return state.Result{}, &LogStoreError{Node: n.id, Err: err}
 		}
-		return nil, err
+		return state.Result{}, err
 	}
 	res, ok := f.Response().(Result)
 	if !ok {
-		return nil, fmt.Errorf("unexpected FSM response %T", f.Response())
+		return state.Result{}, fmt.Errorf("unexpected FSM response %T", f.Response())
 	}
 	return res.Value, res.Err
 }

@@ -10,7 +10,6 @@ import (
 
 	"github.com/yunchi/yunchi/controller/state"
 	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
-	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 )
 
 // TestApplyWithDoneContextProposesNothing: a request whose deadline has
@@ -33,7 +32,7 @@ func TestApplyWithDoneContextProposesNothing(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	reg := &statev1.Command{Cmd: &statev1.Command_RegisterHost{RegisterHost: &statev1.RegisterHost{Host: &statev1.HostRecord{
-		Id: "h1", Hostname: "h1", Center: "a1", Capacity: &yunchiv1.Resources{Vcpus: 8, MemoryBytes: 1 << 34, DiskBytes: 1 << 40},
+		Id: "h1", Hostname: "h1", Center: "a1", Capacity: &statev1.Resources{Vcpus: 8, MemoryBytes: 1 << 34, DiskBytes: 1 << 40},
 	}}}}
 	// A new leader appends a no-op entry of its own, possibly after it
 	// reports Leader: wait until that is in the log, or it would look like

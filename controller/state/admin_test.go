@@ -6,7 +6,6 @@ import (
 	"testing"
 
 	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
-	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 )
 
 // fiveHosts: h1..h5 in center b1, 16 vCPU / 64 GiB / 1000 GiB each; h1..h4
@@ -24,7 +23,7 @@ func fiveHosts(t *testing.T) *Store {
 }
 
 // legacyApply applies cmd as a controller before version 3 wrote it.
-func legacyApply(t *testing.T, s *Store, index uint64, cmd *statev1.Command) (any, error) {
+func legacyApply(t *testing.T, s *Store, index uint64, cmd *statev1.Command) (Result, error) {
 	t.Helper()
 	cmd.Version = rulesV3 - 1
 	cmd.UnixNano = int64(index) * 1000
@@ -75,8 +74,8 @@ func TestOvercommitNeedsForce(t *testing.T) {
 	for name, u := range map[string]*statev1.UpdateHost{
 		"memory ratio":       {HostId: "h1", MemoryRatio: f64(0.1)},
 		"cpu ratio":          {HostId: "h1", CpuRatio: f64(0.1)}, // 15 * 0.1 = 1 vCPU < 2
-		"reserve memory":     {HostId: "h1", Reserved: &yunchiv1.Resources{Vcpus: 1, MemoryBytes: 60 * gib}},
-		"reserve cpu":        {HostId: "h1", Reserved: &yunchiv1.Resources{Vcpus: 16, MemoryBytes: 2 * gib}},
+		"reserve memory":     {HostId: "h1", Reserved: &statev1.Resources{Vcpus: 1, MemoryBytes: 60 * gib}},
+		"reserve cpu":        {HostId: "h1", Reserved: &statev1.Resources{Vcpus: 16, MemoryBytes: 2 * gib}},
 		"into a small group": {HostId: "h1", SetLabels: map[string]string{HostGroupLabel: "tiny"}},
 		"with other changes": {HostId: "h1", Owner: str("tax"), MemoryRatio: f64(0.1)},
 	} {
@@ -93,7 +92,7 @@ func TestOvercommitNeedsForce(t *testing.T) {
 	// Forced, it is applied, and the hosts say they are overcommitted.
 	mustApply(t, s, 30, setRatios(&statev1.SetRatios{Scope: ScopeCenter, Name: "b1", Memory: f64(0.1), Force: true}))
 	for _, hv := range s.Hosts() {
-		f := hv.Sched.Free()
+		f := hv.Facts.Free()
 		if runsVMs := hv.Host.Id != "h5"; (f.MemoryBytes < 0) != runsVMs || f.VCPUs < 0 || f.DiskBytes < 0 {
 			t.Fatalf("%s after a forced memory ratio: free %+v", hv.Host.Id, f)
 		}
@@ -104,14 +103,14 @@ func TestOvercommitNeedsForce(t *testing.T) {
 	}
 	// A change that does not lower it further needs no force; one that does
 	// (cpu now, or memory further) does.
-	mustApply(t, s, 32, updateHost(&statev1.UpdateHost{HostId: "h1", SetLabels: map[string]string{"tier": "gold"}, AdminState: yunchiv1.HostState_HOST_STATE_MAINTENANCE}))
+	mustApply(t, s, 32, updateHost(&statev1.UpdateHost{HostId: "h1", SetLabels: map[string]string{"tier": "gold"}, AdminState: statev1.HostState_HOST_STATE_MAINTENANCE}))
 	mustApply(t, s, 33, updateHost(&statev1.UpdateHost{HostId: "h1", MemoryRatio: f64(0.12)})) // up, still below
 	_, err = apply(t, s, 34, updateHost(&statev1.UpdateHost{HostId: "h1", MemoryRatio: f64(0.11)}))
 	wantRefused(t, err, KindFailedPrecondition, "host h1 below what it runs (memory: allocated 8 GiB > allocatable ")
 	// Raising the center's ratio back ends the overcommit.
 	mustApply(t, s, 35, setRatios(&statev1.SetRatios{Scope: ScopeCenter, Name: "b1", Memory: f64(0)}))
-	if hv, _ := s.Host("h2"); hv.Sched.Free().MemoryBytes < 0 {
-		t.Fatalf("h2 still overcommitted: free %+v", hv.Sched.Free())
+	if hv, _ := s.Host("h2"); hv.Facts.Free().MemoryBytes < 0 {
+		t.Fatalf("h2 still overcommitted: free %+v", hv.Facts.Free())
 	}
 }
 
@@ -127,8 +126,8 @@ func TestLegacyCommandsApplyByTheirRules(t *testing.T) {
 			t.Fatalf("legacy command %d refused: %v", i, err)
 		}
 	}
-	if hv, _ := s.Host("h1"); hv.Sched.Free().MemoryBytes >= 0 {
-		t.Fatalf("h1 after a legacy ratio: free %+v", hv.Sched.Free())
+	if hv, _ := s.Host("h1"); hv.Facts.Free().MemoryBytes >= 0 {
+		t.Fatalf("h1 after a legacy ratio: free %+v", hv.Facts.Free())
 	}
 	// A reserved label left by an old command can be removed.
 	mustApply(t, s, 30, updateHost(&statev1.UpdateHost{HostId: "h5", RemoveLabels: []string{"center"}, CpuRatio: f64(0)}))

@@ -8,8 +8,6 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
-	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
-	"github.com/yunchi/yunchi/scheduler"
 )
 
 // MaxPerHostLimit bounds a group's max_per_host.
@@ -32,11 +30,11 @@ func (s *Store) checkCreateGroup(g *statev1.PlacementGroupRecord) error {
 		return errorf(KindInvalid, "group name %q is not valid: use 1-63 lowercase letters, digits and '-'", g.Name)
 	case !ValidName(g.Project):
 		return errorf(KindInvalid, "project %q is not valid", g.Project)
-	case g.Policy == yunchiv1.GroupPolicy_GROUP_POLICY_UNSPECIFIED:
+	case g.Policy == statev1.GroupPolicy_GROUP_POLICY_UNSPECIFIED:
 		return errorf(KindInvalid, "group policy is required: affinity (keep members together) or anti-affinity (keep them apart)")
-	case g.Policy != yunchiv1.GroupPolicy_GROUP_POLICY_AFFINITY && g.Policy != yunchiv1.GroupPolicy_GROUP_POLICY_ANTI_AFFINITY:
+	case g.Policy != statev1.GroupPolicy_GROUP_POLICY_AFFINITY && g.Policy != statev1.GroupPolicy_GROUP_POLICY_ANTI_AFFINITY:
 		return errorf(KindInvalid, "group policy %d is unknown: use affinity or anti-affinity", g.Policy)
-	case g.Level < yunchiv1.GroupLevel_GROUP_LEVEL_UNSPECIFIED || g.Level > yunchiv1.GroupLevel_GROUP_LEVEL_CENTER:
+	case g.Level < statev1.GroupLevel_GROUP_LEVEL_UNSPECIFIED || g.Level > statev1.GroupLevel_GROUP_LEVEL_CENTER:
 		return errorf(KindInvalid, "group level %d is unknown: use host, rack or center", g.Level)
 	case g.MaxPerHost < 0 || g.MaxPerHost > MaxPerHostLimit:
 		return errorf(KindInvalid, "max per host %d is out of range: give 0 (no limit) to %d", g.MaxPerHost, MaxPerHostLimit)
@@ -47,22 +45,22 @@ func (s *Store) checkCreateGroup(g *statev1.PlacementGroupRecord) error {
 	return nil
 }
 
-func (s *Store) applyCreatePlacementGroup(now int64, c *statev1.CreatePlacementGroup) (any, error) {
+func (s *Store) applyCreatePlacementGroup(now int64, c *statev1.CreatePlacementGroup) (*statev1.PlacementGroupRecord, error) {
 	g := c.GetGroup()
 	if err := s.checkCreateGroup(g); err != nil {
 		return nil, err
 	}
 	key := nameKey(g.Project, g.Name)
 	rec := proto.Clone(g).(*statev1.PlacementGroupRecord)
-	if rec.Level == yunchiv1.GroupLevel_GROUP_LEVEL_UNSPECIFIED {
-		rec.Level = yunchiv1.GroupLevel_GROUP_LEVEL_HOST
+	if rec.Level == statev1.GroupLevel_GROUP_LEVEL_UNSPECIFIED {
+		rec.Level = statev1.GroupLevel_GROUP_LEVEL_HOST
 	}
 	rec.CreatedUnixNano = now
 	s.groups[key] = rec
-	return proto.Clone(rec), nil
+	return proto.Clone(rec).(*statev1.PlacementGroupRecord), nil
 }
 
-func (s *Store) applyDeletePlacementGroup(c *statev1.DeletePlacementGroup) (any, error) {
+func (s *Store) applyDeletePlacementGroup(c *statev1.DeletePlacementGroup) (*statev1.PlacementGroupRecord, error) {
 	key := nameKey(c.GetProject(), c.GetName())
 	g, ok := s.groups[key]
 	if !ok {
@@ -76,7 +74,7 @@ func (s *Store) applyDeletePlacementGroup(c *statev1.DeletePlacementGroup) (any,
 		return nil, errorf(KindFailedPrecondition, "placement group %q still has %d member VMs (%s): delete them first", g.Name, len(names), strings.Join(shown, ", "))
 	}
 	delete(s.groups, key)
-	return proto.Clone(g), nil
+	return proto.Clone(g).(*statev1.PlacementGroupRecord), nil
 }
 
 // groupMemberNames lists the VMs in g, sorted. Callers hold mu.
@@ -137,29 +135,29 @@ func (s *Store) PlacementGroups(project string) []GroupView {
 	return out
 }
 
-// SchedGroup is g as the scheduler sees it, with where its members are now.
-// Callers hold mu.
-func (s *Store) schedGroup(g *statev1.PlacementGroupRecord) *scheduler.Group {
+// groupFacts is g with where its members are now. Callers hold mu.
+func (s *Store) groupFacts(g *statev1.PlacementGroupRecord) *GroupFacts {
 	members := maps.Clone(s.groupHosts[nameKey(g.Project, g.Name)])
 	if members == nil {
 		members = map[string]int{}
 	}
-	return &scheduler.Group{
-		Name:       g.Name,
-		Affinity:   g.Policy == yunchiv1.GroupPolicy_GROUP_POLICY_AFFINITY,
-		Level:      schedLevel(g.Level),
-		Hard:       !g.Soft,
-		MaxPerHost: int(g.MaxPerHost),
-		Members:    members,
+	level := g.Level
+	if level == statev1.GroupLevel_GROUP_LEVEL_UNSPECIFIED {
+		level = statev1.GroupLevel_GROUP_LEVEL_HOST
+	}
+	return &GroupFacts{
+		Name: g.Name, Project: g.Project, Policy: g.Policy, Level: level,
+		Soft: g.Soft, MaxPerHost: int(g.MaxPerHost), Members: members,
 	}
 }
 
-func schedLevel(l yunchiv1.GroupLevel) scheduler.Level {
+// levelName is how messages name a group level: "host", "rack", "center".
+func levelName(l statev1.GroupLevel) string {
 	switch l {
-	case yunchiv1.GroupLevel_GROUP_LEVEL_RACK:
-		return scheduler.LevelRack
-	case yunchiv1.GroupLevel_GROUP_LEVEL_CENTER:
-		return scheduler.LevelCenter
+	case statev1.GroupLevel_GROUP_LEVEL_RACK:
+		return "rack"
+	case statev1.GroupLevel_GROUP_LEVEL_CENTER:
+		return "center"
 	}
-	return scheduler.LevelHost
+	return "host"
 }

@@ -11,14 +11,12 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
-	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
-	"github.com/yunchi/yunchi/scheduler"
 )
 
 // DefaultReserved is kept for the host OS on a host whose reservation an
 // admin never set: 1 vCPU and 2 GiB for the hypervisor, libvirt and the
 // agent; no disk (VM disks live on a pool the host OS does not share).
-var DefaultReserved = scheduler.Resources{VCPUs: 1, MemoryBytes: 2 << 30, DiskBytes: 0}
+var DefaultReserved = Resources{VCPUs: 1, MemoryBytes: 2 << 30, DiskBytes: 0}
 
 // Ratio bounds, per dimension: a ratio being set is 0 (remove the
 // setting) or in [MinRatio, MaxRatios]. Below a tenth a host would offer
@@ -28,7 +26,7 @@ var DefaultReserved = scheduler.Resources{VCPUs: 1, MemoryBytes: 2 << 30, DiskBy
 const MinRatio = 0.1
 
 // MaxRatios are the largest ratios accepted, per dimension.
-var MaxRatios = scheduler.Ratios{CPU: 64, Memory: 4, Disk: 16}
+var MaxRatios = Ratios{CPU: 64, Memory: 4, Disk: 16}
 
 // legacyMaxRatio bounds every ratio of a command older than version 3.
 const legacyMaxRatio = 64.0
@@ -107,7 +105,7 @@ func checkRatios(cpu, memory, disk *float64, legacy bool) error {
 
 // mergeRatios writes the ratios a command sets into r (nil leaves one as
 // it is, 0 clears it) and reports whether r still sets any.
-func mergeRatios(r *yunchiv1.Ratios, cpu, memory, disk *float64) bool {
+func mergeRatios(r *statev1.Ratios, cpu, memory, disk *float64) bool {
 	if cpu != nil {
 		r.Cpu = *cpu
 	}
@@ -131,50 +129,47 @@ func labelsOf(h *statev1.HostRecord) map[string]string {
 	return out
 }
 
-// schedResources converts r (nil: zero) for the scheduler.
-func schedResources(r *yunchiv1.Resources) scheduler.Resources {
-	return scheduler.Resources{VCPUs: r.GetVcpus(), MemoryBytes: r.GetMemoryBytes(), DiskBytes: r.GetDiskBytes()}
-}
-
 // reservedOf is the host's reservation, the default when never set.
-func reservedOf(h *statev1.HostRecord) scheduler.Resources {
+func reservedOf(h *statev1.HostRecord) Resources {
 	if h.Reserved == nil {
 		return DefaultReserved
 	}
-	return schedResources(h.Reserved)
+	return resourcesOf(h.Reserved)
 }
 
 // effectiveState is what placement sees: down (no heartbeats) wins over
 // what an admin set.
-func effectiveState(h *statev1.HostRecord) yunchiv1.HostState {
-	if h.State == yunchiv1.HostState_HOST_STATE_DOWN {
-		return yunchiv1.HostState_HOST_STATE_DOWN
+func effectiveState(h *statev1.HostRecord) statev1.HostState {
+	if h.State == statev1.HostState_HOST_STATE_DOWN {
+		return statev1.HostState_HOST_STATE_DOWN
 	}
 	switch h.AdminState {
-	case yunchiv1.HostState_HOST_STATE_MAINTENANCE, yunchiv1.HostState_HOST_STATE_DRAINING:
+	case statev1.HostState_HOST_STATE_MAINTENANCE, statev1.HostState_HOST_STATE_DRAINING:
 		return h.AdminState
 	}
-	return yunchiv1.HostState_HOST_STATE_READY
+	return statev1.HostState_HOST_STATE_READY
 }
 
-func schedState(s yunchiv1.HostState) scheduler.HostState {
+// stateName is how messages name a host state: "ready", "down",
+// "maintenance", "draining".
+func stateName(s statev1.HostState) string {
 	switch s {
-	case yunchiv1.HostState_HOST_STATE_MAINTENANCE:
-		return scheduler.HostMaintenance
-	case yunchiv1.HostState_HOST_STATE_DRAINING:
-		return scheduler.HostDraining
-	case yunchiv1.HostState_HOST_STATE_DOWN:
-		return scheduler.HostDown
+	case statev1.HostState_HOST_STATE_MAINTENANCE:
+		return "maintenance"
+	case statev1.HostState_HOST_STATE_DRAINING:
+		return "draining"
+	case statev1.HostState_HOST_STATE_DOWN:
+		return "down"
 	}
-	return scheduler.HostReady
+	return "ready"
 }
 
 // ratiosOf resolves the effective ratios of h, per dimension: host > host
 // group > center > default, from the settings in ratios (s.ratios, or what
 // they would be after a change). Callers hold mu.
-func ratiosOf(h *statev1.HostRecord, labels map[string]string, ratios map[string]*statev1.RatioRecord) (scheduler.Ratios, RatioSources) {
+func ratiosOf(h *statev1.HostRecord, labels map[string]string, ratios map[string]*statev1.RatioRecord) (Ratios, RatioSources) {
 	type layer struct {
-		r   *yunchiv1.Ratios
+		r   *statev1.Ratios
 		src string
 	}
 	layers := []layer{{h.Ratios, "host"}}
@@ -186,7 +181,7 @@ func ratiosOf(h *statev1.HostRecord, labels map[string]string, ratios map[string
 	if rec := ratios[ratioKey(ScopeCenter, h.Center)]; rec != nil {
 		layers = append(layers, layer{rec.Ratios, "center " + h.Center})
 	}
-	pick := func(get func(*yunchiv1.Ratios) float64, def float64) (float64, string) {
+	pick := func(get func(*statev1.Ratios) float64, def float64) (float64, string) {
 		for _, l := range layers {
 			if v := get(l.r); v > 0 {
 				return v, l.src
@@ -194,35 +189,35 @@ func ratiosOf(h *statev1.HostRecord, labels map[string]string, ratios map[string
 		}
 		return def, "default"
 	}
-	var r scheduler.Ratios
+	var r Ratios
 	var src RatioSources
-	r.CPU, src.CPU = pick((*yunchiv1.Ratios).GetCpu, scheduler.DefaultRatios.CPU)
-	r.Memory, src.Memory = pick((*yunchiv1.Ratios).GetMemory, scheduler.DefaultRatios.Memory)
-	r.Disk, src.Disk = pick((*yunchiv1.Ratios).GetDisk, scheduler.DefaultRatios.Disk)
+	r.CPU, src.CPU = pick((*statev1.Ratios).GetCpu, DefaultRatios.CPU)
+	r.Memory, src.Memory = pick((*statev1.Ratios).GetMemory, DefaultRatios.Memory)
+	r.Disk, src.Disk = pick((*statev1.Ratios).GetDisk, DefaultRatios.Disk)
 	return r, src
 }
 
-// schedHost is h as the scheduler (and Apply's re-check) sees it: effective
+// hostFacts is h as placement and Apply's re-check see it: effective
 // state, labels, reservation and ratios, and what is allocated on it now.
 // Callers hold mu.
-func (s *Store) schedHost(h *statev1.HostRecord) (scheduler.Host, RatioSources) {
-	return s.schedHostWith(h, s.ratios)
+func (s *Store) hostFacts(h *statev1.HostRecord) (HostFacts, RatioSources) {
+	return s.hostFactsWith(h, s.ratios)
 }
 
-// schedHostWith is schedHost under the ratio settings given: what h would
+// hostFactsWith is hostFacts under the ratio settings given: what h would
 // be after a change to them. Callers hold mu.
-func (s *Store) schedHostWith(h *statev1.HostRecord, ratios map[string]*statev1.RatioRecord) (scheduler.Host, RatioSources) {
+func (s *Store) hostFactsWith(h *statev1.HostRecord, ratios map[string]*statev1.RatioRecord) (HostFacts, RatioSources) {
 	labels := labelsOf(h)
 	if _, ok := labels["cpu_model"]; !ok && h.CpuModel != "" {
 		labels["cpu_model"] = h.CpuModel
 	}
 	r, src := ratiosOf(h, labels, ratios)
-	return scheduler.Host{
+	return HostFacts{
 		ID: h.Id, Center: h.Center, Site: h.Site, Rack: h.Rack,
 		Labels:    labels,
-		State:     schedState(effectiveState(h)),
+		State:     effectiveState(h),
 		Owner:     h.Owner,
-		Capacity:  schedResources(h.Capacity),
+		Capacity:  resourcesOf(h.Capacity),
 		Reserved:  reservedOf(h),
 		Ratios:    r,
 		Allocated: s.alloc[h.Id],
@@ -233,7 +228,7 @@ func (s *Store) schedHostWith(h *statev1.HostRecord, ratios map[string]*statev1.
 // after puts under what the host runs (used > after, after < before), what
 // it runs and what it would be allowed: "memory: allocated 8 GiB >
 // allocatable 6.2 GiB".
-func loweredBelow(before, after, used scheduler.Resources) []string {
+func loweredBelow(before, after, used Resources) []string {
 	vcpus := func(n int64) string { return fmt.Sprintf("%d vCPU", n) }
 	var out []string
 	for _, d := range []struct {
@@ -242,8 +237,8 @@ func loweredBelow(before, after, used scheduler.Resources) []string {
 		format    func(int64) string
 	}{
 		{"cpu", before.VCPUs, after.VCPUs, used.VCPUs, vcpus},
-		{"memory", before.MemoryBytes, after.MemoryBytes, used.MemoryBytes, scheduler.FormatBytes},
-		{"disk", before.DiskBytes, after.DiskBytes, used.DiskBytes, scheduler.FormatBytes},
+		{"memory", before.MemoryBytes, after.MemoryBytes, used.MemoryBytes, formatBytes},
+		{"disk", before.DiskBytes, after.DiskBytes, used.DiskBytes, formatBytes},
 	} {
 		if d.use > d.a && d.a < d.b {
 			out = append(out, d.name+": allocated "+d.format(d.use)+" > allocatable "+d.format(d.a))
@@ -260,7 +255,7 @@ const maxNamedHosts = 3
 // dimensions whose allocatable the change lowers under what is allocated.
 // A host already overcommitted may take a change that does not lower it
 // further. nil when no host is put below.
-func overcommitError(what string, changes [][2]scheduler.Host) error {
+func overcommitError(what string, changes [][2]HostFacts) error {
 	var named []string
 	var firstID, firstDims string
 	n := 0
@@ -314,9 +309,9 @@ func (s *Store) checkUpdateHost(now int64, c *statev1.UpdateHost, legacy bool) (
 		return nil, errorf(KindNotFound, "host %q not found (see `yunchi host list`)", c.GetHostId())
 	}
 	switch c.AdminState {
-	case yunchiv1.HostState_HOST_STATE_UNSPECIFIED, yunchiv1.HostState_HOST_STATE_READY,
-		yunchiv1.HostState_HOST_STATE_MAINTENANCE, yunchiv1.HostState_HOST_STATE_DRAINING:
-	case yunchiv1.HostState_HOST_STATE_DOWN:
+	case statev1.HostState_HOST_STATE_UNSPECIFIED, statev1.HostState_HOST_STATE_READY,
+		statev1.HostState_HOST_STATE_MAINTENANCE, statev1.HostState_HOST_STATE_DRAINING:
+	case statev1.HostState_HOST_STATE_DOWN:
 		return nil, errorf(KindInvalid, "state down is derived from missed heartbeats and cannot be set: use ready, maintenance or draining")
 	default:
 		return nil, errorf(KindInvalid, "unknown host state %v: use ready, maintenance or draining", c.AdminState)
@@ -333,9 +328,9 @@ func (s *Store) checkUpdateHost(now int64, c *statev1.UpdateHost, legacy bool) (
 		if err := CheckLabel(k, c.SetLabels[k]); err != nil {
 			return nil, err
 		}
-		if !legacy && scheduler.IsHostFieldKey(k) {
+		if !legacy && IsHostFieldKey(k) {
 			return nil, errorf(KindInvalid, "label key %q is reserved: constraints on %s read the host's own fields (its agent's --center, --site, --rack and --host-id), never labels; use another key",
-				k, strings.Join(scheduler.HostFieldKeys, ", "))
+				k, strings.Join(HostFieldKeys, ", "))
 		}
 	}
 	for _, k := range c.RemoveLabels {
@@ -359,8 +354,8 @@ func (s *Store) checkUpdateHost(now int64, c *statev1.UpdateHost, legacy bool) (
 		}
 		if r.Vcpus > cp.GetVcpus() || r.MemoryBytes > cp.GetMemoryBytes() || r.DiskBytes > cp.GetDiskBytes() {
 			return nil, errorf(KindInvalid, "reservation (%d vCPU, %s memory, %s disk) exceeds host %s's capacity (%d vCPU, %s, %s)",
-				r.Vcpus, scheduler.FormatBytes(r.MemoryBytes), scheduler.FormatBytes(r.DiskBytes), h.Id,
-				cp.GetVcpus(), scheduler.FormatBytes(cp.GetMemoryBytes()), scheduler.FormatBytes(cp.GetDiskBytes()))
+				r.Vcpus, formatBytes(r.MemoryBytes), formatBytes(r.DiskBytes), h.Id,
+				cp.GetVcpus(), formatBytes(cp.GetMemoryBytes()), formatBytes(cp.GetDiskBytes()))
 		}
 	}
 	if err := checkRatios(c.CpuRatio, c.MemoryRatio, c.DiskRatio, legacy); err != nil {
@@ -368,9 +363,9 @@ func (s *Store) checkUpdateHost(now int64, c *statev1.UpdateHost, legacy bool) (
 	}
 	nh := updatedHost(now, h, c)
 	if !legacy && !c.Force {
-		before, _ := s.schedHost(h)
-		after, _ := s.schedHost(nh)
-		if err := overcommitError("this change", [][2]scheduler.Host{{before, after}}); err != nil {
+		before, _ := s.hostFacts(h)
+		after, _ := s.hostFacts(nh)
+		if err := overcommitError("this change", [][2]HostFacts{{before, after}}); err != nil {
 			return nil, err
 		}
 	}
@@ -380,7 +375,7 @@ func (s *Store) checkUpdateHost(now int64, c *statev1.UpdateHost, legacy bool) (
 // updatedHost returns a copy of h with c's changes, which have been checked.
 func updatedHost(now int64, h *statev1.HostRecord, c *statev1.UpdateHost) *statev1.HostRecord {
 	h = proto.Clone(h).(*statev1.HostRecord)
-	if c.AdminState != yunchiv1.HostState_HOST_STATE_UNSPECIFIED && c.AdminState != h.AdminState {
+	if c.AdminState != statev1.HostState_HOST_STATE_UNSPECIFIED && c.AdminState != h.AdminState {
 		old := effectiveState(h)
 		h.AdminState = c.AdminState
 		if effectiveState(h) != old {
@@ -398,11 +393,11 @@ func updatedHost(now int64, h *statev1.HostRecord, c *statev1.UpdateHost) *state
 		h.Owner = *c.Owner
 	}
 	if c.Reserved != nil {
-		h.Reserved = proto.Clone(c.Reserved).(*yunchiv1.Resources)
+		h.Reserved = proto.Clone(c.Reserved).(*statev1.Resources)
 	}
 	if c.CpuRatio != nil || c.MemoryRatio != nil || c.DiskRatio != nil {
 		if h.Ratios == nil {
-			h.Ratios = &yunchiv1.Ratios{}
+			h.Ratios = &statev1.Ratios{}
 		}
 		if !mergeRatios(h.Ratios, c.CpuRatio, c.MemoryRatio, c.DiskRatio) {
 			h.Ratios = nil
@@ -411,7 +406,7 @@ func updatedHost(now int64, h *statev1.HostRecord, c *statev1.UpdateHost) *state
 	return h
 }
 
-func (s *Store) applyUpdateHost(now int64, c *statev1.UpdateHost, legacy bool) (any, error) {
+func (s *Store) applyUpdateHost(now int64, c *statev1.UpdateHost, legacy bool) (*statev1.HostRecord, error) {
 	// Validate everything first: a rejected command changes nothing.
 	nh, err := s.checkUpdateHost(now, c, legacy)
 	if err != nil {
@@ -419,7 +414,7 @@ func (s *Store) applyUpdateHost(now int64, c *statev1.UpdateHost, legacy bool) (
 	}
 	s.hosts[nh.Id] = nh
 	s.touched(nh.Id)
-	return proto.Clone(nh), nil
+	return proto.Clone(nh).(*statev1.HostRecord), nil
 }
 
 // CheckSetRatios says whether c would be applied to the current state: the
@@ -461,7 +456,7 @@ func (s *Store) checkSetRatios(c *statev1.SetRatios, legacy bool) (map[string]*s
 		return nil, nil, errorf(KindInvalid, "no ratio given: set at least one of cpu, memory, disk")
 	}
 	key := ratioKey(c.Scope, c.Name)
-	rec := &statev1.RatioRecord{Scope: c.Scope, Name: c.Name, Ratios: &yunchiv1.Ratios{}}
+	rec := &statev1.RatioRecord{Scope: c.Scope, Name: c.Name, Ratios: &statev1.Ratios{}}
 	if old := s.ratios[key]; old != nil {
 		rec = proto.Clone(old).(*statev1.RatioRecord)
 	}
@@ -474,16 +469,16 @@ func (s *Store) checkSetRatios(c *statev1.SetRatios, legacy bool) (map[string]*s
 	if !legacy && !c.Force {
 		ids := make([]string, 0, len(s.alloc))
 		for id, a := range s.alloc {
-			if _, ok := s.hosts[id]; ok && a != (scheduler.Resources{}) {
+			if _, ok := s.hosts[id]; ok && a != (Resources{}) {
 				ids = append(ids, id) // only a host that runs something can be put below it
 			}
 		}
 		sort.Strings(ids)
-		changes := make([][2]scheduler.Host, 0, len(ids))
+		changes := make([][2]HostFacts, 0, len(ids))
 		for _, id := range ids {
-			before, _ := s.schedHost(s.hosts[id])
-			after, _ := s.schedHostWith(s.hosts[id], next)
-			changes = append(changes, [2]scheduler.Host{before, after})
+			before, _ := s.hostFacts(s.hosts[id])
+			after, _ := s.hostFactsWith(s.hosts[id], next)
+			changes = append(changes, [2]HostFacts{before, after})
 		}
 		what := "these ratios for " + c.Scope + " " + c.Name
 		if err := overcommitError(what, changes); err != nil {
@@ -493,14 +488,14 @@ func (s *Store) checkSetRatios(c *statev1.SetRatios, legacy bool) (map[string]*s
 	return next, rec, nil
 }
 
-func (s *Store) applySetRatios(c *statev1.SetRatios, legacy bool) (any, error) {
+func (s *Store) applySetRatios(c *statev1.SetRatios, legacy bool) (*statev1.RatioRecord, error) {
 	next, rec, err := s.checkSetRatios(c, legacy)
 	if err != nil {
 		return nil, err
 	}
 	s.ratios = next
 	s.touchedAll()
-	return proto.Clone(rec), nil
+	return proto.Clone(rec).(*statev1.RatioRecord), nil
 }
 
 // Ratios lists the center and host group ratio settings, sorted by scope

@@ -4,8 +4,6 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
-	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
-	"github.com/yunchi/yunchi/scheduler"
 )
 
 // MaxBatch is the most VMs one PlaceVMs command may carry.
@@ -13,18 +11,18 @@ const MaxBatch = 100
 
 // domainOf is the failure domain of h at a group's level: the host, its
 // rack (within its center) or its center.
-func domainOf(h *statev1.HostRecord, l yunchiv1.GroupLevel) string {
+func domainOf(h *statev1.HostRecord, l statev1.GroupLevel) string {
 	switch l {
-	case yunchiv1.GroupLevel_GROUP_LEVEL_RACK:
+	case statev1.GroupLevel_GROUP_LEVEL_RACK:
 		return h.Center + "/" + h.Site + "/" + h.Rack
-	case yunchiv1.GroupLevel_GROUP_LEVEL_CENTER:
+	case statev1.GroupLevel_GROUP_LEVEL_CENTER:
 		return h.Center
 	}
 	return h.Id
 }
 
-func vmResources(vm *statev1.VMRecord) scheduler.Resources {
-	return scheduler.Resources{VCPUs: int64(vm.Vcpus), MemoryBytes: vm.MemoryBytes, DiskBytes: vm.DiskBytes}
+func vmResources(vm *statev1.VMRecord) Resources {
+	return Resources{VCPUs: int64(vm.Vcpus), MemoryBytes: vm.MemoryBytes, DiskBytes: vm.DiskBytes}
 }
 
 // checkPlacements re-checks, in log order, every rule the leader decided
@@ -39,7 +37,7 @@ func (s *Store) checkPlacements(vms []*statev1.VMRecord) error {
 		return errorf(KindInvalid, "%d vms in one batch: at most %d", len(vms), MaxBatch)
 	}
 	ids, names := map[string]bool{}, map[string]bool{}
-	extra := map[string]scheduler.Resources{}   // host -> batch so far
+	extra := map[string]Resources{}             // host -> batch so far
 	extraMembers := map[string]map[string]int{} // group key -> host -> batch so far
 	for _, vm := range vms {
 		switch {
@@ -63,9 +61,9 @@ func (s *Store) checkPlacements(vms []*statev1.VMRecord) error {
 		if !ok {
 			return errorf(KindConflict, "host %q chosen for vm %q is not registered", vm.HostId, vm.Name)
 		}
-		sh, _ := s.schedHost(h)
-		if sh.State != scheduler.HostReady {
-			return errorf(KindConflict, "host %q chosen for vm %q is not ready (%s)", vm.HostId, vm.Name, sh.State)
+		sh, _ := s.hostFacts(h)
+		if sh.State != statev1.HostState_HOST_STATE_READY {
+			return errorf(KindConflict, "host %q chosen for vm %q is not ready (%s)", vm.HostId, vm.Name, stateName(sh.State))
 		}
 		if h.Owner != "" && h.Owner != vm.Project {
 			return errorf(KindConflict, "host %q chosen for vm %q is dedicated to project %q", vm.HostId, vm.Name, h.Owner)
@@ -75,13 +73,16 @@ func (s *Store) checkPlacements(vms []*statev1.VMRecord) error {
 		}
 		// Labels may have changed since the decision: the VM's constraints
 		// must still hold.
-		for _, cs := range vm.Constraints {
-			c, err := scheduler.ParseConstraint(cs)
-			if err != nil {
+		cons, err := ConstraintsOf(vm)
+		if err != nil {
+			return errorf(KindInvalid, "vm %q: %v", vm.Name, err)
+		}
+		for _, c := range cons {
+			if err := CheckConstraint(c); err != nil {
 				return errorf(KindInvalid, "vm %q: %v", vm.Name, err)
 			}
-			if !c.Match(&sh) {
-				return errorf(KindConflict, "host %q chosen for vm %q no longer satisfies %s", vm.HostId, vm.Name, c.String())
+			if !MatchConstraint(c, &sh) {
+				return errorf(KindConflict, "host %q chosen for vm %q no longer satisfies %s", vm.HostId, vm.Name, FormatConstraint(c))
 			}
 		}
 		// Capacity with the effective ratios and reservation: the same
@@ -133,11 +134,11 @@ func (s *Store) checkGroup(g *statev1.PlacementGroupRecord, h *statev1.HostRecor
 			inDomain += n
 		}
 	}
-	level := schedLevel(g.Level)
-	if g.Policy == yunchiv1.GroupPolicy_GROUP_POLICY_ANTI_AFFINITY && inDomain > 0 {
+	level := levelName(g.Level)
+	if g.Policy == statev1.GroupPolicy_GROUP_POLICY_ANTI_AFFINITY && inDomain > 0 {
 		return errorf(KindConflict, "%s of host %q already has a member of anti-affinity group %q: vm %q would break it", level, h.Id, g.Name, vm.Name)
 	}
-	if g.Policy == yunchiv1.GroupPolicy_GROUP_POLICY_AFFINITY && total > 0 && inDomain == 0 {
+	if g.Policy == statev1.GroupPolicy_GROUP_POLICY_AFFINITY && total > 0 && inDomain == 0 {
 		return errorf(KindConflict, "host %q is not in the %s of the other members of affinity group %q: vm %q would break it", h.Id, level, g.Name, vm.Name)
 	}
 	return nil
@@ -150,10 +151,10 @@ func (s *Store) applyPlaceVMs(index uint64, now int64, vms []*statev1.VMRecord) 
 	out := make([]*statev1.VMRecord, 0, len(vms))
 	for _, vm := range vms {
 		rec := proto.Clone(vm).(*statev1.VMRecord)
-		if rec.Desired == yunchiv1.PowerState_POWER_STATE_UNSPECIFIED {
-			rec.Desired = yunchiv1.PowerState_POWER_STATE_RUNNING
+		if rec.Desired == statev1.PowerState_POWER_STATE_UNSPECIFIED {
+			rec.Desired = statev1.PowerState_POWER_STATE_RUNNING
 		}
-		rec.Phase = yunchiv1.VMPhase_VM_PHASE_PENDING
+		rec.Phase = statev1.VMPhase_VM_PHASE_PENDING
 		rec.CreatedUnixNano = now
 		rec.UpdatedUnixNano = now
 		rec.Revision = index

@@ -7,8 +7,6 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
-	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
-	"github.com/yunchi/yunchi/scheduler"
 )
 
 func f64(v float64) *float64 { return &v }
@@ -22,7 +20,7 @@ func setRatios(r *statev1.SetRatios) *statev1.Command {
 	return &statev1.Command{Cmd: &statev1.Command_SetRatios{SetRatios: r}}
 }
 
-func createGroup(name string, policy yunchiv1.GroupPolicy, level yunchiv1.GroupLevel, soft bool, maxPerHost int32) *statev1.Command {
+func createGroup(name string, policy statev1.GroupPolicy, level statev1.GroupLevel, soft bool, maxPerHost int32) *statev1.Command {
 	return &statev1.Command{Cmd: &statev1.Command_CreatePlacementGroup{CreatePlacementGroup: &statev1.CreatePlacementGroup{Group: &statev1.PlacementGroupRecord{
 		Name: name, Project: DefaultProject, Policy: policy, Level: level, Soft: soft, MaxPerHost: maxPerHost,
 	}}}}
@@ -43,42 +41,42 @@ func placeMany(vms ...*statev1.VMRecord) *statev1.Command {
 func TestUpdateHost(t *testing.T) {
 	s := fixture(t) // h1: 8 vCPU / 16 GiB / 100 GiB in a1, web-1 (2 vCPU, 4 GiB) on it
 	hv, _ := s.Host("h1")
-	if a := hv.Sched.Allocatable(); a.VCPUs != 28 || a.MemoryBytes != 14*gib || a.DiskBytes != 100*gib {
+	if a := hv.Facts.Allocatable(); a.VCPUs != 28 || a.MemoryBytes != 14*gib || a.DiskBytes != 100*gib {
 		t.Fatalf("default allocatable (reserve 1 vCPU, 2 GiB; cpu x4): %+v", a)
 	}
 	if hv.Sources != (RatioSources{"default", "default", "default"}) {
 		t.Fatalf("sources: %+v", hv.Sources)
 	}
 	mustApply(t, s, 4, updateHost(&statev1.UpdateHost{
-		HostId: "h1", AdminState: yunchiv1.HostState_HOST_STATE_MAINTENANCE,
+		HostId: "h1", AdminState: statev1.HostState_HOST_STATE_MAINTENANCE,
 		SetLabels: map[string]string{"cpu_model": "kunpeng920", "host_group": "gold"},
-		Owner:     str("tax"), Reserved: &yunchiv1.Resources{Vcpus: 2, MemoryBytes: 4 * gib},
+		Owner:     str("tax"), Reserved: &statev1.Resources{Vcpus: 2, MemoryBytes: 4 * gib},
 		CpuRatio: f64(2), MemoryRatio: f64(1.5),
 	}))
 	hv, _ = s.Host("h1")
 	h := hv.Host
-	if hv.State != yunchiv1.HostState_HOST_STATE_MAINTENANCE || h.Owner != "tax" || h.AdminLabels["cpu_model"] != "kunpeng920" || h.StateChangedUnixNano != 4000 {
+	if hv.State != statev1.HostState_HOST_STATE_MAINTENANCE || h.Owner != "tax" || h.AdminLabels["cpu_model"] != "kunpeng920" || h.StateChangedUnixNano != 4000 {
 		t.Fatalf("after update: %+v state %v", h, hv.State)
 	}
-	if a := hv.Sched.Allocatable(); a.VCPUs != 12 || a.MemoryBytes != 18*gib {
+	if a := hv.Facts.Allocatable(); a.VCPUs != 12 || a.MemoryBytes != 18*gib {
 		t.Fatalf("allocatable with reserve 2/4GiB and ratios 2/1.5: %+v", a)
 	}
-	if hv.Sched.State != scheduler.HostMaintenance || hv.Sources.CPU != "host" || hv.Sources.Disk != "default" {
-		t.Fatalf("sched view: %+v %+v", hv.Sched, hv.Sources)
+	if hv.Facts.State != statev1.HostState_HOST_STATE_MAINTENANCE || hv.Sources.CPU != "host" || hv.Sources.Disk != "default" {
+		t.Fatalf("sched view: %+v %+v", hv.Facts, hv.Sources)
 	}
 	// Re-registration (agent facts) keeps what the admin decided.
 	mustApply(t, s, 5, regHost("h1", "a1", 8, 16*gib, 100*gib))
 	hv2, _ := s.Host("h1")
-	if hv2.State != yunchiv1.HostState_HOST_STATE_MAINTENANCE || hv2.Host.Owner != "tax" || hv2.Host.AdminLabels["host_group"] != "gold" || hv2.Host.Ratios.GetCpu() != 2 {
+	if hv2.State != statev1.HostState_HOST_STATE_MAINTENANCE || hv2.Host.Owner != "tax" || hv2.Host.AdminLabels["host_group"] != "gold" || hv2.Host.Ratios.GetCpu() != 2 {
 		t.Fatalf("re-register lost admin fields: %+v", hv2.Host)
 	}
 	// Down (liveness) wins over maintenance, and back.
-	mustApply(t, s, 6, &statev1.Command{Cmd: &statev1.Command_SetHostState{SetHostState: &statev1.SetHostState{HostId: "h1", State: yunchiv1.HostState_HOST_STATE_DOWN}}})
-	if hv, _ := s.Host("h1"); hv.State != yunchiv1.HostState_HOST_STATE_DOWN {
+	mustApply(t, s, 6, &statev1.Command{Cmd: &statev1.Command_SetHostState{SetHostState: &statev1.SetHostState{HostId: "h1", State: statev1.HostState_HOST_STATE_DOWN}}})
+	if hv, _ := s.Host("h1"); hv.State != statev1.HostState_HOST_STATE_DOWN {
 		t.Fatalf("down: %v", hv.State)
 	}
 	// Clearing: ratio 0 inherits again, owner "" shares, label removed.
-	mustApply(t, s, 7, updateHost(&statev1.UpdateHost{HostId: "h1", AdminState: yunchiv1.HostState_HOST_STATE_READY, CpuRatio: f64(0), MemoryRatio: f64(0), Owner: str(""), RemoveLabels: []string{"cpu_model"}}))
+	mustApply(t, s, 7, updateHost(&statev1.UpdateHost{HostId: "h1", AdminState: statev1.HostState_HOST_STATE_READY, CpuRatio: f64(0), MemoryRatio: f64(0), Owner: str(""), RemoveLabels: []string{"cpu_model"}}))
 	hv, _ = s.Host("h1")
 	if hv.Host.Ratios != nil || hv.Host.Owner != "" || hv.Host.AdminLabels["cpu_model"] != "" || hv.Sources.CPU != "default" {
 		t.Fatalf("after clearing: %+v %+v", hv.Host, hv.Sources)
@@ -87,13 +85,13 @@ func TestUpdateHost(t *testing.T) {
 	before := s.Snapshot()
 	for name, u := range map[string]*statev1.UpdateHost{
 		"unknown host":       {HostId: "nope", Owner: str("x")},
-		"set down":           {HostId: "h1", AdminState: yunchiv1.HostState_HOST_STATE_DOWN},
+		"set down":           {HostId: "h1", AdminState: statev1.HostState_HOST_STATE_DOWN},
 		"bad label key":      {HostId: "h1", SetLabels: map[string]string{"Bad Key": "x"}},
 		"bad label value":    {HostId: "h1", SetLabels: map[string]string{"k": "a b"}},
 		"remove agent label": {HostId: "h1", RemoveLabels: []string{"nolabel"}},
 		"ratio too high":     {HostId: "h1", CpuRatio: f64(65)},
 		"ratio negative":     {HostId: "h1", DiskRatio: f64(-1)},
-		"reserve > capacity": {HostId: "h1", Reserved: &yunchiv1.Resources{Vcpus: 9}},
+		"reserve > capacity": {HostId: "h1", Reserved: &statev1.Resources{Vcpus: 9}},
 		"bad owner":          {HostId: "h1", Owner: str("Tax Dept")},
 		// One bad field rejects the whole command, good fields included.
 		"mixed": {HostId: "h1", Owner: str("tax"), CpuRatio: f64(100)},
@@ -111,24 +109,24 @@ func TestSetRatiosPrecedence(t *testing.T) {
 	s := fixture(t)
 	mustApply(t, s, 4, setRatios(&statev1.SetRatios{Scope: ScopeCenter, Name: "a1", Cpu: f64(8), Memory: f64(1.2)}))
 	hv, _ := s.Host("h1")
-	if hv.Sched.Ratios.CPU != 8 || hv.Sources.CPU != "center a1" || hv.Sources.Disk != "default" {
-		t.Fatalf("center ratios: %+v %+v", hv.Sched.Ratios, hv.Sources)
+	if hv.Facts.Ratios.CPU != 8 || hv.Sources.CPU != "center a1" || hv.Sources.Disk != "default" {
+		t.Fatalf("center ratios: %+v %+v", hv.Facts.Ratios, hv.Sources)
 	}
 	// A host group beats the center once the host carries the label.
 	mustApply(t, s, 5, setRatios(&statev1.SetRatios{Scope: ScopeHostGroup, Name: "gold", Cpu: f64(2)}))
 	mustApply(t, s, 6, updateHost(&statev1.UpdateHost{HostId: "h1", SetLabels: map[string]string{HostGroupLabel: "gold"}}))
 	hv, _ = s.Host("h1")
-	if hv.Sched.Ratios.CPU != 2 || hv.Sources.CPU != "host_group gold" || hv.Sched.Ratios.Memory != 1.2 || hv.Sources.Memory != "center a1" {
-		t.Fatalf("group over center: %+v %+v", hv.Sched.Ratios, hv.Sources)
+	if hv.Facts.Ratios.CPU != 2 || hv.Sources.CPU != "host_group gold" || hv.Facts.Ratios.Memory != 1.2 || hv.Sources.Memory != "center a1" {
+		t.Fatalf("group over center: %+v %+v", hv.Facts.Ratios, hv.Sources)
 	}
 	// The host's own ratio beats both.
 	mustApply(t, s, 7, updateHost(&statev1.UpdateHost{HostId: "h1", CpuRatio: f64(3)}))
-	if hv, _ = s.Host("h1"); hv.Sched.Ratios.CPU != 3 || hv.Sources.CPU != "host" {
+	if hv, _ = s.Host("h1"); hv.Facts.Ratios.CPU != 3 || hv.Sources.CPU != "host" {
 		t.Fatalf("host over group: %+v", hv.Sources)
 	}
 	// h2 in b1 is untouched.
-	if hv, _ := s.Host("h2"); hv.Sched.Ratios != scheduler.DefaultRatios {
-		t.Fatalf("h2: %+v", hv.Sched.Ratios)
+	if hv, _ := s.Host("h2"); hv.Facts.Ratios != DefaultRatios {
+		t.Fatalf("h2: %+v", hv.Facts.Ratios)
 	}
 	// Clearing every ratio of a setting removes it.
 	mustApply(t, s, 8, setRatios(&statev1.SetRatios{Scope: ScopeHostGroup, Name: "gold", Cpu: f64(0)}))
@@ -159,17 +157,17 @@ func TestSetRatiosPrecedence(t *testing.T) {
 
 func TestPlacementGroupsCreateDelete(t *testing.T) {
 	s := fixture(t)
-	v := mustApply(t, s, 4, createGroup("g1", yunchiv1.GroupPolicy_GROUP_POLICY_ANTI_AFFINITY, yunchiv1.GroupLevel_GROUP_LEVEL_UNSPECIFIED, false, 0)).(*statev1.PlacementGroupRecord)
-	if v.Level != yunchiv1.GroupLevel_GROUP_LEVEL_HOST || v.CreatedUnixNano != 4000 {
+	v := mustApply(t, s, 4, createGroup("g1", statev1.GroupPolicy_GROUP_POLICY_ANTI_AFFINITY, statev1.GroupLevel_GROUP_LEVEL_UNSPECIFIED, false, 0)).Group
+	if v.Level != statev1.GroupLevel_GROUP_LEVEL_HOST || v.CreatedUnixNano != 4000 {
 		t.Fatalf("group: %+v", v)
 	}
-	if _, err := apply(t, s, 5, createGroup("g1", yunchiv1.GroupPolicy_GROUP_POLICY_AFFINITY, 0, false, 0)); KindOf(err) != KindAlreadyExists {
+	if _, err := apply(t, s, 5, createGroup("g1", statev1.GroupPolicy_GROUP_POLICY_AFFINITY, 0, false, 0)); KindOf(err) != KindAlreadyExists {
 		t.Fatalf("duplicate: %v", err)
 	}
-	if _, err := apply(t, s, 6, createGroup("g2", yunchiv1.GroupPolicy_GROUP_POLICY_UNSPECIFIED, 0, false, 0)); KindOf(err) != KindInvalid {
+	if _, err := apply(t, s, 6, createGroup("g2", statev1.GroupPolicy_GROUP_POLICY_UNSPECIFIED, 0, false, 0)); KindOf(err) != KindInvalid {
 		t.Fatalf("no policy: %v", err)
 	}
-	if _, err := apply(t, s, 7, createGroup("g2", yunchiv1.GroupPolicy_GROUP_POLICY_AFFINITY, 0, false, -1)); KindOf(err) != KindInvalid {
+	if _, err := apply(t, s, 7, createGroup("g2", statev1.GroupPolicy_GROUP_POLICY_AFFINITY, 0, false, -1)); KindOf(err) != KindInvalid {
 		t.Fatalf("negative max: %v", err)
 	}
 	mustApply(t, s, 8, placeMany(vmRec("vm-2", "a-1", "h1", "g1", 1, gib)))
@@ -182,8 +180,8 @@ func TestPlacementGroupsCreateDelete(t *testing.T) {
 		t.Fatalf("delete unknown: %v", err)
 	}
 	// Once its member is gone, the group can go.
-	mustApply(t, s, 11, desired("vm-2", yunchiv1.PowerState_POWER_STATE_DELETED, false))
-	mustApply(t, s, 12, report("h1", &yunchiv1.VMStatus{VmId: "vm-2", Gone: true}))
+	mustApply(t, s, 11, desired("vm-2", statev1.PowerState_POWER_STATE_DELETED, false))
+	mustApply(t, s, 12, report("h1", &statev1.VMStatus{VmId: "vm-2", Gone: true}))
 	mustApply(t, s, 13, deleteGroup("g1"))
 	if _, ok := s.PlacementGroup(DefaultProject, "g1"); ok {
 		t.Fatal("group still there")
@@ -202,8 +200,8 @@ func threeHosts(t *testing.T) *Store {
 }
 
 func TestPlaceVMsRechecksGroupRules(t *testing.T) {
-	anti, aff := yunchiv1.GroupPolicy_GROUP_POLICY_ANTI_AFFINITY, yunchiv1.GroupPolicy_GROUP_POLICY_AFFINITY
-	host, rack, center := yunchiv1.GroupLevel_GROUP_LEVEL_HOST, yunchiv1.GroupLevel_GROUP_LEVEL_RACK, yunchiv1.GroupLevel_GROUP_LEVEL_CENTER
+	anti, aff := statev1.GroupPolicy_GROUP_POLICY_ANTI_AFFINITY, statev1.GroupPolicy_GROUP_POLICY_AFFINITY
+	host, rack, center := statev1.GroupLevel_GROUP_LEVEL_HOST, statev1.GroupLevel_GROUP_LEVEL_RACK, statev1.GroupLevel_GROUP_LEVEL_CENTER
 	tests := []struct {
 		name   string
 		group  *statev1.Command
@@ -257,7 +255,7 @@ func TestPlaceVMsRechecksGroupRules(t *testing.T) {
 
 func TestPlaceVMsRechecksHostsAndCapacity(t *testing.T) {
 	s := threeHosts(t)
-	mustApply(t, s, 10, updateHost(&statev1.UpdateHost{HostId: "h2", AdminState: yunchiv1.HostState_HOST_STATE_DRAINING}))
+	mustApply(t, s, 10, updateHost(&statev1.UpdateHost{HostId: "h2", AdminState: statev1.HostState_HOST_STATE_DRAINING}))
 	mustApply(t, s, 11, updateHost(&statev1.UpdateHost{HostId: "h3", Owner: str("tax")}))
 	before := s.Snapshot()
 	for name, cmd := range map[string]*statev1.Command{
@@ -291,7 +289,7 @@ func TestPlaceVMsRechecksHostsAndCapacity(t *testing.T) {
 	// Over physical CPU but within the ratio is fine; a project's VM fits
 	// its dedicated host.
 	out := mustApply(t, s, 13, placeMany(vmRec("i1", "v1", "h1", "", 58, gib), vmRec("i2", "v2", "h1", "", 1, gib)))
-	if vms := out.([]*statev1.VMRecord); len(vms) != 2 || vms[0].Revision != 13 {
+	if vms := out.VMs; len(vms) != 2 || vms[0].Revision != 13 {
 		t.Fatalf("placed: %v", vms)
 	}
 	arm := vmRec("i4", "v4", "h1", "", 1, gib)
@@ -304,11 +302,11 @@ func TestPlaceVMsRechecksHostsAndCapacity(t *testing.T) {
 
 func TestSnapshotRoundTripWithNewFields(t *testing.T) {
 	s := threeHosts(t)
-	mustApply(t, s, 10, updateHost(&statev1.UpdateHost{HostId: "h1", AdminState: yunchiv1.HostState_HOST_STATE_MAINTENANCE, SetLabels: map[string]string{"host_group": "gold"},
-		Owner: str("tax"), Reserved: &yunchiv1.Resources{Vcpus: 2}, CpuRatio: f64(2)}))
+	mustApply(t, s, 10, updateHost(&statev1.UpdateHost{HostId: "h1", AdminState: statev1.HostState_HOST_STATE_MAINTENANCE, SetLabels: map[string]string{"host_group": "gold"},
+		Owner: str("tax"), Reserved: &statev1.Resources{Vcpus: 2}, CpuRatio: f64(2)}))
 	mustApply(t, s, 11, setRatios(&statev1.SetRatios{Scope: ScopeCenter, Name: "a1", Memory: f64(1.5)}))
 	mustApply(t, s, 12, setRatios(&statev1.SetRatios{Scope: ScopeHostGroup, Name: "gold", Disk: f64(2)}))
-	mustApply(t, s, 13, createGroup("g", yunchiv1.GroupPolicy_GROUP_POLICY_ANTI_AFFINITY, yunchiv1.GroupLevel_GROUP_LEVEL_RACK, false, 1))
+	mustApply(t, s, 13, createGroup("g", statev1.GroupPolicy_GROUP_POLICY_ANTI_AFFINITY, statev1.GroupLevel_GROUP_LEVEL_RACK, false, 1))
 	v := vmRec("i1", "v1", "h2", "g", 1, gib)
 	v.Constraints, v.Strategy = []string{"rack!=r1"}, "spread"
 	mustApply(t, s, 14, placeMany(v))
@@ -326,11 +324,11 @@ func TestSnapshotRoundTripWithNewFields(t *testing.T) {
 	// Derived state: effective views, group membership.
 	a, _ := s.Host("h1")
 	b2, _ := r.Host("h1")
-	if a.Sched.Allocatable() != b2.Sched.Allocatable() || a.Sources != b2.Sources || b2.State != yunchiv1.HostState_HOST_STATE_MAINTENANCE {
+	if a.Facts.Allocatable() != b2.Facts.Allocatable() || a.Sources != b2.Sources || b2.State != statev1.HostState_HOST_STATE_MAINTENANCE {
 		t.Fatalf("effective view after restore: %+v vs %+v", b2.Sources, a.Sources)
 	}
 	_, _, _, g, err := r.SchedulerView(0, DefaultProject, "g")
-	if err != nil || g.Members["h2"] != 1 || g.Level != scheduler.LevelRack || !g.Hard || g.MaxPerHost != 1 {
+	if err != nil || g.Members["h2"] != 1 || g.Level != statev1.GroupLevel_GROUP_LEVEL_RACK || g.Soft || g.MaxPerHost != 1 {
 		t.Fatalf("group after restore: %+v", g)
 	}
 	// The restored store enforces the group: rack r2 of a1 is taken.
@@ -343,7 +341,7 @@ func TestSnapshotRoundTripWithNewFields(t *testing.T) {
 	}
 }
 
-// TestSchedulerViewDeltas: a scheduler.Cluster kept up to date with only
+// TestSchedulerViewDeltas: a cache of host facts kept up to date with only
 // the hosts SchedulerView reports as changed holds exactly what a fresh
 // view would, after every kind of command.
 func TestSchedulerViewDeltas(t *testing.T) {
@@ -352,22 +350,22 @@ func TestSchedulerViewDeltas(t *testing.T) {
 	if err != nil || !full || len(hosts) != 3 {
 		t.Fatalf("first view: %d hosts, full %v, %v", len(hosts), full, err)
 	}
-	cl, err := scheduler.NewCluster(hosts, scheduler.Options{})
-	if err != nil {
-		t.Fatal(err)
+	cache := map[string]HostFacts{}
+	for _, h := range hosts {
+		cache[h.ID] = h
 	}
-	mustApply(t, s, 10, createGroup("g", yunchiv1.GroupPolicy_GROUP_POLICY_ANTI_AFFINITY, 0, false, 0))
+	mustApply(t, s, 10, createGroup("g", statev1.GroupPolicy_GROUP_POLICY_ANTI_AFFINITY, 0, false, 0))
 	steps := []struct {
 		cmd       *statev1.Command
 		wantHosts int // hosts reported changed; -1: a full rebuild
 	}{
 		{placeMany(vmRec("i1", "v1", "h1", "g", 2, gib)), 1},
 		{placeMany(vmRec("i2", "v2", "h2", "g", 2, gib), vmRec("i3", "v3", "h3", "", 1, gib)), 2},
-		{updateHost(&statev1.UpdateHost{HostId: "h2", AdminState: yunchiv1.HostState_HOST_STATE_DRAINING, SetLabels: map[string]string{"host_group": "x"}}), 1},
-		{&statev1.Command{Cmd: &statev1.Command_SetHostState{SetHostState: &statev1.SetHostState{HostId: "h3", State: yunchiv1.HostState_HOST_STATE_DOWN}}}, 1},
+		{updateHost(&statev1.UpdateHost{HostId: "h2", AdminState: statev1.HostState_HOST_STATE_DRAINING, SetLabels: map[string]string{"host_group": "x"}}), 1},
+		{&statev1.Command{Cmd: &statev1.Command_SetHostState{SetHostState: &statev1.SetHostState{HostId: "h3", State: statev1.HostState_HOST_STATE_DOWN}}}, 1},
 		{setRatios(&statev1.SetRatios{Scope: ScopeHostGroup, Name: "x", Cpu: f64(8)}), -1},
-		{desired("i1", yunchiv1.PowerState_POWER_STATE_DELETED, false), 0},
-		{report("h1", &yunchiv1.VMStatus{VmId: "i1", Gone: true}), 1},
+		{desired("i1", statev1.PowerState_POWER_STATE_DELETED, false), 0},
+		{report("h1", &statev1.VMStatus{VmId: "i1", Gone: true}), 1},
 		{regHost("h1", "a1", 32, 64*gib, 1000*gib), 1},
 	}
 	for i, st := range steps {
@@ -380,12 +378,12 @@ func TestSchedulerViewDeltas(t *testing.T) {
 			t.Fatalf("step %d: %d hosts changed (full %v), want %d", i, len(changed), full, st.wantHosts)
 		}
 		for _, h := range changed {
-			cl.Upsert(h)
+			cache[h.ID] = h
 		}
 		seq = next
 		fresh, _, _, _, _ := s.SchedulerView(0, "", "")
 		for _, h := range fresh {
-			got, _ := cl.Host(h.ID)
+			got := cache[h.ID]
 			if got.State != h.State || got.Allocated != h.Allocated || got.Allocatable() != h.Allocatable() || got.Labels["host_group"] != h.Labels["host_group"] {
 				t.Fatalf("step %d: cached %s = %+v, fresh %+v", i, h.ID, got, h)
 			}
@@ -411,7 +409,7 @@ func TestSchedulerViewDeltasAcrossCompaction(t *testing.T) {
 	}
 	var marks []mark
 	ids := []string{"h1", "h2", "h3"}
-	states := []yunchiv1.HostState{yunchiv1.HostState_HOST_STATE_DOWN, yunchiv1.HostState_HOST_STATE_READY}
+	states := []statev1.HostState{statev1.HostState_HOST_STATE_DOWN, statev1.HostState_HOST_STATE_READY}
 	for i := 0; i < 500; i++ {
 		// h3 changes only in the first 10 steps, so old seqs must still
 		// report it while later ones must not.
@@ -474,8 +472,8 @@ func TestSchedulerViewDeltasAcrossCompaction(t *testing.T) {
 func TestVMsByHostIndex(t *testing.T) {
 	s := threeHosts(t)
 	mustApply(t, s, 10, placeMany(vmRec("i1", "v1", "h1", "", 1, gib), vmRec("i2", "v2", "h1", "", 1, gib), vmRec("i3", "v3", "h2", "", 1, gib)))
-	mustApply(t, s, 11, desired("i2", yunchiv1.PowerState_POWER_STATE_DELETED, false))
-	mustApply(t, s, 12, report("h1", &yunchiv1.VMStatus{VmId: "i2", Gone: true}))
+	mustApply(t, s, 11, desired("i2", statev1.PowerState_POWER_STATE_DELETED, false))
+	mustApply(t, s, 12, report("h1", &statev1.VMStatus{VmId: "i2", Gone: true}))
 	restored := New()
 	if err := restored.Restore(s.Snapshot()); err != nil {
 		t.Fatal(err)
@@ -512,13 +510,13 @@ func TestHostRevision(t *testing.T) {
 		t.Fatalf("after a placement on h1: h1 %d, h2 %d", rev("h1"), rev("h2"))
 	}
 	mustApply(t, s, 11, placeMany(vmRec("i2", "v2", "h2", "", 1, gib)))
-	mustApply(t, s, 12, desired("i1", yunchiv1.PowerState_POWER_STATE_STOPPED, false))
+	mustApply(t, s, 12, desired("i1", statev1.PowerState_POWER_STATE_STOPPED, false))
 	if rev("h1") != 12 || rev("h2") != 11 {
 		t.Fatalf("after stopping v1: h1 %d, h2 %d", rev("h1"), rev("h2"))
 	}
-	mustApply(t, s, 13, report("h1", &yunchiv1.VMStatus{VmId: "i1", Phase: yunchiv1.VMPhase_VM_PHASE_STOPPED}))
-	mustApply(t, s, 14, desired("i1", yunchiv1.PowerState_POWER_STATE_DELETED, false))
-	mustApply(t, s, 15, report("h1", &yunchiv1.VMStatus{VmId: "i1", Gone: true}))
+	mustApply(t, s, 13, report("h1", &statev1.VMStatus{VmId: "i1", Phase: statev1.VMPhase_VM_PHASE_STOPPED}))
+	mustApply(t, s, 14, desired("i1", statev1.PowerState_POWER_STATE_DELETED, false))
+	mustApply(t, s, 15, report("h1", &statev1.VMStatus{VmId: "i1", Gone: true}))
 	if rev("h1") != 15 || rev("h2") != 11 {
 		t.Fatalf("after v1 is removed: h1 %d, h2 %d", rev("h1"), rev("h2"))
 	}

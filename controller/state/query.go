@@ -7,34 +7,30 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
-	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
-	"github.com/yunchi/yunchi/scheduler"
 )
 
 // HostView is a host with what is allocated on it, as of one moment.
 type HostView struct {
-	Host      *statev1.HostRecord
-	Allocated *yunchiv1.Resources
-	VMs       int
-	// Sched is the host as placement sees it: effective state, labels,
-	// reservation and ratios; Sched.Allocatable() is what may be allocated.
-	Sched scheduler.Host
+	Host *statev1.HostRecord
+	VMs  int
+	// Facts is the host as placement sees it: effective state, labels,
+	// reservation, ratios and what is allocated on it;
+	// Facts.Allocatable() is what may be allocated.
+	Facts HostFacts
 	// Sources says where each effective ratio comes from.
 	Sources RatioSources
 	// State is the effective state: down, else what the admin set.
-	State yunchiv1.HostState
+	State statev1.HostState
 }
 
 func (s *Store) hostView(h *statev1.HostRecord) HostView {
-	sh, src := s.schedHost(h)
-	a := sh.Allocated
+	sh, src := s.hostFacts(h)
 	return HostView{
-		Host:      proto.Clone(h).(*statev1.HostRecord),
-		Allocated: &yunchiv1.Resources{Vcpus: a.VCPUs, MemoryBytes: a.MemoryBytes, DiskBytes: a.DiskBytes},
-		VMs:       len(s.onHost[h.Id]),
-		Sched:     sh,
-		Sources:   src,
-		State:     effectiveState(h),
+		Host:    proto.Clone(h).(*statev1.HostRecord),
+		VMs:     len(s.onHost[h.Id]),
+		Facts:   sh,
+		Sources: src,
+		State:   effectiveState(h),
 	}
 }
 
@@ -52,12 +48,12 @@ func (s *Store) Host(id string) (HostView, bool) {
 // HostLiveness is host id's liveness as the log records it (ready or
 // down; not the admin state): the heartbeat path's one question, answered
 // without copying the record.
-func (s *Store) HostLiveness(id string) (yunchiv1.HostState, bool) {
+func (s *Store) HostLiveness(id string) (statev1.HostState, bool) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	h, ok := s.hosts[id]
 	if !ok {
-		return yunchiv1.HostState_HOST_STATE_UNSPECIFIED, false
+		return statev1.HostState_HOST_STATE_UNSPECIFIED, false
 	}
 	return h.State, true
 }
@@ -93,7 +89,7 @@ func (s *Store) LiveHostIDs() []string {
 	defer s.mu.RUnlock()
 	var out []string
 	for id, h := range s.hosts {
-		if h.State == yunchiv1.HostState_HOST_STATE_READY {
+		if h.State == statev1.HostState_HOST_STATE_READY {
 			out = append(out, id)
 		}
 	}
@@ -164,7 +160,7 @@ func (s *Store) Member(id string) (*statev1.MemberRecord, bool) {
 // changed since (all of them, with full set, when the cache must be
 // rebuilt), the seq to remember, and, when group is not empty, that group
 // of project with where its members are, all as of one moment.
-func (s *Store) SchedulerView(since uint64, project, group string) (hosts []scheduler.Host, full bool, seq uint64, g *scheduler.Group, err error) {
+func (s *Store) SchedulerView(since uint64, project, group string) (hosts []HostFacts, full bool, seq uint64, g *GroupFacts, err error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if group != "" {
@@ -172,12 +168,12 @@ func (s *Store) SchedulerView(since uint64, project, group string) (hosts []sche
 		if !ok {
 			return nil, false, 0, nil, errorf(KindNotFound, "placement group %q not found in project %q: create it with `yunchi group create %s --policy anti-affinity`", group, project, group)
 		}
-		g = s.schedGroup(rec)
+		g = s.groupFacts(rec)
 	}
 	full = since == 0 || s.allSeq > since
 	if full {
 		for _, h := range s.hosts {
-			sh, _ := s.schedHost(h)
+			sh, _ := s.hostFacts(h)
 			hosts = append(hosts, sh)
 		}
 	} else {
@@ -186,7 +182,7 @@ func (s *Store) SchedulerView(since uint64, project, group string) (hosts []sche
 		i := sort.Search(len(s.hostLog), func(i int) bool { return s.hostLog[i].seq > since })
 		for _, c := range s.hostLog[i:] {
 			if h, ok := s.hosts[c.id]; ok && s.hostSeq[c.id] == c.seq {
-				sh, _ := s.schedHost(h)
+				sh, _ := s.hostFacts(h)
 				hosts = append(hosts, sh)
 			}
 		}

@@ -67,72 +67,71 @@ func (t *requestTable) add(r *statev1.RequestRecord) {
 }
 
 // record builds the record of a command's outcome.
-func record(cmd *statev1.Command, index uint64, res any, err error) *statev1.RequestRecord {
+func record(cmd *statev1.Command, index uint64, res Result, err error) *statev1.RequestRecord {
 	r := &statev1.RequestRecord{Id: cmd.RequestId, Hash: cmd.RequestHash, UnixNano: cmd.UnixNano, Index: index}
 	if err != nil {
 		r.ErrorKind, r.Error = int32(KindOf(err)), err.Error()
 		return r
 	}
-	switch v := res.(type) {
-	case *statev1.VMRecord:
-		r.Vms = []*statev1.VMRecord{proto.Clone(v).(*statev1.VMRecord)}
-	case []*statev1.VMRecord:
-		r.VmList = true
-		for _, vm := range v {
-			r.Vms = append(r.Vms, proto.Clone(vm).(*statev1.VMRecord))
-		}
-	case *statev1.HostRecord:
-		r.Host = proto.Clone(v).(*statev1.HostRecord)
-	case *statev1.RatioRecord:
-		r.Ratio = proto.Clone(v).(*statev1.RatioRecord)
-	case *statev1.PlacementGroupRecord:
-		r.Group = proto.Clone(v).(*statev1.PlacementGroupRecord)
-	case *statev1.MemberRecord:
-		r.Member = proto.Clone(v).(*statev1.MemberRecord)
+	for _, vm := range res.VMs {
+		r.Vms = append(r.Vms, proto.Clone(vm).(*statev1.VMRecord))
+	}
+	// Version 3 wrote vm_list for PlaceVMs only; it is kept for a reader
+	// of that version (a controller not yet upgraded replays this snapshot).
+	_, r.VmList = cmd.GetCmd().(*statev1.Command_PlaceVms)
+	if res.Host != nil {
+		r.Host = proto.Clone(res.Host).(*statev1.HostRecord)
+	}
+	if res.Ratio != nil {
+		r.Ratio = proto.Clone(res.Ratio).(*statev1.RatioRecord)
+	}
+	if res.Group != nil {
+		r.Group = proto.Clone(res.Group).(*statev1.PlacementGroupRecord)
+	}
+	if res.Member != nil {
+		r.Member = proto.Clone(res.Member).(*statev1.MemberRecord)
 	}
 	return r
 }
 
 // Outcome turns a record back into what Apply returned the first time:
-// the same Go types (clones), or the same *Error.
-func Outcome(r *statev1.RequestRecord) (any, error) {
+// the same Result (clones), or the same *Error.
+func Outcome(r *statev1.RequestRecord) (Result, error) {
 	if r.ErrorKind != 0 || r.Error != "" {
-		return nil, &Error{Kind: Kind(r.ErrorKind), Msg: r.Error}
+		return Result{}, &Error{Kind: Kind(r.ErrorKind), Msg: r.Error}
 	}
-	switch {
-	case r.VmList:
-		out := make([]*statev1.VMRecord, len(r.Vms))
-		for i, vm := range r.Vms {
-			out[i] = proto.Clone(vm).(*statev1.VMRecord)
-		}
-		return out, nil
-	case len(r.Vms) > 0:
-		return proto.Clone(r.Vms[0]), nil
-	case r.Host != nil:
-		return proto.Clone(r.Host), nil
-	case r.Ratio != nil:
-		return proto.Clone(r.Ratio), nil
-	case r.Group != nil:
-		return proto.Clone(r.Group), nil
-	case r.Member != nil:
-		return proto.Clone(r.Member), nil
+	var res Result
+	for _, vm := range r.Vms {
+		res.VMs = append(res.VMs, proto.Clone(vm).(*statev1.VMRecord))
 	}
-	return nil, nil
+	if r.Host != nil {
+		res.Host = proto.Clone(r.Host).(*statev1.HostRecord)
+	}
+	if r.Ratio != nil {
+		res.Ratio = proto.Clone(r.Ratio).(*statev1.RatioRecord)
+	}
+	if r.Group != nil {
+		res.Group = proto.Clone(r.Group).(*statev1.PlacementGroupRecord)
+	}
+	if r.Member != nil {
+		res.Member = proto.Clone(r.Member).(*statev1.MemberRecord)
+	}
+	return res, nil
 }
 
 // replay answers a command whose request id is remembered: the first
 // outcome, or a refusal when the id came with a different request. ok is
 // false when the id is unknown (or the command carries none).
-func (t *requestTable) replay(cmd *statev1.Command) (res any, ok bool, err error) {
+func (t *requestTable) replay(cmd *statev1.Command) (res Result, ok bool, err error) {
 	if cmd.GetRequestId() == "" {
-		return nil, false, nil
+		return Result{}, false, nil
 	}
 	r, found := t.byID[cmd.RequestId]
 	if !found {
-		return nil, false, nil
+		return Result{}, false, nil
 	}
 	if !bytes.Equal(r.Hash, cmd.RequestHash) {
-		return nil, true, ReusedRequestID(cmd.RequestId)
+		return Result{}, true, ReusedRequestID(cmd.RequestId)
 	}
 	res, err = Outcome(r)
 	return res, true, err

@@ -16,7 +16,7 @@ func withID(cmd *statev1.Command, id, hash string) *statev1.Command {
 }
 
 // applyAt applies cmd at index with the leader's time now.
-func applyAt(t *testing.T, s *Store, index uint64, now time.Duration, cmd *statev1.Command) (any, error) {
+func applyAt(t *testing.T, s *Store, index uint64, now time.Duration, cmd *statev1.Command) (Result, error) {
 	t.Helper()
 	cmd.Version = CommandVersion
 	cmd.UnixNano = int64(now)
@@ -29,14 +29,14 @@ func TestRequestIDAppliesOnce(t *testing.T) {
 	// The leader decided again (a new VM id) for the retried request: the
 	// log holds both, and the second returns the first VM.
 	again := mustApply(t, s, 5, withID(place("vm-3", "db-1", "h2", 2, 4*gib), "k1", "create db-1"))
-	if !proto.Equal(first.(*statev1.VMRecord), again.(*statev1.VMRecord)) {
+	if !proto.Equal(first.VMs[0], again.VMs[0]) {
 		t.Fatalf("retry returned %v, first apply %v", again, first)
 	}
 	if len(s.VMs("", "")) != 2 {
 		t.Fatalf("%d VMs after a retried create, want 2 (web-1, db-1)", len(s.VMs("", "")))
 	}
-	if hv, _ := s.Host("h2"); hv.Allocated.Vcpus != 2 {
-		t.Fatalf("h2 allocates %d vCPUs, want 2: the retry was charged", hv.Allocated.Vcpus)
+	if hv, _ := s.Host("h2"); hv.Facts.Allocated.VCPUs != 2 {
+		t.Fatalf("h2 allocates %d vCPUs, want 2: the retry was charged", hv.Facts.Allocated.VCPUs)
 	}
 
 	// A rejection is an outcome too: the same error again, nothing applied.
@@ -52,7 +52,7 @@ func TestRequestIDAppliesOnce(t *testing.T) {
 		t.Fatalf("over capacity: %v, want a conflict", err)
 	}
 	v := mustApply(t, s, 9, withID(place("vm-7", "big", "h2", 1, gib), "k3", "create big"))
-	if v.(*statev1.VMRecord).Id != "vm-7" {
+	if v.VMs[0].Id != "vm-7" {
 		t.Fatalf("after a conflict the new decision was not applied: %v", v)
 	}
 
@@ -66,7 +66,7 @@ func TestRequestIDAppliesOnce(t *testing.T) {
 	}
 	b1 := mustApply(t, s, 10, withID(batch("b1", "b2"), "k4", "batch"))
 	b2 := mustApply(t, s, 11, withID(batch("b3", "b4"), "k4", "batch"))
-	l1, l2 := b1.([]*statev1.VMRecord), b2.([]*statev1.VMRecord)
+	l1, l2 := b1.VMs, b2.VMs
 	if len(l2) != 2 || l2[0].Id != l1[0].Id || l2[1].Id != l1[1].Id {
 		t.Fatalf("batch retry returned %v, first %v", l2, l1)
 	}
@@ -90,7 +90,7 @@ func TestRequestIDsExpireByCommandTime(t *testing.T) {
 	}
 	// Just inside the window: still remembered.
 	v, err := applyAt(t, s, 5, time.Hour+RequestTTL, withID(place("vm-3", "db-1", "h2", 1, gib), "k1", "a"))
-	if err != nil || v.(*statev1.VMRecord).Id != "vm-2" {
+	if err != nil || v.VMs[0].Id != "vm-2" {
 		t.Fatalf("inside the window: %v %v, want the first VM", v, err)
 	}
 	// Any command past the window forgets it (here a heartbeat note).
@@ -140,7 +140,7 @@ func TestRequestIDsKeptInSnapshots(t *testing.T) {
 		t.Fatalf("restored state differs (%d ids)", r.RequestCount())
 	}
 	v, err := apply(t, r, 6, withID(place("vm-4", "db-1", "h1", 2, 4*gib), "k1", "create db-1"))
-	if err != nil || v.(*statev1.VMRecord).Id != "vm-2" || v.(*statev1.VMRecord).HostId != "h2" {
+	if err != nil || v.VMs[0].Id != "vm-2" || v.VMs[0].HostId != "h2" {
 		t.Fatalf("after restore: %v %v, want the first VM", v, err)
 	}
 	_, err = apply(t, r, 7, withID(place("vm-5", "web-1", "h2", 1, gib), "k2", "create web-1"))

@@ -7,7 +7,6 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
-	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 )
 
 // snapshotWorkload is a run of commands that change records in every way
@@ -30,22 +29,22 @@ func snapshotWorkload() []*statev1.Command {
 			id, host := fmt.Sprintf("vm-%02d", i), fmt.Sprintf("h%d", i%4)
 			switch (i + round) % 4 {
 			case 0:
-				cmds = append(cmds, report(host, &yunchiv1.VMStatus{VmId: id, Phase: yunchiv1.VMPhase_VM_PHASE_RUNNING, Message: fmt.Sprintf("round %d", round)}))
+				cmds = append(cmds, report(host, &statev1.VMStatus{VmId: id, Phase: statev1.VMPhase_VM_PHASE_RUNNING, Message: fmt.Sprintf("round %d", round)}))
 			case 1:
-				cmds = append(cmds, desired(id, yunchiv1.PowerState_POWER_STATE_RUNNING, true))
+				cmds = append(cmds, desired(id, statev1.PowerState_POWER_STATE_RUNNING, true))
 			case 2:
-				cmds = append(cmds, desired(id, yunchiv1.PowerState_POWER_STATE_STOPPED, false))
+				cmds = append(cmds, desired(id, statev1.PowerState_POWER_STATE_STOPPED, false))
 			case 3:
-				cmds = append(cmds, desired(id, yunchiv1.PowerState_POWER_STATE_RUNNING, false))
+				cmds = append(cmds, desired(id, statev1.PowerState_POWER_STATE_RUNNING, false))
 			}
 		}
 		cmds = append(cmds,
 			&statev1.Command{Cmd: &statev1.Command_RecordHeartbeats{RecordHeartbeats: &statev1.RecordHeartbeats{SilentHostIds: []string{"h3"}}}},
-			&statev1.Command{Cmd: &statev1.Command_SetHostState{SetHostState: &statev1.SetHostState{HostId: "h3", State: yunchiv1.HostState_HOST_STATE_DOWN}}},
-			&statev1.Command{Cmd: &statev1.Command_SetHostState{SetHostState: &statev1.SetHostState{HostId: "h3", State: yunchiv1.HostState_HOST_STATE_READY}}},
+			&statev1.Command{Cmd: &statev1.Command_SetHostState{SetHostState: &statev1.SetHostState{HostId: "h3", State: statev1.HostState_HOST_STATE_DOWN}}},
+			&statev1.Command{Cmd: &statev1.Command_SetHostState{SetHostState: &statev1.SetHostState{HostId: "h3", State: statev1.HostState_HOST_STATE_READY}}},
 			regHost("h2", "a1", 64+int64(round), 256*gib, 1000*gib),
-			desired(fmt.Sprintf("vm-%02d", 37+round), yunchiv1.PowerState_POWER_STATE_DELETED, false),
-			report(fmt.Sprintf("h%d", (37+round)%4), &yunchiv1.VMStatus{VmId: fmt.Sprintf("vm-%02d", 37+round), Gone: true}),
+			desired(fmt.Sprintf("vm-%02d", 37+round), statev1.PowerState_POWER_STATE_DELETED, false),
+			report(fmt.Sprintf("h%d", (37+round)%4), &statev1.VMStatus{VmId: fmt.Sprintf("vm-%02d", 37+round), Gone: true}),
 		)
 	}
 	return cmds

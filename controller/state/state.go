@@ -15,8 +15,6 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
-	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
-	"github.com/yunchi/yunchi/scheduler"
 )
 
 // CommandVersion and SnapshotVersion are the formats this binary writes and
@@ -24,9 +22,12 @@ import (
 // Version 2 added host admin fields, ratios, placement groups and PlaceVMs;
 // it reads version 1 unchanged. Version 3 judges admin changes by stricter
 // rules (see rulesV3); older commands apply by the rules they were written
-// under.
+// under. Version 4 is the format that stands on its own (no public API
+// types in the log; same bytes as before for what it shares with version
+// 3), structured constraints (VMRecord.constraint_rules) and every create a
+// PlaceVMs; Apply reads every older version.
 const (
-	CommandVersion  = 3
+	CommandVersion  = 4
 	SnapshotVersion = 2
 )
 
@@ -47,7 +48,7 @@ type Store struct {
 	// host that never had one) and groupHosts (a group's members per host:
 	// project/name -> host -> n, no zero entries).
 	byName map[string]string
-	alloc  map[string]scheduler.Resources
+	alloc  map[string]Resources
 	// onHost indexes VM ids by host: a host's VMs (and their count) without
 	// a pass over every VM. Kept by addVM/removeVM with alloc.
 	onHost map[string]map[string]struct{}
@@ -93,7 +94,7 @@ func (s *Store) reset() {
 	s.hosts = map[string]*statev1.HostRecord{}
 	s.vms = map[string]*statev1.VMRecord{}
 	s.byName = map[string]string{}
-	s.alloc = map[string]scheduler.Resources{}
+	s.alloc = map[string]Resources{}
 	s.onHost = map[string]map[string]struct{}{}
 	s.hostRev = map[string]uint64{}
 	s.members = map[string]*statev1.MemberRecord{}
@@ -191,53 +192,77 @@ func (s *Store) notify() {
 	s.changed = make(chan struct{})
 }
 
+// Result is what a command returns: clones of the records it placed,
+// changed or created, in the field its kind fills (and no other):
+//
+//	RegisterHost, SetHostState, UpdateHost  Host
+//	PlaceVMs (PlaceVM in old logs)           VMs, one per VM, in command order
+//	SetVMDesired                             VMs, the one VM
+//	SetRatios                                Ratio
+//	CreatePlacementGroup                     Group (created)
+//	DeletePlacementGroup                     Group (as it was)
+//	UpsertMember                             Member
+//	RemoveMember, ReportVMStatus,
+//	RecordHeartbeats                         nothing
+//
+// A repeated request id returns the first Result again (see RequestRecord).
+type Result struct {
+	VMs    []*statev1.VMRecord
+	Host   *statev1.HostRecord
+	Ratio  *statev1.RatioRecord
+	Group  *statev1.PlacementGroupRecord
+	Member *statev1.MemberRecord
+}
+
 // Apply applies one command at a raft index. It is deterministic: the same
-// commands in the same order give the same state on every controller. The
-// result is a clone of the affected record (or nil); an error means the
-// command changed nothing.
-func (s *Store) Apply(index uint64, cmd *statev1.Command) (any, error) {
+// commands in the same order give the same state on every controller. An
+// error means the command changed nothing (and the Result is empty).
+func (s *Store) Apply(index uint64, cmd *statev1.Command) (Result, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if index > s.index {
 		s.index = index
 	}
 	if cmd.GetVersion() > CommandVersion {
-		return nil, errorf(KindInvalid, "command version %d is newer than this controller understands (%d): upgrade it", cmd.GetVersion(), CommandVersion)
+		return Result{}, errorf(KindInvalid, "command version %d is newer than this controller understands (%d): upgrade it", cmd.GetVersion(), CommandVersion)
 	}
 	// A request id seen before gets its first outcome, not a second apply.
 	s.requests.advance(cmd.UnixNano)
 	if res, ok, err := s.requests.replay(cmd); ok {
 		return res, err
 	}
-	var res any
+	var res Result
 	var err error
 	switch c := cmd.GetCmd().(type) {
 	case *statev1.Command_RegisterHost:
-		res, err = s.applyRegisterHost(cmd.UnixNano, c.RegisterHost)
+		res.Host, err = s.applyRegisterHost(cmd.UnixNano, c.RegisterHost)
 	case *statev1.Command_SetHostState:
-		res, err = s.applySetHostState(cmd.UnixNano, c.SetHostState)
-	case *statev1.Command_PlaceVm:
-		res, err = s.applyPlaceVM(index, cmd.UnixNano, c.PlaceVm)
-	case *statev1.Command_SetVmDesired:
-		res, err = s.applySetVMDesired(index, cmd.UnixNano, c.SetVmDesired)
-	case *statev1.Command_ReportVmStatus:
-		res, err = s.applyReportVMStatus(index, cmd.UnixNano, c.ReportVmStatus)
-	case *statev1.Command_UpsertMember:
-		res, err = s.applyUpsertMember(c.UpsertMember)
-	case *statev1.Command_RemoveMember:
-		res, err = s.applyRemoveMember(c.RemoveMember)
-	case *statev1.Command_UpdateHost:
-		res, err = s.applyUpdateHost(cmd.UnixNano, c.UpdateHost, cmd.GetVersion() < rulesV3)
-	case *statev1.Command_SetRatios:
-		res, err = s.applySetRatios(c.SetRatios, cmd.GetVersion() < rulesV3)
-	case *statev1.Command_CreatePlacementGroup:
-		res, err = s.applyCreatePlacementGroup(cmd.UnixNano, c.CreatePlacementGroup)
-	case *statev1.Command_DeletePlacementGroup:
-		res, err = s.applyDeletePlacementGroup(c.DeletePlacementGroup)
+		res.Host, err = s.applySetHostState(cmd.UnixNano, c.SetHostState)
+	case *statev1.Command_PlaceVm: // before version 4 only
+		res.VMs, err = s.applyPlaceVMs(index, cmd.UnixNano, []*statev1.VMRecord{c.PlaceVm.GetVm()})
 	case *statev1.Command_PlaceVms:
-		res, err = s.applyPlaceVMs(index, cmd.UnixNano, c.PlaceVms.GetVms())
+		res.VMs, err = s.applyPlaceVMs(index, cmd.UnixNano, c.PlaceVms.GetVms())
+	case *statev1.Command_SetVmDesired:
+		var vm *statev1.VMRecord
+		if vm, err = s.applySetVMDesired(index, cmd.UnixNano, c.SetVmDesired); err == nil {
+			res.VMs = []*statev1.VMRecord{vm}
+		}
+	case *statev1.Command_ReportVmStatus:
+		_, err = s.applyReportVMStatus(index, cmd.UnixNano, c.ReportVmStatus)
+	case *statev1.Command_UpsertMember:
+		res.Member, err = s.applyUpsertMember(c.UpsertMember)
+	case *statev1.Command_RemoveMember:
+		_, err = s.applyRemoveMember(c.RemoveMember)
+	case *statev1.Command_UpdateHost:
+		res.Host, err = s.applyUpdateHost(cmd.UnixNano, c.UpdateHost, cmd.GetVersion() < rulesV3)
+	case *statev1.Command_SetRatios:
+		res.Ratio, err = s.applySetRatios(c.SetRatios, cmd.GetVersion() < rulesV3)
+	case *statev1.Command_CreatePlacementGroup:
+		res.Group, err = s.applyCreatePlacementGroup(cmd.UnixNano, c.CreatePlacementGroup)
+	case *statev1.Command_DeletePlacementGroup:
+		res.Group, err = s.applyDeletePlacementGroup(c.DeletePlacementGroup)
 	case *statev1.Command_RecordHeartbeats:
-		res, err = s.applyRecordHeartbeats(cmd.UnixNano, c.RecordHeartbeats)
+		_, err = s.applyRecordHeartbeats(cmd.UnixNano, c.RecordHeartbeats)
 	default:
 		err = errorf(KindInvalid, "unknown command %T: this controller is older than the log; upgrade it", cmd.GetCmd())
 	}
@@ -250,18 +275,18 @@ func (s *Store) Apply(index uint64, cmd *statev1.Command) (any, error) {
 	return res, err
 }
 
-func (s *Store) applyRegisterHost(now int64, c *statev1.RegisterHost) (any, error) {
+func (s *Store) applyRegisterHost(now int64, c *statev1.RegisterHost) (*statev1.HostRecord, error) {
 	h := c.GetHost()
 	if h.GetId() == "" {
 		return nil, errorf(KindInvalid, "host id is empty")
 	}
 	rec := proto.Clone(h).(*statev1.HostRecord)
 	// What admins decided is not the agent's to report: keep it.
-	rec.AdminState, rec.AdminLabels, rec.Owner, rec.Reserved, rec.Ratios = yunchiv1.HostState_HOST_STATE_UNSPECIFIED, nil, "", nil, nil
+	rec.AdminState, rec.AdminLabels, rec.Owner, rec.Reserved, rec.Ratios = statev1.HostState_HOST_STATE_UNSPECIFIED, nil, "", nil, nil
 	if old, ok := s.hosts[h.Id]; ok {
 		rec.AdminState, rec.AdminLabels, rec.Owner, rec.Reserved, rec.Ratios = old.AdminState, old.AdminLabels, old.Owner, old.Reserved, old.Ratios
 		rec.RegisteredUnixNano = old.RegisteredUnixNano
-		if old.State != yunchiv1.HostState_HOST_STATE_READY {
+		if old.State != statev1.HostState_HOST_STATE_READY {
 			rec.StateChangedUnixNano = now
 		} else {
 			rec.StateChangedUnixNano = old.StateChangedUnixNano
@@ -270,19 +295,19 @@ func (s *Store) applyRegisterHost(now int64, c *statev1.RegisterHost) (any, erro
 		rec.RegisteredUnixNano = now
 		rec.StateChangedUnixNano = now
 	}
-	rec.State = yunchiv1.HostState_HOST_STATE_READY
+	rec.State = statev1.HostState_HOST_STATE_READY
 	rec.LastHeartbeatUnixNano = now // registering is the agent speaking
 	s.hosts[h.Id] = rec
 	s.touched(h.Id)
-	return proto.Clone(rec), nil
+	return proto.Clone(rec).(*statev1.HostRecord), nil
 }
 
-func (s *Store) applySetHostState(now int64, c *statev1.SetHostState) (any, error) {
+func (s *Store) applySetHostState(now int64, c *statev1.SetHostState) (*statev1.HostRecord, error) {
 	if _, ok := s.hosts[c.GetHostId()]; !ok {
 		return nil, errorf(KindNotFound, "host %q not found", c.GetHostId())
 	}
 	// Liveness only: admins set maintenance and draining with UpdateHost.
-	if c.State != yunchiv1.HostState_HOST_STATE_READY && c.State != yunchiv1.HostState_HOST_STATE_DOWN {
+	if c.State != statev1.HostState_HOST_STATE_READY && c.State != statev1.HostState_HOST_STATE_DOWN {
 		return nil, errorf(KindInvalid, "host liveness must be ready or down, not %v", c.State)
 	}
 	h, _ := s.writableHost(c.GetHostId())
@@ -291,19 +316,11 @@ func (s *Store) applySetHostState(now int64, c *statev1.SetHostState) (any, erro
 		h.StateChangedUnixNano = now
 		s.touched(h.Id)
 	}
-	if c.State == yunchiv1.HostState_HOST_STATE_READY {
+	if c.State == statev1.HostState_HOST_STATE_READY {
 		// Ready comes from a heartbeat: record it now, not a period later.
 		h.LastHeartbeatUnixNano = max(h.LastHeartbeatUnixNano, now)
 	}
-	return proto.Clone(h), nil
-}
-
-func (s *Store) applyPlaceVM(index uint64, now int64, c *statev1.PlaceVM) (any, error) {
-	out, err := s.applyPlaceVMs(index, now, []*statev1.VMRecord{c.GetVm()})
-	if err != nil {
-		return nil, err
-	}
-	return out[0], nil
+	return proto.Clone(h).(*statev1.HostRecord), nil
 }
 
 // addVM records a placed VM and the indexes derived from it (name, host
@@ -367,23 +384,23 @@ func (s *Store) charge(vm *statev1.VMRecord, sign int) {
 	}
 }
 
-func (s *Store) applySetVMDesired(index uint64, now int64, c *statev1.SetVMDesired) (any, error) {
+func (s *Store) applySetVMDesired(index uint64, now int64, c *statev1.SetVMDesired) (*statev1.VMRecord, error) {
 	vm, ok := s.vms[c.GetVmId()] // read-only until checked
 	if !ok {
 		return nil, errorf(KindNotFound, "vm %s not found", c.GetVmId())
 	}
-	if vm.Desired == yunchiv1.PowerState_POWER_STATE_DELETED {
-		if c.Desired == yunchiv1.PowerState_POWER_STATE_DELETED {
-			return proto.Clone(vm), nil // deleting twice is deleting once
+	if vm.Desired == statev1.PowerState_POWER_STATE_DELETED {
+		if c.Desired == statev1.PowerState_POWER_STATE_DELETED {
+			return proto.Clone(vm).(*statev1.VMRecord), nil // deleting twice is deleting once
 		}
 		return nil, errorf(KindFailedPrecondition, "vm %q is being deleted", vm.Name)
 	}
 	switch c.Desired {
-	case yunchiv1.PowerState_POWER_STATE_RUNNING, yunchiv1.PowerState_POWER_STATE_STOPPED, yunchiv1.PowerState_POWER_STATE_DELETED:
+	case statev1.PowerState_POWER_STATE_RUNNING, statev1.PowerState_POWER_STATE_STOPPED, statev1.PowerState_POWER_STATE_DELETED:
 	default:
 		return nil, errorf(KindInvalid, "desired power state is unspecified")
 	}
-	if c.Reboot && (vm.Desired != yunchiv1.PowerState_POWER_STATE_RUNNING || c.Desired != yunchiv1.PowerState_POWER_STATE_RUNNING) {
+	if c.Reboot && (vm.Desired != statev1.PowerState_POWER_STATE_RUNNING || c.Desired != statev1.PowerState_POWER_STATE_RUNNING) {
 		return nil, errorf(KindFailedPrecondition, "vm %q is not meant to be running; start it instead of rebooting", vm.Name)
 	}
 	vm, _ = s.writableVM(vm.Id)
@@ -391,17 +408,17 @@ func (s *Store) applySetVMDesired(index uint64, now int64, c *statev1.SetVMDesir
 		vm.RebootSeq++
 	}
 	vm.Desired = c.Desired
-	if c.Desired == yunchiv1.PowerState_POWER_STATE_DELETED {
-		vm.Phase = yunchiv1.VMPhase_VM_PHASE_DELETING
+	if c.Desired == statev1.PowerState_POWER_STATE_DELETED {
+		vm.Phase = statev1.VMPhase_VM_PHASE_DELETING
 	}
 	vm.UpdatedUnixNano = now
 	s.revise(vm, index)
-	return proto.Clone(vm), nil
+	return proto.Clone(vm).(*statev1.VMRecord), nil
 }
 
-func (s *Store) applyReportVMStatus(index uint64, now int64, c *statev1.ReportVMStatus) (any, error) {
+func (s *Store) applyReportVMStatus(index uint64, now int64, c *statev1.ReportVMStatus) (struct{}, error) {
 	if _, ok := s.hosts[c.GetHostId()]; !ok {
-		return nil, errorf(KindNotFound, "host %q not found: register it first", c.GetHostId())
+		return struct{}{}, errorf(KindNotFound, "host %q not found: register it first", c.GetHostId())
 	}
 	for _, st := range c.GetStatuses() {
 		vm, ok := s.vms[st.GetVmId()]
@@ -412,15 +429,15 @@ func (s *Store) applyReportVMStatus(index uint64, now int64, c *statev1.ReportVM
 		}
 		vm, _ = s.writableVM(vm.Id)
 		if st.Gone {
-			if vm.Desired == yunchiv1.PowerState_POWER_STATE_DELETED {
+			if vm.Desired == statev1.PowerState_POWER_STATE_DELETED {
 				s.removeVM(vm, index)
 				continue
 			}
 			// Gone but still wanted (undefined by hand): the agent defines it again.
-			vm.Phase = yunchiv1.VMPhase_VM_PHASE_PENDING
+			vm.Phase = statev1.VMPhase_VM_PHASE_PENDING
 			vm.Message = st.Message
-		} else if vm.Desired != yunchiv1.PowerState_POWER_STATE_DELETED {
-			if st.Phase != yunchiv1.VMPhase_VM_PHASE_UNSPECIFIED {
+		} else if vm.Desired != statev1.PowerState_POWER_STATE_DELETED {
+			if st.Phase != statev1.VMPhase_VM_PHASE_UNSPECIFIED {
 				vm.Phase = st.Phase
 			}
 			vm.Message = st.Message
@@ -431,41 +448,41 @@ func (s *Store) applyReportVMStatus(index uint64, now int64, c *statev1.ReportVM
 		vm.UpdatedUnixNano = now
 		s.revise(vm, index)
 	}
-	return nil, nil
+	return struct{}{}, nil
 }
 
 // applyRecordHeartbeats stamps the command's time as the last heartbeat of
 // every ready host not listed as silent. Liveness itself does not change
 // (SetHostState does that), nor does anything placement sees.
-func (s *Store) applyRecordHeartbeats(now int64, c *statev1.RecordHeartbeats) (any, error) {
+func (s *Store) applyRecordHeartbeats(now int64, c *statev1.RecordHeartbeats) (struct{}, error) {
 	silent := make(map[string]bool, len(c.GetSilentHostIds()))
 	for _, id := range c.GetSilentHostIds() {
 		silent[id] = true
 	}
 	for id, h := range s.hosts {
-		if h.State == yunchiv1.HostState_HOST_STATE_READY && !silent[id] && h.LastHeartbeatUnixNano < now {
+		if h.State == statev1.HostState_HOST_STATE_READY && !silent[id] && h.LastHeartbeatUnixNano < now {
 			h, _ = s.writableHost(id)
 			h.LastHeartbeatUnixNano = now
 		}
 	}
-	return nil, nil
+	return struct{}{}, nil
 }
 
-func (s *Store) applyUpsertMember(c *statev1.UpsertMember) (any, error) {
+func (s *Store) applyUpsertMember(c *statev1.UpsertMember) (*statev1.MemberRecord, error) {
 	m := c.GetMember()
 	if m.GetId() == "" {
 		return nil, errorf(KindInvalid, "member id is empty")
 	}
 	s.members[m.Id] = proto.Clone(m).(*statev1.MemberRecord)
-	return proto.Clone(m), nil
+	return proto.Clone(m).(*statev1.MemberRecord), nil
 }
 
-func (s *Store) applyRemoveMember(c *statev1.RemoveMember) (any, error) {
+func (s *Store) applyRemoveMember(c *statev1.RemoveMember) (struct{}, error) {
 	if _, ok := s.members[c.GetId()]; !ok {
-		return nil, errorf(KindNotFound, "member %q not found", c.GetId())
+		return struct{}{}, errorf(KindNotFound, "member %q not found", c.GetId())
 	}
 	delete(s.members, c.Id)
-	return nil, nil
+	return struct{}{}, nil
 }
 
 // View is the state as of one index, sharing the store's records: taking

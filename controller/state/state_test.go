@@ -6,7 +6,6 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
-	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 )
 
 const gib = 1 << 30
@@ -28,14 +27,14 @@ func overWire[M proto.Message](t *testing.T, m M) M {
 
 // apply applies cmd as it comes out of the raft log, so every test also
 // covers the wire form of its command.
-func apply(t *testing.T, s *Store, index uint64, cmd *statev1.Command) (any, error) {
+func apply(t *testing.T, s *Store, index uint64, cmd *statev1.Command) (Result, error) {
 	t.Helper()
 	cmd.Version = CommandVersion
 	cmd.UnixNano = int64(index) * 1000
 	return s.Apply(index, overWire(t, cmd))
 }
 
-func mustApply(t *testing.T, s *Store, index uint64, cmd *statev1.Command) any {
+func mustApply(t *testing.T, s *Store, index uint64, cmd *statev1.Command) Result {
 	t.Helper()
 	v, err := apply(t, s, index, cmd)
 	if err != nil {
@@ -56,7 +55,7 @@ func unchanged(t *testing.T, s *Store, before *statev1.Snapshot) {
 
 func regHost(id, center string, cpu, mem, disk int64) *statev1.Command {
 	return &statev1.Command{Cmd: &statev1.Command_RegisterHost{RegisterHost: &statev1.RegisterHost{Host: &statev1.HostRecord{
-		Id: id, Hostname: id, Center: center, Capacity: &yunchiv1.Resources{Vcpus: cpu, MemoryBytes: mem, DiskBytes: disk},
+		Id: id, Hostname: id, Center: center, Capacity: &statev1.Resources{Vcpus: cpu, MemoryBytes: mem, DiskBytes: disk},
 	}}}}
 }
 
@@ -66,11 +65,11 @@ func place(id, name, host string, cpu int32, mem int64) *statev1.Command {
 	}}}}
 }
 
-func desired(id string, d yunchiv1.PowerState, reboot bool) *statev1.Command {
+func desired(id string, d statev1.PowerState, reboot bool) *statev1.Command {
 	return &statev1.Command{Cmd: &statev1.Command_SetVmDesired{SetVmDesired: &statev1.SetVMDesired{VmId: id, Desired: d, Reboot: reboot}}}
 }
 
-func report(host string, st ...*yunchiv1.VMStatus) *statev1.Command {
+func report(host string, st ...*statev1.VMStatus) *statev1.Command {
 	return &statev1.Command{Cmd: &statev1.Command_ReportVmStatus{ReportVmStatus: &statev1.ReportVMStatus{HostId: host, Statuses: st}}}
 }
 
@@ -87,7 +86,7 @@ func TestRegisterHost(t *testing.T) {
 	s := New()
 	mustApply(t, s, 1, regHost("h1", "a1", 8, 16*gib, 100*gib))
 	hv, ok := s.Host("h1")
-	if !ok || hv.Host.State != yunchiv1.HostState_HOST_STATE_READY || hv.Host.RegisteredUnixNano != 1000 {
+	if !ok || hv.Host.State != statev1.HostState_HOST_STATE_READY || hv.Host.RegisteredUnixNano != 1000 {
 		t.Fatalf("host after register: %+v", hv.Host)
 	}
 	// Re-registering updates facts but keeps the first registration time.
@@ -103,16 +102,16 @@ func TestRegisterHost(t *testing.T) {
 
 func TestSetHostState(t *testing.T) {
 	s := fixture(t)
-	mustApply(t, s, 4, &statev1.Command{Cmd: &statev1.Command_SetHostState{SetHostState: &statev1.SetHostState{HostId: "h1", State: yunchiv1.HostState_HOST_STATE_DOWN}}})
+	mustApply(t, s, 4, &statev1.Command{Cmd: &statev1.Command_SetHostState{SetHostState: &statev1.SetHostState{HostId: "h1", State: statev1.HostState_HOST_STATE_DOWN}}})
 	hv, _ := s.Host("h1")
-	if hv.Host.State != yunchiv1.HostState_HOST_STATE_DOWN || hv.Host.StateChangedUnixNano != 4000 {
+	if hv.Host.State != statev1.HostState_HOST_STATE_DOWN || hv.Host.StateChangedUnixNano != 4000 {
 		t.Fatalf("state: %v at %d", hv.Host.State, hv.Host.StateChangedUnixNano)
 	}
 	// A down host takes no placements.
 	if _, err := apply(t, s, 5, place("vm-2", "web-2", "h1", 1, gib)); KindOf(err) != KindConflict {
 		t.Fatalf("place on down host: %v", err)
 	}
-	if _, err := apply(t, s, 6, &statev1.Command{Cmd: &statev1.Command_SetHostState{SetHostState: &statev1.SetHostState{HostId: "nope", State: yunchiv1.HostState_HOST_STATE_DOWN}}}); KindOf(err) != KindNotFound {
+	if _, err := apply(t, s, 6, &statev1.Command{Cmd: &statev1.Command_SetHostState{SetHostState: &statev1.SetHostState{HostId: "nope", State: statev1.HostState_HOST_STATE_DOWN}}}); KindOf(err) != KindNotFound {
 		t.Fatalf("unknown host: %v", err)
 	}
 }
@@ -120,12 +119,12 @@ func TestSetHostState(t *testing.T) {
 func TestPlaceVM(t *testing.T) {
 	s := fixture(t)
 	vm, ok := s.VM(DefaultProject, "web-1")
-	if !ok || vm.HostId != "h1" || vm.Phase != yunchiv1.VMPhase_VM_PHASE_PENDING || vm.Desired != yunchiv1.PowerState_POWER_STATE_RUNNING || vm.Revision != 3 {
+	if !ok || vm.HostId != "h1" || vm.Phase != statev1.VMPhase_VM_PHASE_PENDING || vm.Desired != statev1.PowerState_POWER_STATE_RUNNING || vm.Revision != 3 {
 		t.Fatalf("vm: %+v", vm)
 	}
 	hv, _ := s.Host("h1")
-	if hv.Allocated.Vcpus != 2 || hv.Allocated.MemoryBytes != 4*gib || hv.VMs != 1 {
-		t.Fatalf("allocated: %+v", hv.Allocated)
+	if hv.Facts.Allocated.VCPUs != 2 || hv.Facts.Allocated.MemoryBytes != 4*gib || hv.VMs != 1 {
+		t.Fatalf("allocated: %+v", hv.Facts.Allocated)
 	}
 	// Same name again: rejected, nothing changes.
 	before := s.Snapshot()
@@ -143,69 +142,69 @@ func TestPlaceVM(t *testing.T) {
 	unchanged(t, s, before)
 	mustApply(t, s, 7, place("vm-5", "fits", "h1", 6, 10*gib))
 	hv, _ = s.Host("h1")
-	if hv.Allocated.Vcpus != 8 || hv.Allocated.MemoryBytes != 14*gib {
-		t.Fatalf("full host: %+v", hv.Allocated)
+	if hv.Facts.Allocated.VCPUs != 8 || hv.Facts.Allocated.MemoryBytes != 14*gib {
+		t.Fatalf("full host: %+v", hv.Facts.Allocated)
 	}
 }
 
 func TestSetVMDesired(t *testing.T) {
 	s := fixture(t)
-	v := mustApply(t, s, 4, desired("vm-1", yunchiv1.PowerState_POWER_STATE_STOPPED, false)).(*statev1.VMRecord)
-	if v.Desired != yunchiv1.PowerState_POWER_STATE_STOPPED || v.Revision != 4 {
+	v := mustApply(t, s, 4, desired("vm-1", statev1.PowerState_POWER_STATE_STOPPED, false)).VMs[0]
+	if v.Desired != statev1.PowerState_POWER_STATE_STOPPED || v.Revision != 4 {
 		t.Fatalf("stop: %+v", v)
 	}
-	if _, err := apply(t, s, 5, desired("vm-1", yunchiv1.PowerState_POWER_STATE_STOPPED, true)); KindOf(err) != KindFailedPrecondition {
+	if _, err := apply(t, s, 5, desired("vm-1", statev1.PowerState_POWER_STATE_STOPPED, true)); KindOf(err) != KindFailedPrecondition {
 		t.Fatalf("reboot a stopped vm: %v", err)
 	}
-	mustApply(t, s, 6, desired("vm-1", yunchiv1.PowerState_POWER_STATE_RUNNING, false))
-	v = mustApply(t, s, 7, desired("vm-1", yunchiv1.PowerState_POWER_STATE_RUNNING, true)).(*statev1.VMRecord)
+	mustApply(t, s, 6, desired("vm-1", statev1.PowerState_POWER_STATE_RUNNING, false))
+	v = mustApply(t, s, 7, desired("vm-1", statev1.PowerState_POWER_STATE_RUNNING, true)).VMs[0]
 	if v.RebootSeq != 1 {
 		t.Fatalf("reboot seq: %d", v.RebootSeq)
 	}
-	v = mustApply(t, s, 8, desired("vm-1", yunchiv1.PowerState_POWER_STATE_DELETED, false)).(*statev1.VMRecord)
-	if v.Phase != yunchiv1.VMPhase_VM_PHASE_DELETING {
+	v = mustApply(t, s, 8, desired("vm-1", statev1.PowerState_POWER_STATE_DELETED, false)).VMs[0]
+	if v.Phase != statev1.VMPhase_VM_PHASE_DELETING {
 		t.Fatalf("delete phase: %v", v.Phase)
 	}
 	// Capacity stays charged until the agent confirms the domain is gone.
-	if hv, _ := s.Host("h1"); hv.Allocated.Vcpus != 2 {
-		t.Fatalf("released too early: %+v", hv.Allocated)
+	if hv, _ := s.Host("h1"); hv.Facts.Allocated.VCPUs != 2 {
+		t.Fatalf("released too early: %+v", hv.Facts.Allocated)
 	}
-	if _, err := apply(t, s, 9, desired("vm-1", yunchiv1.PowerState_POWER_STATE_RUNNING, false)); KindOf(err) != KindFailedPrecondition {
+	if _, err := apply(t, s, 9, desired("vm-1", statev1.PowerState_POWER_STATE_RUNNING, false)); KindOf(err) != KindFailedPrecondition {
 		t.Fatalf("start while deleting: %v", err)
 	}
-	mustApply(t, s, 10, desired("vm-1", yunchiv1.PowerState_POWER_STATE_DELETED, false)) // idempotent
-	if _, err := apply(t, s, 11, desired("nope", yunchiv1.PowerState_POWER_STATE_STOPPED, false)); KindOf(err) != KindNotFound {
+	mustApply(t, s, 10, desired("vm-1", statev1.PowerState_POWER_STATE_DELETED, false)) // idempotent
+	if _, err := apply(t, s, 11, desired("nope", statev1.PowerState_POWER_STATE_STOPPED, false)); KindOf(err) != KindNotFound {
 		t.Fatalf("unknown vm: %v", err)
 	}
 }
 
 func TestReportVMStatus(t *testing.T) {
 	s := fixture(t)
-	mustApply(t, s, 4, report("h1", &yunchiv1.VMStatus{VmId: "vm-1", Phase: yunchiv1.VMPhase_VM_PHASE_RUNNING}))
-	if v, _ := s.VMByID("vm-1"); v.Phase != yunchiv1.VMPhase_VM_PHASE_RUNNING || v.Revision != 4 {
+	mustApply(t, s, 4, report("h1", &statev1.VMStatus{VmId: "vm-1", Phase: statev1.VMPhase_VM_PHASE_RUNNING}))
+	if v, _ := s.VMByID("vm-1"); v.Phase != statev1.VMPhase_VM_PHASE_RUNNING || v.Revision != 4 {
 		t.Fatalf("phase: %+v", v)
 	}
 	// A report from a host that does not own the VM is ignored.
-	mustApply(t, s, 5, report("h2", &yunchiv1.VMStatus{VmId: "vm-1", Phase: yunchiv1.VMPhase_VM_PHASE_FAILED}))
-	if v, _ := s.VMByID("vm-1"); v.Phase != yunchiv1.VMPhase_VM_PHASE_RUNNING {
+	mustApply(t, s, 5, report("h2", &statev1.VMStatus{VmId: "vm-1", Phase: statev1.VMPhase_VM_PHASE_FAILED}))
+	if v, _ := s.VMByID("vm-1"); v.Phase != statev1.VMPhase_VM_PHASE_RUNNING {
 		t.Fatalf("stale host changed phase: %v", v.Phase)
 	}
 	// Gone while still wanted: back to pending, capacity kept.
-	mustApply(t, s, 6, report("h1", &yunchiv1.VMStatus{VmId: "vm-1", Gone: true}))
-	if v, ok := s.VMByID("vm-1"); !ok || v.Phase != yunchiv1.VMPhase_VM_PHASE_PENDING {
+	mustApply(t, s, 6, report("h1", &statev1.VMStatus{VmId: "vm-1", Gone: true}))
+	if v, ok := s.VMByID("vm-1"); !ok || v.Phase != statev1.VMPhase_VM_PHASE_PENDING {
 		t.Fatalf("gone but wanted: %+v", v)
 	}
 	// Gone after delete: the VM and its allocation go away.
-	mustApply(t, s, 7, desired("vm-1", yunchiv1.PowerState_POWER_STATE_DELETED, false))
-	mustApply(t, s, 8, report("h1", &yunchiv1.VMStatus{VmId: "vm-1", Gone: true}))
+	mustApply(t, s, 7, desired("vm-1", statev1.PowerState_POWER_STATE_DELETED, false))
+	mustApply(t, s, 8, report("h1", &statev1.VMStatus{VmId: "vm-1", Gone: true}))
 	if _, ok := s.VMByID("vm-1"); ok {
 		t.Fatal("deleted vm still there")
 	}
 	if _, ok := s.VM(DefaultProject, "web-1"); ok {
 		t.Fatal("name index still holds the deleted vm")
 	}
-	if hv, _ := s.Host("h1"); hv.Allocated.Vcpus != 0 || hv.Allocated.MemoryBytes != 0 || hv.VMs != 0 {
-		t.Fatalf("allocation not released: %+v", hv.Allocated)
+	if hv, _ := s.Host("h1"); hv.Facts.Allocated.VCPUs != 0 || hv.Facts.Allocated.MemoryBytes != 0 || hv.VMs != 0 {
+		t.Fatalf("allocation not released: %+v", hv.Facts.Allocated)
 	}
 	if _, err := apply(t, s, 9, report("nohost")); KindOf(err) != KindNotFound {
 		t.Fatalf("unknown host: %v", err)
@@ -242,7 +241,7 @@ func TestUnknownAndNewerCommands(t *testing.T) {
 func TestSnapshotRestoreRoundTrip(t *testing.T) {
 	s := fixture(t)
 	mustApply(t, s, 4, place("vm-2", "db-1", "h2", 4, 8*gib))
-	mustApply(t, s, 5, report("h1", &yunchiv1.VMStatus{VmId: "vm-1", Phase: yunchiv1.VMPhase_VM_PHASE_RUNNING}))
+	mustApply(t, s, 5, report("h1", &statev1.VMStatus{VmId: "vm-1", Phase: statev1.VMPhase_VM_PHASE_RUNNING}))
 	mustApply(t, s, 6, &statev1.Command{Cmd: &statev1.Command_UpsertMember{UpsertMember: &statev1.UpsertMember{Member: &statev1.MemberRecord{Id: "a1", Center: "a1"}}}})
 	snap := s.Snapshot()
 	r := New()
@@ -254,8 +253,8 @@ func TestSnapshotRestoreRoundTrip(t *testing.T) {
 	}
 	// Derived indexes are rebuilt too: allocation and name lookup.
 	hv, _ := r.Host("h2")
-	if hv.Allocated.Vcpus != 4 || r.Index() != 6 {
-		t.Fatalf("derived state after restore: %+v index %d", hv.Allocated, r.Index())
+	if hv.Facts.Allocated.VCPUs != 4 || r.Index() != 6 {
+		t.Fatalf("derived state after restore: %+v index %d", hv.Facts.Allocated, r.Index())
 	}
 	if _, ok := r.VM(DefaultProject, "db-1"); !ok {
 		t.Fatal("name index not rebuilt")
@@ -270,8 +269,8 @@ func TestApplyIsDeterministic(t *testing.T) {
 	a, b := fixture(t), fixture(t)
 	for i, c := range []*statev1.Command{
 		place("vm-2", "x", "h2", 1, gib),
-		report("h1", &yunchiv1.VMStatus{VmId: "vm-1", Phase: yunchiv1.VMPhase_VM_PHASE_RUNNING}),
-		desired("vm-2", yunchiv1.PowerState_POWER_STATE_DELETED, false),
+		report("h1", &statev1.VMStatus{VmId: "vm-1", Phase: statev1.VMPhase_VM_PHASE_RUNNING}),
+		desired("vm-2", statev1.PowerState_POWER_STATE_DELETED, false),
 		recordHeartbeats("h2"),
 	} {
 		apply(t, a, uint64(10+i), proto.Clone(c).(*statev1.Command))
@@ -286,7 +285,7 @@ func recordHeartbeats(silent ...string) *statev1.Command {
 	return &statev1.Command{Cmd: &statev1.Command_RecordHeartbeats{RecordHeartbeats: &statev1.RecordHeartbeats{SilentHostIds: silent}}}
 }
 
-func setLiveness(id string, st yunchiv1.HostState) *statev1.Command {
+func setLiveness(id string, st statev1.HostState) *statev1.Command {
 	return &statev1.Command{Cmd: &statev1.Command_SetHostState{SetHostState: &statev1.SetHostState{HostId: id, State: st}}}
 }
 
@@ -298,7 +297,7 @@ func TestRecordHeartbeats(t *testing.T) {
 	mustApply(t, s, 1, regHost("h1", "a1", 8, 16*gib, 100*gib))
 	mustApply(t, s, 2, regHost("h2", "a1", 8, 16*gib, 100*gib))
 	mustApply(t, s, 3, regHost("h3", "a1", 8, 16*gib, 100*gib))
-	mustApply(t, s, 4, setLiveness("h2", yunchiv1.HostState_HOST_STATE_DOWN))
+	mustApply(t, s, 4, setLiveness("h2", statev1.HostState_HOST_STATE_DOWN))
 	last := func(id string) int64 {
 		t.Helper()
 		hv, ok := s.Host(id)
@@ -322,16 +321,16 @@ func TestRecordHeartbeats(t *testing.T) {
 	if s.seq != seq {
 		t.Error("recording heartbeats changed what placement sees")
 	}
-	if hv, _ := s.Host("h2"); hv.Host.State != yunchiv1.HostState_HOST_STATE_DOWN {
+	if hv, _ := s.Host("h2"); hv.Host.State != statev1.HostState_HOST_STATE_DOWN {
 		t.Errorf("recording heartbeats changed liveness: h2 is %v", hv.Host.State)
 	}
 	// A heartbeat from a down host makes it ready, and that is a heartbeat.
-	mustApply(t, s, 6, setLiveness("h2", yunchiv1.HostState_HOST_STATE_READY))
+	mustApply(t, s, 6, setLiveness("h2", statev1.HostState_HOST_STATE_READY))
 	if got := last("h2"); got != 6000 {
 		t.Errorf("h2 back: last heartbeat %d, want 6000", got)
 	}
 	// Marking down keeps the last heartbeat: it says when the host was last heard.
-	mustApply(t, s, 7, setLiveness("h1", yunchiv1.HostState_HOST_STATE_DOWN))
+	mustApply(t, s, 7, setLiveness("h1", statev1.HostState_HOST_STATE_DOWN))
 	if got := last("h1"); got != 5000 {
 		t.Errorf("h1 down: last heartbeat %d, want 5000", got)
 	}
