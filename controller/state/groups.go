@@ -45,10 +45,13 @@ func (s *Store) checkCreateGroup(g *statev1.PlacementGroupRecord) error {
 	return nil
 }
 
-func (s *Store) applyCreatePlacementGroup(now int64, c *statev1.CreatePlacementGroup) (*statev1.PlacementGroupRecord, error) {
+func (s *Store) applyCreatePlacementGroup(now int64, c *statev1.CreatePlacementGroup, projectMustExist bool) (*statev1.PlacementGroupRecord, error) {
 	g := c.GetGroup()
 	if err := s.checkCreateGroup(g); err != nil {
 		return nil, err
+	}
+	if projectMustExist && s.projectDept(g.Project) == "" {
+		return nil, errorf(KindNotFound, "project %q not found", g.Project)
 	}
 	key := nameKey(g.Project, g.Name)
 	rec := proto.Clone(g).(*statev1.PlacementGroupRecord)
@@ -57,6 +60,7 @@ func (s *Store) applyCreatePlacementGroup(now int64, c *statev1.CreatePlacementG
 	}
 	rec.CreatedUnixNano = now
 	s.groups[key] = rec
+	s.projectUse[rec.Project]++
 	return proto.Clone(rec).(*statev1.PlacementGroupRecord), nil
 }
 
@@ -74,6 +78,9 @@ func (s *Store) applyDeletePlacementGroup(c *statev1.DeletePlacementGroup) (*sta
 		return nil, errorf(KindFailedPrecondition, "placement group %q still has %d member VMs (%s): delete them first", g.Name, len(names), strings.Join(shown, ", "))
 	}
 	delete(s.groups, key)
+	if s.projectUse[g.Project]--; s.projectUse[g.Project] <= 0 {
+		delete(s.projectUse, g.Project)
+	}
 	return proto.Clone(g).(*statev1.PlacementGroupRecord), nil
 }
 

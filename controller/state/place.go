@@ -144,9 +144,16 @@ func (s *Store) checkGroup(g *statev1.PlacementGroupRecord, h *statev1.HostRecor
 	return nil
 }
 
-func (s *Store) applyPlaceVMs(index uint64, now int64, vms []*statev1.VMRecord) ([]*statev1.VMRecord, error) {
+func (s *Store) applyPlaceVMs(index uint64, now int64, vms []*statev1.VMRecord, projectMustExist bool) ([]*statev1.VMRecord, error) {
 	if err := s.checkPlacements(vms); err != nil {
 		return nil, err
+	}
+	if projectMustExist {
+		for _, vm := range vms {
+			if s.projectDept(vm.Project) == "" {
+				return nil, errorf(KindNotFound, "project %q not found", vm.Project)
+			}
+		}
 	}
 	out := make([]*statev1.VMRecord, 0, len(vms))
 	for _, vm := range vms {

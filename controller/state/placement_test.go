@@ -297,7 +297,11 @@ func TestPlaceVMsRechecksHostsAndCapacity(t *testing.T) {
 	mustApply(t, s, 15, placeMany(arm))
 	tax := vmRec("i3", "v3", "h3", "", 1, gib)
 	tax.Project = "tax"
-	mustApply(t, s, 14, placeMany(tax))
+	if _, err := apply(t, s, 16, placeMany(tax)); KindOf(err) != KindNotFound {
+		t.Fatalf("vm in a project that does not exist: %v, want not found", err)
+	}
+	mustApply(t, s, 17, &statev1.Command{Cmd: &statev1.Command_CreateProject{CreateProject: &statev1.CreateProject{Project: &statev1.ProjectRecord{Name: "tax", Department: DefaultDepartment}}}})
+	mustApply(t, s, 18, placeMany(tax))
 }
 
 func TestSnapshotRoundTripWithNewFields(t *testing.T) {

@@ -91,6 +91,18 @@ func record(cmd *statev1.Command, index uint64, res Result, err error) *statev1.
 	if res.Member != nil {
 		r.Member = proto.Clone(res.Member).(*statev1.MemberRecord)
 	}
+	if res.Department != nil {
+		r.Department = proto.Clone(res.Department).(*statev1.DepartmentRecord)
+	}
+	if res.Project != nil {
+		r.Project = proto.Clone(res.Project).(*statev1.ProjectRecord)
+	}
+	if res.User != nil {
+		r.User = proto.Clone(res.User).(*statev1.UserRecord)
+	}
+	if res.Token != nil {
+		r.Token = proto.Clone(res.Token).(*statev1.TokenRecord)
+	}
 	return r
 }
 
@@ -115,6 +127,18 @@ func Outcome(r *statev1.RequestRecord) (Result, error) {
 	}
 	if r.Member != nil {
 		res.Member = proto.Clone(r.Member).(*statev1.MemberRecord)
+	}
+	if r.Department != nil {
+		res.Department = proto.Clone(r.Department).(*statev1.DepartmentRecord)
+	}
+	if r.Project != nil {
+		res.Project = proto.Clone(r.Project).(*statev1.ProjectRecord)
+	}
+	if r.User != nil {
+		res.User = proto.Clone(r.User).(*statev1.UserRecord)
+	}
+	if r.Token != nil {
+		res.Token = proto.Clone(r.Token).(*statev1.TokenRecord)
 	}
 	return res, nil
 }

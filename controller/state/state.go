@@ -25,10 +25,12 @@ import (
 // under. Version 4 is the format that stands on its own (no public API
 // types in the log; same bytes as before for what it shares with version
 // 3), structured constraints (VMRecord.constraint_rules) and every create a
-// PlaceVMs; Apply reads every older version.
+// PlaceVMs. Version 5 adds departments, projects, users and tokens, and
+// VMs and groups only go into projects that exist (rulesV5). Apply reads
+// every older version. Snapshot version 3 adds the tenancy tables.
 const (
-	CommandVersion  = 4
-	SnapshotVersion = 2
+	CommandVersion  = 5
+	SnapshotVersion = 3
 )
 
 // DefaultProject is where VMs go when no project is named.
@@ -43,6 +45,16 @@ type Store struct {
 	members map[string]*statev1.MemberRecord
 	ratios  map[string]*statev1.RatioRecord          // scope/name
 	groups  map[string]*statev1.PlacementGroupRecord // project/name
+	// Tenancy and identity (tenancy.go): by name; tokens by id. Records
+	// are replaced, never changed in place (so snapshots may share them).
+	depts    map[string]*statev1.DepartmentRecord
+	projects map[string]*statev1.ProjectRecord
+	users    map[string]*statev1.UserRecord
+	tokens   map[string]*statev1.TokenRecord
+	// projectUse counts the VMs and placement groups of each project
+	// (derived): a project in use is not deleted, and one in use without
+	// a record is a project from before departments (department default).
+	projectUse map[string]int
 	// Indexes derived from vms, kept by addVM and removeVM only: byName
 	// (project/name -> id), alloc (host -> what its VMs use; absent for a
 	// host that never had one) and groupHosts (a group's members per host:
@@ -100,6 +112,11 @@ func (s *Store) reset() {
 	s.members = map[string]*statev1.MemberRecord{}
 	s.ratios = map[string]*statev1.RatioRecord{}
 	s.groups = map[string]*statev1.PlacementGroupRecord{}
+	s.depts = map[string]*statev1.DepartmentRecord{}
+	s.projects = map[string]*statev1.ProjectRecord{}
+	s.users = map[string]*statev1.UserRecord{}
+	s.tokens = map[string]*statev1.TokenRecord{}
+	s.projectUse = map[string]int{}
 	s.groupHosts = map[string]map[string]int{}
 	s.hostSeq = map[string]uint64{}
 	s.hostLog = nil
@@ -202,8 +219,12 @@ func (s *Store) notify() {
 //	CreatePlacementGroup                     Group (created)
 //	DeletePlacementGroup                     Group (as it was)
 //	UpsertMember                             Member
+//	Create/DeleteDepartment                  Department
+//	Create/DeleteProject                     Project
+//	Create/Delete/UpdateUser                 User
+//	CreateToken, RevokeToken                 Token (its secret hash included)
 //	RemoveMember, ReportVMStatus,
-//	RecordHeartbeats                         nothing
+//	RecordHeartbeats, RecordLoginFailures    nothing
 //
 // A repeated request id returns the first Result again (see RequestRecord).
 type Result struct {
@@ -212,6 +233,11 @@ type Result struct {
 	Ratio  *statev1.RatioRecord
 	Group  *statev1.PlacementGroupRecord
 	Member *statev1.MemberRecord
+
+	Department *statev1.DepartmentRecord
+	Project    *statev1.ProjectRecord
+	User       *statev1.UserRecord
+	Token      *statev1.TokenRecord
 }
 
 // Apply applies one command at a raft index. It is deterministic: the same
@@ -239,9 +265,9 @@ func (s *Store) Apply(index uint64, cmd *statev1.Command) (Result, error) {
 	case *statev1.Command_SetHostState:
 		res.Host, err = s.applySetHostState(cmd.UnixNano, c.SetHostState)
 	case *statev1.Command_PlaceVm: // before version 4 only
-		res.VMs, err = s.applyPlaceVMs(index, cmd.UnixNano, []*statev1.VMRecord{c.PlaceVm.GetVm()})
+		res.VMs, err = s.applyPlaceVMs(index, cmd.UnixNano, []*statev1.VMRecord{c.PlaceVm.GetVm()}, false)
 	case *statev1.Command_PlaceVms:
-		res.VMs, err = s.applyPlaceVMs(index, cmd.UnixNano, c.PlaceVms.GetVms())
+		res.VMs, err = s.applyPlaceVMs(index, cmd.UnixNano, c.PlaceVms.GetVms(), cmd.GetVersion() >= rulesV5)
 	case *statev1.Command_SetVmDesired:
 		var vm *statev1.VMRecord
 		if vm, err = s.applySetVMDesired(index, cmd.UnixNano, c.SetVmDesired); err == nil {
@@ -258,11 +284,31 @@ func (s *Store) Apply(index uint64, cmd *statev1.Command) (Result, error) {
 	case *statev1.Command_SetRatios:
 		res.Ratio, err = s.applySetRatios(c.SetRatios, cmd.GetVersion() < rulesV3)
 	case *statev1.Command_CreatePlacementGroup:
-		res.Group, err = s.applyCreatePlacementGroup(cmd.UnixNano, c.CreatePlacementGroup)
+		res.Group, err = s.applyCreatePlacementGroup(cmd.UnixNano, c.CreatePlacementGroup, cmd.GetVersion() >= rulesV5)
 	case *statev1.Command_DeletePlacementGroup:
 		res.Group, err = s.applyDeletePlacementGroup(c.DeletePlacementGroup)
 	case *statev1.Command_RecordHeartbeats:
 		_, err = s.applyRecordHeartbeats(cmd.UnixNano, c.RecordHeartbeats)
+	case *statev1.Command_CreateDepartment:
+		res.Department, err = s.applyCreateDepartment(cmd.UnixNano, c.CreateDepartment)
+	case *statev1.Command_DeleteDepartment:
+		res.Department, err = s.applyDeleteDepartment(c.DeleteDepartment)
+	case *statev1.Command_CreateProject:
+		res.Project, err = s.applyCreateProject(cmd.UnixNano, c.CreateProject)
+	case *statev1.Command_DeleteProject:
+		res.Project, err = s.applyDeleteProject(c.DeleteProject)
+	case *statev1.Command_CreateUser:
+		res.User, err = s.applyCreateUser(cmd.UnixNano, c.CreateUser)
+	case *statev1.Command_DeleteUser:
+		res.User, err = s.applyDeleteUser(cmd.UnixNano, c.DeleteUser)
+	case *statev1.Command_UpdateUser:
+		res.User, err = s.applyUpdateUser(c.UpdateUser)
+	case *statev1.Command_CreateToken:
+		res.Token, err = s.applyCreateToken(cmd.UnixNano, c.CreateToken)
+	case *statev1.Command_RevokeToken:
+		res.Token, err = s.applyRevokeToken(cmd.UnixNano, c.RevokeToken)
+	case *statev1.Command_RecordLoginFailures:
+		_, err = s.applyRecordLoginFailures(cmd.UnixNano, c.RecordLoginFailures)
 	default:
 		err = errorf(KindInvalid, "unknown command %T: this controller is older than the log; upgrade it", cmd.GetCmd())
 	}
@@ -336,6 +382,7 @@ func (s *Store) addVM(vm *statev1.VMRecord) {
 	ids[vm.Id] = struct{}{}
 	s.hostRev[vm.HostId] = max(s.hostRev[vm.HostId], vm.Revision)
 	s.charge(vm, +1)
+	s.projectUse[vm.Project]++
 }
 
 // revise records that vm changed at index.
@@ -356,6 +403,9 @@ func (s *Store) removeVM(vm *statev1.VMRecord, index uint64) {
 	}
 	delete(s.byName, nameKey(vm.Project, vm.Name))
 	delete(s.vms, vm.Id)
+	if s.projectUse[vm.Project]--; s.projectUse[vm.Project] <= 0 {
+		delete(s.projectUse, vm.Project)
+	}
 }
 
 // charge adds (sign=+1) or releases (sign=-1) a VM's resources on its host
@@ -498,6 +548,10 @@ type View struct {
 	ratios   []*statev1.RatioRecord
 	groups   []*statev1.PlacementGroupRecord
 	requests []*statev1.RequestRecord
+	depts    []*statev1.DepartmentRecord
+	projects []*statev1.ProjectRecord
+	users    []*statev1.UserRecord
+	tokens   []*statev1.TokenRecord
 }
 
 // View takes the state as of the last applied index.
@@ -528,6 +582,18 @@ func (s *Store) View() *View {
 	for _, g := range s.groups {
 		v.groups = append(v.groups, g)
 	}
+	for _, d := range s.depts {
+		v.depts = append(v.depts, d)
+	}
+	for _, p := range s.projects {
+		v.projects = append(v.projects, p)
+	}
+	for _, u := range s.users {
+		v.users = append(v.users, u)
+	}
+	for _, t := range s.tokens {
+		v.tokens = append(v.tokens, t)
+	}
 	// Every record is now shared with v: the next change to one clones it.
 	s.ownVMs = map[*statev1.VMRecord]struct{}{}
 	s.ownHosts = map[*statev1.HostRecord]struct{}{}
@@ -544,7 +610,13 @@ func (v *View) Snapshot() *statev1.Snapshot {
 		FormatVersion: SnapshotVersion, Index: v.index,
 		Hosts: slices.Clone(v.hosts), Vms: slices.Clone(v.vms), Members: slices.Clone(v.members),
 		Ratios: slices.Clone(v.ratios), Groups: slices.Clone(v.groups), Requests: v.requests,
+		Departments: slices.Clone(v.depts), Projects: slices.Clone(v.projects),
+		Users: slices.Clone(v.users), Tokens: slices.Clone(v.tokens),
 	}
+	slices.SortFunc(snap.Departments, func(a, b *statev1.DepartmentRecord) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortFunc(snap.Projects, func(a, b *statev1.ProjectRecord) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortFunc(snap.Users, func(a, b *statev1.UserRecord) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortFunc(snap.Tokens, func(a, b *statev1.TokenRecord) int { return strings.Compare(a.Id, b.Id) })
 	sortRatios(snap.Ratios)
 	sort.Slice(snap.Groups, func(i, j int) bool {
 		return nameKey(snap.Groups[i].Project, snap.Groups[i].Name) < nameKey(snap.Groups[j].Project, snap.Groups[j].Name)
@@ -583,6 +655,18 @@ func (s *Store) Restore(snap *statev1.Snapshot) error {
 	}
 	for _, g := range snap.GetGroups() {
 		s.groups[nameKey(g.Project, g.Name)] = proto.Clone(g).(*statev1.PlacementGroupRecord)
+	}
+	for _, d := range snap.GetDepartments() {
+		s.depts[d.Name] = proto.Clone(d).(*statev1.DepartmentRecord)
+	}
+	for _, p := range snap.GetProjects() {
+		s.projects[p.Name] = proto.Clone(p).(*statev1.ProjectRecord)
+	}
+	for _, u := range snap.GetUsers() {
+		s.users[u.Name] = proto.Clone(u).(*statev1.UserRecord)
+	}
+	for _, t := range snap.GetTokens() {
+		s.tokens[t.Id] = proto.Clone(t).(*statev1.TokenRecord)
 	}
 	for _, r := range snap.GetRequests() {
 		s.requests.clock = max(s.requests.clock, r.UnixNano)

@@ -715,7 +715,7 @@ var File_yunchi_v1_agent_proto protoreflect.FileDescriptor
 
 const file_yunchi_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x15yunchi/v1/agent.proto\x12\tyunchi.v1\x1a\x16yunchi/v1/yunchi.proto\"\x81\x03\n" +
+	"\x15yunchi/v1/agent.proto\x12\tyunchi.v1\x1a\x16yunchi/v1/access.proto\x1a\x16yunchi/v1/yunchi.proto\"\x81\x03\n" +
 	"\tHostFacts\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
 	"\bhostname\x18\x02 \x01(\tR\bhostname\x12\x16\n" +
@@ -769,12 +769,16 @@ const file_yunchi_v1_agent_proto_rawDesc = "" +
 	"\x05phase\x18\t \x01(\x0e2\x12.yunchi.v1.VMPhaseR\x05phase\"L\n" +
 	"\vAssignments\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12'\n" +
-	"\x03vms\x18\x02 \x03(\v2\x15.yunchi.v1.AssignmentR\x03vms2\xd0\x02\n" +
-	"\fAgentService\x12O\n" +
-	"\fRegisterHost\x12\x1e.yunchi.v1.RegisterHostRequest\x1a\x1f.yunchi.v1.RegisterHostResponse\x12F\n" +
-	"\tHeartbeat\x12\x1b.yunchi.v1.HeartbeatRequest\x1a\x1c.yunchi.v1.HeartbeatResponse\x12U\n" +
-	"\x0eReportVMStatus\x12 .yunchi.v1.ReportVMStatusRequest\x1a!.yunchi.v1.ReportVMStatusResponse\x12P\n" +
-	"\x10WatchAssignments\x12\".yunchi.v1.WatchAssignmentsRequest\x1a\x16.yunchi.v1.Assignments0\x01B3Z1github.com/yunchi/yunchi/proto/yunchi/v1;yunchiv1b\x06proto3"
+	"\x03vms\x18\x02 \x03(\v2\x15.yunchi.v1.AssignmentR\x03vms2\x8c\x03\n" +
+	"\fAgentService\x12f\n" +
+	"\fRegisterHost\x12\x1e.yunchi.v1.RegisterHostRequest\x1a\x1f.yunchi.v1.RegisterHostResponse\"\x15\xc2\xf3\x18\x11\n" +
+	"\x01\b\x18\x03 \x01*\bfacts.id\x12S\n" +
+	"\tHeartbeat\x12\x1b.yunchi.v1.HeartbeatRequest\x1a\x1c.yunchi.v1.HeartbeatResponse\"\v\xc2\xf3\x18\a\n" +
+	"\x01\b\x18\x03 \x01\x12b\n" +
+	"\x0eReportVMStatus\x12 .yunchi.v1.ReportVMStatusRequest\x1a!.yunchi.v1.ReportVMStatusResponse\"\v\xc2\xf3\x18\a\n" +
+	"\x01\b\x18\x03 \x01\x12[\n" +
+	"\x10WatchAssignments\x12\".yunchi.v1.WatchAssignmentsRequest\x1a\x16.yunchi.v1.Assignments\"\t\xc2\xf3\x18\x05\n" +
+	"\x01\b\x18\x030\x01B3Z1github.com/yunchi/yunchi/proto/yunchi/v1;yunchiv1b\x06proto3"
 
 var (
 	file_yunchi_v1_agent_proto_rawDescOnce sync.Once
@@ -839,6 +843,7 @@ func file_yunchi_v1_agent_proto_init() {
 	if File_yunchi_v1_agent_proto != nil {
 		return
 	}
+	file_yunchi_v1_access_proto_init()
 	file_yunchi_v1_yunchi_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{

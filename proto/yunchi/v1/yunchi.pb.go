@@ -3445,7 +3445,7 @@ var File_yunchi_v1_yunchi_proto protoreflect.FileDescriptor
 
 const file_yunchi_v1_yunchi_proto_rawDesc = "" +
 	"\n" +
-	"\x16yunchi/v1/yunchi.proto\x12\tyunchi.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"c\n" +
+	"\x16yunchi/v1/yunchi.proto\x12\tyunchi.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x16yunchi/v1/access.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"c\n" +
 	"\tResources\x12\x14\n" +
 	"\x05vcpus\x18\x01 \x01(\x03R\x05vcpus\x12!\n" +
 	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\x12\x1d\n" +
@@ -3780,43 +3780,66 @@ const file_yunchi_v1_yunchi_proto_rawDesc = "" +
 	"\x17GROUP_LEVEL_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10GROUP_LEVEL_HOST\x10\x01\x12\x14\n" +
 	"\x10GROUP_LEVEL_RACK\x10\x02\x12\x16\n" +
-	"\x12GROUP_LEVEL_CENTER\x10\x032\x81\x06\n" +
-	"\tVMService\x12I\n" +
-	"\bCreateVM\x12\x1a.yunchi.v1.CreateVMRequest\x1a\r.yunchi.v1.VM\"\x12\x82\xd3\xe4\x93\x02\f:\x01*\"\a/v1/vms\x12_\n" +
-	"\tCreateVMs\x12\x1a.yunchi.v1.CreateVMRequest\x1a\x1c.yunchi.v1.CreateVMsResponse\"\x18\x82\xd3\xe4\x93\x02\x12:\x01*\"\r/v1/vms:batch\x12G\n" +
-	"\x05GetVM\x12\x17.yunchi.v1.GetVMRequest\x1a\r.yunchi.v1.VM\"\x16\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/vms/{name}\x12Q\n" +
-	"\aListVMs\x12\x19.yunchi.v1.ListVMsRequest\x1a\x1a.yunchi.v1.ListVMsResponse\"\x0f\x82\xd3\xe4\x93\x02\t\x12\a/v1/vms\x12U\n" +
-	"\aStartVM\x12\x1a.yunchi.v1.VMActionRequest\x1a\r.yunchi.v1.VM\"\x1f\x82\xd3\xe4\x93\x02\x19:\x01*\"\x14/v1/vms/{name}:start\x12S\n" +
-	"\x06StopVM\x12\x1a.yunchi.v1.VMActionRequest\x1a\r.yunchi.v1.VM\"\x1e\x82\xd3\xe4\x93\x02\x18:\x01*\"\x13/v1/vms/{name}:stop\x12W\n" +
-	"\bRebootVM\x12\x1a.yunchi.v1.VMActionRequest\x1a\r.yunchi.v1.VM\" \x82\xd3\xe4\x93\x02\x1a:\x01*\"\x15/v1/vms/{name}:reboot\x12M\n" +
-	"\bDeleteVM\x12\x1a.yunchi.v1.VMActionRequest\x1a\r.yunchi.v1.VM\"\x16\x82\xd3\xe4\x93\x02\x10*\x0e/v1/vms/{name}\x12X\n" +
-	"\aWatchVM\x12\x19.yunchi.v1.WatchVMRequest\x1a\x12.yunchi.v1.VMEvent\"\x1c\x82\xd3\xe4\x93\x02\x16\x12\x14/v1/vms/{name}:watch0\x012\x8f\x02\n" +
-	"\vHostService\x12Y\n" +
-	"\tListHosts\x12\x1b.yunchi.v1.ListHostsRequest\x1a\x1c.yunchi.v1.ListHostsResponse\"\x11\x82\xd3\xe4\x93\x02\v\x12\t/v1/hosts\x12M\n" +
-	"\aGetHost\x12\x19.yunchi.v1.GetHostRequest\x1a\x0f.yunchi.v1.Host\"\x16\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/hosts/{id}\x12V\n" +
+	"\x12GROUP_LEVEL_CENTER\x10\x032\xf6\x06\n" +
+	"\tVMService\x12V\n" +
+	"\bCreateVM\x12\x1a.yunchi.v1.CreateVMRequest\x1a\r.yunchi.v1.VM\"\x1f\xc2\xf3\x18\t\n" +
+	"\x03\x01\x05\x06\x18\x01 \x01\x82\xd3\xe4\x93\x02\f:\x01*\"\a/v1/vms\x12l\n" +
+	"\tCreateVMs\x12\x1a.yunchi.v1.CreateVMRequest\x1a\x1c.yunchi.v1.CreateVMsResponse\"%\xc2\xf3\x18\t\n" +
+	"\x03\x01\x05\x06\x18\x01 \x01\x82\xd3\xe4\x93\x02\x12:\x01*\"\r/v1/vms:batch\x12T\n" +
+	"\x05GetVM\x12\x17.yunchi.v1.GetVMRequest\x1a\r.yunchi.v1.VM\"#\xc2\xf3\x18\t\n" +
+	"\x05\x01\x04\x05\x06\a\x18\x01\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/vms/{name}\x12^\n" +
+	"\aListVMs\x12\x19.yunchi.v1.ListVMsRequest\x1a\x1a.yunchi.v1.ListVMsResponse\"\x1c\xc2\xf3\x18\t\n" +
+	"\x05\x01\x04\x05\x06\a\x18\x01\x82\xd3\xe4\x93\x02\t\x12\a/v1/vms\x12b\n" +
+	"\aStartVM\x12\x1a.yunchi.v1.VMActionRequest\x1a\r.yunchi.v1.VM\",\xc2\xf3\x18\t\n" +
+	"\x03\x01\x05\x06\x18\x01 \x01\x82\xd3\xe4\x93\x02\x19:\x01*\"\x14/v1/vms/{name}:start\x12`\n" +
+	"\x06StopVM\x12\x1a.yunchi.v1.VMActionRequest\x1a\r.yunchi.v1.VM\"+\xc2\xf3\x18\t\n" +
+	"\x03\x01\x05\x06\x18\x01 \x01\x82\xd3\xe4\x93\x02\x18:\x01*\"\x13/v1/vms/{name}:stop\x12d\n" +
+	"\bRebootVM\x12\x1a.yunchi.v1.VMActionRequest\x1a\r.yunchi.v1.VM\"-\xc2\xf3\x18\t\n" +
+	"\x03\x01\x05\x06\x18\x01 \x01\x82\xd3\xe4\x93\x02\x1a:\x01*\"\x15/v1/vms/{name}:reboot\x12Z\n" +
+	"\bDeleteVM\x12\x1a.yunchi.v1.VMActionRequest\x1a\r.yunchi.v1.VM\"#\xc2\xf3\x18\t\n" +
+	"\x03\x01\x05\x06\x18\x01 \x01\x82\xd3\xe4\x93\x02\x10*\x0e/v1/vms/{name}\x12e\n" +
+	"\aWatchVM\x12\x19.yunchi.v1.WatchVMRequest\x1a\x12.yunchi.v1.VMEvent\")\xc2\xf3\x18\t\n" +
+	"\x05\x01\x04\x05\x06\a\x18\x01\x82\xd3\xe4\x93\x02\x16\x12\x14/v1/vms/{name}:watch0\x012\xa9\x02\n" +
+	"\vHostService\x12a\n" +
+	"\tListHosts\x12\x1b.yunchi.v1.ListHostsRequest\x1a\x1c.yunchi.v1.ListHostsResponse\"\x19\xc2\xf3\x18\x04\n" +
+	"\x02\x01\x04\x82\xd3\xe4\x93\x02\v\x12\t/v1/hosts\x12U\n" +
+	"\aGetHost\x12\x19.yunchi.v1.GetHostRequest\x1a\x0f.yunchi.v1.Host\"\x1e\xc2\xf3\x18\x04\n" +
+	"\x02\x01\x04\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/hosts/{id}\x12`\n" +
 	"\n" +
-	"UpdateHost\x12\x1c.yunchi.v1.UpdateHostRequest\x1a\x0f.yunchi.v1.Host\"\x19\x82\xd3\xe4\x93\x02\x13:\x01*2\x0e/v1/hosts/{id}2\xc7\x01\n" +
-	"\fRatioService\x12X\n" +
-	"\tSetRatios\x12\x1b.yunchi.v1.SetRatiosRequest\x1a\x17.yunchi.v1.RatioSetting\"\x15\x82\xd3\xe4\x93\x02\x0f:\x01*\"\n" +
-	"/v1/ratios\x12]\n" +
+	"UpdateHost\x12\x1c.yunchi.v1.UpdateHostRequest\x1a\x0f.yunchi.v1.Host\"#\xc2\xf3\x18\x06\n" +
+	"\x02\x01\x04 \x01\x82\xd3\xe4\x93\x02\x13:\x01*2\x0e/v1/hosts/{id}2\xd8\x01\n" +
+	"\fRatioService\x12a\n" +
+	"\tSetRatios\x12\x1b.yunchi.v1.SetRatiosRequest\x1a\x17.yunchi.v1.RatioSetting\"\x1e\xc2\xf3\x18\x05\n" +
+	"\x01\x01 \x01\x82\xd3\xe4\x93\x02\x0f:\x01*\"\n" +
+	"/v1/ratios\x12e\n" +
 	"\n" +
-	"ListRatios\x12\x1c.yunchi.v1.ListRatiosRequest\x1a\x1d.yunchi.v1.ListRatiosResponse\"\x12\x82\xd3\xe4\x93\x02\f\x12\n" +
-	"/v1/ratios2\x94\x03\n" +
-	"\fGroupService\x12^\n" +
-	"\vCreateGroup\x12\x1d.yunchi.v1.CreateGroupRequest\x1a\x19.yunchi.v1.PlacementGroup\"\x15\x82\xd3\xe4\x93\x02\x0f:\x01*\"\n" +
-	"/v1/groups\x12\\\n" +
-	"\bGetGroup\x12\x1a.yunchi.v1.GetGroupRequest\x1a\x19.yunchi.v1.PlacementGroup\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/groups/{name}\x12]\n" +
+	"ListRatios\x12\x1c.yunchi.v1.ListRatiosRequest\x1a\x1d.yunchi.v1.ListRatiosResponse\"\x1a\xc2\xf3\x18\x04\n" +
+	"\x02\x01\x04\x82\xd3\xe4\x93\x02\f\x12\n" +
+	"/v1/ratios2\xc8\x03\n" +
+	"\fGroupService\x12k\n" +
+	"\vCreateGroup\x12\x1d.yunchi.v1.CreateGroupRequest\x1a\x19.yunchi.v1.PlacementGroup\"\"\xc2\xf3\x18\t\n" +
+	"\x03\x01\x05\x06\x18\x01 \x01\x82\xd3\xe4\x93\x02\x0f:\x01*\"\n" +
+	"/v1/groups\x12i\n" +
+	"\bGetGroup\x12\x1a.yunchi.v1.GetGroupRequest\x1a\x19.yunchi.v1.PlacementGroup\"&\xc2\xf3\x18\t\n" +
+	"\x05\x01\x04\x05\x06\a\x18\x01\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/groups/{name}\x12j\n" +
 	"\n" +
-	"ListGroups\x12\x1c.yunchi.v1.ListGroupsRequest\x1a\x1d.yunchi.v1.ListGroupsResponse\"\x12\x82\xd3\xe4\x93\x02\f\x12\n" +
-	"/v1/groups\x12g\n" +
-	"\vDeleteGroup\x12\x1d.yunchi.v1.DeleteGroupRequest\x1a\x1e.yunchi.v1.DeleteGroupResponse\"\x19\x82\xd3\xe4\x93\x02\x13*\x11/v1/groups/{name}2j\n" +
-	"\x0fCapacityService\x12W\n" +
-	"\vGetCapacity\x12\x1d.yunchi.v1.GetCapacityRequest\x1a\x13.yunchi.v1.Capacity\"\x14\x82\xd3\xe4\x93\x02\x0e\x12\f/v1/capacity2\xbc\x03\n" +
-	"\x0eClusterService\x12l\n" +
-	"\x10GetClusterStatus\x12\".yunchi.v1.GetClusterStatusRequest\x1a\x18.yunchi.v1.ClusterStatus\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/cluster/status\x12i\n" +
-	"\vListMembers\x12\x1d.yunchi.v1.ListMembersRequest\x1a\x1e.yunchi.v1.ListMembersResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/cluster/members\x12_\n" +
-	"\vJoinCluster\x12\x1d.yunchi.v1.JoinClusterRequest\x1a\x11.yunchi.v1.Member\"\x1e\x82\xd3\xe4\x93\x02\x18:\x01*\"\x13/v1/cluster/members\x12p\n" +
-	"\fRemoveMember\x12\x1e.yunchi.v1.RemoveMemberRequest\x1a\x1e.yunchi.v1.ListMembersResponse\" \x82\xd3\xe4\x93\x02\x1a*\x18/v1/cluster/members/{id}B3Z1github.com/yunchi/yunchi/proto/yunchi/v1;yunchiv1b\x06proto3"
+	"ListGroups\x12\x1c.yunchi.v1.ListGroupsRequest\x1a\x1d.yunchi.v1.ListGroupsResponse\"\x1f\xc2\xf3\x18\t\n" +
+	"\x05\x01\x04\x05\x06\a\x18\x01\x82\xd3\xe4\x93\x02\f\x12\n" +
+	"/v1/groups\x12t\n" +
+	"\vDeleteGroup\x12\x1d.yunchi.v1.DeleteGroupRequest\x1a\x1e.yunchi.v1.DeleteGroupResponse\"&\xc2\xf3\x18\t\n" +
+	"\x03\x01\x05\x06\x18\x01 \x01\x82\xd3\xe4\x93\x02\x13*\x11/v1/groups/{name}2r\n" +
+	"\x0fCapacityService\x12_\n" +
+	"\vGetCapacity\x12\x1d.yunchi.v1.GetCapacityRequest\x1a\x13.yunchi.v1.Capacity\"\x1c\xc2\xf3\x18\x04\n" +
+	"\x02\x01\x04\x82\xd3\xe4\x93\x02\x0e\x12\f/v1/capacity2\xdf\x03\n" +
+	"\x0eClusterService\x12t\n" +
+	"\x10GetClusterStatus\x12\".yunchi.v1.GetClusterStatusRequest\x1a\x18.yunchi.v1.ClusterStatus\"\"\xc2\xf3\x18\x04\n" +
+	"\x02\x01\x04\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/cluster/status\x12q\n" +
+	"\vListMembers\x12\x1d.yunchi.v1.ListMembersRequest\x1a\x1e.yunchi.v1.ListMembersResponse\"#\xc2\xf3\x18\x04\n" +
+	"\x02\x01\x04\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/cluster/members\x12i\n" +
+	"\vJoinCluster\x12\x1d.yunchi.v1.JoinClusterRequest\x1a\x11.yunchi.v1.Member\"(\xc2\xf3\x18\x06\n" +
+	"\x02\x01\t \x01\x82\xd3\xe4\x93\x02\x18:\x01*\"\x13/v1/cluster/members\x12y\n" +
+	"\fRemoveMember\x12\x1e.yunchi.v1.RemoveMemberRequest\x1a\x1e.yunchi.v1.ListMembersResponse\")\xc2\xf3\x18\x05\n" +
+	"\x01\x01 \x01\x82\xd3\xe4\x93\x02\x1a*\x18/v1/cluster/members/{id}B3Z1github.com/yunchi/yunchi/proto/yunchi/v1;yunchiv1b\x06proto3"
 
 var (
 	file_yunchi_v1_yunchi_proto_rawDescOnce sync.Once
@@ -3994,6 +4017,7 @@ func file_yunchi_v1_yunchi_proto_init() {
 	if File_yunchi_v1_yunchi_proto != nil {
 		return
 	}
+	file_yunchi_v1_access_proto_init()
 	file_yunchi_v1_yunchi_proto_msgTypes[15].OneofWrappers = []any{}
 	file_yunchi_v1_yunchi_proto_msgTypes[19].OneofWrappers = []any{}
 	file_yunchi_v1_yunchi_proto_msgTypes[21].OneofWrappers = []any{}

@@ -2006,6 +2006,16 @@ type Command struct {
 	//	*Command_DeletePlacementGroup
 	//	*Command_PlaceVms
 	//	*Command_RecordHeartbeats
+	//	*Command_CreateDepartment
+	//	*Command_DeleteDepartment
+	//	*Command_CreateProject
+	//	*Command_DeleteProject
+	//	*Command_CreateUser
+	//	*Command_DeleteUser
+	//	*Command_UpdateUser
+	//	*Command_CreateToken
+	//	*Command_RevokeToken
+	//	*Command_RecordLoginFailures
 	Cmd           isCommand_Cmd `protobuf_oneof:"cmd"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2193,6 +2203,96 @@ func (x *Command) GetRecordHeartbeats() *RecordHeartbeats {
 	return nil
 }
 
+func (x *Command) GetCreateDepartment() *CreateDepartment {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_CreateDepartment); ok {
+			return x.CreateDepartment
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetDeleteDepartment() *DeleteDepartment {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_DeleteDepartment); ok {
+			return x.DeleteDepartment
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetCreateProject() *CreateProject {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_CreateProject); ok {
+			return x.CreateProject
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetDeleteProject() *DeleteProject {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_DeleteProject); ok {
+			return x.DeleteProject
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetCreateUser() *CreateUser {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_CreateUser); ok {
+			return x.CreateUser
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetDeleteUser() *DeleteUser {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_DeleteUser); ok {
+			return x.DeleteUser
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetUpdateUser() *UpdateUser {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_UpdateUser); ok {
+			return x.UpdateUser
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetCreateToken() *CreateToken {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_CreateToken); ok {
+			return x.CreateToken
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetRevokeToken() *RevokeToken {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_RevokeToken); ok {
+			return x.RevokeToken
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetRecordLoginFailures() *RecordLoginFailures {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_RecordLoginFailures); ok {
+			return x.RecordLoginFailures
+		}
+	}
+	return nil
+}
+
 type isCommand_Cmd interface {
 	isCommand_Cmd()
 }
@@ -2249,6 +2349,47 @@ type Command_RecordHeartbeats struct {
 	RecordHeartbeats *RecordHeartbeats `protobuf:"bytes,22,opt,name=record_heartbeats,json=recordHeartbeats,proto3,oneof"`
 }
 
+type Command_CreateDepartment struct {
+	// Tenancy and identity (identity.proto), version 5 on.
+	CreateDepartment *CreateDepartment `protobuf:"bytes,23,opt,name=create_department,json=createDepartment,proto3,oneof"`
+}
+
+type Command_DeleteDepartment struct {
+	DeleteDepartment *DeleteDepartment `protobuf:"bytes,24,opt,name=delete_department,json=deleteDepartment,proto3,oneof"`
+}
+
+type Command_CreateProject struct {
+	CreateProject *CreateProject `protobuf:"bytes,25,opt,name=create_project,json=createProject,proto3,oneof"`
+}
+
+type Command_DeleteProject struct {
+	DeleteProject *DeleteProject `protobuf:"bytes,26,opt,name=delete_project,json=deleteProject,proto3,oneof"`
+}
+
+type Command_CreateUser struct {
+	CreateUser *CreateUser `protobuf:"bytes,27,opt,name=create_user,json=createUser,proto3,oneof"`
+}
+
+type Command_DeleteUser struct {
+	DeleteUser *DeleteUser `protobuf:"bytes,28,opt,name=delete_user,json=deleteUser,proto3,oneof"`
+}
+
+type Command_UpdateUser struct {
+	UpdateUser *UpdateUser `protobuf:"bytes,29,opt,name=update_user,json=updateUser,proto3,oneof"`
+}
+
+type Command_CreateToken struct {
+	CreateToken *CreateToken `protobuf:"bytes,30,opt,name=create_token,json=createToken,proto3,oneof"`
+}
+
+type Command_RevokeToken struct {
+	RevokeToken *RevokeToken `protobuf:"bytes,31,opt,name=revoke_token,json=revokeToken,proto3,oneof"`
+}
+
+type Command_RecordLoginFailures struct {
+	RecordLoginFailures *RecordLoginFailures `protobuf:"bytes,32,opt,name=record_login_failures,json=recordLoginFailures,proto3,oneof"` // 33-39: quotas; 40-44: transport security (join tokens); 45-49: audit.
+}
+
 func (*Command_RegisterHost) isCommand_Cmd() {}
 
 func (*Command_SetHostState) isCommand_Cmd() {}
@@ -2275,6 +2416,26 @@ func (*Command_PlaceVms) isCommand_Cmd() {}
 
 func (*Command_RecordHeartbeats) isCommand_Cmd() {}
 
+func (*Command_CreateDepartment) isCommand_Cmd() {}
+
+func (*Command_DeleteDepartment) isCommand_Cmd() {}
+
+func (*Command_CreateProject) isCommand_Cmd() {}
+
+func (*Command_DeleteProject) isCommand_Cmd() {}
+
+func (*Command_CreateUser) isCommand_Cmd() {}
+
+func (*Command_DeleteUser) isCommand_Cmd() {}
+
+func (*Command_UpdateUser) isCommand_Cmd() {}
+
+func (*Command_CreateToken) isCommand_Cmd() {}
+
+func (*Command_RevokeToken) isCommand_Cmd() {}
+
+func (*Command_RecordLoginFailures) isCommand_Cmd() {}
+
 type Snapshot struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Format of the snapshot (state.SnapshotVersion when written).
@@ -2287,7 +2448,11 @@ type Snapshot struct {
 	Ratios []*RatioRecord          `protobuf:"bytes,6,rep,name=ratios,proto3" json:"ratios,omitempty"`
 	Groups []*PlacementGroupRecord `protobuf:"bytes,7,rep,name=groups,proto3" json:"groups,omitempty"`
 	// Remembered request ids, oldest first (apply order).
-	Requests      []*RequestRecord `protobuf:"bytes,8,rep,name=requests,proto3" json:"requests,omitempty"`
+	Requests      []*RequestRecord    `protobuf:"bytes,8,rep,name=requests,proto3" json:"requests,omitempty"`
+	Departments   []*DepartmentRecord `protobuf:"bytes,9,rep,name=departments,proto3" json:"departments,omitempty"`
+	Projects      []*ProjectRecord    `protobuf:"bytes,10,rep,name=projects,proto3" json:"projects,omitempty"`
+	Users         []*UserRecord       `protobuf:"bytes,11,rep,name=users,proto3" json:"users,omitempty"`
+	Tokens        []*TokenRecord      `protobuf:"bytes,12,rep,name=tokens,proto3" json:"tokens,omitempty"` // 13-15: quotas; 16-17: transport security; 18-19: audit.
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2378,6 +2543,34 @@ func (x *Snapshot) GetRequests() []*RequestRecord {
 	return nil
 }
 
+func (x *Snapshot) GetDepartments() []*DepartmentRecord {
+	if x != nil {
+		return x.Departments
+	}
+	return nil
+}
+
+func (x *Snapshot) GetProjects() []*ProjectRecord {
+	if x != nil {
+		return x.Projects
+	}
+	return nil
+}
+
+func (x *Snapshot) GetUsers() []*UserRecord {
+	if x != nil {
+		return x.Users
+	}
+	return nil
+}
+
+func (x *Snapshot) GetTokens() []*TokenRecord {
+	if x != nil {
+		return x.Tokens
+	}
+	return nil
+}
+
 // RequestRecord is the outcome of the first command that carried a request
 // id: the error (kind and message) or the records the command returned, as
 // they were then. Kept for a bounded time (by command time) and count.
@@ -2399,6 +2592,10 @@ type RequestRecord struct {
 	Ratio         *RatioRecord          `protobuf:"bytes,10,opt,name=ratio,proto3" json:"ratio,omitempty"`
 	Group         *PlacementGroupRecord `protobuf:"bytes,11,opt,name=group,proto3" json:"group,omitempty"`
 	Member        *MemberRecord         `protobuf:"bytes,12,opt,name=member,proto3" json:"member,omitempty"`
+	Department    *DepartmentRecord     `protobuf:"bytes,13,opt,name=department,proto3" json:"department,omitempty"`
+	Project       *ProjectRecord        `protobuf:"bytes,14,opt,name=project,proto3" json:"project,omitempty"`
+	User          *UserRecord           `protobuf:"bytes,15,opt,name=user,proto3" json:"user,omitempty"`
+	Token         *TokenRecord          `protobuf:"bytes,16,opt,name=token,proto3" json:"token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2517,11 +2714,39 @@ func (x *RequestRecord) GetMember() *MemberRecord {
 	return nil
 }
 
+func (x *RequestRecord) GetDepartment() *DepartmentRecord {
+	if x != nil {
+		return x.Department
+	}
+	return nil
+}
+
+func (x *RequestRecord) GetProject() *ProjectRecord {
+	if x != nil {
+		return x.Project
+	}
+	return nil
+}
+
+func (x *RequestRecord) GetUser() *UserRecord {
+	if x != nil {
+		return x.User
+	}
+	return nil
+}
+
+func (x *RequestRecord) GetToken() *TokenRecord {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
 var File_yunchi_state_v1_state_proto protoreflect.FileDescriptor
 
 const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\n" +
-	"\x1byunchi/state/v1/state.proto\x12\x0fyunchi.state.v1\"c\n" +
+	"\x1byunchi/state/v1/state.proto\x12\x0fyunchi.state.v1\x1a\x1eyunchi/state/v1/identity.proto\"c\n" +
 	"\tResources\x12\x14\n" +
 	"\x05vcpus\x18\x01 \x01(\x03R\x05vcpus\x12!\n" +
 	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\x12\x1d\n" +
@@ -2673,7 +2898,7 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\fRemoveMember\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\":\n" +
 	"\x10RecordHeartbeats\x12&\n" +
-	"\x0fsilent_host_ids\x18\x01 \x03(\tR\rsilentHostIds\"\xb4\b\n" +
+	"\x0fsilent_host_ids\x18\x01 \x03(\tR\rsilentHostIds\"\x8c\x0e\n" +
 	"\aCommand\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1b\n" +
 	"\tunix_nano\x18\x02 \x01(\x03R\bunixNano\x12\x1d\n" +
@@ -2695,8 +2920,21 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\x16create_placement_group\x18\x13 \x01(\v2%.yunchi.state.v1.CreatePlacementGroupH\x00R\x14createPlacementGroup\x12]\n" +
 	"\x16delete_placement_group\x18\x14 \x01(\v2%.yunchi.state.v1.DeletePlacementGroupH\x00R\x14deletePlacementGroup\x128\n" +
 	"\tplace_vms\x18\x15 \x01(\v2\x19.yunchi.state.v1.PlaceVMsH\x00R\bplaceVms\x12P\n" +
-	"\x11record_heartbeats\x18\x16 \x01(\v2!.yunchi.state.v1.RecordHeartbeatsH\x00R\x10recordHeartbeatsB\x05\n" +
-	"\x03cmd\"\x91\x03\n" +
+	"\x11record_heartbeats\x18\x16 \x01(\v2!.yunchi.state.v1.RecordHeartbeatsH\x00R\x10recordHeartbeats\x12P\n" +
+	"\x11create_department\x18\x17 \x01(\v2!.yunchi.state.v1.CreateDepartmentH\x00R\x10createDepartment\x12P\n" +
+	"\x11delete_department\x18\x18 \x01(\v2!.yunchi.state.v1.DeleteDepartmentH\x00R\x10deleteDepartment\x12G\n" +
+	"\x0ecreate_project\x18\x19 \x01(\v2\x1e.yunchi.state.v1.CreateProjectH\x00R\rcreateProject\x12G\n" +
+	"\x0edelete_project\x18\x1a \x01(\v2\x1e.yunchi.state.v1.DeleteProjectH\x00R\rdeleteProject\x12>\n" +
+	"\vcreate_user\x18\x1b \x01(\v2\x1b.yunchi.state.v1.CreateUserH\x00R\n" +
+	"createUser\x12>\n" +
+	"\vdelete_user\x18\x1c \x01(\v2\x1b.yunchi.state.v1.DeleteUserH\x00R\n" +
+	"deleteUser\x12>\n" +
+	"\vupdate_user\x18\x1d \x01(\v2\x1b.yunchi.state.v1.UpdateUserH\x00R\n" +
+	"updateUser\x12A\n" +
+	"\fcreate_token\x18\x1e \x01(\v2\x1c.yunchi.state.v1.CreateTokenH\x00R\vcreateToken\x12A\n" +
+	"\frevoke_token\x18\x1f \x01(\v2\x1c.yunchi.state.v1.RevokeTokenH\x00R\vrevokeToken\x12Z\n" +
+	"\x15record_login_failures\x18  \x01(\v2$.yunchi.state.v1.RecordLoginFailuresH\x00R\x13recordLoginFailuresB\x05\n" +
+	"\x03cmd\"\xfb\x04\n" +
 	"\bSnapshot\x12%\n" +
 	"\x0eformat_version\x18\x01 \x01(\rR\rformatVersion\x121\n" +
 	"\x05hosts\x18\x02 \x03(\v2\x1b.yunchi.state.v1.HostRecordR\x05hosts\x12+\n" +
@@ -2705,7 +2943,12 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\x05index\x18\x05 \x01(\x04R\x05index\x124\n" +
 	"\x06ratios\x18\x06 \x03(\v2\x1c.yunchi.state.v1.RatioRecordR\x06ratios\x12=\n" +
 	"\x06groups\x18\a \x03(\v2%.yunchi.state.v1.PlacementGroupRecordR\x06groups\x12:\n" +
-	"\brequests\x18\b \x03(\v2\x1e.yunchi.state.v1.RequestRecordR\brequests\"\xba\x03\n" +
+	"\brequests\x18\b \x03(\v2\x1e.yunchi.state.v1.RequestRecordR\brequests\x12C\n" +
+	"\vdepartments\x18\t \x03(\v2!.yunchi.state.v1.DepartmentRecordR\vdepartments\x12:\n" +
+	"\bprojects\x18\n" +
+	" \x03(\v2\x1e.yunchi.state.v1.ProjectRecordR\bprojects\x121\n" +
+	"\x05users\x18\v \x03(\v2\x1b.yunchi.state.v1.UserRecordR\x05users\x124\n" +
+	"\x06tokens\x18\f \x03(\v2\x1c.yunchi.state.v1.TokenRecordR\x06tokens\"\x9c\x05\n" +
 	"\rRequestRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04hash\x18\x02 \x01(\fR\x04hash\x12\x1b\n" +
@@ -2720,7 +2963,13 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\x05ratio\x18\n" +
 	" \x01(\v2\x1c.yunchi.state.v1.RatioRecordR\x05ratio\x12;\n" +
 	"\x05group\x18\v \x01(\v2%.yunchi.state.v1.PlacementGroupRecordR\x05group\x125\n" +
-	"\x06member\x18\f \x01(\v2\x1d.yunchi.state.v1.MemberRecordR\x06member*\x87\x01\n" +
+	"\x06member\x18\f \x01(\v2\x1d.yunchi.state.v1.MemberRecordR\x06member\x12A\n" +
+	"\n" +
+	"department\x18\r \x01(\v2!.yunchi.state.v1.DepartmentRecordR\n" +
+	"department\x128\n" +
+	"\aproject\x18\x0e \x01(\v2\x1e.yunchi.state.v1.ProjectRecordR\aproject\x12/\n" +
+	"\x04user\x18\x0f \x01(\v2\x1b.yunchi.state.v1.UserRecordR\x04user\x122\n" +
+	"\x05token\x18\x10 \x01(\v2\x1c.yunchi.state.v1.TokenRecordR\x05token*\x87\x01\n" +
 	"\tHostState\x12\x1a\n" +
 	"\x16HOST_STATE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10HOST_STATE_READY\x10\x01\x12\x13\n" +
@@ -2806,6 +3055,20 @@ var file_yunchi_state_v1_state_proto_goTypes = []any{
 	nil,                          // 31: yunchi.state.v1.HostRecord.LabelsEntry
 	nil,                          // 32: yunchi.state.v1.HostRecord.AdminLabelsEntry
 	nil,                          // 33: yunchi.state.v1.UpdateHost.SetLabelsEntry
+	(*CreateDepartment)(nil),     // 34: yunchi.state.v1.CreateDepartment
+	(*DeleteDepartment)(nil),     // 35: yunchi.state.v1.DeleteDepartment
+	(*CreateProject)(nil),        // 36: yunchi.state.v1.CreateProject
+	(*DeleteProject)(nil),        // 37: yunchi.state.v1.DeleteProject
+	(*CreateUser)(nil),           // 38: yunchi.state.v1.CreateUser
+	(*DeleteUser)(nil),           // 39: yunchi.state.v1.DeleteUser
+	(*UpdateUser)(nil),           // 40: yunchi.state.v1.UpdateUser
+	(*CreateToken)(nil),          // 41: yunchi.state.v1.CreateToken
+	(*RevokeToken)(nil),          // 42: yunchi.state.v1.RevokeToken
+	(*RecordLoginFailures)(nil),  // 43: yunchi.state.v1.RecordLoginFailures
+	(*DepartmentRecord)(nil),     // 44: yunchi.state.v1.DepartmentRecord
+	(*ProjectRecord)(nil),        // 45: yunchi.state.v1.ProjectRecord
+	(*UserRecord)(nil),           // 46: yunchi.state.v1.UserRecord
+	(*TokenRecord)(nil),          // 47: yunchi.state.v1.TokenRecord
 }
 var file_yunchi_state_v1_state_proto_depIdxs = []int32{
 	2,  // 0: yunchi.state.v1.VMStatus.phase:type_name -> yunchi.state.v1.VMPhase
@@ -2847,22 +3110,40 @@ var file_yunchi_state_v1_state_proto_depIdxs = []int32{
 	23, // 36: yunchi.state.v1.Command.delete_placement_group:type_name -> yunchi.state.v1.DeletePlacementGroup
 	24, // 37: yunchi.state.v1.Command.place_vms:type_name -> yunchi.state.v1.PlaceVMs
 	27, // 38: yunchi.state.v1.Command.record_heartbeats:type_name -> yunchi.state.v1.RecordHeartbeats
-	10, // 39: yunchi.state.v1.Snapshot.hosts:type_name -> yunchi.state.v1.HostRecord
-	11, // 40: yunchi.state.v1.Snapshot.vms:type_name -> yunchi.state.v1.VMRecord
-	14, // 41: yunchi.state.v1.Snapshot.members:type_name -> yunchi.state.v1.MemberRecord
-	12, // 42: yunchi.state.v1.Snapshot.ratios:type_name -> yunchi.state.v1.RatioRecord
-	13, // 43: yunchi.state.v1.Snapshot.groups:type_name -> yunchi.state.v1.PlacementGroupRecord
-	30, // 44: yunchi.state.v1.Snapshot.requests:type_name -> yunchi.state.v1.RequestRecord
-	11, // 45: yunchi.state.v1.RequestRecord.vms:type_name -> yunchi.state.v1.VMRecord
-	10, // 46: yunchi.state.v1.RequestRecord.host:type_name -> yunchi.state.v1.HostRecord
-	12, // 47: yunchi.state.v1.RequestRecord.ratio:type_name -> yunchi.state.v1.RatioRecord
-	13, // 48: yunchi.state.v1.RequestRecord.group:type_name -> yunchi.state.v1.PlacementGroupRecord
-	14, // 49: yunchi.state.v1.RequestRecord.member:type_name -> yunchi.state.v1.MemberRecord
-	50, // [50:50] is the sub-list for method output_type
-	50, // [50:50] is the sub-list for method input_type
-	50, // [50:50] is the sub-list for extension type_name
-	50, // [50:50] is the sub-list for extension extendee
-	0,  // [0:50] is the sub-list for field type_name
+	34, // 39: yunchi.state.v1.Command.create_department:type_name -> yunchi.state.v1.CreateDepartment
+	35, // 40: yunchi.state.v1.Command.delete_department:type_name -> yunchi.state.v1.DeleteDepartment
+	36, // 41: yunchi.state.v1.Command.create_project:type_name -> yunchi.state.v1.CreateProject
+	37, // 42: yunchi.state.v1.Command.delete_project:type_name -> yunchi.state.v1.DeleteProject
+	38, // 43: yunchi.state.v1.Command.create_user:type_name -> yunchi.state.v1.CreateUser
+	39, // 44: yunchi.state.v1.Command.delete_user:type_name -> yunchi.state.v1.DeleteUser
+	40, // 45: yunchi.state.v1.Command.update_user:type_name -> yunchi.state.v1.UpdateUser
+	41, // 46: yunchi.state.v1.Command.create_token:type_name -> yunchi.state.v1.CreateToken
+	42, // 47: yunchi.state.v1.Command.revoke_token:type_name -> yunchi.state.v1.RevokeToken
+	43, // 48: yunchi.state.v1.Command.record_login_failures:type_name -> yunchi.state.v1.RecordLoginFailures
+	10, // 49: yunchi.state.v1.Snapshot.hosts:type_name -> yunchi.state.v1.HostRecord
+	11, // 50: yunchi.state.v1.Snapshot.vms:type_name -> yunchi.state.v1.VMRecord
+	14, // 51: yunchi.state.v1.Snapshot.members:type_name -> yunchi.state.v1.MemberRecord
+	12, // 52: yunchi.state.v1.Snapshot.ratios:type_name -> yunchi.state.v1.RatioRecord
+	13, // 53: yunchi.state.v1.Snapshot.groups:type_name -> yunchi.state.v1.PlacementGroupRecord
+	30, // 54: yunchi.state.v1.Snapshot.requests:type_name -> yunchi.state.v1.RequestRecord
+	44, // 55: yunchi.state.v1.Snapshot.departments:type_name -> yunchi.state.v1.DepartmentRecord
+	45, // 56: yunchi.state.v1.Snapshot.projects:type_name -> yunchi.state.v1.ProjectRecord
+	46, // 57: yunchi.state.v1.Snapshot.users:type_name -> yunchi.state.v1.UserRecord
+	47, // 58: yunchi.state.v1.Snapshot.tokens:type_name -> yunchi.state.v1.TokenRecord
+	11, // 59: yunchi.state.v1.RequestRecord.vms:type_name -> yunchi.state.v1.VMRecord
+	10, // 60: yunchi.state.v1.RequestRecord.host:type_name -> yunchi.state.v1.HostRecord
+	12, // 61: yunchi.state.v1.RequestRecord.ratio:type_name -> yunchi.state.v1.RatioRecord
+	13, // 62: yunchi.state.v1.RequestRecord.group:type_name -> yunchi.state.v1.PlacementGroupRecord
+	14, // 63: yunchi.state.v1.RequestRecord.member:type_name -> yunchi.state.v1.MemberRecord
+	44, // 64: yunchi.state.v1.RequestRecord.department:type_name -> yunchi.state.v1.DepartmentRecord
+	45, // 65: yunchi.state.v1.RequestRecord.project:type_name -> yunchi.state.v1.ProjectRecord
+	46, // 66: yunchi.state.v1.RequestRecord.user:type_name -> yunchi.state.v1.UserRecord
+	47, // 67: yunchi.state.v1.RequestRecord.token:type_name -> yunchi.state.v1.TokenRecord
+	68, // [68:68] is the sub-list for method output_type
+	68, // [68:68] is the sub-list for method input_type
+	68, // [68:68] is the sub-list for extension type_name
+	68, // [68:68] is the sub-list for extension extendee
+	0,  // [0:68] is the sub-list for field type_name
 }
 
 func init() { file_yunchi_state_v1_state_proto_init() }
@@ -2870,6 +3151,7 @@ func file_yunchi_state_v1_state_proto_init() {
 	if File_yunchi_state_v1_state_proto != nil {
 		return
 	}
+	file_yunchi_state_v1_identity_proto_init()
 	file_yunchi_state_v1_state_proto_msgTypes[14].OneofWrappers = []any{}
 	file_yunchi_state_v1_state_proto_msgTypes[15].OneofWrappers = []any{}
 	file_yunchi_state_v1_state_proto_msgTypes[22].OneofWrappers = []any{
@@ -2886,6 +3168,16 @@ func file_yunchi_state_v1_state_proto_init() {
 		(*Command_DeletePlacementGroup)(nil),
 		(*Command_PlaceVms)(nil),
 		(*Command_RecordHeartbeats)(nil),
+		(*Command_CreateDepartment)(nil),
+		(*Command_DeleteDepartment)(nil),
+		(*Command_CreateProject)(nil),
+		(*Command_DeleteProject)(nil),
+		(*Command_CreateUser)(nil),
+		(*Command_DeleteUser)(nil),
+		(*Command_UpdateUser)(nil),
+		(*Command_CreateToken)(nil),
+		(*Command_RevokeToken)(nil),
+		(*Command_RecordLoginFailures)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
