@@ -65,6 +65,9 @@ type Config struct {
 	// DialOptions are added to the gRPC dial options (after the default
 	// insecure transport, so transport credentials given here win).
 	DialOptions []grpc.DialOption
+	// Token is the host token sent with every call (clusters without
+	// certificates); "" sends none.
+	Token string
 	Logger      *slog.Logger
 }
 
@@ -146,7 +149,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.cfg.validate(); err != nil {
 		return err
 	}
-	ctl, err := dialControllers(a.cfg.Controllers, a.cfg.DialOptions, a.log)
+	opts := a.cfg.DialOptions
+	if a.cfg.Token != "" {
+		opts = append(append([]grpc.DialOption(nil), opts...), grpc.WithPerRPCCredentials(bearer(a.cfg.Token)))
+	}
+	ctl, err := dialControllers(a.cfg.Controllers, opts, a.log)
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
@@ -403,3 +410,14 @@ func (a *Agent) latest() *yunchiv1.Assignments {
 	defer a.setMu.Unlock()
 	return a.set
 }
+
+// bearer sends a host token with every call.
+type bearer string
+
+func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + string(b)}, nil
+}
+
+// RequireTransportSecurity is false: clusters without TLS (yunchid dev,
+// --insecure) authenticate agents by this token alone.
+func (bearer) RequireTransportSecurity() bool { return false }

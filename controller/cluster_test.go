@@ -38,6 +38,9 @@ type inmemCluster struct {
 	hostTTL time.Duration // 0: an hour (hosts here mostly have no agents)
 	segSize int           // raft log segment size; 0: the default
 	hbEvery time.Duration // heartbeat interval announced to agents (0: the default)
+	// auth: controllers authenticate callers (the tests of access and
+	// identity); other tests run without (Config.NoAuth).
+	auth bool
 }
 
 func (c *inmemCluster) start(m *member, bootstrap bool, join []string) {
@@ -52,7 +55,7 @@ func (c *inmemCluster) start(m *member, bootstrap bool, join []string) {
 	}
 	ctl, err := New(Config{
 		ID: m.id, Center: m.center, Listen: "127.0.0.1:0", Advertise: m.advertise, DataDir: m.dir,
-		Bootstrap: bootstrap, Join: join, RaftTransport: m.trans, FastRaft: true,
+		Bootstrap: bootstrap, Join: join, RaftTransport: m.trans, FastRaft: true, NoAuth: !c.auth,
 		HostTTL: cmp.Or(c.hostTTL, time.Hour), LogSegmentSize: c.segSize, HeartbeatInterval: c.hbEvery,
 	})
 	if err != nil {

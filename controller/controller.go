@@ -7,16 +7,21 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
+	"os"
+	"path/filepath"
 	"net/http"
 	"time"
 
 	"github.com/hashicorp/raft"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/yunchi/yunchi/controller/api"
+	"github.com/yunchi/yunchi/controller/auth"
 	"github.com/yunchi/yunchi/controller/leader"
 	"github.com/yunchi/yunchi/controller/placement"
 	"github.com/yunchi/yunchi/controller/raftnode"
@@ -54,6 +59,16 @@ type Config struct {
 	// pages may write through the REST API; none by default.
 	CORSAllowOrigins []string
 	Logger           *slog.Logger
+	// JoinToken authenticates this controller's JoinCluster call (a
+	// sysadmin's token) on a cluster without certificates.
+	JoinToken string
+	// AdminTokensOut receives, once, the tokens of the administrator
+	// accounts the bootstrap controller creates (nil: stdout).
+	AdminTokensOut io.Writer
+	// NoAuth lets every API call through as a sysadmin. Only Go code can
+	// set it (no flag does): tests of behaviour that predates
+	// authentication.
+	NoAuth bool
 }
 
 // Controller is a running controller.
@@ -125,7 +140,9 @@ func New(cfg Config) (*Controller, error) {
 		srv.HeartbeatInterval = cfg.HeartbeatInterval
 	}
 	srv.DefaultStrategy = strategy
-	return &Controller{cfg: cfg, lis: lis, node: node, api: srv, placer: placer, duties: duties, log: lg}, nil
+	c := &Controller{cfg: cfg, lis: lis, node: node, api: srv, placer: placer, duties: duties, log: lg}
+	srv.Auth = &auth.Authorizer{Store: node.Store, Recorder: &securityRecorder{c: c, log: lg}, Disabled: cfg.NoAuth}
+	return c, nil
 }
 
 // Addr is the API address clients dial.
@@ -164,6 +181,9 @@ func (c *Controller) Run(ctx context.Context) error {
 			c.placer.Reset()
 			if isLeader {
 				c.duties.Start(ctx)
+				if c.cfg.Bootstrap {
+					go c.announceAdmins(ctx)
+				}
 			} else {
 				c.duties.Stop()
 			}
@@ -211,6 +231,9 @@ func (c *Controller) join(ctx context.Context) {
 				continue
 			}
 			cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+			if c.cfg.JoinToken != "" {
+				cctx = metadata.AppendToOutgoingContext(cctx, "authorization", "Bearer "+c.cfg.JoinToken)
+			}
 			_, err = yunchiv1.NewClusterServiceClient(conn).JoinCluster(cctx, req)
 			cancel()
 			conn.Close()
@@ -226,6 +249,32 @@ func (c *Controller) join(ctx context.Context) {
 		}
 		if backoff < 5*time.Second {
 			backoff *= 2
+		}
+	}
+}
+
+// announceAdmins creates the administrator accounts on a new cluster
+// (bootstrapAdmins) and prints their tokens, once, to AdminTokensOut.
+func (c *Controller) announceAdmins(ctx context.Context) {
+	for attempt := 0; ctx.Err() == nil && c.node.IsLeader(); attempt++ {
+		toks, err := c.bootstrapAdmins(ctx)
+		if err == nil {
+			if toks != nil {
+				out := c.cfg.AdminTokensOut
+				if out == nil {
+					out = os.Stdout
+				}
+				// Printed, not logged: tokens never go to a log.
+				fmt.Fprintf(out, "sysadmin token: %s\nsecadmin token: %s\nauditor token: %s\n(shown once; also in %s, mode 0600)\n",
+					toks.Sysadmin, toks.Secadmin, toks.Auditor, filepath.Join(c.cfg.DataDir, AdminTokensFile))
+				c.log.Info("administrator accounts created", "users", "sysadmin, secadmin, auditor", "tokens_file", filepath.Join(c.cfg.DataDir, AdminTokensFile))
+			}
+			return
+		}
+		c.log.Warn("could not create the administrator accounts yet; retrying", "err", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
 		}
 	}
 }

@@ -127,7 +127,7 @@ func TestRESTInputRulesChangeNothing(t *testing.T) {
 func TestCORSAllowList(t *testing.T) {
 	const portal = "https://portal.example.gov.cn"
 	_, trans := raft.NewInmemTransport(raft.ServerAddress("inmem-c1:7000"))
-	ctl, err := New(Config{ID: "c1", Listen: "127.0.0.1:0", DataDir: t.TempDir(), Bootstrap: true, FastRaft: true, RaftTransport: trans, CORSAllowOrigins: []string{portal}})
+	ctl, err := New(Config{ID: "c1", Listen: "127.0.0.1:0", DataDir: t.TempDir(), Bootstrap: true, FastRaft: true, RaftTransport: trans, CORSAllowOrigins: []string{portal}, NoAuth: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	lv "libvirt.org/go/libvirt"
 	"libvirt.org/go/libvirtxml"
@@ -323,6 +324,13 @@ func DomainXML(domainType string, spec agent.DomainSpec) (string, error) {
 	if spec.MemoryBytes <= 0 {
 		return "", fmt.Errorf("domain spec: memory %d bytes, must be > 0", spec.MemoryBytes)
 	}
+	// XML cannot carry every string: encoding/xml would write U+FFFD for
+	// what it cannot, and the metadata read back would name another VM.
+	for _, f := range []struct{ what, s string }{{"vm id", spec.VMID}, {"project", spec.Project}, {"vm name", spec.Name}} {
+		if !isXMLText(f.s) {
+			return "", fmt.Errorf("domain spec: %s %q has bytes XML cannot carry (invalid UTF-8 or a control character)", f.what, f.s)
+		}
+	}
 	meta, err := vmMetadata{
 		ID:        spec.VMID,
 		Project:   spec.Project,
@@ -332,7 +340,10 @@ func DomainXML(domainType string, spec agent.DomainSpec) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("domain metadata: %w", err)
 	}
-	kib := uint((spec.MemoryBytes + 1023) / 1024)
+	kib := uint(spec.MemoryBytes / 1024) // rounded up, without overflow near MaxInt64
+	if spec.MemoryBytes%1024 != 0 {
+		kib++
+	}
 	dom := &libvirtxml.Domain{
 		Type:        domainType,
 		Name:        domainName(spec.VMID),
@@ -348,6 +359,20 @@ func DomainXML(domainType string, spec agent.DomainSpec) (string, error) {
 		Description: "Managed by Yunchi; changes made here are reconciled away.",
 	}
 	return dom.Marshal()
+}
+
+// isXMLText reports whether s is valid UTF-8 made of XML 1.0 characters
+// (https://www.w3.org/TR/xml/#charsets).
+func isXMLText(s string) bool {
+	if !utf8.ValidString(s) {
+		return false
+	}
+	for _, r := range s {
+		if r < 0x20 && r != '\t' && r != '\n' && r != '\r' || r == 0xFFFE || r == 0xFFFF {
+			return false
+		}
+	}
+	return true
 }
 
 // Define implements agent.Driver.

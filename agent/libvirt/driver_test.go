@@ -3,6 +3,7 @@ package libvirt
 import (
 	"context"
 	"errors"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -271,5 +272,31 @@ func TestErrorsAreOneLine(t *testing.T) {
 	var le *Error
 	if !errors.As(err, &le) {
 		t.Errorf("error %T is not *Error", err)
+	}
+}
+
+// Text XML cannot carry is refused, not written as U+FFFD: the metadata
+// would read back as another VM's. Memory near MaxInt64 does not wrap.
+func TestDomainXMLRefusesWhatXMLCannotCarry(t *testing.T) {
+	for _, s := range []agent.DomainSpec{
+		{VMID: "a\x00", VCPUs: 1, MemoryBytes: 1 << 20},
+		{VMID: "a", Project: "p\x1b[31m", VCPUs: 1, MemoryBytes: 1 << 20},
+		{VMID: "a", Name: "web\xff", VCPUs: 1, MemoryBytes: 1 << 20},
+		{VMID: "a", Name: "\uffff", VCPUs: 1, MemoryBytes: 1 << 20},
+	} {
+		if doc, err := DomainXML("kvm", s); err == nil || !strings.Contains(err.Error(), "XML cannot carry") {
+			t.Errorf("%+v: %v\n%s", s, err, doc)
+		}
+	}
+	doc, err := DomainXML("kvm", agent.DomainSpec{VMID: "a", Name: "tab\there\r\n\ufffd", VCPUs: 1, MemoryBytes: math.MaxInt64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dom libvirtxml.Domain
+	if err := dom.Unmarshal(doc); err != nil {
+		t.Fatal(err)
+	}
+	if dom.Memory.Value != math.MaxInt64/1024+1 {
+		t.Errorf("memory of MaxInt64 bytes = %d KiB", dom.Memory.Value)
 	}
 }

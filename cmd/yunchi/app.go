@@ -37,7 +37,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			},
 			&cli.StringFlag{
 				Name:    "token",
-				Usage:   "bearer token sent with every call",
+				Usage:   "bearer token sent with every call (default: the one `yunchi login` stored)",
 				EnvVars: []string{"YUNCHI_TOKEN"},
 			},
 			&cli.StringFlag{
@@ -68,6 +68,13 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			ratioCommand(),
 			capacityCommand(),
 			clusterCommand(),
+			deptCommand(),
+			projectCommand(),
+			userCommand(),
+			tokenCommand(),
+			loginCommand(),
+			logoutCommand(),
+			whoamiCommand(),
 			simulateCommand(),
 		},
 		// Errors are printed by run, once; urfave/cli must never os.Exit.
@@ -229,7 +236,11 @@ func withSession(fn func(cCtx *cli.Context, s *session) error) cli.ActionFunc {
 		if err != nil {
 			return err
 		}
-		addrs, err := parseAddrs(cCtx.String("addr"))
+		addr, token, err := credentials(cCtx)
+		if err != nil {
+			return err
+		}
+		addrs, err := parseAddrs(addr)
 		if err != nil {
 			return err
 		}
@@ -237,7 +248,7 @@ func withSession(fn func(cCtx *cli.Context, s *session) error) cli.ActionFunc {
 		if timeout < 0 || connect <= 0 {
 			return usagef("--timeout and --connect-timeout must be positive")
 		}
-		c := newClient(addrs, cCtx.String("token"), timeout, connect)
+		c := newClient(addrs, token, timeout, connect)
 		c.progress = cCtx.App.ErrWriter
 		defer c.Close()
 		return fn(cCtx, &session{ctx: cCtx.Context, client: c, out: out, stderr: cCtx.App.ErrWriter})

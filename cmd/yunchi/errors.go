@@ -16,13 +16,15 @@ import (
 // table is in the --help text (exitCodesHelp).
 const (
 	exitOK          = 0 // success
-	exitError       = 1 // any other error (timeout, interrupted, internal, permission)
+	exitError       = 1 // any other error (timeout, interrupted, internal)
 	exitUsage       = 2 // bad command line, or the controller said InvalidArgument
 	exitNotFound    = 3 // NotFound: no such VM, host or member
 	exitExists      = 4 // AlreadyExists
 	exitNoCapacity  = 5 // ResourceExhausted: no host has room
 	exitUnavailable = 6 // Unavailable: no leader, or no controller reachable
 	exitFailed      = 7 // FailedPrecondition, or the VM went FAILED (or its host down) during --wait
+	exitAuth        = 8 // Unauthenticated: no token, or one that is unknown, revoked, expired or locked
+	exitDenied      = 9 // PermissionDenied: the role may not do this
 )
 
 const exitCodesHelp = `EXIT CODES:
@@ -33,7 +35,9 @@ const exitCodesHelp = `EXIT CODES:
    4  already exists
    5  no capacity
    6  controller unavailable (no leader, or no controller reachable)
-   7  failed precondition, or the VM failed (or its host is down) during --wait`
+   7  failed precondition, or the VM failed (or its host is down) during --wait
+   8  not authenticated (no token, or an unknown, revoked, expired or locked one)
+   9  permission denied (your role may not do this)`
 
 // usageError is a mistake on the command line, found before any call.
 type usageError struct{ msg string }
@@ -78,6 +82,10 @@ func exitCode(err error) int {
 			return exitNoCapacity
 		case codes.Unavailable:
 			return exitUnavailable
+		case codes.Unauthenticated:
+			return exitAuth
+		case codes.PermissionDenied:
+			return exitDenied
 		case codes.FailedPrecondition:
 			return exitFailed
 		}

@@ -106,6 +106,7 @@ func controllerCmd() *cli.Command {
 			&cli.StringFlag{Name: "default-strategy", Value: "binpack", Usage: "placement strategy when a create names none: binpack or spread"},
 			&cli.StringFlag{Name: "raft-segment-size", Value: "64MiB", Usage: "size of one raft log segment file, allocated in full when created (64KiB to 1GiB); smaller wastes less disk on a small data dir"},
 			&cli.StringSliceFlag{Name: "cors-allow-origin", Usage: "origin (scheme://host[:port]) whose browser pages may write through the REST API (repeatable; default none: cross-origin writes are refused)"},
+			&cli.StringFlag{Name: "join-token", EnvVars: []string{"YUNCHI_JOIN_TOKEN"}, Usage: "with --join: a sysadmin's token, to be let in (the bootstrap controller prints one)"},
 		},
 		Action: func(c *cli.Context) error {
 			seg, err := segmentSize(c.String("raft-segment-size"))
@@ -120,6 +121,7 @@ func controllerCmd() *cli.Command {
 				Listen: c.String("listen"), Advertise: c.String("advertise"),
 				RaftListen: c.String("raft-listen"), RaftAdvertise: c.String("raft-advertise"),
 				DataDir: c.String("data-dir"), Bootstrap: c.Bool("bootstrap"), Join: splitList(c.String("join")),
+				JoinToken: c.String("join-token"),
 			})
 			if err != nil {
 				return err
@@ -143,9 +145,14 @@ func agentCmd() *cli.Command {
 			&cli.Int64Flag{Name: "disk-bytes", Usage: "disk capacity to offer (default: sum of active storage pools)"},
 			&cli.StringFlag{Name: "controllers", Value: "127.0.0.1:8470", Usage: "controller API addresses, comma-separated, tried in turn"},
 			&cli.DurationFlag{Name: "heartbeat", Usage: "heartbeat interval (default: what the controller asks at registration)"},
+			&cli.StringFlag{Name: "token-file", EnvVars: []string{"YUNCHI_HOST_TOKEN_FILE"}, Usage: "file holding this host's token (`yunchi token create --host ID`); keep it mode 0600"},
 		},
 		Action: func(c *cli.Context) error {
 			labels, err := agentLabels(c.StringSlice("label"))
+			if err != nil {
+				return err
+			}
+			token, err := readTokenFile(c.String("token-file"))
 			if err != nil {
 				return err
 			}
@@ -159,7 +166,7 @@ func agentCmd() *cli.Command {
 				HostID: c.String("host-id"), Hostname: hn, Center: c.String("center"), Site: c.String("site"),
 				Rack: c.String("rack"), Labels: labels, DiskBytes: c.Int64("disk-bytes"),
 				LibvirtURI: c.String("libvirt-uri"), Controllers: splitList(c.String("controllers")),
-				HeartbeatInterval: c.Duration("heartbeat"),
+				HeartbeatInterval: c.Duration("heartbeat"), Token: token,
 			}, drv)
 			return a.Run(c.Context)
 		},
@@ -181,4 +188,28 @@ func devCmd() *cli.Command {
 			})
 		},
 	}
+}
+
+// readTokenFile reads a token from path ("": none); it refuses a file
+// others may read.
+func readTokenFile(path string) (string, error) {
+	if path == "" {
+		return "", nil
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return "", fmt.Errorf("--token-file: %w", err)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return "", fmt.Errorf("--token-file %s is readable by others (mode %v): chmod 600 it", path, fi.Mode().Perm())
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("--token-file: %w", err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if tok == "" {
+		return "", fmt.Errorf("--token-file %s is empty", path)
+	}
+	return tok, nil
 }

@@ -190,7 +190,7 @@ func (s *Server) removeLeader(ctx context.Context, req *yunchiv1.RemoveMemberReq
 		return nil, err
 	}
 	in, _ := metadata.FromIncomingContext(ctx)
-	resp, err := yunchiv1.NewClusterServiceClient(conn).RemoveMember(metadata.NewOutgoingContext(ctx, s.forwardMD(in)), req)
+	resp, err := yunchiv1.NewClusterServiceClient(conn).RemoveMember(metadata.NewOutgoingContext(ctx, s.forwardMD(ctx, in)), req)
 	if err != nil {
 		p := status.Convert(err).Proto() // keeps the code and details (NOT_PROPOSED)
 		p.Message = fmt.Sprintf("leadership moved from %s to %s, but the removal failed there: %s", s.self.ID, leader, p.Message)

@@ -54,6 +54,7 @@ type Membership interface {
 // checks they run before proposing (the rules Apply enforces, which live
 // in controller/state).
 type ReadView interface {
+	TenancyView
 	Index() uint64
 	Changed() <-chan struct{}
 

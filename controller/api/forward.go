@@ -10,33 +10,20 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
 
-	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
+	"github.com/yunchi/yunchi/controller/auth"
 )
 
-// leaderOnly lists the methods that change state: on a follower they are
-// forwarded to the leader, the only node that decides.
-var leaderOnly = map[string]bool{
-	yunchiv1.VMService_CreateVM_FullMethodName:          true,
-	yunchiv1.VMService_CreateVMs_FullMethodName:         true,
-	yunchiv1.HostService_UpdateHost_FullMethodName:      true,
-	yunchiv1.RatioService_SetRatios_FullMethodName:      true,
-	yunchiv1.GroupService_CreateGroup_FullMethodName:    true,
-	yunchiv1.GroupService_DeleteGroup_FullMethodName:    true,
-	yunchiv1.VMService_StartVM_FullMethodName:           true,
-	yunchiv1.VMService_StopVM_FullMethodName:            true,
-	yunchiv1.VMService_RebootVM_FullMethodName:          true,
-	yunchiv1.VMService_DeleteVM_FullMethodName:          true,
-	yunchiv1.ClusterService_JoinCluster_FullMethodName:  true,
-	yunchiv1.ClusterService_RemoveMember_FullMethodName: true,
-	yunchiv1.AgentService_RegisterHost_FullMethodName:   true,
-	yunchiv1.AgentService_Heartbeat_FullMethodName:      true,
-	yunchiv1.AgentService_ReportVMStatus_FullMethodName: true,
-}
+// leaderOnly says whether a method changes state: on a follower it is
+// forwarded to the leader, the only node that decides. It is the method's
+// access rule (mutating: true, beside the RPC in the proto), so a new
+// write cannot be left out.
+func leaderOnly(fullMethod string) bool { return auth.Mutating(fullMethod) }
 
 // consistentReader is implemented by read requests with a `consistent` field.
 type consistentReader interface{ GetConsistent() bool }
@@ -53,8 +40,14 @@ var forwardHeaders = []string{"authorization", "x-request-id", idempotencyKey}
 
 // forwardMD is the metadata of a call this controller forwards, given the
 // incoming metadata: marked forwarded by it, with forwardHeaders carried on.
-func (s *Server) forwardMD(in metadata.MD) metadata.MD {
+func (s *Server) forwardMD(ctx context.Context, in metadata.MD) metadata.MD {
 	out := metadata.Pairs(forwardedKey, s.self.ID)
+	// The leader audits the caller's address, not this controller's.
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil && len(in.Get(auth.SourceKey)) == 0 {
+		out.Set(auth.SourceKey, p.Addr.String())
+	} else if src := in.Get(auth.SourceKey); len(src) > 0 {
+		out.Set(auth.SourceKey, src...)
+	}
 	for _, k := range forwardHeaders {
 		if v := in.Get(k); len(v) > 0 {
 			out.Set(k, v...)
@@ -154,7 +147,7 @@ func (s *Server) LeaderInterceptor(ctx context.Context, req any, info *grpc.Unar
 	if cr, ok := req.(consistentReader); ok {
 		consistent = cr.GetConsistent()
 	}
-	if !leaderOnly[info.FullMethod] && !consistent {
+	if !leaderOnly(info.FullMethod) && !consistent {
 		return handler(ctx, req)
 	}
 	in, _ := metadata.FromIncomingContext(ctx)
@@ -176,7 +169,7 @@ func (s *Server) LeaderInterceptor(ctx context.Context, req any, info *grpc.Unar
 	if err != nil {
 		return nil, err
 	}
-	out := s.forwardMD(in)
+	out := s.forwardMD(ctx, in)
 	resp, err := newResponse(info.FullMethod)
 	if err != nil {
 		return nil, err

@@ -6,6 +6,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/yunchi/yunchi/controller/auth"
 	"github.com/yunchi/yunchi/controller/state"
 	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
@@ -74,7 +75,9 @@ func (s *Server) ListGroups(ctx context.Context, req *yunchiv1.ListGroupsRequest
 	}
 	out := &yunchiv1.ListGroupsResponse{Groups: []*yunchiv1.PlacementGroup{}}
 	for _, gv := range s.store.PlacementGroups(req.Project) {
-		out.Groups = append(out.Groups, groupToAPI(gv))
+		if auth.Sees(ctx, gv.Group.Project) {
+			out.Groups = append(out.Groups, groupToAPI(gv))
+		}
 	}
 	return out, nil
 }

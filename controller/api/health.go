@@ -45,7 +45,7 @@ var alwaysServed = map[string]bool{
 // consistent reads still go on to LeaderInterceptor (they are decided on
 // the leader); status and health always answer.
 func (s *Server) StaleReadInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	if alwaysServed[info.FullMethod] || leaderOnly[info.FullMethod] {
+	if alwaysServed[info.FullMethod] || leaderOnly(info.FullMethod) {
 		return handler(ctx, req)
 	}
 	if cr, ok := req.(consistentReader); ok && cr.GetConsistent() {

@@ -34,10 +34,17 @@ const MinClientPing = 5 * time.Second
 // forwarded call was already authenticated here), then, on the leader, the
 // request id (idempotency key) lookup last.
 func (s *Server) NewGRPCServer(m *Metrics, extra ...grpc.UnaryServerInterceptor) *grpc.Server {
-	unary := append([]grpc.UnaryServerInterceptor{m.UnaryInterceptor}, extra...)
+	unary := []grpc.UnaryServerInterceptor{m.UnaryInterceptor}
+	stream := []grpc.StreamServerInterceptor{m.StreamInterceptor}
+	if s.Auth != nil {
+		unary = append(unary, s.Auth.UnaryInterceptor)
+		stream = append(stream, s.Auth.StreamInterceptor)
+	}
+	unary = append(unary, extra...)
 	unary = append(unary, s.MemberInterceptor, s.StaleReadInterceptor, s.LeaderInterceptor, s.IdempotencyInterceptor)
+	stream = append(stream, s.MemberStreamInterceptor, s.StaleStreamInterceptor)
 	gs := grpc.NewServer(grpc.ChainUnaryInterceptor(unary...),
-		grpc.ChainStreamInterceptor(m.StreamInterceptor, s.MemberStreamInterceptor, s.StaleStreamInterceptor),
+		grpc.ChainStreamInterceptor(stream...),
 		grpc.MaxRecvMsgSize(MaxGRPCRequest),
 		// gRPC's own transport (see Split) refuses pings more often than
 		// every 5 minutes by default and would close the connections of
@@ -51,11 +58,18 @@ func (s *Server) NewGRPCServer(m *Metrics, extra ...grpc.UnaryServerInterceptor)
 	yunchiv1.RegisterAgentServiceServer(gs, s)
 	yunchiv1.RegisterRatioServiceServer(gs, s)
 	yunchiv1.RegisterGroupServiceServer(gs, s)
+	ten := s.Tenancy(s.store)
+	yunchiv1.RegisterDepartmentServiceServer(gs, ten)
+	yunchiv1.RegisterProjectServiceServer(gs, ten)
+	yunchiv1.RegisterUserServiceServer(gs, ten)
+	yunchiv1.RegisterTokenServiceServer(gs, ten)
 	healthpb.RegisterHealthServer(gs, s.newHealthServer())
 	// The services REST serves, for NewHTTPHandler's direct calls.
 	s.local = &localServer{gs: gs, srv: s, unary: unary, descs: []*grpc.ServiceDesc{
 		&yunchiv1.VMService_ServiceDesc, &yunchiv1.HostService_ServiceDesc, &yunchiv1.CapacityService_ServiceDesc,
 		&yunchiv1.ClusterService_ServiceDesc, &yunchiv1.RatioService_ServiceDesc, &yunchiv1.GroupService_ServiceDesc,
+		&yunchiv1.DepartmentService_ServiceDesc, &yunchiv1.ProjectService_ServiceDesc,
+		&yunchiv1.UserService_ServiceDesc, &yunchiv1.TokenService_ServiceDesc,
 	}}
 	return gs
 }
@@ -101,7 +115,7 @@ func (s *Server) NewHTTPHandler(ctx context.Context, gs *grpc.Server, m *Metrics
 			guard.notRouted(w, r)
 		}),
 	)
-	guard, err := newRESTGuard(gw, gw, ho, yunchiv1.File_yunchi_v1_yunchi_proto)
+	guard, err := newRESTGuard(gw, gw, ho, yunchiv1.File_yunchi_v1_yunchi_proto, yunchiv1.File_yunchi_v1_tenancy_proto, yunchiv1.File_yunchi_v1_identity_proto)
 	if err != nil {
 		return nil, err
 	}
@@ -124,6 +138,10 @@ func (s *Server) NewHTTPHandler(ctx context.Context, gs *grpc.Server, m *Metrics
 		yunchiv1.RegisterClusterServiceHandlerClient(ctx, gw, yunchiv1.NewClusterServiceClient(cc)),
 		yunchiv1.RegisterRatioServiceHandlerClient(ctx, gw, yunchiv1.NewRatioServiceClient(cc)),
 		yunchiv1.RegisterGroupServiceHandlerClient(ctx, gw, yunchiv1.NewGroupServiceClient(cc)),
+		yunchiv1.RegisterDepartmentServiceHandlerClient(ctx, gw, yunchiv1.NewDepartmentServiceClient(cc)),
+		yunchiv1.RegisterProjectServiceHandlerClient(ctx, gw, yunchiv1.NewProjectServiceClient(cc)),
+		yunchiv1.RegisterUserServiceHandlerClient(ctx, gw, yunchiv1.NewUserServiceClient(cc)),
+		yunchiv1.RegisterTokenServiceHandlerClient(ctx, gw, yunchiv1.NewTokenServiceClient(cc)),
 	); err != nil {
 		conn.Close()
 		return nil, err

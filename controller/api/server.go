@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/health"
 	"google.golang.org/grpc/status"
 
+	"github.com/yunchi/yunchi/controller/auth"
 	"github.com/yunchi/yunchi/controller/placement"
 	"github.com/yunchi/yunchi/controller/state"
 	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
@@ -52,6 +53,10 @@ type Server struct {
 
 	// placer decides where new VMs go and records them (leader only).
 	placer Placer
+
+	// Auth authenticates callers and decides access (nil: every call is
+	// let through, for handler tests; a controller always sets it).
+	Auth *auth.Authorizer
 
 	// live is what the leader heard from hosts (controller/leader).
 	live Liveness
@@ -183,7 +188,11 @@ func (s *Server) ListVMs(ctx context.Context, req *yunchiv1.ListVMsRequest) (*yu
 	}
 	out := &yunchiv1.ListVMsResponse{Vms: make([]*yunchiv1.VM, 0, len(vms))}
 	for _, v := range vms {
-		out.Vms = append(out.Vms, vmToAPI(v, hosts[v.HostId]))
+		// A department's users see their projects' VMs only; a page
+		// may then hold fewer than asked, never another's VM.
+		if auth.Sees(ctx, v.Project) {
+			out.Vms = append(out.Vms, vmToAPI(v, hosts[v.HostId]))
+		}
 	}
 	if more {
 		last := vms[len(vms)-1]

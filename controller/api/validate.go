@@ -94,7 +94,7 @@ func ParseSize(s string) (int64, error) {
 			return 0, fmt.Errorf("unit %q in size %q is decimal: sizes are binary, use %s", t[i:], s, d.binary)
 		}
 		return 0, fmt.Errorf("size %q is in decimal %s: write %s%s (binary, as sizes are here) or %s (bytes)",
-			s, t[i:], num, d.binary, strconv.FormatFloat(math.Round(v*float64(d.mult)), 'f', -1, 64))
+			s, strings.TrimSpace(t[i:]), num, d.binary, strconv.FormatFloat(math.Round(v*float64(d.mult)), 'f', -1, 64))
 	}
 	mult, ok := units[unit]
 	if !ok {
@@ -131,7 +131,7 @@ func checkSize(field, s string, min, max int64) (int64, error) {
 		if min == 0 {
 			lo = "0"
 		}
-		return 0, invalid("%s %s is out of range: give %s to %s", field, strings.TrimSpace(s), lo, scheduler.FormatBytes(max))
+		return 0, invalid("%s %s is out of range: give %s to %s", field, oneLine(s), lo, scheduler.FormatBytes(max))
 	}
 	return v, nil
 }

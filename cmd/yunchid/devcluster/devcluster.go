@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -22,6 +23,7 @@ import (
 	"github.com/yunchi/yunchi/agent"
 	"github.com/yunchi/yunchi/agent/libvirt"
 	"github.com/yunchi/yunchi/controller"
+	"github.com/yunchi/yunchi/internal/cliconfig"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 )
 
@@ -38,6 +40,10 @@ type Config struct {
 	Logger *slog.Logger
 	// Ready, if set, is called with the API addresses once every host is up.
 	Ready func(addrs []string)
+	// NoLogin: do not store the sysadmin's token in the yunchi CLI's
+	// config (by default `yunchid dev` logs the CLI in, so that `yunchi`
+	// works against it with no flags).
+	NoLogin bool
 }
 
 // Centers of the "two sites, three centers" layout.
@@ -124,17 +130,27 @@ func Run(ctx context.Context, cfg Config) error {
 	var addrs []string
 	var ctls []*running
 	defer func() { stopAll(ctls) }() // waits for every controller to end
+	var admins controller.AdminTokens
 	for i, c := range Centers {
 		api := fmt.Sprintf("127.0.0.1:%d", cfg.BasePort+i)
 		ccfg := controller.Config{
 			ID: c.ID, Center: c.ID, Listen: api,
 			RaftListen: fmt.Sprintf("127.0.0.1:%d", cfg.BasePort+10+i),
 			DataDir:    filepath.Join(dir, "controllers", c.ID), FastRaft: true, Logger: lg,
+			AdminTokensOut: io.Discard, // printed below, in dev's own words
 		}
 		if i == 0 {
 			ccfg.Bootstrap = true
 		} else {
-			ccfg.Join = []string{addrs[0]}
+			// The others join with the sysadmin's token, once the first
+			// controller has made the administrator accounts.
+			if admins.Sysadmin == "" {
+				var err error
+				if admins, err = waitAdminTokens(ctx, filepath.Join(dir, "controllers", Centers[0].ID)); err != nil {
+					return err
+				}
+			}
+			ccfg.Join, ccfg.JoinToken = []string{addrs[0]}, admins.Sysadmin
 		}
 		ctl, err := controller.New(ccfg)
 		if err != nil {
@@ -154,7 +170,8 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	fmt.Fprintf(cfg.Out, "yunchi dev: 3 controllers starting (a1 production, a2 same-city DR, b1 remote DR), state in %s\n", dir)
 
-	conn, err := grpc.NewClient(addrs[0], grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(addrs[0], grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithPerRPCCredentials(bearer(admins.Sysadmin)))
 	if err != nil {
 		return err
 	}
@@ -179,10 +196,16 @@ func Run(ctx context.Context, cfg Config) error {
 		if err != nil {
 			return fmt.Errorf("host %s: %w", h.ID, err)
 		}
+		tok, err := issueHostToken(ctx, ctls, h.ID)
+		if err != nil {
+			drv.Close()
+			return fmt.Errorf("host %s: %w", h.ID, err)
+		}
 		a := agent.New(agent.Config{
 			HostID: h.ID, Hostname: h.ID, Center: h.Center, Site: h.Site, Rack: h.Rack,
 			Labels: map[string]string{"simulated": "true"}, DiskBytes: h.DiskBytes,
 			LibvirtURI: uri, Controllers: rotate(addrs, i), Logger: lg, // agent.New adds host=ID
+			Token: tok,
 		}, drv)
 		awg.Add(1)
 		go func() {
@@ -196,9 +219,20 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := waitHosts(ctx, cfg.Out, yunchiv1.NewHostServiceClient(conn), len(specs)); err != nil {
 		return err
 	}
-	fmt.Fprintf(cfg.Out, "yunchi dev: ready. %d hosts in 3 centers; API (gRPC + REST) at %s (followers: %s, %s)\n", len(specs), addrs[0], addrs[1], addrs[2])
+	fmt.Fprintf(cfg.Out, "yunchi dev: ready. %d hosts in 3 centers; API (gRPC + REST) at %s (followers: %s, %s); plaintext, for trying out only\n", len(specs), addrs[0], addrs[1], addrs[2])
+	// The three separated administrators (MLPS level 3): one line each.
+	fmt.Fprintf(cfg.Out, "sysadmin token: %s\n", admins.Sysadmin)
+	fmt.Fprintf(cfg.Out, "secadmin token: %s\n", admins.Secadmin)
+	fmt.Fprintf(cfg.Out, "auditor token: %s\n", admins.Auditor)
+	if cfg.NoLogin {
+		fmt.Fprintf(cfg.Out, "  log in: yunchi login --addr %s --token <sysadmin token>\n", strings.Join(addrs, ","))
+	} else if path, err := cliconfig.SaveLogin(strings.Join(addrs, ","), admins.Sysadmin, "sysadmin"); err != nil {
+		fmt.Fprintf(cfg.Out, "yunchi dev: could not log yunchi in (%v): yunchi login --addr %s --token <sysadmin token>\n", err, addrs[0])
+	} else {
+		fmt.Fprintf(cfg.Out, "yunchi dev: yunchi is logged in as sysadmin (%s)\n", path)
+	}
 	fmt.Fprintf(cfg.Out, "  try: yunchi vm create web-1 --cpu 2 --memory 4GiB --wait\n")
-	fmt.Fprintf(cfg.Out, "       curl -s %s/v1/vms\n", addrs[0])
+	fmt.Fprintf(cfg.Out, "       curl -s -H \"Authorization: Bearer $SYSADMIN_TOKEN\" %s/v1/vms\n", addrs[0])
 	fmt.Fprintf(cfg.Out, "       yunchi cluster status\n")
 	fmt.Fprintf(cfg.Out, "Ctrl-C stops everything.\n")
 	if cfg.Ready != nil {
@@ -312,3 +346,55 @@ func sleep(ctx context.Context, d time.Duration) error {
 		return nil
 	}
 }
+
+// waitAdminTokens waits for the bootstrap controller (data dir dir) to
+// write the administrator tokens.
+func waitAdminTokens(ctx context.Context, dir string) (controller.AdminTokens, error) {
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		t, err := controller.ReadAdminTokens(dir)
+		if err == nil {
+			return t, nil
+		}
+		if time.Now().After(deadline) {
+			return t, fmt.Errorf("the first controller made no administrator accounts within a minute: %w", err)
+		}
+		if err := sleep(ctx, 100*time.Millisecond); err != nil {
+			return t, err
+		}
+	}
+}
+
+// issueHostToken makes the host token of an in-process agent on whichever
+// controller leads.
+func issueHostToken(ctx context.Context, ctls []*running, hostID string) (string, error) {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var last error
+		for _, r := range ctls {
+			if !r.ctl.Node().IsLeader() {
+				continue
+			}
+			tok, err := r.ctl.IssueHostToken(ctx, hostID)
+			if err == nil {
+				return tok, nil
+			}
+			last = err
+		}
+		if time.Now().After(deadline) {
+			return "", fmt.Errorf("no leader took the host token: %v", last)
+		}
+		if err := sleep(ctx, 100*time.Millisecond); err != nil {
+			return "", err
+		}
+	}
+}
+
+// bearer sends a token with every call.
+type bearer string
+
+func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + string(b)}, nil
+}
+
+func (bearer) RequireTransportSecurity() bool { return false }

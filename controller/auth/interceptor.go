@@ -1,0 +1,363 @@
+package auth
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+
+	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
+	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
+)
+
+// Store is what authentication and scoping read (*state.Store).
+type Store interface {
+	// Credential is a token and, for a user token, its user (nil when
+	// the user was deleted); records are shared: read only.
+	Credential(id string) (*statev1.TokenRecord, *statev1.UserRecord, bool)
+	ProjectDepartment(project string) (string, bool)
+}
+
+// Recorder is told of every refusal and failed login (the audit trail;
+// failed logins also count towards the user's lockout).
+type Recorder interface {
+	Denied(ctx context.Context, method string, code codes.Code, reason string)
+	LoginFailed(ctx context.Context, method, tokenID, user, reason string)
+}
+
+// Forwarded calls: a follower forwards a write to the leader with the
+// caller's own credentials, and says where the call came from.
+const (
+	ForwardedKey = "x-yunchi-forwarded"
+	SourceKey    = "x-yunchi-source"
+)
+
+// Authorizer holds the interceptors' dependencies.
+type Authorizer struct {
+	Store    Store
+	Recorder Recorder // nil: refusals are not recorded
+	// PeerIdentity returns the identity in the caller's verified client
+	// certificate (hosts and controllers), if any.
+	PeerIdentity func(ctx context.Context) (Kind, string, bool)
+	// Now is the clock (tests); nil: time.Now.
+	Now func() time.Time
+	// Disabled lets every call through as a sysadmin (nothing else may
+	// set it: tests of code that predates authentication).
+	Disabled bool
+}
+
+// publicMethods need no credentials and carry no rule of ours.
+var publicMethods = map[string]bool{
+	"/grpc.health.v1.Health/Check": true,
+	"/grpc.health.v1.Health/Watch": true,
+	"/grpc.health.v1.Health/List":  true,
+}
+
+func (a *Authorizer) now() time.Time {
+	if a.Now != nil {
+		return a.Now()
+	}
+	return time.Now()
+}
+
+// SourceOf is the network address the request of ctx came from (the
+// original client's, for a call a follower forwarded).
+func SourceOf(ctx context.Context) string { return sourceOf(ctx) }
+
+func sourceOf(ctx context.Context) string {
+	md, _ := metadata.FromIncomingContext(ctx)
+	if len(md.Get(ForwardedKey)) > 0 {
+		if s := md.Get(SourceKey); len(s) > 0 {
+			return s[0]
+		}
+	}
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		return p.Addr.String()
+	}
+	return ""
+}
+
+// errUnauthenticated is the answer to a missing token.
+var errUnauthenticated = status.Error(codes.Unauthenticated,
+	"authentication required: log in with `yunchi login --addr ADDR --token TOKEN`, or send the header Authorization: Bearer <token>")
+
+// errBadToken is the answer to every token that does not authenticate,
+// whatever the reason (unknown, wrong secret, revoked, expired, deleted
+// user): the reason goes to the audit trail, not to the caller.
+var errBadToken = status.Error(codes.Unauthenticated, "authentication failed: the token is unknown, revoked or expired")
+
+// authenticate resolves the caller of ctx.
+func (a *Authorizer) authenticate(ctx context.Context, method string) (*Principal, error) {
+	src := sourceOf(ctx)
+	if a.PeerIdentity != nil {
+		if kind, id, ok := a.PeerIdentity(ctx); ok {
+			p := &Principal{Kind: kind, Name: id, Source: src}
+			switch kind {
+			case KindHost:
+				p.Role = yunchiv1.Role_ROLE_HOST
+			case KindController:
+				p.Role = yunchiv1.Role_ROLE_CONTROLLER
+			}
+			// A controller forwarding a user's call passes the user's
+			// token on: that call is the user's, authenticated below.
+			md, _ := metadata.FromIncomingContext(ctx)
+			if kind != KindController || len(md.Get("authorization")) == 0 {
+				return p, nil
+			}
+		}
+	}
+	md, _ := metadata.FromIncomingContext(ctx)
+	vals := md.Get("authorization")
+	if len(vals) == 0 {
+		return nil, errUnauthenticated
+	}
+	scheme, tok, ok := strings.Cut(strings.TrimSpace(vals[0]), " ")
+	if !ok || !strings.EqualFold(scheme, "bearer") {
+		a.loginFailed(ctx, method, "", "", "authorization header is not a bearer token")
+		return nil, status.Error(codes.Unauthenticated, "authentication failed: send the header Authorization: Bearer <token>")
+	}
+	id, secret, err := ParseToken(strings.TrimSpace(tok))
+	if err != nil {
+		a.loginFailed(ctx, method, "", "", "malformed token")
+		return nil, status.Error(codes.Unauthenticated, "authentication failed: "+err.Error())
+	}
+	t, u, found := a.Store.Credential(id)
+	if !found {
+		a.loginFailed(ctx, method, id, "", "unknown token")
+		return nil, errBadToken
+	}
+	now := a.now().UnixNano()
+	switch {
+	case !SecretMatches(secret, t.SecretHash):
+		a.loginFailed(ctx, method, id, t.User, "wrong secret")
+		return nil, errBadToken
+	case t.RevokedUnixNano != 0:
+		a.loginFailed(ctx, method, id, t.User, "revoked token")
+		return nil, errBadToken
+	case t.ExpiresUnixNano != 0 && now >= t.ExpiresUnixNano:
+		a.loginFailed(ctx, method, id, t.User, "expired token")
+		return nil, errBadToken
+	}
+	if t.HostId != "" {
+		return &Principal{Kind: KindHost, Name: t.HostId, Role: yunchiv1.Role_ROLE_HOST, TokenID: id, Source: src}, nil
+	}
+	if u == nil {
+		a.loginFailed(ctx, method, id, t.User, "user deleted")
+		return nil, errBadToken
+	}
+	if u.LockedUntilUnixNano > now {
+		// The secret was right: the owner may know why.
+		a.denied(ctx, method, codes.Unauthenticated, "account locked")
+		return nil, status.Errorf(codes.Unauthenticated, "account %q is locked until %s after repeated failed logins: a security administrator can unlock it (yunchi user unlock %s)",
+			u.Name, time.Unix(0, u.LockedUntilUnixNano).UTC().Format(time.RFC3339), u.Name)
+	}
+	return &Principal{
+		Kind: KindUser, Name: u.Name, Role: yunchiv1.Role(u.Role), Department: u.Department,
+		Projects: u.Projects, TokenID: id, Source: src,
+	}, nil
+}
+
+func (a *Authorizer) loginFailed(ctx context.Context, method, tokenID, user, reason string) {
+	if a.Recorder != nil {
+		a.Recorder.LoginFailed(ctx, method, tokenID, user, reason)
+	}
+}
+
+func (a *Authorizer) denied(ctx context.Context, method string, code codes.Code, reason string) {
+	if a.Recorder != nil {
+		a.Recorder.Denied(ctx, method, code, reason)
+	}
+}
+
+// admit authenticates the caller of method and checks its role; the
+// request itself is checked by scope.
+func (a *Authorizer) admit(ctx context.Context, method string) (context.Context, *yunchiv1.AccessRule, error) {
+	if publicMethods[method] {
+		return ctx, nil, nil
+	}
+	rule, ok := RuleFor(method)
+	if !ok {
+		a.denied(ctx, method, codes.PermissionDenied, "no access rule")
+		return nil, nil, status.Errorf(codes.PermissionDenied, "%s has no access rule: nobody may call it", method)
+	}
+	if a.Disabled {
+		return NewContext(ctx, &Principal{Kind: KindUser, Name: "anonymous", Role: yunchiv1.Role_ROLE_SYSADMIN}), rule, nil
+	}
+	if rule.GetPublic() {
+		return ctx, rule, nil
+	}
+	p, err := a.authenticate(ctx, method)
+	if err != nil {
+		return nil, nil, err
+	}
+	p.deptOf = a.Store.ProjectDepartment
+	if !Allows(rule, p.Role) {
+		reason := fmt.Sprintf("role %s may not call %s", RoleName(p.Role), shortMethod(method))
+		a.denied(NewContext(ctx, p), method, codes.PermissionDenied, reason)
+		return nil, nil, status.Errorf(codes.PermissionDenied, "permission denied: %s (roles allowed: %s)", reason, roleList(rule))
+	}
+	return NewContext(ctx, p), rule, nil
+}
+
+func shortMethod(full string) string {
+	if i := strings.LastIndexByte(full, '/'); i >= 0 {
+		return full[i+1:]
+	}
+	return full
+}
+
+func roleList(r *yunchiv1.AccessRule) string {
+	var out []string
+	for _, role := range r.GetRoles() {
+		out = append(out, RoleName(role))
+	}
+	return strings.Join(out, ", ")
+}
+
+// scope confines req to what the caller may see. It may fill in the
+// caller's only project where the request names none.
+func (a *Authorizer) scope(ctx context.Context, method string, rule *yunchiv1.AccessRule, req any) error {
+	p, ok := FromContext(ctx)
+	if !ok || rule == nil || a.Disabled {
+		return nil
+	}
+	msg, ok := req.(proto.Message)
+	if !ok {
+		return nil
+	}
+	m := msg.ProtoReflect()
+	field := rule.GetField()
+	list := strings.HasPrefix(shortMethod(method), "List")
+	switch rule.GetScope() {
+	case yunchiv1.Scope_SCOPE_PROJECT:
+		if field == "" {
+			field = "project"
+		}
+		project, fd := getString(m, field)
+		if project == "" {
+			if list || !DepartmentRole(p.Role) {
+				return nil // lists filter; cluster roles get the default project
+			}
+			only := p.Projects
+			if p.Role == yunchiv1.Role_ROLE_DEPT_ADMIN {
+				return status.Errorf(codes.InvalidArgument, "name a project (--project): a department admin has no default project")
+			}
+			if len(only) != 1 {
+				return status.Errorf(codes.InvalidArgument, "name a project (--project): you belong to %d projects (%s)", len(only), strings.Join(only, ", "))
+			}
+			if fd != nil {
+				m.Set(fd, protoreflect.ValueOfString(only[0]))
+			}
+			return nil
+		}
+		dept, exists := a.Store.ProjectDepartment(project)
+		if !exists || !p.SeesProject(project, dept) {
+			a.denied(ctx, method, codes.NotFound, fmt.Sprintf("project %q outside the caller's scope", project))
+			return status.Errorf(codes.NotFound, "project %q not found", project)
+		}
+	case yunchiv1.Scope_SCOPE_DEPARTMENT:
+		if field == "" {
+			field = "department"
+		}
+		dept, _ := getString(m, field)
+		if dept == "" {
+			if list || !DepartmentRole(p.Role) {
+				return nil
+			}
+			if fd := m.Descriptor().Fields().ByName(protoreflect.Name(field)); fd != nil && !strings.Contains(field, ".") {
+				m.Set(fd, protoreflect.ValueOfString(p.Department))
+			}
+			return nil
+		}
+		if !p.SeesDepartment(dept) {
+			a.denied(ctx, method, codes.NotFound, fmt.Sprintf("department %q outside the caller's scope", dept))
+			return status.Errorf(codes.NotFound, "department %q not found", dept)
+		}
+	case yunchiv1.Scope_SCOPE_HOST:
+		if field == "" {
+			field = "host_id"
+		}
+		host, _ := getString(m, field)
+		if p.Kind != KindHost || host != p.Name {
+			reason := fmt.Sprintf("host %q may not act for host %q", p.Name, host)
+			a.denied(ctx, method, codes.PermissionDenied, reason)
+			return status.Errorf(codes.PermissionDenied, "permission denied: %s", reason)
+		}
+	}
+	return nil
+}
+
+// getString reads a string field by dotted path; fd is the last field
+// (nil when the path does not resolve).
+func getString(m protoreflect.Message, path string) (string, protoreflect.FieldDescriptor) {
+	parts := strings.Split(path, ".")
+	for i, name := range parts {
+		fd := m.Descriptor().Fields().ByName(protoreflect.Name(name))
+		if fd == nil {
+			return "", nil
+		}
+		if i == len(parts)-1 {
+			if fd.Kind() != protoreflect.StringKind {
+				return "", nil
+			}
+			return m.Get(fd).String(), fd
+		}
+		if fd.Kind() != protoreflect.MessageKind || !m.Has(fd) {
+			return "", nil
+		}
+		m = m.Get(fd).Message()
+	}
+	return "", nil
+}
+
+// UnaryInterceptor authenticates, checks the role and confines the request.
+func (a *Authorizer) UnaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	ctx, rule, err := a.admit(ctx, info.FullMethod)
+	if err != nil {
+		return nil, err
+	}
+	if err := a.scope(ctx, info.FullMethod, rule, req); err != nil {
+		return nil, err
+	}
+	return handler(ctx, req)
+}
+
+// StreamInterceptor does the same for streams: the caller before the
+// stream starts, the request when it arrives.
+func (a *Authorizer) StreamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	ctx, rule, err := a.admit(ss.Context(), info.FullMethod)
+	if err != nil {
+		return err
+	}
+	return handler(srv, &scopedStream{ServerStream: ss, ctx: ctx, a: a, method: info.FullMethod, rule: rule})
+}
+
+type scopedStream struct {
+	grpc.ServerStream
+	ctx    context.Context
+	a      *Authorizer
+	method string
+	rule   *yunchiv1.AccessRule
+	seen   bool
+}
+
+func (s *scopedStream) Context() context.Context { return s.ctx }
+
+func (s *scopedStream) RecvMsg(m any) error {
+	if err := s.ServerStream.RecvMsg(m); err != nil {
+		return err
+	}
+	if !s.seen {
+		s.seen = true
+		return s.a.scope(s.ctx, s.method, s.rule, m)
+	}
+	return nil
+}

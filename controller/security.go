@@ -1,0 +1,195 @@
+package controller
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+
+	"github.com/yunchi/yunchi/controller/auth"
+	"github.com/yunchi/yunchi/controller/state"
+	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
+)
+
+// AdminTokensFile is where the bootstrap controller writes the tokens of
+// the three administrator accounts it creates (mode 0600, in its data dir).
+const AdminTokensFile = "admin-tokens.json"
+
+// AdminTokens are the first tokens of the separated administrators.
+type AdminTokens struct {
+	Sysadmin string `json:"sysadmin"`
+	Secadmin string `json:"secadmin"`
+	Auditor  string `json:"auditor"`
+}
+
+// ReadAdminTokens reads the tokens a bootstrap controller wrote.
+func ReadAdminTokens(dataDir string) (AdminTokens, error) {
+	var t AdminTokens
+	b, err := os.ReadFile(filepath.Join(dataDir, AdminTokensFile))
+	if err != nil {
+		return t, err
+	}
+	if err := json.Unmarshal(b, &t); err != nil {
+		return t, fmt.Errorf("%s: %w", AdminTokensFile, err)
+	}
+	return t, nil
+}
+
+// bootstrapAdmins creates, once, the accounts sysadmin, secadmin and
+// auditor with a token each (no expiry: rotate them once real accounts
+// exist). The tokens go to the data dir first, so that a crash between
+// writing and proposing proposes the same tokens again next time; the
+// request ids make proposing twice harmless. It returns the tokens when
+// this call created them (to be printed once), nil otherwise.
+func (c *Controller) bootstrapAdmins(ctx context.Context) (*AdminTokens, error) {
+	path := filepath.Join(c.cfg.DataDir, AdminTokensFile)
+	toks, err := ReadAdminTokens(c.cfg.DataDir)
+	fresh := false
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		if len(c.node.Store.Users("")) > 0 {
+			return nil, nil // accounts exist: this data dir was not the first
+		}
+		for _, p := range []*string{&toks.Sysadmin, &toks.Secadmin, &toks.Auditor} {
+			if *p, _, _, err = auth.NewToken(); err != nil {
+				return nil, err
+			}
+		}
+		b, _ := json.MarshalIndent(toks, "", "  ")
+		if err := writeFileSync(path, append(b, '\n'), 0o600); err != nil {
+			return nil, fmt.Errorf("write %s: %w", path, err)
+		}
+		fresh = true
+	case err != nil:
+		return nil, err
+	}
+	for _, a := range []struct {
+		name string
+		role statev1.Role
+		tok  string
+	}{{"sysadmin", statev1.Role_ROLE_SYSADMIN, toks.Sysadmin}, {"secadmin", statev1.Role_ROLE_SECADMIN, toks.Secadmin}, {"auditor", statev1.Role_ROLE_AUDITOR, toks.Auditor}} {
+		id, secret, err := auth.ParseToken(a.tok)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %s token: %w", path, a.name, err)
+		}
+		if _, ok := c.node.Store.User(a.name); !ok {
+			uctx := state.WithRequest(ctx, "bootstrap-user-"+a.name, []byte(a.name))
+			if _, err := c.node.Apply(uctx, &statev1.Command{Cmd: &statev1.Command_CreateUser{CreateUser: &statev1.CreateUser{User: &statev1.UserRecord{
+				Name: a.name, Role: a.role, DisplayName: "bootstrap " + a.name}}}}); err != nil && state.KindOf(err) != state.KindAlreadyExists {
+				return nil, err
+			}
+		}
+		if _, ok := c.node.Store.Token(id); !ok {
+			tctx := state.WithRequest(ctx, "bootstrap-token-"+a.name, []byte(id))
+			if _, err := c.node.Apply(tctx, &statev1.Command{Cmd: &statev1.Command_CreateToken{CreateToken: &statev1.CreateToken{Token: &statev1.TokenRecord{
+				Id: id, User: a.name, SecretHash: auth.HashSecret(secret), Description: "bootstrap"}}}}); err != nil && state.KindOf(err) != state.KindAlreadyExists {
+				return nil, err
+			}
+		}
+	}
+	if fresh {
+		return &toks, nil
+	}
+	return nil, nil
+}
+
+func writeFileSync(path string, b []byte, mode os.FileMode) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, mode)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// securityRecorder is told of refusals and failed logins: it logs them
+// (never a secret: token ids only) and, on the leader, counts failed
+// logins against their users through raft (lockout), in batches.
+type securityRecorder struct {
+	c   *Controller
+	log *slog.Logger
+
+	mu      sync.Mutex
+	pending []*statev1.LoginFailure
+	timer   *time.Timer
+}
+
+func (r *securityRecorder) Denied(ctx context.Context, method string, code codes.Code, reason string) {
+	who := ""
+	if p, ok := auth.FromContext(ctx); ok {
+		who = p.Name
+	}
+	r.log.Warn("request denied", "method", method, "code", code.String(), "reason", reason, "caller", who)
+}
+
+// maxPendingFailures bounds the failed logins waiting to be recorded; a
+// flood beyond it is logged, not queued.
+const maxPendingFailures = 1000
+
+func (r *securityRecorder) LoginFailed(ctx context.Context, method, tokenID, user, reason string) {
+	src := auth.SourceOf(ctx)
+	r.log.Warn("login failed", "method", method, "token_id", tokenID, "user", user, "reason", reason, "source", src)
+	if user == "" || !r.c.node.IsLeader() {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.pending) >= maxPendingFailures {
+		return
+	}
+	r.pending = append(r.pending, &statev1.LoginFailure{User: user, TokenId: tokenID, Reason: reason, Source: src})
+	if r.timer == nil {
+		r.timer = time.AfterFunc(100*time.Millisecond, r.flush)
+	}
+}
+
+func (r *securityRecorder) flush() {
+	r.mu.Lock()
+	batch := r.pending
+	r.pending, r.timer = nil, nil
+	r.mu.Unlock()
+	if len(batch) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := r.c.node.Apply(ctx, &statev1.Command{Cmd: &statev1.Command_RecordLoginFailures{RecordLoginFailures: &statev1.RecordLoginFailures{Failures: batch}}}); err != nil {
+		r.log.Warn("could not record failed logins", "n", len(batch), "err", err)
+	}
+}
+
+// IssueHostToken makes a host token for hostID (no expiry) and records
+// it; only the leader can (raft refuses elsewhere). For the embedded dev
+// cluster, whose agents run in the same process; elsewhere a security
+// administrator makes host tokens with `yunchi token create --host`.
+func (c *Controller) IssueHostToken(ctx context.Context, hostID string) (string, error) {
+	tok, id, hash, err := auth.NewToken()
+	if err != nil {
+		return "", err
+	}
+	_, err = c.node.Apply(ctx, &statev1.Command{Cmd: &statev1.Command_CreateToken{CreateToken: &statev1.CreateToken{Token: &statev1.TokenRecord{
+		Id: id, HostId: hostID, SecretHash: hash, Description: "yunchid dev agent"}}}})
+	if err != nil {
+		return "", err
+	}
+	return tok, nil
+}
