@@ -67,8 +67,8 @@ type Config struct {
 	DialOptions []grpc.DialOption
 	// Token is the host token sent with every call (clusters without
 	// certificates); "" sends none.
-	Token string
-	Logger      *slog.Logger
+	Token  string
+	Logger *slog.Logger
 }
 
 func (c Config) validate() error {

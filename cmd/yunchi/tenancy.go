@@ -523,4 +523,3 @@ func logoutCommand() *cli.Command {
 		},
 	}
 }
-
