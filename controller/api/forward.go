@@ -42,11 +42,10 @@ var forwardHeaders = []string{"authorization", "x-request-id", idempotencyKey}
 // incoming metadata: marked forwarded by it, with forwardHeaders carried on.
 func (s *Server) forwardMD(ctx context.Context, in metadata.MD) metadata.MD {
 	out := metadata.Pairs(forwardedKey, s.self.ID)
-	// The leader audits the caller's address, not this controller's.
-	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil && len(in.Get(auth.SourceKey)) == 0 {
+	// The leader audits the caller's address, not this controller's (a
+	// forwarded call is never forwarded again, so this is the caller).
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
 		out.Set(auth.SourceKey, p.Addr.String())
-	} else if src := in.Get(auth.SourceKey); len(src) > 0 {
-		out.Set(auth.SourceKey, src...)
 	}
 	for _, k := range forwardHeaders {
 		if v := in.Get(k); len(v) > 0 {
@@ -150,8 +149,10 @@ func (s *Server) LeaderInterceptor(ctx context.Context, req any, info *grpc.Unar
 	if !leaderOnly(info.FullMethod) && !consistent {
 		return handler(ctx, req)
 	}
-	in, _ := metadata.FromIncomingContext(ctx)
-	if len(in.Get(forwardedKey)) > 0 {
+	// One key looked up, not the whole metadata copied: this runs on every
+	// create.
+	forwarded := len(metadata.ValueFromIncomingContext(ctx, forwardedKey)) > 0
+	if forwarded {
 		grpc.SetTrailer(ctx, metadata.Pairs(answeredKey, s.self.ID))
 	}
 	if s.prop.IsLeader() {
@@ -162,13 +163,14 @@ func (s *Server) LeaderInterceptor(ctx context.Context, req any, info *grpc.Unar
 		}
 		return handler(ctx, req)
 	}
-	if len(in.Get(forwardedKey)) > 0 {
+	if forwarded {
 		return nil, notProposed("leadership is changing: retry in a few seconds")
 	}
 	conn, err := s.fwd.leaderConn()
 	if err != nil {
 		return nil, err
 	}
+	in, _ := metadata.FromIncomingContext(ctx)
 	out := s.forwardMD(ctx, in)
 	resp, err := newResponse(info.FullMethod)
 	if err != nil {

@@ -97,6 +97,7 @@ func (s *Server) NewHTTPHandler(ctx context.Context, gs *grpc.Server, m *Metrics
 	gw := runtime.NewServeMux(
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, &restCodec{
 			Marshaler: &runtime.HTTPBodyMarshaler{Marshaler: jsonpb},
+			marshal:   jsonpb.MarshalOptions,
 			unmarshal: jsonpb.UnmarshalOptions,
 		}),
 		// A form POST must not turn into another method or route.

@@ -82,8 +82,7 @@ func (s *Server) IdempotencyInterceptor(ctx context.Context, req any, info *grpc
 	if !idempotent[info.FullMethod] {
 		return handler(ctx, req)
 	}
-	md, _ := metadata.FromIncomingContext(ctx)
-	vals := md.Get(idempotencyKey)
+	vals := metadata.ValueFromIncomingContext(ctx, idempotencyKey)
 	if len(vals) == 0 {
 		return handler(ctx, req)
 	}

@@ -75,11 +75,11 @@ func (c *localConn) Invoke(ctx context.Context, method string, args, reply any, 
 	if !ok1 || !ok2 {
 		return c.streams.Invoke(ctx, method, args, reply, opts...)
 	}
-	md, _ := metadata.FromOutgoingContext(ctx)
+	md, _ := metadata.FromOutgoingContext(ctx) // a copy, lower-cased
 	st := &localStream{method: method}
 	// The handler sees the caller's metadata as incoming, as on the server,
 	// and none as outgoing (a forwarded call sets its own).
-	hctx := metadata.NewOutgoingContext(metadata.NewIncomingContext(ctx, md.Copy()), metadata.MD{})
+	hctx := metadata.NewOutgoingContext(metadata.NewIncomingContext(ctx, md), metadata.MD{})
 	hctx = grpc.NewContextWithServerTransportStream(hctx, st)
 	resp, err := m.handler(m.srv, hctx, func(v any) error {
 		proto.Merge(v.(proto.Message), in)

@@ -203,6 +203,10 @@ type restGuard struct {
 	routes  []*restRoute
 	probe   *runtime.ServeMux // the route templates, to match paths
 	methods []string          // every method some route uses
+	// literal holds, by method and path, the routes whose template has no
+	// variables (POST /v1/vms), as the probe itself matched each path at
+	// start: match answers those without running the probe.
+	literal map[string]map[string]*restRoute
 	origins map[string]bool
 	maxBody int64
 }
@@ -238,11 +242,41 @@ func newRESTGuard(next http.Handler, gw *runtime.ServeMux, opts HTTPOptions, fil
 		}
 	}
 	sort.Strings(g.methods)
+	g.literal = map[string]map[string]*restRoute{}
+	for _, rt := range routes {
+		if strings.ContainsAny(rt.template, "{*") {
+			continue
+		}
+		// The probe's answer for this method and path, so that the map
+		// cannot disagree with it (another template could match too).
+		u, err := url.Parse(rt.template)
+		if err != nil || u.RawPath != "" {
+			continue
+		}
+		if hit := g.probeMatch(rt.method, &http.Request{URL: u}); hit != nil {
+			if g.literal[rt.method] == nil {
+				g.literal[rt.method] = map[string]*restRoute{}
+			}
+			g.literal[rt.method][u.Path] = hit
+		}
+	}
 	return g, nil
 }
 
 // match is the route serving method on r's path, or nil.
 func (g *restGuard) match(method string, r *http.Request) *restRoute {
+	// The probe matches r.URL.Path when RawPath is empty (nothing escaped
+	// unusually), so a literal route found for that path is its answer.
+	if r.URL.RawPath == "" {
+		if rt := g.literal[method][r.URL.Path]; rt != nil {
+			return rt
+		}
+	}
+	return g.probeMatch(method, r)
+}
+
+// probeMatch asks the probe mux which route serves method on r's path.
+func (g *restGuard) probeMatch(method string, r *http.Request) *restRoute {
 	var hit *restRoute
 	pr := (&http.Request{Method: method, URL: r.URL, Header: http.Header{}, Body: http.NoBody, Host: r.Host}).
 		WithContext(context.WithValue(r.Context(), probeKey{}, &hit))
@@ -399,7 +433,7 @@ func (g *restGuard) readBody(w http.ResponseWriter, r *http.Request, rt *restRou
 	if r.ContentLength == 0 || r.Body == nil || r.Body == http.NoBody {
 		return true
 	}
-	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, g.maxBody))
+	b, err := readAllSized(http.MaxBytesReader(w, r.Body, g.maxBody), r.ContentLength)
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
@@ -413,9 +447,56 @@ func (g *restGuard) readBody(w http.ResponseWriter, r *http.Request, rt *restRou
 		g.fail(w, r, http.StatusBadRequest, codes.InvalidArgument, "%s takes no request body", rt)
 		return false
 	}
-	r.Body = io.NopCloser(bytes.NewReader(b))
+	r.Body = newReadBody(b)
 	r.ContentLength = int64(len(b))
 	return true
+}
+
+// readAllSized is io.ReadAll with room for a body of the declared size
+// (-1 when unknown) from the start, so that a body with a Content-Length
+// is read into one allocation.
+func readAllSized(r io.Reader, size int64) ([]byte, error) {
+	room := int64(512) // io.ReadAll's start
+	if size >= 0 {
+		room = size + 1 // the +1 for the read that finds the end
+	}
+	b := make([]byte, 0, room)
+	for {
+		n, err := r.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err != nil {
+			if err == io.EOF {
+				err = nil
+			}
+			return b, err
+		}
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)]
+		}
+	}
+}
+
+// readBody is a request body the guard has read into memory. The REST
+// codec takes its bytes as they are (restCodec.decode) instead of reading
+// them into another buffer.
+type readBody struct {
+	bytes.Reader
+	b []byte
+}
+
+func newReadBody(b []byte) *readBody {
+	rb := &readBody{b: b}
+	rb.Reset(b)
+	return rb
+}
+
+func (*readBody) Close() error { return nil }
+
+// take returns the bytes not read yet and leaves the body at its end.
+func (rb *readBody) take() []byte {
+	rest := rb.b[len(rb.b)-rb.Len():]
+	rb.Reset(nil)
+	return rest
 }
 
 // checkJSONContentType says what is wrong with a request's Content-Type

@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"google.golang.org/genproto/googleapis/api/httpbody"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -23,7 +24,20 @@ import (
 // the values an enum field accepts.
 type restCodec struct {
 	runtime.Marshaler
+	// marshal is the options of Marshaler's JSONPb: Marshal uses them
+	// directly for messages (the same bytes, without JSONPb's copy of
+	// them through a bytes.Buffer).
+	marshal   protojson.MarshalOptions
 	unmarshal protojson.UnmarshalOptions
+}
+
+func (c *restCodec) Marshal(v any) ([]byte, error) {
+	if m, ok := v.(proto.Message); ok {
+		if _, body := m.(*httpbody.HttpBody); !body {
+			return c.marshal.Marshal(m)
+		}
+	}
+	return c.Marshaler.Marshal(v)
 }
 
 func (c *restCodec) NewDecoder(r io.Reader) runtime.Decoder {
@@ -31,10 +45,15 @@ func (c *restCodec) NewDecoder(r io.Reader) runtime.Decoder {
 }
 
 func (c *restCodec) decode(r io.Reader, v any) error {
-	// The guard has already bounded the body; this bounds any other path.
-	b, err := io.ReadAll(io.LimitReader(r, MaxRequestBody+1))
-	if err != nil {
-		return fmt.Errorf("reading the request body: %v", err)
+	var b []byte
+	if rb, ok := r.(*readBody); ok {
+		b = rb.take() // read and bounded by the guard
+	} else {
+		// The guard has already bounded the body; this bounds any other path.
+		var err error
+		if b, err = io.ReadAll(io.LimitReader(r, MaxRequestBody+1)); err != nil {
+			return fmt.Errorf("reading the request body: %v", err)
+		}
 	}
 	if len(b) > MaxRequestBody {
 		return fmt.Errorf("request body is larger than the %d-byte limit", MaxRequestBody)
@@ -67,6 +86,11 @@ func (c *restCodec) decode(r io.Reader, v any) error {
 func oneJSONValue(b []byte) (json.RawMessage, error) {
 	if len(bytes.TrimSpace(b)) == 0 {
 		return nil, io.EOF
+	}
+	// Valid JSON is one value between JSON white space: that value, without
+	// the decoder's buffers and copy. The decoder below words the errors.
+	if json.Valid(b) {
+		return bytes.Trim(b, " \t\r\n"), nil
 	}
 	dec := json.NewDecoder(bytes.NewReader(b))
 	var raw json.RawMessage

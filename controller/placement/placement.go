@@ -402,7 +402,7 @@ func (e *Engine) Place(ctx context.Context, sp Spec) ([]*statev1.VMRecord, []Dec
 			return nil, nil, fmt.Errorf("placement: %d VMs placed of %d", len(placed), len(recs))
 		}
 		for _, r := range placed {
-			e.log.Info("vm placed", "vm", r.Name, "project", r.Project, "host", r.HostId, "id", r.Id, "group", r.Group)
+			e.log.Debug("vm placed", "vm", r.Name, "project", r.Project, "host", r.HostId, "id", r.Id, "group", r.Group)
 		}
 		return placed, ds, nil
 	}
