@@ -5,6 +5,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"io"
 	"net/url"
 	"path/filepath"
 	"sync"
@@ -14,6 +15,7 @@ import (
 	"github.com/hashicorp/raft"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/yunchi/yunchi/internal/apitest"
@@ -39,8 +41,10 @@ type inmemCluster struct {
 	segSize int           // raft log segment size; 0: the default
 	hbEvery time.Duration // heartbeat interval announced to agents (0: the default)
 	// auth: controllers authenticate callers (the tests of access and
-	// identity); other tests run without (Config.NoAuth).
-	auth bool
+	// identity); other tests run without (Config.NoAuth). admins are the
+	// bootstrap tokens then.
+	auth   bool
+	admins AdminTokens
 }
 
 func (c *inmemCluster) start(m *member, bootstrap bool, join []string) {
@@ -55,7 +59,7 @@ func (c *inmemCluster) start(m *member, bootstrap bool, join []string) {
 	}
 	ctl, err := New(Config{
 		ID: m.id, Center: m.center, Listen: "127.0.0.1:0", Advertise: m.advertise, DataDir: m.dir,
-		Bootstrap: bootstrap, Join: join, RaftTransport: m.trans, FastRaft: true, NoAuth: !c.auth,
+		Bootstrap: bootstrap, Join: join, RaftTransport: m.trans, FastRaft: true, NoAuth: !c.auth, JoinToken: c.admins.Sysadmin, AdminTokensOut: io.Discard,
 		HostTTL: cmp.Or(c.hostTTL, time.Hour), LogSegmentSize: c.segSize, HeartbeatInterval: c.hbEvery,
 	})
 	if err != nil {
@@ -113,6 +117,13 @@ func (c *inmemCluster) form(started func(*member)) {
 	for i, m := range c.members {
 		if i == 0 {
 			c.start(m, true, nil)
+			if c.auth {
+				apitest.Eventually(t, 30*time.Second, "the administrator tokens", func() bool {
+					var err error
+					c.admins, err = ReadAdminTokens(m.dir)
+					return err == nil
+				})
+			}
 		} else {
 			c.start(m, false, []string{c.members[0].ctl.Addr()})
 		}
@@ -124,7 +135,7 @@ func (c *inmemCluster) form(started func(*member)) {
 	// member's API address before it can forward writes.
 	apitest.Eventually(t, 30*time.Second, "3 voters with a leader, seen by every node", func() bool {
 		for _, n := range c.members {
-			st, err := apitest.Status(n.ctl.Addr())
+			st, err := c.status(n.ctl.Addr())
 			if err != nil || !apitest.Formed(st, 3) {
 				return false
 			}
@@ -374,4 +385,20 @@ func TestSilentHostsAreMarkedDown(t *testing.T) {
 	if st := stateOf("a1-h01"); st != yunchiv1.HostState_HOST_STATE_READY {
 		t.Fatalf("heartbeating host a1-h01 is %v", st)
 	}
+}
+
+// status is apitest.Status, with the sysadmin's token when c.auth.
+func (c *inmemCluster) status(addr string) (*yunchiv1.ClusterStatus, error) {
+	if !c.auth {
+		return apitest.Status(addr)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+c.admins.Sysadmin)
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	return yunchiv1.NewClusterServiceClient(conn).GetClusterStatus(ctx, &yunchiv1.GetClusterStatusRequest{})
 }

@@ -141,7 +141,7 @@ func New(cfg Config) (*Controller, error) {
 	}
 	srv.DefaultStrategy = strategy
 	c := &Controller{cfg: cfg, lis: lis, node: node, api: srv, placer: placer, duties: duties, log: lg}
-	srv.Auth = &auth.Authorizer{Store: node.Store, Recorder: &securityRecorder{c: c, log: lg}, Disabled: cfg.NoAuth}
+	srv.Auth = &auth.Authorizer{Store: node.Store, Recorder: &securityRecorder{c: c, log: lg}, Disabled: cfg.NoAuth, WaitChange: node.WaitChange}
 	return c, nil
 }
 

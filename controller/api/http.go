@@ -51,26 +51,33 @@ func (s *Server) NewGRPCServer(m *Metrics, extra ...grpc.UnaryServerInterceptor)
 		// agents and followers, which ping every 10 s (also when idle)
 		// to notice a hung controller.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: MinClientPing, PermitWithoutStream: true}))
-	yunchiv1.RegisterVMServiceServer(gs, s)
-	yunchiv1.RegisterHostServiceServer(gs, s)
-	yunchiv1.RegisterCapacityServiceServer(gs, s)
-	yunchiv1.RegisterClusterServiceServer(gs, s)
-	yunchiv1.RegisterAgentServiceServer(gs, s)
-	yunchiv1.RegisterRatioServiceServer(gs, s)
-	yunchiv1.RegisterGroupServiceServer(gs, s)
+	// Every service is registered once, here; those REST serves are also
+	// kept, with their implementation, for NewHTTPHandler's direct calls.
+	s.local = &localServer{gs: gs, unary: unary}
 	ten := s.Tenancy(s.store)
-	yunchiv1.RegisterDepartmentServiceServer(gs, ten)
-	yunchiv1.RegisterProjectServiceServer(gs, ten)
-	yunchiv1.RegisterUserServiceServer(gs, ten)
-	yunchiv1.RegisterTokenServiceServer(gs, ten)
+	for _, svc := range []struct {
+		desc *grpc.ServiceDesc
+		impl any
+		rest bool
+	}{
+		{&yunchiv1.VMService_ServiceDesc, s, true},
+		{&yunchiv1.HostService_ServiceDesc, s, true},
+		{&yunchiv1.CapacityService_ServiceDesc, s, true},
+		{&yunchiv1.ClusterService_ServiceDesc, s, true},
+		{&yunchiv1.AgentService_ServiceDesc, s, false},
+		{&yunchiv1.RatioService_ServiceDesc, s, true},
+		{&yunchiv1.GroupService_ServiceDesc, s, true},
+		{&yunchiv1.DepartmentService_ServiceDesc, ten, true},
+		{&yunchiv1.ProjectService_ServiceDesc, ten, true},
+		{&yunchiv1.UserService_ServiceDesc, ten, true},
+		{&yunchiv1.TokenService_ServiceDesc, ten, true},
+	} {
+		gs.RegisterService(svc.desc, svc.impl)
+		if svc.rest {
+			s.local.services = append(s.local.services, localService{svc.desc, svc.impl})
+		}
+	}
 	healthpb.RegisterHealthServer(gs, s.newHealthServer())
-	// The services REST serves, for NewHTTPHandler's direct calls.
-	s.local = &localServer{gs: gs, srv: s, unary: unary, descs: []*grpc.ServiceDesc{
-		&yunchiv1.VMService_ServiceDesc, &yunchiv1.HostService_ServiceDesc, &yunchiv1.CapacityService_ServiceDesc,
-		&yunchiv1.ClusterService_ServiceDesc, &yunchiv1.RatioService_ServiceDesc, &yunchiv1.GroupService_ServiceDesc,
-		&yunchiv1.DepartmentService_ServiceDesc, &yunchiv1.ProjectService_ServiceDesc,
-		&yunchiv1.UserService_ServiceDesc, &yunchiv1.TokenService_ServiceDesc,
-	}}
 	return gs
 }
 

@@ -33,17 +33,22 @@ type localMethod struct {
 }
 
 type localServer struct {
-	gs    *grpc.Server // the server these were registered on
-	srv   any
-	descs []*grpc.ServiceDesc
-	unary []grpc.UnaryServerInterceptor
+	gs       *grpc.Server // the server these were registered on
+	services []localService
+	unary    []grpc.UnaryServerInterceptor
+}
+
+// localService is a registered service and its implementation.
+type localService struct {
+	desc *grpc.ServiceDesc
+	impl any
 }
 
 func newLocalConn(ls *localServer, streams *grpc.ClientConn) *localConn {
 	c := &localConn{methods: map[string]localMethod{}, chain: chainUnary(ls.unary), streams: streams}
-	for _, d := range ls.descs {
-		for _, m := range d.Methods {
-			c.methods["/"+d.ServiceName+"/"+m.MethodName] = localMethod{srv: ls.srv, handler: m.Handler}
+	for _, svc := range ls.services {
+		for _, m := range svc.desc.Methods {
+			c.methods["/"+svc.desc.ServiceName+"/"+m.MethodName] = localMethod{srv: svc.impl, handler: m.Handler}
 		}
 	}
 	return c

@@ -53,7 +53,7 @@ func TestLocalConnActsAsGRPC(t *testing.T) {
 			})
 		},
 	}}}
-	lc := newLocalConn(&localServer{srv: struct{}{}, descs: []*grpc.ServiceDesc{desc}, unary: []grpc.UnaryServerInterceptor{ic("first"), ic("second")}}, nil)
+	lc := newLocalConn(&localServer{services: []localService{{desc, struct{}{}}}, unary: []grpc.UnaryServerInterceptor{ic("first"), ic("second")}}, nil)
 
 	ctx := metadata.AppendToOutgoingContext(context.Background(), "idempotency-key", "k1")
 	req := &yunchiv1.GetVMRequest{Name: "web"}

@@ -49,10 +49,21 @@ type Authorizer struct {
 	PeerIdentity func(ctx context.Context) (Kind, string, bool)
 	// Now is the clock (tests); nil: time.Now.
 	Now func() time.Time
+	// WaitChange, when set, waits (within ctx) for the next change of the
+	// state and says whether one came (false at once on the leader). An
+	// unknown token is looked up again after each, for up to
+	// CatchUpWait: a token made a moment ago through the leader may not
+	// have reached this follower yet.
+	WaitChange func(ctx context.Context) bool
 	// Disabled lets every call through as a sysadmin (nothing else may
 	// set it: tests of code that predates authentication).
 	Disabled bool
 }
+
+// CatchUpWait bounds how long a follower waits for an unknown token to
+// arrive through the log (replication takes milliseconds; an unknown
+// token then costs its sender this long, which also slows guessing).
+const CatchUpWait = 500 * time.Millisecond
 
 // publicMethods need no credentials and carry no rule of ours.
 var publicMethods = map[string]bool{
@@ -130,6 +141,13 @@ func (a *Authorizer) authenticate(ctx context.Context, method string) (*Principa
 		return nil, status.Error(codes.Unauthenticated, "authentication failed: "+err.Error())
 	}
 	t, u, found := a.Store.Credential(id)
+	if !found && a.WaitChange != nil {
+		wctx, cancel := context.WithTimeout(ctx, CatchUpWait)
+		for !found && a.WaitChange(wctx) {
+			t, u, found = a.Store.Credential(id)
+		}
+		cancel()
+	}
 	if !found {
 		a.loginFailed(ctx, method, id, "", "unknown token")
 		return nil, errBadToken

@@ -446,3 +446,21 @@ func (n *Node) WatchLeadership(ctx context.Context, fn func(leader bool)) {
 		}
 	}
 }
+
+// WaitChange waits, within ctx, for the next change this node applies,
+// and reports whether one came; on the leader it returns false at once
+// (the leader applied every entry before answering the client that asked
+// for it). A follower uses it to wait for a credential created through the
+// leader a moment ago that its log does not hold yet: read your own writes,
+// for authentication.
+func (n *Node) WaitChange(ctx context.Context) bool {
+	if n.Raft.State() == raft.Leader {
+		return false
+	}
+	select {
+	case <-n.Store.Changed():
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
