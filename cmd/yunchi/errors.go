@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/urfave/cli/v2"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -25,6 +26,7 @@ const (
 	exitFailed      = 7 // FailedPrecondition, or the VM went FAILED (or its host down) during --wait
 	exitAuth        = 8 // Unauthenticated: no token, or one that is unknown, revoked, expired or locked
 	exitDenied      = 9 // PermissionDenied: the role may not do this
+	exitQuota       = 10 // ResourceExhausted with a quota failure: a department or project quota
 )
 
 const exitCodesHelp = `EXIT CODES:
@@ -37,7 +39,8 @@ const exitCodesHelp = `EXIT CODES:
    6  controller unavailable (no leader, or no controller reachable)
    7  failed precondition, or the VM failed (or its host is down) during --wait
    8  not authenticated (no token, or an unknown, revoked, expired or locked one)
-   9  permission denied (your role may not do this)`
+   9  permission denied (your role may not do this)
+  10  quota exceeded (a department's or project's; see yunchi quota show)`
 
 // usageError is a mistake on the command line, found before any call.
 type usageError struct{ msg string }
@@ -79,6 +82,9 @@ func exitCode(err error) int {
 		case codes.AlreadyExists:
 			return exitExists
 		case codes.ResourceExhausted:
+			if quotaFailure(st) {
+				return exitQuota
+			}
 			return exitNoCapacity
 		case codes.Unavailable:
 			return exitUnavailable
@@ -91,6 +97,17 @@ func exitCode(err error) int {
 		}
 	}
 	return exitError
+}
+
+// quotaFailure says whether st is a quota exceeded (a google.rpc.QuotaFailure
+// detail) rather than no host having room.
+func quotaFailure(st *status.Status) bool {
+	for _, d := range st.Details() {
+		if _, ok := d.(*errdetails.QuotaFailure); ok {
+			return true
+		}
+	}
+	return false
 }
 
 // errorMessage is the one line printed after "yunchi: ". For gRPC errors it

@@ -78,6 +78,9 @@ type ReadView interface {
 	Ratios() []*statev1.RatioRecord
 	Request(id string) (*statev1.RequestRecord, bool)
 
+	Quota(dept, project string) (state.QuotaUse, bool)
+	Quotas(dept string) []state.QuotaUse
+
 	CheckCreatePlacementGroup(g *statev1.PlacementGroupRecord) error
 	CheckSetRatios(c *statev1.SetRatios) error
 	CheckUpdateHost(c *statev1.UpdateHost) error

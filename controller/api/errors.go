@@ -56,6 +56,8 @@ func toStatus(err error) error {
 			return status.Error(codes.Aborted, se.Msg+": retry")
 		case state.KindFailedPrecondition:
 			return status.Error(codes.FailedPrecondition, se.Msg)
+		case state.KindQuotaExceeded:
+			return quotaStatus(se)
 		}
 	}
 	return status.Error(codes.Internal, err.Error())

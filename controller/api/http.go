@@ -71,6 +71,7 @@ func (s *Server) NewGRPCServer(m *Metrics, extra ...grpc.UnaryServerInterceptor)
 		{&yunchiv1.ProjectService_ServiceDesc, ten, true},
 		{&yunchiv1.UserService_ServiceDesc, ten, true},
 		{&yunchiv1.TokenService_ServiceDesc, ten, true},
+		{&yunchiv1.QuotaService_ServiceDesc, s, true},
 	} {
 		gs.RegisterService(svc.desc, svc.impl)
 		if svc.rest {
@@ -123,7 +124,7 @@ func (s *Server) NewHTTPHandler(ctx context.Context, gs *grpc.Server, m *Metrics
 			guard.notRouted(w, r)
 		}),
 	)
-	guard, err := newRESTGuard(gw, gw, ho, yunchiv1.File_yunchi_v1_yunchi_proto, yunchiv1.File_yunchi_v1_tenancy_proto, yunchiv1.File_yunchi_v1_identity_proto)
+	guard, err := newRESTGuard(gw, gw, ho, yunchiv1.File_yunchi_v1_yunchi_proto, yunchiv1.File_yunchi_v1_tenancy_proto, yunchiv1.File_yunchi_v1_identity_proto, yunchiv1.File_yunchi_v1_quota_proto)
 	if err != nil {
 		return nil, err
 	}
@@ -150,6 +151,7 @@ func (s *Server) NewHTTPHandler(ctx context.Context, gs *grpc.Server, m *Metrics
 		yunchiv1.RegisterProjectServiceHandlerClient(ctx, gw, yunchiv1.NewProjectServiceClient(cc)),
 		yunchiv1.RegisterUserServiceHandlerClient(ctx, gw, yunchiv1.NewUserServiceClient(cc)),
 		yunchiv1.RegisterTokenServiceHandlerClient(ctx, gw, yunchiv1.NewTokenServiceClient(cc)),
+		yunchiv1.RegisterQuotaServiceHandlerClient(ctx, gw, yunchiv1.NewQuotaServiceClient(cc)),
 	); err != nil {
 		conn.Close()
 		return nil, err

@@ -34,6 +34,7 @@ var idempotent = map[string]bool{
 	yunchiv1.RatioService_SetRatios_FullMethodName:      true,
 	yunchiv1.GroupService_CreateGroup_FullMethodName:    true,
 	yunchiv1.GroupService_DeleteGroup_FullMethodName:    true,
+	yunchiv1.QuotaService_SetQuota_FullMethodName:       true,
 	yunchiv1.ClusterService_JoinCluster_FullMethodName:  true,
 	yunchiv1.ClusterService_RemoveMember_FullMethodName: true,
 }
@@ -163,6 +164,18 @@ func (s *Server) replay(method, id string, hash []byte) (any, bool, error) {
 		}
 	case yunchiv1.GroupService_DeleteGroup_FullMethodName:
 		return &yunchiv1.DeleteGroupResponse{}, true, nil
+	case yunchiv1.QuotaService_SetQuota_FullMethodName:
+		// The quota as it is now (the limits the request set, and today's use).
+		if rec := res.Department; rec != nil {
+			if q, err := s.quotaOut(rec.Name, ""); err == nil {
+				return q, true, nil
+			}
+		}
+		if rec := res.Project; rec != nil {
+			if q, err := s.quotaOut(rec.Department, rec.Name); err == nil {
+				return q, true, nil
+			}
+		}
 	case yunchiv1.HostService_UpdateHost_FullMethodName:
 		if rec := res.Host; rec != nil {
 			if hv, found := s.store.Host(rec.Id); found {

@@ -41,6 +41,7 @@ type Server struct {
 	yunchiv1.UnimplementedAgentServiceServer
 	yunchiv1.UnimplementedRatioServiceServer
 	yunchiv1.UnimplementedGroupServiceServer
+	yunchiv1.UnimplementedQuotaServiceServer
 
 	// prop proposes commands and knows the leader; member is the raft
 	// configuration; store is the replicated state (see deps.go).
@@ -68,6 +69,10 @@ type Server struct {
 	HeartbeatInterval time.Duration
 	// DefaultStrategy is used when a create names none (zero: Binpack).
 	DefaultStrategy scheduler.Strategy
+	// CallerRole says who is calling, for the rules the access
+	// interceptor cannot decide from the method alone (quota.go). nil: a
+	// security admin of no department.
+	CallerRole CallerRoleFunc
 
 	// health is the gRPC health service; RunHealth sets its status.
 	healthMu sync.Mutex

@@ -8,8 +8,8 @@
 // not while raft commits. Each decision reserves what it chose (resources
 // on the host, a member of its placement group) until its proposal is
 // applied or fails, and the next decision sees the committed state plus
-// every reservation still in flight. Apply re-checks capacity and group
-// rules anyway and rejects rather than overcommit; Reset (leadership lost
+// every reservation still in flight. Apply re-checks capacity, group
+// rules and quotas anyway and rejects rather than overcommit; Reset (leadership lost
 // or gained) drops every reservation.
 package placement
 
@@ -37,6 +37,15 @@ type View interface {
 	VM(project, name string) (*statev1.VMRecord, bool)
 	Host(id string) (state.HostView, bool)
 	SchedulerView(since uint64, project, group string) (hosts []state.HostFacts, full bool, seq uint64, g *state.GroupFacts, err error)
+}
+
+// QuotaView is a View that checks quotas (*state.Store does): Place then
+// refuses a create that would go over a quota, counting the creates in
+// flight, before deciding or proposing anything, so that many creates
+// racing at a quota's edge fail here instead of each going through raft.
+// Apply checks the quotas again and is the guarantee.
+type QuotaView interface {
+	CheckQuota(project string, ask state.Usage, inFlight func(project, dept string) (state.Usage, state.Usage)) (dept string, err error)
 }
 
 // Attempts is how many times a placement is decided again when Apply
@@ -118,6 +127,10 @@ type Engine struct {
 	// host, and per group key (project/name) per host.
 	hostRes  map[string]scheduler.Resources
 	groupRes map[string]map[string]int
+	// projRes and deptRes are the quota usage the pending reservations
+	// hold, per project and per department (QuotaView only).
+	projRes map[string]state.Usage
+	deptRes map[string]state.Usage
 }
 
 // cachedCluster is one scheduler.Cluster per strategy, indexed once and
@@ -135,6 +148,9 @@ type reservation struct {
 	group string // group key, "" for none
 	// members per host of group
 	members map[string]int
+	// quota usage held for project (and its department dept)
+	project, dept string
+	use           state.Usage
 }
 
 // New returns an engine proposing through prop and reading view.
@@ -152,6 +168,7 @@ func (e *Engine) Reset() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.pending, e.hostRes, e.groupRes, e.clusters = nil, nil, nil, nil
+	e.projRes, e.deptRes = nil, nil
 }
 
 // Pending is the number of reservations in flight (tests, metrics).
@@ -233,11 +250,30 @@ func (e *Engine) markDirty(id string) {
 	}
 }
 
-// reserve holds what decisions ps chose until release. Callers hold mu.
-func (e *Engine) reserve(sp *Spec, ps []scheduler.Placement) uint64 {
+// inFlight is the quota usage pending reservations hold for project and
+// for dept. Callers hold mu.
+func (e *Engine) inFlight(project, dept string) (state.Usage, state.Usage) {
+	return e.projRes[project], e.deptRes[dept]
+}
+
+// specUsage is what sp's VMs take of a quota.
+func specUsage(sp *Spec) state.Usage {
+	one := state.Usage{VCPUs: sp.Resources.VCPUs, MemoryBytes: sp.Resources.MemoryBytes, DiskBytes: sp.Resources.DiskBytes, VMs: 1}
+	return one.Times(int64(len(sp.Names)))
+}
+
+// reserve holds what decisions ps chose until release, and the quota
+// usage of sp in dept when quota is set. Callers hold mu.
+func (e *Engine) reserve(sp *Spec, ps []scheduler.Placement, dept string, quota bool) uint64 {
 	r := &reservation{hosts: map[string]scheduler.Resources{}, group: groupKey(sp.Project, sp.Group)}
 	if e.pending == nil {
 		e.pending, e.hostRes, e.groupRes = map[uint64]*reservation{}, map[string]scheduler.Resources{}, map[string]map[string]int{}
+		e.projRes, e.deptRes = map[string]state.Usage{}, map[string]state.Usage{}
+	}
+	if quota {
+		r.project, r.dept, r.use = sp.Project, dept, specUsage(sp)
+		e.projRes[r.project] = e.projRes[r.project].Add(r.use)
+		e.deptRes[r.dept] = e.deptRes[r.dept].Add(r.use)
 	}
 	for _, p := range ps {
 		r.hosts[p.HostID] = r.hosts[p.HostID].Add(sp.Resources)
@@ -268,6 +304,18 @@ func (e *Engine) release(id uint64) {
 		return
 	}
 	delete(e.pending, id)
+	if r.use.VMs > 0 {
+		if left := e.projRes[r.project].Sub(r.use); left.VMs > 0 {
+			e.projRes[r.project] = left
+		} else {
+			delete(e.projRes, r.project)
+		}
+		if left := e.deptRes[r.dept].Sub(r.use); left.VMs > 0 {
+			e.deptRes[r.dept] = left
+		} else {
+			delete(e.deptRes, r.dept)
+		}
+	}
 	for h, res := range r.hosts {
 		left := e.hostRes[h].Sub(res)
 		if left == (scheduler.Resources{}) {
@@ -352,7 +400,7 @@ func (e *ErrRaces) Unwrap() error { return e.Last }
 // Place decides where sp's VMs go and records them in one command (all or
 // none); it returns the records as applied and the decisions. A decision
 // Apply rejects because the state changed meanwhile is made again, up to
-// Attempts times. Errors are the scheduler's (*scheduler.NoFitError), the
+// Attempts times; a quota exceeded (state.KindQuotaExceeded) is final. Errors are the scheduler's (*scheduler.NoFitError), the
 // state's (*state.Error), raft's, or *ErrRaces.
 func (e *Engine) Place(ctx context.Context, sp Spec) ([]*statev1.VMRecord, []Decision, error) {
 	rules := make([]*statev1.Constraint, len(sp.Constraints))
@@ -366,12 +414,22 @@ func (e *Engine) Place(ctx context.Context, sp Spec) ([]*statev1.VMRecord, []Dec
 			e.mu.Unlock()
 			return nil, nil, err
 		}
+		// Quotas first: over a quota, no host would do.
+		var dept string
+		qv, quota := e.view.(QuotaView)
+		if quota {
+			var err error
+			if dept, err = qv.CheckQuota(sp.Project, specUsage(&sp), e.inFlight); err != nil {
+				e.mu.Unlock()
+				return nil, nil, err
+			}
+		}
 		ps, ds, err := e.decide(&sp)
 		if err != nil {
 			e.mu.Unlock()
 			return nil, nil, err
 		}
-		resID := e.reserve(&sp, ps)
+		resID := e.reserve(&sp, ps, dept, quota)
 		e.mu.Unlock()
 
 		recs := make([]*statev1.VMRecord, len(ps))

@@ -17,12 +17,20 @@ const (
 	// since changed (e.g. the chosen host filled up); deciding again may work.
 	KindConflict
 	KindFailedPrecondition
+	// KindQuotaExceeded: the command would take a project or department
+	// over its quota (Subject names which). Final: deciding again does not
+	// help until VMs are deleted or the quota is raised.
+	KindQuotaExceeded
 )
 
 // Error is a rejection by Apply, with a message a person can act on.
 type Error struct {
 	Kind Kind
 	Msg  string
+	// Subject is what the rejection is about, when it names one: the
+	// quota's owner ("department:eco", "project:air") for
+	// KindQuotaExceeded.
+	Subject string
 }
 
 func (e *Error) Error() string { return e.Msg }

@@ -155,6 +155,9 @@ func (s *Store) applyPlaceVMs(index uint64, now int64, vms []*statev1.VMRecord, 
 			}
 		}
 	}
+	if err := s.checkPlaceQuotas(vms); err != nil {
+		return nil, err
+	}
 	out := make([]*statev1.VMRecord, 0, len(vms))
 	for _, vm := range vms {
 		rec := proto.Clone(vm).(*statev1.VMRecord)

@@ -3,6 +3,7 @@ package state
 import (
 	"bytes"
 	"context"
+	"errors"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -71,6 +72,10 @@ func record(cmd *statev1.Command, index uint64, res Result, err error) *statev1.
 	r := &statev1.RequestRecord{Id: cmd.RequestId, Hash: cmd.RequestHash, UnixNano: cmd.UnixNano, Index: index}
 	if err != nil {
 		r.ErrorKind, r.Error = int32(KindOf(err)), err.Error()
+		var e *Error
+		if errors.As(err, &e) {
+			r.ErrorSubject = e.Subject
+		}
 		return r
 	}
 	for _, vm := range res.VMs {
@@ -110,7 +115,7 @@ func record(cmd *statev1.Command, index uint64, res Result, err error) *statev1.
 // the same Result (clones), or the same *Error.
 func Outcome(r *statev1.RequestRecord) (Result, error) {
 	if r.ErrorKind != 0 || r.Error != "" {
-		return Result{}, &Error{Kind: Kind(r.ErrorKind), Msg: r.Error}
+		return Result{}, &Error{Kind: Kind(r.ErrorKind), Msg: r.Error, Subject: r.ErrorSubject}
 	}
 	var res Result
 	for _, vm := range r.Vms {

@@ -26,7 +26,8 @@ import (
 // types in the log; same bytes as before for what it shares with version
 // 3), structured constraints (VMRecord.constraint_rules) and every create a
 // PlaceVMs. Version 5 adds departments, projects, users and tokens, and
-// VMs and groups only go into projects that exist (rulesV5). Apply reads
+// VMs and groups only go into projects that exist (rulesV5), and quotas
+// (SetQuota; quota.go). Apply reads
 // every older version. Snapshot version 3 adds the tenancy tables.
 const (
 	CommandVersion  = 5
@@ -55,6 +56,10 @@ type Store struct {
 	// (derived): a project in use is not deleted, and one in use without
 	// a record is a project from before departments (department default).
 	projectUse map[string]int
+	// projUse and deptUse are what the VMs of each project and department
+	// take (derived, quota.go): kept by addVM and removeVM, no zero entries.
+	projUse map[string]Usage
+	deptUse map[string]Usage
 	// Indexes derived from vms, kept by addVM and removeVM only: byName
 	// (project/name -> id), alloc (host -> what its VMs use; absent for a
 	// host that never had one) and groupHosts (a group's members per host:
@@ -117,6 +122,8 @@ func (s *Store) reset() {
 	s.users = map[string]*statev1.UserRecord{}
 	s.tokens = map[string]*statev1.TokenRecord{}
 	s.projectUse = map[string]int{}
+	s.projUse = map[string]Usage{}
+	s.deptUse = map[string]Usage{}
 	s.groupHosts = map[string]map[string]int{}
 	s.hostSeq = map[string]uint64{}
 	s.hostLog = nil
@@ -221,6 +228,7 @@ func (s *Store) notify() {
 //	UpsertMember                             Member
 //	Create/DeleteDepartment                  Department
 //	Create/DeleteProject                     Project
+//	SetQuota                                 Department, or Project when it names one
 //	Create/Delete/UpdateUser                 User
 //	CreateToken, RevokeToken                 Token (its secret hash included)
 //	RemoveMember, ReportVMStatus,
@@ -309,6 +317,8 @@ func (s *Store) Apply(index uint64, cmd *statev1.Command) (Result, error) {
 		res.Token, err = s.applyRevokeToken(cmd.UnixNano, c.RevokeToken)
 	case *statev1.Command_RecordLoginFailures:
 		_, err = s.applyRecordLoginFailures(cmd.UnixNano, c.RecordLoginFailures)
+	case *statev1.Command_SetQuota:
+		res, err = s.applySetQuota(cmd.UnixNano, c.SetQuota)
 	default:
 		err = errorf(KindInvalid, "unknown command %T: this controller is older than the log; upgrade it", cmd.GetCmd())
 	}
@@ -382,6 +392,7 @@ func (s *Store) addVM(vm *statev1.VMRecord) {
 	ids[vm.Id] = struct{}{}
 	s.hostRev[vm.HostId] = max(s.hostRev[vm.HostId], vm.Revision)
 	s.charge(vm, +1)
+	s.use(vm, +1)
 	s.projectUse[vm.Project]++
 }
 
@@ -395,6 +406,7 @@ func (s *Store) removeVM(vm *statev1.VMRecord, index uint64) {
 	delete(s.ownVMs, vm)
 	s.hostRev[vm.HostId] = index
 	s.charge(vm, -1)
+	s.use(vm, -1)
 	if ids := s.onHost[vm.HostId]; ids != nil {
 		delete(ids, vm.Id)
 		if len(ids) == 0 {
@@ -644,6 +656,14 @@ func (s *Store) Restore(snap *statev1.Snapshot) error {
 	for _, h := range snap.GetHosts() {
 		s.hosts[h.Id] = proto.Clone(h).(*statev1.HostRecord)
 	}
+	// Projects before VMs: a VM's usage counts against its project's
+	// department (addVM).
+	for _, d := range snap.GetDepartments() {
+		s.depts[d.Name] = proto.Clone(d).(*statev1.DepartmentRecord)
+	}
+	for _, p := range snap.GetProjects() {
+		s.projects[p.Name] = proto.Clone(p).(*statev1.ProjectRecord)
+	}
 	for _, v := range snap.GetVms() {
 		s.addVM(proto.Clone(v).(*statev1.VMRecord))
 	}
@@ -655,12 +675,6 @@ func (s *Store) Restore(snap *statev1.Snapshot) error {
 	}
 	for _, g := range snap.GetGroups() {
 		s.groups[nameKey(g.Project, g.Name)] = proto.Clone(g).(*statev1.PlacementGroupRecord)
-	}
-	for _, d := range snap.GetDepartments() {
-		s.depts[d.Name] = proto.Clone(d).(*statev1.DepartmentRecord)
-	}
-	for _, p := range snap.GetProjects() {
-		s.projects[p.Name] = proto.Clone(p).(*statev1.ProjectRecord)
 	}
 	for _, u := range snap.GetUsers() {
 		s.users[u.Name] = proto.Clone(u).(*statev1.UserRecord)

@@ -122,6 +122,9 @@ func (s *Store) applyCreateDepartment(now int64, c *statev1.CreateDepartment) (*
 	if s.deptExists(d.Name) {
 		return nil, errorf(KindAlreadyExists, "department %q already exists", d.Name)
 	}
+	if err := s.checkNewQuota(d.Name, "", d.GetQuota()); err != nil {
+		return nil, err
+	}
 	rec := proto.Clone(d).(*statev1.DepartmentRecord)
 	rec.CreatedUnixNano = now
 	s.depts[rec.Name] = rec
@@ -171,6 +174,9 @@ func (s *Store) applyCreateProject(now int64, c *statev1.CreateProject) (*statev
 	if !s.deptExists(p.GetDepartment()) {
 		return nil, errorf(KindNotFound, "department %q not found", p.GetDepartment())
 	}
+	if err := s.checkNewQuota(p.Department, p.Name, p.GetQuota()); err != nil {
+		return nil, err
+	}
 	rec := proto.Clone(p).(*statev1.ProjectRecord)
 	rec.CreatedUnixNano = now
 	s.projects[rec.Name] = rec
@@ -180,7 +186,7 @@ func (s *Store) applyCreateProject(now int64, c *statev1.CreateProject) (*statev
 func (s *Store) applyDeleteProject(c *statev1.DeleteProject) (*statev1.ProjectRecord, error) {
 	name := c.GetName()
 	rec, ok := s.projects[name]
-	if !ok {
+	if !ok || name == DefaultProject { // the default project may have a record (a quota)
 		if s.legacyProject(name) {
 			if n := s.projectUse[name]; n > 0 {
 				return nil, errorf(KindFailedPrecondition, "project %q still has %d VM(s) or group(s): delete them first", name, n)

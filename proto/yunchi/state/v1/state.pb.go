@@ -2016,6 +2016,7 @@ type Command struct {
 	//	*Command_CreateToken
 	//	*Command_RevokeToken
 	//	*Command_RecordLoginFailures
+	//	*Command_SetQuota
 	Cmd           isCommand_Cmd `protobuf_oneof:"cmd"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2293,6 +2294,15 @@ func (x *Command) GetRecordLoginFailures() *RecordLoginFailures {
 	return nil
 }
 
+func (x *Command) GetSetQuota() *SetQuota {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_SetQuota); ok {
+			return x.SetQuota
+		}
+	}
+	return nil
+}
+
 type isCommand_Cmd interface {
 	isCommand_Cmd()
 }
@@ -2387,7 +2397,12 @@ type Command_RevokeToken struct {
 }
 
 type Command_RecordLoginFailures struct {
-	RecordLoginFailures *RecordLoginFailures `protobuf:"bytes,32,opt,name=record_login_failures,json=recordLoginFailures,proto3,oneof"` // 33-39: quotas; 40-44: transport security (join tokens); 45-49: audit.
+	RecordLoginFailures *RecordLoginFailures `protobuf:"bytes,32,opt,name=record_login_failures,json=recordLoginFailures,proto3,oneof"`
+}
+
+type Command_SetQuota struct {
+	// Quotas (quota.proto), version 5 on.
+	SetQuota *SetQuota `protobuf:"bytes,33,opt,name=set_quota,json=setQuota,proto3,oneof"` // 34-39: quotas; 40-44: transport security (join tokens); 45-49: audit.
 }
 
 func (*Command_RegisterHost) isCommand_Cmd() {}
@@ -2435,6 +2450,8 @@ func (*Command_CreateToken) isCommand_Cmd() {}
 func (*Command_RevokeToken) isCommand_Cmd() {}
 
 func (*Command_RecordLoginFailures) isCommand_Cmd() {}
+
+func (*Command_SetQuota) isCommand_Cmd() {}
 
 type Snapshot struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2587,15 +2604,18 @@ type RequestRecord struct {
 	// Results, as Apply returned them (at most one of these is set).
 	Vms []*VMRecord `protobuf:"bytes,7,rep,name=vms,proto3" json:"vms,omitempty"`
 	// The result was a list of VMs (PlaceVMs), not one VM.
-	VmList        bool                  `protobuf:"varint,8,opt,name=vm_list,json=vmList,proto3" json:"vm_list,omitempty"`
-	Host          *HostRecord           `protobuf:"bytes,9,opt,name=host,proto3" json:"host,omitempty"`
-	Ratio         *RatioRecord          `protobuf:"bytes,10,opt,name=ratio,proto3" json:"ratio,omitempty"`
-	Group         *PlacementGroupRecord `protobuf:"bytes,11,opt,name=group,proto3" json:"group,omitempty"`
-	Member        *MemberRecord         `protobuf:"bytes,12,opt,name=member,proto3" json:"member,omitempty"`
-	Department    *DepartmentRecord     `protobuf:"bytes,13,opt,name=department,proto3" json:"department,omitempty"`
-	Project       *ProjectRecord        `protobuf:"bytes,14,opt,name=project,proto3" json:"project,omitempty"`
-	User          *UserRecord           `protobuf:"bytes,15,opt,name=user,proto3" json:"user,omitempty"`
-	Token         *TokenRecord          `protobuf:"bytes,16,opt,name=token,proto3" json:"token,omitempty"`
+	VmList     bool                  `protobuf:"varint,8,opt,name=vm_list,json=vmList,proto3" json:"vm_list,omitempty"`
+	Host       *HostRecord           `protobuf:"bytes,9,opt,name=host,proto3" json:"host,omitempty"`
+	Ratio      *RatioRecord          `protobuf:"bytes,10,opt,name=ratio,proto3" json:"ratio,omitempty"`
+	Group      *PlacementGroupRecord `protobuf:"bytes,11,opt,name=group,proto3" json:"group,omitempty"`
+	Member     *MemberRecord         `protobuf:"bytes,12,opt,name=member,proto3" json:"member,omitempty"`
+	Department *DepartmentRecord     `protobuf:"bytes,13,opt,name=department,proto3" json:"department,omitempty"`
+	Project    *ProjectRecord        `protobuf:"bytes,14,opt,name=project,proto3" json:"project,omitempty"`
+	User       *UserRecord           `protobuf:"bytes,15,opt,name=user,proto3" json:"user,omitempty"`
+	Token      *TokenRecord          `protobuf:"bytes,16,opt,name=token,proto3" json:"token,omitempty"`
+	// What a rejection was about, when Apply named it: "department:eco",
+	// "project:air" for a quota exceeded (state.Error.Subject).
+	ErrorSubject  string `protobuf:"bytes,17,opt,name=error_subject,json=errorSubject,proto3" json:"error_subject,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2742,11 +2762,18 @@ func (x *RequestRecord) GetToken() *TokenRecord {
 	return nil
 }
 
+func (x *RequestRecord) GetErrorSubject() string {
+	if x != nil {
+		return x.ErrorSubject
+	}
+	return ""
+}
+
 var File_yunchi_state_v1_state_proto protoreflect.FileDescriptor
 
 const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\n" +
-	"\x1byunchi/state/v1/state.proto\x12\x0fyunchi.state.v1\x1a\x1eyunchi/state/v1/identity.proto\"c\n" +
+	"\x1byunchi/state/v1/state.proto\x12\x0fyunchi.state.v1\x1a\x1eyunchi/state/v1/identity.proto\x1a\x1byunchi/state/v1/quota.proto\"c\n" +
 	"\tResources\x12\x14\n" +
 	"\x05vcpus\x18\x01 \x01(\x03R\x05vcpus\x12!\n" +
 	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\x12\x1d\n" +
@@ -2898,7 +2925,7 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\fRemoveMember\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\":\n" +
 	"\x10RecordHeartbeats\x12&\n" +
-	"\x0fsilent_host_ids\x18\x01 \x03(\tR\rsilentHostIds\"\x8c\x0e\n" +
+	"\x0fsilent_host_ids\x18\x01 \x03(\tR\rsilentHostIds\"\xc6\x0e\n" +
 	"\aCommand\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1b\n" +
 	"\tunix_nano\x18\x02 \x01(\x03R\bunixNano\x12\x1d\n" +
@@ -2933,7 +2960,8 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"updateUser\x12A\n" +
 	"\fcreate_token\x18\x1e \x01(\v2\x1c.yunchi.state.v1.CreateTokenH\x00R\vcreateToken\x12A\n" +
 	"\frevoke_token\x18\x1f \x01(\v2\x1c.yunchi.state.v1.RevokeTokenH\x00R\vrevokeToken\x12Z\n" +
-	"\x15record_login_failures\x18  \x01(\v2$.yunchi.state.v1.RecordLoginFailuresH\x00R\x13recordLoginFailuresB\x05\n" +
+	"\x15record_login_failures\x18  \x01(\v2$.yunchi.state.v1.RecordLoginFailuresH\x00R\x13recordLoginFailures\x128\n" +
+	"\tset_quota\x18! \x01(\v2\x19.yunchi.state.v1.SetQuotaH\x00R\bsetQuotaB\x05\n" +
 	"\x03cmd\"\xfb\x04\n" +
 	"\bSnapshot\x12%\n" +
 	"\x0eformat_version\x18\x01 \x01(\rR\rformatVersion\x121\n" +
@@ -2948,7 +2976,7 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\bprojects\x18\n" +
 	" \x03(\v2\x1e.yunchi.state.v1.ProjectRecordR\bprojects\x121\n" +
 	"\x05users\x18\v \x03(\v2\x1b.yunchi.state.v1.UserRecordR\x05users\x124\n" +
-	"\x06tokens\x18\f \x03(\v2\x1c.yunchi.state.v1.TokenRecordR\x06tokens\"\x9c\x05\n" +
+	"\x06tokens\x18\f \x03(\v2\x1c.yunchi.state.v1.TokenRecordR\x06tokens\"\xc1\x05\n" +
 	"\rRequestRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04hash\x18\x02 \x01(\fR\x04hash\x12\x1b\n" +
@@ -2969,7 +2997,8 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"department\x128\n" +
 	"\aproject\x18\x0e \x01(\v2\x1e.yunchi.state.v1.ProjectRecordR\aproject\x12/\n" +
 	"\x04user\x18\x0f \x01(\v2\x1b.yunchi.state.v1.UserRecordR\x04user\x122\n" +
-	"\x05token\x18\x10 \x01(\v2\x1c.yunchi.state.v1.TokenRecordR\x05token*\x87\x01\n" +
+	"\x05token\x18\x10 \x01(\v2\x1c.yunchi.state.v1.TokenRecordR\x05token\x12#\n" +
+	"\rerror_subject\x18\x11 \x01(\tR\ferrorSubject*\x87\x01\n" +
 	"\tHostState\x12\x1a\n" +
 	"\x16HOST_STATE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10HOST_STATE_READY\x10\x01\x12\x13\n" +
@@ -3065,10 +3094,11 @@ var file_yunchi_state_v1_state_proto_goTypes = []any{
 	(*CreateToken)(nil),          // 41: yunchi.state.v1.CreateToken
 	(*RevokeToken)(nil),          // 42: yunchi.state.v1.RevokeToken
 	(*RecordLoginFailures)(nil),  // 43: yunchi.state.v1.RecordLoginFailures
-	(*DepartmentRecord)(nil),     // 44: yunchi.state.v1.DepartmentRecord
-	(*ProjectRecord)(nil),        // 45: yunchi.state.v1.ProjectRecord
-	(*UserRecord)(nil),           // 46: yunchi.state.v1.UserRecord
-	(*TokenRecord)(nil),          // 47: yunchi.state.v1.TokenRecord
+	(*SetQuota)(nil),             // 44: yunchi.state.v1.SetQuota
+	(*DepartmentRecord)(nil),     // 45: yunchi.state.v1.DepartmentRecord
+	(*ProjectRecord)(nil),        // 46: yunchi.state.v1.ProjectRecord
+	(*UserRecord)(nil),           // 47: yunchi.state.v1.UserRecord
+	(*TokenRecord)(nil),          // 48: yunchi.state.v1.TokenRecord
 }
 var file_yunchi_state_v1_state_proto_depIdxs = []int32{
 	2,  // 0: yunchi.state.v1.VMStatus.phase:type_name -> yunchi.state.v1.VMPhase
@@ -3120,30 +3150,31 @@ var file_yunchi_state_v1_state_proto_depIdxs = []int32{
 	41, // 46: yunchi.state.v1.Command.create_token:type_name -> yunchi.state.v1.CreateToken
 	42, // 47: yunchi.state.v1.Command.revoke_token:type_name -> yunchi.state.v1.RevokeToken
 	43, // 48: yunchi.state.v1.Command.record_login_failures:type_name -> yunchi.state.v1.RecordLoginFailures
-	10, // 49: yunchi.state.v1.Snapshot.hosts:type_name -> yunchi.state.v1.HostRecord
-	11, // 50: yunchi.state.v1.Snapshot.vms:type_name -> yunchi.state.v1.VMRecord
-	14, // 51: yunchi.state.v1.Snapshot.members:type_name -> yunchi.state.v1.MemberRecord
-	12, // 52: yunchi.state.v1.Snapshot.ratios:type_name -> yunchi.state.v1.RatioRecord
-	13, // 53: yunchi.state.v1.Snapshot.groups:type_name -> yunchi.state.v1.PlacementGroupRecord
-	30, // 54: yunchi.state.v1.Snapshot.requests:type_name -> yunchi.state.v1.RequestRecord
-	44, // 55: yunchi.state.v1.Snapshot.departments:type_name -> yunchi.state.v1.DepartmentRecord
-	45, // 56: yunchi.state.v1.Snapshot.projects:type_name -> yunchi.state.v1.ProjectRecord
-	46, // 57: yunchi.state.v1.Snapshot.users:type_name -> yunchi.state.v1.UserRecord
-	47, // 58: yunchi.state.v1.Snapshot.tokens:type_name -> yunchi.state.v1.TokenRecord
-	11, // 59: yunchi.state.v1.RequestRecord.vms:type_name -> yunchi.state.v1.VMRecord
-	10, // 60: yunchi.state.v1.RequestRecord.host:type_name -> yunchi.state.v1.HostRecord
-	12, // 61: yunchi.state.v1.RequestRecord.ratio:type_name -> yunchi.state.v1.RatioRecord
-	13, // 62: yunchi.state.v1.RequestRecord.group:type_name -> yunchi.state.v1.PlacementGroupRecord
-	14, // 63: yunchi.state.v1.RequestRecord.member:type_name -> yunchi.state.v1.MemberRecord
-	44, // 64: yunchi.state.v1.RequestRecord.department:type_name -> yunchi.state.v1.DepartmentRecord
-	45, // 65: yunchi.state.v1.RequestRecord.project:type_name -> yunchi.state.v1.ProjectRecord
-	46, // 66: yunchi.state.v1.RequestRecord.user:type_name -> yunchi.state.v1.UserRecord
-	47, // 67: yunchi.state.v1.RequestRecord.token:type_name -> yunchi.state.v1.TokenRecord
-	68, // [68:68] is the sub-list for method output_type
-	68, // [68:68] is the sub-list for method input_type
-	68, // [68:68] is the sub-list for extension type_name
-	68, // [68:68] is the sub-list for extension extendee
-	0,  // [0:68] is the sub-list for field type_name
+	44, // 49: yunchi.state.v1.Command.set_quota:type_name -> yunchi.state.v1.SetQuota
+	10, // 50: yunchi.state.v1.Snapshot.hosts:type_name -> yunchi.state.v1.HostRecord
+	11, // 51: yunchi.state.v1.Snapshot.vms:type_name -> yunchi.state.v1.VMRecord
+	14, // 52: yunchi.state.v1.Snapshot.members:type_name -> yunchi.state.v1.MemberRecord
+	12, // 53: yunchi.state.v1.Snapshot.ratios:type_name -> yunchi.state.v1.RatioRecord
+	13, // 54: yunchi.state.v1.Snapshot.groups:type_name -> yunchi.state.v1.PlacementGroupRecord
+	30, // 55: yunchi.state.v1.Snapshot.requests:type_name -> yunchi.state.v1.RequestRecord
+	45, // 56: yunchi.state.v1.Snapshot.departments:type_name -> yunchi.state.v1.DepartmentRecord
+	46, // 57: yunchi.state.v1.Snapshot.projects:type_name -> yunchi.state.v1.ProjectRecord
+	47, // 58: yunchi.state.v1.Snapshot.users:type_name -> yunchi.state.v1.UserRecord
+	48, // 59: yunchi.state.v1.Snapshot.tokens:type_name -> yunchi.state.v1.TokenRecord
+	11, // 60: yunchi.state.v1.RequestRecord.vms:type_name -> yunchi.state.v1.VMRecord
+	10, // 61: yunchi.state.v1.RequestRecord.host:type_name -> yunchi.state.v1.HostRecord
+	12, // 62: yunchi.state.v1.RequestRecord.ratio:type_name -> yunchi.state.v1.RatioRecord
+	13, // 63: yunchi.state.v1.RequestRecord.group:type_name -> yunchi.state.v1.PlacementGroupRecord
+	14, // 64: yunchi.state.v1.RequestRecord.member:type_name -> yunchi.state.v1.MemberRecord
+	45, // 65: yunchi.state.v1.RequestRecord.department:type_name -> yunchi.state.v1.DepartmentRecord
+	46, // 66: yunchi.state.v1.RequestRecord.project:type_name -> yunchi.state.v1.ProjectRecord
+	47, // 67: yunchi.state.v1.RequestRecord.user:type_name -> yunchi.state.v1.UserRecord
+	48, // 68: yunchi.state.v1.RequestRecord.token:type_name -> yunchi.state.v1.TokenRecord
+	69, // [69:69] is the sub-list for method output_type
+	69, // [69:69] is the sub-list for method input_type
+	69, // [69:69] is the sub-list for extension type_name
+	69, // [69:69] is the sub-list for extension extendee
+	0,  // [0:69] is the sub-list for field type_name
 }
 
 func init() { file_yunchi_state_v1_state_proto_init() }
@@ -3152,6 +3183,7 @@ func file_yunchi_state_v1_state_proto_init() {
 		return
 	}
 	file_yunchi_state_v1_identity_proto_init()
+	file_yunchi_state_v1_quota_proto_init()
 	file_yunchi_state_v1_state_proto_msgTypes[14].OneofWrappers = []any{}
 	file_yunchi_state_v1_state_proto_msgTypes[15].OneofWrappers = []any{}
 	file_yunchi_state_v1_state_proto_msgTypes[22].OneofWrappers = []any{
@@ -3178,6 +3210,7 @@ func file_yunchi_state_v1_state_proto_init() {
 		(*Command_CreateToken)(nil),
 		(*Command_RevokeToken)(nil),
 		(*Command_RecordLoginFailures)(nil),
+		(*Command_SetQuota)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
