@@ -81,6 +81,10 @@ var policy = map[string]string{
 	"UserService/UpdateUser": "secadmin dept-admin",
 	"UserService/DeleteUser": "secadmin dept-admin",
 
+	"QuotaService/SetQuota":   "secadmin dept-admin",
+	"QuotaService/GetQuota":   "secadmin sysadmin operator dept-admin",
+	"QuotaService/ListQuotas": "secadmin sysadmin operator dept-admin",
+
 	"TokenService/CreateToken": "secadmin",
 	"TokenService/ListTokens":  "secadmin",
 	"TokenService/RevokeToken": "secadmin",

@@ -16,16 +16,16 @@ import (
 // Exit codes. Scripts depend on these: never renumber, only add. The same
 // table is in the --help text (exitCodesHelp).
 const (
-	exitOK          = 0 // success
-	exitError       = 1 // any other error (timeout, interrupted, internal)
-	exitUsage       = 2 // bad command line, or the controller said InvalidArgument
-	exitNotFound    = 3 // NotFound: no such VM, host or member
-	exitExists      = 4 // AlreadyExists
-	exitNoCapacity  = 5 // ResourceExhausted: no host has room
-	exitUnavailable = 6 // Unavailable: no leader, or no controller reachable
-	exitFailed      = 7 // FailedPrecondition, or the VM went FAILED (or its host down) during --wait
-	exitAuth        = 8 // Unauthenticated: no token, or one that is unknown, revoked, expired or locked
-	exitDenied      = 9 // PermissionDenied: the role may not do this
+	exitOK          = 0  // success
+	exitError       = 1  // any other error (timeout, interrupted, internal)
+	exitUsage       = 2  // bad command line, or the controller said InvalidArgument
+	exitNotFound    = 3  // NotFound: no such VM, host or member
+	exitExists      = 4  // AlreadyExists
+	exitNoCapacity  = 5  // ResourceExhausted: no host has room
+	exitUnavailable = 6  // Unavailable: no leader, or no controller reachable
+	exitFailed      = 7  // FailedPrecondition, or the VM went FAILED (or its host down) during --wait
+	exitAuth        = 8  // Unauthenticated: no token, or one that is unknown, revoked, expired or locked
+	exitDenied      = 9  // PermissionDenied: the role may not do this
 	exitQuota       = 10 // ResourceExhausted with a quota failure: a department or project quota
 )
 

@@ -198,7 +198,10 @@ func (s *Server) ListQuotas(ctx context.Context, req *yunchiv1.ListQuotasRequest
 	}
 	out := &yunchiv1.ListQuotasResponse{Quotas: make([]*yunchiv1.Quota, 0, len(qs))}
 	for _, q := range qs {
-		out.Quotas = append(out.Quotas, quotaToAPI(q))
+		// A department's admin sees its own department's quotas only.
+		if auth.SeesDepartment(ctx, q.Department) {
+			out.Quotas = append(out.Quotas, quotaToAPI(q))
+		}
 	}
 	return out, nil
 }
