@@ -85,6 +85,12 @@ var policy = map[string]string{
 	"QuotaService/GetQuota":   "secadmin sysadmin operator dept-admin",
 	"QuotaService/ListQuotas": "secadmin sysadmin operator dept-admin",
 
+	"AuditService/ListAudit":    "auditor",
+	"AuditService/VerifyAudit":  "auditor",
+	"AuditService/ExportAudit":  "auditor",
+	"AuditService/ArchiveAudit": "auditor",
+	"AuditService/SubmitAudit":  "controller",
+
 	"TokenService/CreateToken": "secadmin",
 	"TokenService/ListTokens":  "secadmin",
 	"TokenService/RevokeToken": "secadmin",

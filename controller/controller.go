@@ -21,11 +21,13 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"github.com/yunchi/yunchi/controller/api"
+	"github.com/yunchi/yunchi/controller/audit"
 	"github.com/yunchi/yunchi/controller/auth"
 	"github.com/yunchi/yunchi/controller/leader"
 	"github.com/yunchi/yunchi/controller/placement"
 	"github.com/yunchi/yunchi/controller/raftnode"
 	"github.com/yunchi/yunchi/controller/state"
+	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 	"github.com/yunchi/yunchi/scheduler"
 )
@@ -82,7 +84,22 @@ type Controller struct {
 	// duties run while this controller is the leader.
 	duties *leader.Duties
 	log    *slog.Logger
+	// trail is the audit trail's file (closed after raft).
+	trail *audit.File
 }
+
+// auditTrail is the API's view of the trail: the file, and the head
+// the state holds.
+type auditTrail struct {
+	*audit.File
+	store *state.Store
+}
+
+func (t auditTrail) WithHead(fn func(*statev1.AuditHead)) { t.store.WithAuditHead(fn) }
+
+// Recorder records denied requests and failed logins (for the
+// authentication interceptor).
+func (c *Controller) Recorder() *audit.Recorder { return c.api.AuditRecorder }
 
 // New opens the listener and raft; Run serves.
 func New(cfg Config) (*Controller, error) {
@@ -125,9 +142,19 @@ func New(cfg Config) (*Controller, error) {
 	if cfg.FastRaft {
 		rc.HeartbeatTimeout, rc.ElectionTimeout, rc.LeaderLeaseTimeout = 300*time.Millisecond, 300*time.Millisecond, 150*time.Millisecond
 	}
-	node, err := raftnode.Open(rc, state.New())
+	// The audit trail: Apply appends to it, snapshots carry it.
+	trail, err := audit.OpenFile(cfg.DataDir, lg)
 	if err != nil {
 		lis.Close()
+		return nil, err
+	}
+	store := state.New()
+	store.SetAuditSink(trail)
+	rc.Audit = trail
+	node, err := raftnode.Open(rc, store)
+	if err != nil {
+		lis.Close()
+		trail.Close()
 		return nil, err
 	}
 	placer := placement.New(node, node.Store, lg)
@@ -140,8 +167,10 @@ func New(cfg Config) (*Controller, error) {
 		srv.HeartbeatInterval = cfg.HeartbeatInterval
 	}
 	srv.DefaultStrategy = strategy
-	c := &Controller{cfg: cfg, lis: lis, node: node, api: srv, placer: placer, duties: duties, log: lg}
-	srv.Auth = &auth.Authorizer{Store: node.Store, Recorder: &securityRecorder{c: c, log: lg}, Disabled: cfg.NoAuth, WaitChange: node.WaitChange}
+	srv.Audit = auditTrail{trail, store}
+	srv.AuditRecorder = audit.NewRecorder(srv.SubmitAuditBatch, lg)
+	c := &Controller{cfg: cfg, lis: lis, node: node, api: srv, placer: placer, duties: duties, log: lg, trail: trail}
+	srv.Auth = &auth.Authorizer{Store: node.Store, Recorder: srv.AuditRecorder, Disabled: cfg.NoAuth, WaitChange: node.WaitChange}
 	return c, nil
 }
 
@@ -191,6 +220,11 @@ func (c *Controller) Run(ctx context.Context) error {
 		c.duties.Stop()
 	}()
 	go c.api.WatchMembership(ctx)
+	recorded := make(chan struct{})
+	go func() {
+		defer close(recorded)
+		c.api.AuditRecorder.Run(ctx)
+	}()
 	go c.api.RunHealth(ctx)
 	if len(c.cfg.Join) > 0 {
 		go c.join(ctx)
@@ -209,8 +243,12 @@ func (c *Controller) Run(ctx context.Context) error {
 	cancel()
 	// Raft's shutdown fails the duties' proposals still waiting, so they
 	// stop promptly after it.
+	<-recorded // its last flush runs before raft stops
 	serr := c.node.Shutdown()
 	<-watched
+	if cerr := c.trail.Close(); cerr != nil && serr == nil {
+		serr = fmt.Errorf("close the audit trail: %w", cerr)
+	}
 	if serr != nil && err == nil {
 		err = serr
 	}

@@ -6,13 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"log/slog"
 	"os"
 	"path/filepath"
-	"sync"
-	"time"
-
-	"google.golang.org/grpc/codes"
 
 	"github.com/yunchi/yunchi/controller/auth"
 	"github.com/yunchi/yunchi/controller/state"
@@ -119,62 +114,6 @@ func writeFileSync(path string, b []byte, mode os.FileMode) error {
 		return err
 	}
 	return os.Rename(tmp, path)
-}
-
-// securityRecorder is told of refusals and failed logins: it logs them
-// (never a secret: token ids only) and, on the leader, counts failed
-// logins against their users through raft (lockout), in batches.
-type securityRecorder struct {
-	c   *Controller
-	log *slog.Logger
-
-	mu      sync.Mutex
-	pending []*statev1.LoginFailure
-	timer   *time.Timer
-}
-
-func (r *securityRecorder) Denied(ctx context.Context, method string, code codes.Code, reason string) {
-	who := ""
-	if p, ok := auth.FromContext(ctx); ok {
-		who = p.Name
-	}
-	r.log.Warn("request denied", "method", method, "code", code.String(), "reason", reason, "caller", who)
-}
-
-// maxPendingFailures bounds the failed logins waiting to be recorded; a
-// flood beyond it is logged, not queued.
-const maxPendingFailures = 1000
-
-func (r *securityRecorder) LoginFailed(ctx context.Context, method, tokenID, user, reason string) {
-	src := auth.SourceOf(ctx)
-	r.log.Warn("login failed", "method", method, "token_id", tokenID, "user", user, "reason", reason, "source", src)
-	if user == "" || !r.c.node.IsLeader() {
-		return
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if len(r.pending) >= maxPendingFailures {
-		return
-	}
-	r.pending = append(r.pending, &statev1.LoginFailure{User: user, TokenId: tokenID, Reason: reason, Source: src})
-	if r.timer == nil {
-		r.timer = time.AfterFunc(100*time.Millisecond, r.flush)
-	}
-}
-
-func (r *securityRecorder) flush() {
-	r.mu.Lock()
-	batch := r.pending
-	r.pending, r.timer = nil, nil
-	r.mu.Unlock()
-	if len(batch) == 0 {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if _, err := r.c.node.Apply(ctx, &statev1.Command{Cmd: &statev1.Command_RecordLoginFailures{RecordLoginFailures: &statev1.RecordLoginFailures{Failures: batch}}}); err != nil {
-		r.log.Warn("could not record failed logins", "n", len(batch), "err", err)
-	}
 }
 
 // IssueHostToken makes a host token for hostID (no expiry) and records

@@ -76,6 +76,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			loginCommand(),
 			logoutCommand(),
 			whoamiCommand(),
+			auditCommand(),
 			simulateCommand(),
 		},
 		// Errors are printed by run, once; urfave/cli must never os.Exit.

@@ -27,6 +27,7 @@ const (
 	exitAuth        = 8  // Unauthenticated: no token, or one that is unknown, revoked, expired or locked
 	exitDenied      = 9  // PermissionDenied: the role may not do this
 	exitQuota       = 10 // ResourceExhausted with a quota failure: a department or project quota
+	exitAuditBroken = 11 // audit verify: the trail is altered, incomplete or out of order
 )
 
 const exitCodesHelp = `EXIT CODES:
@@ -40,7 +41,8 @@ const exitCodesHelp = `EXIT CODES:
    7  failed precondition, or the VM failed (or its host is down) during --wait
    8  not authenticated (no token, or an unknown, revoked, expired or locked one)
    9  permission denied (your role may not do this)
-  10  quota exceeded (a department's or project's; see yunchi quota show)`
+  10  quota exceeded (a department's or project's; see yunchi quota show)
+  11  audit verify found the audit trail altered, incomplete or out of order`
 
 // usageError is a mistake on the command line, found before any call.
 type usageError struct{ msg string }
@@ -63,8 +65,11 @@ func exitCode(err error) int {
 	}
 	var ue *usageError
 	var fe *vmFailedError
+	var ae *auditBrokenError
 	var ce cli.ExitCoder
 	switch {
+	case errors.As(err, &ae):
+		return exitAuditBroken
 	case errors.As(err, &ue):
 		return exitUsage
 	case errors.As(err, &fe):

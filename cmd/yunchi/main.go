@@ -12,6 +12,7 @@
 //	5 no capacity (ResourceExhausted)
 //	6 controller unavailable (no leader, or no controller reachable)
 //	7 failed precondition, or the VM failed (or its host is down) during --wait
+//	8 audit verify found the audit trail altered, incomplete or out of order
 package main
 
 import (

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/test/bufconn"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/yunchi/yunchi/controller/audit"
 	"github.com/yunchi/yunchi/docs"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 )
@@ -41,7 +42,9 @@ func (s *Server) NewGRPCServer(m *Metrics, extra ...grpc.UnaryServerInterceptor)
 		stream = append(stream, s.Auth.StreamInterceptor)
 	}
 	unary = append(unary, extra...)
-	unary = append(unary, s.MemberInterceptor, s.StaleReadInterceptor, s.LeaderInterceptor, s.IdempotencyInterceptor)
+	// Who asked and what (the audit context commands are recorded with),
+	// after authentication, which names the caller.
+	unary = append(unary, audit.UnaryInterceptor, s.MemberInterceptor, s.StaleReadInterceptor, s.LeaderInterceptor, s.IdempotencyInterceptor)
 	stream = append(stream, s.MemberStreamInterceptor, s.StaleStreamInterceptor)
 	gs := grpc.NewServer(grpc.ChainUnaryInterceptor(unary...),
 		grpc.ChainStreamInterceptor(stream...),
@@ -72,6 +75,7 @@ func (s *Server) NewGRPCServer(m *Metrics, extra ...grpc.UnaryServerInterceptor)
 		{&yunchiv1.UserService_ServiceDesc, ten, true},
 		{&yunchiv1.TokenService_ServiceDesc, ten, true},
 		{&yunchiv1.QuotaService_ServiceDesc, s, true},
+		{&yunchiv1.AuditService_ServiceDesc, s, true},
 	} {
 		gs.RegisterService(svc.desc, svc.impl)
 		if svc.rest {
@@ -124,7 +128,7 @@ func (s *Server) NewHTTPHandler(ctx context.Context, gs *grpc.Server, m *Metrics
 			guard.notRouted(w, r)
 		}),
 	)
-	guard, err := newRESTGuard(gw, gw, ho, yunchiv1.File_yunchi_v1_yunchi_proto, yunchiv1.File_yunchi_v1_tenancy_proto, yunchiv1.File_yunchi_v1_identity_proto, yunchiv1.File_yunchi_v1_quota_proto)
+	guard, err := newRESTGuard(gw, gw, ho, yunchiv1.File_yunchi_v1_yunchi_proto, yunchiv1.File_yunchi_v1_tenancy_proto, yunchiv1.File_yunchi_v1_identity_proto, yunchiv1.File_yunchi_v1_quota_proto, yunchiv1.File_yunchi_v1_audit_proto)
 	if err != nil {
 		return nil, err
 	}
@@ -152,6 +156,7 @@ func (s *Server) NewHTTPHandler(ctx context.Context, gs *grpc.Server, m *Metrics
 		yunchiv1.RegisterUserServiceHandlerClient(ctx, gw, yunchiv1.NewUserServiceClient(cc)),
 		yunchiv1.RegisterTokenServiceHandlerClient(ctx, gw, yunchiv1.NewTokenServiceClient(cc)),
 		yunchiv1.RegisterQuotaServiceHandlerClient(ctx, gw, yunchiv1.NewQuotaServiceClient(cc)),
+		yunchiv1.RegisterAuditServiceHandlerClient(ctx, gw, yunchiv1.NewAuditServiceClient(cc)),
 	); err != nil {
 		conn.Close()
 		return nil, err

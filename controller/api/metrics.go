@@ -34,6 +34,15 @@ func NewMetrics(s *Server) *Metrics {
 	}
 	reg.MustRegister(m.requests, m.latency, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(&stateCollector{s: s})
+	if r := s.AuditRecorder; r != nil {
+		reg.MustRegister(
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "yunchi_audit_dropped_total",
+				Help: "Denied-request and failed-login audit records dropped because the queue was full (each loss is also recorded as a \"dropped\" record)."},
+				func() float64 { return float64(r.Dropped()) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "yunchi_audit_queued",
+				Help: "Denied-request and failed-login audit records waiting to be recorded through raft."},
+				func() float64 { return float64(r.Queued()) }))
+	}
 	return m
 }
 

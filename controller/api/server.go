@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/health"
 	"google.golang.org/grpc/status"
 
+	"github.com/yunchi/yunchi/controller/audit"
 	"github.com/yunchi/yunchi/controller/auth"
 	"github.com/yunchi/yunchi/controller/placement"
 	"github.com/yunchi/yunchi/controller/state"
@@ -42,6 +43,7 @@ type Server struct {
 	yunchiv1.UnimplementedRatioServiceServer
 	yunchiv1.UnimplementedGroupServiceServer
 	yunchiv1.UnimplementedQuotaServiceServer
+	yunchiv1.UnimplementedAuditServiceServer
 
 	// prop proposes commands and knows the leader; member is the raft
 	// configuration; store is the replicated state (see deps.go).
@@ -73,6 +75,11 @@ type Server struct {
 	// interceptor cannot decide from the method alone (quota.go). nil: a
 	// security admin of no department.
 	CallerRole CallerRoleFunc
+	// Audit is this controller's audit trail (nil: AuditService answers
+	// UNAVAILABLE); AuditRecorder records denied requests and failed
+	// logins (its queue length and drops are metrics).
+	Audit         AuditTrail
+	AuditRecorder *audit.Recorder
 
 	// health is the gRPC health service; RunHealth sets its status.
 	healthMu sync.Mutex

@@ -4,6 +4,8 @@
 package raftnode
 
 import (
+	"bufio"
+	"encoding/binary"
 	"fmt"
 	"io"
 
@@ -24,7 +26,27 @@ type Result struct {
 // decodes the entry and hands it to Store.Apply.
 type FSM struct {
 	Store *state.Store
+	// Audit is the audit trail's file (the Store's AuditSink), which
+	// snapshots carry after the state; nil: snapshots carry none.
+	Audit AuditFile
 }
+
+// AuditFile is the audit trail's file store (controller/audit.File) as
+// snapshots see it.
+type AuditFile interface {
+	// SnapshotReader reads the trail as Apply left it so far (called on
+	// the FSM goroutine, between two applies).
+	SnapshotReader() (io.ReadCloser, error)
+	// Restore replaces the trail with a snapshot's records, ending at head.
+	Restore(r io.Reader, head *statev1.AuditHead) error
+}
+
+// snapshotMagic starts a snapshot of format 4 on: then a uvarint length,
+// the state (statev1.Snapshot), and the audit trail's file (JSON lines)
+// to the end. Older snapshots are the state message alone; an encoded
+// Snapshot never starts with this byte (field 11, wire type 1, is not a
+// field of it).
+const snapshotMagic = "YCSNAP4\n"
 
 var _ raft.FSM = (*FSM)(nil)
 
@@ -39,32 +61,89 @@ func (f *FSM) Apply(l *raft.Log) any {
 }
 
 // Snapshot takes a view of the state (pointers to records the store no
-// longer changes); sorting, encoding and I/O happen in Persist, while
-// Apply goes on.
+// longer changes) and a reader of the audit trail as far as that view;
+// sorting, encoding and I/O happen in Persist, while Apply goes on.
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
-	return &fsmSnapshot{view: f.Store.View()}, nil
+	s := &fsmSnapshot{view: f.Store.View()}
+	if f.Audit != nil {
+		rc, err := f.Audit.SnapshotReader()
+		if err != nil {
+			return nil, fmt.Errorf("snapshot the audit trail: %w", err)
+		}
+		s.audit = rc
+	}
+	return s, nil
 }
 
-// Restore replaces the state with a persisted snapshot.
+// Restore replaces the state (and the audit trail) with a persisted
+// snapshot.
 func (f *FSM) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
-	b, err := io.ReadAll(rc)
+	snap, trail, err := ReadSnapshot(rc)
 	if err != nil {
-		return fmt.Errorf("read snapshot: %w", err)
+		return err
 	}
-	var snap statev1.Snapshot
-	if err := proto.Unmarshal(b, &snap); err != nil {
-		return fmt.Errorf("decode snapshot: %w", err)
+	if f.Audit != nil {
+		if trail == nil {
+			trail = eofReader{}
+		}
+		if err := f.Audit.Restore(trail, snap.GetAuditHead()); err != nil {
+			return err
+		}
 	}
-	return f.Store.Restore(&snap)
+	return f.Store.Restore(snap)
 }
 
-type fsmSnapshot struct{ view *state.View }
+type eofReader struct{}
+
+func (eofReader) Read([]byte) (int, error) { return 0, io.EOF }
+
+// ReadSnapshot decodes a snapshot stream: the state, and a reader of the
+// audit trail that follows it (nil in snapshots before format 4).
+func ReadSnapshot(r io.Reader) (*statev1.Snapshot, io.Reader, error) {
+	br := bufio.NewReaderSize(r, 1<<20)
+	var snap statev1.Snapshot
+	if head, err := br.Peek(len(snapshotMagic)); err != nil || string(head) != snapshotMagic {
+		b, err := io.ReadAll(br)
+		if err != nil {
+			return nil, nil, fmt.Errorf("read snapshot: %w", err)
+		}
+		if err := proto.Unmarshal(b, &snap); err != nil {
+			return nil, nil, fmt.Errorf("decode snapshot: %w", err)
+		}
+		return &snap, nil, nil
+	}
+	br.Discard(len(snapshotMagic))
+	n, err := binary.ReadUvarint(br)
+	if err != nil {
+		return nil, nil, fmt.Errorf("read snapshot: %w", err)
+	}
+	if n > 1<<34 {
+		return nil, nil, fmt.Errorf("snapshot state of %d bytes is not believable: the snapshot is damaged", n)
+	}
+	b := make([]byte, n)
+	if _, err := io.ReadFull(br, b); err != nil {
+		return nil, nil, fmt.Errorf("read snapshot: %w", err)
+	}
+	if err := proto.Unmarshal(b, &snap); err != nil {
+		return nil, nil, fmt.Errorf("decode snapshot: %w", err)
+	}
+	return &snap, br, nil
+}
+
+type fsmSnapshot struct {
+	view  *state.View
+	audit io.ReadCloser
+}
 
 func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
 	b, err := proto.Marshal(s.view.Snapshot())
 	if err == nil {
-		_, err = sink.Write(b)
+		hdr := binary.AppendUvarint([]byte(snapshotMagic), uint64(len(b)))
+		_, err = sink.Write(append(hdr, b...))
+	}
+	if err == nil && s.audit != nil {
+		_, err = io.Copy(sink, s.audit)
 	}
 	if err != nil {
 		sink.Cancel()
@@ -73,4 +152,8 @@ func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
 	return sink.Close()
 }
 
-func (s *fsmSnapshot) Release() {}
+func (s *fsmSnapshot) Release() {
+	if s.audit != nil {
+		s.audit.Close()
+	}
+}

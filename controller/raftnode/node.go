@@ -42,6 +42,8 @@ type Config struct {
 	// tests that fill a small disk use small segments.
 	LogSegmentSize int
 	Logger         *slog.Logger
+	// Audit is the audit trail's file, carried in snapshots (nil: none).
+	Audit AuditFile
 }
 
 // Production raft timeouts. A follower that hears nothing from the leader
@@ -178,7 +180,7 @@ func Open(cfg Config, store *state.Store) (*Node, error) {
 		n.closeStores()
 		return nil, fmt.Errorf("raft: log cache: %w", err)
 	}
-	r, err := raft.NewRaft(rc, &FSM{Store: store}, cached, logs, snaps, trans)
+	r, err := raft.NewRaft(rc, &FSM{Store: store, Audit: cfg.Audit}, cached, logs, snaps, trans)
 	if err != nil {
 		n.closeStores()
 		return nil, fmt.Errorf("raft: start: %w", err)
@@ -324,6 +326,11 @@ func (n *Node) Apply(ctx context.Context, cmd *statev1.Command) (state.Result, e
 	// key it already holds with the first outcome.
 	if ri, ok := state.RequestFrom(ctx); ok {
 		cmd.RequestId, cmd.RequestHash = ri.ID, ri.Hash
+	}
+	// Who asked (the API request's caller, action and target): Apply
+	// records the command in the audit trail with it.
+	if ac := state.AuditFrom(ctx); ac != nil && ac.Action != "" && cmd.Audit == nil {
+		cmd.Audit = ac
 	}
 	b, err := proto.Marshal(cmd)
 	if err != nil {

@@ -29,9 +29,12 @@ import (
 // VMs and groups only go into projects that exist (rulesV5), and quotas
 // (SetQuota; quota.go). Apply reads
 // every older version. Snapshot version 3 adds the tenancy tables.
+// Version 6 adds the audit trail (audit.go): commands carry an audit
+// context, Apply records them; snapshot version 4 adds the chain's head
+// (and the records after the message, see raftnode's FSM).
 const (
-	CommandVersion  = 5
-	SnapshotVersion = 3
+	CommandVersion  = 6
+	SnapshotVersion = 4
 )
 
 // DefaultProject is where VMs go when no project is named.
@@ -90,6 +93,9 @@ type Store struct {
 	// requests remembers recent request ids with their outcome
 	// (replicated: Apply reads and writes it; kept in snapshots).
 	requests requestTable
+	// audit is the audit chain's head (replicated) and the sink the
+	// records go to (this controller's file store).
+	audit auditChain
 	// Copy-on-write: a snapshot shares the stored records (it copies only
 	// the tables of pointers), so Apply never changes a record in place
 	// unless it owns it: writableVM and writableHost clone a record once
@@ -132,6 +138,7 @@ func (s *Store) reset() {
 	ttl, n := s.requests.ttl, s.requests.max
 	s.requests = newRequestTable()
 	s.requests.ttl, s.requests.max = ttl, n
+	s.audit.head = &statev1.AuditHead{}
 	s.seq++
 	s.allSeq = s.seq
 }
@@ -232,7 +239,8 @@ func (s *Store) notify() {
 //	Create/Delete/UpdateUser                 User
 //	CreateToken, RevokeToken                 Token (its secret hash included)
 //	RemoveMember, ReportVMStatus,
-//	RecordHeartbeats, RecordLoginFailures    nothing
+//	RecordHeartbeats, RecordLoginFailures,
+//	RecordAudit, ArchiveAudit                nothing
 //
 // A repeated request id returns the first Result again (see RequestRecord).
 type Result struct {
@@ -263,6 +271,7 @@ func (s *Store) Apply(index uint64, cmd *statev1.Command) (Result, error) {
 	// A request id seen before gets its first outcome, not a second apply.
 	s.requests.advance(cmd.UnixNano)
 	if res, ok, err := s.requests.replay(cmd); ok {
+		s.auditCommand(index, cmd, true, err)
 		return res, err
 	}
 	var res Result
@@ -319,12 +328,19 @@ func (s *Store) Apply(index uint64, cmd *statev1.Command) (Result, error) {
 		_, err = s.applyRecordLoginFailures(cmd.UnixNano, c.RecordLoginFailures)
 	case *statev1.Command_SetQuota:
 		res, err = s.applySetQuota(cmd.UnixNano, c.SetQuota)
+	case *statev1.Command_RecordAudit:
+		if len(c.RecordAudit.GetRecords()) == 0 {
+			err = errorf(KindInvalid, "audit batch is empty")
+		}
+	case *statev1.Command_ArchiveAudit:
+		_, err = s.applyArchiveAudit(c.ArchiveAudit)
 	default:
 		err = errorf(KindInvalid, "unknown command %T: this controller is older than the log; upgrade it", cmd.GetCmd())
 	}
 	if cmd.GetRequestId() != "" && remembers(err) {
 		s.requests.add(record(cmd, index, res, err))
 	}
+	s.auditCommand(index, cmd, false, err)
 	if err == nil {
 		s.notify()
 	}
@@ -564,6 +580,7 @@ type View struct {
 	projects []*statev1.ProjectRecord
 	users    []*statev1.UserRecord
 	tokens   []*statev1.TokenRecord
+	audit    *statev1.AuditHead
 }
 
 // View takes the state as of the last applied index.
@@ -578,6 +595,7 @@ func (s *Store) View() *View {
 		ratios:   make([]*statev1.RatioRecord, 0, len(s.ratios)),
 		groups:   make([]*statev1.PlacementGroupRecord, 0, len(s.groups)),
 		requests: slices.Clone(s.requests.order[s.requests.head:]),
+		audit:    s.audit.head,
 	}
 	for _, h := range s.hosts {
 		v.hosts = append(v.hosts, h)
@@ -624,6 +642,7 @@ func (v *View) Snapshot() *statev1.Snapshot {
 		Ratios: slices.Clone(v.ratios), Groups: slices.Clone(v.groups), Requests: v.requests,
 		Departments: slices.Clone(v.depts), Projects: slices.Clone(v.projects),
 		Users: slices.Clone(v.users), Tokens: slices.Clone(v.tokens),
+		AuditHead: v.audit,
 	}
 	slices.SortFunc(snap.Departments, func(a, b *statev1.DepartmentRecord) int { return strings.Compare(a.Name, b.Name) })
 	slices.SortFunc(snap.Projects, func(a, b *statev1.ProjectRecord) int { return strings.Compare(a.Name, b.Name) })
@@ -685,6 +704,9 @@ func (s *Store) Restore(snap *statev1.Snapshot) error {
 	for _, r := range snap.GetRequests() {
 		s.requests.clock = max(s.requests.clock, r.UnixNano)
 		s.requests.add(proto.Clone(r).(*statev1.RequestRecord))
+	}
+	if h := snap.GetAuditHead(); h != nil {
+		s.audit.head = proto.Clone(h).(*statev1.AuditHead)
 	}
 	s.index = snap.GetIndex()
 	// What was removed before the snapshot left no trace: every host's

@@ -1991,6 +1991,9 @@ type Command struct {
 	// instead of applying again (see RequestRecord).
 	RequestId   string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	RequestHash []byte `protobuf:"bytes,4,opt,name=request_hash,json=requestHash,proto3" json:"request_hash,omitempty"`
+	// Who asked for it (API requests, version 6 on): Apply records one
+	// audit record per command that carries it (audit.proto).
+	Audit *AuditContext `protobuf:"bytes,5,opt,name=audit,proto3" json:"audit,omitempty"`
 	// Types that are valid to be assigned to Cmd:
 	//
 	//	*Command_RegisterHost
@@ -2017,6 +2020,8 @@ type Command struct {
 	//	*Command_RevokeToken
 	//	*Command_RecordLoginFailures
 	//	*Command_SetQuota
+	//	*Command_RecordAudit
+	//	*Command_ArchiveAudit
 	Cmd           isCommand_Cmd `protobuf_oneof:"cmd"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2076,6 +2081,13 @@ func (x *Command) GetRequestId() string {
 func (x *Command) GetRequestHash() []byte {
 	if x != nil {
 		return x.RequestHash
+	}
+	return nil
+}
+
+func (x *Command) GetAudit() *AuditContext {
+	if x != nil {
+		return x.Audit
 	}
 	return nil
 }
@@ -2303,6 +2315,24 @@ func (x *Command) GetSetQuota() *SetQuota {
 	return nil
 }
 
+func (x *Command) GetRecordAudit() *RecordAudit {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_RecordAudit); ok {
+			return x.RecordAudit
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetArchiveAudit() *ArchiveAudit {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_ArchiveAudit); ok {
+			return x.ArchiveAudit
+		}
+	}
+	return nil
+}
+
 type isCommand_Cmd interface {
 	isCommand_Cmd()
 }
@@ -2402,7 +2432,17 @@ type Command_RecordLoginFailures struct {
 
 type Command_SetQuota struct {
 	// Quotas (quota.proto), version 5 on.
-	SetQuota *SetQuota `protobuf:"bytes,33,opt,name=set_quota,json=setQuota,proto3,oneof"` // 34-39: quotas; 40-44: transport security (join tokens); 45-49: audit.
+	SetQuota *SetQuota `protobuf:"bytes,33,opt,name=set_quota,json=setQuota,proto3,oneof"`
+}
+
+type Command_RecordAudit struct {
+	// 34-39: quotas; 40-44: transport security (join tokens).
+	// Audit (audit.proto), version 6 on.
+	RecordAudit *RecordAudit `protobuf:"bytes,45,opt,name=record_audit,json=recordAudit,proto3,oneof"`
+}
+
+type Command_ArchiveAudit struct {
+	ArchiveAudit *ArchiveAudit `protobuf:"bytes,46,opt,name=archive_audit,json=archiveAudit,proto3,oneof"`
 }
 
 func (*Command_RegisterHost) isCommand_Cmd() {}
@@ -2453,6 +2493,10 @@ func (*Command_RecordLoginFailures) isCommand_Cmd() {}
 
 func (*Command_SetQuota) isCommand_Cmd() {}
 
+func (*Command_RecordAudit) isCommand_Cmd() {}
+
+func (*Command_ArchiveAudit) isCommand_Cmd() {}
+
 type Snapshot struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Format of the snapshot (state.SnapshotVersion when written).
@@ -2465,11 +2509,15 @@ type Snapshot struct {
 	Ratios []*RatioRecord          `protobuf:"bytes,6,rep,name=ratios,proto3" json:"ratios,omitempty"`
 	Groups []*PlacementGroupRecord `protobuf:"bytes,7,rep,name=groups,proto3" json:"groups,omitempty"`
 	// Remembered request ids, oldest first (apply order).
-	Requests      []*RequestRecord    `protobuf:"bytes,8,rep,name=requests,proto3" json:"requests,omitempty"`
-	Departments   []*DepartmentRecord `protobuf:"bytes,9,rep,name=departments,proto3" json:"departments,omitempty"`
-	Projects      []*ProjectRecord    `protobuf:"bytes,10,rep,name=projects,proto3" json:"projects,omitempty"`
-	Users         []*UserRecord       `protobuf:"bytes,11,rep,name=users,proto3" json:"users,omitempty"`
-	Tokens        []*TokenRecord      `protobuf:"bytes,12,rep,name=tokens,proto3" json:"tokens,omitempty"` // 13-15: quotas; 16-17: transport security; 18-19: audit.
+	Requests    []*RequestRecord    `protobuf:"bytes,8,rep,name=requests,proto3" json:"requests,omitempty"`
+	Departments []*DepartmentRecord `protobuf:"bytes,9,rep,name=departments,proto3" json:"departments,omitempty"`
+	Projects    []*ProjectRecord    `protobuf:"bytes,10,rep,name=projects,proto3" json:"projects,omitempty"`
+	Users       []*UserRecord       `protobuf:"bytes,11,rep,name=users,proto3" json:"users,omitempty"`
+	Tokens      []*TokenRecord      `protobuf:"bytes,12,rep,name=tokens,proto3" json:"tokens,omitempty"`
+	// 13-15: quotas; 16-17: transport security; 18-19: audit.
+	// The audit chain's head; the records themselves follow the message in
+	// the snapshot stream (controller/raftnode/fsm.go).
+	AuditHead     *AuditHead `protobuf:"bytes,18,opt,name=audit_head,json=auditHead,proto3" json:"audit_head,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2584,6 +2632,13 @@ func (x *Snapshot) GetUsers() []*UserRecord {
 func (x *Snapshot) GetTokens() []*TokenRecord {
 	if x != nil {
 		return x.Tokens
+	}
+	return nil
+}
+
+func (x *Snapshot) GetAuditHead() *AuditHead {
+	if x != nil {
+		return x.AuditHead
 	}
 	return nil
 }
@@ -2773,7 +2828,7 @@ var File_yunchi_state_v1_state_proto protoreflect.FileDescriptor
 
 const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\n" +
-	"\x1byunchi/state/v1/state.proto\x12\x0fyunchi.state.v1\x1a\x1eyunchi/state/v1/identity.proto\x1a\x1byunchi/state/v1/quota.proto\"c\n" +
+	"\x1byunchi/state/v1/state.proto\x12\x0fyunchi.state.v1\x1a\x1eyunchi/state/v1/identity.proto\x1a\x1byunchi/state/v1/quota.proto\x1a\x1byunchi/state/v1/audit.proto\"c\n" +
 	"\tResources\x12\x14\n" +
 	"\x05vcpus\x18\x01 \x01(\x03R\x05vcpus\x12!\n" +
 	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\x12\x1d\n" +
@@ -2925,13 +2980,14 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\fRemoveMember\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\":\n" +
 	"\x10RecordHeartbeats\x12&\n" +
-	"\x0fsilent_host_ids\x18\x01 \x03(\tR\rsilentHostIds\"\xc6\x0e\n" +
+	"\x0fsilent_host_ids\x18\x01 \x03(\tR\rsilentHostIds\"\x84\x10\n" +
 	"\aCommand\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1b\n" +
 	"\tunix_nano\x18\x02 \x01(\x03R\bunixNano\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x03 \x01(\tR\trequestId\x12!\n" +
-	"\frequest_hash\x18\x04 \x01(\fR\vrequestHash\x12D\n" +
+	"\frequest_hash\x18\x04 \x01(\fR\vrequestHash\x123\n" +
+	"\x05audit\x18\x05 \x01(\v2\x1d.yunchi.state.v1.AuditContextR\x05audit\x12D\n" +
 	"\rregister_host\x18\n" +
 	" \x01(\v2\x1d.yunchi.state.v1.RegisterHostH\x00R\fregisterHost\x12E\n" +
 	"\x0eset_host_state\x18\v \x01(\v2\x1d.yunchi.state.v1.SetHostStateH\x00R\fsetHostState\x125\n" +
@@ -2961,8 +3017,10 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\fcreate_token\x18\x1e \x01(\v2\x1c.yunchi.state.v1.CreateTokenH\x00R\vcreateToken\x12A\n" +
 	"\frevoke_token\x18\x1f \x01(\v2\x1c.yunchi.state.v1.RevokeTokenH\x00R\vrevokeToken\x12Z\n" +
 	"\x15record_login_failures\x18  \x01(\v2$.yunchi.state.v1.RecordLoginFailuresH\x00R\x13recordLoginFailures\x128\n" +
-	"\tset_quota\x18! \x01(\v2\x19.yunchi.state.v1.SetQuotaH\x00R\bsetQuotaB\x05\n" +
-	"\x03cmd\"\xfb\x04\n" +
+	"\tset_quota\x18! \x01(\v2\x19.yunchi.state.v1.SetQuotaH\x00R\bsetQuota\x12A\n" +
+	"\frecord_audit\x18- \x01(\v2\x1c.yunchi.state.v1.RecordAuditH\x00R\vrecordAudit\x12D\n" +
+	"\rarchive_audit\x18. \x01(\v2\x1d.yunchi.state.v1.ArchiveAuditH\x00R\farchiveAuditB\x05\n" +
+	"\x03cmd\"\xb6\x05\n" +
 	"\bSnapshot\x12%\n" +
 	"\x0eformat_version\x18\x01 \x01(\rR\rformatVersion\x121\n" +
 	"\x05hosts\x18\x02 \x03(\v2\x1b.yunchi.state.v1.HostRecordR\x05hosts\x12+\n" +
@@ -2976,7 +3034,9 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\bprojects\x18\n" +
 	" \x03(\v2\x1e.yunchi.state.v1.ProjectRecordR\bprojects\x121\n" +
 	"\x05users\x18\v \x03(\v2\x1b.yunchi.state.v1.UserRecordR\x05users\x124\n" +
-	"\x06tokens\x18\f \x03(\v2\x1c.yunchi.state.v1.TokenRecordR\x06tokens\"\xc1\x05\n" +
+	"\x06tokens\x18\f \x03(\v2\x1c.yunchi.state.v1.TokenRecordR\x06tokens\x129\n" +
+	"\n" +
+	"audit_head\x18\x12 \x01(\v2\x1a.yunchi.state.v1.AuditHeadR\tauditHead\"\xc1\x05\n" +
 	"\rRequestRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04hash\x18\x02 \x01(\fR\x04hash\x12\x1b\n" +
@@ -3084,21 +3144,25 @@ var file_yunchi_state_v1_state_proto_goTypes = []any{
 	nil,                          // 31: yunchi.state.v1.HostRecord.LabelsEntry
 	nil,                          // 32: yunchi.state.v1.HostRecord.AdminLabelsEntry
 	nil,                          // 33: yunchi.state.v1.UpdateHost.SetLabelsEntry
-	(*CreateDepartment)(nil),     // 34: yunchi.state.v1.CreateDepartment
-	(*DeleteDepartment)(nil),     // 35: yunchi.state.v1.DeleteDepartment
-	(*CreateProject)(nil),        // 36: yunchi.state.v1.CreateProject
-	(*DeleteProject)(nil),        // 37: yunchi.state.v1.DeleteProject
-	(*CreateUser)(nil),           // 38: yunchi.state.v1.CreateUser
-	(*DeleteUser)(nil),           // 39: yunchi.state.v1.DeleteUser
-	(*UpdateUser)(nil),           // 40: yunchi.state.v1.UpdateUser
-	(*CreateToken)(nil),          // 41: yunchi.state.v1.CreateToken
-	(*RevokeToken)(nil),          // 42: yunchi.state.v1.RevokeToken
-	(*RecordLoginFailures)(nil),  // 43: yunchi.state.v1.RecordLoginFailures
-	(*SetQuota)(nil),             // 44: yunchi.state.v1.SetQuota
-	(*DepartmentRecord)(nil),     // 45: yunchi.state.v1.DepartmentRecord
-	(*ProjectRecord)(nil),        // 46: yunchi.state.v1.ProjectRecord
-	(*UserRecord)(nil),           // 47: yunchi.state.v1.UserRecord
-	(*TokenRecord)(nil),          // 48: yunchi.state.v1.TokenRecord
+	(*AuditContext)(nil),         // 34: yunchi.state.v1.AuditContext
+	(*CreateDepartment)(nil),     // 35: yunchi.state.v1.CreateDepartment
+	(*DeleteDepartment)(nil),     // 36: yunchi.state.v1.DeleteDepartment
+	(*CreateProject)(nil),        // 37: yunchi.state.v1.CreateProject
+	(*DeleteProject)(nil),        // 38: yunchi.state.v1.DeleteProject
+	(*CreateUser)(nil),           // 39: yunchi.state.v1.CreateUser
+	(*DeleteUser)(nil),           // 40: yunchi.state.v1.DeleteUser
+	(*UpdateUser)(nil),           // 41: yunchi.state.v1.UpdateUser
+	(*CreateToken)(nil),          // 42: yunchi.state.v1.CreateToken
+	(*RevokeToken)(nil),          // 43: yunchi.state.v1.RevokeToken
+	(*RecordLoginFailures)(nil),  // 44: yunchi.state.v1.RecordLoginFailures
+	(*SetQuota)(nil),             // 45: yunchi.state.v1.SetQuota
+	(*RecordAudit)(nil),          // 46: yunchi.state.v1.RecordAudit
+	(*ArchiveAudit)(nil),         // 47: yunchi.state.v1.ArchiveAudit
+	(*DepartmentRecord)(nil),     // 48: yunchi.state.v1.DepartmentRecord
+	(*ProjectRecord)(nil),        // 49: yunchi.state.v1.ProjectRecord
+	(*UserRecord)(nil),           // 50: yunchi.state.v1.UserRecord
+	(*TokenRecord)(nil),          // 51: yunchi.state.v1.TokenRecord
+	(*AuditHead)(nil),            // 52: yunchi.state.v1.AuditHead
 }
 var file_yunchi_state_v1_state_proto_depIdxs = []int32{
 	2,  // 0: yunchi.state.v1.VMStatus.phase:type_name -> yunchi.state.v1.VMPhase
@@ -3127,54 +3191,58 @@ var file_yunchi_state_v1_state_proto_depIdxs = []int32{
 	13, // 23: yunchi.state.v1.CreatePlacementGroup.group:type_name -> yunchi.state.v1.PlacementGroupRecord
 	11, // 24: yunchi.state.v1.PlaceVMs.vms:type_name -> yunchi.state.v1.VMRecord
 	14, // 25: yunchi.state.v1.UpsertMember.member:type_name -> yunchi.state.v1.MemberRecord
-	15, // 26: yunchi.state.v1.Command.register_host:type_name -> yunchi.state.v1.RegisterHost
-	16, // 27: yunchi.state.v1.Command.set_host_state:type_name -> yunchi.state.v1.SetHostState
-	17, // 28: yunchi.state.v1.Command.place_vm:type_name -> yunchi.state.v1.PlaceVM
-	18, // 29: yunchi.state.v1.Command.set_vm_desired:type_name -> yunchi.state.v1.SetVMDesired
-	19, // 30: yunchi.state.v1.Command.report_vm_status:type_name -> yunchi.state.v1.ReportVMStatus
-	25, // 31: yunchi.state.v1.Command.upsert_member:type_name -> yunchi.state.v1.UpsertMember
-	26, // 32: yunchi.state.v1.Command.remove_member:type_name -> yunchi.state.v1.RemoveMember
-	20, // 33: yunchi.state.v1.Command.update_host:type_name -> yunchi.state.v1.UpdateHost
-	21, // 34: yunchi.state.v1.Command.set_ratios:type_name -> yunchi.state.v1.SetRatios
-	22, // 35: yunchi.state.v1.Command.create_placement_group:type_name -> yunchi.state.v1.CreatePlacementGroup
-	23, // 36: yunchi.state.v1.Command.delete_placement_group:type_name -> yunchi.state.v1.DeletePlacementGroup
-	24, // 37: yunchi.state.v1.Command.place_vms:type_name -> yunchi.state.v1.PlaceVMs
-	27, // 38: yunchi.state.v1.Command.record_heartbeats:type_name -> yunchi.state.v1.RecordHeartbeats
-	34, // 39: yunchi.state.v1.Command.create_department:type_name -> yunchi.state.v1.CreateDepartment
-	35, // 40: yunchi.state.v1.Command.delete_department:type_name -> yunchi.state.v1.DeleteDepartment
-	36, // 41: yunchi.state.v1.Command.create_project:type_name -> yunchi.state.v1.CreateProject
-	37, // 42: yunchi.state.v1.Command.delete_project:type_name -> yunchi.state.v1.DeleteProject
-	38, // 43: yunchi.state.v1.Command.create_user:type_name -> yunchi.state.v1.CreateUser
-	39, // 44: yunchi.state.v1.Command.delete_user:type_name -> yunchi.state.v1.DeleteUser
-	40, // 45: yunchi.state.v1.Command.update_user:type_name -> yunchi.state.v1.UpdateUser
-	41, // 46: yunchi.state.v1.Command.create_token:type_name -> yunchi.state.v1.CreateToken
-	42, // 47: yunchi.state.v1.Command.revoke_token:type_name -> yunchi.state.v1.RevokeToken
-	43, // 48: yunchi.state.v1.Command.record_login_failures:type_name -> yunchi.state.v1.RecordLoginFailures
-	44, // 49: yunchi.state.v1.Command.set_quota:type_name -> yunchi.state.v1.SetQuota
-	10, // 50: yunchi.state.v1.Snapshot.hosts:type_name -> yunchi.state.v1.HostRecord
-	11, // 51: yunchi.state.v1.Snapshot.vms:type_name -> yunchi.state.v1.VMRecord
-	14, // 52: yunchi.state.v1.Snapshot.members:type_name -> yunchi.state.v1.MemberRecord
-	12, // 53: yunchi.state.v1.Snapshot.ratios:type_name -> yunchi.state.v1.RatioRecord
-	13, // 54: yunchi.state.v1.Snapshot.groups:type_name -> yunchi.state.v1.PlacementGroupRecord
-	30, // 55: yunchi.state.v1.Snapshot.requests:type_name -> yunchi.state.v1.RequestRecord
-	45, // 56: yunchi.state.v1.Snapshot.departments:type_name -> yunchi.state.v1.DepartmentRecord
-	46, // 57: yunchi.state.v1.Snapshot.projects:type_name -> yunchi.state.v1.ProjectRecord
-	47, // 58: yunchi.state.v1.Snapshot.users:type_name -> yunchi.state.v1.UserRecord
-	48, // 59: yunchi.state.v1.Snapshot.tokens:type_name -> yunchi.state.v1.TokenRecord
-	11, // 60: yunchi.state.v1.RequestRecord.vms:type_name -> yunchi.state.v1.VMRecord
-	10, // 61: yunchi.state.v1.RequestRecord.host:type_name -> yunchi.state.v1.HostRecord
-	12, // 62: yunchi.state.v1.RequestRecord.ratio:type_name -> yunchi.state.v1.RatioRecord
-	13, // 63: yunchi.state.v1.RequestRecord.group:type_name -> yunchi.state.v1.PlacementGroupRecord
-	14, // 64: yunchi.state.v1.RequestRecord.member:type_name -> yunchi.state.v1.MemberRecord
-	45, // 65: yunchi.state.v1.RequestRecord.department:type_name -> yunchi.state.v1.DepartmentRecord
-	46, // 66: yunchi.state.v1.RequestRecord.project:type_name -> yunchi.state.v1.ProjectRecord
-	47, // 67: yunchi.state.v1.RequestRecord.user:type_name -> yunchi.state.v1.UserRecord
-	48, // 68: yunchi.state.v1.RequestRecord.token:type_name -> yunchi.state.v1.TokenRecord
-	69, // [69:69] is the sub-list for method output_type
-	69, // [69:69] is the sub-list for method input_type
-	69, // [69:69] is the sub-list for extension type_name
-	69, // [69:69] is the sub-list for extension extendee
-	0,  // [0:69] is the sub-list for field type_name
+	34, // 26: yunchi.state.v1.Command.audit:type_name -> yunchi.state.v1.AuditContext
+	15, // 27: yunchi.state.v1.Command.register_host:type_name -> yunchi.state.v1.RegisterHost
+	16, // 28: yunchi.state.v1.Command.set_host_state:type_name -> yunchi.state.v1.SetHostState
+	17, // 29: yunchi.state.v1.Command.place_vm:type_name -> yunchi.state.v1.PlaceVM
+	18, // 30: yunchi.state.v1.Command.set_vm_desired:type_name -> yunchi.state.v1.SetVMDesired
+	19, // 31: yunchi.state.v1.Command.report_vm_status:type_name -> yunchi.state.v1.ReportVMStatus
+	25, // 32: yunchi.state.v1.Command.upsert_member:type_name -> yunchi.state.v1.UpsertMember
+	26, // 33: yunchi.state.v1.Command.remove_member:type_name -> yunchi.state.v1.RemoveMember
+	20, // 34: yunchi.state.v1.Command.update_host:type_name -> yunchi.state.v1.UpdateHost
+	21, // 35: yunchi.state.v1.Command.set_ratios:type_name -> yunchi.state.v1.SetRatios
+	22, // 36: yunchi.state.v1.Command.create_placement_group:type_name -> yunchi.state.v1.CreatePlacementGroup
+	23, // 37: yunchi.state.v1.Command.delete_placement_group:type_name -> yunchi.state.v1.DeletePlacementGroup
+	24, // 38: yunchi.state.v1.Command.place_vms:type_name -> yunchi.state.v1.PlaceVMs
+	27, // 39: yunchi.state.v1.Command.record_heartbeats:type_name -> yunchi.state.v1.RecordHeartbeats
+	35, // 40: yunchi.state.v1.Command.create_department:type_name -> yunchi.state.v1.CreateDepartment
+	36, // 41: yunchi.state.v1.Command.delete_department:type_name -> yunchi.state.v1.DeleteDepartment
+	37, // 42: yunchi.state.v1.Command.create_project:type_name -> yunchi.state.v1.CreateProject
+	38, // 43: yunchi.state.v1.Command.delete_project:type_name -> yunchi.state.v1.DeleteProject
+	39, // 44: yunchi.state.v1.Command.create_user:type_name -> yunchi.state.v1.CreateUser
+	40, // 45: yunchi.state.v1.Command.delete_user:type_name -> yunchi.state.v1.DeleteUser
+	41, // 46: yunchi.state.v1.Command.update_user:type_name -> yunchi.state.v1.UpdateUser
+	42, // 47: yunchi.state.v1.Command.create_token:type_name -> yunchi.state.v1.CreateToken
+	43, // 48: yunchi.state.v1.Command.revoke_token:type_name -> yunchi.state.v1.RevokeToken
+	44, // 49: yunchi.state.v1.Command.record_login_failures:type_name -> yunchi.state.v1.RecordLoginFailures
+	45, // 50: yunchi.state.v1.Command.set_quota:type_name -> yunchi.state.v1.SetQuota
+	46, // 51: yunchi.state.v1.Command.record_audit:type_name -> yunchi.state.v1.RecordAudit
+	47, // 52: yunchi.state.v1.Command.archive_audit:type_name -> yunchi.state.v1.ArchiveAudit
+	10, // 53: yunchi.state.v1.Snapshot.hosts:type_name -> yunchi.state.v1.HostRecord
+	11, // 54: yunchi.state.v1.Snapshot.vms:type_name -> yunchi.state.v1.VMRecord
+	14, // 55: yunchi.state.v1.Snapshot.members:type_name -> yunchi.state.v1.MemberRecord
+	12, // 56: yunchi.state.v1.Snapshot.ratios:type_name -> yunchi.state.v1.RatioRecord
+	13, // 57: yunchi.state.v1.Snapshot.groups:type_name -> yunchi.state.v1.PlacementGroupRecord
+	30, // 58: yunchi.state.v1.Snapshot.requests:type_name -> yunchi.state.v1.RequestRecord
+	48, // 59: yunchi.state.v1.Snapshot.departments:type_name -> yunchi.state.v1.DepartmentRecord
+	49, // 60: yunchi.state.v1.Snapshot.projects:type_name -> yunchi.state.v1.ProjectRecord
+	50, // 61: yunchi.state.v1.Snapshot.users:type_name -> yunchi.state.v1.UserRecord
+	51, // 62: yunchi.state.v1.Snapshot.tokens:type_name -> yunchi.state.v1.TokenRecord
+	52, // 63: yunchi.state.v1.Snapshot.audit_head:type_name -> yunchi.state.v1.AuditHead
+	11, // 64: yunchi.state.v1.RequestRecord.vms:type_name -> yunchi.state.v1.VMRecord
+	10, // 65: yunchi.state.v1.RequestRecord.host:type_name -> yunchi.state.v1.HostRecord
+	12, // 66: yunchi.state.v1.RequestRecord.ratio:type_name -> yunchi.state.v1.RatioRecord
+	13, // 67: yunchi.state.v1.RequestRecord.group:type_name -> yunchi.state.v1.PlacementGroupRecord
+	14, // 68: yunchi.state.v1.RequestRecord.member:type_name -> yunchi.state.v1.MemberRecord
+	48, // 69: yunchi.state.v1.RequestRecord.department:type_name -> yunchi.state.v1.DepartmentRecord
+	49, // 70: yunchi.state.v1.RequestRecord.project:type_name -> yunchi.state.v1.ProjectRecord
+	50, // 71: yunchi.state.v1.RequestRecord.user:type_name -> yunchi.state.v1.UserRecord
+	51, // 72: yunchi.state.v1.RequestRecord.token:type_name -> yunchi.state.v1.TokenRecord
+	73, // [73:73] is the sub-list for method output_type
+	73, // [73:73] is the sub-list for method input_type
+	73, // [73:73] is the sub-list for extension type_name
+	73, // [73:73] is the sub-list for extension extendee
+	0,  // [0:73] is the sub-list for field type_name
 }
 
 func init() { file_yunchi_state_v1_state_proto_init() }
@@ -3184,6 +3252,7 @@ func file_yunchi_state_v1_state_proto_init() {
 	}
 	file_yunchi_state_v1_identity_proto_init()
 	file_yunchi_state_v1_quota_proto_init()
+	file_yunchi_state_v1_audit_proto_init()
 	file_yunchi_state_v1_state_proto_msgTypes[14].OneofWrappers = []any{}
 	file_yunchi_state_v1_state_proto_msgTypes[15].OneofWrappers = []any{}
 	file_yunchi_state_v1_state_proto_msgTypes[22].OneofWrappers = []any{
@@ -3211,6 +3280,8 @@ func file_yunchi_state_v1_state_proto_init() {
 		(*Command_RevokeToken)(nil),
 		(*Command_RecordLoginFailures)(nil),
 		(*Command_SetQuota)(nil),
+		(*Command_RecordAudit)(nil),
+		(*Command_ArchiveAudit)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{

@@ -1,0 +1,257 @@
+package audit
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"strings"
+
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+
+	"github.com/yunchi/yunchi/controller/auth"
+	"github.com/yunchi/yunchi/controller/state"
+	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
+)
+
+// Context is who made a request and what it asks: the authentication
+// interceptor fills the caller, UnaryInterceptor the action, target and
+// params of mutating methods. Commands proposed under it carry it
+// (raftnode.Node.Apply stamps Command.audit), and Apply records them.
+type Context struct {
+	Actor      string // user name, host id for agents, controller id
+	Role       string // yunchi.v1.Role name, e.g. "ROLE_SYSADMIN"
+	Department string
+	Source     string // client address as seen by the first controller
+	TokenID    string // public token id, never the secret
+	Action     string // gRPC method short name, e.g. "CreateVM"
+	Target     string // e.g. "project/air/vm/web-1"
+	Params     string // request JSON, secrets redacted (Params)
+}
+
+// WithContext returns ctx carrying c merged over the context ctx already
+// carries: c's non-empty fields win. Either interceptor may run first.
+func WithContext(ctx context.Context, c Context) context.Context {
+	ac := &statev1.AuditContext{}
+	if old := state.AuditFrom(ctx); old != nil {
+		ac = proto.Clone(old).(*statev1.AuditContext)
+	}
+	set := func(dst *string, v string) {
+		if v != "" {
+			*dst = v
+		}
+	}
+	set(&ac.Actor, c.Actor)
+	set(&ac.Role, c.Role)
+	set(&ac.Department, c.Department)
+	set(&ac.Source, c.Source)
+	set(&ac.TokenId, c.TokenID)
+	set(&ac.Action, c.Action)
+	set(&ac.Target, c.Target)
+	set(&ac.Params, c.Params)
+	return state.WithAudit(ctx, ac)
+}
+
+// FromContext is the audit context ctx carries.
+func FromContext(ctx context.Context) (Context, bool) {
+	ac := state.AuditFrom(ctx)
+	if ac == nil {
+		return Context{}, false
+	}
+	return Context{Actor: ac.Actor, Role: ac.Role, Department: ac.Department, Source: ac.Source, TokenID: ac.TokenId,
+		Action: ac.Action, Target: ac.Target, Params: ac.Params}, true
+}
+
+// SourceKey is the metadata a controller that forwards a call to the
+// leader sets to the client's address (auth.SourceKey).
+const SourceKey = auth.SourceKey
+
+// SourceOf is the client's address for a call (auth.SourceOf).
+func SourceOf(ctx context.Context) string { return auth.SourceOf(ctx) }
+
+// callerContext is the audit context of the caller the access interceptor
+// authenticated (empty without one).
+func callerContext(ctx context.Context) Context {
+	p, ok := auth.FromContext(ctx)
+	if !ok {
+		return Context{}
+	}
+	return Context{Actor: p.Name, Role: p.Role.String(), Department: p.Department, Source: p.Source, TokenID: p.TokenID}
+}
+
+// UnaryInterceptor fills the action, target and params of calls to
+// methods whose access rule says mutating (and the source of every call),
+// so that the commands they propose are recorded with them.
+func UnaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	c := callerContext(ctx)
+	if c.Source == "" {
+		c.Source = SourceOf(ctx)
+	}
+	var params func() string
+	if auth.Mutating(info.FullMethod) {
+		c.Action = MethodName(info.FullMethod)
+		if m, ok := req.(proto.Message); ok {
+			c.Target = TargetOf(info.FullMethod, m)
+			// Encoded only if the request proposes a command (or is
+			// denied): most heartbeats never do.
+			params = func() string { return Params(m) }
+		}
+	}
+	if old := state.AuditFrom(ctx); old != nil && old.Source != "" {
+		c.Source = "" // the authentication interceptor's wins
+	}
+	ctx = WithContext(ctx, c)
+	if params != nil {
+		ctx = state.WithAuditParams(ctx, state.AuditFrom(ctx), params)
+	}
+	return handler(ctx, req)
+}
+
+// MethodName is the short name of a full gRPC method name.
+func MethodName(full string) string {
+	return full[strings.LastIndexByte(full, '/')+1:]
+}
+
+// MaxParams bounds the params recorded (a batch create, an agent's report
+// of many VMs); longer ones are cut and say so.
+const MaxParams = 4096
+
+// secretNames are field names whose values never reach a record: any
+// field whose name contains one of them is redacted, at any depth.
+var secretNames = []string{"token", "secret", "password", "passwd", "key", "credential", "private", "cert"}
+
+// Secret says whether a field name is redacted.
+func Secret(name string) bool {
+	n := strings.ToLower(name)
+	for _, s := range secretNames {
+		if strings.Contains(n, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// Params is m as JSON with every secret field (Secret) replaced by
+// "[redacted]", cut to MaxParams.
+func Params(m proto.Message) string {
+	c := proto.Clone(m)
+	redact(c.ProtoReflect())
+	b, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(c)
+	if err != nil {
+		return ""
+	}
+	s := string(b)
+	// protojson varies its spacing on purpose: compact it.
+	s = compact(s)
+	if len(s) > MaxParams {
+		s = s[:MaxParams] + "...(cut)"
+	}
+	return s
+}
+
+// redact replaces secret string fields of m with "[redacted]" and clears
+// secret fields of other kinds, at any depth.
+func redact(m protoreflect.Message) {
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		if Secret(string(fd.Name())) {
+			if fd.Kind() == protoreflect.StringKind && !fd.IsList() && !fd.IsMap() {
+				m.Set(fd, protoreflect.ValueOfString("[redacted]"))
+			} else {
+				m.Clear(fd)
+			}
+			return true
+		}
+		if fd.Kind() == protoreflect.MessageKind || fd.Kind() == protoreflect.GroupKind {
+			switch {
+			case fd.IsList():
+				l := v.List()
+				for i := 0; i < l.Len(); i++ {
+					redact(l.Get(i).Message())
+				}
+			case fd.IsMap():
+				if fd.MapValue().Kind() == protoreflect.MessageKind {
+					v.Map().Range(func(_ protoreflect.MapKey, mv protoreflect.Value) bool {
+						redact(mv.Message())
+						return true
+					})
+				}
+			default:
+				redact(v.Message())
+			}
+		}
+		return true
+	})
+}
+
+// nouns name what each service's requests act on, for targets.
+var nouns = map[string]string{
+	"VMService": "vm", "GroupService": "group", "HostService": "host", "AgentService": "host",
+	"RatioService": "ratio", "ClusterService": "member", "AuditService": "audit",
+}
+
+// TargetOf names what a request acts on: "project/P/vm/N",
+// "project/P/group/N", "host/ID", "ratio/SCOPE/NAME", "member/ID".
+func TargetOf(fullMethod string, m proto.Message) string {
+	svc := fullMethod
+	if i := strings.LastIndexByte(svc, '/'); i > 0 {
+		svc = svc[:i]
+	}
+	svc = svc[strings.LastIndexByte(svc, '.')+1:]
+	noun := nouns[svc]
+	r := m.ProtoReflect()
+	str := func(path ...string) string {
+		msg := r
+		for i, p := range path {
+			fd := msg.Descriptor().Fields().ByName(protoreflect.Name(p))
+			if fd == nil {
+				return ""
+			}
+			if i == len(path)-1 {
+				if fd.Kind() != protoreflect.StringKind || fd.IsList() {
+					return ""
+				}
+				return msg.Get(fd).String()
+			}
+			if fd.Kind() != protoreflect.MessageKind || fd.IsList() || fd.IsMap() || !msg.Has(fd) {
+				return ""
+			}
+			msg = msg.Get(fd).Message()
+		}
+		return ""
+	}
+	switch noun {
+	case "vm", "group":
+		p := str("project")
+		if p == "" {
+			p = state.DefaultProject
+		}
+		return "project/" + p + "/" + noun + "/" + str("name")
+	case "host":
+		id := str("host_id")
+		if id == "" {
+			id = str("id")
+		}
+		if id == "" {
+			id = str("facts", "id")
+		}
+		return "host/" + id
+	case "ratio":
+		return "ratio/" + str("scope") + "/" + str("name")
+	case "member":
+		return "member/" + str("id")
+	case "audit":
+		return "audit"
+	}
+	return ""
+}
+
+// compact removes insignificant whitespace from JSON.
+func compact(s string) string {
+	var b bytes.Buffer
+	if err := json.Compact(&b, []byte(s)); err != nil {
+		return s
+	}
+	return b.String()
+}
