@@ -99,9 +99,11 @@ func grpcCreate(conns []*grpc.ClientConn, prefix string) func(ctx context.Contex
 	}
 }
 
-// restCreate returns an op creating one VM per call with POST /v1/vms.
-func restCreate(hc *http.Client, addr, prefix string) func(ctx context.Context, client, seq int) error {
+// restCreate returns an op creating one VM per call with POST /v1/vms,
+// authenticated with tok (the header value made once).
+func restCreate(hc *http.Client, addr, tok, prefix string) func(ctx context.Context, client, seq int) error {
 	url := "http://" + addr + "/v1/vms"
+	authz := "Bearer " + tok
 	return func(ctx context.Context, client, seq int) error {
 		body, _ := json.Marshal(map[string]any{
 			"name": fmt.Sprintf("%s-%d-%d", prefix, client, seq), "vcpus": 1, "memory": vmMemory, "disk": vmDisk,
@@ -111,6 +113,7 @@ func restCreate(hc *http.Client, addr, prefix string) func(ctx context.Context, 
 			return err
 		}
 		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Authorization", authz)
 		resp, err := hc.Do(req)
 		if err != nil {
 			return err

@@ -37,7 +37,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			},
 			&cli.StringFlag{
 				Name:    "token",
-				Usage:   "bearer token sent with every call (default: the one `yunchi login` stored)",
+				Usage:   "bearer token sent with every call (default: the one yunchi login stored)",
 				EnvVars: []string{"YUNCHI_TOKEN"},
 			},
 			&cli.StringFlag{

@@ -112,8 +112,8 @@ func TestExitCodes(t *testing.T) {
 func TestExitCodeMapping(t *testing.T) {
 	for c, want := range map[codes.Code]int{
 		codes.InvalidArgument: 2, codes.NotFound: 3, codes.AlreadyExists: 4, codes.ResourceExhausted: 5,
-		codes.Unavailable: 6, codes.FailedPrecondition: 7, codes.Internal: 1, codes.PermissionDenied: 1,
-		codes.Unauthenticated: 1, codes.DeadlineExceeded: 1,
+		codes.Unavailable: 6, codes.FailedPrecondition: 7, codes.Internal: 1, codes.PermissionDenied: 9,
+		codes.Unauthenticated: 8, codes.DeadlineExceeded: 1,
 	} {
 		if got := exitCode(status.Error(c, "x")); got != want {
 			t.Errorf("%v: exit %d, want %d", c, got, want)

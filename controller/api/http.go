@@ -65,7 +65,10 @@ func (s *Server) NewGRPCServer(m *Metrics, extra ...grpc.UnaryServerInterceptor)
 	yunchiv1.RegisterTokenServiceServer(gs, ten)
 	healthpb.RegisterHealthServer(gs, s.newHealthServer())
 	// The services REST serves, for NewHTTPHandler's direct calls.
-	s.local = &localServer{gs: gs, srv: s, unary: unary, descs: []*grpc.ServiceDesc{
+	s.local = &localServer{gs: gs, srv: s, unary: unary, impls: map[string]any{
+		yunchiv1.DepartmentService_ServiceDesc.ServiceName: ten, yunchiv1.ProjectService_ServiceDesc.ServiceName: ten,
+		yunchiv1.UserService_ServiceDesc.ServiceName: ten, yunchiv1.TokenService_ServiceDesc.ServiceName: ten,
+	}, descs: []*grpc.ServiceDesc{
 		&yunchiv1.VMService_ServiceDesc, &yunchiv1.HostService_ServiceDesc, &yunchiv1.CapacityService_ServiceDesc,
 		&yunchiv1.ClusterService_ServiceDesc, &yunchiv1.RatioService_ServiceDesc, &yunchiv1.GroupService_ServiceDesc,
 		&yunchiv1.DepartmentService_ServiceDesc, &yunchiv1.ProjectService_ServiceDesc,

@@ -2,6 +2,8 @@ package api
 
 import (
 	"context"
+	"fmt"
+	"reflect"
 	"sync"
 
 	"google.golang.org/grpc"
@@ -33,17 +35,27 @@ type localMethod struct {
 }
 
 type localServer struct {
-	gs    *grpc.Server // the server these were registered on
-	srv   any
+	gs    *grpc.Server   // the server these were registered on
+	srv   any            // the implementation of every service in descs but those in impls
+	impls map[string]any // by service name: the implementations that are not srv
 	descs []*grpc.ServiceDesc
 	unary []grpc.UnaryServerInterceptor
 }
 
+// newLocalConn panics, as grpc.Server.RegisterService does, if a
+// service's implementation lacks its methods.
 func newLocalConn(ls *localServer, streams *grpc.ClientConn) *localConn {
 	c := &localConn{methods: map[string]localMethod{}, chain: chainUnary(ls.unary), streams: streams}
 	for _, d := range ls.descs {
+		srv, ok := ls.impls[d.ServiceName]
+		if !ok {
+			srv = ls.srv
+		}
+		if d.HandlerType != nil && !reflect.TypeOf(srv).Implements(reflect.TypeOf(d.HandlerType).Elem()) {
+			panic(fmt.Sprintf("api: %T does not implement %s", srv, d.ServiceName))
+		}
 		for _, m := range d.Methods {
-			c.methods["/"+d.ServiceName+"/"+m.MethodName] = localMethod{srv: ls.srv, handler: m.Handler}
+			c.methods["/"+d.ServiceName+"/"+m.MethodName] = localMethod{srv: srv, handler: m.Handler}
 		}
 	}
 	return c
