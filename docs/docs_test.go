@@ -40,7 +40,9 @@ import (
 //     <!-- doc-test: dev-cluster -->   the block needs `yunchid dev` running,
 //     as after `make dev`: the runner starts one (once per file, before the
 //     first such block, and waits for its 45 hosts to be ready) and stops
-//     it with SIGINT, as Ctrl-C does.
+//     it with SIGINT, as Ctrl-C does. As for a reader, it logs the CLI in
+//     as the sysadmin (in the page's fresh HOME, below): `yunchi` needs no
+//     token flag, and curl gets one with TOKEN=$(yunchi token current).
 //   - Blocks that use ../shared (the trace beside a clone) run when the
 //     repository has ../shared, and are skipped with a log line otherwise.
 //
@@ -364,6 +366,25 @@ func startDev(t *testing.T, bin, dir string, env []string, port int) *devCluster
 	t.Cleanup(func() { d.stop() })
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	deadline := time.Now().Add(2 * time.Minute)
+	// Ready, it prints the administrators' tokens (and logs the CLI in,
+	// in the page's fresh HOME); the runner reads as the sysadmin.
+	for {
+		if _, rest, found := strings.Cut(d.output(), "sysadmin token: "); found {
+			if tok, _, complete := strings.Cut(rest, "\n"); complete && strings.Contains(d.output(), "Ctrl-C stops everything.") {
+				apitest.UseToken(t, tok)
+				break
+			}
+		}
+		select {
+		case <-d.done:
+			t.Fatalf("yunchid dev exited before it was ready:\n%s", d.output())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("yunchid dev on %s: no sysadmin token printed in 2m:\n%s", addr, d.output())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 	for {
 		var c yunchiv1.Capacity
 		if err := apitest.GetJSON(addr, "/v1/capacity", &c); err == nil {

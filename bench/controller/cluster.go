@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/yunchi/yunchi/controller"
 	"github.com/yunchi/yunchi/internal/apitest"
 	"github.com/yunchi/yunchi/internal/daemon"
 )
@@ -81,6 +82,10 @@ func (p *proc) rssBytes() (int64, error) {
 type cluster struct {
 	bin, dir string
 	ctls     []*proc
+	// tokens are the administrators' tokens the first controller wrote
+	// to its data dir: the load clients and the status calls act as the
+	// sysadmin, host tokens are made as the secadmin.
+	tokens controller.AdminTokens
 }
 
 func freePort() (string, error) {
@@ -93,7 +98,9 @@ func freePort() (string, error) {
 }
 
 // startCluster starts n controllers on loopback: the first bootstraps, the
-// others join it; it waits until every one knows n voters and a leader.
+// others join it with the sysadmin's token it wrote; it waits until every
+// one knows n voters and a leader. The apitest helpers (status calls) send
+// the sysadmin's token from then on.
 func startCluster(ctx context.Context, bin, dir string, n int) (*cluster, error) {
 	c := &cluster{bin: bin, dir: dir}
 	centers := []string{"a1", "a2", "b1"}
@@ -114,13 +121,19 @@ func startCluster(ctx context.Context, bin, dir string, n int) (*cluster, error)
 		if i == 0 {
 			p.args = append(p.args, "--bootstrap")
 		} else {
-			p.args = append(p.args, "--join", c.ctls[0].api)
+			p.args = append(p.args, "--join", c.ctls[0].api, "--join-token", c.tokens.Sysadmin)
 		}
 		if err := p.start(bin); err != nil {
 			return c, err
 		}
 		c.ctls = append(c.ctls, p)
 		if i == 0 {
+			toks, err := daemon.WaitAdminTokens(ctx, p.d, p.dataDir, 60*time.Second)
+			if err != nil {
+				return c, fmt.Errorf("controller %s: %w", p.id, err)
+			}
+			c.tokens = toks
+			apitest.SetToken(toks.Sysadmin)
 			// The others join through the first: wait until it leads.
 			if err := c.waitFormed(ctx, 1, 60*time.Second); err != nil {
 				return c, err

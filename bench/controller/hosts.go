@@ -9,8 +9,9 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 
+	"github.com/yunchi/yunchi/internal/apitest"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 )
 
@@ -18,7 +19,8 @@ import (
 // protocol: RegisterHost, then Heartbeat every interval (with jitter),
 // registering again when a controller no longer knows the host. They take
 // no assignments: the VMs they are given stay pending, which is enough to
-// measure creates.
+// measure creates. Each host sends its own host token (made beforehand by
+// hostTokens) as a real agent does.
 type simHosts struct {
 	conns    []*grpc.ClientConn
 	clients  []yunchiv1.AgentServiceClient
@@ -28,12 +30,13 @@ type simHosts struct {
 }
 
 // dialAll opens k connections to each controller address; calls rotate
-// over them as agents spread over the controllers.
-func dialAll(addrs []string, k int) ([]*grpc.ClientConn, error) {
+// over them as agents spread over the controllers. Every call on them
+// sends tok ("" none: the simulated hosts send their own per call).
+func dialAll(addrs []string, k int, tok string) ([]*grpc.ClientConn, error) {
 	var conns []*grpc.ClientConn
 	for i := 0; i < k; i++ {
 		for _, a := range addrs {
-			cc, err := grpc.NewClient(a, grpc.WithTransportCredentials(insecure.NewCredentials()))
+			cc, err := apitest.DialToken(a, tok)
 			if err != nil {
 				for _, c := range conns {
 					c.Close()
@@ -47,7 +50,7 @@ func dialAll(addrs []string, k int) ([]*grpc.ClientConn, error) {
 }
 
 func newSimHosts(addrs []string, connsPerController int) (*simHosts, error) {
-	conns, err := dialAll(addrs, connsPerController)
+	conns, err := dialAll(addrs, connsPerController, "")
 	if err != nil {
 		return nil, err
 	}
@@ -73,9 +76,89 @@ func hostFacts(id string, vcpus, mem, disk int64) *yunchiv1.HostFacts {
 	}
 }
 
-// register registers one host, trying each connection in turn from k,
-// until ctx ends.
-func (s *simHosts) register(ctx context.Context, k int, f *yunchiv1.HostFacts) error {
+// hostTokens makes a host token for each of facts through the
+// TokenService at addrs, as the security administrator (token secadmin),
+// par at once, with progress on stderr. It returns each host's outgoing
+// metadata (authorization: Bearer <its token>), made once so that a
+// heartbeat costs no more than a context.
+func hostTokens(ctx context.Context, addrs []string, secadmin string, facts []*yunchiv1.HostFacts, par int) ([]metadata.MD, error) {
+	conns, err := dialAll(addrs, 1, secadmin)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	var clients []yunchiv1.TokenServiceClient
+	for _, cc := range conns {
+		clients = append(clients, yunchiv1.NewTokenServiceClient(cc))
+	}
+	mds := make([]metadata.MD, len(facts))
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		next, done atomic.Int64
+		once       sync.Once
+		firstErr   error
+		wg         sync.WaitGroup
+	)
+	step := max(int64(len(facts))/10, 1)
+	for w := 0; w < min(par, len(facts)); w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(facts) || ctx.Err() != nil {
+					return
+				}
+				tok, err := createHostToken(ctx, clients, i, facts[i].Id)
+				if err != nil {
+					once.Do(func() { firstErr = err; cancel() })
+					return
+				}
+				mds[i] = metadata.Pairs("authorization", "Bearer "+tok)
+				if d := done.Add(1); d%step == 0 || int(d) == len(facts) {
+					progress("  host tokens: %d/%d", d, len(facts))
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if firstErr != nil {
+		return nil, firstErr
+	}
+	return mds, ctx.Err()
+}
+
+// createHostToken makes one host token (no expiry), trying each
+// connection in turn from k. A retry after a timeout may leave an unused
+// token behind: harmless here.
+func createHostToken(ctx context.Context, clients []yunchiv1.TokenServiceClient, k int, hostID string) (string, error) {
+	req := &yunchiv1.CreateTokenRequest{HostId: hostID, Ttl: "0", Description: "bench simulated host"}
+	for attempt := 0; ; attempt++ {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		r, err := clients[(k+attempt)%len(clients)].CreateToken(cctx, req)
+		cancel()
+		if err == nil {
+			return r.GetSecret(), nil
+		}
+		if ctx.Err() != nil {
+			return "", ctx.Err()
+		}
+		if attempt > 50 {
+			return "", fmt.Errorf("host token for %s: %w", hostID, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// register registers one host (md: its credentials), trying each
+// connection in turn from k, until ctx ends.
+func (s *simHosts) register(ctx context.Context, k int, f *yunchiv1.HostFacts, md metadata.MD) error {
+	ctx = metadata.NewOutgoingContext(ctx, md)
 	for attempt := 0; ; attempt++ {
 		c := s.clients[(k+attempt)%len(s.clients)]
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -96,9 +179,10 @@ func (s *simHosts) register(ctx context.Context, k int, f *yunchiv1.HostFacts) e
 
 // run registers the hosts (at most par registrations at once) and then
 // heartbeats each every interval, the first after a random part of it,
-// until ctx ends. registered is closed once all are registered (or ctx
-// ended); errc gets the first registration error.
-func (s *simHosts) run(ctx context.Context, facts []*yunchiv1.HostFacts, interval time.Duration, par int, registered chan<- struct{}, errc chan<- error) {
+// until ctx ends; host i sends mds[i] (from hostTokens). registered is
+// closed once all are registered (or ctx ended); errc gets the first
+// registration error.
+func (s *simHosts) run(ctx context.Context, facts []*yunchiv1.HostFacts, mds []metadata.MD, interval time.Duration, par int, registered chan<- struct{}, errc chan<- error) {
 	sem := make(chan struct{}, par)
 	var regWG sync.WaitGroup
 	var once sync.Once
@@ -108,7 +192,7 @@ func (s *simHosts) run(ctx context.Context, facts []*yunchiv1.HostFacts, interva
 		go func() {
 			defer s.wg.Done()
 			sem <- struct{}{}
-			err := s.register(ctx, i, f)
+			err := s.register(ctx, i, f, mds[i])
 			<-sem
 			regWG.Done()
 			if err != nil {
@@ -119,6 +203,7 @@ func (s *simHosts) run(ctx context.Context, facts []*yunchiv1.HostFacts, interva
 			}
 			t := time.NewTimer(rand.N(interval))
 			defer t.Stop()
+			hctx := metadata.NewOutgoingContext(ctx, mds[i])
 			for attempt := i; ; attempt++ {
 				select {
 				case <-ctx.Done():
@@ -127,7 +212,7 @@ func (s *simHosts) run(ctx context.Context, facts []*yunchiv1.HostFacts, interva
 				}
 				t.Reset(interval)
 				c := s.clients[attempt%len(s.clients)]
-				cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+				cctx, cancel := context.WithTimeout(hctx, 2*time.Second)
 				r, err := c.Heartbeat(cctx, &yunchiv1.HeartbeatRequest{HostId: f.Id, Stats: &yunchiv1.HostStats{}})
 				cancel()
 				s.beats.Add(1)
@@ -136,7 +221,7 @@ func (s *simHosts) run(ctx context.Context, facts []*yunchiv1.HostFacts, interva
 					continue
 				}
 				if !r.Known {
-					s.register(ctx, attempt, f)
+					s.register(ctx, attempt, f, mds[i])
 				}
 			}
 		}()

@@ -99,14 +99,16 @@ func grpcCreate(conns []*grpc.ClientConn, prefix string) func(ctx context.Contex
 	}
 }
 
-// restCreate returns an op creating one VM per call with POST /v1/vms.
-func restCreate(hc *http.Client, addr, prefix string) func(ctx context.Context, client, seq int) error {
+// restCreate returns an op creating one VM per call with POST /v1/vms,
+// authenticated with tok (the header value made once).
+func restCreate(hc *http.Client, addr, tok, prefix string) func(ctx context.Context, client, seq int) error {
 	url := "http://" + addr + "/v1/vms"
 	// The body json.Marshal makes of {name, vcpus, memory, disk} (keys
 	// sorted; names need no escaping), put together without reflection so
 	// that the load generator, on the same cores, takes less from the
 	// controllers. The controller parses it all the same.
 	head, tail := `{"disk":"`+vmDisk+`","memory":"`+vmMemory+`","name":"`+prefix+"-", `","vcpus":1}`
+	authz := "Bearer " + tok
 	return func(ctx context.Context, client, seq int) error {
 		body := make([]byte, 0, len(head)+len(tail)+24)
 		body = append(body, head...)
@@ -119,6 +121,7 @@ func restCreate(hc *http.Client, addr, prefix string) func(ctx context.Context, 
 			return err
 		}
 		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Authorization", authz)
 		resp, err := hc.Do(req)
 		if err != nil {
 			return err

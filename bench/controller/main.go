@@ -232,8 +232,13 @@ func run(ctx context.Context, cfg config, out *os.File) (err error) {
 	for i := 0; i < cfg.createHosts; i++ {
 		facts = append(facts, hostFacts(fmt.Sprintf("big%03d", i), 8192, 8192*(256<<20), 8192*(1<<30)))
 	}
+	progress("making %d host tokens", cfg.createHosts)
+	mds, err := hostTokens(ctx, cl.apis(), cl.tokens.Secadmin, facts, 16)
+	if err != nil {
+		return err
+	}
 	registered, errc := make(chan struct{}), make(chan error, 1)
-	createHosts.run(hctx, facts, 2*time.Second, 8, registered, errc)
+	createHosts.run(hctx, facts, mds, 2*time.Second, 8, registered, errc)
 	select {
 	case <-registered:
 	case err := <-errc:
@@ -263,7 +268,7 @@ func run(ctx context.Context, cfg config, out *os.File) (err error) {
 			var op func(context.Context, int, int) error
 			var closeFn func()
 			if pr == "grpc" {
-				conns, err := dialAll([]string{leader.api}, 4)
+				conns, err := dialAll([]string{leader.api}, 4, cl.tokens.Sysadmin)
 				if err != nil {
 					return err
 				}
@@ -274,7 +279,7 @@ func run(ctx context.Context, cfg config, out *os.File) (err error) {
 				}
 			} else {
 				hc := restClient(n)
-				op, closeFn = restCreate(hc, leader.api, prefix), hc.CloseIdleConnections
+				op, closeFn = restCreate(hc, leader.api, cl.tokens.Sysadmin, prefix), hc.CloseIdleConnections
 			}
 			progress("creates through %s, %d clients, %s", pr, n, cfg.duration)
 			r := runLoad(ctx, n, cfg.duration, op)
@@ -335,7 +340,7 @@ func run(ctx context.Context, cfg config, out *os.File) (err error) {
 		}
 		mem.rss0, _ = leader.rssBytes()
 		progress("creating %d VMs in batches of 100 for the memory figure", cfg.realVMs)
-		if mem.added, err = createMany(ctx, leader.api, cfg.realVMs, 4); err != nil {
+		if mem.added, err = createMany(ctx, leader.api, cl.tokens.Sysadmin, cfg.realVMs, 4); err != nil {
 			return err
 		}
 		if err := cl.waitFormed(ctx, 3, 60*time.Second); err != nil {
@@ -361,9 +366,14 @@ func run(ctx context.Context, cfg config, out *os.File) (err error) {
 		for i := 0; i < cfg.hosts; i++ {
 			hfacts = append(hfacts, hostFacts(fmt.Sprintf("sim%05d", i), 64, 256<<30, 4<<40))
 		}
+		progress("making %d host tokens", cfg.hosts)
+		hmds, err := hostTokens(ctx, cl.apis(), cl.tokens.Secadmin, hfacts, 64)
+		if err != nil {
+			return err
+		}
 		progress("registering %d hosts heartbeating every %s", cfg.hosts, cfg.heartbeat)
 		reg, errc := make(chan struct{}), make(chan error, 1)
-		hb.run(hctx, hfacts, cfg.heartbeat, 64, reg, errc)
+		hb.run(hctx, hfacts, hmds, cfg.heartbeat, 64, reg, errc)
 		select {
 		case <-reg:
 		case err := <-errc:
@@ -453,7 +463,7 @@ func failoverTrial(ctx context.Context, cl *cluster, trial int) (time.Duration, 
 	if l == nil {
 		return 0, errors.New("no leader")
 	}
-	conns, err := dialAll(cl.apis(), 1)
+	conns, err := dialAll(cl.apis(), 1, cl.tokens.Sysadmin)
 	if err != nil {
 		return 0, err
 	}

@@ -55,9 +55,10 @@ func metric(ctx context.Context, addr, name string) (float64, error) {
 }
 
 // createMany creates n VMs on the leader through CreateVMs, 100 per call,
-// par calls at once, and returns how many were created.
-func createMany(ctx context.Context, addr string, n, par int) (int, error) {
-	conns, err := dialAll([]string{addr}, 1)
+// par calls at once, as the holder of tok, and returns how many were
+// created.
+func createMany(ctx context.Context, addr, tok string, n, par int) (int, error) {
+	conns, err := dialAll([]string{addr}, 1, tok)
 	if err != nil {
 		return 0, err
 	}

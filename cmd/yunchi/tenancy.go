@@ -8,6 +8,8 @@ import (
 
 	"github.com/urfave/cli/v2"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/yunchi/yunchi/internal/cliconfig"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
@@ -379,6 +381,8 @@ func tokenCommand() *cli.Command {
 				Flags:  []cli.Flag{&cli.StringFlag{Name: "user", Usage: "only this user's"}},
 				Action: withSession(tokenList)},
 			{Name: "revoke", Usage: "revoke a token: it stops working on every controller at once", ArgsUsage: "ID", Action: withSession(tokenRevoke)},
+			{Name: "current", Usage: "print the token this CLI sends (--token, YUNCHI_TOKEN, or the one yunchi login stored), for scripts: TOKEN=$(yunchi token current)",
+				Action: tokenCurrent},
 		},
 	}
 }
@@ -406,6 +410,27 @@ func tokenCreate(cCtx *cli.Context, s *session) error {
 		fmt.Fprintf(s.stderr, "token %s for %s, expires %s: shown once, store it now\n",
 			resp.GetToken().GetId(), owner, dash(s.out.timestamp(resp.GetToken().GetExpiresAt())))
 	})
+}
+
+// tokenCurrent prints the token later commands would send, as it is
+// (no call is made: it may be out of date, which the next command says).
+// It is a secret: printed on stdout only, for a script to capture.
+func tokenCurrent(cCtx *cli.Context) error {
+	if _, err := needArgs(cCtx); err != nil {
+		return err
+	}
+	out, err := newPrinter(cCtx.App.Writer, cCtx.String("output"))
+	if err != nil {
+		return err
+	}
+	_, token, err := credentials(cCtx)
+	if err != nil {
+		return err
+	}
+	if token == "" {
+		return status.Error(codes.Unauthenticated, "no token: give --token or YUNCHI_TOKEN, or log in with yunchi login --addr HOST:PORT --token TOKEN")
+	}
+	return out.print(&yunchiv1.CreateTokenResponse{Secret: token}, func(w io.Writer) { fmt.Fprintln(w, token) })
 }
 
 func tokenList(cCtx *cli.Context, s *session) error {

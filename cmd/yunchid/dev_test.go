@@ -17,6 +17,7 @@ import (
 
 	"github.com/yunchi/yunchi/cmd/yunchid/devcluster"
 	"github.com/yunchi/yunchi/internal/apitest"
+	"github.com/yunchi/yunchi/internal/cliconfig"
 )
 
 func buildCLI(t *testing.T) string {
@@ -35,12 +36,24 @@ type cliResult struct {
 	code           int
 }
 
+// cliEnv is the environment of a yunchi run against addr: the test's own
+// (YUNCHI_CONFIG, which the tests that run a dev cluster point at a file of
+// their own), and as YUNCHI_TOKEN the token the apitest helpers send (the
+// sysadmin's of a clustertest cluster), if any.
+func cliEnv(addr string) []string {
+	env := append(os.Environ(), "YUNCHI_ADDR="+addr)
+	if tok := apitest.Token(); tok != "" {
+		env = append(env, "YUNCHI_TOKEN="+tok)
+	}
+	return env
+}
+
 func runCLI(t *testing.T, bin, addr string, args ...string) cliResult {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.Env = append(os.Environ(), "YUNCHI_ADDR="+addr)
+	cmd.Env = cliEnv(addr)
 	var so, se bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &so, &se
 	err := cmd.Run()
@@ -84,6 +97,10 @@ func TestDevClusterWithCLI(t *testing.T) {
 		t.Skip("starts the dev cluster")
 	}
 	cli := buildCLI(t)
+	// The dev cluster logs the CLI in: into a config of this test's own,
+	// never the user's. The CLI runs below use that login.
+	cfgPath := filepath.Join(t.TempDir(), "yunchi-config.json")
+	t.Setenv("YUNCHI_CONFIG", cfgPath)
 	base := 20000 + os.Getpid()%20000
 	out := &apitest.LockedBuffer{}
 	ready := make(chan []string, 1)
@@ -118,6 +135,20 @@ func TestDevClusterWithCLI(t *testing.T) {
 	if !strings.Contains(out.String(), "9/9 hosts registered") {
 		t.Fatalf("no progress shown:\n%s", out)
 	}
+	// It printed the three administrators' tokens and stored the
+	// sysadmin's for the CLI.
+	cfg, _, err := cliconfig.Load()
+	if err != nil || cfg.Token == "" || cfg.User != "sysadmin" || !strings.Contains(out.String(), "sysadmin token: "+cfg.Token+"\n") {
+		t.Fatalf("CLI not logged in as the printed sysadmin (config %+v, %v):\n%s", cfg, err, out)
+	}
+	for _, who := range []string{"secadmin", "auditor"} {
+		if !strings.Contains(out.String(), who+" token: ") {
+			t.Fatalf("no %s token printed:\n%s", who, out)
+		}
+	}
+	if fi, err := os.Stat(cfgPath); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("config file %s: %v %v", cfgPath, fi, err)
+	}
 
 	// Create and wait, through a follower-first address list.
 	r := runCLI(t, cli, addrs[2]+","+addr, "vm", "create", "web-1", "--cpu", "2", "--memory", "4GiB", "--wait")
@@ -127,13 +158,14 @@ func TestDevClusterWithCLI(t *testing.T) {
 	if !strings.Contains(r.stderr+r.stdout, "running") {
 		t.Fatalf("no progress to running: %s %s", r.stdout, r.stderr)
 	}
-	// REST shows the same VM, running, on a host.
-	resp, err := http.Get("http://" + addr + "/v1/vms")
-	if err != nil {
-		t.Fatal(err)
+	// REST shows the same VM, running, on a host; without a token it says 401.
+	if code, _, err := apitest.Do(addr, http.MethodGet, "/v1/vms", ""); err != nil || code != http.StatusUnauthorized {
+		t.Fatalf("GET /v1/vms without a token: %d %v", code, err)
 	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	code, body, err := apitest.DoWith(addr, http.MethodGet, "/v1/vms", "", http.Header{"Authorization": {"Bearer " + cfg.Token}})
+	if err != nil || code != http.StatusOK {
+		t.Fatalf("GET /v1/vms: %d %v %s", code, err, body)
+	}
 	var list struct {
 		Vms []struct{ Name, HostId, Phase string }
 	}

@@ -29,6 +29,8 @@ func TestDevStartAndCtrlCLogNoErrors(t *testing.T) {
 		t.Skip("runs yunchid dev three times")
 	}
 	bin := clustertest.Binary(t)
+	// yunchid dev logs the CLI in: into a config of this test's own.
+	t.Setenv("YUNCHI_CONFIG", filepath.Join(t.TempDir(), "yunchi-config.json"))
 	for round := 1; round <= 3; round++ {
 		dir := t.TempDir()
 		logPath := filepath.Join(dir, "dev.log")
@@ -55,12 +57,19 @@ func TestDevStartAndCtrlCLogNoErrors(t *testing.T) {
 		})
 		output := func() string { b, _ := os.ReadFile(logPath); return string(b) }
 		deadline := time.Now().Add(2 * time.Minute)
-		for !strings.Contains(output(), "yunchi dev: ready") {
+		for !strings.Contains(output(), "yunchi dev: ready") || !strings.Contains(output(), "Ctrl-C stops everything.") { // the last line of its greeting
 			if time.Now().After(deadline) {
 				t.Fatalf("round %d: not ready in 2m:\n%s", round, output())
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
+		// It prints the sysadmin's token once ready.
+		_, rest, found := strings.Cut(output(), "sysadmin token: ")
+		tok, _, _ := strings.Cut(rest, "\n")
+		if !found || tok == "" {
+			t.Fatalf("round %d: no sysadmin token printed:\n%s", round, output())
+		}
+		apitest.UseToken(t, tok)
 		// Use it a little, as a person would before Ctrl-C: a few VMs
 		// through a follower, so raft has traffic in flight.
 		// A create may meet an election on a loaded machine (503): retry.

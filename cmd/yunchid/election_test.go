@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -27,7 +26,7 @@ func startCLI(t *testing.T, bin, addr string, args ...string) *bgCLI {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.Env = append(os.Environ(), "YUNCHI_ADDR="+addr)
+	cmd.Env = cliEnv(addr)
 	p := &bgCLI{name: strings.Join(args, " "), stdout: &apitest.LockedBuffer{}, stderr: &apitest.LockedBuffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.stdout, p.stderr
 	if err := cmd.Start(); err != nil {

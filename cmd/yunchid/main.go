@@ -145,7 +145,7 @@ func agentCmd() *cli.Command {
 			&cli.Int64Flag{Name: "disk-bytes", Usage: "disk capacity to offer (default: sum of active storage pools)"},
 			&cli.StringFlag{Name: "controllers", Value: "127.0.0.1:8470", Usage: "controller API addresses, comma-separated, tried in turn"},
 			&cli.DurationFlag{Name: "heartbeat", Usage: "heartbeat interval (default: what the controller asks at registration)"},
-			&cli.StringFlag{Name: "token-file", EnvVars: []string{"YUNCHI_HOST_TOKEN_FILE"}, Usage: "file holding this host token (from: yunchi token create --host ID); keep it mode 0600"},
+			&cli.StringFlag{Name: "token-file", EnvVars: []string{"YUNCHI_HOST_TOKEN_FILE"}, Usage: "`FILE` holding this host's token (made with: yunchi token create --host ID); keep it mode 0600"},
 		},
 		Action: func(c *cli.Context) error {
 			labels, err := agentLabels(c.StringSlice("label"))

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
+	"strings"
 	"testing"
 
 	"google.golang.org/grpc"
@@ -92,4 +94,34 @@ func TestLocalConnActsAsGRPC(t *testing.T) {
 			t.Errorf("handler error %v: got %v, want code %v, message %q", tc.err, err, tc.code, tc.msg)
 		}
 	}
+}
+
+// Each service is called on its own implementation (the tenancy services
+// are not *Server): REST to /v1/tokens used to panic with "*api.Server is
+// not yunchiv1.TokenServiceServer" on a controller that served it itself.
+// A service whose implementation lacks its methods is refused at once.
+func TestLocalConnCallsEachServiceOnItsImplementation(t *testing.T) {
+	s := &Server{}
+	gs := s.NewGRPCServer(NewMetrics(s))
+	defer gs.Stop()
+	lc := newLocalConn(s.local, nil)
+	for _, svc := range s.local.services {
+		d := svc.desc
+		for _, m := range d.Methods {
+			lm := lc.methods["/"+d.ServiceName+"/"+m.MethodName]
+			if !reflect.TypeOf(lm.srv).Implements(reflect.TypeOf(d.HandlerType).Elem()) {
+				t.Errorf("%s/%s is called on %T", d.ServiceName, m.MethodName, lm.srv)
+			}
+		}
+	}
+	if _, ok := lc.methods["/yunchi.v1.TokenService/CreateToken"]; !ok {
+		t.Fatal("TokenService is not served directly")
+	}
+
+	defer func() {
+		if r := recover(); r == nil || !strings.Contains(fmt.Sprint(r), "does not implement yunchi.v1.TokenService") {
+			t.Errorf("recovered %v, want a refusal naming the service", r)
+		}
+	}()
+	newLocalConn(&localServer{services: []localService{{&yunchiv1.TokenService_ServiceDesc, s}}}, nil)
 }

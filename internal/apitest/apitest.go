@@ -11,10 +11,12 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -22,8 +24,69 @@ import (
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 )
 
+var (
+	tokenMu sync.Mutex
+	token   string
+)
+
+// SetToken sets the bearer token every helper here sends (REST
+// Authorization header, gRPC authorization metadata); "" sends none. It
+// returns the token it replaces, so a test can put it back. Tests that set
+// it must not run in parallel with tests that use another.
+func SetToken(tok string) (previous string) {
+	tokenMu.Lock()
+	defer tokenMu.Unlock()
+	previous, token = token, tok
+	return previous
+}
+
+// UseToken is SetToken for the rest of t, the previous token restored at
+// its cleanup.
+func UseToken(t testing.TB, tok string) {
+	prev := SetToken(tok)
+	t.Cleanup(func() { SetToken(prev) })
+}
+
+// Token is the token the helpers send now.
+func Token() string {
+	tokenMu.Lock()
+	defer tokenMu.Unlock()
+	return token
+}
+
+// Bearer returns gRPC per-RPC credentials sending tok ("" nothing) as a
+// bearer token over a plaintext connection (tests and benchmarks on
+// loopback). The metadata is made once: a call costs no allocation for it.
+func Bearer(tok string) credentials.PerRPCCredentials {
+	b := bearer{}
+	if tok != "" {
+		b.md = map[string]string{"authorization": "Bearer " + tok}
+	}
+	return b
+}
+
+type bearer struct{ md map[string]string } // read only: shared by every call
+
+func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return b.md, nil
+}
+
+// RequireTransportSecurity is false: the test clusters are plaintext.
+func (bearer) RequireTransportSecurity() bool { return false }
+
+// Dial opens a plaintext gRPC client connection to addr that sends the
+// token set with SetToken (at dial time) with every call.
+func Dial(addr string) (*grpc.ClientConn, error) {
+	return DialToken(addr, Token())
+}
+
+// DialToken is Dial with a given token ("" sends none).
+func DialToken(addr, tok string) (*grpc.ClientConn, error) {
+	return grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithPerRPCCredentials(Bearer(tok)))
+}
+
 // Do sends one JSON request to a controller's REST API and returns the HTTP
-// status and the response body.
+// status and the response body. It sends the token set with SetToken.
 func Do(addr, method, path, body string) (int, []byte, error) {
 	return DoWith(addr, method, path, body, nil)
 }
@@ -36,7 +99,10 @@ func DoWith(addr, method, path, body string, header http.Header) (int, []byte, e
 	if err != nil {
 		return 0, nil, err
 	}
-	for k, v := range header {
+	if tok := Token(); tok != "" {
+		req.Header.Set("Authorization", "Bearer "+tok)
+	}
+	for k, v := range header { // may replace Authorization
 		req.Header[k] = v
 	}
 	req.Header.Set("Content-Type", "application/json")
@@ -55,7 +121,14 @@ func Post(addr, path, body string) (int, []byte, error) {
 }
 
 func get(addr, path string) (int, []byte, error) {
-	resp, err := http.Get("http://" + addr + path)
+	req, err := http.NewRequest(http.MethodGet, "http://"+addr+path, nil)
+	if err != nil {
+		return 0, nil, err
+	}
+	if tok := Token(); tok != "" {
+		req.Header.Set("Authorization", "Bearer "+tok)
+	}
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -90,7 +163,7 @@ func GetJSON(addr, path string, out proto.Message) error {
 
 // Status asks one controller for the cluster status.
 func Status(addr string) (*yunchiv1.ClusterStatus, error) {
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := Dial(addr)
 	if err != nil {
 		return nil, err
 	}
@@ -196,4 +269,29 @@ func FreePortOffset(t testing.TB, ports []int) int {
 	}
 	t.Fatal("no free set of loopback ports found")
 	return 0
+}
+
+// CreateHostToken makes a token for the agent of hostID (no expiry)
+// through addr's REST API, authenticated with secadmin (a security
+// administrator's token), and returns the token.
+func CreateHostToken(addr, secadmin, hostID string) (string, error) {
+	body, err := protojson.Marshal(&yunchiv1.CreateTokenRequest{HostId: hostID, Ttl: "0", Description: "test agent " + hostID})
+	if err != nil {
+		return "", err
+	}
+	code, b, err := DoWith(addr, http.MethodPost, "/v1/tokens", string(body), http.Header{"Authorization": {"Bearer " + secadmin}})
+	if err != nil {
+		return "", err
+	}
+	if code != http.StatusOK {
+		return "", fmt.Errorf("POST /v1/tokens for host %s: %d %s", hostID, code, b)
+	}
+	var resp yunchiv1.CreateTokenResponse
+	if err := protojson.Unmarshal(b, &resp); err != nil {
+		return "", err
+	}
+	if resp.GetSecret() == "" {
+		return "", fmt.Errorf("POST /v1/tokens for host %s: no token in the answer", hostID)
+	}
+	return resp.GetSecret(), nil
 }

@@ -5,11 +5,17 @@
 package daemon
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"syscall"
 	"time"
+
+	"github.com/yunchi/yunchi/controller"
 )
 
 // Proc is one started process.
@@ -92,4 +98,41 @@ func (p *Proc) Stop() {
 	case <-time.After(10 * time.Second):
 		p.Kill()
 	}
+}
+
+// WaitAdminTokens waits up to d for a bootstrap controller to write the
+// administrator tokens into its data dir (controller.AdminTokensFile) and
+// returns them. It gives up early if p (the controller, may be nil) ends.
+func WaitAdminTokens(ctx context.Context, p *Proc, dataDir string, d time.Duration) (controller.AdminTokens, error) {
+	deadline := time.Now().Add(d)
+	for {
+		toks, err := controller.ReadAdminTokens(dataDir)
+		if err == nil && toks.Sysadmin != "" && toks.Secadmin != "" {
+			return toks, nil
+		}
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return toks, err
+		}
+		if p != nil && !p.Running() {
+			return toks, fmt.Errorf("the controller ended before it wrote %s", filepath.Join(dataDir, controller.AdminTokensFile))
+		}
+		if time.Now().After(deadline) {
+			return toks, fmt.Errorf("no %s after %v", filepath.Join(dataDir, controller.AdminTokensFile), d)
+		}
+		select {
+		case <-ctx.Done():
+			return toks, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// WriteTokenFile writes a token to a new file readable by its owner only
+// (what `yunchid agent --token-file` accepts) and returns its path.
+func WriteTokenFile(dir, name, token string) (string, error) {
+	path := filepath.Join(dir, name)
+	if err := os.WriteFile(path, []byte(token+"\n"), 0o600); err != nil {
+		return "", err
+	}
+	return path, os.Chmod(path, 0o600) // whatever the umask
 }

@@ -6,6 +6,7 @@
 package clustertest
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"os"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/yunchi/yunchi/agent/libvirt"
+	"github.com/yunchi/yunchi/controller"
 	"github.com/yunchi/yunchi/internal/apitest"
 	"github.com/yunchi/yunchi/internal/daemon"
 )
@@ -117,12 +119,18 @@ type Cluster struct {
 	bin, dir    string
 	Controllers []*Controller
 	Agents      []*Agent
+	// Tokens are the administrators' tokens the first controller made
+	// (set by StartControllers). The apitest helpers send the sysadmin's
+	// for the rest of the test; CLI runs get it with Env.
+	Tokens controller.AdminTokens
 }
 
 // New returns an empty cluster; Stop runs at test cleanup.
 func New(t testing.TB) *Cluster {
 	c := &Cluster{t: t, bin: Binary(t), dir: t.TempDir()}
+	prev := apitest.SetToken("")
 	t.Cleanup(func() {
+		apitest.SetToken(prev)
 		for _, a := range c.Agents {
 			a.Stop()
 		}
@@ -148,8 +156,10 @@ func tail(s string, n int) string {
 	return s
 }
 
-// StartControllers starts n controllers: the first bootstraps, the others
-// join it. Centers cycle a1, a2, b1. It waits for n voters and a leader.
+// StartControllers starts n controllers: the first bootstraps (the test
+// waits for the administrator tokens it writes to its data dir), the
+// others join it with the sysadmin's token. Centers cycle a1, a2, b1. It
+// waits for n voters and a leader.
 func (c *Cluster) StartControllers(n int) {
 	c.t.Helper()
 	centers := []string{"a1", "a2", "b1"}
@@ -162,10 +172,18 @@ func (c *Cluster) StartControllers(n int) {
 		if i == 0 {
 			ctl.Args = append(ctl.Args, "--bootstrap")
 		} else {
-			ctl.Args = append(ctl.Args, "--join", c.Controllers[0].API)
+			ctl.Args = append(ctl.Args, "--join", c.Controllers[0].API, "--join-token", c.Tokens.Sysadmin)
 		}
 		ctl.start(c.t, c.bin)
 		c.Controllers = append(c.Controllers, ctl)
+		if i == 0 {
+			toks, err := daemon.WaitAdminTokens(context.Background(), ctl.d, filepath.Join(c.dir, ctl.ID), 60*time.Second)
+			if err != nil {
+				c.t.Fatalf("controller %s: %v", ctl.ID, err)
+			}
+			c.Tokens = toks
+			apitest.SetToken(toks.Sysadmin) // New's cleanup puts the previous one back
+		}
 	}
 	c.WaitVoters(n, 60*time.Second)
 }
@@ -178,7 +196,9 @@ func (c *Cluster) Restart(ctl *Controller) {
 
 // StartAgent starts an agent for a simulated host with the given size. The
 // k-th agent started tries controller k (modulo their number) first, so
-// agents spread over the controllers as in a real deployment.
+// agents spread over the controllers as in a real deployment. Its host
+// token is made through the API with the security administrator's token
+// and given in a file of mode 0600.
 func (c *Cluster) StartAgent(hostID, center string, cpus int, memBytes, diskBytes int64) *Agent {
 	c.t.Helper()
 	path := filepath.Join(c.dir, hostID+".xml")
@@ -186,13 +206,45 @@ func (c *Cluster) StartAgent(hostID, center string, cpus int, memBytes, diskByte
 	if err != nil {
 		c.t.Fatal(err)
 	}
+	tokFile := c.hostTokenFile(hostID)
 	a := &Agent{HostID: hostID, Proc: &Proc{Name: "agent-" + hostID, Dir: c.dir, Args: []string{
 		"agent", "--host-id", hostID, "--center", center, "--libvirt-uri", uri,
 		"--disk-bytes", fmt.Sprint(diskBytes), "--controllers", c.apiListFrom(len(c.Agents)), "--heartbeat", "500ms",
+		"--token-file", tokFile,
 	}}}
 	a.start(c.t, c.bin)
 	c.Agents = append(c.Agents, a)
 	return a
+}
+
+// hostTokenFile makes a host token for hostID through any live controller
+// (a follower forwards the write) and writes it to a 0600 file.
+func (c *Cluster) hostTokenFile(hostID string) string {
+	c.t.Helper()
+	if c.Tokens.Secadmin == "" {
+		c.t.Fatal("clustertest: start the controllers before the agents")
+	}
+	var tok string
+	var last error
+	if err := apitest.Poll(context.Background(), 30*time.Second, "a host token for "+hostID, func() bool {
+		for _, ctl := range c.Alive() {
+			if tok, last = apitest.CreateHostToken(ctl.API, c.Tokens.Secadmin, hostID); last == nil {
+				return true
+			}
+		}
+		return false
+	}); err != nil {
+		c.t.Fatalf("%v (last error: %v)", err, last)
+	}
+	dir := filepath.Join(c.dir, "tokens")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		c.t.Fatal(err)
+	}
+	path, err := daemon.WriteTokenFile(dir, hostID+".token", tok)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return path
 }
 
 // APIList is the controllers' API addresses, comma-separated.

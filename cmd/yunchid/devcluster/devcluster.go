@@ -232,7 +232,7 @@ func Run(ctx context.Context, cfg Config) error {
 		fmt.Fprintf(cfg.Out, "yunchi dev: yunchi is logged in as sysadmin (%s)\n", path)
 	}
 	fmt.Fprintf(cfg.Out, "  try: yunchi vm create web-1 --cpu 2 --memory 4GiB --wait\n")
-	fmt.Fprintf(cfg.Out, "       curl -s -H \"Authorization: Bearer $SYSADMIN_TOKEN\" %s/v1/vms\n", addrs[0])
+	fmt.Fprintf(cfg.Out, "       curl -s -H \"Authorization: Bearer $(yunchi token current)\" %s/v1/vms\n", addrs[0])
 	fmt.Fprintf(cfg.Out, "       yunchi cluster status\n")
 	fmt.Fprintf(cfg.Out, "Ctrl-C stops everything.\n")
 	if cfg.Ready != nil {
