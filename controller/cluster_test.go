@@ -57,7 +57,7 @@ func (c *inmemCluster) start(m *member, bootstrap bool, join []string) {
 			o.trans.Connect(m.trans.LocalAddr(), m.trans)
 		}
 	}
-	ctl, err := New(Config{
+	ctl, err := New(Config{Insecure: true,
 		ID: m.id, Center: m.center, Listen: "127.0.0.1:0", Advertise: m.advertise, DataDir: m.dir,
 		Bootstrap: bootstrap, Join: join, RaftTransport: m.trans, FastRaft: true, NoAuth: !c.auth, JoinToken: c.admins.Sysadmin, AdminTokensOut: io.Discard,
 		HostTTL: cmp.Or(c.hostTTL, time.Hour), LogSegmentSize: c.segSize, HeartbeatInterval: c.hbEvery,

@@ -5,6 +5,7 @@ package controller
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -61,13 +62,25 @@ type Config struct {
 	// pages may write through the REST API; none by default.
 	CORSAllowOrigins []string
 	Logger           *slog.Logger
-	// JoinToken authenticates this controller's JoinCluster call (a
-	// sysadmin's token) on a cluster without certificates.
-	JoinToken string
+
+	// Insecure: plaintext API and raft (the dev cluster, tests, an
+	// explicit --insecure). Otherwise TLS: see controller/tls.go.
+	Insecure bool
+	// TLSCert/TLSKey: the ministry's own certificate for the API (the
+	// cluster CA still signs controllers and agents).
+	TLSCert, TLSKey string
+	// JoinToken: with TLS, a joining controller's one-time join token
+	// (yunchi cluster join-token create); with Insecure, a sysadmin's API
+	// token for its JoinCluster call. CACertHash: the pin of the cluster
+	// CA a joiner verifies the cluster by (TLS).
+	JoinToken, CACertHash string
+	// Context bounds New's wait for a joiner's credentials (nil:
+	// Background; the wait is at most two minutes either way).
+	Context context.Context
 	// AdminTokensOut receives, once, the tokens of the administrator
 	// accounts the bootstrap controller creates (nil: stdout).
 	AdminTokensOut io.Writer
-	// NoAuth lets every API call through as a sysadmin. Only Go code can
+	// NoAuth lets every API call through with no caller. Only Go code can
 	// set it (no flag does): tests of behaviour that predates
 	// authentication.
 	NoAuth bool
@@ -86,6 +99,8 @@ type Controller struct {
 	log    *slog.Logger
 	// trail is the audit trail's file (closed after raft).
 	trail *audit.File
+	// sec is the TLS material (nil: plaintext).
+	sec *security
 }
 
 // auditTrail is the API's view of the trail: the file, and the head
@@ -127,6 +142,18 @@ func New(cfg Config) (*Controller, error) {
 			return nil, fmt.Errorf("--cors-allow-origin: %w", err)
 		}
 	}
+	var sec *security
+	if !cfg.Insecure {
+		if cfg.DataDir == "" {
+			return nil, errors.New("--data-dir is required")
+		}
+		var err error
+		if sec, err = setupTLS(cfg, lg); err != nil {
+			return nil, err
+		}
+	} else if cfg.TLSCert != "" || cfg.JoinToken != "" {
+		return nil, errors.New("--insecure excludes --tls-cert and --join-token")
+	}
 	lis, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", cfg.Listen, err)
@@ -138,6 +165,10 @@ func New(cfg Config) (*Controller, error) {
 		ID: cfg.ID, RaftBind: cfg.RaftListen, RaftAdvertise: cfg.RaftAdvertise,
 		DataDir: cfg.DataDir, Bootstrap: cfg.Bootstrap, Transport: cfg.RaftTransport, Logger: lg,
 		LogSegmentSize: cfg.LogSegmentSize,
+	}
+	if sec != nil {
+		rc.TLS = sec.peer
+		lis = tls.NewListener(lis, sec.api)
 	}
 	if cfg.FastRaft {
 		rc.HeartbeatTimeout, rc.ElectionTimeout, rc.LeaderLeaseTimeout = 300*time.Millisecond, 300*time.Millisecond, 150*time.Millisecond
@@ -169,8 +200,14 @@ func New(cfg Config) (*Controller, error) {
 	srv.DefaultStrategy = strategy
 	srv.Audit = auditTrail{trail, store}
 	srv.AuditRecorder = audit.NewRecorder(srv.SubmitAuditBatch, lg)
-	c := &Controller{cfg: cfg, lis: lis, node: node, api: srv, placer: placer, duties: duties, log: lg, trail: trail}
+	if sec != nil {
+		srv.TLS = &api.TLS{CA: sec.ca, Dial: sec.dial}
+	}
+	c := &Controller{cfg: cfg, lis: lis, node: node, api: srv, placer: placer, duties: duties, log: lg, trail: trail, sec: sec}
 	srv.Auth = &auth.Authorizer{Store: node.Store, Recorder: srv.AuditRecorder, Disabled: cfg.NoAuth, WaitChange: node.WaitChange}
+	if sec != nil {
+		srv.Auth.PeerIdentity = peerIdentity
+	}
 	return c, nil
 }
 
@@ -264,7 +301,11 @@ func (c *Controller) join(ctx context.Context) {
 	backoff := 200 * time.Millisecond
 	for ctx.Err() == nil {
 		for _, addr := range c.cfg.Join {
-			conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+			creds := insecure.NewCredentials()
+			if c.sec != nil {
+				creds = c.sec.dial
+			}
+			conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
 			if err != nil {
 				continue
 			}

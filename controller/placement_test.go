@@ -284,7 +284,7 @@ func TestNoFitExplanationDetails(t *testing.T) {
 }
 
 func TestDefaultStrategyIsValidated(t *testing.T) {
-	_, err := New(Config{ID: "x", Listen: "127.0.0.1:0", DataDir: t.TempDir(), DefaultStrategy: "random"})
+	_, err := New(Config{Insecure: true, ID: "x", Listen: "127.0.0.1:0", DataDir: t.TempDir(), DefaultStrategy: "random"})
 	if err == nil || !strings.Contains(err.Error(), "default-strategy") {
 		t.Fatalf("bad default strategy: %v", err)
 	}

@@ -161,7 +161,7 @@ func (r *recorder) start(m *member, bootstrap bool, join []string) {
 	var err error
 	for i := 0; i < 1000; i++ {
 		port := 17000 + (base-17000+i)%1000
-		ctl, err = New(Config{
+		ctl, err = New(Config{Insecure: true,
 			ID: m.id, Center: m.center, Listen: fmt.Sprintf("127.0.0.1:%d", port), DataDir: m.dir,
 			Bootstrap: bootstrap, Join: join, RaftTransport: m.trans, FastRaft: true, HostTTL: r.hostTTL, NoAuth: true,
 		})

@@ -127,7 +127,7 @@ func TestRESTInputRulesChangeNothing(t *testing.T) {
 func TestCORSAllowList(t *testing.T) {
 	const portal = "https://portal.example.gov.cn"
 	_, trans := raft.NewInmemTransport(raft.ServerAddress("inmem-c1:7000"))
-	ctl, err := New(Config{ID: "c1", Listen: "127.0.0.1:0", DataDir: t.TempDir(), Bootstrap: true, FastRaft: true, RaftTransport: trans, CORSAllowOrigins: []string{portal}, NoAuth: true})
+	ctl, err := New(Config{Insecure: true, ID: "c1", Listen: "127.0.0.1:0", DataDir: t.TempDir(), Bootstrap: true, FastRaft: true, RaftTransport: trans, CORSAllowOrigins: []string{portal}, NoAuth: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -171,7 +171,7 @@ func TestCORSAllowList(t *testing.T) {
 		t.Fatalf("groups: %v %v", &gs, err)
 	}
 
-	if _, err := New(Config{ID: "c2", Listen: "127.0.0.1:0", DataDir: t.TempDir(), CORSAllowOrigins: []string{"*"}}); err == nil ||
+	if _, err := New(Config{Insecure: true, ID: "c2", Listen: "127.0.0.1:0", DataDir: t.TempDir(), CORSAllowOrigins: []string{"*"}}); err == nil ||
 		!strings.Contains(err.Error(), `--cors-allow-origin: CORS origin "*" is not an origin`) {
 		t.Fatalf("wildcard origin: %v", err)
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/yunchi/yunchi/controller/auth"
 	"github.com/yunchi/yunchi/controller/state"
+	"github.com/yunchi/yunchi/internal/pki"
 	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
 )
 
@@ -131,4 +132,20 @@ func (c *Controller) IssueHostToken(ctx context.Context, hostID string) (string,
 		return "", err
 	}
 	return tok, nil
+}
+
+// peerIdentity is the caller's verified client certificate, as the access
+// interceptor takes it: a host's agent or another controller.
+func peerIdentity(ctx context.Context) (auth.Kind, string, bool) {
+	id, ok := pki.PeerIdentity(ctx)
+	if !ok {
+		return 0, "", false
+	}
+	switch id.Kind {
+	case pki.KindHost:
+		return auth.KindHost, id.ID, true
+	case pki.KindController:
+		return auth.KindController, id.ID, true
+	}
+	return 0, "", false
 }

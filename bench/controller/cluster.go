@@ -117,7 +117,8 @@ func startCluster(ctx context.Context, bin, dir string, n int) (*cluster, error)
 		p.dataDir = filepath.Join(dir, p.id)
 		p.logPath = filepath.Join(dir, p.id+".log")
 		p.args = []string{"--log-level", "info", "controller", "--id", p.id, "--center", p.center,
-			"--listen", api, "--raft-listen", rft, "--data-dir", p.dataDir}
+			"--listen", api, "--raft-listen", rft, "--data-dir", p.dataDir,
+			"--insecure"} // the benchmark measures the write path as before: plaintext on loopback
 		if i == 0 {
 			p.args = append(p.args, "--bootstrap")
 		} else {

@@ -41,6 +41,15 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 				EnvVars: []string{"YUNCHI_TOKEN"},
 			},
 			&cli.StringFlag{
+				Name:    "ca-cert",
+				Usage:   "CA certificate (PEM) the controllers' TLS certificate is verified by: the cluster CA, <data-dir>/tls/ca.crt",
+				EnvVars: []string{"YUNCHI_CA_CERT"},
+			},
+			&cli.BoolFlag{
+				Name:  "insecure",
+				Usage: "plaintext, no TLS (a cluster run with --insecure); without --ca-cert or --insecure, loopback addresses are dialed in plaintext (yunchid dev) and others with TLS verified by the system's CAs",
+			},
+			&cli.StringFlag{
 				Name:    "output",
 				Aliases: []string{"o"},
 				Usage:   "output format: table or json",
@@ -238,7 +247,7 @@ func withSession(fn func(cCtx *cli.Context, s *session) error) cli.ActionFunc {
 		if err != nil {
 			return err
 		}
-		addr, token, err := credentials(cCtx)
+		addr, token, err := loginCredentials(cCtx)
 		if err != nil {
 			return err
 		}
@@ -250,7 +259,12 @@ func withSession(fn func(cCtx *cli.Context, s *session) error) cli.ActionFunc {
 		if timeout < 0 || connect <= 0 {
 			return usagef("--timeout and --connect-timeout must be positive")
 		}
+		tr, err := newTransport(addrs, cCtx.String("ca-cert"), cCtx.Bool("insecure"), cCtx.App.ErrWriter)
+		if err != nil {
+			return err
+		}
 		c := newClient(addrs, token, timeout, connect)
+		c.tr = tr
 		c.progress = cCtx.App.ErrWriter
 		defer c.Close()
 		return fn(cCtx, &session{ctx: cCtx.Context, client: c, out: out, stderr: cCtx.App.ErrWriter})

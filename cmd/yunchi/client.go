@@ -49,6 +49,8 @@ type client struct {
 	token          string
 	timeout        time.Duration // per call; 0 = none
 	connectTimeout time.Duration
+	// tr: TLS or plaintext (transport.go).
+	tr transport
 
 	// progress gets the one line saying a call waits for an election.
 	progress io.Writer
@@ -111,6 +113,11 @@ func (c *client) conn(i int) (*grpc.ClientConn, error) {
 		// Our own dialer only to remember why an address is unreachable.
 		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
 			conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+			if err == nil {
+				// TLS here rather than as gRPC credentials, so that a
+				// failed verification is remembered and explained.
+				conn, err = c.tr.handshake(ctx, conn, addr)
+			}
 			c.mu.Lock()
 			c.dialErr[i] = err
 			c.mu.Unlock()
@@ -158,7 +165,12 @@ func (c *client) ready(ctx context.Context, i int) (*grpc.ClientConn, error) {
 		case connectivity.Ready:
 			return cc, nil
 		case connectivity.TransientFailure, connectivity.Shutdown:
-			return nil, c.unreachable(i, "unreachable")
+			err := c.unreachable(i, "unreachable")
+			var ue *usageError
+			if !errors.As(err, &ue) && c.tr.tls == nil && probeTLS(c.addrs[i], c.connectTimeout) {
+				return nil, usagef("the controller at %s serves TLS: %s", c.addrs[i], caHint)
+			}
+			return nil, err
 		}
 		if !cc.WaitForStateChange(ctx, s) {
 			waited := time.Since(start).Round(100 * time.Millisecond)
@@ -174,7 +186,10 @@ func (c *client) unreachable(i int, fallback string) error {
 	err := c.dialErr[i]
 	c.mu.Unlock()
 	var op *net.OpError
+	var ue *usageError
 	switch {
+	case errors.As(err, &ue):
+		return ue
 	case err == nil:
 		return errors.New(fallback)
 	case errors.As(err, &op) && op.Err != nil:

@@ -42,6 +42,7 @@ func clusterCommand() *cli.Command {
 				ArgsUsage: "ID",
 				Action:    withSession(clusterRemove),
 			},
+			joinTokenCommand(yunchiv1.JoinTokenKind_JOIN_TOKEN_KIND_CONTROLLER),
 		},
 	}
 }

@@ -15,6 +15,7 @@ func hostCommand() *cli.Command {
 		Name:  "host",
 		Usage: "list and inspect hypervisor hosts",
 		Subcommands: []*cli.Command{
+			joinTokenCommand(yunchiv1.JoinTokenKind_JOIN_TOKEN_KIND_HOST),
 			{
 				Name:    "list",
 				Aliases: []string{"ls"},

@@ -15,9 +15,9 @@ import (
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 )
 
-// credentials picks the controllers and token: flags and YUNCHI_ADDR /
+// loginCredentials picks the controllers and token: flags and YUNCHI_ADDR /
 // YUNCHI_TOKEN first, then what `yunchi login` stored.
-func credentials(cCtx *cli.Context) (addr, token string, err error) {
+func loginCredentials(cCtx *cli.Context) (addr, token string, err error) {
 	addr, token = cCtx.String("addr"), cCtx.String("token")
 	if cCtx.IsSet("addr") && cCtx.IsSet("token") {
 		return addr, token, nil
@@ -423,7 +423,7 @@ func tokenCurrent(cCtx *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	_, token, err := credentials(cCtx)
+	_, token, err := loginCredentials(cCtx)
 	if err != nil {
 		return err
 	}

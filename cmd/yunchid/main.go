@@ -6,20 +6,24 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 
 	"github.com/urfave/cli/v2"
+	"google.golang.org/grpc"
 
 	"github.com/yunchi/yunchi/agent"
 	"github.com/yunchi/yunchi/agent/libvirt"
 	"github.com/yunchi/yunchi/cmd/yunchid/devcluster"
 	"github.com/yunchi/yunchi/controller"
 	"github.com/yunchi/yunchi/controller/api"
+	"github.com/yunchi/yunchi/internal/pki"
 	"github.com/yunchi/yunchi/scheduler"
 )
 
@@ -106,7 +110,11 @@ func controllerCmd() *cli.Command {
 			&cli.StringFlag{Name: "default-strategy", Value: "binpack", Usage: "placement strategy when a create names none: binpack or spread"},
 			&cli.StringFlag{Name: "raft-segment-size", Value: "64MiB", Usage: "size of one raft log segment file, allocated in full when created (64KiB to 1GiB); smaller wastes less disk on a small data dir"},
 			&cli.StringSliceFlag{Name: "cors-allow-origin", Usage: "origin (scheme://host[:port]) whose browser pages may write through the REST API (repeatable; default none: cross-origin writes are refused)"},
-			&cli.StringFlag{Name: "join-token", EnvVars: []string{"YUNCHI_JOIN_TOKEN"}, Usage: "with --join: a sysadmin's token, to be let in (the bootstrap controller prints one)"},
+			&cli.BoolFlag{Name: "insecure", Usage: "plaintext API and raft, no certificates (default: TLS with the cluster CA in <data-dir>/tls)"},
+			&cli.StringFlag{Name: "tls-cert", Usage: "the API's certificate (PEM) instead of the cluster CA's, e.g. the ministry's own; agents and controllers still use the cluster CA"},
+			&cli.StringFlag{Name: "tls-key", Usage: "key (PEM) of --tls-cert"},
+			&cli.StringFlag{Name: "join-token", Usage: "with --join, first start: the one-time token from: yunchi cluster join-token create (with --insecure: a sysadmin's API token, the bootstrap controller prints one)", EnvVars: []string{"YUNCHI_JOIN_TOKEN"}},
+			&cli.StringFlag{Name: "ca-cert-hash", Usage: "with --join, first start: sha256:<hex> pin of the cluster CA, as the bootstrap controller printed it"},
 		},
 		Action: func(c *cli.Context) error {
 			seg, err := segmentSize(c.String("raft-segment-size"))
@@ -121,10 +129,18 @@ func controllerCmd() *cli.Command {
 				Listen: c.String("listen"), Advertise: c.String("advertise"),
 				RaftListen: c.String("raft-listen"), RaftAdvertise: c.String("raft-advertise"),
 				DataDir: c.String("data-dir"), Bootstrap: c.Bool("bootstrap"), Join: splitList(c.String("join")),
-				JoinToken: c.String("join-token"),
+				Insecure: c.Bool("insecure"), TLSCert: c.String("tls-cert"), TLSKey: c.String("tls-key"),
+				JoinToken: c.String("join-token"), CACertHash: c.String("ca-cert-hash"), Context: c.Context,
 			})
 			if err != nil {
 				return err
+			}
+			if c.Bool("insecure") {
+				slog.Warn("plaintext (--insecure): API and raft traffic, tokens included, cross the network unencrypted")
+			} else if c.Bool("bootstrap") {
+				fmt.Printf("cluster CA: %s (CA certificate for `yunchi --ca-cert`: %s)\n", ctl.CAHash(), filepath.Join(controller.TLSDir(c.String("data-dir")), pki.CACertFile))
+				fmt.Printf("join: yunchid controller --join %s --join-token <yunchi cluster join-token create> --ca-cert-hash %s ...; yunchid agent --controllers %s --join-token <yunchi host join-token create> --ca-cert-hash %s --credentials-dir DIR ...\n",
+					ctl.Addr(), ctl.CAHash(), ctl.Addr(), ctl.CAHash())
 			}
 			return ctl.Run(c.Context)
 		},
@@ -146,6 +162,10 @@ func agentCmd() *cli.Command {
 			&cli.StringFlag{Name: "controllers", Value: "127.0.0.1:8470", Usage: "controller API addresses, comma-separated, tried in turn"},
 			&cli.DurationFlag{Name: "heartbeat", Usage: "heartbeat interval (default: what the controller asks at registration)"},
 			&cli.StringFlag{Name: "token-file", EnvVars: []string{"YUNCHI_HOST_TOKEN_FILE"}, Usage: "`FILE` holding this host's token (made with: yunchi token create --host ID); keep it mode 0600"},
+			&cli.BoolFlag{Name: "insecure", Usage: "plaintext to the controllers, no certificate (default: mutual TLS)"},
+			&cli.StringFlag{Name: "credentials-dir", Usage: "where the host's certificate, the cluster CA and the host token are kept (made at the first start)"},
+			&cli.StringFlag{Name: "join-token", Usage: "first start: one-time token from `yunchi host join-token create`", EnvVars: []string{"YUNCHI_JOIN_TOKEN"}},
+			&cli.StringFlag{Name: "ca-cert-hash", Usage: "first start: sha256:<hex> pin of the cluster CA, as the bootstrap controller printed it"},
 		},
 		Action: func(c *cli.Context) error {
 			labels, err := agentLabels(c.StringSlice("label"))
@@ -155,7 +175,29 @@ func agentCmd() *cli.Command {
 			token, err := readTokenFile(c.String("token-file"))
 			if err != nil {
 				return err
+
 			}
+			var dial []grpc.DialOption
+			if c.Bool("insecure") {
+				if c.String("join-token") != "" {
+					return errors.New("--insecure excludes --join-token: join tokens are for TLS clusters; give --token-file")
+				}
+				if token == "" {
+					return errors.New("--insecure needs --token-file: the host's token from: yunchi token create --host ID")
+				}
+				slog.Warn("plaintext (--insecure): agent traffic crosses the network unencrypted")
+			} else {
+				if token != "" {
+					return errors.New("--token-file is for --insecure clusters: with TLS the host's certificate (made at join) identifies it")
+				}
+				creds, err := agent.Credentials(c.Context, agent.JoinConfig{
+					HostID: c.String("host-id"), Controllers: splitList(c.String("controllers")), Dir: c.String("credentials-dir"),
+					JoinToken: c.String("join-token"), CAHash: c.String("ca-cert-hash"),
+				})
+				if err != nil {
+					return err
+				}
+				dial = append(dial, grpc.WithTransportCredentials(creds))			}
 			drv, err := libvirt.Open(c.String("libvirt-uri"))
 			if err != nil {
 				return err
@@ -166,7 +208,7 @@ func agentCmd() *cli.Command {
 				HostID: c.String("host-id"), Hostname: hn, Center: c.String("center"), Site: c.String("site"),
 				Rack: c.String("rack"), Labels: labels, DiskBytes: c.Int64("disk-bytes"),
 				LibvirtURI: c.String("libvirt-uri"), Controllers: splitList(c.String("controllers")),
-				HeartbeatInterval: c.Duration("heartbeat"), Token: token,
+				HeartbeatInterval: c.Duration("heartbeat"), DialOptions: dial, Token: token,
 			}, drv)
 			return a.Run(c.Context)
 		},

@@ -7,6 +7,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
@@ -24,6 +25,15 @@ import (
 // access rule (mutating: true, beside the RPC in the proto), so a new
 // write cannot be left out.
 func leaderOnly(fullMethod string) bool { return auth.Mutating(fullMethod) }
+
+// dialCreds are the transport credentials for dialing another controller:
+// mutual TLS with this controller's certificate, or plaintext.
+func (s *Server) dialCreds() credentials.TransportCredentials {
+	if s.TLS != nil && s.TLS.Dial != nil {
+		return s.TLS.Dial
+	}
+	return insecure.NewCredentials()
+}
 
 // consistentReader is implemented by read requests with a `consistent` field.
 type consistentReader interface{ GetConsistent() bool }
@@ -98,7 +108,7 @@ func (f *forwarder) leaderConn() (*grpc.ClientConn, error) {
 	if c, ok := f.conns[m.ApiAddress]; ok {
 		return c, nil
 	}
-	c, err := grpc.NewClient(m.ApiAddress, grpc.WithTransportCredentials(insecure.NewCredentials()),
+	c, err := grpc.NewClient(m.ApiAddress, grpc.WithTransportCredentials(f.s.dialCreds()),
 		grpc.WithKeepaliveParams(forwardKeepalive))
 	if err != nil {
 		return nil, notProposed("cannot reach leader %s at %s: %v", id, m.ApiAddress, err)

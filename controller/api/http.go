@@ -20,6 +20,7 @@ import (
 
 	"github.com/yunchi/yunchi/controller/audit"
 	"github.com/yunchi/yunchi/docs"
+	"github.com/yunchi/yunchi/internal/pki"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 )
 
@@ -28,8 +29,10 @@ import (
 const MinClientPing = 5 * time.Second
 
 // NewGRPCServer registers every service behind one interceptor chain:
-// metrics first (it sees every outcome), then the slot where
-// authentication and audit will sit, then the membership check (a removed
+// metrics first (it sees every outcome), then access (controller/auth:
+// the caller from its token or client certificate, its role against the
+// method's rule, its department), then the audit context, then the
+// membership check (a removed
 // controller answers where to go instead), then the refusal of local reads
 // this controller cannot vouch for, then leader forwarding (so a
 // forwarded call was already authenticated here), then, on the leader, the
@@ -46,14 +49,20 @@ func (s *Server) NewGRPCServer(m *Metrics, extra ...grpc.UnaryServerInterceptor)
 	// after authentication, which names the caller.
 	unary = append(unary, audit.UnaryInterceptor, s.MemberInterceptor, s.StaleReadInterceptor, s.LeaderInterceptor, s.IdempotencyInterceptor)
 	stream = append(stream, s.MemberStreamInterceptor, s.StaleStreamInterceptor)
-	gs := grpc.NewServer(grpc.ChainUnaryInterceptor(unary...),
+	opts := []grpc.ServerOption{grpc.ChainUnaryInterceptor(unary...),
 		grpc.ChainStreamInterceptor(stream...),
 		grpc.MaxRecvMsgSize(MaxGRPCRequest),
 		// gRPC's own transport (see Split) refuses pings more often than
 		// every 5 minutes by default and would close the connections of
 		// agents and followers, which ping every 10 s (also when idle)
 		// to notice a hung controller.
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: MinClientPing, PermitWithoutStream: true}))
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: MinClientPing, PermitWithoutStream: true})}
+	if s.TLS != nil {
+		// The port accepts TLS and hands gRPC its connections decrypted
+		// (Split); these credentials tell gRPC their TLS state.
+		opts = append(opts, grpc.Creds(pki.HandshakenCreds()))
+	}
+	gs := grpc.NewServer(opts...)
 	// Every service is registered once, here; those REST serves are also
 	// kept, with their implementation, for NewHTTPHandler's direct calls.
 	s.local = &localServer{gs: gs, unary: unary}

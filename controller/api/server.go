@@ -80,6 +80,9 @@ type Server struct {
 	// logins (its queue length and drops are metrics).
 	Audit         AuditTrail
 	AuditRecorder *audit.Recorder
+	// TLS: the cluster CA and how to dial other controllers (nil:
+	// plaintext, --insecure and the dev cluster).
+	TLS *TLS
 
 	// health is the gRPC health service; RunHealth sets its status.
 	healthMu sync.Mutex

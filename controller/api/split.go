@@ -268,6 +268,10 @@ type replayConn struct {
 
 func (c *replayConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
+// NetConn is the connection underneath (a *tls.Conn on a TLS port: its
+// state is the gRPC peer's, internal/pki.HandshakenCreds).
+func (c *replayConn) NetConn() net.Conn { return c.Conn }
+
 // dropFirstAck passes HTTP/2 frames through but the first SETTINGS ACK.
 type dropFirstAck struct {
 	r       *bufio.Reader

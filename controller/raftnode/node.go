@@ -35,6 +35,8 @@ type Config struct {
 	// Transport replaces TCP (tests use raft.InmemTransport); its
 	// LocalAddr is then the advertised address.
 	Transport raft.Transport
+	// TLS: raft over mutual TLS between controllers (nil: plain TCP).
+	TLS *PeerTLS
 	// Tuning for tests; zero keeps the production timeouts below.
 	HeartbeatTimeout, ElectionTimeout, LeaderLeaseTimeout time.Duration
 	SnapshotThreshold                                     uint64
@@ -149,7 +151,14 @@ func Open(cfg Config, store *state.Store) (*Node, error) {
 			logs.Close()
 			return nil, fmt.Errorf("raft: advertise address %q: %w", adv, err)
 		}
-		trans, err = raft.NewTCPTransportWithLogger(cfg.RaftBind, tcpAddr, 3, 10*time.Second, hl)
+		if cfg.TLS != nil {
+			var st *tlsStream
+			if st, err = newTLSStream(cfg.RaftBind, tcpAddr, cfg.TLS); err == nil {
+				trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{Stream: st, MaxPool: 3, Timeout: 10 * time.Second, Logger: hl})
+			}
+		} else {
+			trans, err = raft.NewTCPTransportWithLogger(cfg.RaftBind, tcpAddr, 3, 10*time.Second, hl)
+		}
 		if err != nil {
 			logs.Close()
 			return nil, fmt.Errorf("raft: listen on %s: %w", cfg.RaftBind, err)

@@ -31,7 +31,8 @@ import (
 // every older version. Snapshot version 3 adds the tenancy tables.
 // Version 6 adds the audit trail (audit.go): commands carry an audit
 // context, Apply records them; snapshot version 4 adds the chain's head
-// (and the records after the message, see raftnode's FSM).
+// (and the records after the message, see raftnode's FSM); and join
+// tokens (jointokens.go), in the snapshot too.
 const (
 	CommandVersion  = 6
 	SnapshotVersion = 4
@@ -55,6 +56,8 @@ type Store struct {
 	projects map[string]*statev1.ProjectRecord
 	users    map[string]*statev1.UserRecord
 	tokens   map[string]*statev1.TokenRecord
+	// joinTokens by id (jointokens.go), replaced, never changed in place.
+	joinTokens map[string]*statev1.JoinTokenRecord
 	// projectUse counts the VMs and placement groups of each project
 	// (derived): a project in use is not deleted, and one in use without
 	// a record is a project from before departments (department default).
@@ -127,6 +130,7 @@ func (s *Store) reset() {
 	s.projects = map[string]*statev1.ProjectRecord{}
 	s.users = map[string]*statev1.UserRecord{}
 	s.tokens = map[string]*statev1.TokenRecord{}
+	s.joinTokens = map[string]*statev1.JoinTokenRecord{}
 	s.projectUse = map[string]int{}
 	s.projUse = map[string]Usage{}
 	s.deptUse = map[string]Usage{}
@@ -254,6 +258,9 @@ type Result struct {
 	Project    *statev1.ProjectRecord
 	User       *statev1.UserRecord
 	Token      *statev1.TokenRecord
+	// CreateJoinToken, ConsumeJoinToken (which also sets Token: the
+	// host's API token).
+	JoinToken *statev1.JoinTokenRecord
 }
 
 // Apply applies one command at a raft index. It is deterministic: the same
@@ -334,6 +341,10 @@ func (s *Store) Apply(index uint64, cmd *statev1.Command) (Result, error) {
 		}
 	case *statev1.Command_ArchiveAudit:
 		_, err = s.applyArchiveAudit(c.ArchiveAudit)
+	case *statev1.Command_CreateJoinToken:
+		res.JoinToken, err = s.applyCreateJoinToken(cmd.UnixNano, c.CreateJoinToken)
+	case *statev1.Command_ConsumeJoinToken:
+		res.JoinToken, res.Token, err = s.applyConsumeJoinToken(cmd.UnixNano, c.ConsumeJoinToken)
 	default:
 		err = errorf(KindInvalid, "unknown command %T: this controller is older than the log; upgrade it", cmd.GetCmd())
 	}
@@ -581,6 +592,7 @@ type View struct {
 	users    []*statev1.UserRecord
 	tokens   []*statev1.TokenRecord
 	audit    *statev1.AuditHead
+	joinTok  []*statev1.JoinTokenRecord
 }
 
 // View takes the state as of the last applied index.
@@ -624,6 +636,9 @@ func (s *Store) View() *View {
 	for _, t := range s.tokens {
 		v.tokens = append(v.tokens, t)
 	}
+	for _, t := range s.joinTokens {
+		v.joinTok = append(v.joinTok, t)
+	}
 	// Every record is now shared with v: the next change to one clones it.
 	s.ownVMs = map[*statev1.VMRecord]struct{}{}
 	s.ownHosts = map[*statev1.HostRecord]struct{}{}
@@ -643,7 +658,9 @@ func (v *View) Snapshot() *statev1.Snapshot {
 		Departments: slices.Clone(v.depts), Projects: slices.Clone(v.projects),
 		Users: slices.Clone(v.users), Tokens: slices.Clone(v.tokens),
 		AuditHead: v.audit,
+		JoinTokens: slices.Clone(v.joinTok),
 	}
+	slices.SortFunc(snap.JoinTokens, func(a, b *statev1.JoinTokenRecord) int { return strings.Compare(a.Id, b.Id) })
 	slices.SortFunc(snap.Departments, func(a, b *statev1.DepartmentRecord) int { return strings.Compare(a.Name, b.Name) })
 	slices.SortFunc(snap.Projects, func(a, b *statev1.ProjectRecord) int { return strings.Compare(a.Name, b.Name) })
 	slices.SortFunc(snap.Users, func(a, b *statev1.UserRecord) int { return strings.Compare(a.Name, b.Name) })
@@ -700,6 +717,9 @@ func (s *Store) Restore(snap *statev1.Snapshot) error {
 	}
 	for _, t := range snap.GetTokens() {
 		s.tokens[t.Id] = proto.Clone(t).(*statev1.TokenRecord)
+	}
+	for _, t := range snap.GetJoinTokens() {
+		s.joinTokens[t.Id] = proto.Clone(t).(*statev1.JoinTokenRecord)
 	}
 	for _, r := range snap.GetRequests() {
 		s.requests.clock = max(s.requests.clock, r.UnixNano)

@@ -168,6 +168,7 @@ func (c *Cluster) StartControllers(n int) {
 		ctl.Proc = &Proc{Name: "controller-" + ctl.ID, Dir: c.dir, Args: []string{
 			"--log-level", "info", "controller", "--id", ctl.ID, "--center", ctl.Center,
 			"--listen", ctl.API, "--raft-listen", ctl.Raft, "--data-dir", filepath.Join(c.dir, ctl.ID),
+			"--insecure", // plaintext on loopback; TLS has its own tests (cmd/yunchid/tls_test.go)
 		}}
 		if i == 0 {
 			ctl.Args = append(ctl.Args, "--bootstrap")
@@ -211,6 +212,7 @@ func (c *Cluster) StartAgent(hostID, center string, cpus int, memBytes, diskByte
 		"agent", "--host-id", hostID, "--center", center, "--libvirt-uri", uri,
 		"--disk-bytes", fmt.Sprint(diskBytes), "--controllers", c.apiListFrom(len(c.Agents)), "--heartbeat", "500ms",
 		"--token-file", tokFile,
+		"--insecure",
 	}}}
 	a.start(c.t, c.bin)
 	c.Agents = append(c.Agents, a)

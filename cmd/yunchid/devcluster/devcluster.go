@@ -138,6 +138,8 @@ func Run(ctx context.Context, cfg Config) error {
 			RaftListen: fmt.Sprintf("127.0.0.1:%d", cfg.BasePort+10+i),
 			DataDir:    filepath.Join(dir, "controllers", c.ID), FastRaft: true, Logger: lg,
 			AdminTokensOut: io.Discard, // printed below, in dev's own words
+			// The embedded demo on loopback: plaintext (said once, below).
+			Insecure: true,
 		}
 		if i == 0 {
 			ccfg.Bootstrap = true
@@ -169,6 +171,7 @@ func Run(ctx context.Context, cfg Config) error {
 		}()
 	}
 	fmt.Fprintf(cfg.Out, "yunchi dev: 3 controllers starting (a1 production, a2 same-city DR, b1 remote DR), state in %s\n", dir)
+	fmt.Fprintf(cfg.Out, "yunchi dev: plaintext (no TLS), on loopback only; yunchid controller serves TLS\n")
 
 	conn, err := grpc.NewClient(addrs[0], grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithPerRPCCredentials(bearer(admins.Sysadmin)))

@@ -711,6 +711,132 @@ func (x *Assignments) GetVms() []*Assignment {
 	return nil
 }
 
+// JoinHostRequest trades a host join token for the host's certificate.
+type JoinHostRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	HostId    string                 `protobuf:"bytes,1,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
+	JoinToken string                 `protobuf:"bytes,2,opt,name=join_token,json=joinToken,proto3" json:"join_token,omitempty"`
+	// PKCS#10 certificate request (DER) for the agent's key.
+	Csr           []byte `protobuf:"bytes,3,opt,name=csr,proto3" json:"csr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JoinHostRequest) Reset() {
+	*x = JoinHostRequest{}
+	mi := &file_yunchi_v1_agent_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JoinHostRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JoinHostRequest) ProtoMessage() {}
+
+func (x *JoinHostRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_agent_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JoinHostRequest.ProtoReflect.Descriptor instead.
+func (*JoinHostRequest) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *JoinHostRequest) GetHostId() string {
+	if x != nil {
+		return x.HostId
+	}
+	return ""
+}
+
+func (x *JoinHostRequest) GetJoinToken() string {
+	if x != nil {
+		return x.JoinToken
+	}
+	return ""
+}
+
+func (x *JoinHostRequest) GetCsr() []byte {
+	if x != nil {
+		return x.Csr
+	}
+	return nil
+}
+
+type JoinHostResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// PEM: the host's certificate (URI SAN spiffe://yunchi/host/<id>) and
+	// the cluster CA.
+	Certificate   []byte `protobuf:"bytes,1,opt,name=certificate,proto3" json:"certificate,omitempty"`
+	CaCertificate []byte `protobuf:"bytes,2,opt,name=ca_certificate,json=caCertificate,proto3" json:"ca_certificate,omitempty"`
+	// An API token for this host ("yc_<id>_<secret>"), for clusters without
+	// TLS; shown nowhere but here.
+	HostToken     string `protobuf:"bytes,3,opt,name=host_token,json=hostToken,proto3" json:"host_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JoinHostResponse) Reset() {
+	*x = JoinHostResponse{}
+	mi := &file_yunchi_v1_agent_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JoinHostResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JoinHostResponse) ProtoMessage() {}
+
+func (x *JoinHostResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_agent_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JoinHostResponse.ProtoReflect.Descriptor instead.
+func (*JoinHostResponse) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *JoinHostResponse) GetCertificate() []byte {
+	if x != nil {
+		return x.Certificate
+	}
+	return nil
+}
+
+func (x *JoinHostResponse) GetCaCertificate() []byte {
+	if x != nil {
+		return x.CaCertificate
+	}
+	return nil
+}
+
+func (x *JoinHostResponse) GetHostToken() string {
+	if x != nil {
+		return x.HostToken
+	}
+	return ""
+}
+
 var File_yunchi_v1_agent_proto protoreflect.FileDescriptor
 
 const file_yunchi_v1_agent_proto_rawDesc = "" +
@@ -769,8 +895,19 @@ const file_yunchi_v1_agent_proto_rawDesc = "" +
 	"\x05phase\x18\t \x01(\x0e2\x12.yunchi.v1.VMPhaseR\x05phase\"L\n" +
 	"\vAssignments\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12'\n" +
-	"\x03vms\x18\x02 \x03(\v2\x15.yunchi.v1.AssignmentR\x03vms2\x8c\x03\n" +
-	"\fAgentService\x12f\n" +
+	"\x03vms\x18\x02 \x03(\v2\x15.yunchi.v1.AssignmentR\x03vms\"[\n" +
+	"\x0fJoinHostRequest\x12\x17\n" +
+	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x12\x1d\n" +
+	"\n" +
+	"join_token\x18\x02 \x01(\tR\tjoinToken\x12\x10\n" +
+	"\x03csr\x18\x03 \x01(\fR\x03csr\"z\n" +
+	"\x10JoinHostResponse\x12 \n" +
+	"\vcertificate\x18\x01 \x01(\fR\vcertificate\x12%\n" +
+	"\x0eca_certificate\x18\x02 \x01(\fR\rcaCertificate\x12\x1d\n" +
+	"\n" +
+	"host_token\x18\x03 \x01(\tR\thostToken2\xdb\x03\n" +
+	"\fAgentService\x12M\n" +
+	"\bJoinHost\x12\x1a.yunchi.v1.JoinHostRequest\x1a\x1b.yunchi.v1.JoinHostResponse\"\b\xc2\xf3\x18\x04\x10\x01 \x01\x12f\n" +
 	"\fRegisterHost\x12\x1e.yunchi.v1.RegisterHostRequest\x1a\x1f.yunchi.v1.RegisterHostResponse\"\x15\xc2\xf3\x18\x11\n" +
 	"\x01\b\x18\x03 \x01*\bfacts.id\x12S\n" +
 	"\tHeartbeat\x12\x1b.yunchi.v1.HeartbeatRequest\x1a\x1c.yunchi.v1.HeartbeatResponse\"\v\xc2\xf3\x18\a\n" +
@@ -792,7 +929,7 @@ func file_yunchi_v1_agent_proto_rawDescGZIP() []byte {
 	return file_yunchi_v1_agent_proto_rawDescData
 }
 
-var file_yunchi_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_yunchi_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_yunchi_v1_agent_proto_goTypes = []any{
 	(*HostFacts)(nil),               // 0: yunchi.v1.HostFacts
 	(*RegisterHostRequest)(nil),     // 1: yunchi.v1.RegisterHostRequest
@@ -805,34 +942,38 @@ var file_yunchi_v1_agent_proto_goTypes = []any{
 	(*WatchAssignmentsRequest)(nil), // 8: yunchi.v1.WatchAssignmentsRequest
 	(*Assignment)(nil),              // 9: yunchi.v1.Assignment
 	(*Assignments)(nil),             // 10: yunchi.v1.Assignments
-	nil,                             // 11: yunchi.v1.HostFacts.LabelsEntry
-	(*Resources)(nil),               // 12: yunchi.v1.Resources
-	(*Host)(nil),                    // 13: yunchi.v1.Host
-	(VMPhase)(0),                    // 14: yunchi.v1.VMPhase
-	(*HostStats)(nil),               // 15: yunchi.v1.HostStats
-	(PowerState)(0),                 // 16: yunchi.v1.PowerState
+	(*JoinHostRequest)(nil),         // 11: yunchi.v1.JoinHostRequest
+	(*JoinHostResponse)(nil),        // 12: yunchi.v1.JoinHostResponse
+	nil,                             // 13: yunchi.v1.HostFacts.LabelsEntry
+	(*Resources)(nil),               // 14: yunchi.v1.Resources
+	(*Host)(nil),                    // 15: yunchi.v1.Host
+	(VMPhase)(0),                    // 16: yunchi.v1.VMPhase
+	(*HostStats)(nil),               // 17: yunchi.v1.HostStats
+	(PowerState)(0),                 // 18: yunchi.v1.PowerState
 }
 var file_yunchi_v1_agent_proto_depIdxs = []int32{
-	11, // 0: yunchi.v1.HostFacts.labels:type_name -> yunchi.v1.HostFacts.LabelsEntry
-	12, // 1: yunchi.v1.HostFacts.capacity:type_name -> yunchi.v1.Resources
+	13, // 0: yunchi.v1.HostFacts.labels:type_name -> yunchi.v1.HostFacts.LabelsEntry
+	14, // 1: yunchi.v1.HostFacts.capacity:type_name -> yunchi.v1.Resources
 	0,  // 2: yunchi.v1.RegisterHostRequest.facts:type_name -> yunchi.v1.HostFacts
-	13, // 3: yunchi.v1.RegisterHostResponse.host:type_name -> yunchi.v1.Host
-	14, // 4: yunchi.v1.VMStatus.phase:type_name -> yunchi.v1.VMPhase
-	15, // 5: yunchi.v1.HeartbeatRequest.stats:type_name -> yunchi.v1.HostStats
+	15, // 3: yunchi.v1.RegisterHostResponse.host:type_name -> yunchi.v1.Host
+	16, // 4: yunchi.v1.VMStatus.phase:type_name -> yunchi.v1.VMPhase
+	17, // 5: yunchi.v1.HeartbeatRequest.stats:type_name -> yunchi.v1.HostStats
 	3,  // 6: yunchi.v1.ReportVMStatusRequest.statuses:type_name -> yunchi.v1.VMStatus
-	16, // 7: yunchi.v1.Assignment.desired:type_name -> yunchi.v1.PowerState
-	14, // 8: yunchi.v1.Assignment.phase:type_name -> yunchi.v1.VMPhase
+	18, // 7: yunchi.v1.Assignment.desired:type_name -> yunchi.v1.PowerState
+	16, // 8: yunchi.v1.Assignment.phase:type_name -> yunchi.v1.VMPhase
 	9,  // 9: yunchi.v1.Assignments.vms:type_name -> yunchi.v1.Assignment
-	1,  // 10: yunchi.v1.AgentService.RegisterHost:input_type -> yunchi.v1.RegisterHostRequest
-	4,  // 11: yunchi.v1.AgentService.Heartbeat:input_type -> yunchi.v1.HeartbeatRequest
-	6,  // 12: yunchi.v1.AgentService.ReportVMStatus:input_type -> yunchi.v1.ReportVMStatusRequest
-	8,  // 13: yunchi.v1.AgentService.WatchAssignments:input_type -> yunchi.v1.WatchAssignmentsRequest
-	2,  // 14: yunchi.v1.AgentService.RegisterHost:output_type -> yunchi.v1.RegisterHostResponse
-	5,  // 15: yunchi.v1.AgentService.Heartbeat:output_type -> yunchi.v1.HeartbeatResponse
-	7,  // 16: yunchi.v1.AgentService.ReportVMStatus:output_type -> yunchi.v1.ReportVMStatusResponse
-	10, // 17: yunchi.v1.AgentService.WatchAssignments:output_type -> yunchi.v1.Assignments
-	14, // [14:18] is the sub-list for method output_type
-	10, // [10:14] is the sub-list for method input_type
+	11, // 10: yunchi.v1.AgentService.JoinHost:input_type -> yunchi.v1.JoinHostRequest
+	1,  // 11: yunchi.v1.AgentService.RegisterHost:input_type -> yunchi.v1.RegisterHostRequest
+	4,  // 12: yunchi.v1.AgentService.Heartbeat:input_type -> yunchi.v1.HeartbeatRequest
+	6,  // 13: yunchi.v1.AgentService.ReportVMStatus:input_type -> yunchi.v1.ReportVMStatusRequest
+	8,  // 14: yunchi.v1.AgentService.WatchAssignments:input_type -> yunchi.v1.WatchAssignmentsRequest
+	12, // 15: yunchi.v1.AgentService.JoinHost:output_type -> yunchi.v1.JoinHostResponse
+	2,  // 16: yunchi.v1.AgentService.RegisterHost:output_type -> yunchi.v1.RegisterHostResponse
+	5,  // 17: yunchi.v1.AgentService.Heartbeat:output_type -> yunchi.v1.HeartbeatResponse
+	7,  // 18: yunchi.v1.AgentService.ReportVMStatus:output_type -> yunchi.v1.ReportVMStatusResponse
+	10, // 19: yunchi.v1.AgentService.WatchAssignments:output_type -> yunchi.v1.Assignments
+	15, // [15:20] is the sub-list for method output_type
+	10, // [10:15] is the sub-list for method input_type
 	10, // [10:10] is the sub-list for extension type_name
 	10, // [10:10] is the sub-list for extension extendee
 	0,  // [0:10] is the sub-list for field type_name
@@ -851,7 +992,7 @@ func file_yunchi_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_yunchi_v1_agent_proto_rawDesc), len(file_yunchi_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

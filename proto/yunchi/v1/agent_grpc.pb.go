@@ -22,6 +22,7 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
+	AgentService_JoinHost_FullMethodName         = "/yunchi.v1.AgentService/JoinHost"
 	AgentService_RegisterHost_FullMethodName     = "/yunchi.v1.AgentService/RegisterHost"
 	AgentService_Heartbeat_FullMethodName        = "/yunchi.v1.AgentService/Heartbeat"
 	AgentService_ReportVMStatus_FullMethodName   = "/yunchi.v1.AgentService/ReportVMStatus"
@@ -32,6 +33,9 @@ const (
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 type AgentServiceClient interface {
+	// JoinHost: no credentials but the join token in the request, which the
+	// handler requires and consumes.
+	JoinHost(ctx context.Context, in *JoinHostRequest, opts ...grpc.CallOption) (*JoinHostResponse, error)
 	RegisterHost(ctx context.Context, in *RegisterHostRequest, opts ...grpc.CallOption) (*RegisterHostResponse, error)
 	Heartbeat(ctx context.Context, in *HeartbeatRequest, opts ...grpc.CallOption) (*HeartbeatResponse, error)
 	ReportVMStatus(ctx context.Context, in *ReportVMStatusRequest, opts ...grpc.CallOption) (*ReportVMStatusResponse, error)
@@ -44,6 +48,16 @@ type agentServiceClient struct {
 
 func NewAgentServiceClient(cc grpc.ClientConnInterface) AgentServiceClient {
 	return &agentServiceClient{cc}
+}
+
+func (c *agentServiceClient) JoinHost(ctx context.Context, in *JoinHostRequest, opts ...grpc.CallOption) (*JoinHostResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(JoinHostResponse)
+	err := c.cc.Invoke(ctx, AgentService_JoinHost_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 func (c *agentServiceClient) RegisterHost(ctx context.Context, in *RegisterHostRequest, opts ...grpc.CallOption) (*RegisterHostResponse, error) {
@@ -99,6 +113,9 @@ type AgentService_WatchAssignmentsClient = grpc.ServerStreamingClient[Assignment
 // All implementations must embed UnimplementedAgentServiceServer
 // for forward compatibility.
 type AgentServiceServer interface {
+	// JoinHost: no credentials but the join token in the request, which the
+	// handler requires and consumes.
+	JoinHost(context.Context, *JoinHostRequest) (*JoinHostResponse, error)
 	RegisterHost(context.Context, *RegisterHostRequest) (*RegisterHostResponse, error)
 	Heartbeat(context.Context, *HeartbeatRequest) (*HeartbeatResponse, error)
 	ReportVMStatus(context.Context, *ReportVMStatusRequest) (*ReportVMStatusResponse, error)
@@ -113,6 +130,9 @@ type AgentServiceServer interface {
 // pointer dereference when methods are called.
 type UnimplementedAgentServiceServer struct{}
 
+func (UnimplementedAgentServiceServer) JoinHost(context.Context, *JoinHostRequest) (*JoinHostResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method JoinHost not implemented")
+}
 func (UnimplementedAgentServiceServer) RegisterHost(context.Context, *RegisterHostRequest) (*RegisterHostResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RegisterHost not implemented")
 }
@@ -144,6 +164,24 @@ func RegisterAgentServiceServer(s grpc.ServiceRegistrar, srv AgentServiceServer)
 		t.testEmbeddedByValue()
 	}
 	s.RegisterService(&AgentService_ServiceDesc, srv)
+}
+
+func _AgentService_JoinHost_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(JoinHostRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServiceServer).JoinHost(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentService_JoinHost_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServiceServer).JoinHost(ctx, req.(*JoinHostRequest))
+	}
+	return interceptor(ctx, in, info, handler)
 }
 
 func _AgentService_RegisterHost_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
@@ -218,6 +256,10 @@ var AgentService_ServiceDesc = grpc.ServiceDesc{
 	ServiceName: "yunchi.v1.AgentService",
 	HandlerType: (*AgentServiceServer)(nil),
 	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "JoinHost",
+			Handler:    _AgentService_JoinHost_Handler,
+		},
 		{
 			MethodName: "RegisterHost",
 			Handler:    _AgentService_RegisterHost_Handler,

@@ -303,6 +303,57 @@ func (GroupLevel) EnumDescriptor() ([]byte, []int) {
 	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{4}
 }
 
+// What a join token admits: an agent (its host certificate) or a
+// controller (the cluster CA and its own certificate).
+type JoinTokenKind int32
+
+const (
+	JoinTokenKind_JOIN_TOKEN_KIND_UNSPECIFIED JoinTokenKind = 0
+	JoinTokenKind_JOIN_TOKEN_KIND_HOST        JoinTokenKind = 1
+	JoinTokenKind_JOIN_TOKEN_KIND_CONTROLLER  JoinTokenKind = 2
+)
+
+// Enum value maps for JoinTokenKind.
+var (
+	JoinTokenKind_name = map[int32]string{
+		0: "JOIN_TOKEN_KIND_UNSPECIFIED",
+		1: "JOIN_TOKEN_KIND_HOST",
+		2: "JOIN_TOKEN_KIND_CONTROLLER",
+	}
+	JoinTokenKind_value = map[string]int32{
+		"JOIN_TOKEN_KIND_UNSPECIFIED": 0,
+		"JOIN_TOKEN_KIND_HOST":        1,
+		"JOIN_TOKEN_KIND_CONTROLLER":  2,
+	}
+)
+
+func (x JoinTokenKind) Enum() *JoinTokenKind {
+	p := new(JoinTokenKind)
+	*p = x
+	return p
+}
+
+func (x JoinTokenKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (JoinTokenKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_yunchi_v1_yunchi_proto_enumTypes[5].Descriptor()
+}
+
+func (JoinTokenKind) Type() protoreflect.EnumType {
+	return &file_yunchi_v1_yunchi_proto_enumTypes[5]
+}
+
+func (x JoinTokenKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use JoinTokenKind.Descriptor instead.
+func (JoinTokenKind) EnumDescriptor() ([]byte, []int) {
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{5}
+}
+
 // Resources is an amount of the three pooled dimensions.
 type Resources struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -3441,6 +3492,275 @@ func (x *RemoveMemberRequest) GetId() string {
 	return ""
 }
 
+type CreateJoinTokenRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Kind  JoinTokenKind          `protobuf:"varint,1,opt,name=kind,proto3,enum=yunchi.v1.JoinTokenKind" json:"kind,omitempty"`
+	// Lifetime in seconds (0: one hour; at most 7 days).
+	TtlSeconds    int64  `protobuf:"varint,2,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	Description   string `protobuf:"bytes,3,opt,name=description,proto3" json:"description,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateJoinTokenRequest) Reset() {
+	*x = CreateJoinTokenRequest{}
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateJoinTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateJoinTokenRequest) ProtoMessage() {}
+
+func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateJoinTokenRequest.ProtoReflect.Descriptor instead.
+func (*CreateJoinTokenRequest) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *CreateJoinTokenRequest) GetKind() JoinTokenKind {
+	if x != nil {
+		return x.Kind
+	}
+	return JoinTokenKind_JOIN_TOKEN_KIND_UNSPECIFIED
+}
+
+func (x *CreateJoinTokenRequest) GetTtlSeconds() int64 {
+	if x != nil {
+		return x.TtlSeconds
+	}
+	return 0
+}
+
+func (x *CreateJoinTokenRequest) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+// JoinToken is a one-time join token. The token itself ("yj_<id>_<secret>")
+// is in this answer only: the controllers keep a hash of its secret.
+type JoinToken struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Id      string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Kind    JoinTokenKind          `protobuf:"varint,2,opt,name=kind,proto3,enum=yunchi.v1.JoinTokenKind" json:"kind,omitempty"`
+	Token   string                 `protobuf:"bytes,3,opt,name=token,proto3" json:"token,omitempty"`
+	Expires *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=expires,proto3" json:"expires,omitempty"`
+	// The pin of the cluster CA (sha256:<hex> of its public key) the joiner
+	// passes as --ca-cert-hash.
+	CaCertHash    string `protobuf:"bytes,5,opt,name=ca_cert_hash,json=caCertHash,proto3" json:"ca_cert_hash,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JoinToken) Reset() {
+	*x = JoinToken{}
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JoinToken) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JoinToken) ProtoMessage() {}
+
+func (x *JoinToken) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JoinToken.ProtoReflect.Descriptor instead.
+func (*JoinToken) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *JoinToken) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *JoinToken) GetKind() JoinTokenKind {
+	if x != nil {
+		return x.Kind
+	}
+	return JoinTokenKind_JOIN_TOKEN_KIND_UNSPECIFIED
+}
+
+func (x *JoinToken) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *JoinToken) GetExpires() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Expires
+	}
+	return nil
+}
+
+func (x *JoinToken) GetCaCertHash() string {
+	if x != nil {
+		return x.CaCertHash
+	}
+	return ""
+}
+
+// JoinControllerRequest trades a controller join token for the cluster CA
+// and a certificate, before the joiner starts raft (it then calls
+// JoinCluster with that certificate).
+type JoinControllerRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Id        string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	JoinToken string                 `protobuf:"bytes,2,opt,name=join_token,json=joinToken,proto3" json:"join_token,omitempty"`
+	// PKCS#10 certificate request (DER) for the controller's key; its DNS
+	// and IP names go into the certificate.
+	Csr           []byte `protobuf:"bytes,3,opt,name=csr,proto3" json:"csr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JoinControllerRequest) Reset() {
+	*x = JoinControllerRequest{}
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JoinControllerRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JoinControllerRequest) ProtoMessage() {}
+
+func (x *JoinControllerRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JoinControllerRequest.ProtoReflect.Descriptor instead.
+func (*JoinControllerRequest) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *JoinControllerRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *JoinControllerRequest) GetJoinToken() string {
+	if x != nil {
+		return x.JoinToken
+	}
+	return ""
+}
+
+func (x *JoinControllerRequest) GetCsr() []byte {
+	if x != nil {
+		return x.Csr
+	}
+	return nil
+}
+
+type JoinControllerResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// PEM.
+	Certificate   []byte `protobuf:"bytes,1,opt,name=certificate,proto3" json:"certificate,omitempty"`
+	CaCertificate []byte `protobuf:"bytes,2,opt,name=ca_certificate,json=caCertificate,proto3" json:"ca_certificate,omitempty"`
+	// The CA's key (PEM): every controller can issue certificates, whoever
+	// leads.
+	CaKey         []byte `protobuf:"bytes,3,opt,name=ca_key,json=caKey,proto3" json:"ca_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JoinControllerResponse) Reset() {
+	*x = JoinControllerResponse{}
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JoinControllerResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JoinControllerResponse) ProtoMessage() {}
+
+func (x *JoinControllerResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JoinControllerResponse.ProtoReflect.Descriptor instead.
+func (*JoinControllerResponse) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *JoinControllerResponse) GetCertificate() []byte {
+	if x != nil {
+		return x.Certificate
+	}
+	return nil
+}
+
+func (x *JoinControllerResponse) GetCaCertificate() []byte {
+	if x != nil {
+		return x.CaCertificate
+	}
+	return nil
+}
+
+func (x *JoinControllerResponse) GetCaKey() []byte {
+	if x != nil {
+		return x.CaKey
+	}
+	return nil
+}
+
 var File_yunchi_v1_yunchi_proto protoreflect.FileDescriptor
 
 const file_yunchi_v1_yunchi_proto_rawDesc = "" +
@@ -3751,7 +4071,28 @@ const file_yunchi_v1_yunchi_proto_rawDesc = "" +
 	"apiAddress\x12\x16\n" +
 	"\x06center\x18\x04 \x01(\tR\x06center\"%\n" +
 	"\x13RemoveMemberRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id*\x91\x01\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x89\x01\n" +
+	"\x16CreateJoinTokenRequest\x12,\n" +
+	"\x04kind\x18\x01 \x01(\x0e2\x18.yunchi.v1.JoinTokenKindR\x04kind\x12\x1f\n" +
+	"\vttl_seconds\x18\x02 \x01(\x03R\n" +
+	"ttlSeconds\x12 \n" +
+	"\vdescription\x18\x03 \x01(\tR\vdescription\"\xb7\x01\n" +
+	"\tJoinToken\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12,\n" +
+	"\x04kind\x18\x02 \x01(\x0e2\x18.yunchi.v1.JoinTokenKindR\x04kind\x12\x14\n" +
+	"\x05token\x18\x03 \x01(\tR\x05token\x124\n" +
+	"\aexpires\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\aexpires\x12 \n" +
+	"\fca_cert_hash\x18\x05 \x01(\tR\n" +
+	"caCertHash\"X\n" +
+	"\x15JoinControllerRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n" +
+	"\n" +
+	"join_token\x18\x02 \x01(\tR\tjoinToken\x12\x10\n" +
+	"\x03csr\x18\x03 \x01(\fR\x03csr\"x\n" +
+	"\x16JoinControllerResponse\x12 \n" +
+	"\vcertificate\x18\x01 \x01(\fR\vcertificate\x12%\n" +
+	"\x0eca_certificate\x18\x02 \x01(\fR\rcaCertificate\x12\x15\n" +
+	"\x06ca_key\x18\x03 \x01(\fR\x05caKey*\x91\x01\n" +
 	"\aVMPhase\x12\x18\n" +
 	"\x14VM_PHASE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10VM_PHASE_PENDING\x10\x01\x12\x14\n" +
@@ -3780,7 +4121,11 @@ const file_yunchi_v1_yunchi_proto_rawDesc = "" +
 	"\x17GROUP_LEVEL_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10GROUP_LEVEL_HOST\x10\x01\x12\x14\n" +
 	"\x10GROUP_LEVEL_RACK\x10\x02\x12\x16\n" +
-	"\x12GROUP_LEVEL_CENTER\x10\x032\xf6\x06\n" +
+	"\x12GROUP_LEVEL_CENTER\x10\x03*j\n" +
+	"\rJoinTokenKind\x12\x1f\n" +
+	"\x1bJOIN_TOKEN_KIND_UNSPECIFIED\x10\x00\x12\x18\n" +
+	"\x14JOIN_TOKEN_KIND_HOST\x10\x01\x12\x1e\n" +
+	"\x1aJOIN_TOKEN_KIND_CONTROLLER\x10\x022\xf6\x06\n" +
 	"\tVMService\x12V\n" +
 	"\bCreateVM\x12\x1a.yunchi.v1.CreateVMRequest\x1a\r.yunchi.v1.VM\"\x1f\xc2\xf3\x18\t\n" +
 	"\x03\x01\x05\x06\x18\x01 \x01\x82\xd3\xe4\x93\x02\f:\x01*\"\a/v1/vms\x12l\n" +
@@ -3830,7 +4175,7 @@ const file_yunchi_v1_yunchi_proto_rawDesc = "" +
 	"\x03\x01\x05\x06\x18\x01 \x01\x82\xd3\xe4\x93\x02\x13*\x11/v1/groups/{name}2r\n" +
 	"\x0fCapacityService\x12_\n" +
 	"\vGetCapacity\x12\x1d.yunchi.v1.GetCapacityRequest\x1a\x13.yunchi.v1.Capacity\"\x1c\xc2\xf3\x18\x04\n" +
-	"\x02\x01\x04\x82\xd3\xe4\x93\x02\x0e\x12\f/v1/capacity2\xdf\x03\n" +
+	"\x02\x01\x04\x82\xd3\xe4\x93\x02\x0e\x12\f/v1/capacity2\x97\x05\n" +
 	"\x0eClusterService\x12t\n" +
 	"\x10GetClusterStatus\x12\".yunchi.v1.GetClusterStatusRequest\x1a\x18.yunchi.v1.ClusterStatus\"\"\xc2\xf3\x18\x04\n" +
 	"\x02\x01\x04\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/cluster/status\x12q\n" +
@@ -3839,7 +4184,10 @@ const file_yunchi_v1_yunchi_proto_rawDesc = "" +
 	"\vJoinCluster\x12\x1d.yunchi.v1.JoinClusterRequest\x1a\x11.yunchi.v1.Member\"(\xc2\xf3\x18\x06\n" +
 	"\x02\x01\t \x01\x82\xd3\xe4\x93\x02\x18:\x01*\"\x13/v1/cluster/members\x12y\n" +
 	"\fRemoveMember\x12\x1e.yunchi.v1.RemoveMemberRequest\x1a\x1e.yunchi.v1.ListMembersResponse\")\xc2\xf3\x18\x05\n" +
-	"\x01\x01 \x01\x82\xd3\xe4\x93\x02\x1a*\x18/v1/cluster/members/{id}B3Z1github.com/yunchi/yunchi/proto/yunchi/v1;yunchiv1b\x06proto3"
+	"\x01\x01 \x01\x82\xd3\xe4\x93\x02\x1a*\x18/v1/cluster/members/{id}\x12U\n" +
+	"\x0fCreateJoinToken\x12!.yunchi.v1.CreateJoinTokenRequest\x1a\x14.yunchi.v1.JoinToken\"\t\xc2\xf3\x18\x05\n" +
+	"\x01\x01 \x01\x12_\n" +
+	"\x0eJoinController\x12 .yunchi.v1.JoinControllerRequest\x1a!.yunchi.v1.JoinControllerResponse\"\b\xc2\xf3\x18\x04\x10\x01 \x01B3Z1github.com/yunchi/yunchi/proto/yunchi/v1;yunchiv1b\x06proto3"
 
 var (
 	file_yunchi_v1_yunchi_proto_rawDescOnce sync.Once
@@ -3853,163 +4201,175 @@ func file_yunchi_v1_yunchi_proto_rawDescGZIP() []byte {
 	return file_yunchi_v1_yunchi_proto_rawDescData
 }
 
-var file_yunchi_v1_yunchi_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_yunchi_v1_yunchi_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
+var file_yunchi_v1_yunchi_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
+var file_yunchi_v1_yunchi_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
 var file_yunchi_v1_yunchi_proto_goTypes = []any{
 	(VMPhase)(0),                    // 0: yunchi.v1.VMPhase
 	(PowerState)(0),                 // 1: yunchi.v1.PowerState
 	(HostState)(0),                  // 2: yunchi.v1.HostState
 	(GroupPolicy)(0),                // 3: yunchi.v1.GroupPolicy
 	(GroupLevel)(0),                 // 4: yunchi.v1.GroupLevel
-	(*Resources)(nil),               // 5: yunchi.v1.Resources
-	(*VM)(nil),                      // 6: yunchi.v1.VM
-	(*CreateVMRequest)(nil),         // 7: yunchi.v1.CreateVMRequest
-	(*Candidate)(nil),               // 8: yunchi.v1.Candidate
-	(*PlacementDecision)(nil),       // 9: yunchi.v1.PlacementDecision
-	(*CreateVMsResponse)(nil),       // 10: yunchi.v1.CreateVMsResponse
-	(*GetVMRequest)(nil),            // 11: yunchi.v1.GetVMRequest
-	(*ListVMsRequest)(nil),          // 12: yunchi.v1.ListVMsRequest
-	(*ListVMsResponse)(nil),         // 13: yunchi.v1.ListVMsResponse
-	(*VMActionRequest)(nil),         // 14: yunchi.v1.VMActionRequest
-	(*WatchVMRequest)(nil),          // 15: yunchi.v1.WatchVMRequest
-	(*VMEvent)(nil),                 // 16: yunchi.v1.VMEvent
-	(*Ratios)(nil),                  // 17: yunchi.v1.Ratios
-	(*RatioSources)(nil),            // 18: yunchi.v1.RatioSources
-	(*Host)(nil),                    // 19: yunchi.v1.Host
-	(*HostStats)(nil),               // 20: yunchi.v1.HostStats
-	(*GetHostRequest)(nil),          // 21: yunchi.v1.GetHostRequest
-	(*ListHostsRequest)(nil),        // 22: yunchi.v1.ListHostsRequest
-	(*ListHostsResponse)(nil),       // 23: yunchi.v1.ListHostsResponse
-	(*UpdateHostRequest)(nil),       // 24: yunchi.v1.UpdateHostRequest
-	(*RatioSetting)(nil),            // 25: yunchi.v1.RatioSetting
-	(*SetRatiosRequest)(nil),        // 26: yunchi.v1.SetRatiosRequest
-	(*ListRatiosRequest)(nil),       // 27: yunchi.v1.ListRatiosRequest
-	(*ListRatiosResponse)(nil),      // 28: yunchi.v1.ListRatiosResponse
-	(*PlacementGroup)(nil),          // 29: yunchi.v1.PlacementGroup
-	(*CreateGroupRequest)(nil),      // 30: yunchi.v1.CreateGroupRequest
-	(*GetGroupRequest)(nil),         // 31: yunchi.v1.GetGroupRequest
-	(*ListGroupsRequest)(nil),       // 32: yunchi.v1.ListGroupsRequest
-	(*ListGroupsResponse)(nil),      // 33: yunchi.v1.ListGroupsResponse
-	(*DeleteGroupRequest)(nil),      // 34: yunchi.v1.DeleteGroupRequest
-	(*DeleteGroupResponse)(nil),     // 35: yunchi.v1.DeleteGroupResponse
-	(*CenterCapacity)(nil),          // 36: yunchi.v1.CenterCapacity
-	(*GetCapacityRequest)(nil),      // 37: yunchi.v1.GetCapacityRequest
-	(*Capacity)(nil),                // 38: yunchi.v1.Capacity
-	(*Member)(nil),                  // 39: yunchi.v1.Member
-	(*GetClusterStatusRequest)(nil), // 40: yunchi.v1.GetClusterStatusRequest
-	(*ClusterStatus)(nil),           // 41: yunchi.v1.ClusterStatus
-	(*ListMembersRequest)(nil),      // 42: yunchi.v1.ListMembersRequest
-	(*ListMembersResponse)(nil),     // 43: yunchi.v1.ListMembersResponse
-	(*JoinClusterRequest)(nil),      // 44: yunchi.v1.JoinClusterRequest
-	(*RemoveMemberRequest)(nil),     // 45: yunchi.v1.RemoveMemberRequest
-	nil,                             // 46: yunchi.v1.Host.LabelsEntry
-	nil,                             // 47: yunchi.v1.Host.AdminLabelsEntry
-	nil,                             // 48: yunchi.v1.UpdateHostRequest.SetLabelsEntry
-	(*timestamppb.Timestamp)(nil),   // 49: google.protobuf.Timestamp
+	(JoinTokenKind)(0),              // 5: yunchi.v1.JoinTokenKind
+	(*Resources)(nil),               // 6: yunchi.v1.Resources
+	(*VM)(nil),                      // 7: yunchi.v1.VM
+	(*CreateVMRequest)(nil),         // 8: yunchi.v1.CreateVMRequest
+	(*Candidate)(nil),               // 9: yunchi.v1.Candidate
+	(*PlacementDecision)(nil),       // 10: yunchi.v1.PlacementDecision
+	(*CreateVMsResponse)(nil),       // 11: yunchi.v1.CreateVMsResponse
+	(*GetVMRequest)(nil),            // 12: yunchi.v1.GetVMRequest
+	(*ListVMsRequest)(nil),          // 13: yunchi.v1.ListVMsRequest
+	(*ListVMsResponse)(nil),         // 14: yunchi.v1.ListVMsResponse
+	(*VMActionRequest)(nil),         // 15: yunchi.v1.VMActionRequest
+	(*WatchVMRequest)(nil),          // 16: yunchi.v1.WatchVMRequest
+	(*VMEvent)(nil),                 // 17: yunchi.v1.VMEvent
+	(*Ratios)(nil),                  // 18: yunchi.v1.Ratios
+	(*RatioSources)(nil),            // 19: yunchi.v1.RatioSources
+	(*Host)(nil),                    // 20: yunchi.v1.Host
+	(*HostStats)(nil),               // 21: yunchi.v1.HostStats
+	(*GetHostRequest)(nil),          // 22: yunchi.v1.GetHostRequest
+	(*ListHostsRequest)(nil),        // 23: yunchi.v1.ListHostsRequest
+	(*ListHostsResponse)(nil),       // 24: yunchi.v1.ListHostsResponse
+	(*UpdateHostRequest)(nil),       // 25: yunchi.v1.UpdateHostRequest
+	(*RatioSetting)(nil),            // 26: yunchi.v1.RatioSetting
+	(*SetRatiosRequest)(nil),        // 27: yunchi.v1.SetRatiosRequest
+	(*ListRatiosRequest)(nil),       // 28: yunchi.v1.ListRatiosRequest
+	(*ListRatiosResponse)(nil),      // 29: yunchi.v1.ListRatiosResponse
+	(*PlacementGroup)(nil),          // 30: yunchi.v1.PlacementGroup
+	(*CreateGroupRequest)(nil),      // 31: yunchi.v1.CreateGroupRequest
+	(*GetGroupRequest)(nil),         // 32: yunchi.v1.GetGroupRequest
+	(*ListGroupsRequest)(nil),       // 33: yunchi.v1.ListGroupsRequest
+	(*ListGroupsResponse)(nil),      // 34: yunchi.v1.ListGroupsResponse
+	(*DeleteGroupRequest)(nil),      // 35: yunchi.v1.DeleteGroupRequest
+	(*DeleteGroupResponse)(nil),     // 36: yunchi.v1.DeleteGroupResponse
+	(*CenterCapacity)(nil),          // 37: yunchi.v1.CenterCapacity
+	(*GetCapacityRequest)(nil),      // 38: yunchi.v1.GetCapacityRequest
+	(*Capacity)(nil),                // 39: yunchi.v1.Capacity
+	(*Member)(nil),                  // 40: yunchi.v1.Member
+	(*GetClusterStatusRequest)(nil), // 41: yunchi.v1.GetClusterStatusRequest
+	(*ClusterStatus)(nil),           // 42: yunchi.v1.ClusterStatus
+	(*ListMembersRequest)(nil),      // 43: yunchi.v1.ListMembersRequest
+	(*ListMembersResponse)(nil),     // 44: yunchi.v1.ListMembersResponse
+	(*JoinClusterRequest)(nil),      // 45: yunchi.v1.JoinClusterRequest
+	(*RemoveMemberRequest)(nil),     // 46: yunchi.v1.RemoveMemberRequest
+	(*CreateJoinTokenRequest)(nil),  // 47: yunchi.v1.CreateJoinTokenRequest
+	(*JoinToken)(nil),               // 48: yunchi.v1.JoinToken
+	(*JoinControllerRequest)(nil),   // 49: yunchi.v1.JoinControllerRequest
+	(*JoinControllerResponse)(nil),  // 50: yunchi.v1.JoinControllerResponse
+	nil,                             // 51: yunchi.v1.Host.LabelsEntry
+	nil,                             // 52: yunchi.v1.Host.AdminLabelsEntry
+	nil,                             // 53: yunchi.v1.UpdateHostRequest.SetLabelsEntry
+	(*timestamppb.Timestamp)(nil),   // 54: google.protobuf.Timestamp
 }
 var file_yunchi_v1_yunchi_proto_depIdxs = []int32{
 	1,  // 0: yunchi.v1.VM.desired:type_name -> yunchi.v1.PowerState
 	0,  // 1: yunchi.v1.VM.phase:type_name -> yunchi.v1.VMPhase
-	49, // 2: yunchi.v1.VM.created_at:type_name -> google.protobuf.Timestamp
-	49, // 3: yunchi.v1.VM.updated_at:type_name -> google.protobuf.Timestamp
-	49, // 4: yunchi.v1.VM.host_last_heartbeat:type_name -> google.protobuf.Timestamp
-	8,  // 5: yunchi.v1.PlacementDecision.runners_up:type_name -> yunchi.v1.Candidate
-	6,  // 6: yunchi.v1.CreateVMsResponse.vms:type_name -> yunchi.v1.VM
-	9,  // 7: yunchi.v1.CreateVMsResponse.decisions:type_name -> yunchi.v1.PlacementDecision
-	6,  // 8: yunchi.v1.ListVMsResponse.vms:type_name -> yunchi.v1.VM
-	6,  // 9: yunchi.v1.VMEvent.vm:type_name -> yunchi.v1.VM
-	46, // 10: yunchi.v1.Host.labels:type_name -> yunchi.v1.Host.LabelsEntry
-	5,  // 11: yunchi.v1.Host.capacity:type_name -> yunchi.v1.Resources
-	5,  // 12: yunchi.v1.Host.allocated:type_name -> yunchi.v1.Resources
-	5,  // 13: yunchi.v1.Host.free:type_name -> yunchi.v1.Resources
+	54, // 2: yunchi.v1.VM.created_at:type_name -> google.protobuf.Timestamp
+	54, // 3: yunchi.v1.VM.updated_at:type_name -> google.protobuf.Timestamp
+	54, // 4: yunchi.v1.VM.host_last_heartbeat:type_name -> google.protobuf.Timestamp
+	9,  // 5: yunchi.v1.PlacementDecision.runners_up:type_name -> yunchi.v1.Candidate
+	7,  // 6: yunchi.v1.CreateVMsResponse.vms:type_name -> yunchi.v1.VM
+	10, // 7: yunchi.v1.CreateVMsResponse.decisions:type_name -> yunchi.v1.PlacementDecision
+	7,  // 8: yunchi.v1.ListVMsResponse.vms:type_name -> yunchi.v1.VM
+	7,  // 9: yunchi.v1.VMEvent.vm:type_name -> yunchi.v1.VM
+	51, // 10: yunchi.v1.Host.labels:type_name -> yunchi.v1.Host.LabelsEntry
+	6,  // 11: yunchi.v1.Host.capacity:type_name -> yunchi.v1.Resources
+	6,  // 12: yunchi.v1.Host.allocated:type_name -> yunchi.v1.Resources
+	6,  // 13: yunchi.v1.Host.free:type_name -> yunchi.v1.Resources
 	2,  // 14: yunchi.v1.Host.state:type_name -> yunchi.v1.HostState
-	49, // 15: yunchi.v1.Host.registered_at:type_name -> google.protobuf.Timestamp
-	49, // 16: yunchi.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
-	20, // 17: yunchi.v1.Host.stats:type_name -> yunchi.v1.HostStats
-	5,  // 18: yunchi.v1.Host.reserved:type_name -> yunchi.v1.Resources
-	5,  // 19: yunchi.v1.Host.allocatable:type_name -> yunchi.v1.Resources
-	17, // 20: yunchi.v1.Host.ratios:type_name -> yunchi.v1.Ratios
-	18, // 21: yunchi.v1.Host.ratio_sources:type_name -> yunchi.v1.RatioSources
-	47, // 22: yunchi.v1.Host.admin_labels:type_name -> yunchi.v1.Host.AdminLabelsEntry
-	17, // 23: yunchi.v1.Host.host_ratios:type_name -> yunchi.v1.Ratios
-	5,  // 24: yunchi.v1.Host.overcommit:type_name -> yunchi.v1.Resources
-	19, // 25: yunchi.v1.ListHostsResponse.hosts:type_name -> yunchi.v1.Host
+	54, // 15: yunchi.v1.Host.registered_at:type_name -> google.protobuf.Timestamp
+	54, // 16: yunchi.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
+	21, // 17: yunchi.v1.Host.stats:type_name -> yunchi.v1.HostStats
+	6,  // 18: yunchi.v1.Host.reserved:type_name -> yunchi.v1.Resources
+	6,  // 19: yunchi.v1.Host.allocatable:type_name -> yunchi.v1.Resources
+	18, // 20: yunchi.v1.Host.ratios:type_name -> yunchi.v1.Ratios
+	19, // 21: yunchi.v1.Host.ratio_sources:type_name -> yunchi.v1.RatioSources
+	52, // 22: yunchi.v1.Host.admin_labels:type_name -> yunchi.v1.Host.AdminLabelsEntry
+	18, // 23: yunchi.v1.Host.host_ratios:type_name -> yunchi.v1.Ratios
+	6,  // 24: yunchi.v1.Host.overcommit:type_name -> yunchi.v1.Resources
+	20, // 25: yunchi.v1.ListHostsResponse.hosts:type_name -> yunchi.v1.Host
 	2,  // 26: yunchi.v1.UpdateHostRequest.state:type_name -> yunchi.v1.HostState
-	48, // 27: yunchi.v1.UpdateHostRequest.set_labels:type_name -> yunchi.v1.UpdateHostRequest.SetLabelsEntry
-	17, // 28: yunchi.v1.RatioSetting.ratios:type_name -> yunchi.v1.Ratios
-	17, // 29: yunchi.v1.ListRatiosResponse.defaults:type_name -> yunchi.v1.Ratios
-	25, // 30: yunchi.v1.ListRatiosResponse.settings:type_name -> yunchi.v1.RatioSetting
+	53, // 27: yunchi.v1.UpdateHostRequest.set_labels:type_name -> yunchi.v1.UpdateHostRequest.SetLabelsEntry
+	18, // 28: yunchi.v1.RatioSetting.ratios:type_name -> yunchi.v1.Ratios
+	18, // 29: yunchi.v1.ListRatiosResponse.defaults:type_name -> yunchi.v1.Ratios
+	26, // 30: yunchi.v1.ListRatiosResponse.settings:type_name -> yunchi.v1.RatioSetting
 	3,  // 31: yunchi.v1.PlacementGroup.policy:type_name -> yunchi.v1.GroupPolicy
 	4,  // 32: yunchi.v1.PlacementGroup.level:type_name -> yunchi.v1.GroupLevel
-	49, // 33: yunchi.v1.PlacementGroup.created_at:type_name -> google.protobuf.Timestamp
+	54, // 33: yunchi.v1.PlacementGroup.created_at:type_name -> google.protobuf.Timestamp
 	3,  // 34: yunchi.v1.CreateGroupRequest.policy:type_name -> yunchi.v1.GroupPolicy
 	4,  // 35: yunchi.v1.CreateGroupRequest.level:type_name -> yunchi.v1.GroupLevel
-	29, // 36: yunchi.v1.ListGroupsResponse.groups:type_name -> yunchi.v1.PlacementGroup
-	5,  // 37: yunchi.v1.CenterCapacity.capacity:type_name -> yunchi.v1.Resources
-	5,  // 38: yunchi.v1.CenterCapacity.allocated:type_name -> yunchi.v1.Resources
-	5,  // 39: yunchi.v1.CenterCapacity.free:type_name -> yunchi.v1.Resources
-	5,  // 40: yunchi.v1.CenterCapacity.allocatable:type_name -> yunchi.v1.Resources
-	5,  // 41: yunchi.v1.CenterCapacity.overcommit:type_name -> yunchi.v1.Resources
-	5,  // 42: yunchi.v1.Capacity.capacity:type_name -> yunchi.v1.Resources
-	5,  // 43: yunchi.v1.Capacity.allocated:type_name -> yunchi.v1.Resources
-	5,  // 44: yunchi.v1.Capacity.free:type_name -> yunchi.v1.Resources
-	36, // 45: yunchi.v1.Capacity.centers:type_name -> yunchi.v1.CenterCapacity
-	5,  // 46: yunchi.v1.Capacity.allocatable:type_name -> yunchi.v1.Resources
-	5,  // 47: yunchi.v1.Capacity.overcommit:type_name -> yunchi.v1.Resources
-	39, // 48: yunchi.v1.ClusterStatus.members:type_name -> yunchi.v1.Member
-	49, // 49: yunchi.v1.ClusterStatus.log_store_failing_since:type_name -> google.protobuf.Timestamp
-	39, // 50: yunchi.v1.ListMembersResponse.members:type_name -> yunchi.v1.Member
-	7,  // 51: yunchi.v1.VMService.CreateVM:input_type -> yunchi.v1.CreateVMRequest
-	7,  // 52: yunchi.v1.VMService.CreateVMs:input_type -> yunchi.v1.CreateVMRequest
-	11, // 53: yunchi.v1.VMService.GetVM:input_type -> yunchi.v1.GetVMRequest
-	12, // 54: yunchi.v1.VMService.ListVMs:input_type -> yunchi.v1.ListVMsRequest
-	14, // 55: yunchi.v1.VMService.StartVM:input_type -> yunchi.v1.VMActionRequest
-	14, // 56: yunchi.v1.VMService.StopVM:input_type -> yunchi.v1.VMActionRequest
-	14, // 57: yunchi.v1.VMService.RebootVM:input_type -> yunchi.v1.VMActionRequest
-	14, // 58: yunchi.v1.VMService.DeleteVM:input_type -> yunchi.v1.VMActionRequest
-	15, // 59: yunchi.v1.VMService.WatchVM:input_type -> yunchi.v1.WatchVMRequest
-	22, // 60: yunchi.v1.HostService.ListHosts:input_type -> yunchi.v1.ListHostsRequest
-	21, // 61: yunchi.v1.HostService.GetHost:input_type -> yunchi.v1.GetHostRequest
-	24, // 62: yunchi.v1.HostService.UpdateHost:input_type -> yunchi.v1.UpdateHostRequest
-	26, // 63: yunchi.v1.RatioService.SetRatios:input_type -> yunchi.v1.SetRatiosRequest
-	27, // 64: yunchi.v1.RatioService.ListRatios:input_type -> yunchi.v1.ListRatiosRequest
-	30, // 65: yunchi.v1.GroupService.CreateGroup:input_type -> yunchi.v1.CreateGroupRequest
-	31, // 66: yunchi.v1.GroupService.GetGroup:input_type -> yunchi.v1.GetGroupRequest
-	32, // 67: yunchi.v1.GroupService.ListGroups:input_type -> yunchi.v1.ListGroupsRequest
-	34, // 68: yunchi.v1.GroupService.DeleteGroup:input_type -> yunchi.v1.DeleteGroupRequest
-	37, // 69: yunchi.v1.CapacityService.GetCapacity:input_type -> yunchi.v1.GetCapacityRequest
-	40, // 70: yunchi.v1.ClusterService.GetClusterStatus:input_type -> yunchi.v1.GetClusterStatusRequest
-	42, // 71: yunchi.v1.ClusterService.ListMembers:input_type -> yunchi.v1.ListMembersRequest
-	44, // 72: yunchi.v1.ClusterService.JoinCluster:input_type -> yunchi.v1.JoinClusterRequest
-	45, // 73: yunchi.v1.ClusterService.RemoveMember:input_type -> yunchi.v1.RemoveMemberRequest
-	6,  // 74: yunchi.v1.VMService.CreateVM:output_type -> yunchi.v1.VM
-	10, // 75: yunchi.v1.VMService.CreateVMs:output_type -> yunchi.v1.CreateVMsResponse
-	6,  // 76: yunchi.v1.VMService.GetVM:output_type -> yunchi.v1.VM
-	13, // 77: yunchi.v1.VMService.ListVMs:output_type -> yunchi.v1.ListVMsResponse
-	6,  // 78: yunchi.v1.VMService.StartVM:output_type -> yunchi.v1.VM
-	6,  // 79: yunchi.v1.VMService.StopVM:output_type -> yunchi.v1.VM
-	6,  // 80: yunchi.v1.VMService.RebootVM:output_type -> yunchi.v1.VM
-	6,  // 81: yunchi.v1.VMService.DeleteVM:output_type -> yunchi.v1.VM
-	16, // 82: yunchi.v1.VMService.WatchVM:output_type -> yunchi.v1.VMEvent
-	23, // 83: yunchi.v1.HostService.ListHosts:output_type -> yunchi.v1.ListHostsResponse
-	19, // 84: yunchi.v1.HostService.GetHost:output_type -> yunchi.v1.Host
-	19, // 85: yunchi.v1.HostService.UpdateHost:output_type -> yunchi.v1.Host
-	25, // 86: yunchi.v1.RatioService.SetRatios:output_type -> yunchi.v1.RatioSetting
-	28, // 87: yunchi.v1.RatioService.ListRatios:output_type -> yunchi.v1.ListRatiosResponse
-	29, // 88: yunchi.v1.GroupService.CreateGroup:output_type -> yunchi.v1.PlacementGroup
-	29, // 89: yunchi.v1.GroupService.GetGroup:output_type -> yunchi.v1.PlacementGroup
-	33, // 90: yunchi.v1.GroupService.ListGroups:output_type -> yunchi.v1.ListGroupsResponse
-	35, // 91: yunchi.v1.GroupService.DeleteGroup:output_type -> yunchi.v1.DeleteGroupResponse
-	38, // 92: yunchi.v1.CapacityService.GetCapacity:output_type -> yunchi.v1.Capacity
-	41, // 93: yunchi.v1.ClusterService.GetClusterStatus:output_type -> yunchi.v1.ClusterStatus
-	43, // 94: yunchi.v1.ClusterService.ListMembers:output_type -> yunchi.v1.ListMembersResponse
-	39, // 95: yunchi.v1.ClusterService.JoinCluster:output_type -> yunchi.v1.Member
-	43, // 96: yunchi.v1.ClusterService.RemoveMember:output_type -> yunchi.v1.ListMembersResponse
-	74, // [74:97] is the sub-list for method output_type
-	51, // [51:74] is the sub-list for method input_type
-	51, // [51:51] is the sub-list for extension type_name
-	51, // [51:51] is the sub-list for extension extendee
-	0,  // [0:51] is the sub-list for field type_name
+	30, // 36: yunchi.v1.ListGroupsResponse.groups:type_name -> yunchi.v1.PlacementGroup
+	6,  // 37: yunchi.v1.CenterCapacity.capacity:type_name -> yunchi.v1.Resources
+	6,  // 38: yunchi.v1.CenterCapacity.allocated:type_name -> yunchi.v1.Resources
+	6,  // 39: yunchi.v1.CenterCapacity.free:type_name -> yunchi.v1.Resources
+	6,  // 40: yunchi.v1.CenterCapacity.allocatable:type_name -> yunchi.v1.Resources
+	6,  // 41: yunchi.v1.CenterCapacity.overcommit:type_name -> yunchi.v1.Resources
+	6,  // 42: yunchi.v1.Capacity.capacity:type_name -> yunchi.v1.Resources
+	6,  // 43: yunchi.v1.Capacity.allocated:type_name -> yunchi.v1.Resources
+	6,  // 44: yunchi.v1.Capacity.free:type_name -> yunchi.v1.Resources
+	37, // 45: yunchi.v1.Capacity.centers:type_name -> yunchi.v1.CenterCapacity
+	6,  // 46: yunchi.v1.Capacity.allocatable:type_name -> yunchi.v1.Resources
+	6,  // 47: yunchi.v1.Capacity.overcommit:type_name -> yunchi.v1.Resources
+	40, // 48: yunchi.v1.ClusterStatus.members:type_name -> yunchi.v1.Member
+	54, // 49: yunchi.v1.ClusterStatus.log_store_failing_since:type_name -> google.protobuf.Timestamp
+	40, // 50: yunchi.v1.ListMembersResponse.members:type_name -> yunchi.v1.Member
+	5,  // 51: yunchi.v1.CreateJoinTokenRequest.kind:type_name -> yunchi.v1.JoinTokenKind
+	5,  // 52: yunchi.v1.JoinToken.kind:type_name -> yunchi.v1.JoinTokenKind
+	54, // 53: yunchi.v1.JoinToken.expires:type_name -> google.protobuf.Timestamp
+	8,  // 54: yunchi.v1.VMService.CreateVM:input_type -> yunchi.v1.CreateVMRequest
+	8,  // 55: yunchi.v1.VMService.CreateVMs:input_type -> yunchi.v1.CreateVMRequest
+	12, // 56: yunchi.v1.VMService.GetVM:input_type -> yunchi.v1.GetVMRequest
+	13, // 57: yunchi.v1.VMService.ListVMs:input_type -> yunchi.v1.ListVMsRequest
+	15, // 58: yunchi.v1.VMService.StartVM:input_type -> yunchi.v1.VMActionRequest
+	15, // 59: yunchi.v1.VMService.StopVM:input_type -> yunchi.v1.VMActionRequest
+	15, // 60: yunchi.v1.VMService.RebootVM:input_type -> yunchi.v1.VMActionRequest
+	15, // 61: yunchi.v1.VMService.DeleteVM:input_type -> yunchi.v1.VMActionRequest
+	16, // 62: yunchi.v1.VMService.WatchVM:input_type -> yunchi.v1.WatchVMRequest
+	23, // 63: yunchi.v1.HostService.ListHosts:input_type -> yunchi.v1.ListHostsRequest
+	22, // 64: yunchi.v1.HostService.GetHost:input_type -> yunchi.v1.GetHostRequest
+	25, // 65: yunchi.v1.HostService.UpdateHost:input_type -> yunchi.v1.UpdateHostRequest
+	27, // 66: yunchi.v1.RatioService.SetRatios:input_type -> yunchi.v1.SetRatiosRequest
+	28, // 67: yunchi.v1.RatioService.ListRatios:input_type -> yunchi.v1.ListRatiosRequest
+	31, // 68: yunchi.v1.GroupService.CreateGroup:input_type -> yunchi.v1.CreateGroupRequest
+	32, // 69: yunchi.v1.GroupService.GetGroup:input_type -> yunchi.v1.GetGroupRequest
+	33, // 70: yunchi.v1.GroupService.ListGroups:input_type -> yunchi.v1.ListGroupsRequest
+	35, // 71: yunchi.v1.GroupService.DeleteGroup:input_type -> yunchi.v1.DeleteGroupRequest
+	38, // 72: yunchi.v1.CapacityService.GetCapacity:input_type -> yunchi.v1.GetCapacityRequest
+	41, // 73: yunchi.v1.ClusterService.GetClusterStatus:input_type -> yunchi.v1.GetClusterStatusRequest
+	43, // 74: yunchi.v1.ClusterService.ListMembers:input_type -> yunchi.v1.ListMembersRequest
+	45, // 75: yunchi.v1.ClusterService.JoinCluster:input_type -> yunchi.v1.JoinClusterRequest
+	46, // 76: yunchi.v1.ClusterService.RemoveMember:input_type -> yunchi.v1.RemoveMemberRequest
+	47, // 77: yunchi.v1.ClusterService.CreateJoinToken:input_type -> yunchi.v1.CreateJoinTokenRequest
+	49, // 78: yunchi.v1.ClusterService.JoinController:input_type -> yunchi.v1.JoinControllerRequest
+	7,  // 79: yunchi.v1.VMService.CreateVM:output_type -> yunchi.v1.VM
+	11, // 80: yunchi.v1.VMService.CreateVMs:output_type -> yunchi.v1.CreateVMsResponse
+	7,  // 81: yunchi.v1.VMService.GetVM:output_type -> yunchi.v1.VM
+	14, // 82: yunchi.v1.VMService.ListVMs:output_type -> yunchi.v1.ListVMsResponse
+	7,  // 83: yunchi.v1.VMService.StartVM:output_type -> yunchi.v1.VM
+	7,  // 84: yunchi.v1.VMService.StopVM:output_type -> yunchi.v1.VM
+	7,  // 85: yunchi.v1.VMService.RebootVM:output_type -> yunchi.v1.VM
+	7,  // 86: yunchi.v1.VMService.DeleteVM:output_type -> yunchi.v1.VM
+	17, // 87: yunchi.v1.VMService.WatchVM:output_type -> yunchi.v1.VMEvent
+	24, // 88: yunchi.v1.HostService.ListHosts:output_type -> yunchi.v1.ListHostsResponse
+	20, // 89: yunchi.v1.HostService.GetHost:output_type -> yunchi.v1.Host
+	20, // 90: yunchi.v1.HostService.UpdateHost:output_type -> yunchi.v1.Host
+	26, // 91: yunchi.v1.RatioService.SetRatios:output_type -> yunchi.v1.RatioSetting
+	29, // 92: yunchi.v1.RatioService.ListRatios:output_type -> yunchi.v1.ListRatiosResponse
+	30, // 93: yunchi.v1.GroupService.CreateGroup:output_type -> yunchi.v1.PlacementGroup
+	30, // 94: yunchi.v1.GroupService.GetGroup:output_type -> yunchi.v1.PlacementGroup
+	34, // 95: yunchi.v1.GroupService.ListGroups:output_type -> yunchi.v1.ListGroupsResponse
+	36, // 96: yunchi.v1.GroupService.DeleteGroup:output_type -> yunchi.v1.DeleteGroupResponse
+	39, // 97: yunchi.v1.CapacityService.GetCapacity:output_type -> yunchi.v1.Capacity
+	42, // 98: yunchi.v1.ClusterService.GetClusterStatus:output_type -> yunchi.v1.ClusterStatus
+	44, // 99: yunchi.v1.ClusterService.ListMembers:output_type -> yunchi.v1.ListMembersResponse
+	40, // 100: yunchi.v1.ClusterService.JoinCluster:output_type -> yunchi.v1.Member
+	44, // 101: yunchi.v1.ClusterService.RemoveMember:output_type -> yunchi.v1.ListMembersResponse
+	48, // 102: yunchi.v1.ClusterService.CreateJoinToken:output_type -> yunchi.v1.JoinToken
+	50, // 103: yunchi.v1.ClusterService.JoinController:output_type -> yunchi.v1.JoinControllerResponse
+	79, // [79:104] is the sub-list for method output_type
+	54, // [54:79] is the sub-list for method input_type
+	54, // [54:54] is the sub-list for extension type_name
+	54, // [54:54] is the sub-list for extension extendee
+	0,  // [0:54] is the sub-list for field type_name
 }
 
 func init() { file_yunchi_v1_yunchi_proto_init() }
@@ -4026,8 +4386,8 @@ func file_yunchi_v1_yunchi_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_yunchi_v1_yunchi_proto_rawDesc), len(file_yunchi_v1_yunchi_proto_rawDesc)),
-			NumEnums:      5,
-			NumMessages:   44,
+			NumEnums:      6,
+			NumMessages:   48,
 			NumExtensions: 0,
 			NumServices:   6,
 		},

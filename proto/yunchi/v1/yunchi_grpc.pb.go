@@ -1084,6 +1084,8 @@ const (
 	ClusterService_ListMembers_FullMethodName      = "/yunchi.v1.ClusterService/ListMembers"
 	ClusterService_JoinCluster_FullMethodName      = "/yunchi.v1.ClusterService/JoinCluster"
 	ClusterService_RemoveMember_FullMethodName     = "/yunchi.v1.ClusterService/RemoveMember"
+	ClusterService_CreateJoinToken_FullMethodName  = "/yunchi.v1.ClusterService/CreateJoinToken"
+	ClusterService_JoinController_FullMethodName   = "/yunchi.v1.ClusterService/JoinController"
 )
 
 // ClusterServiceClient is the client API for ClusterService service.
@@ -1094,6 +1096,12 @@ type ClusterServiceClient interface {
 	ListMembers(ctx context.Context, in *ListMembersRequest, opts ...grpc.CallOption) (*ListMembersResponse, error)
 	JoinCluster(ctx context.Context, in *JoinClusterRequest, opts ...grpc.CallOption) (*Member, error)
 	RemoveMember(ctx context.Context, in *RemoveMemberRequest, opts ...grpc.CallOption) (*ListMembersResponse, error)
+	// CreateJoinToken makes a one-time token an agent or a controller joins
+	// with (TLS clusters). Not in REST.
+	CreateJoinToken(ctx context.Context, in *CreateJoinTokenRequest, opts ...grpc.CallOption) (*JoinToken, error)
+	// JoinController: no credentials but the join token in the request, which
+	// the handler requires and consumes. Not in REST.
+	JoinController(ctx context.Context, in *JoinControllerRequest, opts ...grpc.CallOption) (*JoinControllerResponse, error)
 }
 
 type clusterServiceClient struct {
@@ -1144,6 +1152,26 @@ func (c *clusterServiceClient) RemoveMember(ctx context.Context, in *RemoveMembe
 	return out, nil
 }
 
+func (c *clusterServiceClient) CreateJoinToken(ctx context.Context, in *CreateJoinTokenRequest, opts ...grpc.CallOption) (*JoinToken, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(JoinToken)
+	err := c.cc.Invoke(ctx, ClusterService_CreateJoinToken_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *clusterServiceClient) JoinController(ctx context.Context, in *JoinControllerRequest, opts ...grpc.CallOption) (*JoinControllerResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(JoinControllerResponse)
+	err := c.cc.Invoke(ctx, ClusterService_JoinController_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ClusterServiceServer is the server API for ClusterService service.
 // All implementations must embed UnimplementedClusterServiceServer
 // for forward compatibility.
@@ -1152,6 +1180,12 @@ type ClusterServiceServer interface {
 	ListMembers(context.Context, *ListMembersRequest) (*ListMembersResponse, error)
 	JoinCluster(context.Context, *JoinClusterRequest) (*Member, error)
 	RemoveMember(context.Context, *RemoveMemberRequest) (*ListMembersResponse, error)
+	// CreateJoinToken makes a one-time token an agent or a controller joins
+	// with (TLS clusters). Not in REST.
+	CreateJoinToken(context.Context, *CreateJoinTokenRequest) (*JoinToken, error)
+	// JoinController: no credentials but the join token in the request, which
+	// the handler requires and consumes. Not in REST.
+	JoinController(context.Context, *JoinControllerRequest) (*JoinControllerResponse, error)
 	mustEmbedUnimplementedClusterServiceServer()
 }
 
@@ -1173,6 +1207,12 @@ func (UnimplementedClusterServiceServer) JoinCluster(context.Context, *JoinClust
 }
 func (UnimplementedClusterServiceServer) RemoveMember(context.Context, *RemoveMemberRequest) (*ListMembersResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RemoveMember not implemented")
+}
+func (UnimplementedClusterServiceServer) CreateJoinToken(context.Context, *CreateJoinTokenRequest) (*JoinToken, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateJoinToken not implemented")
+}
+func (UnimplementedClusterServiceServer) JoinController(context.Context, *JoinControllerRequest) (*JoinControllerResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method JoinController not implemented")
 }
 func (UnimplementedClusterServiceServer) mustEmbedUnimplementedClusterServiceServer() {}
 func (UnimplementedClusterServiceServer) testEmbeddedByValue()                        {}
@@ -1267,6 +1307,42 @@ func _ClusterService_RemoveMember_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ClusterService_CreateJoinToken_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateJoinTokenRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServiceServer).CreateJoinToken(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ClusterService_CreateJoinToken_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServiceServer).CreateJoinToken(ctx, req.(*CreateJoinTokenRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ClusterService_JoinController_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(JoinControllerRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServiceServer).JoinController(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ClusterService_JoinController_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServiceServer).JoinController(ctx, req.(*JoinControllerRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ClusterService_ServiceDesc is the grpc.ServiceDesc for ClusterService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1289,6 +1365,14 @@ var ClusterService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RemoveMember",
 			Handler:    _ClusterService_RemoveMember_Handler,
+		},
+		{
+			MethodName: "CreateJoinToken",
+			Handler:    _ClusterService_CreateJoinToken_Handler,
+		},
+		{
+			MethodName: "JoinController",
+			Handler:    _ClusterService_JoinController_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -2020,6 +2020,8 @@ type Command struct {
 	//	*Command_RevokeToken
 	//	*Command_RecordLoginFailures
 	//	*Command_SetQuota
+	//	*Command_CreateJoinToken
+	//	*Command_ConsumeJoinToken
 	//	*Command_RecordAudit
 	//	*Command_ArchiveAudit
 	Cmd           isCommand_Cmd `protobuf_oneof:"cmd"`
@@ -2315,6 +2317,24 @@ func (x *Command) GetSetQuota() *SetQuota {
 	return nil
 }
 
+func (x *Command) GetCreateJoinToken() *CreateJoinToken {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_CreateJoinToken); ok {
+			return x.CreateJoinToken
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetConsumeJoinToken() *ConsumeJoinToken {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_ConsumeJoinToken); ok {
+			return x.ConsumeJoinToken
+		}
+	}
+	return nil
+}
+
 func (x *Command) GetRecordAudit() *RecordAudit {
 	if x != nil {
 		if x, ok := x.Cmd.(*Command_RecordAudit); ok {
@@ -2435,8 +2455,18 @@ type Command_SetQuota struct {
 	SetQuota *SetQuota `protobuf:"bytes,33,opt,name=set_quota,json=setQuota,proto3,oneof"`
 }
 
+type Command_CreateJoinToken struct {
+	// 34-39: quotas.
+	// Transport security (pki.proto), version 6 on.
+	CreateJoinToken *CreateJoinToken `protobuf:"bytes,40,opt,name=create_join_token,json=createJoinToken,proto3,oneof"`
+}
+
+type Command_ConsumeJoinToken struct {
+	ConsumeJoinToken *ConsumeJoinToken `protobuf:"bytes,41,opt,name=consume_join_token,json=consumeJoinToken,proto3,oneof"`
+}
+
 type Command_RecordAudit struct {
-	// 34-39: quotas; 40-44: transport security (join tokens).
+	// 42-44: transport security.
 	// Audit (audit.proto), version 6 on.
 	RecordAudit *RecordAudit `protobuf:"bytes,45,opt,name=record_audit,json=recordAudit,proto3,oneof"`
 }
@@ -2493,6 +2523,10 @@ func (*Command_RecordLoginFailures) isCommand_Cmd() {}
 
 func (*Command_SetQuota) isCommand_Cmd() {}
 
+func (*Command_CreateJoinToken) isCommand_Cmd() {}
+
+func (*Command_ConsumeJoinToken) isCommand_Cmd() {}
+
 func (*Command_RecordAudit) isCommand_Cmd() {}
 
 func (*Command_ArchiveAudit) isCommand_Cmd() {}
@@ -2517,7 +2551,8 @@ type Snapshot struct {
 	// 13-15: quotas; 16-17: transport security; 18-19: audit.
 	// The audit chain's head; the records themselves follow the message in
 	// the snapshot stream (controller/raftnode/fsm.go).
-	AuditHead     *AuditHead `protobuf:"bytes,18,opt,name=audit_head,json=auditHead,proto3" json:"audit_head,omitempty"`
+	AuditHead     *AuditHead         `protobuf:"bytes,18,opt,name=audit_head,json=auditHead,proto3" json:"audit_head,omitempty"`
+	JoinTokens    []*JoinTokenRecord `protobuf:"bytes,16,rep,name=join_tokens,json=joinTokens,proto3" json:"join_tokens,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2639,6 +2674,13 @@ func (x *Snapshot) GetTokens() []*TokenRecord {
 func (x *Snapshot) GetAuditHead() *AuditHead {
 	if x != nil {
 		return x.AuditHead
+	}
+	return nil
+}
+
+func (x *Snapshot) GetJoinTokens() []*JoinTokenRecord {
+	if x != nil {
+		return x.JoinTokens
 	}
 	return nil
 }
@@ -2828,7 +2870,7 @@ var File_yunchi_state_v1_state_proto protoreflect.FileDescriptor
 
 const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\n" +
-	"\x1byunchi/state/v1/state.proto\x12\x0fyunchi.state.v1\x1a\x1eyunchi/state/v1/identity.proto\x1a\x1byunchi/state/v1/quota.proto\x1a\x1byunchi/state/v1/audit.proto\"c\n" +
+	"\x1byunchi/state/v1/state.proto\x12\x0fyunchi.state.v1\x1a\x1eyunchi/state/v1/identity.proto\x1a\x1byunchi/state/v1/quota.proto\x1a\x1byunchi/state/v1/audit.proto\x1a\x19yunchi/state/v1/pki.proto\"c\n" +
 	"\tResources\x12\x14\n" +
 	"\x05vcpus\x18\x01 \x01(\x03R\x05vcpus\x12!\n" +
 	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\x12\x1d\n" +
@@ -2980,7 +3022,7 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\fRemoveMember\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\":\n" +
 	"\x10RecordHeartbeats\x12&\n" +
-	"\x0fsilent_host_ids\x18\x01 \x03(\tR\rsilentHostIds\"\x84\x10\n" +
+	"\x0fsilent_host_ids\x18\x01 \x03(\tR\rsilentHostIds\"\xa7\x11\n" +
 	"\aCommand\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1b\n" +
 	"\tunix_nano\x18\x02 \x01(\x03R\bunixNano\x12\x1d\n" +
@@ -3017,10 +3059,12 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\fcreate_token\x18\x1e \x01(\v2\x1c.yunchi.state.v1.CreateTokenH\x00R\vcreateToken\x12A\n" +
 	"\frevoke_token\x18\x1f \x01(\v2\x1c.yunchi.state.v1.RevokeTokenH\x00R\vrevokeToken\x12Z\n" +
 	"\x15record_login_failures\x18  \x01(\v2$.yunchi.state.v1.RecordLoginFailuresH\x00R\x13recordLoginFailures\x128\n" +
-	"\tset_quota\x18! \x01(\v2\x19.yunchi.state.v1.SetQuotaH\x00R\bsetQuota\x12A\n" +
+	"\tset_quota\x18! \x01(\v2\x19.yunchi.state.v1.SetQuotaH\x00R\bsetQuota\x12N\n" +
+	"\x11create_join_token\x18( \x01(\v2 .yunchi.state.v1.CreateJoinTokenH\x00R\x0fcreateJoinToken\x12Q\n" +
+	"\x12consume_join_token\x18) \x01(\v2!.yunchi.state.v1.ConsumeJoinTokenH\x00R\x10consumeJoinToken\x12A\n" +
 	"\frecord_audit\x18- \x01(\v2\x1c.yunchi.state.v1.RecordAuditH\x00R\vrecordAudit\x12D\n" +
 	"\rarchive_audit\x18. \x01(\v2\x1d.yunchi.state.v1.ArchiveAuditH\x00R\farchiveAuditB\x05\n" +
-	"\x03cmd\"\xb6\x05\n" +
+	"\x03cmd\"\xf9\x05\n" +
 	"\bSnapshot\x12%\n" +
 	"\x0eformat_version\x18\x01 \x01(\rR\rformatVersion\x121\n" +
 	"\x05hosts\x18\x02 \x03(\v2\x1b.yunchi.state.v1.HostRecordR\x05hosts\x12+\n" +
@@ -3036,7 +3080,9 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\x05users\x18\v \x03(\v2\x1b.yunchi.state.v1.UserRecordR\x05users\x124\n" +
 	"\x06tokens\x18\f \x03(\v2\x1c.yunchi.state.v1.TokenRecordR\x06tokens\x129\n" +
 	"\n" +
-	"audit_head\x18\x12 \x01(\v2\x1a.yunchi.state.v1.AuditHeadR\tauditHead\"\xc1\x05\n" +
+	"audit_head\x18\x12 \x01(\v2\x1a.yunchi.state.v1.AuditHeadR\tauditHead\x12A\n" +
+	"\vjoin_tokens\x18\x10 \x03(\v2 .yunchi.state.v1.JoinTokenRecordR\n" +
+	"joinTokens\"\xc1\x05\n" +
 	"\rRequestRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04hash\x18\x02 \x01(\fR\x04hash\x12\x1b\n" +
@@ -3156,13 +3202,16 @@ var file_yunchi_state_v1_state_proto_goTypes = []any{
 	(*RevokeToken)(nil),          // 43: yunchi.state.v1.RevokeToken
 	(*RecordLoginFailures)(nil),  // 44: yunchi.state.v1.RecordLoginFailures
 	(*SetQuota)(nil),             // 45: yunchi.state.v1.SetQuota
-	(*RecordAudit)(nil),          // 46: yunchi.state.v1.RecordAudit
-	(*ArchiveAudit)(nil),         // 47: yunchi.state.v1.ArchiveAudit
-	(*DepartmentRecord)(nil),     // 48: yunchi.state.v1.DepartmentRecord
-	(*ProjectRecord)(nil),        // 49: yunchi.state.v1.ProjectRecord
-	(*UserRecord)(nil),           // 50: yunchi.state.v1.UserRecord
-	(*TokenRecord)(nil),          // 51: yunchi.state.v1.TokenRecord
-	(*AuditHead)(nil),            // 52: yunchi.state.v1.AuditHead
+	(*CreateJoinToken)(nil),      // 46: yunchi.state.v1.CreateJoinToken
+	(*ConsumeJoinToken)(nil),     // 47: yunchi.state.v1.ConsumeJoinToken
+	(*RecordAudit)(nil),          // 48: yunchi.state.v1.RecordAudit
+	(*ArchiveAudit)(nil),         // 49: yunchi.state.v1.ArchiveAudit
+	(*DepartmentRecord)(nil),     // 50: yunchi.state.v1.DepartmentRecord
+	(*ProjectRecord)(nil),        // 51: yunchi.state.v1.ProjectRecord
+	(*UserRecord)(nil),           // 52: yunchi.state.v1.UserRecord
+	(*TokenRecord)(nil),          // 53: yunchi.state.v1.TokenRecord
+	(*AuditHead)(nil),            // 54: yunchi.state.v1.AuditHead
+	(*JoinTokenRecord)(nil),      // 55: yunchi.state.v1.JoinTokenRecord
 }
 var file_yunchi_state_v1_state_proto_depIdxs = []int32{
 	2,  // 0: yunchi.state.v1.VMStatus.phase:type_name -> yunchi.state.v1.VMPhase
@@ -3216,33 +3265,36 @@ var file_yunchi_state_v1_state_proto_depIdxs = []int32{
 	43, // 48: yunchi.state.v1.Command.revoke_token:type_name -> yunchi.state.v1.RevokeToken
 	44, // 49: yunchi.state.v1.Command.record_login_failures:type_name -> yunchi.state.v1.RecordLoginFailures
 	45, // 50: yunchi.state.v1.Command.set_quota:type_name -> yunchi.state.v1.SetQuota
-	46, // 51: yunchi.state.v1.Command.record_audit:type_name -> yunchi.state.v1.RecordAudit
-	47, // 52: yunchi.state.v1.Command.archive_audit:type_name -> yunchi.state.v1.ArchiveAudit
-	10, // 53: yunchi.state.v1.Snapshot.hosts:type_name -> yunchi.state.v1.HostRecord
-	11, // 54: yunchi.state.v1.Snapshot.vms:type_name -> yunchi.state.v1.VMRecord
-	14, // 55: yunchi.state.v1.Snapshot.members:type_name -> yunchi.state.v1.MemberRecord
-	12, // 56: yunchi.state.v1.Snapshot.ratios:type_name -> yunchi.state.v1.RatioRecord
-	13, // 57: yunchi.state.v1.Snapshot.groups:type_name -> yunchi.state.v1.PlacementGroupRecord
-	30, // 58: yunchi.state.v1.Snapshot.requests:type_name -> yunchi.state.v1.RequestRecord
-	48, // 59: yunchi.state.v1.Snapshot.departments:type_name -> yunchi.state.v1.DepartmentRecord
-	49, // 60: yunchi.state.v1.Snapshot.projects:type_name -> yunchi.state.v1.ProjectRecord
-	50, // 61: yunchi.state.v1.Snapshot.users:type_name -> yunchi.state.v1.UserRecord
-	51, // 62: yunchi.state.v1.Snapshot.tokens:type_name -> yunchi.state.v1.TokenRecord
-	52, // 63: yunchi.state.v1.Snapshot.audit_head:type_name -> yunchi.state.v1.AuditHead
-	11, // 64: yunchi.state.v1.RequestRecord.vms:type_name -> yunchi.state.v1.VMRecord
-	10, // 65: yunchi.state.v1.RequestRecord.host:type_name -> yunchi.state.v1.HostRecord
-	12, // 66: yunchi.state.v1.RequestRecord.ratio:type_name -> yunchi.state.v1.RatioRecord
-	13, // 67: yunchi.state.v1.RequestRecord.group:type_name -> yunchi.state.v1.PlacementGroupRecord
-	14, // 68: yunchi.state.v1.RequestRecord.member:type_name -> yunchi.state.v1.MemberRecord
-	48, // 69: yunchi.state.v1.RequestRecord.department:type_name -> yunchi.state.v1.DepartmentRecord
-	49, // 70: yunchi.state.v1.RequestRecord.project:type_name -> yunchi.state.v1.ProjectRecord
-	50, // 71: yunchi.state.v1.RequestRecord.user:type_name -> yunchi.state.v1.UserRecord
-	51, // 72: yunchi.state.v1.RequestRecord.token:type_name -> yunchi.state.v1.TokenRecord
-	73, // [73:73] is the sub-list for method output_type
-	73, // [73:73] is the sub-list for method input_type
-	73, // [73:73] is the sub-list for extension type_name
-	73, // [73:73] is the sub-list for extension extendee
-	0,  // [0:73] is the sub-list for field type_name
+	46, // 51: yunchi.state.v1.Command.create_join_token:type_name -> yunchi.state.v1.CreateJoinToken
+	47, // 52: yunchi.state.v1.Command.consume_join_token:type_name -> yunchi.state.v1.ConsumeJoinToken
+	48, // 53: yunchi.state.v1.Command.record_audit:type_name -> yunchi.state.v1.RecordAudit
+	49, // 54: yunchi.state.v1.Command.archive_audit:type_name -> yunchi.state.v1.ArchiveAudit
+	10, // 55: yunchi.state.v1.Snapshot.hosts:type_name -> yunchi.state.v1.HostRecord
+	11, // 56: yunchi.state.v1.Snapshot.vms:type_name -> yunchi.state.v1.VMRecord
+	14, // 57: yunchi.state.v1.Snapshot.members:type_name -> yunchi.state.v1.MemberRecord
+	12, // 58: yunchi.state.v1.Snapshot.ratios:type_name -> yunchi.state.v1.RatioRecord
+	13, // 59: yunchi.state.v1.Snapshot.groups:type_name -> yunchi.state.v1.PlacementGroupRecord
+	30, // 60: yunchi.state.v1.Snapshot.requests:type_name -> yunchi.state.v1.RequestRecord
+	50, // 61: yunchi.state.v1.Snapshot.departments:type_name -> yunchi.state.v1.DepartmentRecord
+	51, // 62: yunchi.state.v1.Snapshot.projects:type_name -> yunchi.state.v1.ProjectRecord
+	52, // 63: yunchi.state.v1.Snapshot.users:type_name -> yunchi.state.v1.UserRecord
+	53, // 64: yunchi.state.v1.Snapshot.tokens:type_name -> yunchi.state.v1.TokenRecord
+	54, // 65: yunchi.state.v1.Snapshot.audit_head:type_name -> yunchi.state.v1.AuditHead
+	55, // 66: yunchi.state.v1.Snapshot.join_tokens:type_name -> yunchi.state.v1.JoinTokenRecord
+	11, // 67: yunchi.state.v1.RequestRecord.vms:type_name -> yunchi.state.v1.VMRecord
+	10, // 68: yunchi.state.v1.RequestRecord.host:type_name -> yunchi.state.v1.HostRecord
+	12, // 69: yunchi.state.v1.RequestRecord.ratio:type_name -> yunchi.state.v1.RatioRecord
+	13, // 70: yunchi.state.v1.RequestRecord.group:type_name -> yunchi.state.v1.PlacementGroupRecord
+	14, // 71: yunchi.state.v1.RequestRecord.member:type_name -> yunchi.state.v1.MemberRecord
+	50, // 72: yunchi.state.v1.RequestRecord.department:type_name -> yunchi.state.v1.DepartmentRecord
+	51, // 73: yunchi.state.v1.RequestRecord.project:type_name -> yunchi.state.v1.ProjectRecord
+	52, // 74: yunchi.state.v1.RequestRecord.user:type_name -> yunchi.state.v1.UserRecord
+	53, // 75: yunchi.state.v1.RequestRecord.token:type_name -> yunchi.state.v1.TokenRecord
+	76, // [76:76] is the sub-list for method output_type
+	76, // [76:76] is the sub-list for method input_type
+	76, // [76:76] is the sub-list for extension type_name
+	76, // [76:76] is the sub-list for extension extendee
+	0,  // [0:76] is the sub-list for field type_name
 }
 
 func init() { file_yunchi_state_v1_state_proto_init() }
@@ -3253,6 +3305,7 @@ func file_yunchi_state_v1_state_proto_init() {
 	file_yunchi_state_v1_identity_proto_init()
 	file_yunchi_state_v1_quota_proto_init()
 	file_yunchi_state_v1_audit_proto_init()
+	file_yunchi_state_v1_pki_proto_init()
 	file_yunchi_state_v1_state_proto_msgTypes[14].OneofWrappers = []any{}
 	file_yunchi_state_v1_state_proto_msgTypes[15].OneofWrappers = []any{}
 	file_yunchi_state_v1_state_proto_msgTypes[22].OneofWrappers = []any{
@@ -3280,6 +3333,8 @@ func file_yunchi_state_v1_state_proto_init() {
 		(*Command_RevokeToken)(nil),
 		(*Command_RecordLoginFailures)(nil),
 		(*Command_SetQuota)(nil),
+		(*Command_CreateJoinToken)(nil),
+		(*Command_ConsumeJoinToken)(nil),
 		(*Command_RecordAudit)(nil),
 		(*Command_ArchiveAudit)(nil),
 	}

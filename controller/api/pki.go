@@ -1,0 +1,208 @@
+package api
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/yunchi/yunchi/controller/state"
+	"github.com/yunchi/yunchi/internal/pki"
+	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
+	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
+)
+
+// TLS is a controller's transport security: the cluster CA (every
+// controller holds its key and issues certificates) and the credentials it
+// dials other controllers with (its own certificate: mutual TLS).
+type TLS struct {
+	CA   *pki.CA
+	Dial credentials.TransportCredentials
+}
+
+// Join tokens.
+const (
+	joinTokenPrefix = "yj_"
+	hostTokenPrefix = "yc_"
+	defaultJoinTTL  = time.Hour
+	maxJoinTTL      = 7 * 24 * time.Hour
+)
+
+// randomText is n characters of [a-z0-9] from crypto/rand.
+func randomText(n int) string {
+	const alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+	b := make([]byte, n)
+	rand.Read(b) // never fails (crypto/rand)
+	for i := range b {
+		b[i] = alphabet[int(b[i])%len(alphabet)]
+	}
+	return string(b)
+}
+
+// parseJoinToken splits "yj_<id>_<secret>"; the error never repeats the
+// token.
+func parseJoinToken(tok string) (id string, hash []byte, err error) {
+	rest, ok := strings.CutPrefix(tok, joinTokenPrefix)
+	id, secret, ok2 := strings.Cut(rest, "_")
+	if !ok || !ok2 || !state.ValidName(id) || len(secret) < 16 {
+		return "", nil, status.Error(codes.InvalidArgument, "join token is malformed: want yj_<id>_<secret>, as `yunchi host join-token create` printed it")
+	}
+	sum := sha256.Sum256([]byte(secret))
+	return id, sum[:], nil
+}
+
+func (s *Server) needTLS() error {
+	if s.TLS == nil {
+		return status.Error(codes.FailedPrecondition, "this controller runs without TLS (--insecure): join tokens and certificates are for TLS clusters; start agents with --insecure")
+	}
+	return nil
+}
+
+func kindToState(k yunchiv1.JoinTokenKind) statev1.JoinTokenKind { return statev1.JoinTokenKind(k) }
+
+// CreateJoinToken records a one-time join token (its secret's hash) and
+// answers the token, once.
+func (s *Server) CreateJoinToken(ctx context.Context, req *yunchiv1.CreateJoinTokenRequest) (*yunchiv1.JoinToken, error) {
+	if err := s.needTLS(); err != nil {
+		return nil, err
+	}
+	if req.Kind != yunchiv1.JoinTokenKind_JOIN_TOKEN_KIND_HOST && req.Kind != yunchiv1.JoinTokenKind_JOIN_TOKEN_KIND_CONTROLLER {
+		return nil, invalid("join token kind must be host or controller")
+	}
+	ttl := time.Duration(req.TtlSeconds) * time.Second
+	switch {
+	case req.TtlSeconds < 0 || ttl > maxJoinTTL:
+		return nil, invalid("join token ttl %ds is out of range: give 1s to 7 days (0: one hour)", req.TtlSeconds)
+	case ttl == 0:
+		ttl = defaultJoinTTL
+	}
+	if len(req.Description) > 256 {
+		return nil, invalid("description is longer than 256 characters")
+	}
+	id, secret := randomText(8), randomText(32)
+	sum := sha256.Sum256([]byte(secret))
+	exp := time.Now().Add(ttl)
+	if _, err := s.apply(ctx, &statev1.Command{Cmd: &statev1.Command_CreateJoinToken{CreateJoinToken: &statev1.CreateJoinToken{Token: &statev1.JoinTokenRecord{
+		Id: id, Kind: kindToState(req.Kind), SecretHash: sum[:], ExpiresUnixNano: exp.UnixNano(), Description: req.Description,
+	}}}}); err != nil {
+		return nil, err
+	}
+	s.log.Info("join token created", "id", id, "kind", req.Kind.String(), "expires", exp.UTC().Format(time.RFC3339))
+	return &yunchiv1.JoinToken{
+		Id: id, Kind: req.Kind, Token: joinTokenPrefix + id + "_" + secret,
+		Expires: timestamppb.New(exp), CaCertHash: s.TLS.CA.Hash(),
+	}, nil
+}
+
+// joinTokenReader is the state's join tokens (a *state.Store has them),
+// for the check before proposing: a wrong token costs no raft entry.
+type joinTokenReader interface {
+	JoinTokens() []*statev1.JoinTokenRecord
+}
+
+// precheckJoin refuses a token the local state already says is no good
+// (unknown, used, expired, other kind). Apply checks again.
+func (s *Server) precheckJoin(id string, hash []byte, kind statev1.JoinTokenKind, usedBy string) error {
+	jr, ok := s.store.(joinTokenReader)
+	if !ok {
+		return nil
+	}
+	var rec *statev1.JoinTokenRecord
+	for _, t := range jr.JoinTokens() {
+		if t.Id == id {
+			rec = t
+		}
+	}
+	st := state.New()
+	if rec != nil {
+		st.Restore(&statev1.Snapshot{FormatVersion: state.SnapshotVersion, JoinTokens: []*statev1.JoinTokenRecord{rec}})
+	}
+	_, err := st.Apply(1, &statev1.Command{UnixNano: time.Now().UnixNano(), Cmd: &statev1.Command_ConsumeJoinToken{ConsumeJoinToken: &statev1.ConsumeJoinToken{
+		Id: id, SecretHash: hash, Kind: kind, UsedBy: usedBy,
+	}}})
+	return joinStatus(err)
+}
+
+// joinStatus: a refused join token is PermissionDenied.
+func joinStatus(err error) error {
+	if state.KindOf(err) == state.KindFailedPrecondition {
+		return status.Error(codes.PermissionDenied, err.Error())
+	}
+	return toStatus(err)
+}
+
+// consumeJoin uses the token through raft (once, cluster-wide).
+func (s *Server) consumeJoin(ctx context.Context, c *statev1.ConsumeJoinToken) (state.Result, error) {
+	if err := s.precheckJoin(c.Id, c.SecretHash, c.Kind, c.UsedBy); err != nil {
+		return state.Result{}, err
+	}
+	res, err := s.prop.Apply(ctx, &statev1.Command{Cmd: &statev1.Command_ConsumeJoinToken{ConsumeJoinToken: c}})
+	return res, joinStatus(err)
+}
+
+// JoinHost trades a host join token for the host's certificate, the CA and
+// a host API token.
+func (s *Server) JoinHost(ctx context.Context, req *yunchiv1.JoinHostRequest) (*yunchiv1.JoinHostResponse, error) {
+	if err := s.needTLS(); err != nil {
+		return nil, err
+	}
+	if err := checkHostID(req.HostId); err != nil {
+		return nil, err
+	}
+	id, hash, err := parseJoinToken(req.JoinToken)
+	if err != nil {
+		return nil, err
+	}
+	// The request is checked before the token is used: a bad one leaves
+	// the token usable.
+	certPEM, err := s.TLS.CA.IssueCSR(req.Csr, pki.Identity{Kind: pki.KindHost, ID: req.HostId}, false, time.Now())
+	if err != nil {
+		return nil, invalid("%v", err)
+	}
+	tokID, secret := "host-"+randomText(12), randomText(32)
+	sum := sha256.Sum256([]byte(secret))
+	if _, err := s.consumeJoin(ctx, &statev1.ConsumeJoinToken{
+		Id: id, SecretHash: hash, Kind: statev1.JoinTokenKind_JOIN_TOKEN_KIND_HOST, UsedBy: req.HostId,
+		HostToken: &statev1.TokenRecord{Id: tokID, HostId: req.HostId, SecretHash: sum[:], Description: "host token of " + req.HostId + " (issued at join)"},
+	}); err != nil {
+		return nil, err
+	}
+	s.log.Info("host joined: certificate issued", "host", req.HostId, "join_token", id, "host_token", tokID)
+	return &yunchiv1.JoinHostResponse{Certificate: certPEM, CaCertificate: s.TLS.CA.CertPEM, HostToken: hostTokenPrefix + tokID + "_" + secret}, nil
+}
+
+// JoinController trades a controller join token for the cluster CA (with
+// its key) and a certificate for the joining controller.
+func (s *Server) JoinController(ctx context.Context, req *yunchiv1.JoinControllerRequest) (*yunchiv1.JoinControllerResponse, error) {
+	if err := s.needTLS(); err != nil {
+		return nil, err
+	}
+	if err := checkName("controller id", req.Id); err != nil {
+		return nil, err
+	}
+	id, hash, err := parseJoinToken(req.JoinToken)
+	if err != nil {
+		return nil, err
+	}
+	certPEM, err := s.TLS.CA.IssueCSR(req.Csr, pki.Identity{Kind: pki.KindController, ID: req.Id}, true, time.Now())
+	if err != nil {
+		return nil, invalid("%v", err)
+	}
+	keyPEM, err := s.TLS.CA.KeyPEM()
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "CA key: %v", err)
+	}
+	if _, err := s.consumeJoin(ctx, &statev1.ConsumeJoinToken{
+		Id: id, SecretHash: hash, Kind: statev1.JoinTokenKind_JOIN_TOKEN_KIND_CONTROLLER, UsedBy: req.Id,
+	}); err != nil {
+		return nil, err
+	}
+	s.log.Info("controller credentials issued", "controller", req.Id, "join_token", id)
+	return &yunchiv1.JoinControllerResponse{Certificate: certPEM, CaCertificate: s.TLS.CA.CertPEM, CaKey: keyPEM}, nil
+}
