@@ -197,7 +197,8 @@ func agentCmd() *cli.Command {
 				if err != nil {
 					return err
 				}
-				dial = append(dial, grpc.WithTransportCredentials(creds))			}
+				dial = append(dial, grpc.WithTransportCredentials(creds))
+			}
 			drv, err := libvirt.Open(c.String("libvirt-uri"))
 			if err != nil {
 				return err

@@ -657,7 +657,7 @@ func (v *View) Snapshot() *statev1.Snapshot {
 		Ratios: slices.Clone(v.ratios), Groups: slices.Clone(v.groups), Requests: v.requests,
 		Departments: slices.Clone(v.depts), Projects: slices.Clone(v.projects),
 		Users: slices.Clone(v.users), Tokens: slices.Clone(v.tokens),
-		AuditHead: v.audit,
+		AuditHead:  v.audit,
 		JoinTokens: slices.Clone(v.joinTok),
 	}
 	slices.SortFunc(snap.JoinTokens, func(a, b *statev1.JoinTokenRecord) int { return strings.Compare(a.Id, b.Id) })
