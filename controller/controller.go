@@ -80,6 +80,10 @@ type Config struct {
 	// AdminTokensOut receives, once, the tokens of the administrator
 	// accounts the bootstrap controller creates (nil: stdout).
 	AdminTokensOut io.Writer
+	// RateLimit is the requests per second each token (or host, or
+	// address without credentials) may make, burst twice that: 0 is
+	// auth.DefaultRate, below 0 none.
+	RateLimit float64
 	// NoAuth lets every API call through with no caller. Only Go code can
 	// set it (no flag does): tests of behaviour that predates
 	// authentication.
@@ -151,8 +155,8 @@ func New(cfg Config) (*Controller, error) {
 		if sec, err = setupTLS(cfg, lg); err != nil {
 			return nil, err
 		}
-	} else if cfg.TLSCert != "" || cfg.JoinToken != "" {
-		return nil, errors.New("--insecure excludes --tls-cert and --join-token")
+	} else if cfg.TLSCert != "" || cfg.CACertHash != "" {
+		return nil, errors.New("--insecure excludes --tls-cert and --ca-cert-hash (with --insecure, --join-token is a sysadmin's API token)")
 	}
 	lis, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -205,6 +209,12 @@ func New(cfg Config) (*Controller, error) {
 	}
 	c := &Controller{cfg: cfg, lis: lis, node: node, api: srv, placer: placer, duties: duties, log: lg, trail: trail, sec: sec}
 	srv.Auth = &auth.Authorizer{Store: node.Store, Recorder: srv.AuditRecorder, Disabled: cfg.NoAuth, WaitChange: node.WaitChange}
+	switch {
+	case cfg.RateLimit == 0:
+		srv.Auth.Limiter = &auth.Limiter{PerSecond: auth.DefaultRate, Burst: auth.DefaultBurst}
+	case cfg.RateLimit > 0:
+		srv.Auth.Limiter = &auth.Limiter{PerSecond: cfg.RateLimit, Burst: max(1, int(2*cfg.RateLimit))}
+	}
 	if sec != nil {
 		srv.Auth.PeerIdentity = peerIdentity
 	}
@@ -310,7 +320,10 @@ func (c *Controller) join(ctx context.Context) {
 				continue
 			}
 			cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-			if c.cfg.JoinToken != "" {
+			// Without TLS the joiner is let in by a sysadmin's token; with
+			// TLS by its controller certificate (the join token was spent
+			// getting it).
+			if c.sec == nil && c.cfg.JoinToken != "" {
 				cctx = metadata.AppendToOutgoingContext(cctx, "authorization", "Bearer "+c.cfg.JoinToken)
 			}
 			_, err = yunchiv1.NewClusterServiceClient(conn).JoinCluster(cctx, req)

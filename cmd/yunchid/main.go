@@ -115,6 +115,7 @@ func controllerCmd() *cli.Command {
 			&cli.StringFlag{Name: "tls-key", Usage: "key (PEM) of --tls-cert"},
 			&cli.StringFlag{Name: "join-token", Usage: "with --join, first start: the one-time token from: yunchi cluster join-token create (with --insecure: a sysadmin's API token, the bootstrap controller prints one)", EnvVars: []string{"YUNCHI_JOIN_TOKEN"}},
 			&cli.StringFlag{Name: "ca-cert-hash", Usage: "with --join, first start: sha256:<hex> pin of the cluster CA, as the bootstrap controller printed it"},
+			&cli.Float64Flag{Name: "rate-limit", Value: 500, Usage: "requests per second each token may make (burst: twice that); over it a call gets 429 / RESOURCE_EXHAUSTED with Retry-After; 0: no limit"},
 		},
 		Action: func(c *cli.Context) error {
 			seg, err := segmentSize(c.String("raft-segment-size"))
@@ -131,6 +132,7 @@ func controllerCmd() *cli.Command {
 				DataDir: c.String("data-dir"), Bootstrap: c.Bool("bootstrap"), Join: splitList(c.String("join")),
 				Insecure: c.Bool("insecure"), TLSCert: c.String("tls-cert"), TLSKey: c.String("tls-key"),
 				JoinToken: c.String("join-token"), CACertHash: c.String("ca-cert-hash"), Context: c.Context,
+				RateLimit: rateLimit(c.Float64("rate-limit")),
 			})
 			if err != nil {
 				return err
@@ -255,4 +257,13 @@ func readTokenFile(path string) (string, error) {
 		return "", fmt.Errorf("--token-file %s is empty", path)
 	}
 	return tok, nil
+}
+
+// rateLimit turns --rate-limit (0: none) into Config.RateLimit (0: the
+// default, below 0: none).
+func rateLimit(v float64) float64 {
+	if v <= 0 {
+		return -1
+	}
+	return v
 }

@@ -57,6 +57,11 @@ func (s *Server) forwardMD(ctx context.Context, in metadata.MD) metadata.MD {
 	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
 		out.Set(auth.SourceKey, p.Addr.String())
 	}
+	// A host known by its certificate: the leader sees this controller's
+	// certificate, so it is told whose call this is.
+	if ob := auth.OnBehalf(ctx); ob != "" {
+		out.Set(auth.OnBehalfKey, ob)
+	}
 	for _, k := range forwardHeaders {
 		if v := in.Get(k); len(v) > 0 {
 			out.Set(k, v...)

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/yunchi/yunchi/controller/audit"
+	"github.com/yunchi/yunchi/controller/auth"
 	"github.com/yunchi/yunchi/docs"
 	"github.com/yunchi/yunchi/internal/pki"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
@@ -124,6 +125,15 @@ func (s *Server) NewHTTPHandler(ctx context.Context, gs *grpc.Server, m *Metrics
 		// A form POST must not turn into another method or route.
 		runtime.WithDisablePathLengthFallback(),
 		runtime.WithDisableHTTPMethodOverride(),
+		// A rate-limited call's wait is the standard Retry-After header;
+		// other response metadata keeps the gateway's Grpc-Metadata-
+		// prefix.
+		runtime.WithOutgoingHeaderMatcher(func(k string) (string, bool) {
+			if k == auth.RetryAfterKey {
+				return "Retry-After", true
+			}
+			return runtime.MetadataHeaderPrefix + k, true
+		}),
 		// Idempotency-Key travels as the idempotency-key metadata.
 		runtime.WithIncomingHeaderMatcher(func(k string) (string, bool) {
 			if http.CanonicalHeaderKey(k) == "Idempotency-Key" {

@@ -38,7 +38,21 @@ type Recorder interface {
 const (
 	ForwardedKey = "x-yunchi-forwarded"
 	SourceKey    = "x-yunchi-source"
+	// OnBehalfKey names the certificate identity ("host/h1") of the
+	// caller of a call a controller forwards: the leader takes it from a
+	// controller's certificate only.
+	OnBehalfKey = "x-yunchi-on-behalf-of"
 )
+
+// OnBehalf is the value of OnBehalfKey for the caller of ctx: set when it
+// was identified by its certificate (a token travels on by itself).
+func OnBehalf(ctx context.Context) string {
+	p, ok := FromContext(ctx)
+	if !ok || p.TokenID != "" || p.Kind != KindHost {
+		return ""
+	}
+	return "host/" + p.Name
+}
 
 // Authorizer holds the interceptors' dependencies.
 type Authorizer struct {
@@ -55,6 +69,8 @@ type Authorizer struct {
 	// CatchUpWait: a token made a moment ago through the leader may not
 	// have reached this follower yet.
 	WaitChange func(ctx context.Context) bool
+	// Limiter bounds each caller's requests (nil: no limit).
+	Limiter *Limiter
 	// Disabled lets every call through with no caller in its context, as
 	// calls made inside the controller (only Go code sets it, through
 	// controller.Config.NoAuth: tests of what predates authentication).
@@ -109,6 +125,15 @@ var errBadToken = status.Error(codes.Unauthenticated, "authentication failed: th
 // authenticate resolves the caller of ctx.
 func (a *Authorizer) authenticate(ctx context.Context, method string) (*Principal, error) {
 	src := sourceOf(ctx)
+	// With certificates, only another controller may say where a call
+	// came from; anyone else's forwarding marks are ignored.
+	if a.PeerIdentity != nil {
+		if kind, _, ok := a.PeerIdentity(ctx); !ok || kind != KindController {
+			if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+				src = p.Addr.String()
+			}
+		}
+	}
 	if a.PeerIdentity != nil {
 		if kind, id, ok := a.PeerIdentity(ctx); ok {
 			p := &Principal{Kind: kind, Name: id, Source: src}
@@ -118,9 +143,17 @@ func (a *Authorizer) authenticate(ctx context.Context, method string) (*Principa
 			case KindController:
 				p.Role = yunchiv1.Role_ROLE_CONTROLLER
 			}
-			// A controller forwarding a user's call passes the user's
-			// token on: that call is the user's, authenticated below.
+			// A controller forwarding a call passes the caller on: a
+			// user's token (authenticated below), or the identity of a
+			// host's certificate, which only a controller may vouch for.
 			md, _ := metadata.FromIncomingContext(ctx)
+			if kind == KindController && len(md.Get(ForwardedKey)) > 0 {
+				if ob := md.Get(OnBehalfKey); len(ob) > 0 {
+					if id, ok := strings.CutPrefix(ob[0], "host/"); ok && id != "" {
+						return &Principal{Kind: KindHost, Name: id, Role: yunchiv1.Role_ROLE_HOST, Source: src}, nil
+					}
+				}
+			}
 			if kind != KindController || len(md.Get("authorization")) == 0 {
 				return p, nil
 			}
@@ -337,12 +370,34 @@ func getString(m protoreflect.Message, path string) (string, protoreflect.FieldD
 	return "", nil
 }
 
+// limit applies the rate limit to a call admit let in (actx) or refused
+// (err: then counted by address). A call a controller forwarded was
+// counted where it arrived; health checks are not counted.
+func (a *Authorizer) limit(ctx, actx context.Context, method string, err error) error {
+	if a.Limiter == nil || publicMethods[method] {
+		return nil
+	}
+	if err == nil {
+		ctx = actx
+		if p, ok := FromContext(actx); ok && a.PeerIdentity != nil && len(metadata.ValueFromIncomingContext(ctx, ForwardedKey)) > 0 {
+			if kind, _, ok := a.PeerIdentity(ctx); ok && kind == KindController && p != nil {
+				return nil
+			}
+		}
+	}
+	return a.Limiter.check(ctx)
+}
+
 // UnaryInterceptor authenticates, checks the role and confines the request.
 func (a *Authorizer) UnaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	ctx, rule, err := a.admit(ctx, info.FullMethod)
+	actx, rule, err := a.admit(ctx, info.FullMethod)
+	if lerr := a.limit(ctx, actx, info.FullMethod, err); lerr != nil {
+		return nil, lerr
+	}
 	if err != nil {
 		return nil, err
 	}
+	ctx = actx
 	if err := a.scope(ctx, info.FullMethod, rule, req); err != nil {
 		return nil, err
 	}
@@ -353,6 +408,9 @@ func (a *Authorizer) UnaryInterceptor(ctx context.Context, req any, info *grpc.U
 // stream starts, the request when it arrives.
 func (a *Authorizer) StreamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	ctx, rule, err := a.admit(ss.Context(), info.FullMethod)
+	if lerr := a.limit(ss.Context(), ctx, info.FullMethod, err); lerr != nil {
+		return lerr
+	}
 	if err != nil {
 		return err
 	}

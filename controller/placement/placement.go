@@ -420,8 +420,14 @@ func (e *Engine) Place(ctx context.Context, sp Spec) ([]*statev1.VMRecord, []Dec
 		if quota {
 			var err error
 			if dept, err = qv.CheckQuota(sp.Project, specUsage(&sp), e.inFlight); err != nil {
-				e.mu.Unlock()
-				return nil, nil, err
+				// Refused for good only when the committed state alone
+				// leaves no room: a proposal in flight may fail, or may
+				// have been applied and not yet released (counted twice
+				// for a moment). Otherwise Apply decides.
+				if _, cerr := qv.CheckQuota(sp.Project, specUsage(&sp), nil); cerr != nil {
+					e.mu.Unlock()
+					return nil, nil, cerr
+				}
 			}
 		}
 		ps, ds, err := e.decide(&sp)
