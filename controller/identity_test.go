@@ -122,9 +122,17 @@ func TestRevocationAndLockoutOnEveryController(t *testing.T) {
 		return n >= state.MaxLoginFailures
 	})
 	l, err := ac.ListAudit(bearer(c.admins.Auditor), &yunchiv1.ListAuditRequest{User: "secadmin", Action: "CreateUser"})
-	if err != nil || len(l.Records) != 1 || l.Records[0].Role != "ROLE_SECADMIN" {
+	if err != nil || len(l.Records) != 1 || l.Records[0].Role != "ROLE_SECADMIN" || l.Records[0].Target != "user/alice" {
 		t.Fatalf("secadmin's CreateUser in the trail: %v %v", l, err)
 	}
+	// A write refused before the log (bad input here) is recorded too.
+	if _, err := yunchiv1.NewVMServiceClient(lc).CreateVM(bearer(r2.Secret), &yunchiv1.CreateVMRequest{Name: "big", Vcpus: -1}); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("bad create: %v", err)
+	}
+	apitest.Eventually(t, 10*time.Second, "the refused create in the trail", func() bool {
+		l, err := ac.ListAudit(bearer(c.admins.Auditor), &yunchiv1.ListAuditRequest{User: "alice", Action: "CreateVM"})
+		return err == nil && len(l.Records) == 1 && l.Records[0].Kind == "rejected" && l.Records[0].Code == "InvalidArgument" && l.Records[0].Target == "project/air/vm/big"
+	})
 	for _, rec := range l.Records {
 		if strings.Contains(rec.String(), r.Secret[20:]) || strings.Contains(rec.String(), r2.Secret[20:]) {
 			t.Fatal("a token's secret is in the audit trail")

@@ -118,7 +118,7 @@ func startCluster(ctx context.Context, bin, dir string, n int) (*cluster, error)
 		p.logPath = filepath.Join(dir, p.id+".log")
 		p.args = []string{"--log-level", "info", "controller", "--id", p.id, "--center", p.center,
 			"--listen", api, "--raft-listen", rft, "--data-dir", p.dataDir,
-			"--insecure", // the benchmark measures the write path as before: plaintext on loopback
+			"--insecure",        // the benchmark measures the write path as before: plaintext on loopback
 			"--rate-limit", "0"} // and its load clients share one token: no per-token limit
 		if i == 0 {
 			p.args = append(p.args, "--bootstrap")

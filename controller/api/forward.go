@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/reflect/protoregistry"
 
 	"github.com/yunchi/yunchi/controller/auth"
+	"github.com/yunchi/yunchi/controller/state"
 )
 
 // leaderOnly says whether a method changes state: on a follower it is
@@ -187,6 +188,7 @@ func (s *Server) LeaderInterceptor(ctx context.Context, req any, info *grpc.Unar
 	}
 	in, _ := metadata.FromIncomingContext(ctx)
 	out := s.forwardMD(ctx, in)
+	state.MarkAuditHandled(ctx) // the leader records it
 	resp, err := newResponse(info.FullMethod)
 	if err != nil {
 		return nil, err

@@ -48,7 +48,11 @@ func (s *Server) NewGRPCServer(m *Metrics, extra ...grpc.UnaryServerInterceptor)
 	unary = append(unary, extra...)
 	// Who asked and what (the audit context commands are recorded with),
 	// after authentication, which names the caller.
-	unary = append(unary, audit.UnaryInterceptor, s.MemberInterceptor, s.StaleReadInterceptor, s.LeaderInterceptor, s.IdempotencyInterceptor)
+	auditIC := audit.UnaryInterceptor
+	if s.AuditRecorder != nil {
+		auditIC = s.AuditRecorder.UnaryInterceptor // also records writes refused before the log
+	}
+	unary = append(unary, auditIC, s.MemberInterceptor, s.StaleReadInterceptor, s.LeaderInterceptor, s.IdempotencyInterceptor)
 	stream = append(stream, s.MemberStreamInterceptor, s.StaleStreamInterceptor)
 	opts := []grpc.ServerOption{grpc.ChainUnaryInterceptor(unary...),
 		grpc.ChainStreamInterceptor(stream...),

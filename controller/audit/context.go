@@ -189,6 +189,8 @@ func redact(m protoreflect.Message) {
 var nouns = map[string]string{
 	"VMService": "vm", "GroupService": "group", "HostService": "host", "AgentService": "host",
 	"RatioService": "ratio", "ClusterService": "member", "AuditService": "audit",
+	"DepartmentService": "department", "ProjectService": "project", "UserService": "user",
+	"TokenService": "token", "QuotaService": "quota",
 }
 
 // TargetOf names what a request acts on: "project/P/vm/N",
@@ -243,6 +245,22 @@ func TargetOf(fullMethod string, m proto.Message) string {
 		return "member/" + str("id")
 	case "audit":
 		return "audit"
+	case "department", "project", "user":
+		return noun + "/" + str("name")
+	case "token":
+		// A token is named by its id, or by whom it is for; never its secret.
+		if id := str("id"); id != "" {
+			return "token/" + id
+		}
+		if h := str("host_id"); h != "" {
+			return "token/host/" + h
+		}
+		return "token/user/" + str("user")
+	case "quota":
+		if p := str("project"); p != "" {
+			return "quota/department/" + str("department") + "/project/" + p
+		}
+		return "quota/department/" + str("department")
 	}
 	return ""
 }

@@ -7,8 +7,12 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
+	"github.com/yunchi/yunchi/controller/auth"
+	"github.com/yunchi/yunchi/controller/state"
 	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
 )
 
@@ -54,6 +58,13 @@ func NewRecorder(submit Submit, lg *slog.Logger) *Recorder {
 // Denied records a refused request: who (the audit context ctx carries),
 // what (method, the full gRPC name), the status code and why.
 func (r *Recorder) Denied(ctx context.Context, method string, code codes.Code, reason string) {
+	r.record(ctx, "denied", method, code, reason)
+}
+
+// record queues a record of a request that reached no command: kind
+// "denied" (refused by access control) or "rejected" (refused by the
+// handler before the log).
+func (r *Recorder) record(ctx context.Context, kind, method string, code codes.Code, reason string) {
 	c, ok := FromContext(ctx)
 	if !ok {
 		c = callerContext(ctx) // refused before the audit interceptor ran
@@ -62,7 +73,7 @@ func (r *Recorder) Denied(ctx context.Context, method string, code codes.Code, r
 		c.Source = SourceOf(ctx)
 	}
 	c.Action = MethodName(method)
-	rec := &statev1.AuditRecord{Kind: "denied", Result: "denied", Code: code.String(), Message: reason,
+	rec := &statev1.AuditRecord{Kind: kind, Result: kind, Code: code.String(), Message: reason,
 		EventUnixNano: r.now().UnixNano(),
 		Context: &statev1.AuditContext{Actor: c.Actor, Role: c.Role, Department: c.Department, Source: c.Source,
 			TokenId: c.TokenID, Action: c.Action, Target: c.Target, Params: c.Params}}
@@ -176,4 +187,22 @@ func (r *Recorder) Flush(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// UnaryInterceptor is the package's UnaryInterceptor, and records a
+// request that would change state but was refused before it reached the
+// log (bad input, a quota, no host with room): such a request proposes no
+// command, so Apply writes no record of it. A request forwarded to the
+// leader is recorded there.
+func (r *Recorder) UnaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	var inner context.Context
+	resp, err := UnaryInterceptor(ctx, req, info, func(c context.Context, req any) (any, error) {
+		inner = c
+		return handler(c, req)
+	})
+	if err != nil && inner != nil && auth.Mutating(info.FullMethod) && !state.AuditHandled(inner) {
+		st := status.Convert(err)
+		r.record(inner, "rejected", info.FullMethod, st.Code(), st.Message())
+	}
+	return resp, err
 }

@@ -340,6 +340,7 @@ func (n *Node) Apply(ctx context.Context, cmd *statev1.Command) (state.Result, e
 	// records the command in the audit trail with it.
 	if ac := state.AuditFrom(ctx); ac != nil && ac.Action != "" && cmd.Audit == nil {
 		cmd.Audit = ac
+		state.MarkAuditHandled(ctx)
 	}
 	b, err := proto.Marshal(cmd)
 	if err != nil {

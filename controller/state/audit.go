@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"google.golang.org/protobuf/proto"
 
@@ -248,6 +249,23 @@ type auditValue struct {
 	ac     *statev1.AuditContext
 	once   sync.Once
 	params func() string
+	// handled: a command was proposed under this context, or the request
+	// was forwarded to the leader, which records it.
+	handled atomic.Bool
+}
+
+// MarkAuditHandled notes that the request of ctx reached the log (or was
+// forwarded to the leader): its record comes from there.
+func MarkAuditHandled(ctx context.Context) {
+	if v, _ := ctx.Value(auditKey{}).(*auditValue); v != nil {
+		v.handled.Store(true)
+	}
+}
+
+// AuditHandled says whether MarkAuditHandled was called for ctx.
+func AuditHandled(ctx context.Context) bool {
+	v, _ := ctx.Value(auditKey{}).(*auditValue)
+	return v != nil && v.handled.Load()
 }
 
 // WithAudit returns ctx carrying the audit context that commands proposed
