@@ -3,16 +3,14 @@ package agent
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"log/slog"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/status"
 
 	"github.com/yunchi/yunchi/internal/pki"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
@@ -90,38 +88,14 @@ func join(ctx context.Context, jc JoinConfig) error {
 	defer cancel()
 	req := &yunchiv1.JoinHostRequest{HostId: jc.HostID, JoinToken: jc.JoinToken, Csr: csr}
 	var resp *yunchiv1.JoinHostResponse
-	var last error
-	for backoff := 200 * time.Millisecond; ; backoff = min(2*backoff, 5*time.Second) {
-		for _, addr := range jc.Controllers {
-			conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
-			if err != nil {
-				return fmt.Errorf("--controllers %s: %w", addr, err)
-			}
-			cctx, ccancel := context.WithTimeout(ctx, 15*time.Second)
-			resp, err = yunchiv1.NewAgentServiceClient(conn).JoinHost(cctx, req)
-			ccancel()
-			conn.Close()
-			if err == nil {
-				break
-			}
-			switch msg := status.Convert(err).Message(); {
-			case status.Code(err) == codes.PermissionDenied, status.Code(err) == codes.InvalidArgument, status.Code(err) == codes.FailedPrecondition:
-				return fmt.Errorf("join via %s refused: %s", addr, msg)
-			case strings.Contains(msg, "authentication handshake failed"):
-				// The pin does not match: retrying will not change that.
-				return fmt.Errorf("join via %s: %s", addr, msg)
-			}
-			last = fmt.Errorf("%s: %s", addr, status.Convert(err).Message())
-			lg.Warn("join failed, will retry", "err", last)
+	if err := pki.Exchange(ctx, jc.Controllers, tc, lg, func(ctx context.Context, conn *grpc.ClientConn) (err error) {
+		resp, err = yunchiv1.NewAgentServiceClient(conn).JoinHost(ctx, req)
+		return err
+	}); err != nil {
+		if errors.Is(err, pki.ErrNoAnswer) {
+			return fmt.Errorf("no controller let this host join within %s: %w", wait, err)
 		}
-		if resp != nil {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("no controller let this host join within %s: %w", wait, last)
-		case <-time.After(backoff):
-		}
+		return err
 	}
 	ca, err := pki.ParseCertPEM(resp.CaCertificate)
 	if err != nil {

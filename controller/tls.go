@@ -7,13 +7,10 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/status"
 
 	"github.com/yunchi/yunchi/controller/raftnode"
 	"github.com/yunchi/yunchi/internal/pki"
@@ -163,38 +160,14 @@ func joinCredentials(cfg Config, dir string, names pki.Names, lg *slog.Logger) e
 	ctx, cancel := context.WithTimeout(parent, joinWait)
 	defer cancel()
 	var resp *yunchiv1.JoinControllerResponse
-	var last error
-	for backoff := 200 * time.Millisecond; resp == nil; backoff = min(2*backoff, 5*time.Second) {
-		for _, addr := range cfg.Join {
-			conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
-			if err != nil {
-				return fmt.Errorf("--join %s: %w", addr, err)
-			}
-			cctx, ccancel := context.WithTimeout(ctx, 15*time.Second)
-			resp, err = yunchiv1.NewClusterServiceClient(conn).JoinController(cctx, req)
-			ccancel()
-			conn.Close()
-			if err == nil {
-				break
-			}
-			switch msg := status.Convert(err).Message(); {
-			case status.Code(err) == codes.PermissionDenied, status.Code(err) == codes.InvalidArgument, status.Code(err) == codes.FailedPrecondition:
-				return fmt.Errorf("join via %s refused: %s", addr, msg)
-			case strings.Contains(msg, "authentication handshake failed"):
-				// The pin does not match: retrying will not change that.
-				return fmt.Errorf("join via %s: %s", addr, msg)
-			}
-			last = fmt.Errorf("%s: %s", addr, status.Convert(err).Message())
-			lg.Warn("getting credentials to join failed, will retry", "err", last)
+	if err := pki.Exchange(ctx, cfg.Join, tc, lg, func(ctx context.Context, conn *grpc.ClientConn) (err error) {
+		resp, err = yunchiv1.NewClusterServiceClient(conn).JoinController(ctx, req)
+		return err
+	}); err != nil {
+		if errors.Is(err, pki.ErrNoAnswer) {
+			return fmt.Errorf("no controller in --join gave this controller its credentials within %s: %w", joinWait, err)
 		}
-		if resp != nil {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("no controller in --join gave this controller its credentials within %s: %w", joinWait, last)
-		case <-time.After(backoff):
-		}
+		return err
 	}
 	ca, err := pki.ParseCA(resp.CaCertificate, resp.CaKey)
 	if err != nil {
