@@ -215,7 +215,11 @@ func (s *Store) checkPlaceQuotas(vms []*statev1.VMRecord) error {
 func (s *Store) CheckQuota(p string, ask Usage, inFlight func(project, dept string) (Usage, Usage)) (string, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	return s.vmDept(p), s.checkQuotas([]string{p}, map[string]Usage{p: ask}, inFlight)
+	d := s.vmDept(p)
+	if s.quotaOf(d, p) == nil && s.quotaOf(d, "") == nil {
+		return d, nil // no limit on this project or its department: nothing to count
+	}
+	return d, s.checkQuotas([]string{p}, map[string]Usage{p: ask}, inFlight)
 }
 
 // checkQuotaValues refuses negative limits.
