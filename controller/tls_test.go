@@ -186,7 +186,7 @@ func TestTLSCluster(t *testing.T) {
 	_, err = yunchiv1.NewAgentServiceClient(pc).JoinHost(ctx, &yunchiv1.JoinHostRequest{HostId: "h1", JoinToken: hj.Token, Csr: []byte("not a request")})
 	wantCode(t, "a bad certificate request", err, codes.InvalidArgument, "certificate request")
 	_, err = yunchiv1.NewAgentServiceClient(pc).JoinHost(ctx, &yunchiv1.JoinHostRequest{HostId: "h1", JoinToken: "yj_nope"})
-	wantCode(t, "a malformed token", err, codes.InvalidArgument, "malformed")
+	wantCode(t, "a malformed token", err, codes.Unauthenticated, "malformed")
 	credDir := filepath.Join(c.dir, "agent-h1")
 	creds, err := agent.Credentials(ctx, agent.JoinConfig{HostID: "h1", Controllers: []string{follower}, Dir: credDir, JoinToken: hj.Token, CAHash: hash})
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/yunchi/yunchi/controller/auth"
 	"github.com/yunchi/yunchi/controller/state"
 	"github.com/yunchi/yunchi/internal/pki"
 	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
@@ -29,7 +30,6 @@ type TLS struct {
 // Join tokens.
 const (
 	joinTokenPrefix = "yj_"
-	hostTokenPrefix = "yc_"
 	defaultJoinTTL  = time.Hour
 	maxJoinTTL      = 7 * 24 * time.Hour
 )
@@ -51,7 +51,10 @@ func parseJoinToken(tok string) (id string, hash []byte, err error) {
 	rest, ok := strings.CutPrefix(tok, joinTokenPrefix)
 	id, secret, ok2 := strings.Cut(rest, "_")
 	if !ok || !ok2 || !state.ValidName(id) || len(secret) < 16 {
-		return "", nil, status.Error(codes.InvalidArgument, "join token is malformed: want yj_<id>_<secret>, as `yunchi host join-token create` printed it")
+		// The join token is the credential of these calls: without a
+		// valid one they are unauthenticated, like any other call
+		// without a token.
+		return "", nil, status.Error(codes.Unauthenticated, "join token is missing or malformed: want yj_<id>_<secret>, as `yunchi host join-token create` printed it")
 	}
 	sum := sha256.Sum256([]byte(secret))
 	return id, sum[:], nil
@@ -129,10 +132,12 @@ func (s *Server) precheckJoin(id string, hash []byte, kind statev1.JoinTokenKind
 	return joinStatus(err)
 }
 
-// joinStatus: a refused join token is PermissionDenied.
+// joinStatus: a refused join token (unknown, used, expired, of the other
+// kind) fails authentication.
 func joinStatus(err error) error {
-	if state.KindOf(err) == state.KindFailedPrecondition {
-		return status.Error(codes.PermissionDenied, err.Error())
+	switch state.KindOf(err) {
+	case state.KindFailedPrecondition, state.KindNotFound:
+		return status.Error(codes.Unauthenticated, err.Error())
 	}
 	return toStatus(err)
 }
@@ -149,14 +154,14 @@ func (s *Server) consumeJoin(ctx context.Context, c *statev1.ConsumeJoinToken) (
 // JoinHost trades a host join token for the host's certificate, the CA and
 // a host API token.
 func (s *Server) JoinHost(ctx context.Context, req *yunchiv1.JoinHostRequest) (*yunchiv1.JoinHostResponse, error) {
+	id, hash, err := parseJoinToken(req.JoinToken)
+	if err != nil {
+		return nil, err
+	}
 	if err := s.needTLS(); err != nil {
 		return nil, err
 	}
 	if err := checkHostID(req.HostId); err != nil {
-		return nil, err
-	}
-	id, hash, err := parseJoinToken(req.JoinToken)
-	if err != nil {
 		return nil, err
 	}
 	// The request is checked before the token is used: a bad one leaves
@@ -165,29 +170,33 @@ func (s *Server) JoinHost(ctx context.Context, req *yunchiv1.JoinHostRequest) (*
 	if err != nil {
 		return nil, invalid("%v", err)
 	}
-	tokID, secret := "host-"+randomText(12), randomText(32)
-	sum := sha256.Sum256([]byte(secret))
+	// A host token too (an API token like any other), for the agent to
+	// use should it ever run without its certificate.
+	hostTok, tokID, tokHash, err := auth.NewToken()
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "make a host token: %v", err)
+	}
 	if _, err := s.consumeJoin(ctx, &statev1.ConsumeJoinToken{
 		Id: id, SecretHash: hash, Kind: statev1.JoinTokenKind_JOIN_TOKEN_KIND_HOST, UsedBy: req.HostId,
-		HostToken: &statev1.TokenRecord{Id: tokID, HostId: req.HostId, SecretHash: sum[:], Description: "host token of " + req.HostId + " (issued at join)"},
+		HostToken: &statev1.TokenRecord{Id: tokID, HostId: req.HostId, SecretHash: tokHash, Description: "host token of " + req.HostId + " (issued at join)"},
 	}); err != nil {
 		return nil, err
 	}
 	s.log.Info("host joined: certificate issued", "host", req.HostId, "join_token", id, "host_token", tokID)
-	return &yunchiv1.JoinHostResponse{Certificate: certPEM, CaCertificate: s.TLS.CA.CertPEM, HostToken: hostTokenPrefix + tokID + "_" + secret}, nil
+	return &yunchiv1.JoinHostResponse{Certificate: certPEM, CaCertificate: s.TLS.CA.CertPEM, HostToken: hostTok}, nil
 }
 
 // JoinController trades a controller join token for the cluster CA (with
 // its key) and a certificate for the joining controller.
 func (s *Server) JoinController(ctx context.Context, req *yunchiv1.JoinControllerRequest) (*yunchiv1.JoinControllerResponse, error) {
+	id, hash, err := parseJoinToken(req.JoinToken)
+	if err != nil {
+		return nil, err
+	}
 	if err := s.needTLS(); err != nil {
 		return nil, err
 	}
 	if err := checkName("controller id", req.Id); err != nil {
-		return nil, err
-	}
-	id, hash, err := parseJoinToken(req.JoinToken)
-	if err != nil {
 		return nil, err
 	}
 	certPEM, err := s.TLS.CA.IssueCSR(req.Csr, pki.Identity{Kind: pki.KindController, ID: req.Id}, true, time.Now())

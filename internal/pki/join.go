@@ -41,7 +41,7 @@ func Exchange(ctx context.Context, addrs []string, tc *tls.Config, lg *slog.Logg
 				return nil
 			}
 			switch msg := status.Convert(err).Message(); {
-			case status.Code(err) == codes.PermissionDenied, status.Code(err) == codes.InvalidArgument, status.Code(err) == codes.FailedPrecondition:
+			case status.Code(err) == codes.Unauthenticated, status.Code(err) == codes.PermissionDenied, status.Code(err) == codes.InvalidArgument, status.Code(err) == codes.FailedPrecondition:
 				return fmt.Errorf("join via %s refused: %s", addr, msg)
 			case strings.Contains(msg, "authentication handshake failed"):
 				return fmt.Errorf("join via %s: %s", addr, msg)
