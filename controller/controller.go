@@ -218,6 +218,8 @@ func New(cfg Config) (*Controller, error) {
 	}
 	if sec != nil {
 		srv.Auth.PeerIdentity = peerIdentity
+	} else if !cfg.NoAuth {
+		srv.Auth.Escalate = srv.Escalate
 	}
 	return c, nil
 }

@@ -81,14 +81,19 @@ func TestRevocationAndLockoutOnEveryController(t *testing.T) {
 	}
 	t.Logf("revoked token refused by all 3 controllers within %v", time.Since(revoked))
 
-	// Lockout: wrong secrets of alice's token lock her on every
-	// controller; the right token is then refused too. (Through the
-	// leader: without TLS a follower cannot prove itself to the leader,
-	// so what it sees is logged there only; see docs/security.md.)
+	// Lockout: wrong secrets of alice's token, sent to a follower, lock
+	// her on every controller (the follower sends the refused calls to
+	// the leader, which counts them); the right token is then refused too.
 	r2 := mk()
 	wrong := r2.Secret[:len(r2.Secret)-1] + map[bool]string{true: "b", false: "a"}[strings.HasSuffix(r2.Secret, "a")]
+	var follower *member
+	for _, m := range c.members {
+		if m != leader {
+			follower = m
+		}
+	}
 	for i := 0; i < state.MaxLoginFailures; i++ {
-		if err := whoami(leader, wrong); status.Code(err) != codes.Unauthenticated {
+		if err := whoami(follower, wrong); status.Code(err) != codes.Unauthenticated {
 			t.Fatalf("wrong secret %d: %v", i, err)
 		}
 	}
@@ -125,6 +130,14 @@ func TestRevocationAndLockoutOnEveryController(t *testing.T) {
 	if err != nil || len(l.Records) != 1 || l.Records[0].Role != "ROLE_SECADMIN" || l.Records[0].Target != "user/alice" {
 		t.Fatalf("secadmin's CreateUser in the trail: %v %v", l, err)
 	}
+	// A denial on a follower is in the trail too.
+	if _, err := yunchiv1.NewHostServiceClient(dial(t, follower.ctl.Addr())).ListHosts(bearer(r2.Secret), &yunchiv1.ListHostsRequest{}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("a member listing hosts: %v", err)
+	}
+	apitest.Eventually(t, 10*time.Second, "the follower's denial in the trail", func() bool {
+		l, err := ac.ListAudit(bearer(c.admins.Auditor), &yunchiv1.ListAuditRequest{User: "alice", Action: "ListHosts"})
+		return err == nil && len(l.Records) == 1 && l.Records[0].Kind == "denied"
+	})
 	// A write refused before the log (bad input here) is recorded too.
 	if _, err := yunchiv1.NewVMServiceClient(lc).CreateVM(bearer(r2.Secret), &yunchiv1.CreateVMRequest{Name: "big", Vcpus: -1}); status.Code(err) != codes.InvalidArgument {
 		t.Fatalf("bad create: %v", err)

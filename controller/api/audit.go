@@ -288,6 +288,13 @@ func (s *Server) SubmitAuditBatch(ctx context.Context, denied []*statev1.AuditRe
 	if s.prop.IsLeader() {
 		return s.recordAudit(ctx, denied, failures)
 	}
+	if s.TLS == nil && s.Auth != nil && s.Auth.Escalate != nil {
+		// Without certificates this follower cannot prove itself to the
+		// leader; the refused calls themselves went to the leader
+		// (Escalate), which records them. What could not go is logged.
+		s.log.Debug("refusals left to the leader (no TLS)", "denied", len(denied), "failed_logins", len(failures))
+		return nil
+	}
 	conn, err := s.fwd.leaderConn()
 	if err != nil {
 		return err

@@ -205,3 +205,27 @@ func (s *Server) LeaderInterceptor(ctx context.Context, req any, info *grpc.Unar
 	}
 	return resp, nil
 }
+
+// Escalate sends a call this follower refused (authentication or access)
+// to the leader, with the caller's own credentials: the leader refuses it
+// again and records the refusal in the audit trail, and counts a failed
+// login towards the user's lockout. ok is false on the leader, or when the
+// leader cannot be reached (the refusal then stands here, logged only).
+func (s *Server) Escalate(ctx context.Context, method string, req any) (any, error, bool) {
+	if s.prop.IsLeader() {
+		return nil, nil, false
+	}
+	conn, err := s.fwd.leaderConn()
+	if err != nil || !awaitReady(ctx, conn) {
+		return nil, nil, false
+	}
+	resp, err := newResponse(method)
+	if err != nil {
+		return nil, nil, false
+	}
+	in, _ := metadata.FromIncomingContext(ctx)
+	if err := conn.Invoke(metadata.NewOutgoingContext(ctx, s.forwardMD(ctx, in)), method, req, resp); err != nil {
+		return nil, err, true
+	}
+	return resp, nil, true
+}

@@ -71,6 +71,13 @@ type Authorizer struct {
 	WaitChange func(ctx context.Context) bool
 	// Limiter bounds each caller's requests (nil: no limit).
 	Limiter *Limiter
+	// Escalate, when set, sends a unary call this controller refused to
+	// the leader, which refuses it again and records the refusal (ok
+	// false: it could not, and the refusal stands here). Used without
+	// certificates only: there a follower cannot prove itself to the
+	// leader to hand it its own records (see Recorder), so the caller's
+	// call itself goes, with the caller's credentials.
+	Escalate func(ctx context.Context, method string, req any) (resp any, err error, ok bool)
 	// Disabled lets every call through with no caller in its context, as
 	// calls made inside the controller (only Go code sets it, through
 	// controller.Config.NoAuth: tests of what predates authentication).
@@ -394,14 +401,18 @@ func (a *Authorizer) UnaryInterceptor(ctx context.Context, req any, info *grpc.U
 	if lerr := a.limit(ctx, actx, info.FullMethod, err); lerr != nil {
 		return nil, lerr
 	}
+	if err == nil {
+		err = a.scope(actx, info.FullMethod, rule, req)
+	}
 	if err != nil {
+		if a.Escalate != nil && a.PeerIdentity == nil && len(metadata.ValueFromIncomingContext(ctx, ForwardedKey)) == 0 {
+			if resp, ferr, ok := a.Escalate(ctx, info.FullMethod, req); ok {
+				return resp, ferr
+			}
+		}
 		return nil, err
 	}
-	ctx = actx
-	if err := a.scope(ctx, info.FullMethod, rule, req); err != nil {
-		return nil, err
-	}
-	return handler(ctx, req)
+	return handler(actx, req)
 }
 
 // StreamInterceptor does the same for streams: the caller before the
