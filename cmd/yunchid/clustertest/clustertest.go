@@ -25,11 +25,30 @@ import (
 
 var (
 	buildOnce sync.Once
+	binDir    string
 	binPath   string
 	buildErr  error
 )
 
-// Binary builds cmd/yunchid once per test process and returns its path.
+// Main runs a test binary's tests (call it from TestMain) and then
+// removes the yunchid that Binary built for them: one build per test
+// process, none left behind in $TMPDIR.
+func Main(m *testing.M) int {
+	code := m.Run()
+	RemoveBinary()
+	return code
+}
+
+// RemoveBinary removes what Binary built (nothing if it built nothing).
+func RemoveBinary() {
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	buildOnce, binDir, binPath, buildErr = sync.Once{}, "", "", nil
+}
+
+// Binary builds cmd/yunchid once per test process and returns its path;
+// Main removes it after the tests.
 func Binary(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
@@ -38,7 +57,7 @@ func Binary(t testing.TB) string {
 			buildErr = err
 			return
 		}
-		binPath = filepath.Join(dir, "yunchid")
+		binDir, binPath = dir, filepath.Join(dir, "yunchid")
 		out, err := exec.Command("go", "build", "-o", binPath, "github.com/yunchi/yunchi/cmd/yunchid").CombinedOutput()
 		if err != nil {
 			buildErr = fmt.Errorf("go build yunchid: %v\n%s", err, out)
