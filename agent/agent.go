@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/yunchi/yunchi/internal/bearer"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 )
 
@@ -151,7 +152,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	opts := a.cfg.DialOptions
 	if a.cfg.Token != "" {
-		opts = append(append([]grpc.DialOption(nil), opts...), grpc.WithPerRPCCredentials(bearer(a.cfg.Token)))
+		opts = append(append([]grpc.DialOption(nil), opts...), grpc.WithPerRPCCredentials(bearer.Token(a.cfg.Token)))
 	}
 	ctl, err := dialControllers(a.cfg.Controllers, opts, a.log)
 	if err != nil {
@@ -410,14 +411,3 @@ func (a *Agent) latest() *yunchiv1.Assignments {
 	defer a.setMu.Unlock()
 	return a.set
 }
-
-// bearer sends a host token with every call.
-type bearer string
-
-func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
-	return map[string]string{"authorization": "Bearer " + string(b)}, nil
-}
-
-// RequireTransportSecurity is false: clusters without TLS (yunchid dev,
-// --insecure) authenticate agents by this token alone.
-func (bearer) RequireTransportSecurity() bool { return false }

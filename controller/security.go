@@ -60,7 +60,7 @@ func (c *Controller) bootstrapAdmins(ctx context.Context) (*AdminTokens, error) 
 			}
 		}
 		b, _ := json.MarshalIndent(toks, "", "  ")
-		if err := writeFileSync(path, append(b, '\n'), 0o600); err != nil {
+		if err := pki.WriteFiles(c.cfg.DataDir, map[string][]byte{AdminTokensFile: append(b, '\n')}); err != nil {
 			return nil, fmt.Errorf("write %s: %w", path, err)
 		}
 		fresh = true
@@ -95,26 +95,6 @@ func (c *Controller) bootstrapAdmins(ctx context.Context) (*AdminTokens, error) 
 		return &toks, nil
 	}
 	return nil, nil
-}
-
-func writeFileSync(path string, b []byte, mode os.FileMode) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, mode)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }
 
 // IssueHostToken makes a host token for hostID (no expiry) and records

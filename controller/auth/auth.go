@@ -18,6 +18,8 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
 
+	"github.com/yunchi/yunchi/controller/state"
+	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 )
 
@@ -59,30 +61,9 @@ func FromContext(ctx context.Context) (*Principal, bool) {
 	return p, ok
 }
 
-// RoleName is how people write a role.
-func RoleName(r yunchiv1.Role) string {
-	switch r {
-	case yunchiv1.Role_ROLE_SYSADMIN:
-		return "sysadmin"
-	case yunchiv1.Role_ROLE_SECADMIN:
-		return "secadmin"
-	case yunchiv1.Role_ROLE_AUDITOR:
-		return "auditor"
-	case yunchiv1.Role_ROLE_OPERATOR:
-		return "operator"
-	case yunchiv1.Role_ROLE_DEPT_ADMIN:
-		return "dept-admin"
-	case yunchiv1.Role_ROLE_MEMBER:
-		return "member"
-	case yunchiv1.Role_ROLE_VIEWER:
-		return "viewer"
-	case yunchiv1.Role_ROLE_HOST:
-		return "host"
-	case yunchiv1.Role_ROLE_CONTROLLER:
-		return "controller"
-	}
-	return "none"
-}
+// RoleName is how people write a role (the state's names: the roles
+// have the same numbers there).
+func RoleName(r yunchiv1.Role) string { return state.RoleName(statev1.Role(r)) }
 
 // DepartmentRole says whether r acts inside one department only.
 func DepartmentRole(r yunchiv1.Role) bool {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"net"
 	"strconv"
 	"sync"
 	"time"
@@ -104,16 +105,11 @@ func callerKey(ctx context.Context) string {
 			return fmt.Sprintf("%d:%s", p.Kind, p.Name)
 		}
 	}
-	return "addr:" + hostOf(sourceOf(ctx))
-}
-
-func hostOf(addr string) string {
-	for i := len(addr) - 1; i >= 0; i-- {
-		if addr[i] == ':' {
-			return addr[:i]
-		}
+	addr := sourceOf(ctx)
+	if host, _, err := net.SplitHostPort(addr); err == nil {
+		addr = host
 	}
-	return addr
+	return "addr:" + addr
 }
 
 // check refuses a call over its caller's limit: RESOURCE_EXHAUSTED (REST

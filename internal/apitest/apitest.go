@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/yunchi/yunchi/internal/bearer"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 )
 
@@ -57,22 +58,7 @@ func Token() string {
 // Bearer returns gRPC per-RPC credentials sending tok ("" nothing) as a
 // bearer token over a plaintext connection (tests and benchmarks on
 // loopback). The metadata is made once: a call costs no allocation for it.
-func Bearer(tok string) credentials.PerRPCCredentials {
-	b := bearer{}
-	if tok != "" {
-		b.md = map[string]string{"authorization": "Bearer " + tok}
-	}
-	return b
-}
-
-type bearer struct{ md map[string]string } // read only: shared by every call
-
-func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
-	return b.md, nil
-}
-
-// RequireTransportSecurity is false: the test clusters are plaintext.
-func (bearer) RequireTransportSecurity() bool { return false }
+func Bearer(tok string) credentials.PerRPCCredentials { return bearer.Token(tok) }
 
 // Dial opens a plaintext gRPC client connection to addr that sends the
 // token set with SetToken (at dial time) with every call.

@@ -10,6 +10,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+
+	"github.com/yunchi/yunchi/internal/pki"
 )
 
 // Config is what `yunchi login` stores. Flags and YUNCHI_ADDR /
@@ -60,18 +62,11 @@ func Load() (Config, string, error) {
 // Save writes the config readable by its owner only (it holds a
 // token), atomically.
 func Save(path string, c Config) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return fmt.Errorf("create %s: %w", filepath.Dir(path), err)
-	}
 	b, _ := json.MarshalIndent(c, "", "  ")
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
+	if err := pki.WriteFiles(filepath.Dir(path), map[string][]byte{filepath.Base(path): append(b, '\n')}); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	if err := os.Chmod(tmp, 0o600); err != nil { // an older file's mode is not kept
-		return err
-	}
-	return os.Rename(tmp, path)
+	return nil
 }
 
 // SaveLogin stores addr and token as `yunchi login` does (also used by

@@ -23,6 +23,7 @@ import (
 	"github.com/yunchi/yunchi/agent"
 	"github.com/yunchi/yunchi/agent/libvirt"
 	"github.com/yunchi/yunchi/controller"
+	"github.com/yunchi/yunchi/internal/bearer"
 	"github.com/yunchi/yunchi/internal/cliconfig"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 )
@@ -174,7 +175,7 @@ func Run(ctx context.Context, cfg Config) error {
 	fmt.Fprintf(cfg.Out, "yunchi dev: plaintext (no TLS), on loopback only; yunchid controller serves TLS\n")
 
 	conn, err := grpc.NewClient(addrs[0], grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithPerRPCCredentials(bearer(admins.Sysadmin)))
+		grpc.WithPerRPCCredentials(bearer.Token(admins.Sysadmin)))
 	if err != nil {
 		return err
 	}
@@ -392,12 +393,3 @@ func issueHostToken(ctx context.Context, ctls []*running, hostID string) (string
 		}
 	}
 }
-
-// bearer sends a token with every call.
-type bearer string
-
-func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
-	return map[string]string{"authorization": "Bearer " + string(b)}, nil
-}
-
-func (bearer) RequireTransportSecurity() bool { return false }
