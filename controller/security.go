@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/yunchi/yunchi/controller/auth"
 	"github.com/yunchi/yunchi/controller/state"
@@ -37,6 +38,34 @@ func ReadAdminTokens(dataDir string) (AdminTokens, error) {
 		return t, fmt.Errorf("%s: %w", AdminTokensFile, err)
 	}
 	return t, nil
+}
+
+// WaitAdminTokens waits, up to d, for the bootstrap controller with data
+// dir dataDir to write the administrators' tokens (alive, when not nil,
+// says whether that controller still runs: no use waiting otherwise).
+func WaitAdminTokens(ctx context.Context, dataDir string, d time.Duration, alive func() bool) (AdminTokens, error) {
+	deadline := time.Now().Add(d)
+	path := filepath.Join(dataDir, AdminTokensFile)
+	for {
+		toks, err := ReadAdminTokens(dataDir)
+		if err == nil && toks.Sysadmin != "" && toks.Secadmin != "" {
+			return toks, nil
+		}
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return toks, err
+		}
+		if alive != nil && !alive() {
+			return toks, fmt.Errorf("the controller ended before it wrote %s", path)
+		}
+		if time.Now().After(deadline) {
+			return toks, fmt.Errorf("no %s after %v: the first controller made no administrator accounts", path, d)
+		}
+		select {
+		case <-ctx.Done():
+			return toks, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // bootstrapAdmins creates, once, the accounts sysadmin, secadmin and

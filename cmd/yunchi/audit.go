@@ -51,7 +51,7 @@ func auditCommand() *cli.Command {
 				UsageText: "yunchi audit verify                 (a controller checks its own trail)\n" +
 					"   yunchi audit verify --data-dir DIR  (a stopped controller's data dir, or a copy; no network)\n" +
 					"   yunchi audit verify --file FILE     (an export or archive on its own)",
-				Description: "Exits 0 when the trail is whole, 8 when it is not (one line per problem: kind and seq).",
+				Description: "Exits 0 when the trail is whole, 11 when it is not (one line per problem: kind and seq).",
 				Flags: []cli.Flag{
 					&cli.StringFlag{Name: "data-dir", Usage: "verify a stopped controller's data dir offline"},
 					&cli.StringFlag{Name: "file", Usage: "verify an exported or archived file offline"},

@@ -18,6 +18,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"github.com/yunchi/yunchi/controller/api"
 )
 
 // retry says whether a call may be sent again to the next controller after
@@ -218,16 +220,6 @@ const (
 // nextRetryWait is the wait after one of w.
 func nextRetryWait(w time.Duration) time.Duration { return min(2*w, retryMaxWait) }
 
-// Reasons of google.rpc.ErrorInfo the controller puts in some answers
-// (controller/api/reasons.go).
-const (
-	// reasonNotProposed: the request was not proposed to raft, so any
-	// call, a create too, may be sent again.
-	reasonNotProposed = "NOT_PROPOSED"
-	// reasonNotAMember: the controller was removed from the cluster.
-	reasonNotAMember = "NOT_A_MEMBER"
-)
-
 // errorReason is the google.rpc.ErrorInfo reason in err, "" if none.
 func errorReason(err error) string {
 	st, ok := status.FromError(err)
@@ -297,7 +289,7 @@ func (c *client) call(ctx context.Context, r retry, perCall bool, fn func(ctx co
 			timedOut := perCall && ranOut(actx, err) && ctx.Err() == nil
 			cancel()
 			switch {
-			case n > 1 && errorReason(err) == reasonNotAMember && ctx.Err() == nil:
+			case n > 1 && errorReason(err) == api.NotAMemberReason && ctx.Err() == nil:
 				// Nothing was done there; the next address may be a member.
 				removed[i] = true
 				lastRemoved = err
@@ -307,7 +299,7 @@ func (c *client) call(ctx context.Context, r retry, perCall bool, fn func(ctx co
 				failures = append(failures, fmt.Sprintf("%s: %s", addr, status.Convert(err).Message()))
 				lastUnavailable = err
 				answered = true
-				stop = r == retryNever && errorReason(err) != reasonNotProposed
+				stop = r == retryNever && errorReason(err) != api.NotProposedReason
 				continue
 			}
 			c.cur = i

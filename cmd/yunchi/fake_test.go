@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/yunchi/yunchi/controller/api"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 )
 
@@ -138,7 +139,7 @@ func (f *fakeController) record(ctx context.Context, fullMethod string) error {
 	}
 	f.keys = append(f.keys, key)
 	if f.removed {
-		return withReason(status.New(codes.FailedPrecondition, "controller c9 was removed from the cluster; use one of: 10.0.0.1:8470"), reasonNotAMember)
+		return withReason(status.New(codes.FailedPrecondition, "controller c9 was removed from the cluster; use one of: 10.0.0.1:8470"), api.NotAMemberReason)
 	}
 	if f.unavailable || f.unavailableN > 0 {
 		if f.unavailableN > 0 {
@@ -146,7 +147,7 @@ func (f *fakeController) record(ctx context.Context, fullMethod string) error {
 		}
 		st := status.New(codes.Unavailable, "no leader: election in progress")
 		if f.notProposed {
-			return withReason(st, reasonNotProposed)
+			return withReason(st, api.NotProposedReason)
 		}
 		return st.Err()
 	}

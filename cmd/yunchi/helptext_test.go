@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -65,4 +66,33 @@ func TestHelpCitesFilesThatExist(t *testing.T) {
 			}
 		}
 	})
+}
+
+// Help that names an exit code names the one the command exits with.
+func TestHelpNamesTheRightExitCodes(t *testing.T) {
+	app := newApp(io.Discard, io.Discard)
+	find := func(path ...string) *cli.Command {
+		cmds := app.Commands
+		var c *cli.Command
+		for _, name := range path {
+			c = nil
+			for _, x := range cmds {
+				if x.Name == name {
+					c = x
+				}
+			}
+			if c == nil {
+				t.Fatalf("no command %v", path)
+			}
+			cmds = c.Subcommands
+		}
+		return c
+	}
+	if d := find("audit", "verify").Description; !strings.Contains(d, fmt.Sprintf("%d when it is not", exitAuditBroken)) {
+		t.Errorf("audit verify help: %q, want exit code %d", d, exitAuditBroken)
+	}
+	q := find("quota", "set")
+	if h := q.UsageText + q.Description; !strings.Contains(h, fmt.Sprintf("(exit code %d)", exitQuota)) {
+		t.Errorf("quota set help: %q, want exit code %d", h, exitQuota)
+	}
 }

@@ -12,7 +12,10 @@
 //	5 no capacity (ResourceExhausted)
 //	6 controller unavailable (no leader, or no controller reachable)
 //	7 failed precondition, or the VM failed (or its host is down) during --wait
-//	8 audit verify found the audit trail altered, incomplete or out of order
+//	8 not authenticated (no token, or an unknown, revoked, expired or locked one)
+//	9 permission denied (the role may not do this)
+//	10 quota exceeded
+//	11 audit verify found the audit trail altered, incomplete or out of order
 package main
 
 import (

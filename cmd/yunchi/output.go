@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/yunchi/yunchi/controller/api"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 	"github.com/yunchi/yunchi/scheduler"
 )
@@ -328,11 +329,9 @@ func phase(p yunchiv1.VMPhase) string       { return enumWord(p.String(), "VM_PH
 func power(p yunchiv1.PowerState) string    { return enumWord(p.String(), "POWER_STATE_") }
 func hostState(s yunchiv1.HostState) string { return enumWord(s.String(), "HOST_STATE_") }
 
-// conditionHostDown is the VM condition the controller sets when the VM's
-// host has missed its heartbeats.
-const conditionHostDown = "host-down"
-
-func hostDown(vm *yunchiv1.VM) bool { return slices.Contains(vm.GetConditions(), conditionHostDown) }
+func hostDown(vm *yunchiv1.VM) bool {
+	return slices.Contains(vm.GetConditions(), api.VMConditionHostDown)
+}
 
 // vmPhase is the phase for tables: the last one the agent reported, and
 // "(host down)" when the host has stopped reporting.

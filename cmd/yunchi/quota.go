@@ -27,7 +27,7 @@ func quotaCommand() *cli.Command {
 					"never above the department's in any dimension (department admins may set these).\n" +
 					"Dimensions left out stay as they are; \"unlimited\" as a value, or --clear cpu|memory|disk|vms,\n" +
 					"removes a limit. A limit may be set below what is in use: the VMs stay, new ones are refused\n" +
-					"(exit code 8) until enough are deleted. Deleting VMs count until they are gone.",
+					"(exit code 10) until enough are deleted. Deleting VMs count until they are gone.",
 				Flags: []cli.Flag{
 					&cli.StringFlag{Name: "dept", Aliases: []string{"department"}, Usage: "the department"},
 					&cli.StringFlag{Name: "project", Aliases: []string{"p"}, Usage: "a project of the department (default: the department's own quota)"},

@@ -6,9 +6,7 @@ package daemon
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -104,27 +102,11 @@ func (p *Proc) Stop() {
 // administrator tokens into its data dir (controller.AdminTokensFile) and
 // returns them. It gives up early if p (the controller, may be nil) ends.
 func WaitAdminTokens(ctx context.Context, p *Proc, dataDir string, d time.Duration) (controller.AdminTokens, error) {
-	deadline := time.Now().Add(d)
-	for {
-		toks, err := controller.ReadAdminTokens(dataDir)
-		if err == nil && toks.Sysadmin != "" && toks.Secadmin != "" {
-			return toks, nil
-		}
-		if err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return toks, err
-		}
-		if p != nil && !p.Running() {
-			return toks, fmt.Errorf("the controller ended before it wrote %s", filepath.Join(dataDir, controller.AdminTokensFile))
-		}
-		if time.Now().After(deadline) {
-			return toks, fmt.Errorf("no %s after %v", filepath.Join(dataDir, controller.AdminTokensFile), d)
-		}
-		select {
-		case <-ctx.Done():
-			return toks, ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
+	var alive func() bool
+	if p != nil {
+		alive = p.Running
 	}
+	return controller.WaitAdminTokens(ctx, dataDir, d, alive)
 }
 
 // WriteTokenFile writes a token to a new file readable by its owner only

@@ -149,7 +149,7 @@ func Run(ctx context.Context, cfg Config) error {
 			// controller has made the administrator accounts.
 			if admins.Sysadmin == "" {
 				var err error
-				if admins, err = waitAdminTokens(ctx, filepath.Join(dir, "controllers", Centers[0].ID)); err != nil {
+				if admins, err = controller.WaitAdminTokens(ctx, filepath.Join(dir, "controllers", Centers[0].ID), time.Minute, nil); err != nil {
 					return err
 				}
 			}
@@ -348,24 +348,6 @@ func sleep(ctx context.Context, d time.Duration) error {
 		return ctx.Err()
 	case <-time.After(d):
 		return nil
-	}
-}
-
-// waitAdminTokens waits for the bootstrap controller (data dir dir) to
-// write the administrator tokens.
-func waitAdminTokens(ctx context.Context, dir string) (controller.AdminTokens, error) {
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		t, err := controller.ReadAdminTokens(dir)
-		if err == nil {
-			return t, nil
-		}
-		if time.Now().After(deadline) {
-			return t, fmt.Errorf("the first controller made no administrator accounts within a minute: %w", err)
-		}
-		if err := sleep(ctx, 100*time.Millisecond); err != nil {
-			return t, err
-		}
 	}
 }
 
