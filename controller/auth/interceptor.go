@@ -108,12 +108,22 @@ func (a *Authorizer) now() time.Time {
 func SourceOf(ctx context.Context) string { return sourceOf(ctx) }
 
 func sourceOf(ctx context.Context) string {
-	md, _ := metadata.FromIncomingContext(ctx)
-	if len(md.Get(ForwardedKey)) > 0 {
-		if s := md.Get(SourceKey); len(s) > 0 {
+	if forwarded(ctx) {
+		if s := metadata.ValueFromIncomingContext(ctx, SourceKey); len(s) > 0 {
 			return s[0]
 		}
 	}
+	return peerAddr(ctx)
+}
+
+// forwarded says whether another controller marked the call as one it
+// forwards. (One key is looked up: FromIncomingContext would copy the
+// whole metadata, on every call.)
+func forwarded(ctx context.Context) bool {
+	return len(metadata.ValueFromIncomingContext(ctx, ForwardedKey)) > 0
+}
+
+func peerAddr(ctx context.Context) string {
 	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
 		return p.Addr.String()
 	}
@@ -132,17 +142,15 @@ var errBadToken = status.Error(codes.Unauthenticated, "authentication failed: th
 // authenticate resolves the caller of ctx.
 func (a *Authorizer) authenticate(ctx context.Context, method string) (*Principal, error) {
 	src := sourceOf(ctx)
-	// With certificates, only another controller may say where a call
-	// came from; anyone else's forwarding marks are ignored.
+	auth := metadata.ValueFromIncomingContext(ctx, "authorization")
 	if a.PeerIdentity != nil {
-		if kind, _, ok := a.PeerIdentity(ctx); !ok || kind != KindController {
-			if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
-				src = p.Addr.String()
-			}
+		kind, id, ok := a.PeerIdentity(ctx)
+		if !ok || kind != KindController {
+			// With certificates, only another controller may say where a
+			// call came from; anyone else's forwarding marks are ignored.
+			src = peerAddr(ctx)
 		}
-	}
-	if a.PeerIdentity != nil {
-		if kind, id, ok := a.PeerIdentity(ctx); ok {
+		if ok {
 			p := &Principal{Kind: kind, Name: id, Source: src}
 			switch kind {
 			case KindHost:
@@ -153,21 +161,19 @@ func (a *Authorizer) authenticate(ctx context.Context, method string) (*Principa
 			// A controller forwarding a call passes the caller on: a
 			// user's token (authenticated below), or the identity of a
 			// host's certificate, which only a controller may vouch for.
-			md, _ := metadata.FromIncomingContext(ctx)
-			if kind == KindController && len(md.Get(ForwardedKey)) > 0 {
-				if ob := md.Get(OnBehalfKey); len(ob) > 0 {
+			if kind == KindController && forwarded(ctx) {
+				if ob := metadata.ValueFromIncomingContext(ctx, OnBehalfKey); len(ob) > 0 {
 					if id, ok := strings.CutPrefix(ob[0], "host/"); ok && id != "" {
 						return &Principal{Kind: KindHost, Name: id, Role: yunchiv1.Role_ROLE_HOST, Source: src}, nil
 					}
 				}
 			}
-			if kind != KindController || len(md.Get("authorization")) == 0 {
+			if kind != KindController || len(auth) == 0 {
 				return p, nil
 			}
 		}
 	}
-	md, _ := metadata.FromIncomingContext(ctx)
-	vals := md.Get("authorization")
+	vals := auth
 	if len(vals) == 0 {
 		return nil, errUnauthenticated
 	}
@@ -386,7 +392,7 @@ func (a *Authorizer) limit(ctx, actx context.Context, method string, err error) 
 	}
 	if err == nil {
 		ctx = actx
-		if p, ok := FromContext(actx); ok && a.PeerIdentity != nil && len(metadata.ValueFromIncomingContext(ctx, ForwardedKey)) > 0 {
+		if p, ok := FromContext(actx); ok && a.PeerIdentity != nil && forwarded(ctx) {
 			if kind, _, ok := a.PeerIdentity(ctx); ok && kind == KindController && p != nil {
 				return nil
 			}
@@ -405,7 +411,7 @@ func (a *Authorizer) UnaryInterceptor(ctx context.Context, req any, info *grpc.U
 		err = a.scope(actx, info.FullMethod, rule, req)
 	}
 	if err != nil {
-		if a.Escalate != nil && a.PeerIdentity == nil && len(metadata.ValueFromIncomingContext(ctx, ForwardedKey)) == 0 {
+		if a.Escalate != nil && a.PeerIdentity == nil && !forwarded(ctx) {
 			if resp, ferr, ok := a.Escalate(ctx, info.FullMethod, req); ok {
 				return resp, ferr
 			}
