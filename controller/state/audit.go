@@ -236,6 +236,8 @@ func (k Kind) String() string {
 		return "conflict"
 	case KindFailedPrecondition:
 		return "failed_precondition"
+	case KindQuotaExceeded:
+		return "quota_exceeded"
 	case 0:
 		return "internal"
 	}

@@ -711,6 +711,7 @@ func (s *Store) Restore(snap *statev1.Snapshot) error {
 	}
 	for _, g := range snap.GetGroups() {
 		s.groups[nameKey(g.Project, g.Name)] = proto.Clone(g).(*statev1.PlacementGroupRecord)
+		s.projectUse[g.Project]++ // as applyCreatePlacementGroup counts it
 	}
 	for _, u := range snap.GetUsers() {
 		s.users[u.Name] = proto.Clone(u).(*statev1.UserRecord)

@@ -167,3 +167,24 @@ func TestTokensAndLockout(t *testing.T) {
 		t.Fatalf("token of a deleted user: %+v user %v", tk, u)
 	}
 }
+
+// A project's placement groups count as its use after a snapshot is
+// restored as they did before: a controller restored from a snapshot and
+// one that replayed the log agree on whether the project may be deleted.
+func TestRestoreCountsGroupsInProjectUse(t *testing.T) {
+	s := threeHosts(t)
+	mustApply(t, s, 10, mkDept("eco"))
+	mustApply(t, s, 11, mkProject("air", "eco"))
+	g := createGroup("g", statev1.GroupPolicy_GROUP_POLICY_ANTI_AFFINITY, 0, false, 0)
+	g.GetCreatePlacementGroup().Group.Project = "air"
+	mustApply(t, s, 12, g)
+	r := New()
+	if err := r.Restore(s.Snapshot()); err != nil {
+		t.Fatal(err)
+	}
+	if a, b := s.ProjectUse("air"), r.ProjectUse("air"); a != 1 || b != a {
+		t.Fatalf("project use: %d replayed, %d restored", a, b)
+	}
+	del := &statev1.Command{Cmd: &statev1.Command_DeleteProject{DeleteProject: &statev1.DeleteProject{Name: "air"}}}
+	wantKind(t, r, 13, del, KindFailedPrecondition)
+}
