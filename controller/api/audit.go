@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/yunchi/yunchi/controller/audit"
+	"github.com/yunchi/yunchi/controller/auth"
 	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 )
@@ -155,10 +156,12 @@ func (s *Server) VerifyAudit(ctx context.Context, req *yunchiv1.VerifyAuditReque
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "read the audit trail: %v", err)
 	}
-	return verifyToAPI(rep, s.self.ID), nil
+	return VerifyToAPI(rep, s.self.ID), nil
 }
 
-func verifyToAPI(rep *audit.Report, id string) *yunchiv1.VerifyAuditResponse {
+// VerifyToAPI is a verification report in the API's terms (also the CLI's
+// offline mode).
+func VerifyToAPI(rep *audit.Report, id string) *yunchiv1.VerifyAuditResponse {
 	out := &yunchiv1.VerifyAuditResponse{Ok: rep.OK(), Records: rep.Records, FirstSeq: rep.First, LastSeq: rep.Last,
 		HeadSeq: rep.HeadSeq, HeadHash: hex.EncodeToString(rep.HeadHash), Controller: id}
 	for _, p := range rep.Problems {
@@ -169,11 +172,6 @@ func verifyToAPI(rep *audit.Report, id string) *yunchiv1.VerifyAuditResponse {
 		out.Problems = append(out.Problems, &yunchiv1.AuditProblem{Kind: p.Kind, Seq: p.Seq, Detail: d})
 	}
 	return out
-}
-
-// VerifyToAPI is a report in the API's terms (the CLI's offline mode).
-func VerifyToAPI(rep *audit.Report, id string) *yunchiv1.VerifyAuditResponse {
-	return verifyToAPI(rep, id)
 }
 
 func (s *Server) ExportAudit(req *yunchiv1.ExportAuditRequest, stream yunchiv1.AuditService_ExportAuditServer) error {
@@ -310,7 +308,7 @@ func (s *Server) SubmitAuditBatch(ctx context.Context, denied []*statev1.AuditRe
 	for _, f := range failures {
 		req.LoginFailures = append(req.LoginFailures, &yunchiv1.LoginFailure{User: f.User, TokenId: f.TokenId, Reason: f.Reason, Source: f.Source})
 	}
-	octx := metadata.NewOutgoingContext(ctx, metadata.Pairs(forwardedKey, s.self.ID))
+	octx := metadata.NewOutgoingContext(ctx, metadata.Pairs(auth.ForwardedKey, s.self.ID))
 	_, err = yunchiv1.NewAuditServiceClient(conn).SubmitAudit(octx, req)
 	return err
 }

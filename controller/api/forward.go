@@ -21,12 +21,6 @@ import (
 	"github.com/yunchi/yunchi/controller/state"
 )
 
-// leaderOnly says whether a method changes state: on a follower it is
-// forwarded to the leader, the only node that decides. It is the method's
-// access rule (mutating: true, beside the RPC in the proto), so a new
-// write cannot be left out.
-func leaderOnly(fullMethod string) bool { return auth.Mutating(fullMethod) }
-
 // dialCreds are the transport credentials for dialing another controller:
 // mutual TLS with this controller's certificate, or plaintext.
 func (s *Server) dialCreds() credentials.TransportCredentials {
@@ -39,8 +33,6 @@ func (s *Server) dialCreds() credentials.TransportCredentials {
 // consistentReader is implemented by read requests with a `consistent` field.
 type consistentReader interface{ GetConsistent() bool }
 
-const forwardedKey = "x-yunchi-forwarded"
-
 // answeredKey is the trailer a controller sets on every answer to a
 // forwarded call: the forwarding node then knows an UNAVAILABLE came from
 // the leader's own logic (and passes it on as it is), not from the network.
@@ -52,7 +44,7 @@ var forwardHeaders = []string{"authorization", "x-request-id", idempotencyKey}
 // forwardMD is the metadata of a call this controller forwards, given the
 // incoming metadata: marked forwarded by it, with forwardHeaders carried on.
 func (s *Server) forwardMD(ctx context.Context, in metadata.MD) metadata.MD {
-	out := metadata.Pairs(forwardedKey, s.self.ID)
+	out := metadata.Pairs(auth.ForwardedKey, s.self.ID)
 	// The leader audits the caller's address, not this controller's (a
 	// forwarded call is never forwarded again, so this is the caller).
 	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
@@ -162,12 +154,12 @@ func (s *Server) LeaderInterceptor(ctx context.Context, req any, info *grpc.Unar
 	if cr, ok := req.(consistentReader); ok {
 		consistent = cr.GetConsistent()
 	}
-	if !leaderOnly(info.FullMethod) && !consistent {
+	if !auth.Mutating(info.FullMethod) && !consistent {
 		return handler(ctx, req)
 	}
 	// One key looked up, not the whole metadata copied: this runs on every
 	// create.
-	forwarded := len(metadata.ValueFromIncomingContext(ctx, forwardedKey)) > 0
+	forwarded := len(metadata.ValueFromIncomingContext(ctx, auth.ForwardedKey)) > 0
 	if forwarded {
 		grpc.SetTrailer(ctx, metadata.Pairs(answeredKey, s.self.ID))
 	}

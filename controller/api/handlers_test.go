@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/yunchi/yunchi/controller/auth"
 	"github.com/yunchi/yunchi/controller/raftstore"
 	"github.com/yunchi/yunchi/controller/state"
 	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
@@ -289,7 +290,7 @@ func (r *remover) RemoveMember(ctx context.Context, req *yunchiv1.RemoveMemberRe
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.got = append(r.got, req.Id)
-	r.forwarded = append(r.forwarded, md.Get(forwardedKey)...)
+	r.forwarded = append(r.forwarded, md.Get(auth.ForwardedKey)...)
 	return &yunchiv1.ListMembersResponse{Message: "removed there"}, nil
 }
 

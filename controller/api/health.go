@@ -12,6 +12,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
+	"github.com/yunchi/yunchi/controller/auth"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 )
 
@@ -45,7 +46,7 @@ var alwaysServed = map[string]bool{
 // consistent reads still go on to LeaderInterceptor (they are decided on
 // the leader); status and health always answer.
 func (s *Server) StaleReadInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	if alwaysServed[info.FullMethod] || leaderOnly(info.FullMethod) {
+	if alwaysServed[info.FullMethod] || auth.Mutating(info.FullMethod) {
 		return handler(ctx, req)
 	}
 	if cr, ok := req.(consistentReader); ok && cr.GetConsistent() {

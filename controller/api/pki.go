@@ -3,7 +3,6 @@ package api
 import (
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"strings"
 	"time"
 
@@ -56,8 +55,7 @@ func parseJoinToken(tok string) (id string, hash []byte, err error) {
 		// without a token.
 		return "", nil, status.Error(codes.Unauthenticated, "join token is missing or malformed: want yj_<id>_<secret>, as `yunchi host join-token create` printed it")
 	}
-	sum := sha256.Sum256([]byte(secret))
-	return id, sum[:], nil
+	return id, auth.HashSecret(secret), nil
 }
 
 func (s *Server) needTLS() error {
@@ -89,10 +87,10 @@ func (s *Server) CreateJoinToken(ctx context.Context, req *yunchiv1.CreateJoinTo
 		return nil, invalid("description is longer than 256 characters")
 	}
 	id, secret := randomText(8), randomText(32)
-	sum := sha256.Sum256([]byte(secret))
+	sum := auth.HashSecret(secret)
 	exp := time.Now().Add(ttl)
 	if _, err := s.apply(ctx, &statev1.Command{Cmd: &statev1.Command_CreateJoinToken{CreateJoinToken: &statev1.CreateJoinToken{Token: &statev1.JoinTokenRecord{
-		Id: id, Kind: kindToState(req.Kind), SecretHash: sum[:], ExpiresUnixNano: exp.UnixNano(), Description: req.Description,
+		Id: id, Kind: kindToState(req.Kind), SecretHash: sum, ExpiresUnixNano: exp.UnixNano(), Description: req.Description,
 	}}}}); err != nil {
 		return nil, err
 	}

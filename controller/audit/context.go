@@ -81,32 +81,28 @@ func callerContext(ctx context.Context) Context {
 	return Context{Actor: p.Name, Role: p.Role.String(), Department: p.Department, Source: p.Source, TokenID: p.TokenID}
 }
 
-// UnaryInterceptor fills the action, target and params of calls to
-// methods whose access rule says mutating (and the source of every call),
-// so that the commands they propose are recorded with them.
+// UnaryInterceptor gives calls to methods whose access rule says
+// mutating their audit context (the caller, action, target, and params
+// encoded only if a command is proposed: most heartbeats propose none),
+// so that the commands they propose are recorded with it. Reads get none:
+// nothing they do is recorded but a refusal, which the recorder takes
+// from the caller.
 func UnaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if !auth.Mutating(info.FullMethod) {
+		return handler(ctx, req)
+	}
 	c := callerContext(ctx)
 	if c.Source == "" {
 		c.Source = SourceOf(ctx)
 	}
+	ac := &statev1.AuditContext{Actor: c.Actor, Role: c.Role, Department: c.Department, Source: c.Source,
+		TokenId: c.TokenID, Action: MethodName(info.FullMethod)}
 	var params func() string
-	if auth.Mutating(info.FullMethod) {
-		c.Action = MethodName(info.FullMethod)
-		if m, ok := req.(proto.Message); ok {
-			c.Target = TargetOf(info.FullMethod, m)
-			// Encoded only if the request proposes a command (or is
-			// denied): most heartbeats never do.
-			params = func() string { return Params(m) }
-		}
+	if m, ok := req.(proto.Message); ok {
+		ac.Target = TargetOf(info.FullMethod, m)
+		params = func() string { return Params(m) }
 	}
-	if old := state.AuditFrom(ctx); old != nil && old.Source != "" {
-		c.Source = "" // the authentication interceptor's wins
-	}
-	ctx = WithContext(ctx, c)
-	if params != nil {
-		ctx = state.WithAuditParams(ctx, state.AuditFrom(ctx), params)
-	}
-	return handler(ctx, req)
+	return handler(state.WithAuditParams(ctx, ac, params), req)
 }
 
 // MethodName is the short name of a full gRPC method name.

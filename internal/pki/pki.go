@@ -8,7 +8,6 @@
 package pki
 
 import (
-	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -92,17 +91,6 @@ func PeerIdentity(ctx context.Context) (Identity, bool) {
 		return Identity{}, false
 	}
 	return IdentityOf(ti.State.VerifiedChains[0][0])
-}
-
-// HasTLS says whether the gRPC call came over TLS (with or without a
-// client certificate).
-func HasTLS(ctx context.Context) bool {
-	p, ok := peer.FromContext(ctx)
-	if !ok || p.AuthInfo == nil {
-		return false
-	}
-	_, ok = p.AuthInfo.(credentials.TLSInfo)
-	return ok
 }
 
 // CA is the cluster CA.
@@ -497,11 +485,4 @@ func VerifyPinned(raw [][]byte, hash string) (*x509.Certificate, error) {
 		return c, nil
 	}
 	return nil, fmt.Errorf("the server's certificate chain holds no CA matching --ca-cert-hash %s (wrong cluster, or its API uses another certificate)", hash)
-}
-
-// SameCert says whether two PEM texts hold the same first certificate.
-func SameCert(a, b []byte) bool {
-	ca, err1 := ParseCertPEM(a)
-	cb, err2 := ParseCertPEM(b)
-	return err1 == nil && err2 == nil && bytes.Equal(ca.Raw, cb.Raw)
 }
