@@ -253,10 +253,7 @@ func (s *Server) SubmitAudit(ctx context.Context, req *yunchiv1.SubmitAuditReque
 	}
 	var denied []*statev1.AuditRecord
 	for _, r := range req.Denied {
-		denied = append(denied, &statev1.AuditRecord{Kind: r.Kind, Result: r.Result, Code: r.Code, Message: r.Message,
-			EventUnixNano: r.EventUnixNano, RequestId: r.RequestId, Context: &statev1.AuditContext{
-				Actor: r.Actor, Role: r.Role, Department: r.Department, Source: r.Source, TokenId: r.TokenId,
-				Action: r.Action, Target: r.Target, Params: r.Params}})
+		denied = append(denied, AuditLineOf(r).Record())
 	}
 	var failures []*statev1.LoginFailure
 	for _, f := range req.LoginFailures {
@@ -299,11 +296,7 @@ func (s *Server) SubmitAuditBatch(ctx context.Context, denied []*statev1.AuditRe
 	}
 	req := &yunchiv1.SubmitAuditRequest{}
 	for _, r := range denied {
-		c := r.GetContext()
-		req.Denied = append(req.Denied, &yunchiv1.AuditRecord{Kind: r.Kind, Result: r.Result, Code: r.Code, Message: r.Message,
-			EventUnixNano: r.EventUnixNano, RequestId: r.RequestId, Actor: c.GetActor(), Role: c.GetRole(),
-			Department: c.GetDepartment(), Source: c.GetSource(), TokenId: c.GetTokenId(), Action: c.GetAction(),
-			Target: c.GetTarget(), Params: c.GetParams()})
+		req.Denied = append(req.Denied, auditToAPI(audit.LineOf(r)))
 	}
 	for _, f := range failures {
 		req.LoginFailures = append(req.LoginFailures, &yunchiv1.LoginFailure{User: f.User, TokenId: f.TokenId, Reason: f.Reason, Source: f.Source})

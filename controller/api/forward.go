@@ -174,28 +174,36 @@ func (s *Server) LeaderInterceptor(ctx context.Context, req any, info *grpc.Unar
 	if forwarded {
 		return nil, notProposed("leadership is changing: retry in a few seconds")
 	}
+	resp, err, sent := s.forwardToLeader(ctx, info.FullMethod, req)
+	if sent {
+		state.MarkAuditHandled(ctx) // the leader records it
+	}
+	return resp, err
+}
+
+// forwardToLeader sends a call to the leader with the caller's metadata
+// (forwardMD). sent is false when it never left this controller (no
+// connection to the leader), err saying why.
+func (s *Server) forwardToLeader(ctx context.Context, method string, req any) (resp proto.Message, err error, sent bool) {
 	conn, err := s.fwd.leaderConn()
 	if err != nil {
-		return nil, err
+		return nil, err, false
 	}
-	in, _ := metadata.FromIncomingContext(ctx)
-	out := s.forwardMD(ctx, in)
-	state.MarkAuditHandled(ctx) // the leader records it
-	resp, err := newResponse(info.FullMethod)
-	if err != nil {
-		return nil, err
+	if resp, err = newResponse(method); err != nil {
+		return nil, err, false
 	}
 	if !awaitReady(ctx, conn) {
-		return nil, notProposed("leader %s unreachable at %s (not connected; the request was not sent): retry in a few seconds", s.prop.LeaderID(), conn.Target())
+		return nil, notProposed("leader %s unreachable at %s (not connected; the request was not sent): retry in a few seconds", s.prop.LeaderID(), conn.Target()), false
 	}
+	in, _ := metadata.FromIncomingContext(ctx)
 	var trailer metadata.MD
-	if err := conn.Invoke(metadata.NewOutgoingContext(ctx, out), info.FullMethod, req, resp, grpc.Trailer(&trailer)); err != nil {
+	if err := conn.Invoke(metadata.NewOutgoingContext(ctx, s.forwardMD(ctx, in)), method, req, resp, grpc.Trailer(&trailer)); err != nil {
 		if status.Code(err) == codes.Unavailable && len(trailer.Get(answeredKey)) == 0 {
-			return nil, status.Errorf(codes.Unavailable, "leader unreachable: %s: retry in a few seconds", status.Convert(err).Message())
+			return nil, status.Errorf(codes.Unavailable, "leader unreachable: %s: retry in a few seconds", status.Convert(err).Message()), true
 		}
-		return nil, err
+		return nil, err, true
 	}
-	return resp, nil
+	return resp, nil, true
 }
 
 // Escalate sends a call this follower refused (authentication or access)
@@ -207,17 +215,9 @@ func (s *Server) Escalate(ctx context.Context, method string, req any) (any, err
 	if s.prop.IsLeader() {
 		return nil, nil, false
 	}
-	conn, err := s.fwd.leaderConn()
-	if err != nil || !awaitReady(ctx, conn) {
+	resp, err, sent := s.forwardToLeader(ctx, method, req)
+	if !sent {
 		return nil, nil, false
 	}
-	resp, err := newResponse(method)
-	if err != nil {
-		return nil, nil, false
-	}
-	in, _ := metadata.FromIncomingContext(ctx)
-	if err := conn.Invoke(metadata.NewOutgoingContext(ctx, s.forwardMD(ctx, in)), method, req, resp); err != nil {
-		return nil, err, true
-	}
-	return resp, nil, true
+	return resp, err, true
 }
