@@ -101,33 +101,20 @@ func (s *Server) CreateJoinToken(ctx context.Context, req *yunchiv1.CreateJoinTo
 	}, nil
 }
 
-// joinTokenReader is the state's join tokens (a *state.Store has them),
-// for the check before proposing: a wrong token costs no raft entry.
-type joinTokenReader interface {
-	JoinTokens() []*statev1.JoinTokenRecord
+// joinChecker checks a join token as Apply will (*state.Store).
+type joinChecker interface {
+	CheckJoinToken(now int64, c *statev1.ConsumeJoinToken) error
 }
 
 // precheckJoin refuses a token the local state already says is no good
-// (unknown, used, expired, other kind). Apply checks again.
+// (unknown, used, expired, other kind): a wrong token costs no raft entry.
+// Apply checks again.
 func (s *Server) precheckJoin(id string, hash []byte, kind statev1.JoinTokenKind, usedBy string) error {
-	jr, ok := s.store.(joinTokenReader)
+	jc, ok := s.store.(joinChecker)
 	if !ok {
 		return nil
 	}
-	var rec *statev1.JoinTokenRecord
-	for _, t := range jr.JoinTokens() {
-		if t.Id == id {
-			rec = t
-		}
-	}
-	st := state.New()
-	if rec != nil {
-		st.Restore(&statev1.Snapshot{FormatVersion: state.SnapshotVersion, JoinTokens: []*statev1.JoinTokenRecord{rec}})
-	}
-	_, err := st.Apply(1, &statev1.Command{UnixNano: time.Now().UnixNano(), Cmd: &statev1.Command_ConsumeJoinToken{ConsumeJoinToken: &statev1.ConsumeJoinToken{
-		Id: id, SecretHash: hash, Kind: kind, UsedBy: usedBy,
-	}}})
-	return joinStatus(err)
+	return joinStatus(jc.CheckJoinToken(time.Now().UnixNano(), &statev1.ConsumeJoinToken{Id: id, SecretHash: hash, Kind: kind, UsedBy: usedBy}))
 }
 
 // joinStatus: a refused join token (unknown, used, expired, of the other

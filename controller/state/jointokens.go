@@ -54,19 +54,39 @@ func (s *Store) applyCreateJoinToken(now int64, c *statev1.CreateJoinToken) (*st
 
 // applyConsumeJoinToken uses a join token once; for a host it also creates
 // the host's API token. Errors name the token id, never its secret.
-func (s *Store) applyConsumeJoinToken(now int64, c *statev1.ConsumeJoinToken) (*statev1.JoinTokenRecord, *statev1.TokenRecord, error) {
+// CheckJoinToken says whether c would consume its join token now: the
+// check Apply makes first, for the API to refuse a bad token before
+// anything is proposed.
+func (s *Store) CheckJoinToken(now int64, c *statev1.ConsumeJoinToken) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	_, err := s.checkJoinToken(now, c)
+	return err
+}
+
+// checkJoinToken finds c's join token and refuses an unknown, wrong,
+// used or expired one. Callers hold mu.
+func (s *Store) checkJoinToken(now int64, c *statev1.ConsumeJoinToken) (*statev1.JoinTokenRecord, error) {
 	t, ok := s.joinTokens[c.GetId()]
 	switch {
 	case !ok || len(c.GetSecretHash()) != 32 || subtle.ConstantTimeCompare(t.SecretHash, c.SecretHash) != 1:
-		return nil, nil, errorf(KindFailedPrecondition, "join token is not valid: ask a sysadmin for a new one (`yunchi %s join-token create`)", cmdOf(c.Kind))
+		return nil, errorf(KindFailedPrecondition, "join token is not valid: ask a sysadmin for a new one (`yunchi %s join-token create`)", cmdOf(c.Kind))
 	case t.Kind != c.Kind:
-		return nil, nil, errorf(KindFailedPrecondition, "join token %s is for a %s, not a %s", t.Id, kindName(t.Kind), kindName(c.Kind))
+		return nil, errorf(KindFailedPrecondition, "join token %s is for a %s, not a %s", t.Id, kindName(t.Kind), kindName(c.Kind))
 	case t.UsedUnixNano != 0:
-		return nil, nil, errorf(KindFailedPrecondition, "join token %s was already used (by %s): a join token works once; create a new one", t.Id, t.UsedBy)
+		return nil, errorf(KindFailedPrecondition, "join token %s was already used (by %s): a join token works once; create a new one", t.Id, t.UsedBy)
 	case t.ExpiresUnixNano <= now:
-		return nil, nil, errorf(KindFailedPrecondition, "join token %s expired at %s: create a new one", t.Id, time.Unix(0, t.ExpiresUnixNano).UTC().Format(time.RFC3339))
+		return nil, errorf(KindFailedPrecondition, "join token %s expired at %s: create a new one", t.Id, time.Unix(0, t.ExpiresUnixNano).UTC().Format(time.RFC3339))
 	case c.GetUsedBy() == "":
-		return nil, nil, errorf(KindInvalid, "join token use names no host or controller")
+		return nil, errorf(KindInvalid, "join token use names no host or controller")
+	}
+	return t, nil
+}
+
+func (s *Store) applyConsumeJoinToken(now int64, c *statev1.ConsumeJoinToken) (*statev1.JoinTokenRecord, *statev1.TokenRecord, error) {
+	t, err := s.checkJoinToken(now, c)
+	if err != nil {
+		return nil, nil, err
 	}
 	var tok *statev1.TokenRecord
 	if ht := c.GetHostToken(); ht != nil {
