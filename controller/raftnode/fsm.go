@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/hashicorp/raft"
 	"google.golang.org/protobuf/proto"
@@ -85,7 +86,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	}
 	if f.Audit != nil {
 		if trail == nil {
-			trail = eofReader{}
+			trail = strings.NewReader("") // a snapshot from before the trail
 		}
 		if err := f.Audit.Restore(trail, snap.GetAuditHead()); err != nil {
 			return err
@@ -93,10 +94,6 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	}
 	return f.Store.Restore(snap)
 }
-
-type eofReader struct{}
-
-func (eofReader) Read([]byte) (int, error) { return 0, io.EOF }
 
 // ReadSnapshot decodes a snapshot stream: the state, and a reader of the
 // audit trail that follows it (nil in snapshots before format 4).

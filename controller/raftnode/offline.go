@@ -3,18 +3,15 @@ package raftnode
 import (
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/yunchi/yunchi/controller/raftstore"
 	"github.com/yunchi/yunchi/controller/state"
-	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
 )
 
 // ReplayDataDir rebuilds the state a stopped controller's data dir holds,
@@ -28,6 +25,7 @@ func ReplayDataDir(dir string, wait time.Duration) (*state.Store, error) {
 		return nil, fmt.Errorf("%s is not a controller's data dir (it has no raft directory)", dir)
 	}
 	store := state.New()
+	fsm := &FSM{Store: store} // no audit file: only the state is rebuilt
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(dir, 2, hclog.NewNullLogger())
 	if err != nil {
 		return nil, fmt.Errorf("open snapshots in %s: %w", dir, err)
@@ -42,13 +40,8 @@ func ReplayDataDir(dir string, wait time.Duration) (*state.Store, error) {
 		if err != nil {
 			return nil, fmt.Errorf("open snapshot %s: %w", list[0].ID, err)
 		}
-		snap, _, err := ReadSnapshot(rc)
-		rc.Close()
-		if err != nil {
+		if err := fsm.Restore(rc); err != nil {
 			return nil, fmt.Errorf("snapshot %s: %w", list[0].ID, err)
-		}
-		if err := store.Restore(snap); err != nil {
-			return nil, err
 		}
 		after = meta.Index
 	}
@@ -91,13 +84,7 @@ func ReplayDataDir(dir string, wait time.Duration) (*state.Store, error) {
 		if l.Type != raft.LogCommand {
 			continue
 		}
-		var cmd statev1.Command
-		if err := proto.Unmarshal(l.Data, &cmd); err != nil {
-			continue // Apply answers such an entry with an error, changing nothing
-		}
-		store.Apply(l.Index, &cmd)
+		fsm.Apply(&l) // an entry that is not a command changes nothing
 	}
 	return store, nil
 }
-
-var _ io.Reader = eofReader{}
