@@ -35,7 +35,7 @@ type Proposer interface {
 // View is the part of the replicated state decisions read (*state.Store).
 type View interface {
 	VM(project, name string) (*statev1.VMRecord, bool)
-	Host(id string) (state.HostView, bool)
+	HostFacts(id string) (state.HostFacts, bool)
 	SchedulerView(since uint64, project, group string) (hosts []state.HostFacts, full bool, seq uint64, g *state.GroupFacts, err error)
 }
 
@@ -222,8 +222,8 @@ func (e *Engine) sync(strategy scheduler.Strategy, project, group string) (*sche
 			if done[id] {
 				continue
 			}
-			if hv, ok := e.view.Host(id); ok {
-				h := schedHost(&hv.Facts)
+			if f, ok := e.view.HostFacts(id); ok {
+				h := schedHost(&f)
 				h.Allocated = h.Allocated.Add(e.hostRes[id])
 				cc.cl.Upsert(h)
 			}

@@ -45,6 +45,19 @@ func (s *Store) Host(id string) (HostView, bool) {
 	return s.hostView(h), true
 }
 
+// HostFacts is host id as placement sees it, without copying its record
+// (a decision asks for it about once per create).
+func (s *Store) HostFacts(id string) (HostFacts, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	h, ok := s.hosts[id]
+	if !ok {
+		return HostFacts{}, false
+	}
+	f, _ := s.hostFacts(h)
+	return f, true
+}
+
 // HostLiveness is host id's liveness as the log records it (ready or
 // down; not the admin state): the heartbeat path's one question, answered
 // without copying the record.
