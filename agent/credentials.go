@@ -112,7 +112,7 @@ func join(ctx context.Context, jc JoinConfig) error {
 		return fmt.Errorf("the certificate the controller sent: %w", err)
 	}
 	if err := pki.WriteFiles(jc.Dir, map[string][]byte{
-		pki.HostKeyFile: keyPEM, pki.HostCertFile: resp.Certificate, pki.HostTokenFile: []byte(resp.HostToken + "\n"),
+		pki.HostKeyFile: keyPEM, pki.HostCertFile: resp.Certificate,
 	}); err != nil {
 		return fmt.Errorf("store the credentials: %w", err)
 	}

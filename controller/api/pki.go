@@ -155,20 +155,15 @@ func (s *Server) JoinHost(ctx context.Context, req *yunchiv1.JoinHostRequest) (*
 	if err != nil {
 		return nil, invalid("%v", err)
 	}
-	// A host token too (an API token like any other), for the agent to
-	// use should it ever run without its certificate.
-	hostTok, tokID, tokHash, err := auth.NewToken()
-	if err != nil {
-		return nil, status.Errorf(codes.Internal, "make a host token: %v", err)
-	}
+	// The certificate is the host's credential: no API token is issued
+	// (one nothing would use is only a secret to leak).
 	if _, err := s.consumeJoin(ctx, &statev1.ConsumeJoinToken{
 		Id: id, SecretHash: hash, Kind: statev1.JoinTokenKind_JOIN_TOKEN_KIND_HOST, UsedBy: req.HostId,
-		HostToken: &statev1.TokenRecord{Id: tokID, HostId: req.HostId, SecretHash: tokHash, Description: "host token of " + req.HostId + " (issued at join)"},
 	}); err != nil {
 		return nil, err
 	}
-	s.log.Info("host joined: certificate issued", "host", req.HostId, "join_token", id, "host_token", tokID)
-	return &yunchiv1.JoinHostResponse{Certificate: certPEM, CaCertificate: s.TLS.CA.CertPEM, HostToken: hostTok}, nil
+	s.log.Info("host joined: certificate issued", "host", req.HostId, "join_token", id)
+	return &yunchiv1.JoinHostResponse{Certificate: certPEM, CaCertificate: s.TLS.CA.CertPEM}, nil
 }
 
 // JoinController trades a controller join token for the cluster CA (with

@@ -341,7 +341,6 @@ const (
 	ServerKeyFile  = "server.key"
 	HostCertFile   = "host.crt"
 	HostKeyFile    = "host.key"
-	HostTokenFile  = "host.token"
 )
 
 // WriteFiles writes files into dir (made 0700), each 0600, through a

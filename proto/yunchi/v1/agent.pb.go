@@ -779,8 +779,10 @@ type JoinHostResponse struct {
 	// the cluster CA.
 	Certificate   []byte `protobuf:"bytes,1,opt,name=certificate,proto3" json:"certificate,omitempty"`
 	CaCertificate []byte `protobuf:"bytes,2,opt,name=ca_certificate,json=caCertificate,proto3" json:"ca_certificate,omitempty"`
-	// An API token for this host ("yc_<id>_<secret>"), for clusters without
-	// TLS; shown nowhere but here.
+	// Not issued (the certificate is the host's credential); the number
+	// stays taken.
+	//
+	// Deprecated: Marked as deprecated in yunchi/v1/agent.proto.
 	HostToken     string `protobuf:"bytes,3,opt,name=host_token,json=hostToken,proto3" json:"host_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -830,6 +832,7 @@ func (x *JoinHostResponse) GetCaCertificate() []byte {
 	return nil
 }
 
+// Deprecated: Marked as deprecated in yunchi/v1/agent.proto.
 func (x *JoinHostResponse) GetHostToken() string {
 	if x != nil {
 		return x.HostToken
@@ -900,12 +903,12 @@ const file_yunchi_v1_agent_proto_rawDesc = "" +
 	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x12\x1d\n" +
 	"\n" +
 	"join_token\x18\x02 \x01(\tR\tjoinToken\x12\x10\n" +
-	"\x03csr\x18\x03 \x01(\fR\x03csr\"z\n" +
+	"\x03csr\x18\x03 \x01(\fR\x03csr\"~\n" +
 	"\x10JoinHostResponse\x12 \n" +
 	"\vcertificate\x18\x01 \x01(\fR\vcertificate\x12%\n" +
-	"\x0eca_certificate\x18\x02 \x01(\fR\rcaCertificate\x12\x1d\n" +
+	"\x0eca_certificate\x18\x02 \x01(\fR\rcaCertificate\x12!\n" +
 	"\n" +
-	"host_token\x18\x03 \x01(\tR\thostToken2\xdb\x03\n" +
+	"host_token\x18\x03 \x01(\tB\x02\x18\x01R\thostToken2\xdb\x03\n" +
 	"\fAgentService\x12M\n" +
 	"\bJoinHost\x12\x1a.yunchi.v1.JoinHostRequest\x1a\x1b.yunchi.v1.JoinHostResponse\"\b\xc2\xf3\x18\x04\x10\x01 \x01\x12f\n" +
 	"\fRegisterHost\x12\x1e.yunchi.v1.RegisterHostRequest\x1a\x1f.yunchi.v1.RegisterHostResponse\"\x15\xc2\xf3\x18\x11\n" +
