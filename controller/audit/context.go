@@ -96,18 +96,13 @@ func UnaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, 
 		c.Source = SourceOf(ctx)
 	}
 	ac := &statev1.AuditContext{Actor: c.Actor, Role: c.Role, Department: c.Department, Source: c.Source,
-		TokenId: c.TokenID, Action: MethodName(info.FullMethod)}
+		TokenId: c.TokenID, Action: auth.MethodName(info.FullMethod)}
 	var params func() string
 	if m, ok := req.(proto.Message); ok {
 		ac.Target = TargetOf(info.FullMethod, m)
 		params = func() string { return Params(m) }
 	}
 	return handler(state.WithAuditParams(ctx, ac, params), req)
-}
-
-// MethodName is the short name of a full gRPC method name.
-func MethodName(full string) string {
-	return full[strings.LastIndexByte(full, '/')+1:]
 }
 
 // MaxParams bounds the params recorded (a batch create, an agent's report
@@ -199,26 +194,7 @@ func TargetOf(fullMethod string, m proto.Message) string {
 	svc = svc[strings.LastIndexByte(svc, '.')+1:]
 	noun := nouns[svc]
 	r := m.ProtoReflect()
-	str := func(path ...string) string {
-		msg := r
-		for i, p := range path {
-			fd := msg.Descriptor().Fields().ByName(protoreflect.Name(p))
-			if fd == nil {
-				return ""
-			}
-			if i == len(path)-1 {
-				if fd.Kind() != protoreflect.StringKind || fd.IsList() {
-					return ""
-				}
-				return msg.Get(fd).String()
-			}
-			if fd.Kind() != protoreflect.MessageKind || fd.IsList() || fd.IsMap() || !msg.Has(fd) {
-				return ""
-			}
-			msg = msg.Get(fd).Message()
-		}
-		return ""
-	}
+	str := func(path string) string { return auth.StringField(r, path) }
 	switch noun {
 	case "vm", "group":
 		p := str("project")
@@ -232,7 +208,7 @@ func TargetOf(fullMethod string, m proto.Message) string {
 			id = str("id")
 		}
 		if id == "" {
-			id = str("facts", "id")
+			id = str("facts.id")
 		}
 		return "host/" + id
 	case "ratio":

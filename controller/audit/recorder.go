@@ -72,7 +72,7 @@ func (r *Recorder) record(ctx context.Context, kind, method string, code codes.C
 	if c.Source == "" {
 		c.Source = SourceOf(ctx)
 	}
-	c.Action = MethodName(method)
+	c.Action = auth.MethodName(method)
 	rec := &statev1.AuditRecord{Kind: kind, Result: kind, Code: code.String(), Message: reason,
 		EventUnixNano: r.now().UnixNano(),
 		Context: &statev1.AuditContext{Actor: c.Actor, Role: c.Role, Department: c.Department, Source: c.Source,

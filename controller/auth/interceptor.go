@@ -265,14 +265,16 @@ func (a *Authorizer) admit(ctx context.Context, method string) (context.Context,
 	}
 	p.deptOf = a.Store.ProjectDepartment
 	if !Allows(rule, p.Role) {
-		reason := fmt.Sprintf("role %s may not call %s", RoleName(p.Role), shortMethod(method))
+		reason := fmt.Sprintf("role %s may not call %s", RoleName(p.Role), MethodName(method))
 		a.denied(NewContext(ctx, p), method, codes.PermissionDenied, reason)
 		return nil, nil, status.Errorf(codes.PermissionDenied, "permission denied: %s (roles allowed: %s)", reason, roleList(rule))
 	}
 	return NewContext(ctx, p), rule, nil
 }
 
-func shortMethod(full string) string {
+// MethodName is the short name of a full gRPC method name:
+// "/yunchi.v1.VMService/CreateVM" is "CreateVM".
+func MethodName(full string) string {
 	if i := strings.LastIndexByte(full, '/'); i >= 0 {
 		return full[i+1:]
 	}
@@ -300,7 +302,7 @@ func (a *Authorizer) scope(ctx context.Context, method string, rule *yunchiv1.Ac
 	}
 	m := msg.ProtoReflect()
 	field := rule.GetField()
-	list := strings.HasPrefix(shortMethod(method), "List")
+	list := strings.HasPrefix(MethodName(method), "List")
 	switch rule.GetScope() {
 	case yunchiv1.Scope_SCOPE_PROJECT:
 		if field == "" {
@@ -360,13 +362,20 @@ func (a *Authorizer) scope(ctx context.Context, method string, rule *yunchiv1.Ac
 	return nil
 }
 
+// StringField reads a string field of m by dotted path ("facts.id"); ""
+// when the path does not resolve to one.
+func StringField(m protoreflect.Message, path string) string {
+	v, _ := getString(m, path)
+	return v
+}
+
 // getString reads a string field by dotted path; fd is the last field
 // (nil when the path does not resolve).
 func getString(m protoreflect.Message, path string) (string, protoreflect.FieldDescriptor) {
 	parts := strings.Split(path, ".")
 	for i, name := range parts {
 		fd := m.Descriptor().Fields().ByName(protoreflect.Name(name))
-		if fd == nil {
+		if fd == nil || fd.IsList() || fd.IsMap() {
 			return "", nil
 		}
 		if i == len(parts)-1 {
