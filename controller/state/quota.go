@@ -372,20 +372,9 @@ func (s *Store) Quotas(dept string) []QuotaUse {
 		depts[d] = true
 	}
 	projects := map[string][]string{}
-	seen := map[string]bool{DefaultProject: true}
-	projects[DefaultDepartment] = []string{DefaultProject}
-	add := func(p string) {
-		if !seen[p] {
-			seen[p] = true
-			d := s.projectDept(p)
-			projects[d] = append(projects[d], p)
-		}
-	}
-	for p := range s.projects {
-		add(p)
-	}
-	for p := range s.projectUse {
-		add(p)
+	for _, p := range s.projectNames() {
+		d := s.projectDept(p)
+		projects[d] = append(projects[d], p)
 	}
 	var names []string
 	for d := range depts {
@@ -397,9 +386,7 @@ func (s *Store) Quotas(dept string) []QuotaUse {
 	var out []QuotaUse
 	for _, d := range names {
 		out = append(out, QuotaUse{Department: d, Limit: proto.Clone(s.quotaOf(d, "")).(*statev1.Quota), Used: s.deptUse[d]})
-		ps := projects[d]
-		slices.Sort(ps)
-		for _, p := range ps {
+		for _, p := range projects[d] { // sorted: projectNames is
 			out = append(out, QuotaUse{Department: d, Project: p, Limit: proto.Clone(s.quotaOf(d, p)).(*statev1.Quota), Used: s.projUse[p]})
 		}
 	}

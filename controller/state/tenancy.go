@@ -450,6 +450,19 @@ func (s *Store) ProjectDepartment(p string) (string, bool) {
 func (s *Store) Projects(dept string) []*statev1.ProjectRecord {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
+	out := []*statev1.ProjectRecord{}
+	for _, n := range s.projectNames() {
+		if p, ok := s.project(n); ok && (dept == "" || p.Department == dept) {
+			out = append(out, p)
+		}
+	}
+	slices.SortFunc(out, func(a, b *statev1.ProjectRecord) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// projectNames lists every project, with or without a record (see
+// legacyProject), sorted. Callers hold mu.
+func (s *Store) projectNames() []string {
 	names := map[string]bool{DefaultProject: true}
 	for p := range s.projects {
 		names[p] = true
@@ -457,13 +470,11 @@ func (s *Store) Projects(dept string) []*statev1.ProjectRecord {
 	for p := range s.projectUse {
 		names[p] = true
 	}
-	out := []*statev1.ProjectRecord{}
+	out := make([]string, 0, len(names))
 	for n := range names {
-		if p, ok := s.project(n); ok && (dept == "" || p.Department == dept) {
-			out = append(out, p)
-		}
+		out = append(out, n)
 	}
-	slices.SortFunc(out, func(a, b *statev1.ProjectRecord) int { return strings.Compare(a.Name, b.Name) })
+	sort.Strings(out)
 	return out
 }
 
