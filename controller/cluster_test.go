@@ -15,7 +15,6 @@ import (
 	"github.com/hashicorp/raft"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/yunchi/yunchi/internal/apitest"
@@ -392,13 +391,5 @@ func (c *inmemCluster) status(addr string) (*yunchiv1.ClusterStatus, error) {
 	if !c.auth {
 		return apitest.Status(addr)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+c.admins.Sysadmin)
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return nil, err
-	}
-	defer conn.Close()
-	return yunchiv1.NewClusterServiceClient(conn).GetClusterStatus(ctx, &yunchiv1.GetClusterStatusRequest{})
+	return apitest.StatusToken(addr, c.admins.Sysadmin)
 }

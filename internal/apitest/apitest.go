@@ -148,8 +148,11 @@ func GetJSON(addr, path string, out proto.Message) error {
 }
 
 // Status asks one controller for the cluster status.
-func Status(addr string) (*yunchiv1.ClusterStatus, error) {
-	conn, err := Dial(addr)
+func Status(addr string) (*yunchiv1.ClusterStatus, error) { return StatusToken(addr, Token()) }
+
+// StatusToken is Status with the token tok.
+func StatusToken(addr, tok string) (*yunchiv1.ClusterStatus, error) {
+	conn, err := DialToken(addr, tok)
 	if err != nil {
 		return nil, err
 	}
