@@ -362,12 +362,17 @@ func (p *printer) timestamp(ts *timestamppb.Timestamp) string {
 	return ts.AsTime().UTC().Format(time.RFC3339) + " (" + p.ago(ts) + ")"
 }
 
-// age is how long ago ts was, short: "45s", "12m", "3h", "5d".
+// age is how long ago ts was, short: "45s", "12m", "3h", "5d"; "0s" for
+// a time still to come (a creation stamp a little ahead of this clock).
 func (p *printer) age(ts *timestamppb.Timestamp) string {
 	if ts == nil {
 		return "-"
 	}
-	d := p.now().Sub(ts.AsTime())
+	return span(p.now().Sub(ts.AsTime()))
+}
+
+// span is d, short and rounded down; 0s when d is negative.
+func span(d time.Duration) string {
 	switch {
 	case d < 0:
 		return "0s"
@@ -382,9 +387,14 @@ func (p *printer) age(ts *timestamppb.Timestamp) string {
 	}
 }
 
+// ago is ts relative to now: "3h ago", or "in 89d" for a time more than
+// a second ahead (an expiry), so a token's expiry does not read as past.
 func (p *printer) ago(ts *timestamppb.Timestamp) string {
 	if ts == nil {
 		return "-"
+	}
+	if d := ts.AsTime().Sub(p.now()); d > time.Second {
+		return "in " + span(d)
 	}
 	return p.age(ts) + " ago"
 }
