@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -99,6 +100,24 @@ func TestAuditTrailThroughRaft(t *testing.T) {
 		}
 		return true
 	})
+	// A write through the leader's REST gateway is recorded with the
+	// HTTP client's address (through a follower's, the address could be
+	// the follower's own and still pass).
+	if code, body, err := apitest.Post(l.ctl.Addr(), "/v1/vms/web-2:start", "{}"); err != nil || code != 200 {
+		t.Fatalf("POST /v1/vms/web-2:start: %d %s %v", code, body, err)
+	}
+	var restStart *yunchiv1.AuditRecord
+	apitest.Eventually(t, 20*time.Second, "the REST start recorded", func() bool {
+		for _, r := range listAudit(t, l.ctl.Addr(), &yunchiv1.ListAuditRequest{Action: "StartVM"}) {
+			if r.Kind == "action" && r.Target == "project/default/vm/web-2" {
+				restStart = r
+			}
+		}
+		return restStart != nil
+	})
+	if !strings.HasPrefix(restStart.Source, "127.0.0.1:") {
+		t.Fatalf("REST StartVM recorded from %q, want the client's 127.0.0.1 address", restStart.Source)
+	}
 	apitest.Eventually(t, 20*time.Second, "the same head on every controller", func() bool {
 		h := verifyAudit(t, l.ctl.Addr())
 		for _, m := range c.members {

@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"io"
 	"mime"
+	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"regexp"
 	"slices"
@@ -18,6 +20,7 @@ import (
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/genproto/googleapis/api/annotations"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -353,7 +356,20 @@ func (g *restGuard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !g.readBody(w, r, rt) {
 		return
 	}
-	g.next.ServeHTTP(w, r)
+	g.next.ServeHTTP(w, withPeer(r))
+}
+
+// withPeer gives r's context the HTTP client as its gRPC peer. The
+// gateway's unary calls run in this process (localconn.go) with r's
+// context, where the access interceptor, the rate limiter and the audit
+// trail read the caller's address from the peer: without it a REST call
+// was recorded with no source address.
+func withPeer(r *http.Request) *http.Request {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return r
+	}
+	return r.WithContext(peer.NewContext(r.Context(), &peer.Peer{Addr: net.TCPAddrFromAddrPort(ap)}))
 }
 
 func (g *restGuard) options(w http.ResponseWriter, r *http.Request, origin string, okOrigin bool) {
