@@ -394,6 +394,11 @@ func (p *printer) ago(ts *timestamppb.Timestamp) string {
 		return "-"
 	}
 	if d := ts.AsTime().Sub(p.now()); d > time.Second {
+		// To the nearest minute past one, so that a 90-day token shown a
+		// moment after it was made reads "in 90d", not "in 89d".
+		if d >= time.Minute {
+			d = d.Round(time.Minute)
+		}
 		return "in " + span(d)
 	}
 	return p.age(ts) + " ago"

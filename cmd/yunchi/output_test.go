@@ -18,6 +18,8 @@ func TestTimestampFutureAndPast(t *testing.T) {
 	}{
 		{now.Add(90 * 24 * time.Hour), "2027-02-28T09:00:00Z (in 90d)"},
 		{now.Add(30 * time.Minute), "2026-11-30T09:30:00Z (in 30m)"},
+		{now.Add(90*24*time.Hour - 900*time.Millisecond), "2027-02-28T08:59:59Z (in 90d)"},
+		{now.Add(20 * time.Second), "2026-11-30T09:00:20Z (in 20s)"},
 		{now.Add(300 * time.Millisecond), "2026-11-30T09:00:00Z (0s ago)"},
 		{now.Add(-3 * time.Hour), "2026-11-30T06:00:00Z (3h ago)"},
 	} {
