@@ -208,7 +208,8 @@ func New(cfg Config) (*Controller, error) {
 		srv.TLS = &api.TLS{CA: sec.ca, Dial: sec.dial}
 	}
 	c := &Controller{cfg: cfg, lis: lis, node: node, api: srv, placer: placer, duties: duties, log: lg, trail: trail, sec: sec}
-	srv.Auth = &auth.Authorizer{Store: node.Store, Recorder: srv.AuditRecorder, Disabled: cfg.NoAuth, WaitChange: node.WaitChange}
+	srv.Auth = &auth.Authorizer{Store: node.Store, Recorder: srv.AuditRecorder, Disabled: cfg.NoAuth, WaitChange: node.WaitChange,
+		KnowsLeader: func() bool { return node.LeaderID() != "" }}
 	switch {
 	case cfg.NoAuth: // no callers to tell apart: tests of what predates authentication
 	case cfg.RateLimit == 0:

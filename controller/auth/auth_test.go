@@ -227,3 +227,35 @@ func otherLast(tok string) string {
 	}
 	return tok[:len(tok)-1] + last
 }
+
+// A controller that hears from no leader (restarted during an election,
+// its log not replayed) answers a token it does not know UNAVAILABLE,
+// which clients retry elsewhere, and records no failed login; a known
+// token still works, and once a leader is heard the unknown token is
+// UNAUTHENTICATED again.
+func TestUnknownTokenWithoutLeader(t *testing.T) {
+	a, rec, tok := newFixture(t)
+	leader := false
+	a.KnowsLeader = func() bool { return leader }
+	unknown, _, _, err := NewToken()
+	if err != nil {
+		t.Fatal(err)
+	}
+	list := yunchiv1.VMService_ListVMs_FullMethodName
+	if _, err := call(a, unknown, list, &yunchiv1.ListVMsRequest{}); status.Code(err) != codes.Unavailable {
+		t.Fatalf("unknown token, no leader: %v, want Unavailable", err)
+	}
+	if len(rec.failed) != 0 {
+		t.Fatalf("recorded as failed logins: %v", rec.failed)
+	}
+	if _, err := call(a, tok["sys"], list, &yunchiv1.ListVMsRequest{}); err != nil {
+		t.Fatalf("known token, no leader: %v", err)
+	}
+	if _, err := call(a, otherLast(tok["sys"]), list, &yunchiv1.ListVMsRequest{}); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("wrong secret, no leader: %v, want Unauthenticated", err)
+	}
+	leader = true
+	if _, err := call(a, unknown, list, &yunchiv1.ListVMsRequest{}); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("unknown token, leader heard: %v, want Unauthenticated", err)
+	}
+}

@@ -69,6 +69,13 @@ type Authorizer struct {
 	// CatchUpWait: a token made a moment ago through the leader may not
 	// have reached this follower yet.
 	WaitChange func(ctx context.Context) bool
+	// KnowsLeader, when set, says whether this controller hears from a
+	// leader. A token still unknown after CatchUpWait on one that does
+	// not (a controller restarted during an election has not replayed
+	// its log) is answered UNAVAILABLE, so that clients try another
+	// controller or wait for the election, not UNAUTHENTICATED, which
+	// they do not retry; it is not a failed login.
+	KnowsLeader func() bool
 	// Limiter bounds each caller's requests (nil: no limit).
 	Limiter *Limiter
 	// Escalate, when set, sends a unary call this controller refused to
@@ -139,6 +146,9 @@ var errUnauthenticated = status.Error(codes.Unauthenticated,
 // user): the reason goes to the audit trail, not to the caller.
 var errBadToken = status.Error(codes.Unauthenticated, "authentication failed: the token is unknown, revoked or expired")
 
+// errNoLeaderYet answers a token this controller cannot know yet.
+var errNoLeaderYet = status.Error(codes.Unavailable, "this controller hears from no leader and may not have every token yet: try another controller, or again after the election")
+
 // authenticate resolves the caller of ctx.
 func (a *Authorizer) authenticate(ctx context.Context, method string) (*Principal, error) {
 	src := sourceOf(ctx)
@@ -194,6 +204,9 @@ func (a *Authorizer) authenticate(ctx context.Context, method string) (*Principa
 			t, u, found = a.Store.Credential(id)
 		}
 		cancel()
+	}
+	if !found && a.KnowsLeader != nil && !a.KnowsLeader() {
+		return nil, errNoLeaderYet
 	}
 	if !found {
 		a.loginFailed(ctx, method, id, "", "unknown token")

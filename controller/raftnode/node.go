@@ -465,14 +465,20 @@ func (n *Node) WatchLeadership(ctx context.Context, fn func(leader bool)) {
 }
 
 // WaitChange waits, within ctx, for the next change this node applies,
-// and reports whether one came; on the leader it returns false at once
-// (the leader applied every entry before answering the client that asked
-// for it). A follower uses it to wait for a credential created through the
-// leader a moment ago that its log does not hold yet: read your own writes,
-// for authentication.
+// and reports whether one came. A follower uses it to wait for a
+// credential created through the leader a moment ago that its log does
+// not hold yet: read your own writes, for authentication. A leader that
+// has caught up returns false at once (it applied every entry before
+// answering the client that asked for it); a new one first catches up
+// (CaughtUp) and reports true: until its first commit in the term it has
+// not applied the entries of earlier terms, such as a token made before
+// the election.
 func (n *Node) WaitChange(ctx context.Context) bool {
 	if n.Raft.State() == raft.Leader {
-		return false
+		if n.caughtUpTerm.Load() == n.Raft.CurrentTerm() {
+			return false
+		}
+		return n.CaughtUp(ctx) == nil
 	}
 	select {
 	case <-n.Store.Changed():
