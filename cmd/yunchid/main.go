@@ -168,6 +168,7 @@ func agentCmd() *cli.Command {
 			&cli.StringFlag{Name: "credentials-dir", Usage: "where the host's certificate, the cluster CA and the host token are kept (made at the first start)"},
 			&cli.StringFlag{Name: "join-token", Usage: "first start: one-time token from `yunchi host join-token create`", EnvVars: []string{"YUNCHI_JOIN_TOKEN"}},
 			&cli.StringFlag{Name: "ca-cert-hash", Usage: "first start: sha256:<hex> pin of the cluster CA, as the bootstrap controller printed it"},
+			&cli.StringFlag{Name: "status-listen", Usage: "`ADDR` (host:port) of a local status listener, plain HTTP without authentication (keep it on loopback): GET /domains (what libvirt runs, JSON), /metrics, /healthz (default: none)"},
 		},
 		Action: func(c *cli.Context) error {
 			labels, err := agentLabels(c.StringSlice("label"))
@@ -178,6 +179,14 @@ func agentCmd() *cli.Command {
 			if err != nil {
 				return err
 
+			}
+			var status *agent.StatusServer
+			if addr := c.String("status-listen"); addr != "" {
+				// Bound before joining or registering: a bad or busy address fails first.
+				if status, err = agent.ListenStatus(addr); err != nil {
+					return fmt.Errorf("--status-listen: %w", err)
+				}
+				defer status.Close()
 			}
 			var dial []grpc.DialOption
 			if c.Bool("insecure") {
@@ -213,6 +222,10 @@ func agentCmd() *cli.Command {
 				LibvirtURI: c.String("libvirt-uri"), Controllers: splitList(c.String("controllers")),
 				HeartbeatInterval: c.Duration("heartbeat"), DialOptions: dial, Token: token,
 			}, drv)
+			if status != nil {
+				stop := status.Start(c.Context, c.String("host-id"), drv, slog.Default())
+				defer stop() // before drv.Close
+			}
 			return a.Run(c.Context)
 		},
 	}
