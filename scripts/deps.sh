@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what Yunchi needs to build and test on Debian 12, only if missing.
-#   scripts/deps.sh         build + test dependencies (C compiler, libvirt headers, pkg-config)
+#   scripts/deps.sh         build + test dependencies (C compiler, libvirt headers, pkg-config, iproute2)
 #   scripts/deps.sh proto   also protoc and the well-known protos
 set -euo pipefail
 need=()
@@ -9,6 +9,9 @@ command -v gcc >/dev/null 2>&1 || need+=(gcc)
 [ -f /usr/include/stdlib.h ] || need+=(libc6-dev)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 pkg-config --exists libvirt 2>/dev/null || need+=(libvirt-dev)
+# The chaos harness (internal/chaos) runs each process in a network namespace
+# of its own: iproute2's ip makes them and cuts their links.
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
 if [ "${1:-}" = proto ]; then
   command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
   [ -f /usr/include/google/protobuf/timestamp.proto ] || need+=(libprotobuf-dev)

@@ -28,7 +28,38 @@ import (
 var (
 	tokenMu sync.Mutex
 	token   string
+	dialer  func(ctx context.Context, network, addr string) (net.Conn, error)
+	client  = http.DefaultClient
 )
+
+// SetDialer makes every helper here connect with dial (nil: the default
+// dialer), e.g. from inside a test's network namespace
+// (internal/netns), and returns the one it replaces. Like SetToken it is
+// for the whole test process.
+func SetDialer(dial func(ctx context.Context, network, addr string) (net.Conn, error)) (previous func(ctx context.Context, network, addr string) (net.Conn, error)) {
+	tokenMu.Lock()
+	defer tokenMu.Unlock()
+	previous, dialer = dialer, dial
+	if dial == nil {
+		client = http.DefaultClient
+	} else {
+		client = &http.Client{Transport: &http.Transport{DialContext: dial, MaxIdleConnsPerHost: 8}}
+	}
+	return previous
+}
+
+// Dialer is the dialer set with SetDialer (nil: the default).
+func Dialer() func(ctx context.Context, network, addr string) (net.Conn, error) {
+	tokenMu.Lock()
+	defer tokenMu.Unlock()
+	return dialer
+}
+
+func httpClient() *http.Client {
+	tokenMu.Lock()
+	defer tokenMu.Unlock()
+	return client
+}
 
 // SetToken sets the bearer token every helper here sends (REST
 // Authorization header, gRPC authorization metadata); "" sends none. It
@@ -68,7 +99,11 @@ func Dial(addr string) (*grpc.ClientConn, error) {
 
 // DialToken is Dial with a given token ("" sends none).
 func DialToken(addr, tok string) (*grpc.ClientConn, error) {
-	return grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithPerRPCCredentials(Bearer(tok)))
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithPerRPCCredentials(Bearer(tok))}
+	if d := Dialer(); d != nil {
+		opts = append(opts, grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) { return d(ctx, "tcp", addr) }))
+	}
+	return grpc.NewClient(addr, opts...)
 }
 
 // Do sends one JSON request to a controller's REST API and returns the HTTP
@@ -92,7 +127,7 @@ func DoWith(addr, method, path, body string, header http.Header) (int, []byte, e
 		req.Header[k] = v
 	}
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := httpClient().Do(req)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -114,7 +149,7 @@ func get(addr, path string) (int, []byte, error) {
 	if tok := Token(); tok != "" {
 		req.Header.Set("Authorization", "Bearer "+tok)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := httpClient().Do(req)
 	if err != nil {
 		return 0, nil, err
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/yunchi/yunchi/controller"
 	"github.com/yunchi/yunchi/internal/apitest"
 	"github.com/yunchi/yunchi/internal/daemon"
+	"github.com/yunchi/yunchi/internal/netns"
 )
 
 var (
@@ -85,17 +86,28 @@ type Proc struct {
 	Name string
 	Args []string
 	Dir  string
+	// Node is the network namespace it runs in (nil: the test's own, on
+	// loopback).
+	Node *netns.Node
+	net  *netns.Net
 	d    *daemon.Proc
 }
 
 func (p *Proc) start(t testing.TB, bin string) {
 	t.Helper()
-	d, err := daemon.Start(bin, p.Args, filepath.Join(p.Dir, p.Name+".log"), false)
+	args := p.Args
+	if p.Node != nil {
+		bin, args = p.net.Command(p.Node, bin, args...)
+	}
+	d, err := daemon.Start(bin, args, filepath.Join(p.Dir, p.Name+".log"), false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	p.d = d
 }
+
+// Pid is the process id (of the last start).
+func (p *Proc) Pid() int { return p.d.Pid() }
 
 // Running says whether the process is still up.
 func (p *Proc) Running() bool { return p.d.Running() }
@@ -138,15 +150,71 @@ type Cluster struct {
 	bin, dir    string
 	Controllers []*Controller
 	Agents      []*Agent
+	// Net is the cluster's network when it runs in namespaces (NewNetns):
+	// one per process, faults on its links. nil on loopback.
+	Net *netns.Net
+	// ControllerArgs are added to every controller's command line, and
+	// AgentArgs (given the agent's namespace, nil on loopback) to every
+	// agent's: set them before starting any.
+	ControllerArgs []string
+	AgentArgs      func(hostID string, node *netns.Node) []string
 	// Tokens are the administrators' tokens the first controller made
 	// (set by StartControllers). The apitest helpers send the sysadmin's
 	// for the rest of the test; CLI runs get it with Env.
 	Tokens controller.AdminTokens
 }
 
-// New returns an empty cluster; Stop runs at test cleanup.
+// New returns an empty cluster on loopback; Stop runs at test cleanup.
 func New(t testing.TB) *Cluster {
 	c := &Cluster{t: t, bin: Binary(t), dir: t.TempDir()}
+	c.cleanup()
+	return c
+}
+
+// NewNetns returns an empty cluster whose processes will each run in a
+// network namespace of their own, joined by a bridge (internal/netns), so
+// tests can cut links between them. The test reaches them from the
+// bridge's hub: every apitest helper dials through it until the test ends.
+// It skips the test where namespaces cannot be made (not root, no ip).
+func NewNetns(t testing.TB) *Cluster {
+	if why := netns.Available(); why != "" {
+		t.Skip(why)
+	}
+	n, err := netns.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &Cluster{t: t, bin: Binary(t), dir: t.TempDir(), Net: n}
+	prev := apitest.SetDialer(n.Dial)
+	t.Cleanup(func() {
+		// Runs after cleanup's (registered later, run first): the
+		// processes are gone by now.
+		apitest.SetDialer(prev)
+		if err := n.Close(); err != nil {
+			t.Errorf("remove the test's network namespaces: %v", err)
+		}
+	})
+	c.cleanup()
+	return c
+}
+
+// node makes the namespace a process named name runs in (nil on loopback).
+func (c *Cluster) node(name string) *netns.Node {
+	c.t.Helper()
+	if c.Net == nil {
+		return nil
+	}
+	nd, err := c.Net.Add(name)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return nd
+}
+
+// cleanup registers the end of the cluster: its processes stopped, their
+// logs shown when the test failed.
+func (c *Cluster) cleanup() {
+	t := c.t
 	prev := apitest.SetToken("")
 	t.Cleanup(func() {
 		apitest.SetToken(prev)
@@ -165,7 +233,6 @@ func New(t testing.TB) *Cluster {
 			}
 		}
 	})
-	return c
 }
 
 func tail(s string, n int) string {
@@ -183,12 +250,20 @@ func (c *Cluster) StartControllers(n int) {
 	c.t.Helper()
 	centers := []string{"a1", "a2", "b1"}
 	for i := 0; i < n; i++ {
-		ctl := &Controller{ID: fmt.Sprintf("c%d", i+1), Center: centers[i%3], API: FreePort(c.t), Raft: FreePort(c.t)}
-		ctl.Proc = &Proc{Name: "controller-" + ctl.ID, Dir: c.dir, Args: []string{
+		id := fmt.Sprintf("c%d", i+1)
+		ctl := &Controller{ID: id, Center: centers[i%3]}
+		nd := c.node(id)
+		if nd != nil {
+			ctl.API, ctl.Raft = nd.Addr(8470), nd.Addr(8480)
+		} else {
+			ctl.API, ctl.Raft = FreePort(c.t), FreePort(c.t)
+		}
+		ctl.Proc = &Proc{Name: "controller-" + ctl.ID, Dir: c.dir, Node: nd, net: c.Net, Args: []string{
 			"--log-level", "info", "controller", "--id", ctl.ID, "--center", ctl.Center,
 			"--listen", ctl.API, "--raft-listen", ctl.Raft, "--data-dir", filepath.Join(c.dir, ctl.ID),
 			"--insecure", // plaintext on loopback; TLS has its own tests (cmd/yunchid/tls_test.go)
 		}}
+		ctl.Args = append(ctl.Args, c.ControllerArgs...)
 		if i == 0 {
 			ctl.Args = append(ctl.Args, "--bootstrap")
 		} else {
@@ -208,10 +283,22 @@ func (c *Cluster) StartControllers(n int) {
 	c.WaitVoters(n, 60*time.Second)
 }
 
+// DataDir is where controller id keeps its data (made when it starts: a
+// test may mount something there first).
+func (c *Cluster) DataDir(id string) string { return filepath.Join(c.dir, id) }
+
 // Restart starts a stopped or killed controller again on its data dir.
 func (c *Cluster) Restart(ctl *Controller) {
 	c.t.Helper()
 	ctl.start(c.t, c.bin)
+}
+
+// RestartAgent starts a stopped or killed agent again (same host, same
+// token, same simulated node: libvirt's test driver starts it with no
+// domains, as a rebooted host).
+func (c *Cluster) RestartAgent(a *Agent) {
+	c.t.Helper()
+	a.start(c.t, c.bin)
 }
 
 // StartAgent starts an agent for a simulated host with the given size. The
@@ -227,12 +314,16 @@ func (c *Cluster) StartAgent(hostID, center string, cpus int, memBytes, diskByte
 		c.t.Fatal(err)
 	}
 	tokFile := c.hostTokenFile(hostID)
-	a := &Agent{HostID: hostID, Proc: &Proc{Name: "agent-" + hostID, Dir: c.dir, Args: []string{
+	nd := c.node(hostID)
+	a := &Agent{HostID: hostID, Proc: &Proc{Name: "agent-" + hostID, Dir: c.dir, Node: nd, net: c.Net, Args: []string{
 		"agent", "--host-id", hostID, "--center", center, "--libvirt-uri", uri,
 		"--disk-bytes", fmt.Sprint(diskBytes), "--controllers", c.apiListFrom(len(c.Agents)), "--heartbeat", "500ms",
 		"--token-file", tokFile,
 		"--insecure",
 	}}}
+	if c.AgentArgs != nil {
+		a.Args = append(a.Args, c.AgentArgs(hostID, nd)...)
+	}
 	a.start(c.t, c.bin)
 	c.Agents = append(c.Agents, a)
 	return a
