@@ -6,7 +6,7 @@ GO ?= go
 BIN := bin
 PROTO_SRC := $(wildcard proto/yunchi/v1/*.proto proto/yunchi/state/v1/*.proto)
 
-.PHONY: all deps build dev test fuzz-short proto bench bench-controller clean
+.PHONY: all deps build dev test fuzz-short proto bench bench-controller chaos clean
 
 all: build
 
@@ -48,6 +48,14 @@ fuzz-short:
 				-test.fuzzcachedir "$$cache/$$imp") || exit 1; \
 		done; \
 	done
+
+# Fault scenarios under a recorded workload, every checker on each
+# (docs/reliability.md): a few minutes; prints each scenario's figures as
+# name: value lines; fails on any violation. `make test` runs the short set.
+# CHAOS_FLAGS: -chaos.seed N (replay), -chaos.run REGEXP, -chaos.out DIR.
+CHAOS_FLAGS ?=
+chaos: deps
+	$(GO) test -count=1 -timeout 20m -run '^TestChaos$$' -v ./internal/chaos -chaos.full $(CHAOS_FLAGS)
 
 # Regenerate the gRPC, gateway and OpenAPI code from the protos. Offline:
 # protoc from Debian (protobuf-compiler), plugins pinned in go.mod's tool

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/urfave/cli/v2"
 	"google.golang.org/grpc"
@@ -23,6 +24,7 @@ import (
 	"github.com/yunchi/yunchi/cmd/yunchid/devcluster"
 	"github.com/yunchi/yunchi/controller"
 	"github.com/yunchi/yunchi/controller/api"
+	"github.com/yunchi/yunchi/internal/clock"
 	"github.com/yunchi/yunchi/internal/pki"
 	"github.com/yunchi/yunchi/scheduler"
 )
@@ -116,11 +118,18 @@ func controllerCmd() *cli.Command {
 			&cli.StringFlag{Name: "join-token", Usage: "with --join, first start: the one-time token from: yunchi cluster join-token create (with --insecure: a sysadmin's API token, the bootstrap controller prints one)", EnvVars: []string{"YUNCHI_JOIN_TOKEN"}},
 			&cli.StringFlag{Name: "ca-cert-hash", Usage: "with --join, first start: sha256:<hex> pin of the cluster CA, as the bootstrap controller printed it"},
 			&cli.Float64Flag{Name: "rate-limit", Value: 500, Usage: "requests per second each token may make (burst: twice that); over it a call gets 429 / RESOURCE_EXHAUSTED with Retry-After; 0: no limit"},
+			// For fault tests only (the chaos harness's clock jumps):
+			// hidden from help, never set in production.
+			&cli.StringFlag{Name: "fault-clock-file", Hidden: true, Usage: "FILE holding a duration this controller's wall clock is shifted by, re-read every 100 ms (fault tests)"},
 		},
 		Action: func(c *cli.Context) error {
 			seg, err := segmentSize(c.String("raft-segment-size"))
 			if err != nil {
 				return err
+			}
+			if path := c.String("fault-clock-file"); path != "" {
+				slog.Warn("wall clock follows a fault-test file (--fault-clock-file)", "file", path)
+				go clock.Follow(c.Context, path, 100*time.Millisecond)
 			}
 			ctl, err := controller.New(controller.Config{
 				LogSegmentSize:   seg,

@@ -12,6 +12,7 @@ import (
 
 	"github.com/yunchi/yunchi/controller/auth"
 	"github.com/yunchi/yunchi/controller/state"
+	"github.com/yunchi/yunchi/internal/clock"
 	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 )
@@ -175,7 +176,7 @@ func userOut(u *statev1.UserRecord) *yunchiv1.User {
 		Name: u.Name, Department: u.Department, Role: yunchiv1.Role(u.Role), RoleName: state.RoleName(u.Role),
 		Projects: append([]string{}, u.Projects...), CreatedAt: ts(u.CreatedUnixNano), DisplayName: u.DisplayName,
 	}
-	if u.LockedUntilUnixNano > time.Now().UnixNano() {
+	if u.LockedUntilUnixNano > clock.Now().UnixNano() {
 		out.LockedUntil = ts(u.LockedUntilUnixNano)
 	}
 	return out
@@ -348,7 +349,7 @@ func (t *TenancyServer) CreateToken(ctx context.Context, req *yunchiv1.CreateTok
 	}
 	rec := &statev1.TokenRecord{Id: id, User: req.User, HostId: req.HostId, SecretHash: hash, Description: req.Description}
 	if ttl > 0 {
-		rec.ExpiresUnixNano = time.Now().Add(ttl).UnixNano()
+		rec.ExpiresUnixNano = clock.Now().Add(ttl).UnixNano()
 	}
 	res, err := t.s.apply(ctx, &statev1.Command{Cmd: &statev1.Command_CreateToken{CreateToken: &statev1.CreateToken{Token: rec}}})
 	if err != nil {

@@ -103,7 +103,24 @@ type File struct {
 	last uint64
 	hash []byte
 	err  error // the last write error (the trail is then incomplete here)
+	// pending are the records not known to be on disk: appended since the
+	// last successful flush, or refused by a failed write. After a write
+	// error (a full disk) they are written again once the file can be
+	// written (recoverLocked), so that the trail has no gap when space
+	// comes back: a bufio.Writer's error is final, so the file is opened
+	// anew. At most maxPending are kept; older ones are then missing here
+	// until a restart replays the raft log.
+	pending   []*statev1.AuditRecord
+	dropped   bool
+	nextRetry time.Time
 }
+
+// maxPending bounds the records kept in memory while the file cannot be
+// written.
+const maxPending = 100_000
+
+// retryEvery is how often a failed file is tried again.
+const retryEvery = time.Second
 
 // OpenFile opens (or creates) the trail in dir. A last line cut short by a
 // crash is dropped (the raft log replays it).
@@ -195,19 +212,97 @@ func (a *File) Append(rec *statev1.AuditRecord) {
 	if rec.Seq <= a.last {
 		return
 	}
-	if a.last != 0 && rec.Seq != a.last+1 && a.err == nil {
+	if a.err != nil {
+		a.keep(rec)
+		a.recoverLocked()
+		return
+	}
+	if a.last != 0 && rec.Seq != a.last+1 {
 		a.log.Error("audit trail: a record does not follow the file's last one", "seq", rec.Seq, "last", a.last)
 	}
+	a.keep(rec)
+	a.write(rec)
+}
+
+// keep remembers rec until a flush puts it on disk.
+func (a *File) keep(rec *statev1.AuditRecord) {
+	if len(a.pending) >= maxPending {
+		if !a.dropped {
+			a.log.Error("audit trail: too many records waiting for the disk; the oldest are missing here until a restart replays them", "path", a.path)
+		}
+		a.dropped = true
+		a.pending = a.pending[1:]
+	}
+	a.pending = append(a.pending, rec)
+}
+
+// write buffers rec; an error marks the file failed.
+func (a *File) write(rec *statev1.AuditRecord) {
 	b := LineOf(rec).Marshal()
 	if _, err := a.w.Write(b); err != nil {
-		if a.err == nil {
-			a.log.Error("audit trail: cannot write; records are missing here until it can", "path", a.path, "err", err)
-		}
-		a.err = err
+		a.failed(err)
 		return
 	}
 	a.size += int64(len(b))
 	a.last, a.hash = rec.Seq, rec.Hash
+}
+
+func (a *File) failed(err error) {
+	if a.err == nil {
+		a.log.Error("audit trail: cannot write; records wait in memory until it can", "path", a.path, "err", err)
+	}
+	a.err = err
+	a.nextRetry = time.Now().Add(retryEvery)
+}
+
+// flushLocked writes what is buffered; the pending records are then on
+// disk.
+func (a *File) flushLocked() error {
+	if a.err != nil {
+		a.recoverLocked()
+		if a.err != nil {
+			return a.err
+		}
+	}
+	if err := a.w.Flush(); err != nil {
+		a.failed(err)
+		return err
+	}
+	a.pending = a.pending[:0]
+	return nil
+}
+
+// recoverLocked tries, at most every retryEvery, to write again after a
+// write error: it opens the file anew (dropping a line cut short) and
+// writes the pending records it does not hold.
+func (a *File) recoverLocked() {
+	if a.err == nil || time.Now().Before(a.nextRetry) {
+		return
+	}
+	a.nextRetry = time.Now().Add(retryEvery)
+	a.f.Close()
+	if err := a.open(); err != nil {
+		a.err = err
+		return
+	}
+	prev := a.err
+	a.err = nil
+	for _, rec := range a.pending {
+		if rec.Seq > a.last {
+			a.write(rec)
+			if a.err != nil {
+				return
+			}
+		}
+	}
+	if err := a.w.Flush(); err != nil {
+		a.failed(err)
+		return
+	}
+	a.pending = a.pending[:0]
+	if !a.dropped {
+		a.log.Info("audit trail: writing again; no record missing", "path", a.path, "after", prev)
+	}
 }
 
 // Archived rewrites the file without the records through seq.
@@ -274,7 +369,7 @@ const maxLine = 1 << 20
 func (a *File) Flush() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.w.Flush()
+	return a.flushLocked()
 }
 
 // Close flushes and closes the file.
@@ -304,7 +399,7 @@ func (a *File) Err() error {
 func (a *File) Reader() (io.ReadCloser, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if err := a.w.Flush(); err != nil {
+	if err := a.flushLocked(); err != nil {
 		return nil, err
 	}
 	f, err := os.Open(a.path)
@@ -349,6 +444,7 @@ func (a *File) Restore(r io.Reader, head *statev1.AuditHead) error {
 		a.log.Error("audit trail: the snapshot's records do not end at its head", "last", a.last, "head", head.GetSeq())
 	}
 	a.err = nil
+	a.pending, a.dropped = a.pending[:0], false
 	return nil
 }
 

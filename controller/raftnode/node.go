@@ -19,6 +19,7 @@ import (
 
 	"github.com/yunchi/yunchi/controller/raftstore"
 	"github.com/yunchi/yunchi/controller/state"
+	"github.com/yunchi/yunchi/internal/clock"
 	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
 )
 
@@ -330,7 +331,7 @@ var ErrTimeout = errors.New("raft: command not accepted in time")
 // rejection (a *state.Error) or a raft error such as raft.ErrNotLeader.
 func (n *Node) Apply(ctx context.Context, cmd *statev1.Command) (state.Result, error) {
 	cmd.Version = state.CommandVersion
-	cmd.UnixNano = time.Now().UnixNano()
+	cmd.UnixNano = clock.Now().UnixNano()
 	// The API request's idempotency key, if it has one: Apply answers a
 	// key it already holds with the first outcome.
 	if ri, ok := state.RequestFrom(ctx); ok {

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -90,7 +91,9 @@ type Proc struct {
 	// loopback).
 	Node *netns.Node
 	net  *netns.Net
-	d    *daemon.Proc
+	// d is the process of the last start: a restart replaces it while
+	// other goroutines of the test may ask whether it runs.
+	d atomic.Pointer[daemon.Proc]
 }
 
 func (p *Proc) start(t testing.TB, bin string) {
@@ -103,28 +106,28 @@ func (p *Proc) start(t testing.TB, bin string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.d = d
+	p.d.Store(d)
 }
 
 // Pid is the process id (of the last start).
-func (p *Proc) Pid() int { return p.d.Pid() }
+func (p *Proc) Pid() int { return p.d.Load().Pid() }
 
 // Running says whether the process is still up.
-func (p *Proc) Running() bool { return p.d.Running() }
+func (p *Proc) Running() bool { return p.d.Load().Running() }
 
 // Kill sends SIGKILL to the process (by its pid) and waits for it.
-func (p *Proc) Kill() { p.d.Kill() }
+func (p *Proc) Kill() { p.d.Load().Kill() }
 
 // Freeze stops the process with SIGSTOP: its sockets stay open but it
 // answers nothing, like a hung process. Thaw, Stop and Kill end it.
-func (p *Proc) Freeze() { p.d.Freeze() }
+func (p *Proc) Freeze() { p.d.Load().Freeze() }
 
 // Thaw lets a frozen process run again (SIGCONT).
-func (p *Proc) Thaw() { p.d.Thaw() }
+func (p *Proc) Thaw() { p.d.Load().Thaw() }
 
 // Stop sends SIGTERM and waits up to 10 s, then SIGKILL. A frozen process
 // is thawed first, or it could not act on SIGTERM.
-func (p *Proc) Stop() { p.d.Stop() }
+func (p *Proc) Stop() { p.d.Load().Stop() }
 
 // Log returns what the process wrote so far.
 func (p *Proc) Log() string {
@@ -153,10 +156,10 @@ type Cluster struct {
 	// Net is the cluster's network when it runs in namespaces (NewNetns):
 	// one per process, faults on its links. nil on loopback.
 	Net *netns.Net
-	// ControllerArgs are added to every controller's command line, and
-	// AgentArgs (given the agent's namespace, nil on loopback) to every
-	// agent's: set them before starting any.
-	ControllerArgs []string
+	// ControllerArgs are added to every controller's command line (given
+	// its id), and AgentArgs (given the agent's namespace, nil on
+	// loopback) to every agent's: set them before starting any.
+	ControllerArgs func(id string) []string
 	AgentArgs      func(hostID string, node *netns.Node) []string
 	// Tokens are the administrators' tokens the first controller made
 	// (set by StartControllers). The apitest helpers send the sysadmin's
@@ -263,7 +266,9 @@ func (c *Cluster) StartControllers(n int) {
 			"--listen", ctl.API, "--raft-listen", ctl.Raft, "--data-dir", filepath.Join(c.dir, ctl.ID),
 			"--insecure", // plaintext on loopback; TLS has its own tests (cmd/yunchid/tls_test.go)
 		}}
-		ctl.Args = append(ctl.Args, c.ControllerArgs...)
+		if c.ControllerArgs != nil {
+			ctl.Args = append(ctl.Args, c.ControllerArgs(id)...)
+		}
 		if i == 0 {
 			ctl.Args = append(ctl.Args, "--bootstrap")
 		} else {
@@ -272,7 +277,7 @@ func (c *Cluster) StartControllers(n int) {
 		ctl.start(c.t, c.bin)
 		c.Controllers = append(c.Controllers, ctl)
 		if i == 0 {
-			toks, err := daemon.WaitAdminTokens(context.Background(), ctl.d, filepath.Join(c.dir, ctl.ID), 60*time.Second)
+			toks, err := daemon.WaitAdminTokens(context.Background(), ctl.d.Load(), filepath.Join(c.dir, ctl.ID), 60*time.Second)
 			if err != nil {
 				c.t.Fatalf("controller %s: %v", ctl.ID, err)
 			}
