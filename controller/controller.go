@@ -209,7 +209,7 @@ func New(cfg Config) (*Controller, error) {
 	}
 	c := &Controller{cfg: cfg, lis: lis, node: node, api: srv, placer: placer, duties: duties, log: lg, trail: trail, sec: sec}
 	srv.Auth = &auth.Authorizer{Store: node.Store, Recorder: srv.AuditRecorder, Disabled: cfg.NoAuth, WaitChange: node.WaitChange,
-		KnowsLeader: func() bool { return node.LeaderID() != "" }}
+		Leader: node.IsLeader}
 	switch {
 	case cfg.NoAuth: // no callers to tell apart: tests of what predates authentication
 	case cfg.RateLimit == 0:
@@ -219,7 +219,8 @@ func New(cfg Config) (*Controller, error) {
 	}
 	if sec != nil {
 		srv.Auth.PeerIdentity = peerIdentity
-	} else if !cfg.NoAuth {
+	}
+	if !cfg.NoAuth {
 		srv.Auth.Escalate = srv.Escalate
 	}
 	return c, nil

@@ -228,34 +228,65 @@ func otherLast(tok string) string {
 	return tok[:len(tok)-1] + last
 }
 
-// A controller that hears from no leader (restarted during an election,
-// its log not replayed) answers a token it does not know UNAVAILABLE,
-// which clients retry elsewhere, and records no failed login; a known
-// token still works, and once a leader is heard the unknown token is
-// UNAUTHENTICATED again.
-func TestUnknownTokenWithoutLeader(t *testing.T) {
+// Only the leader refuses a token it does not know: a follower's state may
+// lag (restarted and replaying its log), so there an unknown token is sent
+// to the leader (Escalate), with either certificates or none; when it
+// cannot go the answer is UNAVAILABLE, which clients retry, and no failed
+// login is recorded there. Known tokens and wrong secrets are decided
+// locally as ever; on the leader an unknown token is UNAUTHENTICATED and a
+// failed login. Before, a restarted follower answered a valid token
+// UNAUTHENTICATED (found by the chaos harness, kill-follower).
+func TestUnknownTokenDecidedByLeader(t *testing.T) {
 	a, rec, tok := newFixture(t)
 	leader := false
-	a.KnowsLeader = func() bool { return leader }
+	a.Leader = func() bool { return leader }
 	unknown, _, _, err := NewToken()
 	if err != nil {
 		t.Fatal(err)
 	}
 	list := yunchiv1.VMService_ListVMs_FullMethodName
 	if _, err := call(a, unknown, list, &yunchiv1.ListVMsRequest{}); status.Code(err) != codes.Unavailable {
-		t.Fatalf("unknown token, no leader: %v, want Unavailable", err)
+		t.Fatalf("unknown token on a follower that cannot ask the leader: %v, want Unavailable", err)
 	}
 	if len(rec.failed) != 0 {
-		t.Fatalf("recorded as failed logins: %v", rec.failed)
+		t.Fatalf("recorded as failed logins on a follower: %v", rec.failed)
 	}
+	for _, certs := range []bool{false, true} {
+		var escalated []string
+		a.Escalate = func(ctx context.Context, method string, req any) (any, error, bool) {
+			escalated = append(escalated, method)
+			return "the leader's answer", nil, true
+		}
+		a.PeerIdentity = nil
+		if certs {
+			a.PeerIdentity = func(context.Context) (k Kind, id string, ok bool) { return k, id, false }
+		}
+		resp, err := call(a, unknown, list, &yunchiv1.ListVMsRequest{})
+		if err != nil || resp != "the leader's answer" || len(escalated) != 1 {
+			t.Fatalf("certificates %v: unknown token on a follower: %v %v, escalated %v; want the leader's answer", certs, resp, err, escalated)
+		}
+		if _, err := call(a, otherLast(tok["sys"]), list, &yunchiv1.ListVMsRequest{}); status.Code(err) != codes.Unauthenticated && !(certs == false && err == nil) {
+			t.Fatalf("certificates %v: wrong secret on a follower: %v", certs, err)
+		}
+		if certs && len(escalated) != 1 {
+			t.Fatalf("with certificates a wrong secret is refused here, not sent: %v", escalated)
+		}
+	}
+	a.Escalate, a.PeerIdentity = nil, nil
 	if _, err := call(a, tok["sys"], list, &yunchiv1.ListVMsRequest{}); err != nil {
-		t.Fatalf("known token, no leader: %v", err)
+		t.Fatalf("known token on a follower: %v", err)
 	}
-	if _, err := call(a, otherLast(tok["sys"]), list, &yunchiv1.ListVMsRequest{}); status.Code(err) != codes.Unauthenticated {
-		t.Fatalf("wrong secret, no leader: %v, want Unauthenticated", err)
+	for _, f := range rec.failed {
+		if strings.Contains(f, "unknown token") {
+			t.Fatalf("an unknown token was recorded as a failed login on a follower: %v", rec.failed)
+		}
 	}
 	leader = true
+	before := len(rec.failed)
 	if _, err := call(a, unknown, list, &yunchiv1.ListVMsRequest{}); status.Code(err) != codes.Unauthenticated {
-		t.Fatalf("unknown token, leader heard: %v, want Unauthenticated", err)
+		t.Fatalf("unknown token on the leader: %v, want Unauthenticated", err)
+	}
+	if len(rec.failed) != before+1 || !strings.Contains(rec.failed[before], "unknown token") {
+		t.Fatalf("failed logins recorded on the leader: %v, want one more, for the unknown token", rec.failed[before:])
 	}
 }

@@ -70,21 +70,25 @@ type Authorizer struct {
 	// CatchUpWait: a token made a moment ago through the leader may not
 	// have reached this follower yet.
 	WaitChange func(ctx context.Context) bool
-	// KnowsLeader, when set, says whether this controller hears from a
-	// leader. A token still unknown after CatchUpWait on one that does
-	// not (a controller restarted during an election has not replayed
-	// its log) is answered UNAVAILABLE, so that clients try another
-	// controller or wait for the election, not UNAUTHENTICATED, which
-	// they do not retry; it is not a failed login.
-	KnowsLeader func() bool
+	// Leader, when set, says whether this controller is the leader. Only
+	// the leader (caught up, see WaitChange) knows every token there is:
+	// a follower's state may lag (restarted and replaying its log, or cut
+	// off for a while), so a token still unknown to it after CatchUpWait
+	// is not refused there. The call goes to the leader (Escalate), which
+	// decides and records a failed login; if it cannot go, the answer is
+	// UNAVAILABLE, which clients retry, not UNAUTHENTICATED, which they
+	// do not. nil: this controller decides alone (tests).
+	Leader func() bool
 	// Limiter bounds each caller's requests (nil: no limit).
 	Limiter *Limiter
 	// Escalate, when set, sends a unary call this controller refused to
 	// the leader, which refuses it again and records the refusal (ok
-	// false: it could not, and the refusal stands here). Used without
-	// certificates only: there a follower cannot prove itself to the
-	// leader to hand it its own records (see Recorder), so the caller's
-	// call itself goes, with the caller's credentials.
+	// false: it could not, and the refusal stands here). Every refusal
+	// goes without certificates: there a follower cannot prove itself to
+	// the leader to hand it its own records (see Recorder), so the
+	// caller's call itself goes, with the caller's credentials. With
+	// certificates only a token this follower does not know goes (see
+	// Leader); its other refusals it records itself.
 	Escalate func(ctx context.Context, method string, req any) (resp any, err error, ok bool)
 	// Disabled lets every call through with no caller in its context, as
 	// calls made inside the controller (only Go code sets it, through
@@ -147,8 +151,9 @@ var errUnauthenticated = status.Error(codes.Unauthenticated,
 // user): the reason goes to the audit trail, not to the caller.
 var errBadToken = status.Error(codes.Unauthenticated, "authentication failed: the token is unknown, revoked or expired")
 
-// errNoLeaderYet answers a token this controller cannot know yet.
-var errNoLeaderYet = status.Error(codes.Unavailable, "this controller hears from no leader and may not have every token yet: try another controller, or again after the election")
+// errNotKnownHere answers, on a follower, a token it does not know: the
+// leader may (see Authorizer.Leader).
+var errNotKnownHere = status.Error(codes.Unavailable, "this controller does not know the token and cannot ask the leader now (it may still be catching up): try again in a few seconds, or another controller")
 
 // authenticate resolves the caller of ctx.
 func (a *Authorizer) authenticate(ctx context.Context, method string) (*Principal, error) {
@@ -206,8 +211,8 @@ func (a *Authorizer) authenticate(ctx context.Context, method string) (*Principa
 		}
 		cancel()
 	}
-	if !found && a.KnowsLeader != nil && !a.KnowsLeader() {
-		return nil, errNoLeaderYet
+	if !found && a.Leader != nil && !a.Leader() {
+		return nil, errNotKnownHere // not a failed login: the leader decides
 	}
 	if !found {
 		a.loginFailed(ctx, method, id, "", "unknown token")
@@ -434,7 +439,7 @@ func (a *Authorizer) UnaryInterceptor(ctx context.Context, req any, info *grpc.U
 		err = a.scope(actx, info.FullMethod, rule, req)
 	}
 	if err != nil {
-		if a.Escalate != nil && a.PeerIdentity == nil && !forwarded(ctx) {
+		if a.Escalate != nil && (a.PeerIdentity == nil || err == errNotKnownHere) && !forwarded(ctx) {
 			if resp, ferr, ok := a.Escalate(ctx, info.FullMethod, req); ok {
 				return resp, ferr
 			}

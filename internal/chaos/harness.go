@@ -666,7 +666,7 @@ func (p *prober) run(ctx context.Context) {
 			p.ok = append(p.ok, [2]int64{call, p.r.now()})
 			p.mu.Unlock()
 		} else if c := status.Code(err); c != codes.Unavailable && c != codes.DeadlineExceeded && c != codes.Canceled {
-			p.r.violate(Violation{Checker: "probe", Detail: fmt.Sprintf("probe write via %s: %v", addr, err)})
+			p.r.violate(Violation{Checker: "probe", Detail: fmt.Sprintf("probe write via %s at %v: %v", addr, time.Duration(call), err)})
 		}
 		select {
 		case <-ctx.Done():
