@@ -536,8 +536,22 @@ func (r *Run) recover() {
 			r.T.Fatalf("agent %s is not running after the fault healed", a.HostID)
 		}
 	}
-	r.C.WaitVoters(len(r.C.Controllers), 60*time.Second)
-	r.C.WaitConverged(60 * time.Second)
+	if err := apitest.Poll(context.Background(), 60*time.Second, "every controller to know every voter and apply all that is committed", func() bool {
+		var addrs []string
+		for _, ctl := range r.C.Controllers {
+			if st, err := apitest.Status(ctl.API); err != nil || !apitest.Formed(st, len(r.C.Controllers)) {
+				return false
+			}
+			addrs = append(addrs, ctl.API)
+		}
+		return apitest.Converged(addrs)
+	}); err != nil {
+		for _, ctl := range r.C.Controllers {
+			st, serr := apitest.Status(ctl.API)
+			r.T.Logf("controller %s: %v %v", ctl.ID, st, serr)
+		}
+		r.T.Fatal(err)
+	}
 }
 
 // waitReconciled waits until what every agent runs matches the state (and

@@ -27,10 +27,9 @@ var Scenarios = []Scenario{
 	{Name: "clock-jump", Controllers: 3, Leader: true, Inject: clockJump},
 }
 
-// Short is the set `make test` runs: a leader crash and an agent crash.
-// kill-follower and the partitions wait for their open defects' fixes
-// (docs/reliability.md): a red check cannot land.
-var Short = []string{"kill-leader", "agent-crash"}
+// Short is the set `make test` runs: leader and follower crashes, a
+// partition of the leader, an agent crash.
+var Short = []string{"kill-leader", "kill-follower", "partition-leader", "agent-crash"}
 
 func (r *Run) leader() *clustertest.Controller {
 	for range 50 {
