@@ -60,8 +60,8 @@ func Credentials(ctx context.Context, jc JoinConfig) (credentials.TransportCrede
 	return credentials.NewTLS(tc), nil
 }
 
-// join trades the join token for the host's certificate, the cluster CA
-// and a host token, and stores them in jc.Dir (0600 files).
+// join trades the join token for the host's certificate (naming its host)
+// and the cluster CA, and stores them in jc.Dir (0600 files).
 func join(ctx context.Context, jc JoinConfig) error {
 	lg := jc.Logger
 	if lg == nil {

@@ -208,7 +208,7 @@ func New(cfg Config) (*Controller, error) {
 		srv.TLS = &api.TLS{CA: sec.ca, Dial: sec.dial}
 	}
 	c := &Controller{cfg: cfg, lis: lis, node: node, api: srv, placer: placer, duties: duties, log: lg, trail: trail, sec: sec}
-	srv.Auth = &auth.Authorizer{Store: node.Store, Recorder: srv.AuditRecorder, Disabled: cfg.NoAuth, WaitChange: node.WaitChange,
+	srv.Auth = &auth.Authorizer{Store: node.Store, Recorder: srv.AuditRecorder, Log: lg, Disabled: cfg.NoAuth, WaitChange: node.WaitChange,
 		Leader: node.IsLeader}
 	switch {
 	case cfg.NoAuth: // no callers to tell apart: tests of what predates authentication
@@ -238,7 +238,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	defer cancel()
 	m := api.NewMetrics(c.api)
 	gs := c.api.NewGRPCServer(m)
-	h, err := c.api.NewHTTPHandler(ctx, gs, m, api.HTTPOptions{AllowOrigins: c.cfg.CORSAllowOrigins})
+	h, err := c.api.NewHTTPHandler(ctx, m, api.HTTPOptions{AllowOrigins: c.cfg.CORSAllowOrigins})
 	if err != nil {
 		return err
 	}

@@ -2,12 +2,10 @@ package controller
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -18,51 +16,12 @@ import (
 
 const tmpfsSize = 8 << 20
 
-// mountTmpfs mounts a small tmpfs on a new dir under the test's temp dir,
-// unmounted when the test ends (after the cluster, registered later, has
-// stopped). It skips the test where mounting is not allowed.
+// mountTmpfs mounts a small tmpfs on a new dir under the test's temp dir
+// (see apitest.MountTmpfs).
 func mountTmpfs(t *testing.T) string {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount a small tmpfs as a controller's data disk")
-	}
 	dir := filepath.Join(t.TempDir(), "disk")
-	if err := os.Mkdir(dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, fmt.Sprintf("size=%d,mode=0700", tmpfsSize)); err != nil {
-		t.Skipf("cannot mount a tmpfs here (%v): the full-disk test needs it", err)
-	}
-	t.Cleanup(func() {
-		if err := syscall.Unmount(dir, 0); err != nil {
-			if err := syscall.Unmount(dir, syscall.MNT_DETACH); err != nil {
-				t.Errorf("unmount %s: %v", dir, err)
-			}
-		}
-	})
+	apitest.MountTmpfs(t, dir, tmpfsSize)
 	return dir
-}
-
-// fillDisk writes a filler file in dir until the file system is full and
-// returns its path.
-func fillDisk(t *testing.T, dir string) string {
-	t.Helper()
-	path := filepath.Join(dir, "filler")
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	chunk := make([]byte, 4096)
-	for i := 0; i <= tmpfsSize/len(chunk); i++ {
-		if _, err = f.Write(chunk); err != nil {
-			break
-		}
-	}
-	if !errors.Is(err, syscall.ENOSPC) {
-		t.Fatalf("filling %s: got %v, want no space left on device", dir, err)
-	}
-	return path
 }
 
 // TestFullDataDiskRecovers: one controller's data disk (a small tmpfs)
@@ -129,7 +88,7 @@ func testFullDisk(t *testing.T, role string) {
 		t.Fatalf("create %s: no answer but 503 after 100 attempts", name)
 	}
 
-	filler := fillDisk(t, victim.dir)
+	filler := apitest.FillDisk(t, victim.dir)
 	vaddr := victim.ctl.Addr()
 	failing := func() bool {
 		st, err := apitest.Status(vaddr)

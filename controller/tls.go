@@ -19,11 +19,10 @@ import (
 
 // security is a controller's TLS material, loaded (or made) by setupTLS.
 type security struct {
-	ca     *pki.CA
-	server tls.Certificate // the cluster CA's certificate for this controller
-	api    *tls.Config     // the API port
-	peer   *raftnode.PeerTLS
-	dial   credentials.TransportCredentials
+	ca   *pki.CA
+	api  *tls.Config // the API port
+	peer *raftnode.PeerTLS
+	dial credentials.TransportCredentials
 }
 
 // TLSDir is where a controller keeps its TLS files.
@@ -130,7 +129,7 @@ func setupTLS(cfg Config, lg *slog.Logger) (*security, error) {
 	dialCfg := pki.ClientConfig(pool, &server)
 	dialCfg.ServerName = pki.ClusterServerName
 	return &security{
-		ca: ca, server: server, api: apiCfg,
+		ca: ca, api: apiCfg,
 		peer: &raftnode.PeerTLS{Server: pki.PeerServerConfig(server, pool), Client: pki.PeerClientConfig(server, pool)},
 		dial: credentials.NewTLS(dialCfg),
 	}, nil

@@ -168,8 +168,12 @@ func (c *client) ready(ctx context.Context, i int) (*grpc.ClientConn, error) {
 			return cc, nil
 		case connectivity.TransientFailure, connectivity.Shutdown:
 			err := c.unreachable(i, "unreachable")
-			var ue *usageError
-			if !errors.As(err, &ue) && c.tr.tls == nil && probeTLS(c.addrs[i], c.connectTimeout) {
+			// Only when the TCP connection itself worked (no dial error)
+			// can a plaintext failure mean a TLS server.
+			c.mu.Lock()
+			connected := c.dialErr[i] == nil
+			c.mu.Unlock()
+			if connected && c.tr.tls == nil && probeTLS(ctx, c.addrs[i], c.connectTimeout) {
 				return nil, usagef("the controller at %s serves TLS: %s", c.addrs[i], caHint)
 			}
 			return nil, err

@@ -105,9 +105,9 @@ func tlsError(err error) error {
 
 // probeTLS says whether addr answers a TLS handshake (certificate not
 // checked: only to explain a plaintext connection that failed).
-func probeTLS(addr string, timeout time.Duration) bool {
+func probeTLS(ctx context.Context, addr string, timeout time.Duration) bool {
 	d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: timeout}, Config: &tls.Config{InsecureSkipVerify: true}}
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {

@@ -174,7 +174,7 @@ func agentCmd() *cli.Command {
 			&cli.DurationFlag{Name: "heartbeat", Usage: "heartbeat interval (default: what the controller asks at registration)"},
 			&cli.StringFlag{Name: "token-file", EnvVars: []string{"YUNCHI_HOST_TOKEN_FILE"}, Usage: "`FILE` holding this host's token (made with: yunchi token create --host ID); keep it mode 0600"},
 			&cli.BoolFlag{Name: "insecure", Usage: "plaintext to the controllers, no certificate (default: mutual TLS)"},
-			&cli.StringFlag{Name: "credentials-dir", Usage: "where the host's certificate, the cluster CA and the host token are kept (made at the first start)"},
+			&cli.StringFlag{Name: "credentials-dir", Usage: "where the host's certificate and the cluster CA are kept (made at the first start)"},
 			&cli.StringFlag{Name: "join-token", Usage: "first start: one-time token from `yunchi host join-token create`", EnvVars: []string{"YUNCHI_JOIN_TOKEN"}},
 			&cli.StringFlag{Name: "ca-cert-hash", Usage: "first start: sha256:<hex> pin of the cluster CA, as the bootstrap controller printed it"},
 			&cli.StringFlag{Name: "status-listen", Usage: "`ADDR` (host:port) of a local status listener, plain HTTP without authentication (keep it on loopback): GET /domains (what libvirt runs, JSON), /metrics, /healthz (default: none)"},

@@ -57,12 +57,9 @@ func (s *Server) ListAudit(ctx context.Context, req *yunchiv1.ListAuditRequest) 
 	if err := checkTimes(req.SinceUnixNano, req.UntilUnixNano); err != nil {
 		return nil, err
 	}
-	if req.PageSize < 0 || req.PageSize > maxAuditPage {
-		return nil, invalid("page_size %d is out of range: give 1 to %d (0 for %d)", req.PageSize, maxAuditPage, defaultAuditPage)
-	}
-	size := int(req.PageSize)
-	if size == 0 {
-		size = defaultAuditPage
+	size, err := pageSize(req.PageSize, defaultAuditPage, maxAuditPage)
+	if err != nil {
+		return nil, err
 	}
 	var after uint64
 	if req.PageToken != "" {
@@ -285,9 +282,13 @@ func (s *Server) SubmitAuditBatch(ctx context.Context, denied []*statev1.AuditRe
 	}
 	if s.TLS == nil && s.Auth != nil && s.Auth.Escalate != nil {
 		// Without certificates this follower cannot prove itself to the
-		// leader; the refused calls themselves went to the leader
-		// (Escalate), which records them. What could not go is logged.
-		s.log.Debug("refusals left to the leader (no TLS)", "denied", len(denied), "failed_logins", len(failures))
+		// leader, which would refuse the batch (and the Recorder retry it
+		// for ever). Its refusals do not come here: the Authorizer leaves
+		// them to the leader (auth.Authorizer.Escalate). What does comes
+		// from nowhere else, so dropping it records nothing twice: writes
+		// refused here before they reached the leader, and what this
+		// controller queued while it led but could not record then.
+		s.log.Warn("audit: records dropped: a follower without TLS cannot send them to the leader", "denied", len(denied), "failed_logins", len(failures))
 		return nil
 	}
 	conn, err := s.fwd.leaderConn()

@@ -126,7 +126,7 @@ func hostToAPI(hv state.HostView, stats *yunchiv1.HostStats) *yunchiv1.Host {
 		Labels: labels, AdminLabels: h.AdminLabels, Capacity: recResToAPI(h.Capacity), Allocated: resToAPI(sh.Allocated),
 		Reserved: resToAPI(sh.Reserved), Allocatable: resToAPI(alloc),
 		Free: free, Overcommit: over,
-		State: hostStateToAPI(hv.State), VmCount: int32(hv.VMs), Owner: h.Owner,
+		State: hostStateToAPI(hv.Facts.State), VmCount: int32(hv.VMs), Owner: h.Owner,
 		Ratios:       &yunchiv1.Ratios{Cpu: sh.Ratios.CPU, Memory: sh.Ratios.Memory, Disk: sh.Ratios.Disk},
 		RatioSources: &yunchiv1.RatioSources{Cpu: hv.Sources.CPU, Memory: hv.Sources.Memory, Disk: hv.Sources.Disk},
 		HostRatios:   recRatiosToAPI(h.Ratios),

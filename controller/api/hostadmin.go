@@ -55,7 +55,7 @@ func (s *Server) UpdateHost(ctx context.Context, req *yunchiv1.UpdateHostRequest
 		return nil, err
 	}
 	hv, _ = s.store.Host(req.Id)
-	s.log.Info("host updated", "host", req.Id, "state", hv.State, "owner", hv.Host.Owner)
+	s.log.Info("host updated", "host", req.Id, "state", hv.Facts.State, "owner", hv.Host.Owner)
 	return hostToAPI(hv, s.live.Stats(req.Id)), nil
 }
 

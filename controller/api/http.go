@@ -38,14 +38,13 @@ const MinClientPing = 5 * time.Second
 // this controller cannot vouch for, then leader forwarding (so a
 // forwarded call was already authenticated here), then, on the leader, the
 // request id (idempotency key) lookup last.
-func (s *Server) NewGRPCServer(m *Metrics, extra ...grpc.UnaryServerInterceptor) *grpc.Server {
+func (s *Server) NewGRPCServer(m *Metrics) *grpc.Server {
 	unary := []grpc.UnaryServerInterceptor{m.UnaryInterceptor}
 	stream := []grpc.StreamServerInterceptor{m.StreamInterceptor}
 	if s.Auth != nil {
 		unary = append(unary, s.Auth.UnaryInterceptor)
 		stream = append(stream, s.Auth.StreamInterceptor)
 	}
-	unary = append(unary, extra...)
 	// Who asked and what (the audit context commands are recorded with),
 	// after authentication, which names the caller.
 	auditIC := audit.UnaryInterceptor
@@ -71,7 +70,7 @@ func (s *Server) NewGRPCServer(m *Metrics, extra ...grpc.UnaryServerInterceptor)
 	// Every service is registered once, here; those REST serves are also
 	// kept, with their implementation, for NewHTTPHandler's direct calls.
 	s.local = &localServer{gs: gs, unary: unary}
-	ten := s.Tenancy(s.store)
+	ten := s.Tenancy()
 	for _, svc := range []struct {
 		desc *grpc.ServiceDesc
 		impl any
@@ -105,14 +104,20 @@ func (s *Server) NewGRPCServer(m *Metrics, extra ...grpc.UnaryServerInterceptor)
 // controller's gRPC services so REST goes through the same interceptors;
 // /openapi.json; /metrics; /healthz (503 with the reason while this
 // controller cannot vouch for its state). REST requests pass the input
-// rules of restguard.go first.
+// rules of restguard.go first. gRPC goes to the server NewGRPCServer
+// built, which must have been called first.
 //
 // The gateway's gRPC calls stay in this process. A unary call runs the
-// handler directly behind gs's unary interceptors (localconn.go): no
-// HTTP/2 framing, no encoding of either message, no goroutine hand-off.
-// Streams go to gs over an in-memory listener (with gRPC's own transport,
-// not ServeHTTP), which closes when ctx is done or gs stops.
-func (s *Server) NewHTTPHandler(ctx context.Context, gs *grpc.Server, m *Metrics, ho HTTPOptions) (http.Handler, error) {
+// handler directly behind that server's unary interceptors
+// (localconn.go): no HTTP/2 framing, no encoding of either message, no
+// goroutine hand-off. Streams go to the server over an in-memory listener
+// (with gRPC's own transport, not ServeHTTP), which closes when ctx is
+// done or the server stops.
+func (s *Server) NewHTTPHandler(ctx context.Context, m *Metrics, ho HTTPOptions) (http.Handler, error) {
+	if s.local == nil {
+		return nil, errors.New("api: NewHTTPHandler before NewGRPCServer")
+	}
+	gs := s.local.gs
 	var guard *restGuard
 	jsonpb := &runtime.JSONPb{
 		// Zero amounts are spelled out ("allocated": {"vcpus": "0", ...},
@@ -160,13 +165,9 @@ func (s *Server) NewHTTPHandler(ctx context.Context, gs *grpc.Server, m *Metrics
 		return nil, err
 	}
 	// Unary calls run the handlers directly behind the server's
-	// interceptors (localconn.go) when gs is the one s.NewGRPCServer
-	// built; streams, and any other server, go over the in-memory
+	// interceptors (localconn.go); streams go over the in-memory
 	// connection.
-	var cc grpc.ClientConnInterface = conn
-	if s.local != nil && s.local.gs == gs {
-		cc = newLocalConn(s.local, conn)
-	}
+	cc := newLocalConn(s.local, conn)
 	if err := errors.Join(
 		yunchiv1.RegisterVMServiceHandlerClient(ctx, gw, yunchiv1.NewVMServiceClient(cc)),
 		yunchiv1.RegisterHostServiceHandlerClient(ctx, gw, yunchiv1.NewHostServiceClient(cc)),

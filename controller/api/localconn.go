@@ -2,8 +2,6 @@ package api
 
 import (
 	"context"
-	"fmt"
-	"reflect"
 	"sync"
 
 	"google.golang.org/grpc"
@@ -46,16 +44,12 @@ type localService struct {
 	impl any
 }
 
-// newLocalConn panics, as grpc.Server.RegisterService does, if a
-// service's implementation lacks its methods.
+// newLocalConn calls the services of ls, each on its implementation
+// (gs.RegisterService, which NewGRPCServer called for each before it was
+// kept, refused any implementation that lacks its service's methods).
 func newLocalConn(ls *localServer, streams *grpc.ClientConn) *localConn {
 	c := &localConn{methods: map[string]localMethod{}, chain: chainUnary(ls.unary), streams: streams}
 	for _, svc := range ls.services {
-		// What gRPC's own registration checks: a wrong implementation
-		// fails here, at start, not as a panic on the first REST call.
-		if d := svc.desc; d.HandlerType != nil && !reflect.TypeOf(svc.impl).Implements(reflect.TypeOf(d.HandlerType).Elem()) {
-			panic(fmt.Sprintf("api: %T does not implement %s", svc.impl, d.ServiceName))
-		}
 		for _, m := range svc.desc.Methods {
 			c.methods["/"+svc.desc.ServiceName+"/"+m.MethodName] = localMethod{srv: svc.impl, handler: m.Handler}
 		}

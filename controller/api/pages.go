@@ -17,13 +17,13 @@ const (
 	maxPageSize     = 5000
 )
 
-// pageSize reads page_size (0: the default).
-func pageSize(size int32) (int, error) {
-	if size < 0 || size > maxPageSize {
-		return 0, invalid("page_size %d is out of range: give 1 to %d (0 for %d)", size, maxPageSize, defaultPageSize)
+// pageSize reads page_size: 0 asks for def, more than limit is refused.
+func pageSize(size int32, def, limit int) (int, error) {
+	if size < 0 || int64(size) > int64(limit) {
+		return 0, invalid("page_size %d is out of range: give 1 to %d (0 for %d)", size, limit, def)
 	}
 	if size == 0 {
-		return defaultPageSize, nil
+		return def, nil
 	}
 	return int(size), nil
 }
@@ -34,7 +34,7 @@ func badToken(token string) error {
 
 // vmPage reads a VM list's page_size and page_token.
 func vmPage(size int32, token string) (int, state.VMKey, error) {
-	n, err := pageSize(size)
+	n, err := pageSize(size, defaultPageSize, maxPageSize)
 	if err != nil || token == "" {
 		return n, state.VMKey{}, err
 	}
@@ -52,7 +52,7 @@ func vmToken(k state.VMKey) string {
 
 // hostPage reads a host list's page_size and page_token.
 func hostPage(size int32, token string) (int, string, error) {
-	n, err := pageSize(size)
+	n, err := pageSize(size, defaultPageSize, maxPageSize)
 	if err != nil || token == "" {
 		return n, "", err
 	}

@@ -33,27 +33,31 @@ const (
 	maxJoinTTL      = 7 * 24 * time.Hour
 )
 
-// randomText is n characters of [a-z0-9] from crypto/rand.
+// randomText is n random characters of lower-case base32 ([a-z2-7], a
+// subset of the [a-z0-9] tokens were made of before), each uniform: 5
+// bits (crypto/rand.Text).
 func randomText(n int) string {
-	const alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
-	b := make([]byte, n)
-	rand.Read(b) // never fails (crypto/rand)
-	for i := range b {
-		b[i] = alphabet[int(b[i])%len(alphabet)]
+	var b strings.Builder
+	for b.Len() < n {
+		b.WriteString(rand.Text())
 	}
-	return string(b)
+	return strings.ToLower(b.String()[:n])
 }
 
-// parseJoinToken splits "yj_<id>_<secret>"; the error never repeats the
-// token.
-func parseJoinToken(tok string) (id string, hash []byte, err error) {
+// parseJoinToken splits "yj_<id>_<secret>", a token of kind; the error
+// never repeats the token.
+func parseJoinToken(tok string, kind statev1.JoinTokenKind) (id string, hash []byte, err error) {
 	rest, ok := strings.CutPrefix(tok, joinTokenPrefix)
 	id, secret, ok2 := strings.Cut(rest, "_")
 	if !ok || !ok2 || !state.ValidName(id) || len(secret) < 16 {
 		// The join token is the credential of these calls: without a
 		// valid one they are unauthenticated, like any other call
 		// without a token.
-		return "", nil, status.Error(codes.Unauthenticated, "join token is missing or malformed: want yj_<id>_<secret>, as `yunchi host join-token create` printed it")
+		cmd := "host"
+		if kind == statev1.JoinTokenKind_JOIN_TOKEN_KIND_CONTROLLER {
+			cmd = "cluster"
+		}
+		return "", nil, status.Errorf(codes.Unauthenticated, "join token is missing or malformed: want yj_<id>_<secret>, as `yunchi %s join-token create` printed it", cmd)
 	}
 	return id, auth.HashSecret(secret), nil
 }
@@ -139,7 +143,7 @@ func (s *Server) consumeJoin(ctx context.Context, c *statev1.ConsumeJoinToken) (
 // JoinHost trades a host join token for the host's certificate, the CA and
 // a host API token.
 func (s *Server) JoinHost(ctx context.Context, req *yunchiv1.JoinHostRequest) (*yunchiv1.JoinHostResponse, error) {
-	id, hash, err := parseJoinToken(req.JoinToken)
+	id, hash, err := parseJoinToken(req.JoinToken, statev1.JoinTokenKind_JOIN_TOKEN_KIND_HOST)
 	if err != nil {
 		return nil, err
 	}
@@ -169,7 +173,7 @@ func (s *Server) JoinHost(ctx context.Context, req *yunchiv1.JoinHostRequest) (*
 // JoinController trades a controller join token for the cluster CA (with
 // its key) and a certificate for the joining controller.
 func (s *Server) JoinController(ctx context.Context, req *yunchiv1.JoinControllerRequest) (*yunchiv1.JoinControllerResponse, error) {
-	id, hash, err := parseJoinToken(req.JoinToken)
+	id, hash, err := parseJoinToken(req.JoinToken, statev1.JoinTokenKind_JOIN_TOKEN_KIND_CONTROLLER)
 	if err != nil {
 		return nil, err
 	}

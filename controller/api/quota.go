@@ -15,30 +15,6 @@ import (
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 )
 
-// CallerRoleFunc says who is calling: the caller's role and, for a
-// department role, its department; ok is false when the caller is unknown.
-// The access interceptor has already decided the caller may call the
-// method at all, and for the department it names; the quota handlers use
-// this for the finer rule (a department admin sets only project quotas).
-type CallerRoleFunc func(ctx context.Context) (role yunchiv1.Role, dept string, ok bool)
-
-// defaultCallerRole is the caller the access interceptor authenticated;
-// without one (handler tests, calls made inside the controller), a
-// security admin of no department.
-func defaultCallerRole(ctx context.Context) (yunchiv1.Role, string, bool) {
-	if p, ok := auth.FromContext(ctx); ok {
-		return p.Role, p.Department, true
-	}
-	return yunchiv1.Role_ROLE_SECADMIN, "", true
-}
-
-func (s *Server) callerRole(ctx context.Context) (yunchiv1.Role, string, bool) {
-	if s.CallerRole != nil {
-		return s.CallerRole(ctx)
-	}
-	return defaultCallerRole(ctx)
-}
-
 // Largest limits accepted: far beyond any cluster, short of overflow when
 // summed.
 const (
@@ -123,11 +99,12 @@ func (s *Server) SetQuota(ctx context.Context, req *yunchiv1.SetQuotaRequest) (*
 	if err != nil {
 		return nil, err
 	}
-	role, dept, ok := s.callerRole(ctx)
-	switch {
-	case ok && role == yunchiv1.Role_ROLE_SECADMIN:
-	case ok && role == yunchiv1.Role_ROLE_DEPT_ADMIN:
-		if dept != req.Department {
+	// The access interceptor let the caller call SetQuota, for the
+	// department it names; the finer rule is decided here.
+	switch c := caller(ctx); c.Role {
+	case yunchiv1.Role_ROLE_SECADMIN:
+	case yunchiv1.Role_ROLE_DEPT_ADMIN:
+		if c.Department != req.Department {
 			// As for anything of another department: absent.
 			return nil, status.Errorf(codes.NotFound, "department %q not found", req.Department)
 		}

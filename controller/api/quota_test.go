@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/yunchi/yunchi/controller/auth"
 	"github.com/yunchi/yunchi/controller/state"
 	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
@@ -54,7 +55,7 @@ func TestSetQuotaRoles(t *testing.T) {
 		t.Fatalf("secadmin: %v %v", q, err)
 	}
 	as := func(role yunchiv1.Role, dept string) {
-		s.CallerRole = func(context.Context) (yunchiv1.Role, string, bool) { return role, dept, true }
+		ctx = auth.NewContext(context.Background(), &auth.Principal{Kind: auth.KindUser, Name: "someone", Role: role, Department: dept})
 	}
 	as(yunchiv1.Role_ROLE_DEPT_ADMIN, "eco")
 	if q, err := s.SetQuota(ctx, &yunchiv1.SetQuotaRequest{Department: "eco", Project: "air", Vcpus: proto.Int64(8)}); err != nil || q.GetLimit().GetVcpus() != 8 || q.Project != "air" {

@@ -43,7 +43,7 @@ func BenchmarkRESTCreateVM(b *testing.B) {
 	mt := NewMetrics(s)
 	gs := s.NewGRPCServer(mt)
 	b.Cleanup(gs.Stop)
-	h, err := s.NewHTTPHandler(ctx, gs, mt, HTTPOptions{})
+	h, err := s.NewHTTPHandler(ctx, mt, HTTPOptions{})
 	if err != nil {
 		b.Fatal(err)
 	}

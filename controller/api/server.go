@@ -71,10 +71,6 @@ type Server struct {
 	HeartbeatInterval time.Duration
 	// DefaultStrategy is used when a create names none (zero: Binpack).
 	DefaultStrategy scheduler.Strategy
-	// CallerRole says who is calling, for the rules the access
-	// interceptor cannot decide from the method alone (quota.go). nil: a
-	// security admin of no department.
-	CallerRole CallerRoleFunc
 	// Audit is this controller's audit trail (nil: AuditService answers
 	// UNAVAILABLE); AuditRecorder records denied requests and failed
 	// logins (its queue length and drops are metrics).
@@ -337,7 +333,7 @@ func (s *Server) GetCapacity(ctx context.Context, req *yunchiv1.GetCapacityReque
 			centers[h.Center] = c
 		}
 		c.Hosts++
-		if hv.State == statev1.HostState_HOST_STATE_READY {
+		if hv.Facts.State == statev1.HostState_HOST_STATE_READY {
 			c.HostsReady++
 		}
 		c.Vms += int32(hv.VMs)

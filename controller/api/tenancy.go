@@ -24,11 +24,10 @@ type TenancyView interface {
 	Departments() []*statev1.DepartmentRecord
 	Project(name string) (*statev1.ProjectRecord, bool)
 	Projects(dept string) []*statev1.ProjectRecord
-	ProjectDepartment(p string) (string, bool)
-	ProjectUse(p string) int
+	ProjectCounts(p string) (vms, groups int)
+	UserCount(dept string) int
 	User(name string) (*statev1.UserRecord, bool)
 	Users(dept string) []*statev1.UserRecord
-	Token(id string) (*statev1.TokenRecord, bool)
 	Tokens(user string) []*statev1.TokenRecord
 }
 
@@ -39,13 +38,12 @@ type TenancyServer struct {
 	yunchiv1.UnimplementedUserServiceServer
 	yunchiv1.UnimplementedTokenServiceServer
 
-	s    *Server
-	view TenancyView
+	s *Server
 }
 
-// Tenancy returns the tenancy services of s, reading view.
-func (s *Server) Tenancy(view TenancyView) *TenancyServer {
-	return &TenancyServer{s: s, view: view}
+// Tenancy returns the tenancy services of s.
+func (s *Server) Tenancy() *TenancyServer {
+	return &TenancyServer{s: s}
 }
 
 func caller(ctx context.Context) *auth.Principal {
@@ -58,12 +56,12 @@ func caller(ctx context.Context) *auth.Principal {
 
 func (t *TenancyServer) deptOut(ctx context.Context, d *statev1.DepartmentRecord) *yunchiv1.Department {
 	out := &yunchiv1.Department{Name: d.Name, Description: d.Description, CreatedAt: ts(d.CreatedUnixNano), Projects: []string{}}
-	for _, p := range t.view.Projects(d.Name) {
+	for _, p := range t.s.store.Projects(d.Name) {
 		if auth.Sees(ctx, p.Name) {
 			out.Projects = append(out.Projects, p.Name)
 		}
 	}
-	out.Users = int32(len(t.view.Users(d.Name)))
+	out.Users = int32(t.s.store.UserCount(d.Name))
 	return out
 }
 
@@ -83,7 +81,7 @@ func (t *TenancyServer) CreateDepartment(ctx context.Context, req *yunchiv1.Crea
 }
 
 func (t *TenancyServer) GetDepartment(ctx context.Context, req *yunchiv1.GetDepartmentRequest) (*yunchiv1.Department, error) {
-	d, ok := t.view.Department(req.Name)
+	d, ok := t.s.store.Department(req.Name)
 	if !ok {
 		return nil, status.Errorf(codes.NotFound, "department %q not found", req.Name)
 	}
@@ -92,7 +90,7 @@ func (t *TenancyServer) GetDepartment(ctx context.Context, req *yunchiv1.GetDepa
 
 func (t *TenancyServer) ListDepartments(ctx context.Context, req *yunchiv1.ListDepartmentsRequest) (*yunchiv1.ListDepartmentsResponse, error) {
 	out := &yunchiv1.ListDepartmentsResponse{Departments: []*yunchiv1.Department{}}
-	for _, d := range t.view.Departments() {
+	for _, d := range t.s.store.Departments() {
 		if auth.SeesDepartment(ctx, d.Name) {
 			out.Departments = append(out.Departments, t.deptOut(ctx, d))
 		}
@@ -112,8 +110,8 @@ func (t *TenancyServer) DeleteDepartment(ctx context.Context, req *yunchiv1.Dele
 
 func (t *TenancyServer) projectOut(p *statev1.ProjectRecord) *yunchiv1.Project {
 	out := &yunchiv1.Project{Name: p.Name, Department: p.Department, Description: p.Description, CreatedAt: ts(p.CreatedUnixNano)}
-	out.Vms = int32(len(t.s.store.VMs(p.Name, "")))
-	out.Groups = int32(len(t.s.store.PlacementGroups(p.Name)))
+	vms, groups := t.s.store.ProjectCounts(p.Name)
+	out.Vms, out.Groups = int32(vms), int32(groups)
 	return out
 }
 
@@ -139,7 +137,7 @@ func (t *TenancyServer) CreateProject(ctx context.Context, req *yunchiv1.CreateP
 }
 
 func (t *TenancyServer) GetProject(ctx context.Context, req *yunchiv1.GetProjectRequest) (*yunchiv1.Project, error) {
-	p, ok := t.view.Project(req.Name)
+	p, ok := t.s.store.Project(req.Name)
 	if !ok {
 		return nil, status.Errorf(codes.NotFound, "project %q not found", req.Name)
 	}
@@ -148,12 +146,12 @@ func (t *TenancyServer) GetProject(ctx context.Context, req *yunchiv1.GetProject
 
 func (t *TenancyServer) ListProjects(ctx context.Context, req *yunchiv1.ListProjectsRequest) (*yunchiv1.ListProjectsResponse, error) {
 	if req.Department != "" {
-		if _, ok := t.view.Department(req.Department); !ok {
+		if _, ok := t.s.store.Department(req.Department); !ok {
 			return nil, status.Errorf(codes.NotFound, "department %q not found", req.Department)
 		}
 	}
 	out := &yunchiv1.ListProjectsResponse{Projects: []*yunchiv1.Project{}}
-	for _, p := range t.view.Projects(req.Department) {
+	for _, p := range t.s.store.Projects(req.Department) {
 		if auth.Sees(ctx, p.Name) {
 			out.Projects = append(out.Projects, t.projectOut(p))
 		}
@@ -188,7 +186,7 @@ func (t *TenancyServer) visibleUser(ctx context.Context, name string) (*statev1.
 	if err := checkName("user name", name); err != nil {
 		return nil, err
 	}
-	u, ok := t.view.User(name)
+	u, ok := t.s.store.User(name)
 	if !ok || !caller(ctx).SeesDepartment(u.Department) || (auth.DepartmentRole(caller(ctx).Role) && u.Department == "") {
 		return nil, status.Errorf(codes.NotFound, "user %q not found", name)
 	}
@@ -239,7 +237,7 @@ func (t *TenancyServer) GetUser(ctx context.Context, req *yunchiv1.GetUserReques
 func (t *TenancyServer) ListUsers(ctx context.Context, req *yunchiv1.ListUsersRequest) (*yunchiv1.ListUsersResponse, error) {
 	out := &yunchiv1.ListUsersResponse{Users: []*yunchiv1.User{}}
 	c := caller(ctx)
-	for _, u := range t.view.Users(req.Department) {
+	for _, u := range t.s.store.Users(req.Department) {
 		if auth.DepartmentRole(c.Role) && u.Department != c.Department {
 			continue
 		}
@@ -332,7 +330,7 @@ func (t *TenancyServer) CreateToken(ctx context.Context, req *yunchiv1.CreateTok
 		if err := checkName("user name", req.User); err != nil {
 			return nil, err
 		}
-		if _, ok := t.view.User(req.User); !ok {
+		if _, ok := t.s.store.User(req.User); !ok {
 			return nil, status.Errorf(codes.NotFound, "user %q not found", req.User)
 		}
 	}
@@ -360,7 +358,7 @@ func (t *TenancyServer) CreateToken(ctx context.Context, req *yunchiv1.CreateTok
 
 func (t *TenancyServer) ListTokens(ctx context.Context, req *yunchiv1.ListTokensRequest) (*yunchiv1.ListTokensResponse, error) {
 	out := &yunchiv1.ListTokensResponse{Tokens: []*yunchiv1.Token{}}
-	for _, tk := range t.view.Tokens(req.User) {
+	for _, tk := range t.s.store.Tokens(req.User) {
 		out.Tokens = append(out.Tokens, tokenOut(tk))
 	}
 	return out, nil

@@ -64,13 +64,6 @@ func FromContext(ctx context.Context) (Context, bool) {
 		Action: ac.Action, Target: ac.Target, Params: ac.Params}, true
 }
 
-// SourceKey is the metadata a controller that forwards a call to the
-// leader sets to the client's address (auth.SourceKey).
-const SourceKey = auth.SourceKey
-
-// SourceOf is the client's address for a call (auth.SourceOf).
-func SourceOf(ctx context.Context) string { return auth.SourceOf(ctx) }
-
 // callerContext is the audit context of the caller the access interceptor
 // authenticated (empty without one).
 func callerContext(ctx context.Context) Context {
@@ -93,7 +86,7 @@ func UnaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, 
 	}
 	c := callerContext(ctx)
 	if c.Source == "" {
-		c.Source = SourceOf(ctx)
+		c.Source = auth.SourceOf(ctx)
 	}
 	ac := &statev1.AuditContext{Actor: c.Actor, Role: c.Role, Department: c.Department, Source: c.Source,
 		TokenId: c.TokenID, Action: auth.MethodName(info.FullMethod)}

@@ -2,7 +2,6 @@ package audit
 
 import (
 	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -10,6 +9,7 @@ import (
 	"time"
 
 	"github.com/yunchi/yunchi/controller/state"
+	"github.com/yunchi/yunchi/internal/apitest"
 )
 
 // TestFileWritesAgainAfterDiskFull: records applied while the disk is full
@@ -19,17 +19,8 @@ import (
 // missing and every read of the trail failed until the controller
 // restarted (found by the chaos harness's follower-disk-full scenario).
 func TestFileWritesAgainAfterDiskFull(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount a small tmpfs")
-	}
 	dir := filepath.Join(t.TempDir(), "disk")
-	if err := os.Mkdir(dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, fmt.Sprintf("size=%d,mode=0700", 256<<10)); err != nil {
-		t.Skipf("cannot mount a tmpfs here: %v", err)
-	}
-	defer syscall.Unmount(dir, syscall.MNT_DETACH)
+	apitest.MountTmpfs(t, dir, 256<<10)
 
 	f, err := OpenFile(dir, nil)
 	if err != nil {
@@ -42,22 +33,7 @@ func TestFileWritesAgainAfterDiskFull(t *testing.T) {
 	if err := f.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	// Fill the disk.
-	filler := filepath.Join(dir, "filler")
-	fh, err := os.Create(filler)
-	if err != nil {
-		t.Fatal(err)
-	}
-	chunk := make([]byte, 4096)
-	for {
-		if _, err = fh.Write(chunk); err != nil {
-			break
-		}
-	}
-	fh.Close()
-	if !errors.Is(err, syscall.ENOSPC) {
-		t.Fatalf("filling the disk: %v", err)
-	}
+	filler := apitest.FillDisk(t, dir)
 	applyN(s, 6, 400) // more than the 64 KiB buffer: writes fail
 	if err := f.Flush(); !errors.Is(err, syscall.ENOSPC) {
 		t.Fatalf("flush on a full disk: %v, want no space left", err)

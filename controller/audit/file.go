@@ -426,7 +426,7 @@ func (a *File) Restore(r io.Reader, head *statev1.AuditHead) error {
 		return fmt.Errorf("audit: restore: %w", err)
 	}
 	defer os.Remove(tmp.Name())
-	n, err := io.Copy(tmp, r)
+	_, err = io.Copy(tmp, r)
 	if err == nil {
 		err = errors.Join(tmp.Sync(), tmp.Close())
 	} else {
@@ -435,7 +435,6 @@ func (a *File) Restore(r io.Reader, head *statev1.AuditHead) error {
 	if err != nil {
 		return fmt.Errorf("audit: restore: %w", err)
 	}
-	_ = n
 	a.w.Flush()
 	if err := a.replace(tmp.Name()); err != nil {
 		return fmt.Errorf("audit: restore: %w", err)

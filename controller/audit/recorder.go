@@ -70,7 +70,7 @@ func (r *Recorder) record(ctx context.Context, kind, method string, code codes.C
 		c = callerContext(ctx) // refused before the audit interceptor ran
 	}
 	if c.Source == "" {
-		c.Source = SourceOf(ctx)
+		c.Source = auth.SourceOf(ctx)
 	}
 	c.Action = auth.MethodName(method)
 	rec := &statev1.AuditRecord{Kind: kind, Result: kind, Code: code.String(), Message: reason,
@@ -90,7 +90,7 @@ func (r *Recorder) record(ctx context.Context, kind, method string, code codes.C
 // LoginFailed records a failed login: the token id and user it named (if
 // any; never the secret) and why.
 func (r *Recorder) LoginFailed(ctx context.Context, method, tokenID, user, reason string) {
-	f := &statev1.LoginFailure{User: user, TokenId: tokenID, Reason: reason, Source: SourceOf(ctx)}
+	f := &statev1.LoginFailure{User: user, TokenId: tokenID, Reason: reason, Source: auth.SourceOf(ctx)}
 	r.mu.Lock()
 	r.failures = append(r.failures, f)
 	r.trimLocked()

@@ -103,6 +103,11 @@ func Sees(ctx context.Context, project string) bool {
 	if p.deptOf == nil {
 		return !DepartmentRole(p.Role)
 	}
+	if !DepartmentRole(p.Role) {
+		// SeesProject decides cluster roles, hosts and controllers
+		// without the department: no store lookup per item listed.
+		return p.SeesProject(project, "")
+	}
 	dept, exists := p.deptOf(project)
 	return exists && p.SeesProject(project, dept)
 }

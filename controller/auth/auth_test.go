@@ -2,6 +2,7 @@ package auth
 
 import (
 	"context"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -288,5 +289,81 @@ func TestUnknownTokenDecidedByLeader(t *testing.T) {
 	}
 	if len(rec.failed) != before+1 || !strings.Contains(rec.failed[before], "unknown token") {
 		t.Fatalf("failed logins recorded on the leader: %v, want one more, for the unknown token", rec.failed[before:])
+	}
+}
+
+// streamOf is a server stream whose context is ctx.
+type streamOf struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s streamOf) Context() context.Context { return s.ctx }
+
+// A follower without certificates records none of its refusals: its
+// refused calls go to the leader (Escalate), which refuses and records
+// them; recorded here too, they were recorded twice (a failed login
+// counted twice) when this follower led before its recorder sent them.
+// It logs them instead, also those that cannot go (a refused stream).
+// With certificates a follower still records its own refusals, and the
+// leader its own.
+func TestInsecureFollowerLeavesRefusalsToLeader(t *testing.T) {
+	a, rec, tok := newFixture(t)
+	var logged strings.Builder
+	a.Log = slog.New(slog.NewTextHandler(&logged, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	leader := false
+	a.Leader = func() bool { return leader }
+	var escalated []string
+	a.Escalate = func(ctx context.Context, method string, req any) (any, error, bool) {
+		if leader {
+			return nil, nil, false
+		}
+		escalated = append(escalated, MethodName(method))
+		return nil, status.Error(codes.Unauthenticated, "the leader's answer"), true
+	}
+	wrong := otherLast(tok["sys"])
+	for _, c := range []struct {
+		token, method string
+		req           any
+	}{
+		{wrong, yunchiv1.VMService_ListVMs_FullMethodName, &yunchiv1.ListVMsRequest{}},
+		{tok["alice"], yunchiv1.HostService_ListHosts_FullMethodName, &yunchiv1.ListHostsRequest{}},
+		{tok["alice"], yunchiv1.VMService_CreateVM_FullMethodName, &yunchiv1.CreateVMRequest{Project: "river"}},
+	} {
+		if _, err := call(a, c.token, c.method, c.req); status.Convert(err).Message() != "the leader's answer" {
+			t.Fatalf("%s on an insecure follower: %v, want the leader's answer", MethodName(c.method), err)
+		}
+	}
+	ctx := metadata.NewIncomingContext(context.Background(), metadata.Pairs("authorization", "Bearer "+wrong))
+	err := a.StreamInterceptor(nil, streamOf{ctx: ctx}, &grpc.StreamServerInfo{FullMethod: yunchiv1.VMService_WatchVM_FullMethodName},
+		func(any, grpc.ServerStream) error { return nil })
+	if status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("stream with a wrong secret: %v", err)
+	}
+	if len(rec.failed) != 0 || len(rec.denied) != 0 {
+		t.Fatalf("an insecure follower recorded failures %v, denials %v", rec.failed, rec.denied)
+	}
+	if strings.Join(escalated, " ") != "ListVMs ListHosts CreateVM" {
+		t.Fatalf("escalated %v", escalated)
+	}
+	if n := strings.Count(logged.String(), "left to the leader"); n != 4 {
+		t.Fatalf("%d refusals logged, want 4:\n%s", n, logged.String())
+	}
+
+	// With certificates: recorded here, not sent.
+	a.PeerIdentity = func(context.Context) (k Kind, id string, ok bool) { return k, id, false }
+	if _, err := call(a, wrong, yunchiv1.VMService_ListVMs_FullMethodName, &yunchiv1.ListVMsRequest{}); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("wrong secret on a TLS follower: %v", err)
+	}
+	if len(rec.failed) != 1 || len(escalated) != 3 {
+		t.Fatalf("a TLS follower: recorded %v, escalated %v", rec.failed, escalated)
+	}
+	// The leader, without certificates: recorded there.
+	a.PeerIdentity, leader = nil, true
+	if _, err := call(a, wrong, yunchiv1.VMService_ListVMs_FullMethodName, &yunchiv1.ListVMsRequest{}); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("wrong secret on the leader: %v", err)
+	}
+	if len(rec.failed) != 2 || len(escalated) != 3 {
+		t.Fatalf("the leader: recorded %v, escalated %v", rec.failed, escalated)
 	}
 }

@@ -3,6 +3,7 @@ package auth
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"strings"
 	"time"
 
@@ -57,8 +58,14 @@ func OnBehalf(ctx context.Context) string {
 
 // Authorizer holds the interceptors' dependencies.
 type Authorizer struct {
-	Store    Store
-	Recorder Recorder // nil: refusals are not recorded
+	Store Store
+	// Recorder is told of the refusals this controller records (nil:
+	// none are): all of them, but on a follower without certificates
+	// (see Escalate), which logs them instead.
+	Recorder Recorder
+	// Log is where refusals left to the leader are logged (nil:
+	// slog.Default()).
+	Log *slog.Logger
 	// PeerIdentity returns the identity in the caller's verified client
 	// certificate (hosts and controllers), if any.
 	PeerIdentity func(ctx context.Context) (Kind, string, bool)
@@ -85,8 +92,9 @@ type Authorizer struct {
 	// the leader, which refuses it again and records the refusal (ok
 	// false: it could not, and the refusal stands here). Every refusal
 	// goes without certificates: there a follower cannot prove itself to
-	// the leader to hand it its own records (see Recorder), so the
-	// caller's call itself goes, with the caller's credentials. With
+	// the leader to hand it its own records, so the caller's call itself
+	// goes, with the caller's credentials, and the follower records none
+	// of its refusals (it logs them, see leavesToLeader). With
 	// certificates only a token this follower does not know goes (see
 	// Leader); its other refusals it records itself.
 	Escalate func(ctx context.Context, method string, req any) (resp any, err error, ok bool)
@@ -117,9 +125,7 @@ func (a *Authorizer) now() time.Time {
 
 // SourceOf is the network address the request of ctx came from (the
 // original client's, for a call a follower forwarded).
-func SourceOf(ctx context.Context) string { return sourceOf(ctx) }
-
-func sourceOf(ctx context.Context) string {
+func SourceOf(ctx context.Context) string {
 	if forwarded(ctx) {
 		if s := metadata.ValueFromIncomingContext(ctx, SourceKey); len(s) > 0 {
 			return s[0]
@@ -157,7 +163,7 @@ var errNotKnownHere = status.Error(codes.Unavailable, "this controller does not 
 
 // authenticate resolves the caller of ctx.
 func (a *Authorizer) authenticate(ctx context.Context, method string) (*Principal, error) {
-	src := sourceOf(ctx)
+	src := SourceOf(ctx)
 	auth := metadata.ValueFromIncomingContext(ctx, "authorization")
 	if a.PeerIdentity != nil {
 		kind, id, ok := a.PeerIdentity(ctx)
@@ -189,11 +195,10 @@ func (a *Authorizer) authenticate(ctx context.Context, method string) (*Principa
 			}
 		}
 	}
-	vals := auth
-	if len(vals) == 0 {
+	if len(auth) == 0 {
 		return nil, errUnauthenticated
 	}
-	scheme, tok, ok := strings.Cut(strings.TrimSpace(vals[0]), " ")
+	scheme, tok, ok := strings.Cut(strings.TrimSpace(auth[0]), " ")
 	if !ok || !strings.EqualFold(scheme, "bearer") {
 		a.loginFailed(ctx, method, "", "", "authorization header is not a bearer token")
 		return nil, status.Error(codes.Unauthenticated, "authentication failed: send the header Authorization: Bearer <token>")
@@ -249,14 +254,46 @@ func (a *Authorizer) authenticate(ctx context.Context, method string) (*Principa
 	}, nil
 }
 
+// leavesToLeader says whether this controller leaves its refusals to the
+// leader rather than record them: it is a follower without certificates
+// (Leader and Escalate set, PeerIdentity not). It cannot prove itself to
+// the leader to hand it records; its refused unary calls go to the leader
+// themselves (Escalate), which refuses and records them, and counts the
+// failed logins. Recorded here as well, they would be recorded twice
+// should this controller lead before its Recorder sent them. What cannot
+// go (a refused stream; any refusal while the leader is out of reach) is
+// only logged, as nothing here could record it.
+func (a *Authorizer) leavesToLeader() bool {
+	return a.Escalate != nil && a.PeerIdentity == nil && a.Leader != nil && !a.Leader()
+}
+
+func (a *Authorizer) logger() *slog.Logger {
+	if a.Log != nil {
+		return a.Log
+	}
+	return slog.Default()
+}
+
 func (a *Authorizer) loginFailed(ctx context.Context, method, tokenID, user, reason string) {
-	if a.Recorder != nil {
+	switch {
+	case a.leavesToLeader():
+		a.logger().Debug("failed login left to the leader (no TLS)", "method", method, "token_id", tokenID, "user", user,
+			"reason", reason, "source", SourceOf(ctx))
+	case a.Recorder != nil:
 		a.Recorder.LoginFailed(ctx, method, tokenID, user, reason)
 	}
 }
 
 func (a *Authorizer) denied(ctx context.Context, method string, code codes.Code, reason string) {
-	if a.Recorder != nil {
+	switch {
+	case a.leavesToLeader():
+		actor := ""
+		if p, ok := FromContext(ctx); ok {
+			actor = p.Name
+		}
+		a.logger().Debug("refusal left to the leader (no TLS)", "method", method, "code", code.String(), "reason", reason,
+			"actor", actor, "source", SourceOf(ctx))
+	case a.Recorder != nil:
 		a.Recorder.Denied(ctx, method, code, reason)
 	}
 }

@@ -105,7 +105,7 @@ func callerKey(ctx context.Context) string {
 			return fmt.Sprintf("%d:%s", p.Kind, p.Name)
 		}
 	}
-	addr := sourceOf(ctx)
+	addr := SourceOf(ctx)
 	if host, _, err := net.SplitHostPort(addr); err == nil {
 		addr = host
 	}

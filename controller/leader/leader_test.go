@@ -63,7 +63,7 @@ func eventually(t *testing.T, what string, ok func() bool) {
 
 func hostState(st *state.Store, id string) statev1.HostState {
 	hv, _ := st.Host(id)
-	return hv.State
+	return hv.Facts.State
 }
 
 // While leading, the duties publish this controller, record the hosts

@@ -40,12 +40,12 @@ type View interface {
 }
 
 // QuotaView is a View that checks quotas (*state.Store does): Place then
-// refuses a create that would go over a quota, counting the creates in
-// flight, before deciding or proposing anything, so that many creates
-// racing at a quota's edge fail here instead of each going through raft.
-// Apply checks the quotas again and is the guarantee.
+// refuses a create that the committed state already leaves no room for,
+// before deciding or proposing anything. Creates still in flight are not
+// counted (one may fail, or be applied and not yet released): Apply checks
+// the quotas again and is the guarantee.
 type QuotaView interface {
-	CheckQuota(project string, ask state.Usage, inFlight func(project, dept string) (state.Usage, state.Usage)) (dept string, err error)
+	CheckQuota(project string, ask state.Usage) error
 }
 
 // Attempts is how many times a placement is decided again when Apply
@@ -127,10 +127,6 @@ type Engine struct {
 	// host, and per group key (project/name) per host.
 	hostRes  map[string]scheduler.Resources
 	groupRes map[string]map[string]int
-	// projRes and deptRes are the quota usage the pending reservations
-	// hold, per project and per department (QuotaView only).
-	projRes map[string]state.Usage
-	deptRes map[string]state.Usage
 }
 
 // cachedCluster is one scheduler.Cluster per strategy, indexed once and
@@ -148,9 +144,6 @@ type reservation struct {
 	group string // group key, "" for none
 	// members per host of group
 	members map[string]int
-	// quota usage held for project (and its department dept)
-	project, dept string
-	use           state.Usage
 }
 
 // New returns an engine proposing through prop and reading view.
@@ -168,7 +161,6 @@ func (e *Engine) Reset() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.pending, e.hostRes, e.groupRes, e.clusters = nil, nil, nil, nil
-	e.projRes, e.deptRes = nil, nil
 }
 
 // Pending is the number of reservations in flight (tests, metrics).
@@ -250,30 +242,17 @@ func (e *Engine) markDirty(id string) {
 	}
 }
 
-// inFlight is the quota usage pending reservations hold for project and
-// for dept. Callers hold mu.
-func (e *Engine) inFlight(project, dept string) (state.Usage, state.Usage) {
-	return e.projRes[project], e.deptRes[dept]
-}
-
 // specUsage is what sp's VMs take of a quota.
 func specUsage(sp *Spec) state.Usage {
 	one := state.Usage{VCPUs: sp.Resources.VCPUs, MemoryBytes: sp.Resources.MemoryBytes, DiskBytes: sp.Resources.DiskBytes, VMs: 1}
 	return one.Times(int64(len(sp.Names)))
 }
 
-// reserve holds what decisions ps chose until release, and the quota
-// usage of sp in dept when quota is set. Callers hold mu.
-func (e *Engine) reserve(sp *Spec, ps []scheduler.Placement, dept string, quota bool) uint64 {
+// reserve holds what decisions ps chose until release. Callers hold mu.
+func (e *Engine) reserve(sp *Spec, ps []scheduler.Placement) uint64 {
 	r := &reservation{hosts: map[string]scheduler.Resources{}, group: groupKey(sp.Project, sp.Group)}
 	if e.pending == nil {
 		e.pending, e.hostRes, e.groupRes = map[uint64]*reservation{}, map[string]scheduler.Resources{}, map[string]map[string]int{}
-		e.projRes, e.deptRes = map[string]state.Usage{}, map[string]state.Usage{}
-	}
-	if quota {
-		r.project, r.dept, r.use = sp.Project, dept, specUsage(sp)
-		e.projRes[r.project] = e.projRes[r.project].Add(r.use)
-		e.deptRes[r.dept] = e.deptRes[r.dept].Add(r.use)
 	}
 	for _, p := range ps {
 		r.hosts[p.HostID] = r.hosts[p.HostID].Add(sp.Resources)
@@ -304,18 +283,6 @@ func (e *Engine) release(id uint64) {
 		return
 	}
 	delete(e.pending, id)
-	if r.use.VMs > 0 {
-		if left := e.projRes[r.project].Sub(r.use); left.VMs > 0 {
-			e.projRes[r.project] = left
-		} else {
-			delete(e.projRes, r.project)
-		}
-		if left := e.deptRes[r.dept].Sub(r.use); left.VMs > 0 {
-			e.deptRes[r.dept] = left
-		} else {
-			delete(e.deptRes, r.dept)
-		}
-	}
 	for h, res := range r.hosts {
 		left := e.hostRes[h].Sub(res)
 		if left == (scheduler.Resources{}) {
@@ -414,20 +381,14 @@ func (e *Engine) Place(ctx context.Context, sp Spec) ([]*statev1.VMRecord, []Dec
 			e.mu.Unlock()
 			return nil, nil, err
 		}
-		// Quotas first: over a quota, no host would do.
-		var dept string
-		qv, quota := e.view.(QuotaView)
-		if quota {
-			var err error
-			if dept, err = qv.CheckQuota(sp.Project, specUsage(&sp), e.inFlight); err != nil {
-				// Refused for good only when the committed state alone
-				// leaves no room: a proposal in flight may fail, or may
-				// have been applied and not yet released (counted twice
-				// for a moment). Otherwise Apply decides.
-				if _, cerr := qv.CheckQuota(sp.Project, specUsage(&sp), nil); cerr != nil {
-					e.mu.Unlock()
-					return nil, nil, cerr
-				}
+		// Quotas first: over a quota, no host would do. Refused for good
+		// only when the committed state alone leaves no room: a proposal
+		// in flight may fail, or may have been applied and not yet
+		// released. Otherwise Apply decides.
+		if qv, ok := e.view.(QuotaView); ok {
+			if err := qv.CheckQuota(sp.Project, specUsage(&sp)); err != nil {
+				e.mu.Unlock()
+				return nil, nil, err
 			}
 		}
 		ps, ds, err := e.decide(&sp)
@@ -435,7 +396,7 @@ func (e *Engine) Place(ctx context.Context, sp Spec) ([]*statev1.VMRecord, []Dec
 			e.mu.Unlock()
 			return nil, nil, err
 		}
-		resID := e.reserve(&sp, ps, dept, quota)
+		resID := e.reserve(&sp, ps)
 		e.mu.Unlock()
 
 		recs := make([]*statev1.VMRecord, len(ps))

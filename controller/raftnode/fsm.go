@@ -137,7 +137,9 @@ func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
 	b, err := proto.Marshal(s.view.Snapshot())
 	if err == nil {
 		hdr := binary.AppendUvarint([]byte(snapshotMagic), uint64(len(b)))
-		_, err = sink.Write(append(hdr, b...))
+		if _, err = sink.Write(hdr); err == nil {
+			_, err = sink.Write(b)
+		}
 	}
 	if err == nil && s.audit != nil {
 		_, err = io.Copy(sink, s.audit)

@@ -188,7 +188,7 @@ func check(t *testing.T, what string, st *state.Store, exp expected, v3 bool) {
 		e := exp.Hosts[hv.Host.Id]
 		f, alloc := hv.Facts, hv.Facts.Allocatable()
 		hr := hv.Host.Ratios
-		if hv.State.String() != e.State || !maps.Equal(hv.Host.AdminLabels, e.AdminLabels) ||
+		if hv.Facts.State.String() != e.State || !maps.Equal(hv.Host.AdminLabels, e.AdminLabels) ||
 			f.Reserved.VCPUs != e.ReservedVcpus || f.Reserved.MemoryBytes != e.ReservedMemoryBytes ||
 			alloc.VCPUs != e.AllocatableVcpus || alloc.MemoryBytes != e.AllocatableMemoryBytes ||
 			v3 && (hv.Host.Center != e.Center || hv.Host.Rack != e.Rack || hv.Host.Owner != e.Owner ||
@@ -196,7 +196,7 @@ func check(t *testing.T, what string, st *state.Store, exp expected, v3 bool) {
 				f.Allocated.VCPUs != e.AllocatedVcpus || f.Allocated.MemoryBytes != e.AllocatedMemoryBytes ||
 				hr.GetCpu() != e.HostRatios.CPU || hr.GetMemory() != e.HostRatios.Memory || hr.GetDisk() != e.HostRatios.Disk) {
 			t.Errorf("%s: host %s %v labels %v owner %q reserved %+v allocatable %+v allocated %+v ratios %v; expected %+v",
-				what, hv.Host.Id, hv.State, hv.Host.AdminLabels, hv.Host.Owner, f.Reserved, alloc, f.Allocated, hr, e)
+				what, hv.Host.Id, hv.Facts.State, hv.Host.AdminLabels, hv.Host.Owner, f.Reserved, alloc, f.Allocated, hr, e)
 		}
 	}
 	groups := st.PlacementGroups("")

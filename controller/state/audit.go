@@ -160,20 +160,20 @@ func (s *Store) auditCommand(index uint64, cmd *statev1.Command, replayed bool, 
 	ctx := cmd.GetAudit()
 	kind := "action"
 	if ctx == nil {
-		target, params := "", ""
+		action, target, params := "", "", ""
 		switch c := cmd.GetCmd().(type) {
 		case *statev1.Command_SetHostState:
-			target, params = "host/"+c.SetHostState.GetHostId(), fmt.Sprintf(`{"state":%q}`, c.SetHostState.GetState().String())
+			action, target, params = "SetHostState", "host/"+c.SetHostState.GetHostId(), fmt.Sprintf(`{"state":%q}`, c.SetHostState.GetState().String())
 		case *statev1.Command_UpsertMember:
 			m := c.UpsertMember.GetMember()
-			target, params = "member/"+m.GetId(), jsonOf(map[string]string{"raft_address": m.GetRaftAddress(), "api_address": m.GetApiAddress(), "center": m.GetCenter()})
+			action, target, params = "UpsertMember", "member/"+m.GetId(), jsonOf(map[string]string{"raft_address": m.GetRaftAddress(), "api_address": m.GetApiAddress(), "center": m.GetCenter()})
 		case *statev1.Command_RemoveMember:
-			target = "member/" + c.RemoveMember.GetId()
+			action, target = "RemoveMember", "member/"+c.RemoveMember.GetId()
 		default:
 			return
 		}
 		kind = "system"
-		ctx = &statev1.AuditContext{Actor: "system", Action: commandName(cmd), Target: target, Params: params}
+		ctx = &statev1.AuditContext{Actor: "system", Action: action, Target: target, Params: params}
 	}
 	if _, ok := cmd.GetCmd().(*statev1.Command_ArchiveAudit); ok && err == nil {
 		kind = "archived"
@@ -191,31 +191,19 @@ func (s *Store) auditCommand(index uint64, cmd *statev1.Command, replayed bool, 
 // applyArchiveAudit moves the archived mark; the checkpoint record is
 // written by auditCommand after it. Apply cannot read the store, so the
 // leader checks through_hash against its own store before proposing.
-func (s *Store) applyArchiveAudit(c *statev1.ArchiveAudit) (struct{}, error) {
+func (s *Store) applyArchiveAudit(c *statev1.ArchiveAudit) error {
 	h := s.audit.head
 	if c.GetThroughSeq() <= h.GetArchivedThrough() {
-		return struct{}{}, errorf(KindInvalid, "audit records through %d are already archived", h.GetArchivedThrough())
+		return errorf(KindInvalid, "audit records through %d are already archived", h.GetArchivedThrough())
 	}
 	if c.GetThroughSeq() >= h.GetSeq() {
-		return struct{}{}, errorf(KindInvalid, "cannot archive through record %d: the trail ends at %d and its last record is never archived", c.GetThroughSeq(), h.GetSeq())
+		return errorf(KindInvalid, "cannot archive through record %d: the trail ends at %d and its last record is never archived", c.GetThroughSeq(), h.GetSeq())
 	}
 	s.audit.head = &statev1.AuditHead{Seq: h.GetSeq(), Hash: h.GetHash(), ArchivedThrough: c.GetThroughSeq(), ArchivedHash: c.GetThroughHash()}
 	if s.audit.sink != nil {
 		s.audit.sink.Archived(c.GetThroughSeq())
 	}
-	return struct{}{}, nil
-}
-
-func commandName(cmd *statev1.Command) string {
-	switch cmd.GetCmd().(type) {
-	case *statev1.Command_SetHostState:
-		return "SetHostState"
-	case *statev1.Command_UpsertMember:
-		return "UpsertMember"
-	case *statev1.Command_RemoveMember:
-		return "RemoveMember"
-	}
-	return fmt.Sprintf("%T", cmd.GetCmd())
+	return nil
 }
 
 func jsonOf(v any) string {

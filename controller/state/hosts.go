@@ -412,7 +412,7 @@ func (s *Store) applyUpdateHost(now int64, c *statev1.UpdateHost, legacy bool) (
 	if err != nil {
 		return nil, err
 	}
-	s.hosts[nh.Id] = nh
+	s.replaceHost(nh)
 	s.touched(nh.Id)
 	return proto.Clone(nh).(*statev1.HostRecord), nil
 }

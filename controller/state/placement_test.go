@@ -55,8 +55,8 @@ func TestUpdateHost(t *testing.T) {
 	}))
 	hv, _ = s.Host("h1")
 	h := hv.Host
-	if hv.State != statev1.HostState_HOST_STATE_MAINTENANCE || h.Owner != "tax" || h.AdminLabels["cpu_model"] != "kunpeng920" || h.StateChangedUnixNano != 4000 {
-		t.Fatalf("after update: %+v state %v", h, hv.State)
+	if hv.Facts.State != statev1.HostState_HOST_STATE_MAINTENANCE || h.Owner != "tax" || h.AdminLabels["cpu_model"] != "kunpeng920" || h.StateChangedUnixNano != 4000 {
+		t.Fatalf("after update: %+v state %v", h, hv.Facts.State)
 	}
 	if a := hv.Facts.Allocatable(); a.VCPUs != 12 || a.MemoryBytes != 18*gib {
 		t.Fatalf("allocatable with reserve 2/4GiB and ratios 2/1.5: %+v", a)
@@ -67,13 +67,13 @@ func TestUpdateHost(t *testing.T) {
 	// Re-registration (agent facts) keeps what the admin decided.
 	mustApply(t, s, 5, regHost("h1", "a1", 8, 16*gib, 100*gib))
 	hv2, _ := s.Host("h1")
-	if hv2.State != statev1.HostState_HOST_STATE_MAINTENANCE || hv2.Host.Owner != "tax" || hv2.Host.AdminLabels["host_group"] != "gold" || hv2.Host.Ratios.GetCpu() != 2 {
+	if hv2.Facts.State != statev1.HostState_HOST_STATE_MAINTENANCE || hv2.Host.Owner != "tax" || hv2.Host.AdminLabels["host_group"] != "gold" || hv2.Host.Ratios.GetCpu() != 2 {
 		t.Fatalf("re-register lost admin fields: %+v", hv2.Host)
 	}
 	// Down (liveness) wins over maintenance, and back.
 	mustApply(t, s, 6, &statev1.Command{Cmd: &statev1.Command_SetHostState{SetHostState: &statev1.SetHostState{HostId: "h1", State: statev1.HostState_HOST_STATE_DOWN}}})
-	if hv, _ := s.Host("h1"); hv.State != statev1.HostState_HOST_STATE_DOWN {
-		t.Fatalf("down: %v", hv.State)
+	if hv, _ := s.Host("h1"); hv.Facts.State != statev1.HostState_HOST_STATE_DOWN {
+		t.Fatalf("down: %v", hv.Facts.State)
 	}
 	// Clearing: ratio 0 inherits again, owner "" shares, label removed.
 	mustApply(t, s, 7, updateHost(&statev1.UpdateHost{HostId: "h1", AdminState: statev1.HostState_HOST_STATE_READY, CpuRatio: f64(0), MemoryRatio: f64(0), Owner: str(""), RemoveLabels: []string{"cpu_model"}}))
@@ -328,7 +328,7 @@ func TestSnapshotRoundTripWithNewFields(t *testing.T) {
 	// Derived state: effective views, group membership.
 	a, _ := s.Host("h1")
 	b2, _ := r.Host("h1")
-	if a.Facts.Allocatable() != b2.Facts.Allocatable() || a.Sources != b2.Sources || b2.State != statev1.HostState_HOST_STATE_MAINTENANCE {
+	if a.Facts.Allocatable() != b2.Facts.Allocatable() || a.Sources != b2.Sources || b2.Facts.State != statev1.HostState_HOST_STATE_MAINTENANCE {
 		t.Fatalf("effective view after restore: %+v vs %+v", b2.Sources, a.Sources)
 	}
 	_, _, _, g, err := r.SchedulerView(0, DefaultProject, "g")

@@ -19,8 +19,6 @@ type HostView struct {
 	Facts HostFacts
 	// Sources says where each effective ratio comes from.
 	Sources RatioSources
-	// State is the effective state: down, else what the admin set.
-	State statev1.HostState
 }
 
 func (s *Store) hostView(h *statev1.HostRecord) HostView {
@@ -30,7 +28,6 @@ func (s *Store) hostView(h *statev1.HostRecord) HostView {
 		VMs:     len(s.onHost[h.Id]),
 		Facts:   sh,
 		Sources: src,
-		State:   effectiveState(h),
 	}
 }
 

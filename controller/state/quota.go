@@ -1,6 +1,7 @@
 package state
 
 import (
+	"cmp"
 	"slices"
 	"strconv"
 
@@ -108,10 +109,7 @@ func QuotaSubject(dept, project string) string {
 // vmDept is the department a VM of project p counts against: its
 // project's, or default for a project without a record. Callers hold mu.
 func (s *Store) vmDept(p string) string {
-	if rec, ok := s.projects[p]; ok {
-		return rec.Department
-	}
-	return DefaultDepartment
+	return cmp.Or(s.projectDept(p), DefaultDepartment)
 }
 
 // use adds (sign +1) or removes (-1) vm's usage from its project and
@@ -162,19 +160,13 @@ func exceeds(dept, project string, limit *statev1.Quota, used, ask Usage) error 
 }
 
 // checkQuotas refuses asks (per project, in first-seen order) that would
-// take a project or its department over its quota; inFlight, when not
-// nil, is what proposals not yet applied hold, counted as in use.
-// Callers hold mu.
-func (s *Store) checkQuotas(order []string, asks map[string]Usage, inFlight func(project, dept string) (Usage, Usage)) error {
+// take a project or its department over its quota. Callers hold mu.
+func (s *Store) checkQuotas(order []string, asks map[string]Usage) error {
 	deptAsk := map[string]Usage{}
 	var depts []string
 	for _, p := range order {
 		d := s.vmDept(p)
-		var pf Usage
-		if inFlight != nil {
-			pf, _ = inFlight(p, d)
-		}
-		if err := exceeds(d, p, s.quotaOf(d, p), s.projUse[p].Add(pf), asks[p]); err != nil {
+		if err := exceeds(d, p, s.quotaOf(d, p), s.projUse[p], asks[p]); err != nil {
 			return err
 		}
 		if _, ok := deptAsk[d]; !ok {
@@ -183,11 +175,7 @@ func (s *Store) checkQuotas(order []string, asks map[string]Usage, inFlight func
 		deptAsk[d] = deptAsk[d].Add(asks[p])
 	}
 	for _, d := range depts {
-		var df Usage
-		if inFlight != nil {
-			_, df = inFlight("", d)
-		}
-		if err := exceeds(d, "", s.quotaOf(d, ""), s.deptUse[d].Add(df), deptAsk[d]); err != nil {
+		if err := exceeds(d, "", s.quotaOf(d, ""), s.deptUse[d], deptAsk[d]); err != nil {
 			return err
 		}
 	}
@@ -204,22 +192,20 @@ func (s *Store) checkPlaceQuotas(vms []*statev1.VMRecord) error {
 		}
 		asks[vm.Project] = asks[vm.Project].Add(UsageOf(vm))
 	}
-	return s.checkQuotas(order, asks, nil)
+	return s.checkQuotas(order, asks)
 }
 
 // CheckQuota says whether ask more in project p fits the quotas of p and
-// of its department, counting inFlight(p, dept) (what proposals not yet
-// applied hold for the project and for the department) as in use. It
-// returns p's department, for the caller's own bookkeeping: the leader's
-// early refusal, before anything goes to raft; Apply checks again.
-func (s *Store) CheckQuota(p string, ask Usage, inFlight func(project, dept string) (Usage, Usage)) (string, error) {
+// of its department as the committed state uses them: the leader's early
+// refusal, before anything goes to raft; Apply checks again.
+func (s *Store) CheckQuota(p string, ask Usage) error {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	d := s.vmDept(p)
 	if s.quotaOf(d, p) == nil && s.quotaOf(d, "") == nil {
-		return d, nil // no limit on this project or its department: nothing to count
+		return nil // no limit on this project or its department: nothing to count
 	}
-	return d, s.checkQuotas([]string{p}, map[string]Usage{p: ask}, inFlight)
+	return s.checkQuotas([]string{p}, map[string]Usage{p: ask})
 }
 
 // checkQuotaValues refuses negative limits.

@@ -227,20 +227,17 @@ func TestQuotaRefusalRemembered(t *testing.T) {
 	}
 }
 
-// The leader's early check counts what is in flight, for the project and
-// for the department.
-func TestCheckQuotaCountsInFlight(t *testing.T) {
+// The leader's early check counts what the committed state uses, for
+// the project and for the department.
+func TestCheckQuota(t *testing.T) {
 	s := quotaFixture(t)
-	none := func(string, string) (Usage, Usage) { return Usage{}, Usage{} }
-	if d, err := s.CheckQuota("air", Usage{VCPUs: 8, VMs: 1}, none); err != nil || d != "eco" {
-		t.Fatalf("%q %v", d, err)
+	if err := s.CheckQuota("air", Usage{VCPUs: 8, VMs: 1}); err != nil {
+		t.Fatal(err)
 	}
-	_, err := s.CheckQuota("air", Usage{VCPUs: 2, VMs: 1}, func(p, d string) (Usage, Usage) {
-		return Usage{VCPUs: 7, VMs: 1}, Usage{VCPUs: 7, VMs: 1}
-	})
+	mustApply(t, s, 21, placeMany(projVM("a1", "a1", "air", "h1", 7, gib, 10*gib)))
+	err := s.CheckQuota("air", Usage{VCPUs: 2, VMs: 1})
 	wantRefused(t, err, KindQuotaExceeded, `project "air" vCPU: limit 8, in use 7, asked 2`)
-	_, err = s.CheckQuota("water", Usage{VCPUs: 2, VMs: 1}, func(p, d string) (Usage, Usage) {
-		return Usage{}, Usage{VCPUs: 15, VMs: 1}
-	})
+	mustApply(t, s, 22, placeMany(projVM("w1", "w1", "water", "h2", 8, gib, 10*gib)))
+	err = s.CheckQuota("water", Usage{VCPUs: 2, VMs: 1})
 	wantRefused(t, err, KindQuotaExceeded, `department "eco" vCPU: limit 16, in use 15, asked 2`)
 }

@@ -102,3 +102,46 @@ func TestSnapshotWhileApplying(t *testing.T) {
 		})
 	}
 }
+
+// TestViewKeepsFreshRecords: records Apply has just stored (a placed VM, a
+// registered or updated host) are changed in place until a View is taken,
+// never after: the View still shows them as they were when it was taken,
+// however a status report, heartbeats or liveness change them later.
+func TestViewKeepsFreshRecords(t *testing.T) {
+	s := fixture(t) // h1, h2 registered, vm-1 placed: all fresh
+	mustApply(t, s, 4, report("h1", &statev1.VMStatus{VmId: "vm-1", Phase: statev1.VMPhase_VM_PHASE_RUNNING, Message: "up"}))
+	mustApply(t, s, 5, updateHost(&statev1.UpdateHost{HostId: "h2", SetLabels: map[string]string{"tier": "gold"}}))
+	mustApply(t, s, 6, &statev1.Command{Cmd: &statev1.Command_RecordHeartbeats{RecordHeartbeats: &statev1.RecordHeartbeats{}}})
+	view := s.View()
+	want := proto.Clone(view.Snapshot()).(*statev1.Snapshot)
+
+	mustApply(t, s, 7, report("h1", &statev1.VMStatus{VmId: "vm-1", Phase: statev1.VMPhase_VM_PHASE_STOPPED, Message: "down", ObservedRebootSeq: 3}))
+	mustApply(t, s, 8, &statev1.Command{Cmd: &statev1.Command_RecordHeartbeats{RecordHeartbeats: &statev1.RecordHeartbeats{}}})
+	mustApply(t, s, 9, &statev1.Command{Cmd: &statev1.Command_SetHostState{SetHostState: &statev1.SetHostState{HostId: "h2", State: statev1.HostState_HOST_STATE_DOWN}}})
+	// Changed twice after the View: the second change is to the clone.
+	mustApply(t, s, 10, report("h1", &statev1.VMStatus{VmId: "vm-1", Phase: statev1.VMPhase_VM_PHASE_RUNNING, Message: "again"}))
+	mustApply(t, s, 11, &statev1.Command{Cmd: &statev1.Command_RecordHeartbeats{RecordHeartbeats: &statev1.RecordHeartbeats{}}})
+
+	if got := view.Snapshot(); !proto.Equal(got, want) {
+		t.Fatalf("a View changed after it was taken\ngot  %v\nwant %v", got, want)
+	}
+	vm := want.Vms[0]
+	if vm.Phase != statev1.VMPhase_VM_PHASE_RUNNING || vm.Message != "up" || vm.Revision != 4 {
+		t.Fatalf("vm in view: %v", vm)
+	}
+	for _, h := range want.Hosts {
+		if h.LastHeartbeatUnixNano != 6000 || h.State != statev1.HostState_HOST_STATE_READY {
+			t.Fatalf("host in view: %v", h)
+		}
+	}
+	// And the store did move on.
+	if vm, _ := s.VM(DefaultProject, "web-1"); vm.Message != "again" || vm.ObservedRebootSeq != 3 {
+		t.Fatalf("vm in store: %v", vm)
+	}
+	if hv, _ := s.Host("h1"); hv.Host.LastHeartbeatUnixNano != 11000 {
+		t.Fatalf("h1 in store: %v", hv.Host)
+	}
+	if hv, _ := s.Host("h2"); hv.Host.State != statev1.HostState_HOST_STATE_DOWN {
+		t.Fatalf("h2 in store: %v", hv.Host)
+	}
+}

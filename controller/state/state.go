@@ -102,9 +102,12 @@ type Store struct {
 	// Copy-on-write: a snapshot shares the stored records (it copies only
 	// the tables of pointers), so Apply never changes a record in place
 	// unless it owns it: writableVM and writableHost clone a record once
-	// after each snapshot and list the clone here. Snapshot clears these.
-	// Records are otherwise replaced, never changed (RegisterHost,
-	// UpdateHost, ratios, groups, members, requests).
+	// after each snapshot and list the clone here, as do addVM, RegisterHost
+	// and UpdateHost for the fresh records they store. View clears these.
+	// An owned host may share sub-messages with the record it replaced
+	// (RegisterHost keeps the admin fields): only its scalar fields are
+	// changed in place. Other records are replaced, never changed (ratios,
+	// groups, members, requests).
 	ownVMs   map[*statev1.VMRecord]struct{}
 	ownHosts map[*statev1.HostRecord]struct{}
 }
@@ -298,11 +301,11 @@ func (s *Store) Apply(index uint64, cmd *statev1.Command) (Result, error) {
 			res.VMs = []*statev1.VMRecord{vm}
 		}
 	case *statev1.Command_ReportVmStatus:
-		_, err = s.applyReportVMStatus(index, cmd.UnixNano, c.ReportVmStatus)
+		err = s.applyReportVMStatus(index, cmd.UnixNano, c.ReportVmStatus)
 	case *statev1.Command_UpsertMember:
 		res.Member, err = s.applyUpsertMember(c.UpsertMember)
 	case *statev1.Command_RemoveMember:
-		_, err = s.applyRemoveMember(c.RemoveMember)
+		err = s.applyRemoveMember(c.RemoveMember)
 	case *statev1.Command_UpdateHost:
 		res.Host, err = s.applyUpdateHost(cmd.UnixNano, c.UpdateHost, cmd.GetVersion() < rulesV3)
 	case *statev1.Command_SetRatios:
@@ -312,7 +315,7 @@ func (s *Store) Apply(index uint64, cmd *statev1.Command) (Result, error) {
 	case *statev1.Command_DeletePlacementGroup:
 		res.Group, err = s.applyDeletePlacementGroup(c.DeletePlacementGroup)
 	case *statev1.Command_RecordHeartbeats:
-		_, err = s.applyRecordHeartbeats(cmd.UnixNano, c.RecordHeartbeats)
+		err = s.applyRecordHeartbeats(cmd.UnixNano, c.RecordHeartbeats)
 	case *statev1.Command_CreateDepartment:
 		res.Department, err = s.applyCreateDepartment(cmd.UnixNano, c.CreateDepartment)
 	case *statev1.Command_DeleteDepartment:
@@ -332,7 +335,7 @@ func (s *Store) Apply(index uint64, cmd *statev1.Command) (Result, error) {
 	case *statev1.Command_RevokeToken:
 		res.Token, err = s.applyRevokeToken(cmd.UnixNano, c.RevokeToken)
 	case *statev1.Command_RecordLoginFailures:
-		_, err = s.applyRecordLoginFailures(cmd.UnixNano, c.RecordLoginFailures)
+		err = s.applyRecordLoginFailures(cmd.UnixNano, c.RecordLoginFailures)
 	case *statev1.Command_SetQuota:
 		res, err = s.applySetQuota(cmd.UnixNano, c.SetQuota)
 	case *statev1.Command_RecordAudit:
@@ -340,7 +343,7 @@ func (s *Store) Apply(index uint64, cmd *statev1.Command) (Result, error) {
 			err = errorf(KindInvalid, "audit batch is empty")
 		}
 	case *statev1.Command_ArchiveAudit:
-		_, err = s.applyArchiveAudit(c.ArchiveAudit)
+		err = s.applyArchiveAudit(c.ArchiveAudit)
 	case *statev1.Command_CreateJoinToken:
 		res.JoinToken, err = s.applyCreateJoinToken(cmd.UnixNano, c.CreateJoinToken)
 	case *statev1.Command_ConsumeJoinToken:
@@ -380,7 +383,7 @@ func (s *Store) applyRegisterHost(now int64, c *statev1.RegisterHost) (*statev1.
 	}
 	rec.State = statev1.HostState_HOST_STATE_READY
 	rec.LastHeartbeatUnixNano = now // registering is the agent speaking
-	s.hosts[h.Id] = rec
+	s.replaceHost(rec)
 	s.touched(h.Id)
 	return proto.Clone(rec).(*statev1.HostRecord), nil
 }
@@ -406,10 +409,22 @@ func (s *Store) applySetHostState(now int64, c *statev1.SetHostState) (*statev1.
 	return proto.Clone(h).(*statev1.HostRecord), nil
 }
 
-// addVM records a placed VM and the indexes derived from it (name, host
-// allocation, group members); removeVM undoes it. Callers hold mu.
+// replaceHost stores h, a record no View holds (fresh), in place of the
+// record with its id. Callers hold mu for writing.
+func (s *Store) replaceHost(h *statev1.HostRecord) {
+	if old, ok := s.hosts[h.Id]; ok {
+		delete(s.ownHosts, old)
+	}
+	s.hosts[h.Id] = h
+	s.ownHosts[h] = struct{}{}
+}
+
+// addVM records a placed VM, a record no View holds (fresh), and the
+// indexes derived from it (name, host allocation, group members); removeVM
+// undoes it. Callers hold mu.
 func (s *Store) addVM(vm *statev1.VMRecord) {
 	s.vms[vm.Id] = vm
+	s.ownVMs[vm] = struct{}{}
 	s.byName[nameKey(vm.Project, vm.Name)] = vm.Id
 	ids := s.onHost[vm.HostId]
 	if ids == nil {
@@ -505,9 +520,9 @@ func (s *Store) applySetVMDesired(index uint64, now int64, c *statev1.SetVMDesir
 	return proto.Clone(vm).(*statev1.VMRecord), nil
 }
 
-func (s *Store) applyReportVMStatus(index uint64, now int64, c *statev1.ReportVMStatus) (struct{}, error) {
+func (s *Store) applyReportVMStatus(index uint64, now int64, c *statev1.ReportVMStatus) error {
 	if _, ok := s.hosts[c.GetHostId()]; !ok {
-		return struct{}{}, errorf(KindNotFound, "host %q not found: register it first", c.GetHostId())
+		return errorf(KindNotFound, "host %q not found: register it first", c.GetHostId())
 	}
 	for _, st := range c.GetStatuses() {
 		vm, ok := s.vms[st.GetVmId()]
@@ -516,12 +531,12 @@ func (s *Store) applyReportVMStatus(index uint64, now int64, c *statev1.ReportVM
 		if !ok || vm.HostId != c.HostId {
 			continue
 		}
+		if st.Gone && vm.Desired == statev1.PowerState_POWER_STATE_DELETED {
+			s.removeVM(vm, index)
+			continue
+		}
 		vm, _ = s.writableVM(vm.Id)
 		if st.Gone {
-			if vm.Desired == statev1.PowerState_POWER_STATE_DELETED {
-				s.removeVM(vm, index)
-				continue
-			}
 			// Gone but still wanted (undefined by hand): the agent defines it again.
 			vm.Phase = statev1.VMPhase_VM_PHASE_PENDING
 			vm.Message = st.Message
@@ -537,13 +552,13 @@ func (s *Store) applyReportVMStatus(index uint64, now int64, c *statev1.ReportVM
 		vm.UpdatedUnixNano = now
 		s.revise(vm, index)
 	}
-	return struct{}{}, nil
+	return nil
 }
 
 // applyRecordHeartbeats stamps the command's time as the last heartbeat of
 // every ready host not listed as silent. Liveness itself does not change
 // (SetHostState does that), nor does anything placement sees.
-func (s *Store) applyRecordHeartbeats(now int64, c *statev1.RecordHeartbeats) (struct{}, error) {
+func (s *Store) applyRecordHeartbeats(now int64, c *statev1.RecordHeartbeats) error {
 	silent := make(map[string]bool, len(c.GetSilentHostIds()))
 	for _, id := range c.GetSilentHostIds() {
 		silent[id] = true
@@ -554,7 +569,7 @@ func (s *Store) applyRecordHeartbeats(now int64, c *statev1.RecordHeartbeats) (s
 			h.LastHeartbeatUnixNano = now
 		}
 	}
-	return struct{}{}, nil
+	return nil
 }
 
 func (s *Store) applyUpsertMember(c *statev1.UpsertMember) (*statev1.MemberRecord, error) {
@@ -566,12 +581,12 @@ func (s *Store) applyUpsertMember(c *statev1.UpsertMember) (*statev1.MemberRecor
 	return proto.Clone(m).(*statev1.MemberRecord), nil
 }
 
-func (s *Store) applyRemoveMember(c *statev1.RemoveMember) (struct{}, error) {
+func (s *Store) applyRemoveMember(c *statev1.RemoveMember) error {
 	if _, ok := s.members[c.GetId()]; !ok {
-		return struct{}{}, errorf(KindNotFound, "member %q not found", c.GetId())
+		return errorf(KindNotFound, "member %q not found", c.GetId())
 	}
 	delete(s.members, c.Id)
-	return struct{}{}, nil
+	return nil
 }
 
 // View is the state as of one index, sharing the store's records: taking

@@ -337,7 +337,7 @@ func (s *Store) applyRevokeToken(now int64, c *statev1.RevokeToken) (*statev1.To
 	return proto.Clone(t).(*statev1.TokenRecord), nil
 }
 
-func (s *Store) applyRecordLoginFailures(now int64, c *statev1.RecordLoginFailures) (struct{}, error) {
+func (s *Store) applyRecordLoginFailures(now int64, c *statev1.RecordLoginFailures) error {
 	for _, f := range c.GetFailures() {
 		old, ok := s.users[f.GetUser()]
 		if !ok {
@@ -353,7 +353,7 @@ func (s *Store) applyRecordLoginFailures(now int64, c *statev1.RecordLoginFailur
 		}
 		s.users[u.Name] = u
 	}
-	return struct{}{}, nil
+	return nil
 }
 
 func sortedUnique(ss []string) []string {
@@ -365,9 +365,9 @@ func sortedUnique(ss []string) []string {
 // listSome names up to three items: "a, b, c and 4 more".
 func listSome(ss []string) string {
 	if len(ss) <= 3 {
-		return joinComma(ss)
+		return strings.Join(ss, ", ")
 	}
-	return joinComma(ss[:3]) + " and " + itoa(len(ss)-3) + " more"
+	return strings.Join(ss[:3], ", ") + " and " + strconv.Itoa(len(ss)-3) + " more"
 }
 
 func checkStateName(what, n string) error {
@@ -381,10 +381,6 @@ func checkStateName(what, n string) error {
 	}
 	return nil
 }
-
-func joinComma(ss []string) string { return strings.Join(ss, ", ") }
-
-func itoa(n int) string { return strconv.Itoa(n) }
 
 // Department returns one department (the default one included).
 func (s *Store) Department(name string) (*statev1.DepartmentRecord, bool) {
@@ -483,6 +479,28 @@ func (s *Store) ProjectUse(p string) int {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	return s.projectUse[p]
+}
+
+// ProjectCounts is how many VMs and how many placement groups project p
+// has, from the counters Apply keeps (no record is copied).
+func (s *Store) ProjectCounts(p string) (vms, groups int) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	vms = int(s.projUse[p].VMs)
+	return vms, s.projectUse[p] - vms
+}
+
+// UserCount is how many users department dept has.
+func (s *Store) UserCount(dept string) int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	n := 0
+	for _, u := range s.users {
+		if u.Department == dept {
+			n++
+		}
+	}
+	return n
 }
 
 // User returns one user.

@@ -48,8 +48,8 @@ func SetDialer(dial func(ctx context.Context, network, addr string) (net.Conn, e
 	return previous
 }
 
-// Dialer is the dialer set with SetDialer (nil: the default).
-func Dialer() func(ctx context.Context, network, addr string) (net.Conn, error) {
+// currentDialer is the dialer set with SetDialer (nil: the default).
+func currentDialer() func(ctx context.Context, network, addr string) (net.Conn, error) {
 	tokenMu.Lock()
 	defer tokenMu.Unlock()
 	return dialer
@@ -100,7 +100,7 @@ func Dial(addr string) (*grpc.ClientConn, error) {
 // DialToken is Dial with a given token ("" sends none).
 func DialToken(addr, tok string) (*grpc.ClientConn, error) {
 	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithPerRPCCredentials(Bearer(tok))}
-	if d := Dialer(); d != nil {
+	if d := currentDialer(); d != nil {
 		opts = append(opts, grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) { return d(ctx, "tcp", addr) }))
 	}
 	return grpc.NewClient(addr, opts...)
@@ -142,20 +142,7 @@ func Post(addr, path, body string) (int, []byte, error) {
 }
 
 func get(addr, path string) (int, []byte, error) {
-	req, err := http.NewRequest(http.MethodGet, "http://"+addr+path, nil)
-	if err != nil {
-		return 0, nil, err
-	}
-	if tok := Token(); tok != "" {
-		req.Header.Set("Authorization", "Bearer "+tok)
-	}
-	resp, err := httpClient().Do(req)
-	if err != nil {
-		return 0, nil, err
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, b, nil
+	return Do(addr, http.MethodGet, path, "")
 }
 
 // Get reads a controller's REST resource and returns the HTTP status and the

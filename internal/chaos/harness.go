@@ -6,25 +6,21 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/yunchi/yunchi/agent"
 	"github.com/yunchi/yunchi/cmd/yunchid/clustertest"
 	"github.com/yunchi/yunchi/internal/apitest"
-	"github.com/yunchi/yunchi/internal/bearer"
 	"github.com/yunchi/yunchi/internal/netns"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 )
@@ -81,6 +77,10 @@ type Run struct {
 	Cfg Config
 	Rec *Recorder
 
+	connMu sync.Mutex
+	conns  map[string]*grpc.ClientConn
+	agents *http.Client // to the agents' status listeners
+
 	mu         sync.Mutex
 	violations map[string]Violation
 	order      []string
@@ -108,12 +108,33 @@ func (r *Run) violate(vs ...Violation) {
 	}
 }
 
-// conn dials a controller with a token (through the test's network).
+// conn is the run's connection to a controller with a token, made once
+// (apitest dials through the test's network, see clustertest.NewNetns)
+// and closed when the test ends: the monitor reads every controller
+// several times a second.
 func (r *Run) conn(addr, tok string) (*grpc.ClientConn, error) {
-	return grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithPerRPCCredentials(bearer.Token(tok)), grpc.WithContextDialer(func(ctx context.Context, a string) (net.Conn, error) {
-			return r.C.Net.Dial(ctx, "tcp", a)
-		}))
+	r.connMu.Lock()
+	defer r.connMu.Unlock()
+	key := addr + "|" + tok
+	if cc := r.conns[key]; cc != nil {
+		return cc, nil
+	}
+	cc, err := apitest.DialToken(addr, tok)
+	if err != nil {
+		return nil, err
+	}
+	if r.conns == nil {
+		r.conns = map[string]*grpc.ClientConn{}
+		r.T.Cleanup(func() {
+			r.connMu.Lock()
+			defer r.connMu.Unlock()
+			for _, cc := range r.conns {
+				cc.Close()
+			}
+		})
+	}
+	r.conns[key] = cc
+	return cc, nil
 }
 
 // RunScenario runs sc under cfg and returns its figures; violations fail t.
@@ -124,6 +145,8 @@ func RunScenario(t *testing.T, sc Scenario, cfg Config) Result {
 	r := &Run{T: t, Cfg: cfg, violations: map[string]Violation{}}
 	c := clustertest.NewNetns(t)
 	r.C = c
+	r.agents = &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DialContext: c.Net.Dial}}
+	t.Cleanup(r.agents.CloseIdleConnections)
 	c.ControllerArgs = func(id string) []string {
 		return []string{"--raft-segment-size", "1MiB", "--rate-limit", "0", "--fault-clock-file", r.clockFile(id)}
 	}
@@ -152,10 +175,9 @@ func RunScenario(t *testing.T, sc Scenario, cfg Config) Result {
 	go func() { defer bg.Done(); probe.run(monCtx) }()
 
 	var injected, healed int64 = -1, -1
-	var heal func()
-	bg.Add(1)
+	faultDone := make(chan struct{})
 	go func() {
-		defer bg.Done()
+		defer close(faultDone)
 		if sc.Inject == nil {
 			return
 		}
@@ -164,8 +186,8 @@ func RunScenario(t *testing.T, sc Scenario, cfg Config) Result {
 			return
 		case <-time.After(cfg.FaultAt):
 		}
-		injected = w.Rec.Now()
 		what, h := sc.Inject(r)
+		injected = w.Rec.Now() // once in place: finding the leader and cutting links take a moment
 		r.mu.Lock()
 		r.faults = append(r.faults, what)
 		r.mu.Unlock()
@@ -177,14 +199,11 @@ func RunScenario(t *testing.T, sc Scenario, cfg Config) Result {
 		h()
 		healed = w.Rec.Now()
 		t.Logf("%s: healed at %v", sc.Name, time.Duration(healed))
-		heal = nil
 	}()
 	w.Run(ctx)
-	// Let the fault goroutine finish (it heals at the latest when ctx
-	// ends), then judge only after recovery.
-	for heal != nil && ctx.Err() == nil {
-		time.Sleep(10 * time.Millisecond)
-	}
+	// The fault heals at the latest when the workload ends; judge only
+	// after that, and after recovery.
+	<-faultDone
 	waitDone := make(chan struct{})
 	go func() { bg.Wait(); close(waitDone) }()
 	stopAfter := func() { stopMon(); <-waitDone }
@@ -331,7 +350,6 @@ func (r *Run) setup() *Workload {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer sec.Close()
 	if _, err := yunchiv1.NewDepartmentServiceClient(sec).CreateDepartment(ctx, &yunchiv1.CreateDepartmentRequest{Name: "chaos"}); err != nil {
 		t.Fatalf("setup: create department: %v", err)
 	}
@@ -348,7 +366,6 @@ func (r *Run) setup() *Workload {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer sys.Close()
 	if _, err := yunchiv1.NewVMServiceClient(sys).CreateVM(ctx, &yunchiv1.CreateVMRequest{Name: "probe", Project: "probe", Vcpus: 1, Memory: "256MiB"}); err != nil {
 		t.Fatalf("setup: probe vm: %v", err)
 	}
@@ -376,7 +393,6 @@ func (r *Run) snapshot(addr string, withAudit bool) (Snapshot, error) {
 	if err != nil {
 		return s, err
 	}
-	defer sys.Close()
 	st, err := yunchiv1.NewClusterServiceClient(sys).GetClusterStatus(ctx, &yunchiv1.GetClusterStatusRequest{})
 	if err != nil {
 		return s, err
@@ -394,7 +410,6 @@ func (r *Run) snapshot(addr string, withAudit bool) (Snapshot, error) {
 	if err != nil {
 		return s, err
 	}
-	defer sec.Close()
 	qs, err := yunchiv1.NewQuotaServiceClient(sec).ListQuotas(ctx, &yunchiv1.ListQuotasRequest{})
 	if err != nil {
 		return s, err
@@ -415,7 +430,6 @@ func (r *Run) snapshot(addr string, withAudit bool) (Snapshot, error) {
 		if err != nil {
 			return s, err
 		}
-		defer aud.Close()
 		if s.Audit, err = yunchiv1.NewAuditServiceClient(aud).VerifyAudit(ctx, &yunchiv1.VerifyAuditRequest{}); err != nil {
 			return s, err
 		}
@@ -447,8 +461,7 @@ func (r *Run) now() int64 {
 func (r *Run) agentView(hostID string) (AgentView, error) {
 	v := AgentView{HostID: hostID, Taken: r.now()}
 	nd := r.C.Net.Node(hostID)
-	hc := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DialContext: r.C.Net.Dial, DisableKeepAlives: true}}
-	resp, err := hc.Get("http://" + nd.Addr(statusPort) + "/domains")
+	resp, err := r.agents.Get("http://" + nd.Addr(statusPort) + "/domains")
 	if err != nil {
 		return v, err
 	}
@@ -460,13 +473,7 @@ func (r *Run) agentView(hostID string) (AgentView, error) {
 	if resp.StatusCode != http.StatusOK {
 		return v, fmt.Errorf("agent %s /domains: %d %s", hostID, resp.StatusCode, b)
 	}
-	var out struct {
-		Domains []struct {
-			VMID   string `json:"vm_id"`
-			Name   string `json:"name"`
-			Active bool   `json:"active"`
-		} `json:"domains"`
-	}
+	var out agent.StatusDomains
 	if err := json.Unmarshal(b, &out); err != nil {
 		return v, err
 	}
@@ -645,30 +652,19 @@ type prober struct {
 }
 
 func (p *prober) run(ctx context.Context) {
-	conns := map[string]*grpc.ClientConn{}
-	defer func() {
-		for _, c := range conns {
-			c.Close()
-		}
-	}()
 	i := 0
 	for ctx.Err() == nil {
 		ctls := p.r.C.Controllers
 		addr := ctls[i%len(ctls)].API
 		i++
-		cc := conns[addr]
-		if cc == nil {
-			var err error
-			if cc, err = p.r.conn(addr, p.r.C.Tokens.Sysadmin); err != nil {
-				continue
-			}
-			conns[addr] = cc
+		cc, err := p.r.conn(addr, p.r.C.Tokens.Sysadmin)
+		if err != nil {
+			continue
 		}
 		call := p.r.now()
 		actx, cancel := context.WithTimeout(ctx, time.Second)
 		vms := yunchiv1.NewVMServiceClient(cc)
 		req := &yunchiv1.VMActionRequest{Name: "probe", Project: "probe"}
-		var err error
 		if i%2 == 0 {
 			_, err = vms.StopVM(actx, req)
 		} else {
@@ -716,24 +712,4 @@ func (p *prober) longestGap() time.Duration {
 		g = max(g, p.ok[i][1]-p.ok[i-1][1])
 	}
 	return time.Duration(g)
-}
-
-// mountTmpfs mounts a small tmpfs at dir (made if needed), unmounted at
-// the test's end after the cluster stopped.
-func (r *Run) mountTmpfs(dir string, size int64) {
-	t := r.T
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, fmt.Sprintf("size=%d,mode=0700", size)); err != nil {
-		t.Skipf("cannot mount a tmpfs here (%v)", err)
-	}
-	// Registered before the cluster's own cleanup, so it runs after it.
-	t.Cleanup(func() {
-		if err := syscall.Unmount(dir, 0); err != nil {
-			if err := syscall.Unmount(dir, syscall.MNT_DETACH); err != nil {
-				t.Errorf("unmount %s: %v", dir, err)
-			}
-		}
-	})
 }

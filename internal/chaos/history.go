@@ -9,8 +9,6 @@ package chaos
 
 import (
 	"encoding/json"
-	"fmt"
-	"io"
 	"os"
 )
 
@@ -22,7 +20,6 @@ const (
 	OpStart  = "start"  // desired power state: running
 	OpStop   = "stop"   // desired power state: stopped
 	OpDelete = "delete" // desired power state: deleted (the record goes when its agent reports the domain gone)
-	OpResize = "resize" // not yet an API call; reserved
 
 	OpCreateGroup = "create_group"
 	OpDeleteGroup = "delete_group"
@@ -106,19 +103,4 @@ func (h History) WriteFile(path string) error {
 		}
 	}
 	return f.Close()
-}
-
-// ReadHistory reads what WriteFile wrote.
-func ReadHistory(r io.Reader) (History, error) {
-	var h History
-	dec := json.NewDecoder(r)
-	for {
-		var op Op
-		if err := dec.Decode(&op); err == io.EOF {
-			return h, nil
-		} else if err != nil {
-			return nil, fmt.Errorf("history line %d: %w", len(h)+1, err)
-		}
-		h = append(h, op)
-	}
 }

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"hash/fnv"
 	"slices"
-	"sort"
 	"strings"
 	"time"
 
@@ -113,11 +112,7 @@ func partitionByKey(history []porcupine.Operation) [][]porcupine.Operation {
 		k := o.Input.(Op).Key()
 		byKey[k] = append(byKey[k], o)
 	}
-	keys := make([]string, 0, len(byKey))
-	for k := range byKey {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
+	keys := sortedKeys(byKey)
 	out := make([][]porcupine.Operation, len(keys))
 	for i, k := range keys {
 		out[i] = byKey[k]
@@ -332,14 +327,14 @@ func CheckLinearizable(h History, timeout time.Duration) (LinResult, error) {
 	// one past the last time so the visualisation stays readable.
 	var r LinResult
 	history := make([]porcupine.Operation, len(ops))
-	keys := map[string]int{}
+	keys := map[string]bool{}
 	for i, op := range ops {
 		ret := max(op.Return, op.Call)
 		if op.Outcome == Unknown {
 			ret = end + 1
 			r.Indefinite++
 		}
-		keys[op.Key()]++
+		keys[op.Key()] = true
 		history[i] = porcupine.Operation{
 			ClientId: max(op.Client, 0),
 			Input:    op,
@@ -359,7 +354,7 @@ func CheckLinearizable(h History, timeout time.Duration) (LinResult, error) {
 	case porcupine.Unknown:
 		r.Timeout = true
 	case porcupine.Illegal:
-		r.Illegal = illegalKeys(history, info, keys)
+		r.Illegal = illegalKeys(history, info)
 	}
 	return r, nil
 }
@@ -368,7 +363,7 @@ func CheckLinearizable(h History, timeout time.Duration) (LinResult, error) {
 // linearization of: those whose longest partial one is shorter than the
 // partition (a linearizable partition's is all of it). Partitions come in
 // partitionByKey's order.
-func illegalKeys(history []porcupine.Operation, info porcupine.LinearizationInfo, sizes map[string]int) []string {
+func illegalKeys(history []porcupine.Operation, info porcupine.LinearizationInfo) []string {
 	parts := partitionByKey(history)
 	partials := info.PartialLinearizations()
 	var out []string
@@ -380,9 +375,8 @@ func illegalKeys(history []porcupine.Operation, info porcupine.LinearizationInfo
 		for _, p := range partials[i] {
 			longest = max(longest, len(p))
 		}
-		key := part[0].Input.(Op).Key()
-		if longest < sizes[key] {
-			out = append(out, key)
+		if longest < len(part) {
+			out = append(out, part[0].Input.(Op).Key())
 		}
 	}
 	return out

@@ -1,14 +1,12 @@
 package chaos
 
 import (
-	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
-	"syscall"
 	"time"
 
 	"github.com/yunchi/yunchi/cmd/yunchid/clustertest"
+	"github.com/yunchi/yunchi/internal/apitest"
 )
 
 // Scenarios is the fault set of `make chaos`, in the order run; Short
@@ -183,7 +181,7 @@ const diskSize = 48 << 20
 
 func smallDisks(r *Run) {
 	for i := 1; i <= 3; i++ {
-		r.mountTmpfs(r.C.DataDir(fmt.Sprintf("c%d", i)), diskSize)
+		apitest.MountTmpfs(r.T, r.C.DataDir(fmt.Sprintf("c%d", i)), diskSize)
 	}
 }
 
@@ -191,21 +189,7 @@ func smallDisks(r *Run) {
 // filler.
 func followerDiskFull(r *Run) (string, func()) {
 	f := r.follower()
-	path := filepath.Join(r.C.DataDir(f.ID), "filler")
-	fh, err := os.Create(path)
-	if err != nil {
-		r.T.Fatal(err)
-	}
-	chunk := make([]byte, 64<<10)
-	for {
-		if _, err = fh.Write(chunk); err != nil {
-			break
-		}
-	}
-	fh.Close()
-	if !errors.Is(err, syscall.ENOSPC) {
-		r.T.Fatalf("filling %s: %v, want no space left", path, err)
-	}
+	path := apitest.FillDisk(r.T, r.C.DataDir(f.ID))
 	return "data disk of follower " + f.ID + " full", func() {
 		if err := os.Remove(path); err != nil {
 			r.T.Errorf("remove filler: %v", err)

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"syscall"
 	"time"
 
@@ -107,14 +106,4 @@ func WaitAdminTokens(ctx context.Context, p *Proc, dataDir string, d time.Durati
 		alive = p.Running
 	}
 	return controller.WaitAdminTokens(ctx, dataDir, d, alive)
-}
-
-// WriteTokenFile writes a token to a new file readable by its owner only
-// (what `yunchid agent --token-file` accepts) and returns its path.
-func WriteTokenFile(dir, name, token string) (string, error) {
-	path := filepath.Join(dir, name)
-	if err := os.WriteFile(path, []byte(token+"\n"), 0o600); err != nil {
-		return "", err
-	}
-	return path, os.Chmod(path, 0o600) // whatever the umask
 }

@@ -47,18 +47,3 @@ func TestWaitAdminTokens(t *testing.T) {
 		t.Fatalf("cancelled: %v", err)
 	}
 }
-
-// A token file is readable by its owner only, whatever the umask.
-func TestWriteTokenFile(t *testing.T) {
-	path, err := WriteTokenFile(t.TempDir(), "h1.token", "yc_a_b")
-	if err != nil {
-		t.Fatal(err)
-	}
-	fi, err := os.Stat(path)
-	if err != nil || fi.Mode().Perm() != 0o600 {
-		t.Fatalf("%s: %v %v", path, fi.Mode(), err)
-	}
-	if b, _ := os.ReadFile(path); string(b) != "yc_a_b\n" {
-		t.Fatalf("content %q", b)
-	}
-}

@@ -148,10 +148,10 @@ func (n *Net) Node(name string) *Node {
 }
 
 // Command returns the program and arguments that run bin with args inside
-// node's namespace (ip netns exec replaces itself with bin: the pid is
+// the node's namespace (ip netns exec replaces itself with bin: the pid is
 // bin's).
-func (n *Net) Command(node *Node, bin string, args ...string) (string, []string) {
-	return "ip", append([]string{"netns", "exec", node.NS, bin}, args...)
+func (nd *Node) Command(bin string, args ...string) (string, []string) {
+	return "ip", append([]string{"netns", "exec", nd.NS, bin}, args...)
 }
 
 // Dial connects from inside the hub namespace (the test's place on the

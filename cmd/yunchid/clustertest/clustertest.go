@@ -23,6 +23,7 @@ import (
 	"github.com/yunchi/yunchi/internal/apitest"
 	"github.com/yunchi/yunchi/internal/daemon"
 	"github.com/yunchi/yunchi/internal/netns"
+	"github.com/yunchi/yunchi/internal/pki"
 )
 
 var (
@@ -90,7 +91,6 @@ type Proc struct {
 	// Node is the network namespace it runs in (nil: the test's own, on
 	// loopback).
 	Node *netns.Node
-	net  *netns.Net
 	// d is the process of the last start: a restart replaces it while
 	// other goroutines of the test may ask whether it runs.
 	d atomic.Pointer[daemon.Proc]
@@ -100,7 +100,7 @@ func (p *Proc) start(t testing.TB, bin string) {
 	t.Helper()
 	args := p.Args
 	if p.Node != nil {
-		bin, args = p.net.Command(p.Node, bin, args...)
+		bin, args = p.Node.Command(bin, args...)
 	}
 	d, err := daemon.Start(bin, args, filepath.Join(p.Dir, p.Name+".log"), false)
 	if err != nil {
@@ -261,7 +261,7 @@ func (c *Cluster) StartControllers(n int) {
 		} else {
 			ctl.API, ctl.Raft = FreePort(c.t), FreePort(c.t)
 		}
-		ctl.Proc = &Proc{Name: "controller-" + ctl.ID, Dir: c.dir, Node: nd, net: c.Net, Args: []string{
+		ctl.Proc = &Proc{Name: "controller-" + ctl.ID, Dir: c.dir, Node: nd, Args: []string{
 			"--log-level", "info", "controller", "--id", ctl.ID, "--center", ctl.Center,
 			"--listen", ctl.API, "--raft-listen", ctl.Raft, "--data-dir", filepath.Join(c.dir, ctl.ID),
 			"--insecure", // plaintext on loopback; TLS has its own tests (cmd/yunchid/tls_test.go)
@@ -320,7 +320,7 @@ func (c *Cluster) StartAgent(hostID, center string, cpus int, memBytes, diskByte
 	}
 	tokFile := c.hostTokenFile(hostID)
 	nd := c.node(hostID)
-	a := &Agent{HostID: hostID, Proc: &Proc{Name: "agent-" + hostID, Dir: c.dir, Node: nd, net: c.Net, Args: []string{
+	a := &Agent{HostID: hostID, Proc: &Proc{Name: "agent-" + hostID, Dir: c.dir, Node: nd, Args: []string{
 		"agent", "--host-id", hostID, "--center", center, "--libvirt-uri", uri,
 		"--disk-bytes", fmt.Sprint(diskBytes), "--controllers", c.apiListFrom(len(c.Agents)), "--heartbeat", "500ms",
 		"--token-file", tokFile,
@@ -353,15 +353,11 @@ func (c *Cluster) hostTokenFile(hostID string) string {
 	}); err != nil {
 		c.t.Fatalf("%v (last error: %v)", err, last)
 	}
-	dir := filepath.Join(c.dir, "tokens")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	dir, name := filepath.Join(c.dir, "tokens"), hostID+".token"
+	if err := pki.WriteFiles(dir, map[string][]byte{name: []byte(tok + "\n")}); err != nil {
 		c.t.Fatal(err)
 	}
-	path, err := daemon.WriteTokenFile(dir, hostID+".token", tok)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	return path
+	return filepath.Join(dir, name)
 }
 
 // APIList is the controllers' API addresses, comma-separated.
