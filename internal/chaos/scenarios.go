@@ -7,6 +7,7 @@ import (
 
 	"github.com/yunchi/yunchi/cmd/yunchid/clustertest"
 	"github.com/yunchi/yunchi/internal/apitest"
+	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 )
 
 // Scenarios is the fault set of `make chaos`, in the order run; Short
@@ -18,9 +19,9 @@ var Scenarios = []Scenario{
 	{Name: "freeze-leader", Controllers: 3, Leader: true, Inject: freezeLeader},
 	{Name: "partition-leader", Controllers: 3, Leader: true, Inject: partitionLeader},
 	{Name: "partition-leader-minority", Controllers: 5, Leader: true, Inject: partitionLeaderMinority},
-	{Name: "partition-center", Controllers: 3, Agent: "h4", Inject: partitionCenter},
-	{Name: "agent-crash", Controllers: 3, Agent: "h1", Inject: agentCrash},
-	{Name: "agent-partition", Controllers: 3, Agent: "h2", Inject: agentPartition},
+	{Name: "partition-center", Controllers: 3, Agent: true, Inject: partitionCenter},
+	{Name: "agent-crash", Controllers: 3, Agent: true, Inject: agentCrash},
+	{Name: "agent-partition", Controllers: 3, Agent: true, Inject: agentPartition},
 	{Name: "follower-disk-full", Controllers: 3, Setup: smallDisks, Inject: followerDiskFull},
 	{Name: "clock-jump", Controllers: 3, Leader: true, Inject: clockJump},
 }
@@ -136,6 +137,7 @@ func partitionCenter(r *Run) (string, func()) {
 	for _, h := range hosts {
 		if h.center == "b1" {
 			side = append(side, h.id)
+			r.faultHost = h.id
 		}
 	}
 	if err := r.C.Net.Cut(side, r.others(side...)); err != nil {
@@ -154,25 +156,49 @@ func (r *Run) agent(id string) *clustertest.Agent {
 	return nil
 }
 
-// agentCrash kills host h1's agent (its test-driver domains die with it,
-// as a host's would in a crash) and starts it again: it must define and
-// start its VMs again from the controllers' assignments.
-func agentCrash(r *Run) (string, func()) {
-	a := r.agent("h1")
-	a.Kill()
-	return "kill -9 agent h1", func() { r.C.RestartAgent(a) }
+// busiestHost is the host with the most VMs meant to run (h1 if none
+// runs any), so that an agent fault hits VMs.
+func (r *Run) busiestHost() string {
+	best, n := hosts[0].id, 0
+	if s, err := r.snapshot(r.leaderAPI(), false); err == nil {
+		count := map[string]int{}
+		for _, vm := range s.VMs {
+			if vm.Desired == yunchiv1.PowerState_POWER_STATE_RUNNING {
+				count[vm.HostId]++
+			}
+		}
+		for _, h := range hosts {
+			if count[h.id] > n {
+				best, n = h.id, count[h.id]
+			}
+		}
+	}
+	return best
 }
 
-// agentPartition cuts host h2 off from every controller while its VMs run.
+// agentCrash kills the agent of the host running the most VMs (its
+// test-driver domains die with it, as a host's would in a crash) and
+// starts it again: it must define and start its VMs again from the
+// controllers' assignments.
+func agentCrash(r *Run) (string, func()) {
+	r.faultHost = r.busiestHost()
+	a := r.agent(r.faultHost)
+	a.Kill()
+	return "kill -9 agent " + a.HostID, func() { r.C.RestartAgent(a) }
+}
+
+// agentPartition cuts the host running the most VMs off from every
+// controller while its VMs run.
 func agentPartition(r *Run) (string, func()) {
+	r.faultHost = r.busiestHost()
 	var ctls []string
 	for _, c := range r.C.Controllers {
 		ctls = append(ctls, c.ID)
 	}
-	if err := r.C.Net.Cut([]string{"h2"}, ctls); err != nil {
+	if err := r.C.Net.Cut([]string{r.faultHost}, ctls); err != nil {
 		r.T.Fatal(err)
 	}
-	return "host h2 cut from every controller", r.heal
+	return "host " + r.faultHost + " cut from every controller", r.heal
 }
 
 // diskSize is the tmpfs each controller's data dir gets in the disk-full
