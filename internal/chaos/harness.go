@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -219,6 +220,7 @@ func RunScenario(t *testing.T, sc Scenario, cfg Config) Result {
 	r.waitReconciled(2 * hostTTL)
 	stopAfter()
 	recovery := time.Since(recoverStart)
+	r.finalReads(w)
 
 	hist := w.Rec.History()
 	final := r.finalChecks(hist)
@@ -317,7 +319,12 @@ func RunScenario(t *testing.T, sc Scenario, cfg Config) Result {
 	if len(res.Violations) > 0 {
 		dir := cfg.OutDir
 		if dir == "" {
-			dir = t.TempDir()
+			// Kept after the test: the history is what the failure is
+			// about.
+			var err error
+			if dir, err = os.MkdirTemp("", "yunchi-chaos-"); err != nil {
+				t.Fatal(err)
+			}
 		}
 		base := filepath.Join(dir, fmt.Sprintf("chaos-%s-seed%d", sc.Name, cfg.Seed))
 		if err := hist.WriteFile(base + ".history.jsonl"); err != nil {
@@ -634,6 +641,39 @@ func (r *Run) watchAgent(ctx context.Context, host string, d time.Duration) (int
 		time.Sleep(100 * time.Millisecond)
 	}
 	return -1, len(want)
+}
+
+// finalReads reads every VM name of the workload once more, consistently
+// through the leader, after recovery, and records the answers in the
+// history (client -1): the linearizability check then covers the state
+// the run ends in, so a write acknowledged and lost shows there too, not
+// only in CheckAcknowledged.
+func (r *Run) finalReads(w *Workload) {
+	cc, err := r.conn(r.leaderAPI(), r.C.Tokens.Sysadmin)
+	if err != nil {
+		r.violate(Violation{Checker: "final", Detail: fmt.Sprintf("final reads: %v", err)})
+		return
+	}
+	vms := yunchiv1.NewVMServiceClient(cc)
+	for i := 0; i < w.Names; i++ {
+		op := Op{Client: -1, Seq: i + 1, Kind: OpGet, Project: w.Project, Name: fmt.Sprintf("vm-%d", i), Via: r.leaderAPI(), Transport: "grpc", Attempts: 1}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		op.Call = w.Rec.Now()
+		vm, err := vms.GetVM(ctx, &yunchiv1.GetVMRequest{Name: op.Name, Project: op.Project, Consistent: true})
+		op.Return = w.Rec.Now()
+		cancel()
+		switch status.Code(err) {
+		case codes.OK:
+			op.Outcome = OK
+			fill(&op, vm)
+		case codes.NotFound:
+			op.Outcome = NotFound
+		default:
+			r.violate(Violation{Checker: "final", Detail: fmt.Sprintf("final read of %s: %v", op.Key(), err)})
+			continue
+		}
+		w.Rec.add(op)
+	}
 }
 
 // waitReconciled waits until what every agent runs matches the state (and

@@ -363,11 +363,14 @@ func CheckAcknowledged(h History, final Snapshot) []Violation {
 			quotas[q.GetProject()] = q
 		}
 	}
-	// mayDelete says whether a delete on key called after t may have
-	// removed what was there.
+	// mayDelete says whether a delete on key may have taken effect after
+	// a create called at t: one that had not returned by then (it may be
+	// linearized after the create: a retry of a delete sent before the
+	// create finds the new VM by its name), or whose outcome is unknown
+	// (it may take effect at any time after its call).
 	mayDelete := func(key string, t int64) bool {
 		for _, d := range h {
-			if d.Kind == OpDelete && d.Key() == key && d.Call > t && (d.Outcome == OK || d.Outcome == Unknown) {
+			if d.Kind == OpDelete && d.Key() == key && (d.Outcome == Unknown || d.Outcome == OK && d.Return > t) {
 				return true
 			}
 		}
