@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Yunchi needs to build and test on Debian 12, only if missing.
-#   scripts/deps.sh         build + test dependencies (C compiler, libvirt headers, pkg-config, iproute2)
+#   scripts/deps.sh         build + test dependencies (C compiler, libvirt headers, pkg-config, iproute2,
+#                           libvirtd and QEMU for the real-host tests)
 #   scripts/deps.sh proto   also protoc and the well-known protos
 set -euo pipefail
 need=()
@@ -12,6 +13,11 @@ pkg-config --exists libvirt 2>/dev/null || need+=(libvirt-dev)
 # The chaos harness (internal/chaos) runs each process in a network namespace
 # of its own: iproute2's ip makes them and cuts their links.
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
+# Real hypervisor hosts (internal/libvirthost): private libvirtd + QEMU.
+command -v libvirtd >/dev/null 2>&1 || need+=(libvirt-daemon-system)
+command -v virsh >/dev/null 2>&1 || need+=(libvirt-clients)
+command -v qemu-system-x86_64 >/dev/null 2>&1 || need+=(qemu-system-x86)
+command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)
 if [ "${1:-}" = proto ]; then
   command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
   [ -f /usr/include/google/protobuf/timestamp.proto ] || need+=(libprotobuf-dev)
