@@ -212,6 +212,7 @@ func (a *Agent) register(ctx context.Context) error {
 		CpuModel:     nf.CPUModel,
 		AgentVersion: Version,
 		LibvirtUri:   a.cfg.LibvirtURI,
+		Hypervisor:   nf.Hypervisor, LibvirtVersion: nf.LibvirtVersion,
 	}
 	if a.cfg.Hostname != "" {
 		facts.Hostname = a.cfg.Hostname

@@ -57,6 +57,9 @@ type NodeFacts struct {
 	MemoryBytes int64
 	// DiskBytes is the capacity summed over the host's active storage pools.
 	DiskBytes int64
+	// Hypervisor names the hypervisor with its version ("QEMU 7.2.0"), and
+	// LibvirtVersion the libvirt library's ("9.0.0"); "" if unknown.
+	Hypervisor, LibvirtVersion string
 }
 
 // DomainState is the coarse power state of a domain.

@@ -191,6 +191,17 @@ func (d *Driver) NodeFacts(ctx context.Context) (agent.NodeFacts, error) {
 			MemoryBytes: int64(info.Memory) * 1024,
 			DiskBytes:   int64(disk),
 		}
+		// Versions are reported as facts, not needed to run: a driver
+		// that cannot tell leaves them empty.
+		if typ, err := conn.GetType(); err == nil {
+			f.Hypervisor = typ
+			if v, err := conn.GetVersion(); err == nil && v > 0 {
+				f.Hypervisor += " " + versionText(v)
+			}
+		}
+		if v, err := conn.GetLibVersion(); err == nil {
+			f.LibvirtVersion = versionText(v)
+		}
 		return nil
 	})
 	return f, err
@@ -533,4 +544,10 @@ func isCode(err error, codes ...lv.ErrorNumber) bool {
 		}
 	}
 	return false
+}
+
+// versionText reads libvirt's version numbers: major * 1,000,000 +
+// minor * 1,000 + release.
+func versionText(v uint32) string {
+	return fmt.Sprintf("%d.%d.%d", v/1000000, v/1000%1000, v%1000)
 }

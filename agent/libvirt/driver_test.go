@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -45,6 +46,11 @@ func TestNodeFactsFromTestNodeXML(t *testing.T) {
 	}
 	if f.VCPUs != 24 || f.MemoryBytes != 96<<30 || f.CPUModel != "Yunchi-Test-CPU" || f.Hostname == "" {
 		t.Errorf("facts = %+v", f)
+	}
+	// The hypervisor is libvirt's test driver; libvirt's version is the
+	// library's, three numbers.
+	if !strings.HasPrefix(f.Hypervisor, "TEST") || !regexp.MustCompile(`^\d+\.\d+\.\d+$`).MatchString(f.LibvirtVersion) {
+		t.Errorf("hypervisor %q, libvirt version %q", f.Hypervisor, f.LibvirtVersion)
 	}
 	// Every test-driver pool reports 100 GiB.
 	if f.DiskBytes != 2*100<<30 {

@@ -343,6 +343,7 @@ var hosts = []*yunchiv1.Host{
 		Reserved: res(1, 2, 0), Allocatable: res(252, 254, 4096), Free: res(242, 214, 3696),
 		Ratios: &yunchiv1.Ratios{Cpu: 4, Memory: 1, Disk: 1}, RatioSources: &yunchiv1.RatioSources{Cpu: "default", Memory: "center a1", Disk: "default"},
 		CpuModel: "EPYC 7543", AgentVersion: "0.1.0", RegisteredAt: created, LastSeen: timestamppb.Now(),
+		Hypervisor: "QEMU 7.2.0", LibvirtVersion: "9.0.0",
 		Stats: &yunchiv1.HostStats{DomainsRunning: 3, DomainsDefined: 3, MemoryFreeBytes: proto.Int64(200 << 30)}},
 	{Id: "b2-h01", Hostname: "b2-h01.gov.internal", Center: "b2", State: yunchiv1.HostState_HOST_STATE_DOWN,
 		Capacity: res(32, 128, 2048), Allocated: res(0, 0, 0), Owner: "tax",

@@ -289,7 +289,7 @@ func TestTableOutput(t *testing.T) {
 		{[]string{"vm", "list"}, []string{"app-3", "running (host down)", "b2-h01"}},
 		{[]string{"vm", "show", "app-3"}, []string{"Phase:", "running (host down)", "Conditions:", "host-down", "Host:", "b2-h01 (down, last heartbeat 1h ago)"}},
 		{[]string{"host", "list"}, []string{"ID", "STATE", "a1-h07", "ready", "b2-h01", "down", "tax", "242/252", "214 GiB/254 GiB"}},
-		{[]string{"host", "show", "a1-h07"}, []string{"Labels:", "gpu=none,tier=gold", "Owner:", "shared", "RESOURCE", "RESERVED", "ALLOCATABLE", "RATIO FROM", "center a1", "252", "254 GiB", "4 TiB", "Domains running:", "Memory free (observed):  200 GiB"}},
+		{[]string{"host", "show", "a1-h07"}, []string{"Labels:", "gpu=none,tier=gold", "Owner:", "shared", "RESOURCE", "RESERVED", "ALLOCATABLE", "RATIO FROM", "center a1", "252", "254 GiB", "4 TiB", "Domains running:", "Memory free (observed):  200 GiB", "Hypervisor:", "QEMU 7.2.0 (libvirt 9.0.0)"}},
 		{[]string{"host", "show", "b2-h01"}, []string{"Domains defined:", "Memory free (observed):  not reported"}},
 		{[]string{"capacity"}, []string{"CENTER", "VCPUS FREE/ALLOCATABLE", "MEMORY FREE/ALLOCATABLE", "a1", "b2", "TOTAL", "86/96", "344 GiB/384 GiB"}},
 		{[]string{"cluster", "status"}, []string{"Leader:", "c1 (10.0.0.1:8470)", "Term:", "4", "Commit index:", "1207", "Applied index:", "1206", "SUFFRAGE", "nonvoter", "*"}},

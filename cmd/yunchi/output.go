@@ -128,6 +128,7 @@ func (p *printer) hostDetail(h *yunchiv1.Host) func(io.Writer) {
 		kv(w, "Admin labels", labels(h.GetAdminLabels()))
 		kv(w, "CPU model", h.GetCpuModel())
 		kv(w, "Agent version", h.GetAgentVersion())
+		kv(w, "Hypervisor", hypervisorText(h))
 		kv(w, "VMs", strconv.Itoa(int(h.GetVmCount())))
 		kv(w, "Registered", p.timestamp(h.GetRegisteredAt()))
 		kv(w, "Last seen", p.timestamp(h.GetLastSeen()))
@@ -418,5 +419,18 @@ func (p *printer) decisions(r *yunchiv1.CreateVMsResponse) func(io.Writer) {
 			}
 			fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\n", d.GetVmName(), d.GetHostId(), dash(d.GetHostCenter()), d.GetScore(), dash(strings.Join(ru, ", ")))
 		}
+	}
+}
+
+// hypervisorText is a host's hypervisor with the libvirt version beside
+// it: "QEMU 7.2.0 (libvirt 9.0.0)"; "" when the agent did not say.
+func hypervisorText(h *yunchiv1.Host) string {
+	switch hv, lv := h.GetHypervisor(), h.GetLibvirtVersion(); {
+	case hv != "" && lv != "":
+		return hv + " (libvirt " + lv + ")"
+	case lv != "":
+		return "libvirt " + lv
+	default:
+		return hv
 	}
 }

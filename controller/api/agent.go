@@ -21,6 +21,14 @@ func checkFacts(f *yunchiv1.HostFacts) error {
 	if err := checkName("center", f.Center); err != nil {
 		return err
 	}
+	for _, t := range []struct{ what, value string }{
+		{"hostname", f.Hostname}, {"cpu model", f.CpuModel}, {"agent version", f.AgentVersion},
+		{"libvirt uri", f.LibvirtUri}, {"hypervisor", f.Hypervisor}, {"libvirt version", f.LibvirtVersion},
+	} {
+		if err := checkText("host "+f.Id+": "+t.what, t.value); err != nil {
+			return err
+		}
+	}
 	c := f.Capacity
 	if c.GetVcpus() <= 0 || c.GetMemoryBytes() <= 0 || c.GetDiskBytes() < 0 {
 		return invalid("host %s reports no usable capacity (vcpus %d, memory %d bytes)", f.Id, c.GetVcpus(), c.GetMemoryBytes())
@@ -36,6 +44,7 @@ func (s *Server) RegisterHost(ctx context.Context, req *yunchiv1.RegisterHostReq
 	if _, err := s.apply(ctx, &statev1.Command{Cmd: &statev1.Command_RegisterHost{RegisterHost: &statev1.RegisterHost{Host: &statev1.HostRecord{
 		Id: f.Id, Hostname: f.Hostname, Center: f.Center, Site: f.Site, Rack: f.Rack, Labels: f.Labels,
 		Capacity: resFromAPI(f.Capacity), CpuModel: f.CpuModel, AgentVersion: f.AgentVersion,
+		Hypervisor: f.Hypervisor, LibvirtVersion: f.LibvirtVersion,
 	}}}}); err != nil {
 		return nil, err
 	}

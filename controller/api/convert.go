@@ -131,6 +131,7 @@ func hostToAPI(hv state.HostView, stats *yunchiv1.HostStats) *yunchiv1.Host {
 		RatioSources: &yunchiv1.RatioSources{Cpu: hv.Sources.CPU, Memory: hv.Sources.Memory, Disk: hv.Sources.Disk},
 		HostRatios:   recRatiosToAPI(h.Ratios),
 		CpuModel:     h.CpuModel, AgentVersion: h.AgentVersion, RegisteredAt: ts(h.RegisteredUnixNano),
+		Hypervisor: h.Hypervisor, LibvirtVersion: h.LibvirtVersion,
 	}
 	// Last seen is the replicated record, the same on every controller;
 	// stats are the leader's own (nil elsewhere).

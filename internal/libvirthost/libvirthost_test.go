@@ -52,6 +52,9 @@ func TestTwoHostsRunTheSameDomain(t *testing.T) {
 		if nf.VCPUs < 1 || nf.MemoryBytes < 1<<30 {
 			t.Errorf("host %d: capacity %d vCPUs, %d bytes: not the machine's", i, nf.VCPUs, nf.MemoryBytes)
 		}
+		if !strings.HasPrefix(nf.Hypervisor, "QEMU ") || nf.LibvirtVersion == "" {
+			t.Errorf("host %d: hypervisor %q, libvirt %q; want QEMU with its version, and libvirt's", i, nf.Hypervisor, nf.LibvirtVersion)
+		}
 		if err := d.Define(ctx, spec); err != nil {
 			t.Fatalf("host %d: define: %v", i, err)
 		}

@@ -27,19 +27,23 @@ const (
 // Facts an agent reads off its host (libvirt NodeGetInfo, storage pools) and
 // its own configuration.
 type HostFacts struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Hostname      string                 `protobuf:"bytes,2,opt,name=hostname,proto3" json:"hostname,omitempty"`
-	Center        string                 `protobuf:"bytes,3,opt,name=center,proto3" json:"center,omitempty"`
-	Site          string                 `protobuf:"bytes,4,opt,name=site,proto3" json:"site,omitempty"`
-	Rack          string                 `protobuf:"bytes,5,opt,name=rack,proto3" json:"rack,omitempty"`
-	Labels        map[string]string      `protobuf:"bytes,6,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	Capacity      *Resources             `protobuf:"bytes,7,opt,name=capacity,proto3" json:"capacity,omitempty"`
-	CpuModel      string                 `protobuf:"bytes,8,opt,name=cpu_model,json=cpuModel,proto3" json:"cpu_model,omitempty"`
-	AgentVersion  string                 `protobuf:"bytes,9,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
-	LibvirtUri    string                 `protobuf:"bytes,10,opt,name=libvirt_uri,json=libvirtUri,proto3" json:"libvirt_uri,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Id           string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Hostname     string                 `protobuf:"bytes,2,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	Center       string                 `protobuf:"bytes,3,opt,name=center,proto3" json:"center,omitempty"`
+	Site         string                 `protobuf:"bytes,4,opt,name=site,proto3" json:"site,omitempty"`
+	Rack         string                 `protobuf:"bytes,5,opt,name=rack,proto3" json:"rack,omitempty"`
+	Labels       map[string]string      `protobuf:"bytes,6,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Capacity     *Resources             `protobuf:"bytes,7,opt,name=capacity,proto3" json:"capacity,omitempty"`
+	CpuModel     string                 `protobuf:"bytes,8,opt,name=cpu_model,json=cpuModel,proto3" json:"cpu_model,omitempty"`
+	AgentVersion string                 `protobuf:"bytes,9,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
+	LibvirtUri   string                 `protobuf:"bytes,10,opt,name=libvirt_uri,json=libvirtUri,proto3" json:"libvirt_uri,omitempty"`
+	// The hypervisor libvirt drives, with its version ("QEMU 7.2.0"; "Test"
+	// for libvirt's test driver), and libvirt's own version ("9.0.0").
+	Hypervisor     string `protobuf:"bytes,11,opt,name=hypervisor,proto3" json:"hypervisor,omitempty"`
+	LibvirtVersion string `protobuf:"bytes,12,opt,name=libvirt_version,json=libvirtVersion,proto3" json:"libvirt_version,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *HostFacts) Reset() {
@@ -138,6 +142,20 @@ func (x *HostFacts) GetAgentVersion() string {
 func (x *HostFacts) GetLibvirtUri() string {
 	if x != nil {
 		return x.LibvirtUri
+	}
+	return ""
+}
+
+func (x *HostFacts) GetHypervisor() string {
+	if x != nil {
+		return x.Hypervisor
+	}
+	return ""
+}
+
+func (x *HostFacts) GetLibvirtVersion() string {
+	if x != nil {
+		return x.LibvirtVersion
 	}
 	return ""
 }
@@ -844,7 +862,7 @@ var File_yunchi_v1_agent_proto protoreflect.FileDescriptor
 
 const file_yunchi_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x15yunchi/v1/agent.proto\x12\tyunchi.v1\x1a\x16yunchi/v1/access.proto\x1a\x16yunchi/v1/yunchi.proto\"\x81\x03\n" +
+	"\x15yunchi/v1/agent.proto\x12\tyunchi.v1\x1a\x16yunchi/v1/access.proto\x1a\x16yunchi/v1/yunchi.proto\"\xca\x03\n" +
 	"\tHostFacts\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
 	"\bhostname\x18\x02 \x01(\tR\bhostname\x12\x16\n" +
@@ -857,7 +875,11 @@ const file_yunchi_v1_agent_proto_rawDesc = "" +
 	"\ragent_version\x18\t \x01(\tR\fagentVersion\x12\x1f\n" +
 	"\vlibvirt_uri\x18\n" +
 	" \x01(\tR\n" +
-	"libvirtUri\x1a9\n" +
+	"libvirtUri\x12\x1e\n" +
+	"\n" +
+	"hypervisor\x18\v \x01(\tR\n" +
+	"hypervisor\x12'\n" +
+	"\x0flibvirt_version\x18\f \x01(\tR\x0elibvirtVersion\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"A\n" +

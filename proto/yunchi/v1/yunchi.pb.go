@@ -1490,9 +1490,13 @@ type Host struct {
 	// runs more than it may hold (an admin forced a change that lowered its
 	// allocatable) and takes no new VM until it is back within. Free is then
 	// 0 in that dimension, never negative.
-	Overcommit    *Resources `protobuf:"bytes,24,opt,name=overcommit,proto3" json:"overcommit,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Overcommit *Resources `protobuf:"bytes,24,opt,name=overcommit,proto3" json:"overcommit,omitempty"`
+	// The hypervisor with its version ("QEMU 7.2.0"; "Test" for libvirt's
+	// test driver) and libvirt's version ("9.0.0"), as the agent read them.
+	Hypervisor     string `protobuf:"bytes,25,opt,name=hypervisor,proto3" json:"hypervisor,omitempty"`
+	LibvirtVersion string `protobuf:"bytes,26,opt,name=libvirt_version,json=libvirtVersion,proto3" json:"libvirt_version,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Host) Reset() {
@@ -1691,6 +1695,20 @@ func (x *Host) GetOvercommit() *Resources {
 		return x.Overcommit
 	}
 	return nil
+}
+
+func (x *Host) GetHypervisor() string {
+	if x != nil {
+		return x.Hypervisor
+	}
+	return ""
+}
+
+func (x *Host) GetLibvirtVersion() string {
+	if x != nil {
+		return x.LibvirtVersion
+	}
+	return ""
 }
 
 // Observed on the host by its agent (not used for placement).
@@ -3864,7 +3882,7 @@ const file_yunchi_v1_yunchi_proto_rawDesc = "" +
 	"\fRatioSources\x12\x10\n" +
 	"\x03cpu\x18\x01 \x01(\tR\x03cpu\x12\x16\n" +
 	"\x06memory\x18\x02 \x01(\tR\x06memory\x12\x12\n" +
-	"\x04disk\x18\x03 \x01(\tR\x04disk\"\xf9\b\n" +
+	"\x04disk\x18\x03 \x01(\tR\x04disk\"\xc2\t\n" +
 	"\x04Host\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
 	"\bhostname\x18\x02 \x01(\tR\bhostname\x12\x16\n" +
@@ -3893,7 +3911,11 @@ const file_yunchi_v1_yunchi_proto_rawDesc = "" +
 	"hostRatios\x124\n" +
 	"\n" +
 	"overcommit\x18\x18 \x01(\v2\x14.yunchi.v1.ResourcesR\n" +
-	"overcommit\x1a9\n" +
+	"overcommit\x12\x1e\n" +
+	"\n" +
+	"hypervisor\x18\x19 \x01(\tR\n" +
+	"hypervisor\x12'\n" +
+	"\x0flibvirt_version\x18\x1a \x01(\tR\x0elibvirtVersion\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a>\n" +

@@ -652,8 +652,12 @@ type HostRecord struct {
 	// of this host: coarse, to within one RecordHeartbeats period, but the
 	// same on every controller. 0: none recorded yet.
 	LastHeartbeatUnixNano int64 `protobuf:"varint,18,opt,name=last_heartbeat_unix_nano,json=lastHeartbeatUnixNano,proto3" json:"last_heartbeat_unix_nano,omitempty"`
-	unknownFields         protoimpl.UnknownFields
-	sizeCache             protoimpl.SizeCache
+	// From the agent: the hypervisor with its version ("QEMU 7.2.0") and
+	// libvirt's version ("9.0.0").
+	Hypervisor     string `protobuf:"bytes,19,opt,name=hypervisor,proto3" json:"hypervisor,omitempty"`
+	LibvirtVersion string `protobuf:"bytes,20,opt,name=libvirt_version,json=libvirtVersion,proto3" json:"libvirt_version,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *HostRecord) Reset() {
@@ -810,6 +814,20 @@ func (x *HostRecord) GetLastHeartbeatUnixNano() int64 {
 		return x.LastHeartbeatUnixNano
 	}
 	return 0
+}
+
+func (x *HostRecord) GetHypervisor() string {
+	if x != nil {
+		return x.Hypervisor
+	}
+	return ""
+}
+
+func (x *HostRecord) GetLibvirtVersion() string {
+	if x != nil {
+		return x.LibvirtVersion
+	}
+	return ""
 }
 
 type VMRecord struct {
@@ -2890,7 +2908,7 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"Constraint\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12-\n" +
 	"\x02op\x18\x02 \x01(\x0e2\x1d.yunchi.state.v1.ConstraintOpR\x02op\x12\x16\n" +
-	"\x06values\x18\x03 \x03(\tR\x06values\"\x8f\a\n" +
+	"\x06values\x18\x03 \x03(\tR\x06values\"\xd8\a\n" +
 	"\n" +
 	"HostRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
@@ -2912,7 +2930,11 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\x05owner\x18\x0f \x01(\tR\x05owner\x126\n" +
 	"\breserved\x18\x10 \x01(\v2\x1a.yunchi.state.v1.ResourcesR\breserved\x12/\n" +
 	"\x06ratios\x18\x11 \x01(\v2\x17.yunchi.state.v1.RatiosR\x06ratios\x127\n" +
-	"\x18last_heartbeat_unix_nano\x18\x12 \x01(\x03R\x15lastHeartbeatUnixNano\x1a9\n" +
+	"\x18last_heartbeat_unix_nano\x18\x12 \x01(\x03R\x15lastHeartbeatUnixNano\x12\x1e\n" +
+	"\n" +
+	"hypervisor\x18\x13 \x01(\tR\n" +
+	"hypervisor\x12'\n" +
+	"\x0flibvirt_version\x18\x14 \x01(\tR\x0elibvirtVersion\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a>\n" +
