@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"io"
 	"time"
 )
 
@@ -41,8 +42,44 @@ type Driver interface {
 	// SetRebootSeq records, with the domain itself, the last reboot request
 	// carried out, so that an agent restarted later does not repeat it.
 	SetRebootSeq(ctx context.Context, vmID string, seq uint64) error
-	// Undefine removes a shut-off domain's definition.
+	// Undefine removes a shut-off domain's definition and the volumes
+	// Define made for it (root disk, cloud-init seed).
 	Undefine(ctx context.Context, vmID string) error
+	// Events streams lifecycle changes of managed domains (started,
+	// stopped, crashed, QEMU killed, ...) until ctx ends; the channel is
+	// closed then, or earlier if the connection is lost (call again). A
+	// driver that cannot watch returns ErrNoEvents.
+	Events(ctx context.Context) (<-chan DomainEvent, error)
+	// OpenConsole attaches to a running domain's serial console. Closing
+	// the returned stream detaches.
+	OpenConsole(ctx context.Context, vmID string) (io.ReadWriteCloser, error)
+	// Stats reads what running managed domains use, by VM id.
+	Stats(ctx context.Context) (map[string]Usage, error)
+}
+
+// ErrNoEvents is returned by Driver.Events for a host that cannot report
+// lifecycle events; the agent then relies on its periodic reconcile.
+var ErrNoEvents = errors.New("lifecycle events not supported")
+
+// DomainEvent says that a managed domain's state changed.
+type DomainEvent struct {
+	VMID string
+	// State after the event, and the hypervisor's words for why
+	// ("stopped: crashed", "started: booted").
+	State  DomainState
+	Detail string
+}
+
+// Usage is what a running domain uses (libvirt bulk domain stats). Zero
+// fields are unknown.
+type Usage struct {
+	CPUTimeNs         uint64
+	MemoryBytes       int64 // balloon: current
+	MemoryUnusedBytes int64 // balloon: unused, as the guest reports it
+	DiskReadBytes     uint64
+	DiskWriteBytes    uint64
+	NetRxBytes        uint64
+	NetTxBytes        uint64
 }
 
 // ErrDomainNotFound is returned (wrapped) by a Driver for a VM id that has no
@@ -105,4 +142,20 @@ type DomainSpec struct {
 	// RebootSeq seeds the recorded reboot request: a freshly defined domain
 	// has carried out every reboot asked before it existed.
 	RebootSeq uint64
+	// DiskBytes is the root disk's size; 0: no root disk.
+	DiskBytes int64
+	// BaseImage is the verified image file the root disk is a copy-on-write
+	// overlay of ("": an empty disk), and BaseFormat its format ("qcow2",
+	// "raw").
+	BaseImage, BaseFormat string
+	// Seed, when set, is attached as a cloud-init NoCloud seed.
+	Seed *Seed
+}
+
+// Seed is what a guest learns through cloud-init (NoCloud).
+type Seed struct {
+	InstanceID        string
+	Hostname          string
+	SSHAuthorizedKeys []string
+	UserData          string
 }

@@ -337,9 +337,11 @@ func (x *VMStatus) GetGone() bool {
 }
 
 type HeartbeatRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	HostId        string                 `protobuf:"bytes,1,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
-	Stats         *HostStats             `protobuf:"bytes,2,opt,name=stats,proto3" json:"stats,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	HostId string                 `protobuf:"bytes,1,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
+	Stats  *HostStats             `protobuf:"bytes,2,opt,name=stats,proto3" json:"stats,omitempty"`
+	// Running guests' use (libvirt bulk domain stats).
+	VmStats       []*VMStats `protobuf:"bytes,3,rep,name=vm_stats,json=vmStats,proto3" json:"vm_stats,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -388,6 +390,65 @@ func (x *HeartbeatRequest) GetStats() *HostStats {
 	return nil
 }
 
+func (x *HeartbeatRequest) GetVmStats() []*VMStats {
+	if x != nil {
+		return x.VmStats
+	}
+	return nil
+}
+
+type VMStats struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	VmId          string                 `protobuf:"bytes,1,opt,name=vm_id,json=vmId,proto3" json:"vm_id,omitempty"`
+	Usage         *VMUsage               `protobuf:"bytes,2,opt,name=usage,proto3" json:"usage,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VMStats) Reset() {
+	*x = VMStats{}
+	mi := &file_yunchi_v1_agent_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VMStats) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VMStats) ProtoMessage() {}
+
+func (x *VMStats) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_agent_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VMStats.ProtoReflect.Descriptor instead.
+func (*VMStats) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *VMStats) GetVmId() string {
+	if x != nil {
+		return x.VmId
+	}
+	return ""
+}
+
+func (x *VMStats) GetUsage() *VMUsage {
+	if x != nil {
+		return x.Usage
+	}
+	return nil
+}
+
 type HeartbeatResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// False when the controller does not know this host (it must register again).
@@ -398,7 +459,7 @@ type HeartbeatResponse struct {
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[5]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -410,7 +471,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[5]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -423,7 +484,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{5}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *HeartbeatResponse) GetKnown() bool {
@@ -443,7 +504,7 @@ type ReportVMStatusRequest struct {
 
 func (x *ReportVMStatusRequest) Reset() {
 	*x = ReportVMStatusRequest{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[6]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -455,7 +516,7 @@ func (x *ReportVMStatusRequest) String() string {
 func (*ReportVMStatusRequest) ProtoMessage() {}
 
 func (x *ReportVMStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[6]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -468,7 +529,7 @@ func (x *ReportVMStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportVMStatusRequest.ProtoReflect.Descriptor instead.
 func (*ReportVMStatusRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{6}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ReportVMStatusRequest) GetHostId() string {
@@ -493,7 +554,7 @@ type ReportVMStatusResponse struct {
 
 func (x *ReportVMStatusResponse) Reset() {
 	*x = ReportVMStatusResponse{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[7]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -505,7 +566,7 @@ func (x *ReportVMStatusResponse) String() string {
 func (*ReportVMStatusResponse) ProtoMessage() {}
 
 func (x *ReportVMStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[7]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -518,7 +579,7 @@ func (x *ReportVMStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportVMStatusResponse.ProtoReflect.Descriptor instead.
 func (*ReportVMStatusResponse) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{7}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{8}
 }
 
 type WatchAssignmentsRequest struct {
@@ -530,7 +591,7 @@ type WatchAssignmentsRequest struct {
 
 func (x *WatchAssignmentsRequest) Reset() {
 	*x = WatchAssignmentsRequest{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[8]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -542,7 +603,7 @@ func (x *WatchAssignmentsRequest) String() string {
 func (*WatchAssignmentsRequest) ProtoMessage() {}
 
 func (x *WatchAssignmentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[8]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -555,7 +616,7 @@ func (x *WatchAssignmentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchAssignmentsRequest.ProtoReflect.Descriptor instead.
 func (*WatchAssignmentsRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{8}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *WatchAssignmentsRequest) GetHostId() string {
@@ -577,14 +638,20 @@ type Assignment struct {
 	Desired     PowerState             `protobuf:"varint,7,opt,name=desired,proto3,enum=yunchi.v1.PowerState" json:"desired,omitempty"`
 	RebootSeq   uint64                 `protobuf:"varint,8,opt,name=reboot_seq,json=rebootSeq,proto3" json:"reboot_seq,omitempty"`
 	// Phase as the controller last recorded it.
-	Phase         VMPhase `protobuf:"varint,9,opt,name=phase,proto3,enum=yunchi.v1.VMPhase" json:"phase,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Phase VMPhase `protobuf:"varint,9,opt,name=phase,proto3,enum=yunchi.v1.VMPhase" json:"phase,omitempty"`
+	// The image the root disk is an overlay of (unset: an empty disk of
+	// disk_bytes); fetch it with FetchImage.
+	Image *ImageRef `protobuf:"bytes,10,opt,name=image,proto3" json:"image,omitempty"`
+	// cloud-init NoCloud seed contents.
+	UserData          string   `protobuf:"bytes,11,opt,name=user_data,json=userData,proto3" json:"user_data,omitempty"`
+	SshAuthorizedKeys []string `protobuf:"bytes,12,rep,name=ssh_authorized_keys,json=sshAuthorizedKeys,proto3" json:"ssh_authorized_keys,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *Assignment) Reset() {
 	*x = Assignment{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[9]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -596,7 +663,7 @@ func (x *Assignment) String() string {
 func (*Assignment) ProtoMessage() {}
 
 func (x *Assignment) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[9]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -609,7 +676,7 @@ func (x *Assignment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Assignment.ProtoReflect.Descriptor instead.
 func (*Assignment) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Assignment) GetVmId() string {
@@ -675,6 +742,326 @@ func (x *Assignment) GetPhase() VMPhase {
 	return VMPhase_VM_PHASE_UNSPECIFIED
 }
 
+func (x *Assignment) GetImage() *ImageRef {
+	if x != nil {
+		return x.Image
+	}
+	return nil
+}
+
+func (x *Assignment) GetUserData() string {
+	if x != nil {
+		return x.UserData
+	}
+	return ""
+}
+
+func (x *Assignment) GetSshAuthorizedKeys() []string {
+	if x != nil {
+		return x.SshAuthorizedKeys
+	}
+	return nil
+}
+
+// ImageRef names an image's bytes for an agent.
+type ImageRef struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	Sha256           string                 `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	Format           ImageFormat            `protobuf:"varint,2,opt,name=format,proto3,enum=yunchi.v1.ImageFormat" json:"format,omitempty"`
+	SizeBytes        int64                  `protobuf:"varint,3,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	VirtualSizeBytes int64                  `protobuf:"varint,4,opt,name=virtual_size_bytes,json=virtualSizeBytes,proto3" json:"virtual_size_bytes,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *ImageRef) Reset() {
+	*x = ImageRef{}
+	mi := &file_yunchi_v1_agent_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImageRef) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImageRef) ProtoMessage() {}
+
+func (x *ImageRef) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_agent_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImageRef.ProtoReflect.Descriptor instead.
+func (*ImageRef) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ImageRef) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
+func (x *ImageRef) GetFormat() ImageFormat {
+	if x != nil {
+		return x.Format
+	}
+	return ImageFormat_IMAGE_FORMAT_UNSPECIFIED
+}
+
+func (x *ImageRef) GetSizeBytes() int64 {
+	if x != nil {
+		return x.SizeBytes
+	}
+	return 0
+}
+
+func (x *ImageRef) GetVirtualSizeBytes() int64 {
+	if x != nil {
+		return x.VirtualSizeBytes
+	}
+	return 0
+}
+
+type FetchImageRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	HostId string                 `protobuf:"bytes,1,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
+	Sha256 string                 `protobuf:"bytes,2,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	// Resume from here (the bytes the agent already holds).
+	Offset        int64 `protobuf:"varint,3,opt,name=offset,proto3" json:"offset,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FetchImageRequest) Reset() {
+	*x = FetchImageRequest{}
+	mi := &file_yunchi_v1_agent_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FetchImageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FetchImageRequest) ProtoMessage() {}
+
+func (x *FetchImageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_agent_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FetchImageRequest.ProtoReflect.Descriptor instead.
+func (*FetchImageRequest) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *FetchImageRequest) GetHostId() string {
+	if x != nil {
+		return x.HostId
+	}
+	return ""
+}
+
+func (x *FetchImageRequest) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
+func (x *FetchImageRequest) GetOffset() int64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+type WatchConsolesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	HostId        string                 `protobuf:"bytes,1,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchConsolesRequest) Reset() {
+	*x = WatchConsolesRequest{}
+	mi := &file_yunchi_v1_agent_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchConsolesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchConsolesRequest) ProtoMessage() {}
+
+func (x *WatchConsolesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_agent_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchConsolesRequest.ProtoReflect.Descriptor instead.
+func (*WatchConsolesRequest) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *WatchConsolesRequest) GetHostId() string {
+	if x != nil {
+		return x.HostId
+	}
+	return ""
+}
+
+// ConsoleSession asks the agent to open a VM's console and relay it
+// through ConsoleStream under session_id.
+type ConsoleSession struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SessionId     string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	VmId          string                 `protobuf:"bytes,2,opt,name=vm_id,json=vmId,proto3" json:"vm_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConsoleSession) Reset() {
+	*x = ConsoleSession{}
+	mi := &file_yunchi_v1_agent_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConsoleSession) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConsoleSession) ProtoMessage() {}
+
+func (x *ConsoleSession) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_agent_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConsoleSession.ProtoReflect.Descriptor instead.
+func (*ConsoleSession) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ConsoleSession) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *ConsoleSession) GetVmId() string {
+	if x != nil {
+		return x.VmId
+	}
+	return ""
+}
+
+// ConsoleFrame: the agent's first frame names the host and the session,
+// later ones (both ways) carry data.
+type ConsoleFrame struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	HostId    string                 `protobuf:"bytes,1,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
+	SessionId string                 `protobuf:"bytes,2,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	Data      []byte                 `protobuf:"bytes,3,opt,name=data,proto3" json:"data,omitempty"`
+	// The agent could not open the console (first frame only).
+	Error         string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConsoleFrame) Reset() {
+	*x = ConsoleFrame{}
+	mi := &file_yunchi_v1_agent_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConsoleFrame) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConsoleFrame) ProtoMessage() {}
+
+func (x *ConsoleFrame) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_agent_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConsoleFrame.ProtoReflect.Descriptor instead.
+func (*ConsoleFrame) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ConsoleFrame) GetHostId() string {
+	if x != nil {
+		return x.HostId
+	}
+	return ""
+}
+
+func (x *ConsoleFrame) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *ConsoleFrame) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *ConsoleFrame) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 // Assignments is the complete desired set for a host at a raft index; each
 // message replaces the previous one.
 type Assignments struct {
@@ -687,7 +1074,7 @@ type Assignments struct {
 
 func (x *Assignments) Reset() {
 	*x = Assignments{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[10]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -699,7 +1086,7 @@ func (x *Assignments) String() string {
 func (*Assignments) ProtoMessage() {}
 
 func (x *Assignments) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[10]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -712,7 +1099,7 @@ func (x *Assignments) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Assignments.ProtoReflect.Descriptor instead.
 func (*Assignments) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Assignments) GetIndex() uint64 {
@@ -742,7 +1129,7 @@ type JoinHostRequest struct {
 
 func (x *JoinHostRequest) Reset() {
 	*x = JoinHostRequest{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[11]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -754,7 +1141,7 @@ func (x *JoinHostRequest) String() string {
 func (*JoinHostRequest) ProtoMessage() {}
 
 func (x *JoinHostRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[11]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -767,7 +1154,7 @@ func (x *JoinHostRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinHostRequest.ProtoReflect.Descriptor instead.
 func (*JoinHostRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *JoinHostRequest) GetHostId() string {
@@ -808,7 +1195,7 @@ type JoinHostResponse struct {
 
 func (x *JoinHostResponse) Reset() {
 	*x = JoinHostResponse{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[12]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -820,7 +1207,7 @@ func (x *JoinHostResponse) String() string {
 func (*JoinHostResponse) ProtoMessage() {}
 
 func (x *JoinHostResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[12]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -833,7 +1220,7 @@ func (x *JoinHostResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinHostResponse.ProtoReflect.Descriptor instead.
 func (*JoinHostResponse) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{12}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *JoinHostResponse) GetCertificate() []byte {
@@ -862,7 +1249,7 @@ var File_yunchi_v1_agent_proto protoreflect.FileDescriptor
 
 const file_yunchi_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x15yunchi/v1/agent.proto\x12\tyunchi.v1\x1a\x16yunchi/v1/access.proto\x1a\x16yunchi/v1/yunchi.proto\"\xca\x03\n" +
+	"\x15yunchi/v1/agent.proto\x12\tyunchi.v1\x1a\x16yunchi/v1/access.proto\x1a\x15yunchi/v1/image.proto\x1a\x16yunchi/v1/yunchi.proto\"\xca\x03\n" +
 	"\tHostFacts\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
 	"\bhostname\x18\x02 \x01(\tR\bhostname\x12\x16\n" +
@@ -893,10 +1280,14 @@ const file_yunchi_v1_agent_proto_rawDesc = "" +
 	"\x05phase\x18\x02 \x01(\x0e2\x12.yunchi.v1.VMPhaseR\x05phase\x12\x18\n" +
 	"\amessage\x18\x03 \x01(\tR\amessage\x12.\n" +
 	"\x13observed_reboot_seq\x18\x04 \x01(\x04R\x11observedRebootSeq\x12\x12\n" +
-	"\x04gone\x18\x05 \x01(\bR\x04gone\"W\n" +
+	"\x04gone\x18\x05 \x01(\bR\x04gone\"\x86\x01\n" +
 	"\x10HeartbeatRequest\x12\x17\n" +
 	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x12*\n" +
-	"\x05stats\x18\x02 \x01(\v2\x14.yunchi.v1.HostStatsR\x05stats\")\n" +
+	"\x05stats\x18\x02 \x01(\v2\x14.yunchi.v1.HostStatsR\x05stats\x12-\n" +
+	"\bvm_stats\x18\x03 \x03(\v2\x12.yunchi.v1.VMStatsR\avmStats\"H\n" +
+	"\aVMStats\x12\x13\n" +
+	"\x05vm_id\x18\x01 \x01(\tR\x04vmId\x12(\n" +
+	"\x05usage\x18\x02 \x01(\v2\x12.yunchi.v1.VMUsageR\x05usage\")\n" +
 	"\x11HeartbeatResponse\x12\x14\n" +
 	"\x05known\x18\x01 \x01(\bR\x05known\"a\n" +
 	"\x15ReportVMStatusRequest\x12\x17\n" +
@@ -904,7 +1295,7 @@ const file_yunchi_v1_agent_proto_rawDesc = "" +
 	"\bstatuses\x18\x02 \x03(\v2\x13.yunchi.v1.VMStatusR\bstatuses\"\x18\n" +
 	"\x16ReportVMStatusResponse\"2\n" +
 	"\x17WatchAssignmentsRequest\x12\x17\n" +
-	"\ahost_id\x18\x01 \x01(\tR\x06hostId\"\xa1\x02\n" +
+	"\ahost_id\x18\x01 \x01(\tR\x06hostId\"\x99\x03\n" +
 	"\n" +
 	"Assignment\x12\x13\n" +
 	"\x05vm_id\x18\x01 \x01(\tR\x04vmId\x12\x12\n" +
@@ -917,7 +1308,33 @@ const file_yunchi_v1_agent_proto_rawDesc = "" +
 	"\adesired\x18\a \x01(\x0e2\x15.yunchi.v1.PowerStateR\adesired\x12\x1d\n" +
 	"\n" +
 	"reboot_seq\x18\b \x01(\x04R\trebootSeq\x12(\n" +
-	"\x05phase\x18\t \x01(\x0e2\x12.yunchi.v1.VMPhaseR\x05phase\"L\n" +
+	"\x05phase\x18\t \x01(\x0e2\x12.yunchi.v1.VMPhaseR\x05phase\x12)\n" +
+	"\x05image\x18\n" +
+	" \x01(\v2\x13.yunchi.v1.ImageRefR\x05image\x12\x1b\n" +
+	"\tuser_data\x18\v \x01(\tR\buserData\x12.\n" +
+	"\x13ssh_authorized_keys\x18\f \x03(\tR\x11sshAuthorizedKeys\"\x9f\x01\n" +
+	"\bImageRef\x12\x16\n" +
+	"\x06sha256\x18\x01 \x01(\tR\x06sha256\x12.\n" +
+	"\x06format\x18\x02 \x01(\x0e2\x16.yunchi.v1.ImageFormatR\x06format\x12\x1d\n" +
+	"\n" +
+	"size_bytes\x18\x03 \x01(\x03R\tsizeBytes\x12,\n" +
+	"\x12virtual_size_bytes\x18\x04 \x01(\x03R\x10virtualSizeBytes\"\\\n" +
+	"\x11FetchImageRequest\x12\x17\n" +
+	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x12\x16\n" +
+	"\x06sha256\x18\x02 \x01(\tR\x06sha256\x12\x16\n" +
+	"\x06offset\x18\x03 \x01(\x03R\x06offset\"/\n" +
+	"\x14WatchConsolesRequest\x12\x17\n" +
+	"\ahost_id\x18\x01 \x01(\tR\x06hostId\"D\n" +
+	"\x0eConsoleSession\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x13\n" +
+	"\x05vm_id\x18\x02 \x01(\tR\x04vmId\"p\n" +
+	"\fConsoleFrame\x12\x17\n" +
+	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x02 \x01(\tR\tsessionId\x12\x12\n" +
+	"\x04data\x18\x03 \x01(\fR\x04data\x12\x14\n" +
+	"\x05error\x18\x04 \x01(\tR\x05error\"L\n" +
 	"\vAssignments\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12'\n" +
 	"\x03vms\x18\x02 \x03(\v2\x15.yunchi.v1.AssignmentR\x03vms\"[\n" +
@@ -930,7 +1347,7 @@ const file_yunchi_v1_agent_proto_rawDesc = "" +
 	"\vcertificate\x18\x01 \x01(\fR\vcertificate\x12%\n" +
 	"\x0eca_certificate\x18\x02 \x01(\fR\rcaCertificate\x12!\n" +
 	"\n" +
-	"host_token\x18\x03 \x01(\tB\x02\x18\x01R\thostToken2\xdb\x03\n" +
+	"host_token\x18\x03 \x01(\tB\x02\x18\x01R\thostToken2\xd7\x05\n" +
 	"\fAgentService\x12M\n" +
 	"\bJoinHost\x12\x1a.yunchi.v1.JoinHostRequest\x1a\x1b.yunchi.v1.JoinHostResponse\"\b\xc2\xf3\x18\x04\x10\x01 \x01\x12f\n" +
 	"\fRegisterHost\x12\x1e.yunchi.v1.RegisterHostRequest\x1a\x1f.yunchi.v1.RegisterHostResponse\"\x15\xc2\xf3\x18\x11\n" +
@@ -940,7 +1357,14 @@ const file_yunchi_v1_agent_proto_rawDesc = "" +
 	"\x0eReportVMStatus\x12 .yunchi.v1.ReportVMStatusRequest\x1a!.yunchi.v1.ReportVMStatusResponse\"\v\xc2\xf3\x18\a\n" +
 	"\x01\b\x18\x03 \x01\x12[\n" +
 	"\x10WatchAssignments\x12\".yunchi.v1.WatchAssignmentsRequest\x1a\x16.yunchi.v1.Assignments\"\t\xc2\xf3\x18\x05\n" +
-	"\x01\b\x18\x030\x01B3Z1github.com/yunchi/yunchi/proto/yunchi/v1;yunchiv1b\x06proto3"
+	"\x01\b\x18\x030\x01\x12N\n" +
+	"\n" +
+	"FetchImage\x12\x1c.yunchi.v1.FetchImageRequest\x1a\x15.yunchi.v1.ImageChunk\"\t\xc2\xf3\x18\x05\n" +
+	"\x01\b\x18\x030\x01\x12X\n" +
+	"\rWatchConsoles\x12\x1f.yunchi.v1.WatchConsolesRequest\x1a\x19.yunchi.v1.ConsoleSession\"\t\xc2\xf3\x18\x05\n" +
+	"\x01\b\x18\x030\x01\x12P\n" +
+	"\rConsoleStream\x12\x17.yunchi.v1.ConsoleFrame\x1a\x17.yunchi.v1.ConsoleFrame\"\t\xc2\xf3\x18\x05\n" +
+	"\x01\b\x18\x03(\x010\x01B3Z1github.com/yunchi/yunchi/proto/yunchi/v1;yunchiv1b\x06proto3"
 
 var (
 	file_yunchi_v1_agent_proto_rawDescOnce sync.Once
@@ -954,54 +1378,73 @@ func file_yunchi_v1_agent_proto_rawDescGZIP() []byte {
 	return file_yunchi_v1_agent_proto_rawDescData
 }
 
-var file_yunchi_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_yunchi_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_yunchi_v1_agent_proto_goTypes = []any{
 	(*HostFacts)(nil),               // 0: yunchi.v1.HostFacts
 	(*RegisterHostRequest)(nil),     // 1: yunchi.v1.RegisterHostRequest
 	(*RegisterHostResponse)(nil),    // 2: yunchi.v1.RegisterHostResponse
 	(*VMStatus)(nil),                // 3: yunchi.v1.VMStatus
 	(*HeartbeatRequest)(nil),        // 4: yunchi.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),       // 5: yunchi.v1.HeartbeatResponse
-	(*ReportVMStatusRequest)(nil),   // 6: yunchi.v1.ReportVMStatusRequest
-	(*ReportVMStatusResponse)(nil),  // 7: yunchi.v1.ReportVMStatusResponse
-	(*WatchAssignmentsRequest)(nil), // 8: yunchi.v1.WatchAssignmentsRequest
-	(*Assignment)(nil),              // 9: yunchi.v1.Assignment
-	(*Assignments)(nil),             // 10: yunchi.v1.Assignments
-	(*JoinHostRequest)(nil),         // 11: yunchi.v1.JoinHostRequest
-	(*JoinHostResponse)(nil),        // 12: yunchi.v1.JoinHostResponse
-	nil,                             // 13: yunchi.v1.HostFacts.LabelsEntry
-	(*Resources)(nil),               // 14: yunchi.v1.Resources
-	(*Host)(nil),                    // 15: yunchi.v1.Host
-	(VMPhase)(0),                    // 16: yunchi.v1.VMPhase
-	(*HostStats)(nil),               // 17: yunchi.v1.HostStats
-	(PowerState)(0),                 // 18: yunchi.v1.PowerState
+	(*VMStats)(nil),                 // 5: yunchi.v1.VMStats
+	(*HeartbeatResponse)(nil),       // 6: yunchi.v1.HeartbeatResponse
+	(*ReportVMStatusRequest)(nil),   // 7: yunchi.v1.ReportVMStatusRequest
+	(*ReportVMStatusResponse)(nil),  // 8: yunchi.v1.ReportVMStatusResponse
+	(*WatchAssignmentsRequest)(nil), // 9: yunchi.v1.WatchAssignmentsRequest
+	(*Assignment)(nil),              // 10: yunchi.v1.Assignment
+	(*ImageRef)(nil),                // 11: yunchi.v1.ImageRef
+	(*FetchImageRequest)(nil),       // 12: yunchi.v1.FetchImageRequest
+	(*WatchConsolesRequest)(nil),    // 13: yunchi.v1.WatchConsolesRequest
+	(*ConsoleSession)(nil),          // 14: yunchi.v1.ConsoleSession
+	(*ConsoleFrame)(nil),            // 15: yunchi.v1.ConsoleFrame
+	(*Assignments)(nil),             // 16: yunchi.v1.Assignments
+	(*JoinHostRequest)(nil),         // 17: yunchi.v1.JoinHostRequest
+	(*JoinHostResponse)(nil),        // 18: yunchi.v1.JoinHostResponse
+	nil,                             // 19: yunchi.v1.HostFacts.LabelsEntry
+	(*Resources)(nil),               // 20: yunchi.v1.Resources
+	(*Host)(nil),                    // 21: yunchi.v1.Host
+	(VMPhase)(0),                    // 22: yunchi.v1.VMPhase
+	(*HostStats)(nil),               // 23: yunchi.v1.HostStats
+	(*VMUsage)(nil),                 // 24: yunchi.v1.VMUsage
+	(PowerState)(0),                 // 25: yunchi.v1.PowerState
+	(ImageFormat)(0),                // 26: yunchi.v1.ImageFormat
+	(*ImageChunk)(nil),              // 27: yunchi.v1.ImageChunk
 }
 var file_yunchi_v1_agent_proto_depIdxs = []int32{
-	13, // 0: yunchi.v1.HostFacts.labels:type_name -> yunchi.v1.HostFacts.LabelsEntry
-	14, // 1: yunchi.v1.HostFacts.capacity:type_name -> yunchi.v1.Resources
+	19, // 0: yunchi.v1.HostFacts.labels:type_name -> yunchi.v1.HostFacts.LabelsEntry
+	20, // 1: yunchi.v1.HostFacts.capacity:type_name -> yunchi.v1.Resources
 	0,  // 2: yunchi.v1.RegisterHostRequest.facts:type_name -> yunchi.v1.HostFacts
-	15, // 3: yunchi.v1.RegisterHostResponse.host:type_name -> yunchi.v1.Host
-	16, // 4: yunchi.v1.VMStatus.phase:type_name -> yunchi.v1.VMPhase
-	17, // 5: yunchi.v1.HeartbeatRequest.stats:type_name -> yunchi.v1.HostStats
-	3,  // 6: yunchi.v1.ReportVMStatusRequest.statuses:type_name -> yunchi.v1.VMStatus
-	18, // 7: yunchi.v1.Assignment.desired:type_name -> yunchi.v1.PowerState
-	16, // 8: yunchi.v1.Assignment.phase:type_name -> yunchi.v1.VMPhase
-	9,  // 9: yunchi.v1.Assignments.vms:type_name -> yunchi.v1.Assignment
-	11, // 10: yunchi.v1.AgentService.JoinHost:input_type -> yunchi.v1.JoinHostRequest
-	1,  // 11: yunchi.v1.AgentService.RegisterHost:input_type -> yunchi.v1.RegisterHostRequest
-	4,  // 12: yunchi.v1.AgentService.Heartbeat:input_type -> yunchi.v1.HeartbeatRequest
-	6,  // 13: yunchi.v1.AgentService.ReportVMStatus:input_type -> yunchi.v1.ReportVMStatusRequest
-	8,  // 14: yunchi.v1.AgentService.WatchAssignments:input_type -> yunchi.v1.WatchAssignmentsRequest
-	12, // 15: yunchi.v1.AgentService.JoinHost:output_type -> yunchi.v1.JoinHostResponse
-	2,  // 16: yunchi.v1.AgentService.RegisterHost:output_type -> yunchi.v1.RegisterHostResponse
-	5,  // 17: yunchi.v1.AgentService.Heartbeat:output_type -> yunchi.v1.HeartbeatResponse
-	7,  // 18: yunchi.v1.AgentService.ReportVMStatus:output_type -> yunchi.v1.ReportVMStatusResponse
-	10, // 19: yunchi.v1.AgentService.WatchAssignments:output_type -> yunchi.v1.Assignments
-	15, // [15:20] is the sub-list for method output_type
-	10, // [10:15] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	21, // 3: yunchi.v1.RegisterHostResponse.host:type_name -> yunchi.v1.Host
+	22, // 4: yunchi.v1.VMStatus.phase:type_name -> yunchi.v1.VMPhase
+	23, // 5: yunchi.v1.HeartbeatRequest.stats:type_name -> yunchi.v1.HostStats
+	5,  // 6: yunchi.v1.HeartbeatRequest.vm_stats:type_name -> yunchi.v1.VMStats
+	24, // 7: yunchi.v1.VMStats.usage:type_name -> yunchi.v1.VMUsage
+	3,  // 8: yunchi.v1.ReportVMStatusRequest.statuses:type_name -> yunchi.v1.VMStatus
+	25, // 9: yunchi.v1.Assignment.desired:type_name -> yunchi.v1.PowerState
+	22, // 10: yunchi.v1.Assignment.phase:type_name -> yunchi.v1.VMPhase
+	11, // 11: yunchi.v1.Assignment.image:type_name -> yunchi.v1.ImageRef
+	26, // 12: yunchi.v1.ImageRef.format:type_name -> yunchi.v1.ImageFormat
+	10, // 13: yunchi.v1.Assignments.vms:type_name -> yunchi.v1.Assignment
+	17, // 14: yunchi.v1.AgentService.JoinHost:input_type -> yunchi.v1.JoinHostRequest
+	1,  // 15: yunchi.v1.AgentService.RegisterHost:input_type -> yunchi.v1.RegisterHostRequest
+	4,  // 16: yunchi.v1.AgentService.Heartbeat:input_type -> yunchi.v1.HeartbeatRequest
+	7,  // 17: yunchi.v1.AgentService.ReportVMStatus:input_type -> yunchi.v1.ReportVMStatusRequest
+	9,  // 18: yunchi.v1.AgentService.WatchAssignments:input_type -> yunchi.v1.WatchAssignmentsRequest
+	12, // 19: yunchi.v1.AgentService.FetchImage:input_type -> yunchi.v1.FetchImageRequest
+	13, // 20: yunchi.v1.AgentService.WatchConsoles:input_type -> yunchi.v1.WatchConsolesRequest
+	15, // 21: yunchi.v1.AgentService.ConsoleStream:input_type -> yunchi.v1.ConsoleFrame
+	18, // 22: yunchi.v1.AgentService.JoinHost:output_type -> yunchi.v1.JoinHostResponse
+	2,  // 23: yunchi.v1.AgentService.RegisterHost:output_type -> yunchi.v1.RegisterHostResponse
+	6,  // 24: yunchi.v1.AgentService.Heartbeat:output_type -> yunchi.v1.HeartbeatResponse
+	8,  // 25: yunchi.v1.AgentService.ReportVMStatus:output_type -> yunchi.v1.ReportVMStatusResponse
+	16, // 26: yunchi.v1.AgentService.WatchAssignments:output_type -> yunchi.v1.Assignments
+	27, // 27: yunchi.v1.AgentService.FetchImage:output_type -> yunchi.v1.ImageChunk
+	14, // 28: yunchi.v1.AgentService.WatchConsoles:output_type -> yunchi.v1.ConsoleSession
+	15, // 29: yunchi.v1.AgentService.ConsoleStream:output_type -> yunchi.v1.ConsoleFrame
+	22, // [22:30] is the sub-list for method output_type
+	14, // [14:22] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_yunchi_v1_agent_proto_init() }
@@ -1010,6 +1453,7 @@ func file_yunchi_v1_agent_proto_init() {
 		return
 	}
 	file_yunchi_v1_access_proto_init()
+	file_yunchi_v1_image_proto_init()
 	file_yunchi_v1_yunchi_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1017,7 +1461,7 @@ func file_yunchi_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_yunchi_v1_agent_proto_rawDesc), len(file_yunchi_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   14,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -27,6 +27,9 @@ const (
 	AgentService_Heartbeat_FullMethodName        = "/yunchi.v1.AgentService/Heartbeat"
 	AgentService_ReportVMStatus_FullMethodName   = "/yunchi.v1.AgentService/ReportVMStatus"
 	AgentService_WatchAssignments_FullMethodName = "/yunchi.v1.AgentService/WatchAssignments"
+	AgentService_FetchImage_FullMethodName       = "/yunchi.v1.AgentService/FetchImage"
+	AgentService_WatchConsoles_FullMethodName    = "/yunchi.v1.AgentService/WatchConsoles"
+	AgentService_ConsoleStream_FullMethodName    = "/yunchi.v1.AgentService/ConsoleStream"
 )
 
 // AgentServiceClient is the client API for AgentService service.
@@ -40,6 +43,14 @@ type AgentServiceClient interface {
 	Heartbeat(ctx context.Context, in *HeartbeatRequest, opts ...grpc.CallOption) (*HeartbeatResponse, error)
 	ReportVMStatus(ctx context.Context, in *ReportVMStatusRequest, opts ...grpc.CallOption) (*ReportVMStatusResponse, error)
 	WatchAssignments(ctx context.Context, in *WatchAssignmentsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Assignments], error)
+	// Streams an image's bytes from offset on, for a host that has a VM
+	// using the image (NOT_FOUND otherwise).
+	FetchImage(ctx context.Context, in *FetchImageRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ImageChunk], error)
+	// An agent keeps one open on every controller: console sessions asked
+	// of that controller for VMs on the host.
+	WatchConsoles(ctx context.Context, in *WatchConsolesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ConsoleSession], error)
+	// The agent's side of one console session.
+	ConsoleStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ConsoleFrame, ConsoleFrame], error)
 }
 
 type agentServiceClient struct {
@@ -109,6 +120,57 @@ func (c *agentServiceClient) WatchAssignments(ctx context.Context, in *WatchAssi
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type AgentService_WatchAssignmentsClient = grpc.ServerStreamingClient[Assignments]
 
+func (c *agentServiceClient) FetchImage(ctx context.Context, in *FetchImageRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ImageChunk], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &AgentService_ServiceDesc.Streams[1], AgentService_FetchImage_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[FetchImageRequest, ImageChunk]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AgentService_FetchImageClient = grpc.ServerStreamingClient[ImageChunk]
+
+func (c *agentServiceClient) WatchConsoles(ctx context.Context, in *WatchConsolesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ConsoleSession], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &AgentService_ServiceDesc.Streams[2], AgentService_WatchConsoles_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchConsolesRequest, ConsoleSession]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AgentService_WatchConsolesClient = grpc.ServerStreamingClient[ConsoleSession]
+
+func (c *agentServiceClient) ConsoleStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ConsoleFrame, ConsoleFrame], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &AgentService_ServiceDesc.Streams[3], AgentService_ConsoleStream_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ConsoleFrame, ConsoleFrame]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AgentService_ConsoleStreamClient = grpc.BidiStreamingClient[ConsoleFrame, ConsoleFrame]
+
 // AgentServiceServer is the server API for AgentService service.
 // All implementations must embed UnimplementedAgentServiceServer
 // for forward compatibility.
@@ -120,6 +182,14 @@ type AgentServiceServer interface {
 	Heartbeat(context.Context, *HeartbeatRequest) (*HeartbeatResponse, error)
 	ReportVMStatus(context.Context, *ReportVMStatusRequest) (*ReportVMStatusResponse, error)
 	WatchAssignments(*WatchAssignmentsRequest, grpc.ServerStreamingServer[Assignments]) error
+	// Streams an image's bytes from offset on, for a host that has a VM
+	// using the image (NOT_FOUND otherwise).
+	FetchImage(*FetchImageRequest, grpc.ServerStreamingServer[ImageChunk]) error
+	// An agent keeps one open on every controller: console sessions asked
+	// of that controller for VMs on the host.
+	WatchConsoles(*WatchConsolesRequest, grpc.ServerStreamingServer[ConsoleSession]) error
+	// The agent's side of one console session.
+	ConsoleStream(grpc.BidiStreamingServer[ConsoleFrame, ConsoleFrame]) error
 	mustEmbedUnimplementedAgentServiceServer()
 }
 
@@ -144,6 +214,15 @@ func (UnimplementedAgentServiceServer) ReportVMStatus(context.Context, *ReportVM
 }
 func (UnimplementedAgentServiceServer) WatchAssignments(*WatchAssignmentsRequest, grpc.ServerStreamingServer[Assignments]) error {
 	return status.Error(codes.Unimplemented, "method WatchAssignments not implemented")
+}
+func (UnimplementedAgentServiceServer) FetchImage(*FetchImageRequest, grpc.ServerStreamingServer[ImageChunk]) error {
+	return status.Error(codes.Unimplemented, "method FetchImage not implemented")
+}
+func (UnimplementedAgentServiceServer) WatchConsoles(*WatchConsolesRequest, grpc.ServerStreamingServer[ConsoleSession]) error {
+	return status.Error(codes.Unimplemented, "method WatchConsoles not implemented")
+}
+func (UnimplementedAgentServiceServer) ConsoleStream(grpc.BidiStreamingServer[ConsoleFrame, ConsoleFrame]) error {
+	return status.Error(codes.Unimplemented, "method ConsoleStream not implemented")
 }
 func (UnimplementedAgentServiceServer) mustEmbedUnimplementedAgentServiceServer() {}
 func (UnimplementedAgentServiceServer) testEmbeddedByValue()                      {}
@@ -249,6 +328,35 @@ func _AgentService_WatchAssignments_Handler(srv interface{}, stream grpc.ServerS
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type AgentService_WatchAssignmentsServer = grpc.ServerStreamingServer[Assignments]
 
+func _AgentService_FetchImage_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(FetchImageRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(AgentServiceServer).FetchImage(m, &grpc.GenericServerStream[FetchImageRequest, ImageChunk]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AgentService_FetchImageServer = grpc.ServerStreamingServer[ImageChunk]
+
+func _AgentService_WatchConsoles_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchConsolesRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(AgentServiceServer).WatchConsoles(m, &grpc.GenericServerStream[WatchConsolesRequest, ConsoleSession]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AgentService_WatchConsolesServer = grpc.ServerStreamingServer[ConsoleSession]
+
+func _AgentService_ConsoleStream_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(AgentServiceServer).ConsoleStream(&grpc.GenericServerStream[ConsoleFrame, ConsoleFrame]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AgentService_ConsoleStreamServer = grpc.BidiStreamingServer[ConsoleFrame, ConsoleFrame]
+
 // AgentService_ServiceDesc is the grpc.ServiceDesc for AgentService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -278,6 +386,22 @@ var AgentService_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "WatchAssignments",
 			Handler:       _AgentService_WatchAssignments_Handler,
 			ServerStreams: true,
+		},
+		{
+			StreamName:    "FetchImage",
+			Handler:       _AgentService_FetchImage_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "WatchConsoles",
+			Handler:       _AgentService_WatchConsoles_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "ConsoleStream",
+			Handler:       _AgentService_ConsoleStream_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
 		},
 	},
 	Metadata: "yunchi/v1/agent.proto",

@@ -447,8 +447,17 @@ type VM struct {
 	// With "host-down": when the controllers last recorded a heartbeat from
 	// the VM's host.
 	HostLastHeartbeat *timestamppb.Timestamp `protobuf:"bytes,20,opt,name=host_last_heartbeat,json=hostLastHeartbeat,proto3" json:"host_last_heartbeat,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// The image the root disk was made from ("" = an empty disk), as named
+	// at creation, and the image's content hash.
+	Image       string `protobuf:"bytes,21,opt,name=image,proto3" json:"image,omitempty"`
+	ImageSha256 string `protobuf:"bytes,22,opt,name=image_sha256,json=imageSha256,proto3" json:"image_sha256,omitempty"`
+	// SSH keys handed to the guest through cloud-init.
+	SshAuthorizedKeys []string `protobuf:"bytes,23,rep,name=ssh_authorized_keys,json=sshAuthorizedKeys,proto3" json:"ssh_authorized_keys,omitempty"`
+	// The guest's use as its host's agent last measured it (the leader's
+	// latest; unset on followers and for hosts that cannot tell).
+	Usage         *VMUsage `protobuf:"bytes,24,opt,name=usage,proto3" json:"usage,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *VM) Reset() {
@@ -621,6 +630,138 @@ func (x *VM) GetHostLastHeartbeat() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *VM) GetImage() string {
+	if x != nil {
+		return x.Image
+	}
+	return ""
+}
+
+func (x *VM) GetImageSha256() string {
+	if x != nil {
+		return x.ImageSha256
+	}
+	return ""
+}
+
+func (x *VM) GetSshAuthorizedKeys() []string {
+	if x != nil {
+		return x.SshAuthorizedKeys
+	}
+	return nil
+}
+
+func (x *VM) GetUsage() *VMUsage {
+	if x != nil {
+		return x.Usage
+	}
+	return nil
+}
+
+// VMUsage is what a guest actually uses, from libvirt's domain stats.
+type VMUsage struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// CPU time consumed since the guest started, in nanoseconds.
+	CpuTimeNs uint64 `protobuf:"varint,1,opt,name=cpu_time_ns,json=cpuTimeNs,proto3" json:"cpu_time_ns,omitempty"`
+	// Memory the balloon driver reports: the guest's current allocation and,
+	// when the guest reports it, what it leaves unused.
+	MemoryBytes       int64                  `protobuf:"varint,2,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
+	MemoryUnusedBytes int64                  `protobuf:"varint,3,opt,name=memory_unused_bytes,json=memoryUnusedBytes,proto3" json:"memory_unused_bytes,omitempty"`
+	DiskReadBytes     uint64                 `protobuf:"varint,4,opt,name=disk_read_bytes,json=diskReadBytes,proto3" json:"disk_read_bytes,omitempty"`
+	DiskWriteBytes    uint64                 `protobuf:"varint,5,opt,name=disk_write_bytes,json=diskWriteBytes,proto3" json:"disk_write_bytes,omitempty"`
+	NetRxBytes        uint64                 `protobuf:"varint,6,opt,name=net_rx_bytes,json=netRxBytes,proto3" json:"net_rx_bytes,omitempty"`
+	NetTxBytes        uint64                 `protobuf:"varint,7,opt,name=net_tx_bytes,json=netTxBytes,proto3" json:"net_tx_bytes,omitempty"`
+	MeasuredAt        *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=measured_at,json=measuredAt,proto3" json:"measured_at,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *VMUsage) Reset() {
+	*x = VMUsage{}
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VMUsage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VMUsage) ProtoMessage() {}
+
+func (x *VMUsage) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VMUsage.ProtoReflect.Descriptor instead.
+func (*VMUsage) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *VMUsage) GetCpuTimeNs() uint64 {
+	if x != nil {
+		return x.CpuTimeNs
+	}
+	return 0
+}
+
+func (x *VMUsage) GetMemoryBytes() int64 {
+	if x != nil {
+		return x.MemoryBytes
+	}
+	return 0
+}
+
+func (x *VMUsage) GetMemoryUnusedBytes() int64 {
+	if x != nil {
+		return x.MemoryUnusedBytes
+	}
+	return 0
+}
+
+func (x *VMUsage) GetDiskReadBytes() uint64 {
+	if x != nil {
+		return x.DiskReadBytes
+	}
+	return 0
+}
+
+func (x *VMUsage) GetDiskWriteBytes() uint64 {
+	if x != nil {
+		return x.DiskWriteBytes
+	}
+	return 0
+}
+
+func (x *VMUsage) GetNetRxBytes() uint64 {
+	if x != nil {
+		return x.NetRxBytes
+	}
+	return 0
+}
+
+func (x *VMUsage) GetNetTxBytes() uint64 {
+	if x != nil {
+		return x.NetTxBytes
+	}
+	return 0
+}
+
+func (x *VMUsage) GetMeasuredAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.MeasuredAt
+	}
+	return nil
+}
+
 type CreateVMRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// DNS-label style: lowercase letters, digits and '-', 1-63 characters.
@@ -648,14 +789,22 @@ type CreateVMRequest struct {
 	// named NAME). All are placed, or none. At most 100.
 	Count int32 `protobuf:"varint,11,opt,name=count,proto3" json:"count,omitempty"`
 	// CreateVMs only: decide and explain, but record nothing.
-	DryRun        bool `protobuf:"varint,12,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	DryRun bool `protobuf:"varint,12,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	// The image to boot from: the project's image of that name, else the
+	// public one. The root disk is a copy-on-write overlay of it, of size
+	// disk (default and minimum: the image's virtual size).
+	Image string `protobuf:"bytes,13,opt,name=image,proto3" json:"image,omitempty"`
+	// cloud-init user-data handed to the guest (NoCloud seed), at most 64 KiB.
+	UserData string `protobuf:"bytes,14,opt,name=user_data,json=userData,proto3" json:"user_data,omitempty"`
+	// SSH public keys for the guest (cloud-init), at most 32.
+	SshAuthorizedKeys []string `protobuf:"bytes,15,rep,name=ssh_authorized_keys,json=sshAuthorizedKeys,proto3" json:"ssh_authorized_keys,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *CreateVMRequest) Reset() {
 	*x = CreateVMRequest{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[2]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -667,7 +816,7 @@ func (x *CreateVMRequest) String() string {
 func (*CreateVMRequest) ProtoMessage() {}
 
 func (x *CreateVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[2]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -680,7 +829,7 @@ func (x *CreateVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVMRequest.ProtoReflect.Descriptor instead.
 func (*CreateVMRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{2}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *CreateVMRequest) GetName() string {
@@ -767,6 +916,27 @@ func (x *CreateVMRequest) GetDryRun() bool {
 	return false
 }
 
+func (x *CreateVMRequest) GetImage() string {
+	if x != nil {
+		return x.Image
+	}
+	return ""
+}
+
+func (x *CreateVMRequest) GetUserData() string {
+	if x != nil {
+		return x.UserData
+	}
+	return ""
+}
+
+func (x *CreateVMRequest) GetSshAuthorizedKeys() []string {
+	if x != nil {
+		return x.SshAuthorizedKeys
+	}
+	return nil
+}
+
 // Candidate is a host the scheduler weighed, with its score (0-100).
 type Candidate struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -778,7 +948,7 @@ type Candidate struct {
 
 func (x *Candidate) Reset() {
 	*x = Candidate{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[3]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -790,7 +960,7 @@ func (x *Candidate) String() string {
 func (*Candidate) ProtoMessage() {}
 
 func (x *Candidate) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[3]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -803,7 +973,7 @@ func (x *Candidate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Candidate.ProtoReflect.Descriptor instead.
 func (*Candidate) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{3}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Candidate) GetHostId() string {
@@ -836,7 +1006,7 @@ type PlacementDecision struct {
 
 func (x *PlacementDecision) Reset() {
 	*x = PlacementDecision{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[4]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -848,7 +1018,7 @@ func (x *PlacementDecision) String() string {
 func (*PlacementDecision) ProtoMessage() {}
 
 func (x *PlacementDecision) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[4]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -861,7 +1031,7 @@ func (x *PlacementDecision) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlacementDecision.ProtoReflect.Descriptor instead.
 func (*PlacementDecision) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{4}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *PlacementDecision) GetVmName() string {
@@ -912,7 +1082,7 @@ type CreateVMsResponse struct {
 
 func (x *CreateVMsResponse) Reset() {
 	*x = CreateVMsResponse{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[5]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -924,7 +1094,7 @@ func (x *CreateVMsResponse) String() string {
 func (*CreateVMsResponse) ProtoMessage() {}
 
 func (x *CreateVMsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[5]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -937,7 +1107,7 @@ func (x *CreateVMsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVMsResponse.ProtoReflect.Descriptor instead.
 func (*CreateVMsResponse) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{5}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CreateVMsResponse) GetVms() []*VM {
@@ -973,7 +1143,7 @@ type GetVMRequest struct {
 
 func (x *GetVMRequest) Reset() {
 	*x = GetVMRequest{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[6]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -985,7 +1155,7 @@ func (x *GetVMRequest) String() string {
 func (*GetVMRequest) ProtoMessage() {}
 
 func (x *GetVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[6]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -998,7 +1168,7 @@ func (x *GetVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVMRequest.ProtoReflect.Descriptor instead.
 func (*GetVMRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{6}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetVMRequest) GetName() string {
@@ -1039,7 +1209,7 @@ type ListVMsRequest struct {
 
 func (x *ListVMsRequest) Reset() {
 	*x = ListVMsRequest{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[7]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1051,7 +1221,7 @@ func (x *ListVMsRequest) String() string {
 func (*ListVMsRequest) ProtoMessage() {}
 
 func (x *ListVMsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[7]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1064,7 +1234,7 @@ func (x *ListVMsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVMsRequest.ProtoReflect.Descriptor instead.
 func (*ListVMsRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{7}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListVMsRequest) GetProject() string {
@@ -1114,7 +1284,7 @@ type ListVMsResponse struct {
 
 func (x *ListVMsResponse) Reset() {
 	*x = ListVMsResponse{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[8]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1126,7 +1296,7 @@ func (x *ListVMsResponse) String() string {
 func (*ListVMsResponse) ProtoMessage() {}
 
 func (x *ListVMsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[8]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1139,7 +1309,7 @@ func (x *ListVMsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVMsResponse.ProtoReflect.Descriptor instead.
 func (*ListVMsResponse) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{8}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListVMsResponse) GetVms() []*VM {
@@ -1166,7 +1336,7 @@ type VMActionRequest struct {
 
 func (x *VMActionRequest) Reset() {
 	*x = VMActionRequest{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[9]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1178,7 +1348,7 @@ func (x *VMActionRequest) String() string {
 func (*VMActionRequest) ProtoMessage() {}
 
 func (x *VMActionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[9]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1191,7 +1361,7 @@ func (x *VMActionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VMActionRequest.ProtoReflect.Descriptor instead.
 func (*VMActionRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{9}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *VMActionRequest) GetName() string {
@@ -1223,7 +1393,7 @@ type WatchVMRequest struct {
 
 func (x *WatchVMRequest) Reset() {
 	*x = WatchVMRequest{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[10]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1235,7 +1405,7 @@ func (x *WatchVMRequest) String() string {
 func (*WatchVMRequest) ProtoMessage() {}
 
 func (x *WatchVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[10]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1248,7 +1418,7 @@ func (x *WatchVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchVMRequest.ProtoReflect.Descriptor instead.
 func (*WatchVMRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{10}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *WatchVMRequest) GetName() string {
@@ -1283,7 +1453,7 @@ type VMEvent struct {
 
 func (x *VMEvent) Reset() {
 	*x = VMEvent{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[11]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1295,7 +1465,7 @@ func (x *VMEvent) String() string {
 func (*VMEvent) ProtoMessage() {}
 
 func (x *VMEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[11]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1308,7 +1478,7 @@ func (x *VMEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VMEvent.ProtoReflect.Descriptor instead.
 func (*VMEvent) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{11}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *VMEvent) GetVm() *VM {
@@ -1325,6 +1495,112 @@ func (x *VMEvent) GetGone() bool {
 	return false
 }
 
+// ConsoleInput: the first message names the VM (name, project), every
+// later one carries data only.
+type ConsoleInput struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Project       string                 `protobuf:"bytes,2,opt,name=project,proto3" json:"project,omitempty"`
+	Data          []byte                 `protobuf:"bytes,3,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConsoleInput) Reset() {
+	*x = ConsoleInput{}
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConsoleInput) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConsoleInput) ProtoMessage() {}
+
+func (x *ConsoleInput) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConsoleInput.ProtoReflect.Descriptor instead.
+func (*ConsoleInput) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ConsoleInput) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ConsoleInput) GetProject() string {
+	if x != nil {
+		return x.Project
+	}
+	return ""
+}
+
+func (x *ConsoleInput) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+type ConsoleOutput struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Data          []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConsoleOutput) Reset() {
+	*x = ConsoleOutput{}
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConsoleOutput) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConsoleOutput) ProtoMessage() {}
+
+func (x *ConsoleOutput) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConsoleOutput.ProtoReflect.Descriptor instead.
+func (*ConsoleOutput) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ConsoleOutput) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
 // Ratios are allocation (overcommit) ratios: how much of a host's capacity
 // (after the host OS reservation) may be promised to VMs. 0 = not set here.
 type Ratios struct {
@@ -1338,7 +1614,7 @@ type Ratios struct {
 
 func (x *Ratios) Reset() {
 	*x = Ratios{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[12]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1350,7 +1626,7 @@ func (x *Ratios) String() string {
 func (*Ratios) ProtoMessage() {}
 
 func (x *Ratios) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[12]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1363,7 +1639,7 @@ func (x *Ratios) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ratios.ProtoReflect.Descriptor instead.
 func (*Ratios) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{12}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Ratios) GetCpu() float64 {
@@ -1400,7 +1676,7 @@ type RatioSources struct {
 
 func (x *RatioSources) Reset() {
 	*x = RatioSources{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[13]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1412,7 +1688,7 @@ func (x *RatioSources) String() string {
 func (*RatioSources) ProtoMessage() {}
 
 func (x *RatioSources) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[13]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1425,7 +1701,7 @@ func (x *RatioSources) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RatioSources.ProtoReflect.Descriptor instead.
 func (*RatioSources) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{13}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RatioSources) GetCpu() string {
@@ -1501,7 +1777,7 @@ type Host struct {
 
 func (x *Host) Reset() {
 	*x = Host{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[14]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1513,7 +1789,7 @@ func (x *Host) String() string {
 func (*Host) ProtoMessage() {}
 
 func (x *Host) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[14]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1526,7 +1802,7 @@ func (x *Host) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Host.ProtoReflect.Descriptor instead.
 func (*Host) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{14}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Host) GetId() string {
@@ -1724,7 +2000,7 @@ type HostStats struct {
 
 func (x *HostStats) Reset() {
 	*x = HostStats{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[15]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1736,7 +2012,7 @@ func (x *HostStats) String() string {
 func (*HostStats) ProtoMessage() {}
 
 func (x *HostStats) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[15]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1749,7 +2025,7 @@ func (x *HostStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostStats.ProtoReflect.Descriptor instead.
 func (*HostStats) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{15}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *HostStats) GetDomainsRunning() int32 {
@@ -1783,7 +2059,7 @@ type GetHostRequest struct {
 
 func (x *GetHostRequest) Reset() {
 	*x = GetHostRequest{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[16]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1795,7 +2071,7 @@ func (x *GetHostRequest) String() string {
 func (*GetHostRequest) ProtoMessage() {}
 
 func (x *GetHostRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[16]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1808,7 +2084,7 @@ func (x *GetHostRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHostRequest.ProtoReflect.Descriptor instead.
 func (*GetHostRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{16}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GetHostRequest) GetId() string {
@@ -1839,7 +2115,7 @@ type ListHostsRequest struct {
 
 func (x *ListHostsRequest) Reset() {
 	*x = ListHostsRequest{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[17]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1851,7 +2127,7 @@ func (x *ListHostsRequest) String() string {
 func (*ListHostsRequest) ProtoMessage() {}
 
 func (x *ListHostsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[17]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1864,7 +2140,7 @@ func (x *ListHostsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListHostsRequest.ProtoReflect.Descriptor instead.
 func (*ListHostsRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{17}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListHostsRequest) GetCenter() string {
@@ -1907,7 +2183,7 @@ type ListHostsResponse struct {
 
 func (x *ListHostsResponse) Reset() {
 	*x = ListHostsResponse{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[18]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1919,7 +2195,7 @@ func (x *ListHostsResponse) String() string {
 func (*ListHostsResponse) ProtoMessage() {}
 
 func (x *ListHostsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[18]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1932,7 +2208,7 @@ func (x *ListHostsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListHostsResponse.ProtoReflect.Descriptor instead.
 func (*ListHostsResponse) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{18}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListHostsResponse) GetHosts() []*Host {
@@ -1980,7 +2256,7 @@ type UpdateHostRequest struct {
 
 func (x *UpdateHostRequest) Reset() {
 	*x = UpdateHostRequest{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[19]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1992,7 +2268,7 @@ func (x *UpdateHostRequest) String() string {
 func (*UpdateHostRequest) ProtoMessage() {}
 
 func (x *UpdateHostRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[19]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2005,7 +2281,7 @@ func (x *UpdateHostRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateHostRequest.ProtoReflect.Descriptor instead.
 func (*UpdateHostRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{19}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *UpdateHostRequest) GetId() string {
@@ -2106,7 +2382,7 @@ type RatioSetting struct {
 
 func (x *RatioSetting) Reset() {
 	*x = RatioSetting{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[20]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2118,7 +2394,7 @@ func (x *RatioSetting) String() string {
 func (*RatioSetting) ProtoMessage() {}
 
 func (x *RatioSetting) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[20]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2131,7 +2407,7 @@ func (x *RatioSetting) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RatioSetting.ProtoReflect.Descriptor instead.
 func (*RatioSetting) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{20}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RatioSetting) GetScope() string {
@@ -2172,7 +2448,7 @@ type SetRatiosRequest struct {
 
 func (x *SetRatiosRequest) Reset() {
 	*x = SetRatiosRequest{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[21]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2184,7 +2460,7 @@ func (x *SetRatiosRequest) String() string {
 func (*SetRatiosRequest) ProtoMessage() {}
 
 func (x *SetRatiosRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[21]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2197,7 +2473,7 @@ func (x *SetRatiosRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetRatiosRequest.ProtoReflect.Descriptor instead.
 func (*SetRatiosRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{21}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SetRatiosRequest) GetScope() string {
@@ -2251,7 +2527,7 @@ type ListRatiosRequest struct {
 
 func (x *ListRatiosRequest) Reset() {
 	*x = ListRatiosRequest{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[22]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2263,7 +2539,7 @@ func (x *ListRatiosRequest) String() string {
 func (*ListRatiosRequest) ProtoMessage() {}
 
 func (x *ListRatiosRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[22]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2276,7 +2552,7 @@ func (x *ListRatiosRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRatiosRequest.ProtoReflect.Descriptor instead.
 func (*ListRatiosRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{22}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListRatiosRequest) GetConsistent() bool {
@@ -2297,7 +2573,7 @@ type ListRatiosResponse struct {
 
 func (x *ListRatiosResponse) Reset() {
 	*x = ListRatiosResponse{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[23]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2309,7 +2585,7 @@ func (x *ListRatiosResponse) String() string {
 func (*ListRatiosResponse) ProtoMessage() {}
 
 func (x *ListRatiosResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[23]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2322,7 +2598,7 @@ func (x *ListRatiosResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRatiosResponse.ProtoReflect.Descriptor instead.
 func (*ListRatiosResponse) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{23}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListRatiosResponse) GetDefaults() *Ratios {
@@ -2359,7 +2635,7 @@ type PlacementGroup struct {
 
 func (x *PlacementGroup) Reset() {
 	*x = PlacementGroup{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[24]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2371,7 +2647,7 @@ func (x *PlacementGroup) String() string {
 func (*PlacementGroup) ProtoMessage() {}
 
 func (x *PlacementGroup) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[24]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2384,7 +2660,7 @@ func (x *PlacementGroup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlacementGroup.ProtoReflect.Descriptor instead.
 func (*PlacementGroup) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{24}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *PlacementGroup) GetName() string {
@@ -2457,7 +2733,7 @@ type CreateGroupRequest struct {
 
 func (x *CreateGroupRequest) Reset() {
 	*x = CreateGroupRequest{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[25]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2469,7 +2745,7 @@ func (x *CreateGroupRequest) String() string {
 func (*CreateGroupRequest) ProtoMessage() {}
 
 func (x *CreateGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[25]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2482,7 +2758,7 @@ func (x *CreateGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateGroupRequest.ProtoReflect.Descriptor instead.
 func (*CreateGroupRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{25}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *CreateGroupRequest) GetName() string {
@@ -2538,7 +2814,7 @@ type GetGroupRequest struct {
 
 func (x *GetGroupRequest) Reset() {
 	*x = GetGroupRequest{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[26]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2550,7 +2826,7 @@ func (x *GetGroupRequest) String() string {
 func (*GetGroupRequest) ProtoMessage() {}
 
 func (x *GetGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[26]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2563,7 +2839,7 @@ func (x *GetGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetGroupRequest.ProtoReflect.Descriptor instead.
 func (*GetGroupRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{26}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *GetGroupRequest) GetName() string {
@@ -2597,7 +2873,7 @@ type ListGroupsRequest struct {
 
 func (x *ListGroupsRequest) Reset() {
 	*x = ListGroupsRequest{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[27]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2609,7 +2885,7 @@ func (x *ListGroupsRequest) String() string {
 func (*ListGroupsRequest) ProtoMessage() {}
 
 func (x *ListGroupsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[27]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2622,7 +2898,7 @@ func (x *ListGroupsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGroupsRequest.ProtoReflect.Descriptor instead.
 func (*ListGroupsRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{27}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ListGroupsRequest) GetProject() string {
@@ -2648,7 +2924,7 @@ type ListGroupsResponse struct {
 
 func (x *ListGroupsResponse) Reset() {
 	*x = ListGroupsResponse{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[28]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2660,7 +2936,7 @@ func (x *ListGroupsResponse) String() string {
 func (*ListGroupsResponse) ProtoMessage() {}
 
 func (x *ListGroupsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[28]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2673,7 +2949,7 @@ func (x *ListGroupsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGroupsResponse.ProtoReflect.Descriptor instead.
 func (*ListGroupsResponse) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{28}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ListGroupsResponse) GetGroups() []*PlacementGroup {
@@ -2693,7 +2969,7 @@ type DeleteGroupRequest struct {
 
 func (x *DeleteGroupRequest) Reset() {
 	*x = DeleteGroupRequest{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[29]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2705,7 +2981,7 @@ func (x *DeleteGroupRequest) String() string {
 func (*DeleteGroupRequest) ProtoMessage() {}
 
 func (x *DeleteGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[29]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2718,7 +2994,7 @@ func (x *DeleteGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteGroupRequest.ProtoReflect.Descriptor instead.
 func (*DeleteGroupRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{29}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *DeleteGroupRequest) GetName() string {
@@ -2743,7 +3019,7 @@ type DeleteGroupResponse struct {
 
 func (x *DeleteGroupResponse) Reset() {
 	*x = DeleteGroupResponse{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[30]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2755,7 +3031,7 @@ func (x *DeleteGroupResponse) String() string {
 func (*DeleteGroupResponse) ProtoMessage() {}
 
 func (x *DeleteGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[30]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2768,7 +3044,7 @@ func (x *DeleteGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteGroupResponse.ProtoReflect.Descriptor instead.
 func (*DeleteGroupResponse) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{30}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{33}
 }
 
 type CenterCapacity struct {
@@ -2795,7 +3071,7 @@ type CenterCapacity struct {
 
 func (x *CenterCapacity) Reset() {
 	*x = CenterCapacity{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[31]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2807,7 +3083,7 @@ func (x *CenterCapacity) String() string {
 func (*CenterCapacity) ProtoMessage() {}
 
 func (x *CenterCapacity) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[31]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2820,7 +3096,7 @@ func (x *CenterCapacity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CenterCapacity.ProtoReflect.Descriptor instead.
 func (*CenterCapacity) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{31}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *CenterCapacity) GetCenter() string {
@@ -2902,7 +3178,7 @@ type GetCapacityRequest struct {
 
 func (x *GetCapacityRequest) Reset() {
 	*x = GetCapacityRequest{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[32]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2914,7 +3190,7 @@ func (x *GetCapacityRequest) String() string {
 func (*GetCapacityRequest) ProtoMessage() {}
 
 func (x *GetCapacityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[32]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2927,7 +3203,7 @@ func (x *GetCapacityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCapacityRequest.ProtoReflect.Descriptor instead.
 func (*GetCapacityRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{32}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *GetCapacityRequest) GetConsistent() bool {
@@ -2956,7 +3232,7 @@ type Capacity struct {
 
 func (x *Capacity) Reset() {
 	*x = Capacity{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[33]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2968,7 +3244,7 @@ func (x *Capacity) String() string {
 func (*Capacity) ProtoMessage() {}
 
 func (x *Capacity) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[33]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2981,7 +3257,7 @@ func (x *Capacity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Capacity.ProtoReflect.Descriptor instead.
 func (*Capacity) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{33}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *Capacity) GetCapacity() *Resources {
@@ -3062,7 +3338,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[34]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3074,7 +3350,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[34]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3087,7 +3363,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{34}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *Member) GetId() string {
@@ -3140,7 +3416,7 @@ type GetClusterStatusRequest struct {
 
 func (x *GetClusterStatusRequest) Reset() {
 	*x = GetClusterStatusRequest{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[35]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3152,7 +3428,7 @@ func (x *GetClusterStatusRequest) String() string {
 func (*GetClusterStatusRequest) ProtoMessage() {}
 
 func (x *GetClusterStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[35]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3165,7 +3441,7 @@ func (x *GetClusterStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClusterStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetClusterStatusRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{35}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{38}
 }
 
 type ClusterStatus struct {
@@ -3196,7 +3472,7 @@ type ClusterStatus struct {
 
 func (x *ClusterStatus) Reset() {
 	*x = ClusterStatus{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[36]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3208,7 +3484,7 @@ func (x *ClusterStatus) String() string {
 func (*ClusterStatus) ProtoMessage() {}
 
 func (x *ClusterStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[36]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3221,7 +3497,7 @@ func (x *ClusterStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterStatus.ProtoReflect.Descriptor instead.
 func (*ClusterStatus) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{36}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ClusterStatus) GetNodeId() string {
@@ -3316,7 +3592,7 @@ type ListMembersRequest struct {
 
 func (x *ListMembersRequest) Reset() {
 	*x = ListMembersRequest{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[37]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3328,7 +3604,7 @@ func (x *ListMembersRequest) String() string {
 func (*ListMembersRequest) ProtoMessage() {}
 
 func (x *ListMembersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[37]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3341,7 +3617,7 @@ func (x *ListMembersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMembersRequest.ProtoReflect.Descriptor instead.
 func (*ListMembersRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{37}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{40}
 }
 
 type ListMembersResponse struct {
@@ -3356,7 +3632,7 @@ type ListMembersResponse struct {
 
 func (x *ListMembersResponse) Reset() {
 	*x = ListMembersResponse{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[38]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3368,7 +3644,7 @@ func (x *ListMembersResponse) String() string {
 func (*ListMembersResponse) ProtoMessage() {}
 
 func (x *ListMembersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[38]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3381,7 +3657,7 @@ func (x *ListMembersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMembersResponse.ProtoReflect.Descriptor instead.
 func (*ListMembersResponse) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{38}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ListMembersResponse) GetMembers() []*Member {
@@ -3410,7 +3686,7 @@ type JoinClusterRequest struct {
 
 func (x *JoinClusterRequest) Reset() {
 	*x = JoinClusterRequest{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[39]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3422,7 +3698,7 @@ func (x *JoinClusterRequest) String() string {
 func (*JoinClusterRequest) ProtoMessage() {}
 
 func (x *JoinClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[39]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3435,7 +3711,7 @@ func (x *JoinClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinClusterRequest.ProtoReflect.Descriptor instead.
 func (*JoinClusterRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{39}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *JoinClusterRequest) GetId() string {
@@ -3475,7 +3751,7 @@ type RemoveMemberRequest struct {
 
 func (x *RemoveMemberRequest) Reset() {
 	*x = RemoveMemberRequest{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[40]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3487,7 +3763,7 @@ func (x *RemoveMemberRequest) String() string {
 func (*RemoveMemberRequest) ProtoMessage() {}
 
 func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[40]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3500,7 +3776,7 @@ func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberRequest.ProtoReflect.Descriptor instead.
 func (*RemoveMemberRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{40}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *RemoveMemberRequest) GetId() string {
@@ -3522,7 +3798,7 @@ type CreateJoinTokenRequest struct {
 
 func (x *CreateJoinTokenRequest) Reset() {
 	*x = CreateJoinTokenRequest{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[41]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3534,7 +3810,7 @@ func (x *CreateJoinTokenRequest) String() string {
 func (*CreateJoinTokenRequest) ProtoMessage() {}
 
 func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[41]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3547,7 +3823,7 @@ func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{41}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *CreateJoinTokenRequest) GetKind() JoinTokenKind {
@@ -3588,7 +3864,7 @@ type JoinToken struct {
 
 func (x *JoinToken) Reset() {
 	*x = JoinToken{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[42]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3600,7 +3876,7 @@ func (x *JoinToken) String() string {
 func (*JoinToken) ProtoMessage() {}
 
 func (x *JoinToken) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[42]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3613,7 +3889,7 @@ func (x *JoinToken) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinToken.ProtoReflect.Descriptor instead.
 func (*JoinToken) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{42}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *JoinToken) GetId() string {
@@ -3667,7 +3943,7 @@ type JoinControllerRequest struct {
 
 func (x *JoinControllerRequest) Reset() {
 	*x = JoinControllerRequest{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[43]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3679,7 +3955,7 @@ func (x *JoinControllerRequest) String() string {
 func (*JoinControllerRequest) ProtoMessage() {}
 
 func (x *JoinControllerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[43]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3692,7 +3968,7 @@ func (x *JoinControllerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinControllerRequest.ProtoReflect.Descriptor instead.
 func (*JoinControllerRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{43}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *JoinControllerRequest) GetId() string {
@@ -3730,7 +4006,7 @@ type JoinControllerResponse struct {
 
 func (x *JoinControllerResponse) Reset() {
 	*x = JoinControllerResponse{}
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[44]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3742,7 +4018,7 @@ func (x *JoinControllerResponse) String() string {
 func (*JoinControllerResponse) ProtoMessage() {}
 
 func (x *JoinControllerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_yunchi_proto_msgTypes[44]
+	mi := &file_yunchi_v1_yunchi_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3755,7 +4031,7 @@ func (x *JoinControllerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinControllerResponse.ProtoReflect.Descriptor instead.
 func (*JoinControllerResponse) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{44}
+	return file_yunchi_v1_yunchi_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *JoinControllerResponse) GetCertificate() []byte {
@@ -3788,7 +4064,7 @@ const file_yunchi_v1_yunchi_proto_rawDesc = "" +
 	"\x05vcpus\x18\x01 \x01(\x03R\x05vcpus\x12!\n" +
 	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\x12\x1d\n" +
 	"\n" +
-	"disk_bytes\x18\x03 \x01(\x03R\tdiskBytes\"\xb6\x05\n" +
+	"disk_bytes\x18\x03 \x01(\x03R\tdiskBytes\"\xc9\x06\n" +
 	"\x02VM\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
@@ -3817,7 +4093,23 @@ const file_yunchi_v1_yunchi_proto_rawDesc = "" +
 	"\n" +
 	"conditions\x18\x13 \x03(\tR\n" +
 	"conditions\x12J\n" +
-	"\x13host_last_heartbeat\x18\x14 \x01(\v2\x1a.google.protobuf.TimestampR\x11hostLastHeartbeat\"\xb6\x02\n" +
+	"\x13host_last_heartbeat\x18\x14 \x01(\v2\x1a.google.protobuf.TimestampR\x11hostLastHeartbeat\x12\x14\n" +
+	"\x05image\x18\x15 \x01(\tR\x05image\x12!\n" +
+	"\fimage_sha256\x18\x16 \x01(\tR\vimageSha256\x12.\n" +
+	"\x13ssh_authorized_keys\x18\x17 \x03(\tR\x11sshAuthorizedKeys\x12(\n" +
+	"\x05usage\x18\x18 \x01(\v2\x12.yunchi.v1.VMUsageR\x05usage\"\xcf\x02\n" +
+	"\aVMUsage\x12\x1e\n" +
+	"\vcpu_time_ns\x18\x01 \x01(\x04R\tcpuTimeNs\x12!\n" +
+	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\x12.\n" +
+	"\x13memory_unused_bytes\x18\x03 \x01(\x03R\x11memoryUnusedBytes\x12&\n" +
+	"\x0fdisk_read_bytes\x18\x04 \x01(\x04R\rdiskReadBytes\x12(\n" +
+	"\x10disk_write_bytes\x18\x05 \x01(\x04R\x0ediskWriteBytes\x12 \n" +
+	"\fnet_rx_bytes\x18\x06 \x01(\x04R\n" +
+	"netRxBytes\x12 \n" +
+	"\fnet_tx_bytes\x18\a \x01(\x04R\n" +
+	"netTxBytes\x12;\n" +
+	"\vmeasured_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"measuredAt\"\x99\x03\n" +
 	"\x0fCreateVMRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aproject\x18\x02 \x01(\tR\aproject\x12\x14\n" +
@@ -3831,7 +4123,10 @@ const file_yunchi_v1_yunchi_proto_rawDesc = "" +
 	"\bstrategy\x18\n" +
 	" \x01(\tR\bstrategy\x12\x14\n" +
 	"\x05count\x18\v \x01(\x05R\x05count\x12\x17\n" +
-	"\adry_run\x18\f \x01(\bR\x06dryRun\":\n" +
+	"\adry_run\x18\f \x01(\bR\x06dryRun\x12\x14\n" +
+	"\x05image\x18\r \x01(\tR\x05image\x12\x1b\n" +
+	"\tuser_data\x18\x0e \x01(\tR\buserData\x12.\n" +
+	"\x13ssh_authorized_keys\x18\x0f \x03(\tR\x11sshAuthorizedKeys\":\n" +
 	"\tCandidate\x12\x17\n" +
 	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x12\x14\n" +
 	"\x05score\x18\x02 \x01(\x03R\x05score\"\xb1\x01\n" +
@@ -3874,7 +4169,13 @@ const file_yunchi_v1_yunchi_proto_rawDesc = "" +
 	"\fmin_revision\x18\x03 \x01(\x04R\vminRevision\"<\n" +
 	"\aVMEvent\x12\x1d\n" +
 	"\x02vm\x18\x01 \x01(\v2\r.yunchi.v1.VMR\x02vm\x12\x12\n" +
-	"\x04gone\x18\x02 \x01(\bR\x04gone\"F\n" +
+	"\x04gone\x18\x02 \x01(\bR\x04gone\"P\n" +
+	"\fConsoleInput\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\aproject\x18\x02 \x01(\tR\aproject\x12\x12\n" +
+	"\x04data\x18\x03 \x01(\fR\x04data\"#\n" +
+	"\rConsoleOutput\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"F\n" +
 	"\x06Ratios\x12\x10\n" +
 	"\x03cpu\x18\x01 \x01(\x01R\x03cpu\x12\x16\n" +
 	"\x06memory\x18\x02 \x01(\x01R\x06memory\x12\x12\n" +
@@ -4147,7 +4448,7 @@ const file_yunchi_v1_yunchi_proto_rawDesc = "" +
 	"\rJoinTokenKind\x12\x1f\n" +
 	"\x1bJOIN_TOKEN_KIND_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14JOIN_TOKEN_KIND_HOST\x10\x01\x12\x1e\n" +
-	"\x1aJOIN_TOKEN_KIND_CONTROLLER\x10\x022\xf6\x06\n" +
+	"\x1aJOIN_TOKEN_KIND_CONTROLLER\x10\x022\xc7\a\n" +
 	"\tVMService\x12V\n" +
 	"\bCreateVM\x12\x1a.yunchi.v1.CreateVMRequest\x1a\r.yunchi.v1.VM\"\x1f\xc2\xf3\x18\t\n" +
 	"\x03\x01\x05\x06\x18\x01 \x01\x82\xd3\xe4\x93\x02\f:\x01*\"\a/v1/vms\x12l\n" +
@@ -4166,7 +4467,9 @@ const file_yunchi_v1_yunchi_proto_rawDesc = "" +
 	"\bDeleteVM\x12\x1a.yunchi.v1.VMActionRequest\x1a\r.yunchi.v1.VM\"#\xc2\xf3\x18\t\n" +
 	"\x03\x01\x05\x06\x18\x01 \x01\x82\xd3\xe4\x93\x02\x10*\x0e/v1/vms/{name}\x12e\n" +
 	"\aWatchVM\x12\x19.yunchi.v1.WatchVMRequest\x1a\x12.yunchi.v1.VMEvent\")\xc2\xf3\x18\t\n" +
-	"\x05\x01\x04\x05\x06\a\x18\x01\x82\xd3\xe4\x93\x02\x16\x12\x14/v1/vms/{name}:watch0\x012\xa9\x02\n" +
+	"\x05\x01\x04\x05\x06\a\x18\x01\x82\xd3\xe4\x93\x02\x16\x12\x14/v1/vms/{name}:watch0\x01\x12O\n" +
+	"\aConsole\x12\x17.yunchi.v1.ConsoleInput\x1a\x18.yunchi.v1.ConsoleOutput\"\r\xc2\xf3\x18\t\n" +
+	"\x03\x01\x05\x06\x18\x01 \x01(\x010\x012\xa9\x02\n" +
 	"\vHostService\x12a\n" +
 	"\tListHosts\x12\x1b.yunchi.v1.ListHostsRequest\x1a\x1c.yunchi.v1.ListHostsResponse\"\x19\xc2\xf3\x18\x04\n" +
 	"\x02\x01\x04\x82\xd3\xe4\x93\x02\v\x12\t/v1/hosts\x12U\n" +
@@ -4224,7 +4527,7 @@ func file_yunchi_v1_yunchi_proto_rawDescGZIP() []byte {
 }
 
 var file_yunchi_v1_yunchi_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_yunchi_v1_yunchi_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
+var file_yunchi_v1_yunchi_proto_msgTypes = make([]protoimpl.MessageInfo, 51)
 var file_yunchi_v1_yunchi_proto_goTypes = []any{
 	(VMPhase)(0),                    // 0: yunchi.v1.VMPhase
 	(PowerState)(0),                 // 1: yunchi.v1.PowerState
@@ -4234,164 +4537,171 @@ var file_yunchi_v1_yunchi_proto_goTypes = []any{
 	(JoinTokenKind)(0),              // 5: yunchi.v1.JoinTokenKind
 	(*Resources)(nil),               // 6: yunchi.v1.Resources
 	(*VM)(nil),                      // 7: yunchi.v1.VM
-	(*CreateVMRequest)(nil),         // 8: yunchi.v1.CreateVMRequest
-	(*Candidate)(nil),               // 9: yunchi.v1.Candidate
-	(*PlacementDecision)(nil),       // 10: yunchi.v1.PlacementDecision
-	(*CreateVMsResponse)(nil),       // 11: yunchi.v1.CreateVMsResponse
-	(*GetVMRequest)(nil),            // 12: yunchi.v1.GetVMRequest
-	(*ListVMsRequest)(nil),          // 13: yunchi.v1.ListVMsRequest
-	(*ListVMsResponse)(nil),         // 14: yunchi.v1.ListVMsResponse
-	(*VMActionRequest)(nil),         // 15: yunchi.v1.VMActionRequest
-	(*WatchVMRequest)(nil),          // 16: yunchi.v1.WatchVMRequest
-	(*VMEvent)(nil),                 // 17: yunchi.v1.VMEvent
-	(*Ratios)(nil),                  // 18: yunchi.v1.Ratios
-	(*RatioSources)(nil),            // 19: yunchi.v1.RatioSources
-	(*Host)(nil),                    // 20: yunchi.v1.Host
-	(*HostStats)(nil),               // 21: yunchi.v1.HostStats
-	(*GetHostRequest)(nil),          // 22: yunchi.v1.GetHostRequest
-	(*ListHostsRequest)(nil),        // 23: yunchi.v1.ListHostsRequest
-	(*ListHostsResponse)(nil),       // 24: yunchi.v1.ListHostsResponse
-	(*UpdateHostRequest)(nil),       // 25: yunchi.v1.UpdateHostRequest
-	(*RatioSetting)(nil),            // 26: yunchi.v1.RatioSetting
-	(*SetRatiosRequest)(nil),        // 27: yunchi.v1.SetRatiosRequest
-	(*ListRatiosRequest)(nil),       // 28: yunchi.v1.ListRatiosRequest
-	(*ListRatiosResponse)(nil),      // 29: yunchi.v1.ListRatiosResponse
-	(*PlacementGroup)(nil),          // 30: yunchi.v1.PlacementGroup
-	(*CreateGroupRequest)(nil),      // 31: yunchi.v1.CreateGroupRequest
-	(*GetGroupRequest)(nil),         // 32: yunchi.v1.GetGroupRequest
-	(*ListGroupsRequest)(nil),       // 33: yunchi.v1.ListGroupsRequest
-	(*ListGroupsResponse)(nil),      // 34: yunchi.v1.ListGroupsResponse
-	(*DeleteGroupRequest)(nil),      // 35: yunchi.v1.DeleteGroupRequest
-	(*DeleteGroupResponse)(nil),     // 36: yunchi.v1.DeleteGroupResponse
-	(*CenterCapacity)(nil),          // 37: yunchi.v1.CenterCapacity
-	(*GetCapacityRequest)(nil),      // 38: yunchi.v1.GetCapacityRequest
-	(*Capacity)(nil),                // 39: yunchi.v1.Capacity
-	(*Member)(nil),                  // 40: yunchi.v1.Member
-	(*GetClusterStatusRequest)(nil), // 41: yunchi.v1.GetClusterStatusRequest
-	(*ClusterStatus)(nil),           // 42: yunchi.v1.ClusterStatus
-	(*ListMembersRequest)(nil),      // 43: yunchi.v1.ListMembersRequest
-	(*ListMembersResponse)(nil),     // 44: yunchi.v1.ListMembersResponse
-	(*JoinClusterRequest)(nil),      // 45: yunchi.v1.JoinClusterRequest
-	(*RemoveMemberRequest)(nil),     // 46: yunchi.v1.RemoveMemberRequest
-	(*CreateJoinTokenRequest)(nil),  // 47: yunchi.v1.CreateJoinTokenRequest
-	(*JoinToken)(nil),               // 48: yunchi.v1.JoinToken
-	(*JoinControllerRequest)(nil),   // 49: yunchi.v1.JoinControllerRequest
-	(*JoinControllerResponse)(nil),  // 50: yunchi.v1.JoinControllerResponse
-	nil,                             // 51: yunchi.v1.Host.LabelsEntry
-	nil,                             // 52: yunchi.v1.Host.AdminLabelsEntry
-	nil,                             // 53: yunchi.v1.UpdateHostRequest.SetLabelsEntry
-	(*timestamppb.Timestamp)(nil),   // 54: google.protobuf.Timestamp
+	(*VMUsage)(nil),                 // 8: yunchi.v1.VMUsage
+	(*CreateVMRequest)(nil),         // 9: yunchi.v1.CreateVMRequest
+	(*Candidate)(nil),               // 10: yunchi.v1.Candidate
+	(*PlacementDecision)(nil),       // 11: yunchi.v1.PlacementDecision
+	(*CreateVMsResponse)(nil),       // 12: yunchi.v1.CreateVMsResponse
+	(*GetVMRequest)(nil),            // 13: yunchi.v1.GetVMRequest
+	(*ListVMsRequest)(nil),          // 14: yunchi.v1.ListVMsRequest
+	(*ListVMsResponse)(nil),         // 15: yunchi.v1.ListVMsResponse
+	(*VMActionRequest)(nil),         // 16: yunchi.v1.VMActionRequest
+	(*WatchVMRequest)(nil),          // 17: yunchi.v1.WatchVMRequest
+	(*VMEvent)(nil),                 // 18: yunchi.v1.VMEvent
+	(*ConsoleInput)(nil),            // 19: yunchi.v1.ConsoleInput
+	(*ConsoleOutput)(nil),           // 20: yunchi.v1.ConsoleOutput
+	(*Ratios)(nil),                  // 21: yunchi.v1.Ratios
+	(*RatioSources)(nil),            // 22: yunchi.v1.RatioSources
+	(*Host)(nil),                    // 23: yunchi.v1.Host
+	(*HostStats)(nil),               // 24: yunchi.v1.HostStats
+	(*GetHostRequest)(nil),          // 25: yunchi.v1.GetHostRequest
+	(*ListHostsRequest)(nil),        // 26: yunchi.v1.ListHostsRequest
+	(*ListHostsResponse)(nil),       // 27: yunchi.v1.ListHostsResponse
+	(*UpdateHostRequest)(nil),       // 28: yunchi.v1.UpdateHostRequest
+	(*RatioSetting)(nil),            // 29: yunchi.v1.RatioSetting
+	(*SetRatiosRequest)(nil),        // 30: yunchi.v1.SetRatiosRequest
+	(*ListRatiosRequest)(nil),       // 31: yunchi.v1.ListRatiosRequest
+	(*ListRatiosResponse)(nil),      // 32: yunchi.v1.ListRatiosResponse
+	(*PlacementGroup)(nil),          // 33: yunchi.v1.PlacementGroup
+	(*CreateGroupRequest)(nil),      // 34: yunchi.v1.CreateGroupRequest
+	(*GetGroupRequest)(nil),         // 35: yunchi.v1.GetGroupRequest
+	(*ListGroupsRequest)(nil),       // 36: yunchi.v1.ListGroupsRequest
+	(*ListGroupsResponse)(nil),      // 37: yunchi.v1.ListGroupsResponse
+	(*DeleteGroupRequest)(nil),      // 38: yunchi.v1.DeleteGroupRequest
+	(*DeleteGroupResponse)(nil),     // 39: yunchi.v1.DeleteGroupResponse
+	(*CenterCapacity)(nil),          // 40: yunchi.v1.CenterCapacity
+	(*GetCapacityRequest)(nil),      // 41: yunchi.v1.GetCapacityRequest
+	(*Capacity)(nil),                // 42: yunchi.v1.Capacity
+	(*Member)(nil),                  // 43: yunchi.v1.Member
+	(*GetClusterStatusRequest)(nil), // 44: yunchi.v1.GetClusterStatusRequest
+	(*ClusterStatus)(nil),           // 45: yunchi.v1.ClusterStatus
+	(*ListMembersRequest)(nil),      // 46: yunchi.v1.ListMembersRequest
+	(*ListMembersResponse)(nil),     // 47: yunchi.v1.ListMembersResponse
+	(*JoinClusterRequest)(nil),      // 48: yunchi.v1.JoinClusterRequest
+	(*RemoveMemberRequest)(nil),     // 49: yunchi.v1.RemoveMemberRequest
+	(*CreateJoinTokenRequest)(nil),  // 50: yunchi.v1.CreateJoinTokenRequest
+	(*JoinToken)(nil),               // 51: yunchi.v1.JoinToken
+	(*JoinControllerRequest)(nil),   // 52: yunchi.v1.JoinControllerRequest
+	(*JoinControllerResponse)(nil),  // 53: yunchi.v1.JoinControllerResponse
+	nil,                             // 54: yunchi.v1.Host.LabelsEntry
+	nil,                             // 55: yunchi.v1.Host.AdminLabelsEntry
+	nil,                             // 56: yunchi.v1.UpdateHostRequest.SetLabelsEntry
+	(*timestamppb.Timestamp)(nil),   // 57: google.protobuf.Timestamp
 }
 var file_yunchi_v1_yunchi_proto_depIdxs = []int32{
 	1,  // 0: yunchi.v1.VM.desired:type_name -> yunchi.v1.PowerState
 	0,  // 1: yunchi.v1.VM.phase:type_name -> yunchi.v1.VMPhase
-	54, // 2: yunchi.v1.VM.created_at:type_name -> google.protobuf.Timestamp
-	54, // 3: yunchi.v1.VM.updated_at:type_name -> google.protobuf.Timestamp
-	54, // 4: yunchi.v1.VM.host_last_heartbeat:type_name -> google.protobuf.Timestamp
-	9,  // 5: yunchi.v1.PlacementDecision.runners_up:type_name -> yunchi.v1.Candidate
-	7,  // 6: yunchi.v1.CreateVMsResponse.vms:type_name -> yunchi.v1.VM
-	10, // 7: yunchi.v1.CreateVMsResponse.decisions:type_name -> yunchi.v1.PlacementDecision
-	7,  // 8: yunchi.v1.ListVMsResponse.vms:type_name -> yunchi.v1.VM
-	7,  // 9: yunchi.v1.VMEvent.vm:type_name -> yunchi.v1.VM
-	51, // 10: yunchi.v1.Host.labels:type_name -> yunchi.v1.Host.LabelsEntry
-	6,  // 11: yunchi.v1.Host.capacity:type_name -> yunchi.v1.Resources
-	6,  // 12: yunchi.v1.Host.allocated:type_name -> yunchi.v1.Resources
-	6,  // 13: yunchi.v1.Host.free:type_name -> yunchi.v1.Resources
-	2,  // 14: yunchi.v1.Host.state:type_name -> yunchi.v1.HostState
-	54, // 15: yunchi.v1.Host.registered_at:type_name -> google.protobuf.Timestamp
-	54, // 16: yunchi.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
-	21, // 17: yunchi.v1.Host.stats:type_name -> yunchi.v1.HostStats
-	6,  // 18: yunchi.v1.Host.reserved:type_name -> yunchi.v1.Resources
-	6,  // 19: yunchi.v1.Host.allocatable:type_name -> yunchi.v1.Resources
-	18, // 20: yunchi.v1.Host.ratios:type_name -> yunchi.v1.Ratios
-	19, // 21: yunchi.v1.Host.ratio_sources:type_name -> yunchi.v1.RatioSources
-	52, // 22: yunchi.v1.Host.admin_labels:type_name -> yunchi.v1.Host.AdminLabelsEntry
-	18, // 23: yunchi.v1.Host.host_ratios:type_name -> yunchi.v1.Ratios
-	6,  // 24: yunchi.v1.Host.overcommit:type_name -> yunchi.v1.Resources
-	20, // 25: yunchi.v1.ListHostsResponse.hosts:type_name -> yunchi.v1.Host
-	2,  // 26: yunchi.v1.UpdateHostRequest.state:type_name -> yunchi.v1.HostState
-	53, // 27: yunchi.v1.UpdateHostRequest.set_labels:type_name -> yunchi.v1.UpdateHostRequest.SetLabelsEntry
-	18, // 28: yunchi.v1.RatioSetting.ratios:type_name -> yunchi.v1.Ratios
-	18, // 29: yunchi.v1.ListRatiosResponse.defaults:type_name -> yunchi.v1.Ratios
-	26, // 30: yunchi.v1.ListRatiosResponse.settings:type_name -> yunchi.v1.RatioSetting
-	3,  // 31: yunchi.v1.PlacementGroup.policy:type_name -> yunchi.v1.GroupPolicy
-	4,  // 32: yunchi.v1.PlacementGroup.level:type_name -> yunchi.v1.GroupLevel
-	54, // 33: yunchi.v1.PlacementGroup.created_at:type_name -> google.protobuf.Timestamp
-	3,  // 34: yunchi.v1.CreateGroupRequest.policy:type_name -> yunchi.v1.GroupPolicy
-	4,  // 35: yunchi.v1.CreateGroupRequest.level:type_name -> yunchi.v1.GroupLevel
-	30, // 36: yunchi.v1.ListGroupsResponse.groups:type_name -> yunchi.v1.PlacementGroup
-	6,  // 37: yunchi.v1.CenterCapacity.capacity:type_name -> yunchi.v1.Resources
-	6,  // 38: yunchi.v1.CenterCapacity.allocated:type_name -> yunchi.v1.Resources
-	6,  // 39: yunchi.v1.CenterCapacity.free:type_name -> yunchi.v1.Resources
-	6,  // 40: yunchi.v1.CenterCapacity.allocatable:type_name -> yunchi.v1.Resources
-	6,  // 41: yunchi.v1.CenterCapacity.overcommit:type_name -> yunchi.v1.Resources
-	6,  // 42: yunchi.v1.Capacity.capacity:type_name -> yunchi.v1.Resources
-	6,  // 43: yunchi.v1.Capacity.allocated:type_name -> yunchi.v1.Resources
-	6,  // 44: yunchi.v1.Capacity.free:type_name -> yunchi.v1.Resources
-	37, // 45: yunchi.v1.Capacity.centers:type_name -> yunchi.v1.CenterCapacity
-	6,  // 46: yunchi.v1.Capacity.allocatable:type_name -> yunchi.v1.Resources
-	6,  // 47: yunchi.v1.Capacity.overcommit:type_name -> yunchi.v1.Resources
-	40, // 48: yunchi.v1.ClusterStatus.members:type_name -> yunchi.v1.Member
-	54, // 49: yunchi.v1.ClusterStatus.log_store_failing_since:type_name -> google.protobuf.Timestamp
-	40, // 50: yunchi.v1.ListMembersResponse.members:type_name -> yunchi.v1.Member
-	5,  // 51: yunchi.v1.CreateJoinTokenRequest.kind:type_name -> yunchi.v1.JoinTokenKind
-	5,  // 52: yunchi.v1.JoinToken.kind:type_name -> yunchi.v1.JoinTokenKind
-	54, // 53: yunchi.v1.JoinToken.expires:type_name -> google.protobuf.Timestamp
-	8,  // 54: yunchi.v1.VMService.CreateVM:input_type -> yunchi.v1.CreateVMRequest
-	8,  // 55: yunchi.v1.VMService.CreateVMs:input_type -> yunchi.v1.CreateVMRequest
-	12, // 56: yunchi.v1.VMService.GetVM:input_type -> yunchi.v1.GetVMRequest
-	13, // 57: yunchi.v1.VMService.ListVMs:input_type -> yunchi.v1.ListVMsRequest
-	15, // 58: yunchi.v1.VMService.StartVM:input_type -> yunchi.v1.VMActionRequest
-	15, // 59: yunchi.v1.VMService.StopVM:input_type -> yunchi.v1.VMActionRequest
-	15, // 60: yunchi.v1.VMService.RebootVM:input_type -> yunchi.v1.VMActionRequest
-	15, // 61: yunchi.v1.VMService.DeleteVM:input_type -> yunchi.v1.VMActionRequest
-	16, // 62: yunchi.v1.VMService.WatchVM:input_type -> yunchi.v1.WatchVMRequest
-	23, // 63: yunchi.v1.HostService.ListHosts:input_type -> yunchi.v1.ListHostsRequest
-	22, // 64: yunchi.v1.HostService.GetHost:input_type -> yunchi.v1.GetHostRequest
-	25, // 65: yunchi.v1.HostService.UpdateHost:input_type -> yunchi.v1.UpdateHostRequest
-	27, // 66: yunchi.v1.RatioService.SetRatios:input_type -> yunchi.v1.SetRatiosRequest
-	28, // 67: yunchi.v1.RatioService.ListRatios:input_type -> yunchi.v1.ListRatiosRequest
-	31, // 68: yunchi.v1.GroupService.CreateGroup:input_type -> yunchi.v1.CreateGroupRequest
-	32, // 69: yunchi.v1.GroupService.GetGroup:input_type -> yunchi.v1.GetGroupRequest
-	33, // 70: yunchi.v1.GroupService.ListGroups:input_type -> yunchi.v1.ListGroupsRequest
-	35, // 71: yunchi.v1.GroupService.DeleteGroup:input_type -> yunchi.v1.DeleteGroupRequest
-	38, // 72: yunchi.v1.CapacityService.GetCapacity:input_type -> yunchi.v1.GetCapacityRequest
-	41, // 73: yunchi.v1.ClusterService.GetClusterStatus:input_type -> yunchi.v1.GetClusterStatusRequest
-	43, // 74: yunchi.v1.ClusterService.ListMembers:input_type -> yunchi.v1.ListMembersRequest
-	45, // 75: yunchi.v1.ClusterService.JoinCluster:input_type -> yunchi.v1.JoinClusterRequest
-	46, // 76: yunchi.v1.ClusterService.RemoveMember:input_type -> yunchi.v1.RemoveMemberRequest
-	47, // 77: yunchi.v1.ClusterService.CreateJoinToken:input_type -> yunchi.v1.CreateJoinTokenRequest
-	49, // 78: yunchi.v1.ClusterService.JoinController:input_type -> yunchi.v1.JoinControllerRequest
-	7,  // 79: yunchi.v1.VMService.CreateVM:output_type -> yunchi.v1.VM
-	11, // 80: yunchi.v1.VMService.CreateVMs:output_type -> yunchi.v1.CreateVMsResponse
-	7,  // 81: yunchi.v1.VMService.GetVM:output_type -> yunchi.v1.VM
-	14, // 82: yunchi.v1.VMService.ListVMs:output_type -> yunchi.v1.ListVMsResponse
-	7,  // 83: yunchi.v1.VMService.StartVM:output_type -> yunchi.v1.VM
-	7,  // 84: yunchi.v1.VMService.StopVM:output_type -> yunchi.v1.VM
-	7,  // 85: yunchi.v1.VMService.RebootVM:output_type -> yunchi.v1.VM
-	7,  // 86: yunchi.v1.VMService.DeleteVM:output_type -> yunchi.v1.VM
-	17, // 87: yunchi.v1.VMService.WatchVM:output_type -> yunchi.v1.VMEvent
-	24, // 88: yunchi.v1.HostService.ListHosts:output_type -> yunchi.v1.ListHostsResponse
-	20, // 89: yunchi.v1.HostService.GetHost:output_type -> yunchi.v1.Host
-	20, // 90: yunchi.v1.HostService.UpdateHost:output_type -> yunchi.v1.Host
-	26, // 91: yunchi.v1.RatioService.SetRatios:output_type -> yunchi.v1.RatioSetting
-	29, // 92: yunchi.v1.RatioService.ListRatios:output_type -> yunchi.v1.ListRatiosResponse
-	30, // 93: yunchi.v1.GroupService.CreateGroup:output_type -> yunchi.v1.PlacementGroup
-	30, // 94: yunchi.v1.GroupService.GetGroup:output_type -> yunchi.v1.PlacementGroup
-	34, // 95: yunchi.v1.GroupService.ListGroups:output_type -> yunchi.v1.ListGroupsResponse
-	36, // 96: yunchi.v1.GroupService.DeleteGroup:output_type -> yunchi.v1.DeleteGroupResponse
-	39, // 97: yunchi.v1.CapacityService.GetCapacity:output_type -> yunchi.v1.Capacity
-	42, // 98: yunchi.v1.ClusterService.GetClusterStatus:output_type -> yunchi.v1.ClusterStatus
-	44, // 99: yunchi.v1.ClusterService.ListMembers:output_type -> yunchi.v1.ListMembersResponse
-	40, // 100: yunchi.v1.ClusterService.JoinCluster:output_type -> yunchi.v1.Member
-	44, // 101: yunchi.v1.ClusterService.RemoveMember:output_type -> yunchi.v1.ListMembersResponse
-	48, // 102: yunchi.v1.ClusterService.CreateJoinToken:output_type -> yunchi.v1.JoinToken
-	50, // 103: yunchi.v1.ClusterService.JoinController:output_type -> yunchi.v1.JoinControllerResponse
-	79, // [79:104] is the sub-list for method output_type
-	54, // [54:79] is the sub-list for method input_type
-	54, // [54:54] is the sub-list for extension type_name
-	54, // [54:54] is the sub-list for extension extendee
-	0,  // [0:54] is the sub-list for field type_name
+	57, // 2: yunchi.v1.VM.created_at:type_name -> google.protobuf.Timestamp
+	57, // 3: yunchi.v1.VM.updated_at:type_name -> google.protobuf.Timestamp
+	57, // 4: yunchi.v1.VM.host_last_heartbeat:type_name -> google.protobuf.Timestamp
+	8,  // 5: yunchi.v1.VM.usage:type_name -> yunchi.v1.VMUsage
+	57, // 6: yunchi.v1.VMUsage.measured_at:type_name -> google.protobuf.Timestamp
+	10, // 7: yunchi.v1.PlacementDecision.runners_up:type_name -> yunchi.v1.Candidate
+	7,  // 8: yunchi.v1.CreateVMsResponse.vms:type_name -> yunchi.v1.VM
+	11, // 9: yunchi.v1.CreateVMsResponse.decisions:type_name -> yunchi.v1.PlacementDecision
+	7,  // 10: yunchi.v1.ListVMsResponse.vms:type_name -> yunchi.v1.VM
+	7,  // 11: yunchi.v1.VMEvent.vm:type_name -> yunchi.v1.VM
+	54, // 12: yunchi.v1.Host.labels:type_name -> yunchi.v1.Host.LabelsEntry
+	6,  // 13: yunchi.v1.Host.capacity:type_name -> yunchi.v1.Resources
+	6,  // 14: yunchi.v1.Host.allocated:type_name -> yunchi.v1.Resources
+	6,  // 15: yunchi.v1.Host.free:type_name -> yunchi.v1.Resources
+	2,  // 16: yunchi.v1.Host.state:type_name -> yunchi.v1.HostState
+	57, // 17: yunchi.v1.Host.registered_at:type_name -> google.protobuf.Timestamp
+	57, // 18: yunchi.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
+	24, // 19: yunchi.v1.Host.stats:type_name -> yunchi.v1.HostStats
+	6,  // 20: yunchi.v1.Host.reserved:type_name -> yunchi.v1.Resources
+	6,  // 21: yunchi.v1.Host.allocatable:type_name -> yunchi.v1.Resources
+	21, // 22: yunchi.v1.Host.ratios:type_name -> yunchi.v1.Ratios
+	22, // 23: yunchi.v1.Host.ratio_sources:type_name -> yunchi.v1.RatioSources
+	55, // 24: yunchi.v1.Host.admin_labels:type_name -> yunchi.v1.Host.AdminLabelsEntry
+	21, // 25: yunchi.v1.Host.host_ratios:type_name -> yunchi.v1.Ratios
+	6,  // 26: yunchi.v1.Host.overcommit:type_name -> yunchi.v1.Resources
+	23, // 27: yunchi.v1.ListHostsResponse.hosts:type_name -> yunchi.v1.Host
+	2,  // 28: yunchi.v1.UpdateHostRequest.state:type_name -> yunchi.v1.HostState
+	56, // 29: yunchi.v1.UpdateHostRequest.set_labels:type_name -> yunchi.v1.UpdateHostRequest.SetLabelsEntry
+	21, // 30: yunchi.v1.RatioSetting.ratios:type_name -> yunchi.v1.Ratios
+	21, // 31: yunchi.v1.ListRatiosResponse.defaults:type_name -> yunchi.v1.Ratios
+	29, // 32: yunchi.v1.ListRatiosResponse.settings:type_name -> yunchi.v1.RatioSetting
+	3,  // 33: yunchi.v1.PlacementGroup.policy:type_name -> yunchi.v1.GroupPolicy
+	4,  // 34: yunchi.v1.PlacementGroup.level:type_name -> yunchi.v1.GroupLevel
+	57, // 35: yunchi.v1.PlacementGroup.created_at:type_name -> google.protobuf.Timestamp
+	3,  // 36: yunchi.v1.CreateGroupRequest.policy:type_name -> yunchi.v1.GroupPolicy
+	4,  // 37: yunchi.v1.CreateGroupRequest.level:type_name -> yunchi.v1.GroupLevel
+	33, // 38: yunchi.v1.ListGroupsResponse.groups:type_name -> yunchi.v1.PlacementGroup
+	6,  // 39: yunchi.v1.CenterCapacity.capacity:type_name -> yunchi.v1.Resources
+	6,  // 40: yunchi.v1.CenterCapacity.allocated:type_name -> yunchi.v1.Resources
+	6,  // 41: yunchi.v1.CenterCapacity.free:type_name -> yunchi.v1.Resources
+	6,  // 42: yunchi.v1.CenterCapacity.allocatable:type_name -> yunchi.v1.Resources
+	6,  // 43: yunchi.v1.CenterCapacity.overcommit:type_name -> yunchi.v1.Resources
+	6,  // 44: yunchi.v1.Capacity.capacity:type_name -> yunchi.v1.Resources
+	6,  // 45: yunchi.v1.Capacity.allocated:type_name -> yunchi.v1.Resources
+	6,  // 46: yunchi.v1.Capacity.free:type_name -> yunchi.v1.Resources
+	40, // 47: yunchi.v1.Capacity.centers:type_name -> yunchi.v1.CenterCapacity
+	6,  // 48: yunchi.v1.Capacity.allocatable:type_name -> yunchi.v1.Resources
+	6,  // 49: yunchi.v1.Capacity.overcommit:type_name -> yunchi.v1.Resources
+	43, // 50: yunchi.v1.ClusterStatus.members:type_name -> yunchi.v1.Member
+	57, // 51: yunchi.v1.ClusterStatus.log_store_failing_since:type_name -> google.protobuf.Timestamp
+	43, // 52: yunchi.v1.ListMembersResponse.members:type_name -> yunchi.v1.Member
+	5,  // 53: yunchi.v1.CreateJoinTokenRequest.kind:type_name -> yunchi.v1.JoinTokenKind
+	5,  // 54: yunchi.v1.JoinToken.kind:type_name -> yunchi.v1.JoinTokenKind
+	57, // 55: yunchi.v1.JoinToken.expires:type_name -> google.protobuf.Timestamp
+	9,  // 56: yunchi.v1.VMService.CreateVM:input_type -> yunchi.v1.CreateVMRequest
+	9,  // 57: yunchi.v1.VMService.CreateVMs:input_type -> yunchi.v1.CreateVMRequest
+	13, // 58: yunchi.v1.VMService.GetVM:input_type -> yunchi.v1.GetVMRequest
+	14, // 59: yunchi.v1.VMService.ListVMs:input_type -> yunchi.v1.ListVMsRequest
+	16, // 60: yunchi.v1.VMService.StartVM:input_type -> yunchi.v1.VMActionRequest
+	16, // 61: yunchi.v1.VMService.StopVM:input_type -> yunchi.v1.VMActionRequest
+	16, // 62: yunchi.v1.VMService.RebootVM:input_type -> yunchi.v1.VMActionRequest
+	16, // 63: yunchi.v1.VMService.DeleteVM:input_type -> yunchi.v1.VMActionRequest
+	17, // 64: yunchi.v1.VMService.WatchVM:input_type -> yunchi.v1.WatchVMRequest
+	19, // 65: yunchi.v1.VMService.Console:input_type -> yunchi.v1.ConsoleInput
+	26, // 66: yunchi.v1.HostService.ListHosts:input_type -> yunchi.v1.ListHostsRequest
+	25, // 67: yunchi.v1.HostService.GetHost:input_type -> yunchi.v1.GetHostRequest
+	28, // 68: yunchi.v1.HostService.UpdateHost:input_type -> yunchi.v1.UpdateHostRequest
+	30, // 69: yunchi.v1.RatioService.SetRatios:input_type -> yunchi.v1.SetRatiosRequest
+	31, // 70: yunchi.v1.RatioService.ListRatios:input_type -> yunchi.v1.ListRatiosRequest
+	34, // 71: yunchi.v1.GroupService.CreateGroup:input_type -> yunchi.v1.CreateGroupRequest
+	35, // 72: yunchi.v1.GroupService.GetGroup:input_type -> yunchi.v1.GetGroupRequest
+	36, // 73: yunchi.v1.GroupService.ListGroups:input_type -> yunchi.v1.ListGroupsRequest
+	38, // 74: yunchi.v1.GroupService.DeleteGroup:input_type -> yunchi.v1.DeleteGroupRequest
+	41, // 75: yunchi.v1.CapacityService.GetCapacity:input_type -> yunchi.v1.GetCapacityRequest
+	44, // 76: yunchi.v1.ClusterService.GetClusterStatus:input_type -> yunchi.v1.GetClusterStatusRequest
+	46, // 77: yunchi.v1.ClusterService.ListMembers:input_type -> yunchi.v1.ListMembersRequest
+	48, // 78: yunchi.v1.ClusterService.JoinCluster:input_type -> yunchi.v1.JoinClusterRequest
+	49, // 79: yunchi.v1.ClusterService.RemoveMember:input_type -> yunchi.v1.RemoveMemberRequest
+	50, // 80: yunchi.v1.ClusterService.CreateJoinToken:input_type -> yunchi.v1.CreateJoinTokenRequest
+	52, // 81: yunchi.v1.ClusterService.JoinController:input_type -> yunchi.v1.JoinControllerRequest
+	7,  // 82: yunchi.v1.VMService.CreateVM:output_type -> yunchi.v1.VM
+	12, // 83: yunchi.v1.VMService.CreateVMs:output_type -> yunchi.v1.CreateVMsResponse
+	7,  // 84: yunchi.v1.VMService.GetVM:output_type -> yunchi.v1.VM
+	15, // 85: yunchi.v1.VMService.ListVMs:output_type -> yunchi.v1.ListVMsResponse
+	7,  // 86: yunchi.v1.VMService.StartVM:output_type -> yunchi.v1.VM
+	7,  // 87: yunchi.v1.VMService.StopVM:output_type -> yunchi.v1.VM
+	7,  // 88: yunchi.v1.VMService.RebootVM:output_type -> yunchi.v1.VM
+	7,  // 89: yunchi.v1.VMService.DeleteVM:output_type -> yunchi.v1.VM
+	18, // 90: yunchi.v1.VMService.WatchVM:output_type -> yunchi.v1.VMEvent
+	20, // 91: yunchi.v1.VMService.Console:output_type -> yunchi.v1.ConsoleOutput
+	27, // 92: yunchi.v1.HostService.ListHosts:output_type -> yunchi.v1.ListHostsResponse
+	23, // 93: yunchi.v1.HostService.GetHost:output_type -> yunchi.v1.Host
+	23, // 94: yunchi.v1.HostService.UpdateHost:output_type -> yunchi.v1.Host
+	29, // 95: yunchi.v1.RatioService.SetRatios:output_type -> yunchi.v1.RatioSetting
+	32, // 96: yunchi.v1.RatioService.ListRatios:output_type -> yunchi.v1.ListRatiosResponse
+	33, // 97: yunchi.v1.GroupService.CreateGroup:output_type -> yunchi.v1.PlacementGroup
+	33, // 98: yunchi.v1.GroupService.GetGroup:output_type -> yunchi.v1.PlacementGroup
+	37, // 99: yunchi.v1.GroupService.ListGroups:output_type -> yunchi.v1.ListGroupsResponse
+	39, // 100: yunchi.v1.GroupService.DeleteGroup:output_type -> yunchi.v1.DeleteGroupResponse
+	42, // 101: yunchi.v1.CapacityService.GetCapacity:output_type -> yunchi.v1.Capacity
+	45, // 102: yunchi.v1.ClusterService.GetClusterStatus:output_type -> yunchi.v1.ClusterStatus
+	47, // 103: yunchi.v1.ClusterService.ListMembers:output_type -> yunchi.v1.ListMembersResponse
+	43, // 104: yunchi.v1.ClusterService.JoinCluster:output_type -> yunchi.v1.Member
+	47, // 105: yunchi.v1.ClusterService.RemoveMember:output_type -> yunchi.v1.ListMembersResponse
+	51, // 106: yunchi.v1.ClusterService.CreateJoinToken:output_type -> yunchi.v1.JoinToken
+	53, // 107: yunchi.v1.ClusterService.JoinController:output_type -> yunchi.v1.JoinControllerResponse
+	82, // [82:108] is the sub-list for method output_type
+	56, // [56:82] is the sub-list for method input_type
+	56, // [56:56] is the sub-list for extension type_name
+	56, // [56:56] is the sub-list for extension extendee
+	0,  // [0:56] is the sub-list for field type_name
 }
 
 func init() { file_yunchi_v1_yunchi_proto_init() }
@@ -4400,16 +4710,16 @@ func file_yunchi_v1_yunchi_proto_init() {
 		return
 	}
 	file_yunchi_v1_access_proto_init()
-	file_yunchi_v1_yunchi_proto_msgTypes[15].OneofWrappers = []any{}
-	file_yunchi_v1_yunchi_proto_msgTypes[19].OneofWrappers = []any{}
-	file_yunchi_v1_yunchi_proto_msgTypes[21].OneofWrappers = []any{}
+	file_yunchi_v1_yunchi_proto_msgTypes[18].OneofWrappers = []any{}
+	file_yunchi_v1_yunchi_proto_msgTypes[22].OneofWrappers = []any{}
+	file_yunchi_v1_yunchi_proto_msgTypes[24].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_yunchi_v1_yunchi_proto_rawDesc), len(file_yunchi_v1_yunchi_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   48,
+			NumMessages:   51,
 			NumExtensions: 0,
 			NumServices:   6,
 		},

@@ -33,6 +33,7 @@ const (
 	VMService_RebootVM_FullMethodName  = "/yunchi.v1.VMService/RebootVM"
 	VMService_DeleteVM_FullMethodName  = "/yunchi.v1.VMService/DeleteVM"
 	VMService_WatchVM_FullMethodName   = "/yunchi.v1.VMService/WatchVM"
+	VMService_Console_FullMethodName   = "/yunchi.v1.VMService/Console"
 )
 
 // VMServiceClient is the client API for VMService service.
@@ -52,6 +53,11 @@ type VMServiceClient interface {
 	DeleteVM(ctx context.Context, in *VMActionRequest, opts ...grpc.CallOption) (*VM, error)
 	// Streams the VM each time it changes, starting with its current state.
 	WatchVM(ctx context.Context, in *WatchVMRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[VMEvent], error)
+	// Attaches to the VM's serial console: the first message names the VM,
+	// later ones carry keystrokes; the answers carry what the console
+	// prints. gRPC only (the controller relays a libvirt stream from the
+	// host's agent).
+	Console(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ConsoleInput, ConsoleOutput], error)
 }
 
 type vMServiceClient struct {
@@ -161,6 +167,19 @@ func (c *vMServiceClient) WatchVM(ctx context.Context, in *WatchVMRequest, opts 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type VMService_WatchVMClient = grpc.ServerStreamingClient[VMEvent]
 
+func (c *vMServiceClient) Console(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ConsoleInput, ConsoleOutput], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &VMService_ServiceDesc.Streams[1], VMService_Console_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ConsoleInput, ConsoleOutput]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type VMService_ConsoleClient = grpc.BidiStreamingClient[ConsoleInput, ConsoleOutput]
+
 // VMServiceServer is the server API for VMService service.
 // All implementations must embed UnimplementedVMServiceServer
 // for forward compatibility.
@@ -178,6 +197,11 @@ type VMServiceServer interface {
 	DeleteVM(context.Context, *VMActionRequest) (*VM, error)
 	// Streams the VM each time it changes, starting with its current state.
 	WatchVM(*WatchVMRequest, grpc.ServerStreamingServer[VMEvent]) error
+	// Attaches to the VM's serial console: the first message names the VM,
+	// later ones carry keystrokes; the answers carry what the console
+	// prints. gRPC only (the controller relays a libvirt stream from the
+	// host's agent).
+	Console(grpc.BidiStreamingServer[ConsoleInput, ConsoleOutput]) error
 	mustEmbedUnimplementedVMServiceServer()
 }
 
@@ -214,6 +238,9 @@ func (UnimplementedVMServiceServer) DeleteVM(context.Context, *VMActionRequest) 
 }
 func (UnimplementedVMServiceServer) WatchVM(*WatchVMRequest, grpc.ServerStreamingServer[VMEvent]) error {
 	return status.Error(codes.Unimplemented, "method WatchVM not implemented")
+}
+func (UnimplementedVMServiceServer) Console(grpc.BidiStreamingServer[ConsoleInput, ConsoleOutput]) error {
+	return status.Error(codes.Unimplemented, "method Console not implemented")
 }
 func (UnimplementedVMServiceServer) mustEmbedUnimplementedVMServiceServer() {}
 func (UnimplementedVMServiceServer) testEmbeddedByValue()                   {}
@@ -391,6 +418,13 @@ func _VMService_WatchVM_Handler(srv interface{}, stream grpc.ServerStream) error
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type VMService_WatchVMServer = grpc.ServerStreamingServer[VMEvent]
 
+func _VMService_Console_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(VMServiceServer).Console(&grpc.GenericServerStream[ConsoleInput, ConsoleOutput]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type VMService_ConsoleServer = grpc.BidiStreamingServer[ConsoleInput, ConsoleOutput]
+
 // VMService_ServiceDesc is the grpc.ServiceDesc for VMService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -436,6 +470,12 @@ var VMService_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "WatchVM",
 			Handler:       _VMService_WatchVM_Handler,
 			ServerStreams: true,
+		},
+		{
+			StreamName:    "Console",
+			Handler:       _VMService_Console_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
 		},
 	},
 	Metadata: "yunchi/v1/yunchi.proto",

@@ -858,8 +858,13 @@ type VMRecord struct {
 	// "binpack" or "spread", as asked at creation ("" = the default).
 	Strategy        string        `protobuf:"bytes,19,opt,name=strategy,proto3" json:"strategy,omitempty"`
 	ConstraintRules []*Constraint `protobuf:"bytes,20,rep,name=constraint_rules,json=constraintRules,proto3" json:"constraint_rules,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Version 7 on: the image of the root disk (unset: an empty disk) and
+	// the cloud-init seed's contents.
+	Image             *VMImage `protobuf:"bytes,21,opt,name=image,proto3" json:"image,omitempty"`
+	UserData          string   `protobuf:"bytes,22,opt,name=user_data,json=userData,proto3" json:"user_data,omitempty"`
+	SshAuthorizedKeys []string `protobuf:"bytes,23,rep,name=ssh_authorized_keys,json=sshAuthorizedKeys,proto3" json:"ssh_authorized_keys,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *VMRecord) Reset() {
@@ -1028,6 +1033,27 @@ func (x *VMRecord) GetStrategy() string {
 func (x *VMRecord) GetConstraintRules() []*Constraint {
 	if x != nil {
 		return x.ConstraintRules
+	}
+	return nil
+}
+
+func (x *VMRecord) GetImage() *VMImage {
+	if x != nil {
+		return x.Image
+	}
+	return nil
+}
+
+func (x *VMRecord) GetUserData() string {
+	if x != nil {
+		return x.UserData
+	}
+	return ""
+}
+
+func (x *VMRecord) GetSshAuthorizedKeys() []string {
+	if x != nil {
+		return x.SshAuthorizedKeys
 	}
 	return nil
 }
@@ -2042,6 +2068,8 @@ type Command struct {
 	//	*Command_ConsumeJoinToken
 	//	*Command_RecordAudit
 	//	*Command_ArchiveAudit
+	//	*Command_CreateImage
+	//	*Command_DeleteImage
 	Cmd           isCommand_Cmd `protobuf_oneof:"cmd"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2371,6 +2399,24 @@ func (x *Command) GetArchiveAudit() *ArchiveAudit {
 	return nil
 }
 
+func (x *Command) GetCreateImage() *CreateImage {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_CreateImage); ok {
+			return x.CreateImage
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetDeleteImage() *DeleteImage {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_DeleteImage); ok {
+			return x.DeleteImage
+		}
+	}
+	return nil
+}
+
 type isCommand_Cmd interface {
 	isCommand_Cmd()
 }
@@ -2493,6 +2539,15 @@ type Command_ArchiveAudit struct {
 	ArchiveAudit *ArchiveAudit `protobuf:"bytes,46,opt,name=archive_audit,json=archiveAudit,proto3,oneof"`
 }
 
+type Command_CreateImage struct {
+	// Images (image.proto), version 7 on.
+	CreateImage *CreateImage `protobuf:"bytes,47,opt,name=create_image,json=createImage,proto3,oneof"`
+}
+
+type Command_DeleteImage struct {
+	DeleteImage *DeleteImage `protobuf:"bytes,48,opt,name=delete_image,json=deleteImage,proto3,oneof"`
+}
+
 func (*Command_RegisterHost) isCommand_Cmd() {}
 
 func (*Command_SetHostState) isCommand_Cmd() {}
@@ -2549,6 +2604,10 @@ func (*Command_RecordAudit) isCommand_Cmd() {}
 
 func (*Command_ArchiveAudit) isCommand_Cmd() {}
 
+func (*Command_CreateImage) isCommand_Cmd() {}
+
+func (*Command_DeleteImage) isCommand_Cmd() {}
+
 type Snapshot struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Format of the snapshot (state.SnapshotVersion when written).
@@ -2569,8 +2628,10 @@ type Snapshot struct {
 	// 13-15: quotas; 16-17: transport security; 18-19: audit.
 	// The audit chain's head; the records themselves follow the message in
 	// the snapshot stream (controller/raftnode/fsm.go).
-	AuditHead     *AuditHead         `protobuf:"bytes,18,opt,name=audit_head,json=auditHead,proto3" json:"audit_head,omitempty"`
-	JoinTokens    []*JoinTokenRecord `protobuf:"bytes,16,rep,name=join_tokens,json=joinTokens,proto3" json:"join_tokens,omitempty"`
+	AuditHead  *AuditHead         `protobuf:"bytes,18,opt,name=audit_head,json=auditHead,proto3" json:"audit_head,omitempty"`
+	JoinTokens []*JoinTokenRecord `protobuf:"bytes,16,rep,name=join_tokens,json=joinTokens,proto3" json:"join_tokens,omitempty"`
+	// Snapshot version 5 on.
+	Images        []*ImageRecord `protobuf:"bytes,20,rep,name=images,proto3" json:"images,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2703,6 +2764,13 @@ func (x *Snapshot) GetJoinTokens() []*JoinTokenRecord {
 	return nil
 }
 
+func (x *Snapshot) GetImages() []*ImageRecord {
+	if x != nil {
+		return x.Images
+	}
+	return nil
+}
+
 // RequestRecord is the outcome of the first command that carried a request
 // id: the error (kind and message) or the records the command returned, as
 // they were then. Kept for a bounded time (by command time) and count.
@@ -2730,7 +2798,8 @@ type RequestRecord struct {
 	Token      *TokenRecord          `protobuf:"bytes,16,opt,name=token,proto3" json:"token,omitempty"`
 	// What a rejection was about, when Apply named it: "department:eco",
 	// "project:air" for a quota exceeded (state.Error.Subject).
-	ErrorSubject  string `protobuf:"bytes,17,opt,name=error_subject,json=errorSubject,proto3" json:"error_subject,omitempty"`
+	ErrorSubject  string       `protobuf:"bytes,17,opt,name=error_subject,json=errorSubject,proto3" json:"error_subject,omitempty"`
+	Image         *ImageRecord `protobuf:"bytes,18,opt,name=image,proto3" json:"image,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2884,11 +2953,18 @@ func (x *RequestRecord) GetErrorSubject() string {
 	return ""
 }
 
+func (x *RequestRecord) GetImage() *ImageRecord {
+	if x != nil {
+		return x.Image
+	}
+	return nil
+}
+
 var File_yunchi_state_v1_state_proto protoreflect.FileDescriptor
 
 const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\n" +
-	"\x1byunchi/state/v1/state.proto\x12\x0fyunchi.state.v1\x1a\x1eyunchi/state/v1/identity.proto\x1a\x1byunchi/state/v1/quota.proto\x1a\x1byunchi/state/v1/audit.proto\x1a\x19yunchi/state/v1/pki.proto\"c\n" +
+	"\x1byunchi/state/v1/state.proto\x12\x0fyunchi.state.v1\x1a\x1eyunchi/state/v1/identity.proto\x1a\x1byunchi/state/v1/quota.proto\x1a\x1byunchi/state/v1/audit.proto\x1a\x19yunchi/state/v1/pki.proto\x1a\x1byunchi/state/v1/image.proto\"c\n" +
 	"\tResources\x12\x14\n" +
 	"\x05vcpus\x18\x01 \x01(\x03R\x05vcpus\x12!\n" +
 	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\x12\x1d\n" +
@@ -2940,7 +3016,7 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a>\n" +
 	"\x10AdminLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb1\x05\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xae\x06\n" +
 	"\bVMRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
@@ -2964,7 +3040,10 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\x05group\x18\x11 \x01(\tR\x05group\x12 \n" +
 	"\vconstraints\x18\x12 \x03(\tR\vconstraints\x12\x1a\n" +
 	"\bstrategy\x18\x13 \x01(\tR\bstrategy\x12F\n" +
-	"\x10constraint_rules\x18\x14 \x03(\v2\x1b.yunchi.state.v1.ConstraintR\x0fconstraintRules\"h\n" +
+	"\x10constraint_rules\x18\x14 \x03(\v2\x1b.yunchi.state.v1.ConstraintR\x0fconstraintRules\x12.\n" +
+	"\x05image\x18\x15 \x01(\v2\x18.yunchi.state.v1.VMImageR\x05image\x12\x1b\n" +
+	"\tuser_data\x18\x16 \x01(\tR\buserData\x12.\n" +
+	"\x13ssh_authorized_keys\x18\x17 \x03(\tR\x11sshAuthorizedKeys\"h\n" +
 	"\vRatioRecord\x12\x14\n" +
 	"\x05scope\x18\x01 \x01(\tR\x05scope\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12/\n" +
@@ -3044,7 +3123,7 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\fRemoveMember\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\":\n" +
 	"\x10RecordHeartbeats\x12&\n" +
-	"\x0fsilent_host_ids\x18\x01 \x03(\tR\rsilentHostIds\"\xa7\x11\n" +
+	"\x0fsilent_host_ids\x18\x01 \x03(\tR\rsilentHostIds\"\xad\x12\n" +
 	"\aCommand\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1b\n" +
 	"\tunix_nano\x18\x02 \x01(\x03R\bunixNano\x12\x1d\n" +
@@ -3085,8 +3164,10 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\x11create_join_token\x18( \x01(\v2 .yunchi.state.v1.CreateJoinTokenH\x00R\x0fcreateJoinToken\x12Q\n" +
 	"\x12consume_join_token\x18) \x01(\v2!.yunchi.state.v1.ConsumeJoinTokenH\x00R\x10consumeJoinToken\x12A\n" +
 	"\frecord_audit\x18- \x01(\v2\x1c.yunchi.state.v1.RecordAuditH\x00R\vrecordAudit\x12D\n" +
-	"\rarchive_audit\x18. \x01(\v2\x1d.yunchi.state.v1.ArchiveAuditH\x00R\farchiveAuditB\x05\n" +
-	"\x03cmd\"\xf9\x05\n" +
+	"\rarchive_audit\x18. \x01(\v2\x1d.yunchi.state.v1.ArchiveAuditH\x00R\farchiveAudit\x12A\n" +
+	"\fcreate_image\x18/ \x01(\v2\x1c.yunchi.state.v1.CreateImageH\x00R\vcreateImage\x12A\n" +
+	"\fdelete_image\x180 \x01(\v2\x1c.yunchi.state.v1.DeleteImageH\x00R\vdeleteImageB\x05\n" +
+	"\x03cmd\"\xaf\x06\n" +
 	"\bSnapshot\x12%\n" +
 	"\x0eformat_version\x18\x01 \x01(\rR\rformatVersion\x121\n" +
 	"\x05hosts\x18\x02 \x03(\v2\x1b.yunchi.state.v1.HostRecordR\x05hosts\x12+\n" +
@@ -3104,7 +3185,8 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\n" +
 	"audit_head\x18\x12 \x01(\v2\x1a.yunchi.state.v1.AuditHeadR\tauditHead\x12A\n" +
 	"\vjoin_tokens\x18\x10 \x03(\v2 .yunchi.state.v1.JoinTokenRecordR\n" +
-	"joinTokens\"\xc1\x05\n" +
+	"joinTokens\x124\n" +
+	"\x06images\x18\x14 \x03(\v2\x1c.yunchi.state.v1.ImageRecordR\x06images\"\xf5\x05\n" +
 	"\rRequestRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04hash\x18\x02 \x01(\fR\x04hash\x12\x1b\n" +
@@ -3126,7 +3208,8 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\aproject\x18\x0e \x01(\v2\x1e.yunchi.state.v1.ProjectRecordR\aproject\x12/\n" +
 	"\x04user\x18\x0f \x01(\v2\x1b.yunchi.state.v1.UserRecordR\x04user\x122\n" +
 	"\x05token\x18\x10 \x01(\v2\x1c.yunchi.state.v1.TokenRecordR\x05token\x12#\n" +
-	"\rerror_subject\x18\x11 \x01(\tR\ferrorSubject*\x87\x01\n" +
+	"\rerror_subject\x18\x11 \x01(\tR\ferrorSubject\x122\n" +
+	"\x05image\x18\x12 \x01(\v2\x1c.yunchi.state.v1.ImageRecordR\x05image*\x87\x01\n" +
 	"\tHostState\x12\x1a\n" +
 	"\x16HOST_STATE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10HOST_STATE_READY\x10\x01\x12\x13\n" +
@@ -3212,28 +3295,32 @@ var file_yunchi_state_v1_state_proto_goTypes = []any{
 	nil,                          // 31: yunchi.state.v1.HostRecord.LabelsEntry
 	nil,                          // 32: yunchi.state.v1.HostRecord.AdminLabelsEntry
 	nil,                          // 33: yunchi.state.v1.UpdateHost.SetLabelsEntry
-	(*AuditContext)(nil),         // 34: yunchi.state.v1.AuditContext
-	(*CreateDepartment)(nil),     // 35: yunchi.state.v1.CreateDepartment
-	(*DeleteDepartment)(nil),     // 36: yunchi.state.v1.DeleteDepartment
-	(*CreateProject)(nil),        // 37: yunchi.state.v1.CreateProject
-	(*DeleteProject)(nil),        // 38: yunchi.state.v1.DeleteProject
-	(*CreateUser)(nil),           // 39: yunchi.state.v1.CreateUser
-	(*DeleteUser)(nil),           // 40: yunchi.state.v1.DeleteUser
-	(*UpdateUser)(nil),           // 41: yunchi.state.v1.UpdateUser
-	(*CreateToken)(nil),          // 42: yunchi.state.v1.CreateToken
-	(*RevokeToken)(nil),          // 43: yunchi.state.v1.RevokeToken
-	(*RecordLoginFailures)(nil),  // 44: yunchi.state.v1.RecordLoginFailures
-	(*SetQuota)(nil),             // 45: yunchi.state.v1.SetQuota
-	(*CreateJoinToken)(nil),      // 46: yunchi.state.v1.CreateJoinToken
-	(*ConsumeJoinToken)(nil),     // 47: yunchi.state.v1.ConsumeJoinToken
-	(*RecordAudit)(nil),          // 48: yunchi.state.v1.RecordAudit
-	(*ArchiveAudit)(nil),         // 49: yunchi.state.v1.ArchiveAudit
-	(*DepartmentRecord)(nil),     // 50: yunchi.state.v1.DepartmentRecord
-	(*ProjectRecord)(nil),        // 51: yunchi.state.v1.ProjectRecord
-	(*UserRecord)(nil),           // 52: yunchi.state.v1.UserRecord
-	(*TokenRecord)(nil),          // 53: yunchi.state.v1.TokenRecord
-	(*AuditHead)(nil),            // 54: yunchi.state.v1.AuditHead
-	(*JoinTokenRecord)(nil),      // 55: yunchi.state.v1.JoinTokenRecord
+	(*VMImage)(nil),              // 34: yunchi.state.v1.VMImage
+	(*AuditContext)(nil),         // 35: yunchi.state.v1.AuditContext
+	(*CreateDepartment)(nil),     // 36: yunchi.state.v1.CreateDepartment
+	(*DeleteDepartment)(nil),     // 37: yunchi.state.v1.DeleteDepartment
+	(*CreateProject)(nil),        // 38: yunchi.state.v1.CreateProject
+	(*DeleteProject)(nil),        // 39: yunchi.state.v1.DeleteProject
+	(*CreateUser)(nil),           // 40: yunchi.state.v1.CreateUser
+	(*DeleteUser)(nil),           // 41: yunchi.state.v1.DeleteUser
+	(*UpdateUser)(nil),           // 42: yunchi.state.v1.UpdateUser
+	(*CreateToken)(nil),          // 43: yunchi.state.v1.CreateToken
+	(*RevokeToken)(nil),          // 44: yunchi.state.v1.RevokeToken
+	(*RecordLoginFailures)(nil),  // 45: yunchi.state.v1.RecordLoginFailures
+	(*SetQuota)(nil),             // 46: yunchi.state.v1.SetQuota
+	(*CreateJoinToken)(nil),      // 47: yunchi.state.v1.CreateJoinToken
+	(*ConsumeJoinToken)(nil),     // 48: yunchi.state.v1.ConsumeJoinToken
+	(*RecordAudit)(nil),          // 49: yunchi.state.v1.RecordAudit
+	(*ArchiveAudit)(nil),         // 50: yunchi.state.v1.ArchiveAudit
+	(*CreateImage)(nil),          // 51: yunchi.state.v1.CreateImage
+	(*DeleteImage)(nil),          // 52: yunchi.state.v1.DeleteImage
+	(*DepartmentRecord)(nil),     // 53: yunchi.state.v1.DepartmentRecord
+	(*ProjectRecord)(nil),        // 54: yunchi.state.v1.ProjectRecord
+	(*UserRecord)(nil),           // 55: yunchi.state.v1.UserRecord
+	(*TokenRecord)(nil),          // 56: yunchi.state.v1.TokenRecord
+	(*AuditHead)(nil),            // 57: yunchi.state.v1.AuditHead
+	(*JoinTokenRecord)(nil),      // 58: yunchi.state.v1.JoinTokenRecord
+	(*ImageRecord)(nil),          // 59: yunchi.state.v1.ImageRecord
 }
 var file_yunchi_state_v1_state_proto_depIdxs = []int32{
 	2,  // 0: yunchi.state.v1.VMStatus.phase:type_name -> yunchi.state.v1.VMPhase
@@ -3248,75 +3335,80 @@ var file_yunchi_state_v1_state_proto_depIdxs = []int32{
 	1,  // 9: yunchi.state.v1.VMRecord.desired:type_name -> yunchi.state.v1.PowerState
 	2,  // 10: yunchi.state.v1.VMRecord.phase:type_name -> yunchi.state.v1.VMPhase
 	9,  // 11: yunchi.state.v1.VMRecord.constraint_rules:type_name -> yunchi.state.v1.Constraint
-	7,  // 12: yunchi.state.v1.RatioRecord.ratios:type_name -> yunchi.state.v1.Ratios
-	3,  // 13: yunchi.state.v1.PlacementGroupRecord.policy:type_name -> yunchi.state.v1.GroupPolicy
-	4,  // 14: yunchi.state.v1.PlacementGroupRecord.level:type_name -> yunchi.state.v1.GroupLevel
-	10, // 15: yunchi.state.v1.RegisterHost.host:type_name -> yunchi.state.v1.HostRecord
-	0,  // 16: yunchi.state.v1.SetHostState.state:type_name -> yunchi.state.v1.HostState
-	11, // 17: yunchi.state.v1.PlaceVM.vm:type_name -> yunchi.state.v1.VMRecord
-	1,  // 18: yunchi.state.v1.SetVMDesired.desired:type_name -> yunchi.state.v1.PowerState
-	8,  // 19: yunchi.state.v1.ReportVMStatus.statuses:type_name -> yunchi.state.v1.VMStatus
-	0,  // 20: yunchi.state.v1.UpdateHost.admin_state:type_name -> yunchi.state.v1.HostState
-	33, // 21: yunchi.state.v1.UpdateHost.set_labels:type_name -> yunchi.state.v1.UpdateHost.SetLabelsEntry
-	6,  // 22: yunchi.state.v1.UpdateHost.reserved:type_name -> yunchi.state.v1.Resources
-	13, // 23: yunchi.state.v1.CreatePlacementGroup.group:type_name -> yunchi.state.v1.PlacementGroupRecord
-	11, // 24: yunchi.state.v1.PlaceVMs.vms:type_name -> yunchi.state.v1.VMRecord
-	14, // 25: yunchi.state.v1.UpsertMember.member:type_name -> yunchi.state.v1.MemberRecord
-	34, // 26: yunchi.state.v1.Command.audit:type_name -> yunchi.state.v1.AuditContext
-	15, // 27: yunchi.state.v1.Command.register_host:type_name -> yunchi.state.v1.RegisterHost
-	16, // 28: yunchi.state.v1.Command.set_host_state:type_name -> yunchi.state.v1.SetHostState
-	17, // 29: yunchi.state.v1.Command.place_vm:type_name -> yunchi.state.v1.PlaceVM
-	18, // 30: yunchi.state.v1.Command.set_vm_desired:type_name -> yunchi.state.v1.SetVMDesired
-	19, // 31: yunchi.state.v1.Command.report_vm_status:type_name -> yunchi.state.v1.ReportVMStatus
-	25, // 32: yunchi.state.v1.Command.upsert_member:type_name -> yunchi.state.v1.UpsertMember
-	26, // 33: yunchi.state.v1.Command.remove_member:type_name -> yunchi.state.v1.RemoveMember
-	20, // 34: yunchi.state.v1.Command.update_host:type_name -> yunchi.state.v1.UpdateHost
-	21, // 35: yunchi.state.v1.Command.set_ratios:type_name -> yunchi.state.v1.SetRatios
-	22, // 36: yunchi.state.v1.Command.create_placement_group:type_name -> yunchi.state.v1.CreatePlacementGroup
-	23, // 37: yunchi.state.v1.Command.delete_placement_group:type_name -> yunchi.state.v1.DeletePlacementGroup
-	24, // 38: yunchi.state.v1.Command.place_vms:type_name -> yunchi.state.v1.PlaceVMs
-	27, // 39: yunchi.state.v1.Command.record_heartbeats:type_name -> yunchi.state.v1.RecordHeartbeats
-	35, // 40: yunchi.state.v1.Command.create_department:type_name -> yunchi.state.v1.CreateDepartment
-	36, // 41: yunchi.state.v1.Command.delete_department:type_name -> yunchi.state.v1.DeleteDepartment
-	37, // 42: yunchi.state.v1.Command.create_project:type_name -> yunchi.state.v1.CreateProject
-	38, // 43: yunchi.state.v1.Command.delete_project:type_name -> yunchi.state.v1.DeleteProject
-	39, // 44: yunchi.state.v1.Command.create_user:type_name -> yunchi.state.v1.CreateUser
-	40, // 45: yunchi.state.v1.Command.delete_user:type_name -> yunchi.state.v1.DeleteUser
-	41, // 46: yunchi.state.v1.Command.update_user:type_name -> yunchi.state.v1.UpdateUser
-	42, // 47: yunchi.state.v1.Command.create_token:type_name -> yunchi.state.v1.CreateToken
-	43, // 48: yunchi.state.v1.Command.revoke_token:type_name -> yunchi.state.v1.RevokeToken
-	44, // 49: yunchi.state.v1.Command.record_login_failures:type_name -> yunchi.state.v1.RecordLoginFailures
-	45, // 50: yunchi.state.v1.Command.set_quota:type_name -> yunchi.state.v1.SetQuota
-	46, // 51: yunchi.state.v1.Command.create_join_token:type_name -> yunchi.state.v1.CreateJoinToken
-	47, // 52: yunchi.state.v1.Command.consume_join_token:type_name -> yunchi.state.v1.ConsumeJoinToken
-	48, // 53: yunchi.state.v1.Command.record_audit:type_name -> yunchi.state.v1.RecordAudit
-	49, // 54: yunchi.state.v1.Command.archive_audit:type_name -> yunchi.state.v1.ArchiveAudit
-	10, // 55: yunchi.state.v1.Snapshot.hosts:type_name -> yunchi.state.v1.HostRecord
-	11, // 56: yunchi.state.v1.Snapshot.vms:type_name -> yunchi.state.v1.VMRecord
-	14, // 57: yunchi.state.v1.Snapshot.members:type_name -> yunchi.state.v1.MemberRecord
-	12, // 58: yunchi.state.v1.Snapshot.ratios:type_name -> yunchi.state.v1.RatioRecord
-	13, // 59: yunchi.state.v1.Snapshot.groups:type_name -> yunchi.state.v1.PlacementGroupRecord
-	30, // 60: yunchi.state.v1.Snapshot.requests:type_name -> yunchi.state.v1.RequestRecord
-	50, // 61: yunchi.state.v1.Snapshot.departments:type_name -> yunchi.state.v1.DepartmentRecord
-	51, // 62: yunchi.state.v1.Snapshot.projects:type_name -> yunchi.state.v1.ProjectRecord
-	52, // 63: yunchi.state.v1.Snapshot.users:type_name -> yunchi.state.v1.UserRecord
-	53, // 64: yunchi.state.v1.Snapshot.tokens:type_name -> yunchi.state.v1.TokenRecord
-	54, // 65: yunchi.state.v1.Snapshot.audit_head:type_name -> yunchi.state.v1.AuditHead
-	55, // 66: yunchi.state.v1.Snapshot.join_tokens:type_name -> yunchi.state.v1.JoinTokenRecord
-	11, // 67: yunchi.state.v1.RequestRecord.vms:type_name -> yunchi.state.v1.VMRecord
-	10, // 68: yunchi.state.v1.RequestRecord.host:type_name -> yunchi.state.v1.HostRecord
-	12, // 69: yunchi.state.v1.RequestRecord.ratio:type_name -> yunchi.state.v1.RatioRecord
-	13, // 70: yunchi.state.v1.RequestRecord.group:type_name -> yunchi.state.v1.PlacementGroupRecord
-	14, // 71: yunchi.state.v1.RequestRecord.member:type_name -> yunchi.state.v1.MemberRecord
-	50, // 72: yunchi.state.v1.RequestRecord.department:type_name -> yunchi.state.v1.DepartmentRecord
-	51, // 73: yunchi.state.v1.RequestRecord.project:type_name -> yunchi.state.v1.ProjectRecord
-	52, // 74: yunchi.state.v1.RequestRecord.user:type_name -> yunchi.state.v1.UserRecord
-	53, // 75: yunchi.state.v1.RequestRecord.token:type_name -> yunchi.state.v1.TokenRecord
-	76, // [76:76] is the sub-list for method output_type
-	76, // [76:76] is the sub-list for method input_type
-	76, // [76:76] is the sub-list for extension type_name
-	76, // [76:76] is the sub-list for extension extendee
-	0,  // [0:76] is the sub-list for field type_name
+	34, // 12: yunchi.state.v1.VMRecord.image:type_name -> yunchi.state.v1.VMImage
+	7,  // 13: yunchi.state.v1.RatioRecord.ratios:type_name -> yunchi.state.v1.Ratios
+	3,  // 14: yunchi.state.v1.PlacementGroupRecord.policy:type_name -> yunchi.state.v1.GroupPolicy
+	4,  // 15: yunchi.state.v1.PlacementGroupRecord.level:type_name -> yunchi.state.v1.GroupLevel
+	10, // 16: yunchi.state.v1.RegisterHost.host:type_name -> yunchi.state.v1.HostRecord
+	0,  // 17: yunchi.state.v1.SetHostState.state:type_name -> yunchi.state.v1.HostState
+	11, // 18: yunchi.state.v1.PlaceVM.vm:type_name -> yunchi.state.v1.VMRecord
+	1,  // 19: yunchi.state.v1.SetVMDesired.desired:type_name -> yunchi.state.v1.PowerState
+	8,  // 20: yunchi.state.v1.ReportVMStatus.statuses:type_name -> yunchi.state.v1.VMStatus
+	0,  // 21: yunchi.state.v1.UpdateHost.admin_state:type_name -> yunchi.state.v1.HostState
+	33, // 22: yunchi.state.v1.UpdateHost.set_labels:type_name -> yunchi.state.v1.UpdateHost.SetLabelsEntry
+	6,  // 23: yunchi.state.v1.UpdateHost.reserved:type_name -> yunchi.state.v1.Resources
+	13, // 24: yunchi.state.v1.CreatePlacementGroup.group:type_name -> yunchi.state.v1.PlacementGroupRecord
+	11, // 25: yunchi.state.v1.PlaceVMs.vms:type_name -> yunchi.state.v1.VMRecord
+	14, // 26: yunchi.state.v1.UpsertMember.member:type_name -> yunchi.state.v1.MemberRecord
+	35, // 27: yunchi.state.v1.Command.audit:type_name -> yunchi.state.v1.AuditContext
+	15, // 28: yunchi.state.v1.Command.register_host:type_name -> yunchi.state.v1.RegisterHost
+	16, // 29: yunchi.state.v1.Command.set_host_state:type_name -> yunchi.state.v1.SetHostState
+	17, // 30: yunchi.state.v1.Command.place_vm:type_name -> yunchi.state.v1.PlaceVM
+	18, // 31: yunchi.state.v1.Command.set_vm_desired:type_name -> yunchi.state.v1.SetVMDesired
+	19, // 32: yunchi.state.v1.Command.report_vm_status:type_name -> yunchi.state.v1.ReportVMStatus
+	25, // 33: yunchi.state.v1.Command.upsert_member:type_name -> yunchi.state.v1.UpsertMember
+	26, // 34: yunchi.state.v1.Command.remove_member:type_name -> yunchi.state.v1.RemoveMember
+	20, // 35: yunchi.state.v1.Command.update_host:type_name -> yunchi.state.v1.UpdateHost
+	21, // 36: yunchi.state.v1.Command.set_ratios:type_name -> yunchi.state.v1.SetRatios
+	22, // 37: yunchi.state.v1.Command.create_placement_group:type_name -> yunchi.state.v1.CreatePlacementGroup
+	23, // 38: yunchi.state.v1.Command.delete_placement_group:type_name -> yunchi.state.v1.DeletePlacementGroup
+	24, // 39: yunchi.state.v1.Command.place_vms:type_name -> yunchi.state.v1.PlaceVMs
+	27, // 40: yunchi.state.v1.Command.record_heartbeats:type_name -> yunchi.state.v1.RecordHeartbeats
+	36, // 41: yunchi.state.v1.Command.create_department:type_name -> yunchi.state.v1.CreateDepartment
+	37, // 42: yunchi.state.v1.Command.delete_department:type_name -> yunchi.state.v1.DeleteDepartment
+	38, // 43: yunchi.state.v1.Command.create_project:type_name -> yunchi.state.v1.CreateProject
+	39, // 44: yunchi.state.v1.Command.delete_project:type_name -> yunchi.state.v1.DeleteProject
+	40, // 45: yunchi.state.v1.Command.create_user:type_name -> yunchi.state.v1.CreateUser
+	41, // 46: yunchi.state.v1.Command.delete_user:type_name -> yunchi.state.v1.DeleteUser
+	42, // 47: yunchi.state.v1.Command.update_user:type_name -> yunchi.state.v1.UpdateUser
+	43, // 48: yunchi.state.v1.Command.create_token:type_name -> yunchi.state.v1.CreateToken
+	44, // 49: yunchi.state.v1.Command.revoke_token:type_name -> yunchi.state.v1.RevokeToken
+	45, // 50: yunchi.state.v1.Command.record_login_failures:type_name -> yunchi.state.v1.RecordLoginFailures
+	46, // 51: yunchi.state.v1.Command.set_quota:type_name -> yunchi.state.v1.SetQuota
+	47, // 52: yunchi.state.v1.Command.create_join_token:type_name -> yunchi.state.v1.CreateJoinToken
+	48, // 53: yunchi.state.v1.Command.consume_join_token:type_name -> yunchi.state.v1.ConsumeJoinToken
+	49, // 54: yunchi.state.v1.Command.record_audit:type_name -> yunchi.state.v1.RecordAudit
+	50, // 55: yunchi.state.v1.Command.archive_audit:type_name -> yunchi.state.v1.ArchiveAudit
+	51, // 56: yunchi.state.v1.Command.create_image:type_name -> yunchi.state.v1.CreateImage
+	52, // 57: yunchi.state.v1.Command.delete_image:type_name -> yunchi.state.v1.DeleteImage
+	10, // 58: yunchi.state.v1.Snapshot.hosts:type_name -> yunchi.state.v1.HostRecord
+	11, // 59: yunchi.state.v1.Snapshot.vms:type_name -> yunchi.state.v1.VMRecord
+	14, // 60: yunchi.state.v1.Snapshot.members:type_name -> yunchi.state.v1.MemberRecord
+	12, // 61: yunchi.state.v1.Snapshot.ratios:type_name -> yunchi.state.v1.RatioRecord
+	13, // 62: yunchi.state.v1.Snapshot.groups:type_name -> yunchi.state.v1.PlacementGroupRecord
+	30, // 63: yunchi.state.v1.Snapshot.requests:type_name -> yunchi.state.v1.RequestRecord
+	53, // 64: yunchi.state.v1.Snapshot.departments:type_name -> yunchi.state.v1.DepartmentRecord
+	54, // 65: yunchi.state.v1.Snapshot.projects:type_name -> yunchi.state.v1.ProjectRecord
+	55, // 66: yunchi.state.v1.Snapshot.users:type_name -> yunchi.state.v1.UserRecord
+	56, // 67: yunchi.state.v1.Snapshot.tokens:type_name -> yunchi.state.v1.TokenRecord
+	57, // 68: yunchi.state.v1.Snapshot.audit_head:type_name -> yunchi.state.v1.AuditHead
+	58, // 69: yunchi.state.v1.Snapshot.join_tokens:type_name -> yunchi.state.v1.JoinTokenRecord
+	59, // 70: yunchi.state.v1.Snapshot.images:type_name -> yunchi.state.v1.ImageRecord
+	11, // 71: yunchi.state.v1.RequestRecord.vms:type_name -> yunchi.state.v1.VMRecord
+	10, // 72: yunchi.state.v1.RequestRecord.host:type_name -> yunchi.state.v1.HostRecord
+	12, // 73: yunchi.state.v1.RequestRecord.ratio:type_name -> yunchi.state.v1.RatioRecord
+	13, // 74: yunchi.state.v1.RequestRecord.group:type_name -> yunchi.state.v1.PlacementGroupRecord
+	14, // 75: yunchi.state.v1.RequestRecord.member:type_name -> yunchi.state.v1.MemberRecord
+	53, // 76: yunchi.state.v1.RequestRecord.department:type_name -> yunchi.state.v1.DepartmentRecord
+	54, // 77: yunchi.state.v1.RequestRecord.project:type_name -> yunchi.state.v1.ProjectRecord
+	55, // 78: yunchi.state.v1.RequestRecord.user:type_name -> yunchi.state.v1.UserRecord
+	56, // 79: yunchi.state.v1.RequestRecord.token:type_name -> yunchi.state.v1.TokenRecord
+	59, // 80: yunchi.state.v1.RequestRecord.image:type_name -> yunchi.state.v1.ImageRecord
+	81, // [81:81] is the sub-list for method output_type
+	81, // [81:81] is the sub-list for method input_type
+	81, // [81:81] is the sub-list for extension type_name
+	81, // [81:81] is the sub-list for extension extendee
+	0,  // [0:81] is the sub-list for field type_name
 }
 
 func init() { file_yunchi_state_v1_state_proto_init() }
@@ -3328,6 +3420,7 @@ func file_yunchi_state_v1_state_proto_init() {
 	file_yunchi_state_v1_quota_proto_init()
 	file_yunchi_state_v1_audit_proto_init()
 	file_yunchi_state_v1_pki_proto_init()
+	file_yunchi_state_v1_image_proto_init()
 	file_yunchi_state_v1_state_proto_msgTypes[14].OneofWrappers = []any{}
 	file_yunchi_state_v1_state_proto_msgTypes[15].OneofWrappers = []any{}
 	file_yunchi_state_v1_state_proto_msgTypes[22].OneofWrappers = []any{
@@ -3359,6 +3452,8 @@ func file_yunchi_state_v1_state_proto_init() {
 		(*Command_ConsumeJoinToken)(nil),
 		(*Command_RecordAudit)(nil),
 		(*Command_ArchiveAudit)(nil),
+		(*Command_CreateImage)(nil),
+		(*Command_DeleteImage)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
