@@ -34,6 +34,7 @@ const (
 	DefaultHeartbeatInterval = 5 * time.Second
 	DefaultResyncInterval    = 30 * time.Second
 	DefaultStopTimeout       = 60 * time.Second
+	DefaultImageDir          = "/var/lib/yunchi/images"
 )
 
 // Config is the agent's configuration.
@@ -66,6 +67,9 @@ type Config struct {
 	// DialOptions are added to the gRPC dial options (after the default
 	// insecure transport, so transport credentials given here win).
 	DialOptions []grpc.DialOption
+	// ImageDir is where images VMs boot from are cached (DIR/<sha256>.<format>);
+	// "" means DefaultImageDir.
+	ImageDir string
 	// Token is the host token sent with every call (clusters without
 	// certificates); "" sends none.
 	Token  string
@@ -95,6 +99,10 @@ type Agent struct {
 	d   Driver
 	log *slog.Logger
 	ctl *controllers // set by Run
+	// runCtx is Run's context, for work that outlives one reconcile (image
+	// fetches).
+	runCtx context.Context
+	images *imageCache
 
 	hbInterval   atomic.Int64 // time.Duration
 	needRegister atomic.Bool
@@ -109,6 +117,9 @@ type Agent struct {
 	rebootDone map[string]uint64     // VM id -> reboot request carried out
 	lastSent   map[string]sentStatus // VM id -> last status the controller acknowledged
 	known      map[string]bool       // VM ids whose domain this process has seen
+
+	// ev is what lifecycle events told, and unexpected stops (events.go).
+	ev hostEvents
 }
 
 // New returns an agent for the host behind d.
@@ -118,6 +129,9 @@ func New(cfg Config, d Driver) *Agent {
 	}
 	if cfg.StopTimeout <= 0 {
 		cfg.StopTimeout = DefaultStopTimeout
+	}
+	if cfg.ImageDir == "" {
+		cfg.ImageDir = DefaultImageDir
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -132,6 +146,8 @@ func New(cfg Config, d Driver) *Agent {
 		lastSent:   map[string]sentStatus{},
 		known:      map[string]bool{},
 	}
+	a.images = newImageCache(cfg.ImageDir, a)
+	a.runCtx = context.Background()
 	a.hbInterval.Store(int64(DefaultHeartbeatInterval))
 	if cfg.HeartbeatInterval > 0 {
 		a.hbInterval.Store(int64(cfg.HeartbeatInterval))
@@ -160,6 +176,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	defer ctl.close()
 	a.ctl = ctl
+	a.runCtx = ctx
 
 	a.log.Info("agent starting", "controllers", a.cfg.Controllers, "libvirt", a.cfg.LibvirtURI, "version", Version)
 	if a.registerUntilDone(ctx) {
@@ -167,6 +184,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		wg.Go(func() { a.heartbeatLoop(ctx) })
 		wg.Go(func() { a.watchLoop(ctx) })
 		wg.Go(func() { a.reconcileLoop(ctx) })
+		wg.Go(func() { a.eventsLoop(ctx) })
+		wg.Go(func() { a.consoleLoops(ctx) })
 		wg.Wait()
 	}
 	a.log.Info("agent stopped")
@@ -312,10 +331,11 @@ func (a *Agent) beat(ctx context.Context) error {
 	if free, err := a.d.FreeMemoryBytes(ctx); err == nil {
 		stats.MemoryFreeBytes = &free
 	}
+	vmStats := a.vmStats(ctx)
 	var resp *yunchiv1.HeartbeatResponse
 	err = a.ctl.call(ctx, "heartbeat", a.heartbeatTimeout(), func(ctx context.Context, c yunchiv1.AgentServiceClient) error {
 		var err error
-		resp, err = c.Heartbeat(ctx, &yunchiv1.HeartbeatRequest{HostId: a.cfg.HostID, Stats: stats})
+		resp, err = c.Heartbeat(ctx, &yunchiv1.HeartbeatRequest{HostId: a.cfg.HostID, Stats: stats, VmStats: vmStats})
 		return err
 	})
 	if err != nil {
@@ -401,6 +421,14 @@ func (a *Agent) offer(set *yunchiv1.Assignments) {
 	}
 	a.set, a.acceptAny = set, false
 	a.setMu.Unlock()
+	select {
+	case a.setChanged <- struct{}{}:
+	default:
+	}
+}
+
+// wake makes the reconcile loop run soon against the latest set.
+func (a *Agent) wake() {
 	select {
 	case a.setChanged <- struct{}{}:
 	default:

@@ -61,6 +61,7 @@ func (a *Agent) reconcileLoop(ctx context.Context) {
 // reconcile makes the host match set and reports what changed. It returns
 // false if something should be retried soon.
 func (a *Agent) reconcile(ctx context.Context, set *yunchiv1.Assignments) bool {
+	a.ev.beginPass()
 	doms, err := a.d.ListDomains(ctx)
 	if err != nil {
 		a.log.Error("reconcile: list domains", "err", err)
@@ -91,7 +92,8 @@ func (a *Agent) reconcile(ctx context.Context, set *yunchiv1.Assignments) bool {
 		if ctx.Err() != nil {
 			return true // shutting down: what was cut short is not a result
 		}
-		if st != nil && a.shouldReport(as, st) {
+		a.ev.observed(as, st)
+		if st != nil && (a.ev.mustReport(st) || a.shouldReport(as, st)) {
 			statuses = append(statuses, st)
 		}
 	}
@@ -106,6 +108,7 @@ func (a *Agent) reconcile(ctx context.Context, set *yunchiv1.Assignments) bool {
 	forgetUnwanted(a.known, wanted)
 	forgetUnwanted(a.lastSent, wanted)
 	forgetUnwanted(a.rebootDone, wanted)
+	a.ev.forgetUnwanted(wanted)
 	if len(statuses) == 0 {
 		return true
 	}
@@ -131,10 +134,12 @@ func (a *Agent) reconcileVM(ctx context.Context, as *yunchiv1.Assignment, dom *D
 
 	switch as.GetDesired() {
 	case yunchiv1.PowerState_POWER_STATE_DELETED:
+		// Also without a domain: a Define cut short may have left volumes,
+		// which Undefine removes.
+		if err := a.remove(ctx, id); err != nil {
+			return failed(fmt.Errorf("delete: %w", err))
+		}
 		if dom != nil {
-			if err := a.remove(ctx, id); err != nil {
-				return failed(fmt.Errorf("delete: %w", err))
-			}
 			log.Info("deleted domain")
 		}
 		return &yunchiv1.VMStatus{VmId: id, Phase: yunchiv1.VMPhase_VM_PHASE_STOPPED, Gone: true, ObservedRebootSeq: seq}
@@ -155,6 +160,20 @@ func (a *Agent) reconcileVM(ctx context.Context, as *yunchiv1.Assignment, dom *D
 			VCPUs:       as.GetVcpus(),
 			MemoryBytes: as.GetMemoryBytes(),
 			RebootSeq:   as.GetRebootSeq(),
+			DiskBytes:   as.GetDiskBytes(),
+		}
+		if ref := as.GetImage(); ref != nil {
+			path, format, note, err := a.images.ensure(ctx, ref)
+			if err != nil {
+				return failed(err)
+			}
+			if path == "" { // still fetching: define once the image is here
+				return &yunchiv1.VMStatus{VmId: id, Phase: yunchiv1.VMPhase_VM_PHASE_PENDING, Message: note, ObservedRebootSeq: seq}
+			}
+			spec.BaseImage, spec.BaseFormat = path, format
+		}
+		if as.GetImage() != nil || as.GetUserData() != "" || len(as.GetSshAuthorizedKeys()) > 0 {
+			spec.Seed = &Seed{InstanceID: id, Hostname: as.GetName(), SSHAuthorizedKeys: as.GetSshAuthorizedKeys(), UserData: as.GetUserData()}
 		}
 		if err := a.d.Define(ctx, spec); err != nil {
 			return failed(err)
@@ -183,9 +202,13 @@ func (a *Agent) reconcileVM(ctx context.Context, as *yunchiv1.Assignment, dom *D
 	switch dom.State {
 	case StateRunning:
 	case StateShutOff:
+		if st := a.unexpectedStop(id, dom, seq, log); st != nil {
+			return st // reported first; started at the next reconcile, at once
+		}
 		if err := a.d.Start(ctx, id); err != nil {
 			return failed(err)
 		}
+		a.ev.restarting(id)
 		log.Info("started domain")
 		booted = true
 	default:
@@ -198,7 +221,7 @@ func (a *Agent) reconcileVM(ctx context.Context, as *yunchiv1.Assignment, dom *D
 		log.Info("rebooted domain", "reboot_seq", as.GetRebootSeq())
 	}
 	seq = a.recordReboot(ctx, log, id, seq, as.GetRebootSeq())
-	return &yunchiv1.VMStatus{VmId: id, Phase: yunchiv1.VMPhase_VM_PHASE_RUNNING, ObservedRebootSeq: seq}
+	return a.ev.runningStatus(&yunchiv1.VMStatus{VmId: id, Phase: yunchiv1.VMPhase_VM_PHASE_RUNNING, ObservedRebootSeq: seq})
 }
 
 // recordReboot notes that reboot request want is carried out (if it is newer
@@ -247,7 +270,9 @@ func (a *Agent) removeOrphan(ctx context.Context, d Domain) {
 // once per resync interval.
 func (a *Agent) shouldReport(as *yunchiv1.Assignment, st *yunchiv1.VMStatus) bool {
 	last, sent := a.lastSent[st.GetVmId()]
-	behind := st.GetGone() || st.GetPhase() != as.GetPhase() ||
+	// A pending VM with news (an image fetch's progress) is also behind.
+	news := st.GetPhase() == yunchiv1.VMPhase_VM_PHASE_PENDING && st.GetMessage() != "" && (!sent || !last.same(st))
+	behind := news || st.GetGone() || st.GetPhase() != as.GetPhase() ||
 		(st.GetObservedRebootSeq() > 0 && (!sent || last.seq != st.GetObservedRebootSeq()))
 	if !behind {
 		return false
@@ -268,6 +293,7 @@ func (a *Agent) report(ctx context.Context, statuses []*yunchiv1.VMStatus) bool 
 		return false
 	}
 	now := time.Now()
+	a.ev.reported(statuses)
 	for _, st := range statuses {
 		a.lastSent[st.GetVmId()] = sentStatus{
 			phase: st.GetPhase(), message: st.GetMessage(), gone: st.GetGone(), seq: st.GetObservedRebootSeq(), at: now,

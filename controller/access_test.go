@@ -40,6 +40,7 @@ var policy = map[string]string{
 	"VMService/RebootVM":  "sysadmin dept-admin member",
 	"VMService/DeleteVM":  "sysadmin dept-admin member",
 	"VMService/WatchVM":   "sysadmin operator dept-admin member viewer",
+	"VMService/Console":   "sysadmin dept-admin member",
 
 	"HostService/ListHosts":  "sysadmin operator",
 	"HostService/GetHost":    "sysadmin operator",
@@ -67,6 +68,16 @@ var policy = map[string]string{
 	"AgentService/Heartbeat":        "host",
 	"AgentService/ReportVMStatus":   "host",
 	"AgentService/WatchAssignments": "host",
+	"AgentService/FetchImage":       "host",
+	"AgentService/WatchConsoles":    "host",
+	"AgentService/ConsoleStream":    "host",
+
+	"ImageService/ImportImage":         "sysadmin dept-admin member",
+	"ImageService/GetImage":            "sysadmin operator dept-admin member viewer",
+	"ImageService/ListImages":          "sysadmin operator dept-admin member viewer",
+	"ImageService/DeleteImage":         "sysadmin dept-admin member",
+	"ImagePeerService/RecordImage":     "sysadmin dept-admin member",
+	"ImagePeerService/FetchImageBytes": "public",
 
 	"DepartmentService/CreateDepartment": "secadmin",
 	"DepartmentService/GetDepartment":    "secadmin sysadmin operator dept-admin member viewer",

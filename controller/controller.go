@@ -24,6 +24,7 @@ import (
 	"github.com/yunchi/yunchi/controller/api"
 	"github.com/yunchi/yunchi/controller/audit"
 	"github.com/yunchi/yunchi/controller/auth"
+	"github.com/yunchi/yunchi/controller/images"
 	"github.com/yunchi/yunchi/controller/leader"
 	"github.com/yunchi/yunchi/controller/placement"
 	"github.com/yunchi/yunchi/controller/raftnode"
@@ -43,6 +44,9 @@ type Config struct {
 	// RaftListen / RaftAdvertise: raft's own TCP port.
 	RaftListen, RaftAdvertise string
 	DataDir                   string
+	// ImageDir holds the bytes of images (controller/images); default
+	// DataDir/images. Only their metadata goes through raft.
+	ImageDir string
 	// Bootstrap a new cluster (when DataDir holds no state yet).
 	Bootstrap bool
 	// Join asks these controllers (API addresses) to add this one as a voter.
@@ -183,6 +187,18 @@ func New(cfg Config) (*Controller, error) {
 		lis.Close()
 		return nil, err
 	}
+	imageDir := cfg.ImageDir
+	if imageDir == "" && cfg.DataDir != "" {
+		imageDir = filepath.Join(cfg.DataDir, "images")
+	}
+	var imgs *images.Store
+	if imageDir != "" {
+		if imgs, err = images.Open(imageDir, lg); err != nil {
+			lis.Close()
+			trail.Close()
+			return nil, err
+		}
+	}
 	store := state.New()
 	store.SetAuditSink(trail)
 	rc.Audit = trail
@@ -203,6 +219,7 @@ func New(cfg Config) (*Controller, error) {
 	}
 	srv.DefaultStrategy = strategy
 	srv.Audit = auditTrail{trail, store}
+	srv.Images = imgs
 	srv.AuditRecorder = audit.NewRecorder(srv.SubmitAuditBatch, lg)
 	if sec != nil {
 		srv.TLS = &api.TLS{CA: sec.ca, Dial: sec.dial}
@@ -278,6 +295,11 @@ func (c *Controller) Run(ctx context.Context) error {
 		c.api.AuditRecorder.Run(ctx)
 	}()
 	go c.api.RunHealth(ctx)
+	imagesDone := make(chan struct{})
+	go func() {
+		defer close(imagesDone)
+		c.api.RunImages(ctx)
+	}()
 	if len(c.cfg.Join) > 0 {
 		go c.join(ctx)
 	}
@@ -293,6 +315,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	gs.Stop()
 	c.api.Close()
 	cancel()
+	<-imagesDone
 	// Raft's shutdown fails the duties' proposals still waiting, so they
 	// stop promptly after it.
 	<-recorded // its last flush runs before raft stops

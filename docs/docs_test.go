@@ -6,6 +6,7 @@ package docs_test
 
 import (
 	"bufio"
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
@@ -37,6 +38,12 @@ import (
 //     gives a directive:
 //     <!-- doc-test: skip REASON -->   the block does not run (the reason is
 //     required and shown in the test log);
+//     <!-- doc-test: root-libvirt -->  the block runs this machine's own
+//     libvirtd and QEMU guests (docs/install.md's rehearsal): it runs as
+//     root only, with libvirt and QEMU installed and no libvirtd running
+//     yet, and is skipped with a log line otherwise. After the page, every
+//     domain and storage pool of the libvirtd it started is destroyed and
+//     undefined before its processes are killed, also on failure.
 //     <!-- doc-test: dev-cluster -->   the block needs `yunchid dev` running,
 //     as after `make dev`: the runner starts one (once per file, before the
 //     first such block, and waits for its 45 hosts to be ready) and stops
@@ -73,10 +80,11 @@ type command struct {
 }
 
 type block struct {
-	line       int // line of the opening fence
-	skip       string
-	devCluster bool
-	cmds       []command
+	line        int // line of the opening fence
+	skip        string
+	devCluster  bool
+	rootLibvirt bool
+	cmds        []command
 }
 
 var (
@@ -100,6 +108,8 @@ func parse(name string, data []byte) ([]block, error) {
 			switch d := m[1]; {
 			case d == "dev-cluster":
 				pending.devCluster = true
+			case d == "root-libvirt":
+				pending.rootLibvirt = true
 			case strings.HasPrefix(d, "skip"):
 				reason := strings.TrimSpace(strings.TrimPrefix(d, "skip"))
 				if reason == "" {
@@ -107,7 +117,7 @@ func parse(name string, data []byte) ([]block, error) {
 				}
 				pending.skip = reason
 			default:
-				return nil, fmt.Errorf("%s:%d: unknown doc-test directive %q (want: skip REASON, dev-cluster)", name, i+1, d)
+				return nil, fmt.Errorf("%s:%d: unknown doc-test directive %q (want: skip REASON, dev-cluster, root-libvirt)", name, i+1, d)
 			}
 			continue
 		}
@@ -120,7 +130,7 @@ func parse(name string, data []byte) ([]block, error) {
 		}
 		b := block{line: i + 1}
 		if pending != nil {
-			b.skip, b.devCluster = pending.skip, pending.devCluster
+			b.skip, b.devCluster, b.rootLibvirt = pending.skip, pending.devCluster, pending.rootLibvirt
 		}
 		pending = nil
 		runs := m[1] == "sh"
@@ -496,11 +506,32 @@ func runFile(t *testing.T, root, bin, file string, blocks []block) {
 		env = append(env, fmt.Sprintf("YUNCHI_ADDR=127.0.0.1:%d", 8470+off))
 	}
 	sh := startShell(t, work, env)
+	libvirtWhy := rootLibvirtMissing()
+	for _, b := range blocks {
+		if b.rootLibvirt && libvirtWhy == "" {
+			// Runs before the shell's cleanup (LIFO): the guests and pools
+			// go while libvirtd still runs.
+			t.Cleanup(func() { cleanLibvirt(t) })
+			// QEMU runs as libvirt-qemu: it must get through the test's
+			// temp dirs (0700) to the disks a page keeps under $TMPDIR,
+			// as it gets through /var/lib on a server.
+			for d := tmpdir; d != os.TempDir() && d != "/"; d = filepath.Dir(d) {
+				if err := os.Chmod(d, 0o711); err != nil {
+					t.Fatal(err)
+				}
+			}
+			break
+		}
+	}
 	var dev *devCluster
 	for _, b := range blocks {
 		where := fmt.Sprintf("%s:%d", file, b.line)
 		if b.skip != "" {
 			t.Logf("%s: block skipped: %s", where, b.skip)
+			continue
+		}
+		if b.rootLibvirt && libvirtWhy != "" {
+			t.Logf("%s: block skipped: %s", where, libvirtWhy)
 			continue
 		}
 		if !haveShared && blockUses(b, "../shared/") {
@@ -528,6 +559,50 @@ func runFile(t *testing.T, root, bin, file string, blocks []block) {
 	}
 	if dev != nil {
 		dev.stop()
+	}
+}
+
+// systemSocket is the system libvirtd's socket.
+const systemSocket = "/run/libvirt/libvirt-sock"
+
+// rootLibvirtMissing says why root-libvirt blocks cannot run here ("" when
+// they can).
+func rootLibvirtMissing() string {
+	if os.Geteuid() != 0 {
+		return "needs root (it runs this machine's libvirtd)"
+	}
+	for _, b := range []string{"libvirtd", "virtlogd", "virsh", "qemu-system-x86_64"} {
+		if _, err := exec.LookPath(b); err != nil {
+			return "needs " + b + " (apt-get install libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils)"
+		}
+	}
+	if _, err := os.Stat(systemSocket); err == nil {
+		return "a libvirtd runs on this machine already: the page would start its own"
+	}
+	return ""
+}
+
+// cleanLibvirt destroys and undefines every domain and storage pool of the
+// libvirtd a page started (none ran before it: rootLibvirtMissing).
+func cleanLibvirt(t *testing.T) {
+	if _, err := os.Stat(systemSocket); err != nil {
+		return
+	}
+	virsh := func(args ...string) string {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		out, _ := exec.CommandContext(ctx, "virsh", append([]string{"-c", "qemu:///system"}, args...)...).Output()
+		return string(out)
+	}
+	for _, d := range strings.Fields(virsh("list", "--all", "--name")) {
+		virsh("destroy", d)
+		virsh("undefine", d, "--checkpoints-metadata", "--snapshots-metadata")
+		t.Logf("removed domain %s the page left", d)
+	}
+	for _, p := range strings.Fields(virsh("pool-list", "--all", "--name")) {
+		virsh("pool-destroy", p)
+		virsh("pool-undefine", p)
+		t.Logf("removed storage pool %s the page left", p)
 	}
 }
 

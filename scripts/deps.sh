@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Yunchi needs to build and test on Debian 12, only if missing.
 #   scripts/deps.sh         build + test dependencies (C compiler, libvirt headers, pkg-config, iproute2,
-#                           libvirtd and QEMU for the real-host tests)
+#                           libvirtd and QEMU for the real-host tests, the tiny guest image's packages)
 #   scripts/deps.sh proto   also protoc and the well-known protos
 set -euo pipefail
 need=()
@@ -18,6 +18,12 @@ command -v libvirtd >/dev/null 2>&1 || need+=(libvirt-daemon-system)
 command -v virsh >/dev/null 2>&1 || need+=(libvirt-clients)
 command -v qemu-system-x86_64 >/dev/null 2>&1 || need+=(qemu-system-x86)
 command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)
+# The tiny bootable guest image (internal/tinyimage): Debian's cloud kernel,
+# a static busybox, and syslinux with the FAT tools that make the boot disk.
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok installed'; }
+for p in linux-image-cloud-amd64 busybox-static syslinux mtools dosfstools; do
+  installed "$p" || need+=("$p")
+done
 if [ "${1:-}" = proto ]; then
   command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
   [ -f /usr/include/google/protobuf/timestamp.proto ] || need+=(libprotobuf-dev)

@@ -8,13 +8,13 @@ import (
 	"encoding/xml"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
-	"unicode/utf8"
 
 	lv "libvirt.org/go/libvirt"
-	"libvirt.org/go/libvirtxml"
 
 	"github.com/yunchi/yunchi/agent"
 )
@@ -34,15 +34,45 @@ type Options struct {
 	// DomainType is the hypervisor type written in <domain type=...>: "kvm",
 	// "qemu", "test". Empty means "test" for test:/// URIs, "kvm" otherwise.
 	DomainType string
+	// Pool is the storage pool root disks and cloud-init seeds are created
+	// in; default "default". When set, NodeFacts reports this pool's
+	// capacity as the host's disk; when empty, the sum over active pools.
+	Pool string
+	// PoolDir, if set, is where the pool is made (a directory pool:
+	// defined, built, started, autostarted) when it does not exist. Without
+	// it a missing pool is an error, except on the test driver, which gets
+	// an in-memory pool.
+	PoolDir string
+	// Network is the guest's network: "user" (user-mode, the default),
+	// "none", or the name of a host bridge.
+	Network string
+	// ConsoleLogDir, if set, is a directory each domain's serial console is
+	// also logged to, as DIR/<domain name>.log (rewritten at each start).
+	// It is made if missing.
+	ConsoleLogDir string
+	// SeedBus is the bus of the cloud-init seed's cdrom: "ide" (default;
+	// the pc machine type has it built in) or "sata".
+	SeedBus string
 }
+
+// DefaultPool is the storage pool used when Options.Pool is empty.
+const DefaultPool = "default"
 
 // Driver implements agent.Driver over one libvirt connection.
 type Driver struct {
 	uri        string
 	domainType string
-	// reconnect is false for test:/// URIs: the test driver's state lives in
-	// the connection, a new connection would be a different host.
-	reconnect bool
+	// testDriver is true for test:/// URIs. Then reconnect is false: the
+	// test driver's state lives in the connection, a new connection would
+	// be a different host.
+	testDriver, reconnect bool
+
+	poolName, poolDir string
+	// poolSet: Options.Pool was given, NodeFacts reports that pool only.
+	poolSet          bool
+	poolMu           sync.Mutex // serialises looking up and defining the pool
+	network, seedBus string
+	consoleLogDir    string
 
 	mu   sync.Mutex
 	conn *lv.Connect
@@ -61,19 +91,55 @@ func Open(uri string) (*Driver, error) {
 
 // OpenWithOptions is Open with options.
 func OpenWithOptions(uri string, o Options) (*Driver, error) {
+	d := &Driver{
+		uri: uri, domainType: o.DomainType, testDriver: strings.HasPrefix(uri, "test:"),
+		poolName: o.Pool, poolDir: o.PoolDir, poolSet: o.Pool != "",
+		network: o.Network, seedBus: o.SeedBus, consoleLogDir: o.ConsoleLogDir,
+	}
+	d.reconnect = !d.testDriver
+	if d.domainType == "" {
+		d.domainType = "kvm"
+		if d.testDriver {
+			d.domainType = "test"
+		}
+	}
+	if d.poolName == "" {
+		d.poolName = DefaultPool
+	}
+	if d.network == "" {
+		d.network = NetworkUser
+	}
+	if err := d.checkOptions(); err != nil {
+		return nil, err
+	}
+	if d.consoleLogDir != "" {
+		if err := os.MkdirAll(d.consoleLogDir, 0o750); err != nil {
+			return nil, fmt.Errorf("libvirt options: console log dir: %w", err)
+		}
+	}
 	conn, err := lv.NewConnect(uri)
 	if err != nil {
 		return nil, wrap("connect to "+uri, err)
 	}
-	isTest := strings.HasPrefix(uri, "test:")
-	dt := o.DomainType
-	if dt == "" {
-		dt = "kvm"
-		if isTest {
-			dt = "test"
+	d.conn = conn
+	return d, nil
+}
+
+// checkOptions refuses options that could not be written into libvirt's
+// XML as given.
+func (d *Driver) checkOptions() error {
+	if !isXMLText(d.poolName) || strings.ContainsAny(d.poolName, "/\n") {
+		return fmt.Errorf("libvirt options: pool name %q: no '/', newlines or control characters", d.poolName)
+	}
+	for _, p := range []struct{ what, dir string }{{"pool dir", d.poolDir}, {"console log dir", d.consoleLogDir}} {
+		if p.dir != "" && (!filepath.IsAbs(p.dir) || !isXMLText(p.dir)) {
+			return fmt.Errorf("libvirt options: %s %q: must be an absolute path", p.what, p.dir)
 		}
 	}
-	return &Driver{uri: uri, domainType: dt, reconnect: !isTest, conn: conn}, nil
+	if err := checkDevices(Devices{Network: d.network, SeedBus: d.seedBus}); err != nil {
+		return fmt.Errorf("libvirt options: %w", err)
+	}
+	return nil
 }
 
 // URI is the libvirt URI the driver was opened with.
@@ -167,20 +233,7 @@ func (d *Driver) NodeFacts(ctx context.Context) (agent.NodeFacts, error) {
 		if err != nil {
 			return wrap("hostname", err)
 		}
-		pools, err := conn.ListAllStoragePools(lv.CONNECT_LIST_STORAGE_POOLS_ACTIVE)
-		if err != nil {
-			return wrap("list storage pools", err)
-		}
-		var disk uint64
-		for i := range pools {
-			pi, perr := pools[i].GetInfo()
-			pools[i].Free()
-			if perr != nil {
-				err = errors.Join(err, wrap("storage pool info", perr))
-				continue
-			}
-			disk += pi.Capacity
-		}
+		disk, err := d.diskCapacity(conn)
 		if err != nil {
 			return err
 		}
@@ -207,6 +260,38 @@ func (d *Driver) NodeFacts(ctx context.Context) (agent.NodeFacts, error) {
 	return f, err
 }
 
+// diskCapacity is the configured pool's capacity (made if it can be), or
+// without a configured pool the sum over the active pools.
+func (d *Driver) diskCapacity(conn *lv.Connect) (uint64, error) {
+	if d.poolSet {
+		p, err := d.pool(conn, true)
+		if err != nil {
+			return 0, err
+		}
+		defer p.Free()
+		pi, err := p.GetInfo()
+		if err != nil {
+			return 0, wrap("storage pool info of "+d.poolName, err)
+		}
+		return pi.Capacity, nil
+	}
+	pools, err := conn.ListAllStoragePools(lv.CONNECT_LIST_STORAGE_POOLS_ACTIVE)
+	if err != nil {
+		return 0, wrap("list storage pools", err)
+	}
+	var disk uint64
+	for i := range pools {
+		pi, perr := pools[i].GetInfo()
+		pools[i].Free()
+		if perr != nil {
+			err = errors.Join(err, wrap("storage pool info", perr))
+			continue
+		}
+		disk += pi.Capacity
+	}
+	return disk, err
+}
+
 // FreeMemoryBytes implements agent.Driver.
 func (d *Driver) FreeMemoryBytes(ctx context.Context) (int64, error) {
 	var free uint64
@@ -216,24 +301,6 @@ func (d *Driver) FreeMemoryBytes(ctx context.Context) (int64, error) {
 		return wrap("free memory", err)
 	})
 	return int64(free), err
-}
-
-// vmMetadata is Yunchi's metadata element inside <metadata>. XMLName has no
-// tag on purpose: marshalling then takes the namespaced name from its value,
-// and unmarshalling accepts the element libvirt hands back, which has lost
-// its namespace (readMetadata checks the local name).
-type vmMetadata struct {
-	XMLName   xml.Name
-	ID        string `xml:"id"`
-	Project   string `xml:"project"`
-	Name      string `xml:"name"`
-	RebootSeq uint64 `xml:"reboot-seq"`
-}
-
-func (m vmMetadata) marshal() (string, error) {
-	m.XMLName = xml.Name{Space: MetadataNamespace, Local: "vm"}
-	b, err := xml.Marshal(m)
-	return string(b), err
 }
 
 // readMetadata returns the domain's Yunchi metadata; ok is false for a domain
@@ -280,14 +347,14 @@ func (d *Driver) ListDomains(ctx context.Context) ([]agent.Domain, error) {
 			if !ok {
 				continue
 			}
-			st, _, err := dom.GetState()
+			st, reason, err := dom.GetState()
 			if isCode(err, lv.ERR_NO_DOMAIN) {
 				continue
 			}
 			if err != nil {
 				return wrap("state of "+domainName(m.ID), err)
 			}
-			state, detail := mapState(st)
+			state, detail := mapStateReason(st, reason)
 			out = append(out, agent.Domain{
 				VMID:      m.ID,
 				Project:   m.Project,
@@ -323,76 +390,80 @@ func mapState(s lv.DomainState) (agent.DomainState, string) {
 	}
 }
 
-// DomainXML renders the libvirt definition of spec for a domain of type
-// domainType. Exposed for inspection; Define uses it.
-func DomainXML(domainType string, spec agent.DomainSpec) (string, error) {
-	if spec.VMID == "" {
-		return "", errors.New("domain spec: empty vm id")
-	}
-	if spec.VCPUs <= 0 {
-		return "", fmt.Errorf("domain spec: vcpus %d, must be > 0", spec.VCPUs)
-	}
-	if spec.MemoryBytes <= 0 {
-		return "", fmt.Errorf("domain spec: memory %d bytes, must be > 0", spec.MemoryBytes)
-	}
-	// XML cannot carry every string: encoding/xml would write U+FFFD for
-	// what it cannot, and the metadata read back would name another VM.
-	for _, f := range []struct{ what, s string }{{"vm id", spec.VMID}, {"project", spec.Project}, {"vm name", spec.Name}} {
-		if !isXMLText(f.s) {
-			return "", fmt.Errorf("domain spec: %s %q has bytes XML cannot carry (invalid UTF-8 or a control character)", f.what, f.s)
-		}
-	}
-	meta, err := vmMetadata{
-		ID:        spec.VMID,
-		Project:   spec.Project,
-		Name:      spec.Name,
-		RebootSeq: spec.RebootSeq,
-	}.marshal()
-	if err != nil {
-		return "", fmt.Errorf("domain metadata: %w", err)
-	}
-	kib := uint(spec.MemoryBytes / 1024) // rounded up, without overflow near MaxInt64
-	if spec.MemoryBytes%1024 != 0 {
-		kib++
-	}
-	dom := &libvirtxml.Domain{
-		Type:        domainType,
-		Name:        domainName(spec.VMID),
-		UUID:        domainUUID(spec.VMID),
-		Title:       strings.Join(strings.Fields(spec.Project+"/"+spec.Name), " "), // libvirt refuses newlines
-		Metadata:    &libvirtxml.DomainMetadata{XML: meta},
-		Memory:      &libvirtxml.DomainMemory{Value: kib, Unit: "KiB"},
-		VCPU:        &libvirtxml.DomainVCPU{Value: uint(spec.VCPUs)},
-		OS:          &libvirtxml.DomainOS{Type: &libvirtxml.DomainOSType{Type: "hvm"}},
-		OnPoweroff:  "destroy",
-		OnReboot:    "restart",
-		OnCrash:     "destroy",
-		Description: "Managed by Yunchi; changes made here are reconciled away.",
-	}
-	return dom.Marshal()
-}
-
-// isXMLText reports whether s is valid UTF-8 made of XML 1.0 characters
-// (https://www.w3.org/TR/xml/#charsets).
-func isXMLText(s string) bool {
-	if !utf8.ValidString(s) {
-		return false
-	}
-	for _, r := range s {
-		if r < 0x20 && r != '\t' && r != '\n' && r != '\r' || r == 0xFFFE || r == 0xFFFF {
-			return false
-		}
-	}
-	return true
-}
-
-// Define implements agent.Driver.
+// Define implements agent.Driver. It makes the root disk (a qcow2 overlay
+// of spec.BaseImage, or an empty qcow2) and the cloud-init seed ISO as
+// volumes of the pool, then defines the domain using them. Everything the
+// spec can be refused for is checked before anything is made; volumes
+// this call made are removed again if a later step fails. Volumes that
+// already exist under the VM's names are reused, so a Define interrupted
+// midway is completed by the next one.
 func (d *Driver) Define(ctx context.Context, spec agent.DomainSpec) error {
-	doc, err := DomainXML(d.domainType, spec)
-	if err != nil {
+	if err := checkSpec(spec); err != nil {
 		return err
 	}
-	return d.withConn(func(conn *lv.Connect) error {
+	plan, err := planDisks(spec)
+	if err != nil {
+		return fmt.Errorf("define %s: %w", domainName(spec.VMID), err)
+	}
+	dev := Devices{Network: d.network, SeedBus: d.seedBus}
+	if d.consoleLogDir != "" {
+		dev.ConsoleLog = filepath.Join(d.consoleLogDir, domainName(spec.VMID)+".log")
+	}
+	return d.withConn(func(conn *lv.Connect) (err error) {
+		active := false
+		if dom, err := conn.LookupDomainByUUIDString(domainUUID(spec.VMID)); err == nil {
+			active, _ = dom.IsActive()
+			dom.Free()
+		}
+		var vols, made []*lv.StorageVol
+		defer func() {
+			if err != nil {
+				for _, v := range made {
+					v.Delete(0)
+				}
+			}
+			for _, v := range vols {
+				v.Free()
+			}
+		}()
+		if plan.root != nil || plan.seed != nil {
+			pool, err := d.pool(conn, true)
+			if err != nil {
+				return fmt.Errorf("define %s: %w", domainName(spec.VMID), err)
+			}
+			defer pool.Free()
+			if plan.root != nil {
+				vol, created, err := ensureVolume(pool, plan.root)
+				if err != nil {
+					return err
+				}
+				vols = append(vols, vol)
+				if created {
+					made = append(made, vol)
+				}
+				if dev.RootPath, err = vol.GetPath(); err != nil {
+					return wrap("path of volume "+plan.root.Name, err)
+				}
+			}
+			if plan.seed != nil {
+				name := seedVolumeName(spec.VMID)
+				vol, created, err := d.ensureSeed(conn, pool, name, plan.seed, active)
+				if err != nil {
+					return err
+				}
+				vols = append(vols, vol)
+				if created {
+					made = append(made, vol)
+				}
+				if dev.SeedPath, err = vol.GetPath(); err != nil {
+					return wrap("path of volume "+name, err)
+				}
+			}
+		}
+		doc, err := DomainXML(d.domainType, spec, dev)
+		if err != nil {
+			return err
+		}
 		dom, err := conn.DomainDefineXML(doc)
 		if err != nil {
 			return wrap("define "+domainName(spec.VMID), err)
@@ -495,16 +566,44 @@ func (d *Driver) SetRebootSeq(ctx context.Context, vmID string, seq uint64) erro
 }
 
 // Undefine implements agent.Driver. It also removes what libvirt keeps beside
-// the definition (managed save, snapshot and checkpoint metadata, NVRAM).
+// the definition (managed save, snapshot and checkpoint metadata, NVRAM),
+// and the volumes Define made (root disk, seed); other disks stay. A
+// running domain is refused: its disks are in use. Volumes are removed
+// even when the domain is already gone (an interrupted Define, an earlier
+// Undefine that failed midway), and ErrDomainNotFound is returned then.
 func (d *Driver) Undefine(ctx context.Context, vmID string) error {
-	return d.withDomain(vmID, func(dom *lv.Domain) error {
-		err := dom.UndefineFlags(lv.DOMAIN_UNDEFINE_MANAGED_SAVE | lv.DOMAIN_UNDEFINE_SNAPSHOTS_METADATA |
+	return d.withConn(func(conn *lv.Connect) error {
+		dom, err := conn.LookupDomainByUUIDString(domainUUID(vmID))
+		if isCode(err, lv.ERR_NO_DOMAIN) {
+			if err := d.deleteVolumes(conn, vmID, nil); err != nil {
+				return fmt.Errorf("undefine %s: %w", domainName(vmID), err)
+			}
+			return fmt.Errorf("%s: %w", domainName(vmID), agent.ErrDomainNotFound)
+		}
+		if err != nil {
+			return wrap("look up "+domainName(vmID), err)
+		}
+		defer dom.Free()
+		if active, err := dom.IsActive(); err == nil && active {
+			return fmt.Errorf("undefine %s: the domain is running; destroy it first", domainName(vmID))
+		}
+		paths, err := diskPaths(dom)
+		if err != nil {
+			return fmt.Errorf("undefine %s: %w", domainName(vmID), err)
+		}
+		err = dom.UndefineFlags(lv.DOMAIN_UNDEFINE_MANAGED_SAVE | lv.DOMAIN_UNDEFINE_SNAPSHOTS_METADATA |
 			lv.DOMAIN_UNDEFINE_CHECKPOINTS_METADATA | lv.DOMAIN_UNDEFINE_NVRAM)
 		if isCode(err, lv.ERR_INVALID_ARG, lv.ERR_NO_SUPPORT) {
 			// Drivers that know none of these extras refuse the flags.
 			err = dom.Undefine()
 		}
-		return wrap("undefine "+domainName(vmID), err)
+		if err != nil {
+			return wrap("undefine "+domainName(vmID), err)
+		}
+		if err := d.deleteVolumes(conn, vmID, paths); err != nil {
+			return fmt.Errorf("undefine %s: %w", domainName(vmID), err)
+		}
+		return nil
 	})
 }
 

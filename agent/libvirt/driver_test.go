@@ -142,7 +142,7 @@ func TestDomainUUIDAndName(t *testing.T) {
 
 func TestDomainXMLIsLibvirtXML(t *testing.T) {
 	spec := agent.DomainSpec{VMID: "vm-<1>&", Project: "p&q", Name: "web<1>", VCPUs: 2, MemoryBytes: 512<<20 + 1, RebootSeq: 4}
-	doc, err := DomainXML("kvm", spec)
+	doc, err := DomainXML("kvm", spec, Devices{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,7 +161,7 @@ func TestDomainXMLIsLibvirtXML(t *testing.T) {
 		{VMID: "a", VCPUs: 0, MemoryBytes: 1 << 20},
 		{VMID: "a", VCPUs: 1, MemoryBytes: 0},
 	} {
-		if _, err := DomainXML("kvm", bad); err == nil {
+		if _, err := DomainXML("kvm", bad, Devices{}); err == nil {
 			t.Errorf("%+v accepted", bad)
 		}
 	}
@@ -290,11 +290,11 @@ func TestDomainXMLRefusesWhatXMLCannotCarry(t *testing.T) {
 		{VMID: "a", Name: "web\xff", VCPUs: 1, MemoryBytes: 1 << 20},
 		{VMID: "a", Name: "\uffff", VCPUs: 1, MemoryBytes: 1 << 20},
 	} {
-		if doc, err := DomainXML("kvm", s); err == nil || !strings.Contains(err.Error(), "XML cannot carry") {
+		if doc, err := DomainXML("kvm", s, Devices{}); err == nil || !strings.Contains(err.Error(), "XML cannot carry") {
 			t.Errorf("%+v: %v\n%s", s, err, doc)
 		}
 	}
-	doc, err := DomainXML("kvm", agent.DomainSpec{VMID: "a", Name: "tab\there\r\n\ufffd", VCPUs: 1, MemoryBytes: math.MaxInt64})
+	doc, err := DomainXML("kvm", agent.DomainSpec{VMID: "a", Name: "tab\there\r\n\ufffd", VCPUs: 1, MemoryBytes: math.MaxInt64}, Devices{})
 	if err != nil {
 		t.Fatal(err)
 	}

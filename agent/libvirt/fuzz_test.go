@@ -51,7 +51,9 @@ func xmlShape(doc string) ([]string, error) {
 // can add or remove an element or an attribute.
 func FuzzDomainXML(f *testing.F) {
 	plain := agent.DomainSpec{VMID: "vm-1", Project: "p", Name: "web", VCPUs: 2, MemoryBytes: 512 << 20, RebootSeq: 4}
-	doc, err := DomainXML("kvm", plain)
+	// Every device Define can write, so that the structure checked covers them.
+	dev := Devices{RootPath: "/pool/r", SeedPath: "/pool/s.iso", ConsoleLog: "/log/c.log", Network: "br0"}
+	doc, err := DomainXML("kvm", plain, dev)
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -76,7 +78,7 @@ func FuzzDomainXML(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, id, project, name string, vcpus int32, mem int64, seq uint64) {
 		spec := agent.DomainSpec{VMID: id, Project: project, Name: name, VCPUs: vcpus, MemoryBytes: mem, RebootSeq: seq}
-		doc, err := DomainXML("kvm", spec)
+		doc, err := DomainXML("kvm", spec, dev)
 		refuse := id == "" || vcpus <= 0 || mem <= 0 || !isXMLText(id) || !isXMLText(project) || !isXMLText(name)
 		if err != nil {
 			if !refuse {

@@ -30,3 +30,7 @@ func domainUUID(vmID string) string {
 func domainName(vmID string) string {
 	return "yunchi-" + domainUUID(vmID)
 }
+
+// DomainName is the libvirt domain name of a VM id (what virsh lists, and
+// what a console log is named after).
+func DomainName(vmID string) string { return domainName(vmID) }

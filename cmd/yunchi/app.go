@@ -72,6 +72,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		},
 		Commands: []*cli.Command{
 			vmCommand(),
+			imageCommand(),
 			hostCommand(),
 			groupCommand(),
 			ratioCommand(),

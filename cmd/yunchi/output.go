@@ -75,9 +75,22 @@ func (p *printer) vmDetail(vm *yunchiv1.VM) func(io.Writer) {
 		kv(w, "Conditions", strings.Join(vm.GetConditions(), ", "))
 		kv(w, "Desired", power(vm.GetDesired()))
 		kv(w, "Message", vm.GetMessage())
-		kv(w, "vCPUs", strconv.Itoa(int(vm.GetVcpus())))
-		kv(w, "Memory", scheduler.FormatBytes(vm.GetMemoryBytes()))
-		kv(w, "Disk", scheduler.FormatBytes(vm.GetDiskBytes()))
+		// Allocation, with what the guest uses beside it when the
+		// leader has it (vm.go).
+		u := vm.GetUsage()
+		kv(w, "vCPUs", strconv.Itoa(int(vm.GetVcpus()))+cpuUsed(u))
+		kv(w, "Memory", scheduler.FormatBytes(vm.GetMemoryBytes())+memoryUsed(u))
+		kv(w, "Disk", scheduler.FormatBytes(vm.GetDiskBytes())+diskUsed(u))
+		if u != nil {
+			kv(w, "Network", netUsed(u))
+			kv(w, "Usage measured", p.timestamp(u.GetMeasuredAt()))
+		}
+		if vm.GetImage() != "" {
+			kv(w, "Image", vm.GetImage()+" (sha256 "+shortSHA(vm.GetImageSha256())+")")
+		}
+		if n := len(vm.GetSshAuthorizedKeys()); n > 0 {
+			kv(w, "SSH keys", strconv.Itoa(n))
+		}
 		kv(w, "Center constraint", orDefault(vm.GetCenter(), "any"))
 		kv(w, "Constraints", strings.Join(vm.GetConstraints(), "; "))
 		kv(w, "Group", vm.GetGroup())
@@ -158,7 +171,7 @@ func (p *printer) hostDetail(h *yunchiv1.Host) func(io.Writer) {
 			kv(w, "Domains defined", strconv.Itoa(int(s.GetDomainsDefined())))
 			free := "not reported"
 			if s.MemoryFreeBytes != nil {
-				free = scheduler.FormatBytes(s.GetMemoryFreeBytes())
+				free = scheduler.FormatBytes(s.GetMemoryFreeBytes()) + hostMemoryUse(h)
 			}
 			kv(w, "Memory free (observed)", free)
 		}

@@ -61,6 +61,7 @@ func vmCommand() *cli.Command {
 				func(c yunchiv1.VMServiceClient) vmRPC { return c.RebootVM }),
 			vmActionCommand("delete", "delete a VM and its disk", "gone", retryKeyed, deleteGoal,
 				func(c yunchiv1.VMServiceClient) vmRPC { return c.DeleteVM }),
+			vmConsoleCommand(),
 		},
 	}
 }
@@ -71,15 +72,21 @@ func vmCreateCommand() *cli.Command {
 		Usage:     "create a VM and place it on a host",
 		ArgsUsage: "NAME",
 		UsageText: "yunchi vm create NAME [--cpu N] [--memory SIZE] [--disk SIZE] [--center C] [--project P] [--stopped] [--wait]\n" +
-			"   [--constraint EXPR ...] [--group G] [--strategy binpack|spread] [--count N] [--dry-run]\n\n" +
+			"   [--constraint EXPR ...] [--group G] [--strategy binpack|spread] [--count N] [--dry-run]\n" +
+			"   [--image NAME] [--user-data FILE] [--ssh-key KEY_OR_FILE ...]\n\n" +
 			"Sizes take a binary unit: 512MiB, 4GiB, 1TiB. NAME: lowercase letters, digits and '-'.\n" +
 			"Constraints: cpu_model=kunpeng920, rack!=r3, 'center in a1,a2', 'center notin b1'\n" +
 			"(keys center, site, rack, host, or any host label).\n" +
-			"--count N creates NAME-1 .. NAME-N, all or none. --dry-run shows where they would go and creates nothing.",
+			"--count N creates NAME-1 .. NAME-N, all or none. --dry-run shows where they would go and creates nothing.\n" +
+			"--image boots from an image (the project's of that name, else the public one; see yunchi image list): the disk\n" +
+			"is a copy-on-write overlay of it, by default of its virtual size. --user-data and --ssh-key go to cloud-init.",
 		Flags: append([]cli.Flag{
 			&cli.IntFlag{Name: "cpu", Aliases: []string{"vcpus"}, Usage: "number of vCPUs", Value: 1},
 			&cli.StringFlag{Name: "memory", Usage: "memory size", Value: "1GiB"},
-			&cli.StringFlag{Name: "disk", Usage: "disk size", Value: "20GiB"},
+			&cli.StringFlag{Name: "disk", Usage: "disk size (default 20GiB; with --image, the image's virtual size)"},
+			&cli.StringFlag{Name: "image", Usage: "image to boot from (yunchi image list)"},
+			&cli.StringFlag{Name: "user-data", Usage: "cloud-init user-data FILE for the guest (at most 64 KiB)"},
+			&cli.StringSliceFlag{Name: "ssh-key", Usage: "SSH public key for the guest: the key itself or a FILE holding one per line (repeatable)"},
 			&cli.StringFlag{Name: "center", Usage: "only place on hosts of this center (default: any)"},
 			projectFlag(),
 			&cli.BoolFlag{Name: "stopped", Usage: "define the VM but leave it stopped"},
@@ -114,7 +121,20 @@ func vmCreate(cCtx *cli.Context, s *session) error {
 		Group:       cCtx.String("group"),
 		Strategy:    cCtx.String("strategy"),
 		DryRun:      cCtx.Bool("dry-run"),
+		Image:       cCtx.String("image"),
 	}
+	if path := cCtx.String("user-data"); path != "" {
+		b, err := readSmallFile(path, 64<<10)
+		if err != nil {
+			return usagef("vm create: --user-data: %v", err)
+		}
+		req.UserData = string(b)
+	}
+	keys, err := sshKeys(cCtx.StringSlice("ssh-key"))
+	if err != nil {
+		return usagef("vm create: --ssh-key: %v", err)
+	}
+	req.SshAuthorizedKeys = keys
 	count := cCtx.Int("count")
 	if count < 1 || count > 100 {
 		return usagef("vm create: --count %d is out of range: give 1 to 100", count)
@@ -244,4 +264,59 @@ func vmCreateMany(cCtx *cli.Context, s *session, req *yunchiv1.CreateVMRequest) 
 		}
 	}
 	return s.out.print(resp, s.out.vmList(resp.GetVms()))
+}
+
+// --- usage, printed beside allocation by vm show (output.go) ---
+
+// cpuUsed is " (CPU time used: 1m2s)"; "" without usage.
+func cpuUsed(u *yunchiv1.VMUsage) string {
+	if u == nil {
+		return ""
+	}
+	d := time.Duration(min(u.GetCpuTimeNs(), math.MaxInt64))
+	if d < time.Minute {
+		d = d.Round(10 * time.Millisecond)
+	} else {
+		d = d.Round(time.Second)
+	}
+	return " (CPU time used: " + d.String() + ")"
+}
+
+// memoryUsed is " (guest has 1 GiB, 300 MiB of it unused)": the balloon's
+// size and what the guest leaves unused, when it says.
+func memoryUsed(u *yunchiv1.VMUsage) string {
+	if u.GetMemoryBytes() <= 0 {
+		return ""
+	}
+	s := " (guest has " + scheduler.FormatBytes(u.GetMemoryBytes())
+	if u.GetMemoryUnusedBytes() > 0 {
+		s += ", " + scheduler.FormatBytes(u.GetMemoryUnusedBytes()) + " of it unused"
+	}
+	return s + ")"
+}
+
+// diskUsed is " (read 5 MiB, written 7 MiB)" since the guest started.
+func diskUsed(u *yunchiv1.VMUsage) string {
+	if u == nil {
+		return ""
+	}
+	return " (read " + formatUbytes(u.GetDiskReadBytes()) + ", written " + formatUbytes(u.GetDiskWriteBytes()) + ")"
+}
+
+// netUsed is "received 1.2 MiB, sent 300 KiB" since the guest started.
+func netUsed(u *yunchiv1.VMUsage) string {
+	return "received " + formatUbytes(u.GetNetRxBytes()) + ", sent " + formatUbytes(u.GetNetTxBytes())
+}
+
+func formatUbytes(n uint64) string { return scheduler.FormatBytes(int64(min(n, math.MaxInt64))) }
+
+// hostMemoryUse is what host show prints beside the observed free memory:
+// how much is in use out of the capacity, and how much is allocated to VMs.
+func hostMemoryUse(h *yunchiv1.Host) string {
+	capa, free := h.GetCapacity().GetMemoryBytes(), h.GetStats().GetMemoryFreeBytes()
+	s := " ("
+	if capa > 0 && free <= capa {
+		s += "in use " + scheduler.FormatBytes(capa-free) + " of " + scheduler.FormatBytes(capa) + "; "
+	}
+	return s + "allocated to VMs " + scheduler.FormatBytes(h.GetAllocated().GetMemoryBytes()) + ")"
 }

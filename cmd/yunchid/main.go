@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -26,6 +27,7 @@ import (
 	"github.com/yunchi/yunchi/controller/api"
 	"github.com/yunchi/yunchi/internal/clock"
 	"github.com/yunchi/yunchi/internal/pki"
+	"github.com/yunchi/yunchi/internal/tinyimage"
 	"github.com/yunchi/yunchi/scheduler"
 )
 
@@ -44,7 +46,7 @@ func main() {
 			slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})))
 			return nil
 		},
-		Commands: []*cli.Command{controllerCmd(), agentCmd(), devCmd()},
+		Commands: []*cli.Command{controllerCmd(), agentCmd(), devCmd(), tinyImageCmd()},
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -107,6 +109,7 @@ func controllerCmd() *cli.Command {
 			&cli.StringFlag{Name: "raft-listen", Value: "127.0.0.1:8480", Usage: "raft peer address"},
 			&cli.StringFlag{Name: "raft-advertise", Usage: "raft address others dial (default: --raft-listen)"},
 			&cli.StringFlag{Name: "data-dir", Required: true, Usage: "where the raft log, stable store and snapshots live"},
+			&cli.StringFlag{Name: "image-dir", Usage: "where the bytes of images are kept (default: <data-dir>/images); only their metadata goes through raft"},
 			&cli.BoolFlag{Name: "bootstrap", Usage: "start a new cluster with this controller as its first voter"},
 			&cli.StringFlag{Name: "join", Usage: "API address(es) of running controllers to join, comma-separated"},
 			&cli.StringFlag{Name: "default-strategy", Value: "binpack", Usage: "placement strategy when a create names none: binpack or spread"},
@@ -138,7 +141,7 @@ func controllerCmd() *cli.Command {
 				ID:               c.String("id"), Center: c.String("center"),
 				Listen: c.String("listen"), Advertise: c.String("advertise"),
 				RaftListen: c.String("raft-listen"), RaftAdvertise: c.String("raft-advertise"),
-				DataDir: c.String("data-dir"), Bootstrap: c.Bool("bootstrap"), Join: splitList(c.String("join")),
+				DataDir: c.String("data-dir"), ImageDir: c.String("image-dir"), Bootstrap: c.Bool("bootstrap"), Join: splitList(c.String("join")),
 				Insecure: c.Bool("insecure"), TLSCert: c.String("tls-cert"), TLSKey: c.String("tls-key"),
 				JoinToken: c.String("join-token"), CACertHash: c.String("ca-cert-hash"), Context: c.Context,
 				RateLimit: rateLimit(c.Float64("rate-limit")),
@@ -169,7 +172,13 @@ func agentCmd() *cli.Command {
 			&cli.StringFlag{Name: "rack", Usage: "rack of this host"},
 			&cli.StringSliceFlag{Name: "label", Usage: "key=value label (repeatable)"},
 			&cli.StringFlag{Name: "libvirt-uri", Value: "qemu:///system", Usage: "libvirt connection, e.g. test:///abs/path/node.xml"},
-			&cli.Int64Flag{Name: "disk-bytes", Usage: "disk capacity to offer (default: sum of active storage pools)"},
+			&cli.Int64Flag{Name: "disk-bytes", Usage: "disk capacity to offer (default: the capacity of --pool)"},
+			&cli.StringFlag{Name: "domain-type", Usage: "hypervisor type of the guests: kvm, qemu (TCG, no hardware virtualisation) or test (default: test for test:/// URIs, else kvm)"},
+			&cli.StringFlag{Name: "pool", Value: libvirt.DefaultPool, Usage: "libvirt storage pool where VMs' root disks and cloud-init seeds are made"},
+			&cli.StringFlag{Name: "pool-dir", Usage: "make --pool as a directory pool here if it does not exist (default: it must exist)"},
+			&cli.StringFlag{Name: "network", Value: "user", Usage: "guests' network: user (user-mode NAT), none, or the name of a host bridge"},
+			&cli.StringFlag{Name: "console-log-dir", Usage: "also log each guest's serial console to DIR/<domain name>.log (default: no log)"},
+			&cli.StringFlag{Name: "image-dir", Value: agent.DefaultImageDir, Usage: "where images VMs boot from are cached (readable by QEMU)"},
 			&cli.StringFlag{Name: "controllers", Value: "127.0.0.1:8470", Usage: "controller API addresses, comma-separated, tried in turn"},
 			&cli.DurationFlag{Name: "heartbeat", Usage: "heartbeat interval (default: what the controller asks at registration)"},
 			&cli.StringFlag{Name: "token-file", EnvVars: []string{"YUNCHI_HOST_TOKEN_FILE"}, Usage: "`FILE` holding this host's token (made with: yunchi token create --host ID); keep it mode 0600"},
@@ -219,7 +228,10 @@ func agentCmd() *cli.Command {
 				}
 				dial = append(dial, grpc.WithTransportCredentials(creds))
 			}
-			drv, err := libvirt.Open(c.String("libvirt-uri"))
+			drv, err := libvirt.OpenWithOptions(c.String("libvirt-uri"), libvirt.Options{
+				DomainType: c.String("domain-type"), Pool: c.String("pool"), PoolDir: c.String("pool-dir"),
+				Network: c.String("network"), ConsoleLogDir: c.String("console-log-dir"),
+			})
 			if err != nil {
 				return err
 			}
@@ -230,6 +242,7 @@ func agentCmd() *cli.Command {
 				Rack: c.String("rack"), Labels: labels, DiskBytes: c.Int64("disk-bytes"),
 				LibvirtURI: c.String("libvirt-uri"), Controllers: splitList(c.String("controllers")),
 				HeartbeatInterval: c.Duration("heartbeat"), DialOptions: dial, Token: token,
+				ImageDir: c.String("image-dir"),
 			}, drv)
 			if status != nil {
 				stop := status.Start(c.Context, c.String("host-id"), drv, slog.Default())
@@ -247,12 +260,69 @@ func devCmd() *cli.Command {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "data-dir", Usage: "keep state here (default: a temp dir removed at exit)"},
 			&cli.IntFlag{Name: "port", Value: 8470, Usage: "API port of the first controller; the others use the next two, raft the ones 10 above"},
-			&cli.IntFlag{Name: "hosts", Value: 45, Usage: "number of simulated hosts"},
+			&cli.IntFlag{Name: "hosts", Value: 45, Usage: "number of simulated hosts (with --real-hosts: 0 unless given)"},
+			&cli.IntFlag{Name: "real-hosts", Usage: "also start N real hosts: private libvirtd + QEMU daemons on this machine (root), with the public image \"tiny\" to boot"},
 		},
 		Action: func(c *cli.Context) error {
+			hosts := c.Int("hosts")
+			if c.Int("real-hosts") > 0 && !c.IsSet("hosts") {
+				hosts = 0
+			}
 			return devcluster.Run(c.Context, devcluster.Config{
-				DataDir: c.String("data-dir"), BasePort: c.Int("port"), Hosts: c.Int("hosts"), Out: os.Stdout,
+				DataDir: c.String("data-dir"), BasePort: c.Int("port"), Hosts: hosts, RealHosts: c.Int("real-hosts"), Out: os.Stdout,
 			})
+		},
+	}
+}
+
+func tinyImageCmd() *cli.Command {
+	return &cli.Command{
+		Name:      "tiny-image",
+		Usage:     "build the tiny test guest (a Debian kernel and busybox, boots in seconds under TCG) as a raw disk image at FILE",
+		ArgsUsage: "FILE",
+		Description: "Built from this machine's Debian packages (" + tinyimage.Packages + "), nothing downloaded.\n" +
+			"The guest reads its cloud-init NoCloud seed and prints " + tinyimage.Marker + " hostname=<its hostname> on its serial console,\n" +
+			"then keeps a shell there. Import it with: yunchi image import tiny --file FILE --public",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "cache-dir", Usage: "where built images are kept between runs (default: ~/.cache/yunchi)"},
+		},
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return errors.New("give the FILE to write, e.g. yunchid tiny-image /tmp/tiny.raw")
+			}
+			if why := tinyimage.Available(); why != "" {
+				return errors.New(why)
+			}
+			cache := c.String("cache-dir")
+			if cache == "" {
+				d, err := os.UserCacheDir()
+				if err != nil {
+					return err
+				}
+				cache = filepath.Join(d, "yunchi")
+			}
+			path, err := tinyimage.Build(c.Context, cache)
+			if err != nil {
+				return err
+			}
+			in, err := os.Open(path)
+			if err != nil {
+				return err
+			}
+			defer in.Close()
+			out, err := os.Create(c.Args().First())
+			if err != nil {
+				return err
+			}
+			if _, err := io.Copy(out, in); err != nil {
+				out.Close()
+				return err
+			}
+			if err := out.Close(); err != nil {
+				return err
+			}
+			fmt.Printf("wrote %s (raw)\n", c.Args().First())
+			return nil
 		},
 	}
 }

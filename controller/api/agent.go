@@ -48,7 +48,7 @@ func (s *Server) RegisterHost(ctx context.Context, req *yunchiv1.RegisterHostReq
 	}}}}); err != nil {
 		return nil, err
 	}
-	s.live.Heard(f.Id, nil)
+	s.live.Heard(f.Id, nil, nil)
 	hv, _ := s.store.Host(f.Id)
 	s.log.Info("host registered", "host", f.Id, "center", f.Center)
 	return &yunchiv1.RegisterHostResponse{Host: hostToAPI(hv, s.live.Stats(f.Id)), HeartbeatIntervalMs: s.HeartbeatInterval.Milliseconds()}, nil
@@ -58,11 +58,14 @@ func (s *Server) Heartbeat(ctx context.Context, req *yunchiv1.HeartbeatRequest) 
 	if err := checkHostID(req.HostId); err != nil {
 		return nil, err
 	}
+	if err := checkVMStats(req.HostId, req.VmStats); err != nil {
+		return nil, err
+	}
 	live, ok := s.store.HostLiveness(req.HostId)
 	if !ok {
 		return &yunchiv1.HeartbeatResponse{Known: false}, nil
 	}
-	s.live.Heard(req.HostId, req.Stats)
+	s.live.Heard(req.HostId, req.Stats, req.VmStats)
 	if live != statev1.HostState_HOST_STATE_READY {
 		if _, err := s.apply(ctx, &statev1.Command{Cmd: &statev1.Command_SetHostState{SetHostState: &statev1.SetHostState{
 			HostId: req.HostId, State: statev1.HostState_HOST_STATE_READY,
@@ -106,11 +109,16 @@ func (s *Server) WatchAssignments(req *yunchiv1.WatchAssignmentsRequest, stream 
 		if rev := s.store.HostRevision(req.HostId); first || rev != lastRev {
 			msg := &yunchiv1.Assignments{Index: s.store.Index()}
 			for _, v := range s.store.VMs("", req.HostId) {
-				msg.Vms = append(msg.Vms, &yunchiv1.Assignment{
+				a := &yunchiv1.Assignment{
 					VmId: v.Id, Name: v.Name, Project: v.Project, Vcpus: v.Vcpus,
 					MemoryBytes: v.MemoryBytes, DiskBytes: v.DiskBytes, Desired: powerToAPI(v.Desired),
 					RebootSeq: v.RebootSeq, Phase: phaseToAPI(v.Phase),
-				})
+					UserData: v.UserData, SshAuthorizedKeys: v.SshAuthorizedKeys,
+				}
+				if img := v.Image; img != nil {
+					a.Image = &yunchiv1.ImageRef{Sha256: img.Sha256, Format: formatToAPI(img.Format), SizeBytes: img.SizeBytes, VirtualSizeBytes: img.VirtualSizeBytes}
+				}
+				msg.Vms = append(msg.Vms, a)
 			}
 			if err := stream.Send(msg); err != nil {
 				return err

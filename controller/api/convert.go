@@ -79,7 +79,9 @@ func vmToAPI(v *statev1.VMRecord, host hostInfo) *yunchiv1.VM {
 		Desired: powerToAPI(v.Desired), Phase: phaseToAPI(v.Phase), Message: v.Message, RebootSeq: v.RebootSeq,
 		CreatedAt: ts(v.CreatedUnixNano), UpdatedAt: ts(v.UpdatedUnixNano), Revision: v.Revision,
 		Group: v.Group, Constraints: state.ConstraintTexts(v),
+		Image: v.Image.GetName(), ImageSha256: v.Image.GetSha256(), SshAuthorizedKeys: v.SshAuthorizedKeys,
 	}
+	out.Usage = host.usage(v.Id)
 	if host.down {
 		out.Conditions = []string{VMConditionHostDown}
 		out.HostLastHeartbeat = ts(host.lastHeartbeat)

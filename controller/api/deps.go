@@ -81,6 +81,16 @@ type ReadView interface {
 	Quota(dept, project string) (state.QuotaUse, bool)
 	Quotas(dept string) []state.QuotaUse
 
+	// Images (images.go).
+	ProjectDepartment(project string) (string, bool)
+	Image(project, name string) (*statev1.ImageRecord, bool)
+	GetImage(project, name string) (*statev1.ImageRecord, bool)
+	ImagesPage(project string, after state.ImageKey, limit int) ([]*statev1.ImageRecord, bool)
+	Images() []*statev1.ImageRecord
+	ImageVMs(r *statev1.ImageRecord) int
+	ImageSHAs() map[string]bool
+	ImagePeerKeyOK(sha, key string) bool
+
 	CheckCreatePlacementGroup(g *statev1.PlacementGroupRecord) error
 	CheckSetRatios(c *statev1.SetRatios) error
 	CheckUpdateHost(c *statev1.UpdateHost) error

@@ -70,7 +70,7 @@ func (s *Server) NewGRPCServer(m *Metrics) *grpc.Server {
 	// Every service is registered once, here; those REST serves are also
 	// kept, with their implementation, for NewHTTPHandler's direct calls.
 	s.local = &localServer{gs: gs, unary: unary}
-	ten := s.Tenancy()
+	ten, img := s.Tenancy(), s.ImageService()
 	for _, svc := range []struct {
 		desc *grpc.ServiceDesc
 		impl any
@@ -89,6 +89,8 @@ func (s *Server) NewGRPCServer(m *Metrics) *grpc.Server {
 		{&yunchiv1.TokenService_ServiceDesc, ten, true},
 		{&yunchiv1.QuotaService_ServiceDesc, s, true},
 		{&yunchiv1.AuditService_ServiceDesc, s, true},
+		{&yunchiv1.ImageService_ServiceDesc, img, true},
+		{&yunchiv1.ImagePeerService_ServiceDesc, img, false},
 	} {
 		gs.RegisterService(svc.desc, svc.impl)
 		if svc.rest {
@@ -156,7 +158,7 @@ func (s *Server) NewHTTPHandler(ctx context.Context, m *Metrics, ho HTTPOptions)
 			guard.notRouted(w, r)
 		}),
 	)
-	guard, err := newRESTGuard(gw, gw, ho, yunchiv1.File_yunchi_v1_yunchi_proto, yunchiv1.File_yunchi_v1_tenancy_proto, yunchiv1.File_yunchi_v1_identity_proto, yunchiv1.File_yunchi_v1_quota_proto, yunchiv1.File_yunchi_v1_audit_proto)
+	guard, err := newRESTGuard(gw, gw, ho, yunchiv1.File_yunchi_v1_yunchi_proto, yunchiv1.File_yunchi_v1_tenancy_proto, yunchiv1.File_yunchi_v1_identity_proto, yunchiv1.File_yunchi_v1_quota_proto, yunchiv1.File_yunchi_v1_audit_proto, yunchiv1.File_yunchi_v1_image_proto)
 	if err != nil {
 		return nil, err
 	}
@@ -181,6 +183,7 @@ func (s *Server) NewHTTPHandler(ctx context.Context, m *Metrics, ho HTTPOptions)
 		yunchiv1.RegisterTokenServiceHandlerClient(ctx, gw, yunchiv1.NewTokenServiceClient(cc)),
 		yunchiv1.RegisterQuotaServiceHandlerClient(ctx, gw, yunchiv1.NewQuotaServiceClient(cc)),
 		yunchiv1.RegisterAuditServiceHandlerClient(ctx, gw, yunchiv1.NewAuditServiceClient(cc)),
+		yunchiv1.RegisterImageServiceHandlerClient(ctx, gw, yunchiv1.NewImageServiceClient(cc)),
 	); err != nil {
 		conn.Close()
 		return nil, err

@@ -37,6 +37,7 @@ var idempotent = map[string]bool{
 	yunchiv1.QuotaService_SetQuota_FullMethodName:       true,
 	yunchiv1.ClusterService_JoinCluster_FullMethodName:  true,
 	yunchiv1.ClusterService_RemoveMember_FullMethodName: true,
+	yunchiv1.ImageService_DeleteImage_FullMethodName:    true,
 }
 
 // checkIdempotencyKey validates the key values of one request.
@@ -164,6 +165,10 @@ func (s *Server) replay(method, id string, hash []byte) (any, bool, error) {
 		}
 	case yunchiv1.GroupService_DeleteGroup_FullMethodName:
 		return &yunchiv1.DeleteGroupResponse{}, true, nil
+	case yunchiv1.ImageService_DeleteImage_FullMethodName:
+		if rec := res.Image; rec != nil {
+			return s.imageOut(rec), true, nil
+		}
 	case yunchiv1.QuotaService_SetQuota_FullMethodName:
 		// The quota as it is now (the limits the request set, and today's use).
 		if rec := res.Department; rec != nil {

@@ -35,11 +35,32 @@ func (s *Server) checkCreate(req *yunchiv1.CreateVMRequest) (*placement.Spec, er
 	if err != nil {
 		return nil, err
 	}
+	// With an image the disk is at least its virtual size, and that by
+	// default.
+	var img *statev1.VMImage
+	if req.Image != "" {
+		if img, err = s.resolveImage(project, req.Image); err != nil {
+			return nil, err
+		}
+	}
 	disk := int64(defaultDisk)
-	if req.Disk != "" {
+	switch {
+	case req.Disk != "" && img != nil:
+		if v, perr := ParseSize(req.Disk); perr == nil && v < img.VirtualSizeBytes {
+			return nil, invalid("disk %s is smaller than image %q (%s): give at least that, or leave the disk size out", oneLine(req.Disk), img.Name, scheduler.FormatBytes(img.VirtualSizeBytes))
+		}
+		if disk, err = checkSize("disk", req.Disk, img.VirtualSizeBytes, maxDisk); err != nil {
+			return nil, err
+		}
+	case req.Disk != "":
 		if disk, err = checkSize("disk", req.Disk, minDisk, maxDisk); err != nil {
 			return nil, err
 		}
+	case img != nil:
+		disk = img.VirtualSizeBytes
+	}
+	if err := checkSeed(req.UserData, req.SshAuthorizedKeys); err != nil {
+		return nil, err
 	}
 	if req.Center != "" {
 		if err := checkName("center", req.Center); err != nil {
@@ -49,7 +70,8 @@ func (s *Server) checkCreate(req *yunchiv1.CreateVMRequest) (*placement.Spec, er
 			return nil, err
 		}
 	}
-	sp := &placement.Spec{Project: project, Resources: scheduler.Resources{VCPUs: int64(req.Vcpus), MemoryBytes: mem, DiskBytes: disk}, Center: req.Center, Strategy: s.DefaultStrategy}
+	sp := &placement.Spec{Project: project, Resources: scheduler.Resources{VCPUs: int64(req.Vcpus), MemoryBytes: mem, DiskBytes: disk}, Center: req.Center, Strategy: s.DefaultStrategy,
+		Image: img, UserData: req.UserData, SSHAuthorizedKeys: req.SshAuthorizedKeys}
 	if len(req.Constraints) > 32 {
 		return nil, invalid("%d constraints: at most 32 are allowed", len(req.Constraints))
 	}

@@ -26,7 +26,7 @@ func TestRESTCodecDecode(t *testing.T) {
 		{"two objects", `{"name":"a"} {"name":"b"}`, "unexpected data after the JSON value at offset 13"},
 		{"array", `[{"name":"a"}]`, "request body must be a JSON object ({...}), not an array"},
 		{"string", `"a"`, "not a string"},
-		{"unknown field", `{"name":"a","colour":"red"}`, `request body: unknown field "colour" (CreateVMRequest has name, project, vcpus, memory, disk, center, stopped, constraints, group, strategy, count, dryRun)`},
+		{"unknown field", `{"name":"a","colour":"red"}`, `request body: unknown field "colour" (CreateVMRequest has name, project, vcpus, memory, disk, center, stopped, constraints, group, strategy, count, dryRun, image, userData, sshAuthorizedKeys)`},
 		{"wrong type", `{"name":"a","vcpus":"two"}`, `request body: invalid value for int32 field vcpus: "two" (line 1, column 21)`},
 	}
 	for _, tc := range cases {

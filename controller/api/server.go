@@ -19,6 +19,7 @@ import (
 
 	"github.com/yunchi/yunchi/controller/audit"
 	"github.com/yunchi/yunchi/controller/auth"
+	"github.com/yunchi/yunchi/controller/images"
 	"github.com/yunchi/yunchi/controller/placement"
 	"github.com/yunchi/yunchi/controller/state"
 	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
@@ -79,6 +80,13 @@ type Server struct {
 	// TLS: the cluster CA and how to dial other controllers (nil:
 	// plaintext, --insecure and the dev cluster).
 	TLS *TLS
+	// Images is this controller's image byte store (nil: none; imports
+	// and fetches through it are refused); imgs its runtime (images.go).
+	Images *images.Store
+	imgs   imageState
+
+	// consoles pairs users' console calls with agents' (console.go).
+	consoles consoleBroker
 
 	// health is the gRPC health service; RunHealth sets its status.
 	healthMu sync.Mutex
@@ -93,11 +101,15 @@ type Placer interface {
 
 // Liveness is what the leader heard from hosts (controller/leader.Duties).
 type Liveness interface {
-	// Heard notes a heartbeat (with stats) or a registration (none).
-	Heard(hostID string, stats *yunchiv1.HostStats)
+	// Heard notes a heartbeat (with stats and guests' usage) or a
+	// registration (neither).
+	Heard(hostID string, stats *yunchiv1.HostStats, vms []*yunchiv1.VMStats)
 	// Stats is the host's last reported stats: nil when none, or when
 	// this controller is not the leader.
 	Stats(hostID string) *yunchiv1.HostStats
+	// VMStats is the host's guests' usage by its last heartbeat, and when
+	// that came: nil when none, or when not the leader. Read only.
+	VMStats(hostID string) ([]*yunchiv1.VMStats, time.Time)
 }
 
 // NewServer builds the services: prop proposes to the raft log, member is
@@ -183,7 +195,7 @@ func (s *Server) ListVMs(ctx context.Context, req *yunchiv1.ListVMsRequest) (*yu
 		if !ok {
 			return nil, status.Errorf(codes.NotFound, "host %q not found", req.HostId)
 		}
-		hosts = map[string]hostInfo{req.HostId: hostInfoOf(hv)}
+		hosts = map[string]hostInfo{req.HostId: s.hostInfoOf(hv)}
 	}
 	size, after, err := vmPage(req.PageSize, req.PageToken)
 	if err != nil {
@@ -194,7 +206,7 @@ func (s *Server) ListVMs(ctx context.Context, req *yunchiv1.ListVMsRequest) (*yu
 		all := s.store.Hosts() // after the VMs, so a host registered meanwhile is there too
 		hosts = make(map[string]hostInfo, len(all))
 		for _, hv := range all {
-			hosts[hv.Host.Id] = hostInfoOf(hv)
+			hosts[hv.Host.Id] = s.hostInfoOf(hv)
 		}
 	}
 	out := &yunchiv1.ListVMsResponse{Vms: make([]*yunchiv1.VM, 0, len(vms))}

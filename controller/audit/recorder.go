@@ -61,6 +61,18 @@ func (r *Recorder) Denied(ctx context.Context, method string, code codes.Code, r
 	r.record(ctx, "denied", method, code, reason)
 }
 
+// Session records a session that changes no state but is an action of
+// its caller all the same (a console attach, with its duration and bytes
+// in message): kind "session", against target.
+func (r *Recorder) Session(ctx context.Context, method, target string, code codes.Code, message string) {
+	if c, ok := FromContext(ctx); !ok || c.Target == "" {
+		c = callerContext(ctx)
+		c.Target = target
+		ctx = WithContext(ctx, c)
+	}
+	r.record(ctx, "session", method, code, message)
+}
+
 // record queues a record of a request that reached no command: kind
 // "denied" (refused by access control) or "rejected" (refused by the
 // handler before the log).
@@ -73,7 +85,14 @@ func (r *Recorder) record(ctx context.Context, kind, method string, code codes.C
 		c.Source = auth.SourceOf(ctx)
 	}
 	c.Action = auth.MethodName(method)
-	rec := &statev1.AuditRecord{Kind: kind, Result: kind, Code: code.String(), Message: reason,
+	result := kind
+	if kind == "session" {
+		result = "ok"
+		if code != codes.OK && code != codes.Canceled {
+			result = "failed"
+		}
+	}
+	rec := &statev1.AuditRecord{Kind: kind, Result: result, Code: code.String(), Message: reason,
 		EventUnixNano: r.now().UnixNano(),
 		Context: &statev1.AuditContext{Actor: c.Actor, Role: c.Role, Department: c.Department, Source: c.Source,
 			TokenId: c.TokenID, Action: c.Action, Target: c.Target, Params: c.Params}}

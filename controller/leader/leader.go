@@ -126,13 +126,15 @@ func (d *Duties) Leading() bool {
 	return d.leading
 }
 
-// Heard notes that host id was heard from now (a heartbeat with its stats,
-// or a registration with none). Ignored when not leading.
-func (d *Duties) Heard(id string, stats *yunchiv1.HostStats) {
+// Heard notes that host id was heard from now (a heartbeat with its stats
+// and its guests' usage, or a registration with neither). Ignored when not
+// leading. Like the stats, the usage is kept in memory only, never in the
+// log: it is news, not state, and a new leader waits for the next beat.
+func (d *Duties) Heard(id string, stats *yunchiv1.HostStats, vms []*yunchiv1.VMStats) {
 	if !d.Leading() {
 		return
 	}
-	d.seen.touch(id, time.Now(), stats)
+	d.seen.touch(id, time.Now(), stats, vms)
 	d.heard.add(id)
 }
 
@@ -146,6 +148,19 @@ func (d *Duties) Stats(id string) *yunchiv1.HostStats {
 		return s.stats
 	}
 	return nil
+}
+
+// VMStats is what host id's running guests used, by its last heartbeat to
+// this leader, and when that heartbeat came; nil when none or when not
+// leading. The messages are shared: read them, never change them.
+func (d *Duties) VMStats(id string) ([]*yunchiv1.VMStats, time.Time) {
+	if !d.Leading() {
+		return nil, time.Time{}
+	}
+	if s := d.seen.get(id); s != nil {
+		return s.vms, s.at
+	}
+	return nil, time.Time{}
 }
 
 func (d *Duties) run(ctx context.Context) {

@@ -77,7 +77,7 @@ func TestDutiesKeepLiveness(t *testing.T) {
 	})
 	stats := &yunchiv1.HostStats{}
 	eventually(t, "silent h2 to be marked down", func() bool {
-		d.Heard("h1", stats) // h1 keeps heartbeating
+		d.Heard("h1", stats, nil) // h1 keeps heartbeating
 		return hostState(p.st, "h2") == statev1.HostState_HOST_STATE_DOWN
 	})
 	if s := hostState(p.st, "h1"); s != statev1.HostState_HOST_STATE_READY {
@@ -92,6 +92,37 @@ func TestDutiesKeepLiveness(t *testing.T) {
 	}
 }
 
+// The leader keeps each host's last report of its guests' usage, with
+// when it came, replaced by the next heartbeat; a follower has none.
+func TestLeaderKeepsGuestUsage(t *testing.T) {
+	d, _ := newDuties(t, time.Hour, "h1")
+	first := []*yunchiv1.VMStats{{VmId: "vm-1", Usage: &yunchiv1.VMUsage{CpuTimeNs: 5}}}
+	d.Heard("h1", &yunchiv1.HostStats{}, first)
+	if vms, at := d.VMStats("h1"); vms != nil || !at.IsZero() {
+		t.Fatalf("a follower answers usage %v (%v)", vms, at)
+	}
+	d.Start(context.Background())
+	defer d.Stop()
+	before := time.Now()
+	d.Heard("h1", &yunchiv1.HostStats{}, first)
+	vms, at := d.VMStats("h1")
+	if len(vms) != 1 || vms[0] != first[0] || at.Before(before) || at.After(time.Now()) {
+		t.Fatalf("usage %v at %v, want the heartbeat's, received now", vms, at)
+	}
+	d.Heard("h1", &yunchiv1.HostStats{}, nil) // vm-1 stopped: no usage any more
+	if vms, _ := d.VMStats("h1"); len(vms) != 0 {
+		t.Fatalf("usage after a heartbeat without it: %v", vms)
+	}
+	if vms, at := d.VMStats("h2"); vms != nil || !at.IsZero() {
+		t.Fatalf("usage of a host never heard: %v (%v)", vms, at)
+	}
+	d.Heard("h1", &yunchiv1.HostStats{}, first)
+	d.Stop()
+	if vms, _ := d.VMStats("h1"); vms != nil {
+		t.Fatalf("after Stop: usage %v", vms)
+	}
+}
+
 // Stop ends the duties and forgets what was heard: a follower answers no
 // stats and ignores heartbeats; a new term starts every TTL afresh.
 func TestStopForgetsWhatWasHeard(t *testing.T) {
@@ -99,12 +130,12 @@ func TestStopForgetsWhatWasHeard(t *testing.T) {
 	if d.Stats("h1") != nil {
 		t.Fatal("stats before leading")
 	}
-	d.Heard("h1", &yunchiv1.HostStats{})
+	d.Heard("h1", &yunchiv1.HostStats{}, nil)
 	if d.Stats("h1") != nil {
 		t.Fatal("a heartbeat heard while not leading was kept")
 	}
 	d.Start(context.Background())
-	d.Heard("h1", &yunchiv1.HostStats{})
+	d.Heard("h1", &yunchiv1.HostStats{}, nil)
 	if d.Stats("h1") == nil {
 		t.Fatal("the leader lost h1's stats")
 	}
@@ -115,7 +146,7 @@ func TestStopForgetsWhatWasHeard(t *testing.T) {
 	if got := d.seen.get("h1"); got != nil {
 		t.Fatalf("after Stop the seen table still holds h1: %+v", got)
 	}
-	d.seen.touch("h1", time.Now().Add(-time.Hour), nil) // as if heard long ago
+	d.seen.touch("h1", time.Now().Add(-time.Hour), nil, nil) // as if heard long ago
 	// Leading again starts every host's TTL afresh.
 	d.Start(context.Background())
 	if s := d.seen.get("h1"); s == nil || s.silentFor(time.Now()) > time.Minute {

@@ -14,6 +14,9 @@ import (
 type hostSeen struct {
 	at    time.Time
 	stats *yunchiv1.HostStats
+	// vms is what the host's running guests used, as the heartbeat said
+	// (the request's own slice: kept, not copied).
+	vms []*yunchiv1.VMStats
 	// stalled is how long, since at, the leader was not running: it
 	// could not hear the host then, so the TTL does not count it.
 	stalled time.Duration
@@ -41,10 +44,10 @@ func (t *seenTable) get(id string) *hostSeen {
 	return nil
 }
 
-func (t *seenTable) touch(id string, at time.Time, stats *yunchiv1.HostStats) {
+func (t *seenTable) touch(id string, at time.Time, stats *yunchiv1.HostStats, vms []*yunchiv1.VMStats) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.m[id] = hostSeen{at: at, stats: stats}
+	t.m[id] = hostSeen{at: at, stats: stats, vms: vms}
 }
 
 // silent returns, of ids, the hosts not heard from for ttl or longer (with

@@ -14,9 +14,9 @@ import (
 func TestPausedCountsOnlyTimeAfterLastHeard(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	tab := newSeenTable()
-	tab.touch("early", t0, nil)                                     // heard 3 s before the pause
-	tab.touch("late", t0.Add(15*time.Second-time.Millisecond), nil) // heard as the leader resumed
-	tab.paused(t0.Add(15*time.Second), 12*time.Second)              // did not run from t0+3s to t0+15s
+	tab.touch("early", t0, nil, nil)                                     // heard 3 s before the pause
+	tab.touch("late", t0.Add(15*time.Second-time.Millisecond), nil, nil) // heard as the leader resumed
+	tab.paused(t0.Add(15*time.Second), 12*time.Second)                   // did not run from t0+3s to t0+15s
 	now := t0.Add(16 * time.Second)
 	if got, want := tab.get("early").silentFor(now), 4*time.Second; got != want {
 		t.Errorf("early: silent for %v, want %v (3 s before the pause, 1 s after)", got, want)
@@ -24,7 +24,7 @@ func TestPausedCountsOnlyTimeAfterLastHeard(t *testing.T) {
 	if got, want := tab.get("late").silentFor(now), time.Second; got != want {
 		t.Errorf("late: silent for %v, want %v", got, want)
 	}
-	tab.touch("early", now, nil)
+	tab.touch("early", now, nil, nil)
 	if got := tab.get("early").silentFor(now.Add(time.Second)); got != time.Second {
 		t.Errorf("a heartbeat must clear the pause credit: silent for %v, want 1s", got)
 	}
@@ -36,12 +36,13 @@ func TestPausedCountsOnlyTimeAfterLastHeard(t *testing.T) {
 func TestHeartbeatAllocatesNothing(t *testing.T) {
 	tb := newSeenTable()
 	stats := &yunchiv1.HostStats{}
+	vms := []*yunchiv1.VMStats{{VmId: "vm-1", Usage: &yunchiv1.VMUsage{CpuTimeNs: 1}}} // guests' usage: kept, not copied
 	at := time.Unix(100, 0)
-	tb.touch("h1", at, stats)
-	if n := testing.AllocsPerRun(100, func() { tb.touch("h1", at, stats) }); n != 0 {
+	tb.touch("h1", at, stats, vms)
+	if n := testing.AllocsPerRun(100, func() { tb.touch("h1", at, stats, vms) }); n != 0 {
 		t.Fatalf("a heartbeat allocates %.0f objects, want 0", n)
 	}
-	if got := tb.get("h1"); got == nil || !got.at.Equal(at) || got.stats != stats {
+	if got := tb.get("h1"); got == nil || !got.at.Equal(at) || got.stats != stats || len(got.vms) != 1 || got.vms[0] != vms[0] {
 		t.Fatalf("entry after heartbeats: %+v", got)
 	}
 }
@@ -51,9 +52,9 @@ func TestHeartbeatAllocatesNothing(t *testing.T) {
 func TestSilentHosts(t *testing.T) {
 	tb := newSeenTable()
 	t0 := time.Unix(1000, 0)
-	tb.touch("a", t0, nil)
-	tb.touch("b", t0.Add(8*time.Second), nil)
-	tb.touch("c", t0.Add(-time.Minute), nil)
+	tb.touch("a", t0, nil, nil)
+	tb.touch("b", t0.Add(8*time.Second), nil, nil)
+	tb.touch("c", t0.Add(-time.Minute), nil, nil)
 	now := t0.Add(10 * time.Second)
 	ids, at := tb.silent([]string{"a", "b", "c", "new"}, now, 10*time.Second)
 	if !slices.Equal(ids, []string{"a", "c"}) || len(at) != 2 || !at[0].Equal(t0) || !at[1].Equal(t0.Add(-time.Minute)) {

@@ -68,6 +68,11 @@ type Spec struct {
 	// StrategyName is recorded with the VM ("" when the request named none).
 	StrategyName string
 	Desired      statev1.PowerState
+	// Image the root disks are made from (nil: empty disks), and the
+	// cloud-init seed's contents; recorded with each VM as given.
+	Image             *statev1.VMImage
+	UserData          string
+	SSHAuthorizedKeys []string
 }
 
 // SpecOf is the spec an existing VM was placed with, for deciding again
@@ -78,6 +83,7 @@ func SpecOf(vm *statev1.VMRecord, def scheduler.Strategy) (Spec, error) {
 		Project: vm.Project, Names: []string{vm.Name},
 		Resources: scheduler.Resources{VCPUs: int64(vm.Vcpus), MemoryBytes: vm.MemoryBytes, DiskBytes: vm.DiskBytes},
 		Center:    vm.Center, Group: vm.Group, Strategy: def, StrategyName: vm.Strategy, Desired: vm.Desired,
+		Image: vm.Image, UserData: vm.UserData, SSHAuthorizedKeys: vm.SshAuthorizedKeys,
 	}
 	cons, err := state.ConstraintsOf(vm)
 	if err != nil {
@@ -406,6 +412,7 @@ func (e *Engine) Place(ctx context.Context, sp Spec) ([]*statev1.VMRecord, []Dec
 				Vcpus: int32(sp.Resources.VCPUs), MemoryBytes: sp.Resources.MemoryBytes, DiskBytes: sp.Resources.DiskBytes,
 				Center: sp.Center, HostId: p.HostID, Desired: sp.Desired,
 				Group: sp.Group, ConstraintRules: rules, Strategy: sp.StrategyName,
+				Image: sp.Image, UserData: sp.UserData, SshAuthorizedKeys: sp.SSHAuthorizedKeys,
 			}
 		}
 		// One VM or a batch: the same command.

@@ -144,7 +144,7 @@ func (s *Store) checkGroup(g *statev1.PlacementGroupRecord, h *statev1.HostRecor
 	return nil
 }
 
-func (s *Store) applyPlaceVMs(index uint64, now int64, vms []*statev1.VMRecord, projectMustExist bool) ([]*statev1.VMRecord, error) {
+func (s *Store) applyPlaceVMs(index uint64, now int64, vms []*statev1.VMRecord, projectMustExist, imageRules bool) ([]*statev1.VMRecord, error) {
 	if err := s.checkPlacements(vms); err != nil {
 		return nil, err
 	}
@@ -152,6 +152,13 @@ func (s *Store) applyPlaceVMs(index uint64, now int64, vms []*statev1.VMRecord, 
 		for _, vm := range vms {
 			if s.projectDept(vm.Project) == "" {
 				return nil, errorf(KindNotFound, "project %q not found", vm.Project)
+			}
+		}
+	}
+	if imageRules {
+		for _, vm := range vms {
+			if err := s.checkVMImage(vm); err != nil {
+				return nil, err
 			}
 		}
 	}

@@ -108,6 +108,9 @@ func record(cmd *statev1.Command, index uint64, res Result, err error) *statev1.
 	if res.Token != nil {
 		r.Token = proto.Clone(res.Token).(*statev1.TokenRecord)
 	}
+	if res.Image != nil {
+		r.Image = proto.Clone(res.Image).(*statev1.ImageRecord)
+	}
 	return r
 }
 
@@ -144,6 +147,9 @@ func Outcome(r *statev1.RequestRecord) (Result, error) {
 	}
 	if r.Token != nil {
 		res.Token = proto.Clone(r.Token).(*statev1.TokenRecord)
+	}
+	if r.Image != nil {
+		res.Image = proto.Clone(r.Image).(*statev1.ImageRecord)
 	}
 	return res, nil
 }

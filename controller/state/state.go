@@ -33,9 +33,12 @@ import (
 // context, Apply records them; snapshot version 4 adds the chain's head
 // (and the records after the message, see raftnode's FSM); and join
 // tokens (jointokens.go), in the snapshot too.
+// Version 7 adds images (images.go: CreateImage, DeleteImage; a VM may
+// record the image it is made from, which PlaceVMs re-checks); snapshot
+// version 5 adds the image records.
 const (
-	CommandVersion  = 6
-	SnapshotVersion = 4
+	CommandVersion  = 7
+	SnapshotVersion = 5
 )
 
 // DefaultProject is where VMs go when no project is named.
@@ -58,6 +61,16 @@ type Store struct {
 	tokens   map[string]*statev1.TokenRecord
 	// joinTokens by id (jointokens.go), replaced, never changed in place.
 	joinTokens map[string]*statev1.JoinTokenRecord
+	// images by project/name ("/name" for a public one; images.go),
+	// replaced, never changed in place. projectImages counts each
+	// project's (a project with images is not deleted).
+	images        map[string]*statev1.ImageRecord
+	projectImages map[string]int
+	// imageUse counts the VMs made from each image record
+	// (imageUseKey), shaUse those made from each image's bytes; kept by
+	// addVM and removeVM, no zero entries.
+	imageUse map[string]int
+	shaUse   map[string]int
 	// projectUse counts the VMs and placement groups of each project
 	// (derived): a project in use is not deleted, and one in use without
 	// a record is a project from before departments (department default).
@@ -134,6 +147,10 @@ func (s *Store) reset() {
 	s.users = map[string]*statev1.UserRecord{}
 	s.tokens = map[string]*statev1.TokenRecord{}
 	s.joinTokens = map[string]*statev1.JoinTokenRecord{}
+	s.images = map[string]*statev1.ImageRecord{}
+	s.projectImages = map[string]int{}
+	s.imageUse = map[string]int{}
+	s.shaUse = map[string]int{}
 	s.projectUse = map[string]int{}
 	s.projUse = map[string]Usage{}
 	s.deptUse = map[string]Usage{}
@@ -245,6 +262,8 @@ func (s *Store) notify() {
 //	SetQuota                                 Department, or Project when it names one
 //	Create/Delete/UpdateUser                 User
 //	CreateToken, RevokeToken                 Token (its secret hash included)
+//	CreateImage                              Image (created)
+//	DeleteImage                              Image (as it was)
 //	RemoveMember, ReportVMStatus,
 //	RecordHeartbeats, RecordLoginFailures,
 //	RecordAudit, ArchiveAudit                nothing
@@ -264,6 +283,7 @@ type Result struct {
 	// CreateJoinToken, ConsumeJoinToken (which also sets Token: the
 	// host's API token).
 	JoinToken *statev1.JoinTokenRecord
+	Image     *statev1.ImageRecord
 }
 
 // Apply applies one command at a raft index. It is deterministic: the same
@@ -292,9 +312,9 @@ func (s *Store) Apply(index uint64, cmd *statev1.Command) (Result, error) {
 	case *statev1.Command_SetHostState:
 		res.Host, err = s.applySetHostState(cmd.UnixNano, c.SetHostState)
 	case *statev1.Command_PlaceVm: // before version 4 only
-		res.VMs, err = s.applyPlaceVMs(index, cmd.UnixNano, []*statev1.VMRecord{c.PlaceVm.GetVm()}, false)
+		res.VMs, err = s.applyPlaceVMs(index, cmd.UnixNano, []*statev1.VMRecord{c.PlaceVm.GetVm()}, false, false)
 	case *statev1.Command_PlaceVms:
-		res.VMs, err = s.applyPlaceVMs(index, cmd.UnixNano, c.PlaceVms.GetVms(), cmd.GetVersion() >= rulesV5)
+		res.VMs, err = s.applyPlaceVMs(index, cmd.UnixNano, c.PlaceVms.GetVms(), cmd.GetVersion() >= rulesV5, cmd.GetVersion() >= imagesV7)
 	case *statev1.Command_SetVmDesired:
 		var vm *statev1.VMRecord
 		if vm, err = s.applySetVMDesired(index, cmd.UnixNano, c.SetVmDesired); err == nil {
@@ -348,6 +368,10 @@ func (s *Store) Apply(index uint64, cmd *statev1.Command) (Result, error) {
 		res.JoinToken, err = s.applyCreateJoinToken(cmd.UnixNano, c.CreateJoinToken)
 	case *statev1.Command_ConsumeJoinToken:
 		res.JoinToken, res.Token, err = s.applyConsumeJoinToken(cmd.UnixNano, c.ConsumeJoinToken)
+	case *statev1.Command_CreateImage:
+		res.Image, err = s.applyCreateImage(index, cmd.UnixNano, c.CreateImage)
+	case *statev1.Command_DeleteImage:
+		res.Image, err = s.applyDeleteImage(c.DeleteImage)
 	default:
 		err = errorf(KindInvalid, "unknown command %T: this controller is older than the log; upgrade it", cmd.GetCmd())
 	}
@@ -435,6 +459,7 @@ func (s *Store) addVM(vm *statev1.VMRecord) {
 	s.hostRev[vm.HostId] = max(s.hostRev[vm.HostId], vm.Revision)
 	s.charge(vm, +1)
 	s.use(vm, +1)
+	s.useImage(vm, +1)
 	s.projectUse[vm.Project]++
 }
 
@@ -449,6 +474,7 @@ func (s *Store) removeVM(vm *statev1.VMRecord, index uint64) {
 	s.hostRev[vm.HostId] = index
 	s.charge(vm, -1)
 	s.use(vm, -1)
+	s.useImage(vm, -1)
 	if ids := s.onHost[vm.HostId]; ids != nil {
 		delete(ids, vm.Id)
 		if len(ids) == 0 {
@@ -608,6 +634,7 @@ type View struct {
 	tokens   []*statev1.TokenRecord
 	audit    *statev1.AuditHead
 	joinTok  []*statev1.JoinTokenRecord
+	images   []*statev1.ImageRecord
 }
 
 // View takes the state as of the last applied index.
@@ -654,6 +681,9 @@ func (s *Store) View() *View {
 	for _, t := range s.joinTokens {
 		v.joinTok = append(v.joinTok, t)
 	}
+	for _, im := range s.images {
+		v.images = append(v.images, im)
+	}
 	// Every record is now shared with v: the next change to one clones it.
 	s.ownVMs = map[*statev1.VMRecord]struct{}{}
 	s.ownHosts = map[*statev1.HostRecord]struct{}{}
@@ -674,7 +704,11 @@ func (v *View) Snapshot() *statev1.Snapshot {
 		Users: slices.Clone(v.users), Tokens: slices.Clone(v.tokens),
 		AuditHead:  v.audit,
 		JoinTokens: slices.Clone(v.joinTok),
+		Images:     slices.Clone(v.images),
 	}
+	slices.SortFunc(snap.Images, func(a, b *statev1.ImageRecord) int {
+		return strings.Compare(nameKey(a.Project, a.Name), nameKey(b.Project, b.Name))
+	})
 	slices.SortFunc(snap.JoinTokens, func(a, b *statev1.JoinTokenRecord) int { return strings.Compare(a.Id, b.Id) })
 	slices.SortFunc(snap.Departments, func(a, b *statev1.DepartmentRecord) int { return strings.Compare(a.Name, b.Name) })
 	slices.SortFunc(snap.Projects, func(a, b *statev1.ProjectRecord) int { return strings.Compare(a.Name, b.Name) })
@@ -736,6 +770,9 @@ func (s *Store) Restore(snap *statev1.Snapshot) error {
 	}
 	for _, t := range snap.GetJoinTokens() {
 		s.joinTokens[t.Id] = proto.Clone(t).(*statev1.JoinTokenRecord)
+	}
+	for _, im := range snap.GetImages() {
+		s.addImage(proto.Clone(im).(*statev1.ImageRecord))
 	}
 	for _, r := range snap.GetRequests() {
 		s.requests.clock = max(s.requests.clock, r.UnixNano)

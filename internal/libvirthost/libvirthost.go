@@ -61,6 +61,7 @@ func Start(ctx context.Context, dir string) (_ *Host, err error) {
 	if why := Available(); why != "" {
 		return nil, errors.New(why)
 	}
+	startReaper()
 	h := &Host{Dir: dir}
 	defer func() {
 		if err != nil {
@@ -167,6 +168,26 @@ func (h *Host) Stop() error {
 		time.Sleep(20 * time.Millisecond)
 	}
 	return nil
+}
+
+// QEMUPids lists the host's running QEMU processes (zombies excluded: pid
+// 1 here may not reap a killed guest's QEMU).
+func (h *Host) QEMUPids() []int {
+	var out []int
+	for _, pid := range processesIn(h.ns) {
+		comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+		if err != nil || !strings.HasPrefix(string(comm), "qemu-system") {
+			continue
+		}
+		if st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
+			// Field 3, after the parenthesised command: the state.
+			if i := strings.LastIndexByte(string(st), ')'); i >= 0 && strings.HasPrefix(string(st[i+1:]), " Z") {
+				continue
+			}
+		}
+		out = append(out, pid)
+	}
+	return out
 }
 
 // processesIn lists the processes whose mount namespace is ns.

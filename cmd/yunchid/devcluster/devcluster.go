@@ -35,12 +35,22 @@ type Config struct {
 	// BasePort is the first controller's API port (8470); the others use
 	// the next two; raft uses BasePort+10..12.
 	BasePort int
-	// Hosts is the number of simulated hosts (45).
-	Hosts  int
-	Out    io.Writer
-	Logger *slog.Logger
+	// Hosts is the number of simulated hosts (45; none by default when
+	// RealHosts is set).
+	Hosts int
+	// RealHosts is the number of real hosts: private libvirtd + QEMU
+	// daemons on this machine (needs root and libvirt-daemon-system,
+	// qemu-system-x86), with the public image "tiny" imported to boot.
+	RealHosts int
+	// CacheDir keeps the tiny image between runs (default: the user's
+	// cache dir, e.g. ~/.cache/yunchi).
+	CacheDir string
+	Out      io.Writer
+	Logger   *slog.Logger
 	// Ready, if set, is called with the API addresses once every host is up.
 	Ready func(addrs []string)
+	// RealReady, if set, is called then with the real hosts (tests).
+	RealReady func(*RealHosts)
 	// NoLogin: do not store the sysadmin's token in the yunchi CLI's
 	// config (by default `yunchid dev` logs the CLI in, so that `yunchi`
 	// works against it with no flags).
@@ -102,8 +112,11 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.BasePort == 0 {
 		cfg.BasePort = 8470
 	}
-	if cfg.Hosts <= 0 {
+	if cfg.Hosts < 0 || (cfg.Hosts == 0 && cfg.RealHosts == 0) {
 		cfg.Hosts = 45
+	}
+	if cfg.RealHosts < 0 {
+		return fmt.Errorf("--real-hosts %d: give 0 or more", cfg.RealHosts)
 	}
 	if cfg.Out == nil {
 		cfg.Out = os.Stdout
@@ -220,10 +233,30 @@ func Run(ctx context.Context, cfg Config) error {
 			}
 		}()
 	}
-	if err := waitHosts(ctx, cfg.Out, yunchiv1.NewHostServiceClient(conn), len(specs)); err != nil {
+	var real *RealHosts
+	defer func() { real.close() }()
+	if cfg.RealHosts > 0 {
+		if real, err = startRealHosts(ctx, cfg, dir, addrs, ctls, lg); err != nil {
+			return err
+		}
+	}
+	if err := waitHosts(ctx, cfg.Out, yunchiv1.NewHostServiceClient(conn), len(specs)+cfg.RealHosts); err != nil {
 		return err
 	}
-	fmt.Fprintf(cfg.Out, "yunchi dev: ready. %d hosts in 3 centers; API (gRPC + REST) at %s (followers: %s, %s); plaintext, for trying out only\n", len(specs), addrs[0], addrs[1], addrs[2])
+	if cfg.RealHosts > 0 {
+		cache := cfg.CacheDir
+		if cache == "" {
+			if cache, err = os.UserCacheDir(); err != nil {
+				return err
+			}
+			cache = filepath.Join(cache, "yunchi")
+		}
+		if err := importTinyImage(ctx, cfg.Out, conn, cache); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(cfg.Out, "yunchi dev: ready. %d hosts in 3 centers (%d simulated, %d real); API (gRPC + REST) at %s (followers: %s, %s); plaintext, for trying out only\n",
+		len(specs)+cfg.RealHosts, len(specs), cfg.RealHosts, addrs[0], addrs[1], addrs[2])
 	// The three separated administrators (MLPS level 3): one line each.
 	fmt.Fprintf(cfg.Out, "sysadmin token: %s\n", admins.Sysadmin)
 	fmt.Fprintf(cfg.Out, "secadmin token: %s\n", admins.Secadmin)
@@ -235,12 +268,19 @@ func Run(ctx context.Context, cfg Config) error {
 	} else {
 		fmt.Fprintf(cfg.Out, "yunchi dev: yunchi is logged in as sysadmin (%s)\n", path)
 	}
-	fmt.Fprintf(cfg.Out, "  try: yunchi vm create web-1 --cpu 2 --memory 4GiB --wait\n")
+	if cfg.RealHosts > 0 {
+		fmt.Fprintf(cfg.Out, "  try: yunchi vm create t1 --image %s --memory 256MiB --wait && yunchi vm console t1\n", TinyImage)
+	} else {
+		fmt.Fprintf(cfg.Out, "  try: yunchi vm create web-1 --cpu 2 --memory 4GiB --wait\n")
+	}
 	fmt.Fprintf(cfg.Out, "       curl -s -H \"Authorization: Bearer $(yunchi token current)\" %s/v1/vms\n", addrs[0])
 	fmt.Fprintf(cfg.Out, "       yunchi cluster status\n")
 	fmt.Fprintf(cfg.Out, "Ctrl-C stops everything.\n")
 	if cfg.Ready != nil {
 		cfg.Ready(addrs)
+	}
+	if cfg.RealReady != nil && real != nil {
+		cfg.RealReady(real)
 	}
 
 	select {
@@ -250,6 +290,8 @@ func Run(ctx context.Context, cfg Config) error {
 	fmt.Fprintf(cfg.Out, "yunchi dev: stopping\n")
 	stopAgents()
 	awg.Wait()
+	real.close()
+	real = nil
 	stopAll(ctls)
 	return err
 }

@@ -608,9 +608,12 @@ func (x *DeleteImageRequest) GetPublic() bool {
 }
 
 type FetchImageBytesRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Sha256        string                 `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`
-	Offset        int64                  `protobuf:"varint,2,opt,name=offset,proto3" json:"offset,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Sha256 string                 `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	Offset int64                  `protobuf:"varint,2,opt,name=offset,proto3" json:"offset,omitempty"`
+	// The image's peer key (ImageRecord.peer_key in the state), or the key
+	// of an import still being recorded.
+	PeerKey       string `protobuf:"bytes,3,opt,name=peer_key,json=peerKey,proto3" json:"peer_key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -659,6 +662,84 @@ func (x *FetchImageBytesRequest) GetOffset() int64 {
 	return 0
 }
 
+func (x *FetchImageBytesRequest) GetPeerKey() string {
+	if x != nil {
+		return x.PeerKey
+	}
+	return ""
+}
+
+type RecordImageRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The import's header, with sha256, size_bytes and format as the
+	// importing controller found the bytes to be.
+	Header           *ImageHeader `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	VirtualSizeBytes int64        `protobuf:"varint,2,opt,name=virtual_size_bytes,json=virtualSizeBytes,proto3" json:"virtual_size_bytes,omitempty"`
+	// The controller holding the bytes, and the key they are fetched with.
+	SourceMember  string `protobuf:"bytes,3,opt,name=source_member,json=sourceMember,proto3" json:"source_member,omitempty"`
+	PeerKey       string `protobuf:"bytes,4,opt,name=peer_key,json=peerKey,proto3" json:"peer_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecordImageRequest) Reset() {
+	*x = RecordImageRequest{}
+	mi := &file_yunchi_v1_image_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecordImageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecordImageRequest) ProtoMessage() {}
+
+func (x *RecordImageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_image_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecordImageRequest.ProtoReflect.Descriptor instead.
+func (*RecordImageRequest) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_image_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *RecordImageRequest) GetHeader() *ImageHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *RecordImageRequest) GetVirtualSizeBytes() int64 {
+	if x != nil {
+		return x.VirtualSizeBytes
+	}
+	return 0
+}
+
+func (x *RecordImageRequest) GetSourceMember() string {
+	if x != nil {
+		return x.SourceMember
+	}
+	return ""
+}
+
+func (x *RecordImageRequest) GetPeerKey() string {
+	if x != nil {
+		return x.PeerKey
+	}
+	return ""
+}
+
 // ImageChunk is a piece of an image file at offset.
 type ImageChunk struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
@@ -672,7 +753,7 @@ type ImageChunk struct {
 
 func (x *ImageChunk) Reset() {
 	*x = ImageChunk{}
-	mi := &file_yunchi_v1_image_proto_msgTypes[8]
+	mi := &file_yunchi_v1_image_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -684,7 +765,7 @@ func (x *ImageChunk) String() string {
 func (*ImageChunk) ProtoMessage() {}
 
 func (x *ImageChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_image_proto_msgTypes[8]
+	mi := &file_yunchi_v1_image_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -697,7 +778,7 @@ func (x *ImageChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageChunk.ProtoReflect.Descriptor instead.
 func (*ImageChunk) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_image_proto_rawDescGZIP(), []int{8}
+	return file_yunchi_v1_image_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ImageChunk) GetOffset() int64 {
@@ -773,10 +854,16 @@ const file_yunchi_v1_image_proto_rawDesc = "" +
 	"\x12DeleteImageRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aproject\x18\x02 \x01(\tR\aproject\x12\x16\n" +
-	"\x06public\x18\x03 \x01(\bR\x06public\"H\n" +
+	"\x06public\x18\x03 \x01(\bR\x06public\"c\n" +
 	"\x16FetchImageBytesRequest\x12\x16\n" +
 	"\x06sha256\x18\x01 \x01(\tR\x06sha256\x12\x16\n" +
-	"\x06offset\x18\x02 \x01(\x03R\x06offset\"W\n" +
+	"\x06offset\x18\x02 \x01(\x03R\x06offset\x12\x19\n" +
+	"\bpeer_key\x18\x03 \x01(\tR\apeerKey\"\xb2\x01\n" +
+	"\x12RecordImageRequest\x12.\n" +
+	"\x06header\x18\x01 \x01(\v2\x16.yunchi.v1.ImageHeaderR\x06header\x12,\n" +
+	"\x12virtual_size_bytes\x18\x02 \x01(\x03R\x10virtualSizeBytes\x12#\n" +
+	"\rsource_member\x18\x03 \x01(\tR\fsourceMember\x12\x19\n" +
+	"\bpeer_key\x18\x04 \x01(\tR\apeerKey\"W\n" +
 	"\n" +
 	"ImageChunk\x12\x16\n" +
 	"\x06offset\x18\x01 \x01(\x03R\x06offset\x12\x12\n" +
@@ -797,10 +884,11 @@ const file_yunchi_v1_image_proto_rawDesc = "" +
 	"\x05\x01\x04\x05\x06\a\x18\x01\x82\xd3\xe4\x93\x02\f\x12\n" +
 	"/v1/images\x12f\n" +
 	"\vDeleteImage\x12\x1d.yunchi.v1.DeleteImageRequest\x1a\x10.yunchi.v1.Image\"&\xc2\xf3\x18\t\n" +
-	"\x03\x01\x05\x06\x18\x01 \x01\x82\xd3\xe4\x93\x02\x13*\x11/v1/images/{name}2j\n" +
-	"\x10ImagePeerService\x12V\n" +
-	"\x0fFetchImageBytes\x12!.yunchi.v1.FetchImageBytesRequest\x1a\x15.yunchi.v1.ImageChunk\"\a\xc2\xf3\x18\x03\n" +
-	"\x01\t0\x01B3Z1github.com/yunchi/yunchi/proto/yunchi/v1;yunchiv1b\x06proto3"
+	"\x03\x01\x05\x06\x18\x01 \x01\x82\xd3\xe4\x93\x02\x13*\x11/v1/images/{name}2\xc8\x01\n" +
+	"\x10ImagePeerService\x12U\n" +
+	"\x0fFetchImageBytes\x12!.yunchi.v1.FetchImageBytesRequest\x1a\x15.yunchi.v1.ImageChunk\"\x06\xc2\xf3\x18\x02\x10\x010\x01\x12]\n" +
+	"\vRecordImage\x12\x1d.yunchi.v1.RecordImageRequest\x1a\x10.yunchi.v1.Image\"\x1d\xc2\xf3\x18\x19\n" +
+	"\x03\x01\x05\x06\x18\x01 \x01*\x0eheader.projectB3Z1github.com/yunchi/yunchi/proto/yunchi/v1;yunchiv1b\x06proto3"
 
 var (
 	file_yunchi_v1_image_proto_rawDescOnce sync.Once
@@ -815,7 +903,7 @@ func file_yunchi_v1_image_proto_rawDescGZIP() []byte {
 }
 
 var file_yunchi_v1_image_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_yunchi_v1_image_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_yunchi_v1_image_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_yunchi_v1_image_proto_goTypes = []any{
 	(ImageFormat)(0),               // 0: yunchi.v1.ImageFormat
 	(*Image)(nil),                  // 1: yunchi.v1.Image
@@ -826,30 +914,34 @@ var file_yunchi_v1_image_proto_goTypes = []any{
 	(*ListImagesResponse)(nil),     // 6: yunchi.v1.ListImagesResponse
 	(*DeleteImageRequest)(nil),     // 7: yunchi.v1.DeleteImageRequest
 	(*FetchImageBytesRequest)(nil), // 8: yunchi.v1.FetchImageBytesRequest
-	(*ImageChunk)(nil),             // 9: yunchi.v1.ImageChunk
-	(*timestamppb.Timestamp)(nil),  // 10: google.protobuf.Timestamp
+	(*RecordImageRequest)(nil),     // 9: yunchi.v1.RecordImageRequest
+	(*ImageChunk)(nil),             // 10: yunchi.v1.ImageChunk
+	(*timestamppb.Timestamp)(nil),  // 11: google.protobuf.Timestamp
 }
 var file_yunchi_v1_image_proto_depIdxs = []int32{
 	0,  // 0: yunchi.v1.Image.format:type_name -> yunchi.v1.ImageFormat
-	10, // 1: yunchi.v1.Image.created_at:type_name -> google.protobuf.Timestamp
+	11, // 1: yunchi.v1.Image.created_at:type_name -> google.protobuf.Timestamp
 	0,  // 2: yunchi.v1.ImageHeader.format:type_name -> yunchi.v1.ImageFormat
 	2,  // 3: yunchi.v1.ImportImageRequest.header:type_name -> yunchi.v1.ImageHeader
 	1,  // 4: yunchi.v1.ListImagesResponse.images:type_name -> yunchi.v1.Image
-	3,  // 5: yunchi.v1.ImageService.ImportImage:input_type -> yunchi.v1.ImportImageRequest
-	4,  // 6: yunchi.v1.ImageService.GetImage:input_type -> yunchi.v1.GetImageRequest
-	5,  // 7: yunchi.v1.ImageService.ListImages:input_type -> yunchi.v1.ListImagesRequest
-	7,  // 8: yunchi.v1.ImageService.DeleteImage:input_type -> yunchi.v1.DeleteImageRequest
-	8,  // 9: yunchi.v1.ImagePeerService.FetchImageBytes:input_type -> yunchi.v1.FetchImageBytesRequest
-	1,  // 10: yunchi.v1.ImageService.ImportImage:output_type -> yunchi.v1.Image
-	1,  // 11: yunchi.v1.ImageService.GetImage:output_type -> yunchi.v1.Image
-	6,  // 12: yunchi.v1.ImageService.ListImages:output_type -> yunchi.v1.ListImagesResponse
-	1,  // 13: yunchi.v1.ImageService.DeleteImage:output_type -> yunchi.v1.Image
-	9,  // 14: yunchi.v1.ImagePeerService.FetchImageBytes:output_type -> yunchi.v1.ImageChunk
-	10, // [10:15] is the sub-list for method output_type
-	5,  // [5:10] is the sub-list for method input_type
-	5,  // [5:5] is the sub-list for extension type_name
-	5,  // [5:5] is the sub-list for extension extendee
-	0,  // [0:5] is the sub-list for field type_name
+	2,  // 5: yunchi.v1.RecordImageRequest.header:type_name -> yunchi.v1.ImageHeader
+	3,  // 6: yunchi.v1.ImageService.ImportImage:input_type -> yunchi.v1.ImportImageRequest
+	4,  // 7: yunchi.v1.ImageService.GetImage:input_type -> yunchi.v1.GetImageRequest
+	5,  // 8: yunchi.v1.ImageService.ListImages:input_type -> yunchi.v1.ListImagesRequest
+	7,  // 9: yunchi.v1.ImageService.DeleteImage:input_type -> yunchi.v1.DeleteImageRequest
+	8,  // 10: yunchi.v1.ImagePeerService.FetchImageBytes:input_type -> yunchi.v1.FetchImageBytesRequest
+	9,  // 11: yunchi.v1.ImagePeerService.RecordImage:input_type -> yunchi.v1.RecordImageRequest
+	1,  // 12: yunchi.v1.ImageService.ImportImage:output_type -> yunchi.v1.Image
+	1,  // 13: yunchi.v1.ImageService.GetImage:output_type -> yunchi.v1.Image
+	6,  // 14: yunchi.v1.ImageService.ListImages:output_type -> yunchi.v1.ListImagesResponse
+	1,  // 15: yunchi.v1.ImageService.DeleteImage:output_type -> yunchi.v1.Image
+	10, // 16: yunchi.v1.ImagePeerService.FetchImageBytes:output_type -> yunchi.v1.ImageChunk
+	1,  // 17: yunchi.v1.ImagePeerService.RecordImage:output_type -> yunchi.v1.Image
+	12, // [12:18] is the sub-list for method output_type
+	6,  // [6:12] is the sub-list for method input_type
+	6,  // [6:6] is the sub-list for extension type_name
+	6,  // [6:6] is the sub-list for extension extendee
+	0,  // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_yunchi_v1_image_proto_init() }
@@ -864,7 +956,7 @@ func file_yunchi_v1_image_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_yunchi_v1_image_proto_rawDesc), len(file_yunchi_v1_image_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   9,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -244,6 +244,7 @@ var ImageService_ServiceDesc = grpc.ServiceDesc{
 
 const (
 	ImagePeerService_FetchImageBytes_FullMethodName = "/yunchi.v1.ImagePeerService/FetchImageBytes"
+	ImagePeerService_RecordImage_FullMethodName     = "/yunchi.v1.ImagePeerService/RecordImage"
 )
 
 // ImagePeerServiceClient is the client API for ImagePeerService service.
@@ -253,8 +254,17 @@ const (
 // Controller to controller: a controller that lacks an image's bytes copies
 // them from a peer.
 type ImagePeerServiceClient interface {
-	// Streams the bytes of an image from offset on (resumable).
+	// Streams the bytes of an image from offset on (resumable). No
+	// credentials but the image's peer key in the request, which only
+	// controllers know (it is in the replicated state and no API shows it):
+	// controllers of a cluster without TLS have no identity to show each
+	// other. With TLS the caller must also be a controller (its certificate).
 	FetchImageBytes(ctx context.Context, in *FetchImageBytesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ImageChunk], error)
+	// RecordImage: a follower that stored an import's bytes asks the leader
+	// to record the image, with the importer's own credentials (audited as
+	// the importer's ImportImage). The leader first checks, with the peer
+	// key, that the follower holds those bytes. Not for clients.
+	RecordImage(ctx context.Context, in *RecordImageRequest, opts ...grpc.CallOption) (*Image, error)
 }
 
 type imagePeerServiceClient struct {
@@ -284,6 +294,16 @@ func (c *imagePeerServiceClient) FetchImageBytes(ctx context.Context, in *FetchI
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type ImagePeerService_FetchImageBytesClient = grpc.ServerStreamingClient[ImageChunk]
 
+func (c *imagePeerServiceClient) RecordImage(ctx context.Context, in *RecordImageRequest, opts ...grpc.CallOption) (*Image, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Image)
+	err := c.cc.Invoke(ctx, ImagePeerService_RecordImage_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ImagePeerServiceServer is the server API for ImagePeerService service.
 // All implementations must embed UnimplementedImagePeerServiceServer
 // for forward compatibility.
@@ -291,8 +311,17 @@ type ImagePeerService_FetchImageBytesClient = grpc.ServerStreamingClient[ImageCh
 // Controller to controller: a controller that lacks an image's bytes copies
 // them from a peer.
 type ImagePeerServiceServer interface {
-	// Streams the bytes of an image from offset on (resumable).
+	// Streams the bytes of an image from offset on (resumable). No
+	// credentials but the image's peer key in the request, which only
+	// controllers know (it is in the replicated state and no API shows it):
+	// controllers of a cluster without TLS have no identity to show each
+	// other. With TLS the caller must also be a controller (its certificate).
 	FetchImageBytes(*FetchImageBytesRequest, grpc.ServerStreamingServer[ImageChunk]) error
+	// RecordImage: a follower that stored an import's bytes asks the leader
+	// to record the image, with the importer's own credentials (audited as
+	// the importer's ImportImage). The leader first checks, with the peer
+	// key, that the follower holds those bytes. Not for clients.
+	RecordImage(context.Context, *RecordImageRequest) (*Image, error)
 	mustEmbedUnimplementedImagePeerServiceServer()
 }
 
@@ -305,6 +334,9 @@ type UnimplementedImagePeerServiceServer struct{}
 
 func (UnimplementedImagePeerServiceServer) FetchImageBytes(*FetchImageBytesRequest, grpc.ServerStreamingServer[ImageChunk]) error {
 	return status.Error(codes.Unimplemented, "method FetchImageBytes not implemented")
+}
+func (UnimplementedImagePeerServiceServer) RecordImage(context.Context, *RecordImageRequest) (*Image, error) {
+	return nil, status.Error(codes.Unimplemented, "method RecordImage not implemented")
 }
 func (UnimplementedImagePeerServiceServer) mustEmbedUnimplementedImagePeerServiceServer() {}
 func (UnimplementedImagePeerServiceServer) testEmbeddedByValue()                          {}
@@ -338,13 +370,36 @@ func _ImagePeerService_FetchImageBytes_Handler(srv interface{}, stream grpc.Serv
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type ImagePeerService_FetchImageBytesServer = grpc.ServerStreamingServer[ImageChunk]
 
+func _ImagePeerService_RecordImage_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RecordImageRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ImagePeerServiceServer).RecordImage(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ImagePeerService_RecordImage_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ImagePeerServiceServer).RecordImage(ctx, req.(*RecordImageRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ImagePeerService_ServiceDesc is the grpc.ServiceDesc for ImagePeerService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
 var ImagePeerService_ServiceDesc = grpc.ServiceDesc{
 	ServiceName: "yunchi.v1.ImagePeerService",
 	HandlerType: (*ImagePeerServiceServer)(nil),
-	Methods:     []grpc.MethodDesc{},
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "RecordImage",
+			Handler:    _ImagePeerService_RecordImage_Handler,
+		},
+	},
 	Streams: []grpc.StreamDesc{
 		{
 			StreamName:    "FetchImageBytes",

@@ -88,7 +88,11 @@ type ImageRecord struct {
 	Revision         uint64      `protobuf:"varint,10,opt,name=revision,proto3" json:"revision,omitempty"`
 	// The controller that held the bytes when the image was recorded: where
 	// the others copy them from first.
-	SourceMember  string `protobuf:"bytes,11,opt,name=source_member,json=sourceMember,proto3" json:"source_member,omitempty"`
+	SourceMember string `protobuf:"bytes,11,opt,name=source_member,json=sourceMember,proto3" json:"source_member,omitempty"`
+	// Controllers fetch the bytes from one another with this key
+	// (ImagePeerService.FetchImageBytes): random, chosen by the importing
+	// controller, never shown by the API.
+	PeerKey       string `protobuf:"bytes,12,opt,name=peer_key,json=peerKey,proto3" json:"peer_key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -196,6 +200,13 @@ func (x *ImageRecord) GetRevision() uint64 {
 func (x *ImageRecord) GetSourceMember() string {
 	if x != nil {
 		return x.SourceMember
+	}
+	return ""
+}
+
+func (x *ImageRecord) GetPeerKey() string {
+	if x != nil {
+		return x.PeerKey
 	}
 	return ""
 }
@@ -397,7 +408,7 @@ var File_yunchi_state_v1_image_proto protoreflect.FileDescriptor
 
 const file_yunchi_state_v1_image_proto_rawDesc = "" +
 	"\n" +
-	"\x1byunchi/state/v1/image.proto\x12\x0fyunchi.state.v1\"\xfd\x02\n" +
+	"\x1byunchi/state/v1/image.proto\x12\x0fyunchi.state.v1\"\x98\x03\n" +
 	"\vImageRecord\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aproject\x18\x02 \x01(\tR\aproject\x12\x16\n" +
@@ -411,7 +422,8 @@ const file_yunchi_state_v1_image_proto_rawDesc = "" +
 	"\vdescription\x18\t \x01(\tR\vdescription\x12\x1a\n" +
 	"\brevision\x18\n" +
 	" \x01(\x04R\brevision\x12#\n" +
-	"\rsource_member\x18\v \x01(\tR\fsourceMember\"\xd2\x01\n" +
+	"\rsource_member\x18\v \x01(\tR\fsourceMember\x12\x19\n" +
+	"\bpeer_key\x18\f \x01(\tR\apeerKey\"\xd2\x01\n" +
 	"\aVMImage\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aproject\x18\x02 \x01(\tR\aproject\x12\x16\n" +

@@ -1,0 +1,319 @@
+//go:build linux
+
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/yunchi/yunchi/cmd/yunchid/devcluster"
+	"github.com/yunchi/yunchi/internal/apitest"
+	"github.com/yunchi/yunchi/internal/bearer"
+	"github.com/yunchi/yunchi/internal/cliconfig"
+	"github.com/yunchi/yunchi/internal/qemuhost"
+	"github.com/yunchi/yunchi/internal/tinyimage"
+	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
+)
+
+// The real-QEMU suite (issue 10): `yunchid dev --real-hosts 2` in process
+// (three controllers, two private libvirtd hosts with agents, the tiny image
+// imported), driven through the CLI binary and the API, and checked on the
+// hosts themselves: QEMU processes, console logs, pool files.
+func TestRealHosts(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boots real QEMU guests")
+	}
+	if why := qemuhost.Available(); why != "" {
+		t.Skip(why)
+	}
+	if why := tinyimage.Available(); why != "" {
+		t.Skip(why)
+	}
+	cli := buildCLI(t)
+	cfgPath := filepath.Join(t.TempDir(), "yunchi-config.json")
+	t.Setenv("YUNCHI_CONFIG", cfgPath)
+	base := freeBase(t)
+	out := &apitest.LockedBuffer{}
+	ready := make(chan *devcluster.RealHosts, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- devcluster.Run(ctx, devcluster.Config{
+			DataDir: t.TempDir(), CacheDir: t.TempDir(), BasePort: base, RealHosts: 2, Out: out,
+			RealReady: func(rh *devcluster.RealHosts) { ready <- rh },
+		})
+	}()
+	stopped := false
+	t.Cleanup(func() {
+		cancel()
+		if stopped {
+			return
+		}
+		select {
+		case err := <-done:
+			if err != nil && !errors.Is(err, context.Canceled) {
+				t.Errorf("dev cluster: %v", err)
+			}
+		case <-time.After(60 * time.Second):
+			t.Error("dev cluster did not stop within 60s")
+		}
+	})
+	var rh *devcluster.RealHosts
+	select {
+	case rh = <-ready:
+	case err := <-done:
+		stopped = true
+		t.Fatalf("dev cluster stopped: %v\n%s", err, out)
+	case <-time.After(180 * time.Second):
+		t.Fatalf("dev cluster not ready in 180s:\n%s", out)
+	}
+	hosts := rh.Hosts()
+	cfg, _, err := cliconfig.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := strings.Split(cfg.Addr, ",")[0]
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithPerRPCCredentials(bearer.Token(cfg.Token)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	vms := yunchiv1.NewVMServiceClient(cc)
+	cli1 := func(args ...string) cliResult {
+		t.Helper()
+		r := runCLI(t, cli, cfg.Addr, args...)
+		if r.code != 0 {
+			t.Fatalf("yunchi %s: exit %d\nstdout %s\nstderr %s\ndev cluster:\n%s", strings.Join(args, " "), r.code, r.stdout, r.stderr, out)
+		}
+		return r
+	}
+	getVM := func(name string) *yunchiv1.VM {
+		t.Helper()
+		vm, err := vms.GetVM(ctx, &yunchiv1.GetVMRequest{Name: name, Consistent: true})
+		if err != nil {
+			t.Fatalf("get %s: %v", name, err)
+		}
+		return vm
+	}
+	hostOf := func(vm *yunchiv1.VM) *qemuhost.Host {
+		for _, h := range hosts {
+			if h.ID == vm.HostId {
+				return h
+			}
+		}
+		t.Fatalf("VM %s on %q, not a real host", vm.Name, vm.HostId)
+		return nil
+	}
+	waitLog := func(h *qemuhost.Host, vm *yunchiv1.VM, want string) {
+		t.Helper()
+		deadline := time.Now().Add(90 * time.Second)
+		for {
+			b, _ := os.ReadFile(h.ConsoleLog(vm.Id))
+			if strings.Contains(string(b), want) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("console log of %s has no %q within 90s:\n%s", vm.Name, want, b)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+
+	// One VM per host, both from the tiny image; the CLI's own tour.
+	t.Log("creating t1 and t2")
+	begun := time.Now()
+	cli1("vm", "create", "t1", "--image", devcluster.TinyImage, "--memory", "256MiB", "--constraint", "host="+hosts[0].ID, "--wait")
+	t.Logf("t1 running after %s", time.Since(begun).Round(time.Millisecond))
+	cli1("vm", "create", "t2", "--image", devcluster.TinyImage, "--memory", "256MiB", "--constraint", "host="+hosts[1].ID, "--wait")
+	t1, t2 := getVM("t1"), getVM("t2")
+	h1, h2 := hostOf(t1), hostOf(t2)
+	if h1 == h2 {
+		t.Fatalf("t1 and t2 both on %s", h1.ID)
+	}
+
+	t.Run("guest boots with its cloud-init hostname", func(t *testing.T) {
+		waitLog(h1, t1, tinyimage.Marker+" hostname=t1")
+		waitLog(h2, t2, tinyimage.Marker+" hostname=t2")
+		for _, h := range hosts {
+			if n := len(h.QEMUPids()); n != 1 {
+				t.Fatalf("host %s runs %d QEMU processes, want 1", h.ID, n)
+			}
+		}
+	})
+
+	t.Run("console through the controller", func(t *testing.T) {
+		// The CLI types a command and detaches once the guest answers it.
+		r := cli1("vm", "console", "t1", "--send", `\recho console-$((6*7))\r`, "--expect", "console-42", "--expect-timeout", "60s")
+		if !strings.Contains(r.stdout, "console-42") {
+			t.Fatalf("console output: %q", r.stdout)
+		}
+		r = cli1("vm", "console", "t2", "--send", `\rhostname\r`, "--expect", "\nt2", "--expect-timeout", "60s")
+	})
+
+	t.Run("image fetched once per host", func(t *testing.T) {
+		img, err := yunchiv1.NewImageServiceClient(cc).GetImage(ctx, &yunchiv1.GetImageRequest{Name: devcluster.TinyImage})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, h := range []*qemuhost.Host{h1, h2} {
+			entries, err := os.ReadDir(h.ImageDir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var names []string
+			for _, e := range entries {
+				names = append(names, e.Name())
+			}
+			if !slices.Equal(names, []string{img.Sha256 + ".raw"}) {
+				t.Fatalf("host %s image cache %v, want just %s.raw", h.ID, names, img.Sha256)
+			}
+		}
+		before, err := os.Stat(filepath.Join(h1.ImageDir, img.Sha256+".raw"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cli1("vm", "create", "t3", "--image", devcluster.TinyImage, "--memory", "128MiB", "--constraint", "host="+h1.ID, "--stopped", "--wait")
+		after, err := os.Stat(filepath.Join(h1.ImageDir, img.Sha256+".raw"))
+		if err != nil || !os.SameFile(before, after) || !after.ModTime().Equal(before.ModTime()) {
+			t.Fatalf("the cached image changed when a second VM used it: %v", err)
+		}
+		cli1("vm", "delete", "t3", "--wait")
+	})
+
+	t.Run("killed QEMU is reported as a crash", func(t *testing.T) {
+		pids := h1.QEMUPids()
+		if len(pids) != 1 {
+			t.Fatalf("QEMU processes on %s: %v", h1.ID, pids)
+		}
+		killed := time.Now()
+		if err := syscall.Kill(pids[0], syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		var seen time.Duration
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			vm := getVM("t1")
+			if strings.Contains(vm.Message, "stopped unexpectedly") {
+				seen = time.Since(killed)
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the crash never showed: %v", vm)
+			}
+		}
+		t.Logf("crash reported %s after kill -9 of QEMU", seen.Round(time.Millisecond))
+		// And, wanted running, the guest boots again: one QEMU, marker again.
+		waitRunningWith(t, getVM, "t1")
+		if n := len(h1.QEMUPids()); n != 1 {
+			t.Fatalf("after the restart %s runs %d QEMU processes", h1.ID, n)
+		}
+		waitLog(h1, getVM("t1"), tinyimage.Marker+" hostname=t1")
+	})
+
+	t.Run("agent restart adopts its guests", func(t *testing.T) {
+		before := h2.QEMUPids()
+		rh.RestartAgent(1)
+		time.Sleep(3 * time.Second) // registered, watching, reconciled at least once
+		r := cli1("vm", "show", "t2", "-o", "json")
+		if !strings.Contains(r.stdout, "VM_PHASE_RUNNING") {
+			t.Fatalf("t2 after the agent restart: %s", r.stdout)
+		}
+		if after := h2.QEMUPids(); !slices.Equal(before, after) {
+			t.Fatalf("QEMU processes on %s were %v, are %v after the agent restart", h2.ID, before, after)
+		}
+	})
+
+	t.Run("stop start reboot delete", func(t *testing.T) {
+		cli1("vm", "stop", "t2", "--wait")
+		if n := len(h2.QEMUPids()); n != 0 {
+			t.Fatalf("stopped, yet %d QEMU processes on %s", n, h2.ID)
+		}
+		cli1("vm", "start", "t2", "--wait")
+		waitLog(h2, t2, tinyimage.Marker+" hostname=t2")
+		// A reboot keeps QEMU (and its log): the guest boots again in it.
+		pids := h2.QEMUPids()
+		logText, _ := os.ReadFile(h2.ConsoleLog(t2.Id))
+		boots := strings.Count(string(logText), tinyimage.Marker)
+		cli1("vm", "reboot", "t2", "--wait")
+		for deadline := time.Now().Add(90 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			logText, _ = os.ReadFile(h2.ConsoleLog(t2.Id))
+			if strings.Count(string(logText), tinyimage.Marker) > boots {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("t2 did not boot again after reboot:\n%s", logText)
+			}
+		}
+		if after := h2.QEMUPids(); len(after) != 1 {
+			t.Fatalf("after reboot %s runs %v (before %v)", h2.ID, after, pids)
+		}
+		pool := func() []string {
+			entries, _ := os.ReadDir(h2.PoolDir)
+			var names []string
+			for _, e := range entries {
+				names = append(names, e.Name())
+			}
+			return names
+		}
+		if files := pool(); len(files) != 2 {
+			t.Fatalf("pool of %s holds %v, want t2's overlay and seed", h2.ID, files)
+		}
+		cli1("vm", "delete", "t2", "--wait")
+		if files := pool(); len(files) != 0 {
+			t.Fatalf("after delete the pool of %s still holds %v", h2.ID, files)
+		}
+		if n := len(h2.QEMUPids()); n != 0 {
+			t.Fatalf("deleted, yet %d QEMU processes on %s", n, h2.ID)
+		}
+	})
+}
+
+// freeBase finds a base port for a dev cluster: base..base+2 (API) and
+// base+10..base+12 (raft) all free now, below the ephemeral range (so no
+// outgoing connection of another test takes one meanwhile).
+func freeBase(t *testing.T) int {
+	t.Helper()
+	for try := 0; try < 100; try++ {
+		base := 20000 + rand.IntN(12000)
+		ok := true
+		for _, off := range []int{0, 1, 2, 10, 11, 12} {
+			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", base+off))
+			if err != nil {
+				ok = false
+				break
+			}
+			l.Close()
+		}
+		if ok {
+			return base
+		}
+	}
+	t.Fatal("no free ports for a dev cluster")
+	return 0
+}
+
+// waitRunningWith waits until the VM is running again.
+func waitRunningWith(t *testing.T, get func(string) *yunchiv1.VM, name string) {
+	t.Helper()
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		vm := get(name)
+		if vm.Phase == yunchiv1.VMPhase_VM_PHASE_RUNNING {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not running again within 60s: %v", name, vm)
+		}
+	}
+}
