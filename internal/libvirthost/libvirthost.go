@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -75,6 +76,15 @@ func Start(ctx context.Context, dir string) (_ *Host, err error) {
 		if err := os.MkdirAll(p, 0o755); err != nil { // the mount point (an empty /run/libvirt at most)
 			return nil, err
 		}
+		if p == "/run/libvirt" {
+			// Runtime state starts empty: a copy of the machine's could
+			// hold the socket of a libvirtd running there (or one that
+			// died), which the wait below would take for this host's.
+			if err := os.MkdirAll(h.private(p), 0o755); err != nil {
+				return nil, err
+			}
+			continue
+		}
 		if err := copyTree(p, h.private(p)); err != nil {
 			return nil, fmt.Errorf("libvirthost: copy %s: %w", p, err)
 		}
@@ -124,13 +134,13 @@ func Start(ctx context.Context, dir string) (_ *Host, err error) {
 		}
 		if c == h.virtlogd {
 			sock := filepath.Join(h.private("/run/libvirt"), "virtlogd-sock")
-			if err := waitFor(ctx, func() bool { _, err := os.Stat(sock); return err == nil }); err != nil {
+			if err := waitFor(ctx, func() bool { return accepts(sock) }); err != nil {
 				return nil, fmt.Errorf("libvirthost: virtlogd did not start (see %s): %w", logFile.Name(), err)
 			}
 		}
 	}
 	sock := filepath.Join(h.private("/run/libvirt"), "libvirt-sock")
-	if err := waitFor(ctx, func() bool { _, err := os.Stat(sock); return err == nil }); err != nil {
+	if err := waitFor(ctx, func() bool { return accepts(sock) }); err != nil {
 		return nil, fmt.Errorf("libvirthost: libvirtd did not start (see %s): %w", logFile.Name(), err)
 	}
 	h.URI = "qemu:///system?socket=" + sock
@@ -275,6 +285,17 @@ func copyFile(src, dst string, mode fs.FileMode) error {
 }
 
 // waitFor polls ok every 20 ms until it holds or ctx ends.
+// accepts says whether a unix socket takes connections (a daemon is
+// listening on it, not merely a file left there).
+func accepts(sock string) bool {
+	c, err := net.DialTimeout("unix", sock, time.Second)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
+}
+
 func waitFor(ctx context.Context, ok func() bool) error {
 	for !ok() {
 		select {

@@ -5,8 +5,10 @@ package libvirthost
 import (
 	"context"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -105,4 +107,32 @@ func running(pid int) bool {
 	}
 	_, after, ok := strings.Cut(string(b), ") ")
 	return ok && !strings.HasPrefix(after, "Z")
+}
+
+// Start waits for the daemons' sockets to take connections, not for the
+// files to exist: libvirtd binds its socket (the file appears) before it
+// listens, and a client that connects in between is refused (seen in CI
+// under load: "Connection refused" right after Start).
+func TestAcceptsWaitsForListen(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "s")
+	fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(fd)
+	if err := syscall.Bind(fd, &syscall.SockaddrUnix{Name: sock}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(sock); err != nil {
+		t.Fatalf("bound socket has no file: %v", err)
+	}
+	if accepts(sock) {
+		t.Fatal("a bound socket nobody listens on counted as accepting")
+	}
+	if err := syscall.Listen(fd, 1); err != nil {
+		t.Fatal(err)
+	}
+	if !accepts(sock) {
+		t.Fatal("a listening socket did not count as accepting")
+	}
 }
