@@ -255,8 +255,15 @@ func Run(ctx context.Context, cfg Config) error {
 			return err
 		}
 	}
-	fmt.Fprintf(cfg.Out, "yunchi dev: ready. %d hosts in 3 centers (%d simulated, %d real); API (gRPC + REST) at %s (followers: %s, %s); plaintext, for trying out only\n",
-		len(specs)+cfg.RealHosts, len(specs), cfg.RealHosts, addrs[0], addrs[1], addrs[2])
+	centers := map[string]bool{}
+	for _, h := range specs {
+		centers[h.Center] = true
+	}
+	for i := range cfg.RealHosts {
+		centers[Centers[i%len(Centers)].ID] = true
+	}
+	fmt.Fprintf(cfg.Out, "yunchi dev: ready. %d hosts in %d centers (%d simulated, %d real); API (gRPC + REST) at %s (followers: %s, %s); plaintext, for trying out only\n",
+		len(specs)+cfg.RealHosts, len(centers), len(specs), cfg.RealHosts, addrs[0], addrs[1], addrs[2])
 	// The three separated administrators (MLPS level 3): one line each.
 	fmt.Fprintf(cfg.Out, "sysadmin token: %s\n", admins.Sysadmin)
 	fmt.Fprintf(cfg.Out, "secadmin token: %s\n", admins.Secadmin)
