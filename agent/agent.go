@@ -117,6 +117,12 @@ type Agent struct {
 	rebootDone map[string]uint64     // VM id -> reboot request carried out
 	lastSent   map[string]sentStatus // VM id -> last status the controller acknowledged
 	known      map[string]bool       // VM ids whose domain this process has seen
+	// unplugAsked: when a running guest was last asked to release a
+	// volume ("vm/volume"), forgotten once it did (volumes.go).
+	unplugAsked map[string]time.Time
+	// volSent: the last status of each volume the controllers
+	// acknowledged.
+	volSent map[string]sentVolume
 
 	// ev is what lifecycle events told, and unexpected stops (events.go).
 	ev hostEvents
@@ -138,13 +144,15 @@ func New(cfg Config, d Driver) *Agent {
 		log = slog.Default()
 	}
 	a := &Agent{
-		cfg:        cfg,
-		d:          d,
-		log:        log.With("host", cfg.HostID),
-		setChanged: make(chan struct{}, 1),
-		rebootDone: map[string]uint64{},
-		lastSent:   map[string]sentStatus{},
-		known:      map[string]bool{},
+		cfg:         cfg,
+		d:           d,
+		log:         log.With("host", cfg.HostID),
+		setChanged:  make(chan struct{}, 1),
+		rebootDone:  map[string]uint64{},
+		lastSent:    map[string]sentStatus{},
+		known:       map[string]bool{},
+		unplugAsked: map[string]time.Time{},
+		volSent:     map[string]sentVolume{},
 	}
 	a.images = newImageCache(cfg.ImageDir, a)
 	a.runCtx = context.Background()

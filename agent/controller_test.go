@@ -32,10 +32,13 @@ type controller struct {
 	heartbeats    []*yunchiv1.HeartbeatRequest
 	reports       []*yunchiv1.VMStatus
 	watchers      map[chan struct{}]bool
+	// Volumes placed on the host, and what the agent reported of them.
+	vols       map[string]*yunchiv1.VolumeAssignment
+	volReports []*yunchiv1.VolumeStatus
 }
 
 func newController() *controller {
-	return &controller{vms: map[string]*yunchiv1.Assignment{}, watchers: map[chan struct{}]bool{}}
+	return &controller{vms: map[string]*yunchiv1.Assignment{}, watchers: map[chan struct{}]bool{}, vols: map[string]*yunchiv1.VolumeAssignment{}}
 }
 
 // changed bumps the index and wakes the streams; c.mu is held.
@@ -82,6 +85,17 @@ func (c *controller) ReportVMStatus(ctx context.Context, req *yunchiv1.ReportVMS
 			as.Phase = st.GetPhase()
 		}
 	}
+	for _, st := range req.GetVolumes() {
+		c.volReports = append(c.volReports, proto.Clone(st).(*yunchiv1.VolumeStatus))
+		v := c.vols[st.GetVolumeId()]
+		switch {
+		case v == nil:
+		case st.GetGone() && v.GetDeleted():
+			delete(c.vols, st.GetVolumeId())
+		default:
+			v.AttachedVmId, v.Message = st.GetAttachedVmId(), st.GetMessage()
+		}
+	}
 	c.changed()
 	return &yunchiv1.ReportVMStatusResponse{}, nil
 }
@@ -94,7 +108,50 @@ func (c *controller) snapshot() *yunchiv1.Assignments {
 		set.Vms = append(set.Vms, proto.Clone(as).(*yunchiv1.Assignment))
 	}
 	sort.Slice(set.Vms, func(i, j int) bool { return set.Vms[i].GetVmId() < set.Vms[j].GetVmId() })
+	for _, v := range c.vols {
+		set.Volumes = append(set.Volumes, proto.Clone(v).(*yunchiv1.VolumeAssignment))
+	}
+	sort.Slice(set.Volumes, func(i, j int) bool { return set.Volumes[i].GetVolumeId() < set.Volumes[j].GetVolumeId() })
 	return set
+}
+
+// putVolume adds or replaces a volume of the host.
+func (c *controller) putVolume(v *yunchiv1.VolumeAssignment) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.vols[v.GetVolumeId()] = proto.Clone(v).(*yunchiv1.VolumeAssignment)
+	c.changed()
+}
+
+// updateVolume changes one volume in place.
+func (c *controller) updateVolume(id string, fn func(*yunchiv1.VolumeAssignment)) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	fn(c.vols[id])
+	c.changed()
+}
+
+// volume is the controller's record of a volume (nil: none).
+func (c *controller) volume(id string) *yunchiv1.VolumeAssignment {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if v := c.vols[id]; v != nil {
+		return proto.Clone(v).(*yunchiv1.VolumeAssignment)
+	}
+	return nil
+}
+
+// volumeReports returns what was reported of one volume, oldest first.
+func (c *controller) volumeReports(id string) []*yunchiv1.VolumeStatus {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []*yunchiv1.VolumeStatus
+	for _, st := range c.volReports {
+		if st.GetVolumeId() == id {
+			out = append(out, st)
+		}
+	}
+	return out
 }
 
 // put adds or replaces assignments.

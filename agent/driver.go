@@ -55,6 +55,34 @@ type Driver interface {
 	OpenConsole(ctx context.Context, vmID string) (io.ReadWriteCloser, error)
 	// Stats reads what running managed domains use, by VM id.
 	Stats(ctx context.Context) (map[string]Usage, error)
+
+	// Volumes: data disks in the host's storage pool, each attached to at
+	// most one domain, addressed by volume id (the guest sees the id as the
+	// disk's serial).
+
+	// DomainVolumes lists the ids of the volumes attached to vmID's
+	// domain: as its running guest has them when it runs, else as its
+	// definition does.
+	DomainVolumes(ctx context.Context, vmID string) ([]string, error)
+	// AttachVolume makes the volume in the pool when it is not there
+	// (empty, thin) and attaches it to vmID's domain: to its definition
+	// and, when it runs, to the running guest (hot-plug). Attaching an
+	// attached volume is a no-op.
+	AttachVolume(ctx context.Context, vmID string, v VolumeSpec) error
+	// DetachVolume takes the volume off vmID's domain, its definition and
+	// its running guest; the volume stays in the pool. A guest may release
+	// the disk later than the call returns: DomainVolumes lists it until
+	// then. Detaching a volume that is not attached is a no-op.
+	DetachVolume(ctx context.Context, vmID, volumeID string) error
+	// DeleteVolume removes the volume from the pool; one that is not there
+	// is fine.
+	DeleteVolume(ctx context.Context, volumeID string) error
+}
+
+// VolumeSpec is a volume as the agent asks for it.
+type VolumeSpec struct {
+	ID        string
+	SizeBytes int64
 }
 
 // ErrNoEvents is returned by Driver.Events for a host that cannot report
@@ -150,6 +178,8 @@ type DomainSpec struct {
 	BaseImage, BaseFormat string
 	// Seed, when set, is attached as a cloud-init NoCloud seed.
 	Seed *Seed
+	// Volumes are attached from the start (made in the pool if missing).
+	Volumes []VolumeSpec
 }
 
 // Seed is what a guest learns through cloud-init (NoCloud).

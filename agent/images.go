@@ -29,7 +29,13 @@ import (
 
 // fetchAttempts bounds fetches of one image that end in a wrong hash before
 // the VM is reported failed (a stream that breaks is resumed, not counted).
-const fetchAttempts = 3
+// The image is then not fetched again for failedImageRetry: the copies on
+// the controllers are damaged, and they repair themselves from each other
+// (controller/images), not within one reconcile.
+const (
+	fetchAttempts    = 3
+	failedImageRetry = time.Minute
+)
 
 var sha256Hex = regexp.MustCompile(`^[0-9a-f]{64}$`)
 
@@ -40,6 +46,13 @@ type imageCache struct {
 	mu       sync.Mutex
 	verified map[string]string // sha256 -> path, hashed by this process
 	fetches  map[string]*imageFetch
+	failed   map[string]imageFailure // sha256 -> the last fetch's failure
+}
+
+// imageFailure is a fetch that gave up, and when.
+type imageFailure struct {
+	err error
+	at  time.Time
 }
 
 // imageFetch is one image being fetched.
@@ -51,7 +64,7 @@ type imageFetch struct {
 }
 
 func newImageCache(dir string, a *Agent) *imageCache {
-	return &imageCache{dir: dir, a: a, verified: map[string]string{}, fetches: map[string]*imageFetch{}}
+	return &imageCache{dir: dir, a: a, verified: map[string]string{}, fetches: map[string]*imageFetch{}, failed: map[string]imageFailure{}}
 }
 
 func formatExt(f yunchiv1.ImageFormat) (string, error) {
@@ -94,16 +107,25 @@ func (c *imageCache) ensure(ctx context.Context, ref *yunchiv1.ImageRef) (path, 
 		select {
 		case <-f.done:
 			delete(c.fetches, sha)
-			c.mu.Unlock()
 			if f.err != nil {
-				return "", "", "", f.err // the next call starts a new fetch
+				c.failed[sha] = imageFailure{err: f.err, at: time.Now()}
+				c.mu.Unlock()
+				return "", "", "", f.err
 			}
+			c.mu.Unlock()
 			return c.ensure(ctx, ref)
 		default:
 			pct := 100 * f.received / ref.GetSizeBytes()
 			c.mu.Unlock()
 			return "", format, fmt.Sprintf("fetching image %s (%d%%)", sha[:12], pct/10*10), nil
 		}
+	}
+	if fl, ok := c.failed[sha]; ok {
+		if time.Since(fl.at) < failedImageRetry {
+			c.mu.Unlock()
+			return "", "", "", fl.err
+		}
+		delete(c.failed, sha) // time to try again
 	}
 	c.mu.Unlock()
 	// A file from an earlier run: hash it once before trusting it.

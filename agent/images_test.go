@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -160,6 +161,9 @@ func TestImageThatNeverVerifiesFailsTheVM(t *testing.T) {
 	if n := d.defines.Load(); n != 0 {
 		t.Fatalf("%d defines from an image that never verified", n)
 	}
+	// And it is not fetched again at every reconcile: the copies on the
+	// controllers are damaged, which no retry within seconds mends.
+	time.Sleep(500 * time.Millisecond)
 	img.mu.Lock()
 	copies := img.copies
 	img.mu.Unlock()

@@ -72,6 +72,8 @@ func (a *Agent) reconcile(ctx context.Context, set *yunchiv1.Assignments) bool {
 		actual[d.VMID] = d
 	}
 	wanted := make(map[string]bool, len(set.GetVms()))
+	live := make(map[string]bool, len(set.GetVms())) // VMs whose domains may hold volumes
+	vols := volumesOf(set)
 	var statuses []*yunchiv1.VMStatus
 	for _, as := range set.GetVms() {
 		id := as.GetVmId()
@@ -88,7 +90,10 @@ func (a *Agent) reconcile(ctx context.Context, set *yunchiv1.Assignments) bool {
 				a.log.Info("adopted domain", "vm", id, "name", as.GetName(), "state", d.State.String())
 			}
 		}
-		st := a.reconcileVM(ctx, as, dom)
+		if as.GetDesired() != yunchiv1.PowerState_POWER_STATE_DELETED {
+			live[id] = true
+		}
+		st := a.reconcileVM(ctx, as, dom, vols[id])
 		if ctx.Err() != nil {
 			return true // shutting down: what was cut short is not a result
 		}
@@ -109,15 +114,19 @@ func (a *Agent) reconcile(ctx context.Context, set *yunchiv1.Assignments) bool {
 	forgetUnwanted(a.lastSent, wanted)
 	forgetUnwanted(a.rebootDone, wanted)
 	a.ev.forgetUnwanted(wanted)
-	if len(statuses) == 0 {
+	volStatuses, ok := a.reconcileVolumes(ctx, set, live)
+	if ctx.Err() != nil {
 		return true
 	}
-	return a.report(ctx, statuses)
+	if len(statuses) == 0 && len(volStatuses) == 0 {
+		return ok
+	}
+	return a.report(ctx, statuses, volStatuses) && ok
 }
 
 // reconcileVM brings one VM's domain to its desired state and returns what it
 // observed, or nil when there is nothing to say.
-func (a *Agent) reconcileVM(ctx context.Context, as *yunchiv1.Assignment, dom *Domain) *yunchiv1.VMStatus {
+func (a *Agent) reconcileVM(ctx context.Context, as *yunchiv1.Assignment, dom *Domain, vols []VolumeSpec) *yunchiv1.VMStatus {
 	id := as.GetVmId()
 	log := a.log.With("vm", id, "name", as.GetName(), "project", as.GetProject())
 	seq := a.rebootDone[id]
@@ -161,6 +170,7 @@ func (a *Agent) reconcileVM(ctx context.Context, as *yunchiv1.Assignment, dom *D
 			MemoryBytes: as.GetMemoryBytes(),
 			RebootSeq:   as.GetRebootSeq(),
 			DiskBytes:   as.GetDiskBytes(),
+			Volumes:     vols,
 		}
 		if ref := as.GetImage(); ref != nil {
 			path, format, note, err := a.images.ensure(ctx, ref)
@@ -280,19 +290,24 @@ func (a *Agent) shouldReport(as *yunchiv1.Assignment, st *yunchiv1.VMStatus) boo
 	return !sent || !last.same(st) || time.Since(last.at) >= a.cfg.ResyncInterval
 }
 
-// report sends one batch of statuses; false means it should be retried.
-func (a *Agent) report(ctx context.Context, statuses []*yunchiv1.VMStatus) bool {
+// report sends one batch of statuses (of VMs and of volumes); false means
+// it should be retried.
+func (a *Agent) report(ctx context.Context, statuses []*yunchiv1.VMStatus, volumes []*yunchiv1.VolumeStatus) bool {
 	err := a.ctl.call(ctx, "status report", rpcTimeout, func(ctx context.Context, c yunchiv1.AgentServiceClient) error {
-		_, err := c.ReportVMStatus(ctx, &yunchiv1.ReportVMStatusRequest{HostId: a.cfg.HostID, Statuses: statuses})
+		_, err := c.ReportVMStatus(ctx, &yunchiv1.ReportVMStatusRequest{HostId: a.cfg.HostID, Statuses: statuses, Volumes: volumes})
 		return err
 	})
 	if err != nil {
 		if ctx.Err() == nil {
-			a.log.Warn("cannot report vm status; will retry", "vms", len(statuses), "err", err)
+			a.log.Warn("cannot report vm status; will retry", "vms", len(statuses), "volumes", len(volumes), "err", err)
 		}
 		return false
 	}
 	now := time.Now()
+	for _, st := range volumes {
+		a.volSent[st.GetVolumeId()] = sentVolume{attached: st.GetAttachedVmId(), message: st.GetMessage(), gone: st.GetGone(), at: now}
+		a.log.Debug("reported volume status", "volume", st.GetVolumeId(), "attached_vm", st.GetAttachedVmId(), "gone", st.GetGone(), "message", st.GetMessage())
+	}
 	a.ev.reported(statuses)
 	for _, st := range statuses {
 		a.lastSent[st.GetVmId()] = sentStatus{

@@ -79,6 +79,13 @@ var policy = map[string]string{
 	"ImagePeerService/RecordImage":     "sysadmin dept-admin member",
 	"ImagePeerService/FetchImageBytes": "public",
 
+	"VolumeService/CreateVolume": "sysadmin dept-admin member",
+	"VolumeService/GetVolume":    "sysadmin operator dept-admin member viewer",
+	"VolumeService/ListVolumes":  "sysadmin operator dept-admin member viewer",
+	"VolumeService/AttachVolume": "sysadmin dept-admin member",
+	"VolumeService/DetachVolume": "sysadmin dept-admin member",
+	"VolumeService/DeleteVolume": "sysadmin dept-admin member",
+
 	"DepartmentService/CreateDepartment": "secadmin",
 	"DepartmentService/GetDepartment":    "secadmin sysadmin operator dept-admin member viewer",
 	"DepartmentService/ListDepartments":  "secadmin sysadmin operator dept-admin member viewer",

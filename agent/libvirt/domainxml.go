@@ -60,6 +60,8 @@ type Devices struct {
 	// ConsoleLog, if set, is a file the serial console is also written
 	// to, rewritten at each start.
 	ConsoleLog string
+	// Volumes are attached as virtio disks vdb onwards, in order.
+	Volumes []VolumeDisk
 }
 
 // Device names the guest sees.
@@ -68,6 +70,9 @@ const (
 	seedTargetIDE  = "hdc" // IDE bus 1, unit 0: where PCs have their cdrom
 	seedTargetSATA = "sdc"
 )
+
+// maxVolumeDisks is how many volumes a domain can have: vdb to vdz.
+const maxVolumeDisks = 25
 
 // balloonStatsPeriod is how often (seconds) the guest's balloon driver
 // refreshes the memory statistics that Stats reads.
@@ -90,6 +95,19 @@ func checkSpec(spec agent.DomainSpec) error {
 	}
 	if spec.BaseImage != "" && spec.DiskBytes == 0 {
 		return fmt.Errorf("domain spec: base image %s without a disk size", spec.BaseImage)
+	}
+	if len(spec.Volumes) > maxVolumeDisks {
+		return fmt.Errorf("domain spec: %d volumes, at most %d", len(spec.Volumes), maxVolumeDisks)
+	}
+	seen := map[string]bool{}
+	for _, v := range spec.Volumes {
+		if err := checkVolumeSpec(v); err != nil {
+			return fmt.Errorf("domain spec: %w", err)
+		}
+		if seen[v.ID] {
+			return fmt.Errorf("domain spec: volume %s given twice", v.ID)
+		}
+		seen[v.ID] = true
 	}
 	// XML cannot carry every string: encoding/xml would write U+FFFD for
 	// what it cannot, and the metadata read back would name another VM.
@@ -117,6 +135,17 @@ func checkDevices(dev Devices) error {
 	}
 	if err := checkNetwork(dev.Network); err != nil {
 		return err
+	}
+	if len(dev.Volumes) > maxVolumeDisks {
+		return fmt.Errorf("%d volumes: at most %d", len(dev.Volumes), maxVolumeDisks)
+	}
+	for _, v := range dev.Volumes {
+		if err := checkVolumeID(v.ID); err != nil {
+			return err
+		}
+		if !filepath.IsAbs(v.Path) || !isXMLText(v.Path) {
+			return fmt.Errorf("volume %s path %q: must be absolute and XML text", v.ID, v.Path)
+		}
 	}
 	for _, p := range []struct{ what, path string }{{"root disk", dev.RootPath}, {"seed", dev.SeedPath}, {"console log", dev.ConsoleLog}} {
 		if p.path == "" {
@@ -212,6 +241,9 @@ func devices(spec agent.DomainSpec, dev Devices) *libvirtxml.DomainDeviceList {
 			Source: &libvirtxml.DomainDiskSource{File: &libvirtxml.DomainDiskSourceFile{File: dev.RootPath}},
 			Target: &libvirtxml.DomainDiskTarget{Dev: rootTarget, Bus: "virtio"},
 		})
+	}
+	for i, v := range dev.Volumes {
+		l.Disks = append(l.Disks, volumeDisk(v.ID, v.Path, "vd"+string(rune('b'+i))))
 	}
 	if dev.SeedPath != "" {
 		bus, target := "ide", seedTargetIDE

@@ -426,7 +426,7 @@ func (d *Driver) Define(ctx context.Context, spec agent.DomainSpec) error {
 				v.Free()
 			}
 		}()
-		if plan.root != nil || plan.seed != nil {
+		if plan.root != nil || plan.seed != nil || len(spec.Volumes) > 0 {
 			pool, err := d.pool(conn, true)
 			if err != nil {
 				return fmt.Errorf("define %s: %w", domainName(spec.VMID), err)
@@ -444,6 +444,21 @@ func (d *Driver) Define(ctx context.Context, spec agent.DomainSpec) error {
 				if dev.RootPath, err = vol.GetPath(); err != nil {
 					return wrap("path of volume "+plan.root.Name, err)
 				}
+			}
+			for _, v := range spec.Volumes {
+				vol, created, err := ensureVolume(pool, volumeXML(v))
+				if err != nil {
+					return err
+				}
+				vols = append(vols, vol)
+				if created {
+					made = append(made, vol)
+				}
+				path, err := vol.GetPath()
+				if err != nil {
+					return wrap("path of volume "+volumeName(v.ID), err)
+				}
+				dev.Volumes = append(dev.Volumes, VolumeDisk{ID: v.ID, Path: path})
 			}
 			if plan.seed != nil {
 				name := seedVolumeName(spec.VMID)

@@ -73,6 +73,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		Commands: []*cli.Command{
 			vmCommand(),
 			imageCommand(),
+			volumeCommand(),
 			hostCommand(),
 			groupCommand(),
 			ratioCommand(),

@@ -4,11 +4,13 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -18,7 +20,9 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"libvirt.org/go/libvirtxml"
 
+	"github.com/yunchi/yunchi/agent/libvirt"
 	"github.com/yunchi/yunchi/cmd/yunchid/devcluster"
 	"github.com/yunchi/yunchi/internal/apitest"
 	"github.com/yunchi/yunchi/internal/bearer"
@@ -163,6 +167,59 @@ func TestRealHosts(t *testing.T) {
 		r = cli1("vm", "console", "t2", "--send", `\rhostname\r`, "--expect", "\nt2", "--expect-timeout", "60s")
 	})
 
+	t.Run("volume hot-plug", func(t *testing.T) {
+		begun := time.Now()
+		cli1("volume", "create", "scratch", "--size", "64MiB")
+		r := cli1("volume", "attach", "scratch", "--vm", "t1", "--wait", "-o", "json")
+		var vol struct{ Id, HostId, State, Vm string }
+		if err := json.Unmarshal([]byte(r.stdout), &vol); err != nil || vol.State != "VOLUME_STATE_ATTACHED" || vol.HostId != h1.ID || vol.Vm != "t1" {
+			t.Fatalf("attach: %v %s", err, r.stdout)
+		}
+		t.Logf("volume attached to the running t1 %s after its create", time.Since(begun).Round(time.Millisecond))
+		file := filepath.Join(h1.PoolDir, "yunchi-vol-"+vol.Id)
+		// libvirt's live definition has it: a virtio disk on the pool
+		// file, with the volume's id as serial.
+		disk := liveVolumeDisk(t, h1, t1.Id, vol.Id)
+		if disk == nil || disk.Target == nil || disk.Target.Bus != "virtio" || disk.Source == nil || disk.Source.File == nil || disk.Source.File.File != file {
+			t.Fatalf("live disk of the volume: %+v", disk)
+		}
+		// The guest sees the disk, with the id as its serial.
+		cli1("vm", "console", "t1", "--send", `\rls /dev/vd*\r`, "--expect", "/dev/vdb", "--expect-timeout", "60s")
+		cli1("vm", "console", "t1", "--send", `\rcat /sys/block/vdb/serial\r`, "--expect", vol.Id, "--expect-timeout", "60s")
+
+		begun = time.Now()
+		cli1("volume", "detach", "scratch", "--wait")
+		t.Logf("volume detached from the running t1 in %s", time.Since(begun).Round(time.Millisecond))
+		if disk := liveVolumeDisk(t, h1, t1.Id, vol.Id); disk != nil {
+			t.Fatalf("the live definition still has the volume: %+v", disk)
+		}
+		cli1("vm", "console", "t1", "--send", `\r[ -e /dev/vdb ] || echo vdb-gone-$((6*7))\r`, "--expect", "vdb-gone-42", "--expect-timeout", "60s")
+		if _, err := os.Stat(file); err != nil {
+			t.Fatalf("detached, the volume's file is gone: %v", err)
+		}
+
+		// Onto a stopped VM (its definition), which then goes: the volume
+		// stays, detached, on the host.
+		cli1("vm", "create", "t4", "--image", devcluster.TinyImage, "--memory", "128MiB", "--constraint", "host="+h1.ID, "--stopped", "--wait")
+		cli1("volume", "attach", "scratch", "--vm", "t4", "--wait")
+		if disk := liveVolumeDisk(t, h1, getVM("t4").Id, vol.Id); disk == nil {
+			t.Fatal("the stopped t4's definition lacks the volume")
+		}
+		cli1("vm", "delete", "t4", "--wait")
+		r = cli1("volume", "show", "scratch", "-o", "json")
+		var after struct{ State, Vm, HostId string }
+		if err := json.Unmarshal([]byte(r.stdout), &after); err != nil || after.State != "VOLUME_STATE_AVAILABLE" || after.Vm != "" || after.HostId != h1.ID {
+			t.Fatalf("after its VM's delete: %v %s", err, r.stdout)
+		}
+		if _, err := os.Stat(file); err != nil {
+			t.Fatalf("its VM deleted, the volume's file is gone: %v", err)
+		}
+		cli1("volume", "delete", "scratch", "--wait")
+		if _, err := os.Stat(file); !os.IsNotExist(err) {
+			t.Fatalf("deleted, the volume's file is still there: %v", err)
+		}
+	})
+
 	t.Run("image fetched once per host", func(t *testing.T) {
 		img, err := yunchiv1.NewImageServiceClient(cc).GetImage(ctx, &yunchiv1.GetImageRequest{Name: devcluster.TinyImage})
 		if err != nil {
@@ -278,6 +335,26 @@ func TestRealHosts(t *testing.T) {
 			t.Fatalf("deleted, yet %d QEMU processes on %s", n, h2.ID)
 		}
 	})
+}
+
+// liveVolumeDisk is the disk of volume id in the live definition of the
+// VM's domain on h, as `virsh dumpxml` shows it (nil: none).
+func liveVolumeDisk(t *testing.T, h *qemuhost.Host, vmID, id string) *libvirtxml.DomainDisk {
+	t.Helper()
+	out, err := exec.Command("virsh", "-c", h.URI(), "dumpxml", libvirt.DomainName(vmID)).Output()
+	if err != nil {
+		t.Fatalf("virsh dumpxml: %v", err)
+	}
+	var x libvirtxml.Domain
+	if err := x.Unmarshal(string(out)); err != nil {
+		t.Fatal(err)
+	}
+	for i, d := range x.Devices.Disks {
+		if d.Serial == id {
+			return &x.Devices.Disks[i]
+		}
+	}
+	return nil
 }
 
 // freeBase finds a base port for a dev cluster: base..base+2 (API) and

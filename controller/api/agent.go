@@ -81,11 +81,14 @@ func (s *Server) ReportVMStatus(ctx context.Context, req *yunchiv1.ReportVMStatu
 	if err := checkHostID(req.HostId); err != nil {
 		return nil, err
 	}
-	if len(req.Statuses) == 0 {
+	if err := checkVolumeStatuses(req.HostId, req.Volumes); err != nil {
+		return nil, err
+	}
+	if len(req.Statuses) == 0 && len(req.Volumes) == 0 {
 		return &yunchiv1.ReportVMStatusResponse{}, nil
 	}
 	if _, err := s.apply(ctx, &statev1.Command{Cmd: &statev1.Command_ReportVmStatus{ReportVmStatus: &statev1.ReportVMStatus{
-		HostId: req.HostId, Statuses: statusesFromAPI(req.Statuses),
+		HostId: req.HostId, Statuses: statusesFromAPI(req.Statuses), Volumes: volumeStatusesFromAPI(req.Volumes),
 	}}}); err != nil {
 		return nil, err
 	}
@@ -120,6 +123,7 @@ func (s *Server) WatchAssignments(req *yunchiv1.WatchAssignmentsRequest, stream 
 				}
 				msg.Vms = append(msg.Vms, a)
 			}
+			msg.Volumes = volumeAssignments(s.store.HostVolumes(req.HostId))
 			if err := stream.Send(msg); err != nil {
 				return err
 			}

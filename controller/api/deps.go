@@ -91,6 +91,12 @@ type ReadView interface {
 	ImageSHAs() map[string]bool
 	ImagePeerKeyOK(sha, key string) bool
 
+	// Volumes (volumes.go).
+	Volume(project, name string) (*statev1.VolumeRecord, bool)
+	VolumesPage(project string, after state.VolumeKey, limit int) ([]*statev1.VolumeRecord, bool)
+	HostVolumes(hostID string) []*statev1.VolumeRecord
+	CheckQuota(project string, ask state.Usage) error
+
 	CheckCreatePlacementGroup(g *statev1.PlacementGroupRecord) error
 	CheckSetRatios(c *statev1.SetRatios) error
 	CheckUpdateHost(c *statev1.UpdateHost) error

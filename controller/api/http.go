@@ -91,6 +91,7 @@ func (s *Server) NewGRPCServer(m *Metrics) *grpc.Server {
 		{&yunchiv1.AuditService_ServiceDesc, s, true},
 		{&yunchiv1.ImageService_ServiceDesc, img, true},
 		{&yunchiv1.ImagePeerService_ServiceDesc, img, false},
+		{&yunchiv1.VolumeService_ServiceDesc, s, true},
 	} {
 		gs.RegisterService(svc.desc, svc.impl)
 		if svc.rest {
@@ -158,7 +159,7 @@ func (s *Server) NewHTTPHandler(ctx context.Context, m *Metrics, ho HTTPOptions)
 			guard.notRouted(w, r)
 		}),
 	)
-	guard, err := newRESTGuard(gw, gw, ho, yunchiv1.File_yunchi_v1_yunchi_proto, yunchiv1.File_yunchi_v1_tenancy_proto, yunchiv1.File_yunchi_v1_identity_proto, yunchiv1.File_yunchi_v1_quota_proto, yunchiv1.File_yunchi_v1_audit_proto, yunchiv1.File_yunchi_v1_image_proto)
+	guard, err := newRESTGuard(gw, gw, ho, yunchiv1.File_yunchi_v1_yunchi_proto, yunchiv1.File_yunchi_v1_tenancy_proto, yunchiv1.File_yunchi_v1_identity_proto, yunchiv1.File_yunchi_v1_quota_proto, yunchiv1.File_yunchi_v1_audit_proto, yunchiv1.File_yunchi_v1_image_proto, yunchiv1.File_yunchi_v1_volume_proto)
 	if err != nil {
 		return nil, err
 	}
@@ -184,6 +185,7 @@ func (s *Server) NewHTTPHandler(ctx context.Context, m *Metrics, ho HTTPOptions)
 		yunchiv1.RegisterQuotaServiceHandlerClient(ctx, gw, yunchiv1.NewQuotaServiceClient(cc)),
 		yunchiv1.RegisterAuditServiceHandlerClient(ctx, gw, yunchiv1.NewAuditServiceClient(cc)),
 		yunchiv1.RegisterImageServiceHandlerClient(ctx, gw, yunchiv1.NewImageServiceClient(cc)),
+		yunchiv1.RegisterVolumeServiceHandlerClient(ctx, gw, yunchiv1.NewVolumeServiceClient(cc)),
 	); err != nil {
 		conn.Close()
 		return nil, err

@@ -38,6 +38,10 @@ var idempotent = map[string]bool{
 	yunchiv1.ClusterService_JoinCluster_FullMethodName:  true,
 	yunchiv1.ClusterService_RemoveMember_FullMethodName: true,
 	yunchiv1.ImageService_DeleteImage_FullMethodName:    true,
+	yunchiv1.VolumeService_CreateVolume_FullMethodName:  true,
+	yunchiv1.VolumeService_AttachVolume_FullMethodName:  true,
+	yunchiv1.VolumeService_DetachVolume_FullMethodName:  true,
+	yunchiv1.VolumeService_DeleteVolume_FullMethodName:  true,
 }
 
 // checkIdempotencyKey validates the key values of one request.
@@ -168,6 +172,12 @@ func (s *Server) replay(method, id string, hash []byte) (any, bool, error) {
 	case yunchiv1.ImageService_DeleteImage_FullMethodName:
 		if rec := res.Image; rec != nil {
 			return s.imageOut(rec), true, nil
+		}
+	case yunchiv1.VolumeService_CreateVolume_FullMethodName, yunchiv1.VolumeService_AttachVolume_FullMethodName,
+		yunchiv1.VolumeService_DetachVolume_FullMethodName, yunchiv1.VolumeService_DeleteVolume_FullMethodName:
+		// The volume as the first outcome left it (its VM named as now).
+		if rec := res.Volume; rec != nil {
+			return s.volumeOut(rec), true, nil
 		}
 	case yunchiv1.QuotaService_SetQuota_FullMethodName:
 		// The quota as it is now (the limits the request set, and today's use).

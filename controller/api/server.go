@@ -45,6 +45,7 @@ type Server struct {
 	yunchiv1.UnimplementedGroupServiceServer
 	yunchiv1.UnimplementedQuotaServiceServer
 	yunchiv1.UnimplementedAuditServiceServer
+	yunchiv1.UnimplementedVolumeServiceServer
 
 	// prop proposes commands and knows the leader; member is the raft
 	// configuration; store is the replicated state (see deps.go).

@@ -249,6 +249,8 @@ func TestParamsAndTarget(t *testing.T) {
 		{yunchiv1.VMService_CreateVM_FullMethodName, &yunchiv1.CreateVMRequest{Name: "web-1", Project: "air"}, "project/air/vm/web-1"},
 		{yunchiv1.VMService_DeleteVM_FullMethodName, &yunchiv1.VMActionRequest{Name: "web-1"}, "project/default/vm/web-1"},
 		{yunchiv1.GroupService_CreateGroup_FullMethodName, &yunchiv1.CreateGroupRequest{Name: "g", Project: "p"}, "project/p/group/g"},
+		{yunchiv1.VolumeService_AttachVolume_FullMethodName, &yunchiv1.AttachVolumeRequest{Name: "data", Project: "air", Vm: "web-1"}, "project/air/volume/data"},
+		{yunchiv1.VolumeService_CreateVolume_FullMethodName, &yunchiv1.CreateVolumeRequest{Name: "data"}, "project/default/volume/data"},
 		{yunchiv1.HostService_UpdateHost_FullMethodName, &yunchiv1.UpdateHostRequest{Id: "h1"}, "host/h1"},
 		{yunchiv1.AgentService_RegisterHost_FullMethodName, &yunchiv1.RegisterHostRequest{Facts: &yunchiv1.HostFacts{Id: "h2"}}, "host/h2"},
 		{yunchiv1.RatioService_SetRatios_FullMethodName, &yunchiv1.SetRatiosRequest{Scope: "center", Name: "a1"}, "ratio/center/a1"},

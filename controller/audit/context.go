@@ -174,11 +174,12 @@ var nouns = map[string]string{
 	"VMService": "vm", "GroupService": "group", "HostService": "host", "AgentService": "host",
 	"RatioService": "ratio", "ClusterService": "member", "AuditService": "audit",
 	"DepartmentService": "department", "ProjectService": "project", "UserService": "user",
-	"TokenService": "token", "QuotaService": "quota",
+	"TokenService": "token", "QuotaService": "quota", "VolumeService": "volume",
 }
 
 // TargetOf names what a request acts on: "project/P/vm/N",
-// "project/P/group/N", "host/ID", "ratio/SCOPE/NAME", "member/ID".
+// "project/P/group/N", "project/P/volume/N", "host/ID", "ratio/SCOPE/NAME",
+// "member/ID".
 func TargetOf(fullMethod string, m proto.Message) string {
 	svc := fullMethod
 	if i := strings.LastIndexByte(svc, '/'); i > 0 {
@@ -189,7 +190,7 @@ func TargetOf(fullMethod string, m proto.Message) string {
 	r := m.ProtoReflect()
 	str := func(path string) string { return auth.StringField(r, path) }
 	switch noun {
-	case "vm", "group":
+	case "vm", "group", "volume":
 		p := str("project")
 		if p == "" {
 			p = state.DefaultProject

@@ -12,7 +12,7 @@ import (
 
 // Quotas limit what the VMs of a department, and of each of its projects,
 // take: vCPUs, memory, disk and the number of VMs (an unset limit is
-// unlimited). The limits live in the department's and project's records
+// unlimited); volumes (volumes.go) count in disk, from version 8 on. The limits live in the department's and project's records
 // (SetQuota changes them); what is in use is derived from the VMs, kept
 // by addVM and removeVM. A VM counts from its PlaceVMs until it is gone
 // (a VM being deleted still counts). PlaceVMs is refused, whole, when it
@@ -118,15 +118,17 @@ func (s *Store) vmDept(p string) string {
 func (s *Store) use(vm *statev1.VMRecord, sign int64) {
 	u := UsageOf(vm).Times(sign)
 	d := s.vmDept(vm.Project)
-	if n := s.projUse[vm.Project].Add(u); n.VMs > 0 {
-		s.projUse[vm.Project] = n
+	s.addUse(s.projUse, vm.Project, u)
+	s.addUse(s.deptUse, d, u)
+}
+
+// addUse adds u to m[k], keeping no zero entries (volumes use disk
+// without being VMs).
+func (s *Store) addUse(m map[string]Usage, k string, u Usage) {
+	if n := m[k].Add(u); n != (Usage{}) {
+		m[k] = n
 	} else {
-		delete(s.projUse, vm.Project)
-	}
-	if n := s.deptUse[d].Add(u); n.VMs > 0 {
-		s.deptUse[d] = n
-	} else {
-		delete(s.deptUse, d)
+		delete(m, k)
 	}
 }
 

@@ -111,6 +111,9 @@ func record(cmd *statev1.Command, index uint64, res Result, err error) *statev1.
 	if res.Image != nil {
 		r.Image = proto.Clone(res.Image).(*statev1.ImageRecord)
 	}
+	if res.Volume != nil {
+		r.Volume = proto.Clone(res.Volume).(*statev1.VolumeRecord)
+	}
 	return r
 }
 
@@ -150,6 +153,9 @@ func Outcome(r *statev1.RequestRecord) (Result, error) {
 	}
 	if r.Image != nil {
 		res.Image = proto.Clone(r.Image).(*statev1.ImageRecord)
+	}
+	if r.Volume != nil {
+		res.Volume = proto.Clone(r.Volume).(*statev1.VolumeRecord)
 	}
 	return res, nil
 }

@@ -36,9 +36,12 @@ import (
 // Version 7 adds images (images.go: CreateImage, DeleteImage; a VM may
 // record the image it is made from, which PlaceVMs re-checks); snapshot
 // version 5 adds the image records.
+// Version 8 adds volumes (volumes.go: CreateVolume, AttachVolume,
+// DetachVolume, DeleteVolume; ReportVMStatus carries the hosts' volume
+// statuses); snapshot version 6 adds the volume records.
 const (
-	CommandVersion  = 7
-	SnapshotVersion = 5
+	CommandVersion  = 8
+	SnapshotVersion = 6
 )
 
 // DefaultProject is where VMs go when no project is named.
@@ -71,6 +74,14 @@ type Store struct {
 	// addVM and removeVM, no zero entries.
 	imageUse map[string]int
 	shaUse   map[string]int
+	// volumes by id (volumes.go), replaced, never changed in place;
+	// volByName indexes them by project/name, hostVolumes by the host
+	// they are placed on (ids; no empty sets), projectVolumes counts each
+	// project's (a project with volumes is not deleted).
+	volumes        map[string]*statev1.VolumeRecord
+	volByName      map[string]string
+	hostVolumes    map[string]map[string]struct{}
+	projectVolumes map[string]int
 	// projectUse counts the VMs and placement groups of each project
 	// (derived): a project in use is not deleted, and one in use without
 	// a record is a project from before departments (department default).
@@ -151,6 +162,10 @@ func (s *Store) reset() {
 	s.projectImages = map[string]int{}
 	s.imageUse = map[string]int{}
 	s.shaUse = map[string]int{}
+	s.volumes = map[string]*statev1.VolumeRecord{}
+	s.volByName = map[string]string{}
+	s.hostVolumes = map[string]map[string]struct{}{}
+	s.projectVolumes = map[string]int{}
 	s.projectUse = map[string]int{}
 	s.projUse = map[string]Usage{}
 	s.deptUse = map[string]Usage{}
@@ -264,6 +279,8 @@ func (s *Store) notify() {
 //	CreateToken, RevokeToken                 Token (its secret hash included)
 //	CreateImage                              Image (created)
 //	DeleteImage                              Image (as it was)
+//	Create/Attach/Detach/DeleteVolume        Volume (as it is after; a
+//	                                         volume removed at once: as it was)
 //	RemoveMember, ReportVMStatus,
 //	RecordHeartbeats, RecordLoginFailures,
 //	RecordAudit, ArchiveAudit                nothing
@@ -284,6 +301,7 @@ type Result struct {
 	// host's API token).
 	JoinToken *statev1.JoinTokenRecord
 	Image     *statev1.ImageRecord
+	Volume    *statev1.VolumeRecord
 }
 
 // Apply applies one command at a raft index. It is deterministic: the same
@@ -372,6 +390,14 @@ func (s *Store) Apply(index uint64, cmd *statev1.Command) (Result, error) {
 		res.Image, err = s.applyCreateImage(index, cmd.UnixNano, c.CreateImage)
 	case *statev1.Command_DeleteImage:
 		res.Image, err = s.applyDeleteImage(c.DeleteImage)
+	case *statev1.Command_CreateVolume:
+		res.Volume, err = s.applyCreateVolume(index, cmd.UnixNano, c.CreateVolume)
+	case *statev1.Command_AttachVolume:
+		res.Volume, err = s.applyAttachVolume(index, cmd.UnixNano, c.AttachVolume)
+	case *statev1.Command_DetachVolume:
+		res.Volume, err = s.applyDetachVolume(index, cmd.UnixNano, c.DetachVolume)
+	case *statev1.Command_DeleteVolume:
+		res.Volume, err = s.applyDeleteVolume(index, cmd.UnixNano, c.DeleteVolume)
 	default:
 		err = errorf(KindInvalid, "unknown command %T: this controller is older than the log; upgrade it", cmd.GetCmd())
 	}
@@ -471,6 +497,7 @@ func (s *Store) revise(vm *statev1.VMRecord, index uint64) {
 
 func (s *Store) removeVM(vm *statev1.VMRecord, index uint64) {
 	delete(s.ownVMs, vm)
+	s.detachVM(vm, index)
 	s.hostRev[vm.HostId] = index
 	s.charge(vm, -1)
 	s.use(vm, -1)
@@ -578,6 +605,7 @@ func (s *Store) applyReportVMStatus(index uint64, now int64, c *statev1.ReportVM
 		vm.UpdatedUnixNano = now
 		s.revise(vm, index)
 	}
+	s.applyVolumeStatuses(index, now, c.HostId, c.GetVolumes())
 	return nil
 }
 
@@ -635,6 +663,7 @@ type View struct {
 	audit    *statev1.AuditHead
 	joinTok  []*statev1.JoinTokenRecord
 	images   []*statev1.ImageRecord
+	volumes  []*statev1.VolumeRecord
 }
 
 // View takes the state as of the last applied index.
@@ -684,6 +713,9 @@ func (s *Store) View() *View {
 	for _, im := range s.images {
 		v.images = append(v.images, im)
 	}
+	for _, vol := range s.volumes {
+		v.volumes = append(v.volumes, vol)
+	}
 	// Every record is now shared with v: the next change to one clones it.
 	s.ownVMs = map[*statev1.VMRecord]struct{}{}
 	s.ownHosts = map[*statev1.HostRecord]struct{}{}
@@ -705,7 +737,9 @@ func (v *View) Snapshot() *statev1.Snapshot {
 		AuditHead:  v.audit,
 		JoinTokens: slices.Clone(v.joinTok),
 		Images:     slices.Clone(v.images),
+		Volumes:    slices.Clone(v.volumes),
 	}
+	slices.SortFunc(snap.Volumes, func(a, b *statev1.VolumeRecord) int { return strings.Compare(a.Id, b.Id) })
 	slices.SortFunc(snap.Images, func(a, b *statev1.ImageRecord) int {
 		return strings.Compare(nameKey(a.Project, a.Name), nameKey(b.Project, b.Name))
 	})
@@ -773,6 +807,10 @@ func (s *Store) Restore(snap *statev1.Snapshot) error {
 	}
 	for _, im := range snap.GetImages() {
 		s.addImage(proto.Clone(im).(*statev1.ImageRecord))
+	}
+	// After hosts and projects: a volume counts on both.
+	for _, vol := range snap.GetVolumes() {
+		s.addVolume(proto.Clone(vol).(*statev1.VolumeRecord))
 	}
 	for _, r := range snap.GetRequests() {
 		s.requests.clock = max(s.requests.clock, r.UnixNano)

@@ -106,7 +106,7 @@ func (s *Store) legacyProject(p string) bool {
 	if p == DefaultProject {
 		return true
 	}
-	return s.projectUse[p] > 0 || s.projectImages[p] > 0
+	return s.projectUse[p] > 0 || s.projectImages[p] > 0 || s.projectVolumes[p] > 0
 }
 
 func (s *Store) deptExists(d string) bool {
@@ -194,6 +194,9 @@ func (s *Store) applyDeleteProject(c *statev1.DeleteProject) (*statev1.ProjectRe
 			if err := s.checkProjectImages(name); err != nil && name != DefaultProject {
 				return nil, err
 			}
+			if err := s.checkProjectVolumes(name); err != nil && name != DefaultProject {
+				return nil, err
+			}
 			return nil, errorf(KindFailedPrecondition, "project %q is the default project and cannot be deleted", name)
 		}
 		return nil, errorf(KindNotFound, "project %q not found", name)
@@ -202,6 +205,9 @@ func (s *Store) applyDeleteProject(c *statev1.DeleteProject) (*statev1.ProjectRe
 		return nil, errorf(KindFailedPrecondition, "project %q still has %d VM(s) or group(s): delete them first", name, n)
 	}
 	if err := s.checkProjectImages(name); err != nil {
+		return nil, err
+	}
+	if err := s.checkProjectVolumes(name); err != nil {
 		return nil, err
 	}
 	delete(s.projects, name)

@@ -495,9 +495,11 @@ func (x *HeartbeatResponse) GetKnown() bool {
 }
 
 type ReportVMStatusRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	HostId        string                 `protobuf:"bytes,1,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
-	Statuses      []*VMStatus            `protobuf:"bytes,2,rep,name=statuses,proto3" json:"statuses,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	HostId   string                 `protobuf:"bytes,1,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
+	Statuses []*VMStatus            `protobuf:"bytes,2,rep,name=statuses,proto3" json:"statuses,omitempty"`
+	// What the agent observed of the host's volumes.
+	Volumes       []*VolumeStatus `protobuf:"bytes,3,rep,name=volumes,proto3" json:"volumes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -546,6 +548,85 @@ func (x *ReportVMStatusRequest) GetStatuses() []*VMStatus {
 	return nil
 }
 
+func (x *ReportVMStatusRequest) GetVolumes() []*VolumeStatus {
+	if x != nil {
+		return x.Volumes
+	}
+	return nil
+}
+
+// VolumeStatus is what an agent observed of one volume on its host.
+type VolumeStatus struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	VolumeId string                 `protobuf:"bytes,1,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
+	// The VM whose domain has the disk ("": none).
+	AttachedVmId string `protobuf:"bytes,2,opt,name=attached_vm_id,json=attachedVmId,proto3" json:"attached_vm_id,omitempty"`
+	// What went wrong ("": nothing).
+	Message string `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	// Removed from the pool (after a delete).
+	Gone          bool `protobuf:"varint,4,opt,name=gone,proto3" json:"gone,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VolumeStatus) Reset() {
+	*x = VolumeStatus{}
+	mi := &file_yunchi_v1_agent_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VolumeStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VolumeStatus) ProtoMessage() {}
+
+func (x *VolumeStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_agent_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VolumeStatus.ProtoReflect.Descriptor instead.
+func (*VolumeStatus) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *VolumeStatus) GetVolumeId() string {
+	if x != nil {
+		return x.VolumeId
+	}
+	return ""
+}
+
+func (x *VolumeStatus) GetAttachedVmId() string {
+	if x != nil {
+		return x.AttachedVmId
+	}
+	return ""
+}
+
+func (x *VolumeStatus) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *VolumeStatus) GetGone() bool {
+	if x != nil {
+		return x.Gone
+	}
+	return false
+}
+
 type ReportVMStatusResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -554,7 +635,7 @@ type ReportVMStatusResponse struct {
 
 func (x *ReportVMStatusResponse) Reset() {
 	*x = ReportVMStatusResponse{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[8]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -566,7 +647,7 @@ func (x *ReportVMStatusResponse) String() string {
 func (*ReportVMStatusResponse) ProtoMessage() {}
 
 func (x *ReportVMStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[8]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -579,7 +660,7 @@ func (x *ReportVMStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportVMStatusResponse.ProtoReflect.Descriptor instead.
 func (*ReportVMStatusResponse) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{8}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{9}
 }
 
 type WatchAssignmentsRequest struct {
@@ -591,7 +672,7 @@ type WatchAssignmentsRequest struct {
 
 func (x *WatchAssignmentsRequest) Reset() {
 	*x = WatchAssignmentsRequest{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[9]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -603,7 +684,7 @@ func (x *WatchAssignmentsRequest) String() string {
 func (*WatchAssignmentsRequest) ProtoMessage() {}
 
 func (x *WatchAssignmentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[9]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -616,7 +697,7 @@ func (x *WatchAssignmentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchAssignmentsRequest.ProtoReflect.Descriptor instead.
 func (*WatchAssignmentsRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *WatchAssignmentsRequest) GetHostId() string {
@@ -651,7 +732,7 @@ type Assignment struct {
 
 func (x *Assignment) Reset() {
 	*x = Assignment{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[10]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -663,7 +744,7 @@ func (x *Assignment) String() string {
 func (*Assignment) ProtoMessage() {}
 
 func (x *Assignment) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[10]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -676,7 +757,7 @@ func (x *Assignment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Assignment.ProtoReflect.Descriptor instead.
 func (*Assignment) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Assignment) GetVmId() string {
@@ -776,7 +857,7 @@ type ImageRef struct {
 
 func (x *ImageRef) Reset() {
 	*x = ImageRef{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[11]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -788,7 +869,7 @@ func (x *ImageRef) String() string {
 func (*ImageRef) ProtoMessage() {}
 
 func (x *ImageRef) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[11]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -801,7 +882,7 @@ func (x *ImageRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageRef.ProtoReflect.Descriptor instead.
 func (*ImageRef) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ImageRef) GetSha256() string {
@@ -844,7 +925,7 @@ type FetchImageRequest struct {
 
 func (x *FetchImageRequest) Reset() {
 	*x = FetchImageRequest{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[12]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -856,7 +937,7 @@ func (x *FetchImageRequest) String() string {
 func (*FetchImageRequest) ProtoMessage() {}
 
 func (x *FetchImageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[12]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -869,7 +950,7 @@ func (x *FetchImageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchImageRequest.ProtoReflect.Descriptor instead.
 func (*FetchImageRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{12}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *FetchImageRequest) GetHostId() string {
@@ -902,7 +983,7 @@ type WatchConsolesRequest struct {
 
 func (x *WatchConsolesRequest) Reset() {
 	*x = WatchConsolesRequest{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[13]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -914,7 +995,7 @@ func (x *WatchConsolesRequest) String() string {
 func (*WatchConsolesRequest) ProtoMessage() {}
 
 func (x *WatchConsolesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[13]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -927,7 +1008,7 @@ func (x *WatchConsolesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchConsolesRequest.ProtoReflect.Descriptor instead.
 func (*WatchConsolesRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{13}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *WatchConsolesRequest) GetHostId() string {
@@ -949,7 +1030,7 @@ type ConsoleSession struct {
 
 func (x *ConsoleSession) Reset() {
 	*x = ConsoleSession{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[14]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -961,7 +1042,7 @@ func (x *ConsoleSession) String() string {
 func (*ConsoleSession) ProtoMessage() {}
 
 func (x *ConsoleSession) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[14]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -974,7 +1055,7 @@ func (x *ConsoleSession) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsoleSession.ProtoReflect.Descriptor instead.
 func (*ConsoleSession) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{14}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ConsoleSession) GetSessionId() string {
@@ -1006,7 +1087,7 @@ type ConsoleFrame struct {
 
 func (x *ConsoleFrame) Reset() {
 	*x = ConsoleFrame{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[15]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1018,7 +1099,7 @@ func (x *ConsoleFrame) String() string {
 func (*ConsoleFrame) ProtoMessage() {}
 
 func (x *ConsoleFrame) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[15]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1031,7 +1112,7 @@ func (x *ConsoleFrame) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsoleFrame.ProtoReflect.Descriptor instead.
 func (*ConsoleFrame) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{15}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ConsoleFrame) GetHostId() string {
@@ -1065,16 +1146,18 @@ func (x *ConsoleFrame) GetError() string {
 // Assignments is the complete desired set for a host at a raft index; each
 // message replaces the previous one.
 type Assignments struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Index         uint64                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
-	Vms           []*Assignment          `protobuf:"bytes,2,rep,name=vms,proto3" json:"vms,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Index uint64                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	Vms   []*Assignment          `protobuf:"bytes,2,rep,name=vms,proto3" json:"vms,omitempty"`
+	// Every volume placed on the host.
+	Volumes       []*VolumeAssignment `protobuf:"bytes,3,rep,name=volumes,proto3" json:"volumes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Assignments) Reset() {
 	*x = Assignments{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[16]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1086,7 +1169,7 @@ func (x *Assignments) String() string {
 func (*Assignments) ProtoMessage() {}
 
 func (x *Assignments) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[16]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1099,7 +1182,7 @@ func (x *Assignments) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Assignments.ProtoReflect.Descriptor instead.
 func (*Assignments) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{16}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Assignments) GetIndex() uint64 {
@@ -1116,6 +1199,119 @@ func (x *Assignments) GetVms() []*Assignment {
 	return nil
 }
 
+func (x *Assignments) GetVolumes() []*VolumeAssignment {
+	if x != nil {
+		return x.Volumes
+	}
+	return nil
+}
+
+// VolumeAssignment is one volume of the host's storage pool: made there
+// when first attached, attached to the domain of vm_id (and to no other),
+// removed from the pool when deleted.
+type VolumeAssignment struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	VolumeId  string                 `protobuf:"bytes,1,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
+	Name      string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Project   string                 `protobuf:"bytes,3,opt,name=project,proto3" json:"project,omitempty"`
+	SizeBytes int64                  `protobuf:"varint,4,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	// The VM whose domain should have it ("": none).
+	VmId string `protobuf:"bytes,5,opt,name=vm_id,json=vmId,proto3" json:"vm_id,omitempty"`
+	// Detach it from every domain and remove it from the pool.
+	Deleted bool `protobuf:"varint,6,opt,name=deleted,proto3" json:"deleted,omitempty"`
+	// What the controller last recorded of the host's reports.
+	AttachedVmId  string `protobuf:"bytes,7,opt,name=attached_vm_id,json=attachedVmId,proto3" json:"attached_vm_id,omitempty"`
+	Message       string `protobuf:"bytes,8,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VolumeAssignment) Reset() {
+	*x = VolumeAssignment{}
+	mi := &file_yunchi_v1_agent_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VolumeAssignment) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VolumeAssignment) ProtoMessage() {}
+
+func (x *VolumeAssignment) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_agent_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VolumeAssignment.ProtoReflect.Descriptor instead.
+func (*VolumeAssignment) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *VolumeAssignment) GetVolumeId() string {
+	if x != nil {
+		return x.VolumeId
+	}
+	return ""
+}
+
+func (x *VolumeAssignment) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *VolumeAssignment) GetProject() string {
+	if x != nil {
+		return x.Project
+	}
+	return ""
+}
+
+func (x *VolumeAssignment) GetSizeBytes() int64 {
+	if x != nil {
+		return x.SizeBytes
+	}
+	return 0
+}
+
+func (x *VolumeAssignment) GetVmId() string {
+	if x != nil {
+		return x.VmId
+	}
+	return ""
+}
+
+func (x *VolumeAssignment) GetDeleted() bool {
+	if x != nil {
+		return x.Deleted
+	}
+	return false
+}
+
+func (x *VolumeAssignment) GetAttachedVmId() string {
+	if x != nil {
+		return x.AttachedVmId
+	}
+	return ""
+}
+
+func (x *VolumeAssignment) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
 // JoinHostRequest trades a host join token for the host's certificate.
 type JoinHostRequest struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
@@ -1129,7 +1325,7 @@ type JoinHostRequest struct {
 
 func (x *JoinHostRequest) Reset() {
 	*x = JoinHostRequest{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[17]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1141,7 +1337,7 @@ func (x *JoinHostRequest) String() string {
 func (*JoinHostRequest) ProtoMessage() {}
 
 func (x *JoinHostRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[17]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1154,7 +1350,7 @@ func (x *JoinHostRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinHostRequest.ProtoReflect.Descriptor instead.
 func (*JoinHostRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{17}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *JoinHostRequest) GetHostId() string {
@@ -1195,7 +1391,7 @@ type JoinHostResponse struct {
 
 func (x *JoinHostResponse) Reset() {
 	*x = JoinHostResponse{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[18]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1207,7 +1403,7 @@ func (x *JoinHostResponse) String() string {
 func (*JoinHostResponse) ProtoMessage() {}
 
 func (x *JoinHostResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[18]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1220,7 +1416,7 @@ func (x *JoinHostResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinHostResponse.ProtoReflect.Descriptor instead.
 func (*JoinHostResponse) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{18}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *JoinHostResponse) GetCertificate() []byte {
@@ -1289,10 +1485,16 @@ const file_yunchi_v1_agent_proto_rawDesc = "" +
 	"\x05vm_id\x18\x01 \x01(\tR\x04vmId\x12(\n" +
 	"\x05usage\x18\x02 \x01(\v2\x12.yunchi.v1.VMUsageR\x05usage\")\n" +
 	"\x11HeartbeatResponse\x12\x14\n" +
-	"\x05known\x18\x01 \x01(\bR\x05known\"a\n" +
+	"\x05known\x18\x01 \x01(\bR\x05known\"\x94\x01\n" +
 	"\x15ReportVMStatusRequest\x12\x17\n" +
 	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x12/\n" +
-	"\bstatuses\x18\x02 \x03(\v2\x13.yunchi.v1.VMStatusR\bstatuses\"\x18\n" +
+	"\bstatuses\x18\x02 \x03(\v2\x13.yunchi.v1.VMStatusR\bstatuses\x121\n" +
+	"\avolumes\x18\x03 \x03(\v2\x17.yunchi.v1.VolumeStatusR\avolumes\"\x7f\n" +
+	"\fVolumeStatus\x12\x1b\n" +
+	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\x12$\n" +
+	"\x0eattached_vm_id\x18\x02 \x01(\tR\fattachedVmId\x12\x18\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\x12\x12\n" +
+	"\x04gone\x18\x04 \x01(\bR\x04gone\"\x18\n" +
 	"\x16ReportVMStatusResponse\"2\n" +
 	"\x17WatchAssignmentsRequest\x12\x17\n" +
 	"\ahost_id\x18\x01 \x01(\tR\x06hostId\"\x99\x03\n" +
@@ -1334,10 +1536,21 @@ const file_yunchi_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"session_id\x18\x02 \x01(\tR\tsessionId\x12\x12\n" +
 	"\x04data\x18\x03 \x01(\fR\x04data\x12\x14\n" +
-	"\x05error\x18\x04 \x01(\tR\x05error\"L\n" +
+	"\x05error\x18\x04 \x01(\tR\x05error\"\x83\x01\n" +
 	"\vAssignments\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12'\n" +
-	"\x03vms\x18\x02 \x03(\v2\x15.yunchi.v1.AssignmentR\x03vms\"[\n" +
+	"\x03vms\x18\x02 \x03(\v2\x15.yunchi.v1.AssignmentR\x03vms\x125\n" +
+	"\avolumes\x18\x03 \x03(\v2\x1b.yunchi.v1.VolumeAssignmentR\avolumes\"\xeb\x01\n" +
+	"\x10VolumeAssignment\x12\x1b\n" +
+	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
+	"\aproject\x18\x03 \x01(\tR\aproject\x12\x1d\n" +
+	"\n" +
+	"size_bytes\x18\x04 \x01(\x03R\tsizeBytes\x12\x13\n" +
+	"\x05vm_id\x18\x05 \x01(\tR\x04vmId\x12\x18\n" +
+	"\adeleted\x18\x06 \x01(\bR\adeleted\x12$\n" +
+	"\x0eattached_vm_id\x18\a \x01(\tR\fattachedVmId\x12\x18\n" +
+	"\amessage\x18\b \x01(\tR\amessage\"[\n" +
 	"\x0fJoinHostRequest\x12\x17\n" +
 	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x12\x1d\n" +
 	"\n" +
@@ -1378,7 +1591,7 @@ func file_yunchi_v1_agent_proto_rawDescGZIP() []byte {
 	return file_yunchi_v1_agent_proto_rawDescData
 }
 
-var file_yunchi_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_yunchi_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_yunchi_v1_agent_proto_goTypes = []any{
 	(*HostFacts)(nil),               // 0: yunchi.v1.HostFacts
 	(*RegisterHostRequest)(nil),     // 1: yunchi.v1.RegisterHostRequest
@@ -1388,63 +1601,67 @@ var file_yunchi_v1_agent_proto_goTypes = []any{
 	(*VMStats)(nil),                 // 5: yunchi.v1.VMStats
 	(*HeartbeatResponse)(nil),       // 6: yunchi.v1.HeartbeatResponse
 	(*ReportVMStatusRequest)(nil),   // 7: yunchi.v1.ReportVMStatusRequest
-	(*ReportVMStatusResponse)(nil),  // 8: yunchi.v1.ReportVMStatusResponse
-	(*WatchAssignmentsRequest)(nil), // 9: yunchi.v1.WatchAssignmentsRequest
-	(*Assignment)(nil),              // 10: yunchi.v1.Assignment
-	(*ImageRef)(nil),                // 11: yunchi.v1.ImageRef
-	(*FetchImageRequest)(nil),       // 12: yunchi.v1.FetchImageRequest
-	(*WatchConsolesRequest)(nil),    // 13: yunchi.v1.WatchConsolesRequest
-	(*ConsoleSession)(nil),          // 14: yunchi.v1.ConsoleSession
-	(*ConsoleFrame)(nil),            // 15: yunchi.v1.ConsoleFrame
-	(*Assignments)(nil),             // 16: yunchi.v1.Assignments
-	(*JoinHostRequest)(nil),         // 17: yunchi.v1.JoinHostRequest
-	(*JoinHostResponse)(nil),        // 18: yunchi.v1.JoinHostResponse
-	nil,                             // 19: yunchi.v1.HostFacts.LabelsEntry
-	(*Resources)(nil),               // 20: yunchi.v1.Resources
-	(*Host)(nil),                    // 21: yunchi.v1.Host
-	(VMPhase)(0),                    // 22: yunchi.v1.VMPhase
-	(*HostStats)(nil),               // 23: yunchi.v1.HostStats
-	(*VMUsage)(nil),                 // 24: yunchi.v1.VMUsage
-	(PowerState)(0),                 // 25: yunchi.v1.PowerState
-	(ImageFormat)(0),                // 26: yunchi.v1.ImageFormat
-	(*ImageChunk)(nil),              // 27: yunchi.v1.ImageChunk
+	(*VolumeStatus)(nil),            // 8: yunchi.v1.VolumeStatus
+	(*ReportVMStatusResponse)(nil),  // 9: yunchi.v1.ReportVMStatusResponse
+	(*WatchAssignmentsRequest)(nil), // 10: yunchi.v1.WatchAssignmentsRequest
+	(*Assignment)(nil),              // 11: yunchi.v1.Assignment
+	(*ImageRef)(nil),                // 12: yunchi.v1.ImageRef
+	(*FetchImageRequest)(nil),       // 13: yunchi.v1.FetchImageRequest
+	(*WatchConsolesRequest)(nil),    // 14: yunchi.v1.WatchConsolesRequest
+	(*ConsoleSession)(nil),          // 15: yunchi.v1.ConsoleSession
+	(*ConsoleFrame)(nil),            // 16: yunchi.v1.ConsoleFrame
+	(*Assignments)(nil),             // 17: yunchi.v1.Assignments
+	(*VolumeAssignment)(nil),        // 18: yunchi.v1.VolumeAssignment
+	(*JoinHostRequest)(nil),         // 19: yunchi.v1.JoinHostRequest
+	(*JoinHostResponse)(nil),        // 20: yunchi.v1.JoinHostResponse
+	nil,                             // 21: yunchi.v1.HostFacts.LabelsEntry
+	(*Resources)(nil),               // 22: yunchi.v1.Resources
+	(*Host)(nil),                    // 23: yunchi.v1.Host
+	(VMPhase)(0),                    // 24: yunchi.v1.VMPhase
+	(*HostStats)(nil),               // 25: yunchi.v1.HostStats
+	(*VMUsage)(nil),                 // 26: yunchi.v1.VMUsage
+	(PowerState)(0),                 // 27: yunchi.v1.PowerState
+	(ImageFormat)(0),                // 28: yunchi.v1.ImageFormat
+	(*ImageChunk)(nil),              // 29: yunchi.v1.ImageChunk
 }
 var file_yunchi_v1_agent_proto_depIdxs = []int32{
-	19, // 0: yunchi.v1.HostFacts.labels:type_name -> yunchi.v1.HostFacts.LabelsEntry
-	20, // 1: yunchi.v1.HostFacts.capacity:type_name -> yunchi.v1.Resources
+	21, // 0: yunchi.v1.HostFacts.labels:type_name -> yunchi.v1.HostFacts.LabelsEntry
+	22, // 1: yunchi.v1.HostFacts.capacity:type_name -> yunchi.v1.Resources
 	0,  // 2: yunchi.v1.RegisterHostRequest.facts:type_name -> yunchi.v1.HostFacts
-	21, // 3: yunchi.v1.RegisterHostResponse.host:type_name -> yunchi.v1.Host
-	22, // 4: yunchi.v1.VMStatus.phase:type_name -> yunchi.v1.VMPhase
-	23, // 5: yunchi.v1.HeartbeatRequest.stats:type_name -> yunchi.v1.HostStats
+	23, // 3: yunchi.v1.RegisterHostResponse.host:type_name -> yunchi.v1.Host
+	24, // 4: yunchi.v1.VMStatus.phase:type_name -> yunchi.v1.VMPhase
+	25, // 5: yunchi.v1.HeartbeatRequest.stats:type_name -> yunchi.v1.HostStats
 	5,  // 6: yunchi.v1.HeartbeatRequest.vm_stats:type_name -> yunchi.v1.VMStats
-	24, // 7: yunchi.v1.VMStats.usage:type_name -> yunchi.v1.VMUsage
+	26, // 7: yunchi.v1.VMStats.usage:type_name -> yunchi.v1.VMUsage
 	3,  // 8: yunchi.v1.ReportVMStatusRequest.statuses:type_name -> yunchi.v1.VMStatus
-	25, // 9: yunchi.v1.Assignment.desired:type_name -> yunchi.v1.PowerState
-	22, // 10: yunchi.v1.Assignment.phase:type_name -> yunchi.v1.VMPhase
-	11, // 11: yunchi.v1.Assignment.image:type_name -> yunchi.v1.ImageRef
-	26, // 12: yunchi.v1.ImageRef.format:type_name -> yunchi.v1.ImageFormat
-	10, // 13: yunchi.v1.Assignments.vms:type_name -> yunchi.v1.Assignment
-	17, // 14: yunchi.v1.AgentService.JoinHost:input_type -> yunchi.v1.JoinHostRequest
-	1,  // 15: yunchi.v1.AgentService.RegisterHost:input_type -> yunchi.v1.RegisterHostRequest
-	4,  // 16: yunchi.v1.AgentService.Heartbeat:input_type -> yunchi.v1.HeartbeatRequest
-	7,  // 17: yunchi.v1.AgentService.ReportVMStatus:input_type -> yunchi.v1.ReportVMStatusRequest
-	9,  // 18: yunchi.v1.AgentService.WatchAssignments:input_type -> yunchi.v1.WatchAssignmentsRequest
-	12, // 19: yunchi.v1.AgentService.FetchImage:input_type -> yunchi.v1.FetchImageRequest
-	13, // 20: yunchi.v1.AgentService.WatchConsoles:input_type -> yunchi.v1.WatchConsolesRequest
-	15, // 21: yunchi.v1.AgentService.ConsoleStream:input_type -> yunchi.v1.ConsoleFrame
-	18, // 22: yunchi.v1.AgentService.JoinHost:output_type -> yunchi.v1.JoinHostResponse
-	2,  // 23: yunchi.v1.AgentService.RegisterHost:output_type -> yunchi.v1.RegisterHostResponse
-	6,  // 24: yunchi.v1.AgentService.Heartbeat:output_type -> yunchi.v1.HeartbeatResponse
-	8,  // 25: yunchi.v1.AgentService.ReportVMStatus:output_type -> yunchi.v1.ReportVMStatusResponse
-	16, // 26: yunchi.v1.AgentService.WatchAssignments:output_type -> yunchi.v1.Assignments
-	27, // 27: yunchi.v1.AgentService.FetchImage:output_type -> yunchi.v1.ImageChunk
-	14, // 28: yunchi.v1.AgentService.WatchConsoles:output_type -> yunchi.v1.ConsoleSession
-	15, // 29: yunchi.v1.AgentService.ConsoleStream:output_type -> yunchi.v1.ConsoleFrame
-	22, // [22:30] is the sub-list for method output_type
-	14, // [14:22] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	8,  // 9: yunchi.v1.ReportVMStatusRequest.volumes:type_name -> yunchi.v1.VolumeStatus
+	27, // 10: yunchi.v1.Assignment.desired:type_name -> yunchi.v1.PowerState
+	24, // 11: yunchi.v1.Assignment.phase:type_name -> yunchi.v1.VMPhase
+	12, // 12: yunchi.v1.Assignment.image:type_name -> yunchi.v1.ImageRef
+	28, // 13: yunchi.v1.ImageRef.format:type_name -> yunchi.v1.ImageFormat
+	11, // 14: yunchi.v1.Assignments.vms:type_name -> yunchi.v1.Assignment
+	18, // 15: yunchi.v1.Assignments.volumes:type_name -> yunchi.v1.VolumeAssignment
+	19, // 16: yunchi.v1.AgentService.JoinHost:input_type -> yunchi.v1.JoinHostRequest
+	1,  // 17: yunchi.v1.AgentService.RegisterHost:input_type -> yunchi.v1.RegisterHostRequest
+	4,  // 18: yunchi.v1.AgentService.Heartbeat:input_type -> yunchi.v1.HeartbeatRequest
+	7,  // 19: yunchi.v1.AgentService.ReportVMStatus:input_type -> yunchi.v1.ReportVMStatusRequest
+	10, // 20: yunchi.v1.AgentService.WatchAssignments:input_type -> yunchi.v1.WatchAssignmentsRequest
+	13, // 21: yunchi.v1.AgentService.FetchImage:input_type -> yunchi.v1.FetchImageRequest
+	14, // 22: yunchi.v1.AgentService.WatchConsoles:input_type -> yunchi.v1.WatchConsolesRequest
+	16, // 23: yunchi.v1.AgentService.ConsoleStream:input_type -> yunchi.v1.ConsoleFrame
+	20, // 24: yunchi.v1.AgentService.JoinHost:output_type -> yunchi.v1.JoinHostResponse
+	2,  // 25: yunchi.v1.AgentService.RegisterHost:output_type -> yunchi.v1.RegisterHostResponse
+	6,  // 26: yunchi.v1.AgentService.Heartbeat:output_type -> yunchi.v1.HeartbeatResponse
+	9,  // 27: yunchi.v1.AgentService.ReportVMStatus:output_type -> yunchi.v1.ReportVMStatusResponse
+	17, // 28: yunchi.v1.AgentService.WatchAssignments:output_type -> yunchi.v1.Assignments
+	29, // 29: yunchi.v1.AgentService.FetchImage:output_type -> yunchi.v1.ImageChunk
+	15, // 30: yunchi.v1.AgentService.WatchConsoles:output_type -> yunchi.v1.ConsoleSession
+	16, // 31: yunchi.v1.AgentService.ConsoleStream:output_type -> yunchi.v1.ConsoleFrame
+	24, // [24:32] is the sub-list for method output_type
+	16, // [16:24] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_yunchi_v1_agent_proto_init() }
@@ -1461,7 +1678,7 @@ func file_yunchi_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_yunchi_v1_agent_proto_rawDesc), len(file_yunchi_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   20,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

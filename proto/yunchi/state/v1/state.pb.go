@@ -1484,9 +1484,11 @@ func (x *SetVMDesired) GetReboot() bool {
 }
 
 type ReportVMStatus struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	HostId        string                 `protobuf:"bytes,1,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
-	Statuses      []*VMStatus            `protobuf:"bytes,2,rep,name=statuses,proto3" json:"statuses,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	HostId   string                 `protobuf:"bytes,1,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
+	Statuses []*VMStatus            `protobuf:"bytes,2,rep,name=statuses,proto3" json:"statuses,omitempty"`
+	// Version 8 on: the host's volumes (volume.proto).
+	Volumes       []*VolumeStatus `protobuf:"bytes,3,rep,name=volumes,proto3" json:"volumes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1531,6 +1533,13 @@ func (x *ReportVMStatus) GetHostId() string {
 func (x *ReportVMStatus) GetStatuses() []*VMStatus {
 	if x != nil {
 		return x.Statuses
+	}
+	return nil
+}
+
+func (x *ReportVMStatus) GetVolumes() []*VolumeStatus {
+	if x != nil {
+		return x.Volumes
 	}
 	return nil
 }
@@ -2070,6 +2079,10 @@ type Command struct {
 	//	*Command_ArchiveAudit
 	//	*Command_CreateImage
 	//	*Command_DeleteImage
+	//	*Command_CreateVolume
+	//	*Command_AttachVolume
+	//	*Command_DetachVolume
+	//	*Command_DeleteVolume
 	Cmd           isCommand_Cmd `protobuf_oneof:"cmd"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2417,6 +2430,42 @@ func (x *Command) GetDeleteImage() *DeleteImage {
 	return nil
 }
 
+func (x *Command) GetCreateVolume() *CreateVolume {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_CreateVolume); ok {
+			return x.CreateVolume
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetAttachVolume() *AttachVolume {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_AttachVolume); ok {
+			return x.AttachVolume
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetDetachVolume() *DetachVolume {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_DetachVolume); ok {
+			return x.DetachVolume
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetDeleteVolume() *DeleteVolume {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_DeleteVolume); ok {
+			return x.DeleteVolume
+		}
+	}
+	return nil
+}
+
 type isCommand_Cmd interface {
 	isCommand_Cmd()
 }
@@ -2548,6 +2597,23 @@ type Command_DeleteImage struct {
 	DeleteImage *DeleteImage `protobuf:"bytes,48,opt,name=delete_image,json=deleteImage,proto3,oneof"`
 }
 
+type Command_CreateVolume struct {
+	// Volumes (volume.proto), version 8 on.
+	CreateVolume *CreateVolume `protobuf:"bytes,49,opt,name=create_volume,json=createVolume,proto3,oneof"`
+}
+
+type Command_AttachVolume struct {
+	AttachVolume *AttachVolume `protobuf:"bytes,50,opt,name=attach_volume,json=attachVolume,proto3,oneof"`
+}
+
+type Command_DetachVolume struct {
+	DetachVolume *DetachVolume `protobuf:"bytes,51,opt,name=detach_volume,json=detachVolume,proto3,oneof"`
+}
+
+type Command_DeleteVolume struct {
+	DeleteVolume *DeleteVolume `protobuf:"bytes,52,opt,name=delete_volume,json=deleteVolume,proto3,oneof"`
+}
+
 func (*Command_RegisterHost) isCommand_Cmd() {}
 
 func (*Command_SetHostState) isCommand_Cmd() {}
@@ -2608,6 +2674,14 @@ func (*Command_CreateImage) isCommand_Cmd() {}
 
 func (*Command_DeleteImage) isCommand_Cmd() {}
 
+func (*Command_CreateVolume) isCommand_Cmd() {}
+
+func (*Command_AttachVolume) isCommand_Cmd() {}
+
+func (*Command_DetachVolume) isCommand_Cmd() {}
+
+func (*Command_DeleteVolume) isCommand_Cmd() {}
+
 type Snapshot struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Format of the snapshot (state.SnapshotVersion when written).
@@ -2631,7 +2705,9 @@ type Snapshot struct {
 	AuditHead  *AuditHead         `protobuf:"bytes,18,opt,name=audit_head,json=auditHead,proto3" json:"audit_head,omitempty"`
 	JoinTokens []*JoinTokenRecord `protobuf:"bytes,16,rep,name=join_tokens,json=joinTokens,proto3" json:"join_tokens,omitempty"`
 	// Snapshot version 5 on.
-	Images        []*ImageRecord `protobuf:"bytes,20,rep,name=images,proto3" json:"images,omitempty"`
+	Images []*ImageRecord `protobuf:"bytes,20,rep,name=images,proto3" json:"images,omitempty"`
+	// Snapshot version 6 on.
+	Volumes       []*VolumeRecord `protobuf:"bytes,21,rep,name=volumes,proto3" json:"volumes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2771,6 +2847,13 @@ func (x *Snapshot) GetImages() []*ImageRecord {
 	return nil
 }
 
+func (x *Snapshot) GetVolumes() []*VolumeRecord {
+	if x != nil {
+		return x.Volumes
+	}
+	return nil
+}
+
 // RequestRecord is the outcome of the first command that carried a request
 // id: the error (kind and message) or the records the command returned, as
 // they were then. Kept for a bounded time (by command time) and count.
@@ -2798,8 +2881,9 @@ type RequestRecord struct {
 	Token      *TokenRecord          `protobuf:"bytes,16,opt,name=token,proto3" json:"token,omitempty"`
 	// What a rejection was about, when Apply named it: "department:eco",
 	// "project:air" for a quota exceeded (state.Error.Subject).
-	ErrorSubject  string       `protobuf:"bytes,17,opt,name=error_subject,json=errorSubject,proto3" json:"error_subject,omitempty"`
-	Image         *ImageRecord `protobuf:"bytes,18,opt,name=image,proto3" json:"image,omitempty"`
+	ErrorSubject  string        `protobuf:"bytes,17,opt,name=error_subject,json=errorSubject,proto3" json:"error_subject,omitempty"`
+	Image         *ImageRecord  `protobuf:"bytes,18,opt,name=image,proto3" json:"image,omitempty"`
+	Volume        *VolumeRecord `protobuf:"bytes,19,opt,name=volume,proto3" json:"volume,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2960,11 +3044,18 @@ func (x *RequestRecord) GetImage() *ImageRecord {
 	return nil
 }
 
+func (x *RequestRecord) GetVolume() *VolumeRecord {
+	if x != nil {
+		return x.Volume
+	}
+	return nil
+}
+
 var File_yunchi_state_v1_state_proto protoreflect.FileDescriptor
 
 const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\n" +
-	"\x1byunchi/state/v1/state.proto\x12\x0fyunchi.state.v1\x1a\x1eyunchi/state/v1/identity.proto\x1a\x1byunchi/state/v1/quota.proto\x1a\x1byunchi/state/v1/audit.proto\x1a\x19yunchi/state/v1/pki.proto\x1a\x1byunchi/state/v1/image.proto\"c\n" +
+	"\x1byunchi/state/v1/state.proto\x12\x0fyunchi.state.v1\x1a\x1eyunchi/state/v1/identity.proto\x1a\x1byunchi/state/v1/quota.proto\x1a\x1byunchi/state/v1/audit.proto\x1a\x19yunchi/state/v1/pki.proto\x1a\x1byunchi/state/v1/image.proto\x1a\x1cyunchi/state/v1/volume.proto\"c\n" +
 	"\tResources\x12\x14\n" +
 	"\x05vcpus\x18\x01 \x01(\x03R\x05vcpus\x12!\n" +
 	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\x12\x1d\n" +
@@ -3073,10 +3164,11 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\fSetVMDesired\x12\x13\n" +
 	"\x05vm_id\x18\x01 \x01(\tR\x04vmId\x125\n" +
 	"\adesired\x18\x02 \x01(\x0e2\x1b.yunchi.state.v1.PowerStateR\adesired\x12\x16\n" +
-	"\x06reboot\x18\x03 \x01(\bR\x06reboot\"`\n" +
+	"\x06reboot\x18\x03 \x01(\bR\x06reboot\"\x99\x01\n" +
 	"\x0eReportVMStatus\x12\x17\n" +
 	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x125\n" +
-	"\bstatuses\x18\x02 \x03(\v2\x19.yunchi.state.v1.VMStatusR\bstatuses\"\x9f\x04\n" +
+	"\bstatuses\x18\x02 \x03(\v2\x19.yunchi.state.v1.VMStatusR\bstatuses\x127\n" +
+	"\avolumes\x18\x03 \x03(\v2\x1d.yunchi.state.v1.VolumeStatusR\avolumes\"\x9f\x04\n" +
 	"\n" +
 	"UpdateHost\x12\x17\n" +
 	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x12;\n" +
@@ -3123,7 +3215,7 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\fRemoveMember\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\":\n" +
 	"\x10RecordHeartbeats\x12&\n" +
-	"\x0fsilent_host_ids\x18\x01 \x03(\tR\rsilentHostIds\"\xad\x12\n" +
+	"\x0fsilent_host_ids\x18\x01 \x03(\tR\rsilentHostIds\"\xc5\x14\n" +
 	"\aCommand\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1b\n" +
 	"\tunix_nano\x18\x02 \x01(\x03R\bunixNano\x12\x1d\n" +
@@ -3166,8 +3258,12 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\frecord_audit\x18- \x01(\v2\x1c.yunchi.state.v1.RecordAuditH\x00R\vrecordAudit\x12D\n" +
 	"\rarchive_audit\x18. \x01(\v2\x1d.yunchi.state.v1.ArchiveAuditH\x00R\farchiveAudit\x12A\n" +
 	"\fcreate_image\x18/ \x01(\v2\x1c.yunchi.state.v1.CreateImageH\x00R\vcreateImage\x12A\n" +
-	"\fdelete_image\x180 \x01(\v2\x1c.yunchi.state.v1.DeleteImageH\x00R\vdeleteImageB\x05\n" +
-	"\x03cmd\"\xaf\x06\n" +
+	"\fdelete_image\x180 \x01(\v2\x1c.yunchi.state.v1.DeleteImageH\x00R\vdeleteImage\x12D\n" +
+	"\rcreate_volume\x181 \x01(\v2\x1d.yunchi.state.v1.CreateVolumeH\x00R\fcreateVolume\x12D\n" +
+	"\rattach_volume\x182 \x01(\v2\x1d.yunchi.state.v1.AttachVolumeH\x00R\fattachVolume\x12D\n" +
+	"\rdetach_volume\x183 \x01(\v2\x1d.yunchi.state.v1.DetachVolumeH\x00R\fdetachVolume\x12D\n" +
+	"\rdelete_volume\x184 \x01(\v2\x1d.yunchi.state.v1.DeleteVolumeH\x00R\fdeleteVolumeB\x05\n" +
+	"\x03cmd\"\xe8\x06\n" +
 	"\bSnapshot\x12%\n" +
 	"\x0eformat_version\x18\x01 \x01(\rR\rformatVersion\x121\n" +
 	"\x05hosts\x18\x02 \x03(\v2\x1b.yunchi.state.v1.HostRecordR\x05hosts\x12+\n" +
@@ -3186,7 +3282,8 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"audit_head\x18\x12 \x01(\v2\x1a.yunchi.state.v1.AuditHeadR\tauditHead\x12A\n" +
 	"\vjoin_tokens\x18\x10 \x03(\v2 .yunchi.state.v1.JoinTokenRecordR\n" +
 	"joinTokens\x124\n" +
-	"\x06images\x18\x14 \x03(\v2\x1c.yunchi.state.v1.ImageRecordR\x06images\"\xf5\x05\n" +
+	"\x06images\x18\x14 \x03(\v2\x1c.yunchi.state.v1.ImageRecordR\x06images\x127\n" +
+	"\avolumes\x18\x15 \x03(\v2\x1d.yunchi.state.v1.VolumeRecordR\avolumes\"\xac\x06\n" +
 	"\rRequestRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04hash\x18\x02 \x01(\fR\x04hash\x12\x1b\n" +
@@ -3209,7 +3306,8 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\x04user\x18\x0f \x01(\v2\x1b.yunchi.state.v1.UserRecordR\x04user\x122\n" +
 	"\x05token\x18\x10 \x01(\v2\x1c.yunchi.state.v1.TokenRecordR\x05token\x12#\n" +
 	"\rerror_subject\x18\x11 \x01(\tR\ferrorSubject\x122\n" +
-	"\x05image\x18\x12 \x01(\v2\x1c.yunchi.state.v1.ImageRecordR\x05image*\x87\x01\n" +
+	"\x05image\x18\x12 \x01(\v2\x1c.yunchi.state.v1.ImageRecordR\x05image\x125\n" +
+	"\x06volume\x18\x13 \x01(\v2\x1d.yunchi.state.v1.VolumeRecordR\x06volume*\x87\x01\n" +
 	"\tHostState\x12\x1a\n" +
 	"\x16HOST_STATE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10HOST_STATE_READY\x10\x01\x12\x13\n" +
@@ -3296,31 +3394,37 @@ var file_yunchi_state_v1_state_proto_goTypes = []any{
 	nil,                          // 32: yunchi.state.v1.HostRecord.AdminLabelsEntry
 	nil,                          // 33: yunchi.state.v1.UpdateHost.SetLabelsEntry
 	(*VMImage)(nil),              // 34: yunchi.state.v1.VMImage
-	(*AuditContext)(nil),         // 35: yunchi.state.v1.AuditContext
-	(*CreateDepartment)(nil),     // 36: yunchi.state.v1.CreateDepartment
-	(*DeleteDepartment)(nil),     // 37: yunchi.state.v1.DeleteDepartment
-	(*CreateProject)(nil),        // 38: yunchi.state.v1.CreateProject
-	(*DeleteProject)(nil),        // 39: yunchi.state.v1.DeleteProject
-	(*CreateUser)(nil),           // 40: yunchi.state.v1.CreateUser
-	(*DeleteUser)(nil),           // 41: yunchi.state.v1.DeleteUser
-	(*UpdateUser)(nil),           // 42: yunchi.state.v1.UpdateUser
-	(*CreateToken)(nil),          // 43: yunchi.state.v1.CreateToken
-	(*RevokeToken)(nil),          // 44: yunchi.state.v1.RevokeToken
-	(*RecordLoginFailures)(nil),  // 45: yunchi.state.v1.RecordLoginFailures
-	(*SetQuota)(nil),             // 46: yunchi.state.v1.SetQuota
-	(*CreateJoinToken)(nil),      // 47: yunchi.state.v1.CreateJoinToken
-	(*ConsumeJoinToken)(nil),     // 48: yunchi.state.v1.ConsumeJoinToken
-	(*RecordAudit)(nil),          // 49: yunchi.state.v1.RecordAudit
-	(*ArchiveAudit)(nil),         // 50: yunchi.state.v1.ArchiveAudit
-	(*CreateImage)(nil),          // 51: yunchi.state.v1.CreateImage
-	(*DeleteImage)(nil),          // 52: yunchi.state.v1.DeleteImage
-	(*DepartmentRecord)(nil),     // 53: yunchi.state.v1.DepartmentRecord
-	(*ProjectRecord)(nil),        // 54: yunchi.state.v1.ProjectRecord
-	(*UserRecord)(nil),           // 55: yunchi.state.v1.UserRecord
-	(*TokenRecord)(nil),          // 56: yunchi.state.v1.TokenRecord
-	(*AuditHead)(nil),            // 57: yunchi.state.v1.AuditHead
-	(*JoinTokenRecord)(nil),      // 58: yunchi.state.v1.JoinTokenRecord
-	(*ImageRecord)(nil),          // 59: yunchi.state.v1.ImageRecord
+	(*VolumeStatus)(nil),         // 35: yunchi.state.v1.VolumeStatus
+	(*AuditContext)(nil),         // 36: yunchi.state.v1.AuditContext
+	(*CreateDepartment)(nil),     // 37: yunchi.state.v1.CreateDepartment
+	(*DeleteDepartment)(nil),     // 38: yunchi.state.v1.DeleteDepartment
+	(*CreateProject)(nil),        // 39: yunchi.state.v1.CreateProject
+	(*DeleteProject)(nil),        // 40: yunchi.state.v1.DeleteProject
+	(*CreateUser)(nil),           // 41: yunchi.state.v1.CreateUser
+	(*DeleteUser)(nil),           // 42: yunchi.state.v1.DeleteUser
+	(*UpdateUser)(nil),           // 43: yunchi.state.v1.UpdateUser
+	(*CreateToken)(nil),          // 44: yunchi.state.v1.CreateToken
+	(*RevokeToken)(nil),          // 45: yunchi.state.v1.RevokeToken
+	(*RecordLoginFailures)(nil),  // 46: yunchi.state.v1.RecordLoginFailures
+	(*SetQuota)(nil),             // 47: yunchi.state.v1.SetQuota
+	(*CreateJoinToken)(nil),      // 48: yunchi.state.v1.CreateJoinToken
+	(*ConsumeJoinToken)(nil),     // 49: yunchi.state.v1.ConsumeJoinToken
+	(*RecordAudit)(nil),          // 50: yunchi.state.v1.RecordAudit
+	(*ArchiveAudit)(nil),         // 51: yunchi.state.v1.ArchiveAudit
+	(*CreateImage)(nil),          // 52: yunchi.state.v1.CreateImage
+	(*DeleteImage)(nil),          // 53: yunchi.state.v1.DeleteImage
+	(*CreateVolume)(nil),         // 54: yunchi.state.v1.CreateVolume
+	(*AttachVolume)(nil),         // 55: yunchi.state.v1.AttachVolume
+	(*DetachVolume)(nil),         // 56: yunchi.state.v1.DetachVolume
+	(*DeleteVolume)(nil),         // 57: yunchi.state.v1.DeleteVolume
+	(*DepartmentRecord)(nil),     // 58: yunchi.state.v1.DepartmentRecord
+	(*ProjectRecord)(nil),        // 59: yunchi.state.v1.ProjectRecord
+	(*UserRecord)(nil),           // 60: yunchi.state.v1.UserRecord
+	(*TokenRecord)(nil),          // 61: yunchi.state.v1.TokenRecord
+	(*AuditHead)(nil),            // 62: yunchi.state.v1.AuditHead
+	(*JoinTokenRecord)(nil),      // 63: yunchi.state.v1.JoinTokenRecord
+	(*ImageRecord)(nil),          // 64: yunchi.state.v1.ImageRecord
+	(*VolumeRecord)(nil),         // 65: yunchi.state.v1.VolumeRecord
 }
 var file_yunchi_state_v1_state_proto_depIdxs = []int32{
 	2,  // 0: yunchi.state.v1.VMStatus.phase:type_name -> yunchi.state.v1.VMPhase
@@ -3344,71 +3448,78 @@ var file_yunchi_state_v1_state_proto_depIdxs = []int32{
 	11, // 18: yunchi.state.v1.PlaceVM.vm:type_name -> yunchi.state.v1.VMRecord
 	1,  // 19: yunchi.state.v1.SetVMDesired.desired:type_name -> yunchi.state.v1.PowerState
 	8,  // 20: yunchi.state.v1.ReportVMStatus.statuses:type_name -> yunchi.state.v1.VMStatus
-	0,  // 21: yunchi.state.v1.UpdateHost.admin_state:type_name -> yunchi.state.v1.HostState
-	33, // 22: yunchi.state.v1.UpdateHost.set_labels:type_name -> yunchi.state.v1.UpdateHost.SetLabelsEntry
-	6,  // 23: yunchi.state.v1.UpdateHost.reserved:type_name -> yunchi.state.v1.Resources
-	13, // 24: yunchi.state.v1.CreatePlacementGroup.group:type_name -> yunchi.state.v1.PlacementGroupRecord
-	11, // 25: yunchi.state.v1.PlaceVMs.vms:type_name -> yunchi.state.v1.VMRecord
-	14, // 26: yunchi.state.v1.UpsertMember.member:type_name -> yunchi.state.v1.MemberRecord
-	35, // 27: yunchi.state.v1.Command.audit:type_name -> yunchi.state.v1.AuditContext
-	15, // 28: yunchi.state.v1.Command.register_host:type_name -> yunchi.state.v1.RegisterHost
-	16, // 29: yunchi.state.v1.Command.set_host_state:type_name -> yunchi.state.v1.SetHostState
-	17, // 30: yunchi.state.v1.Command.place_vm:type_name -> yunchi.state.v1.PlaceVM
-	18, // 31: yunchi.state.v1.Command.set_vm_desired:type_name -> yunchi.state.v1.SetVMDesired
-	19, // 32: yunchi.state.v1.Command.report_vm_status:type_name -> yunchi.state.v1.ReportVMStatus
-	25, // 33: yunchi.state.v1.Command.upsert_member:type_name -> yunchi.state.v1.UpsertMember
-	26, // 34: yunchi.state.v1.Command.remove_member:type_name -> yunchi.state.v1.RemoveMember
-	20, // 35: yunchi.state.v1.Command.update_host:type_name -> yunchi.state.v1.UpdateHost
-	21, // 36: yunchi.state.v1.Command.set_ratios:type_name -> yunchi.state.v1.SetRatios
-	22, // 37: yunchi.state.v1.Command.create_placement_group:type_name -> yunchi.state.v1.CreatePlacementGroup
-	23, // 38: yunchi.state.v1.Command.delete_placement_group:type_name -> yunchi.state.v1.DeletePlacementGroup
-	24, // 39: yunchi.state.v1.Command.place_vms:type_name -> yunchi.state.v1.PlaceVMs
-	27, // 40: yunchi.state.v1.Command.record_heartbeats:type_name -> yunchi.state.v1.RecordHeartbeats
-	36, // 41: yunchi.state.v1.Command.create_department:type_name -> yunchi.state.v1.CreateDepartment
-	37, // 42: yunchi.state.v1.Command.delete_department:type_name -> yunchi.state.v1.DeleteDepartment
-	38, // 43: yunchi.state.v1.Command.create_project:type_name -> yunchi.state.v1.CreateProject
-	39, // 44: yunchi.state.v1.Command.delete_project:type_name -> yunchi.state.v1.DeleteProject
-	40, // 45: yunchi.state.v1.Command.create_user:type_name -> yunchi.state.v1.CreateUser
-	41, // 46: yunchi.state.v1.Command.delete_user:type_name -> yunchi.state.v1.DeleteUser
-	42, // 47: yunchi.state.v1.Command.update_user:type_name -> yunchi.state.v1.UpdateUser
-	43, // 48: yunchi.state.v1.Command.create_token:type_name -> yunchi.state.v1.CreateToken
-	44, // 49: yunchi.state.v1.Command.revoke_token:type_name -> yunchi.state.v1.RevokeToken
-	45, // 50: yunchi.state.v1.Command.record_login_failures:type_name -> yunchi.state.v1.RecordLoginFailures
-	46, // 51: yunchi.state.v1.Command.set_quota:type_name -> yunchi.state.v1.SetQuota
-	47, // 52: yunchi.state.v1.Command.create_join_token:type_name -> yunchi.state.v1.CreateJoinToken
-	48, // 53: yunchi.state.v1.Command.consume_join_token:type_name -> yunchi.state.v1.ConsumeJoinToken
-	49, // 54: yunchi.state.v1.Command.record_audit:type_name -> yunchi.state.v1.RecordAudit
-	50, // 55: yunchi.state.v1.Command.archive_audit:type_name -> yunchi.state.v1.ArchiveAudit
-	51, // 56: yunchi.state.v1.Command.create_image:type_name -> yunchi.state.v1.CreateImage
-	52, // 57: yunchi.state.v1.Command.delete_image:type_name -> yunchi.state.v1.DeleteImage
-	10, // 58: yunchi.state.v1.Snapshot.hosts:type_name -> yunchi.state.v1.HostRecord
-	11, // 59: yunchi.state.v1.Snapshot.vms:type_name -> yunchi.state.v1.VMRecord
-	14, // 60: yunchi.state.v1.Snapshot.members:type_name -> yunchi.state.v1.MemberRecord
-	12, // 61: yunchi.state.v1.Snapshot.ratios:type_name -> yunchi.state.v1.RatioRecord
-	13, // 62: yunchi.state.v1.Snapshot.groups:type_name -> yunchi.state.v1.PlacementGroupRecord
-	30, // 63: yunchi.state.v1.Snapshot.requests:type_name -> yunchi.state.v1.RequestRecord
-	53, // 64: yunchi.state.v1.Snapshot.departments:type_name -> yunchi.state.v1.DepartmentRecord
-	54, // 65: yunchi.state.v1.Snapshot.projects:type_name -> yunchi.state.v1.ProjectRecord
-	55, // 66: yunchi.state.v1.Snapshot.users:type_name -> yunchi.state.v1.UserRecord
-	56, // 67: yunchi.state.v1.Snapshot.tokens:type_name -> yunchi.state.v1.TokenRecord
-	57, // 68: yunchi.state.v1.Snapshot.audit_head:type_name -> yunchi.state.v1.AuditHead
-	58, // 69: yunchi.state.v1.Snapshot.join_tokens:type_name -> yunchi.state.v1.JoinTokenRecord
-	59, // 70: yunchi.state.v1.Snapshot.images:type_name -> yunchi.state.v1.ImageRecord
-	11, // 71: yunchi.state.v1.RequestRecord.vms:type_name -> yunchi.state.v1.VMRecord
-	10, // 72: yunchi.state.v1.RequestRecord.host:type_name -> yunchi.state.v1.HostRecord
-	12, // 73: yunchi.state.v1.RequestRecord.ratio:type_name -> yunchi.state.v1.RatioRecord
-	13, // 74: yunchi.state.v1.RequestRecord.group:type_name -> yunchi.state.v1.PlacementGroupRecord
-	14, // 75: yunchi.state.v1.RequestRecord.member:type_name -> yunchi.state.v1.MemberRecord
-	53, // 76: yunchi.state.v1.RequestRecord.department:type_name -> yunchi.state.v1.DepartmentRecord
-	54, // 77: yunchi.state.v1.RequestRecord.project:type_name -> yunchi.state.v1.ProjectRecord
-	55, // 78: yunchi.state.v1.RequestRecord.user:type_name -> yunchi.state.v1.UserRecord
-	56, // 79: yunchi.state.v1.RequestRecord.token:type_name -> yunchi.state.v1.TokenRecord
-	59, // 80: yunchi.state.v1.RequestRecord.image:type_name -> yunchi.state.v1.ImageRecord
-	81, // [81:81] is the sub-list for method output_type
-	81, // [81:81] is the sub-list for method input_type
-	81, // [81:81] is the sub-list for extension type_name
-	81, // [81:81] is the sub-list for extension extendee
-	0,  // [0:81] is the sub-list for field type_name
+	35, // 21: yunchi.state.v1.ReportVMStatus.volumes:type_name -> yunchi.state.v1.VolumeStatus
+	0,  // 22: yunchi.state.v1.UpdateHost.admin_state:type_name -> yunchi.state.v1.HostState
+	33, // 23: yunchi.state.v1.UpdateHost.set_labels:type_name -> yunchi.state.v1.UpdateHost.SetLabelsEntry
+	6,  // 24: yunchi.state.v1.UpdateHost.reserved:type_name -> yunchi.state.v1.Resources
+	13, // 25: yunchi.state.v1.CreatePlacementGroup.group:type_name -> yunchi.state.v1.PlacementGroupRecord
+	11, // 26: yunchi.state.v1.PlaceVMs.vms:type_name -> yunchi.state.v1.VMRecord
+	14, // 27: yunchi.state.v1.UpsertMember.member:type_name -> yunchi.state.v1.MemberRecord
+	36, // 28: yunchi.state.v1.Command.audit:type_name -> yunchi.state.v1.AuditContext
+	15, // 29: yunchi.state.v1.Command.register_host:type_name -> yunchi.state.v1.RegisterHost
+	16, // 30: yunchi.state.v1.Command.set_host_state:type_name -> yunchi.state.v1.SetHostState
+	17, // 31: yunchi.state.v1.Command.place_vm:type_name -> yunchi.state.v1.PlaceVM
+	18, // 32: yunchi.state.v1.Command.set_vm_desired:type_name -> yunchi.state.v1.SetVMDesired
+	19, // 33: yunchi.state.v1.Command.report_vm_status:type_name -> yunchi.state.v1.ReportVMStatus
+	25, // 34: yunchi.state.v1.Command.upsert_member:type_name -> yunchi.state.v1.UpsertMember
+	26, // 35: yunchi.state.v1.Command.remove_member:type_name -> yunchi.state.v1.RemoveMember
+	20, // 36: yunchi.state.v1.Command.update_host:type_name -> yunchi.state.v1.UpdateHost
+	21, // 37: yunchi.state.v1.Command.set_ratios:type_name -> yunchi.state.v1.SetRatios
+	22, // 38: yunchi.state.v1.Command.create_placement_group:type_name -> yunchi.state.v1.CreatePlacementGroup
+	23, // 39: yunchi.state.v1.Command.delete_placement_group:type_name -> yunchi.state.v1.DeletePlacementGroup
+	24, // 40: yunchi.state.v1.Command.place_vms:type_name -> yunchi.state.v1.PlaceVMs
+	27, // 41: yunchi.state.v1.Command.record_heartbeats:type_name -> yunchi.state.v1.RecordHeartbeats
+	37, // 42: yunchi.state.v1.Command.create_department:type_name -> yunchi.state.v1.CreateDepartment
+	38, // 43: yunchi.state.v1.Command.delete_department:type_name -> yunchi.state.v1.DeleteDepartment
+	39, // 44: yunchi.state.v1.Command.create_project:type_name -> yunchi.state.v1.CreateProject
+	40, // 45: yunchi.state.v1.Command.delete_project:type_name -> yunchi.state.v1.DeleteProject
+	41, // 46: yunchi.state.v1.Command.create_user:type_name -> yunchi.state.v1.CreateUser
+	42, // 47: yunchi.state.v1.Command.delete_user:type_name -> yunchi.state.v1.DeleteUser
+	43, // 48: yunchi.state.v1.Command.update_user:type_name -> yunchi.state.v1.UpdateUser
+	44, // 49: yunchi.state.v1.Command.create_token:type_name -> yunchi.state.v1.CreateToken
+	45, // 50: yunchi.state.v1.Command.revoke_token:type_name -> yunchi.state.v1.RevokeToken
+	46, // 51: yunchi.state.v1.Command.record_login_failures:type_name -> yunchi.state.v1.RecordLoginFailures
+	47, // 52: yunchi.state.v1.Command.set_quota:type_name -> yunchi.state.v1.SetQuota
+	48, // 53: yunchi.state.v1.Command.create_join_token:type_name -> yunchi.state.v1.CreateJoinToken
+	49, // 54: yunchi.state.v1.Command.consume_join_token:type_name -> yunchi.state.v1.ConsumeJoinToken
+	50, // 55: yunchi.state.v1.Command.record_audit:type_name -> yunchi.state.v1.RecordAudit
+	51, // 56: yunchi.state.v1.Command.archive_audit:type_name -> yunchi.state.v1.ArchiveAudit
+	52, // 57: yunchi.state.v1.Command.create_image:type_name -> yunchi.state.v1.CreateImage
+	53, // 58: yunchi.state.v1.Command.delete_image:type_name -> yunchi.state.v1.DeleteImage
+	54, // 59: yunchi.state.v1.Command.create_volume:type_name -> yunchi.state.v1.CreateVolume
+	55, // 60: yunchi.state.v1.Command.attach_volume:type_name -> yunchi.state.v1.AttachVolume
+	56, // 61: yunchi.state.v1.Command.detach_volume:type_name -> yunchi.state.v1.DetachVolume
+	57, // 62: yunchi.state.v1.Command.delete_volume:type_name -> yunchi.state.v1.DeleteVolume
+	10, // 63: yunchi.state.v1.Snapshot.hosts:type_name -> yunchi.state.v1.HostRecord
+	11, // 64: yunchi.state.v1.Snapshot.vms:type_name -> yunchi.state.v1.VMRecord
+	14, // 65: yunchi.state.v1.Snapshot.members:type_name -> yunchi.state.v1.MemberRecord
+	12, // 66: yunchi.state.v1.Snapshot.ratios:type_name -> yunchi.state.v1.RatioRecord
+	13, // 67: yunchi.state.v1.Snapshot.groups:type_name -> yunchi.state.v1.PlacementGroupRecord
+	30, // 68: yunchi.state.v1.Snapshot.requests:type_name -> yunchi.state.v1.RequestRecord
+	58, // 69: yunchi.state.v1.Snapshot.departments:type_name -> yunchi.state.v1.DepartmentRecord
+	59, // 70: yunchi.state.v1.Snapshot.projects:type_name -> yunchi.state.v1.ProjectRecord
+	60, // 71: yunchi.state.v1.Snapshot.users:type_name -> yunchi.state.v1.UserRecord
+	61, // 72: yunchi.state.v1.Snapshot.tokens:type_name -> yunchi.state.v1.TokenRecord
+	62, // 73: yunchi.state.v1.Snapshot.audit_head:type_name -> yunchi.state.v1.AuditHead
+	63, // 74: yunchi.state.v1.Snapshot.join_tokens:type_name -> yunchi.state.v1.JoinTokenRecord
+	64, // 75: yunchi.state.v1.Snapshot.images:type_name -> yunchi.state.v1.ImageRecord
+	65, // 76: yunchi.state.v1.Snapshot.volumes:type_name -> yunchi.state.v1.VolumeRecord
+	11, // 77: yunchi.state.v1.RequestRecord.vms:type_name -> yunchi.state.v1.VMRecord
+	10, // 78: yunchi.state.v1.RequestRecord.host:type_name -> yunchi.state.v1.HostRecord
+	12, // 79: yunchi.state.v1.RequestRecord.ratio:type_name -> yunchi.state.v1.RatioRecord
+	13, // 80: yunchi.state.v1.RequestRecord.group:type_name -> yunchi.state.v1.PlacementGroupRecord
+	14, // 81: yunchi.state.v1.RequestRecord.member:type_name -> yunchi.state.v1.MemberRecord
+	58, // 82: yunchi.state.v1.RequestRecord.department:type_name -> yunchi.state.v1.DepartmentRecord
+	59, // 83: yunchi.state.v1.RequestRecord.project:type_name -> yunchi.state.v1.ProjectRecord
+	60, // 84: yunchi.state.v1.RequestRecord.user:type_name -> yunchi.state.v1.UserRecord
+	61, // 85: yunchi.state.v1.RequestRecord.token:type_name -> yunchi.state.v1.TokenRecord
+	64, // 86: yunchi.state.v1.RequestRecord.image:type_name -> yunchi.state.v1.ImageRecord
+	65, // 87: yunchi.state.v1.RequestRecord.volume:type_name -> yunchi.state.v1.VolumeRecord
+	88, // [88:88] is the sub-list for method output_type
+	88, // [88:88] is the sub-list for method input_type
+	88, // [88:88] is the sub-list for extension type_name
+	88, // [88:88] is the sub-list for extension extendee
+	0,  // [0:88] is the sub-list for field type_name
 }
 
 func init() { file_yunchi_state_v1_state_proto_init() }
@@ -3421,6 +3532,7 @@ func file_yunchi_state_v1_state_proto_init() {
 	file_yunchi_state_v1_audit_proto_init()
 	file_yunchi_state_v1_pki_proto_init()
 	file_yunchi_state_v1_image_proto_init()
+	file_yunchi_state_v1_volume_proto_init()
 	file_yunchi_state_v1_state_proto_msgTypes[14].OneofWrappers = []any{}
 	file_yunchi_state_v1_state_proto_msgTypes[15].OneofWrappers = []any{}
 	file_yunchi_state_v1_state_proto_msgTypes[22].OneofWrappers = []any{
@@ -3454,6 +3566,10 @@ func file_yunchi_state_v1_state_proto_init() {
 		(*Command_ArchiveAudit)(nil),
 		(*Command_CreateImage)(nil),
 		(*Command_DeleteImage)(nil),
+		(*Command_CreateVolume)(nil),
+		(*Command_AttachVolume)(nil),
+		(*Command_DetachVolume)(nil),
+		(*Command_DeleteVolume)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
