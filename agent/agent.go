@@ -67,6 +67,10 @@ type Config struct {
 	// DialOptions are added to the gRPC dial options (after the default
 	// insecure transport, so transport credentials given here win).
 	DialOptions []grpc.DialOption
+	// StoragePool names the libvirt pool VMs' disks are made in, as told to
+	// the controllers; SharedStorage, when set, says that pool lives on
+	// storage other hosts mount too, by a name the same on all of them.
+	StoragePool, SharedStorage string
 	// ImageDir is where images VMs boot from are cached (DIR/<sha256>.<format>);
 	// "" means DefaultImageDir.
 	ImageDir string
@@ -240,6 +244,7 @@ func (a *Agent) register(ctx context.Context) error {
 		AgentVersion: Version,
 		LibvirtUri:   a.cfg.LibvirtURI,
 		Hypervisor:   nf.Hypervisor, LibvirtVersion: nf.LibvirtVersion,
+		StoragePool:  a.cfg.StoragePool, SharedStorage: a.cfg.SharedStorage,
 	}
 	if a.cfg.Hostname != "" {
 		facts.Hostname = a.cfg.Hostname

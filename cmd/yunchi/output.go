@@ -142,6 +142,7 @@ func (p *printer) hostDetail(h *yunchiv1.Host) func(io.Writer) {
 		kv(w, "CPU model", h.GetCpuModel())
 		kv(w, "Agent version", h.GetAgentVersion())
 		kv(w, "Hypervisor", hypervisorText(h))
+		kv(w, "Storage pool", storageText(h))
 		kv(w, "VMs", strconv.Itoa(int(h.GetVmCount())))
 		kv(w, "Registered", p.timestamp(h.GetRegisteredAt()))
 		kv(w, "Last seen", p.timestamp(h.GetLastSeen()))
@@ -433,6 +434,19 @@ func (p *printer) decisions(r *yunchiv1.CreateVMsResponse) func(io.Writer) {
 			fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\n", d.GetVmName(), d.GetHostId(), dash(d.GetHostCenter()), d.GetScore(), dash(strings.Join(ru, ", ")))
 		}
 	}
+}
+
+// storageText says where a host's VM disks live: "yunchi (local)",
+// "vmstore (shared storage nfs-a1)".
+func storageText(h *yunchiv1.Host) string {
+	pool := orDefault(h.GetStoragePool(), "-")
+	if s := h.GetSharedStorage(); s != "" {
+		return pool + " (shared storage " + s + ": disks outlive the host)"
+	}
+	if h.GetStoragePool() == "" {
+		return pool
+	}
+	return pool + " (local)"
 }
 
 // hypervisorText is a host's hypervisor with the libvirt version beside

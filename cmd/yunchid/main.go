@@ -176,6 +176,7 @@ func agentCmd() *cli.Command {
 			&cli.StringFlag{Name: "domain-type", Usage: "hypervisor type of the guests: kvm, qemu (TCG, no hardware virtualisation) or test (default: test for test:/// URIs, else kvm)"},
 			&cli.StringFlag{Name: "pool", Value: libvirt.DefaultPool, Usage: "libvirt storage pool where VMs' root disks and cloud-init seeds are made"},
 			&cli.StringFlag{Name: "pool-dir", Usage: "make --pool as a directory pool here if it does not exist (default: it must exist)"},
+			&cli.StringFlag{Name: "shared-storage", Usage: "`NAME` of the shared storage --pool lives on (an NFS export or directory other hosts mount too), the same on every host sharing it; its disks outlive this host (default: local)"},
 			&cli.StringFlag{Name: "network", Value: "user", Usage: "guests' network: user (user-mode NAT), none, or the name of a host bridge"},
 			&cli.StringFlag{Name: "console-log-dir", Usage: "also log each guest's serial console to DIR/<domain name>.log (default: no log)"},
 			&cli.StringFlag{Name: "image-dir", Value: agent.DefaultImageDir, Usage: "where images VMs boot from are cached (readable by QEMU)"},
@@ -242,7 +243,7 @@ func agentCmd() *cli.Command {
 				Rack: c.String("rack"), Labels: labels, DiskBytes: c.Int64("disk-bytes"),
 				LibvirtURI: c.String("libvirt-uri"), Controllers: splitList(c.String("controllers")),
 				HeartbeatInterval: c.Duration("heartbeat"), DialOptions: dial, Token: token,
-				ImageDir: c.String("image-dir"),
+				ImageDir: c.String("image-dir"), StoragePool: c.String("pool"), SharedStorage: c.String("shared-storage"),
 			}, drv)
 			if status != nil {
 				stop := status.Start(c.Context, c.String("host-id"), drv, slog.Default())

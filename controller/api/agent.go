@@ -24,8 +24,14 @@ func checkFacts(f *yunchiv1.HostFacts) error {
 	for _, t := range []struct{ what, value string }{
 		{"hostname", f.Hostname}, {"cpu model", f.CpuModel}, {"agent version", f.AgentVersion},
 		{"libvirt uri", f.LibvirtUri}, {"hypervisor", f.Hypervisor}, {"libvirt version", f.LibvirtVersion},
+		{"storage pool", f.StoragePool},
 	} {
 		if err := checkText("host "+f.Id+": "+t.what, t.value); err != nil {
+			return err
+		}
+	}
+	if f.SharedStorage != "" {
+		if err := checkName("host "+f.Id+": shared storage", f.SharedStorage); err != nil {
 			return err
 		}
 	}
@@ -45,6 +51,7 @@ func (s *Server) RegisterHost(ctx context.Context, req *yunchiv1.RegisterHostReq
 		Id: f.Id, Hostname: f.Hostname, Center: f.Center, Site: f.Site, Rack: f.Rack, Labels: f.Labels,
 		Capacity: resFromAPI(f.Capacity), CpuModel: f.CpuModel, AgentVersion: f.AgentVersion,
 		Hypervisor: f.Hypervisor, LibvirtVersion: f.LibvirtVersion,
+		StoragePool: f.StoragePool, SharedStorage: f.SharedStorage,
 	}}}}); err != nil {
 		return nil, err
 	}

@@ -134,6 +134,7 @@ func hostToAPI(hv state.HostView, stats *yunchiv1.HostStats) *yunchiv1.Host {
 		HostRatios:   recRatiosToAPI(h.Ratios),
 		CpuModel:     h.CpuModel, AgentVersion: h.AgentVersion, RegisteredAt: ts(h.RegisteredUnixNano),
 		Hypervisor: h.Hypervisor, LibvirtVersion: h.LibvirtVersion,
+		StoragePool: h.StoragePool, SharedStorage: h.SharedStorage,
 	}
 	// Last seen is the replicated record, the same on every controller;
 	// stats are the leader's own (nil elsewhere).

@@ -1,6 +1,8 @@
 package api
 
 import (
+	"context"
+	"google.golang.org/protobuf/proto"
 	"strings"
 	"testing"
 
@@ -55,5 +57,34 @@ func TestHostFactsText(t *testing.T) {
 	h := hostToAPI(hv, nil)
 	if h.Hypervisor != "QEMU 7.2.0" || h.LibvirtVersion != "9.0.0" {
 		t.Errorf("API host: hypervisor %q, libvirt %q", h.Hypervisor, h.LibvirtVersion)
+	}
+}
+
+// A host declares its storage pool and, for a pool on storage other hosts
+// mount too, that storage's name (a DNS-label style name, the same on every
+// host sharing it); both reach the state and the API, and a name that is
+// not one is refused.
+func TestHostFactsStorage(t *testing.T) {
+	s, _ := newLeadingServer(t)
+	facts := &yunchiv1.HostFacts{Id: "h1", Center: "a1", StoragePool: "vmstore", SharedStorage: "nfs-a1",
+		Capacity: &yunchiv1.Resources{Vcpus: 8, MemoryBytes: 16 << 30, DiskBytes: 1 << 40}}
+	resp, err := s.RegisterHost(context.Background(), &yunchiv1.RegisterHostRequest{Facts: facts})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := resp.Host; h.StoragePool != "vmstore" || h.SharedStorage != "nfs-a1" {
+		t.Fatalf("registered host: pool %q, shared storage %q", h.StoragePool, h.SharedStorage)
+	}
+	for _, bad := range []string{"NFS A1", "nfs/a1", strings.Repeat("n", 64)} {
+		f := proto.Clone(facts).(*yunchiv1.HostFacts)
+		f.SharedStorage = bad
+		if err := checkFacts(f); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "shared storage") {
+			t.Errorf("shared storage %q: %v; want InvalidArgument naming the field", bad, err)
+		}
+	}
+	f := proto.Clone(facts).(*yunchiv1.HostFacts)
+	f.StoragePool = "pool\x00"
+	if err := checkFacts(f); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "storage pool") {
+		t.Errorf("storage pool with a NUL: %v", err)
 	}
 }

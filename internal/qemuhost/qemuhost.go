@@ -70,6 +70,7 @@ func (h *Host) AgentConfig(base agent.Config) agent.Config {
 	}
 	base.LibvirtURI = h.LV.URI
 	base.ImageDir = h.ImageDir
+	base.StoragePool = PoolName
 	return base
 }
 

@@ -42,8 +42,15 @@ type HostFacts struct {
 	// for libvirt's test driver), and libvirt's own version ("9.0.0").
 	Hypervisor     string `protobuf:"bytes,11,opt,name=hypervisor,proto3" json:"hypervisor,omitempty"`
 	LibvirtVersion string `protobuf:"bytes,12,opt,name=libvirt_version,json=libvirtVersion,proto3" json:"libvirt_version,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The libvirt storage pool the agent makes VMs' disks in, and, when that
+	// pool lives on storage other hosts mount too (an NFS export, a shared
+	// directory), the name of that storage: the same on every host sharing
+	// it, so that disks there can be used again from another host (HA
+	// restart, migration). "" = local to this host.
+	StoragePool   string `protobuf:"bytes,13,opt,name=storage_pool,json=storagePool,proto3" json:"storage_pool,omitempty"`
+	SharedStorage string `protobuf:"bytes,14,opt,name=shared_storage,json=sharedStorage,proto3" json:"shared_storage,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *HostFacts) Reset() {
@@ -156,6 +163,20 @@ func (x *HostFacts) GetHypervisor() string {
 func (x *HostFacts) GetLibvirtVersion() string {
 	if x != nil {
 		return x.LibvirtVersion
+	}
+	return ""
+}
+
+func (x *HostFacts) GetStoragePool() string {
+	if x != nil {
+		return x.StoragePool
+	}
+	return ""
+}
+
+func (x *HostFacts) GetSharedStorage() string {
+	if x != nil {
+		return x.SharedStorage
 	}
 	return ""
 }
@@ -1445,7 +1466,7 @@ var File_yunchi_v1_agent_proto protoreflect.FileDescriptor
 
 const file_yunchi_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x15yunchi/v1/agent.proto\x12\tyunchi.v1\x1a\x16yunchi/v1/access.proto\x1a\x15yunchi/v1/image.proto\x1a\x16yunchi/v1/yunchi.proto\"\xca\x03\n" +
+	"\x15yunchi/v1/agent.proto\x12\tyunchi.v1\x1a\x16yunchi/v1/access.proto\x1a\x15yunchi/v1/image.proto\x1a\x16yunchi/v1/yunchi.proto\"\x94\x04\n" +
 	"\tHostFacts\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
 	"\bhostname\x18\x02 \x01(\tR\bhostname\x12\x16\n" +
@@ -1462,7 +1483,9 @@ const file_yunchi_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"hypervisor\x18\v \x01(\tR\n" +
 	"hypervisor\x12'\n" +
-	"\x0flibvirt_version\x18\f \x01(\tR\x0elibvirtVersion\x1a9\n" +
+	"\x0flibvirt_version\x18\f \x01(\tR\x0elibvirtVersion\x12!\n" +
+	"\fstorage_pool\x18\r \x01(\tR\vstoragePool\x12%\n" +
+	"\x0eshared_storage\x18\x0e \x01(\tR\rsharedStorage\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"A\n" +

@@ -1771,8 +1771,13 @@ type Host struct {
 	// test driver) and libvirt's version ("9.0.0"), as the agent read them.
 	Hypervisor     string `protobuf:"bytes,25,opt,name=hypervisor,proto3" json:"hypervisor,omitempty"`
 	LibvirtVersion string `protobuf:"bytes,26,opt,name=libvirt_version,json=libvirtVersion,proto3" json:"libvirt_version,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The storage pool the host's VM disks are made in, and the shared
+	// storage it is on, the same name on every host that mounts it ("" =
+	// local: its disks go down with the host).
+	StoragePool   string `protobuf:"bytes,27,opt,name=storage_pool,json=storagePool,proto3" json:"storage_pool,omitempty"`
+	SharedStorage string `protobuf:"bytes,28,opt,name=shared_storage,json=sharedStorage,proto3" json:"shared_storage,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Host) Reset() {
@@ -1983,6 +1988,20 @@ func (x *Host) GetHypervisor() string {
 func (x *Host) GetLibvirtVersion() string {
 	if x != nil {
 		return x.LibvirtVersion
+	}
+	return ""
+}
+
+func (x *Host) GetStoragePool() string {
+	if x != nil {
+		return x.StoragePool
+	}
+	return ""
+}
+
+func (x *Host) GetSharedStorage() string {
+	if x != nil {
+		return x.SharedStorage
 	}
 	return ""
 }
@@ -4183,7 +4202,8 @@ const file_yunchi_v1_yunchi_proto_rawDesc = "" +
 	"\fRatioSources\x12\x10\n" +
 	"\x03cpu\x18\x01 \x01(\tR\x03cpu\x12\x16\n" +
 	"\x06memory\x18\x02 \x01(\tR\x06memory\x12\x12\n" +
-	"\x04disk\x18\x03 \x01(\tR\x04disk\"\xc2\t\n" +
+	"\x04disk\x18\x03 \x01(\tR\x04disk\"\x8c\n" +
+	"\n" +
 	"\x04Host\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
 	"\bhostname\x18\x02 \x01(\tR\bhostname\x12\x16\n" +
@@ -4216,7 +4236,9 @@ const file_yunchi_v1_yunchi_proto_rawDesc = "" +
 	"\n" +
 	"hypervisor\x18\x19 \x01(\tR\n" +
 	"hypervisor\x12'\n" +
-	"\x0flibvirt_version\x18\x1a \x01(\tR\x0elibvirtVersion\x1a9\n" +
+	"\x0flibvirt_version\x18\x1a \x01(\tR\x0elibvirtVersion\x12!\n" +
+	"\fstorage_pool\x18\x1b \x01(\tR\vstoragePool\x12%\n" +
+	"\x0eshared_storage\x18\x1c \x01(\tR\rsharedStorage\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a>\n" +

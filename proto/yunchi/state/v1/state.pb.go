@@ -656,8 +656,12 @@ type HostRecord struct {
 	// libvirt's version ("9.0.0").
 	Hypervisor     string `protobuf:"bytes,19,opt,name=hypervisor,proto3" json:"hypervisor,omitempty"`
 	LibvirtVersion string `protobuf:"bytes,20,opt,name=libvirt_version,json=libvirtVersion,proto3" json:"libvirt_version,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// From the agent: its storage pool, and the shared storage that pool is
+	// on ("" = local to the host).
+	StoragePool   string `protobuf:"bytes,21,opt,name=storage_pool,json=storagePool,proto3" json:"storage_pool,omitempty"`
+	SharedStorage string `protobuf:"bytes,22,opt,name=shared_storage,json=sharedStorage,proto3" json:"shared_storage,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *HostRecord) Reset() {
@@ -826,6 +830,20 @@ func (x *HostRecord) GetHypervisor() string {
 func (x *HostRecord) GetLibvirtVersion() string {
 	if x != nil {
 		return x.LibvirtVersion
+	}
+	return ""
+}
+
+func (x *HostRecord) GetStoragePool() string {
+	if x != nil {
+		return x.StoragePool
+	}
+	return ""
+}
+
+func (x *HostRecord) GetSharedStorage() string {
+	if x != nil {
+		return x.SharedStorage
 	}
 	return ""
 }
@@ -3075,7 +3093,7 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"Constraint\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12-\n" +
 	"\x02op\x18\x02 \x01(\x0e2\x1d.yunchi.state.v1.ConstraintOpR\x02op\x12\x16\n" +
-	"\x06values\x18\x03 \x03(\tR\x06values\"\xd8\a\n" +
+	"\x06values\x18\x03 \x03(\tR\x06values\"\xa2\b\n" +
 	"\n" +
 	"HostRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
@@ -3101,7 +3119,9 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\n" +
 	"hypervisor\x18\x13 \x01(\tR\n" +
 	"hypervisor\x12'\n" +
-	"\x0flibvirt_version\x18\x14 \x01(\tR\x0elibvirtVersion\x1a9\n" +
+	"\x0flibvirt_version\x18\x14 \x01(\tR\x0elibvirtVersion\x12!\n" +
+	"\fstorage_pool\x18\x15 \x01(\tR\vstoragePool\x12%\n" +
+	"\x0eshared_storage\x18\x16 \x01(\tR\rsharedStorage\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a>\n" +
