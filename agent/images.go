@@ -139,6 +139,12 @@ func (c *imageCache) ensure(ctx context.Context, ref *yunchiv1.ImageRef) (path, 
 		_ = os.Remove(final)
 	}
 	c.mu.Lock()
+	if _, ok := c.fetches[sha]; ok {
+		// Another VM's reconcile (new domains are made several at once)
+		// started the fetch while this one hashed: one fetch per image.
+		c.mu.Unlock()
+		return "", format, fmt.Sprintf("fetching image %s (0%%)", sha[:12]), nil
+	}
 	f = &imageFetch{ref: ref, done: make(chan struct{})}
 	c.fetches[sha] = f
 	c.mu.Unlock()

@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -169,5 +170,46 @@ func TestImageThatNeverVerifiesFailsTheVM(t *testing.T) {
 	img.mu.Unlock()
 	if copies != 3 {
 		t.Fatalf("%d copies fetched, want 3 attempts", copies)
+	}
+}
+
+// VMs created together from one image (their domains are made several at
+// once) fetch it once, also when a damaged copy in the cache (hashed by
+// each before it is thrown away) makes the race for the fetch wide.
+func TestImageFetchedOnceForManyVMs(t *testing.T) {
+	data := randomImage(t)
+	img := &imageServer{data: data}
+	c := newController()
+	cfg := config(t, serveImage(t, c, img))
+	cfg.ImageDir = t.TempDir()
+	sum := sha256.Sum256(data)
+	damaged := append([]byte(nil), data...)
+	damaged[len(damaged)/2] ^= 1
+	if err := os.WriteFile(filepath.Join(cfg.ImageDir, hex.EncodeToString(sum[:])+".raw"), damaged, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	start(t, cfg, &spy{Driver: smallHost(t)})
+	var ids []string
+	var all []*yunchiv1.Assignment
+	for i := range 6 {
+		as := imageVM(data)
+		as.VmId = fmt.Sprintf("6f1d0c1e-0a6b-4c1f-8f0e-2d9b8a7c6e%02d", i)
+		as.Name = fmt.Sprintf("web-%d", i)
+		ids = append(ids, as.VmId)
+		all = append(all, as)
+	}
+	c.put(all...) // one set: the agent makes their domains together
+	eventually(t, "all running", func() bool {
+		for _, id := range ids {
+			if c.phase(id) != yunchiv1.VMPhase_VM_PHASE_RUNNING {
+				return false
+			}
+		}
+		return true
+	})
+	img.mu.Lock()
+	defer img.mu.Unlock()
+	if len(img.offsets) != 1 {
+		t.Fatalf("%d fetches of one image for 6 VMs, want 1", len(img.offsets))
 	}
 }
