@@ -6,7 +6,7 @@ GO ?= go
 BIN := bin
 PROTO_SRC := $(wildcard proto/yunchi/v1/*.proto proto/yunchi/state/v1/*.proto)
 
-.PHONY: all deps build dev test fuzz-short proto bench bench-controller chaos clean
+.PHONY: all deps build dev test fuzz-short proto bench bench-controller bench-qemu chaos clean
 
 all: build
 
@@ -101,6 +101,19 @@ BENCH_FLAGS ?=
 bench-controller: build
 	$(GO) build -o $(BIN)/bench-controller ./bench/controller
 	./$(BIN)/bench-controller -yunchid $(BIN)/yunchid $(BENCH_FLAGS)
+
+# VM create-to-running on a real QEMU host (docs/performance.md, "VM
+# create-to-running"): `yunchid dev --real-hosts 1` in process; 20 VMs one at
+# a time and 50 at once through the API, beside libvirt alone doing the same
+# define+start on the same host in the same run. A few minutes; needs root,
+# libvirtd and QEMU (without them it says why and does nothing).
+# BENCH_QEMU_FLAGS: -seq N, -burst N, -bursts N, -memory 128MiB.
+BENCH_QEMU_FLAGS ?=
+bench-qemu:
+	@if [ "$$(id -u)" -ne 0 ]; then echo "bench-qemu: skipped: needs root (private libvirtd + QEMU hosts)"; exit 0; fi; \
+	$(MAKE) --no-print-directory deps && \
+	$(GO) build -o $(BIN)/bench-qemu ./bench/qemu && \
+	./$(BIN)/bench-qemu $(BENCH_QEMU_FLAGS)
 
 clean:
 	rm -rf $(BIN)

@@ -74,6 +74,12 @@ func (a *Agent) reconcile(ctx context.Context, set *yunchiv1.Assignments) bool {
 	wanted := make(map[string]bool, len(set.GetVms()))
 	live := make(map[string]bool, len(set.GetVms())) // VMs whose domains may hold volumes
 	vols := volumesOf(set)
+	// New domains first, several at once; what could not be made has its
+	// status in news, what was made is in actual for reconcileVM to find.
+	news := a.makeNewDomains(ctx, set, actual, vols)
+	if ctx.Err() != nil {
+		return true
+	}
 	var statuses []*yunchiv1.VMStatus
 	for _, as := range set.GetVms() {
 		id := as.GetVmId()
@@ -93,7 +99,10 @@ func (a *Agent) reconcile(ctx context.Context, set *yunchiv1.Assignments) bool {
 		if as.GetDesired() != yunchiv1.PowerState_POWER_STATE_DELETED {
 			live[id] = true
 		}
-		st := a.reconcileVM(ctx, as, dom, vols[id])
+		st, made := news[id]
+		if !made {
+			st = a.reconcileVM(ctx, as, dom, vols[id])
+		}
 		if ctx.Err() != nil {
 			return true // shutting down: what was cut short is not a result
 		}
@@ -133,13 +142,7 @@ func (a *Agent) reconcileVM(ctx context.Context, as *yunchiv1.Assignment, dom *D
 	if dom != nil {
 		seq = max(seq, dom.RebootSeq)
 	}
-	failed := func(err error) *yunchiv1.VMStatus {
-		msg := oneLine(err.Error())
-		if ctx.Err() == nil {
-			log.Warn("cannot carry out assignment", "desired", as.GetDesired().String(), "err", msg)
-		}
-		return &yunchiv1.VMStatus{VmId: id, Phase: yunchiv1.VMPhase_VM_PHASE_FAILED, Message: msg, ObservedRebootSeq: seq}
-	}
+	failed := func(err error) *yunchiv1.VMStatus { return failedStatus(ctx, log, as, seq, err) }
 
 	switch as.GetDesired() {
 	case yunchiv1.PowerState_POWER_STATE_DELETED:
@@ -162,30 +165,14 @@ func (a *Agent) reconcileVM(ctx context.Context, as *yunchiv1.Assignment, dom *D
 		return failed(fmt.Errorf("invalid assignment: %w", err))
 	}
 	if dom == nil {
-		spec := DomainSpec{
-			VMID:        id,
-			Project:     as.GetProject(),
-			Name:        as.GetName(),
-			VCPUs:       as.GetVcpus(),
-			MemoryBytes: as.GetMemoryBytes(),
-			RebootSeq:   as.GetRebootSeq(),
-			DiskBytes:   as.GetDiskBytes(),
-			Volumes:     vols,
+		spec, note, err := a.domainSpec(ctx, as, vols)
+		if err != nil {
+			return failed(err)
 		}
-		if ref := as.GetImage(); ref != nil {
-			path, format, note, err := a.images.ensure(ctx, ref)
-			if err != nil {
-				return failed(err)
-			}
-			if path == "" { // still fetching: define once the image is here
-				return &yunchiv1.VMStatus{VmId: id, Phase: yunchiv1.VMPhase_VM_PHASE_PENDING, Message: note, ObservedRebootSeq: seq}
-			}
-			spec.BaseImage, spec.BaseFormat = path, format
+		if spec == nil { // still fetching the image: define once it is here
+			return &yunchiv1.VMStatus{VmId: id, Phase: yunchiv1.VMPhase_VM_PHASE_PENDING, Message: note, ObservedRebootSeq: seq}
 		}
-		if as.GetImage() != nil || as.GetUserData() != "" || len(as.GetSshAuthorizedKeys()) > 0 {
-			spec.Seed = &Seed{InstanceID: id, Hostname: as.GetName(), SSHAuthorizedKeys: as.GetSshAuthorizedKeys(), UserData: as.GetUserData()}
-		}
-		if err := a.d.Define(ctx, spec); err != nil {
+		if err := a.d.Define(ctx, *spec); err != nil {
 			return failed(err)
 		}
 		log.Info("defined domain", "vcpus", spec.VCPUs, "memory_bytes", spec.MemoryBytes)
@@ -232,6 +219,46 @@ func (a *Agent) reconcileVM(ctx context.Context, as *yunchiv1.Assignment, dom *D
 	}
 	seq = a.recordReboot(ctx, log, id, seq, as.GetRebootSeq())
 	return a.ev.runningStatus(&yunchiv1.VMStatus{VmId: id, Phase: yunchiv1.VMPhase_VM_PHASE_RUNNING, ObservedRebootSeq: seq})
+}
+
+// failedStatus is the FAILED status of an assignment that could not be
+// carried out because of err, logged.
+func failedStatus(ctx context.Context, log *slog.Logger, as *yunchiv1.Assignment, seq uint64, err error) *yunchiv1.VMStatus {
+	msg := oneLine(err.Error())
+	if ctx.Err() == nil {
+		log.Warn("cannot carry out assignment", "desired", as.GetDesired().String(), "err", msg)
+	}
+	return &yunchiv1.VMStatus{VmId: as.GetVmId(), Phase: yunchiv1.VMPhase_VM_PHASE_FAILED, Message: msg, ObservedRebootSeq: seq}
+}
+
+// domainSpec is what the VM's new domain is defined from, or nil and a
+// progress note while its image is still being fetched.
+func (a *Agent) domainSpec(ctx context.Context, as *yunchiv1.Assignment, vols []VolumeSpec) (*DomainSpec, string, error) {
+	id := as.GetVmId()
+	spec := &DomainSpec{
+		VMID:        id,
+		Project:     as.GetProject(),
+		Name:        as.GetName(),
+		VCPUs:       as.GetVcpus(),
+		MemoryBytes: as.GetMemoryBytes(),
+		RebootSeq:   as.GetRebootSeq(),
+		DiskBytes:   as.GetDiskBytes(),
+		Volumes:     vols,
+	}
+	if ref := as.GetImage(); ref != nil {
+		path, format, note, err := a.images.ensure(ctx, ref)
+		if err != nil {
+			return nil, "", err
+		}
+		if path == "" {
+			return nil, note, nil
+		}
+		spec.BaseImage, spec.BaseFormat = path, format
+	}
+	if as.GetImage() != nil || as.GetUserData() != "" || len(as.GetSshAuthorizedKeys()) > 0 {
+		spec.Seed = &Seed{InstanceID: id, Hostname: as.GetName(), SSHAuthorizedKeys: as.GetSshAuthorizedKeys(), UserData: as.GetUserData()}
+	}
+	return spec, "", nil
 }
 
 // recordReboot notes that reboot request want is carried out (if it is newer
