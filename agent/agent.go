@@ -244,7 +244,7 @@ func (a *Agent) register(ctx context.Context) error {
 		AgentVersion: Version,
 		LibvirtUri:   a.cfg.LibvirtURI,
 		Hypervisor:   nf.Hypervisor, LibvirtVersion: nf.LibvirtVersion,
-		StoragePool:  a.cfg.StoragePool, SharedStorage: a.cfg.SharedStorage,
+		StoragePool: a.cfg.StoragePool, SharedStorage: a.cfg.SharedStorage,
 	}
 	if a.cfg.Hostname != "" {
 		facts.Hostname = a.cfg.Hostname
