@@ -40,6 +40,7 @@ type lvVM struct {
 	root, seed          *lv.StorageVol // made by define
 	dom                 *lv.Domain     // defined by define
 	defineDur, startDur time.Duration
+	failedStarts        int
 }
 
 // baseline renders and runs baseline VMs on one host.
@@ -146,7 +147,13 @@ func (v *lvVM) run(conn *lv.Connect) error {
 	}
 	t1 := time.Now()
 	if err := v.dom.Create(); err != nil {
-		return fmt.Errorf("baseline %s: start: %w", v.name, err)
+		// Tried once more at once, as the agent does at its next pass
+		// after reporting the failure; counted.
+		v.failedStarts++
+		progress("  baseline %s: start failed (%v); trying again", v.name, err)
+		if err := v.dom.Create(); err != nil {
+			return fmt.Errorf("baseline %s: start: %w", v.name, err)
+		}
 	}
 	v.defineDur, v.startDur = t1.Sub(t0), time.Since(t1)
 	return nil

@@ -95,6 +95,19 @@ func run(ctx context.Context, cfg config, out io.Writer) (err error) {
 		if cerr := cleanupAll(made); cerr != nil {
 			err = errors.Join(err, fmt.Errorf("baseline clean-up: %w", cerr))
 		}
+		lvFailed := 0
+		for _, v := range made {
+			lvFailed += v.failedStarts
+		}
+		ls.add("start_failures", "Yunchi %d, libvirt alone %d (VMs whose first start failed and that were started at the next try)", yc.failures.Load(), lvFailed)
+		if yc.failures.Load() > 0 || lvFailed > 0 {
+			// libvirtd's own words on why, for whoever reads the run.
+			b, _ := os.ReadFile(filepath.Join(h.LV.Dir, "daemons.log"))
+			if len(b) > 4000 {
+				b = b[len(b)-4000:]
+			}
+			progress("end of the host's libvirtd log:\n%s", b)
+		}
 	}()
 	warm, err := b.render("warm", 0, true)
 	if err != nil {

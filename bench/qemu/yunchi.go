@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -47,6 +48,8 @@ type yunchiClient struct {
 	memory string
 	// vmTimeout bounds one VM's wait for RUNNING or gone.
 	vmTimeout time.Duration
+	// failures counts VMs seen FAILED before they ran.
+	failures atomic.Int32
 }
 
 func newYunchiClient(cc grpc.ClientConnInterface, hostID string, rec *recorder, memory string) *yunchiClient {
@@ -186,9 +189,11 @@ func (c *yunchiClient) fill(t *vmTimes) {
 }
 
 // waitRunning follows the VM until WatchVM shows it RUNNING, and says
-// when that was seen; a FAILED VM is an error. rev is the create's: the
-// controller answering may be a follower (leadership moves on a loaded
-// machine), which must have applied the create first.
+// when that was seen. A VM reported FAILED is waited for too (the agent
+// tries again at its next pass, as it would for a user), and counted.
+// rev is the create's: the controller answering may be a follower
+// (leadership moves on a loaded machine), which must have applied the
+// create first.
 func (c *yunchiClient) waitRunning(ctx context.Context, name string, rev uint64, timeout time.Duration) (time.Time, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -197,6 +202,7 @@ func (c *yunchiClient) waitRunning(ctx context.Context, name string, rev uint64,
 		return time.Time{}, fmt.Errorf("watch %s: %w", name, err)
 	}
 	var last *yunchiv1.VM
+	failed := false
 	for {
 		ev, err := stream.Recv()
 		if err != nil {
@@ -208,8 +214,10 @@ func (c *yunchiClient) waitRunning(ctx context.Context, name string, rev uint64,
 			return time.Time{}, fmt.Errorf("%s deleted while waiting for it to run", name)
 		case ev.Vm.GetPhase() == yunchiv1.VMPhase_VM_PHASE_RUNNING:
 			return time.Now(), nil
-		case ev.Vm.GetPhase() == yunchiv1.VMPhase_VM_PHASE_FAILED:
-			return time.Time{}, fmt.Errorf("%s failed: %s", name, ev.Vm.GetMessage())
+		case ev.Vm.GetPhase() == yunchiv1.VMPhase_VM_PHASE_FAILED && !failed:
+			failed = true
+			c.failures.Add(1)
+			progress("  %s reported FAILED (%s); waiting for the agent to try again", name, ev.Vm.GetMessage())
 		}
 	}
 }
