@@ -72,7 +72,7 @@ proto:
 		$(PROTO_SRC)
 	PATH=$(CURDIR)/$(BIN):$$PATH protoc -I proto -I proto/third_party -I /usr/include \
 		--openapiv2_out=docs --openapiv2_opt=allow_merge=true,merge_file_name=openapi,output_format=json,openapi_configuration=proto/openapi.yaml \
-		proto/yunchi/v1/yunchi.proto proto/yunchi/v1/tenancy.proto proto/yunchi/v1/identity.proto proto/yunchi/v1/quota.proto proto/yunchi/v1/audit.proto proto/yunchi/v1/image.proto proto/yunchi/v1/volume.proto
+		proto/yunchi/v1/yunchi.proto proto/yunchi/v1/tenancy.proto proto/yunchi/v1/identity.proto proto/yunchi/v1/quota.proto proto/yunchi/v1/audit.proto proto/yunchi/v1/image.proto proto/yunchi/v1/volume.proto proto/yunchi/v1/dr.proto
 	mv docs/openapi.swagger.json docs/openapi.json
 
 # Scheduler figures (docs/performance.md): the Azure trace replay of

@@ -175,6 +175,7 @@ var nouns = map[string]string{
 	"RatioService": "ratio", "ClusterService": "member", "AuditService": "audit",
 	"DepartmentService": "department", "ProjectService": "project", "UserService": "user",
 	"TokenService": "token", "QuotaService": "quota", "VolumeService": "volume",
+	"TopologyService": "center", "ProtectionService": "protection", "BackupService": "backup",
 }
 
 // TargetOf names what a request acts on: "project/P/vm/N",
@@ -222,6 +223,35 @@ func TargetOf(fullMethod string, m proto.Message) string {
 			return "token/host/" + h
 		}
 		return "token/user/" + str("user")
+	case "center":
+		return "center/" + str("name")
+	case "protection":
+		p := str("project")
+		if p == "" {
+			p = state.DefaultProject
+		}
+		switch r.Descriptor().Name() {
+		case "CreatePolicyRequest":
+			return "policy/" + str("policy.name")
+		case "GetPolicyRequest", "DeletePolicyRequest":
+			return "policy/" + str("name")
+		case "ProtectVMRequest":
+			return "project/" + p + "/vm/" + str("name")
+		case "GetDRStatusRequest":
+			if v := str("vm"); v != "" {
+				return "project/" + p + "/vm/" + v
+			}
+		}
+		return "project/" + p
+	case "backup":
+		if c := str("center"); str("vm") == "" {
+			return "center/" + c
+		}
+		p := str("project")
+		if p == "" {
+			p = state.DefaultProject
+		}
+		return "project/" + p + "/vm/" + str("vm")
 	case "quota":
 		if p := str("project"); p != "" {
 			return "quota/department/" + str("department") + "/project/" + p

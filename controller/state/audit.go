@@ -169,6 +169,11 @@ func (s *Store) auditCommand(index uint64, cmd *statev1.Command, replayed bool, 
 			action, target, params = "UpsertMember", "member/"+m.GetId(), jsonOf(map[string]string{"raft_address": m.GetRaftAddress(), "api_address": m.GetApiAddress(), "center": m.GetCenter()})
 		case *statev1.Command_RemoveMember:
 			action, target = "RemoveMember", "member/"+c.RemoveMember.GetId()
+		case *statev1.Command_DeleteRestorePoints:
+			// Retention: the leader's, by policy. Backups going is worth a
+			// record; starting and finishing them (every minute per VM) is
+			// not (the points themselves say who made them and when).
+			action, target, params = "DeleteRestorePoints", "backups", jsonOf(map[string][]string{"points": c.DeleteRestorePoints.GetPointIds()})
 		default:
 			return
 		}

@@ -160,6 +160,9 @@ func (s *Store) applyPlaceVMs(index uint64, now int64, vms []*statev1.VMRecord, 
 			if err := s.checkVMImage(vm); err != nil {
 				return nil, err
 			}
+			if err := s.checkVMRestore(vm); err != nil {
+				return nil, err
+			}
 		}
 	}
 	if err := s.checkPlaceQuotas(vms); err != nil {

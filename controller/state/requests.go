@@ -114,6 +114,15 @@ func record(cmd *statev1.Command, index uint64, res Result, err error) *statev1.
 	if res.Volume != nil {
 		r.Volume = proto.Clone(res.Volume).(*statev1.VolumeRecord)
 	}
+	if res.Center != nil {
+		r.Center = proto.Clone(res.Center).(*statev1.CenterRecord)
+	}
+	if res.Policy != nil {
+		r.Policy = proto.Clone(res.Policy).(*statev1.PolicyRecord)
+	}
+	if res.RestorePoint != nil {
+		r.RestorePoint = proto.Clone(res.RestorePoint).(*statev1.RestorePointRecord)
+	}
 	return r
 }
 
@@ -156,6 +165,15 @@ func Outcome(r *statev1.RequestRecord) (Result, error) {
 	}
 	if r.Volume != nil {
 		res.Volume = proto.Clone(r.Volume).(*statev1.VolumeRecord)
+	}
+	if r.Center != nil {
+		res.Center = proto.Clone(r.Center).(*statev1.CenterRecord)
+	}
+	if r.Policy != nil {
+		res.Policy = proto.Clone(r.Policy).(*statev1.PolicyRecord)
+	}
+	if r.RestorePoint != nil {
+		res.RestorePoint = proto.Clone(r.RestorePoint).(*statev1.RestorePointRecord)
 	}
 	return res, nil
 }

@@ -39,9 +39,12 @@ import (
 // Version 8 adds volumes (volumes.go: CreateVolume, AttachVolume,
 // DetachVolume, DeleteVolume; ReportVMStatus carries the hosts' volume
 // statuses); snapshot version 6 adds the volume records.
+// Version 9 adds two sites, three centers (dr.go: centers, policies,
+// protection, backup jobs, restore points; a VM may be restored from a
+// point); snapshot version 7 adds their records.
 const (
-	CommandVersion  = 8
-	SnapshotVersion = 6
+	CommandVersion  = 9
+	SnapshotVersion = 7
 )
 
 // DefaultProject is where VMs go when no project is named.
@@ -134,6 +137,8 @@ type Store struct {
 	// groups, members, requests).
 	ownVMs   map[*statev1.VMRecord]struct{}
 	ownHosts map[*statev1.HostRecord]struct{}
+	// dr: centers, policies, backup jobs and restore points (dr.go).
+	dr drTables
 }
 
 // New returns an empty store.
@@ -166,6 +171,7 @@ func (s *Store) reset() {
 	s.volByName = map[string]string{}
 	s.hostVolumes = map[string]map[string]struct{}{}
 	s.projectVolumes = map[string]int{}
+	s.dr.reset()
 	s.projectUse = map[string]int{}
 	s.projUse = map[string]Usage{}
 	s.deptUse = map[string]Usage{}
@@ -281,6 +287,11 @@ func (s *Store) notify() {
 //	DeleteImage                              Image (as it was)
 //	Create/Attach/Detach/DeleteVolume        Volume (as it is after; a
 //	                                         volume removed at once: as it was)
+//	SetCenter, DeleteCenter                  Center
+//	CreatePolicy, DeletePolicy               Policy
+//	SetProtection                            VMs (the VM) or Project
+//	FinishBackup                             RestorePoint (on success)
+//	StartBackups, DeleteRestorePoints,
 //	RemoveMember, ReportVMStatus,
 //	RecordHeartbeats, RecordLoginFailures,
 //	RecordAudit, ArchiveAudit                nothing
@@ -302,6 +313,12 @@ type Result struct {
 	JoinToken *statev1.JoinTokenRecord
 	Image     *statev1.ImageRecord
 	Volume    *statev1.VolumeRecord
+	// SetCenter, DeleteCenter (as it was); CreatePolicy, DeletePolicy (as
+	// it was); SetProtection sets VMs (a VM's) or Project; FinishBackup
+	// with a point: RestorePoint.
+	Center       *statev1.CenterRecord
+	Policy       *statev1.PolicyRecord
+	RestorePoint *statev1.RestorePointRecord
 }
 
 // Apply applies one command at a raft index. It is deterministic: the same
@@ -398,6 +415,10 @@ func (s *Store) Apply(index uint64, cmd *statev1.Command) (Result, error) {
 		res.Volume, err = s.applyDetachVolume(index, cmd.UnixNano, c.DetachVolume)
 	case *statev1.Command_DeleteVolume:
 		res.Volume, err = s.applyDeleteVolume(index, cmd.UnixNano, c.DeleteVolume)
+	case *statev1.Command_SetCenter, *statev1.Command_DeleteCenter, *statev1.Command_CreatePolicy,
+		*statev1.Command_DeletePolicy, *statev1.Command_SetProtection, *statev1.Command_StartBackups,
+		*statev1.Command_FinishBackup, *statev1.Command_DeleteRestorePoints:
+		res, err = s.applyDR(index, cmd)
 	default:
 		err = errorf(KindInvalid, "unknown command %T: this controller is older than the log; upgrade it", cmd.GetCmd())
 	}
@@ -498,6 +519,7 @@ func (s *Store) revise(vm *statev1.VMRecord, index uint64) {
 func (s *Store) removeVM(vm *statev1.VMRecord, index uint64) {
 	delete(s.ownVMs, vm)
 	s.detachVM(vm, index)
+	s.removeVMJobs(vm.Id, index)
 	s.hostRev[vm.HostId] = index
 	s.charge(vm, -1)
 	s.use(vm, -1)
@@ -664,6 +686,10 @@ type View struct {
 	joinTok  []*statev1.JoinTokenRecord
 	images   []*statev1.ImageRecord
 	volumes  []*statev1.VolumeRecord
+	centers  []*statev1.CenterRecord
+	policies []*statev1.PolicyRecord
+	points   []*statev1.RestorePointRecord
+	jobs     []*statev1.BackupJobRecord
 }
 
 // View takes the state as of the last applied index.
@@ -716,6 +742,18 @@ func (s *Store) View() *View {
 	for _, vol := range s.volumes {
 		v.volumes = append(v.volumes, vol)
 	}
+	for _, c := range s.dr.centers {
+		v.centers = append(v.centers, c)
+	}
+	for _, p := range s.dr.policies {
+		v.policies = append(v.policies, p)
+	}
+	for _, p := range s.dr.points {
+		v.points = append(v.points, p)
+	}
+	for _, j := range s.dr.jobs {
+		v.jobs = append(v.jobs, j)
+	}
 	// Every record is now shared with v: the next change to one clones it.
 	s.ownVMs = map[*statev1.VMRecord]struct{}{}
 	s.ownHosts = map[*statev1.HostRecord]struct{}{}
@@ -734,11 +772,19 @@ func (v *View) Snapshot() *statev1.Snapshot {
 		Ratios: slices.Clone(v.ratios), Groups: slices.Clone(v.groups), Requests: v.requests,
 		Departments: slices.Clone(v.depts), Projects: slices.Clone(v.projects),
 		Users: slices.Clone(v.users), Tokens: slices.Clone(v.tokens),
-		AuditHead:  v.audit,
-		JoinTokens: slices.Clone(v.joinTok),
-		Images:     slices.Clone(v.images),
-		Volumes:    slices.Clone(v.volumes),
+		AuditHead:     v.audit,
+		JoinTokens:    slices.Clone(v.joinTok),
+		Images:        slices.Clone(v.images),
+		Volumes:       slices.Clone(v.volumes),
+		Centers:       slices.Clone(v.centers),
+		Policies:      slices.Clone(v.policies),
+		RestorePoints: slices.Clone(v.points),
+		BackupJobs:    slices.Clone(v.jobs),
 	}
+	slices.SortFunc(snap.Centers, func(a, b *statev1.CenterRecord) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortFunc(snap.Policies, func(a, b *statev1.PolicyRecord) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortFunc(snap.RestorePoints, func(a, b *statev1.RestorePointRecord) int { return strings.Compare(a.Id, b.Id) })
+	slices.SortFunc(snap.BackupJobs, func(a, b *statev1.BackupJobRecord) int { return strings.Compare(a.Id, b.Id) })
 	slices.SortFunc(snap.Volumes, func(a, b *statev1.VolumeRecord) int { return strings.Compare(a.Id, b.Id) })
 	slices.SortFunc(snap.Images, func(a, b *statev1.ImageRecord) int {
 		return strings.Compare(nameKey(a.Project, a.Name), nameKey(b.Project, b.Name))
@@ -811,6 +857,18 @@ func (s *Store) Restore(snap *statev1.Snapshot) error {
 	// After hosts and projects: a volume counts on both.
 	for _, vol := range snap.GetVolumes() {
 		s.addVolume(proto.Clone(vol).(*statev1.VolumeRecord))
+	}
+	for _, c := range snap.GetCenters() {
+		s.dr.centers[c.Name] = proto.Clone(c).(*statev1.CenterRecord)
+	}
+	for _, p := range snap.GetPolicies() {
+		s.dr.policies[p.Name] = proto.Clone(p).(*statev1.PolicyRecord)
+	}
+	for _, p := range snap.GetRestorePoints() {
+		s.addPoint(proto.Clone(p).(*statev1.RestorePointRecord))
+	}
+	for _, j := range snap.GetBackupJobs() {
+		s.addJob(proto.Clone(j).(*statev1.BackupJobRecord))
 	}
 	for _, r := range snap.GetRequests() {
 		s.requests.clock = max(s.requests.clock, r.UnixNano)

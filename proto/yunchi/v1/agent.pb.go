@@ -747,8 +747,11 @@ type Assignment struct {
 	// cloud-init NoCloud seed contents.
 	UserData          string   `protobuf:"bytes,11,opt,name=user_data,json=userData,proto3" json:"user_data,omitempty"`
 	SshAuthorizedKeys []string `protobuf:"bytes,12,rep,name=ssh_authorized_keys,json=sshAuthorizedKeys,proto3" json:"ssh_authorized_keys,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Build the root disk from a restore point (before the first define):
+	// disk_bytes is its size then, and image is unset.
+	Restore       *RestoreRef `protobuf:"bytes,13,opt,name=restore,proto3" json:"restore,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Assignment) Reset() {
@@ -865,6 +868,251 @@ func (x *Assignment) GetSshAuthorizedKeys() []string {
 	return nil
 }
 
+func (x *Assignment) GetRestore() *RestoreRef {
+	if x != nil {
+		return x.Restore
+	}
+	return nil
+}
+
+// DiskRef is one disk of a restore point in a repository.
+type DiskRef struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Name           string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	SizeBytes      int64                  `protobuf:"varint,2,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	ManifestSha256 string                 `protobuf:"bytes,3,opt,name=manifest_sha256,json=manifestSha256,proto3" json:"manifest_sha256,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *DiskRef) Reset() {
+	*x = DiskRef{}
+	mi := &file_yunchi_v1_agent_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DiskRef) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DiskRef) ProtoMessage() {}
+
+func (x *DiskRef) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_agent_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DiskRef.ProtoReflect.Descriptor instead.
+func (*DiskRef) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *DiskRef) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DiskRef) GetSizeBytes() int64 {
+	if x != nil {
+		return x.SizeBytes
+	}
+	return 0
+}
+
+func (x *DiskRef) GetManifestSha256() string {
+	if x != nil {
+		return x.ManifestSha256
+	}
+	return ""
+}
+
+// RestoreRef names the point a VM's disks are rebuilt from, and the
+// repository (BackupRepoService at repository_address) holding it.
+type RestoreRef struct {
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	PointId           string                 `protobuf:"bytes,1,opt,name=point_id,json=pointId,proto3" json:"point_id,omitempty"`
+	Center            string                 `protobuf:"bytes,2,opt,name=center,proto3" json:"center,omitempty"`
+	RepositoryAddress string                 `protobuf:"bytes,3,opt,name=repository_address,json=repositoryAddress,proto3" json:"repository_address,omitempty"`
+	Disks             []*DiskRef             `protobuf:"bytes,4,rep,name=disks,proto3" json:"disks,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *RestoreRef) Reset() {
+	*x = RestoreRef{}
+	mi := &file_yunchi_v1_agent_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestoreRef) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestoreRef) ProtoMessage() {}
+
+func (x *RestoreRef) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_agent_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestoreRef.ProtoReflect.Descriptor instead.
+func (*RestoreRef) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *RestoreRef) GetPointId() string {
+	if x != nil {
+		return x.PointId
+	}
+	return ""
+}
+
+func (x *RestoreRef) GetCenter() string {
+	if x != nil {
+		return x.Center
+	}
+	return ""
+}
+
+func (x *RestoreRef) GetRepositoryAddress() string {
+	if x != nil {
+		return x.RepositoryAddress
+	}
+	return ""
+}
+
+func (x *RestoreRef) GetDisks() []*DiskRef {
+	if x != nil {
+		return x.Disks
+	}
+	return nil
+}
+
+// BackupJob asks the host for a crash-consistent point-in-time copy of
+// every disk of a VM, sent to a center's repository. Report the outcome
+// with ReportBackup.
+type BackupJob struct {
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	JobId             string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	VmId              string                 `protobuf:"bytes,2,opt,name=vm_id,json=vmId,proto3" json:"vm_id,omitempty"`
+	Center            string                 `protobuf:"bytes,3,opt,name=center,proto3" json:"center,omitempty"`
+	RepositoryAddress string                 `protobuf:"bytes,4,opt,name=repository_address,json=repositoryAddress,proto3" json:"repository_address,omitempty"`
+	// The point to start from ("" = none: a full backup): its checkpoint
+	// (incremental from there when the host still has it) and its disks'
+	// manifests (chunks already in the repository need not be sent).
+	BasePointId    string     `protobuf:"bytes,5,opt,name=base_point_id,json=basePointId,proto3" json:"base_point_id,omitempty"`
+	BaseCheckpoint string     `protobuf:"bytes,6,opt,name=base_checkpoint,json=baseCheckpoint,proto3" json:"base_checkpoint,omitempty"`
+	BaseDisks      []*DiskRef `protobuf:"bytes,7,rep,name=base_disks,json=baseDisks,proto3" json:"base_disks,omitempty"`
+	// The checkpoint this backup ends at (the next one's base).
+	Checkpoint    string `protobuf:"bytes,8,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupJob) Reset() {
+	*x = BackupJob{}
+	mi := &file_yunchi_v1_agent_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupJob) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupJob) ProtoMessage() {}
+
+func (x *BackupJob) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_agent_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupJob.ProtoReflect.Descriptor instead.
+func (*BackupJob) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *BackupJob) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *BackupJob) GetVmId() string {
+	if x != nil {
+		return x.VmId
+	}
+	return ""
+}
+
+func (x *BackupJob) GetCenter() string {
+	if x != nil {
+		return x.Center
+	}
+	return ""
+}
+
+func (x *BackupJob) GetRepositoryAddress() string {
+	if x != nil {
+		return x.RepositoryAddress
+	}
+	return ""
+}
+
+func (x *BackupJob) GetBasePointId() string {
+	if x != nil {
+		return x.BasePointId
+	}
+	return ""
+}
+
+func (x *BackupJob) GetBaseCheckpoint() string {
+	if x != nil {
+		return x.BaseCheckpoint
+	}
+	return ""
+}
+
+func (x *BackupJob) GetBaseDisks() []*DiskRef {
+	if x != nil {
+		return x.BaseDisks
+	}
+	return nil
+}
+
+func (x *BackupJob) GetCheckpoint() string {
+	if x != nil {
+		return x.Checkpoint
+	}
+	return ""
+}
+
 // ImageRef names an image's bytes for an agent.
 type ImageRef struct {
 	state            protoimpl.MessageState `protogen:"open.v1"`
@@ -878,7 +1126,7 @@ type ImageRef struct {
 
 func (x *ImageRef) Reset() {
 	*x = ImageRef{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[12]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -890,7 +1138,7 @@ func (x *ImageRef) String() string {
 func (*ImageRef) ProtoMessage() {}
 
 func (x *ImageRef) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[12]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -903,7 +1151,7 @@ func (x *ImageRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageRef.ProtoReflect.Descriptor instead.
 func (*ImageRef) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{12}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ImageRef) GetSha256() string {
@@ -946,7 +1194,7 @@ type FetchImageRequest struct {
 
 func (x *FetchImageRequest) Reset() {
 	*x = FetchImageRequest{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[13]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -958,7 +1206,7 @@ func (x *FetchImageRequest) String() string {
 func (*FetchImageRequest) ProtoMessage() {}
 
 func (x *FetchImageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[13]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -971,7 +1219,7 @@ func (x *FetchImageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchImageRequest.ProtoReflect.Descriptor instead.
 func (*FetchImageRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{13}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *FetchImageRequest) GetHostId() string {
@@ -1004,7 +1252,7 @@ type WatchConsolesRequest struct {
 
 func (x *WatchConsolesRequest) Reset() {
 	*x = WatchConsolesRequest{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[14]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1016,7 +1264,7 @@ func (x *WatchConsolesRequest) String() string {
 func (*WatchConsolesRequest) ProtoMessage() {}
 
 func (x *WatchConsolesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[14]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1029,7 +1277,7 @@ func (x *WatchConsolesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchConsolesRequest.ProtoReflect.Descriptor instead.
 func (*WatchConsolesRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{14}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *WatchConsolesRequest) GetHostId() string {
@@ -1051,7 +1299,7 @@ type ConsoleSession struct {
 
 func (x *ConsoleSession) Reset() {
 	*x = ConsoleSession{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[15]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1063,7 +1311,7 @@ func (x *ConsoleSession) String() string {
 func (*ConsoleSession) ProtoMessage() {}
 
 func (x *ConsoleSession) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[15]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1076,7 +1324,7 @@ func (x *ConsoleSession) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsoleSession.ProtoReflect.Descriptor instead.
 func (*ConsoleSession) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{15}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ConsoleSession) GetSessionId() string {
@@ -1108,7 +1356,7 @@ type ConsoleFrame struct {
 
 func (x *ConsoleFrame) Reset() {
 	*x = ConsoleFrame{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[16]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1120,7 +1368,7 @@ func (x *ConsoleFrame) String() string {
 func (*ConsoleFrame) ProtoMessage() {}
 
 func (x *ConsoleFrame) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[16]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1133,7 +1381,7 @@ func (x *ConsoleFrame) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsoleFrame.ProtoReflect.Descriptor instead.
 func (*ConsoleFrame) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{16}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ConsoleFrame) GetHostId() string {
@@ -1171,14 +1419,16 @@ type Assignments struct {
 	Index uint64                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
 	Vms   []*Assignment          `protobuf:"bytes,2,rep,name=vms,proto3" json:"vms,omitempty"`
 	// Every volume placed on the host.
-	Volumes       []*VolumeAssignment `protobuf:"bytes,3,rep,name=volumes,proto3" json:"volumes,omitempty"`
+	Volumes []*VolumeAssignment `protobuf:"bytes,3,rep,name=volumes,proto3" json:"volumes,omitempty"`
+	// Backups the host is to run now (each until it reports it).
+	Backups       []*BackupJob `protobuf:"bytes,4,rep,name=backups,proto3" json:"backups,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Assignments) Reset() {
 	*x = Assignments{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[17]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1190,7 +1440,7 @@ func (x *Assignments) String() string {
 func (*Assignments) ProtoMessage() {}
 
 func (x *Assignments) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[17]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1203,7 +1453,7 @@ func (x *Assignments) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Assignments.ProtoReflect.Descriptor instead.
 func (*Assignments) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{17}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Assignments) GetIndex() uint64 {
@@ -1225,6 +1475,247 @@ func (x *Assignments) GetVolumes() []*VolumeAssignment {
 		return x.Volumes
 	}
 	return nil
+}
+
+func (x *Assignments) GetBackups() []*BackupJob {
+	if x != nil {
+		return x.Backups
+	}
+	return nil
+}
+
+// One disk of a finished backup.
+type BackupDiskResult struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Name           string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	SizeBytes      int64                  `protobuf:"varint,2,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	ManifestSha256 string                 `protobuf:"bytes,3,opt,name=manifest_sha256,json=manifestSha256,proto3" json:"manifest_sha256,omitempty"`
+	Chunks         int64                  `protobuf:"varint,4,opt,name=chunks,proto3" json:"chunks,omitempty"`
+	// Stored by this backup (the repository lacked them).
+	NewChunks int64 `protobuf:"varint,5,opt,name=new_chunks,json=newChunks,proto3" json:"new_chunks,omitempty"`
+	NewBytes  int64 `protobuf:"varint,6,opt,name=new_bytes,json=newBytes,proto3" json:"new_bytes,omitempty"`
+	// Read from the disk and hashed.
+	ReadChunks    int64 `protobuf:"varint,7,opt,name=read_chunks,json=readChunks,proto3" json:"read_chunks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupDiskResult) Reset() {
+	*x = BackupDiskResult{}
+	mi := &file_yunchi_v1_agent_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupDiskResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupDiskResult) ProtoMessage() {}
+
+func (x *BackupDiskResult) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_agent_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupDiskResult.ProtoReflect.Descriptor instead.
+func (*BackupDiskResult) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *BackupDiskResult) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *BackupDiskResult) GetSizeBytes() int64 {
+	if x != nil {
+		return x.SizeBytes
+	}
+	return 0
+}
+
+func (x *BackupDiskResult) GetManifestSha256() string {
+	if x != nil {
+		return x.ManifestSha256
+	}
+	return ""
+}
+
+func (x *BackupDiskResult) GetChunks() int64 {
+	if x != nil {
+		return x.Chunks
+	}
+	return 0
+}
+
+func (x *BackupDiskResult) GetNewChunks() int64 {
+	if x != nil {
+		return x.NewChunks
+	}
+	return 0
+}
+
+func (x *BackupDiskResult) GetNewBytes() int64 {
+	if x != nil {
+		return x.NewBytes
+	}
+	return 0
+}
+
+func (x *BackupDiskResult) GetReadChunks() int64 {
+	if x != nil {
+		return x.ReadChunks
+	}
+	return 0
+}
+
+type ReportBackupRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	HostId string                 `protobuf:"bytes,1,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
+	JobId  string                 `protobuf:"bytes,2,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	// "" = done: the manifests are in the repository.
+	Error string `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	// When the point-in-time copy was taken.
+	TakenUnixNano int64               `protobuf:"varint,4,opt,name=taken_unix_nano,json=takenUnixNano,proto3" json:"taken_unix_nano,omitempty"`
+	Disks         []*BackupDiskResult `protobuf:"bytes,5,rep,name=disks,proto3" json:"disks,omitempty"`
+	Incremental   bool                `protobuf:"varint,6,opt,name=incremental,proto3" json:"incremental,omitempty"`
+	// The checkpoint the host keeps for the next backup ("" = none).
+	Checkpoint     string `protobuf:"bytes,7,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
+	DurationMillis int64  `protobuf:"varint,8,opt,name=duration_millis,json=durationMillis,proto3" json:"duration_millis,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *ReportBackupRequest) Reset() {
+	*x = ReportBackupRequest{}
+	mi := &file_yunchi_v1_agent_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportBackupRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportBackupRequest) ProtoMessage() {}
+
+func (x *ReportBackupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_agent_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportBackupRequest.ProtoReflect.Descriptor instead.
+func (*ReportBackupRequest) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *ReportBackupRequest) GetHostId() string {
+	if x != nil {
+		return x.HostId
+	}
+	return ""
+}
+
+func (x *ReportBackupRequest) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *ReportBackupRequest) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *ReportBackupRequest) GetTakenUnixNano() int64 {
+	if x != nil {
+		return x.TakenUnixNano
+	}
+	return 0
+}
+
+func (x *ReportBackupRequest) GetDisks() []*BackupDiskResult {
+	if x != nil {
+		return x.Disks
+	}
+	return nil
+}
+
+func (x *ReportBackupRequest) GetIncremental() bool {
+	if x != nil {
+		return x.Incremental
+	}
+	return false
+}
+
+func (x *ReportBackupRequest) GetCheckpoint() string {
+	if x != nil {
+		return x.Checkpoint
+	}
+	return ""
+}
+
+func (x *ReportBackupRequest) GetDurationMillis() int64 {
+	if x != nil {
+		return x.DurationMillis
+	}
+	return 0
+}
+
+type ReportBackupResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportBackupResponse) Reset() {
+	*x = ReportBackupResponse{}
+	mi := &file_yunchi_v1_agent_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportBackupResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportBackupResponse) ProtoMessage() {}
+
+func (x *ReportBackupResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_agent_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportBackupResponse.ProtoReflect.Descriptor instead.
+func (*ReportBackupResponse) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{23}
 }
 
 // VolumeAssignment is one volume of the host's storage pool: made there
@@ -1249,7 +1740,7 @@ type VolumeAssignment struct {
 
 func (x *VolumeAssignment) Reset() {
 	*x = VolumeAssignment{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[18]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1261,7 +1752,7 @@ func (x *VolumeAssignment) String() string {
 func (*VolumeAssignment) ProtoMessage() {}
 
 func (x *VolumeAssignment) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[18]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1274,7 +1765,7 @@ func (x *VolumeAssignment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeAssignment.ProtoReflect.Descriptor instead.
 func (*VolumeAssignment) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{18}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *VolumeAssignment) GetVolumeId() string {
@@ -1346,7 +1837,7 @@ type JoinHostRequest struct {
 
 func (x *JoinHostRequest) Reset() {
 	*x = JoinHostRequest{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[19]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1358,7 +1849,7 @@ func (x *JoinHostRequest) String() string {
 func (*JoinHostRequest) ProtoMessage() {}
 
 func (x *JoinHostRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[19]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1371,7 +1862,7 @@ func (x *JoinHostRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinHostRequest.ProtoReflect.Descriptor instead.
 func (*JoinHostRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{19}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *JoinHostRequest) GetHostId() string {
@@ -1412,7 +1903,7 @@ type JoinHostResponse struct {
 
 func (x *JoinHostResponse) Reset() {
 	*x = JoinHostResponse{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[20]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1424,7 +1915,7 @@ func (x *JoinHostResponse) String() string {
 func (*JoinHostResponse) ProtoMessage() {}
 
 func (x *JoinHostResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[20]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1437,7 +1928,7 @@ func (x *JoinHostResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinHostResponse.ProtoReflect.Descriptor instead.
 func (*JoinHostResponse) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{20}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *JoinHostResponse) GetCertificate() []byte {
@@ -1520,7 +2011,7 @@ const file_yunchi_v1_agent_proto_rawDesc = "" +
 	"\x04gone\x18\x04 \x01(\bR\x04gone\"\x18\n" +
 	"\x16ReportVMStatusResponse\"2\n" +
 	"\x17WatchAssignmentsRequest\x12\x17\n" +
-	"\ahost_id\x18\x01 \x01(\tR\x06hostId\"\x99\x03\n" +
+	"\ahost_id\x18\x01 \x01(\tR\x06hostId\"\xca\x03\n" +
 	"\n" +
 	"Assignment\x12\x13\n" +
 	"\x05vm_id\x18\x01 \x01(\tR\x04vmId\x12\x12\n" +
@@ -1537,7 +2028,31 @@ const file_yunchi_v1_agent_proto_rawDesc = "" +
 	"\x05image\x18\n" +
 	" \x01(\v2\x13.yunchi.v1.ImageRefR\x05image\x12\x1b\n" +
 	"\tuser_data\x18\v \x01(\tR\buserData\x12.\n" +
-	"\x13ssh_authorized_keys\x18\f \x03(\tR\x11sshAuthorizedKeys\"\x9f\x01\n" +
+	"\x13ssh_authorized_keys\x18\f \x03(\tR\x11sshAuthorizedKeys\x12/\n" +
+	"\arestore\x18\r \x01(\v2\x15.yunchi.v1.RestoreRefR\arestore\"e\n" +
+	"\aDiskRef\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
+	"\n" +
+	"size_bytes\x18\x02 \x01(\x03R\tsizeBytes\x12'\n" +
+	"\x0fmanifest_sha256\x18\x03 \x01(\tR\x0emanifestSha256\"\x98\x01\n" +
+	"\n" +
+	"RestoreRef\x12\x19\n" +
+	"\bpoint_id\x18\x01 \x01(\tR\apointId\x12\x16\n" +
+	"\x06center\x18\x02 \x01(\tR\x06center\x12-\n" +
+	"\x12repository_address\x18\x03 \x01(\tR\x11repositoryAddress\x12(\n" +
+	"\x05disks\x18\x04 \x03(\v2\x12.yunchi.v1.DiskRefR\x05disks\"\x9e\x02\n" +
+	"\tBackupJob\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x13\n" +
+	"\x05vm_id\x18\x02 \x01(\tR\x04vmId\x12\x16\n" +
+	"\x06center\x18\x03 \x01(\tR\x06center\x12-\n" +
+	"\x12repository_address\x18\x04 \x01(\tR\x11repositoryAddress\x12\"\n" +
+	"\rbase_point_id\x18\x05 \x01(\tR\vbasePointId\x12'\n" +
+	"\x0fbase_checkpoint\x18\x06 \x01(\tR\x0ebaseCheckpoint\x121\n" +
+	"\n" +
+	"base_disks\x18\a \x03(\v2\x12.yunchi.v1.DiskRefR\tbaseDisks\x12\x1e\n" +
+	"\n" +
+	"checkpoint\x18\b \x01(\tR\n" +
+	"checkpoint\"\x9f\x01\n" +
 	"\bImageRef\x12\x16\n" +
 	"\x06sha256\x18\x01 \x01(\tR\x06sha256\x12.\n" +
 	"\x06format\x18\x02 \x01(\x0e2\x16.yunchi.v1.ImageFormatR\x06format\x12\x1d\n" +
@@ -1559,11 +2074,35 @@ const file_yunchi_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"session_id\x18\x02 \x01(\tR\tsessionId\x12\x12\n" +
 	"\x04data\x18\x03 \x01(\fR\x04data\x12\x14\n" +
-	"\x05error\x18\x04 \x01(\tR\x05error\"\x83\x01\n" +
+	"\x05error\x18\x04 \x01(\tR\x05error\"\xb3\x01\n" +
 	"\vAssignments\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12'\n" +
 	"\x03vms\x18\x02 \x03(\v2\x15.yunchi.v1.AssignmentR\x03vms\x125\n" +
-	"\avolumes\x18\x03 \x03(\v2\x1b.yunchi.v1.VolumeAssignmentR\avolumes\"\xeb\x01\n" +
+	"\avolumes\x18\x03 \x03(\v2\x1b.yunchi.v1.VolumeAssignmentR\avolumes\x12.\n" +
+	"\abackups\x18\x04 \x03(\v2\x14.yunchi.v1.BackupJobR\abackups\"\xe3\x01\n" +
+	"\x10BackupDiskResult\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
+	"\n" +
+	"size_bytes\x18\x02 \x01(\x03R\tsizeBytes\x12'\n" +
+	"\x0fmanifest_sha256\x18\x03 \x01(\tR\x0emanifestSha256\x12\x16\n" +
+	"\x06chunks\x18\x04 \x01(\x03R\x06chunks\x12\x1d\n" +
+	"\n" +
+	"new_chunks\x18\x05 \x01(\x03R\tnewChunks\x12\x1b\n" +
+	"\tnew_bytes\x18\x06 \x01(\x03R\bnewBytes\x12\x1f\n" +
+	"\vread_chunks\x18\a \x01(\x03R\n" +
+	"readChunks\"\xa1\x02\n" +
+	"\x13ReportBackupRequest\x12\x17\n" +
+	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x12\x15\n" +
+	"\x06job_id\x18\x02 \x01(\tR\x05jobId\x12\x14\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error\x12&\n" +
+	"\x0ftaken_unix_nano\x18\x04 \x01(\x03R\rtakenUnixNano\x121\n" +
+	"\x05disks\x18\x05 \x03(\v2\x1b.yunchi.v1.BackupDiskResultR\x05disks\x12 \n" +
+	"\vincremental\x18\x06 \x01(\bR\vincremental\x12\x1e\n" +
+	"\n" +
+	"checkpoint\x18\a \x01(\tR\n" +
+	"checkpoint\x12'\n" +
+	"\x0fduration_millis\x18\b \x01(\x03R\x0edurationMillis\"\x16\n" +
+	"\x14ReportBackupResponse\"\xeb\x01\n" +
 	"\x10VolumeAssignment\x12\x1b\n" +
 	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
@@ -1583,7 +2122,7 @@ const file_yunchi_v1_agent_proto_rawDesc = "" +
 	"\vcertificate\x18\x01 \x01(\fR\vcertificate\x12%\n" +
 	"\x0eca_certificate\x18\x02 \x01(\fR\rcaCertificate\x12!\n" +
 	"\n" +
-	"host_token\x18\x03 \x01(\tB\x02\x18\x01R\thostToken2\xd7\x05\n" +
+	"host_token\x18\x03 \x01(\tB\x02\x18\x01R\thostToken2\xb5\x06\n" +
 	"\fAgentService\x12M\n" +
 	"\bJoinHost\x12\x1a.yunchi.v1.JoinHostRequest\x1a\x1b.yunchi.v1.JoinHostResponse\"\b\xc2\xf3\x18\x04\x10\x01 \x01\x12f\n" +
 	"\fRegisterHost\x12\x1e.yunchi.v1.RegisterHostRequest\x1a\x1f.yunchi.v1.RegisterHostResponse\"\x15\xc2\xf3\x18\x11\n" +
@@ -1600,7 +2139,9 @@ const file_yunchi_v1_agent_proto_rawDesc = "" +
 	"\rWatchConsoles\x12\x1f.yunchi.v1.WatchConsolesRequest\x1a\x19.yunchi.v1.ConsoleSession\"\t\xc2\xf3\x18\x05\n" +
 	"\x01\b\x18\x030\x01\x12P\n" +
 	"\rConsoleStream\x12\x17.yunchi.v1.ConsoleFrame\x1a\x17.yunchi.v1.ConsoleFrame\"\t\xc2\xf3\x18\x05\n" +
-	"\x01\b\x18\x03(\x010\x01B3Z1github.com/yunchi/yunchi/proto/yunchi/v1;yunchiv1b\x06proto3"
+	"\x01\b\x18\x03(\x010\x01\x12\\\n" +
+	"\fReportBackup\x12\x1e.yunchi.v1.ReportBackupRequest\x1a\x1f.yunchi.v1.ReportBackupResponse\"\v\xc2\xf3\x18\a\n" +
+	"\x01\b\x18\x03 \x01B3Z1github.com/yunchi/yunchi/proto/yunchi/v1;yunchiv1b\x06proto3"
 
 var (
 	file_yunchi_v1_agent_proto_rawDescOnce sync.Once
@@ -1614,7 +2155,7 @@ func file_yunchi_v1_agent_proto_rawDescGZIP() []byte {
 	return file_yunchi_v1_agent_proto_rawDescData
 }
 
-var file_yunchi_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_yunchi_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_yunchi_v1_agent_proto_goTypes = []any{
 	(*HostFacts)(nil),               // 0: yunchi.v1.HostFacts
 	(*RegisterHostRequest)(nil),     // 1: yunchi.v1.RegisterHostRequest
@@ -1628,63 +2169,76 @@ var file_yunchi_v1_agent_proto_goTypes = []any{
 	(*ReportVMStatusResponse)(nil),  // 9: yunchi.v1.ReportVMStatusResponse
 	(*WatchAssignmentsRequest)(nil), // 10: yunchi.v1.WatchAssignmentsRequest
 	(*Assignment)(nil),              // 11: yunchi.v1.Assignment
-	(*ImageRef)(nil),                // 12: yunchi.v1.ImageRef
-	(*FetchImageRequest)(nil),       // 13: yunchi.v1.FetchImageRequest
-	(*WatchConsolesRequest)(nil),    // 14: yunchi.v1.WatchConsolesRequest
-	(*ConsoleSession)(nil),          // 15: yunchi.v1.ConsoleSession
-	(*ConsoleFrame)(nil),            // 16: yunchi.v1.ConsoleFrame
-	(*Assignments)(nil),             // 17: yunchi.v1.Assignments
-	(*VolumeAssignment)(nil),        // 18: yunchi.v1.VolumeAssignment
-	(*JoinHostRequest)(nil),         // 19: yunchi.v1.JoinHostRequest
-	(*JoinHostResponse)(nil),        // 20: yunchi.v1.JoinHostResponse
-	nil,                             // 21: yunchi.v1.HostFacts.LabelsEntry
-	(*Resources)(nil),               // 22: yunchi.v1.Resources
-	(*Host)(nil),                    // 23: yunchi.v1.Host
-	(VMPhase)(0),                    // 24: yunchi.v1.VMPhase
-	(*HostStats)(nil),               // 25: yunchi.v1.HostStats
-	(*VMUsage)(nil),                 // 26: yunchi.v1.VMUsage
-	(PowerState)(0),                 // 27: yunchi.v1.PowerState
-	(ImageFormat)(0),                // 28: yunchi.v1.ImageFormat
-	(*ImageChunk)(nil),              // 29: yunchi.v1.ImageChunk
+	(*DiskRef)(nil),                 // 12: yunchi.v1.DiskRef
+	(*RestoreRef)(nil),              // 13: yunchi.v1.RestoreRef
+	(*BackupJob)(nil),               // 14: yunchi.v1.BackupJob
+	(*ImageRef)(nil),                // 15: yunchi.v1.ImageRef
+	(*FetchImageRequest)(nil),       // 16: yunchi.v1.FetchImageRequest
+	(*WatchConsolesRequest)(nil),    // 17: yunchi.v1.WatchConsolesRequest
+	(*ConsoleSession)(nil),          // 18: yunchi.v1.ConsoleSession
+	(*ConsoleFrame)(nil),            // 19: yunchi.v1.ConsoleFrame
+	(*Assignments)(nil),             // 20: yunchi.v1.Assignments
+	(*BackupDiskResult)(nil),        // 21: yunchi.v1.BackupDiskResult
+	(*ReportBackupRequest)(nil),     // 22: yunchi.v1.ReportBackupRequest
+	(*ReportBackupResponse)(nil),    // 23: yunchi.v1.ReportBackupResponse
+	(*VolumeAssignment)(nil),        // 24: yunchi.v1.VolumeAssignment
+	(*JoinHostRequest)(nil),         // 25: yunchi.v1.JoinHostRequest
+	(*JoinHostResponse)(nil),        // 26: yunchi.v1.JoinHostResponse
+	nil,                             // 27: yunchi.v1.HostFacts.LabelsEntry
+	(*Resources)(nil),               // 28: yunchi.v1.Resources
+	(*Host)(nil),                    // 29: yunchi.v1.Host
+	(VMPhase)(0),                    // 30: yunchi.v1.VMPhase
+	(*HostStats)(nil),               // 31: yunchi.v1.HostStats
+	(*VMUsage)(nil),                 // 32: yunchi.v1.VMUsage
+	(PowerState)(0),                 // 33: yunchi.v1.PowerState
+	(ImageFormat)(0),                // 34: yunchi.v1.ImageFormat
+	(*ImageChunk)(nil),              // 35: yunchi.v1.ImageChunk
 }
 var file_yunchi_v1_agent_proto_depIdxs = []int32{
-	21, // 0: yunchi.v1.HostFacts.labels:type_name -> yunchi.v1.HostFacts.LabelsEntry
-	22, // 1: yunchi.v1.HostFacts.capacity:type_name -> yunchi.v1.Resources
+	27, // 0: yunchi.v1.HostFacts.labels:type_name -> yunchi.v1.HostFacts.LabelsEntry
+	28, // 1: yunchi.v1.HostFacts.capacity:type_name -> yunchi.v1.Resources
 	0,  // 2: yunchi.v1.RegisterHostRequest.facts:type_name -> yunchi.v1.HostFacts
-	23, // 3: yunchi.v1.RegisterHostResponse.host:type_name -> yunchi.v1.Host
-	24, // 4: yunchi.v1.VMStatus.phase:type_name -> yunchi.v1.VMPhase
-	25, // 5: yunchi.v1.HeartbeatRequest.stats:type_name -> yunchi.v1.HostStats
+	29, // 3: yunchi.v1.RegisterHostResponse.host:type_name -> yunchi.v1.Host
+	30, // 4: yunchi.v1.VMStatus.phase:type_name -> yunchi.v1.VMPhase
+	31, // 5: yunchi.v1.HeartbeatRequest.stats:type_name -> yunchi.v1.HostStats
 	5,  // 6: yunchi.v1.HeartbeatRequest.vm_stats:type_name -> yunchi.v1.VMStats
-	26, // 7: yunchi.v1.VMStats.usage:type_name -> yunchi.v1.VMUsage
+	32, // 7: yunchi.v1.VMStats.usage:type_name -> yunchi.v1.VMUsage
 	3,  // 8: yunchi.v1.ReportVMStatusRequest.statuses:type_name -> yunchi.v1.VMStatus
 	8,  // 9: yunchi.v1.ReportVMStatusRequest.volumes:type_name -> yunchi.v1.VolumeStatus
-	27, // 10: yunchi.v1.Assignment.desired:type_name -> yunchi.v1.PowerState
-	24, // 11: yunchi.v1.Assignment.phase:type_name -> yunchi.v1.VMPhase
-	12, // 12: yunchi.v1.Assignment.image:type_name -> yunchi.v1.ImageRef
-	28, // 13: yunchi.v1.ImageRef.format:type_name -> yunchi.v1.ImageFormat
-	11, // 14: yunchi.v1.Assignments.vms:type_name -> yunchi.v1.Assignment
-	18, // 15: yunchi.v1.Assignments.volumes:type_name -> yunchi.v1.VolumeAssignment
-	19, // 16: yunchi.v1.AgentService.JoinHost:input_type -> yunchi.v1.JoinHostRequest
-	1,  // 17: yunchi.v1.AgentService.RegisterHost:input_type -> yunchi.v1.RegisterHostRequest
-	4,  // 18: yunchi.v1.AgentService.Heartbeat:input_type -> yunchi.v1.HeartbeatRequest
-	7,  // 19: yunchi.v1.AgentService.ReportVMStatus:input_type -> yunchi.v1.ReportVMStatusRequest
-	10, // 20: yunchi.v1.AgentService.WatchAssignments:input_type -> yunchi.v1.WatchAssignmentsRequest
-	13, // 21: yunchi.v1.AgentService.FetchImage:input_type -> yunchi.v1.FetchImageRequest
-	14, // 22: yunchi.v1.AgentService.WatchConsoles:input_type -> yunchi.v1.WatchConsolesRequest
-	16, // 23: yunchi.v1.AgentService.ConsoleStream:input_type -> yunchi.v1.ConsoleFrame
-	20, // 24: yunchi.v1.AgentService.JoinHost:output_type -> yunchi.v1.JoinHostResponse
-	2,  // 25: yunchi.v1.AgentService.RegisterHost:output_type -> yunchi.v1.RegisterHostResponse
-	6,  // 26: yunchi.v1.AgentService.Heartbeat:output_type -> yunchi.v1.HeartbeatResponse
-	9,  // 27: yunchi.v1.AgentService.ReportVMStatus:output_type -> yunchi.v1.ReportVMStatusResponse
-	17, // 28: yunchi.v1.AgentService.WatchAssignments:output_type -> yunchi.v1.Assignments
-	29, // 29: yunchi.v1.AgentService.FetchImage:output_type -> yunchi.v1.ImageChunk
-	15, // 30: yunchi.v1.AgentService.WatchConsoles:output_type -> yunchi.v1.ConsoleSession
-	16, // 31: yunchi.v1.AgentService.ConsoleStream:output_type -> yunchi.v1.ConsoleFrame
-	24, // [24:32] is the sub-list for method output_type
-	16, // [16:24] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	33, // 10: yunchi.v1.Assignment.desired:type_name -> yunchi.v1.PowerState
+	30, // 11: yunchi.v1.Assignment.phase:type_name -> yunchi.v1.VMPhase
+	15, // 12: yunchi.v1.Assignment.image:type_name -> yunchi.v1.ImageRef
+	13, // 13: yunchi.v1.Assignment.restore:type_name -> yunchi.v1.RestoreRef
+	12, // 14: yunchi.v1.RestoreRef.disks:type_name -> yunchi.v1.DiskRef
+	12, // 15: yunchi.v1.BackupJob.base_disks:type_name -> yunchi.v1.DiskRef
+	34, // 16: yunchi.v1.ImageRef.format:type_name -> yunchi.v1.ImageFormat
+	11, // 17: yunchi.v1.Assignments.vms:type_name -> yunchi.v1.Assignment
+	24, // 18: yunchi.v1.Assignments.volumes:type_name -> yunchi.v1.VolumeAssignment
+	14, // 19: yunchi.v1.Assignments.backups:type_name -> yunchi.v1.BackupJob
+	21, // 20: yunchi.v1.ReportBackupRequest.disks:type_name -> yunchi.v1.BackupDiskResult
+	25, // 21: yunchi.v1.AgentService.JoinHost:input_type -> yunchi.v1.JoinHostRequest
+	1,  // 22: yunchi.v1.AgentService.RegisterHost:input_type -> yunchi.v1.RegisterHostRequest
+	4,  // 23: yunchi.v1.AgentService.Heartbeat:input_type -> yunchi.v1.HeartbeatRequest
+	7,  // 24: yunchi.v1.AgentService.ReportVMStatus:input_type -> yunchi.v1.ReportVMStatusRequest
+	10, // 25: yunchi.v1.AgentService.WatchAssignments:input_type -> yunchi.v1.WatchAssignmentsRequest
+	16, // 26: yunchi.v1.AgentService.FetchImage:input_type -> yunchi.v1.FetchImageRequest
+	17, // 27: yunchi.v1.AgentService.WatchConsoles:input_type -> yunchi.v1.WatchConsolesRequest
+	19, // 28: yunchi.v1.AgentService.ConsoleStream:input_type -> yunchi.v1.ConsoleFrame
+	22, // 29: yunchi.v1.AgentService.ReportBackup:input_type -> yunchi.v1.ReportBackupRequest
+	26, // 30: yunchi.v1.AgentService.JoinHost:output_type -> yunchi.v1.JoinHostResponse
+	2,  // 31: yunchi.v1.AgentService.RegisterHost:output_type -> yunchi.v1.RegisterHostResponse
+	6,  // 32: yunchi.v1.AgentService.Heartbeat:output_type -> yunchi.v1.HeartbeatResponse
+	9,  // 33: yunchi.v1.AgentService.ReportVMStatus:output_type -> yunchi.v1.ReportVMStatusResponse
+	20, // 34: yunchi.v1.AgentService.WatchAssignments:output_type -> yunchi.v1.Assignments
+	35, // 35: yunchi.v1.AgentService.FetchImage:output_type -> yunchi.v1.ImageChunk
+	18, // 36: yunchi.v1.AgentService.WatchConsoles:output_type -> yunchi.v1.ConsoleSession
+	19, // 37: yunchi.v1.AgentService.ConsoleStream:output_type -> yunchi.v1.ConsoleFrame
+	23, // 38: yunchi.v1.AgentService.ReportBackup:output_type -> yunchi.v1.ReportBackupResponse
+	30, // [30:39] is the sub-list for method output_type
+	21, // [21:30] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_yunchi_v1_agent_proto_init() }
@@ -1701,7 +2255,7 @@ func file_yunchi_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_yunchi_v1_agent_proto_rawDesc), len(file_yunchi_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   22,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

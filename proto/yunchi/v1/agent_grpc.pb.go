@@ -30,6 +30,7 @@ const (
 	AgentService_FetchImage_FullMethodName       = "/yunchi.v1.AgentService/FetchImage"
 	AgentService_WatchConsoles_FullMethodName    = "/yunchi.v1.AgentService/WatchConsoles"
 	AgentService_ConsoleStream_FullMethodName    = "/yunchi.v1.AgentService/ConsoleStream"
+	AgentService_ReportBackup_FullMethodName     = "/yunchi.v1.AgentService/ReportBackup"
 )
 
 // AgentServiceClient is the client API for AgentService service.
@@ -51,6 +52,8 @@ type AgentServiceClient interface {
 	WatchConsoles(ctx context.Context, in *WatchConsolesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ConsoleSession], error)
 	// The agent's side of one console session.
 	ConsoleStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ConsoleFrame, ConsoleFrame], error)
+	// The outcome of a BackupJob.
+	ReportBackup(ctx context.Context, in *ReportBackupRequest, opts ...grpc.CallOption) (*ReportBackupResponse, error)
 }
 
 type agentServiceClient struct {
@@ -171,6 +174,16 @@ func (c *agentServiceClient) ConsoleStream(ctx context.Context, opts ...grpc.Cal
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type AgentService_ConsoleStreamClient = grpc.BidiStreamingClient[ConsoleFrame, ConsoleFrame]
 
+func (c *agentServiceClient) ReportBackup(ctx context.Context, in *ReportBackupRequest, opts ...grpc.CallOption) (*ReportBackupResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReportBackupResponse)
+	err := c.cc.Invoke(ctx, AgentService_ReportBackup_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AgentServiceServer is the server API for AgentService service.
 // All implementations must embed UnimplementedAgentServiceServer
 // for forward compatibility.
@@ -190,6 +203,8 @@ type AgentServiceServer interface {
 	WatchConsoles(*WatchConsolesRequest, grpc.ServerStreamingServer[ConsoleSession]) error
 	// The agent's side of one console session.
 	ConsoleStream(grpc.BidiStreamingServer[ConsoleFrame, ConsoleFrame]) error
+	// The outcome of a BackupJob.
+	ReportBackup(context.Context, *ReportBackupRequest) (*ReportBackupResponse, error)
 	mustEmbedUnimplementedAgentServiceServer()
 }
 
@@ -223,6 +238,9 @@ func (UnimplementedAgentServiceServer) WatchConsoles(*WatchConsolesRequest, grpc
 }
 func (UnimplementedAgentServiceServer) ConsoleStream(grpc.BidiStreamingServer[ConsoleFrame, ConsoleFrame]) error {
 	return status.Error(codes.Unimplemented, "method ConsoleStream not implemented")
+}
+func (UnimplementedAgentServiceServer) ReportBackup(context.Context, *ReportBackupRequest) (*ReportBackupResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReportBackup not implemented")
 }
 func (UnimplementedAgentServiceServer) mustEmbedUnimplementedAgentServiceServer() {}
 func (UnimplementedAgentServiceServer) testEmbeddedByValue()                      {}
@@ -357,6 +375,24 @@ func _AgentService_ConsoleStream_Handler(srv interface{}, stream grpc.ServerStre
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type AgentService_ConsoleStreamServer = grpc.BidiStreamingServer[ConsoleFrame, ConsoleFrame]
 
+func _AgentService_ReportBackup_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReportBackupRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServiceServer).ReportBackup(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentService_ReportBackup_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServiceServer).ReportBackup(ctx, req.(*ReportBackupRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AgentService_ServiceDesc is the grpc.ServiceDesc for AgentService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -379,6 +415,10 @@ var AgentService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ReportVMStatus",
 			Handler:    _AgentService_ReportVMStatus_Handler,
+		},
+		{
+			MethodName: "ReportBackup",
+			Handler:    _AgentService_ReportBackup_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -455,7 +455,13 @@ type VM struct {
 	SshAuthorizedKeys []string `protobuf:"bytes,23,rep,name=ssh_authorized_keys,json=sshAuthorizedKeys,proto3" json:"ssh_authorized_keys,omitempty"`
 	// The guest's use as its host's agent last measured it (the leader's
 	// latest; unset on followers and for hosts that cannot tell).
-	Usage         *VMUsage `protobuf:"bytes,24,opt,name=usage,proto3" json:"usage,omitempty"`
+	Usage *VMUsage `protobuf:"bytes,24,opt,name=usage,proto3" json:"usage,omitempty"`
+	// The protection policy in force ("" = none) and whether it is the VM's
+	// own ("vm") or its project's ("project").
+	ProtectionPolicy string `protobuf:"bytes,25,opt,name=protection_policy,json=protectionPolicy,proto3" json:"protection_policy,omitempty"`
+	ProtectionSource string `protobuf:"bytes,26,opt,name=protection_source,json=protectionSource,proto3" json:"protection_source,omitempty"`
+	// The restore point its disks were rebuilt from ("" = none).
+	RestoredFrom  string `protobuf:"bytes,27,opt,name=restored_from,json=restoredFrom,proto3" json:"restored_from,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -656,6 +662,27 @@ func (x *VM) GetUsage() *VMUsage {
 		return x.Usage
 	}
 	return nil
+}
+
+func (x *VM) GetProtectionPolicy() string {
+	if x != nil {
+		return x.ProtectionPolicy
+	}
+	return ""
+}
+
+func (x *VM) GetProtectionSource() string {
+	if x != nil {
+		return x.ProtectionSource
+	}
+	return ""
+}
+
+func (x *VM) GetRestoredFrom() string {
+	if x != nil {
+		return x.RestoredFrom
+	}
+	return ""
 }
 
 // VMUsage is what a guest actually uses, from libvirt's domain stats.
@@ -4083,7 +4110,7 @@ const file_yunchi_v1_yunchi_proto_rawDesc = "" +
 	"\x05vcpus\x18\x01 \x01(\x03R\x05vcpus\x12!\n" +
 	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\x12\x1d\n" +
 	"\n" +
-	"disk_bytes\x18\x03 \x01(\x03R\tdiskBytes\"\xc9\x06\n" +
+	"disk_bytes\x18\x03 \x01(\x03R\tdiskBytes\"\xc8\a\n" +
 	"\x02VM\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
@@ -4116,7 +4143,10 @@ const file_yunchi_v1_yunchi_proto_rawDesc = "" +
 	"\x05image\x18\x15 \x01(\tR\x05image\x12!\n" +
 	"\fimage_sha256\x18\x16 \x01(\tR\vimageSha256\x12.\n" +
 	"\x13ssh_authorized_keys\x18\x17 \x03(\tR\x11sshAuthorizedKeys\x12(\n" +
-	"\x05usage\x18\x18 \x01(\v2\x12.yunchi.v1.VMUsageR\x05usage\"\xcf\x02\n" +
+	"\x05usage\x18\x18 \x01(\v2\x12.yunchi.v1.VMUsageR\x05usage\x12+\n" +
+	"\x11protection_policy\x18\x19 \x01(\tR\x10protectionPolicy\x12+\n" +
+	"\x11protection_source\x18\x1a \x01(\tR\x10protectionSource\x12#\n" +
+	"\rrestored_from\x18\x1b \x01(\tR\frestoredFrom\"\xcf\x02\n" +
 	"\aVMUsage\x12\x1e\n" +
 	"\vcpu_time_ns\x18\x01 \x01(\x04R\tcpuTimeNs\x12!\n" +
 	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\x12.\n" +

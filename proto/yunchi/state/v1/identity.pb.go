@@ -245,8 +245,10 @@ type ProjectRecord struct {
 	Description     string                 `protobuf:"bytes,3,opt,name=description,proto3" json:"description,omitempty"`
 	CreatedUnixNano int64                  `protobuf:"varint,4,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
 	Quota           *Quota                 `protobuf:"bytes,5,opt,name=quota,proto3" json:"quota,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Version 9 on: the protection policy its VMs inherit ("" = none).
+	ProtectionPolicy string `protobuf:"bytes,6,opt,name=protection_policy,json=protectionPolicy,proto3" json:"protection_policy,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *ProjectRecord) Reset() {
@@ -312,6 +314,13 @@ func (x *ProjectRecord) GetQuota() *Quota {
 		return x.Quota
 	}
 	return nil
+}
+
+func (x *ProjectRecord) GetProtectionPolicy() string {
+	if x != nil {
+		return x.ProtectionPolicy
+	}
+	return ""
 }
 
 type UserRecord struct {
@@ -1089,7 +1098,7 @@ const file_yunchi_state_v1_identity_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\x12*\n" +
 	"\x11created_unix_nano\x18\x03 \x01(\x03R\x0fcreatedUnixNano\x12,\n" +
-	"\x05quota\x18\x04 \x01(\v2\x16.yunchi.state.v1.QuotaR\x05quota\"\xbf\x01\n" +
+	"\x05quota\x18\x04 \x01(\v2\x16.yunchi.state.v1.QuotaR\x05quota\"\xec\x01\n" +
 	"\rProjectRecord\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1e\n" +
 	"\n" +
@@ -1097,7 +1106,8 @@ const file_yunchi_state_v1_identity_proto_rawDesc = "" +
 	"department\x12 \n" +
 	"\vdescription\x18\x03 \x01(\tR\vdescription\x12*\n" +
 	"\x11created_unix_nano\x18\x04 \x01(\x03R\x0fcreatedUnixNano\x12,\n" +
-	"\x05quota\x18\x05 \x01(\v2\x16.yunchi.state.v1.QuotaR\x05quota\"\xb9\x02\n" +
+	"\x05quota\x18\x05 \x01(\v2\x16.yunchi.state.v1.QuotaR\x05quota\x12+\n" +
+	"\x11protection_policy\x18\x06 \x01(\tR\x10protectionPolicy\"\xb9\x02\n" +
 	"\n" +
 	"UserRecord\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1e\n" +

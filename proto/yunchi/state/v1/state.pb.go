@@ -881,8 +881,13 @@ type VMRecord struct {
 	Image             *VMImage `protobuf:"bytes,21,opt,name=image,proto3" json:"image,omitempty"`
 	UserData          string   `protobuf:"bytes,22,opt,name=user_data,json=userData,proto3" json:"user_data,omitempty"`
 	SshAuthorizedKeys []string `protobuf:"bytes,23,rep,name=ssh_authorized_keys,json=sshAuthorizedKeys,proto3" json:"ssh_authorized_keys,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Version 9 on: the protection policy attached to the VM itself ("" =
+	// its project's, if any), and, for a VM restored from a backup, where
+	// its disks come from (the host builds them before the first start).
+	ProtectionPolicy string         `protobuf:"bytes,24,opt,name=protection_policy,json=protectionPolicy,proto3" json:"protection_policy,omitempty"`
+	Restore          *RestoreSource `protobuf:"bytes,25,opt,name=restore,proto3" json:"restore,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *VMRecord) Reset() {
@@ -1072,6 +1077,20 @@ func (x *VMRecord) GetUserData() string {
 func (x *VMRecord) GetSshAuthorizedKeys() []string {
 	if x != nil {
 		return x.SshAuthorizedKeys
+	}
+	return nil
+}
+
+func (x *VMRecord) GetProtectionPolicy() string {
+	if x != nil {
+		return x.ProtectionPolicy
+	}
+	return ""
+}
+
+func (x *VMRecord) GetRestore() *RestoreSource {
+	if x != nil {
+		return x.Restore
 	}
 	return nil
 }
@@ -2101,6 +2120,14 @@ type Command struct {
 	//	*Command_AttachVolume
 	//	*Command_DetachVolume
 	//	*Command_DeleteVolume
+	//	*Command_SetCenter
+	//	*Command_DeleteCenter
+	//	*Command_CreatePolicy
+	//	*Command_DeletePolicy
+	//	*Command_SetProtection
+	//	*Command_StartBackups
+	//	*Command_FinishBackup
+	//	*Command_DeleteRestorePoints
 	Cmd           isCommand_Cmd `protobuf_oneof:"cmd"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2484,6 +2511,78 @@ func (x *Command) GetDeleteVolume() *DeleteVolume {
 	return nil
 }
 
+func (x *Command) GetSetCenter() *SetCenter {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_SetCenter); ok {
+			return x.SetCenter
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetDeleteCenter() *DeleteCenter {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_DeleteCenter); ok {
+			return x.DeleteCenter
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetCreatePolicy() *CreatePolicy {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_CreatePolicy); ok {
+			return x.CreatePolicy
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetDeletePolicy() *DeletePolicy {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_DeletePolicy); ok {
+			return x.DeletePolicy
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetSetProtection() *SetProtection {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_SetProtection); ok {
+			return x.SetProtection
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetStartBackups() *StartBackups {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_StartBackups); ok {
+			return x.StartBackups
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetFinishBackup() *FinishBackup {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_FinishBackup); ok {
+			return x.FinishBackup
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetDeleteRestorePoints() *DeleteRestorePoints {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_DeleteRestorePoints); ok {
+			return x.DeleteRestorePoints
+		}
+	}
+	return nil
+}
+
 type isCommand_Cmd interface {
 	isCommand_Cmd()
 }
@@ -2632,6 +2731,39 @@ type Command_DeleteVolume struct {
 	DeleteVolume *DeleteVolume `protobuf:"bytes,52,opt,name=delete_volume,json=deleteVolume,proto3,oneof"`
 }
 
+type Command_SetCenter struct {
+	// Two sites, three centers (dr.proto), version 9 on.
+	SetCenter *SetCenter `protobuf:"bytes,53,opt,name=set_center,json=setCenter,proto3,oneof"`
+}
+
+type Command_DeleteCenter struct {
+	DeleteCenter *DeleteCenter `protobuf:"bytes,54,opt,name=delete_center,json=deleteCenter,proto3,oneof"`
+}
+
+type Command_CreatePolicy struct {
+	CreatePolicy *CreatePolicy `protobuf:"bytes,55,opt,name=create_policy,json=createPolicy,proto3,oneof"`
+}
+
+type Command_DeletePolicy struct {
+	DeletePolicy *DeletePolicy `protobuf:"bytes,56,opt,name=delete_policy,json=deletePolicy,proto3,oneof"`
+}
+
+type Command_SetProtection struct {
+	SetProtection *SetProtection `protobuf:"bytes,57,opt,name=set_protection,json=setProtection,proto3,oneof"`
+}
+
+type Command_StartBackups struct {
+	StartBackups *StartBackups `protobuf:"bytes,58,opt,name=start_backups,json=startBackups,proto3,oneof"`
+}
+
+type Command_FinishBackup struct {
+	FinishBackup *FinishBackup `protobuf:"bytes,59,opt,name=finish_backup,json=finishBackup,proto3,oneof"`
+}
+
+type Command_DeleteRestorePoints struct {
+	DeleteRestorePoints *DeleteRestorePoints `protobuf:"bytes,60,opt,name=delete_restore_points,json=deleteRestorePoints,proto3,oneof"`
+}
+
 func (*Command_RegisterHost) isCommand_Cmd() {}
 
 func (*Command_SetHostState) isCommand_Cmd() {}
@@ -2700,6 +2832,22 @@ func (*Command_DetachVolume) isCommand_Cmd() {}
 
 func (*Command_DeleteVolume) isCommand_Cmd() {}
 
+func (*Command_SetCenter) isCommand_Cmd() {}
+
+func (*Command_DeleteCenter) isCommand_Cmd() {}
+
+func (*Command_CreatePolicy) isCommand_Cmd() {}
+
+func (*Command_DeletePolicy) isCommand_Cmd() {}
+
+func (*Command_SetProtection) isCommand_Cmd() {}
+
+func (*Command_StartBackups) isCommand_Cmd() {}
+
+func (*Command_FinishBackup) isCommand_Cmd() {}
+
+func (*Command_DeleteRestorePoints) isCommand_Cmd() {}
+
 type Snapshot struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Format of the snapshot (state.SnapshotVersion when written).
@@ -2725,7 +2873,12 @@ type Snapshot struct {
 	// Snapshot version 5 on.
 	Images []*ImageRecord `protobuf:"bytes,20,rep,name=images,proto3" json:"images,omitempty"`
 	// Snapshot version 6 on.
-	Volumes       []*VolumeRecord `protobuf:"bytes,21,rep,name=volumes,proto3" json:"volumes,omitempty"`
+	Volumes []*VolumeRecord `protobuf:"bytes,21,rep,name=volumes,proto3" json:"volumes,omitempty"`
+	// Snapshot version 7 on.
+	Centers       []*CenterRecord       `protobuf:"bytes,22,rep,name=centers,proto3" json:"centers,omitempty"`
+	Policies      []*PolicyRecord       `protobuf:"bytes,23,rep,name=policies,proto3" json:"policies,omitempty"`
+	RestorePoints []*RestorePointRecord `protobuf:"bytes,24,rep,name=restore_points,json=restorePoints,proto3" json:"restore_points,omitempty"`
+	BackupJobs    []*BackupJobRecord    `protobuf:"bytes,25,rep,name=backup_jobs,json=backupJobs,proto3" json:"backup_jobs,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2872,6 +3025,34 @@ func (x *Snapshot) GetVolumes() []*VolumeRecord {
 	return nil
 }
 
+func (x *Snapshot) GetCenters() []*CenterRecord {
+	if x != nil {
+		return x.Centers
+	}
+	return nil
+}
+
+func (x *Snapshot) GetPolicies() []*PolicyRecord {
+	if x != nil {
+		return x.Policies
+	}
+	return nil
+}
+
+func (x *Snapshot) GetRestorePoints() []*RestorePointRecord {
+	if x != nil {
+		return x.RestorePoints
+	}
+	return nil
+}
+
+func (x *Snapshot) GetBackupJobs() []*BackupJobRecord {
+	if x != nil {
+		return x.BackupJobs
+	}
+	return nil
+}
+
 // RequestRecord is the outcome of the first command that carried a request
 // id: the error (kind and message) or the records the command returned, as
 // they were then. Kept for a bounded time (by command time) and count.
@@ -2899,9 +3080,12 @@ type RequestRecord struct {
 	Token      *TokenRecord          `protobuf:"bytes,16,opt,name=token,proto3" json:"token,omitempty"`
 	// What a rejection was about, when Apply named it: "department:eco",
 	// "project:air" for a quota exceeded (state.Error.Subject).
-	ErrorSubject  string        `protobuf:"bytes,17,opt,name=error_subject,json=errorSubject,proto3" json:"error_subject,omitempty"`
-	Image         *ImageRecord  `protobuf:"bytes,18,opt,name=image,proto3" json:"image,omitempty"`
-	Volume        *VolumeRecord `protobuf:"bytes,19,opt,name=volume,proto3" json:"volume,omitempty"`
+	ErrorSubject  string              `protobuf:"bytes,17,opt,name=error_subject,json=errorSubject,proto3" json:"error_subject,omitempty"`
+	Image         *ImageRecord        `protobuf:"bytes,18,opt,name=image,proto3" json:"image,omitempty"`
+	Volume        *VolumeRecord       `protobuf:"bytes,19,opt,name=volume,proto3" json:"volume,omitempty"`
+	Center        *CenterRecord       `protobuf:"bytes,20,opt,name=center,proto3" json:"center,omitempty"`
+	Policy        *PolicyRecord       `protobuf:"bytes,21,opt,name=policy,proto3" json:"policy,omitempty"`
+	RestorePoint  *RestorePointRecord `protobuf:"bytes,22,opt,name=restore_point,json=restorePoint,proto3" json:"restore_point,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3069,11 +3253,32 @@ func (x *RequestRecord) GetVolume() *VolumeRecord {
 	return nil
 }
 
+func (x *RequestRecord) GetCenter() *CenterRecord {
+	if x != nil {
+		return x.Center
+	}
+	return nil
+}
+
+func (x *RequestRecord) GetPolicy() *PolicyRecord {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
+func (x *RequestRecord) GetRestorePoint() *RestorePointRecord {
+	if x != nil {
+		return x.RestorePoint
+	}
+	return nil
+}
+
 var File_yunchi_state_v1_state_proto protoreflect.FileDescriptor
 
 const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\n" +
-	"\x1byunchi/state/v1/state.proto\x12\x0fyunchi.state.v1\x1a\x1eyunchi/state/v1/identity.proto\x1a\x1byunchi/state/v1/quota.proto\x1a\x1byunchi/state/v1/audit.proto\x1a\x19yunchi/state/v1/pki.proto\x1a\x1byunchi/state/v1/image.proto\x1a\x1cyunchi/state/v1/volume.proto\"c\n" +
+	"\x1byunchi/state/v1/state.proto\x12\x0fyunchi.state.v1\x1a\x1eyunchi/state/v1/identity.proto\x1a\x1byunchi/state/v1/quota.proto\x1a\x1byunchi/state/v1/audit.proto\x1a\x19yunchi/state/v1/pki.proto\x1a\x1byunchi/state/v1/image.proto\x1a\x1cyunchi/state/v1/volume.proto\x1a\x18yunchi/state/v1/dr.proto\"c\n" +
 	"\tResources\x12\x14\n" +
 	"\x05vcpus\x18\x01 \x01(\x03R\x05vcpus\x12!\n" +
 	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\x12\x1d\n" +
@@ -3127,7 +3332,7 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a>\n" +
 	"\x10AdminLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xae\x06\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x95\a\n" +
 	"\bVMRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
@@ -3154,7 +3359,9 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\x10constraint_rules\x18\x14 \x03(\v2\x1b.yunchi.state.v1.ConstraintR\x0fconstraintRules\x12.\n" +
 	"\x05image\x18\x15 \x01(\v2\x18.yunchi.state.v1.VMImageR\x05image\x12\x1b\n" +
 	"\tuser_data\x18\x16 \x01(\tR\buserData\x12.\n" +
-	"\x13ssh_authorized_keys\x18\x17 \x03(\tR\x11sshAuthorizedKeys\"h\n" +
+	"\x13ssh_authorized_keys\x18\x17 \x03(\tR\x11sshAuthorizedKeys\x12+\n" +
+	"\x11protection_policy\x18\x18 \x01(\tR\x10protectionPolicy\x128\n" +
+	"\arestore\x18\x19 \x01(\v2\x1e.yunchi.state.v1.RestoreSourceR\arestore\"h\n" +
 	"\vRatioRecord\x12\x14\n" +
 	"\x05scope\x18\x01 \x01(\tR\x05scope\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12/\n" +
@@ -3235,7 +3442,7 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\fRemoveMember\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\":\n" +
 	"\x10RecordHeartbeats\x12&\n" +
-	"\x0fsilent_host_ids\x18\x01 \x03(\tR\rsilentHostIds\"\xc5\x14\n" +
+	"\x0fsilent_host_ids\x18\x01 \x03(\tR\rsilentHostIds\"\x85\x19\n" +
 	"\aCommand\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1b\n" +
 	"\tunix_nano\x18\x02 \x01(\x03R\bunixNano\x12\x1d\n" +
@@ -3282,8 +3489,17 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\rcreate_volume\x181 \x01(\v2\x1d.yunchi.state.v1.CreateVolumeH\x00R\fcreateVolume\x12D\n" +
 	"\rattach_volume\x182 \x01(\v2\x1d.yunchi.state.v1.AttachVolumeH\x00R\fattachVolume\x12D\n" +
 	"\rdetach_volume\x183 \x01(\v2\x1d.yunchi.state.v1.DetachVolumeH\x00R\fdetachVolume\x12D\n" +
-	"\rdelete_volume\x184 \x01(\v2\x1d.yunchi.state.v1.DeleteVolumeH\x00R\fdeleteVolumeB\x05\n" +
-	"\x03cmd\"\xe8\x06\n" +
+	"\rdelete_volume\x184 \x01(\v2\x1d.yunchi.state.v1.DeleteVolumeH\x00R\fdeleteVolume\x12;\n" +
+	"\n" +
+	"set_center\x185 \x01(\v2\x1a.yunchi.state.v1.SetCenterH\x00R\tsetCenter\x12D\n" +
+	"\rdelete_center\x186 \x01(\v2\x1d.yunchi.state.v1.DeleteCenterH\x00R\fdeleteCenter\x12D\n" +
+	"\rcreate_policy\x187 \x01(\v2\x1d.yunchi.state.v1.CreatePolicyH\x00R\fcreatePolicy\x12D\n" +
+	"\rdelete_policy\x188 \x01(\v2\x1d.yunchi.state.v1.DeletePolicyH\x00R\fdeletePolicy\x12G\n" +
+	"\x0eset_protection\x189 \x01(\v2\x1e.yunchi.state.v1.SetProtectionH\x00R\rsetProtection\x12D\n" +
+	"\rstart_backups\x18: \x01(\v2\x1d.yunchi.state.v1.StartBackupsH\x00R\fstartBackups\x12D\n" +
+	"\rfinish_backup\x18; \x01(\v2\x1d.yunchi.state.v1.FinishBackupH\x00R\ffinishBackup\x12Z\n" +
+	"\x15delete_restore_points\x18< \x01(\v2$.yunchi.state.v1.DeleteRestorePointsH\x00R\x13deleteRestorePointsB\x05\n" +
+	"\x03cmd\"\xeb\b\n" +
 	"\bSnapshot\x12%\n" +
 	"\x0eformat_version\x18\x01 \x01(\rR\rformatVersion\x121\n" +
 	"\x05hosts\x18\x02 \x03(\v2\x1b.yunchi.state.v1.HostRecordR\x05hosts\x12+\n" +
@@ -3303,7 +3519,12 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\vjoin_tokens\x18\x10 \x03(\v2 .yunchi.state.v1.JoinTokenRecordR\n" +
 	"joinTokens\x124\n" +
 	"\x06images\x18\x14 \x03(\v2\x1c.yunchi.state.v1.ImageRecordR\x06images\x127\n" +
-	"\avolumes\x18\x15 \x03(\v2\x1d.yunchi.state.v1.VolumeRecordR\avolumes\"\xac\x06\n" +
+	"\avolumes\x18\x15 \x03(\v2\x1d.yunchi.state.v1.VolumeRecordR\avolumes\x127\n" +
+	"\acenters\x18\x16 \x03(\v2\x1d.yunchi.state.v1.CenterRecordR\acenters\x129\n" +
+	"\bpolicies\x18\x17 \x03(\v2\x1d.yunchi.state.v1.PolicyRecordR\bpolicies\x12J\n" +
+	"\x0erestore_points\x18\x18 \x03(\v2#.yunchi.state.v1.RestorePointRecordR\rrestorePoints\x12A\n" +
+	"\vbackup_jobs\x18\x19 \x03(\v2 .yunchi.state.v1.BackupJobRecordR\n" +
+	"backupJobs\"\xe4\a\n" +
 	"\rRequestRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04hash\x18\x02 \x01(\fR\x04hash\x12\x1b\n" +
@@ -3327,7 +3548,10 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\x05token\x18\x10 \x01(\v2\x1c.yunchi.state.v1.TokenRecordR\x05token\x12#\n" +
 	"\rerror_subject\x18\x11 \x01(\tR\ferrorSubject\x122\n" +
 	"\x05image\x18\x12 \x01(\v2\x1c.yunchi.state.v1.ImageRecordR\x05image\x125\n" +
-	"\x06volume\x18\x13 \x01(\v2\x1d.yunchi.state.v1.VolumeRecordR\x06volume*\x87\x01\n" +
+	"\x06volume\x18\x13 \x01(\v2\x1d.yunchi.state.v1.VolumeRecordR\x06volume\x125\n" +
+	"\x06center\x18\x14 \x01(\v2\x1d.yunchi.state.v1.CenterRecordR\x06center\x125\n" +
+	"\x06policy\x18\x15 \x01(\v2\x1d.yunchi.state.v1.PolicyRecordR\x06policy\x12H\n" +
+	"\rrestore_point\x18\x16 \x01(\v2#.yunchi.state.v1.RestorePointRecordR\frestorePoint*\x87\x01\n" +
 	"\tHostState\x12\x1a\n" +
 	"\x16HOST_STATE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10HOST_STATE_READY\x10\x01\x12\x13\n" +
@@ -3414,132 +3638,161 @@ var file_yunchi_state_v1_state_proto_goTypes = []any{
 	nil,                          // 32: yunchi.state.v1.HostRecord.AdminLabelsEntry
 	nil,                          // 33: yunchi.state.v1.UpdateHost.SetLabelsEntry
 	(*VMImage)(nil),              // 34: yunchi.state.v1.VMImage
-	(*VolumeStatus)(nil),         // 35: yunchi.state.v1.VolumeStatus
-	(*AuditContext)(nil),         // 36: yunchi.state.v1.AuditContext
-	(*CreateDepartment)(nil),     // 37: yunchi.state.v1.CreateDepartment
-	(*DeleteDepartment)(nil),     // 38: yunchi.state.v1.DeleteDepartment
-	(*CreateProject)(nil),        // 39: yunchi.state.v1.CreateProject
-	(*DeleteProject)(nil),        // 40: yunchi.state.v1.DeleteProject
-	(*CreateUser)(nil),           // 41: yunchi.state.v1.CreateUser
-	(*DeleteUser)(nil),           // 42: yunchi.state.v1.DeleteUser
-	(*UpdateUser)(nil),           // 43: yunchi.state.v1.UpdateUser
-	(*CreateToken)(nil),          // 44: yunchi.state.v1.CreateToken
-	(*RevokeToken)(nil),          // 45: yunchi.state.v1.RevokeToken
-	(*RecordLoginFailures)(nil),  // 46: yunchi.state.v1.RecordLoginFailures
-	(*SetQuota)(nil),             // 47: yunchi.state.v1.SetQuota
-	(*CreateJoinToken)(nil),      // 48: yunchi.state.v1.CreateJoinToken
-	(*ConsumeJoinToken)(nil),     // 49: yunchi.state.v1.ConsumeJoinToken
-	(*RecordAudit)(nil),          // 50: yunchi.state.v1.RecordAudit
-	(*ArchiveAudit)(nil),         // 51: yunchi.state.v1.ArchiveAudit
-	(*CreateImage)(nil),          // 52: yunchi.state.v1.CreateImage
-	(*DeleteImage)(nil),          // 53: yunchi.state.v1.DeleteImage
-	(*CreateVolume)(nil),         // 54: yunchi.state.v1.CreateVolume
-	(*AttachVolume)(nil),         // 55: yunchi.state.v1.AttachVolume
-	(*DetachVolume)(nil),         // 56: yunchi.state.v1.DetachVolume
-	(*DeleteVolume)(nil),         // 57: yunchi.state.v1.DeleteVolume
-	(*DepartmentRecord)(nil),     // 58: yunchi.state.v1.DepartmentRecord
-	(*ProjectRecord)(nil),        // 59: yunchi.state.v1.ProjectRecord
-	(*UserRecord)(nil),           // 60: yunchi.state.v1.UserRecord
-	(*TokenRecord)(nil),          // 61: yunchi.state.v1.TokenRecord
-	(*AuditHead)(nil),            // 62: yunchi.state.v1.AuditHead
-	(*JoinTokenRecord)(nil),      // 63: yunchi.state.v1.JoinTokenRecord
-	(*ImageRecord)(nil),          // 64: yunchi.state.v1.ImageRecord
-	(*VolumeRecord)(nil),         // 65: yunchi.state.v1.VolumeRecord
+	(*RestoreSource)(nil),        // 35: yunchi.state.v1.RestoreSource
+	(*VolumeStatus)(nil),         // 36: yunchi.state.v1.VolumeStatus
+	(*AuditContext)(nil),         // 37: yunchi.state.v1.AuditContext
+	(*CreateDepartment)(nil),     // 38: yunchi.state.v1.CreateDepartment
+	(*DeleteDepartment)(nil),     // 39: yunchi.state.v1.DeleteDepartment
+	(*CreateProject)(nil),        // 40: yunchi.state.v1.CreateProject
+	(*DeleteProject)(nil),        // 41: yunchi.state.v1.DeleteProject
+	(*CreateUser)(nil),           // 42: yunchi.state.v1.CreateUser
+	(*DeleteUser)(nil),           // 43: yunchi.state.v1.DeleteUser
+	(*UpdateUser)(nil),           // 44: yunchi.state.v1.UpdateUser
+	(*CreateToken)(nil),          // 45: yunchi.state.v1.CreateToken
+	(*RevokeToken)(nil),          // 46: yunchi.state.v1.RevokeToken
+	(*RecordLoginFailures)(nil),  // 47: yunchi.state.v1.RecordLoginFailures
+	(*SetQuota)(nil),             // 48: yunchi.state.v1.SetQuota
+	(*CreateJoinToken)(nil),      // 49: yunchi.state.v1.CreateJoinToken
+	(*ConsumeJoinToken)(nil),     // 50: yunchi.state.v1.ConsumeJoinToken
+	(*RecordAudit)(nil),          // 51: yunchi.state.v1.RecordAudit
+	(*ArchiveAudit)(nil),         // 52: yunchi.state.v1.ArchiveAudit
+	(*CreateImage)(nil),          // 53: yunchi.state.v1.CreateImage
+	(*DeleteImage)(nil),          // 54: yunchi.state.v1.DeleteImage
+	(*CreateVolume)(nil),         // 55: yunchi.state.v1.CreateVolume
+	(*AttachVolume)(nil),         // 56: yunchi.state.v1.AttachVolume
+	(*DetachVolume)(nil),         // 57: yunchi.state.v1.DetachVolume
+	(*DeleteVolume)(nil),         // 58: yunchi.state.v1.DeleteVolume
+	(*SetCenter)(nil),            // 59: yunchi.state.v1.SetCenter
+	(*DeleteCenter)(nil),         // 60: yunchi.state.v1.DeleteCenter
+	(*CreatePolicy)(nil),         // 61: yunchi.state.v1.CreatePolicy
+	(*DeletePolicy)(nil),         // 62: yunchi.state.v1.DeletePolicy
+	(*SetProtection)(nil),        // 63: yunchi.state.v1.SetProtection
+	(*StartBackups)(nil),         // 64: yunchi.state.v1.StartBackups
+	(*FinishBackup)(nil),         // 65: yunchi.state.v1.FinishBackup
+	(*DeleteRestorePoints)(nil),  // 66: yunchi.state.v1.DeleteRestorePoints
+	(*DepartmentRecord)(nil),     // 67: yunchi.state.v1.DepartmentRecord
+	(*ProjectRecord)(nil),        // 68: yunchi.state.v1.ProjectRecord
+	(*UserRecord)(nil),           // 69: yunchi.state.v1.UserRecord
+	(*TokenRecord)(nil),          // 70: yunchi.state.v1.TokenRecord
+	(*AuditHead)(nil),            // 71: yunchi.state.v1.AuditHead
+	(*JoinTokenRecord)(nil),      // 72: yunchi.state.v1.JoinTokenRecord
+	(*ImageRecord)(nil),          // 73: yunchi.state.v1.ImageRecord
+	(*VolumeRecord)(nil),         // 74: yunchi.state.v1.VolumeRecord
+	(*CenterRecord)(nil),         // 75: yunchi.state.v1.CenterRecord
+	(*PolicyRecord)(nil),         // 76: yunchi.state.v1.PolicyRecord
+	(*RestorePointRecord)(nil),   // 77: yunchi.state.v1.RestorePointRecord
+	(*BackupJobRecord)(nil),      // 78: yunchi.state.v1.BackupJobRecord
 }
 var file_yunchi_state_v1_state_proto_depIdxs = []int32{
-	2,  // 0: yunchi.state.v1.VMStatus.phase:type_name -> yunchi.state.v1.VMPhase
-	5,  // 1: yunchi.state.v1.Constraint.op:type_name -> yunchi.state.v1.ConstraintOp
-	31, // 2: yunchi.state.v1.HostRecord.labels:type_name -> yunchi.state.v1.HostRecord.LabelsEntry
-	6,  // 3: yunchi.state.v1.HostRecord.capacity:type_name -> yunchi.state.v1.Resources
-	0,  // 4: yunchi.state.v1.HostRecord.state:type_name -> yunchi.state.v1.HostState
-	0,  // 5: yunchi.state.v1.HostRecord.admin_state:type_name -> yunchi.state.v1.HostState
-	32, // 6: yunchi.state.v1.HostRecord.admin_labels:type_name -> yunchi.state.v1.HostRecord.AdminLabelsEntry
-	6,  // 7: yunchi.state.v1.HostRecord.reserved:type_name -> yunchi.state.v1.Resources
-	7,  // 8: yunchi.state.v1.HostRecord.ratios:type_name -> yunchi.state.v1.Ratios
-	1,  // 9: yunchi.state.v1.VMRecord.desired:type_name -> yunchi.state.v1.PowerState
-	2,  // 10: yunchi.state.v1.VMRecord.phase:type_name -> yunchi.state.v1.VMPhase
-	9,  // 11: yunchi.state.v1.VMRecord.constraint_rules:type_name -> yunchi.state.v1.Constraint
-	34, // 12: yunchi.state.v1.VMRecord.image:type_name -> yunchi.state.v1.VMImage
-	7,  // 13: yunchi.state.v1.RatioRecord.ratios:type_name -> yunchi.state.v1.Ratios
-	3,  // 14: yunchi.state.v1.PlacementGroupRecord.policy:type_name -> yunchi.state.v1.GroupPolicy
-	4,  // 15: yunchi.state.v1.PlacementGroupRecord.level:type_name -> yunchi.state.v1.GroupLevel
-	10, // 16: yunchi.state.v1.RegisterHost.host:type_name -> yunchi.state.v1.HostRecord
-	0,  // 17: yunchi.state.v1.SetHostState.state:type_name -> yunchi.state.v1.HostState
-	11, // 18: yunchi.state.v1.PlaceVM.vm:type_name -> yunchi.state.v1.VMRecord
-	1,  // 19: yunchi.state.v1.SetVMDesired.desired:type_name -> yunchi.state.v1.PowerState
-	8,  // 20: yunchi.state.v1.ReportVMStatus.statuses:type_name -> yunchi.state.v1.VMStatus
-	35, // 21: yunchi.state.v1.ReportVMStatus.volumes:type_name -> yunchi.state.v1.VolumeStatus
-	0,  // 22: yunchi.state.v1.UpdateHost.admin_state:type_name -> yunchi.state.v1.HostState
-	33, // 23: yunchi.state.v1.UpdateHost.set_labels:type_name -> yunchi.state.v1.UpdateHost.SetLabelsEntry
-	6,  // 24: yunchi.state.v1.UpdateHost.reserved:type_name -> yunchi.state.v1.Resources
-	13, // 25: yunchi.state.v1.CreatePlacementGroup.group:type_name -> yunchi.state.v1.PlacementGroupRecord
-	11, // 26: yunchi.state.v1.PlaceVMs.vms:type_name -> yunchi.state.v1.VMRecord
-	14, // 27: yunchi.state.v1.UpsertMember.member:type_name -> yunchi.state.v1.MemberRecord
-	36, // 28: yunchi.state.v1.Command.audit:type_name -> yunchi.state.v1.AuditContext
-	15, // 29: yunchi.state.v1.Command.register_host:type_name -> yunchi.state.v1.RegisterHost
-	16, // 30: yunchi.state.v1.Command.set_host_state:type_name -> yunchi.state.v1.SetHostState
-	17, // 31: yunchi.state.v1.Command.place_vm:type_name -> yunchi.state.v1.PlaceVM
-	18, // 32: yunchi.state.v1.Command.set_vm_desired:type_name -> yunchi.state.v1.SetVMDesired
-	19, // 33: yunchi.state.v1.Command.report_vm_status:type_name -> yunchi.state.v1.ReportVMStatus
-	25, // 34: yunchi.state.v1.Command.upsert_member:type_name -> yunchi.state.v1.UpsertMember
-	26, // 35: yunchi.state.v1.Command.remove_member:type_name -> yunchi.state.v1.RemoveMember
-	20, // 36: yunchi.state.v1.Command.update_host:type_name -> yunchi.state.v1.UpdateHost
-	21, // 37: yunchi.state.v1.Command.set_ratios:type_name -> yunchi.state.v1.SetRatios
-	22, // 38: yunchi.state.v1.Command.create_placement_group:type_name -> yunchi.state.v1.CreatePlacementGroup
-	23, // 39: yunchi.state.v1.Command.delete_placement_group:type_name -> yunchi.state.v1.DeletePlacementGroup
-	24, // 40: yunchi.state.v1.Command.place_vms:type_name -> yunchi.state.v1.PlaceVMs
-	27, // 41: yunchi.state.v1.Command.record_heartbeats:type_name -> yunchi.state.v1.RecordHeartbeats
-	37, // 42: yunchi.state.v1.Command.create_department:type_name -> yunchi.state.v1.CreateDepartment
-	38, // 43: yunchi.state.v1.Command.delete_department:type_name -> yunchi.state.v1.DeleteDepartment
-	39, // 44: yunchi.state.v1.Command.create_project:type_name -> yunchi.state.v1.CreateProject
-	40, // 45: yunchi.state.v1.Command.delete_project:type_name -> yunchi.state.v1.DeleteProject
-	41, // 46: yunchi.state.v1.Command.create_user:type_name -> yunchi.state.v1.CreateUser
-	42, // 47: yunchi.state.v1.Command.delete_user:type_name -> yunchi.state.v1.DeleteUser
-	43, // 48: yunchi.state.v1.Command.update_user:type_name -> yunchi.state.v1.UpdateUser
-	44, // 49: yunchi.state.v1.Command.create_token:type_name -> yunchi.state.v1.CreateToken
-	45, // 50: yunchi.state.v1.Command.revoke_token:type_name -> yunchi.state.v1.RevokeToken
-	46, // 51: yunchi.state.v1.Command.record_login_failures:type_name -> yunchi.state.v1.RecordLoginFailures
-	47, // 52: yunchi.state.v1.Command.set_quota:type_name -> yunchi.state.v1.SetQuota
-	48, // 53: yunchi.state.v1.Command.create_join_token:type_name -> yunchi.state.v1.CreateJoinToken
-	49, // 54: yunchi.state.v1.Command.consume_join_token:type_name -> yunchi.state.v1.ConsumeJoinToken
-	50, // 55: yunchi.state.v1.Command.record_audit:type_name -> yunchi.state.v1.RecordAudit
-	51, // 56: yunchi.state.v1.Command.archive_audit:type_name -> yunchi.state.v1.ArchiveAudit
-	52, // 57: yunchi.state.v1.Command.create_image:type_name -> yunchi.state.v1.CreateImage
-	53, // 58: yunchi.state.v1.Command.delete_image:type_name -> yunchi.state.v1.DeleteImage
-	54, // 59: yunchi.state.v1.Command.create_volume:type_name -> yunchi.state.v1.CreateVolume
-	55, // 60: yunchi.state.v1.Command.attach_volume:type_name -> yunchi.state.v1.AttachVolume
-	56, // 61: yunchi.state.v1.Command.detach_volume:type_name -> yunchi.state.v1.DetachVolume
-	57, // 62: yunchi.state.v1.Command.delete_volume:type_name -> yunchi.state.v1.DeleteVolume
-	10, // 63: yunchi.state.v1.Snapshot.hosts:type_name -> yunchi.state.v1.HostRecord
-	11, // 64: yunchi.state.v1.Snapshot.vms:type_name -> yunchi.state.v1.VMRecord
-	14, // 65: yunchi.state.v1.Snapshot.members:type_name -> yunchi.state.v1.MemberRecord
-	12, // 66: yunchi.state.v1.Snapshot.ratios:type_name -> yunchi.state.v1.RatioRecord
-	13, // 67: yunchi.state.v1.Snapshot.groups:type_name -> yunchi.state.v1.PlacementGroupRecord
-	30, // 68: yunchi.state.v1.Snapshot.requests:type_name -> yunchi.state.v1.RequestRecord
-	58, // 69: yunchi.state.v1.Snapshot.departments:type_name -> yunchi.state.v1.DepartmentRecord
-	59, // 70: yunchi.state.v1.Snapshot.projects:type_name -> yunchi.state.v1.ProjectRecord
-	60, // 71: yunchi.state.v1.Snapshot.users:type_name -> yunchi.state.v1.UserRecord
-	61, // 72: yunchi.state.v1.Snapshot.tokens:type_name -> yunchi.state.v1.TokenRecord
-	62, // 73: yunchi.state.v1.Snapshot.audit_head:type_name -> yunchi.state.v1.AuditHead
-	63, // 74: yunchi.state.v1.Snapshot.join_tokens:type_name -> yunchi.state.v1.JoinTokenRecord
-	64, // 75: yunchi.state.v1.Snapshot.images:type_name -> yunchi.state.v1.ImageRecord
-	65, // 76: yunchi.state.v1.Snapshot.volumes:type_name -> yunchi.state.v1.VolumeRecord
-	11, // 77: yunchi.state.v1.RequestRecord.vms:type_name -> yunchi.state.v1.VMRecord
-	10, // 78: yunchi.state.v1.RequestRecord.host:type_name -> yunchi.state.v1.HostRecord
-	12, // 79: yunchi.state.v1.RequestRecord.ratio:type_name -> yunchi.state.v1.RatioRecord
-	13, // 80: yunchi.state.v1.RequestRecord.group:type_name -> yunchi.state.v1.PlacementGroupRecord
-	14, // 81: yunchi.state.v1.RequestRecord.member:type_name -> yunchi.state.v1.MemberRecord
-	58, // 82: yunchi.state.v1.RequestRecord.department:type_name -> yunchi.state.v1.DepartmentRecord
-	59, // 83: yunchi.state.v1.RequestRecord.project:type_name -> yunchi.state.v1.ProjectRecord
-	60, // 84: yunchi.state.v1.RequestRecord.user:type_name -> yunchi.state.v1.UserRecord
-	61, // 85: yunchi.state.v1.RequestRecord.token:type_name -> yunchi.state.v1.TokenRecord
-	64, // 86: yunchi.state.v1.RequestRecord.image:type_name -> yunchi.state.v1.ImageRecord
-	65, // 87: yunchi.state.v1.RequestRecord.volume:type_name -> yunchi.state.v1.VolumeRecord
-	88, // [88:88] is the sub-list for method output_type
-	88, // [88:88] is the sub-list for method input_type
-	88, // [88:88] is the sub-list for extension type_name
-	88, // [88:88] is the sub-list for extension extendee
-	0,  // [0:88] is the sub-list for field type_name
+	2,   // 0: yunchi.state.v1.VMStatus.phase:type_name -> yunchi.state.v1.VMPhase
+	5,   // 1: yunchi.state.v1.Constraint.op:type_name -> yunchi.state.v1.ConstraintOp
+	31,  // 2: yunchi.state.v1.HostRecord.labels:type_name -> yunchi.state.v1.HostRecord.LabelsEntry
+	6,   // 3: yunchi.state.v1.HostRecord.capacity:type_name -> yunchi.state.v1.Resources
+	0,   // 4: yunchi.state.v1.HostRecord.state:type_name -> yunchi.state.v1.HostState
+	0,   // 5: yunchi.state.v1.HostRecord.admin_state:type_name -> yunchi.state.v1.HostState
+	32,  // 6: yunchi.state.v1.HostRecord.admin_labels:type_name -> yunchi.state.v1.HostRecord.AdminLabelsEntry
+	6,   // 7: yunchi.state.v1.HostRecord.reserved:type_name -> yunchi.state.v1.Resources
+	7,   // 8: yunchi.state.v1.HostRecord.ratios:type_name -> yunchi.state.v1.Ratios
+	1,   // 9: yunchi.state.v1.VMRecord.desired:type_name -> yunchi.state.v1.PowerState
+	2,   // 10: yunchi.state.v1.VMRecord.phase:type_name -> yunchi.state.v1.VMPhase
+	9,   // 11: yunchi.state.v1.VMRecord.constraint_rules:type_name -> yunchi.state.v1.Constraint
+	34,  // 12: yunchi.state.v1.VMRecord.image:type_name -> yunchi.state.v1.VMImage
+	35,  // 13: yunchi.state.v1.VMRecord.restore:type_name -> yunchi.state.v1.RestoreSource
+	7,   // 14: yunchi.state.v1.RatioRecord.ratios:type_name -> yunchi.state.v1.Ratios
+	3,   // 15: yunchi.state.v1.PlacementGroupRecord.policy:type_name -> yunchi.state.v1.GroupPolicy
+	4,   // 16: yunchi.state.v1.PlacementGroupRecord.level:type_name -> yunchi.state.v1.GroupLevel
+	10,  // 17: yunchi.state.v1.RegisterHost.host:type_name -> yunchi.state.v1.HostRecord
+	0,   // 18: yunchi.state.v1.SetHostState.state:type_name -> yunchi.state.v1.HostState
+	11,  // 19: yunchi.state.v1.PlaceVM.vm:type_name -> yunchi.state.v1.VMRecord
+	1,   // 20: yunchi.state.v1.SetVMDesired.desired:type_name -> yunchi.state.v1.PowerState
+	8,   // 21: yunchi.state.v1.ReportVMStatus.statuses:type_name -> yunchi.state.v1.VMStatus
+	36,  // 22: yunchi.state.v1.ReportVMStatus.volumes:type_name -> yunchi.state.v1.VolumeStatus
+	0,   // 23: yunchi.state.v1.UpdateHost.admin_state:type_name -> yunchi.state.v1.HostState
+	33,  // 24: yunchi.state.v1.UpdateHost.set_labels:type_name -> yunchi.state.v1.UpdateHost.SetLabelsEntry
+	6,   // 25: yunchi.state.v1.UpdateHost.reserved:type_name -> yunchi.state.v1.Resources
+	13,  // 26: yunchi.state.v1.CreatePlacementGroup.group:type_name -> yunchi.state.v1.PlacementGroupRecord
+	11,  // 27: yunchi.state.v1.PlaceVMs.vms:type_name -> yunchi.state.v1.VMRecord
+	14,  // 28: yunchi.state.v1.UpsertMember.member:type_name -> yunchi.state.v1.MemberRecord
+	37,  // 29: yunchi.state.v1.Command.audit:type_name -> yunchi.state.v1.AuditContext
+	15,  // 30: yunchi.state.v1.Command.register_host:type_name -> yunchi.state.v1.RegisterHost
+	16,  // 31: yunchi.state.v1.Command.set_host_state:type_name -> yunchi.state.v1.SetHostState
+	17,  // 32: yunchi.state.v1.Command.place_vm:type_name -> yunchi.state.v1.PlaceVM
+	18,  // 33: yunchi.state.v1.Command.set_vm_desired:type_name -> yunchi.state.v1.SetVMDesired
+	19,  // 34: yunchi.state.v1.Command.report_vm_status:type_name -> yunchi.state.v1.ReportVMStatus
+	25,  // 35: yunchi.state.v1.Command.upsert_member:type_name -> yunchi.state.v1.UpsertMember
+	26,  // 36: yunchi.state.v1.Command.remove_member:type_name -> yunchi.state.v1.RemoveMember
+	20,  // 37: yunchi.state.v1.Command.update_host:type_name -> yunchi.state.v1.UpdateHost
+	21,  // 38: yunchi.state.v1.Command.set_ratios:type_name -> yunchi.state.v1.SetRatios
+	22,  // 39: yunchi.state.v1.Command.create_placement_group:type_name -> yunchi.state.v1.CreatePlacementGroup
+	23,  // 40: yunchi.state.v1.Command.delete_placement_group:type_name -> yunchi.state.v1.DeletePlacementGroup
+	24,  // 41: yunchi.state.v1.Command.place_vms:type_name -> yunchi.state.v1.PlaceVMs
+	27,  // 42: yunchi.state.v1.Command.record_heartbeats:type_name -> yunchi.state.v1.RecordHeartbeats
+	38,  // 43: yunchi.state.v1.Command.create_department:type_name -> yunchi.state.v1.CreateDepartment
+	39,  // 44: yunchi.state.v1.Command.delete_department:type_name -> yunchi.state.v1.DeleteDepartment
+	40,  // 45: yunchi.state.v1.Command.create_project:type_name -> yunchi.state.v1.CreateProject
+	41,  // 46: yunchi.state.v1.Command.delete_project:type_name -> yunchi.state.v1.DeleteProject
+	42,  // 47: yunchi.state.v1.Command.create_user:type_name -> yunchi.state.v1.CreateUser
+	43,  // 48: yunchi.state.v1.Command.delete_user:type_name -> yunchi.state.v1.DeleteUser
+	44,  // 49: yunchi.state.v1.Command.update_user:type_name -> yunchi.state.v1.UpdateUser
+	45,  // 50: yunchi.state.v1.Command.create_token:type_name -> yunchi.state.v1.CreateToken
+	46,  // 51: yunchi.state.v1.Command.revoke_token:type_name -> yunchi.state.v1.RevokeToken
+	47,  // 52: yunchi.state.v1.Command.record_login_failures:type_name -> yunchi.state.v1.RecordLoginFailures
+	48,  // 53: yunchi.state.v1.Command.set_quota:type_name -> yunchi.state.v1.SetQuota
+	49,  // 54: yunchi.state.v1.Command.create_join_token:type_name -> yunchi.state.v1.CreateJoinToken
+	50,  // 55: yunchi.state.v1.Command.consume_join_token:type_name -> yunchi.state.v1.ConsumeJoinToken
+	51,  // 56: yunchi.state.v1.Command.record_audit:type_name -> yunchi.state.v1.RecordAudit
+	52,  // 57: yunchi.state.v1.Command.archive_audit:type_name -> yunchi.state.v1.ArchiveAudit
+	53,  // 58: yunchi.state.v1.Command.create_image:type_name -> yunchi.state.v1.CreateImage
+	54,  // 59: yunchi.state.v1.Command.delete_image:type_name -> yunchi.state.v1.DeleteImage
+	55,  // 60: yunchi.state.v1.Command.create_volume:type_name -> yunchi.state.v1.CreateVolume
+	56,  // 61: yunchi.state.v1.Command.attach_volume:type_name -> yunchi.state.v1.AttachVolume
+	57,  // 62: yunchi.state.v1.Command.detach_volume:type_name -> yunchi.state.v1.DetachVolume
+	58,  // 63: yunchi.state.v1.Command.delete_volume:type_name -> yunchi.state.v1.DeleteVolume
+	59,  // 64: yunchi.state.v1.Command.set_center:type_name -> yunchi.state.v1.SetCenter
+	60,  // 65: yunchi.state.v1.Command.delete_center:type_name -> yunchi.state.v1.DeleteCenter
+	61,  // 66: yunchi.state.v1.Command.create_policy:type_name -> yunchi.state.v1.CreatePolicy
+	62,  // 67: yunchi.state.v1.Command.delete_policy:type_name -> yunchi.state.v1.DeletePolicy
+	63,  // 68: yunchi.state.v1.Command.set_protection:type_name -> yunchi.state.v1.SetProtection
+	64,  // 69: yunchi.state.v1.Command.start_backups:type_name -> yunchi.state.v1.StartBackups
+	65,  // 70: yunchi.state.v1.Command.finish_backup:type_name -> yunchi.state.v1.FinishBackup
+	66,  // 71: yunchi.state.v1.Command.delete_restore_points:type_name -> yunchi.state.v1.DeleteRestorePoints
+	10,  // 72: yunchi.state.v1.Snapshot.hosts:type_name -> yunchi.state.v1.HostRecord
+	11,  // 73: yunchi.state.v1.Snapshot.vms:type_name -> yunchi.state.v1.VMRecord
+	14,  // 74: yunchi.state.v1.Snapshot.members:type_name -> yunchi.state.v1.MemberRecord
+	12,  // 75: yunchi.state.v1.Snapshot.ratios:type_name -> yunchi.state.v1.RatioRecord
+	13,  // 76: yunchi.state.v1.Snapshot.groups:type_name -> yunchi.state.v1.PlacementGroupRecord
+	30,  // 77: yunchi.state.v1.Snapshot.requests:type_name -> yunchi.state.v1.RequestRecord
+	67,  // 78: yunchi.state.v1.Snapshot.departments:type_name -> yunchi.state.v1.DepartmentRecord
+	68,  // 79: yunchi.state.v1.Snapshot.projects:type_name -> yunchi.state.v1.ProjectRecord
+	69,  // 80: yunchi.state.v1.Snapshot.users:type_name -> yunchi.state.v1.UserRecord
+	70,  // 81: yunchi.state.v1.Snapshot.tokens:type_name -> yunchi.state.v1.TokenRecord
+	71,  // 82: yunchi.state.v1.Snapshot.audit_head:type_name -> yunchi.state.v1.AuditHead
+	72,  // 83: yunchi.state.v1.Snapshot.join_tokens:type_name -> yunchi.state.v1.JoinTokenRecord
+	73,  // 84: yunchi.state.v1.Snapshot.images:type_name -> yunchi.state.v1.ImageRecord
+	74,  // 85: yunchi.state.v1.Snapshot.volumes:type_name -> yunchi.state.v1.VolumeRecord
+	75,  // 86: yunchi.state.v1.Snapshot.centers:type_name -> yunchi.state.v1.CenterRecord
+	76,  // 87: yunchi.state.v1.Snapshot.policies:type_name -> yunchi.state.v1.PolicyRecord
+	77,  // 88: yunchi.state.v1.Snapshot.restore_points:type_name -> yunchi.state.v1.RestorePointRecord
+	78,  // 89: yunchi.state.v1.Snapshot.backup_jobs:type_name -> yunchi.state.v1.BackupJobRecord
+	11,  // 90: yunchi.state.v1.RequestRecord.vms:type_name -> yunchi.state.v1.VMRecord
+	10,  // 91: yunchi.state.v1.RequestRecord.host:type_name -> yunchi.state.v1.HostRecord
+	12,  // 92: yunchi.state.v1.RequestRecord.ratio:type_name -> yunchi.state.v1.RatioRecord
+	13,  // 93: yunchi.state.v1.RequestRecord.group:type_name -> yunchi.state.v1.PlacementGroupRecord
+	14,  // 94: yunchi.state.v1.RequestRecord.member:type_name -> yunchi.state.v1.MemberRecord
+	67,  // 95: yunchi.state.v1.RequestRecord.department:type_name -> yunchi.state.v1.DepartmentRecord
+	68,  // 96: yunchi.state.v1.RequestRecord.project:type_name -> yunchi.state.v1.ProjectRecord
+	69,  // 97: yunchi.state.v1.RequestRecord.user:type_name -> yunchi.state.v1.UserRecord
+	70,  // 98: yunchi.state.v1.RequestRecord.token:type_name -> yunchi.state.v1.TokenRecord
+	73,  // 99: yunchi.state.v1.RequestRecord.image:type_name -> yunchi.state.v1.ImageRecord
+	74,  // 100: yunchi.state.v1.RequestRecord.volume:type_name -> yunchi.state.v1.VolumeRecord
+	75,  // 101: yunchi.state.v1.RequestRecord.center:type_name -> yunchi.state.v1.CenterRecord
+	76,  // 102: yunchi.state.v1.RequestRecord.policy:type_name -> yunchi.state.v1.PolicyRecord
+	77,  // 103: yunchi.state.v1.RequestRecord.restore_point:type_name -> yunchi.state.v1.RestorePointRecord
+	104, // [104:104] is the sub-list for method output_type
+	104, // [104:104] is the sub-list for method input_type
+	104, // [104:104] is the sub-list for extension type_name
+	104, // [104:104] is the sub-list for extension extendee
+	0,   // [0:104] is the sub-list for field type_name
 }
 
 func init() { file_yunchi_state_v1_state_proto_init() }
@@ -3553,6 +3806,7 @@ func file_yunchi_state_v1_state_proto_init() {
 	file_yunchi_state_v1_pki_proto_init()
 	file_yunchi_state_v1_image_proto_init()
 	file_yunchi_state_v1_volume_proto_init()
+	file_yunchi_state_v1_dr_proto_init()
 	file_yunchi_state_v1_state_proto_msgTypes[14].OneofWrappers = []any{}
 	file_yunchi_state_v1_state_proto_msgTypes[15].OneofWrappers = []any{}
 	file_yunchi_state_v1_state_proto_msgTypes[22].OneofWrappers = []any{
@@ -3590,6 +3844,14 @@ func file_yunchi_state_v1_state_proto_init() {
 		(*Command_AttachVolume)(nil),
 		(*Command_DetachVolume)(nil),
 		(*Command_DeleteVolume)(nil),
+		(*Command_SetCenter)(nil),
+		(*Command_DeleteCenter)(nil),
+		(*Command_CreatePolicy)(nil),
+		(*Command_DeletePolicy)(nil),
+		(*Command_SetProtection)(nil),
+		(*Command_StartBackups)(nil),
+		(*Command_FinishBackup)(nil),
+		(*Command_DeleteRestorePoints)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
