@@ -71,6 +71,32 @@ var policy = map[string]string{
 	"AgentService/FetchImage":       "host",
 	"AgentService/WatchConsoles":    "host",
 	"AgentService/ConsoleStream":    "host",
+	"AgentService/ReportBackup":     "host",
+
+	"BackupRepoService/HaveChunks":  "host",
+	"BackupRepoService/PutChunks":   "host",
+	"BackupRepoService/PutManifest": "host",
+	"BackupRepoService/GetManifest": "host",
+	"BackupRepoService/GetChunks":   "host",
+
+	"TopologyService/GetTopology":  "sysadmin operator",
+	"TopologyService/SetCenter":    "sysadmin",
+	"TopologyService/DeleteCenter": "sysadmin",
+
+	"ProtectionService/CreatePolicy":   "sysadmin",
+	"ProtectionService/GetPolicy":      "sysadmin operator dept-admin member viewer",
+	"ProtectionService/ListPolicies":   "sysadmin operator dept-admin member viewer",
+	"ProtectionService/DeletePolicy":   "sysadmin",
+	"ProtectionService/ProtectVM":      "sysadmin dept-admin member",
+	"ProtectionService/ProtectProject": "sysadmin dept-admin",
+	"ProtectionService/GetDRStatus":    "sysadmin operator dept-admin member viewer",
+
+	"BackupService/ListRestorePoints": "sysadmin operator dept-admin member viewer",
+	"BackupService/RestoreVM":         "sysadmin dept-admin member",
+	"BackupService/RunBackup":         "sysadmin dept-admin member",
+	"BackupService/GetRepository":     "sysadmin operator",
+	"BackupService/VerifyBackups":     "sysadmin operator",
+	"BackupService/CollectGarbage":    "sysadmin",
 
 	"ImageService/ImportImage":         "sysadmin dept-admin member",
 	"ImageService/GetImage":            "sysadmin operator dept-admin member viewer",
@@ -333,9 +359,12 @@ func scopedRequest(t *testing.T, method string, rule *yunchiv1.AccessRule, other
 		}
 		setPath(msg, field, v)
 	}
-	// A VM name, so that VM calls reach past name validation.
-	if fd := msg.Descriptor().Fields().ByName("name"); fd != nil && fd.Kind() == protoreflect.StringKind && field != "name" {
-		msg.Set(fd, protoreflect.ValueOfString("nope"))
+	// A VM (or center) name, so that calls reach past name validation
+	// and REST paths have their variables.
+	for _, n := range []protoreflect.Name{"name", "vm", "center"} {
+		if fd := msg.Descriptor().Fields().ByName(n); fd != nil && fd.Kind() == protoreflect.StringKind && field != string(n) {
+			msg.Set(fd, protoreflect.ValueOfString("nope"))
+		}
 	}
 	return msg.Interface()
 }

@@ -213,6 +213,7 @@ func New(cfg Config) (*Controller, error) {
 	if cfg.HostTTL > 0 {
 		duties.HostTTL = cfg.HostTTL
 	}
+	duties.Backups = leader.NewBackups(node, node.Store, lg)
 	srv := api.NewServer(node, node, node.Store, placer, duties, api.Self{ID: cfg.ID, APIAddress: cfg.Advertise, Center: cfg.Center}, lg)
 	if cfg.HeartbeatInterval > 0 {
 		srv.HeartbeatInterval = cfg.HeartbeatInterval

@@ -277,6 +277,9 @@ func (p *printer) clusterStatus(s *yunchiv1.ClusterStatus) func(io.Writer) {
 		kv(w, "Raft log", p.logStore(s))
 		fmt.Fprintln(w)
 		memberRows(w, s.GetMembers())
+		for _, warn := range s.GetWarnings() {
+			fmt.Fprintf(w, "\nWARNING: %s\n", warn)
+		}
 	}
 }
 

@@ -128,9 +128,11 @@ func (s *Server) WatchAssignments(req *yunchiv1.WatchAssignmentsRequest, stream 
 				if img := v.Image; img != nil {
 					a.Image = &yunchiv1.ImageRef{Sha256: img.Sha256, Format: formatToAPI(img.Format), SizeBytes: img.SizeBytes, VirtualSizeBytes: img.VirtualSizeBytes}
 				}
+				a.Restore = s.restoreRef(v.Restore)
 				msg.Vms = append(msg.Vms, a)
 			}
 			msg.Volumes = volumeAssignments(s.store.HostVolumes(req.HostId))
+			msg.Backups = s.backupAssignments(req.HostId)
 			if err := stream.Send(msg); err != nil {
 				return err
 			}

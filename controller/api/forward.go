@@ -97,9 +97,15 @@ func (f *forwarder) leaderConn() (*grpc.ClientConn, error) {
 	if id == "" {
 		return nil, errNoLeader
 	}
+	return f.memberConn(id, "leader")
+}
+
+// memberConn is the connection to controller id (what: how messages name
+// it).
+func (f *forwarder) memberConn(id, what string) (*grpc.ClientConn, error) {
 	m, ok := f.s.store.Member(id)
 	if !ok || m.ApiAddress == "" {
-		return nil, notProposed("leader %s has not published its API address yet: retry in a few seconds", id)
+		return nil, notProposed("%s %s has not published its API address yet: retry in a few seconds", what, id)
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -109,7 +115,7 @@ func (f *forwarder) leaderConn() (*grpc.ClientConn, error) {
 	c, err := grpc.NewClient(m.ApiAddress, grpc.WithTransportCredentials(f.s.dialCreds()),
 		grpc.WithKeepaliveParams(forwardKeepalive))
 	if err != nil {
-		return nil, notProposed("cannot reach leader %s at %s: %v", id, m.ApiAddress, err)
+		return nil, notProposed("cannot reach %s %s at %s: %v", what, id, m.ApiAddress, err)
 	}
 	f.conns[m.ApiAddress] = c
 	return c, nil
@@ -204,6 +210,28 @@ func (s *Server) forwardToLeader(ctx context.Context, method string, req any) (r
 		return nil, err, true
 	}
 	return resp, nil, true
+}
+
+// forwardToMember sends a call to controller id with the caller's
+// metadata, as forwardToLeader does to the leader: for what only that
+// controller can answer (its backup repositories).
+func (s *Server) forwardToMember(ctx context.Context, id, what, method string, req any) (proto.Message, error) {
+	conn, err := s.fwd.memberConn(id, what)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := newResponse(method)
+	if err != nil {
+		return nil, err
+	}
+	if !awaitReady(ctx, conn) {
+		return nil, status.Errorf(codes.Unavailable, "%s %s unreachable at %s: retry in a few seconds", what, id, conn.Target())
+	}
+	in, _ := metadata.FromIncomingContext(ctx)
+	if err := conn.Invoke(metadata.NewOutgoingContext(ctx, s.forwardMD(ctx, in)), method, req, resp); err != nil {
+		return nil, err
+	}
+	return resp, nil
 }
 
 // Escalate sends a call this follower refused (authentication or access)

@@ -92,6 +92,10 @@ func (s *Server) NewGRPCServer(m *Metrics) *grpc.Server {
 		{&yunchiv1.ImageService_ServiceDesc, img, true},
 		{&yunchiv1.ImagePeerService_ServiceDesc, img, false},
 		{&yunchiv1.VolumeService_ServiceDesc, s, true},
+		{&yunchiv1.TopologyService_ServiceDesc, s, true},
+		{&yunchiv1.ProtectionService_ServiceDesc, s, true},
+		{&yunchiv1.BackupService_ServiceDesc, s, true},
+		{&yunchiv1.BackupRepoService_ServiceDesc, s.repoService(), false},
 	} {
 		gs.RegisterService(svc.desc, svc.impl)
 		if svc.rest {
@@ -159,7 +163,7 @@ func (s *Server) NewHTTPHandler(ctx context.Context, m *Metrics, ho HTTPOptions)
 			guard.notRouted(w, r)
 		}),
 	)
-	guard, err := newRESTGuard(gw, gw, ho, yunchiv1.File_yunchi_v1_yunchi_proto, yunchiv1.File_yunchi_v1_tenancy_proto, yunchiv1.File_yunchi_v1_identity_proto, yunchiv1.File_yunchi_v1_quota_proto, yunchiv1.File_yunchi_v1_audit_proto, yunchiv1.File_yunchi_v1_image_proto, yunchiv1.File_yunchi_v1_volume_proto)
+	guard, err := newRESTGuard(gw, gw, ho, yunchiv1.File_yunchi_v1_yunchi_proto, yunchiv1.File_yunchi_v1_tenancy_proto, yunchiv1.File_yunchi_v1_identity_proto, yunchiv1.File_yunchi_v1_quota_proto, yunchiv1.File_yunchi_v1_audit_proto, yunchiv1.File_yunchi_v1_image_proto, yunchiv1.File_yunchi_v1_volume_proto, yunchiv1.File_yunchi_v1_dr_proto)
 	if err != nil {
 		return nil, err
 	}
@@ -186,6 +190,9 @@ func (s *Server) NewHTTPHandler(ctx context.Context, m *Metrics, ho HTTPOptions)
 		yunchiv1.RegisterAuditServiceHandlerClient(ctx, gw, yunchiv1.NewAuditServiceClient(cc)),
 		yunchiv1.RegisterImageServiceHandlerClient(ctx, gw, yunchiv1.NewImageServiceClient(cc)),
 		yunchiv1.RegisterVolumeServiceHandlerClient(ctx, gw, yunchiv1.NewVolumeServiceClient(cc)),
+		yunchiv1.RegisterTopologyServiceHandlerClient(ctx, gw, yunchiv1.NewTopologyServiceClient(cc)),
+		yunchiv1.RegisterProtectionServiceHandlerClient(ctx, gw, yunchiv1.NewProtectionServiceClient(cc)),
+		yunchiv1.RegisterBackupServiceHandlerClient(ctx, gw, yunchiv1.NewBackupServiceClient(cc)),
 	); err != nil {
 		conn.Close()
 		return nil, err

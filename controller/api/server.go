@@ -46,6 +46,9 @@ type Server struct {
 	yunchiv1.UnimplementedQuotaServiceServer
 	yunchiv1.UnimplementedAuditServiceServer
 	yunchiv1.UnimplementedVolumeServiceServer
+	yunchiv1.UnimplementedTopologyServiceServer
+	yunchiv1.UnimplementedProtectionServiceServer
+	yunchiv1.UnimplementedBackupServiceServer
 
 	// prop proposes commands and knows the leader; member is the raft
 	// configuration; store is the replicated state (see deps.go).
@@ -85,6 +88,11 @@ type Server struct {
 	// and fetches through it are refused); imgs its runtime (images.go).
 	Images *images.Store
 	imgs   imageState
+	// Repos are the backup repositories this controller keeps (nil: none;
+	// dr.go).
+	Repos Repositories
+	// RepoService serves BackupRepoService (nil: every call UNIMPLEMENTED).
+	RepoService yunchiv1.BackupRepoServiceServer
 
 	// consoles pairs users' console calls with agents' (console.go).
 	consoles consoleBroker
@@ -146,7 +154,13 @@ func projectOf(p string) (string, error) {
 	return p, checkName("project", p)
 }
 
-func (s *Server) vmOut(v *statev1.VMRecord) *yunchiv1.VM { return vmToAPI(v, s.hostInfo(v.HostId)) }
+func (s *Server) vmOut(v *statev1.VMRecord) *yunchiv1.VM {
+	out := vmToAPI(v, s.hostInfo(v.HostId))
+	if dv, ok := s.store.(DRView); ok {
+		out.ProtectionPolicy, out.ProtectionSource = dv.EffectivePolicy(v)
+	}
+	return out
+}
 
 func (s *Server) findVM(project, name string) (*statev1.VMRecord, error) {
 	if err := checkName("vm name", name); err != nil {

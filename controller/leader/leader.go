@@ -2,7 +2,7 @@
 // controller is the leader: it publishes its own addresses in the member
 // table and keeps host liveness (which hosts it heard, one
 // RecordHeartbeats per period, marking silent hosts down, not counting
-// time the process itself was stalled). Start runs the duties when this
+// time the process itself was stalled), and backups (backups.go). Start runs the duties when this
 // controller becomes the leader, Stop ends them and forgets what was
 // heard when it steps down. Later leader duties (fencing, HA restart,
 // backup scheduling) belong here too.
@@ -63,6 +63,8 @@ type Duties struct {
 
 	seen  *seenTable
 	heard heardSet
+	// Backups, when set, runs with the other duties (backups.go).
+	Backups *Backups
 
 	mu      sync.Mutex // guards the fields below
 	leading bool
@@ -183,6 +185,9 @@ func (d *Duties) run(ctx context.Context) {
 		live := d.view.LiveHostIDs()
 		d.recordHeartbeats(ctx, live)
 		d.markSilentHostsDown(ctx, live)
+		if d.Backups != nil {
+			d.Backups.Tick(ctx, time.Now())
+		}
 		waitStart = time.Now()
 		select {
 		case <-ctx.Done():

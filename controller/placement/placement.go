@@ -73,6 +73,8 @@ type Spec struct {
 	Image             *statev1.VMImage
 	UserData          string
 	SSHAuthorizedKeys []string
+	// Restore: the VMs' disks are rebuilt from this restore point.
+	Restore *statev1.RestoreSource
 }
 
 // SpecOf is the spec an existing VM was placed with, for deciding again
@@ -83,7 +85,7 @@ func SpecOf(vm *statev1.VMRecord, def scheduler.Strategy) (Spec, error) {
 		Project: vm.Project, Names: []string{vm.Name},
 		Resources: scheduler.Resources{VCPUs: int64(vm.Vcpus), MemoryBytes: vm.MemoryBytes, DiskBytes: vm.DiskBytes},
 		Center:    vm.Center, Group: vm.Group, Strategy: def, StrategyName: vm.Strategy, Desired: vm.Desired,
-		Image: vm.Image, UserData: vm.UserData, SSHAuthorizedKeys: vm.SshAuthorizedKeys,
+		Image: vm.Image, UserData: vm.UserData, SSHAuthorizedKeys: vm.SshAuthorizedKeys, Restore: vm.Restore,
 	}
 	cons, err := state.ConstraintsOf(vm)
 	if err != nil {
@@ -412,7 +414,7 @@ func (e *Engine) Place(ctx context.Context, sp Spec) ([]*statev1.VMRecord, []Dec
 				Vcpus: int32(sp.Resources.VCPUs), MemoryBytes: sp.Resources.MemoryBytes, DiskBytes: sp.Resources.DiskBytes,
 				Center: sp.Center, HostId: p.HostID, Desired: sp.Desired,
 				Group: sp.Group, ConstraintRules: rules, Strategy: sp.StrategyName,
-				Image: sp.Image, UserData: sp.UserData, SshAuthorizedKeys: sp.SSHAuthorizedKeys,
+				Image: sp.Image, UserData: sp.UserData, SshAuthorizedKeys: sp.SSHAuthorizedKeys, Restore: sp.Restore,
 			}
 		}
 		// One VM or a batch: the same command.

@@ -2338,6 +2338,50 @@ func (x *VerifyBackupsResponse) GetSeconds() float64 {
 	return 0
 }
 
+type GetRepositoryRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Center        string                 `protobuf:"bytes,1,opt,name=center,proto3" json:"center,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetRepositoryRequest) Reset() {
+	*x = GetRepositoryRequest{}
+	mi := &file_yunchi_v1_dr_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetRepositoryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetRepositoryRequest) ProtoMessage() {}
+
+func (x *GetRepositoryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_dr_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetRepositoryRequest.ProtoReflect.Descriptor instead.
+func (*GetRepositoryRequest) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_dr_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *GetRepositoryRequest) GetCenter() string {
+	if x != nil {
+		return x.Center
+	}
+	return ""
+}
+
 type CollectGarbageRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Center        string                 `protobuf:"bytes,1,opt,name=center,proto3" json:"center,omitempty"`
@@ -2347,7 +2391,7 @@ type CollectGarbageRequest struct {
 
 func (x *CollectGarbageRequest) Reset() {
 	*x = CollectGarbageRequest{}
-	mi := &file_yunchi_v1_dr_proto_msgTypes[33]
+	mi := &file_yunchi_v1_dr_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2359,7 +2403,7 @@ func (x *CollectGarbageRequest) String() string {
 func (*CollectGarbageRequest) ProtoMessage() {}
 
 func (x *CollectGarbageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_dr_proto_msgTypes[33]
+	mi := &file_yunchi_v1_dr_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2372,7 +2416,7 @@ func (x *CollectGarbageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CollectGarbageRequest.ProtoReflect.Descriptor instead.
 func (*CollectGarbageRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_dr_proto_rawDescGZIP(), []int{33}
+	return file_yunchi_v1_dr_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *CollectGarbageRequest) GetCenter() string {
@@ -2394,7 +2438,7 @@ type CollectGarbageResponse struct {
 
 func (x *CollectGarbageResponse) Reset() {
 	*x = CollectGarbageResponse{}
-	mi := &file_yunchi_v1_dr_proto_msgTypes[34]
+	mi := &file_yunchi_v1_dr_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2406,7 +2450,7 @@ func (x *CollectGarbageResponse) String() string {
 func (*CollectGarbageResponse) ProtoMessage() {}
 
 func (x *CollectGarbageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_dr_proto_msgTypes[34]
+	mi := &file_yunchi_v1_dr_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2419,7 +2463,7 @@ func (x *CollectGarbageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CollectGarbageResponse.ProtoReflect.Descriptor instead.
 func (*CollectGarbageResponse) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_dr_proto_rawDescGZIP(), []int{34}
+	return file_yunchi_v1_dr_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *CollectGarbageResponse) GetCenter() string {
@@ -2642,7 +2686,9 @@ const file_yunchi_v1_dr_proto_rawDesc = "" +
 	"\adamaged\x18\x04 \x03(\v2\x17.yunchi.v1.DamagedChunkR\adamaged\x12+\n" +
 	"\x11damaged_manifests\x18\x05 \x03(\tR\x10damagedManifests\x12%\n" +
 	"\x0edamaged_points\x18\x06 \x03(\tR\rdamagedPoints\x12\x18\n" +
-	"\aseconds\x18\a \x01(\x01R\aseconds\"/\n" +
+	"\aseconds\x18\a \x01(\x01R\aseconds\".\n" +
+	"\x14GetRepositoryRequest\x12\x16\n" +
+	"\x06center\x18\x01 \x01(\tR\x06center\"/\n" +
 	"\x15CollectGarbageRequest\x12\x16\n" +
 	"\x06center\x18\x01 \x01(\tR\x06center\"\x9d\x01\n" +
 	"\x16CollectGarbageResponse\x12\x16\n" +
@@ -2678,14 +2724,16 @@ const file_yunchi_v1_dr_proto_rawDesc = "" +
 	"\x0eProtectProject\x12 .yunchi.v1.ProtectProjectRequest\x1a\x15.yunchi.v1.Protection\"5\xc2\xf3\x18\b\n" +
 	"\x02\x01\x05\x18\x01 \x01\x82\xd3\xe4\x93\x02#:\x01*\"\x1e/v1/projects/{project}:protect\x12e\n" +
 	"\vGetDRStatus\x12\x1d.yunchi.v1.GetDRStatusRequest\x1a\x13.yunchi.v1.DRStatus\"\"\xc2\xf3\x18\t\n" +
-	"\x05\x01\x04\x05\x06\a\x18\x01\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/dr/status2\xf3\x04\n" +
+	"\x05\x01\x04\x05\x06\a\x18\x01\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/dr/status2\xed\x05\n" +
 	"\rBackupService\x12\x89\x01\n" +
 	"\x11ListRestorePoints\x12#.yunchi.v1.ListRestorePointsRequest\x1a$.yunchi.v1.ListRestorePointsResponse\")\xc2\xf3\x18\t\n" +
 	"\x05\x01\x04\x05\x06\a\x18\x01\x82\xd3\xe4\x93\x02\x16\x12\x14/v1/vms/{vm}/backups\x12m\n" +
 	"\tRestoreVM\x12\x1b.yunchi.v1.RestoreVMRequest\x1a\r.yunchi.v1.VM\"4\xc2\xf3\x18\t\n" +
 	"\x03\x01\x05\x06\x18\x01 \x01\x82\xd3\xe4\x93\x02!:\x01*\"\x1c/v1/vms/{vm}/backups:restore\x12s\n" +
 	"\tRunBackup\x12\x1b.yunchi.v1.RunBackupRequest\x1a\x1c.yunchi.v1.RunBackupResponse\"+\xc2\xf3\x18\t\n" +
-	"\x03\x01\x05\x06\x18\x01 \x01\x82\xd3\xe4\x93\x02\x18:\x01*\"\x13/v1/vms/{vm}:backup\x12y\n" +
+	"\x03\x01\x05\x06\x18\x01 \x01\x82\xd3\xe4\x93\x02\x18:\x01*\"\x13/v1/vms/{vm}:backup\x12x\n" +
+	"\rGetRepository\x12\x1f.yunchi.v1.GetRepositoryRequest\x1a\x15.yunchi.v1.Repository\"/\xc2\xf3\x18\x04\n" +
+	"\x02\x01\x04\x82\xd3\xe4\x93\x02!\x12\x1f/v1/centers/{center}/repository\x12y\n" +
 	"\rVerifyBackups\x12\x1f.yunchi.v1.VerifyBackupsRequest\x1a .yunchi.v1.VerifyBackupsResponse\"%\xc2\xf3\x18\x04\n" +
 	"\x02\x01\x04\x82\xd3\xe4\x93\x02\x17:\x01*\"\x12/v1/backups:verify\x12w\n" +
 	"\x0eCollectGarbage\x12 .yunchi.v1.CollectGarbageRequest\x1a!.yunchi.v1.CollectGarbageResponse\" \xc2\xf3\x18\x03\n" +
@@ -2704,7 +2752,7 @@ func file_yunchi_v1_dr_proto_rawDescGZIP() []byte {
 }
 
 var file_yunchi_v1_dr_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_yunchi_v1_dr_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
+var file_yunchi_v1_dr_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_yunchi_v1_dr_proto_goTypes = []any{
 	(CenterRole)(0),                   // 0: yunchi.v1.CenterRole
 	(*Repository)(nil),                // 1: yunchi.v1.Repository
@@ -2740,32 +2788,33 @@ var file_yunchi_v1_dr_proto_goTypes = []any{
 	(*VerifyBackupsRequest)(nil),      // 31: yunchi.v1.VerifyBackupsRequest
 	(*DamagedChunk)(nil),              // 32: yunchi.v1.DamagedChunk
 	(*VerifyBackupsResponse)(nil),     // 33: yunchi.v1.VerifyBackupsResponse
-	(*CollectGarbageRequest)(nil),     // 34: yunchi.v1.CollectGarbageRequest
-	(*CollectGarbageResponse)(nil),    // 35: yunchi.v1.CollectGarbageResponse
-	(*Resources)(nil),                 // 36: yunchi.v1.Resources
-	(*timestamppb.Timestamp)(nil),     // 37: google.protobuf.Timestamp
-	(*VM)(nil),                        // 38: yunchi.v1.VM
+	(*GetRepositoryRequest)(nil),      // 34: yunchi.v1.GetRepositoryRequest
+	(*CollectGarbageRequest)(nil),     // 35: yunchi.v1.CollectGarbageRequest
+	(*CollectGarbageResponse)(nil),    // 36: yunchi.v1.CollectGarbageResponse
+	(*Resources)(nil),                 // 37: yunchi.v1.Resources
+	(*timestamppb.Timestamp)(nil),     // 38: google.protobuf.Timestamp
+	(*VM)(nil),                        // 39: yunchi.v1.VM
 }
 var file_yunchi_v1_dr_proto_depIdxs = []int32{
 	0,  // 0: yunchi.v1.Center.role:type_name -> yunchi.v1.CenterRole
-	36, // 1: yunchi.v1.Center.capacity:type_name -> yunchi.v1.Resources
-	36, // 2: yunchi.v1.Center.allocated:type_name -> yunchi.v1.Resources
+	37, // 1: yunchi.v1.Center.capacity:type_name -> yunchi.v1.Resources
+	37, // 2: yunchi.v1.Center.allocated:type_name -> yunchi.v1.Resources
 	1,  // 3: yunchi.v1.Center.repository:type_name -> yunchi.v1.Repository
-	37, // 4: yunchi.v1.Center.created_at:type_name -> google.protobuf.Timestamp
+	38, // 4: yunchi.v1.Center.created_at:type_name -> google.protobuf.Timestamp
 	2,  // 5: yunchi.v1.Topology.centers:type_name -> yunchi.v1.Center
 	0,  // 6: yunchi.v1.SetCenterRequest.role:type_name -> yunchi.v1.CenterRole
 	0,  // 7: yunchi.v1.PolicyTarget.role:type_name -> yunchi.v1.CenterRole
 	8,  // 8: yunchi.v1.PolicyTarget.retention:type_name -> yunchi.v1.Retention
 	9,  // 9: yunchi.v1.Policy.targets:type_name -> yunchi.v1.PolicyTarget
-	37, // 10: yunchi.v1.Policy.created_at:type_name -> google.protobuf.Timestamp
+	38, // 10: yunchi.v1.Policy.created_at:type_name -> google.protobuf.Timestamp
 	10, // 11: yunchi.v1.CreatePolicyRequest.policy:type_name -> yunchi.v1.Policy
 	10, // 12: yunchi.v1.ListPoliciesResponse.policies:type_name -> yunchi.v1.Policy
 	0,  // 13: yunchi.v1.TargetStatus.role:type_name -> yunchi.v1.CenterRole
-	37, // 14: yunchi.v1.TargetStatus.newest_point_at:type_name -> google.protobuf.Timestamp
-	37, // 15: yunchi.v1.TargetStatus.next_attempt_at:type_name -> google.protobuf.Timestamp
+	38, // 14: yunchi.v1.TargetStatus.newest_point_at:type_name -> google.protobuf.Timestamp
+	38, // 15: yunchi.v1.TargetStatus.next_attempt_at:type_name -> google.protobuf.Timestamp
 	20, // 16: yunchi.v1.VMProtection.targets:type_name -> yunchi.v1.TargetStatus
 	21, // 17: yunchi.v1.DRStatus.vms:type_name -> yunchi.v1.VMProtection
-	37, // 18: yunchi.v1.RestorePoint.taken_at:type_name -> google.protobuf.Timestamp
+	38, // 18: yunchi.v1.RestorePoint.taken_at:type_name -> google.protobuf.Timestamp
 	25, // 19: yunchi.v1.RestorePoint.disks:type_name -> yunchi.v1.RestorePointDisk
 	24, // 20: yunchi.v1.ListRestorePointsResponse.points:type_name -> yunchi.v1.RestorePoint
 	32, // 21: yunchi.v1.VerifyBackupsResponse.damaged:type_name -> yunchi.v1.DamagedChunk
@@ -2782,25 +2831,27 @@ var file_yunchi_v1_dr_proto_depIdxs = []int32{
 	26, // 32: yunchi.v1.BackupService.ListRestorePoints:input_type -> yunchi.v1.ListRestorePointsRequest
 	28, // 33: yunchi.v1.BackupService.RestoreVM:input_type -> yunchi.v1.RestoreVMRequest
 	29, // 34: yunchi.v1.BackupService.RunBackup:input_type -> yunchi.v1.RunBackupRequest
-	31, // 35: yunchi.v1.BackupService.VerifyBackups:input_type -> yunchi.v1.VerifyBackupsRequest
-	34, // 36: yunchi.v1.BackupService.CollectGarbage:input_type -> yunchi.v1.CollectGarbageRequest
-	3,  // 37: yunchi.v1.TopologyService.GetTopology:output_type -> yunchi.v1.Topology
-	2,  // 38: yunchi.v1.TopologyService.SetCenter:output_type -> yunchi.v1.Center
-	7,  // 39: yunchi.v1.TopologyService.DeleteCenter:output_type -> yunchi.v1.DeleteCenterResponse
-	10, // 40: yunchi.v1.ProtectionService.CreatePolicy:output_type -> yunchi.v1.Policy
-	10, // 41: yunchi.v1.ProtectionService.GetPolicy:output_type -> yunchi.v1.Policy
-	14, // 42: yunchi.v1.ProtectionService.ListPolicies:output_type -> yunchi.v1.ListPoliciesResponse
-	16, // 43: yunchi.v1.ProtectionService.DeletePolicy:output_type -> yunchi.v1.DeletePolicyResponse
-	19, // 44: yunchi.v1.ProtectionService.ProtectVM:output_type -> yunchi.v1.Protection
-	19, // 45: yunchi.v1.ProtectionService.ProtectProject:output_type -> yunchi.v1.Protection
-	23, // 46: yunchi.v1.ProtectionService.GetDRStatus:output_type -> yunchi.v1.DRStatus
-	27, // 47: yunchi.v1.BackupService.ListRestorePoints:output_type -> yunchi.v1.ListRestorePointsResponse
-	38, // 48: yunchi.v1.BackupService.RestoreVM:output_type -> yunchi.v1.VM
-	30, // 49: yunchi.v1.BackupService.RunBackup:output_type -> yunchi.v1.RunBackupResponse
-	33, // 50: yunchi.v1.BackupService.VerifyBackups:output_type -> yunchi.v1.VerifyBackupsResponse
-	35, // 51: yunchi.v1.BackupService.CollectGarbage:output_type -> yunchi.v1.CollectGarbageResponse
-	37, // [37:52] is the sub-list for method output_type
-	22, // [22:37] is the sub-list for method input_type
+	34, // 35: yunchi.v1.BackupService.GetRepository:input_type -> yunchi.v1.GetRepositoryRequest
+	31, // 36: yunchi.v1.BackupService.VerifyBackups:input_type -> yunchi.v1.VerifyBackupsRequest
+	35, // 37: yunchi.v1.BackupService.CollectGarbage:input_type -> yunchi.v1.CollectGarbageRequest
+	3,  // 38: yunchi.v1.TopologyService.GetTopology:output_type -> yunchi.v1.Topology
+	2,  // 39: yunchi.v1.TopologyService.SetCenter:output_type -> yunchi.v1.Center
+	7,  // 40: yunchi.v1.TopologyService.DeleteCenter:output_type -> yunchi.v1.DeleteCenterResponse
+	10, // 41: yunchi.v1.ProtectionService.CreatePolicy:output_type -> yunchi.v1.Policy
+	10, // 42: yunchi.v1.ProtectionService.GetPolicy:output_type -> yunchi.v1.Policy
+	14, // 43: yunchi.v1.ProtectionService.ListPolicies:output_type -> yunchi.v1.ListPoliciesResponse
+	16, // 44: yunchi.v1.ProtectionService.DeletePolicy:output_type -> yunchi.v1.DeletePolicyResponse
+	19, // 45: yunchi.v1.ProtectionService.ProtectVM:output_type -> yunchi.v1.Protection
+	19, // 46: yunchi.v1.ProtectionService.ProtectProject:output_type -> yunchi.v1.Protection
+	23, // 47: yunchi.v1.ProtectionService.GetDRStatus:output_type -> yunchi.v1.DRStatus
+	27, // 48: yunchi.v1.BackupService.ListRestorePoints:output_type -> yunchi.v1.ListRestorePointsResponse
+	39, // 49: yunchi.v1.BackupService.RestoreVM:output_type -> yunchi.v1.VM
+	30, // 50: yunchi.v1.BackupService.RunBackup:output_type -> yunchi.v1.RunBackupResponse
+	1,  // 51: yunchi.v1.BackupService.GetRepository:output_type -> yunchi.v1.Repository
+	33, // 52: yunchi.v1.BackupService.VerifyBackups:output_type -> yunchi.v1.VerifyBackupsResponse
+	36, // 53: yunchi.v1.BackupService.CollectGarbage:output_type -> yunchi.v1.CollectGarbageResponse
+	38, // [38:54] is the sub-list for method output_type
+	22, // [22:38] is the sub-list for method input_type
 	22, // [22:22] is the sub-list for extension type_name
 	22, // [22:22] is the sub-list for extension extendee
 	0,  // [0:22] is the sub-list for field type_name
@@ -2819,7 +2870,7 @@ func file_yunchi_v1_dr_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_yunchi_v1_dr_proto_rawDesc), len(file_yunchi_v1_dr_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   35,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

@@ -537,6 +537,7 @@ const (
 	BackupService_ListRestorePoints_FullMethodName = "/yunchi.v1.BackupService/ListRestorePoints"
 	BackupService_RestoreVM_FullMethodName         = "/yunchi.v1.BackupService/RestoreVM"
 	BackupService_RunBackup_FullMethodName         = "/yunchi.v1.BackupService/RunBackup"
+	BackupService_GetRepository_FullMethodName     = "/yunchi.v1.BackupService/GetRepository"
 	BackupService_VerifyBackups_FullMethodName     = "/yunchi.v1.BackupService/VerifyBackups"
 	BackupService_CollectGarbage_FullMethodName    = "/yunchi.v1.BackupService/CollectGarbage"
 )
@@ -552,6 +553,8 @@ type BackupServiceClient interface {
 	RestoreVM(ctx context.Context, in *RestoreVMRequest, opts ...grpc.CallOption) (*VM, error)
 	// Starts a backup now, outside the schedule.
 	RunBackup(ctx context.Context, in *RunBackupRequest, opts ...grpc.CallOption) (*RunBackupResponse, error)
+	// A center's repository as the controller keeping it measures it now.
+	GetRepository(ctx context.Context, in *GetRepositoryRequest, opts ...grpc.CallOption) (*Repository, error)
 	// Re-reads every chunk of a center's repository and checks its sha256.
 	// Runs on the controller that keeps the repository.
 	VerifyBackups(ctx context.Context, in *VerifyBackupsRequest, opts ...grpc.CallOption) (*VerifyBackupsResponse, error)
@@ -598,6 +601,16 @@ func (c *backupServiceClient) RunBackup(ctx context.Context, in *RunBackupReques
 	return out, nil
 }
 
+func (c *backupServiceClient) GetRepository(ctx context.Context, in *GetRepositoryRequest, opts ...grpc.CallOption) (*Repository, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Repository)
+	err := c.cc.Invoke(ctx, BackupService_GetRepository_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *backupServiceClient) VerifyBackups(ctx context.Context, in *VerifyBackupsRequest, opts ...grpc.CallOption) (*VerifyBackupsResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(VerifyBackupsResponse)
@@ -629,6 +642,8 @@ type BackupServiceServer interface {
 	RestoreVM(context.Context, *RestoreVMRequest) (*VM, error)
 	// Starts a backup now, outside the schedule.
 	RunBackup(context.Context, *RunBackupRequest) (*RunBackupResponse, error)
+	// A center's repository as the controller keeping it measures it now.
+	GetRepository(context.Context, *GetRepositoryRequest) (*Repository, error)
 	// Re-reads every chunk of a center's repository and checks its sha256.
 	// Runs on the controller that keeps the repository.
 	VerifyBackups(context.Context, *VerifyBackupsRequest) (*VerifyBackupsResponse, error)
@@ -653,6 +668,9 @@ func (UnimplementedBackupServiceServer) RestoreVM(context.Context, *RestoreVMReq
 }
 func (UnimplementedBackupServiceServer) RunBackup(context.Context, *RunBackupRequest) (*RunBackupResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RunBackup not implemented")
+}
+func (UnimplementedBackupServiceServer) GetRepository(context.Context, *GetRepositoryRequest) (*Repository, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetRepository not implemented")
 }
 func (UnimplementedBackupServiceServer) VerifyBackups(context.Context, *VerifyBackupsRequest) (*VerifyBackupsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method VerifyBackups not implemented")
@@ -735,6 +753,24 @@ func _BackupService_RunBackup_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _BackupService_GetRepository_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetRepositoryRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BackupServiceServer).GetRepository(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: BackupService_GetRepository_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BackupServiceServer).GetRepository(ctx, req.(*GetRepositoryRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _BackupService_VerifyBackups_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(VerifyBackupsRequest)
 	if err := dec(in); err != nil {
@@ -789,6 +825,10 @@ var BackupService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RunBackup",
 			Handler:    _BackupService_RunBackup_Handler,
+		},
+		{
+			MethodName: "GetRepository",
+			Handler:    _BackupService_GetRepository_Handler,
 		},
 		{
 			MethodName: "VerifyBackups",

@@ -3512,8 +3512,11 @@ type ClusterStatus struct {
 	LogStoreFailingSince *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=log_store_failing_since,json=logStoreFailingSince,proto3" json:"log_store_failing_since,omitempty"`
 	// Failed raft log writes since this controller started.
 	LogStoreWriteFailures uint64 `protobuf:"varint,12,opt,name=log_store_write_failures,json=logStoreWriteFailures,proto3" json:"log_store_write_failures,omitempty"`
-	unknownFields         protoimpl.UnknownFields
-	sizeCache             protoimpl.SizeCache
+	// What would go wrong: a center whose loss would cost the controllers
+	// their quorum.
+	Warnings      []string `protobuf:"bytes,13,rep,name=warnings,proto3" json:"warnings,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ClusterStatus) Reset() {
@@ -3628,6 +3631,13 @@ func (x *ClusterStatus) GetLogStoreWriteFailures() uint64 {
 		return x.LogStoreWriteFailures
 	}
 	return 0
+}
+
+func (x *ClusterStatus) GetWarnings() []string {
+	if x != nil {
+		return x.Warnings
+	}
+	return nil
 }
 
 type ListMembersRequest struct {
@@ -4419,7 +4429,7 @@ const file_yunchi_v1_yunchi_proto_rawDesc = "" +
 	"\x06center\x18\x04 \x01(\tR\x06center\x12\x1a\n" +
 	"\bsuffrage\x18\x05 \x01(\tR\bsuffrage\x12\x16\n" +
 	"\x06leader\x18\x06 \x01(\bR\x06leader\"\x19\n" +
-	"\x17GetClusterStatusRequest\"\xf5\x03\n" +
+	"\x17GetClusterStatusRequest\"\x91\x04\n" +
 	"\rClusterStatus\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1d\n" +
 	"\n" +
@@ -4434,7 +4444,8 @@ const file_yunchi_v1_yunchi_proto_rawDesc = "" +
 	"\x0flog_store_error\x18\n" +
 	" \x01(\tR\rlogStoreError\x12Q\n" +
 	"\x17log_store_failing_since\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\x14logStoreFailingSince\x127\n" +
-	"\x18log_store_write_failures\x18\f \x01(\x04R\x15logStoreWriteFailures\"\x14\n" +
+	"\x18log_store_write_failures\x18\f \x01(\x04R\x15logStoreWriteFailures\x12\x1a\n" +
+	"\bwarnings\x18\r \x03(\tR\bwarnings\"\x14\n" +
 	"\x12ListMembersRequest\"\\\n" +
 	"\x13ListMembersResponse\x12+\n" +
 	"\amembers\x18\x01 \x03(\v2\x11.yunchi.v1.MemberR\amembers\x12\x18\n" +
