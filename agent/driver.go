@@ -77,6 +77,70 @@ type Driver interface {
 	// DeleteVolume removes the volume from the pool; one that is not there
 	// is fine.
 	DeleteVolume(ctx context.Context, volumeID string) error
+
+	// Backups (agent/backup.go).
+
+	// BeginBackup opens a crash-consistent point-in-time view of every
+	// disk of vmID's domain (running or not), taken when it returns. With
+	// req.Since naming a checkpoint the domain has, the view is
+	// incremental: Changed lists only what was written since. A driver
+	// that cannot make a view of this domain (no disk files, no backup
+	// support) returns an error saying why, and changes nothing.
+	BeginBackup(ctx context.Context, req BackupRequest) (BackupView, error)
+}
+
+// BackupRequest asks for a backup view of one VM's disks.
+type BackupRequest struct {
+	VMID string
+	// Since is the checkpoint of the previous point of the same target
+	// ("" = none): the view is incremental from it when the domain still
+	// has it, else full.
+	Since string
+	// Checkpoint is the name of the checkpoint to create with the view
+	// (the next backup's Since); "" = none. Drivers without checkpoints
+	// ignore it.
+	Checkpoint string
+}
+
+// BackupDisk is one disk of a backup view.
+type BackupDisk struct {
+	// Name is the disk's name in restore points: "root" for the root disk.
+	Name      string
+	SizeBytes int64
+}
+
+// Extent is a byte range of a disk.
+type Extent struct{ Offset, Length int64 }
+
+// BackupView is a point-in-time view of a VM's disks. Reads see the disks
+// as they were when BeginBackup returned, whatever the guest writes since.
+type BackupView interface {
+	Disks() []BackupDisk
+	// Incremental says whether Changed lists only what changed since the
+	// request's Since checkpoint.
+	Incremental() bool
+	// Checkpoint is the checkpoint the view made ("" = none).
+	Checkpoint() string
+	// Changed lists, sorted and disjoint, the extents of the disk that may
+	// differ from the Since checkpoint (incremental), or that may hold
+	// data (full: every other byte reads as zero).
+	Changed(ctx context.Context, disk string) ([]Extent, error)
+	// ReadAt reads len(p) bytes of the disk at off (within its size).
+	ReadAt(ctx context.Context, disk string, p []byte, off int64) error
+	// Close ends the view. keep true: the backup was stored, the new
+	// checkpoint stays and Since is deleted (no longer needed); false:
+	// the new checkpoint is deleted, so the next backup starts from Since
+	// again.
+	Close(ctx context.Context, keep bool) error
+}
+
+// DiskSource is the contents of a disk to build (a restore).
+type DiskSource interface {
+	SizeBytes() int64
+	// Fill calls write with the disk's contents in order, in pieces at
+	// most a few MiB long; bytes it skips are zero. It checks what it
+	// writes (a restore verifies every chunk) and fails on any damage.
+	Fill(ctx context.Context, write func(off int64, p []byte) error) error
 }
 
 // VolumeSpec is a volume as the agent asks for it.
@@ -180,6 +244,11 @@ type DomainSpec struct {
 	Seed *Seed
 	// Volumes are attached from the start (made in the pool if missing).
 	Volumes []VolumeSpec
+	// RootSource, when set, is what the root disk (raw, DiskBytes long)
+	// is built from before the domain is first defined: a restore. A root
+	// disk left by a Define that failed before the domain existed is
+	// built again.
+	RootSource DiskSource
 }
 
 // Seed is what a guest learns through cloud-init (NoCloud).

@@ -47,6 +47,11 @@ type Config struct {
 	// ImageDir holds the bytes of images (controller/images); default
 	// DataDir/images. Only their metadata goes through raft.
 	ImageDir string
+	// BackupDir holds the backup repositories this controller keeps (one
+	// per center whose repository it is named for: BackupDir/<center>;
+	// controller/backup); default DataDir/backups. A local disk or an NFS
+	// mount sized as docs/dr.md says.
+	BackupDir string
 	// Bootstrap a new cluster (when DataDir holds no state yet).
 	Bootstrap bool
 	// Join asks these controllers (API addresses) to add this one as a voter.
@@ -255,6 +260,14 @@ func (c *Controller) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	m := api.NewMetrics(c.api)
+	backupDir := c.cfg.BackupDir
+	if backupDir == "" && c.cfg.DataDir != "" {
+		backupDir = filepath.Join(c.cfg.DataDir, "backups")
+	}
+	if backupDir != "" {
+		rs := api.NewBackupRepoServer(backupDir, c.cfg.ID, c.node.Store, m.Registry, c.log)
+		c.api.Repos, c.api.RepoService = rs, rs
+	}
 	gs := c.api.NewGRPCServer(m)
 	h, err := c.api.NewHTTPHandler(ctx, m, api.HTTPOptions{AllowOrigins: c.cfg.CORSAllowOrigins})
 	if err != nil {

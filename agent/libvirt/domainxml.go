@@ -96,6 +96,16 @@ func checkSpec(spec agent.DomainSpec) error {
 	if spec.BaseImage != "" && spec.DiskBytes == 0 {
 		return fmt.Errorf("domain spec: base image %s without a disk size", spec.BaseImage)
 	}
+	if spec.RootSource != nil {
+		switch n := spec.RootSource.SizeBytes(); {
+		case spec.DiskBytes == 0:
+			return errors.New("domain spec: a root disk source without a disk size")
+		case spec.BaseImage != "":
+			return fmt.Errorf("domain spec: a root disk source and a base image (%s)", spec.BaseImage)
+		case n <= 0 || n > spec.DiskBytes:
+			return fmt.Errorf("domain spec: a root disk source of %d bytes for a disk of %d", n, spec.DiskBytes)
+		}
+	}
 	if len(spec.Volumes) > maxVolumeDisks {
 		return fmt.Errorf("domain spec: %d volumes, at most %d", len(spec.Volumes), maxVolumeDisks)
 	}

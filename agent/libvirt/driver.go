@@ -53,6 +53,15 @@ type Options struct {
 	// SeedBus is the bus of the cloud-init seed's cdrom: "ide" (default;
 	// the pc machine type has it built in) or "sata".
 	SeedBus string
+	// DiskDir, test driver only: each VM's root disk is a real sparse
+	// file DIR/<vm id>.img, which backups read and restores fill
+	// (simdisk.go). It is made if missing.
+	DiskDir string
+	// BackupDir is where backup views keep their NBD socket and QEMU's
+	// scratch file (the old contents of blocks the guest overwrites
+	// while a backup is read: on a busy guest it grows); default the
+	// system's temp dir. Give it a file system with room, not a tmpfs.
+	BackupDir string
 }
 
 // DefaultPool is the storage pool used when Options.Pool is empty.
@@ -73,6 +82,11 @@ type Driver struct {
 	poolMu           sync.Mutex // serialises looking up and defining the pool
 	network, seedBus string
 	consoleLogDir    string
+	diskDir          string
+	backupDir        string
+
+	backupMu sync.Mutex
+	backups  map[string]bool // VM ids with an open backup view
 
 	mu   sync.Mutex
 	conn *lv.Connect
@@ -95,6 +109,7 @@ func OpenWithOptions(uri string, o Options) (*Driver, error) {
 		uri: uri, domainType: o.DomainType, testDriver: strings.HasPrefix(uri, "test:"),
 		poolName: o.Pool, poolDir: o.PoolDir, poolSet: o.Pool != "",
 		network: o.Network, seedBus: o.SeedBus, consoleLogDir: o.ConsoleLogDir,
+		diskDir: o.DiskDir, backupDir: o.BackupDir,
 	}
 	d.reconnect = !d.testDriver
 	if d.domainType == "" {
@@ -112,9 +127,12 @@ func OpenWithOptions(uri string, o Options) (*Driver, error) {
 	if err := d.checkOptions(); err != nil {
 		return nil, err
 	}
-	if d.consoleLogDir != "" {
-		if err := os.MkdirAll(d.consoleLogDir, 0o750); err != nil {
-			return nil, fmt.Errorf("libvirt options: console log dir: %w", err)
+	for _, p := range []struct{ what, dir string }{{"console log dir", d.consoleLogDir}, {"disk dir", d.diskDir}} {
+		if p.dir == "" {
+			continue
+		}
+		if err := os.MkdirAll(p.dir, 0o750); err != nil {
+			return nil, fmt.Errorf("libvirt options: %s: %w", p.what, err)
 		}
 	}
 	conn, err := lv.NewConnect(uri)
@@ -131,10 +149,13 @@ func (d *Driver) checkOptions() error {
 	if !isXMLText(d.poolName) || strings.ContainsAny(d.poolName, "/\n") {
 		return fmt.Errorf("libvirt options: pool name %q: no '/', newlines or control characters", d.poolName)
 	}
-	for _, p := range []struct{ what, dir string }{{"pool dir", d.poolDir}, {"console log dir", d.consoleLogDir}} {
+	for _, p := range []struct{ what, dir string }{{"pool dir", d.poolDir}, {"console log dir", d.consoleLogDir}, {"disk dir", d.diskDir}, {"backup dir", d.backupDir}} {
 		if p.dir != "" && (!filepath.IsAbs(p.dir) || !isXMLText(p.dir)) {
 			return fmt.Errorf("libvirt options: %s %q: must be an absolute path", p.what, p.dir)
 		}
+	}
+	if d.diskDir != "" && !d.testDriver {
+		return fmt.Errorf("libvirt options: disk dir %q: only for test-driver hosts (real hosts keep disks in the storage pool)", d.diskDir)
 	}
 	if err := checkDevices(Devices{Network: d.network, SeedBus: d.seedBus}); err != nil {
 		return fmt.Errorf("libvirt options: %w", err)
@@ -391,15 +412,27 @@ func mapState(s lv.DomainState) (agent.DomainState, string) {
 }
 
 // Define implements agent.Driver. It makes the root disk (a qcow2 overlay
-// of spec.BaseImage, or an empty qcow2) and the cloud-init seed ISO as
-// volumes of the pool, then defines the domain using them. Everything the
-// spec can be refused for is checked before anything is made; volumes
-// this call made are removed again if a later step fails. Volumes that
-// already exist under the VM's names are reused, so a Define interrupted
-// midway is completed by the next one.
+// of spec.BaseImage, an empty qcow2, or for a restore a raw volume filled
+// from spec.RootSource) and the cloud-init seed ISO as volumes of the
+// pool, then defines the domain using them. Everything the spec can be
+// refused for is checked before anything is made; volumes this call made
+// are removed again if a later step fails. Volumes that already exist
+// under the VM's names are reused, so a Define interrupted midway is
+// completed by the next one; except a restore's root disk while the
+// domain does not exist yet, which may be half written and is made again.
+// On a test-driver host with a disk dir the root disk is a file there
+// (simdisk.go).
 func (d *Driver) Define(ctx context.Context, spec agent.DomainSpec) error {
 	if err := checkSpec(spec); err != nil {
 		return err
+	}
+	if spec.RootSource != nil && d.testDriver && !d.simDisks() {
+		return fmt.Errorf("define %s: a restored disk needs a disk dir on a test-driver host (its volumes hold no bytes)", domainName(spec.VMID))
+	}
+	if d.simDisks() && spec.DiskBytes > 0 {
+		if _, err := d.simDiskPath(spec.VMID); err != nil {
+			return fmt.Errorf("define %s: %w", domainName(spec.VMID), err)
+		}
 	}
 	plan, err := planDisks(spec)
 	if err != nil {
@@ -410,22 +443,38 @@ func (d *Driver) Define(ctx context.Context, spec agent.DomainSpec) error {
 		dev.ConsoleLog = filepath.Join(d.consoleLogDir, domainName(spec.VMID)+".log")
 	}
 	return d.withConn(func(conn *lv.Connect) (err error) {
-		active := false
+		exists, active := false, false
 		if dom, err := conn.LookupDomainByUUIDString(domainUUID(spec.VMID)); err == nil {
+			exists = true
 			active, _ = dom.IsActive()
 			dom.Free()
 		}
 		var vols, made []*lv.StorageVol
+		madeFile := ""
 		defer func() {
 			if err != nil {
 				for _, v := range made {
 					v.Delete(0)
+				}
+				if madeFile != "" {
+					os.Remove(madeFile)
 				}
 			}
 			for _, v := range vols {
 				v.Free()
 			}
 		}()
+		if plan.root != nil && d.simDisks() {
+			path, created, err := d.ensureSimDisk(ctx, spec, exists)
+			if err != nil {
+				return fmt.Errorf("define %s: %w", domainName(spec.VMID), err)
+			}
+			if created {
+				madeFile = path
+			}
+			dev.RootPath, dev.RootFormat = path, "raw"
+			plan.root = nil
+		}
 		if plan.root != nil || plan.seed != nil || len(spec.Volumes) > 0 {
 			pool, err := d.pool(conn, true)
 			if err != nil {
@@ -433,6 +482,11 @@ func (d *Driver) Define(ctx context.Context, spec agent.DomainSpec) error {
 			}
 			defer pool.Free()
 			if plan.root != nil {
+				if spec.RootSource != nil && !exists {
+					if err := deleteVolumeNamed(pool, plan.root.Name); err != nil {
+						return err
+					}
+				}
 				vol, created, err := ensureVolume(pool, plan.root)
 				if err != nil {
 					return err
@@ -440,9 +494,19 @@ func (d *Driver) Define(ctx context.Context, spec agent.DomainSpec) error {
 				vols = append(vols, vol)
 				if created {
 					made = append(made, vol)
+					if spec.RootSource != nil {
+						if err := fillVolume(ctx, conn, vol, spec.RootSource, spec.DiskBytes); err != nil {
+							return fmt.Errorf("define %s: restore the root disk: %w", domainName(spec.VMID), err)
+						}
+					}
 				}
 				if dev.RootPath, err = vol.GetPath(); err != nil {
 					return wrap("path of volume "+plan.root.Name, err)
+				}
+				// The volume's own format: a restored (raw) disk stays
+				// raw when the VM is defined again without its source.
+				if dev.RootFormat, err = volumeFormat(vol, plan.root); err != nil {
+					return err
 				}
 			}
 			for _, v := range spec.Volumes {
@@ -590,7 +654,7 @@ func (d *Driver) Undefine(ctx context.Context, vmID string) error {
 	return d.withConn(func(conn *lv.Connect) error {
 		dom, err := conn.LookupDomainByUUIDString(domainUUID(vmID))
 		if isCode(err, lv.ERR_NO_DOMAIN) {
-			if err := d.deleteVolumes(conn, vmID, nil); err != nil {
+			if err := oneLineJoin(d.deleteVolumes(conn, vmID, nil), d.removeSimDisk(vmID)); err != nil {
 				return fmt.Errorf("undefine %s: %w", domainName(vmID), err)
 			}
 			return fmt.Errorf("%s: %w", domainName(vmID), agent.ErrDomainNotFound)
@@ -606,6 +670,9 @@ func (d *Driver) Undefine(ctx context.Context, vmID string) error {
 		if err != nil {
 			return fmt.Errorf("undefine %s: %w", domainName(vmID), err)
 		}
+		// Checkpoint metadata goes with the domain (libvirt refuses to
+		// undefine a domain that has checkpoints otherwise); their
+		// bitmaps live in the root disk, which goes too.
 		err = dom.UndefineFlags(lv.DOMAIN_UNDEFINE_MANAGED_SAVE | lv.DOMAIN_UNDEFINE_SNAPSHOTS_METADATA |
 			lv.DOMAIN_UNDEFINE_CHECKPOINTS_METADATA | lv.DOMAIN_UNDEFINE_NVRAM)
 		if isCode(err, lv.ERR_INVALID_ARG, lv.ERR_NO_SUPPORT) {
@@ -615,7 +682,7 @@ func (d *Driver) Undefine(ctx context.Context, vmID string) error {
 		if err != nil {
 			return wrap("undefine "+domainName(vmID), err)
 		}
-		if err := d.deleteVolumes(conn, vmID, paths); err != nil {
+		if err := oneLineJoin(d.deleteVolumes(conn, vmID, paths), d.removeSimDisk(vmID)); err != nil {
 			return fmt.Errorf("undefine %s: %w", domainName(vmID), err)
 		}
 		return nil

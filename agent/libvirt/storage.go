@@ -2,6 +2,7 @@ package libvirt
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -43,7 +44,14 @@ func planDisks(spec agent.DomainSpec) (diskPlan, error) {
 			Capacity: &libvirtxml.StorageVolumeSize{Unit: "bytes", Value: uint64(spec.DiskBytes)},
 			// Thin: the pool gives blocks as the guest writes them.
 			Allocation: &libvirtxml.StorageVolumeSize{Unit: "bytes", Value: 0},
-			Target:     &libvirtxml.StorageVolumeTarget{Format: &libvirtxml.StorageVolumeTargetFormat{Type: "qcow2"}},
+			// qcow2 v3 (compat 1.1; libvirt makes v2 by default): only
+			// v3 files keep the dirty bitmaps of backup checkpoints.
+			Target: &libvirtxml.StorageVolumeTarget{Format: &libvirtxml.StorageVolumeTargetFormat{Type: "qcow2"}, Compat: "1.1"},
+		}
+		if spec.RootSource != nil {
+			// A restore: raw, so that libvirt's upload stream writes the
+			// disk's bytes as they are; no backing image.
+			v.Target.Format.Type, v.Target.Compat = "raw", ""
 		}
 		if spec.BaseImage != "" {
 			size, err := baseImageSize(spec.BaseImage, spec.BaseFormat)
@@ -229,6 +237,84 @@ func ensureVolume(pool *lv.StoragePool, v *libvirtxml.StorageVolume) (vol *lv.St
 		return nil, false, wrap("create volume "+v.Name, err)
 	}
 	return vol, true, nil
+}
+
+// deleteVolumeNamed deletes the volume name of pool; a missing one is
+// fine.
+func deleteVolumeNamed(pool *lv.StoragePool, name string) error {
+	vol, err := pool.LookupStorageVolByName(name)
+	if isCode(err, lv.ERR_NO_STORAGE_VOL) {
+		return nil
+	}
+	if err != nil {
+		return wrap("look up volume "+name, err)
+	}
+	defer vol.Free()
+	if err := vol.Delete(0); err != nil && !isCode(err, lv.ERR_NO_STORAGE_VOL) {
+		return wrap("delete stale volume "+name, err)
+	}
+	return nil
+}
+
+// volumeFormat is the format of vol's file (raw or qcow2) as the pool
+// knows it, or planned's if the pool does not say.
+func volumeFormat(vol *lv.StorageVol, planned *libvirtxml.StorageVolume) (string, error) {
+	doc, err := vol.GetXMLDesc(0)
+	if err != nil {
+		return "", wrap("read volume xml of "+planned.Name, err)
+	}
+	var x libvirtxml.StorageVolume
+	if err := x.Unmarshal(doc); err != nil {
+		return "", fmt.Errorf("parse volume xml of %s: %w", planned.Name, err)
+	}
+	format := ""
+	if x.Target != nil && x.Target.Format != nil {
+		format = x.Target.Format.Type
+	}
+	switch format {
+	case "raw", "qcow2":
+		return format, nil
+	case "", "none", "auto":
+		return planned.Target.Format.Type, nil
+	}
+	return "", fmt.Errorf("root volume %s has format %q: want raw or qcow2", planned.Name, format)
+}
+
+// fillVolume writes the disk src into vol (raw, size bytes, new) through
+// one sparse libvirt upload stream: the pool's owner writes the file, the
+// gaps the source skips are sent as holes and stay unallocated.
+func fillVolume(ctx context.Context, conn *lv.Connect, vol *lv.StorageVol, src agent.DiskSource, size int64) (err error) {
+	st, err := conn.NewStream(0)
+	if err != nil {
+		return wrap("new stream", err)
+	}
+	defer st.Free()
+	if err := vol.Upload(st, 0, uint64(size), lv.STORAGE_VOL_UPLOAD_SPARSE_STREAM); err != nil {
+		return wrap("upload", err)
+	}
+	defer func() {
+		if err != nil {
+			st.Abort()
+		}
+	}()
+	hole := func(n int64) error { return wrap("upload hole", st.SendHole(n, 0)) }
+	err = fillFrom(ctx, src, size, func(off int64, p []byte) error {
+		if isZero(p) {
+			return hole(int64(len(p)))
+		}
+		for len(p) > 0 {
+			n, err := st.Send(p)
+			if err != nil {
+				return wrap("upload", err)
+			}
+			p = p[n:]
+		}
+		return nil
+	}, hole)
+	if err != nil {
+		return err
+	}
+	return wrap("finish upload", st.Finish())
 }
 
 // ensureSeed stores iso as the raw volume name in pool. An existing seed

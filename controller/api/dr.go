@@ -49,7 +49,7 @@ type DRView interface {
 type Repositories interface {
 	Verify(ctx context.Context, center string) (*yunchiv1.VerifyBackupsResponse, error)
 	CollectGarbage(ctx context.Context, center string) (*yunchiv1.CollectGarbageResponse, error)
-	Stats(center string) (*yunchiv1.Repository, error)
+	Stats(center string) *yunchiv1.Repository
 }
 
 func (s *Server) drView() DRView { return s.store.(DRView) }
@@ -244,7 +244,7 @@ func (s *Server) repositoryStats(ctx context.Context, center string) (*yunchiv1.
 		if s.Repos == nil {
 			return nil, status.Errorf(codes.FailedPrecondition, "controller %s keeps no backup repositories (start it with --backup-dir)", s.self.ID)
 		}
-		return s.Repos.Stats(center)
+		return s.Repos.Stats(center), nil
 	}
 	if forwarded(ctx) {
 		return nil, status.Errorf(codes.Unavailable, "the repository of center %q moved meanwhile: retry", center)
@@ -605,19 +605,26 @@ func (s *Server) RestoreVM(ctx context.Context, req *yunchiv1.RestoreVMRequest) 
 		if err != nil {
 			return nil, err
 		}
+		// The newest point anywhere; of two taken within a second, the
+		// one in the center the VM goes to (its chunks are read there).
+		better := func(p, than *statev1.RestorePointRecord) bool {
+			if d := p.TakenUnixNano - than.TakenUnixNano; d > int64(time.Second) || d < -int64(time.Second) {
+				return d > 0
+			}
+			if (p.Center == req.Center) != (than.Center == req.Center) {
+				return p.Center == req.Center
+			}
+			return p.TakenUnixNano > than.TakenUnixNano
+		}
 		for _, id := range ids {
-			for _, p := range s.drView().RestorePointsOf(id, req.Center) {
-				if p.GetVm().GetProject() == project && (point == nil || p.TakenUnixNano > point.TakenUnixNano) {
+			for _, p := range s.drView().RestorePointsOf(id, "") {
+				if p.GetVm().GetProject() == project && (point == nil || better(p, point)) {
 					point = p
 				}
 			}
 		}
 		if point == nil {
-			where := ""
-			if req.Center != "" {
-				where = " in center " + req.Center
-			}
-			return nil, status.Errorf(codes.NotFound, "vm %q has no restore point%s yet (see `yunchi dr status`)", req.Vm, where)
+			return nil, status.Errorf(codes.NotFound, "vm %q has no restore point yet (see `yunchi dr status`)", req.Vm)
 		}
 	}
 	name := req.As

@@ -73,6 +73,12 @@ var (
 	descAllocated  = prometheus.NewDesc("yunchi_allocated", "Allocated resources by resource.", []string{"resource"}, nil)
 	descLogHealthy = prometheus.NewDesc("yunchi_raft_log_store_healthy",
 		"1 when this controller's last raft log write succeeded, 0 while it cannot write its log (a full data disk): its state may then be stale.", nil, nil)
+	descRPO = prometheus.NewDesc("yunchi_dr_rpo_seconds",
+		"Age of the newest restore point of a protected VM in a target center (-1: none yet): the data its loss would cost.", []string{"project", "vm", "center", "policy"}, nil)
+	descRPOObjective = prometheus.NewDesc("yunchi_dr_rpo_objective_seconds",
+		"The RPO objective of a protected VM's target center.", []string{"project", "vm", "center", "policy"}, nil)
+	descRPOViolations = prometheus.NewDesc("yunchi_dr_rpo_violations",
+		"Protected VM targets whose newest point is older than the objective (or whose first backup failed).", nil, nil)
 	descLogFailures = prometheus.NewDesc("yunchi_raft_log_store_write_failures_total",
 		"Raft log store writes (and reopens) that failed since this controller started.", nil, nil)
 	descLogRecoveries = prometheus.NewDesc("yunchi_raft_log_store_recoveries_total",
@@ -83,7 +89,7 @@ type stateCollector struct{ s *Server }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRaftState, descRaftTerm, descCommit, descApplied, descHosts, descVMs, descCapacity, descAllocated,
-		descLogHealthy, descLogFailures, descLogRecoveries} {
+		descLogHealthy, descLogFailures, descLogRecoveries, descRPO, descRPOObjective, descRPOViolations} {
 		ch <- d
 	}
 }
@@ -129,5 +135,19 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	}{{"vcpus", capa.Vcpus, alloc.Vcpus}, {"memory_bytes", capa.MemoryBytes, alloc.MemoryBytes}, {"disk_bytes", capa.DiskBytes, alloc.DiskBytes}} {
 		ch <- prometheus.MustNewConstMetric(descCapacity, prometheus.GaugeValue, float64(r.c), r.name)
 		ch <- prometheus.MustNewConstMetric(descAllocated, prometheus.GaugeValue, float64(r.a), r.name)
+	}
+	if dv, ok := c.s.store.(DRView); ok {
+		now, violations := time.Now(), 0.0
+		for _, p := range dv.ProtectedVMs("") {
+			for _, t := range p.Targets {
+				st := targetStatus(t, now)
+				if st.Violation {
+					violations++
+				}
+				ch <- prometheus.MustNewConstMetric(descRPO, prometheus.GaugeValue, st.AchievedRpoSeconds, p.VM.Project, p.VM.Name, st.Center, p.Policy.Name)
+				ch <- prometheus.MustNewConstMetric(descRPOObjective, prometheus.GaugeValue, float64(st.RpoObjectiveSeconds), p.VM.Project, p.VM.Name, st.Center, p.Policy.Name)
+			}
+		}
+		ch <- prometheus.MustNewConstMetric(descRPOViolations, prometheus.GaugeValue, violations)
 	}
 }

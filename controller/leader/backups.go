@@ -4,8 +4,10 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"log/slog"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -41,6 +43,9 @@ type Backups struct {
 
 	mu            sync.Mutex
 	lastRetention time.Time
+	// violating are the targets (vm/center) in violation at the last
+	// look: a change either way is a cluster event.
+	violating map[string]bool
 }
 
 // BackupView is the part of the state the backup duty reads (*state.Store).
@@ -129,6 +134,7 @@ func (b *Backups) Tick(ctx context.Context, now time.Time) {
 		perHost[j.HostId]++
 	}
 	b.startDue(ctx, now, live, running, perHost)
+	b.watchRPO(ctx, now)
 	b.mu.Lock()
 	doRetention := now.Sub(b.lastRetention) >= b.RetentionEvery
 	if doRetention {
@@ -138,6 +144,66 @@ func (b *Backups) Tick(ctx context.Context, now time.Time) {
 	if doRetention {
 		b.retain(ctx)
 	}
+}
+
+// watchRPO records, as cluster events (system records in the audit trail,
+// and a warning in the log), each protected target that starts or stops
+// missing its RPO objective: its newest point older than the objective.
+// A new leader starts from an empty set (it re-announces what is still
+// violated).
+func (b *Backups) watchRPO(ctx context.Context, now time.Time) {
+	cur := map[string]string{}
+	for _, p := range b.view.ProtectedVMs("") {
+		for _, t := range p.Targets {
+			if t.Newest == nil {
+				continue // not yet: the first backup runs
+			}
+			age := now.Sub(time.Unix(0, t.Newest.TakenUnixNano))
+			if obj := time.Duration(state.TargetRPO(t.Target)) * time.Second; age > obj {
+				cur["project/"+p.VM.Project+"/vm/"+p.VM.Name+"@"+t.Center.Name] = fmt.Sprintf(
+					"RPO objective missed: newest point in %s is %s old, objective %s (policy %s)", t.Center.Name, age.Round(time.Second), obj, p.Policy.Name)
+			}
+		}
+	}
+	b.mu.Lock()
+	var recs []*statev1.AuditRecord
+	for k, msg := range cur {
+		if !b.violating[k] {
+			recs = append(recs, rpoEvent(k, "RPOViolation", "violation", msg))
+		}
+	}
+	for k := range b.violating {
+		if _, ok := cur[k]; !ok {
+			recs = append(recs, rpoEvent(k, "RPORecovered", "ok", "RPO objective met again"))
+		}
+	}
+	b.violating = map[string]bool{}
+	for k := range cur {
+		b.violating[k] = true
+	}
+	b.mu.Unlock()
+	if len(recs) == 0 {
+		return
+	}
+	sort.Slice(recs, func(i, j int) bool { return recs[i].Context.Target < recs[j].Context.Target })
+	for _, r := range recs {
+		if r.Context.Action == "RPOViolation" {
+			b.log.Warn("rpo violation", "target", r.Context.Target, "msg", r.Message)
+		} else {
+			b.log.Info("rpo recovered", "target", r.Context.Target)
+		}
+	}
+	actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := b.prop.Apply(actx, &statev1.Command{Cmd: &statev1.Command_RecordAudit{RecordAudit: &statev1.RecordAudit{Records: recs}}}); err != nil && ctx.Err() == nil {
+		b.log.Warn("could not record RPO events", "err", err)
+	}
+}
+
+func rpoEvent(key, action, result, msg string) *statev1.AuditRecord {
+	target, center, _ := strings.Cut(key, "@")
+	return &statev1.AuditRecord{Kind: "system", Result: result, Message: msg,
+		Context: &statev1.AuditContext{Actor: "system", Action: action, Target: target, Params: fmt.Sprintf(`{"center":%q}`, center)}}
 }
 
 func (b *Backups) giveUp(ctx context.Context, j *statev1.BackupJobRecord, why string, now time.Time) {

@@ -94,6 +94,10 @@ func TestBackupSchedule(t *testing.T) {
 	if len(js) != 1 || js[0].Attempts != 2 {
 		t.Fatalf("retry: %v", js)
 	}
+	// The same-city point is 88 s old, over gold's 60 s: a violation event.
+	if !b.violating["project/default/vm/vm1@a2"] || b.violating["project/default/vm/vm1@b1"] {
+		t.Fatalf("violations: %v", b.violating)
+	}
 	// The host goes down: the job is given up, FAILED with why.
 	mustApplyP(t, p, &statev1.Command{Cmd: &statev1.Command_SetHostState{SetHostState: &statev1.SetHostState{HostId: "h1", State: statev1.HostState_HOST_STATE_DOWN}}})
 	b.Tick(context.Background(), now.Add(89*time.Second))

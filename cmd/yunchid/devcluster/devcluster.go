@@ -57,11 +57,41 @@ type Config struct {
 	NoLogin bool
 }
 
-// Centers of the "two sites, three centers" layout.
-var Centers = []struct{ ID, Site, Role string }{
-	{"a1", "a", "production"},
-	{"a2", "a", "same-city DR"},
-	{"b1", "b", "remote DR"},
+// Centers of the "two sites, three centers" layout. The controller of
+// each DR center keeps its backup repository.
+var Centers = []struct {
+	ID, Site, Role string
+	role           yunchiv1.CenterRole
+	repository     bool
+}{
+	{"a1", "a", "production", yunchiv1.CenterRole_CENTER_ROLE_PRODUCTION, false},
+	{"a2", "a", "same-city DR", yunchiv1.CenterRole_CENTER_ROLE_SAME_CITY_DR, true},
+	{"b1", "b", "remote DR", yunchiv1.CenterRole_CENTER_ROLE_REMOTE_DR, true},
+}
+
+// declareCenters declares the centers, each DR center's repository kept
+// by its controller (the controller ids are the center names).
+func declareCenters(ctx context.Context, c yunchiv1.TopologyServiceClient) error {
+	for _, ce := range Centers {
+		req := &yunchiv1.SetCenterRequest{Name: ce.ID, Site: ce.Site, Role: ce.role, Description: ce.Role}
+		if ce.repository {
+			req.RepositoryMember = ce.ID
+		}
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			_, err := c.SetCenter(ctx, req)
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("declare center %s: %w", ce.ID, err)
+			}
+			if err := sleep(ctx, 200*time.Millisecond); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // HostSpec is one simulated server.
@@ -196,6 +226,9 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := waitVoters(ctx, yunchiv1.NewClusterServiceClient(conn), len(Centers)); err != nil {
 		return err
 	}
+	if err := declareCenters(ctx, yunchiv1.NewTopologyServiceClient(conn)); err != nil {
+		return err
+	}
 
 	specs := Hosts(cfg.Hosts)
 	agentCtx, stopAgents := context.WithCancel(context.Background())
@@ -209,7 +242,9 @@ func Run(ctx context.Context, cfg Config) error {
 		if err != nil {
 			return fmt.Errorf("host %s: %w", h.ID, err)
 		}
-		drv, err := libvirt.Open(uri)
+		// Root disks are sparse files (what backups read and restores
+		// write): a 40 GiB disk takes what was written to it.
+		drv, err := libvirt.OpenWithOptions(uri, libvirt.Options{DiskDir: filepath.Join(dir, "hosts", h.ID+"-disks")})
 		if err != nil {
 			return fmt.Errorf("host %s: %w", h.ID, err)
 		}
