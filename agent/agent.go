@@ -76,8 +76,14 @@ type Config struct {
 	ImageDir string
 	// Token is the host token sent with every call (clusters without
 	// certificates); "" sends none.
-	Token  string
-	Logger *slog.Logger
+	Token string
+	// MaxBackups bounds the backup jobs running at once (agent/backup.go);
+	// 0 means DefaultMaxBackups.
+	MaxBackups int
+	// MaxBackupRate caps the bytes per second sent to each target center's
+	// backup repository, shared by the jobs to that center; 0 = no cap.
+	MaxBackupRate int64
+	Logger        *slog.Logger
 }
 
 func (c Config) validate() error {
@@ -90,6 +96,12 @@ func (c Config) validate() error {
 	}
 	if c.DiskBytes < 0 {
 		errs = append(errs, fmt.Errorf("DiskBytes %d is negative", c.DiskBytes))
+	}
+	if c.MaxBackups < 0 {
+		errs = append(errs, fmt.Errorf("MaxBackups %d is negative", c.MaxBackups))
+	}
+	if c.MaxBackupRate < 0 {
+		errs = append(errs, fmt.Errorf("MaxBackupRate %d is negative", c.MaxBackupRate))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("agent config: %w", err)
@@ -107,6 +119,10 @@ type Agent struct {
 	// fetches).
 	runCtx context.Context
 	images *imageCache
+	// Backups and restores (backup.go, restore.go); repos is set by Run.
+	backups      *backupRunner
+	repos        *repoConns
+	restoreFails restoreFailures
 
 	hbInterval   atomic.Int64 // time.Duration
 	needRegister atomic.Bool
@@ -143,6 +159,9 @@ func New(cfg Config, d Driver) *Agent {
 	if cfg.ImageDir == "" {
 		cfg.ImageDir = DefaultImageDir
 	}
+	if cfg.MaxBackups <= 0 {
+		cfg.MaxBackups = DefaultMaxBackups
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.Default()
@@ -159,6 +178,7 @@ func New(cfg Config, d Driver) *Agent {
 		volSent:     map[string]sentVolume{},
 	}
 	a.images = newImageCache(cfg.ImageDir, a)
+	a.backups = newBackupRunner(a, cfg.MaxBackups)
 	a.runCtx = context.Background()
 	a.hbInterval.Store(int64(DefaultHeartbeatInterval))
 	if cfg.HeartbeatInterval > 0 {
@@ -189,6 +209,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer ctl.close()
 	a.ctl = ctl
 	a.runCtx = ctx
+	a.repos = newRepoConns(opts)
+	defer a.repos.close()
 
 	a.log.Info("agent starting", "controllers", a.cfg.Controllers, "libvirt", a.cfg.LibvirtURI, "version", Version)
 	if a.registerUntilDone(ctx) {
@@ -200,6 +222,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		wg.Go(func() { a.consoleLoops(ctx) })
 		wg.Wait()
 	}
+	a.backups.wg.Wait() // cut short by ctx: their views closed, nothing reported
 	a.log.Info("agent stopped")
 	return nil
 }
@@ -438,6 +461,9 @@ func (a *Agent) offer(set *yunchiv1.Assignments) {
 	case a.setChanged <- struct{}{}:
 	default:
 	}
+	// Backups start here rather than in the reconcile loop, which may be
+	// busy for long (a restore fills a disk within a define).
+	a.backups.start(a.runCtx, set)
 }
 
 // wake makes the reconcile loop run soon against the latest set.

@@ -35,6 +35,8 @@ type controller struct {
 	// Volumes placed on the host, and what the agent reported of them.
 	vols       map[string]*yunchiv1.VolumeAssignment
 	volReports []*yunchiv1.VolumeStatus
+	// Backup jobs listed to the host, and what it reported (backup_test.go).
+	bk backupLedger
 }
 
 func newController() *controller {
@@ -112,6 +114,7 @@ func (c *controller) snapshot() *yunchiv1.Assignments {
 		set.Volumes = append(set.Volumes, proto.Clone(v).(*yunchiv1.VolumeAssignment))
 	}
 	sort.Slice(set.Volumes, func(i, j int) bool { return set.Volumes[i].GetVolumeId() < set.Volumes[j].GetVolumeId() })
+	set.Backups = c.bk.listed()
 	return set
 }
 

@@ -255,6 +255,13 @@ func (a *Agent) domainSpec(ctx context.Context, as *yunchiv1.Assignment, vols []
 		}
 		spec.BaseImage, spec.BaseFormat = path, format
 	}
+	if as.GetRestore() != nil {
+		src, err := a.restoreSource(as)
+		if err != nil {
+			return nil, "", err
+		}
+		spec.RootSource = src
+	}
 	if as.GetImage() != nil || as.GetUserData() != "" || len(as.GetSshAuthorizedKeys()) > 0 {
 		spec.Seed = &Seed{InstanceID: id, Hostname: as.GetName(), SSHAuthorizedKeys: as.GetSshAuthorizedKeys(), UserData: as.GetUserData()}
 	}

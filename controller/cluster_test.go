@@ -44,6 +44,8 @@ type inmemCluster struct {
 	// bootstrap tokens then.
 	auth   bool
 	admins AdminTokens
+	// rateLimit per caller (0: the default; see Config.RateLimit).
+	rateLimit float64
 }
 
 func (c *inmemCluster) start(m *member, bootstrap bool, join []string) {
@@ -60,6 +62,7 @@ func (c *inmemCluster) start(m *member, bootstrap bool, join []string) {
 		ID: m.id, Center: m.center, Listen: "127.0.0.1:0", Advertise: m.advertise, DataDir: m.dir,
 		Bootstrap: bootstrap, Join: join, RaftTransport: m.trans, FastRaft: true, NoAuth: !c.auth, JoinToken: c.admins.Sysadmin, AdminTokensOut: io.Discard,
 		HostTTL: cmp.Or(c.hostTTL, time.Hour), LogSegmentSize: c.segSize, HeartbeatInterval: c.hbEvery,
+		RateLimit: c.rateLimit,
 	})
 	if err != nil {
 		c.t.Fatal(err)

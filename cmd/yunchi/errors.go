@@ -16,18 +16,20 @@ import (
 // Exit codes. Scripts depend on these: never renumber, only add. The same
 // table is in the --help text (exitCodesHelp).
 const (
-	exitOK          = 0  // success
-	exitError       = 1  // any other error (timeout, interrupted, internal)
-	exitUsage       = 2  // bad command line, or the controller said InvalidArgument
-	exitNotFound    = 3  // NotFound: no such VM, host or member
-	exitExists      = 4  // AlreadyExists
-	exitNoCapacity  = 5  // ResourceExhausted: no host has room
-	exitUnavailable = 6  // Unavailable: no leader, or no controller reachable
-	exitFailed      = 7  // FailedPrecondition, or the VM went FAILED (or its host down) during --wait
-	exitAuth        = 8  // Unauthenticated: no token, or one that is unknown, revoked, expired or locked
-	exitDenied      = 9  // PermissionDenied: the role may not do this
-	exitQuota       = 10 // ResourceExhausted with a quota failure: a department or project quota
-	exitAuditBroken = 11 // audit verify: the trail is altered, incomplete or out of order
+	exitOK            = 0  // success
+	exitError         = 1  // any other error (timeout, interrupted, internal)
+	exitUsage         = 2  // bad command line, or the controller said InvalidArgument
+	exitNotFound      = 3  // NotFound: no such VM, host or member
+	exitExists        = 4  // AlreadyExists
+	exitNoCapacity    = 5  // ResourceExhausted: no host has room
+	exitUnavailable   = 6  // Unavailable: no leader, or no controller reachable
+	exitFailed        = 7  // FailedPrecondition, or the VM went FAILED (or its host down) or a backup failed during --wait
+	exitAuth          = 8  // Unauthenticated: no token, or one that is unknown, revoked, expired or locked
+	exitDenied        = 9  // PermissionDenied: the role may not do this
+	exitQuota         = 10 // ResourceExhausted with a quota failure: a department or project quota
+	exitAuditBroken   = 11 // audit verify: the trail is altered, incomplete or out of order
+	exitRPOViolation  = 12 // dr status --check: a protected VM's newest point is older than its RPO objective
+	exitBackupDamaged = 13 // backup verify: a chunk or manifest of the repository is damaged
 )
 
 const exitCodesHelp = `EXIT CODES:
@@ -38,11 +40,13 @@ const exitCodesHelp = `EXIT CODES:
    4  already exists
    5  no capacity
    6  controller unavailable (no leader, or no controller reachable)
-   7  failed precondition, or the VM failed (or its host is down) during --wait
+   7  failed precondition, or the VM failed (or its host is down), or a backup failed, during --wait
    8  not authenticated (no token, or an unknown, revoked, expired or locked one)
    9  permission denied (your role may not do this)
   10  quota exceeded (a department's or project's; see yunchi quota show)
-  11  audit verify found the audit trail altered, incomplete or out of order`
+  11  audit verify found the audit trail altered, incomplete or out of order
+  12  dr status --check found an RPO violation
+  13  backup verify found damaged chunks or manifests`
 
 // usageError is a mistake on the command line, found before any call.
 type usageError struct{ msg string }
@@ -53,7 +57,8 @@ func usagef(format string, args ...any) error {
 	return &usageError{msg: fmt.Sprintf(format, args...)}
 }
 
-// vmFailedError is a VM that reached FAILED while we waited on it.
+// vmFailedError is a VM that reached FAILED, or a backup that failed,
+// while we waited on it.
 type vmFailedError struct{ msg string }
 
 func (e *vmFailedError) Error() string { return e.msg }
@@ -66,10 +71,16 @@ func exitCode(err error) int {
 	var ue *usageError
 	var fe *vmFailedError
 	var ae *auditBrokenError
+	var rv *rpoViolationError
+	var bd *backupDamagedError
 	var ce cli.ExitCoder
 	switch {
 	case errors.As(err, &ae):
 		return exitAuditBroken
+	case errors.As(err, &rv):
+		return exitRPOViolation
+	case errors.As(err, &bd):
+		return exitBackupDamaged
 	case errors.As(err, &ue):
 		return exitUsage
 	case errors.As(err, &fe):

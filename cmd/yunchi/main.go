@@ -11,11 +11,13 @@
 //	4 already exists
 //	5 no capacity (ResourceExhausted)
 //	6 controller unavailable (no leader, or no controller reachable)
-//	7 failed precondition, or the VM failed (or its host is down) during --wait
+//	7 failed precondition, or the VM failed (or its host is down), or a backup failed, during --wait
 //	8 not authenticated (no token, or an unknown, revoked, expired or locked one)
 //	9 permission denied (the role may not do this)
 //	10 quota exceeded
 //	11 audit verify found the audit trail altered, incomplete or out of order
+//	12 dr status --check found an RPO violation
+//	13 backup verify found damaged chunks or manifests
 package main
 
 import (

@@ -91,6 +91,15 @@ func (p *printer) vmDetail(vm *yunchiv1.VM) func(io.Writer) {
 		if n := len(vm.GetSshAuthorizedKeys()); n > 0 {
 			kv(w, "SSH keys", strconv.Itoa(n))
 		}
+		if pol := vm.GetProtectionPolicy(); pol != "" {
+			if vm.GetProtectionSource() == "project" {
+				pol += " (the project's)"
+			}
+			kv(w, "Protection", pol)
+		}
+		if r := vm.GetRestoredFrom(); r != "" {
+			kv(w, "Restored from", r)
+		}
 		kv(w, "Center constraint", orDefault(vm.GetCenter(), "any"))
 		kv(w, "Constraints", strings.Join(vm.GetConstraints(), "; "))
 		kv(w, "Group", vm.GetGroup())

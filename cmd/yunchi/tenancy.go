@@ -139,6 +139,7 @@ func projectCommand() *cli.Command {
 				Action: withSession(projectList)},
 			{Name: "show", Aliases: []string{"get"}, Usage: "show one project", ArgsUsage: "NAME", Action: withSession(projectShow)},
 			{Name: "delete", Aliases: []string{"rm"}, Usage: "delete a project (refused while it has VMs or groups)", ArgsUsage: "NAME", Action: withSession(projectDelete)},
+			projectProtectCommand(),
 		},
 	}
 }

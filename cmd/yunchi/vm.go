@@ -62,6 +62,7 @@ func vmCommand() *cli.Command {
 			vmActionCommand("delete", "delete a VM and its disk", "gone", retryKeyed, deleteGoal,
 				func(c yunchiv1.VMServiceClient) vmRPC { return c.DeleteVM }),
 			vmConsoleCommand(),
+			vmProtectCommand(),
 		},
 	}
 }

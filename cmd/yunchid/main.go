@@ -188,6 +188,9 @@ func agentCmd() *cli.Command {
 			&cli.StringFlag{Name: "credentials-dir", Usage: "where the host's certificate and the cluster CA are kept (made at the first start)"},
 			&cli.StringFlag{Name: "join-token", Usage: "first start: one-time token from `yunchi host join-token create`", EnvVars: []string{"YUNCHI_JOIN_TOKEN"}},
 			&cli.StringFlag{Name: "ca-cert-hash", Usage: "first start: sha256:<hex> pin of the cluster CA, as the bootstrap controller printed it"},
+			&cli.StringFlag{Name: "max-backup-rate", Usage: "cap on the bytes per second this host sends to each center's backup repository, e.g. 100MiB (the remote link is the scarce one; default: no cap)"},
+			&cli.StringFlag{Name: "backup-scratch-dir", Usage: "where a running backup keeps its NBD socket and QEMU's scratch file (the old contents of blocks the guest overwrites meanwhile; give a disk with room; default: the system temp dir)"},
+			&cli.StringFlag{Name: "disk-dir", Usage: "test:/// hosts only: keep each VM's root disk as a real sparse file here, so that backups and restores have bytes (default: none)"},
 			&cli.StringFlag{Name: "status-listen", Usage: "`ADDR` (host:port) of a local status listener, plain HTTP without authentication (keep it on loopback): GET /domains (what libvirt runs, JSON), /metrics, /healthz (default: none)"},
 		},
 		Action: func(c *cli.Context) error {
@@ -199,6 +202,12 @@ func agentCmd() *cli.Command {
 			if err != nil {
 				return err
 
+			}
+			var rate int64
+			if v := c.String("max-backup-rate"); v != "" {
+				if rate, err = api.ParseSize(strings.TrimSuffix(v, "/s")); err != nil || rate <= 0 {
+					return fmt.Errorf("--max-backup-rate %q: give bytes per second, e.g. 100MiB", v)
+				}
 			}
 			var status *agent.StatusServer
 			if addr := c.String("status-listen"); addr != "" {
@@ -233,6 +242,7 @@ func agentCmd() *cli.Command {
 			drv, err := libvirt.OpenWithOptions(c.String("libvirt-uri"), libvirt.Options{
 				DomainType: c.String("domain-type"), Pool: c.String("pool"), PoolDir: c.String("pool-dir"),
 				Network: c.String("network"), ConsoleLogDir: c.String("console-log-dir"),
+				DiskDir: c.String("disk-dir"), BackupDir: c.String("backup-scratch-dir"),
 			})
 			if err != nil {
 				return err
@@ -245,6 +255,7 @@ func agentCmd() *cli.Command {
 				LibvirtURI: c.String("libvirt-uri"), Controllers: splitList(c.String("controllers")),
 				HeartbeatInterval: c.Duration("heartbeat"), DialOptions: dial, Token: token,
 				ImageDir: c.String("image-dir"), StoragePool: c.String("pool"), SharedStorage: c.String("shared-storage"),
+				MaxBackupRate: rate,
 			}, drv)
 			if status != nil {
 				stop := status.Start(c.Context, c.String("host-id"), drv, slog.Default())

@@ -1,0 +1,358 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/yunchi/yunchi/cmd/yunchid/devcluster"
+	"github.com/yunchi/yunchi/internal/apitest"
+	"github.com/yunchi/yunchi/internal/bearer"
+	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
+)
+
+const mib = 1 << 20
+
+// drCluster is the dev cluster (three centers: a1 production, a2
+// same-city DR, b1 remote DR, each DR center's controller keeping its
+// repository) with 9 simulated hosts whose VM disks are sparse files.
+type drCluster struct {
+	dir   string
+	conn  *grpc.ClientConn
+	ctx   context.Context
+	vms   yunchiv1.VMServiceClient
+	prot  yunchiv1.ProtectionServiceClient
+	bk    yunchiv1.BackupServiceClient
+	topo  yunchiv1.TopologyServiceClient
+	admin string
+}
+
+func startDRCluster(t *testing.T) *drCluster {
+	t.Helper()
+	dir := t.TempDir()
+	out := &apitest.LockedBuffer{}
+	ready := make(chan []string, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- devcluster.Run(ctx, devcluster.Config{DataDir: dir, BasePort: freeBase(t), Hosts: 9, Out: out, NoLogin: true,
+			Ready: func(a []string) { ready <- a }})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil && !errors.Is(err, context.Canceled) {
+				t.Errorf("dev cluster: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Error("dev cluster did not stop within 30s")
+		}
+	})
+	var addrs []string
+	select {
+	case addrs = <-ready:
+	case err := <-done:
+		t.Fatalf("dev cluster stopped: %v\n%s", err, out)
+	case <-time.After(120 * time.Second):
+		t.Fatalf("dev cluster not ready in 120s:\n%s", out)
+	}
+	m := regexp.MustCompile(`sysadmin token: (\S+)`).FindStringSubmatch(out.String())
+	if m == nil {
+		t.Fatalf("no sysadmin token printed:\n%s", out)
+	}
+	// A loaded 2-core machine may see a leader election now and then:
+	// calls the controllers refused as UNAVAILABLE (not proposed) are
+	// tried again, as the CLI does.
+	conn, err := grpc.NewClient(addrs[0], grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithPerRPCCredentials(bearer.Token(m[1])),
+		grpc.WithDefaultServiceConfig(`{"methodConfig":[{"name":[{}],"retryPolicy":{"maxAttempts":5,"initialBackoff":"0.5s","maxBackoff":"4s","backoffMultiplier":2,"retryableStatusCodes":["UNAVAILABLE"]}}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return &drCluster{dir: dir, conn: conn, ctx: context.Background(), admin: m[1],
+		vms: yunchiv1.NewVMServiceClient(conn), prot: yunchiv1.NewProtectionServiceClient(conn),
+		bk: yunchiv1.NewBackupServiceClient(conn), topo: yunchiv1.NewTopologyServiceClient(conn)}
+}
+
+// createVM creates a running VM with a 1 GiB disk in center a1 and
+// returns it with the path of its disk file.
+func (c *drCluster) createVM(t *testing.T, name string) (*yunchiv1.VM, string) {
+	t.Helper()
+	if _, err := c.vms.CreateVM(c.ctx, &yunchiv1.CreateVMRequest{Name: name, Vcpus: 1, Memory: "512MiB", Disk: "1GiB", Center: "a1"}); err != nil {
+		t.Fatal(err)
+	}
+	vm := c.waitVM(t, name, yunchiv1.VMPhase_VM_PHASE_RUNNING)
+	return vm, c.diskOf(vm)
+}
+
+func (c *drCluster) diskOf(vm *yunchiv1.VM) string {
+	return filepath.Join(c.dir, "hosts", vm.HostId+"-disks", vm.Id+".img")
+}
+
+func (c *drCluster) waitVM(t *testing.T, name string, phase yunchiv1.VMPhase) *yunchiv1.VM {
+	t.Helper()
+	var vm *yunchiv1.VM
+	apitest.Eventually(t, 60*time.Second, "vm "+name+" "+phase.String(), func() bool {
+		v, err := c.vms.GetVM(c.ctx, &yunchiv1.GetVMRequest{Name: name})
+		vm = v
+		return err == nil && v.Phase == phase
+	})
+	return vm
+}
+
+// points lists a VM's restore points in a center, newest first.
+func (c *drCluster) points(t *testing.T, vm, center string) []*yunchiv1.RestorePoint {
+	t.Helper()
+	r, err := c.bk.ListRestorePoints(c.ctx, &yunchiv1.ListRestorePointsRequest{Vm: vm, Center: center})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r.Points
+}
+
+// backupNow runs a backup of vm to center and returns its new point.
+func (c *drCluster) backupNow(t *testing.T, vm, center string) *yunchiv1.RestorePoint {
+	t.Helper()
+	before := map[string]bool{}
+	for _, p := range c.points(t, vm, center) {
+		before[p.Id] = true
+	}
+	if _, err := c.bk.RunBackup(c.ctx, &yunchiv1.RunBackupRequest{Vm: vm, Center: center}); err != nil {
+		t.Fatal(err)
+	}
+	return c.waitNewPoint(t, vm, center, before)
+}
+
+func (c *drCluster) waitNewPoint(t *testing.T, vm, center string, before map[string]bool) *yunchiv1.RestorePoint {
+	t.Helper()
+	var got *yunchiv1.RestorePoint
+	apitest.Eventually(t, 60*time.Second, "a new point of "+vm+" in "+center, func() bool {
+		for _, p := range c.points(t, vm, center) {
+			if !before[p.Id] {
+				got = p
+				return true
+			}
+		}
+		return false
+	})
+	return got
+}
+
+func writeDisk(t *testing.T, path string, off int64, b []byte) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func randomBytes(t *testing.T, n int) []byte {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// sameFile compares two files byte for byte.
+func sameFile(t *testing.T, a, b string) {
+	t.Helper()
+	fa, err := os.Open(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fa.Close()
+	fb, err := os.Open(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fb.Close()
+	ba, bb := make([]byte, 4*mib), make([]byte, 4*mib)
+	for off := int64(0); ; off += int64(len(ba)) {
+		na, ea := io.ReadFull(fa, ba)
+		nb, eb := io.ReadFull(fb, bb)
+		if na != nb || !bytes.Equal(ba[:na], bb[:nb]) {
+			t.Fatalf("%s and %s differ in the 4 MiB at %d", a, b, off)
+		}
+		if ea != nil || eb != nil {
+			if (ea == nil) != (eb == nil) {
+				t.Fatalf("%s and %s differ in size", a, b)
+			}
+			return
+		}
+	}
+}
+
+func copyFile(t *testing.T, from, to string) {
+	t.Helper()
+	b, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(to, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Two sites, three centers end to end (issue 11) on simulated hosts: VMs
+// protected with gold and silver are copied to the same-city and the
+// remote repositories; a second backup after a small change moves only
+// the changed chunk; unchanged data is stored once across VMs; a restore
+// in another center gives the disk back byte for byte; a damaged chunk is
+// named by verify and refused by a restore; retention keeps exactly what
+// the policy says.
+func TestTwoSitesThreeCenters(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts the dev cluster")
+	}
+	c := startDRCluster(t)
+	topo, err := c.topo.GetTopology(c.ctx, &yunchiv1.GetTopologyRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(topo.Centers) != 3 || topo.Centers[1].Role != yunchiv1.CenterRole_CENTER_ROLE_SAME_CITY_DR || topo.Centers[1].Repository.GetMember() != "a2" ||
+		topo.Centers[2].Role != yunchiv1.CenterRole_CENTER_ROLE_REMOTE_DR || len(topo.Centers[2].Voters) != 1 || len(topo.Warnings) != 0 {
+		t.Fatalf("topology: %v", topo)
+	}
+
+	// Known data in g1's disk: three 4 MiB chunks, the rest a hole.
+	_, g1disk := c.createVM(t, "g1")
+	data := [][]byte{randomBytes(t, 4*mib), randomBytes(t, 4*mib), randomBytes(t, 4*mib)}
+	for i, off := range []int64{0, 40 * mib, 100 * mib} {
+		writeDisk(t, g1disk, off, data[i])
+	}
+	if _, err := c.prot.ProtectVM(c.ctx, &yunchiv1.ProtectVMRequest{Name: "g1", Policy: "gold"}); err != nil {
+		t.Fatal(err)
+	}
+	// Gold: the first backups start at once, to a2 and b1.
+	first := c.waitNewPoint(t, "g1", "a2", nil)
+	remote := c.waitNewPoint(t, "g1", "b1", nil)
+	for _, p := range []*yunchiv1.RestorePoint{first, remote} {
+		d := p.Disks[0]
+		// 3 data chunks and the zero chunk are new to each repository;
+		// only the 3 data chunks were read.
+		if d.Chunks != 256 || d.ReadChunks != 3 || d.NewChunks != 4 || d.NewBytes != 16*mib || p.Policy != "gold" {
+			t.Fatalf("first point in %s: %v", p.Center, p)
+		}
+	}
+	st, err := c.prot.GetDRStatus(c.ctx, &yunchiv1.GetDRStatusRequest{Vm: "g1"})
+	if err != nil || len(st.Vms) != 1 || len(st.Vms[0].Targets) != 2 || st.Violations != 0 {
+		t.Fatalf("dr status: %v %v", st, err)
+	}
+	for _, tg := range st.Vms[0].Targets {
+		if tg.NewestPoint == "" || tg.AchievedRpoSeconds < 0 || tg.AchievedRpoSeconds > float64(tg.RpoObjectiveSeconds) {
+			t.Fatalf("target %s: %v", tg.Center, tg)
+		}
+	}
+
+	// A little change: 1 MiB inside the second chunk. Only that chunk moves.
+	writeDisk(t, g1disk, 41*mib, randomBytes(t, mib))
+	second := c.backupNow(t, "g1", "a2")
+	if d := second.Disks[0]; d.NewChunks != 1 || d.NewBytes != 4*mib || d.Chunks != 256 {
+		t.Fatalf("second point: %v", second)
+	}
+	atSecond := filepath.Join(t.TempDir(), "g1-at-second.img")
+	copyFile(t, g1disk, atSecond)
+
+	// Silver VM with the same first chunks as g1: stored once.
+	s1, s1disk := c.createVM(t, "s1")
+	writeDisk(t, s1disk, 0, data[0])
+	writeDisk(t, s1disk, 100*mib, data[2])
+	if _, err := c.prot.ProtectVM(c.ctx, &yunchiv1.ProtectVMRequest{Name: "s1", Policy: "silver"}); err != nil {
+		t.Fatal(err)
+	}
+	sp := c.waitNewPoint(t, "s1", "a2", nil)
+	if d := sp.Disks[0]; d.NewChunks != 0 || d.ReadChunks != 2 || sp.Policy != "silver" {
+		t.Fatalf("s1's chunks were all in a2's repository already: %v", sp)
+	}
+	_ = s1
+
+	// Restore g1's second point into the remote center: byte for byte.
+	if _, err := c.bk.RestoreVM(c.ctx, &yunchiv1.RestoreVMRequest{Vm: "g1", Point: second.Id, Center: "b1", As: "g1-restored"}); err != nil {
+		t.Fatal(err)
+	}
+	r := c.waitVM(t, "g1-restored", yunchiv1.VMPhase_VM_PHASE_RUNNING)
+	if r.HostCenter != "b1" || r.RestoredFrom != second.Id {
+		t.Fatalf("restored vm: %v", r)
+	}
+	sameFile(t, c.diskOf(r), atSecond)
+
+	// Damage a chunk of g1's in a2's repository: verify names it and the
+	// points that use it; a restore from such a point refuses.
+	sum := sha256.Sum256(data[2])
+	chunk := hex.EncodeToString(sum[:])
+	path := filepath.Join(c.dir, "controllers", "a2", "backups", "a2", "chunks", chunk[:2], chunk)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("chunk %s not in a2's repository: %v", chunk, err)
+	}
+	b[12345] ^= 0xff
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	v, err := c.bk.VerifyBackups(c.ctx, &yunchiv1.VerifyBackupsRequest{Center: "a2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(v.Damaged) != 1 || v.Damaged[0].Sha256 != chunk || !contains(v.DamagedPoints, first.Id) || !contains(v.DamagedPoints, second.Id) || !contains(v.DamagedPoints, sp.Id) {
+		t.Fatalf("verify: %v", v)
+	}
+	if _, err := c.bk.RestoreVM(c.ctx, &yunchiv1.RestoreVMRequest{Vm: "g1", Point: first.Id, As: "g1-bad"}); err != nil {
+		t.Fatal(err)
+	}
+	bad := c.waitVM(t, "g1-bad", yunchiv1.VMPhase_VM_PHASE_FAILED)
+	if !strings.Contains(bad.Message, chunk[:12]) {
+		t.Fatalf("a restore from a damaged point: %q does not name chunk %s", bad.Message, chunk)
+	}
+
+	// Retention: a policy keeping the last 2 points in a2.
+	if _, err := c.prot.CreatePolicy(c.ctx, &yunchiv1.CreatePolicyRequest{Policy: &yunchiv1.Policy{Name: "last2",
+		Targets: []*yunchiv1.PolicyTarget{{Center: "a2", IntervalSeconds: 3600, Retention: &yunchiv1.Retention{KeepLast: 2}}}}}); err != nil {
+		t.Fatal(err)
+	}
+	_, k1disk := c.createVM(t, "k1")
+	if _, err := c.prot.ProtectVM(c.ctx, &yunchiv1.ProtectVMRequest{Name: "k1", Policy: "last2"}); err != nil {
+		t.Fatal(err)
+	}
+	c.waitNewPoint(t, "k1", "a2", nil)
+	var kept []string
+	for i := 0; i < 3; i++ {
+		writeDisk(t, k1disk, int64(i)*8*mib, randomBytes(t, mib))
+		kept = append(kept, c.backupNow(t, "k1", "a2").Id)
+	}
+	apitest.Eventually(t, 60*time.Second, "retention to keep the last 2 points of k1", func() bool {
+		ps := c.points(t, "k1", "a2")
+		return len(ps) == 2 && ps[0].Id == kept[2] && ps[1].Id == kept[1]
+	})
+	gc, err := c.bk.CollectGarbage(c.ctx, &yunchiv1.CollectGarbageRequest{Center: "a2"})
+	if err != nil || gc.ChunksKept == 0 {
+		t.Fatalf("gc: %v %v", gc, err)
+	}
+}
+
+func contains(xs []string, x string) bool {
+	for _, y := range xs {
+		if y == x {
+			return true
+		}
+	}
+	return false
+}
