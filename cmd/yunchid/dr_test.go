@@ -31,6 +31,7 @@ const mib = 1 << 20
 // repository) with 9 simulated hosts whose VM disks are sparse files.
 type drCluster struct {
 	dir   string
+	addrs []string
 	conn  *grpc.ClientConn
 	ctx   context.Context
 	vms   yunchiv1.VMServiceClient
@@ -83,7 +84,7 @@ func startDRCluster(t *testing.T) *drCluster {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return &drCluster{dir: dir, conn: conn, ctx: context.Background(), admin: m[1],
+	return &drCluster{dir: dir, addrs: addrs, conn: conn, ctx: context.Background(), admin: m[1],
 		vms: yunchiv1.NewVMServiceClient(conn), prot: yunchiv1.NewProtectionServiceClient(conn),
 		bk: yunchiv1.NewBackupServiceClient(conn), topo: yunchiv1.NewTopologyServiceClient(conn)}
 }
@@ -263,6 +264,15 @@ func TestTwoSitesThreeCenters(t *testing.T) {
 		}
 	}
 
+	// The same figures as Prometheus metrics, on a follower too (once it
+	// has applied the points).
+	rpoLine := regexp.MustCompile(`yunchi_dr_rpo_seconds\{center="a2",policy="gold",project="default",vm="g1"\} \d`)
+	var metrics []byte
+	apitest.Eventually(t, 10*time.Second, "RPO metrics on a follower", func() bool {
+		_, metrics, err = apitest.Do(c.addrs[1], "GET", "/metrics", "")
+		return err == nil && rpoLine.Match(metrics) && strings.Contains(string(metrics), "yunchi_dr_rpo_violations 0")
+	})
+
 	// A little change: 1 MiB inside the second chunk. Only that chunk moves.
 	writeDisk(t, g1disk, 41*mib, randomBytes(t, mib))
 	second := c.backupNow(t, "g1", "a2")
@@ -355,4 +365,14 @@ func contains(xs []string, x string) bool {
 		}
 	}
 	return false
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }
