@@ -112,3 +112,31 @@ func TestRESTIdempotencyKey(t *testing.T) {
 		t.Fatalf("over-long key: %d %s", code, resp)
 	}
 }
+
+// The DR writes take request ids too: a repeated policy create or center
+// declaration is answered with the first outcome, not "already exists".
+func TestDRIdempotencyKeys(t *testing.T) {
+	c := newInmemCluster(t)
+	addr := c.members[1].ctl.Addr()
+	for _, tc := range []struct{ method, path, body string }{
+		{http.MethodPost, "/v1/policies", `{"name":"p1","targets":[{"role":"CENTER_ROLE_REMOTE_DR","intervalSeconds":"600","retention":{"keepLast":3}}]}`},
+		{http.MethodPut, "/v1/centers/b1", `{"site":"b","role":"CENTER_ROLE_REMOTE_DR"}`},
+	} {
+		h := http.Header{"Idempotency-Key": {"dr" + strings.ReplaceAll(tc.path, "/", "-")}}
+		var first []byte
+		for i := 0; i < 2; i++ {
+			code, resp, err := apitest.DoWith(addr, tc.method, tc.path, tc.body, h)
+			if err != nil || code != 200 {
+				t.Fatalf("%s %s (send %d): %d %s %v", tc.method, tc.path, i+1, code, resp, err)
+			}
+			if i == 0 {
+				first = resp
+			} else if string(resp) != string(first) {
+				t.Fatalf("%s %s sent again answered\n%s\nfirst answer\n%s", tc.method, tc.path, resp, first)
+			}
+		}
+	}
+	if code, resp, _ := apitest.Post(addr, "/v1/policies", `{"name":"p1","targets":[{"role":"CENTER_ROLE_REMOTE_DR","intervalSeconds":"600","retention":{"keepLast":3}}]}`); code != 409 {
+		t.Fatalf("a policy create without a key after the first: %d %s, want 409", code, resp)
+	}
+}

@@ -42,6 +42,17 @@ var idempotent = map[string]bool{
 	yunchiv1.VolumeService_AttachVolume_FullMethodName:  true,
 	yunchiv1.VolumeService_DetachVolume_FullMethodName:  true,
 	yunchiv1.VolumeService_DeleteVolume_FullMethodName:  true,
+	// Two sites, three centers (dr.go). RunBackup's answer is not rebuilt
+	// from the outcome: its handler runs again and Apply answers the id
+	// with the first outcome (no second set of jobs).
+	yunchiv1.TopologyService_SetCenter_FullMethodName:        true,
+	yunchiv1.TopologyService_DeleteCenter_FullMethodName:     true,
+	yunchiv1.ProtectionService_CreatePolicy_FullMethodName:   true,
+	yunchiv1.ProtectionService_DeletePolicy_FullMethodName:   true,
+	yunchiv1.ProtectionService_ProtectVM_FullMethodName:      true,
+	yunchiv1.ProtectionService_ProtectProject_FullMethodName: true,
+	yunchiv1.BackupService_RestoreVM_FullMethodName:          true,
+	yunchiv1.BackupService_RunBackup_FullMethodName:          true,
 }
 
 // checkIdempotencyKey validates the key values of one request.
@@ -178,6 +189,30 @@ func (s *Server) replay(method, id string, hash []byte) (any, bool, error) {
 		// The volume as the first outcome left it (its VM named as now).
 		if rec := res.Volume; rec != nil {
 			return s.volumeOut(rec), true, nil
+		}
+	case yunchiv1.BackupService_RestoreVM_FullMethodName:
+		if len(vms) == 1 {
+			return s.vmOut(vms[0]), true, nil
+		}
+	case yunchiv1.TopologyService_SetCenter_FullMethodName:
+		if rec := res.Center; rec != nil {
+			return centerToAPI(rec), true, nil
+		}
+	case yunchiv1.TopologyService_DeleteCenter_FullMethodName:
+		return &yunchiv1.DeleteCenterResponse{}, true, nil
+	case yunchiv1.ProtectionService_CreatePolicy_FullMethodName:
+		if rec := res.Policy; rec != nil {
+			return protectionPolicyToAPI(rec, 0, 0), true, nil
+		}
+	case yunchiv1.ProtectionService_DeletePolicy_FullMethodName:
+		return &yunchiv1.DeletePolicyResponse{}, true, nil
+	case yunchiv1.ProtectionService_ProtectVM_FullMethodName:
+		if len(vms) == 1 {
+			return &yunchiv1.Protection{Project: vms[0].Project, Vm: vms[0].Name, Policy: vms[0].ProtectionPolicy}, true, nil
+		}
+	case yunchiv1.ProtectionService_ProtectProject_FullMethodName:
+		if rec := res.Project; rec != nil {
+			return &yunchiv1.Protection{Project: rec.Name, Policy: rec.ProtectionPolicy}, true, nil
 		}
 	case yunchiv1.QuotaService_SetQuota_FullMethodName:
 		// The quota as it is now (the limits the request set, and today's use).
