@@ -314,6 +314,11 @@ func (c *Controller) Run(ctx context.Context) error {
 		defer close(imagesDone)
 		c.api.RunImages(ctx)
 	}()
+	gcDone := make(chan struct{})
+	go func() {
+		defer close(gcDone)
+		c.api.RunBackupGC(ctx)
+	}()
 	if len(c.cfg.Join) > 0 {
 		go c.join(ctx)
 	}
@@ -330,6 +335,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	c.api.Close()
 	cancel()
 	<-imagesDone
+	<-gcDone
 	// Raft's shutdown fails the duties' proposals still waiting, so they
 	// stop promptly after it.
 	<-recorded // its last flush runs before raft stops

@@ -858,3 +858,38 @@ func (s *Server) restoreRef(r *statev1.RestoreSource) *yunchiv1.RestoreRef {
 	}
 	return out
 }
+
+// BackupGCEvery is how often a controller collects the garbage of the
+// repositories it keeps (RunBackupGC).
+const BackupGCEvery = time.Hour
+
+// RunBackupGC removes, every BackupGCEvery until ctx ends, the chunks no
+// restore point uses from each repository this controller keeps:
+// retention removes points every half minute, and their chunks go here.
+func (s *Server) RunBackupGC(ctx context.Context) {
+	if s.Repos == nil {
+		return
+	}
+	t := time.NewTicker(BackupGCEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for _, c := range s.drView().DeclaredCenters() {
+			if c.RepositoryMember != s.self.ID {
+				continue
+			}
+			r, err := s.Repos.CollectGarbage(ctx, c.Name)
+			if err != nil {
+				if ctx.Err() == nil {
+					s.log.Warn("backup repository garbage collection failed", "center", c.Name, "err", err)
+				}
+				continue
+			}
+			s.log.Info("backup repository garbage collected", "center", c.Name, "chunks_removed", r.ChunksRemoved, "bytes_removed", r.BytesRemoved, "chunks_kept", r.ChunksKept)
+		}
+	}
+}
