@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -20,6 +21,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
@@ -64,6 +66,15 @@ const (
 	DefaultMaxBackups = 2
 	// viewCloseTimeout bounds closing a view after its job was cut short.
 	viewCloseTimeout = 5 * time.Second
+	// maxBackupDisk is the largest disk a repository takes a manifest of
+	// (64 TiB, the largest disk a VM may have).
+	maxBackupDisk = 64 << 40
+	// manifestRecord is the encoding of one chunk's entry in a manifest.
+	manifestRecord = 2 + sha256.Size
+	// manifestCheckRate: a repository checks a manifest's chunks (one
+	// file each) at least this fast; the wait for its answer grows with
+	// the manifest.
+	manifestCheckRate = 20000 // chunks a second
 )
 
 // byteLimiter paces the bytes sent to one center's repository.
@@ -155,6 +166,10 @@ func (r *repoConns) close() {
 // if tried again (the repository or the network), rather than being
 // refused for what it asked.
 func repoRetryable(err error) bool {
+	var stop stopError
+	if errors.As(err, &stop) {
+		return false
+	}
 	switch status.Code(err) {
 	case codes.InvalidArgument, codes.NotFound, codes.AlreadyExists, codes.PermissionDenied,
 		codes.Unauthenticated, codes.FailedPrecondition, codes.OutOfRange, codes.Unimplemented, codes.DataLoss:
@@ -166,9 +181,22 @@ func repoRetryable(err error) bool {
 // retryRepo runs fn, each try bounded by rpcTimeout, retrying with
 // backoff up to backupRetries times while the failure may pass.
 func retryRepo(ctx context.Context, log *slog.Logger, what string, fn func(context.Context) error) error {
+	return retryCall(ctx, log, what, rpcTimeout, fn)
+}
+
+// retryStream is retryRepo for a stream whose length depends on what it
+// carries: no bound on a try, fn guards its stream against stalls.
+func retryStream(ctx context.Context, log *slog.Logger, what string, fn func(context.Context) error) error {
+	return retryCall(ctx, log, what, 0, fn)
+}
+
+func retryCall(ctx context.Context, log *slog.Logger, what string, timeout time.Duration, fn func(context.Context) error) error {
 	bo := newBackoff()
 	for try := 0; ; try++ {
-		actx, cancel := context.WithTimeout(ctx, rpcTimeout)
+		actx, cancel := ctx, context.CancelFunc(func() {})
+		if timeout > 0 {
+			actx, cancel = context.WithTimeout(ctx, timeout)
+		}
 		err := fn(actx)
 		cancel()
 		if err == nil || ctx.Err() != nil || try >= backupRetries || !repoRetryable(err) {
@@ -189,6 +217,7 @@ func retryRepo(ctx context.Context, log *slog.Logger, what string, fn func(conte
 type stallGuard struct {
 	t     *time.Timer
 	fired atomic.Bool
+	d     time.Duration // the wait last armed for
 }
 
 func newStallGuard(cancel context.CancelFunc) *stallGuard {
@@ -198,13 +227,20 @@ func newStallGuard(cancel context.CancelFunc) *stallGuard {
 	return g
 }
 
-func (g *stallGuard) arm()    { g.t.Reset(rpcTimeout) }
+func (g *stallGuard) arm()    { g.armFor(rpcTimeout) }
 func (g *stallGuard) disarm() { g.t.Stop() }
+
+// armFor arms the guard for a step that may take d (the repository's
+// check of a large manifest).
+func (g *stallGuard) armFor(d time.Duration) {
+	g.d = d
+	g.t.Reset(d)
+}
 
 // explain adds why a stream cut by the guard ended.
 func (g *stallGuard) explain(err error) error {
 	if err != nil && g.fired.Load() {
-		return fmt.Errorf("no progress within %v: %w", rpcTimeout, err)
+		return fmt.Errorf("no progress within %v: %w", g.d, err)
 	}
 	return err
 }
@@ -488,8 +524,11 @@ func (db *diskBackup) run(ctx context.Context) (*yunchiv1.BackupDiskResult, erro
 	if size < 0 {
 		return nil, fmt.Errorf("size %d is negative", size)
 	}
+	if size > maxBackupDisk {
+		return nil, fmt.Errorf("the disk is %d bytes: backups take disks of at most %d (64 TiB)", size, int64(maxBackupDisk))
+	}
 	n := chunkCount(size, BackupChunkSize)
-	base, err := db.baseManifest(ctx, n)
+	base, err := db.baseManifest(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -615,7 +654,7 @@ func (db *diskBackup) run(ctx context.Context) (*yunchiv1.BackupDiskResult, erro
 		return nil, err
 	}
 	read += healed
-	sha, err := db.putManifest(ctx, &yunchiv1.BackupManifest{SizeBytes: size, ChunkSize: BackupChunkSize, Chunks: sums})
+	sha, err := db.putManifest(ctx, size, sums)
 	if err != nil {
 		return nil, err
 	}
@@ -681,7 +720,7 @@ func overlaps(ext []Extent, off, l int64) bool {
 // baseManifest is the base point's manifest of this disk, when the job
 // names one of the same size that checks out, else nil (every chunk is
 // then known from this view alone).
-func (db *diskBackup) baseManifest(ctx context.Context, n int) (*yunchiv1.BackupManifest, error) {
+func (db *diskBackup) baseManifest(ctx context.Context) (*yunchiv1.BackupManifest, error) {
 	var ref *yunchiv1.DiskRef
 	for _, d := range db.job.GetBaseDisks() {
 		if d.GetName() == db.disk.Name {
@@ -695,61 +734,154 @@ func (db *diskBackup) baseManifest(ctx context.Context, n int) (*yunchiv1.Backup
 		db.log.Info("disk size changed since the base point; not using its manifest", "base_size", ref.GetSizeBytes(), "size", db.disk.SizeBytes)
 		return nil, nil
 	}
-	var raw []byte
-	err := retryRepo(ctx, db.log, "get base manifest", func(ctx context.Context) error {
-		resp, err := db.repo.GetManifest(ctx, &yunchiv1.GetManifestRequest{HostId: db.a.cfg.HostID, PointId: db.job.GetBasePointId(), Sha256: ref.GetManifestSha256()})
-		raw = resp.GetManifest()
-		return err
-	})
+	m, err := getManifest(ctx, db.repo, db.log, &yunchiv1.GetManifestRequest{HostId: db.a.cfg.HostID, PointId: db.job.GetBasePointId(), Sha256: ref.GetManifestSha256()}, ref.GetSizeBytes())
 	if err != nil {
 		if repoRetryable(err) {
 			return nil, fmt.Errorf("base manifest: %w", err)
 		}
-		// Gone or refused: the repository will still say which chunks it
-		// lacks, only more is read.
+		// Gone, refused or not checking out: the repository will still
+		// say which chunks it lacks, only more is read.
 		db.log.Warn("base manifest not available; reading the disk as without a base", "point", db.job.GetBasePointId(), "err", err)
-		return nil, nil
-	}
-	m, err := checkManifest(raw, ref.GetManifestSha256(), ref.GetSizeBytes())
-	if err == nil && m.GetChunkSize() != BackupChunkSize {
-		err = fmt.Errorf("chunk size %d, not %d", m.GetChunkSize(), BackupChunkSize)
-	}
-	if err == nil && len(m.GetChunks()) != n {
-		err = fmt.Errorf("%d chunks, want %d", len(m.GetChunks()), n)
-	}
-	if err != nil {
-		db.log.Warn("base manifest does not check out; reading the disk as without a base", "point", db.job.GetBasePointId(), "err", err)
 		return nil, nil
 	}
 	return m, nil
 }
 
-// checkManifest decodes a manifest and checks it against its name and the
-// disk's size.
+// Manifests travel as their deterministic encoding (the repository names
+// them by its sha256 and takes no other), in pieces of at most
+// backupPieceSize: a 64 TiB disk's is 570 MB, far over a gRPC message.
+// For a BackupManifest that encoding is fixed by its contents:
+//
+//	0x08 varint(size_bytes)   left out for an empty disk
+//	0x10 varint(chunk_size)   always BackupChunkSize
+//	0x1a 0x20 <32 bytes>      a chunk's sha256, once per chunk, in order
+//
+// (what proto.MarshalOptions{Deterministic: true} writes; a test holds
+// the two together), so the agent encodes a manifest piece by piece as it
+// sends it, and decodes one received in place: neither is ever held twice.
+
+// manifestHead is the encoding of a manifest's fields before its chunks.
+func manifestHead(size int64) []byte {
+	var b []byte
+	if size != 0 {
+		b = protowire.AppendTag(b, 1, protowire.VarintType)
+		b = protowire.AppendVarint(b, uint64(size))
+	}
+	b = protowire.AppendTag(b, 2, protowire.VarintType)
+	return protowire.AppendVarint(b, BackupChunkSize)
+}
+
+// manifestLen is the length of the encoding of the manifest of a disk of
+// size bytes.
+func manifestLen(size int64) int64 {
+	return int64(len(manifestHead(size))) + int64(chunkCount(size, BackupChunkSize))*manifestRecord
+}
+
+// encodeManifest hands piece the encoding of the manifest of a disk of
+// size bytes whose chunks hash to sums, in order, in pieces of at most
+// backupPieceSize. The buffer is reused once piece returns.
+func encodeManifest(size int64, sums [][]byte, piece func([]byte) error) error {
+	buf := make([]byte, 0, backupPieceSize)
+	buf = append(buf, manifestHead(size)...)
+	for _, sum := range sums {
+		if len(buf)+manifestRecord > backupPieceSize {
+			if err := piece(buf); err != nil {
+				return err
+			}
+			buf = buf[:0]
+		}
+		buf = append(buf, 0x1a, sha256.Size)
+		buf = append(buf, sum...)
+	}
+	return piece(buf)
+}
+
+// checkManifest checks a manifest's encoding against its name and the
+// disk's size and decodes it in place: the chunks' hashes are slices of
+// raw.
 func checkManifest(raw []byte, wantSHA string, size int64) (*yunchiv1.BackupManifest, error) {
 	sum := sha256.Sum256(raw)
 	if got := hex.EncodeToString(sum[:]); got != wantSHA {
 		return nil, fmt.Errorf("manifest hashes to %s, not %s", got[:12], short(wantSHA))
 	}
-	m := &yunchiv1.BackupManifest{}
-	if err := proto.Unmarshal(raw, m); err != nil {
-		return nil, fmt.Errorf("manifest: %w", err)
+	if want := manifestLen(size); int64(len(raw)) != want {
+		return nil, fmt.Errorf("manifest is %d bytes long: that of a disk of %d bytes is %d", len(raw), size, want)
 	}
-	if m.GetSizeBytes() != size {
-		return nil, fmt.Errorf("manifest is of %d bytes, the disk %d", m.GetSizeBytes(), size)
+	head := manifestHead(size)
+	if !bytes.Equal(raw[:len(head)], head) {
+		return nil, fmt.Errorf("manifest starts % x: not the manifest of a disk of %d bytes in %d-byte chunks", raw[:len(head)], size, BackupChunkSize)
 	}
-	if m.GetChunkSize() <= 0 || m.GetChunkSize() > BackupChunkSize {
-		return nil, fmt.Errorf("manifest chunk size %d is not in (0, %d]", m.GetChunkSize(), BackupChunkSize)
-	}
-	if len(m.GetChunks()) != chunkCount(size, m.GetChunkSize()) {
-		return nil, fmt.Errorf("manifest lists %d chunks, its size needs %d", len(m.GetChunks()), chunkCount(size, m.GetChunkSize()))
-	}
-	for i, c := range m.GetChunks() {
-		if len(c) != sha256.Size {
-			return nil, fmt.Errorf("manifest chunk %d: hash of %d bytes", i, len(c))
+	m := &yunchiv1.BackupManifest{SizeBytes: size, ChunkSize: BackupChunkSize, Chunks: make([][]byte, chunkCount(size, BackupChunkSize))}
+	for i, off := 0, len(head); i < len(m.Chunks); i, off = i+1, off+manifestRecord {
+		rec := raw[off : off+manifestRecord : off+manifestRecord]
+		if rec[0] != 0x1a || rec[1] != sha256.Size {
+			return nil, fmt.Errorf("manifest chunk %d: not a sha256 (% x)", i, rec[:2])
 		}
+		m.Chunks[i] = rec[2:]
 	}
 	return m, nil
+}
+
+// getManifest fetches a restore point's manifest of a disk of size bytes
+// and checks it against its name and the disk (a manifest that does not
+// check out is a stopError).
+func getManifest(ctx context.Context, repo yunchiv1.BackupRepoServiceClient, log *slog.Logger, req *yunchiv1.GetManifestRequest, size int64) (*yunchiv1.BackupManifest, error) {
+	if size < 0 || size > maxBackupDisk {
+		return nil, stopError{fmt.Errorf("a disk of %d bytes has no manifest: disks are 0 to %d bytes", size, int64(maxBackupDisk))}
+	}
+	var raw []byte
+	err := retryStream(ctx, log, "get manifest", func(ctx context.Context) error {
+		var err error
+		raw, err = fetchManifest(ctx, repo, req, manifestLen(size))
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	m, err := checkManifest(raw, req.GetSha256(), size)
+	if err != nil {
+		return nil, stopError{err}
+	}
+	return m, nil
+}
+
+// fetchManifest receives a manifest's encoding, which must be want bytes
+// long, into one buffer.
+func fetchManifest(ctx context.Context, repo yunchiv1.BackupRepoServiceClient, req *yunchiv1.GetManifestRequest, want int64) ([]byte, error) {
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	guard := newStallGuard(cancel)
+	defer guard.disarm()
+	stream, err := repo.GetManifest(sctx, req)
+	if err != nil {
+		return nil, err
+	}
+	var raw []byte
+	for first := true; ; first = false {
+		guard.arm()
+		p, err := stream.Recv()
+		guard.disarm()
+		switch {
+		case errors.Is(err, io.EOF) && first:
+			return nil, errors.New("the repository sent no manifest")
+		case errors.Is(err, io.EOF) && int64(len(raw)) != want:
+			return nil, fmt.Errorf("the manifest stream ended after %d of its %d bytes", len(raw), want)
+		case errors.Is(err, io.EOF):
+			return raw, nil
+		case err != nil:
+			return nil, guard.explain(err)
+		}
+		if first {
+			if p.GetLength() != want {
+				return nil, stopError{fmt.Errorf("the repository's manifest is %d bytes long: that of a disk of this size is %d", p.GetLength(), want)}
+			}
+			raw = make([]byte, 0, want)
+		}
+		if int64(len(raw)+len(p.GetData())) > want {
+			return nil, stopError{fmt.Errorf("the repository sent more than the manifest's %d bytes", want)}
+		}
+		raw = append(raw, p.GetData()...)
+	}
 }
 
 func short(sha string) string {
@@ -870,19 +1002,23 @@ func (db *diskBackup) putChunks(ctx context.Context, chunks []chunkEntry) error 
 	return nil
 }
 
-// putManifest stores the disk's manifest, encoded deterministically so
-// that its sha256 names it, and returns that name.
-func (db *diskBackup) putManifest(ctx context.Context, m *yunchiv1.BackupManifest) (string, error) {
-	raw, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
-	if err != nil {
-		return "", fmt.Errorf("manifest: %w", err)
-	}
-	sum := sha256.Sum256(raw)
-	want := hex.EncodeToString(sum[:])
+// putManifest stores the manifest of the disk (size bytes, chunks hashing
+// to sums) in pieces, encoded deterministically so that its sha256 names
+// it, and returns that name. The manifest is encoded as it is sent (and
+// once before, for its name), never held whole; its bytes are paced by the
+// center's limiter like chunks.
+func (db *diskBackup) putManifest(ctx context.Context, size int64, sums [][]byte) (string, error) {
+	h := sha256.New()
+	encodeManifest(size, sums, func(p []byte) error {
+		h.Write(p)
+		return nil
+	})
+	sum := h.Sum(nil)
+	want := hex.EncodeToString(sum)
 	var got string
-	err = retryRepo(ctx, db.log, "put manifest", func(ctx context.Context) error {
-		resp, err := db.repo.PutManifest(ctx, &yunchiv1.PutManifestRequest{HostId: db.a.cfg.HostID, JobId: db.job.GetJobId(), Manifest: raw})
-		got = resp.GetSha256()
+	err := retryStream(ctx, db.log, "put manifest", func(ctx context.Context) error {
+		var err error
+		got, err = db.sendManifest(ctx, size, sums, sum)
 		return err
 	})
 	if err != nil {
@@ -892,4 +1028,45 @@ func (db *diskBackup) putManifest(ctx context.Context, m *yunchiv1.BackupManifes
 		return "", fmt.Errorf("put manifest: the repository names it %s, its sha256 is %s", short(got), want[:12])
 	}
 	return want, nil
+}
+
+// sendManifest is one try of putManifest.
+func (db *diskBackup) sendManifest(ctx context.Context, size int64, sums [][]byte, sum []byte) (string, error) {
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	guard := newStallGuard(cancel)
+	defer guard.disarm()
+	stream, err := db.repo.PutManifest(sctx)
+	if err != nil {
+		return "", err
+	}
+	first := true
+	err = encodeManifest(size, sums, func(p []byte) error {
+		if db.lim != nil {
+			if err := db.lim.WaitN(sctx, len(p)); err != nil {
+				return fmt.Errorf("rate limit: %w", err)
+			}
+		}
+		req := &yunchiv1.PutManifestRequest{Data: p}
+		if first {
+			req.HostId, req.JobId, req.Sha256, req.Length, first = db.a.cfg.HostID, db.job.GetJobId(), sum, manifestLen(size), false
+		}
+		guard.arm()
+		defer guard.disarm()
+		return stream.Send(req)
+	})
+	// io.EOF: the repository ended the stream, its reason comes with the
+	// response.
+	if err != nil && !errors.Is(err, io.EOF) {
+		return "", guard.explain(err)
+	}
+	// The repository checks every chunk the manifest lists before it
+	// answers.
+	guard.armFor(rpcTimeout + time.Duration(len(sums)/manifestCheckRate)*time.Second)
+	resp, err := stream.CloseAndRecv()
+	guard.disarm()
+	if err != nil {
+		return "", guard.explain(err)
+	}
+	return resp.GetSha256(), nil
 }

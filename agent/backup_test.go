@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -200,6 +201,10 @@ type testRepo struct {
 	getCalls  [][][32]byte // chunks asked, per GetChunks call
 	getChunks int          // GetChunks calls
 	getMans   int          // GetManifest calls
+	// manifestRecv is the manifest bytes that reached the service;
+	// manifestPieces the length of each PutManifest message's piece.
+	manifestRecv   int64
+	manifestPieces []int
 	// cutAfter: the next PutChunks stream breaks after that many pieces
 	// (0: none).
 	cutAfter       int
@@ -234,15 +239,6 @@ func serveRepo(t *testing.T, st *repoRecords) *testRepo {
 }
 
 func (r *testRepo) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	r.mu.Lock()
-	refuse := r.refuseManifest
-	if _, ok := req.(*yunchiv1.GetManifestRequest); ok {
-		r.getMans++
-	}
-	r.mu.Unlock()
-	if _, ok := req.(*yunchiv1.PutManifestRequest); ok && refuse {
-		return nil, status.Error(codes.FailedPrecondition, "manifest refused by the test")
-	}
 	return handler(ctx, req)
 }
 
@@ -257,7 +253,14 @@ func (r *testRepo) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServer
 		r.streams = append(r.streams, nil)
 		w.n = len(r.streams) - 1
 	}
+	if strings.HasSuffix(info.FullMethod, "/GetManifest") {
+		r.getMans++
+	}
+	refuse := r.refuseManifest && strings.HasSuffix(info.FullMethod, "/PutManifest")
 	r.mu.Unlock()
+	if refuse {
+		return status.Error(codes.FailedPrecondition, "manifest refused by the test")
+	}
 	return handler(srv, w)
 }
 
@@ -291,6 +294,9 @@ func (s *repoStream) RecvMsg(m any) error {
 		if m.GetEnd() {
 			r.streams[s.n] = append(r.streams[s.n], s.cur)
 		}
+	case *yunchiv1.PutManifestRequest:
+		r.manifestRecv += int64(len(m.GetData()))
+		r.manifestPieces = append(r.manifestPieces, len(m.GetData()))
 	case *yunchiv1.GetChunksRequest:
 		r.getChunks++
 		var call [][32]byte
@@ -394,6 +400,12 @@ func (r *testRepo) receivedBytes() int64 {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.received
+}
+
+func (r *testRepo) manifestBytes() int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.manifestRecv
 }
 
 // storedTimes counts, for each chunk, the streams that passed it whole.
@@ -935,11 +947,13 @@ func TestBackupRateLimiterConsultedPerCenter(t *testing.T) {
 	if madeTimes != 2 || made["dc2"] == nil || made["dc3"] == nil {
 		t.Fatalf("limiters made %d times for %v, want one for dc2 and one for dc3", madeTimes, made)
 	}
-	if got, want := made["dc2"].bytes.Load(), e.repo.receivedBytes(); got != want || want != 4*cs {
-		t.Errorf("dc2's limiter was asked for %d bytes, %d were sent (want %d)", got, want, 4*cs)
+	// Chunks and manifests alike.
+	ml := backup.ManifestLen(2 * cs)
+	if got, chunks, mans := made["dc2"].bytes.Load(), e.repo.receivedBytes(), e.repo.manifestBytes(); got != chunks+mans || chunks != 4*cs || mans != 2*ml {
+		t.Errorf("dc2's limiter was asked for %d bytes, %d chunk bytes and %d manifest bytes were sent (want %d and %d)", got, chunks, mans, 4*cs, 2*ml)
 	}
-	if got, want := made["dc3"].bytes.Load(), remote.receivedBytes(); got != want || want != 2*cs {
-		t.Errorf("dc3's limiter was asked for %d bytes, %d were sent (want %d)", got, want, 2*cs)
+	if got, chunks, mans := made["dc3"].bytes.Load(), remote.receivedBytes(), remote.manifestBytes(); got != chunks+mans || chunks != 2*cs || mans != ml {
+		t.Errorf("dc3's limiter was asked for %d bytes, %d chunk bytes and %d manifest bytes were sent (want %d and %d)", got, chunks, mans, 2*cs, ml)
 	}
 }
 
@@ -1212,5 +1226,165 @@ func TestRestoreBadRefFails(t *testing.T) {
 	}
 	if _, err := os.Stat(e.h.path(t, vmB)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("a disk was made for the refused restore: %v", err)
+	}
+}
+
+// The agent encodes a manifest as proto's deterministic encoding (the
+// repository names it by that and takes no other), in pieces of at most
+// 1 MiB, and decodes it back in place.
+func TestBackupManifestEncoding(t *testing.T) {
+	for _, size := range []int64{0, 1, cs, cs + 1, 40000 * cs, 40000*cs - 7} {
+		n := (size + cs - 1) / cs
+		m := &yunchiv1.BackupManifest{SizeBytes: size, ChunkSize: cs}
+		for i := range n {
+			h := sha256.Sum256([]byte{byte(i), byte(i >> 8)})
+			m.Chunks = append(m.Chunks, h[:])
+		}
+		want, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pieces := agent.ManifestPieces(size, m.Chunks)
+		for i, p := range pieces {
+			if len(p) == 0 || len(p) > 1<<20 {
+				t.Fatalf("size %d: piece %d of %d bytes", size, i, len(p))
+			}
+		}
+		got := bytes.Join(pieces, nil)
+		if !bytes.Equal(got, want) || int64(len(got)) != backup.ManifestLen(size) {
+			t.Fatalf("size %d: the agent's encoding (%d bytes) differs from proto's (%d bytes)", size, len(got), len(want))
+		}
+		sum := sha256.Sum256(got)
+		back, err := agent.CheckManifest(got, hex.EncodeToString(sum[:]), size)
+		if err != nil || !proto.Equal(back, m) {
+			t.Fatalf("size %d: decoded back: %v", size, err)
+		}
+		if _, err := agent.CheckManifest(got, hex.EncodeToString(sum[:]), size+cs); err == nil {
+			t.Fatalf("size %d: checked out against another disk size", size)
+		}
+	}
+}
+
+// dataExtents lists where a sparse file holds data (SEEK_DATA/SEEK_HOLE).
+func dataExtents(t *testing.T, path string) []agent.Extent {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []agent.Extent
+	for off := int64(0); off < st.Size(); {
+		data, err := unix.Seek(int(f.Fd()), off, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		hole, err := unix.Seek(int(f.Fd()), data, unix.SEEK_HOLE)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, agent.Extent{Offset: data, Length: hole - data})
+		off = hole
+	}
+	return out
+}
+
+// A disk too large for its manifest to fit one gRPC message (600 GiB and
+// 1 MiB: 153,601 chunks, a 5.2 MB manifest, over the 4 MiB a message may
+// hold) backs up and restores through the repository service: the
+// manifest travels in pieces of at most 1 MiB both ways. The disk is a
+// sparse file with data in three chunks; the restored one holds the same
+// bytes there and nothing anywhere else.
+func TestBackupRestoreManifestOver4MiB(t *testing.T) {
+	e := newBackupEnv(t, nil)
+	size := int64(600<<30 + 1<<20)
+	n := (size + cs - 1) / cs
+	if ml := backup.ManifestLen(size); ml <= 4<<20 {
+		t.Fatalf("the manifest of %d bytes fits a message: the test wants a larger disk", ml)
+	}
+	e.runningVM(t, vmA, size)
+	writes := []struct {
+		off int64
+		p   []byte
+	}{
+		{0, randomBytes(t, cs)},
+		{300<<30 + 5, []byte("a few bytes in the middle")},
+		{size - 1<<20, randomBytes(t, 1<<20)},
+	}
+	for _, w := range writes {
+		e.h.write(t, vmA, w.off, w.p)
+	}
+	r := e.backup(t, e.job("j1", vmA))
+	d := okReport(t, r)
+	if d.GetChunks() != n || d.GetReadChunks() != 3 || d.GetNewChunks() != 4 {
+		t.Errorf("chunks %d read %d new %d, want %d, 3 and 4 (the 3 with data and the zero chunk)", d.GetChunks(), d.GetReadChunks(), d.GetNewChunks(), n)
+	}
+	st, err := os.Stat(filepath.Join(e.repo.base, "dc2", "manifests", d.GetManifestSha256()))
+	if err != nil || st.Size() != backup.ManifestLen(size) {
+		t.Fatalf("stored manifest: %v, %v; want %d bytes", st, err, backup.ManifestLen(size))
+	}
+	e.repo.mu.Lock()
+	pieces := slices.Clone(e.repo.manifestPieces)
+	e.repo.mu.Unlock()
+	if len(pieces) < 5 || slices.Max(pieces) > 1<<20 {
+		t.Errorf("the manifest came in %d pieces of at most %d bytes, want 5 or more of at most 1 MiB", len(pieces), slices.Max(pieces))
+	}
+
+	e.c.put(restoreVM(vmB, e.repo.addr, r))
+	waitFor(t, "restored VM running", func() bool { return e.c.phase(vmB) == phaseRunning })
+	pa, pb := e.h.path(t, vmA), e.h.path(t, vmB)
+	sa, err := os.Stat(pa)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb, err := os.Stat(pb)
+	if err != nil || sb.Size() != sa.Size() {
+		t.Fatalf("restored disk: %v, %v; want %d bytes", sb, err, sa.Size())
+	}
+	fa, err := os.Open(pa)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fa.Close()
+	fb, err := os.Open(pb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fb.Close()
+	// The chunks with data, byte for byte.
+	for _, off := range []int64{0, 300 << 30, size - 1<<20} {
+		l := min(cs, size-off)
+		a, b := make([]byte, l), make([]byte, l)
+		if _, err := fa.ReadAt(a, off); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := fb.ReadAt(b, off); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(a, b) {
+			t.Fatalf("the restored disk differs in the chunk at %d", off)
+		}
+	}
+	// Nothing elsewhere: the rest reads as zeroes.
+	for _, x := range dataExtents(t, pb) {
+		inData := false
+		for _, off := range []int64{0, 300 << 30, size - 1<<20} {
+			inData = inData || (x.Offset >= off && x.Offset+x.Length <= off+cs)
+		}
+		if !inData {
+			t.Fatalf("the restored disk holds data at %d+%d, outside the chunks backed up with data", x.Offset, x.Length)
+		}
+	}
+	e.repo.mu.Lock()
+	defer e.repo.mu.Unlock()
+	if len(e.repo.asked) != 3 {
+		t.Errorf("%d chunks fetched, want the 3 with data", len(e.repo.asked))
 	}
 }

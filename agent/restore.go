@@ -132,7 +132,8 @@ func (s *restoreSource) Fill(ctx context.Context, write func(off int64, p []byte
 	return nil
 }
 
-// stopError is a restore failure that trying again cannot mend.
+// stopError is a failure that trying again cannot mend: a chunk or a
+// manifest that does not check out, a write that failed.
 type stopError struct{ err error }
 
 func (e stopError) Error() string { return e.err.Error() }
@@ -143,18 +144,9 @@ func (s *restoreSource) fill(ctx context.Context, write func(off int64, p []byte
 	if err != nil {
 		return err
 	}
-	var raw []byte
-	err = retryRepo(ctx, s.log, "get manifest", func(ctx context.Context) error {
-		resp, err := repo.GetManifest(ctx, &yunchiv1.GetManifestRequest{HostId: s.a.cfg.HostID, PointId: s.ref.GetPointId(), Sha256: s.disk.GetManifestSha256()})
-		raw = resp.GetManifest()
-		return err
-	})
+	m, err := getManifest(ctx, repo, s.log, &yunchiv1.GetManifestRequest{HostId: s.a.cfg.HostID, PointId: s.ref.GetPointId(), Sha256: s.disk.GetManifestSha256()}, s.disk.GetSizeBytes())
 	if err != nil {
 		return fmt.Errorf("get manifest: %w", err)
-	}
-	m, err := checkManifest(raw, s.disk.GetManifestSha256(), s.disk.GetSizeBytes())
-	if err != nil {
-		return err
 	}
 	f := &chunkFill{s: s, repo: repo, m: m, write: write}
 	f.zeroFull = zeroSum(m.GetChunkSize())

@@ -33,11 +33,14 @@ import (
 // manifests of that point. Chunk bytes travel in pieces of at most 1 MiB;
 // each chunk is checked against its sha256 when its last piece arrives and
 // stored then, so a broken stream keeps every chunk it completed and the
-// agent resumes by asking HaveChunks again.
+// agent resumes by asking HaveChunks again. Manifests travel in pieces of
+// at most 1 MiB too (a 64 TiB disk's is 570 MB, and gRPC messages are at
+// most 4 MiB here): one is stored whole once its stream ended and it
+// checked out, or not at all.
 
 const (
-	// maxBackupPiece bounds the data of one message of PutChunks and
-	// GetChunks.
+	// maxBackupPiece bounds the data of one message of PutChunks,
+	// GetChunks, PutManifest and GetManifest.
 	maxBackupPiece = 1 << 20
 	// DefaultBackupGCGrace: unreferenced chunks and manifests younger than
 	// this are kept (a backup in flight may be about to use them).
@@ -376,23 +379,60 @@ func (s *BackupRepoServer) PutChunks(stream yunchiv1.BackupRepoService_PutChunks
 	}
 }
 
-// PutManifest stores a disk's manifest once the repository holds every
-// chunk it lists, and answers its name (the sha256 of its deterministic
-// encoding), which the restore point records.
-func (s *BackupRepoServer) PutManifest(ctx context.Context, req *yunchiv1.PutManifestRequest) (*yunchiv1.PutManifestResponse, error) {
-	job, repo, err := s.writeAccess(req.HostId, req.JobId)
-	if err != nil {
-		return nil, err
+// PutManifest receives a disk's manifest in pieces (at most 1 MiB each)
+// into a temporary file of the repository, so that none is held in memory
+// (a 64 TiB disk's is 570 MB), and when the stream ends stores it if it
+// checks out: as long as the first message said, hashing to the sha256 it
+// named, a well-formed manifest in the deterministic encoding, and every
+// chunk it lists in the repository. It answers the manifest's name (that
+// sha256, hex), which the restore point records. A stream refused, cut or
+// ended early stores nothing.
+func (s *BackupRepoServer) PutManifest(stream yunchiv1.BackupRepoService_PutManifestServer) error {
+	msg, err := stream.Recv()
+	if err == io.EOF {
+		return invalid("the stream is empty: its first message names the host, the backup job, and the manifest's sha256 and length")
 	}
-	if len(req.Manifest) == 0 {
-		return nil, invalid("the manifest is empty: send an encoded BackupManifest")
-	}
-	sha, err := repo.PutManifest(req.Manifest)
 	if err != nil {
-		return nil, backupStatus(err)
+		return err
+	}
+	job, repo, err := s.writeAccess(msg.HostId, msg.JobId)
+	if err != nil {
+		return err
+	}
+	name, err := backup.HashFromBytes(msg.Sha256)
+	if err != nil {
+		return invalid("the manifest's sha256: %s; nothing stored", err)
+	}
+	w, err := repo.CreateManifest(name, msg.Length)
+	if err != nil {
+		return backupStatus(err)
+	}
+	defer w.Abort()
+	for {
+		if len(msg.Data) > maxBackupPiece {
+			return invalid("a piece of manifest %s holds %d bytes: at most %d; nothing stored", name, len(msg.Data), maxBackupPiece)
+		}
+		if _, err := w.Write(msg.Data); err != nil {
+			return backupStatus(err)
+		}
+		msg, err = stream.Recv()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+	}
+	// The job may have ended (failed by the leader) while the stream ran.
+	if j, ok := s.st.BackupJob(job.Id); !ok || j.State != statev1.BackupJobState_BACKUP_JOB_STATE_RUNNING {
+		return status.Errorf(codes.FailedPrecondition, "backup job %q ended while its manifest was being sent; manifest %s not stored", job.Id, name)
+	}
+	sha, err := w.Commit()
+	if err != nil {
+		return backupStatus(err)
 	}
 	s.noteJob(job, sha)
-	return &yunchiv1.PutManifestResponse{Sha256: sha}, nil
+	return stream.SendAndClose(&yunchiv1.PutManifestResponse{Sha256: sha})
 }
 
 // readAccess checks that the calling host may read a restore point kept
@@ -418,24 +458,51 @@ func (s *BackupRepoServer) readAccess(hostID, pointID string) (*statev1.RestoreP
 	return p, r, nil
 }
 
-// GetManifest returns one of a restore point's manifests.
-func (s *BackupRepoServer) GetManifest(ctx context.Context, req *yunchiv1.GetManifestRequest) (*yunchiv1.GetManifestResponse, error) {
+// GetManifest streams one of a restore point's manifests in pieces of at
+// most 1 MiB, the first saying its length, from its file (none is held in
+// memory). The bytes are hashed as they go: a copy found damaged at the
+// end ends the stream with DATA_LOSS in place of OK (the client checks the
+// sha256 of the whole too).
+func (s *BackupRepoServer) GetManifest(req *yunchiv1.GetManifestRequest, stream yunchiv1.BackupRepoService_GetManifestServer) error {
 	p, repo, err := s.readAccess(req.HostId, req.PointId)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if !slices.ContainsFunc(p.Disks, func(d *statev1.DiskPoint) bool { return d.ManifestSha256 == req.Sha256 }) {
-		return nil, status.Errorf(codes.PermissionDenied, "manifest %.80q is not one of restore point %s's", req.Sha256, p.Id)
+		return status.Errorf(codes.PermissionDenied, "manifest %.80q is not one of restore point %s's", req.Sha256, p.Id)
 	}
-	m, err := repo.Manifest(req.Sha256)
+	mr, err := repo.OpenManifest(req.Sha256)
 	if err != nil {
-		return nil, pointDataLoss(p, err)
+		return pointDataLoss(p, err)
 	}
-	b, err := backup.EncodeManifest(m)
-	if err != nil {
-		return nil, status.Errorf(codes.Internal, "encode manifest %s: %v", req.Sha256, err)
+	defer mr.Close()
+	bp := chunkBufs.Get().(*[]byte)
+	defer chunkBufs.Put(bp)
+	buf := (*bp)[:maxBackupPiece]
+	for first := true; ; first = false {
+		n, rerr := io.ReadFull(mr, buf)
+		if n > 0 || first {
+			msg := &yunchiv1.GetManifestResponse{Data: buf[:n]}
+			if first {
+				msg.Length = mr.Size()
+			}
+			// SendMsg encodes the piece before it returns: the buffer
+			// may be reused.
+			if err := stream.Send(msg); err != nil {
+				return err
+			}
+		}
+		switch {
+		case rerr == nil:
+		case errors.Is(rerr, io.EOF), errors.Is(rerr, io.ErrUnexpectedEOF):
+			return nil
+		case errors.Is(rerr, backup.ErrDamaged):
+			s.log.Warn("damaged backup manifest", "center", p.Center, "point", p.Id, "err", rerr)
+			return pointDataLoss(p, rerr)
+		default:
+			return backupStatus(rerr)
+		}
 	}
-	return &yunchiv1.GetManifestResponse{Manifest: b}, nil
 }
 
 // pointDataLoss: a chunk or manifest a recorded point needs is missing or
@@ -457,12 +524,13 @@ func (s *BackupRepoServer) pointChunks(p *statev1.RestorePointRecord, repo *back
 	}
 	set = map[backup.Hash]struct{}{}
 	for _, d := range p.Disks {
-		m, err := repo.Manifest(d.ManifestSha256)
-		if err != nil {
+		// A damaged manifest adds chunks before its damage shows: the set
+		// is dropped then.
+		if _, err := repo.ScanManifest(d.ManifestSha256, func(_ int64, c backup.Hash) error {
+			set[c] = struct{}{}
+			return nil
+		}); err != nil {
 			return nil, pointDataLoss(p, err)
-		}
-		for _, c := range m.Chunks {
-			set[backup.Hash(c)] = struct{}{}
 		}
 	}
 	s.mu.Lock()
@@ -568,6 +636,9 @@ func (s *BackupRepoServer) Verify(ctx context.Context, center string) (*yunchiv1
 	return out, nil
 }
 
+// errStopScan ends a scan of a manifest that found what it looked for.
+var errStopScan = errors.New("stop scanning")
+
 // pointDamaged: a manifest of p is damaged or missing (added to out), or
 // lists a damaged chunk.
 func (s *BackupRepoServer) pointDamaged(p *statev1.RestorePointRecord, repo *backup.Repo, bad map[backup.Hash]bool, badManifest map[string]bool, out *yunchiv1.VerifyBackupsResponse) bool {
@@ -577,15 +648,22 @@ func (s *BackupRepoServer) pointDamaged(p *statev1.RestorePointRecord, repo *bac
 			damaged = true
 			continue
 		}
-		m, err := repo.Manifest(d.ManifestSha256)
-		if err != nil {
-			// Missing (the only damage Repo.Verify cannot see).
+		usesBad := false
+		_, err := repo.ScanManifest(d.ManifestSha256, func(_ int64, c backup.Hash) error {
+			if bad[c] {
+				usesBad = true
+				return errStopScan
+			}
+			return nil
+		})
+		switch {
+		case usesBad:
+			damaged = true
+		case err != nil:
+			// Missing (the only damage Repo.Verify cannot see), or damaged
+			// since.
 			badManifest[d.ManifestSha256] = true
 			out.DamagedManifests = append(out.DamagedManifests, d.ManifestSha256)
-			damaged = true
-			continue
-		}
-		if !damaged && slices.ContainsFunc(m.Chunks, func(c []byte) bool { return bad[backup.Hash(c)] }) {
 			damaged = true
 		}
 	}

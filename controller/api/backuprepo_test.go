@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -20,6 +21,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/yunchi/yunchi/controller/backup"
@@ -222,11 +224,67 @@ func (f *repoFixture) putManifest(t *testing.T, job string, m *yunchiv1.BackupMa
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, err := f.cl.PutManifest(context.Background(), &yunchiv1.PutManifestRequest{HostId: "h1", JobId: job, Manifest: b})
+	resp, err := f.sendManifest(context.Background(), "h1", job, b, maxBackupPiece)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return resp.Sha256
+}
+
+// sendManifest streams an encoded manifest in pieces of piece bytes after
+// a first message naming the host, the job, its sha256 and length.
+func (f *repoFixture) sendManifest(ctx context.Context, host, job string, enc []byte, piece int) (*yunchiv1.PutManifestResponse, error) {
+	h := backup.HashOf(enc)
+	return f.sendManifestAs(ctx, &yunchiv1.PutManifestRequest{HostId: host, JobId: job, Sha256: h[:], Length: int64(len(enc))}, enc, piece)
+}
+
+func (f *repoFixture) sendManifestAs(ctx context.Context, head *yunchiv1.PutManifestRequest, enc []byte, piece int) (*yunchiv1.PutManifestResponse, error) {
+	stream, err := f.cl.PutManifest(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := stream.Send(head); err != nil && err != io.EOF {
+		return nil, err
+	}
+	for off := 0; off < len(enc); off += piece {
+		if err := stream.Send(&yunchiv1.PutManifestRequest{Data: enc[off:min(off+piece, len(enc))]}); err != nil {
+			break // io.EOF: the reason comes with the response
+		}
+	}
+	return stream.CloseAndRecv()
+}
+
+// getManifest reads a point's manifest and checks the stream's shape:
+// pieces of at most 1 MiB, the first saying the length of the whole.
+func (f *repoFixture) getManifest(ctx context.Context, t *testing.T, host, point, sha string) ([]byte, error) {
+	t.Helper()
+	stream, err := f.cl.GetManifest(ctx, &yunchiv1.GetManifestRequest{HostId: host, PointId: point, Sha256: sha})
+	if err != nil {
+		return nil, err
+	}
+	var out []byte
+	length := int64(-1)
+	for {
+		p, err := stream.Recv()
+		if err == io.EOF {
+			if int64(len(out)) != length {
+				t.Errorf("the manifest stream said %d bytes, sent %d", length, len(out))
+			}
+			return out, nil
+		}
+		if err != nil {
+			return out, err
+		}
+		if len(p.Data) > maxBackupPiece {
+			t.Errorf("a manifest piece of %d bytes", len(p.Data))
+		}
+		if length < 0 {
+			length = p.Length
+		} else if p.Length != 0 {
+			t.Errorf("a piece after the first says length %d", p.Length)
+		}
+		out = append(out, p.Data...)
+	}
 }
 
 // storedFiles lists the chunk and manifest files under the base directory.
@@ -343,12 +401,12 @@ func TestBackupRepoPutHaveManifestReadBack(t *testing.T) {
 	}
 
 	f.st.addPoint("rp-1", "near", []*yunchiv1.BackupManifest{m}, []string{sha}, "h2")
-	gm, err := f.cl.GetManifest(ctx, &yunchiv1.GetManifestRequest{HostId: "h2", PointId: "rp-1", Sha256: sha})
+	gm, err := f.getManifest(ctx, t, "h2", "rp-1", sha)
 	if err != nil {
 		t.Fatal(err)
 	}
 	got := &yunchiv1.BackupManifest{}
-	if err := proto.Unmarshal(gm.Manifest, got); err != nil || !proto.Equal(got, m) || !bytes.Equal(gm.Manifest, enc) {
+	if err := proto.Unmarshal(gm, got); err != nil || !proto.Equal(got, m) || !bytes.Equal(gm, enc) {
 		t.Fatalf("manifest read back differs (%v)", err)
 	}
 	chunks, err := readChunks(ctx, t, f.cl, "h2", "rp-1", got.Chunks)
@@ -486,7 +544,7 @@ func TestBackupRepoRefusesWritesOutsideARunningJob(t *testing.T) {
 			check("HaveChunks", err)
 			_, err = f.put(context.Background(), "h1", tc.job, disk)
 			check("PutChunks", err)
-			_, err = f.cl.PutManifest(context.Background(), &yunchiv1.PutManifestRequest{HostId: "h1", JobId: tc.job, Manifest: enc})
+			_, err = f.sendManifest(context.Background(), "h1", tc.job, enc, maxBackupPiece)
 			check("PutManifest", err)
 		})
 	}
@@ -587,7 +645,7 @@ func TestBackupRepoReadsOnlyThePointsChunks(t *testing.T) {
 			}
 		})
 	}
-	if _, err := f.cl.GetManifest(ctx, &yunchiv1.GetManifestRequest{HostId: "h2", PointId: "rp-1", Sha256: s2}); status.Code(err) != codes.PermissionDenied {
+	if _, err := f.getManifest(ctx, t, "h2", "rp-1", s2); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("manifest of another point: %v", err)
 	}
 	if got, err := readChunks(ctx, t, f.cl, "h3", "rp-2", hashBytes(d2)); err != nil || !bytes.Equal(got[0], d2[0]) {
@@ -745,5 +803,169 @@ func TestBackupRepoGCKeepsReferencedAndYoung(t *testing.T) {
 	}
 	if _, err := f.s.CollectGarbage(ctx, "far"); status.Code(err) != codes.FailedPrecondition {
 		t.Fatalf("GC of a center kept elsewhere: %v", err)
+	}
+}
+
+// zeroManifest stores the zero chunk and returns the manifest of a disk
+// of n zero chunks (a sparse disk: every chunk is the same one).
+func zeroManifest(t *testing.T, f *repoFixture, n int) *yunchiv1.BackupManifest {
+	t.Helper()
+	zero := make([]byte, backup.ChunkSize)
+	if _, err := f.put(context.Background(), "h1", "job-1", [][]byte{zero}); err != nil {
+		t.Fatal(err)
+	}
+	h := backup.HashOf(zero)
+	m := &yunchiv1.BackupManifest{SizeBytes: int64(n) * backup.ChunkSize, ChunkSize: backup.ChunkSize, Chunks: make([][]byte, n)}
+	for i := range m.Chunks {
+		m.Chunks[i] = h[:]
+	}
+	return m
+}
+
+// A manifest over the 4 MiB a gRPC message may hold here (the disk of
+// 130,000 chunks, 508 GiB) goes in and comes back in pieces of at most
+// 1 MiB, byte for byte; its point's chunks read; a stored copy damaged
+// since ends the read with DATA_LOSS.
+func TestBackupRepoManifestOver4MiB(t *testing.T) {
+	f := newRepoFixture(t)
+	ctx := context.Background()
+	m := zeroManifest(t, f, 130000)
+	enc, err := backup.EncodeManifest(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(enc) <= MaxGRPCRequest || int64(len(enc)) != backup.ManifestLen(m.SizeBytes) {
+		t.Fatalf("the manifest is %d bytes (ManifestLen %d): the test wants one over %d", len(enc), backup.ManifestLen(m.SizeBytes), MaxGRPCRequest)
+	}
+	sha := f.putManifest(t, "job-1", m)
+	if sha != backup.HashOf(enc).String() {
+		t.Fatalf("manifest named %s, not the sha256 of its encoding", sha)
+	}
+	f.st.addPoint("rp-1", "near", []*yunchiv1.BackupManifest{m}, []string{sha}, "h2")
+	got, err := f.getManifest(ctx, t, "h2", "rp-1", sha)
+	if err != nil || !bytes.Equal(got, enc) {
+		t.Fatalf("manifest read back: %d bytes of %d, equal %v, %v", len(got), len(enc), bytes.Equal(got, enc), err)
+	}
+	chunks, err := readChunks(ctx, t, f.cl, "h2", "rp-1", m.Chunks[:1])
+	if err != nil || len(chunks) != 1 || len(chunks[0]) != backup.ChunkSize {
+		t.Fatalf("the point's chunk: %d chunks, %v", len(chunks), err)
+	}
+
+	p := filepath.Join(f.base, "near", "manifests", sha)
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[3<<20] ^= 1 // in the fourth piece
+	if err := os.WriteFile(p, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	got, err = f.getManifest(ctx, t, "h2", "rp-1", sha)
+	if status.Code(err) != codes.DataLoss || !strings.Contains(err.Error(), "manifest "+sha+" is damaged") || !strings.Contains(err.Error(), "rp-1") {
+		t.Fatalf("read of a damaged manifest: %d bytes, %v; want DATA_LOSS naming it and the point", len(got), err)
+	}
+}
+
+// A manifest stream that is not right is refused with a one-line reason
+// and stores nothing: a piece over 1 MiB, a stream that ends early or is
+// cut, bytes that do not decode or are not the deterministic encoding,
+// that do not hash to the sha256 said, more bytes than said, a length no
+// manifest has, a manifest listing chunks the repository lacks.
+func TestBackupRepoRefusesBadManifestStreams(t *testing.T) {
+	f := newRepoFixture(t)
+	ctx := context.Background()
+	big := zeroManifest(t, f, 40000) // 1.36 MB encoded
+	enc, _ := backup.EncodeManifest(big)
+	h := backup.HashOf(enc)
+	head := func(sha []byte, length int64) *yunchiv1.PutManifestRequest {
+		return &yunchiv1.PutManifestRequest{HostId: "h1", JobId: "job-1", Sha256: sha, Length: length}
+	}
+	garbage := []byte("this is not a manifest at all")
+	hg := backup.HashOf(garbage)
+	// The same fields out of order: proto would decode it.
+	var swapped []byte
+	swapped = protowire.AppendTag(swapped, 2, protowire.VarintType)
+	swapped = protowire.AppendVarint(swapped, backup.ChunkSize)
+	swapped = protowire.AppendTag(swapped, 1, protowire.VarintType)
+	swapped = protowire.AppendVarint(swapped, uint64(big.SizeBytes))
+	swapped = append(swapped, enc[len(enc)-40000*34:]...)
+	if err := proto.Unmarshal(swapped, &yunchiv1.BackupManifest{}); err != nil {
+		t.Fatal(err)
+	}
+	hs := backup.HashOf(swapped)
+	absent := backup.HashOf([]byte("absent"))
+	lacking, _ := backup.EncodeManifest(&yunchiv1.BackupManifest{SizeBytes: 10, ChunkSize: backup.ChunkSize, Chunks: [][]byte{absent[:]}})
+	hl := backup.HashOf(lacking)
+	other := backup.HashOf([]byte("other"))
+	for _, tc := range []struct {
+		name  string
+		head  *yunchiv1.PutManifestRequest
+		enc   []byte
+		piece int
+		code  codes.Code
+		want  string
+	}{
+		{"piece over 1 MiB", head(h[:], int64(len(enc))), enc, maxBackupPiece + 1, codes.InvalidArgument, "holds 1048577 bytes: at most 1048576"},
+		{"stream ends early", head(h[:], int64(len(enc))), enc[:len(enc)/2], maxBackupPiece, codes.InvalidArgument, fmt.Sprintf("ended after %d of its %d bytes", len(enc)/2, len(enc))},
+		{"does not decode", head(hg[:], int64(len(garbage))), garbage, maxBackupPiece, codes.InvalidArgument, "not the deterministic encoding of a BackupManifest"},
+		{"fields out of order", head(hs[:], int64(len(swapped))), swapped, maxBackupPiece, codes.InvalidArgument, "not the deterministic encoding of a BackupManifest"},
+		{"sha256 not its", head(other[:], int64(len(enc))), enc, maxBackupPiece, codes.InvalidArgument, "hash to " + h.String() + ", not to its name " + other.String()},
+		{"sha256 of 31 bytes", head(h[:31], int64(len(enc))), enc, maxBackupPiece, codes.InvalidArgument, "a sha256 is 32 bytes, not 31"},
+		{"more bytes than said", head(h[:], int64(len(enc))-34), enc, maxBackupPiece, codes.InvalidArgument, "run past the"},
+		{"longer than any manifest", head(h[:], backup.MaxManifestBytes+1), enc, maxBackupPiece, codes.InvalidArgument, "at most 570425357 (the manifest of a 64 TiB disk)"},
+		{"no length", head(h[:], 0), enc, maxBackupPiece, codes.InvalidArgument, "said to be 0 bytes long"},
+		{"chunks missing", head(hl[:], int64(len(lacking))), lacking, maxBackupPiece, codes.FailedPrecondition, "1 of the manifest's 1 chunks are not in the backup repository"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := f.sendManifestAs(ctx, tc.head, tc.enc, tc.piece)
+			if status.Code(err) != tc.code || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "\n") {
+				t.Fatalf("%v, want %v with %q", err, tc.code, tc.want)
+			}
+		})
+	}
+	stream, err := f.cl.PutManifest(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.CloseAndRecv(); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "the stream is empty") {
+		t.Fatalf("empty stream: %v", err)
+	}
+	// Cut midway: the handler sees the stream break.
+	cctx, cancel := context.WithCancel(ctx)
+	stream, err = f.cl.PutManifest(cctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := head(h[:], int64(len(enc)))
+	first.Data = enc[:maxBackupPiece]
+	if err := stream.Send(first); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	tmp := filepath.Join(f.base, "near", "tmp")
+	for ents, _ := os.ReadDir(tmp); len(ents) == 0; ents, _ = os.ReadDir(tmp) {
+		if time.Now().After(deadline) {
+			t.Fatal("the cut stream's manifest never started")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	if _, err := stream.CloseAndRecv(); status.Code(err) != codes.Canceled {
+		t.Fatalf("cut stream: %v", err)
+	}
+	for ents, _ := os.ReadDir(tmp); len(ents) != 0; ents, _ = os.ReadDir(tmp) {
+		if time.Now().After(deadline) {
+			t.Fatalf("partial files left: %v", ents)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for _, p := range f.storedFiles(t) {
+		if !strings.Contains(p, string(filepath.Separator)+"chunks"+string(filepath.Separator)) {
+			t.Errorf("stored: %s", p)
+		}
+	}
+	// The right stream after all that is taken.
+	if _, err := f.sendManifest(ctx, "h1", "job-1", enc, maxBackupPiece); err != nil {
+		t.Fatal(err)
 	}
 }

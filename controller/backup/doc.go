@@ -13,7 +13,7 @@
 //	chunks/<first 2 hex digits>/<sha256 hex>   the chunk's raw bytes
 //	chunks/<first 2 hex digits>/<sha256 hex>.bad   a chunk found damaged, moved aside
 //	manifests/<sha256 hex>   a yunchi.v1.BackupManifest, deterministic encoding
-//	tmp/                     partial writes
+//	tmp/                     partial writes, manifests being received
 //
 // Writes are atomic and durable: the bytes go to a file in tmp/, which is
 // fsynced, renamed into place, and the directory fsynced; a reader sees a
@@ -38,7 +38,7 @@
 //
 //   - Missing refreshes the modification time of every chunk it reports
 //     present, PutChunk that of a chunk already there, and PutManifest
-//     that of every chunk the manifest lists: a chunk a backup was told
+//     (ManifestWriter.Commit) that of every chunk the manifest lists: a chunk a backup was told
 //     it need not send, or used, is young for a grace period from then.
 //   - Missing, PutChunk and PutManifest hold the repository's sweep lock
 //     shared while they look at and touch chunks; GC removes files in
@@ -57,8 +57,15 @@
 // (controller/api does, for the jobs it has seen), as Proxmox does with
 // its oldest writer.
 //
+// Manifests are streams (manifest.go): a 64 TiB disk's is 570 MB, so none
+// is held in memory whole. One being put is received into a file in tmp/
+// (CreateManifest), checked from there and renamed into place; one being
+// read is streamed from its file and its hash checked at the end
+// (OpenManifest, ScanManifest). Manifests are at most MaxManifestBytes
+// long, of disks of at most 64 TiB.
+//
 // Verify and GC of one repository run one at a time. Memory: Verify holds
-// one chunk (4 MiB) and one manifest at a time, and the list of damage it
-// found; GC holds the set of chunks the kept manifests list (about 64 bytes
-// per distinct chunk: 16 MiB per TiB of distinct data).
+// one chunk (4 MiB) at a time, and the list of damage it found; GC holds
+// the set of chunks the kept manifests list (about 64 bytes per distinct
+// chunk: 16 MiB per TiB of distinct data).
 package backup

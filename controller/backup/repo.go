@@ -17,18 +17,12 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-	"google.golang.org/protobuf/proto"
-
-	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 )
 
 // ChunkSize is the size of every chunk but the last of a disk.
 const ChunkSize = 4 << 20
 
 const (
-	// maxManifestBytes bounds a manifest file read back: one of the
-	// largest disk (64 TiB: 16 Mi chunks of 34 encoded bytes) fits.
-	maxManifestBytes = 1 << 30
 	// minGrace: file times come from a clock coarser than time.Now (the
 	// kernel's tick), so a grace shorter than this could remove a file
 	// touched a moment ago.
@@ -358,147 +352,6 @@ func (r *Repo) damagedChunk(h Hash, reason string) error {
 // chunkLen is the length of chunk i of a disk of size bytes.
 func chunkLen(size int64, i int) int64 { return min(ChunkSize, size-int64(i)*ChunkSize) }
 
-// checkManifest checks a manifest's shape (not that its chunks exist).
-func checkManifest(m *yunchiv1.BackupManifest) error {
-	if m.ChunkSize != ChunkSize {
-		return errorf(ErrInvalid, "the manifest's chunk size is %d: this repository's chunks are %d bytes", m.ChunkSize, ChunkSize)
-	}
-	if m.SizeBytes < 0 {
-		return errorf(ErrInvalid, "the manifest's disk size is negative (%d)", m.SizeBytes)
-	}
-	want := m.SizeBytes / ChunkSize
-	if m.SizeBytes%ChunkSize != 0 {
-		want++
-	}
-	if int64(len(m.Chunks)) != want {
-		return errorf(ErrInvalid, "the manifest lists %d chunks: a disk of %d bytes has %d", len(m.Chunks), m.SizeBytes, want)
-	}
-	for i, c := range m.Chunks {
-		if len(c) != sha256.Size {
-			return errorf(ErrInvalid, "chunk %d of the manifest is named by %d bytes: a sha256 is 32", i, len(c))
-		}
-	}
-	return nil
-}
-
-// EncodeManifest is the deterministic encoding of m, whose sha256 names it.
-func EncodeManifest(m *yunchiv1.BackupManifest) ([]byte, error) {
-	return proto.MarshalOptions{Deterministic: true}.Marshal(m)
-}
-
-// PutManifest checks an encoded manifest (its chunk size, that it lists
-// as many chunks as its disk size needs, each of the size its place
-// needs, and that the repository holds every one), stores its
-// deterministic encoding and returns that encoding's sha256 (hex), its
-// name: the caller records this name.
-func (r *Repo) PutManifest(encoded []byte) (string, error) {
-	m := &yunchiv1.BackupManifest{}
-	if err := (proto.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(encoded, m); err != nil {
-		return "", errorf(ErrInvalid, "the manifest does not decode as a BackupManifest: %v", err)
-	}
-	if err := checkManifest(m); err != nil {
-		return "", err
-	}
-	canon, err := EncodeManifest(m)
-	if err != nil {
-		return "", fmt.Errorf("encode the manifest: %w", err)
-	}
-	name := HashOf(canon)
-	r.sweep.RLock()
-	defer r.sweep.RUnlock()
-	now := time.Now()
-	sizes := map[Hash]int64{} // -1: missing
-	missing, first := 0, -1
-	for i, c := range m.Chunks {
-		h := Hash(c)
-		size, seen := sizes[h]
-		if !seen {
-			p := r.chunkPath(h)
-			st, err := os.Stat(p)
-			switch {
-			case notExist(err):
-				size = -1
-			case err != nil:
-				return "", fmt.Errorf("look for chunk %s: %w", h, err)
-			default:
-				// Touched: GC keeps it a grace period from now (doc.go).
-				if err := touch(p, now); err != nil {
-					return "", fmt.Errorf("look for chunk %s: %w", h, err)
-				}
-				size = st.Size()
-			}
-			sizes[h] = size
-		}
-		if size < 0 {
-			if missing++; first < 0 {
-				first = i
-			}
-			continue
-		}
-		if want := chunkLen(m.SizeBytes, i); size != want {
-			return "", errorf(ErrInvalid, "chunk %d of the manifest (%s) holds %d bytes: chunk %d of a disk of %d bytes holds %d", i, h, size, i, m.SizeBytes, want)
-		}
-	}
-	if missing > 0 {
-		return "", errorf(ErrMissingChunks, "%d of the manifest's %d chunks are not in the backup repository (the first: chunk %d, %s): send them, then put the manifest again",
-			missing, len(m.Chunks), first, Hash(m.Chunks[first]))
-	}
-	p := r.manifestPath(name)
-	if old, err := os.ReadFile(p); err == nil && string(old) == string(canon) {
-		return name.String(), touch(p, now)
-	}
-	// Absent, or damaged: (re)written whole.
-	if err := r.writeFile(p, canon); err != nil {
-		return "", fmt.Errorf("store manifest %s: %w", name, err)
-	}
-	return name.String(), nil
-}
-
-// Manifest reads the manifest named sha (hex) and checks that its bytes
-// hash to that name and decode to a well-formed manifest.
-func (r *Repo) Manifest(sha string) (*yunchiv1.BackupManifest, error) {
-	h, err := ParseHash(sha)
-	if err != nil {
-		return nil, errorf(ErrInvalid, "manifest name %s", err)
-	}
-	m, _, err := r.readManifest(h)
-	return m, err
-}
-
-// readManifest also returns the bytes read (nil when unreadable).
-func (r *Repo) readManifest(h Hash) (*yunchiv1.BackupManifest, []byte, error) {
-	p := r.manifestPath(h)
-	st, err := os.Stat(p)
-	if notExist(err) {
-		return nil, nil, errorf(ErrNotFound, "manifest %s is not in the backup repository", h)
-	}
-	if err != nil {
-		return nil, nil, fmt.Errorf("read manifest %s: %w", h, err)
-	}
-	damaged := func(reason string) error { return &DamageError{What: "manifest", Hash: h.String(), Reason: reason} }
-	if st.Size() > maxManifestBytes {
-		return nil, nil, damaged(fmt.Sprintf("it is %d bytes long, more than any manifest", st.Size()))
-	}
-	data, err := os.ReadFile(p)
-	if notExist(err) {
-		return nil, nil, errorf(ErrNotFound, "manifest %s is not in the backup repository", h)
-	}
-	if err != nil {
-		return nil, nil, fmt.Errorf("read manifest %s: %w", h, err)
-	}
-	if got := HashOf(data); got != h {
-		return nil, data, damaged(fmt.Sprintf("its %d bytes hash to %s", len(data), got))
-	}
-	m := &yunchiv1.BackupManifest{}
-	if err := proto.Unmarshal(data, m); err != nil {
-		return nil, data, damaged(fmt.Sprintf("it does not decode: %v", err))
-	}
-	if err := checkManifest(m); err != nil {
-		return nil, data, damaged(err.Error())
-	}
-	return m, data, nil
-}
-
 // Damage is a damaged chunk or manifest found by Verify (or a manifest GC
 // could not read).
 type Damage struct {
@@ -655,7 +508,33 @@ func (r *Repo) Verify(ctx context.Context, progress func(done, total int64)) (Ve
 			if info, err := e.Info(); err == nil {
 				report(info.Size())
 			}
-			m, _, err := r.readManifest(h)
+			// The chunks it lists that are missing count once the
+			// manifest checked out whole.
+			var missing []Hash
+			missed := map[Hash]bool{}
+			listed := map[Hash]bool{} // bounded: a repeat is only checked again
+			_, err := r.scanStored(h, func(i int64, ch Hash) error {
+				if i%4096 == 0 {
+					if err := ctx.Err(); err != nil {
+						return err
+					}
+				}
+				if listed[ch] || damaged[ch] {
+					return nil
+				}
+				if len(listed) >= statCache {
+					clear(listed)
+				}
+				listed[ch] = true
+				if _, err := os.Lstat(r.chunkPath(ch)); notExist(err) && !missed[ch] {
+					missed[ch] = true
+					missing = append(missing, ch)
+				}
+				return nil
+			})
+			if cerr := ctx.Err(); cerr != nil {
+				return cerr
+			}
 			var de *DamageError
 			switch {
 			case err == nil:
@@ -669,14 +548,8 @@ func (r *Repo) Verify(ctx context.Context, progress func(done, total int64)) (Ve
 				continue
 			}
 			rep.Manifests++
-			seen := map[Hash]bool{}
-			for _, c := range m.Chunks {
-				ch := Hash(c)
-				if seen[ch] || damaged[ch] {
-					continue
-				}
-				seen[ch] = true
-				if _, err := os.Lstat(r.chunkPath(ch)); notExist(err) {
+			for _, ch := range missing {
+				if !damaged[ch] {
 					damaged[ch] = true
 					rep.DamagedChunks = append(rep.DamagedChunks, Damage{Hash: ch.String(), Reason: "missing (listed by manifest " + h.String() + ")"})
 				}
@@ -741,7 +614,18 @@ func (r *Repo) GC(ctx context.Context, referenced []string, grace time.Duration)
 		if err := ctx.Err(); err != nil {
 			return rep, err
 		}
-		m, data, err := r.readManifest(h)
+		_, err := r.scanStored(h, func(i int64, c Hash) error {
+			if i%4096 == 0 {
+				if err := ctx.Err(); err != nil {
+					return err
+				}
+			}
+			marked[c] = struct{}{}
+			return nil
+		})
+		if cerr := ctx.Err(); cerr != nil {
+			return rep, cerr
+		}
 		var de *DamageError
 		switch {
 		case err == nil:
@@ -749,21 +633,11 @@ func (r *Repo) GC(ctx context.Context, referenced []string, grace time.Duration)
 			if kept {
 				rep.Unreadable = append(rep.Unreadable, Damage{Hash: h.String(), Reason: "missing"})
 			}
-			continue
 		case errors.As(err, &de):
+			// The chunks it named before the damage showed stay marked.
 			rep.Unreadable = append(rep.Unreadable, Damage{Hash: h.String(), Reason: de.Reason})
-			// Keep whatever it still names.
-			m = &yunchiv1.BackupManifest{}
-			if proto.Unmarshal(data, m) != nil {
-				continue
-			}
 		default:
 			return rep, fmt.Errorf("garbage collection stopped before removing anything: manifest %s cannot be read: %w", h, err)
-		}
-		for _, c := range m.Chunks {
-			if len(c) == sha256.Size {
-				marked[Hash(c)] = struct{}{}
-			}
 		}
 	}
 

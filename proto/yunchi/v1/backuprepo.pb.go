@@ -331,13 +331,25 @@ func (x *PutChunksResponse) GetBytes() int64 {
 	return 0
 }
 
+// A piece of a disk's manifest: its deterministic encoding travels in
+// pieces of at most 1 MiB (a 64 TiB disk's manifest is some 570 MB, far
+// over a gRPC message). The first message names the host and the job, and
+// the whole encoding's sha256 and length (those fields are ignored after
+// it; it may carry a piece too); the manifest ends with the stream. The
+// repository then checks that the bytes are as long as said, hash to
+// sha256, are the deterministic encoding of a BackupManifest of a disk of
+// at most 64 TiB, and that it holds every chunk listed; it stores nothing
+// otherwise.
 type PutManifestRequest struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	HostId string                 `protobuf:"bytes,1,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
 	JobId  string                 `protobuf:"bytes,2,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
-	// A BackupManifest, encoded. Refused unless the repository holds every
-	// chunk it lists.
-	Manifest      []byte `protobuf:"bytes,3,opt,name=manifest,proto3" json:"manifest,omitempty"`
+	// A piece of the encoding, at most 1 MiB.
+	Data []byte `protobuf:"bytes,3,opt,name=data,proto3" json:"data,omitempty"`
+	// The sha256 of the whole encoding (32 bytes), which names it.
+	Sha256 []byte `protobuf:"bytes,4,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	// The length of the whole encoding in bytes.
+	Length        int64 `protobuf:"varint,5,opt,name=length,proto3" json:"length,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -386,11 +398,25 @@ func (x *PutManifestRequest) GetJobId() string {
 	return ""
 }
 
-func (x *PutManifestRequest) GetManifest() []byte {
+func (x *PutManifestRequest) GetData() []byte {
 	if x != nil {
-		return x.Manifest
+		return x.Data
 	}
 	return nil
+}
+
+func (x *PutManifestRequest) GetSha256() []byte {
+	if x != nil {
+		return x.Sha256
+	}
+	return nil
+}
+
+func (x *PutManifestRequest) GetLength() int64 {
+	if x != nil {
+		return x.Length
+	}
+	return 0
 }
 
 type PutManifestResponse struct {
@@ -499,9 +525,14 @@ func (x *GetManifestRequest) GetSha256() string {
 	return ""
 }
 
+// A piece (at most 1 MiB) of the manifest's encoding, in order; the first
+// says the whole encoding's length. The client checks the whole against
+// the sha256 it asked for (the repository checks it too, and ends the
+// stream with DATA_LOSS instead of OK if its copy is damaged).
 type GetManifestResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Manifest      []byte                 `protobuf:"bytes,1,opt,name=manifest,proto3" json:"manifest,omitempty"`
+	Data          []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	Length        int64                  `protobuf:"varint,2,opt,name=length,proto3" json:"length,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -536,11 +567,18 @@ func (*GetManifestResponse) Descriptor() ([]byte, []int) {
 	return file_yunchi_v1_backuprepo_proto_rawDescGZIP(), []int{8}
 }
 
-func (x *GetManifestResponse) GetManifest() []byte {
+func (x *GetManifestResponse) GetData() []byte {
 	if x != nil {
-		return x.Manifest
+		return x.Data
 	}
 	return nil
+}
+
+func (x *GetManifestResponse) GetLength() int64 {
+	if x != nil {
+		return x.Length
+	}
+	return 0
 }
 
 type GetChunksRequest struct {
@@ -691,19 +729,22 @@ const file_yunchi_v1_backuprepo_proto_rawDesc = "" +
 	"\x03end\x18\x05 \x01(\bR\x03end\"A\n" +
 	"\x11PutChunksResponse\x12\x16\n" +
 	"\x06chunks\x18\x01 \x01(\x03R\x06chunks\x12\x14\n" +
-	"\x05bytes\x18\x02 \x01(\x03R\x05bytes\"`\n" +
+	"\x05bytes\x18\x02 \x01(\x03R\x05bytes\"\x88\x01\n" +
 	"\x12PutManifestRequest\x12\x17\n" +
 	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x12\x15\n" +
-	"\x06job_id\x18\x02 \x01(\tR\x05jobId\x12\x1a\n" +
-	"\bmanifest\x18\x03 \x01(\fR\bmanifest\"-\n" +
+	"\x06job_id\x18\x02 \x01(\tR\x05jobId\x12\x12\n" +
+	"\x04data\x18\x03 \x01(\fR\x04data\x12\x16\n" +
+	"\x06sha256\x18\x04 \x01(\fR\x06sha256\x12\x16\n" +
+	"\x06length\x18\x05 \x01(\x03R\x06length\"-\n" +
 	"\x13PutManifestResponse\x12\x16\n" +
 	"\x06sha256\x18\x01 \x01(\tR\x06sha256\"`\n" +
 	"\x12GetManifestRequest\x12\x17\n" +
 	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x12\x19\n" +
 	"\bpoint_id\x18\x02 \x01(\tR\apointId\x12\x16\n" +
-	"\x06sha256\x18\x03 \x01(\tR\x06sha256\"1\n" +
-	"\x13GetManifestResponse\x12\x1a\n" +
-	"\bmanifest\x18\x01 \x01(\fR\bmanifest\"^\n" +
+	"\x06sha256\x18\x03 \x01(\tR\x06sha256\"A\n" +
+	"\x13GetManifestResponse\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\x12\x16\n" +
+	"\x06length\x18\x02 \x01(\x03R\x06length\"^\n" +
 	"\x10GetChunksRequest\x12\x17\n" +
 	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x12\x19\n" +
 	"\bpoint_id\x18\x02 \x01(\tR\apointId\x12\x16\n" +
@@ -712,17 +753,17 @@ const file_yunchi_v1_backuprepo_proto_rawDesc = "" +
 	"ChunkPiece\x12\x16\n" +
 	"\x06sha256\x18\x01 \x01(\fR\x06sha256\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\x12\x10\n" +
-	"\x03end\x18\x03 \x01(\bR\x03end2\xbd\x03\n" +
+	"\x03end\x18\x03 \x01(\bR\x03end2\xc1\x03\n" +
 	"\x11BackupRepoService\x12T\n" +
 	"\n" +
 	"HaveChunks\x12\x1c.yunchi.v1.HaveChunksRequest\x1a\x1d.yunchi.v1.HaveChunksResponse\"\t\xc2\xf3\x18\x05\n" +
 	"\x01\b\x18\x03\x12R\n" +
 	"\tPutChunks\x12\x1a.yunchi.v1.PutChunkRequest\x1a\x1c.yunchi.v1.PutChunksResponse\"\t\xc2\xf3\x18\x05\n" +
-	"\x01\b\x18\x03(\x01\x12W\n" +
+	"\x01\b\x18\x03(\x01\x12Y\n" +
 	"\vPutManifest\x12\x1d.yunchi.v1.PutManifestRequest\x1a\x1e.yunchi.v1.PutManifestResponse\"\t\xc2\xf3\x18\x05\n" +
-	"\x01\b\x18\x03\x12W\n" +
+	"\x01\b\x18\x03(\x01\x12Y\n" +
 	"\vGetManifest\x12\x1d.yunchi.v1.GetManifestRequest\x1a\x1e.yunchi.v1.GetManifestResponse\"\t\xc2\xf3\x18\x05\n" +
-	"\x01\b\x18\x03\x12L\n" +
+	"\x01\b\x18\x030\x01\x12L\n" +
 	"\tGetChunks\x12\x1b.yunchi.v1.GetChunksRequest\x1a\x15.yunchi.v1.ChunkPiece\"\t\xc2\xf3\x18\x05\n" +
 	"\x01\b\x18\x030\x01B3Z1github.com/yunchi/yunchi/proto/yunchi/v1;yunchiv1b\x06proto3"
 

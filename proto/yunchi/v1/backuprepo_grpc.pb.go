@@ -39,8 +39,8 @@ const (
 type BackupRepoServiceClient interface {
 	HaveChunks(ctx context.Context, in *HaveChunksRequest, opts ...grpc.CallOption) (*HaveChunksResponse, error)
 	PutChunks(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[PutChunkRequest, PutChunksResponse], error)
-	PutManifest(ctx context.Context, in *PutManifestRequest, opts ...grpc.CallOption) (*PutManifestResponse, error)
-	GetManifest(ctx context.Context, in *GetManifestRequest, opts ...grpc.CallOption) (*GetManifestResponse, error)
+	PutManifest(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[PutManifestRequest, PutManifestResponse], error)
+	GetManifest(ctx context.Context, in *GetManifestRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[GetManifestResponse], error)
 	GetChunks(ctx context.Context, in *GetChunksRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ChunkPiece], error)
 }
 
@@ -75,29 +75,41 @@ func (c *backupRepoServiceClient) PutChunks(ctx context.Context, opts ...grpc.Ca
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type BackupRepoService_PutChunksClient = grpc.ClientStreamingClient[PutChunkRequest, PutChunksResponse]
 
-func (c *backupRepoServiceClient) PutManifest(ctx context.Context, in *PutManifestRequest, opts ...grpc.CallOption) (*PutManifestResponse, error) {
+func (c *backupRepoServiceClient) PutManifest(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[PutManifestRequest, PutManifestResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(PutManifestResponse)
-	err := c.cc.Invoke(ctx, BackupRepoService_PutManifest_FullMethodName, in, out, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &BackupRepoService_ServiceDesc.Streams[1], BackupRepoService_PutManifest_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
-	return out, nil
+	x := &grpc.GenericClientStream[PutManifestRequest, PutManifestResponse]{ClientStream: stream}
+	return x, nil
 }
 
-func (c *backupRepoServiceClient) GetManifest(ctx context.Context, in *GetManifestRequest, opts ...grpc.CallOption) (*GetManifestResponse, error) {
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type BackupRepoService_PutManifestClient = grpc.ClientStreamingClient[PutManifestRequest, PutManifestResponse]
+
+func (c *backupRepoServiceClient) GetManifest(ctx context.Context, in *GetManifestRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[GetManifestResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(GetManifestResponse)
-	err := c.cc.Invoke(ctx, BackupRepoService_GetManifest_FullMethodName, in, out, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &BackupRepoService_ServiceDesc.Streams[2], BackupRepoService_GetManifest_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
-	return out, nil
+	x := &grpc.GenericClientStream[GetManifestRequest, GetManifestResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
 }
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type BackupRepoService_GetManifestClient = grpc.ServerStreamingClient[GetManifestResponse]
 
 func (c *backupRepoServiceClient) GetChunks(ctx context.Context, in *GetChunksRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ChunkPiece], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &BackupRepoService_ServiceDesc.Streams[1], BackupRepoService_GetChunks_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &BackupRepoService_ServiceDesc.Streams[3], BackupRepoService_GetChunks_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -120,8 +132,8 @@ type BackupRepoService_GetChunksClient = grpc.ServerStreamingClient[ChunkPiece]
 type BackupRepoServiceServer interface {
 	HaveChunks(context.Context, *HaveChunksRequest) (*HaveChunksResponse, error)
 	PutChunks(grpc.ClientStreamingServer[PutChunkRequest, PutChunksResponse]) error
-	PutManifest(context.Context, *PutManifestRequest) (*PutManifestResponse, error)
-	GetManifest(context.Context, *GetManifestRequest) (*GetManifestResponse, error)
+	PutManifest(grpc.ClientStreamingServer[PutManifestRequest, PutManifestResponse]) error
+	GetManifest(*GetManifestRequest, grpc.ServerStreamingServer[GetManifestResponse]) error
 	GetChunks(*GetChunksRequest, grpc.ServerStreamingServer[ChunkPiece]) error
 	mustEmbedUnimplementedBackupRepoServiceServer()
 }
@@ -139,11 +151,11 @@ func (UnimplementedBackupRepoServiceServer) HaveChunks(context.Context, *HaveChu
 func (UnimplementedBackupRepoServiceServer) PutChunks(grpc.ClientStreamingServer[PutChunkRequest, PutChunksResponse]) error {
 	return status.Error(codes.Unimplemented, "method PutChunks not implemented")
 }
-func (UnimplementedBackupRepoServiceServer) PutManifest(context.Context, *PutManifestRequest) (*PutManifestResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "method PutManifest not implemented")
+func (UnimplementedBackupRepoServiceServer) PutManifest(grpc.ClientStreamingServer[PutManifestRequest, PutManifestResponse]) error {
+	return status.Error(codes.Unimplemented, "method PutManifest not implemented")
 }
-func (UnimplementedBackupRepoServiceServer) GetManifest(context.Context, *GetManifestRequest) (*GetManifestResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "method GetManifest not implemented")
+func (UnimplementedBackupRepoServiceServer) GetManifest(*GetManifestRequest, grpc.ServerStreamingServer[GetManifestResponse]) error {
+	return status.Error(codes.Unimplemented, "method GetManifest not implemented")
 }
 func (UnimplementedBackupRepoServiceServer) GetChunks(*GetChunksRequest, grpc.ServerStreamingServer[ChunkPiece]) error {
 	return status.Error(codes.Unimplemented, "method GetChunks not implemented")
@@ -194,41 +206,23 @@ func _BackupRepoService_PutChunks_Handler(srv interface{}, stream grpc.ServerStr
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type BackupRepoService_PutChunksServer = grpc.ClientStreamingServer[PutChunkRequest, PutChunksResponse]
 
-func _BackupRepoService_PutManifest_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(PutManifestRequest)
-	if err := dec(in); err != nil {
-		return nil, err
-	}
-	if interceptor == nil {
-		return srv.(BackupRepoServiceServer).PutManifest(ctx, in)
-	}
-	info := &grpc.UnaryServerInfo{
-		Server:     srv,
-		FullMethod: BackupRepoService_PutManifest_FullMethodName,
-	}
-	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(BackupRepoServiceServer).PutManifest(ctx, req.(*PutManifestRequest))
-	}
-	return interceptor(ctx, in, info, handler)
+func _BackupRepoService_PutManifest_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(BackupRepoServiceServer).PutManifest(&grpc.GenericServerStream[PutManifestRequest, PutManifestResponse]{ServerStream: stream})
 }
 
-func _BackupRepoService_GetManifest_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(GetManifestRequest)
-	if err := dec(in); err != nil {
-		return nil, err
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type BackupRepoService_PutManifestServer = grpc.ClientStreamingServer[PutManifestRequest, PutManifestResponse]
+
+func _BackupRepoService_GetManifest_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(GetManifestRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
 	}
-	if interceptor == nil {
-		return srv.(BackupRepoServiceServer).GetManifest(ctx, in)
-	}
-	info := &grpc.UnaryServerInfo{
-		Server:     srv,
-		FullMethod: BackupRepoService_GetManifest_FullMethodName,
-	}
-	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(BackupRepoServiceServer).GetManifest(ctx, req.(*GetManifestRequest))
-	}
-	return interceptor(ctx, in, info, handler)
+	return srv.(BackupRepoServiceServer).GetManifest(m, &grpc.GenericServerStream[GetManifestRequest, GetManifestResponse]{ServerStream: stream})
 }
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type BackupRepoService_GetManifestServer = grpc.ServerStreamingServer[GetManifestResponse]
 
 func _BackupRepoService_GetChunks_Handler(srv interface{}, stream grpc.ServerStream) error {
 	m := new(GetChunksRequest)
@@ -252,20 +246,22 @@ var BackupRepoService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "HaveChunks",
 			Handler:    _BackupRepoService_HaveChunks_Handler,
 		},
-		{
-			MethodName: "PutManifest",
-			Handler:    _BackupRepoService_PutManifest_Handler,
-		},
-		{
-			MethodName: "GetManifest",
-			Handler:    _BackupRepoService_GetManifest_Handler,
-		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
 			StreamName:    "PutChunks",
 			Handler:       _BackupRepoService_PutChunks_Handler,
 			ClientStreams: true,
+		},
+		{
+			StreamName:    "PutManifest",
+			Handler:       _BackupRepoService_PutManifest_Handler,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "GetManifest",
+			Handler:       _BackupRepoService_GetManifest_Handler,
+			ServerStreams: true,
 		},
 		{
 			StreamName:    "GetChunks",
