@@ -74,6 +74,9 @@ type BackupRepoServer struct {
 	st           RepoState
 	log          *slog.Logger
 
+	// CatchUpWait bounds how long a check waits for this controller to
+	// apply what the leader decided (zero: DefaultCatchUpWait).
+	CatchUpWait time.Duration
 	// GCGrace is CollectGarbage's grace period (zero: DefaultBackupGCGrace),
 	// widened to cover the oldest running backup this controller has seen.
 	GCGrace time.Duration
@@ -176,14 +179,19 @@ func backupStatus(err error) error {
 	return status.Error(codes.Internal, msg)
 }
 
-// catchUpWait bounds how long a check waits for this controller to apply
-// what the leader decided (a job, a restored VM's placement) before it
-// refuses.
-const catchUpWait = 5 * time.Second
+// DefaultCatchUpWait bounds how long a check waits for this controller to
+// apply what the leader decided (a job, a restored VM's placement) before
+// it refuses: the host heard of it through its own controller, which may
+// be ahead of this one.
+const DefaultCatchUpWait = 5 * time.Second
 
-// catchUp polls ok until it holds or catchUpWait passes.
-func catchUp(ok func() bool) bool {
-	for deadline := time.Now().Add(catchUpWait); ; time.Sleep(50 * time.Millisecond) {
+// catchUp polls ok until it holds or the catch-up wait passes.
+func (s *BackupRepoServer) catchUp(ok func() bool) bool {
+	wait := s.CatchUpWait
+	if wait <= 0 {
+		wait = DefaultCatchUpWait
+	}
+	for deadline := time.Now().Add(wait); ; time.Sleep(50 * time.Millisecond) {
 		if ok() {
 			return true
 		}
@@ -209,7 +217,7 @@ func (s *BackupRepoServer) writeAccess(hostID, jobID string) (*statev1.BackupJob
 	// own controller; this one may not have applied it yet.
 	var job *statev1.BackupJobRecord
 	ok := false
-	catchUp(func() bool {
+	s.catchUp(func() bool {
 		job, ok = s.st.BackupJob(jobID)
 		return ok && job.HostId == hostID && job.State == statev1.BackupJobState_BACKUP_JOB_STATE_RUNNING
 	})
@@ -448,7 +456,7 @@ func (s *BackupRepoServer) readAccess(hostID, pointID string) (*statev1.RestoreP
 	if !ok {
 		return nil, nil, status.Errorf(codes.NotFound, "restore point %.80q not found", pointID)
 	}
-	if !catchUp(func() bool { return s.st.HostMayReadPoint(hostID, pointID) }) {
+	if !s.catchUp(func() bool { return s.st.HostMayReadPoint(hostID, pointID) }) {
 		return nil, nil, status.Errorf(codes.PermissionDenied, "host %q may not read restore point %s: only the host backing up or restoring its VM may", hostID, pointID)
 	}
 	r, err := s.Repo(p.Center)

@@ -512,6 +512,7 @@ func TestBackupRepoStreamCutMidwayResumes(t *testing.T) {
 
 func TestBackupRepoRefusesWritesOutsideARunningJob(t *testing.T) {
 	f := newRepoFixture(t)
+	f.s.CatchUpWait = 100 * time.Millisecond // every case here is refused after the wait
 	running := statev1.BackupJobState_BACKUP_JOB_STATE_RUNNING
 	f.st.setJob(&statev1.BackupJobRecord{Id: "job-other-host", Center: "near", HostId: "h9", State: running})
 	f.st.setJob(&statev1.BackupJobRecord{Id: "job-failed", Center: "near", HostId: "h1", State: statev1.BackupJobState_BACKUP_JOB_STATE_FAILED})
@@ -967,5 +968,28 @@ func TestBackupRepoRefusesBadManifestStreams(t *testing.T) {
 	// The right stream after all that is taken.
 	if _, err := f.sendManifest(ctx, "h1", "job-1", enc, maxBackupPiece); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A check waits for this controller to apply what the leader decided: a
+// job that shows up here a moment after the host asks is accepted.
+func TestBackupRepoWaitsForTheStateToCatchUp(t *testing.T) {
+	f := newRepoFixture(t)
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		f.st.setJob(&statev1.BackupJobRecord{Id: "job-late", VmId: "vm-1", Center: "near", HostId: "h1",
+			State: statev1.BackupJobState_BACKUP_JOB_STATE_RUNNING, StartedUnixNano: time.Now().UnixNano()})
+	}()
+	if _, err := f.cl.HaveChunks(context.Background(), &yunchiv1.HaveChunksRequest{HostId: "h1", JobId: "job-late", Chunks: [][]byte{make([]byte, 32)}}); err != nil {
+		t.Fatalf("a job applied 300 ms late: %v", err)
+	}
+	f.s.CatchUpWait = 100 * time.Millisecond
+	go func() {
+		time.Sleep(500 * time.Millisecond)
+		f.st.setJob(&statev1.BackupJobRecord{Id: "job-later", VmId: "vm-1", Center: "near", HostId: "h1",
+			State: statev1.BackupJobState_BACKUP_JOB_STATE_RUNNING, StartedUnixNano: time.Now().UnixNano()})
+	}()
+	if _, err := f.cl.HaveChunks(context.Background(), &yunchiv1.HaveChunksRequest{HostId: "h1", JobId: "job-later", Chunks: [][]byte{make([]byte, 32)}}); status.Code(err) != codes.NotFound {
+		t.Fatalf("a job applied after the wait: %v, want NotFound", err)
 	}
 }
