@@ -102,35 +102,7 @@ func TestDevClusterWithCLI(t *testing.T) {
 	cfgPath := filepath.Join(t.TempDir(), "yunchi-config.json")
 	t.Setenv("YUNCHI_CONFIG", cfgPath)
 	base := 20000 + os.Getpid()%20000
-	out := &apitest.LockedBuffer{}
-	ready := make(chan []string, 1)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- devcluster.Run(ctx, devcluster.Config{
-			DataDir: t.TempDir(), BasePort: base, Hosts: 9, Out: out,
-			Ready: func(a []string) { ready <- a },
-		})
-	}()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil && !errors.Is(err, context.Canceled) {
-				t.Errorf("dev cluster: %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Error("dev cluster did not stop within 30s")
-		}
-	})
-	var addrs []string
-	select {
-	case addrs = <-ready:
-	case err := <-done:
-		t.Fatalf("dev cluster stopped: %v\n%s", err, out)
-	case <-time.After(120 * time.Second):
-		t.Fatalf("dev cluster not ready in 120s:\n%s", out)
-	}
+	addrs, _, out := runDev(t, devcluster.Config{DataDir: t.TempDir(), BasePort: base, Hosts: 9})
 	addr := addrs[0]
 	if !strings.Contains(out.String(), "9/9 hosts registered") {
 		t.Fatalf("no progress shown:\n%s", out)

@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"io"
 	"os"
 	"path/filepath"
@@ -16,11 +15,9 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/yunchi/yunchi/cmd/yunchid/devcluster"
 	"github.com/yunchi/yunchi/internal/apitest"
-	"github.com/yunchi/yunchi/internal/bearer"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 )
 
@@ -44,47 +41,14 @@ type drCluster struct {
 func startDRCluster(t *testing.T) *drCluster {
 	t.Helper()
 	dir := t.TempDir()
-	out := &apitest.LockedBuffer{}
-	ready := make(chan []string, 1)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- devcluster.Run(ctx, devcluster.Config{DataDir: dir, BasePort: freeBase(t), Hosts: 9, Out: out, NoLogin: true,
-			Ready: func(a []string) { ready <- a }})
-	}()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil && !errors.Is(err, context.Canceled) {
-				t.Errorf("dev cluster: %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Error("dev cluster did not stop within 30s")
-		}
-	})
-	var addrs []string
-	select {
-	case addrs = <-ready:
-	case err := <-done:
-		t.Fatalf("dev cluster stopped: %v\n%s", err, out)
-	case <-time.After(120 * time.Second):
-		t.Fatalf("dev cluster not ready in 120s:\n%s", out)
-	}
-	m := regexp.MustCompile(`sysadmin token: (\S+)`).FindStringSubmatch(out.String())
-	if m == nil {
-		t.Fatalf("no sysadmin token printed:\n%s", out)
-	}
-	// A loaded 2-core machine may see a leader election now and then:
-	// calls the controllers refused as UNAVAILABLE (not proposed) are
-	// tried again, as the CLI does.
-	conn, err := grpc.NewClient(addrs[0], grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithPerRPCCredentials(bearer.Token(m[1])),
-		grpc.WithDefaultServiceConfig(`{"methodConfig":[{"name":[{}],"retryPolicy":{"maxAttempts":5,"initialBackoff":"0.5s","maxBackoff":"4s","backoffMultiplier":2,"retryableStatusCodes":["UNAVAILABLE"]}}]}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return &drCluster{dir: dir, addrs: addrs, conn: conn, ctx: context.Background(), admin: m[1],
+	addrs, _, out := runDev(t, devcluster.Config{DataDir: dir, BasePort: freeBase(t), Hosts: 9, NoLogin: true})
+	return newDRCluster(t, dir, addrs, out)
+}
+
+func newDRCluster(t *testing.T, dir string, addrs []string, out *apitest.LockedBuffer) *drCluster {
+	t.Helper()
+	conn, admin := adminConn(t, addrs[0], out)
+	return &drCluster{dir: dir, addrs: addrs, conn: conn, ctx: context.Background(), admin: admin,
 		vms: yunchiv1.NewVMServiceClient(conn), prot: yunchiv1.NewProtectionServiceClient(conn),
 		bk: yunchiv1.NewBackupServiceClient(conn), topo: yunchiv1.NewTopologyServiceClient(conn)}
 }

@@ -7,7 +7,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -18,13 +17,9 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-
 	"github.com/yunchi/yunchi/agent/libvirt"
 	"github.com/yunchi/yunchi/cmd/yunchid/devcluster"
 	"github.com/yunchi/yunchi/internal/apitest"
-	"github.com/yunchi/yunchi/internal/bearer"
 	"github.com/yunchi/yunchi/internal/qemuhost"
 	"github.com/yunchi/yunchi/internal/tinyimage"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
@@ -191,54 +186,8 @@ func TestRealHostIncrementalBackup(t *testing.T) {
 func startRealDRCluster(t *testing.T) (*drCluster, []*qemuhost.Host) {
 	t.Helper()
 	dir := t.TempDir()
-	out := &apitest.LockedBuffer{}
-	addrsc := make(chan []string, 1)
-	ready := make(chan *devcluster.RealHosts, 1)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- devcluster.Run(ctx, devcluster.Config{DataDir: dir, CacheDir: t.TempDir(), BasePort: freeBase(t), RealHosts: 2, Out: out, NoLogin: true,
-			Ready:     func(a []string) { addrsc <- a },
-			RealReady: func(rh *devcluster.RealHosts) { ready <- rh }})
-	}()
-	stopped := false
-	t.Cleanup(func() {
-		cancel()
-		if stopped {
-			return
-		}
-		select {
-		case err := <-done:
-			if err != nil && !errors.Is(err, context.Canceled) {
-				t.Errorf("dev cluster: %v", err)
-			}
-		case <-time.After(60 * time.Second):
-			t.Error("dev cluster did not stop within 60s")
-		}
-	})
-	var rh *devcluster.RealHosts
-	select {
-	case rh = <-ready:
-	case err := <-done:
-		stopped = true
-		t.Fatalf("dev cluster stopped: %v\n%s", err, out)
-	case <-time.After(180 * time.Second):
-		t.Fatalf("dev cluster not ready in 180s:\n%s", out)
-	}
-	addrs := <-addrsc // sent before RealReady was called
-	m := regexp.MustCompile(`sysadmin token: (\S+)`).FindStringSubmatch(out.String())
-	if m == nil {
-		t.Fatalf("no sysadmin token printed:\n%s", out)
-	}
-	conn, err := grpc.NewClient(addrs[0], grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithPerRPCCredentials(bearer.Token(m[1])),
-		grpc.WithDefaultServiceConfig(`{"methodConfig":[{"name":[{}],"retryPolicy":{"maxAttempts":5,"initialBackoff":"0.5s","maxBackoff":"4s","backoffMultiplier":2,"retryableStatusCodes":["UNAVAILABLE"]}}]}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return &drCluster{dir: dir, conn: conn, ctx: context.Background(), admin: m[1],
-		vms: yunchiv1.NewVMServiceClient(conn), prot: yunchiv1.NewProtectionServiceClient(conn),
-		bk: yunchiv1.NewBackupServiceClient(conn), topo: yunchiv1.NewTopologyServiceClient(conn)}, rh.Hosts()
+	addrs, rh, out := runDev(t, devcluster.Config{DataDir: dir, CacheDir: t.TempDir(), BasePort: freeBase(t), RealHosts: 2, NoLogin: true})
+	return newDRCluster(t, dir, addrs, out), rh.Hosts()
 }
 
 // waitVMRunning waits up to 60 s for the VM to run; a failed VM fails the

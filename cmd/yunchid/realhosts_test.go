@@ -5,7 +5,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -24,7 +23,6 @@ import (
 
 	"github.com/yunchi/yunchi/agent/libvirt"
 	"github.com/yunchi/yunchi/cmd/yunchid/devcluster"
-	"github.com/yunchi/yunchi/internal/apitest"
 	"github.com/yunchi/yunchi/internal/bearer"
 	"github.com/yunchi/yunchi/internal/cliconfig"
 	"github.com/yunchi/yunchi/internal/qemuhost"
@@ -50,40 +48,7 @@ func TestRealHosts(t *testing.T) {
 	cfgPath := filepath.Join(t.TempDir(), "yunchi-config.json")
 	t.Setenv("YUNCHI_CONFIG", cfgPath)
 	base := freeBase(t)
-	out := &apitest.LockedBuffer{}
-	ready := make(chan *devcluster.RealHosts, 1)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- devcluster.Run(ctx, devcluster.Config{
-			DataDir: t.TempDir(), CacheDir: t.TempDir(), BasePort: base, RealHosts: 2, Out: out,
-			RealReady: func(rh *devcluster.RealHosts) { ready <- rh },
-		})
-	}()
-	stopped := false
-	t.Cleanup(func() {
-		cancel()
-		if stopped {
-			return
-		}
-		select {
-		case err := <-done:
-			if err != nil && !errors.Is(err, context.Canceled) {
-				t.Errorf("dev cluster: %v", err)
-			}
-		case <-time.After(60 * time.Second):
-			t.Error("dev cluster did not stop within 60s")
-		}
-	})
-	var rh *devcluster.RealHosts
-	select {
-	case rh = <-ready:
-	case err := <-done:
-		stopped = true
-		t.Fatalf("dev cluster stopped: %v\n%s", err, out)
-	case <-time.After(180 * time.Second):
-		t.Fatalf("dev cluster not ready in 180s:\n%s", out)
-	}
+	_, rh, out := runDev(t, devcluster.Config{DataDir: t.TempDir(), CacheDir: t.TempDir(), BasePort: base, RealHosts: 2})
 	hosts := rh.Hosts()
 	cfg, _, err := cliconfig.Load()
 	if err != nil {
@@ -104,6 +69,7 @@ func TestRealHosts(t *testing.T) {
 		}
 		return r
 	}
+	ctx := context.Background()
 	getVM := func(name string) *yunchiv1.VM {
 		t.Helper()
 		vm, err := vms.GetVM(ctx, &yunchiv1.GetVMRequest{Name: name, Consistent: true})
