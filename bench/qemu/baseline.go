@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/yunchi/yunchi/internal/benchkit"
 	"path/filepath"
 	"sync"
 	"time"
@@ -150,7 +151,7 @@ func (v *lvVM) run(conn *lv.Connect) error {
 		// Tried once more at once, as the agent does at its next pass
 		// after reporting the failure; counted.
 		v.failedStarts++
-		progress("  baseline %s: start failed (%v); trying again", v.name, err)
+		benchkit.Progress("  baseline %s: start failed (%v); trying again", v.name, err)
 		if err := v.dom.Create(); err != nil {
 			return fmt.Errorf("baseline %s: start: %w", v.name, err)
 		}

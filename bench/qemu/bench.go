@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/yunchi/yunchi/internal/benchkit"
 	"io"
 	"log/slog"
 	"math"
@@ -38,20 +39,20 @@ func run(ctx context.Context, cfg config, out io.Writer) (err error) {
 	var ls lines
 	header(&ls, cfg)
 	defer func() {
-		ls.add("mem_available_mib_at_end", "%d", memAvailable())
-		ls.add("loadavg_at_end", "%s", loadavg())
-		ls.print(out)
+		ls.Add("mem_available_mib_at_end", "%d", benchkit.MemAvailableMiB())
+		ls.Add("loadavg_at_end", "%s", benchkit.Loadavg())
+		ls.Print(out)
 	}()
 
 	rec := newRecorder(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	progress("starting the dev cluster (3 controllers, 1 real host) in %s", dir)
+	benchkit.Progress("starting the dev cluster (3 controllers, 1 real host) in %s", dir)
 	cl, err := startCluster(ctx, dir, cfg.cacheDir, rec)
 	if err != nil {
 		return err
 	}
 	defer func() {
-		ls.add("host_marked_down", "%d (times a controller marked the host down: heartbeats more than 10 s apart)", rec.hostDowns())
-		progress("stopping the dev cluster (its agent, libvirtd and guests)")
+		ls.Add("host_marked_down", "%d (times a controller marked the host down: heartbeats more than 10 s apart)", rec.hostDowns())
+		benchkit.Progress("stopping the dev cluster (its agent, libvirtd and guests)")
 		err = errors.Join(err, cl.close())
 	}()
 	h := cl.rh.Hosts()[0]
@@ -61,12 +62,12 @@ func run(ctx context.Context, cfg config, out io.Writer) (err error) {
 	yc := newYunchiClient(cl.conn, h.ID, rec, cfg.memory)
 
 	// 1. Cold: the first VM makes the host fetch the image.
-	progress("cold VM: the host fetches image %q first", devcluster.TinyImage)
+	benchkit.Progress("cold VM: the host fetches image %q first", devcluster.TinyImage)
 	cold, err := yc.one(ctx, "cold")
 	if err != nil {
 		return err
 	}
-	ls.add("yunchi_cold_first_vm_ms", "%s (create to RUNNING with the image fetch to the host; left out below)", msf(cold.total()))
+	ls.Add("yunchi_cold_first_vm_ms", "%s (create to RUNNING with the image fetch to the host; left out below)", msf(cold.total()))
 	vm, err := yc.vms.GetVM(ctx, &yunchiv1.GetVMRequest{Name: "cold"})
 	if err != nil {
 		return err
@@ -99,14 +100,14 @@ func run(ctx context.Context, cfg config, out io.Writer) (err error) {
 		for _, v := range made {
 			lvFailed += v.failedStarts
 		}
-		ls.add("start_failures", "Yunchi %d, libvirt alone %d (VMs whose first start failed and that were started at the next try)", yc.failures.Load(), lvFailed)
+		ls.Add("start_failures", "Yunchi %d, libvirt alone %d (VMs whose first start failed and that were started at the next try)", yc.failures.Load(), lvFailed)
 		if yc.failures.Load() > 0 || lvFailed > 0 {
 			// libvirtd's own words on why, for whoever reads the run.
 			b, _ := os.ReadFile(filepath.Join(h.LV.Dir, "daemons.log"))
 			if len(b) > 4000 {
 				b = b[len(b)-4000:]
 			}
-			progress("end of the host's libvirtd log:\n%s", b)
+			benchkit.Progress("end of the host's libvirtd log:\n%s", b)
 		}
 	}()
 	warm, err := b.render("warm", 0, true)
@@ -117,7 +118,7 @@ func run(ctx context.Context, cfg config, out io.Writer) (err error) {
 	if err := warm.run(conn); err != nil {
 		return err
 	}
-	ls.add("libvirt_first_vm_ms", "%s (libvirt alone's first define+start; left out below)", msf(warm.defineDur+warm.startDur))
+	ls.Add("libvirt_first_vm_ms", "%s (libvirt alone's first define+start; left out below)", msf(warm.defineDur+warm.startDur))
 	if err := warm.cleanup(); err != nil {
 		return err
 	}
@@ -160,7 +161,7 @@ func run(ctx context.Context, cfg config, out io.Writer) (err error) {
 		if err := waitNoGuests(ctx, h); err != nil {
 			return err
 		}
-		progress("one at a time: %d/%d (Yunchi %s, libvirt %s)", i+1, cfg.seq, msf(ys[len(ys)-1].total()), msf(lsd[len(lsd)-1]))
+		benchkit.Progress("one at a time: %d/%d (Yunchi %s, libvirt %s)", i+1, cfg.seq, msf(ys[len(ys)-1].total()), msf(lsd[len(lsd)-1]))
 	}
 	seqFigures(&ls, cfg, ys, ld, lstart, lsd)
 
@@ -184,7 +185,7 @@ func run(ctx context.Context, cfg config, out io.Writer) (err error) {
 // way, and adds the figures.
 func measureBursts(ctx context.Context, ls *lines, cfg config, yc *yunchiClient, b *baseline, conn *lv.Connect, booted bool, made *[]*lvVM) error {
 	need := int64(cfg.burst) * (cfg.memoryBytes + perQEMUOverhead)
-	if avail := memAvailable() << 20; avail > 0 && avail < need {
+	if avail := benchkit.MemAvailableMiB() << 20; avail > 0 && avail < need {
 		return fmt.Errorf("%d VMs of %s need about %d MiB, only %d MiB available: give a smaller -burst or -memory", cfg.burst, cfg.memory, need>>20, avail>>20)
 	}
 	what := "empty disk + seed, nothing to boot"
@@ -195,7 +196,7 @@ func measureBursts(ctx context.Context, ls *lines, cfg config, yc *yunchiClient,
 	for r := range cfg.bursts {
 		kind := fmt.Sprintf("%s%d", shapeName(booted), r)
 		yunchi := func() error {
-			progress("at once (%s), round %d/%d: Yunchi, %d VMs in one CreateVMs", what, r+1, cfg.bursts, cfg.burst)
+			benchkit.Progress("at once (%s), round %d/%d: Yunchi, %d VMs in one CreateVMs", what, r+1, cfg.bursts, cfg.burst)
 			ts, err := yc.many(ctx, "y"+kind, cfg.burst, booted)
 			if err != nil {
 				return err
@@ -210,14 +211,14 @@ func measureBursts(ctx context.Context, ls *lines, cfg config, yc *yunchiClient,
 					bs.yStart = append(bs.yStart, t.started.Sub(t.defined))
 				}
 			}
-			progress("  all running after %s; deleting", secs(bf.all))
+			benchkit.Progress("  all running after %s; deleting", secs(bf.all))
 			return yc.remove(ctx, names...)
 		}
 		// libvirt alone: way w (all at once, a connection each; 4 at a
 		// time on one connection, as the agent; one after the other).
 		lvWay := func(w int) func() error {
 			return func() error {
-				progress("at once (%s), round %d/%d: libvirt alone, %d define+starts %s", what, r+1, cfg.bursts, cfg.burst, lvWays[w].what)
+				benchkit.Progress("at once (%s), round %d/%d: libvirt alone, %d define+starts %s", what, r+1, cfg.bursts, cfg.burst, lvWays[w].what)
 				vms, err := b.renderN(fmt.Sprintf("%s-%s", lvWays[w].name, kind), cfg.burst, booted)
 				if err != nil {
 					return err
@@ -236,7 +237,7 @@ func measureBursts(ctx context.Context, ls *lines, cfg config, yc *yunchiClient,
 				for _, v := range vms {
 					bs.lDefine[w], bs.lStart[w] = append(bs.lDefine[w], v.defineDur), append(bs.lStart[w], v.startDur)
 				}
-				progress("  all running after %s; destroying", secs(d))
+				benchkit.Progress("  all running after %s; destroying", secs(d))
 				return cleanupAll(vms)
 			}
 		}
@@ -278,18 +279,18 @@ func seqFigures(ls *lines, cfg config, ys []vmTimes, ld, lstart, lsd []time.Dura
 		}
 	}
 	n := len(ys)
-	ls.add("seq_vms", "%d each way, one at a time (p99 of %d is the slowest)", n, n)
-	ls.add("yunchi_create_to_running_p50_ms", "%s", msf(percentile(tot, 0.5)))
-	ls.add("yunchi_create_to_running_p99_ms", "%s", msf(percentile(tot, 0.99)))
-	ls.add("libvirt_define_start_p50_ms", "%s", msf(percentile(lsd, 0.5)))
-	ls.add("libvirt_define_start_p99_ms", "%s", msf(percentile(lsd, 0.99)))
-	ls.add("yunchi_added_per_vm_p50_ms", "%s (target < 50: Yunchi p50 minus libvirt p50)", msf(percentile(tot, 0.5)-percentile(lsd, 0.5)))
-	ls.add("yunchi_added_per_vm_p99_ms", "%s (Yunchi p99 minus libvirt p99)", msf(percentile(tot, 0.99)-percentile(lsd, 0.99)))
-	ls.add("yunchi_api_create_p50_ms", "%s (CreateVM call to answer: placement, raft commit)", msf(percentile(api, 0.5)))
-	ls.add("yunchi_to_agent_defined_p50_ms", "%s (answer to the agent's Define returned: assignment stream, reconcile, volumes, seed, define; libvirt alone's define %s)",
+	ls.Add("seq_vms", "%d each way, one at a time (p99 of %d is the slowest)", n, n)
+	ls.Add("yunchi_create_to_running_p50_ms", "%s", msf(percentile(tot, 0.5)))
+	ls.Add("yunchi_create_to_running_p99_ms", "%s", msf(percentile(tot, 0.99)))
+	ls.Add("libvirt_define_start_p50_ms", "%s", msf(percentile(lsd, 0.5)))
+	ls.Add("libvirt_define_start_p99_ms", "%s", msf(percentile(lsd, 0.99)))
+	ls.Add("yunchi_added_per_vm_p50_ms", "%s (target < 50: Yunchi p50 minus libvirt p50)", msf(percentile(tot, 0.5)-percentile(lsd, 0.5)))
+	ls.Add("yunchi_added_per_vm_p99_ms", "%s (Yunchi p99 minus libvirt p99)", msf(percentile(tot, 0.99)-percentile(lsd, 0.99)))
+	ls.Add("yunchi_api_create_p50_ms", "%s (CreateVM call to answer: placement, raft commit)", msf(percentile(api, 0.5)))
+	ls.Add("yunchi_to_agent_defined_p50_ms", "%s (answer to the agent's Define returned: assignment stream, reconcile, volumes, seed, define; libvirt alone's define %s)",
 		msf(percentile(toDef, 0.5)), msf(percentile(ld, 0.5)))
-	ls.add("yunchi_agent_start_p50_ms", "%s (the agent's Start; libvirt alone's start %s)", msf(percentile(start, 0.5)), msf(percentile(lstart, 0.5)))
-	ls.add("yunchi_started_to_api_running_p50_ms", "%s (status report, raft commit, WatchVM)", msf(percentile(report, 0.5)))
+	ls.Add("yunchi_agent_start_p50_ms", "%s (the agent's Start; libvirt alone's start %s)", msf(percentile(start, 0.5)), msf(percentile(lstart, 0.5)))
+	ls.Add("yunchi_started_to_api_running_p50_ms", "%s (status report, raft commit, WatchVM)", msf(percentile(report, 0.5)))
 }
 
 // burst is one burst's figures, from the CreateVMs call.
@@ -360,27 +361,27 @@ func burstFigures(ls *lines, cfg config, booted bool, what string, bs burstSampl
 		}
 		return " [" + strings.Join(s, ", ") + "]"
 	}
-	ls.add(k+"_vms", "%d each way, created at once (%s); %d round(s), medians", n, what, cfg.bursts)
-	ls.add("yunchi_"+k+"_all_running_s", "%s%s (one CreateVMs call to the last VM RUNNING in WatchVM)", secs(med(bs.yAll)), each(bs.yAll))
+	ls.Add(k+"_vms", "%d each way, created at once (%s); %d round(s), medians", n, what, cfg.bursts)
+	ls.Add("yunchi_"+k+"_all_running_s", "%s%s (one CreateVMs call to the last VM RUNNING in WatchVM)", secs(med(bs.yAll)), each(bs.yAll))
 	best := 0
 	for w, way := range lvWays {
-		ls.add("libvirt_"+k+"_"+way.name+"_all_running_s", "%s%s (%s)", secs(med(bs.lAll[w])), each(bs.lAll[w]), way.what)
+		ls.Add("libvirt_"+k+"_"+way.name+"_all_running_s", "%s%s (%s)", secs(med(bs.lAll[w])), each(bs.lAll[w]), way.what)
 		if med(bs.lAll[w]) < med(bs.lAll[best]) {
 			best = w
 		}
 	}
 	added := func(w int) string { return msf((med(bs.yAll) - med(bs.lAll[w])) / time.Duration(n)) }
-	ls.add("yunchi_"+k+"_added_per_vm_ms", "%s (target < 50: Yunchi minus libvirt alone's fastest way, %s, per VM)", added(best), lvWays[best].name)
+	ls.Add("yunchi_"+k+"_added_per_vm_ms", "%s (target < 50: Yunchi minus libvirt alone's fastest way, %s, per VM)", added(best), lvWays[best].name)
 	for w, way := range lvWays {
-		ls.add("yunchi_"+k+"_added_per_vm_vs_"+way.name+"_ms", "%s", added(w))
+		ls.Add("yunchi_"+k+"_added_per_vm_vs_"+way.name+"_ms", "%s", added(w))
 	}
-	ls.add("yunchi_"+k+"_api_create_ms", "%s (the CreateVMs call)", msf(med(bs.yAPI)))
-	ls.add("yunchi_"+k+"_first_defined_ms", "%s (call to the agent's first Define returned)", msf(med(bs.yFirstDef)))
-	ls.add("yunchi_"+k+"_last_started_s", "%s (call to the agent's last Start returned)", secs(med(bs.yLastStart)))
-	ls.add("yunchi_"+k+"_last_started_to_all_running_ms", "%s (status report, raft commit, WatchVM)", msf(med(bs.yReport)))
-	ls.add("yunchi_"+k+"_agent_start_p50_ms", "%s (per VM: the agent's Start)", msf(med(bs.yStart)))
+	ls.Add("yunchi_"+k+"_api_create_ms", "%s (the CreateVMs call)", msf(med(bs.yAPI)))
+	ls.Add("yunchi_"+k+"_first_defined_ms", "%s (call to the agent's first Define returned)", msf(med(bs.yFirstDef)))
+	ls.Add("yunchi_"+k+"_last_started_s", "%s (call to the agent's last Start returned)", secs(med(bs.yLastStart)))
+	ls.Add("yunchi_"+k+"_last_started_to_all_running_ms", "%s (status report, raft commit, WatchVM)", msf(med(bs.yReport)))
+	ls.Add("yunchi_"+k+"_agent_start_p50_ms", "%s (per VM: the agent's Start)", msf(med(bs.yStart)))
 	for w, way := range lvWays {
-		ls.add("libvirt_"+k+"_"+way.name+"_define_start_p50_ms", "%s + %s (per VM: define, start)", msf(med(bs.lDefine[w])), msf(med(bs.lStart[w])))
+		ls.Add("libvirt_"+k+"_"+way.name+"_define_start_p50_ms", "%s + %s (per VM: define, start)", msf(med(bs.lDefine[w])), msf(med(bs.lStart[w])))
 	}
 }
 
@@ -406,7 +407,7 @@ func makeRoom(ctx context.Context, cc grpc.ClientConnInterface, id string, n int
 	if _, err := hs.UpdateHost(ctx, &yunchiv1.UpdateHostRequest{Id: id, CpuRatio: &ratio, ReserveVcpus: &zero, ReserveMemory: &none}); err != nil {
 		return fmt.Errorf("host %s: CPU ratio %.0f, nothing reserved: %w", id, ratio, err)
 	}
-	progress("host %s: %d vCPUs, %d MiB, nothing reserved, CPU ratio %.0f: room for %d VMs", id, vcpus, mem>>20, ratio, n)
+	benchkit.Progress("host %s: %d vCPUs, %d MiB, nothing reserved, CPU ratio %.0f: room for %d VMs", id, vcpus, mem>>20, ratio, n)
 	return nil
 }
 

@@ -5,6 +5,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"github.com/yunchi/yunchi/internal/benchkit"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -149,13 +150,9 @@ func TestRunSmoke(t *testing.T) {
 	if err := run(ctx, cfg, &out); err != nil {
 		t.Fatalf("run: %v\noutput:\n%s", err, out.String())
 	}
-	got := map[string]string{}
-	for _, l := range strings.Split(strings.TrimSpace(out.String()), "\n") {
-		k, v, ok := strings.Cut(l, ": ")
-		if !ok {
-			t.Fatalf("output line %q is not name: value", l)
-		}
-		got[k] = v
+	got, err := benchkit.ParseLines(out.String())
+	if err != nil {
+		t.Fatal(err)
 	}
 	for _, k := range []string{
 		"yunchi_cold_first_vm_ms", "libvirt_first_vm_ms",

@@ -39,14 +39,13 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
+	"github.com/yunchi/yunchi/internal/benchkit"
 	"os"
 	"os/signal"
 	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
-	"time"
 
 	"github.com/yunchi/yunchi/internal/qemuhost"
 	"github.com/yunchi/yunchi/internal/tinyimage"
@@ -143,51 +142,12 @@ func skipReason() string {
 	return tinyimage.Available()
 }
 
-func progress(format string, args ...any) {
-	fmt.Fprintf(os.Stderr, "[%s] %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
-}
-
-// loadavg is /proc/loadavg's 1, 5 and 15 minute figures: how busy the
-// machine was besides the benchmark.
-func loadavg() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if f := strings.Fields(string(b)); err == nil && len(f) >= 3 {
-		return strings.Join(f[:3], " ")
-	}
-	return "unknown"
-}
-
-// memAvailable is /proc/meminfo's MemAvailable, in MiB (0: unknown).
-func memAvailable() int64 {
-	b, err := os.ReadFile("/proc/meminfo")
-	if err != nil {
-		return 0
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(l); len(f) >= 2 && f[0] == "MemAvailable:" {
-			kib, _ := strconv.ParseInt(f[1], 10, 64)
-			return kib >> 10
-		}
-	}
-	return 0
-}
-
 // lines are the output figures, printed in the order added.
-type lines struct{ l [][2]string }
-
-func (ls *lines) add(name, format string, args ...any) {
-	ls.l = append(ls.l, [2]string{name, fmt.Sprintf(format, args...)})
-}
-
-func (ls *lines) print(w io.Writer) {
-	for _, l := range ls.l {
-		fmt.Fprintf(w, "%s: %s\n", l[0], l[1])
-	}
-}
+type lines = benchkit.Lines
 
 func header(ls *lines, cfg config) {
-	ls.add("cpus", "%d", runtime.NumCPU())
-	ls.add("mem_available_mib_at_start", "%d", memAvailable())
-	ls.add("loadavg_at_start", "%s", loadavg())
-	ls.add("vm_shape", "1 vCPU, %s, root disk = qcow2 overlay of image %q (raw), NoCloud seed ISO, user-mode NIC, logged serial console; domain type qemu (TCG)", cfg.memory, "tiny")
+	ls.Add("cpus", "%d", runtime.NumCPU())
+	ls.Add("mem_available_mib_at_start", "%d", benchkit.MemAvailableMiB())
+	ls.Add("loadavg_at_start", "%s", benchkit.Loadavg())
+	ls.Add("vm_shape", "1 vCPU, %s, root disk = qcow2 overlay of image %q (raw), NoCloud seed ISO, user-mode NIC, logged serial console; domain type qemu (TCG)", cfg.memory, "tiny")
 }

@@ -3,16 +3,12 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
-	"io"
+	"github.com/yunchi/yunchi/internal/benchkit"
 	"log/slog"
-	"math/rand/v2"
-	"net"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"google.golang.org/grpc"
@@ -34,7 +30,7 @@ type cluster struct {
 
 // startCluster runs `yunchid dev --real-hosts 1` in process under dir.
 func startCluster(ctx context.Context, dir, cacheDir string, rec *recorder) (*cluster, error) {
-	base, err := freeBase()
+	base, err := benchkit.FreeBasePort()
 	if err != nil {
 		return nil, err
 	}
@@ -43,7 +39,7 @@ func startCluster(ctx context.Context, dir, cacheDir string, rec *recorder) (*cl
 	addrs := make(chan []string, 1)
 	runCtx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	out := devOutput()
+	out := benchkit.DevOutput()
 	go func() {
 		done <- devcluster.Run(runCtx, devcluster.Config{
 			DataDir: c.dirDev, CacheDir: cacheDir, BasePort: base, RealHosts: 1, Hosts: 0, NoLogin: true,
@@ -115,43 +111,4 @@ func (c *cluster) close() error {
 		c.conn.Close()
 	}
 	return c.stop()
-}
-
-// freeBase finds a base port for a dev cluster: base..base+2 (API) and
-// base+10..base+12 (raft) all free now, below the ephemeral range.
-func freeBase() (int, error) {
-	for range 100 {
-		base := 20000 + rand.IntN(12000)
-		ok := true
-		for _, off := range []int{0, 1, 2, 10, 11, 12} {
-			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", base+off))
-			if err != nil {
-				ok = false
-				break
-			}
-			l.Close()
-		}
-		if ok {
-			return base, nil
-		}
-	}
-	return 0, errors.New("no free ports for a dev cluster")
-}
-
-// devOutput passes the dev cluster's lines on to stderr as progress,
-// except the administrators' tokens.
-func devOutput() io.WriteCloser {
-	r, w := io.Pipe()
-	go func() {
-		sc := bufio.NewScanner(r)
-		for sc.Scan() {
-			l := sc.Text()
-			if strings.Contains(l, " token: ") {
-				continue
-			}
-			progress("%s", l)
-		}
-		io.Copy(io.Discard, r)
-	}()
-	return w
 }

@@ -5,6 +5,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"github.com/yunchi/yunchi/internal/benchkit"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -66,7 +67,7 @@ func (c *yunchiClient) hostReady(ctx context.Context) error {
 		h, err := c.hosts.GetHost(ctx, &yunchiv1.GetHostRequest{Id: c.hostID, Consistent: true})
 		if err == nil && h.State == yunchiv1.HostState_HOST_STATE_READY {
 			if d := time.Since(begun); d > time.Second {
-				progress("  host %s was down; ready again after %s", c.hostID, d.Round(time.Millisecond))
+				benchkit.Progress("  host %s was down; ready again after %s", c.hostID, d.Round(time.Millisecond))
 			}
 			return nil
 		}
@@ -149,7 +150,7 @@ func (c *yunchiClient) many(ctx context.Context, name string, count int, booted 
 						started++
 					}
 				}
-				progress("  %s: the agent has started %d of %d", time.Since(call).Round(time.Second), started, len(out))
+				benchkit.Progress("  %s: the agent has started %d of %d", time.Since(call).Round(time.Second), started, len(out))
 			}
 		}
 	}()
@@ -217,7 +218,7 @@ func (c *yunchiClient) waitRunning(ctx context.Context, name string, rev uint64,
 		case ev.Vm.GetPhase() == yunchiv1.VMPhase_VM_PHASE_FAILED && !failed:
 			failed = true
 			c.failures.Add(1)
-			progress("  %s reported FAILED (%s); waiting for the agent to try again", name, ev.Vm.GetMessage())
+			benchkit.Progress("  %s reported FAILED (%s); waiting for the agent to try again", name, ev.Vm.GetMessage())
 		}
 	}
 }
