@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"sync"
 	"time"
@@ -214,17 +215,48 @@ func (c *console) Close() error {
 // release ends the stream (aborted, as virsh console does; an error for
 // one that already ended changes nothing) and, for a connection of its
 // own, closes it.
+//
+// It does not wait on libvirtd for more than releaseWait: an abort of a
+// stream another session took over can go unanswered (seen with libvirt
+// 9.0 on a loaded host), and a Close that never returns would hold the
+// agent's console relay forever. The abort then finishes in the
+// background, which frees the stream and the connection after it.
 func (c *console) release() {
-	if c.st != nil {
-		if c.cb {
-			c.st.EventRemoveCallback()
+	st, cb, conn := c.st, c.cb, c.conn
+	if !c.own {
+		conn = nil
+	}
+	c.st, c.conn = nil, nil
+	if st == nil && conn == nil {
+		return
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if st != nil {
+			endStream(st, cb)
 		}
-		c.st.Abort()
-		c.st.Free()
-		c.st = nil
+		if conn != nil {
+			conn.Close()
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(releaseWait):
+		slog.Warn("libvirt did not answer the end of a console stream: left to finish in the background", "waited", releaseWait)
 	}
-	if c.own && c.conn != nil {
-		c.conn.Close()
-		c.conn = nil
+}
+
+// releaseWait bounds how long Close waits for libvirtd to end a console
+// stream.
+var releaseWait = 5 * time.Second
+
+// endStream aborts and frees a console stream (a variable: tests stand
+// in a libvirtd that does not answer).
+var endStream = func(st *lv.Stream, cb bool) {
+	if cb {
+		st.EventRemoveCallback()
 	}
+	st.Abort()
+	st.Free()
 }
