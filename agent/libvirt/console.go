@@ -231,10 +231,11 @@ func (c *console) release() {
 		return
 	}
 	done := make(chan struct{})
+	end, wait := endStream, releaseWait
 	go func() {
 		defer close(done)
 		if st != nil {
-			endStream(st, cb)
+			end(st, cb)
 		}
 		if conn != nil {
 			conn.Close()
@@ -242,8 +243,8 @@ func (c *console) release() {
 	}()
 	select {
 	case <-done:
-	case <-time.After(releaseWait):
-		slog.Warn("libvirt did not answer the end of a console stream: left to finish in the background", "waited", releaseWait)
+	case <-time.After(wait):
+		slog.Warn("libvirt did not answer the end of a console stream: left to finish in the background", "waited", wait)
 	}
 }
 

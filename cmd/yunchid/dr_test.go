@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -257,7 +258,26 @@ func TestTwoSitesThreeCenters(t *testing.T) {
 	if d := sp.Disks[0]; d.NewChunks != 0 || d.ReadChunks != 2 || sp.Policy != "silver" {
 		t.Fatalf("s1's chunks were all in a2's repository already: %v", sp)
 	}
-	_ = s1
+
+	// Points outlive their VM: s1 deleted, its points are listed and
+	// restored by the name it had.
+	if _, err := c.vms.DeleteVM(c.ctx, &yunchiv1.VMActionRequest{Name: "s1"}); err != nil {
+		t.Fatal(err)
+	}
+	apitest.Eventually(t, 60*time.Second, "s1 gone", func() bool {
+		_, err := c.vms.GetVM(c.ctx, &yunchiv1.GetVMRequest{Name: "s1"})
+		return err != nil
+	})
+	if ps := c.points(t, "s1", "a2"); len(ps) == 0 || ps[0].Id != sp.Id {
+		t.Fatalf("a deleted VM's points: %v", ps)
+	}
+	if _, err := c.bk.RestoreVM(c.ctx, &yunchiv1.RestoreVMRequest{Vm: "s1", Point: sp.Id}); err != nil {
+		t.Fatal(err)
+	}
+	s1r := c.waitVM(t, "s1-restored", yunchiv1.VMPhase_VM_PHASE_RUNNING)
+	if s1r.RestoredFrom != sp.Id || s1r.Id == s1.Id {
+		t.Fatalf("restored s1: %v", s1r)
+	}
 
 	// Restore g1's second point into the remote center: byte for byte.
 	if _, err := c.bk.RestoreVM(c.ctx, &yunchiv1.RestoreVMRequest{Vm: "g1", Point: second.Id, Center: "b1", As: "g1-restored"}); err != nil {
@@ -286,10 +306,21 @@ func TestTwoSitesThreeCenters(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(v.Damaged) != 1 || v.Damaged[0].Sha256 != chunk || !contains(v.DamagedPoints, first.Id) || !contains(v.DamagedPoints, second.Id) || !contains(v.DamagedPoints, sp.Id) {
-		t.Fatalf("verify: %v", v)
+	// Every point of g1 and s1 in a2 holds that chunk (retention may have
+	// dropped g1's first point by now: gold keeps the newest of an hour).
+	var holding []string
+	for _, vm := range []string{"g1", "s1"} {
+		for _, p := range c.points(t, vm, "a2") {
+			holding = append(holding, p.Id)
+		}
 	}
-	if _, err := c.bk.RestoreVM(c.ctx, &yunchiv1.RestoreVMRequest{Vm: "g1", Point: first.Id, As: "g1-bad"}); err != nil {
+	slices.Sort(holding)
+	gotPoints := slices.Sorted(slices.Values(v.DamagedPoints))
+	if len(v.Damaged) != 1 || v.Damaged[0].Sha256 != chunk || !slices.Equal(gotPoints, holding) || !contains(holding, sp.Id) {
+		t.Fatalf("verify: %v; the points in a2 that hold chunk %s: %v", v, chunk[:12], holding)
+	}
+	newest := c.points(t, "g1", "a2")[0]
+	if _, err := c.bk.RestoreVM(c.ctx, &yunchiv1.RestoreVMRequest{Vm: "g1", Point: newest.Id, As: "g1-bad"}); err != nil {
 		t.Fatal(err)
 	}
 	bad := c.waitVM(t, "g1-bad", yunchiv1.VMPhase_VM_PHASE_FAILED)
