@@ -190,6 +190,26 @@ func TestBackupJobsAndPoints(t *testing.T) {
 	if !s.HostMayReadPoint("h3", "rp-1") {
 		t.Fatal("the restoring host may not read its point")
 	}
+	if r, _ := s.VMByID("r1"); r.RestoredFrom != "rp-1" || r.Restore == nil {
+		t.Fatalf("restored vm: %v", r)
+	}
+	// Still being built (pending): the source stays. Once the host reports
+	// the domain running, the disk is the VM's: the source goes (a domain
+	// defined again later is not rebuilt from the point), the record of it
+	// stays.
+	mustApply(t, s, 49, &statev1.Command{Cmd: &statev1.Command_ReportVmStatus{ReportVmStatus: &statev1.ReportVMStatus{HostId: "h3",
+		Statuses: []*statev1.VMStatus{{VmId: "r1", Phase: statev1.VMPhase_VM_PHASE_PENDING, Message: "restoring"}}}}})
+	if r, _ := s.VMByID("r1"); r.Restore == nil {
+		t.Fatal("the restore source went before the disk was built")
+	}
+	mustApply(t, s, 50, &statev1.Command{Cmd: &statev1.Command_ReportVmStatus{ReportVmStatus: &statev1.ReportVMStatus{HostId: "h3",
+		Statuses: []*statev1.VMStatus{{VmId: "r1", Phase: statev1.VMPhase_VM_PHASE_RUNNING}}}}})
+	if r, _ := s.VMByID("r1"); r.Restore != nil || r.RestoredFrom != "rp-1" {
+		t.Fatalf("after running: %v", r)
+	}
+	if s.HostMayReadPoint("h3", "rp-1") {
+		t.Fatal("a host may read the point after its restore is done")
+	}
 	// Snapshots carry it all.
 	s2 := New()
 	if err := s2.Restore(overWire(t, s.Snapshot())); err != nil {
@@ -199,9 +219,9 @@ func TestBackupJobsAndPoints(t *testing.T) {
 		t.Fatal("snapshot round trip differs")
 	}
 	// Deleting the VM drops its jobs, keeps its points.
-	mustApply(t, s, 49, startJob("j3", "a1", "b1", "h1", ""))
-	mustApply(t, s, 50, &statev1.Command{Cmd: &statev1.Command_SetVmDesired{SetVmDesired: &statev1.SetVMDesired{VmId: "a1", Desired: statev1.PowerState_POWER_STATE_DELETED}}})
-	mustApply(t, s, 51, &statev1.Command{Cmd: &statev1.Command_ReportVmStatus{ReportVmStatus: &statev1.ReportVMStatus{HostId: "h1",
+	mustApply(t, s, 51, startJob("j3", "a1", "b1", "h1", ""))
+	mustApply(t, s, 52, &statev1.Command{Cmd: &statev1.Command_SetVmDesired{SetVmDesired: &statev1.SetVMDesired{VmId: "a1", Desired: statev1.PowerState_POWER_STATE_DELETED}}})
+	mustApply(t, s, 53, &statev1.Command{Cmd: &statev1.Command_ReportVmStatus{ReportVmStatus: &statev1.ReportVMStatus{HostId: "h1",
 		Statuses: []*statev1.VMStatus{{VmId: "a1", Gone: true}}}}})
 	if _, ok := s.VMByID("a1"); ok {
 		t.Fatal("the VM was not removed")

@@ -175,6 +175,7 @@ func (s *Store) applyPlaceVMs(index uint64, now int64, vms []*statev1.VMRecord, 
 			rec.Desired = statev1.PowerState_POWER_STATE_RUNNING
 		}
 		rec.Phase = statev1.VMPhase_VM_PHASE_PENDING
+		rec.RestoredFrom = rec.GetRestore().GetPointId()
 		rec.CreatedUnixNano = now
 		rec.UpdatedUnixNano = now
 		rec.Revision = index

@@ -619,6 +619,11 @@ func (s *Store) applyReportVMStatus(index uint64, now int64, c *statev1.ReportVM
 			if st.Phase != statev1.VMPhase_VM_PHASE_UNSPECIFIED {
 				vm.Phase = st.Phase
 			}
+			if vm.Restore != nil && (st.Phase == statev1.VMPhase_VM_PHASE_RUNNING || st.Phase == statev1.VMPhase_VM_PHASE_STOPPED) {
+				// The domain exists, so its disk was built: from now on
+				// the disk is the VM's, never rebuilt from the point.
+				vm.Restore = nil
+			}
 			vm.Message = st.Message
 		}
 		if st.ObservedRebootSeq > vm.ObservedRebootSeq {

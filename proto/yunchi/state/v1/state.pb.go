@@ -886,8 +886,13 @@ type VMRecord struct {
 	// its disks come from (the host builds them before the first start).
 	ProtectionPolicy string         `protobuf:"bytes,24,opt,name=protection_policy,json=protectionPolicy,proto3" json:"protection_policy,omitempty"`
 	Restore          *RestoreSource `protobuf:"bytes,25,opt,name=restore,proto3" json:"restore,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// The restore point the VM was made from ("" = none). It outlives
+	// restore, which goes once the host reports the VM's domain running or
+	// stopped (its disk is built): defining the domain again later (undefined
+	// by hand) must not rebuild the disk from the point over newer data.
+	RestoredFrom  string `protobuf:"bytes,26,opt,name=restored_from,json=restoredFrom,proto3" json:"restored_from,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *VMRecord) Reset() {
@@ -1093,6 +1098,13 @@ func (x *VMRecord) GetRestore() *RestoreSource {
 		return x.Restore
 	}
 	return nil
+}
+
+func (x *VMRecord) GetRestoredFrom() string {
+	if x != nil {
+		return x.RestoredFrom
+	}
+	return ""
 }
 
 type RatioRecord struct {
@@ -3332,7 +3344,7 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a>\n" +
 	"\x10AdminLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x95\a\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xba\a\n" +
 	"\bVMRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
@@ -3361,7 +3373,8 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\tuser_data\x18\x16 \x01(\tR\buserData\x12.\n" +
 	"\x13ssh_authorized_keys\x18\x17 \x03(\tR\x11sshAuthorizedKeys\x12+\n" +
 	"\x11protection_policy\x18\x18 \x01(\tR\x10protectionPolicy\x128\n" +
-	"\arestore\x18\x19 \x01(\v2\x1e.yunchi.state.v1.RestoreSourceR\arestore\"h\n" +
+	"\arestore\x18\x19 \x01(\v2\x1e.yunchi.state.v1.RestoreSourceR\arestore\x12#\n" +
+	"\rrestored_from\x18\x1a \x01(\tR\frestoredFrom\"h\n" +
 	"\vRatioRecord\x12\x14\n" +
 	"\x05scope\x18\x01 \x01(\tR\x05scope\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12/\n" +
