@@ -17,9 +17,7 @@ import (
 
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
-	grpcbackoff "google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -119,17 +117,7 @@ type repoConns struct {
 }
 
 func newRepoConns(extra []grpc.DialOption) *repoConns {
-	opts := []grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithConnectParams(grpc.ConnectParams{
-			Backoff: grpcbackoff.Config{
-				BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 5 * time.Second,
-			},
-			MinConnectTimeout: 5 * time.Second,
-		}),
-		grpc.WithKeepaliveParams(keepaliveParams),
-	}
-	return &repoConns{opts: append(opts, extra...), conns: map[string]*grpc.ClientConn{}}
+	return &repoConns{opts: dialOptions(extra), conns: map[string]*grpc.ClientConn{}}
 }
 
 func (r *repoConns) client(addr string) (yunchiv1.BackupRepoServiceClient, error) {

@@ -70,12 +70,10 @@ type failureLog struct {
 	unlogged   int
 }
 
-func dialControllers(addrs []string, extra []grpc.DialOption, log *slog.Logger) (*controllers, error) {
-	c := &controllers{
-		addrs: addrs, log: log, lastOK: -1,
-		hungUntil: make([]time.Time, len(addrs)), fails: make([]failureLog, len(addrs)),
-	}
-	c.away, c.leave = context.WithCancel(context.Background())
+// dialOptions are how the agent dials controllers (and the backup
+// repositories they keep): extra (transport credentials, the host token)
+// over plaintext defaults.
+func dialOptions(extra []grpc.DialOption) []grpc.DialOption {
 	opts := []grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		// gRPC's default reconnect backoff grows to two minutes; a controller
@@ -88,7 +86,16 @@ func dialControllers(addrs []string, extra []grpc.DialOption, log *slog.Logger) 
 		}),
 		grpc.WithKeepaliveParams(keepaliveParams),
 	}
-	opts = append(opts, extra...)
+	return append(opts, extra...)
+}
+
+func dialControllers(addrs []string, extra []grpc.DialOption, log *slog.Logger) (*controllers, error) {
+	c := &controllers{
+		addrs: addrs, log: log, lastOK: -1,
+		hungUntil: make([]time.Time, len(addrs)), fails: make([]failureLog, len(addrs)),
+	}
+	c.away, c.leave = context.WithCancel(context.Background())
+	opts := dialOptions(extra)
 	for _, addr := range addrs {
 		conn, err := grpc.NewClient(addr, opts...)
 		if err != nil {

@@ -316,7 +316,7 @@ func TestTwoSitesThreeCenters(t *testing.T) {
 	}
 	slices.Sort(holding)
 	gotPoints := slices.Sorted(slices.Values(v.DamagedPoints))
-	if len(v.Damaged) != 1 || v.Damaged[0].Sha256 != chunk || !slices.Equal(gotPoints, holding) || !contains(holding, sp.Id) {
+	if len(v.Damaged) != 1 || v.Damaged[0].Sha256 != chunk || !slices.Equal(gotPoints, holding) || !slices.Contains(holding, sp.Id) {
 		t.Fatalf("verify: %v; the points in a2 that hold chunk %s: %v", v, chunk[:12], holding)
 	}
 	newest := c.points(t, "g1", "a2")[0]
@@ -351,15 +351,6 @@ func TestTwoSitesThreeCenters(t *testing.T) {
 	if err != nil || gc.ChunksKept == 0 {
 		t.Fatalf("gc: %v %v", gc, err)
 	}
-}
-
-func contains(xs []string, x string) bool {
-	for _, y := range xs {
-		if y == x {
-			return true
-		}
-	}
-	return false
 }
 
 func grepLines(s, sub string) string {

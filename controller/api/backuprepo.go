@@ -217,9 +217,11 @@ func (s *BackupRepoServer) writeAccess(hostID, jobID string) (*statev1.BackupJob
 	// own controller; this one may not have applied it yet.
 	var job *statev1.BackupJobRecord
 	ok := false
+	// A job this controller knows already is as it will stay (a new
+	// attempt gets a new id): only an unknown one is waited for.
 	s.catchUp(func() bool {
 		job, ok = s.st.BackupJob(jobID)
-		return ok && job.HostId == hostID && job.State == statev1.BackupJobState_BACKUP_JOB_STATE_RUNNING
+		return ok
 	})
 	switch {
 	case !ok:

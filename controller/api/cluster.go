@@ -59,13 +59,7 @@ func (s *Server) GetClusterStatus(ctx context.Context, _ *yunchiv1.GetClusterSta
 	if rec, ok := s.store.Member(out.LeaderId); ok {
 		out.LeaderApiAddress = rec.ApiAddress
 	}
-	voters := map[string]string{}
-	for _, m := range ms {
-		if m.Suffrage == "voter" {
-			voters[m.Id] = m.Center
-		}
-	}
-	out.Warnings = quorumWarnings(voters)
+	out.Warnings = quorumWarnings(votersOf(ms))
 	lh := s.member.LogStoreHealth()
 	out.LogStoreWriteFailures = lh.Failures
 	if !lh.Healthy() {

@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -142,7 +143,10 @@ func (s *Server) GetTopology(ctx context.Context, req *yunchiv1.GetTopologyReque
 	for _, c := range byName {
 		sort.Strings(c.Voters)
 		if r := c.Repository; r != nil {
-			if st, err := s.repositoryStats(ctx, c.Name); err != nil {
+			cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+			st, err := s.repositoryStats(cctx, c.Name)
+			cancel()
+			if err != nil {
 				r.Error = oneLine(status.Convert(err).Message())
 			} else {
 				r.Chunks, r.StoredBytes, r.FreeBytes, r.Error = st.Chunks, st.StoredBytes, st.FreeBytes, st.Error
@@ -167,13 +171,17 @@ func (s *Server) voterCenters() (map[string]string, error) {
 	if err != nil {
 		return nil, err
 	}
+	return votersOf(ms), nil
+}
+
+func votersOf(ms []*yunchiv1.Member) map[string]string {
 	out := map[string]string{}
 	for _, m := range ms {
 		if m.Suffrage == "voter" {
 			out[m.Id] = m.Center
 		}
 	}
-	return out, nil
+	return out
 }
 
 // quorumWarnings names each center whose loss would leave the voters
@@ -236,26 +244,13 @@ func forwarded(ctx context.Context) bool {
 
 // repositoryStats measures a center's repository where it is kept.
 func (s *Server) repositoryStats(ctx context.Context, center string) (*yunchiv1.Repository, error) {
-	c, ok := s.drView().Center(center)
-	if !ok || c.RepositoryMember == "" {
-		return nil, status.Errorf(codes.NotFound, "center %q has no backup repository", center)
-	}
-	if c.RepositoryMember == s.self.ID {
-		if s.Repos == nil {
-			return nil, status.Errorf(codes.FailedPrecondition, "controller %s keeps no backup repositories (start it with --backup-dir)", s.self.ID)
-		}
+	out, err := s.onRepository(ctx, center, yunchiv1.BackupService_GetRepository_FullMethodName, &yunchiv1.GetRepositoryRequest{Center: center}, func() (any, error) {
 		return s.Repos.Stats(center), nil
-	}
-	if forwarded(ctx) {
-		return nil, status.Errorf(codes.Unavailable, "the repository of center %q moved meanwhile: retry", center)
-	}
-	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-	defer cancel()
-	resp, err := s.forwardToMember(cctx, c.RepositoryMember, "repository controller", yunchiv1.BackupService_GetRepository_FullMethodName, &yunchiv1.GetRepositoryRequest{Center: center})
+	})
 	if err != nil {
 		return nil, err
 	}
-	return resp.(*yunchiv1.Repository), nil
+	return out.(*yunchiv1.Repository), nil
 }
 
 func (s *Server) GetRepository(ctx context.Context, req *yunchiv1.GetRepositoryRequest) (*yunchiv1.Repository, error) {
@@ -534,22 +529,13 @@ func (s *Server) pointVMs(project, name, vmID string) ([]string, error) {
 		return nil, err
 	}
 	ids := s.drView().PointVMIDs(p, name)
-	if vm, ok := s.store.VM(p, name); ok && !contains(ids, vm.Id) {
+	if vm, ok := s.store.VM(p, name); ok && !slices.Contains(ids, vm.Id) {
 		ids = append(ids, vm.Id)
 	}
 	if len(ids) == 0 {
 		return nil, status.Errorf(codes.NotFound, "vm %q not found in project %q, and no restore point names it", name, p)
 	}
 	return ids, nil
-}
-
-func contains(xs []string, x string) bool {
-	for _, y := range xs {
-		if y == x {
-			return true
-		}
-	}
-	return false
 }
 
 func (s *Server) ListRestorePoints(ctx context.Context, req *yunchiv1.ListRestorePointsRequest) (*yunchiv1.ListRestorePointsResponse, error) {
@@ -706,10 +692,8 @@ func (s *Server) RunBackup(ctx context.Context, req *yunchiv1.RunBackupRequest) 
 			centers = append(centers, t.Center.Name) // running already: that one will do
 			continue
 		}
-		j := &statev1.BackupJobRecord{Id: leader.NewJobID(), VmId: vm.Id, Center: t.Center.Name, HostId: vm.HostId, Attempts: 1, Policy: prot.Policy.Name, Manual: true}
-		if t.Newest != nil {
-			j.BasePointId = t.Newest.Id
-		}
+		j := leader.JobFor(*prot, t, 1)
+		j.Manual = true
 		jobs = append(jobs, j)
 		centers = append(centers, t.Center.Name)
 	}

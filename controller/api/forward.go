@@ -165,8 +165,8 @@ func (s *Server) LeaderInterceptor(ctx context.Context, req any, info *grpc.Unar
 	}
 	// One key looked up, not the whole metadata copied: this runs on every
 	// create.
-	forwarded := len(metadata.ValueFromIncomingContext(ctx, auth.ForwardedKey)) > 0
-	if forwarded {
+	wasForwarded := forwarded(ctx)
+	if wasForwarded {
 		grpc.SetTrailer(ctx, metadata.Pairs(answeredKey, s.self.ID))
 	}
 	if s.prop.IsLeader() {
@@ -177,7 +177,7 @@ func (s *Server) LeaderInterceptor(ctx context.Context, req any, info *grpc.Unar
 		}
 		return handler(ctx, req)
 	}
-	if forwarded {
+	if wasForwarded {
 		return nil, notProposed("leadership is changing: retry in a few seconds")
 	}
 	resp, err, sent := s.forwardToLeader(ctx, info.FullMethod, req)

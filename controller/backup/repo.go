@@ -423,8 +423,13 @@ func (r *Repo) Verify(ctx context.Context, progress func(done, total int64)) (Ve
 		return rep, err
 	}
 	defer unlock()
+	// The total is for progress only: without a progress callback the
+	// repository is not walked an extra time to count it.
 	var total int64
 	for i := range 256 {
+		if progress == nil {
+			break
+		}
 		if err := eachEntry(r.prefixDir(byte(i)), func(ents []os.DirEntry) error {
 			for _, e := range ents {
 				if _, ok := hashName(e.Name()); ok {
@@ -440,14 +445,14 @@ func (r *Repo) Verify(ctx context.Context, progress func(done, total int64)) (Ve
 	}
 	if err := eachEntry(r.sub("manifests"), func(ents []os.DirEntry) error {
 		for _, e := range ents {
-			if _, ok := hashName(e.Name()); ok {
+			if _, ok := hashName(e.Name()); ok && progress != nil {
 				if info, err := e.Info(); err == nil {
 					total += info.Size()
 				}
 			}
 		}
 		return nil
-	}); err != nil {
+	}); progress != nil && err != nil {
 		return rep, err
 	}
 	var done int64

@@ -82,6 +82,17 @@ func randHex() string {
 	return hex.EncodeToString(b[:])
 }
 
+// JobFor is a new backup job of a protected VM to one of its target
+// centers, building on the newest point there (if any).
+func JobFor(p state.Protected, t state.ProtectedTarget, attempts int32) *statev1.BackupJobRecord {
+	j := &statev1.BackupJobRecord{Id: NewJobID(), VmId: p.VM.Id, Center: t.Center.Name, HostId: p.VM.HostId,
+		Attempts: attempts, Policy: p.Policy.Name}
+	if t.Newest != nil {
+		j.BasePointId = t.Newest.Id
+	}
+	return j
+}
+
 // RetryAfter is how long after its attempts-th failure a job is tried
 // again: 30 s doubling to 30 min.
 func RetryAfter(attempts int32) time.Duration {
@@ -133,8 +144,10 @@ func (b *Backups) Tick(ctx context.Context, now time.Time) {
 		running++
 		perHost[j.HostId]++
 	}
-	b.startDue(ctx, now, live, running, perHost)
-	b.watchRPO(ctx, now)
+	// One pass over the protected VMs serves both (it reads every VM).
+	prot := b.view.ProtectedVMs("")
+	b.startDue(ctx, now, prot, live, running, perHost)
+	b.watchRPO(ctx, now, prot)
 	b.mu.Lock()
 	doRetention := now.Sub(b.lastRetention) >= b.RetentionEvery
 	if doRetention {
@@ -151,9 +164,9 @@ func (b *Backups) Tick(ctx context.Context, now time.Time) {
 // missing its RPO objective: its newest point older than the objective.
 // A new leader starts from an empty set (it re-announces what is still
 // violated).
-func (b *Backups) watchRPO(ctx context.Context, now time.Time) {
+func (b *Backups) watchRPO(ctx context.Context, now time.Time, prot []state.Protected) {
 	cur := map[string]string{}
-	for _, p := range b.view.ProtectedVMs("") {
+	for _, p := range prot {
 		for _, t := range p.Targets {
 			if t.Newest == nil {
 				continue // not yet: the first backup runs
@@ -225,9 +238,9 @@ type dueJob struct {
 	due      time.Time
 }
 
-func (b *Backups) startDue(ctx context.Context, now time.Time, live map[string]bool, running int, perHost map[string]int) {
+func (b *Backups) startDue(ctx context.Context, now time.Time, prot []state.Protected, live map[string]bool, running int, perHost map[string]int) {
 	var due []dueJob
-	for _, p := range b.view.ProtectedVMs("") {
+	for _, p := range prot {
 		vm := p.VM
 		if vm.HostId == "" || !live[vm.HostId] || vm.Phase == statev1.VMPhase_VM_PHASE_PENDING ||
 			vm.Phase == statev1.VMPhase_VM_PHASE_DELETING || vm.Phase == statev1.VMPhase_VM_PHASE_FAILED && vm.Restore != nil {
@@ -248,12 +261,7 @@ func (b *Backups) startDue(ctx context.Context, now time.Time, live map[string]b
 			if now.Before(at) {
 				continue
 			}
-			j := &statev1.BackupJobRecord{Id: NewJobID(), VmId: vm.Id, Center: t.Center.Name, HostId: vm.HostId,
-				Attempts: attempts, Policy: p.Policy.Name}
-			if t.Newest != nil {
-				j.BasePointId = t.Newest.Id
-			}
-			due = append(due, dueJob{j, p.Policy.Priority, at})
+			due = append(due, dueJob{JobFor(p, t, attempts), p.Policy.Priority, at})
 		}
 	}
 	if len(due) == 0 {
