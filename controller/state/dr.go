@@ -85,7 +85,7 @@ var builtinPolicies = func() map[string]*statev1.PolicyRecord {
 	return m
 }()
 
-// RoleName is how people and the CLI write a center role.
+// CenterRoleName is how people and the CLI write a center role.
 func CenterRoleName(r statev1.CenterRole) string {
 	switch r {
 	case statev1.CenterRole_CENTER_ROLE_PRODUCTION:
@@ -873,7 +873,7 @@ func (s *Store) RestorePointsOf(vmID, center string) []*statev1.RestorePointReco
 	return out
 }
 
-// PointsByVMName finds the ids of VMs (live or gone) whose points record
+// PointVMIDs finds the ids of VMs (live or gone) whose points record
 // name in project: a deleted VM's points are found by the name it had.
 func (s *Store) PointVMIDs(project, name string) []string {
 	s.mu.RLock()
