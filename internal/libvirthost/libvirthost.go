@@ -85,7 +85,7 @@ func Start(ctx context.Context, dir string) (_ *Host, err error) {
 			}
 			continue
 		}
-		if err := copyTree(p, h.private(p)); err != nil {
+		if err := copyTree(p, h.private(p), machineDefinitions); err != nil {
 			return nil, fmt.Errorf("libvirthost: copy %s: %w", p, err)
 		}
 	}
@@ -238,9 +238,29 @@ func testQemuConf(path string) error {
 	return errors.Join(w.Flush(), f.Close())
 }
 
+// machineDefinitions says which parts of /etc/libvirt a host does not
+// copy: the domains and storage pools the machine's own libvirtd defines
+// (and their autostart links). A host starts with none, whatever that
+// libvirtd holds at the moment (docs/install.md's rehearsal defines a
+// domain there while other tests start hosts).
+func machineDefinitions(src, rel string, d fs.DirEntry) bool {
+	if src != "/etc/libvirt" {
+		return false
+	}
+	switch dir, name := filepath.Split(rel); {
+	case rel == "storage" || rel == "qemu/autostart":
+		return true
+	case dir == "qemu/" && !d.IsDir() && strings.HasSuffix(name, ".xml"):
+		return true
+	}
+	return false
+}
+
 // copyTree copies the directory src (absent: an empty one) to dst,
-// regular files, directories and symlinks, keeping modes.
-func copyTree(src, dst string) error {
+// regular files, directories and symlinks, keeping modes; what skip
+// (src, the path relative to src, the entry) names is left out, a
+// directory with all below it.
+func copyTree(src, dst string, skip func(src, rel string, d fs.DirEntry) bool) error {
 	if _, err := os.Stat(src); errors.Is(err, fs.ErrNotExist) {
 		return os.MkdirAll(dst, 0o755)
 	}
@@ -249,6 +269,12 @@ func copyTree(src, dst string) error {
 			return err
 		}
 		rel, _ := filepath.Rel(src, p)
+		if skip != nil && rel != "." && skip(src, rel, d) {
+			if d.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
+		}
 		to := filepath.Join(dst, rel)
 		info, err := d.Info()
 		if err != nil {
