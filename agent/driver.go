@@ -249,6 +249,8 @@ type DomainSpec struct {
 	// disk left by a Define that failed before the domain existed is
 	// built again.
 	RootSource DiskSource
+	// Isolated: the guest gets no network interface (a drill's clone).
+	Isolated bool
 }
 
 // Seed is what a guest learns through cloud-init (NoCloud).

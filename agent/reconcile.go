@@ -244,6 +244,7 @@ func (a *Agent) domainSpec(ctx context.Context, as *yunchiv1.Assignment, vols []
 		RebootSeq:   as.GetRebootSeq(),
 		DiskBytes:   as.GetDiskBytes(),
 		Volumes:     vols,
+		Isolated:    as.GetIsolated(),
 	}
 	if ref := as.GetImage(); ref != nil {
 		path, format, note, err := a.images.ensure(ctx, ref)

@@ -98,6 +98,14 @@ var policy = map[string]string{
 	"BackupService/VerifyBackups":     "sysadmin operator",
 	"BackupService/CollectGarbage":    "sysadmin",
 
+	"RecoveryService/Failover":            "sysadmin",
+	"RecoveryService/Failback":            "sysadmin",
+	"RecoveryService/StartDrill":          "sysadmin dept-admin",
+	"RecoveryService/GetDRRun":            "sysadmin operator auditor dept-admin member viewer",
+	"RecoveryService/ListDRRuns":          "sysadmin operator auditor dept-admin member viewer",
+	"RecoveryService/ListDrillSchedules":  "sysadmin operator auditor",
+	"RecoveryService/DeleteDrillSchedule": "sysadmin",
+
 	"ImageService/ImportImage":         "sysadmin dept-admin member",
 	"ImageService/GetImage":            "sysadmin operator dept-admin member viewer",
 	"ImageService/ListImages":          "sysadmin operator dept-admin member viewer",

@@ -4,6 +4,7 @@
 package controller
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -97,7 +98,23 @@ type Config struct {
 	// set it (no flag does): tests of behaviour that predates
 	// authentication.
 	NoAuth bool
+
+	// DRSnapshotInterval is how often this controller copies the cluster
+	// state into DRSnapshotDir while its center is declared remote DR
+	// (raftnode.DRCopier): 0 is DefaultDRSnapshotInterval, below 0 never.
+	// DRSnapshotDir defaults to DataDir/dr-snapshots; DRSnapshotKeep (0:
+	// DefaultDRSnapshotKeep) is how many copies are kept.
+	DRSnapshotInterval time.Duration
+	DRSnapshotDir      string
+	DRSnapshotKeep     int
 }
+
+// Defaults of the state copies for DR: one every 5 minutes, the last 12
+// (an hour) kept.
+const (
+	DefaultDRSnapshotInterval = 5 * time.Minute
+	DefaultDRSnapshotKeep     = 12
+)
 
 // Controller is a running controller.
 type Controller struct {
@@ -114,6 +131,8 @@ type Controller struct {
 	trail *audit.File
 	// sec is the TLS material (nil: plaintext).
 	sec *security
+	// drCopies copies the state for DR (nil: never).
+	drCopies *raftnode.DRCopier
 }
 
 // auditTrail is the API's view of the trail: the file, and the head
@@ -138,6 +157,9 @@ func New(cfg Config) (*Controller, error) {
 	lg = lg.With("controller", cfg.ID)
 	if cfg.ID == "" {
 		return nil, errors.New("controller id is required (--id)")
+	}
+	if cfg.DRSnapshotKeep < 0 {
+		return nil, fmt.Errorf("--dr-snapshot-keep %d: keep at least 1 copy", cfg.DRSnapshotKeep)
 	}
 	if cfg.Bootstrap && len(cfg.Join) > 0 {
 		return nil, errors.New("--bootstrap and --join exclude each other: bootstrap the first controller, join the others to it")
@@ -219,6 +241,7 @@ func New(cfg Config) (*Controller, error) {
 		duties.HostTTL = cfg.HostTTL
 	}
 	duties.Backups = leader.NewBackups(node, node.Store, lg)
+	duties.Recovery = leader.NewRecovery(node, node.Store, placer, lg)
 	srv := api.NewServer(node, node, node.Store, placer, duties, api.Self{ID: cfg.ID, APIAddress: cfg.Advertise, Center: cfg.Center}, lg)
 	if cfg.HeartbeatInterval > 0 {
 		srv.HeartbeatInterval = cfg.HeartbeatInterval
@@ -231,6 +254,14 @@ func New(cfg Config) (*Controller, error) {
 		srv.TLS = &api.TLS{CA: sec.ca, Dial: sec.dial}
 	}
 	c := &Controller{cfg: cfg, lis: lis, node: node, api: srv, placer: placer, duties: duties, log: lg, trail: trail, sec: sec}
+	if cfg.DRSnapshotInterval >= 0 && cfg.DataDir != "" {
+		dc := raftnode.DRCopies{Dir: cfg.DRSnapshotDir, Interval: cmp.Or(cfg.DRSnapshotInterval, DefaultDRSnapshotInterval),
+			Keep: cmp.Or(cfg.DRSnapshotKeep, DefaultDRSnapshotKeep), ID: cfg.ID, Center: cfg.Center, DataDir: cfg.DataDir}
+		if dc.Dir == "" {
+			dc.Dir = filepath.Join(cfg.DataDir, "dr-snapshots")
+		}
+		c.drCopies = raftnode.NewDRCopier(node, dc, lg)
+	}
 	srv.Auth = &auth.Authorizer{Store: node.Store, Recorder: srv.AuditRecorder, Log: lg, Disabled: cfg.NoAuth, WaitChange: node.WaitChange,
 		Leader: node.IsLeader}
 	switch {
@@ -319,6 +350,13 @@ func (c *Controller) Run(ctx context.Context) error {
 		defer close(gcDone)
 		c.api.RunBackupGC(ctx)
 	}()
+	copiesDone := make(chan struct{})
+	go func() {
+		defer close(copiesDone)
+		if c.drCopies != nil {
+			c.drCopies.Run(ctx)
+		}
+	}()
 	if len(c.cfg.Join) > 0 {
 		go c.join(ctx)
 	}
@@ -336,6 +374,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	cancel()
 	<-imagesDone
 	<-gcDone
+	<-copiesDone // its snapshot is raft's: before raft stops
 	// Raft's shutdown fails the duties' proposals still waiting, so they
 	// stop promptly after it.
 	<-recorded // its last flush runs before raft stops

@@ -439,6 +439,9 @@ func (d *Driver) Define(ctx context.Context, spec agent.DomainSpec) error {
 		return fmt.Errorf("define %s: %w", domainName(spec.VMID), err)
 	}
 	dev := Devices{Network: d.network, SeedBus: d.seedBus}
+	if spec.Isolated {
+		dev.Network = NetworkNone // nothing a drill's clone does reaches production
+	}
 	if d.consoleLogDir != "" {
 		dev.ConsoleLog = filepath.Join(d.consoleLogDir, domainName(spec.VMID)+".log")
 	}

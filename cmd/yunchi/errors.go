@@ -30,6 +30,9 @@ const (
 	exitAuditBroken   = 11 // audit verify: the trail is altered, incomplete or out of order
 	exitRPOViolation  = 12 // dr status --check: a protected VM's newest point is older than its RPO objective
 	exitBackupDamaged = 13 // backup verify: a chunk or manifest of the repository is damaged
+	exitRunPartial    = 14 // dr failover/failback/drill: the run ended partial (some VMs failed or were skipped)
+	exitRunFailed     = 15 // dr failover/failback/drill: the run failed, or a drill changed production
+	exitRunTimeout    = 16 // dr failover/failback/drill: --wait-timeout passed with the run still going
 )
 
 const exitCodesHelp = `EXIT CODES:
@@ -46,7 +49,10 @@ const exitCodesHelp = `EXIT CODES:
   10  quota exceeded (a department's or project's; see yunchi quota show)
   11  audit verify found the audit trail altered, incomplete or out of order
   12  dr status --check found an RPO violation
-  13  backup verify found damaged chunks or manifests`
+  13  backup verify found damaged chunks or manifests
+  14  dr failover, failback or drill ended partial: some VMs failed or were skipped
+  15  dr failover, failback or drill failed (or the drill changed production)
+  16  dr failover, failback or drill still running when --wait-timeout passed`
 
 // usageError is a mistake on the command line, found before any call.
 type usageError struct{ msg string }
@@ -73,6 +79,9 @@ func exitCode(err error) int {
 	var ae *auditBrokenError
 	var rv *rpoViolationError
 	var bd *backupDamagedError
+	var rp *runPartialError
+	var rf *runFailedError
+	var rt *runTimeoutError
 	var ce cli.ExitCoder
 	switch {
 	case errors.As(err, &ae):
@@ -81,6 +90,12 @@ func exitCode(err error) int {
 		return exitRPOViolation
 	case errors.As(err, &bd):
 		return exitBackupDamaged
+	case errors.As(err, &rp):
+		return exitRunPartial
+	case errors.As(err, &rf):
+		return exitRunFailed
+	case errors.As(err, &rt):
+		return exitRunTimeout
 	case errors.As(err, &ue):
 		return exitUsage
 	case errors.As(err, &fe):

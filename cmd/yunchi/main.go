@@ -18,6 +18,9 @@
 //	11 audit verify found the audit trail altered, incomplete or out of order
 //	12 dr status --check found an RPO violation
 //	13 backup verify found damaged chunks or manifests
+//	14 dr failover, failback or drill ended partial: some VMs failed or were skipped
+//	15 dr failover, failback or drill failed (or the drill changed production)
+//	16 dr failover, failback or drill still running when --wait-timeout passed
 package main
 
 import (

@@ -437,8 +437,8 @@ func projectProtect(cCtx *cli.Context, s *session) error {
 func drCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "dr",
-		Usage: "disaster recovery: what protected VMs achieve against their RPO objectives",
-		Subcommands: []*cli.Command{
+		Usage: "disaster recovery: what protected VMs achieve against their RPO objectives; failover, failback and drills",
+		Subcommands: append([]*cli.Command{
 			{
 				Name:  "status",
 				Usage: "one row per protected VM and target: the newest restore point, RPO achieved and violations",
@@ -456,7 +456,7 @@ func drCommand() *cli.Command {
 				},
 				Action: withSession(drStatus),
 			},
-		},
+		}, recoveryCommands()...),
 	}
 }
 
@@ -510,6 +510,7 @@ func (p *printer) drStatus(st *yunchiv1.DRStatus) func(io.Writer) {
 	return func(w io.Writer) {
 		if len(st.GetVms()) == 0 {
 			fmt.Fprintln(w, "No protected VMs (yunchi vm protect, yunchi project protect).")
+			p.drRecoveryStatus(w, st)
 			return
 		}
 		fmt.Fprintln(w, "VM\tPROJECT\tPOLICY\tCENTER\tNEWEST POINT\tRPO ACHIEVED/OBJECTIVE\tSTATE")
@@ -539,6 +540,7 @@ func (p *printer) drStatus(st *yunchiv1.DRStatus) func(io.Writer) {
 		}
 		n, _ := violations(st)
 		fmt.Fprintf(w, "\n%s protected, %s: %s\n", plural(len(st.GetVms()), "VM"), plural(targets, "target"), orDefault(pluralOrNone(n, "violation"), "no violations"))
+		p.drRecoveryStatus(w, st)
 	}
 }
 

@@ -129,6 +129,7 @@ func (s *Server) WatchAssignments(req *yunchiv1.WatchAssignmentsRequest, stream 
 					a.Image = &yunchiv1.ImageRef{Sha256: img.Sha256, Format: formatToAPI(img.Format), SizeBytes: img.SizeBytes, VirtualSizeBytes: img.VirtualSizeBytes}
 				}
 				a.Restore = s.restoreRef(v.Restore)
+				a.Isolated = v.Isolated
 				msg.Vms = append(msg.Vms, a)
 			}
 			msg.Volumes = volumeAssignments(s.store.HostVolumes(req.HostId))

@@ -80,7 +80,7 @@ func vmToAPI(v *statev1.VMRecord, host hostInfo) *yunchiv1.VM {
 		CreatedAt: ts(v.CreatedUnixNano), UpdatedAt: ts(v.UpdatedUnixNano), Revision: v.Revision,
 		Group: v.Group, Constraints: state.ConstraintTexts(v),
 		Image: v.Image.GetName(), ImageSha256: v.Image.GetSha256(), SshAuthorizedKeys: v.SshAuthorizedKeys,
-		RestoredFrom: v.RestoredFrom,
+		RestoredFrom: v.RestoredFrom, HomeCenter: v.HomeCenter, DrRun: v.DrRun,
 	}
 	out.Usage = host.usage(v.Id)
 	if host.down {

@@ -498,6 +498,14 @@ func (s *Server) GetDRStatus(ctx context.Context, req *yunchiv1.GetDRStatusReque
 		}
 		out.Vms = append(out.Vms, vp)
 	}
+	var projects []string
+	for _, vp := range out.Vms {
+		if len(projects) == 0 || projects[len(projects)-1] != vp.Project {
+			projects = append(projects, vp.Project)
+		}
+	}
+	out.Drills = s.drillSummaries(ctx, project, projects)
+	out.FencedCenters = s.recoveryView().FencedCenters()
 	return out, nil
 }
 

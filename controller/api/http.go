@@ -95,6 +95,7 @@ func (s *Server) NewGRPCServer(m *Metrics) *grpc.Server {
 		{&yunchiv1.TopologyService_ServiceDesc, s, true},
 		{&yunchiv1.ProtectionService_ServiceDesc, s, true},
 		{&yunchiv1.BackupService_ServiceDesc, s, true},
+		{&yunchiv1.RecoveryService_ServiceDesc, s, true},
 		{&yunchiv1.BackupRepoService_ServiceDesc, s.repoService(), false},
 	} {
 		gs.RegisterService(svc.desc, svc.impl)
@@ -193,6 +194,7 @@ func (s *Server) NewHTTPHandler(ctx context.Context, m *Metrics, ho HTTPOptions)
 		yunchiv1.RegisterTopologyServiceHandlerClient(ctx, gw, yunchiv1.NewTopologyServiceClient(cc)),
 		yunchiv1.RegisterProtectionServiceHandlerClient(ctx, gw, yunchiv1.NewProtectionServiceClient(cc)),
 		yunchiv1.RegisterBackupServiceHandlerClient(ctx, gw, yunchiv1.NewBackupServiceClient(cc)),
+		yunchiv1.RegisterRecoveryServiceHandlerClient(ctx, gw, yunchiv1.NewRecoveryServiceClient(cc)),
 	); err != nil {
 		conn.Close()
 		return nil, err

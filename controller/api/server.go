@@ -49,6 +49,7 @@ type Server struct {
 	yunchiv1.UnimplementedTopologyServiceServer
 	yunchiv1.UnimplementedProtectionServiceServer
 	yunchiv1.UnimplementedBackupServiceServer
+	yunchiv1.UnimplementedRecoveryServiceServer
 
 	// prop proposes commands and knows the leader; member is the raft
 	// configuration; store is the replicated state (see deps.go).

@@ -2,7 +2,7 @@
 // controller is the leader: it publishes its own addresses in the member
 // table and keeps host liveness (which hosts it heard, one
 // RecordHeartbeats per period, marking silent hosts down, not counting
-// time the process itself was stalled), and backups (backups.go). Start runs the duties when this
+// time the process itself was stalled), backups (backups.go), and failover, failback and drills (recovery.go). Start runs the duties when this
 // controller becomes the leader, Stop ends them and forgets what was
 // heard when it steps down. Later leader duties (fencing, HA restart,
 // backup scheduling) belong here too.
@@ -65,6 +65,9 @@ type Duties struct {
 	heard heardSet
 	// Backups, when set, runs with the other duties (backups.go).
 	Backups *Backups
+	// Recovery, when set, drives failovers, failbacks and drills
+	// (recovery.go).
+	Recovery *Recovery
 
 	mu      sync.Mutex // guards the fields below
 	leading bool
@@ -187,6 +190,9 @@ func (d *Duties) run(ctx context.Context) {
 		d.markSilentHostsDown(ctx, live)
 		if d.Backups != nil {
 			d.Backups.Tick(ctx, time.Now())
+		}
+		if d.Recovery != nil {
+			d.Recovery.Tick(ctx, time.Now())
 		}
 		waitStart = time.Now()
 		select {

@@ -75,6 +75,10 @@ type Spec struct {
 	SSHAuthorizedKeys []string
 	// Restore: the VMs' disks are rebuilt from this restore point.
 	Restore *statev1.RestoreSource
+	// Isolated VMs get no network interface; DRRun names the drill that
+	// made them (its clones).
+	Isolated bool
+	DRRun    string
 }
 
 // SpecOf is the spec an existing VM was placed with, for deciding again
@@ -415,6 +419,7 @@ func (e *Engine) Place(ctx context.Context, sp Spec) ([]*statev1.VMRecord, []Dec
 				Center: sp.Center, HostId: p.HostID, Desired: sp.Desired,
 				Group: sp.Group, ConstraintRules: rules, Strategy: sp.StrategyName,
 				Image: sp.Image, UserData: sp.UserData, SshAuthorizedKeys: sp.SSHAuthorizedKeys, Restore: sp.Restore,
+				Isolated: sp.Isolated, DrRun: sp.DRRun,
 			}
 		}
 		// One VM or a batch: the same command.
@@ -441,4 +446,61 @@ func (e *Engine) Place(ctx context.Context, sp Spec) ([]*statev1.VMRecord, []Dec
 		return placed, ds, nil
 	}
 	return nil, nil, &ErrRaces{Last: lastErr}
+}
+
+// Move is an existing VM to place again in another center (failover,
+// failback), as one step of a DR run.
+type Move struct {
+	VM *statev1.VMRecord
+	// Center the VM goes to; its disks are built there from Restore.
+	Center  string
+	Restore *statev1.RestoreSource
+	// Entry is the run's entry for the VM after the move (its step); the
+	// host chosen is filled in by Apply.
+	Entry *statev1.DRRunVM
+	// Start: the VM is to run there (it was stopped for a switch-over).
+	Start bool
+	// HomeCenter recorded with the VM after the move ("" = home again).
+	HomeCenter string
+}
+
+// Relocate decides a host for m.VM in m.Center, against the committed state
+// plus the reservations in flight, and records the move with a RelocateVMs
+// command of run runID. A decision Apply rejects because the state changed
+// is made again, like Place's. It returns the run as Apply left it.
+func (e *Engine) Relocate(ctx context.Context, runID string, m Move) (*statev1.DRRunRecord, Decision, error) {
+	sp, err := SpecOf(m.VM, scheduler.Binpack)
+	if err != nil {
+		return nil, Decision{}, err
+	}
+	sp.Center, sp.Restore = m.Center, m.Restore
+	var lastErr error
+	for attempt := 0; attempt < Attempts; attempt++ {
+		e.mu.Lock()
+		ps, ds, err := e.decide(&sp)
+		if err != nil {
+			e.mu.Unlock()
+			return nil, Decision{}, err
+		}
+		resID := e.reserve(&sp, ps)
+		e.mu.Unlock()
+		cmd := &statev1.Command{Cmd: &statev1.Command_RelocateVms{RelocateVms: &statev1.RelocateVMs{
+			RunId: runID,
+			Relocations: []*statev1.Relocation{{
+				VmId: m.VM.Id, HostId: ps[0].HostID, Entry: m.Entry, Restore: m.Restore, Start: m.Start, HomeCenter: m.HomeCenter,
+			}},
+		}}}
+		res, err := e.prop.Apply(ctx, cmd)
+		e.release(resID)
+		if state.KindOf(err) == state.KindConflict {
+			e.log.Info("relocation lost a race; deciding again", "vm", m.VM.Name, "attempt", attempt+1, "err", err)
+			lastErr = err
+			continue
+		}
+		if err != nil {
+			return nil, Decision{}, err
+		}
+		return res.DRRun, ds[0], nil
+	}
+	return nil, Decision{}, &ErrRaces{Last: lastErr}
 }

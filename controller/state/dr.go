@@ -116,6 +116,10 @@ type drTables struct {
 	jobByKey map[string]string // jobKey -> id
 	// hostJobs indexes jobs by host (ids; no empty sets).
 	hostJobs map[string]map[string]struct{}
+	// runs (failover, failback, drills) and drill schedules by id
+	// (recovery.go); replaced, never changed in place.
+	runs   map[string]*statev1.DRRunRecord
+	drills map[string]*statev1.DrillScheduleRecord
 }
 
 func (t *drTables) reset() {
@@ -126,6 +130,8 @@ func (t *drTables) reset() {
 	t.jobs = map[string]*statev1.BackupJobRecord{}
 	t.jobByKey = map[string]string{}
 	t.hostJobs = map[string]map[string]struct{}{}
+	t.runs = map[string]*statev1.DRRunRecord{}
+	t.drills = map[string]*statev1.DrillScheduleRecord{}
 }
 
 func addToSet(m map[string]map[string]struct{}, k, id string) {

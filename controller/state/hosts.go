@@ -212,10 +212,16 @@ func (s *Store) hostFactsWith(h *statev1.HostRecord, ratios map[string]*statev1.
 		labels["cpu_model"] = h.CpuModel
 	}
 	r, src := ratiosOf(h, labels, ratios)
+	st := effectiveState(h)
+	if s.centerFenced(h.Center) {
+		// A center a failover declared lost takes no VMs, whatever its
+		// hosts say, until failback lifts the fence.
+		st = statev1.HostState_HOST_STATE_DOWN
+	}
 	return HostFacts{
 		ID: h.Id, Center: h.Center, Site: h.Site, Rack: h.Rack,
 		Labels:    labels,
-		State:     effectiveState(h),
+		State:     st,
 		Owner:     h.Owner,
 		Capacity:  resourcesOf(h.Capacity),
 		Reserved:  reservedOf(h),

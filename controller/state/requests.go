@@ -123,6 +123,12 @@ func record(cmd *statev1.Command, index uint64, res Result, err error) *statev1.
 	if res.RestorePoint != nil {
 		r.RestorePoint = proto.Clone(res.RestorePoint).(*statev1.RestorePointRecord)
 	}
+	if res.DRRun != nil {
+		r.DrRun = proto.Clone(res.DRRun).(*statev1.DRRunRecord)
+	}
+	if res.DrillSchedule != nil {
+		r.DrillSchedule = proto.Clone(res.DrillSchedule).(*statev1.DrillScheduleRecord)
+	}
 	return r
 }
 
@@ -174,6 +180,12 @@ func Outcome(r *statev1.RequestRecord) (Result, error) {
 	}
 	if r.RestorePoint != nil {
 		res.RestorePoint = proto.Clone(r.RestorePoint).(*statev1.RestorePointRecord)
+	}
+	if r.DrRun != nil {
+		res.DRRun = proto.Clone(r.DrRun).(*statev1.DRRunRecord)
+	}
+	if r.DrillSchedule != nil {
+		res.DrillSchedule = proto.Clone(r.DrillSchedule).(*statev1.DrillScheduleRecord)
 	}
 	return res, nil
 }

@@ -42,9 +42,12 @@ import (
 // Version 9 adds two sites, three centers (dr.go: centers, policies,
 // protection, backup jobs, restore points; a VM may be restored from a
 // point); snapshot version 7 adds their records.
+// Version 10 adds failover, failback and drills (recovery.go: DR runs,
+// relocations, fenced centers, drill schedules); snapshot version 8 adds
+// the runs and schedules.
 const (
-	CommandVersion  = 9
-	SnapshotVersion = 7
+	CommandVersion  = 10
+	SnapshotVersion = 8
 )
 
 // DefaultProject is where VMs go when no project is named.
@@ -319,6 +322,10 @@ type Result struct {
 	Center       *statev1.CenterRecord
 	Policy       *statev1.PolicyRecord
 	RestorePoint *statev1.RestorePointRecord
+	// StartDRRun, UpdateDRRun, RelocateVMs: the run as it is after;
+	// Set/DeleteDrillSchedule: the schedule (as it was, deleted).
+	DRRun         *statev1.DRRunRecord
+	DrillSchedule *statev1.DrillScheduleRecord
 }
 
 // Apply applies one command at a raft index. It is deterministic: the same
@@ -419,6 +426,9 @@ func (s *Store) Apply(index uint64, cmd *statev1.Command) (Result, error) {
 		*statev1.Command_DeletePolicy, *statev1.Command_SetProtection, *statev1.Command_StartBackups,
 		*statev1.Command_FinishBackup, *statev1.Command_DeleteRestorePoints:
 		res, err = s.applyDR(index, cmd)
+	case *statev1.Command_StartDrRun, *statev1.Command_UpdateDrRun, *statev1.Command_RelocateVms,
+		*statev1.Command_SetDrillSchedule, *statev1.Command_DeleteDrillSchedule:
+		res, err = s.applyRecovery(index, cmd)
 	default:
 		err = errorf(KindInvalid, "unknown command %T: this controller is older than the log; upgrade it", cmd.GetCmd())
 	}
@@ -695,6 +705,8 @@ type View struct {
 	policies []*statev1.PolicyRecord
 	points   []*statev1.RestorePointRecord
 	jobs     []*statev1.BackupJobRecord
+	runs     []*statev1.DRRunRecord
+	drills   []*statev1.DrillScheduleRecord
 }
 
 // View takes the state as of the last applied index.
@@ -759,6 +771,12 @@ func (s *Store) View() *View {
 	for _, j := range s.dr.jobs {
 		v.jobs = append(v.jobs, j)
 	}
+	for _, r := range s.dr.runs {
+		v.runs = append(v.runs, r)
+	}
+	for _, d := range s.dr.drills {
+		v.drills = append(v.drills, d)
+	}
 	// Every record is now shared with v: the next change to one clones it.
 	s.ownVMs = map[*statev1.VMRecord]struct{}{}
 	s.ownHosts = map[*statev1.HostRecord]struct{}{}
@@ -777,15 +795,19 @@ func (v *View) Snapshot() *statev1.Snapshot {
 		Ratios: slices.Clone(v.ratios), Groups: slices.Clone(v.groups), Requests: v.requests,
 		Departments: slices.Clone(v.depts), Projects: slices.Clone(v.projects),
 		Users: slices.Clone(v.users), Tokens: slices.Clone(v.tokens),
-		AuditHead:     v.audit,
-		JoinTokens:    slices.Clone(v.joinTok),
-		Images:        slices.Clone(v.images),
-		Volumes:       slices.Clone(v.volumes),
-		Centers:       slices.Clone(v.centers),
-		Policies:      slices.Clone(v.policies),
-		RestorePoints: slices.Clone(v.points),
-		BackupJobs:    slices.Clone(v.jobs),
+		AuditHead:      v.audit,
+		JoinTokens:     slices.Clone(v.joinTok),
+		Images:         slices.Clone(v.images),
+		Volumes:        slices.Clone(v.volumes),
+		Centers:        slices.Clone(v.centers),
+		Policies:       slices.Clone(v.policies),
+		RestorePoints:  slices.Clone(v.points),
+		BackupJobs:     slices.Clone(v.jobs),
+		DrRuns:         slices.Clone(v.runs),
+		DrillSchedules: slices.Clone(v.drills),
 	}
+	slices.SortFunc(snap.DrRuns, func(a, b *statev1.DRRunRecord) int { return strings.Compare(a.Id, b.Id) })
+	slices.SortFunc(snap.DrillSchedules, func(a, b *statev1.DrillScheduleRecord) int { return strings.Compare(a.Id, b.Id) })
 	slices.SortFunc(snap.Centers, func(a, b *statev1.CenterRecord) int { return strings.Compare(a.Name, b.Name) })
 	slices.SortFunc(snap.Policies, func(a, b *statev1.PolicyRecord) int { return strings.Compare(a.Name, b.Name) })
 	slices.SortFunc(snap.RestorePoints, func(a, b *statev1.RestorePointRecord) int { return strings.Compare(a.Id, b.Id) })
@@ -874,6 +896,12 @@ func (s *Store) Restore(snap *statev1.Snapshot) error {
 	}
 	for _, j := range snap.GetBackupJobs() {
 		s.addJob(proto.Clone(j).(*statev1.BackupJobRecord))
+	}
+	for _, r := range snap.GetDrRuns() {
+		s.dr.runs[r.Id] = proto.Clone(r).(*statev1.DRRunRecord)
+	}
+	for _, d := range snap.GetDrillSchedules() {
+		s.dr.drills[d.Id] = proto.Clone(d).(*statev1.DrillScheduleRecord)
 	}
 	for _, r := range snap.GetRequests() {
 		s.requests.clock = max(s.requests.clock, r.UnixNano)

@@ -749,7 +749,13 @@ type Assignment struct {
 	SshAuthorizedKeys []string `protobuf:"bytes,12,rep,name=ssh_authorized_keys,json=sshAuthorizedKeys,proto3" json:"ssh_authorized_keys,omitempty"`
 	// Build the root disk from a restore point (before the first define):
 	// disk_bytes is its size then, and image is unset.
-	Restore       *RestoreRef `protobuf:"bytes,13,opt,name=restore,proto3" json:"restore,omitempty"`
+	Restore *RestoreRef `protobuf:"bytes,13,opt,name=restore,proto3" json:"restore,omitempty"`
+	// The guest gets no network interface (a drill's clone: nothing it
+	// does can reach production).
+	Isolated bool `protobuf:"varint,14,opt,name=isolated,proto3" json:"isolated,omitempty"`
+	// Mirror the root disk synchronously to this NBD export (platinum): a
+	// write completes in the guest only once the export has it too.
+	Mirror        *MirrorRef `protobuf:"bytes,15,opt,name=mirror,proto3" json:"mirror,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -875,6 +881,163 @@ func (x *Assignment) GetRestore() *RestoreRef {
 	return nil
 }
 
+func (x *Assignment) GetIsolated() bool {
+	if x != nil {
+		return x.Isolated
+	}
+	return false
+}
+
+func (x *Assignment) GetMirror() *MirrorRef {
+	if x != nil {
+		return x.Mirror
+	}
+	return nil
+}
+
+// MirrorRef is where a VM's root disk is mirrored to: an NBD export served
+// by a host of another center (its MirrorExport).
+type MirrorRef struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// host:port of the NBD server, and the export's name.
+	Address    string `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
+	ExportName string `protobuf:"bytes,2,opt,name=export_name,json=exportName,proto3" json:"export_name,omitempty"`
+	// The host serving it, and its center.
+	TargetHost    string `protobuf:"bytes,3,opt,name=target_host,json=targetHost,proto3" json:"target_host,omitempty"`
+	Center        string `protobuf:"bytes,4,opt,name=center,proto3" json:"center,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MirrorRef) Reset() {
+	*x = MirrorRef{}
+	mi := &file_yunchi_v1_agent_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MirrorRef) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MirrorRef) ProtoMessage() {}
+
+func (x *MirrorRef) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_agent_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MirrorRef.ProtoReflect.Descriptor instead.
+func (*MirrorRef) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *MirrorRef) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *MirrorRef) GetExportName() string {
+	if x != nil {
+		return x.ExportName
+	}
+	return ""
+}
+
+func (x *MirrorRef) GetTargetHost() string {
+	if x != nil {
+		return x.TargetHost
+	}
+	return ""
+}
+
+func (x *MirrorRef) GetCenter() string {
+	if x != nil {
+		return x.Center
+	}
+	return ""
+}
+
+// MirrorExport asks a host to keep a disk image the size of a VM's root
+// disk and serve it over NBD (writable) for the VM's synchronous mirror.
+type MirrorExport struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	VmId       string                 `protobuf:"bytes,1,opt,name=vm_id,json=vmId,proto3" json:"vm_id,omitempty"`
+	ExportName string                 `protobuf:"bytes,2,opt,name=export_name,json=exportName,proto3" json:"export_name,omitempty"`
+	SizeBytes  int64                  `protobuf:"varint,3,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	// The host the VM runs on (the only one that may write).
+	SourceHost    string `protobuf:"bytes,4,opt,name=source_host,json=sourceHost,proto3" json:"source_host,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MirrorExport) Reset() {
+	*x = MirrorExport{}
+	mi := &file_yunchi_v1_agent_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MirrorExport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MirrorExport) ProtoMessage() {}
+
+func (x *MirrorExport) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_agent_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MirrorExport.ProtoReflect.Descriptor instead.
+func (*MirrorExport) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *MirrorExport) GetVmId() string {
+	if x != nil {
+		return x.VmId
+	}
+	return ""
+}
+
+func (x *MirrorExport) GetExportName() string {
+	if x != nil {
+		return x.ExportName
+	}
+	return ""
+}
+
+func (x *MirrorExport) GetSizeBytes() int64 {
+	if x != nil {
+		return x.SizeBytes
+	}
+	return 0
+}
+
+func (x *MirrorExport) GetSourceHost() string {
+	if x != nil {
+		return x.SourceHost
+	}
+	return ""
+}
+
 // DiskRef is one disk of a restore point in a repository.
 type DiskRef struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
@@ -887,7 +1050,7 @@ type DiskRef struct {
 
 func (x *DiskRef) Reset() {
 	*x = DiskRef{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[12]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -899,7 +1062,7 @@ func (x *DiskRef) String() string {
 func (*DiskRef) ProtoMessage() {}
 
 func (x *DiskRef) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[12]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -912,7 +1075,7 @@ func (x *DiskRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiskRef.ProtoReflect.Descriptor instead.
 func (*DiskRef) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{12}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *DiskRef) GetName() string {
@@ -950,7 +1113,7 @@ type RestoreRef struct {
 
 func (x *RestoreRef) Reset() {
 	*x = RestoreRef{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[13]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -962,7 +1125,7 @@ func (x *RestoreRef) String() string {
 func (*RestoreRef) ProtoMessage() {}
 
 func (x *RestoreRef) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[13]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -975,7 +1138,7 @@ func (x *RestoreRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreRef.ProtoReflect.Descriptor instead.
 func (*RestoreRef) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{13}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RestoreRef) GetPointId() string {
@@ -1029,7 +1192,7 @@ type BackupJob struct {
 
 func (x *BackupJob) Reset() {
 	*x = BackupJob{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[14]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1041,7 +1204,7 @@ func (x *BackupJob) String() string {
 func (*BackupJob) ProtoMessage() {}
 
 func (x *BackupJob) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[14]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1054,7 +1217,7 @@ func (x *BackupJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupJob.ProtoReflect.Descriptor instead.
 func (*BackupJob) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{14}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *BackupJob) GetJobId() string {
@@ -1126,7 +1289,7 @@ type ImageRef struct {
 
 func (x *ImageRef) Reset() {
 	*x = ImageRef{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[15]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1138,7 +1301,7 @@ func (x *ImageRef) String() string {
 func (*ImageRef) ProtoMessage() {}
 
 func (x *ImageRef) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[15]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1151,7 +1314,7 @@ func (x *ImageRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageRef.ProtoReflect.Descriptor instead.
 func (*ImageRef) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{15}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ImageRef) GetSha256() string {
@@ -1194,7 +1357,7 @@ type FetchImageRequest struct {
 
 func (x *FetchImageRequest) Reset() {
 	*x = FetchImageRequest{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[16]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1206,7 +1369,7 @@ func (x *FetchImageRequest) String() string {
 func (*FetchImageRequest) ProtoMessage() {}
 
 func (x *FetchImageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[16]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1219,7 +1382,7 @@ func (x *FetchImageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchImageRequest.ProtoReflect.Descriptor instead.
 func (*FetchImageRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{16}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *FetchImageRequest) GetHostId() string {
@@ -1252,7 +1415,7 @@ type WatchConsolesRequest struct {
 
 func (x *WatchConsolesRequest) Reset() {
 	*x = WatchConsolesRequest{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[17]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1264,7 +1427,7 @@ func (x *WatchConsolesRequest) String() string {
 func (*WatchConsolesRequest) ProtoMessage() {}
 
 func (x *WatchConsolesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[17]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1277,7 +1440,7 @@ func (x *WatchConsolesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchConsolesRequest.ProtoReflect.Descriptor instead.
 func (*WatchConsolesRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{17}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *WatchConsolesRequest) GetHostId() string {
@@ -1299,7 +1462,7 @@ type ConsoleSession struct {
 
 func (x *ConsoleSession) Reset() {
 	*x = ConsoleSession{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[18]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1311,7 +1474,7 @@ func (x *ConsoleSession) String() string {
 func (*ConsoleSession) ProtoMessage() {}
 
 func (x *ConsoleSession) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[18]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1324,7 +1487,7 @@ func (x *ConsoleSession) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsoleSession.ProtoReflect.Descriptor instead.
 func (*ConsoleSession) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{18}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ConsoleSession) GetSessionId() string {
@@ -1356,7 +1519,7 @@ type ConsoleFrame struct {
 
 func (x *ConsoleFrame) Reset() {
 	*x = ConsoleFrame{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[19]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1368,7 +1531,7 @@ func (x *ConsoleFrame) String() string {
 func (*ConsoleFrame) ProtoMessage() {}
 
 func (x *ConsoleFrame) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[19]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1381,7 +1544,7 @@ func (x *ConsoleFrame) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsoleFrame.ProtoReflect.Descriptor instead.
 func (*ConsoleFrame) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{19}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ConsoleFrame) GetHostId() string {
@@ -1421,14 +1584,16 @@ type Assignments struct {
 	// Every volume placed on the host.
 	Volumes []*VolumeAssignment `protobuf:"bytes,3,rep,name=volumes,proto3" json:"volumes,omitempty"`
 	// Backups the host is to run now (each until it reports it).
-	Backups       []*BackupJob `protobuf:"bytes,4,rep,name=backups,proto3" json:"backups,omitempty"`
+	Backups []*BackupJob `protobuf:"bytes,4,rep,name=backups,proto3" json:"backups,omitempty"`
+	// Mirror targets the host serves for VMs of other centers.
+	MirrorExports []*MirrorExport `protobuf:"bytes,5,rep,name=mirror_exports,json=mirrorExports,proto3" json:"mirror_exports,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Assignments) Reset() {
 	*x = Assignments{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[20]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1440,7 +1605,7 @@ func (x *Assignments) String() string {
 func (*Assignments) ProtoMessage() {}
 
 func (x *Assignments) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[20]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1453,7 +1618,7 @@ func (x *Assignments) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Assignments.ProtoReflect.Descriptor instead.
 func (*Assignments) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{20}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Assignments) GetIndex() uint64 {
@@ -1484,6 +1649,13 @@ func (x *Assignments) GetBackups() []*BackupJob {
 	return nil
 }
 
+func (x *Assignments) GetMirrorExports() []*MirrorExport {
+	if x != nil {
+		return x.MirrorExports
+	}
+	return nil
+}
+
 // One disk of a finished backup.
 type BackupDiskResult struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
@@ -1502,7 +1674,7 @@ type BackupDiskResult struct {
 
 func (x *BackupDiskResult) Reset() {
 	*x = BackupDiskResult{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[21]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1514,7 +1686,7 @@ func (x *BackupDiskResult) String() string {
 func (*BackupDiskResult) ProtoMessage() {}
 
 func (x *BackupDiskResult) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[21]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1527,7 +1699,7 @@ func (x *BackupDiskResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupDiskResult.ProtoReflect.Descriptor instead.
 func (*BackupDiskResult) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{21}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *BackupDiskResult) GetName() string {
@@ -1598,7 +1770,7 @@ type ReportBackupRequest struct {
 
 func (x *ReportBackupRequest) Reset() {
 	*x = ReportBackupRequest{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[22]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1610,7 +1782,7 @@ func (x *ReportBackupRequest) String() string {
 func (*ReportBackupRequest) ProtoMessage() {}
 
 func (x *ReportBackupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[22]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1623,7 +1795,7 @@ func (x *ReportBackupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportBackupRequest.ProtoReflect.Descriptor instead.
 func (*ReportBackupRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{22}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ReportBackupRequest) GetHostId() string {
@@ -1690,7 +1862,7 @@ type ReportBackupResponse struct {
 
 func (x *ReportBackupResponse) Reset() {
 	*x = ReportBackupResponse{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[23]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1702,7 +1874,7 @@ func (x *ReportBackupResponse) String() string {
 func (*ReportBackupResponse) ProtoMessage() {}
 
 func (x *ReportBackupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[23]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1715,7 +1887,7 @@ func (x *ReportBackupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportBackupResponse.ProtoReflect.Descriptor instead.
 func (*ReportBackupResponse) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{23}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{25}
 }
 
 // VolumeAssignment is one volume of the host's storage pool: made there
@@ -1740,7 +1912,7 @@ type VolumeAssignment struct {
 
 func (x *VolumeAssignment) Reset() {
 	*x = VolumeAssignment{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[24]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1752,7 +1924,7 @@ func (x *VolumeAssignment) String() string {
 func (*VolumeAssignment) ProtoMessage() {}
 
 func (x *VolumeAssignment) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[24]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1765,7 +1937,7 @@ func (x *VolumeAssignment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeAssignment.ProtoReflect.Descriptor instead.
 func (*VolumeAssignment) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{24}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *VolumeAssignment) GetVolumeId() string {
@@ -1837,7 +2009,7 @@ type JoinHostRequest struct {
 
 func (x *JoinHostRequest) Reset() {
 	*x = JoinHostRequest{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[25]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1849,7 +2021,7 @@ func (x *JoinHostRequest) String() string {
 func (*JoinHostRequest) ProtoMessage() {}
 
 func (x *JoinHostRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[25]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1862,7 +2034,7 @@ func (x *JoinHostRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinHostRequest.ProtoReflect.Descriptor instead.
 func (*JoinHostRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{25}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *JoinHostRequest) GetHostId() string {
@@ -1903,7 +2075,7 @@ type JoinHostResponse struct {
 
 func (x *JoinHostResponse) Reset() {
 	*x = JoinHostResponse{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[26]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1915,7 +2087,7 @@ func (x *JoinHostResponse) String() string {
 func (*JoinHostResponse) ProtoMessage() {}
 
 func (x *JoinHostResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[26]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1928,7 +2100,7 @@ func (x *JoinHostResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinHostResponse.ProtoReflect.Descriptor instead.
 func (*JoinHostResponse) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{26}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *JoinHostResponse) GetCertificate() []byte {
@@ -2011,7 +2183,7 @@ const file_yunchi_v1_agent_proto_rawDesc = "" +
 	"\x04gone\x18\x04 \x01(\bR\x04gone\"\x18\n" +
 	"\x16ReportVMStatusResponse\"2\n" +
 	"\x17WatchAssignmentsRequest\x12\x17\n" +
-	"\ahost_id\x18\x01 \x01(\tR\x06hostId\"\xca\x03\n" +
+	"\ahost_id\x18\x01 \x01(\tR\x06hostId\"\x94\x04\n" +
 	"\n" +
 	"Assignment\x12\x13\n" +
 	"\x05vm_id\x18\x01 \x01(\tR\x04vmId\x12\x12\n" +
@@ -2029,7 +2201,24 @@ const file_yunchi_v1_agent_proto_rawDesc = "" +
 	" \x01(\v2\x13.yunchi.v1.ImageRefR\x05image\x12\x1b\n" +
 	"\tuser_data\x18\v \x01(\tR\buserData\x12.\n" +
 	"\x13ssh_authorized_keys\x18\f \x03(\tR\x11sshAuthorizedKeys\x12/\n" +
-	"\arestore\x18\r \x01(\v2\x15.yunchi.v1.RestoreRefR\arestore\"e\n" +
+	"\arestore\x18\r \x01(\v2\x15.yunchi.v1.RestoreRefR\arestore\x12\x1a\n" +
+	"\bisolated\x18\x0e \x01(\bR\bisolated\x12,\n" +
+	"\x06mirror\x18\x0f \x01(\v2\x14.yunchi.v1.MirrorRefR\x06mirror\"\x7f\n" +
+	"\tMirrorRef\x12\x18\n" +
+	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x1f\n" +
+	"\vexport_name\x18\x02 \x01(\tR\n" +
+	"exportName\x12\x1f\n" +
+	"\vtarget_host\x18\x03 \x01(\tR\n" +
+	"targetHost\x12\x16\n" +
+	"\x06center\x18\x04 \x01(\tR\x06center\"\x84\x01\n" +
+	"\fMirrorExport\x12\x13\n" +
+	"\x05vm_id\x18\x01 \x01(\tR\x04vmId\x12\x1f\n" +
+	"\vexport_name\x18\x02 \x01(\tR\n" +
+	"exportName\x12\x1d\n" +
+	"\n" +
+	"size_bytes\x18\x03 \x01(\x03R\tsizeBytes\x12\x1f\n" +
+	"\vsource_host\x18\x04 \x01(\tR\n" +
+	"sourceHost\"e\n" +
 	"\aDiskRef\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
 	"\n" +
@@ -2074,12 +2263,13 @@ const file_yunchi_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"session_id\x18\x02 \x01(\tR\tsessionId\x12\x12\n" +
 	"\x04data\x18\x03 \x01(\fR\x04data\x12\x14\n" +
-	"\x05error\x18\x04 \x01(\tR\x05error\"\xb3\x01\n" +
+	"\x05error\x18\x04 \x01(\tR\x05error\"\xf3\x01\n" +
 	"\vAssignments\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12'\n" +
 	"\x03vms\x18\x02 \x03(\v2\x15.yunchi.v1.AssignmentR\x03vms\x125\n" +
 	"\avolumes\x18\x03 \x03(\v2\x1b.yunchi.v1.VolumeAssignmentR\avolumes\x12.\n" +
-	"\abackups\x18\x04 \x03(\v2\x14.yunchi.v1.BackupJobR\abackups\"\xe3\x01\n" +
+	"\abackups\x18\x04 \x03(\v2\x14.yunchi.v1.BackupJobR\abackups\x12>\n" +
+	"\x0emirror_exports\x18\x05 \x03(\v2\x17.yunchi.v1.MirrorExportR\rmirrorExports\"\xe3\x01\n" +
 	"\x10BackupDiskResult\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
 	"\n" +
@@ -2155,7 +2345,7 @@ func file_yunchi_v1_agent_proto_rawDescGZIP() []byte {
 	return file_yunchi_v1_agent_proto_rawDescData
 }
 
-var file_yunchi_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_yunchi_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_yunchi_v1_agent_proto_goTypes = []any{
 	(*HostFacts)(nil),               // 0: yunchi.v1.HostFacts
 	(*RegisterHostRequest)(nil),     // 1: yunchi.v1.RegisterHostRequest
@@ -2169,76 +2359,80 @@ var file_yunchi_v1_agent_proto_goTypes = []any{
 	(*ReportVMStatusResponse)(nil),  // 9: yunchi.v1.ReportVMStatusResponse
 	(*WatchAssignmentsRequest)(nil), // 10: yunchi.v1.WatchAssignmentsRequest
 	(*Assignment)(nil),              // 11: yunchi.v1.Assignment
-	(*DiskRef)(nil),                 // 12: yunchi.v1.DiskRef
-	(*RestoreRef)(nil),              // 13: yunchi.v1.RestoreRef
-	(*BackupJob)(nil),               // 14: yunchi.v1.BackupJob
-	(*ImageRef)(nil),                // 15: yunchi.v1.ImageRef
-	(*FetchImageRequest)(nil),       // 16: yunchi.v1.FetchImageRequest
-	(*WatchConsolesRequest)(nil),    // 17: yunchi.v1.WatchConsolesRequest
-	(*ConsoleSession)(nil),          // 18: yunchi.v1.ConsoleSession
-	(*ConsoleFrame)(nil),            // 19: yunchi.v1.ConsoleFrame
-	(*Assignments)(nil),             // 20: yunchi.v1.Assignments
-	(*BackupDiskResult)(nil),        // 21: yunchi.v1.BackupDiskResult
-	(*ReportBackupRequest)(nil),     // 22: yunchi.v1.ReportBackupRequest
-	(*ReportBackupResponse)(nil),    // 23: yunchi.v1.ReportBackupResponse
-	(*VolumeAssignment)(nil),        // 24: yunchi.v1.VolumeAssignment
-	(*JoinHostRequest)(nil),         // 25: yunchi.v1.JoinHostRequest
-	(*JoinHostResponse)(nil),        // 26: yunchi.v1.JoinHostResponse
-	nil,                             // 27: yunchi.v1.HostFacts.LabelsEntry
-	(*Resources)(nil),               // 28: yunchi.v1.Resources
-	(*Host)(nil),                    // 29: yunchi.v1.Host
-	(VMPhase)(0),                    // 30: yunchi.v1.VMPhase
-	(*HostStats)(nil),               // 31: yunchi.v1.HostStats
-	(*VMUsage)(nil),                 // 32: yunchi.v1.VMUsage
-	(PowerState)(0),                 // 33: yunchi.v1.PowerState
-	(ImageFormat)(0),                // 34: yunchi.v1.ImageFormat
-	(*ImageChunk)(nil),              // 35: yunchi.v1.ImageChunk
+	(*MirrorRef)(nil),               // 12: yunchi.v1.MirrorRef
+	(*MirrorExport)(nil),            // 13: yunchi.v1.MirrorExport
+	(*DiskRef)(nil),                 // 14: yunchi.v1.DiskRef
+	(*RestoreRef)(nil),              // 15: yunchi.v1.RestoreRef
+	(*BackupJob)(nil),               // 16: yunchi.v1.BackupJob
+	(*ImageRef)(nil),                // 17: yunchi.v1.ImageRef
+	(*FetchImageRequest)(nil),       // 18: yunchi.v1.FetchImageRequest
+	(*WatchConsolesRequest)(nil),    // 19: yunchi.v1.WatchConsolesRequest
+	(*ConsoleSession)(nil),          // 20: yunchi.v1.ConsoleSession
+	(*ConsoleFrame)(nil),            // 21: yunchi.v1.ConsoleFrame
+	(*Assignments)(nil),             // 22: yunchi.v1.Assignments
+	(*BackupDiskResult)(nil),        // 23: yunchi.v1.BackupDiskResult
+	(*ReportBackupRequest)(nil),     // 24: yunchi.v1.ReportBackupRequest
+	(*ReportBackupResponse)(nil),    // 25: yunchi.v1.ReportBackupResponse
+	(*VolumeAssignment)(nil),        // 26: yunchi.v1.VolumeAssignment
+	(*JoinHostRequest)(nil),         // 27: yunchi.v1.JoinHostRequest
+	(*JoinHostResponse)(nil),        // 28: yunchi.v1.JoinHostResponse
+	nil,                             // 29: yunchi.v1.HostFacts.LabelsEntry
+	(*Resources)(nil),               // 30: yunchi.v1.Resources
+	(*Host)(nil),                    // 31: yunchi.v1.Host
+	(VMPhase)(0),                    // 32: yunchi.v1.VMPhase
+	(*HostStats)(nil),               // 33: yunchi.v1.HostStats
+	(*VMUsage)(nil),                 // 34: yunchi.v1.VMUsage
+	(PowerState)(0),                 // 35: yunchi.v1.PowerState
+	(ImageFormat)(0),                // 36: yunchi.v1.ImageFormat
+	(*ImageChunk)(nil),              // 37: yunchi.v1.ImageChunk
 }
 var file_yunchi_v1_agent_proto_depIdxs = []int32{
-	27, // 0: yunchi.v1.HostFacts.labels:type_name -> yunchi.v1.HostFacts.LabelsEntry
-	28, // 1: yunchi.v1.HostFacts.capacity:type_name -> yunchi.v1.Resources
+	29, // 0: yunchi.v1.HostFacts.labels:type_name -> yunchi.v1.HostFacts.LabelsEntry
+	30, // 1: yunchi.v1.HostFacts.capacity:type_name -> yunchi.v1.Resources
 	0,  // 2: yunchi.v1.RegisterHostRequest.facts:type_name -> yunchi.v1.HostFacts
-	29, // 3: yunchi.v1.RegisterHostResponse.host:type_name -> yunchi.v1.Host
-	30, // 4: yunchi.v1.VMStatus.phase:type_name -> yunchi.v1.VMPhase
-	31, // 5: yunchi.v1.HeartbeatRequest.stats:type_name -> yunchi.v1.HostStats
+	31, // 3: yunchi.v1.RegisterHostResponse.host:type_name -> yunchi.v1.Host
+	32, // 4: yunchi.v1.VMStatus.phase:type_name -> yunchi.v1.VMPhase
+	33, // 5: yunchi.v1.HeartbeatRequest.stats:type_name -> yunchi.v1.HostStats
 	5,  // 6: yunchi.v1.HeartbeatRequest.vm_stats:type_name -> yunchi.v1.VMStats
-	32, // 7: yunchi.v1.VMStats.usage:type_name -> yunchi.v1.VMUsage
+	34, // 7: yunchi.v1.VMStats.usage:type_name -> yunchi.v1.VMUsage
 	3,  // 8: yunchi.v1.ReportVMStatusRequest.statuses:type_name -> yunchi.v1.VMStatus
 	8,  // 9: yunchi.v1.ReportVMStatusRequest.volumes:type_name -> yunchi.v1.VolumeStatus
-	33, // 10: yunchi.v1.Assignment.desired:type_name -> yunchi.v1.PowerState
-	30, // 11: yunchi.v1.Assignment.phase:type_name -> yunchi.v1.VMPhase
-	15, // 12: yunchi.v1.Assignment.image:type_name -> yunchi.v1.ImageRef
-	13, // 13: yunchi.v1.Assignment.restore:type_name -> yunchi.v1.RestoreRef
-	12, // 14: yunchi.v1.RestoreRef.disks:type_name -> yunchi.v1.DiskRef
-	12, // 15: yunchi.v1.BackupJob.base_disks:type_name -> yunchi.v1.DiskRef
-	34, // 16: yunchi.v1.ImageRef.format:type_name -> yunchi.v1.ImageFormat
-	11, // 17: yunchi.v1.Assignments.vms:type_name -> yunchi.v1.Assignment
-	24, // 18: yunchi.v1.Assignments.volumes:type_name -> yunchi.v1.VolumeAssignment
-	14, // 19: yunchi.v1.Assignments.backups:type_name -> yunchi.v1.BackupJob
-	21, // 20: yunchi.v1.ReportBackupRequest.disks:type_name -> yunchi.v1.BackupDiskResult
-	25, // 21: yunchi.v1.AgentService.JoinHost:input_type -> yunchi.v1.JoinHostRequest
-	1,  // 22: yunchi.v1.AgentService.RegisterHost:input_type -> yunchi.v1.RegisterHostRequest
-	4,  // 23: yunchi.v1.AgentService.Heartbeat:input_type -> yunchi.v1.HeartbeatRequest
-	7,  // 24: yunchi.v1.AgentService.ReportVMStatus:input_type -> yunchi.v1.ReportVMStatusRequest
-	10, // 25: yunchi.v1.AgentService.WatchAssignments:input_type -> yunchi.v1.WatchAssignmentsRequest
-	16, // 26: yunchi.v1.AgentService.FetchImage:input_type -> yunchi.v1.FetchImageRequest
-	17, // 27: yunchi.v1.AgentService.WatchConsoles:input_type -> yunchi.v1.WatchConsolesRequest
-	19, // 28: yunchi.v1.AgentService.ConsoleStream:input_type -> yunchi.v1.ConsoleFrame
-	22, // 29: yunchi.v1.AgentService.ReportBackup:input_type -> yunchi.v1.ReportBackupRequest
-	26, // 30: yunchi.v1.AgentService.JoinHost:output_type -> yunchi.v1.JoinHostResponse
-	2,  // 31: yunchi.v1.AgentService.RegisterHost:output_type -> yunchi.v1.RegisterHostResponse
-	6,  // 32: yunchi.v1.AgentService.Heartbeat:output_type -> yunchi.v1.HeartbeatResponse
-	9,  // 33: yunchi.v1.AgentService.ReportVMStatus:output_type -> yunchi.v1.ReportVMStatusResponse
-	20, // 34: yunchi.v1.AgentService.WatchAssignments:output_type -> yunchi.v1.Assignments
-	35, // 35: yunchi.v1.AgentService.FetchImage:output_type -> yunchi.v1.ImageChunk
-	18, // 36: yunchi.v1.AgentService.WatchConsoles:output_type -> yunchi.v1.ConsoleSession
-	19, // 37: yunchi.v1.AgentService.ConsoleStream:output_type -> yunchi.v1.ConsoleFrame
-	23, // 38: yunchi.v1.AgentService.ReportBackup:output_type -> yunchi.v1.ReportBackupResponse
-	30, // [30:39] is the sub-list for method output_type
-	21, // [21:30] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	35, // 10: yunchi.v1.Assignment.desired:type_name -> yunchi.v1.PowerState
+	32, // 11: yunchi.v1.Assignment.phase:type_name -> yunchi.v1.VMPhase
+	17, // 12: yunchi.v1.Assignment.image:type_name -> yunchi.v1.ImageRef
+	15, // 13: yunchi.v1.Assignment.restore:type_name -> yunchi.v1.RestoreRef
+	12, // 14: yunchi.v1.Assignment.mirror:type_name -> yunchi.v1.MirrorRef
+	14, // 15: yunchi.v1.RestoreRef.disks:type_name -> yunchi.v1.DiskRef
+	14, // 16: yunchi.v1.BackupJob.base_disks:type_name -> yunchi.v1.DiskRef
+	36, // 17: yunchi.v1.ImageRef.format:type_name -> yunchi.v1.ImageFormat
+	11, // 18: yunchi.v1.Assignments.vms:type_name -> yunchi.v1.Assignment
+	26, // 19: yunchi.v1.Assignments.volumes:type_name -> yunchi.v1.VolumeAssignment
+	16, // 20: yunchi.v1.Assignments.backups:type_name -> yunchi.v1.BackupJob
+	13, // 21: yunchi.v1.Assignments.mirror_exports:type_name -> yunchi.v1.MirrorExport
+	23, // 22: yunchi.v1.ReportBackupRequest.disks:type_name -> yunchi.v1.BackupDiskResult
+	27, // 23: yunchi.v1.AgentService.JoinHost:input_type -> yunchi.v1.JoinHostRequest
+	1,  // 24: yunchi.v1.AgentService.RegisterHost:input_type -> yunchi.v1.RegisterHostRequest
+	4,  // 25: yunchi.v1.AgentService.Heartbeat:input_type -> yunchi.v1.HeartbeatRequest
+	7,  // 26: yunchi.v1.AgentService.ReportVMStatus:input_type -> yunchi.v1.ReportVMStatusRequest
+	10, // 27: yunchi.v1.AgentService.WatchAssignments:input_type -> yunchi.v1.WatchAssignmentsRequest
+	18, // 28: yunchi.v1.AgentService.FetchImage:input_type -> yunchi.v1.FetchImageRequest
+	19, // 29: yunchi.v1.AgentService.WatchConsoles:input_type -> yunchi.v1.WatchConsolesRequest
+	21, // 30: yunchi.v1.AgentService.ConsoleStream:input_type -> yunchi.v1.ConsoleFrame
+	24, // 31: yunchi.v1.AgentService.ReportBackup:input_type -> yunchi.v1.ReportBackupRequest
+	28, // 32: yunchi.v1.AgentService.JoinHost:output_type -> yunchi.v1.JoinHostResponse
+	2,  // 33: yunchi.v1.AgentService.RegisterHost:output_type -> yunchi.v1.RegisterHostResponse
+	6,  // 34: yunchi.v1.AgentService.Heartbeat:output_type -> yunchi.v1.HeartbeatResponse
+	9,  // 35: yunchi.v1.AgentService.ReportVMStatus:output_type -> yunchi.v1.ReportVMStatusResponse
+	22, // 36: yunchi.v1.AgentService.WatchAssignments:output_type -> yunchi.v1.Assignments
+	37, // 37: yunchi.v1.AgentService.FetchImage:output_type -> yunchi.v1.ImageChunk
+	20, // 38: yunchi.v1.AgentService.WatchConsoles:output_type -> yunchi.v1.ConsoleSession
+	21, // 39: yunchi.v1.AgentService.ConsoleStream:output_type -> yunchi.v1.ConsoleFrame
+	25, // 40: yunchi.v1.AgentService.ReportBackup:output_type -> yunchi.v1.ReportBackupResponse
+	32, // [32:41] is the sub-list for method output_type
+	23, // [23:32] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_yunchi_v1_agent_proto_init() }
@@ -2255,7 +2449,7 @@ func file_yunchi_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_yunchi_v1_agent_proto_rawDesc), len(file_yunchi_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   28,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

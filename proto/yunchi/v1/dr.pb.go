@@ -1570,8 +1570,13 @@ func (x *GetDRStatusRequest) GetConsistent() bool {
 type DRStatus struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Sorted by project, then name.
-	Vms           []*VMProtection `protobuf:"bytes,1,rep,name=vms,proto3" json:"vms,omitempty"`
-	Violations    int32           `protobuf:"varint,2,opt,name=violations,proto3" json:"violations,omitempty"`
+	Vms        []*VMProtection `protobuf:"bytes,1,rep,name=vms,proto3" json:"vms,omitempty"`
+	Violations int32           `protobuf:"varint,2,opt,name=violations,proto3" json:"violations,omitempty"`
+	// The newest successful drill covering each project with protected VMs
+	// (none: the project was never drilled).
+	Drills []*ProjectDrill `protobuf:"bytes,3,rep,name=drills,proto3" json:"drills,omitempty"`
+	// Centers declared lost by a failover, not failed back yet.
+	FencedCenters []string `protobuf:"bytes,4,rep,name=fenced_centers,json=fencedCenters,proto3" json:"fenced_centers,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1620,6 +1625,89 @@ func (x *DRStatus) GetViolations() int32 {
 	return 0
 }
 
+func (x *DRStatus) GetDrills() []*ProjectDrill {
+	if x != nil {
+		return x.Drills
+	}
+	return nil
+}
+
+func (x *DRStatus) GetFencedCenters() []string {
+	if x != nil {
+		return x.FencedCenters
+	}
+	return nil
+}
+
+type ProjectDrill struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Project string                 `protobuf:"bytes,1,opt,name=project,proto3" json:"project,omitempty"`
+	// "" = never drilled.
+	Run           string                 `protobuf:"bytes,2,opt,name=run,proto3" json:"run,omitempty"`
+	FinishedAt    *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=finished_at,json=finishedAt,proto3" json:"finished_at,omitempty"`
+	Center        string                 `protobuf:"bytes,4,opt,name=center,proto3" json:"center,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProjectDrill) Reset() {
+	*x = ProjectDrill{}
+	mi := &file_yunchi_v1_dr_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProjectDrill) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProjectDrill) ProtoMessage() {}
+
+func (x *ProjectDrill) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_dr_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProjectDrill.ProtoReflect.Descriptor instead.
+func (*ProjectDrill) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_dr_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *ProjectDrill) GetProject() string {
+	if x != nil {
+		return x.Project
+	}
+	return ""
+}
+
+func (x *ProjectDrill) GetRun() string {
+	if x != nil {
+		return x.Run
+	}
+	return ""
+}
+
+func (x *ProjectDrill) GetFinishedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FinishedAt
+	}
+	return nil
+}
+
+func (x *ProjectDrill) GetCenter() string {
+	if x != nil {
+		return x.Center
+	}
+	return ""
+}
+
 type RestorePoint struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	Id             string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -1640,7 +1728,7 @@ type RestorePoint struct {
 
 func (x *RestorePoint) Reset() {
 	*x = RestorePoint{}
-	mi := &file_yunchi_v1_dr_proto_msgTypes[23]
+	mi := &file_yunchi_v1_dr_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1652,7 +1740,7 @@ func (x *RestorePoint) String() string {
 func (*RestorePoint) ProtoMessage() {}
 
 func (x *RestorePoint) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_dr_proto_msgTypes[23]
+	mi := &file_yunchi_v1_dr_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1665,7 +1753,7 @@ func (x *RestorePoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestorePoint.ProtoReflect.Descriptor instead.
 func (*RestorePoint) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_dr_proto_rawDescGZIP(), []int{23}
+	return file_yunchi_v1_dr_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RestorePoint) GetId() string {
@@ -1767,7 +1855,7 @@ type RestorePointDisk struct {
 
 func (x *RestorePointDisk) Reset() {
 	*x = RestorePointDisk{}
-	mi := &file_yunchi_v1_dr_proto_msgTypes[24]
+	mi := &file_yunchi_v1_dr_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1779,7 +1867,7 @@ func (x *RestorePointDisk) String() string {
 func (*RestorePointDisk) ProtoMessage() {}
 
 func (x *RestorePointDisk) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_dr_proto_msgTypes[24]
+	mi := &file_yunchi_v1_dr_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1792,7 +1880,7 @@ func (x *RestorePointDisk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestorePointDisk.ProtoReflect.Descriptor instead.
 func (*RestorePointDisk) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_dr_proto_rawDescGZIP(), []int{24}
+	return file_yunchi_v1_dr_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RestorePointDisk) GetName() string {
@@ -1859,7 +1947,7 @@ type ListRestorePointsRequest struct {
 
 func (x *ListRestorePointsRequest) Reset() {
 	*x = ListRestorePointsRequest{}
-	mi := &file_yunchi_v1_dr_proto_msgTypes[25]
+	mi := &file_yunchi_v1_dr_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1871,7 +1959,7 @@ func (x *ListRestorePointsRequest) String() string {
 func (*ListRestorePointsRequest) ProtoMessage() {}
 
 func (x *ListRestorePointsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_dr_proto_msgTypes[25]
+	mi := &file_yunchi_v1_dr_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1884,7 +1972,7 @@ func (x *ListRestorePointsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRestorePointsRequest.ProtoReflect.Descriptor instead.
 func (*ListRestorePointsRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_dr_proto_rawDescGZIP(), []int{25}
+	return file_yunchi_v1_dr_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListRestorePointsRequest) GetVm() string {
@@ -1925,7 +2013,7 @@ type ListRestorePointsResponse struct {
 
 func (x *ListRestorePointsResponse) Reset() {
 	*x = ListRestorePointsResponse{}
-	mi := &file_yunchi_v1_dr_proto_msgTypes[26]
+	mi := &file_yunchi_v1_dr_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1937,7 +2025,7 @@ func (x *ListRestorePointsResponse) String() string {
 func (*ListRestorePointsResponse) ProtoMessage() {}
 
 func (x *ListRestorePointsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_dr_proto_msgTypes[26]
+	mi := &file_yunchi_v1_dr_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1950,7 +2038,7 @@ func (x *ListRestorePointsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRestorePointsResponse.ProtoReflect.Descriptor instead.
 func (*ListRestorePointsResponse) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_dr_proto_rawDescGZIP(), []int{26}
+	return file_yunchi_v1_dr_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ListRestorePointsResponse) GetPoints() []*RestorePoint {
@@ -1977,7 +2065,7 @@ type RestoreVMRequest struct {
 
 func (x *RestoreVMRequest) Reset() {
 	*x = RestoreVMRequest{}
-	mi := &file_yunchi_v1_dr_proto_msgTypes[27]
+	mi := &file_yunchi_v1_dr_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1989,7 +2077,7 @@ func (x *RestoreVMRequest) String() string {
 func (*RestoreVMRequest) ProtoMessage() {}
 
 func (x *RestoreVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_dr_proto_msgTypes[27]
+	mi := &file_yunchi_v1_dr_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2002,7 +2090,7 @@ func (x *RestoreVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreVMRequest.ProtoReflect.Descriptor instead.
 func (*RestoreVMRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_dr_proto_rawDescGZIP(), []int{27}
+	return file_yunchi_v1_dr_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RestoreVMRequest) GetVm() string {
@@ -2052,7 +2140,7 @@ type RunBackupRequest struct {
 
 func (x *RunBackupRequest) Reset() {
 	*x = RunBackupRequest{}
-	mi := &file_yunchi_v1_dr_proto_msgTypes[28]
+	mi := &file_yunchi_v1_dr_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2064,7 +2152,7 @@ func (x *RunBackupRequest) String() string {
 func (*RunBackupRequest) ProtoMessage() {}
 
 func (x *RunBackupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_dr_proto_msgTypes[28]
+	mi := &file_yunchi_v1_dr_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2077,7 +2165,7 @@ func (x *RunBackupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunBackupRequest.ProtoReflect.Descriptor instead.
 func (*RunBackupRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_dr_proto_rawDescGZIP(), []int{28}
+	return file_yunchi_v1_dr_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RunBackupRequest) GetVm() string {
@@ -2111,7 +2199,7 @@ type RunBackupResponse struct {
 
 func (x *RunBackupResponse) Reset() {
 	*x = RunBackupResponse{}
-	mi := &file_yunchi_v1_dr_proto_msgTypes[29]
+	mi := &file_yunchi_v1_dr_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2123,7 +2211,7 @@ func (x *RunBackupResponse) String() string {
 func (*RunBackupResponse) ProtoMessage() {}
 
 func (x *RunBackupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_dr_proto_msgTypes[29]
+	mi := &file_yunchi_v1_dr_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2136,7 +2224,7 @@ func (x *RunBackupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunBackupResponse.ProtoReflect.Descriptor instead.
 func (*RunBackupResponse) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_dr_proto_rawDescGZIP(), []int{29}
+	return file_yunchi_v1_dr_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RunBackupResponse) GetCenters() []string {
@@ -2156,7 +2244,7 @@ type VerifyBackupsRequest struct {
 
 func (x *VerifyBackupsRequest) Reset() {
 	*x = VerifyBackupsRequest{}
-	mi := &file_yunchi_v1_dr_proto_msgTypes[30]
+	mi := &file_yunchi_v1_dr_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2168,7 +2256,7 @@ func (x *VerifyBackupsRequest) String() string {
 func (*VerifyBackupsRequest) ProtoMessage() {}
 
 func (x *VerifyBackupsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_dr_proto_msgTypes[30]
+	mi := &file_yunchi_v1_dr_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2181,7 +2269,7 @@ func (x *VerifyBackupsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyBackupsRequest.ProtoReflect.Descriptor instead.
 func (*VerifyBackupsRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_dr_proto_rawDescGZIP(), []int{30}
+	return file_yunchi_v1_dr_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *VerifyBackupsRequest) GetCenter() string {
@@ -2201,7 +2289,7 @@ type DamagedChunk struct {
 
 func (x *DamagedChunk) Reset() {
 	*x = DamagedChunk{}
-	mi := &file_yunchi_v1_dr_proto_msgTypes[31]
+	mi := &file_yunchi_v1_dr_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2213,7 +2301,7 @@ func (x *DamagedChunk) String() string {
 func (*DamagedChunk) ProtoMessage() {}
 
 func (x *DamagedChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_dr_proto_msgTypes[31]
+	mi := &file_yunchi_v1_dr_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2226,7 +2314,7 @@ func (x *DamagedChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DamagedChunk.ProtoReflect.Descriptor instead.
 func (*DamagedChunk) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_dr_proto_rawDescGZIP(), []int{31}
+	return file_yunchi_v1_dr_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *DamagedChunk) GetSha256() string {
@@ -2261,7 +2349,7 @@ type VerifyBackupsResponse struct {
 
 func (x *VerifyBackupsResponse) Reset() {
 	*x = VerifyBackupsResponse{}
-	mi := &file_yunchi_v1_dr_proto_msgTypes[32]
+	mi := &file_yunchi_v1_dr_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2273,7 +2361,7 @@ func (x *VerifyBackupsResponse) String() string {
 func (*VerifyBackupsResponse) ProtoMessage() {}
 
 func (x *VerifyBackupsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_dr_proto_msgTypes[32]
+	mi := &file_yunchi_v1_dr_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2286,7 +2374,7 @@ func (x *VerifyBackupsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyBackupsResponse.ProtoReflect.Descriptor instead.
 func (*VerifyBackupsResponse) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_dr_proto_rawDescGZIP(), []int{32}
+	return file_yunchi_v1_dr_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *VerifyBackupsResponse) GetCenter() string {
@@ -2347,7 +2435,7 @@ type GetRepositoryRequest struct {
 
 func (x *GetRepositoryRequest) Reset() {
 	*x = GetRepositoryRequest{}
-	mi := &file_yunchi_v1_dr_proto_msgTypes[33]
+	mi := &file_yunchi_v1_dr_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2359,7 +2447,7 @@ func (x *GetRepositoryRequest) String() string {
 func (*GetRepositoryRequest) ProtoMessage() {}
 
 func (x *GetRepositoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_dr_proto_msgTypes[33]
+	mi := &file_yunchi_v1_dr_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2372,7 +2460,7 @@ func (x *GetRepositoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRepositoryRequest.ProtoReflect.Descriptor instead.
 func (*GetRepositoryRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_dr_proto_rawDescGZIP(), []int{33}
+	return file_yunchi_v1_dr_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *GetRepositoryRequest) GetCenter() string {
@@ -2391,7 +2479,7 @@ type CollectGarbageRequest struct {
 
 func (x *CollectGarbageRequest) Reset() {
 	*x = CollectGarbageRequest{}
-	mi := &file_yunchi_v1_dr_proto_msgTypes[34]
+	mi := &file_yunchi_v1_dr_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2403,7 +2491,7 @@ func (x *CollectGarbageRequest) String() string {
 func (*CollectGarbageRequest) ProtoMessage() {}
 
 func (x *CollectGarbageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_dr_proto_msgTypes[34]
+	mi := &file_yunchi_v1_dr_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2416,7 +2504,7 @@ func (x *CollectGarbageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CollectGarbageRequest.ProtoReflect.Descriptor instead.
 func (*CollectGarbageRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_dr_proto_rawDescGZIP(), []int{34}
+	return file_yunchi_v1_dr_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *CollectGarbageRequest) GetCenter() string {
@@ -2438,7 +2526,7 @@ type CollectGarbageResponse struct {
 
 func (x *CollectGarbageResponse) Reset() {
 	*x = CollectGarbageResponse{}
-	mi := &file_yunchi_v1_dr_proto_msgTypes[35]
+	mi := &file_yunchi_v1_dr_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2450,7 +2538,7 @@ func (x *CollectGarbageResponse) String() string {
 func (*CollectGarbageResponse) ProtoMessage() {}
 
 func (x *CollectGarbageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_dr_proto_msgTypes[35]
+	mi := &file_yunchi_v1_dr_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2463,7 +2551,7 @@ func (x *CollectGarbageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CollectGarbageResponse.ProtoReflect.Descriptor instead.
 func (*CollectGarbageResponse) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_dr_proto_rawDescGZIP(), []int{35}
+	return file_yunchi_v1_dr_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *CollectGarbageResponse) GetCenter() string {
@@ -2492,6 +2580,1026 @@ func (x *CollectGarbageResponse) GetChunksKept() int64 {
 		return x.ChunksKept
 	}
 	return 0
+}
+
+type DRRunVM struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Vm           string                 `protobuf:"bytes,1,opt,name=vm,proto3" json:"vm,omitempty"`
+	Project      string                 `protobuf:"bytes,2,opt,name=project,proto3" json:"project,omitempty"`
+	Policy       string                 `protobuf:"bytes,3,opt,name=policy,proto3" json:"policy,omitempty"`
+	Priority     int32                  `protobuf:"varint,4,opt,name=priority,proto3" json:"priority,omitempty"`
+	Point        string                 `protobuf:"bytes,5,opt,name=point,proto3" json:"point,omitempty"`
+	PointCenter  string                 `protobuf:"bytes,6,opt,name=point_center,json=pointCenter,proto3" json:"point_center,omitempty"`
+	PointTakenAt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=point_taken_at,json=pointTakenAt,proto3" json:"point_taken_at,omitempty"`
+	// pending, precopy, stopping, final-copy, starting, running, done,
+	// failed, skipped.
+	Step   string `protobuf:"bytes,8,opt,name=step,proto3" json:"step,omitempty"`
+	Reason string `protobuf:"bytes,9,opt,name=reason,proto3" json:"reason,omitempty"`
+	Host   string `protobuf:"bytes,10,opt,name=host,proto3" json:"host,omitempty"`
+	Center string `protobuf:"bytes,11,opt,name=center,proto3" json:"center,omitempty"`
+	// Drill: the clone (in the drill project).
+	Clone string `protobuf:"bytes,12,opt,name=clone,proto3" json:"clone,omitempty"`
+	// Run start to running (0 = not running yet).
+	RtoMillis int64 `protobuf:"varint,13,opt,name=rto_millis,json=rtoMillis,proto3" json:"rto_millis,omitempty"`
+	// The data-loss window: how old the point was when the run started.
+	DataLossMillis int64 `protobuf:"varint,14,opt,name=data_loss_millis,json=dataLossMillis,proto3" json:"data_loss_millis,omitempty"`
+	// Failback: how long the VM was stopped for the switch-over.
+	DowntimeMillis int64  `protobuf:"varint,15,opt,name=downtime_millis,json=downtimeMillis,proto3" json:"downtime_millis,omitempty"`
+	FromHost       string `protobuf:"bytes,16,opt,name=from_host,json=fromHost,proto3" json:"from_host,omitempty"`
+	FromCenter     string `protobuf:"bytes,17,opt,name=from_center,json=fromCenter,proto3" json:"from_center,omitempty"`
+	Mirror         bool   `protobuf:"varint,18,opt,name=mirror,proto3" json:"mirror,omitempty"`
+	// Dry run: what the plan expects (from the policy's RTO objective and
+	// the point's age now).
+	ExpectedRtoSeconds      int64 `protobuf:"varint,19,opt,name=expected_rto_seconds,json=expectedRtoSeconds,proto3" json:"expected_rto_seconds,omitempty"`
+	ExpectedDataLossSeconds int64 `protobuf:"varint,20,opt,name=expected_data_loss_seconds,json=expectedDataLossSeconds,proto3" json:"expected_data_loss_seconds,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
+}
+
+func (x *DRRunVM) Reset() {
+	*x = DRRunVM{}
+	mi := &file_yunchi_v1_dr_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DRRunVM) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DRRunVM) ProtoMessage() {}
+
+func (x *DRRunVM) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_dr_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DRRunVM.ProtoReflect.Descriptor instead.
+func (*DRRunVM) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_dr_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *DRRunVM) GetVm() string {
+	if x != nil {
+		return x.Vm
+	}
+	return ""
+}
+
+func (x *DRRunVM) GetProject() string {
+	if x != nil {
+		return x.Project
+	}
+	return ""
+}
+
+func (x *DRRunVM) GetPolicy() string {
+	if x != nil {
+		return x.Policy
+	}
+	return ""
+}
+
+func (x *DRRunVM) GetPriority() int32 {
+	if x != nil {
+		return x.Priority
+	}
+	return 0
+}
+
+func (x *DRRunVM) GetPoint() string {
+	if x != nil {
+		return x.Point
+	}
+	return ""
+}
+
+func (x *DRRunVM) GetPointCenter() string {
+	if x != nil {
+		return x.PointCenter
+	}
+	return ""
+}
+
+func (x *DRRunVM) GetPointTakenAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.PointTakenAt
+	}
+	return nil
+}
+
+func (x *DRRunVM) GetStep() string {
+	if x != nil {
+		return x.Step
+	}
+	return ""
+}
+
+func (x *DRRunVM) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *DRRunVM) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *DRRunVM) GetCenter() string {
+	if x != nil {
+		return x.Center
+	}
+	return ""
+}
+
+func (x *DRRunVM) GetClone() string {
+	if x != nil {
+		return x.Clone
+	}
+	return ""
+}
+
+func (x *DRRunVM) GetRtoMillis() int64 {
+	if x != nil {
+		return x.RtoMillis
+	}
+	return 0
+}
+
+func (x *DRRunVM) GetDataLossMillis() int64 {
+	if x != nil {
+		return x.DataLossMillis
+	}
+	return 0
+}
+
+func (x *DRRunVM) GetDowntimeMillis() int64 {
+	if x != nil {
+		return x.DowntimeMillis
+	}
+	return 0
+}
+
+func (x *DRRunVM) GetFromHost() string {
+	if x != nil {
+		return x.FromHost
+	}
+	return ""
+}
+
+func (x *DRRunVM) GetFromCenter() string {
+	if x != nil {
+		return x.FromCenter
+	}
+	return ""
+}
+
+func (x *DRRunVM) GetMirror() bool {
+	if x != nil {
+		return x.Mirror
+	}
+	return false
+}
+
+func (x *DRRunVM) GetExpectedRtoSeconds() int64 {
+	if x != nil {
+		return x.ExpectedRtoSeconds
+	}
+	return 0
+}
+
+func (x *DRRunVM) GetExpectedDataLossSeconds() int64 {
+	if x != nil {
+		return x.ExpectedDataLossSeconds
+	}
+	return 0
+}
+
+type DRRun struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// failover, failback or drill.
+	Kind string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	// running, succeeded, partial or failed; "plan" for a dry run.
+	State               string                 `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
+	FromCenter          string                 `protobuf:"bytes,4,opt,name=from_center,json=fromCenter,proto3" json:"from_center,omitempty"`
+	ToCenter            string                 `protobuf:"bytes,5,opt,name=to_center,json=toCenter,proto3" json:"to_center,omitempty"`
+	Project             string                 `protobuf:"bytes,6,opt,name=project,proto3" json:"project,omitempty"`
+	RequestedBy         string                 `protobuf:"bytes,7,opt,name=requested_by,json=requestedBy,proto3" json:"requested_by,omitempty"`
+	StartedAt           *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
+	FinishedAt          *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=finished_at,json=finishedAt,proto3" json:"finished_at,omitempty"`
+	Vms                 []*DRRunVM             `protobuf:"bytes,10,rep,name=vms,proto3" json:"vms,omitempty"`
+	Message             string                 `protobuf:"bytes,11,opt,name=message,proto3" json:"message,omitempty"`
+	DrillProject        string                 `protobuf:"bytes,12,opt,name=drill_project,json=drillProject,proto3" json:"drill_project,omitempty"`
+	ProductionUnchanged bool                   `protobuf:"varint,13,opt,name=production_unchanged,json=productionUnchanged,proto3" json:"production_unchanged,omitempty"`
+	ProductionCheck     string                 `protobuf:"bytes,14,opt,name=production_check,json=productionCheck,proto3" json:"production_check,omitempty"`
+	Schedule            string                 `protobuf:"bytes,15,opt,name=schedule,proto3" json:"schedule,omitempty"`
+	// Over the VMs that reached running: RTO p50, p99 and max; the largest
+	// data-loss window; how many VMs are running (or done) out of all.
+	RtoP50Millis      int64 `protobuf:"varint,16,opt,name=rto_p50_millis,json=rtoP50Millis,proto3" json:"rto_p50_millis,omitempty"`
+	RtoP99Millis      int64 `protobuf:"varint,17,opt,name=rto_p99_millis,json=rtoP99Millis,proto3" json:"rto_p99_millis,omitempty"`
+	RtoMaxMillis      int64 `protobuf:"varint,18,opt,name=rto_max_millis,json=rtoMaxMillis,proto3" json:"rto_max_millis,omitempty"`
+	MaxDataLossMillis int64 `protobuf:"varint,19,opt,name=max_data_loss_millis,json=maxDataLossMillis,proto3" json:"max_data_loss_millis,omitempty"`
+	VmsDone           int32 `protobuf:"varint,20,opt,name=vms_done,json=vmsDone,proto3" json:"vms_done,omitempty"`
+	VmsFailed         int32 `protobuf:"varint,21,opt,name=vms_failed,json=vmsFailed,proto3" json:"vms_failed,omitempty"`
+	VmsSkipped        int32 `protobuf:"varint,22,opt,name=vms_skipped,json=vmsSkipped,proto3" json:"vms_skipped,omitempty"`
+	// Wall time from start to the last VM running (or to now).
+	ElapsedMillis int64 `protobuf:"varint,23,opt,name=elapsed_millis,json=elapsedMillis,proto3" json:"elapsed_millis,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DRRun) Reset() {
+	*x = DRRun{}
+	mi := &file_yunchi_v1_dr_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DRRun) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DRRun) ProtoMessage() {}
+
+func (x *DRRun) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_dr_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DRRun.ProtoReflect.Descriptor instead.
+func (*DRRun) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_dr_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *DRRun) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *DRRun) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *DRRun) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *DRRun) GetFromCenter() string {
+	if x != nil {
+		return x.FromCenter
+	}
+	return ""
+}
+
+func (x *DRRun) GetToCenter() string {
+	if x != nil {
+		return x.ToCenter
+	}
+	return ""
+}
+
+func (x *DRRun) GetProject() string {
+	if x != nil {
+		return x.Project
+	}
+	return ""
+}
+
+func (x *DRRun) GetRequestedBy() string {
+	if x != nil {
+		return x.RequestedBy
+	}
+	return ""
+}
+
+func (x *DRRun) GetStartedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartedAt
+	}
+	return nil
+}
+
+func (x *DRRun) GetFinishedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FinishedAt
+	}
+	return nil
+}
+
+func (x *DRRun) GetVms() []*DRRunVM {
+	if x != nil {
+		return x.Vms
+	}
+	return nil
+}
+
+func (x *DRRun) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *DRRun) GetDrillProject() string {
+	if x != nil {
+		return x.DrillProject
+	}
+	return ""
+}
+
+func (x *DRRun) GetProductionUnchanged() bool {
+	if x != nil {
+		return x.ProductionUnchanged
+	}
+	return false
+}
+
+func (x *DRRun) GetProductionCheck() string {
+	if x != nil {
+		return x.ProductionCheck
+	}
+	return ""
+}
+
+func (x *DRRun) GetSchedule() string {
+	if x != nil {
+		return x.Schedule
+	}
+	return ""
+}
+
+func (x *DRRun) GetRtoP50Millis() int64 {
+	if x != nil {
+		return x.RtoP50Millis
+	}
+	return 0
+}
+
+func (x *DRRun) GetRtoP99Millis() int64 {
+	if x != nil {
+		return x.RtoP99Millis
+	}
+	return 0
+}
+
+func (x *DRRun) GetRtoMaxMillis() int64 {
+	if x != nil {
+		return x.RtoMaxMillis
+	}
+	return 0
+}
+
+func (x *DRRun) GetMaxDataLossMillis() int64 {
+	if x != nil {
+		return x.MaxDataLossMillis
+	}
+	return 0
+}
+
+func (x *DRRun) GetVmsDone() int32 {
+	if x != nil {
+		return x.VmsDone
+	}
+	return 0
+}
+
+func (x *DRRun) GetVmsFailed() int32 {
+	if x != nil {
+		return x.VmsFailed
+	}
+	return 0
+}
+
+func (x *DRRun) GetVmsSkipped() int32 {
+	if x != nil {
+		return x.VmsSkipped
+	}
+	return 0
+}
+
+func (x *DRRun) GetElapsedMillis() int64 {
+	if x != nil {
+		return x.ElapsedMillis
+	}
+	return 0
+}
+
+type FailoverRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The lost center.
+	FromCenter string `protobuf:"bytes,1,opt,name=from_center,json=fromCenter,proto3" json:"from_center,omitempty"`
+	// The DR center to bring the VMs up in ("" = the same-city DR center of
+	// from_center's site, else a remote one).
+	ToCenter string `protobuf:"bytes,2,opt,name=to_center,json=toCenter,proto3" json:"to_center,omitempty"`
+	// Print the plan only: change nothing.
+	DryRun        bool `protobuf:"varint,3,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FailoverRequest) Reset() {
+	*x = FailoverRequest{}
+	mi := &file_yunchi_v1_dr_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FailoverRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FailoverRequest) ProtoMessage() {}
+
+func (x *FailoverRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_dr_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FailoverRequest.ProtoReflect.Descriptor instead.
+func (*FailoverRequest) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_dr_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *FailoverRequest) GetFromCenter() string {
+	if x != nil {
+		return x.FromCenter
+	}
+	return ""
+}
+
+func (x *FailoverRequest) GetToCenter() string {
+	if x != nil {
+		return x.ToCenter
+	}
+	return ""
+}
+
+func (x *FailoverRequest) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+type FailbackRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The home center the VMs return to (it must be back: hosts ready).
+	ToCenter      string `protobuf:"bytes,1,opt,name=to_center,json=toCenter,proto3" json:"to_center,omitempty"`
+	DryRun        bool   `protobuf:"varint,2,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FailbackRequest) Reset() {
+	*x = FailbackRequest{}
+	mi := &file_yunchi_v1_dr_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FailbackRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FailbackRequest) ProtoMessage() {}
+
+func (x *FailbackRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_dr_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FailbackRequest.ProtoReflect.Descriptor instead.
+func (*FailbackRequest) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_dr_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *FailbackRequest) GetToCenter() string {
+	if x != nil {
+		return x.ToCenter
+	}
+	return ""
+}
+
+func (x *FailbackRequest) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+type DrillRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The production center drilled.
+	Center string `protobuf:"bytes,1,opt,name=center,proto3" json:"center,omitempty"`
+	// The DR center the clones are restored into ("" = as for failover).
+	ToCenter string `protobuf:"bytes,2,opt,name=to_center,json=toCenter,proto3" json:"to_center,omitempty"`
+	// Only this project's VMs ("" = every project).
+	Project string `protobuf:"bytes,3,opt,name=project,proto3" json:"project,omitempty"`
+	DryRun  bool   `protobuf:"varint,4,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	// Repeat the drill this often (Go duration or "30d"; "" = once, now).
+	Every         string `protobuf:"bytes,5,opt,name=every,proto3" json:"every,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrillRequest) Reset() {
+	*x = DrillRequest{}
+	mi := &file_yunchi_v1_dr_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrillRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrillRequest) ProtoMessage() {}
+
+func (x *DrillRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_dr_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrillRequest.ProtoReflect.Descriptor instead.
+func (*DrillRequest) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_dr_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *DrillRequest) GetCenter() string {
+	if x != nil {
+		return x.Center
+	}
+	return ""
+}
+
+func (x *DrillRequest) GetToCenter() string {
+	if x != nil {
+		return x.ToCenter
+	}
+	return ""
+}
+
+func (x *DrillRequest) GetProject() string {
+	if x != nil {
+		return x.Project
+	}
+	return ""
+}
+
+func (x *DrillRequest) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+func (x *DrillRequest) GetEvery() string {
+	if x != nil {
+		return x.Every
+	}
+	return ""
+}
+
+type GetDRRunRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetDRRunRequest) Reset() {
+	*x = GetDRRunRequest{}
+	mi := &file_yunchi_v1_dr_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetDRRunRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetDRRunRequest) ProtoMessage() {}
+
+func (x *GetDRRunRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_dr_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetDRRunRequest.ProtoReflect.Descriptor instead.
+func (*GetDRRunRequest) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_dr_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *GetDRRunRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type ListDRRunsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "", "failover", "failback" or "drill".
+	Kind          string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	Project       string `protobuf:"bytes,2,opt,name=project,proto3" json:"project,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDRRunsRequest) Reset() {
+	*x = ListDRRunsRequest{}
+	mi := &file_yunchi_v1_dr_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDRRunsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDRRunsRequest) ProtoMessage() {}
+
+func (x *ListDRRunsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_dr_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDRRunsRequest.ProtoReflect.Descriptor instead.
+func (*ListDRRunsRequest) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_dr_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *ListDRRunsRequest) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *ListDRRunsRequest) GetProject() string {
+	if x != nil {
+		return x.Project
+	}
+	return ""
+}
+
+type ListDRRunsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Newest first; without per-VM entries (GetDRRun has them).
+	Runs          []*DRRun `protobuf:"bytes,1,rep,name=runs,proto3" json:"runs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDRRunsResponse) Reset() {
+	*x = ListDRRunsResponse{}
+	mi := &file_yunchi_v1_dr_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDRRunsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDRRunsResponse) ProtoMessage() {}
+
+func (x *ListDRRunsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_dr_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDRRunsResponse.ProtoReflect.Descriptor instead.
+func (*ListDRRunsResponse) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_dr_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *ListDRRunsResponse) GetRuns() []*DRRun {
+	if x != nil {
+		return x.Runs
+	}
+	return nil
+}
+
+type DrillSchedule struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Center        string                 `protobuf:"bytes,2,opt,name=center,proto3" json:"center,omitempty"`
+	ToCenter      string                 `protobuf:"bytes,3,opt,name=to_center,json=toCenter,proto3" json:"to_center,omitempty"`
+	Project       string                 `protobuf:"bytes,4,opt,name=project,proto3" json:"project,omitempty"`
+	EverySeconds  int64                  `protobuf:"varint,5,opt,name=every_seconds,json=everySeconds,proto3" json:"every_seconds,omitempty"`
+	NextAt        *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=next_at,json=nextAt,proto3" json:"next_at,omitempty"`
+	CreatedBy     string                 `protobuf:"bytes,7,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrillSchedule) Reset() {
+	*x = DrillSchedule{}
+	mi := &file_yunchi_v1_dr_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrillSchedule) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrillSchedule) ProtoMessage() {}
+
+func (x *DrillSchedule) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_dr_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrillSchedule.ProtoReflect.Descriptor instead.
+func (*DrillSchedule) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_dr_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *DrillSchedule) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *DrillSchedule) GetCenter() string {
+	if x != nil {
+		return x.Center
+	}
+	return ""
+}
+
+func (x *DrillSchedule) GetToCenter() string {
+	if x != nil {
+		return x.ToCenter
+	}
+	return ""
+}
+
+func (x *DrillSchedule) GetProject() string {
+	if x != nil {
+		return x.Project
+	}
+	return ""
+}
+
+func (x *DrillSchedule) GetEverySeconds() int64 {
+	if x != nil {
+		return x.EverySeconds
+	}
+	return 0
+}
+
+func (x *DrillSchedule) GetNextAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NextAt
+	}
+	return nil
+}
+
+func (x *DrillSchedule) GetCreatedBy() string {
+	if x != nil {
+		return x.CreatedBy
+	}
+	return ""
+}
+
+type ListDrillSchedulesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDrillSchedulesRequest) Reset() {
+	*x = ListDrillSchedulesRequest{}
+	mi := &file_yunchi_v1_dr_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDrillSchedulesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDrillSchedulesRequest) ProtoMessage() {}
+
+func (x *ListDrillSchedulesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_dr_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDrillSchedulesRequest.ProtoReflect.Descriptor instead.
+func (*ListDrillSchedulesRequest) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_dr_proto_rawDescGZIP(), []int{46}
+}
+
+type ListDrillSchedulesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Schedules     []*DrillSchedule       `protobuf:"bytes,1,rep,name=schedules,proto3" json:"schedules,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDrillSchedulesResponse) Reset() {
+	*x = ListDrillSchedulesResponse{}
+	mi := &file_yunchi_v1_dr_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDrillSchedulesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDrillSchedulesResponse) ProtoMessage() {}
+
+func (x *ListDrillSchedulesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_dr_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDrillSchedulesResponse.ProtoReflect.Descriptor instead.
+func (*ListDrillSchedulesResponse) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_dr_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *ListDrillSchedulesResponse) GetSchedules() []*DrillSchedule {
+	if x != nil {
+		return x.Schedules
+	}
+	return nil
+}
+
+type DeleteDrillScheduleRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteDrillScheduleRequest) Reset() {
+	*x = DeleteDrillScheduleRequest{}
+	mi := &file_yunchi_v1_dr_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteDrillScheduleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteDrillScheduleRequest) ProtoMessage() {}
+
+func (x *DeleteDrillScheduleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_dr_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteDrillScheduleRequest.ProtoReflect.Descriptor instead.
+func (*DeleteDrillScheduleRequest) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_dr_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *DeleteDrillScheduleRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type DeleteDrillScheduleResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteDrillScheduleResponse) Reset() {
+	*x = DeleteDrillScheduleResponse{}
+	mi := &file_yunchi_v1_dr_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteDrillScheduleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteDrillScheduleResponse) ProtoMessage() {}
+
+func (x *DeleteDrillScheduleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_dr_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteDrillScheduleResponse.ProtoReflect.Descriptor instead.
+func (*DeleteDrillScheduleResponse) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_dr_proto_rawDescGZIP(), []int{49}
 }
 
 var File_yunchi_v1_dr_proto protoreflect.FileDescriptor
@@ -2623,12 +3731,20 @@ const file_yunchi_v1_dr_proto_rawDesc = "" +
 	"\x02vm\x18\x02 \x01(\tR\x02vm\x12\x1e\n" +
 	"\n" +
 	"consistent\x18\x03 \x01(\bR\n" +
-	"consistent\"U\n" +
+	"consistent\"\xad\x01\n" +
 	"\bDRStatus\x12)\n" +
 	"\x03vms\x18\x01 \x03(\v2\x17.yunchi.v1.VMProtectionR\x03vms\x12\x1e\n" +
 	"\n" +
 	"violations\x18\x02 \x01(\x05R\n" +
-	"violations\"\x82\x03\n" +
+	"violations\x12/\n" +
+	"\x06drills\x18\x03 \x03(\v2\x17.yunchi.v1.ProjectDrillR\x06drills\x12%\n" +
+	"\x0efenced_centers\x18\x04 \x03(\tR\rfencedCenters\"\x8f\x01\n" +
+	"\fProjectDrill\x12\x18\n" +
+	"\aproject\x18\x01 \x01(\tR\aproject\x12\x10\n" +
+	"\x03run\x18\x02 \x01(\tR\x03run\x12;\n" +
+	"\vfinished_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"finishedAt\x12\x16\n" +
+	"\x06center\x18\x04 \x01(\tR\x06center\"\x82\x03\n" +
 	"\fRestorePoint\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x0e\n" +
 	"\x02vm\x18\x02 \x01(\tR\x02vm\x12\x18\n" +
@@ -2696,7 +3812,97 @@ const file_yunchi_v1_dr_proto_rawDesc = "" +
 	"\x0echunks_removed\x18\x02 \x01(\x03R\rchunksRemoved\x12#\n" +
 	"\rbytes_removed\x18\x03 \x01(\x03R\fbytesRemoved\x12\x1f\n" +
 	"\vchunks_kept\x18\x04 \x01(\x03R\n" +
-	"chunksKept*~\n" +
+	"chunksKept\"\x87\x05\n" +
+	"\aDRRunVM\x12\x0e\n" +
+	"\x02vm\x18\x01 \x01(\tR\x02vm\x12\x18\n" +
+	"\aproject\x18\x02 \x01(\tR\aproject\x12\x16\n" +
+	"\x06policy\x18\x03 \x01(\tR\x06policy\x12\x1a\n" +
+	"\bpriority\x18\x04 \x01(\x05R\bpriority\x12\x14\n" +
+	"\x05point\x18\x05 \x01(\tR\x05point\x12!\n" +
+	"\fpoint_center\x18\x06 \x01(\tR\vpointCenter\x12@\n" +
+	"\x0epoint_taken_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\fpointTakenAt\x12\x12\n" +
+	"\x04step\x18\b \x01(\tR\x04step\x12\x16\n" +
+	"\x06reason\x18\t \x01(\tR\x06reason\x12\x12\n" +
+	"\x04host\x18\n" +
+	" \x01(\tR\x04host\x12\x16\n" +
+	"\x06center\x18\v \x01(\tR\x06center\x12\x14\n" +
+	"\x05clone\x18\f \x01(\tR\x05clone\x12\x1d\n" +
+	"\n" +
+	"rto_millis\x18\r \x01(\x03R\trtoMillis\x12(\n" +
+	"\x10data_loss_millis\x18\x0e \x01(\x03R\x0edataLossMillis\x12'\n" +
+	"\x0fdowntime_millis\x18\x0f \x01(\x03R\x0edowntimeMillis\x12\x1b\n" +
+	"\tfrom_host\x18\x10 \x01(\tR\bfromHost\x12\x1f\n" +
+	"\vfrom_center\x18\x11 \x01(\tR\n" +
+	"fromCenter\x12\x16\n" +
+	"\x06mirror\x18\x12 \x01(\bR\x06mirror\x120\n" +
+	"\x14expected_rto_seconds\x18\x13 \x01(\x03R\x12expectedRtoSeconds\x12;\n" +
+	"\x1aexpected_data_loss_seconds\x18\x14 \x01(\x03R\x17expectedDataLossSeconds\"\xb8\x06\n" +
+	"\x05DRRun\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x14\n" +
+	"\x05state\x18\x03 \x01(\tR\x05state\x12\x1f\n" +
+	"\vfrom_center\x18\x04 \x01(\tR\n" +
+	"fromCenter\x12\x1b\n" +
+	"\tto_center\x18\x05 \x01(\tR\btoCenter\x12\x18\n" +
+	"\aproject\x18\x06 \x01(\tR\aproject\x12!\n" +
+	"\frequested_by\x18\a \x01(\tR\vrequestedBy\x129\n" +
+	"\n" +
+	"started_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x12;\n" +
+	"\vfinished_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"finishedAt\x12$\n" +
+	"\x03vms\x18\n" +
+	" \x03(\v2\x12.yunchi.v1.DRRunVMR\x03vms\x12\x18\n" +
+	"\amessage\x18\v \x01(\tR\amessage\x12#\n" +
+	"\rdrill_project\x18\f \x01(\tR\fdrillProject\x121\n" +
+	"\x14production_unchanged\x18\r \x01(\bR\x13productionUnchanged\x12)\n" +
+	"\x10production_check\x18\x0e \x01(\tR\x0fproductionCheck\x12\x1a\n" +
+	"\bschedule\x18\x0f \x01(\tR\bschedule\x12$\n" +
+	"\x0erto_p50_millis\x18\x10 \x01(\x03R\frtoP50Millis\x12$\n" +
+	"\x0erto_p99_millis\x18\x11 \x01(\x03R\frtoP99Millis\x12$\n" +
+	"\x0erto_max_millis\x18\x12 \x01(\x03R\frtoMaxMillis\x12/\n" +
+	"\x14max_data_loss_millis\x18\x13 \x01(\x03R\x11maxDataLossMillis\x12\x19\n" +
+	"\bvms_done\x18\x14 \x01(\x05R\avmsDone\x12\x1d\n" +
+	"\n" +
+	"vms_failed\x18\x15 \x01(\x05R\tvmsFailed\x12\x1f\n" +
+	"\vvms_skipped\x18\x16 \x01(\x05R\n" +
+	"vmsSkipped\x12%\n" +
+	"\x0eelapsed_millis\x18\x17 \x01(\x03R\relapsedMillis\"h\n" +
+	"\x0fFailoverRequest\x12\x1f\n" +
+	"\vfrom_center\x18\x01 \x01(\tR\n" +
+	"fromCenter\x12\x1b\n" +
+	"\tto_center\x18\x02 \x01(\tR\btoCenter\x12\x17\n" +
+	"\adry_run\x18\x03 \x01(\bR\x06dryRun\"G\n" +
+	"\x0fFailbackRequest\x12\x1b\n" +
+	"\tto_center\x18\x01 \x01(\tR\btoCenter\x12\x17\n" +
+	"\adry_run\x18\x02 \x01(\bR\x06dryRun\"\x8c\x01\n" +
+	"\fDrillRequest\x12\x16\n" +
+	"\x06center\x18\x01 \x01(\tR\x06center\x12\x1b\n" +
+	"\tto_center\x18\x02 \x01(\tR\btoCenter\x12\x18\n" +
+	"\aproject\x18\x03 \x01(\tR\aproject\x12\x17\n" +
+	"\adry_run\x18\x04 \x01(\bR\x06dryRun\x12\x14\n" +
+	"\x05every\x18\x05 \x01(\tR\x05every\"!\n" +
+	"\x0fGetDRRunRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"A\n" +
+	"\x11ListDRRunsRequest\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x18\n" +
+	"\aproject\x18\x02 \x01(\tR\aproject\":\n" +
+	"\x12ListDRRunsResponse\x12$\n" +
+	"\x04runs\x18\x01 \x03(\v2\x10.yunchi.v1.DRRunR\x04runs\"\xe7\x01\n" +
+	"\rDrillSchedule\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
+	"\x06center\x18\x02 \x01(\tR\x06center\x12\x1b\n" +
+	"\tto_center\x18\x03 \x01(\tR\btoCenter\x12\x18\n" +
+	"\aproject\x18\x04 \x01(\tR\aproject\x12#\n" +
+	"\revery_seconds\x18\x05 \x01(\x03R\feverySeconds\x123\n" +
+	"\anext_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x06nextAt\x12\x1d\n" +
+	"\n" +
+	"created_by\x18\a \x01(\tR\tcreatedBy\"\x1b\n" +
+	"\x19ListDrillSchedulesRequest\"T\n" +
+	"\x1aListDrillSchedulesResponse\x126\n" +
+	"\tschedules\x18\x01 \x03(\v2\x18.yunchi.v1.DrillScheduleR\tschedules\",\n" +
+	"\x1aDeleteDrillScheduleRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x1d\n" +
+	"\x1bDeleteDrillScheduleResponse*~\n" +
 	"\n" +
 	"CenterRole\x12\x1b\n" +
 	"\x17CENTER_ROLE_UNSPECIFIED\x10\x00\x12\x1a\n" +
@@ -2737,7 +3943,25 @@ const file_yunchi_v1_dr_proto_rawDesc = "" +
 	"\rVerifyBackups\x12\x1f.yunchi.v1.VerifyBackupsRequest\x1a .yunchi.v1.VerifyBackupsResponse\"%\xc2\xf3\x18\x04\n" +
 	"\x02\x01\x04\x82\xd3\xe4\x93\x02\x17:\x01*\"\x12/v1/backups:verify\x12w\n" +
 	"\x0eCollectGarbage\x12 .yunchi.v1.CollectGarbageRequest\x1a!.yunchi.v1.CollectGarbageResponse\" \xc2\xf3\x18\x03\n" +
-	"\x01\x01\x82\xd3\xe4\x93\x02\x13:\x01*\"\x0e/v1/backups:gcB3Z1github.com/yunchi/yunchi/proto/yunchi/v1;yunchiv1b\x06proto3"
+	"\x01\x01\x82\xd3\xe4\x93\x02\x13:\x01*\"\x0e/v1/backups:gc2\x9e\x06\n" +
+	"\x0fRecoveryService\x12]\n" +
+	"\bFailover\x12\x1a.yunchi.v1.FailoverRequest\x1a\x10.yunchi.v1.DRRun\"#\xc2\xf3\x18\x05\n" +
+	"\x01\x01 \x01\x82\xd3\xe4\x93\x02\x14:\x01*\"\x0f/v1/dr/failover\x12]\n" +
+	"\bFailback\x12\x1a.yunchi.v1.FailbackRequest\x1a\x10.yunchi.v1.DRRun\"#\xc2\xf3\x18\x05\n" +
+	"\x01\x01 \x01\x82\xd3\xe4\x93\x02\x14:\x01*\"\x0f/v1/dr/failback\x12]\n" +
+	"\n" +
+	"StartDrill\x12\x17.yunchi.v1.DrillRequest\x1a\x10.yunchi.v1.DRRun\"$\xc2\xf3\x18\b\n" +
+	"\x02\x01\x05\x18\x01 \x01\x82\xd3\xe4\x93\x02\x12:\x01*\"\r/v1/dr/drills\x12^\n" +
+	"\bGetDRRun\x12\x1a.yunchi.v1.GetDRRunRequest\x1a\x10.yunchi.v1.DRRun\"$\xc2\xf3\x18\b\n" +
+	"\x06\x01\x04\x03\x05\x06\a\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/dr/runs/{id}\x12l\n" +
+	"\n" +
+	"ListDRRuns\x12\x1c.yunchi.v1.ListDRRunsRequest\x1a\x1d.yunchi.v1.ListDRRunsResponse\"!\xc2\xf3\x18\n" +
+	"\n" +
+	"\x06\x01\x04\x03\x05\x06\a\x18\x01\x82\xd3\xe4\x93\x02\r\x12\v/v1/dr/runs\x12\x8a\x01\n" +
+	"\x12ListDrillSchedules\x12$.yunchi.v1.ListDrillSchedulesRequest\x1a%.yunchi.v1.ListDrillSchedulesResponse\"'\xc2\xf3\x18\x05\n" +
+	"\x03\x01\x04\x03\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/dr/drill-schedules\x12\x92\x01\n" +
+	"\x13DeleteDrillSchedule\x12%.yunchi.v1.DeleteDrillScheduleRequest\x1a&.yunchi.v1.DeleteDrillScheduleResponse\",\xc2\xf3\x18\x05\n" +
+	"\x01\x01 \x01\x82\xd3\xe4\x93\x02\x1d*\x1b/v1/dr/drill-schedules/{id}B3Z1github.com/yunchi/yunchi/proto/yunchi/v1;yunchiv1b\x06proto3"
 
 var (
 	file_yunchi_v1_dr_proto_rawDescOnce sync.Once
@@ -2752,109 +3976,146 @@ func file_yunchi_v1_dr_proto_rawDescGZIP() []byte {
 }
 
 var file_yunchi_v1_dr_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_yunchi_v1_dr_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_yunchi_v1_dr_proto_msgTypes = make([]protoimpl.MessageInfo, 50)
 var file_yunchi_v1_dr_proto_goTypes = []any{
-	(CenterRole)(0),                   // 0: yunchi.v1.CenterRole
-	(*Repository)(nil),                // 1: yunchi.v1.Repository
-	(*Center)(nil),                    // 2: yunchi.v1.Center
-	(*Topology)(nil),                  // 3: yunchi.v1.Topology
-	(*GetTopologyRequest)(nil),        // 4: yunchi.v1.GetTopologyRequest
-	(*SetCenterRequest)(nil),          // 5: yunchi.v1.SetCenterRequest
-	(*DeleteCenterRequest)(nil),       // 6: yunchi.v1.DeleteCenterRequest
-	(*DeleteCenterResponse)(nil),      // 7: yunchi.v1.DeleteCenterResponse
-	(*Retention)(nil),                 // 8: yunchi.v1.Retention
-	(*PolicyTarget)(nil),              // 9: yunchi.v1.PolicyTarget
-	(*Policy)(nil),                    // 10: yunchi.v1.Policy
-	(*CreatePolicyRequest)(nil),       // 11: yunchi.v1.CreatePolicyRequest
-	(*GetPolicyRequest)(nil),          // 12: yunchi.v1.GetPolicyRequest
-	(*ListPoliciesRequest)(nil),       // 13: yunchi.v1.ListPoliciesRequest
-	(*ListPoliciesResponse)(nil),      // 14: yunchi.v1.ListPoliciesResponse
-	(*DeletePolicyRequest)(nil),       // 15: yunchi.v1.DeletePolicyRequest
-	(*DeletePolicyResponse)(nil),      // 16: yunchi.v1.DeletePolicyResponse
-	(*ProtectVMRequest)(nil),          // 17: yunchi.v1.ProtectVMRequest
-	(*ProtectProjectRequest)(nil),     // 18: yunchi.v1.ProtectProjectRequest
-	(*Protection)(nil),                // 19: yunchi.v1.Protection
-	(*TargetStatus)(nil),              // 20: yunchi.v1.TargetStatus
-	(*VMProtection)(nil),              // 21: yunchi.v1.VMProtection
-	(*GetDRStatusRequest)(nil),        // 22: yunchi.v1.GetDRStatusRequest
-	(*DRStatus)(nil),                  // 23: yunchi.v1.DRStatus
-	(*RestorePoint)(nil),              // 24: yunchi.v1.RestorePoint
-	(*RestorePointDisk)(nil),          // 25: yunchi.v1.RestorePointDisk
-	(*ListRestorePointsRequest)(nil),  // 26: yunchi.v1.ListRestorePointsRequest
-	(*ListRestorePointsResponse)(nil), // 27: yunchi.v1.ListRestorePointsResponse
-	(*RestoreVMRequest)(nil),          // 28: yunchi.v1.RestoreVMRequest
-	(*RunBackupRequest)(nil),          // 29: yunchi.v1.RunBackupRequest
-	(*RunBackupResponse)(nil),         // 30: yunchi.v1.RunBackupResponse
-	(*VerifyBackupsRequest)(nil),      // 31: yunchi.v1.VerifyBackupsRequest
-	(*DamagedChunk)(nil),              // 32: yunchi.v1.DamagedChunk
-	(*VerifyBackupsResponse)(nil),     // 33: yunchi.v1.VerifyBackupsResponse
-	(*GetRepositoryRequest)(nil),      // 34: yunchi.v1.GetRepositoryRequest
-	(*CollectGarbageRequest)(nil),     // 35: yunchi.v1.CollectGarbageRequest
-	(*CollectGarbageResponse)(nil),    // 36: yunchi.v1.CollectGarbageResponse
-	(*Resources)(nil),                 // 37: yunchi.v1.Resources
-	(*timestamppb.Timestamp)(nil),     // 38: google.protobuf.Timestamp
-	(*VM)(nil),                        // 39: yunchi.v1.VM
+	(CenterRole)(0),                     // 0: yunchi.v1.CenterRole
+	(*Repository)(nil),                  // 1: yunchi.v1.Repository
+	(*Center)(nil),                      // 2: yunchi.v1.Center
+	(*Topology)(nil),                    // 3: yunchi.v1.Topology
+	(*GetTopologyRequest)(nil),          // 4: yunchi.v1.GetTopologyRequest
+	(*SetCenterRequest)(nil),            // 5: yunchi.v1.SetCenterRequest
+	(*DeleteCenterRequest)(nil),         // 6: yunchi.v1.DeleteCenterRequest
+	(*DeleteCenterResponse)(nil),        // 7: yunchi.v1.DeleteCenterResponse
+	(*Retention)(nil),                   // 8: yunchi.v1.Retention
+	(*PolicyTarget)(nil),                // 9: yunchi.v1.PolicyTarget
+	(*Policy)(nil),                      // 10: yunchi.v1.Policy
+	(*CreatePolicyRequest)(nil),         // 11: yunchi.v1.CreatePolicyRequest
+	(*GetPolicyRequest)(nil),            // 12: yunchi.v1.GetPolicyRequest
+	(*ListPoliciesRequest)(nil),         // 13: yunchi.v1.ListPoliciesRequest
+	(*ListPoliciesResponse)(nil),        // 14: yunchi.v1.ListPoliciesResponse
+	(*DeletePolicyRequest)(nil),         // 15: yunchi.v1.DeletePolicyRequest
+	(*DeletePolicyResponse)(nil),        // 16: yunchi.v1.DeletePolicyResponse
+	(*ProtectVMRequest)(nil),            // 17: yunchi.v1.ProtectVMRequest
+	(*ProtectProjectRequest)(nil),       // 18: yunchi.v1.ProtectProjectRequest
+	(*Protection)(nil),                  // 19: yunchi.v1.Protection
+	(*TargetStatus)(nil),                // 20: yunchi.v1.TargetStatus
+	(*VMProtection)(nil),                // 21: yunchi.v1.VMProtection
+	(*GetDRStatusRequest)(nil),          // 22: yunchi.v1.GetDRStatusRequest
+	(*DRStatus)(nil),                    // 23: yunchi.v1.DRStatus
+	(*ProjectDrill)(nil),                // 24: yunchi.v1.ProjectDrill
+	(*RestorePoint)(nil),                // 25: yunchi.v1.RestorePoint
+	(*RestorePointDisk)(nil),            // 26: yunchi.v1.RestorePointDisk
+	(*ListRestorePointsRequest)(nil),    // 27: yunchi.v1.ListRestorePointsRequest
+	(*ListRestorePointsResponse)(nil),   // 28: yunchi.v1.ListRestorePointsResponse
+	(*RestoreVMRequest)(nil),            // 29: yunchi.v1.RestoreVMRequest
+	(*RunBackupRequest)(nil),            // 30: yunchi.v1.RunBackupRequest
+	(*RunBackupResponse)(nil),           // 31: yunchi.v1.RunBackupResponse
+	(*VerifyBackupsRequest)(nil),        // 32: yunchi.v1.VerifyBackupsRequest
+	(*DamagedChunk)(nil),                // 33: yunchi.v1.DamagedChunk
+	(*VerifyBackupsResponse)(nil),       // 34: yunchi.v1.VerifyBackupsResponse
+	(*GetRepositoryRequest)(nil),        // 35: yunchi.v1.GetRepositoryRequest
+	(*CollectGarbageRequest)(nil),       // 36: yunchi.v1.CollectGarbageRequest
+	(*CollectGarbageResponse)(nil),      // 37: yunchi.v1.CollectGarbageResponse
+	(*DRRunVM)(nil),                     // 38: yunchi.v1.DRRunVM
+	(*DRRun)(nil),                       // 39: yunchi.v1.DRRun
+	(*FailoverRequest)(nil),             // 40: yunchi.v1.FailoverRequest
+	(*FailbackRequest)(nil),             // 41: yunchi.v1.FailbackRequest
+	(*DrillRequest)(nil),                // 42: yunchi.v1.DrillRequest
+	(*GetDRRunRequest)(nil),             // 43: yunchi.v1.GetDRRunRequest
+	(*ListDRRunsRequest)(nil),           // 44: yunchi.v1.ListDRRunsRequest
+	(*ListDRRunsResponse)(nil),          // 45: yunchi.v1.ListDRRunsResponse
+	(*DrillSchedule)(nil),               // 46: yunchi.v1.DrillSchedule
+	(*ListDrillSchedulesRequest)(nil),   // 47: yunchi.v1.ListDrillSchedulesRequest
+	(*ListDrillSchedulesResponse)(nil),  // 48: yunchi.v1.ListDrillSchedulesResponse
+	(*DeleteDrillScheduleRequest)(nil),  // 49: yunchi.v1.DeleteDrillScheduleRequest
+	(*DeleteDrillScheduleResponse)(nil), // 50: yunchi.v1.DeleteDrillScheduleResponse
+	(*Resources)(nil),                   // 51: yunchi.v1.Resources
+	(*timestamppb.Timestamp)(nil),       // 52: google.protobuf.Timestamp
+	(*VM)(nil),                          // 53: yunchi.v1.VM
 }
 var file_yunchi_v1_dr_proto_depIdxs = []int32{
 	0,  // 0: yunchi.v1.Center.role:type_name -> yunchi.v1.CenterRole
-	37, // 1: yunchi.v1.Center.capacity:type_name -> yunchi.v1.Resources
-	37, // 2: yunchi.v1.Center.allocated:type_name -> yunchi.v1.Resources
+	51, // 1: yunchi.v1.Center.capacity:type_name -> yunchi.v1.Resources
+	51, // 2: yunchi.v1.Center.allocated:type_name -> yunchi.v1.Resources
 	1,  // 3: yunchi.v1.Center.repository:type_name -> yunchi.v1.Repository
-	38, // 4: yunchi.v1.Center.created_at:type_name -> google.protobuf.Timestamp
+	52, // 4: yunchi.v1.Center.created_at:type_name -> google.protobuf.Timestamp
 	2,  // 5: yunchi.v1.Topology.centers:type_name -> yunchi.v1.Center
 	0,  // 6: yunchi.v1.SetCenterRequest.role:type_name -> yunchi.v1.CenterRole
 	0,  // 7: yunchi.v1.PolicyTarget.role:type_name -> yunchi.v1.CenterRole
 	8,  // 8: yunchi.v1.PolicyTarget.retention:type_name -> yunchi.v1.Retention
 	9,  // 9: yunchi.v1.Policy.targets:type_name -> yunchi.v1.PolicyTarget
-	38, // 10: yunchi.v1.Policy.created_at:type_name -> google.protobuf.Timestamp
+	52, // 10: yunchi.v1.Policy.created_at:type_name -> google.protobuf.Timestamp
 	10, // 11: yunchi.v1.CreatePolicyRequest.policy:type_name -> yunchi.v1.Policy
 	10, // 12: yunchi.v1.ListPoliciesResponse.policies:type_name -> yunchi.v1.Policy
 	0,  // 13: yunchi.v1.TargetStatus.role:type_name -> yunchi.v1.CenterRole
-	38, // 14: yunchi.v1.TargetStatus.newest_point_at:type_name -> google.protobuf.Timestamp
-	38, // 15: yunchi.v1.TargetStatus.next_attempt_at:type_name -> google.protobuf.Timestamp
+	52, // 14: yunchi.v1.TargetStatus.newest_point_at:type_name -> google.protobuf.Timestamp
+	52, // 15: yunchi.v1.TargetStatus.next_attempt_at:type_name -> google.protobuf.Timestamp
 	20, // 16: yunchi.v1.VMProtection.targets:type_name -> yunchi.v1.TargetStatus
 	21, // 17: yunchi.v1.DRStatus.vms:type_name -> yunchi.v1.VMProtection
-	38, // 18: yunchi.v1.RestorePoint.taken_at:type_name -> google.protobuf.Timestamp
-	25, // 19: yunchi.v1.RestorePoint.disks:type_name -> yunchi.v1.RestorePointDisk
-	24, // 20: yunchi.v1.ListRestorePointsResponse.points:type_name -> yunchi.v1.RestorePoint
-	32, // 21: yunchi.v1.VerifyBackupsResponse.damaged:type_name -> yunchi.v1.DamagedChunk
-	4,  // 22: yunchi.v1.TopologyService.GetTopology:input_type -> yunchi.v1.GetTopologyRequest
-	5,  // 23: yunchi.v1.TopologyService.SetCenter:input_type -> yunchi.v1.SetCenterRequest
-	6,  // 24: yunchi.v1.TopologyService.DeleteCenter:input_type -> yunchi.v1.DeleteCenterRequest
-	11, // 25: yunchi.v1.ProtectionService.CreatePolicy:input_type -> yunchi.v1.CreatePolicyRequest
-	12, // 26: yunchi.v1.ProtectionService.GetPolicy:input_type -> yunchi.v1.GetPolicyRequest
-	13, // 27: yunchi.v1.ProtectionService.ListPolicies:input_type -> yunchi.v1.ListPoliciesRequest
-	15, // 28: yunchi.v1.ProtectionService.DeletePolicy:input_type -> yunchi.v1.DeletePolicyRequest
-	17, // 29: yunchi.v1.ProtectionService.ProtectVM:input_type -> yunchi.v1.ProtectVMRequest
-	18, // 30: yunchi.v1.ProtectionService.ProtectProject:input_type -> yunchi.v1.ProtectProjectRequest
-	22, // 31: yunchi.v1.ProtectionService.GetDRStatus:input_type -> yunchi.v1.GetDRStatusRequest
-	26, // 32: yunchi.v1.BackupService.ListRestorePoints:input_type -> yunchi.v1.ListRestorePointsRequest
-	28, // 33: yunchi.v1.BackupService.RestoreVM:input_type -> yunchi.v1.RestoreVMRequest
-	29, // 34: yunchi.v1.BackupService.RunBackup:input_type -> yunchi.v1.RunBackupRequest
-	34, // 35: yunchi.v1.BackupService.GetRepository:input_type -> yunchi.v1.GetRepositoryRequest
-	31, // 36: yunchi.v1.BackupService.VerifyBackups:input_type -> yunchi.v1.VerifyBackupsRequest
-	35, // 37: yunchi.v1.BackupService.CollectGarbage:input_type -> yunchi.v1.CollectGarbageRequest
-	3,  // 38: yunchi.v1.TopologyService.GetTopology:output_type -> yunchi.v1.Topology
-	2,  // 39: yunchi.v1.TopologyService.SetCenter:output_type -> yunchi.v1.Center
-	7,  // 40: yunchi.v1.TopologyService.DeleteCenter:output_type -> yunchi.v1.DeleteCenterResponse
-	10, // 41: yunchi.v1.ProtectionService.CreatePolicy:output_type -> yunchi.v1.Policy
-	10, // 42: yunchi.v1.ProtectionService.GetPolicy:output_type -> yunchi.v1.Policy
-	14, // 43: yunchi.v1.ProtectionService.ListPolicies:output_type -> yunchi.v1.ListPoliciesResponse
-	16, // 44: yunchi.v1.ProtectionService.DeletePolicy:output_type -> yunchi.v1.DeletePolicyResponse
-	19, // 45: yunchi.v1.ProtectionService.ProtectVM:output_type -> yunchi.v1.Protection
-	19, // 46: yunchi.v1.ProtectionService.ProtectProject:output_type -> yunchi.v1.Protection
-	23, // 47: yunchi.v1.ProtectionService.GetDRStatus:output_type -> yunchi.v1.DRStatus
-	27, // 48: yunchi.v1.BackupService.ListRestorePoints:output_type -> yunchi.v1.ListRestorePointsResponse
-	39, // 49: yunchi.v1.BackupService.RestoreVM:output_type -> yunchi.v1.VM
-	30, // 50: yunchi.v1.BackupService.RunBackup:output_type -> yunchi.v1.RunBackupResponse
-	1,  // 51: yunchi.v1.BackupService.GetRepository:output_type -> yunchi.v1.Repository
-	33, // 52: yunchi.v1.BackupService.VerifyBackups:output_type -> yunchi.v1.VerifyBackupsResponse
-	36, // 53: yunchi.v1.BackupService.CollectGarbage:output_type -> yunchi.v1.CollectGarbageResponse
-	38, // [38:54] is the sub-list for method output_type
-	22, // [22:38] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	24, // 18: yunchi.v1.DRStatus.drills:type_name -> yunchi.v1.ProjectDrill
+	52, // 19: yunchi.v1.ProjectDrill.finished_at:type_name -> google.protobuf.Timestamp
+	52, // 20: yunchi.v1.RestorePoint.taken_at:type_name -> google.protobuf.Timestamp
+	26, // 21: yunchi.v1.RestorePoint.disks:type_name -> yunchi.v1.RestorePointDisk
+	25, // 22: yunchi.v1.ListRestorePointsResponse.points:type_name -> yunchi.v1.RestorePoint
+	33, // 23: yunchi.v1.VerifyBackupsResponse.damaged:type_name -> yunchi.v1.DamagedChunk
+	52, // 24: yunchi.v1.DRRunVM.point_taken_at:type_name -> google.protobuf.Timestamp
+	52, // 25: yunchi.v1.DRRun.started_at:type_name -> google.protobuf.Timestamp
+	52, // 26: yunchi.v1.DRRun.finished_at:type_name -> google.protobuf.Timestamp
+	38, // 27: yunchi.v1.DRRun.vms:type_name -> yunchi.v1.DRRunVM
+	39, // 28: yunchi.v1.ListDRRunsResponse.runs:type_name -> yunchi.v1.DRRun
+	52, // 29: yunchi.v1.DrillSchedule.next_at:type_name -> google.protobuf.Timestamp
+	46, // 30: yunchi.v1.ListDrillSchedulesResponse.schedules:type_name -> yunchi.v1.DrillSchedule
+	4,  // 31: yunchi.v1.TopologyService.GetTopology:input_type -> yunchi.v1.GetTopologyRequest
+	5,  // 32: yunchi.v1.TopologyService.SetCenter:input_type -> yunchi.v1.SetCenterRequest
+	6,  // 33: yunchi.v1.TopologyService.DeleteCenter:input_type -> yunchi.v1.DeleteCenterRequest
+	11, // 34: yunchi.v1.ProtectionService.CreatePolicy:input_type -> yunchi.v1.CreatePolicyRequest
+	12, // 35: yunchi.v1.ProtectionService.GetPolicy:input_type -> yunchi.v1.GetPolicyRequest
+	13, // 36: yunchi.v1.ProtectionService.ListPolicies:input_type -> yunchi.v1.ListPoliciesRequest
+	15, // 37: yunchi.v1.ProtectionService.DeletePolicy:input_type -> yunchi.v1.DeletePolicyRequest
+	17, // 38: yunchi.v1.ProtectionService.ProtectVM:input_type -> yunchi.v1.ProtectVMRequest
+	18, // 39: yunchi.v1.ProtectionService.ProtectProject:input_type -> yunchi.v1.ProtectProjectRequest
+	22, // 40: yunchi.v1.ProtectionService.GetDRStatus:input_type -> yunchi.v1.GetDRStatusRequest
+	27, // 41: yunchi.v1.BackupService.ListRestorePoints:input_type -> yunchi.v1.ListRestorePointsRequest
+	29, // 42: yunchi.v1.BackupService.RestoreVM:input_type -> yunchi.v1.RestoreVMRequest
+	30, // 43: yunchi.v1.BackupService.RunBackup:input_type -> yunchi.v1.RunBackupRequest
+	35, // 44: yunchi.v1.BackupService.GetRepository:input_type -> yunchi.v1.GetRepositoryRequest
+	32, // 45: yunchi.v1.BackupService.VerifyBackups:input_type -> yunchi.v1.VerifyBackupsRequest
+	36, // 46: yunchi.v1.BackupService.CollectGarbage:input_type -> yunchi.v1.CollectGarbageRequest
+	40, // 47: yunchi.v1.RecoveryService.Failover:input_type -> yunchi.v1.FailoverRequest
+	41, // 48: yunchi.v1.RecoveryService.Failback:input_type -> yunchi.v1.FailbackRequest
+	42, // 49: yunchi.v1.RecoveryService.StartDrill:input_type -> yunchi.v1.DrillRequest
+	43, // 50: yunchi.v1.RecoveryService.GetDRRun:input_type -> yunchi.v1.GetDRRunRequest
+	44, // 51: yunchi.v1.RecoveryService.ListDRRuns:input_type -> yunchi.v1.ListDRRunsRequest
+	47, // 52: yunchi.v1.RecoveryService.ListDrillSchedules:input_type -> yunchi.v1.ListDrillSchedulesRequest
+	49, // 53: yunchi.v1.RecoveryService.DeleteDrillSchedule:input_type -> yunchi.v1.DeleteDrillScheduleRequest
+	3,  // 54: yunchi.v1.TopologyService.GetTopology:output_type -> yunchi.v1.Topology
+	2,  // 55: yunchi.v1.TopologyService.SetCenter:output_type -> yunchi.v1.Center
+	7,  // 56: yunchi.v1.TopologyService.DeleteCenter:output_type -> yunchi.v1.DeleteCenterResponse
+	10, // 57: yunchi.v1.ProtectionService.CreatePolicy:output_type -> yunchi.v1.Policy
+	10, // 58: yunchi.v1.ProtectionService.GetPolicy:output_type -> yunchi.v1.Policy
+	14, // 59: yunchi.v1.ProtectionService.ListPolicies:output_type -> yunchi.v1.ListPoliciesResponse
+	16, // 60: yunchi.v1.ProtectionService.DeletePolicy:output_type -> yunchi.v1.DeletePolicyResponse
+	19, // 61: yunchi.v1.ProtectionService.ProtectVM:output_type -> yunchi.v1.Protection
+	19, // 62: yunchi.v1.ProtectionService.ProtectProject:output_type -> yunchi.v1.Protection
+	23, // 63: yunchi.v1.ProtectionService.GetDRStatus:output_type -> yunchi.v1.DRStatus
+	28, // 64: yunchi.v1.BackupService.ListRestorePoints:output_type -> yunchi.v1.ListRestorePointsResponse
+	53, // 65: yunchi.v1.BackupService.RestoreVM:output_type -> yunchi.v1.VM
+	31, // 66: yunchi.v1.BackupService.RunBackup:output_type -> yunchi.v1.RunBackupResponse
+	1,  // 67: yunchi.v1.BackupService.GetRepository:output_type -> yunchi.v1.Repository
+	34, // 68: yunchi.v1.BackupService.VerifyBackups:output_type -> yunchi.v1.VerifyBackupsResponse
+	37, // 69: yunchi.v1.BackupService.CollectGarbage:output_type -> yunchi.v1.CollectGarbageResponse
+	39, // 70: yunchi.v1.RecoveryService.Failover:output_type -> yunchi.v1.DRRun
+	39, // 71: yunchi.v1.RecoveryService.Failback:output_type -> yunchi.v1.DRRun
+	39, // 72: yunchi.v1.RecoveryService.StartDrill:output_type -> yunchi.v1.DRRun
+	39, // 73: yunchi.v1.RecoveryService.GetDRRun:output_type -> yunchi.v1.DRRun
+	45, // 74: yunchi.v1.RecoveryService.ListDRRuns:output_type -> yunchi.v1.ListDRRunsResponse
+	48, // 75: yunchi.v1.RecoveryService.ListDrillSchedules:output_type -> yunchi.v1.ListDrillSchedulesResponse
+	50, // 76: yunchi.v1.RecoveryService.DeleteDrillSchedule:output_type -> yunchi.v1.DeleteDrillScheduleResponse
+	54, // [54:77] is the sub-list for method output_type
+	31, // [31:54] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_yunchi_v1_dr_proto_init() }
@@ -2870,9 +4131,9 @@ func file_yunchi_v1_dr_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_yunchi_v1_dr_proto_rawDesc), len(file_yunchi_v1_dr_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   36,
+			NumMessages:   50,
 			NumExtensions: 0,
-			NumServices:   3,
+			NumServices:   4,
 		},
 		GoTypes:           file_yunchi_v1_dr_proto_goTypes,
 		DependencyIndexes: file_yunchi_v1_dr_proto_depIdxs,

@@ -842,3 +842,349 @@ var BackupService_ServiceDesc = grpc.ServiceDesc{
 	Streams:  []grpc.StreamDesc{},
 	Metadata: "yunchi/v1/dr.proto",
 }
+
+const (
+	RecoveryService_Failover_FullMethodName            = "/yunchi.v1.RecoveryService/Failover"
+	RecoveryService_Failback_FullMethodName            = "/yunchi.v1.RecoveryService/Failback"
+	RecoveryService_StartDrill_FullMethodName          = "/yunchi.v1.RecoveryService/StartDrill"
+	RecoveryService_GetDRRun_FullMethodName            = "/yunchi.v1.RecoveryService/GetDRRun"
+	RecoveryService_ListDRRuns_FullMethodName          = "/yunchi.v1.RecoveryService/ListDRRuns"
+	RecoveryService_ListDrillSchedules_FullMethodName  = "/yunchi.v1.RecoveryService/ListDrillSchedules"
+	RecoveryService_DeleteDrillSchedule_FullMethodName = "/yunchi.v1.RecoveryService/DeleteDrillSchedule"
+)
+
+// RecoveryServiceClient is the client API for RecoveryService service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// Failover, failback and drills: runs the leader drives through raft, so a
+// leader change does not lose one; every run is kept as a report.
+type RecoveryServiceClient interface {
+	// Declares a center lost, fences it and brings its protected VMs up in
+	// a DR center from their newest points (dry_run: the plan only).
+	Failover(ctx context.Context, in *FailoverRequest, opts ...grpc.CallOption) (*DRRun, error)
+	// Returns VMs failed over from a center once it is back.
+	Failback(ctx context.Context, in *FailbackRequest, opts ...grpc.CallOption) (*DRRun, error)
+	// Restores clones of a center's protected VMs into an isolated drill
+	// project, measures RTO and RPO, removes them and keeps a report.
+	StartDrill(ctx context.Context, in *DrillRequest, opts ...grpc.CallOption) (*DRRun, error)
+	GetDRRun(ctx context.Context, in *GetDRRunRequest, opts ...grpc.CallOption) (*DRRun, error)
+	ListDRRuns(ctx context.Context, in *ListDRRunsRequest, opts ...grpc.CallOption) (*ListDRRunsResponse, error)
+	ListDrillSchedules(ctx context.Context, in *ListDrillSchedulesRequest, opts ...grpc.CallOption) (*ListDrillSchedulesResponse, error)
+	DeleteDrillSchedule(ctx context.Context, in *DeleteDrillScheduleRequest, opts ...grpc.CallOption) (*DeleteDrillScheduleResponse, error)
+}
+
+type recoveryServiceClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewRecoveryServiceClient(cc grpc.ClientConnInterface) RecoveryServiceClient {
+	return &recoveryServiceClient{cc}
+}
+
+func (c *recoveryServiceClient) Failover(ctx context.Context, in *FailoverRequest, opts ...grpc.CallOption) (*DRRun, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DRRun)
+	err := c.cc.Invoke(ctx, RecoveryService_Failover_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *recoveryServiceClient) Failback(ctx context.Context, in *FailbackRequest, opts ...grpc.CallOption) (*DRRun, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DRRun)
+	err := c.cc.Invoke(ctx, RecoveryService_Failback_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *recoveryServiceClient) StartDrill(ctx context.Context, in *DrillRequest, opts ...grpc.CallOption) (*DRRun, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DRRun)
+	err := c.cc.Invoke(ctx, RecoveryService_StartDrill_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *recoveryServiceClient) GetDRRun(ctx context.Context, in *GetDRRunRequest, opts ...grpc.CallOption) (*DRRun, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DRRun)
+	err := c.cc.Invoke(ctx, RecoveryService_GetDRRun_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *recoveryServiceClient) ListDRRuns(ctx context.Context, in *ListDRRunsRequest, opts ...grpc.CallOption) (*ListDRRunsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListDRRunsResponse)
+	err := c.cc.Invoke(ctx, RecoveryService_ListDRRuns_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *recoveryServiceClient) ListDrillSchedules(ctx context.Context, in *ListDrillSchedulesRequest, opts ...grpc.CallOption) (*ListDrillSchedulesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListDrillSchedulesResponse)
+	err := c.cc.Invoke(ctx, RecoveryService_ListDrillSchedules_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *recoveryServiceClient) DeleteDrillSchedule(ctx context.Context, in *DeleteDrillScheduleRequest, opts ...grpc.CallOption) (*DeleteDrillScheduleResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteDrillScheduleResponse)
+	err := c.cc.Invoke(ctx, RecoveryService_DeleteDrillSchedule_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// RecoveryServiceServer is the server API for RecoveryService service.
+// All implementations must embed UnimplementedRecoveryServiceServer
+// for forward compatibility.
+//
+// Failover, failback and drills: runs the leader drives through raft, so a
+// leader change does not lose one; every run is kept as a report.
+type RecoveryServiceServer interface {
+	// Declares a center lost, fences it and brings its protected VMs up in
+	// a DR center from their newest points (dry_run: the plan only).
+	Failover(context.Context, *FailoverRequest) (*DRRun, error)
+	// Returns VMs failed over from a center once it is back.
+	Failback(context.Context, *FailbackRequest) (*DRRun, error)
+	// Restores clones of a center's protected VMs into an isolated drill
+	// project, measures RTO and RPO, removes them and keeps a report.
+	StartDrill(context.Context, *DrillRequest) (*DRRun, error)
+	GetDRRun(context.Context, *GetDRRunRequest) (*DRRun, error)
+	ListDRRuns(context.Context, *ListDRRunsRequest) (*ListDRRunsResponse, error)
+	ListDrillSchedules(context.Context, *ListDrillSchedulesRequest) (*ListDrillSchedulesResponse, error)
+	DeleteDrillSchedule(context.Context, *DeleteDrillScheduleRequest) (*DeleteDrillScheduleResponse, error)
+	mustEmbedUnimplementedRecoveryServiceServer()
+}
+
+// UnimplementedRecoveryServiceServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedRecoveryServiceServer struct{}
+
+func (UnimplementedRecoveryServiceServer) Failover(context.Context, *FailoverRequest) (*DRRun, error) {
+	return nil, status.Error(codes.Unimplemented, "method Failover not implemented")
+}
+func (UnimplementedRecoveryServiceServer) Failback(context.Context, *FailbackRequest) (*DRRun, error) {
+	return nil, status.Error(codes.Unimplemented, "method Failback not implemented")
+}
+func (UnimplementedRecoveryServiceServer) StartDrill(context.Context, *DrillRequest) (*DRRun, error) {
+	return nil, status.Error(codes.Unimplemented, "method StartDrill not implemented")
+}
+func (UnimplementedRecoveryServiceServer) GetDRRun(context.Context, *GetDRRunRequest) (*DRRun, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetDRRun not implemented")
+}
+func (UnimplementedRecoveryServiceServer) ListDRRuns(context.Context, *ListDRRunsRequest) (*ListDRRunsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListDRRuns not implemented")
+}
+func (UnimplementedRecoveryServiceServer) ListDrillSchedules(context.Context, *ListDrillSchedulesRequest) (*ListDrillSchedulesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListDrillSchedules not implemented")
+}
+func (UnimplementedRecoveryServiceServer) DeleteDrillSchedule(context.Context, *DeleteDrillScheduleRequest) (*DeleteDrillScheduleResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteDrillSchedule not implemented")
+}
+func (UnimplementedRecoveryServiceServer) mustEmbedUnimplementedRecoveryServiceServer() {}
+func (UnimplementedRecoveryServiceServer) testEmbeddedByValue()                         {}
+
+// UnsafeRecoveryServiceServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to RecoveryServiceServer will
+// result in compilation errors.
+type UnsafeRecoveryServiceServer interface {
+	mustEmbedUnimplementedRecoveryServiceServer()
+}
+
+func RegisterRecoveryServiceServer(s grpc.ServiceRegistrar, srv RecoveryServiceServer) {
+	// If the following call panics, it indicates UnimplementedRecoveryServiceServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&RecoveryService_ServiceDesc, srv)
+}
+
+func _RecoveryService_Failover_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(FailoverRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RecoveryServiceServer).Failover(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RecoveryService_Failover_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RecoveryServiceServer).Failover(ctx, req.(*FailoverRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RecoveryService_Failback_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(FailbackRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RecoveryServiceServer).Failback(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RecoveryService_Failback_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RecoveryServiceServer).Failback(ctx, req.(*FailbackRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RecoveryService_StartDrill_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DrillRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RecoveryServiceServer).StartDrill(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RecoveryService_StartDrill_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RecoveryServiceServer).StartDrill(ctx, req.(*DrillRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RecoveryService_GetDRRun_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetDRRunRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RecoveryServiceServer).GetDRRun(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RecoveryService_GetDRRun_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RecoveryServiceServer).GetDRRun(ctx, req.(*GetDRRunRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RecoveryService_ListDRRuns_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListDRRunsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RecoveryServiceServer).ListDRRuns(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RecoveryService_ListDRRuns_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RecoveryServiceServer).ListDRRuns(ctx, req.(*ListDRRunsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RecoveryService_ListDrillSchedules_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListDrillSchedulesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RecoveryServiceServer).ListDrillSchedules(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RecoveryService_ListDrillSchedules_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RecoveryServiceServer).ListDrillSchedules(ctx, req.(*ListDrillSchedulesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RecoveryService_DeleteDrillSchedule_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteDrillScheduleRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RecoveryServiceServer).DeleteDrillSchedule(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RecoveryService_DeleteDrillSchedule_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RecoveryServiceServer).DeleteDrillSchedule(ctx, req.(*DeleteDrillScheduleRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+// RecoveryService_ServiceDesc is the grpc.ServiceDesc for RecoveryService service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var RecoveryService_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "yunchi.v1.RecoveryService",
+	HandlerType: (*RecoveryServiceServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "Failover",
+			Handler:    _RecoveryService_Failover_Handler,
+		},
+		{
+			MethodName: "Failback",
+			Handler:    _RecoveryService_Failback_Handler,
+		},
+		{
+			MethodName: "StartDrill",
+			Handler:    _RecoveryService_StartDrill_Handler,
+		},
+		{
+			MethodName: "GetDRRun",
+			Handler:    _RecoveryService_GetDRRun_Handler,
+		},
+		{
+			MethodName: "ListDRRuns",
+			Handler:    _RecoveryService_ListDRRuns_Handler,
+		},
+		{
+			MethodName: "ListDrillSchedules",
+			Handler:    _RecoveryService_ListDrillSchedules_Handler,
+		},
+		{
+			MethodName: "DeleteDrillSchedule",
+			Handler:    _RecoveryService_DeleteDrillSchedule_Handler,
+		},
+	},
+	Streams:  []grpc.StreamDesc{},
+	Metadata: "yunchi/v1/dr.proto",
+}

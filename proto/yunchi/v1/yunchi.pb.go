@@ -461,7 +461,11 @@ type VM struct {
 	ProtectionPolicy string `protobuf:"bytes,25,opt,name=protection_policy,json=protectionPolicy,proto3" json:"protection_policy,omitempty"`
 	ProtectionSource string `protobuf:"bytes,26,opt,name=protection_source,json=protectionSource,proto3" json:"protection_source,omitempty"`
 	// The restore point its disks were rebuilt from ("" = none).
-	RestoredFrom  string `protobuf:"bytes,27,opt,name=restored_from,json=restoredFrom,proto3" json:"restored_from,omitempty"`
+	RestoredFrom string `protobuf:"bytes,27,opt,name=restored_from,json=restoredFrom,proto3" json:"restored_from,omitempty"`
+	// The center a failover moved the VM from ("" = it runs where it
+	// belongs), and for a drill's clone, the drill (no network).
+	HomeCenter    string `protobuf:"bytes,28,opt,name=home_center,json=homeCenter,proto3" json:"home_center,omitempty"`
+	DrRun         string `protobuf:"bytes,29,opt,name=dr_run,json=drRun,proto3" json:"dr_run,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -681,6 +685,20 @@ func (x *VM) GetProtectionSource() string {
 func (x *VM) GetRestoredFrom() string {
 	if x != nil {
 		return x.RestoredFrom
+	}
+	return ""
+}
+
+func (x *VM) GetHomeCenter() string {
+	if x != nil {
+		return x.HomeCenter
+	}
+	return ""
+}
+
+func (x *VM) GetDrRun() string {
+	if x != nil {
+		return x.DrRun
 	}
 	return ""
 }
@@ -4120,7 +4138,7 @@ const file_yunchi_v1_yunchi_proto_rawDesc = "" +
 	"\x05vcpus\x18\x01 \x01(\x03R\x05vcpus\x12!\n" +
 	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\x12\x1d\n" +
 	"\n" +
-	"disk_bytes\x18\x03 \x01(\x03R\tdiskBytes\"\xc8\a\n" +
+	"disk_bytes\x18\x03 \x01(\x03R\tdiskBytes\"\x80\b\n" +
 	"\x02VM\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
@@ -4156,7 +4174,10 @@ const file_yunchi_v1_yunchi_proto_rawDesc = "" +
 	"\x05usage\x18\x18 \x01(\v2\x12.yunchi.v1.VMUsageR\x05usage\x12+\n" +
 	"\x11protection_policy\x18\x19 \x01(\tR\x10protectionPolicy\x12+\n" +
 	"\x11protection_source\x18\x1a \x01(\tR\x10protectionSource\x12#\n" +
-	"\rrestored_from\x18\x1b \x01(\tR\frestoredFrom\"\xcf\x02\n" +
+	"\rrestored_from\x18\x1b \x01(\tR\frestoredFrom\x12\x1f\n" +
+	"\vhome_center\x18\x1c \x01(\tR\n" +
+	"homeCenter\x12\x15\n" +
+	"\x06dr_run\x18\x1d \x01(\tR\x05drRun\"\xcf\x02\n" +
 	"\aVMUsage\x12\x1e\n" +
 	"\vcpu_time_ns\x18\x01 \x01(\x04R\tcpuTimeNs\x12!\n" +
 	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\x12.\n" +

@@ -135,6 +135,197 @@ func (BackupJobState) EnumDescriptor() ([]byte, []int) {
 	return file_yunchi_state_v1_dr_proto_rawDescGZIP(), []int{1}
 }
 
+type DRRunKind int32
+
+const (
+	DRRunKind_DR_RUN_KIND_UNSPECIFIED DRRunKind = 0
+	// A lost center's protected VMs are brought up in a DR center from
+	// their newest points; the lost center is fenced.
+	DRRunKind_DR_RUN_KIND_FAILOVER DRRunKind = 1
+	// VMs failed over from a center are copied back and switched over.
+	DRRunKind_DR_RUN_KIND_FAILBACK DRRunKind = 2
+	// Clones of a center's protected VMs are restored into an isolated
+	// drill project in a DR center, checked, measured and removed.
+	DRRunKind_DR_RUN_KIND_DRILL DRRunKind = 3
+)
+
+// Enum value maps for DRRunKind.
+var (
+	DRRunKind_name = map[int32]string{
+		0: "DR_RUN_KIND_UNSPECIFIED",
+		1: "DR_RUN_KIND_FAILOVER",
+		2: "DR_RUN_KIND_FAILBACK",
+		3: "DR_RUN_KIND_DRILL",
+	}
+	DRRunKind_value = map[string]int32{
+		"DR_RUN_KIND_UNSPECIFIED": 0,
+		"DR_RUN_KIND_FAILOVER":    1,
+		"DR_RUN_KIND_FAILBACK":    2,
+		"DR_RUN_KIND_DRILL":       3,
+	}
+)
+
+func (x DRRunKind) Enum() *DRRunKind {
+	p := new(DRRunKind)
+	*p = x
+	return p
+}
+
+func (x DRRunKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (DRRunKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_yunchi_state_v1_dr_proto_enumTypes[2].Descriptor()
+}
+
+func (DRRunKind) Type() protoreflect.EnumType {
+	return &file_yunchi_state_v1_dr_proto_enumTypes[2]
+}
+
+func (x DRRunKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use DRRunKind.Descriptor instead.
+func (DRRunKind) EnumDescriptor() ([]byte, []int) {
+	return file_yunchi_state_v1_dr_proto_rawDescGZIP(), []int{2}
+}
+
+type DRRunState int32
+
+const (
+	DRRunState_DR_RUN_STATE_UNSPECIFIED DRRunState = 0
+	DRRunState_DR_RUN_STATE_RUNNING     DRRunState = 1
+	// Every VM reached its end.
+	DRRunState_DR_RUN_STATE_SUCCEEDED DRRunState = 2
+	// Finished; some VMs failed or could not be placed (see their reasons).
+	DRRunState_DR_RUN_STATE_PARTIAL DRRunState = 3
+	// Finished with no VM done (timed out, or nothing could be done).
+	DRRunState_DR_RUN_STATE_FAILED DRRunState = 4
+)
+
+// Enum value maps for DRRunState.
+var (
+	DRRunState_name = map[int32]string{
+		0: "DR_RUN_STATE_UNSPECIFIED",
+		1: "DR_RUN_STATE_RUNNING",
+		2: "DR_RUN_STATE_SUCCEEDED",
+		3: "DR_RUN_STATE_PARTIAL",
+		4: "DR_RUN_STATE_FAILED",
+	}
+	DRRunState_value = map[string]int32{
+		"DR_RUN_STATE_UNSPECIFIED": 0,
+		"DR_RUN_STATE_RUNNING":     1,
+		"DR_RUN_STATE_SUCCEEDED":   2,
+		"DR_RUN_STATE_PARTIAL":     3,
+		"DR_RUN_STATE_FAILED":      4,
+	}
+)
+
+func (x DRRunState) Enum() *DRRunState {
+	p := new(DRRunState)
+	*p = x
+	return p
+}
+
+func (x DRRunState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (DRRunState) Descriptor() protoreflect.EnumDescriptor {
+	return file_yunchi_state_v1_dr_proto_enumTypes[3].Descriptor()
+}
+
+func (DRRunState) Type() protoreflect.EnumType {
+	return &file_yunchi_state_v1_dr_proto_enumTypes[3]
+}
+
+func (x DRRunState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use DRRunState.Descriptor instead.
+func (DRRunState) EnumDescriptor() ([]byte, []int) {
+	return file_yunchi_state_v1_dr_proto_rawDescGZIP(), []int{3}
+}
+
+// Where one VM of a run is. Failover: PENDING, STARTING, RUNNING.
+// Failback: PENDING, PRECOPY (a backup while the VM still runs in the DR
+// center), STOPPING, FINAL_COPY (the changes since the pre-copy),
+// STARTING (restored in the home center), RUNNING. Drill: PENDING,
+// STARTING (the clone), RUNNING (measured), DONE (clone removed).
+type DRStep int32
+
+const (
+	DRStep_DR_STEP_UNSPECIFIED DRStep = 0
+	DRStep_DR_STEP_PENDING     DRStep = 1
+	DRStep_DR_STEP_PRECOPY     DRStep = 2
+	DRStep_DR_STEP_STOPPING    DRStep = 3
+	DRStep_DR_STEP_FINAL_COPY  DRStep = 4
+	DRStep_DR_STEP_STARTING    DRStep = 5
+	DRStep_DR_STEP_RUNNING     DRStep = 6
+	DRStep_DR_STEP_DONE        DRStep = 7
+	DRStep_DR_STEP_FAILED      DRStep = 8
+	// Not attempted: no restore point, or no room (reason says which).
+	DRStep_DR_STEP_SKIPPED DRStep = 9
+)
+
+// Enum value maps for DRStep.
+var (
+	DRStep_name = map[int32]string{
+		0: "DR_STEP_UNSPECIFIED",
+		1: "DR_STEP_PENDING",
+		2: "DR_STEP_PRECOPY",
+		3: "DR_STEP_STOPPING",
+		4: "DR_STEP_FINAL_COPY",
+		5: "DR_STEP_STARTING",
+		6: "DR_STEP_RUNNING",
+		7: "DR_STEP_DONE",
+		8: "DR_STEP_FAILED",
+		9: "DR_STEP_SKIPPED",
+	}
+	DRStep_value = map[string]int32{
+		"DR_STEP_UNSPECIFIED": 0,
+		"DR_STEP_PENDING":     1,
+		"DR_STEP_PRECOPY":     2,
+		"DR_STEP_STOPPING":    3,
+		"DR_STEP_FINAL_COPY":  4,
+		"DR_STEP_STARTING":    5,
+		"DR_STEP_RUNNING":     6,
+		"DR_STEP_DONE":        7,
+		"DR_STEP_FAILED":      8,
+		"DR_STEP_SKIPPED":     9,
+	}
+)
+
+func (x DRStep) Enum() *DRStep {
+	p := new(DRStep)
+	*p = x
+	return p
+}
+
+func (x DRStep) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (DRStep) Descriptor() protoreflect.EnumDescriptor {
+	return file_yunchi_state_v1_dr_proto_enumTypes[4].Descriptor()
+}
+
+func (DRStep) Type() protoreflect.EnumType {
+	return &file_yunchi_state_v1_dr_proto_enumTypes[4]
+}
+
+func (x DRStep) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use DRStep.Descriptor instead.
+func (DRStep) EnumDescriptor() ([]byte, []int) {
+	return file_yunchi_state_v1_dr_proto_rawDescGZIP(), []int{4}
+}
+
 type CenterRecord struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The name hosts give as their center (--center).
@@ -149,8 +340,13 @@ type CenterRecord struct {
 	CreatedUnixNano  int64  `protobuf:"varint,6,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
 	UpdatedUnixNano  int64  `protobuf:"varint,7,opt,name=updated_unix_nano,json=updatedUnixNano,proto3" json:"updated_unix_nano,omitempty"`
 	Revision         uint64 `protobuf:"varint,8,opt,name=revision,proto3" json:"revision,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Version 10 on: the failover (DR run id) that declared the center lost
+	// and fenced it ("" = not fenced). A fenced center's hosts take no new
+	// VMs and run none of the VMs failed over from it; failback lifts it.
+	FencedBy       string `protobuf:"bytes,9,opt,name=fenced_by,json=fencedBy,proto3" json:"fenced_by,omitempty"`
+	FencedUnixNano int64  `protobuf:"varint,10,opt,name=fenced_unix_nano,json=fencedUnixNano,proto3" json:"fenced_unix_nano,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *CenterRecord) Reset() {
@@ -239,6 +435,20 @@ func (x *CenterRecord) GetRevision() uint64 {
 	return 0
 }
 
+func (x *CenterRecord) GetFencedBy() string {
+	if x != nil {
+		return x.FencedBy
+	}
+	return ""
+}
+
+func (x *CenterRecord) GetFencedUnixNano() int64 {
+	if x != nil {
+		return x.FencedUnixNano
+	}
+	return 0
+}
+
 // How many restore points of one target a policy keeps. A point is kept if
 // any rule keeps it: the newest keep_last, and the newest point of each of
 // the newest keep_hourly hours and keep_daily days (UTC) that have one.
@@ -311,8 +521,13 @@ type PolicyTarget struct {
 	// A backup to the target starts when its newest point is this old.
 	IntervalSeconds int64 `protobuf:"varint,3,opt,name=interval_seconds,json=intervalSeconds,proto3" json:"interval_seconds,omitempty"`
 	// The objective for the age of the newest point (0: interval_seconds).
-	RpoSeconds    int64          `protobuf:"varint,4,opt,name=rpo_seconds,json=rpoSeconds,proto3" json:"rpo_seconds,omitempty"`
-	Retention     *RetentionRule `protobuf:"bytes,5,opt,name=retention,proto3" json:"retention,omitempty"`
+	RpoSeconds int64          `protobuf:"varint,4,opt,name=rpo_seconds,json=rpoSeconds,proto3" json:"rpo_seconds,omitempty"`
+	Retention  *RetentionRule `protobuf:"bytes,5,opt,name=retention,proto3" json:"retention,omitempty"`
+	// Version 10 on: the VM's disks are also mirrored synchronously to a
+	// host of the target (real QEMU hosts: libvirt block copy with
+	// synchronous writes to an NBD export there), so a write the guest saw
+	// completed is in both centers: RPO 0 (platinum).
+	Mirror        bool `protobuf:"varint,6,opt,name=mirror,proto3" json:"mirror,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -380,6 +595,13 @@ func (x *PolicyTarget) GetRetention() *RetentionRule {
 		return x.Retention
 	}
 	return nil
+}
+
+func (x *PolicyTarget) GetMirror() bool {
+	if x != nil {
+		return x.Mirror
+	}
+	return false
 }
 
 type PolicyRecord struct {
@@ -1479,11 +1701,905 @@ func (x *DeleteRestorePoints) GetPointIds() []string {
 	return nil
 }
 
+type DRRunVM struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	VmId     string                 `protobuf:"bytes,1,opt,name=vm_id,json=vmId,proto3" json:"vm_id,omitempty"`
+	Name     string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Project  string                 `protobuf:"bytes,3,opt,name=project,proto3" json:"project,omitempty"`
+	Policy   string                 `protobuf:"bytes,4,opt,name=policy,proto3" json:"policy,omitempty"`
+	Priority int32                  `protobuf:"varint,5,opt,name=priority,proto3" json:"priority,omitempty"`
+	// The point the VM (or its clone) is brought up from, its repository
+	// and when it was taken.
+	PointId            string `protobuf:"bytes,6,opt,name=point_id,json=pointId,proto3" json:"point_id,omitempty"`
+	PointCenter        string `protobuf:"bytes,7,opt,name=point_center,json=pointCenter,proto3" json:"point_center,omitempty"`
+	PointTakenUnixNano int64  `protobuf:"varint,8,opt,name=point_taken_unix_nano,json=pointTakenUnixNano,proto3" json:"point_taken_unix_nano,omitempty"`
+	Step               DRStep `protobuf:"varint,9,opt,name=step,proto3,enum=yunchi.state.v1.DRStep" json:"step,omitempty"`
+	// Why it failed or was skipped (the scheduler's reason when it did not
+	// fit), or what it waits for.
+	Reason string `protobuf:"bytes,10,opt,name=reason,proto3" json:"reason,omitempty"`
+	// The host it runs on now in the target center (or the clone's host).
+	HostId string `protobuf:"bytes,11,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
+	// Drill: the clone.
+	CloneVmId string `protobuf:"bytes,12,opt,name=clone_vm_id,json=cloneVmId,proto3" json:"clone_vm_id,omitempty"`
+	CloneName string `protobuf:"bytes,13,opt,name=clone_name,json=cloneName,proto3" json:"clone_name,omitempty"`
+	// When the current step began.
+	StepUnixNano int64 `protobuf:"varint,14,opt,name=step_unix_nano,json=stepUnixNano,proto3" json:"step_unix_nano,omitempty"`
+	// When it (or the clone) was first seen running.
+	RunningUnixNano int64 `protobuf:"varint,15,opt,name=running_unix_nano,json=runningUnixNano,proto3" json:"running_unix_nano,omitempty"`
+	// Run start to running.
+	RtoMillis int64 `protobuf:"varint,16,opt,name=rto_millis,json=rtoMillis,proto3" json:"rto_millis,omitempty"`
+	// Data-loss window: the run's start minus the point's time (0 for a
+	// synchronous mirror; failback: 0, the VM is stopped first).
+	DataLossMillis int64 `protobuf:"varint,17,opt,name=data_loss_millis,json=dataLossMillis,proto3" json:"data_loss_millis,omitempty"`
+	// Failback: when the VM was asked to stop, and stop to running again.
+	StoppedUnixNano int64 `protobuf:"varint,18,opt,name=stopped_unix_nano,json=stoppedUnixNano,proto3" json:"stopped_unix_nano,omitempty"`
+	DowntimeMillis  int64 `protobuf:"varint,19,opt,name=downtime_millis,json=downtimeMillis,proto3" json:"downtime_millis,omitempty"`
+	// The host and center it ran in before the run.
+	FromHost   string `protobuf:"bytes,20,opt,name=from_host,json=fromHost,proto3" json:"from_host,omitempty"`
+	FromCenter string `protobuf:"bytes,21,opt,name=from_center,json=fromCenter,proto3" json:"from_center,omitempty"`
+	// Brought up from its synchronous mirror (platinum), not a point.
+	Mirror bool `protobuf:"varint,22,opt,name=mirror,proto3" json:"mirror,omitempty"`
+	// Failback: the backup job the current copy step waits for.
+	JobCenter     string `protobuf:"bytes,23,opt,name=job_center,json=jobCenter,proto3" json:"job_center,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DRRunVM) Reset() {
+	*x = DRRunVM{}
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DRRunVM) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DRRunVM) ProtoMessage() {}
+
+func (x *DRRunVM) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DRRunVM.ProtoReflect.Descriptor instead.
+func (*DRRunVM) Descriptor() ([]byte, []int) {
+	return file_yunchi_state_v1_dr_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *DRRunVM) GetVmId() string {
+	if x != nil {
+		return x.VmId
+	}
+	return ""
+}
+
+func (x *DRRunVM) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DRRunVM) GetProject() string {
+	if x != nil {
+		return x.Project
+	}
+	return ""
+}
+
+func (x *DRRunVM) GetPolicy() string {
+	if x != nil {
+		return x.Policy
+	}
+	return ""
+}
+
+func (x *DRRunVM) GetPriority() int32 {
+	if x != nil {
+		return x.Priority
+	}
+	return 0
+}
+
+func (x *DRRunVM) GetPointId() string {
+	if x != nil {
+		return x.PointId
+	}
+	return ""
+}
+
+func (x *DRRunVM) GetPointCenter() string {
+	if x != nil {
+		return x.PointCenter
+	}
+	return ""
+}
+
+func (x *DRRunVM) GetPointTakenUnixNano() int64 {
+	if x != nil {
+		return x.PointTakenUnixNano
+	}
+	return 0
+}
+
+func (x *DRRunVM) GetStep() DRStep {
+	if x != nil {
+		return x.Step
+	}
+	return DRStep_DR_STEP_UNSPECIFIED
+}
+
+func (x *DRRunVM) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *DRRunVM) GetHostId() string {
+	if x != nil {
+		return x.HostId
+	}
+	return ""
+}
+
+func (x *DRRunVM) GetCloneVmId() string {
+	if x != nil {
+		return x.CloneVmId
+	}
+	return ""
+}
+
+func (x *DRRunVM) GetCloneName() string {
+	if x != nil {
+		return x.CloneName
+	}
+	return ""
+}
+
+func (x *DRRunVM) GetStepUnixNano() int64 {
+	if x != nil {
+		return x.StepUnixNano
+	}
+	return 0
+}
+
+func (x *DRRunVM) GetRunningUnixNano() int64 {
+	if x != nil {
+		return x.RunningUnixNano
+	}
+	return 0
+}
+
+func (x *DRRunVM) GetRtoMillis() int64 {
+	if x != nil {
+		return x.RtoMillis
+	}
+	return 0
+}
+
+func (x *DRRunVM) GetDataLossMillis() int64 {
+	if x != nil {
+		return x.DataLossMillis
+	}
+	return 0
+}
+
+func (x *DRRunVM) GetStoppedUnixNano() int64 {
+	if x != nil {
+		return x.StoppedUnixNano
+	}
+	return 0
+}
+
+func (x *DRRunVM) GetDowntimeMillis() int64 {
+	if x != nil {
+		return x.DowntimeMillis
+	}
+	return 0
+}
+
+func (x *DRRunVM) GetFromHost() string {
+	if x != nil {
+		return x.FromHost
+	}
+	return ""
+}
+
+func (x *DRRunVM) GetFromCenter() string {
+	if x != nil {
+		return x.FromCenter
+	}
+	return ""
+}
+
+func (x *DRRunVM) GetMirror() bool {
+	if x != nil {
+		return x.Mirror
+	}
+	return false
+}
+
+func (x *DRRunVM) GetJobCenter() string {
+	if x != nil {
+		return x.JobCenter
+	}
+	return ""
+}
+
+type DRRunRecord struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "dr-" and 16 hex digits, chosen by the leader.
+	Id    string     `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Kind  DRRunKind  `protobuf:"varint,2,opt,name=kind,proto3,enum=yunchi.state.v1.DRRunKind" json:"kind,omitempty"`
+	State DRRunState `protobuf:"varint,3,opt,name=state,proto3,enum=yunchi.state.v1.DRRunState" json:"state,omitempty"`
+	// Failover: the lost center; failback: the DR center the VMs run in
+	// ("" = wherever they are); drill: the production center drilled.
+	FromCenter string `protobuf:"bytes,4,opt,name=from_center,json=fromCenter,proto3" json:"from_center,omitempty"`
+	// Failover and drill: the DR center; failback: the home center.
+	ToCenter string `protobuf:"bytes,5,opt,name=to_center,json=toCenter,proto3" json:"to_center,omitempty"`
+	// Only this project's VMs ("" = every project).
+	Project          string `protobuf:"bytes,6,opt,name=project,proto3" json:"project,omitempty"`
+	RequestedBy      string `protobuf:"bytes,7,opt,name=requested_by,json=requestedBy,proto3" json:"requested_by,omitempty"`
+	StartedUnixNano  int64  `protobuf:"varint,8,opt,name=started_unix_nano,json=startedUnixNano,proto3" json:"started_unix_nano,omitempty"`
+	FinishedUnixNano int64  `protobuf:"varint,9,opt,name=finished_unix_nano,json=finishedUnixNano,proto3" json:"finished_unix_nano,omitempty"`
+	// In policy priority order (higher first), then project and name.
+	Vms     []*DRRunVM `protobuf:"bytes,10,rep,name=vms,proto3" json:"vms,omitempty"`
+	Message string     `protobuf:"bytes,11,opt,name=message,proto3" json:"message,omitempty"`
+	// Drill: the isolated project the clones live in.
+	DrillProject string `protobuf:"bytes,12,opt,name=drill_project,json=drillProject,proto3" json:"drill_project,omitempty"`
+	// Drill: checked at the end that every production VM drilled kept its
+	// host, center, power state and disks' source; what was checked.
+	ProductionUnchanged bool   `protobuf:"varint,13,opt,name=production_unchanged,json=productionUnchanged,proto3" json:"production_unchanged,omitempty"`
+	ProductionCheck     string `protobuf:"bytes,14,opt,name=production_check,json=productionCheck,proto3" json:"production_check,omitempty"`
+	// The drill schedule that started it ("" = a person).
+	ScheduleId string `protobuf:"bytes,15,opt,name=schedule_id,json=scheduleId,proto3" json:"schedule_id,omitempty"`
+	// Past this the leader gives up on the VMs not yet done.
+	DeadlineUnixNano int64  `protobuf:"varint,16,opt,name=deadline_unix_nano,json=deadlineUnixNano,proto3" json:"deadline_unix_nano,omitempty"`
+	Revision         uint64 `protobuf:"varint,17,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *DRRunRecord) Reset() {
+	*x = DRRunRecord{}
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DRRunRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DRRunRecord) ProtoMessage() {}
+
+func (x *DRRunRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DRRunRecord.ProtoReflect.Descriptor instead.
+func (*DRRunRecord) Descriptor() ([]byte, []int) {
+	return file_yunchi_state_v1_dr_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *DRRunRecord) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *DRRunRecord) GetKind() DRRunKind {
+	if x != nil {
+		return x.Kind
+	}
+	return DRRunKind_DR_RUN_KIND_UNSPECIFIED
+}
+
+func (x *DRRunRecord) GetState() DRRunState {
+	if x != nil {
+		return x.State
+	}
+	return DRRunState_DR_RUN_STATE_UNSPECIFIED
+}
+
+func (x *DRRunRecord) GetFromCenter() string {
+	if x != nil {
+		return x.FromCenter
+	}
+	return ""
+}
+
+func (x *DRRunRecord) GetToCenter() string {
+	if x != nil {
+		return x.ToCenter
+	}
+	return ""
+}
+
+func (x *DRRunRecord) GetProject() string {
+	if x != nil {
+		return x.Project
+	}
+	return ""
+}
+
+func (x *DRRunRecord) GetRequestedBy() string {
+	if x != nil {
+		return x.RequestedBy
+	}
+	return ""
+}
+
+func (x *DRRunRecord) GetStartedUnixNano() int64 {
+	if x != nil {
+		return x.StartedUnixNano
+	}
+	return 0
+}
+
+func (x *DRRunRecord) GetFinishedUnixNano() int64 {
+	if x != nil {
+		return x.FinishedUnixNano
+	}
+	return 0
+}
+
+func (x *DRRunRecord) GetVms() []*DRRunVM {
+	if x != nil {
+		return x.Vms
+	}
+	return nil
+}
+
+func (x *DRRunRecord) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *DRRunRecord) GetDrillProject() string {
+	if x != nil {
+		return x.DrillProject
+	}
+	return ""
+}
+
+func (x *DRRunRecord) GetProductionUnchanged() bool {
+	if x != nil {
+		return x.ProductionUnchanged
+	}
+	return false
+}
+
+func (x *DRRunRecord) GetProductionCheck() string {
+	if x != nil {
+		return x.ProductionCheck
+	}
+	return ""
+}
+
+func (x *DRRunRecord) GetScheduleId() string {
+	if x != nil {
+		return x.ScheduleId
+	}
+	return ""
+}
+
+func (x *DRRunRecord) GetDeadlineUnixNano() int64 {
+	if x != nil {
+		return x.DeadlineUnixNano
+	}
+	return 0
+}
+
+func (x *DRRunRecord) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+// A drill repeated on a schedule (yunchi dr drill --every).
+type DrillScheduleRecord struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "<center>" or "<center>/<project>".
+	Id              string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Center          string `protobuf:"bytes,2,opt,name=center,proto3" json:"center,omitempty"`
+	ToCenter        string `protobuf:"bytes,3,opt,name=to_center,json=toCenter,proto3" json:"to_center,omitempty"`
+	Project         string `protobuf:"bytes,4,opt,name=project,proto3" json:"project,omitempty"`
+	EverySeconds    int64  `protobuf:"varint,5,opt,name=every_seconds,json=everySeconds,proto3" json:"every_seconds,omitempty"`
+	NextUnixNano    int64  `protobuf:"varint,6,opt,name=next_unix_nano,json=nextUnixNano,proto3" json:"next_unix_nano,omitempty"`
+	CreatedBy       string `protobuf:"bytes,7,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	CreatedUnixNano int64  `protobuf:"varint,8,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
+	Revision        uint64 `protobuf:"varint,9,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *DrillScheduleRecord) Reset() {
+	*x = DrillScheduleRecord{}
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrillScheduleRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrillScheduleRecord) ProtoMessage() {}
+
+func (x *DrillScheduleRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrillScheduleRecord.ProtoReflect.Descriptor instead.
+func (*DrillScheduleRecord) Descriptor() ([]byte, []int) {
+	return file_yunchi_state_v1_dr_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *DrillScheduleRecord) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *DrillScheduleRecord) GetCenter() string {
+	if x != nil {
+		return x.Center
+	}
+	return ""
+}
+
+func (x *DrillScheduleRecord) GetToCenter() string {
+	if x != nil {
+		return x.ToCenter
+	}
+	return ""
+}
+
+func (x *DrillScheduleRecord) GetProject() string {
+	if x != nil {
+		return x.Project
+	}
+	return ""
+}
+
+func (x *DrillScheduleRecord) GetEverySeconds() int64 {
+	if x != nil {
+		return x.EverySeconds
+	}
+	return 0
+}
+
+func (x *DrillScheduleRecord) GetNextUnixNano() int64 {
+	if x != nil {
+		return x.NextUnixNano
+	}
+	return 0
+}
+
+func (x *DrillScheduleRecord) GetCreatedBy() string {
+	if x != nil {
+		return x.CreatedBy
+	}
+	return ""
+}
+
+func (x *DrillScheduleRecord) GetCreatedUnixNano() int64 {
+	if x != nil {
+		return x.CreatedUnixNano
+	}
+	return 0
+}
+
+func (x *DrillScheduleRecord) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+// StartDRRun records a run the leader planned. Failover: fences
+// from_center in the same command (refused if it is already fenced by a
+// running failover). Failback: lifts to_center's fence. Drill: creates
+// the drill project.
+type StartDRRun struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Run           *DRRunRecord           `protobuf:"bytes,1,opt,name=run,proto3" json:"run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StartDRRun) Reset() {
+	*x = StartDRRun{}
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartDRRun) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartDRRun) ProtoMessage() {}
+
+func (x *StartDRRun) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartDRRun.ProtoReflect.Descriptor instead.
+func (*StartDRRun) Descriptor() ([]byte, []int) {
+	return file_yunchi_state_v1_dr_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *StartDRRun) GetRun() *DRRunRecord {
+	if x != nil {
+		return x.Run
+	}
+	return nil
+}
+
+// UpdateDRRun replaces the entries of the VMs given (by vm_id) and, if
+// state is set, ends the run.
+type UpdateDRRun struct {
+	state               protoimpl.MessageState `protogen:"open.v1"`
+	Id                  string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Vms                 []*DRRunVM             `protobuf:"bytes,2,rep,name=vms,proto3" json:"vms,omitempty"`
+	State               DRRunState             `protobuf:"varint,3,opt,name=state,proto3,enum=yunchi.state.v1.DRRunState" json:"state,omitempty"`
+	Message             string                 `protobuf:"bytes,4,opt,name=message,proto3" json:"message,omitempty"`
+	ProductionUnchanged bool                   `protobuf:"varint,5,opt,name=production_unchanged,json=productionUnchanged,proto3" json:"production_unchanged,omitempty"`
+	ProductionCheck     string                 `protobuf:"bytes,6,opt,name=production_check,json=productionCheck,proto3" json:"production_check,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
+func (x *UpdateDRRun) Reset() {
+	*x = UpdateDRRun{}
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateDRRun) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateDRRun) ProtoMessage() {}
+
+func (x *UpdateDRRun) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateDRRun.ProtoReflect.Descriptor instead.
+func (*UpdateDRRun) Descriptor() ([]byte, []int) {
+	return file_yunchi_state_v1_dr_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *UpdateDRRun) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *UpdateDRRun) GetVms() []*DRRunVM {
+	if x != nil {
+		return x.Vms
+	}
+	return nil
+}
+
+func (x *UpdateDRRun) GetState() DRRunState {
+	if x != nil {
+		return x.State
+	}
+	return DRRunState_DR_RUN_STATE_UNSPECIFIED
+}
+
+func (x *UpdateDRRun) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *UpdateDRRun) GetProductionUnchanged() bool {
+	if x != nil {
+		return x.ProductionUnchanged
+	}
+	return false
+}
+
+func (x *UpdateDRRun) GetProductionCheck() string {
+	if x != nil {
+		return x.ProductionCheck
+	}
+	return ""
+}
+
+// One VM moved to another host (failover, failback): its disks are built
+// there from restore (or taken over from its mirror).
+type Relocation struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	VmId   string                 `protobuf:"bytes,1,opt,name=vm_id,json=vmId,proto3" json:"vm_id,omitempty"`
+	HostId string                 `protobuf:"bytes,2,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
+	// The run's entry for the VM, with its new step.
+	Entry   *DRRunVM       `protobuf:"bytes,3,opt,name=entry,proto3" json:"entry,omitempty"`
+	Restore *RestoreSource `protobuf:"bytes,4,opt,name=restore,proto3" json:"restore,omitempty"`
+	// Set the VM's desired power state to running (failback: it was
+	// stopped for the switch-over); otherwise it keeps its own.
+	Start bool `protobuf:"varint,5,opt,name=start,proto3" json:"start,omitempty"`
+	// The VM's home center after the move ("" = back home: clear it).
+	HomeCenter    string `protobuf:"bytes,6,opt,name=home_center,json=homeCenter,proto3" json:"home_center,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Relocation) Reset() {
+	*x = Relocation{}
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Relocation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Relocation) ProtoMessage() {}
+
+func (x *Relocation) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Relocation.ProtoReflect.Descriptor instead.
+func (*Relocation) Descriptor() ([]byte, []int) {
+	return file_yunchi_state_v1_dr_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *Relocation) GetVmId() string {
+	if x != nil {
+		return x.VmId
+	}
+	return ""
+}
+
+func (x *Relocation) GetHostId() string {
+	if x != nil {
+		return x.HostId
+	}
+	return ""
+}
+
+func (x *Relocation) GetEntry() *DRRunVM {
+	if x != nil {
+		return x.Entry
+	}
+	return nil
+}
+
+func (x *Relocation) GetRestore() *RestoreSource {
+	if x != nil {
+		return x.Restore
+	}
+	return nil
+}
+
+func (x *Relocation) GetStart() bool {
+	if x != nil {
+		return x.Start
+	}
+	return false
+}
+
+func (x *Relocation) GetHomeCenter() string {
+	if x != nil {
+		return x.HomeCenter
+	}
+	return ""
+}
+
+// RelocateVMs moves VMs of a run to hosts the leader chose; Apply checks
+// each host's capacity and the VM's placement group as for a create.
+type RelocateVMs struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RunId         string                 `protobuf:"bytes,1,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
+	Relocations   []*Relocation          `protobuf:"bytes,2,rep,name=relocations,proto3" json:"relocations,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RelocateVMs) Reset() {
+	*x = RelocateVMs{}
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RelocateVMs) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RelocateVMs) ProtoMessage() {}
+
+func (x *RelocateVMs) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RelocateVMs.ProtoReflect.Descriptor instead.
+func (*RelocateVMs) Descriptor() ([]byte, []int) {
+	return file_yunchi_state_v1_dr_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *RelocateVMs) GetRunId() string {
+	if x != nil {
+		return x.RunId
+	}
+	return ""
+}
+
+func (x *RelocateVMs) GetRelocations() []*Relocation {
+	if x != nil {
+		return x.Relocations
+	}
+	return nil
+}
+
+type SetDrillSchedule struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Schedule      *DrillScheduleRecord   `protobuf:"bytes,1,opt,name=schedule,proto3" json:"schedule,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetDrillSchedule) Reset() {
+	*x = SetDrillSchedule{}
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetDrillSchedule) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetDrillSchedule) ProtoMessage() {}
+
+func (x *SetDrillSchedule) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetDrillSchedule.ProtoReflect.Descriptor instead.
+func (*SetDrillSchedule) Descriptor() ([]byte, []int) {
+	return file_yunchi_state_v1_dr_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *SetDrillSchedule) GetSchedule() *DrillScheduleRecord {
+	if x != nil {
+		return x.Schedule
+	}
+	return nil
+}
+
+type DeleteDrillSchedule struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteDrillSchedule) Reset() {
+	*x = DeleteDrillSchedule{}
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteDrillSchedule) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteDrillSchedule) ProtoMessage() {}
+
+func (x *DeleteDrillSchedule) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteDrillSchedule.ProtoReflect.Descriptor instead.
+func (*DeleteDrillSchedule) Descriptor() ([]byte, []int) {
+	return file_yunchi_state_v1_dr_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *DeleteDrillSchedule) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
 var File_yunchi_state_v1_dr_proto protoreflect.FileDescriptor
 
 const file_yunchi_state_v1_dr_proto_rawDesc = "" +
 	"\n" +
-	"\x18yunchi/state/v1/dr.proto\x12\x0fyunchi.state.v1\"\xaa\x02\n" +
+	"\x18yunchi/state/v1/dr.proto\x12\x0fyunchi.state.v1\"\xf1\x02\n" +
 	"\fCenterRecord\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04site\x18\x02 \x01(\tR\x04site\x12/\n" +
@@ -1492,20 +2608,24 @@ const file_yunchi_state_v1_dr_proto_rawDesc = "" +
 	"\x11repository_member\x18\x05 \x01(\tR\x10repositoryMember\x12*\n" +
 	"\x11created_unix_nano\x18\x06 \x01(\x03R\x0fcreatedUnixNano\x12*\n" +
 	"\x11updated_unix_nano\x18\a \x01(\x03R\x0fupdatedUnixNano\x12\x1a\n" +
-	"\brevision\x18\b \x01(\x04R\brevision\"l\n" +
+	"\brevision\x18\b \x01(\x04R\brevision\x12\x1b\n" +
+	"\tfenced_by\x18\t \x01(\tR\bfencedBy\x12(\n" +
+	"\x10fenced_unix_nano\x18\n" +
+	" \x01(\x03R\x0efencedUnixNano\"l\n" +
 	"\rRetentionRule\x12\x1b\n" +
 	"\tkeep_last\x18\x01 \x01(\x05R\bkeepLast\x12\x1f\n" +
 	"\vkeep_hourly\x18\x02 \x01(\x05R\n" +
 	"keepHourly\x12\x1d\n" +
 	"\n" +
-	"keep_daily\x18\x03 \x01(\x05R\tkeepDaily\"\xe1\x01\n" +
+	"keep_daily\x18\x03 \x01(\x05R\tkeepDaily\"\xf9\x01\n" +
 	"\fPolicyTarget\x12/\n" +
 	"\x04role\x18\x01 \x01(\x0e2\x1b.yunchi.state.v1.CenterRoleR\x04role\x12\x16\n" +
 	"\x06center\x18\x02 \x01(\tR\x06center\x12)\n" +
 	"\x10interval_seconds\x18\x03 \x01(\x03R\x0fintervalSeconds\x12\x1f\n" +
 	"\vrpo_seconds\x18\x04 \x01(\x03R\n" +
 	"rpoSeconds\x12<\n" +
-	"\tretention\x18\x05 \x01(\v2\x1e.yunchi.state.v1.RetentionRuleR\tretention\"\xd3\x02\n" +
+	"\tretention\x18\x05 \x01(\v2\x1e.yunchi.state.v1.RetentionRuleR\tretention\x12\x16\n" +
+	"\x06mirror\x18\x06 \x01(\bR\x06mirror\"\xd3\x02\n" +
 	"\fPolicyRecord\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\abuiltin\x18\x02 \x01(\bR\abuiltin\x127\n" +
@@ -1600,7 +2720,94 @@ const file_yunchi_state_v1_dr_proto_rawDesc = "" +
 	"\x05error\x18\x03 \x01(\tR\x05error\x12$\n" +
 	"\x0enext_unix_nano\x18\x04 \x01(\x03R\fnextUnixNano\"2\n" +
 	"\x13DeleteRestorePoints\x12\x1b\n" +
-	"\tpoint_ids\x18\x01 \x03(\tR\bpointIds*~\n" +
+	"\tpoint_ids\x18\x01 \x03(\tR\bpointIds\"\xf3\x05\n" +
+	"\aDRRunVM\x12\x13\n" +
+	"\x05vm_id\x18\x01 \x01(\tR\x04vmId\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
+	"\aproject\x18\x03 \x01(\tR\aproject\x12\x16\n" +
+	"\x06policy\x18\x04 \x01(\tR\x06policy\x12\x1a\n" +
+	"\bpriority\x18\x05 \x01(\x05R\bpriority\x12\x19\n" +
+	"\bpoint_id\x18\x06 \x01(\tR\apointId\x12!\n" +
+	"\fpoint_center\x18\a \x01(\tR\vpointCenter\x121\n" +
+	"\x15point_taken_unix_nano\x18\b \x01(\x03R\x12pointTakenUnixNano\x12+\n" +
+	"\x04step\x18\t \x01(\x0e2\x17.yunchi.state.v1.DRStepR\x04step\x12\x16\n" +
+	"\x06reason\x18\n" +
+	" \x01(\tR\x06reason\x12\x17\n" +
+	"\ahost_id\x18\v \x01(\tR\x06hostId\x12\x1e\n" +
+	"\vclone_vm_id\x18\f \x01(\tR\tcloneVmId\x12\x1d\n" +
+	"\n" +
+	"clone_name\x18\r \x01(\tR\tcloneName\x12$\n" +
+	"\x0estep_unix_nano\x18\x0e \x01(\x03R\fstepUnixNano\x12*\n" +
+	"\x11running_unix_nano\x18\x0f \x01(\x03R\x0frunningUnixNano\x12\x1d\n" +
+	"\n" +
+	"rto_millis\x18\x10 \x01(\x03R\trtoMillis\x12(\n" +
+	"\x10data_loss_millis\x18\x11 \x01(\x03R\x0edataLossMillis\x12*\n" +
+	"\x11stopped_unix_nano\x18\x12 \x01(\x03R\x0fstoppedUnixNano\x12'\n" +
+	"\x0fdowntime_millis\x18\x13 \x01(\x03R\x0edowntimeMillis\x12\x1b\n" +
+	"\tfrom_host\x18\x14 \x01(\tR\bfromHost\x12\x1f\n" +
+	"\vfrom_center\x18\x15 \x01(\tR\n" +
+	"fromCenter\x12\x16\n" +
+	"\x06mirror\x18\x16 \x01(\bR\x06mirror\x12\x1d\n" +
+	"\n" +
+	"job_center\x18\x17 \x01(\tR\tjobCenter\"\x89\x05\n" +
+	"\vDRRunRecord\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12.\n" +
+	"\x04kind\x18\x02 \x01(\x0e2\x1a.yunchi.state.v1.DRRunKindR\x04kind\x121\n" +
+	"\x05state\x18\x03 \x01(\x0e2\x1b.yunchi.state.v1.DRRunStateR\x05state\x12\x1f\n" +
+	"\vfrom_center\x18\x04 \x01(\tR\n" +
+	"fromCenter\x12\x1b\n" +
+	"\tto_center\x18\x05 \x01(\tR\btoCenter\x12\x18\n" +
+	"\aproject\x18\x06 \x01(\tR\aproject\x12!\n" +
+	"\frequested_by\x18\a \x01(\tR\vrequestedBy\x12*\n" +
+	"\x11started_unix_nano\x18\b \x01(\x03R\x0fstartedUnixNano\x12,\n" +
+	"\x12finished_unix_nano\x18\t \x01(\x03R\x10finishedUnixNano\x12*\n" +
+	"\x03vms\x18\n" +
+	" \x03(\v2\x18.yunchi.state.v1.DRRunVMR\x03vms\x12\x18\n" +
+	"\amessage\x18\v \x01(\tR\amessage\x12#\n" +
+	"\rdrill_project\x18\f \x01(\tR\fdrillProject\x121\n" +
+	"\x14production_unchanged\x18\r \x01(\bR\x13productionUnchanged\x12)\n" +
+	"\x10production_check\x18\x0e \x01(\tR\x0fproductionCheck\x12\x1f\n" +
+	"\vschedule_id\x18\x0f \x01(\tR\n" +
+	"scheduleId\x12,\n" +
+	"\x12deadline_unix_nano\x18\x10 \x01(\x03R\x10deadlineUnixNano\x12\x1a\n" +
+	"\brevision\x18\x11 \x01(\x04R\brevision\"\xa6\x02\n" +
+	"\x13DrillScheduleRecord\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
+	"\x06center\x18\x02 \x01(\tR\x06center\x12\x1b\n" +
+	"\tto_center\x18\x03 \x01(\tR\btoCenter\x12\x18\n" +
+	"\aproject\x18\x04 \x01(\tR\aproject\x12#\n" +
+	"\revery_seconds\x18\x05 \x01(\x03R\feverySeconds\x12$\n" +
+	"\x0enext_unix_nano\x18\x06 \x01(\x03R\fnextUnixNano\x12\x1d\n" +
+	"\n" +
+	"created_by\x18\a \x01(\tR\tcreatedBy\x12*\n" +
+	"\x11created_unix_nano\x18\b \x01(\x03R\x0fcreatedUnixNano\x12\x1a\n" +
+	"\brevision\x18\t \x01(\x04R\brevision\"<\n" +
+	"\n" +
+	"StartDRRun\x12.\n" +
+	"\x03run\x18\x01 \x01(\v2\x1c.yunchi.state.v1.DRRunRecordR\x03run\"\xf4\x01\n" +
+	"\vUpdateDRRun\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12*\n" +
+	"\x03vms\x18\x02 \x03(\v2\x18.yunchi.state.v1.DRRunVMR\x03vms\x121\n" +
+	"\x05state\x18\x03 \x01(\x0e2\x1b.yunchi.state.v1.DRRunStateR\x05state\x12\x18\n" +
+	"\amessage\x18\x04 \x01(\tR\amessage\x121\n" +
+	"\x14production_unchanged\x18\x05 \x01(\bR\x13productionUnchanged\x12)\n" +
+	"\x10production_check\x18\x06 \x01(\tR\x0fproductionCheck\"\xdb\x01\n" +
+	"\n" +
+	"Relocation\x12\x13\n" +
+	"\x05vm_id\x18\x01 \x01(\tR\x04vmId\x12\x17\n" +
+	"\ahost_id\x18\x02 \x01(\tR\x06hostId\x12.\n" +
+	"\x05entry\x18\x03 \x01(\v2\x18.yunchi.state.v1.DRRunVMR\x05entry\x128\n" +
+	"\arestore\x18\x04 \x01(\v2\x1e.yunchi.state.v1.RestoreSourceR\arestore\x12\x14\n" +
+	"\x05start\x18\x05 \x01(\bR\x05start\x12\x1f\n" +
+	"\vhome_center\x18\x06 \x01(\tR\n" +
+	"homeCenter\"c\n" +
+	"\vRelocateVMs\x12\x15\n" +
+	"\x06run_id\x18\x01 \x01(\tR\x05runId\x12=\n" +
+	"\vrelocations\x18\x02 \x03(\v2\x1b.yunchi.state.v1.RelocationR\vrelocations\"T\n" +
+	"\x10SetDrillSchedule\x12@\n" +
+	"\bschedule\x18\x01 \x01(\v2$.yunchi.state.v1.DrillScheduleRecordR\bschedule\"%\n" +
+	"\x13DeleteDrillSchedule\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id*~\n" +
 	"\n" +
 	"CenterRole\x12\x1b\n" +
 	"\x17CENTER_ROLE_UNSPECIFIED\x10\x00\x12\x1a\n" +
@@ -1610,7 +2817,30 @@ const file_yunchi_state_v1_dr_proto_rawDesc = "" +
 	"\x0eBackupJobState\x12 \n" +
 	"\x1cBACKUP_JOB_STATE_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18BACKUP_JOB_STATE_RUNNING\x10\x01\x12\x1b\n" +
-	"\x17BACKUP_JOB_STATE_FAILED\x10\x02B8Z6github.com/yunchi/yunchi/proto/yunchi/state/v1;statev1b\x06proto3"
+	"\x17BACKUP_JOB_STATE_FAILED\x10\x02*s\n" +
+	"\tDRRunKind\x12\x1b\n" +
+	"\x17DR_RUN_KIND_UNSPECIFIED\x10\x00\x12\x18\n" +
+	"\x14DR_RUN_KIND_FAILOVER\x10\x01\x12\x18\n" +
+	"\x14DR_RUN_KIND_FAILBACK\x10\x02\x12\x15\n" +
+	"\x11DR_RUN_KIND_DRILL\x10\x03*\x93\x01\n" +
+	"\n" +
+	"DRRunState\x12\x1c\n" +
+	"\x18DR_RUN_STATE_UNSPECIFIED\x10\x00\x12\x18\n" +
+	"\x14DR_RUN_STATE_RUNNING\x10\x01\x12\x1a\n" +
+	"\x16DR_RUN_STATE_SUCCEEDED\x10\x02\x12\x18\n" +
+	"\x14DR_RUN_STATE_PARTIAL\x10\x03\x12\x17\n" +
+	"\x13DR_RUN_STATE_FAILED\x10\x04*\xdf\x01\n" +
+	"\x06DRStep\x12\x17\n" +
+	"\x13DR_STEP_UNSPECIFIED\x10\x00\x12\x13\n" +
+	"\x0fDR_STEP_PENDING\x10\x01\x12\x13\n" +
+	"\x0fDR_STEP_PRECOPY\x10\x02\x12\x14\n" +
+	"\x10DR_STEP_STOPPING\x10\x03\x12\x16\n" +
+	"\x12DR_STEP_FINAL_COPY\x10\x04\x12\x14\n" +
+	"\x10DR_STEP_STARTING\x10\x05\x12\x13\n" +
+	"\x0fDR_STEP_RUNNING\x10\x06\x12\x10\n" +
+	"\fDR_STEP_DONE\x10\a\x12\x12\n" +
+	"\x0eDR_STEP_FAILED\x10\b\x12\x13\n" +
+	"\x0fDR_STEP_SKIPPED\x10\tB8Z6github.com/yunchi/yunchi/proto/yunchi/state/v1;statev1b\x06proto3"
 
 var (
 	file_yunchi_state_v1_dr_proto_rawDescOnce sync.Once
@@ -1624,47 +2854,70 @@ func file_yunchi_state_v1_dr_proto_rawDescGZIP() []byte {
 	return file_yunchi_state_v1_dr_proto_rawDescData
 }
 
-var file_yunchi_state_v1_dr_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_yunchi_state_v1_dr_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_yunchi_state_v1_dr_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
+var file_yunchi_state_v1_dr_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_yunchi_state_v1_dr_proto_goTypes = []any{
 	(CenterRole)(0),             // 0: yunchi.state.v1.CenterRole
 	(BackupJobState)(0),         // 1: yunchi.state.v1.BackupJobState
-	(*CenterRecord)(nil),        // 2: yunchi.state.v1.CenterRecord
-	(*RetentionRule)(nil),       // 3: yunchi.state.v1.RetentionRule
-	(*PolicyTarget)(nil),        // 4: yunchi.state.v1.PolicyTarget
-	(*PolicyRecord)(nil),        // 5: yunchi.state.v1.PolicyRecord
-	(*DiskPoint)(nil),           // 6: yunchi.state.v1.DiskPoint
-	(*PointVM)(nil),             // 7: yunchi.state.v1.PointVM
-	(*RestorePointRecord)(nil),  // 8: yunchi.state.v1.RestorePointRecord
-	(*BackupJobRecord)(nil),     // 9: yunchi.state.v1.BackupJobRecord
-	(*RestoreSource)(nil),       // 10: yunchi.state.v1.RestoreSource
-	(*SetCenter)(nil),           // 11: yunchi.state.v1.SetCenter
-	(*DeleteCenter)(nil),        // 12: yunchi.state.v1.DeleteCenter
-	(*CreatePolicy)(nil),        // 13: yunchi.state.v1.CreatePolicy
-	(*DeletePolicy)(nil),        // 14: yunchi.state.v1.DeletePolicy
-	(*SetProtection)(nil),       // 15: yunchi.state.v1.SetProtection
-	(*StartBackups)(nil),        // 16: yunchi.state.v1.StartBackups
-	(*FinishBackup)(nil),        // 17: yunchi.state.v1.FinishBackup
-	(*DeleteRestorePoints)(nil), // 18: yunchi.state.v1.DeleteRestorePoints
+	(DRRunKind)(0),              // 2: yunchi.state.v1.DRRunKind
+	(DRRunState)(0),             // 3: yunchi.state.v1.DRRunState
+	(DRStep)(0),                 // 4: yunchi.state.v1.DRStep
+	(*CenterRecord)(nil),        // 5: yunchi.state.v1.CenterRecord
+	(*RetentionRule)(nil),       // 6: yunchi.state.v1.RetentionRule
+	(*PolicyTarget)(nil),        // 7: yunchi.state.v1.PolicyTarget
+	(*PolicyRecord)(nil),        // 8: yunchi.state.v1.PolicyRecord
+	(*DiskPoint)(nil),           // 9: yunchi.state.v1.DiskPoint
+	(*PointVM)(nil),             // 10: yunchi.state.v1.PointVM
+	(*RestorePointRecord)(nil),  // 11: yunchi.state.v1.RestorePointRecord
+	(*BackupJobRecord)(nil),     // 12: yunchi.state.v1.BackupJobRecord
+	(*RestoreSource)(nil),       // 13: yunchi.state.v1.RestoreSource
+	(*SetCenter)(nil),           // 14: yunchi.state.v1.SetCenter
+	(*DeleteCenter)(nil),        // 15: yunchi.state.v1.DeleteCenter
+	(*CreatePolicy)(nil),        // 16: yunchi.state.v1.CreatePolicy
+	(*DeletePolicy)(nil),        // 17: yunchi.state.v1.DeletePolicy
+	(*SetProtection)(nil),       // 18: yunchi.state.v1.SetProtection
+	(*StartBackups)(nil),        // 19: yunchi.state.v1.StartBackups
+	(*FinishBackup)(nil),        // 20: yunchi.state.v1.FinishBackup
+	(*DeleteRestorePoints)(nil), // 21: yunchi.state.v1.DeleteRestorePoints
+	(*DRRunVM)(nil),             // 22: yunchi.state.v1.DRRunVM
+	(*DRRunRecord)(nil),         // 23: yunchi.state.v1.DRRunRecord
+	(*DrillScheduleRecord)(nil), // 24: yunchi.state.v1.DrillScheduleRecord
+	(*StartDRRun)(nil),          // 25: yunchi.state.v1.StartDRRun
+	(*UpdateDRRun)(nil),         // 26: yunchi.state.v1.UpdateDRRun
+	(*Relocation)(nil),          // 27: yunchi.state.v1.Relocation
+	(*RelocateVMs)(nil),         // 28: yunchi.state.v1.RelocateVMs
+	(*SetDrillSchedule)(nil),    // 29: yunchi.state.v1.SetDrillSchedule
+	(*DeleteDrillSchedule)(nil), // 30: yunchi.state.v1.DeleteDrillSchedule
 }
 var file_yunchi_state_v1_dr_proto_depIdxs = []int32{
 	0,  // 0: yunchi.state.v1.CenterRecord.role:type_name -> yunchi.state.v1.CenterRole
 	0,  // 1: yunchi.state.v1.PolicyTarget.role:type_name -> yunchi.state.v1.CenterRole
-	3,  // 2: yunchi.state.v1.PolicyTarget.retention:type_name -> yunchi.state.v1.RetentionRule
-	4,  // 3: yunchi.state.v1.PolicyRecord.targets:type_name -> yunchi.state.v1.PolicyTarget
-	6,  // 4: yunchi.state.v1.RestorePointRecord.disks:type_name -> yunchi.state.v1.DiskPoint
-	7,  // 5: yunchi.state.v1.RestorePointRecord.vm:type_name -> yunchi.state.v1.PointVM
+	6,  // 2: yunchi.state.v1.PolicyTarget.retention:type_name -> yunchi.state.v1.RetentionRule
+	7,  // 3: yunchi.state.v1.PolicyRecord.targets:type_name -> yunchi.state.v1.PolicyTarget
+	9,  // 4: yunchi.state.v1.RestorePointRecord.disks:type_name -> yunchi.state.v1.DiskPoint
+	10, // 5: yunchi.state.v1.RestorePointRecord.vm:type_name -> yunchi.state.v1.PointVM
 	1,  // 6: yunchi.state.v1.BackupJobRecord.state:type_name -> yunchi.state.v1.BackupJobState
-	6,  // 7: yunchi.state.v1.RestoreSource.disks:type_name -> yunchi.state.v1.DiskPoint
-	2,  // 8: yunchi.state.v1.SetCenter.center:type_name -> yunchi.state.v1.CenterRecord
-	5,  // 9: yunchi.state.v1.CreatePolicy.policy:type_name -> yunchi.state.v1.PolicyRecord
-	9,  // 10: yunchi.state.v1.StartBackups.jobs:type_name -> yunchi.state.v1.BackupJobRecord
-	8,  // 11: yunchi.state.v1.FinishBackup.point:type_name -> yunchi.state.v1.RestorePointRecord
-	12, // [12:12] is the sub-list for method output_type
-	12, // [12:12] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	9,  // 7: yunchi.state.v1.RestoreSource.disks:type_name -> yunchi.state.v1.DiskPoint
+	5,  // 8: yunchi.state.v1.SetCenter.center:type_name -> yunchi.state.v1.CenterRecord
+	8,  // 9: yunchi.state.v1.CreatePolicy.policy:type_name -> yunchi.state.v1.PolicyRecord
+	12, // 10: yunchi.state.v1.StartBackups.jobs:type_name -> yunchi.state.v1.BackupJobRecord
+	11, // 11: yunchi.state.v1.FinishBackup.point:type_name -> yunchi.state.v1.RestorePointRecord
+	4,  // 12: yunchi.state.v1.DRRunVM.step:type_name -> yunchi.state.v1.DRStep
+	2,  // 13: yunchi.state.v1.DRRunRecord.kind:type_name -> yunchi.state.v1.DRRunKind
+	3,  // 14: yunchi.state.v1.DRRunRecord.state:type_name -> yunchi.state.v1.DRRunState
+	22, // 15: yunchi.state.v1.DRRunRecord.vms:type_name -> yunchi.state.v1.DRRunVM
+	23, // 16: yunchi.state.v1.StartDRRun.run:type_name -> yunchi.state.v1.DRRunRecord
+	22, // 17: yunchi.state.v1.UpdateDRRun.vms:type_name -> yunchi.state.v1.DRRunVM
+	3,  // 18: yunchi.state.v1.UpdateDRRun.state:type_name -> yunchi.state.v1.DRRunState
+	22, // 19: yunchi.state.v1.Relocation.entry:type_name -> yunchi.state.v1.DRRunVM
+	13, // 20: yunchi.state.v1.Relocation.restore:type_name -> yunchi.state.v1.RestoreSource
+	27, // 21: yunchi.state.v1.RelocateVMs.relocations:type_name -> yunchi.state.v1.Relocation
+	24, // 22: yunchi.state.v1.SetDrillSchedule.schedule:type_name -> yunchi.state.v1.DrillScheduleRecord
+	23, // [23:23] is the sub-list for method output_type
+	23, // [23:23] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_yunchi_state_v1_dr_proto_init() }
@@ -1677,8 +2930,8 @@ func file_yunchi_state_v1_dr_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_yunchi_state_v1_dr_proto_rawDesc), len(file_yunchi_state_v1_dr_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   17,
+			NumEnums:      5,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

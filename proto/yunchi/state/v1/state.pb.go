@@ -890,7 +890,14 @@ type VMRecord struct {
 	// restore, which goes once the host reports the VM's domain running or
 	// stopped (its disk is built): defining the domain again later (undefined
 	// by hand) must not rebuild the disk from the point over newer data.
-	RestoredFrom  string `protobuf:"bytes,26,opt,name=restored_from,json=restoredFrom,proto3" json:"restored_from,omitempty"`
+	RestoredFrom string `protobuf:"bytes,26,opt,name=restored_from,json=restoredFrom,proto3" json:"restored_from,omitempty"`
+	// Version 10 on: the center a failover moved the VM from ("" = it runs
+	// where it belongs); failback brings it back there.
+	HomeCenter string `protobuf:"bytes,27,opt,name=home_center,json=homeCenter,proto3" json:"home_center,omitempty"`
+	// A drill's clone: started with no network interface, removed by the
+	// drill (dr_run is the drill).
+	Isolated      bool   `protobuf:"varint,28,opt,name=isolated,proto3" json:"isolated,omitempty"`
+	DrRun         string `protobuf:"bytes,29,opt,name=dr_run,json=drRun,proto3" json:"dr_run,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1103,6 +1110,27 @@ func (x *VMRecord) GetRestore() *RestoreSource {
 func (x *VMRecord) GetRestoredFrom() string {
 	if x != nil {
 		return x.RestoredFrom
+	}
+	return ""
+}
+
+func (x *VMRecord) GetHomeCenter() string {
+	if x != nil {
+		return x.HomeCenter
+	}
+	return ""
+}
+
+func (x *VMRecord) GetIsolated() bool {
+	if x != nil {
+		return x.Isolated
+	}
+	return false
+}
+
+func (x *VMRecord) GetDrRun() string {
+	if x != nil {
+		return x.DrRun
 	}
 	return ""
 }
@@ -2140,6 +2168,11 @@ type Command struct {
 	//	*Command_StartBackups
 	//	*Command_FinishBackup
 	//	*Command_DeleteRestorePoints
+	//	*Command_StartDrRun
+	//	*Command_UpdateDrRun
+	//	*Command_RelocateVms
+	//	*Command_SetDrillSchedule
+	//	*Command_DeleteDrillSchedule
 	Cmd           isCommand_Cmd `protobuf_oneof:"cmd"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2595,6 +2628,51 @@ func (x *Command) GetDeleteRestorePoints() *DeleteRestorePoints {
 	return nil
 }
 
+func (x *Command) GetStartDrRun() *StartDRRun {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_StartDrRun); ok {
+			return x.StartDrRun
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetUpdateDrRun() *UpdateDRRun {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_UpdateDrRun); ok {
+			return x.UpdateDrRun
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetRelocateVms() *RelocateVMs {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_RelocateVms); ok {
+			return x.RelocateVms
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetSetDrillSchedule() *SetDrillSchedule {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_SetDrillSchedule); ok {
+			return x.SetDrillSchedule
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetDeleteDrillSchedule() *DeleteDrillSchedule {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_DeleteDrillSchedule); ok {
+			return x.DeleteDrillSchedule
+		}
+	}
+	return nil
+}
+
 type isCommand_Cmd interface {
 	isCommand_Cmd()
 }
@@ -2776,6 +2854,26 @@ type Command_DeleteRestorePoints struct {
 	DeleteRestorePoints *DeleteRestorePoints `protobuf:"bytes,60,opt,name=delete_restore_points,json=deleteRestorePoints,proto3,oneof"`
 }
 
+type Command_StartDrRun struct {
+	StartDrRun *StartDRRun `protobuf:"bytes,61,opt,name=start_dr_run,json=startDrRun,proto3,oneof"`
+}
+
+type Command_UpdateDrRun struct {
+	UpdateDrRun *UpdateDRRun `protobuf:"bytes,62,opt,name=update_dr_run,json=updateDrRun,proto3,oneof"`
+}
+
+type Command_RelocateVms struct {
+	RelocateVms *RelocateVMs `protobuf:"bytes,63,opt,name=relocate_vms,json=relocateVms,proto3,oneof"`
+}
+
+type Command_SetDrillSchedule struct {
+	SetDrillSchedule *SetDrillSchedule `protobuf:"bytes,64,opt,name=set_drill_schedule,json=setDrillSchedule,proto3,oneof"`
+}
+
+type Command_DeleteDrillSchedule struct {
+	DeleteDrillSchedule *DeleteDrillSchedule `protobuf:"bytes,65,opt,name=delete_drill_schedule,json=deleteDrillSchedule,proto3,oneof"`
+}
+
 func (*Command_RegisterHost) isCommand_Cmd() {}
 
 func (*Command_SetHostState) isCommand_Cmd() {}
@@ -2860,6 +2958,16 @@ func (*Command_FinishBackup) isCommand_Cmd() {}
 
 func (*Command_DeleteRestorePoints) isCommand_Cmd() {}
 
+func (*Command_StartDrRun) isCommand_Cmd() {}
+
+func (*Command_UpdateDrRun) isCommand_Cmd() {}
+
+func (*Command_RelocateVms) isCommand_Cmd() {}
+
+func (*Command_SetDrillSchedule) isCommand_Cmd() {}
+
+func (*Command_DeleteDrillSchedule) isCommand_Cmd() {}
+
 type Snapshot struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Format of the snapshot (state.SnapshotVersion when written).
@@ -2891,8 +2999,11 @@ type Snapshot struct {
 	Policies      []*PolicyRecord       `protobuf:"bytes,23,rep,name=policies,proto3" json:"policies,omitempty"`
 	RestorePoints []*RestorePointRecord `protobuf:"bytes,24,rep,name=restore_points,json=restorePoints,proto3" json:"restore_points,omitempty"`
 	BackupJobs    []*BackupJobRecord    `protobuf:"bytes,25,rep,name=backup_jobs,json=backupJobs,proto3" json:"backup_jobs,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// Snapshot version 8 on.
+	DrRuns         []*DRRunRecord         `protobuf:"bytes,26,rep,name=dr_runs,json=drRuns,proto3" json:"dr_runs,omitempty"`
+	DrillSchedules []*DrillScheduleRecord `protobuf:"bytes,27,rep,name=drill_schedules,json=drillSchedules,proto3" json:"drill_schedules,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Snapshot) Reset() {
@@ -3065,6 +3176,20 @@ func (x *Snapshot) GetBackupJobs() []*BackupJobRecord {
 	return nil
 }
 
+func (x *Snapshot) GetDrRuns() []*DRRunRecord {
+	if x != nil {
+		return x.DrRuns
+	}
+	return nil
+}
+
+func (x *Snapshot) GetDrillSchedules() []*DrillScheduleRecord {
+	if x != nil {
+		return x.DrillSchedules
+	}
+	return nil
+}
+
 // RequestRecord is the outcome of the first command that carried a request
 // id: the error (kind and message) or the records the command returned, as
 // they were then. Kept for a bounded time (by command time) and count.
@@ -3092,12 +3217,14 @@ type RequestRecord struct {
 	Token      *TokenRecord          `protobuf:"bytes,16,opt,name=token,proto3" json:"token,omitempty"`
 	// What a rejection was about, when Apply named it: "department:eco",
 	// "project:air" for a quota exceeded (state.Error.Subject).
-	ErrorSubject  string              `protobuf:"bytes,17,opt,name=error_subject,json=errorSubject,proto3" json:"error_subject,omitempty"`
-	Image         *ImageRecord        `protobuf:"bytes,18,opt,name=image,proto3" json:"image,omitempty"`
-	Volume        *VolumeRecord       `protobuf:"bytes,19,opt,name=volume,proto3" json:"volume,omitempty"`
-	Center        *CenterRecord       `protobuf:"bytes,20,opt,name=center,proto3" json:"center,omitempty"`
-	Policy        *PolicyRecord       `protobuf:"bytes,21,opt,name=policy,proto3" json:"policy,omitempty"`
-	RestorePoint  *RestorePointRecord `protobuf:"bytes,22,opt,name=restore_point,json=restorePoint,proto3" json:"restore_point,omitempty"`
+	ErrorSubject  string               `protobuf:"bytes,17,opt,name=error_subject,json=errorSubject,proto3" json:"error_subject,omitempty"`
+	Image         *ImageRecord         `protobuf:"bytes,18,opt,name=image,proto3" json:"image,omitempty"`
+	Volume        *VolumeRecord        `protobuf:"bytes,19,opt,name=volume,proto3" json:"volume,omitempty"`
+	Center        *CenterRecord        `protobuf:"bytes,20,opt,name=center,proto3" json:"center,omitempty"`
+	Policy        *PolicyRecord        `protobuf:"bytes,21,opt,name=policy,proto3" json:"policy,omitempty"`
+	RestorePoint  *RestorePointRecord  `protobuf:"bytes,22,opt,name=restore_point,json=restorePoint,proto3" json:"restore_point,omitempty"`
+	DrRun         *DRRunRecord         `protobuf:"bytes,23,opt,name=dr_run,json=drRun,proto3" json:"dr_run,omitempty"`
+	DrillSchedule *DrillScheduleRecord `protobuf:"bytes,24,opt,name=drill_schedule,json=drillSchedule,proto3" json:"drill_schedule,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3286,6 +3413,20 @@ func (x *RequestRecord) GetRestorePoint() *RestorePointRecord {
 	return nil
 }
 
+func (x *RequestRecord) GetDrRun() *DRRunRecord {
+	if x != nil {
+		return x.DrRun
+	}
+	return nil
+}
+
+func (x *RequestRecord) GetDrillSchedule() *DrillScheduleRecord {
+	if x != nil {
+		return x.DrillSchedule
+	}
+	return nil
+}
+
 var File_yunchi_state_v1_state_proto protoreflect.FileDescriptor
 
 const file_yunchi_state_v1_state_proto_rawDesc = "" +
@@ -3344,7 +3485,7 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a>\n" +
 	"\x10AdminLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xba\a\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8e\b\n" +
 	"\bVMRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
@@ -3374,7 +3515,11 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\x13ssh_authorized_keys\x18\x17 \x03(\tR\x11sshAuthorizedKeys\x12+\n" +
 	"\x11protection_policy\x18\x18 \x01(\tR\x10protectionPolicy\x128\n" +
 	"\arestore\x18\x19 \x01(\v2\x1e.yunchi.state.v1.RestoreSourceR\arestore\x12#\n" +
-	"\rrestored_from\x18\x1a \x01(\tR\frestoredFrom\"h\n" +
+	"\rrestored_from\x18\x1a \x01(\tR\frestoredFrom\x12\x1f\n" +
+	"\vhome_center\x18\x1b \x01(\tR\n" +
+	"homeCenter\x12\x1a\n" +
+	"\bisolated\x18\x1c \x01(\bR\bisolated\x12\x15\n" +
+	"\x06dr_run\x18\x1d \x01(\tR\x05drRun\"h\n" +
 	"\vRatioRecord\x12\x14\n" +
 	"\x05scope\x18\x01 \x01(\tR\x05scope\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12/\n" +
@@ -3455,7 +3600,7 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\fRemoveMember\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\":\n" +
 	"\x10RecordHeartbeats\x12&\n" +
-	"\x0fsilent_host_ids\x18\x01 \x03(\tR\rsilentHostIds\"\x85\x19\n" +
+	"\x0fsilent_host_ids\x18\x01 \x03(\tR\rsilentHostIds\"\xfc\x1b\n" +
 	"\aCommand\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1b\n" +
 	"\tunix_nano\x18\x02 \x01(\x03R\bunixNano\x12\x1d\n" +
@@ -3511,8 +3656,14 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\x0eset_protection\x189 \x01(\v2\x1e.yunchi.state.v1.SetProtectionH\x00R\rsetProtection\x12D\n" +
 	"\rstart_backups\x18: \x01(\v2\x1d.yunchi.state.v1.StartBackupsH\x00R\fstartBackups\x12D\n" +
 	"\rfinish_backup\x18; \x01(\v2\x1d.yunchi.state.v1.FinishBackupH\x00R\ffinishBackup\x12Z\n" +
-	"\x15delete_restore_points\x18< \x01(\v2$.yunchi.state.v1.DeleteRestorePointsH\x00R\x13deleteRestorePointsB\x05\n" +
-	"\x03cmd\"\xeb\b\n" +
+	"\x15delete_restore_points\x18< \x01(\v2$.yunchi.state.v1.DeleteRestorePointsH\x00R\x13deleteRestorePoints\x12?\n" +
+	"\fstart_dr_run\x18= \x01(\v2\x1b.yunchi.state.v1.StartDRRunH\x00R\n" +
+	"startDrRun\x12B\n" +
+	"\rupdate_dr_run\x18> \x01(\v2\x1c.yunchi.state.v1.UpdateDRRunH\x00R\vupdateDrRun\x12A\n" +
+	"\frelocate_vms\x18? \x01(\v2\x1c.yunchi.state.v1.RelocateVMsH\x00R\vrelocateVms\x12Q\n" +
+	"\x12set_drill_schedule\x18@ \x01(\v2!.yunchi.state.v1.SetDrillScheduleH\x00R\x10setDrillSchedule\x12Z\n" +
+	"\x15delete_drill_schedule\x18A \x01(\v2$.yunchi.state.v1.DeleteDrillScheduleH\x00R\x13deleteDrillScheduleB\x05\n" +
+	"\x03cmd\"\xf1\t\n" +
 	"\bSnapshot\x12%\n" +
 	"\x0eformat_version\x18\x01 \x01(\rR\rformatVersion\x121\n" +
 	"\x05hosts\x18\x02 \x03(\v2\x1b.yunchi.state.v1.HostRecordR\x05hosts\x12+\n" +
@@ -3537,7 +3688,9 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\bpolicies\x18\x17 \x03(\v2\x1d.yunchi.state.v1.PolicyRecordR\bpolicies\x12J\n" +
 	"\x0erestore_points\x18\x18 \x03(\v2#.yunchi.state.v1.RestorePointRecordR\rrestorePoints\x12A\n" +
 	"\vbackup_jobs\x18\x19 \x03(\v2 .yunchi.state.v1.BackupJobRecordR\n" +
-	"backupJobs\"\xe4\a\n" +
+	"backupJobs\x125\n" +
+	"\adr_runs\x18\x1a \x03(\v2\x1c.yunchi.state.v1.DRRunRecordR\x06drRuns\x12M\n" +
+	"\x0fdrill_schedules\x18\x1b \x03(\v2$.yunchi.state.v1.DrillScheduleRecordR\x0edrillSchedules\"\xe6\b\n" +
 	"\rRequestRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04hash\x18\x02 \x01(\fR\x04hash\x12\x1b\n" +
@@ -3564,7 +3717,9 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\x06volume\x18\x13 \x01(\v2\x1d.yunchi.state.v1.VolumeRecordR\x06volume\x125\n" +
 	"\x06center\x18\x14 \x01(\v2\x1d.yunchi.state.v1.CenterRecordR\x06center\x125\n" +
 	"\x06policy\x18\x15 \x01(\v2\x1d.yunchi.state.v1.PolicyRecordR\x06policy\x12H\n" +
-	"\rrestore_point\x18\x16 \x01(\v2#.yunchi.state.v1.RestorePointRecordR\frestorePoint*\x87\x01\n" +
+	"\rrestore_point\x18\x16 \x01(\v2#.yunchi.state.v1.RestorePointRecordR\frestorePoint\x123\n" +
+	"\x06dr_run\x18\x17 \x01(\v2\x1c.yunchi.state.v1.DRRunRecordR\x05drRun\x12K\n" +
+	"\x0edrill_schedule\x18\x18 \x01(\v2$.yunchi.state.v1.DrillScheduleRecordR\rdrillSchedule*\x87\x01\n" +
 	"\tHostState\x12\x1a\n" +
 	"\x16HOST_STATE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10HOST_STATE_READY\x10\x01\x12\x13\n" +
@@ -3683,18 +3838,25 @@ var file_yunchi_state_v1_state_proto_goTypes = []any{
 	(*StartBackups)(nil),         // 64: yunchi.state.v1.StartBackups
 	(*FinishBackup)(nil),         // 65: yunchi.state.v1.FinishBackup
 	(*DeleteRestorePoints)(nil),  // 66: yunchi.state.v1.DeleteRestorePoints
-	(*DepartmentRecord)(nil),     // 67: yunchi.state.v1.DepartmentRecord
-	(*ProjectRecord)(nil),        // 68: yunchi.state.v1.ProjectRecord
-	(*UserRecord)(nil),           // 69: yunchi.state.v1.UserRecord
-	(*TokenRecord)(nil),          // 70: yunchi.state.v1.TokenRecord
-	(*AuditHead)(nil),            // 71: yunchi.state.v1.AuditHead
-	(*JoinTokenRecord)(nil),      // 72: yunchi.state.v1.JoinTokenRecord
-	(*ImageRecord)(nil),          // 73: yunchi.state.v1.ImageRecord
-	(*VolumeRecord)(nil),         // 74: yunchi.state.v1.VolumeRecord
-	(*CenterRecord)(nil),         // 75: yunchi.state.v1.CenterRecord
-	(*PolicyRecord)(nil),         // 76: yunchi.state.v1.PolicyRecord
-	(*RestorePointRecord)(nil),   // 77: yunchi.state.v1.RestorePointRecord
-	(*BackupJobRecord)(nil),      // 78: yunchi.state.v1.BackupJobRecord
+	(*StartDRRun)(nil),           // 67: yunchi.state.v1.StartDRRun
+	(*UpdateDRRun)(nil),          // 68: yunchi.state.v1.UpdateDRRun
+	(*RelocateVMs)(nil),          // 69: yunchi.state.v1.RelocateVMs
+	(*SetDrillSchedule)(nil),     // 70: yunchi.state.v1.SetDrillSchedule
+	(*DeleteDrillSchedule)(nil),  // 71: yunchi.state.v1.DeleteDrillSchedule
+	(*DepartmentRecord)(nil),     // 72: yunchi.state.v1.DepartmentRecord
+	(*ProjectRecord)(nil),        // 73: yunchi.state.v1.ProjectRecord
+	(*UserRecord)(nil),           // 74: yunchi.state.v1.UserRecord
+	(*TokenRecord)(nil),          // 75: yunchi.state.v1.TokenRecord
+	(*AuditHead)(nil),            // 76: yunchi.state.v1.AuditHead
+	(*JoinTokenRecord)(nil),      // 77: yunchi.state.v1.JoinTokenRecord
+	(*ImageRecord)(nil),          // 78: yunchi.state.v1.ImageRecord
+	(*VolumeRecord)(nil),         // 79: yunchi.state.v1.VolumeRecord
+	(*CenterRecord)(nil),         // 80: yunchi.state.v1.CenterRecord
+	(*PolicyRecord)(nil),         // 81: yunchi.state.v1.PolicyRecord
+	(*RestorePointRecord)(nil),   // 82: yunchi.state.v1.RestorePointRecord
+	(*BackupJobRecord)(nil),      // 83: yunchi.state.v1.BackupJobRecord
+	(*DRRunRecord)(nil),          // 84: yunchi.state.v1.DRRunRecord
+	(*DrillScheduleRecord)(nil),  // 85: yunchi.state.v1.DrillScheduleRecord
 }
 var file_yunchi_state_v1_state_proto_depIdxs = []int32{
 	2,   // 0: yunchi.state.v1.VMStatus.phase:type_name -> yunchi.state.v1.VMPhase
@@ -3769,43 +3931,52 @@ var file_yunchi_state_v1_state_proto_depIdxs = []int32{
 	64,  // 69: yunchi.state.v1.Command.start_backups:type_name -> yunchi.state.v1.StartBackups
 	65,  // 70: yunchi.state.v1.Command.finish_backup:type_name -> yunchi.state.v1.FinishBackup
 	66,  // 71: yunchi.state.v1.Command.delete_restore_points:type_name -> yunchi.state.v1.DeleteRestorePoints
-	10,  // 72: yunchi.state.v1.Snapshot.hosts:type_name -> yunchi.state.v1.HostRecord
-	11,  // 73: yunchi.state.v1.Snapshot.vms:type_name -> yunchi.state.v1.VMRecord
-	14,  // 74: yunchi.state.v1.Snapshot.members:type_name -> yunchi.state.v1.MemberRecord
-	12,  // 75: yunchi.state.v1.Snapshot.ratios:type_name -> yunchi.state.v1.RatioRecord
-	13,  // 76: yunchi.state.v1.Snapshot.groups:type_name -> yunchi.state.v1.PlacementGroupRecord
-	30,  // 77: yunchi.state.v1.Snapshot.requests:type_name -> yunchi.state.v1.RequestRecord
-	67,  // 78: yunchi.state.v1.Snapshot.departments:type_name -> yunchi.state.v1.DepartmentRecord
-	68,  // 79: yunchi.state.v1.Snapshot.projects:type_name -> yunchi.state.v1.ProjectRecord
-	69,  // 80: yunchi.state.v1.Snapshot.users:type_name -> yunchi.state.v1.UserRecord
-	70,  // 81: yunchi.state.v1.Snapshot.tokens:type_name -> yunchi.state.v1.TokenRecord
-	71,  // 82: yunchi.state.v1.Snapshot.audit_head:type_name -> yunchi.state.v1.AuditHead
-	72,  // 83: yunchi.state.v1.Snapshot.join_tokens:type_name -> yunchi.state.v1.JoinTokenRecord
-	73,  // 84: yunchi.state.v1.Snapshot.images:type_name -> yunchi.state.v1.ImageRecord
-	74,  // 85: yunchi.state.v1.Snapshot.volumes:type_name -> yunchi.state.v1.VolumeRecord
-	75,  // 86: yunchi.state.v1.Snapshot.centers:type_name -> yunchi.state.v1.CenterRecord
-	76,  // 87: yunchi.state.v1.Snapshot.policies:type_name -> yunchi.state.v1.PolicyRecord
-	77,  // 88: yunchi.state.v1.Snapshot.restore_points:type_name -> yunchi.state.v1.RestorePointRecord
-	78,  // 89: yunchi.state.v1.Snapshot.backup_jobs:type_name -> yunchi.state.v1.BackupJobRecord
-	11,  // 90: yunchi.state.v1.RequestRecord.vms:type_name -> yunchi.state.v1.VMRecord
-	10,  // 91: yunchi.state.v1.RequestRecord.host:type_name -> yunchi.state.v1.HostRecord
-	12,  // 92: yunchi.state.v1.RequestRecord.ratio:type_name -> yunchi.state.v1.RatioRecord
-	13,  // 93: yunchi.state.v1.RequestRecord.group:type_name -> yunchi.state.v1.PlacementGroupRecord
-	14,  // 94: yunchi.state.v1.RequestRecord.member:type_name -> yunchi.state.v1.MemberRecord
-	67,  // 95: yunchi.state.v1.RequestRecord.department:type_name -> yunchi.state.v1.DepartmentRecord
-	68,  // 96: yunchi.state.v1.RequestRecord.project:type_name -> yunchi.state.v1.ProjectRecord
-	69,  // 97: yunchi.state.v1.RequestRecord.user:type_name -> yunchi.state.v1.UserRecord
-	70,  // 98: yunchi.state.v1.RequestRecord.token:type_name -> yunchi.state.v1.TokenRecord
-	73,  // 99: yunchi.state.v1.RequestRecord.image:type_name -> yunchi.state.v1.ImageRecord
-	74,  // 100: yunchi.state.v1.RequestRecord.volume:type_name -> yunchi.state.v1.VolumeRecord
-	75,  // 101: yunchi.state.v1.RequestRecord.center:type_name -> yunchi.state.v1.CenterRecord
-	76,  // 102: yunchi.state.v1.RequestRecord.policy:type_name -> yunchi.state.v1.PolicyRecord
-	77,  // 103: yunchi.state.v1.RequestRecord.restore_point:type_name -> yunchi.state.v1.RestorePointRecord
-	104, // [104:104] is the sub-list for method output_type
-	104, // [104:104] is the sub-list for method input_type
-	104, // [104:104] is the sub-list for extension type_name
-	104, // [104:104] is the sub-list for extension extendee
-	0,   // [0:104] is the sub-list for field type_name
+	67,  // 72: yunchi.state.v1.Command.start_dr_run:type_name -> yunchi.state.v1.StartDRRun
+	68,  // 73: yunchi.state.v1.Command.update_dr_run:type_name -> yunchi.state.v1.UpdateDRRun
+	69,  // 74: yunchi.state.v1.Command.relocate_vms:type_name -> yunchi.state.v1.RelocateVMs
+	70,  // 75: yunchi.state.v1.Command.set_drill_schedule:type_name -> yunchi.state.v1.SetDrillSchedule
+	71,  // 76: yunchi.state.v1.Command.delete_drill_schedule:type_name -> yunchi.state.v1.DeleteDrillSchedule
+	10,  // 77: yunchi.state.v1.Snapshot.hosts:type_name -> yunchi.state.v1.HostRecord
+	11,  // 78: yunchi.state.v1.Snapshot.vms:type_name -> yunchi.state.v1.VMRecord
+	14,  // 79: yunchi.state.v1.Snapshot.members:type_name -> yunchi.state.v1.MemberRecord
+	12,  // 80: yunchi.state.v1.Snapshot.ratios:type_name -> yunchi.state.v1.RatioRecord
+	13,  // 81: yunchi.state.v1.Snapshot.groups:type_name -> yunchi.state.v1.PlacementGroupRecord
+	30,  // 82: yunchi.state.v1.Snapshot.requests:type_name -> yunchi.state.v1.RequestRecord
+	72,  // 83: yunchi.state.v1.Snapshot.departments:type_name -> yunchi.state.v1.DepartmentRecord
+	73,  // 84: yunchi.state.v1.Snapshot.projects:type_name -> yunchi.state.v1.ProjectRecord
+	74,  // 85: yunchi.state.v1.Snapshot.users:type_name -> yunchi.state.v1.UserRecord
+	75,  // 86: yunchi.state.v1.Snapshot.tokens:type_name -> yunchi.state.v1.TokenRecord
+	76,  // 87: yunchi.state.v1.Snapshot.audit_head:type_name -> yunchi.state.v1.AuditHead
+	77,  // 88: yunchi.state.v1.Snapshot.join_tokens:type_name -> yunchi.state.v1.JoinTokenRecord
+	78,  // 89: yunchi.state.v1.Snapshot.images:type_name -> yunchi.state.v1.ImageRecord
+	79,  // 90: yunchi.state.v1.Snapshot.volumes:type_name -> yunchi.state.v1.VolumeRecord
+	80,  // 91: yunchi.state.v1.Snapshot.centers:type_name -> yunchi.state.v1.CenterRecord
+	81,  // 92: yunchi.state.v1.Snapshot.policies:type_name -> yunchi.state.v1.PolicyRecord
+	82,  // 93: yunchi.state.v1.Snapshot.restore_points:type_name -> yunchi.state.v1.RestorePointRecord
+	83,  // 94: yunchi.state.v1.Snapshot.backup_jobs:type_name -> yunchi.state.v1.BackupJobRecord
+	84,  // 95: yunchi.state.v1.Snapshot.dr_runs:type_name -> yunchi.state.v1.DRRunRecord
+	85,  // 96: yunchi.state.v1.Snapshot.drill_schedules:type_name -> yunchi.state.v1.DrillScheduleRecord
+	11,  // 97: yunchi.state.v1.RequestRecord.vms:type_name -> yunchi.state.v1.VMRecord
+	10,  // 98: yunchi.state.v1.RequestRecord.host:type_name -> yunchi.state.v1.HostRecord
+	12,  // 99: yunchi.state.v1.RequestRecord.ratio:type_name -> yunchi.state.v1.RatioRecord
+	13,  // 100: yunchi.state.v1.RequestRecord.group:type_name -> yunchi.state.v1.PlacementGroupRecord
+	14,  // 101: yunchi.state.v1.RequestRecord.member:type_name -> yunchi.state.v1.MemberRecord
+	72,  // 102: yunchi.state.v1.RequestRecord.department:type_name -> yunchi.state.v1.DepartmentRecord
+	73,  // 103: yunchi.state.v1.RequestRecord.project:type_name -> yunchi.state.v1.ProjectRecord
+	74,  // 104: yunchi.state.v1.RequestRecord.user:type_name -> yunchi.state.v1.UserRecord
+	75,  // 105: yunchi.state.v1.RequestRecord.token:type_name -> yunchi.state.v1.TokenRecord
+	78,  // 106: yunchi.state.v1.RequestRecord.image:type_name -> yunchi.state.v1.ImageRecord
+	79,  // 107: yunchi.state.v1.RequestRecord.volume:type_name -> yunchi.state.v1.VolumeRecord
+	80,  // 108: yunchi.state.v1.RequestRecord.center:type_name -> yunchi.state.v1.CenterRecord
+	81,  // 109: yunchi.state.v1.RequestRecord.policy:type_name -> yunchi.state.v1.PolicyRecord
+	82,  // 110: yunchi.state.v1.RequestRecord.restore_point:type_name -> yunchi.state.v1.RestorePointRecord
+	84,  // 111: yunchi.state.v1.RequestRecord.dr_run:type_name -> yunchi.state.v1.DRRunRecord
+	85,  // 112: yunchi.state.v1.RequestRecord.drill_schedule:type_name -> yunchi.state.v1.DrillScheduleRecord
+	113, // [113:113] is the sub-list for method output_type
+	113, // [113:113] is the sub-list for method input_type
+	113, // [113:113] is the sub-list for extension type_name
+	113, // [113:113] is the sub-list for extension extendee
+	0,   // [0:113] is the sub-list for field type_name
 }
 
 func init() { file_yunchi_state_v1_state_proto_init() }
@@ -3865,6 +4036,11 @@ func file_yunchi_state_v1_state_proto_init() {
 		(*Command_StartBackups)(nil),
 		(*Command_FinishBackup)(nil),
 		(*Command_DeleteRestorePoints)(nil),
+		(*Command_StartDrRun)(nil),
+		(*Command_UpdateDrRun)(nil),
+		(*Command_RelocateVms)(nil),
+		(*Command_SetDrillSchedule)(nil),
+		(*Command_DeleteDrillSchedule)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
