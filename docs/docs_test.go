@@ -481,6 +481,7 @@ func runFile(t *testing.T, root, bin, file string, blocks []block) {
 		for i := 0; i < 3; i++ {
 			set[8470+i], set[8480+i] = true, true
 		}
+		set[8490] = true // the dev cluster's control endpoint (yunchid dev center)
 	}
 	var ports []int
 	for p := range set {
@@ -503,7 +504,9 @@ func runFile(t *testing.T, root, bin, file string, blocks []block) {
 	}
 	env := []string{"HOME=" + home, "PATH=" + cleanPath(), "TMPDIR=" + tmpdir, "LANG=C.UTF-8", "TERM=dumb"}
 	if needDev {
-		env = append(env, fmt.Sprintf("YUNCHI_ADDR=127.0.0.1:%d", 8470+off))
+		// All three controllers, as `yunchid dev` logs the CLI in: a page
+		// may take one down (yunchid dev center stop).
+		env = append(env, fmt.Sprintf("YUNCHI_ADDR=127.0.0.1:%d,127.0.0.1:%d,127.0.0.1:%d", 8470+off, 8471+off, 8472+off), fmt.Sprintf("YUNCHI_DEV_PORT=%d", 8470+off))
 	}
 	sh := startShell(t, work, env)
 	libvirtWhy := rootLibvirtMissing()

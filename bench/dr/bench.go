@@ -59,7 +59,10 @@ func run(ctx context.Context, cfg config, out io.Writer) (err error) {
 		ls.Print(out)
 	}()
 	realHosts := 1
-	if why := realSkipReason(cfg); why != "" {
+	if cfg.only != "" {
+		realHosts = 0
+		ls.Add("real_host", "skipped: -only %s", cfg.only)
+	} else if why := realSkipReason(cfg); why != "" {
 		realHosts = 0
 		benchkit.Progress("the real-host figures are left out: %s", why)
 		ls.Add("real_host", "skipped: %s", why)
@@ -96,10 +99,12 @@ func run(ctx context.Context, cfg config, out io.Writer) (err error) {
 		fn   func(context.Context) error
 		skip bool
 	}{
-		{"space", b.space, false},
-		{"simulated throughput", b.simThroughput, false},
+		{"space", b.space, cfg.only != ""},
+		{"simulated throughput", b.simThroughput, cfg.only != ""},
 		{"real-host throughput", b.realThroughput, realHosts == 0},
-		{"rpo", b.rpo, cfg.rpoVMs == 0},
+		{"rpo", b.rpo, cfg.rpoVMs == 0 || cfg.only != ""},
+		// Last: it takes center a1 down.
+		{"failover", b.failover, cfg.failoverVMs == 0},
 	} {
 		if step.skip {
 			continue
@@ -128,6 +133,10 @@ func checkRoom(dir string, cfg config, real bool) error {
 		need = 2*cfg.spaceSizeBytes + max(3*disk(cfg.sizeBytes), cfg.sizeBytes+3*disk(cfg.realSizeBytes))
 	}
 	need += 3*int64(cfg.rpoVMs)*cfg.rpoDataBytes + minDisk // and a margin
+	if cfg.only == "failover" {
+		need = 0
+	}
+	need += 4 * int64(cfg.failoverVMs) * failoverData // disks in a1 and a2, two repositories
 	var st syscall.Statfs_t
 	if err := syscall.Statfs(dir, &st); err != nil {
 		return fmt.Errorf("free space of %s: %w", dir, err)

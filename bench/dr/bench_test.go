@@ -17,7 +17,7 @@ import (
 
 func defaults() config {
 	return config{size: "10GiB", realSize: "10GiB", spaceSize: "2GiB", rpoData: "8MiB", change: 0.01, points: 24,
-		rpoVMs: 100, rpoDuration: 5 * time.Minute, hosts: 15, real: "auto", seed: 1, timeout: 45 * time.Minute}
+		rpoVMs: 100, rpoDuration: 5 * time.Minute, failoverVMs: 100, hosts: 15, real: "auto", seed: 1, timeout: 45 * time.Minute}
 }
 
 func TestConfigCheck(t *testing.T) {
@@ -45,6 +45,10 @@ func TestConfigCheck(t *testing.T) {
 		{func(c *config) { c.hosts = 0 }, "-hosts 0"},
 		{func(c *config) { c.real = "yes" }, `-real "yes"`},
 		{func(c *config) { c.timeout = time.Second }, "-timeout 1s"},
+		{func(c *config) { c.failoverVMs = 101 }, "-failover-vms 101"},
+		{func(c *config) { c.only = "rpo" }, `-only "rpo"`},
+		{func(c *config) { c.only, c.failoverVMs = "failover", 0 }, "measures nothing"},
+		{func(c *config) { c.failoverVMs, c.hosts = 3, 3 }, "at least 4"},
 	} {
 		c := defaults()
 		tc.set(&c)
@@ -187,5 +191,78 @@ func TestRunSmoke(t *testing.T) {
 		if b, err := os.ReadFile(p); err == nil && bytes.Contains(b, []byte(tmp)) {
 			t.Errorf("a process of the run still runs: %s", bytes.ReplaceAll(b, []byte{0}, []byte{' '}))
 		}
+	}
+}
+
+// -only failover on 3 VMs: only the failover figures (no other phase's),
+// every VM running in a2 within the target, gold's data loss within its
+// objective; nothing left behind.
+func TestRunFailoverSmoke(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts the dev cluster")
+	}
+	tmp, err := os.MkdirTemp("/tmp", "bdrf-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(tmp) })
+	cfg := defaults()
+	cfg.only, cfg.failoverVMs, cfg.hosts, cfg.cacheDir, cfg.tmpDir = "failover", 3, 4, t.TempDir(), tmp
+	if err := cfg.check(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var out bytes.Buffer
+	if err := run(ctx, cfg, &out); err != nil {
+		t.Fatalf("run: %v\noutput:\n%s", err, out.String())
+	}
+	got, err := benchkit.ParseLines(out.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	num := func(k string) float64 {
+		t.Helper()
+		v, ok := got[k]
+		if !ok {
+			t.Fatalf("no %s in the output:\n%s", k, out.String())
+		}
+		n, err := strconv.ParseFloat(strings.Fields(v)[0], 64)
+		if err != nil {
+			t.Fatalf("%s: %q, want a number", k, v)
+		}
+		return n
+	}
+	if n := num("failover_vms"); n != 3 {
+		t.Errorf("failover_vms %v, want 3", n)
+	}
+	if n := num("failover_vms_running"); n != 3 {
+		t.Errorf("failover_vms_running %v, want 3", n)
+	}
+	for _, k := range []string{"failover_all_running_seconds", "failover_wall_seconds", "failover_rto_p50_ms", "failover_rto_p99_ms", "failover_rto_max_ms", "failover_max_data_loss_s"} {
+		if n := num(k); n <= 0 {
+			t.Errorf("%s: %v, want a positive number", k, n)
+		}
+	}
+	if all, wall := num("failover_all_running_seconds"), num("failover_wall_seconds"); all > wall || wall > num("failover_target_seconds") {
+		t.Errorf("all running %v s, wall %v s: want all <= wall <= the target", all, wall)
+	}
+	if p50, p99, mx := num("failover_rto_p50_ms"), num("failover_rto_p99_ms"), num("failover_rto_max_ms"); p50 > p99 || p99 > mx {
+		t.Errorf("rto p50 %v p99 %v max %v out of order", p50, p99, mx)
+	}
+	if loss := num("failover_max_data_loss_s"); loss > num("failover_gold_rpo_s") {
+		t.Errorf("data loss %v s over gold's objective", loss)
+	}
+	for _, k := range []string{"space_repo_stored_mib", "sim_full_s", "rpo_samples"} {
+		if _, ok := got[k]; ok {
+			t.Errorf("-only failover ran another phase: %s in the output", k)
+		}
+	}
+	left, err := os.ReadDir(tmp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range left {
+		t.Errorf("run left %s behind", filepath.Join(tmp, e.Name()))
 	}
 }

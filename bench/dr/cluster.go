@@ -30,6 +30,14 @@ type cluster struct {
 	rh   *devcluster.RealHosts
 	conn *grpc.ClientConn // to the leader, as the sysadmin
 	stop func() error     // stops it and waits
+	// For the failover phase: the base port (the control endpoint is
+	// devcluster.ControlAddr(base)), the controllers' API addresses (by
+	// center, as devcluster.Centers), the sysadmin's token and the dial
+	// options.
+	base  int
+	addrs []string
+	token string
+	opts  []grpc.DialOption
 
 	vms   yunchiv1.VMServiceClient
 	prot  yunchiv1.ProtectionServiceClient
@@ -44,7 +52,7 @@ func startCluster(ctx context.Context, dir, cacheDir string, hosts, realHosts in
 	if err != nil {
 		return nil, err
 	}
-	c := &cluster{dir: dir}
+	c := &cluster{dir: dir, base: base}
 	ready := make(chan *devcluster.RealHosts, 1)
 	addrs := make(chan []string, 1)
 	runCtx, cancel := context.WithCancel(context.Background())
@@ -97,6 +105,7 @@ func startCluster(ctx context.Context, dir, cacheDir string, hosts, realHosts in
 			return nil, errors.Join(errors.New("the dev cluster did not hand over its real hosts"), c.stop())
 		}
 	}
+	c.addrs = a
 	if err := c.dial(ctx, a[0]); err != nil {
 		return nil, errors.Join(err, c.stop())
 	}
@@ -113,6 +122,7 @@ func (c *cluster) dial(ctx context.Context, addr string) error {
 	}
 	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithPerRPCCredentials(bearer.Token(toks.Sysadmin)),
 		grpc.WithDefaultServiceConfig(`{"methodConfig":[{"name":[{}],"retryPolicy":{"maxAttempts":5,"initialBackoff":"0.5s","maxBackoff":"4s","backoffMultiplier":2,"retryableStatusCodes":["UNAVAILABLE"]}}]}`)}
+	c.token, c.opts = toks.Sysadmin, opts
 	first, err := grpc.NewClient(addr, opts...)
 	if err != nil {
 		return err

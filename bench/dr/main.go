@@ -32,6 +32,12 @@
 //     every 5 s the age of each VM's newest a2 point is sampled
 //     (GetDRStatus achieved_rpo_seconds): p50, p99, max and the samples
 //     over the 60 s objective.
+//  5. Failover: -failover-vms VMs (small disks, a little random data)
+//     in a1 protected with gold; once each has a point in a2, center a1
+//     is stopped (the dev cluster's control endpoint) and `dr failover`
+//     started from a2's controller; the run's time to all running, its
+//     per-VM RTO p50/p99/max and largest data-loss window (see
+//     failover.go). -only failover runs just this phase.
 //
 // Before each timed backup and each of cp and sha256sum it syncs and
 // drops the page cache (root only; said in the output). It prints `name:
@@ -83,6 +89,10 @@ type config struct {
 	// ("": $TMPDIR; the real host's libvirtd socket lives under it, and
 	// a unix socket path has at most 107 bytes).
 	cacheDir, tmpDir string
+	// failoverVMs: VMs failed over (0 skips the phase); only: "" (every
+	// phase) or "failover" (just that one).
+	failoverVMs int
+	only        string
 }
 
 func main() {
@@ -95,6 +105,8 @@ func main() {
 	flag.IntVar(&cfg.rpoVMs, "rpo-vms", 100, "VMs protected with gold for the RPO figures (0 skips; at most 100)")
 	flag.StringVar(&cfg.rpoData, "rpo-data", "8MiB", "random data in each RPO VM's 1 GiB disk (MiB)")
 	flag.DurationVar(&cfg.rpoDuration, "rpo-duration", 5*time.Minute, "how long the gold schedule is sampled after its first full round")
+	flag.IntVar(&cfg.failoverVMs, "failover-vms", 100, "VMs protected with gold, then failed over from a1 to a2 (0 skips; at most 100)")
+	flag.StringVar(&cfg.only, "only", "", `run one phase only: "" (all) or failover`)
 	flag.IntVar(&cfg.hosts, "hosts", 15, "simulated hosts (devcluster layout: 7 of 15 in a1)")
 	flag.StringVar(&cfg.real, "real", "auto", "the real QEMU host: auto (when root and libvirtd/QEMU are there) or off")
 	flag.Uint64Var(&cfg.seed, "seed", 1, "seed of the data and of where changes land")
@@ -143,6 +155,18 @@ func (c *config) check() error {
 	}
 	if c.rpoVMs < 0 || c.rpoVMs > 100 {
 		return fmt.Errorf("-rpo-vms %d: give 0 to 100 (CreateVMs makes at most 100)", c.rpoVMs)
+	}
+	if c.failoverVMs < 0 || c.failoverVMs > 100 {
+		return fmt.Errorf("-failover-vms %d: give 0 to 100 (CreateVMs makes at most 100)", c.failoverVMs)
+	}
+	if c.only != "" && c.only != "failover" {
+		return fmt.Errorf("-only %q: give failover (or nothing for every phase)", c.only)
+	}
+	if c.only == "failover" && c.failoverVMs == 0 {
+		return errors.New("-only failover with -failover-vms 0 measures nothing: give 1 to 100 VMs")
+	}
+	if c.failoverVMs > 0 && c.hosts < 4 {
+		return fmt.Errorf("-hosts %d: the failover needs at least 4 (a2 has none below 4)", c.hosts)
 	}
 	if c.rpoDuration < 5*time.Second {
 		return fmt.Errorf("-rpo-duration %s: at least 5s (one sample)", c.rpoDuration)

@@ -100,6 +100,12 @@ func (p *printer) vmDetail(vm *yunchiv1.VM) func(io.Writer) {
 		if r := vm.GetRestoredFrom(); r != "" {
 			kv(w, "Restored from", r)
 		}
+		if h := vm.GetHomeCenter(); h != "" {
+			kv(w, "Home center", h+" (failed over; yunchi dr failback --to "+h+" returns it)")
+		}
+		if d := vm.GetDrRun(); d != "" {
+			kv(w, "Drill clone of", d+" (no network; removed by the drill)")
+		}
 		kv(w, "Center constraint", orDefault(vm.GetCenter(), "any"))
 		kv(w, "Constraints", strings.Join(vm.GetConstraints(), "; "))
 		kv(w, "Group", vm.GetGroup())

@@ -102,13 +102,13 @@ func controllerCmd() *cli.Command {
 		Name:  "controller",
 		Usage: "run one raft controller (gRPC, REST, /metrics on --listen)",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "id", Required: true, Usage: "this controller's unique id, e.g. a1"},
+			&cli.StringFlag{Name: "id", Usage: "this controller's unique id, e.g. a1 (required)"},
 			&cli.StringFlag{Name: "center", Usage: "data center this controller runs in (production, same-city DR, remote DR)"},
 			&cli.StringFlag{Name: "listen", Value: "127.0.0.1:8470", Usage: "API address: gRPC, REST, /metrics, /openapi.json"},
 			&cli.StringFlag{Name: "advertise", Usage: "API address others dial (default: --listen)"},
 			&cli.StringFlag{Name: "raft-listen", Value: "127.0.0.1:8480", Usage: "raft peer address"},
 			&cli.StringFlag{Name: "raft-advertise", Usage: "raft address others dial (default: --raft-listen)"},
-			&cli.StringFlag{Name: "data-dir", Required: true, Usage: "where the raft log, stable store and snapshots live"},
+			&cli.StringFlag{Name: "data-dir", Usage: "where the raft log, stable store and snapshots live (required)"},
 			&cli.StringFlag{Name: "image-dir", Usage: "where the bytes of images are kept (default: <data-dir>/images); only their metadata goes through raft"},
 			&cli.StringFlag{Name: "backup-dir", Usage: "where the backup repositories this controller keeps live (default: <data-dir>/backups; a local disk or an NFS mount, see docs/dr.md)"},
 			&cli.BoolFlag{Name: "bootstrap", Usage: "start a new cluster with this controller as its first voter"},
@@ -121,12 +121,31 @@ func controllerCmd() *cli.Command {
 			&cli.StringFlag{Name: "tls-key", Usage: "key (PEM) of --tls-cert"},
 			&cli.StringFlag{Name: "join-token", Usage: "with --join, first start: the one-time token from: yunchi cluster join-token create (with --insecure: a sysadmin's API token, the bootstrap controller prints one)", EnvVars: []string{"YUNCHI_JOIN_TOKEN"}},
 			&cli.StringFlag{Name: "ca-cert-hash", Usage: "with --join, first start: sha256:<hex> pin of the cluster CA, as the bootstrap controller printed it"},
+			&cli.DurationFlag{Name: "dr-snapshot-interval", Value: controller.DefaultDRSnapshotInterval, Usage: "while this controller's center is declared remote DR, copy the cluster state into --dr-snapshot-dir this often, for: yunchid controller recover --from-snapshot (0: never)"},
+			&cli.StringFlag{Name: "dr-snapshot-dir", Usage: "where the state copies are kept (default: <data-dir>/dr-snapshots)"},
+			&cli.IntFlag{Name: "dr-snapshot-keep", Value: controller.DefaultDRSnapshotKeep, Usage: "how many state copies are kept (the oldest go first)"},
 			&cli.Float64Flag{Name: "rate-limit", Value: 500, Usage: "requests per second each token may make (burst: twice that); over it a call gets 429 / RESOURCE_EXHAUSTED with Retry-After; 0: no limit"},
 			// For fault tests only (the chaos harness's clock jumps):
 			// hidden from help, never set in production.
 			&cli.StringFlag{Name: "fault-clock-file", Hidden: true, Usage: "FILE holding a duration this controller's wall clock is shifted by, re-read every 100 ms (fault tests)"},
 		},
+		// recover's flags are its own: the ones above (--id, --data-dir)
+		// are checked by Action, not by the parser, so that they are not
+		// asked of recover.
+		Subcommands: []*cli.Command{recoverCmd()},
 		Action: func(c *cli.Context) error {
+			for _, f := range []string{"id", "data-dir"} {
+				if c.String(f) == "" {
+					return fmt.Errorf("--%s is required", f)
+				}
+			}
+			if c.Int("dr-snapshot-keep") < 1 {
+				return fmt.Errorf("--dr-snapshot-keep %d: keep at least 1 copy", c.Int("dr-snapshot-keep"))
+			}
+			drInterval := c.Duration("dr-snapshot-interval")
+			if drInterval <= 0 {
+				drInterval = -1 // never
+			}
 			seg, err := segmentSize(c.String("raft-segment-size"))
 			if err != nil {
 				return err
@@ -145,7 +164,8 @@ func controllerCmd() *cli.Command {
 				DataDir: c.String("data-dir"), ImageDir: c.String("image-dir"), BackupDir: c.String("backup-dir"), Bootstrap: c.Bool("bootstrap"), Join: splitList(c.String("join")),
 				Insecure: c.Bool("insecure"), TLSCert: c.String("tls-cert"), TLSKey: c.String("tls-key"),
 				JoinToken: c.String("join-token"), CACertHash: c.String("ca-cert-hash"), Context: c.Context,
-				RateLimit: rateLimit(c.Float64("rate-limit")),
+				RateLimit:          rateLimit(c.Float64("rate-limit")),
+				DRSnapshotInterval: drInterval, DRSnapshotDir: c.String("dr-snapshot-dir"), DRSnapshotKeep: c.Int("dr-snapshot-keep"),
 			})
 			if err != nil {
 				return err
@@ -268,15 +288,20 @@ func agentCmd() *cli.Command {
 
 func devCmd() *cli.Command {
 	return &cli.Command{
-		Name:  "dev",
-		Usage: "run the embedded default: 3 controllers (a1, a2, b1) and 45 simulated hosts on libvirt's test driver",
+		Name:        "dev",
+		Usage:       "run the embedded default: 3 controllers (a1, a2, b1) and 45 simulated hosts on libvirt's test driver",
+		Description: devDescription,
+		Subcommands: []*cli.Command{devCenterCmd()},
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "data-dir", Usage: "keep state here (default: a temp dir removed at exit)"},
-			&cli.IntFlag{Name: "port", Value: 8470, Usage: "API port of the first controller; the others use the next two, raft the ones 10 above"},
+			&cli.IntFlag{Name: "port", Value: 8470, Usage: "API port of the first controller; the others use the next two, raft the ones 10 above, the center control endpoint (yunchid dev center) 20 above"},
 			&cli.IntFlag{Name: "hosts", Value: 45, Usage: "number of simulated hosts (with --real-hosts: 0 unless given)"},
 			&cli.IntFlag{Name: "real-hosts", Usage: "also start N real hosts: private libvirtd + QEMU daemons on this machine (root), with the public image \"tiny\" to boot"},
 		},
 		Action: func(c *cli.Context) error {
+			if c.NArg() > 0 {
+				return fmt.Errorf("yunchid dev takes no arguments (%q): its subcommand is center", c.Args().First())
+			}
 			hosts := c.Int("hosts")
 			if c.Int("real-hosts") > 0 && !c.IsSet("hosts") {
 				hosts = 0

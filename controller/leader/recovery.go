@@ -75,6 +75,12 @@ type RecoveryView interface {
 	DRRuns() []*statev1.DRRunRecord
 }
 
+// barrier is a Proposer that can wait until everything committed is
+// applied here (the raft node).
+type barrier interface {
+	Barrier(ctx context.Context) error
+}
+
 // RecoveryPlacer places VMs (controller/placement.Engine).
 type RecoveryPlacer interface {
 	Relocate(ctx context.Context, runID string, m placement.Move) (*statev1.DRRunRecord, placement.Decision, error)
@@ -330,7 +336,19 @@ func copyCenter(v RecoveryView, home *statev1.CenterRecord, now string) string {
 func (r *Recovery) Tick(ctx context.Context, now time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for _, run := range r.view.RunningDRRuns() {
+	runs := r.view.RunningDRRuns()
+	if b, ok := r.prop.(barrier); ok && len(runs) > 0 {
+		// Decide on everything committed: a leader that has just taken
+		// over may not have applied its predecessor's last steps yet.
+		bctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := b.Barrier(bctx)
+		cancel()
+		if err != nil {
+			return
+		}
+		runs = r.view.RunningDRRuns()
+	}
+	for _, run := range runs {
 		if ctx.Err() != nil {
 			return
 		}

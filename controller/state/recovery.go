@@ -353,8 +353,15 @@ func (s *Store) applyRelocateVMs(index uint64, now int64, c *statev1.RelocateVMs
 			return nil, errorf(KindInvalid, "vm %q is on host %s already", vm.Name, vm.HostId)
 		}
 		moved[vm.Id] = true
-		if !slices.ContainsFunc(r.Vms, func(e *statev1.DRRunVM) bool { return e.VmId == vm.Id }) {
+		i := slices.IndexFunc(r.Vms, func(e *statev1.DRRunVM) bool { return e.VmId == vm.Id })
+		if i < 0 {
 			return nil, errorf(KindInvalid, "vm %q is not in dr run %s", vm.Name, r.Id)
+		}
+		// A run moves a VM once, from the step that moves it: a decision
+		// made on a view older than that move (a new leader not caught up)
+		// must not move it again.
+		if st := r.Vms[i].Step; st != statev1.DRStep_DR_STEP_PENDING && st != statev1.DRStep_DR_STEP_FINAL_COPY {
+			return nil, errorf(KindConflict, "vm %q was moved by dr run %s already (it is at step %s)", vm.Name, r.Id, StepName(st))
 		}
 		if s.vmHasVolumes(vm) {
 			return nil, errorf(KindFailedPrecondition, "vm %q has volumes attached: restore points hold its root disk only", vm.Name)

@@ -7,14 +7,12 @@ package devcluster
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -27,6 +25,9 @@ import (
 	"github.com/yunchi/yunchi/internal/cliconfig"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 )
+
+// DefaultBasePort is the first controller's API port (`yunchid dev --port`).
+const DefaultBasePort = 8470
 
 // Config of the dev cluster.
 type Config struct {
@@ -51,6 +52,9 @@ type Config struct {
 	Ready func(addrs []string)
 	// RealReady, if set, is called then with the real hosts (tests).
 	RealReady func(*RealHosts)
+	// Centers, if set, is called then with what takes centers down and
+	// up (tests; a person uses `yunchid dev center`).
+	Centers func(*Control)
 	// NoLogin: do not store the sysadmin's token in the yunchi CLI's
 	// config (by default `yunchid dev` logs the CLI in, so that `yunchi`
 	// works against it with no flags).
@@ -140,7 +144,7 @@ func Hosts(n int) []HostSpec {
 // Run starts everything, prints how to use it and blocks until ctx ends.
 func Run(ctx context.Context, cfg Config) error {
 	if cfg.BasePort == 0 {
-		cfg.BasePort = 8470
+		cfg.BasePort = DefaultBasePort
 	}
 	if cfg.Hosts < 0 || (cfg.Hosts == 0 && cfg.RealHosts == 0) {
 		cfg.Hosts = 45
@@ -168,12 +172,25 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 
+	// Bound first: a busy port fails dev before anything starts.
+	ctlLis, err := listenControl(cfg.BasePort)
+	if err != nil {
+		return err
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	errc := make(chan error, len(Centers))
+	errc := make(chan error, 1)
+	centers := newControl(ctx, lg, func(err error) {
+		select {
+		case errc <- err:
+		default: // the first failure ends dev
+		}
+		cancel()
+	})
+	defer centers.shutdown() // waits for every agent and controller to end
+	ctlSrv := serveControl(ctlLis, centers, lg)
+	defer ctlSrv.Close()
 	var addrs []string
-	var ctls []*running
-	defer func() { stopAll(ctls) }() // waits for every controller to end
 	var admins controller.AdminTokens
 	for i, c := range Centers {
 		api := fmt.Sprintf("127.0.0.1:%d", cfg.BasePort+i)
@@ -198,22 +215,13 @@ func Run(ctx context.Context, cfg Config) error {
 			}
 			ccfg.Join, ccfg.JoinToken = []string{addrs[0]}, admins.Sysadmin
 		}
-		ctl, err := controller.New(ccfg)
+		r, err := centers.startController(i, ccfg)
 		if err != nil {
-			return fmt.Errorf("controller %s: %w", c.ID, err)
+			return err
 		}
-		addrs = append(addrs, ctl.Addr())
-		ctlCtx, stop := context.WithCancel(context.Background())
-		r := &running{ctl: ctl, stop: stop, done: make(chan struct{})}
-		ctls = append(ctls, r)
-		go func() {
-			defer close(r.done)
-			if err := ctl.Run(ctlCtx); err != nil {
-				errc <- fmt.Errorf("controller %s: %w", c.ID, err)
-				cancel()
-			}
-		}()
+		addrs = append(addrs, r.ctl.Addr())
 	}
+	ctls := centers.running()
 	fmt.Fprintf(cfg.Out, "yunchi dev: 3 controllers starting (a1 production, a2 same-city DR, b1 remote DR), state in %s\n", dir)
 	fmt.Fprintf(cfg.Out, "yunchi dev: plaintext (no TLS), on loopback only; yunchid controller serves TLS\n")
 
@@ -231,9 +239,6 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 
 	specs := Hosts(cfg.Hosts)
-	agentCtx, stopAgents := context.WithCancel(context.Background())
-	var awg sync.WaitGroup
-	defer func() { stopAgents(); awg.Wait() }()
 	for i, h := range specs {
 		path := filepath.Join(dir, "hosts", h.ID+".xml")
 		uri, err := libvirt.WriteTestNodeXML(path, libvirt.TestNode{
@@ -243,7 +248,9 @@ func Run(ctx context.Context, cfg Config) error {
 			return fmt.Errorf("host %s: %w", h.ID, err)
 		}
 		// Root disks are sparse files (what backups read and restores
-		// write): a 40 GiB disk takes what was written to it.
+		// write): a 40 GiB disk takes what was written to it. The
+		// connection holds the host's domains: it stays open while the
+		// host's center is down (shutdown closes it).
 		drv, err := libvirt.OpenWithOptions(uri, libvirt.Options{DiskDir: filepath.Join(dir, "hosts", h.ID+"-disks")})
 		if err != nil {
 			return fmt.Errorf("host %s: %w", h.ID, err)
@@ -253,27 +260,25 @@ func Run(ctx context.Context, cfg Config) error {
 			drv.Close()
 			return fmt.Errorf("host %s: %w", h.ID, err)
 		}
-		a := agent.New(agent.Config{
+		sh := &simHost{spec: h, drv: drv, cfg: agent.Config{
 			HostID: h.ID, Hostname: h.ID, Center: h.Center, Site: h.Site, Rack: h.Rack,
 			Labels: map[string]string{"simulated": "true"}, DiskBytes: h.DiskBytes,
 			LibvirtURI: uri, Controllers: rotate(addrs, i), Logger: lg, // agent.New adds host=ID
 			Token: tok,
-		}, drv)
-		awg.Add(1)
-		go func() {
-			defer awg.Done()
-			defer drv.Close()
-			if err := a.Run(agentCtx); err != nil && !errors.Is(err, context.Canceled) {
-				lg.Error("agent stopped", "host", h.ID, "err", err)
-			}
-		}()
+		}}
+		centers.mu.Lock()
+		centers.hosts = append(centers.hosts, sh)
+		centers.startSim(sh)
+		centers.mu.Unlock()
 	}
 	var real *RealHosts
-	defer func() { real.close() }()
 	if cfg.RealHosts > 0 {
 		if real, err = startRealHosts(ctx, cfg, dir, addrs, ctls, lg); err != nil {
 			return err
 		}
+		centers.mu.Lock()
+		centers.real = real
+		centers.mu.Unlock()
 	}
 	if err := waitHosts(ctx, cfg.Out, yunchiv1.NewHostServiceClient(conn), len(specs)+cfg.RealHosts); err != nil {
 		return err
@@ -290,15 +295,16 @@ func Run(ctx context.Context, cfg Config) error {
 			return err
 		}
 	}
-	centers := map[string]bool{}
+	used := map[string]bool{}
 	for _, h := range specs {
-		centers[h.Center] = true
+		used[h.Center] = true
 	}
 	for i := range cfg.RealHosts {
-		centers[Centers[i%len(Centers)].ID] = true
+		used[real.center(i)] = true
 	}
+	centers.markReady(admins.Sysadmin)
 	fmt.Fprintf(cfg.Out, "yunchi dev: ready. %d hosts in %d centers (%d simulated, %d real); API (gRPC + REST) at %s (followers: %s, %s); plaintext, for trying out only\n",
-		len(specs)+cfg.RealHosts, len(centers), len(specs), cfg.RealHosts, addrs[0], addrs[1], addrs[2])
+		len(specs)+cfg.RealHosts, len(used), len(specs), cfg.RealHosts, addrs[0], addrs[1], addrs[2])
 	// The three separated administrators (MLPS level 3): one line each.
 	fmt.Fprintf(cfg.Out, "sysadmin token: %s\n", admins.Sysadmin)
 	fmt.Fprintf(cfg.Out, "secadmin token: %s\n", admins.Secadmin)
@@ -317,6 +323,11 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	fmt.Fprintf(cfg.Out, "       curl -s -H \"Authorization: Bearer $(yunchi token current)\" %s/v1/vms\n", addrs[0])
 	fmt.Fprintf(cfg.Out, "       yunchi cluster status\n")
+	port := ""
+	if cfg.BasePort != DefaultBasePort {
+		port = fmt.Sprintf(" --port %d", cfg.BasePort)
+	}
+	fmt.Fprintf(cfg.Out, "  a center down and back (as cut off by a network failure): yunchid dev center stop%s a1; yunchid dev center start%s a1; yunchid dev center list%s\n", port, port, port)
 	fmt.Fprintf(cfg.Out, "Ctrl-C stops everything.\n")
 	if cfg.Ready != nil {
 		cfg.Ready(addrs)
@@ -324,25 +335,18 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.RealReady != nil && real != nil {
 		cfg.RealReady(real)
 	}
+	if cfg.Centers != nil {
+		cfg.Centers(centers)
+	}
 
 	select {
 	case <-ctx.Done():
 	case err = <-errc:
 	}
 	fmt.Fprintf(cfg.Out, "yunchi dev: stopping\n")
-	stopAgents()
-	awg.Wait()
-	real.close()
-	real = nil
-	stopAll(ctls)
+	ctlSrv.Close()
+	centers.shutdown()
 	return err
-}
-
-// running is a controller started by Run.
-type running struct {
-	ctl  *controller.Controller
-	stop context.CancelFunc
-	done chan struct{}
 }
 
 // stopAll stops the leader first, then the followers. Stopped together, the

@@ -30,15 +30,10 @@ const TinyImage = "tiny"
 // RealHosts are the private libvirtd hosts of --real-hosts and their
 // agents.
 type RealHosts struct {
-	hosts  []*qemuhost.Host
-	agents []*realAgent
-	start  func(i int) *realAgent
-}
-
-// realAgent is one host's running agent.
-type realAgent struct {
-	stop context.CancelFunc
-	done chan struct{}
+	hosts []*qemuhost.Host
+	// agents[i] is host i's running agent (nil while its center is down).
+	agents []*agentRun
+	start  func(i int) *agentRun
 }
 
 // Hosts are the running hosts, in id order.
@@ -47,10 +42,12 @@ func (rh *RealHosts) Hosts() []*qemuhost.Host { return rh.hosts }
 // RestartAgent stops host i's agent (its guests run on) and starts a new
 // one on a new libvirt connection, as a restarted yunchid agent would.
 func (rh *RealHosts) RestartAgent(i int) {
-	rh.agents[i].stop()
-	<-rh.agents[i].done
+	rh.agents[i].end()
 	rh.agents[i] = rh.start(i)
 }
+
+// center is the center of real host i: they are dealt round the centers.
+func (rh *RealHosts) center(i int) string { return Centers[i%len(Centers)].ID }
 
 // RealHostID is the id of real host i (0-based).
 func RealHostID(i int) string { return fmt.Sprintf("qemu-%d", i+1) }
@@ -63,10 +60,10 @@ func startRealHosts(ctx context.Context, cfg Config, dir string, addrs []string,
 	}
 	rh := &RealHosts{}
 	var configs []agent.Config
-	rh.start = func(i int) *realAgent {
+	rh.start = func(i int) *agentRun {
 		h := rh.hosts[i]
 		ctx, stop := context.WithCancel(context.Background())
-		ra := &realAgent{stop: stop, done: make(chan struct{})}
+		ra := &agentRun{stop: stop, done: make(chan struct{})}
 		go func() {
 			defer close(ra.done)
 			drv, err := h.Open()
@@ -83,7 +80,7 @@ func startRealHosts(ctx context.Context, cfg Config, dir string, addrs []string,
 	}
 	for i := range cfg.RealHosts {
 		id := RealHostID(i)
-		c := Centers[i%len(Centers)]
+		c := Centers[centerIndex(rh.center(i))]
 		fmt.Fprintf(cfg.Out, "yunchi dev: starting real host %s (private libvirtd + QEMU, center %s)\n", id, c.ID)
 		h, err := qemuhost.Start(ctx, id, filepath.Join(dir, "real", id))
 		if err != nil {
@@ -111,8 +108,7 @@ func (rh *RealHosts) close() {
 		return
 	}
 	for _, a := range rh.agents {
-		a.stop()
-		<-a.done
+		a.end()
 	}
 	for _, h := range rh.hosts {
 		if err := h.Stop(); err != nil {
