@@ -101,9 +101,9 @@ var policy = map[string]string{
 	"RecoveryService/Failover":            "sysadmin",
 	"RecoveryService/Failback":            "sysadmin",
 	"RecoveryService/StartDrill":          "sysadmin dept-admin",
-	"RecoveryService/GetDRRun":            "sysadmin operator auditor dept-admin member viewer",
-	"RecoveryService/ListDRRuns":          "sysadmin operator auditor dept-admin member viewer",
-	"RecoveryService/ListDrillSchedules":  "sysadmin operator auditor",
+	"RecoveryService/GetDRRun":            "sysadmin operator dept-admin member viewer",
+	"RecoveryService/ListDRRuns":          "sysadmin operator dept-admin member viewer",
+	"RecoveryService/ListDrillSchedules":  "sysadmin operator",
 	"RecoveryService/DeleteDrillSchedule": "sysadmin",
 
 	"ImageService/ImportImage":         "sysadmin dept-admin member",

@@ -197,7 +197,7 @@ func TestDRAgainstController(t *testing.T) {
 		{a("policy", "create", "far", "--target", "zz:1h:keep-last=1"), exitNotFound, `center "zz" is not declared`},
 		{a("policy", "delete", "local"), exitFailed, "local"},
 		{a("vm", "protect", "nope", "--policy", "gold"), exitNotFound, `vm "nope" not found`},
-		{a("vm", "protect", "web", "--policy", "platinum"), exitNotFound, "platinum"},
+		{a("vm", "protect", "web", "--policy", "diamond"), exitNotFound, "diamond"},
 	} {
 		code, stdout, stderr := yunchi(t, c.args...)
 		if code != c.code || stdout != "" {

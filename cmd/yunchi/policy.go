@@ -26,7 +26,7 @@ func policyCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "policy",
 		Usage: "protection policies: where a VM's backups go, how often, how many are kept, and the RPO/RTO objectives",
-		Description: "gold, silver and bronze are built in; others are made with yunchi policy create. A policy is\n" +
+		Description: "platinum, gold, silver and bronze are built in; others are made with yunchi policy create. A policy is\n" +
 			"attached to a project (its VMs inherit it) or to one VM: yunchi project protect, yunchi vm protect.\n" +
 			"yunchi dr status shows what each protected VM achieves against its objectives.",
 		Subcommands: []*cli.Command{
@@ -92,6 +92,10 @@ func policyList(cCtx *cli.Context, s *session) error {
 		for _, p := range resp.GetPolicies() {
 			var ts []string
 			for _, t := range p.GetTargets() {
+				if t.GetMirror() {
+					ts = append(ts, targetWhere(t)+"/mirror")
+					continue
+				}
 				ts = append(ts, targetWhere(t)+"/"+seconds(t.GetIntervalSeconds()))
 			}
 			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\n", p.GetName(), yesNo(p.GetBuiltin()), dash(strings.Join(ts, ", ")),
@@ -526,6 +530,23 @@ func (p *printer) drStatus(st *yunchiv1.DRStatus) func(io.Writer) {
 			}
 			for _, t := range v.GetTargets() {
 				targets++
+				if t.GetMirror() != "" {
+					// A synchronous mirror: no points, RPO 0 while mirroring.
+					achieved := "-"
+					if t.GetAchievedRpoSeconds() >= 0 {
+						achieved = fseconds(t.GetAchievedRpoSeconds())
+					}
+					st := "mirror: " + t.GetMirror()
+					if h := t.GetMirrorHost(); h != "" {
+						st += " (on " + h + ")"
+					}
+					if t.GetViolation() {
+						st = "VIOLATION: " + st
+					}
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s/%s\t%s\n", v.GetVm(), v.GetProject(), policy, dash(t.GetCenter()), "(mirror)",
+						achieved, seconds(0), st)
+					continue
+				}
 				newest := "-"
 				if t.GetNewestPoint() != "" {
 					newest = p.ago(t.GetNewestPointAt())
@@ -602,6 +623,10 @@ func (p *printer) policyDetail(pl *yunchiv1.Policy) func(io.Writer) {
 		fmt.Fprintln(w)
 		fmt.Fprintln(w, "TARGET\tINTERVAL\tRPO\tKEEP")
 		for _, t := range pl.GetTargets() {
+			if t.GetMirror() {
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", targetLabel(t), "mirrored (synchronous)", "0", "-")
+				continue
+			}
 			rpo := t.GetRpoSeconds()
 			if rpo == 0 {
 				rpo = t.GetIntervalSeconds()

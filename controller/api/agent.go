@@ -91,11 +91,19 @@ func (s *Server) ReportVMStatus(ctx context.Context, req *yunchiv1.ReportVMStatu
 	if err := checkVolumeStatuses(req.HostId, req.Volumes); err != nil {
 		return nil, err
 	}
-	if len(req.Statuses) == 0 && len(req.Volumes) == 0 {
+	if len(req.Statuses) == 0 && len(req.Volumes) == 0 && len(req.MirrorExports) == 0 {
 		return &yunchiv1.ReportVMStatusResponse{}, nil
+	}
+	var exports []*statev1.MirrorExportReport
+	for _, e := range req.MirrorExports {
+		if e.GetVmId() == "" || len(e.Address) > 300 || len(e.Error) > 4096 {
+			return nil, invalid("mirror export status: give the vm id, an address of at most 300 bytes and an error of at most 4 KiB")
+		}
+		exports = append(exports, &statev1.MirrorExportReport{VmId: e.VmId, Address: e.Address, Error: oneLine(e.Error)})
 	}
 	if _, err := s.apply(ctx, &statev1.Command{Cmd: &statev1.Command_ReportVmStatus{ReportVmStatus: &statev1.ReportVMStatus{
 		HostId: req.HostId, Statuses: statusesFromAPI(req.Statuses), Volumes: volumeStatusesFromAPI(req.Volumes),
+		MirrorExports: exports,
 	}}}); err != nil {
 		return nil, err
 	}
@@ -130,9 +138,20 @@ func (s *Server) WatchAssignments(req *yunchiv1.WatchAssignmentsRequest, stream 
 				}
 				a.Restore = s.restoreRef(v.Restore)
 				a.Isolated = v.Isolated
+				if m := v.GetMirror(); m.GetAddress() != "" {
+					a.Mirror = &yunchiv1.MirrorRef{Address: m.Address, ExportName: m.ExportName, TargetHost: m.HostId, Center: m.Center}
+				}
 				msg.Vms = append(msg.Vms, a)
 			}
 			msg.Volumes = volumeAssignments(s.store.HostVolumes(req.HostId))
+			if mv, ok := s.store.(interface {
+				MirrorsOn(hostID string) []*statev1.VMRecord
+			}); ok {
+				for _, v := range mv.MirrorsOn(req.HostId) {
+					msg.MirrorExports = append(msg.MirrorExports, &yunchiv1.MirrorExport{
+						VmId: v.Id, ExportName: v.Mirror.ExportName, SizeBytes: v.DiskBytes, SourceHost: v.HostId})
+				}
+			}
 			msg.Backups = s.backupAssignments(req.HostId)
 			if err := stream.Send(msg); err != nil {
 				return err

@@ -57,7 +57,8 @@ func statusesFromAPI(in []*yunchiv1.VMStatus) []*statev1.VMStatus {
 	out := make([]*statev1.VMStatus, len(in))
 	for i, st := range in {
 		out[i] = &statev1.VMStatus{VmId: st.GetVmId(), Phase: phaseFromAPI(st.GetPhase()), Message: st.GetMessage(),
-			ObservedRebootSeq: st.GetObservedRebootSeq(), Gone: st.GetGone()}
+			ObservedRebootSeq: st.GetObservedRebootSeq(), Gone: st.GetGone(),
+			MirrorPhase: st.GetMirrorPhase(), MirrorError: oneLine(st.GetMirrorError())}
 	}
 	return out
 }

@@ -322,9 +322,12 @@ func protectionPolicyToAPI(p *statev1.PolicyRecord, vms, projects int) *yunchiv1
 		Priority: p.Priority, Level: p.Level, Description: p.Description, CreatedAt: ts(p.CreatedUnixNano),
 		Vms: int32(vms), Projects: int32(projects)}
 	for _, t := range p.Targets {
-		out.Targets = append(out.Targets, &yunchiv1.PolicyTarget{Role: roleToAPI(t.Role), Center: t.Center,
-			IntervalSeconds: t.IntervalSeconds, RpoSeconds: state.TargetRPO(t),
-			Retention: &yunchiv1.Retention{KeepLast: t.GetRetention().GetKeepLast(), KeepHourly: t.GetRetention().GetKeepHourly(), KeepDaily: t.GetRetention().GetKeepDaily()}})
+		ot := &yunchiv1.PolicyTarget{Role: roleToAPI(t.Role), Center: t.Center,
+			IntervalSeconds: t.IntervalSeconds, RpoSeconds: state.TargetRPO(t), Mirror: t.Mirror}
+		if !t.Mirror {
+			ot.Retention = &yunchiv1.Retention{KeepLast: t.GetRetention().GetKeepLast(), KeepHourly: t.GetRetention().GetKeepHourly(), KeepDaily: t.GetRetention().GetKeepDaily()}
+		}
+		out.Targets = append(out.Targets, ot)
 	}
 	return out
 }
@@ -340,9 +343,12 @@ func (s *Server) CreatePolicy(ctx context.Context, req *yunchiv1.CreatePolicyReq
 		if t == nil {
 			return nil, invalid("policy %q: empty target", in.Name)
 		}
-		rec.Targets = append(rec.Targets, &statev1.PolicyTarget{Role: roleFromAPI(t.Role), Center: t.Center,
-			IntervalSeconds: t.IntervalSeconds, RpoSeconds: t.RpoSeconds,
-			Retention: &statev1.RetentionRule{KeepLast: t.GetRetention().GetKeepLast(), KeepHourly: t.GetRetention().GetKeepHourly(), KeepDaily: t.GetRetention().GetKeepDaily()}})
+		rt := &statev1.PolicyTarget{Role: roleFromAPI(t.Role), Center: t.Center,
+			IntervalSeconds: t.IntervalSeconds, RpoSeconds: t.RpoSeconds, Mirror: t.Mirror}
+		if t.Retention != nil || !t.Mirror {
+			rt.Retention = &statev1.RetentionRule{KeepLast: t.GetRetention().GetKeepLast(), KeepHourly: t.GetRetention().GetKeepHourly(), KeepDaily: t.GetRetention().GetKeepDaily()}
+		}
+		rec.Targets = append(rec.Targets, rt)
 	}
 	dv := s.drView()
 	if err := state.CheckPolicy(rec, func(n string) bool { _, ok := dv.Center(n); return ok }); err != nil {
@@ -438,6 +444,41 @@ func (s *Server) ProtectProject(ctx context.Context, req *yunchiv1.ProtectProjec
 }
 
 // targetStatus is one protected target as the API shows it at now.
+// mirrorStatus is a mirror target's status: its RPO is 0 while the VM's
+// host reports it mirroring, else the time since it last did (-1: never).
+func mirrorStatus(vm *statev1.VMRecord, vmCenter string, c *statev1.CenterRecord, now time.Time) *yunchiv1.TargetStatus {
+	out := &yunchiv1.TargetStatus{Center: c.Name, Role: roleToAPI(c.Role), AchievedRpoSeconds: -1}
+	m := vm.GetMirror()
+	switch {
+	case c.Name == vmCenter:
+		out.Mirror = "not mirrored: the VM runs in this center"
+		return out
+	case m == nil:
+		out.Mirror = "no mirror host yet (real QEMU hosts only)"
+		return out
+	case m.Center != c.Name:
+		out.Mirror = "mirrored to " + m.Center
+		return out
+	}
+	out.MirrorHost = m.HostId
+	switch {
+	case m.Phase == state.MirrorMirroring:
+		out.Mirror, out.AchievedRpoSeconds = "mirroring", 0
+	case m.Address == "":
+		out.Mirror = cmpOr("waiting for the export on "+m.HostId, m.Error)
+	default:
+		out.Mirror = cmpOr(m.Phase, "starting")
+		if m.Error != "" {
+			out.Mirror += ": " + m.Error
+		}
+	}
+	if out.AchievedRpoSeconds < 0 && m.MirroringUnixNano > 0 {
+		out.AchievedRpoSeconds = now.Sub(time.Unix(0, m.MirroringUnixNano)).Seconds()
+	}
+	out.Violation = m.Phase != state.MirrorMirroring && now.Sub(time.Unix(0, m.PhaseUnixNano)) > 5*time.Minute
+	return out
+}
+
 func targetStatus(t state.ProtectedTarget, now time.Time) *yunchiv1.TargetStatus {
 	ts1 := &yunchiv1.TargetStatus{Center: t.Center.Name, Role: roleToAPI(t.Center.Role), IntervalSeconds: t.Target.IntervalSeconds,
 		RpoObjectiveSeconds: state.TargetRPO(t.Target), Points: int32(t.Points), AchievedRpoSeconds: -1}
@@ -489,6 +530,9 @@ func (s *Server) GetDRStatus(ctx context.Context, req *yunchiv1.GetDRStatusReque
 			continue
 		}
 		vp := &yunchiv1.VMProtection{Vm: p.VM.Name, Project: p.VM.Project, Policy: p.Policy.Name, Source: p.Source}
+		for _, mc := range p.MirrorCenters {
+			vp.Targets = append(vp.Targets, mirrorStatus(p.VM, s.hostInfo(p.VM.HostId).center, mc, now))
+		}
 		for _, t := range p.Targets {
 			st := targetStatus(t, now)
 			if st.Violation {
@@ -842,6 +886,9 @@ func (s *Server) backupAssignments(hostID string) []*yunchiv1.BackupJob {
 func (s *Server) restoreRef(r *statev1.RestoreSource) *yunchiv1.RestoreRef {
 	if r == nil {
 		return nil
+	}
+	if r.FromMirror {
+		return &yunchiv1.RestoreRef{FromMirror: true}
 	}
 	c, _ := s.drView().Center(r.Center)
 	out := &yunchiv1.RestoreRef{PointId: r.PointId, Center: r.Center, RepositoryAddress: s.repositoryAddress(c)}

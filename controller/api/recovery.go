@@ -238,7 +238,7 @@ func (s *Server) planOut(run *statev1.DRRunRecord, place bool) *yunchiv1.DRRun {
 		if e.DataLossMillis >= 0 {
 			ov.ExpectedDataLossSeconds = e.DataLossMillis / 1000
 		}
-		if !place || e.Step != statev1.DRStep_DR_STEP_PENDING {
+		if !place || e.Step != statev1.DRStep_DR_STEP_PENDING || e.Mirror {
 			continue
 		}
 		vm, ok := v.VMByID(e.VmId)

@@ -148,6 +148,9 @@ func (b *Backups) Tick(ctx context.Context, now time.Time) {
 	prot := b.view.ProtectedVMs("")
 	b.startDue(ctx, now, prot, live, running, perHost)
 	b.watchRPO(ctx, now, prot)
+	if mv, ok := b.view.(MirrorView); ok {
+		b.placeMirrors(ctx, mv, prot)
+	}
 	b.mu.Lock()
 	doRetention := now.Sub(b.lastRetention) >= b.RetentionEvery
 	if doRetention {

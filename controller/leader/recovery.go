@@ -203,7 +203,11 @@ func PlanFailover(v RecoveryView, kind statev1.DRRunKind, from, to, project stri
 			VmId: vm.Id, Name: vm.Name, Project: vm.Project, Policy: p.Policy.Name, Priority: p.Policy.Priority,
 			FromHost: vm.HostId, FromCenter: from, Step: statev1.DRStep_DR_STEP_PENDING, DataLossMillis: -1,
 		}
-		if pt := newestPointOutside(v, vm.Id, from, to); pt != nil {
+		if m := vm.GetMirror(); kind == statev1.DRRunKind_DR_RUN_KIND_FAILOVER && mirrorUsable(v, m, to) {
+			// Every write the guest saw completed is on the mirror host:
+			// nothing is lost.
+			e.Mirror, e.HostId, e.DataLossMillis = true, m.HostId, 0
+		} else if pt := newestPointOutside(v, vm.Id, from, to); pt != nil {
 			e.PointId, e.PointCenter, e.PointTakenUnixNano = pt.Id, pt.Center, pt.TakenUnixNano
 			e.DataLossMillis = max(0, now.Sub(time.Unix(0, pt.TakenUnixNano)).Milliseconds())
 		} else {
@@ -221,6 +225,16 @@ func PlanFailover(v RecoveryView, kind statev1.DRRunKind, from, to, project stri
 		unprotected = countUnprotected(v, from, project, protected)
 	}
 	return run, unprotected, nil
+}
+
+// mirrorUsable says whether a VM's mirror can take its place in center to:
+// kept there, on a ready host, and mirroring at the VM host's last report.
+func mirrorUsable(v RecoveryView, m *statev1.MirrorState, to string) bool {
+	if m == nil || m.Center != to || m.Phase != state.MirrorMirroring || m.Address == "" {
+		return false
+	}
+	h, ok := v.HostFacts(m.HostId)
+	return ok && h.State == statev1.HostState_HOST_STATE_READY
 }
 
 // countUnprotected counts the VMs in center that no policy protects.
@@ -522,6 +536,28 @@ func (r *Recovery) failoverStep(ctx context.Context, run *statev1.DRRunRecord, e
 	}
 	switch e.Step {
 	case statev1.DRStep_DR_STEP_PENDING:
+		if e.Mirror {
+			if h, ok := r.view.HostFacts(e.HostId); ok && h.State == statev1.HostState_HOST_STATE_READY && vm.GetMirror().GetHostId() == e.HostId {
+				moved := proto.Clone(e).(*statev1.DRRunVM)
+				setStep(moved, statev1.DRStep_DR_STEP_STARTING, now, "")
+				_, _, err := r.place.Relocate(ctx, run.Id, placement.Move{
+					VM: vm, Center: run.ToCenter, Restore: &statev1.RestoreSource{FromMirror: true}, Entry: moved,
+					HomeCenter: cmpOr(vm.HomeCenter, run.FromCenter), HostID: e.HostId,
+				})
+				if err != nil {
+					if ctx.Err() != nil {
+						return false
+					}
+					r.log.Info("failover: could not bring a VM up from its mirror", "run", run.Id, "vm", vm.Name, "err", err)
+					return placeFailure(e, err, now)
+				}
+				return false
+			}
+			// The mirror host went away since the plan: its newest point.
+			e.Mirror, e.HostId = false, ""
+			e.Reason = "its mirror host is not ready: brought up from its newest point"
+			e.PointId = ""
+		}
 		p, ok := r.view.RestorePoint(e.PointId)
 		if !ok {
 			// Removed since the plan (retention): take the newest now.

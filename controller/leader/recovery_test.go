@@ -247,3 +247,89 @@ func TestDrill(t *testing.T) {
 		t.Fatalf("the drill touched vm1: on %s", vm.HostId)
 	}
 }
+
+// A platinum VM on a real hypervisor gets a mirror host in the same-city
+// center; the host's export address reaches the VM's record, the VM's
+// host reports the phase; a failover brings it up on the mirror host
+// from the mirror (no data loss); a VM protected otherwise loses its
+// mirror.
+func TestPlatinumMirrorAndFailover(t *testing.T) {
+	ctx := context.Background()
+	p := &storeProposer{st: state.New()}
+	for _, h := range []*statev1.HostRecord{
+		{Id: "q1", Hostname: "q1", Center: "a1", Hypervisor: "QEMU 7.2.0", Capacity: &statev1.Resources{Vcpus: 8, MemoryBytes: 1 << 34, DiskBytes: 1 << 40}},
+		{Id: "q2", Hostname: "q2", Center: "a2", Hypervisor: "QEMU 7.2.0", Capacity: &statev1.Resources{Vcpus: 8, MemoryBytes: 1 << 34, DiskBytes: 1 << 40}},
+		{Id: "s2", Hostname: "s2", Center: "a2", Hypervisor: "TEST 9.0.0", Capacity: &statev1.Resources{Vcpus: 8, MemoryBytes: 1 << 34, DiskBytes: 1 << 40}},
+	} {
+		mustApplyP(t, p, &statev1.Command{Cmd: &statev1.Command_RegisterHost{RegisterHost: &statev1.RegisterHost{Host: h}}})
+	}
+	for _, m := range [][2]string{{"c-a2", "a2"}, {"c-b1", "b1"}} {
+		mustApplyP(t, p, &statev1.Command{Cmd: &statev1.Command_UpsertMember{UpsertMember: &statev1.UpsertMember{Member: &statev1.MemberRecord{Id: m[0], Center: m[1], ApiAddress: "127.0.0.1:1"}}}})
+	}
+	for _, c := range []*statev1.CenterRecord{
+		{Name: "a1", Site: "a", Role: statev1.CenterRole_CENTER_ROLE_PRODUCTION},
+		{Name: "a2", Site: "a", Role: statev1.CenterRole_CENTER_ROLE_SAME_CITY_DR, RepositoryMember: "c-a2"},
+		{Name: "b1", Site: "b", Role: statev1.CenterRole_CENTER_ROLE_REMOTE_DR, RepositoryMember: "c-b1"},
+	} {
+		mustApplyP(t, p, &statev1.Command{Cmd: &statev1.Command_SetCenter{SetCenter: &statev1.SetCenter{Center: c}}})
+	}
+	mustApplyP(t, p, &statev1.Command{Cmd: &statev1.Command_PlaceVms{PlaceVms: &statev1.PlaceVMs{Vms: []*statev1.VMRecord{
+		{Id: "vm1", Name: "vm1", Project: state.DefaultProject, Vcpus: 1, MemoryBytes: 1 << 30, DiskBytes: 1 << 30, HostId: "q1"}}}}})
+	report(t, p, "q1", "vm1", statev1.VMPhase_VM_PHASE_RUNNING, false)
+	mustApplyP(t, p, &statev1.Command{Cmd: &statev1.Command_SetProtection{SetProtection: &statev1.SetProtection{Project: state.DefaultProject, VmId: "vm1", Policy: "platinum"}}})
+	b := NewBackups(p, p.st, slog.New(slog.DiscardHandler))
+	b.Tick(ctx, time.Now())
+	vm, _ := p.st.VMByID("vm1")
+	if vm.GetMirror().GetHostId() != "q2" {
+		t.Fatalf("mirror host %q, want q2 (the real host of a2)", vm.GetMirror().GetHostId())
+	}
+	for _, j := range p.st.RunningJobsOnHost("q1") {
+		if j.Center == "a2" {
+			t.Fatalf("a backup job to the mirror center: %v", j)
+		}
+	}
+	if len(p.st.MirrorsOn("q2")) != 1 {
+		t.Fatal("q2 does not list the mirror it keeps")
+	}
+	// Before the export is served and mirroring, a failover would use a point.
+	run, _, _ := PlanFailover(p.st, statev1.DRRunKind_DR_RUN_KIND_FAILOVER, "a1", "a2", "", time.Now())
+	if run.Vms[0].Mirror {
+		t.Fatal("planned from a mirror that is not mirroring")
+	}
+	// A report of the export by another host is ignored.
+	mustApplyP(t, p, &statev1.Command{Cmd: &statev1.Command_ReportVmStatus{ReportVmStatus: &statev1.ReportVMStatus{HostId: "s2",
+		MirrorExports: []*statev1.MirrorExportReport{{VmId: "vm1", Address: "127.0.0.1:6666"}}}}})
+	if vm, _ := p.st.VMByID("vm1"); vm.Mirror.Address != "" {
+		t.Fatal("an export address from the wrong host was recorded")
+	}
+	mustApplyP(t, p, &statev1.Command{Cmd: &statev1.Command_ReportVmStatus{ReportVmStatus: &statev1.ReportVMStatus{HostId: "q2",
+		MirrorExports: []*statev1.MirrorExportReport{{VmId: "vm1", Address: "127.0.0.1:10809"}}}}})
+	mustApplyP(t, p, &statev1.Command{Cmd: &statev1.Command_ReportVmStatus{ReportVmStatus: &statev1.ReportVMStatus{HostId: "q1",
+		Statuses: []*statev1.VMStatus{{VmId: "vm1", Phase: statev1.VMPhase_VM_PHASE_RUNNING, MirrorPhase: state.MirrorMirroring}}}}})
+	vm, _ = p.st.VMByID("vm1")
+	if vm.Mirror.Address != "127.0.0.1:10809" || vm.Mirror.Phase != state.MirrorMirroring || vm.Mirror.MirroringUnixNano == 0 {
+		t.Fatalf("mirror state: %v", vm.Mirror)
+	}
+	run, _, err := PlanFailover(p.st, statev1.DRRunKind_DR_RUN_KIND_FAILOVER, "a1", "a2", "", time.Now())
+	if err != nil || !run.Vms[0].Mirror || run.Vms[0].HostId != "q2" || run.Vms[0].DataLossMillis != 0 {
+		t.Fatalf("plan: %v %v", run.GetVms(), err)
+	}
+	mustApplyP(t, p, &statev1.Command{Cmd: &statev1.Command_StartDrRun{StartDrRun: &statev1.StartDRRun{Run: run}}})
+	r := NewRecovery(p, p.st, placement.New(p, p.st, slog.New(slog.DiscardHandler)), slog.New(slog.DiscardHandler))
+	r.Tick(ctx, time.Now())
+	vm, _ = p.st.VMByID("vm1")
+	if vm.HostId != "q2" || !vm.GetRestore().GetFromMirror() || vm.Mirror != nil {
+		t.Fatalf("after failover: on %s, restore %v, mirror %v", vm.HostId, vm.Restore, vm.Mirror)
+	}
+	report(t, p, "q2", "vm1", statev1.VMPhase_VM_PHASE_RUNNING, false)
+	r.Tick(ctx, time.Now())
+	got := runOf(t, p, run.Id)
+	if got.State != statev1.DRRunState_DR_RUN_STATE_SUCCEEDED || !got.Vms[0].Mirror || got.Vms[0].DataLossMillis != 0 {
+		t.Fatalf("run: %v %v", got.State, got.Vms[0])
+	}
+	// Now in a2 (its policy's mirror center): no mirror is kept.
+	b.Tick(ctx, time.Now())
+	if vm, _ := p.st.VMByID("vm1"); vm.Mirror != nil || len(p.st.MirroredVMIDs()) != 0 {
+		t.Fatalf("a VM in its mirror center has a mirror: %v", vm.Mirror)
+	}
+}

@@ -462,6 +462,9 @@ type Move struct {
 	Start bool
 	// HomeCenter recorded with the VM after the move ("" = home again).
 	HomeCenter string
+	// HostID, when set, is the host it goes to (the one keeping its
+	// mirror): not decided, still checked by Apply.
+	HostID string
 }
 
 // Relocate decides a host for m.VM in m.Center, against the committed state
@@ -477,8 +480,11 @@ func (e *Engine) Relocate(ctx context.Context, runID string, m Move) (*statev1.D
 	var lastErr error
 	for attempt := 0; attempt < Attempts; attempt++ {
 		e.mu.Lock()
-		ps, ds, err := e.decide(&sp)
-		if err != nil {
+		var ps []scheduler.Placement
+		var ds []Decision
+		if m.HostID != "" {
+			ps, ds = []scheduler.Placement{{HostID: m.HostID}}, []Decision{{VMName: m.VM.Name, HostID: m.HostID, HostCenter: m.Center}}
+		} else if ps, ds, err = e.decide(&sp); err != nil {
 			e.mu.Unlock()
 			return nil, Decision{}, err
 		}

@@ -17,7 +17,7 @@ import (
 // host is in exactly one. A center may have a backup repository, kept by
 // one controller of that center (repository_member).
 //
-// Policies: gold, silver and bronze are built in (BuiltinPolicies: code,
+// Policies: platinum, gold, silver and bronze are built in (BuiltinPolicies: code,
 // not records, so every controller has the same ones without a command);
 // custom ones are records. A policy is attached to a VM or to a project,
 // whose VMs without their own inherit it (EffectivePolicy).
@@ -44,13 +44,21 @@ const (
 	MaxBackupJobsPerStart = 1000
 )
 
-// BuiltinPolicies are gold, silver and bronze, in that order. Their targets
+// BuiltinPolicies are platinum, gold, silver and bronze, in that order. Their targets
 // name roles, not centers, so they fit any topology: a VM protected by
 // gold is copied to every same-city DR center every minute, and to every
 // remote DR center every hour.
 func BuiltinPolicies() []*statev1.PolicyRecord {
 	same, remote := statev1.CenterRole_CENTER_ROLE_SAME_CITY_DR, statev1.CenterRole_CENTER_ROLE_REMOTE_DR
 	return []*statev1.PolicyRecord{
+		{
+			Name: "platinum", Builtin: true, RpoSeconds: 0, RtoSeconds: 15 * 60, Priority: 40, Level: 6,
+			Description: "same-city DR mirrored synchronously (RPO 0, real QEMU hosts), remote DR hourly; keep 24 hourly and 7 daily",
+			Targets: []*statev1.PolicyTarget{
+				{Role: same, Mirror: true},
+				{Role: remote, IntervalSeconds: 3600, RpoSeconds: 3600, Retention: &statev1.RetentionRule{KeepHourly: 24, KeepDaily: 7}},
+			},
+		},
 		{
 			Name: "gold", Builtin: true, RpoSeconds: 60, RtoSeconds: 30 * 60, Priority: 30, Level: 5,
 			Description: "same-city DR every minute (RPO <= 1 min), remote DR hourly; keep 24 hourly and 7 daily",
@@ -120,6 +128,9 @@ type drTables struct {
 	// (recovery.go); replaced, never changed in place.
 	runs   map[string]*statev1.DRRunRecord
 	drills map[string]*statev1.DrillScheduleRecord
+	// mirrorOn indexes VMs by the host keeping their mirror (ids; no
+	// empty sets; derived).
+	mirrorOn map[string]map[string]struct{}
 }
 
 func (t *drTables) reset() {
@@ -132,6 +143,7 @@ func (t *drTables) reset() {
 	t.hostJobs = map[string]map[string]struct{}{}
 	t.runs = map[string]*statev1.DRRunRecord{}
 	t.drills = map[string]*statev1.DrillScheduleRecord{}
+	t.mirrorOn = map[string]map[string]struct{}{}
 }
 
 func addToSet(m map[string]map[string]struct{}, k, id string) {
@@ -330,6 +342,18 @@ func CheckPolicy(p *statev1.PolicyRecord, centerDeclared func(string) bool) erro
 			what = "role " + CenterRoleName(t.Role)
 		default:
 			return errorf(KindInvalid, "policy %q target %d: give a center or a DR role (same-city-dr, remote-dr)", p.Name, i+1)
+		}
+		if t.Mirror {
+			// A synchronous mirror takes no backups: no interval, no
+			// retention; its RPO is 0 while it mirrors.
+			if seen["mirror"] {
+				return errorf(KindInvalid, "policy %q: at most one mirror target", p.Name)
+			}
+			if t.IntervalSeconds != 0 || t.RpoSeconds != 0 || t.Retention != nil {
+				return errorf(KindInvalid, "policy %q target %d: a mirror target has no interval, RPO or retention (its RPO is 0)", p.Name, i+1)
+			}
+			seen["mirror"] = true
+			continue
 		}
 		if seen[what] {
 			return errorf(KindInvalid, "policy %q names %s twice", p.Name, what)
@@ -707,6 +731,9 @@ type Protected struct {
 	// Source is "vm" or "project".
 	Source  string
 	Targets []ProtectedTarget
+	// MirrorCenters are the centers the policy mirrors the VM to
+	// synchronously (a mirror target's centers), sorted.
+	MirrorCenters []*statev1.CenterRecord
 }
 
 // ProtectedTarget is one center a protected VM is copied to.
@@ -749,6 +776,12 @@ func (s *Store) ProtectedVMs(project string) []Protected {
 		}
 		pr := Protected{VM: proto.Clone(vm).(*statev1.VMRecord), Policy: p, Source: src}
 		for _, t := range p.Targets {
+			if t.Mirror {
+				for _, c := range s.targetCenters(t) {
+					pr.MirrorCenters = append(pr.MirrorCenters, c)
+				}
+				continue // no backups: Targets are the backup targets
+			}
 			for _, c := range s.targetCenters(t) {
 				pt := ProtectedTarget{Target: t, Center: c}
 				for id := range s.dr.vmPoints[vm.Id] {

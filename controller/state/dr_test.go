@@ -78,7 +78,7 @@ func TestCentersAndPolicies(t *testing.T) {
 			Targets: []*statev1.PolicyTarget{{Center: "b1", IntervalSeconds: 60}}}}}}, "keep at least one"},
 		{&statev1.Command{Cmd: &statev1.Command_CreatePolicy{CreatePolicy: &statev1.CreatePolicy{Policy: &statev1.PolicyRecord{Name: "p",
 			Targets: []*statev1.PolicyTarget{{Role: prodRole, IntervalSeconds: 60, Retention: &statev1.RetentionRule{KeepLast: 1}}}}}}}, "DR role"},
-		{protect("air", "", "platinum"), "not found"},
+		{protect("air", "", "diamond"), "not found"},
 		{protect("nope", "", "gold"), "project \"nope\" not found"},
 		{protect("air", "zz", "gold"), "not found"},
 		{&statev1.Command{Cmd: &statev1.Command_DeletePolicy{DeletePolicy: &statev1.DeletePolicy{Name: "silver"}}}, "built in"},
@@ -94,7 +94,7 @@ func TestCentersAndPolicies(t *testing.T) {
 	if p, ok := s.Policy("remote-only"); !ok || p.RpoSeconds != 600 || p.Builtin {
 		t.Fatalf("custom policy: %v", p)
 	}
-	if ps := s.Policies(); len(ps) != 4 || ps[0].Name != "gold" || ps[3].Name != "remote-only" {
+	if ps := s.Policies(); len(ps) != 5 || ps[0].Name != "platinum" || ps[4].Name != "remote-only" {
 		t.Fatalf("policies: %v", ps)
 	}
 	// Project protection is inherited; a VM's own wins.

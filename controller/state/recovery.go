@@ -122,6 +122,11 @@ func (s *Store) applyRecovery(index uint64, cmd *statev1.Command) (res Result, e
 		res.DRRun, err = s.applyRelocateVMs(index, now, c.RelocateVms)
 	case *statev1.Command_SetDrillSchedule:
 		res.DrillSchedule, err = s.applySetDrillSchedule(index, now, c.SetDrillSchedule)
+	case *statev1.Command_SetMirror:
+		var vm *statev1.VMRecord
+		if vm, err = s.applySetMirror(index, now, c.SetMirror); vm != nil {
+			res.VMs = []*statev1.VMRecord{vm}
+		}
 	case *statev1.Command_DeleteDrillSchedule:
 		d, ok := s.dr.drills[c.DeleteDrillSchedule.GetId()]
 		if !ok {
@@ -397,7 +402,11 @@ func (s *Store) applyRelocateVMs(index uint64, now int64, c *statev1.RelocateVMs
 				}
 			}
 		}
-		if rs := rel.GetRestore(); rs != nil {
+		if rs := rel.GetRestore(); rs.GetFromMirror() {
+			if vm.GetMirror().GetHostId() != rel.HostId {
+				return nil, errorf(KindConflict, "vm %q: its mirror is not on host %q", vm.Name, rel.HostId)
+			}
+		} else if rs != nil {
 			probe := proto.Clone(vm).(*statev1.VMRecord)
 			probe.Restore, probe.Image = rs, nil
 			if err := s.checkVMRestore(probe); err != nil {
@@ -411,12 +420,15 @@ func (s *Store) applyRelocateVMs(index uint64, now int64, c *statev1.RelocateVMs
 		h := s.hosts[rel.HostId]
 		next := proto.Clone(old).(*statev1.VMRecord)
 		s.removeVM(old, index)
+		// Its mirror is its disk now (or belongs to the old host's copy):
+		// the leader chooses a mirror again for where it runs now.
+		next.Mirror = nil
 		next.HostId, next.Center = h.Id, h.Center
 		next.Phase = statev1.VMPhase_VM_PHASE_PENDING
 		next.Message = fmt.Sprintf("%s %s: moved from %s", RunKindName(r.Kind), r.Id, old.HostId)
 		if rel.Restore != nil {
 			next.Restore = proto.Clone(rel.Restore).(*statev1.RestoreSource)
-			next.RestoredFrom = rel.Restore.PointId
+			next.RestoredFrom = cmpOr(rel.Restore.PointId, "mirror on "+h.Id)
 			next.Image = nil
 		}
 		if rel.Start {
@@ -616,6 +628,141 @@ func (s *Store) FencedCenters() []string {
 	for _, c := range s.dr.centers {
 		if c.FencedBy != "" {
 			out = append(out, c.Name)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Synchronous mirrors (platinum). The leader chooses the host that keeps
+// a VM's mirror (SetMirror); that host reports where it serves it
+// (ReportVMStatus.mirror_exports), the VM's host the mirror's phase
+// (VMStatus.mirror_phase). A failover trusts a mirror only if its phase
+// was "mirroring" at the last report.
+
+// Mirror phases as hosts report them.
+const (
+	MirrorCopying   = "copying"
+	MirrorMirroring = "mirroring"
+)
+
+// addMirrorIndex and dropMirrorIndex keep mirrorOn (host -> VM ids whose
+// mirror it keeps). Callers hold mu.
+func (s *Store) addMirrorIndex(vm *statev1.VMRecord) {
+	if h := vm.GetMirror().GetHostId(); h != "" {
+		addToSet(s.dr.mirrorOn, h, vm.Id)
+		s.hostRev[h] = max(s.hostRev[h], vm.Revision)
+	}
+}
+
+func (s *Store) dropMirrorIndex(vm *statev1.VMRecord, index uint64) {
+	if h := vm.GetMirror().GetHostId(); h != "" {
+		removeFromSet(s.dr.mirrorOn, h, vm.Id)
+		if index > 0 {
+			s.hostRev[h] = index
+		}
+	}
+}
+
+func (s *Store) applySetMirror(index uint64, now int64, c *statev1.SetMirror) (*statev1.VMRecord, error) {
+	vm, ok := s.vms[c.GetVmId()]
+	if !ok {
+		return nil, errorf(KindNotFound, "vm %s not found", c.GetVmId())
+	}
+	if c.HostId == vm.GetMirror().GetHostId() {
+		return proto.Clone(vm).(*statev1.VMRecord), nil
+	}
+	var h *statev1.HostRecord
+	if c.HostId != "" {
+		if h, ok = s.hosts[c.HostId]; !ok {
+			return nil, errorf(KindNotFound, "host %q not found", c.HostId)
+		}
+		hv, _ := s.hosts[vm.HostId]
+		switch {
+		case c.HostId == vm.HostId || hv != nil && hv.Center == h.Center:
+			return nil, errorf(KindInvalid, "vm %q: a mirror must be kept in another center than the VM's", vm.Name)
+		case s.centerFenced(h.Center):
+			return nil, errorf(KindConflict, "host %q is in fenced center %s", h.Id, h.Center)
+		}
+	}
+	vm, _ = s.writableVM(vm.Id)
+	s.dropMirrorIndex(vm, index)
+	if h == nil {
+		vm.Mirror = nil
+	} else {
+		vm.Mirror = &statev1.MirrorState{HostId: h.Id, Center: h.Center, ExportName: vm.Id, PhaseUnixNano: now}
+	}
+	vm.UpdatedUnixNano = now
+	s.revise(vm, index)
+	s.addMirrorIndex(vm)
+	return proto.Clone(vm).(*statev1.VMRecord), nil
+}
+
+// applyMirrorStatus records what a VM's host says of its mirror. Callers
+// hold mu and own vm.
+func applyMirrorStatus(vm *statev1.VMRecord, st *statev1.VMStatus, now int64) {
+	m := vm.Mirror
+	if m == nil {
+		return
+	}
+	if st.MirrorPhase != m.Phase {
+		m.Phase, m.PhaseUnixNano = st.MirrorPhase, now
+	}
+	if st.MirrorPhase == MirrorMirroring {
+		m.MirroringUnixNano = now
+	}
+	m.Error = st.MirrorError
+}
+
+// applyMirrorExports records where a host serves the mirrors it keeps.
+// Callers hold mu.
+func (s *Store) applyMirrorExports(index uint64, hostID string, reps []*statev1.MirrorExportReport) {
+	for _, r := range reps {
+		vm, ok := s.vms[r.GetVmId()]
+		if !ok || vm.GetMirror().GetHostId() != hostID {
+			continue // news of a mirror this host no longer keeps
+		}
+		if vm.Mirror.Address == r.Address && vm.Mirror.Error == r.Error {
+			continue
+		}
+		vm, _ = s.writableVM(vm.Id)
+		vm.Mirror.Address = r.Address
+		if r.Error != "" {
+			vm.Mirror.Error = r.Error
+		}
+		s.revise(vm, index) // the VM's host gets the address in its assignment
+	}
+}
+
+// MirrorsOn returns the VMs whose mirror host keeps (clones).
+func (s *Store) MirrorsOn(hostID string) []*statev1.VMRecord {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var out []*statev1.VMRecord
+	for id := range s.dr.mirrorOn[hostID] {
+		if vm, ok := s.vms[id]; ok {
+			out = append(out, proto.Clone(vm).(*statev1.VMRecord))
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Id < out[j].Id })
+	return out
+}
+
+func cmpOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
+
+// MirroredVMIDs lists the VMs that have a mirror host.
+func (s *Store) MirroredVMIDs() []string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var out []string
+	for _, ids := range s.dr.mirrorOn {
+		for id := range ids {
+			out = append(out, id)
 		}
 	}
 	sort.Strings(out)

@@ -427,7 +427,7 @@ func (s *Store) Apply(index uint64, cmd *statev1.Command) (Result, error) {
 		*statev1.Command_FinishBackup, *statev1.Command_DeleteRestorePoints:
 		res, err = s.applyDR(index, cmd)
 	case *statev1.Command_StartDrRun, *statev1.Command_UpdateDrRun, *statev1.Command_RelocateVms,
-		*statev1.Command_SetDrillSchedule, *statev1.Command_DeleteDrillSchedule:
+		*statev1.Command_SetDrillSchedule, *statev1.Command_DeleteDrillSchedule, *statev1.Command_SetMirror:
 		res, err = s.applyRecovery(index, cmd)
 	default:
 		err = errorf(KindInvalid, "unknown command %T: this controller is older than the log; upgrade it", cmd.GetCmd())
@@ -514,6 +514,7 @@ func (s *Store) addVM(vm *statev1.VMRecord) {
 	}
 	ids[vm.Id] = struct{}{}
 	s.hostRev[vm.HostId] = max(s.hostRev[vm.HostId], vm.Revision)
+	s.addMirrorIndex(vm)
 	s.charge(vm, +1)
 	s.use(vm, +1)
 	s.useImage(vm, +1)
@@ -529,6 +530,7 @@ func (s *Store) revise(vm *statev1.VMRecord, index uint64) {
 func (s *Store) removeVM(vm *statev1.VMRecord, index uint64) {
 	delete(s.ownVMs, vm)
 	s.detachVM(vm, index)
+	s.dropMirrorIndex(vm, index)
 	s.removeVMJobs(vm.Id, index)
 	s.hostRev[vm.HostId] = index
 	s.charge(vm, -1)
@@ -629,6 +631,7 @@ func (s *Store) applyReportVMStatus(index uint64, now int64, c *statev1.ReportVM
 			if st.Phase != statev1.VMPhase_VM_PHASE_UNSPECIFIED {
 				vm.Phase = st.Phase
 			}
+			applyMirrorStatus(vm, st, now)
 			if vm.Restore != nil && (st.Phase == statev1.VMPhase_VM_PHASE_RUNNING || st.Phase == statev1.VMPhase_VM_PHASE_STOPPED) {
 				// The domain exists, so its disk was built: from now on
 				// the disk is the VM's, never rebuilt from the point.
@@ -643,6 +646,7 @@ func (s *Store) applyReportVMStatus(index uint64, now int64, c *statev1.ReportVM
 		s.revise(vm, index)
 	}
 	s.applyVolumeStatuses(index, now, c.HostId, c.GetVolumes())
+	s.applyMirrorExports(index, c.HostId, c.GetMirrorExports())
 	return nil
 }
 

@@ -287,7 +287,11 @@ type VMStatus struct {
 	// The reboot request the agent has carried out.
 	ObservedRebootSeq uint64 `protobuf:"varint,4,opt,name=observed_reboot_seq,json=observedRebootSeq,proto3" json:"observed_reboot_seq,omitempty"`
 	// The domain is gone from the host (after a delete).
-	Gone          bool `protobuf:"varint,5,opt,name=gone,proto3" json:"gone,omitempty"`
+	Gone bool `protobuf:"varint,5,opt,name=gone,proto3" json:"gone,omitempty"`
+	// The VM's synchronous mirror (Assignment.mirror): "copying",
+	// "mirroring" or "" (none), and why it is not mirroring.
+	MirrorPhase   string `protobuf:"bytes,6,opt,name=mirror_phase,json=mirrorPhase,proto3" json:"mirror_phase,omitempty"`
+	MirrorError   string `protobuf:"bytes,7,opt,name=mirror_error,json=mirrorError,proto3" json:"mirror_error,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -357,6 +361,82 @@ func (x *VMStatus) GetGone() bool {
 	return false
 }
 
+func (x *VMStatus) GetMirrorPhase() string {
+	if x != nil {
+		return x.MirrorPhase
+	}
+	return ""
+}
+
+func (x *VMStatus) GetMirrorError() string {
+	if x != nil {
+		return x.MirrorError
+	}
+	return ""
+}
+
+// MirrorExportStatus is one MirrorExport the host serves: at address
+// (host:port), or why it cannot.
+type MirrorExportStatus struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	VmId          string                 `protobuf:"bytes,1,opt,name=vm_id,json=vmId,proto3" json:"vm_id,omitempty"`
+	Address       string                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	Error         string                 `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MirrorExportStatus) Reset() {
+	*x = MirrorExportStatus{}
+	mi := &file_yunchi_v1_agent_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MirrorExportStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MirrorExportStatus) ProtoMessage() {}
+
+func (x *MirrorExportStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_v1_agent_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MirrorExportStatus.ProtoReflect.Descriptor instead.
+func (*MirrorExportStatus) Descriptor() ([]byte, []int) {
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *MirrorExportStatus) GetVmId() string {
+	if x != nil {
+		return x.VmId
+	}
+	return ""
+}
+
+func (x *MirrorExportStatus) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *MirrorExportStatus) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 type HeartbeatRequest struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	HostId string                 `protobuf:"bytes,1,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
@@ -369,7 +449,7 @@ type HeartbeatRequest struct {
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[4]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -381,7 +461,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[4]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -394,7 +474,7 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{4}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *HeartbeatRequest) GetHostId() string {
@@ -428,7 +508,7 @@ type VMStats struct {
 
 func (x *VMStats) Reset() {
 	*x = VMStats{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[5]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -440,7 +520,7 @@ func (x *VMStats) String() string {
 func (*VMStats) ProtoMessage() {}
 
 func (x *VMStats) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[5]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -453,7 +533,7 @@ func (x *VMStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VMStats.ProtoReflect.Descriptor instead.
 func (*VMStats) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{5}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *VMStats) GetVmId() string {
@@ -480,7 +560,7 @@ type HeartbeatResponse struct {
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[6]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -492,7 +572,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[6]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -505,7 +585,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{6}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *HeartbeatResponse) GetKnown() bool {
@@ -520,14 +600,17 @@ type ReportVMStatusRequest struct {
 	HostId   string                 `protobuf:"bytes,1,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
 	Statuses []*VMStatus            `protobuf:"bytes,2,rep,name=statuses,proto3" json:"statuses,omitempty"`
 	// What the agent observed of the host's volumes.
-	Volumes       []*VolumeStatus `protobuf:"bytes,3,rep,name=volumes,proto3" json:"volumes,omitempty"`
+	Volumes []*VolumeStatus `protobuf:"bytes,3,rep,name=volumes,proto3" json:"volumes,omitempty"`
+	// The mirror exports the host serves (Assignments.mirror_exports), when
+	// one changed.
+	MirrorExports []*MirrorExportStatus `protobuf:"bytes,4,rep,name=mirror_exports,json=mirrorExports,proto3" json:"mirror_exports,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ReportVMStatusRequest) Reset() {
 	*x = ReportVMStatusRequest{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[7]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -539,7 +622,7 @@ func (x *ReportVMStatusRequest) String() string {
 func (*ReportVMStatusRequest) ProtoMessage() {}
 
 func (x *ReportVMStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[7]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -552,7 +635,7 @@ func (x *ReportVMStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportVMStatusRequest.ProtoReflect.Descriptor instead.
 func (*ReportVMStatusRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{7}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ReportVMStatusRequest) GetHostId() string {
@@ -576,6 +659,13 @@ func (x *ReportVMStatusRequest) GetVolumes() []*VolumeStatus {
 	return nil
 }
 
+func (x *ReportVMStatusRequest) GetMirrorExports() []*MirrorExportStatus {
+	if x != nil {
+		return x.MirrorExports
+	}
+	return nil
+}
+
 // VolumeStatus is what an agent observed of one volume on its host.
 type VolumeStatus struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
@@ -592,7 +682,7 @@ type VolumeStatus struct {
 
 func (x *VolumeStatus) Reset() {
 	*x = VolumeStatus{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[8]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -604,7 +694,7 @@ func (x *VolumeStatus) String() string {
 func (*VolumeStatus) ProtoMessage() {}
 
 func (x *VolumeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[8]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -617,7 +707,7 @@ func (x *VolumeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeStatus.ProtoReflect.Descriptor instead.
 func (*VolumeStatus) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{8}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *VolumeStatus) GetVolumeId() string {
@@ -656,7 +746,7 @@ type ReportVMStatusResponse struct {
 
 func (x *ReportVMStatusResponse) Reset() {
 	*x = ReportVMStatusResponse{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[9]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -668,7 +758,7 @@ func (x *ReportVMStatusResponse) String() string {
 func (*ReportVMStatusResponse) ProtoMessage() {}
 
 func (x *ReportVMStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[9]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -681,7 +771,7 @@ func (x *ReportVMStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportVMStatusResponse.ProtoReflect.Descriptor instead.
 func (*ReportVMStatusResponse) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
 type WatchAssignmentsRequest struct {
@@ -693,7 +783,7 @@ type WatchAssignmentsRequest struct {
 
 func (x *WatchAssignmentsRequest) Reset() {
 	*x = WatchAssignmentsRequest{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[10]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -705,7 +795,7 @@ func (x *WatchAssignmentsRequest) String() string {
 func (*WatchAssignmentsRequest) ProtoMessage() {}
 
 func (x *WatchAssignmentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[10]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -718,7 +808,7 @@ func (x *WatchAssignmentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchAssignmentsRequest.ProtoReflect.Descriptor instead.
 func (*WatchAssignmentsRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *WatchAssignmentsRequest) GetHostId() string {
@@ -762,7 +852,7 @@ type Assignment struct {
 
 func (x *Assignment) Reset() {
 	*x = Assignment{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[11]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -774,7 +864,7 @@ func (x *Assignment) String() string {
 func (*Assignment) ProtoMessage() {}
 
 func (x *Assignment) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[11]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -787,7 +877,7 @@ func (x *Assignment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Assignment.ProtoReflect.Descriptor instead.
 func (*Assignment) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Assignment) GetVmId() string {
@@ -911,7 +1001,7 @@ type MirrorRef struct {
 
 func (x *MirrorRef) Reset() {
 	*x = MirrorRef{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[12]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -923,7 +1013,7 @@ func (x *MirrorRef) String() string {
 func (*MirrorRef) ProtoMessage() {}
 
 func (x *MirrorRef) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[12]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -936,7 +1026,7 @@ func (x *MirrorRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MirrorRef.ProtoReflect.Descriptor instead.
 func (*MirrorRef) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{12}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *MirrorRef) GetAddress() string {
@@ -982,7 +1072,7 @@ type MirrorExport struct {
 
 func (x *MirrorExport) Reset() {
 	*x = MirrorExport{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[13]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -994,7 +1084,7 @@ func (x *MirrorExport) String() string {
 func (*MirrorExport) ProtoMessage() {}
 
 func (x *MirrorExport) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[13]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1007,7 +1097,7 @@ func (x *MirrorExport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MirrorExport.ProtoReflect.Descriptor instead.
 func (*MirrorExport) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{13}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *MirrorExport) GetVmId() string {
@@ -1050,7 +1140,7 @@ type DiskRef struct {
 
 func (x *DiskRef) Reset() {
 	*x = DiskRef{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[14]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1062,7 +1152,7 @@ func (x *DiskRef) String() string {
 func (*DiskRef) ProtoMessage() {}
 
 func (x *DiskRef) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[14]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1075,7 +1165,7 @@ func (x *DiskRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiskRef.ProtoReflect.Descriptor instead.
 func (*DiskRef) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{14}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DiskRef) GetName() string {
@@ -1107,13 +1197,16 @@ type RestoreRef struct {
 	Center            string                 `protobuf:"bytes,2,opt,name=center,proto3" json:"center,omitempty"`
 	RepositoryAddress string                 `protobuf:"bytes,3,opt,name=repository_address,json=repositoryAddress,proto3" json:"repository_address,omitempty"`
 	Disks             []*DiskRef             `protobuf:"bytes,4,rep,name=disks,proto3" json:"disks,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// No point: the root disk is this host's mirror export of the VM
+	// (MirrorExport with the VM's id), taken over (a platinum failover).
+	FromMirror    bool `protobuf:"varint,5,opt,name=from_mirror,json=fromMirror,proto3" json:"from_mirror,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RestoreRef) Reset() {
 	*x = RestoreRef{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[15]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1125,7 +1218,7 @@ func (x *RestoreRef) String() string {
 func (*RestoreRef) ProtoMessage() {}
 
 func (x *RestoreRef) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[15]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1138,7 +1231,7 @@ func (x *RestoreRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreRef.ProtoReflect.Descriptor instead.
 func (*RestoreRef) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{15}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RestoreRef) GetPointId() string {
@@ -1169,6 +1262,13 @@ func (x *RestoreRef) GetDisks() []*DiskRef {
 	return nil
 }
 
+func (x *RestoreRef) GetFromMirror() bool {
+	if x != nil {
+		return x.FromMirror
+	}
+	return false
+}
+
 // BackupJob asks the host for a crash-consistent point-in-time copy of
 // every disk of a VM, sent to a center's repository. Report the outcome
 // with ReportBackup.
@@ -1192,7 +1292,7 @@ type BackupJob struct {
 
 func (x *BackupJob) Reset() {
 	*x = BackupJob{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[16]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1204,7 +1304,7 @@ func (x *BackupJob) String() string {
 func (*BackupJob) ProtoMessage() {}
 
 func (x *BackupJob) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[16]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1217,7 +1317,7 @@ func (x *BackupJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupJob.ProtoReflect.Descriptor instead.
 func (*BackupJob) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{16}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *BackupJob) GetJobId() string {
@@ -1289,7 +1389,7 @@ type ImageRef struct {
 
 func (x *ImageRef) Reset() {
 	*x = ImageRef{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[17]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1301,7 +1401,7 @@ func (x *ImageRef) String() string {
 func (*ImageRef) ProtoMessage() {}
 
 func (x *ImageRef) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[17]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1314,7 +1414,7 @@ func (x *ImageRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageRef.ProtoReflect.Descriptor instead.
 func (*ImageRef) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{17}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ImageRef) GetSha256() string {
@@ -1357,7 +1457,7 @@ type FetchImageRequest struct {
 
 func (x *FetchImageRequest) Reset() {
 	*x = FetchImageRequest{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[18]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1369,7 +1469,7 @@ func (x *FetchImageRequest) String() string {
 func (*FetchImageRequest) ProtoMessage() {}
 
 func (x *FetchImageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[18]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1382,7 +1482,7 @@ func (x *FetchImageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchImageRequest.ProtoReflect.Descriptor instead.
 func (*FetchImageRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{18}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *FetchImageRequest) GetHostId() string {
@@ -1415,7 +1515,7 @@ type WatchConsolesRequest struct {
 
 func (x *WatchConsolesRequest) Reset() {
 	*x = WatchConsolesRequest{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[19]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1427,7 +1527,7 @@ func (x *WatchConsolesRequest) String() string {
 func (*WatchConsolesRequest) ProtoMessage() {}
 
 func (x *WatchConsolesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[19]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1440,7 +1540,7 @@ func (x *WatchConsolesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchConsolesRequest.ProtoReflect.Descriptor instead.
 func (*WatchConsolesRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{19}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *WatchConsolesRequest) GetHostId() string {
@@ -1462,7 +1562,7 @@ type ConsoleSession struct {
 
 func (x *ConsoleSession) Reset() {
 	*x = ConsoleSession{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[20]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1474,7 +1574,7 @@ func (x *ConsoleSession) String() string {
 func (*ConsoleSession) ProtoMessage() {}
 
 func (x *ConsoleSession) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[20]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1487,7 +1587,7 @@ func (x *ConsoleSession) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsoleSession.ProtoReflect.Descriptor instead.
 func (*ConsoleSession) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{20}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ConsoleSession) GetSessionId() string {
@@ -1519,7 +1619,7 @@ type ConsoleFrame struct {
 
 func (x *ConsoleFrame) Reset() {
 	*x = ConsoleFrame{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[21]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1531,7 +1631,7 @@ func (x *ConsoleFrame) String() string {
 func (*ConsoleFrame) ProtoMessage() {}
 
 func (x *ConsoleFrame) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[21]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1544,7 +1644,7 @@ func (x *ConsoleFrame) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsoleFrame.ProtoReflect.Descriptor instead.
 func (*ConsoleFrame) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{21}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ConsoleFrame) GetHostId() string {
@@ -1593,7 +1693,7 @@ type Assignments struct {
 
 func (x *Assignments) Reset() {
 	*x = Assignments{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[22]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1605,7 +1705,7 @@ func (x *Assignments) String() string {
 func (*Assignments) ProtoMessage() {}
 
 func (x *Assignments) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[22]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1618,7 +1718,7 @@ func (x *Assignments) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Assignments.ProtoReflect.Descriptor instead.
 func (*Assignments) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{22}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Assignments) GetIndex() uint64 {
@@ -1674,7 +1774,7 @@ type BackupDiskResult struct {
 
 func (x *BackupDiskResult) Reset() {
 	*x = BackupDiskResult{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[23]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1686,7 +1786,7 @@ func (x *BackupDiskResult) String() string {
 func (*BackupDiskResult) ProtoMessage() {}
 
 func (x *BackupDiskResult) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[23]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1699,7 +1799,7 @@ func (x *BackupDiskResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupDiskResult.ProtoReflect.Descriptor instead.
 func (*BackupDiskResult) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{23}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *BackupDiskResult) GetName() string {
@@ -1770,7 +1870,7 @@ type ReportBackupRequest struct {
 
 func (x *ReportBackupRequest) Reset() {
 	*x = ReportBackupRequest{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[24]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1782,7 +1882,7 @@ func (x *ReportBackupRequest) String() string {
 func (*ReportBackupRequest) ProtoMessage() {}
 
 func (x *ReportBackupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[24]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1795,7 +1895,7 @@ func (x *ReportBackupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportBackupRequest.ProtoReflect.Descriptor instead.
 func (*ReportBackupRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{24}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ReportBackupRequest) GetHostId() string {
@@ -1862,7 +1962,7 @@ type ReportBackupResponse struct {
 
 func (x *ReportBackupResponse) Reset() {
 	*x = ReportBackupResponse{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[25]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1874,7 +1974,7 @@ func (x *ReportBackupResponse) String() string {
 func (*ReportBackupResponse) ProtoMessage() {}
 
 func (x *ReportBackupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[25]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1887,7 +1987,7 @@ func (x *ReportBackupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportBackupResponse.ProtoReflect.Descriptor instead.
 func (*ReportBackupResponse) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{25}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{26}
 }
 
 // VolumeAssignment is one volume of the host's storage pool: made there
@@ -1912,7 +2012,7 @@ type VolumeAssignment struct {
 
 func (x *VolumeAssignment) Reset() {
 	*x = VolumeAssignment{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[26]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1924,7 +2024,7 @@ func (x *VolumeAssignment) String() string {
 func (*VolumeAssignment) ProtoMessage() {}
 
 func (x *VolumeAssignment) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[26]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1937,7 +2037,7 @@ func (x *VolumeAssignment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeAssignment.ProtoReflect.Descriptor instead.
 func (*VolumeAssignment) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{26}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *VolumeAssignment) GetVolumeId() string {
@@ -2009,7 +2109,7 @@ type JoinHostRequest struct {
 
 func (x *JoinHostRequest) Reset() {
 	*x = JoinHostRequest{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[27]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2021,7 +2121,7 @@ func (x *JoinHostRequest) String() string {
 func (*JoinHostRequest) ProtoMessage() {}
 
 func (x *JoinHostRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[27]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2034,7 +2134,7 @@ func (x *JoinHostRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinHostRequest.ProtoReflect.Descriptor instead.
 func (*JoinHostRequest) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{27}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *JoinHostRequest) GetHostId() string {
@@ -2075,7 +2175,7 @@ type JoinHostResponse struct {
 
 func (x *JoinHostResponse) Reset() {
 	*x = JoinHostResponse{}
-	mi := &file_yunchi_v1_agent_proto_msgTypes[28]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2087,7 +2187,7 @@ func (x *JoinHostResponse) String() string {
 func (*JoinHostResponse) ProtoMessage() {}
 
 func (x *JoinHostResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_v1_agent_proto_msgTypes[28]
+	mi := &file_yunchi_v1_agent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2100,7 +2200,7 @@ func (x *JoinHostResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinHostResponse.ProtoReflect.Descriptor instead.
 func (*JoinHostResponse) Descriptor() ([]byte, []int) {
-	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{28}
+	return file_yunchi_v1_agent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *JoinHostResponse) GetCertificate() []byte {
@@ -2156,13 +2256,19 @@ const file_yunchi_v1_agent_proto_rawDesc = "" +
 	"\x05facts\x18\x01 \x01(\v2\x14.yunchi.v1.HostFactsR\x05facts\"o\n" +
 	"\x14RegisterHostResponse\x12#\n" +
 	"\x04host\x18\x01 \x01(\v2\x0f.yunchi.v1.HostR\x04host\x122\n" +
-	"\x15heartbeat_interval_ms\x18\x02 \x01(\x03R\x13heartbeatIntervalMs\"\xa7\x01\n" +
+	"\x15heartbeat_interval_ms\x18\x02 \x01(\x03R\x13heartbeatIntervalMs\"\xed\x01\n" +
 	"\bVMStatus\x12\x13\n" +
 	"\x05vm_id\x18\x01 \x01(\tR\x04vmId\x12(\n" +
 	"\x05phase\x18\x02 \x01(\x0e2\x12.yunchi.v1.VMPhaseR\x05phase\x12\x18\n" +
 	"\amessage\x18\x03 \x01(\tR\amessage\x12.\n" +
 	"\x13observed_reboot_seq\x18\x04 \x01(\x04R\x11observedRebootSeq\x12\x12\n" +
-	"\x04gone\x18\x05 \x01(\bR\x04gone\"\x86\x01\n" +
+	"\x04gone\x18\x05 \x01(\bR\x04gone\x12!\n" +
+	"\fmirror_phase\x18\x06 \x01(\tR\vmirrorPhase\x12!\n" +
+	"\fmirror_error\x18\a \x01(\tR\vmirrorError\"Y\n" +
+	"\x12MirrorExportStatus\x12\x13\n" +
+	"\x05vm_id\x18\x01 \x01(\tR\x04vmId\x12\x18\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x14\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error\"\x86\x01\n" +
 	"\x10HeartbeatRequest\x12\x17\n" +
 	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x12*\n" +
 	"\x05stats\x18\x02 \x01(\v2\x14.yunchi.v1.HostStatsR\x05stats\x12-\n" +
@@ -2171,11 +2277,12 @@ const file_yunchi_v1_agent_proto_rawDesc = "" +
 	"\x05vm_id\x18\x01 \x01(\tR\x04vmId\x12(\n" +
 	"\x05usage\x18\x02 \x01(\v2\x12.yunchi.v1.VMUsageR\x05usage\")\n" +
 	"\x11HeartbeatResponse\x12\x14\n" +
-	"\x05known\x18\x01 \x01(\bR\x05known\"\x94\x01\n" +
+	"\x05known\x18\x01 \x01(\bR\x05known\"\xda\x01\n" +
 	"\x15ReportVMStatusRequest\x12\x17\n" +
 	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x12/\n" +
 	"\bstatuses\x18\x02 \x03(\v2\x13.yunchi.v1.VMStatusR\bstatuses\x121\n" +
-	"\avolumes\x18\x03 \x03(\v2\x17.yunchi.v1.VolumeStatusR\avolumes\"\x7f\n" +
+	"\avolumes\x18\x03 \x03(\v2\x17.yunchi.v1.VolumeStatusR\avolumes\x12D\n" +
+	"\x0emirror_exports\x18\x04 \x03(\v2\x1d.yunchi.v1.MirrorExportStatusR\rmirrorExports\"\x7f\n" +
 	"\fVolumeStatus\x12\x1b\n" +
 	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\x12$\n" +
 	"\x0eattached_vm_id\x18\x02 \x01(\tR\fattachedVmId\x12\x18\n" +
@@ -2223,13 +2330,15 @@ const file_yunchi_v1_agent_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
 	"\n" +
 	"size_bytes\x18\x02 \x01(\x03R\tsizeBytes\x12'\n" +
-	"\x0fmanifest_sha256\x18\x03 \x01(\tR\x0emanifestSha256\"\x98\x01\n" +
+	"\x0fmanifest_sha256\x18\x03 \x01(\tR\x0emanifestSha256\"\xb9\x01\n" +
 	"\n" +
 	"RestoreRef\x12\x19\n" +
 	"\bpoint_id\x18\x01 \x01(\tR\apointId\x12\x16\n" +
 	"\x06center\x18\x02 \x01(\tR\x06center\x12-\n" +
 	"\x12repository_address\x18\x03 \x01(\tR\x11repositoryAddress\x12(\n" +
-	"\x05disks\x18\x04 \x03(\v2\x12.yunchi.v1.DiskRefR\x05disks\"\x9e\x02\n" +
+	"\x05disks\x18\x04 \x03(\v2\x12.yunchi.v1.DiskRefR\x05disks\x12\x1f\n" +
+	"\vfrom_mirror\x18\x05 \x01(\bR\n" +
+	"fromMirror\"\x9e\x02\n" +
 	"\tBackupJob\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x13\n" +
 	"\x05vm_id\x18\x02 \x01(\tR\x04vmId\x12\x16\n" +
@@ -2345,94 +2454,96 @@ func file_yunchi_v1_agent_proto_rawDescGZIP() []byte {
 	return file_yunchi_v1_agent_proto_rawDescData
 }
 
-var file_yunchi_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_yunchi_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_yunchi_v1_agent_proto_goTypes = []any{
 	(*HostFacts)(nil),               // 0: yunchi.v1.HostFacts
 	(*RegisterHostRequest)(nil),     // 1: yunchi.v1.RegisterHostRequest
 	(*RegisterHostResponse)(nil),    // 2: yunchi.v1.RegisterHostResponse
 	(*VMStatus)(nil),                // 3: yunchi.v1.VMStatus
-	(*HeartbeatRequest)(nil),        // 4: yunchi.v1.HeartbeatRequest
-	(*VMStats)(nil),                 // 5: yunchi.v1.VMStats
-	(*HeartbeatResponse)(nil),       // 6: yunchi.v1.HeartbeatResponse
-	(*ReportVMStatusRequest)(nil),   // 7: yunchi.v1.ReportVMStatusRequest
-	(*VolumeStatus)(nil),            // 8: yunchi.v1.VolumeStatus
-	(*ReportVMStatusResponse)(nil),  // 9: yunchi.v1.ReportVMStatusResponse
-	(*WatchAssignmentsRequest)(nil), // 10: yunchi.v1.WatchAssignmentsRequest
-	(*Assignment)(nil),              // 11: yunchi.v1.Assignment
-	(*MirrorRef)(nil),               // 12: yunchi.v1.MirrorRef
-	(*MirrorExport)(nil),            // 13: yunchi.v1.MirrorExport
-	(*DiskRef)(nil),                 // 14: yunchi.v1.DiskRef
-	(*RestoreRef)(nil),              // 15: yunchi.v1.RestoreRef
-	(*BackupJob)(nil),               // 16: yunchi.v1.BackupJob
-	(*ImageRef)(nil),                // 17: yunchi.v1.ImageRef
-	(*FetchImageRequest)(nil),       // 18: yunchi.v1.FetchImageRequest
-	(*WatchConsolesRequest)(nil),    // 19: yunchi.v1.WatchConsolesRequest
-	(*ConsoleSession)(nil),          // 20: yunchi.v1.ConsoleSession
-	(*ConsoleFrame)(nil),            // 21: yunchi.v1.ConsoleFrame
-	(*Assignments)(nil),             // 22: yunchi.v1.Assignments
-	(*BackupDiskResult)(nil),        // 23: yunchi.v1.BackupDiskResult
-	(*ReportBackupRequest)(nil),     // 24: yunchi.v1.ReportBackupRequest
-	(*ReportBackupResponse)(nil),    // 25: yunchi.v1.ReportBackupResponse
-	(*VolumeAssignment)(nil),        // 26: yunchi.v1.VolumeAssignment
-	(*JoinHostRequest)(nil),         // 27: yunchi.v1.JoinHostRequest
-	(*JoinHostResponse)(nil),        // 28: yunchi.v1.JoinHostResponse
-	nil,                             // 29: yunchi.v1.HostFacts.LabelsEntry
-	(*Resources)(nil),               // 30: yunchi.v1.Resources
-	(*Host)(nil),                    // 31: yunchi.v1.Host
-	(VMPhase)(0),                    // 32: yunchi.v1.VMPhase
-	(*HostStats)(nil),               // 33: yunchi.v1.HostStats
-	(*VMUsage)(nil),                 // 34: yunchi.v1.VMUsage
-	(PowerState)(0),                 // 35: yunchi.v1.PowerState
-	(ImageFormat)(0),                // 36: yunchi.v1.ImageFormat
-	(*ImageChunk)(nil),              // 37: yunchi.v1.ImageChunk
+	(*MirrorExportStatus)(nil),      // 4: yunchi.v1.MirrorExportStatus
+	(*HeartbeatRequest)(nil),        // 5: yunchi.v1.HeartbeatRequest
+	(*VMStats)(nil),                 // 6: yunchi.v1.VMStats
+	(*HeartbeatResponse)(nil),       // 7: yunchi.v1.HeartbeatResponse
+	(*ReportVMStatusRequest)(nil),   // 8: yunchi.v1.ReportVMStatusRequest
+	(*VolumeStatus)(nil),            // 9: yunchi.v1.VolumeStatus
+	(*ReportVMStatusResponse)(nil),  // 10: yunchi.v1.ReportVMStatusResponse
+	(*WatchAssignmentsRequest)(nil), // 11: yunchi.v1.WatchAssignmentsRequest
+	(*Assignment)(nil),              // 12: yunchi.v1.Assignment
+	(*MirrorRef)(nil),               // 13: yunchi.v1.MirrorRef
+	(*MirrorExport)(nil),            // 14: yunchi.v1.MirrorExport
+	(*DiskRef)(nil),                 // 15: yunchi.v1.DiskRef
+	(*RestoreRef)(nil),              // 16: yunchi.v1.RestoreRef
+	(*BackupJob)(nil),               // 17: yunchi.v1.BackupJob
+	(*ImageRef)(nil),                // 18: yunchi.v1.ImageRef
+	(*FetchImageRequest)(nil),       // 19: yunchi.v1.FetchImageRequest
+	(*WatchConsolesRequest)(nil),    // 20: yunchi.v1.WatchConsolesRequest
+	(*ConsoleSession)(nil),          // 21: yunchi.v1.ConsoleSession
+	(*ConsoleFrame)(nil),            // 22: yunchi.v1.ConsoleFrame
+	(*Assignments)(nil),             // 23: yunchi.v1.Assignments
+	(*BackupDiskResult)(nil),        // 24: yunchi.v1.BackupDiskResult
+	(*ReportBackupRequest)(nil),     // 25: yunchi.v1.ReportBackupRequest
+	(*ReportBackupResponse)(nil),    // 26: yunchi.v1.ReportBackupResponse
+	(*VolumeAssignment)(nil),        // 27: yunchi.v1.VolumeAssignment
+	(*JoinHostRequest)(nil),         // 28: yunchi.v1.JoinHostRequest
+	(*JoinHostResponse)(nil),        // 29: yunchi.v1.JoinHostResponse
+	nil,                             // 30: yunchi.v1.HostFacts.LabelsEntry
+	(*Resources)(nil),               // 31: yunchi.v1.Resources
+	(*Host)(nil),                    // 32: yunchi.v1.Host
+	(VMPhase)(0),                    // 33: yunchi.v1.VMPhase
+	(*HostStats)(nil),               // 34: yunchi.v1.HostStats
+	(*VMUsage)(nil),                 // 35: yunchi.v1.VMUsage
+	(PowerState)(0),                 // 36: yunchi.v1.PowerState
+	(ImageFormat)(0),                // 37: yunchi.v1.ImageFormat
+	(*ImageChunk)(nil),              // 38: yunchi.v1.ImageChunk
 }
 var file_yunchi_v1_agent_proto_depIdxs = []int32{
-	29, // 0: yunchi.v1.HostFacts.labels:type_name -> yunchi.v1.HostFacts.LabelsEntry
-	30, // 1: yunchi.v1.HostFacts.capacity:type_name -> yunchi.v1.Resources
+	30, // 0: yunchi.v1.HostFacts.labels:type_name -> yunchi.v1.HostFacts.LabelsEntry
+	31, // 1: yunchi.v1.HostFacts.capacity:type_name -> yunchi.v1.Resources
 	0,  // 2: yunchi.v1.RegisterHostRequest.facts:type_name -> yunchi.v1.HostFacts
-	31, // 3: yunchi.v1.RegisterHostResponse.host:type_name -> yunchi.v1.Host
-	32, // 4: yunchi.v1.VMStatus.phase:type_name -> yunchi.v1.VMPhase
-	33, // 5: yunchi.v1.HeartbeatRequest.stats:type_name -> yunchi.v1.HostStats
-	5,  // 6: yunchi.v1.HeartbeatRequest.vm_stats:type_name -> yunchi.v1.VMStats
-	34, // 7: yunchi.v1.VMStats.usage:type_name -> yunchi.v1.VMUsage
+	32, // 3: yunchi.v1.RegisterHostResponse.host:type_name -> yunchi.v1.Host
+	33, // 4: yunchi.v1.VMStatus.phase:type_name -> yunchi.v1.VMPhase
+	34, // 5: yunchi.v1.HeartbeatRequest.stats:type_name -> yunchi.v1.HostStats
+	6,  // 6: yunchi.v1.HeartbeatRequest.vm_stats:type_name -> yunchi.v1.VMStats
+	35, // 7: yunchi.v1.VMStats.usage:type_name -> yunchi.v1.VMUsage
 	3,  // 8: yunchi.v1.ReportVMStatusRequest.statuses:type_name -> yunchi.v1.VMStatus
-	8,  // 9: yunchi.v1.ReportVMStatusRequest.volumes:type_name -> yunchi.v1.VolumeStatus
-	35, // 10: yunchi.v1.Assignment.desired:type_name -> yunchi.v1.PowerState
-	32, // 11: yunchi.v1.Assignment.phase:type_name -> yunchi.v1.VMPhase
-	17, // 12: yunchi.v1.Assignment.image:type_name -> yunchi.v1.ImageRef
-	15, // 13: yunchi.v1.Assignment.restore:type_name -> yunchi.v1.RestoreRef
-	12, // 14: yunchi.v1.Assignment.mirror:type_name -> yunchi.v1.MirrorRef
-	14, // 15: yunchi.v1.RestoreRef.disks:type_name -> yunchi.v1.DiskRef
-	14, // 16: yunchi.v1.BackupJob.base_disks:type_name -> yunchi.v1.DiskRef
-	36, // 17: yunchi.v1.ImageRef.format:type_name -> yunchi.v1.ImageFormat
-	11, // 18: yunchi.v1.Assignments.vms:type_name -> yunchi.v1.Assignment
-	26, // 19: yunchi.v1.Assignments.volumes:type_name -> yunchi.v1.VolumeAssignment
-	16, // 20: yunchi.v1.Assignments.backups:type_name -> yunchi.v1.BackupJob
-	13, // 21: yunchi.v1.Assignments.mirror_exports:type_name -> yunchi.v1.MirrorExport
-	23, // 22: yunchi.v1.ReportBackupRequest.disks:type_name -> yunchi.v1.BackupDiskResult
-	27, // 23: yunchi.v1.AgentService.JoinHost:input_type -> yunchi.v1.JoinHostRequest
-	1,  // 24: yunchi.v1.AgentService.RegisterHost:input_type -> yunchi.v1.RegisterHostRequest
-	4,  // 25: yunchi.v1.AgentService.Heartbeat:input_type -> yunchi.v1.HeartbeatRequest
-	7,  // 26: yunchi.v1.AgentService.ReportVMStatus:input_type -> yunchi.v1.ReportVMStatusRequest
-	10, // 27: yunchi.v1.AgentService.WatchAssignments:input_type -> yunchi.v1.WatchAssignmentsRequest
-	18, // 28: yunchi.v1.AgentService.FetchImage:input_type -> yunchi.v1.FetchImageRequest
-	19, // 29: yunchi.v1.AgentService.WatchConsoles:input_type -> yunchi.v1.WatchConsolesRequest
-	21, // 30: yunchi.v1.AgentService.ConsoleStream:input_type -> yunchi.v1.ConsoleFrame
-	24, // 31: yunchi.v1.AgentService.ReportBackup:input_type -> yunchi.v1.ReportBackupRequest
-	28, // 32: yunchi.v1.AgentService.JoinHost:output_type -> yunchi.v1.JoinHostResponse
-	2,  // 33: yunchi.v1.AgentService.RegisterHost:output_type -> yunchi.v1.RegisterHostResponse
-	6,  // 34: yunchi.v1.AgentService.Heartbeat:output_type -> yunchi.v1.HeartbeatResponse
-	9,  // 35: yunchi.v1.AgentService.ReportVMStatus:output_type -> yunchi.v1.ReportVMStatusResponse
-	22, // 36: yunchi.v1.AgentService.WatchAssignments:output_type -> yunchi.v1.Assignments
-	37, // 37: yunchi.v1.AgentService.FetchImage:output_type -> yunchi.v1.ImageChunk
-	20, // 38: yunchi.v1.AgentService.WatchConsoles:output_type -> yunchi.v1.ConsoleSession
-	21, // 39: yunchi.v1.AgentService.ConsoleStream:output_type -> yunchi.v1.ConsoleFrame
-	25, // 40: yunchi.v1.AgentService.ReportBackup:output_type -> yunchi.v1.ReportBackupResponse
-	32, // [32:41] is the sub-list for method output_type
-	23, // [23:32] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	9,  // 9: yunchi.v1.ReportVMStatusRequest.volumes:type_name -> yunchi.v1.VolumeStatus
+	4,  // 10: yunchi.v1.ReportVMStatusRequest.mirror_exports:type_name -> yunchi.v1.MirrorExportStatus
+	36, // 11: yunchi.v1.Assignment.desired:type_name -> yunchi.v1.PowerState
+	33, // 12: yunchi.v1.Assignment.phase:type_name -> yunchi.v1.VMPhase
+	18, // 13: yunchi.v1.Assignment.image:type_name -> yunchi.v1.ImageRef
+	16, // 14: yunchi.v1.Assignment.restore:type_name -> yunchi.v1.RestoreRef
+	13, // 15: yunchi.v1.Assignment.mirror:type_name -> yunchi.v1.MirrorRef
+	15, // 16: yunchi.v1.RestoreRef.disks:type_name -> yunchi.v1.DiskRef
+	15, // 17: yunchi.v1.BackupJob.base_disks:type_name -> yunchi.v1.DiskRef
+	37, // 18: yunchi.v1.ImageRef.format:type_name -> yunchi.v1.ImageFormat
+	12, // 19: yunchi.v1.Assignments.vms:type_name -> yunchi.v1.Assignment
+	27, // 20: yunchi.v1.Assignments.volumes:type_name -> yunchi.v1.VolumeAssignment
+	17, // 21: yunchi.v1.Assignments.backups:type_name -> yunchi.v1.BackupJob
+	14, // 22: yunchi.v1.Assignments.mirror_exports:type_name -> yunchi.v1.MirrorExport
+	24, // 23: yunchi.v1.ReportBackupRequest.disks:type_name -> yunchi.v1.BackupDiskResult
+	28, // 24: yunchi.v1.AgentService.JoinHost:input_type -> yunchi.v1.JoinHostRequest
+	1,  // 25: yunchi.v1.AgentService.RegisterHost:input_type -> yunchi.v1.RegisterHostRequest
+	5,  // 26: yunchi.v1.AgentService.Heartbeat:input_type -> yunchi.v1.HeartbeatRequest
+	8,  // 27: yunchi.v1.AgentService.ReportVMStatus:input_type -> yunchi.v1.ReportVMStatusRequest
+	11, // 28: yunchi.v1.AgentService.WatchAssignments:input_type -> yunchi.v1.WatchAssignmentsRequest
+	19, // 29: yunchi.v1.AgentService.FetchImage:input_type -> yunchi.v1.FetchImageRequest
+	20, // 30: yunchi.v1.AgentService.WatchConsoles:input_type -> yunchi.v1.WatchConsolesRequest
+	22, // 31: yunchi.v1.AgentService.ConsoleStream:input_type -> yunchi.v1.ConsoleFrame
+	25, // 32: yunchi.v1.AgentService.ReportBackup:input_type -> yunchi.v1.ReportBackupRequest
+	29, // 33: yunchi.v1.AgentService.JoinHost:output_type -> yunchi.v1.JoinHostResponse
+	2,  // 34: yunchi.v1.AgentService.RegisterHost:output_type -> yunchi.v1.RegisterHostResponse
+	7,  // 35: yunchi.v1.AgentService.Heartbeat:output_type -> yunchi.v1.HeartbeatResponse
+	10, // 36: yunchi.v1.AgentService.ReportVMStatus:output_type -> yunchi.v1.ReportVMStatusResponse
+	23, // 37: yunchi.v1.AgentService.WatchAssignments:output_type -> yunchi.v1.Assignments
+	38, // 38: yunchi.v1.AgentService.FetchImage:output_type -> yunchi.v1.ImageChunk
+	21, // 39: yunchi.v1.AgentService.WatchConsoles:output_type -> yunchi.v1.ConsoleSession
+	22, // 40: yunchi.v1.AgentService.ConsoleStream:output_type -> yunchi.v1.ConsoleFrame
+	26, // 41: yunchi.v1.AgentService.ReportBackup:output_type -> yunchi.v1.ReportBackupResponse
+	33, // [33:42] is the sub-list for method output_type
+	24, // [24:33] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_yunchi_v1_agent_proto_init() }
@@ -2449,7 +2560,7 @@ func file_yunchi_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_yunchi_v1_agent_proto_rawDesc), len(file_yunchi_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   30,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -660,8 +660,11 @@ type PolicyTarget struct {
 	Center          string     `protobuf:"bytes,2,opt,name=center,proto3" json:"center,omitempty"`
 	IntervalSeconds int64      `protobuf:"varint,3,opt,name=interval_seconds,json=intervalSeconds,proto3" json:"interval_seconds,omitempty"`
 	// Objective for the age of the newest point (0: the interval).
-	RpoSeconds    int64      `protobuf:"varint,4,opt,name=rpo_seconds,json=rpoSeconds,proto3" json:"rpo_seconds,omitempty"`
-	Retention     *Retention `protobuf:"bytes,5,opt,name=retention,proto3" json:"retention,omitempty"`
+	RpoSeconds int64      `protobuf:"varint,4,opt,name=rpo_seconds,json=rpoSeconds,proto3" json:"rpo_seconds,omitempty"`
+	Retention  *Retention `protobuf:"bytes,5,opt,name=retention,proto3" json:"retention,omitempty"`
+	// Mirrored synchronously instead of backed up (RPO 0 while mirroring;
+	// real QEMU hosts): no interval, RPO or retention.
+	Mirror        bool `protobuf:"varint,6,opt,name=mirror,proto3" json:"mirror,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -729,6 +732,13 @@ func (x *PolicyTarget) GetRetention() *Retention {
 		return x.Retention
 	}
 	return nil
+}
+
+func (x *PolicyTarget) GetMirror() bool {
+	if x != nil {
+		return x.Mirror
+	}
+	return false
 }
 
 type Policy struct {
@@ -1303,6 +1313,10 @@ type TargetStatus struct {
 	LastError     string                 `protobuf:"bytes,11,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
 	Attempts      int32                  `protobuf:"varint,12,opt,name=attempts,proto3" json:"attempts,omitempty"`
 	NextAttemptAt *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=next_attempt_at,json=nextAttemptAt,proto3" json:"next_attempt_at,omitempty"`
+	// A synchronous mirror target (platinum): "mirroring", "copying", or
+	// why there is none yet; the host keeping it.
+	Mirror        string `protobuf:"bytes,14,opt,name=mirror,proto3" json:"mirror,omitempty"`
+	MirrorHost    string `protobuf:"bytes,15,opt,name=mirror_host,json=mirrorHost,proto3" json:"mirror_host,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1426,6 +1440,20 @@ func (x *TargetStatus) GetNextAttemptAt() *timestamppb.Timestamp {
 		return x.NextAttemptAt
 	}
 	return nil
+}
+
+func (x *TargetStatus) GetMirror() string {
+	if x != nil {
+		return x.Mirror
+	}
+	return ""
+}
+
+func (x *TargetStatus) GetMirrorHost() string {
+	if x != nil {
+		return x.MirrorHost
+	}
+	return ""
 }
 
 type VMProtection struct {
@@ -3658,14 +3686,15 @@ const file_yunchi_v1_dr_proto_rawDesc = "" +
 	"\vkeep_hourly\x18\x02 \x01(\x05R\n" +
 	"keepHourly\x12\x1d\n" +
 	"\n" +
-	"keep_daily\x18\x03 \x01(\x05R\tkeepDaily\"\xd1\x01\n" +
+	"keep_daily\x18\x03 \x01(\x05R\tkeepDaily\"\xe9\x01\n" +
 	"\fPolicyTarget\x12)\n" +
 	"\x04role\x18\x01 \x01(\x0e2\x15.yunchi.v1.CenterRoleR\x04role\x12\x16\n" +
 	"\x06center\x18\x02 \x01(\tR\x06center\x12)\n" +
 	"\x10interval_seconds\x18\x03 \x01(\x03R\x0fintervalSeconds\x12\x1f\n" +
 	"\vrpo_seconds\x18\x04 \x01(\x03R\n" +
 	"rpoSeconds\x122\n" +
-	"\tretention\x18\x05 \x01(\v2\x14.yunchi.v1.RetentionR\tretention\"\xe8\x02\n" +
+	"\tretention\x18\x05 \x01(\v2\x14.yunchi.v1.RetentionR\tretention\x12\x16\n" +
+	"\x06mirror\x18\x06 \x01(\bR\x06mirror\"\xe8\x02\n" +
 	"\x06Policy\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\abuiltin\x18\x02 \x01(\bR\abuiltin\x121\n" +
@@ -3703,7 +3732,7 @@ const file_yunchi_v1_dr_proto_rawDesc = "" +
 	"Protection\x12\x18\n" +
 	"\aproject\x18\x01 \x01(\tR\aproject\x12\x0e\n" +
 	"\x02vm\x18\x02 \x01(\tR\x02vm\x12\x16\n" +
-	"\x06policy\x18\x03 \x01(\tR\x06policy\"\x90\x04\n" +
+	"\x06policy\x18\x03 \x01(\tR\x06policy\"\xc9\x04\n" +
 	"\fTargetStatus\x12\x16\n" +
 	"\x06center\x18\x01 \x01(\tR\x06center\x12)\n" +
 	"\x04role\x18\x02 \x01(\x0e2\x15.yunchi.v1.CenterRoleR\x04role\x12)\n" +
@@ -3719,7 +3748,10 @@ const file_yunchi_v1_dr_proto_rawDesc = "" +
 	"\n" +
 	"last_error\x18\v \x01(\tR\tlastError\x12\x1a\n" +
 	"\battempts\x18\f \x01(\x05R\battempts\x12B\n" +
-	"\x0fnext_attempt_at\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\rnextAttemptAt\"\x9b\x01\n" +
+	"\x0fnext_attempt_at\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\rnextAttemptAt\x12\x16\n" +
+	"\x06mirror\x18\x0e \x01(\tR\x06mirror\x12\x1f\n" +
+	"\vmirror_host\x18\x0f \x01(\tR\n" +
+	"mirrorHost\"\x9b\x01\n" +
 	"\fVMProtection\x12\x0e\n" +
 	"\x02vm\x18\x01 \x01(\tR\x02vm\x12\x18\n" +
 	"\aproject\x18\x02 \x01(\tR\aproject\x12\x16\n" +
@@ -3943,7 +3975,7 @@ const file_yunchi_v1_dr_proto_rawDesc = "" +
 	"\rVerifyBackups\x12\x1f.yunchi.v1.VerifyBackupsRequest\x1a .yunchi.v1.VerifyBackupsResponse\"%\xc2\xf3\x18\x04\n" +
 	"\x02\x01\x04\x82\xd3\xe4\x93\x02\x17:\x01*\"\x12/v1/backups:verify\x12w\n" +
 	"\x0eCollectGarbage\x12 .yunchi.v1.CollectGarbageRequest\x1a!.yunchi.v1.CollectGarbageResponse\" \xc2\xf3\x18\x03\n" +
-	"\x01\x01\x82\xd3\xe4\x93\x02\x13:\x01*\"\x0e/v1/backups:gc2\x9e\x06\n" +
+	"\x01\x01\x82\xd3\xe4\x93\x02\x13:\x01*\"\x0e/v1/backups:gc2\x9b\x06\n" +
 	"\x0fRecoveryService\x12]\n" +
 	"\bFailover\x12\x1a.yunchi.v1.FailoverRequest\x1a\x10.yunchi.v1.DRRun\"#\xc2\xf3\x18\x05\n" +
 	"\x01\x01 \x01\x82\xd3\xe4\x93\x02\x14:\x01*\"\x0f/v1/dr/failover\x12]\n" +
@@ -3951,15 +3983,14 @@ const file_yunchi_v1_dr_proto_rawDesc = "" +
 	"\x01\x01 \x01\x82\xd3\xe4\x93\x02\x14:\x01*\"\x0f/v1/dr/failback\x12]\n" +
 	"\n" +
 	"StartDrill\x12\x17.yunchi.v1.DrillRequest\x1a\x10.yunchi.v1.DRRun\"$\xc2\xf3\x18\b\n" +
-	"\x02\x01\x05\x18\x01 \x01\x82\xd3\xe4\x93\x02\x12:\x01*\"\r/v1/dr/drills\x12^\n" +
-	"\bGetDRRun\x12\x1a.yunchi.v1.GetDRRunRequest\x1a\x10.yunchi.v1.DRRun\"$\xc2\xf3\x18\b\n" +
-	"\x06\x01\x04\x03\x05\x06\a\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/dr/runs/{id}\x12l\n" +
+	"\x02\x01\x05\x18\x01 \x01\x82\xd3\xe4\x93\x02\x12:\x01*\"\r/v1/dr/drills\x12]\n" +
+	"\bGetDRRun\x12\x1a.yunchi.v1.GetDRRunRequest\x1a\x10.yunchi.v1.DRRun\"#\xc2\xf3\x18\a\n" +
+	"\x05\x01\x04\x05\x06\a\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/dr/runs/{id}\x12k\n" +
 	"\n" +
-	"ListDRRuns\x12\x1c.yunchi.v1.ListDRRunsRequest\x1a\x1d.yunchi.v1.ListDRRunsResponse\"!\xc2\xf3\x18\n" +
-	"\n" +
-	"\x06\x01\x04\x03\x05\x06\a\x18\x01\x82\xd3\xe4\x93\x02\r\x12\v/v1/dr/runs\x12\x8a\x01\n" +
-	"\x12ListDrillSchedules\x12$.yunchi.v1.ListDrillSchedulesRequest\x1a%.yunchi.v1.ListDrillSchedulesResponse\"'\xc2\xf3\x18\x05\n" +
-	"\x03\x01\x04\x03\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/dr/drill-schedules\x12\x92\x01\n" +
+	"ListDRRuns\x12\x1c.yunchi.v1.ListDRRunsRequest\x1a\x1d.yunchi.v1.ListDRRunsResponse\" \xc2\xf3\x18\t\n" +
+	"\x05\x01\x04\x05\x06\a\x18\x01\x82\xd3\xe4\x93\x02\r\x12\v/v1/dr/runs\x12\x89\x01\n" +
+	"\x12ListDrillSchedules\x12$.yunchi.v1.ListDrillSchedulesRequest\x1a%.yunchi.v1.ListDrillSchedulesResponse\"&\xc2\xf3\x18\x04\n" +
+	"\x02\x01\x04\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/dr/drill-schedules\x12\x92\x01\n" +
 	"\x13DeleteDrillSchedule\x12%.yunchi.v1.DeleteDrillScheduleRequest\x1a&.yunchi.v1.DeleteDrillScheduleResponse\",\xc2\xf3\x18\x05\n" +
 	"\x01\x01 \x01\x82\xd3\xe4\x93\x02\x1d*\x1b/v1/dr/drill-schedules/{id}B3Z1github.com/yunchi/yunchi/proto/yunchi/v1;yunchiv1b\x06proto3"
 

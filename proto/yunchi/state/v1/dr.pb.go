@@ -1231,7 +1231,10 @@ type RestoreSource struct {
 	Center string       `protobuf:"bytes,2,opt,name=center,proto3" json:"center,omitempty"`
 	Disks  []*DiskPoint `protobuf:"bytes,3,rep,name=disks,proto3" json:"disks,omitempty"`
 	// The VM the point is of.
-	SourceVmId    string `protobuf:"bytes,4,opt,name=source_vm_id,json=sourceVmId,proto3" json:"source_vm_id,omitempty"`
+	SourceVmId string `protobuf:"bytes,4,opt,name=source_vm_id,json=sourceVmId,proto3" json:"source_vm_id,omitempty"`
+	// Version 10 on: no point: the disk is the VM's synchronous mirror,
+	// served by the host the VM is placed on (a failover of a platinum VM).
+	FromMirror    bool `protobuf:"varint,5,opt,name=from_mirror,json=fromMirror,proto3" json:"from_mirror,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1294,6 +1297,235 @@ func (x *RestoreSource) GetSourceVmId() string {
 	return ""
 }
 
+func (x *RestoreSource) GetFromMirror() bool {
+	if x != nil {
+		return x.FromMirror
+	}
+	return false
+}
+
+// A VM's synchronous mirror: the host (in another center) that keeps a
+// copy of its root disk written with every guest write, what it serves it
+// at, and what the VM's host last said of it.
+type MirrorState struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	HostId string                 `protobuf:"bytes,1,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
+	Center string                 `protobuf:"bytes,2,opt,name=center,proto3" json:"center,omitempty"`
+	// host:port of the export (from the mirror host; "" = not serving yet).
+	Address    string `protobuf:"bytes,3,opt,name=address,proto3" json:"address,omitempty"`
+	ExportName string `protobuf:"bytes,4,opt,name=export_name,json=exportName,proto3" json:"export_name,omitempty"`
+	// From the VM's host: "copying", "mirroring" or "" (none).
+	Phase string `protobuf:"bytes,5,opt,name=phase,proto3" json:"phase,omitempty"`
+	Error string `protobuf:"bytes,6,opt,name=error,proto3" json:"error,omitempty"`
+	// When phase last changed, and when the VM's host last reported it
+	// mirroring (0 = never).
+	PhaseUnixNano     int64 `protobuf:"varint,7,opt,name=phase_unix_nano,json=phaseUnixNano,proto3" json:"phase_unix_nano,omitempty"`
+	MirroringUnixNano int64 `protobuf:"varint,8,opt,name=mirroring_unix_nano,json=mirroringUnixNano,proto3" json:"mirroring_unix_nano,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *MirrorState) Reset() {
+	*x = MirrorState{}
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MirrorState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MirrorState) ProtoMessage() {}
+
+func (x *MirrorState) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MirrorState.ProtoReflect.Descriptor instead.
+func (*MirrorState) Descriptor() ([]byte, []int) {
+	return file_yunchi_state_v1_dr_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *MirrorState) GetHostId() string {
+	if x != nil {
+		return x.HostId
+	}
+	return ""
+}
+
+func (x *MirrorState) GetCenter() string {
+	if x != nil {
+		return x.Center
+	}
+	return ""
+}
+
+func (x *MirrorState) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *MirrorState) GetExportName() string {
+	if x != nil {
+		return x.ExportName
+	}
+	return ""
+}
+
+func (x *MirrorState) GetPhase() string {
+	if x != nil {
+		return x.Phase
+	}
+	return ""
+}
+
+func (x *MirrorState) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *MirrorState) GetPhaseUnixNano() int64 {
+	if x != nil {
+		return x.PhaseUnixNano
+	}
+	return 0
+}
+
+func (x *MirrorState) GetMirroringUnixNano() int64 {
+	if x != nil {
+		return x.MirroringUnixNano
+	}
+	return 0
+}
+
+// MirrorExportReport is one export a host serves.
+type MirrorExportReport struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	VmId          string                 `protobuf:"bytes,1,opt,name=vm_id,json=vmId,proto3" json:"vm_id,omitempty"`
+	Address       string                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	Error         string                 `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MirrorExportReport) Reset() {
+	*x = MirrorExportReport{}
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MirrorExportReport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MirrorExportReport) ProtoMessage() {}
+
+func (x *MirrorExportReport) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MirrorExportReport.ProtoReflect.Descriptor instead.
+func (*MirrorExportReport) Descriptor() ([]byte, []int) {
+	return file_yunchi_state_v1_dr_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *MirrorExportReport) GetVmId() string {
+	if x != nil {
+		return x.VmId
+	}
+	return ""
+}
+
+func (x *MirrorExportReport) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *MirrorExportReport) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+// SetMirror chooses (host_id set) or drops (host_id "") the host keeping a
+// VM's synchronous mirror.
+type SetMirror struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	VmId          string                 `protobuf:"bytes,1,opt,name=vm_id,json=vmId,proto3" json:"vm_id,omitempty"`
+	HostId        string                 `protobuf:"bytes,2,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetMirror) Reset() {
+	*x = SetMirror{}
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetMirror) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetMirror) ProtoMessage() {}
+
+func (x *SetMirror) ProtoReflect() protoreflect.Message {
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetMirror.ProtoReflect.Descriptor instead.
+func (*SetMirror) Descriptor() ([]byte, []int) {
+	return file_yunchi_state_v1_dr_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *SetMirror) GetVmId() string {
+	if x != nil {
+		return x.VmId
+	}
+	return ""
+}
+
+func (x *SetMirror) GetHostId() string {
+	if x != nil {
+		return x.HostId
+	}
+	return ""
+}
+
 // SetCenter declares a center or changes it.
 type SetCenter struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1304,7 +1536,7 @@ type SetCenter struct {
 
 func (x *SetCenter) Reset() {
 	*x = SetCenter{}
-	mi := &file_yunchi_state_v1_dr_proto_msgTypes[9]
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1316,7 +1548,7 @@ func (x *SetCenter) String() string {
 func (*SetCenter) ProtoMessage() {}
 
 func (x *SetCenter) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_state_v1_dr_proto_msgTypes[9]
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1329,7 +1561,7 @@ func (x *SetCenter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetCenter.ProtoReflect.Descriptor instead.
 func (*SetCenter) Descriptor() ([]byte, []int) {
-	return file_yunchi_state_v1_dr_proto_rawDescGZIP(), []int{9}
+	return file_yunchi_state_v1_dr_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SetCenter) GetCenter() *CenterRecord {
@@ -1350,7 +1582,7 @@ type DeleteCenter struct {
 
 func (x *DeleteCenter) Reset() {
 	*x = DeleteCenter{}
-	mi := &file_yunchi_state_v1_dr_proto_msgTypes[10]
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1362,7 +1594,7 @@ func (x *DeleteCenter) String() string {
 func (*DeleteCenter) ProtoMessage() {}
 
 func (x *DeleteCenter) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_state_v1_dr_proto_msgTypes[10]
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1375,7 +1607,7 @@ func (x *DeleteCenter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteCenter.ProtoReflect.Descriptor instead.
 func (*DeleteCenter) Descriptor() ([]byte, []int) {
-	return file_yunchi_state_v1_dr_proto_rawDescGZIP(), []int{10}
+	return file_yunchi_state_v1_dr_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *DeleteCenter) GetName() string {
@@ -1396,7 +1628,7 @@ type CreatePolicy struct {
 
 func (x *CreatePolicy) Reset() {
 	*x = CreatePolicy{}
-	mi := &file_yunchi_state_v1_dr_proto_msgTypes[11]
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1408,7 +1640,7 @@ func (x *CreatePolicy) String() string {
 func (*CreatePolicy) ProtoMessage() {}
 
 func (x *CreatePolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_state_v1_dr_proto_msgTypes[11]
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1421,7 +1653,7 @@ func (x *CreatePolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreatePolicy.ProtoReflect.Descriptor instead.
 func (*CreatePolicy) Descriptor() ([]byte, []int) {
-	return file_yunchi_state_v1_dr_proto_rawDescGZIP(), []int{11}
+	return file_yunchi_state_v1_dr_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *CreatePolicy) GetPolicy() *PolicyRecord {
@@ -1442,7 +1674,7 @@ type DeletePolicy struct {
 
 func (x *DeletePolicy) Reset() {
 	*x = DeletePolicy{}
-	mi := &file_yunchi_state_v1_dr_proto_msgTypes[12]
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1454,7 +1686,7 @@ func (x *DeletePolicy) String() string {
 func (*DeletePolicy) ProtoMessage() {}
 
 func (x *DeletePolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_state_v1_dr_proto_msgTypes[12]
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1467,7 +1699,7 @@ func (x *DeletePolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePolicy.ProtoReflect.Descriptor instead.
 func (*DeletePolicy) Descriptor() ([]byte, []int) {
-	return file_yunchi_state_v1_dr_proto_rawDescGZIP(), []int{12}
+	return file_yunchi_state_v1_dr_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DeletePolicy) GetName() string {
@@ -1490,7 +1722,7 @@ type SetProtection struct {
 
 func (x *SetProtection) Reset() {
 	*x = SetProtection{}
-	mi := &file_yunchi_state_v1_dr_proto_msgTypes[13]
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1502,7 +1734,7 @@ func (x *SetProtection) String() string {
 func (*SetProtection) ProtoMessage() {}
 
 func (x *SetProtection) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_state_v1_dr_proto_msgTypes[13]
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1515,7 +1747,7 @@ func (x *SetProtection) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetProtection.ProtoReflect.Descriptor instead.
 func (*SetProtection) Descriptor() ([]byte, []int) {
-	return file_yunchi_state_v1_dr_proto_rawDescGZIP(), []int{13}
+	return file_yunchi_state_v1_dr_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SetProtection) GetProject() string {
@@ -1550,7 +1782,7 @@ type StartBackups struct {
 
 func (x *StartBackups) Reset() {
 	*x = StartBackups{}
-	mi := &file_yunchi_state_v1_dr_proto_msgTypes[14]
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1562,7 +1794,7 @@ func (x *StartBackups) String() string {
 func (*StartBackups) ProtoMessage() {}
 
 func (x *StartBackups) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_state_v1_dr_proto_msgTypes[14]
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1575,7 +1807,7 @@ func (x *StartBackups) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartBackups.ProtoReflect.Descriptor instead.
 func (*StartBackups) Descriptor() ([]byte, []int) {
-	return file_yunchi_state_v1_dr_proto_rawDescGZIP(), []int{14}
+	return file_yunchi_state_v1_dr_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *StartBackups) GetJobs() []*BackupJobRecord {
@@ -1599,7 +1831,7 @@ type FinishBackup struct {
 
 func (x *FinishBackup) Reset() {
 	*x = FinishBackup{}
-	mi := &file_yunchi_state_v1_dr_proto_msgTypes[15]
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1611,7 +1843,7 @@ func (x *FinishBackup) String() string {
 func (*FinishBackup) ProtoMessage() {}
 
 func (x *FinishBackup) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_state_v1_dr_proto_msgTypes[15]
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1624,7 +1856,7 @@ func (x *FinishBackup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FinishBackup.ProtoReflect.Descriptor instead.
 func (*FinishBackup) Descriptor() ([]byte, []int) {
-	return file_yunchi_state_v1_dr_proto_rawDescGZIP(), []int{15}
+	return file_yunchi_state_v1_dr_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *FinishBackup) GetJobId() string {
@@ -1666,7 +1898,7 @@ type DeleteRestorePoints struct {
 
 func (x *DeleteRestorePoints) Reset() {
 	*x = DeleteRestorePoints{}
-	mi := &file_yunchi_state_v1_dr_proto_msgTypes[16]
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1678,7 +1910,7 @@ func (x *DeleteRestorePoints) String() string {
 func (*DeleteRestorePoints) ProtoMessage() {}
 
 func (x *DeleteRestorePoints) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_state_v1_dr_proto_msgTypes[16]
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1691,7 +1923,7 @@ func (x *DeleteRestorePoints) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRestorePoints.ProtoReflect.Descriptor instead.
 func (*DeleteRestorePoints) Descriptor() ([]byte, []int) {
-	return file_yunchi_state_v1_dr_proto_rawDescGZIP(), []int{16}
+	return file_yunchi_state_v1_dr_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *DeleteRestorePoints) GetPointIds() []string {
@@ -1747,7 +1979,7 @@ type DRRunVM struct {
 
 func (x *DRRunVM) Reset() {
 	*x = DRRunVM{}
-	mi := &file_yunchi_state_v1_dr_proto_msgTypes[17]
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1759,7 +1991,7 @@ func (x *DRRunVM) String() string {
 func (*DRRunVM) ProtoMessage() {}
 
 func (x *DRRunVM) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_state_v1_dr_proto_msgTypes[17]
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1772,7 +2004,7 @@ func (x *DRRunVM) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DRRunVM.ProtoReflect.Descriptor instead.
 func (*DRRunVM) Descriptor() ([]byte, []int) {
-	return file_yunchi_state_v1_dr_proto_rawDescGZIP(), []int{17}
+	return file_yunchi_state_v1_dr_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *DRRunVM) GetVmId() string {
@@ -1972,7 +2204,7 @@ type DRRunRecord struct {
 
 func (x *DRRunRecord) Reset() {
 	*x = DRRunRecord{}
-	mi := &file_yunchi_state_v1_dr_proto_msgTypes[18]
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1984,7 +2216,7 @@ func (x *DRRunRecord) String() string {
 func (*DRRunRecord) ProtoMessage() {}
 
 func (x *DRRunRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_state_v1_dr_proto_msgTypes[18]
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1997,7 +2229,7 @@ func (x *DRRunRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DRRunRecord.ProtoReflect.Descriptor instead.
 func (*DRRunRecord) Descriptor() ([]byte, []int) {
-	return file_yunchi_state_v1_dr_proto_rawDescGZIP(), []int{18}
+	return file_yunchi_state_v1_dr_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *DRRunRecord) GetId() string {
@@ -2138,7 +2370,7 @@ type DrillScheduleRecord struct {
 
 func (x *DrillScheduleRecord) Reset() {
 	*x = DrillScheduleRecord{}
-	mi := &file_yunchi_state_v1_dr_proto_msgTypes[19]
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2150,7 +2382,7 @@ func (x *DrillScheduleRecord) String() string {
 func (*DrillScheduleRecord) ProtoMessage() {}
 
 func (x *DrillScheduleRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_state_v1_dr_proto_msgTypes[19]
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2163,7 +2395,7 @@ func (x *DrillScheduleRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrillScheduleRecord.ProtoReflect.Descriptor instead.
 func (*DrillScheduleRecord) Descriptor() ([]byte, []int) {
-	return file_yunchi_state_v1_dr_proto_rawDescGZIP(), []int{19}
+	return file_yunchi_state_v1_dr_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *DrillScheduleRecord) GetId() string {
@@ -2242,7 +2474,7 @@ type StartDRRun struct {
 
 func (x *StartDRRun) Reset() {
 	*x = StartDRRun{}
-	mi := &file_yunchi_state_v1_dr_proto_msgTypes[20]
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2254,7 +2486,7 @@ func (x *StartDRRun) String() string {
 func (*StartDRRun) ProtoMessage() {}
 
 func (x *StartDRRun) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_state_v1_dr_proto_msgTypes[20]
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2267,7 +2499,7 @@ func (x *StartDRRun) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartDRRun.ProtoReflect.Descriptor instead.
 func (*StartDRRun) Descriptor() ([]byte, []int) {
-	return file_yunchi_state_v1_dr_proto_rawDescGZIP(), []int{20}
+	return file_yunchi_state_v1_dr_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *StartDRRun) GetRun() *DRRunRecord {
@@ -2293,7 +2525,7 @@ type UpdateDRRun struct {
 
 func (x *UpdateDRRun) Reset() {
 	*x = UpdateDRRun{}
-	mi := &file_yunchi_state_v1_dr_proto_msgTypes[21]
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2305,7 +2537,7 @@ func (x *UpdateDRRun) String() string {
 func (*UpdateDRRun) ProtoMessage() {}
 
 func (x *UpdateDRRun) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_state_v1_dr_proto_msgTypes[21]
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2318,7 +2550,7 @@ func (x *UpdateDRRun) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateDRRun.ProtoReflect.Descriptor instead.
 func (*UpdateDRRun) Descriptor() ([]byte, []int) {
-	return file_yunchi_state_v1_dr_proto_rawDescGZIP(), []int{21}
+	return file_yunchi_state_v1_dr_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *UpdateDRRun) GetId() string {
@@ -2383,7 +2615,7 @@ type Relocation struct {
 
 func (x *Relocation) Reset() {
 	*x = Relocation{}
-	mi := &file_yunchi_state_v1_dr_proto_msgTypes[22]
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2395,7 +2627,7 @@ func (x *Relocation) String() string {
 func (*Relocation) ProtoMessage() {}
 
 func (x *Relocation) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_state_v1_dr_proto_msgTypes[22]
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2408,7 +2640,7 @@ func (x *Relocation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Relocation.ProtoReflect.Descriptor instead.
 func (*Relocation) Descriptor() ([]byte, []int) {
-	return file_yunchi_state_v1_dr_proto_rawDescGZIP(), []int{22}
+	return file_yunchi_state_v1_dr_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Relocation) GetVmId() string {
@@ -2465,7 +2697,7 @@ type RelocateVMs struct {
 
 func (x *RelocateVMs) Reset() {
 	*x = RelocateVMs{}
-	mi := &file_yunchi_state_v1_dr_proto_msgTypes[23]
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2477,7 +2709,7 @@ func (x *RelocateVMs) String() string {
 func (*RelocateVMs) ProtoMessage() {}
 
 func (x *RelocateVMs) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_state_v1_dr_proto_msgTypes[23]
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2490,7 +2722,7 @@ func (x *RelocateVMs) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RelocateVMs.ProtoReflect.Descriptor instead.
 func (*RelocateVMs) Descriptor() ([]byte, []int) {
-	return file_yunchi_state_v1_dr_proto_rawDescGZIP(), []int{23}
+	return file_yunchi_state_v1_dr_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RelocateVMs) GetRunId() string {
@@ -2516,7 +2748,7 @@ type SetDrillSchedule struct {
 
 func (x *SetDrillSchedule) Reset() {
 	*x = SetDrillSchedule{}
-	mi := &file_yunchi_state_v1_dr_proto_msgTypes[24]
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2528,7 +2760,7 @@ func (x *SetDrillSchedule) String() string {
 func (*SetDrillSchedule) ProtoMessage() {}
 
 func (x *SetDrillSchedule) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_state_v1_dr_proto_msgTypes[24]
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2541,7 +2773,7 @@ func (x *SetDrillSchedule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetDrillSchedule.ProtoReflect.Descriptor instead.
 func (*SetDrillSchedule) Descriptor() ([]byte, []int) {
-	return file_yunchi_state_v1_dr_proto_rawDescGZIP(), []int{24}
+	return file_yunchi_state_v1_dr_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *SetDrillSchedule) GetSchedule() *DrillScheduleRecord {
@@ -2560,7 +2792,7 @@ type DeleteDrillSchedule struct {
 
 func (x *DeleteDrillSchedule) Reset() {
 	*x = DeleteDrillSchedule{}
-	mi := &file_yunchi_state_v1_dr_proto_msgTypes[25]
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2572,7 +2804,7 @@ func (x *DeleteDrillSchedule) String() string {
 func (*DeleteDrillSchedule) ProtoMessage() {}
 
 func (x *DeleteDrillSchedule) ProtoReflect() protoreflect.Message {
-	mi := &file_yunchi_state_v1_dr_proto_msgTypes[25]
+	mi := &file_yunchi_state_v1_dr_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2585,7 +2817,7 @@ func (x *DeleteDrillSchedule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteDrillSchedule.ProtoReflect.Descriptor instead.
 func (*DeleteDrillSchedule) Descriptor() ([]byte, []int) {
-	return file_yunchi_state_v1_dr_proto_rawDescGZIP(), []int{25}
+	return file_yunchi_state_v1_dr_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *DeleteDrillSchedule) GetId() string {
@@ -2693,13 +2925,32 @@ const file_yunchi_state_v1_dr_proto_rawDesc = "" +
 	" \x01(\tR\vbasePointId\x12\x16\n" +
 	"\x06policy\x18\v \x01(\tR\x06policy\x12\x16\n" +
 	"\x06manual\x18\f \x01(\bR\x06manual\x12\x1a\n" +
-	"\brevision\x18\r \x01(\x04R\brevision\"\x96\x01\n" +
+	"\brevision\x18\r \x01(\x04R\brevision\"\xb7\x01\n" +
 	"\rRestoreSource\x12\x19\n" +
 	"\bpoint_id\x18\x01 \x01(\tR\apointId\x12\x16\n" +
 	"\x06center\x18\x02 \x01(\tR\x06center\x120\n" +
 	"\x05disks\x18\x03 \x03(\v2\x1a.yunchi.state.v1.DiskPointR\x05disks\x12 \n" +
 	"\fsource_vm_id\x18\x04 \x01(\tR\n" +
-	"sourceVmId\"B\n" +
+	"sourceVmId\x12\x1f\n" +
+	"\vfrom_mirror\x18\x05 \x01(\bR\n" +
+	"fromMirror\"\xfd\x01\n" +
+	"\vMirrorState\x12\x17\n" +
+	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x12\x16\n" +
+	"\x06center\x18\x02 \x01(\tR\x06center\x12\x18\n" +
+	"\aaddress\x18\x03 \x01(\tR\aaddress\x12\x1f\n" +
+	"\vexport_name\x18\x04 \x01(\tR\n" +
+	"exportName\x12\x14\n" +
+	"\x05phase\x18\x05 \x01(\tR\x05phase\x12\x14\n" +
+	"\x05error\x18\x06 \x01(\tR\x05error\x12&\n" +
+	"\x0fphase_unix_nano\x18\a \x01(\x03R\rphaseUnixNano\x12.\n" +
+	"\x13mirroring_unix_nano\x18\b \x01(\x03R\x11mirroringUnixNano\"Y\n" +
+	"\x12MirrorExportReport\x12\x13\n" +
+	"\x05vm_id\x18\x01 \x01(\tR\x04vmId\x12\x18\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x14\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error\"9\n" +
+	"\tSetMirror\x12\x13\n" +
+	"\x05vm_id\x18\x01 \x01(\tR\x04vmId\x12\x17\n" +
+	"\ahost_id\x18\x02 \x01(\tR\x06hostId\"B\n" +
 	"\tSetCenter\x125\n" +
 	"\x06center\x18\x01 \x01(\v2\x1d.yunchi.state.v1.CenterRecordR\x06center\"\"\n" +
 	"\fDeleteCenter\x12\x12\n" +
@@ -2855,7 +3106,7 @@ func file_yunchi_state_v1_dr_proto_rawDescGZIP() []byte {
 }
 
 var file_yunchi_state_v1_dr_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_yunchi_state_v1_dr_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_yunchi_state_v1_dr_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_yunchi_state_v1_dr_proto_goTypes = []any{
 	(CenterRole)(0),             // 0: yunchi.state.v1.CenterRole
 	(BackupJobState)(0),         // 1: yunchi.state.v1.BackupJobState
@@ -2871,23 +3122,26 @@ var file_yunchi_state_v1_dr_proto_goTypes = []any{
 	(*RestorePointRecord)(nil),  // 11: yunchi.state.v1.RestorePointRecord
 	(*BackupJobRecord)(nil),     // 12: yunchi.state.v1.BackupJobRecord
 	(*RestoreSource)(nil),       // 13: yunchi.state.v1.RestoreSource
-	(*SetCenter)(nil),           // 14: yunchi.state.v1.SetCenter
-	(*DeleteCenter)(nil),        // 15: yunchi.state.v1.DeleteCenter
-	(*CreatePolicy)(nil),        // 16: yunchi.state.v1.CreatePolicy
-	(*DeletePolicy)(nil),        // 17: yunchi.state.v1.DeletePolicy
-	(*SetProtection)(nil),       // 18: yunchi.state.v1.SetProtection
-	(*StartBackups)(nil),        // 19: yunchi.state.v1.StartBackups
-	(*FinishBackup)(nil),        // 20: yunchi.state.v1.FinishBackup
-	(*DeleteRestorePoints)(nil), // 21: yunchi.state.v1.DeleteRestorePoints
-	(*DRRunVM)(nil),             // 22: yunchi.state.v1.DRRunVM
-	(*DRRunRecord)(nil),         // 23: yunchi.state.v1.DRRunRecord
-	(*DrillScheduleRecord)(nil), // 24: yunchi.state.v1.DrillScheduleRecord
-	(*StartDRRun)(nil),          // 25: yunchi.state.v1.StartDRRun
-	(*UpdateDRRun)(nil),         // 26: yunchi.state.v1.UpdateDRRun
-	(*Relocation)(nil),          // 27: yunchi.state.v1.Relocation
-	(*RelocateVMs)(nil),         // 28: yunchi.state.v1.RelocateVMs
-	(*SetDrillSchedule)(nil),    // 29: yunchi.state.v1.SetDrillSchedule
-	(*DeleteDrillSchedule)(nil), // 30: yunchi.state.v1.DeleteDrillSchedule
+	(*MirrorState)(nil),         // 14: yunchi.state.v1.MirrorState
+	(*MirrorExportReport)(nil),  // 15: yunchi.state.v1.MirrorExportReport
+	(*SetMirror)(nil),           // 16: yunchi.state.v1.SetMirror
+	(*SetCenter)(nil),           // 17: yunchi.state.v1.SetCenter
+	(*DeleteCenter)(nil),        // 18: yunchi.state.v1.DeleteCenter
+	(*CreatePolicy)(nil),        // 19: yunchi.state.v1.CreatePolicy
+	(*DeletePolicy)(nil),        // 20: yunchi.state.v1.DeletePolicy
+	(*SetProtection)(nil),       // 21: yunchi.state.v1.SetProtection
+	(*StartBackups)(nil),        // 22: yunchi.state.v1.StartBackups
+	(*FinishBackup)(nil),        // 23: yunchi.state.v1.FinishBackup
+	(*DeleteRestorePoints)(nil), // 24: yunchi.state.v1.DeleteRestorePoints
+	(*DRRunVM)(nil),             // 25: yunchi.state.v1.DRRunVM
+	(*DRRunRecord)(nil),         // 26: yunchi.state.v1.DRRunRecord
+	(*DrillScheduleRecord)(nil), // 27: yunchi.state.v1.DrillScheduleRecord
+	(*StartDRRun)(nil),          // 28: yunchi.state.v1.StartDRRun
+	(*UpdateDRRun)(nil),         // 29: yunchi.state.v1.UpdateDRRun
+	(*Relocation)(nil),          // 30: yunchi.state.v1.Relocation
+	(*RelocateVMs)(nil),         // 31: yunchi.state.v1.RelocateVMs
+	(*SetDrillSchedule)(nil),    // 32: yunchi.state.v1.SetDrillSchedule
+	(*DeleteDrillSchedule)(nil), // 33: yunchi.state.v1.DeleteDrillSchedule
 }
 var file_yunchi_state_v1_dr_proto_depIdxs = []int32{
 	0,  // 0: yunchi.state.v1.CenterRecord.role:type_name -> yunchi.state.v1.CenterRole
@@ -2905,14 +3159,14 @@ var file_yunchi_state_v1_dr_proto_depIdxs = []int32{
 	4,  // 12: yunchi.state.v1.DRRunVM.step:type_name -> yunchi.state.v1.DRStep
 	2,  // 13: yunchi.state.v1.DRRunRecord.kind:type_name -> yunchi.state.v1.DRRunKind
 	3,  // 14: yunchi.state.v1.DRRunRecord.state:type_name -> yunchi.state.v1.DRRunState
-	22, // 15: yunchi.state.v1.DRRunRecord.vms:type_name -> yunchi.state.v1.DRRunVM
-	23, // 16: yunchi.state.v1.StartDRRun.run:type_name -> yunchi.state.v1.DRRunRecord
-	22, // 17: yunchi.state.v1.UpdateDRRun.vms:type_name -> yunchi.state.v1.DRRunVM
+	25, // 15: yunchi.state.v1.DRRunRecord.vms:type_name -> yunchi.state.v1.DRRunVM
+	26, // 16: yunchi.state.v1.StartDRRun.run:type_name -> yunchi.state.v1.DRRunRecord
+	25, // 17: yunchi.state.v1.UpdateDRRun.vms:type_name -> yunchi.state.v1.DRRunVM
 	3,  // 18: yunchi.state.v1.UpdateDRRun.state:type_name -> yunchi.state.v1.DRRunState
-	22, // 19: yunchi.state.v1.Relocation.entry:type_name -> yunchi.state.v1.DRRunVM
+	25, // 19: yunchi.state.v1.Relocation.entry:type_name -> yunchi.state.v1.DRRunVM
 	13, // 20: yunchi.state.v1.Relocation.restore:type_name -> yunchi.state.v1.RestoreSource
-	27, // 21: yunchi.state.v1.RelocateVMs.relocations:type_name -> yunchi.state.v1.Relocation
-	24, // 22: yunchi.state.v1.SetDrillSchedule.schedule:type_name -> yunchi.state.v1.DrillScheduleRecord
+	30, // 21: yunchi.state.v1.RelocateVMs.relocations:type_name -> yunchi.state.v1.Relocation
+	27, // 22: yunchi.state.v1.SetDrillSchedule.schedule:type_name -> yunchi.state.v1.DrillScheduleRecord
 	23, // [23:23] is the sub-list for method output_type
 	23, // [23:23] is the sub-list for method input_type
 	23, // [23:23] is the sub-list for extension type_name
@@ -2931,7 +3185,7 @@ func file_yunchi_state_v1_dr_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_yunchi_state_v1_dr_proto_rawDesc), len(file_yunchi_state_v1_dr_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   26,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

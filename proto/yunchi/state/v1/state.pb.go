@@ -489,8 +489,12 @@ type VMStatus struct {
 	Message           string                 `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
 	ObservedRebootSeq uint64                 `protobuf:"varint,4,opt,name=observed_reboot_seq,json=observedRebootSeq,proto3" json:"observed_reboot_seq,omitempty"`
 	Gone              bool                   `protobuf:"varint,5,opt,name=gone,proto3" json:"gone,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Version 10 on: the VM's synchronous mirror as its host sees it
+	// ("copying", "mirroring", "" = none) and why it is not mirroring.
+	MirrorPhase   string `protobuf:"bytes,6,opt,name=mirror_phase,json=mirrorPhase,proto3" json:"mirror_phase,omitempty"`
+	MirrorError   string `protobuf:"bytes,7,opt,name=mirror_error,json=mirrorError,proto3" json:"mirror_error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *VMStatus) Reset() {
@@ -556,6 +560,20 @@ func (x *VMStatus) GetGone() bool {
 		return x.Gone
 	}
 	return false
+}
+
+func (x *VMStatus) GetMirrorPhase() string {
+	if x != nil {
+		return x.MirrorPhase
+	}
+	return ""
+}
+
+func (x *VMStatus) GetMirrorError() string {
+	if x != nil {
+		return x.MirrorError
+	}
+	return ""
 }
 
 // A placement constraint on a host attribute: key center, site, rack or
@@ -896,8 +914,11 @@ type VMRecord struct {
 	HomeCenter string `protobuf:"bytes,27,opt,name=home_center,json=homeCenter,proto3" json:"home_center,omitempty"`
 	// A drill's clone: started with no network interface, removed by the
 	// drill (dr_run is the drill).
-	Isolated      bool   `protobuf:"varint,28,opt,name=isolated,proto3" json:"isolated,omitempty"`
-	DrRun         string `protobuf:"bytes,29,opt,name=dr_run,json=drRun,proto3" json:"dr_run,omitempty"`
+	Isolated bool   `protobuf:"varint,28,opt,name=isolated,proto3" json:"isolated,omitempty"`
+	DrRun    string `protobuf:"bytes,29,opt,name=dr_run,json=drRun,proto3" json:"dr_run,omitempty"`
+	// Version 10 on: the VM's synchronous mirror (platinum), when its
+	// policy has one and it runs on a real hypervisor.
+	Mirror        *MirrorState `protobuf:"bytes,30,opt,name=mirror,proto3" json:"mirror,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1133,6 +1154,13 @@ func (x *VMRecord) GetDrRun() string {
 		return x.DrRun
 	}
 	return ""
+}
+
+func (x *VMRecord) GetMirror() *MirrorState {
+	if x != nil {
+		return x.Mirror
+	}
+	return nil
 }
 
 type RatioRecord struct {
@@ -1565,7 +1593,9 @@ type ReportVMStatus struct {
 	HostId   string                 `protobuf:"bytes,1,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
 	Statuses []*VMStatus            `protobuf:"bytes,2,rep,name=statuses,proto3" json:"statuses,omitempty"`
 	// Version 8 on: the host's volumes (volume.proto).
-	Volumes       []*VolumeStatus `protobuf:"bytes,3,rep,name=volumes,proto3" json:"volumes,omitempty"`
+	Volumes []*VolumeStatus `protobuf:"bytes,3,rep,name=volumes,proto3" json:"volumes,omitempty"`
+	// Version 10 on: the mirror exports the host serves.
+	MirrorExports []*MirrorExportReport `protobuf:"bytes,4,rep,name=mirror_exports,json=mirrorExports,proto3" json:"mirror_exports,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1617,6 +1647,13 @@ func (x *ReportVMStatus) GetStatuses() []*VMStatus {
 func (x *ReportVMStatus) GetVolumes() []*VolumeStatus {
 	if x != nil {
 		return x.Volumes
+	}
+	return nil
+}
+
+func (x *ReportVMStatus) GetMirrorExports() []*MirrorExportReport {
+	if x != nil {
+		return x.MirrorExports
 	}
 	return nil
 }
@@ -2173,6 +2210,7 @@ type Command struct {
 	//	*Command_RelocateVms
 	//	*Command_SetDrillSchedule
 	//	*Command_DeleteDrillSchedule
+	//	*Command_SetMirror
 	Cmd           isCommand_Cmd `protobuf_oneof:"cmd"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2673,6 +2711,15 @@ func (x *Command) GetDeleteDrillSchedule() *DeleteDrillSchedule {
 	return nil
 }
 
+func (x *Command) GetSetMirror() *SetMirror {
+	if x != nil {
+		if x, ok := x.Cmd.(*Command_SetMirror); ok {
+			return x.SetMirror
+		}
+	}
+	return nil
+}
+
 type isCommand_Cmd interface {
 	isCommand_Cmd()
 }
@@ -2874,6 +2921,10 @@ type Command_DeleteDrillSchedule struct {
 	DeleteDrillSchedule *DeleteDrillSchedule `protobuf:"bytes,65,opt,name=delete_drill_schedule,json=deleteDrillSchedule,proto3,oneof"`
 }
 
+type Command_SetMirror struct {
+	SetMirror *SetMirror `protobuf:"bytes,66,opt,name=set_mirror,json=setMirror,proto3,oneof"`
+}
+
 func (*Command_RegisterHost) isCommand_Cmd() {}
 
 func (*Command_SetHostState) isCommand_Cmd() {}
@@ -2967,6 +3018,8 @@ func (*Command_RelocateVms) isCommand_Cmd() {}
 func (*Command_SetDrillSchedule) isCommand_Cmd() {}
 
 func (*Command_DeleteDrillSchedule) isCommand_Cmd() {}
+
+func (*Command_SetMirror) isCommand_Cmd() {}
 
 type Snapshot struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -3440,13 +3493,15 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\x06Ratios\x12\x10\n" +
 	"\x03cpu\x18\x01 \x01(\x01R\x03cpu\x12\x16\n" +
 	"\x06memory\x18\x02 \x01(\x01R\x06memory\x12\x12\n" +
-	"\x04disk\x18\x03 \x01(\x01R\x04disk\"\xad\x01\n" +
+	"\x04disk\x18\x03 \x01(\x01R\x04disk\"\xf3\x01\n" +
 	"\bVMStatus\x12\x13\n" +
 	"\x05vm_id\x18\x01 \x01(\tR\x04vmId\x12.\n" +
 	"\x05phase\x18\x02 \x01(\x0e2\x18.yunchi.state.v1.VMPhaseR\x05phase\x12\x18\n" +
 	"\amessage\x18\x03 \x01(\tR\amessage\x12.\n" +
 	"\x13observed_reboot_seq\x18\x04 \x01(\x04R\x11observedRebootSeq\x12\x12\n" +
-	"\x04gone\x18\x05 \x01(\bR\x04gone\"e\n" +
+	"\x04gone\x18\x05 \x01(\bR\x04gone\x12!\n" +
+	"\fmirror_phase\x18\x06 \x01(\tR\vmirrorPhase\x12!\n" +
+	"\fmirror_error\x18\a \x01(\tR\vmirrorError\"e\n" +
 	"\n" +
 	"Constraint\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12-\n" +
@@ -3485,7 +3540,7 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a>\n" +
 	"\x10AdminLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8e\b\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc4\b\n" +
 	"\bVMRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
@@ -3519,7 +3574,8 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\vhome_center\x18\x1b \x01(\tR\n" +
 	"homeCenter\x12\x1a\n" +
 	"\bisolated\x18\x1c \x01(\bR\bisolated\x12\x15\n" +
-	"\x06dr_run\x18\x1d \x01(\tR\x05drRun\"h\n" +
+	"\x06dr_run\x18\x1d \x01(\tR\x05drRun\x124\n" +
+	"\x06mirror\x18\x1e \x01(\v2\x1c.yunchi.state.v1.MirrorStateR\x06mirror\"h\n" +
 	"\vRatioRecord\x12\x14\n" +
 	"\x05scope\x18\x01 \x01(\tR\x05scope\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12/\n" +
@@ -3549,11 +3605,12 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\fSetVMDesired\x12\x13\n" +
 	"\x05vm_id\x18\x01 \x01(\tR\x04vmId\x125\n" +
 	"\adesired\x18\x02 \x01(\x0e2\x1b.yunchi.state.v1.PowerStateR\adesired\x12\x16\n" +
-	"\x06reboot\x18\x03 \x01(\bR\x06reboot\"\x99\x01\n" +
+	"\x06reboot\x18\x03 \x01(\bR\x06reboot\"\xe5\x01\n" +
 	"\x0eReportVMStatus\x12\x17\n" +
 	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x125\n" +
 	"\bstatuses\x18\x02 \x03(\v2\x19.yunchi.state.v1.VMStatusR\bstatuses\x127\n" +
-	"\avolumes\x18\x03 \x03(\v2\x1d.yunchi.state.v1.VolumeStatusR\avolumes\"\x9f\x04\n" +
+	"\avolumes\x18\x03 \x03(\v2\x1d.yunchi.state.v1.VolumeStatusR\avolumes\x12J\n" +
+	"\x0emirror_exports\x18\x04 \x03(\v2#.yunchi.state.v1.MirrorExportReportR\rmirrorExports\"\x9f\x04\n" +
 	"\n" +
 	"UpdateHost\x12\x17\n" +
 	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x12;\n" +
@@ -3600,7 +3657,7 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\fRemoveMember\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\":\n" +
 	"\x10RecordHeartbeats\x12&\n" +
-	"\x0fsilent_host_ids\x18\x01 \x03(\tR\rsilentHostIds\"\xfc\x1b\n" +
+	"\x0fsilent_host_ids\x18\x01 \x03(\tR\rsilentHostIds\"\xb9\x1c\n" +
 	"\aCommand\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1b\n" +
 	"\tunix_nano\x18\x02 \x01(\x03R\bunixNano\x12\x1d\n" +
@@ -3662,7 +3719,9 @@ const file_yunchi_state_v1_state_proto_rawDesc = "" +
 	"\rupdate_dr_run\x18> \x01(\v2\x1c.yunchi.state.v1.UpdateDRRunH\x00R\vupdateDrRun\x12A\n" +
 	"\frelocate_vms\x18? \x01(\v2\x1c.yunchi.state.v1.RelocateVMsH\x00R\vrelocateVms\x12Q\n" +
 	"\x12set_drill_schedule\x18@ \x01(\v2!.yunchi.state.v1.SetDrillScheduleH\x00R\x10setDrillSchedule\x12Z\n" +
-	"\x15delete_drill_schedule\x18A \x01(\v2$.yunchi.state.v1.DeleteDrillScheduleH\x00R\x13deleteDrillScheduleB\x05\n" +
+	"\x15delete_drill_schedule\x18A \x01(\v2$.yunchi.state.v1.DeleteDrillScheduleH\x00R\x13deleteDrillSchedule\x12;\n" +
+	"\n" +
+	"set_mirror\x18B \x01(\v2\x1a.yunchi.state.v1.SetMirrorH\x00R\tsetMirrorB\x05\n" +
 	"\x03cmd\"\xf1\t\n" +
 	"\bSnapshot\x12%\n" +
 	"\x0eformat_version\x18\x01 \x01(\rR\rformatVersion\x121\n" +
@@ -3807,56 +3866,59 @@ var file_yunchi_state_v1_state_proto_goTypes = []any{
 	nil,                          // 33: yunchi.state.v1.UpdateHost.SetLabelsEntry
 	(*VMImage)(nil),              // 34: yunchi.state.v1.VMImage
 	(*RestoreSource)(nil),        // 35: yunchi.state.v1.RestoreSource
-	(*VolumeStatus)(nil),         // 36: yunchi.state.v1.VolumeStatus
-	(*AuditContext)(nil),         // 37: yunchi.state.v1.AuditContext
-	(*CreateDepartment)(nil),     // 38: yunchi.state.v1.CreateDepartment
-	(*DeleteDepartment)(nil),     // 39: yunchi.state.v1.DeleteDepartment
-	(*CreateProject)(nil),        // 40: yunchi.state.v1.CreateProject
-	(*DeleteProject)(nil),        // 41: yunchi.state.v1.DeleteProject
-	(*CreateUser)(nil),           // 42: yunchi.state.v1.CreateUser
-	(*DeleteUser)(nil),           // 43: yunchi.state.v1.DeleteUser
-	(*UpdateUser)(nil),           // 44: yunchi.state.v1.UpdateUser
-	(*CreateToken)(nil),          // 45: yunchi.state.v1.CreateToken
-	(*RevokeToken)(nil),          // 46: yunchi.state.v1.RevokeToken
-	(*RecordLoginFailures)(nil),  // 47: yunchi.state.v1.RecordLoginFailures
-	(*SetQuota)(nil),             // 48: yunchi.state.v1.SetQuota
-	(*CreateJoinToken)(nil),      // 49: yunchi.state.v1.CreateJoinToken
-	(*ConsumeJoinToken)(nil),     // 50: yunchi.state.v1.ConsumeJoinToken
-	(*RecordAudit)(nil),          // 51: yunchi.state.v1.RecordAudit
-	(*ArchiveAudit)(nil),         // 52: yunchi.state.v1.ArchiveAudit
-	(*CreateImage)(nil),          // 53: yunchi.state.v1.CreateImage
-	(*DeleteImage)(nil),          // 54: yunchi.state.v1.DeleteImage
-	(*CreateVolume)(nil),         // 55: yunchi.state.v1.CreateVolume
-	(*AttachVolume)(nil),         // 56: yunchi.state.v1.AttachVolume
-	(*DetachVolume)(nil),         // 57: yunchi.state.v1.DetachVolume
-	(*DeleteVolume)(nil),         // 58: yunchi.state.v1.DeleteVolume
-	(*SetCenter)(nil),            // 59: yunchi.state.v1.SetCenter
-	(*DeleteCenter)(nil),         // 60: yunchi.state.v1.DeleteCenter
-	(*CreatePolicy)(nil),         // 61: yunchi.state.v1.CreatePolicy
-	(*DeletePolicy)(nil),         // 62: yunchi.state.v1.DeletePolicy
-	(*SetProtection)(nil),        // 63: yunchi.state.v1.SetProtection
-	(*StartBackups)(nil),         // 64: yunchi.state.v1.StartBackups
-	(*FinishBackup)(nil),         // 65: yunchi.state.v1.FinishBackup
-	(*DeleteRestorePoints)(nil),  // 66: yunchi.state.v1.DeleteRestorePoints
-	(*StartDRRun)(nil),           // 67: yunchi.state.v1.StartDRRun
-	(*UpdateDRRun)(nil),          // 68: yunchi.state.v1.UpdateDRRun
-	(*RelocateVMs)(nil),          // 69: yunchi.state.v1.RelocateVMs
-	(*SetDrillSchedule)(nil),     // 70: yunchi.state.v1.SetDrillSchedule
-	(*DeleteDrillSchedule)(nil),  // 71: yunchi.state.v1.DeleteDrillSchedule
-	(*DepartmentRecord)(nil),     // 72: yunchi.state.v1.DepartmentRecord
-	(*ProjectRecord)(nil),        // 73: yunchi.state.v1.ProjectRecord
-	(*UserRecord)(nil),           // 74: yunchi.state.v1.UserRecord
-	(*TokenRecord)(nil),          // 75: yunchi.state.v1.TokenRecord
-	(*AuditHead)(nil),            // 76: yunchi.state.v1.AuditHead
-	(*JoinTokenRecord)(nil),      // 77: yunchi.state.v1.JoinTokenRecord
-	(*ImageRecord)(nil),          // 78: yunchi.state.v1.ImageRecord
-	(*VolumeRecord)(nil),         // 79: yunchi.state.v1.VolumeRecord
-	(*CenterRecord)(nil),         // 80: yunchi.state.v1.CenterRecord
-	(*PolicyRecord)(nil),         // 81: yunchi.state.v1.PolicyRecord
-	(*RestorePointRecord)(nil),   // 82: yunchi.state.v1.RestorePointRecord
-	(*BackupJobRecord)(nil),      // 83: yunchi.state.v1.BackupJobRecord
-	(*DRRunRecord)(nil),          // 84: yunchi.state.v1.DRRunRecord
-	(*DrillScheduleRecord)(nil),  // 85: yunchi.state.v1.DrillScheduleRecord
+	(*MirrorState)(nil),          // 36: yunchi.state.v1.MirrorState
+	(*VolumeStatus)(nil),         // 37: yunchi.state.v1.VolumeStatus
+	(*MirrorExportReport)(nil),   // 38: yunchi.state.v1.MirrorExportReport
+	(*AuditContext)(nil),         // 39: yunchi.state.v1.AuditContext
+	(*CreateDepartment)(nil),     // 40: yunchi.state.v1.CreateDepartment
+	(*DeleteDepartment)(nil),     // 41: yunchi.state.v1.DeleteDepartment
+	(*CreateProject)(nil),        // 42: yunchi.state.v1.CreateProject
+	(*DeleteProject)(nil),        // 43: yunchi.state.v1.DeleteProject
+	(*CreateUser)(nil),           // 44: yunchi.state.v1.CreateUser
+	(*DeleteUser)(nil),           // 45: yunchi.state.v1.DeleteUser
+	(*UpdateUser)(nil),           // 46: yunchi.state.v1.UpdateUser
+	(*CreateToken)(nil),          // 47: yunchi.state.v1.CreateToken
+	(*RevokeToken)(nil),          // 48: yunchi.state.v1.RevokeToken
+	(*RecordLoginFailures)(nil),  // 49: yunchi.state.v1.RecordLoginFailures
+	(*SetQuota)(nil),             // 50: yunchi.state.v1.SetQuota
+	(*CreateJoinToken)(nil),      // 51: yunchi.state.v1.CreateJoinToken
+	(*ConsumeJoinToken)(nil),     // 52: yunchi.state.v1.ConsumeJoinToken
+	(*RecordAudit)(nil),          // 53: yunchi.state.v1.RecordAudit
+	(*ArchiveAudit)(nil),         // 54: yunchi.state.v1.ArchiveAudit
+	(*CreateImage)(nil),          // 55: yunchi.state.v1.CreateImage
+	(*DeleteImage)(nil),          // 56: yunchi.state.v1.DeleteImage
+	(*CreateVolume)(nil),         // 57: yunchi.state.v1.CreateVolume
+	(*AttachVolume)(nil),         // 58: yunchi.state.v1.AttachVolume
+	(*DetachVolume)(nil),         // 59: yunchi.state.v1.DetachVolume
+	(*DeleteVolume)(nil),         // 60: yunchi.state.v1.DeleteVolume
+	(*SetCenter)(nil),            // 61: yunchi.state.v1.SetCenter
+	(*DeleteCenter)(nil),         // 62: yunchi.state.v1.DeleteCenter
+	(*CreatePolicy)(nil),         // 63: yunchi.state.v1.CreatePolicy
+	(*DeletePolicy)(nil),         // 64: yunchi.state.v1.DeletePolicy
+	(*SetProtection)(nil),        // 65: yunchi.state.v1.SetProtection
+	(*StartBackups)(nil),         // 66: yunchi.state.v1.StartBackups
+	(*FinishBackup)(nil),         // 67: yunchi.state.v1.FinishBackup
+	(*DeleteRestorePoints)(nil),  // 68: yunchi.state.v1.DeleteRestorePoints
+	(*StartDRRun)(nil),           // 69: yunchi.state.v1.StartDRRun
+	(*UpdateDRRun)(nil),          // 70: yunchi.state.v1.UpdateDRRun
+	(*RelocateVMs)(nil),          // 71: yunchi.state.v1.RelocateVMs
+	(*SetDrillSchedule)(nil),     // 72: yunchi.state.v1.SetDrillSchedule
+	(*DeleteDrillSchedule)(nil),  // 73: yunchi.state.v1.DeleteDrillSchedule
+	(*SetMirror)(nil),            // 74: yunchi.state.v1.SetMirror
+	(*DepartmentRecord)(nil),     // 75: yunchi.state.v1.DepartmentRecord
+	(*ProjectRecord)(nil),        // 76: yunchi.state.v1.ProjectRecord
+	(*UserRecord)(nil),           // 77: yunchi.state.v1.UserRecord
+	(*TokenRecord)(nil),          // 78: yunchi.state.v1.TokenRecord
+	(*AuditHead)(nil),            // 79: yunchi.state.v1.AuditHead
+	(*JoinTokenRecord)(nil),      // 80: yunchi.state.v1.JoinTokenRecord
+	(*ImageRecord)(nil),          // 81: yunchi.state.v1.ImageRecord
+	(*VolumeRecord)(nil),         // 82: yunchi.state.v1.VolumeRecord
+	(*CenterRecord)(nil),         // 83: yunchi.state.v1.CenterRecord
+	(*PolicyRecord)(nil),         // 84: yunchi.state.v1.PolicyRecord
+	(*RestorePointRecord)(nil),   // 85: yunchi.state.v1.RestorePointRecord
+	(*BackupJobRecord)(nil),      // 86: yunchi.state.v1.BackupJobRecord
+	(*DRRunRecord)(nil),          // 87: yunchi.state.v1.DRRunRecord
+	(*DrillScheduleRecord)(nil),  // 88: yunchi.state.v1.DrillScheduleRecord
 }
 var file_yunchi_state_v1_state_proto_depIdxs = []int32{
 	2,   // 0: yunchi.state.v1.VMStatus.phase:type_name -> yunchi.state.v1.VMPhase
@@ -3873,110 +3935,113 @@ var file_yunchi_state_v1_state_proto_depIdxs = []int32{
 	9,   // 11: yunchi.state.v1.VMRecord.constraint_rules:type_name -> yunchi.state.v1.Constraint
 	34,  // 12: yunchi.state.v1.VMRecord.image:type_name -> yunchi.state.v1.VMImage
 	35,  // 13: yunchi.state.v1.VMRecord.restore:type_name -> yunchi.state.v1.RestoreSource
-	7,   // 14: yunchi.state.v1.RatioRecord.ratios:type_name -> yunchi.state.v1.Ratios
-	3,   // 15: yunchi.state.v1.PlacementGroupRecord.policy:type_name -> yunchi.state.v1.GroupPolicy
-	4,   // 16: yunchi.state.v1.PlacementGroupRecord.level:type_name -> yunchi.state.v1.GroupLevel
-	10,  // 17: yunchi.state.v1.RegisterHost.host:type_name -> yunchi.state.v1.HostRecord
-	0,   // 18: yunchi.state.v1.SetHostState.state:type_name -> yunchi.state.v1.HostState
-	11,  // 19: yunchi.state.v1.PlaceVM.vm:type_name -> yunchi.state.v1.VMRecord
-	1,   // 20: yunchi.state.v1.SetVMDesired.desired:type_name -> yunchi.state.v1.PowerState
-	8,   // 21: yunchi.state.v1.ReportVMStatus.statuses:type_name -> yunchi.state.v1.VMStatus
-	36,  // 22: yunchi.state.v1.ReportVMStatus.volumes:type_name -> yunchi.state.v1.VolumeStatus
-	0,   // 23: yunchi.state.v1.UpdateHost.admin_state:type_name -> yunchi.state.v1.HostState
-	33,  // 24: yunchi.state.v1.UpdateHost.set_labels:type_name -> yunchi.state.v1.UpdateHost.SetLabelsEntry
-	6,   // 25: yunchi.state.v1.UpdateHost.reserved:type_name -> yunchi.state.v1.Resources
-	13,  // 26: yunchi.state.v1.CreatePlacementGroup.group:type_name -> yunchi.state.v1.PlacementGroupRecord
-	11,  // 27: yunchi.state.v1.PlaceVMs.vms:type_name -> yunchi.state.v1.VMRecord
-	14,  // 28: yunchi.state.v1.UpsertMember.member:type_name -> yunchi.state.v1.MemberRecord
-	37,  // 29: yunchi.state.v1.Command.audit:type_name -> yunchi.state.v1.AuditContext
-	15,  // 30: yunchi.state.v1.Command.register_host:type_name -> yunchi.state.v1.RegisterHost
-	16,  // 31: yunchi.state.v1.Command.set_host_state:type_name -> yunchi.state.v1.SetHostState
-	17,  // 32: yunchi.state.v1.Command.place_vm:type_name -> yunchi.state.v1.PlaceVM
-	18,  // 33: yunchi.state.v1.Command.set_vm_desired:type_name -> yunchi.state.v1.SetVMDesired
-	19,  // 34: yunchi.state.v1.Command.report_vm_status:type_name -> yunchi.state.v1.ReportVMStatus
-	25,  // 35: yunchi.state.v1.Command.upsert_member:type_name -> yunchi.state.v1.UpsertMember
-	26,  // 36: yunchi.state.v1.Command.remove_member:type_name -> yunchi.state.v1.RemoveMember
-	20,  // 37: yunchi.state.v1.Command.update_host:type_name -> yunchi.state.v1.UpdateHost
-	21,  // 38: yunchi.state.v1.Command.set_ratios:type_name -> yunchi.state.v1.SetRatios
-	22,  // 39: yunchi.state.v1.Command.create_placement_group:type_name -> yunchi.state.v1.CreatePlacementGroup
-	23,  // 40: yunchi.state.v1.Command.delete_placement_group:type_name -> yunchi.state.v1.DeletePlacementGroup
-	24,  // 41: yunchi.state.v1.Command.place_vms:type_name -> yunchi.state.v1.PlaceVMs
-	27,  // 42: yunchi.state.v1.Command.record_heartbeats:type_name -> yunchi.state.v1.RecordHeartbeats
-	38,  // 43: yunchi.state.v1.Command.create_department:type_name -> yunchi.state.v1.CreateDepartment
-	39,  // 44: yunchi.state.v1.Command.delete_department:type_name -> yunchi.state.v1.DeleteDepartment
-	40,  // 45: yunchi.state.v1.Command.create_project:type_name -> yunchi.state.v1.CreateProject
-	41,  // 46: yunchi.state.v1.Command.delete_project:type_name -> yunchi.state.v1.DeleteProject
-	42,  // 47: yunchi.state.v1.Command.create_user:type_name -> yunchi.state.v1.CreateUser
-	43,  // 48: yunchi.state.v1.Command.delete_user:type_name -> yunchi.state.v1.DeleteUser
-	44,  // 49: yunchi.state.v1.Command.update_user:type_name -> yunchi.state.v1.UpdateUser
-	45,  // 50: yunchi.state.v1.Command.create_token:type_name -> yunchi.state.v1.CreateToken
-	46,  // 51: yunchi.state.v1.Command.revoke_token:type_name -> yunchi.state.v1.RevokeToken
-	47,  // 52: yunchi.state.v1.Command.record_login_failures:type_name -> yunchi.state.v1.RecordLoginFailures
-	48,  // 53: yunchi.state.v1.Command.set_quota:type_name -> yunchi.state.v1.SetQuota
-	49,  // 54: yunchi.state.v1.Command.create_join_token:type_name -> yunchi.state.v1.CreateJoinToken
-	50,  // 55: yunchi.state.v1.Command.consume_join_token:type_name -> yunchi.state.v1.ConsumeJoinToken
-	51,  // 56: yunchi.state.v1.Command.record_audit:type_name -> yunchi.state.v1.RecordAudit
-	52,  // 57: yunchi.state.v1.Command.archive_audit:type_name -> yunchi.state.v1.ArchiveAudit
-	53,  // 58: yunchi.state.v1.Command.create_image:type_name -> yunchi.state.v1.CreateImage
-	54,  // 59: yunchi.state.v1.Command.delete_image:type_name -> yunchi.state.v1.DeleteImage
-	55,  // 60: yunchi.state.v1.Command.create_volume:type_name -> yunchi.state.v1.CreateVolume
-	56,  // 61: yunchi.state.v1.Command.attach_volume:type_name -> yunchi.state.v1.AttachVolume
-	57,  // 62: yunchi.state.v1.Command.detach_volume:type_name -> yunchi.state.v1.DetachVolume
-	58,  // 63: yunchi.state.v1.Command.delete_volume:type_name -> yunchi.state.v1.DeleteVolume
-	59,  // 64: yunchi.state.v1.Command.set_center:type_name -> yunchi.state.v1.SetCenter
-	60,  // 65: yunchi.state.v1.Command.delete_center:type_name -> yunchi.state.v1.DeleteCenter
-	61,  // 66: yunchi.state.v1.Command.create_policy:type_name -> yunchi.state.v1.CreatePolicy
-	62,  // 67: yunchi.state.v1.Command.delete_policy:type_name -> yunchi.state.v1.DeletePolicy
-	63,  // 68: yunchi.state.v1.Command.set_protection:type_name -> yunchi.state.v1.SetProtection
-	64,  // 69: yunchi.state.v1.Command.start_backups:type_name -> yunchi.state.v1.StartBackups
-	65,  // 70: yunchi.state.v1.Command.finish_backup:type_name -> yunchi.state.v1.FinishBackup
-	66,  // 71: yunchi.state.v1.Command.delete_restore_points:type_name -> yunchi.state.v1.DeleteRestorePoints
-	67,  // 72: yunchi.state.v1.Command.start_dr_run:type_name -> yunchi.state.v1.StartDRRun
-	68,  // 73: yunchi.state.v1.Command.update_dr_run:type_name -> yunchi.state.v1.UpdateDRRun
-	69,  // 74: yunchi.state.v1.Command.relocate_vms:type_name -> yunchi.state.v1.RelocateVMs
-	70,  // 75: yunchi.state.v1.Command.set_drill_schedule:type_name -> yunchi.state.v1.SetDrillSchedule
-	71,  // 76: yunchi.state.v1.Command.delete_drill_schedule:type_name -> yunchi.state.v1.DeleteDrillSchedule
-	10,  // 77: yunchi.state.v1.Snapshot.hosts:type_name -> yunchi.state.v1.HostRecord
-	11,  // 78: yunchi.state.v1.Snapshot.vms:type_name -> yunchi.state.v1.VMRecord
-	14,  // 79: yunchi.state.v1.Snapshot.members:type_name -> yunchi.state.v1.MemberRecord
-	12,  // 80: yunchi.state.v1.Snapshot.ratios:type_name -> yunchi.state.v1.RatioRecord
-	13,  // 81: yunchi.state.v1.Snapshot.groups:type_name -> yunchi.state.v1.PlacementGroupRecord
-	30,  // 82: yunchi.state.v1.Snapshot.requests:type_name -> yunchi.state.v1.RequestRecord
-	72,  // 83: yunchi.state.v1.Snapshot.departments:type_name -> yunchi.state.v1.DepartmentRecord
-	73,  // 84: yunchi.state.v1.Snapshot.projects:type_name -> yunchi.state.v1.ProjectRecord
-	74,  // 85: yunchi.state.v1.Snapshot.users:type_name -> yunchi.state.v1.UserRecord
-	75,  // 86: yunchi.state.v1.Snapshot.tokens:type_name -> yunchi.state.v1.TokenRecord
-	76,  // 87: yunchi.state.v1.Snapshot.audit_head:type_name -> yunchi.state.v1.AuditHead
-	77,  // 88: yunchi.state.v1.Snapshot.join_tokens:type_name -> yunchi.state.v1.JoinTokenRecord
-	78,  // 89: yunchi.state.v1.Snapshot.images:type_name -> yunchi.state.v1.ImageRecord
-	79,  // 90: yunchi.state.v1.Snapshot.volumes:type_name -> yunchi.state.v1.VolumeRecord
-	80,  // 91: yunchi.state.v1.Snapshot.centers:type_name -> yunchi.state.v1.CenterRecord
-	81,  // 92: yunchi.state.v1.Snapshot.policies:type_name -> yunchi.state.v1.PolicyRecord
-	82,  // 93: yunchi.state.v1.Snapshot.restore_points:type_name -> yunchi.state.v1.RestorePointRecord
-	83,  // 94: yunchi.state.v1.Snapshot.backup_jobs:type_name -> yunchi.state.v1.BackupJobRecord
-	84,  // 95: yunchi.state.v1.Snapshot.dr_runs:type_name -> yunchi.state.v1.DRRunRecord
-	85,  // 96: yunchi.state.v1.Snapshot.drill_schedules:type_name -> yunchi.state.v1.DrillScheduleRecord
-	11,  // 97: yunchi.state.v1.RequestRecord.vms:type_name -> yunchi.state.v1.VMRecord
-	10,  // 98: yunchi.state.v1.RequestRecord.host:type_name -> yunchi.state.v1.HostRecord
-	12,  // 99: yunchi.state.v1.RequestRecord.ratio:type_name -> yunchi.state.v1.RatioRecord
-	13,  // 100: yunchi.state.v1.RequestRecord.group:type_name -> yunchi.state.v1.PlacementGroupRecord
-	14,  // 101: yunchi.state.v1.RequestRecord.member:type_name -> yunchi.state.v1.MemberRecord
-	72,  // 102: yunchi.state.v1.RequestRecord.department:type_name -> yunchi.state.v1.DepartmentRecord
-	73,  // 103: yunchi.state.v1.RequestRecord.project:type_name -> yunchi.state.v1.ProjectRecord
-	74,  // 104: yunchi.state.v1.RequestRecord.user:type_name -> yunchi.state.v1.UserRecord
-	75,  // 105: yunchi.state.v1.RequestRecord.token:type_name -> yunchi.state.v1.TokenRecord
-	78,  // 106: yunchi.state.v1.RequestRecord.image:type_name -> yunchi.state.v1.ImageRecord
-	79,  // 107: yunchi.state.v1.RequestRecord.volume:type_name -> yunchi.state.v1.VolumeRecord
-	80,  // 108: yunchi.state.v1.RequestRecord.center:type_name -> yunchi.state.v1.CenterRecord
-	81,  // 109: yunchi.state.v1.RequestRecord.policy:type_name -> yunchi.state.v1.PolicyRecord
-	82,  // 110: yunchi.state.v1.RequestRecord.restore_point:type_name -> yunchi.state.v1.RestorePointRecord
-	84,  // 111: yunchi.state.v1.RequestRecord.dr_run:type_name -> yunchi.state.v1.DRRunRecord
-	85,  // 112: yunchi.state.v1.RequestRecord.drill_schedule:type_name -> yunchi.state.v1.DrillScheduleRecord
-	113, // [113:113] is the sub-list for method output_type
-	113, // [113:113] is the sub-list for method input_type
-	113, // [113:113] is the sub-list for extension type_name
-	113, // [113:113] is the sub-list for extension extendee
-	0,   // [0:113] is the sub-list for field type_name
+	36,  // 14: yunchi.state.v1.VMRecord.mirror:type_name -> yunchi.state.v1.MirrorState
+	7,   // 15: yunchi.state.v1.RatioRecord.ratios:type_name -> yunchi.state.v1.Ratios
+	3,   // 16: yunchi.state.v1.PlacementGroupRecord.policy:type_name -> yunchi.state.v1.GroupPolicy
+	4,   // 17: yunchi.state.v1.PlacementGroupRecord.level:type_name -> yunchi.state.v1.GroupLevel
+	10,  // 18: yunchi.state.v1.RegisterHost.host:type_name -> yunchi.state.v1.HostRecord
+	0,   // 19: yunchi.state.v1.SetHostState.state:type_name -> yunchi.state.v1.HostState
+	11,  // 20: yunchi.state.v1.PlaceVM.vm:type_name -> yunchi.state.v1.VMRecord
+	1,   // 21: yunchi.state.v1.SetVMDesired.desired:type_name -> yunchi.state.v1.PowerState
+	8,   // 22: yunchi.state.v1.ReportVMStatus.statuses:type_name -> yunchi.state.v1.VMStatus
+	37,  // 23: yunchi.state.v1.ReportVMStatus.volumes:type_name -> yunchi.state.v1.VolumeStatus
+	38,  // 24: yunchi.state.v1.ReportVMStatus.mirror_exports:type_name -> yunchi.state.v1.MirrorExportReport
+	0,   // 25: yunchi.state.v1.UpdateHost.admin_state:type_name -> yunchi.state.v1.HostState
+	33,  // 26: yunchi.state.v1.UpdateHost.set_labels:type_name -> yunchi.state.v1.UpdateHost.SetLabelsEntry
+	6,   // 27: yunchi.state.v1.UpdateHost.reserved:type_name -> yunchi.state.v1.Resources
+	13,  // 28: yunchi.state.v1.CreatePlacementGroup.group:type_name -> yunchi.state.v1.PlacementGroupRecord
+	11,  // 29: yunchi.state.v1.PlaceVMs.vms:type_name -> yunchi.state.v1.VMRecord
+	14,  // 30: yunchi.state.v1.UpsertMember.member:type_name -> yunchi.state.v1.MemberRecord
+	39,  // 31: yunchi.state.v1.Command.audit:type_name -> yunchi.state.v1.AuditContext
+	15,  // 32: yunchi.state.v1.Command.register_host:type_name -> yunchi.state.v1.RegisterHost
+	16,  // 33: yunchi.state.v1.Command.set_host_state:type_name -> yunchi.state.v1.SetHostState
+	17,  // 34: yunchi.state.v1.Command.place_vm:type_name -> yunchi.state.v1.PlaceVM
+	18,  // 35: yunchi.state.v1.Command.set_vm_desired:type_name -> yunchi.state.v1.SetVMDesired
+	19,  // 36: yunchi.state.v1.Command.report_vm_status:type_name -> yunchi.state.v1.ReportVMStatus
+	25,  // 37: yunchi.state.v1.Command.upsert_member:type_name -> yunchi.state.v1.UpsertMember
+	26,  // 38: yunchi.state.v1.Command.remove_member:type_name -> yunchi.state.v1.RemoveMember
+	20,  // 39: yunchi.state.v1.Command.update_host:type_name -> yunchi.state.v1.UpdateHost
+	21,  // 40: yunchi.state.v1.Command.set_ratios:type_name -> yunchi.state.v1.SetRatios
+	22,  // 41: yunchi.state.v1.Command.create_placement_group:type_name -> yunchi.state.v1.CreatePlacementGroup
+	23,  // 42: yunchi.state.v1.Command.delete_placement_group:type_name -> yunchi.state.v1.DeletePlacementGroup
+	24,  // 43: yunchi.state.v1.Command.place_vms:type_name -> yunchi.state.v1.PlaceVMs
+	27,  // 44: yunchi.state.v1.Command.record_heartbeats:type_name -> yunchi.state.v1.RecordHeartbeats
+	40,  // 45: yunchi.state.v1.Command.create_department:type_name -> yunchi.state.v1.CreateDepartment
+	41,  // 46: yunchi.state.v1.Command.delete_department:type_name -> yunchi.state.v1.DeleteDepartment
+	42,  // 47: yunchi.state.v1.Command.create_project:type_name -> yunchi.state.v1.CreateProject
+	43,  // 48: yunchi.state.v1.Command.delete_project:type_name -> yunchi.state.v1.DeleteProject
+	44,  // 49: yunchi.state.v1.Command.create_user:type_name -> yunchi.state.v1.CreateUser
+	45,  // 50: yunchi.state.v1.Command.delete_user:type_name -> yunchi.state.v1.DeleteUser
+	46,  // 51: yunchi.state.v1.Command.update_user:type_name -> yunchi.state.v1.UpdateUser
+	47,  // 52: yunchi.state.v1.Command.create_token:type_name -> yunchi.state.v1.CreateToken
+	48,  // 53: yunchi.state.v1.Command.revoke_token:type_name -> yunchi.state.v1.RevokeToken
+	49,  // 54: yunchi.state.v1.Command.record_login_failures:type_name -> yunchi.state.v1.RecordLoginFailures
+	50,  // 55: yunchi.state.v1.Command.set_quota:type_name -> yunchi.state.v1.SetQuota
+	51,  // 56: yunchi.state.v1.Command.create_join_token:type_name -> yunchi.state.v1.CreateJoinToken
+	52,  // 57: yunchi.state.v1.Command.consume_join_token:type_name -> yunchi.state.v1.ConsumeJoinToken
+	53,  // 58: yunchi.state.v1.Command.record_audit:type_name -> yunchi.state.v1.RecordAudit
+	54,  // 59: yunchi.state.v1.Command.archive_audit:type_name -> yunchi.state.v1.ArchiveAudit
+	55,  // 60: yunchi.state.v1.Command.create_image:type_name -> yunchi.state.v1.CreateImage
+	56,  // 61: yunchi.state.v1.Command.delete_image:type_name -> yunchi.state.v1.DeleteImage
+	57,  // 62: yunchi.state.v1.Command.create_volume:type_name -> yunchi.state.v1.CreateVolume
+	58,  // 63: yunchi.state.v1.Command.attach_volume:type_name -> yunchi.state.v1.AttachVolume
+	59,  // 64: yunchi.state.v1.Command.detach_volume:type_name -> yunchi.state.v1.DetachVolume
+	60,  // 65: yunchi.state.v1.Command.delete_volume:type_name -> yunchi.state.v1.DeleteVolume
+	61,  // 66: yunchi.state.v1.Command.set_center:type_name -> yunchi.state.v1.SetCenter
+	62,  // 67: yunchi.state.v1.Command.delete_center:type_name -> yunchi.state.v1.DeleteCenter
+	63,  // 68: yunchi.state.v1.Command.create_policy:type_name -> yunchi.state.v1.CreatePolicy
+	64,  // 69: yunchi.state.v1.Command.delete_policy:type_name -> yunchi.state.v1.DeletePolicy
+	65,  // 70: yunchi.state.v1.Command.set_protection:type_name -> yunchi.state.v1.SetProtection
+	66,  // 71: yunchi.state.v1.Command.start_backups:type_name -> yunchi.state.v1.StartBackups
+	67,  // 72: yunchi.state.v1.Command.finish_backup:type_name -> yunchi.state.v1.FinishBackup
+	68,  // 73: yunchi.state.v1.Command.delete_restore_points:type_name -> yunchi.state.v1.DeleteRestorePoints
+	69,  // 74: yunchi.state.v1.Command.start_dr_run:type_name -> yunchi.state.v1.StartDRRun
+	70,  // 75: yunchi.state.v1.Command.update_dr_run:type_name -> yunchi.state.v1.UpdateDRRun
+	71,  // 76: yunchi.state.v1.Command.relocate_vms:type_name -> yunchi.state.v1.RelocateVMs
+	72,  // 77: yunchi.state.v1.Command.set_drill_schedule:type_name -> yunchi.state.v1.SetDrillSchedule
+	73,  // 78: yunchi.state.v1.Command.delete_drill_schedule:type_name -> yunchi.state.v1.DeleteDrillSchedule
+	74,  // 79: yunchi.state.v1.Command.set_mirror:type_name -> yunchi.state.v1.SetMirror
+	10,  // 80: yunchi.state.v1.Snapshot.hosts:type_name -> yunchi.state.v1.HostRecord
+	11,  // 81: yunchi.state.v1.Snapshot.vms:type_name -> yunchi.state.v1.VMRecord
+	14,  // 82: yunchi.state.v1.Snapshot.members:type_name -> yunchi.state.v1.MemberRecord
+	12,  // 83: yunchi.state.v1.Snapshot.ratios:type_name -> yunchi.state.v1.RatioRecord
+	13,  // 84: yunchi.state.v1.Snapshot.groups:type_name -> yunchi.state.v1.PlacementGroupRecord
+	30,  // 85: yunchi.state.v1.Snapshot.requests:type_name -> yunchi.state.v1.RequestRecord
+	75,  // 86: yunchi.state.v1.Snapshot.departments:type_name -> yunchi.state.v1.DepartmentRecord
+	76,  // 87: yunchi.state.v1.Snapshot.projects:type_name -> yunchi.state.v1.ProjectRecord
+	77,  // 88: yunchi.state.v1.Snapshot.users:type_name -> yunchi.state.v1.UserRecord
+	78,  // 89: yunchi.state.v1.Snapshot.tokens:type_name -> yunchi.state.v1.TokenRecord
+	79,  // 90: yunchi.state.v1.Snapshot.audit_head:type_name -> yunchi.state.v1.AuditHead
+	80,  // 91: yunchi.state.v1.Snapshot.join_tokens:type_name -> yunchi.state.v1.JoinTokenRecord
+	81,  // 92: yunchi.state.v1.Snapshot.images:type_name -> yunchi.state.v1.ImageRecord
+	82,  // 93: yunchi.state.v1.Snapshot.volumes:type_name -> yunchi.state.v1.VolumeRecord
+	83,  // 94: yunchi.state.v1.Snapshot.centers:type_name -> yunchi.state.v1.CenterRecord
+	84,  // 95: yunchi.state.v1.Snapshot.policies:type_name -> yunchi.state.v1.PolicyRecord
+	85,  // 96: yunchi.state.v1.Snapshot.restore_points:type_name -> yunchi.state.v1.RestorePointRecord
+	86,  // 97: yunchi.state.v1.Snapshot.backup_jobs:type_name -> yunchi.state.v1.BackupJobRecord
+	87,  // 98: yunchi.state.v1.Snapshot.dr_runs:type_name -> yunchi.state.v1.DRRunRecord
+	88,  // 99: yunchi.state.v1.Snapshot.drill_schedules:type_name -> yunchi.state.v1.DrillScheduleRecord
+	11,  // 100: yunchi.state.v1.RequestRecord.vms:type_name -> yunchi.state.v1.VMRecord
+	10,  // 101: yunchi.state.v1.RequestRecord.host:type_name -> yunchi.state.v1.HostRecord
+	12,  // 102: yunchi.state.v1.RequestRecord.ratio:type_name -> yunchi.state.v1.RatioRecord
+	13,  // 103: yunchi.state.v1.RequestRecord.group:type_name -> yunchi.state.v1.PlacementGroupRecord
+	14,  // 104: yunchi.state.v1.RequestRecord.member:type_name -> yunchi.state.v1.MemberRecord
+	75,  // 105: yunchi.state.v1.RequestRecord.department:type_name -> yunchi.state.v1.DepartmentRecord
+	76,  // 106: yunchi.state.v1.RequestRecord.project:type_name -> yunchi.state.v1.ProjectRecord
+	77,  // 107: yunchi.state.v1.RequestRecord.user:type_name -> yunchi.state.v1.UserRecord
+	78,  // 108: yunchi.state.v1.RequestRecord.token:type_name -> yunchi.state.v1.TokenRecord
+	81,  // 109: yunchi.state.v1.RequestRecord.image:type_name -> yunchi.state.v1.ImageRecord
+	82,  // 110: yunchi.state.v1.RequestRecord.volume:type_name -> yunchi.state.v1.VolumeRecord
+	83,  // 111: yunchi.state.v1.RequestRecord.center:type_name -> yunchi.state.v1.CenterRecord
+	84,  // 112: yunchi.state.v1.RequestRecord.policy:type_name -> yunchi.state.v1.PolicyRecord
+	85,  // 113: yunchi.state.v1.RequestRecord.restore_point:type_name -> yunchi.state.v1.RestorePointRecord
+	87,  // 114: yunchi.state.v1.RequestRecord.dr_run:type_name -> yunchi.state.v1.DRRunRecord
+	88,  // 115: yunchi.state.v1.RequestRecord.drill_schedule:type_name -> yunchi.state.v1.DrillScheduleRecord
+	116, // [116:116] is the sub-list for method output_type
+	116, // [116:116] is the sub-list for method input_type
+	116, // [116:116] is the sub-list for extension type_name
+	116, // [116:116] is the sub-list for extension extendee
+	0,   // [0:116] is the sub-list for field type_name
 }
 
 func init() { file_yunchi_state_v1_state_proto_init() }
@@ -4041,6 +4106,7 @@ func file_yunchi_state_v1_state_proto_init() {
 		(*Command_RelocateVms)(nil),
 		(*Command_SetDrillSchedule)(nil),
 		(*Command_DeleteDrillSchedule)(nil),
+		(*Command_SetMirror)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
