@@ -705,6 +705,17 @@ func (r *Recovery) startCopy(ctx context.Context, vm *statev1.VMRecord, center s
 	return err
 }
 
+// copyAgainIfIdle starts the copy a step waits for when no backup of the
+// VM to center runs: the one running when the step began (the schedule's)
+// may have ended with a point taken before it.
+func (r *Recovery) copyAgainIfIdle(ctx context.Context, vm *statev1.VMRecord, center string) {
+	if j := r.jobOf(vm.Id, center); j == nil {
+		if err := r.startCopy(ctx, vm, center); err != nil && ctx.Err() == nil {
+			r.log.Warn("failback: could not start a copy", "vm", vm.Name, "center", center, "err", err)
+		}
+	}
+}
+
 // copyFailed says why the backup a failback step waits for failed ("" =
 // it did not).
 func (r *Recovery) copyFailed(vmID, center string, since int64) string {
@@ -740,6 +751,7 @@ func (r *Recovery) failbackStep(ctx context.Context, run *statev1.DRRunRecord, e
 			return true
 		}
 		if r.newPointSince(vm.Id, e.JobCenter, e.StepUnixNano-int64(time.Second)) == nil {
+			r.copyAgainIfIdle(ctx, vm, e.JobCenter)
 			return false
 		}
 		e.StoppedUnixNano = now.UnixNano()
@@ -767,6 +779,7 @@ func (r *Recovery) failbackStep(ctx context.Context, run *statev1.DRRunRecord, e
 		}
 		p := r.newPointSince(vm.Id, e.JobCenter, e.StepUnixNano)
 		if p == nil {
+			r.copyAgainIfIdle(ctx, vm, e.JobCenter)
 			return false
 		}
 		e.PointId, e.PointCenter, e.PointTakenUnixNano = p.Id, p.Center, p.TakenUnixNano

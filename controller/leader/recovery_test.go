@@ -140,6 +140,15 @@ func TestFailoverAndFailback(t *testing.T) {
 	if len(jobs) != 1 {
 		t.Fatalf("final copy: %d jobs", len(jobs))
 	}
+	// A point taken before the VM stopped (a backup the schedule had
+	// started) is not the final copy: another backup starts.
+	stepAt := runOf(t, p, fb.Id).Vms[0].StepUnixNano
+	finish(t, p, jobs[0], time.Unix(0, stepAt-int64(time.Millisecond)))
+	step(statev1.DRStep_DR_STEP_FINAL_COPY)
+	jobs = p.st.RunningJobsOnHost("h2")
+	if len(jobs) != 1 {
+		t.Fatalf("final copy after an older point: %d jobs", len(jobs))
+	}
 	time.Sleep(2 * time.Millisecond)
 	finish(t, p, jobs[0], time.Now())
 	r.Tick(ctx, time.Now())
