@@ -1,6 +1,7 @@
 package api
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"slices"
@@ -465,9 +466,9 @@ func mirrorStatus(vm *statev1.VMRecord, vmCenter string, c *statev1.CenterRecord
 	case m.Phase == state.MirrorMirroring:
 		out.Mirror, out.AchievedRpoSeconds = "mirroring", 0
 	case m.Address == "":
-		out.Mirror = cmpOr("waiting for the export on "+m.HostId, m.Error)
+		out.Mirror = cmp.Or("waiting for the export on "+m.HostId, m.Error)
 	default:
-		out.Mirror = cmpOr(m.Phase, "starting")
+		out.Mirror = cmp.Or(m.Phase, "starting")
 		if m.Error != "" {
 			out.Mirror += ": " + m.Error
 		}

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"slices"
@@ -70,7 +71,7 @@ func (s *Server) Failover(ctx context.Context, req *yunchiv1.FailoverRequest) (*
 		run.Message = fmt.Sprintf("%d VMs in %s have no protection policy: they are not brought up", unprotected, req.FromCenter)
 	}
 	if len(run.Vms) == 0 {
-		return nil, status.Errorf(codes.FailedPrecondition, "no protected VM runs in center %s: nothing to fail over (%s)", req.FromCenter, cmpOr(run.Message, "see `yunchi dr status`"))
+		return nil, status.Errorf(codes.FailedPrecondition, "no protected VM runs in center %s: nothing to fail over (%s)", req.FromCenter, cmp.Or(run.Message, "see `yunchi dr status`"))
 	}
 	if req.DryRun {
 		return s.planOut(run, true), nil
@@ -82,13 +83,6 @@ func (s *Server) Failover(ctx context.Context, req *yunchiv1.FailoverRequest) (*
 	}
 	s.log.Warn("failover started: center fenced", "run", run.Id, "from", run.FromCenter, "to", run.ToCenter, "vms", len(run.Vms), "by", run.RequestedBy)
 	return runToAPI(res.DRRun, s.entryVisible(ctx)), nil
-}
-
-func cmpOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }
 
 // Failback returns the VMs failed over from a center, once it is back.

@@ -1,6 +1,7 @@
 package leader
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -542,7 +543,7 @@ func (r *Recovery) failoverStep(ctx context.Context, run *statev1.DRRunRecord, e
 				setStep(moved, statev1.DRStep_DR_STEP_STARTING, now, "")
 				_, _, err := r.place.Relocate(ctx, run.Id, placement.Move{
 					VM: vm, Center: run.ToCenter, Restore: &statev1.RestoreSource{FromMirror: true}, Entry: moved,
-					HomeCenter: cmpOr(vm.HomeCenter, run.FromCenter), HostID: e.HostId,
+					HomeCenter: cmp.Or(vm.HomeCenter, run.FromCenter), HostID: e.HostId,
 				})
 				if err != nil {
 					if ctx.Err() != nil {
@@ -571,7 +572,7 @@ func (r *Recovery) failoverStep(ctx context.Context, run *statev1.DRRunRecord, e
 		moved := proto.Clone(e).(*statev1.DRRunVM)
 		setStep(moved, statev1.DRStep_DR_STEP_STARTING, now, "")
 		_, _, err := r.place.Relocate(ctx, run.Id, placement.Move{
-			VM: vm, Center: run.ToCenter, Restore: RestoreSourceOf(p), Entry: moved, HomeCenter: cmpOr(vm.HomeCenter, run.FromCenter),
+			VM: vm, Center: run.ToCenter, Restore: RestoreSourceOf(p), Entry: moved, HomeCenter: cmp.Or(vm.HomeCenter, run.FromCenter),
 		})
 		if err != nil {
 			if ctx.Err() != nil {
@@ -585,13 +586,6 @@ func (r *Recovery) failoverStep(ctx context.Context, run *statev1.DRRunRecord, e
 		return watchRunning(vm, e, run.StartedUnixNano, now)
 	}
 	return false
-}
-
-func cmpOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }
 
 // drillStep: PENDING -> clone placed (STARTING) -> RUNNING (measured;

@@ -1,6 +1,7 @@
 package state
 
 import (
+	"cmp"
 	"fmt"
 	"regexp"
 	"slices"
@@ -428,7 +429,7 @@ func (s *Store) applyRelocateVMs(index uint64, now int64, c *statev1.RelocateVMs
 		next.Message = fmt.Sprintf("%s %s: moved from %s", RunKindName(r.Kind), r.Id, old.HostId)
 		if rel.Restore != nil {
 			next.Restore = proto.Clone(rel.Restore).(*statev1.RestoreSource)
-			next.RestoredFrom = cmpOr(rel.Restore.PointId, "mirror on "+h.Id)
+			next.RestoredFrom = cmp.Or(rel.Restore.PointId, "mirror on "+h.Id)
 			next.Image = nil
 		}
 		if rel.Start {
@@ -746,13 +747,6 @@ func (s *Store) MirrorsOn(hostID string) []*statev1.VMRecord {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Id < out[j].Id })
 	return out
-}
-
-func cmpOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }
 
 // MirroredVMIDs lists the VMs that have a mirror host.
