@@ -466,7 +466,7 @@ func mirrorStatus(vm *statev1.VMRecord, vmCenter string, c *statev1.CenterRecord
 	case m.Phase == state.MirrorMirroring:
 		out.Mirror, out.AchievedRpoSeconds = "mirroring", 0
 	case m.Address == "":
-		out.Mirror = cmp.Or("waiting for the export on "+m.HostId, m.Error)
+		out.Mirror = cmp.Or(m.Error, "waiting for the export on "+m.HostId)
 	default:
 		out.Mirror = cmp.Or(m.Phase, "starting")
 		if m.Error != "" {
