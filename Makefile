@@ -6,7 +6,7 @@ GO ?= go
 BIN := bin
 PROTO_SRC := $(wildcard proto/yunchi/v1/*.proto proto/yunchi/state/v1/*.proto)
 
-.PHONY: all deps build dev test fuzz-short proto bench bench-controller bench-qemu bench-dr bench-failover chaos clean
+.PHONY: all deps build dev test fuzz-short proto bench bench-controller bench-qemu bench-dr bench-failover bench-mirror chaos clean
 
 all: build
 
@@ -134,6 +134,17 @@ bench-dr: deps
 bench-failover: deps
 	$(GO) build -o $(BIN)/bench-dr ./bench/dr
 	./$(BIN)/bench-dr -only failover $(BENCH_FAILOVER_FLAGS)
+
+# Platinum's write cost (docs/performance.md): 4 KiB writes through a TCG
+# guest's virtio disk, unmirrored and mirrored synchronously (libvirt block
+# copy) to a qemu-nbd export on loopback (writeback and writethrough),
+# plain and FUA, in the same run. About a minute; needs root, libvirtd,
+# QEMU and qemu-nbd (without them it says why and fails).
+# BENCH_MIRROR_FLAGS: -writes 200 -rounds 4 -disk 256 -tmp DIR.
+BENCH_MIRROR_FLAGS ?=
+bench-mirror: deps
+	$(GO) build -o $(BIN)/bench-mirror ./bench/mirror
+	./$(BIN)/bench-mirror $(BENCH_MIRROR_FLAGS)
 
 clean:
 	rm -rf $(BIN)

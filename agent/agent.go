@@ -83,7 +83,13 @@ type Config struct {
 	// MaxBackupRate caps the bytes per second sent to each target center's
 	// backup repository, shared by the jobs to that center; 0 = no cap.
 	MaxBackupRate int64
-	Logger        *slog.Logger
+	// Mirror configures the mirror exports this host serves for VMs of
+	// other centers (platinum, agent/mirror.go); Mirror.Dir "" = none (a
+	// host that cannot serve them, or is kept out: the controllers are
+	// told so for each export they ask). Its Logger defaults to the
+	// agent's.
+	Mirror MirrorExportConfig
+	Logger *slog.Logger
 }
 
 func (c Config) validate() error {
@@ -146,6 +152,22 @@ type Agent struct {
 
 	// ev is what lifecycle events told, and unexpected stops (events.go).
 	ev hostEvents
+
+	// Synchronous mirrors (mirror.go): the driver's mirroring (nil: it
+	// cannot), the VMs' mirrors, and the exports served here (nil: none;
+	// set by Run). exportsMu orders applying the exports against taking
+	// one over; exportsSent (the exports loop's own) is what the
+	// controllers took last.
+	mirrorer       Mirrorer
+	mw             mirrors
+	exports        *MirrorExports
+	exportsMu      sync.Mutex
+	exportsChanged chan struct{}
+	exportsResend  atomic.Bool
+	exportsSent    []*yunchiv1.MirrorExportStatus
+	// exportsUnlisted: since when each export here is neither listed nor
+	// restored from (the exports loop's own).
+	exportsUnlisted map[string]time.Time
 }
 
 // New returns an agent for the host behind d.
@@ -176,7 +198,11 @@ func New(cfg Config, d Driver) *Agent {
 		known:       map[string]bool{},
 		unplugAsked: map[string]time.Time{},
 		volSent:     map[string]sentVolume{},
+		mw:          newMirrors(),
+
+		exportsChanged: make(chan struct{}, 1),
 	}
+	a.mirrorer, _ = d.(Mirrorer)
 	a.images = newImageCache(cfg.ImageDir, a)
 	a.backups = newBackupRunner(a, cfg.MaxBackups)
 	a.runCtx = context.Background()
@@ -211,6 +237,24 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.runCtx = ctx
 	a.repos = newRepoConns(opts)
 	defer a.repos.close()
+	if a.cfg.Mirror.Dir != "" {
+		mc := a.cfg.Mirror
+		if mc.Logger == nil {
+			mc.Logger = a.log
+		}
+		exports, err := NewMirrorExports(mc)
+		if err != nil {
+			return fmt.Errorf("agent: %w", err)
+		}
+		a.exports = exports
+		defer func() {
+			// Its qemu-nbd servers end with the agent (the files stay):
+			// the next agent serves them again on the same ports.
+			if err := exports.Close(); err != nil {
+				a.log.Warn("stopping mirror exports", "err", err)
+			}
+		}()
+	}
 
 	a.log.Info("agent starting", "controllers", a.cfg.Controllers, "libvirt", a.cfg.LibvirtURI, "version", Version)
 	if a.registerUntilDone(ctx) {
@@ -220,6 +264,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		wg.Go(func() { a.reconcileLoop(ctx) })
 		wg.Go(func() { a.eventsLoop(ctx) })
 		wg.Go(func() { a.consoleLoops(ctx) })
+		wg.Go(func() { a.mirrorLoop(ctx) })
+		wg.Go(func() { a.exportsLoop(ctx) })
 		wg.Wait()
 	}
 	a.backups.wg.Wait() // cut short by ctx: their views closed, nothing reported
@@ -440,6 +486,10 @@ func (a *Agent) watch(ctx context.Context, client yunchiv1.AgentServiceClient, a
 		if first {
 			a.log.Info("watching assignments", "controller", addr, "index", set.GetIndex())
 			bo.reset()
+			// Perhaps another controller, or one that lost news: what
+			// was acknowledged of mirrors is sent again.
+			a.mw.resend.Store(true)
+			a.exportsResend.Store(true)
 		}
 		a.offer(set)
 	}
@@ -459,6 +509,10 @@ func (a *Agent) offer(set *yunchiv1.Assignments) {
 	a.setMu.Unlock()
 	select {
 	case a.setChanged <- struct{}{}:
+	default:
+	}
+	select {
+	case a.exportsChanged <- struct{}{}:
 	default:
 	}
 	// Backups start here rather than in the reconcile loop, which may be

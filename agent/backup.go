@@ -435,6 +435,10 @@ func (a *Agent) backup(ctx context.Context, job *yunchiv1.BackupJob, lim byteLim
 	if err != nil {
 		return fail(err)
 	}
+	// A mirrored VM's mirror is stopped for the backup and held off
+	// until its view is closed (deferred below, so run after the view's
+	// Close): a disk has one block job at a time.
+	defer a.pauseMirror(ctx, job.GetVmId(), log)()
 	view, err := a.d.BeginBackup(ctx, BackupRequest{VMID: job.GetVmId(), Since: job.GetBaseCheckpoint(), Checkpoint: job.GetCheckpoint()})
 	if err != nil {
 		return fail(fmt.Errorf("begin backup: %w", err))

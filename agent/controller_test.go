@@ -37,6 +37,10 @@ type controller struct {
 	volReports []*yunchiv1.VolumeStatus
 	// Backup jobs listed to the host, and what it reported (backup_test.go).
 	bk backupLedger
+	// Mirror exports listed to the host, and each report of them
+	// (mirror_test.go).
+	exports       []*yunchiv1.MirrorExport
+	exportReports [][]*yunchiv1.MirrorExportStatus
 }
 
 func newController() *controller {
@@ -87,6 +91,13 @@ func (c *controller) ReportVMStatus(ctx context.Context, req *yunchiv1.ReportVMS
 			as.Phase = st.GetPhase()
 		}
 	}
+	if len(req.GetMirrorExports()) > 0 {
+		var rep []*yunchiv1.MirrorExportStatus
+		for _, e := range req.GetMirrorExports() {
+			rep = append(rep, proto.Clone(e).(*yunchiv1.MirrorExportStatus))
+		}
+		c.exportReports = append(c.exportReports, rep)
+	}
 	for _, st := range req.GetVolumes() {
 		c.volReports = append(c.volReports, proto.Clone(st).(*yunchiv1.VolumeStatus))
 		v := c.vols[st.GetVolumeId()]
@@ -115,6 +126,9 @@ func (c *controller) snapshot() *yunchiv1.Assignments {
 	}
 	sort.Slice(set.Volumes, func(i, j int) bool { return set.Volumes[i].GetVolumeId() < set.Volumes[j].GetVolumeId() })
 	set.Backups = c.bk.listed()
+	for _, e := range c.exports {
+		set.MirrorExports = append(set.MirrorExports, proto.Clone(e).(*yunchiv1.MirrorExport))
+	}
 	return set
 }
 

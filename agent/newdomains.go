@@ -123,6 +123,7 @@ func (a *Agent) makeNewDomain(ctx context.Context, nd *newDomain) {
 		return
 	}
 	log.Info("defined domain", "vcpus", spec.VCPUs, "memory_bytes", spec.MemoryBytes)
+	a.removeTakenMirror(as, log)
 	nd.spec, nd.defined = *spec, true
 	if as.GetDesired() != yunchiv1.PowerState_POWER_STATE_RUNNING {
 		return

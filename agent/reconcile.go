@@ -81,6 +81,7 @@ func (a *Agent) reconcile(ctx context.Context, set *yunchiv1.Assignments) bool {
 		return true
 	}
 	var statuses []*yunchiv1.VMStatus
+	mirrorsOK := true
 	for _, as := range set.GetVms() {
 		id := as.GetVmId()
 		if id == "" || wanted[id] {
@@ -106,8 +107,14 @@ func (a *Agent) reconcile(ctx context.Context, set *yunchiv1.Assignments) bool {
 		if ctx.Err() != nil {
 			return true // shutting down: what was cut short is not a result
 		}
+		if st != nil && !a.reconcileMirror(ctx, as, st) {
+			mirrorsOK = false
+		}
+		if ctx.Err() != nil {
+			return true
+		}
 		a.ev.observed(as, st)
-		if st != nil && (a.ev.mustReport(st) || a.shouldReport(as, st)) {
+		if st != nil && (a.ev.mustReport(st) || a.shouldReport(as, st) || a.mw.behind(as, st)) {
 			statuses = append(statuses, st)
 		}
 	}
@@ -123,7 +130,9 @@ func (a *Agent) reconcile(ctx context.Context, set *yunchiv1.Assignments) bool {
 	forgetUnwanted(a.lastSent, wanted)
 	forgetUnwanted(a.rebootDone, wanted)
 	a.ev.forgetUnwanted(wanted)
+	a.mw.forgetUnwanted(wanted)
 	volStatuses, ok := a.reconcileVolumes(ctx, set, live)
+	ok = ok && mirrorsOK
 	if ctx.Err() != nil {
 		return true
 	}
@@ -176,6 +185,7 @@ func (a *Agent) reconcileVM(ctx context.Context, as *yunchiv1.Assignment, dom *D
 			return failed(err)
 		}
 		log.Info("defined domain", "vcpus", spec.VCPUs, "memory_bytes", spec.MemoryBytes)
+		a.removeTakenMirror(as, log)
 		a.known[id] = true
 		dom = &Domain{VMID: id, Project: spec.Project, Name: spec.Name, State: StateShutOff, Detail: "shut off", RebootSeq: spec.RebootSeq}
 		seq = spec.RebootSeq
@@ -326,8 +336,12 @@ func (a *Agent) shouldReport(as *yunchiv1.Assignment, st *yunchiv1.VMStatus) boo
 }
 
 // report sends one batch of statuses (of VMs and of volumes); false means
-// it should be retried.
+// it should be retried. The VMs' mirror phases are the latest observed,
+// sent under the mirrors' lock (mirror.go: phases arrive in order).
 func (a *Agent) report(ctx context.Context, statuses []*yunchiv1.VMStatus, volumes []*yunchiv1.VolumeStatus) bool {
+	a.mw.mu.Lock()
+	defer a.mw.mu.Unlock()
+	a.mw.refresh(statuses)
 	err := a.ctl.call(ctx, "status report", rpcTimeout, func(ctx context.Context, c yunchiv1.AgentServiceClient) error {
 		_, err := c.ReportVMStatus(ctx, &yunchiv1.ReportVMStatusRequest{HostId: a.cfg.HostID, Statuses: statuses, Volumes: volumes})
 		return err
@@ -338,6 +352,7 @@ func (a *Agent) report(ctx context.Context, statuses []*yunchiv1.VMStatus, volum
 		}
 		return false
 	}
+	a.mw.taken(statuses)
 	now := time.Now()
 	for _, st := range volumes {
 		a.volSent[st.GetVolumeId()] = sentVolume{attached: st.GetAttachedVmId(), message: st.GetMessage(), gone: st.GetGone(), at: now}

@@ -79,9 +79,14 @@ type restoreSource struct {
 }
 
 // restoreSource checks an assignment's restore and returns the source of
-// its root disk, or the error of a recent failed attempt.
+// its root disk, or the error of a recent failed attempt. A restore from
+// the VM's mirror (a platinum failover) reads this host's export of it
+// instead (mirror.go).
 func (a *Agent) restoreSource(as *yunchiv1.Assignment) (DiskSource, error) {
 	r := as.GetRestore()
+	if r.GetFromMirror() {
+		return a.mirrorSource(as)
+	}
 	var root *yunchiv1.DiskRef
 	for _, d := range r.GetDisks() {
 		if d.GetName() == "root" {

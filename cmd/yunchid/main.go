@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -212,6 +213,10 @@ func agentCmd() *cli.Command {
 			&cli.StringFlag{Name: "backup-scratch-dir", Usage: "where a running backup keeps its NBD socket and QEMU's scratch file (the old contents of blocks the guest overwrites meanwhile; give a disk with room; default: the system temp dir)"},
 			&cli.StringFlag{Name: "disk-dir", Usage: "test:/// hosts only: keep each VM's root disk as a real sparse file here, so that backups and restores have bytes (default: none)"},
 			&cli.StringFlag{Name: "status-listen", Usage: "`ADDR` (host:port) of a local status listener, plain HTTP without authentication (keep it on loopback): GET /domains (what libvirt runs, JSON), /metrics, /healthz (default: none)"},
+			&cli.StringFlag{Name: "mirror-dir", Usage: "serve mirror exports (platinum: synchronous copies of other centers' VMs' root disks, over NBD with qemu-nbd) from files in `DIR`; give it room for those disks (default: none, this host keeps no mirrors)"},
+			&cli.StringFlag{Name: "mirror-host", Value: "127.0.0.1", Usage: "`IP` the mirror exports listen on and are advertised at: this host's address on the network between the centers"},
+			&cli.StringFlag{Name: "mirror-ports", Value: "10809-10909", Usage: "`FIRST-LAST` TCP ports of the mirror exports, one per mirrored VM"},
+			&cli.StringFlag{Name: "mirror-cache", Value: agent.MirrorCacheWriteback, Usage: "qemu-nbd cache mode of the mirror exports: writeback (a write is acknowledged once in this host's page cache) or writethrough (once on its disk)"},
 		},
 		Action: func(c *cli.Context) error {
 			labels, err := agentLabels(c.StringSlice("label"))
@@ -228,6 +233,19 @@ func agentCmd() *cli.Command {
 				if rate, err = api.ParseSize(strings.TrimSuffix(v, "/s")); err != nil || rate <= 0 {
 					return fmt.Errorf("--max-backup-rate %q: give bytes per second, e.g. 100MiB", v)
 				}
+			}
+			var mirror agent.MirrorExportConfig
+			if dir := c.String("mirror-dir"); dir != "" {
+				lo, hi, ok := strings.Cut(c.String("mirror-ports"), "-")
+				plo, err1 := strconv.Atoi(lo)
+				phi, err2 := strconv.Atoi(hi)
+				if !ok || err1 != nil || err2 != nil {
+					return fmt.Errorf("--mirror-ports %q: give FIRST-LAST, e.g. 10809-10909", c.String("mirror-ports"))
+				}
+				if dir, err = filepath.Abs(dir); err != nil {
+					return fmt.Errorf("--mirror-dir: %w", err)
+				}
+				mirror = agent.MirrorExportConfig{Dir: dir, Host: c.String("mirror-host"), PortMin: plo, PortMax: phi, Cache: c.String("mirror-cache")}
 			}
 			var status *agent.StatusServer
 			if addr := c.String("status-listen"); addr != "" {
@@ -275,7 +293,7 @@ func agentCmd() *cli.Command {
 				LibvirtURI: c.String("libvirt-uri"), Controllers: splitList(c.String("controllers")),
 				HeartbeatInterval: c.Duration("heartbeat"), DialOptions: dial, Token: token,
 				ImageDir: c.String("image-dir"), StoragePool: c.String("pool"), SharedStorage: c.String("shared-storage"),
-				MaxBackupRate: rate,
+				MaxBackupRate: rate, Mirror: mirror,
 			}, drv)
 			if status != nil {
 				stop := status.Start(c.Context, c.String("host-id"), drv, slog.Default())

@@ -93,9 +93,14 @@ func startRealHosts(ctx context.Context, cfg Config, dir string, addrs []string,
 			rh.close()
 			return nil, fmt.Errorf("host %s: %w", id, err)
 		}
+		// Each host serves the mirrors of other centers' platinum VMs on
+		// loopback, on ports of its own: BasePort+100+20i.. (the API,
+		// raft and control ports are BasePort..BasePort+20).
+		mirrorPorts := cfg.BasePort + 100 + 20*i
 		configs = append(configs, h.AgentConfig(agent.Config{
 			Center: c.ID, Site: c.Site, Rack: "r-qemu", Labels: map[string]string{"hypervisor": "qemu"},
 			Controllers: rotate(addrs, i), Logger: lg, Token: tok,
+			Mirror: agent.MirrorExportConfig{Dir: filepath.Join(h.Dir, "mirror"), Host: "127.0.0.1", PortMin: mirrorPorts, PortMax: mirrorPorts + 19},
 		}))
 		rh.agents = append(rh.agents, rh.start(i))
 	}
