@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -513,17 +514,35 @@ func (v *nbdView) startQemuNBD(ctx context.Context, root rootDiskInfo, bitmap, s
 	}
 	ctx, cancel := context.WithTimeout(ctx, nbdStartTimeout)
 	defer cancel()
+	switch err := waitListening(ctx, sock, exited); {
+	case err == nil:
+		v.stopNBD = stop
+		return nil
+	case errors.Is(err, errExited):
+		return fmt.Errorf("qemu-nbd: %s", oneLine(stderr.String()))
+	default:
+		stop()
+		return fmt.Errorf("qemu-nbd did not listen: %w", err)
+	}
+}
+
+var errExited = errors.New("the server exited")
+
+// waitListening returns once a unix socket accepts connections, errExited
+// if exited is closed first, or ctx's error. The socket file alone is not
+// enough: a server binds (the file appears) before it listens, and a dial
+// in between is refused.
+func waitListening(ctx context.Context, sock string, exited <-chan struct{}) error {
 	for {
-		if _, err := os.Stat(sock); err == nil {
-			v.stopNBD = stop
+		if c, err := net.DialTimeout("unix", sock, time.Second); err == nil {
+			c.Close()
 			return nil
 		}
 		select {
 		case <-exited:
-			return fmt.Errorf("qemu-nbd: %s", oneLine(stderr.String()))
+			return errExited
 		case <-ctx.Done():
-			stop()
-			return fmt.Errorf("qemu-nbd did not listen: %w", ctx.Err())
+			return ctx.Err()
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
