@@ -500,3 +500,27 @@ func TestBaseImageSize(t *testing.T) {
 		t.Error("a directory accepted as raw image")
 	}
 }
+
+// A drill's clone (Isolated) gets no network interface whatever the
+// host's network; another VM on the same host gets the host's.
+func TestDefineIsolatedHasNoNetwork(t *testing.T) {
+	ctx := context.Background()
+	d := openSim(t, Options{Network: NetworkUser})
+	for _, c := range []struct {
+		id       string
+		isolated bool
+		want     int
+	}{
+		{"0b1c2d3e-4f50-4617-8a9b-0c1d2e3f4a5b", true, 0},
+		{"1b1c2d3e-4f50-4617-8a9b-0c1d2e3f4a5b", false, 1},
+	} {
+		spec := agent.DomainSpec{VMID: c.id, Project: "p", Name: "v", VCPUs: 1, MemoryBytes: 64 << 20, Isolated: c.isolated}
+		if err := d.Define(ctx, spec); err != nil {
+			t.Fatal(err)
+		}
+		x := definedXML(t, d, c.id, lv.DOMAIN_XML_INACTIVE)
+		if len(x.Devices.Interfaces) != c.want {
+			t.Errorf("isolated %v: %d interfaces, want %d", c.isolated, len(x.Devices.Interfaces), c.want)
+		}
+	}
+}
