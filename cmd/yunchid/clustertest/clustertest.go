@@ -8,10 +8,12 @@ package clustertest
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -75,6 +77,21 @@ func Binary(t testing.TB) string {
 // FreePort returns a loopback address that was free a moment ago.
 func FreePort(t testing.TB) string {
 	t.Helper()
+	// A port the kernel hands out for 127.0.0.1:0 is in the ephemeral
+	// range, where every outgoing connection of the machine also takes its
+	// local port: between this check and the daemon's bind, another test's
+	// connection may take it ("bind: address already in use", met in CI).
+	// Ports below the ephemeral range (32768-60999 on Linux) are taken
+	// only by listeners.
+	for range 200 {
+		port := 20000 + rand.IntN(12000)
+		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err != nil {
+			continue
+		}
+		l.Close()
+		return l.Addr().String()
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
