@@ -710,14 +710,26 @@ func (s *Server) RestoreVM(ctx context.Context, req *yunchiv1.RestoreVMRequest) 
 // RunBackup starts a backup of a VM now, to every center of its policy
 // (or one), whatever the schedule says.
 func (s *Server) RunBackup(ctx context.Context, req *yunchiv1.RunBackupRequest) (*yunchiv1.RunBackupResponse, error) {
-	vm, err := s.findVM(req.Project, req.Vm)
-	if err != nil {
-		return nil, err
-	}
 	if req.Center != "" {
 		if err := checkName("center", req.Center); err != nil {
 			return nil, err
 		}
+	}
+	// The schedule may start a backup of the VM between this read and the
+	// command (Apply refuses a second running one): deciding again then
+	// finds it running, and that one will do.
+	for attempt := 1; ; attempt++ {
+		resp, err := s.runBackup(ctx, req)
+		if state.KindOf(err) != state.KindConflict || attempt == 3 {
+			return resp, toStatus(err)
+		}
+	}
+}
+
+func (s *Server) runBackup(ctx context.Context, req *yunchiv1.RunBackupRequest) (*yunchiv1.RunBackupResponse, error) {
+	vm, err := s.findVM(req.Project, req.Vm)
+	if err != nil {
+		return nil, err
 	}
 	var prot *state.Protected
 	for _, p := range s.drView().ProtectedVMs(vm.Project) {
@@ -757,7 +769,9 @@ func (s *Server) RunBackup(ctx context.Context, req *yunchiv1.RunBackupRequest) 
 		return nil, status.Errorf(codes.FailedPrecondition, "no center of policy %q has a backup repository (see `yunchi topology`)", prot.Policy.Name)
 	}
 	if len(jobs) > 0 {
-		if _, err := s.apply(ctx, &statev1.Command{Cmd: &statev1.Command_StartBackups{StartBackups: &statev1.StartBackups{Jobs: jobs}}}); err != nil {
+		// The state's own error (not yet a status): RunBackup decides again
+		// on a conflict.
+		if _, err := s.prop.Apply(ctx, &statev1.Command{Cmd: &statev1.Command_StartBackups{StartBackups: &statev1.StartBackups{Jobs: jobs}}}); err != nil {
 			return nil, err
 		}
 	}

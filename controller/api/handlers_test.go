@@ -36,6 +36,9 @@ type fakeProposer struct {
 	cmds   []*statev1.Command
 	leader string
 	self   string
+	// before, if set, runs before each command is applied, with the
+	// store to change (what another proposer committed first).
+	before func(st *state.Store, idx uint64, cmd *statev1.Command) uint64
 }
 
 func (p *fakeProposer) Apply(ctx context.Context, cmd *statev1.Command) (state.Result, error) {
@@ -46,6 +49,9 @@ func (p *fakeProposer) Apply(ctx context.Context, cmd *statev1.Command) (state.R
 		return state.Result{}, p.err
 	}
 	idx := p.store.Index() + 1
+	if p.before != nil {
+		idx = p.before(p.store, idx, cmd)
+	}
 	cmd.Version, cmd.UnixNano = state.CommandVersion, int64(idx)*1000
 	return p.store.Apply(idx, cmd)
 }
