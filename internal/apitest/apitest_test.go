@@ -63,3 +63,17 @@ func TestBearer(t *testing.T) {
 		t.Fatalf("empty token sends %v", md)
 	}
 }
+
+// FreePortOffset's sets are free, keep their spacing, and lie below the
+// ephemeral range (where outgoing connections could take them).
+func TestFreePortOffsetBelowEphemeral(t *testing.T) {
+	ports := []int{8470, 8471, 8472, 8480, 8490, 9482}
+	for range 20 {
+		off := FreePortOffset(t, ports)
+		for _, p := range ports {
+			if q := p + off; q < 1024 || q >= 32768 {
+				t.Fatalf("port %d+%d = %d: outside 1024-32767", p, off, q)
+			}
+		}
+	}
+}

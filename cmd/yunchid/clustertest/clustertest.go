@@ -82,9 +82,10 @@ func FreePort(t testing.TB) string {
 	// local port: between this check and the daemon's bind, another test's
 	// connection may take it ("bind: address already in use", met in CI).
 	// Ports below the ephemeral range (32768-60999 on Linux) are taken
-	// only by listeners.
+	// only by listeners; 29000-32500 here, apart from the sets
+	// apitest.FreePortOffset hands out.
 	for range 200 {
-		port := 20000 + rand.IntN(12000)
+		port := 29000 + rand.IntN(3500) // apitest.FreePortOffset takes 20000-29000
 		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
 		if err != nil {
 			continue
