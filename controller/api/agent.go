@@ -144,13 +144,9 @@ func (s *Server) WatchAssignments(req *yunchiv1.WatchAssignmentsRequest, stream 
 				msg.Vms = append(msg.Vms, a)
 			}
 			msg.Volumes = volumeAssignments(s.store.HostVolumes(req.HostId))
-			if mv, ok := s.store.(interface {
-				MirrorsOn(hostID string) []*statev1.VMRecord
-			}); ok {
-				for _, v := range mv.MirrorsOn(req.HostId) {
-					msg.MirrorExports = append(msg.MirrorExports, &yunchiv1.MirrorExport{
-						VmId: v.Id, ExportName: v.Mirror.ExportName, SizeBytes: v.DiskBytes, SourceHost: v.HostId})
-				}
+			for _, v := range s.drView().MirrorsOn(req.HostId) {
+				msg.MirrorExports = append(msg.MirrorExports, &yunchiv1.MirrorExport{
+					VmId: v.Id, ExportName: v.Mirror.ExportName, SizeBytes: v.DiskBytes, SourceHost: v.HostId})
 			}
 			msg.Backups = s.backupAssignments(req.HostId)
 			if err := stream.Send(msg); err != nil {

@@ -44,6 +44,7 @@ type DRView interface {
 	BackupJob(id string) (*statev1.BackupJobRecord, bool)
 	RunningJobsOnHost(hostID string) []*statev1.BackupJobRecord
 	Members() []*statev1.MemberRecord
+	MirrorsOn(hostID string) []*statev1.VMRecord
 }
 
 // Repositories are the backup repositories this controller keeps

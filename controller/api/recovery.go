@@ -25,7 +25,7 @@ import (
 // (*state.Store).
 type RecoveryView interface {
 	leader.RecoveryView
-	DRRun(id string) (*statev1.DRRunRecord, bool)
+	RunningRunOf(vmID string) (*statev1.DRRunRecord, bool)
 	FencedCenters() []string
 	Hosts() []state.HostView
 }
@@ -105,7 +105,7 @@ func (s *Server) Failback(ctx context.Context, req *yunchiv1.FailbackRequest) (*
 		return nil, status.Error(codes.FailedPrecondition, err.Error())
 	}
 	for _, e := range run.Vms {
-		if r, ok := v.DRRun(runOfVM(v, e.VmId)); ok {
+		if r, ok := v.RunningRunOf(e.VmId); ok {
 			return nil, status.Errorf(codes.FailedPrecondition, "vm %q is in %s %s, still running: wait for it (yunchi dr show %s)", e.Name, state.RunKindName(r.Kind), r.Id, r.Id)
 		}
 	}
@@ -119,21 +119,6 @@ func (s *Server) Failback(ctx context.Context, req *yunchiv1.FailbackRequest) (*
 	}
 	s.log.Info("failback started", "run", run.Id, "to", run.ToCenter, "vms", len(run.Vms), "by", run.RequestedBy)
 	return runToAPI(res.DRRun, s.entryVisible(ctx)), nil
-}
-
-// runOfVM is the running failover or failback a VM is in ("" = none).
-func runOfVM(v RecoveryView, vmID string) string {
-	for _, r := range v.RunningDRRuns() {
-		if r.Kind == statev1.DRRunKind_DR_RUN_KIND_DRILL {
-			continue
-		}
-		for _, e := range r.Vms {
-			if e.VmId == vmID {
-				return r.Id
-			}
-		}
-	}
-	return ""
 }
 
 // ParseEvery reads a drill interval: a Go duration or a number of days

@@ -66,7 +66,6 @@ type RecoveryView interface {
 	VMsOfRun(runID string) []*statev1.VMRecord
 	RestorePoint(id string) (*statev1.RestorePointRecord, bool)
 	RestorePointsOf(vmID, center string) []*statev1.RestorePointRecord
-	BackupJobs() []*statev1.BackupJobRecord
 	Center(name string) (*statev1.CenterRecord, bool)
 	DeclaredCenters() []*statev1.CenterRecord
 	HostFacts(id string) (state.HostFacts, bool)
@@ -74,6 +73,11 @@ type RecoveryView interface {
 	VMsAwayFrom(center string) []*statev1.VMRecord
 	DrillSchedules() []*statev1.DrillScheduleRecord
 	DRRuns() []*statev1.DRRunRecord
+	DRRun(id string) (*statev1.DRRunRecord, bool)
+	BackupJobFor(vmID, center string) (*statev1.BackupJobRecord, bool)
+	VMs(project, hostID string) []*statev1.VMRecord
+	EffectivePolicy(vm *statev1.VMRecord) (name, source string)
+	Policy(name string) (*statev1.PolicyRecord, bool)
 }
 
 // barrier is a Proposer that can wait until everything committed is
@@ -240,15 +244,8 @@ func mirrorUsable(v RecoveryView, m *statev1.MirrorState, to string) bool {
 
 // countUnprotected counts the VMs in center that no policy protects.
 func countUnprotected(v RecoveryView, center, project string, protected map[string]bool) int {
-	type lister interface {
-		VMs(project, hostID string) []*statev1.VMRecord
-	}
-	l, ok := v.(lister)
-	if !ok {
-		return 0
-	}
 	n := 0
-	for _, vm := range l.VMs(project, "") {
+	for _, vm := range v.VMs(project, "") {
 		if !protected[vm.Id] && vm.DrRun == "" && vm.Desired != statev1.PowerState_POWER_STATE_DELETED && hostCenter(v, vm) == center {
 			n++
 		}
@@ -294,7 +291,7 @@ func PlanFailback(v RecoveryView, home string) (*statev1.DRRunRecord, error) {
 			VmId: vm.Id, Name: vm.Name, Project: vm.Project, FromHost: vm.HostId, FromCenter: now,
 			Step: statev1.DRStep_DR_STEP_PENDING,
 		}
-		if p, _ := protectionOf(v, vm); p != nil {
+		if p := protectionOf(v, vm); p != nil {
 			e.Policy, e.Priority = p.Name, p.Priority
 		}
 		e.JobCenter = copyCenter(v, hc, now)
@@ -320,13 +317,13 @@ func PlanFailback(v RecoveryView, home string) (*statev1.DRRunRecord, error) {
 }
 
 // protectionOf is the policy protecting vm (nil: none).
-func protectionOf(v RecoveryView, vm *statev1.VMRecord) (*statev1.PolicyRecord, string) {
-	for _, p := range v.ProtectedVMs(vm.Project) {
-		if p.VM.Id == vm.Id {
-			return p.Policy, p.Source
-		}
+func protectionOf(v RecoveryView, vm *statev1.VMRecord) *statev1.PolicyRecord {
+	name, _ := v.EffectivePolicy(vm)
+	if name == "" {
+		return nil
 	}
-	return nil, ""
+	p, _ := v.Policy(name)
+	return p
 }
 
 // copyCenter is the repository a failback copies a VM through: the home
@@ -661,23 +658,16 @@ func (r *Recovery) drillStep(ctx context.Context, run *statev1.DRRunRecord, e *s
 // newPointSince is the newest point of vm in center taken after t (nil:
 // none yet).
 func (r *Recovery) newPointSince(vmID, center string, t int64) *statev1.RestorePointRecord {
-	for _, p := range r.view.RestorePointsOf(vmID, center) { // newest first
-		if p.TakenUnixNano > t {
-			return p
-		}
-		break
+	if ps := r.view.RestorePointsOf(vmID, center); len(ps) > 0 && ps[0].TakenUnixNano > t { // newest first
+		return ps[0]
 	}
 	return nil
 }
 
 // jobOf is the backup job of vm to center (nil: none).
 func (r *Recovery) jobOf(vmID, center string) *statev1.BackupJobRecord {
-	for _, j := range r.view.BackupJobs() {
-		if j.VmId == vmID && j.Center == center {
-			return j
-		}
-	}
-	return nil
+	j, _ := r.view.BackupJobFor(vmID, center)
+	return j
 }
 
 // startCopy starts a backup of vm to center now (unless one runs); it says
@@ -690,7 +680,7 @@ func (r *Recovery) startCopy(ctx context.Context, vm *statev1.VMRecord, center s
 	if ps := r.view.RestorePointsOf(vm.Id, center); len(ps) > 0 {
 		j.BasePointId = ps[0].Id
 	}
-	if pol, _ := protectionOf(r.view, vm); pol != nil {
+	if pol := protectionOf(r.view, vm); pol != nil {
 		j.Policy = pol.Name
 	}
 	actx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -807,13 +797,8 @@ func (r *Recovery) failbackStep(ctx context.Context, run *statev1.DRRunRecord, e
 // finishIfDone ends a run whose VMs all reached their end (a drill's
 // clones all gone), with its production check.
 func (r *Recovery) finishIfDone(ctx context.Context, id string) {
-	var run *statev1.DRRunRecord
-	for _, x := range r.view.RunningDRRuns() {
-		if x.Id == id {
-			run = x
-		}
-	}
-	if run == nil {
+	run, ok := r.view.DRRun(id)
+	if !ok || run.State != statev1.DRRunState_DR_RUN_STATE_RUNNING {
 		return
 	}
 	done, failed := 0, 0

@@ -386,32 +386,22 @@ func (e *Engine) Place(ctx context.Context, sp Spec) ([]*statev1.VMRecord, []Dec
 	for i, c := range sp.Constraints {
 		rules[i] = stateConstraint(c)
 	}
-	var lastErr error
-	for attempt := 0; attempt < Attempts; attempt++ {
-		e.mu.Lock()
+	check := func() error {
 		if err := alreadyExists(&sp, e.view); err != nil {
-			e.mu.Unlock()
-			return nil, nil, err
+			return err
 		}
 		// Quotas first: over a quota, no host would do. Refused for good
 		// only when the committed state alone leaves no room: a proposal
 		// in flight may fail, or may have been applied and not yet
 		// released. Otherwise Apply decides.
 		if qv, ok := e.view.(QuotaView); ok {
-			if err := qv.CheckQuota(sp.Project, specUsage(&sp)); err != nil {
-				e.mu.Unlock()
-				return nil, nil, err
-			}
+			return qv.CheckQuota(sp.Project, specUsage(&sp))
 		}
-		ps, ds, err := e.decide(&sp)
-		if err != nil {
-			e.mu.Unlock()
-			return nil, nil, err
-		}
-		resID := e.reserve(&sp, ps)
-		e.mu.Unlock()
-
-		recs := make([]*statev1.VMRecord, len(ps))
+		return nil
+	}
+	var recs []*statev1.VMRecord
+	build := func(ps []scheduler.Placement) *statev1.Command {
+		recs = make([]*statev1.VMRecord, len(ps))
 		for i, p := range ps {
 			recs[i] = &statev1.VMRecord{
 				Id: uuid.NewString(), Name: sp.Names[i], Project: sp.Project,
@@ -423,10 +413,56 @@ func (e *Engine) Place(ctx context.Context, sp Spec) ([]*statev1.VMRecord, []Dec
 			}
 		}
 		// One VM or a batch: the same command.
-		cmd := &statev1.Command{Cmd: &statev1.Command_PlaceVms{PlaceVms: &statev1.PlaceVMs{Vms: recs}}}
-		res, err := e.prop.Apply(ctx, cmd)
-		// Applied (the committed state now holds the VMs) or not: either
-		// way the reservation has done its work.
+		return &statev1.Command{Cmd: &statev1.Command_PlaceVms{PlaceVms: &statev1.PlaceVMs{Vms: recs}}}
+	}
+	res, ds, err := e.propose(ctx, &sp, check, nil, build)
+	if err != nil {
+		return nil, nil, err
+	}
+	placed := res.VMs
+	if len(placed) != len(recs) {
+		return nil, nil, fmt.Errorf("placement: %d VMs placed of %d", len(placed), len(recs))
+	}
+	for _, r := range placed {
+		e.log.Debug("vm placed", "vm", r.Name, "project", r.Project, "host", r.HostId, "id", r.Id, "group", r.Group)
+	}
+	return placed, ds, nil
+}
+
+// propose is Place's and Relocate's loop: under the decision lock, check
+// (may refuse for good), decide (or take the placement fixed), reserve;
+// then, unlocked, propose build's command and release the reservation. A
+// decision Apply rejects because the state changed meanwhile is made again,
+// up to Attempts times.
+func (e *Engine) propose(ctx context.Context, sp *Spec, check func() error, fixed []Decision, build func([]scheduler.Placement) *statev1.Command) (state.Result, []Decision, error) {
+	var lastErr error
+	for attempt := 0; attempt < Attempts; attempt++ {
+		e.mu.Lock()
+		if check != nil {
+			if err := check(); err != nil {
+				e.mu.Unlock()
+				return state.Result{}, nil, err
+			}
+		}
+		var ps []scheduler.Placement
+		ds := fixed
+		if fixed != nil {
+			for _, d := range fixed {
+				ps = append(ps, scheduler.Placement{HostID: d.HostID})
+			}
+		} else {
+			var err error
+			if ps, ds, err = e.decide(sp); err != nil {
+				e.mu.Unlock()
+				return state.Result{}, nil, err
+			}
+		}
+		resID := e.reserve(sp, ps)
+		e.mu.Unlock()
+
+		res, err := e.prop.Apply(ctx, build(ps))
+		// Applied (the committed state now holds it) or not: either way
+		// the reservation has done its work.
 		e.release(resID)
 		if state.KindOf(err) == state.KindConflict {
 			e.log.Info("placement lost a race; deciding again", "vm", sp.Names[0], "attempt", attempt+1, "err", err)
@@ -434,18 +470,11 @@ func (e *Engine) Place(ctx context.Context, sp Spec) ([]*statev1.VMRecord, []Dec
 			continue
 		}
 		if err != nil {
-			return nil, nil, err
+			return state.Result{}, nil, err
 		}
-		placed := res.VMs
-		if len(placed) != len(recs) {
-			return nil, nil, fmt.Errorf("placement: %d VMs placed of %d", len(placed), len(recs))
-		}
-		for _, r := range placed {
-			e.log.Debug("vm placed", "vm", r.Name, "project", r.Project, "host", r.HostId, "id", r.Id, "group", r.Group)
-		}
-		return placed, ds, nil
+		return res, ds, nil
 	}
-	return nil, nil, &ErrRaces{Last: lastErr}
+	return state.Result{}, nil, &ErrRaces{Last: lastErr}
 }
 
 // Move is an existing VM to place again in another center (failover,
@@ -477,36 +506,21 @@ func (e *Engine) Relocate(ctx context.Context, runID string, m Move) (*statev1.D
 		return nil, Decision{}, err
 	}
 	sp.Center, sp.Restore = m.Center, m.Restore
-	var lastErr error
-	for attempt := 0; attempt < Attempts; attempt++ {
-		e.mu.Lock()
-		var ps []scheduler.Placement
-		var ds []Decision
-		if m.HostID != "" {
-			ps, ds = []scheduler.Placement{{HostID: m.HostID}}, []Decision{{VMName: m.VM.Name, HostID: m.HostID, HostCenter: m.Center}}
-		} else if ps, ds, err = e.decide(&sp); err != nil {
-			e.mu.Unlock()
-			return nil, Decision{}, err
-		}
-		resID := e.reserve(&sp, ps)
-		e.mu.Unlock()
-		cmd := &statev1.Command{Cmd: &statev1.Command_RelocateVms{RelocateVms: &statev1.RelocateVMs{
+	var fixed []Decision
+	if m.HostID != "" {
+		fixed = []Decision{{VMName: m.VM.Name, HostID: m.HostID, HostCenter: m.Center}}
+	}
+	build := func(ps []scheduler.Placement) *statev1.Command {
+		return &statev1.Command{Cmd: &statev1.Command_RelocateVms{RelocateVms: &statev1.RelocateVMs{
 			RunId: runID,
 			Relocations: []*statev1.Relocation{{
 				VmId: m.VM.Id, HostId: ps[0].HostID, Entry: m.Entry, Restore: m.Restore, Start: m.Start, HomeCenter: m.HomeCenter,
 			}},
 		}}}
-		res, err := e.prop.Apply(ctx, cmd)
-		e.release(resID)
-		if state.KindOf(err) == state.KindConflict {
-			e.log.Info("relocation lost a race; deciding again", "vm", m.VM.Name, "attempt", attempt+1, "err", err)
-			lastErr = err
-			continue
-		}
-		if err != nil {
-			return nil, Decision{}, err
-		}
-		return res.DRRun, ds[0], nil
 	}
-	return nil, Decision{}, &ErrRaces{Last: lastErr}
+	res, ds, err := e.propose(ctx, &sp, nil, fixed, build)
+	if err != nil {
+		return nil, Decision{}, err
+	}
+	return res.DRRun, ds[0], nil
 }

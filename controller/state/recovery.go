@@ -762,3 +762,26 @@ func (s *Store) MirroredVMIDs() []string {
 	sort.Strings(out)
 	return out
 }
+
+// BackupJobFor returns the backup job of a VM to a center (running or
+// failed), by the store's index.
+func (s *Store) BackupJobFor(vmID, center string) (*statev1.BackupJobRecord, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	id, ok := s.dr.jobByKey[jobKey(vmID, center)]
+	if !ok {
+		return nil, false
+	}
+	return s.dr.jobs[id], true // replaced, never changed: shared
+}
+
+// RunningRunOf returns the running failover or failback a VM is in.
+func (s *Store) RunningRunOf(vmID string) (*statev1.DRRunRecord, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	r, ok := s.runningRunOf(vmID, "")
+	if !ok {
+		return nil, false
+	}
+	return proto.Clone(r).(*statev1.DRRunRecord), true
+}
