@@ -462,29 +462,7 @@ func (a *Agent) pauseMirror(ctx context.Context, id string, log *slog.Logger) fu
 // reports them: on every new set, at every resync, and soon after a pass
 // that could not finish.
 func (a *Agent) exportsLoop(ctx context.Context) {
-	resync := time.NewTicker(a.cfg.ResyncInterval)
-	defer resync.Stop()
-	var retry <-chan time.Time
-	bo := &backoff{min: min(retryDelay, a.cfg.ResyncInterval), max: a.cfg.ResyncInterval}
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-a.exportsChanged:
-		case <-resync.C:
-		case <-retry:
-		}
-		retry = nil
-		set := a.latest()
-		if set == nil {
-			continue
-		}
-		if a.syncExports(ctx, set) {
-			bo.reset()
-		} else if ctx.Err() == nil {
-			retry = time.After(bo.next())
-		}
-	}
+	a.passLoop(ctx, a.exportsChanged, a.syncExports)
 }
 
 // mirrorKeepUnlisted is how long the file of an export no longer listed

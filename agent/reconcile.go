@@ -33,6 +33,13 @@ func (s sentStatus) same(st *yunchiv1.VMStatus) bool {
 // reconcileLoop reconciles on every new set of assignments, on every resync
 // tick (against the last set), and soon after a reconcile that failed.
 func (a *Agent) reconcileLoop(ctx context.Context) {
+	a.passLoop(ctx, a.setChanged, a.reconcile)
+}
+
+// passLoop runs pass against the latest assignments when wake fires, at
+// every resync, and soon (with backoff) after a pass that could not
+// finish; never before a first set has come (nothing to act on yet).
+func (a *Agent) passLoop(ctx context.Context, wake <-chan struct{}, pass func(context.Context, *yunchiv1.Assignments) bool) {
 	resync := time.NewTicker(a.cfg.ResyncInterval)
 	defer resync.Stop()
 	var retry <-chan time.Time
@@ -41,16 +48,16 @@ func (a *Agent) reconcileLoop(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-a.setChanged:
+		case <-wake:
 		case <-resync.C:
 		case <-retry:
 		}
 		retry = nil
 		set := a.latest()
 		if set == nil {
-			continue // nothing to reconcile against yet: touch nothing
+			continue
 		}
-		if a.reconcile(ctx, set) {
+		if pass(ctx, set) {
 			bo.reset()
 		} else if ctx.Err() == nil {
 			retry = time.After(bo.next())
