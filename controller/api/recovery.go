@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strconv"
 	"strings"
@@ -77,12 +78,7 @@ func (s *Server) Failover(ctx context.Context, req *yunchiv1.FailoverRequest) (*
 		return s.planOut(run, true), nil
 	}
 	run.RequestedBy = callerName(ctx)
-	res, err := s.apply(ctx, &statev1.Command{Cmd: &statev1.Command_StartDrRun{StartDrRun: &statev1.StartDRRun{Run: run}}})
-	if err != nil {
-		return nil, err
-	}
-	s.log.Warn("failover started: center fenced", "run", run.Id, "from", run.FromCenter, "to", run.ToCenter, "vms", len(run.Vms), "by", run.RequestedBy)
-	return runToAPI(res.DRRun, s.entryVisible(ctx)), nil
+	return s.startRun(ctx, run)
 }
 
 // Failback returns the VMs failed over from a center, once it is back.
@@ -113,11 +109,22 @@ func (s *Server) Failback(ctx context.Context, req *yunchiv1.FailbackRequest) (*
 		return s.planOut(run, false), nil
 	}
 	run.RequestedBy = callerName(ctx)
+	return s.startRun(ctx, run)
+}
+
+// startRun records a planned run (a failover fences its center in the
+// same entry) and answers with it as the caller may see it.
+func (s *Server) startRun(ctx context.Context, run *statev1.DRRunRecord) (*yunchiv1.DRRun, error) {
 	res, err := s.apply(ctx, &statev1.Command{Cmd: &statev1.Command_StartDrRun{StartDrRun: &statev1.StartDRRun{Run: run}}})
 	if err != nil {
 		return nil, err
 	}
-	s.log.Info("failback started", "run", run.Id, "to", run.ToCenter, "vms", len(run.Vms), "by", run.RequestedBy)
+	level := slog.LevelInfo
+	if run.Kind == statev1.DRRunKind_DR_RUN_KIND_FAILOVER {
+		level = slog.LevelWarn // a center was declared lost and fenced
+	}
+	s.log.Log(ctx, level, "dr run started", "run", run.Id, "kind", state.RunKindName(run.Kind), "from", run.FromCenter, "to", run.ToCenter,
+		"vms", len(run.Vms), "by", run.RequestedBy)
 	return runToAPI(res.DRRun, s.entryVisible(ctx)), nil
 }
 
@@ -194,12 +201,7 @@ func (s *Server) StartDrill(ctx context.Context, req *yunchiv1.DrillRequest) (*y
 		}
 		run.ScheduleId = sched.Id
 	}
-	res, err := s.apply(ctx, &statev1.Command{Cmd: &statev1.Command_StartDrRun{StartDrRun: &statev1.StartDRRun{Run: run}}})
-	if err != nil {
-		return nil, err
-	}
-	s.log.Info("drill started", "run", run.Id, "center", run.FromCenter, "to", run.ToCenter, "vms", len(run.Vms), "by", run.RequestedBy)
-	return runToAPI(res.DRRun, s.entryVisible(ctx)), nil
+	return s.startRun(ctx, run)
 }
 
 // planOut is a dry run's answer: the plan, each VM checked against the

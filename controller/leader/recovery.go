@@ -556,15 +556,9 @@ func (r *Recovery) failoverStep(ctx context.Context, run *statev1.DRRunRecord, e
 			e.Reason = "its mirror host is not ready: brought up from its newest point"
 			e.PointId = ""
 		}
-		p, ok := r.view.RestorePoint(e.PointId)
-		if !ok {
-			// Removed since the plan (retention): take the newest now.
-			if p = newestPointOutside(r.view, vm.Id, run.FromCenter, run.ToCenter); p == nil {
-				setStep(e, statev1.DRStep_DR_STEP_SKIPPED, now, "its restore point was removed and no other is left")
-				return true
-			}
-			e.PointId, e.PointCenter, e.PointTakenUnixNano = p.Id, p.Center, p.TakenUnixNano
-			e.DataLossMillis = max(0, (run.StartedUnixNano-p.TakenUnixNano)/int64(time.Millisecond))
+		p := r.pointOf(run, e, now)
+		if p == nil {
+			return true
 		}
 		moved := proto.Clone(e).(*statev1.DRRunVM)
 		setStep(moved, statev1.DRStep_DR_STEP_STARTING, now, "")
@@ -585,19 +579,31 @@ func (r *Recovery) failoverStep(ctx context.Context, run *statev1.DRRunRecord, e
 	return false
 }
 
+// pointOf is the point a VM of a run is brought up from: the planned one,
+// or, if retention removed it since, the newest left outside the lost
+// center (recorded in e). nil: none is left, and e is SKIPPED.
+func (r *Recovery) pointOf(run *statev1.DRRunRecord, e *statev1.DRRunVM, now time.Time) *statev1.RestorePointRecord {
+	if p, ok := r.view.RestorePoint(e.PointId); ok {
+		return p
+	}
+	p := newestPointOutside(r.view, e.VmId, run.FromCenter, run.ToCenter)
+	if p == nil {
+		setStep(e, statev1.DRStep_DR_STEP_SKIPPED, now, "its restore point was removed and no other is left")
+		return nil
+	}
+	e.PointId, e.PointCenter, e.PointTakenUnixNano = p.Id, p.Center, p.TakenUnixNano
+	e.DataLossMillis = max(0, (run.StartedUnixNano-p.TakenUnixNano)/int64(time.Millisecond))
+	return p
+}
+
 // drillStep: PENDING -> clone placed (STARTING) -> RUNNING (measured;
 // the clone is removed) -> DONE once it is gone.
 func (r *Recovery) drillStep(ctx context.Context, run *statev1.DRRunRecord, e *statev1.DRRunVM, now time.Time) {
 	switch e.Step {
 	case statev1.DRStep_DR_STEP_PENDING:
-		p, ok := r.view.RestorePoint(e.PointId)
-		if !ok {
-			if p = newestPointOutside(r.view, e.VmId, run.FromCenter, run.ToCenter); p == nil {
-				setStep(e, statev1.DRStep_DR_STEP_SKIPPED, now, "its restore point was removed and no other is left")
-				return
-			}
-			e.PointId, e.PointCenter, e.PointTakenUnixNano = p.Id, p.Center, p.TakenUnixNano
-			e.DataLossMillis = max(0, (run.StartedUnixNano-p.TakenUnixNano)/int64(time.Millisecond))
+		p := r.pointOf(run, e, now)
+		if p == nil {
+			return
 		}
 		// The clone has the shape of the VM now (its point's if the VM is
 		// gone) and the point's root disk.
