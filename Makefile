@@ -78,8 +78,9 @@ proto:
 # Scheduler figures (docs/performance.md): the Azure trace replay of
 # ../shared/bench/azure-replay.md (workloads described in
 # docs/performance.md), W1 fill at H=1000, 5000, 10000 and W2 churn at
-# H=720, Yunchi against both baselines, on one core; then the scheduler's Go
-# benchmarks. TRACE is the trace directory (public Azure VM trace).
+# H=300, 400, 500, 600 (too few hosts: the pool runs full) and 720, Yunchi
+# against both baselines in the same run, on one core; then the scheduler's
+# Go benchmarks. TRACE is the trace directory (public Azure VM trace).
 TRACE ?= ../shared/data/azure-vm-trace
 bench:
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/yunchi ./cmd/yunchi
@@ -87,8 +88,10 @@ bench:
 		echo "== W1 fill, H=$$h"; \
 		GOMAXPROCS=1 ./$(BIN)/yunchi simulate --trace $(TRACE) --workload fill --hosts $$h || exit 1; \
 	done
-	@echo "== W2 churn, H=720"
-	GOMAXPROCS=1 ./$(BIN)/yunchi simulate --trace $(TRACE) --workload churn --hosts 720
+	@for h in 300 400 500 600 720; do \
+		echo "== W2 churn, H=$$h"; \
+		GOMAXPROCS=1 ./$(BIN)/yunchi simulate --trace $(TRACE) --workload churn --hosts $$h || exit 1; \
+	done
 	$(GO) test -run '^$$' -bench . ./scheduler/...
 
 # Controller write path (docs/performance.md, "Controller write path"): 3

@@ -11,6 +11,10 @@ type Options struct {
 	Strategy  Strategy // default Binpack
 	Seed      int64    // tie-breaks; same state+request+seed -> same answer
 	RunnersUp int      // candidates listed after the winner (default 3; negative: none)
+	// PressureWindow is how many decisions a Binpack cluster spreads for
+	// after a refusal in a nearly full pool (pressure.go): 0 is the
+	// default, DefaultPressureWindow; negative never spreads.
+	PressureWindow int
 }
 
 // Placement is where a request goes.
@@ -68,6 +72,10 @@ type Cluster struct {
 	dec          decision   // the current decision
 	req          Request    // its request
 	spare        spareNodes // emptied index nodes, for reuse
+	// decisions counts decisions made (a batch member is one); the cluster
+	// is under pressure (pressure.go) up to decision pressureUntil;
+	// pressured counts the decisions made under it.
+	decisions, pressureUntil, pressured uint64
 }
 
 type nofitKey struct {
@@ -91,6 +99,9 @@ func NewCluster(hosts []Host, opt Options) (*Cluster, error) {
 	}
 	if c.opt.RunnersUp < 0 {
 		c.opt.RunnersUp = 0
+	}
+	if c.opt.PressureWindow == 0 {
+		c.opt.PressureWindow = DefaultPressureWindow
 	}
 	if opt.Strategy != Binpack && opt.Strategy != Spread {
 		return nil, fmt.Errorf("unknown strategy %d: want Binpack or Spread", int(opt.Strategy))
@@ -208,6 +219,10 @@ func (c *Cluster) Place(req Request) (Placement, error) {
 	c.req = req
 	p, err := c.place(c.newDecision(&c.req, nil))
 	c.req = Request{}
+	var nf *NoFitError
+	if errors.As(err, &nf) {
+		c.notePressure(nf)
+	}
 	return p, err
 }
 
@@ -249,6 +264,7 @@ func (c *Cluster) PlaceBatch(reqs []Request) ([]Placement, error) {
 		if err != nil {
 			var nf *NoFitError
 			if errors.As(err, &nf) {
+				c.notePressure(nf)
 				nf.Batch, nf.Index = len(reqs), i
 				return nil, nf
 			}
@@ -290,7 +306,13 @@ func batchName(reqs []Request, i int) string {
 // allocation per decision.
 func (c *Cluster) newDecision(req *Request, extra map[string]int) *decision {
 	d := &c.dec
-	*d = decision{req: req, strategy: c.opt.Strategy, w: c.weights()}
+	c.decisions++
+	strategy := c.opt.Strategy
+	if strategy == Binpack && c.pressed() {
+		strategy = Spread
+		c.pressured++
+	}
+	*d = decision{req: req, strategy: strategy, w: c.weights()}
 	if g := req.Group; g != nil {
 		v := &groupView{Group: g, members: map[string]int{}, racks: map[rackKey]int{}, centers: map[string]int{}}
 		add := func(m map[string]int) {

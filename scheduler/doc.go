@@ -5,7 +5,8 @@
 // for a Placement on the raft leader, commits the answer through the log
 // and then records it with Allocate; nothing here runs again on replay.
 // The same hosts, request and Options.Seed always give the same answer,
-// whatever order the hosts were given in.
+// whatever order the hosts were given in, in a Cluster with the same recent
+// refusals (see Under pressure).
 //
 // # Decisions
 //
@@ -29,6 +30,18 @@
 //     the most leftover. Soft group rules add a penalty larger than any
 //     packing difference, so they hold whenever some host allows them.
 //   - Ties go by a hash of the seed and the host ID, then the ID.
+//
+// # Under pressure
+//
+// Once a nearly full pool (95% of vCPU or memory allocated) refuses a
+// request for lack of room, a Binpack Cluster decides as Spread does for
+// the next 100 decisions, and again after every such refusal (pressure.go).
+// Demand then exceeds supply and every freed vCPU finds a taker; taking
+// small requests from the largest holes serves more requests in the same
+// room than keeping large holes whole for the next large one. On the Azure
+// trace with too few hosts that refuses fewer requests than best fit and
+// than sampling at every H measured from 300 to 600 (docs/performance.md).
+// Nothing changes before the first refusal.
 //
 // The winner comes with up to Options.RunnersUp next-best hosts. When no
 // host passes, Place returns a *NoFitError counting hosts per reason (each
@@ -71,7 +84,9 @@
 // 1,000, 5,000 and 10,000 hosts, where plain best fit reaches 0.9954 at
 // 10,000; W2 churn at 720 hosts rejects nothing and leaves 138 free
 // 16-vCPU/112-GiB slots at the CPU peak (best fit 135, best of log2(H)
-// random samples 137). See BenchmarkPlace for the decision cost.
+// random samples 137). With too few hosts (W2 churn at 300 to 600), it
+// refuses fewer requests than both (at 400: 27,865 against 35,669 and
+// 33,756). See BenchmarkPlace for the decision cost.
 //
 // # Concurrency
 //

@@ -33,6 +33,7 @@ func simulateCommand() *cli.Command {
 			&cli.BoolFlag{Name: "baselines", Usage: "also run the best-fit and sampling baselines", Value: true},
 			&cli.BoolFlag{Name: "batch", Usage: "one all-or-nothing decision per tenant batch (Yunchi: PlaceBatch) instead of per request"},
 			&cli.IntFlag{Name: "max-rejections", Usage: "fill stops after this many rejections", Value: sim.DefaultMaxRejections},
+			&cli.IntFlag{Name: "pressure-window", Usage: "decisions Yunchi's binpack spreads for after a refusal in a nearly full pool (docs/performance.md, \"Under pressure\"); 0 turns it off", Value: scheduler.DefaultPressureWindow},
 		},
 		Action: simulate,
 	}
@@ -77,6 +78,14 @@ func simulate(cCtx *cli.Context) error {
 	}
 	if s.MaxRejections = cCtx.Int("max-rejections"); s.MaxRejections <= 0 {
 		return usagef("simulate: --max-rejections must be positive, got %d", s.MaxRejections)
+	}
+	switch w := cCtx.Int("pressure-window"); {
+	case w < 0:
+		return usagef("simulate: --pressure-window must be 0 (off) or more, got %d", w)
+	case w == 0:
+		s.PressureWindow = -1
+	default:
+		s.PressureWindow = w
 	}
 	if st, err := os.Stat(dir); err != nil {
 		return usagef("simulate: --trace %s: no such directory", dir)

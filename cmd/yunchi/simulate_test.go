@@ -26,7 +26,11 @@ func TestSimulateJSON(t *testing.T) {
 		"trace": "v1.tiny.txt", "requests": 8.0, "max_rejections": 20.0,
 		"placed_before_first_reject": 6.0, "fluid_bound": 6.0, "rejected": 20.0, "packing_ratio": 1.0,
 		"baseline_bestfit_placed_before_first_reject": 6.0, "baseline_bestfit_total_placed": 8.0,
-		"baseline_bestfit_hosts_touched": 3.0,
+		"baseline_bestfit_hosts_touched": 3.0, "pressure_window": 100.0,
+		// What the 20 refusals were refused beside (worked out by the
+		// harness's ledger; see TestRefusalsNote for the rules).
+		"rejected_shapes": "16c112g:9 8c56g:5 32c224g:3 8c112g:2 4c28g:1", "rejected_vcpus": 300.0,
+		"rejected_short_memory": 11.0, "rejected_short_both": 9.0, "rejected_split": 0.0,
 	} {
 		if m[name] != want {
 			t.Errorf("%s = %v (%T), want %v", name, m[name], m[name], want)
@@ -63,6 +67,33 @@ func TestSimulateTable(t *testing.T) {
 	}
 	if _, ok := got["baseline_bestfit_rejected"]; ok {
 		t.Error("--baselines=false still ran the baselines")
+	}
+}
+
+// --pressure-window 0 turns pressure off: no decision is made under it, and
+// the run says so; the default run spreads after its first refusal.
+func TestSimulatePressureWindow(t *testing.T) {
+	for _, tc := range []struct {
+		args      []string
+		window    string
+		pressured bool
+	}{
+		{nil, "100", true},
+		{[]string{"--pressure-window", "0"}, "0", false},
+		{[]string{"--pressure-window", "3"}, "3", true},
+	} {
+		args := append([]string{"simulate", "--trace", tinyTrace, "--workload", "fill", "--hosts", "3",
+			"--host", "32c224g1000d", "--max-rejections", "20", "--baselines=false"}, tc.args...)
+		code, stdout, stderr := yunchi(t, args...)
+		if code != 0 {
+			t.Fatalf("%v: exit %d, stderr %q", tc.args, code, stderr)
+		}
+		if !strings.Contains(stdout, "\npressure_window: "+tc.window+"\n") {
+			t.Errorf("%v: no pressure_window: %s in\n%s", tc.args, tc.window, stdout)
+		}
+		if off := strings.Contains(stdout, "\npressure_decisions: 0\n"); off == tc.pressured {
+			t.Errorf("%v: pressure_decisions 0 is %v, want %v:\n%s", tc.args, off, !tc.pressured, stdout)
+		}
 	}
 }
 
@@ -107,6 +138,7 @@ func TestSimulateUsageErrors(t *testing.T) {
 		{[]string{"--trace", tinyTrace, "--workload", "fill", "--strategy", "tetris"}, "simulate: --strategy: "},
 		{[]string{"--trace", bad, "--workload", "fill"}, "simulate: trace directory " + bad + ": no arrivals file v1.<name>.txt"},
 		{[]string{"--trace", tinyTrace, "--workload", "fill", "extra"}, `simulate: unexpected argument "extra"`},
+		{[]string{"--trace", tinyTrace, "--workload", "fill", "--pressure-window", "-1"}, "simulate: --pressure-window must be 0 (off) or more, got -1"},
 	}
 	for _, tc := range tests {
 		code, stdout, stderr := yunchi(t, append([]string{"simulate"}, tc.args...)...)

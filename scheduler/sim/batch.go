@@ -133,6 +133,7 @@ func FillBatch(t *Trace, p BatchPlacer, cfg Config) (FillResult, error) {
 			}
 			res.Rejected += int64(len(reqs))
 			res.BatchesRejected++
+			res.Refusals.noteAll(led, reqs)
 			if led.fitsGreedy(reqs) {
 				res.RejectedWhileFit += int64(len(reqs))
 			}
@@ -206,6 +207,7 @@ func ChurnBatch(t *Trace, p BatchPlacer, cfg Config) (ChurnResult, error) {
 			}
 			res.Rejected += int64(len(reqs))
 			res.BatchesRejected++
+			res.Refusals.noteAll(led, reqs)
 			if led.fitsGreedy(reqs) {
 				res.RejectedWhileFit += int64(len(reqs))
 			}

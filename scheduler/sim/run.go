@@ -141,6 +141,7 @@ type FillResult struct {
 	// RejectedWhileFit counts rejections while the harness's own ledger had
 	// a host that could take the request (a placer bug if nonzero).
 	RejectedWhileFit int64
+	Refusals         Refusals // what each refusal was refused beside
 	Timing
 	HostsTouched int
 	StreamPasses int // how many times the stream was started
@@ -159,6 +160,7 @@ func (r FillResult) Figures(prefix string) []Figure {
 		{"fluid_bound", r.FluidBound},
 		{"packing_ratio", round6(r.PackingRatio)},
 	}
+	fs = append(fs, r.Refusals.figures()...)
 	fs = append(fs, r.Timing.figures()...)
 	fs = append(fs,
 		Figure{"hosts_touched", r.HostsTouched},
@@ -270,7 +272,7 @@ func Fill(t *Trace, p Placer, cfg Config) (FillResult, error) {
 				res.PlacedBeforeFirstReject = res.TotalPlaced
 			}
 			res.Rejected++
-			if led.anyFits(req.Resources) {
+			if res.Refusals.note(led, req.Resources) {
 				res.RejectedWhileFit++
 			}
 			m.checks += time.Since(t1)
@@ -306,6 +308,7 @@ type ChurnResult struct {
 	Placed, Rejected     int64
 	RejectedPct          float64
 	RejectedWhileFit     int64
+	Refusals             Refusals // what each refusal was refused beside
 	PeakCPUAllocated     int64
 	PeakCPUPct           float64
 	PeakMemoryPct        float64 // memory allocated at the CPU peak
@@ -325,6 +328,9 @@ func (r ChurnResult) Figures(prefix string) []Figure {
 		{"arrivals", r.Arrivals},
 		{"rejected", r.Rejected},
 		{"rejected_pct", round3(r.RejectedPct)},
+	}
+	fs = append(fs, r.Refusals.figures()...)
+	fs = append(fs, []Figure{
 		{"peak_cpu_allocated", r.PeakCPUAllocated},
 		{"peak_cpu_pct", round3(r.PeakCPUPct)},
 		{"memory_pct_at_peak", round3(r.PeakMemoryPct)},
@@ -332,7 +338,7 @@ func (r ChurnResult) Figures(prefix string) []Figure {
 		{"free_slots_16c112g_at_peak", r.FreeSlots16c112g},
 		{"free_slots_8c56g_at_peak", r.FreeSlots8c56g},
 		{"empty_hosts_at_peak", r.EmptyHostsAtPeak},
-	}
+	}...)
 	fs = append(fs, r.Timing.figures()...)
 	fs = append(fs,
 		Figure{"rejected_while_fit", r.RejectedWhileFit},
@@ -414,7 +420,7 @@ func Churn(t *Trace, p Placer, cfg Config) (ChurnResult, error) {
 			m.rejected = append(m.rejected, t1.Sub(t0))
 			where[i] = -1
 			res.Rejected++
-			if led.anyFits(req.Resources) {
+			if res.Refusals.note(led, req.Resources) {
 				res.RejectedWhileFit++
 			}
 			m.checks += time.Since(t1)

@@ -120,6 +120,9 @@ type Settings struct {
 	Batch bool
 	// MaxRejections stops fill; 0 = DefaultMaxRejections.
 	MaxRejections int
+	// PressureWindow is Yunchi's scheduler.Options.PressureWindow: 0 the
+	// default, negative off.
+	PressureWindow int
 	// Progress, if set, gets a short status about once a second.
 	Progress func(status string)
 }
@@ -149,6 +152,7 @@ func Run(t *Trace, s Settings) ([]Figure, error) {
 		{"batches", t.Batches},
 		{"sample_size", SampleSize(s.Hosts)},
 		{"batch", s.Batch},
+		{"pressure_window", pressureWindow(s.PressureWindow)},
 	}
 	if s.Workload == WorkloadFill {
 		figs = append(figs, Figure{"max_rejections", cfg.maxRejections()}) // what the run uses
@@ -177,13 +181,16 @@ func Run(t *Trace, s Settings) ([]Figure, error) {
 		figs = append(figs, r.Figures(prefix)...)
 		return nil
 	}
-	y, err := NewYunchi(Hosts(s.Hosts, shape), scheduler.Options{Strategy: s.Strategy, Seed: s.Seed})
+	y, err := NewYunchi(Hosts(s.Hosts, shape), scheduler.Options{Strategy: s.Strategy, Seed: s.Seed, PressureWindow: s.PressureWindow})
 	if err != nil {
 		return nil, fmt.Errorf("yunchi: %v", err)
 	}
 	if err := run("yunchi", "", y); err != nil {
 		return nil, err
 	}
+	// How many of Yunchi's decisions were made under pressure (after a
+	// refusal in a nearly full pool: scheduler/pressure.go).
+	figs = append(figs, Figure{"pressure_decisions", int64(y.c.PressureDecisions())})
 	if !s.Baselines {
 		return figs, nil
 	}
@@ -194,4 +201,15 @@ func Run(t *Trace, s Settings) ([]Figure, error) {
 		return nil, err
 	}
 	return figs, nil
+}
+
+// pressureWindow is the window a run uses, as printed: 0 when off.
+func pressureWindow(w int) int {
+	switch {
+	case w < 0:
+		return 0
+	case w == 0:
+		return scheduler.DefaultPressureWindow
+	}
+	return w
 }
