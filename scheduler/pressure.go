@@ -27,14 +27,14 @@ package scheduler
 // W1's packing up to the first refusal and W2 at 720 hosts (no refusals)
 // are as Binpack alone makes them.
 //
-// DefaultPressureWindow was fixed after measuring W2 with too few hosts (H = 300
-// to 650 in steps of 25, docs/performance.md): every window from 20 to
-// 1,000 decisions refuses fewer requests than both baselines at every H
-// from 300 to 600; longer windows refuse fewer requests and more vCPU (the
-// large ones), shorter ones the reverse; 100 sits inside that range, where
-// the vCPU refused stays within 4% of the better baseline. pressureFull
-// only tells a full pool from an awkward request: in those runs the free
-// vCPU at a refusal averages under 1% of the pool.
+// DefaultPressureWindow was fixed after measuring W2 with too few hosts
+// (H = 300 to 650 in steps of 25; docs/performance.md). Each window
+// measured (20, 100, 1,000 decisions) refuses fewer requests than both
+// baselines at every H from 300 to 600; longer windows refuse fewer
+// requests and more vCPU (the large ones), shorter ones the reverse. At
+// 100 the vCPU refused is at most 4% above the better baseline's.
+// pressureFull only tells a full pool from an awkward request: in those
+// runs the free vCPU at a refusal averages under 1% of the pool.
 const DefaultPressureWindow = 100
 
 // pressureFull is how full (vCPU or memory, over the ready hosts) the pool
