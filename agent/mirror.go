@@ -251,6 +251,16 @@ func (a *Agent) reconcileMirror(ctx context.Context, as *yunchiv1.Assignment, st
 	switch {
 	case err != nil:
 		startErr = err
+	case cur.Phase == MirrorNone && a.endedUnseen(id, want):
+		// The job ended by itself since it was last looked at (this pass
+		// came before the watcher's next poll). Report that first, as the
+		// watcher would have: the controllers show why the VM is not
+		// protected. The next pass, at once, starts it again.
+		a.recordMirror(id, want, base, mirrorSeen{err: mirrorEnded})
+		log.Warn("mirror ended: the VM is not protected until it is copied again", "to", want.Address)
+		a.wake()
+		a.fillMirror(st)
+		return true
 	case cur.Phase != MirrorNone && cur.Target != want:
 		log.Info("mirror target changed; stopping the old mirror", "from", cur.Target.Address, "from_export", cur.Target.Export,
 			"to", want.Address, "to_export", want.Export)
@@ -278,6 +288,15 @@ func (a *Agent) reconcileMirror(ctx context.Context, as *yunchiv1.Assignment, st
 	a.observeMirror(ctx, id, want, base)
 	a.fillMirror(st)
 	return true
+}
+
+// endedUnseen says whether the VM's mirror to want was last seen copying
+// or mirroring: found with no job now, it ended by itself.
+func (a *Agent) endedUnseen(id string, want MirrorTarget) bool {
+	a.mw.mu.Lock()
+	defer a.mw.mu.Unlock()
+	v := a.mw.vms[id]
+	return v != nil && v.seen.phase != "" && v.target == want
 }
 
 // stopUnwantedMirror stops a mirror the VM's assignment no longer asks.
