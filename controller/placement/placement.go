@@ -4,7 +4,7 @@
 // between. It depends on two small interfaces, a Proposer (raft) and a
 // View (the replicated state), not on the raft node.
 //
-// Decisions are pipelined: the decision lock is held only while deciding,
+// Decisions are pipelined: they are made one at a time (serial.go), but
 // not while raft commits. Each decision reserves what it chose (resources
 // on the host, a member of its placement group) until its proposal is
 // applied or fails, and the next decision sees the committed state plus
@@ -17,7 +17,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"sync"
 
 	"github.com/google/uuid"
 
@@ -34,7 +33,7 @@ type Proposer interface {
 
 // View is the part of the replicated state decisions read (*state.Store).
 type View interface {
-	VM(project, name string) (*statev1.VMRecord, bool)
+	HasVM(project, name string) bool
 	HostFacts(id string) (state.HostFacts, bool)
 	SchedulerView(since uint64, project, group string) (hosts []state.HostFacts, full bool, seq uint64, g *state.GroupFacts, err error)
 }
@@ -127,9 +126,9 @@ type Engine struct {
 	view View
 	log  *slog.Logger
 
-	// mu is the decision lock: it guards everything below and is held
-	// while deciding, never while raft commits.
-	mu       sync.Mutex
+	// ser runs decisions one at a time (serial.go): everything below is
+	// touched only from functions it runs, never while raft commits.
+	ser      serial
 	clusters map[scheduler.Strategy]*cachedCluster
 	// nextID numbers reservations; never reused, so a reservation Reset
 	// dropped is not found when its proposal ends.
@@ -170,16 +169,14 @@ func New(prop Proposer, view View, lg *slog.Logger) *Engine {
 // controller gains or loses leadership (the proposals still in flight then
 // fail or are decided by the log; either way they no longer reserve).
 func (e *Engine) Reset() {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.pending, e.hostRes, e.groupRes, e.clusters = nil, nil, nil, nil
+	e.ser.do(func() { e.pending, e.hostRes, e.groupRes, e.clusters = nil, nil, nil, nil })
 }
 
 // Pending is the number of reservations in flight (tests, metrics).
 func (e *Engine) Pending() int {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return len(e.pending)
+	var n int
+	e.ser.do(func() { n = len(e.pending) })
+	return n
 }
 
 func groupKey(project, group string) string {
@@ -190,7 +187,7 @@ func groupKey(project, group string) string {
 }
 
 // sync brings the cluster for strategy up to date with the view and the
-// reservations and returns it with sp's group. Callers hold mu.
+// reservations and returns it with sp's group. Run by ser.
 func (e *Engine) sync(strategy scheduler.Strategy, project, group string) (*scheduler.Cluster, *scheduler.Group, error) {
 	if e.clusters == nil {
 		e.clusters = map[scheduler.Strategy]*cachedCluster{}
@@ -244,7 +241,7 @@ func (e *Engine) sync(strategy scheduler.Strategy, project, group string) (*sche
 }
 
 // markDirty notes that id's reservations changed, for every cached cluster.
-// Callers hold mu.
+// Run by ser.
 func (e *Engine) markDirty(id string) {
 	for _, cc := range e.clusters {
 		if cc.dirty == nil {
@@ -260,7 +257,7 @@ func specUsage(sp *Spec) state.Usage {
 	return one.Times(int64(len(sp.Names)))
 }
 
-// reserve holds what decisions ps chose until release. Callers hold mu.
+// reserve holds what decisions ps chose until release. Run by ser.
 func (e *Engine) reserve(sp *Spec, ps []scheduler.Placement) uint64 {
 	r := &reservation{hosts: map[string]scheduler.Resources{}, group: groupKey(sp.Project, sp.Group)}
 	if e.pending == nil {
@@ -286,10 +283,12 @@ func (e *Engine) reserve(sp *Spec, ps []scheduler.Placement) uint64 {
 	return e.nextID
 }
 
-// release gives back reservation id (once; a dropped one is ignored).
-func (e *Engine) release(id uint64) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
+// release gives back reservation id (once; a dropped one is ignored),
+// before any decision queued after it; it does not wait.
+func (e *Engine) release(id uint64) { e.ser.post(func() { e.releaseNow(id) }) }
+
+// releaseNow is release, run by ser.
+func (e *Engine) releaseNow(id uint64) {
 	r, ok := e.pending[id]
 	if !ok {
 		return
@@ -318,7 +317,7 @@ func (e *Engine) release(id uint64) {
 }
 
 // decide chooses hosts for sp against the committed state plus the
-// reservations in flight. Callers hold mu.
+// reservations in flight. Run by ser.
 func (e *Engine) decide(sp *Spec) ([]scheduler.Placement, []Decision, error) {
 	cl, g, err := e.sync(sp.Strategy, sp.Project, sp.Group)
 	if err != nil {
@@ -351,15 +350,15 @@ func (e *Engine) decide(sp *Spec) ([]scheduler.Placement, []Decision, error) {
 // Decide says where sp's VMs would go now, recording nothing (a dry run,
 // or deciding again for an existing VM: see SpecOf).
 func (e *Engine) Decide(sp Spec) ([]Decision, error) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	_, ds, err := e.decide(&sp)
+	var ds []Decision
+	var err error
+	e.ser.do(func() { _, ds, err = e.decide(&sp) })
 	return ds, err
 }
 
 func alreadyExists(sp *Spec, v View) error {
 	for _, n := range sp.Names {
-		if _, ok := v.VM(sp.Project, n); ok {
+		if v.HasVM(sp.Project, n) {
 			return &state.Error{Kind: state.KindAlreadyExists, Msg: fmt.Sprintf("vm %q already exists in project %q", n, sp.Project)}
 		}
 	}
@@ -429,7 +428,7 @@ func (e *Engine) Place(ctx context.Context, sp Spec) ([]*statev1.VMRecord, []Dec
 	return placed, ds, nil
 }
 
-// propose is Place's and Relocate's loop: under the decision lock, check
+// propose is Place's and Relocate's loop: one at a time (ser), check
 // (may refuse for good), decide (or take the placement fixed), reserve;
 // then, unlocked, propose build's command and release the reservation. A
 // decision Apply rejects because the state changed meanwhile is made again,
@@ -437,28 +436,28 @@ func (e *Engine) Place(ctx context.Context, sp Spec) ([]*statev1.VMRecord, []Dec
 func (e *Engine) propose(ctx context.Context, sp *Spec, check func() error, fixed []Decision, build func([]scheduler.Placement) *statev1.Command) (state.Result, []Decision, error) {
 	var lastErr error
 	for attempt := 0; attempt < Attempts; attempt++ {
-		e.mu.Lock()
-		if check != nil {
-			if err := check(); err != nil {
-				e.mu.Unlock()
-				return state.Result{}, nil, err
-			}
-		}
 		var ps []scheduler.Placement
 		ds := fixed
-		if fixed != nil {
-			for _, d := range fixed {
-				ps = append(ps, scheduler.Placement{HostID: d.HostID})
+		var resID uint64
+		var err error
+		e.ser.do(func() {
+			if check != nil {
+				if err = check(); err != nil {
+					return
+				}
 			}
-		} else {
-			var err error
-			if ps, ds, err = e.decide(sp); err != nil {
-				e.mu.Unlock()
-				return state.Result{}, nil, err
+			if fixed != nil {
+				for _, d := range fixed {
+					ps = append(ps, scheduler.Placement{HostID: d.HostID})
+				}
+			} else if ps, ds, err = e.decide(sp); err != nil {
+				return
 			}
+			resID = e.reserve(sp, ps)
+		})
+		if err != nil {
+			return state.Result{}, nil, err
 		}
-		resID := e.reserve(sp, ps)
-		e.mu.Unlock()
 
 		res, err := e.prop.Apply(ctx, build(ps))
 		// Applied (the committed state now holds it) or not: either way

@@ -124,6 +124,15 @@ func (s *Store) VM(project, name string) (*statev1.VMRecord, bool) {
 	return proto.Clone(s.vms[id]).(*statev1.VMRecord), true
 }
 
+// HasVM says whether project has a VM called name (no copy made: the
+// placement engine asks before every decision).
+func (s *Store) HasVM(project, name string) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	_, ok := s.byName[nameKey(project, name)]
+	return ok
+}
+
 // VMByID finds a VM by id.
 func (s *Store) VMByID(id string) (*statev1.VMRecord, bool) {
 	s.mu.RLock()
