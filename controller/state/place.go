@@ -170,7 +170,10 @@ func (s *Store) applyPlaceVMs(index uint64, now int64, vms []*statev1.VMRecord, 
 	}
 	out := make([]*statev1.VMRecord, 0, len(vms))
 	for _, vm := range vms {
-		rec := proto.Clone(vm).(*statev1.VMRecord)
+		// The command is Apply's own (decoded from the log entry for it)
+		// and read only for the audit record after this, which does not
+		// look at the VMs: the store keeps the record, not a copy.
+		rec := vm
 		if rec.Desired == statev1.PowerState_POWER_STATE_UNSPECIFIED {
 			rec.Desired = statev1.PowerState_POWER_STATE_RUNNING
 		}
