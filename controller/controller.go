@@ -68,6 +68,9 @@ type Config struct {
 	// DefaultStrategy places VMs whose request names no strategy:
 	// "binpack" (the default: fill hosts up) or "spread".
 	DefaultStrategy string
+	// PressureWindow is the scheduler's Options.PressureWindow (0: the
+	// default; negative: binpack never spreads under pressure).
+	PressureWindow int
 	// CORSAllowOrigins are the origins (scheme://host[:port]) whose browser
 	// pages may write through the REST API; none by default.
 	CORSAllowOrigins []string
@@ -236,6 +239,7 @@ func New(cfg Config) (*Controller, error) {
 		return nil, err
 	}
 	placer := placement.New(node, node.Store, lg)
+	placer.PressureWindow = cfg.PressureWindow
 	duties := leader.New(node, node.Store, leader.Self{ID: cfg.ID, APIAddress: cfg.Advertise, RaftAddress: node.Addr(), Center: cfg.Center}, lg)
 	if cfg.HostTTL > 0 {
 		duties.HostTTL = cfg.HostTTL

@@ -37,3 +37,16 @@ func TestRaftSegmentSize(t *testing.T) {
 		}
 	}
 }
+
+// --pressure-window: 0 turns spreading under pressure off (the scheduler's
+// negative), a positive count passes through, a negative one is refused.
+func TestPressureWindowFlag(t *testing.T) {
+	for in, want := range map[int]int{0: -1, 1: 1, 100: 100} {
+		if got, err := pressureWindow(in); err != nil || got != want {
+			t.Errorf("pressureWindow(%d) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	if _, err := pressureWindow(-1); err == nil || !strings.Contains(err.Error(), "--pressure-window -1: want a number of decisions") {
+		t.Errorf("pressureWindow(-1): %v", err)
+	}
+}

@@ -76,6 +76,19 @@ func agentLabels(flags []string) (map[string]string, error) {
 	return labels, nil
 }
 
+// pressureWindow is --pressure-window as the scheduler's
+// Options.PressureWindow: 0 on the command line is "never" (negative
+// there).
+func pressureWindow(n int) (int, error) {
+	switch {
+	case n < 0:
+		return 0, fmt.Errorf("--pressure-window %d: want a number of decisions, or 0 to never spread under pressure", n)
+	case n == 0:
+		return -1, nil
+	}
+	return n, nil
+}
+
 // segmentSize reads --raft-segment-size.
 func segmentSize(s string) (int, error) {
 	n, err := api.ParseSize(s)
@@ -115,6 +128,7 @@ func controllerCmd() *cli.Command {
 			&cli.BoolFlag{Name: "bootstrap", Usage: "start a new cluster with this controller as its first voter"},
 			&cli.StringFlag{Name: "join", Usage: "API address(es) of running controllers to join, comma-separated"},
 			&cli.StringFlag{Name: "default-strategy", Value: "binpack", Usage: "placement strategy when a create names none: binpack or spread"},
+			&cli.IntFlag{Name: "pressure-window", Value: scheduler.DefaultPressureWindow, Usage: "after a nearly full pool refuses a VM for lack of room, binpack spreads for this many decisions, which serves more requests in the same room (docs/performance.md, \"Under pressure\"); 0: never"},
 			&cli.StringFlag{Name: "raft-segment-size", Value: "64MiB", Usage: "size of one raft log segment file, allocated in full when created (64KiB to 1GiB); smaller wastes less disk on a small data dir"},
 			&cli.StringSliceFlag{Name: "cors-allow-origin", Usage: "origin (scheme://host[:port]) whose browser pages may write through the REST API (repeatable; default none: cross-origin writes are refused)"},
 			&cli.BoolFlag{Name: "insecure", Usage: "plaintext API and raft, no certificates (default: TLS with the cluster CA in <data-dir>/tls)"},
@@ -140,6 +154,10 @@ func controllerCmd() *cli.Command {
 					return fmt.Errorf("--%s is required", f)
 				}
 			}
+			pressure, err := pressureWindow(c.Int("pressure-window"))
+			if err != nil {
+				return err
+			}
 			if c.Int("dr-snapshot-keep") < 1 {
 				return fmt.Errorf("--dr-snapshot-keep %d: keep at least 1 copy", c.Int("dr-snapshot-keep"))
 			}
@@ -158,6 +176,7 @@ func controllerCmd() *cli.Command {
 			ctl, err := controller.New(controller.Config{
 				LogSegmentSize:   seg,
 				DefaultStrategy:  c.String("default-strategy"),
+				PressureWindow:   pressure,
 				CORSAllowOrigins: c.StringSlice("cors-allow-origin"),
 				ID:               c.String("id"), Center: c.String("center"),
 				Listen: c.String("listen"), Advertise: c.String("advertise"),

@@ -125,6 +125,10 @@ type Engine struct {
 	prop Proposer
 	view View
 	log  *slog.Logger
+	// PressureWindow is the scheduler's Options.PressureWindow for the
+	// clusters decisions are made on (0: the default; negative: off). Set
+	// it before the first decision.
+	PressureWindow int
 
 	// ser runs decisions one at a time (serial.go): everything below is
 	// touched only from functions it runs, never while raft commits.
@@ -207,7 +211,7 @@ func (e *Engine) sync(strategy scheduler.Strategy, project, group string) (*sche
 		hosts[i].Allocated = hosts[i].Allocated.Add(e.hostRes[hosts[i].ID])
 	}
 	if cc == nil || full {
-		cl, err := scheduler.NewCluster(hosts, scheduler.Options{Strategy: strategy, Seed: schedSeed, RunnersUp: 3})
+		cl, err := scheduler.NewCluster(hosts, scheduler.Options{Strategy: strategy, Seed: schedSeed, RunnersUp: 3, PressureWindow: e.PressureWindow})
 		if err != nil {
 			return nil, nil, fmt.Errorf("scheduler: %w", err)
 		}

@@ -407,3 +407,43 @@ func TestPlaceRecordsStructuredConstraints(t *testing.T) {
 		t.Error("SpecOf accepted a constraint without an operator")
 	}
 }
+
+// The engine's PressureWindow reaches the scheduler: once the nearly full
+// pool (h1 with 2 GiB free, h2 with 4) refuses a VM for lack of memory, the
+// default spreads the next small VM to h2; with the window off it still
+// goes to h1, the tighter fit.
+func TestPressureWindowReachesTheScheduler(t *testing.T) {
+	for _, tc := range []struct {
+		window int
+		want   string
+	}{{0, "h2"}, {-1, "h1"}} {
+		p := newStoreProposer()
+		p.addHost(t, "h1", "a1", "r1")
+		p.addHost(t, "h2", "a2", "r1")
+		e := New(p, p.st, quiet)
+		e.PressureWindow = tc.window
+		ctx := context.Background()
+		alloc := int64(p.memFits(t, "h1", gib)) * gib
+		for _, f := range []struct {
+			name, center string
+			free         int64
+		}{{"big-1", "a1", 2 * gib}, {"big-2", "a2", 4 * gib}} {
+			sp := spec(f.name, alloc-f.free)
+			sp.Center = f.center
+			if _, _, err := e.Place(ctx, sp); err != nil {
+				t.Fatalf("window %d: %s: %v", tc.window, f.name, err)
+			}
+		}
+		var nf *scheduler.NoFitError
+		if _, _, err := e.Place(ctx, spec("too-big", 8*gib)); !errors.As(err, &nf) {
+			t.Fatalf("window %d: too-big: %v, want a NoFitError", tc.window, err)
+		}
+		recs, _, err := e.Place(ctx, spec("small", gib))
+		if err != nil {
+			t.Fatalf("window %d: small: %v", tc.window, err)
+		}
+		if recs[0].HostId != tc.want {
+			t.Errorf("window %d: small went to %s, want %s", tc.window, recs[0].HostId, tc.want)
+		}
+	}
+}
