@@ -362,3 +362,33 @@ func TestRecorderBatchesAndDrops(t *testing.T) {
 		t.Fatalf("%d records sent", total)
 	}
 }
+
+// Records the buffered writer has written out leave memory: without a
+// flush (a snapshot or a read of the trail comes every few minutes), 5,000
+// records keep only the few still in the 64 KiB buffer pending, not all
+// 5,000 (before the fix every record stayed until the next flush, up to
+// maxPending, and the trail then logged that records were missing). The
+// file still holds all of them, in order.
+func TestPendingOnlyWhatIsBuffered(t *testing.T) {
+	dir := t.TempDir()
+	s, f := trail(t, dir, 0)
+	applyN(s, 1, 5000)
+	f.mu.Lock()
+	pending, buffered := len(f.pending), f.w.Buffered()
+	for i, r := range f.pending {
+		if r.Seq != uint64(5000-len(f.pending)+i+1) {
+			t.Errorf("pending[%d] is seq %d: pending is not the newest records in order", i, r.Seq)
+			break
+		}
+	}
+	f.mu.Unlock()
+	if pending == 0 || pending > 1000 {
+		t.Fatalf("%d records pending with %d bytes buffered, want the few in the buffer", pending, buffered)
+	}
+	if err := f.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if rep := verifyPath(t, filepath.Join(dir, FileName), s.AuditHead()); !rep.OK() || rep.Records != 5000 {
+		t.Fatalf("trail: %+v", rep)
+	}
+}

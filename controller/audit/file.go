@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -110,9 +111,20 @@ type File struct {
 	// comes back: a bufio.Writer's error is final, so the file is opened
 	// anew. At most maxPending are kept; older ones are then missing here
 	// until a restart replays the raft log.
-	pending   []*statev1.AuditRecord
-	dropped   bool
+	pending []*statev1.AuditRecord
+	dropped bool
+	// inBuf are the lines written into w that may still be in its buffer,
+	// oldest first: once w has written a line out (it does when its
+	// buffer fills), its record is on disk as far as this file can tell
+	// and leaves pending.
+	inBuf     []bufLine
 	nextRetry time.Time
+}
+
+// bufLine is one line written into the buffered writer.
+type bufLine struct {
+	seq uint64
+	n   int
 }
 
 // maxPending bounds the records kept in memory while the file cannot be
@@ -157,6 +169,7 @@ func (a *File) open() error {
 		return err
 	}
 	a.f, a.w, a.size, a.last, a.hash = f, bufio.NewWriterSize(f, 64<<10), size, 0, nil
+	a.inBuf = a.inBuf[:0]
 	if last != nil {
 		var l Line
 		if err := json.Unmarshal(last, &l); err == nil {
@@ -245,6 +258,33 @@ func (a *File) write(rec *statev1.AuditRecord) {
 	}
 	a.size += int64(len(b))
 	a.last, a.hash = rec.Seq, rec.Hash
+	a.inBuf = append(a.inBuf, bufLine{rec.Seq, len(b)})
+	a.written()
+}
+
+// written drops from pending the records whose lines w has written out:
+// all but the last lines that make up what it still buffers. Without it
+// every record stayed in memory until the next flush (a snapshot, a
+// read of the trail), up to maxPending, and then the trail logged that
+// records were missing when none was.
+func (a *File) written() {
+	left, i := a.w.Buffered(), len(a.inBuf)
+	for i > 0 && left > 0 {
+		i--
+		left -= a.inBuf[i].n
+	}
+	if i == 0 {
+		return
+	}
+	out := a.inBuf[i-1].seq
+	a.inBuf = a.inBuf[:copy(a.inBuf, a.inBuf[i:])]
+	k := 0
+	for k < len(a.pending) && a.pending[k].Seq <= out {
+		k++
+	}
+	n := copy(a.pending, a.pending[k:])
+	clear(a.pending[n:])
+	a.pending = a.pending[:n]
 }
 
 func (a *File) failed(err error) {
@@ -268,7 +308,7 @@ func (a *File) flushLocked() error {
 		a.failed(err)
 		return err
 	}
-	a.pending = a.pending[:0]
+	a.pending, a.inBuf = a.pending[:0], a.inBuf[:0]
 	return nil
 }
 
@@ -287,7 +327,8 @@ func (a *File) recoverLocked() {
 	}
 	prev := a.err
 	a.err = nil
-	for _, rec := range a.pending {
+	// A copy: write drops from pending what it has written out.
+	for _, rec := range slices.Clone(a.pending) {
 		if rec.Seq > a.last {
 			a.write(rec)
 			if a.err != nil {
@@ -299,7 +340,7 @@ func (a *File) recoverLocked() {
 		a.failed(err)
 		return
 	}
-	a.pending = a.pending[:0]
+	a.pending, a.inBuf = a.pending[:0], a.inBuf[:0]
 	if !a.dropped {
 		a.log.Info("audit trail: writing again; no record missing", "path", a.path, "after", prev)
 	}
@@ -443,7 +484,7 @@ func (a *File) Restore(r io.Reader, head *statev1.AuditHead) error {
 		a.log.Error("audit trail: the snapshot's records do not end at its head", "last", a.last, "head", head.GetSeq())
 	}
 	a.err = nil
-	a.pending, a.dropped = a.pending[:0], false
+	a.pending, a.inBuf, a.dropped = a.pending[:0], a.inBuf[:0], false
 	return nil
 }
 
