@@ -34,6 +34,11 @@ func NewMetrics(s *Server) *Metrics {
 	}
 	reg.MustRegister(m.requests, m.latency, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(&stateCollector{s: s})
+	if p, ok := s.placer.(interface{ PressureDecisions() uint64 }); ok {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "yunchi_scheduler_pressure_decisions_total",
+			Help: "Placement decisions made under pressure: binpack spreading after a nearly full pool refused a VM for lack of room (controller flag --pressure-window)."},
+			func() float64 { return float64(p.PressureDecisions()) }))
+	}
 	if r := s.AuditRecorder; r != nil {
 		reg.MustRegister(
 			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "yunchi_audit_dropped_total",

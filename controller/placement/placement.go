@@ -17,6 +17,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 
 	"github.com/google/uuid"
 
@@ -129,6 +130,9 @@ type Engine struct {
 	// clusters decisions are made on (0: the default; negative: off). Set
 	// it before the first decision.
 	PressureWindow int
+	// pressured counts decisions made under pressure, across cluster
+	// rebuilds (read by metrics without waiting for a decision).
+	pressured atomic.Uint64
 
 	// ser runs decisions one at a time (serial.go): everything below is
 	// touched only from functions it runs, never while raft commits.
@@ -175,6 +179,11 @@ func New(prop Proposer, view View, lg *slog.Logger) *Engine {
 func (e *Engine) Reset() {
 	e.ser.do(func() { e.pending, e.hostRes, e.groupRes, e.clusters = nil, nil, nil, nil })
 }
+
+// PressureDecisions is how many decisions (a batch member is one) were
+// made under pressure: binpack spreading after a nearly full pool refused
+// a VM for lack of room (scheduler/pressure.go).
+func (e *Engine) PressureDecisions() uint64 { return e.pressured.Load() }
 
 // Pending is the number of reservations in flight (tests, metrics).
 func (e *Engine) Pending() int {
@@ -331,6 +340,8 @@ func (e *Engine) decide(sp *Spec) ([]scheduler.Placement, []Decision, error) {
 	for i, n := range sp.Names {
 		reqs[i] = scheduler.Request{Name: n, Project: sp.Project, Resources: sp.Resources, Center: sp.Center, Constraints: sp.Constraints, Group: g}
 	}
+	before := cl.PressureDecisions()
+	defer func() { e.pressured.Add(cl.PressureDecisions() - before) }()
 	var ps []scheduler.Placement
 	if len(reqs) == 1 {
 		p, err := cl.Place(reqs[0])

@@ -445,5 +445,9 @@ func TestPressureWindowReachesTheScheduler(t *testing.T) {
 		if recs[0].HostId != tc.want {
 			t.Errorf("window %d: small went to %s, want %s", tc.window, recs[0].HostId, tc.want)
 		}
+		// The small VM was the one decision made under pressure.
+		if n, want := e.PressureDecisions(), map[int]uint64{0: 1, -1: 0}[tc.window]; n != want {
+			t.Errorf("window %d: PressureDecisions %d, want %d", tc.window, n, want)
+		}
 	}
 }
