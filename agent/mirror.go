@@ -13,8 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/yunchi/yunchi/internal/sparse"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 )
 
@@ -702,7 +701,7 @@ func (s *fileSource) Fill(ctx context.Context, write func(off int64, p []byte) e
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		data, end, err := nextData(f, off, s.size)
+		data, end, err := sparse.NextData(f, off, s.size)
 		if err != nil {
 			return fmt.Errorf("read %s: %w", s.path, err)
 		}
@@ -714,7 +713,7 @@ func (s *fileSource) Fill(ctx context.Context, write func(off int64, p []byte) e
 			if _, err := f.ReadAt(p, off); err != nil && !errors.Is(err, io.EOF) {
 				return fmt.Errorf("read %s: %w", s.path, err)
 			}
-			if !allZero(p) {
+			if !sparse.IsZero(p) {
 				if err := write(off, p); err != nil {
 					return err
 				}
@@ -725,39 +724,4 @@ func (s *fileSource) Fill(ctx context.Context, write func(off int64, p []byte) e
 	}
 	s.log.Info("root disk built from the mirror", "size_bytes", s.size, "data_bytes", written, "took", time.Since(begun).Round(time.Millisecond))
 	return nil
-}
-
-// nextData is the next extent of data of f at or after off, ending at a
-// hole or at size ([size, size) when only holes are left). A file system
-// that cannot say where holes are has the whole rest as data.
-func nextData(f *os.File, off, size int64) (int64, int64, error) {
-	data, err := unix.Seek(int(f.Fd()), off, unix.SEEK_DATA)
-	switch {
-	case errors.Is(err, unix.ENXIO):
-		return size, size, nil
-	case errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP):
-		return off, size, nil
-	case err != nil:
-		return 0, 0, err
-	}
-	hole, err := unix.Seek(int(f.Fd()), data, unix.SEEK_HOLE)
-	if err != nil {
-		return 0, 0, err
-	}
-	return min(data, size), min(hole, size), nil
-}
-
-func allZero(p []byte) bool {
-	for len(p) >= 8 {
-		if p[0]|p[1]|p[2]|p[3]|p[4]|p[5]|p[6]|p[7] != 0 {
-			return false
-		}
-		p = p[8:]
-	}
-	for _, b := range p {
-		if b != 0 {
-			return false
-		}
-	}
-	return true
 }

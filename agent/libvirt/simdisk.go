@@ -10,10 +10,10 @@ import (
 	"strings"
 	"sync"
 
-	"golang.org/x/sys/unix"
 	lv "libvirt.org/go/libvirt"
 
 	"github.com/yunchi/yunchi/agent"
+	"github.com/yunchi/yunchi/internal/sparse"
 )
 
 // Simulated disks. libvirt's test driver keeps volumes in memory and has no
@@ -84,7 +84,7 @@ func (d *Driver) ensureSimDisk(ctx context.Context, spec agent.DomainSpec, domai
 	}
 	if spec.RootSource != nil {
 		err := fillFrom(ctx, spec.RootSource, spec.DiskBytes, func(off int64, p []byte) error {
-			if isZero(p) {
+			if sparse.IsZero(p) {
 				return nil // a hole reads as zeroes already
 			}
 			_, err := f.WriteAt(p, off)
@@ -124,21 +124,6 @@ func fillFrom(ctx context.Context, src agent.DiskSource, size int64, write func(
 		err = hole(size - pos)
 	}
 	return err
-}
-
-func isZero(p []byte) bool {
-	for len(p) >= 8 {
-		if p[0]|p[1]|p[2]|p[3]|p[4]|p[5]|p[6]|p[7] != 0 {
-			return false
-		}
-		p = p[8:]
-	}
-	for _, b := range p {
-		if b != 0 {
-			return false
-		}
-	}
-	return true
 }
 
 // removeSimDisk removes vmID's disk file; a missing one is fine.
@@ -219,26 +204,20 @@ func (v *simView) Changed(ctx context.Context, disk string) ([]agent.Extent, err
 	if err != nil {
 		return nil, err
 	}
-	fd := int(f.Fd())
 	var out []agent.Extent
 	for off := int64(0); off < v.size; {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		data, err := unix.Seek(fd, off, unix.SEEK_DATA)
-		if errors.Is(err, unix.ENXIO) || err == nil && data >= v.size {
+		data, end, err := sparse.NextData(f, off, v.size)
+		if err != nil {
+			return nil, fmt.Errorf("backup of %s: find data: %w", domainName(v.vmID), err)
+		}
+		if data >= v.size {
 			break // no data from off on
 		}
-		if err != nil {
-			return nil, fmt.Errorf("backup of %s: seek data: %w", domainName(v.vmID), err)
-		}
-		hole, err := unix.Seek(fd, data, unix.SEEK_HOLE)
-		if err != nil {
-			return nil, fmt.Errorf("backup of %s: seek hole: %w", domainName(v.vmID), err)
-		}
-		hole = min(hole, v.size)
-		out = append(out, agent.Extent{Offset: data, Length: hole - data})
-		off = hole
+		out = append(out, agent.Extent{Offset: data, Length: end - data})
+		off = end
 	}
 	return out, nil
 }

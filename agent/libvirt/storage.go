@@ -15,6 +15,7 @@ import (
 
 	"github.com/yunchi/yunchi/agent"
 	"github.com/yunchi/yunchi/agent/cloudinit"
+	"github.com/yunchi/yunchi/internal/sparse"
 )
 
 // The volumes Define makes for a VM, named after its domain so that they
@@ -299,7 +300,7 @@ func fillVolume(ctx context.Context, conn *lv.Connect, vol *lv.StorageVol, src a
 	}()
 	hole := func(n int64) error { return wrap("upload hole", st.SendHole(n, 0)) }
 	err = fillFrom(ctx, src, size, func(off int64, p []byte) error {
-		if isZero(p) {
+		if sparse.IsZero(p) {
 			return hole(int64(len(p)))
 		}
 		for len(p) > 0 {
