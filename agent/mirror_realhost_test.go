@@ -4,7 +4,6 @@ package agent_test
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -13,51 +12,19 @@ import (
 	"testing"
 	"time"
 
-	lv "libvirt.org/go/libvirt"
-	"libvirt.org/go/libvirtxml"
-
 	"github.com/yunchi/yunchi/agent"
 	"github.com/yunchi/yunchi/agent/libvirt"
 	"github.com/yunchi/yunchi/internal/libvirthost"
+	"github.com/yunchi/yunchi/internal/qemuhost"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 )
 
 // guestWrite writes pattern at off through the running guest's root disk
-// device (HMP qemu-io on its virtio backend): when it returns, the guest's
-// disk has acknowledged the write.
+// device: when it returns, the guest's disk has acknowledged the write.
 func guestWrite(t *testing.T, uri, vmID string, pattern byte, off, n int64) {
 	t.Helper()
-	conn, err := lv.NewConnect(uri)
-	if err != nil {
+	if err := qemuhost.GuestWrite(uri, vmID, pattern, off, n); err != nil {
 		t.Fatal(err)
-	}
-	defer conn.Close()
-	dom, err := conn.LookupDomainByName(libvirt.DomainName(vmID))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dom.Free()
-	doc, err := dom.GetXMLDesc(0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var x libvirtxml.Domain
-	if err := x.Unmarshal(doc); err != nil {
-		t.Fatal(err)
-	}
-	alias := ""
-	for _, d := range x.Devices.Disks {
-		if d.Target != nil && d.Target.Dev == "vda" && d.Alias != nil {
-			alias = d.Alias.Name
-		}
-	}
-	if alias == "" {
-		t.Fatal("the root disk has no device alias")
-	}
-	cmd := fmt.Sprintf(`qemu-io -d %s/virtio-backend "write -P %d %d %d"`, alias, pattern, off, n)
-	out, err := dom.QemuMonitorCommand(cmd, lv.DOMAIN_QEMU_MONITOR_COMMAND_HMP)
-	if err != nil || out != "" {
-		t.Fatalf("%s: %v %s", cmd, err, out)
 	}
 }
 

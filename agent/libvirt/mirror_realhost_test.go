@@ -142,19 +142,13 @@ func freePorts(t *testing.T, n int) (int, int) {
 	return 0, 0
 }
 
-// rawImage reads an image's guest-visible bytes (its backing chain
-// flattened) with qemu-img convert.
+// rawImage reads an image's guest-visible bytes.
 func rawImage(t *testing.T, path string) []byte {
 	t.Helper()
-	out := filepath.Join(t.TempDir(), "flat.raw")
-	if b, err := exec.Command("qemu-img", "convert", "-U", "-O", "raw", path, out).CombinedOutput(); err != nil {
-		t.Fatalf("qemu-img convert %s: %v: %s", path, err, b)
-	}
-	b, err := os.ReadFile(out)
+	b, err := libvirthost.FlatImage(path, t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	os.Remove(out)
 	return b
 }
 

@@ -16,12 +16,11 @@ import (
 	"time"
 
 	"github.com/urfave/cli/v2"
-	lv "libvirt.org/go/libvirt"
-	"libvirt.org/go/libvirtxml"
 
 	"github.com/yunchi/yunchi/agent/libvirt"
 	"github.com/yunchi/yunchi/cmd/yunchid/devcluster"
 	"github.com/yunchi/yunchi/internal/apitest"
+	"github.com/yunchi/yunchi/internal/libvirthost"
 	"github.com/yunchi/yunchi/internal/qemuhost"
 	"github.com/yunchi/yunchi/internal/tinyimage"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
@@ -208,57 +207,22 @@ func TestRealHostPlatinum(t *testing.T) {
 	t.Logf("total %s", time.Since(begun).Round(time.Millisecond))
 }
 
-// flatten reads a disk image as the guest sees it (its backing chain
-// flattened) with qemu-img convert.
+// flatten reads a disk image as the guest sees it.
 func flatten(t *testing.T, path string) []byte {
 	t.Helper()
-	out := filepath.Join(t.TempDir(), "flat.raw")
-	if b, err := exec.Command("qemu-img", "convert", "-U", "-O", "raw", path, out).CombinedOutput(); err != nil {
-		t.Fatalf("qemu-img convert %s: %v: %s", path, err, b)
-	}
-	b, err := os.ReadFile(out)
+	b, err := libvirthost.FlatImage(path, t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	os.Remove(out)
 	return b
 }
 
 // hmpWrite writes pattern at off through the running guest's root disk
-// device (HMP qemu-io on its virtio backend, the path a guest's write
-// takes): when it returns, the guest's disk has acknowledged the write.
+// device: when it returns, the guest's disk has acknowledged the write.
 func hmpWrite(t *testing.T, uri, vmID string, pattern byte, off, n int64) {
 	t.Helper()
-	conn, err := lv.NewConnect(uri)
-	if err != nil {
+	if err := qemuhost.GuestWrite(uri, vmID, pattern, off, n); err != nil {
 		t.Fatal(err)
-	}
-	defer conn.Close()
-	dom, err := conn.LookupDomainByName(libvirt.DomainName(vmID))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dom.Free()
-	doc, err := dom.GetXMLDesc(0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var x libvirtxml.Domain
-	if err := x.Unmarshal(doc); err != nil {
-		t.Fatal(err)
-	}
-	alias := ""
-	for _, d := range x.Devices.Disks {
-		if d.Target != nil && d.Target.Dev == "vda" && d.Alias != nil {
-			alias = d.Alias.Name
-		}
-	}
-	if alias == "" {
-		t.Fatal("the root disk has no device alias")
-	}
-	cmd := fmt.Sprintf(`qemu-io -d %s/virtio-backend "write -P %d %d %d"`, alias, pattern, off, n)
-	if out, err := dom.QemuMonitorCommand(cmd, lv.DOMAIN_QEMU_MONITOR_COMMAND_HMP); err != nil || out != "" {
-		t.Fatalf("%s: %v %s", cmd, err, out)
 	}
 }
 

@@ -332,3 +332,14 @@ func waitFor(ctx context.Context, ok func() bool) error {
 	}
 	return nil
 }
+
+// FlatImage reads a disk image's guest-visible bytes (its backing chain
+// flattened) with qemu-img convert, through a file in dir.
+func FlatImage(path, dir string) ([]byte, error) {
+	out := filepath.Join(dir, "flat.raw")
+	defer os.Remove(out)
+	if b, err := exec.Command("qemu-img", "convert", "-U", "-O", "raw", path, out).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("qemu-img convert %s: %v: %s", path, err, b)
+	}
+	return os.ReadFile(out)
+}

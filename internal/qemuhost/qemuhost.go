@@ -15,6 +15,9 @@ import (
 	"os"
 	"path/filepath"
 
+	lv "libvirt.org/go/libvirt"
+	"libvirt.org/go/libvirtxml"
+
 	"github.com/yunchi/yunchi/agent"
 	"github.com/yunchi/yunchi/agent/libvirt"
 	"github.com/yunchi/yunchi/internal/libvirthost"
@@ -85,3 +88,42 @@ func (h *Host) QEMUPids() []int { return h.LV.QEMUPids() }
 // Stop ends the host's libvirtd and every guest it runs; the files stay
 // (the caller owns dir).
 func (h *Host) Stop() error { return h.LV.Stop() }
+
+// GuestWrite writes n bytes of pattern at off through the running VM's
+// root disk device (HMP qemu-io on its virtio backend, the path a guest's
+// write takes): when it returns, the guest's disk has acknowledged the
+// write. uri is the host's libvirt URI.
+func GuestWrite(uri, vmID string, pattern byte, off, n int64) error {
+	conn, err := lv.NewConnect(uri)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	dom, err := conn.LookupDomainByName(libvirt.DomainName(vmID))
+	if err != nil {
+		return err
+	}
+	defer dom.Free()
+	doc, err := dom.GetXMLDesc(0)
+	if err != nil {
+		return err
+	}
+	var x libvirtxml.Domain
+	if err := x.Unmarshal(doc); err != nil {
+		return err
+	}
+	alias := ""
+	for _, d := range x.Devices.Disks {
+		if d.Target != nil && d.Target.Dev == "vda" && d.Alias != nil {
+			alias = d.Alias.Name
+		}
+	}
+	if alias == "" {
+		return fmt.Errorf("vm %s: the root disk has no device alias", vmID)
+	}
+	cmd := fmt.Sprintf(`qemu-io -d %s/virtio-backend "write -P %d %d %d"`, alias, pattern, off, n)
+	if out, err := dom.QemuMonitorCommand(cmd, lv.DOMAIN_QEMU_MONITOR_COMMAND_HMP); err != nil || out != "" {
+		return fmt.Errorf("%s: %v %s", cmd, err, out)
+	}
+	return nil
+}
