@@ -319,11 +319,7 @@ func (a *Agent) stopUnwantedMirror(ctx context.Context, id string, log *slog.Log
 func (a *Agent) recordMirror(id string, target MirrorTarget, base *yunchiv1.VMStatus, seen mirrorSeen) bool {
 	a.mw.mu.Lock()
 	defer a.mw.mu.Unlock()
-	v := a.mw.vms[id]
-	if v == nil {
-		v = &mirroredVM{}
-		a.mw.vms[id] = v
-	}
+	v := a.mw.vm(id)
 	v.target, v.base, v.seen = target, base, seen
 	news := v.startErr != seen.err
 	v.startErr = seen.err
@@ -334,11 +330,7 @@ func (a *Agent) recordMirror(id string, target MirrorTarget, base *yunchiv1.VMSt
 func (a *Agent) observeMirror(ctx context.Context, id string, target MirrorTarget, base *yunchiv1.VMStatus) {
 	a.mw.mu.Lock()
 	defer a.mw.mu.Unlock()
-	v := a.mw.vms[id]
-	if v == nil {
-		v = &mirroredVM{}
-		a.mw.vms[id] = v
-	}
+	v := a.mw.vm(id)
 	v.target, v.base = target, base
 	cur, err := a.mirrorer.MirrorStatus(ctx, id)
 	if err != nil {
@@ -347,6 +339,17 @@ func (a *Agent) observeMirror(ctx context.Context, id string, target MirrorTarge
 	}
 	v.startErr = ""
 	v.seen = v.seen.next(cur.Phase)
+}
+
+// vm is what is remembered of the VM's mirror, made when there is
+// nothing yet. mu is held.
+func (m *mirrors) vm(id string) *mirroredVM {
+	v := m.vms[id]
+	if v == nil {
+		v = &mirroredVM{}
+		m.vms[id] = v
+	}
+	return v
 }
 
 // fillMirror puts the VM's observed mirror into st.
