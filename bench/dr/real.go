@@ -14,7 +14,6 @@ import (
 	"time"
 
 	lv "libvirt.org/go/libvirt"
-	"libvirt.org/go/libvirtxml"
 
 	yunchilibvirt "github.com/yunchi/yunchi/agent/libvirt"
 	"github.com/yunchi/yunchi/cmd/yunchid/devcluster"
@@ -47,28 +46,15 @@ func openGuestDisk(conn *lv.Connect, vmID, src string) (*guestDisk, error) {
 	if err != nil {
 		return nil, fmt.Errorf("domain of %s: %w", vmID, err)
 	}
-	doc, err := dom.GetXMLDesc(0)
+	device, file, err := qemuhost.RootDevice(dom)
+	if err == nil && file == "" {
+		err = errors.New("the domain's root disk is not a file")
+	}
 	if err != nil {
 		dom.Free()
 		return nil, err
 	}
-	var x libvirtxml.Domain
-	if err := x.Unmarshal(doc); err != nil {
-		dom.Free()
-		return nil, err
-	}
-	g := &guestDisk{dom: dom, src: src}
-	if x.Devices != nil {
-		for _, d := range x.Devices.Disks {
-			if d.Target != nil && d.Target.Dev == "vda" && d.Alias != nil && d.Source != nil && d.Source.File != nil {
-				g.device, g.file = d.Alias.Name+"/virtio-backend", d.Source.File.File
-			}
-		}
-	}
-	if g.device == "" {
-		dom.Free()
-		return nil, errors.New("the domain's root disk (vda, a file with a device alias) is not in its live XML")
-	}
+	g := &guestDisk{dom: dom, src: src, device: device, file: file}
 	return g, nil
 }
 

@@ -20,12 +20,12 @@ import (
 	"time"
 
 	lv "libvirt.org/go/libvirt"
-	"libvirt.org/go/libvirtxml"
 
 	"github.com/yunchi/yunchi/agent"
 	yunchilibvirt "github.com/yunchi/yunchi/agent/libvirt"
 	"github.com/yunchi/yunchi/internal/benchkit"
 	"github.com/yunchi/yunchi/internal/libvirthost"
+	"github.com/yunchi/yunchi/internal/qemuhost"
 	"github.com/yunchi/yunchi/internal/tinyimage"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 )
@@ -306,26 +306,12 @@ func openGuest(conn *lv.Connect, log string) (*guest, error) {
 	if err != nil {
 		return nil, err
 	}
-	doc, err := dom.GetXMLDesc(0)
+	device, _, err := qemuhost.RootDevice(dom)
 	if err != nil {
 		dom.Free()
 		return nil, err
 	}
-	var x libvirtxml.Domain
-	if err := x.Unmarshal(doc); err != nil {
-		dom.Free()
-		return nil, err
-	}
-	g := &guest{dom: dom, log: log}
-	for _, disk := range x.Devices.Disks {
-		if disk.Target != nil && disk.Target.Dev == "vda" && disk.Alias != nil {
-			g.device = disk.Alias.Name + "/virtio-backend"
-		}
-	}
-	if g.device == "" {
-		dom.Free()
-		return nil, errors.New("the domain's root disk (vda, with a device alias) is not in its live XML")
-	}
+	g := &guest{dom: dom, log: log, device: device}
 	return g, nil
 }
 

@@ -11,6 +11,7 @@ package qemuhost
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -89,6 +90,34 @@ func (h *Host) QEMUPids() []int { return h.LV.QEMUPids() }
 // (the caller owns dir).
 func (h *Host) Stop() error { return h.LV.Stop() }
 
+// RootDevice finds a running domain's root disk in its live XML: the
+// qemu-io device of its virtio backend ("<alias>/virtio-backend", what HMP
+// "qemu-io -d" takes) and its file on the host ("" when not a file).
+func RootDevice(dom *lv.Domain) (device, file string, err error) {
+	doc, err := dom.GetXMLDesc(0)
+	if err != nil {
+		return "", "", err
+	}
+	var x libvirtxml.Domain
+	if err := x.Unmarshal(doc); err != nil {
+		return "", "", err
+	}
+	if x.Devices != nil {
+		for _, d := range x.Devices.Disks {
+			if d.Target != nil && d.Target.Dev == "vda" && d.Alias != nil {
+				device = d.Alias.Name + "/virtio-backend"
+				if d.Source != nil && d.Source.File != nil {
+					file = d.Source.File.File
+				}
+			}
+		}
+	}
+	if device == "" {
+		return "", "", errors.New("the domain's root disk (vda, with a device alias) is not in its live XML")
+	}
+	return device, file, nil
+}
+
 // GuestWrite writes n bytes of pattern at off through the running VM's
 // root disk device (HMP qemu-io on its virtio backend, the path a guest's
 // write takes): when it returns, the guest's disk has acknowledged the
@@ -104,24 +133,11 @@ func GuestWrite(uri, vmID string, pattern byte, off, n int64) error {
 		return err
 	}
 	defer dom.Free()
-	doc, err := dom.GetXMLDesc(0)
+	device, _, err := RootDevice(dom)
 	if err != nil {
-		return err
+		return fmt.Errorf("vm %s: %w", vmID, err)
 	}
-	var x libvirtxml.Domain
-	if err := x.Unmarshal(doc); err != nil {
-		return err
-	}
-	alias := ""
-	for _, d := range x.Devices.Disks {
-		if d.Target != nil && d.Target.Dev == "vda" && d.Alias != nil {
-			alias = d.Alias.Name
-		}
-	}
-	if alias == "" {
-		return fmt.Errorf("vm %s: the root disk has no device alias", vmID)
-	}
-	cmd := fmt.Sprintf(`qemu-io -d %s/virtio-backend "write -P %d %d %d"`, alias, pattern, off, n)
+	cmd := fmt.Sprintf(`qemu-io -d %s "write -P %d %d %d"`, device, pattern, off, n)
 	if out, err := dom.QemuMonitorCommand(cmd, lv.DOMAIN_QEMU_MONITOR_COMMAND_HMP); err != nil || out != "" {
 		return fmt.Errorf("%s: %v %s", cmd, err, out)
 	}
