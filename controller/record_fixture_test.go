@@ -632,7 +632,7 @@ func (r *recorder) write(out string) {
 		if cmd.Version != state.CommandVersion {
 			t.Fatalf("entry %d has command version %d", l.Index, cmd.Version)
 		}
-		res := replayed.Apply(l).(raftnode.Result)
+		res := replayed.Apply(l).(*raftnode.Result)
 		if res.Err != nil {
 			exp.Rejected[fmt.Sprint(l.Index)] = int(state.KindOf(res.Err))
 			t.Logf("entry %d (%s, request %q) rejected: %v", l.Index, name, cmd.RequestId, res.Err)

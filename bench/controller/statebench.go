@@ -46,7 +46,7 @@ func applyCmd(f *raftnode.FSM, index uint64, cmd *statev1.Command) error {
 	if err != nil {
 		return err
 	}
-	if r, ok := f.Apply(&raft.Log{Index: index, Type: raft.LogCommand, Data: b}).(raftnode.Result); ok && r.Err != nil {
+	if r, ok := f.Apply(&raft.Log{Index: index, Type: raft.LogCommand, Data: b}).(*raftnode.Result); ok && r.Err != nil {
 		return fmt.Errorf("apply entry %d: %w", index, r.Err)
 	}
 	return nil

@@ -60,7 +60,7 @@ func TestSnapshotCarriesAuditTrail(t *testing.T) {
 	idx := uint64(0)
 	for range n / batch {
 		idx++
-		if r := leader.Apply(auditEntry(t, idx, batch)).(raftnode.Result); r.Err != nil {
+		if r := leader.Apply(auditEntry(t, idx, batch)).(*raftnode.Result); r.Err != nil {
 			t.Fatal(r.Err)
 		}
 	}

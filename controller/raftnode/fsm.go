@@ -17,7 +17,10 @@ import (
 	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
 )
 
-// Result is what FSM.Apply returns for every command entry.
+// Result is what FSM.Apply returns for every command entry, as a pointer:
+// the proposer takes the value out (see Node.Apply), since raft's leader
+// keeps each entry's future, response and all, in its log cache for
+// thousands of entries after the proposer has its answer.
 type Result struct {
 	Value state.Result
 	Err   error
@@ -55,10 +58,10 @@ var _ raft.FSM = (*FSM)(nil)
 func (f *FSM) Apply(l *raft.Log) any {
 	var cmd statev1.Command
 	if err := proto.Unmarshal(l.Data, &cmd); err != nil {
-		return Result{Err: fmt.Errorf("log entry %d is not a command: %w", l.Index, err)}
+		return &Result{Err: fmt.Errorf("log entry %d is not a command: %w", l.Index, err)}
 	}
 	v, err := f.Store.Apply(l.Index, &cmd)
-	return Result{Value: v, Err: err}
+	return &Result{Value: v, Err: err}
 }
 
 // Snapshot takes a view of the state (pointers to records the store no

@@ -26,18 +26,18 @@ func TestFSMSnapshotRestore(t *testing.T) {
 	f := &FSM{Store: state.New()}
 	res := f.Apply(entry(t, 1, &statev1.Command{Cmd: &statev1.Command_RegisterHost{RegisterHost: &statev1.RegisterHost{Host: &statev1.HostRecord{
 		Id: "h1", Center: "a1", Capacity: &statev1.Resources{Vcpus: 8, MemoryBytes: 8 << 30, DiskBytes: 100 << 30},
-	}}}})).(Result)
+	}}}})).(*Result)
 	if res.Err != nil {
 		t.Fatal(res.Err)
 	}
 	res = f.Apply(entry(t, 2, &statev1.Command{Cmd: &statev1.Command_PlaceVm{PlaceVm: &statev1.PlaceVM{Vm: &statev1.VMRecord{
 		Id: "v1", Name: "web-1", Project: "default", Vcpus: 1, MemoryBytes: 1 << 30, DiskBytes: 10 << 30, HostId: "h1",
-	}}}})).(Result)
+	}}}})).(*Result)
 	if res.Err != nil {
 		t.Fatal(res.Err)
 	}
 	// Garbage in the log is an error result, not a panic.
-	if bad := f.Apply(&raft.Log{Index: 3, Type: raft.LogCommand, Data: []byte{0xff, 0xff}}).(Result); bad.Err == nil {
+	if bad := f.Apply(&raft.Log{Index: 3, Type: raft.LogCommand, Data: []byte{0xff, 0xff}}).(*Result); bad.Err == nil {
 		t.Fatal("garbage entry applied")
 	}
 

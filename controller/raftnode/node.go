@@ -362,11 +362,16 @@ func (n *Node) Apply(ctx context.Context, cmd *statev1.Command) (state.Result, e
 		}
 		return state.Result{}, err
 	}
-	res, ok := f.Response().(Result)
+	res, ok := f.Response().(*Result)
 	if !ok {
 		return state.Result{}, fmt.Errorf("unexpected FSM response %T", f.Response())
 	}
-	return res.Value, res.Err
+	// Take the answer out: the leader's log cache holds the future (its
+	// response too) for logCacheEntries entries, and a batch's response is
+	// a copy of every record it made.
+	v, err := res.Value, res.Err
+	*res = Result{}
+	return v, err
 }
 
 // LogStoreError is Apply's error when this node, the leader, could not write

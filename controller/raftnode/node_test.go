@@ -3,8 +3,11 @@ package raftnode
 import (
 	"context"
 	"errors"
+	"fmt"
+	"runtime"
 	"testing"
 	"time"
+	"weak"
 
 	"github.com/hashicorp/raft"
 
@@ -94,5 +97,52 @@ func TestProductionTimeouts(t *testing.T) {
 		if got.HeartbeatTimeout != tc.heartbeat || got.ElectionTimeout != tc.election {
 			t.Fatalf("config %+v: heartbeat timeout %s, election timeout %s; want %s, %s", tc.cfg, got.HeartbeatTimeout, got.ElectionTimeout, tc.heartbeat, tc.election)
 		}
+	}
+}
+
+// TestApplyLeavesNoAnswerInTheLogCache: the leader's log cache keeps each
+// entry's future for thousands of entries; the records an answer carries
+// (a batch's copy of every VM it made) must not live on with it once the
+// proposer has them.
+func TestApplyLeavesNoAnswerInTheLogCache(t *testing.T) {
+	_, trans := raft.NewInmemTransport("n1:7000")
+	store := state.New()
+	n, err := Open(Config{ID: "n1", DataDir: t.TempDir(), Bootstrap: true, Transport: trans,
+		HeartbeatTimeout: 50 * time.Millisecond, ElectionTimeout: 50 * time.Millisecond, LeaderLeaseTimeout: 50 * time.Millisecond}, store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Shutdown() })
+	deadline := time.Now().Add(10 * time.Second)
+	for n.Raft.State() != raft.Leader {
+		if time.Now().After(deadline) {
+			t.Fatal("no leader in 10s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var answers []weak.Pointer[statev1.HostRecord]
+	for i := range 5 {
+		id := fmt.Sprintf("h%d", i)
+		res, err := n.Apply(ctx, &statev1.Command{Cmd: &statev1.Command_RegisterHost{RegisterHost: &statev1.RegisterHost{Host: &statev1.HostRecord{
+			Id: id, Hostname: id, Center: "a1", Capacity: &statev1.Resources{Vcpus: 8, MemoryBytes: 1 << 34, DiskBytes: 1 << 40},
+		}}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Host == nil || res.Host.Id != id {
+			t.Fatalf("answer to registering %s: %v", id, res.Host)
+		}
+		answers = append(answers, weak.Make(res.Host))
+	}
+	runtime.GC()
+	for i, w := range answers {
+		if w.Value() != nil {
+			t.Errorf("the answer to command %d is still reachable after the proposer dropped it (kept with raft's future)", i+1)
+		}
+	}
+	if _, ok := store.Host("h4"); !ok {
+		t.Fatal("host h4 not in the state")
 	}
 }

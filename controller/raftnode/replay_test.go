@@ -298,7 +298,7 @@ func TestReplayPreviousVersion(t *testing.T) {
 			}
 			replayed := &FSM{Store: state.New()}
 			for _, l := range logs {
-				res, ok := replayed.Apply(l).(Result)
+				res, ok := replayed.Apply(l).(*Result)
 				want := exp.Rejected[fmt.Sprint(l.Index)]
 				if !ok || int(state.KindOf(res.Err)) != want || want == 0 && res.Err != nil {
 					t.Fatalf("entry %d: %+v (%s applied it with error kind %d, 0 = applied)", l.Index, res, version, want)
