@@ -137,7 +137,7 @@ type fsmSnapshot struct {
 }
 
 func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
-	b, err := proto.Marshal(s.view.Snapshot())
+	b, err := s.view.Encode()
 	if err == nil {
 		hdr := binary.AppendUvarint([]byte(snapshotMagic), uint64(len(b)))
 		if _, err = sink.Write(hdr); err == nil {

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
@@ -22,9 +24,14 @@ const (
 
 // requestTable is the FSM's memory of recent request ids, in apply order.
 // Callers hold Store.mu.
+//
+// A remembered outcome is kept encoded: up to MaxRequests of them, each
+// maybe a copy of every VM a batch made, would otherwise be as many live
+// records as the state's own for the collector to walk. Only a retry (or
+// a snapshot) decodes one.
 type requestTable struct {
-	byID  map[string]*statev1.RequestRecord
-	order []*statev1.RequestRecord // oldest first, from head
+	byID  map[string]*request
+	order []*request // oldest first, from head
 	head  int
 	// clock is the latest command time seen: leaders' clocks differ, so
 	// expiry never goes backwards when an older clock leads.
@@ -33,8 +40,27 @@ type requestTable struct {
 	max   int
 }
 
+// request is one remembered outcome: what lookup and expiry read, and the
+// statev1.RequestRecord encoded.
+type request struct {
+	id       string
+	hash     []byte
+	unixNano int64
+	enc      []byte
+}
+
+// decode returns the record (fresh, the caller's to keep).
+func (r *request) decode() *statev1.RequestRecord {
+	var rec statev1.RequestRecord
+	if err := proto.Unmarshal(r.enc, &rec); err != nil {
+		// Encoded by add from a record in memory: cannot fail.
+		panic(fmt.Sprintf("state: remembered request %q does not decode: %v", r.id, err))
+	}
+	return &rec
+}
+
 func newRequestTable() requestTable {
-	return requestTable{byID: map[string]*statev1.RequestRecord{}, ttl: int64(RequestTTL), max: MaxRequests}
+	return requestTable{byID: map[string]*request{}, ttl: int64(RequestTTL), max: MaxRequests}
 }
 
 func (t *requestTable) len() int { return len(t.order) - t.head }
@@ -44,30 +70,48 @@ func (t *requestTable) advance(now int64) {
 	t.clock = max(t.clock, now)
 	for t.len() > 0 {
 		r := t.order[t.head]
-		if t.len() <= t.max && r.UnixNano >= t.clock-t.ttl {
+		if t.len() <= t.max && r.unixNano >= t.clock-t.ttl {
 			break
 		}
-		delete(t.byID, r.Id)
-		t.order[t.head] = nil
-		t.head++
+		t.forgetOldest()
 	}
 	if t.head > 1024 && t.head > len(t.order)/2 {
-		t.order = append([]*statev1.RequestRecord(nil), t.order[t.head:]...)
+		t.order = append([]*request(nil), t.order[t.head:]...)
 		t.head = 0
 	}
 }
 
+// add remembers r (encoded: later changes to r or what it points to do not
+// reach the table).
 func (t *requestTable) add(r *statev1.RequestRecord) {
-	t.byID[r.Id] = r
-	t.order = append(t.order, r)
+	enc, err := proto.Marshal(r)
+	if err != nil {
+		// Only a string that is not UTF-8 fails, and every controller
+		// fails alike on the same record: the id is not remembered, on
+		// any of them.
+		return
+	}
+	e := &request{id: r.Id, hash: r.Hash, unixNano: r.UnixNano, enc: enc}
+	t.byID[e.id] = e
+	t.order = append(t.order, e)
 	for t.len() > t.max {
-		delete(t.byID, t.order[t.head].Id)
-		t.order[t.head] = nil
-		t.head++
+		t.forgetOldest()
 	}
 }
 
-// record builds the record of a command's outcome.
+// forgetOldest drops the oldest entry (and its id, unless a newer entry
+// holds it).
+func (t *requestTable) forgetOldest() {
+	r := t.order[t.head]
+	if t.byID[r.id] == r {
+		delete(t.byID, r.id)
+	}
+	t.order[t.head] = nil
+	t.head++
+}
+
+// record builds the record of a command's outcome. It shares res's
+// records: the table keeps it encoded (add), not the record itself.
 func record(cmd *statev1.Command, index uint64, res Result, err error) *statev1.RequestRecord {
 	r := &statev1.RequestRecord{Id: cmd.RequestId, Hash: cmd.RequestHash, UnixNano: cmd.UnixNano, Index: index}
 	if err != nil {
@@ -78,57 +122,14 @@ func record(cmd *statev1.Command, index uint64, res Result, err error) *statev1.
 		}
 		return r
 	}
-	for _, vm := range res.VMs {
-		r.Vms = append(r.Vms, proto.Clone(vm).(*statev1.VMRecord))
-	}
+	r.Vms = res.VMs
 	// Version 3 wrote vm_list for PlaceVMs only; it is kept for a reader
 	// of that version (a controller not yet upgraded replays this snapshot).
 	_, r.VmList = cmd.GetCmd().(*statev1.Command_PlaceVms)
-	if res.Host != nil {
-		r.Host = proto.Clone(res.Host).(*statev1.HostRecord)
-	}
-	if res.Ratio != nil {
-		r.Ratio = proto.Clone(res.Ratio).(*statev1.RatioRecord)
-	}
-	if res.Group != nil {
-		r.Group = proto.Clone(res.Group).(*statev1.PlacementGroupRecord)
-	}
-	if res.Member != nil {
-		r.Member = proto.Clone(res.Member).(*statev1.MemberRecord)
-	}
-	if res.Department != nil {
-		r.Department = proto.Clone(res.Department).(*statev1.DepartmentRecord)
-	}
-	if res.Project != nil {
-		r.Project = proto.Clone(res.Project).(*statev1.ProjectRecord)
-	}
-	if res.User != nil {
-		r.User = proto.Clone(res.User).(*statev1.UserRecord)
-	}
-	if res.Token != nil {
-		r.Token = proto.Clone(res.Token).(*statev1.TokenRecord)
-	}
-	if res.Image != nil {
-		r.Image = proto.Clone(res.Image).(*statev1.ImageRecord)
-	}
-	if res.Volume != nil {
-		r.Volume = proto.Clone(res.Volume).(*statev1.VolumeRecord)
-	}
-	if res.Center != nil {
-		r.Center = proto.Clone(res.Center).(*statev1.CenterRecord)
-	}
-	if res.Policy != nil {
-		r.Policy = proto.Clone(res.Policy).(*statev1.PolicyRecord)
-	}
-	if res.RestorePoint != nil {
-		r.RestorePoint = proto.Clone(res.RestorePoint).(*statev1.RestorePointRecord)
-	}
-	if res.DRRun != nil {
-		r.DrRun = proto.Clone(res.DRRun).(*statev1.DRRunRecord)
-	}
-	if res.DrillSchedule != nil {
-		r.DrillSchedule = proto.Clone(res.DrillSchedule).(*statev1.DrillScheduleRecord)
-	}
+	r.Host, r.Ratio, r.Group, r.Member = res.Host, res.Ratio, res.Group, res.Member
+	r.Department, r.Project, r.User, r.Token = res.Department, res.Project, res.User, res.Token
+	r.Image, r.Volume, r.Center, r.Policy = res.Image, res.Volume, res.Center, res.Policy
+	r.RestorePoint, r.DrRun, r.DrillSchedule = res.RestorePoint, res.DRRun, res.DrillSchedule
 	return r
 }
 
@@ -201,10 +202,10 @@ func (t *requestTable) replay(cmd *statev1.Command) (res Result, ok bool, err er
 	if !found {
 		return Result{}, false, nil
 	}
-	if !bytes.Equal(r.Hash, cmd.RequestHash) {
+	if !bytes.Equal(r.hash, cmd.RequestHash) {
 		return Result{}, true, ReusedRequestID(cmd.RequestId)
 	}
-	res, err = Outcome(r)
+	res, err = Outcome(r.decode())
 	return res, true, err
 }
 
@@ -227,7 +228,7 @@ func (s *Store) Request(id string) (*statev1.RequestRecord, bool) {
 	if !ok {
 		return nil, false
 	}
-	return proto.Clone(r).(*statev1.RequestRecord), true
+	return r.decode(), true
 }
 
 // RequestCount is how many request ids Apply remembers now.
@@ -264,4 +265,37 @@ func WithRequest(ctx context.Context, id string, hash []byte) context.Context {
 func RequestFrom(ctx context.Context) (RequestInfo, bool) {
 	ri, ok := ctx.Value(requestKey{}).(RequestInfo)
 	return ri, ok && ri.ID != ""
+}
+
+// decodeRequests returns the view's remembered outcomes as records (fresh).
+func (v *View) decodeRequests() []*statev1.RequestRecord {
+	if len(v.requests) == 0 {
+		return nil
+	}
+	out := make([]*statev1.RequestRecord, len(v.requests))
+	for i, r := range v.requests {
+		out[i] = r.decode()
+	}
+	return out
+}
+
+// snapshotRequests is Snapshot's field number of requests.
+const snapshotRequests = 8
+
+// Encode returns the view as an encoded statev1.Snapshot: the bytes of
+// proto.Marshal(v.Snapshot()) up to field order, without decoding the
+// remembered outcomes. They are already encoded, and a repeated message
+// field may follow the others on the wire, each element as its own
+// length-delimited field.
+func (v *View) Encode() ([]byte, error) {
+	snap := v.snapshot(false)
+	b, err := proto.Marshal(snap)
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range v.requests {
+		b = protowire.AppendTag(b, snapshotRequests, protowire.BytesType)
+		b = protowire.AppendBytes(b, r.enc)
+	}
+	return b, nil
 }

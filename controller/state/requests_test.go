@@ -148,3 +148,55 @@ func TestRequestIDsKeptInSnapshots(t *testing.T) {
 		t.Fatalf("after restore: %v, want the first error", err)
 	}
 }
+
+// TestRequestOutcomeIsTheFirst: a retry answers with the VM as the first
+// apply made it, not as it is now (the table keeps its own copy).
+func TestRequestOutcomeIsTheFirst(t *testing.T) {
+	s := fixture(t)
+	first := mustApply(t, s, 4, withID(place("vm-2", "db-1", "h2", 2, 4*gib), "k1", "create db-1"))
+	mustApply(t, s, 5, desired("vm-2", statev1.PowerState_POWER_STATE_STOPPED, false))
+	if now, _ := s.VMByID("vm-2"); now.Desired != statev1.PowerState_POWER_STATE_STOPPED {
+		t.Fatalf("vm-2 wants %v after the stop", now.Desired)
+	}
+	again := mustApply(t, s, 6, withID(place("vm-3", "db-1", "h2", 2, 4*gib), "k1", "create db-1"))
+	if !proto.Equal(first.VMs[0], again.VMs[0]) || again.VMs[0].Desired != statev1.PowerState_POWER_STATE_RUNNING || again.VMs[0].Revision != 4 {
+		t.Fatalf("retry answered %v, want the first outcome %v", again.VMs[0], first.VMs[0])
+	}
+	r, ok := s.Request("k1")
+	if !ok || len(r.Vms) != 1 || !proto.Equal(r.Vms[0], first.VMs[0]) || r.Index != 4 || string(r.Hash) != "create db-1" {
+		t.Fatalf("Request(k1) = %v, %v", r, ok)
+	}
+}
+
+// TestViewEncodeIsTheSnapshot: the snapshot bytes (remembered outcomes
+// appended as they are kept, encoded) decode to the same message as
+// View.Snapshot.
+func TestViewEncodeIsTheSnapshot(t *testing.T) {
+	s := fixture(t)
+	mustApply(t, s, 4, withID(place("vm-2", "db-1", "h2", 2, 4*gib), "k1", "create db-1"))
+	apply(t, s, 5, withID(place("vm-3", "web-1", "h2", 1, gib), "k2", "create web-1"))
+	mustApply(t, s, 6, withID(place("vm-4", "app-1", "h1", 1, gib), "k3", "create app-1"))
+	v := s.View()
+	b, err := v.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got statev1.Snapshot
+	if err := proto.Unmarshal(b, &got); err != nil {
+		t.Fatal(err)
+	}
+	want := v.Snapshot()
+	if len(want.Requests) != 3 || len(want.Vms) != 3 {
+		t.Fatalf("snapshot has %d requests and %d VMs, want 3 and 3", len(want.Requests), len(want.Vms))
+	}
+	if !proto.Equal(&got, want) {
+		t.Fatalf("Encode decodes to\n%v\nwant\n%v", &got, want)
+	}
+	r := New()
+	if err := r.Restore(&got); err != nil {
+		t.Fatal(err)
+	}
+	if r.RequestCount() != 3 {
+		t.Fatalf("restored %d request ids, want 3", r.RequestCount())
+	}
+}

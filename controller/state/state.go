@@ -696,7 +696,7 @@ type View struct {
 	members  []*statev1.MemberRecord
 	ratios   []*statev1.RatioRecord
 	groups   []*statev1.PlacementGroupRecord
-	requests []*statev1.RequestRecord
+	requests []*request
 	depts    []*statev1.DepartmentRecord
 	projects []*statev1.ProjectRecord
 	users    []*statev1.UserRecord
@@ -792,11 +792,14 @@ func (v *View) Index() uint64 { return v.index }
 
 // Snapshot returns the view as one message, sorted. The message shares
 // the store's records: read it (encode it), never change it.
-func (v *View) Snapshot() *statev1.Snapshot {
+func (v *View) Snapshot() *statev1.Snapshot { return v.snapshot(true) }
+
+// snapshot is Snapshot, without the remembered requests unless asked.
+func (v *View) snapshot(requests bool) *statev1.Snapshot {
 	snap := &statev1.Snapshot{
 		FormatVersion: SnapshotVersion, Index: v.index,
 		Hosts: slices.Clone(v.hosts), Vms: slices.Clone(v.vms), Members: slices.Clone(v.members),
-		Ratios: slices.Clone(v.ratios), Groups: slices.Clone(v.groups), Requests: v.requests,
+		Ratios: slices.Clone(v.ratios), Groups: slices.Clone(v.groups),
 		Departments: slices.Clone(v.depts), Projects: slices.Clone(v.projects),
 		Users: slices.Clone(v.users), Tokens: slices.Clone(v.tokens),
 		AuditHead:      v.audit,
@@ -809,6 +812,9 @@ func (v *View) Snapshot() *statev1.Snapshot {
 		BackupJobs:     slices.Clone(v.jobs),
 		DrRuns:         slices.Clone(v.runs),
 		DrillSchedules: slices.Clone(v.drills),
+	}
+	if requests {
+		snap.Requests = v.decodeRequests()
 	}
 	slices.SortFunc(snap.DrRuns, func(a, b *statev1.DRRunRecord) int { return strings.Compare(a.Id, b.Id) })
 	slices.SortFunc(snap.DrillSchedules, func(a, b *statev1.DrillScheduleRecord) int { return strings.Compare(a.Id, b.Id) })
@@ -909,7 +915,7 @@ func (s *Store) Restore(snap *statev1.Snapshot) error {
 	}
 	for _, r := range snap.GetRequests() {
 		s.requests.clock = max(s.requests.clock, r.UnixNano)
-		s.requests.add(proto.Clone(r).(*statev1.RequestRecord))
+		s.requests.add(r) // encoded: r stays the caller's
 	}
 	if h := snap.GetAuditHead(); h != nil {
 		s.audit.head = proto.Clone(h).(*statev1.AuditHead)
