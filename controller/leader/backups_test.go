@@ -128,3 +128,32 @@ func TestBackupRetention(t *testing.T) {
 		t.Fatalf("kept %d: %v", len(ps), ps)
 	}
 }
+
+// countingHosts is the store, counting its every-host reads.
+type countingHosts struct {
+	*state.Store
+	hosts int
+}
+
+func (c *countingHosts) Hosts() []state.HostView {
+	c.hosts++
+	return c.Store.Hosts()
+}
+
+// TestTickReadsHostsOnlyForMirrors: a tick (every 500 ms) reads every
+// host only when some VM's policy wants a mirror; without one it reads
+// none (10,000 hosts were read and copied on every tick).
+func TestTickReadsHostsOnlyForMirrors(t *testing.T) {
+	_, p := backupFixture(t)
+	view := &countingHosts{Store: p.st}
+	b := NewBackups(p, view, slog.New(slog.DiscardHandler))
+	b.Tick(context.Background(), time.Now())
+	if view.hosts != 0 {
+		t.Fatalf("a tick with gold protection only read every host %d time(s)", view.hosts)
+	}
+	mustApplyP(t, p, &statev1.Command{Cmd: &statev1.Command_SetProtection{SetProtection: &statev1.SetProtection{Project: state.DefaultProject, VmId: "vm1", Policy: "platinum"}}})
+	b.Tick(context.Background(), time.Now())
+	if view.hosts != 1 {
+		t.Fatalf("a tick with a platinum VM read every host %d time(s), want 1 (to choose its mirror host)", view.hosts)
+	}
+}

@@ -30,11 +30,20 @@ func RealHypervisor(h *statev1.HostRecord) bool {
 // longer on a real host. A mirror host that goes down or is fenced is
 // replaced (the new one gets a full copy).
 func (b *Backups) placeMirrors(ctx context.Context, mv MirrorView, prot []state.Protected) {
-	hosts := map[string]state.HostView{}
-	load := map[string]int{}
-	for _, h := range mv.Hosts() {
-		hosts[h.Host.Id] = h
+	// Every host, read only when some VM wants a mirror: this runs every
+	// tick, and most clouds have hosts by the thousand and few platinum
+	// VMs.
+	var hosts map[string]state.HostView
+	for _, p := range prot {
+		if len(p.MirrorCenters) > 0 {
+			hosts = map[string]state.HostView{}
+			for _, h := range mv.Hosts() {
+				hosts[h.Host.Id] = h
+			}
+			break
+		}
 	}
+	load := map[string]int{}
 	for _, p := range prot {
 		if m := p.VM.GetMirror(); m != nil {
 			load[m.HostId]++

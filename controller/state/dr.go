@@ -131,6 +131,11 @@ type drTables struct {
 	// mirrorOn indexes VMs by the host keeping their mirror (ids; no
 	// empty sets; derived).
 	mirrorOn map[string]map[string]struct{}
+	// protected holds the ids of the VMs that name a protection policy,
+	// their own or their project's (derived: indexProtection), so that
+	// the leader's every-tick look at the protected VMs costs what is
+	// protected, not a pass over every VM.
+	protected map[string]struct{}
 }
 
 func (t *drTables) reset() {
@@ -144,6 +149,23 @@ func (t *drTables) reset() {
 	t.runs = map[string]*statev1.DRRunRecord{}
 	t.drills = map[string]*statev1.DrillScheduleRecord{}
 	t.mirrorOn = map[string]map[string]struct{}{}
+	t.protected = map[string]struct{}{}
+}
+
+// indexProtection puts vm in the protected index, or takes it out, by the
+// policy it names (its own, else its project's). Callers hold mu.
+func (s *Store) indexProtection(vm *statev1.VMRecord) {
+	name := vm.ProtectionPolicy
+	if name == "" {
+		if p, ok := s.projects[vm.Project]; ok {
+			name = p.ProtectionPolicy
+		}
+	}
+	if name != "" {
+		s.dr.protected[vm.Id] = struct{}{}
+	} else {
+		delete(s.dr.protected, vm.Id)
+	}
 }
 
 func addToSet(m map[string]map[string]struct{}, k, id string) {
@@ -418,8 +440,8 @@ func TargetRPO(t *statev1.PolicyTarget) int64 {
 }
 
 func (s *Store) policyUse(name string) (vms, projects int) {
-	for _, vm := range s.vms {
-		if vm.ProtectionPolicy == name {
+	for id := range s.dr.protected {
+		if s.vms[id].ProtectionPolicy == name {
 			vms++
 		}
 	}
@@ -469,6 +491,7 @@ func (s *Store) applySetProtection(index uint64, c *statev1.SetProtection) (*sta
 		w, _ := s.writableVM(c.VmId)
 		w.ProtectionPolicy = c.Policy
 		w.Revision = index
+		s.indexProtection(w)
 		return proto.Clone(w).(*statev1.VMRecord), nil, nil
 	}
 	p, ok := s.projects[c.Project]
@@ -478,6 +501,12 @@ func (s *Store) applySetProtection(index uint64, c *statev1.SetProtection) (*sta
 	np := proto.Clone(p).(*statev1.ProjectRecord)
 	np.ProtectionPolicy = c.Policy
 	s.projects[np.Name] = np
+	// A rare command: one pass over the VMs to index the project's.
+	for _, vm := range s.vms {
+		if vm.Project == np.Name {
+			s.indexProtection(vm)
+		}
+	}
 	return nil, proto.Clone(np).(*statev1.ProjectRecord), nil
 }
 
@@ -766,7 +795,8 @@ func (s *Store) ProtectedVMs(project string) []Protected {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	var out []Protected
-	for _, vm := range s.vms {
+	for id := range s.dr.protected {
+		vm := s.vms[id]
 		if project != "" && vm.Project != project || vm.Desired == statev1.PowerState_POWER_STATE_DELETED {
 			continue
 		}

@@ -1,6 +1,7 @@
 package state
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
@@ -266,4 +267,47 @@ func TestKeptPoints(t *testing.T) {
 	if len(keep) != 1 {
 		t.Fatalf("the newest is always kept: %d", len(keep))
 	}
+}
+
+// TestProtectedVMsIndex: the protected VMs come from an index kept by
+// every change that can protect or unprotect a VM (its own policy, its
+// project's, the VM going), and by a restore; it always answers what a
+// look at every VM would.
+func TestProtectedVMsIndex(t *testing.T) {
+	s := drFixture(t)
+	check := func(what string, st *Store, want ...string) {
+		t.Helper()
+		var scan []string
+		for _, vm := range st.VMs("", "") {
+			if p, _ := st.EffectivePolicy(vm); p != "" && vm.Desired != statev1.PowerState_POWER_STATE_DELETED {
+				scan = append(scan, vm.Id)
+			}
+		}
+		var got []string
+		for _, p := range st.ProtectedVMs("") {
+			got = append(got, p.VM.Id)
+		}
+		slices.Sort(scan)
+		slices.Sort(got)
+		if !slices.Equal(got, want) || !slices.Equal(scan, want) {
+			t.Fatalf("%s: ProtectedVMs %v, every VM looked at %v, want %v", what, got, scan, want)
+		}
+	}
+	check("nothing protected", s)
+	mustApply(t, s, 41, protect("air", "", "silver"))
+	check("project protected", s, "a1", "a2")
+	mustApply(t, s, 42, protect("air", "a1", "gold"))
+	mustApply(t, s, 43, protect("air", "", ""))
+	check("project unprotected, a1 by its own", s, "a1")
+	snap := s.Snapshot()
+	r := New()
+	if err := r.Restore(overWire(t, snap)); err != nil {
+		t.Fatal(err)
+	}
+	check("restored", r, "a1")
+	mustApply(t, s, 44, protect("air", "a1", ""))
+	check("a1 unprotected", s)
+	mustApply(t, s, 45, protect("air", "", "gold"))
+	mustApply(t, s, 46, desired("a2", statev1.PowerState_POWER_STATE_DELETED, false))
+	check("a2 being deleted", s, "a1")
 }

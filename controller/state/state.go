@@ -515,6 +515,7 @@ func (s *Store) addVM(vm *statev1.VMRecord) {
 	ids[vm.Id] = struct{}{}
 	s.hostRev[vm.HostId] = max(s.hostRev[vm.HostId], vm.Revision)
 	s.addMirrorIndex(vm)
+	s.indexProtection(vm)
 	s.charge(vm, +1)
 	s.use(vm, +1)
 	s.useImage(vm, +1)
@@ -531,6 +532,7 @@ func (s *Store) removeVM(vm *statev1.VMRecord, index uint64) {
 	delete(s.ownVMs, vm)
 	s.detachVM(vm, index)
 	s.dropMirrorIndex(vm, index)
+	delete(s.dr.protected, vm.Id)
 	s.removeVMJobs(vm.Id, index)
 	s.hostRev[vm.HostId] = index
 	s.charge(vm, -1)
