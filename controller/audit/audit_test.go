@@ -241,6 +241,13 @@ func TestParamsAndTarget(t *testing.T) {
 	if p := Params(sub); strings.Contains(p, "secret-ish") || !strings.Contains(p, `"token_id":"[redacted]"`) {
 		t.Fatalf("params %s", p)
 	}
+	if sub.LoginFailures[0].TokenId != "secret-ish" {
+		t.Fatal("Params redacted the caller's request, not a copy")
+	}
+	// Without a secret set, nothing is redacted (and no copy made).
+	if p := Params(&yunchiv1.SubmitAuditRequest{LoginFailures: []*yunchiv1.LoginFailure{{User: "bob"}}}); p != `{"login_failures":[{"user":"bob"}]}` {
+		t.Fatalf("params %s", p)
+	}
 	for _, c := range []struct {
 		method string
 		m      proto.Message

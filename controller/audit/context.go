@@ -120,19 +120,51 @@ func Secret(name string) bool {
 // Params is m as JSON with every secret field (Secret) replaced by
 // "[redacted]", cut to MaxParams.
 func Params(m proto.Message) string {
-	c := proto.Clone(m)
-	redact(c.ProtoReflect())
-	b, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(c)
+	// Most requests carry no secret: those are encoded as they are,
+	// without the copy redacting needs (every API call is audited).
+	if hasSecret(m.ProtoReflect()) {
+		m = proto.Clone(m)
+		redact(m.ProtoReflect())
+	}
+	b, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(m)
 	if err != nil {
 		return ""
 	}
-	s := string(b)
 	// protojson varies its spacing on purpose: compact it.
-	s = compact(s)
+	s := compact(b)
 	if len(s) > MaxParams {
 		s = s[:MaxParams] + "...(cut)"
 	}
 	return s
+}
+
+// hasSecret says whether m has a secret field set, at any depth.
+func hasSecret(m protoreflect.Message) bool {
+	found := false
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		if Secret(string(fd.Name())) {
+			found = true
+		} else if fd.Kind() == protoreflect.MessageKind || fd.Kind() == protoreflect.GroupKind {
+			switch {
+			case fd.IsList():
+				l := v.List()
+				for i := 0; i < l.Len() && !found; i++ {
+					found = hasSecret(l.Get(i).Message())
+				}
+			case fd.IsMap():
+				if fd.MapValue().Kind() == protoreflect.MessageKind {
+					v.Map().Range(func(_ protoreflect.MapKey, mv protoreflect.Value) bool {
+						found = hasSecret(mv.Message())
+						return !found
+					})
+				}
+			default:
+				found = hasSecret(v.Message())
+			}
+		}
+		return !found
+	})
+	return found
 }
 
 // redact replaces secret string fields of m with "[redacted]" and clears
@@ -262,10 +294,11 @@ func TargetOf(fullMethod string, m proto.Message) string {
 }
 
 // compact removes insignificant whitespace from JSON.
-func compact(s string) string {
+func compact(js []byte) string {
 	var b bytes.Buffer
-	if err := json.Compact(&b, []byte(s)); err != nil {
-		return s
+	b.Grow(len(js))
+	if err := json.Compact(&b, js); err != nil {
+		return string(js)
 	}
 	return b.String()
 }

@@ -119,6 +119,8 @@ type File struct {
 	// and leaves pending.
 	inBuf     []bufLine
 	nextRetry time.Time
+	// line is write's scratch buffer (bufio copies what it is given).
+	line []byte
 }
 
 // bufLine is one line written into the buffered writer.
@@ -251,7 +253,8 @@ func (a *File) keep(rec *statev1.AuditRecord) {
 
 // write buffers rec; an error marks the file failed.
 func (a *File) write(rec *statev1.AuditRecord) {
-	b := LineOf(rec).Marshal()
+	a.line = appendLine(a.line[:0], rec)
+	b := a.line
 	if _, err := a.w.Write(b); err != nil {
 		a.failed(err)
 		return

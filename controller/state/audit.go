@@ -58,7 +58,12 @@ const AuditEncodingVersion = 1
 // by a protobuf encoder, so that no library version can change it.
 func AuditCanonical(r *statev1.AuditRecord) []byte {
 	c := r.GetContext()
-	b := make([]byte, 0, 160+len(c.GetParams())+len(r.GetMessage()))
+	return appendAuditCanonical(make([]byte, 0, 160+len(c.GetParams())+len(r.GetMessage())), r)
+}
+
+// appendAuditCanonical appends AuditCanonical(r) to b.
+func appendAuditCanonical(b []byte, r *statev1.AuditRecord) []byte {
+	c := r.GetContext()
 	b = append(b, AuditEncodingVersion)
 	u := func(v uint64) { b = binary.BigEndian.AppendUint64(b, v) }
 	s := func(v string) {
@@ -87,10 +92,18 @@ func AuditCanonical(r *statev1.AuditRecord) []byte {
 
 // AuditHash is SHA-256(prev || AuditCanonical(r)).
 func AuditHash(prev []byte, r *statev1.AuditRecord) []byte {
-	h := sha256.New()
-	h.Write(prev)
-	h.Write(AuditCanonical(r))
-	return h.Sum(nil)
+	var scratch []byte
+	return auditHash(&scratch, prev, r)
+}
+
+// auditHash is AuditHash, built in *scratch (kept for the next call:
+// Apply hashes a record for every command).
+func auditHash(scratch *[]byte, prev []byte, r *statev1.AuditRecord) []byte {
+	b := append((*scratch)[:0], prev...)
+	b = appendAuditCanonical(b, r)
+	*scratch = b
+	sum := sha256.Sum256(b)
+	return sum[:]
 }
 
 // AuditHashOK says whether r's hash is its content's.
@@ -102,6 +115,8 @@ func AuditHashOK(r *statev1.AuditRecord) bool {
 type auditChain struct {
 	head *statev1.AuditHead
 	sink AuditSink
+	// scratch is where records are laid out to be hashed.
+	scratch []byte
 }
 
 // SetAuditSink makes Apply hand its records to sink (nil: none). Set it
@@ -126,7 +141,7 @@ func (s *Store) appendAudit(index uint64, now int64, rec *statev1.AuditRecord) {
 	rec.Seq = h.GetSeq() + 1
 	rec.PrevHash = h.GetHash()
 	rec.UnixNano, rec.Index = now, index
-	rec.Hash = AuditHash(rec.PrevHash, rec)
+	rec.Hash = auditHash(&s.audit.scratch, rec.PrevHash, rec)
 	s.audit.head = &statev1.AuditHead{Seq: rec.Seq, Hash: rec.Hash, ArchivedThrough: h.GetArchivedThrough(), ArchivedHash: h.GetArchivedHash()}
 	if s.audit.sink != nil {
 		s.audit.sink.Append(rec)
