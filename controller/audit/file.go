@@ -170,7 +170,7 @@ func (a *File) open() error {
 		f.Close()
 		return err
 	}
-	a.f, a.w, a.size, a.last, a.hash = f, bufio.NewWriterSize(f, 64<<10), size, 0, nil
+	a.f, a.w, a.size, a.last, a.hash = f, bufio.NewWriterSize(newWriteback(f, size), 64<<10), size, 0, nil
 	a.inBuf = a.inBuf[:0]
 	if last != nil {
 		var l Line
