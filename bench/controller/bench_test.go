@@ -99,3 +99,26 @@ func TestMetric(t *testing.T) {
 		t.Error("a missing metric gave no error")
 	}
 }
+
+// merge pools rounds: counts add up, the rate is over the rounds' total
+// time and the percentiles are of every latency together.
+func TestMergeRounds(t *testing.T) {
+	ms := func(v ...int) (out []time.Duration) {
+		for _, x := range v {
+			out = append(out, time.Duration(x)*time.Millisecond)
+		}
+		return out
+	}
+	a := result{ok: 3, failed: 1, lat: ms(1, 2, 3), el: time.Second, firstErr: "boom"}
+	b := result{ok: 2, lat: ms(10, 20), el: time.Second}
+	m := merge([]result{a, b})
+	if m.ok != 5 || m.failed != 1 || m.perSec != 2.5 || m.firstErr != "boom" {
+		t.Fatalf("merged %+v", m)
+	}
+	if m.p50 != 3*time.Millisecond || m.p99 != 20*time.Millisecond {
+		t.Fatalf("merged p50 %s p99 %s, want 3ms and 20ms", m.p50, m.p99)
+	}
+	if e := merge(nil); e.ok != 0 || e.perSec != 0 || e.p50 != 0 {
+		t.Fatalf("merge of nothing: %+v", e)
+	}
+}

@@ -24,6 +24,29 @@ type result struct {
 	perSec     float64
 	p50, p99   time.Duration
 	firstErr   string
+	// lat are the successful calls' latencies and el the level's length
+	// (merge pools rounds of one level).
+	lat []time.Duration
+	el  time.Duration
+}
+
+// merge pools rounds of one level into one result.
+func merge(rs []result) result {
+	var m result
+	for _, r := range rs {
+		m.ok += r.ok
+		m.failed += r.failed
+		m.lat = append(m.lat, r.lat...)
+		m.el += r.el
+		if m.firstErr == "" {
+			m.firstErr = r.firstErr
+		}
+	}
+	if m.el > 0 {
+		m.perSec = float64(m.ok) / m.el.Seconds()
+	}
+	m.p50, m.p99 = percentile(m.lat, 0.50), percentile(m.lat, 0.99)
+	return m
 }
 
 // runLoad runs clients goroutines calling op for d; op gets the client and
@@ -62,7 +85,7 @@ func runLoad(ctx context.Context, clients int, d time.Duration, op func(ctx cont
 	}
 	wg.Wait()
 	el := time.Since(start)
-	r := result{ok: len(lat), failed: int(failed.Load()), perSec: float64(len(lat)) / el.Seconds()}
+	r := result{ok: len(lat), failed: int(failed.Load()), perSec: float64(len(lat)) / el.Seconds(), lat: lat, el: el}
 	if e, ok := firstErr.Load().(string); ok {
 		r.firstErr = e
 	}

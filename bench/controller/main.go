@@ -19,13 +19,16 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
+	"github.com/hashicorp/raft"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -258,35 +261,20 @@ func run(ctx context.Context, cfg config, out *os.File) (err error) {
 	}
 	lo := st.LastLogIndex
 
-	// Creates through gRPC and REST, clients talking to the leader.
-	for _, pr := range []string{"grpc", "rest"} {
-		for _, n := range cfg.levels {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			prefix := fmt.Sprintf("%s%d", pr[:1], n)
-			var op func(context.Context, int, int) error
-			var closeFn func()
-			if pr == "grpc" {
-				conns, err := dialAll([]string{leader.api}, 4, cl.tokens.Sysadmin)
-				if err != nil {
-					return err
-				}
-				op, closeFn = grpcCreate(conns, prefix), func() {
-					for _, c := range conns {
-						c.Close()
-					}
-				}
-			} else {
-				hc := restClient(n)
-				op, closeFn = restCreate(hc, leader.api, cl.tokens.Sysadmin, prefix), hc.CloseIdleConnections
-			}
-			progress("creates through %s, %d clients, %s", pr, n, cfg.duration)
-			r := runLoad(ctx, n, cfg.duration, op)
-			closeFn()
-			progress("  %d created (%.0f/s), %d failed %s", r.ok, r.perSec, r.failed, r.firstErr)
-			created = append(created, level{pr, n, r})
+	// Warm-up, not measured: without it the first level (one gRPC client)
+	// also paid for the cluster's start (heaps growing, the scheduler's
+	// cache filling, connections opening). Its creates are the entries the
+	// size of a create command is read from.
+	{
+		conns, err := dialAll([]string{leader.api}, 4, cl.tokens.Sysadmin)
+		if err != nil {
+			return err
 		}
+		r := runLoad(ctx, 16, 2*time.Second, grpcCreate(conns, "w0"))
+		for _, c := range conns {
+			c.Close()
+		}
+		progress("warm-up: %d created in 2 s (not measured), %d failed %s", r.ok, r.failed, r.firstErr)
 	}
 	if st, err = apitest.Status(leader.api); err != nil {
 		return err
@@ -317,6 +305,83 @@ func run(ctx context.Context, cfg config, out *os.File) (err error) {
 	}
 	if err := cl.waitFormed(ctx, 3, 60*time.Second); err != nil {
 		return err
+	}
+	if leader, err = cl.waitLeader(ctx, 30*time.Second); err != nil {
+		return err
+	}
+
+	// The one-client figures are compared with raw raft committing
+	// entries of the same size on the same disk, measured in alternation
+	// with them (rounds of a fifth of the level each): this disk's commit
+	// time drifts by half a millisecond over minutes, and a baseline
+	// measured minutes later compared the create with another disk.
+	var raw1 *raft.Raft
+	if slices.Contains(cfg.levels, 1) {
+		rc, err := startRawRaft(ctx, filepath.Join(dir, "paired"), 3)
+		if err != nil {
+			return fmt.Errorf("raw raft: %w", err)
+		}
+		defer rc.close()
+		if raw1, err = rc.leader(ctx); err != nil {
+			return fmt.Errorf("raw raft: %w", err)
+		}
+	}
+	var rawOne []result
+
+	// Creates through gRPC and REST, clients talking to the leader.
+	for _, pr := range []string{"grpc", "rest"} {
+		for _, n := range cfg.levels {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			var op func(context.Context, int, int) error
+			var closeFn func()
+			newOp := func(prefix string) {
+				if pr == "grpc" {
+					conns, err2 := dialAll([]string{leader.api}, 4, cl.tokens.Sysadmin)
+					if err2 != nil {
+						err = err2
+						return
+					}
+					op, closeFn = grpcCreate(conns, prefix), func() {
+						for _, c := range conns {
+							c.Close()
+						}
+					}
+				} else {
+					hc := restClient(n)
+					op, closeFn = restCreate(hc, leader.api, cl.tokens.Sysadmin, prefix), hc.CloseIdleConnections
+				}
+			}
+			progress("creates through %s, %d clients, %s", pr, n, cfg.duration)
+			var r result
+			if n == 1 && raw1 != nil {
+				const rounds = 5
+				var ys []result
+				for i := 0; i < rounds && ctx.Err() == nil; i++ {
+					if newOp(fmt.Sprintf("%s1r%d", pr[:1], i)); err != nil {
+						return err
+					}
+					ys = append(ys, runLoad(ctx, 1, cfg.duration/rounds, op))
+					closeFn()
+					rawOne = append(rawOne, runLoad(ctx, 1, cfg.duration/rounds, rawOp(raw1, entrySize)))
+				}
+				r = merge(ys)
+				rr := merge(rawOne[len(rawOne)-len(ys):])
+				progress("  raw raft in alternation: %.0f commits/s, p50 %s, p99 %s", rr.perSec, ms(rr.p50), ms(rr.p99))
+			} else {
+				if newOp(fmt.Sprintf("%s%d", pr[:1], n)); err != nil {
+					return err
+				}
+				r = runLoad(ctx, n, cfg.duration, op)
+				closeFn()
+			}
+			progress("  %d created (%.0f/s), %d failed %s", r.ok, r.perSec, r.failed, r.firstErr)
+			created = append(created, level{pr, n, r})
+		}
+	}
+	if len(rawOne) > 0 {
+		rawRes[1] = merge(rawOne)
 	}
 
 	// Leader kill -9 to the first successful write.

@@ -145,6 +145,9 @@ func rawLimit(ctx context.Context, dir string, cfg config, size int, res map[int
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
+		if _, done := res[n]; done {
+			continue // measured in alternation with the creates
+		}
 		r := runLoad(ctx, n, cfg.duration, rawOp(l, size))
 		progress("raw raft, %d clients: %.0f commits/s, p50 %s, p99 %s, %d failed %s", n, r.perSec, ms(r.p50), ms(r.p99), r.failed, r.firstErr)
 		res[n] = r
