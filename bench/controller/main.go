@@ -130,7 +130,10 @@ func run(ctx context.Context, cfg config, out *os.File) (err error) {
 		cpu, followerCPU               float64
 		leaderRSS, beats, beatFailures int64
 		rawRes                         = map[int]result{}
-		sf                             stateFigures
+		// rawPaired is raw raft measured in alternation with each
+		// protocol's one-client level.
+		rawPaired = map[string]result{}
+		sf        stateFigures
 	)
 	var mem struct {
 		added, total int
@@ -140,25 +143,30 @@ func run(ctx context.Context, cfg config, out *os.File) (err error) {
 		if entrySize > 0 {
 			add("create_command_bytes", "%d", entrySize)
 		}
-		// rawAt is the raw-raft figure beside a create figure.
-		rawAt := func(n int, f func(result) string) string {
-			if rr, ok := rawRes[n]; ok {
-				return "raw raft " + f(rr)
-			}
-			return "raw raft not measured"
-		}
 		for _, lv := range created {
 			k := fmt.Sprintf("%s_%d", lv.proto, lv.clients)
+			// The raw-raft figure beside it: a one-client level's own
+			// rounds in alternation, else the level's at the end.
+			rr, measured := rawPaired[lv.proto], lv.clients == 1
+			if !measured || rr.ok == 0 {
+				rr, measured = rawRes[lv.clients]
+			}
+			rawAt := func(f func(result) string) string {
+				if !measured {
+					return "raw raft not measured"
+				}
+				return "raw raft " + f(rr)
+			}
 			var tps, t50, t99 string
 			if lv.clients >= 256 {
 				tps, t99 = "target >= 3000; ", "target < 100 ms; "
 			}
-			if rr, ok := rawRes[lv.clients]; ok && lv.clients == 1 {
+			if measured && lv.clients == 1 {
 				t50 = fmt.Sprintf("target <= %s; ", ms(rr.p50+time.Millisecond))
 			}
-			add("creates_per_s_"+k, "%.0f (%s%s)", lv.r.perSec, tps, rawAt(lv.clients, func(r result) string { return fmt.Sprintf("%.0f", r.perSec) }))
-			add("create_p50_"+k, "%s (%s%s)", ms(lv.r.p50), t50, rawAt(lv.clients, func(r result) string { return ms(r.p50) }))
-			add("create_p99_"+k, "%s (%s%s)", ms(lv.r.p99), t99, rawAt(lv.clients, func(r result) string { return ms(r.p99) }))
+			add("creates_per_s_"+k, "%.0f (%s%s)", lv.r.perSec, tps, rawAt(func(r result) string { return fmt.Sprintf("%.0f", r.perSec) }))
+			add("create_p50_"+k, "%s (%s%s)", ms(lv.r.p50), t50, rawAt(func(r result) string { return ms(r.p50) }))
+			add("create_p99_"+k, "%s (%s%s)", ms(lv.r.p99), t99, rawAt(func(r result) string { return ms(r.p99) }))
 			add("create_failed_"+k, "%d", lv.r.failed)
 		}
 		for _, n := range cfg.levels {
@@ -368,6 +376,7 @@ func run(ctx context.Context, cfg config, out *os.File) (err error) {
 				}
 				r = merge(ys)
 				rr := merge(rawOne[len(rawOne)-len(ys):])
+				rawPaired[pr] = rr
 				progress("  raw raft in alternation: %.0f commits/s, p50 %s, p99 %s", rr.perSec, ms(rr.p50), ms(rr.p99))
 			} else {
 				if newOp(fmt.Sprintf("%s%d", pr[:1], n)); err != nil {
