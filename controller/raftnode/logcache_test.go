@@ -64,13 +64,8 @@ func TestWritePathDoesNotReadTheLogFromDisk(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { n2.Shutdown() })
+	waitLeads(t, n1)
 	deadline := time.Now().Add(10 * time.Second)
-	for n1.Raft.State() != raft.Leader {
-		if time.Now().After(deadline) {
-			t.Fatal("no leader in 10s")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 	if err := n1.Raft.AddVoter("n2", a2, 0, 10*time.Second).Error(); err != nil {
 		t.Fatal(err)
 	}

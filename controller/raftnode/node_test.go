@@ -18,7 +18,10 @@ import (
 // TestApplyWithDoneContextProposesNothing: a request whose deadline has
 // passed gets its context's error and leaves the log as it was (raft would
 // read the negative time left as "wait forever").
-func TestApplyWithDoneContextProposesNothing(t *testing.T) {
+// singleNode opens a one-node cluster on an in-memory transport and waits
+// until it leads.
+func singleNode(t *testing.T) (*Node, *state.Store) {
+	t.Helper()
 	_, trans := raft.NewInmemTransport("n1:7000")
 	store := state.New()
 	n, err := Open(Config{ID: "n1", DataDir: t.TempDir(), Bootstrap: true, Transport: trans,
@@ -27,6 +30,13 @@ func TestApplyWithDoneContextProposesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { n.Shutdown() })
+	waitLeads(t, n)
+	return n, store
+}
+
+// waitLeads waits up to 10 s for n to be the leader.
+func waitLeads(t *testing.T, n *Node) {
+	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for n.Raft.State() != raft.Leader {
 		if time.Now().After(deadline) {
@@ -34,6 +44,10 @@ func TestApplyWithDoneContextProposesNothing(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+func TestApplyWithDoneContextProposesNothing(t *testing.T) {
+	n, store := singleNode(t)
 	reg := &statev1.Command{Cmd: &statev1.Command_RegisterHost{RegisterHost: &statev1.RegisterHost{Host: &statev1.HostRecord{
 		Id: "h1", Hostname: "h1", Center: "a1", Capacity: &statev1.Resources{Vcpus: 8, MemoryBytes: 1 << 34, DiskBytes: 1 << 40},
 	}}}}
@@ -105,21 +119,7 @@ func TestProductionTimeouts(t *testing.T) {
 // (a batch's copy of every VM it made) must not live on with it once the
 // proposer has them.
 func TestApplyLeavesNoAnswerInTheLogCache(t *testing.T) {
-	_, trans := raft.NewInmemTransport("n1:7000")
-	store := state.New()
-	n, err := Open(Config{ID: "n1", DataDir: t.TempDir(), Bootstrap: true, Transport: trans,
-		HeartbeatTimeout: 50 * time.Millisecond, ElectionTimeout: 50 * time.Millisecond, LeaderLeaseTimeout: 50 * time.Millisecond}, store)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { n.Shutdown() })
-	deadline := time.Now().Add(10 * time.Second)
-	for n.Raft.State() != raft.Leader {
-		if time.Now().After(deadline) {
-			t.Fatal("no leader in 10s")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	n, store := singleNode(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	var answers []weak.Pointer[statev1.HostRecord]
