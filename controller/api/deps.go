@@ -60,6 +60,7 @@ type ReadView interface {
 
 	Centers() []string
 	Host(id string) (state.HostView, bool)
+	HostSummary(id string) (state.HostSummary, bool)
 	Hosts() []state.HostView
 	HostsPage(center, after string, limit int) ([]state.HostView, bool)
 	HostLiveness(id string) (statev1.HostState, bool)

@@ -32,11 +32,19 @@ type hostInfo struct {
 }
 
 func (s *Server) hostInfo(id string) hostInfo {
-	hv, ok := s.store.Host(id)
+	hs, ok := s.store.HostSummary(id)
 	if !ok {
 		return hostInfo{}
 	}
-	return s.hostInfoOf(hv)
+	h := hostInfo{
+		center:        hs.Center,
+		down:          hs.State == statev1.HostState_HOST_STATE_DOWN,
+		lastHeartbeat: hs.LastHeartbeatUnixNano,
+	}
+	if s.live != nil {
+		h.vms, h.measured = s.live.VMStats(id)
+	}
+	return h
 }
 
 func (s *Server) hostInfoOf(hv state.HostView) hostInfo {

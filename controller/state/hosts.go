@@ -167,13 +167,13 @@ func stateName(s statev1.HostState) string {
 // ratiosOf resolves the effective ratios of h, per dimension: host > host
 // group > center > default, from the settings in ratios (s.ratios, or what
 // they would be after a change). Callers hold mu.
-func ratiosOf(h *statev1.HostRecord, labels map[string]string, ratios map[string]*statev1.RatioRecord) (Ratios, RatioSources) {
+func ratiosOf(h *statev1.HostRecord, group string, ratios map[string]*statev1.RatioRecord) (Ratios, RatioSources) {
 	type layer struct {
 		r   *statev1.Ratios
 		src string
 	}
 	layers := []layer{{h.Ratios, "host"}}
-	if g := labels[HostGroupLabel]; g != "" {
+	if g := group; g != "" {
 		if rec := ratios[ratioKey(ScopeHostGroup, g)]; rec != nil {
 			layers = append(layers, layer{rec.Ratios, "host_group " + g})
 		}
@@ -211,7 +211,25 @@ func (s *Store) hostFactsWith(h *statev1.HostRecord, ratios map[string]*statev1.
 	if _, ok := labels["cpu_model"]; !ok && h.CpuModel != "" {
 		labels["cpu_model"] = h.CpuModel
 	}
-	r, src := ratiosOf(h, labels, ratios)
+	f, src := s.hostFactsNoLabels(h, ratios)
+	f.Labels = labels
+	return f, src
+}
+
+// hostLabel is h's label key as hostFacts' Labels has it (an
+// administrator's label over the host's own).
+func hostLabel(h *statev1.HostRecord, key string) string {
+	if v, ok := h.AdminLabels[key]; ok {
+		return v
+	}
+	return h.Labels[key]
+}
+
+// hostFactsNoLabels is hostFactsWith without Labels (nil), which costs a
+// map per call: Apply re-checks every placement with it and builds the
+// labels only for a VM with constraints.
+func (s *Store) hostFactsNoLabels(h *statev1.HostRecord, ratios map[string]*statev1.RatioRecord) (HostFacts, RatioSources) {
+	r, src := ratiosOf(h, hostLabel(h, HostGroupLabel), ratios)
 	st := effectiveState(h)
 	if s.centerFenced(h.Center) {
 		// A center a failover declared lost takes no VMs, whatever its
@@ -220,7 +238,6 @@ func (s *Store) hostFactsWith(h *statev1.HostRecord, ratios map[string]*statev1.
 	}
 	return HostFacts{
 		ID: h.Id, Center: h.Center, Site: h.Site, Rack: h.Rack,
-		Labels:    labels,
 		State:     st,
 		Owner:     h.Owner,
 		Capacity:  resourcesOf(h.Capacity),

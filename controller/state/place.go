@@ -61,7 +61,7 @@ func (s *Store) checkPlacements(vms []*statev1.VMRecord) error {
 		if !ok {
 			return errorf(KindConflict, "host %q chosen for vm %q is not registered", vm.HostId, vm.Name)
 		}
-		sh, _ := s.hostFacts(h)
+		sh, _ := s.hostFactsNoLabels(h, s.ratios)
 		if sh.State != statev1.HostState_HOST_STATE_READY {
 			return errorf(KindConflict, "host %q chosen for vm %q is not ready (%s)", vm.HostId, vm.Name, stateName(sh.State))
 		}
@@ -76,6 +76,10 @@ func (s *Store) checkPlacements(vms []*statev1.VMRecord) error {
 		cons, err := ConstraintsOf(vm)
 		if err != nil {
 			return errorf(KindInvalid, "vm %q: %v", vm.Name, err)
+		}
+		if len(cons) > 0 {
+			full, _ := s.hostFacts(h)
+			sh.Labels = full.Labels
 		}
 		for _, c := range cons {
 			if err := CheckConstraint(c); err != nil {

@@ -2,6 +2,7 @@ package state
 
 import (
 	"slices"
+	"strings"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
@@ -534,4 +535,32 @@ func TestHostRevision(t *testing.T) {
 			t.Errorf("restored %s: revision %d, want the snapshot index %d", h, got, idx)
 		}
 	}
+}
+
+// TestApplyRecheckSeesGroupRatioAndLabels: Apply's re-check of a placement
+// (which works the host's facts out without its labels unless the VM has
+// constraints) still takes the host group's ratio from an administrator's
+// label and still matches constraints against the labels.
+func TestApplyRecheckSeesGroupRatioAndLabels(t *testing.T) {
+	s := fixture(t)
+	mustApply(t, s, 4, setRatios(&statev1.SetRatios{Scope: ScopeHostGroup, Name: "tight", Cpu: f64(1)}))
+	mustApply(t, s, 5, updateHost(&statev1.UpdateHost{HostId: "h1", SetLabels: map[string]string{HostGroupLabel: "tight", "disk": "ssd"}}))
+	hv, _ := s.Host("h1")
+	if hv.Facts.Ratios.CPU != 1 {
+		t.Fatalf("h1's cpu ratio %v, want the group's 1", hv.Facts.Ratios.CPU)
+	}
+	free := int32(hv.Facts.Allocatable().VCPUs - hv.Facts.Allocated.VCPUs)
+	if _, err := apply(t, s, 6, place("vm-2", "too-big", "h1", free+1, gib)); KindOf(err) != KindConflict {
+		t.Fatalf("%d vCPUs on h1 with %d free under the group's ratio: %v, want a conflict", free+1, free, err)
+	}
+	withRule := func(id, name string, c *statev1.Constraint) *statev1.Command {
+		cmd := place(id, name, "h1", 1, gib)
+		cmd.GetPlaceVm().Vm.ConstraintRules = []*statev1.Constraint{c}
+		return cmd
+	}
+	if _, err := apply(t, s, 7, withRule("vm-3", "wrong-disk", rule("disk", statev1.ConstraintOp_CONSTRAINT_OP_EQ, "hdd"))); KindOf(err) != KindConflict || !strings.Contains(err.Error(), "no longer satisfies") {
+		t.Fatalf("a constraint h1's labels break: %v", err)
+	}
+	mustApply(t, s, 8, withRule("vm-4", "on-ssd", rule("disk", statev1.ConstraintOp_CONSTRAINT_OP_EQ, "ssd")))
+	mustApply(t, s, 9, place("vm-5", "fits", "h1", free-1, gib)) // vm-4 took one
 }

@@ -42,6 +42,26 @@ func (s *Store) Host(id string) (HostView, bool) {
 	return s.hostView(h), true
 }
 
+// HostSummary is what a VM's answer says of its host.
+type HostSummary struct {
+	Center string
+	// State is the host's recorded state (not its effective one).
+	State                 statev1.HostState
+	LastHeartbeatUnixNano int64
+}
+
+// HostSummary returns what a VM's answer says of host id, without copying
+// its record or working out its facts (every VM answer asks).
+func (s *Store) HostSummary(id string) (HostSummary, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	h, ok := s.hosts[id]
+	if !ok {
+		return HostSummary{}, false
+	}
+	return HostSummary{Center: h.Center, State: h.State, LastHeartbeatUnixNano: h.LastHeartbeatUnixNano}, true
+}
+
 // HostFacts is host id as placement sees it, without copying its record
 // (a decision asks for it about once per create).
 func (s *Store) HostFacts(id string) (HostFacts, bool) {
