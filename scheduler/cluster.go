@@ -143,9 +143,15 @@ func (c *Cluster) Upsert(h Host) {
 	if h.ID == "" {
 		return
 	}
-	h.Labels = maps.Clone(h.Labels)
-	c.version++
 	r := c.hosts[h.ID]
+	if r != nil && maps.Equal(r.h.Labels, h.Labels) {
+		// Most upserts change what a host has allocated, not its labels:
+		// keep the cluster's own copy rather than make another.
+		h.Labels = r.h.Labels
+	} else {
+		h.Labels = maps.Clone(h.Labels)
+	}
+	c.version++
 	if r == nil {
 		r = &hostRec{hash: tieHash(c.opt.Seed, h.ID)}
 		c.hosts[h.ID] = r

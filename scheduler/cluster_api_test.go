@@ -331,6 +331,19 @@ func TestClusterUpdates(t *testing.T) {
 	if got, _ := c.Host("a"); got.Labels["gpu"] != "a100" {
 		t.Error("Upsert kept the caller's label map")
 	}
+	// Also when the labels are unchanged (the cluster keeps its copy then).
+	same := map[string]string{"gpu": "a100"}
+	h.Labels = same
+	c.Upsert(h)
+	same["gpu"] = "none"
+	if got, _ := c.Host("a"); got.Labels["gpu"] != "a100" {
+		t.Error("an upsert with the same labels kept the caller's map")
+	}
+	h.Labels = map[string]string{"gpu": "h100"}
+	c.Upsert(h)
+	if got, _ := c.Host("a"); got.Labels["gpu"] != "h100" {
+		t.Errorf("new labels not taken: %v", got.Labels)
+	}
 	c.Upsert(readyHost("c"))
 	if c.Len() != 3 {
 		t.Errorf("Len after adding %d", c.Len())
