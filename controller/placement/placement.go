@@ -159,8 +159,11 @@ type cachedCluster struct {
 
 // reservation is what one in-flight proposal holds.
 type reservation struct {
-	hosts map[string]scheduler.Resources
-	group string // group key, "" for none
+	// hosts and what is held on each, one entry per host (a slice: most
+	// reservations are one VM on one host).
+	hosts []held
+	at    map[string]int // index of hosts, once there are more than 16
+	group string         // group key, "" for none
 	// members per host of group
 	members map[string]int
 }
@@ -243,7 +246,8 @@ func (e *Engine) sync(strategy scheduler.Strategy, project, group string) (*sche
 			}
 		}
 	}
-	cc.seq, cc.dirty = seq, nil
+	cc.seq = seq
+	clear(cc.dirty) // kept for the next decisions' hosts
 	g := schedGroup(gf)
 	if g != nil {
 		for id, n := range e.groupRes[groupKey(project, group)] {
@@ -271,13 +275,47 @@ func specUsage(sp *Spec) state.Usage {
 }
 
 // reserve holds what decisions ps chose until release. Run by ser.
+// held is what a reservation holds on one host.
+type held struct {
+	host string
+	res  scheduler.Resources
+}
+
+// hold adds res on host to r.
+func (r *reservation) hold(host string, res scheduler.Resources) {
+	if r.at != nil {
+		if i, ok := r.at[host]; ok {
+			r.hosts[i].res = r.hosts[i].res.Add(res)
+			return
+		}
+	} else {
+		for i := range r.hosts {
+			if r.hosts[i].host == host {
+				r.hosts[i].res = r.hosts[i].res.Add(res)
+				return
+			}
+		}
+		if len(r.hosts) == 16 {
+			// A batch over many hosts: index them.
+			r.at = make(map[string]int, 32)
+			for i, h := range r.hosts {
+				r.at[h.host] = i
+			}
+		}
+	}
+	if r.at != nil {
+		r.at[host] = len(r.hosts)
+	}
+	r.hosts = append(r.hosts, held{host, res})
+}
+
 func (e *Engine) reserve(sp *Spec, ps []scheduler.Placement) uint64 {
-	r := &reservation{hosts: map[string]scheduler.Resources{}, group: groupKey(sp.Project, sp.Group)}
+	r := &reservation{group: groupKey(sp.Project, sp.Group)}
 	if e.pending == nil {
 		e.pending, e.hostRes, e.groupRes = map[uint64]*reservation{}, map[string]scheduler.Resources{}, map[string]map[string]int{}
 	}
 	for _, p := range ps {
-		r.hosts[p.HostID] = r.hosts[p.HostID].Add(sp.Resources)
+		r.hold(p.HostID, sp.Resources)
 		e.hostRes[p.HostID] = e.hostRes[p.HostID].Add(sp.Resources)
 		e.markDirty(p.HostID)
 		if r.group != "" {
@@ -307,7 +345,8 @@ func (e *Engine) releaseNow(id uint64) {
 		return
 	}
 	delete(e.pending, id)
-	for h, res := range r.hosts {
+	for _, hr := range r.hosts {
+		h, res := hr.host, hr.res
 		left := e.hostRes[h].Sub(res)
 		if left == (scheduler.Resources{}) {
 			delete(e.hostRes, h)

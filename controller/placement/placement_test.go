@@ -451,3 +451,25 @@ func TestPressureWindowReachesTheScheduler(t *testing.T) {
 		}
 	}
 }
+
+// TestReservationHold: a reservation holds one entry per host, summed, for
+// a VM or a batch over many hosts (indexed past 16).
+func TestReservationHold(t *testing.T) {
+	var r reservation
+	one := scheduler.Resources{VCPUs: 1, MemoryBytes: 1 << 30}
+	for i := 0; i < 100; i++ {
+		r.hold(fmt.Sprintf("h%02d", i%40), one)
+	}
+	if len(r.hosts) != 40 {
+		t.Fatalf("%d entries for 40 hosts", len(r.hosts))
+	}
+	for i, h := range r.hosts {
+		want := int64(2)
+		if i < 20 {
+			want = 3 // h00..h19 got 3 of the 100
+		}
+		if h.host != fmt.Sprintf("h%02d", i) || h.res.VCPUs != want || h.res.MemoryBytes != want<<30 {
+			t.Fatalf("entry %d: %+v, want h%02d holding %d", i, h, i, want)
+		}
+	}
+}
