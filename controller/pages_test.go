@@ -2,10 +2,12 @@ package controller
 
 import (
 	"fmt"
+	"net/http"
 	"net/url"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
 
@@ -26,8 +28,19 @@ func TestListVMsPages(t *testing.T) {
 	for b := 0; b*100 < n; b++ {
 		count := min(100, n-b*100)
 		body := fmt.Sprintf(`{"name":"p%02d","vcpus":1,"memory":"16MiB","disk":"1GiB","count":%d}`, b, count)
-		if code, resp, err := apitest.Post(addr, "/v1/vms:batch", body); err != nil || code != 200 {
-			t.Fatalf("batch %d: %d %s %v", b, code, resp, err)
+		// As a client should: one key per batch, sent again while the
+		// answer is "retry" (the test cluster's short raft timeouts can
+		// lose leadership on a busy machine).
+		h := http.Header{"Idempotency-Key": {fmt.Sprintf("pages-batch-%d", b)}}
+		for try := 1; ; try++ {
+			code, resp, err := apitest.DoWith(addr, http.MethodPost, "/v1/vms:batch", body, h)
+			if err == nil && code == 200 {
+				break
+			}
+			if err != nil || code != http.StatusServiceUnavailable || try == 20 {
+				t.Fatalf("batch %d (try %d): %d %s %v", b, try, code, resp, err)
+			}
+			time.Sleep(250 * time.Millisecond)
 		}
 	}
 	page := func(query string) *yunchiv1.ListVMsResponse {
