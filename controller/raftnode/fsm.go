@@ -24,6 +24,9 @@ import (
 type Result struct {
 	Value state.Result
 	Err   error
+	// Unanswered: applied while this node did not lead, so Value is
+	// empty (see FSM.Answers).
+	Unanswered bool
 }
 
 // FSM adapts state.Store to raft.FSM. Apply must be deterministic: it only
@@ -33,6 +36,11 @@ type FSM struct {
 	// Audit is the audit trail's file (the Store's AuditSink), which
 	// snapshots carry after the state; nil: snapshots carry none.
 	Audit AuditFile
+	// Answers says whether this node leads: only then can a proposer be
+	// waiting for Apply's answer. When it says no, Apply does not copy
+	// what a command made into an answer, and marks the Result
+	// Unanswered. Nil: always answer.
+	Answers func() bool
 }
 
 // AuditFile is the audit trail's file store (controller/audit.File) as
@@ -59,6 +67,9 @@ func (f *FSM) Apply(l *raft.Log) any {
 	var cmd statev1.Command
 	if err := proto.Unmarshal(l.Data, &cmd); err != nil {
 		return &Result{Err: fmt.Errorf("log entry %d is not a command: %w", l.Index, err)}
+	}
+	if f.Answers != nil && !f.Answers() {
+		return &Result{Err: f.Store.ApplyUnanswered(l.Index, &cmd), Unanswered: true}
 	}
 	v, err := f.Store.Apply(l.Index, &cmd)
 	return &Result{Value: v, Err: err}

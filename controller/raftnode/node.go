@@ -190,12 +190,20 @@ func Open(cfg Config, store *state.Store) (*Node, error) {
 		n.closeStores()
 		return nil, fmt.Errorf("raft: log cache: %w", err)
 	}
-	r, err := raft.NewRaft(rc, &FSM{Store: store, Audit: cfg.Audit}, cached, logs, snaps, trans)
+	// The FSM answers (copies what a create made) only while this node
+	// leads: followers' answers are never read.
+	var self atomic.Pointer[raft.Raft]
+	fsm := &FSM{Store: store, Audit: cfg.Audit, Answers: func() bool {
+		r := self.Load()
+		return r != nil && r.State() == raft.Leader
+	}}
+	r, err := raft.NewRaft(rc, fsm, cached, logs, snaps, trans)
 	if err != nil {
 		n.closeStores()
 		return nil, fmt.Errorf("raft: start: %w", err)
 	}
 	n.Raft = r
+	self.Store(r)
 	return n, nil
 }
 
@@ -366,10 +374,20 @@ func (n *Node) Apply(ctx context.Context, cmd *statev1.Command) (state.Result, e
 	if !ok {
 		return state.Result{}, fmt.Errorf("unexpected FSM response %T", f.Response())
 	}
-	// Take the answer out: the leader's log cache holds the future (its
-	// response too) for logCacheEntries entries, and a batch's response is
-	// a copy of every record it made.
+	return takeAnswer(res)
+}
+
+// takeAnswer takes the answer out of res: the leader's log cache holds the
+// future (its response too) for logCacheEntries entries, and a batch's
+// answer is a copy of every record it made. An entry committed while this
+// node led but applied after it stepped down was applied unanswered: the
+// change is made, and the caller hears what raft says of any request
+// caught in a change of leader.
+func takeAnswer(res *Result) (state.Result, error) {
 	v, err := res.Value, res.Err
+	if res.Unanswered && err == nil {
+		err = raft.ErrLeadershipLost
+	}
 	*res = Result{}
 	return v, err
 }

@@ -146,3 +146,44 @@ func TestApplyLeavesNoAnswerInTheLogCache(t *testing.T) {
 		t.Fatal("host h4 not in the state")
 	}
 }
+
+// TestTakeAnswer: the answer leaves the response; an entry this node
+// proposed but applied after it stopped leading (unanswered) reports the
+// change of leader, unless the command failed anyway.
+func TestTakeAnswer(t *testing.T) {
+	host := &statev1.HostRecord{Id: "h1"}
+	res := &Result{Value: state.Result{Host: host}}
+	if v, err := takeAnswer(res); err != nil || v.Host != host || res.Value.Host != nil {
+		t.Fatalf("answered: %v %v, response left %v", v, err, res)
+	}
+	if _, err := takeAnswer(&Result{Unanswered: true}); !errors.Is(err, raft.ErrLeadershipLost) {
+		t.Fatalf("unanswered: %v, want raft.ErrLeadershipLost", err)
+	}
+	refused := errors.New("refused")
+	if _, err := takeAnswer(&Result{Unanswered: true, Err: refused}); err != refused {
+		t.Fatalf("unanswered refusal: %v", err)
+	}
+}
+
+// TestFSMUnansweredWhileFollowing: while the node does not lead, the FSM
+// applies without an answer (nothing copied) and says so.
+func TestFSMUnansweredWhileFollowing(t *testing.T) {
+	store := state.New()
+	leads := false
+	f := &FSM{Store: store, Answers: func() bool { return leads }}
+	reg := func(index uint64, id string) *raft.Log {
+		return entry(t, index, &statev1.Command{Cmd: &statev1.Command_RegisterHost{RegisterHost: &statev1.RegisterHost{Host: &statev1.HostRecord{
+			Id: id, Hostname: id, Center: "a1", Capacity: &statev1.Resources{Vcpus: 8, MemoryBytes: 1 << 34, DiskBytes: 1 << 40}}}}})
+	}
+	r := f.Apply(reg(1, "h1")).(*Result)
+	if !r.Unanswered || r.Err != nil || r.Value.Host != nil {
+		t.Fatalf("following: %+v", r)
+	}
+	if _, ok := store.Host("h1"); !ok {
+		t.Fatal("h1 not applied")
+	}
+	leads = true
+	if r := f.Apply(reg(2, "h2")).(*Result); r.Unanswered || r.Err != nil || r.Value.Host.GetId() != "h2" {
+		t.Fatalf("leading: %+v", r)
+	}
+}

@@ -148,7 +148,7 @@ func (s *Store) checkGroup(g *statev1.PlacementGroupRecord, h *statev1.HostRecor
 	return nil
 }
 
-func (s *Store) applyPlaceVMs(index uint64, now int64, vms []*statev1.VMRecord, projectMustExist, imageRules bool) ([]*statev1.VMRecord, error) {
+func (s *Store) applyPlaceVMs(index uint64, now int64, vms []*statev1.VMRecord, projectMustExist, imageRules, answer bool) ([]*statev1.VMRecord, error) {
 	if err := s.checkPlacements(vms); err != nil {
 		return nil, err
 	}
@@ -187,7 +187,13 @@ func (s *Store) applyPlaceVMs(index uint64, now int64, vms []*statev1.VMRecord, 
 		rec.UpdatedUnixNano = now
 		rec.Revision = index
 		s.addVM(rec)
-		out = append(out, proto.Clone(rec).(*statev1.VMRecord))
+		if answer {
+			out = append(out, proto.Clone(rec).(*statev1.VMRecord))
+		} else {
+			// Read only by the request table (which encodes it) before
+			// apply returns; then dropped.
+			out = append(out, rec)
+		}
 	}
 	return out, nil
 }

@@ -200,3 +200,46 @@ func TestViewEncodeIsTheSnapshot(t *testing.T) {
 		t.Fatalf("restored %d request ids, want 3", r.RequestCount())
 	}
 }
+
+// TestApplyUnansweredSameState: a follower's apply (no answer) leaves the
+// same state as the leader's, the remembered outcomes of request ids
+// included (a retry after a change of leader is answered from them).
+func TestApplyUnansweredSameState(t *testing.T) {
+	leader, follower := fixture(t), fixture(t)
+	batch := &statev1.Command{Cmd: &statev1.Command_PlaceVms{PlaceVms: &statev1.PlaceVMs{Vms: []*statev1.VMRecord{
+		{Id: "b1", Name: "b-1", Project: DefaultProject, Vcpus: 1, MemoryBytes: gib, DiskBytes: gib, HostId: "h2"},
+		{Id: "b2", Name: "b-2", Project: DefaultProject, Vcpus: 1, MemoryBytes: gib, DiskBytes: gib, HostId: "h2"},
+	}}}}
+	cmds := []*statev1.Command{
+		withID(place("vm-2", "db-1", "h2", 2, 4*gib), "k1", "create db-1"),
+		withID(batch, "k2", "batch"),
+		withID(place("vm-3", "web-1", "h2", 1, gib), "k3", "create web-1"), // already exists
+		place("vm-4", "app-1", "h1", 1, gib),
+	}
+	for i, cmd := range cmds {
+		index := uint64(4 + i)
+		want, werr := applyAt(t, leader, index, time.Duration(index)*time.Second, proto.Clone(cmd).(*statev1.Command))
+		c := proto.Clone(cmd).(*statev1.Command)
+		c.Version, c.UnixNano = CommandVersion, int64(time.Duration(index)*time.Second)
+		gerr := follower.ApplyUnanswered(index, overWire(t, c))
+		if (werr == nil) != (gerr == nil) || werr != nil && werr.Error() != gerr.Error() {
+			t.Fatalf("command %d: leader %v, follower %v", i, werr, gerr)
+		}
+		if werr == nil && len(want.VMs) == 0 && cmd.GetPlaceVm() != nil {
+			t.Fatalf("command %d: the leader's answer has no VM", i)
+		}
+	}
+	if !proto.Equal(leader.Snapshot(), follower.Snapshot()) {
+		t.Fatal("the follower's state differs from the leader's")
+	}
+	for _, id := range []string{"k1", "k2", "k3"} {
+		a, _ := leader.Request(id)
+		b, ok := follower.Request(id)
+		if !ok || !proto.Equal(a, b) {
+			t.Fatalf("request %s: leader %v, follower %v", id, a, b)
+		}
+	}
+	if r, _ := follower.Request("k2"); len(r.Vms) != 2 || r.Vms[1].Id != "b2" {
+		t.Fatalf("the follower remembers the batch as %v", r.Vms)
+	}
+}

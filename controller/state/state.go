@@ -332,6 +332,21 @@ type Result struct {
 // commands in the same order give the same state on every controller. An
 // error means the command changed nothing (and the Result is empty).
 func (s *Store) Apply(index uint64, cmd *statev1.Command) (Result, error) {
+	return s.apply(index, cmd, true)
+}
+
+// ApplyUnanswered is Apply where nobody reads the answer (a follower's
+// apply: only the leader's proposer waits for one). The state after it is
+// the same, remembered request outcomes included; what a create made is
+// not copied into an answer.
+func (s *Store) ApplyUnanswered(index uint64, cmd *statev1.Command) error {
+	_, err := s.apply(index, cmd, false)
+	return err
+}
+
+// apply is Apply; without answer the Result may hold the store's own
+// records, and is dropped.
+func (s *Store) apply(index uint64, cmd *statev1.Command, answer bool) (Result, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if index > s.index {
@@ -354,9 +369,9 @@ func (s *Store) Apply(index uint64, cmd *statev1.Command) (Result, error) {
 	case *statev1.Command_SetHostState:
 		res.Host, err = s.applySetHostState(cmd.UnixNano, c.SetHostState)
 	case *statev1.Command_PlaceVm: // before version 4 only
-		res.VMs, err = s.applyPlaceVMs(index, cmd.UnixNano, []*statev1.VMRecord{c.PlaceVm.GetVm()}, false, false)
+		res.VMs, err = s.applyPlaceVMs(index, cmd.UnixNano, []*statev1.VMRecord{c.PlaceVm.GetVm()}, false, false, answer)
 	case *statev1.Command_PlaceVms:
-		res.VMs, err = s.applyPlaceVMs(index, cmd.UnixNano, c.PlaceVms.GetVms(), cmd.GetVersion() >= rulesV5, cmd.GetVersion() >= imagesV7)
+		res.VMs, err = s.applyPlaceVMs(index, cmd.UnixNano, c.PlaceVms.GetVms(), cmd.GetVersion() >= rulesV5, cmd.GetVersion() >= imagesV7, answer)
 	case *statev1.Command_SetVmDesired:
 		var vm *statev1.VMRecord
 		if vm, err = s.applySetVMDesired(index, cmd.UnixNano, c.SetVmDesired); err == nil {
