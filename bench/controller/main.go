@@ -273,15 +273,31 @@ func run(ctx context.Context, cfg config, out *os.File) (err error) {
 	// also paid for the cluster's start (heaps growing, the scheduler's
 	// cache filling, connections opening). Its creates are the entries the
 	// size of a create command is read from.
-	{
+	// createOp is a create through protocol pr (to the leader of the
+	// moment) for n clients, VM names starting with prefix, and what
+	// closes its connections.
+	createOp := func(pr string, n int, prefix string) (func(context.Context, int, int) error, func(), error) {
+		if pr == "rest" {
+			hc := restClient(n)
+			return restCreate(hc, leader.api, cl.tokens.Sysadmin, prefix), hc.CloseIdleConnections, nil
+		}
 		conns, err := dialAll([]string{leader.api}, 4, cl.tokens.Sysadmin)
+		if err != nil {
+			return nil, nil, err
+		}
+		return grpcCreate(conns, prefix), func() {
+			for _, c := range conns {
+				c.Close()
+			}
+		}, nil
+	}
+	{
+		op, closeFn, err := createOp("grpc", 16, "w0")
 		if err != nil {
 			return err
 		}
-		r := runLoad(ctx, 16, 2*time.Second, grpcCreate(conns, "w0"))
-		for _, c := range conns {
-			c.Close()
-		}
+		r := runLoad(ctx, 16, 2*time.Second, op)
+		closeFn()
 		progress("warm-up: %d created in 2 s (not measured), %d failed %s", r.ok, r.failed, r.firstErr)
 	}
 	if st, err = apitest.Status(leader.api); err != nil {
@@ -342,48 +358,33 @@ func run(ctx context.Context, cfg config, out *os.File) (err error) {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			var op func(context.Context, int, int) error
-			var closeFn func()
-			newOp := func(prefix string) {
-				if pr == "grpc" {
-					conns, err2 := dialAll([]string{leader.api}, 4, cl.tokens.Sysadmin)
-					if err2 != nil {
-						err = err2
-						return
-					}
-					op, closeFn = grpcCreate(conns, prefix), func() {
-						for _, c := range conns {
-							c.Close()
-						}
-					}
-				} else {
-					hc := restClient(n)
-					op, closeFn = restCreate(hc, leader.api, cl.tokens.Sysadmin, prefix), hc.CloseIdleConnections
-				}
-			}
 			progress("creates through %s, %d clients, %s", pr, n, cfg.duration)
-			var r result
-			if n == 1 && raw1 != nil {
-				const rounds = 5
-				var ys []result
-				for i := 0; i < rounds && ctx.Err() == nil; i++ {
-					if newOp(fmt.Sprintf("%s1r%d", pr[:1], i)); err != nil {
-						return err
-					}
-					ys = append(ys, runLoad(ctx, 1, cfg.duration/rounds, op))
-					closeFn()
-					rawOne = append(rawOne, runLoad(ctx, 1, cfg.duration/rounds, rawOp(raw1, entrySize)))
+			rounds, paired := 1, n == 1 && raw1 != nil
+			if paired {
+				rounds = 5
+			}
+			slice := cfg.duration / time.Duration(rounds)
+			var ys, raws []result
+			for i := 0; i < rounds && ctx.Err() == nil; i++ {
+				prefix := fmt.Sprintf("%s%d", pr[:1], n)
+				if paired {
+					prefix = fmt.Sprintf("%s1r%d", pr[:1], i)
 				}
-				r = merge(ys)
-				rr := merge(rawOne[len(rawOne)-len(ys):])
-				rawPaired[pr] = rr
-				progress("  raw raft in alternation: %.0f commits/s, p50 %s, p99 %s", rr.perSec, ms(rr.p50), ms(rr.p99))
-			} else {
-				if newOp(fmt.Sprintf("%s%d", pr[:1], n)); err != nil {
+				op, closeFn, err := createOp(pr, n, prefix)
+				if err != nil {
 					return err
 				}
-				r = runLoad(ctx, n, cfg.duration, op)
+				ys = append(ys, runLoad(ctx, n, slice, op))
 				closeFn()
+				if paired {
+					raws = append(raws, runLoad(ctx, 1, slice, rawOp(raw1, entrySize)))
+				}
+			}
+			r := merge(ys)
+			if paired {
+				rr := merge(raws)
+				rawPaired[pr], rawOne = rr, append(rawOne, raws...)
+				progress("  raw raft in alternation: %.0f commits/s, p50 %s, p99 %s", rr.perSec, ms(rr.p50), ms(rr.p99))
 			}
 			progress("  %d created (%.0f/s), %d failed %s", r.ok, r.perSec, r.failed, r.firstErr)
 			created = append(created, level{pr, n, r})

@@ -36,6 +36,10 @@ func (s *Server) hostInfo(id string) hostInfo {
 	if !ok {
 		return hostInfo{}
 	}
+	return s.hostInfoOf(id, hs)
+}
+
+func (s *Server) hostInfoOf(id string, hs state.HostSummary) hostInfo {
 	h := hostInfo{
 		center:        hs.Center,
 		down:          hs.State == statev1.HostState_HOST_STATE_DOWN,
@@ -43,18 +47,6 @@ func (s *Server) hostInfo(id string) hostInfo {
 	}
 	if s.live != nil {
 		h.vms, h.measured = s.live.VMStats(id)
-	}
-	return h
-}
-
-func (s *Server) hostInfoOf(hv state.HostView) hostInfo {
-	h := hostInfo{
-		center:        hv.Host.Center,
-		down:          hv.Host.State == statev1.HostState_HOST_STATE_DOWN,
-		lastHeartbeat: hv.Host.LastHeartbeatUnixNano,
-	}
-	if s.live != nil {
-		h.vms, h.measured = s.live.VMStats(hv.Host.Id)
 	}
 	return h
 }

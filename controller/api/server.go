@@ -211,7 +211,7 @@ func (s *Server) ListVMs(ctx context.Context, req *yunchiv1.ListVMsRequest) (*yu
 		if !ok {
 			return nil, status.Errorf(codes.NotFound, "host %q not found", req.HostId)
 		}
-		hosts = map[string]hostInfo{req.HostId: s.hostInfoOf(hv)}
+		hosts = map[string]hostInfo{req.HostId: s.hostInfoOf(hv.Host.Id, hv.Summary())}
 	}
 	size, after, err := vmPage(req.PageSize, req.PageToken)
 	if err != nil {
@@ -222,7 +222,7 @@ func (s *Server) ListVMs(ctx context.Context, req *yunchiv1.ListVMsRequest) (*yu
 		all := s.store.Hosts() // after the VMs, so a host registered meanwhile is there too
 		hosts = make(map[string]hostInfo, len(all))
 		for _, hv := range all {
-			hosts[hv.Host.Id] = s.hostInfoOf(hv)
+			hosts[hv.Host.Id] = s.hostInfoOf(hv.Host.Id, hv.Summary())
 		}
 	}
 	out := &yunchiv1.ListVMsResponse{Vms: make([]*yunchiv1.VM, 0, len(vms))}

@@ -140,65 +140,53 @@ func Params(m proto.Message) string {
 
 // hasSecret says whether m has a secret field set, at any depth.
 func hasSecret(m protoreflect.Message) bool {
-	found := false
-	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-		if Secret(string(fd.Name())) {
-			found = true
-		} else if fd.Kind() == protoreflect.MessageKind || fd.Kind() == protoreflect.GroupKind {
-			switch {
-			case fd.IsList():
-				l := v.List()
-				for i := 0; i < l.Len() && !found; i++ {
-					found = hasSecret(l.Get(i).Message())
-				}
-			case fd.IsMap():
-				if fd.MapValue().Kind() == protoreflect.MessageKind {
-					v.Map().Range(func(_ protoreflect.MapKey, mv protoreflect.Value) bool {
-						found = hasSecret(mv.Message())
-						return !found
-					})
-				}
-			default:
-				found = hasSecret(v.Message())
-			}
-		}
-		return !found
-	})
-	return found
+	return !eachSecret(m, func(protoreflect.Message, protoreflect.FieldDescriptor) bool { return false })
 }
 
 // redact replaces secret string fields of m with "[redacted]" and clears
 // secret fields of other kinds, at any depth.
 func redact(m protoreflect.Message) {
+	eachSecret(m, func(m protoreflect.Message, fd protoreflect.FieldDescriptor) bool {
+		if fd.Kind() == protoreflect.StringKind && !fd.IsList() && !fd.IsMap() {
+			m.Set(fd, protoreflect.ValueOfString("[redacted]"))
+		} else {
+			m.Clear(fd)
+		}
+		return true
+	})
+}
+
+// eachSecret calls fn with every secret field set in m, at any depth, and
+// the message holding it, until fn returns false; it says whether it went
+// through them all.
+func eachSecret(m protoreflect.Message, fn func(protoreflect.Message, protoreflect.FieldDescriptor) bool) bool {
+	all := true
 	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
 		if Secret(string(fd.Name())) {
-			if fd.Kind() == protoreflect.StringKind && !fd.IsList() && !fd.IsMap() {
-				m.Set(fd, protoreflect.ValueOfString("[redacted]"))
-			} else {
-				m.Clear(fd)
-			}
-			return true
+			all = fn(m, fd)
+			return all
 		}
 		if fd.Kind() == protoreflect.MessageKind || fd.Kind() == protoreflect.GroupKind {
 			switch {
 			case fd.IsList():
 				l := v.List()
-				for i := 0; i < l.Len(); i++ {
-					redact(l.Get(i).Message())
+				for i := 0; i < l.Len() && all; i++ {
+					all = eachSecret(l.Get(i).Message(), fn)
 				}
 			case fd.IsMap():
 				if fd.MapValue().Kind() == protoreflect.MessageKind {
 					v.Map().Range(func(_ protoreflect.MapKey, mv protoreflect.Value) bool {
-						redact(mv.Message())
-						return true
+						all = eachSecret(mv.Message(), fn)
+						return all
 					})
 				}
 			default:
-				redact(v.Message())
+				all = eachSecret(v.Message(), fn)
 			}
 		}
-		return true
+		return all
 	})
+	return all
 }
 
 // nouns name what each service's requests act on, for targets.

@@ -162,8 +162,7 @@ type reservation struct {
 	// hosts and what is held on each, one entry per host (a slice: most
 	// reservations are one VM on one host).
 	hosts []held
-	at    map[string]int // index of hosts, once there are more than 16
-	group string         // group key, "" for none
+	group string // group key, "" for none
 	// members per host of group
 	members map[string]int
 }
@@ -274,41 +273,25 @@ func specUsage(sp *Spec) state.Usage {
 	return one.Times(int64(len(sp.Names)))
 }
 
-// reserve holds what decisions ps chose until release. Run by ser.
 // held is what a reservation holds on one host.
 type held struct {
 	host string
 	res  scheduler.Resources
 }
 
-// hold adds res on host to r.
+// hold adds res on host to r (a batch is at most state.MaxBatch VMs: a
+// look through its hosts costs less than a map per reservation).
 func (r *reservation) hold(host string, res scheduler.Resources) {
-	if r.at != nil {
-		if i, ok := r.at[host]; ok {
+	for i := range r.hosts {
+		if r.hosts[i].host == host {
 			r.hosts[i].res = r.hosts[i].res.Add(res)
 			return
 		}
-	} else {
-		for i := range r.hosts {
-			if r.hosts[i].host == host {
-				r.hosts[i].res = r.hosts[i].res.Add(res)
-				return
-			}
-		}
-		if len(r.hosts) == 16 {
-			// A batch over many hosts: index them.
-			r.at = make(map[string]int, 32)
-			for i, h := range r.hosts {
-				r.at[h.host] = i
-			}
-		}
-	}
-	if r.at != nil {
-		r.at[host] = len(r.hosts)
 	}
 	r.hosts = append(r.hosts, held{host, res})
 }
 
+// reserve holds what decisions ps chose until release. Run by ser.
 func (e *Engine) reserve(sp *Spec, ps []scheduler.Placement) uint64 {
 	r := &reservation{group: groupKey(sp.Project, sp.Group)}
 	if e.pending == nil {

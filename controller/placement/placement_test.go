@@ -453,7 +453,7 @@ func TestPressureWindowReachesTheScheduler(t *testing.T) {
 }
 
 // TestReservationHold: a reservation holds one entry per host, summed, for
-// a VM or a batch over many hosts (indexed past 16).
+// a VM or a batch over many hosts.
 func TestReservationHold(t *testing.T) {
 	var r reservation
 	one := scheduler.Resources{VCPUs: 1, MemoryBytes: 1 << 30}

@@ -173,9 +173,9 @@ func ratiosOf(h *statev1.HostRecord, group string, ratios map[string]*statev1.Ra
 		src string
 	}
 	layers := []layer{{h.Ratios, "host"}}
-	if g := group; g != "" {
-		if rec := ratios[ratioKey(ScopeHostGroup, g)]; rec != nil {
-			layers = append(layers, layer{rec.Ratios, "host_group " + g})
+	if group != "" {
+		if rec := ratios[ratioKey(ScopeHostGroup, group)]; rec != nil {
+			layers = append(layers, layer{rec.Ratios, "host_group " + group})
 		}
 	}
 	if rec := ratios[ratioKey(ScopeCenter, h.Center)]; rec != nil {
@@ -207,13 +207,19 @@ func (s *Store) hostFacts(h *statev1.HostRecord) (HostFacts, RatioSources) {
 // hostFactsWith is hostFacts under the ratio settings given: what h would
 // be after a change to them. Callers hold mu.
 func (s *Store) hostFactsWith(h *statev1.HostRecord, ratios map[string]*statev1.RatioRecord) (HostFacts, RatioSources) {
+	f, src := s.hostFactsNoLabels(h, ratios)
+	f.Labels = factsLabels(h)
+	return f, src
+}
+
+// factsLabels is hostFacts' Labels: h's labels, an administrator's over
+// the host's own, and its CPU model unless a label gives one.
+func factsLabels(h *statev1.HostRecord) map[string]string {
 	labels := labelsOf(h)
 	if _, ok := labels["cpu_model"]; !ok && h.CpuModel != "" {
 		labels["cpu_model"] = h.CpuModel
 	}
-	f, src := s.hostFactsNoLabels(h, ratios)
-	f.Labels = labels
-	return f, src
+	return labels
 }
 
 // hostLabel is h's label key as hostFacts' Labels has it (an

@@ -78,8 +78,7 @@ func (s *Store) checkPlacements(vms []*statev1.VMRecord) error {
 			return errorf(KindInvalid, "vm %q: %v", vm.Name, err)
 		}
 		if len(cons) > 0 {
-			full, _ := s.hostFacts(h)
-			sh.Labels = full.Labels
+			sh.Labels = factsLabels(h)
 		}
 		for _, c := range cons {
 			if err := CheckConstraint(c); err != nil {

@@ -59,7 +59,14 @@ func (s *Store) HostSummary(id string) (HostSummary, bool) {
 	if !ok {
 		return HostSummary{}, false
 	}
-	return HostSummary{Center: h.Center, State: h.State, LastHeartbeatUnixNano: h.LastHeartbeatUnixNano}, true
+	return summaryOf(h), true
+}
+
+// Summary is what a VM's answer says of the host.
+func (v HostView) Summary() HostSummary { return summaryOf(v.Host) }
+
+func summaryOf(h *statev1.HostRecord) HostSummary {
+	return HostSummary{Center: h.Center, State: h.State, LastHeartbeatUnixNano: h.LastHeartbeatUnixNano}
 }
 
 // HostFacts is host id as placement sees it, without copying its record
