@@ -123,14 +123,21 @@ func TestUnexpectedStopFoundByResync(t *testing.T) {
 }
 
 // flakyEvents ends each event watch after its first event, as a lost
-// libvirt connection would, and counts the watches.
+// libvirt connection would, and counts the watches. The first watch ends
+// at once, before any event: whether the guest's start comes before or
+// after the agent's first watch is a race, and the test must not hang on
+// an event that came before it.
 type flakyEvents struct {
 	agent.Driver
 	watches atomic.Int32
 }
 
 func (f *flakyEvents) Events(ctx context.Context) (<-chan agent.DomainEvent, error) {
-	f.watches.Add(1)
+	if f.watches.Add(1) == 1 {
+		out := make(chan agent.DomainEvent)
+		close(out)
+		return out, nil
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	in, err := f.Driver.Events(ctx)
 	if err != nil {
