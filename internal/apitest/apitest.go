@@ -200,25 +200,44 @@ func Formed(st *yunchiv1.ClusterStatus, n int) bool {
 }
 
 // Converged says whether every controller at addrs knows a leader and has
-// applied all that any of them reports committed.
+// applied all that any of them reported committed when it was called. It
+// reads the highest commit index first, then each controller's applied
+// index again, for up to ConvergeWait, until it reaches that. Writes that
+// go on meanwhile (a test's prober, the leader's own heartbeat records)
+// move the commit index on, and a follower learns of a commit only with
+// the leader's next message: comparing indexes read in one pass never
+// held while writes came faster than a pass and that lag.
 func Converged(addrs []string) bool {
 	var commit uint64
-	var applied []uint64
 	for _, addr := range addrs {
 		st, err := Status(addr)
 		if err != nil || st.LeaderId == "" {
 			return false
 		}
 		commit = max(commit, st.CommitIndex)
-		applied = append(applied, st.AppliedIndex)
 	}
-	for _, a := range applied {
-		if a < commit {
-			return false
+	deadline := time.Now().Add(ConvergeWait)
+	for _, addr := range addrs {
+		for {
+			st, err := Status(addr)
+			if err != nil || st.LeaderId == "" {
+				return false
+			}
+			if st.AppliedIndex >= commit {
+				break
+			}
+			if time.Now().After(deadline) {
+				return false
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
 	}
 	return true
 }
+
+// ConvergeWait is how long Converged waits for the controllers to apply
+// what was committed when it was called.
+const ConvergeWait = 2 * time.Second
 
 // Eventually polls ok every 50 ms until it holds, and fails the test if d
 // passes first.

@@ -1,12 +1,17 @@
 package apitest
 
 import (
+	"context"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
+
+	"google.golang.org/grpc"
+
+	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 )
 
 // The REST helpers send the token SetToken set (a header given to DoWith
@@ -76,4 +81,72 @@ func TestFreePortOffsetBelowEphemeral(t *testing.T) {
 			}
 		}
 	}
+}
+
+// fakeController answers GetClusterStatus from a log that takes a write
+// after every status read (as a prober writing every 100 ms does between
+// slow reads); a follower has applied lag entries less than was committed.
+type fakeController struct {
+	yunchiv1.UnimplementedClusterServiceServer
+	log *fakeLog
+	lag uint64
+}
+
+type fakeLog struct {
+	mu        sync.Mutex
+	committed uint64
+}
+
+func (f *fakeController) GetClusterStatus(context.Context, *yunchiv1.GetClusterStatusRequest) (*yunchiv1.ClusterStatus, error) {
+	f.log.mu.Lock()
+	defer f.log.mu.Unlock()
+	seen := f.log.committed - f.lag
+	f.log.committed++
+	return &yunchiv1.ClusterStatus{LeaderId: "c1", CommitIndex: seen, AppliedIndex: seen}, nil
+}
+
+// While writes keep coming, Converged still holds once every controller
+// has applied what was committed when it was called. It compared indexes
+// read in one pass, which never held here: the chaos test's recovery wait
+// timed out so on a loaded machine.
+func TestConvergedWhileWritesGoOn(t *testing.T) {
+	lg := &fakeLog{committed: 100}
+	var addrs []string
+	for _, lag := range []uint64{2, 2, 0} { // two followers, the leader last
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		gs := grpc.NewServer()
+		yunchiv1.RegisterClusterServiceServer(gs, &fakeController{log: lg, lag: lag})
+		go gs.Serve(l)
+		t.Cleanup(gs.Stop)
+		addrs = append(addrs, l.Addr().String())
+	}
+	if !Converged(addrs) {
+		t.Fatal("not converged while the followers keep applying what is committed")
+	}
+
+	// A follower that stops applying is not converged.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	yunchiv1.RegisterClusterServiceServer(gs, stuckController{})
+	go gs.Serve(l)
+	t.Cleanup(gs.Stop)
+	if Converged(append(addrs, l.Addr().String())) {
+		t.Fatal("converged with a controller whose applied index stays behind")
+	}
+}
+
+// stuckController reports the highest commit index (it heard of the
+// leader's last commit) but never applies past 1.
+type stuckController struct {
+	yunchiv1.UnimplementedClusterServiceServer
+}
+
+func (stuckController) GetClusterStatus(context.Context, *yunchiv1.GetClusterStatusRequest) (*yunchiv1.ClusterStatus, error) {
+	return &yunchiv1.ClusterStatus{LeaderId: "c1", CommitIndex: 1, AppliedIndex: 1}, nil
 }
