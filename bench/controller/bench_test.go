@@ -5,11 +5,19 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 )
+
+// TestMain lets this test binary serve as a raw raft follower process, as
+// bench-controller does.
+func TestMain(m *testing.M) {
+	maybeRawFollower()
+	os.Exit(m.Run())
+}
 
 func TestPercentile(t *testing.T) {
 	var ds []time.Duration
@@ -59,6 +67,26 @@ func TestRawRaftSmoke(t *testing.T) {
 		t.Errorf("latencies p50 %s p99 %s", r.p50, r.p99)
 	}
 	last := l.LastIndex()
+
+	// The followers are processes of their own that take part: with one
+	// gone the leader still commits, with both gone it cannot, and each
+	// ends by itself, without error, once its input is closed.
+	if len(raw.followers) != 2 {
+		t.Fatalf("%d follower processes, want 2", len(raw.followers))
+	}
+	raw.followers[0].close()
+	if err := l.Apply(make([]byte, size), 10*time.Second).Error(); err != nil {
+		t.Fatalf("commit with one follower left: %v", err)
+	}
+	raw.followers[1].close()
+	if err := l.Apply(make([]byte, size), 10*time.Second).Error(); err == nil {
+		t.Fatal("committed with both followers gone")
+	}
+	for i, f := range raw.followers {
+		if st := f.cmd.ProcessState; st == nil || !st.Success() {
+			t.Errorf("follower %d ended with %v", i+2, st)
+		}
+	}
 	raw.close()
 	closed = true
 	got, n, err := createEntrySize(filepath.Join(dir, "raw1"), 0, last)

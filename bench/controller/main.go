@@ -48,6 +48,7 @@ type config struct {
 }
 
 func main() {
+	maybeRawFollower()
 	var cfg config
 	var levels string
 	flag.StringVar(&cfg.yunchid, "yunchid", "bin/yunchid", "yunchid binary to run the controllers from")
