@@ -180,13 +180,19 @@ const gib = int64(1) << 30
 // forwarded) the way agents do.
 func registerHosts(t testing.TB, addr string, n int, cpus, mem int64) {
 	t.Helper()
+	registerHostsDisk(t, addr, n, cpus, mem, 1000*gib)
+}
+
+// registerHostsDisk is registerHosts with disk bytes per host.
+func registerHostsDisk(t testing.TB, addr string, n int, cpus, mem, disk int64) {
+	t.Helper()
 	ac := yunchiv1.NewAgentServiceClient(dial(t, addr))
 	for i := 0; i < n; i++ {
 		center := []string{"a1", "a2", "b1"}[i%3]
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		_, err := ac.RegisterHost(ctx, &yunchiv1.RegisterHostRequest{Facts: &yunchiv1.HostFacts{
 			Id: fmt.Sprintf("%s-h%02d", center, i/3+1), Center: center, Hostname: "sim",
-			Capacity: &yunchiv1.Resources{Vcpus: cpus, MemoryBytes: mem, DiskBytes: 1000 * gib},
+			Capacity: &yunchiv1.Resources{Vcpus: cpus, MemoryBytes: mem, DiskBytes: disk},
 		}})
 		cancel()
 		if err != nil {

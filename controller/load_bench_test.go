@@ -34,7 +34,10 @@ func BenchmarkCreateLoadREST(b *testing.B) { benchmarkCreateLoad(b, true) }
 
 func benchmarkCreateLoad(b *testing.B, rest bool) {
 	c := newInmemClusterTTL(b, 0)
-	registerHosts(b, c.members[0].ctl.Addr(), 45, 4096, 16384*gib)
+	// Room for every create of a long or repeated run (-benchtime 5s,
+	// -count): 45 hosts of 1,000 GiB held 45,000 of these 1 GiB VMs, and a
+	// second round of 30,000 creates ran out of disk half-way.
+	registerHostsDisk(b, c.members[0].ctl.Addr(), 45, 4096, 16384*gib, 1<<20*gib)
 	l := c.leader()
 	if l == nil {
 		b.Fatal("no leader")
@@ -53,6 +56,7 @@ func benchmarkCreateLoad(b *testing.B, rest bool) {
 				mu     sync.Mutex
 				lats   []time.Duration
 				failed atomic.Int64
+				first  atomic.Value // the first failure's error text
 				wg     sync.WaitGroup
 			)
 			b.ResetTimer()
@@ -96,6 +100,7 @@ func benchmarkCreateLoad(b *testing.B, rest bool) {
 						cancel()
 						if err != nil {
 							failed.Add(1)
+							first.CompareAndSwap(nil, err.Error())
 							continue
 						}
 						mine = append(mine, d)
@@ -109,7 +114,7 @@ func benchmarkCreateLoad(b *testing.B, rest bool) {
 			elapsed := time.Since(start)
 			b.StopTimer()
 			if n := failed.Load(); n > 0 {
-				b.Fatalf("%d of %d creates failed", n, b.N)
+				b.Fatalf("%d of %d creates failed; the first: %v", n, b.N, first.Load())
 			}
 			slices.Sort(lats)
 			pct := func(p float64) float64 {
