@@ -30,7 +30,8 @@ type result struct {
 	el  time.Duration
 }
 
-// merge pools rounds of one level into one result.
+// merge pools rounds of one level into one result, with the rate and
+// percentiles of them all.
 func merge(rs []result) result {
 	var m result
 	for _, r := range rs {
@@ -85,12 +86,11 @@ func runLoad(ctx context.Context, clients int, d time.Duration, op func(ctx cont
 	}
 	wg.Wait()
 	el := time.Since(start)
-	r := result{ok: len(lat), failed: int(failed.Load()), perSec: float64(len(lat)) / el.Seconds(), lat: lat, el: el}
+	r := result{ok: len(lat), failed: int(failed.Load()), lat: lat, el: el}
 	if e, ok := firstErr.Load().(string); ok {
 		r.firstErr = e
 	}
-	r.p50, r.p99 = percentile(lat, 0.50), percentile(lat, 0.99)
-	return r
+	return merge([]result{r}) // the rate and percentiles
 }
 
 // percentile is the q-quantile of ds (nearest rank), 0 when empty.

@@ -270,10 +270,6 @@ func run(ctx context.Context, cfg config, out *os.File) (err error) {
 	}
 	lo := st.LastLogIndex
 
-	// Warm-up, not measured: without it the first level (one gRPC client)
-	// also paid for the cluster's start (heaps growing, the scheduler's
-	// cache filling, connections opening). Its creates are the entries the
-	// size of a create command is read from.
 	// createOp is a create through protocol pr (to the leader of the
 	// moment) for n clients, VM names starting with prefix, and what
 	// closes its connections.
@@ -292,6 +288,10 @@ func run(ctx context.Context, cfg config, out *os.File) (err error) {
 			}
 		}, nil
 	}
+	// Warm-up, not measured: without it the first level (one gRPC client)
+	// also paid for the cluster's start (heaps growing, the scheduler's
+	// cache filling, connections opening). Its creates are the entries the
+	// size of a create command is read from.
 	{
 		op, closeFn, err := createOp("grpc", 16, "w0")
 		if err != nil {
@@ -340,14 +340,22 @@ func run(ctx context.Context, cfg config, out *os.File) (err error) {
 	// with them (rounds of a fifth of the level each): this disk's commit
 	// time drifts by half a millisecond over minutes, and a baseline
 	// measured minutes later compared the create with another disk.
+	// It is stopped after the levels, before the phases that measure the
+	// controllers' CPU and memory.
 	var raw1 *raft.Raft
+	var paired *rawCluster
+	stopPaired := func() {
+		if paired != nil {
+			paired.close()
+			paired = nil
+		}
+	}
+	defer stopPaired()
 	if slices.Contains(cfg.levels, 1) {
-		rc, err := startRawRaft(ctx, filepath.Join(dir, "paired"), 3)
-		if err != nil {
+		if paired, err = startRawRaft(ctx, filepath.Join(dir, "paired"), 3); err != nil {
 			return fmt.Errorf("raw raft: %w", err)
 		}
-		defer rc.close()
-		if raw1, err = rc.leader(ctx); err != nil {
+		if raw1, err = paired.leader(ctx); err != nil {
 			return fmt.Errorf("raw raft: %w", err)
 		}
 	}
@@ -391,6 +399,7 @@ func run(ctx context.Context, cfg config, out *os.File) (err error) {
 			created = append(created, level{pr, n, r})
 		}
 	}
+	stopPaired()
 	if len(rawOne) > 0 {
 		rawRes[1] = merge(rawOne)
 	}

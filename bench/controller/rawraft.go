@@ -215,19 +215,25 @@ func (c *rawCluster) close() {
 	}
 }
 
-func startRawRaft(ctx context.Context, dir string, n int) (*rawCluster, error) {
+// startRawRaft starts a raw raft cluster of n voters with its data under
+// dir: raw1 in this process, bootstrapping, and the others as follower
+// processes.
+func startRawRaft(ctx context.Context, dir string, n int) (_ *rawCluster, err error) {
 	c := &rawCluster{}
+	defer func() {
+		if err != nil {
+			c.close()
+		}
+	}()
 	var servers []raft.Server
 	for i := 2; i <= n; i++ {
 		id := fmt.Sprintf("raw%d", i)
 		d := filepath.Join(dir, id)
 		if err := os.MkdirAll(d, 0o755); err != nil {
-			c.close()
 			return nil, err
 		}
 		f, addr, err := startRawFollower(ctx, d, id)
 		if err != nil {
-			c.close()
 			return nil, err
 		}
 		c.followers = append(c.followers, f)
@@ -235,25 +241,21 @@ func startRawRaft(ctx context.Context, dir string, n int) (*rawCluster, error) {
 	}
 	d := filepath.Join(dir, "raw1")
 	if err := os.MkdirAll(d, 0o755); err != nil {
-		c.close()
 		return nil, err
 	}
-	lead, err := openRawNode(d)
-	if err != nil {
-		c.close()
+	if c.lead, err = openRawNode(d); err != nil {
 		return nil, err
 	}
-	c.lead = lead
 	// Only raw1 knows the configuration, so only raw1 stands for election.
-	servers = append([]raft.Server{{ID: "raw1", Address: lead.trans.LocalAddr(), Suffrage: raft.Voter}}, servers...)
-	if err := lead.start(d, "raw1", servers); err != nil {
-		c.close()
+	servers = append([]raft.Server{{ID: "raw1", Address: c.lead.trans.LocalAddr(), Suffrage: raft.Voter}}, servers...)
+	if err := c.lead.start(d, "raw1", servers); err != nil {
 		return nil, err
 	}
 	return c, nil
 }
 
-// leader waits until raw1 leads and every voter has caught up.
+// leader waits until raw1 leads and has committed a barrier (a majority
+// has caught up).
 func (c *rawCluster) leader(ctx context.Context) (*raft.Raft, error) {
 	l := c.lead.r
 	err := apitest.Poll(ctx, 30*time.Second, "raw raft's raw1 to lead", func() bool { return l.State() == raft.Leader })

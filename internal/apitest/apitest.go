@@ -201,43 +201,43 @@ func Formed(st *yunchiv1.ClusterStatus, n int) bool {
 
 // Converged says whether every controller at addrs knows a leader and has
 // applied all that any of them reported committed when it was called. It
-// reads the highest commit index first, then each controller's applied
-// index again, for up to ConvergeWait, until it reaches that. Writes that
-// go on meanwhile (a test's prober, the leader's own heartbeat records)
-// move the commit index on, and a follower learns of a commit only with
-// the leader's next message: comparing indexes read in one pass never
-// held while writes came faster than a pass and that lag.
+// reads every controller's status once, then reads again, for up to
+// convergeWait, each one whose applied index is below the highest commit
+// index of that pass, until it reaches it. Writes that go on meanwhile (a
+// test's prober, the leader's own heartbeat records) move the commit index
+// on, and a follower learns of a commit only with the leader's next
+// message: comparing indexes read in one pass never held while writes came
+// faster than a pass and that lag.
 func Converged(addrs []string) bool {
 	var commit uint64
-	for _, addr := range addrs {
+	applied := make([]uint64, len(addrs))
+	for i, addr := range addrs {
 		st, err := Status(addr)
 		if err != nil || st.LeaderId == "" {
 			return false
 		}
-		commit = max(commit, st.CommitIndex)
+		commit, applied[i] = max(commit, st.CommitIndex), st.AppliedIndex
 	}
-	deadline := time.Now().Add(ConvergeWait)
-	for _, addr := range addrs {
-		for {
-			st, err := Status(addr)
-			if err != nil || st.LeaderId == "" {
-				return false
-			}
-			if st.AppliedIndex >= commit {
-				break
-			}
+	deadline := time.Now().Add(convergeWait)
+	for i, addr := range addrs {
+		for applied[i] < commit {
 			if time.Now().After(deadline) {
 				return false
 			}
 			time.Sleep(20 * time.Millisecond)
+			st, err := Status(addr)
+			if err != nil || st.LeaderId == "" {
+				return false
+			}
+			applied[i] = st.AppliedIndex
 		}
 	}
 	return true
 }
 
-// ConvergeWait is how long Converged waits for the controllers to apply
+// convergeWait is how long Converged waits for the controllers to apply
 // what was committed when it was called.
-const ConvergeWait = 2 * time.Second
+const convergeWait = 2 * time.Second
 
 // Eventually polls ok every 50 ms until it holds, and fails the test if d
 // passes first.
