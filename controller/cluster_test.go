@@ -13,10 +13,14 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/yunchi/yunchi/controller/api"
 	"github.com/yunchi/yunchi/internal/apitest"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 )
@@ -166,12 +170,38 @@ func (c *inmemCluster) alive() []*member {
 }
 
 func dial(t testing.TB, addr string) *grpc.ClientConn {
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithUnaryInterceptor(resendNotProposed))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
 	return conn
+}
+
+// notProposedWait bounds how long resendNotProposed keeps resending.
+const notProposedWait = 20 * time.Second
+
+// resendNotProposed sends a unary call again, as the CLI does, while a
+// controller answers UNAVAILABLE with reason NOT_PROPOSED: nothing reached
+// raft (no leader yet, leadership changing), so sending it again is safe
+// for every call. On a loaded machine (CI's, under -race) a leader of the
+// tests' fast raft steps down now and then; a test of something else must
+// not fail for it. Other UNAVAILABLE answers (the outcome unknown, a
+// damaged image) come back at once.
+func resendNotProposed(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	deadline := time.Now().Add(notProposedWait)
+	for {
+		err := invoker(ctx, method, req, reply, cc, opts...)
+		if status.Code(err) != codes.Unavailable || errorReason(err) != api.NotProposedReason || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 const gib = int64(1) << 30
@@ -401,4 +431,45 @@ func (c *inmemCluster) status(addr string) (*yunchiv1.ClusterStatus, error) {
 		return apitest.Status(addr)
 	}
 	return apitest.StatusToken(addr, c.admins.Sysadmin)
+}
+
+// resendNotProposed sends again only what never reached raft, and gives up
+// with the last answer when the context ends.
+func TestResendNotProposed(t *testing.T) {
+	notProposed := func() error {
+		st, err := status.New(codes.Unavailable, "leadership is changing").WithDetails(&errdetails.ErrorInfo{Reason: api.NotProposedReason})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.Err()
+	}
+	for _, tc := range []struct {
+		name    string
+		answers []error
+		calls   int
+		code    codes.Code
+	}{
+		{"not proposed twice, then done", []error{notProposed(), notProposed(), nil}, 3, codes.OK},
+		{"outcome unknown", []error{status.Error(codes.Unavailable, "leadership lost"), nil}, 1, codes.Unavailable},
+		{"refused", []error{status.Error(codes.ResourceExhausted, "no room"), nil}, 1, codes.ResourceExhausted},
+	} {
+		calls := 0
+		err := resendNotProposed(context.Background(), "/m", nil, nil, nil, func(context.Context, string, any, any, *grpc.ClientConn, ...grpc.CallOption) error {
+			calls++
+			return tc.answers[calls-1]
+		})
+		if calls != tc.calls || status.Code(err) != tc.code {
+			t.Errorf("%s: %d calls, %v; want %d calls, %s", tc.name, calls, err, tc.calls, tc.code)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 250*time.Millisecond)
+	defer cancel()
+	calls := 0
+	err := resendNotProposed(ctx, "/m", nil, nil, nil, func(context.Context, string, any, any, *grpc.ClientConn, ...grpc.CallOption) error {
+		calls++
+		return notProposed()
+	})
+	if errorReason(err) != api.NotProposedReason || calls < 2 {
+		t.Fatalf("with the context ending: %d calls, %v", calls, err)
+	}
 }

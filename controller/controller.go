@@ -209,7 +209,11 @@ func New(cfg Config) (*Controller, error) {
 		lis = tls.NewListener(lis, sec.api)
 	}
 	if cfg.FastRaft {
-		rc.HeartbeatTimeout, rc.ElectionTimeout, rc.LeaderLeaseTimeout = 300*time.Millisecond, 300*time.Millisecond, 150*time.Millisecond
+		// The lease as long as the heartbeat timeout: with 150 ms a leader
+		// on a loaded 2-core machine (CI under -race) stepped down when its
+		// followers' goroutines were not scheduled for a moment ("failed
+		// to contact quorum" after 218 ms), and a test's write failed.
+		rc.HeartbeatTimeout, rc.ElectionTimeout, rc.LeaderLeaseTimeout = 300*time.Millisecond, 300*time.Millisecond, 300*time.Millisecond
 	}
 	// The audit trail: Apply appends to it, snapshots carry it.
 	trail, err := audit.OpenFile(cfg.DataDir, lg)
