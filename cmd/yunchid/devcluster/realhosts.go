@@ -61,7 +61,10 @@ func startRealHosts(ctx context.Context, cfg Config, dir string, addrs []string,
 	rh := &RealHosts{}
 	var configs []agent.Config
 	rh.start = func(i int) *agentRun {
-		h := rh.hosts[i]
+		// Read here, on the caller's goroutine: the loop below appends to
+		// configs while an earlier host's agent starts (a data race that
+		// -race caught in TestRealHostIncrementalBackup).
+		h, ac := rh.hosts[i], configs[i]
 		ctx, stop := context.WithCancel(context.Background())
 		ra := &agentRun{stop: stop, done: make(chan struct{})}
 		go func() {
@@ -72,7 +75,7 @@ func startRealHosts(ctx context.Context, cfg Config, dir string, addrs []string,
 				return
 			}
 			defer drv.Close()
-			if err := agent.New(configs[i], drv).Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
+			if err := agent.New(ac, drv).Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
 				lg.Error("agent stopped", "host", h.ID, "err", err)
 			}
 		}()
