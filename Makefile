@@ -36,7 +36,7 @@ test: deps
 # "context deadline exceeded" when the deadline lands mid-exchange with a
 # worker (go.dev/issue/75804, fixed in Go 1.27). FUZZTIME=200000x looks longer.
 FUZZTIME ?= 20000x
-FUZZ_PKGS := controller/api agent/libvirt
+FUZZ_PKGS := controller/api agent/libvirt internal/pbjson
 fuzz-short:
 	@set -e; bin=$$(mktemp -d); trap 'rm -rf "$$bin"' EXIT; cache=$$($(GO) env GOCACHE)/fuzz; \
 	for pkg in $(FUZZ_PKGS); do \

@@ -1,14 +1,17 @@
 package api
 
 import (
+	"encoding/json"
 	"errors"
 	"io"
+	"reflect"
 	"strings"
 	"testing"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/yunchi/yunchi/internal/pbjson"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 )
 
@@ -69,5 +72,31 @@ func TestRESTCodecEnums(t *testing.T) {
 	if err := c.NewDecoder(strings.NewReader(`{"name":"g","policy":"GROUP_POLICY_ANTI_AFFINITY","level":2}`)).Decode(&g); err != nil ||
 		g.Policy != yunchiv1.GroupPolicy_GROUP_POLICY_ANTI_AFFINITY || g.Level != yunchiv1.GroupLevel_GROUP_LEVEL_RACK {
 		t.Fatalf("%v %v", err, protojson.Format(&g))
+	}
+}
+
+// Answers are written by pbjson with the gateway's options (the same JSON
+// as protojson, without its random spaces), by protojson with any others.
+func TestRESTCodecMarshal(t *testing.T) {
+	vm := &yunchiv1.VM{Id: "vm-1", Name: "web, \"1\"", Vcpus: 1, MemoryBytes: 1 << 30, Phase: yunchiv1.VMPhase_VM_PHASE_RUNNING, Conditions: []string{"a, b"}}
+	opts := protojson.MarshalOptions{EmitDefaultValues: true}
+	c := &restCodec{Marshaler: &runtime.JSONPb{}, marshal: opts}
+	got, err := c.Marshal(vm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := pbjson.Marshal(vm)
+	if err != nil || string(got) != string(want) {
+		t.Fatalf("%s, %v; want pbjson's %s", got, err, want)
+	}
+	var a, b map[string]any
+	pj, _ := opts.Marshal(vm)
+	if json.Unmarshal(got, &a) != nil || json.Unmarshal(pj, &b) != nil || !reflect.DeepEqual(a, b) {
+		t.Fatalf("%s, protojson wrote %s", got, pj)
+	}
+	// Other options: protojson's output.
+	c.marshal = protojson.MarshalOptions{UseProtoNames: true}
+	if got, err := c.Marshal(vm); err != nil || !strings.Contains(string(got), `"memory_bytes"`) {
+		t.Fatalf("with proto names: %s, %v", got, err)
 	}
 }
