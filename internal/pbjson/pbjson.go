@@ -22,6 +22,7 @@
 package pbjson
 
 import (
+	"cmp"
 	"encoding/base64"
 	"math"
 	"math/bits"
@@ -94,13 +95,15 @@ type field struct {
 	stamp  bool  // message values are google.protobuf.Timestamp
 }
 
-var plans sync.Map // protoreflect.FullName → *plan, or noPlan
+// plans holds each message type's plan, or noPlan, by its descriptor
+// (not its name: a dynamic type may share a generated type's name).
+var plans sync.Map // protoreflect.MessageDescriptor → *plan
 
 // noPlan marks a message type pbjson leaves to protojson.
 var noPlan = &plan{}
 
 func planOf(d protoreflect.MessageDescriptor) *plan {
-	if p, ok := plans.Load(d.FullName()); ok {
+	if p, ok := plans.Load(d); ok {
 		if p == noPlan {
 			return nil
 		}
@@ -108,10 +111,10 @@ func planOf(d protoreflect.MessageDescriptor) *plan {
 	}
 	p := build(d, map[protoreflect.FullName]*plan{})
 	if p == nil {
-		plans.Store(d.FullName(), noPlan)
+		plans.Store(d, noPlan)
 		return nil
 	}
-	plans.Store(d.FullName(), p)
+	plans.Store(d, p)
 	return p
 }
 
@@ -228,11 +231,11 @@ func (f *field) appendMap(b []byte, m protoreflect.Map) ([]byte, bool) {
 	case protoreflect.BoolKind:
 		slices.SortFunc(keys, func(x, y protoreflect.MapKey) int { return boolCmp(x.Bool(), y.Bool()) })
 	case protoreflect.StringKind:
-		slices.SortFunc(keys, func(x, y protoreflect.MapKey) int { return strCmp(x.String(), y.String()) })
+		slices.SortFunc(keys, func(x, y protoreflect.MapKey) int { return cmp.Compare(x.String(), y.String()) })
 	case protoreflect.Uint32Kind, protoreflect.Fixed32Kind, protoreflect.Uint64Kind, protoreflect.Fixed64Kind:
-		slices.SortFunc(keys, func(x, y protoreflect.MapKey) int { return cmpOrdered(x.Uint(), y.Uint()) })
+		slices.SortFunc(keys, func(x, y protoreflect.MapKey) int { return cmp.Compare(x.Uint(), y.Uint()) })
 	default:
-		slices.SortFunc(keys, func(x, y protoreflect.MapKey) int { return cmpOrdered(x.Int(), y.Int()) })
+		slices.SortFunc(keys, func(x, y protoreflect.MapKey) int { return cmp.Compare(x.Int(), y.Int()) })
 	}
 	b = append(b, '{')
 	for i, k := range keys {
@@ -409,24 +412,4 @@ func boolCmp(x, y bool) int {
 		return -1
 	}
 	return 1
-}
-
-func strCmp(x, y string) int {
-	switch {
-	case x < y:
-		return -1
-	case x > y:
-		return 1
-	}
-	return 0
-}
-
-func cmpOrdered[T int64 | uint64](x, y T) int {
-	switch {
-	case x < y:
-		return -1
-	case x > y:
-		return 1
-	}
-	return 0
 }

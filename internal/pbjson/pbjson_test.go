@@ -75,12 +75,18 @@ func same(t testing.TB, m proto.Message) {
 func TestSameAsProtojson(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
 	for _, mt := range apiMessages(t) {
-		same(t, mt.New().Interface())
-		for range 100 {
-			m := mt.New()
-			fill(r, m, 0)
-			same(t, m.Interface())
-		}
+		sameAtRandom(t, r, mt, 100)
+	}
+}
+
+// sameAtRandom checks an empty mt and n filled at random.
+func sameAtRandom(t *testing.T, r *rand.Rand, mt protoreflect.MessageType, n int) {
+	t.Helper()
+	same(t, mt.New().Interface())
+	for range n {
+		m := mt.New()
+		fill(r, m, 0)
+		same(t, m.Interface())
 	}
 }
 
@@ -315,13 +321,7 @@ func TestEveryKind(t *testing.T) {
 	if !Handles(mt.Descriptor()) {
 		t.Fatal("the kinds message is left to protojson")
 	}
-	r := rand.New(rand.NewPCG(3, 4))
-	same(t, mt.New().Interface())
-	for range 2000 {
-		m := mt.New()
-		fill(r, m, 0)
-		same(t, m.Interface())
-	}
+	sameAtRandom(t, rand.New(rand.NewPCG(3, 4)), mt, 2000)
 }
 
 // A created VM as the REST create answers it, written by protojson and by
