@@ -101,7 +101,9 @@ func TestDevClusterWithCLI(t *testing.T) {
 	// never the user's. The CLI runs below use that login.
 	cfgPath := filepath.Join(t.TempDir(), "yunchi-config.json")
 	t.Setenv("YUNCHI_CONFIG", cfgPath)
-	base := 20000 + os.Getpid()%20000
+	// A pid-derived base reached into the ephemeral range, where another
+	// test's connection took a port first ("bind: address already in use").
+	base := freeBase(t)
 	addrs, _, out := runDev(t, devcluster.Config{DataDir: t.TempDir(), BasePort: base, Hosts: 9})
 	addr := addrs[0]
 	if !strings.Contains(out.String(), "9/9 hosts registered") {

@@ -83,7 +83,7 @@ func TestDevCenterStopStart(t *testing.T) {
 	// `dev center` finds the sysadmin's token there.
 	t.Setenv("YUNCHI_CONFIG", filepath.Join(t.TempDir(), "yunchi-config.json"))
 	t.Setenv("YUNCHI_TOKEN", "")
-	base := apitest.FreePortOffset(t, []int{0, 1, 2, 10, 11, 12, devcluster.ControlPortOffset})
+	base := freeBase(t)
 	port := fmt.Sprint(base)
 	ctlc := make(chan *devcluster.Control, 1)
 	// 6 hosts: 4 in a1, 1 in a2, 1 in b1.

@@ -14,12 +14,6 @@ import (
 	"github.com/yunchi/yunchi/internal/apitest"
 )
 
-// freeDevBase is a --port for yunchid dev whose API (base..base+2) and raft
-// (base+10..base+12) ports are all free.
-func freeDevBase(t *testing.T) int {
-	return apitest.FreePortOffset(t, []int{0, 1, 2, 10, 11, 12})
-}
-
 // Starting `yunchid dev` and pressing Ctrl-C logs no error: the leader
 // stops first, and raft's "transport shutdown" decode failure of a node
 // being stopped is debug, not ERROR. Three rounds, because whether a
@@ -38,7 +32,7 @@ func TestDevStartAndCtrlCLogNoErrors(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		base := freeDevBase(t)
+		base := freeBase(t)
 		cmd := exec.Command(bin, "dev", "--port", fmt.Sprint(base), "--data-dir", filepath.Join(dir, "data"))
 		cmd.Stdout, cmd.Stderr = lf, lf
 		if err := cmd.Start(); err != nil {

@@ -5,9 +5,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"fmt"
-	"math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,6 +20,7 @@ import (
 
 	"github.com/yunchi/yunchi/agent/libvirt"
 	"github.com/yunchi/yunchi/cmd/yunchid/devcluster"
+	"github.com/yunchi/yunchi/internal/apitest"
 	"github.com/yunchi/yunchi/internal/bearer"
 	"github.com/yunchi/yunchi/internal/cliconfig"
 	"github.com/yunchi/yunchi/internal/qemuhost"
@@ -323,28 +321,13 @@ func liveVolumeDisk(t *testing.T, h *qemuhost.Host, vmID, id string) *libvirtxml
 	return nil
 }
 
-// freeBase finds a base port for a dev cluster: base..base+2 (API) and
-// base+10..base+12 (raft) all free now, below the ephemeral range (so no
-// outgoing connection of another test takes one meanwhile).
+// freeBase finds a base port for a dev cluster: base..base+2 (API),
+// base+10..base+12 (raft) and base+20 (control) all free now, below the
+// ephemeral range (so no outgoing connection of another test takes one
+// meanwhile) and apart from clustertest.FreePort's range.
 func freeBase(t *testing.T) int {
 	t.Helper()
-	for try := 0; try < 100; try++ {
-		base := 20000 + rand.IntN(12000)
-		ok := true
-		for _, off := range []int{0, 1, 2, 10, 11, 12} {
-			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", base+off))
-			if err != nil {
-				ok = false
-				break
-			}
-			l.Close()
-		}
-		if ok {
-			return base
-		}
-	}
-	t.Fatal("no free ports for a dev cluster")
-	return 0
+	return apitest.FreePortOffset(t, []int{0, 1, 2, 10, 11, 12, devcluster.ControlPortOffset})
 }
 
 // waitRunningWith waits until the VM is running again.
