@@ -154,7 +154,13 @@ func newResponse(fullMethod string) (proto.Message, error) {
 // LeaderInterceptor runs writes and consistent reads on the leader: on a
 // follower it forwards the call (once: a forwarded call that lands on a
 // non-leader fails with Unavailable rather than bouncing around); on the
-// leader a consistent read first waits on a raft barrier.
+// leader a consistent read first waits on a raft barrier, and a write on
+// the leader having applied every entry of earlier terms (CaughtUp: a
+// barrier the first time in a term, an atomic load after that). A new
+// leader applies those entries only after its first commit; a write
+// decided before then saw a state without them (CI met it: a failover
+// started at once on a new leader found "no restore point outside a1
+// yet" for a VM whose point the old leader had committed).
 func (s *Server) LeaderInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	consistent := false
 	if cr, ok := req.(consistentReader); ok {
@@ -174,6 +180,9 @@ func (s *Server) LeaderInterceptor(ctx context.Context, req any, info *grpc.Unar
 			if err := s.prop.Barrier(ctx); err != nil {
 				return nil, toStatus(err)
 			}
+		} else if err := s.prop.CaughtUp(ctx); err != nil {
+			// Nothing of this call was proposed: safe to send again.
+			return nil, notProposed("this controller has just become leader and has not caught up with the log yet (%s): retry in a few seconds", oneLine(err.Error()))
 		}
 		return handler(ctx, req)
 	}

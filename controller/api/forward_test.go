@@ -1,9 +1,17 @@
 package api
 
 import (
+	"context"
+	"strings"
 	"testing"
 
+	"github.com/hashicorp/raft"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/yunchi/yunchi/controller/auth"
+	statev1 "github.com/yunchi/yunchi/proto/yunchi/state/v1"
 	yunchiv1 "github.com/yunchi/yunchi/proto/yunchi/v1"
 )
 
@@ -38,3 +46,50 @@ func TestForwardedMethodsHaveResponseTypes(t *testing.T) {
 		t.Fatal("an unknown method has a response type")
 	}
 }
+
+// A write on the leader is decided only once the leader has applied what
+// earlier terms committed (a new leader applies it after its first
+// commit): the handler sees the state with it. If the leader cannot catch
+// up, the write is not proposed and says so (NOT_PROPOSED: safe to send
+// again). A read does not wait.
+func TestLeaderCatchesUpBeforeWrites(t *testing.T) {
+	s, p, _ := newFakeServer(t)
+	committed := &statev1.Command{Cmd: &statev1.Command_UpsertMember{UpsertMember: &statev1.UpsertMember{
+		Member: &statev1.MemberRecord{Id: "c4", RaftAddress: "c4:7000", ApiAddress: "c4:8000"}}}}
+	caughtUp := 0
+	p.caughtUp = func(ctx context.Context) error {
+		caughtUp++
+		if caughtUp == 1 { // the entry of an earlier term, applied now
+			_, err := p.Apply(ctx, committed)
+			return err
+		}
+		return nil
+	}
+	sawIt := func(context.Context, any) (any, error) {
+		_, ok := p.store.Member("c4")
+		return ok, nil
+	}
+	write := &grpc.UnaryServerInfo{FullMethod: yunchiv1.VMService_CreateVM_FullMethodName}
+	got, err := s.LeaderInterceptor(context.Background(), &yunchiv1.CreateVMRequest{}, write, sawIt)
+	if err != nil || got != true || caughtUp != 1 {
+		t.Fatalf("the write's handler saw the earlier term's entry: %v, %v (%d catch-ups)", got, err, caughtUp)
+	}
+
+	read := &grpc.UnaryServerInfo{FullMethod: yunchiv1.VMService_ListVMs_FullMethodName}
+	if _, err := s.LeaderInterceptor(context.Background(), &yunchiv1.ListVMsRequest{}, read, sawIt); err != nil || caughtUp != 1 {
+		t.Fatalf("a read: %v, %d catch-ups", err, caughtUp)
+	}
+
+	p.caughtUp = func(context.Context) error { return raft.ErrLeadershipLost }
+	called := false
+	_, err = s.LeaderInterceptor(context.Background(), &yunchiv1.CreateVMRequest{}, write, func(context.Context, any) (any, error) {
+		called = true
+		return nil, nil
+	})
+	if st := status.Convert(err); called || st.Code() != codes.Unavailable || firstOf(reasonOf(err)) != NotProposedReason ||
+		!strings.Contains(st.Message(), "has not caught up") {
+		t.Fatalf("not caught up: handler called %v, %v ", called, err)
+	}
+}
+
+func firstOf(reason string, _ map[string]string) string { return reason }

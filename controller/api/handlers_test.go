@@ -39,6 +39,9 @@ type fakeProposer struct {
 	// before, if set, runs before each command is applied, with the
 	// store to change (what another proposer committed first).
 	before func(st *state.Store, idx uint64, cmd *statev1.Command) uint64
+	// caughtUp, if set, is CaughtUp (a new leader applying what earlier
+	// terms committed).
+	caughtUp func(ctx context.Context) error
 }
 
 func (p *fakeProposer) Apply(ctx context.Context, cmd *statev1.Command) (state.Result, error) {
@@ -56,9 +59,14 @@ func (p *fakeProposer) Apply(ctx context.Context, cmd *statev1.Command) (state.R
 	return p.store.Apply(idx, cmd)
 }
 
-func (p *fakeProposer) Barrier(context.Context) error  { return nil }
-func (p *fakeProposer) CaughtUp(context.Context) error { return nil }
-func (p *fakeProposer) IsLeader() bool                 { return p.LeaderID() == p.self }
+func (p *fakeProposer) Barrier(context.Context) error { return nil }
+func (p *fakeProposer) CaughtUp(ctx context.Context) error {
+	if p.caughtUp != nil {
+		return p.caughtUp(ctx)
+	}
+	return nil
+}
+func (p *fakeProposer) IsLeader() bool { return p.LeaderID() == p.self }
 func (p *fakeProposer) LeaderID() string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
