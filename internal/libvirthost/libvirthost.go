@@ -13,6 +13,7 @@ package libvirthost
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -22,6 +23,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -169,15 +171,39 @@ func (h *Host) Stop() error {
 		}
 	}
 	// Processes not our children (QEMU, daemonised by libvirtd) are
-	// reaped by init; wait until they are gone.
+	// reaped by init; wait until they are gone. Not only out of the
+	// namespace: a process leaves it (its /proc/PID/ns/mnt unreadable)
+	// while it is still exiting, and a killed QEMU took long enough
+	// to free its memory that a test found it running after Stop.
 	deadline := time.Now().Add(10 * time.Second)
-	for h.ns != "" && len(processesIn(h.ns)) > 0 {
+	for h.ns != "" {
+		for _, pid := range processesIn(h.ns) {
+			if !slices.Contains(pids, pid) {
+				pids = append(pids, pid) // started meanwhile
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+		if !slices.ContainsFunc(pids, Running) {
+			break
+		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("libvirthost: processes of %s still running after 10 s", h.Dir)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	return nil
+}
+
+// Running says whether pid is a live process: not gone, and not a zombie
+// (pid 1 here may not reap an orphan).
+func Running(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	// The state follows the parenthesised command.
+	i := bytes.LastIndexByte(b, ')')
+	return i >= 0 && !bytes.HasPrefix(b[i+1:], []byte(" Z"))
 }
 
 // QEMUPids lists the host's running QEMU processes (zombies excluded: pid
@@ -189,13 +215,9 @@ func (h *Host) QEMUPids() []int {
 		if err != nil || !strings.HasPrefix(string(comm), "qemu-system") {
 			continue
 		}
-		if st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
-			// Field 3, after the parenthesised command: the state.
-			if i := strings.LastIndexByte(string(st), ')'); i >= 0 && strings.HasPrefix(string(st[i+1:]), " Z") {
-				continue
-			}
+		if Running(pid) {
+			out = append(out, pid)
 		}
-		out = append(out, pid)
 	}
 	return out
 }

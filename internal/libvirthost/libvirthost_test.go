@@ -90,24 +90,13 @@ func TestTwoHostsRunTheSameDomain(t *testing.T) {
 		if ps := processesIn(h.ns); len(ps) != 0 {
 			t.Fatalf("host %d: processes left after Stop: %v", i, ps)
 		}
-		if running(qemus[i][0]) {
+		if Running(qemus[i][0]) {
 			t.Fatalf("host %d: its QEMU %d still runs", i, qemus[i][0])
 		}
 	}
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
-
-// running says whether pid is a live process (not gone, not a zombie
-// waiting for init to reap it).
-func running(pid int) bool {
-	b, err := os.ReadFile("/proc/" + itoa(pid) + "/stat")
-	if err != nil {
-		return false
-	}
-	_, after, ok := strings.Cut(string(b), ") ")
-	return ok && !strings.HasPrefix(after, "Z")
-}
 
 // Start waits for the daemons' sockets to take connections, not for the
 // files to exist: libvirtd binds its socket (the file appears) before it
