@@ -312,7 +312,7 @@ func writesSurviveKill(t *testing.T, ctx context.Context, s *mirrorSetup) {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(30 * time.Second)
-	for syscall.Kill(pid, 0) == nil && !zombie(pid) {
+	for libvirthost.Running(pid) {
 		if time.Now().After(deadline) {
 			t.Fatalf("QEMU %d still running 30 s after SIGKILL", pid)
 		}
@@ -341,16 +341,6 @@ func writesSurviveKill(t *testing.T, ctx context.Context, s *mirrorSetup) {
 	if diff := firstDiff(got, s.want); diff != "" {
 		t.Fatalf("the mirror is not the disk the guest saw: %s", diff)
 	}
-}
-
-// zombie says whether pid has exited and waits for its parent to reap it.
-func zombie(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return true
-	}
-	i := bytes.LastIndexByte(b, ')')
-	return i >= 0 && bytes.HasPrefix(b[i+1:], []byte(" Z"))
 }
 
 // The export's qemu-nbd dies while mirroring: libvirt 9.0 gives QEMU's

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/yunchi/yunchi/internal/apitest"
 	"io"
 	"log/slog"
 	"os"
@@ -19,6 +18,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/yunchi/yunchi/controller/raftstore"
+	"github.com/yunchi/yunchi/internal/apitest"
 )
 
 // The physical limit: hashicorp/raft alone, 3 voters on loopback, each

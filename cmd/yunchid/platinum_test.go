@@ -5,7 +5,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -154,7 +153,7 @@ func TestRealHostPlatinum(t *testing.T) {
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	apitest.Eventually(t, 30*time.Second, "QEMU of p1 gone", func() bool { return !processRuns(pid) })
+	apitest.Eventually(t, 30*time.Second, "QEMU of p1 gone", func() bool { return !libvirthost.Running(pid) })
 	// What a1's own disk kept: nothing flushed it, and QEMU keeps qcow2
 	// metadata (where newly written clusters are) in memory until a
 	// flush, so it may lack acknowledged writes the mirror has.
@@ -224,16 +223,6 @@ func hmpWrite(t *testing.T, uri, vmID string, pattern byte, off, n int64) {
 	if err := qemuhost.GuestWrite(uri, vmID, pattern, off, n); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// processRuns says whether pid runs (a zombie does not).
-func processRuns(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	i := bytes.LastIndexByte(b, ')')
-	return i < 0 || !bytes.HasPrefix(b[i+1:], []byte(" Z"))
 }
 
 func firstDifference(a, b []byte) int {

@@ -111,11 +111,9 @@ func (s *Server) IdempotencyInterceptor(ctx context.Context, req any, info *grpc
 	if err != nil {
 		return nil, err
 	}
-	// A new leader applies earlier terms' entries only after its first
-	// commit: until then an id in the log would look unknown here.
-	if err := s.prop.CaughtUp(ctx); err != nil {
-		return nil, toStatus(err)
-	}
+	// LeaderInterceptor, before this, has caught a new leader up with
+	// earlier terms' entries (until then an id in the log would look
+	// unknown here): every method here is mutating.
 	if resp, ok, err := s.replay(info.FullMethod, id, hash); ok {
 		s.log.Info("request id seen before: answering with its first outcome", "method", info.FullMethod, "id", id)
 		return resp, err
