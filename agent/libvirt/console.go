@@ -153,9 +153,19 @@ func (c *console) Read(p []byte) (int, error) {
 		case <-c.ready:
 		case <-c.closed:
 			return 0, net.ErrClosed
+		case <-time.After(consoleErrorPoll):
+			// Recv again: see consoleErrorPoll.
 		}
 	}
 }
+
+// consoleErrorPoll is how often a waiting Read calls Recv again without
+// being woken. libvirt's remote streams call back for READABLE only on
+// data or end of stream, not on an error: a stream the daemon aborted (as
+// when another session takes the console over) can report its error only
+// to the next Recv, and a Read waiting for READABLE alone waited forever
+// (TestRealHostConsole, now and then under load).
+const consoleErrorPoll = time.Second
 
 // Write sends p to the guest, all of it or an error.
 func (c *console) Write(p []byte) (int, error) {
